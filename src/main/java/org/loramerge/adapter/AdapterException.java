@@ -1,0 +1,38 @@
+package org.loramerge.adapter;
+
+import java.nio.file.Path;
+
+/** A PEFT adapter that cannot be merged as it is: a bad config, a key form we do not know, a refused feature. */
+public final class AdapterException extends Exception {
+    private static final long serialVersionUID = 1L;
+
+    public enum Reason {
+        /** adapter_config.json is missing, not JSON, or has a field of the wrong type. */
+        INVALID_CONFIG,
+        /** The adapter is not a LoRA adapter, or uses a feature whose merge changes the model in ways we do not reproduce. */
+        UNSUPPORTED,
+        /** The weights are a pickle ({@code adapter_model.bin}). */
+        PICKLE,
+        /** A key of the adapter file has a form PEFT does not write. */
+        UNKNOWN_KEY,
+        /** lora_A without lora_B or the other way round. */
+        MISSING_PARTNER,
+        /** An adapter key names a module or tensor the base model does not have. */
+        NO_SUCH_BASE_TENSOR,
+        /** Shapes of the adapter and the base do not fit together. */
+        SHAPE_MISMATCH,
+        /** The config and the weights disagree (rank, DoRA, targeting). */
+        CONFIG_MISMATCH
+    }
+
+    private final Reason reason;
+
+    public AdapterException(Reason reason, Path path, String message) {
+        super((path == null ? "" : path + ": ") + message + " [" + reason + "]");
+        this.reason = reason;
+    }
+
+    public Reason reason() {
+        return reason;
+    }
+}

@@ -1,0 +1,35 @@
+package org.loramerge.engine;
+
+import java.nio.ByteBuffer;
+
+/**
+ * An engine that merges blocks of rows. The pipeline reads, orders and writes; a backend only
+ * computes, and every backend must produce the bytes the CPU reference produces.
+ */
+public interface Backend extends AutoCloseable {
+    /** What runs the merge, for the user: "cpu (16 threads)", "cuda:0 NVIDIA H200". */
+    String describe();
+
+    /** How many blocks the pipeline should keep in flight on this backend at once. */
+    int parallelism();
+
+    /** Called once before the first block of a tensor (e.g. to upload its factors). */
+    default void beginTensor(TensorJob job) throws Exception {
+    }
+
+    /** Called once after the last block of a tensor. */
+    default void endTensor(TensorJob job) throws Exception {
+    }
+
+    /**
+     * Merges rows [row0, row0 + rowCount) of {@code job}: {@code src} holds those rows of the source
+     * tensor, {@code dst} receives them in the output dtype. May be called from several threads.
+     */
+    void mergeRows(TensorJob job, long row0, int rowCount, ByteBuffer src, ByteBuffer dst, BlockStats stats) throws Exception;
+
+    /** First pass of a column-axis DoRA tensor: see {@link org.loramerge.engine.cpu.CpuMerge#columnSums}. */
+    void columnSums(TensorJob job, long row0, int rowCount, ByteBuffer src, double[] sumSq, double[] sumErr) throws Exception;
+
+    @Override
+    void close();
+}

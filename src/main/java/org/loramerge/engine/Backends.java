@@ -1,0 +1,68 @@
+package org.loramerge.engine;
+
+import java.util.Locale;
+import org.loramerge.engine.cpu.CpuBackend;
+
+/** Picks the engine for {@code --device}. */
+public final class Backends {
+    private Backends() {
+    }
+
+    /** The GPU engine could not be used; says why and what to do. */
+    public static final class DeviceUnavailableException extends Exception {
+        private static final long serialVersionUID = 1L;
+
+        public DeviceUnavailableException(String message, Throwable cause) {
+            super(message, cause);
+        }
+    }
+
+    /** A backend and, when {@code auto} fell back to the CPU, the reason. */
+    public record Choice(Backend backend, String fallbackReason) {
+    }
+
+    /**
+     * Opens the backend for {@code device}: {@code cpu}, {@code cuda}, {@code cuda:N}, or {@code auto}
+     * (the GPU when a usable one is present, else the CPU).
+     */
+    public static Choice open(String device, int cpuThreads) throws DeviceUnavailableException {
+        String d = device.toLowerCase(Locale.ROOT);
+        if (d.equals("cpu")) {
+            return new Choice(new CpuBackend(cpuThreads), null);
+        }
+        if (d.equals("auto")) {
+            try {
+                return new Choice(openCuda(0, cpuThreads), null);
+            } catch (DeviceUnavailableException e) {
+                return new Choice(new CpuBackend(cpuThreads), e.getMessage());
+            }
+        }
+        if (d.equals("cuda") || d.startsWith("cuda:")) {
+            int ordinal = 0;
+            if (d.startsWith("cuda:")) {
+                try {
+                    ordinal = Integer.parseInt(d.substring(5));
+                } catch (NumberFormatException e) {
+                    throw new IllegalArgumentException("--device " + device + ": expected cuda:N with N a device number");
+                }
+            }
+            return new Choice(openCuda(ordinal, cpuThreads), null);
+        }
+        throw new IllegalArgumentException("--device " + device + ": expected auto, cpu, cuda or cuda:N");
+    }
+
+    private static Backend openCuda(int ordinal, int cpuThreads) throws DeviceUnavailableException {
+        try {
+            Class<?> c = Class.forName("org.loramerge.engine.cuda.CudaBackend");
+            return (Backend) c.getMethod("open", int.class, int.class).invoke(null, ordinal, cpuThreads);
+        } catch (java.lang.reflect.InvocationTargetException e) {
+            Throwable cause = e.getCause();
+            if (cause instanceof DeviceUnavailableException) {
+                throw (DeviceUnavailableException) cause;
+            }
+            throw new DeviceUnavailableException("the CUDA engine failed to start: " + cause, cause);
+        } catch (ReflectiveOperationException | LinkageError e) {
+            throw new DeviceUnavailableException("the CUDA engine is not usable here (" + e + "); use --device cpu", e);
+        }
+    }
+}

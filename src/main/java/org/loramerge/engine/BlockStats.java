@@ -1,0 +1,34 @@
+package org.loramerge.engine;
+
+/**
+ * What a merge of some rows found: elements whose fp64 value lay too close to a rounding boundary
+ * and were recomputed exactly, finite values that overflowed to infinity in the output dtype, and
+ * NaN results from finite inputs.
+ */
+public final class BlockStats {
+    private long exactFallbacks;
+    private long overflows;
+    private long nans;
+
+    public synchronized void add(long exactFallbacks, long overflows, long nans) {
+        this.exactFallbacks += exactFallbacks;
+        this.overflows += overflows;
+        this.nans += nans;
+    }
+
+    public synchronized void add(BlockStats o) {
+        add(o.exactFallbacks, o.overflows, o.nans);
+    }
+
+    public synchronized long exactFallbacks() {
+        return exactFallbacks;
+    }
+
+    public synchronized long overflows() {
+        return overflows;
+    }
+
+    public synchronized long nans() {
+        return nans;
+    }
+}

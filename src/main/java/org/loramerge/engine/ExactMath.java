@@ -1,0 +1,106 @@
+package org.loramerge.engine;
+
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.math.BigDecimal;
+import java.math.MathContext;
+import org.loramerge.format.FloatFormat;
+
+/**
+ * The exact reference: merged values computed in decimal arithmetic without rounding (DoRA's
+ * square root and division to 80 significant digits), then rounded once to the output format.
+ * Used for the rare elements whose fp64 value is too close to a rounding boundary to decide, and
+ * by {@code verify}.
+ */
+public final class ExactMath {
+    /** Precision for DoRA's square root and quotient: far beyond any format's midpoint distance. */
+    public static final MathContext DORA = new MathContext(80);
+
+    private ExactMath() {
+    }
+
+    /** x rounded once to the nearest value of {@code f}, ties to even (returned as a double). */
+    public static double round(BigDecimal x, FloatFormat f) {
+        double xd = x.doubleValue(); // correctly rounded to double
+        double y = f.round(xd);
+        if (Double.isInfinite(xd) || xd == 0) {
+            return y;
+        }
+        double below = f.round(Math.nextDown(xd));
+        double above = f.round(Math.nextUp(xd));
+        if (below == above) {
+            return y; // xd is not a midpoint of f, so x rounds as xd does
+        }
+        // xd is a midpoint of f: decide by the exact value
+        int c = x.compareTo(new BigDecimal(xd));
+        return c > 0 ? above : c < 0 ? below : y;
+    }
+
+    /** The exact W + Σ s·U_i·V_j for element (row, col) of a job whose source value there is {@code w}. */
+    public static BigDecimal plain(TensorJob job, double w, long row, int col) {
+        BigDecimal x = new BigDecimal(w);
+        int i = Math.toIntExact(row);
+        for (LowRankTerm t : job.terms()) {
+            int r = t.rank();
+            int n = t.cols();
+            double[] u = t.u();
+            double[] vt = t.vt();
+            BigDecimal dot = BigDecimal.ZERO;
+            for (int k = 0; k < r; k++) {
+                double a = u[i * r + k];
+                double b = vt[k * n + col];
+                if (a != 0 && b != 0) {
+                    dot = dot.add(new BigDecimal(a).multiply(new BigDecimal(b)));
+                }
+            }
+            x = x.add(new BigDecimal(t.scale()).multiply(dot));
+        }
+        return x;
+    }
+
+    /**
+     * The exact merged value of element (row, col): plain, or DoRA's (m / ‖V‖)·V with the norm over
+     * the row ({@code sourceRow} holds it) or over the column (read from the job's source).
+     */
+    public static BigDecimal merged(TensorJob job, double[] sourceRow, long row, int col) {
+        BigDecimal v = plain(job, sourceRow[col], row, col);
+        if (job.doraAxis() == null) {
+            return v;
+        }
+        return v.multiply(doraFactor(job, sourceRow, row, col), DORA);
+    }
+
+    private static BigDecimal doraFactor(TensorJob job, double[] sourceRow, long row, int col) {
+        boolean byRow = job.doraAxis() == org.loramerge.plan.DoraSpec.Axis.ROW;
+        int index = byRow ? Math.toIntExact(row) : col;
+        BigDecimal cached = job.exactFactors().get(index);
+        if (cached != null) {
+            return cached;
+        }
+        BigDecimal sumSq = BigDecimal.ZERO;
+        if (byRow) {
+            for (int j = 0; j < job.cols(); j++) {
+                BigDecimal v = plain(job, sourceRow[j], row, j);
+                sumSq = sumSq.add(v.multiply(v));
+            }
+        } else {
+            try {
+                for (long i = 0; i < job.rows(); i++) {
+                    double[] r = job.readSourceRow(i);
+                    BigDecimal v = plain(job, r[col], i, col);
+                    sumSq = sumSq.add(v.multiply(v));
+                }
+            } catch (IOException e) {
+                throw new UncheckedIOException(e);
+            }
+        }
+        BigDecimal m = new BigDecimal(job.magnitude()[index]);
+        BigDecimal factor = sumSq.signum() == 0 ? null : m.divide(sumSq.sqrt(DORA), DORA);
+        if (factor == null) {
+            throw new ArithmeticException("DoRA norm of " + (byRow ? "row " : "column ") + index + " of "
+                    + job.out().name() + " is zero: the merged weight is undefined (PEFT would write NaN)");
+        }
+        job.exactFactors().put(index, factor);
+        return factor;
+    }
+}

@@ -1,0 +1,144 @@
+package org.loramerge.engine;
+
+import java.io.IOException;
+import org.loramerge.plan.Layout;
+import org.loramerge.plan.TermSpec;
+
+/**
+ * A low-rank update ΔW = scale · U·Vᵀ of a matrix [rows, cols], with U [rows, rank] and Vᵀ
+ * [rank, cols] held row-major in doubles. Adapter values (F32, F16, BF16) are exact in double, so
+ * every product U[i,k]·Vᵀ[k,j] is exact in double too. Row norms of U and V bound the rounding
+ * error of the fp64 dot products (Cauchy–Schwarz: Σ|U_ik V_jk| ≤ ‖U_i‖·‖V_j‖).
+ */
+public final class LowRankTerm {
+    private final String module;
+    private final double scale;
+    private final int rank;
+    private final int rows;
+    private final int cols;
+    private final double[] u;
+    private final double[] vt;
+    private final double[] uNorm;
+    private final double[] vNorm;
+
+    public LowRankTerm(String module, double scale, int rank, int rows, int cols, double[] u, double[] vt) {
+        if (u.length != (long) rows * rank || vt.length != (long) rank * cols) {
+            throw new IllegalArgumentException("factor sizes do not match " + rows + "x" + rank + "x" + cols);
+        }
+        this.module = module;
+        this.scale = scale;
+        this.rank = rank;
+        this.rows = rows;
+        this.cols = cols;
+        this.u = u;
+        this.vt = vt;
+        this.uNorm = new double[rows];
+        for (int i = 0; i < rows; i++) {
+            double s = 0;
+            for (int k = 0; k < rank; k++) {
+                double x = u[i * rank + k];
+                s += x * x;
+            }
+            uNorm[i] = Math.sqrt(s);
+        }
+        this.vNorm = new double[cols];
+        for (int k = 0; k < rank; k++) {
+            for (int j = 0; j < cols; j++) {
+                double x = vt[k * cols + j];
+                vNorm[j] += x * x;
+            }
+        }
+        for (int j = 0; j < cols; j++) {
+            vNorm[j] = Math.sqrt(vNorm[j]);
+        }
+    }
+
+    /** Loads the factors of {@code spec} for a weight viewed as [rows, cols], rearranged to U and Vᵀ. */
+    public static LowRankTerm load(TermSpec spec, long rows, long cols) throws IOException {
+        int r = spec.rank();
+        int m = Math.toIntExact(rows);
+        int n = Math.toIntExact(cols);
+        double[] b = spec.b().readDoubles();
+        if (spec.layout() == Layout.BIAS) {
+            return new LowRankTerm(spec.module(), spec.scale(), 1, m, 1, b, new double[] {1.0});
+        }
+        double[] a = spec.a().readDoubles();
+        double[] u;
+        double[] vt;
+        switch (spec.layout()) {
+            case LINEAR:
+                u = b;   // B [out, r(,1...)] is U [rows, r]
+                vt = a;  // A [r, in(,k...)] is Vᵀ [r, cols]
+                break;
+            case CONV1D:
+            case EMBEDDING:
+                // W [rows, cols] gets (B·A)ᵀ with A [r, rows] and B [cols, r]: U = Aᵀ, Vᵀ = Bᵀ
+                u = new double[m * r];
+                for (int k = 0; k < r; k++) {
+                    for (int i = 0; i < m; i++) {
+                        u[i * r + k] = a[k * m + i];
+                    }
+                }
+                vt = new double[r * n];
+                for (int j = 0; j < n; j++) {
+                    for (int k = 0; k < r; k++) {
+                        vt[k * n + j] = b[j * r + k];
+                    }
+                }
+                break;
+            default:
+                throw new IllegalStateException(spec.layout().toString());
+        }
+        return new LowRankTerm(spec.module(), spec.scale(), r, m, n, u, vt);
+    }
+
+    public String module() {
+        return module;
+    }
+
+    public double scale() {
+        return scale;
+    }
+
+    public int rank() {
+        return rank;
+    }
+
+    public int rows() {
+        return rows;
+    }
+
+    public int cols() {
+        return cols;
+    }
+
+    /** U [rows, rank], row-major. Not copied: do not modify. */
+    public double[] u() {
+        return u;
+    }
+
+    /** Vᵀ [rank, cols], row-major. Not copied: do not modify. */
+    public double[] vt() {
+        return vt;
+    }
+
+    public double uNorm(int row) {
+        return uNorm[row];
+    }
+
+    /** ‖U_i‖ for every row. Not copied: do not modify. */
+    public double[] uNorms() {
+        return uNorm;
+    }
+
+    /** ‖V_j‖ for every column. Not copied: do not modify. */
+    public double[] vNorms() {
+        return vNorm;
+    }
+
+    /** True if both terms describe the same ΔW, value for value. */
+    public boolean sameAs(LowRankTerm o) {
+        return scale == o.scale && rank == o.rank && rows == o.rows && cols == o.cols
+                && java.util.Arrays.equals(u, o.u) && java.util.Arrays.equals(vt, o.vt);
+    }
+}

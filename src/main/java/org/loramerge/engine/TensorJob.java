@@ -1,0 +1,167 @@
+package org.loramerge.engine;
+
+import java.io.IOException;
+import java.math.BigDecimal;
+import java.nio.ByteBuffer;
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
+import org.loramerge.format.FloatFormat;
+import org.loramerge.format.MappedRegion;
+import org.loramerge.plan.DoraSpec;
+import org.loramerge.plan.OutputTensor;
+import org.loramerge.plan.TermSpec;
+
+/**
+ * An output tensor made ready for computing: its adapter factors loaded, its DoRA magnitudes and
+ * replacement rows read. Jobs are immutable once {@link #prepare prepared}, except for the column
+ * norms of a column-axis DoRA tensor, which a first pass over the rows fills in.
+ */
+public final class TensorJob {
+    /** Unit roundoff of double. */
+    public static final double U = 0x1p-53;
+
+    private final OutputTensor out;
+    private final FloatFormat src;
+    private final FloatFormat dst;
+    private final int cols;
+    private final List<LowRankTerm> terms;
+    private final double boundK;
+    private final DoraSpec.Axis doraAxis;
+    private final double[] magnitude;
+    private final Map<Long, Integer> tokenRowOf;
+    private final double[] tokenValues;
+    private double[] colFactor;
+    private double[] colRel;
+    private final Map<Integer, BigDecimal> exactFactors = new ConcurrentHashMap<>();
+
+    private TensorJob(OutputTensor out, List<LowRankTerm> terms, double[] magnitude, Map<Long, Integer> tokenRowOf,
+                      double[] tokenValues) {
+        this.out = out;
+        this.src = out.source().dtype().isMergeable() ? FloatFormat.of(out.source().dtype()) : null;
+        this.dst = out.dtype().isMergeable() ? FloatFormat.of(out.dtype()) : null;
+        this.cols = Math.toIntExact(out.cols());
+        this.terms = Collections.unmodifiableList(terms);
+        int rankSum = 0;
+        for (LowRankTerm t : terms) {
+            rankSum += t.rank();
+        }
+        // error of an fp64 merge: at most 2 roundings per rank step (multiply, add; or one FMA),
+        // the scale product and the final add, bounded by (2r + 2)·u·(Σ|s U V| + |v|); 4(r + 4)·u leaves margin
+        this.boundK = 4.0 * (rankSum + 4) * U;
+        this.doraAxis = out.dora() == null ? null : out.dora().axis();
+        this.magnitude = magnitude;
+        this.tokenRowOf = tokenRowOf;
+        this.tokenValues = tokenValues;
+    }
+
+    /** Loads what {@code out} needs. Factors of one tensor are held at a time, so memory follows the largest tensor's adapter, not the model. */
+    public static TensorJob prepare(OutputTensor out) throws IOException {
+        List<LowRankTerm> terms = new ArrayList<>();
+        for (TermSpec t : out.terms()) {
+            terms.add(LowRankTerm.load(t, out.rows(), out.cols()));
+        }
+        double[] magnitude = out.dora() == null ? null : out.dora().magnitude().readDoubles();
+        Map<Long, Integer> rowOf = null;
+        double[] values = null;
+        if (out.tokenRows() != null) {
+            rowOf = new HashMap<>();
+            long[] idx = out.tokenRows().indices();
+            for (int k = 0; k < idx.length; k++) {
+                rowOf.put(idx[k], k); // a repeated index takes the last row, as index_copy_ does
+            }
+            values = out.tokenRows().values().readDoubles();
+        }
+        return new TensorJob(out, terms, magnitude, rowOf, values);
+    }
+
+    public OutputTensor out() {
+        return out;
+    }
+
+    public FloatFormat srcFormat() {
+        return src;
+    }
+
+    public FloatFormat dstFormat() {
+        return dst;
+    }
+
+    public long rows() {
+        return out.rows();
+    }
+
+    public int cols() {
+        return cols;
+    }
+
+    public List<LowRankTerm> terms() {
+        return terms;
+    }
+
+    /** The error bound constant K of e = K·(|v| + 2·Σ|s|·‖U_i‖·‖V_j‖). */
+    public double boundK() {
+        return boundK;
+    }
+
+    public DoraSpec.Axis doraAxis() {
+        return doraAxis;
+    }
+
+    public double[] magnitude() {
+        return magnitude;
+    }
+
+    /** The replacement row for output row {@code row}, as an offset into {@link #tokenValues()}, or -1. */
+    public int tokenRowOffset(long row) {
+        if (tokenRowOf == null) {
+            return -1;
+        }
+        Integer k = tokenRowOf.get(row);
+        return k == null ? -1 : k * cols;
+    }
+
+    public double[] tokenValues() {
+        return tokenValues;
+    }
+
+    /** True when a first pass must compute per-column norms before any row can be finished. */
+    public boolean needsColumnPass() {
+        return doraAxis == DoraSpec.Axis.COLUMN;
+    }
+
+    /** Sets the column factors m_j / ‖V_·j‖ and their relative error bounds, from the first pass. */
+    public void setColumnFactors(double[] factor, double[] rel) {
+        this.colFactor = factor;
+        this.colRel = rel;
+    }
+
+    public double[] columnFactor() {
+        return colFactor;
+    }
+
+    public double[] columnRel() {
+        return colRel;
+    }
+
+    /** Cache of exact DoRA factors (row or column index to m / ‖V‖), shared by all threads. */
+    public Map<Integer, BigDecimal> exactFactors() {
+        return exactFactors;
+    }
+
+    /** Reads source row {@code row} as doubles (for the exact fallback of column-axis DoRA). */
+    public double[] readSourceRow(long row) throws IOException {
+        long rowBytes = (long) cols * out.source().dtype().bits() / 8;
+        try (MappedRegion r = out.source().file().map(out.source().info(), row * rowBytes, rowBytes)) {
+            ByteBuffer b = r.bytes();
+            double[] v = new double[cols];
+            for (int j = 0; j < cols; j++) {
+                v[j] = src.decode(src.bitsAt(b, j));
+            }
+            return v;
+        }
+    }
+}

@@ -1,0 +1,225 @@
+package org.loramerge.engine.cpu;
+
+import java.math.BigDecimal;
+import java.nio.ByteBuffer;
+import org.loramerge.engine.BlockStats;
+import org.loramerge.engine.ExactMath;
+import org.loramerge.engine.LowRankTerm;
+import org.loramerge.engine.TensorJob;
+import org.loramerge.format.FloatFormat;
+import org.loramerge.plan.DoraSpec;
+
+/**
+ * The CPU merge of a block of rows, the reference the GPU engine must match bit for bit.
+ *
+ * <p>Each merged element is computed in fp64 with a rigorous bound e on its error; when the
+ * interval [v − e, v + e] lies inside one rounding interval of the output format, round(v) is the
+ * correctly rounded exact result. Otherwise (about one element in 10^8 for F32 output, practically
+ * never for BF16) the element is recomputed exactly by {@link ExactMath}. Every engine that follows
+ * this rule writes the same bits, whatever its summation order.
+ */
+public final class CpuMerge {
+    private CpuMerge() {
+    }
+
+    /** Per-thread scratch arrays, grown on demand. */
+    private static final ThreadLocal<double[][]> SCRATCH = ThreadLocal.withInitial(() -> new double[4][0]);
+
+    private static double[][] scratch(int cols) {
+        double[][] s = SCRATCH.get();
+        if (s[0].length < cols) {
+            for (int i = 0; i < s.length; i++) {
+                s[i] = new double[cols];
+            }
+        }
+        return s;
+    }
+
+    /**
+     * Merges rows [row0, row0 + rowCount) of {@code job}: {@code src} holds those rows of the source
+     * tensor, {@code dst} receives them in the output dtype (both little-endian, at index 0).
+     */
+    public static void mergeRows(TensorJob job, long row0, int rowCount, ByteBuffer src, ByteBuffer dst, BlockStats stats) {
+        FloatFormat in = job.srcFormat();
+        FloatFormat out = job.dstFormat();
+        int cols = job.cols();
+        double[][] s = scratch(cols);
+        double[] w = s[0];
+        double[] v = s[1];
+        double[] e = s[2];
+        long fallbacks = 0;
+        long overflows = 0;
+        long nans = 0;
+        for (int ii = 0; ii < rowCount; ii++) {
+            long row = row0 + ii;
+            long base = (long) ii * cols;
+            int tokenOffset = job.tokenRowOffset(row);
+            if (tokenOffset >= 0) {
+                double[] values = job.tokenValues();
+                for (int j = 0; j < cols; j++) {
+                    double y = out.round(values[tokenOffset + j]);
+                    out.putBits(dst, base + j, out.encode(y));
+                }
+                continue;
+            }
+            for (int j = 0; j < cols; j++) {
+                w[j] = in.decode(in.bitsAt(src, base + j));
+            }
+            boolean exactInput = computeRow(job, row, w, v, e);
+            double factor = 1;
+            double factorRel = 0;
+            boolean rowUndecidable = false;
+            if (job.doraAxis() == DoraSpec.Axis.ROW) {
+                double sumSq = 0;
+                double sumErr = 0;
+                for (int j = 0; j < cols; j++) {
+                    sumSq += v[j] * v[j];
+                    sumErr += 2 * Math.abs(v[j]) * e[j];
+                }
+                double relS = (sumErr + (cols + 2) * TensorJob.U * sumSq) / sumSq;
+                factor = job.magnitude()[(int) row] / Math.sqrt(sumSq);
+                factorRel = relS / 2 + 3 * TensorJob.U;
+                rowUndecidable = !(relS < 1e-3) || !Double.isFinite(factor);
+            }
+            double[] colFactor = job.columnFactor();
+            double[] colRel = job.columnRel();
+            for (int j = 0; j < cols; j++) {
+                int wBits = in.bitsAt(src, base + j);
+                if (in.isNonFinite(wBits)) {
+                    // a NaN or infinite base weight stays what it was
+                    out.putBits(dst, base + j, in == out ? wBits : out.encode(w[j]));
+                    continue;
+                }
+                double val = v[j];
+                double err = e[j];
+                boolean undecidable = rowUndecidable;
+                if (job.doraAxis() != null) {
+                    double f = job.doraAxis() == DoraSpec.Axis.ROW ? factor : colFactor[j];
+                    double rel = job.doraAxis() == DoraSpec.Axis.ROW ? factorRel : colRel[j];
+                    val = f * v[j];
+                    err = 2 * (Math.abs(f) * e[j] + Math.abs(val) * (rel + TensorJob.U));
+                    undecidable |= !Double.isFinite(rel);
+                }
+                double y = out.round(val);
+                if (!exactInput || undecidable) {
+                    if (undecidable || !decided(out, val, y, err)) {
+                        y = exact(job, w, row, j, out);
+                        fallbacks++;
+                    }
+                }
+                if (Double.isNaN(y)) {
+                    nans++;
+                } else if (Double.isInfinite(y)) {
+                    overflows++;
+                }
+                out.putBits(dst, base + j, out.encode(y));
+            }
+        }
+        stats.add(fallbacks, overflows, nans);
+    }
+
+    /** True if every value within err of val rounds to y. */
+    static boolean decided(FloatFormat out, double val, double y, double err) {
+        if (!Double.isFinite(val)) {
+            return false;
+        }
+        if (Double.isInfinite(y)) {
+            return out.round(val - err) == out.round(val + err);
+        }
+        // the rounding interval of y reaches half an ulp to each side, except below a power of two,
+        // where the spacing halves; |val - y| is exact (Sterbenz)
+        double half = 0.5 * out.ulp(y);
+        boolean powerOfTwo = (Double.doubleToRawLongBits(y) & 0x000F_FFFF_FFFF_FFFFL) == 0;
+        if (powerOfTwo && Math.abs(val) < Math.abs(y)) {
+            half *= 0.5;
+        }
+        return Math.abs(val - y) + err < half;
+    }
+
+    private static double exact(TensorJob job, double[] sourceRow, long row, int col, FloatFormat out) {
+        BigDecimal x = ExactMath.merged(job, sourceRow, row, col);
+        return ExactMath.round(x, out);
+    }
+
+    /**
+     * v = w + Σ s·U_i·Vᵀ for one row, with e its error bound. Returns true when v is exact (no terms).
+     */
+    static boolean computeRow(TensorJob job, long row, double[] w, double[] v, double[] e) {
+        int cols = job.cols();
+        if (job.terms().isEmpty()) {
+            System.arraycopy(w, 0, v, 0, cols);
+            java.util.Arrays.fill(e, 0, cols, 0.0);
+            return true;
+        }
+        int i = Math.toIntExact(row);
+        double[] d = SCRATCH.get()[3];
+        System.arraycopy(w, 0, v, 0, cols);
+        java.util.Arrays.fill(e, 0, cols, 0.0);
+        for (LowRankTerm t : job.terms()) {
+            int r = t.rank();
+            double[] u = t.u();
+            double[] vt = t.vt();
+            java.util.Arrays.fill(d, 0, cols, 0.0);
+            for (int k = 0; k < r; k++) {
+                double uk = u[i * r + k];
+                if (uk == 0) {
+                    continue;
+                }
+                int off = k * cols;
+                for (int j = 0; j < cols; j++) {
+                    d[j] += uk * vt[off + j];
+                }
+            }
+            double s = t.scale();
+            double bound = 2 * Math.abs(s) * t.uNorm(i);
+            double[] vNorm = t.vNorms();
+            for (int j = 0; j < cols; j++) {
+                v[j] += s * d[j];
+                e[j] += bound * vNorm[j];
+            }
+        }
+        double k = job.boundK();
+        for (int j = 0; j < cols; j++) {
+            e[j] = k * (Math.abs(v[j]) + e[j]);
+        }
+        return false;
+    }
+
+    /**
+     * First pass of a column-axis DoRA tensor: adds Σ v² and Σ 2|v|·e of these rows to the
+     * per-column accumulators.
+     */
+    public static void columnSums(TensorJob job, long row0, int rowCount, ByteBuffer src, double[] sumSq, double[] sumErr) {
+        FloatFormat in = job.srcFormat();
+        int cols = job.cols();
+        double[][] s = scratch(cols);
+        double[] w = s[0];
+        double[] v = s[1];
+        double[] e = s[2];
+        for (int ii = 0; ii < rowCount; ii++) {
+            long base = (long) ii * cols;
+            for (int j = 0; j < cols; j++) {
+                w[j] = in.decode(in.bitsAt(src, base + j));
+            }
+            computeRow(job, row0 + ii, w, v, e);
+            for (int j = 0; j < cols; j++) {
+                sumSq[j] += v[j] * v[j];
+                sumErr[j] += 2 * Math.abs(v[j]) * e[j];
+            }
+        }
+    }
+
+    /** Turns the first pass's sums into column factors m_j / ‖V_·j‖ and their relative error bounds. */
+    public static void finishColumns(TensorJob job, double[] sumSq, double[] sumErr) {
+        int cols = job.cols();
+        double[] factor = new double[cols];
+        double[] rel = new double[cols];
+        double rows = job.rows();
+        for (int j = 0; j < cols; j++) {
+            double relS = (sumErr[j] + (rows + 2) * TensorJob.U * sumSq[j]) / sumSq[j];
+            factor[j] = job.magnitude()[j] / Math.sqrt(sumSq[j]);
+            rel[j] = relS < 1e-3 && Double.isFinite(factor[j]) ? relS / 2 + 3 * TensorJob.U : Double.POSITIVE_INFINITY;
+        }
+        job.setColumnFactors(factor, rel);
+    }
+}

@@ -1,0 +1,201 @@
+package org.loramerge.format;
+
+import com.fasterxml.jackson.core.JsonProcessingException;
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.LinkOption;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+
+import static org.loramerge.format.SafetensorsException.Reason.INDEX_MISMATCH;
+import static org.loramerge.format.SafetensorsException.Reason.INVALID_INDEX;
+
+/**
+ * A Hugging Face model folder: {@code config.json} and its tensors, in one
+ * {@code model.safetensors} or in shards listed by {@code model.safetensors.index.json}.
+ * Every file is opened read-only.
+ */
+public final class Checkpoint implements AutoCloseable {
+    private final Path dir;
+    private final ObjectNode config;
+    private final List<SafetensorsFile> files;
+    private final Map<String, SafetensorsFile> fileOf;
+    private final Map<String, TensorInfo> tensors;
+    private final boolean sharded;
+    private final List<String> warnings;
+
+    private Checkpoint(Path dir, ObjectNode config, List<SafetensorsFile> files, Map<String, SafetensorsFile> fileOf,
+                       Map<String, TensorInfo> tensors, boolean sharded, List<String> warnings) {
+        this.dir = dir;
+        this.config = config;
+        this.files = files;
+        this.fileOf = fileOf;
+        this.tensors = tensors;
+        this.sharded = sharded;
+        this.warnings = warnings;
+    }
+
+    /** Opens a model folder. */
+    public static Checkpoint open(Path dir) throws SafetensorsException, IOException {
+        if (!Files.isDirectory(dir)) {
+            throw new IOException(dir + " is not a folder; pass the model folder that holds config.json and the .safetensors files");
+        }
+        ObjectNode config = readConfig(dir);
+        Path index = dir.resolve(ShardIndex.FILE_NAME);
+        Path single = dir.resolve("model.safetensors");
+        List<SafetensorsFile> files = new ArrayList<>();
+        Map<String, SafetensorsFile> fileOf = new LinkedHashMap<>();
+        Map<String, TensorInfo> tensors = new LinkedHashMap<>();
+        List<String> warnings = new ArrayList<>();
+        boolean ok = false;
+        try {
+            if (Files.exists(index)) {
+                ShardIndex idx = ShardIndex.read(index);
+                Map<String, SafetensorsFile> byName = new LinkedHashMap<>();
+                for (String shard : new java.util.LinkedHashSet<>(idx.weightMap().values())) {
+                    Path p = dir.resolve(shard);
+                    if (!Files.isRegularFile(p, LinkOption.NOFOLLOW_LINKS) && !Files.isRegularFile(p)) {
+                        throw new SafetensorsException(INDEX_MISMATCH, index, null,
+                                "names shard \"" + shard + "\", which is not a file in " + dir + "; the download is incomplete");
+                    }
+                    if (!p.toRealPath().getParent().equals(dir.toRealPath())) {
+                        throw new SafetensorsException(INVALID_INDEX, index, null,
+                                "shard \"" + shard + "\" resolves outside the model folder (a symbolic link?); refusing to read it");
+                    }
+                    SafetensorsFile f = SafetensorsFile.open(p);
+                    files.add(f);
+                    byName.put(shard, f);
+                }
+                for (SafetensorsFile f : files) {
+                    for (TensorInfo t : f.tensors()) {
+                        String mapped = idx.weightMap().get(t.name());
+                        if (mapped == null) {
+                            warnings.add(f.path().getFileName() + " holds '" + t.name() + "', which the index does not list; it is ignored, as transformers ignores it");
+                        } else if (byName.get(mapped) == f) {
+                            tensors.put(t.name(), t);
+                            fileOf.put(t.name(), f);
+                        }
+                    }
+                }
+                for (Map.Entry<String, String> e : idx.weightMap().entrySet()) {
+                    if (!tensors.containsKey(e.getKey())) {
+                        throw new SafetensorsException(INDEX_MISMATCH, index, e.getKey(),
+                                "the index places this tensor in " + e.getValue() + ", which does not hold it");
+                    }
+                }
+                long total = 0;
+                for (TensorInfo t : tensors.values()) {
+                    total += t.sizeInBytes();
+                }
+                if (idx.totalSize() != null && idx.totalSize() != total) {
+                    warnings.add(ShardIndex.FILE_NAME + " says total_size " + idx.totalSize() + " but the tensors hold " + total
+                            + " bytes (some tools write it wrong); the output index will say " + total);
+                }
+                ok = true;
+                return new Checkpoint(dir, config, files, fileOf, Collections.unmodifiableMap(tensors), true, warnings);
+            }
+            if (Files.exists(single)) {
+                SafetensorsFile f = SafetensorsFile.open(single);
+                files.add(f);
+                for (TensorInfo t : f.tensors()) {
+                    tensors.put(t.name(), t);
+                    fileOf.put(t.name(), f);
+                }
+                ok = true;
+                return new Checkpoint(dir, config, files, fileOf, Collections.unmodifiableMap(tensors), false, warnings);
+            }
+            if (Files.exists(dir.resolve("pytorch_model.bin")) || Files.exists(dir.resolve("pytorch_model.bin.index.json"))) {
+                throw new IOException(dir + " holds pytorch_model.bin (a Python pickle), which loramerge does not read because "
+                        + "unpickling runs code; convert it to safetensors first (transformers: save_pretrained(safe_serialization=True))");
+            }
+            throw new IOException(dir + " has neither model.safetensors nor " + ShardIndex.FILE_NAME + "; pass a Hugging Face model folder");
+        } finally {
+            if (!ok) {
+                for (SafetensorsFile f : files) {
+                    f.close();
+                }
+            }
+        }
+    }
+
+    static ObjectNode readConfig(Path dir) throws IOException {
+        Path p = dir.resolve("config.json");
+        if (!Files.exists(p)) {
+            return null;
+        }
+        try {
+            JsonNode n = SafetensorsFile.JSON.readTree(Files.readAllBytes(p));
+            if (!(n instanceof ObjectNode)) {
+                throw new IOException(p + " is not a JSON object; fix or remove it");
+            }
+            return (ObjectNode) n;
+        } catch (JsonProcessingException e) {
+            throw new IOException(p + " is not valid JSON (" + e.getOriginalMessage() + "); fix it", e);
+        }
+    }
+
+    public Path dir() {
+        return dir;
+    }
+
+    /** config.json, or null when the folder has none. Callers must copy before changing it. */
+    public ObjectNode config() {
+        return config;
+    }
+
+    /** Tensors in file order (shard by shard). */
+    public Map<String, TensorInfo> tensors() {
+        return tensors;
+    }
+
+    public TensorInfo tensor(String name) {
+        return tensors.get(name);
+    }
+
+    public SafetensorsFile fileOf(String tensorName) {
+        return fileOf.get(tensorName);
+    }
+
+    public List<SafetensorsFile> files() {
+        return files;
+    }
+
+    public boolean isSharded() {
+        return sharded;
+    }
+
+    public List<String> warnings() {
+        return warnings;
+    }
+
+    public long totalTensorBytes() {
+        long total = 0;
+        for (TensorInfo t : tensors.values()) {
+            total += t.sizeInBytes();
+        }
+        return total;
+    }
+
+    @Override
+    public void close() throws IOException {
+        IOException first = null;
+        for (SafetensorsFile f : files) {
+            try {
+                f.close();
+            } catch (IOException e) {
+                if (first == null) {
+                    first = e;
+                }
+            }
+        }
+        if (first != null) {
+            throw first;
+        }
+    }
+}

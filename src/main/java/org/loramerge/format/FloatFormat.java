@@ -1,0 +1,202 @@
+package org.loramerge.format;
+
+/**
+ * The three floating-point formats the merge computes with, and exact conversions between their
+ * bits and {@code double}. Every F16, BF16 and F32 value is exactly a double, so decoding never
+ * rounds; {@link #round(double)} rounds a double once, to nearest with ties to even, straight into
+ * the format (never through float first, which would round twice).
+ */
+public enum FloatFormat {
+    BF16(DType.BF16, 8, -126, 127),
+    F16(DType.F16, 11, -14, 15),
+    F32(DType.F32, 24, -126, 127);
+
+    private final DType dtype;
+    /** Precision in bits, the hidden bit included. */
+    private final int precision;
+    /** Exponent of the smallest normal number. */
+    private final int minExponent;
+    private final double maxFinite;
+    private final double[] quantum;
+
+    FloatFormat(DType dtype, int precision, int minExponent, int maxExponent) {
+        this.dtype = dtype;
+        this.precision = precision;
+        this.minExponent = minExponent;
+        this.maxFinite = (2 - Math.scalb(1.0, 1 - precision)) * Math.scalb(1.0, maxExponent);
+        this.quantum = new double[maxExponent - minExponent + 1];
+        for (int e = minExponent; e <= maxExponent; e++) {
+            quantum[e - minExponent] = Math.scalb(1.0, e - precision + 1);
+        }
+    }
+
+    public static FloatFormat of(DType dtype) {
+        switch (dtype) {
+            case BF16: return BF16;
+            case F16: return F16;
+            case F32: return F32;
+            default: throw new IllegalArgumentException(dtype + " is not a floating-point format the merge computes with");
+        }
+    }
+
+    public DType dtype() {
+        return dtype;
+    }
+
+    public int sizeInBytes() {
+        return dtype.sizeInBytes();
+    }
+
+    public double maxFinite() {
+        return maxFinite;
+    }
+
+    /**
+     * Rounds {@code x} to the nearest value of this format, ties to even; values beyond the largest
+     * finite one round to infinity as IEEE 754 says. NaN and infinities are returned as they are.
+     */
+    public double round(double x) {
+        if (x == 0 || !Double.isFinite(x)) {
+            return x;
+        }
+        if (this == F32) {
+            return (float) x; // Java's double-to-float conversion is IEEE round-to-nearest-even
+        }
+        int e = Math.getExponent(x);
+        if (e < minExponent) {
+            e = minExponent; // subnormal range: a fixed quantum
+        }
+        if (e - minExponent >= quantum.length) {
+            return x > 0 ? Double.POSITIVE_INFINITY : Double.NEGATIVE_INFINITY;
+        }
+        double q = quantum[e - minExponent];
+        double y = Math.rint(x / q) * q; // x / q and the product are exact: q is a power of two
+        if (Math.abs(y) > maxFinite) {
+            return y > 0 ? Double.POSITIVE_INFINITY : Double.NEGATIVE_INFINITY;
+        }
+        if (y == 0) {
+            return Math.copySign(0.0, x);
+        }
+        return y;
+    }
+
+    /** The bits of {@code value}, which must be exactly representable in this format (or NaN/Inf). */
+    public int encode(double value) {
+        switch (this) {
+            case BF16: {
+                if (Double.isNaN(value)) {
+                    return 0x7FC0;
+                }
+                return Float.floatToRawIntBits((float) value) >>> 16;
+            }
+            case F16:
+                return float16Bits((float) value);
+            default:
+                if (Double.isNaN(value)) {
+                    return 0x7FC00000;
+                }
+                return Float.floatToRawIntBits((float) value);
+        }
+    }
+
+    /** The canonical quiet NaN of this format. */
+    public int nanBits() {
+        switch (this) {
+            case BF16: return 0x7FC0;
+            case F16: return 0x7E00;
+            default: return 0x7FC00000;
+        }
+    }
+
+    /** The value of {@code bits} in this format, exactly. */
+    public double decode(int bits) {
+        switch (this) {
+            case BF16: return Float.intBitsToFloat((bits & 0xFFFF) << 16);
+            case F16: return F16_TABLE[bits & 0xFFFF];
+            default: return Float.intBitsToFloat(bits);
+        }
+    }
+
+    /** True if {@code bits} encode NaN or an infinity. */
+    public boolean isNonFinite(int bits) {
+        switch (this) {
+            case BF16: return (bits & 0x7F80) == 0x7F80;
+            case F16: return (bits & 0x7C00) == 0x7C00;
+            default: return (bits & 0x7F800000) == 0x7F800000;
+        }
+    }
+
+    /** Reads element {@code index} (an element index, not a byte offset) of a little-endian buffer. */
+    public int bitsAt(java.nio.ByteBuffer b, long index) {
+        if (this == F32) {
+            return b.getInt(Math.toIntExact(index * 4));
+        }
+        return b.getShort(Math.toIntExact(index * 2)) & 0xFFFF;
+    }
+
+    /** Writes element {@code index} of a little-endian buffer. */
+    public void putBits(java.nio.ByteBuffer b, long index, int bits) {
+        if (this == F32) {
+            b.putInt(Math.toIntExact(index * 4), bits);
+        } else {
+            b.putShort(Math.toIntExact(index * 2), (short) bits);
+        }
+    }
+
+    /** One unit in the last place of this format at {@code x} (the quantum of x's binade). */
+    public double ulp(double x) {
+        if (!Double.isFinite(x)) {
+            return Double.NaN;
+        }
+        int e = x == 0 ? minExponent : Math.max(Math.getExponent(x), minExponent);
+        if (e - minExponent >= quantum.length) {
+            e = minExponent + quantum.length - 1;
+        }
+        return quantum[e - minExponent];
+    }
+
+    private static final double[] F16_TABLE = new double[65536];
+
+    static {
+        for (int h = 0; h < 65536; h++) {
+            F16_TABLE[h] = float16Value(h);
+        }
+    }
+
+    private static double float16Value(int h) {
+        int sign = (h >>> 15) & 1;
+        int exp = (h >>> 10) & 0x1F;
+        int mant = h & 0x3FF;
+        double v;
+        if (exp == 0) {
+            v = Math.scalb((double) mant, -24);
+        } else if (exp == 31) {
+            v = mant == 0 ? Double.POSITIVE_INFINITY : Double.NaN;
+        } else {
+            v = Math.scalb((double) (mant | 0x400), exp - 25);
+        }
+        return sign == 1 ? -v : v;
+    }
+
+    private static int float16Bits(float f) {
+        int bits = Float.floatToRawIntBits(f);
+        int sign = (bits >>> 16) & 0x8000;
+        if (Float.isNaN(f)) {
+            return 0x7E00;
+        }
+        float a = Math.abs(f);
+        if (Float.isInfinite(a)) {
+            return sign | 0x7C00;
+        }
+        if (a == 0) {
+            return sign;
+        }
+        int e = Math.getExponent(a);
+        if (e < -14) {
+            // subnormal: an exact multiple of 2^-24
+            return sign | Math.round(Math.scalb(a, 24));
+        }
+        int mant = Math.round(Math.scalb(a, 10 - e)) - 0x400;
+        return sign | ((e + 15) << 10) | mant;
+    }
+}

@@ -1,0 +1,81 @@
+package org.loramerge.format;
+
+import java.io.IOException;
+import java.lang.reflect.Field;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.MappedByteBuffer;
+import java.nio.channels.FileChannel;
+import java.nio.file.Path;
+
+/**
+ * A read-only window of a file mapped into memory, unmapped as soon as it is closed, so that a
+ * long streaming merge keeps a bounded resident set (the JDK would otherwise unmap only when the
+ * garbage collector gets to the buffer). Windows are at most 2 GiB - 1 bytes, a Java 17 limit;
+ * larger tensors are read in several windows (Lucene's MMapDirectory does the same).
+ */
+public final class MappedRegion implements AutoCloseable {
+    /** The largest window one mapping may have. */
+    public static final long MAX_WINDOW = Integer.MAX_VALUE - 7;
+
+    private static final sun.misc.Unsafe UNSAFE = loadUnsafe();
+
+    private MappedByteBuffer buffer;
+
+    private MappedRegion(MappedByteBuffer buffer) {
+        this.buffer = buffer;
+    }
+
+    /**
+     * Maps {@code length} bytes at {@code position} of {@code channel}.
+     *
+     * @throws IOException with a message naming the file and the likely limits when the mapping fails
+     */
+    public static MappedRegion map(FileChannel channel, Path path, long position, long length) throws IOException {
+        if (length < 0 || length > MAX_WINDOW) {
+            throw new IllegalArgumentException("window of " + length + " bytes; at most " + MAX_WINDOW);
+        }
+        try {
+            MappedByteBuffer b = channel.map(FileChannel.MapMode.READ_ONLY, position, length);
+            b.order(ByteOrder.LITTLE_ENDIAN);
+            return new MappedRegion(b);
+        } catch (IOException | OutOfMemoryError e) {
+            throw new IOException("could not memory-map " + length + " bytes at offset " + position + " of " + path
+                    + " (" + e.getMessage() + "); check `ulimit -v` and `sysctl vm.max_map_count`", e);
+        }
+    }
+
+    /** The mapped bytes, little-endian, positioned at 0. Each call returns a fresh view. */
+    public ByteBuffer bytes() {
+        if (buffer == null) {
+            throw new IllegalStateException("region already closed");
+        }
+        return buffer.duplicate().order(ByteOrder.LITTLE_ENDIAN);
+    }
+
+    public long length() {
+        return buffer == null ? 0 : buffer.capacity();
+    }
+
+    @Override
+    public void close() {
+        if (buffer == null) {
+            throw new IllegalStateException("region closed twice");
+        }
+        MappedByteBuffer b = buffer;
+        buffer = null;
+        if (UNSAFE != null && b.capacity() > 0) {
+            UNSAFE.invokeCleaner(b);
+        }
+    }
+
+    private static sun.misc.Unsafe loadUnsafe() {
+        try {
+            Field f = sun.misc.Unsafe.class.getDeclaredField("theUnsafe");
+            f.setAccessible(true);
+            return (sun.misc.Unsafe) f.get(null);
+        } catch (ReflectiveOperationException | RuntimeException e) {
+            return null; // the mapping is then released by the garbage collector
+        }
+    }
+}

@@ -1,0 +1,148 @@
+package org.loramerge.format;
+
+import com.fasterxml.jackson.databind.node.ArrayNode;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.channels.FileChannel;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * Writes one safetensors file as a stream: the header first (its tensors, shapes and offsets are
+ * fixed up front), then each tensor's bytes in header order. The header is padded with spaces to
+ * a multiple of 8 bytes, as the reference writer does, so the data section starts aligned.
+ */
+public final class SafetensorsWriter implements AutoCloseable {
+    /** A tensor to be written: its name, dtype and shape. */
+    public record Entry(String name, DType dtype, long[] shape) {
+        public long sizeInBytes() {
+            return TensorInfo.numElements(shape) * dtype.bits() / 8;
+        }
+    }
+
+    private final Path path;
+    private final FileChannel channel;
+    private final long dataStart;
+    private final long totalSize;
+    private long position;
+    private boolean closed;
+
+    private SafetensorsWriter(Path path, FileChannel channel, long dataStart, long totalSize) {
+        this.path = path;
+        this.channel = channel;
+        this.dataStart = dataStart;
+        this.totalSize = dataStart + totalSize;
+        this.position = dataStart;
+    }
+
+    /** The header bytes (length prefix included) for these entries, in this order. */
+    public static byte[] header(List<Entry> entries, Map<String, String> metadata) {
+        ObjectNode root = SafetensorsFile.JSON.createObjectNode();
+        if (!metadata.isEmpty()) {
+            ObjectNode m = root.putObject("__metadata__");
+            metadata.forEach(m::put);
+        }
+        long offset = 0;
+        for (Entry e : entries) {
+            ObjectNode t = root.putObject(e.name());
+            t.put("dtype", e.dtype().name());
+            ArrayNode shape = t.putArray("shape");
+            for (long d : e.shape()) {
+                shape.add(d);
+            }
+            long size = e.sizeInBytes();
+            ArrayNode offsets = t.putArray("data_offsets");
+            offsets.add(offset);
+            offsets.add(offset + size);
+            offset += size;
+        }
+        byte[] json = root.toString().getBytes(StandardCharsets.UTF_8);
+        int padded = (json.length + 7) / 8 * 8;
+        byte[] out = new byte[8 + padded];
+        ByteBuffer.wrap(out).order(java.nio.ByteOrder.LITTLE_ENDIAN).putLong(padded);
+        System.arraycopy(json, 0, out, 8, json.length);
+        Arrays.fill(out, 8 + json.length, out.length, (byte) ' ');
+        return out;
+    }
+
+    /** Creates {@code path} (which must not exist) and writes the header. */
+    public static SafetensorsWriter create(Path path, List<Entry> entries, Map<String, String> metadata) throws IOException {
+        byte[] header = header(entries, metadata);
+        long total = 0;
+        for (Entry e : entries) {
+            total += e.sizeInBytes();
+        }
+        FileChannel ch = FileChannel.open(path, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE);
+        try {
+            ByteBuffer hb = ByteBuffer.wrap(header);
+            long pos = 0;
+            while (hb.hasRemaining()) {
+                pos += ch.write(hb, pos);
+            }
+        } catch (IOException e) {
+            ch.close();
+            throw e;
+        }
+        return new SafetensorsWriter(path, ch, header.length, total);
+    }
+
+    /** Appends bytes of the tensor being written. */
+    public void write(ByteBuffer src) throws IOException {
+        int n = src.remaining();
+        if (position + n > totalSize) {
+            throw new IllegalStateException(path + ": writing past the declared tensors");
+        }
+        while (src.hasRemaining()) {
+            position += channel.write(src, position);
+        }
+    }
+
+    /** Appends {@code length} bytes of another file, without copying them through the heap. */
+    public void transferFrom(FileChannel source, long sourcePosition, long length) throws IOException {
+        if (position + length > totalSize) {
+            throw new IllegalStateException(path + ": writing past the declared tensors");
+        }
+        long done = 0;
+        while (done < length) {
+            long n = source.transferTo(sourcePosition + done, length - done, channel.position(position + done));
+            if (n <= 0) {
+                throw new IOException(path + ": source ended while copying");
+            }
+            done += n;
+        }
+        position += length;
+    }
+
+    public long position() {
+        return position;
+    }
+
+    public long dataStart() {
+        return dataStart;
+    }
+
+    public Path path() {
+        return path;
+    }
+
+    /** Checks that every declared byte was written and forces the file to disk. */
+    public void finish() throws IOException {
+        if (position != totalSize) {
+            throw new IllegalStateException(path + ": " + (totalSize - position) + " bytes of tensor data were not written");
+        }
+        channel.force(true);
+    }
+
+    @Override
+    public void close() throws IOException {
+        if (!closed) {
+            closed = true;
+            channel.close();
+        }
+    }
+}

@@ -1,0 +1,285 @@
+package org.loramerge.pipeline;
+
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.util.ArrayDeque;
+import java.util.ArrayList;
+import java.util.Deque;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.ArrayBlockingQueue;
+import java.util.concurrent.BlockingQueue;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import org.loramerge.engine.Backend;
+import org.loramerge.engine.BlockStats;
+import org.loramerge.engine.TensorJob;
+import org.loramerge.format.MappedRegion;
+import org.loramerge.format.SafetensorsFile;
+import org.loramerge.format.SafetensorsWriter;
+import org.loramerge.format.ShardIndex;
+import org.loramerge.plan.MergePlan;
+import org.loramerge.plan.OutputTensor;
+
+/**
+ * Streams a {@link MergePlan} to disk: tensors are cut into row blocks, blocks are computed by the
+ * backend on worker threads and written in order by the calling thread, with a bounded number of
+ * blocks in flight. Memory is bounded by (blocks in flight) x (block size) plus one tensor's adapter
+ * factors, whatever the model's size. Unchanged tensors are copied file to file without passing
+ * through the Java heap.
+ */
+public final class MergeRunner {
+    /** Default output bytes per block. */
+    public static final int DEFAULT_BLOCK_BYTES = 8 << 20;
+
+    /** Knobs of a run. */
+    public record Options(boolean overwrite, boolean allowNonFinite, int blockBytes) {
+        public static Options defaults() {
+            return new Options(false, false, DEFAULT_BLOCK_BYTES);
+        }
+    }
+
+    /** A merge that produced values the user must decide about: overflow to infinity or NaN. */
+    public static final class NonFiniteException extends IOException {
+        private static final long serialVersionUID = 1L;
+
+        NonFiniteException(String message) {
+            super(message);
+        }
+    }
+
+    private final MergePlan plan;
+    private final Backend backend;
+    private final Options options;
+    private final Progress progress;
+    private final ExecutorService pool;
+    private final BlockingQueue<ByteBuffer> buffers;
+    private final int window;
+    private final Deque<Step> pending = new ArrayDeque<>();
+    private final MergeReport report = new MergeReport();
+    private final Map<String, BlockStats> stats = new LinkedHashMap<>();
+
+    /** Work completed in order on the writing thread. */
+    private interface Step {
+        void complete() throws Exception;
+    }
+
+    private MergeRunner(MergePlan plan, Backend backend, Options options, Progress progress) {
+        this.plan = plan;
+        this.backend = backend;
+        this.options = options;
+        this.progress = progress;
+        int threads = backend.parallelism();
+        this.window = 2 * threads + 2;
+        this.pool = Executors.newFixedThreadPool(threads, r -> {
+            Thread t = new Thread(r, "loramerge-worker");
+            t.setDaemon(true);
+            return t;
+        });
+        this.buffers = new ArrayBlockingQueue<>(window + 1);
+        for (int i = 0; i <= window; i++) {
+            buffers.add(ByteBuffer.allocateDirect(options.blockBytes()).order(ByteOrder.LITTLE_ENDIAN));
+        }
+    }
+
+    /**
+     * Writes the merged model to {@code out}. The base and adapter are only read. On any failure the
+     * output folder does not appear.
+     */
+    public static MergeReport run(MergePlan plan, Backend backend, AtomicOutput out, Options options, Progress progress)
+            throws Exception {
+        MergeRunner r = new MergeRunner(plan, backend, options, progress);
+        try {
+            return r.write(out);
+        } finally {
+            r.pool.shutdownNow();
+        }
+    }
+
+    private MergeReport write(AtomicOutput out) throws Exception {
+        long start = System.nanoTime();
+        Map<String, String> weightMap = new LinkedHashMap<>();
+        for (MergePlan.Shard shard : plan.shards()) {
+            List<SafetensorsWriter.Entry> entries = new ArrayList<>();
+            for (OutputTensor t : shard.tensors()) {
+                entries.add(new SafetensorsWriter.Entry(t.name(), t.dtype(), t.shape()));
+                weightMap.put(t.name(), shard.fileName());
+            }
+            SafetensorsWriter writer = SafetensorsWriter.create(out.dir().resolve(shard.fileName()), entries, Map.of("format", "pt"));
+            try {
+                for (OutputTensor t : shard.tensors()) {
+                    schedule(t, writer);
+                }
+                drain();
+                writer.finish();
+            } finally {
+                writer.close();
+            }
+        }
+        if (plan.isSharded()) {
+            Files.write(out.dir().resolve(ShardIndex.FILE_NAME), ShardIndex.toJson(weightMap, plan.totalBytes()));
+        }
+        if (plan.config() != null) {
+            byte[] json = org.loramerge.format.Json.pretty(plan.config()).getBytes(StandardCharsets.UTF_8);
+            Files.write(out.dir().resolve("config.json"), json);
+        }
+        for (Path p : plan.filesToCopy()) {
+            Files.copy(p, out.dir().resolve(p.getFileName()), StandardCopyOption.COPY_ATTRIBUTES);
+            report.copiedFiles.add(p.getFileName().toString());
+        }
+        out.commit();
+        progress.finish();
+        report.seconds = (System.nanoTime() - start) / 1e9;
+        report.engine = backend.describe();
+        report.output = out.target().toString();
+        report.shards = plan.shards().size();
+        report.bytesWritten = plan.totalBytes();
+        report.adapterKeys = plan.keyUse().size();
+        report.warnings.addAll(plan.warnings());
+        report.notes.addAll(plan.notes());
+        for (OutputTensor t : plan.tensors()) {
+            switch (t.kind()) {
+                case MERGE: report.tensorsMerged++; break;
+                case REPLACE: report.tensorsReplaced++; break;
+                case CONVERT: report.tensorsConverted++; break;
+                default: report.tensorsCopied++;
+            }
+            BlockStats s = stats.get(t.name());
+            if (t.kind() != OutputTensor.Kind.COPY) {
+                report.tensors.add(new MergeReport.TensorOutcome(t.name(), t.kind().name().toLowerCase(java.util.Locale.ROOT),
+                        t.dtype().name(), t.shape(), s == null ? 0 : s.exactFallbacks(), s == null ? 0 : s.overflows(),
+                        s == null ? 0 : s.nans(), t.note()));
+            }
+        }
+        return report;
+    }
+
+    private void schedule(OutputTensor t, SafetensorsWriter writer) throws Exception {
+        SafetensorsFile srcFile = t.source().file();
+        long srcStart = t.source().info().dataStart();
+        if (t.isByteCopy()) {
+            long size = t.sizeInBytes();
+            long chunk = 64L << 20;
+            for (long off = 0; off < size; off += chunk) {
+                long o = off;
+                long n = Math.min(chunk, size - off);
+                enqueue(() -> {
+                    writer.transferFrom(srcFile.channel(), srcStart + o, n);
+                    progress.addBytes(n);
+                });
+            }
+            enqueue(progress::tensorDone);
+            return;
+        }
+        TensorJob job = TensorJob.prepare(t);
+        backend.beginTensor(job);
+        BlockStats tensorStats = new BlockStats();
+        stats.put(t.name(), tensorStats);
+        long rows = job.rows();
+        long outRowBytes = (long) job.cols() * t.dtype().sizeInBytes();
+        long srcRowBytes = (long) job.cols() * t.source().dtype().sizeInBytes();
+        if (Math.max(outRowBytes, srcRowBytes) > options.blockBytes()) {
+            throw new IOException(t.name() + ": one row of " + job.cols() + " elements is larger than the " + options.blockBytes()
+                    + "-byte block; raise --block-size");
+        }
+        int rowsPerBlock = (int) Math.max(1, options.blockBytes() / Math.max(outRowBytes, srcRowBytes));
+        if (job.needsColumnPass()) {
+            columnPass(job, rowsPerBlock, srcRowBytes);
+        }
+        for (long row0 = 0; row0 < rows; row0 += rowsPerBlock) {
+            long r0 = row0;
+            int n = (int) Math.min(rowsPerBlock, rows - row0);
+            Future<ByteBuffer> f = pool.submit(() -> {
+                ByteBuffer dst = buffers.take();
+                try (MappedRegion src = srcFile.map(t.source().info(), r0 * srcRowBytes, n * srcRowBytes)) {
+                    dst.clear();
+                    backend.mergeRows(job, r0, n, src.bytes(), dst, tensorStats);
+                    dst.limit((int) (n * outRowBytes));
+                    dst.position(0);
+                    return dst;
+                } catch (Exception e) {
+                    buffers.add(dst);
+                    throw e;
+                }
+            });
+            enqueue(() -> {
+                ByteBuffer b = get(f);
+                try {
+                    writer.write(b);
+                } finally {
+                    buffers.add(b);
+                }
+                progress.addBytes(n * outRowBytes);
+            });
+        }
+        enqueue(() -> {
+            backend.endTensor(job);
+            progress.tensorDone();
+            if (!options.allowNonFinite() && (tensorStats.overflows() > 0 || tensorStats.nans() > 0)) {
+                throw new NonFiniteException(t.name() + ": " + tensorStats.overflows() + " elements overflowed to infinity and "
+                        + tensorStats.nans() + " became NaN in " + t.dtype() + "; merge to --dtype bf16 or f32, or pass --allow-overflow to keep them");
+            }
+        });
+    }
+
+    private void columnPass(TensorJob job, int rowsPerBlock, long srcRowBytes) throws Exception {
+        OutputTensor t = job.out();
+        int cols = job.cols();
+        List<Future<double[][]>> parts = new ArrayList<>();
+        for (long row0 = 0; row0 < job.rows(); row0 += rowsPerBlock) {
+            long r0 = row0;
+            int n = (int) Math.min(rowsPerBlock, job.rows() - row0);
+            parts.add(pool.submit(() -> {
+                double[] sumSq = new double[cols];
+                double[] sumErr = new double[cols];
+                try (MappedRegion src = t.source().file().map(t.source().info(), r0 * srcRowBytes, n * srcRowBytes)) {
+                    backend.columnSums(job, r0, n, src.bytes(), sumSq, sumErr);
+                }
+                return new double[][] {sumSq, sumErr};
+            }));
+        }
+        double[] sumSq = new double[cols];
+        double[] sumErr = new double[cols];
+        for (Future<double[][]> f : parts) {
+            double[][] p = get(f);
+            for (int j = 0; j < cols; j++) {
+                sumSq[j] += p[0][j];
+                sumErr[j] += p[1][j];
+            }
+        }
+        org.loramerge.engine.cpu.CpuMerge.finishColumns(job, sumSq, sumErr);
+    }
+
+    private void enqueue(Step step) throws Exception {
+        pending.addLast(step);
+        while (pending.size() > window) {
+            pending.removeFirst().complete();
+        }
+    }
+
+    private void drain() throws Exception {
+        while (!pending.isEmpty()) {
+            pending.removeFirst().complete();
+        }
+    }
+
+    private static <T> T get(Future<T> f) throws Exception {
+        try {
+            return f.get();
+        } catch (ExecutionException e) {
+            Throwable c = e.getCause();
+            if (c instanceof Exception) {
+                throw (Exception) c;
+            }
+            throw new IOException(c);
+        }
+    }
+}

@@ -1,0 +1,180 @@
+package org.loramerge.verify;
+
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Random;
+import java.util.TreeSet;
+import org.loramerge.engine.BlockStats;
+import org.loramerge.engine.TensorJob;
+import org.loramerge.engine.cpu.CpuMerge;
+import org.loramerge.format.Checkpoint;
+import org.loramerge.format.FloatFormat;
+import org.loramerge.format.MappedRegion;
+import org.loramerge.format.SafetensorsFile;
+import org.loramerge.format.TensorInfo;
+import org.loramerge.plan.MergePlan;
+import org.loramerge.plan.OutputTensor;
+
+/**
+ * Checks a merged checkpoint against base + adapter: every tensor present with the planned shape,
+ * unchanged tensors byte-equal, and for a sample of rows of every adapted tensor, the worst error
+ * in units in the last place against the correctly rounded exact merge, NaN/Inf counts, and
+ * whether the adapter's change is there at all.
+ */
+public final class Verifier {
+    /** One tensor's findings. */
+    public record TensorCheck(String name, String kind, int rowsChecked, long elementsChecked, long elementsDiffering,
+                              double worstUlp, long nonFinite, boolean notApplied, String problem) {
+    }
+
+    /** All findings. */
+    public record Result(List<TensorCheck> tensors, List<String> problems, double worstUlp) {
+        public boolean passed() {
+            return problems.isEmpty();
+        }
+    }
+
+    private Verifier() {
+    }
+
+    public static Result verify(MergePlan plan, Checkpoint merged, int sampleRows, double maxUlp) throws IOException {
+        List<TensorCheck> checks = new ArrayList<>();
+        List<String> problems = new ArrayList<>();
+        double worst = 0;
+        for (OutputTensor planned : plan.tensors()) {
+            TensorInfo m = merged.tensor(planned.name());
+            if (m == null) {
+                problems.add(planned.name() + " is missing from the merged model");
+                continue;
+            }
+            if (!Arrays.equals(m.shape(), planned.shape())) {
+                problems.add(planned.name() + " has shape " + TensorInfo.shapeString(m.shape()) + ", expected " + TensorInfo.shapeString(planned.shape()));
+                continue;
+            }
+            boolean floating = m.dtype().isMergeable() && planned.source().dtype().isMergeable();
+            if (!floating && m.dtype() != planned.dtype()) {
+                problems.add(planned.name() + " is " + m.dtype() + ", expected " + planned.dtype());
+                continue;
+            }
+            TensorCheck c = floating ? checkValues(planned, m, merged.fileOf(m.name()), sampleRows)
+                    : checkBytes(planned, m, merged.fileOf(m.name()), sampleRows);
+            checks.add(c);
+            worst = Math.max(worst, c.worstUlp());
+            if (c.problem() != null) {
+                problems.add(planned.name() + ": " + c.problem());
+            } else if (c.worstUlp() > maxUlp) {
+                problems.add(planned.name() + ": worst error " + c.worstUlp() + " ulp exceeds " + maxUlp);
+            } else if (c.nonFinite() > 0) {
+                problems.add(planned.name() + ": " + c.nonFinite() + " NaN/Inf values in the sampled rows");
+            } else if (c.notApplied()) {
+                problems.add(planned.name() + ": the adapter's change is not there (the sampled rows equal the base)");
+            }
+        }
+        for (String name : merged.tensors().keySet()) {
+            if (plan.tensors().stream().noneMatch(t -> t.name().equals(name))) {
+                problems.add("the merged model has tensor " + name + ", which base + adapter do not produce");
+            }
+        }
+        return new Result(checks, problems, worst);
+    }
+
+    static long[] sampleRows(long rows, int count, long seed) {
+        TreeSet<Long> set = new TreeSet<>();
+        if (rows == 0) {
+            return new long[0];
+        }
+        set.add(0L);
+        set.add(rows - 1);
+        Random rnd = new Random(seed);
+        while (set.size() < Math.min(rows, count)) {
+            set.add((long) (rnd.nextDouble() * rows));
+        }
+        return set.stream().mapToLong(Long::longValue).toArray();
+    }
+
+    private static TensorCheck checkBytes(OutputTensor planned, TensorInfo m, SafetensorsFile mf, int sampleRows) throws IOException {
+        boolean same = Arrays.equals(read(planned.source().file(), planned.source().info(), 0, planned.sizeInBytes()),
+                read(mf, m, 0, m.sizeInBytes()));
+        return new TensorCheck(planned.name(), planned.kind().name(), 0, m.numElements(), same ? 0 : m.numElements(), 0, 0, false,
+                same ? null : "bytes differ from the base");
+    }
+
+    private static TensorCheck checkValues(OutputTensor planned, TensorInfo m, SafetensorsFile mf, int sampleRows) throws IOException {
+        OutputTensor asWritten = new OutputTensor(planned.name(), m.dtype(), planned.shape(), planned.source(), planned.terms(),
+                planned.dora(), planned.tokenRows(), planned.kind(), planned.note());
+        TensorJob job = TensorJob.prepare(asWritten);
+        int cols = job.cols();
+        long srcRowBytes = (long) cols * planned.source().dtype().sizeInBytes();
+        long outRowBytes = (long) cols * m.dtype().sizeInBytes();
+        if (job.needsColumnPass()) {
+            double[] sumSq = new double[cols];
+            double[] sumErr = new double[cols];
+            for (long r = 0; r < job.rows(); r++) {
+                ByteBuffer src = ByteBuffer.wrap(read(planned.source().file(), planned.source().info(), r * srcRowBytes, srcRowBytes))
+                        .order(ByteOrder.LITTLE_ENDIAN);
+                CpuMerge.columnSums(job, r, 1, src, sumSq, sumErr);
+            }
+            CpuMerge.finishColumns(job, sumSq, sumErr);
+        }
+        FloatFormat fmt = FloatFormat.of(m.dtype());
+        FloatFormat srcFmt = FloatFormat.of(planned.source().dtype());
+        long[] rows = sampleRows(job.rows(), planned.isAdapted() ? sampleRows : Math.min(sampleRows, 4), planned.name().hashCode());
+        long checked = 0;
+        long differing = 0;
+        long nonFinite = 0;
+        double worst = 0;
+        boolean anyChange = false;
+        boolean allEqualBase = true;
+        ByteBuffer expected = ByteBuffer.allocate((int) outRowBytes).order(ByteOrder.LITTLE_ENDIAN);
+        for (long r : rows) {
+            ByteBuffer src = ByteBuffer.wrap(read(planned.source().file(), planned.source().info(), r * srcRowBytes, srcRowBytes))
+                    .order(ByteOrder.LITTLE_ENDIAN);
+            ByteBuffer got = ByteBuffer.wrap(read(mf, m, r * outRowBytes, outRowBytes)).order(ByteOrder.LITTLE_ENDIAN);
+            CpuMerge.mergeRows(job, r, 1, src, expected, new BlockStats());
+            for (int j = 0; j < cols; j++) {
+                int eb = fmt.bitsAt(expected, j);
+                int gb = fmt.bitsAt(got, j);
+                double ev = fmt.decode(eb);
+                double gv = fmt.decode(gb);
+                double base = srcFmt.decode(srcFmt.bitsAt(src, j));
+                checked++;
+                if (fmt.isNonFinite(gb)) {
+                    if (!fmt.isNonFinite(eb)) {
+                        nonFinite++;
+                    }
+                    continue;
+                }
+                if (ev != base) {
+                    anyChange = true;
+                }
+                if (gv != base) {
+                    allEqualBase = false;
+                }
+                if (eb != gb) {
+                    differing++;
+                    double ulp = Double.isFinite(ev) ? Math.abs(gv - ev) / fmt.ulp(ev) : Double.POSITIVE_INFINITY;
+                    worst = Math.max(worst, ulp);
+                }
+            }
+        }
+        boolean notApplied = planned.isAdapted() && anyChange && allEqualBase;
+        return new TensorCheck(planned.name(), planned.kind().name(), rows.length, checked, differing, worst, nonFinite, notApplied, null);
+    }
+
+    private static byte[] read(SafetensorsFile f, TensorInfo t, long offset, long length) throws IOException {
+        byte[] out = new byte[Math.toIntExact(length)];
+        long done = 0;
+        while (done < length) {
+            long n = Math.min(MappedRegion.MAX_WINDOW, length - done);
+            try (MappedRegion r = f.map(t, offset + done, n)) {
+                r.bytes().get(out, (int) done, (int) n);
+            }
+            done += n;
+        }
+        return out;
+    }
+}
