@@ -38,6 +38,7 @@ public final class AdapterConfig {
     private final boolean fanInFanOut;
     private final boolean useDora;
     private final boolean loraBias;
+    private final boolean ensureWeightTying;
     private final String bias;
     private final List<String> modulesToSave;
     private final Map<String, List<Long>> tokenIndicesByModule;
@@ -60,6 +61,7 @@ public final class AdapterConfig {
         this.fanInFanOut = b.fanInFanOut;
         this.useDora = b.useDora;
         this.loraBias = b.loraBias;
+        this.ensureWeightTying = b.ensureWeightTying;
         this.bias = b.bias;
         this.modulesToSave = b.modulesToSave;
         this.tokenIndicesByModule = b.tokenIndicesByModule;
@@ -83,6 +85,7 @@ public final class AdapterConfig {
         boolean fanInFanOut;
         boolean useDora;
         boolean loraBias;
+        boolean ensureWeightTying;
         String bias = "none";
         List<String> modulesToSave = new ArrayList<>();
         Map<String, List<Long>> tokenIndicesByModule;
@@ -143,6 +146,7 @@ public final class AdapterConfig {
         b.fanInFanOut = bool(file, root, "fan_in_fan_out");
         b.useDora = bool(file, root, "use_dora");
         b.loraBias = bool(file, root, "lora_bias");
+        b.ensureWeightTying = bool(file, root, "ensure_weight_tying");
         b.bias = text(file, root, "bias", "none");
         JsonNode rp = root.get("rank_pattern");
         if (rp != null && rp.isObject()) {
@@ -431,6 +435,11 @@ public final class AdapterConfig {
 
     public boolean useDora() {
         return useDora;
+    }
+
+    /** PEFT's ensure_weight_tying: a targeted tied embedding also wraps its tied output layer, and the other way round. */
+    public boolean ensureWeightTying() {
+        return ensureWeightTying;
     }
 
     public boolean loraBias() {

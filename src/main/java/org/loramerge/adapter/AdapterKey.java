@@ -25,7 +25,11 @@ public record AdapterKey(Kind kind, String module, String key) {
         /** {@code E.token_adapter.trainable_tokens_delta} [k, dim]: rows that replace W[idx] */
         TOKEN_ROWS,
         /** {@code X.base_layer.weight} / {@code X.base_layer.bias}, or {@code M.weight} of modules_to_save, or a bias with bias="all": replaces a base tensor */
-        REPLACE
+        REPLACE,
+        /** {@code M.modules_to_save.weight}: the trained copy of a modules_to_save module; replaces {@code M.weight}, before a plain {@code M.weight} key */
+        MODULES_TO_SAVE,
+        /** {@code M.original_module.weight}: PEFT's copy of the untrained module, which a merge does not use */
+        ORIGINAL_MODULE
     }
 
     public static final String PREFIX = "base_model.model.";
@@ -49,6 +53,13 @@ public record AdapterKey(Kind kind, String module, String key) {
         for (String[] s : suffixes) {
             if (rest.endsWith(s[0]) && rest.length() > s[0].length()) {
                 return new AdapterKey(Kind.valueOf(s[1]), rest.substring(0, rest.length() - s[0].length()), key);
+            }
+        }
+        for (String[] wrapper : new String[][] {{".modules_to_save.", "MODULES_TO_SAVE"}, {".original_module.", "ORIGINAL_MODULE"}}) {
+            int at = rest.indexOf(wrapper[0]);
+            if (at > 0 && rest.indexOf('.', at + wrapper[0].length()) < 0) {
+                // M.modules_to_save.weight -> M.weight (peft utils/other.py ModulesToSaveWrapper)
+                return new AdapterKey(Kind.valueOf(wrapper[1]), rest.substring(0, at) + rest.substring(at + wrapper[0].length() - 1), key);
             }
         }
         if (rest.contains(".lora_") || rest.contains(".token_adapter.") || rest.contains(".modules_to_save.")

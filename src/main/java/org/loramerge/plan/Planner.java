@@ -91,9 +91,19 @@ public final class Planner {
         Map<String, Parts> modules = new LinkedHashMap<>();
         Map<String, AdapterKey> replacements = new LinkedHashMap<>();
         for (AdapterKey k : adapter.keys().values()) {
-            if (k.kind() == AdapterKey.Kind.REPLACE) {
-                AdapterKey previous = replacements.put(k.module(), k);
-                if (previous != null) {
+            if (k.kind() == AdapterKey.Kind.ORIGINAL_MODULE) {
+                keyUse.put(k.key(), "(PEFT's copy of the original " + k.module() + "; not used by a merge)");
+            } else if (k.kind() == AdapterKey.Kind.REPLACE || k.kind() == AdapterKey.Kind.MODULES_TO_SAVE) {
+                AdapterKey previous = replacements.get(k.module());
+                if (previous == null) {
+                    replacements.put(k.module(), k);
+                } else if (previous.kind() != k.kind()) {
+                    // M.weight and M.modules_to_save.weight: PEFT writes both; the trained copy is the one it merges
+                    AdapterKey trained = k.kind() == AdapterKey.Kind.MODULES_TO_SAVE ? k : previous;
+                    AdapterKey plain = trained == k ? previous : k;
+                    replacements.put(k.module(), trained);
+                    keyUse.put(plain.key(), "(same module as " + trained.key() + ", which is used)");
+                } else {
                     problems.add("keys " + previous.key() + " and " + k.key() + " both replace " + k.module());
                 }
             } else {
@@ -255,7 +265,7 @@ public final class Planner {
                         + present.key().replace(first != null ? "_A" : "_B", first != null ? "_B" : "_A"));
                 return;
             }
-            if (config.hasTargetRule() && !config.targets(module)) {
+            if (config.hasTargetRule() && !config.targets(module) && !targetedThroughTying(module, embedName, tied)) {
                 problems.add("adapter keys " + first.key() + " and " + second.key() + " are for module " + module
                         + ", which adapter_config.json does not target (target_modules / exclude_modules / layers_to_transform); "
                         + "PEFT would silently ignore them. Fix the config or the adapter");
@@ -349,6 +359,16 @@ public final class Planner {
                 o.keys.add(tokens.key());
             }
         }
+    }
+
+    /** With ensure_weight_tying, PEFT wraps lm_head of a tied model when the embedding is targeted, and the other way round. */
+    private boolean targetedThroughTying(String module, String embedName, boolean tied) {
+        if (!tied || !config.ensureWeightTying()) {
+            return false;
+        }
+        String embedModule = stripWeight(embedName);
+        String headModule = stripWeight(LM_HEAD);
+        return module.equals(headModule) && config.targets(embedModule) || module.equals(embedModule) && config.targets(headModule);
     }
 
     /** nn.Linear or GPT-2's Conv1D: decided by the architecture, then by the shapes, then by fan_in_fan_out (as PEFT corrects a wrong flag from the layer type). */

@@ -1,0 +1,233 @@
+package org.loramerge.golden;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import java.io.IOException;
+import java.math.BigDecimal;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.Paths;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.MethodSource;
+import org.loramerge.adapter.LoraAdapter;
+import org.loramerge.engine.ExactMath;
+import org.loramerge.engine.ExactReference;
+import org.loramerge.engine.LowRankTerm;
+import org.loramerge.engine.TensorJob;
+import org.loramerge.engine.cpu.CpuBackend;
+import org.loramerge.format.Checkpoint;
+import org.loramerge.format.DType;
+import org.loramerge.format.FloatFormat;
+import org.loramerge.format.MappedRegion;
+import org.loramerge.format.SafetensorsFile;
+import org.loramerge.format.TensorInfo;
+import org.loramerge.pipeline.AtomicOutput;
+import org.loramerge.pipeline.MergeRunner;
+import org.loramerge.pipeline.Progress;
+import org.loramerge.plan.MergePlan;
+import org.loramerge.plan.OutputTensor;
+import org.loramerge.plan.PlanOptions;
+import org.loramerge.plan.Planner;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.fail;
+
+/**
+ * Merges every golden fixture (made with PEFT by scripts/make_fixtures.py) and checks each output
+ * element two ways: it must equal the exact merge rounded once (an independent rounding), and it
+ * must agree with PEFT's merge_and_unload() output within 1 ulp, except where PEFT is known to
+ * round more than once, where PEFT's value must lie within PEFT's own error bound of the exact one.
+ */
+class GoldenFixtureTest {
+    static final Path FIXTURES = Paths.get("src/test/resources/fixtures");
+    private static final List<String> REPORT = new ArrayList<>();
+
+    @TempDir
+    Path tmp;
+
+    static Stream<String> cases() throws IOException {
+        try (Stream<Path> s = Files.list(FIXTURES)) {
+            return s.filter(p -> Files.isRegularFile(p.resolve("case.json"))).map(p -> p.getFileName().toString()).sorted().toList().stream();
+        }
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("cases")
+    void mergeMatchesExactAndPeft(String name) throws Exception {
+        Path caseDir = FIXTURES.resolve(name);
+        Path out = tmp.resolve("out");
+        try (Checkpoint base = Checkpoint.open(caseDir.resolve("base")); LoraAdapter adapter = LoraAdapter.open(caseDir.resolve("adapter"))) {
+            MergePlan plan = Planner.plan(base, adapter, PlanOptions.defaults());
+            try (CpuBackend backend = new CpuBackend(2); AtomicOutput o = AtomicOutput.create(out, false, List.of(caseDir))) {
+                MergeRunner.run(plan, backend, o, MergeRunner.Options.defaults(), Progress.silent());
+            }
+            try (Checkpoint ours = Checkpoint.open(out); Checkpoint peft = Checkpoint.open(caseDir.resolve("peft"))) {
+                compare(name, plan, ours, peft, base);
+                checkConfig(name, ours, peft);
+            }
+        }
+    }
+
+    private void compare(String name, MergePlan plan, Checkpoint ours, Checkpoint peft, Checkpoint base) throws Exception {
+        long adaptedElements = 0;
+        long differFromPeft = 0;
+        long beyondOneUlp = 0;
+        double maxUlp = 0;
+        int adaptedTensors = 0;
+        for (OutputTensor t : plan.tensors()) {
+            TensorInfo mine = ours.tensor(t.name());
+            assertNotNull(mine, t.name() + " missing from our output");
+            if (!t.isAdapted() && t.kind() == OutputTensor.Kind.COPY) {
+                assertTrue(sameBytes(ours, mine, t.source().file(), t.source().info()), t.name() + " must be copied unchanged");
+                continue;
+            }
+            adaptedTensors++;
+            String peftName = peftNameFor(name, t.name());
+            TensorInfo theirs = peft.tensor(peftName);
+            assertNotNull(theirs, name + ": PEFT output has no " + peftName);
+            assertEquals(TensorInfo.shapeString(theirs.shape()), TensorInfo.shapeString(mine.shape()), t.name() + " shape");
+            assertEquals(theirs.dtype(), mine.dtype(), t.name() + " dtype");
+            TensorJob job = TensorJob.prepare(t);
+            FloatFormat fmt = FloatFormat.of(mine.dtype());
+            FloatFormat src = job.srcFormat();
+            int cols = job.cols();
+            double[] oursV = values(ours.fileOf(t.name()), mine);
+            double[] peftV = values(peft.fileOf(peftName), theirs);
+            double[] srcV = values(t.source().file(), t.source().info());
+            for (long i = 0; i < job.rows(); i++) {
+                double[] row = new double[cols];
+                System.arraycopy(srcV, (int) (i * cols), row, 0, cols);
+                for (int j = 0; j < cols; j++) {
+                    int idx = (int) (i * cols + j);
+                    int tokenOff = job.tokenRowOffset(i);
+                    BigDecimal exact = tokenOff >= 0 ? new BigDecimal(job.tokenValues()[tokenOff + j]) : ExactMath.merged(job, row, i, j);
+                    int expectedBits = ExactReference.roundBits(exact, mine.dtype());
+                    int gotBits = fmt.encode(oursV[idx]);
+                    if (expectedBits != gotBits) {
+                        fail(name + " " + t.name() + "[" + i + "," + j + "]: ours " + oursV[idx] + " is not the correctly rounded " + exact);
+                    }
+                    adaptedElements++;
+                    if (name.equals("tied_lm_head_ensure_tying")) {
+                        continue; // PEFT applies the tied delta twice here; checked below
+                    }
+                    double p = peftV[idx];
+                    if (p != oursV[idx]) {
+                        differFromPeft++;
+                        double ulp = Math.abs(p - oursV[idx]) / fmt.ulp(oursV[idx]);
+                        maxUlp = Math.max(maxUlp, ulp);
+                        if (ulp > 1) {
+                            beyondOneUlp++;
+                            double tol = peftErrorBound(name, job, fmt, row[j], i, j, exact);
+                            assertTrue(Math.abs(p - exact.doubleValue()) <= tol, name + " " + t.name() + "[" + i + "," + j + "]: PEFT " + p
+                                    + " is further than its own error bound " + tol + " from the exact " + exact);
+                        }
+                    }
+                }
+            }
+            if (name.equals("tied_lm_head_ensure_tying") && t.name().endsWith("embed_tokens.weight")) {
+                // PEFT merged the tied delta twice: its values sit at base + 2·Δ, ours at base + Δ
+                double[] baseV = values(base.fileOf(t.name()), base.tensor(t.name()));
+                double worst = 0;
+                for (int k = 0; k < oursV.length; k++) {
+                    double delta = oursV[k] - baseV[k];
+                    worst = Math.max(worst, Math.abs(peftV[k] - (baseV[k] + 2 * delta)));
+                }
+                assertTrue(worst < 1e-5, "PEFT's tied merge should be base + 2Δ, worst deviation " + worst);
+            }
+        }
+        REPORT.add(String.format(Locale.ROOT, "| %s | %d | %d | %d | %d | %.0f | 0 |", name, adaptedTensors, adaptedElements, differFromPeft,
+                beyondOneUlp, maxUlp));
+    }
+
+    /**
+     * How far PEFT's value may be from the exact one: half an ulp of the output, plus, where PEFT
+     * accumulates in fp32 (F32 outputs), (r + 4)·2^-24·(|W| + Σ|s·U·V|), plus, where it rounds the
+     * delta to a 16-bit dtype first (LoRA on an embedding), half an ulp of ΔW in that dtype.
+     */
+    private static double peftErrorBound(String name, TensorJob job, FloatFormat fmt, double w, long i, int j, BigDecimal exact) {
+        double absSum = Math.abs(w);
+        int rank = 0;
+        double delta = exact.doubleValue() - w;
+        for (LowRankTerm t : job.terms()) {
+            rank += t.rank();
+            double s = 0;
+            for (int k = 0; k < t.rank(); k++) {
+                s += Math.abs(t.u()[(int) i * t.rank() + k] * t.vt()[k * t.cols() + j]);
+            }
+            absSum += Math.abs(t.scale()) * s;
+        }
+        double tol = fmt.ulp(exact.doubleValue());
+        tol += (rank + 4) * 0x1p-24 * absSum;
+        if (fmt != FloatFormat.F32) {
+            tol += 0.5 * fmt.ulp(delta);
+        }
+        return tol;
+    }
+
+    private static String peftNameFor(String caseName, String ours) {
+        if (caseName.equals("tied_lm_head") && ours.equals("lm_head.weight")) {
+            return "model.embed_tokens.weight"; // PEFT merged lm_head's delta into the shared tensor
+        }
+        return ours;
+    }
+
+    private void checkConfig(String name, Checkpoint ours, Checkpoint peft) {
+        JsonNode mine = ours.config();
+        JsonNode theirs = peft.config();
+        if (mine == null || theirs == null) {
+            return;
+        }
+        assertEquals(theirs.path("vocab_size").asText(), mine.path("vocab_size").asText(), name + " vocab_size");
+        if (name.equals("tied_lm_head")) {
+            assertEquals(false, mine.path("tie_word_embeddings").asBoolean(true), "lm_head untied from the embedding");
+            assertTrue(ours.tensor("lm_head.weight") != null, "lm_head written explicitly");
+        } else if (theirs.has("tie_word_embeddings")) {
+            assertEquals(theirs.path("tie_word_embeddings").asBoolean(), mine.path("tie_word_embeddings").asBoolean(true),
+                    name + " tie_word_embeddings");
+        }
+    }
+
+    static double[] values(SafetensorsFile f, TensorInfo t) throws IOException {
+        FloatFormat fmt = FloatFormat.of(t.dtype());
+        int n = Math.toIntExact(t.numElements());
+        double[] out = new double[n];
+        try (MappedRegion r = f.map(t, 0, t.sizeInBytes())) {
+            ByteBuffer b = r.bytes();
+            for (int i = 0; i < n; i++) {
+                out[i] = fmt.decode(fmt.bitsAt(b, i));
+            }
+        }
+        return out;
+    }
+
+    private static boolean sameBytes(Checkpoint ours, TensorInfo mine, SafetensorsFile srcFile, TensorInfo src) throws IOException {
+        if (mine.sizeInBytes() != src.sizeInBytes()) {
+            return false;
+        }
+        try (MappedRegion a = ours.fileOf(mine.name()).map(mine, 0, mine.sizeInBytes()); MappedRegion b = srcFile.map(src, 0, src.sizeInBytes())) {
+            return a.bytes().equals(b.bytes());
+        }
+    }
+
+    @AfterAll
+    static void writeReport() throws IOException {
+        List<String> lines = new ArrayList<>();
+        lines.add("| case | adapted tensors | adapted elements | differ from PEFT | beyond 1 ulp (PEFT rounds twice / fp32) | max ulp vs PEFT | ours not correctly rounded |");
+        lines.add("| --- | --- | --- | --- | --- | --- | --- |");
+        lines.addAll(REPORT.stream().sorted().toList());
+        Files.createDirectories(Paths.get("target"));
+        Files.write(Paths.get("target/golden-report.md"), lines);
+        lines.forEach(System.out::println);
+    }
+}
