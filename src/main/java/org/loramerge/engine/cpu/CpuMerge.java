@@ -101,11 +101,11 @@ public final class CpuMerge {
                     undecidable |= !Double.isFinite(rel);
                 }
                 double y = out.round(val);
-                if (!exactInput || undecidable) {
-                    if (undecidable || !decided(out, val, y, err)) {
-                        y = exact(job, w, row, j, out);
-                        fallbacks++;
-                    }
+                // a NaN or infinity from finite inputs (a NaN in the adapter) has nothing to decide
+                boolean needsExact = undecidable || !exactInput && !decided(out, val, y, err);
+                if (Double.isFinite(val) && needsExact) {
+                    y = exact(job, w, row, j, out);
+                    fallbacks++;
                 }
                 if (Double.isNaN(y)) {
                     nans++;
@@ -120,9 +120,6 @@ public final class CpuMerge {
 
     /** True if every value within err of val rounds to y. */
     static boolean decided(FloatFormat out, double val, double y, double err) {
-        if (!Double.isFinite(val)) {
-            return false;
-        }
         if (Double.isInfinite(y)) {
             return out.round(val - err) == out.round(val + err);
         }

@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Time one command as a fresh process, then `sync`; print one JSON line.
+
+    measure.py [--label NAME] [--log FILE] [--json-out FILE] [--gpu] [--interval S] [--no-sync] -- CMD ARGS...
+
+JSON fields
+  label, cmd, rc            the command's exit status (-N: killed by signal N)
+  wall_s                    start of CMD to end of the following `sync` (what a user waits for)
+  cmd_s, sync_s             the two parts
+  peak_rss_tree_mb          max over samples of sum(VmRSS) over CMD and all its descendants
+                            (polled from /proc every --interval s, default 0.05; MB = 1e6 bytes)
+  peak_rss_anon_tree_mb     the same for RssAnon only (excludes mapped file pages / page cache)
+  max_rss_single_mb         ru_maxrss of CMD from wait4 (kernel-exact peak of the largest
+                            single process in CMD's tree of waited-for processes)
+  samples                   number of /proc samples
+  gpu_mem_before_mb, peak_gpu_mem_mb, peak_gpu_mem_delta_mb   (--gpu) from
+                            `nvidia-smi --query-gpu=memory.used -lms 100`; peak is the max over
+                            samples of the sum over GPUs; delta = peak - before (MiB as nvidia-smi reports)
+
+CMD's stdout/stderr are inherited unless --log FILE is given (then both go to FILE).
+The JSON line goes to stdout (and is appended to --json-out FILE). measure.py exits with CMD's rc.
+"""
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def children_map():
+    """ppid -> [pid] for every process in /proc."""
+    m = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                s = f.read()
+        except OSError:
+            continue
+        # comm may contain spaces/parens: fields after the last ')'
+        rest = s[s.rfind(b")") + 2:].split()
+        ppid = int(rest[1])
+        m.setdefault(ppid, []).append(int(d))
+    return m
+
+
+def tree(pid):
+    m = children_map()
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(m.get(p, ()))
+    return out
+
+
+def rss_of(pid):
+    """(VmRSS, RssAnon) in bytes, or (0, 0) if gone."""
+    rss = anon = 0
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+                elif line.startswith(b"RssAnon:"):
+                    anon = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    return rss, anon
+
+
+class GpuPoller:
+    def __init__(self):
+        self.before = None
+        self.peak = None
+        self.proc = None
+        self.err = None
+        try:
+            r = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                               capture_output=True, text=True, timeout=30)
+            self.before = sum(float(x) for x in r.stdout.split())
+        except Exception as e:  # no nvidia-smi
+            self.err = str(e)
+            return
+        self.peak = self.before
+        self.proc = subprocess.Popen(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-lms", "100"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.ngpu = None
+        self.t = threading.Thread(target=self._read, daemon=True)
+        self.t.start()
+
+    def _read(self):
+        # one line per GPU per sample; sum consecutive groups of ngpu lines
+        n = len(subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip().splitlines()) or 1
+        buf = []
+        for line in self.proc.stdout:
+            try:
+                buf.append(float(line.strip()))
+            except ValueError:
+                continue
+            if len(buf) == n:
+                self.peak = max(self.peak, sum(buf))
+                buf = []
+
+    def stop(self):
+        if self.proc:
+            time.sleep(0.25)  # one more sample
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def main():
+    argv = sys.argv[1:]
+    if "--" not in argv:
+        sys.exit("usage: measure.py [options] -- CMD ARGS...")
+    i = argv.index("--")
+    opts, cmd = argv[:i], argv[i + 1:]
+    if not cmd:
+        sys.exit("measure.py: no command")
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--label", default="")
+    ap.add_argument("--log")
+    ap.add_argument("--json-out")
+    ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--interval", type=float, default=0.05)
+    ap.add_argument("--no-sync", action="store_true")
+    a = ap.parse_args(opts)
+
+    gpu = GpuPoller() if a.gpu else None
+    logf = open(a.log, "ab") if a.log else None
+
+    peak_rss = peak_anon = 0
+    samples = 0
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT if logf else None)
+    ru = None
+    status = 0
+    while True:
+        wpid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        if wpid == p.pid:
+            break
+        tot = anon = 0
+        for q in tree(p.pid):
+            r, an = rss_of(q)
+            tot += r
+            anon += an
+        samples += 1
+        peak_rss = max(peak_rss, tot)
+        peak_anon = max(peak_anon, anon)
+        time.sleep(a.interval)
+    t1 = time.monotonic()
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if not a.no_sync:
+        subprocess.run(["sync"])
+    t2 = time.monotonic()
+    if gpu:
+        gpu.stop()
+    if logf:
+        logf.close()
+
+    res = {
+        "label": a.label,
+        "cmd": " ".join(shlex.quote(c) for c in cmd),
+        "rc": p.returncode,
+        "wall_s": round(t2 - t0, 3),
+        "cmd_s": round(t1 - t0, 3),
+        "sync_s": round(t2 - t1, 3),
+        "peak_rss_tree_mb": round(peak_rss / 1e6, 1),
+        "peak_rss_anon_tree_mb": round(peak_anon / 1e6, 1),
+        "max_rss_single_mb": round(ru.ru_maxrss * 1024 / 1e6, 1) if ru else None,
+        "samples": samples,
+    }
+    if gpu:
+        if gpu.before is None:
+            res["gpu_error"] = gpu.err
+        else:
+            res["gpu_mem_before_mb"] = gpu.before
+            res["peak_gpu_mem_mb"] = gpu.peak
+            res["peak_gpu_mem_delta_mb"] = gpu.peak - gpu.before
+    line = json.dumps(res)
+    print(line, flush=True)
+    if a.json_out:
+        with open(a.json_out, "a") as f:
+            f.write(line + "\n")
+    sys.exit(p.returncode if p.returncode >= 0 else 128 - p.returncode)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,376 @@
+package org.loramerge.engine.cuda;
+
+import java.math.BigDecimal;
+import java.nio.ByteBuffer;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
+import jcuda.Pointer;
+import jcuda.Sizeof;
+import jcuda.driver.CUcontext;
+import jcuda.driver.CUdevice;
+import jcuda.driver.CUfunction;
+import jcuda.driver.JCudaDriver;
+import jcuda.jcublas.JCublas2;
+import jcuda.jcublas.cublasOperation;
+import jcuda.runtime.JCuda;
+import jcuda.runtime.cudaDeviceProp;
+import jcuda.runtime.cudaMemcpyKind;
+import org.loramerge.engine.Backend;
+import org.loramerge.engine.Backends.DeviceUnavailableException;
+import org.loramerge.engine.BlockStats;
+import org.loramerge.engine.ExactMath;
+import org.loramerge.engine.LowRankTerm;
+import org.loramerge.engine.TensorJob;
+import org.loramerge.engine.cpu.CpuMerge;
+import org.loramerge.format.FloatFormat;
+import org.loramerge.pipeline.MergeRunner;
+import org.loramerge.plan.Layout;
+
+/**
+ * The GPU engine. Each pipeline worker thread owns a stream, a cuBLAS handle, pinned staging
+ * buffers and device buffers; while one worker's block is in its host-to-device copy, another's
+ * is computing and a third's is coming back, so disk, PCIe and GPU overlap. Per block:
+ * widen W to fp64 (PTX), W64 += s·U·Vᵀ (cuBLAS DGEMM, beta = 1), round once to the output dtype
+ * with the fp64 error bound (PTX), and copy back. The few elements whose bound straddles a
+ * rounding boundary come back as a list and are recomputed exactly on the host with the CPU
+ * engine's code, so the output is bit for bit the CPU engine's.
+ *
+ * <p>Tensors the GPU path does not cover (DoRA, token rows, bias terms, several terms, a dtype
+ * conversion) are merged by the CPU engine inside this backend; they are small or rare.
+ */
+public final class CudaBackend implements Backend {
+    /** Oldest architecture the PTX targets: compute_80, for bf16 and fp64 throughput (kernels/README.md). */
+    static final int MIN_MAJOR = 8;
+    private static final int AMBIGUOUS_CAPACITY = 1 << 16;
+    private static final int STREAMS = 4;
+
+    private final int ordinal;
+    private final String description;
+    private final CUcontext context = new CUcontext();
+    private final List<PtxModule> modules = new ArrayList<>();
+    private final Map<String, CUfunction> functions = new ConcurrentHashMap<>();
+    private final Map<TensorJob, Factors> factors = new ConcurrentHashMap<>();
+    private final List<Worker> workers = new ArrayList<>();
+    private final ThreadLocal<Worker> worker = new ThreadLocal<>();
+    private final int blockBytes;
+    private boolean closed;
+
+    private CudaBackend(int ordinal, String description, int blockBytes) {
+        this.ordinal = ordinal;
+        this.description = description;
+        this.blockBytes = blockBytes;
+    }
+
+    /** Opens device {@code ordinal}; explains precisely why when it cannot. Called by Backends. */
+    public static Backend open(int ordinal, int cpuThreads) throws DeviceUnavailableException {
+        try {
+            JCuda.setExceptionsEnabled(true);
+            JCudaDriver.setExceptionsEnabled(true);
+            JCublas2.setExceptionsEnabled(true);
+        } catch (UnsatisfiedLinkError | NoClassDefFoundError e) {
+            throw new DeviceUnavailableException("JCuda's native libraries could not be loaded (" + e.getMessage()
+                    + "); the GPU engine needs Linux x86-64 with an NVIDIA driver", e);
+        }
+        int[] count = {0};
+        try {
+            JCudaDriver.cuInit(0);
+            JCuda.cudaGetDeviceCount(count);
+        } catch (Throwable e) {
+            throw new DeviceUnavailableException("no NVIDIA driver or device (" + e.getMessage() + ")", e);
+        }
+        if (ordinal < 0 || ordinal >= count[0]) {
+            throw new DeviceUnavailableException("CUDA device " + ordinal + " does not exist; this machine has " + count[0], null);
+        }
+        cudaDeviceProp prop = new cudaDeviceProp();
+        JCuda.cudaGetDeviceProperties(prop, ordinal);
+        String name = prop.getName();
+        if (prop.major < MIN_MAJOR) {
+            throw new DeviceUnavailableException(name + " has compute capability " + prop.major + "." + prop.minor
+                    + "; loramerge's kernels need 8.0 (Ampere) or newer. Use --device cpu", null);
+        }
+        JCuda.cudaSetDevice(ordinal);
+        long[] free = {0};
+        long[] total = {0};
+        JCuda.cudaMemGetInfo(free, total);
+        long needed = (long) STREAMS * 8 * MergeRunner.DEFAULT_BLOCK_BYTES + (256L << 20);
+        if (free[0] < needed) {
+            throw new DeviceUnavailableException(name + " has " + (free[0] >> 20) + " MiB free; the GPU engine needs about "
+                    + (needed >> 20) + " MiB. Free the device or use --device cpu", null);
+        }
+        String cublas;
+        try {
+            cublas = CublasLoader.ensureLoaded();
+        } catch (java.io.IOException | UnsatisfiedLinkError e) {
+            throw new DeviceUnavailableException("cuBLAS could not be loaded: " + e.getMessage(), e);
+        }
+        CudaBackend b = new CudaBackend(ordinal, "cuda:" + ordinal + " " + name + " (sm_" + prop.major + prop.minor + ", " + cublas + ")",
+                MergeRunner.DEFAULT_BLOCK_BYTES);
+        try {
+            CUdevice dev = new CUdevice();
+            JCudaDriver.cuDeviceGet(dev, ordinal);
+            JCudaDriver.cuDevicePrimaryCtxRetain(b.context, dev);
+            JCudaDriver.cuCtxSetCurrent(b.context);
+            for (String m : new String[] {"convert.ptx", "round.ptx"}) {
+                b.modules.add(new PtxModule(m));
+            }
+            for (String f : new String[] {"widen_bf16_f64", "widen_f16_f64", "widen_f32_f64"}) {
+                b.functions.put(f, b.modules.get(0).function(f));
+            }
+            for (String f : new String[] {"round_f64_bf16", "round_f64_f16", "round_f64_f32"}) {
+                b.functions.put(f, b.modules.get(1).function(f));
+            }
+        } catch (Throwable e) {
+            b.close();
+            throw new DeviceUnavailableException("the GPU kernels could not be loaded on " + name + ": " + e.getMessage(), e);
+        }
+        return b;
+    }
+
+    @Override
+    public String describe() {
+        return description;
+    }
+
+    @Override
+    public int parallelism() {
+        return STREAMS;
+    }
+
+    /** Whether the GPU path computes this tensor (else the CPU engine does, inside this backend). */
+    static boolean onGpu(TensorJob job) {
+        if (job.srcFormat() == null || job.srcFormat() != job.dstFormat() || job.doraAxis() != null || job.tokenValues() != null) {
+            return false;
+        }
+        // a tensor without terms and with its own dtype is a byte copy and never reaches a backend
+        return job.terms().size() == 1 && job.out().terms().get(0).layout() != Layout.BIAS;
+    }
+
+    @Override
+    public void beginTensor(TensorJob job) {
+        if (!onGpu(job)) {
+            return;
+        }
+        bindContext();
+        LowRankTerm t = job.terms().get(0);
+        factors.put(job, new Factors(t));
+    }
+
+    @Override
+    public void endTensor(TensorJob job) {
+        Factors f = factors.remove(job);
+        if (f != null) {
+            bindContext();
+            f.close();
+        }
+    }
+
+    @Override
+    public void mergeRows(TensorJob job, long row0, int rowCount, ByteBuffer src, ByteBuffer dst, BlockStats stats) {
+        if (!onGpu(job)) {
+            CpuMerge.mergeRows(job, row0, rowCount, src, dst, stats);
+            return;
+        }
+        Worker w = worker();
+        FloatFormat fmt = job.dstFormat();
+        int cols = job.cols();
+        long n = (long) rowCount * cols;
+        long bytes = n * fmt.sizeInBytes();
+        ByteBuffer in = w.hostIn.buffer();
+        src.position(0).limit((int) bytes);
+        in.put(src);
+        JCuda.cudaMemcpyAsync(w.dIn.pointer(), w.hostIn.pointer(), bytes, cudaMemcpyKind.cudaMemcpyHostToDevice, w.stream.runtime());
+        launch(w, "widen_" + fmt.dtype().name().toLowerCase(java.util.Locale.ROOT) + "_f64", n,
+                Pointer.to(w.dIn.pointer()), Pointer.to(w.dWide.pointer()), Pointer.to(new long[] {n}));
+        Factors f = factors.get(job);
+        // row-major v[rows, cols] is column-major vᵀ[cols, rows]: vᵀ += s · (Vᵀ as [cols, r]) · (U block as [r, rows])
+        JCublas2.cublasDgemm(w.cublas.get(), cublasOperation.CUBLAS_OP_N, cublasOperation.CUBLAS_OP_N, cols, rowCount, f.rank,
+                Pointer.to(new double[] {f.scale}), f.vt.pointer(), cols, f.u.at(row0 * f.rank * Sizeof.DOUBLE), f.rank,
+                Pointer.to(new double[] {1.0}), w.dWide.pointer(), cols);
+        double absScale = Math.abs(f.scale);
+        Pointer nU = f.uNorm.at(row0 * Sizeof.DOUBLE);
+        Pointer nV = f.vNorm.pointer();
+        JCuda.cudaMemsetAsync(w.counters.pointer(), 0, 3 * Sizeof.LONG, w.stream.runtime());
+        Pointer nullPointer = new Pointer();
+        launchRows(w, "round_f64_" + fmt.dtype().name().toLowerCase(java.util.Locale.ROOT), rowCount, cols,
+                Pointer.to(w.dWide.pointer()), Pointer.to(w.dIn.pointer()), Pointer.to(w.dOut.pointer()),
+                Pointer.to(nU), Pointer.to(nV), Pointer.to(new double[] {absScale}), Pointer.to(new double[] {job.boundK()}),
+                Pointer.to(nullPointer), Pointer.to(nullPointer),
+                Pointer.to(new long[] {rowCount}), Pointer.to(new long[] {cols}), Pointer.to(new long[] {cols}), Pointer.to(new long[] {0}),
+                Pointer.to(w.counters.pointer()), Pointer.to(w.ambiguous.pointer()), Pointer.to(new long[] {AMBIGUOUS_CAPACITY}));
+        JCuda.cudaMemcpyAsync(w.hostOut.pointer(), w.dOut.pointer(), bytes, cudaMemcpyKind.cudaMemcpyDeviceToHost, w.stream.runtime());
+        JCuda.cudaMemcpyAsync(w.hostCounters.pointer(), w.counters.pointer(), 3 * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                w.stream.runtime());
+        w.stream.synchronize();
+        ByteBuffer counters = w.hostCounters.buffer();
+        long ambiguous = counters.getLong(0);
+        long overflows = counters.getLong(8);
+        long nans = counters.getLong(16);
+        if (ambiguous > AMBIGUOUS_CAPACITY) {
+            // pathological input: let the CPU engine decide the whole block
+            src.position(0);
+            CpuMerge.mergeRows(job, row0, rowCount, src, dst, stats);
+            return;
+        }
+        ByteBuffer out = w.hostOut.buffer();
+        out.limit((int) bytes);
+        dst.position(0);
+        dst.put(out);
+        dst.position(0);
+        if (ambiguous > 0) {
+            JCuda.cudaMemcpy(w.hostAmbiguous.pointer(), w.ambiguous.pointer(), ambiguous * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost);
+            ByteBuffer idx = w.hostAmbiguous.buffer();
+            FloatFormat srcFmt = job.srcFormat();
+            for (int a = 0; a < ambiguous; a++) {
+                long e = idx.getLong(a * 8);
+                int i = (int) (e / cols);
+                int j = (int) (e % cols);
+                double[] row = new double[cols];
+                for (int c = 0; c < cols; c++) {
+                    row[c] = srcFmt.decode(srcFmt.bitsAt(src, (long) i * cols + c));
+                }
+                BigDecimal x = ExactMath.merged(job, row, row0 + i, j);
+                double y = ExactMath.round(x, fmt);
+                if (Double.isInfinite(y)) {
+                    overflows++;
+                }
+                fmt.putBits(dst, e, fmt.encode(y));
+            }
+        }
+        stats.add(ambiguous, overflows, nans);
+    }
+
+    @Override
+    public void columnSums(TensorJob job, long row0, int rowCount, ByteBuffer src, double[] sumSq, double[] sumErr) {
+        CpuMerge.columnSums(job, row0, rowCount, src, sumSq, sumErr);
+    }
+
+    private void launch(Worker w, String kernel, long n, Pointer... params) {
+        int block = 256;
+        long blocks = Math.min((n + block - 1) / block, 65535L * 32);
+        JCudaDriver.cuLaunchKernel(functions.get(kernel), (int) Math.max(1, blocks), 1, 1, block, 1, 1, 0, w.stream.driver(),
+                Pointer.to(params), null);
+    }
+
+    private void launchRows(Worker w, String kernel, int rows, int cols, Pointer... params) {
+        int block = 256;
+        int gx = (cols + block - 1) / block;
+        int gy = Math.min(rows, 65535);
+        JCudaDriver.cuLaunchKernel(functions.get(kernel), gx, gy, 1, block, 1, 1, 0, w.stream.driver(), Pointer.to(params), null);
+    }
+
+    private void bindContext() {
+        JCudaDriver.cuCtxSetCurrent(context);
+    }
+
+    private Worker worker() {
+        Worker w = worker.get();
+        if (w == null) {
+            bindContext();
+            JCuda.cudaSetDevice(ordinal);
+            w = new Worker(blockBytes);
+            worker.set(w);
+            synchronized (workers) {
+                workers.add(w);
+            }
+        }
+        return w;
+    }
+
+    @Override
+    public void close() {
+        if (closed) {
+            throw new IllegalStateException("backend closed twice");
+        }
+        closed = true;
+        bindContext();
+        for (Factors f : factors.values()) {
+            f.close();
+        }
+        synchronized (workers) {
+            for (Worker w : workers) {
+                w.close();
+            }
+        }
+        for (PtxModule m : modules) {
+            m.close();
+        }
+        CUdevice dev = new CUdevice();
+        JCudaDriver.cuDeviceGet(dev, ordinal);
+        JCudaDriver.cuDevicePrimaryCtxRelease(dev);
+    }
+
+    /** One tensor's factors in fp64 on the device. */
+    private static final class Factors implements AutoCloseable {
+        final DeviceMemory u;
+        final DeviceMemory vt;
+        final DeviceMemory uNorm;
+        final DeviceMemory vNorm;
+        final int rank;
+        final double scale;
+
+        Factors(LowRankTerm t) {
+            rank = t.rank();
+            scale = t.scale();
+            u = upload(t.u());
+            vt = upload(t.vt());
+            uNorm = upload(t.uNorms());
+            vNorm = upload(t.vNorms());
+        }
+
+        private static DeviceMemory upload(double[] a) {
+            DeviceMemory d = new DeviceMemory((long) a.length * Sizeof.DOUBLE);
+            JCuda.cudaMemcpy(d.pointer(), Pointer.to(a), (long) a.length * Sizeof.DOUBLE, cudaMemcpyKind.cudaMemcpyHostToDevice);
+            return d;
+        }
+
+        @Override
+        public void close() {
+            u.close();
+            vt.close();
+            uNorm.close();
+            vNorm.close();
+        }
+    }
+
+    /** What one pipeline thread uses: a stream, a cuBLAS handle, and its buffers. */
+    private static final class Worker implements AutoCloseable {
+        final CudaStream stream = new CudaStream();
+        final CublasHandle cublas = new CublasHandle(stream);
+        final PinnedMemory hostIn;
+        final PinnedMemory hostOut;
+        final PinnedMemory hostCounters = new PinnedMemory(3 * Sizeof.LONG);
+        final PinnedMemory hostAmbiguous = new PinnedMemory((long) AMBIGUOUS_CAPACITY * Sizeof.LONG);
+        final DeviceMemory dIn;
+        final DeviceMemory dOut;
+        final DeviceMemory dWide;
+        final DeviceMemory counters = new DeviceMemory(3 * Sizeof.LONG);
+        final DeviceMemory ambiguous = new DeviceMemory((long) AMBIGUOUS_CAPACITY * Sizeof.LONG);
+
+        Worker(int blockBytes) {
+            hostIn = new PinnedMemory(blockBytes);
+            hostOut = new PinnedMemory(blockBytes);
+            dIn = new DeviceMemory(blockBytes);
+            dOut = new DeviceMemory(blockBytes);
+            // the widest case: BF16/F16 blocks widen 4x to fp64
+            dWide = new DeviceMemory((long) blockBytes * 4);
+        }
+
+        @Override
+        public void close() {
+            stream.synchronize();
+            cublas.close();
+            stream.close();
+            hostIn.close();
+            hostOut.close();
+            hostCounters.close();
+            hostAmbiguous.close();
+            dIn.close();
+            dOut.close();
+            dWide.close();
+            counters.close();
+            ambiguous.close();
+        }
+    }
+}

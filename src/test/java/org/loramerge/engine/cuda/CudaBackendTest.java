@@ -1,0 +1,154 @@
+package org.loramerge.engine.cuda;
+
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.SplittableRandom;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
+import org.loramerge.adapter.LoraAdapter;
+import org.loramerge.engine.Backend;
+import org.loramerge.engine.Backends;
+import org.loramerge.engine.BlockStats;
+import org.loramerge.engine.TensorJob;
+import org.loramerge.engine.cpu.CpuBackend;
+import org.loramerge.format.Checkpoint;
+import org.loramerge.format.DType;
+import org.loramerge.format.MappedRegion;
+import org.loramerge.format.SafetensorsFile;
+import org.loramerge.pipeline.AtomicOutput;
+import org.loramerge.pipeline.MergeRunner;
+import org.loramerge.pipeline.Progress;
+import org.loramerge.plan.Layout;
+import org.loramerge.plan.MergePlan;
+import org.loramerge.plan.OutputTensor;
+import org.loramerge.plan.PlanOptions;
+import org.loramerge.plan.Planner;
+import org.loramerge.plan.TermSpec;
+import org.loramerge.testutil.TensorFiles;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+/** The CUDA engine must write exactly the CPU engine's bytes. Skips itself where there is no usable GPU. */
+@Tag("gpu")
+class CudaBackendTest {
+    private static Backend cuda;
+    private static String unavailable;
+
+    @TempDir
+    Path dir;
+
+    @BeforeAll
+    static void openDevice() {
+        try {
+            cuda = Backends.open("cuda", 4).backend();
+        } catch (Backends.DeviceUnavailableException | RuntimeException | LinkageError e) {
+            unavailable = e.toString();
+        }
+    }
+
+    @AfterAll
+    static void closeDevice() {
+        if (cuda != null) {
+            cuda.close();
+        }
+    }
+
+    static Stream<Arguments> shapes() {
+        return Stream.of(
+                Arguments.of(Layout.LINEAR, DType.BF16, 4096, 4096, 16),
+                Arguments.of(Layout.LINEAR, DType.BF16, 257, 1000, 1),
+                Arguments.of(Layout.LINEAR, DType.F16, 333, 771, 7),
+                Arguments.of(Layout.LINEAR, DType.F32, 129, 255, 64),
+                Arguments.of(Layout.LINEAR, DType.BF16, 640, 512, 256),
+                Arguments.of(Layout.CONV1D, DType.BF16, 300, 900, 8),
+                Arguments.of(Layout.EMBEDDING, DType.BF16, 32000, 64, 16),
+                Arguments.of(Layout.EMBEDDING, DType.F16, 5000, 96, 4),
+                Arguments.of(Layout.LINEAR, DType.F32, 1024, 1024, 32));
+    }
+
+    @ParameterizedTest(name = "{0} {1} {2}x{3} r{4}")
+    @MethodSource("shapes")
+    void gpuBlocksEqualCpuBlocks(Layout layout, DType dtype, int rows, int cols, int rank) throws Exception {
+        assumeTrue(cuda != null, "no usable GPU: " + unavailable);
+        SplittableRandom rnd = new SplittableRandom(rows * 131L + cols + rank);
+        long[] aShape = layout == Layout.LINEAR ? new long[] {rank, cols} : new long[] {rank, rows};
+        long[] bShape = layout == Layout.LINEAR ? new long[] {rows, rank} : new long[] {cols, rank};
+        TensorFiles files = new TensorFiles()
+                .add("w", dtype, new long[] {rows, cols}, gaussian(rnd, rows * cols, 0.02))
+                .add("a", DType.F32, aShape, gaussian(rnd, (int) (aShape[0] * aShape[1]), 0.05))
+                .add("b", DType.F32, bShape, gaussian(rnd, (int) (bShape[0] * bShape[1]), 0.02));
+        try (SafetensorsFile f = files.write(dir.resolve("t.safetensors"))) {
+            TermSpec term = new TermSpec("x", layout, TensorFiles.source(f, "a"), TensorFiles.source(f, "b"), rank, 16.0 / rank);
+            OutputTensor out = new OutputTensor("w", dtype, new long[] {rows, cols}, TensorFiles.source(f, "w"), List.of(term), null, null,
+                    OutputTensor.Kind.MERGE, null);
+            TensorJob job = TensorJob.prepare(out);
+            assertEquals(true, CudaBackend.onGpu(job));
+            int rowBytes = cols * dtype.sizeInBytes();
+            int rowsPerBlock = Math.max(1, Math.min(rows, (MergeRunner.DEFAULT_BLOCK_BYTES / rowBytes) / 3)); // several blocks, odd sizes
+            cuda.beginTensor(job);
+            try (CpuBackend cpu = new CpuBackend(1)) {
+                for (long r0 = 0; r0 < rows; r0 += rowsPerBlock) {
+                    int n = (int) Math.min(rowsPerBlock, rows - r0);
+                    try (MappedRegion src = f.map(f.tensor("w"), r0 * rowBytes, (long) n * rowBytes)) {
+                        ByteBuffer expected = ByteBuffer.allocateDirect(n * rowBytes).order(ByteOrder.LITTLE_ENDIAN);
+                        ByteBuffer got = ByteBuffer.allocateDirect(n * rowBytes).order(ByteOrder.LITTLE_ENDIAN);
+                        cpu.mergeRows(job, r0, n, src.bytes(), expected, new BlockStats());
+                        cuda.mergeRows(job, r0, n, src.bytes(), got, new BlockStats());
+                        assertEquals(expected.position(0).limit(n * rowBytes), got.position(0).limit(n * rowBytes),
+                                "rows " + r0 + ".." + (r0 + n) + " differ between GPU and CPU");
+                    }
+                }
+            } finally {
+                cuda.endTensor(job);
+            }
+        }
+    }
+
+    static Stream<String> fixtures() throws Exception {
+        try (Stream<Path> s = Files.list(Path.of("src/test/resources/fixtures"))) {
+            return s.filter(p -> Files.exists(p.resolve("case.json"))).map(p -> p.getFileName().toString()).sorted().toList().stream();
+        }
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("fixtures")
+    void goldenFixtureOutputsAreByteIdentical(String name) throws Exception {
+        assumeTrue(cuda != null, "no usable GPU: " + unavailable);
+        Path caseDir = Path.of("src/test/resources/fixtures", name);
+        try (Checkpoint base = Checkpoint.open(caseDir.resolve("base")); LoraAdapter adapter = LoraAdapter.open(caseDir.resolve("adapter"))) {
+            MergePlan plan = Planner.plan(base, adapter, PlanOptions.defaults());
+            Path cpuOut = dir.resolve("cpu");
+            Path gpuOut = dir.resolve("gpu");
+            try (CpuBackend cpu = new CpuBackend(2); AtomicOutput o = AtomicOutput.create(cpuOut, false, List.of(caseDir))) {
+                MergeRunner.run(plan, cpu, o, MergeRunner.Options.defaults(), Progress.silent());
+            }
+            try (AtomicOutput o = AtomicOutput.create(gpuOut, false, List.of(caseDir))) {
+                MergeRunner.run(plan, cuda, o, MergeRunner.Options.defaults(), Progress.silent());
+            }
+            try (Stream<Path> files = Files.list(cpuOut)) {
+                for (Path p : files.toList()) {
+                    assertArrayEquals(Files.readAllBytes(p), Files.readAllBytes(gpuOut.resolve(p.getFileName())), name + ": " + p.getFileName());
+                }
+            }
+        }
+    }
+
+    static double[] gaussian(SplittableRandom rnd, int n, double std) {
+        double[] v = new double[n];
+        for (int i = 0; i < n; i++) {
+            v[i] = std * Math.sqrt(-2 * Math.log(1 - rnd.nextDouble())) * Math.cos(2 * Math.PI * rnd.nextDouble());
+        }
+        return v;
+    }
+}
