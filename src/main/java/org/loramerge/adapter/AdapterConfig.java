@@ -99,7 +99,7 @@ public final class AdapterConfig {
         }
         JsonNode root;
         try {
-            root = new ObjectMapper().readTree(Files.readAllBytes(file));
+            root = new ObjectMapper().enable(com.fasterxml.jackson.databind.DeserializationFeature.FAIL_ON_TRAILING_TOKENS).readTree(Files.readAllBytes(file));
         } catch (JsonProcessingException e) {
             throw new AdapterException(INVALID_CONFIG, file, "not valid JSON: " + e.getOriginalMessage());
         } catch (IOException e) {
@@ -362,14 +362,14 @@ public final class AdapterConfig {
     private Integer layerIndex(String moduleName) {
         java.util.regex.Matcher m = null;
         if (layersPattern == null || layersPattern.isEmpty()) {
-            m = Pattern.compile(".*\\.[^.]*\\.(\\d+)\\.").matcher(moduleName);
+            m = Pattern.compile(".*?\\.[^.]*\\.(\\d+)\\.").matcher(moduleName); // the first numbered segment, as PEFT 0.21
             if (!m.lookingAt()) {
                 return null;
             }
         } else {
             boolean hit = false;
             for (String p : layersPattern) {
-                m = Pattern.compile(".*\\." + p + "\\.(\\d+)\\.").matcher(moduleName);
+                m = Pattern.compile("(?:^|.*?\\.)" + p + "\\.(\\d+)\\.").matcher(moduleName);
                 if (m.lookingAt()) {
                     hit = true;
                     break;

@@ -37,7 +37,9 @@ public final class SafetensorsFile implements AutoCloseable {
     /** safetensors: a header larger than 100,000,000 bytes is rejected (MAX_HEADER_SIZE). */
     public static final long MAX_HEADER_SIZE = 100_000_000L;
 
-    static final ObjectMapper JSON = new ObjectMapper().enable(JsonParser.Feature.STRICT_DUPLICATE_DETECTION);
+    static final ObjectMapper JSON = new ObjectMapper()
+            .enable(JsonParser.Feature.STRICT_DUPLICATE_DETECTION)
+            .enable(com.fasterxml.jackson.databind.DeserializationFeature.FAIL_ON_TRAILING_TOKENS); // serde rejects trailing characters
 
     private final Path path;
     private final FileChannel channel;
@@ -96,7 +98,7 @@ public final class SafetensorsFile implements AutoCloseable {
         if (n < 0 || n > MAX_HEADER_SIZE) {
             throw new SafetensorsException(HEADER_TOO_LARGE, path, null,
                     "header length " + Long.toUnsignedString(n) + " exceeds the format's limit of " + MAX_HEADER_SIZE
-                            + " bytes; the file is corrupt or not safetensors");
+                            + " bytes; the file is corrupt or not safetensors; download or copy it again");
         }
         if (8 + n > fileSize) {
             throw new SafetensorsException(INVALID_HEADER_LENGTH, path, null,
@@ -113,11 +115,11 @@ public final class SafetensorsFile implements AutoCloseable {
                     .decode(headerBytes);
             header = chars.toString();
         } catch (CharacterCodingException e) {
-            throw new SafetensorsException(INVALID_HEADER_UTF8, path, null, "header is not valid UTF-8", e);
+            throw new SafetensorsException(INVALID_HEADER_UTF8, path, null, "header is not valid UTF-8; the file is corrupt: download or copy it again", e);
         }
         if (!header.stripLeading().startsWith("{")) {
             throw new SafetensorsException(INVALID_HEADER_START, path, null,
-                    "header does not start with '{'; the file is corrupt or not safetensors");
+                    "header does not start with '{'; the file is corrupt or not safetensors; download or copy it again");
         }
         JsonNode root;
         try {
@@ -128,7 +130,7 @@ public final class SafetensorsFile implements AutoCloseable {
                 throw new SafetensorsException(DUPLICATE_TENSOR, path, null,
                         "header names an entry twice (" + msg + "); the file is ambiguous", e);
             }
-            throw new SafetensorsException(INVALID_HEADER_JSON, path, null, "header is not valid JSON: " + msg, e);
+            throw new SafetensorsException(INVALID_HEADER_JSON, path, null, "header is not valid JSON (" + msg + "); the file is corrupt: download or copy it again", e);
         }
         if (!(root instanceof ObjectNode)) {
             throw new SafetensorsException(INVALID_HEADER_JSON, path, null, "header is not a JSON object");

@@ -82,7 +82,7 @@ public final class ShardIndex {
                 && !file.startsWith("~");
         if (!plain) {
             throw new SafetensorsException(INVALID_INDEX, indexFile, tensor,
-                    "shard name \"" + file + "\" is not a plain file name inside the model folder; refusing to read outside it");
+                    "shard name \"" + file + "\" is not a plain file name inside the model folder; refusing to read outside it. Fix weight_map to name files in the model folder, or download the model again");
         }
     }
 

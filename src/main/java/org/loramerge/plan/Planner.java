@@ -27,6 +27,7 @@ import static org.loramerge.adapter.AdapterException.Reason.CONFIG_MISMATCH;
 import static org.loramerge.adapter.AdapterException.Reason.MISSING_PARTNER;
 import static org.loramerge.adapter.AdapterException.Reason.NO_SUCH_BASE_TENSOR;
 import static org.loramerge.adapter.AdapterException.Reason.SHAPE_MISMATCH;
+import static org.loramerge.adapter.AdapterException.Reason.UNSUPPORTED;
 
 /**
  * Decides, from the base's and the adapter's headers and configs alone, what every output tensor
@@ -48,6 +49,7 @@ public final class Planner {
     private final AdapterConfig config;
     private final PlanOptions options;
     private final List<String> problems = new ArrayList<>();
+    private AdapterException.Reason firstReason;
     private final List<String> warnings = new ArrayList<>();
     private final List<String> notes = new ArrayList<>();
     private final Map<String, String> keyUse = new LinkedHashMap<>();
@@ -104,12 +106,12 @@ public final class Planner {
                     replacements.put(k.module(), trained);
                     keyUse.put(plain.key(), "(same module as " + trained.key() + ", which is used)");
                 } else {
-                    problems.add("keys " + previous.key() + " and " + k.key() + " both replace " + k.module());
+                    problem(CONFIG_MISMATCH, "keys " + previous.key() + " and " + k.key() + " both replace " + k.module());
                 }
             } else {
                 AdapterKey previous = modules.computeIfAbsent(k.module(), m -> new Parts()).byKind.put(k.kind(), k);
                 if (previous != null) {
-                    problems.add("keys " + previous.key() + " and " + k.key() + " play the same role for " + k.module());
+                    problem(CONFIG_MISMATCH, "keys " + previous.key() + " and " + k.key() + " play the same role for " + k.module());
                 }
             }
         }
@@ -129,25 +131,25 @@ public final class Planner {
             TensorInfo src = adapter.tensor(k.key());
             long[] baseShape = shapes.get(target);
             if (baseShape == null) {
-                problems.add("adapter key " + k.key() + " replaces " + target + ", which the base model does not have");
+                problem(NO_SUCH_BASE_TENSOR, "adapter key " + k.key() + " replaces " + target + ", which the base model does not have");
                 continue;
             }
             if (!Arrays.equals(baseShape, src.shape())) {
                 boolean vocabTensor = target.equals(embedName) || target.equals(LM_HEAD);
                 if (vocabTensor && baseShape.length == 2 && src.rank() == 2 && baseShape[1] == src.dim(1)) {
                     if (newVocab != null && newVocab != src.dim(0)) {
-                        problems.add("adapter resizes the vocabulary to both " + newVocab + " and " + src.dim(0) + " rows (" + k.key() + ")");
+                        problem(SHAPE_MISMATCH, "adapter resizes the vocabulary to both " + newVocab + " and " + src.dim(0) + " rows (" + k.key() + ")");
                     }
                     newVocab = src.dim(0);
                 } else {
-                    problems.add("adapter key " + k.key() + " has shape " + TensorInfo.shapeString(src.shape()) + " but base tensor " + target
+                    problem(SHAPE_MISMATCH, "adapter key " + k.key() + " has shape " + TensorInfo.shapeString(src.shape()) + " but base tensor " + target
                             + " has " + TensorInfo.shapeString(baseShape));
                     continue;
                 }
             }
             DType baseType = target.equals(LM_HEAD) && tied ? base.tensor(embedName).dtype() : base.tensor(target).dtype();
             if (baseType.isMergeable() != src.dtype().isMergeable() || (!baseType.isMergeable() && baseType != src.dtype())) {
-                problems.add("adapter key " + k.key() + " is " + src.dtype() + " but base tensor " + target + " is " + baseType);
+                problem(SHAPE_MISMATCH, "adapter key " + k.key() + " is " + src.dtype() + " but base tensor " + target + " is " + baseType);
                 continue;
             }
             Ops o = ops.computeIfAbsent(target, x -> new Ops());
@@ -163,7 +165,7 @@ public final class Planner {
             planModule(e.getKey(), e.getValue(), shapes, ops, embedName, tied);
         }
         if (!problems.isEmpty()) {
-            throw new AdapterException(problemReason(), adapter.dir(), "cannot merge; nothing was written:\n  - " + String.join("\n  - ", problems));
+            throw new AdapterException(firstReason, adapter.dir(), "cannot merge; nothing was written:\n  - " + String.join("\n  - ", problems));
         }
 
         // 3. tied embeddings (FORMATS.md §7): apply an identical delta once, otherwise untie
@@ -218,18 +220,12 @@ public final class Planner {
         return new MergePlan(outputs, shards, newConfig, filesToCopy(), keyUse, warnings, notes);
     }
 
-    private AdapterException.Reason problemReason() {
-        String all = String.join("\n", problems);
-        if (all.contains("does not have") || all.contains("no base tensor")) {
-            return NO_SUCH_BASE_TENSOR;
+    /** Records a problem; the merge stops after planning, naming all of them, with the first one's reason. */
+    private void problem(AdapterException.Reason reason, String message) {
+        if (firstReason == null) {
+            firstReason = reason;
         }
-        if (all.contains("without its partner")) {
-            return MISSING_PARTNER;
-        }
-        if (all.contains("shape")) {
-            return SHAPE_MISMATCH;
-        }
-        return CONFIG_MISMATCH;
+        problems.add(message);
     }
 
     private void planModule(String module, Parts parts, Map<String, long[]> shapes, Map<String, Ops> ops, String embedName, boolean tied)
@@ -247,12 +243,12 @@ public final class Planner {
         if (w == null) {
             List<String> keys = new ArrayList<>();
             p.values().forEach(k -> keys.add(k.key()));
-            problems.add("adapter keys " + String.join(", ", keys) + " are for module " + module + ", but the base model has no tensor "
-                    + weightName + "; is this adapter for another model?");
+            problem(NO_SUCH_BASE_TENSOR, "adapter keys " + String.join(", ", keys) + " are for module " + module + ", but the base model has no tensor "
+                    + weightName + "; is this adapter for another model? Pass the base it was trained on (adapter_config.json base_model_name_or_path)");
             return;
         }
         if ((a != null || b != null) && (ea != null || eb != null)) {
-            problems.add("module " + module + " has both lora_A/lora_B and lora_embedding_A/B keys");
+            problem(CONFIG_MISMATCH, "module " + module + " has both lora_A/lora_B and lora_embedding_A/B keys");
             return;
         }
         boolean hasLora = a != null || b != null || ea != null || eb != null;
@@ -261,19 +257,19 @@ public final class Planner {
             AdapterKey second = b != null ? b : eb;
             if (first == null || second == null) {
                 AdapterKey present = first != null ? first : second;
-                problems.add("adapter key " + present.key() + " is without its partner "
+                problem(MISSING_PARTNER, "adapter key " + present.key() + " is without its partner "
                         + present.key().replace(first != null ? "_A" : "_B", first != null ? "_B" : "_A"));
                 return;
             }
             if (config.hasTargetRule() && !config.targets(module) && !targetedThroughTying(module, embedName, tied)) {
-                problems.add("adapter keys " + first.key() + " and " + second.key() + " are for module " + module
+                problem(CONFIG_MISMATCH, "adapter keys " + first.key() + " and " + second.key() + " are for module " + module
                         + ", which adapter_config.json does not target (target_modules / exclude_modules / layers_to_transform); "
                         + "PEFT would silently ignore them. Fix the config or the adapter");
                 return;
             }
         }
         if (w.length == 0) {
-            problems.add("adapter targets " + module + ", whose weight is a scalar");
+            problem(SHAPE_MISMATCH, "adapter targets " + module + ", whose weight is a scalar");
             return;
         }
         Ops o = ops.computeIfAbsent(weightName, x -> new Ops());
@@ -284,7 +280,7 @@ public final class Planner {
             TensorInfo ta = adapter.tensor(a != null ? a.key() : ea.key());
             TensorInfo tb = adapter.tensor(b != null ? b.key() : eb.key());
             if (!ta.dtype().isMergeable() && ta.dtype() != DType.F64 || !tb.dtype().isMergeable() && tb.dtype() != DType.F64) {
-                problems.add("LoRA factors of " + module + " are " + ta.dtype() + "/" + tb.dtype()
+                problem(UNSUPPORTED, "LoRA factors of " + module + " are " + ta.dtype() + "/" + tb.dtype()
                         + "; quantized adapters are not supported, re-save the adapter in F32, F16 or BF16");
                 return;
             }
@@ -302,25 +298,25 @@ public final class Planner {
         }
         if (mag != null) {
             if (!config.useDora()) {
-                problems.add("adapter key " + mag.key() + " is a DoRA magnitude, but adapter_config.json has no use_dora: true");
+                problem(CONFIG_MISMATCH, "adapter key " + mag.key() + " is a DoRA magnitude, but adapter_config.json has no use_dora: true");
                 return;
             }
             if (layout == null) {
-                problems.add("adapter key " + mag.key() + " is a DoRA magnitude without the module's lora_A/lora_B");
+                problem(MISSING_PARTNER, "adapter key " + mag.key() + " is a DoRA magnitude without the module's lora_A/lora_B");
                 return;
             }
             TensorInfo tm = adapter.tensor(mag.key());
             boolean byRow = layout == Layout.LINEAR;
             long expected = byRow ? w[0] : w[1];
             if (tm.numElements() != expected) {
-                problems.add("DoRA magnitude " + mag.key() + " has " + tm.numElements() + " values but " + weightName + " has "
+                problem(SHAPE_MISMATCH, "DoRA magnitude " + mag.key() + " has " + tm.numElements() + " values but " + weightName + " has "
                         + expected + (byRow ? " rows" : " columns"));
                 return;
             }
             o.dora = new DoraSpec(byRow ? DoraSpec.Axis.ROW : DoraSpec.Axis.COLUMN, new TensorSource(adapter.file(), tm));
             o.keys.add(mag.key());
         } else if (hasLora && config.useDora()) {
-            problems.add("adapter_config.json has use_dora: true but " + module + " has no lora_magnitude_vector");
+            problem(CONFIG_MISMATCH, "adapter_config.json has use_dora: true but " + module + " has no lora_magnitude_vector");
             return;
         }
         if (bias != null) {
@@ -328,9 +324,9 @@ public final class Planner {
             long[] bs = shapes.get(biasName);
             TensorInfo tb = adapter.tensor(bias.key());
             if (bs == null) {
-                problems.add("adapter key " + bias.key() + " adds to " + biasName + ", which the base model does not have");
+                problem(NO_SUCH_BASE_TENSOR, "adapter key " + bias.key() + " adds to " + biasName + ", which the base model does not have");
             } else if (!Arrays.equals(bs, tb.shape())) {
-                problems.add("adapter key " + bias.key() + " has shape " + TensorInfo.shapeString(tb.shape()) + " but " + biasName + " has "
+                problem(SHAPE_MISMATCH, "adapter key " + bias.key() + " has shape " + TensorInfo.shapeString(tb.shape()) + " but " + biasName + " has "
                         + TensorInfo.shapeString(bs));
             } else {
                 Ops ob = ops.computeIfAbsent(biasName, x -> new Ops());
@@ -342,16 +338,16 @@ public final class Planner {
             List<Long> idx = config.tokenIndicesFor(module, module.equals(stripWeight(embedName)));
             TensorInfo tv = adapter.tensor(tokens.key());
             if (idx == null) {
-                problems.add("adapter key " + tokens.key() + " holds token rows, but adapter_config.json's trainable_token_indices names no indices for " + module);
+                problem(CONFIG_MISMATCH, "adapter key " + tokens.key() + " holds token rows, but adapter_config.json's trainable_token_indices names no indices for " + module);
             } else if (w.length != 2 || tv.rank() != 2 || tv.dim(0) != idx.size() || tv.dim(1) != w[1]) {
-                problems.add("adapter key " + tokens.key() + " has shape " + TensorInfo.shapeString(tv.shape()) + " but " + idx.size()
+                problem(SHAPE_MISMATCH, "adapter key " + tokens.key() + " has shape " + TensorInfo.shapeString(tv.shape()) + " but " + idx.size()
                         + " token ids of a " + TensorInfo.shapeString(w) + " embedding need [" + idx.size() + ", " + (w.length > 1 ? w[1] : 0) + "]");
             } else {
                 long[] ids = new long[idx.size()];
                 for (int i = 0; i < ids.length; i++) {
                     ids[i] = idx.get(i);
                     if (ids[i] >= w[0]) {
-                        problems.add("trainable_token_indices holds token id " + ids[i] + " but " + weightName + " has " + w[0] + " rows");
+                        problem(CONFIG_MISMATCH, "trainable_token_indices holds token id " + ids[i] + " but " + weightName + " has " + w[0] + " rows");
                         return;
                     }
                 }
@@ -400,17 +396,17 @@ public final class Planner {
         String where = module + " (" + layout.name().toLowerCase(Locale.ROOT) + ", base " + TensorInfo.shapeString(w) + ", lora_A "
                 + TensorInfo.shapeString(a.shape()) + ", lora_B " + TensorInfo.shapeString(b.shape()) + ")";
         if (a.rank() < 2 || b.rank() < 2) {
-            problems.add("LoRA factors of " + where + " are not matrices; shape mismatch");
+            problem(SHAPE_MISMATCH, "LoRA factors of " + where + " are not matrices; shape mismatch");
             return false;
         }
         long rA = a.dim(0);
         long rB = b.dim(1);
         if (rA != rB) {
-            problems.add("lora_A has " + rA + " rows but lora_B has " + rB + " columns for " + where + "; shape mismatch");
+            problem(SHAPE_MISMATCH, "lora_A has " + rA + " rows but lora_B has " + rB + " columns for " + where + "; shape mismatch");
             return false;
         }
         if (rA != rank) {
-            problems.add("adapter_config.json gives " + module + " rank " + rank + " (r / rank_pattern) but its factors have rank " + rA
+            problem(CONFIG_MISMATCH, "adapter_config.json gives " + module + " rank " + rank + " (r / rank_pattern) but its factors have rank " + rA
                     + "; the scale would be wrong, so the config does not belong to these weights");
             return false;
         }
@@ -432,7 +428,7 @@ public final class Planner {
                 ok = false;
         }
         if (!ok) {
-            problems.add("shape mismatch for " + where + "; is this adapter for another model?");
+            problem(SHAPE_MISMATCH, "shape mismatch for " + where + "; is this adapter for another model? Pass the base it was trained on (adapter_config.json base_model_name_or_path)");
         }
         return ok;
     }

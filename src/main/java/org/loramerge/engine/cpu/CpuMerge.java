@@ -101,9 +101,11 @@ public final class CpuMerge {
                     undecidable |= !Double.isFinite(rel);
                 }
                 double y = out.round(val);
-                // a NaN or infinity from finite inputs (a NaN in the adapter) has nothing to decide
-                boolean needsExact = undecidable || !exactInput && !decided(out, val, y, err);
-                if (Double.isFinite(val) && needsExact) {
+                if (val == 0 && err == 0 && !undecidable) {
+                    // an exactly zero delta on a zero weight keeps the weight's sign (kernels/rounding.cuh does the same)
+                    y = w[j];
+                } else if (Double.isFinite(val) && (undecidable || !exactInput && !decided(out, val, y, err))) {
+                    // (a NaN or infinity from finite inputs, i.e. a NaN in the adapter, has nothing to decide)
                     y = exact(job, w, row, j, out);
                     fallbacks++;
                 }
@@ -120,8 +122,12 @@ public final class CpuMerge {
 
     /** True if every value within err of val rounds to y. */
     static boolean decided(FloatFormat out, double val, double y, double err) {
-        if (Double.isInfinite(y)) {
-            return out.round(val - err) == out.round(val + err);
+        if (Double.isInfinite(y) || y == 0) {
+            // near overflow or zero (whose sign matters) compare the two ends of the interval, each
+            // widened by one double step against the rounding of val - err and val + err themselves
+            double low = out.round(Math.nextDown(val - err));
+            double high = out.round(Math.nextUp(val + err));
+            return Double.doubleToRawLongBits(low) == Double.doubleToRawLongBits(high);
         }
         // the rounding interval of y reaches half an ulp to each side, except below a power of two,
         // where the spacing halves; |val - y| is exact (Sterbenz)

@@ -1,0 +1,483 @@
+package org.loramerge.adapter;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.loramerge.testutil.TinyModels.PEFT_PREFIX;
+import static org.loramerge.testutil.TinyModels.f32Tensor;
+import static org.loramerge.testutil.TinyModels.k;
+import static org.loramerge.testutil.TinyModels.loraConfig;
+import static org.loramerge.testutil.TinyModels.loraPair;
+import static org.loramerge.testutil.TinyModels.q;
+import static org.loramerge.testutil.TinyModels.qProjAdapter;
+import static org.loramerge.testutil.TinyModels.writeAdapter;
+import static org.loramerge.testutil.TinyModels.writeSafetensors;
+import static org.loramerge.testutil.TinyModels.writeText;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.function.Function;
+import java.util.stream.Collectors;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+import org.loramerge.adapter.AdapterException.Reason;
+import org.loramerge.format.Checkpoint;
+import org.loramerge.plan.MergePlan;
+import org.loramerge.plan.OutputTensor;
+import org.loramerge.plan.PlanOptions;
+import org.loramerge.plan.Planner;
+import org.loramerge.plan.TermSpec;
+import org.loramerge.testutil.TinyModels;
+import org.loramerge.testutil.TinyModels.Tensor;
+
+/**
+ * Adapters that cannot be merged as they are, each stopped with a reason and a message naming the
+ * offending key, and the config semantics PEFT gives r, alpha and targeting (peft 0.21
+ * utils/other.py get_pattern_key, tuners_utils.py check_target_module_exists).
+ */
+class AdapterInputTest {
+    private static final String Q_LIST = "[\"q_proj\"]";
+
+    @TempDir
+    Path dir;
+
+    private Path base;
+
+    @BeforeEach
+    void writeBase() {
+        base = TinyModels.writeTinyLlama(dir.resolve("base"));
+    }
+
+    private Path adapter(String config, List<Tensor> tensors) {
+        return writeAdapter(dir.resolve("adapter"), config, tensors);
+    }
+
+    private MergePlan plan(Path adapterDir) throws Exception {
+        try (Checkpoint c = Checkpoint.open(base); LoraAdapter a = LoraAdapter.open(adapterDir)) {
+            return Planner.plan(c, a, PlanOptions.defaults());
+        }
+    }
+
+    /** Opening or planning the adapter fails with {@code reason}; returns the exception. */
+    private AdapterException refused(Path adapterDir, Reason reason) {
+        AdapterException e = assertThrows(AdapterException.class, () -> plan(adapterDir));
+        assertEquals(reason, e.reason(), e::getMessage);
+        return e;
+    }
+
+    private static void assertNames(String what, AdapterException e) {
+        assertTrue(e.getMessage().contains(what), () -> "message does not name " + what + ": " + e.getMessage());
+    }
+
+    private static List<Tensor> with(List<Tensor> a, Tensor... more) {
+        List<Tensor> out = new ArrayList<>(a);
+        out.addAll(List.of(more));
+        return out;
+    }
+
+    private static List<Tensor> without(List<Tensor> a, String name) {
+        List<Tensor> out = new ArrayList<>(a);
+        assertTrue(out.removeIf(t -> t.name().equals(name)), name);
+        return out;
+    }
+
+    private static String loraA(String module) {
+        return PEFT_PREFIX + module + ".lora_A.weight";
+    }
+
+    private static String loraB(String module) {
+        return PEFT_PREFIX + module + ".lora_B.weight";
+    }
+
+    private static String magnitude(String module) {
+        return PEFT_PREFIX + module + ".lora_magnitude_vector";
+    }
+
+    // ------------------------------------------------------------------ baseline
+
+    @Test
+    void wellFormedAdapterPlansOneTermPerTargetedModule() throws Exception {
+        MergePlan plan = plan(adapter(loraConfig(4, 8, Q_LIST, ""), qProjAdapter(4)));
+        Map<String, OutputTensor> out = plan.tensors().stream().collect(Collectors.toMap(OutputTensor::name, Function.identity()));
+        for (int layer = 0; layer < 2; layer++) {
+            OutputTensor t = out.get(q(layer) + ".weight");
+            assertEquals(OutputTensor.Kind.MERGE, t.kind());
+            assertEquals(1, t.terms().size());
+            assertEquals(4, t.terms().get(0).rank());
+            assertEquals(2.0, t.terms().get(0).scale());
+            assertEquals(OutputTensor.Kind.COPY, out.get(k(layer) + ".weight").kind());
+        }
+        assertEquals(4, plan.keyUse().size());
+    }
+
+    // ------------------------------------------------------------------ files and config
+
+    @Test
+    void pickleWeightsAreRefusedWithoutBeingRead() {
+        Path a = dir.resolve("pickled");
+        writeText(a.resolve("adapter_config.json"), loraConfig(4, 8, Q_LIST, ""));
+        // a pickle protocol 2 header; loramerge must refuse by name, never parse it
+        TinyModels.writeBytes(a.resolve("adapter_model.bin"), new byte[] {(byte) 0x80, 2, '}', 'q', 0, '.'});
+        AdapterException e = refused(a, Reason.PICKLE);
+        assertNames("adapter_model.bin", e);
+        assertNames("safe_serialization=True", e);
+    }
+
+    @Test
+    void missingAdapterConfigIsInvalidConfig() {
+        Path a = dir.resolve("no-config");
+        writeSafetensors(a.resolve("adapter_model.safetensors"), qProjAdapter(4));
+        AdapterException e = refused(a, Reason.INVALID_CONFIG);
+        assertNames("adapter_config.json", e);
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @ValueSource(strings = {"{\"r\": 4, \"lora_alpha\": ", "r = 4", "[{\"r\": 4}]", "{\"r\": 4, \"target_modules\": [\"q_proj\"]} {\"r\": 8}"})
+    void adapterConfigThatIsNotAJsonObjectIsInvalidConfig(String text) {
+        Path a = adapter(text, qProjAdapter(4));
+        AdapterException e = refused(a, Reason.INVALID_CONFIG);
+        assertNames("adapter_config.json", e);
+    }
+
+    @ParameterizedTest
+    @ValueSource(strings = {"LOHA", "PREFIX_TUNING", "lora"})
+    void peftTypeOtherThanLoraIsUnsupported(String peftType) {
+        String config = loraConfig(4, 8, Q_LIST, "").replace("\"peft_type\": \"LORA\"", "\"peft_type\": \"" + peftType + "\"");
+        AdapterException e = refused(adapter(config, qProjAdapter(4)), Reason.UNSUPPORTED);
+        assertNames("peft_type is " + peftType, e);
+    }
+
+    @ParameterizedTest
+    @ValueSource(strings = {"\"layer_replication\": [[0, 2], [1, 2]]", "\"alora_invocation_tokens\": [32, 45]",
+            "\"arrow_config\": {\"top_k\": 3}"})
+    void mergeBlockingFeaturesAreUnsupported(String field) {
+        AdapterException e = refused(adapter(loraConfig(4, 8, Q_LIST, field), qProjAdapter(4)), Reason.UNSUPPORTED);
+        assertNames(field.substring(1, field.indexOf('"', 1)), e);
+    }
+
+    @Test
+    void mergeBlockingFieldsLeftEmptyDoNotBlock() throws Exception {
+        String extra = "\"layer_replication\": null, \"alora_invocation_tokens\": [], \"arrow_config\": null, \"target_parameters\": []";
+        MergePlan plan = plan(adapter(loraConfig(4, 8, Q_LIST, extra), qProjAdapter(4)));
+        assertEquals(2, plan.count(OutputTensor.Kind.MERGE));
+    }
+
+    @Test
+    void targetParametersIsUnsupported() {
+        AdapterException e = refused(adapter(loraConfig(4, 8, Q_LIST, "\"target_parameters\": [\"mlp.experts.gate_up_proj\"]"),
+                qProjAdapter(4)), Reason.UNSUPPORTED);
+        assertNames("target_parameters", e);
+    }
+
+    // ------------------------------------------------------------------ keys
+
+    @ParameterizedTest
+    @ValueSource(strings = {PEFT_PREFIX + "model.layers.0.self_attn.q_proj.lora_A.default.weight",
+            "model.layers.0.self_attn.q_proj.lora_A.weight",
+            PEFT_PREFIX + "model.layers.0.self_attn.q_proj.modules_to_save.default.weight"})
+    void keyOfAFormPeftDoesNotSaveIsUnknownKey(String key) {
+        List<Tensor> tensors = with(qProjAdapter(4), f32Tensor(key, 4, 8));
+        AdapterException e = refused(adapter(loraConfig(4, 8, Q_LIST, ""), tensors), Reason.UNKNOWN_KEY);
+        assertNames(key, e);
+    }
+
+    @Test
+    void loraAWithoutLoraBIsMissingPartner() {
+        List<Tensor> tensors = without(qProjAdapter(4), loraB(q(1)));
+        AdapterException e = refused(adapter(loraConfig(4, 8, Q_LIST, ""), tensors), Reason.MISSING_PARTNER);
+        assertNames(loraA(q(1)), e);
+        assertNames(loraB(q(1)), e);
+    }
+
+    @Test
+    void loraBWithoutLoraAIsMissingPartner() {
+        List<Tensor> tensors = without(qProjAdapter(4), loraA(q(0)));
+        AdapterException e = refused(adapter(loraConfig(4, 8, Q_LIST, ""), tensors), Reason.MISSING_PARTNER);
+        assertNames(loraB(q(0)), e);
+    }
+
+    @Test
+    void keyForAModuleTheBaseLacksIsNoSuchBaseTensor() {
+        String vProj = "model.layers.0.self_attn.v_proj";
+        List<Tensor> tensors = with(qProjAdapter(4), loraPair(vProj, 4, 8, 8).toArray(new Tensor[0]));
+        AdapterException e = refused(adapter(loraConfig(4, 8, "[\"q_proj\", \"v_proj\"]", ""), tensors), Reason.NO_SUCH_BASE_TENSOR);
+        assertNames(loraA(vProj), e);
+        assertNames(vProj + ".weight", e);
+    }
+
+    @Test
+    void replacementOfATensorTheBaseLacksIsNoSuchBaseTensor() {
+        String key = PEFT_PREFIX + "model.layers.0.mlp.gate_proj.base_layer.weight";
+        List<Tensor> tensors = with(qProjAdapter(4), f32Tensor(key, 8, 8));
+        AdapterException e = refused(adapter(loraConfig(4, 8, Q_LIST, ""), tensors), Reason.NO_SUCH_BASE_TENSOR);
+        assertNames(key, e);
+    }
+
+    @Test
+    void loraAWhoseInputDimDoesNotFitTheBaseIsShapeMismatch() {
+        List<Tensor> tensors = without(qProjAdapter(4), loraA(q(0)));
+        tensors.add(f32Tensor(loraA(q(0)), 4, 16)); // the base q_proj takes 8 inputs
+        AdapterException e = refused(adapter(loraConfig(4, 8, Q_LIST, ""), tensors), Reason.SHAPE_MISMATCH);
+        assertNames(q(0), e);
+        assertNames("[4, 16]", e);
+    }
+
+    @Test
+    void loraBWhoseOutputDimDoesNotFitTheBaseIsShapeMismatch() {
+        List<Tensor> tensors = without(qProjAdapter(4), loraB(q(1)));
+        tensors.add(f32Tensor(loraB(q(1)), 12, 4));
+        AdapterException e = refused(adapter(loraConfig(4, 8, Q_LIST, ""), tensors), Reason.SHAPE_MISMATCH);
+        assertNames(q(1), e);
+    }
+
+    @Test
+    void configRankThatDiffersFromTheFactorsIsRefused() {
+        AdapterException e = refused(adapter(loraConfig(8, 16, Q_LIST, ""), qProjAdapter(4)), Reason.CONFIG_MISMATCH);
+        assertNames(q(0), e);
+        assertNames("rank 8", e);
+    }
+
+    @Test
+    void rankPatternMakesTheConfigAgreeWithTheFactors() throws Exception {
+        MergePlan plan = plan(adapter(loraConfig(8, 16, Q_LIST, "\"rank_pattern\": {\"q_proj\": 4}"), qProjAdapter(4)));
+        TermSpec t = term(plan, q(0));
+        assertEquals(4, t.rank());
+        assertEquals(16.0 / 4, t.scale());
+    }
+
+    @Test
+    void keysForAModuleTheConfigDoesNotTargetAreRefused() {
+        List<Tensor> tensors = with(qProjAdapter(4), loraPair(k(1), 4, 8, 8).toArray(new Tensor[0]));
+        AdapterException e = refused(adapter(loraConfig(4, 8, Q_LIST, ""), tensors), Reason.CONFIG_MISMATCH);
+        assertNames(k(1), e);
+    }
+
+    @Test
+    void keysOutsideLayersToTransformAreRefused() {
+        String config = loraConfig(4, 8, Q_LIST, "\"layers_to_transform\": [0], \"layers_pattern\": \"layers\"");
+        AdapterException e = refused(adapter(config, qProjAdapter(4)), Reason.CONFIG_MISMATCH);
+        assertNames(q(1), e);
+    }
+
+    // ------------------------------------------------------------------ DoRA
+
+    @Test
+    void doraMagnitudeWithoutUseDoraIsRefused() {
+        List<Tensor> tensors = with(qProjAdapter(4), f32Tensor(magnitude(q(0)), 8));
+        AdapterException e = refused(adapter(loraConfig(4, 8, Q_LIST, ""), tensors), Reason.CONFIG_MISMATCH);
+        assertNames(magnitude(q(0)), e);
+        assertNames("use_dora", e);
+    }
+
+    @Test
+    void useDoraWithoutMagnitudeIsRefused() {
+        List<Tensor> tensors = with(qProjAdapter(4), f32Tensor(magnitude(q(0)), 8)); // layer 1 has none
+        AdapterException e = refused(adapter(loraConfig(4, 8, Q_LIST, "\"use_dora\": true"), tensors), Reason.CONFIG_MISMATCH);
+        assertNames(q(1), e);
+        assertNames("lora_magnitude_vector", e);
+    }
+
+    @Test
+    void doraWithMagnitudesForEveryModulePlansARowRescaling() throws Exception {
+        List<Tensor> tensors = with(qProjAdapter(4), f32Tensor(magnitude(q(0)), 8), f32Tensor(magnitude(q(1)), 8));
+        MergePlan plan = plan(adapter(loraConfig(4, 8, Q_LIST, "\"use_dora\": true"), tensors));
+        OutputTensor t = output(plan, q(1) + ".weight");
+        assertNotNull(t.dora());
+        assertEquals(org.loramerge.plan.DoraSpec.Axis.ROW, t.dora().axis());
+    }
+
+    // ------------------------------------------------------------------ config semantics
+
+    private AdapterConfig config(String json) throws AdapterException {
+        Path file = writeText(dir.resolve("cfg").resolve("adapter_config.json"), json);
+        return AdapterConfig.read(file);
+    }
+
+    @Test
+    void rankPatternKeyMatchesEveryModuleEndingInIt() throws Exception {
+        AdapterConfig c = config(loraConfig(8, 16, "[\"q_proj\", \"k_proj\"]", "\"rank_pattern\": {\"k_proj\": 2}"));
+        assertEquals(2, c.rankFor(k(0)));
+        assertEquals(2, c.rankFor(k(1)));
+        assertEquals(8, c.rankFor(q(0)));
+        assertEquals(16.0 / 2, c.scaleFor(k(1)));
+        assertEquals(16.0 / 8, c.scaleFor(q(1)));
+    }
+
+    @Test
+    void rankPatternAnchoredKeyMatchesOneModule() throws Exception {
+        AdapterConfig c = config(loraConfig(8, 16, Q_LIST, "\"rank_pattern\": {\"^model.layers.0.self_attn.q_proj\": 3}"));
+        assertEquals(3, c.rankFor(q(0)));
+        assertEquals(8, c.rankFor(q(1)));
+    }
+
+    @Test
+    void rankPatternKeyMatchesOnlyOnADotBoundary() throws Exception {
+        AdapterConfig c = config(loraConfig(8, 16, Q_LIST, "\"rank_pattern\": {\"proj\": 2, \"attn.q_proj\": 6, \"self_attn.q_proj\": 5}"));
+        // peft: re.match(r"(.*\.)?(proj)$", name) fails, and "attn.q_proj" follows "self_", not a dot
+        assertEquals(5, c.rankFor(q(0)), "only \"self_attn.q_proj\" ends ...self_attn.q_proj on a dot boundary");
+        assertEquals(8, c.rankFor(k(0)));
+    }
+
+    @Test
+    void rankPatternFirstMatchInJsonOrderWins() throws Exception {
+        AdapterConfig broadFirst = config(loraConfig(8, 16, Q_LIST,
+                "\"rank_pattern\": {\"q_proj\": 5, \"^model.layers.0.self_attn.q_proj\": 3}"));
+        assertEquals(5, broadFirst.rankFor(q(0)));
+        assertEquals(5, broadFirst.rankFor(q(1)));
+        AdapterConfig narrowFirst = config(loraConfig(8, 16, Q_LIST,
+                "\"rank_pattern\": {\"^model.layers.0.self_attn.q_proj\": 3, \"q_proj\": 5}"));
+        assertEquals(3, narrowFirst.rankFor(q(0)));
+        assertEquals(5, narrowFirst.rankFor(q(1)));
+    }
+
+    @Test
+    void alphaPatternFollowsTheSameRules() throws Exception {
+        AdapterConfig c = config(loraConfig(4, 8, Q_LIST,
+                "\"alpha_pattern\": {\"^model.layers.1.self_attn.q_proj\": 32, \"q_proj\": 2}"));
+        assertEquals(32.0, c.alphaFor(q(1)));
+        assertEquals(2.0, c.alphaFor(q(0)));
+        assertEquals(8.0, c.alphaFor(k(0)));
+        assertEquals(32.0 / 4, c.scaleFor(q(1)));
+        assertEquals(2.0 / 4, c.scaleFor(q(0)));
+    }
+
+    @Test
+    void scaleIsAlphaOverRAndAlphaOverSqrtRWithRsLora() throws Exception {
+        AdapterConfig plain = config(loraConfig(8, 16, Q_LIST, ""));
+        assertEquals(2.0, plain.scaleFor(q(0)));
+        AdapterConfig rs = config(loraConfig(8, 16, Q_LIST, "\"use_rslora\": true"));
+        assertEquals(16 / Math.sqrt(8), rs.scaleFor(q(0)));
+        AdapterConfig rsPattern = config(loraConfig(8, 16, Q_LIST, "\"use_rslora\": true, \"rank_pattern\": {\"k_proj\": 4}"));
+        assertEquals(8.0, rsPattern.scaleFor(k(0)));
+    }
+
+    @Test
+    void rsLoraScaleReachesThePlan() throws Exception {
+        MergePlan plan = plan(adapter(loraConfig(4, 6, Q_LIST, "\"use_rslora\": true"), qProjAdapter(4)));
+        assertEquals(3.0, term(plan, q(1)).scale());
+    }
+
+    @Test
+    void rankAndAlphaPatternsReachThePlan() throws Exception {
+        List<Tensor> tensors = with(qProjAdapter(4), loraPair(k(0), 2, 8, 8).toArray(new Tensor[0]));
+        String config = loraConfig(4, 8, "[\"q_proj\", \"k_proj\"]", "\"rank_pattern\": {\"k_proj\": 2}, \"alpha_pattern\": {\"k_proj\": 1}");
+        MergePlan plan = plan(adapter(config, tensors));
+        assertEquals(2, term(plan, k(0)).rank());
+        assertEquals(0.5, term(plan, k(0)).scale());
+        assertEquals(4, term(plan, q(0)).rank());
+        assertEquals(2.0, term(plan, q(0)).scale());
+    }
+
+    @Test
+    void targetModulesStringIsAFullMatchOnTheModuleName() throws Exception {
+        AdapterConfig bare = config(loraConfig(4, 8, "\"q_proj\"", ""));
+        assertFalse(bare.targets(q(0)), "a string target must match the whole name, not a suffix");
+        AdapterConfig regex = config(loraConfig(4, 8, "\".*\\\\.q_proj\"", ""));
+        assertTrue(regex.targets(q(0)));
+        assertTrue(regex.targets(q(1)));
+        assertFalse(regex.targets(k(0)));
+        AdapterConfig layer0 = config(loraConfig(4, 8, "\"model\\\\.layers\\\\.0\\\\..*_proj\"", ""));
+        assertTrue(layer0.targets(q(0)));
+        assertTrue(layer0.targets(k(0)));
+        assertFalse(layer0.targets(q(1)));
+    }
+
+    @Test
+    void targetModulesListMatchesAWholeNameOrADotSuffix() throws Exception {
+        AdapterConfig c = config(loraConfig(4, 8, "[\"q_proj\"]", ""));
+        assertTrue(c.targets(q(0)));
+        assertTrue(c.targets(q(1)));
+        assertFalse(c.targets(k(0)));
+        assertTrue(config(loraConfig(4, 8, "[\"self_attn.q_proj\"]", "")).targets(q(1)));
+        assertFalse(config(loraConfig(4, 8, "[\"_proj\"]", "")).targets(q(0)), "\"_proj\" is no dot-boundary suffix");
+        assertFalse(config(loraConfig(4, 8, "[\"proj\"]", "")).targets(q(0)));
+        AdapterConfig exact = config(loraConfig(4, 8, "[\"" + k(1) + "\"]", ""));
+        assertTrue(exact.targets(k(1)));
+        assertFalse(exact.targets(k(0)));
+    }
+
+    @Test
+    void excludeModulesWinsOverTargetModules() throws Exception {
+        AdapterConfig list = config(loraConfig(4, 8, "\".*_proj\"", "\"exclude_modules\": [\"k_proj\"]"));
+        assertTrue(list.targets(q(0)));
+        assertFalse(list.targets(k(0)));
+        assertFalse(list.targets(k(1)));
+        AdapterConfig regex = config(loraConfig(4, 8, "[\"q_proj\", \"k_proj\"]", "\"exclude_modules\": \"model\\\\.layers\\\\.1\\\\..*\""));
+        assertTrue(regex.targets(q(0)));
+        assertTrue(regex.targets(k(0)));
+        assertFalse(regex.targets(q(1)));
+        assertFalse(regex.targets(k(1)));
+        AdapterConfig partial = config(loraConfig(4, 8, "[\"q_proj\"]", "\"exclude_modules\": \"q_proj\""));
+        assertTrue(partial.targets(q(0)), "a string exclude_modules is a full match too");
+    }
+
+    @Test
+    void layersToTransformWithLayersPatternFiltersByLayerIndex() throws Exception {
+        AdapterConfig list = config(loraConfig(4, 8, Q_LIST, "\"layers_to_transform\": [0], \"layers_pattern\": \"layers\""));
+        assertTrue(list.targets(q(0)));
+        assertFalse(list.targets(q(1)));
+        AdapterConfig single = config(loraConfig(4, 8, Q_LIST, "\"layers_to_transform\": 1, \"layers_pattern\": [\"h\", \"layers\"]"));
+        assertFalse(single.targets(q(0)));
+        assertTrue(single.targets(q(1)));
+        AdapterConfig noPattern = config(loraConfig(4, 8, Q_LIST, "\"layers_to_transform\": [1]"));
+        assertFalse(noPattern.targets(q(0)));
+        assertTrue(noPattern.targets(q(1)));
+        AdapterConfig otherPattern = config(loraConfig(4, 8, Q_LIST, "\"layers_to_transform\": [0, 1], \"layers_pattern\": \"blocks\""));
+        assertFalse(otherPattern.targets(q(0)), "no 'blocks.N.' in the name: PEFT finds no layer index and skips the module");
+    }
+
+    @Test
+    void layerIndexIsTheFirstNumberedSegmentAsInPeft021() throws Exception {
+        // peft 0.21 tuners_utils.py: r".*?\.[^.]*\.(?P<idx>\d+)\." (lazy) picks the layer, not the expert index
+        String expert = "model.layers.1.mlp.experts.0.down_proj";
+        AdapterConfig c = config(loraConfig(4, 8, "[\"down_proj\"]", "\"layers_to_transform\": [1]"));
+        assertTrue(c.targets(expert), "layer 1's expert 0 is in layer 1");
+        AdapterConfig zero = config(loraConfig(4, 8, "[\"down_proj\"]", "\"layers_to_transform\": [0]"));
+        assertFalse(zero.targets(expert), "layer 1's expert 0 is not in layer 0");
+    }
+
+    @Test
+    void layersPatternMayStartTheModuleName() throws Exception {
+        // peft 0.21: rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\." matches a bare LlamaModel's "layers.0.self_attn.q_proj"
+        AdapterConfig c = config(loraConfig(4, 8, Q_LIST, "\"layers_to_transform\": [0], \"layers_pattern\": \"layers\""));
+        assertTrue(c.targets("layers.0.self_attn.q_proj"));
+        assertFalse(c.targets("layers.1.self_attn.q_proj"));
+    }
+
+    @Test
+    void patternKeyReturnsNullWhenNothingMatches() {
+        assertNull(AdapterConfig.patternKey(List.of("v_proj", "^model.layers.1.self_attn.q_proj"), q(0)));
+        assertEquals("^model.layers.1.self_attn.q_proj", AdapterConfig.patternKey(List.of("v_proj", "^model.layers.1.self_attn.q_proj"), q(1)));
+    }
+
+    // ------------------------------------------------------------------ helpers over plans
+
+    private static OutputTensor output(MergePlan plan, String name) {
+        return plan.tensors().stream().filter(t -> t.name().equals(name)).findFirst()
+                .orElseThrow(() -> new AssertionError("no output tensor " + name));
+    }
+
+    private static TermSpec term(MergePlan plan, String module) {
+        OutputTensor t = output(plan, module + ".weight");
+        assertEquals(1, t.terms().size(), () -> module + " terms: " + t.terms());
+        return t.terms().get(0);
+    }
+
+    @Test
+    void adapterFolderWithoutWeightsNamesWhatIsMissing() throws Exception {
+        Path a = dir.resolve("empty-adapter");
+        Files.createDirectories(a);
+        writeText(a.resolve("adapter_config.json"), loraConfig(4, 8, Q_LIST, ""));
+        java.io.IOException e = assertThrows(java.io.IOException.class, () -> plan(a));
+        assertTrue(e.getMessage().contains("adapter_model.safetensors"), e::getMessage);
+    }
+}
