@@ -78,3 +78,62 @@ __device__ __forceinline__ void round_rows(
 LM_ROUND_KERNEL(round_f64_bf16, LM_BF16, unsigned short)
 LM_ROUND_KERNEL(round_f64_f16, LM_F16, unsigned short)
 LM_ROUND_KERNEL(round_f64_f32, LM_F32, unsigned int)
+
+/*
+ * The fused form the engine uses: v = W + P, where P = s * U * V^T is what cuBLAS DGEMM wrote
+ * (beta = 0) and W is read in its own dtype and widened in registers, then rounded as above.
+ * One pass over W, P and the output (20 bytes an element for BF16) instead of a separate widen
+ * pass and a DGEMM that reads and writes a fp64 copy of W (38 bytes).
+ *
+ * merge_round_{bf16,f16,f32}(
+ *     const double* p,          DGEMM product, ROW-MAJOR [rows, cols], row pitch ldp
+ *     const T* w,               original W, row-major [rows, cols], contiguous
+ *     T* out,                   result, row-major [rows, cols], contiguous; may alias w
+ *     nU, nV, absScale, K, rows, cols, ldp, indexBase, counters, ambiguousIdx, capacity: as round_f64_*
+ *   Threads and launch: as round_f64_*.
+ */
+template <int FMT, typename T>
+__device__ __forceinline__ void merge_round_rows(const double *__restrict__ p, const T *w, T *out, const double *__restrict__ nU,
+                                                 const double *__restrict__ nV, double absScale, double K, long long rows,
+                                                 long long cols, long long ldp, long long indexBase,
+                                                 unsigned long long *counters, long long *ambiguousIdx, long long capacity) {
+    long long colStride = (long long)gridDim.x * blockDim.x;
+    long long col0 = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    for (long long i = blockIdx.y; i < rows; i += gridDim.y) {
+        double nUi = nU[i];
+        for (long long j = col0; j < cols; j += colStride) {
+            long long idx = i * cols + j;
+            uint32_t wBits = (uint32_t)w[idx];
+            double wide = FMT == LM_BF16 ? lm_widen_bf16(wBits) : FMT == LM_F16 ? lm_widen_f16(wBits) : lm_widen_f32(wBits);
+            double vij = wide + p[i * ldp + j];
+            double e = lm_error_bound(vij, K, absScale, nUi, nV[j], 0.0, 0.0);
+            uint32_t bits;
+            int what = lm_round_element(vij, e, wBits, FMT, &bits);
+            out[idx] = (T)bits;
+            if (what == LM_ELEM_AMBIGUOUS) {
+                unsigned long long slot = atomicAdd(&counters[0], 1ull);
+                if ((long long)slot < capacity) {
+                    ambiguousIdx[slot] = indexBase + idx;
+                }
+            } else if (what == LM_ELEM_OVERFLOW) {
+                atomicAdd(&counters[1], 1ull);
+            } else if (what == LM_ELEM_NAN) {
+                atomicAdd(&counters[2], 1ull);
+            }
+        }
+    }
+}
+
+#define LM_MERGE_ROUND_KERNEL(NAME, FMT, T)                                                   \
+    extern "C" __global__ void NAME(                                                          \
+        const double *__restrict__ p, const T *w, T *out,                                     \
+        const double *__restrict__ nU, const double *__restrict__ nV, double absScale,        \
+        double K, long long rows, long long cols, long long ldp, long long indexBase,         \
+        unsigned long long *counters, long long *ambiguousIdx, long long capacity) {          \
+        merge_round_rows<FMT, T>(p, w, out, nU, nV, absScale, K, rows, cols, ldp, indexBase,  \
+                                 counters, ambiguousIdx, capacity);                           \
+    }
+
+LM_MERGE_ROUND_KERNEL(merge_round_bf16, LM_BF16, unsigned short)
+LM_MERGE_ROUND_KERNEL(merge_round_f16, LM_F16, unsigned short)
+LM_MERGE_ROUND_KERNEL(merge_round_f32, LM_F32, unsigned int)

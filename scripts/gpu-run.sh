@@ -3,11 +3,12 @@
 #
 #   scripts/gpu-run.sh pack          here: build the jars, the JUnit launcher and a Java runtime into .device/
 #   then, through the device tool, from the repository root there (carry [".device"]):
-#   bash scripts/gpu-run.sh device [tests] [bench] [e2e] [e2e2x]
+#   bash scripts/gpu-run.sh device [tests] [benchgpu] [benchcpu] [e2e] [e2e2x]
 #
 # "device" unpacks the runtime, runs the @Tag("gpu") tests (tests), the JMH throughput benchmarks
-# (bench), the 7B-shaped end-to-end benchmark (e2e) and the same at twice the size (e2e2x), writes
-# logs under $OUT and prints a summary table last.
+# (benchgpu: device-resident merge and copy ceilings; benchcpu: CPU engine and the pipeline), the
+# 7B-shaped end-to-end benchmark (e2e) and the same at twice the size (e2e2x), writes logs under
+# $OUT and prints a summary table last. Each step fits one device call of 10 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}
@@ -47,9 +48,22 @@ device)
       tail -n 40 "$OUT/gpu-tests.log"
       summary+=("gpu tests: exit $rc; $(grep -E 'tests (successful|failed|skipped|aborted)' "$OUT/gpu-tests.log" | tr -s ' ' | tr '\n' ';')")
       ;;
-    bench)
-      java -jar .device/benchmarks.jar -rf json -rff "$OUT/jmh.json" -f 1 -wi 2 -i 3 -w 1s -r 1s 2>&1 | tee "$OUT/jmh.log" | grep -E "^Benchmark|^[A-Za-z].*(thrpt|avgt)" || true
-      summary+=("jmh: $(grep -cE '(thrpt|avgt)' "$OUT/jmh.log") results in jmh.json")
+    benchgpu)
+      # device-resident merge over every shape, rank and dtype, and the copy ceilings
+      java -jar .device/benchmarks.jar 'CudaMergeBenchmark|CudaCopyBenchmark' -rf json -rff "$OUT/jmh-gpu.json" \
+        -f 1 -wi 1 -i 2 -w 500ms -r 500ms > "$OUT/jmh-gpu.log" 2>&1 || true
+      python3 benchmarks/jmh_table.py "$OUT/jmh-gpu.json" | tee "$OUT/jmh-gpu.md" | tail -n 60
+      summary+=("jmh gpu: $(grep -c '^| Cuda' "$OUT/jmh-gpu.md") rows in jmh-gpu.md")
+      ;;
+    benchcpu)
+      # CPU engine at ranks 16 and 64 in BF16 (a full CPU sweep takes hours at rank 256), and the pipeline file to file
+      java -jar .device/benchmarks.jar CpuMergeBenchmark -p rank=16,64 -p dtype=BF16 -rf json -rff "$OUT/jmh-cpu.json" \
+        -f 1 -wi 1 -i 2 -w 1s -r 1s > "$OUT/jmh-cpu.log" 2>&1 || true
+      java -jar .device/benchmarks.jar PipelineBenchmark -rf json -rff "$OUT/jmh-pipeline.json" > "$OUT/jmh-pipeline.log" 2>&1 || true
+      python3 -c "import json,sys; json.dump(json.load(open(sys.argv[1]))+json.load(open(sys.argv[2])), open(sys.argv[3],'w'))" \
+        "$OUT/jmh-cpu.json" "$OUT/jmh-pipeline.json" "$OUT/jmh-cpu-all.json" || true
+      python3 benchmarks/jmh_table.py "$OUT/jmh-cpu-all.json" | tee "$OUT/jmh-cpu.md" | tail -n 30
+      summary+=("jmh cpu+pipeline: $(grep -c '^| [CP]' "$OUT/jmh-cpu.md") rows in jmh-cpu.md")
       ;;
     e2e)
       LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench-e2e-gpu.sh 2>&1 | tee "$OUT/e2e.log" | tail -n 25

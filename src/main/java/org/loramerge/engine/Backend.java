@@ -13,6 +13,14 @@ public interface Backend extends AutoCloseable {
     /** How many blocks the pipeline should keep in flight on this backend at once. */
     int parallelism();
 
+    /**
+     * A buffer for output blocks, which the pipeline reuses until the backend is closed. The GPU
+     * engine hands out page-locked memory so results come back from the device without a copy.
+     */
+    default java.nio.ByteBuffer allocateBlockBuffer(int sizeInBytes) {
+        return java.nio.ByteBuffer.allocateDirect(sizeInBytes).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+    }
+
     /** Called once before the first block of a tensor (e.g. to upload its factors). */
     default void beginTensor(TensorJob job) throws Exception {
     }

@@ -130,6 +130,14 @@ public final class SafetensorsWriter implements AutoCloseable {
         return path;
     }
 
+    /**
+     * Starts writing what is written so far to the disk and waits for it (fdatasync). Safe to call
+     * from another thread while this one appends; the merge uses it to overlap the disk with the work.
+     */
+    public void force() throws IOException {
+        channel.force(false);
+    }
+
     /** Checks that every declared byte was written and forces the file to disk. */
     public void finish() throws IOException {
         if (position != totalSize) {

@@ -37,6 +37,9 @@ import org.loramerge.plan.OutputTensor;
  * through the Java heap.
  */
 public final class MergeRunner {
+    /** Bytes written between background flushes, so the final fsync finds little left to write. */
+    static final long FLUSH_EVERY = 1L << 30;
+
     /** Default output bytes per block. */
     public static final int DEFAULT_BLOCK_BYTES = 8 << 20;
 
@@ -66,6 +69,13 @@ public final class MergeRunner {
     private final Deque<Step> pending = new ArrayDeque<>();
     private final MergeReport report = new MergeReport();
     private final Map<String, BlockStats> stats = new LinkedHashMap<>();
+    private final ExecutorService flusher = Executors.newSingleThreadExecutor(r -> {
+        Thread t = new Thread(r, "loramerge-flush");
+        t.setDaemon(true);
+        return t;
+    });
+    private Future<?> flushing;
+    private long unflushed;
 
     /** Work completed in order on the writing thread. */
     private interface Step {
@@ -86,7 +96,7 @@ public final class MergeRunner {
         });
         this.buffers = new ArrayBlockingQueue<>(window + 1);
         for (int i = 0; i <= window; i++) {
-            buffers.add(ByteBuffer.allocateDirect(options.blockBytes()).order(ByteOrder.LITTLE_ENDIAN));
+            buffers.add(backend.allocateBlockBuffer(options.blockBytes()));
         }
     }
 
@@ -101,6 +111,7 @@ public final class MergeRunner {
             return r.write(out);
         } finally {
             r.pool.shutdownNow();
+            r.flusher.shutdownNow();
         }
     }
 
@@ -119,6 +130,10 @@ public final class MergeRunner {
                     schedule(t, writer);
                 }
                 drain();
+                if (flushing != null) {
+                    get(flushing);
+                    flushing = null;
+                }
                 writer.finish();
             } finally {
                 writer.close();
@@ -174,6 +189,7 @@ public final class MergeRunner {
                 enqueue(() -> {
                     writer.transferFrom(srcFile.channel(), srcStart + o, n);
                     progress.addBytes(n);
+                    flushInBackground(writer, n);
                 });
             }
             enqueue(progress::tensorDone);
@@ -218,6 +234,7 @@ public final class MergeRunner {
                     buffers.add(b);
                 }
                 progress.addBytes(n * outRowBytes);
+                flushInBackground(writer, n * outRowBytes);
             });
         }
         enqueue(() -> {
@@ -228,6 +245,21 @@ public final class MergeRunner {
                         + tensorStats.nans() + " became NaN in " + t.dtype() + "; merge to --dtype bf16 or f32, or pass --allow-overflow to keep them");
             }
         });
+    }
+
+    /** Every FLUSH_EVERY bytes, has the disk start on what is written while the merge goes on. */
+    private void flushInBackground(SafetensorsWriter writer, long bytes) throws Exception {
+        unflushed += bytes;
+        if (unflushed >= FLUSH_EVERY && (flushing == null || flushing.isDone())) {
+            if (flushing != null) {
+                get(flushing); // surfaces a failed flush
+            }
+            unflushed = 0;
+            flushing = flusher.submit(() -> {
+                writer.force();
+                return null;
+            });
+        }
     }
 
     private void columnPass(TensorJob job, int rowsPerBlock, long srcRowBytes) throws Exception {

@@ -32,8 +32,8 @@ import org.loramerge.plan.Layout;
  * The GPU engine. Each pipeline worker thread owns a stream, a cuBLAS handle, pinned staging
  * buffers and device buffers; while one worker's block is in its host-to-device copy, another's
  * is computing and a third's is coming back, so disk, PCIe and GPU overlap. Per block:
- * widen W to fp64 (PTX), W64 += s·U·Vᵀ (cuBLAS DGEMM, beta = 1), round once to the output dtype
- * with the fp64 error bound (PTX), and copy back. The few elements whose bound straddles a
+ * P = s·U·Vᵀ (cuBLAS DGEMM), then v = W + P in fp64 rounded once to the output dtype with the
+ * fp64 error bound (one fused PTX pass; see {@link #computeOnDevice}), and copy back. The few elements whose bound straddles a
  * rounding boundary come back as a list and are recomputed exactly on the host with the CPU
  * engine's code, so the output is bit for bit the CPU engine's.
  *
@@ -44,7 +44,8 @@ public final class CudaBackend implements Backend {
     /** Oldest architecture the PTX targets: compute_80, for bf16 and fp64 throughput (kernels/README.md). */
     static final int MIN_MAJOR = 8;
     private static final int AMBIGUOUS_CAPACITY = 1 << 16;
-    private static final int STREAMS = 4;
+    /** Pipeline threads (and streams) at most: each also copies blocks on the host, so more help until PCIe is full. */
+    private static final int MAX_STREAMS = 8;
 
     private final int ordinal;
     private final String description;
@@ -53,14 +54,17 @@ public final class CudaBackend implements Backend {
     private final Map<String, CUfunction> functions = new ConcurrentHashMap<>();
     private final Map<TensorJob, Factors> factors = new ConcurrentHashMap<>();
     private final List<Worker> workers = new ArrayList<>();
+    private final List<PinnedMemory> blockBuffers = new ArrayList<>();
     private final ThreadLocal<Worker> worker = new ThreadLocal<>();
     private final int blockBytes;
+    private final int streams;
     private boolean closed;
 
-    private CudaBackend(int ordinal, String description, int blockBytes) {
+    private CudaBackend(int ordinal, String description, int blockBytes, int streams) {
         this.ordinal = ordinal;
         this.description = description;
         this.blockBytes = blockBytes;
+        this.streams = streams;
     }
 
     /** Opens device {@code ordinal}; explains precisely why when it cannot. Called by Backends. */
@@ -68,7 +72,6 @@ public final class CudaBackend implements Backend {
         try {
             JCuda.setExceptionsEnabled(true);
             JCudaDriver.setExceptionsEnabled(true);
-            JCublas2.setExceptionsEnabled(true);
         } catch (UnsatisfiedLinkError | NoClassDefFoundError e) {
             throw new DeviceUnavailableException("JCuda's native libraries could not be loaded (" + e.getMessage()
                     + "); the GPU engine needs Linux x86-64 with an NVIDIA driver", e);
@@ -94,32 +97,31 @@ public final class CudaBackend implements Backend {
         long[] free = {0};
         long[] total = {0};
         JCuda.cudaMemGetInfo(free, total);
-        long needed = (long) STREAMS * 8 * MergeRunner.DEFAULT_BLOCK_BYTES + (256L << 20);
+        int streams = Math.max(2, Math.min(MAX_STREAMS, cpuThreads / 2));
+        long needed = (long) streams * 6 * MergeRunner.DEFAULT_BLOCK_BYTES + (256L << 20);
         if (free[0] < needed) {
             throw new DeviceUnavailableException(name + " has " + (free[0] >> 20) + " MiB free; the GPU engine needs about "
                     + (needed >> 20) + " MiB. Free the device or use --device cpu", null);
         }
         String cublas;
         try {
+            // before the first use of JCublas2: its static initializer links libcublas.so.12 once and for all
             cublas = CublasLoader.ensureLoaded();
-        } catch (java.io.IOException | UnsatisfiedLinkError e) {
+            JCublas2.setExceptionsEnabled(true);
+        } catch (java.io.IOException | UnsatisfiedLinkError | NoClassDefFoundError e) {
             throw new DeviceUnavailableException("cuBLAS could not be loaded: " + e.getMessage(), e);
         }
         CudaBackend b = new CudaBackend(ordinal, "cuda:" + ordinal + " " + name + " (sm_" + prop.major + prop.minor + ", " + cublas + ")",
-                MergeRunner.DEFAULT_BLOCK_BYTES);
+                MergeRunner.DEFAULT_BLOCK_BYTES, streams);
         try {
             CUdevice dev = new CUdevice();
             JCudaDriver.cuDeviceGet(dev, ordinal);
             JCudaDriver.cuDevicePrimaryCtxRetain(b.context, dev);
             JCudaDriver.cuCtxSetCurrent(b.context);
-            for (String m : new String[] {"convert.ptx", "round.ptx"}) {
-                b.modules.add(new PtxModule(m));
-            }
-            for (String f : new String[] {"widen_bf16_f64", "widen_f16_f64", "widen_f32_f64"}) {
-                b.functions.put(f, b.modules.get(0).function(f));
-            }
-            for (String f : new String[] {"round_f64_bf16", "round_f64_f16", "round_f64_f32"}) {
-                b.functions.put(f, b.modules.get(1).function(f));
+            PtxModule round = new PtxModule("round.ptx");
+            b.modules.add(round);
+            for (String f : new String[] {"merge_round_bf16", "merge_round_f16", "merge_round_f32"}) {
+                b.functions.put(f, round.function(f));
             }
         } catch (Throwable e) {
             b.close();
@@ -135,7 +137,17 @@ public final class CudaBackend implements Backend {
 
     @Override
     public int parallelism() {
-        return STREAMS;
+        return streams;
+    }
+
+    @Override
+    public ByteBuffer allocateBlockBuffer(int sizeInBytes) {
+        bindContext();
+        PinnedMemory m = new PinnedMemory(sizeInBytes);
+        synchronized (blockBuffers) {
+            blockBuffers.add(m);
+        }
+        return m.buffer();
     }
 
     /** Whether the GPU path computes this tensor (else the CPU engine does, inside this backend). */
@@ -181,25 +193,9 @@ public final class CudaBackend implements Backend {
         src.position(0).limit((int) bytes);
         in.put(src);
         JCuda.cudaMemcpyAsync(w.dIn.pointer(), w.hostIn.pointer(), bytes, cudaMemcpyKind.cudaMemcpyHostToDevice, w.stream.runtime());
-        launch(w, "widen_" + fmt.dtype().name().toLowerCase(java.util.Locale.ROOT) + "_f64", n,
-                Pointer.to(w.dIn.pointer()), Pointer.to(w.dWide.pointer()), Pointer.to(new long[] {n}));
-        Factors f = factors.get(job);
-        // row-major v[rows, cols] is column-major vᵀ[cols, rows]: vᵀ += s · (Vᵀ as [cols, r]) · (U block as [r, rows])
-        JCublas2.cublasDgemm(w.cublas.get(), cublasOperation.CUBLAS_OP_N, cublasOperation.CUBLAS_OP_N, cols, rowCount, f.rank,
-                Pointer.to(new double[] {f.scale}), f.vt.pointer(), cols, f.u.at(row0 * f.rank * Sizeof.DOUBLE), f.rank,
-                Pointer.to(new double[] {1.0}), w.dWide.pointer(), cols);
-        double absScale = Math.abs(f.scale);
-        Pointer nU = f.uNorm.at(row0 * Sizeof.DOUBLE);
-        Pointer nV = f.vNorm.pointer();
-        JCuda.cudaMemsetAsync(w.counters.pointer(), 0, 3 * Sizeof.LONG, w.stream.runtime());
-        Pointer nullPointer = new Pointer();
-        launchRows(w, "round_f64_" + fmt.dtype().name().toLowerCase(java.util.Locale.ROOT), rowCount, cols,
-                Pointer.to(w.dWide.pointer()), Pointer.to(w.dIn.pointer()), Pointer.to(w.dOut.pointer()),
-                Pointer.to(nU), Pointer.to(nV), Pointer.to(new double[] {absScale}), Pointer.to(new double[] {job.boundK()}),
-                Pointer.to(nullPointer), Pointer.to(nullPointer),
-                Pointer.to(new long[] {rowCount}), Pointer.to(new long[] {cols}), Pointer.to(new long[] {cols}), Pointer.to(new long[] {0}),
-                Pointer.to(w.counters.pointer()), Pointer.to(w.ambiguous.pointer()), Pointer.to(new long[] {AMBIGUOUS_CAPACITY}));
-        JCuda.cudaMemcpyAsync(w.hostOut.pointer(), w.dOut.pointer(), bytes, cudaMemcpyKind.cudaMemcpyDeviceToHost, w.stream.runtime());
+        computeOnDevice(w, factors.get(job), fmt, row0, rowCount, cols, job.boundK(), w.dIn.pointer(), w.dWide.pointer(), w.dOut.pointer());
+        // dst is page-locked when the pipeline took it from allocateBlockBuffer, so this copy is asynchronous and direct
+        JCuda.cudaMemcpyAsync(Pointer.to(dst), w.dOut.pointer(), bytes, cudaMemcpyKind.cudaMemcpyDeviceToHost, w.stream.runtime());
         JCuda.cudaMemcpyAsync(w.hostCounters.pointer(), w.counters.pointer(), 3 * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost,
                 w.stream.runtime());
         w.stream.synchronize();
@@ -213,10 +209,6 @@ public final class CudaBackend implements Backend {
             CpuMerge.mergeRows(job, row0, rowCount, src, dst, stats);
             return;
         }
-        ByteBuffer out = w.hostOut.buffer();
-        out.limit((int) bytes);
-        dst.position(0);
-        dst.put(out);
         dst.position(0);
         if (ambiguous > 0) {
             JCuda.cudaMemcpy(w.hostAmbiguous.pointer(), w.ambiguous.pointer(), ambiguous * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost);
@@ -241,16 +233,36 @@ public final class CudaBackend implements Backend {
         stats.add(ambiguous, overflows, nans);
     }
 
+    /**
+     * The device part of a block, queued on the worker's stream: P = s·U·Vᵀ by cuBLAS DGEMM into
+     * dWide, then one fused pass (PTX) that reads W (dIn, the output dtype), forms v = W + P in
+     * fp64, rounds it into dOut and lists the ambiguous elements.
+     *
+     * <p>Why not DGEMM with beta = 1 into a widened copy of W: that moves 38 bytes per BF16 element
+     * (widen: 2 in, 8 out; DGEMM: 8 in, 8 out; round: 10 in, 2 out) and measured 1.7 to 2.0 times
+     * the pinned host-to-device bandwidth on an H200; this form moves 20 and keeps the GPU off the
+     * critical path. The result is the same: both are within the same error bound, and rounding
+     * settles on the correctly rounded value either way.
+     */
+    void computeOnDevice(Worker w, Factors f, FloatFormat fmt, long row0, int rowCount, int cols, double boundK,
+                         Pointer dIn, Pointer dWide, Pointer dOut) {
+        String type = fmt.dtype().name().toLowerCase(java.util.Locale.ROOT);
+        // row-major P[rows, cols] is column-major Pᵀ[cols, rows]: Pᵀ = s · (Vᵀ as [cols, r]) · (U block as [r, rows])
+        JCublas2.cublasDgemm(w.cublas.get(), cublasOperation.CUBLAS_OP_N, cublasOperation.CUBLAS_OP_N, cols, rowCount, f.rank,
+                Pointer.to(new double[] {f.scale}), f.vt.pointer(), cols, f.u.at(row0 * f.rank * Sizeof.DOUBLE), f.rank,
+                Pointer.to(new double[] {0.0}), dWide, cols);
+        JCuda.cudaMemsetAsync(w.counters.pointer(), 0, 3 * Sizeof.LONG, w.stream.runtime());
+        launchRows(w, "merge_round_" + type, rowCount, cols,
+                Pointer.to(dWide), Pointer.to(dIn), Pointer.to(dOut),
+                Pointer.to(f.uNorm.at(row0 * Sizeof.DOUBLE)), Pointer.to(f.vNorm.pointer()), Pointer.to(new double[] {Math.abs(f.scale)}),
+                Pointer.to(new double[] {boundK}),
+                Pointer.to(new long[] {rowCount}), Pointer.to(new long[] {cols}), Pointer.to(new long[] {cols}), Pointer.to(new long[] {0}),
+                Pointer.to(w.counters.pointer()), Pointer.to(w.ambiguous.pointer()), Pointer.to(new long[] {AMBIGUOUS_CAPACITY}));
+    }
+
     @Override
     public void columnSums(TensorJob job, long row0, int rowCount, ByteBuffer src, double[] sumSq, double[] sumErr) {
         CpuMerge.columnSums(job, row0, rowCount, src, sumSq, sumErr);
-    }
-
-    private void launch(Worker w, String kernel, long n, Pointer... params) {
-        int block = 256;
-        long blocks = Math.min((n + block - 1) / block, 65535L * 32);
-        JCudaDriver.cuLaunchKernel(functions.get(kernel), (int) Math.max(1, blocks), 1, 1, block, 1, 1, 0, w.stream.driver(),
-                Pointer.to(params), null);
     }
 
     private void launchRows(Worker w, String kernel, int rows, int cols, Pointer... params) {
@@ -264,7 +276,7 @@ public final class CudaBackend implements Backend {
         JCudaDriver.cuCtxSetCurrent(context);
     }
 
-    private Worker worker() {
+    Worker worker() {
         Worker w = worker.get();
         if (w == null) {
             bindContext();
@@ -293,6 +305,11 @@ public final class CudaBackend implements Backend {
                 w.close();
             }
         }
+        synchronized (blockBuffers) {
+            for (PinnedMemory m : blockBuffers) {
+                m.close();
+            }
+        }
         for (PtxModule m : modules) {
             m.close();
         }
@@ -302,7 +319,7 @@ public final class CudaBackend implements Backend {
     }
 
     /** One tensor's factors in fp64 on the device. */
-    private static final class Factors implements AutoCloseable {
+    static final class Factors implements AutoCloseable {
         final DeviceMemory u;
         final DeviceMemory vt;
         final DeviceMemory uNorm;
@@ -335,11 +352,10 @@ public final class CudaBackend implements Backend {
     }
 
     /** What one pipeline thread uses: a stream, a cuBLAS handle, and its buffers. */
-    private static final class Worker implements AutoCloseable {
+    static final class Worker implements AutoCloseable {
         final CudaStream stream = new CudaStream();
         final CublasHandle cublas = new CublasHandle(stream);
         final PinnedMemory hostIn;
-        final PinnedMemory hostOut;
         final PinnedMemory hostCounters = new PinnedMemory(3 * Sizeof.LONG);
         final PinnedMemory hostAmbiguous = new PinnedMemory((long) AMBIGUOUS_CAPACITY * Sizeof.LONG);
         final DeviceMemory dIn;
@@ -350,7 +366,6 @@ public final class CudaBackend implements Backend {
 
         Worker(int blockBytes) {
             hostIn = new PinnedMemory(blockBytes);
-            hostOut = new PinnedMemory(blockBytes);
             dIn = new DeviceMemory(blockBytes);
             dOut = new DeviceMemory(blockBytes);
             // the widest case: BF16/F16 blocks widen 4x to fp64
@@ -363,7 +378,6 @@ public final class CudaBackend implements Backend {
             cublas.close();
             stream.close();
             hostIn.close();
-            hostOut.close();
             hostCounters.close();
             hostAmbiguous.close();
             dIn.close();

@@ -1,0 +1,74 @@
+package org.loramerge.bench;
+
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.Map;
+import java.util.SplittableRandom;
+import org.loramerge.format.DType;
+import org.loramerge.format.FloatFormat;
+import org.loramerge.format.SafetensorsException;
+import org.loramerge.format.SafetensorsFile;
+import org.loramerge.format.SafetensorsWriter;
+import org.loramerge.plan.Layout;
+import org.loramerge.plan.OutputTensor;
+import org.loramerge.plan.TensorSource;
+import org.loramerge.plan.TermSpec;
+
+/** Random weights and a LoRA pair in one file, as a merge job for the benchmarks (never zeros: see METHOD.md). */
+public final class Synthetic {
+    private Synthetic() {
+    }
+
+    /** Parses "ROWSxCOLS". */
+    public static int[] shape(String s) {
+        String[] p = s.split("x");
+        return new int[] {Integer.parseInt(p[0]), Integer.parseInt(p[1])};
+    }
+
+    /** Writes W [rows, cols] in {@code dtype}, lora_A [r, cols] and lora_B [rows, r] in F32; returns the opened file. */
+    public static SafetensorsFile write(Path file, int rows, int cols, int rank, DType dtype) throws IOException, SafetensorsException {
+        List<SafetensorsWriter.Entry> entries = List.of(
+                new SafetensorsWriter.Entry("w", dtype, new long[] {rows, cols}),
+                new SafetensorsWriter.Entry("a", DType.F32, new long[] {rank, cols}),
+                new SafetensorsWriter.Entry("b", DType.F32, new long[] {rows, rank}));
+        SplittableRandom rnd = new SplittableRandom(rows * 31L + cols + rank);
+        try (SafetensorsWriter w = SafetensorsWriter.create(file, entries, Map.of("format", "pt"))) {
+            FloatFormat f = FloatFormat.of(dtype);
+            writeRandom(w, (long) rows * cols, f, 0.02, rnd);
+            writeRandom(w, (long) rank * cols, FloatFormat.F32, 0.05, rnd);
+            writeRandom(w, (long) rows * rank, FloatFormat.F32, 0.02, rnd);
+            w.finish();
+        }
+        return SafetensorsFile.open(file);
+    }
+
+    private static void writeRandom(SafetensorsWriter w, long n, FloatFormat f, double std, SplittableRandom rnd) throws IOException {
+        ByteBuffer b = ByteBuffer.allocate(1 << 20).order(ByteOrder.LITTLE_ENDIAN);
+        int per = f.sizeInBytes();
+        for (long i = 0; i < n; i++) {
+            double v = std * (rnd.nextDouble() + rnd.nextDouble() + rnd.nextDouble() - 1.5) * 2;
+            if (per == 4) {
+                b.putInt(f.encode(f.round(v)));
+            } else {
+                b.putShort((short) f.encode(f.round(v)));
+            }
+            if (!b.hasRemaining()) {
+                b.flip();
+                w.write(b);
+                b.clear();
+            }
+        }
+        b.flip();
+        w.write(b);
+    }
+
+    /** The merge of W with its LoRA pair, s = 16 / r. */
+    public static OutputTensor job(SafetensorsFile f, int rank) {
+        TensorSource w = new TensorSource(f, f.tensor("w"));
+        TermSpec term = new TermSpec("w", Layout.LINEAR, new TensorSource(f, f.tensor("a")), new TensorSource(f, f.tensor("b")), rank, 16.0 / rank);
+        return new OutputTensor("w", w.dtype(), w.info().shape(), w, List.of(term), null, null, OutputTensor.Kind.MERGE, null);
+    }
+}

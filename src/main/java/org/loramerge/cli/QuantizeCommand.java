@@ -1,0 +1,88 @@
+package org.loramerge.cli;
+
+import com.fasterxml.jackson.annotation.JsonAutoDetect;
+import com.fasterxml.jackson.annotation.PropertyAccessor;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.SerializationFeature;
+import java.io.IOException;
+import java.io.PrintStream;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.Locale;
+import java.util.concurrent.Callable;
+import org.loramerge.format.Checkpoint;
+import org.loramerge.pipeline.AtomicOutput;
+import org.loramerge.pipeline.Progress;
+import org.loramerge.quant.ModelQuantizer;
+import org.loramerge.quant.QuantException;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+
+@Command(name = "quantize", mixinStandardHelpOptions = true, sortOptions = false,
+        description = {"Writes a bitsandbytes NF4 (4-bit) checkpoint of a 16-bit model, as transformers + bitsandbytes save one: "
+                + "every 2-D Linear weight becomes the NF4 tensor group (packed codes, absmax, quant_map, quant state), "
+                + "embeddings, lm_head, norms and biases are copied, and config.json gets the bitsandbytes quantization_config. "
+                + "Bit-identical to scripts/nf4_reference.py; streamed weight by weight. The output appears only when complete."})
+final class QuantizeCommand implements Callable<Integer> {
+    @Option(names = "--base", required = true, paramLabel = "MODEL_DIR", description = "16-bit model folder (config.json + model.safetensors or shards)")
+    Path base;
+
+    @Option(names = "--out", required = true, paramLabel = "OUT_DIR", description = "folder to create for the 4-bit model")
+    Path out;
+
+    @Option(names = "--double-quant", description = "double-quantize the absmax values to 8 bits (bnb_4bit_use_double_quant, QLoRA's default)")
+    boolean doubleQuant;
+
+    @Option(names = "--blocksize", defaultValue = "64", paramLabel = "N",
+            description = "elements per absmax block: a power of two from 32 to 4096 (default: 64, bitsandbytes' default)")
+    int blocksize;
+
+    @Option(names = "--overwrite", description = "replace OUT_DIR if it exists (only once the new model is complete)")
+    boolean overwrite;
+
+    @Option(names = "--json", description = "print a JSON summary on stdout")
+    boolean json;
+
+    @Option(names = "--quiet", description = "no progress lines")
+    boolean quiet;
+
+    @Override
+    public Integer call() throws Exception {
+        ModelQuantizer.Options options = new ModelQuantizer.Options(blocksize, doubleQuant);
+        PrintStream err = System.err;
+        ModelQuantizer.Report report;
+        try (Checkpoint ckpt = MergeCommand.openBase(base);
+             AtomicOutput output = AtomicOutput.create(out, overwrite, List.of(base))) {
+            report = ModelQuantizer.run(ckpt, output, options, line -> {
+                if (!quiet) {
+                    err.println(line);
+                }
+            });
+        } catch (QuantException e) {
+            throw new CliException(ExitCodes.BAD_INPUT, e.getMessage(), e);
+        }
+        if (json) {
+            ObjectMapper m = new ObjectMapper().enable(SerializationFeature.INDENT_OUTPUT);
+            m.setVisibility(PropertyAccessor.FIELD, JsonAutoDetect.Visibility.PUBLIC_ONLY);
+            System.out.println(m.writeValueAsString(report));
+        }
+        if (!quiet) {
+            print(report, err);
+        }
+        return ExitCodes.OK;
+    }
+
+    private static void print(ModelQuantizer.Report r, PrintStream err) throws IOException {
+        err.println(String.format(Locale.ROOT,
+                "loramerge: wrote %s: %d weights NF4 (blocksize %d%s, compute dtype %s), %d tensors copied, %s in %.1f s; "
+                        + "worst |W - dequant| = %.4f x block absmax",
+                r.output, r.tensorsQuantized, r.blocksize, r.doubleQuant ? ", double-quantized absmax" : "", r.computeDtype,
+                r.tensorsCopied, Progress.bytes(r.bytesWritten), r.seconds, r.worstErrorOverAbsmax));
+        for (ModelQuantizer.Skipped s : r.skipped) {
+            err.println("note: kept " + s.name() + " unquantized: " + s.reason());
+        }
+        for (String w : r.warnings) {
+            err.println("warning: " + w);
+        }
+    }
+}

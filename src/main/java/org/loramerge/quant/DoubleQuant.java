@@ -1,0 +1,143 @@
+package org.loramerge.quant;
+
+import java.math.BigInteger;
+
+/**
+ * Double quantization of the per-block absmax values ({@code bnb_4bit_use_double_quant}), as
+ * bitsandbytes functional.py quantize_4bit does with {@code compress_statistics}: subtract the
+ * mean, then quantize blockwise (256) to 8 bits with the signed dynamic map.
+ *
+ * <ul>
+ * <li>{@code offset} = the fp32 nearest to the exact mean of all absmax values (ties to even).
+ *     bitsandbytes takes torch's fp32 {@code mean()}, whose reduction order can move the result
+ *     by an ulp between devices; the correctly rounded mean is the one value every implementation
+ *     can agree on.</li>
+ * <li>{@code d_i = fl32(absmax_i - offset)}; per nested block of 256: {@code nested_absmax =
+ *     max|d_i|}, {@code code_i = }{@link DynamicMap#quantize}{@code (fl32(d_i · fl32(1/nested_absmax)))}
+ *     (the kernel's multiply by the fp32 reciprocal, as in {@link Nf4Codec}); a block whose
+ *     nested_absmax is 0 (all its absmax equal the mean) gets {@link DynamicMap#ZERO_CODE}.</li>
+ * <li>Decoding: {@code absmax_i = fl32(fl32(map[code_i] · nested_absmax[i/256]) + offset)}, two
+ *     roundings (bitsandbytes dequantizes blockwise, then adds the offset in a second kernel).</li>
+ * </ul>
+ */
+public final class DoubleQuant {
+    /** The nested blocksize bitsandbytes always uses for the absmax values. */
+    public static final int NESTED_BLOCKSIZE = 256;
+
+    /** The double-quantized absmax of one weight. */
+    public record Result(byte[] codes, float[] nestedAbsmax, float offset) {
+    }
+
+    private DoubleQuant() {
+    }
+
+    /** Quantizes {@code absmax[0, count)} with the signed dynamic map. */
+    public static Result quantize(float[] absmax, int count) {
+        float[] map = DynamicMap.signed();
+        float offset = exactMean(absmax, count);
+        byte[] codes = new byte[count];
+        int nestedBlocks = (count + NESTED_BLOCKSIZE - 1) / NESTED_BLOCKSIZE;
+        float[] nested = new float[nestedBlocks];
+        float[] d = new float[NESTED_BLOCKSIZE];
+        for (int j = 0; j < nestedBlocks; j++) {
+            int start = j * NESTED_BLOCKSIZE;
+            int len = Math.min(NESTED_BLOCKSIZE, count - start);
+            float na = 0f;
+            for (int t = 0; t < len; t++) {
+                d[t] = absmax[start + t] - offset;
+                na = Math.max(na, Math.abs(d[t]));
+            }
+            nested[j] = na;
+            if (na == 0f) {
+                java.util.Arrays.fill(codes, start, start + len, (byte) DynamicMap.ZERO_CODE);
+                continue;
+            }
+            float r = Nf4Codec.reciprocal(na);
+            for (int t = 0; t < len; t++) {
+                codes[start + t] = (byte) DynamicMap.quantize(map, Nf4Codec.scale(d[t], na, r));
+            }
+        }
+        return new Result(codes, nested, offset);
+    }
+
+    /** One decoded absmax: {@code fl32(fl32(map[code] · nestedAbsmax) + offset)}. */
+    public static float decode(int code, float nestedAbsmax, float offset, float[] map) {
+        float scaled = map[code & 0xFF] * nestedAbsmax;
+        return scaled + offset;
+    }
+
+    /**
+     * The fp32 nearest to the exact mean of {@code values[0, count)} (finite, non-negative or not),
+     * ties to even. The sum is exact: each fp32 value is an integer multiple of 2^-149.
+     */
+    public static float exactMean(float[] values, int count) {
+        if (count <= 0) {
+            throw new IllegalArgumentException("mean of no values");
+        }
+        // per-exponent sums of integer significands: exact, and a long holds 2^39 of them
+        long[] positive = new long[256];
+        long[] negative = new long[256];
+        for (int i = 0; i < count; i++) {
+            int bits = Float.floatToRawIntBits(values[i]);
+            int exp = (bits >>> 23) & 0xFF;
+            if (exp == 0xFF) {
+                throw new IllegalArgumentException("non-finite value " + values[i]);
+            }
+            long significand = exp == 0 ? (bits & 0x7FFFFF) : ((bits & 0x7FFFFF) | 0x800000);
+            if (bits < 0) {
+                negative[exp] += significand;
+            } else {
+                positive[exp] += significand;
+            }
+        }
+        // value = significand · 2^(max(exp,1) - 150), i.e. (significand << (max(exp,1) - 1)) · 2^-149
+        BigInteger sum = BigInteger.ZERO;
+        for (int e = 0; e < 255; e++) {
+            long net = positive[e] - negative[e];
+            if (net != 0) {
+                sum = sum.add(BigInteger.valueOf(net).shiftLeft(Math.max(e, 1) - 1));
+            }
+        }
+        return roundToFloat(sum, BigInteger.valueOf(count).shiftLeft(149));
+    }
+
+    /** The fp32 nearest to {@code num / den} (den > 0), ties to even; no double rounding. */
+    static float roundToFloat(BigInteger num, BigInteger den) {
+        int sign = num.signum();
+        if (sign == 0) {
+            return 0f;
+        }
+        BigInteger n = num.abs();
+        // s such that n · 2^s / den lies in [2^23, 2^24)
+        int s = 24 - (n.bitLength() - den.bitLength());
+        BigInteger[] qr;
+        while (true) {
+            qr = divide(n, den, s);
+            int bits = qr[0].bitLength();
+            if (bits > 24) {
+                s--;
+            } else if (bits < 24) {
+                s++;
+            } else {
+                break;
+            }
+        }
+        if (23 - s < -126) {
+            s = 149; // subnormal: the quantum is 2^-149
+            qr = divide(n, den, s);
+        }
+        BigInteger d = s >= 0 ? den : den.shiftLeft(-s);
+        long m = qr[0].longValueExact();
+        int cmp = qr[1].shiftLeft(1).compareTo(d);
+        if (cmp > 0 || (cmp == 0 && (m & 1) == 1)) {
+            m++;
+        }
+        double value = Math.scalb((double) m, -s);
+        float f = value > Float.MAX_VALUE ? Float.POSITIVE_INFINITY : (float) value; // exact: m ≤ 2^24
+        return sign < 0 ? -f : f;
+    }
+
+    private static BigInteger[] divide(BigInteger n, BigInteger den, int s) {
+        return s >= 0 ? n.shiftLeft(s).divideAndRemainder(den) : n.divideAndRemainder(den.shiftLeft(-s));
+    }
+}

@@ -1,0 +1,351 @@
+package org.loramerge.quant;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.util.ArrayList;
+import java.util.Iterator;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.Set;
+import java.util.function.Consumer;
+import java.util.stream.Stream;
+import org.loramerge.format.Checkpoint;
+import org.loramerge.format.DType;
+import org.loramerge.format.FloatFormat;
+import org.loramerge.format.Json;
+import org.loramerge.format.MappedRegion;
+import org.loramerge.format.SafetensorsFile;
+import org.loramerge.format.SafetensorsWriter;
+import org.loramerge.format.ShardIndex;
+import org.loramerge.format.TensorInfo;
+import org.loramerge.pipeline.AtomicOutput;
+
+import static org.loramerge.quant.QuantException.Reason.ALREADY_QUANTIZED;
+import static org.loramerge.quant.QuantException.Reason.UNSUPPORTED_CONFIG;
+
+/**
+ * Writes a 16-bit (or fp32) checkpoint as transformers + bitsandbytes save a 4-bit NF4 model:
+ * every 2-D Linear weight becomes the tensor group of {@link Nf4Tensor}, everything else is copied
+ * byte for byte, and config.json gets the {@code quantization_config} of {@link Bnb4BitConfig}.
+ * Output shards keep the input's file names.
+ *
+ * <p>Streaming: one weight at a time, read through memory-map windows, codes written as they are
+ * produced; memory is one float per block of the current weight plus fixed buffers. A file's
+ * header needs every quant state's byte length before any data, and a double-quantized state
+ * holds the mean absmax, so with double quantization each file's weights are read twice (a
+ * first pass computes only the block absmax means).
+ */
+public final class ModelQuantizer {
+    /** Bytes of the source read per window. */
+    static final int WINDOW_BYTES = 16 << 20;
+
+    /** Architectures whose linear layers are transformers' Conv1D (weight [in, out]), which transformers transposes before quantizing. */
+    private static final Set<String> CONV1D_MODEL_TYPES = Set.of("gpt2", "gpt_bigcode", "decision_transformer", "imagegpt");
+    /** Output heads transformers keeps in 16 bits (get_keys_to_not_convert: the output embedding and the last module). */
+    private static final Set<String> HEADS = Set.of("lm_head", "embed_out", "score", "classifier", "qa_outputs", "output");
+    /** Embedding modules: nn.Embedding, never a bitsandbytes Linear4bit. */
+    private static final Set<String> EMBEDDINGS = Set.of("wte", "wpe", "shared", "word_embeddings", "position_embeddings",
+            "token_type_embeddings", "tok_embeddings", "embed_tokens", "embed_positions", "embed_in", "embeddings");
+
+    /** What to write. */
+    public record Options(int blocksize, boolean doubleQuant) {
+        public Options {
+            if (!Nf4Codec.isValidBlocksize(blocksize)) {
+                throw new IllegalArgumentException("--blocksize " + blocksize + ": expected a power of two from 32 to 4096 (bitsandbytes' default is 64)");
+            }
+        }
+    }
+
+    /** What was written; public fields for the --json summary. */
+    public static final class Report {
+        public String output;
+        public int blocksize;
+        public boolean doubleQuant;
+        public String computeDtype;
+        public int tensorsQuantized;
+        public int tensorsCopied;
+        public long bytesRead;
+        public long bytesWritten;
+        public double seconds;
+        public double worstErrorOverAbsmax;
+        public final List<QuantizedTensor> tensors = new ArrayList<>();
+        public final List<Skipped> skipped = new ArrayList<>();
+        public final List<String> warnings = new ArrayList<>();
+    }
+
+    /** One quantized weight: its worst |W - dequant(quant(W))| relative to its block's absmax. */
+    public record QuantizedTensor(String name, String dtype, long[] shape, long blocks, double maxErrorOverAbsmax) {
+    }
+
+    /** A 2-D floating-point weight left unquantized, and why. */
+    public record Skipped(String name, String reason) {
+    }
+
+    private ModelQuantizer() {
+    }
+
+    /**
+     * Why the 2-D weight {@code name} is not quantized, or null when it is: transformers'
+     * replace_with_bnb_linear converts nn.Linear modules only, and keeps the output head.
+     */
+    public static String skipReason(String name, TensorInfo t) {
+        if (!name.endsWith(".weight") || t.rank() != 2) {
+            return "not a 2-D weight";
+        }
+        if (!t.dtype().isMergeable()) {
+            return t.dtype() + " is not a floating-point dtype bitsandbytes quantizes";
+        }
+        if (t.numElements() == 0) {
+            return "empty";
+        }
+        String module = name.substring(0, name.length() - ".weight".length());
+        String last = module.substring(module.lastIndexOf('.') + 1);
+        if (HEADS.contains(last)) {
+            return "output head (transformers keeps it in 16 bits)";
+        }
+        if (EMBEDDINGS.contains(last) || last.contains("embed")) {
+            return "embedding (an nn.Embedding, not a Linear)";
+        }
+        if (last.contains("norm") || last.startsWith("ln")) {
+            return "normalization";
+        }
+        return null;
+    }
+
+    /** Quantizes {@code base} into {@code out} and commits it. */
+    public static Report run(Checkpoint base, AtomicOutput out, Options options, Consumer<String> log)
+            throws QuantException, IOException {
+        long start = System.nanoTime();
+        Path configPath = base.dir().resolve("config.json");
+        ObjectNode config = base.config();
+        if (config != null && config.has(Bnb4BitConfig.KEY) && !config.get(Bnb4BitConfig.KEY).isNull()) {
+            JsonNode m = config.get(Bnb4BitConfig.KEY).get("quant_method");
+            throw new QuantException(ALREADY_QUANTIZED, configPath, null, "the model is already quantized (quantization_config, quant_method "
+                    + (m == null ? "unknown" : m.asText()) + "); quantize the original 16-bit model");
+        }
+        for (String name : base.tensors().keySet()) {
+            if (name.contains(".quant_state.")) {
+                throw new QuantException(ALREADY_QUANTIZED, base.fileOf(name).path(), name,
+                        "is a bitsandbytes quant state: the model is already quantized; quantize the original 16-bit model");
+            }
+        }
+        String modelType = config != null && config.hasNonNull("model_type") ? config.get("model_type").asText() : "";
+        if (CONV1D_MODEL_TYPES.contains(modelType)) {
+            throw new QuantException(UNSUPPORTED_CONFIG, configPath, null, "model_type " + modelType
+                    + " uses transformers' Conv1D layers (weight [in, out]), which transformers transposes before quantizing; "
+                    + "loramerge quantize supports nn.Linear models");
+        }
+        Report report = new Report();
+        report.blocksize = options.blocksize();
+        report.doubleQuant = options.doubleQuant();
+        Map<String, DType> quantized = new LinkedHashMap<>();
+        for (Map.Entry<String, TensorInfo> e : base.tensors().entrySet()) {
+            TensorInfo t = e.getValue();
+            String why = skipReason(e.getKey(), t);
+            if (why == null) {
+                quantized.put(e.getKey(), t.dtype());
+            } else if (e.getKey().endsWith(".weight") && t.rank() == 2) {
+                report.skipped.add(new Skipped(e.getKey(), why));
+            }
+        }
+        DType compute = computeDtype(quantized, config);
+        report.computeDtype = compute.torchName();
+        if (quantized.isEmpty()) {
+            report.warnings.add("no 2-D Linear weight found: the output is a copy with a quantization_config");
+        }
+
+        Map<String, String> weightMap = new LinkedHashMap<>();
+        long totalBytes = 0;
+        int fileIndex = 0;
+        for (SafetensorsFile file : base.files()) {
+            fileIndex++;
+            String fileName = base.isSharded() ? file.path().getFileName().toString() : "model.safetensors";
+            List<TensorInfo> tensors = new ArrayList<>();
+            for (TensorInfo t : file.tensors()) {
+                if (base.tensor(t.name()) == t) {
+                    tensors.add(t);
+                }
+            }
+            List<SafetensorsWriter.Entry> entries = new ArrayList<>();
+            Map<String, QuantState> states = new LinkedHashMap<>();
+            for (TensorInfo t : tensors) {
+                if (!quantized.containsKey(t.name())) {
+                    entries.add(new SafetensorsWriter.Entry(t.name(), t.dtype(), t.shape()));
+                    continue;
+                }
+                QuantState.Nested nested = null;
+                if (options.doubleQuant()) {
+                    float[] absmax = blockAbsmax(file, t, options.blocksize());
+                    nested = new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, DoubleQuant.exactMean(absmax, absmax.length));
+                }
+                QuantState state = QuantState.of(options.blocksize(), t.dtype(), t.shape(), nested);
+                states.put(t.name(), state);
+                entries.addAll(Nf4Tensor.layout(t.name(), state));
+            }
+            for (SafetensorsWriter.Entry e : entries) {
+                weightMap.put(e.name(), fileName);
+                totalBytes += e.sizeInBytes();
+            }
+            try (SafetensorsWriter writer = SafetensorsWriter.create(out.dir().resolve(fileName), entries, Map.of("format", "pt"))) {
+                for (TensorInfo t : tensors) {
+                    QuantState state = states.get(t.name());
+                    report.bytesRead += t.sizeInBytes();
+                    if (state == null) {
+                        writer.transferFrom(file.channel(), t.dataStart(), t.sizeInBytes());
+                        report.tensorsCopied++;
+                    } else {
+                        QuantizedTensor q = writeGroup(file, t, state, writer);
+                        report.tensors.add(q);
+                        report.worstErrorOverAbsmax = Math.max(report.worstErrorOverAbsmax, q.maxErrorOverAbsmax());
+                        report.tensorsQuantized++;
+                    }
+                }
+                writer.finish();
+            }
+            log.accept(String.format(Locale.ROOT, "quantize: wrote %s (%d of %d files)", fileName, fileIndex, base.files().size()));
+        }
+        if (base.isSharded()) {
+            Files.write(out.dir().resolve(ShardIndex.FILE_NAME), ShardIndex.toJson(weightMap, totalBytes));
+        }
+        if (config != null) {
+            Files.write(out.dir().resolve("config.json"),
+                    Json.pretty(withQuantizationConfig(config, Bnb4BitConfig.toJson(options.doubleQuant(), compute)))
+                            .getBytes(StandardCharsets.UTF_8));
+        } else {
+            report.warnings.add("the model folder has no config.json: transformers needs one with quantization_config to load the 4-bit weights");
+        }
+        for (Path p : filesToCopy(base.dir())) {
+            Files.copy(p, out.dir().resolve(p.getFileName()), StandardCopyOption.COPY_ATTRIBUTES);
+        }
+        out.commit();
+        report.bytesWritten = totalBytes;
+        report.output = out.target().toString();
+        report.seconds = (System.nanoTime() - start) / 1e9;
+        report.warnings.addAll(base.warnings());
+        return report;
+    }
+
+    private static QuantizedTensor writeGroup(SafetensorsFile file, TensorInfo t, QuantState state, SafetensorsWriter writer)
+            throws IOException, QuantException {
+        Nf4Encoder enc = new Nf4Encoder(t.numElements(), state.blocksize(), writer::write, file.path(), t.name());
+        FloatFormat format = FloatFormat.of(t.dtype());
+        forEachWindow(file, t, (buf, count) -> enc.accept(buf, format, count));
+        float[] absmax = enc.finish();
+        if (state.isDoubleQuant()) {
+            float offset = DoubleQuant.exactMean(absmax, absmax.length);
+            if (Float.floatToRawIntBits(offset) != Float.floatToRawIntBits(state.nested().offset())) {
+                throw new IOException(file.path() + ": " + t.name() + " changed while it was read (its mean absmax moved); "
+                        + "do not modify the input during quantize");
+            }
+        }
+        for (ByteBuffer b : Nf4Tensor.tail(state, absmax, null)) {
+            writer.write(b);
+        }
+        return new QuantizedTensor(t.name(), t.dtype().name(), t.shape(), absmax.length, enc.maxErrorOverAbsmax());
+    }
+
+    /** The first pass of double quantization: each block's absmax, nothing else. */
+    static float[] blockAbsmax(SafetensorsFile file, TensorInfo t, int blocksize) throws IOException, QuantException {
+        long blocks = Nf4Codec.numBlocks(t.numElements(), blocksize);
+        float[] absmax = new float[Math.toIntExact(blocks)];
+        FloatFormat format = FloatFormat.of(t.dtype());
+        long[] index = {0};
+        forEachWindow(file, t, (buf, count) -> {
+            for (int i = 0; i < count; i++) {
+                int bits = format == FloatFormat.F32 ? buf.getInt() : buf.getShort() & 0xFFFF;
+                float v = (float) format.decode(bits);
+                if (!Float.isFinite(v)) {
+                    throw new QuantException(QuantException.Reason.NON_FINITE, file.path(), t.name(), "element " + index[0] + " is " + v
+                            + "; NF4 cannot represent it and it would poison its block's absmax; fix the weight before quantizing");
+                }
+                int b = (int) (index[0]++ / blocksize);
+                absmax[b] = Math.max(absmax[b], Math.abs(v));
+            }
+        });
+        return absmax;
+    }
+
+    private interface WindowConsumer {
+        void accept(ByteBuffer window, int count) throws IOException, QuantException;
+    }
+
+    private static void forEachWindow(SafetensorsFile file, TensorInfo t, WindowConsumer consumer) throws IOException, QuantException {
+        int es = t.dtype().sizeInBytes();
+        long total = t.sizeInBytes();
+        long window = WINDOW_BYTES / es * es;
+        for (long off = 0; off < total; off += window) {
+            long len = Math.min(window, total - off);
+            try (MappedRegion r = file.map(t, off, len)) {
+                consumer.accept(r.bytes(), (int) (len / es));
+            }
+        }
+    }
+
+    /**
+     * bnb_4bit_compute_dtype: the dtype of the quantized weights when they agree (what QLoRA runs
+     * in), else config.json's dtype, else float32 (transformers' default).
+     */
+    static DType computeDtype(Map<String, DType> quantized, ObjectNode config) {
+        java.util.Set<DType> kinds = new java.util.HashSet<>(quantized.values());
+        if (kinds.size() == 1) {
+            return kinds.iterator().next();
+        }
+        if (config != null) {
+            for (String key : new String[] {"dtype", "torch_dtype"}) {
+                if (config.hasNonNull(key)) {
+                    DType d = DType.parseUserName(config.get(key).asText());
+                    if (d != null) {
+                        return d;
+                    }
+                }
+            }
+        }
+        return DType.F32;
+    }
+
+    /** config.json with quantization_config added; kept in sorted key order when it was sorted (as save_pretrained writes it). */
+    static ObjectNode withQuantizationConfig(ObjectNode config, ObjectNode quantization) {
+        ObjectNode c = config.deepCopy();
+        List<String> keys = new ArrayList<>();
+        for (Iterator<String> it = c.fieldNames(); it.hasNext(); ) {
+            keys.add(it.next());
+        }
+        boolean sorted = true;
+        for (int i = 1; i < keys.size(); i++) {
+            sorted &= keys.get(i - 1).compareTo(keys.get(i)) <= 0;
+        }
+        c.set(Bnb4BitConfig.KEY, quantization);
+        if (!sorted) {
+            return c;
+        }
+        ObjectNode out = c.objectNode();
+        keys.add(Bnb4BitConfig.KEY);
+        keys.stream().sorted().distinct().forEach(k -> out.set(k, c.get(k)));
+        return out;
+    }
+
+    /** Files of the model folder that are not weights, the index or config.json (tokenizer, generation config, ...). */
+    static List<Path> filesToCopy(Path dir) throws IOException {
+        List<Path> out = new ArrayList<>();
+        Set<String> weightExtensions = Set.of(".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx");
+        try (Stream<Path> s = Files.list(dir)) {
+            s.sorted().forEach(p -> {
+                String n = p.getFileName().toString();
+                boolean weight = weightExtensions.stream().anyMatch(n::endsWith) || n.equals(ShardIndex.FILE_NAME)
+                        || n.equals("pytorch_model.bin.index.json");
+                if (Files.isRegularFile(p) && !n.startsWith(".") && !weight && !n.equals("config.json")) {
+                    out.add(p);
+                }
+            });
+        }
+        return out;
+    }
+}

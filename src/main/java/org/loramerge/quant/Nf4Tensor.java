@@ -1,0 +1,308 @@
+package org.loramerge.quant;
+
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Collections;
+import java.util.List;
+import org.loramerge.format.Checkpoint;
+import org.loramerge.format.DType;
+import org.loramerge.format.SafetensorsFile;
+import org.loramerge.format.SafetensorsWriter;
+import org.loramerge.format.TensorInfo;
+
+import static org.loramerge.quant.QuantException.Reason.MISSING_TENSOR;
+import static org.loramerge.quant.QuantException.Reason.TENSOR_MISMATCH;
+
+/**
+ * One bitsandbytes NF4 weight in a checkpoint: the group of tensors transformers saves for a
+ * 4-bit Linear at module prefix {@code P} (bitsandbytes nn/modules.py Linear4bit
+ * _save_to_state_dict, QuantState.as_dict(packed=True)), validated against its quant state:
+ *
+ * <pre>
+ * P.weight                                U8  [ceil(n/2), 1]   two codes per byte
+ * P.weight.absmax                         F32 [nblocks], or U8 [nblocks] when double-quantized
+ * P.weight.quant_map                      F32 [16]             the NF4 table
+ * P.weight.nested_absmax                  F32 [ceil(nblocks/256)]   (double quant only)
+ * P.weight.nested_quant_map               F32 [256]            the dynamic map (double quant only)
+ * P.weight.quant_state.bitsandbytes__nf4  U8  [len]            JSON, see {@link QuantState}
+ * </pre>
+ *
+ * The parts may sit in different shards. Nothing is read beyond the quant state and the two small
+ * tables until a {@link Nf4Decoder} asks for a range.
+ */
+public final class Nf4Tensor {
+    public static final String ABSMAX = ".absmax";
+    public static final String QUANT_MAP = ".quant_map";
+    public static final String NESTED_ABSMAX = ".nested_absmax";
+    public static final String NESTED_QUANT_MAP = ".nested_quant_map";
+    /** The largest quant state accepted: bitsandbytes' are about 200 bytes. */
+    static final int MAX_QUANT_STATE_BYTES = 1 << 16;
+
+    /** A tensor of the group and the file that holds it. */
+    public record Part(SafetensorsFile file, TensorInfo info) {
+        public String name() {
+            return info.name();
+        }
+    }
+
+    private final String weightName;
+    private final QuantState state;
+    private final Part weight;
+    private final Part absmax;
+    private final Part quantMap;
+    private final Part nestedAbsmax;
+    private final Part nestedQuantMap;
+    private final Part quantState;
+    private final List<String> warnings;
+
+    private Nf4Tensor(String weightName, QuantState state, Part weight, Part absmax, Part quantMap, Part nestedAbsmax,
+                      Part nestedQuantMap, Part quantState, List<String> warnings) {
+        this.weightName = weightName;
+        this.state = state;
+        this.weight = weight;
+        this.absmax = absmax;
+        this.quantMap = quantMap;
+        this.nestedAbsmax = nestedAbsmax;
+        this.nestedQuantMap = nestedQuantMap;
+        this.quantState = quantState;
+        this.warnings = warnings;
+    }
+
+    /** Finds and validates the group of {@code weightName} (e.g. {@code model.layers.0.mlp.up_proj.weight}). */
+    public static Nf4Tensor open(Checkpoint c, String weightName) throws QuantException, IOException {
+        String qsName = weightName + QuantState.TENSOR_SUFFIX;
+        Part qs = part(c, qsName);
+        if (qs == null) {
+            throw new QuantException(MISSING_TENSOR, c.dir(), qsName, "the quant state of 4-bit weight '" + weightName
+                    + "' is missing; the checkpoint is incomplete (re-save it with transformers' save_pretrained)");
+        }
+        if (qs.info().dtype() != DType.U8 || qs.info().rank() != 1 || qs.info().sizeInBytes() > MAX_QUANT_STATE_BYTES) {
+            throw new QuantException(TENSOR_MISMATCH, qs.file().path(), qsName, "quant state is " + describe(qs.info())
+                    + "; bitsandbytes stores it as a 1-D U8 tensor of JSON bytes (at most " + MAX_QUANT_STATE_BYTES + ")");
+        }
+        ByteBuffer b = qs.file().readAll(qs.info());
+        byte[] json = new byte[b.remaining()];
+        b.get(json);
+        QuantState state = QuantState.parse(json, qs.file().path(), qsName);
+        long n = state.numElements();
+        long blocks = state.numBlocks();
+        List<String> warnings = new ArrayList<>();
+
+        Part weight = require(c, weightName, qsName);
+        expect(weight, DType.U8, new long[] {Nf4Codec.packedBytes(n), 1},
+                "two 4-bit codes per byte for the " + n + " elements of shape " + Arrays.toString(state.shape()));
+        Part absmax = require(c, weightName + ABSMAX, qsName);
+        Part quantMap = require(c, weightName + QUANT_MAP, qsName);
+        expect(quantMap, DType.F32, new long[] {16}, "the 16 NF4 values");
+        Part nestedAbsmax = part(c, weightName + NESTED_ABSMAX);
+        Part nestedQuantMap = part(c, weightName + NESTED_QUANT_MAP);
+        if (state.isDoubleQuant()) {
+            expect(absmax, DType.U8, new long[] {blocks}, "one 8-bit code per block of " + state.blocksize() + " (double quantization)");
+            if (nestedAbsmax == null) {
+                throw missing(c, weightName + NESTED_ABSMAX, qsName);
+            }
+            if (nestedQuantMap == null) {
+                throw missing(c, weightName + NESTED_QUANT_MAP, qsName);
+            }
+            long nestedBlocks = (blocks + state.nested().blocksize() - 1) / state.nested().blocksize();
+            expect(nestedAbsmax, DType.F32, new long[] {nestedBlocks}, "one value per " + state.nested().blocksize() + " absmax codes");
+            expect(nestedQuantMap, DType.F32, new long[] {256}, "the 256-entry dynamic map");
+        } else {
+            expect(absmax, DType.F32, new long[] {blocks}, "one fp32 absmax per block of " + state.blocksize());
+            for (Part stray : new Part[] {nestedAbsmax, nestedQuantMap}) {
+                if (stray != null) {
+                    throw new QuantException(TENSOR_MISMATCH, stray.file().path(), stray.name(),
+                            "is present but the quant state has no double-quantization fields; the checkpoint mixes two saves");
+                }
+            }
+        }
+        float[] map = readFloats(quantMap);
+        // bitsandbytes' kernels decode NF4 with their built-in table and ignore quant_map; so do we
+        if (!Arrays.equals(map, Nf4Codec.quantMap())) {
+            warnings.add(quantMap.name() + " differs from the NF4 table; it is ignored, as bitsandbytes ignores it");
+        }
+        return new Nf4Tensor(weightName, state, weight, absmax, quantMap, nestedAbsmax, nestedQuantMap, qs, warnings);
+    }
+
+    private static Part part(Checkpoint c, String name) {
+        TensorInfo t = c.tensor(name);
+        return t == null ? null : new Part(c.fileOf(name), t);
+    }
+
+    private static Part require(Checkpoint c, String name, String qsName) throws QuantException {
+        Part p = part(c, name);
+        if (p == null) {
+            throw missing(c, name, qsName);
+        }
+        return p;
+    }
+
+    private static QuantException missing(Checkpoint c, String name, String qsName) {
+        return new QuantException(MISSING_TENSOR, c.dir(), name, "is missing although '" + qsName
+                + "' describes a 4-bit weight that needs it; the checkpoint is incomplete");
+    }
+
+    private static void expect(Part p, DType dtype, long[] shape, String what) throws QuantException {
+        if (p.info().dtype() != dtype || !Arrays.equals(p.info().shape(), shape)) {
+            throw new QuantException(TENSOR_MISMATCH, p.file().path(), p.name(), "is " + describe(p.info()) + " but its quant state needs "
+                    + dtype + Arrays.toString(shape) + " (" + what + ")"
+                    + (dtype == DType.U8 && p.info().dtype() != DType.U8 && p.name().endsWith(".weight")
+                    ? "; packed storage other than uint8 (bnb_4bit_quant_storage) is not supported" : ""));
+        }
+    }
+
+    private static String describe(TensorInfo t) {
+        return t.dtype() + Arrays.toString(t.shape());
+    }
+
+    static float[] readFloats(Part p) throws IOException {
+        ByteBuffer b = p.file().readAll(p.info());
+        float[] out = new float[(int) (p.info().sizeInBytes() / 4)];
+        b.asFloatBuffer().get(out);
+        return out;
+    }
+
+    /**
+     * The tensors of a quantized weight as an output header lists them, {@code P.weight} first, then
+     * bitsandbytes' as_dict order: absmax, quant_map, [nested_absmax, nested_quant_map], quant state.
+     * {@code quantStateBytes} is the quant state tensor's length: {@code state.toJson().length}, or
+     * a reserved length (see {@link QuantState#maxJsonLength}) when the offset is not known yet.
+     */
+    public static List<SafetensorsWriter.Entry> layout(String weightName, QuantState state, int quantStateBytes) {
+        long n = state.numElements();
+        long blocks = state.numBlocks();
+        List<SafetensorsWriter.Entry> out = new ArrayList<>();
+        out.add(new SafetensorsWriter.Entry(weightName, DType.U8, new long[] {Nf4Codec.packedBytes(n), 1}));
+        out.add(new SafetensorsWriter.Entry(weightName + ABSMAX, state.isDoubleQuant() ? DType.U8 : DType.F32, new long[] {blocks}));
+        out.add(new SafetensorsWriter.Entry(weightName + QUANT_MAP, DType.F32, new long[] {16}));
+        if (state.isDoubleQuant()) {
+            long nested = (blocks + state.nested().blocksize() - 1) / state.nested().blocksize();
+            out.add(new SafetensorsWriter.Entry(weightName + NESTED_ABSMAX, DType.F32, new long[] {nested}));
+            out.add(new SafetensorsWriter.Entry(weightName + NESTED_QUANT_MAP, DType.F32, new long[] {256}));
+        }
+        out.add(new SafetensorsWriter.Entry(weightName + QuantState.TENSOR_SUFFIX, DType.U8, new long[] {quantStateBytes}));
+        return out;
+    }
+
+    /** {@link #layout(String, QuantState, int)} with the quant state's exact length. */
+    public static List<SafetensorsWriter.Entry> layout(String weightName, QuantState state) {
+        return layout(weightName, state, state.toJson().length);
+    }
+
+    /**
+     * The bytes of every tensor after {@code P.weight}, in {@link #layout} order, for the block
+     * absmax values an {@link Nf4Encoder} returned. With double quantization the absmax values are
+     * quantized here; {@code state}'s nested offset must be their {@link DoubleQuant#exactMean}.
+     * {@code quantStateBytes} null writes the exact JSON, a number pads it to that length.
+     */
+    public static List<ByteBuffer> tail(QuantState state, float[] absmax, Integer quantStateBytes) {
+        if (absmax.length != state.numBlocks()) {
+            throw new IllegalArgumentException(absmax.length + " absmax values for " + state.numBlocks() + " blocks");
+        }
+        List<ByteBuffer> out = new ArrayList<>();
+        if (state.isDoubleQuant()) {
+            if (state.nested().blocksize() != DoubleQuant.NESTED_BLOCKSIZE) {
+                throw new IllegalArgumentException("loramerge writes nested blocks of " + DoubleQuant.NESTED_BLOCKSIZE + ", as bitsandbytes does");
+            }
+            DoubleQuant.Result dq = DoubleQuant.quantize(absmax, absmax.length);
+            if (Float.floatToRawIntBits(dq.offset()) != Float.floatToRawIntBits(state.nested().offset())) {
+                throw new IllegalArgumentException("the quant state's offset " + state.nested().offset() + " is not the mean absmax " + dq.offset());
+            }
+            out.add(ByteBuffer.wrap(dq.codes()));
+            out.add(floats(Nf4Codec.quantMap()));
+            out.add(floats(dq.nestedAbsmax()));
+            out.add(floats(DynamicMap.signed()));
+        } else {
+            out.add(floats(absmax));
+            out.add(floats(Nf4Codec.quantMap()));
+        }
+        out.add(ByteBuffer.wrap(quantStateBytes == null ? state.toJson() : state.toJson(quantStateBytes)));
+        return out;
+    }
+
+    private static ByteBuffer floats(float[] values) {
+        ByteBuffer b = ByteBuffer.allocate(values.length * 4).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+        b.asFloatBuffer().put(values);
+        return b;
+    }
+
+    /** A decoder for ranges of this weight. */
+    public Nf4Decoder decoder() throws IOException, QuantException {
+        return new Nf4Decoder(this);
+    }
+
+    /** The name of the dequantized weight ({@code P.weight}). */
+    public String weightName() {
+        return weightName;
+    }
+
+    public QuantState state() {
+        return state;
+    }
+
+    public long[] shape() {
+        return state.shape();
+    }
+
+    public DType dtype() {
+        return state.dtype();
+    }
+
+    public long numElements() {
+        return state.numElements();
+    }
+
+    public int blocksize() {
+        return state.blocksize();
+    }
+
+    public boolean isDoubleQuant() {
+        return state.isDoubleQuant();
+    }
+
+    public Part weight() {
+        return weight;
+    }
+
+    public Part absmax() {
+        return absmax;
+    }
+
+    /** null unless double-quantized. */
+    public Part nestedAbsmax() {
+        return nestedAbsmax;
+    }
+
+    /** null unless double-quantized. */
+    public Part nestedQuantMap() {
+        return nestedQuantMap;
+    }
+
+    /** Every tensor name of the group, {@code P.weight} first. */
+    public List<String> tensorNames() {
+        List<String> out = new ArrayList<>();
+        for (Part p : new Part[] {weight, absmax, quantMap, nestedAbsmax, nestedQuantMap, quantState}) {
+            if (p != null) {
+                out.add(p.name());
+            }
+        }
+        return out;
+    }
+
+    public List<String> warnings() {
+        return Collections.unmodifiableList(warnings);
+    }
+
+    /** The file of the quant state (for messages). */
+    Path statePath() {
+        return quantState.file().path();
+    }
+
+    @Override
+    public String toString() {
+        return weightName + " NF4 " + state;
+    }
+}

@@ -1,0 +1,356 @@
+package org.loramerge.quant;
+
+import java.io.ByteArrayOutputStream;
+import java.nio.ByteBuffer;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Random;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.MethodSource;
+import org.loramerge.format.Checkpoint;
+import org.loramerge.format.FloatFormat;
+import org.loramerge.format.SafetensorsFile;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** The codec against every vector of scripts/nf4_reference.py, bit for bit, both directions. */
+class Nf4CodecVectorsTest {
+
+    static Stream<Nf4Vectors.Case> cases() {
+        return Nf4Vectors.cases().stream();
+    }
+
+    @Test
+    void vectorsCoverTheEdgeCasesTheyClaim() {
+        List<Nf4Vectors.Case> cases = Nf4Vectors.cases();
+        assertTrue(cases.stream().anyMatch(c -> c.blocksize() == 32));
+        assertTrue(cases.stream().anyMatch(c -> c.blocksize() == 64));
+        assertTrue(cases.stream().anyMatch(c -> c.blocksize() == 128));
+        assertTrue(cases.stream().anyMatch(c -> c.blocksize() == 4096 && c.numElements() % 4096 != 0));
+        assertTrue(cases.stream().anyMatch(c -> c.numElements() % 2 == 1));
+        assertTrue(cases.stream().anyMatch(c -> c.doubleQuant() && c.numBlocks() > 256 && c.numBlocks() % 256 != 0));
+        assertTrue(cases.stream().anyMatch(c -> !c.doubleQuant()));
+        assertTrue(Nf4Vectors.dir().resolve("model.safetensors").toFile().length()
+                + Nf4Vectors.dir().resolve("index.json").toFile().length() < 300_000, "vectors stay tiny");
+    }
+
+    @Test
+    void tablesMatchTheReference() throws Exception {
+        try (SafetensorsFile f = Nf4Vectors.open()) {
+            assertArrayEquals(Nf4Vectors.floats(f, "nf4.quant_map"), Nf4Codec.quantMap());
+            assertArrayEquals(Nf4Vectors.floats(f, "nf4.thresholds"), Nf4Codec.thresholds());
+            assertArrayEquals(Nf4Vectors.floats(f, "dynamic_map.signed"), DynamicMap.signed());
+        }
+        String[] hex = Nf4Vectors.index().get("dynamic_map_signed_f32_bits").asText().split(" ");
+        float[] map = DynamicMap.signed();
+        assertEquals(256, hex.length);
+        for (int i = 0; i < 256; i++) {
+            assertEquals(Integer.parseUnsignedInt(hex[i], 16), Float.floatToRawIntBits(map[i]), "entry " + i);
+        }
+    }
+
+    @Test
+    void dynamicMapIsSortedAndHoldsZeroAndOneButNotMinusOne() {
+        float[] map = DynamicMap.signed();
+        for (int i = 1; i < 256; i++) {
+            assertTrue(map[i - 1] < map[i], "strictly ascending at " + i);
+        }
+        assertEquals(0.0f, map[DynamicMap.ZERO_CODE]);
+        assertEquals(1.0f, map[255]);
+        // bitsandbytes' signed dynamic map has no -1: its smallest entry is the negated largest mean
+        assertEquals(-0.99296875f, map[0]);
+        assertFalse(Arrays.asList(box(map)).contains(-1.0f));
+        assertEquals(127, Arrays.stream(box(map)).filter(v -> v < 0).count());
+    }
+
+    @Test
+    void dynamicMapSearchMatchesTheKernelAtEveryMidpoint() {
+        // the reference's dQuantize on each fp32 midpoint (a+b)*0.5f and one ulp either side: the
+        // kernel's tie goes to the lower entry or the upper one depending on the search path
+        float[] map = DynamicMap.signed();
+        String[] probes = Nf4Vectors.index().get("dynamic_map_search_probes").asText().split(" ");
+        assertEquals(255 * 3 + 6, probes.length);
+        int upperTies = 0;
+        for (String p : probes) {
+            String[] kv = p.split(":");
+            float x = Float.intBitsToFloat(Integer.parseUnsignedInt(kv[0], 16));
+            int want = Integer.parseInt(kv[1]);
+            assertEquals(want, DynamicMap.quantize(map, x), "x = " + x);
+            if (want > 0 && x == (map[want - 1] + map[want]) * 0.5f) {
+                upperTies++;
+            }
+        }
+        assertTrue(upperTies > 0 && upperTies < 255, "ties go both ways: " + upperTies + " to the upper entry");
+    }
+
+    @Test
+    void exactMeanAgreesWithBigDecimalWhereAFloatSumDoesNot() {
+        Random rnd = new Random(11);
+        int naiveDiffers = 0;
+        for (int trial = 0; trial < 200; trial++) {
+            int n = 1 + rnd.nextInt(3000);
+            float[] v = new float[n];
+            java.math.BigDecimal sum = java.math.BigDecimal.ZERO;
+            float running = 0f;
+            for (int i = 0; i < n; i++) {
+                v[i] = (float) Math.abs(rnd.nextGaussian() * Math.exp(4 * rnd.nextGaussian()));
+                sum = sum.add(new java.math.BigDecimal(v[i]));
+                running += v[i];
+            }
+            java.math.BigDecimal mean = sum.divide(java.math.BigDecimal.valueOf(n), java.math.MathContext.DECIMAL128);
+            float got = DoubleQuant.exactMean(v, n);
+            // the correctly rounded fp32 is the one nearest the exact mean: no fp32 neighbour is nearer
+            java.math.BigDecimal err = new java.math.BigDecimal(got).subtract(mean).abs();
+            assertTrue(err.compareTo(new java.math.BigDecimal(Math.nextUp(got)).subtract(mean).abs()) <= 0);
+            assertTrue(err.compareTo(new java.math.BigDecimal(Math.nextDown(got)).subtract(mean).abs()) <= 0);
+            if (running / n != got) {
+                naiveDiffers++;
+            }
+        }
+        assertTrue(naiveDiffers > 20, "a running fp32 sum differs in " + naiveDiffers + " of 200");
+    }
+
+    @Test
+    void thresholdsAreTheMidpointsRoundedToFp32AndTiesGoLower() {
+        float[] t = Nf4Codec.thresholds();
+        for (int k = 0; k < 15; k++) {
+            assertEquals(k, Nf4Codec.encode(t[k]), "a value equal to threshold " + k + " takes the lower code");
+            assertEquals(k + 1, Nf4Codec.encode(Math.nextUp(t[k])));
+            assertEquals(k, Nf4Codec.encode(Math.nextDown(t[k])));
+        }
+        assertEquals(Nf4Codec.ZERO_CODE, Nf4Codec.encode(-0.0f));
+        assertEquals(0, Nf4Codec.encode(-1.0f));
+        assertEquals(15, Nf4Codec.encode(1.0f));
+        // the reference lists the thresholds that rounded above the exact midpoint; there "equal" is nearer the upper value
+        for (var k : Nf4Vectors.index().get("thresholds_rounded_up")) {
+            int i = k.asInt();
+            double mid = ((double) Nf4Codec.value(i) + Nf4Codec.value(i + 1)) / 2;
+            assertTrue(t[i] > mid);
+        }
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("cases")
+    void quantizeIsBitExact(Nf4Vectors.Case c) throws Exception {
+        try (SafetensorsFile f = Nf4Vectors.open()) {
+            float[] input = Nf4Vectors.values(f, c.name() + ".input");
+            ByteArrayOutputStream packed = new ByteArrayOutputStream();
+            Nf4Encoder enc = new Nf4Encoder(c.numElements(), c.blocksize(), b -> packed.write(b.array(), b.arrayOffset() + b.position(), b.remaining()),
+                    null, c.name());
+            // in uneven chunks, as a merge would hand over row blocks
+            int pos = 0;
+            int chunk = 1;
+            while (pos < input.length) {
+                int n = Math.min(chunk, input.length - pos);
+                enc.accept(input, pos, n);
+                pos += n;
+                chunk = chunk * 3 + 1;
+            }
+            float[] absmax = enc.finish();
+            assertArrayEquals(Nf4Vectors.bytes(f, c.name() + ".weight"), packed.toByteArray(), "packed codes");
+            QuantState.Nested nested = null;
+            if (c.doubleQuant()) {
+                DoubleQuant.Result dq = DoubleQuant.quantize(absmax, absmax.length);
+                assertArrayEquals(Nf4Vectors.bytes(f, c.name() + ".weight.absmax"), dq.codes(), "8-bit absmax codes");
+                assertArrayEquals(Nf4Vectors.floats(f, c.name() + ".weight.nested_absmax"), dq.nestedAbsmax(), "nested_absmax");
+                nested = new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, dq.offset());
+            } else {
+                assertArrayEquals(Nf4Vectors.floats(f, c.name() + ".weight.absmax"), absmax, "absmax");
+            }
+            QuantState state = QuantState.of(c.blocksize(), c.dtype(), c.shape(), nested);
+            byte[] json = Nf4Vectors.bytes(f, c.name() + ".weight" + QuantState.TENSOR_SUFFIX);
+            assertEquals(new String(json, StandardCharsets.UTF_8), new String(state.toJson(), StandardCharsets.UTF_8));
+            assertEquals(state, QuantState.parse(json, null, c.name()));
+        }
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("cases")
+    void dequantizeIsBitExact(Nf4Vectors.Case c) throws Exception {
+        try (Checkpoint ckpt = Checkpoint.open(Nf4Vectors.dir())) {
+            Nf4Tensor t = Nf4Tensor.open(ckpt, c.name() + ".weight");
+            assertEquals(c.doubleQuant(), t.isDoubleQuant());
+            assertEquals(c.dtype(), t.dtype());
+            Nf4Decoder d = t.decoder();
+            SafetensorsFile f = ckpt.fileOf(c.name() + ".input");
+            int n = (int) c.numElements();
+            if (c.has(".absmax_decoded")) {
+                assertArrayEquals(Nf4Vectors.floats(f, c.name() + ".absmax_decoded"), d.absmax(0, (int) c.numBlocks()));
+            }
+            float[] f32 = new float[n];
+            d.dequantize(0, n, f32, 0);
+            if (c.has(".dequant_f32")) {
+                assertArrayEquals(Nf4Vectors.floats(f, c.name() + ".dequant_f32"), f32);
+            }
+            double[] rounded = new double[n];
+            d.dequantizeRounded(0, n, rounded, 0);
+            float[] want = Nf4Vectors.values(f, c.name() + ".dequant");
+            FloatFormat fmt = FloatFormat.of(c.dtype());
+            for (int i = 0; i < n; i++) {
+                assertEquals(Double.doubleToRawLongBits(want[i]), Double.doubleToRawLongBits(rounded[i]), "element " + i);
+                assertEquals(fmt.round(f32[i]), rounded[i]);
+            }
+            // any sub-range, odd starts and block-crossing ends included, gives the same values
+            Random rnd = new Random(c.name().hashCode());
+            for (int k = 0; k < 20; k++) {
+                int a = rnd.nextInt(n);
+                int len = 1 + rnd.nextInt(Math.min(n - a, 3 * c.blocksize()));
+                float[] part = new float[len + 3];
+                d.dequantize(a, len, part, 3);
+                assertArrayEquals(Arrays.copyOfRange(f32, a, a + len), Arrays.copyOfRange(part, 3, 3 + len), "range " + a + "+" + len);
+            }
+        }
+    }
+
+    @Test
+    void zeroBlocksDecodeToExactZeroEvenWhenTheirDecodedAbsmaxIsNot() throws Exception {
+        try (Checkpoint ckpt = Checkpoint.open(Nf4Vectors.dir())) {
+            Nf4Decoder d = Nf4Tensor.open(ckpt, "zero_blocks_dq_bf16.weight").decoder();
+            float[] absmax = d.absmax(0, 6);
+            // double quantization decodes a zero block's absmax to about ±0.7% of nested_absmax, here
+            // below zero; code 0 (what the kernel's NaN comparison gives) would decode to -absmax' ≠ 0
+            assertNotEquals(0f, absmax[1]);
+            assertNotEquals(0f, Nf4Codec.dequantize(0, absmax[1]));
+            float[] v = new float[64];
+            for (int block : new int[] {1, 3}) {
+                d.dequantize(block * 64L, 64, v, 0);
+                for (float x : v) {
+                    assertEquals(0f, x, 0f, "block " + block); // ±0.0: the sign is the decoded absmax's
+                }
+            }
+            Nf4Decoder plain = Nf4Tensor.open(ckpt, "zero_blocks_bf16.weight").decoder();
+            assertEquals(0f, plain.absmax(1, 1)[0]);
+            for (int block : new int[] {1, 3}) {
+                plain.dequantize(block * 64L, 64, v, 0);
+                for (float x : v) {
+                    // +0.0 even for the block of -0.0 inputs: NF4 has no negative zero
+                    assertEquals(0, Float.floatToRawIntBits(x), "block " + block);
+                }
+            }
+        }
+    }
+
+    @Test
+    void reciprocalVectorsWouldFailWithDivision() throws Exception {
+        // the case exists to pin down x·fl32(1/absmax): check that division really gives other codes there
+        try (SafetensorsFile f = Nf4Vectors.open()) {
+            float[] in = Nf4Vectors.values(f, "reciprocal_not_division_f32.input");
+            int differ = 0;
+            for (int b = 0; b < in.length / 32; b++) {
+                float a = Nf4Codec.absmax(in, b * 32, 32);
+                float r = 1.0f / a;
+                for (int i = b * 32; i < b * 32 + 32; i++) {
+                    if (Nf4Codec.encode(in[i] * r) != Nf4Codec.encode(in[i] / a)) {
+                        differ++;
+                    }
+                }
+            }
+            assertTrue(differ >= 4, "only " + differ + " elements tell the two apart");
+        }
+    }
+
+    @Test
+    void roundTripErrorStaysWithinTheNf4Bound() throws Exception {
+        Random rnd = new Random(42);
+        int n = 64 * 500 + 17;
+        float[] x = new float[n];
+        for (int i = 0; i < n; i++) {
+            x[i] = (float) (rnd.nextGaussian() * Math.exp(rnd.nextGaussian()));
+        }
+        for (int bs : new int[] {32, 64, 4096}) {
+            ByteArrayOutputStream packed = new ByteArrayOutputStream();
+            Nf4Encoder enc = new Nf4Encoder(n, bs, b -> packed.write(b.array(), b.arrayOffset() + b.position(), b.remaining()), null, "w");
+            enc.accept(x, 0, n);
+            float[] absmax = enc.finish();
+            byte[] codes = packed.toByteArray();
+            double worst = 0;
+            for (int i = 0; i < n; i++) {
+                int c = Nf4Codec.codeAt(codes[i / 2], i);
+                float a = absmax[i / bs];
+                double err = Math.abs((double) x[i] - Nf4Codec.dequantize(c, a));
+                // the nearest-value bound: half the gap to the neighbour on x's side, plus fp32 scaling error
+                double lowGap = c > 0 ? Nf4Codec.value(c) - Nf4Codec.value(c - 1) : 0;
+                double highGap = c < 15 ? Nf4Codec.value(c + 1) - Nf4Codec.value(c) : 0;
+                double bound = a * (Math.max(lowGap, highGap) / 2 + 1e-6);
+                assertTrue(err <= bound, "element " + i + " error " + err + " > " + bound);
+                worst = Math.max(worst, err / a);
+            }
+            assertTrue(worst <= 0.152, "worst " + worst);
+            assertEquals(worst, enc.maxErrorOverAbsmax(), 1e-9);
+        }
+    }
+
+    @Test
+    void staticBlockApiAgreesWithTheStream() throws Exception {
+        float[] x = new float[200];
+        Random rnd = new Random(3);
+        for (int i = 0; i < x.length; i++) {
+            x[i] = (float) rnd.nextGaussian();
+        }
+        byte[] codes = new byte[200];
+        float[] absmax = new float[4];
+        for (int b = 0; b < 4; b++) {
+            int len = Math.min(64, 200 - b * 64);
+            absmax[b] = Nf4Codec.quantizeBlock(x, b * 64, len, codes, b * 64);
+        }
+        byte[] packed = new byte[100];
+        Nf4Codec.pack(codes, 0, 200, packed, 0);
+        List<Byte> streamed = new ArrayList<>();
+        Nf4Encoder enc = new Nf4Encoder(200, 64, b -> {
+            while (b.hasRemaining()) {
+                streamed.add(b.get());
+            }
+        }, null, "w");
+        enc.accept(ByteBuffer.wrap(floatsLe(x)).order(java.nio.ByteOrder.LITTLE_ENDIAN), FloatFormat.F32, 200);
+        assertArrayEquals(absmax, enc.finish());
+        for (int i = 0; i < 100; i++) {
+            assertEquals(packed[i], (byte) streamed.get(i));
+        }
+    }
+
+    @Test
+    void nonFiniteWeightIsAnInputError() {
+        Nf4Encoder enc = new Nf4Encoder(64, 64, b -> { }, null, "layer.weight");
+        float[] x = new float[64];
+        x[10] = Float.NaN;
+        QuantException e = org.junit.jupiter.api.Assertions.assertThrows(QuantException.class, () -> enc.accept(x, 0, 64));
+        assertEquals(QuantException.Reason.NON_FINITE, e.reason());
+        assertTrue(e.getMessage().contains("layer.weight") && e.getMessage().contains("element 10"), e.getMessage());
+    }
+
+    @Test
+    void exactMeanIsCorrectlyRounded() {
+        assertEquals(5.0f / 3.0f, DoubleQuant.exactMean(new float[] {1, 2, 2}, 3));
+        // 1 + 2^-24 is a tie between 1 and 1 + 2^-23 in fp32: even wins
+        assertEquals(1.0f, DoubleQuant.exactMean(new float[] {1.0f, Math.nextUp(1.0f)}, 2));
+        // a sum far beyond fp32 precision: 2^24 + 1, mean of 2 = 2^23 + 0.5, a tie: even (2^23)
+        assertEquals(8388608f, DoubleQuant.exactMean(new float[] {16777216f, 1f}, 2));
+        assertEquals(Float.MIN_VALUE, DoubleQuant.exactMean(new float[] {Float.MIN_VALUE, Float.MIN_VALUE}, 2));
+        // 1.5 subnormal quanta: a tie, to the even count of quanta (2)
+        assertEquals(2 * Float.MIN_VALUE, DoubleQuant.exactMean(new float[] {Float.MIN_VALUE, 2 * Float.MIN_VALUE}, 2));
+    }
+
+    private static Float[] box(float[] v) {
+        Float[] out = new Float[v.length];
+        for (int i = 0; i < v.length; i++) {
+            out[i] = v[i];
+        }
+        return out;
+    }
+
+    private static byte[] floatsLe(float[] v) {
+        ByteBuffer b = ByteBuffer.allocate(v.length * 4).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+        for (float x : v) {
+            b.putFloat(x);
+        }
+        return b.array();
+    }
+}

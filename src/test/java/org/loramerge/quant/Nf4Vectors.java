@@ -1,0 +1,108 @@
+package org.loramerge.quant;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.net.URISyntaxException;
+import java.nio.ByteBuffer;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import org.loramerge.format.DType;
+import org.loramerge.format.FloatFormat;
+import org.loramerge.format.SafetensorsFile;
+import org.loramerge.format.TensorInfo;
+
+/**
+ * The NF4 test vectors of src/test/resources/nf4, made by scripts/nf4_reference.py vectors: one
+ * complete NF4 tensor group per case ({@code <case>.weight...}) beside its input
+ * ({@code <case>.input}) and the reference's dequantization ({@code <case>.dequant},
+ * {@code <case>.dequant_f32}, {@code <case>.absmax_decoded}), described by index.json.
+ */
+final class Nf4Vectors {
+    private static final ObjectMapper JSON = new ObjectMapper();
+
+    /** One case of index.json. */
+    record Case(String name, DType dtype, long[] shape, int blocksize, boolean doubleQuant, long numElements, long numBlocks,
+                List<String> tensors, String covers) {
+        boolean has(String suffix) {
+            return tensors.contains(name + suffix);
+        }
+
+        @Override
+        public String toString() {
+            return name;
+        }
+    }
+
+    private Nf4Vectors() {
+    }
+
+    static Path dir() {
+        try {
+            return Path.of(Nf4Vectors.class.getResource("/nf4/index.json").toURI()).getParent();
+        } catch (URISyntaxException e) {
+            throw new IllegalStateException(e);
+        }
+    }
+
+    static JsonNode index() {
+        try {
+            return JSON.readTree(Files.readAllBytes(dir().resolve("index.json")));
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+    }
+
+    static List<Case> cases() {
+        List<Case> out = new ArrayList<>();
+        for (JsonNode c : index().get("cases")) {
+            long[] shape = new long[c.get("shape").size()];
+            for (int i = 0; i < shape.length; i++) {
+                shape[i] = c.get("shape").get(i).asLong();
+            }
+            List<String> tensors = new ArrayList<>();
+            c.get("tensors").forEach(t -> tensors.add(t.asText()));
+            out.add(new Case(c.get("name").asText(), DType.valueOf(c.get("dtype").asText()), shape, c.get("blocksize").asInt(),
+                    c.get("double_quant").asBoolean(), c.get("num_elements").asLong(), c.get("num_blocks").asLong(), tensors,
+                    c.get("covers").asText()));
+        }
+        return out;
+    }
+
+    static SafetensorsFile open() throws Exception {
+        return SafetensorsFile.open(dir().resolve("model.safetensors"));
+    }
+
+    static byte[] bytes(SafetensorsFile f, String name) throws IOException {
+        TensorInfo t = f.tensor(name);
+        if (t == null) {
+            throw new IllegalArgumentException("no tensor " + name + " in the vectors");
+        }
+        ByteBuffer b = f.readAll(t);
+        byte[] out = new byte[b.remaining()];
+        b.get(out);
+        return out;
+    }
+
+    static float[] floats(SafetensorsFile f, String name) throws IOException {
+        ByteBuffer b = f.readAll(f.tensor(name));
+        float[] out = new float[b.remaining() / 4];
+        b.asFloatBuffer().get(out);
+        return out;
+    }
+
+    /** The values of a BF16/F16/F32 tensor as fp32 (exact). */
+    static float[] values(SafetensorsFile f, String name) throws IOException {
+        TensorInfo t = f.tensor(name);
+        FloatFormat fmt = FloatFormat.of(t.dtype());
+        ByteBuffer b = f.readAll(t);
+        float[] out = new float[(int) t.numElements()];
+        for (int i = 0; i < out.length; i++) {
+            out[i] = (float) fmt.decode(fmt.bitsAt(b, i));
+        }
+        return out;
+    }
+}
