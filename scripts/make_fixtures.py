@@ -975,6 +975,17 @@ def write_readme(out_root: Path, all_cases):
     (out_root / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def write_manifest(out_root: Path):
+    """MANIFEST.sha256: this script's hash and every fixture file's, so a test (GeneratedFilesTest)
+    proves the committed fixtures are this generator's output and were not edited by hand."""
+    import hashlib
+    lines = [f"{hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}  generator:scripts/make_fixtures.py"]
+    for p in sorted(out_root.rglob("*")):
+        if p.is_file() and p.name != "MANIFEST.sha256":
+            lines.append(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(out_root).as_posix()}")
+    (out_root / "MANIFEST.sha256").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="src/test/resources/fixtures", help="fixture root (default: %(default)s)")
@@ -1004,6 +1015,7 @@ def main(argv=None):
                 conv_case(out_root, name, **kw)
         write_versions(out_root)
         write_readme(out_root, all_cases)
+        write_manifest(out_root)
     if not args.no_examples:
         print("[make_fixtures] example tiny-llama", flush=True)
         make_example(Path(args.examples_out).resolve())

@@ -14,7 +14,7 @@ public final class Progress {
     private final long totalBytes;
     private final int totalTensors;
     private final long start = System.nanoTime();
-    private long lastPrint;
+    private long lastPrint = start; // the first line after one interval: short merges print none
     private long bytesDone;
     private int tensorsDone;
     private boolean printed;

@@ -114,7 +114,7 @@ final class CublasLoader {
         return out;
     }
 
-    private static Path find(List<Path> dirs, String name) {
+    static Path find(List<Path> dirs, String name) {
         for (Path d : dirs) {
             Path p = d.resolve(name);
             if (Files.exists(p)) {

@@ -69,19 +69,28 @@ public final class CudaBackend implements Backend {
 
     /** Opens device {@code ordinal}; explains precisely why when it cannot. Called by Backends. */
     public static Backend open(int ordinal, int cpuThreads) throws DeviceUnavailableException {
+        if (!System.getProperty("os.name", "").toLowerCase(java.util.Locale.ROOT).contains("linux")
+                || !System.getProperty("os.arch", "").matches("amd64|x86_64")) {
+            throw new DeviceUnavailableException("the GPU engine runs on Linux x86-64 only", null);
+        }
+        if (CublasLoader.find(CublasLoader.searchDirs(), "libcuda.so.1") == null && CublasLoader.find(
+                java.util.List.of(java.nio.file.Paths.get("/usr/local/nvidia/lib64"), java.nio.file.Paths.get("/usr/lib64")), "libcuda.so.1") == null) {
+            throw new DeviceUnavailableException("no NVIDIA driver (libcuda.so.1 not found)", null);
+        }
         try {
             JCuda.setExceptionsEnabled(true);
             JCudaDriver.setExceptionsEnabled(true);
         } catch (UnsatisfiedLinkError | NoClassDefFoundError e) {
-            throw new DeviceUnavailableException("JCuda's native libraries could not be loaded (" + e.getMessage()
-                    + "); the GPU engine needs Linux x86-64 with an NVIDIA driver", e);
+            String first = String.valueOf(e.getMessage()).split("\n")[0];
+            throw new DeviceUnavailableException("JCuda's native libraries could not be loaded (" + first
+                    + "); the GPU engine needs an NVIDIA driver", e);
         }
         int[] count = {0};
         try {
             JCudaDriver.cuInit(0);
             JCuda.cudaGetDeviceCount(count);
         } catch (Throwable e) {
-            throw new DeviceUnavailableException("no NVIDIA driver or device (" + e.getMessage() + ")", e);
+            throw new DeviceUnavailableException("no usable NVIDIA driver or device (" + String.valueOf(e.getMessage()).split("\n")[0] + ")", e);
         }
         if (ordinal < 0 || ordinal >= count[0]) {
             throw new DeviceUnavailableException("CUDA device " + ordinal + " does not exist; this machine has " + count[0], null);
