@@ -1,0 +1,71 @@
+package org.loramerge.build;
+
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.Paths;
+import java.security.MessageDigest;
+import java.util.HexFormat;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+import java.util.stream.Collectors;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.Test;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+/** Generated files are committed; these tests prove they are what their generators make today. */
+class GeneratedFilesTest {
+    static final Path FIXTURES = Paths.get("src/test/resources/fixtures");
+
+    /** The PTX and the cuBLAS forwarder are rebuilt from kernels/ and native/ and compared byte for byte (needs nvcc, cmake, gcc; CI has them). */
+    @Test
+    void ptxAndForwarderAreCurrent() throws Exception {
+        assumeTrue(onPath("nvcc") && onPath("cmake") && onPath("gcc"), "nvcc, cmake or gcc missing: cannot rebuild the kernels here");
+        Process p = new ProcessBuilder("bash", "scripts/check-generated.sh").redirectErrorStream(true).start();
+        String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertTrue(p.waitFor(10, TimeUnit.MINUTES), "check-generated.sh did not finish");
+        assertEquals(0, p.exitValue(), "committed native outputs are stale; run scripts/build-native.sh and commit:\n" + out);
+    }
+
+    /** The golden fixtures are scripts/make_fixtures.py's output: its hash and every file's are in MANIFEST.sha256, which it writes. */
+    @Test
+    void fixturesMatchTheirGenerator() throws Exception {
+        List<String> manifest = Files.readAllLines(FIXTURES.resolve("MANIFEST.sha256"));
+        assertEquals(sha256(Paths.get("scripts/make_fixtures.py")) + "  generator:scripts/make_fixtures.py", manifest.get(0),
+                "scripts/make_fixtures.py changed since the fixtures were made: regenerate them (/opt/pyref/bin/python scripts/make_fixtures.py)");
+        List<String> actual;
+        try (Stream<Path> s = Files.walk(FIXTURES)) {
+            actual = s.filter(Files::isRegularFile).filter(p -> !p.getFileName().toString().equals("MANIFEST.sha256")).sorted()
+                    .map(p -> {
+                        try {
+                            return sha256(p) + "  " + FIXTURES.relativize(p).toString().replace('\\', '/');
+                        } catch (IOException e) {
+                            throw new java.io.UncheckedIOException(e);
+                        }
+                    }).collect(Collectors.toList());
+        }
+        assertEquals(String.join("\n", manifest.subList(1, manifest.size())), String.join("\n", actual),
+                "fixture files differ from what the generator wrote; regenerate instead of editing by hand");
+    }
+
+    private static String sha256(Path p) throws IOException {
+        try {
+            return HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256").digest(Files.readAllBytes(p)));
+        } catch (java.security.NoSuchAlgorithmException e) {
+            throw new IllegalStateException(e);
+        }
+    }
+
+    private static boolean onPath(String exe) {
+        for (String dir : System.getenv().getOrDefault("PATH", "").split(":")) {
+            if (Files.isExecutable(Paths.get(dir, exe))) {
+                return true;
+            }
+        }
+        return false;
+    }
+}
