@@ -22,7 +22,7 @@ pack)
   grep -qxF "/.device/" .git/info/exclude 2>/dev/null || echo "/.device/" >> .git/info/exclude
   cp target/loramerge.jar target/loramerge-tests.jar .device/
   if [ -f benchmarks/pom.xml ]; then
-    (cd benchmarks && mvn -q -B -DskipTests package)
+    (cd benchmarks && mvn -q -B -DskipTests clean package)
     cp benchmarks/target/benchmarks.jar .device/
   fi
   mvn -q -B dependency:copy -Dartifact=org.junit.platform:junit-platform-console-standalone:$JUNIT_VERSION -DoutputDirectory=.device
@@ -50,7 +50,7 @@ device)
       ;;
     benchgpu)
       # device-resident merge over every shape, rank and dtype, and the copy ceilings
-      java -jar .device/benchmarks.jar 'CudaMergeBenchmark|CudaCopyBenchmark' -rf json -rff "$OUT/jmh-gpu.json" \
+      java -jar .device/benchmarks.jar 'CudaMergeBenchmark.mergeOnDevice|CudaCopyBenchmark' -rf json -rff "$OUT/jmh-gpu.json" \
         -f 1 -wi 1 -i 2 -w 500ms -r 500ms > "$OUT/jmh-gpu.log" 2>&1 || true
       python3 benchmarks/jmh_table.py "$OUT/jmh-gpu.json" | tee "$OUT/jmh-gpu.md" | tail -n 60
       summary+=("jmh gpu: $(grep -c '^| Cuda' "$OUT/jmh-gpu.md") rows in jmh-gpu.md")

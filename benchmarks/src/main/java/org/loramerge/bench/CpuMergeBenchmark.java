@@ -61,7 +61,9 @@ public class CpuMergeBenchmark {
         rowBytes = s[1] * d.sizeInBytes();
         src = file.map(file.tensor("w"), 0, file.tensor("w").sizeInBytes());
         dst = ByteBuffer.allocateDirect((int) file.tensor("w").sizeInBytes()).order(ByteOrder.LITTLE_ENDIAN);
-        rowsPerBlock = Math.max(1, MergeRunner.DEFAULT_BLOCK_BYTES / rowBytes);
+        // at most the pipeline's 8 MiB blocks, and enough of them to keep every core busy on one weight
+        int cores = Runtime.getRuntime().availableProcessors();
+        rowsPerBlock = Math.max(1, Math.min(MergeRunner.DEFAULT_BLOCK_BYTES / rowBytes, s[0] / (4 * cores)));
     }
 
     @Benchmark

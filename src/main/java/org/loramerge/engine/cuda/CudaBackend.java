@@ -255,11 +255,22 @@ public final class CudaBackend implements Backend {
      */
     void computeOnDevice(Worker w, Factors f, FloatFormat fmt, long row0, int rowCount, int cols, double boundK,
                          Pointer dIn, Pointer dWide, Pointer dOut) {
-        String type = fmt.dtype().name().toLowerCase(java.util.Locale.ROOT);
+        product(w, f, row0, rowCount, cols, dWide);
+        addAndRound(w, f, fmt, row0, rowCount, cols, boundK, dIn, dWide, dOut);
+    }
+
+    /** P = s·U·Vᵀ for rows [row0, row0 + rowCount), by cuBLAS DGEMM on the worker's stream. */
+    void product(Worker w, Factors f, long row0, int rowCount, int cols, Pointer dWide) {
         // row-major P[rows, cols] is column-major Pᵀ[cols, rows]: Pᵀ = s · (Vᵀ as [cols, r]) · (U block as [r, rows])
         JCublas2.cublasDgemm(w.cublas.get(), cublasOperation.CUBLAS_OP_N, cublasOperation.CUBLAS_OP_N, cols, rowCount, f.rank,
                 Pointer.to(new double[] {f.scale}), f.vt.pointer(), cols, f.u.at(row0 * f.rank * Sizeof.DOUBLE), f.rank,
                 Pointer.to(new double[] {0.0}), dWide, cols);
+    }
+
+    /** out = round(W + P) with the ambiguous elements listed, by the fused PTX kernel on the worker's stream. */
+    void addAndRound(Worker w, Factors f, FloatFormat fmt, long row0, int rowCount, int cols, double boundK,
+                     Pointer dIn, Pointer dWide, Pointer dOut) {
+        String type = fmt.dtype().name().toLowerCase(java.util.Locale.ROOT);
         JCuda.cudaMemsetAsync(w.counters.pointer(), 0, 3 * Sizeof.LONG, w.stream.runtime());
         launchRows(w, "merge_round_" + type, rowCount, cols,
                 Pointer.to(dWide), Pointer.to(dIn), Pointer.to(dOut),

@@ -79,6 +79,21 @@ public class CudaMergeBenchmark {
         }
     }
 
+    /** The DGEMM alone, to see which part bounds the merge. */
+    @Benchmark
+    public void productOnly() {
+        backend.product(worker, factors, 0, rows, cols, wide.pointer());
+        worker.stream.synchronize();
+    }
+
+    /** The fused add-and-round kernel alone. */
+    @Benchmark
+    public void addAndRoundOnly() {
+        backend.addAndRound(worker, factors, FloatFormat.of(DType.valueOf(dtype)), 0, rows, cols, job.boundK(),
+                in.pointer(), wide.pointer(), out.pointer());
+        worker.stream.synchronize();
+    }
+
     @Benchmark
     public void mergeOnDevice() {
         backend.computeOnDevice(worker, factors, FloatFormat.of(DType.valueOf(dtype)), 0, rows, cols, job.boundK(),
