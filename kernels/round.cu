@@ -1,96 +1,33 @@
 /*
- * Rounding the merged fp64 values back to the checkpoint dtype, correctly rounded, with
- * the elements the fp64 error bound cannot settle handed back to the host.
- *
- * round_f64_{bf16,f16,f32}(
- *     const double* v,          merged values, ROW-MAJOR [rows, cols], row pitch ldv
- *     const T* wOrig,           original W, row-major [rows, cols], contiguous (pitch cols)
- *     T* out,                   result, row-major [rows, cols], contiguous; may be wOrig
- *     const double* nU,         [rows] L2 norm of row i of U   (v = W + s * U V^T;
- *     const double* nV,         [cols] L2 norm of row j of V    PEFT: U = B, V = A^T)
- *     double absScale,          |s|, the LoRA scaling
- *     double K,                 (r + 8) * 2^-52
- *     const double* relRow,     [rows] extra relative bound per row, or NULL
- *     const double* relCol,     [cols] extra relative bound per column, or NULL
- *     long long rows, long long cols, long long ldv,
- *     long long indexBase,      added to i * cols + j in the ambiguous list (row blocks)
- *     unsigned long long* counters,  [0] ambiguous, [1] overflow, [2] nan; the host zeroes
- *     long long* ambiguousIdx,  [capacity] indexBase + i * cols + j of ambiguous elements
- *     long long capacity)
- *   T is unsigned short (BF16, F16 bits) or unsigned int (F32 bits).
- *   Per element: e = K * (|v| + 2 * absScale * nU[i] * nV[j]) + relRow[i] * |v|
- *   + relCol[j] * |v|, then lm_round_element (rounding.cuh) decides. counters[0] counts
- *   every ambiguous element; only the first `capacity` indices are written, so the host
- *   compares counters[0] with capacity.
- *   Threads: thread x of the grid's x dimension handles columns j = x, x + gridDim.x *
- *   blockDim.x, ...; blockIdx.y handles rows i = blockIdx.y, blockIdx.y + gridDim.y, ...
- *   Consecutive threads read consecutive elements of a row (coalesced).
- *   Launch: block (256, 1, 1); grid (ceil(cols / 256), min(rows, 65535), 1). No shared
- *   memory. Any smaller grid is also correct.
+ * The merge of one block: v = W + P in fp64, where P = s * U * V^T is what cuBLAS DGEMM wrote
+ * (beta = 0) and W is read in its own dtype and widened in registers, rounded once, correctly,
+ * back to W's dtype, with the elements the fp64 error bound cannot settle handed to the host.
+ * One pass over W, P and the output (20 bytes an element for BF16); a separate widen pass and a
+ * DGEMM with beta = 1 into a fp64 copy of W would move 38 (benchmarks/RESULTS.md).
  */
 #include "rounding.cuh"
 
-template <int FMT, typename T>
-__device__ __forceinline__ void round_rows(
-    const double *__restrict__ v, const T *wOrig, T *out, const double *__restrict__ nU,
-    const double *__restrict__ nV, double absScale, double K, const double *__restrict__ relRow,
-    const double *__restrict__ relCol, long long rows, long long cols, long long ldv,
-    long long indexBase, unsigned long long *counters, long long *ambiguousIdx,
-    long long capacity) {
-    long long colStride = (long long)gridDim.x * blockDim.x;
-    long long col0 = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    for (long long i = blockIdx.y; i < rows; i += gridDim.y) {
-        double nUi = nU[i];
-        double relRowI = relRow != nullptr ? relRow[i] : 0.0;
-        for (long long j = col0; j < cols; j += colStride) {
-            double vij = v[i * ldv + j];
-            double e = lm_error_bound(vij, K, absScale, nUi, nV[j], relRowI,
-                                      relCol != nullptr ? relCol[j] : 0.0);
-            long long idx = i * cols + j;
-            uint32_t bits;
-            int what = lm_round_element(vij, e, (uint32_t)wOrig[idx], FMT, &bits);
-            out[idx] = (T)bits;
-            if (what == LM_ELEM_AMBIGUOUS) {
-                unsigned long long slot = atomicAdd(&counters[0], 1ull);
-                if ((long long)slot < capacity) {
-                    ambiguousIdx[slot] = indexBase + idx;
-                }
-            } else if (what == LM_ELEM_OVERFLOW) {
-                atomicAdd(&counters[1], 1ull);
-            } else if (what == LM_ELEM_NAN) {
-                atomicAdd(&counters[2], 1ull);
-            }
-        }
-    }
-}
-
-#define LM_ROUND_KERNEL(NAME, FMT, T)                                                        \
-    extern "C" __global__ void NAME(                                                         \
-        const double *__restrict__ v, const T *wOrig, T *out,                                \
-        const double *__restrict__ nU, const double *__restrict__ nV, double absScale,       \
-        double K, const double *__restrict__ relRow, const double *__restrict__ relCol,      \
-        long long rows, long long cols, long long ldv, long long indexBase,                  \
-        unsigned long long *counters, long long *ambiguousIdx, long long capacity) {         \
-        round_rows<FMT, T>(v, wOrig, out, nU, nV, absScale, K, relRow, relCol, rows, cols,   \
-                           ldv, indexBase, counters, ambiguousIdx, capacity);                \
-    }
-
-LM_ROUND_KERNEL(round_f64_bf16, LM_BF16, unsigned short)
-LM_ROUND_KERNEL(round_f64_f16, LM_F16, unsigned short)
-LM_ROUND_KERNEL(round_f64_f32, LM_F32, unsigned int)
-
 /*
- * The fused form the engine uses: v = W + P, where P = s * U * V^T is what cuBLAS DGEMM wrote
- * (beta = 0) and W is read in its own dtype and widened in registers, then rounded as above.
- * One pass over W, P and the output (20 bytes an element for BF16) instead of a separate widen
- * pass and a DGEMM that reads and writes a fp64 copy of W (38 bytes).
- *
  * merge_round_{bf16,f16,f32}(
  *     const double* p,          DGEMM product, ROW-MAJOR [rows, cols], row pitch ldp
  *     const T* w,               original W, row-major [rows, cols], contiguous
  *     T* out,                   result, row-major [rows, cols], contiguous; may alias w
- *     nU, nV, absScale, K, rows, cols, ldp, indexBase, counters, ambiguousIdx, capacity: as round_f64_*
- *   Threads and launch: as round_f64_*.
+ *     const double* nU,         [rows]  L2 norm of row i of U
+ *     const double* nV,         [cols]  L2 norm of row j of V
+ *     double absScale,          |s|, the LoRA scale
+ *     double K,                 the engine's bound constant (TensorJob.boundK)
+ *     long long rows, long long cols, long long ldp,
+ *     long long indexBase,      added to i * cols + j in the ambiguous list
+ *     unsigned long long* counters,  [0] ambiguous, [1] overflow, [2] nan; the host zeroes
+ *     long long* ambiguousIdx,  [capacity] indexBase + i * cols + j of ambiguous elements
+ *     long long capacity)
+ *   T is unsigned short (BF16, F16 bits) or unsigned int (F32 bits).
+ *   Per element: e = K * (|v| + 2 * absScale * nU[i] * nV[j]); lm_round_element
+ *   (rounding.cuh) decides. counters[0] counts every ambiguous element; only the first
+ *   `capacity` indices are written, so the host compares counters[0] with capacity.
+ *   Threads: x of the grid handles columns j = x, x + gridDim.x * blockDim.x, ...;
+ *   blockIdx.y handles rows i = blockIdx.y, blockIdx.y + gridDim.y, ... (coalesced).
+ *   Launch: block (256, 1, 1); grid (ceil(cols / 256), min(rows, 65535), 1).
  */
 template <int FMT, typename T>
 __device__ __forceinline__ void merge_round_rows(const double *__restrict__ p, const T *w, T *out, const double *__restrict__ nU,
