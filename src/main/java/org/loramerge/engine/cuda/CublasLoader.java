@@ -31,15 +31,10 @@ final class CublasLoader {
         if (state != null) {
             return state;
         }
-        List<Path> dirs = searchDirs();
-        if (find(dirs, "libcublas.so.12") != null) {
+        Path cublas13 = forwardingTarget(searchDirs());
+        if (cublas13 == null) {
             state = "system cuBLAS 12";
             return state;
-        }
-        Path cublas13 = find(dirs, "libcublas.so.13");
-        if (cublas13 == null) {
-            throw new IOException("neither libcublas.so.12 nor libcublas.so.13 was found (searched LD_LIBRARY_PATH, the ldconfig cache, "
-                    + "CUDA_HOME and /usr/local/cuda*); install the CUDA toolkit's cuBLAS or add its lib64 folder to LD_LIBRARY_PATH");
         }
         Path lt = cublas13.resolveSibling("libcublasLt.so.13");
         if (Files.exists(lt)) {
@@ -59,6 +54,22 @@ final class CublasLoader {
         System.load(forwarder.toString());
         state = "cuBLAS 13 (" + cublas13 + ") through loramerge's libcublas.so.12 forwarder";
         return state;
+    }
+
+    /**
+     * Where cuBLAS 13 is when the forwarder is needed, or null when a real cuBLAS 12 is there
+     * (then JCublas links it and the forwarder must not shadow it).
+     */
+    static Path forwardingTarget(List<Path> dirs) throws IOException {
+        if (find(dirs, "libcublas.so.12") != null) {
+            return null;
+        }
+        Path cublas13 = find(dirs, "libcublas.so.13");
+        if (cublas13 == null) {
+            throw new IOException("neither libcublas.so.12 nor libcublas.so.13 was found (searched LD_LIBRARY_PATH, the ldconfig cache, "
+                    + "CUDA_HOME and /usr/local/cuda*); install the CUDA toolkit's cuBLAS or add its lib64 folder to LD_LIBRARY_PATH");
+        }
+        return cublas13;
     }
 
     static List<Path> searchDirs() {
