@@ -18,6 +18,7 @@ public enum FloatFormat {
     private final int minExponent;
     private final double maxFinite;
     private final double[] quantum;
+    private final double[] inverseQuantum;
 
     FloatFormat(DType dtype, int precision, int minExponent, int maxExponent) {
         this.dtype = dtype;
@@ -25,8 +26,10 @@ public enum FloatFormat {
         this.minExponent = minExponent;
         this.maxFinite = (2 - Math.scalb(1.0, 1 - precision)) * Math.scalb(1.0, maxExponent);
         this.quantum = new double[maxExponent - minExponent + 1];
+        this.inverseQuantum = new double[quantum.length];
         for (int e = minExponent; e <= maxExponent; e++) {
             quantum[e - minExponent] = Math.scalb(1.0, e - precision + 1);
+            inverseQuantum[e - minExponent] = Math.scalb(1.0, precision - 1 - e);
         }
     }
 
@@ -70,7 +73,8 @@ public enum FloatFormat {
             return x > 0 ? Double.POSITIVE_INFINITY : Double.NEGATIVE_INFINITY;
         }
         double q = quantum[e - minExponent];
-        double y = Math.rint(x / q) * q; // x / q and the product are exact: q is a power of two
+        // both products are exact: they scale by powers of two that keep the values normal
+        double y = Math.rint(x * inverseQuantum[e - minExponent]) * q;
         if (Math.abs(y) > maxFinite) {
             return y > 0 ? Double.POSITIVE_INFINITY : Double.NEGATIVE_INFINITY;
         }

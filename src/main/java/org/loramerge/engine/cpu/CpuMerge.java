@@ -47,23 +47,32 @@ public final class CpuMerge {
         double[] w = s[0];
         double[] v = s[1];
         double[] e = s[2];
+        int[] inBits = BITS_IN.get();
+        int[] outBits = BITS_OUT.get();
+        if (inBits.length < cols) {
+            inBits = new int[cols];
+            outBits = new int[cols];
+            BITS_IN.set(inBits);
+            BITS_OUT.set(outBits);
+        }
         long fallbacks = 0;
         long overflows = 0;
         long nans = 0;
         for (int ii = 0; ii < rowCount; ii++) {
             long row = row0 + ii;
-            long base = (long) ii * cols;
+            int base = Math.multiplyExact(ii, cols);
             int tokenOffset = job.tokenRowOffset(row);
             if (tokenOffset >= 0) {
                 double[] values = job.tokenValues();
                 for (int j = 0; j < cols; j++) {
-                    double y = out.round(values[tokenOffset + j]);
-                    out.putBits(dst, base + j, out.encode(y));
+                    outBits[j] = out.encode(out.round(values[tokenOffset + j]));
                 }
+                putRow(out, dst, base, outBits, cols);
                 continue;
             }
+            getRow(in, src, base, inBits, cols);
             for (int j = 0; j < cols; j++) {
-                w[j] = in.decode(in.bitsAt(src, base + j));
+                w[j] = in.decode(inBits[j]);
             }
             boolean exactInput = computeRow(job, row, w, v, e);
             double factor = 1;
@@ -84,10 +93,9 @@ public final class CpuMerge {
             double[] colFactor = job.columnFactor();
             double[] colRel = job.columnRel();
             for (int j = 0; j < cols; j++) {
-                int wBits = in.bitsAt(src, base + j);
-                if (in.isNonFinite(wBits)) {
+                if (!Double.isFinite(w[j])) {
                     // a NaN or infinite base weight stays what it was
-                    out.putBits(dst, base + j, in == out ? wBits : out.encode(w[j]));
+                    outBits[j] = in == out ? inBits[j] : out.encode(w[j]);
                     continue;
                 }
                 double val = v[j];
@@ -114,10 +122,39 @@ public final class CpuMerge {
                 } else if (Double.isInfinite(y)) {
                     overflows++;
                 }
-                out.putBits(dst, base + j, out.encode(y));
+                outBits[j] = out.encode(y);
             }
+            putRow(out, dst, base, outBits, cols);
         }
         stats.add(fallbacks, overflows, nans);
+    }
+
+    private static final ThreadLocal<int[]> BITS_IN = ThreadLocal.withInitial(() -> new int[0]);
+    private static final ThreadLocal<int[]> BITS_OUT = ThreadLocal.withInitial(() -> new int[0]);
+
+    /** Reads {@code cols} elements starting at element {@code base} of a little-endian buffer as raw bits. */
+    static void getRow(FloatFormat f, ByteBuffer b, int base, int[] bits, int cols) {
+        if (f == FloatFormat.F32) {
+            for (int j = 0; j < cols; j++) {
+                bits[j] = b.getInt((base + j) << 2);
+            }
+        } else {
+            for (int j = 0; j < cols; j++) {
+                bits[j] = b.getShort((base + j) << 1) & 0xFFFF;
+            }
+        }
+    }
+
+    private static void putRow(FloatFormat f, ByteBuffer b, int base, int[] bits, int cols) {
+        if (f == FloatFormat.F32) {
+            for (int j = 0; j < cols; j++) {
+                b.putInt((base + j) << 2, bits[j]);
+            }
+        } else {
+            for (int j = 0; j < cols; j++) {
+                b.putShort((base + j) << 1, (short) bits[j]);
+            }
+        }
     }
 
     /** True if every value within err of val rounds to y. */
