@@ -3,7 +3,7 @@
 #
 #   scripts/gpu-run.sh pack          here: build the jars, the JUnit launcher and a Java runtime into .device/
 #   then, through the device tool, from the repository root there (carry [".device"]):
-#   bash scripts/gpu-run.sh device [tests] [benchgpu] [benchcpu] [e2e] [e2e2x]
+#   bash scripts/gpu-run.sh device [tests] [verify] [benchgpu] [benchcpu] [e2e] [e2e2x]
 #
 # "device" unpacks the runtime, runs the @Tag("gpu") tests (tests), the JMH throughput benchmarks
 # (benchgpu: device-resident merge and copy ceilings; benchcpu: CPU engine and the pipeline), the
@@ -64,6 +64,20 @@ device)
         "$OUT/jmh-cpu.json" "$OUT/jmh-pipeline.json" "$OUT/jmh-cpu-all.json" || true
       python3 benchmarks/jmh_table.py "$OUT/jmh-cpu-all.json" | tee "$OUT/jmh-cpu.md" | tail -n 30
       summary+=("jmh cpu+pipeline: $(grep -c '^| [CP]' "$OUT/jmh-cpu.md") rows in jmh-cpu.md")
+      ;;
+    verify)
+      # loramerge verify on a GPU merge (1 GB Llama-shaped, rank 16), and --device auto's choice on the example
+      python3 scripts/make_synthetic.py --out /tmp/lm-verify --shape 1gb --gen-device cuda > "$OUT/verify-gen.log" 2>&1
+      rm -rf /tmp/lm-verify/out /tmp/lm-example
+      java -jar .device/loramerge.jar merge --base /tmp/lm-verify/base --adapter /tmp/lm-verify/adapter --out /tmp/lm-verify/out \
+        --device cuda --quiet --json > "$OUT/verify-merge.json"
+      set +e
+      java -jar .device/loramerge.jar verify --base /tmp/lm-verify/base --adapter /tmp/lm-verify/adapter --merged /tmp/lm-verify/out \
+        --max-ulp 0 2>&1 | tee "$OUT/verify.log" | head -5
+      vrc=${PIPESTATUS[0]}
+      set -e
+      java -jar .device/loramerge.jar merge --base examples/tiny-llama/base --adapter examples/tiny-llama/adapter --out /tmp/lm-example 2>&1 | head -3
+      summary+=("verify of the GPU merge: exit $vrc; $(tail -n 1 "$OUT/verify.log" | head -c 200)")
       ;;
     e2e)
       LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench-e2e-gpu.sh 2>&1 | tee "$OUT/e2e.log" | tail -n 25

@@ -13,6 +13,7 @@ Usage, from the repository root:
     /opt/pyref/bin/python scripts/nf4_reference.py selftest
     /opt/pyref/bin/python scripts/nf4_reference.py tiny-llama DIR          # a tiny transformers Llama (bf16)
     /opt/pyref/bin/python scripts/nf4_reference.py check-model ORIG_DIR NF4_DIR
+    /opt/pyref/bin/python scripts/nf4_reference.py merge NF4_DIR ADAPTER_DIR OUT_DIR --to bf16|nf4
 
 ``vectors`` writes src/test/resources/nf4/model.safetensors, where each case is a complete NF4
 tensor group ``<case>.weight``, ``.weight.absmax``, ``.weight.quant_map`` [, ``.weight.nested_absmax``,
@@ -26,6 +27,10 @@ numpy 2.4.6; ``selftest`` also uses torch 2.13.0+cpu and ``check-model`` transfo
 from NF4_DIR's quant states) and compares bit for bit with NF4_DIR (loramerge quantize's output);
 it also dequantizes NF4_DIR's tensors and compares with the reference's dequantization, and
 checks config.json's quantization_config against transformers' BitsAndBytesConfig.to_dict().
+
+``merge`` is the reference for ``loramerge merge --to`` on a QLoRA base (see "QLoRA merge" below): it
+writes OUT_DIR/model.safetensors with the adapted tensors only (dense, or the requantized NF4 group)
+and OUT_DIR/survival.json; scripts/make_qlora_fixtures.py uses it for the golden QLoRA cases.
 
 The rules, each stated once here and mirrored by org.loramerge.quant (Java):
 
@@ -85,6 +90,27 @@ The rules, each stated once here and mirrored by org.loramerge.quant (Java):
   json.dumps of {"quant_type", "blocksize", "dtype", "shape"} plus, when double-quantized,
   {"nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": repr(float(offset))},
   in that order, with ", " and ": " separators.
+
+QLoRA merge (``merge``; mirrored by org.loramerge.plan.TensorSource, engine.cpu.CpuMerge and
+quant.Nf4Requantizer). Plain LoRA on Linear weights and on dense tensors (lm_head), scale
+lora_alpha / r as a Python float (PEFT's ``scaling``):
+
+* Base value of a 4-bit weight: its dequantized value, fl32(NF4[code] * absmax) (absmax
+  double-dequantized when nested), rounded once (nearest even) to the quant state's dtype D:
+  what bitsandbytes' dequantize_4bit returns and PEFT merges into. A dense tensor is its own value.
+* Merged value: the exact rational W + s * (B @ A), every product and sum exact (Fractions),
+  rounded once to the output dtype. An exactly zero delta keeps W's bits (the sign of a zero).
+* ``--to bf16`` (f16, f32): the merged 4-bit weights are written in that dtype.
+* ``--to nf4``: X = the merged value rounded once to D, quantized with the base's blocksize and
+  double-quantization setting (``quantize_tensor``). The quant state JSON is bitsandbytes' exact
+  text; loramerge pads it with trailing spaces to a length fixed before the data is written
+  (``json.loads`` ignores them).
+* Survival (``--to nf4``): ||D|| / ||dW|| with D = deq(Q(X)) - deq(Q(W)), W the base value above,
+  Q the quantization with the base's settings, deq the dequantization rounded to D's dtype, and
+  dW = exact merged value - W rounded to float64; aligned = <D', dW> / ||dW||^2 with D' the same
+  difference before the dequantization's roundings (NF4[code] * absmax', exact in float64); the
+  share of changed codes compares Q(X) with Q(W). Sums in float64 (numpy's order: equal to
+  loramerge's up to rounding, ~1e-15 relative).
 """
 
 from __future__ import annotations
@@ -405,6 +431,180 @@ def dequantize_group(group: dict[str, np.ndarray], state: dict) -> np.ndarray:
     else:
         absmax = group[".absmax"].astype(np.float32)
     return dequantize_nf4_f32(codes, absmax, bs)
+
+
+# ----------------------------------------------------------------------------- QLoRA merge (exact)
+
+FORMATS = {"BF16": (8, -126, 127), "F16": (11, -14, 15), "F32": (24, -126, 127)}
+
+
+def round_fraction(q: Fraction, dtype: str) -> float:
+    """The value of dtype (BF16/F16/F32) nearest to the rational q, ties to even, as an exact float64;
+    beyond the largest finite value, +-inf (IEEE round-to-nearest). A zero q gives +0.0."""
+    precision, emin, emax = FORMATS[dtype]
+    if q == 0:
+        return 0.0
+    sign = -1 if q < 0 else 1
+    a = abs(q)
+    num, den = a.numerator, a.denominator
+    e = num.bit_length() - den.bit_length()  # 2^e <= a < 2^(e+2); fix to floor(log2 a)
+    if Fraction(2) ** e > a:
+        e -= 1
+    e = max(e, emin)
+    quantum = Fraction(2) ** (e - precision + 1)
+    m, r = divmod(a, quantum)  # m integer part, r remainder (a Fraction)
+    m = int(m)
+    if 2 * r > quantum or (2 * r == quantum and m % 2 == 1):
+        m += 1
+    value = m * quantum
+    max_finite = (2 - Fraction(2) ** (1 - precision)) * Fraction(2) ** emax
+    if value > max_finite:
+        return sign * math.inf
+    return sign * float(value)  # exact: value has at most `precision` significant bits
+
+
+def stored_values(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Raw stored array (bf16 as uint16 bits) -> float64 values, exactly."""
+    return stored_to_f32(raw.reshape(-1), dtype).astype(np.float64)
+
+
+def exact_delta(a: np.ndarray, b: np.ndarray, scale: float) -> np.ndarray:
+    """The exact s * (B @ A) as an object array of Fractions, [out, in]."""
+    # fp32 values are integers times 2^-149: exact integer products, then one Fraction per element
+    def ints(x):
+        return np.array([[int(Fraction(float(v)) * 2 ** 149) for v in row] for row in x.astype(np.float64)], dtype=object)
+    prod = ints(b).dot(ints(a))
+    s = Fraction(scale)
+    unit = Fraction(1, 2 ** 298)
+    return np.array([[s * (int(v) * unit) for v in row] for row in prod], dtype=object)
+
+
+def merge_values(w: np.ndarray, delta: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """Round W + delta (exact) once to dtype. Returns (values as float64, delta as float64)."""
+    wf = w.reshape(-1)
+    df = delta.reshape(-1)
+    out = np.empty(wf.size, dtype=np.float64)
+    d64 = np.empty(wf.size, dtype=np.float64)
+    for i in range(wf.size):
+        d = df[i]
+        d64[i] = float(d)
+        out[i] = wf[i] if d == 0 else round_fraction(Fraction(float(wf[i])) + d, dtype)
+    return out, d64
+
+
+def to_stored_f64(x: np.ndarray, dtype: str) -> np.ndarray:
+    """float64 values already representable in dtype -> the raw stored array."""
+    return to_stored(x.astype(np.float32), dtype)
+
+
+def read_adapter(adapter_dir: Path):
+    """adapter_config.json, {module: (lora_A, lora_B)} of a plain LoRA adapter (Linear layers only), and
+    {module: (dtype, raw)} of the ``base_layer`` copies PEFT saves for targeted embedding-like layers
+    (save_embedding_layers, e.g. lm_head), which replace the base tensor before the merge."""
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    assert cfg.get("peft_type") == "LORA" and not cfg.get("use_dora") and not cfg.get("use_rslora"), "plain LoRA only"
+    assert not cfg.get("rank_pattern") and not cfg.get("alpha_pattern"), "one rank and alpha only"
+    tensors, _ = st_read(adapter_dir / "adapter_model.safetensors")
+    prefix = "base_model.model."
+    mods = {}
+    replaced = {}
+    for name, (dtype, arr) in tensors.items():
+        assert name.startswith(prefix), name
+        if name.endswith(".base_layer.weight"):
+            replaced[name[len(prefix):-len(".base_layer.weight")]] = (dtype, arr)
+            continue
+        assert dtype == "F32", (name, dtype)
+        assert name.endswith((".lora_A.weight", ".lora_B.weight")), name
+        module = name[len(prefix):-len(".lora_A.weight")]
+        part = 0 if name.endswith(".lora_A.weight") else 1
+        mods.setdefault(module, [None, None])[part] = arr.astype(np.float32)
+    return cfg, {m: (ab[0], ab[1]) for m, ab in mods.items()}, replaced
+
+
+def merge_qlora(base_dir: Path, adapter_dir: Path, to: str) -> dict:
+    """The reference of ``loramerge merge --to`` (see the module doc). Returns
+    {"tensors": [(name, dtype, array)] of the adapted tensors as written, "survival": {...} for nf4}."""
+    base = st_read_dir(base_dir)
+    cfg, mods, replaced = read_adapter(adapter_dir)
+    scale = float(cfg["lora_alpha"]) / float(cfg["r"])
+    states = {k[:-len(".quant_state.bitsandbytes__nf4")]: json.loads(v[1].tobytes())
+              for k, v in base.items() if k.endswith(".quant_state.bitsandbytes__nf4")}
+    out = []
+    per_tensor = []
+    for module in sorted(mods):
+        a, b = mods[module]
+        wname = module + ".weight"
+        delta = exact_delta(a, b, scale)
+        if wname in states:
+            assert module not in replaced, "a 4-bit weight cannot be replaced: " + module
+            state = states[wname]
+            dtype = DTYPE_CODES[state["dtype"]]
+            group = {s: base[wname + s][1] for s in ("", ".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map")
+                     if wname + s in base}
+            w = stored_values(to_stored(dequantize_group(group, state), dtype), dtype)
+            shape = state["shape"]
+            assert list(delta.shape) == shape, (wname, delta.shape, shape)
+            if to == "nf4":
+                x, d64 = merge_values(w, delta, dtype)
+                bs, dq = state["blocksize"], "nested_offset" in state
+                qx = quantize_tensor(x.astype(np.float32), shape, dtype, bs, dq)
+                qw = quantize_tensor(w.astype(np.float32), shape, dtype, bs, dq)
+                deq_x = stored_values(to_stored(dequantize_nf4_f32(qx["codes"], qx["absmax_decoded"], bs), dtype), dtype)
+                deq_w = stored_values(to_stored(dequantize_nf4_f32(qw["codes"], qw["absmax_decoded"], bs), dtype), dtype)
+                surviving = float(np.sum((deq_x - deq_w) ** 2))
+                delta_sq = float(np.sum(d64 ** 2))
+                changed = int(np.count_nonzero(qx["codes"] != qw["codes"]))
+                # aligned: D before its roundings (NF4[c] * absmax', exact in float64) against dW
+                sx = np.repeat(qx["absmax_decoded"].astype(np.float64), bs)[:x.size]
+                sw = np.repeat(qw["absmax_decoded"].astype(np.float64), bs)[:x.size]
+                d_raw = NF4[qx["codes"]].astype(np.float64) * sx - NF4[qw["codes"]].astype(np.float64) * sw
+                dot = float(np.sum(d_raw * d64))
+                per_tensor.append({"name": wname, "codes": int(x.size), "codes_changed": changed,
+                                   "delta_norm": math.sqrt(delta_sq), "surviving_norm": math.sqrt(surviving), "dot": dot,
+                                   "survival": math.sqrt(surviving / delta_sq) if delta_sq > 0 else None,
+                                   "aligned": dot / delta_sq if delta_sq > 0 else None})
+                for suffix, arr in qx["tensors"].items():
+                    dt = "F32" if arr.dtype == np.float32 else "U8"
+                    out.append((wname + suffix, dt, arr))
+            else:
+                target = {"bf16": "BF16", "f16": "F16", "f32": "F32"}[to]
+                x, _ = merge_values(w, delta, target)
+                out.append((wname, target, to_stored_f64(x, target).reshape(shape)))
+        else:
+            dtype, raw = base[wname]
+            if module in replaced:
+                # the adapter's copy of the layer replaces the base tensor, in the base's dtype (values are copied, not rounded)
+                rdtype, rraw = replaced[module]
+                assert rdtype == dtype and rraw.shape == raw.shape, (module, rdtype, dtype)
+                raw = rraw
+            w = stored_values(raw, dtype)
+            x, _ = merge_values(w, delta, dtype)  # a dense tensor keeps its dtype (no --dtype)
+            out.append((wname, dtype, to_stored_f64(x, dtype).reshape(raw.shape)))
+    result = {"tensors": out}
+    if to == "nf4":
+        d2 = sum(t["delta_norm"] ** 2 for t in per_tensor)
+        s2 = sum(t["surviving_norm"] ** 2 for t in per_tensor)
+        dot = sum(t["dot"] for t in per_tensor)
+        codes = sum(t["codes"] for t in per_tensor)
+        changed = sum(t["codes_changed"] for t in per_tensor)
+        result["survival"] = {"survival": math.sqrt(s2 / d2) if d2 > 0 else None, "aligned": dot / d2 if d2 > 0 else None,
+                              "delta_norm": math.sqrt(d2),
+                              "surviving_norm": math.sqrt(s2), "codes": codes, "codes_changed": changed,
+                              "tensors": per_tensor}
+    return result
+
+
+DTYPE_CODES = {v: k for k, v in DTYPE_NAMES.items()}
+
+
+def merge_command(base_dir: Path, adapter_dir: Path, out_dir: Path, to: str) -> None:
+    r = merge_qlora(base_dir, adapter_dir, to)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    st_write(out_dir / "model.safetensors", r["tensors"], {"format": "pt", "generator": "scripts/nf4_reference.py merge"})
+    if "survival" in r:
+        (out_dir / "survival.json").write_text(json.dumps(r["survival"], indent=1) + "\n")
+        print(f"survival {r['survival']['survival']:.4f}, codes changed {r['survival']['codes_changed']} of {r['survival']['codes']}")
+    print("wrote", len(r["tensors"]), "tensors to", out_dir)
 
 
 # ----------------------------------------------------------------------------- safetensors, minimal
@@ -845,6 +1045,11 @@ def main(argv=None) -> int:
     c = sub.add_parser("check-model")
     c.add_argument("orig")
     c.add_argument("nf4")
+    m = sub.add_parser("merge")
+    m.add_argument("base")
+    m.add_argument("adapter")
+    m.add_argument("out")
+    m.add_argument("--to", required=True, choices=["bf16", "f16", "f32", "nf4"])
     a = p.parse_args(argv)
     if a.cmd == "vectors":
         build_vectors(Path(a.out))
@@ -852,6 +1057,8 @@ def main(argv=None) -> int:
         selftest()
     elif a.cmd == "tiny-llama":
         tiny_llama(Path(a.dir))
+    elif a.cmd == "merge":
+        merge_command(Path(a.base), Path(a.adapter), Path(a.out), a.to)
     else:
         check_model(Path(a.orig), Path(a.nf4))
     return 0

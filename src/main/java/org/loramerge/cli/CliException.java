@@ -5,6 +5,10 @@ final class CliException extends Exception {
     private static final long serialVersionUID = 1L;
     private final int exitCode;
 
+    CliException(int exitCode, String message) {
+        this(exitCode, message, null);
+    }
+
     CliException(int exitCode, String message, Throwable cause) {
         super(message, cause);
         this.exitCode = exitCode;

@@ -7,6 +7,7 @@ import org.loramerge.adapter.AdapterException;
 import org.loramerge.engine.Backends;
 import org.loramerge.format.SafetensorsException;
 import org.loramerge.pipeline.MergeRunner;
+import org.loramerge.quant.QuantException;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 
@@ -38,7 +39,7 @@ public final class Main {
         String message = e.getMessage();
         if (e instanceof CliException) {
             code = ((CliException) e).exitCode();
-        } else if (e instanceof SafetensorsException || e instanceof AdapterException) {
+        } else if (e instanceof SafetensorsException || e instanceof AdapterException || e instanceof QuantException) {
             code = ExitCodes.BAD_INPUT;
         } else if (e instanceof FileAlreadyExistsException) {
             code = ExitCodes.OUTPUT;

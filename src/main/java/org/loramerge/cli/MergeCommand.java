@@ -22,6 +22,9 @@ import org.loramerge.pipeline.Progress;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
+import org.loramerge.plan.QuantTarget;
+import org.loramerge.quant.Nf4Detector;
+import org.loramerge.quant.QuantException;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 
@@ -40,8 +43,18 @@ final class MergeCommand implements Callable<Integer> {
     Path out;
 
     @Option(names = "--dtype", defaultValue = "auto", paramLabel = "auto|f32|f16|bf16",
-            description = "dtype of the floating-point tensors written (default: auto, each keeps the base's)")
+            description = "dtype of the floating-point tensors written (default: auto, each keeps the base's); "
+                    + "with a 4-bit base, of those that are not quantized (--to decides the 4-bit weights)")
     String dtype;
+
+    @Option(names = "--to", paramLabel = "bf16|f16|f32|nf4",
+            description = {"Required for a bitsandbytes 4-bit (QLoRA) base: what its 4-bit weights become. "
+                    + "bf16, f16, f32: dequantize, merge, write them dense (a 16-bit model; quantization_config is removed). "
+                    + "nf4: dequantize, merge, requantize with the base's blocksize and double quantization (a 4-bit model "
+                    + "bitsandbytes loads), and report how much of the adapter's change survives. "
+                    + "--dtype still sets the tensors that are not quantized. For a base that is not 4-bit, --to bf16|f16|f32 "
+                    + "means --dtype and --to nf4 is refused. See docs/QLORA.md."})
+    String to;
 
     @Option(names = "--device", defaultValue = "auto", paramLabel = "auto|cpu|cuda[:N]",
             description = "engine: auto (a usable GPU, else the CPU), cpu, or cuda[:N] (default: auto)")
@@ -68,11 +81,13 @@ final class MergeCommand implements Callable<Integer> {
 
     @Override
     public Integer call() throws Exception {
-        PlanOptions planOptions = new PlanOptions(parseDtype(dtype), parseSize(maxShardSize));
+        DType dtypeOption = parseDtype(dtype);
+        long shardSize = parseSize(maxShardSize);
         int cpuThreads = threads != null ? threads : Runtime.getRuntime().availableProcessors();
         PrintStream err = System.err;
         try (Checkpoint ckpt = openBase(base); LoraAdapter lora = openAdapter(adapter)) {
-            MergePlan plan = Planner.plan(ckpt, lora, planOptions);
+            PlanOptions planOptions = planOptions(ckpt, base, dtypeOption, to, shardSize);
+            MergePlan plan = plan(ckpt, lora, planOptions);
             Backends.Choice choice = Backends.open(device, cpuThreads);
             try (Backend backend = choice.backend()) {
                 if (!quiet) {
@@ -95,6 +110,60 @@ final class MergeCommand implements Callable<Integer> {
             }
         }
         return ExitCodes.OK;
+    }
+
+    /**
+     * The plan options for {@code ckpt}: --to is required when the base has bitsandbytes 4-bit
+     * weights, refused as nf4 when it has none, and taken as --dtype for bf16/f16/f32 there.
+     */
+    static PlanOptions planOptions(Checkpoint ckpt, Path dir, DType dtype, String to, long maxShardSize) throws CliException {
+        QuantTarget target = null;
+        if (to != null) {
+            target = QuantTarget.parse(to);
+            if (target == null) {
+                throw new CliException(ExitCodes.USAGE, "--to " + to + ": expected bf16, f16, f32 or nf4");
+            }
+        }
+        Nf4Detector.Result quant;
+        try {
+            quant = Nf4Detector.detectIfBitsandbytes(ckpt);
+        } catch (QuantException | IOException e) {
+            throw new CliException(ExitCodes.BAD_INPUT, "--base: " + e.getMessage(), e);
+        }
+        if (quant.isQuantized()) {
+            if (target == null) {
+                throw new CliException(ExitCodes.USAGE, dir + " is a bitsandbytes 4-bit (QLoRA) model (" + quant.weights().size()
+                        + " NF4 weights): choose what its 4-bit weights become with --to:\n"
+                        + "  --to bf16 (or f16, f32): dequantize, merge, write dense weights: the adapter's change is kept, rounded once, "
+                        + "in a dense model whose linear weights are about 4 times their 4-bit size; config.json loses quantization_config\n"
+                        + "  --to nf4: dequantize, merge, requantize with the base's settings: a 4-bit model bitsandbytes loads, in which "
+                        + "part of the change is rounded away; the merge reports how much survives\n"
+                        + "Both merge into the dequantized NF4 weights the adapter was trained against (docs/QLORA.md); to merge into "
+                        + "the original 16-bit weights instead, pass the 16-bit model as --base");
+            }
+            return new PlanOptions(dtype, maxShardSize, target);
+        }
+        if (target == QuantTarget.NF4) {
+            throw new CliException(ExitCodes.USAGE, "--to nf4 merges into a bitsandbytes 4-bit (QLoRA) base and requantizes, but " + dir
+                    + " has no 4-bit weights; merge without --to, then run `loramerge quantize` on the result for a 4-bit model");
+        }
+        if (target != null) {
+            if (dtype != null && dtype != target.denseType()) {
+                throw new CliException(ExitCodes.USAGE, "--to " + to + " and --dtype " + dtype.name().toLowerCase(java.util.Locale.ROOT)
+                        + " disagree: for a base that is not 4-bit, --to bf16|f16|f32 is the same as --dtype; give one of them");
+            }
+            return new PlanOptions(target.denseType(), maxShardSize);
+        }
+        return new PlanOptions(dtype, maxShardSize);
+    }
+
+    /** Plans the merge; a 4-bit base loramerge cannot read is a bad input. */
+    static MergePlan plan(Checkpoint ckpt, LoraAdapter lora, PlanOptions options) throws CliException, AdapterException, IOException {
+        try {
+            return Planner.plan(ckpt, lora, options);
+        } catch (QuantException e) {
+            throw new CliException(ExitCodes.BAD_INPUT, "--base: " + e.getMessage(), e);
+        }
     }
 
     static Checkpoint openBase(Path dir) throws CliException, SafetensorsException {
@@ -122,9 +191,10 @@ final class MergeCommand implements Callable<Integer> {
         if (!quiet) {
             long fallbacks = report.tensors.stream().mapToLong(MergeReport.TensorOutcome::exactFallbacks).sum();
             err.println(String.format(Locale.ROOT,
-                    "loramerge: wrote %s: %d tensors merged, %d replaced, %d converted, %d copied, %s in %d shard(s), %.1f s on %s; "
+                    "loramerge: wrote %s: %d tensors merged, %d replaced, %d converted, %s%d copied, %s in %d shard(s), %.1f s on %s; "
                             + "%d adapter keys applied; %d elements decided by the exact fallback",
-                    report.output, report.tensorsMerged, report.tensorsReplaced, report.tensorsConverted, report.tensorsCopied,
+                    report.output, report.tensorsMerged, report.tensorsReplaced, report.tensorsConverted,
+                    report.tensorsDequantized > 0 ? report.tensorsDequantized + " dequantized, " : "", report.tensorsCopied,
                     Progress.bytes(report.bytesWritten), report.shards, report.seconds, report.engine, report.adapterKeys, fallbacks));
             for (String n : report.notes) {
                 err.println("note: " + n);
@@ -134,7 +204,43 @@ final class MergeCommand implements Callable<Integer> {
                     err.println("warning: " + t.name() + ": " + t.overflows() + " overflowed to ±Inf, " + t.nans() + " NaN (--allow-overflow)");
                 }
             }
+            if (report.requantization != null) {
+                printSurvival(report.requantization, err);
+            }
         }
+    }
+
+    /** Tensors listed on stderr at most; --json lists them all. */
+    static final int SURVIVAL_ROWS = 20;
+
+    /** The survival table of --to nf4 (least surviving first) and, under 50 %, the warning. */
+    static void printSurvival(MergeReport.Requantization r, PrintStream err) {
+        err.println("NF4 requantization: what survives of the adapter's change ΔW in the 4-bit model (docs/QLORA.md). "
+                + "D = deq(Q(W+ΔW)) − deq(Q(W)); survival = ‖D‖/‖ΔW‖ (size), aligned = ⟨D,ΔW⟩/‖ΔW‖² (the part along ΔW)");
+        err.println(String.format(Locale.ROOT, "  %9s  %8s  %13s  %s", "survival", "aligned", "codes changed", "tensor"));
+        List<MergeReport.Survival> rows = r.worstFirst();
+        for (MergeReport.Survival s : rows.subList(0, Math.min(SURVIVAL_ROWS, rows.size()))) {
+            err.println(String.format(Locale.ROOT, "  %9s  %8s  %12.2f%%  %s", percent(s.survival()), percent(s.aligned()),
+                    100 * s.changedShare(), s.name()));
+        }
+        if (rows.size() > SURVIVAL_ROWS) {
+            err.println("  ... " + (rows.size() - SURVIVAL_ROWS) + " more (--json lists every tensor)");
+        }
+        err.println(String.format(Locale.ROOT, "  %9s  %8s  %12.2f%%  total, %d weights", percent(r.survival), percent(r.aligned),
+                100 * r.changedShare, rows.size()));
+        if (r.mostlyRoundedAway()) {
+            String what = r.survival < MergeReport.Requantization.WARN_BELOW
+                    ? "only " + percent(r.survival) + " of the adapter's change survives NF4 requantization"
+                    : "the 4-bit change has " + percent(r.survival) + " of the adapter's size but only " + percent(r.aligned)
+                            + " of it points the way the adapter does (" + String.format(Locale.ROOT, "%.2f%%", 100 * r.changedShare)
+                            + " of the codes moved, each by a whole NF4 step)";
+            err.println("warning: " + what + ": the fine-tune is mostly rounded away in this 4-bit model. Merge with --to bf16 to keep it "
+                    + "(a 16-bit model), or serve the 4-bit base with the adapter unmerged");
+        }
+    }
+
+    private static String percent(Double share) {
+        return share == null ? "n/a" : String.format(Locale.ROOT, "%.1f%%", 100 * share);
     }
 
     static DType parseDtype(String s) {

@@ -9,7 +9,6 @@ import org.loramerge.adapter.LoraAdapter;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.PlanOptions;
-import org.loramerge.plan.Planner;
 import org.loramerge.verify.Verifier;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
@@ -28,6 +27,10 @@ final class VerifyCommand implements Callable<Integer> {
     @Option(names = "--merged", required = true, paramLabel = "MERGED_DIR", description = "merged model folder to check")
     Path merged;
 
+    @Option(names = "--to", paramLabel = "bf16|f16|f32|nf4",
+            description = "for a bitsandbytes 4-bit base: the --to the merge was run with (required there)")
+    String to;
+
     @Option(names = "--rows", defaultValue = "16", paramLabel = "N", description = "rows sampled per adapted tensor (default: 16)")
     int rows;
 
@@ -42,7 +45,8 @@ final class VerifyCommand implements Callable<Integer> {
     public Integer call() throws Exception {
         try (Checkpoint b = MergeCommand.openBase(base); LoraAdapter a = MergeCommand.openAdapter(adapter);
              Checkpoint m = MergeCommand.openBase(merged)) {
-            MergePlan plan = Planner.plan(b, a, PlanOptions.defaults());
+            PlanOptions options = MergeCommand.planOptions(b, base, null, to, PlanOptions.DEFAULT_MAX_SHARD_SIZE);
+            MergePlan plan = MergeCommand.plan(b, a, options);
             Verifier.Result result = Verifier.verify(plan, m, rows, maxUlp);
             if (json) {
                 ObjectMapper om = new ObjectMapper().enable(SerializationFeature.INDENT_OUTPUT);

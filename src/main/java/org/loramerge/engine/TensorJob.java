@@ -10,9 +10,9 @@ import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
 import org.loramerge.format.FloatFormat;
-import org.loramerge.format.MappedRegion;
 import org.loramerge.plan.DoraSpec;
 import org.loramerge.plan.OutputTensor;
+import org.loramerge.plan.TensorSource;
 import org.loramerge.plan.TermSpec;
 
 /**
@@ -155,7 +155,7 @@ public final class TensorJob {
     /** Reads source row {@code row} as doubles (for the exact fallback of column-axis DoRA). */
     public double[] readSourceRow(long row) throws IOException {
         long rowBytes = (long) cols * out.source().dtype().bits() / 8;
-        try (MappedRegion r = out.source().file().map(out.source().info(), row * rowBytes, rowBytes)) {
+        try (TensorSource.Bytes r = out.source().read(row * rowBytes, rowBytes)) {
             ByteBuffer b = r.bytes();
             double[] v = new double[cols];
             for (int j = 0; j < cols; j++) {

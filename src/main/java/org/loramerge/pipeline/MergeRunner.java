@@ -22,19 +22,21 @@ import java.util.concurrent.Future;
 import org.loramerge.engine.Backend;
 import org.loramerge.engine.BlockStats;
 import org.loramerge.engine.TensorJob;
-import org.loramerge.format.MappedRegion;
 import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.SafetensorsWriter;
 import org.loramerge.format.ShardIndex;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.OutputTensor;
+import org.loramerge.plan.TensorSource;
+import org.loramerge.quant.Nf4Requantizer;
 
 /**
  * Streams a {@link MergePlan} to disk: tensors are cut into row blocks, blocks are computed by the
  * backend on worker threads and written in order by the calling thread, with a bounded number of
  * blocks in flight. Memory is bounded by (blocks in flight) x (block size) plus one tensor's adapter
- * factors, whatever the model's size. Unchanged tensors are copied file to file without passing
- * through the Java heap.
+ * factors, whatever the model's size; a weight requantized to NF4 adds its codes, one byte per
+ * element, until it is written (see {@link Nf4Requantizer}). Unchanged tensors are copied file to
+ * file without passing through the Java heap.
  */
 public final class MergeRunner {
     /** Bytes written between background flushes, so the final fsync finds little left to write. */
@@ -69,6 +71,7 @@ public final class MergeRunner {
     private final Deque<Step> pending = new ArrayDeque<>();
     private final MergeReport report = new MergeReport();
     private final Map<String, BlockStats> stats = new LinkedHashMap<>();
+    private final List<MergeReport.Survival> survivals = new ArrayList<>();
     private final ExecutorService flusher = Executors.newSingleThreadExecutor(r -> {
         Thread t = new Thread(r, "loramerge-flush");
         t.setDaemon(true);
@@ -121,8 +124,10 @@ public final class MergeRunner {
         for (MergePlan.Shard shard : plan.shards()) {
             List<SafetensorsWriter.Entry> entries = new ArrayList<>();
             for (OutputTensor t : shard.tensors()) {
-                entries.add(new SafetensorsWriter.Entry(t.name(), t.dtype(), t.shape()));
-                weightMap.put(t.name(), shard.fileName());
+                for (SafetensorsWriter.Entry e : t.entries()) {
+                    entries.add(e);
+                    weightMap.put(e.name(), shard.fileName());
+                }
             }
             SafetensorsWriter writer = SafetensorsWriter.create(out.dir().resolve(shard.fileName()), entries, Map.of("format", "pt"));
             try {
@@ -165,14 +170,18 @@ public final class MergeRunner {
                 case MERGE: report.tensorsMerged++; break;
                 case REPLACE: report.tensorsReplaced++; break;
                 case CONVERT: report.tensorsConverted++; break;
+                case DEQUANTIZE: report.tensorsDequantized++; break;
                 default: report.tensorsCopied++;
             }
             BlockStats s = stats.get(t.name());
             if (t.kind() != OutputTensor.Kind.COPY) {
                 report.tensors.add(new MergeReport.TensorOutcome(t.name(), t.kind().name().toLowerCase(java.util.Locale.ROOT),
-                        t.dtype().name(), t.shape(), s == null ? 0 : s.exactFallbacks(), s == null ? 0 : s.overflows(),
+                        t.isRequantized() ? "NF4" : t.dtype().name(), t.shape(), s == null ? 0 : s.exactFallbacks(), s == null ? 0 : s.overflows(),
                         s == null ? 0 : s.nans(), t.note()));
             }
+        }
+        if (!survivals.isEmpty()) {
+            report.requantization = MergeReport.Requantization.of(survivals);
         }
         return report;
     }
@@ -200,22 +209,27 @@ public final class MergeRunner {
         BlockStats tensorStats = new BlockStats();
         stats.put(t.name(), tensorStats);
         long rows = job.rows();
+        // for an NF4 output the merged rows are the values to requantize, in the quant state's dtype
         long outRowBytes = (long) job.cols() * t.dtype().sizeInBytes();
         long srcRowBytes = (long) job.cols() * t.source().dtype().sizeInBytes();
         if (Math.max(outRowBytes, srcRowBytes) > options.blockBytes()) {
             throw new IOException(t.name() + ": one row of " + job.cols() + " elements is larger than the " + options.blockBytes()
-                    + "-byte block; raise --block-size");
+                    + "-byte streaming block, which no Hugging Face architecture has; the merge cannot stream this tensor");
         }
         int rowsPerBlock = (int) Math.max(1, options.blockBytes() / Math.max(outRowBytes, srcRowBytes));
         if (job.needsColumnPass()) {
             columnPass(job, rowsPerBlock, srcRowBytes);
+        }
+        if (t.isRequantized()) {
+            scheduleRequantized(t, job, tensorStats, srcRowBytes, outRowBytes, writer);
+            return;
         }
         for (long row0 = 0; row0 < rows; row0 += rowsPerBlock) {
             long r0 = row0;
             int n = (int) Math.min(rowsPerBlock, rows - row0);
             Future<ByteBuffer> f = pool.submit(() -> {
                 ByteBuffer dst = buffers.take();
-                try (MappedRegion src = srcFile.map(t.source().info(), r0 * srcRowBytes, n * srcRowBytes)) {
+                try (TensorSource.Bytes src = t.source().read(r0 * srcRowBytes, n * srcRowBytes)) {
                     dst.clear();
                     backend.mergeRows(job, r0, n, src.bytes(), dst, tensorStats);
                     dst.limit((int) (n * outRowBytes));
@@ -240,11 +254,87 @@ public final class MergeRunner {
         enqueue(() -> {
             backend.endTensor(job);
             progress.tensorDone();
-            if (!options.allowNonFinite() && (tensorStats.overflows() > 0 || tensorStats.nans() > 0)) {
-                throw new NonFiniteException(t.name() + ": " + tensorStats.overflows() + " elements overflowed to infinity and "
-                        + tensorStats.nans() + " became NaN in " + t.dtype() + "; merge to --dtype bf16 or f32, or pass --allow-overflow to keep them");
+            checkFinite(t, tensorStats);
+        });
+    }
+
+    private void checkFinite(OutputTensor t, BlockStats tensorStats) throws NonFiniteException {
+        if (!options.allowNonFinite() && (tensorStats.overflows() > 0 || tensorStats.nans() > 0)) {
+            throw new NonFiniteException(t.name() + ": " + tensorStats.overflows() + " elements overflowed to infinity and "
+                    + tensorStats.nans() + " became NaN in " + t.dtype() + "; merge to --dtype bf16 or f32, or pass --allow-overflow to keep them");
+        }
+    }
+
+    /**
+     * An NF4 output ({@code --to nf4}): each worker merges its rows, rounded once to the quant
+     * state's dtype, and requantizes them on the spot into the tensor's {@link Nf4Requantizer}; the
+     * writing thread writes the packed codes in order, then the rest of the group. Row blocks hold
+     * whole NF4 blocks (a multiple of {@code blocksize / gcd(cols, blocksize)} rows), so that no
+     * quantization block straddles two workers. A worker's decoded base rows, merged rows and ΔW
+     * (8 bytes an element, which sizes the row blocks) are its own heap buffers, dropped with the
+     * block; the packed codes it writes into live in the requantizer until the tensor is done.
+     */
+    private void scheduleRequantized(OutputTensor t, TensorJob job, BlockStats tensorStats, long srcRowBytes, long outRowBytes,
+                                     SafetensorsWriter writer) throws Exception {
+        Nf4Requantizer requant = new Nf4Requantizer(t.name(), t.source().file().path(), t.source().nf4().tensor().state());
+        long cols = job.cols();
+        long rows = job.rows();
+        long bs = requant.blocksize();
+        long align = bs / gcd(cols, bs); // rows whose elements fill whole blocks
+        // a block's ΔW is held as doubles (8 bytes an element): size blocks by that
+        long fit = Math.max(1, options.blockBytes() / (cols * Double.BYTES));
+        long perBlock = Math.max(align, fit / align * align);
+        for (long r0 = 0; r0 < rows; r0 += perBlock) {
+            long row0 = r0;
+            int n = (int) Math.min(perBlock, rows - r0);
+            Future<ByteBuffer> f = pool.submit(() -> {
+                try (TensorSource.Bytes src = t.source().read(row0 * srcRowBytes, n * srcRowBytes)) {
+                    int count = Math.toIntExact(n * cols);
+                    ByteBuffer merged = ByteBuffer.allocate(Math.toIntExact(n * outRowBytes)).order(ByteOrder.LITTLE_ENDIAN);
+                    double[] delta = new double[count];
+                    BlockStats s = new BlockStats(delta);
+                    backend.mergeRows(job, row0, n, src.bytes(), merged, s);
+                    tensorStats.add(s);
+                    requant.encode(row0 * cols, count, merged, src.bytes(), delta);
+                    return requant.packed(row0 * cols, count);
+                }
+            });
+            enqueue(() -> {
+                ByteBuffer b = get(f);
+                long bytes = b.remaining();
+                writer.write(b);
+                progress.addBytes(bytes);
+                flushInBackground(writer, bytes);
+            });
+        }
+        List<Future<Nf4Requantizer.Change>> measured = new ArrayList<>();
+        enqueue(() -> {
+            backend.endTensor(job);
+            checkFinite(t, tensorStats);
+            requant.finish();
+            for (ByteBuffer b : requant.tail(t.nf4().quantStateBytes())) {
+                long bytes = b.remaining();
+                writer.write(b);
+                progress.addBytes(bytes);
+            }
+            progress.tensorDone();
+            for (int c = 0; c < requant.chunks(); c++) {
+                int chunk = c;
+                measured.add(pool.submit(() -> requant.measure(chunk)));
             }
         });
+        enqueue(() -> {
+            Nf4Requantizer.Change change = Nf4Requantizer.Change.NONE;
+            for (Future<Nf4Requantizer.Change> f : measured) {
+                change = change.plus(get(f)); // in chunk order: the same sums whatever the thread count
+            }
+            survivals.add(MergeReport.Survival.of(t.name(), t.shape(), requant.blocksize(), requant.outputState().isDoubleQuant(),
+                    requant.numElements(), change.codesChanged(), Math.sqrt(change.deltaSq()), Math.sqrt(change.sumSq()), change.dot()));
+        });
+    }
+
+    private static long gcd(long a, long b) {
+        return b == 0 ? a : gcd(b, a % b);
     }
 
     /** Every FLUSH_EVERY bytes, has the disk start on what is written while the merge goes on. */
@@ -272,7 +362,7 @@ public final class MergeRunner {
             parts.add(pool.submit(() -> {
                 double[] sumSq = new double[cols];
                 double[] sumErr = new double[cols];
-                try (MappedRegion src = t.source().file().map(t.source().info(), r0 * srcRowBytes, n * srcRowBytes)) {
+                try (TensorSource.Bytes src = t.source().read(r0 * srcRowBytes, n * srcRowBytes)) {
                     backend.columnSums(job, r0, n, src.bytes(), sumSq, sumErr);
                 }
                 return new double[][] {sumSq, sumErr};

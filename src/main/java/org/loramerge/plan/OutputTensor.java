@@ -2,6 +2,7 @@ package org.loramerge.plan;
 
 import java.util.List;
 import org.loramerge.format.DType;
+import org.loramerge.format.SafetensorsWriter;
 import org.loramerge.format.TensorInfo;
 
 /**
@@ -18,7 +19,9 @@ public final class OutputTensor {
         /** A base tensor with LoRA terms, DoRA or token rows applied. */
         MERGE,
         /** Replaced by a tensor of the adapter (base_layer, modules_to_save, bias="all"), possibly with terms on top. */
-        REPLACE
+        REPLACE,
+        /** A bitsandbytes NF4 weight without adapter terms, written dense (merge --to bf16/f16/f32). */
+        DEQUANTIZE
     }
 
     private final String name;
@@ -30,9 +33,20 @@ public final class OutputTensor {
     private final TokenRows tokenRows;
     private final Kind kind;
     private final String note;
+    private final Nf4Output nf4;
 
     public OutputTensor(String name, DType dtype, long[] shape, TensorSource source, List<TermSpec> terms,
                         DoraSpec dora, TokenRows tokenRows, Kind kind, String note) {
+        this(name, dtype, shape, source, terms, dora, tokenRows, kind, note, null);
+    }
+
+    /**
+     * @param dtype the dtype the merged values are rounded to: the written dtype, or for an NF4
+     *              output the quant state's dtype, which the rounded values are requantized from
+     * @param nf4   null for a dense output; the NF4 group to write otherwise
+     */
+    public OutputTensor(String name, DType dtype, long[] shape, TensorSource source, List<TermSpec> terms,
+                        DoraSpec dora, TokenRows tokenRows, Kind kind, String note, Nf4Output nf4) {
         this.name = name;
         this.dtype = dtype;
         this.shape = shape.clone();
@@ -42,6 +56,10 @@ public final class OutputTensor {
         this.tokenRows = tokenRows;
         this.kind = kind;
         this.note = note;
+        this.nf4 = nf4;
+        if (nf4 != null && (!source.isQuantized() || dtype != source.dtype())) {
+            throw new IllegalArgumentException(name + ": an NF4 output is requantized from an NF4 source in the source's dtype");
+        }
     }
 
     public String name() {
@@ -85,8 +103,31 @@ public final class OutputTensor {
         return TensorInfo.numElements(shape);
     }
 
+    /** Bytes written: the dense tensor, or every tensor of an NF4 group. */
     public long sizeInBytes() {
-        return numElements() * dtype.bits() / 8;
+        if (nf4 == null) {
+            return numElements() * dtype.bits() / 8;
+        }
+        long n = 0;
+        for (SafetensorsWriter.Entry e : entries()) {
+            n += e.sizeInBytes();
+        }
+        return n;
+    }
+
+    /** The NF4 group written for this tensor, or null when it is written dense. */
+    public Nf4Output nf4() {
+        return nf4;
+    }
+
+    /** True when the tensor is written as an NF4 group (requantized). */
+    public boolean isRequantized() {
+        return nf4 != null;
+    }
+
+    /** The safetensors entries written for this tensor: itself, or its NF4 group. */
+    public List<SafetensorsWriter.Entry> entries() {
+        return nf4 == null ? List.of(new SafetensorsWriter.Entry(name, dtype, shape)) : nf4.entries(name);
     }
 
     /** Rows of the matrix view [shape[0], rest]. */
@@ -105,7 +146,7 @@ public final class OutputTensor {
 
     /** True when the output bytes are the source bytes. */
     public boolean isByteCopy() {
-        return terms.isEmpty() && dora == null && tokenRows == null && source.dtype() == dtype;
+        return terms.isEmpty() && dora == null && tokenRows == null && source.dtype() == dtype && !source.isQuantized() && nf4 == null;
     }
 
     /** True when the merge arithmetic changes values (not only the dtype). */

@@ -5,10 +5,14 @@ import org.loramerge.format.DType;
 /**
  * Choices that shape the merged checkpoint.
  *
- * @param dtype        output dtype of every floating-point tensor, or null to keep each tensor's own
+ * @param dtype        output dtype of every floating-point tensor, or null to keep each tensor's own;
+ *                     with a 4-bit base it applies to the tensors that are not quantized (norms,
+ *                     embeddings, lm_head, biases), while {@code to} decides the quantized weights
  * @param maxShardSize largest shard in bytes (decimal units, as transformers counts them)
+ * @param to           what the 4-bit weights of a bitsandbytes NF4 base become; required for such a
+ *                     base and null for any other
  */
-public record PlanOptions(DType dtype, long maxShardSize) {
+public record PlanOptions(DType dtype, long maxShardSize, QuantTarget to) {
     public static final long DEFAULT_MAX_SHARD_SIZE = 5_000_000_000L;
 
     public PlanOptions {
@@ -20,7 +24,17 @@ public record PlanOptions(DType dtype, long maxShardSize) {
         }
     }
 
+    /** Options for a base that is not quantized. */
+    public PlanOptions(DType dtype, long maxShardSize) {
+        this(dtype, maxShardSize, null);
+    }
+
     public static PlanOptions defaults() {
         return new PlanOptions(null, DEFAULT_MAX_SHARD_SIZE);
+    }
+
+    /** These options with {@code to} set. */
+    public PlanOptions withTarget(QuantTarget target) {
+        return new PlanOptions(dtype, maxShardSize, target);
     }
 }

@@ -22,6 +22,12 @@ import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
 import org.loramerge.format.ShardIndex;
 import org.loramerge.format.TensorInfo;
+import org.loramerge.quant.Bnb4BitConfig;
+import org.loramerge.quant.DoubleQuant;
+import org.loramerge.quant.Nf4Detector;
+import org.loramerge.quant.Nf4Requantizer;
+import org.loramerge.quant.Nf4Tensor;
+import org.loramerge.quant.QuantException;
 
 import static org.loramerge.adapter.AdapterException.Reason.CONFIG_MISMATCH;
 import static org.loramerge.adapter.AdapterException.Reason.MISSING_PARTNER;
@@ -53,6 +59,7 @@ public final class Planner {
     private final List<String> warnings = new ArrayList<>();
     private final List<String> notes = new ArrayList<>();
     private final Map<String, String> keyUse = new LinkedHashMap<>();
+    private Nf4Detector.Result quant = Nf4Detector.NONE;
 
     /** The work on one output tensor, gathered from the adapter keys. */
     private static final class Ops {
@@ -79,13 +86,27 @@ public final class Planner {
         this.options = options;
     }
 
-    public static MergePlan plan(Checkpoint base, LoraAdapter adapter, PlanOptions options) throws AdapterException, IOException {
+    /**
+     * Plans the merge. A bitsandbytes 4-bit base (found by {@link Nf4Detector}) needs
+     * {@code options.to()}; any other base must come without it.
+     *
+     * @throws QuantException when the base is a 4-bit checkpoint loramerge cannot read (FP4, 8-bit, incomplete groups)
+     */
+    public static MergePlan plan(Checkpoint base, LoraAdapter adapter, PlanOptions options) throws AdapterException, IOException, QuantException {
         return new Planner(base, adapter, options).build();
     }
 
-    private MergePlan build() throws AdapterException, IOException {
+    private MergePlan build() throws AdapterException, IOException, QuantException {
         warnings.addAll(base.warnings());
         warnings.addAll(config.warnings());
+        quant = Nf4Detector.detectIfBitsandbytes(base);
+        if (quant.isQuantized() && options.to() == null) {
+            throw new IllegalArgumentException(base.dir() + " has bitsandbytes 4-bit weights: a target (QuantTarget) is required");
+        }
+        if (!quant.isQuantized() && options.to() != null) {
+            throw new IllegalArgumentException(base.dir() + " has no bitsandbytes 4-bit weights: a target (" + options.to() + ") does not apply");
+        }
+        warnings.addAll(quant.warnings());
         String embedName = findEmbedding();
         boolean tieFlag = base.config() == null || base.config().path("tie_word_embeddings").asBoolean(true);
         boolean tied = tieFlag && embedName != null && base.tensor(LM_HEAD) == null;
@@ -121,6 +142,9 @@ public final class Planner {
         for (TensorInfo t : base.tensors().values()) {
             shapes.put(t.name(), t.shape());
         }
+        for (Nf4Tensor q : quant.weights().values()) {
+            shapes.put(q.weightName(), q.shape()); // the weight's own shape, not that of its packed codes
+        }
         if (tied) {
             shapes.put(LM_HEAD, base.tensor(embedName).shape());
         }
@@ -132,6 +156,11 @@ public final class Planner {
             long[] baseShape = shapes.get(target);
             if (baseShape == null) {
                 problem(NO_SUCH_BASE_TENSOR, "adapter key " + k.key() + " replaces " + target + ", which the base model does not have");
+                continue;
+            }
+            if (quant.weight(target) != null || quant.groupTensorNames().contains(target)) {
+                problem(UNSUPPORTED, "adapter key " + k.key() + " replaces " + target + ", a 4-bit weight of the base; replacing a quantized "
+                        + "weight is not supported: merge into the original 16-bit base");
                 continue;
             }
             if (!Arrays.equals(baseShape, src.shape())) {
@@ -196,8 +225,42 @@ public final class Planner {
 
         // 4. output tensors in base order
         List<OutputTensor> outputs = new ArrayList<>();
+        Map<String, Nf4Tensor> groupOf = new LinkedHashMap<>();
+        for (Nf4Tensor q : quant.weights().values()) {
+            q.tensorNames().forEach(n -> groupOf.put(n, q));
+        }
+        int requantized = 0;
+        int dequantized = 0;
         for (TensorInfo t : base.tensors().values()) {
-            outputs.add(output(t.name(), new TensorSource(base.fileOf(t.name()), t), ops.get(t.name()), null));
+            Nf4Tensor group = groupOf.get(t.name());
+            if (group == null) {
+                outputs.add(output(t.name(), new TensorSource(base.fileOf(t.name()), t), ops.get(t.name()), null));
+                continue;
+            }
+            Ops o = ops.get(group.weightName());
+            boolean adapted = o != null && !o.isEmpty();
+            if (options.to() == QuantTarget.NF4 && !adapted) {
+                // an untouched 4-bit weight keeps its bytes, as PEFT's merge leaves unadapted layers alone:
+                // requantizing it would only move it
+                outputs.add(new OutputTensor(t.name(), t.dtype(), t.shape(), new TensorSource(base.fileOf(t.name()), t), List.of(), null, null,
+                        OutputTensor.Kind.COPY, null));
+            } else if (t.name().equals(group.weightName())) {
+                outputs.add(quantizedOutput(group, adapted ? o : null));
+                if (options.to() == QuantTarget.NF4) {
+                    requantized++;
+                } else {
+                    dequantized++;
+                }
+            }
+            // the group's other tensors are written with the requantized weight, or dropped when it is written dense
+        }
+        if (requantized > 0) {
+            notes.add(requantized + " of " + quant.weights().size() + " 4-bit weights merged and requantized to NF4 with their own blocksize and "
+                    + "double-quantization setting; the other " + (quant.weights().size() - requantized) + " keep their bytes");
+        }
+        if (dequantized > 0) {
+            notes.add(dequantized + " 4-bit weights dequantized to " + options.to().denseType() + " (merged into the dequantized NF4 values); "
+                    + "config.json loses quantization_config");
         }
         if (untie && tied) {
             TensorInfo embed = base.tensor(embedName);
@@ -448,6 +511,32 @@ public final class Planner {
         return true;
     }
 
+    /**
+     * The output of a 4-bit weight that is dequantized ({@code --to bf16/f16/f32}) or merged and
+     * requantized ({@code --to nf4}). Its base value is the dequantized weight in the quant state's
+     * dtype (see {@link TensorSource}); the merge adds ΔW to it exactly and rounds once, to the
+     * target dtype, or for NF4 to the quant state's dtype, which is then requantized
+     * ({@link org.loramerge.quant.Nf4Requantizer}). {@code o} is null when the adapter leaves the weight alone.
+     */
+    private OutputTensor quantizedOutput(Nf4Tensor q, Ops o) throws IOException, QuantException {
+        if (o != null && (o.replacement != null || o.tokens != null)) {
+            throw new IllegalStateException(q.weightName() + " is a 4-bit weight and cannot be replaced or take token rows");
+        }
+        TensorSource src = TensorSource.dequantized(q);
+        List<TermSpec> terms = o == null ? List.of() : o.terms;
+        DoraSpec dora = o == null ? null : o.dora;
+        if (options.to() == QuantTarget.NF4) {
+            if (q.isDoubleQuant() && q.state().nested().blocksize() != DoubleQuant.NESTED_BLOCKSIZE) {
+                warnings.add(q.weightName() + " has nested blocks of " + q.state().nested().blocksize() + "; its requantized absmax uses "
+                        + DoubleQuant.NESTED_BLOCKSIZE + ", as bitsandbytes always does");
+            }
+            return new OutputTensor(q.weightName(), q.dtype(), q.shape(), src, terms, dora, null, OutputTensor.Kind.MERGE, null,
+                    Nf4Output.of(Nf4Requantizer.outputTemplate(q.state())));
+        }
+        OutputTensor.Kind kind = o == null ? OutputTensor.Kind.DEQUANTIZE : OutputTensor.Kind.MERGE;
+        return new OutputTensor(q.weightName(), options.to().denseType(), q.shape(), src, terms, dora, null, kind, null);
+    }
+
     private OutputTensor output(String name, TensorSource baseSource, Ops o, String note) {
         TensorInfo info = baseSource.info();
         DType outType = info.dtype();
@@ -482,15 +571,22 @@ public final class Planner {
     }
 
     private ObjectNode updatedConfig(Long newVocab, boolean untie) {
+        boolean dequantize = quant.isQuantized() && options.to().denseType() != null;
+        // the model's dtype: --dtype when given, else that of the dequantized weights, which are most of the model
+        DType modelType = options.dtype() != null ? options.dtype() : dequantize ? options.to().denseType() : null;
         if (base.config() == null) {
-            if (newVocab != null || untie || options.dtype() != null) {
+            if (newVocab != null || untie || modelType != null) {
                 warnings.add("the base has no config.json, so the vocabulary size, tie_word_embeddings or dtype change is not recorded anywhere");
             }
             return null;
         }
         ObjectNode c = base.config().deepCopy();
-        if (options.dtype() != null) {
-            String name = options.dtype().torchName();
+        if (dequantize) {
+            // FORMATS.md §5: a dequantized output must drop quantization_config, or transformers would load dense weights as 4-bit
+            c.remove(Bnb4BitConfig.KEY);
+        }
+        if (modelType != null) {
+            String name = modelType.torchName();
             boolean any = false;
             if (c.has("dtype")) {
                 c.put("dtype", name);

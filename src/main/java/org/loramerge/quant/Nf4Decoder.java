@@ -84,7 +84,7 @@ public final class Nf4Decoder {
      * row-major) to {@code dst[dstOffset...]}.
      */
     public void dequantize(long firstElement, int count, float[] dst, int dstOffset) throws IOException {
-        decode(firstElement, count, dst, dstOffset, null);
+        decode(firstElement, count, dst, dstOffset, null, null);
     }
 
     /**
@@ -92,13 +92,21 @@ public final class Nf4Decoder {
      * as doubles (exact): the values transformers/PEFT see after {@code dequantize_4bit}.
      */
     public void dequantizeRounded(long firstElement, int count, double[] dst, int dstOffset) throws IOException {
-        decode(firstElement, count, null, 0, new Rounded(dst, dstOffset));
+        decode(firstElement, count, null, dstOffset, dst, null);
     }
 
-    private record Rounded(double[] dst, int offset) {
+    /**
+     * Writes elements {@code [firstElement, firstElement + count)} rounded to the weight's dtype
+     * as that dtype's little-endian bits, element {@code firstElement} at index 0 of {@code dst}:
+     * the bytes a 16-bit checkpoint of the dequantized weight would hold, so that the merge engine
+     * reads an NF4 weight exactly as it reads a dense one.
+     */
+    public void dequantizeTo(long firstElement, int count, ByteBuffer dst) throws IOException {
+        decode(firstElement, count, null, 0, null, dst);
     }
 
-    private void decode(long firstElement, int count, float[] dst, int dstOffset, Rounded rounded) throws IOException {
+    /** One of {@code f32}, {@code rounded} or {@code bits} is the destination. */
+    private void decode(long firstElement, int count, float[] f32, int dstOffset, double[] rounded, ByteBuffer bits) throws IOException {
         long n = tensor.numElements();
         if (firstElement < 0 || count < 0 || firstElement + count > n) {
             throw new IllegalArgumentException("elements [" + firstElement + ", +" + count + ") outside " + tensor + " of " + n);
@@ -117,14 +125,22 @@ public final class Nf4Decoder {
         Nf4Tensor.Part w = tensor.weight();
         try (MappedRegion r = w.file().map(w.info(), firstByte, bytes)) {
             ByteBuffer b = r.bytes();
+            int inBlock = (int) (firstElement % bs);
+            int block = 0;
             for (int i = 0; i < count; i++) {
                 long e = firstElement + i;
-                int code = Nf4Codec.codeAt(b.get((int) (e / 2 - firstByte)), e);
-                float v = Nf4Codec.dequantize(code, absmax[(int) (e / bs - firstBlock)]);
-                if (rounded == null) {
-                    dst[dstOffset + i] = v;
+                int code = Nf4Codec.codeAt(b.get((int) ((e >>> 1) - firstByte)), e);
+                float v = Nf4Codec.dequantize(code, absmax[block]);
+                if (f32 != null) {
+                    f32[dstOffset + i] = v;
+                } else if (rounded != null) {
+                    rounded[dstOffset + i] = format.round(v);
                 } else {
-                    rounded.dst()[rounded.offset() + i] = format.round(v);
+                    format.putBits(bits, i, format.encode(format.round(v)));
+                }
+                if (++inBlock == bs) {
+                    inBlock = 0;
+                    block++;
                 }
             }
         }

@@ -1,5 +1,6 @@
 package org.loramerge.quant;
 
+import com.fasterxml.jackson.databind.JsonNode;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -42,7 +43,24 @@ public final class Nf4Detector {
         }
     }
 
+    /** A checkpoint without 4-bit weights or a bitsandbytes quantization_config. */
+    public static final Result NONE = new Result(null, Map.of(), Set.of(), List.of());
+
     private Nf4Detector() {
+    }
+
+    /**
+     * {@link #detect} for a checkpoint that may have nothing to do with bitsandbytes: one with no
+     * bitsandbytes tensor ({@code .quant_state.bitsandbytes__*}, {@code .SCB}, {@code .weight_format})
+     * and no bitsandbytes quantization_config (e.g. a plain 16-bit model, or one whose config names
+     * another method) gives {@link #NONE} and is left to the merge's own dtype checks.
+     */
+    public static Result detectIfBitsandbytes(Checkpoint c) throws QuantException, IOException {
+        boolean bnbTensors = c.tensors().keySet().stream().anyMatch(n -> n.contains(".quant_state.bitsandbytes__")
+                || n.endsWith(".SCB") || n.endsWith(".weight_format"));
+        JsonNode q = c.config() == null ? null : c.config().get(Bnb4BitConfig.KEY);
+        boolean bnbConfig = q != null && q.isObject() && "bitsandbytes".equals(q.path("quant_method").asText(null));
+        return bnbTensors || bnbConfig ? detect(c) : NONE;
     }
 
     public static Result detect(Checkpoint c) throws QuantException, IOException {

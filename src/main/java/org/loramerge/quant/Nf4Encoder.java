@@ -138,6 +138,44 @@ public final class Nf4Encoder {
     }
 
     /**
+     * Quantizes whole blocks on their own: elements {@code [firstElement, firstElement + count)} of
+     * a weight of {@code numElements}, read from little-endian {@code src} (element
+     * {@code firstElement} at index 0) in {@code format}. The range must start on a block boundary
+     * and end on one or at the end of the weight, so no block lies partly outside it; codes go to
+     * {@code packed[firstElement / 2 ...]} (block starts are even, so ranges share no byte) and
+     * absmax values to {@code absmax[firstElement / blocksize ...]}. The bytes are those an encoder
+     * fed the same values in order writes (both are {@link Nf4Codec#quantizeBlock} block by block),
+     * and threads may encode disjoint ranges of one weight at once.
+     *
+     * @throws QuantException NON_FINITE for a NaN or infinite value ({@code path}, {@code tensorName} name it)
+     */
+    public static void encodeBlocks(ByteBuffer src, FloatFormat format, long numElements, int blocksize, long firstElement, int count,
+                                    byte[] packed, float[] absmax, Path path, String tensorName) throws QuantException {
+        long end = firstElement + count;
+        if (firstElement < 0 || count < 0 || end > numElements || firstElement % blocksize != 0
+                || (end % blocksize != 0 && end != numElements)) {
+            throw new IllegalArgumentException(tensorName + ": elements [" + firstElement + ", " + end + ") do not cover whole blocks of "
+                    + blocksize + " of " + numElements);
+        }
+        float[] block = new float[blocksize];
+        byte[] codes = new byte[blocksize];
+        for (long start = firstElement; start < end; start += blocksize) {
+            int len = (int) Math.min(blocksize, end - start);
+            int base = (int) (start - firstElement);
+            for (int i = 0; i < len; i++) {
+                float v = (float) format.decode(format.bitsAt(src, base + i));
+                if (!Float.isFinite(v)) {
+                    throw new QuantException(NON_FINITE, path, tensorName, "element " + (start + i) + " is " + v
+                            + "; NF4 cannot represent it and it would poison its block's absmax");
+                }
+                block[i] = v;
+            }
+            absmax[(int) (start / blocksize)] = Nf4Codec.quantizeBlock(block, 0, len, codes, 0);
+            Nf4Codec.pack(codes, 0, len, packed, (int) (start / 2));
+        }
+    }
+
+    /**
      * Writes the last packed bytes and returns the absmax of every block (length
      * {@code ceil(n / blocksize)}). All {@code numElements} values must have been given.
      */

@@ -5,6 +5,8 @@ import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.HashSet;
+import java.util.Set;
 import java.util.List;
 import java.util.Random;
 import java.util.TreeSet;
@@ -18,6 +20,12 @@ import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.TensorInfo;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.OutputTensor;
+import org.loramerge.plan.TensorSource;
+import org.loramerge.quant.Nf4Codec;
+import org.loramerge.quant.Nf4Decoder;
+import org.loramerge.quant.Nf4Tensor;
+import org.loramerge.quant.QuantException;
+import org.loramerge.quant.QuantState;
 
 /**
  * Checks a merged checkpoint against base + adapter: every tensor present with the planned shape,
@@ -45,10 +53,20 @@ public final class Verifier {
         List<TensorCheck> checks = new ArrayList<>();
         List<String> problems = new ArrayList<>();
         double worst = 0;
+        Set<String> plannedNames = new HashSet<>();
         for (OutputTensor planned : plan.tensors()) {
+            planned.entries().forEach(e -> plannedNames.add(e.name()));
             TensorInfo m = merged.tensor(planned.name());
             if (m == null) {
                 problems.add(planned.name() + " is missing from the merged model");
+                continue;
+            }
+            if (planned.isRequantized()) {
+                TensorCheck c = checkRequantized(planned, merged, sampleRows);
+                checks.add(c);
+                if (c.problem() != null) {
+                    problems.add(planned.name() + ": " + c.problem());
+                }
                 continue;
             }
             if (!Arrays.equals(m.shape(), planned.shape())) {
@@ -75,7 +93,7 @@ public final class Verifier {
             }
         }
         for (String name : merged.tensors().keySet()) {
-            if (plan.tensors().stream().noneMatch(t -> t.name().equals(name))) {
+            if (!plannedNames.contains(name)) {
                 problems.add("the merged model has tensor " + name + ", which base + adapter do not produce");
             }
         }
@@ -120,9 +138,9 @@ public final class Verifier {
             double[] sumSq = new double[cols];
             double[] sumErr = new double[cols];
             for (long r = 0; r < job.rows(); r++) {
-                ByteBuffer src = ByteBuffer.wrap(read(planned.source().file(), planned.source().info(), r * srcRowBytes, srcRowBytes))
-                        .order(ByteOrder.LITTLE_ENDIAN);
-                CpuMerge.columnSums(job, r, 1, src, sumSq, sumErr);
+                try (TensorSource.Bytes src = planned.source().read(r * srcRowBytes, srcRowBytes)) {
+                    CpuMerge.columnSums(job, r, 1, src.bytes(), sumSq, sumErr);
+                }
             }
             CpuMerge.finishColumns(job, sumSq, sumErr);
         }
@@ -137,8 +155,10 @@ public final class Verifier {
         boolean allEqualBase = true;
         ByteBuffer expected = ByteBuffer.allocate((int) outRowBytes).order(ByteOrder.LITTLE_ENDIAN);
         for (long r : rows) {
-            ByteBuffer src = ByteBuffer.wrap(read(planned.source().file(), planned.source().info(), r * srcRowBytes, srcRowBytes))
-                    .order(ByteOrder.LITTLE_ENDIAN);
+            ByteBuffer src;
+            try (TensorSource.Bytes b = planned.source().read(r * srcRowBytes, srcRowBytes)) {
+                src = ByteBuffer.allocate((int) srcRowBytes).order(ByteOrder.LITTLE_ENDIAN).put(b.bytes());
+            }
             ByteBuffer got = ByteBuffer.wrap(read(mf, m, r * outRowBytes, outRowBytes)).order(ByteOrder.LITTLE_ENDIAN);
             CpuMerge.mergeRows(job, r, 1, src, expected, new BlockStats());
             for (int j = 0; j < cols; j++) {
@@ -169,6 +189,73 @@ public final class Verifier {
         }
         boolean notApplied = planned.isAdapted() && anyChange && allEqualBase;
         return new TensorCheck(planned.name(), planned.kind().name(), rows.length, checked, differing, worst, nonFinite, notApplied, null);
+    }
+
+    /**
+     * An NF4 group written by {@code merge --to nf4}: its quant state must be the planned one (same
+     * blocksize, dtype, shape, nesting), and for sampled NF4 blocks the codes (and the absmax, when
+     * stored plain) must be exactly those of the merged values rounded to the quant state's dtype,
+     * recomputed here. Codes depend only on their own block's values, so blocks check one by one;
+     * the double-quantized absmax depends on the whole weight and is checked for structure only.
+     */
+    private static TensorCheck checkRequantized(OutputTensor planned, Checkpoint merged, int sampleRows) throws IOException {
+        String kind = planned.kind().name();
+        Nf4Tensor group;
+        Nf4Decoder decoder;
+        try {
+            group = Nf4Tensor.open(merged, planned.name());
+            decoder = group.decoder();
+        } catch (QuantException e) {
+            return new TensorCheck(planned.name(), kind, 0, 0, 0, 0, 0, false, "the NF4 group is not readable: " + e.getMessage());
+        }
+        QuantState want = planned.nf4().template();
+        QuantState got = group.state();
+        if (got.blocksize() != want.blocksize() || got.dtype() != want.dtype() || !Arrays.equals(got.shape(), want.shape())
+                || got.isDoubleQuant() != want.isDoubleQuant()) {
+            return new TensorCheck(planned.name(), kind, 0, 0, 0, 0, 0, false, "quant state " + got + " is not the planned " + want);
+        }
+        TensorJob job = TensorJob.prepare(planned);
+        int cols = job.cols();
+        int bs = got.blocksize();
+        long n = got.numElements();
+        FloatFormat fmt = FloatFormat.of(got.dtype());
+        long srcRowBytes = (long) cols * fmt.sizeInBytes();
+        long[] blocks = sampleRows(got.numBlocks(), sampleRows, planned.name().hashCode());
+        byte[] codes = new byte[bs];
+        float[] values = new float[bs];
+        long checked = 0;
+        long differing = 0;
+        for (long b : blocks) {
+            long first = b * bs;
+            int len = (int) Math.min(bs, n - first);
+            long row0 = first / cols;
+            int rows = (int) ((first + len - 1) / cols - row0 + 1);
+            ByteBuffer mergedRows = ByteBuffer.allocate((int) (rows * srcRowBytes)).order(ByteOrder.LITTLE_ENDIAN);
+            try (TensorSource.Bytes src = planned.source().read(row0 * srcRowBytes, rows * srcRowBytes)) {
+                CpuMerge.mergeRows(job, row0, rows, src.bytes(), mergedRows, new BlockStats());
+            }
+            long offset = first - row0 * cols;
+            for (int i = 0; i < len; i++) {
+                values[i] = (float) fmt.decode(fmt.bitsAt(mergedRows, offset + i));
+            }
+            float absmax = Nf4Codec.quantizeBlock(values, 0, len, codes, 0);
+            Nf4Tensor.Part w = group.weight();
+            byte[] packed = new byte[(len + 1) / 2];
+            try (MappedRegion r = w.file().map(w.info(), first / 2, packed.length)) {
+                r.bytes().get(packed);
+            }
+            for (int i = 0; i < len; i++) {
+                checked++;
+                if (Nf4Codec.codeAt(packed[i / 2], i) != codes[i]) {
+                    differing++;
+                }
+            }
+            if (!got.isDoubleQuant() && decoder.absmax(b, 1)[0] != absmax) {
+                differing++;
+            }
+        }
+        return new TensorCheck(planned.name(), kind, blocks.length, checked, differing, 0, 0, false,
+                differing == 0 ? null : differing + " of " + checked + " sampled 4-bit codes (or block absmax) differ from the requantized merge");
     }
 
     private static byte[] read(SafetensorsFile f, TensorInfo t, long offset, long length) throws IOException {

@@ -52,6 +52,41 @@ class GeneratedFilesTest {
                 "fixture files differ from what the generator wrote; regenerate instead of editing by hand");
     }
 
+    /**
+     * The golden QLoRA cases are scripts/make_qlora_fixtures.py's output, with the expected merges of
+     * scripts/nf4_reference.py: both scripts' hashes and every file's are in MANIFEST.sha256.
+     */
+    @Test
+    void qloraFixturesMatchTheirGenerator() throws Exception {
+        Path dir = Paths.get("src/test/resources/qlora");
+        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
+        String regenerate = "regenerate them (mvn -q package -DskipTests; /opt/pyref/bin/python scripts/make_qlora_fixtures.py)";
+        assertEquals(sha256(Paths.get("scripts/make_qlora_fixtures.py")) + "  generator:scripts/make_qlora_fixtures.py", manifest.get(0),
+                "scripts/make_qlora_fixtures.py changed since the QLoRA fixtures were made: " + regenerate);
+        assertEquals(sha256(Paths.get("scripts/nf4_reference.py")) + "  reference:scripts/nf4_reference.py", manifest.get(1),
+                "scripts/nf4_reference.py changed since the QLoRA fixtures were made: " + regenerate);
+        List<String> actual;
+        try (Stream<Path> s = Files.walk(dir)) {
+            actual = s.filter(Files::isRegularFile).filter(p -> !p.getFileName().toString().equals("MANIFEST.sha256")).sorted()
+                    .map(p -> {
+                        try {
+                            return sha256(p) + "  " + dir.relativize(p).toString().replace('\\', '/');
+                        } catch (IOException e) {
+                            throw new java.io.UncheckedIOException(e);
+                        }
+                    }).collect(Collectors.toList());
+        }
+        assertEquals(String.join("\n", manifest.subList(2, manifest.size())), String.join("\n", actual),
+                "QLoRA fixture files differ from what the generator wrote; " + regenerate);
+        long bytes = 0;
+        try (Stream<Path> s = Files.walk(dir)) {
+            for (Path p : (Iterable<Path>) s.filter(Files::isRegularFile)::iterator) {
+                bytes += Files.size(p);
+            }
+        }
+        assertTrue(bytes < 500_000, "QLoRA fixtures stay small: " + bytes + " bytes");
+    }
+
     private static String sha256(Path p) throws IOException {
         try {
             return HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256").digest(Files.readAllBytes(p)));

@@ -16,6 +16,8 @@ import org.loramerge.format.FloatFormat;
 import org.loramerge.format.SafetensorsFile;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertDoesNotThrow;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNotEquals;
@@ -156,6 +158,20 @@ class Nf4CodecVectorsTest {
             }
             float[] absmax = enc.finish();
             assertArrayEquals(Nf4Vectors.bytes(f, c.name() + ".weight"), packed.toByteArray(), "packed codes");
+            // the same codes from whole blocks encoded out of order, as merge --to nf4's workers do
+            byte[] raw = Nf4Vectors.bytes(f, c.name() + ".input");
+            FloatFormat fmt = FloatFormat.of(c.dtype());
+            byte[] byBlocks = new byte[(int) Nf4Codec.packedBytes(c.numElements())];
+            float[] absmaxByBlocks = new float[absmax.length];
+            int size = fmt.sizeInBytes();
+            for (long pair = (c.numBlocks() - 1) / 2; pair >= 0; pair--) { // two blocks at a time, last pair first
+                long first = pair * 2 * c.blocksize();
+                int count = (int) (Math.min(c.numElements(), first + 2L * c.blocksize()) - first);
+                ByteBuffer src = ByteBuffer.wrap(raw, (int) (first * size), count * size).slice().order(java.nio.ByteOrder.LITTLE_ENDIAN);
+                Nf4Encoder.encodeBlocks(src, fmt, c.numElements(), c.blocksize(), first, count, byBlocks, absmaxByBlocks, null, c.name());
+            }
+            assertArrayEquals(packed.toByteArray(), byBlocks, "codes of whole blocks encoded apart");
+            assertArrayEquals(absmax, absmaxByBlocks);
             QuantState.Nested nested = null;
             if (c.doubleQuant()) {
                 DoubleQuant.Result dq = DoubleQuant.quantize(absmax, absmax.length);
@@ -193,6 +209,10 @@ class Nf4CodecVectorsTest {
             double[] rounded = new double[n];
             d.dequantizeRounded(0, n, rounded, 0);
             float[] want = Nf4Vectors.values(f, c.name() + ".dequant");
+            // the bytes a merge reads for an NF4 source: the reference's dequantized tensor, bit for bit
+            ByteBuffer bits = ByteBuffer.allocate(n * c.dtype().sizeInBytes()).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+            d.dequantizeTo(0, n, bits);
+            assertArrayEquals(Nf4Vectors.bytes(f, c.name() + ".dequant"), bits.array());
             FloatFormat fmt = FloatFormat.of(c.dtype());
             for (int i = 0; i < n; i++) {
                 assertEquals(Double.doubleToRawLongBits(want[i]), Double.doubleToRawLongBits(rounded[i]), "element " + i);
@@ -314,6 +334,17 @@ class Nf4CodecVectorsTest {
         for (int i = 0; i < 100; i++) {
             assertEquals(packed[i], (byte) streamed.get(i));
         }
+    }
+
+    @Test
+    void blocksEncodedApartMustCoverWholeBlocks() {
+        ByteBuffer src = ByteBuffer.allocate(4 * 200).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+        byte[] packed = new byte[100];
+        float[] absmax = new float[4];
+        // a range starting inside a block, or ending inside one before the end, would split it between two encoders
+        assertThrows(IllegalArgumentException.class, () -> Nf4Encoder.encodeBlocks(src, FloatFormat.F32, 200, 64, 32, 64, packed, absmax, null, "w"));
+        assertThrows(IllegalArgumentException.class, () -> Nf4Encoder.encodeBlocks(src, FloatFormat.F32, 200, 64, 0, 100, packed, absmax, null, "w"));
+        assertDoesNotThrow(() -> Nf4Encoder.encodeBlocks(src, FloatFormat.F32, 200, 64, 128, 72, packed, absmax, null, "w"));
     }
 
     @Test

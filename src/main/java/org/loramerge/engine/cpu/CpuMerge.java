@@ -58,6 +58,7 @@ public final class CpuMerge {
         long fallbacks = 0;
         long overflows = 0;
         long nans = 0;
+        double[] deltas = stats.deltas(); // null unless the caller measures ΔW (NF4 requantization)
         for (int ii = 0; ii < rowCount; ii++) {
             long row = row0 + ii;
             int base = Math.multiplyExact(ii, cols);
@@ -107,6 +108,9 @@ public final class CpuMerge {
                     val = f * v[j];
                     err = 2 * (Math.abs(f) * e[j] + Math.abs(val) * (rel + TensorJob.U));
                     undecidable |= !Double.isFinite(rel);
+                }
+                if (deltas != null) {
+                    deltas[base + j] = val - w[j]; // reported, never used to decide a rounding
                 }
                 double y = out.round(val);
                 if (val == 0 && err == 0 && !undecidable) {

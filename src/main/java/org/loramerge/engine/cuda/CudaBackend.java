@@ -164,6 +164,10 @@ public final class CudaBackend implements Backend {
         if (job.srcFormat() == null || job.srcFormat() != job.dstFormat() || job.doraAxis() != null || job.tokenValues() != null) {
             return false;
         }
+        if (job.out().source().isQuantized() || job.out().isRequantized()) {
+            // bitsandbytes NF4 (merge --to): dequantized and requantized on the CPU, whose merge also measures ‖ΔW‖ for the survival report
+            return false;
+        }
         // a tensor without terms and with its own dtype is a byte copy and never reaches a backend
         return job.terms().size() == 1 && job.out().terms().get(0).layout() != Layout.BIAS;
     }
