@@ -17,6 +17,10 @@ def main(path):
             gbs = int(p["bytes"]) / (ms / 1e3) / 1e9
             copies[(bench.split(".")[-1], int(p["bytes"]))] = gbs
             rows.append((bench, f"{int(p['bytes'])/1e6:.0f} MB", ms, err, gbs))
+        elif "Nf4Benchmark" in bench:
+            weights = 4 if "fused" in bench else 1
+            gbs = weights * 4096 * 11008 * 2 / (ms / 1e3) / 1e9
+            rows.append((bench, "4096x11008 (as BF16)" + (" x4" if weights > 1 else ""), ms, err, gbs))
         elif "Pipeline" in bench:
             gbs = 16 * 4096 * 11008 * 2 / (ms / 1e3) / 1e9
             rows.append((bench, p.get("device", ""), ms, err, gbs))

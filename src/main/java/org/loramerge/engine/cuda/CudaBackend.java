@@ -75,7 +75,7 @@ public final class CudaBackend implements Backend {
         }
         if (CublasLoader.find(CublasLoader.searchDirs(), "libcuda.so.1") == null && CublasLoader.find(
                 java.util.List.of(java.nio.file.Paths.get("/usr/local/nvidia/lib64"), java.nio.file.Paths.get("/usr/lib64")), "libcuda.so.1") == null) {
-            throw new DeviceUnavailableException("no NVIDIA driver (libcuda.so.1 not found)", null);
+            throw new DeviceUnavailableException("no NVIDIA driver: libcuda.so.1 not found", null);
         }
         try {
             JCuda.setExceptionsEnabled(true);
