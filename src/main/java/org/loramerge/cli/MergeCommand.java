@@ -104,7 +104,7 @@ final class MergeCommand implements Callable<Integer> {
                 try (AtomicOutput output = AtomicOutput.create(out, overwrite, List.of(base, adapter))) {
                     Progress progress = new Progress(err, !quiet, plan.totalBytes(), plan.tensors().size());
                     report = MergeRunner.run(plan, backend, output,
-                            new MergeRunner.Options(overwrite, allowOverflow, MergeRunner.DEFAULT_BLOCK_BYTES), progress);
+                            new MergeRunner.Options(allowOverflow, MergeRunner.DEFAULT_BLOCK_BYTES), progress);
                 }
                 print(report, err);
             }

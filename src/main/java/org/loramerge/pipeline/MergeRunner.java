@@ -46,9 +46,9 @@ public final class MergeRunner {
     public static final int DEFAULT_BLOCK_BYTES = 8 << 20;
 
     /** Knobs of a run. */
-    public record Options(boolean overwrite, boolean allowNonFinite, int blockBytes) {
+    public record Options(boolean allowNonFinite, int blockBytes) {
         public static Options defaults() {
-            return new Options(false, false, DEFAULT_BLOCK_BYTES);
+            return new Options(false, DEFAULT_BLOCK_BYTES);
         }
     }
 

@@ -58,7 +58,7 @@ class Nf4MergeStreamingTest {
             try (Checkpoint b = Checkpoint.open(base); LoraAdapter a = LoraAdapter.open(adapter)) {
                 MergePlan plan = Planner.plan(b, a, PlanOptions.defaults().withTarget(QuantTarget.NF4));
                 try (CpuBackend backend = new CpuBackend(run[0]); AtomicOutput o = AtomicOutput.create(out, false, List.of(base, adapter))) {
-                    report = MergeRunner.run(plan, backend, o, new MergeRunner.Options(false, false, run[1]), Progress.silent());
+                    report = MergeRunner.run(plan, backend, o, new MergeRunner.Options(false, run[1]), Progress.silent());
                 }
             }
             byte[][] group = group(out);

@@ -1,23 +1,14 @@
 package org.loramerge.bench;
 
 import java.io.IOException;
-import java.nio.ByteBuffer;
-import java.nio.ByteOrder;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.ArrayList;
-import java.util.Comparator;
 import java.util.List;
-import java.util.Map;
-import java.util.SplittableRandom;
 import java.util.concurrent.TimeUnit;
 import java.util.stream.IntStream;
-import java.util.stream.Stream;
 import org.loramerge.adapter.LoraAdapter;
 import org.loramerge.engine.cpu.CpuBackend;
 import org.loramerge.format.Checkpoint;
-import org.loramerge.format.DType;
-import org.loramerge.format.SafetensorsWriter;
 import org.loramerge.pipeline.AtomicOutput;
 import org.loramerge.pipeline.MergeRunner;
 import org.loramerge.pipeline.Progress;
@@ -68,22 +59,9 @@ public class Nf4Benchmark {
     @Setup(Level.Trial)
     public void setUp() throws Exception {
         dir = Files.createTempDirectory("lm-nf4");
-        Path dense16 = Files.createDirectories(dir.resolve("dense"));
-        Path adapterDir = Files.createDirectories(dir.resolve("adapter"));
-        SplittableRandom rnd = new SplittableRandom(11);
-        List<SafetensorsWriter.Entry> weights = new ArrayList<>();
-        List<SafetensorsWriter.Entry> factors = new ArrayList<>();
-        for (int i = 0; i < LAYERS; i++) {
-            String m = "model.layers." + i + ".mlp.up_proj";
-            weights.add(new SafetensorsWriter.Entry(m + ".weight", DType.BF16, new long[] {ROWS, COLS}));
-            factors.add(new SafetensorsWriter.Entry("base_model.model." + m + ".lora_A.weight", DType.F32, new long[] {RANK, COLS}));
-            factors.add(new SafetensorsWriter.Entry("base_model.model." + m + ".lora_B.weight", DType.F32, new long[] {ROWS, RANK}));
-        }
-        write(dense16.resolve("model.safetensors"), weights, rnd);
-        write(adapterDir.resolve("adapter_model.safetensors"), factors, rnd);
-        Files.writeString(dense16.resolve("config.json"), "{\"model_type\":\"llama\",\"tie_word_embeddings\":false,\"torch_dtype\":\"bfloat16\"}");
-        Files.writeString(adapterDir.resolve("adapter_config.json"),
-                "{\"peft_type\":\"LORA\",\"r\":" + RANK + ",\"lora_alpha\":32,\"target_modules\":[\"up_proj\"]}");
+        Synthetic.writeModel(dir, LAYERS, ROWS, COLS, RANK);
+        Path dense16 = dir.resolve("base");
+        Path adapterDir = dir.resolve("adapter");
         Path nf4Dir = dir.resolve("nf4");
         try (Checkpoint c = Checkpoint.open(dense16); AtomicOutput o = AtomicOutput.create(nf4Dir, false, List.of(dense16))) {
             ModelQuantizer.run(c, o, new ModelQuantizer.Options(64, true), s -> { });
@@ -95,32 +73,6 @@ public class Nf4Benchmark {
         decoder = first.decoder();
         dense = new float[ROWS * COLS];
         decoder.dequantize(0, dense.length, dense, 0);
-    }
-
-    private static void write(Path file, List<SafetensorsWriter.Entry> entries, SplittableRandom rnd) throws IOException {
-        try (SafetensorsWriter w = SafetensorsWriter.create(file, entries, Map.of("format", "pt"))) {
-            ByteBuffer b = ByteBuffer.allocate(1 << 22).order(ByteOrder.LITTLE_ENDIAN);
-            for (SafetensorsWriter.Entry e : entries) {
-                boolean f32 = e.dtype() == DType.F32;
-                for (long i = 0; i < e.sizeInBytes(); i += f32 ? 4 : 2) {
-                    float v = (float) ((rnd.nextDouble() - 0.5) * (f32 ? 0.05 : 0.04));
-                    if (f32) {
-                        b.putFloat(v);
-                    } else {
-                        b.putShort((short) (Float.floatToRawIntBits(v) >>> 16));
-                    }
-                    if (!b.hasRemaining()) {
-                        b.flip();
-                        w.write(b);
-                        b.clear();
-                    }
-                }
-                b.flip();
-                w.write(b);
-                b.clear();
-            }
-            w.finish();
-        }
     }
 
     /** Dequantize one weight, in parallel slices of whole blocks. */
@@ -157,7 +109,7 @@ public class Nf4Benchmark {
              AtomicOutput o = AtomicOutput.create(out, false, List.of(dir.resolve("nf4"), dir.resolve("adapter")))) {
             return MergeRunner.run(plan, cpu, o, MergeRunner.Options.defaults(), Progress.silent());
         } finally {
-            delete(out);
+            Synthetic.delete(out);
         }
     }
 
@@ -165,14 +117,6 @@ public class Nf4Benchmark {
     public void tearDown() throws Exception {
         nf4.close();
         adapter.close();
-        delete(dir);
-    }
-
-    private static void delete(Path p) throws IOException {
-        if (Files.exists(p)) {
-            try (Stream<Path> s = Files.walk(p)) {
-                s.sorted(Comparator.reverseOrder()).forEach(x -> x.toFile().delete());
-            }
-        }
+        Synthetic.delete(dir);
     }
 }

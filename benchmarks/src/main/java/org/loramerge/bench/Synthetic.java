@@ -65,6 +65,50 @@ public final class Synthetic {
         w.write(b);
     }
 
+    /**
+     * A Llama-like model folder ({@code dir/base}: {@code layers} up_proj weights [rows, cols] in BF16)
+     * and a rank-{@code rank} PEFT adapter for it ({@code dir/adapter}), random, never zero.
+     */
+    public static void writeModel(Path dir, int layers, int rows, int cols, int rank) throws IOException {
+        Path base = java.nio.file.Files.createDirectories(dir.resolve("base"));
+        Path adapter = java.nio.file.Files.createDirectories(dir.resolve("adapter"));
+        SplittableRandom rnd = new SplittableRandom(layers * 31L + rows + cols + rank);
+        List<SafetensorsWriter.Entry> weights = new java.util.ArrayList<>();
+        List<SafetensorsWriter.Entry> factors = new java.util.ArrayList<>();
+        for (int i = 0; i < layers; i++) {
+            String m = "model.layers." + i + ".mlp.up_proj";
+            weights.add(new SafetensorsWriter.Entry(m + ".weight", DType.BF16, new long[] {rows, cols}));
+            factors.add(new SafetensorsWriter.Entry("base_model.model." + m + ".lora_A.weight", DType.F32, new long[] {rank, cols}));
+            factors.add(new SafetensorsWriter.Entry("base_model.model." + m + ".lora_B.weight", DType.F32, new long[] {rows, rank}));
+        }
+        try (SafetensorsWriter w = SafetensorsWriter.create(base.resolve("model.safetensors"), weights, Map.of("format", "pt"))) {
+            for (int i = 0; i < layers; i++) {
+                writeRandom(w, (long) rows * cols, FloatFormat.BF16, 0.02, rnd);
+            }
+            w.finish();
+        }
+        try (SafetensorsWriter w = SafetensorsWriter.create(adapter.resolve("adapter_model.safetensors"), factors, Map.of("format", "pt"))) {
+            for (int i = 0; i < layers; i++) {
+                writeRandom(w, (long) rank * cols, FloatFormat.F32, 0.05, rnd);
+                writeRandom(w, (long) rows * rank, FloatFormat.F32, 0.02, rnd);
+            }
+            w.finish();
+        }
+        java.nio.file.Files.writeString(base.resolve("config.json"),
+                "{\"model_type\":\"llama\",\"tie_word_embeddings\":false,\"torch_dtype\":\"bfloat16\"}");
+        java.nio.file.Files.writeString(adapter.resolve("adapter_config.json"),
+                "{\"peft_type\":\"LORA\",\"r\":" + rank + ",\"lora_alpha\":" + 2 * rank + ",\"target_modules\":[\"up_proj\"]}");
+    }
+
+    /** Deletes a folder tree, if it exists. */
+    public static void delete(Path p) throws IOException {
+        if (java.nio.file.Files.exists(p)) {
+            try (java.util.stream.Stream<Path> s = java.nio.file.Files.walk(p)) {
+                s.sorted(java.util.Comparator.reverseOrder()).forEach(x -> x.toFile().delete());
+            }
+        }
+    }
+
     /** The merge of W with its LoRA pair, s = 16 / r. */
     public static OutputTensor job(SafetensorsFile f, int rank) {
         TensorSource w = new TensorSource(f, f.tensor("w"));
