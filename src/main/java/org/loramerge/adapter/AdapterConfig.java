@@ -7,7 +7,6 @@ import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
-import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -150,8 +149,7 @@ public final class AdapterConfig {
         b.bias = text(file, root, "bias", "none");
         JsonNode rp = root.get("rank_pattern");
         if (rp != null && rp.isObject()) {
-            for (Iterator<Map.Entry<String, JsonNode>> it = rp.fields(); it.hasNext(); ) {
-                Map.Entry<String, JsonNode> e = it.next();
+            for (Map.Entry<String, JsonNode> e : rp.properties()) {
                 if (!e.getValue().canConvertToInt() || !e.getValue().isIntegralNumber()) {
                     throw new AdapterException(INVALID_CONFIG, file, "rank_pattern[\"" + e.getKey() + "\"] is not an integer");
                 }
@@ -161,8 +159,7 @@ public final class AdapterConfig {
         }
         JsonNode ap = root.get("alpha_pattern");
         if (ap != null && ap.isObject()) {
-            for (Iterator<Map.Entry<String, JsonNode>> it = ap.fields(); it.hasNext(); ) {
-                Map.Entry<String, JsonNode> e = it.next();
+            for (Map.Entry<String, JsonNode> e : ap.properties()) {
                 if (!e.getValue().isNumber()) {
                     throw new AdapterException(INVALID_CONFIG, file, "alpha_pattern[\"" + e.getKey() + "\"] is not a number");
                 }
@@ -213,8 +210,7 @@ public final class AdapterConfig {
             b.tokenIndices = longs(file, tti, "trainable_token_indices");
         } else if (tti != null && tti.isObject()) {
             b.tokenIndicesByModule = new LinkedHashMap<>();
-            for (Iterator<Map.Entry<String, JsonNode>> it = tti.fields(); it.hasNext(); ) {
-                Map.Entry<String, JsonNode> e = it.next();
+            for (Map.Entry<String, JsonNode> e : tti.properties()) {
                 b.tokenIndicesByModule.put(e.getKey(), longs(file, e.getValue(), "trainable_token_indices." + e.getKey()));
             }
         }

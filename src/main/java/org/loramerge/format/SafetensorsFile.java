@@ -20,7 +20,6 @@ import java.util.ArrayList;
 import java.util.Collection;
 import java.util.Collections;
 import java.util.Comparator;
-import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -138,8 +137,7 @@ public final class SafetensorsFile implements AutoCloseable {
         long dataStart = 8 + n;
         Map<String, String> metadata = new LinkedHashMap<>();
         List<Entry> entries = new ArrayList<>();
-        for (Iterator<Map.Entry<String, JsonNode>> it = root.fields(); it.hasNext(); ) {
-            Map.Entry<String, JsonNode> field = it.next();
+        for (Map.Entry<String, JsonNode> field : root.properties()) {
             if (field.getKey().equals("__metadata__")) {
                 readMetadata(path, field.getValue(), metadata);
             } else {
@@ -157,8 +155,7 @@ public final class SafetensorsFile implements AutoCloseable {
         if (!node.isObject()) {
             throw new SafetensorsException(INVALID_HEADER_JSON, path, null, "__metadata__ is not an object of strings");
         }
-        for (Iterator<Map.Entry<String, JsonNode>> it = node.fields(); it.hasNext(); ) {
-            Map.Entry<String, JsonNode> e = it.next();
+        for (Map.Entry<String, JsonNode> e : node.properties()) {
             // safetensors: __metadata__ is HashMap<String, String>; any other value type is rejected
             if (!e.getValue().isTextual()) {
                 throw new SafetensorsException(INVALID_HEADER_JSON, path, null,

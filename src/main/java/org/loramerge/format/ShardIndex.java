@@ -6,7 +6,6 @@ import com.fasterxml.jackson.databind.node.ObjectNode;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.Map;
 
@@ -54,8 +53,7 @@ public final class ShardIndex {
             throw new SafetensorsException(INVALID_INDEX, indexFile, null, "has no \"weight_map\" object");
         }
         Map<String, String> weightMap = new LinkedHashMap<>();
-        for (Iterator<Map.Entry<String, JsonNode>> it = map.fields(); it.hasNext(); ) {
-            Map.Entry<String, JsonNode> e = it.next();
+        for (Map.Entry<String, JsonNode> e : map.properties()) {
             if (!e.getValue().isTextual()) {
                 throw new SafetensorsException(INVALID_INDEX, indexFile, e.getKey(), "weight_map value is not a file name");
             }
