@@ -18,8 +18,7 @@ import picocli.CommandLine.Command;
         description = {
                 "Merges PEFT LoRA adapters into Hugging Face safetensors checkpoints: W' = W + s·B·A, "
                         + "correctly rounded, streamed tensor by tensor, on the CPU or an NVIDIA GPU."},
-        subcommands = {MergeCommand.class, VerifyCommand.class, InspectCommand.class, CommandLine.HelpCommand.class,
-                QuantizeCommand.class},
+        subcommands = {MergeCommand.class, VerifyCommand.class, InspectCommand.class, QuantizeCommand.class, CommandLine.HelpCommand.class},
         footer = {"", "Exit codes: 0 ok, 2 usage, 3 bad input, 4 output not written, 5 overflow/NaN, 6 verify failed, 7 GPU unavailable, 1 bug."})
 public final class Main {
     public static void main(String[] args) {
@@ -44,6 +43,8 @@ public final class Main {
         } else if (e instanceof FileAlreadyExistsException) {
             code = ExitCodes.OUTPUT;
             message = ((FileAlreadyExistsException) e).getFile() + ": " + ((FileAlreadyExistsException) e).getReason();
+        } else if (e instanceof MergeRunner.VerificationFailedException) {
+            code = ExitCodes.VERIFY_FAILED;
         } else if (e instanceof MergeRunner.NonFiniteException) {
             code = ExitCodes.NON_FINITE;
         } else if (e instanceof Backends.DeviceUnavailableException) {

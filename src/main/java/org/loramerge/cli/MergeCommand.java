@@ -73,6 +73,13 @@ final class MergeCommand implements Callable<Integer> {
     @Option(names = "--threads", paramLabel = "N", description = "CPU threads (default: all cores)")
     Integer threads;
 
+    @Option(names = "--verify", description = "before the output appears, recompute sampled rows of every adapted tensor exactly "
+            + "(as `loramerge verify`) and report the worst error per tensor; fail if any is not exact")
+    boolean verify;
+
+    @Option(names = "--verify-rows", defaultValue = "16", paramLabel = "N", description = "rows per tensor that --verify checks (default: 16)")
+    int verifyRows;
+
     @Option(names = "--json", description = "print a JSON summary on stdout")
     boolean json;
 
@@ -104,7 +111,7 @@ final class MergeCommand implements Callable<Integer> {
                 try (AtomicOutput output = AtomicOutput.create(out, overwrite, List.of(base, adapter))) {
                     Progress progress = new Progress(err, !quiet, plan.totalBytes(), plan.tensors().size());
                     report = MergeRunner.run(plan, backend, output,
-                            new MergeRunner.Options(allowOverflow, MergeRunner.DEFAULT_BLOCK_BYTES), progress);
+                            new MergeRunner.Options(allowOverflow, MergeRunner.DEFAULT_BLOCK_BYTES, verify ? Math.max(1, verifyRows) : 0), progress);
                 }
                 print(report, err);
             }

@@ -110,4 +110,6 @@ public final class MergeReport {
     public final List<String> warnings = new ArrayList<>();
     public final List<String> notes = new ArrayList<>();
     public final List<String> copiedFiles = new ArrayList<>();
+    /** With {@code merge --verify}: per adapted tensor, the worst error of the sampled rows in ulp (0 when exact). */
+    public final java.util.Map<String, Double> verifiedWorstUlp = new java.util.LinkedHashMap<>();
 }

@@ -46,9 +46,28 @@ public final class MergeRunner {
     public static final int DEFAULT_BLOCK_BYTES = 8 << 20;
 
     /** Knobs of a run. */
-    public record Options(boolean allowNonFinite, int blockBytes) {
+    /**
+     * Knobs of a run.
+     *
+     * @param verifyRows rows per adapted tensor that {@code verify} recomputes exactly in the finished
+     *                   output before it is renamed into place (0: no check); any error fails the merge
+     */
+    public record Options(boolean allowNonFinite, int blockBytes, int verifyRows) {
+        public Options(boolean allowNonFinite, int blockBytes) {
+            this(allowNonFinite, blockBytes, 0);
+        }
+
         public static Options defaults() {
-            return new Options(false, DEFAULT_BLOCK_BYTES);
+            return new Options(false, DEFAULT_BLOCK_BYTES, 0);
+        }
+    }
+
+    /** The finished output failed its own verification; it was not renamed into place. */
+    public static final class VerificationFailedException extends IOException {
+        private static final long serialVersionUID = 1L;
+
+        VerificationFailedException(String message) {
+            super(message);
         }
     }
 
@@ -155,6 +174,9 @@ public final class MergeRunner {
             Files.copy(p, out.dir().resolve(p.getFileName()), StandardCopyOption.COPY_ATTRIBUTES);
             report.copiedFiles.add(p.getFileName().toString());
         }
+        if (options.verifyRows() > 0) {
+            verify(out.dir());
+        }
         out.commit();
         progress.finish();
         report.seconds = (System.nanoTime() - start) / 1e9;
@@ -184,6 +206,24 @@ public final class MergeRunner {
             report.requantization = MergeReport.Requantization.of(survivals);
         }
         return report;
+    }
+
+    /** Recomputes sampled rows of the written model exactly, before it becomes visible. */
+    private void verify(java.nio.file.Path written) throws IOException {
+        try (org.loramerge.format.Checkpoint c = org.loramerge.format.Checkpoint.open(written)) {
+            org.loramerge.verify.Verifier.Result r = org.loramerge.verify.Verifier.verify(plan, c, options.verifyRows(), 0);
+            for (org.loramerge.verify.Verifier.TensorCheck t : r.tensors()) {
+                if (!t.kind().equals("COPY")) {
+                    report.verifiedWorstUlp.put(t.name(), t.worstUlp());
+                }
+            }
+            if (!r.passed()) {
+                throw new VerificationFailedException("the merged model failed verification, so it was not written: "
+                        + String.join("; ", r.problems()) + ". This is a loramerge bug: please report it");
+            }
+        } catch (org.loramerge.format.SafetensorsException e) {
+            throw new VerificationFailedException("the merged model could not be read back (" + e.getMessage() + "); it was not written");
+        }
     }
 
     private void schedule(OutputTensor t, SafetensorsWriter writer) throws Exception {
