@@ -3,7 +3,7 @@
 #
 #   scripts/gpu-run.sh pack          here: build the jars, the JUnit launcher and a Java runtime into .device/
 #   then, through the device tool, from the repository root there (carry [".device"]):
-#   bash scripts/gpu-run.sh device [tests] [verify] [benchgpu] [benchcpu] [e2e] [e2e2x]
+#   bash scripts/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchcpu] [e2e] [e2e2x]
 #
 # "device" unpacks the runtime, runs the @Tag("gpu") tests (tests), the JMH throughput benchmarks
 # (benchgpu: device-resident merge and copy ceilings; benchcpu: CPU engine and the pipeline), the
@@ -78,6 +78,10 @@ device)
       set -e
       java -jar .device/loramerge.jar merge --base examples/tiny-llama/base --adapter examples/tiny-llama/adapter --out /tmp/lm-example 2>&1 | head -3
       summary+=("verify of the GPU merge: exit $vrc; $(tail -n 1 "$OUT/verify.log" | head -c 200)")
+      ;;
+    nf4)
+      bash scripts/bench-nf4-gpu.sh 2>&1 | tail -n 12
+      summary+=("nf4: see nf4-table.md")
       ;;
     e2e)
       LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench-e2e-gpu.sh 2>&1 | tee "$OUT/e2e.log" | tail -n 25
