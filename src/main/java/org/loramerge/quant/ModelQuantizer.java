@@ -44,8 +44,6 @@ import static org.loramerge.quant.QuantException.Reason.UNSUPPORTED_CONFIG;
  * first pass computes only the block absmax means).
  */
 public final class ModelQuantizer {
-    /** Bytes of the source read per window. */
-    static final int WINDOW_BYTES = 16 << 20;
 
     /** Architectures whose linear layers are transformers' Conv1D (weight [in, out]), which transformers transposes before quantizing. */
     private static final Set<String> CONV1D_MODEL_TYPES = Set.of("gpt2", "gpt_bigcode", "decision_transformer", "imagegpt");
@@ -233,12 +231,37 @@ public final class ModelQuantizer {
         return report;
     }
 
+    /** Elements per parallel chunk: a multiple of every blocksize (at most 4096), about 8 MB of BF16. */
+    private static final int CHUNK_ELEMENTS = 1 << 22;
+
+    /**
+     * Quantizes one weight on all cores: chunks of whole blocks are encoded independently
+     * ({@link Nf4Encoder#encodeBlocks}, the same bytes as the streaming encoder) into the weight's
+     * packed codes, held in memory (half a byte an element) until the group is written in order.
+     */
     private static QuantizedTensor writeGroup(SafetensorsFile file, TensorInfo t, QuantState state, SafetensorsWriter writer)
             throws IOException, QuantException {
-        Nf4Encoder enc = new Nf4Encoder(t.numElements(), state.blocksize(), writer::write, file.path(), t.name());
+        long n = t.numElements();
+        int blocksize = state.blocksize();
+        byte[] packed = new byte[Math.toIntExact(Nf4Codec.packedBytes(n))];
+        float[] absmax = new float[Math.toIntExact(Nf4Codec.numBlocks(n, blocksize))];
         FloatFormat format = FloatFormat.of(t.dtype());
-        forEachWindow(file, t, (buf, count) -> enc.accept(buf, format, count));
-        float[] absmax = enc.finish();
+        int es = t.dtype().sizeInBytes();
+        int chunks = (int) ((n + CHUNK_ELEMENTS - 1) / CHUNK_ELEMENTS);
+        double[] maxError = new double[chunks];
+        try {
+            java.util.stream.IntStream.range(0, chunks).parallel().forEach(c -> {
+                long first = (long) c * CHUNK_ELEMENTS;
+                int count = (int) Math.min(CHUNK_ELEMENTS, n - first);
+                try (MappedRegion r = file.map(t, first * es, (long) count * es)) {
+                    maxError[c] = Nf4Encoder.encodeBlocks(r.bytes(), format, n, blocksize, first, count, packed, absmax, file.path(), t.name());
+                } catch (IOException | QuantException e) {
+                    throw new ChunkFailure(e);
+                }
+            });
+        } catch (ChunkFailure f) {
+            f.rethrow();
+        }
         if (state.isDoubleQuant()) {
             float offset = DoubleQuant.exactMean(absmax, absmax.length);
             if (Float.floatToRawIntBits(offset) != Float.floatToRawIntBits(state.nested().offset())) {
@@ -246,47 +269,63 @@ public final class ModelQuantizer {
                         + "do not modify the input during quantize");
             }
         }
+        writer.write(ByteBuffer.wrap(packed));
         for (ByteBuffer b : Nf4Tensor.tail(state, absmax, null)) {
             writer.write(b);
         }
-        return new QuantizedTensor(t.name(), t.dtype().name(), t.shape(), absmax.length, enc.maxErrorOverAbsmax());
-    }
-
-    /** The first pass of double quantization: each block's absmax, nothing else. */
-    static float[] blockAbsmax(SafetensorsFile file, TensorInfo t, int blocksize) throws IOException, QuantException {
-        long blocks = Nf4Codec.numBlocks(t.numElements(), blocksize);
-        float[] absmax = new float[Math.toIntExact(blocks)];
-        FloatFormat format = FloatFormat.of(t.dtype());
-        long[] index = {0};
-        forEachWindow(file, t, (buf, count) -> {
-            for (int i = 0; i < count; i++) {
-                int bits = format == FloatFormat.F32 ? buf.getInt() : buf.getShort() & 0xFFFF;
-                float v = (float) format.decode(bits);
-                if (!Float.isFinite(v)) {
-                    throw new QuantException(QuantException.Reason.NON_FINITE, file.path(), t.name(), "element " + index[0] + " is " + v
-                            + "; NF4 cannot represent it and it would poison its block's absmax; fix the weight before quantizing");
-                }
-                int b = (int) (index[0]++ / blocksize);
-                absmax[b] = Math.max(absmax[b], Math.abs(v));
-            }
-        });
-        return absmax;
-    }
-
-    private interface WindowConsumer {
-        void accept(ByteBuffer window, int count) throws IOException, QuantException;
-    }
-
-    private static void forEachWindow(SafetensorsFile file, TensorInfo t, WindowConsumer consumer) throws IOException, QuantException {
-        int es = t.dtype().sizeInBytes();
-        long total = t.sizeInBytes();
-        long window = WINDOW_BYTES / es * es;
-        for (long off = 0; off < total; off += window) {
-            long len = Math.min(window, total - off);
-            try (MappedRegion r = file.map(t, off, len)) {
-                consumer.accept(r.bytes(), (int) (len / es));
-            }
+        double worst = 0;
+        for (double e : maxError) {
+            worst = Math.max(worst, e);
         }
+        return new QuantizedTensor(t.name(), t.dtype().name(), t.shape(), absmax.length, worst);
+    }
+
+    /** Carries a checked failure out of a parallel stream. */
+    private static final class ChunkFailure extends RuntimeException {
+        private static final long serialVersionUID = 1L;
+
+        ChunkFailure(Exception cause) {
+            super(cause);
+        }
+
+        void rethrow() throws IOException, QuantException {
+            if (getCause() instanceof QuantException) {
+                throw (QuantException) getCause();
+            }
+            throw (IOException) getCause();
+        }
+    }
+
+    /** The first pass of double quantization: each block's absmax, nothing else (chunks of whole blocks on all cores). */
+    static float[] blockAbsmax(SafetensorsFile file, TensorInfo t, int blocksize) throws IOException, QuantException {
+        long n = t.numElements();
+        float[] absmax = new float[Math.toIntExact(Nf4Codec.numBlocks(n, blocksize))];
+        FloatFormat format = FloatFormat.of(t.dtype());
+        int es = t.dtype().sizeInBytes();
+        int chunks = (int) ((n + CHUNK_ELEMENTS - 1) / CHUNK_ELEMENTS);
+        try {
+            java.util.stream.IntStream.range(0, chunks).parallel().forEach(c -> {
+                long first = (long) c * CHUNK_ELEMENTS;
+                int count = (int) Math.min(CHUNK_ELEMENTS, n - first);
+                try (MappedRegion r = file.map(t, first * es, (long) count * es)) {
+                    ByteBuffer buf = r.bytes();
+                    for (int i = 0; i < count; i++) {
+                        float v = (float) format.decode(format.bitsAt(buf, i));
+                        if (!Float.isFinite(v)) {
+                            throw new QuantException(QuantException.Reason.NON_FINITE, file.path(), t.name(), "element " + (first + i) + " is " + v
+                                    + "; NF4 cannot represent it and it would poison its block's absmax; fix the weight before quantizing");
+                        }
+                        int b = (int) ((first + i) / blocksize);
+                        absmax[b] = Math.max(absmax[b], Math.abs(v));
+                    }
+                } catch (IOException | QuantException e) {
+                    throw new ChunkFailure(e);
+                }
+            });
+        } catch (ChunkFailure f) {
+            f.rethrow();
+        }
+        return absmax;
     }
 
     /**

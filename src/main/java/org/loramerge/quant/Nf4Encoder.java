@@ -147,9 +147,10 @@ public final class Nf4Encoder {
      * fed the same values in order writes (both are {@link Nf4Codec#quantizeBlock} block by block),
      * and threads may encode disjoint ranges of one weight at once.
      *
+     * @return the largest |x - dequant(quant(x))| / absmax over the range, as {@link #maxErrorOverAbsmax()}
      * @throws QuantException NON_FINITE for a NaN or infinite value ({@code path}, {@code tensorName} name it)
      */
-    public static void encodeBlocks(ByteBuffer src, FloatFormat format, long numElements, int blocksize, long firstElement, int count,
+    public static double encodeBlocks(ByteBuffer src, FloatFormat format, long numElements, int blocksize, long firstElement, int count,
                                     byte[] packed, float[] absmax, Path path, String tensorName) throws QuantException {
         long end = firstElement + count;
         if (firstElement < 0 || count < 0 || end > numElements || firstElement % blocksize != 0
@@ -159,6 +160,7 @@ public final class Nf4Encoder {
         }
         float[] block = new float[blocksize];
         byte[] codes = new byte[blocksize];
+        double maxError = 0;
         for (long start = firstElement; start < end; start += blocksize) {
             int len = (int) Math.min(blocksize, end - start);
             int base = (int) (start - firstElement);
@@ -170,9 +172,16 @@ public final class Nf4Encoder {
                 }
                 block[i] = v;
             }
-            absmax[(int) (start / blocksize)] = Nf4Codec.quantizeBlock(block, 0, len, codes, 0);
+            float a = Nf4Codec.quantizeBlock(block, 0, len, codes, 0);
+            absmax[(int) (start / blocksize)] = a;
             Nf4Codec.pack(codes, 0, len, packed, (int) (start / 2));
+            if (a > 0) {
+                for (int i = 0; i < len; i++) {
+                    maxError = Math.max(maxError, Math.abs((double) block[i] - Nf4Codec.dequantize(codes[i], a)) / a);
+                }
+            }
         }
+        return maxError;
     }
 
     /**
