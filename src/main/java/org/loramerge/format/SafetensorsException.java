@@ -61,9 +61,12 @@ public final class SafetensorsException extends Exception {
         initCause(cause);
     }
 
-    private static String format(Reason reason, Path path, String tensor, String detail) {
+    /** The message of a bad-input exception: "PATH: tensor 'NAME': DETAIL [REASON]" (path and tensor when known). */
+    public static String format(Enum<?> reason, Path path, String tensor, String detail) {
         StringBuilder sb = new StringBuilder();
-        sb.append(path).append(": ");
+        if (path != null) {
+            sb.append(path).append(": ");
+        }
         if (tensor != null) {
             sb.append("tensor '").append(tensor).append("': ");
         }

@@ -49,22 +49,10 @@ public final class QuantException extends Exception {
     private final String tensor;
 
     public QuantException(Reason reason, Path path, String tensor, String detail) {
-        super(format(reason, path, tensor, detail));
+        super(org.loramerge.format.SafetensorsException.format(reason, path, tensor, detail));
         this.reason = reason;
         this.path = path;
         this.tensor = tensor;
-    }
-
-    private static String format(Reason reason, Path path, String tensor, String detail) {
-        StringBuilder sb = new StringBuilder();
-        if (path != null) {
-            sb.append(path).append(": ");
-        }
-        if (tensor != null) {
-            sb.append("tensor '").append(tensor).append("': ");
-        }
-        sb.append(detail).append(" [").append(reason).append(']');
-        return sb.toString();
     }
 
     public Reason reason() {
