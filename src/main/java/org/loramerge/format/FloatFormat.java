@@ -19,12 +19,25 @@ public enum FloatFormat {
     private final double maxFinite;
     private final double[] quantum;
     private final double[] inverseQuantum;
+    /** Bits of a double's fraction below this format's last fraction bit. */
+    private final int dropped;
+    /** Biased exponent field of a double whose value is 2^minExponent, and of 2^maxExponent. */
+    private final int minBiased;
+    private final int maxBiased;
+    /** This format's exponent bias, and where its sign bit is. */
+    private final int bias;
+    private final int signShift;
 
     FloatFormat(DType dtype, int precision, int minExponent, int maxExponent) {
         this.dtype = dtype;
         this.precision = precision;
         this.minExponent = minExponent;
         this.maxFinite = (2 - Math.scalb(1.0, 1 - precision)) * Math.scalb(1.0, maxExponent);
+        this.dropped = 53 - precision;
+        this.minBiased = minExponent + 1023;
+        this.maxBiased = maxExponent + 1023;
+        this.bias = maxExponent;
+        this.signShift = dtype.bits() - 1;
         this.quantum = new double[maxExponent - minExponent + 1];
         this.inverseQuantum = new double[quantum.length];
         for (int e = minExponent; e <= maxExponent; e++) {
@@ -82,6 +95,34 @@ public enum FloatFormat {
             return Math.copySign(0.0, x);
         }
         return y;
+    }
+
+    /**
+     * The bits of {@code x} rounded to this format when every value within {@code err} of it rounds
+     * the same way, else -1: the fast path of the merge. It works on the double's bits: the dropped
+     * fraction bits say how far x lies from the rounding midpoint, exactly. It answers only for x in
+     * this format's normal range and for err under a quarter of the format's spacing there (so that
+     * no other rounding boundary is in reach); otherwise -1, and the caller decides the slow way.
+     */
+    public long roundIfDecided(double x, double err) {
+        long bits = Double.doubleToRawLongBits(x);
+        int biased = (int) (bits >>> 52) & 0x7FF;
+        if (biased < minBiased || biased > maxBiased) {
+            return -1; // zero, subnormal in this format, beyond its range, NaN or infinity
+        }
+        long half = 1L << (dropped - 1);
+        long below = bits & ((1L << dropped) - 1);
+        // units of the double's last place at x: 2^(biased - 1023 - 52), exact
+        double unit = Double.longBitsToDouble((long) (biased - 52) << 52);
+        double distance = Math.abs(below - half) * unit;
+        if (!(distance > err) || !(err < half * unit * 0.5)) {
+            return -1;
+        }
+        long rounded = bits + (half - 1) + ((bits >>> dropped) & 1); // to nearest, ties to even; carries into the exponent
+        long sign = rounded >>> 63;
+        long exponent = ((rounded >>> 52) & 0x7FF) - 1023 + bias; // 2·bias + 1 (all ones, fraction 0) when it overflowed: ±Inf
+        long fraction = (rounded >>> dropped) & ((1L << (precision - 1)) - 1);
+        return (sign << signShift) | (exponent << (precision - 1)) | fraction;
     }
 
     /** The bits of {@code value}, which must be exactly representable in this format (or NaN/Inf). */

@@ -56,6 +56,36 @@ class FloatFormatTest {
         assertEquals(Integer.toHexString(expected), Integer.toHexString(got), f + " rounding of " + x + " (" + Double.toHexString(x) + ")");
     }
 
+    /** The merge's fast path: when it answers, every value within err of x rounds to its answer; near boundaries it declines. */
+    @ParameterizedTest
+    @EnumSource(FloatFormat.class)
+    void fastPathAnswersOnlyWhenTheWholeIntervalRoundsAlike(FloatFormat f) {
+        SplittableRandom rnd = new SplittableRandom(7);
+        int answered = 0;
+        for (int i = 0; i < 20000; i++) {
+            double x = (rnd.nextDouble() * 2 - 1) * Math.scalb(1.0, rnd.nextInt(f == FloatFormat.F16 ? 30 : 60) - (f == FloatFormat.F16 ? 15 : 30));
+            if (i % 4 == 0) {
+                // right at a midpoint of the format, or a hair off it
+                double y = f.round(x);
+                x = y + f.ulp(y) / 2 + (i % 8 == 0 ? 0 : Math.ulp(y) * (rnd.nextInt(5) - 2));
+            }
+            double err = Math.abs(x) * Math.scalb(1.0, -(rnd.nextInt(50) + 3));
+            long fast = f.roundIfDecided(x, err);
+            if (fast < 0) {
+                continue;
+            }
+            answered++;
+            BigDecimal lo = new BigDecimal(x).subtract(new BigDecimal(err));
+            BigDecimal hi = new BigDecimal(x).add(new BigDecimal(err));
+            assertEquals(Integer.toHexString(ExactReference.roundBits(lo, f.dtype())), Long.toHexString(fast), "x " + x + " err " + err);
+            assertEquals(Integer.toHexString(ExactReference.roundBits(hi, f.dtype())), Long.toHexString(fast), "x " + x + " err " + err);
+            assertEquals(f.encode(f.round(x)), (int) fast);
+        }
+        assertTrue(answered > 5000, "the fast path should answer most of the time: " + answered);
+        assertEquals(-1, f.roundIfDecided(1 + f.ulp(1) / 2, 0), "an exact tie is left to the slow path");
+        assertEquals(-1, f.roundIfDecided(0.0, 0), "zero is left to the slow path");
+    }
+
     @ParameterizedTest
     @EnumSource(FloatFormat.class)
     void decodeEncodeRoundTripsEveryPattern(FloatFormat f) {

@@ -112,6 +112,16 @@ public final class CpuMerge {
                 if (deltas != null) {
                     deltas[base + j] = val - w[j]; // reported, never used to decide a rounding
                 }
+                if (!undecidable && !exactInput) {
+                    long fast = out.roundIfDecided(val, err);
+                    if (fast >= 0) {
+                        outBits[j] = (int) fast;
+                        if (out.isNonFinite((int) fast)) {
+                            overflows++;
+                        }
+                        continue;
+                    }
+                }
                 double y = out.round(val);
                 if (val == 0 && err == 0 && !undecidable) {
                     // an exactly zero delta on a zero weight keeps the weight's sign (kernels/rounding.cuh does the same)
