@@ -168,6 +168,40 @@ public final class Checkpoint implements AutoCloseable {
         return warnings;
     }
 
+    /** Architectures whose linear layers are transformers' Conv1D (weight [in, out], not [out, in]). */
+    private static final java.util.Set<String> CONV1D_MODEL_TYPES = java.util.Set.of("gpt2", "gpt_bigcode", "decision_transformer", "imagegpt");
+    private static final java.util.Set<String> WEIGHT_EXTENSIONS = java.util.Set.of(
+            ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx");
+
+    /** config.json's model_type, or "" when there is none. */
+    public String modelType() {
+        return config == null ? "" : config.path("model_type").asText("").toLowerCase(java.util.Locale.ROOT);
+    }
+
+    /** True when config.json names an architecture whose linear layers are transformers' Conv1D (GPT-2 and kin). */
+    public boolean usesConv1D() {
+        return CONV1D_MODEL_TYPES.contains(modelType());
+    }
+
+    /**
+     * The folder's files that a derived model carries over as they are: everything but weights,
+     * indexes, config.json (rewritten) and hidden files (tokenizer, generation config, chat template, ...).
+     */
+    public List<Path> nonWeightFiles() throws IOException {
+        List<Path> out = new ArrayList<>();
+        try (java.util.stream.Stream<Path> s = Files.list(dir)) {
+            s.sorted().forEach(p -> {
+                String n = p.getFileName().toString();
+                boolean weight = WEIGHT_EXTENSIONS.stream().anyMatch(n::endsWith) || n.equals(ShardIndex.FILE_NAME)
+                        || n.equals("pytorch_model.bin.index.json");
+                if (Files.isRegularFile(p) && !n.startsWith(".") && !weight && !n.equals("config.json")) {
+                    out.add(p);
+                }
+            });
+        }
+        return out;
+    }
+
     public long totalTensorBytes() {
         long total = 0;
         for (TensorInfo t : tensors.values()) {

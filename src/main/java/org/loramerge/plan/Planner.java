@@ -3,16 +3,12 @@ package org.loramerge.plan;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import java.io.IOException;
-import java.nio.file.Files;
-import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
-import java.util.Set;
-import java.util.stream.Stream;
 import org.loramerge.adapter.AdapterConfig;
 import org.loramerge.adapter.AdapterException;
 import org.loramerge.adapter.AdapterKey;
@@ -20,7 +16,6 @@ import org.loramerge.adapter.LoraAdapter;
 import org.loramerge.engine.LowRankTerm;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
-import org.loramerge.format.ShardIndex;
 import org.loramerge.format.TensorInfo;
 import org.loramerge.quant.Bnb4BitConfig;
 import org.loramerge.quant.DoubleQuant;
@@ -41,14 +36,10 @@ import static org.loramerge.adapter.AdapterException.Reason.UNSUPPORTED;
  * names every offending key.
  */
 public final class Planner {
-    /** Architectures whose linear layers are transformers' Conv1D (weight [in, out]). */
-    private static final Set<String> CONV1D_MODEL_TYPES = Set.of("gpt2", "gpt_bigcode", "decision_transformer", "imagegpt");
     /** Input-embedding tensor names of common architectures, most common first. */
     private static final List<String> EMBEDDING_SUFFIXES = List.of(
             "embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight", "tok_embeddings.weight");
     private static final String LM_HEAD = "lm_head.weight";
-    private static final Set<String> WEIGHT_EXTENSIONS = Set.of(
-            ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx");
 
     private final Checkpoint base;
     private final LoraAdapter adapter;
@@ -280,7 +271,7 @@ public final class Planner {
 
         ObjectNode newConfig = updatedConfig(newVocab, untie);
         List<MergePlan.Shard> shards = assignShards(outputs);
-        return new MergePlan(outputs, shards, newConfig, filesToCopy(), keyUse, warnings, notes);
+        return new MergePlan(outputs, shards, newConfig, base.nonWeightFiles(), keyUse, warnings, notes);
     }
 
     /** Records a problem; the merge stops after planning, naming all of them, with the first one's reason. */
@@ -435,8 +426,8 @@ public final class Planner {
         if (w.length != 2) {
             return Layout.LINEAR; // Conv1d/2d/3d: flattened like a Linear
         }
-        String modelType = base.config() == null ? "" : base.config().path("model_type").asText("").toLowerCase(Locale.ROOT);
-        if (CONV1D_MODEL_TYPES.contains(modelType) && !module.endsWith("lm_head")) {
+        String modelType = base.modelType();
+        if (base.usesConv1D() && !module.endsWith("lm_head")) {
             if (!config.fanInFanOut()) {
                 warnings.add(module + " is a Conv1D layer of a " + modelType + " model but fan_in_fan_out is false; treated as true, as PEFT does");
             }
@@ -636,20 +627,5 @@ public final class Planner {
             }
         }
         return shards;
-    }
-
-    private List<Path> filesToCopy() throws IOException {
-        List<Path> out = new ArrayList<>();
-        try (Stream<Path> s = Files.list(base.dir())) {
-            s.sorted().forEach(p -> {
-                String n = p.getFileName().toString();
-                boolean weight = WEIGHT_EXTENSIONS.stream().anyMatch(n::endsWith) || n.equals(ShardIndex.FILE_NAME)
-                        || n.equals("pytorch_model.bin.index.json");
-                if (Files.isRegularFile(p) && !n.startsWith(".") && !weight && !n.equals("config.json")) {
-                    out.add(p);
-                }
-            });
-        }
-        return out;
     }
 }

@@ -102,31 +102,17 @@ public record TensorSource(SafetensorsFile file, TensorInfo info, Nf4Decoder nf4
         ByteBuffer b = nf4 == null ? file.readAll(info) : read(0, info.sizeInBytes()).bytes();
         int n = Math.toIntExact(info.numElements());
         double[] out = new double[n];
-        switch (info.dtype()) {
-            case F32:
-                for (int i = 0; i < n; i++) {
-                    out[i] = b.getFloat(i * 4);
-                }
-                break;
-            case F64:
-                for (int i = 0; i < n; i++) {
-                    out[i] = b.getDouble(i * 8);
-                }
-                break;
-            case BF16:
-                for (int i = 0; i < n; i++) {
-                    out[i] = Float.intBitsToFloat((b.getShort(i * 2) & 0xFFFF) << 16);
-                }
-                break;
-            case F16: {
-                org.loramerge.format.FloatFormat f = org.loramerge.format.FloatFormat.F16;
-                for (int i = 0; i < n; i++) {
-                    out[i] = f.decode(b.getShort(i * 2) & 0xFFFF);
-                }
-                break;
+        if (info.dtype() == DType.F64) {
+            for (int i = 0; i < n; i++) {
+                out[i] = b.getDouble(i * 8);
             }
-            default:
-                throw new IllegalStateException(info + " is not a floating-point tensor");
+        } else if (info.dtype().isMergeable()) {
+            org.loramerge.format.FloatFormat f = org.loramerge.format.FloatFormat.of(info.dtype());
+            for (int i = 0; i < n; i++) {
+                out[i] = f.decode(f.bitsAt(b, i));
+            }
+        } else {
+            throw new IllegalStateException(info + " is not a floating-point tensor");
         }
         return out;
     }

@@ -16,7 +16,6 @@ import java.util.Locale;
 import java.util.Map;
 import java.util.Set;
 import java.util.function.Consumer;
-import java.util.stream.Stream;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
 import org.loramerge.format.FloatFormat;
@@ -46,7 +45,6 @@ import static org.loramerge.quant.QuantException.Reason.UNSUPPORTED_CONFIG;
 public final class ModelQuantizer {
 
     /** Architectures whose linear layers are transformers' Conv1D (weight [in, out]), which transformers transposes before quantizing. */
-    private static final Set<String> CONV1D_MODEL_TYPES = Set.of("gpt2", "gpt_bigcode", "decision_transformer", "imagegpt");
     /** Output heads transformers keeps in 16 bits (get_keys_to_not_convert: the output embedding and the last module). */
     private static final Set<String> HEADS = Set.of("lm_head", "embed_out", "score", "classifier", "qa_outputs", "output");
     /** Embedding modules: nn.Embedding, never a bitsandbytes Linear4bit. */
@@ -135,8 +133,8 @@ public final class ModelQuantizer {
                         "is a bitsandbytes quant state: the model is already quantized; quantize the original 16-bit model");
             }
         }
-        String modelType = config != null && config.hasNonNull("model_type") ? config.get("model_type").asText() : "";
-        if (CONV1D_MODEL_TYPES.contains(modelType)) {
+        String modelType = base.modelType();
+        if (base.usesConv1D()) {
             throw new QuantException(UNSUPPORTED_CONFIG, configPath, null, "model_type " + modelType
                     + " uses transformers' Conv1D layers (weight [in, out]), which transformers transposes before quantizing; "
                     + "loramerge quantize supports nn.Linear models");
@@ -220,7 +218,7 @@ public final class ModelQuantizer {
         } else {
             report.warnings.add("the model folder has no config.json: transformers needs one with quantization_config to load the 4-bit weights");
         }
-        for (Path p : filesToCopy(base.dir())) {
+        for (Path p : base.nonWeightFiles()) {
             Files.copy(p, out.dir().resolve(p.getFileName()), StandardCopyOption.COPY_ATTRIBUTES);
         }
         out.commit();
@@ -368,23 +366,6 @@ public final class ModelQuantizer {
         ObjectNode out = c.objectNode();
         keys.add(Bnb4BitConfig.KEY);
         keys.stream().sorted().distinct().forEach(k -> out.set(k, c.get(k)));
-        return out;
-    }
-
-    /** Files of the model folder that are not weights, the index or config.json (tokenizer, generation config, ...). */
-    static List<Path> filesToCopy(Path dir) throws IOException {
-        List<Path> out = new ArrayList<>();
-        Set<String> weightExtensions = Set.of(".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx");
-        try (Stream<Path> s = Files.list(dir)) {
-            s.sorted().forEach(p -> {
-                String n = p.getFileName().toString();
-                boolean weight = weightExtensions.stream().anyMatch(n::endsWith) || n.equals(ShardIndex.FILE_NAME)
-                        || n.equals("pytorch_model.bin.index.json");
-                if (Files.isRegularFile(p) && !n.startsWith(".") && !weight && !n.equals("config.json")) {
-                    out.add(p);
-                }
-            });
-        }
         return out;
     }
 }
