@@ -9,7 +9,6 @@ import java.security.MessageDigest;
 import java.util.HexFormat;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
-import java.util.stream.Collectors;
 import java.util.stream.Stream;
 import org.junit.jupiter.api.Test;
 
@@ -37,17 +36,7 @@ class GeneratedFilesTest {
         List<String> manifest = Files.readAllLines(FIXTURES.resolve("MANIFEST.sha256"));
         assertEquals(sha256(Paths.get("scripts/make_fixtures.py")) + "  generator:scripts/make_fixtures.py", manifest.get(0),
                 "scripts/make_fixtures.py changed since the fixtures were made: regenerate them (/opt/pyref/bin/python scripts/make_fixtures.py)");
-        List<String> actual;
-        try (Stream<Path> s = Files.walk(FIXTURES)) {
-            actual = s.filter(Files::isRegularFile).filter(p -> !p.getFileName().toString().equals("MANIFEST.sha256")).sorted()
-                    .map(p -> {
-                        try {
-                            return sha256(p) + "  " + FIXTURES.relativize(p).toString().replace('\\', '/');
-                        } catch (IOException e) {
-                            throw new java.io.UncheckedIOException(e);
-                        }
-                    }).collect(Collectors.toList());
-        }
+        List<String> actual = hashedFiles(FIXTURES);
         assertEquals(String.join("\n", manifest.subList(1, manifest.size())), String.join("\n", actual),
                 "fixture files differ from what the generator wrote; regenerate instead of editing by hand");
     }
@@ -65,17 +54,7 @@ class GeneratedFilesTest {
                 "scripts/make_qlora_fixtures.py changed since the QLoRA fixtures were made: " + regenerate);
         assertEquals(sha256(Paths.get("scripts/nf4_reference.py")) + "  reference:scripts/nf4_reference.py", manifest.get(1),
                 "scripts/nf4_reference.py changed since the QLoRA fixtures were made: " + regenerate);
-        List<String> actual;
-        try (Stream<Path> s = Files.walk(dir)) {
-            actual = s.filter(Files::isRegularFile).filter(p -> !p.getFileName().toString().equals("MANIFEST.sha256")).sorted()
-                    .map(p -> {
-                        try {
-                            return sha256(p) + "  " + dir.relativize(p).toString().replace('\\', '/');
-                        } catch (IOException e) {
-                            throw new java.io.UncheckedIOException(e);
-                        }
-                    }).collect(Collectors.toList());
-        }
+        List<String> actual = hashedFiles(dir);
         assertEquals(String.join("\n", manifest.subList(2, manifest.size())), String.join("\n", actual),
                 "QLoRA fixture files differ from what the generator wrote; " + regenerate);
         long bytes = 0;
@@ -85,6 +64,18 @@ class GeneratedFilesTest {
             }
         }
         assertTrue(bytes < 500_000, "QLoRA fixtures stay small: " + bytes + " bytes");
+    }
+
+    /** "SHA256  relative/path" of every file under {@code dir} but its manifest, in path order: the manifest's lines. */
+    private static List<String> hashedFiles(Path dir) throws IOException {
+        List<String> out = new java.util.ArrayList<>();
+        try (Stream<Path> s = Files.walk(dir)) {
+            for (Path p : (Iterable<Path>) s.filter(Files::isRegularFile).filter(x -> !x.getFileName().toString().equals("MANIFEST.sha256"))
+                    .sorted()::iterator) {
+                out.add(sha256(p) + "  " + dir.relativize(p).toString().replace('\\', '/'));
+            }
+        }
+        return out;
     }
 
     private static String sha256(Path p) throws IOException {
