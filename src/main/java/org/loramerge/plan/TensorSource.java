@@ -97,6 +97,29 @@ public record TensorSource(SafetensorsFile file, TensorInfo info, Nf4Decoder nf4
         };
     }
 
+    /**
+     * The packed 4-bit codes of elements {@code [firstElement, firstElement + count)} of an NF4
+     * source, memory-mapped: byte 0 holds element {@code firstElement & ~1} (see
+     * {@link Nf4Decoder#packed}). For a backend that dequantizes on its own.
+     */
+    public Bytes readPacked(long firstElement, int count) throws IOException {
+        if (nf4 == null) {
+            throw new IllegalStateException(this + " is not an NF4 weight");
+        }
+        MappedRegion r = nf4.packed(firstElement, count);
+        return new Bytes() {
+            @Override
+            public ByteBuffer bytes() {
+                return r.bytes();
+            }
+
+            @Override
+            public void close() {
+                r.close();
+            }
+        };
+    }
+
     /** Reads the whole tensor (a small one: adapter factors, vectors) as doubles, exactly. */
     public double[] readDoubles() throws IOException {
         ByteBuffer b = nf4 == null ? file.readAll(info) : read(0, info.sizeInBytes()).bytes();

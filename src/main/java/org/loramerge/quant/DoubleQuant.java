@@ -74,9 +74,17 @@ public final class DoubleQuant {
         if (count <= 0) {
             throw new IllegalArgumentException("mean of no values");
         }
-        // per-exponent sums of integer significands: exact, and a long holds 2^39 of them
-        long[] positive = new long[256];
-        long[] negative = new long[256];
+        return meanOfSums(exponentSums(values, count), count);
+    }
+
+    /**
+     * The exact sum of {@code values[0, count)} as integers: element {@code e} holds the sum of the
+     * significands (hidden bit included) of the positive values of biased exponent {@code e},
+     * element {@code 256 + e} that of the negative ones (exponent 0: subnormals). What the GPU
+     * engine's nf4_exponent_sums kernel computes; a long holds 2^39 significands.
+     */
+    public static long[] exponentSums(float[] values, int count) {
+        long[] sums = new long[512];
         for (int i = 0; i < count; i++) {
             int bits = Float.floatToRawIntBits(values[i]);
             int exp = (bits >>> 23) & 0xFF;
@@ -84,18 +92,25 @@ public final class DoubleQuant {
                 throw new IllegalArgumentException("non-finite value " + values[i]);
             }
             long significand = exp == 0 ? (bits & 0x7FFFFF) : ((bits & 0x7FFFFF) | 0x800000);
-            if (bits < 0) {
-                negative[exp] += significand;
-            } else {
-                positive[exp] += significand;
-            }
+            sums[(bits < 0 ? 256 : 0) + exp] += significand;
+        }
+        return sums;
+    }
+
+    /** The fp32 nearest to the exact mean of {@code count} values given by their {@link #exponentSums}, ties to even. */
+    public static float meanOfSums(long[] sums, long count) {
+        if (count <= 0 || sums.length != 512) {
+            throw new IllegalArgumentException("mean of " + count + " values from " + sums.length + " sums");
+        }
+        if (sums[255] != 0 || sums[511] != 0) {
+            throw new IllegalArgumentException("non-finite values in the sums");
         }
         // value = significand · 2^(max(exp,1) - 150), i.e. (significand << (max(exp,1) - 1)) · 2^-149
         BigInteger sum = BigInteger.ZERO;
         for (int e = 0; e < 255; e++) {
-            long net = positive[e] - negative[e];
-            if (net != 0) {
-                sum = sum.add(BigInteger.valueOf(net).shiftLeft(Math.max(e, 1) - 1));
+            BigInteger net = BigInteger.valueOf(sums[e]).subtract(BigInteger.valueOf(sums[256 + e]));
+            if (net.signum() != 0) {
+                sum = sum.add(net.shiftLeft(Math.max(e, 1) - 1));
             }
         }
         return roundToFloat(sum, BigInteger.valueOf(count).shiftLeft(149));

@@ -52,6 +52,56 @@ public final class Nf4Decoder {
         return tensor;
     }
 
+    /** True when the absmax values are double-quantized (8-bit codes, nested absmax, map, offset). */
+    public boolean isDoubleQuant() {
+        return nestedMap != null;
+    }
+
+    /** The stored nested_quant_map (double quantization only). */
+    public float[] nestedQuantMap() {
+        return nestedMap.clone();
+    }
+
+    /** The stored nested_absmax (double quantization only). */
+    public float[] nestedAbsmax() {
+        return nestedAbsmax.clone();
+    }
+
+    /** The quant state's nested offset (double quantization only). */
+    public float offset() {
+        return offset;
+    }
+
+    /** The quant state's nested blocksize (double quantization only). */
+    public int nestedBlocksize() {
+        return nestedBlocksize;
+    }
+
+    /**
+     * The stored absmax tensor of the whole weight, as it is in the file: one byte per block when
+     * double-quantized, else one little-endian fp32 per block. For the GPU engine, which decodes it
+     * on the device.
+     */
+    public ByteBuffer storedAbsmax() throws IOException {
+        Nf4Tensor.Part p = tensor.absmax();
+        return p.file().readAll(p.info());
+    }
+
+    /**
+     * The packed codes of elements {@code [firstElement, firstElement + count)}: bytes
+     * {@code [firstElement / 2, (firstElement + count - 1) / 2]} of {@code P.weight}, memory-mapped
+     * (byte 0 holds element {@code firstElement & ~1}).
+     */
+    public MappedRegion packed(long firstElement, int count) throws IOException {
+        long n = tensor.numElements();
+        if (firstElement < 0 || count <= 0 || firstElement + count > n) {
+            throw new IllegalArgumentException("elements [" + firstElement + ", +" + count + ") outside " + tensor + " of " + n);
+        }
+        long firstByte = firstElement / 2;
+        Nf4Tensor.Part w = tensor.weight();
+        return w.file().map(w.info(), firstByte, (firstElement + count - 1) / 2 - firstByte + 1);
+    }
+
     /** The decoded absmax of blocks {@code [firstBlock, firstBlock + count)}. */
     public float[] absmax(long firstBlock, int count) throws IOException {
         float[] out = new float[count];

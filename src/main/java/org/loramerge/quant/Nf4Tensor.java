@@ -202,12 +202,23 @@ public final class Nf4Tensor {
         if (absmax.length != state.numBlocks()) {
             throw new IllegalArgumentException(absmax.length + " absmax values for " + state.numBlocks() + " blocks");
         }
+        return tail(state, absmax, state.isDoubleQuant() ? DoubleQuant.quantize(absmax, absmax.length) : null, quantStateBytes);
+    }
+
+    /**
+     * As {@link #tail(QuantState, float[], Integer)}, with the double quantization already done
+     * (by the GPU engine): {@code dq} when the state is double-quantized, else {@code absmax}.
+     */
+    public static List<ByteBuffer> tail(QuantState state, float[] absmax, DoubleQuant.Result dq, Integer quantStateBytes) {
         List<ByteBuffer> out = new ArrayList<>();
         if (state.isDoubleQuant()) {
             if (state.nested().blocksize() != DoubleQuant.NESTED_BLOCKSIZE) {
                 throw new IllegalArgumentException("loramerge writes nested blocks of " + DoubleQuant.NESTED_BLOCKSIZE + ", as bitsandbytes does");
             }
-            DoubleQuant.Result dq = DoubleQuant.quantize(absmax, absmax.length);
+            if (dq == null || dq.codes().length != state.numBlocks()) {
+                throw new IllegalArgumentException("double-quantized absmax of " + (dq == null ? 0 : dq.codes().length) + " blocks for "
+                        + state.numBlocks());
+            }
             if (Float.floatToRawIntBits(dq.offset()) != Float.floatToRawIntBits(state.nested().offset())) {
                 throw new IllegalArgumentException("the quant state's offset " + state.nested().offset() + " is not the mean absmax " + dq.offset());
             }
@@ -216,6 +227,9 @@ public final class Nf4Tensor {
             out.add(floats(dq.nestedAbsmax()));
             out.add(floats(DynamicMap.signed()));
         } else {
+            if (absmax == null || absmax.length != state.numBlocks()) {
+                throw new IllegalArgumentException((absmax == null ? 0 : absmax.length) + " absmax values for " + state.numBlocks() + " blocks");
+            }
             out.add(floats(absmax));
             out.add(floats(Nf4Codec.quantMap()));
         }

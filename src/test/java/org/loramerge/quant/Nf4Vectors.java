@@ -21,13 +21,13 @@ import org.loramerge.format.TensorInfo;
  * ({@code <case>.input}) and the reference's dequantization ({@code <case>.dequant},
  * {@code <case>.dequant_f32}, {@code <case>.absmax_decoded}), described by index.json.
  */
-final class Nf4Vectors {
+public final class Nf4Vectors {
     private static final ObjectMapper JSON = new ObjectMapper();
 
     /** One case of index.json. */
-    record Case(String name, DType dtype, long[] shape, int blocksize, boolean doubleQuant, long numElements, long numBlocks,
+    public record Case(String name, DType dtype, long[] shape, int blocksize, boolean doubleQuant, long numElements, long numBlocks,
                 List<String> tensors, String covers) {
-        boolean has(String suffix) {
+        public boolean has(String suffix) {
             return tensors.contains(name + suffix);
         }
 
@@ -40,15 +40,28 @@ final class Nf4Vectors {
     private Nf4Vectors() {
     }
 
-    static Path dir() {
+    /**
+     * The vectors' folder: the test classpath's, or src/test/resources/nf4 of the working folder
+     * when the tests run from a jar (the GPU machine runs them from the repository root).
+     */
+    public static Path dir() {
         try {
-            return Path.of(Nf4Vectors.class.getResource("/nf4/index.json").toURI()).getParent();
+            java.net.URI uri = Nf4Vectors.class.getResource("/nf4/index.json").toURI();
+            if ("file".equals(uri.getScheme())) {
+                return Path.of(uri).getParent();
+            }
         } catch (URISyntaxException e) {
             throw new IllegalStateException(e);
         }
+        Path checkout = Path.of("src/test/resources/nf4");
+        if (!Files.isRegularFile(checkout.resolve("index.json"))) {
+            throw new IllegalStateException("the NF4 vectors are inside a jar and " + checkout.toAbsolutePath()
+                    + " does not hold them: run the tests from the repository root");
+        }
+        return checkout;
     }
 
-    static JsonNode index() {
+    public static JsonNode index() {
         try {
             return JSON.readTree(Files.readAllBytes(dir().resolve("index.json")));
         } catch (IOException e) {
@@ -56,7 +69,7 @@ final class Nf4Vectors {
         }
     }
 
-    static List<Case> cases() {
+    public static List<Case> cases() {
         List<Case> out = new ArrayList<>();
         for (JsonNode c : index().get("cases")) {
             long[] shape = new long[c.get("shape").size()];
@@ -72,11 +85,11 @@ final class Nf4Vectors {
         return out;
     }
 
-    static SafetensorsFile open() throws Exception {
+    public static SafetensorsFile open() throws Exception {
         return SafetensorsFile.open(dir().resolve("model.safetensors"));
     }
 
-    static byte[] bytes(SafetensorsFile f, String name) throws IOException {
+    public static byte[] bytes(SafetensorsFile f, String name) throws IOException {
         TensorInfo t = f.tensor(name);
         if (t == null) {
             throw new IllegalArgumentException("no tensor " + name + " in the vectors");
@@ -87,7 +100,7 @@ final class Nf4Vectors {
         return out;
     }
 
-    static float[] floats(SafetensorsFile f, String name) throws IOException {
+    public static float[] floats(SafetensorsFile f, String name) throws IOException {
         ByteBuffer b = f.readAll(f.tensor(name));
         float[] out = new float[b.remaining() / 4];
         b.asFloatBuffer().get(out);
@@ -95,7 +108,7 @@ final class Nf4Vectors {
     }
 
     /** The values of a BF16/F16/F32 tensor as fp32 (exact). */
-    static float[] values(SafetensorsFile f, String name) throws IOException {
+    public static float[] values(SafetensorsFile f, String name) throws IOException {
         TensorInfo t = f.tensor(name);
         FloatFormat fmt = FloatFormat.of(t.dtype());
         ByteBuffer b = f.readAll(t);
