@@ -1,0 +1,533 @@
+/*
+ * bitsandbytes NF4 on the device: dequantize a 4-bit weight into the merge's working copy of W,
+ * requantize the merged weight (block absmax, nearest code, packing), double-quantize the new
+ * absmax, and measure what the requantization kept. Bit for bit the CPU codec
+ * (src/main/java/org/loramerge/quant: Nf4Codec, DoubleQuant, DynamicMap), which the GPU tests
+ * check on every test vector.
+ *
+ * Every fp32 operation is written with an explicit rounding intrinsic (__fmul_rn, __fadd_rn,
+ * __fdiv_rn, ...): nvcc may not contract those into an FMA, so each product and sum is rounded
+ * exactly where the CPU codec rounds it.
+ *
+ * Layouts (FORMATS.md §5): a weight of n elements is read flattened row-major in blocks of
+ * `blocksize` (a power of two, 32..4096; the last block may be partial); codes are packed two per
+ * byte, element 2k in the high nibble, an odd count padded with code 7 (NF4's 0.0).
+ */
+#include <cuda_fp16.h>
+
+#include "rounding.cuh"
+
+#define NF4_ZERO_CODE 7
+#define DYN_ZERO_CODE 127
+#define NESTED_BLOCKSIZE 256
+
+/* The NF4 values, codes 0..15 (bitsandbytes get_4bit_type("nf4")), each exactly an fp32. */
+#define NF4_V0 -1.0f
+#define NF4_V1 -0.6961928009986877f
+#define NF4_V2 -0.5250730514526367f
+#define NF4_V3 -0.39491748809814453f
+#define NF4_V4 -0.28444138169288635f
+#define NF4_V5 -0.18477343022823334f
+#define NF4_V6 -0.09105003625154495f
+#define NF4_V7 0.0f
+#define NF4_V8 0.07958029955625534f
+#define NF4_V9 0.16093020141124725f
+#define NF4_V10 0.24611230194568634f
+#define NF4_V11 0.33791524171829224f
+#define NF4_V12 0.44070982933044434f
+#define NF4_V13 0.5626170039176941f
+#define NF4_V14 0.7229568362236023f
+#define NF4_V15 1.0f
+
+__constant__ float kNf4[16] = {NF4_V0, NF4_V1, NF4_V2,  NF4_V3,  NF4_V4,  NF4_V5,  NF4_V6,  NF4_V7,
+                               NF4_V8, NF4_V9, NF4_V10, NF4_V11, NF4_V12, NF4_V13, NF4_V14, NF4_V15};
+
+/* Decision thresholds: the exact midpoint of adjacent values (exact in double) rounded to fp32,
+ * as Nf4Codec builds them; folded at compile time with IEEE semantics. */
+#define NF4_MID(a, b) ((float)(((double)(a) + (double)(b)) / 2.0))
+__constant__ float kThreshold[15] = {
+    NF4_MID(NF4_V0, NF4_V1),   NF4_MID(NF4_V1, NF4_V2),   NF4_MID(NF4_V2, NF4_V3),   NF4_MID(NF4_V3, NF4_V4),
+    NF4_MID(NF4_V4, NF4_V5),   NF4_MID(NF4_V5, NF4_V6),   NF4_MID(NF4_V6, NF4_V7),   NF4_MID(NF4_V7, NF4_V8),
+    NF4_MID(NF4_V8, NF4_V9),   NF4_MID(NF4_V9, NF4_V10),  NF4_MID(NF4_V10, NF4_V11), NF4_MID(NF4_V11, NF4_V12),
+    NF4_MID(NF4_V12, NF4_V13), NF4_MID(NF4_V13, NF4_V14), NF4_MID(NF4_V14, NF4_V15)};
+
+/*
+ * The kernels read both tables from shared memory: lanes index them with different codes, which
+ * constant memory would serve one address at a time. Every thread of the block must call this.
+ */
+__device__ __forceinline__ void nf4_load_tables(float *values, float *thresholds) {
+    if (threadIdx.x < 16) {
+        values[threadIdx.x] = kNf4[threadIdx.x];
+        thresholds[threadIdx.x] = threadIdx.x < 15 ? kThreshold[threadIdx.x] : 0.0f;
+    }
+    __syncthreads();
+}
+
+/* How many thresholds lie strictly below x: a value on a threshold takes the lower code. */
+__device__ __forceinline__ int nf4_encode(const float *thr, float x) {
+    int c = x > thr[7] ? 8 : 0;
+    if (x > thr[c + 3]) c += 4;
+    if (x > thr[c + 1]) c += 2;
+    if (x > thr[c]) c += 1;
+    return c;
+}
+
+/* fl32(1/absmax) when normal, else 0 (the caller then divides by absmax): Nf4Codec.reciprocal. */
+__device__ __forceinline__ float nf4_reciprocal(float absmax) {
+    float r = __fdiv_rn(1.0f, absmax);
+    return (r >= 1.17549435e-38f && r != __int_as_float(0x7f800000)) ? r : 0.0f;
+}
+
+__device__ __forceinline__ float nf4_scale(float x, float absmax, float r) {
+    return r != 0.0f ? __fmul_rn(x, r) : __fdiv_rn(x, absmax);
+}
+
+__device__ __forceinline__ int nf4_code_at(const unsigned char *packed, long long byteBase, long long e) {
+    unsigned int b = packed[(e >> 1) - byteBase];
+    return (e & 1) ? (int)(b & 15u) : (int)(b >> 4);
+}
+
+/*
+ * An fp32 value rounded once, to nearest even, to D's bits. BF16: the carry trick on the bits
+ * (exact for every finite float, subnormals and overflow to Inf included); F16: cvt.rn.f16.f32,
+ * IEEE round-to-nearest-even; non-finite values through rounding.cuh.
+ */
+template <int FMT>
+__device__ __forceinline__ uint32_t round_float(float v) {
+    if (FMT == LM_F32) return __float_as_uint(v);
+    if (!isfinite(v)) return lm_round_bits((double)v, FMT);
+    if (FMT == LM_BF16) {
+        uint32_t b = __float_as_uint(v);
+        return (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+    }
+    return (uint32_t)__half_as_ushort(__float2half_rn(v));
+}
+
+/* The D bits of fl32(NF4[code] * scale), rounded once to D: what dequantize_4bit returns. */
+template <int FMT>
+__device__ __forceinline__ uint32_t nf4_dequant_bits(const float *values, int code, float scale) {
+    return round_float<FMT>(__fmul_rn(values[code], scale));
+}
+
+/* D bits to fp32, exactly. */
+template <int FMT>
+__device__ __forceinline__ float widen_to_float(uint32_t bits) {
+    if (FMT == LM_BF16) return __uint_as_float(bits << 16);
+    if (FMT == LM_F16) return __half2float(__ushort_as_half((unsigned short)bits));
+    return __uint_as_float(bits);
+}
+
+/* xor-reductions over groups of g adjacent lanes (g a power of two <= 32): every lane gets its group's result */
+__device__ __forceinline__ float group_max(float v, int g) {
+    for (int o = g / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__device__ __forceinline__ double group_sum(double v, int g) {
+    for (int o = g / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    return group_max(v, 32);
+}
+
+__device__ __forceinline__ double warp_sum(double v) {
+    return group_sum(v, 32);
+}
+
+/* Eight consecutive D values from an element offset that is a multiple of 8 (16-byte aligned for 16-bit D). */
+template <int FMT, typename T>
+__device__ __forceinline__ void load8(const T *p, float v[8]) {
+    if (sizeof(T) == 2) {
+        uint4 u = *reinterpret_cast<const uint4 *>(p);
+        uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            v[2 * k] = widen_to_float<FMT>(w[k] & 0xffffu);
+            v[2 * k + 1] = widen_to_float<FMT>(w[k] >> 16);
+        }
+    } else {
+        uint4 a = *reinterpret_cast<const uint4 *>(p);
+        uint4 b = *reinterpret_cast<const uint4 *>(p + 4);
+        uint32_t w[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+        for (int k = 0; k < 8; k++) v[k] = widen_to_float<FMT>(w[k]);
+    }
+}
+
+/* Up to eight D values (len of them, the rest 0), element by element. */
+template <int FMT, typename T>
+__device__ __forceinline__ void loadSome(const T *p, int len, float v[8]) {
+#pragma unroll
+    for (int k = 0; k < 8; k++) v[k] = k < len ? widen_to_float<FMT>((uint32_t)p[k]) : 0.0f;
+}
+
+/*
+ * nf4_decode_absmax(codes, nestedAbsmax, map, offset, nestedBlocksize, n, out)
+ *   Double-quantized absmax to fp32: out[i] = fl32(fl32(map[codes[i]] * nestedAbsmax[i / nbs]) + offset),
+ *   two roundings as bitsandbytes (DoubleQuant.decode). Grid-stride over i < n.
+ */
+extern "C" __global__ void nf4_decode_absmax(const unsigned char *__restrict__ codes, const float *__restrict__ nestedAbsmax,
+                                             const float *__restrict__ map, float offset, long long nestedBlocksize, long long n,
+                                             float *__restrict__ out) {
+    int shift = __ffsll(nestedBlocksize) - 1; /* a power of two */
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        out[i] = __fadd_rn(__fmul_rn(map[codes[i]], nestedAbsmax[i >> shift]), offset);
+    }
+}
+
+/*
+ * nf4_dequant_{bf16,f16,f32}(packed, first, count, absmax, blocksize, out)
+ *   Elements [first, first + count) of a weight: packed holds its bytes from first / 2 on,
+ *   absmax the decoded absmax of EVERY block of the weight (index e / blocksize).
+ *   out[i] = D bits of element first + i. When first is a multiple of 8 (every row block of a
+ *   Linear weight) each thread turns one 4-byte word of codes into 8 values with one 16-byte
+ *   store (32 for F32); otherwise element by element. Grid-stride.
+ */
+template <int FMT, typename T>
+__device__ __forceinline__ void nf4_dequant(const unsigned char *__restrict__ packed, long long first, long long count,
+                                            const float *__restrict__ absmax, long long blocksize, T *__restrict__ out) {
+    __shared__ float sVal[16], sThr[16];
+    nf4_load_tables(sVal, sThr);
+    int shift = __ffsll(blocksize) - 1; /* blocksizes are powers of two */
+    long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long threads = (long long)gridDim.x * blockDim.x;
+    long long vectorEnd = 0;
+    if ((first & 7) == 0) {
+        long long groups = count >> 3;
+        const uint32_t *words = reinterpret_cast<const uint32_t *>(packed);
+        for (long long g = tid; g < groups; g += threads) {
+            uint32_t word = words[g];
+            float scale = absmax[(first + 8 * g) >> shift]; /* 8 | blocksize: one block */
+            uint32_t bits[8];
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                uint32_t b = (word >> (8 * k)) & 0xffu;
+                bits[2 * k] = nf4_dequant_bits<FMT>(sVal, (int)(b >> 4), scale);
+                bits[2 * k + 1] = nf4_dequant_bits<FMT>(sVal, (int)(b & 15u), scale);
+            }
+            if (sizeof(T) == 2) {
+                *reinterpret_cast<uint4 *>(out + 8 * g) = make_uint4(bits[0] | (bits[1] << 16), bits[2] | (bits[3] << 16),
+                                                                     bits[4] | (bits[5] << 16), bits[6] | (bits[7] << 16));
+            } else {
+                *reinterpret_cast<uint4 *>(out + 8 * g) = make_uint4(bits[0], bits[1], bits[2], bits[3]);
+                *reinterpret_cast<uint4 *>(out + 8 * g + 4) = make_uint4(bits[4], bits[5], bits[6], bits[7]);
+            }
+        }
+        vectorEnd = groups << 3;
+    }
+    long long byteBase = first >> 1;
+    for (long long i = vectorEnd + tid; i < count; i += threads) {
+        long long e = first + i;
+        out[i] = (T)nf4_dequant_bits<FMT>(sVal, nf4_code_at(packed, byteBase, e), absmax[e >> shift]);
+    }
+}
+
+#define LM_NF4_DEQUANT_KERNEL(NAME, FMT, T)                                                                 \
+    extern "C" __global__ void NAME(const unsigned char *__restrict__ packed, long long first, long long count, \
+                                    const float *__restrict__ absmax, long long blocksize, T *__restrict__ out) { \
+        nf4_dequant<FMT, T>(packed, first, count, absmax, blocksize, out);                                  \
+    }
+LM_NF4_DEQUANT_KERNEL(nf4_dequant_bf16, LM_BF16, unsigned short)
+LM_NF4_DEQUANT_KERNEL(nf4_dequant_f16, LM_F16, unsigned short)
+LM_NF4_DEQUANT_KERNEL(nf4_dequant_f32, LM_F32, unsigned int)
+
+/*
+ * Blockwise quantization by groups of G lanes, G = min(32, blocksize / 8): each group takes one
+ * NF4 block (a warp takes 32 / G of them), each lane chunks of 8 consecutive elements, read with
+ * 16-byte loads; the group's absmax by xor-shuffles, then each lane codes its chunks and stores
+ * each as one 4-byte word of packed codes. A partial last block is read element by element and
+ * stores only its ceil(len / 2) bytes, the last one padded with code 7.
+ *
+ * With BASE (nf4_requant) the merged X and the base W are quantized side by side and the block's
+ * survival sums taken; without (nf4_quantize) only X.
+ */
+template <int FMT, typename T, bool BASE>
+__device__ __forceinline__ void nf4_requant(const T *__restrict__ x, const T *__restrict__ w, const double *__restrict__ p,
+                                            long long first, long long count, long long blocksize, unsigned char *packedX,
+                                            unsigned char *packedW, float *absmaxX, float *absmaxW, double *sums) {
+    __shared__ float sVal[16], sThr[16];
+    nf4_load_tables(sVal, sThr);
+    /* G a runtime value: one copy of the code for every blocksize keeps the module small, and so
+     * the driver's compile of the PTX at load time short */
+    const int bsShift = __ffsll(blocksize) - 1; /* blocksizes are powers of two: shifts, not 64-bit divisions */
+    const int gShift = min(5, bsShift - 3);
+    const int G = 1 << gShift;
+    long long gid = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> gShift;
+    int lane = threadIdx.x & (G - 1);
+    long long rel = gid << bsShift;
+    /* a group past the end still takes part in the shuffles of its warp, with nothing to do */
+    bool active = rel < count;
+    int len = active ? (int)min(blocksize, count - rel) : 0;
+    long long start = first + rel;
+    const int step = 8 * G;
+    float ax = 0.0f, aw = 0.0f;
+    for (int c = 8 * lane; c < len; c += step) {
+        float v[8], u[8];
+        if (c + 8 <= len) {
+            load8<FMT>(x + rel + c, v);
+            if (BASE) load8<FMT>(w + rel + c, u);
+        } else {
+            loadSome<FMT>(x + rel + c, len - c, v);
+            if (BASE) loadSome<FMT>(w + rel + c, len - c, u);
+        }
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            ax = fmaxf(ax, fabsf(v[k]));
+            if (BASE) aw = fmaxf(aw, fabsf(u[k]));
+        }
+    }
+    ax = group_max(ax, G);
+    if (BASE) aw = group_max(aw, G);
+    float rx = nf4_reciprocal(ax);
+    float rw = BASE ? nf4_reciprocal(aw) : 0.0f;
+    double dotX = 0.0, dotW = 0.0, d2 = 0.0;
+    for (int c = 8 * lane; c < len; c += step) {
+        int valid = min(8, len - c);
+        float v[8], u[8];
+        if (valid == 8) {
+            load8<FMT>(x + rel + c, v);
+            if (BASE) load8<FMT>(w + rel + c, u);
+        } else {
+            loadSome<FMT>(x + rel + c, valid, v);
+            if (BASE) loadSome<FMT>(w + rel + c, valid, u);
+        }
+        int cx[8], cw[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            cx[k] = (k >= valid || ax == 0.0f) ? NF4_ZERO_CODE : nf4_encode(sThr, nf4_scale(v[k], ax, rx));
+            if (BASE) cw[k] = (k >= valid || aw == 0.0f) ? NF4_ZERO_CODE : nf4_encode(sThr, nf4_scale(u[k], aw, rw));
+        }
+        long long byte0 = (start + c) >> 1;
+        if (valid == 8) {
+            uint32_t wx = 0, ww = 0;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                wx |= (uint32_t)((cx[2 * k] << 4) | cx[2 * k + 1]) << (8 * k);
+                if (BASE) ww |= (uint32_t)((cw[2 * k] << 4) | cw[2 * k + 1]) << (8 * k);
+            }
+            *reinterpret_cast<uint32_t *>(packedX + byte0) = wx;
+            if (BASE) *reinterpret_cast<uint32_t *>(packedW + byte0) = ww;
+        } else {
+            for (int k = 0; 2 * k < valid; k++) {
+                packedX[byte0 + k] = (unsigned char)((cx[2 * k] << 4) | cx[2 * k + 1]);
+                if (BASE) packedW[byte0 + k] = (unsigned char)((cw[2 * k] << 4) | cw[2 * k + 1]);
+            }
+        }
+        if (BASE) {
+            for (int k = 0; k < valid; k++) {
+                double wk = (double)u[k];
+                double d = __dsub_rn(__dadd_rn(wk, p[rel + c + k]), wk);
+                dotX = __fma_rn((double)sVal[cx[k]], d, dotX);
+                dotW = __fma_rn((double)sVal[cw[k]], d, dotW);
+                d2 = __fma_rn(d, d, d2);
+            }
+        }
+    }
+    if (BASE) {
+        dotX = group_sum(dotX, G);
+        dotW = group_sum(dotW, G);
+        d2 = group_sum(d2, G);
+    }
+    if (active && lane == 0) {
+        long long b = start >> bsShift;
+        absmaxX[b] = ax;
+        if (BASE) {
+            absmaxW[b] = aw;
+            sums[3 * b] = dotX;
+            sums[3 * b + 1] = dotW;
+            sums[3 * b + 2] = d2;
+        }
+    }
+}
+
+/*
+ * nf4_requant_{bf16,f16,f32}(x, w, p, first, count, blocksize, packedX, packedW, absmaxX, absmaxW, sums)
+ *   The merged elements [first, first + count) of a weight (first on a block boundary; count
+ *   whole blocks or up to the end of the weight): x the merged values X (D bits), w the
+ *   dequantized base W (D bits), p the fp64 product s*U*V^T of the same elements (row-major,
+ *   contiguous); x, w and p 16-byte aligned. Quantizes X and W blockwise into the whole-weight
+ *   arrays packedX, packedW (byte index e / 2), absmaxX, absmaxW (index e / blocksize), and per
+ *   block b writes sums[3b..3b+2] = sum NF4[QX_i]*dW_i, sum NF4[QW_i]*dW_i, sum dW_i^2 with
+ *   dW_i = (W_i + P_i) - W_i in fp64 (the figures of Nf4Requantizer; a sum order of its own).
+ *   Launch: 256 threads a block, ceil(blocks * min(32, blocksize / 8) / 256) blocks.
+ */
+#define LM_NF4_REQUANT_KERNEL(NAME, FMT, T)                                                                        \
+    extern "C" __global__ void NAME(const T *__restrict__ x, const T *__restrict__ w, const double *__restrict__ p, \
+                                    long long first, long long count, long long blocksize, unsigned char *packedX,  \
+                                    unsigned char *packedW, float *absmaxX, float *absmaxW, double *sums) {         \
+        nf4_requant<FMT, T, true>(x, w, p, first, count, blocksize, packedX, packedW, absmaxX, absmaxW, sums);    \
+    }
+LM_NF4_REQUANT_KERNEL(nf4_requant_bf16, LM_BF16, unsigned short)
+LM_NF4_REQUANT_KERNEL(nf4_requant_f16, LM_F16, unsigned short)
+LM_NF4_REQUANT_KERNEL(nf4_requant_f32, LM_F32, unsigned int)
+
+/*
+ * nf4_quantize_{bf16,f16,f32}(x, first, count, blocksize, packed, absmax)
+ *   Plain blockwise quantization of elements [first, first + count) given in x (D bits), into
+ *   the whole-weight arrays packed and absmax (as nf4_requant, without W and the sums).
+ */
+#define LM_NF4_QUANTIZE_KERNEL(NAME, FMT, T)                                                                        \
+    extern "C" __global__ void NAME(const T *__restrict__ x, long long first, long long count, long long blocksize, \
+                                    unsigned char *packed, float *absmax) {                                         \
+        nf4_requant<FMT, T, false>(x, nullptr, nullptr, first, count, blocksize, packed, nullptr, absmax, nullptr, nullptr); \
+    }
+LM_NF4_QUANTIZE_KERNEL(nf4_quantize_bf16, LM_BF16, unsigned short)
+LM_NF4_QUANTIZE_KERNEL(nf4_quantize_f16, LM_F16, unsigned short)
+LM_NF4_QUANTIZE_KERNEL(nf4_quantize_f32, LM_F32, unsigned int)
+
+/*
+ * nf4_exponent_sums(a, n, sums)
+ *   The exact sum of fp32 values, as integers: sums[e] += significand of every positive a_i of
+ *   biased exponent e, sums[256 + e] likewise for negative ones (exponent 0: subnormals). The
+ *   host turns the 512 sums into the correctly rounded mean (DoubleQuant.exactMean): the
+ *   double quantization offset. Integer sums do not depend on the order of the atomics.
+ *   The host zeroes sums. Any grid; 256 threads a block.
+ */
+extern "C" __global__ void nf4_exponent_sums(const float *__restrict__ a, long long n, unsigned long long *sums) {
+    __shared__ unsigned long long local[512];
+    for (int k = threadIdx.x; k < 512; k += blockDim.x) local[k] = 0ull;
+    __syncthreads();
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        uint32_t bits = __float_as_uint(a[i]);
+        uint32_t exp = (bits >> 23) & 0xffu;
+        unsigned long long sig = exp == 0 ? (bits & 0x7fffffu) : ((bits & 0x7fffffu) | 0x800000u);
+        if (sig != 0) atomicAdd(&local[(bits >> 31) * 256 + exp], sig);
+    }
+    __syncthreads();
+    for (int k = threadIdx.x; k < 512; k += blockDim.x) {
+        if (local[k] != 0ull) atomicAdd(&sums[k], local[k]);
+    }
+}
+
+/* DynamicMap.quantize: the CUDA kernel's binary search over a sorted 256-entry map, step for step. */
+__device__ __forceinline__ int dyn_quantize(const float *map, float x) {
+    int pivot = 127, upperPivot = 255, lowerPivot = 0;
+    float lower = -1.0f, upper = 1.0f;
+    float val = map[pivot];
+    for (int i = 64; i > 0; i >>= 1) {
+        if (x > val) {
+            lowerPivot = pivot;
+            lower = val;
+            pivot += i;
+        } else {
+            upperPivot = pivot;
+            upper = val;
+            pivot -= i;
+        }
+        val = map[pivot];
+    }
+    if (upperPivot == 255) upper = map[upperPivot];
+    if (lowerPivot == 0) lower = map[lowerPivot];
+    if (x > val) {
+        float midpoint = __fmul_rn(__fadd_rn(upper, val), 0.5f);
+        return x > midpoint ? upperPivot : pivot;
+    }
+    float midpoint = __fmul_rn(__fadd_rn(lower, val), 0.5f);
+    return x < midpoint ? lowerPivot : pivot;
+}
+
+/*
+ * nf4_double_quant(absmax, n, offset, map, codes, nestedAbsmax)
+ *   DoubleQuant.quantize given the offset: per nested block j of 256 absmax values,
+ *   d_i = fl32(absmax_i - offset), nestedAbsmax[j] = max |d_i|, codes[i] = dyn_quantize(map,
+ *   fl32(d_i * fl32(1 / nestedAbsmax[j]))) (or the division fallback); code 127 for a block whose
+ *   nestedAbsmax is 0. One block of 256 threads per nested block.
+ */
+extern "C" __global__ void nf4_double_quant(const float *__restrict__ absmax, long long n, float offset,
+                                            const float *__restrict__ map, unsigned char *codes, float *nestedAbsmax) {
+    __shared__ float smap[256];
+    __shared__ float warpMax[NESTED_BLOCKSIZE / 32];
+    smap[threadIdx.x] = map[threadIdx.x];
+    long long i = (long long)blockIdx.x * NESTED_BLOCKSIZE + threadIdx.x;
+    bool valid = i < n;
+    float d = valid ? __fsub_rn(absmax[i], offset) : 0.0f;
+    float m = warp_max(fabsf(d));
+    if ((threadIdx.x & 31) == 0) warpMax[threadIdx.x >> 5] = m;
+    __syncthreads();
+    float na = 0.0f;
+    for (int k = 0; k < NESTED_BLOCKSIZE / 32; k++) na = fmaxf(na, warpMax[k]);
+    if (threadIdx.x == 0) nestedAbsmax[blockIdx.x] = na;
+    if (!valid) return;
+    if (na == 0.0f) {
+        codes[i] = DYN_ZERO_CODE;
+        return;
+    }
+    codes[i] = (unsigned char)dyn_quantize(smap, nf4_scale(d, na, nf4_reciprocal(na)));
+}
+
+/*
+ * nf4_measure_{bf16,f16,f32}(packedX, packedW, scaleX, scaleW, sums, n, blocksize, tile, out)
+ *   The survival figures of Nf4Requantizer.measure, per tile of `tile` elements (a multiple of
+ *   blocksize; one block of 256 threads per tile): out[4t..4t+3] = codes changed, sum D^2 with
+ *   D = deq_D(QX) - deq_D(QW), sum_b scaleX_b*dotX_b - scaleW_b*dotW_b, sum_b d2_b, over the tile's
+ *   elements and blocks (scales are the decoded absmax). The host adds the tiles in order.
+ */
+template <int FMT>
+__device__ __forceinline__ void nf4_measure(const unsigned char *__restrict__ packedX, const unsigned char *__restrict__ packedW,
+                                            const float *__restrict__ scaleX, const float *__restrict__ scaleW,
+                                            const double *__restrict__ sums, long long n, long long blocksize, long long tile,
+                                            double *out) {
+    __shared__ double sh[3][256 / 32];
+    __shared__ float sVal[16], sThr[16];
+    nf4_load_tables(sVal, sThr);
+    long long first = (long long)blockIdx.x * tile;
+    long long end = min(n, first + tile);
+    double changed = 0.0, sq = 0.0, dot = 0.0, d2 = 0.0;
+    int shift = __ffsll(blocksize) - 1;
+    for (long long e = first + threadIdx.x; e < end; e += blockDim.x) {
+        long long b = e >> shift;
+        int c = nf4_code_at(packedX, 0, e);
+        int c0 = nf4_code_at(packedW, 0, e);
+        double x = (double)widen_to_float<FMT>(nf4_dequant_bits<FMT>(sVal, c, scaleX[b]));
+        double w = (double)widen_to_float<FMT>(nf4_dequant_bits<FMT>(sVal, c0, scaleW[b]));
+        changed += c != c0 ? 1.0 : 0.0;
+        double d = __dsub_rn(x, w);
+        sq = __fma_rn(d, d, sq);
+    }
+    long long firstBlock = first / blocksize;
+    long long endBlock = (end + blocksize - 1) / blocksize;
+    for (long long b = firstBlock + threadIdx.x; b < endBlock; b += blockDim.x) {
+        dot += __dsub_rn(__dmul_rn((double)scaleX[b], sums[3 * b]), __dmul_rn((double)scaleW[b], sums[3 * b + 1]));
+        d2 += sums[3 * b + 2];
+    }
+    /* changed is an exact integer in a double (< 2^53); reduce the four in a fixed order */
+    changed = warp_sum(changed);
+    sq = warp_sum(sq);
+    dot = warp_sum(dot);
+    d2 = warp_sum(d2);
+    __shared__ double shChanged[256 / 32];
+    int warp = threadIdx.x >> 5;
+    if ((threadIdx.x & 31) == 0) {
+        shChanged[warp] = changed;
+        sh[0][warp] = sq;
+        sh[1][warp] = dot;
+        sh[2][warp] = d2;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double a = 0.0, s = 0.0, t = 0.0, u = 0.0;
+        for (int k = 0; k < (int)(blockDim.x >> 5); k++) {
+            a += shChanged[k];
+            s += sh[0][k];
+            t += sh[1][k];
+            u += sh[2][k];
+        }
+        out[4 * blockIdx.x] = a;
+        out[4 * blockIdx.x + 1] = s;
+        out[4 * blockIdx.x + 2] = t;
+        out[4 * blockIdx.x + 3] = u;
+    }
+}
+
+#define LM_NF4_MEASURE_KERNEL(NAME, FMT)                                                                                  \
+    extern "C" __global__ void NAME(const unsigned char *__restrict__ packedX, const unsigned char *__restrict__ packedW, \
+                                    const float *__restrict__ scaleX, const float *__restrict__ scaleW,                  \
+                                    const double *__restrict__ sums, long long n, long long blocksize, long long tile,   \
+                                    double *out) {                                                                        \
+        nf4_measure<FMT>(packedX, packedW, scaleX, scaleW, sums, n, blocksize, tile, out);                               \
+    }
+LM_NF4_MEASURE_KERNEL(nf4_measure_bf16, LM_BF16)
+LM_NF4_MEASURE_KERNEL(nf4_measure_f16, LM_F16)
+LM_NF4_MEASURE_KERNEL(nf4_measure_f32, LM_F32)
