@@ -35,6 +35,23 @@ public interface Backend extends AutoCloseable {
      */
     void mergeRows(TensorJob job, long row0, int rowCount, ByteBuffer src, ByteBuffer dst, BlockStats stats) throws Exception;
 
+    /**
+     * True when {@link #mergeRows} takes an NF4 source's packed codes
+     * ({@link org.loramerge.plan.TensorSource#readPacked}) instead of its dequantized values.
+     */
+    default boolean readsPacked(TensorJob job) {
+        return false;
+    }
+
+    /**
+     * For an NF4 output ({@code merge --to nf4}): this backend's own merge and requantization of
+     * the weight, or null to have the pipeline merge with {@link #mergeRows} and requantize on the
+     * CPU. Called after {@link #beginTensor}; the pipeline closes it before {@link #endTensor}.
+     */
+    default Requantization requantize(TensorJob job) throws Exception {
+        return null;
+    }
+
     /** First pass of a column-axis DoRA tensor: see {@link org.loramerge.engine.cpu.CpuMerge#columnSums}. */
     void columnSums(TensorJob job, long row0, int rowCount, ByteBuffer src, double[] sumSq, double[] sumErr) throws Exception;
 

@@ -21,6 +21,7 @@ import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import org.loramerge.engine.Backend;
 import org.loramerge.engine.BlockStats;
+import org.loramerge.engine.Requantization;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.SafetensorsWriter;
@@ -264,12 +265,14 @@ public final class MergeRunner {
             scheduleRequantized(t, job, tensorStats, srcRowBytes, outRowBytes, writer);
             return;
         }
+        boolean packed = backend.readsPacked(job);
         for (long row0 = 0; row0 < rows; row0 += rowsPerBlock) {
             long r0 = row0;
             int n = (int) Math.min(rowsPerBlock, rows - row0);
             Future<ByteBuffer> f = pool.submit(() -> {
                 ByteBuffer dst = buffers.take();
-                try (TensorSource.Bytes src = t.source().read(r0 * srcRowBytes, n * srcRowBytes)) {
+                try (TensorSource.Bytes src = packed ? t.source().readPacked(r0 * job.cols(), n * job.cols())
+                        : t.source().read(r0 * srcRowBytes, n * srcRowBytes)) {
                     dst.clear();
                     backend.mergeRows(job, r0, n, src.bytes(), dst, tensorStats);
                     dst.limit((int) (n * outRowBytes));
@@ -316,6 +319,11 @@ public final class MergeRunner {
      */
     private void scheduleRequantized(OutputTensor t, TensorJob job, BlockStats tensorStats, long srcRowBytes, long outRowBytes,
                                      SafetensorsWriter writer) throws Exception {
+        Requantization onBackend = backend.requantize(job);
+        if (onBackend != null) {
+            scheduleRequantizedOnBackend(t, job, onBackend, tensorStats, outRowBytes, writer);
+            return;
+        }
         Nf4Requantizer requant = new Nf4Requantizer(t.name(), t.source().file().path(), t.source().nf4().tensor().state());
         long cols = job.cols();
         long rows = job.rows();
@@ -370,6 +378,62 @@ public final class MergeRunner {
             }
             survivals.add(MergeReport.Survival.of(t.name(), t.shape(), requant.blocksize(), requant.outputState().isDoubleQuant(),
                     requant.numElements(), change.codesChanged(), Math.sqrt(change.deltaSq()), Math.sqrt(change.sumSq()), change.dot()));
+        });
+    }
+
+    /**
+     * An NF4 output the backend merges and requantizes on its own ({@link Backend#requantize}):
+     * workers hand it the base's packed codes of their rows and write back the new ones; row
+     * blocks hold whole NF4 blocks and as many elements as a streaming block of the quant state's
+     * dtype.
+     */
+    private void scheduleRequantizedOnBackend(OutputTensor t, TensorJob job, Requantization requant, BlockStats tensorStats,
+                                              long outRowBytes, SafetensorsWriter writer) throws Exception {
+        long cols = job.cols();
+        long rows = job.rows();
+        long bs = t.source().nf4().tensor().blocksize();
+        long align = bs / gcd(cols, bs);
+        long fit = Math.max(1, options.blockBytes() / outRowBytes);
+        long perBlock = Math.max(align, fit / align * align);
+        // on a failure the backend frees what an unfinished requantization holds when it closes
+        for (long r0 = 0; r0 < rows; r0 += perBlock) {
+            long row0 = r0;
+            int n = (int) Math.min(perBlock, rows - r0);
+            Future<ByteBuffer> f = pool.submit(() -> {
+                try (TensorSource.Bytes src = t.source().readPacked(row0 * cols, Math.toIntExact(n * cols))) {
+                    BlockStats s = new BlockStats();
+                    ByteBuffer out = requant.mergeRows(row0, n, src.bytes(), s);
+                    tensorStats.add(s);
+                    return out;
+                }
+            });
+            enqueue(() -> {
+                ByteBuffer b = get(f);
+                long bytes = b.remaining();
+                writer.write(b);
+                progress.addBytes(bytes);
+                flushInBackground(writer, bytes);
+            });
+        }
+        enqueue(() -> {
+            Requantization.Result r;
+            try {
+                checkFinite(t, tensorStats);
+                r = requant.finish();
+            } finally {
+                requant.close();
+            }
+            backend.endTensor(job);
+            for (ByteBuffer b : r.tail(t.nf4().quantStateBytes())) {
+                long bytes = b.remaining();
+                writer.write(b);
+                progress.addBytes(bytes);
+            }
+            progress.tensorDone();
+            Nf4Requantizer.Change change = r.change();
+            survivals.add(MergeReport.Survival.of(t.name(), t.shape(), (int) bs, r.outputState().isDoubleQuant(),
+                    t.source().nf4().tensor().numElements(), change.codesChanged(), Math.sqrt(change.deltaSq()), Math.sqrt(change.sumSq()),
+                    change.dot()));
         });
     }
 

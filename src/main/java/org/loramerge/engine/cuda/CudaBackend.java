@@ -1,8 +1,8 @@
 package org.loramerge.engine.cuda;
 
-import java.math.BigDecimal;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
@@ -22,6 +22,7 @@ import org.loramerge.engine.Backends.DeviceUnavailableException;
 import org.loramerge.engine.BlockStats;
 import org.loramerge.engine.ExactMath;
 import org.loramerge.engine.LowRankTerm;
+import org.loramerge.engine.Requantization;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.cpu.CpuMerge;
 import org.loramerge.format.FloatFormat;
@@ -43,7 +44,7 @@ import org.loramerge.plan.Layout;
 public final class CudaBackend implements Backend {
     /** Oldest architecture the PTX targets: compute_80, for bf16 and fp64 throughput (kernels/README.md). */
     static final int MIN_MAJOR = 8;
-    private static final int AMBIGUOUS_CAPACITY = 1 << 16;
+    static final int AMBIGUOUS_CAPACITY = 1 << 16;
     /** Pipeline threads (and streams) at most: each also copies blocks on the host, so more help until PCIe is full. */
     private static final int MAX_STREAMS = 8;
 
@@ -58,6 +59,9 @@ public final class CudaBackend implements Backend {
     private final ThreadLocal<Worker> worker = new ThreadLocal<>();
     private final int blockBytes;
     private final int streams;
+    private final List<CudaRequantization> requantizations = new ArrayList<>();
+    private final DevicePool pool = new DevicePool();
+    private Nf4Kernels nf4;
     private boolean closed;
 
     private CudaBackend(int ordinal, String description, int blockBytes, int streams) {
@@ -132,6 +136,9 @@ public final class CudaBackend implements Backend {
             for (String f : new String[] {"merge_round_bf16", "merge_round_f16", "merge_round_f32"}) {
                 b.functions.put(f, round.function(f));
             }
+            PtxModule nf4 = new PtxModule("nf4.ptx");
+            b.modules.add(nf4);
+            b.nf4 = new Nf4Kernels(nf4);
         } catch (Throwable e) {
             b.close();
             throw new DeviceUnavailableException("the GPU kernels could not be loaded on " + name + ": " + e.getMessage(), e);
@@ -159,13 +166,13 @@ public final class CudaBackend implements Backend {
         return m.buffer();
     }
 
-    /** Whether the GPU path computes this tensor (else the CPU engine does, inside this backend). */
+    /**
+     * Whether the GPU path computes this tensor (else the CPU engine does, inside this backend):
+     * one low-rank term, no DoRA, token rows or dtype conversion. An NF4 source is dequantized on
+     * the device ({@link #readsPacked}) and an NF4 output requantized there ({@link #requantize}).
+     */
     static boolean onGpu(TensorJob job) {
         if (job.srcFormat() == null || job.srcFormat() != job.dstFormat() || job.doraAxis() != null || job.tokenValues() != null) {
-            return false;
-        }
-        if (job.out().source().isQuantized() || job.out().isRequantized()) {
-            // bitsandbytes NF4 (merge --to): dequantized and requantized on the CPU, whose merge also measures ‖ΔW‖ for the survival report
             return false;
         }
         // a tensor without terms and with its own dtype is a byte copy and never reaches a backend
@@ -173,13 +180,54 @@ public final class CudaBackend implements Backend {
     }
 
     @Override
-    public void beginTensor(TensorJob job) {
+    public boolean readsPacked(TensorJob job) {
+        return onGpu(job) && job.out().source().isQuantized() && !job.out().isRequantized();
+    }
+
+    @Override
+    public Requantization requantize(TensorJob job) {
+        if (!onGpu(job) || !job.out().isRequantized()) {
+            return null;
+        }
+        bindContext();
+        CudaRequantization r = new CudaRequantization(this, job, factors.get(job));
+        synchronized (requantizations) {
+            requantizations.add(r);
+        }
+        return r;
+    }
+
+    void forget(CudaRequantization r) {
+        synchronized (requantizations) {
+            requantizations.remove(r);
+        }
+    }
+
+    Nf4Kernels nf4() {
+        return nf4;
+    }
+
+    DevicePool pool() {
+        return pool;
+    }
+
+    @Override
+    public void beginTensor(TensorJob job) throws java.io.IOException {
         if (!onGpu(job)) {
             return;
         }
         bindContext();
         LowRankTerm t = job.terms().get(0);
-        factors.put(job, new Factors(t));
+        Factors f = new Factors(t, pool);
+        if (job.out().source().isQuantized()) {
+            try (CudaStream s = new CudaStream()) {
+                f.sourceAbsmax = nf4.decodedAbsmax(pool, s, job.out().source().nf4());
+            } catch (RuntimeException | java.io.IOException e) {
+                f.close();
+                throw e;
+            }
+        }
+        factors.put(job, f);
     }
 
     @Override
@@ -197,16 +245,19 @@ public final class CudaBackend implements Backend {
             CpuMerge.mergeRows(job, row0, rowCount, src, dst, stats);
             return;
         }
+        if (stats.deltas() != null) {
+            // the CPU requantization's merge, which records each element's ΔW (Backend.requantize returned null)
+            CpuMerge.mergeRows(job, row0, rowCount, src, dst, stats);
+            return;
+        }
         Worker w = worker();
         FloatFormat fmt = job.dstFormat();
         int cols = job.cols();
         long n = (long) rowCount * cols;
         long bytes = n * fmt.sizeInBytes();
-        ByteBuffer in = w.hostIn.buffer();
-        src.position(0).limit((int) bytes);
-        in.put(src);
-        JCuda.cudaMemcpyAsync(w.dIn.pointer(), w.hostIn.pointer(), bytes, cudaMemcpyKind.cudaMemcpyHostToDevice, w.stream.runtime());
-        computeOnDevice(w, factors.get(job), fmt, row0, rowCount, cols, job.boundK(), w.dIn.pointer(), w.dWide.pointer(), w.dOut.pointer());
+        Factors f = factors.get(job);
+        loadW(w, job, f, row0, rowCount, src);
+        computeOnDevice(w, f, fmt, row0, rowCount, cols, job.boundK(), w.dIn.pointer(), w.dWide.pointer(), w.dOut.pointer());
         // dst is page-locked when the pipeline took it from allocateBlockBuffer, so this copy is asynchronous and direct
         JCuda.cudaMemcpyAsync(Pointer.to(dst), w.dOut.pointer(), bytes, cudaMemcpyKind.cudaMemcpyDeviceToHost, w.stream.runtime());
         JCuda.cudaMemcpyAsync(w.hostCounters.pointer(), w.counters.pointer(), 3 * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost,
@@ -216,6 +267,9 @@ public final class CudaBackend implements Backend {
         long ambiguous = counters.getLong(0);
         long overflows = counters.getLong(8);
         long nans = counters.getLong(16);
+        if (job.out().source().isQuantized() && ambiguous > 0) {
+            src = downloadW(w, bytes); // the host work below reads W: the dequantized values, not the packed codes
+        }
         if (ambiguous > AMBIGUOUS_CAPACITY) {
             // pathological input: let the CPU engine decide the whole block
             src.position(0);
@@ -225,25 +279,83 @@ public final class CudaBackend implements Backend {
         dst.position(0);
         if (ambiguous > 0) {
             JCuda.cudaMemcpy(w.hostAmbiguous.pointer(), w.ambiguous.pointer(), ambiguous * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost);
-            ByteBuffer idx = w.hostAmbiguous.buffer();
-            FloatFormat srcFmt = job.srcFormat();
-            for (int a = 0; a < ambiguous; a++) {
-                long e = idx.getLong(a * 8);
-                int i = (int) (e / cols);
-                int j = (int) (e % cols);
-                double[] row = new double[cols];
+            ByteBuffer out = dst;
+            overflows += settle(job, row0, src, w.hostAmbiguous.buffer(), (int) ambiguous, (e, bits) -> fmt.putBits(out, e, bits));
+        }
+        stats.add(ambiguous, overflows, nans);
+    }
+
+    /** Where {@link #settle} puts an element's bits: {@code element} indexes the block. */
+    interface SettledSink {
+        void put(long element, int bits);
+    }
+
+    /**
+     * Decides the block's {@code count} ambiguous elements, listed (in no order) in {@code idx}:
+     * each is computed exactly on the host from W ({@code src}, the block in the source format)
+     * and rounded once, then handed to {@code sink}. Returns how many overflowed to ±Inf.
+     */
+    static long settle(TensorJob job, long row0, ByteBuffer src, ByteBuffer idx, int count, SettledSink sink) {
+        int cols = job.cols();
+        FloatFormat srcFmt = job.srcFormat();
+        FloatFormat fmt = job.dstFormat();
+        long[] elements = new long[count];
+        for (int a = 0; a < count; a++) {
+            elements[a] = idx.getLong(a * 8);
+        }
+        Arrays.sort(elements); // sorted, each row is decoded once
+        double[] row = new double[cols];
+        int rowDecoded = -1;
+        long overflows = 0;
+        for (long e : elements) {
+            int i = (int) (e / cols);
+            int j = (int) (e % cols);
+            if (i != rowDecoded) {
                 for (int c = 0; c < cols; c++) {
                     row[c] = srcFmt.decode(srcFmt.bitsAt(src, (long) i * cols + c));
                 }
-                BigDecimal x = ExactMath.merged(job, row, row0 + i, j);
-                double y = ExactMath.round(x, fmt);
-                if (Double.isInfinite(y)) {
-                    overflows++;
-                }
-                fmt.putBits(dst, e, fmt.encode(y));
+                rowDecoded = i;
             }
+            double y = ExactMath.round(ExactMath.merged(job, row, row0 + i, j), fmt);
+            if (Double.isInfinite(y)) {
+                overflows++;
+            }
+            sink.put(e, fmt.encode(y));
         }
-        stats.add(ambiguous, overflows, nans);
+        return overflows;
+    }
+
+    /**
+     * Queues W of rows [row0, row0 + rowCount) into the worker's dIn: {@code src} copied up as it
+     * is, or for an NF4 source its packed codes copied up and dequantized on the device.
+     */
+    void loadW(Worker w, TensorJob job, Factors f, long row0, int rowCount, ByteBuffer src) {
+        int cols = job.cols();
+        long n = (long) rowCount * cols;
+        ByteBuffer in = w.hostIn.buffer();
+        if (job.out().source().isQuantized()) {
+            long first = row0 * cols;
+            long packedBytes = (first + n - 1) / 2 - first / 2 + 1;
+            src.position(0).limit((int) packedBytes);
+            in.put(src);
+            JCuda.cudaMemcpyAsync(w.dPacked.pointer(), w.hostIn.pointer(), packedBytes, cudaMemcpyKind.cudaMemcpyHostToDevice,
+                    w.stream.runtime());
+            nf4.dequant(w.stream, job.srcFormat(), w.dPacked.pointer(), first, n, f.sourceAbsmax.pointer(),
+                    job.out().source().nf4().tensor().blocksize(), w.dIn.pointer());
+            return;
+        }
+        long bytes = n * job.srcFormat().sizeInBytes();
+        src.position(0).limit((int) bytes);
+        in.put(src);
+        JCuda.cudaMemcpyAsync(w.dIn.pointer(), w.hostIn.pointer(), bytes, cudaMemcpyKind.cudaMemcpyHostToDevice, w.stream.runtime());
+    }
+
+    /** The worker's dIn (W of the block, {@code bytes} long) copied to a new heap buffer; waits for the stream. */
+    ByteBuffer downloadW(Worker w, long bytes) {
+        byte[] a = new byte[Math.toIntExact(bytes)];
+        w.stream.synchronize();
+        JCuda.cudaMemcpy(Pointer.to(a), w.dIn.pointer(), bytes, cudaMemcpyKind.cudaMemcpyDeviceToHost);
+        return ByteBuffer.wrap(a).order(java.nio.ByteOrder.LITTLE_ENDIAN);
     }
 
     /**
@@ -296,7 +408,7 @@ public final class CudaBackend implements Backend {
         JCudaDriver.cuLaunchKernel(functions.get(kernel), gx, gy, 1, block, 1, 1, 0, w.stream.driver(), Pointer.to(params), null);
     }
 
-    private void bindContext() {
+    void bindContext() {
         JCudaDriver.cuCtxSetCurrent(context);
     }
 
@@ -321,6 +433,14 @@ public final class CudaBackend implements Backend {
         }
         closed = true;
         bindContext();
+        synchronized (workers) {
+            for (Worker w : workers) {
+                w.stream.synchronize();
+            }
+        }
+        for (CudaRequantization r : new ArrayList<>(requantizations)) {
+            r.close(); // left open by a failed merge
+        }
         for (Factors f : factors.values()) {
             f.close();
         }
@@ -334,6 +454,7 @@ public final class CudaBackend implements Backend {
                 m.close();
             }
         }
+        pool.close();
         for (PtxModule m : modules) {
             m.close();
         }
@@ -350,18 +471,25 @@ public final class CudaBackend implements Backend {
         final DeviceMemory vNorm;
         final int rank;
         final double scale;
+        /** For an NF4 source: the decoded absmax of every block of the weight. */
+        DeviceMemory sourceAbsmax;
 
         Factors(LowRankTerm t) {
-            rank = t.rank();
-            scale = t.scale();
-            u = upload(t.u());
-            vt = upload(t.vt());
-            uNorm = upload(t.uNorms());
-            vNorm = upload(t.vNorms());
+            this(t, null);
         }
 
-        private static DeviceMemory upload(double[] a) {
-            DeviceMemory d = new DeviceMemory((long) a.length * Sizeof.DOUBLE);
+        /** The factors in memory from {@code pool} (newly allocated when it is null). */
+        Factors(LowRankTerm t, DevicePool pool) {
+            rank = t.rank();
+            scale = t.scale();
+            u = upload(pool, t.u());
+            vt = upload(pool, t.vt());
+            uNorm = upload(pool, t.uNorms());
+            vNorm = upload(pool, t.vNorms());
+        }
+
+        private static DeviceMemory upload(DevicePool pool, double[] a) {
+            DeviceMemory d = Nf4Kernels.take(pool, (long) a.length * Sizeof.DOUBLE);
             JCuda.cudaMemcpy(d.pointer(), Pointer.to(a), (long) a.length * Sizeof.DOUBLE, cudaMemcpyKind.cudaMemcpyHostToDevice);
             return d;
         }
@@ -372,6 +500,9 @@ public final class CudaBackend implements Backend {
             vt.close();
             uNorm.close();
             vNorm.close();
+            if (sourceAbsmax != null) {
+                sourceAbsmax.close();
+            }
         }
     }
 
@@ -385,6 +516,8 @@ public final class CudaBackend implements Backend {
         final DeviceMemory dIn;
         final DeviceMemory dOut;
         final DeviceMemory dWide;
+        /** An NF4 block's packed codes: half a byte an element, and a block holds at most blockBytes / 2 elements. */
+        final DeviceMemory dPacked;
         final DeviceMemory counters = new DeviceMemory(3 * Sizeof.LONG);
         final DeviceMemory ambiguous = new DeviceMemory((long) AMBIGUOUS_CAPACITY * Sizeof.LONG);
 
@@ -394,6 +527,7 @@ public final class CudaBackend implements Backend {
             dOut = new DeviceMemory(blockBytes);
             // the widest case: BF16/F16 blocks widen 4x to fp64
             dWide = new DeviceMemory((long) blockBytes * 4);
+            dPacked = new DeviceMemory(blockBytes / 4 + 16);
         }
 
         @Override
@@ -407,6 +541,7 @@ public final class CudaBackend implements Backend {
             dIn.close();
             dOut.close();
             dWide.close();
+            dPacked.close();
             counters.close();
             ambiguous.close();
         }

@@ -1,0 +1,286 @@
+package org.loramerge.engine.cuda;
+
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import jcuda.Pointer;
+import jcuda.Sizeof;
+import jcuda.runtime.JCuda;
+import jcuda.runtime.cudaMemcpyKind;
+import org.loramerge.engine.BlockStats;
+import org.loramerge.engine.Requantization;
+import org.loramerge.engine.TensorJob;
+import org.loramerge.engine.cpu.CpuMerge;
+import org.loramerge.format.FloatFormat;
+import org.loramerge.quant.DoubleQuant;
+import org.loramerge.quant.DynamicMap;
+import org.loramerge.quant.Nf4Codec;
+import org.loramerge.quant.Nf4Requantizer;
+import org.loramerge.quant.QuantException;
+import org.loramerge.quant.QuantState;
+
+import static org.loramerge.quant.QuantException.Reason.NON_FINITE;
+
+/**
+ * {@code merge --to nf4} of one weight on the GPU, with the same bytes as the CPU path
+ * ({@link Nf4Requantizer}). Per row block, on the worker's stream: the base's packed codes go up
+ * (half a byte an element) and are dequantized into W (nf4_dequant), P = s·U·Vᵀ (DGEMM), X =
+ * round(W + P) with the rare ambiguous elements settled exactly on the host (merge_round), then
+ * X and W are requantized and the survival sums of each block taken (nf4_requant), and only X's
+ * packed codes come back. The codes of both and their absmax stay on the device for the whole
+ * weight (n bytes and 8 bytes a block): {@link #finish} double-quantizes both absmax sets there
+ * (the offset's exact sum on the device, its one rounding on the host), decodes the scales and
+ * measures what survived, so the survival figures cost no extra pass over the host.
+ *
+ * <p>The figures are Nf4Requantizer's, summed in another order (per warp and tile, not element by
+ * element), so they agree with the CPU's to about 1e-12 relative; the written bytes are identical.
+ */
+final class CudaRequantization implements Requantization {
+    private final CudaBackend backend;
+    private final TensorJob job;
+    private final CudaBackend.Factors factors;
+    private final QuantState base;
+    private final FloatFormat format;
+    private final long numElements;
+    private final int blocksize;
+    private final long numBlocks;
+    private final DeviceMemory packedX;
+    private final DeviceMemory packedW;
+    private final DeviceMemory absmaxX;
+    private final DeviceMemory absmaxW;
+    private final DeviceMemory sums;
+    private boolean closed;
+
+    CudaRequantization(CudaBackend backend, TensorJob job, CudaBackend.Factors factors) {
+        this.backend = backend;
+        this.job = job;
+        this.factors = factors;
+        this.base = job.out().source().nf4().tensor().state();
+        this.format = job.dstFormat();
+        this.numElements = base.numElements();
+        this.blocksize = base.blocksize();
+        this.numBlocks = base.numBlocks();
+        long packedBytes = Nf4Codec.packedBytes(numElements);
+        if (packedBytes > Integer.MAX_VALUE - 8) {
+            throw new IllegalArgumentException(job.out().name() + ": " + numElements + " elements are more than one weight loramerge requantizes");
+        }
+        DeviceMemory[] m = new DeviceMemory[5];
+        try {
+            DevicePool pool = backend.pool();
+            m[0] = pool.take(packedBytes);
+            m[1] = pool.take(packedBytes);
+            m[2] = pool.take(numBlocks * Sizeof.FLOAT);
+            m[3] = pool.take(numBlocks * Sizeof.FLOAT);
+            m[4] = pool.take(3 * numBlocks * Sizeof.DOUBLE);
+        } catch (RuntimeException e) {
+            for (DeviceMemory d : m) {
+                if (d != null) {
+                    d.close();
+                }
+            }
+            throw e;
+        }
+        packedX = m[0];
+        packedW = m[1];
+        absmaxX = m[2];
+        absmaxW = m[3];
+        sums = m[4];
+    }
+
+    @Override
+    public ByteBuffer mergeRows(long row0, int rowCount, ByteBuffer packed, BlockStats stats) throws Exception {
+        CudaBackend.Worker w = backend.worker();
+        int cols = job.cols();
+        long first = row0 * cols;
+        long count = (long) rowCount * cols;
+        if (first % blocksize != 0 || (count % blocksize != 0 && first + count != numElements)) {
+            throw new IllegalArgumentException(job.out().name() + ": rows [" + row0 + ", +" + rowCount + ") do not cover whole NF4 blocks");
+        }
+        long bytes = count * format.sizeInBytes();
+        backend.loadW(w, job, factors, row0, rowCount, packed);
+        backend.computeOnDevice(w, factors, format, row0, rowCount, cols, job.boundK(), w.dIn.pointer(), w.dWide.pointer(),
+                w.dOut.pointer());
+        JCuda.cudaMemcpyAsync(w.hostCounters.pointer(), w.counters.pointer(), 3 * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                w.stream.runtime());
+        w.stream.synchronize();
+        ByteBuffer counters = w.hostCounters.buffer();
+        long ambiguous = counters.getLong(0);
+        long overflows = counters.getLong(8);
+        long nans = counters.getLong(16);
+        if (ambiguous > 0) {
+            long[] settled = settle(w, row0, rowCount, ambiguous, bytes);
+            overflows = settled[0];
+            nans = settled[1];
+        }
+        stats.add(ambiguous, overflows, nans);
+        if (overflows > 0 || nans > 0) {
+            throw nonFinite(w, first, count, bytes);
+        }
+        backend.nf4().requant(w.stream, format, w.dOut.pointer(), w.dIn.pointer(), w.dWide.pointer(), first, count, blocksize,
+                packedX.pointer(), packedW.pointer(), absmaxX.pointer(), absmaxW.pointer(), sums.pointer());
+        long from = first / 2;
+        int out = (int) (Nf4Codec.packedBytes(first + count) - from);
+        byte[] codes = new byte[out];
+        JCuda.cudaMemcpyAsync(w.hostIn.pointer(), packedX.at(from), out, cudaMemcpyKind.cudaMemcpyDeviceToHost, w.stream.runtime());
+        w.stream.synchronize();
+        w.hostIn.buffer().get(codes);
+        return ByteBuffer.wrap(codes);
+    }
+
+    /**
+     * Settles the block's ambiguous elements: each is recomputed exactly on the host from W (the
+     * dequantized block, copied down) and written into X on the device; when more were listed than
+     * the kernel kept, the CPU engine merges the whole block and X goes up again. Returns the
+     * block's overflows and NaNs after settling.
+     */
+    private long[] settle(CudaBackend.Worker w, long row0, int rowCount, long ambiguous, long bytes) throws Exception {
+        ByteBuffer wHost = backend.downloadW(w, bytes);
+        if (ambiguous > CudaBackend.AMBIGUOUS_CAPACITY) {
+            ByteBuffer x = ByteBuffer.allocateDirect(Math.toIntExact(bytes)).order(ByteOrder.LITTLE_ENDIAN);
+            BlockStats s = new BlockStats();
+            CpuMerge.mergeRows(job, row0, rowCount, wHost, x, s);
+            x.position(0).limit(Math.toIntExact(bytes));
+            Nf4Kernels.upload(w.stream, w.dOut.pointer(), x);
+            return new long[] {s.overflows(), s.nans()};
+        }
+        JCuda.cudaMemcpyAsync(w.hostAmbiguous.pointer(), w.ambiguous.pointer(), ambiguous * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                w.stream.runtime());
+        w.stream.synchronize();
+        int size = format.sizeInBytes();
+        ByteBuffer one = ByteBuffer.allocateDirect(4).order(ByteOrder.LITTLE_ENDIAN);
+        long overflows = CudaBackend.settle(job, row0, wHost, w.hostAmbiguous.buffer(), (int) ambiguous, (e, bits) -> {
+            format.putBits(one, 0, bits);
+            Nf4Kernels.upload(w.stream, w.dOut.at(e * size), one.duplicate().position(0).limit(size));
+        });
+        // the kernel counted the ambiguous elements apart: its overflows and NaNs are among the others
+        ByteBuffer counters = w.hostCounters.buffer();
+        return new long[] {counters.getLong(8) + overflows, counters.getLong(16)};
+    }
+
+    /** The error the CPU path raises for the first non-finite merged value of the block (Nf4Encoder). */
+    private QuantException nonFinite(CudaBackend.Worker w, long first, long count, long bytes) {
+        byte[] x = new byte[Math.toIntExact(bytes)];
+        w.stream.synchronize();
+        JCuda.cudaMemcpy(Pointer.to(x), w.dOut.pointer(), bytes, cudaMemcpyKind.cudaMemcpyDeviceToHost);
+        ByteBuffer b = ByteBuffer.wrap(x).order(ByteOrder.LITTLE_ENDIAN);
+        for (long i = 0; i < count; i++) {
+            float v = (float) format.decode(format.bitsAt(b, i));
+            if (!Float.isFinite(v)) {
+                return new QuantException(NON_FINITE, job.out().source().file().path(), job.out().name(), "element " + (first + i) + " is " + v
+                        + "; NF4 cannot represent it and it would poison its block's absmax");
+            }
+        }
+        throw new IllegalStateException(job.out().name() + ": the kernel counted non-finite values that are not there");
+    }
+
+    @Override
+    public Result finish() {
+        Nf4Kernels k = backend.nf4();
+        int blocks = Math.toIntExact(numBlocks);
+        long tiles = Nf4Kernels.tiles(numElements);
+        try (CudaStream s = new CudaStream(); DeviceMemory out = backend.pool().take(4 * tiles * Sizeof.DOUBLE)) {
+            QuantState state;
+            float[] absmax = null;
+            DoubleQuant.Result dq = null;
+            Nf4Requantizer.Change change;
+            if (base.isDoubleQuant()) {
+                try (DeviceMemory map = Nf4Kernels.uploadFloats(backend.pool(), s, DynamicMap.signed());
+                     DoubleQuantized x = doubleQuantize(s, absmaxX, map);
+                     DoubleQuantized w = doubleQuantize(s, absmaxW, map)) {
+                    k.measure(s, format, packedX.pointer(), packedW.pointer(), x.scales.pointer(), w.scales.pointer(), sums.pointer(),
+                            numElements, blocksize, out.pointer());
+                    change = sumTiles(s, out, tiles);
+                    byte[] codes = new byte[blocks];
+                    float[] nested = new float[(blocks + DoubleQuant.NESTED_BLOCKSIZE - 1) / DoubleQuant.NESTED_BLOCKSIZE];
+                    JCuda.cudaMemcpy(Pointer.to(codes), x.codes.pointer(), blocks, cudaMemcpyKind.cudaMemcpyDeviceToHost);
+                    JCuda.cudaMemcpy(Pointer.to(nested), x.nested.pointer(), (long) nested.length * Sizeof.FLOAT,
+                            cudaMemcpyKind.cudaMemcpyDeviceToHost);
+                    dq = new DoubleQuant.Result(codes, nested, x.offset);
+                    state = QuantState.of(blocksize, base.dtype(), base.shape(), new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, x.offset));
+                }
+            } else {
+                k.measure(s, format, packedX.pointer(), packedW.pointer(), absmaxX.pointer(), absmaxW.pointer(), sums.pointer(), numElements,
+                        blocksize, out.pointer());
+                change = sumTiles(s, out, tiles);
+                absmax = new float[blocks];
+                JCuda.cudaMemcpy(Pointer.to(absmax), absmaxX.pointer(), (long) blocks * Sizeof.FLOAT, cudaMemcpyKind.cudaMemcpyDeviceToHost);
+                state = QuantState.of(blocksize, base.dtype(), base.shape(), null);
+            }
+            return new Result(state, absmax, dq, change);
+        }
+    }
+
+    /** Adds the measure kernel's tiles in order (waits for the stream). */
+    private static Nf4Requantizer.Change sumTiles(CudaStream s, DeviceMemory out, long tiles) {
+        double[] t = new double[Math.toIntExact(4 * tiles)];
+        s.synchronize();
+        JCuda.cudaMemcpy(Pointer.to(t), out.pointer(), (long) t.length * Sizeof.DOUBLE, cudaMemcpyKind.cudaMemcpyDeviceToHost);
+        long changed = 0;
+        double sq = 0;
+        double dot = 0;
+        double d2 = 0;
+        for (int i = 0; i < tiles; i++) {
+            changed += (long) t[4 * i];
+            sq += t[4 * i + 1];
+            dot += t[4 * i + 2];
+            d2 += t[4 * i + 3];
+        }
+        return new Nf4Requantizer.Change(changed, sq, dot, d2);
+    }
+
+    /** One absmax set double-quantized on the device, and its decoded scales. */
+    private static final class DoubleQuantized implements AutoCloseable {
+        final float offset;
+        final DeviceMemory codes;
+        final DeviceMemory nested;
+        final DeviceMemory scales;
+
+        DoubleQuantized(float offset, DeviceMemory codes, DeviceMemory nested, DeviceMemory scales) {
+            this.offset = offset;
+            this.codes = codes;
+            this.nested = nested;
+            this.scales = scales;
+        }
+
+        @Override
+        public void close() {
+            codes.close();
+            nested.close();
+            scales.close();
+        }
+    }
+
+    /** DoubleQuant.quantize of {@code absmax} on the device, then DoubleQuant.decode of the result (waits for the stream). */
+    private DoubleQuantized doubleQuantize(CudaStream s, DeviceMemory absmax, DeviceMemory map) {
+        Nf4Kernels k = backend.nf4();
+        float offset;
+        try (DeviceMemory bucketSums = backend.pool().take(512 * Sizeof.LONG)) {
+            JCuda.cudaMemsetAsync(bucketSums.pointer(), 0, 512 * Sizeof.LONG, s.runtime());
+            k.exponentSums(s, absmax.pointer(), numBlocks, bucketSums.pointer());
+            long[] bucket = new long[512];
+            s.synchronize();
+            JCuda.cudaMemcpy(Pointer.to(bucket), bucketSums.pointer(), 512 * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost);
+            offset = DoubleQuant.meanOfSums(bucket, numBlocks);
+        }
+        long nestedBlocks = (numBlocks + DoubleQuant.NESTED_BLOCKSIZE - 1) / DoubleQuant.NESTED_BLOCKSIZE;
+        DeviceMemory codes = backend.pool().take(numBlocks);
+        DeviceMemory nested = backend.pool().take(nestedBlocks * Sizeof.FLOAT);
+        DeviceMemory scales = backend.pool().take(numBlocks * Sizeof.FLOAT);
+        k.doubleQuant(s, absmax.pointer(), numBlocks, offset, map.pointer(), codes.pointer(), nested.pointer());
+        k.decodeAbsmax(s, codes.pointer(), nested.pointer(), map.pointer(), offset, DoubleQuant.NESTED_BLOCKSIZE, numBlocks, scales.pointer());
+        return new DoubleQuantized(offset, codes, nested, scales);
+    }
+
+    @Override
+    public void close() {
+        if (closed) {
+            return;
+        }
+        closed = true;
+        packedX.close();
+        packedW.close();
+        absmaxX.close();
+        absmaxW.close();
+        sums.close();
+        backend.forget(this);
+    }
+}
