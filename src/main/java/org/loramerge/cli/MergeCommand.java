@@ -8,6 +8,8 @@ import java.nio.file.Path;
 import java.util.List;
 import java.util.Locale;
 import java.util.concurrent.Callable;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
 import org.loramerge.adapter.AdapterException;
 import org.loramerge.adapter.LoraAdapter;
 import org.loramerge.engine.Backend;
@@ -92,10 +94,15 @@ final class MergeCommand implements Callable<Integer> {
         long shardSize = parseSize(maxShardSize);
         int cpuThreads = threads != null ? threads : Runtime.getRuntime().availableProcessors();
         PrintStream err = System.err;
+        long start = System.nanoTime();
+        // the engine starts (CUDA context, cuBLAS, kernels: about a second) while the plan is made
+        CompletableFuture<Backends.Choice> opening = openInBackground(device, cpuThreads);
+        Backends.Choice choice = null;
         try (Checkpoint ckpt = openBase(base); LoraAdapter lora = openAdapter(adapter)) {
             PlanOptions planOptions = planOptions(ckpt, base, dtypeOption, to, shardSize);
             MergePlan plan = plan(ckpt, lora, planOptions);
-            Backends.Choice choice = Backends.open(device, cpuThreads);
+            choice = await(opening);
+            double startSeconds = (System.nanoTime() - start) / 1e9;
             try (Backend backend = choice.backend()) {
                 if (!quiet) {
                     if (choice.fallbackReason() != null) {
@@ -113,10 +120,46 @@ final class MergeCommand implements Callable<Integer> {
                     report = MergeRunner.run(plan, backend, output,
                             new MergeRunner.Options(allowOverflow, MergeRunner.DEFAULT_BLOCK_BYTES, verify ? Math.max(1, verifyRows) : 0), progress);
                 }
+                report.startSeconds = startSeconds;
                 print(report, err);
+            }
+        } finally {
+            if (choice == null) {
+                // planning failed: close the engine once it has started
+                opening.thenAccept(c -> c.backend().close());
             }
         }
         return ExitCodes.OK;
+    }
+
+    private static CompletableFuture<Backends.Choice> openInBackground(String device, int cpuThreads) {
+        CompletableFuture<Backends.Choice> f = new CompletableFuture<>();
+        Thread t = new Thread(() -> {
+            try {
+                f.complete(Backends.open(device, cpuThreads));
+            } catch (Throwable e) {
+                f.completeExceptionally(e);
+            }
+        }, "loramerge-engine-start");
+        t.setDaemon(true);
+        t.start();
+        return f;
+    }
+
+    /** The started engine, or what stopped it, as Backends.open throws it. */
+    private static Backends.Choice await(CompletableFuture<Backends.Choice> opening) throws Exception {
+        try {
+            return opening.get();
+        } catch (ExecutionException e) {
+            Throwable c = e.getCause();
+            if (c instanceof Exception) {
+                throw (Exception) c;
+            }
+            if (c instanceof Error) {
+                throw (Error) c;
+            }
+            throw e;
+        }
     }
 
     /**

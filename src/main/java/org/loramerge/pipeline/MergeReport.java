@@ -104,6 +104,8 @@ public final class MergeReport {
     public int shards;
     public long adapterKeys;
     public double seconds;
+    /** From the command's start to the first tensor: reading headers, planning, starting the engine (alongside). */
+    public double startSeconds;
     /** {@code --to nf4}: what survives requantization; null otherwise. */
     public Requantization requantization;
     public final List<TensorOutcome> tensors = new ArrayList<>();
