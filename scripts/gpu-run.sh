@@ -3,12 +3,13 @@
 #
 #   scripts/gpu-run.sh pack          here: build the jars, the JUnit launcher and a Java runtime into .device/
 #   then, through the device tool, from the repository root there (carry [".device"]):
-#   bash scripts/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchcpu] [e2e] [e2e2x]
+#   bash scripts/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchnf4] [benchcpu] [e2e] [e2e2x]
 #
 # "device" unpacks the runtime, runs the @Tag("gpu") tests (tests), the JMH throughput benchmarks
-# (benchgpu: device-resident merge and copy ceilings; benchcpu: CPU engine and the pipeline), the
-# 7B-shaped end-to-end benchmark (e2e) and the same at twice the size (e2e2x), writes logs under
-# $OUT and prints a summary table last. Each step fits one device call of 10 minutes.
+# (benchgpu: device-resident merge and copy ceilings; benchnf4: the NF4 kernels beside the
+# device-to-device copy; benchcpu: CPU engine and the pipeline), QLoRA end to end (nf4; SHAPE=llama-7b
+# for the 7B shape), the 7B-shaped end-to-end benchmark (e2e) and the same at twice the size
+# (e2e2x), writes logs under $OUT and prints a summary table last. Each step fits one device call of 10 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}
@@ -34,6 +35,8 @@ device)
   mkdir -p "$OUT"
   tar xzf .device/jre.tgz -C /tmp
   export JAVA_HOME=/tmp/jre PATH=/tmp/jre/bin:$PATH
+  # the class-data sharing archive a JDK install ships and a jlink'd runtime lacks (JVM start-up)
+  java -Xshare:dump > /dev/null 2>&1 || true
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/card.txt"
   summary=()
   for step in "${@:-tests}"; do
@@ -54,6 +57,13 @@ device)
         -f 1 -wi 1 -i 2 -w 500ms -r 500ms > "$OUT/jmh-gpu.log" 2>&1 || true
       python3 benchmarks/jmh_table.py "$OUT/jmh-gpu.json" | tee "$OUT/jmh-gpu.md" | tail -n 60
       summary+=("jmh gpu: $(grep -c '^| Cuda' "$OUT/jmh-gpu.md") rows in jmh-gpu.md")
+      ;;
+    benchnf4)
+      # the NF4 kernels device-resident, beside the device-to-device copy
+      java -jar .device/benchmarks.jar 'CudaNf4Benchmark|CudaCopyBenchmark.deviceToDevice' -rf json -rff "$OUT/jmh-nf4.json" \
+        -f 1 -wi 2 -i 3 -w 500ms -r 500ms > "$OUT/jmh-nf4.log" 2>&1 || true
+      python3 benchmarks/jmh_table.py "$OUT/jmh-nf4.json" | tee "$OUT/jmh-nf4.md" | tail -n 16
+      summary+=("jmh nf4: $(grep -c '^| CudaNf4' "$OUT/jmh-nf4.md") rows in jmh-nf4.md")
       ;;
     benchcpu)
       # CPU engine at ranks 16 and 64 in BF16 (a full CPU sweep takes hours at rank 256), and the pipeline file to file
@@ -80,8 +90,8 @@ device)
       summary+=("verify of the GPU merge: exit $vrc; $(tail -n 1 "$OUT/verify.log" | head -c 200)")
       ;;
     nf4)
-      bash scripts/bench-nf4-gpu.sh 2>&1 | tail -n 12
-      summary+=("nf4: see nf4-table.md")
+      bash scripts/bench-nf4-gpu.sh 2>&1 | tail -n 16
+      summary+=("nf4 (${SHAPE:-llama-7b}): see nf4-table.md")
       ;;
     e2e)
       LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench-e2e-gpu.sh 2>&1 | tee "$OUT/e2e.log" | tail -n 25
