@@ -347,13 +347,7 @@ public final class MergeRunner {
                     return requant.packed(row0 * cols, count);
                 }
             });
-            enqueue(() -> {
-                ByteBuffer b = get(f);
-                long bytes = b.remaining();
-                writer.write(b);
-                progress.addBytes(bytes);
-                flushInBackground(writer, bytes);
-            });
+            enqueue(() -> writeBlock(writer, get(f)));
         }
         List<Future<Nf4Requantizer.Change>> measured = new ArrayList<>();
         enqueue(() -> {
@@ -407,13 +401,7 @@ public final class MergeRunner {
                     return out;
                 }
             });
-            enqueue(() -> {
-                ByteBuffer b = get(f);
-                long bytes = b.remaining();
-                writer.write(b);
-                progress.addBytes(bytes);
-                flushInBackground(writer, bytes);
-            });
+            enqueue(() -> writeBlock(writer, get(f)));
         }
         enqueue(() -> {
             Requantization.Result r;
@@ -435,6 +423,14 @@ public final class MergeRunner {
                     t.source().nf4().tensor().numElements(), change.codesChanged(), Math.sqrt(change.deltaSq()), Math.sqrt(change.sumSq()),
                     change.dot()));
         });
+    }
+
+    /** Writes a finished block of codes in order and starts its flush to disk (writer thread). */
+    private void writeBlock(SafetensorsWriter writer, ByteBuffer b) throws Exception {
+        long bytes = b.remaining();
+        writer.write(b);
+        progress.addBytes(bytes);
+        flushInBackground(writer, bytes);
     }
 
     private static long gcd(long a, long b) {

@@ -65,18 +65,7 @@ public record TensorSource(SafetensorsFile file, TensorInfo info, Nf4Decoder nf4
      */
     public Bytes read(long byteOffset, long length) throws IOException {
         if (nf4 == null) {
-            MappedRegion r = file.map(info, byteOffset, length);
-            return new Bytes() {
-                @Override
-                public ByteBuffer bytes() {
-                    return r.bytes();
-                }
-
-                @Override
-                public void close() {
-                    r.close();
-                }
-            };
+            return mapped(file.map(info, byteOffset, length));
         }
         int size = info.dtype().sizeInBytes();
         if (byteOffset < 0 || length < 0 || byteOffset + length > info.sizeInBytes() || byteOffset % size != 0 || length % size != 0
@@ -106,7 +95,11 @@ public record TensorSource(SafetensorsFile file, TensorInfo info, Nf4Decoder nf4
         if (nf4 == null) {
             throw new IllegalStateException(this + " is not an NF4 weight");
         }
-        MappedRegion r = nf4.packed(firstElement, count);
+        return mapped(nf4.packed(firstElement, count));
+    }
+
+    /** A memory-mapped region as Bytes: closing them unmaps it. */
+    private static Bytes mapped(MappedRegion r) {
         return new Bytes() {
             @Override
             public ByteBuffer bytes() {

@@ -260,13 +260,10 @@ public final class CudaBackend implements Backend {
         computeOnDevice(w, f, fmt, row0, rowCount, cols, job.boundK(), w.dIn.pointer(), w.dWide.pointer(), w.dOut.pointer());
         // dst is page-locked when the pipeline took it from allocateBlockBuffer, so this copy is asynchronous and direct
         JCuda.cudaMemcpyAsync(Pointer.to(dst), w.dOut.pointer(), bytes, cudaMemcpyKind.cudaMemcpyDeviceToHost, w.stream.runtime());
-        JCuda.cudaMemcpyAsync(w.hostCounters.pointer(), w.counters.pointer(), 3 * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost,
-                w.stream.runtime());
-        w.stream.synchronize();
-        ByteBuffer counters = w.hostCounters.buffer();
-        long ambiguous = counters.getLong(0);
-        long overflows = counters.getLong(8);
-        long nans = counters.getLong(16);
+        long[] counted = counters(w);
+        long ambiguous = counted[0];
+        long overflows = counted[1];
+        long nans = counted[2];
         if (job.out().source().isQuantized() && ambiguous > 0) {
             src = downloadW(w, bytes); // the host work below reads W: the dequantized values, not the packed codes
         }
@@ -283,6 +280,18 @@ public final class CudaBackend implements Backend {
             overflows += settle(job, row0, src, w.hostAmbiguous.buffer(), (int) ambiguous, (e, bits) -> fmt.putBits(out, e, bits));
         }
         stats.add(ambiguous, overflows, nans);
+    }
+
+    /**
+     * The merge_round kernel's counters of the worker's last block, once the stream has done
+     * everything queued: {ambiguous, overflows, NaNs}.
+     */
+    static long[] counters(Worker w) {
+        JCuda.cudaMemcpyAsync(w.hostCounters.pointer(), w.counters.pointer(), 3 * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                w.stream.runtime());
+        w.stream.synchronize();
+        ByteBuffer c = w.hostCounters.buffer();
+        return new long[] {c.getLong(0), c.getLong(8), c.getLong(16)};
     }
 
     /** Where {@link #settle} puts an element's bits: {@code element} indexes the block. */

@@ -99,15 +99,12 @@ final class CudaRequantization implements Requantization {
         backend.loadW(w, job, factors, row0, rowCount, packed);
         backend.computeOnDevice(w, factors, format, row0, rowCount, cols, job.boundK(), w.dIn.pointer(), w.dWide.pointer(),
                 w.dOut.pointer());
-        JCuda.cudaMemcpyAsync(w.hostCounters.pointer(), w.counters.pointer(), 3 * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost,
-                w.stream.runtime());
-        w.stream.synchronize();
-        ByteBuffer counters = w.hostCounters.buffer();
-        long ambiguous = counters.getLong(0);
-        long overflows = counters.getLong(8);
-        long nans = counters.getLong(16);
+        long[] counted = CudaBackend.counters(w);
+        long ambiguous = counted[0];
+        long overflows = counted[1];
+        long nans = counted[2];
         if (ambiguous > 0) {
-            long[] settled = settle(w, row0, rowCount, ambiguous, bytes);
+            long[] settled = settle(w, row0, rowCount, ambiguous, counted, bytes);
             overflows = settled[0];
             nans = settled[1];
         }
@@ -132,7 +129,7 @@ final class CudaRequantization implements Requantization {
      * the kernel kept, the CPU engine merges the whole block and X goes up again. Returns the
      * block's overflows and NaNs after settling.
      */
-    private long[] settle(CudaBackend.Worker w, long row0, int rowCount, long ambiguous, long bytes) throws Exception {
+    private long[] settle(CudaBackend.Worker w, long row0, int rowCount, long ambiguous, long[] counted, long bytes) throws Exception {
         ByteBuffer wHost = backend.downloadW(w, bytes);
         if (ambiguous > CudaBackend.AMBIGUOUS_CAPACITY) {
             ByteBuffer x = ByteBuffer.allocateDirect(Math.toIntExact(bytes)).order(ByteOrder.LITTLE_ENDIAN);
@@ -152,8 +149,7 @@ final class CudaRequantization implements Requantization {
             Nf4Kernels.upload(w.stream, w.dOut.at(e * size), one.duplicate().position(0).limit(size));
         });
         // the kernel counted the ambiguous elements apart: its overflows and NaNs are among the others
-        ByteBuffer counters = w.hostCounters.buffer();
-        return new long[] {counters.getLong(8) + overflows, counters.getLong(16)};
+        return new long[] {counted[1] + overflows, counted[2]};
     }
 
     /** The error the CPU path raises for the first non-finite merged value of the block (Nf4Encoder). */
