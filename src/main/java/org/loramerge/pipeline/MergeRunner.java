@@ -30,6 +30,7 @@ import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.TensorSource;
 import org.loramerge.quant.Nf4Requantizer;
+import org.loramerge.quant.Nf4Tensor;
 
 /**
  * Streams a {@link MergePlan} to disk: tensors are cut into row blocks, blocks are computed by the
@@ -327,11 +328,8 @@ public final class MergeRunner {
         Nf4Requantizer requant = new Nf4Requantizer(t.name(), t.source().file().path(), t.source().nf4().tensor().state());
         long cols = job.cols();
         long rows = job.rows();
-        long bs = requant.blocksize();
-        long align = bs / gcd(cols, bs); // rows whose elements fill whole blocks
         // a block's ΔW is held as doubles (8 bytes an element): size blocks by that
-        long fit = Math.max(1, options.blockBytes() / (cols * Double.BYTES));
-        long perBlock = Math.max(align, fit / align * align);
+        long perBlock = nf4RowsPerBlock(cols, requant.blocksize(), cols * Double.BYTES);
         for (long r0 = 0; r0 < rows; r0 += perBlock) {
             long row0 = r0;
             int n = (int) Math.min(perBlock, rows - r0);
@@ -354,12 +352,7 @@ public final class MergeRunner {
             backend.endTensor(job);
             checkFinite(t, tensorStats);
             requant.finish();
-            for (ByteBuffer b : requant.tail(t.nf4().quantStateBytes())) {
-                long bytes = b.remaining();
-                writer.write(b);
-                progress.addBytes(bytes);
-            }
-            progress.tensorDone();
+            writeTail(writer, requant.tail(t.nf4().quantStateBytes()));
             for (int c = 0; c < requant.chunks(); c++) {
                 int chunk = c;
                 measured.add(pool.submit(() -> requant.measure(chunk)));
@@ -370,8 +363,7 @@ public final class MergeRunner {
             for (Future<Nf4Requantizer.Change> f : measured) {
                 change = change.plus(get(f)); // in chunk order: the same sums whatever the thread count
             }
-            survivals.add(MergeReport.Survival.of(t.name(), t.shape(), requant.blocksize(), requant.outputState().isDoubleQuant(),
-                    requant.numElements(), change.codesChanged(), Math.sqrt(change.deltaSq()), Math.sqrt(change.sumSq()), change.dot()));
+            survivals.add(survival(t, requant.outputState().isDoubleQuant(), change));
         });
     }
 
@@ -385,10 +377,7 @@ public final class MergeRunner {
                                               long outRowBytes, SafetensorsWriter writer) throws Exception {
         long cols = job.cols();
         long rows = job.rows();
-        long bs = t.source().nf4().tensor().blocksize();
-        long align = bs / gcd(cols, bs);
-        long fit = Math.max(1, options.blockBytes() / outRowBytes);
-        long perBlock = Math.max(align, fit / align * align);
+        long perBlock = nf4RowsPerBlock(cols, t.source().nf4().tensor().blocksize(), outRowBytes);
         // on a failure the backend frees what an unfinished requantization holds when it closes
         for (long r0 = 0; r0 < rows; r0 += perBlock) {
             long row0 = r0;
@@ -412,17 +401,35 @@ public final class MergeRunner {
                 requant.close();
             }
             backend.endTensor(job);
-            for (ByteBuffer b : r.tail(t.nf4().quantStateBytes())) {
-                long bytes = b.remaining();
-                writer.write(b);
-                progress.addBytes(bytes);
-            }
-            progress.tensorDone();
-            Nf4Requantizer.Change change = r.change();
-            survivals.add(MergeReport.Survival.of(t.name(), t.shape(), (int) bs, r.outputState().isDoubleQuant(),
-                    t.source().nf4().tensor().numElements(), change.codesChanged(), Math.sqrt(change.deltaSq()), Math.sqrt(change.sumSq()),
-                    change.dot()));
+            writeTail(writer, r.tail(t.nf4().quantStateBytes()));
+            survivals.add(survival(t, r.outputState().isDoubleQuant(), r.change()));
         });
+    }
+
+    /**
+     * Rows per block of a requantized weight: whole NF4 blocks (a multiple of
+     * {@code blocksize / gcd(cols, blocksize)} rows), about a streaming block of {@code bytesPerRow}.
+     */
+    private long nf4RowsPerBlock(long cols, long blocksize, long bytesPerRow) {
+        long align = blocksize / gcd(cols, blocksize); // rows whose elements fill whole blocks
+        long fit = Math.max(1, options.blockBytes() / bytesPerRow);
+        return Math.max(align, fit / align * align);
+    }
+
+    /** The tensors after a requantized weight's codes (absmax, maps, quant state); the weight is then done. */
+    private void writeTail(SafetensorsWriter writer, List<ByteBuffer> tail) throws Exception {
+        for (ByteBuffer b : tail) {
+            long bytes = b.remaining();
+            writer.write(b);
+            progress.addBytes(bytes);
+        }
+        progress.tensorDone();
+    }
+
+    private static MergeReport.Survival survival(OutputTensor t, boolean doubleQuant, Nf4Requantizer.Change change) {
+        Nf4Tensor base = t.source().nf4().tensor();
+        return MergeReport.Survival.of(t.name(), t.shape(), base.blocksize(), doubleQuant, base.numElements(), change.codesChanged(),
+                Math.sqrt(change.deltaSq()), Math.sqrt(change.sumSq()), change.dot());
     }
 
     /** Writes a finished block of codes in order and starts its flush to disk (writer thread). */

@@ -241,12 +241,8 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void mergeRows(TensorJob job, long row0, int rowCount, ByteBuffer src, ByteBuffer dst, BlockStats stats) {
-        if (!onGpu(job)) {
-            CpuMerge.mergeRows(job, row0, rowCount, src, dst, stats);
-            return;
-        }
-        if (stats.deltas() != null) {
-            // the CPU requantization's merge, which records each element's ΔW (Backend.requantize returned null)
+        if (!onGpu(job) || stats.deltas() != null) {
+            // the CPU engine's tensors, and merges that must record each element's ΔW (the CPU requantization's)
             CpuMerge.mergeRows(job, row0, rowCount, src, dst, stats);
             return;
         }

@@ -99,7 +99,7 @@ class CudaNf4Test {
                  DeviceMemory out = new DeviceMemory((long) n * size);
                  MappedRegion codes = d.packed(0, n)) {
                 if (c.has(".absmax_decoded")) {
-                    assertArrayEquals(Nf4Vectors.floats(f, c.name() + ".absmax_decoded"), downloadFloats(absmax, (int) c.numBlocks()),
+                    assertArrayEquals(Nf4Vectors.floats(f, c.name() + ".absmax_decoded"), downloadFloats(s, absmax, (int) c.numBlocks()),
                             "decoded absmax");
                 }
                 Nf4Kernels.upload(s, packed.pointer(), codes.bytes());
@@ -378,13 +378,6 @@ class CudaNf4Test {
     private static float[] downloadFloats(CudaStream s, DeviceMemory m, int count) {
         float[] out = new float[count];
         s.synchronize();
-        JCuda.cudaMemcpy(Pointer.to(out), m.pointer(), (long) count * Sizeof.FLOAT, cudaMemcpyKind.cudaMemcpyDeviceToHost);
-        return out;
-    }
-
-    private static float[] downloadFloats(DeviceMemory m, int count) {
-        float[] out = new float[count];
-        JCuda.cudaDeviceSynchronize();
         JCuda.cudaMemcpy(Pointer.to(out), m.pointer(), (long) count * Sizeof.FLOAT, cudaMemcpyKind.cudaMemcpyDeviceToHost);
         return out;
     }
