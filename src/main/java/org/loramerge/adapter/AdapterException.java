@@ -1,9 +1,11 @@
 package org.loramerge.adapter;
 
 import java.nio.file.Path;
+import org.loramerge.errors.ExitCode;
+import org.loramerge.errors.UserException;
 
 /** A PEFT adapter that cannot be merged as it is: a bad config, a key form we do not know, a refused feature. */
-public final class AdapterException extends Exception {
+public final class AdapterException extends UserException {
     private static final long serialVersionUID = 1L;
 
     public enum Reason {
@@ -34,5 +36,11 @@ public final class AdapterException extends Exception {
 
     public Reason reason() {
         return reason;
+    }
+
+    /** A bad input file: exit 3. */
+    @Override
+    public ExitCode exitCode() {
+        return ExitCode.BAD_INPUT;
     }
 }

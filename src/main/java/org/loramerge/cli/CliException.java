@@ -1,20 +1,20 @@
 package org.loramerge.cli;
 
-/** A failure with the exit code it maps to and a message for the user. */
-final class CliException extends Exception {
+import org.loramerge.errors.ExitCode;
+import org.loramerge.errors.UserException;
+
+/** A failure found by a command itself (an input folder that cannot be opened, ...), with the kind it is. */
+final class CliException extends UserException {
     private static final long serialVersionUID = 1L;
-    private final int exitCode;
+    private final ExitCode exitCode;
 
-    CliException(int exitCode, String message) {
-        this(exitCode, message, null);
-    }
-
-    CliException(int exitCode, String message, Throwable cause) {
+    CliException(ExitCode exitCode, String message, Throwable cause) {
         super(message, cause);
         this.exitCode = exitCode;
     }
 
-    int exitCode() {
+    @Override
+    public ExitCode exitCode() {
         return exitCode;
     }
 }

@@ -3,13 +3,9 @@ package org.loramerge.cli;
 import java.io.IOException;
 import java.io.PrintWriter;
 import java.nio.file.FileAlreadyExistsException;
-import org.loramerge.adapter.AdapterException;
-import org.loramerge.engine.Backends;
-import org.loramerge.format.SafetensorsException;
-import org.loramerge.pipeline.MergeRunner;
-import org.loramerge.quant.QuantException;
-import picocli.CommandLine;
+import org.loramerge.errors.UserException;
 import picocli.CommandLine.Command;
+import picocli.CommandLine;
 
 /** The {@code loramerge} command. The only place that turns failures into exit codes. */
 @Command(name = "loramerge",
@@ -32,25 +28,20 @@ public final class Main {
         return cl.execute(args);
     }
 
+    /**
+     * Maps a failure to its exit code: a {@link UserException} carries its own and prints its
+     * message; an I/O failure that no layer typed is the output that could not be written; anything
+     * else is a bug, printed with its trace.
+     */
     static int handle(Exception e, CommandLine cl, CommandLine.ParseResult parsed) {
         PrintWriter err = cl.getErr();
         int code;
         String message = e.getMessage();
-        if (e instanceof CliException) {
-            code = ((CliException) e).exitCode();
-        } else if (e instanceof SafetensorsException || e instanceof AdapterException || e instanceof QuantException) {
-            code = ExitCodes.BAD_INPUT;
+        if (e instanceof UserException) {
+            code = ((UserException) e).exitCode().code();
         } else if (e instanceof FileAlreadyExistsException) {
             code = ExitCodes.OUTPUT;
             message = ((FileAlreadyExistsException) e).getFile() + ": " + ((FileAlreadyExistsException) e).getReason();
-        } else if (e instanceof MergeRunner.VerificationFailedException) {
-            code = ExitCodes.VERIFY_FAILED;
-        } else if (e instanceof MergeRunner.NonFiniteException) {
-            code = ExitCodes.NON_FINITE;
-        } else if (e instanceof Backends.DeviceUnavailableException) {
-            code = ExitCodes.DEVICE;
-        } else if (e instanceof IllegalArgumentException) {
-            code = ExitCodes.USAGE;
         } else if (e instanceof IOException) {
             code = ExitCodes.OUTPUT;
         } else {

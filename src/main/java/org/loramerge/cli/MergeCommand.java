@@ -14,6 +14,8 @@ import org.loramerge.adapter.AdapterException;
 import org.loramerge.adapter.LoraAdapter;
 import org.loramerge.engine.Backend;
 import org.loramerge.engine.Backends;
+import org.loramerge.errors.ExitCode;
+import org.loramerge.errors.UsageException;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
 import org.loramerge.format.SafetensorsException;
@@ -25,8 +27,6 @@ import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
 import org.loramerge.plan.QuantTarget;
-import org.loramerge.quant.Nf4Detector;
-import org.loramerge.quant.QuantException;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 
@@ -99,8 +99,7 @@ final class MergeCommand implements Callable<Integer> {
         CompletableFuture<Backends.Choice> opening = openInBackground(device, cpuThreads);
         Backends.Choice choice = null;
         try (Checkpoint ckpt = openBase(base); LoraAdapter lora = openAdapter(adapter)) {
-            PlanOptions planOptions = planOptions(ckpt, base, dtypeOption, to, shardSize);
-            MergePlan plan = plan(ckpt, lora, planOptions);
+            MergePlan plan = Planner.plan(ckpt, lora, new PlanOptions(dtypeOption, shardSize, parseTarget(to)));
             choice = await(opening);
             double startSeconds = (System.nanoTime() - start) / 1e9;
             try (Backend backend = choice.backend()) {
@@ -118,7 +117,7 @@ final class MergeCommand implements Callable<Integer> {
                 try (AtomicOutput output = AtomicOutput.create(out, overwrite, List.of(base, adapter))) {
                     Progress progress = new Progress(err, !quiet, plan.totalBytes(), plan.tensors().size());
                     report = MergeRunner.run(plan, backend, output,
-                            new MergeRunner.Options(allowOverflow, MergeRunner.DEFAULT_BLOCK_BYTES, verify ? Math.max(1, verifyRows) : 0), progress);
+                            new MergeRunner.Options(allowOverflow, Backend.DEFAULT_BLOCK_BYTES, verify ? Math.max(1, verifyRows) : 0), progress);
                 }
                 report.startSeconds = startSeconds;
                 print(report, err);
@@ -162,65 +161,23 @@ final class MergeCommand implements Callable<Integer> {
         }
     }
 
-    /**
-     * The plan options for {@code ckpt}: --to is required when the base has bitsandbytes 4-bit
-     * weights, refused as nf4 when it has none, and taken as --dtype for bf16/f16/f32 there.
-     */
-    static PlanOptions planOptions(Checkpoint ckpt, Path dir, DType dtype, String to, long maxShardSize) throws CliException {
-        QuantTarget target = null;
-        if (to != null) {
-            target = QuantTarget.parse(to);
-            if (target == null) {
-                throw new CliException(ExitCodes.USAGE, "--to " + to + ": expected bf16, f16, f32 or nf4");
-            }
+    /** The --to option: bf16, f16, f32 (and their other spellings, as --dtype takes them) or nf4; null when not given. */
+    static QuantTarget parseTarget(String to) throws UsageException {
+        if (to == null) {
+            return null;
         }
-        Nf4Detector.Result quant;
-        try {
-            quant = Nf4Detector.detectIfBitsandbytes(ckpt);
-        } catch (QuantException | IOException e) {
-            throw new CliException(ExitCodes.BAD_INPUT, "--base: " + e.getMessage(), e);
+        QuantTarget target = QuantTarget.parse(to);
+        if (target == null) {
+            throw new UsageException("--to " + to + ": expected bf16, f16, f32 or nf4");
         }
-        if (quant.isQuantized()) {
-            if (target == null) {
-                throw new CliException(ExitCodes.USAGE, dir + " is a bitsandbytes 4-bit (QLoRA) model (" + quant.weights().size()
-                        + " NF4 weights): choose what its 4-bit weights become with --to:\n"
-                        + "  --to bf16 (or f16, f32): dequantize, merge, write dense weights: the adapter's change is kept, rounded once, "
-                        + "in a dense model whose linear weights are about 4 times their 4-bit size; config.json loses quantization_config\n"
-                        + "  --to nf4: dequantize, merge, requantize with the base's settings: a 4-bit model bitsandbytes loads, in which "
-                        + "part of the change is rounded away; the merge reports how much survives\n"
-                        + "Both merge into the dequantized NF4 weights the adapter was trained against (docs/QLORA.md); to merge into "
-                        + "the original 16-bit weights instead, pass the 16-bit model as --base");
-            }
-            return new PlanOptions(dtype, maxShardSize, target);
-        }
-        if (target == QuantTarget.NF4) {
-            throw new CliException(ExitCodes.USAGE, "--to nf4 merges into a bitsandbytes 4-bit (QLoRA) base and requantizes, but " + dir
-                    + " has no 4-bit weights; merge without --to, then run `loramerge quantize` on the result for a 4-bit model");
-        }
-        if (target != null) {
-            if (dtype != null && dtype != target.denseType()) {
-                throw new CliException(ExitCodes.USAGE, "--to " + to + " and --dtype " + dtype.name().toLowerCase(java.util.Locale.ROOT)
-                        + " disagree: for a base that is not 4-bit, --to bf16|f16|f32 is the same as --dtype; give one of them");
-            }
-            return new PlanOptions(target.denseType(), maxShardSize);
-        }
-        return new PlanOptions(dtype, maxShardSize);
-    }
-
-    /** Plans the merge; a 4-bit base loramerge cannot read is a bad input. */
-    static MergePlan plan(Checkpoint ckpt, LoraAdapter lora, PlanOptions options) throws CliException, AdapterException, IOException {
-        try {
-            return Planner.plan(ckpt, lora, options);
-        } catch (QuantException e) {
-            throw new CliException(ExitCodes.BAD_INPUT, "--base: " + e.getMessage(), e);
-        }
+        return target;
     }
 
     static Checkpoint openBase(Path dir) throws CliException, SafetensorsException {
         try {
             return Checkpoint.open(dir);
         } catch (IOException e) {
-            throw new CliException(ExitCodes.BAD_INPUT, "--base: " + e.getMessage(), e);
+            throw new CliException(ExitCode.BAD_INPUT, "--base: " + e.getMessage(), e);
         }
     }
 
@@ -228,7 +185,7 @@ final class MergeCommand implements Callable<Integer> {
         try {
             return LoraAdapter.open(dir);
         } catch (IOException e) {
-            throw new CliException(ExitCodes.BAD_INPUT, "--adapter: " + e.getMessage(), e);
+            throw new CliException(ExitCode.BAD_INPUT, "--adapter: " + e.getMessage(), e);
         }
     }
 
@@ -293,18 +250,18 @@ final class MergeCommand implements Callable<Integer> {
         return share == null ? "n/a" : String.format(Locale.ROOT, "%.1f%%", 100 * share);
     }
 
-    static DType parseDtype(String s) {
+    static DType parseDtype(String s) throws UsageException {
         if (s.equalsIgnoreCase("auto")) {
             return null;
         }
         DType d = DType.parseUserName(s);
         if (d == null) {
-            throw new IllegalArgumentException("--dtype " + s + ": expected auto, f32, f16 or bf16");
+            throw new UsageException("--dtype " + s + ": expected auto, f32, f16 or bf16");
         }
         return d;
     }
 
-    static long parseSize(String s) {
+    static long parseSize(String s) throws UsageException {
         String t = s.trim().toUpperCase(Locale.ROOT);
         long mult = 1;
         String[][] units = {{"GIB", "1073741824"}, {"MIB", "1048576"}, {"KIB", "1024"}, {"GB", "1000000000"}, {"MB", "1000000"},
@@ -323,7 +280,7 @@ final class MergeCommand implements Callable<Integer> {
             }
             return (long) (v * mult);
         } catch (NumberFormatException e) {
-            throw new IllegalArgumentException("--max-shard-size " + s + ": expected a size such as 5GB or 500MB");
+            throw new UsageException("--max-shard-size " + s + ": expected a size such as 5GB or 500MB");
         }
     }
 }

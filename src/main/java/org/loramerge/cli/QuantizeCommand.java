@@ -10,11 +10,13 @@ import java.nio.file.Path;
 import java.util.List;
 import java.util.Locale;
 import java.util.concurrent.Callable;
+import org.loramerge.errors.UsageException;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.pipeline.AtomicOutput;
 import org.loramerge.pipeline.Progress;
+import org.loramerge.pipeline.QuantizeRunner;
 import org.loramerge.quant.ModelQuantizer;
-import org.loramerge.quant.QuantException;
+import org.loramerge.quant.Nf4Codec;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 
@@ -48,18 +50,19 @@ final class QuantizeCommand implements Callable<Integer> {
 
     @Override
     public Integer call() throws Exception {
+        if (!Nf4Codec.isValidBlocksize(blocksize)) {
+            throw new UsageException("--blocksize " + blocksize + ": expected a power of two from 32 to 4096 (bitsandbytes' default is 64)");
+        }
         ModelQuantizer.Options options = new ModelQuantizer.Options(blocksize, doubleQuant);
         PrintStream err = System.err;
         ModelQuantizer.Report report;
         try (Checkpoint ckpt = MergeCommand.openBase(base);
              AtomicOutput output = AtomicOutput.create(out, overwrite, List.of(base))) {
-            report = ModelQuantizer.run(ckpt, output, options, line -> {
+            report = QuantizeRunner.run(ckpt, output, options, line -> {
                 if (!quiet) {
                     err.println(line);
                 }
             });
-        } catch (QuantException e) {
-            throw new CliException(ExitCodes.BAD_INPUT, e.getMessage(), e);
         }
         if (json) {
             ObjectMapper m = new ObjectMapper().enable(SerializationFeature.INDENT_OUTPUT);

@@ -8,7 +8,9 @@ import java.util.concurrent.Callable;
 import org.loramerge.adapter.LoraAdapter;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.plan.MergePlan;
+import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.PlanOptions;
+import org.loramerge.plan.Planner;
 import org.loramerge.verify.Verifier;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
@@ -45,14 +47,13 @@ final class VerifyCommand implements Callable<Integer> {
     public Integer call() throws Exception {
         try (Checkpoint b = MergeCommand.openBase(base); LoraAdapter a = MergeCommand.openAdapter(adapter);
              Checkpoint m = MergeCommand.openBase(merged)) {
-            PlanOptions options = MergeCommand.planOptions(b, base, null, to, PlanOptions.DEFAULT_MAX_SHARD_SIZE);
-            MergePlan plan = MergeCommand.plan(b, a, options);
+            MergePlan plan = Planner.plan(b, a, new PlanOptions(null, PlanOptions.DEFAULT_MAX_SHARD_SIZE, MergeCommand.parseTarget(to)));
             Verifier.Result result = Verifier.verify(plan, m, rows, maxUlp);
             if (json) {
                 ObjectMapper om = new ObjectMapper().enable(SerializationFeature.INDENT_OUTPUT);
                 System.out.println(om.writeValueAsString(result));
             }
-            long adapted = result.tensors().stream().filter(t -> !t.kind().equals("COPY")).count();
+            long adapted = result.tensors().stream().filter(t -> t.kind() != OutputTensor.Kind.COPY).count();
             System.err.println(String.format(Locale.ROOT, "verify: %d tensors checked (%d adapted), worst error %.3g ulp, %s",
                     result.tensors().size(), adapted, result.worstUlp(), result.passed() ? "PASSED" : "FAILED"));
             for (String p : result.problems()) {

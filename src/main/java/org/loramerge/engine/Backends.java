@@ -1,20 +1,13 @@
 package org.loramerge.engine;
 
+import java.lang.reflect.InvocationTargetException;
 import java.util.Locale;
 import org.loramerge.engine.cpu.CpuBackend;
+import org.loramerge.errors.UsageException;
 
 /** Picks the engine for {@code --device}. */
 public final class Backends {
     private Backends() {
-    }
-
-    /** The GPU engine could not be used; says why and what to do. */
-    public static final class DeviceUnavailableException extends Exception {
-        private static final long serialVersionUID = 1L;
-
-        public DeviceUnavailableException(String message, Throwable cause) {
-            super(message, cause);
-        }
     }
 
     /** A backend and, when {@code auto} fell back to the CPU, the reason. */
@@ -25,7 +18,7 @@ public final class Backends {
      * Opens the backend for {@code device}: {@code cpu}, {@code cuda}, {@code cuda:N}, or {@code auto}
      * (the GPU when a usable one is present, else the CPU).
      */
-    public static Choice open(String device, int cpuThreads) throws DeviceUnavailableException {
+    public static Choice open(String device, int cpuThreads) throws DeviceUnavailableException, UsageException {
         String d = device.toLowerCase(Locale.ROOT);
         if (d.equals("cpu")) {
             return new Choice(new CpuBackend(cpuThreads), null);
@@ -43,26 +36,27 @@ public final class Backends {
                 try {
                     ordinal = Integer.parseInt(d.substring(5));
                 } catch (NumberFormatException e) {
-                    throw new IllegalArgumentException("--device " + device + ": expected cuda:N with N a device number");
+                    throw new UsageException("--device " + device + ": expected cuda:N with N a device number");
                 }
             }
             return new Choice(openCuda(ordinal, cpuThreads), null);
         }
-        throw new IllegalArgumentException("--device " + device + ": expected auto, cpu, cuda or cuda:N");
+        throw new UsageException("--device " + device + ": expected auto, cpu, cuda or cuda:N");
     }
 
-    private static Backend openCuda(int ordinal, int cpuThreads) throws DeviceUnavailableException {
+    /** The GPU engine on device {@code ordinal}; loaded by name so that the CPU engine never needs JCuda's classes. */
+    public static Backend openCuda(int ordinal, int cpuThreads) throws DeviceUnavailableException {
         try {
             Class<?> c = Class.forName("org.loramerge.engine.cuda.CudaBackend");
             return (Backend) c.getMethod("open", int.class, int.class).invoke(null, ordinal, cpuThreads);
-        } catch (java.lang.reflect.InvocationTargetException e) {
+        } catch (InvocationTargetException e) {
             Throwable cause = e.getCause();
             if (cause instanceof DeviceUnavailableException) {
                 throw (DeviceUnavailableException) cause;
             }
-            throw new DeviceUnavailableException("the CUDA engine failed to start: " + cause, cause);
+            throw DeviceUnavailableException.engineFailed("the CUDA engine failed to start: " + cause, cause);
         } catch (ReflectiveOperationException | LinkageError e) {
-            throw new DeviceUnavailableException("the CUDA engine is not usable here (" + e + "); use --device cpu", e);
+            throw DeviceUnavailableException.engineFailed("the CUDA engine is not usable here (" + e + "); use --device cpu", e);
         }
     }
 }

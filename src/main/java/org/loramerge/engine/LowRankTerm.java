@@ -53,43 +53,11 @@ public final class LowRankTerm {
         }
     }
 
-    /** Loads the factors of {@code spec} for a weight viewed as [rows, cols], rearranged to U and Vᵀ. */
+    /** Loads the factors of {@code spec} for a weight viewed as [rows, cols] (see {@link TermSpec#factors}). */
     public static LowRankTerm load(TermSpec spec, long rows, long cols) throws IOException {
-        int r = spec.rank();
-        int m = Math.toIntExact(rows);
-        int n = Math.toIntExact(cols);
-        double[] b = spec.b().readDoubles();
-        if (spec.layout() == Layout.BIAS) {
-            return new LowRankTerm(spec.module(), spec.scale(), 1, m, 1, b, new double[] {1.0});
-        }
-        double[] a = spec.a().readDoubles();
-        double[] u;
-        double[] vt;
-        switch (spec.layout()) {
-            case LINEAR:
-                u = b;   // B [out, r(,1...)] is U [rows, r]
-                vt = a;  // A [r, in(,k...)] is Vᵀ [r, cols]
-                break;
-            case CONV1D:
-            case EMBEDDING:
-                // W [rows, cols] gets (B·A)ᵀ with A [r, rows] and B [cols, r]: U = Aᵀ, Vᵀ = Bᵀ
-                u = new double[m * r];
-                for (int k = 0; k < r; k++) {
-                    for (int i = 0; i < m; i++) {
-                        u[i * r + k] = a[k * m + i];
-                    }
-                }
-                vt = new double[r * n];
-                for (int j = 0; j < n; j++) {
-                    for (int k = 0; k < r; k++) {
-                        vt[k * n + j] = b[j * r + k];
-                    }
-                }
-                break;
-            default:
-                throw new IllegalStateException(spec.layout().toString());
-        }
-        return new LowRankTerm(spec.module(), spec.scale(), r, m, n, u, vt);
+        double[][] f = spec.factors(rows, cols);
+        int n = spec.layout() == Layout.BIAS ? 1 : Math.toIntExact(cols);
+        return new LowRankTerm(spec.module(), spec.scale(), spec.factorRank(), Math.toIntExact(rows), n, f[0], f[1]);
     }
 
     public String module() {
@@ -134,11 +102,5 @@ public final class LowRankTerm {
     /** ‖V_j‖ for every column. Not copied: do not modify. */
     public double[] vNorms() {
         return vNorm;
-    }
-
-    /** True if both terms describe the same ΔW, value for value. */
-    public boolean sameAs(LowRankTerm o) {
-        return scale == o.scale && rank == o.rank && rows == o.rows && cols == o.cols
-                && java.util.Arrays.equals(u, o.u) && java.util.Arrays.equals(vt, o.vt);
     }
 }

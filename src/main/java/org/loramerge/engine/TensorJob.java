@@ -133,8 +133,20 @@ public final class TensorJob {
         return doraAxis == DoraSpec.Axis.COLUMN;
     }
 
-    /** Sets the column factors m_j / ‖V_·j‖ and their relative error bounds, from the first pass. */
-    public void setColumnFactors(double[] factor, double[] rel) {
+    /**
+     * Turns the first pass's per-column sums over all rows ({@link TensorMerge#columnSums}) into the
+     * column factors m_j / ‖V_·j‖ and their relative error bounds; a column whose norm is not
+     * known well enough gets an infinite bound, so each of its elements is recomputed exactly.
+     */
+    public void finishColumnNorms(double[] sumSq, double[] sumErr) {
+        double[] factor = new double[cols];
+        double[] rel = new double[cols];
+        double n = rows();
+        for (int j = 0; j < cols; j++) {
+            double relS = (sumErr[j] + (n + 2) * U * sumSq[j]) / sumSq[j];
+            factor[j] = magnitude[j] / Math.sqrt(sumSq[j]);
+            rel[j] = relS < 1e-3 && Double.isFinite(factor[j]) ? relS / 2 + 3 * U : Double.POSITIVE_INFINITY;
+        }
         this.colFactor = factor;
         this.colRel = rel;
     }

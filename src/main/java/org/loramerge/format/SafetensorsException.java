@@ -1,13 +1,15 @@
 package org.loramerge.format;
 
 import java.nio.file.Path;
+import org.loramerge.errors.ExitCode;
+import org.loramerge.errors.UserException;
 
 /**
  * A safetensors file (or a shard index) that is malformed. Each reason mirrors one way the
  * reference implementation rejects a file (safetensors src/tensor.rs {@code SafeTensorError}),
  * plus the checks of a sharded checkpoint's index.
  */
-public final class SafetensorsException extends Exception {
+public final class SafetensorsException extends UserException {
     private static final long serialVersionUID = 1L;
 
     public enum Reason {
@@ -84,5 +86,11 @@ public final class SafetensorsException extends Exception {
 
     public String tensor() {
         return tensor;
+    }
+
+    /** A bad input file: exit 3. */
+    @Override
+    public ExitCode exitCode() {
+        return ExitCode.BAD_INPUT;
     }
 }

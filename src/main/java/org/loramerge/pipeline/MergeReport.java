@@ -2,7 +2,10 @@ package org.loramerge.pipeline;
 
 import java.util.ArrayList;
 import java.util.Comparator;
+import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Map;
+import org.loramerge.plan.OutputTensor;
 
 /** What a merge did, for the summary and {@code --json}. */
 public final class MergeReport {
@@ -16,7 +19,7 @@ public final class MergeReport {
      * {@code survival = ‖D‖ / ‖ΔW‖} with {@code D = deq(Q(W+ΔW)) − deq(Q(W))}, W the dequantized
      * base weight, ΔW the exact merged value minus W, Q the requantization with the base's settings
      * and deq bitsandbytes' dequantization; and {@code aligned = ⟨D, ΔW⟩ / ‖ΔW‖²}, the part of ΔW
-     * the change carries in ΔW's direction. All in double; see {@link org.loramerge.quant.Nf4Requantizer}.
+     * the change carries in ΔW's direction. All in double; see {@link org.loramerge.quant.Requantizer}.
      *
      * @param codes         4-bit codes in the weight (its element count)
      * @param codesChanged  codes of Q(W+ΔW) that differ from those of Q(W)
@@ -113,5 +116,16 @@ public final class MergeReport {
     public final List<String> notes = new ArrayList<>();
     public final List<String> copiedFiles = new ArrayList<>();
     /** With {@code merge --verify}: per adapted tensor, the worst error of the sampled rows in ulp (0 when exact). */
-    public final java.util.Map<String, Double> verifiedWorstUlp = new java.util.LinkedHashMap<>();
+    public final Map<String, Double> verifiedWorstUlp = new LinkedHashMap<>();
+
+    /** Counts one output tensor of this kind. */
+    void count(OutputTensor.Kind kind) {
+        switch (kind) {
+            case MERGE: tensorsMerged++; break;
+            case REPLACE: tensorsReplaced++; break;
+            case CONVERT: tensorsConverted++; break;
+            case DEQUANTIZE: tensorsDequantized++; break;
+            default: tensorsCopied++;
+        }
+    }
 }

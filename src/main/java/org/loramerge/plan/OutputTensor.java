@@ -4,13 +4,16 @@ import java.util.List;
 import org.loramerge.format.DType;
 import org.loramerge.format.SafetensorsWriter;
 import org.loramerge.format.TensorInfo;
+import org.loramerge.quant.QuantizedOutput;
 
 /**
  * One tensor of the merged checkpoint and everything that happens to it, decided before any byte
- * is written.
+ * is written: what it is made from ({@link #source()}), what is applied ({@link Update}), the dtype
+ * its values are rounded to, and so how it is written ({@link #route()}). Made by the named
+ * factories below; immutable.
  */
 public final class OutputTensor {
-    /** What kind of work the tensor needs. */
+    /** What kind of work the tensor needs, for the report. */
     public enum Kind {
         /** Bytes pass through unchanged. */
         COPY,
@@ -20,52 +23,127 @@ public final class OutputTensor {
         MERGE,
         /** Replaced by a tensor of the adapter (base_layer, modules_to_save, bias="all"), possibly with terms on top. */
         REPLACE,
-        /** A bitsandbytes NF4 weight without adapter terms, written dense (merge --to bf16/f16/f32). */
+        /** A quantized weight without adapter terms, written dense (merge --to bf16/f16/f32). */
         DEQUANTIZE
+    }
+
+    /** How the pipeline writes the tensor: one strategy each, chosen here from the plan's decisions. */
+    public enum Route {
+        /** The source's bytes, copied file to file. */
+        BYTE_COPY,
+        /** Row blocks merged (or converted) by the engine, written in order. */
+        ROWS,
+        /** DoRA with one norm per column: a first pass over the rows for the column norms, then {@link #ROWS}. */
+        ROWS_AFTER_COLUMN_NORMS,
+        /** Row blocks merged and requantized into {@link #quantizedOutput()}, then the group's scales. */
+        REQUANTIZE
+    }
+
+    /**
+     * What the adapter applies to a tensor.
+     *
+     * @param terms     low-rank updates, in adapter order
+     * @param dora      DoRA's magnitude rescaling, or null
+     * @param tokenRows rows replaced by trainable tokens, or null
+     */
+    public record Update(List<TermSpec> terms, DoraSpec dora, TokenRows tokenRows) {
+        public static final Update NONE = new Update(List.of(), null, null);
+
+        public Update {
+            terms = List.copyOf(terms);
+        }
+
+        public boolean isEmpty() {
+            return terms.isEmpty() && dora == null && tokenRows == null;
+        }
     }
 
     private final String name;
     private final DType dtype;
     private final long[] shape;
     private final TensorSource source;
-    private final List<TermSpec> terms;
-    private final DoraSpec dora;
-    private final TokenRows tokenRows;
+    private final Update update;
     private final Kind kind;
     private final String note;
-    private final Nf4Output nf4;
+    private final QuantizedOutput quantizedOutput;
+    private final Route route;
 
-    public OutputTensor(String name, DType dtype, long[] shape, TensorSource source, List<TermSpec> terms,
-                        DoraSpec dora, TokenRows tokenRows, Kind kind, String note) {
-        this(name, dtype, shape, source, terms, dora, tokenRows, kind, note, null);
-    }
-
-    /**
-     * @param dtype the dtype the merged values are rounded to: the written dtype, or for an NF4
-     *              output the quant state's dtype, which the rounded values are requantized from
-     * @param nf4   null for a dense output; the NF4 group to write otherwise
-     */
-    public OutputTensor(String name, DType dtype, long[] shape, TensorSource source, List<TermSpec> terms,
-                        DoraSpec dora, TokenRows tokenRows, Kind kind, String note, Nf4Output nf4) {
+    private OutputTensor(String name, DType dtype, long[] shape, TensorSource source, Update update, Kind kind, String note,
+                         QuantizedOutput quantizedOutput) {
         this.name = name;
         this.dtype = dtype;
         this.shape = shape.clone();
         this.source = source;
-        this.terms = List.copyOf(terms);
-        this.dora = dora;
-        this.tokenRows = tokenRows;
+        this.update = update;
         this.kind = kind;
         this.note = note;
-        this.nf4 = nf4;
-        if (nf4 != null && (!source.isQuantized() || dtype != source.dtype())) {
-            throw new IllegalArgumentException(name + ": an NF4 output is requantized from an NF4 source in the source's dtype");
+        this.quantizedOutput = quantizedOutput;
+        if (quantizedOutput != null && (!source.isQuantized() || dtype != source.dtype())) {
+            throw new IllegalArgumentException(name + ": a requantized output is made from a quantized source in the source's dtype");
         }
+        if (quantizedOutput != null) {
+            this.route = Route.REQUANTIZE;
+        } else if (update.isEmpty() && source.dtype() == dtype && !source.isQuantized()) {
+            this.route = Route.BYTE_COPY;
+        } else if (update.dora() != null && update.dora().axis() == DoraSpec.Axis.COLUMN) {
+            this.route = Route.ROWS_AFTER_COLUMN_NORMS;
+        } else {
+            this.route = Route.ROWS;
+        }
+    }
+
+    /** A tensor written as it is in {@code source}. */
+    public static OutputTensor copy(String name, TensorSource source) {
+        return new OutputTensor(name, source.dtype(), source.info().shape(), source, Update.NONE, Kind.COPY, null, null);
+    }
+
+    /** A tensor of {@code source} converted to {@code dtype}, rounded once. */
+    public static OutputTensor convert(String name, DType dtype, TensorSource source) {
+        return new OutputTensor(name, dtype, source.info().shape(), source, Update.NONE, Kind.CONVERT, null, null);
+    }
+
+    /** A base tensor with the adapter's {@code update} applied, rounded once to {@code dtype}. */
+    public static OutputTensor merge(String name, DType dtype, TensorSource base, Update update) {
+        return new OutputTensor(name, dtype, base.info().shape(), base, update, Kind.MERGE, null, null);
+    }
+
+    /** A tensor the adapter replaces with {@code replacement} (which may have another shape), with {@code update} on top. */
+    public static OutputTensor replace(String name, DType dtype, TensorSource replacement, Update update) {
+        return new OutputTensor(name, dtype, replacement.info().shape(), replacement, update, Kind.REPLACE, null, null);
+    }
+
+    /** A quantized weight written dense in {@code dtype}, with {@code update} applied (a plain dequantization when it is empty). */
+    public static OutputTensor dequantize(String name, DType dtype, TensorSource quantized, Update update) {
+        return new OutputTensor(name, dtype, quantized.info().shape(), quantized, update, update.isEmpty() ? Kind.DEQUANTIZE : Kind.MERGE,
+                null, null);
+    }
+
+    /**
+     * A quantized weight merged with {@code update}, rounded once to its own dtype, and requantized
+     * into {@code output}.
+     */
+    public static OutputTensor requantize(String name, TensorSource quantized, Update update, QuantizedOutput output) {
+        return new OutputTensor(name, quantized.dtype(), quantized.info().shape(), quantized, update, Kind.MERGE, null, output);
+    }
+
+    /** This tensor with a remark for the report (e.g. that lm_head was untied). */
+    public OutputTensor withNote(String newNote) {
+        return new OutputTensor(name, dtype, shape, source, update, kind, newNote, quantizedOutput);
+    }
+
+    /** This tensor as if written in {@code newDtype} (what {@code verify} expects of a file that holds another dtype). */
+    public OutputTensor withDtype(DType newDtype) {
+        return new OutputTensor(name, newDtype, shape, source, update, kind, note, quantizedOutput);
     }
 
     public String name() {
         return name;
     }
 
+    /**
+     * The dtype the merged values are rounded to: the written dtype, or for a requantized output
+     * the quantized weight's dtype, which the rounded values are requantized from.
+     */
     public DType dtype() {
         return dtype;
     }
@@ -78,20 +156,28 @@ public final class OutputTensor {
         return source;
     }
 
+    public Update update() {
+        return update;
+    }
+
     public List<TermSpec> terms() {
-        return terms;
+        return update.terms();
     }
 
     public DoraSpec dora() {
-        return dora;
+        return update.dora();
     }
 
     public TokenRows tokenRows() {
-        return tokenRows;
+        return update.tokenRows();
     }
 
     public Kind kind() {
         return kind;
+    }
+
+    public Route route() {
+        return route;
     }
 
     /** A remark for the report (e.g. that lm_head was untied), or null. */
@@ -103,9 +189,9 @@ public final class OutputTensor {
         return TensorInfo.numElements(shape);
     }
 
-    /** Bytes written: the dense tensor, or every tensor of an NF4 group. */
+    /** Bytes written: the dense tensor, or every tensor of a requantized group. */
     public long sizeInBytes() {
-        if (nf4 == null) {
+        if (quantizedOutput == null) {
             return numElements() * dtype.bits() / 8;
         }
         long n = 0;
@@ -115,19 +201,19 @@ public final class OutputTensor {
         return n;
     }
 
-    /** The NF4 group written for this tensor, or null when it is written dense. */
-    public Nf4Output nf4() {
-        return nf4;
+    /** The quantized group written for this tensor, or null when it is written dense. */
+    public QuantizedOutput quantizedOutput() {
+        return quantizedOutput;
     }
 
-    /** True when the tensor is written as an NF4 group (requantized). */
+    /** True when the tensor is written as a quantized group. */
     public boolean isRequantized() {
-        return nf4 != null;
+        return quantizedOutput != null;
     }
 
-    /** The safetensors entries written for this tensor: itself, or its NF4 group. */
+    /** The safetensors entries written for this tensor: itself, or its quantized group. */
     public List<SafetensorsWriter.Entry> entries() {
-        return nf4 == null ? List.of(new SafetensorsWriter.Entry(name, dtype, shape)) : nf4.entries(name);
+        return quantizedOutput == null ? List.of(new SafetensorsWriter.Entry(name, dtype, shape)) : quantizedOutput.entries(name);
     }
 
     /** Rows of the matrix view [shape[0], rest]. */
@@ -146,11 +232,11 @@ public final class OutputTensor {
 
     /** True when the output bytes are the source bytes. */
     public boolean isByteCopy() {
-        return terms.isEmpty() && dora == null && tokenRows == null && source.dtype() == dtype && !source.isQuantized() && nf4 == null;
+        return route == Route.BYTE_COPY;
     }
 
     /** True when the merge arithmetic changes values (not only the dtype). */
     public boolean isAdapted() {
-        return !terms.isEmpty() || dora != null || tokenRows != null || kind == Kind.REPLACE;
+        return !update.isEmpty() || kind == Kind.REPLACE;
     }
 }

@@ -13,16 +13,15 @@ import org.loramerge.adapter.AdapterConfig;
 import org.loramerge.adapter.AdapterException;
 import org.loramerge.adapter.AdapterKey;
 import org.loramerge.adapter.LoraAdapter;
-import org.loramerge.engine.LowRankTerm;
+import org.loramerge.errors.UsageException;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
 import org.loramerge.format.TensorInfo;
-import org.loramerge.quant.Bnb4BitConfig;
-import org.loramerge.quant.DoubleQuant;
-import org.loramerge.quant.Nf4Detector;
-import org.loramerge.quant.Nf4Requantizer;
-import org.loramerge.quant.Nf4Tensor;
 import org.loramerge.quant.QuantException;
+import org.loramerge.quant.QuantizedModel;
+import org.loramerge.quant.QuantizedOutput;
+import org.loramerge.quant.QuantizedWeight;
+import org.loramerge.quant.WeightFormats;
 
 import static org.loramerge.adapter.AdapterException.Reason.CONFIG_MISMATCH;
 import static org.loramerge.adapter.AdapterException.Reason.MISSING_PARTNER;
@@ -34,6 +33,11 @@ import static org.loramerge.adapter.AdapterException.Reason.UNSUPPORTED;
  * Decides, from the base's and the adapter's headers and configs alone, what every output tensor
  * is and where it goes. Any problem stops here, before anything is written, and the exception
  * names every offending key.
+ *
+ * <p>The steps, in {@link #build}: find the base's quantized weights and settle what they become
+ * ({@code --to}); group the adapter's keys by module; plan the tensors the adapter replaces, then
+ * each module's LoRA terms, DoRA magnitude, bias and token rows; resolve tied embeddings; list the
+ * output tensors in base order; then config.json and the shards.
  */
 public final class Planner {
     /** Input-embedding tensor names of common architectures, most common first. */
@@ -50,7 +54,17 @@ public final class Planner {
     private final List<String> warnings = new ArrayList<>();
     private final List<String> notes = new ArrayList<>();
     private final Map<String, String> keyUse = new LinkedHashMap<>();
-    private Nf4Detector.Result quant = Nf4Detector.NONE;
+    private QuantizedModel quant = QuantizedModel.none();
+    /** The dtype every floating-point tensor that is not quantized is written in; null keeps each tensor's own. */
+    private DType dtype;
+    /** What the quantized weights become; null for a base without them. */
+    private QuantTarget to;
+    /** The output tensor's name to the work the adapter asks on it, in adapter order. */
+    private final Map<String, Ops> ops = new LinkedHashMap<>();
+    /** Every base tensor's shape by name, as the adapter sees it (a quantized weight's own shape, a tied lm_head, replacements). */
+    private final Map<String, long[]> shapes = new LinkedHashMap<>();
+    private String embedName;
+    private boolean tied;
 
     /** The work on one output tensor, gathered from the adapter keys. */
     private static final class Ops {
@@ -63,11 +77,19 @@ public final class Planner {
         boolean isEmpty() {
             return replacement == null && terms.isEmpty() && dora == null && tokens == null;
         }
+
+        OutputTensor.Update update() {
+            return new OutputTensor.Update(terms, dora, tokens);
+        }
     }
 
     /** The LoRA parts of one module. */
     private static final class Parts {
         final Map<AdapterKey.Kind, AdapterKey> byKind = new LinkedHashMap<>();
+    }
+
+    /** The adapter's keys grouped: LoRA parts by module, and whole tensors it replaces by target name. */
+    private record KeyGroups(Map<String, Parts> modules, Map<String, AdapterKey> replacements) {
     }
 
     private Planner(Checkpoint base, LoraAdapter adapter, PlanOptions options) {
@@ -78,30 +100,93 @@ public final class Planner {
     }
 
     /**
-     * Plans the merge. A bitsandbytes 4-bit base (found by {@link Nf4Detector}) needs
-     * {@code options.to()}; any other base must come without it.
+     * Plans the merge. A base with quantized weights (bitsandbytes NF4) needs {@code options.to()};
+     * for any other base {@code to} bf16/f16/f32 means the same as {@code dtype}.
      *
-     * @throws QuantException when the base is a 4-bit checkpoint loramerge cannot read (FP4, 8-bit, incomplete groups)
+     * @throws QuantException when the base has quantized weights loramerge cannot read (FP4, 8-bit, incomplete groups)
+     * @throws UsageException when {@code to} is missing for a quantized base, or does not apply to this one
      */
-    public static MergePlan plan(Checkpoint base, LoraAdapter adapter, PlanOptions options) throws AdapterException, IOException, QuantException {
+    public static MergePlan plan(Checkpoint base, LoraAdapter adapter, PlanOptions options)
+            throws AdapterException, IOException, QuantException, UsageException {
         return new Planner(base, adapter, options).build();
     }
 
-    private MergePlan build() throws AdapterException, IOException, QuantException {
+    private MergePlan build() throws AdapterException, IOException, QuantException, UsageException {
         warnings.addAll(base.warnings());
         warnings.addAll(config.warnings());
-        quant = Nf4Detector.detectIfBitsandbytes(base);
-        if (quant.isQuantized() && options.to() == null) {
-            throw new IllegalArgumentException(base.dir() + " has bitsandbytes 4-bit weights: a target (QuantTarget) is required");
-        }
-        if (!quant.isQuantized() && options.to() != null) {
-            throw new IllegalArgumentException(base.dir() + " has no bitsandbytes 4-bit weights: a target (" + options.to() + ") does not apply");
-        }
+        quant = WeightFormats.detect(base);
+        settleTarget();
         warnings.addAll(quant.warnings());
-        String embedName = findEmbedding();
+        embedName = findEmbedding();
         boolean tieFlag = base.config() == null || base.config().path("tie_word_embeddings").asBoolean(true);
-        boolean tied = tieFlag && embedName != null && base.tensor(LM_HEAD) == null;
+        tied = tieFlag && embedName != null && base.tensor(LM_HEAD) == null;
+        collectShapes();
 
+        KeyGroups keys = groupKeys();
+        Long newVocab = planReplacements(keys.replacements());
+        if (newVocab != null) {
+            notes.add("vocabulary resized to " + newVocab + " rows by the adapter; config.json vocab_size follows");
+        }
+        for (Map.Entry<String, Parts> e : keys.modules().entrySet()) {
+            planModule(e.getKey(), e.getValue());
+        }
+        if (!problems.isEmpty()) {
+            throw new AdapterException(firstReason, adapter.dir(), "cannot merge; nothing was written:\n  - " + String.join("\n  - ", problems));
+        }
+        boolean untie = resolveTiedEmbeddings();
+        List<OutputTensor> outputs = outputTensors(untie);
+        placeKeys();
+        return new MergePlan(outputs, assignShards(outputs), updatedConfig(newVocab, untie), base.nonWeightFiles(), keyUse, warnings, notes);
+    }
+
+    /**
+     * The one place that decides what {@code --to} means: required for a base with quantized
+     * weights, refused as a quantized target for one without, and the same as {@code --dtype}
+     * there otherwise.
+     */
+    private void settleTarget() throws UsageException {
+        dtype = options.dtype();
+        QuantTarget target = options.to();
+        if (quant.isQuantized()) {
+            if (target == null) {
+                throw new UsageException(base.dir() + " has " + quant.weights().size() + " quantized weights (" + quant.format().name()
+                        + ", a QLoRA base): choose what they become with --to:\n"
+                        + "  --to bf16 (or f16, f32): dequantize, merge, write dense weights: the adapter's change is kept, rounded once, "
+                        + "in a dense model whose linear weights are about 4 times their 4-bit size; config.json loses quantization_config\n"
+                        + "  --to nf4: dequantize, merge, requantize with the base's settings: a 4-bit model bitsandbytes loads, in which "
+                        + "part of the change is rounded away; the merge reports how much survives\n"
+                        + "Both merge into the dequantized weights the adapter was trained against (docs/QLORA.md); to merge into "
+                        + "the original 16-bit weights instead, pass the 16-bit model as --base");
+            }
+            to = target;
+            return;
+        }
+        if (target == QuantTarget.NF4) {
+            throw new UsageException("--to nf4 merges into a bitsandbytes 4-bit (QLoRA) base and requantizes, but " + base.dir()
+                    + " has no 4-bit weights; merge without --to, then run `loramerge quantize` on the result for a 4-bit model");
+        }
+        if (target != null) {
+            if (dtype != null && dtype != target.denseType()) {
+                throw new UsageException("--to " + target.cliName() + " and --dtype " + dtype.name().toLowerCase(Locale.ROOT)
+                        + " disagree: for a base that is not 4-bit, --to bf16|f16|f32 is the same as --dtype; give one of them");
+            }
+            dtype = target.denseType();
+        }
+    }
+
+    private void collectShapes() {
+        for (TensorInfo t : base.tensors().values()) {
+            shapes.put(t.name(), t.shape());
+        }
+        for (QuantizedWeight q : quant.weights().values()) {
+            shapes.put(q.weightName(), q.shape()); // the weight's own shape, not that of its packed codes
+        }
+        if (tied) {
+            shapes.put(LM_HEAD, base.tensor(embedName).shape());
+        }
+    }
+
+    private KeyGroups groupKeys() {
         Map<String, Parts> modules = new LinkedHashMap<>();
         Map<String, AdapterKey> replacements = new LinkedHashMap<>();
         for (AdapterKey k : adapter.keys().values()) {
@@ -127,19 +212,14 @@ public final class Planner {
                 }
             }
         }
+        return new KeyGroups(modules, replacements);
+    }
 
-        Map<String, Ops> ops = new LinkedHashMap<>();
-        Map<String, long[]> shapes = new LinkedHashMap<>();
-        for (TensorInfo t : base.tensors().values()) {
-            shapes.put(t.name(), t.shape());
-        }
-        for (Nf4Tensor q : quant.weights().values()) {
-            shapes.put(q.weightName(), q.shape()); // the weight's own shape, not that of its packed codes
-        }
-        if (tied) {
-            shapes.put(LM_HEAD, base.tensor(embedName).shape());
-        }
-        // 1. replacements: base_layer weights, modules_to_save, biases
+    /**
+     * Base tensors the adapter replaces (base_layer weights, modules_to_save, biases): checked and
+     * recorded with their new shapes. Returns the resized vocabulary, or null.
+     */
+    private Long planReplacements(Map<String, AdapterKey> replacements) {
         Long newVocab = null;
         for (AdapterKey k : replacements.values()) {
             String target = k.module();
@@ -177,67 +257,64 @@ public final class Planner {
             o.keys.add(k.key());
             shapes.put(target, src.shape());
         }
-        if (newVocab != null) {
-            notes.add("vocabulary resized to " + newVocab + " rows by the adapter; config.json vocab_size follows");
-        }
-        // 2. LoRA parts, per module
-        for (Map.Entry<String, Parts> e : modules.entrySet()) {
-            planModule(e.getKey(), e.getValue(), shapes, ops, embedName, tied);
-        }
-        if (!problems.isEmpty()) {
-            throw new AdapterException(firstReason, adapter.dir(), "cannot merge; nothing was written:\n  - " + String.join("\n  - ", problems));
-        }
+        return newVocab;
+    }
 
-        // 3. tied embeddings (FORMATS.md §7): apply an identical delta once, otherwise untie
-        boolean untie = false;
+    /**
+     * Tied embeddings (docs/FORMATS.md §7): an identical delta on the embedding and lm_head is
+     * applied once to the shared tensor; otherwise lm_head is untied. Returns true when it is.
+     */
+    private boolean resolveTiedEmbeddings() throws IOException {
         Ops headOps = tied ? ops.remove(LM_HEAD) : null;
-        if (headOps != null && !headOps.isEmpty()) {
-            Ops embedOps = ops.get(embedName);
-            if (embedOps != null && sameDelta(embedOps, headOps, shapes.get(embedName))) {
-                notes.add("tied embeddings: " + embedName + " and lm_head carry the same delta; applied once to the shared tensor, which stays tied");
-                for (String key : headOps.keys) {
-                    keyUse.put(key, embedName);
-                }
-            } else {
-                untie = true;
-                notes.add("tied embeddings: lm_head's delta differs from " + embedName
-                        + "'s; lm_head.weight is written explicitly and config.json gets tie_word_embeddings: false"
-                        + " (PEFT would merge it into the shared tensor and so change the input embedding too)");
-                if (embedOps != null && headOps.replacement == null) {
-                    // what the shared tensor was replaced with, and its new token rows, belong to the head too
-                    headOps.replacement = embedOps.replacement;
-                    if (headOps.tokens == null) {
-                        headOps.tokens = embedOps.tokens;
-                    }
-                }
-                ops.put(LM_HEAD, headOps);
+        if (headOps == null || headOps.isEmpty()) {
+            return false;
+        }
+        Ops embedOps = ops.get(embedName);
+        if (embedOps != null && sameDelta(embedOps, headOps, shapes.get(embedName))) {
+            notes.add("tied embeddings: " + embedName + " and lm_head carry the same delta; applied once to the shared tensor, which stays tied");
+            for (String key : headOps.keys) {
+                keyUse.put(key, embedName);
+            }
+            return false;
+        }
+        notes.add("tied embeddings: lm_head's delta differs from " + embedName
+                + "'s; lm_head.weight is written explicitly and config.json gets tie_word_embeddings: false"
+                + " (PEFT would merge it into the shared tensor and so change the input embedding too)");
+        if (embedOps != null && headOps.replacement == null) {
+            // what the shared tensor was replaced with, and its new token rows, belong to the head too
+            headOps.replacement = embedOps.replacement;
+            if (headOps.tokens == null) {
+                headOps.tokens = embedOps.tokens;
             }
         }
+        ops.put(LM_HEAD, headOps);
+        return true;
+    }
 
-        // 4. output tensors in base order
+    /** The output tensors in base order, each quantized weight as its group's one output; an untied lm_head last. */
+    private List<OutputTensor> outputTensors(boolean untie) {
         List<OutputTensor> outputs = new ArrayList<>();
-        Map<String, Nf4Tensor> groupOf = new LinkedHashMap<>();
-        for (Nf4Tensor q : quant.weights().values()) {
+        Map<String, QuantizedWeight> groupOf = new LinkedHashMap<>();
+        for (QuantizedWeight q : quant.weights().values()) {
             q.tensorNames().forEach(n -> groupOf.put(n, q));
         }
         int requantized = 0;
         int dequantized = 0;
         for (TensorInfo t : base.tensors().values()) {
-            Nf4Tensor group = groupOf.get(t.name());
+            QuantizedWeight group = groupOf.get(t.name());
             if (group == null) {
-                outputs.add(output(t.name(), new TensorSource(base.fileOf(t.name()), t), ops.get(t.name()), null));
+                outputs.add(output(t.name(), new TensorSource(base.fileOf(t.name()), t), ops.get(t.name())));
                 continue;
             }
             Ops o = ops.get(group.weightName());
             boolean adapted = o != null && !o.isEmpty();
-            if (options.to() == QuantTarget.NF4 && !adapted) {
-                // an untouched 4-bit weight keeps its bytes, as PEFT's merge leaves unadapted layers alone:
+            if (to == QuantTarget.NF4 && !adapted) {
+                // an untouched quantized weight keeps its bytes, as PEFT's merge leaves unadapted layers alone:
                 // requantizing it would only move it
-                outputs.add(new OutputTensor(t.name(), t.dtype(), t.shape(), new TensorSource(base.fileOf(t.name()), t), List.of(), null, null,
-                        OutputTensor.Kind.COPY, null));
+                outputs.add(OutputTensor.copy(t.name(), new TensorSource(base.fileOf(t.name()), t)));
             } else if (t.name().equals(group.weightName())) {
                 outputs.add(quantizedOutput(group, adapted ? o : null));
-                if (options.to() == QuantTarget.NF4) {
+                if (to == QuantTarget.NF4) {
                     requantized++;
                 } else {
                     dequantized++;
@@ -250,13 +327,18 @@ public final class Planner {
                     + "double-quantization setting; the other " + (quant.weights().size() - requantized) + " keep their bytes");
         }
         if (dequantized > 0) {
-            notes.add(dequantized + " 4-bit weights dequantized to " + options.to().denseType() + " (merged into the dequantized NF4 values); "
+            notes.add(dequantized + " 4-bit weights dequantized to " + to.denseType() + " (merged into the dequantized NF4 values); "
                     + "config.json loses quantization_config");
         }
-        if (untie && tied) {
+        if (untie) {
             TensorInfo embed = base.tensor(embedName);
-            outputs.add(output(LM_HEAD, new TensorSource(base.fileOf(embedName), embed), ops.get(LM_HEAD), "untied from " + embedName));
+            outputs.add(output(LM_HEAD, new TensorSource(base.fileOf(embedName), embed), ops.get(LM_HEAD)).withNote("untied from " + embedName));
         }
+        return outputs;
+    }
+
+    /** Records which output tensor every adapter key went into; a key left over is a bug. */
+    private void placeKeys() {
         for (Map.Entry<String, Ops> e : ops.entrySet()) {
             String outName = e.getKey();
             for (String key : e.getValue().keys) {
@@ -268,12 +350,7 @@ public final class Planner {
                 throw new IllegalStateException("adapter key " + key + " was not placed; this is a loramerge bug");
             }
         }
-
-        ObjectNode newConfig = updatedConfig(newVocab, untie);
-        List<MergePlan.Shard> shards = assignShards(outputs);
-        return new MergePlan(outputs, shards, newConfig, base.nonWeightFiles(), keyUse, warnings, notes);
     }
-
     /** Records a problem; the merge stops after planning, naming all of them, with the first one's reason. */
     private void problem(AdapterException.Reason reason, String message) {
         if (firstReason == null) {
@@ -282,8 +359,8 @@ public final class Planner {
         problems.add(message);
     }
 
-    private void planModule(String module, Parts parts, Map<String, long[]> shapes, Map<String, Ops> ops, String embedName, boolean tied)
-            throws IOException {
+    /** One module's LoRA pair, DoRA magnitude, bias term and token rows: checked, and added to the ops of their tensors. */
+    private void planModule(String module, Parts parts) {
         Map<AdapterKey.Kind, AdapterKey> p = parts.byKind;
         AdapterKey a = p.get(AdapterKey.Kind.LORA_A);
         AdapterKey b = p.get(AdapterKey.Kind.LORA_B);
@@ -315,7 +392,7 @@ public final class Planner {
                         + present.key().replace(first != null ? "_A" : "_B", first != null ? "_B" : "_A"));
                 return;
             }
-            if (config.hasTargetRule() && !config.targets(module) && !targetedThroughTying(module, embedName, tied)) {
+            if (config.hasTargetRule() && !config.targets(module) && !targetedThroughTying(module)) {
                 problem(CONFIG_MISMATCH, "adapter keys " + first.key() + " and " + second.key() + " are for module " + module
                         + ", which adapter_config.json does not target (target_modules / exclude_modules / layers_to_transform); "
                         + "PEFT would silently ignore them. Fix the config or the adapter");
@@ -412,7 +489,7 @@ public final class Planner {
     }
 
     /** With ensure_weight_tying, PEFT wraps lm_head of a tied model when the embedding is targeted, and the other way round. */
-    private boolean targetedThroughTying(String module, String embedName, boolean tied) {
+    private boolean targetedThroughTying(String module) {
         if (!tied || !config.ensureWeightTying()) {
             return false;
         }
@@ -493,9 +570,15 @@ public final class Planner {
             return false;
         }
         for (int i = 0; i < embed.terms.size(); i++) {
-            LowRankTerm x = LowRankTerm.load(embed.terms.get(i), shape[0], shape[1]);
-            LowRankTerm y = LowRankTerm.load(head.terms.get(i), shape[0], shape[1]);
-            if (!x.sameAs(y)) {
+            TermSpec x = embed.terms.get(i);
+            TermSpec y = head.terms.get(i);
+            if (x.scale() != y.scale() || x.factorRank() != y.factorRank()) {
+                return false;
+            }
+            // the same ΔW value for value: the same U and Vᵀ, whatever the layouts they are stored in
+            double[][] fx = x.factors(shape[0], shape[1]);
+            double[][] fy = y.factors(shape[0], shape[1]);
+            if (!Arrays.equals(fx[0], fy[0]) || !Arrays.equals(fx[1], fy[1])) {
                 return false;
             }
         }
@@ -503,47 +586,42 @@ public final class Planner {
     }
 
     /**
-     * The output of a 4-bit weight that is dequantized ({@code --to bf16/f16/f32}) or merged and
-     * requantized ({@code --to nf4}). Its base value is the dequantized weight in the quant state's
-     * dtype (see {@link TensorSource}); the merge adds ΔW to it exactly and rounds once, to the
-     * target dtype, or for NF4 to the quant state's dtype, which is then requantized
-     * ({@link org.loramerge.quant.Nf4Requantizer}). {@code o} is null when the adapter leaves the weight alone.
+     * The output of a quantized weight that is dequantized ({@code --to bf16/f16/f32}) or merged
+     * and requantized ({@code --to nf4}). Its base value is the dequantized weight in its own dtype
+     * (see {@link TensorSource}); the merge adds ΔW to it exactly and rounds once, to the target
+     * dtype, or for a requantized output to the weight's own dtype, which is then requantized.
+     * {@code o} is null when the adapter leaves the weight alone.
      */
-    private OutputTensor quantizedOutput(Nf4Tensor q, Ops o) throws IOException, QuantException {
+    private OutputTensor quantizedOutput(QuantizedWeight q, Ops o) {
         if (o != null && (o.replacement != null || o.tokens != null)) {
             throw new IllegalStateException(q.weightName() + " is a 4-bit weight and cannot be replaced or take token rows");
         }
         TensorSource src = TensorSource.dequantized(q);
-        List<TermSpec> terms = o == null ? List.of() : o.terms;
-        DoraSpec dora = o == null ? null : o.dora;
-        if (options.to() == QuantTarget.NF4) {
-            if (q.isDoubleQuant() && q.state().nested().blocksize() != DoubleQuant.NESTED_BLOCKSIZE) {
-                warnings.add(q.weightName() + " has nested blocks of " + q.state().nested().blocksize() + "; its requantized absmax uses "
-                        + DoubleQuant.NESTED_BLOCKSIZE + ", as bitsandbytes always does");
+        OutputTensor.Update update = o == null ? OutputTensor.Update.NONE : o.update();
+        if (to == QuantTarget.NF4) {
+            QuantizedOutput out = q.requantizedOutput();
+            for (String w : out.warnings()) {
+                warnings.add(q.weightName() + " " + w);
             }
-            return new OutputTensor(q.weightName(), q.dtype(), q.shape(), src, terms, dora, null, OutputTensor.Kind.MERGE, null,
-                    Nf4Output.of(Nf4Requantizer.outputTemplate(q.state())));
+            return OutputTensor.requantize(q.weightName(), src, update, out);
         }
-        OutputTensor.Kind kind = o == null ? OutputTensor.Kind.DEQUANTIZE : OutputTensor.Kind.MERGE;
-        return new OutputTensor(q.weightName(), options.to().denseType(), q.shape(), src, terms, dora, null, kind, null);
+        return OutputTensor.dequantize(q.weightName(), to.denseType(), src, update);
     }
 
-    private OutputTensor output(String name, TensorSource baseSource, Ops o, String note) {
+    private OutputTensor output(String name, TensorSource baseSource, Ops o) {
         TensorInfo info = baseSource.info();
         DType outType = info.dtype();
-        if (options.dtype() != null && info.dtype().isMergeable()) {
-            outType = options.dtype();
+        if (dtype != null && info.dtype().isMergeable()) {
+            outType = dtype;
         }
         if (o == null || o.isEmpty()) {
-            OutputTensor.Kind kind = outType == info.dtype() ? OutputTensor.Kind.COPY : OutputTensor.Kind.CONVERT;
-            return new OutputTensor(name, outType, info.shape(), baseSource, List.of(), null, null, kind, note);
+            return outType == info.dtype() ? OutputTensor.copy(name, baseSource) : OutputTensor.convert(name, outType, baseSource);
         }
-        TensorSource source = o.replacement != null ? o.replacement : baseSource;
         if (!info.dtype().isMergeable() && (!o.terms.isEmpty() || o.dora != null || o.tokens != null)) {
             throw new IllegalStateException(name + " is " + info.dtype() + " and cannot take LoRA terms");
         }
-        OutputTensor.Kind kind = o.replacement != null ? OutputTensor.Kind.REPLACE : OutputTensor.Kind.MERGE;
-        return new OutputTensor(name, outType, source.info().shape(), source, o.terms, o.dora, o.tokens, kind, note);
+        return o.replacement != null ? OutputTensor.replace(name, outType, o.replacement, o.update())
+                : OutputTensor.merge(name, outType, baseSource, o.update());
     }
 
     private String findEmbedding() {
@@ -562,9 +640,9 @@ public final class Planner {
     }
 
     private ObjectNode updatedConfig(Long newVocab, boolean untie) {
-        boolean dequantize = quant.isQuantized() && options.to().denseType() != null;
+        boolean dequantize = quant.isQuantized() && to.denseType() != null;
         // the model's dtype: --dtype when given, else that of the dequantized weights, which are most of the model
-        DType modelType = options.dtype() != null ? options.dtype() : dequantize ? options.to().denseType() : null;
+        DType modelType = dtype != null ? dtype : dequantize ? to.denseType() : null;
         if (base.config() == null) {
             if (newVocab != null || untie || modelType != null) {
                 warnings.add("the base has no config.json, so the vocabulary size, tie_word_embeddings or dtype change is not recorded anywhere");
@@ -573,8 +651,8 @@ public final class Planner {
         }
         ObjectNode c = base.config().deepCopy();
         if (dequantize) {
-            // FORMATS.md §5: a dequantized output must drop quantization_config, or transformers would load dense weights as 4-bit
-            c.remove(Bnb4BitConfig.KEY);
+            // docs/FORMATS.md §5: a dequantized output must drop quantization_config, or transformers would load dense weights as 4-bit
+            c.remove(quant.configKey());
         }
         if (modelType != null) {
             String name = modelType.torchName();

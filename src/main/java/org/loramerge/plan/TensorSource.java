@@ -4,48 +4,67 @@ import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import org.loramerge.format.DType;
+import org.loramerge.format.FloatFormat;
 import org.loramerge.format.MappedRegion;
 import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.TensorInfo;
-import org.loramerge.quant.Nf4Decoder;
-import org.loramerge.quant.Nf4Tensor;
-import org.loramerge.quant.QuantException;
+import org.loramerge.quant.QuantizedWeight;
 
 /**
- * Where a tensor's values come from: a base shard or the adapter file, or a bitsandbytes NF4
- * weight of the base, which reads as its dequantized values.
+ * Where a tensor's values come from: a base shard or the adapter file, or a quantized weight of
+ * the base (bitsandbytes NF4), which reads as its dequantized values.
  *
  * <p>Whatever the kind, {@link #read} gives the bytes of a range in {@link #dtype()}, so the merge
- * engine computes on an NF4 weight exactly as on a dense one: for an NF4 source those are the
- * values bitsandbytes' dequantize_4bit returns (FORMATS.md §5: {@code fl32(NF4[code] · absmax)},
+ * engine computes on a quantized weight exactly as on a dense one: for an NF4 source those are the
+ * values bitsandbytes' dequantize_4bit returns (docs/FORMATS.md §5: {@code fl32(NF4[code] · absmax)},
  * absmax double-dequantized when nested, then rounded once, to nearest even, to the quant state's
  * dtype), which is the weight PEFT merges a QLoRA adapter into.
  *
- * @param file the file holding the tensor (for an NF4 source, the one holding {@code P.weight}'s codes)
- * @param info the tensor; for an NF4 source a view of the dequantized weight: name {@code P.weight},
- *             the quant state's dtype and shape, no file offset
- * @param nf4  the decoder of an NF4 source, null for a dense one
+ * @param file      the file holding the tensor (for a quantized source, the one holding its codes)
+ * @param info      the tensor; for a quantized source a view of the dequantized weight: name
+ *                  {@code P.weight}, the quant state's dtype and shape, no file offset
+ * @param quantized the quantized weight of a quantized source, null for a dense one
  */
-public record TensorSource(SafetensorsFile file, TensorInfo info, Nf4Decoder nf4) {
+public record TensorSource(SafetensorsFile file, TensorInfo info, QuantizedWeight quantized) {
+    /** Which bytes of a source an engine reads. */
+    public enum Form {
+        /** Its values in {@link #dtype()} ({@link #read}). */
+        VALUES,
+        /** A quantized source's stored codes ({@link #readStored}), for an engine that dequantizes on its own. */
+        STORED
+    }
+
     /** A dense tensor of a file. */
     public TensorSource(SafetensorsFile file, TensorInfo info) {
         this(file, info, null);
     }
 
-    /** The dequantized view of an NF4 weight. */
-    public static TensorSource dequantized(Nf4Tensor t) throws IOException, QuantException {
-        DType dtype = t.dtype();
-        TensorInfo view = new TensorInfo(t.weightName(), dtype, t.shape(), -1, t.numElements() * dtype.sizeInBytes());
-        return new TensorSource(t.weight().file(), view, t.decoder());
+    /** The dequantized view of a quantized weight. */
+    public static TensorSource dequantized(QuantizedWeight w) {
+        DType dtype = w.dtype();
+        TensorInfo view = new TensorInfo(w.weightName(), dtype, w.shape(), -1, w.numElements() * dtype.sizeInBytes());
+        return new TensorSource(w.file(), view, w);
     }
 
     public DType dtype() {
         return info.dtype();
     }
 
-    /** True for the dequantized view of an NF4 weight. */
+    /** True for the dequantized view of a quantized weight. */
     public boolean isQuantized() {
-        return nf4 != null;
+        return quantized != null;
+    }
+
+    /**
+     * Rows {@code [row0, row0 + rowCount)} of the matrix view [rows, cols] in {@code form}: the
+     * values ({@link #read}) or the stored codes ({@link #readStored}).
+     */
+    public Bytes readRows(Form form, long row0, int rowCount, long cols) throws IOException {
+        if (form == Form.STORED) {
+            return readStored(row0 * cols, Math.toIntExact(rowCount * cols));
+        }
+        long rowBytes = cols * dtype().sizeInBytes();
+        return read(row0 * rowBytes, rowCount * rowBytes);
     }
 
     /** Bytes of a source range; valid until closed. */
@@ -59,12 +78,12 @@ public record TensorSource(SafetensorsFile file, TensorInfo info, Nf4Decoder nf4
 
     /**
      * Bytes {@code [byteOffset, byteOffset + length)} of the tensor in {@link #dtype()}: a memory
-     * map of a dense tensor (at most {@link MappedRegion#MAX_WINDOW}), or for an NF4 source its
+     * map of a dense tensor (at most {@link MappedRegion#MAX_WINDOW}), or for a quantized source its
      * dequantized values decoded into a new heap buffer (the same window limit applies). Offsets
      * must fall on element boundaries.
      */
     public Bytes read(long byteOffset, long length) throws IOException {
-        if (nf4 == null) {
+        if (quantized == null) {
             return mapped(file.map(info, byteOffset, length));
         }
         int size = info.dtype().sizeInBytes();
@@ -73,7 +92,7 @@ public record TensorSource(SafetensorsFile file, TensorInfo info, Nf4Decoder nf4
             throw new IllegalArgumentException("window [" + byteOffset + ", +" + length + ") outside or across the elements of " + info);
         }
         ByteBuffer b = ByteBuffer.allocate((int) length).order(ByteOrder.LITTLE_ENDIAN);
-        nf4.dequantizeTo(byteOffset / size, (int) (length / size), b);
+        quantized.dequantizeTo(byteOffset / size, (int) (length / size), b);
         return new Bytes() {
             @Override
             public ByteBuffer bytes() {
@@ -87,15 +106,15 @@ public record TensorSource(SafetensorsFile file, TensorInfo info, Nf4Decoder nf4
     }
 
     /**
-     * The packed 4-bit codes of elements {@code [firstElement, firstElement + count)} of an NF4
-     * source, memory-mapped: byte 0 holds element {@code firstElement & ~1} (see
-     * {@link Nf4Decoder#packed}). For a backend that dequantizes on its own.
+     * The stored codes of elements {@code [firstElement, firstElement + count)} of a quantized
+     * source, memory-mapped (see {@link QuantizedWeight#storedCodes}; for NF4, byte 0 holds element
+     * {@code firstElement & ~1}). For an engine that dequantizes on its own.
      */
-    public Bytes readPacked(long firstElement, int count) throws IOException {
-        if (nf4 == null) {
-            throw new IllegalStateException(this + " is not an NF4 weight");
+    public Bytes readStored(long firstElement, int count) throws IOException {
+        if (quantized == null) {
+            throw new IllegalStateException(this + " is not a quantized weight");
         }
-        return mapped(nf4.packed(firstElement, count));
+        return mapped(quantized.storedCodes(firstElement, count));
     }
 
     /** A memory-mapped region as Bytes: closing them unmaps it. */
@@ -115,7 +134,7 @@ public record TensorSource(SafetensorsFile file, TensorInfo info, Nf4Decoder nf4
 
     /** Reads the whole tensor (a small one: adapter factors, vectors) as doubles, exactly. */
     public double[] readDoubles() throws IOException {
-        ByteBuffer b = nf4 == null ? file.readAll(info) : read(0, info.sizeInBytes()).bytes();
+        ByteBuffer b = quantized == null ? file.readAll(info) : read(0, info.sizeInBytes()).bytes();
         int n = Math.toIntExact(info.numElements());
         double[] out = new double[n];
         if (info.dtype() == DType.F64) {
@@ -123,7 +142,7 @@ public record TensorSource(SafetensorsFile file, TensorInfo info, Nf4Decoder nf4
                 out[i] = b.getDouble(i * 8);
             }
         } else if (info.dtype().isMergeable()) {
-            org.loramerge.format.FloatFormat f = org.loramerge.format.FloatFormat.of(info.dtype());
+            FloatFormat f = FloatFormat.of(info.dtype());
             for (int i = 0; i < n; i++) {
                 out[i] = f.decode(f.bitsAt(b, i));
             }
@@ -135,6 +154,6 @@ public record TensorSource(SafetensorsFile file, TensorInfo info, Nf4Decoder nf4
 
     @Override
     public String toString() {
-        return file.path().getFileName() + ":" + info.name() + (nf4 == null ? "" : " (NF4, dequantized)");
+        return file.path().getFileName() + ":" + info.name() + (quantized == null ? "" : " (" + quantized.describe() + ", dequantized)");
     }
 }

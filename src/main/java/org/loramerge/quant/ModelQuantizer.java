@@ -4,47 +4,41 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import java.io.IOException;
 import java.nio.ByteBuffer;
-import java.nio.charset.StandardCharsets;
-import java.nio.file.Files;
 import java.nio.file.Path;
-import java.nio.file.StandardCopyOption;
 import java.util.ArrayList;
+import java.util.Collections;
+import java.util.HashSet;
 import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.List;
-import java.util.Locale;
 import java.util.Map;
 import java.util.Set;
-import java.util.function.Consumer;
+import java.util.stream.IntStream;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
 import org.loramerge.format.FloatFormat;
-import org.loramerge.format.Json;
 import org.loramerge.format.MappedRegion;
 import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.SafetensorsWriter;
-import org.loramerge.format.ShardIndex;
 import org.loramerge.format.TensorInfo;
-import org.loramerge.pipeline.AtomicOutput;
 
 import static org.loramerge.quant.QuantException.Reason.ALREADY_QUANTIZED;
 import static org.loramerge.quant.QuantException.Reason.UNSUPPORTED_CONFIG;
 
 /**
- * Writes a 16-bit (or fp32) checkpoint as transformers + bitsandbytes save a 4-bit NF4 model:
+ * Quantizes a 16-bit (or fp32) checkpoint as transformers + bitsandbytes save a 4-bit NF4 model:
  * every 2-D Linear weight becomes the tensor group of {@link Nf4Tensor}, everything else is copied
  * byte for byte, and config.json gets the {@code quantization_config} of {@link Bnb4BitConfig}.
- * Output shards keep the input's file names.
+ * Output shards keep the input's file names. This class decides and encodes ({@link #plan},
+ * {@link #encode}); the pipeline's QuantizeRunner writes the model.
  *
- * <p>Streaming: one weight at a time, read through memory-map windows, codes written as they are
- * produced; memory is one float per block of the current weight plus fixed buffers. A file's
- * header needs every quant state's byte length before any data, and a double-quantized state
- * holds the mean absmax, so with double quantization each file's weights are read twice (a
- * first pass computes only the block absmax means).
+ * <p>Streaming: one weight at a time, read through memory-map windows; memory is the current
+ * weight's codes and one float per block. A file's header needs every quant state's byte length
+ * before any data, and a double-quantized state holds the mean absmax, so with double
+ * quantization the weights are read twice (a first pass, in {@link #plan}, computes only the
+ * block absmax means).
  */
 public final class ModelQuantizer {
-
-    /** Architectures whose linear layers are transformers' Conv1D (weight [in, out]), which transformers transposes before quantizing. */
     /** Output heads transformers keeps in 16 bits (get_keys_to_not_convert: the output embedding and the last module). */
     private static final Set<String> HEADS = Set.of("lm_head", "embed_out", "score", "classifier", "qa_outputs", "output");
     /** Embedding modules: nn.Embedding, never a bitsandbytes Linear4bit. */
@@ -85,6 +79,28 @@ public final class ModelQuantizer {
     public record Skipped(String name, String reason) {
     }
 
+    /**
+     * One output file: the input file it comes from, its name, its tensors in order, the header
+     * entries, and the quant state of each tensor that is quantized.
+     */
+    public record FilePlan(SafetensorsFile source, String fileName, List<TensorInfo> tensors, List<SafetensorsWriter.Entry> entries,
+                           Map<String, QuantState> states) {
+    }
+
+    /**
+     * What {@code quantize} writes, decided before any byte is.
+     *
+     * @param config       the config.json to write, or null when the model has none
+     * @param computeDtype bnb_4bit_compute_dtype
+     */
+    public record Plan(List<FilePlan> files, boolean sharded, ObjectNode config, DType computeDtype, List<Skipped> skipped,
+                       List<String> warnings) {
+    }
+
+    /** A quantized weight's bytes: the packed codes, then the rest of its group, and its report line. */
+    public record Encoded(ByteBuffer codes, List<ByteBuffer> tail, QuantizedTensor report) {
+    }
+
     private ModelQuantizer() {
     }
 
@@ -116,10 +132,12 @@ public final class ModelQuantizer {
         return null;
     }
 
-    /** Quantizes {@code base} into {@code out} and commits it. */
-    public static Report run(Checkpoint base, AtomicOutput out, Options options, Consumer<String> log)
-            throws QuantException, IOException {
-        long start = System.nanoTime();
+    /**
+     * Plans the quantization of {@code base}: refuses a model that is already quantized or built
+     * of Conv1D layers, picks the weights to quantize, and lays out every output file (with double
+     * quantization, after a first pass over each weight for its mean absmax).
+     */
+    public static Plan plan(Checkpoint base, Options options) throws QuantException, IOException {
         Path configPath = base.dir().resolve("config.json");
         ObjectNode config = base.config();
         if (config != null && config.has(Bnb4BitConfig.KEY) && !config.get(Bnb4BitConfig.KEY).isNull()) {
@@ -133,15 +151,13 @@ public final class ModelQuantizer {
                         "is a bitsandbytes quant state: the model is already quantized; quantize the original 16-bit model");
             }
         }
-        String modelType = base.modelType();
         if (base.usesConv1D()) {
-            throw new QuantException(UNSUPPORTED_CONFIG, configPath, null, "model_type " + modelType
+            throw new QuantException(UNSUPPORTED_CONFIG, configPath, null, "model_type " + base.modelType()
                     + " uses transformers' Conv1D layers (weight [in, out]), which transformers transposes before quantizing; "
                     + "loramerge quantize supports nn.Linear models");
         }
-        Report report = new Report();
-        report.blocksize = options.blocksize();
-        report.doubleQuant = options.doubleQuant();
+        List<Skipped> skipped = new ArrayList<>();
+        List<String> warnings = new ArrayList<>();
         Map<String, DType> quantized = new LinkedHashMap<>();
         for (Map.Entry<String, TensorInfo> e : base.tensors().entrySet()) {
             TensorInfo t = e.getValue();
@@ -149,20 +165,15 @@ public final class ModelQuantizer {
             if (why == null) {
                 quantized.put(e.getKey(), t.dtype());
             } else if (e.getKey().endsWith(".weight") && t.rank() == 2) {
-                report.skipped.add(new Skipped(e.getKey(), why));
+                skipped.add(new Skipped(e.getKey(), why));
             }
         }
         DType compute = computeDtype(quantized, config);
-        report.computeDtype = compute.torchName();
         if (quantized.isEmpty()) {
-            report.warnings.add("no 2-D Linear weight found: the output is a copy with a quantization_config");
+            warnings.add("no 2-D Linear weight found: the output is a copy with a quantization_config");
         }
-
-        Map<String, String> weightMap = new LinkedHashMap<>();
-        long totalBytes = 0;
-        int fileIndex = 0;
+        List<FilePlan> files = new ArrayList<>();
         for (SafetensorsFile file : base.files()) {
-            fileIndex++;
             String fileName = base.isSharded() ? file.path().getFileName().toString() : "model.safetensors";
             List<TensorInfo> tensors = new ArrayList<>();
             for (TensorInfo t : file.tensors()) {
@@ -186,47 +197,15 @@ public final class ModelQuantizer {
                 states.put(t.name(), state);
                 entries.addAll(Nf4Tensor.layout(t.name(), state));
             }
-            for (SafetensorsWriter.Entry e : entries) {
-                weightMap.put(e.name(), fileName);
-                totalBytes += e.sizeInBytes();
-            }
-            try (SafetensorsWriter writer = SafetensorsWriter.create(out.dir().resolve(fileName), entries, Map.of("format", "pt"))) {
-                for (TensorInfo t : tensors) {
-                    QuantState state = states.get(t.name());
-                    report.bytesRead += t.sizeInBytes();
-                    if (state == null) {
-                        writer.transferFrom(file.channel(), t.dataStart(), t.sizeInBytes());
-                        report.tensorsCopied++;
-                    } else {
-                        QuantizedTensor q = writeGroup(file, t, state, writer);
-                        report.tensors.add(q);
-                        report.worstErrorOverAbsmax = Math.max(report.worstErrorOverAbsmax, q.maxErrorOverAbsmax());
-                        report.tensorsQuantized++;
-                    }
-                }
-                writer.finish();
-            }
-            log.accept(String.format(Locale.ROOT, "quantize: wrote %s (%d of %d files)", fileName, fileIndex, base.files().size()));
+            files.add(new FilePlan(file, fileName, tensors, entries, Collections.unmodifiableMap(states)));
         }
-        if (base.isSharded()) {
-            Files.write(out.dir().resolve(ShardIndex.FILE_NAME), ShardIndex.toJson(weightMap, totalBytes));
-        }
+        ObjectNode newConfig = null;
         if (config != null) {
-            Files.write(out.dir().resolve("config.json"),
-                    Json.pretty(withQuantizationConfig(config, Bnb4BitConfig.toJson(options.doubleQuant(), compute)))
-                            .getBytes(StandardCharsets.UTF_8));
+            newConfig = withQuantizationConfig(config, Bnb4BitConfig.toJson(options.doubleQuant(), compute));
         } else {
-            report.warnings.add("the model folder has no config.json: transformers needs one with quantization_config to load the 4-bit weights");
+            warnings.add("the model folder has no config.json: transformers needs one with quantization_config to load the 4-bit weights");
         }
-        for (Path p : base.nonWeightFiles()) {
-            Files.copy(p, out.dir().resolve(p.getFileName()), StandardCopyOption.COPY_ATTRIBUTES);
-        }
-        out.commit();
-        report.bytesWritten = totalBytes;
-        report.output = out.target().toString();
-        report.seconds = (System.nanoTime() - start) / 1e9;
-        report.warnings.addAll(base.warnings());
-        return report;
+        return new Plan(files, base.isSharded(), newConfig, compute, skipped, warnings);
     }
 
     /** Elements per parallel chunk: a multiple of every blocksize (at most 4096), about 8 MB of BF16. */
@@ -237,8 +216,7 @@ public final class ModelQuantizer {
      * ({@link Nf4Encoder#encodeBlocks}, the same bytes as the streaming encoder) into the weight's
      * packed codes, held in memory (half a byte an element) until the group is written in order.
      */
-    private static QuantizedTensor writeGroup(SafetensorsFile file, TensorInfo t, QuantState state, SafetensorsWriter writer)
-            throws IOException, QuantException {
+    public static Encoded encode(SafetensorsFile file, TensorInfo t, QuantState state) throws IOException, QuantException {
         long n = t.numElements();
         int blocksize = state.blocksize();
         byte[] packed = new byte[Math.toIntExact(Nf4Codec.packedBytes(n))];
@@ -248,7 +226,7 @@ public final class ModelQuantizer {
         int chunks = (int) ((n + CHUNK_ELEMENTS - 1) / CHUNK_ELEMENTS);
         double[] maxError = new double[chunks];
         try {
-            java.util.stream.IntStream.range(0, chunks).parallel().forEach(c -> {
+            IntStream.range(0, chunks).parallel().forEach(c -> {
                 long first = (long) c * CHUNK_ELEMENTS;
                 int count = (int) Math.min(CHUNK_ELEMENTS, n - first);
                 try (MappedRegion r = file.map(t, first * es, (long) count * es)) {
@@ -267,15 +245,12 @@ public final class ModelQuantizer {
                         + "do not modify the input during quantize");
             }
         }
-        writer.write(ByteBuffer.wrap(packed));
-        for (ByteBuffer b : Nf4Tensor.tail(state, absmax, null)) {
-            writer.write(b);
-        }
         double worst = 0;
         for (double e : maxError) {
             worst = Math.max(worst, e);
         }
-        return new QuantizedTensor(t.name(), t.dtype().name(), t.shape(), absmax.length, worst);
+        return new Encoded(ByteBuffer.wrap(packed), Nf4Tensor.tail(state, absmax, null),
+                new QuantizedTensor(t.name(), t.dtype().name(), t.shape(), absmax.length, worst));
     }
 
     /** Carries a checked failure out of a parallel stream. */
@@ -302,7 +277,7 @@ public final class ModelQuantizer {
         int es = t.dtype().sizeInBytes();
         int chunks = (int) ((n + CHUNK_ELEMENTS - 1) / CHUNK_ELEMENTS);
         try {
-            java.util.stream.IntStream.range(0, chunks).parallel().forEach(c -> {
+            IntStream.range(0, chunks).parallel().forEach(c -> {
                 long first = (long) c * CHUNK_ELEMENTS;
                 int count = (int) Math.min(CHUNK_ELEMENTS, n - first);
                 try (MappedRegion r = file.map(t, first * es, (long) count * es)) {
@@ -331,7 +306,7 @@ public final class ModelQuantizer {
      * in), else config.json's dtype, else float32 (transformers' default).
      */
     static DType computeDtype(Map<String, DType> quantized, ObjectNode config) {
-        java.util.Set<DType> kinds = new java.util.HashSet<>(quantized.values());
+        Set<DType> kinds = new HashSet<>(quantized.values());
         if (kinds.size() == 1) {
             return kinds.iterator().next();
         }

@@ -25,7 +25,7 @@ import org.loramerge.format.FloatFormat;
  *
  * with deq as bitsandbytes dequantizes ({@code round_D(fl32(NF4[code] · absmax'))}, absmax'
  * double-dequantized when nested), ΔW per element from the merge engine (the fp64 merged value
- * minus W, see {@link org.loramerge.engine.BlockStats#deltas}) and all sums in double.
+ * minus W, as the CPU engine computes it beside the rounded value) and all sums in double.
  *
  * <p>Why two figures: survival compares sizes only. A weak change (smaller than half an NF4 step,
  * about 0.05 · absmax) leaves almost every code where it was, but the few codes that do move jump a
@@ -48,13 +48,14 @@ import org.loramerge.format.FloatFormat;
  * whole weight, known only after its last block, and the survival figure needs the dequantized
  * values of both, so the codes must wait that long.
  */
-public final class Nf4Requantizer {
+public final class Nf4Requantizer implements Requantizer {
     /** Blocks per {@link #measure} chunk: a fixed partition, so the sums do not depend on the thread count. */
     static final int CHUNK_BLOCKS = 1 << 14;
 
     private final String weightName;
     private final Path path;
     private final QuantState base;
+    private final int quantStateBytes;
     private final FloatFormat format;
     private final long numElements;
     private final int blocksize;
@@ -72,25 +73,16 @@ public final class Nf4Requantizer {
     private float[] scaleBase;
 
     /**
-     * What a chunk of the weight contributes to the figures: changed codes, Σ D², Σ D̃·ΔW and Σ ΔW².
-     */
-    public record Change(long codesChanged, double sumSq, double dot, double deltaSq) {
-        public static final Change NONE = new Change(0, 0, 0, 0);
-
-        public Change plus(Change o) {
-            return new Change(codesChanged + o.codesChanged, sumSq + o.sumSq, dot + o.dot, deltaSq + o.deltaSq);
-        }
-    }
-
-    /**
      * @param weightName the weight's name ({@code P.weight}), for messages
      * @param path       the base file it comes from, for messages (may be null)
      * @param base       the base weight's quant state: blocksize, dtype, shape and whether it is double-quantized
+     * @param quantStateBytes the length reserved for the output's quant state tensor ({@link Nf4Output#quantStateBytes})
      */
-    public Nf4Requantizer(String weightName, Path path, QuantState base) {
+    public Nf4Requantizer(String weightName, Path path, QuantState base, int quantStateBytes) {
         this.weightName = weightName;
         this.path = path;
         this.base = base;
+        this.quantStateBytes = quantStateBytes;
         this.format = FloatFormat.of(base.dtype());
         this.numElements = base.numElements();
         this.blocksize = base.blocksize();
@@ -109,21 +101,16 @@ public final class Nf4Requantizer {
         this.deltaSq = new double[numBlocks];
     }
 
-    /**
-     * The quant state the output will have, with a placeholder offset: what a plan needs to lay out
-     * the group before any value is known (its JSON length: {@link QuantState#maxJsonLength}).
-     * Double quantization is written with bitsandbytes' nested blocksize of 256 whatever the base's.
-     */
-    public static QuantState outputTemplate(QuantState base) {
-        QuantState.Nested nested = base.isDoubleQuant() ? new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, 0f) : null;
-        return QuantState.of(base.blocksize(), base.dtype(), base.shape(), nested);
-    }
-
     public long numElements() {
         return numElements;
     }
 
     public int blocksize() {
+        return blocksize;
+    }
+
+    @Override
+    public int blockElements() {
         return blocksize;
     }
 
@@ -134,6 +121,7 @@ public final class Nf4Requantizer {
      *
      * @throws QuantException NON_FINITE when a merged value is NaN or infinite
      */
+    @Override
     public void encode(long firstElement, int count, ByteBuffer merged, ByteBuffer base, double[] delta) throws QuantException {
         Nf4Encoder.encodeBlocks(merged, format, numElements, blocksize, firstElement, count, packed, absmax, path, weightName);
         Nf4Encoder.encodeBlocks(base, format, numElements, blocksize, firstElement, count, packedBase, absmaxBase, path, weightName);
@@ -157,13 +145,15 @@ public final class Nf4Requantizer {
     }
 
     /** The packed codes of Q(X) for an encoded range, to be written: bytes {@code [firstElement/2, ceil((firstElement+count)/2))}. */
-    public ByteBuffer packed(long firstElement, int count) {
+    @Override
+    public ByteBuffer codes(long firstElement, int count) {
         int from = (int) (firstElement / 2);
         int to = (int) Nf4Codec.packedBytes(firstElement + count);
         return ByteBuffer.wrap(packed, from, to - from).slice();
     }
 
     /** After every range is encoded: the double quantization of both absmax sets and the dequantized scales. */
+    @Override
     public void finish() {
         if (base.isDoubleQuant()) {
             DoubleQuant.Result dq = DoubleQuant.quantize(absmax, numBlocks);
@@ -193,13 +183,15 @@ public final class Nf4Requantizer {
         return outputState;
     }
 
-    /** The tensors after {@code P.weight} in {@link Nf4Tensor#layout} order, the quant state padded to {@code quantStateBytes}. */
-    public List<ByteBuffer> tail(int quantStateBytes) {
+    /** The tensors after {@code P.weight} in {@link Nf4Tensor#layout} order, the quant state padded to its reserved length. */
+    @Override
+    public List<ByteBuffer> tail() {
         checkFinished();
         return Nf4Tensor.tail(outputState, absmax, quantStateBytes);
     }
 
     /** How many chunks {@link #measure} splits the weight into. */
+    @Override
     public int chunks() {
         return (numBlocks + CHUNK_BLOCKS - 1) / CHUNK_BLOCKS;
     }
@@ -208,6 +200,7 @@ public final class Nf4Requantizer {
      * Chunk {@code chunk}'s contribution (see {@link Change}). Add the chunks in order for a result
      * that does not depend on how many threads computed them.
      */
+    @Override
     public Change measure(int chunk) {
         checkFinished();
         long first = (long) chunk * CHUNK_BLOCKS * blocksize;

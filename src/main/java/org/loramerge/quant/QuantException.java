@@ -1,6 +1,8 @@
 package org.loramerge.quant;
 
 import java.nio.file.Path;
+import org.loramerge.errors.ExitCode;
+import org.loramerge.errors.UserException;
 
 /**
  * A bitsandbytes 4-bit checkpoint (or a weight to quantize) that loramerge cannot use. Each reason
@@ -8,7 +10,7 @@ import java.nio.file.Path;
  * bitsandbytes' {@code QuantState.from_dict} accepts (bitsandbytes functional.py), the group
  * reasons what transformers' 4-bit loader expects (transformers quantizers/quantizer_bnb_4bit.py).
  */
-public final class QuantException extends Exception {
+public final class QuantException extends UserException {
     private static final long serialVersionUID = 1L;
 
     public enum Reason {
@@ -65,5 +67,11 @@ public final class QuantException extends Exception {
 
     public String tensor() {
         return tensor;
+    }
+
+    /** A bad input file: exit 3. */
+    @Override
+    public ExitCode exitCode() {
+        return ExitCode.BAD_INPUT;
     }
 }

@@ -6,9 +6,9 @@ import java.nio.ByteOrder;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.HashSet;
-import java.util.Set;
 import java.util.List;
 import java.util.Random;
+import java.util.Set;
 import java.util.TreeSet;
 import org.loramerge.engine.BlockStats;
 import org.loramerge.engine.TensorJob;
@@ -23,6 +23,7 @@ import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.TensorSource;
 import org.loramerge.quant.Nf4Codec;
 import org.loramerge.quant.Nf4Decoder;
+import org.loramerge.quant.Nf4Output;
 import org.loramerge.quant.Nf4Tensor;
 import org.loramerge.quant.QuantException;
 import org.loramerge.quant.QuantState;
@@ -35,7 +36,7 @@ import org.loramerge.quant.QuantState;
  */
 public final class Verifier {
     /** One tensor's findings. */
-    public record TensorCheck(String name, String kind, int rowsChecked, long elementsChecked, long elementsDiffering,
+    public record TensorCheck(String name, OutputTensor.Kind kind, int rowsChecked, long elementsChecked, long elementsDiffering,
                               double worstUlp, long nonFinite, boolean notApplied, String problem) {
     }
 
@@ -123,14 +124,12 @@ public final class Verifier {
                 same = a.bytes().equals(b.bytes());
             }
         }
-        return new TensorCheck(planned.name(), planned.kind().name(), 0, m.numElements(), same ? 0 : m.numElements(), 0, 0, false,
+        return new TensorCheck(planned.name(), planned.kind(), 0, m.numElements(), same ? 0 : m.numElements(), 0, 0, false,
                 same ? null : "bytes differ from the base");
     }
 
     private static TensorCheck checkValues(OutputTensor planned, TensorInfo m, SafetensorsFile mf, int sampleRows) throws IOException {
-        OutputTensor asWritten = new OutputTensor(planned.name(), m.dtype(), planned.shape(), planned.source(), planned.terms(),
-                planned.dora(), planned.tokenRows(), planned.kind(), planned.note());
-        TensorJob job = TensorJob.prepare(asWritten);
+        TensorJob job = TensorJob.prepare(planned.withDtype(m.dtype()));
         int cols = job.cols();
         long srcRowBytes = (long) cols * planned.source().dtype().sizeInBytes();
         long outRowBytes = (long) cols * m.dtype().sizeInBytes();
@@ -142,7 +141,7 @@ public final class Verifier {
                     CpuMerge.columnSums(job, r, 1, src.bytes(), sumSq, sumErr);
                 }
             }
-            CpuMerge.finishColumns(job, sumSq, sumErr);
+            job.finishColumnNorms(sumSq, sumErr);
         }
         FloatFormat fmt = FloatFormat.of(m.dtype());
         FloatFormat srcFmt = FloatFormat.of(planned.source().dtype());
@@ -160,7 +159,7 @@ public final class Verifier {
                 src = ByteBuffer.allocate((int) srcRowBytes).order(ByteOrder.LITTLE_ENDIAN).put(b.bytes());
             }
             ByteBuffer got = ByteBuffer.wrap(read(mf, m, r * outRowBytes, outRowBytes)).order(ByteOrder.LITTLE_ENDIAN);
-            CpuMerge.mergeRows(job, r, 1, src, expected, new BlockStats());
+            CpuMerge.mergeRows(job, r, 1, src, expected, new BlockStats(), null);
             for (int j = 0; j < cols; j++) {
                 int eb = fmt.bitsAt(expected, j);
                 int gb = fmt.bitsAt(got, j);
@@ -188,7 +187,7 @@ public final class Verifier {
             }
         }
         boolean notApplied = planned.isAdapted() && anyChange && allEqualBase;
-        return new TensorCheck(planned.name(), planned.kind().name(), rows.length, checked, differing, worst, nonFinite, notApplied, null);
+        return new TensorCheck(planned.name(), planned.kind(), rows.length, checked, differing, worst, nonFinite, notApplied, null);
     }
 
     /**
@@ -199,7 +198,7 @@ public final class Verifier {
      * the double-quantized absmax depends on the whole weight and is checked for structure only.
      */
     private static TensorCheck checkRequantized(OutputTensor planned, Checkpoint merged, int sampleRows) throws IOException {
-        String kind = planned.kind().name();
+        OutputTensor.Kind kind = planned.kind();
         Nf4Tensor group;
         Nf4Decoder decoder;
         try {
@@ -208,7 +207,7 @@ public final class Verifier {
         } catch (QuantException e) {
             return new TensorCheck(planned.name(), kind, 0, 0, 0, 0, 0, false, "the NF4 group is not readable: " + e.getMessage());
         }
-        QuantState want = planned.nf4().template();
+        QuantState want = ((Nf4Output) planned.quantizedOutput()).template();
         QuantState got = group.state();
         if (got.blocksize() != want.blocksize() || got.dtype() != want.dtype() || !Arrays.equals(got.shape(), want.shape())
                 || got.isDoubleQuant() != want.isDoubleQuant()) {
@@ -232,7 +231,7 @@ public final class Verifier {
             int rows = (int) ((first + len - 1) / cols - row0 + 1);
             ByteBuffer mergedRows = ByteBuffer.allocate((int) (rows * srcRowBytes)).order(ByteOrder.LITTLE_ENDIAN);
             try (TensorSource.Bytes src = planned.source().read(row0 * srcRowBytes, rows * srcRowBytes)) {
-                CpuMerge.mergeRows(job, row0, rows, src.bytes(), mergedRows, new BlockStats());
+                CpuMerge.mergeRows(job, row0, rows, src.bytes(), mergedRows, new BlockStats(), null);
             }
             long offset = first - row0 * cols;
             for (int i = 0; i < len; i++) {

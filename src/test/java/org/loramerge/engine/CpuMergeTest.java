@@ -73,8 +73,7 @@ class CpuMergeTest {
         try (SafetensorsFile f = files.write(dir.resolve("t.safetensors"))) {
             TermSpec term = new TermSpec("x", layout, TensorFiles.source(f, "a"), TensorFiles.source(f, "b"), rank, scale);
             DoraSpec doraSpec = dora ? new DoraSpec(byRow ? DoraSpec.Axis.ROW : DoraSpec.Axis.COLUMN, TensorFiles.source(f, "m")) : null;
-            OutputTensor out = new OutputTensor("w", outType, new long[] {rows, cols}, TensorFiles.source(f, "w"), List.of(term), doraSpec,
-                    null, OutputTensor.Kind.MERGE, null);
+            OutputTensor out = OutputTensor.merge("w", outType, TensorFiles.source(f, "w"), new OutputTensor.Update(List.of(term), doraSpec, null));
             int[] got = merge(out);
             // the reference, from the stored (rounded) values
             double[] ws = stored(f, "w");
@@ -134,8 +133,7 @@ class CpuMergeTest {
                 .add("unused", DType.F32, new long[] {8}, b);
         try (SafetensorsFile f = files.write(dir.resolve("mid.safetensors"))) {
             TermSpec term = new TermSpec("x", Layout.LINEAR, TensorFiles.source(f, "a"), TensorFiles.source(f, "b"), 2, 1.0);
-            OutputTensor out = new OutputTensor("w", DType.BF16, new long[] {1, 4}, TensorFiles.source(f, "w"), List.of(term), null, null,
-                    OutputTensor.Kind.MERGE, null);
+            OutputTensor out = OutputTensor.merge("w", DType.BF16, TensorFiles.source(f, "w"), new OutputTensor.Update(List.of(term), null, null));
             BlockStats stats = new BlockStats();
             int[] got = merge(out, stats);
             FloatFormat bf = FloatFormat.BF16;
@@ -155,8 +153,7 @@ class CpuMergeTest {
                 .add("b", DType.F32, new long[] {1, 1}, new double[] {1});
         try (SafetensorsFile f = files.write(dir.resolve("of.safetensors"))) {
             TermSpec term = new TermSpec("x", Layout.LINEAR, TensorFiles.source(f, "a"), TensorFiles.source(f, "b"), 1, 1.0);
-            OutputTensor out = new OutputTensor("w", DType.F16, new long[] {1, 2}, TensorFiles.source(f, "w"), List.of(term), null, null,
-                    OutputTensor.Kind.MERGE, null);
+            OutputTensor out = OutputTensor.merge("w", DType.F16, TensorFiles.source(f, "w"), new OutputTensor.Update(List.of(term), null, null));
             BlockStats stats = new BlockStats();
             int[] got = merge(out, stats);
             assertEquals(0x7C00, got[0], "65000 + 1000 overflows F16 to +Inf");
@@ -180,10 +177,10 @@ class CpuMergeTest {
                 double[] sumSq = new double[cols];
                 double[] sumErr = new double[cols];
                 CpuMerge.columnSums(job, 0, rows, r.bytes(), sumSq, sumErr);
-                CpuMerge.finishColumns(job, sumSq, sumErr);
+                job.finishColumnNorms(sumSq, sumErr);
             }
             ByteBuffer dst = ByteBuffer.allocate(rows * cols * job.dstFormat().sizeInBytes()).order(ByteOrder.LITTLE_ENDIAN);
-            CpuMerge.mergeRows(job, 0, rows, r.bytes(), dst, stats);
+            CpuMerge.mergeRows(job, 0, rows, r.bytes(), dst, stats, null);
             int[] bits = new int[rows * cols];
             for (int i = 0; i < bits.length; i++) {
                 bits[i] = job.dstFormat().bitsAt(dst, i);

@@ -11,6 +11,7 @@ import java.util.Random;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.loramerge.adapter.LoraAdapter;
+import org.loramerge.engine.Backend;
 import org.loramerge.engine.ExactReference;
 import org.loramerge.engine.cpu.CpuBackend;
 import org.loramerge.format.Checkpoint;
@@ -51,7 +52,7 @@ class Nf4MergeStreamingTest {
         Path adapter = adapter();
         byte[][] first = null;
         MergeReport.Survival firstReport = null;
-        int[][] runs = {{1, MergeRunner.DEFAULT_BLOCK_BYTES}, {2, 2_000}, {3, 83 * 8 * 70}, {2, 83 * 8 * 100}};
+        int[][] runs = {{1, Backend.DEFAULT_BLOCK_BYTES}, {2, 2_000}, {3, 83 * 8 * 70}, {2, 83 * 8 * 100}};
         for (int[] run : runs) {
             Path out = tmp.resolve("out-" + run[0] + "-" + run[1]);
             MergeReport report;

@@ -6,13 +6,13 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.concurrent.TimeUnit;
 import java.util.stream.IntStream;
+import org.loramerge.engine.Backend;
 import org.loramerge.engine.BlockStats;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.cpu.CpuMerge;
 import org.loramerge.format.DType;
 import org.loramerge.format.MappedRegion;
 import org.loramerge.format.SafetensorsFile;
-import org.loramerge.pipeline.MergeRunner;
 import org.openjdk.jmh.annotations.Benchmark;
 import org.openjdk.jmh.annotations.BenchmarkMode;
 import org.openjdk.jmh.annotations.Fork;
@@ -63,7 +63,7 @@ public class CpuMergeBenchmark {
         dst = ByteBuffer.allocateDirect((int) file.tensor("w").sizeInBytes()).order(ByteOrder.LITTLE_ENDIAN);
         // at most the pipeline's 8 MiB blocks, and enough of them to keep every core busy on one weight
         int cores = Runtime.getRuntime().availableProcessors();
-        rowsPerBlock = Math.max(1, Math.min(MergeRunner.DEFAULT_BLOCK_BYTES / rowBytes, s[0] / (4 * cores)));
+        rowsPerBlock = Math.max(1, Math.min(Backend.DEFAULT_BLOCK_BYTES / rowBytes, s[0] / (4 * cores)));
     }
 
     @Benchmark
@@ -77,7 +77,7 @@ public class CpuMergeBenchmark {
             int n = Math.min(rowsPerBlock, rows - r0);
             ByteBuffer in = all.slice(r0 * rowBytes, n * rowBytes).order(ByteOrder.LITTLE_ENDIAN);
             ByteBuffer out = dst.slice(r0 * rowBytes, n * rowBytes).order(ByteOrder.LITTLE_ENDIAN);
-            CpuMerge.mergeRows(job, r0, n, in, out, stats);
+            CpuMerge.mergeRows(job, r0, n, in, out, stats, null);
         });
         return dst;
     }

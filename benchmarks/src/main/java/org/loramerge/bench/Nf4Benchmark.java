@@ -12,6 +12,7 @@ import org.loramerge.format.Checkpoint;
 import org.loramerge.pipeline.AtomicOutput;
 import org.loramerge.pipeline.MergeRunner;
 import org.loramerge.pipeline.Progress;
+import org.loramerge.pipeline.QuantizeRunner;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
@@ -64,7 +65,7 @@ public class Nf4Benchmark {
         Path adapterDir = dir.resolve("adapter");
         Path nf4Dir = dir.resolve("nf4");
         try (Checkpoint c = Checkpoint.open(dense16); AtomicOutput o = AtomicOutput.create(nf4Dir, false, List.of(dense16))) {
-            ModelQuantizer.run(c, o, new ModelQuantizer.Options(64, true), s -> { });
+            QuantizeRunner.run(c, o, new ModelQuantizer.Options(64, true), s -> { });
         }
         nf4 = Checkpoint.open(nf4Dir);
         adapter = LoraAdapter.open(adapterDir);

@@ -113,6 +113,6 @@ public final class Synthetic {
     public static OutputTensor job(SafetensorsFile f, int rank) {
         TensorSource w = new TensorSource(f, f.tensor("w"));
         TermSpec term = new TermSpec("w", Layout.LINEAR, new TensorSource(f, f.tensor("a")), new TensorSource(f, f.tensor("b")), rank, 16.0 / rank);
-        return new OutputTensor("w", w.dtype(), w.info().shape(), w, List.of(term), null, null, OutputTensor.Kind.MERGE, null);
+        return OutputTensor.merge("w", w.dtype(), w, new OutputTensor.Update(List.of(term), null, null));
     }
 }

@@ -1,9 +1,9 @@
 package org.loramerge.engine.cpu;
 
-import java.nio.ByteBuffer;
 import org.loramerge.engine.Backend;
-import org.loramerge.engine.BlockStats;
+import org.loramerge.engine.Requantization;
 import org.loramerge.engine.TensorJob;
+import org.loramerge.engine.TensorMerge;
 
 /** The CPU engine: {@link CpuMerge} on as many threads as the pipeline drives. */
 public final class CpuBackend implements Backend {
@@ -28,13 +28,13 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
-    public void mergeRows(TensorJob job, long row0, int rowCount, ByteBuffer src, ByteBuffer dst, BlockStats stats) {
-        CpuMerge.mergeRows(job, row0, rowCount, src, dst, stats);
+    public TensorMerge openMerge(TensorJob job) {
+        return new CpuTensorMerge(job);
     }
 
     @Override
-    public void columnSums(TensorJob job, long row0, int rowCount, ByteBuffer src, double[] sumSq, double[] sumErr) {
-        CpuMerge.columnSums(job, row0, rowCount, src, sumSq, sumErr);
+    public Requantization openRequantization(TensorJob job) {
+        return new CpuRequantization(job);
     }
 
     @Override

@@ -38,8 +38,12 @@ public final class CpuMerge {
     /**
      * Merges rows [row0, row0 + rowCount) of {@code job}: {@code src} holds those rows of the source
      * tensor, {@code dst} receives them in the output dtype (both little-endian, at index 0).
+     * {@code deltas}, when not null, receives each merged element's change {@code v − w}, with v
+     * the fp64 merged value before rounding and w the base value (0 where the base value is not
+     * finite or a token row replaces the row), element (i, j) of the block at {@code i·cols + j}:
+     * the ΔW of a requantization's survival report.
      */
-    public static void mergeRows(TensorJob job, long row0, int rowCount, ByteBuffer src, ByteBuffer dst, BlockStats stats) {
+    public static void mergeRows(TensorJob job, long row0, int rowCount, ByteBuffer src, ByteBuffer dst, BlockStats stats, double[] deltas) {
         FloatFormat in = job.srcFormat();
         FloatFormat out = job.dstFormat();
         int cols = job.cols();
@@ -58,7 +62,6 @@ public final class CpuMerge {
         long fallbacks = 0;
         long overflows = 0;
         long nans = 0;
-        double[] deltas = stats.deltas(); // null unless the caller measures ΔW (NF4 requantization)
         for (int ii = 0; ii < rowCount; ii++) {
             long row = row0 + ii;
             int base = Math.multiplyExact(ii, cols);
@@ -261,19 +264,5 @@ public final class CpuMerge {
                 sumErr[j] += 2 * Math.abs(v[j]) * e[j];
             }
         }
-    }
-
-    /** Turns the first pass's sums into column factors m_j / ‖V_·j‖ and their relative error bounds. */
-    public static void finishColumns(TensorJob job, double[] sumSq, double[] sumErr) {
-        int cols = job.cols();
-        double[] factor = new double[cols];
-        double[] rel = new double[cols];
-        double rows = job.rows();
-        for (int j = 0; j < cols; j++) {
-            double relS = (sumErr[j] + (rows + 2) * TensorJob.U * sumSq[j]) / sumSq[j];
-            factor[j] = job.magnitude()[j] / Math.sqrt(sumSq[j]);
-            rel[j] = relS < 1e-3 && Double.isFinite(factor[j]) ? relS / 2 + 3 * TensorJob.U : Double.POSITIVE_INFINITY;
-        }
-        job.setColumnFactors(factor, rel);
     }
 }

@@ -1,7 +1,9 @@
 package org.loramerge.engine.cuda;
 
+import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.util.List;
 import jcuda.Pointer;
 import jcuda.Sizeof;
 import jcuda.runtime.JCuda;
@@ -11,12 +13,17 @@ import org.loramerge.engine.Requantization;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.cpu.CpuMerge;
 import org.loramerge.format.FloatFormat;
+import org.loramerge.plan.TensorSource;
 import org.loramerge.quant.DoubleQuant;
 import org.loramerge.quant.DynamicMap;
 import org.loramerge.quant.Nf4Codec;
+import org.loramerge.quant.Nf4Output;
 import org.loramerge.quant.Nf4Requantizer;
+import org.loramerge.quant.Nf4Tensor;
+import org.loramerge.quant.Nf4Weight;
 import org.loramerge.quant.QuantException;
 import org.loramerge.quant.QuantState;
+import org.loramerge.quant.Requantizer;
 
 import static org.loramerge.quant.QuantException.Reason.NON_FINITE;
 
@@ -36,9 +43,12 @@ import static org.loramerge.quant.QuantException.Reason.NON_FINITE;
  */
 final class CudaRequantization implements Requantization {
     private final CudaBackend backend;
+    private final CudaDevice device;
     private final TensorJob job;
-    private final CudaBackend.Factors factors;
+    /** The rows' merge on the device: the factors, the base's decoded absmax, the upload and dequantization of W. */
+    private final CudaTensorMerge merge;
     private final QuantState base;
+    private final int quantStateBytes;
     private final FloatFormat format;
     private final long numElements;
     private final int blocksize;
@@ -50,11 +60,12 @@ final class CudaRequantization implements Requantization {
     private final DeviceMemory sums;
     private boolean closed;
 
-    CudaRequantization(CudaBackend backend, TensorJob job, CudaBackend.Factors factors) {
+    CudaRequantization(CudaBackend backend, CudaDevice device, TensorJob job) throws IOException {
         this.backend = backend;
+        this.device = device;
         this.job = job;
-        this.factors = factors;
-        this.base = job.out().source().nf4().tensor().state();
+        this.base = ((Nf4Weight) job.out().source().quantized()).tensor().state();
+        this.quantStateBytes = ((Nf4Output) job.out().quantizedOutput()).quantStateBytes();
         this.format = job.dstFormat();
         this.numElements = base.numElements();
         this.blocksize = base.blocksize();
@@ -63,9 +74,10 @@ final class CudaRequantization implements Requantization {
         if (packedBytes > Integer.MAX_VALUE - 8) {
             throw new IllegalArgumentException(job.out().name() + ": " + numElements + " elements are more than one weight loramerge requantizes");
         }
+        this.merge = new CudaTensorMerge(backend, device, job);
         DeviceMemory[] m = new DeviceMemory[5];
         try {
-            DevicePool pool = backend.pool();
+            DevicePool pool = device.pool();
             m[0] = pool.take(packedBytes);
             m[1] = pool.take(packedBytes);
             m[2] = pool.take(numBlocks * Sizeof.FLOAT);
@@ -77,6 +89,7 @@ final class CudaRequantization implements Requantization {
                     d.close();
                 }
             }
+            merge.close();
             throw e;
         }
         packedX = m[0];
@@ -87,8 +100,23 @@ final class CudaRequantization implements Requantization {
     }
 
     @Override
+    public TensorSource.Form input() {
+        return TensorSource.Form.STORED;
+    }
+
+    @Override
+    public int blockElements() {
+        return blocksize;
+    }
+
+    @Override
+    public int workingBytesPerElement() {
+        return format.sizeInBytes(); // a block's W and X are the worker's device buffers, sized by the output dtype
+    }
+
+    @Override
     public ByteBuffer mergeRows(long row0, int rowCount, ByteBuffer packed, BlockStats stats) throws Exception {
-        CudaBackend.Worker w = backend.worker();
+        DeviceWorker w = device.worker();
         int cols = job.cols();
         long first = row0 * cols;
         long count = (long) rowCount * cols;
@@ -96,15 +124,14 @@ final class CudaRequantization implements Requantization {
             throw new IllegalArgumentException(job.out().name() + ": rows [" + row0 + ", +" + rowCount + ") do not cover whole NF4 blocks");
         }
         long bytes = count * format.sizeInBytes();
-        backend.loadW(w, job, factors, row0, rowCount, packed);
-        backend.computeOnDevice(w, factors, format, row0, rowCount, cols, job.boundK(), w.dIn.pointer(), w.dWide.pointer(),
-                w.dOut.pointer());
-        long[] counted = CudaBackend.counters(w);
-        long ambiguous = counted[0];
-        long overflows = counted[1];
-        long nans = counted[2];
+        merge.load(w, row0, rowCount, packed);
+        w.mergeRound(merge.factors(), format, row0, rowCount, cols, job.boundK());
+        DeviceWorker.Counts counted = w.counters();
+        long ambiguous = counted.ambiguous();
+        long overflows = counted.overflows();
+        long nans = counted.nans();
         if (ambiguous > 0) {
-            long[] settled = settle(w, row0, rowCount, ambiguous, counted, bytes);
+            long[] settled = settle(w, row0, rowCount, counted, bytes);
             overflows = settled[0];
             nans = settled[1];
         }
@@ -112,14 +139,14 @@ final class CudaRequantization implements Requantization {
         if (overflows > 0 || nans > 0) {
             throw nonFinite(w, first, count, bytes);
         }
-        backend.nf4().requant(w.stream, format, w.dOut.pointer(), w.dIn.pointer(), w.dWide.pointer(), first, count, blocksize,
+        device.nf4().requant(w.stream(), format, w.output().pointer(), w.input().pointer(), w.wide().pointer(), first, count, blocksize,
                 packedX.pointer(), packedW.pointer(), absmaxX.pointer(), absmaxW.pointer(), sums.pointer());
         long from = first / 2;
         int out = (int) (Nf4Codec.packedBytes(first + count) - from);
         byte[] codes = new byte[out];
-        JCuda.cudaMemcpyAsync(w.hostIn.pointer(), packedX.at(from), out, cudaMemcpyKind.cudaMemcpyDeviceToHost, w.stream.runtime());
-        w.stream.synchronize();
-        w.hostIn.buffer().get(codes);
+        JCuda.cudaMemcpyAsync(w.hostIn().pointer(), packedX.at(from), out, cudaMemcpyKind.cudaMemcpyDeviceToHost, w.stream().runtime());
+        w.synchronize();
+        w.hostIn().buffer().get(codes);
         return ByteBuffer.wrap(codes);
     }
 
@@ -129,35 +156,31 @@ final class CudaRequantization implements Requantization {
      * the kernel kept, the CPU engine merges the whole block and X goes up again. Returns the
      * block's overflows and NaNs after settling.
      */
-    private long[] settle(CudaBackend.Worker w, long row0, int rowCount, long ambiguous, long[] counted, long bytes) throws Exception {
-        ByteBuffer wHost = backend.downloadW(w, bytes);
-        if (ambiguous > CudaBackend.AMBIGUOUS_CAPACITY) {
+    private long[] settle(DeviceWorker w, long row0, int rowCount, DeviceWorker.Counts counted, long bytes) throws Exception {
+        ByteBuffer wHost = w.download(w.input(), bytes);
+        long ambiguous = counted.ambiguous();
+        if (ambiguous > DeviceWorker.AMBIGUOUS_CAPACITY) {
             ByteBuffer x = ByteBuffer.allocateDirect(Math.toIntExact(bytes)).order(ByteOrder.LITTLE_ENDIAN);
             BlockStats s = new BlockStats();
-            CpuMerge.mergeRows(job, row0, rowCount, wHost, x, s);
+            CpuMerge.mergeRows(job, row0, rowCount, wHost, x, s, null);
             x.position(0).limit(Math.toIntExact(bytes));
-            Nf4Kernels.upload(w.stream, w.dOut.pointer(), x);
+            Nf4Kernels.upload(w.stream(), w.output().pointer(), x);
             return new long[] {s.overflows(), s.nans()};
         }
-        JCuda.cudaMemcpyAsync(w.hostAmbiguous.pointer(), w.ambiguous.pointer(), ambiguous * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost,
-                w.stream.runtime());
-        w.stream.synchronize();
+        ByteBuffer idx = w.ambiguousElements(ambiguous);
         int size = format.sizeInBytes();
         ByteBuffer one = ByteBuffer.allocateDirect(4).order(ByteOrder.LITTLE_ENDIAN);
-        long overflows = CudaBackend.settle(job, row0, wHost, w.hostAmbiguous.buffer(), (int) ambiguous, (e, bits) -> {
+        long overflows = HostSettle.settle(job, row0, wHost, idx, (int) ambiguous, (e, bits) -> {
             format.putBits(one, 0, bits);
-            Nf4Kernels.upload(w.stream, w.dOut.at(e * size), one.duplicate().position(0).limit(size));
+            Nf4Kernels.upload(w.stream(), w.output().at(e * size), one.duplicate().position(0).limit(size));
         });
         // the kernel counted the ambiguous elements apart: its overflows and NaNs are among the others
-        return new long[] {counted[1] + overflows, counted[2]};
+        return new long[] {counted.overflows() + overflows, counted.nans()};
     }
 
     /** The error the CPU path raises for the first non-finite merged value of the block (Nf4Encoder). */
-    private QuantException nonFinite(CudaBackend.Worker w, long first, long count, long bytes) {
-        byte[] x = new byte[Math.toIntExact(bytes)];
-        w.stream.synchronize();
-        JCuda.cudaMemcpy(Pointer.to(x), w.dOut.pointer(), bytes, cudaMemcpyKind.cudaMemcpyDeviceToHost);
-        ByteBuffer b = ByteBuffer.wrap(x).order(ByteOrder.LITTLE_ENDIAN);
+    private QuantException nonFinite(DeviceWorker w, long first, long count, long bytes) {
+        ByteBuffer b = w.download(w.output(), bytes);
         for (long i = 0; i < count; i++) {
             float v = (float) format.decode(format.bitsAt(b, i));
             if (!Float.isFinite(v)) {
@@ -170,16 +193,16 @@ final class CudaRequantization implements Requantization {
 
     @Override
     public Result finish() {
-        Nf4Kernels k = backend.nf4();
+        Nf4Kernels k = device.nf4();
         int blocks = Math.toIntExact(numBlocks);
         long tiles = Nf4Kernels.tiles(numElements);
-        try (CudaStream s = new CudaStream(); DeviceMemory out = backend.pool().take(4 * tiles * Sizeof.DOUBLE)) {
+        try (CudaStream s = new CudaStream(); DeviceMemory out = device.pool().take(4 * tiles * Sizeof.DOUBLE)) {
             QuantState state;
             float[] absmax = null;
             DoubleQuant.Result dq = null;
-            Nf4Requantizer.Change change;
+            Requantizer.Change change;
             if (base.isDoubleQuant()) {
-                try (DeviceMemory map = Nf4Kernels.uploadFloats(backend.pool(), s, DynamicMap.signed());
+                try (DeviceMemory map = Nf4Kernels.uploadFloats(device.pool(), s, DynamicMap.signed());
                      DoubleQuantized x = doubleQuantize(s, absmaxX, map);
                      DoubleQuantized w = doubleQuantize(s, absmaxW, map)) {
                     k.measure(s, format, packedX.pointer(), packedW.pointer(), x.scales.pointer(), w.scales.pointer(), sums.pointer(),
@@ -201,12 +224,14 @@ final class CudaRequantization implements Requantization {
                 JCuda.cudaMemcpy(Pointer.to(absmax), absmaxX.pointer(), (long) blocks * Sizeof.FLOAT, cudaMemcpyKind.cudaMemcpyDeviceToHost);
                 state = QuantState.of(blocksize, base.dtype(), base.shape(), null);
             }
-            return new Result(state, absmax, dq, change);
+            List<ByteBuffer> tail = Nf4Tensor.tail(state, absmax, dq, quantStateBytes);
+            Requantizer.Change measured = change;
+            return new Result(tail, List.of(() -> measured));
         }
     }
 
     /** Adds the measure kernel's tiles in order (waits for the stream). */
-    private static Nf4Requantizer.Change sumTiles(CudaStream s, DeviceMemory out, long tiles) {
+    private static Requantizer.Change sumTiles(CudaStream s, DeviceMemory out, long tiles) {
         double[] t = new double[Math.toIntExact(4 * tiles)];
         s.synchronize();
         JCuda.cudaMemcpy(Pointer.to(t), out.pointer(), (long) t.length * Sizeof.DOUBLE, cudaMemcpyKind.cudaMemcpyDeviceToHost);
@@ -220,7 +245,7 @@ final class CudaRequantization implements Requantization {
             dot += t[4 * i + 2];
             d2 += t[4 * i + 3];
         }
-        return new Nf4Requantizer.Change(changed, sq, dot, d2);
+        return new Requantizer.Change(changed, sq, dot, d2);
     }
 
     /** One absmax set double-quantized on the device, and its decoded scales. */
@@ -247,9 +272,9 @@ final class CudaRequantization implements Requantization {
 
     /** DoubleQuant.quantize of {@code absmax} on the device, then DoubleQuant.decode of the result (waits for the stream). */
     private DoubleQuantized doubleQuantize(CudaStream s, DeviceMemory absmax, DeviceMemory map) {
-        Nf4Kernels k = backend.nf4();
+        Nf4Kernels k = device.nf4();
         float offset;
-        try (DeviceMemory bucketSums = backend.pool().take(512 * Sizeof.LONG)) {
+        try (DeviceMemory bucketSums = device.pool().take(512 * Sizeof.LONG)) {
             JCuda.cudaMemsetAsync(bucketSums.pointer(), 0, 512 * Sizeof.LONG, s.runtime());
             k.exponentSums(s, absmax.pointer(), numBlocks, bucketSums.pointer());
             long[] bucket = new long[512];
@@ -258,9 +283,9 @@ final class CudaRequantization implements Requantization {
             offset = DoubleQuant.meanOfSums(bucket, numBlocks);
         }
         long nestedBlocks = (numBlocks + DoubleQuant.NESTED_BLOCKSIZE - 1) / DoubleQuant.NESTED_BLOCKSIZE;
-        DeviceMemory codes = backend.pool().take(numBlocks);
-        DeviceMemory nested = backend.pool().take(nestedBlocks * Sizeof.FLOAT);
-        DeviceMemory scales = backend.pool().take(numBlocks * Sizeof.FLOAT);
+        DeviceMemory codes = device.pool().take(numBlocks);
+        DeviceMemory nested = device.pool().take(nestedBlocks * Sizeof.FLOAT);
+        DeviceMemory scales = device.pool().take(numBlocks * Sizeof.FLOAT);
         k.doubleQuant(s, absmax.pointer(), numBlocks, offset, map.pointer(), codes.pointer(), nested.pointer());
         k.decodeAbsmax(s, codes.pointer(), nested.pointer(), map.pointer(), offset, DoubleQuant.NESTED_BLOCKSIZE, numBlocks, scales.pointer());
         return new DoubleQuantized(offset, codes, nested, scales);
@@ -272,11 +297,13 @@ final class CudaRequantization implements Requantization {
             return;
         }
         closed = true;
+        device.bindContext();
         packedX.close();
         packedW.close();
         absmaxX.close();
         absmaxW.close();
         sums.close();
+        merge.close();
         backend.forget(this);
     }
 }

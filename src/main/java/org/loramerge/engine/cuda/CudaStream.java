@@ -5,25 +5,25 @@ import jcuda.runtime.JCuda;
 import jcuda.runtime.cudaStream_t;
 
 /** A CUDA stream, destroyed exactly once. */
-final class CudaStream implements AutoCloseable {
+public final class CudaStream implements AutoCloseable {
     private final cudaStream_t stream = new cudaStream_t();
     private final CUstream driverStream;
     private boolean closed;
 
-    CudaStream() {
+    public CudaStream() {
         JCuda.cudaStreamCreateWithFlags(stream, JCuda.cudaStreamNonBlocking);
         driverStream = new CUstream(stream);
     }
 
-    cudaStream_t runtime() {
+    public cudaStream_t runtime() {
         return stream;
     }
 
-    CUstream driver() {
+    public CUstream driver() {
         return driverStream;
     }
 
-    void synchronize() {
+    public void synchronize() {
         JCuda.cudaStreamSynchronize(stream);
     }
 

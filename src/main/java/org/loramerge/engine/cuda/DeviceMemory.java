@@ -7,13 +7,13 @@ import jcuda.runtime.JCuda;
  * Device memory from cudaMalloc, released exactly once by {@link #close()}: freed, or handed back
  * to the {@link DevicePool} it came from.
  */
-final class DeviceMemory implements AutoCloseable {
+public final class DeviceMemory implements AutoCloseable {
     private final Pointer pointer;
     private final long sizeInBytes;
     private final DevicePool pool;
     private boolean closed;
 
-    DeviceMemory(long sizeInBytes) {
+    public DeviceMemory(long sizeInBytes) {
         this.pointer = new Pointer();
         this.sizeInBytes = Math.max(sizeInBytes, 8);
         this.pool = null;
@@ -27,18 +27,18 @@ final class DeviceMemory implements AutoCloseable {
         this.pool = pool;
     }
 
-    Pointer pointer() {
+    public Pointer pointer() {
         if (closed) {
             throw new IllegalStateException("device memory used after close");
         }
         return pointer;
     }
 
-    Pointer at(long byteOffset) {
+    public Pointer at(long byteOffset) {
         return pointer().withByteOffset(byteOffset);
     }
 
-    long sizeInBytes() {
+    public long sizeInBytes() {
         return sizeInBytes;
     }
 

@@ -14,7 +14,7 @@ import jcuda.runtime.JCuda;
  * more than one shape. The caller must be done with a buffer on the device (its stream
  * synchronized) before closing it. Freed for good by {@link #close}.
  */
-final class DevicePool implements AutoCloseable {
+public final class DevicePool implements AutoCloseable {
     private static final long MIB = 1L << 20;
     private final Map<Long, ArrayDeque<Pointer>> free = new HashMap<>();
     private boolean closed;
@@ -25,7 +25,7 @@ final class DevicePool implements AutoCloseable {
     }
 
     /** At least {@code bytes} of device memory; contents undefined. */
-    synchronized DeviceMemory take(long bytes) {
+    public synchronized DeviceMemory take(long bytes) {
         if (closed) {
             throw new IllegalStateException("device pool used after close");
         }

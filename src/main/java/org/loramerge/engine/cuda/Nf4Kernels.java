@@ -18,12 +18,12 @@ import org.loramerge.quant.Nf4Decoder;
  * The NF4 kernels of kernels/nf4.cu (see that file for what each computes), launched on a
  * stream. Every launch is asynchronous; the caller synchronizes the stream.
  */
-final class Nf4Kernels {
+public final class Nf4Kernels {
     private static final int THREADS = 256;
     /** Blocks of a grid-stride launch at most: enough to fill any GPU several times over. */
     private static final int MAX_GRID = 1 << 16;
     /** Elements per tile of nf4_measure: a multiple of every blocksize up to 4096. */
-    static final long MEASURE_TILE = 8192;
+    public static final long MEASURE_TILE = 8192;
 
     private final Map<String, CUfunction> functions = new HashMap<>();
 
@@ -70,14 +70,14 @@ final class Nf4Kernels {
     }
 
     /** out[i] = fl32(fl32(map[codes[i]] · nestedAbsmax[i / nestedBlocksize]) + offset), i &lt; n. */
-    void decodeAbsmax(CudaStream s, Pointer codes, Pointer nestedAbsmax, Pointer map, float offset, int nestedBlocksize, long n,
+    public void decodeAbsmax(CudaStream s, Pointer codes, Pointer nestedAbsmax, Pointer map, float offset, int nestedBlocksize, long n,
                       Pointer out) {
         launch(s, "nf4_decode_absmax", strideGrid(n), Pointer.to(codes), Pointer.to(nestedAbsmax), Pointer.to(map), p(offset),
                 p((long) nestedBlocksize), p(n), Pointer.to(out));
     }
 
     /** Elements [first, first + count) to {@code fmt} bits: {@code packed} from byte first / 2, {@code absmax} of the whole weight. */
-    void dequant(CudaStream s, FloatFormat fmt, Pointer packed, long first, long count, Pointer absmax, int blocksize, Pointer out) {
+    public void dequant(CudaStream s, FloatFormat fmt, Pointer packed, long first, long count, Pointer absmax, int blocksize, Pointer out) {
         // from an element offset that is a multiple of 8 a thread takes 8 elements, then one of the last count % 8
         long threads = (first & 7) == 0 ? Math.max(count >> 3, count & 7) : count;
         launch(s, "nf4_dequant_" + type(fmt), strideGrid(threads), Pointer.to(packed), p(first), p(count), Pointer.to(absmax),
@@ -88,7 +88,7 @@ final class Nf4Kernels {
      * Requantizes merged X and base W of elements [first, first + count) into the whole-weight
      * arrays (nf4_requant); x, w and product must be 16-byte aligned.
      */
-    void requant(CudaStream s, FloatFormat fmt, Pointer x, Pointer w, Pointer product, long first, long count, int blocksize,
+    public void requant(CudaStream s, FloatFormat fmt, Pointer x, Pointer w, Pointer product, long first, long count, int blocksize,
                  Pointer packedX, Pointer packedW, Pointer absmaxX, Pointer absmaxW, Pointer sums) {
         launch(s, "nf4_requant_" + type(fmt), groupGrid(count, blocksize), Pointer.to(x), Pointer.to(w), Pointer.to(product), p(first),
                 p(count), p((long) blocksize), Pointer.to(packedX), Pointer.to(packedW), Pointer.to(absmaxX), Pointer.to(absmaxW),
@@ -96,30 +96,30 @@ final class Nf4Kernels {
     }
 
     /** Quantizes elements [first, first + count) given in {@code x} (16-byte aligned) into the whole-weight arrays. */
-    void quantize(CudaStream s, FloatFormat fmt, Pointer x, long first, long count, int blocksize, Pointer packed, Pointer absmax) {
+    public void quantize(CudaStream s, FloatFormat fmt, Pointer x, long first, long count, int blocksize, Pointer packed, Pointer absmax) {
         launch(s, "nf4_quantize_" + type(fmt), groupGrid(count, blocksize), Pointer.to(x), p(first), p(count), p((long) blocksize),
                 Pointer.to(packed), Pointer.to(absmax));
     }
 
     /** The 512 exponent sums of n fp32 values (DoubleQuant.exponentSums), added into {@code sums}, which the caller zeroes. */
-    void exponentSums(CudaStream s, Pointer values, long n, Pointer sums) {
+    public void exponentSums(CudaStream s, Pointer values, long n, Pointer sums) {
         launch(s, "nf4_exponent_sums", strideGrid(n), Pointer.to(values), p(n), Pointer.to(sums));
     }
 
     /** DoubleQuant.quantize of n absmax values, given their offset. */
-    void doubleQuant(CudaStream s, Pointer absmax, long n, float offset, Pointer map, Pointer codes, Pointer nestedAbsmax) {
+    public void doubleQuant(CudaStream s, Pointer absmax, long n, float offset, Pointer map, Pointer codes, Pointer nestedAbsmax) {
         launch(s, "nf4_double_quant", (n + 255) / 256, Pointer.to(absmax), p(n), p(offset), Pointer.to(map), Pointer.to(codes),
                 Pointer.to(nestedAbsmax));
     }
 
     /** The survival sums per tile of {@link #MEASURE_TILE} elements: 4 doubles a tile into {@code out}. */
-    void measure(CudaStream s, FloatFormat fmt, Pointer packedX, Pointer packedW, Pointer scaleX, Pointer scaleW, Pointer sums, long n,
+    public void measure(CudaStream s, FloatFormat fmt, Pointer packedX, Pointer packedW, Pointer scaleX, Pointer scaleW, Pointer sums, long n,
                  int blocksize, Pointer out) {
         launch(s, "nf4_measure_" + type(fmt), tiles(n), Pointer.to(packedX), Pointer.to(packedW), Pointer.to(scaleX),
                 Pointer.to(scaleW), Pointer.to(sums), p(n), p((long) blocksize), p(MEASURE_TILE), Pointer.to(out));
     }
 
-    static long tiles(long n) {
+    public static long tiles(long n) {
         return (n + MEASURE_TILE - 1) / MEASURE_TILE;
     }
 
@@ -128,7 +128,7 @@ final class Nf4Kernels {
      * uploaded, or the double-quantized ones uploaded and decoded by {@link #decodeAbsmax}.
      * Synchronizes {@code s}.
      */
-    DeviceMemory decodedAbsmax(DevicePool pool, CudaStream s, Nf4Decoder d) throws IOException {
+    public DeviceMemory decodedAbsmax(DevicePool pool, CudaStream s, Nf4Decoder d) throws IOException {
         long blocks = d.tensor().state().numBlocks();
         ByteBuffer stored = d.storedAbsmax();
         DeviceMemory out = take(pool, blocks * Sizeof.FLOAT);
@@ -153,12 +153,12 @@ final class Nf4Kernels {
     }
 
     /** Memory from {@code pool}, or newly allocated when it is null. */
-    static DeviceMemory take(DevicePool pool, long bytes) {
+    public static DeviceMemory take(DevicePool pool, long bytes) {
         return pool == null ? new DeviceMemory(bytes) : pool.take(bytes);
     }
 
     /** {@code values} on the device, in memory from {@code pool} (or newly allocated when it is null). */
-    static DeviceMemory uploadFloats(DevicePool pool, CudaStream s, float[] values) {
+    public static DeviceMemory uploadFloats(DevicePool pool, CudaStream s, float[] values) {
         DeviceMemory m = take(pool, (long) values.length * Sizeof.FLOAT);
         s.synchronize();
         JCuda.cudaMemcpy(m.pointer(), Pointer.to(values), (long) values.length * Sizeof.FLOAT, cudaMemcpyKind.cudaMemcpyHostToDevice);
@@ -170,7 +170,7 @@ final class Nf4Kernels {
      * {@code s}; returns when the copy is done. (A synchronous cudaMemcpy: JCuda copies from Java
      * memory synchronously whatever the call.)
      */
-    static void upload(CudaStream s, Pointer dst, ByteBuffer src) {
+    public static void upload(CudaStream s, Pointer dst, ByteBuffer src) {
         ByteBuffer b = src.slice();
         Pointer from = b.isDirect() ? Pointer.to(b) : Pointer.to(toArray(b));
         s.synchronize();

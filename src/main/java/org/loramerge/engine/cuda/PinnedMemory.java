@@ -6,19 +6,19 @@ import jcuda.Pointer;
 import jcuda.runtime.JCuda;
 
 /** Page-locked host memory from cudaHostAlloc, so copies to and from the device run at full PCIe speed. */
-final class PinnedMemory implements AutoCloseable {
+public final class PinnedMemory implements AutoCloseable {
     private final Pointer pointer = new Pointer();
     private final long sizeInBytes;
     private final ByteBuffer buffer;
     private boolean closed;
 
-    PinnedMemory(long sizeInBytes) {
+    public PinnedMemory(long sizeInBytes) {
         this.sizeInBytes = Math.max(sizeInBytes, 8);
         JCuda.cudaHostAlloc(pointer, this.sizeInBytes, JCuda.cudaHostAllocDefault);
         this.buffer = pointer.getByteBuffer(0, this.sizeInBytes).order(ByteOrder.LITTLE_ENDIAN);
     }
 
-    Pointer pointer() {
+    public Pointer pointer() {
         if (closed) {
             throw new IllegalStateException("pinned memory used after close");
         }
@@ -26,14 +26,14 @@ final class PinnedMemory implements AutoCloseable {
     }
 
     /** A view of the whole buffer, little-endian, positioned at 0. */
-    ByteBuffer buffer() {
+    public ByteBuffer buffer() {
         if (closed) {
             throw new IllegalStateException("pinned memory used after close");
         }
         return buffer.duplicate().order(ByteOrder.LITTLE_ENDIAN);
     }
 
-    long sizeInBytes() {
+    public long sizeInBytes() {
         return sizeInBytes;
     }
 

@@ -8,7 +8,7 @@ import java.util.List;
 import java.util.SplittableRandom;
 import java.util.stream.Stream;
 import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
@@ -16,9 +16,9 @@ import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
 import org.loramerge.adapter.LoraAdapter;
 import org.loramerge.engine.Backend;
-import org.loramerge.engine.Backends;
 import org.loramerge.engine.BlockStats;
 import org.loramerge.engine.TensorJob;
+import org.loramerge.engine.TensorMerge;
 import org.loramerge.engine.cpu.CpuBackend;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
@@ -37,23 +37,19 @@ import org.loramerge.testutil.TensorFiles;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 /** The CUDA engine must write exactly the CPU engine's bytes. Skips itself where there is no usable GPU. */
 @Tag("gpu")
 class CudaBackendTest {
-    private static Backend cuda;
-    private static String unavailable;
+    private static CudaBackend cuda;
 
     @TempDir
     Path dir;
 
-    @BeforeAll
-    static void openDevice() {
-        try {
-            cuda = Backends.open("cuda", 4).backend();
-        } catch (Backends.DeviceUnavailableException | RuntimeException | LinkageError e) {
-            unavailable = e.toString();
+    @BeforeEach
+    void openDevice() {
+        if (cuda == null) {
+            cuda = GpuTests.openOrSkip();
         }
     }
 
@@ -80,7 +76,6 @@ class CudaBackendTest {
     @ParameterizedTest(name = "{0} {1} {2}x{3} r{4}")
     @MethodSource("shapes")
     void gpuBlocksEqualCpuBlocks(Layout layout, DType dtype, int rows, int cols, int rank) throws Exception {
-        assumeTrue(cuda != null, "no usable GPU: " + unavailable);
         SplittableRandom rnd = new SplittableRandom(rows * 131L + cols + rank);
         long[] aShape = layout == Layout.LINEAR ? new long[] {rank, cols} : new long[] {rank, rows};
         long[] bShape = layout == Layout.LINEAR ? new long[] {rows, rank} : new long[] {cols, rank};
@@ -90,27 +85,24 @@ class CudaBackendTest {
                 .add("b", DType.F32, bShape, gaussian(rnd, (int) (bShape[0] * bShape[1]), 0.02));
         try (SafetensorsFile f = files.write(dir.resolve("t.safetensors"))) {
             TermSpec term = new TermSpec("x", layout, TensorFiles.source(f, "a"), TensorFiles.source(f, "b"), rank, 16.0 / rank);
-            OutputTensor out = new OutputTensor("w", dtype, new long[] {rows, cols}, TensorFiles.source(f, "w"), List.of(term), null, null,
-                    OutputTensor.Kind.MERGE, null);
+            OutputTensor out = OutputTensor.merge("w", dtype, TensorFiles.source(f, "w"), new OutputTensor.Update(List.of(term), null, null));
             TensorJob job = TensorJob.prepare(out);
             assertEquals(true, CudaBackend.onGpu(job));
             int rowBytes = cols * dtype.sizeInBytes();
-            int rowsPerBlock = Math.max(1, Math.min(rows, (MergeRunner.DEFAULT_BLOCK_BYTES / rowBytes) / 3)); // several blocks, odd sizes
-            cuda.beginTensor(job);
-            try (CpuBackend cpu = new CpuBackend(1)) {
+            int rowsPerBlock = Math.max(1, Math.min(rows, (Backend.DEFAULT_BLOCK_BYTES / rowBytes) / 3)); // several blocks, odd sizes
+            try (CpuBackend cpu = new CpuBackend(1); TensorMerge onCpu = cpu.openMerge(job); TensorMerge onGpu = cuda.openMerge(job)) {
+                assertEquals(CudaTensorMerge.class, onGpu.getClass());
                 for (long r0 = 0; r0 < rows; r0 += rowsPerBlock) {
                     int n = (int) Math.min(rowsPerBlock, rows - r0);
                     try (MappedRegion src = f.map(f.tensor("w"), r0 * rowBytes, (long) n * rowBytes)) {
                         ByteBuffer expected = ByteBuffer.allocateDirect(n * rowBytes).order(ByteOrder.LITTLE_ENDIAN);
                         ByteBuffer got = ByteBuffer.allocateDirect(n * rowBytes).order(ByteOrder.LITTLE_ENDIAN);
-                        cpu.mergeRows(job, r0, n, src.bytes(), expected, new BlockStats());
-                        cuda.mergeRows(job, r0, n, src.bytes(), got, new BlockStats());
+                        onCpu.mergeRows(r0, n, src.bytes(), expected, new BlockStats());
+                        onGpu.mergeRows(r0, n, src.bytes(), got, new BlockStats());
                         assertEquals(expected.position(0).limit(n * rowBytes), got.position(0).limit(n * rowBytes),
                                 "rows " + r0 + ".." + (r0 + n) + " differ between GPU and CPU");
                     }
                 }
-            } finally {
-                cuda.endTensor(job);
             }
         }
     }
@@ -124,7 +116,6 @@ class CudaBackendTest {
     @ParameterizedTest(name = "{0}")
     @MethodSource("fixtures")
     void goldenFixtureOutputsAreByteIdentical(String name) throws Exception {
-        assumeTrue(cuda != null, "no usable GPU: " + unavailable);
         Path caseDir = Path.of("src/test/resources/fixtures", name);
         try (Checkpoint base = Checkpoint.open(caseDir.resolve("base")); LoraAdapter adapter = LoraAdapter.open(caseDir.resolve("adapter"))) {
             MergePlan plan = Planner.plan(base, adapter, PlanOptions.defaults());

@@ -13,7 +13,7 @@ import jcuda.Sizeof;
 import jcuda.runtime.JCuda;
 import jcuda.runtime.cudaMemcpyKind;
 import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
@@ -21,7 +21,7 @@ import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.EnumSource;
 import org.junit.jupiter.params.provider.MethodSource;
 import org.loramerge.adapter.LoraAdapter;
-import org.loramerge.engine.Backends;
+import org.loramerge.engine.Backend;
 import org.loramerge.engine.cpu.CpuBackend;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
@@ -32,6 +32,7 @@ import org.loramerge.pipeline.AtomicOutput;
 import org.loramerge.pipeline.MergeReport;
 import org.loramerge.pipeline.MergeRunner;
 import org.loramerge.pipeline.Progress;
+import org.loramerge.pipeline.QuantizeRunner;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
@@ -49,7 +50,6 @@ import org.loramerge.testutil.TinyModels;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 /**
  * The NF4 kernels against the reference vectors and the CPU codec, bit for bit, and QLoRA merges
@@ -58,17 +58,14 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
 @Tag("gpu")
 class CudaNf4Test {
     private static CudaBackend cuda;
-    private static String unavailable;
 
     @TempDir
     Path dir;
 
-    @BeforeAll
-    static void openDevice() {
-        try {
-            cuda = (CudaBackend) Backends.open("cuda", 4).backend();
-        } catch (Backends.DeviceUnavailableException | RuntimeException | LinkageError e) {
-            unavailable = e.toString();
+    @BeforeEach
+    void openDevice() {
+        if (cuda == null) {
+            cuda = GpuTests.openOrSkip();
         }
     }
 
@@ -86,15 +83,14 @@ class CudaNf4Test {
     @ParameterizedTest(name = "{0}")
     @MethodSource("vectors")
     void dequantizeKernelEqualsTheReference(Nf4Vectors.Case c) throws Exception {
-        assumeTrue(cuda != null, "no usable GPU: " + unavailable);
-        cuda.bindContext();
+        cuda.device().bindContext();
         int n = (int) c.numElements();
         FloatFormat fmt = FloatFormat.of(c.dtype());
         int size = fmt.sizeInBytes();
         try (Checkpoint ckpt = Checkpoint.open(Nf4Vectors.dir()); SafetensorsFile f = Nf4Vectors.open(); CudaStream s = new CudaStream()) {
             Nf4Decoder d = Nf4Tensor.open(ckpt, c.name() + ".weight").decoder();
             byte[] expected = Nf4Vectors.bytes(f, c.name() + ".dequant");
-            try (DeviceMemory absmax = cuda.nf4().decodedAbsmax(null, s, d);
+            try (DeviceMemory absmax = cuda.device().nf4().decodedAbsmax(null, s, d);
                  DeviceMemory packed = new DeviceMemory(Nf4Codec.packedBytes(n));
                  DeviceMemory out = new DeviceMemory((long) n * size);
                  MappedRegion codes = d.packed(0, n)) {
@@ -103,14 +99,14 @@ class CudaNf4Test {
                             "decoded absmax");
                 }
                 Nf4Kernels.upload(s, packed.pointer(), codes.bytes());
-                cuda.nf4().dequant(s, fmt, packed.pointer(), 0, n, absmax.pointer(), c.blocksize(), out.pointer());
+                cuda.device().nf4().dequant(s, fmt, packed.pointer(), 0, n, absmax.pointer(), c.blocksize(), out.pointer());
                 assertArrayEquals(expected, download(s, out, (long) n * size), "whole weight");
                 // a range starting at an odd element, as a row block of a weight with odd rows does
                 int first = 3;
                 int count = n - 5;
                 try (MappedRegion part = d.packed(first, count); DeviceMemory partOut = new DeviceMemory((long) count * size)) {
                     Nf4Kernels.upload(s, packed.pointer(), part.bytes());
-                    cuda.nf4().dequant(s, fmt, packed.pointer(), first, count, absmax.pointer(), c.blocksize(), partOut.pointer());
+                    cuda.device().nf4().dequant(s, fmt, packed.pointer(), first, count, absmax.pointer(), c.blocksize(), partOut.pointer());
                     byte[] got = download(s, partOut, (long) count * size);
                     for (int i = 0; i < count * size; i++) {
                         assertEquals(expected[first * size + i], got[i], "byte " + i + " of elements [" + first + ", +" + count + ")");
@@ -123,8 +119,7 @@ class CudaNf4Test {
     @ParameterizedTest(name = "{0}")
     @MethodSource("vectors")
     void quantizeKernelsEqualTheReference(Nf4Vectors.Case c) throws Exception {
-        assumeTrue(cuda != null, "no usable GPU: " + unavailable);
-        cuda.bindContext();
+        cuda.device().bindContext();
         int n = (int) c.numElements();
         int blocks = (int) c.numBlocks();
         FloatFormat fmt = FloatFormat.of(c.dtype());
@@ -159,8 +154,7 @@ class CudaNf4Test {
     @ParameterizedTest(name = "{0} blocksize {1}, {2} elements")
     @MethodSource("randomShapes")
     void randomWeightsQuantizeAsTheCpuCodec(DType dtype, int blocksize, int n) throws Exception {
-        assumeTrue(cuda != null, "no usable GPU: " + unavailable);
-        cuda.bindContext();
+        cuda.device().bindContext();
         FloatFormat fmt = FloatFormat.of(dtype);
         SplittableRandom rnd = new SplittableRandom(n * 31L + blocksize);
         ByteBuffer in = ByteBuffer.allocate(n * fmt.sizeInBytes()).order(ByteOrder.LITTLE_ENDIAN);
@@ -199,7 +193,7 @@ class CudaNf4Test {
         List<Arguments> out = new ArrayList<>();
         for (String c : new String[] {"plain_bs32", "dq_bs64"}) {
             for (QuantTarget to : new QuantTarget[] {QuantTarget.BF16, QuantTarget.NF4}) {
-                for (int blockBytes : new int[] {MergeRunner.DEFAULT_BLOCK_BYTES, 1024}) {
+                for (int blockBytes : new int[] {Backend.DEFAULT_BLOCK_BYTES, 1024}) {
                     out.add(Arguments.of(c, to, blockBytes));
                 }
             }
@@ -211,7 +205,6 @@ class CudaNf4Test {
     @ParameterizedTest(name = "{0} --to {1}, blocks of {2} bytes")
     @MethodSource("qloraCases")
     void qloraMergesAreByteIdentical(String name, QuantTarget to, int blockBytes) throws Exception {
-        assumeTrue(cuda != null, "no usable GPU: " + unavailable);
         Path caseDir = Path.of("src/test/resources/qlora", name);
         MergeReport[] reports = mergeOnBoth(caseDir.resolve("base"), caseDir.resolve("adapter"), to, blockBytes);
         if (to == QuantTarget.NF4) {
@@ -224,15 +217,14 @@ class CudaNf4Test {
      * Merged values exactly on a BF16 rounding midpoint (W = 1 from NF4 code 15 with absmax 1, ΔW
      * = ±2⁻⁸, ±3·2⁻⁸, −2⁻⁹...): the kernel cannot decide them and lists them, the host settles them
      * (ties to even). q_proj has 1024 of them; every element of up_proj is one, more than the
-     * kernel lists (CudaBackend.AMBIGUOUS_CAPACITY), so the CPU engine merges that block.
+     * kernel lists (DeviceWorker.AMBIGUOUS_CAPACITY), so the CPU engine merges that block.
      */
     @ParameterizedTest(name = "--to {0}")
     @EnumSource(value = QuantTarget.class, names = {"BF16", "NF4"})
     void tiesOnRoundingMidpointsAreSettledExactly(QuantTarget to) throws Exception {
-        assumeTrue(cuda != null, "no usable GPU: " + unavailable);
         int upRows = 512;
         int upCols = 256;
-        assertTrue((long) upRows * upCols > CudaBackend.AMBIGUOUS_CAPACITY);
+        assertTrue((long) upRows * upCols > DeviceWorker.AMBIGUOUS_CAPACITY);
         double[] qA = new double[64];
         double[] qB = new double[64];
         for (int j = 0; j < 64; j++) {
@@ -251,7 +243,7 @@ class CudaNf4Test {
                 TinyModels.bf16Tensor("model.norm.weight", 64)));
         Path base = dir.resolve("nf4");
         try (Checkpoint c = Checkpoint.open(dense); AtomicOutput o = AtomicOutput.create(base, false, List.of(dense))) {
-            ModelQuantizer.run(c, o, new ModelQuantizer.Options(64, false), line -> { });
+            QuantizeRunner.run(c, o, new ModelQuantizer.Options(64, false), line -> { });
         }
         Path adapter = TinyModels.writeAdapter(dir.resolve("adapter"), TinyModels.loraConfig(1, 1.0, "[\"q_proj\", \"up_proj\"]", ""), List.of(
                 new TinyModels.Tensor(TinyModels.PEFT_PREFIX + TinyModels.q(0) + ".lora_A.weight", DType.F32, new long[] {1, 64}, TinyModels.f32(qA)),
@@ -260,7 +252,7 @@ class CudaNf4Test {
                         TinyModels.f32(upA)),
                 new TinyModels.Tensor(TinyModels.PEFT_PREFIX + "model.layers.0.mlp.up_proj.lora_B.weight", DType.F32, new long[] {upRows, 1},
                         TinyModels.f32(upB))));
-        MergeReport[] reports = mergeOnBoth(base, adapter, to, MergeRunner.DEFAULT_BLOCK_BYTES);
+        MergeReport[] reports = mergeOnBoth(base, adapter, to, Backend.DEFAULT_BLOCK_BYTES);
         assertEquals(List.of(1024L, (long) upRows * upCols), reports[1].tensors.stream().map(MergeReport.TensorOutcome::exactFallbacks).toList(),
                 "midpoints settled exactly in q_proj and up_proj");
         if (to == QuantTarget.NF4) {
@@ -339,9 +331,9 @@ class CudaNf4Test {
             // the whole weight in two calls, split on a block boundary, as row blocks are
             long half = Math.max(1, blocks / 2) * (long) blocksize;
             long firstPart = Math.min(half, n);
-            cuda.nf4().quantize(s, fmt, x.pointer(), 0, firstPart, blocksize, packed.pointer(), absmax.pointer());
+            cuda.device().nf4().quantize(s, fmt, x.pointer(), 0, firstPart, blocksize, packed.pointer(), absmax.pointer());
             if (firstPart < n) {
-                cuda.nf4().quantize(s, fmt, x.at(firstPart * fmt.sizeInBytes()), firstPart, n - firstPart, blocksize, packed.pointer(),
+                cuda.device().nf4().quantize(s, fmt, x.at(firstPart * fmt.sizeInBytes()), firstPart, n - firstPart, blocksize, packed.pointer(),
                         absmax.pointer());
             }
             return new Quantized(download(s, packed, Nf4Codec.packedBytes(n)), downloadFloats(s, absmax, blocks));
@@ -357,13 +349,13 @@ class CudaNf4Test {
              DeviceMemory codes = new DeviceMemory(blocks);
              DeviceMemory nestedAbsmax = new DeviceMemory((long) nested * Sizeof.FLOAT)) {
             JCuda.cudaMemsetAsync(sums.pointer(), 0, 512 * Sizeof.LONG, s.runtime());
-            cuda.nf4().exponentSums(s, a.pointer(), blocks, sums.pointer());
+            cuda.device().nf4().exponentSums(s, a.pointer(), blocks, sums.pointer());
             long[] bucket = new long[512];
             s.synchronize();
             JCuda.cudaMemcpy(Pointer.to(bucket), sums.pointer(), 512 * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost);
             assertArrayEquals(DoubleQuant.exponentSums(absmax, blocks), bucket, "exact sums");
             float offset = DoubleQuant.meanOfSums(bucket, blocks);
-            cuda.nf4().doubleQuant(s, a.pointer(), blocks, offset, map.pointer(), codes.pointer(), nestedAbsmax.pointer());
+            cuda.device().nf4().doubleQuant(s, a.pointer(), blocks, offset, map.pointer(), codes.pointer(), nestedAbsmax.pointer());
             return new DoubleQuant.Result(download(s, codes, blocks), downloadFloats(s, nestedAbsmax, nested), offset);
         }
     }

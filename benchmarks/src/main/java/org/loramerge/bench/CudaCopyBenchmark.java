@@ -1,8 +1,13 @@
-package org.loramerge.engine.cuda;
+package org.loramerge.bench;
 
 import java.util.concurrent.TimeUnit;
 import jcuda.runtime.JCuda;
 import jcuda.runtime.cudaMemcpyKind;
+import org.loramerge.engine.Backend;
+import org.loramerge.engine.cuda.CudaDevice;
+import org.loramerge.engine.cuda.DeviceMemory;
+import org.loramerge.engine.cuda.DeviceWorker;
+import org.loramerge.engine.cuda.PinnedMemory;
 import org.openjdk.jmh.annotations.Benchmark;
 import org.openjdk.jmh.annotations.BenchmarkMode;
 import org.openjdk.jmh.annotations.Fork;
@@ -25,16 +30,16 @@ public class CudaCopyBenchmark {
     @Param({"90177536", "262144000"})
     public long bytes;
 
-    private CudaBackend backend;
-    private CudaBackend.Worker worker;
+    private CudaDevice device;
+    private DeviceWorker worker;
     private DeviceMemory a;
     private DeviceMemory b;
     private PinnedMemory host;
 
     @Setup(Level.Trial)
     public void setUp() throws Exception {
-        backend = (CudaBackend) CudaBackend.open(0, 1);
-        worker = backend.worker();
+        device = CudaDevice.open(0, Backend.DEFAULT_BLOCK_BYTES, 1);
+        worker = device.worker();
         a = new DeviceMemory(bytes);
         b = new DeviceMemory(bytes);
         host = new PinnedMemory(bytes);
@@ -48,14 +53,14 @@ public class CudaCopyBenchmark {
     /** Reads and writes {@code bytes}: count 2x bytes of traffic when comparing with memory bandwidth. */
     @Benchmark
     public void deviceToDevice() {
-        JCuda.cudaMemcpyAsync(b.pointer(), a.pointer(), bytes, cudaMemcpyKind.cudaMemcpyDeviceToDevice, worker.stream.runtime());
-        worker.stream.synchronize();
+        JCuda.cudaMemcpyAsync(b.pointer(), a.pointer(), bytes, cudaMemcpyKind.cudaMemcpyDeviceToDevice, worker.stream().runtime());
+        worker.stream().synchronize();
     }
 
     @Benchmark
     public void pinnedHostToDevice() {
-        JCuda.cudaMemcpyAsync(a.pointer(), host.pointer(), bytes, cudaMemcpyKind.cudaMemcpyHostToDevice, worker.stream.runtime());
-        worker.stream.synchronize();
+        JCuda.cudaMemcpyAsync(a.pointer(), host.pointer(), bytes, cudaMemcpyKind.cudaMemcpyHostToDevice, worker.stream().runtime());
+        worker.stream().synchronize();
     }
 
     @TearDown(Level.Trial)
@@ -63,6 +68,6 @@ public class CudaCopyBenchmark {
         a.close();
         b.close();
         host.close();
-        backend.close();
+        device.close();
     }
 }

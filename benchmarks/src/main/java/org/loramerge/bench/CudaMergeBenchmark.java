@@ -1,4 +1,4 @@
-package org.loramerge.engine.cuda;
+package org.loramerge.bench;
 
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -6,9 +6,13 @@ import java.util.concurrent.TimeUnit;
 import jcuda.Pointer;
 import jcuda.runtime.JCuda;
 import jcuda.runtime.cudaMemcpyKind;
-import org.loramerge.bench.Synthetic;
+import org.loramerge.engine.Backend;
 import org.loramerge.engine.LowRankTerm;
 import org.loramerge.engine.TensorJob;
+import org.loramerge.engine.cuda.CudaDevice;
+import org.loramerge.engine.cuda.DeviceFactors;
+import org.loramerge.engine.cuda.DeviceMemory;
+import org.loramerge.engine.cuda.DeviceWorker;
 import org.loramerge.format.DType;
 import org.loramerge.format.FloatFormat;
 import org.loramerge.format.MappedRegion;
@@ -26,8 +30,9 @@ import org.openjdk.jmh.annotations.State;
 import org.openjdk.jmh.annotations.TearDown;
 
 /**
- * The GPU merge with W already on the device (no PCIe): widen, DGEMM with beta = 1, round, as the
- * engine runs them for a block, here for the whole weight at once. Compare with
+ * The GPU merge with W already on the device (no PCIe): P = s·U·Vᵀ by DGEMM into fp64, then the
+ * fused add-and-round kernel, as the engine runs them for a block (DeviceWorker#mergeRound), here
+ * for the whole weight at once. Compare with
  * {@link CudaCopyBenchmark}: a device-to-device copy of the same bytes, and the pinned
  * host-to-device copy that feeds the pipeline.
  */
@@ -45,9 +50,9 @@ public class CudaMergeBenchmark {
     @Param({"BF16", "F16", "F32"})
     public String dtype;
 
-    private CudaBackend backend;
-    private CudaBackend.Worker worker;
-    private CudaBackend.Factors factors;
+    private CudaDevice device;
+    private DeviceWorker worker;
+    private DeviceFactors factors;
     private DeviceMemory in;
     private DeviceMemory wide;
     private DeviceMemory out;
@@ -63,12 +68,12 @@ public class CudaMergeBenchmark {
         cols = s[1];
         DType d = DType.valueOf(dtype);
         dir = Files.createTempDirectory("lm-bench");
-        backend = (CudaBackend) CudaBackend.open(0, 1);
-        worker = backend.worker();
+        device = CudaDevice.open(0, Backend.DEFAULT_BLOCK_BYTES, 1);
+        worker = device.worker();
         try (SafetensorsFile f = Synthetic.write(dir.resolve("w.safetensors"), rows, cols, rank, d)) {
             job = TensorJob.prepare(Synthetic.job(f, rank));
             LowRankTerm t = job.terms().get(0);
-            factors = new CudaBackend.Factors(t);
+            factors = new DeviceFactors(t, null);
             long bytes = f.tensor("w").sizeInBytes();
             in = new DeviceMemory(bytes);
             out = new DeviceMemory(bytes);
@@ -82,23 +87,23 @@ public class CudaMergeBenchmark {
     /** The DGEMM alone, to see which part bounds the merge. */
     @Benchmark
     public void productOnly() {
-        backend.product(worker, factors, 0, rows, cols, wide.pointer());
-        worker.stream.synchronize();
+        worker.product(factors, 0, rows, cols, wide.pointer());
+        worker.stream().synchronize();
     }
 
     /** The fused add-and-round kernel alone. */
     @Benchmark
     public void addAndRoundOnly() {
-        backend.addAndRound(worker, factors, FloatFormat.of(DType.valueOf(dtype)), 0, rows, cols, job.boundK(),
+        worker.addAndRound(factors, FloatFormat.of(DType.valueOf(dtype)), 0, rows, cols, job.boundK(),
                 in.pointer(), wide.pointer(), out.pointer());
-        worker.stream.synchronize();
+        worker.stream().synchronize();
     }
 
     @Benchmark
     public void mergeOnDevice() {
-        backend.computeOnDevice(worker, factors, FloatFormat.of(DType.valueOf(dtype)), 0, rows, cols, job.boundK(),
+        worker.mergeRound(factors, FloatFormat.of(DType.valueOf(dtype)), 0, rows, cols, job.boundK(),
                 in.pointer(), wide.pointer(), out.pointer());
-        worker.stream.synchronize();
+        worker.stream().synchronize();
     }
 
     @TearDown(Level.Trial)
@@ -107,7 +112,7 @@ public class CudaMergeBenchmark {
         out.close();
         wide.close();
         factors.close();
-        backend.close();
+        device.close();
         Files.walk(dir).sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
     }
 }

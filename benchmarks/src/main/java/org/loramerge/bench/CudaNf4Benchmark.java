@@ -1,4 +1,4 @@
-package org.loramerge.engine.cuda;
+package org.loramerge.bench;
 
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -7,8 +7,13 @@ import jcuda.Pointer;
 import jcuda.Sizeof;
 import jcuda.runtime.JCuda;
 import jcuda.runtime.cudaMemcpyKind;
-import org.loramerge.bench.Synthetic;
+import org.loramerge.engine.Backend;
 import org.loramerge.engine.TensorJob;
+import org.loramerge.engine.cuda.CudaDevice;
+import org.loramerge.engine.cuda.DeviceFactors;
+import org.loramerge.engine.cuda.DeviceMemory;
+import org.loramerge.engine.cuda.DeviceWorker;
+import org.loramerge.engine.cuda.Nf4Kernels;
 import org.loramerge.format.DType;
 import org.loramerge.format.FloatFormat;
 import org.loramerge.format.MappedRegion;
@@ -49,9 +54,9 @@ public class CudaNf4Benchmark {
     @Param({"16"})
     public int rank;
 
-    private CudaBackend backend;
-    private CudaBackend.Worker worker;
-    private CudaBackend.Factors factors;
+    private CudaDevice device;
+    private DeviceWorker worker;
+    private DeviceFactors factors;
     private Nf4Kernels k;
     private TensorJob job;
     private Path dir;
@@ -85,12 +90,12 @@ public class CudaNf4Benchmark {
         n = (long) rows * cols;
         blocks = n / BLOCKSIZE;
         dir = Files.createTempDirectory("lm-bench-nf4");
-        backend = (CudaBackend) CudaBackend.open(0, 1);
-        worker = backend.worker();
-        k = backend.nf4();
+        device = CudaDevice.open(0, Backend.DEFAULT_BLOCK_BYTES, 1);
+        worker = device.worker();
+        k = device.nf4();
         try (SafetensorsFile f = Synthetic.write(dir.resolve("w.safetensors"), rows, cols, rank, DType.BF16)) {
             job = TensorJob.prepare(Synthetic.job(f, rank));
-            factors = new CudaBackend.Factors(job.terms().get(0));
+            factors = new DeviceFactors(job.terms().get(0), null);
             long bytes = f.tensor("w").sizeInBytes();
             x = new DeviceMemory(bytes);
             w = new DeviceMemory(bytes);
@@ -106,17 +111,17 @@ public class CudaNf4Benchmark {
         absmaxX = new DeviceMemory(blocks * Sizeof.FLOAT);
         absmaxW = new DeviceMemory(blocks * Sizeof.FLOAT);
         sums = new DeviceMemory(3 * blocks * Sizeof.DOUBLE);
-        map = Nf4Kernels.uploadFloats(null, worker.stream, DynamicMap.signed());
+        map = Nf4Kernels.uploadFloats(null, worker.stream(), DynamicMap.signed());
         buckets = new DeviceMemory(512 * Sizeof.LONG);
         codes = new DeviceMemory(blocks);
         nested = new DeviceMemory((blocks + 255) / 256 * Sizeof.FLOAT);
         scales = new DeviceMemory(blocks * Sizeof.FLOAT);
         tiles = new DeviceMemory(4 * Nf4Kernels.tiles(n) * Sizeof.DOUBLE);
         // the NF4 base: the synthetic weight quantized on the device
-        k.quantize(worker.stream, bf16, w.pointer(), 0, n, BLOCKSIZE, packedBase.pointer(), absmaxBase.pointer());
+        k.quantize(worker.stream(), bf16, w.pointer(), 0, n, BLOCKSIZE, packedBase.pointer(), absmaxBase.pointer());
         // a merged weight to requantize
-        backend.computeOnDevice(worker, factors, bf16, 0, rows, cols, job.boundK(), w.pointer(), wide.pointer(), x.pointer());
-        worker.stream.synchronize();
+        worker.mergeRound(factors, bf16, 0, rows, cols, job.boundK(), w.pointer(), wide.pointer(), x.pointer());
+        worker.stream().synchronize();
     }
 
     /*
@@ -131,9 +136,9 @@ public class CudaNf4Benchmark {
     @OperationsPerInvocation(REPEAT)
     public void dequantize() {
         for (int i = 0; i < REPEAT; i++) {
-            k.dequant(worker.stream, bf16, packedBase.pointer(), 0, n, absmaxBase.pointer(), BLOCKSIZE, w.pointer());
+            k.dequant(worker.stream(), bf16, packedBase.pointer(), 0, n, absmaxBase.pointer(), BLOCKSIZE, w.pointer());
         }
-        worker.stream.synchronize();
+        worker.stream().synchronize();
     }
 
     /** X and W to NF4 with the per-block sums: reads 2n + 2n + 8n, writes n/2 + n/2 + 32n/64 bytes. */
@@ -141,10 +146,10 @@ public class CudaNf4Benchmark {
     @OperationsPerInvocation(REPEAT)
     public void requantize() {
         for (int i = 0; i < REPEAT; i++) {
-            k.requant(worker.stream, bf16, x.pointer(), w.pointer(), wide.pointer(), 0, n, BLOCKSIZE, packedX.pointer(), packedW.pointer(),
+            k.requant(worker.stream(), bf16, x.pointer(), w.pointer(), wide.pointer(), 0, n, BLOCKSIZE, packedX.pointer(), packedW.pointer(),
                     absmaxX.pointer(), absmaxW.pointer(), sums.pointer());
         }
-        worker.stream.synchronize();
+        worker.stream().synchronize();
     }
 
     /** What a row block of merge --to nf4 runs on the device: dequantize, DGEMM, merge-and-round, requantize. */
@@ -152,28 +157,28 @@ public class CudaNf4Benchmark {
     @OperationsPerInvocation(REPEAT)
     public void fusedMergeToNf4() {
         for (int i = 0; i < REPEAT; i++) {
-            k.dequant(worker.stream, bf16, packedBase.pointer(), 0, n, absmaxBase.pointer(), BLOCKSIZE, w.pointer());
-            backend.computeOnDevice(worker, factors, bf16, 0, rows, cols, job.boundK(), w.pointer(), wide.pointer(), x.pointer());
-            k.requant(worker.stream, bf16, x.pointer(), w.pointer(), wide.pointer(), 0, n, BLOCKSIZE, packedX.pointer(), packedW.pointer(),
+            k.dequant(worker.stream(), bf16, packedBase.pointer(), 0, n, absmaxBase.pointer(), BLOCKSIZE, w.pointer());
+            worker.mergeRound(factors, bf16, 0, rows, cols, job.boundK(), w.pointer(), wide.pointer(), x.pointer());
+            k.requant(worker.stream(), bf16, x.pointer(), w.pointer(), wide.pointer(), 0, n, BLOCKSIZE, packedX.pointer(), packedW.pointer(),
                     absmaxX.pointer(), absmaxW.pointer(), sums.pointer());
         }
-        worker.stream.synchronize();
+        worker.stream().synchronize();
     }
 
     /** The end of a weight: exact offset sums, double quantization, decoded scales and the survival measure (for X). */
     @Benchmark
     public void doubleQuantAndMeasure() {
-        JCuda.cudaMemsetAsync(buckets.pointer(), 0, 512 * Sizeof.LONG, worker.stream.runtime());
-        k.exponentSums(worker.stream, absmaxX.pointer(), blocks, buckets.pointer());
+        JCuda.cudaMemsetAsync(buckets.pointer(), 0, 512 * Sizeof.LONG, worker.stream().runtime());
+        k.exponentSums(worker.stream(), absmaxX.pointer(), blocks, buckets.pointer());
         long[] b = new long[512];
-        worker.stream.synchronize();
+        worker.stream().synchronize();
         JCuda.cudaMemcpy(Pointer.to(b), buckets.pointer(), 512 * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost);
         float offset = DoubleQuant.meanOfSums(b, blocks);
-        k.doubleQuant(worker.stream, absmaxX.pointer(), blocks, offset, map.pointer(), codes.pointer(), nested.pointer());
-        k.decodeAbsmax(worker.stream, codes.pointer(), nested.pointer(), map.pointer(), offset, 256, blocks, scales.pointer());
-        k.measure(worker.stream, bf16, packedX.pointer(), packedW.pointer(), scales.pointer(), scales.pointer(), sums.pointer(), n, BLOCKSIZE,
+        k.doubleQuant(worker.stream(), absmaxX.pointer(), blocks, offset, map.pointer(), codes.pointer(), nested.pointer());
+        k.decodeAbsmax(worker.stream(), codes.pointer(), nested.pointer(), map.pointer(), offset, 256, blocks, scales.pointer());
+        k.measure(worker.stream(), bf16, packedX.pointer(), packedW.pointer(), scales.pointer(), scales.pointer(), sums.pointer(), n, BLOCKSIZE,
                 tiles.pointer());
-        worker.stream.synchronize();
+        worker.stream().synchronize();
     }
 
     @TearDown(Level.Trial)
@@ -183,7 +188,7 @@ public class CudaNf4Benchmark {
             m.close();
         }
         factors.close();
-        backend.close();
+        device.close();
         Files.walk(dir).sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
     }
 }

@@ -1,0 +1,32 @@
+package org.loramerge.engine;
+
+import java.nio.ByteBuffer;
+import org.loramerge.plan.TensorSource;
+
+/**
+ * The computation of one dense output tensor on a backend, from {@link Backend#openMerge} to
+ * {@link #close}. Its methods may be called from several threads at once, for disjoint rows.
+ */
+public interface TensorMerge extends AutoCloseable {
+    /** Which bytes of the source {@link #mergeRows} takes. */
+    TensorSource.Form input();
+
+    /**
+     * The first pass of a tensor whose DoRA norms run down the columns
+     * ({@link org.loramerge.plan.OutputTensor.Route#ROWS_AFTER_COLUMN_NORMS}): adds Σ v² and
+     * Σ 2|v|·e of rows {@code [row0, row0 + rowCount)} to the per-column sums, {@code values}
+     * holding those rows' source values ({@link TensorSource.Form#VALUES} whatever {@link #input}
+     * is). {@link TensorJob#finishColumnNorms} turns the sums of all rows into the column factors
+     * before the first {@link #mergeRows}.
+     */
+    void columnSums(long row0, int rowCount, ByteBuffer values, double[] sumSq, double[] sumErr) throws Exception;
+
+    /**
+     * Merges rows {@code [row0, row0 + rowCount)}: {@code src} holds those rows of the source in
+     * the {@link #input} form, {@code dst} receives them in the output dtype, from position 0.
+     */
+    void mergeRows(long row0, int rowCount, ByteBuffer src, ByteBuffer dst, BlockStats stats) throws Exception;
+
+    @Override
+    void close();
+}

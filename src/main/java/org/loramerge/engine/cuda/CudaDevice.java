@@ -1,0 +1,204 @@
+package org.loramerge.engine.cuda;
+
+import java.io.IOException;
+import java.nio.file.Paths;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Locale;
+import jcuda.driver.CUcontext;
+import jcuda.driver.CUdevice;
+import jcuda.driver.JCudaDriver;
+import jcuda.jcublas.JCublas2;
+import jcuda.runtime.JCuda;
+import jcuda.runtime.cudaDeviceProp;
+import org.loramerge.engine.DeviceUnavailableException;
+
+/**
+ * One GPU, opened for the engine: its primary context, the PTX modules of {@code kernels/}, a
+ * pool of reusable device buffers, and one {@link DeviceWorker} per thread that uses it. This is
+ * the device-block API the engine's tensor handles and the JMH benchmarks share; it knows nothing
+ * of plans or tensors.
+ */
+public final class CudaDevice implements AutoCloseable {
+    /** Oldest architecture the PTX targets: compute_80, for bf16 and fp64 throughput (kernels/README.md). */
+    static final int MIN_MAJOR = 8;
+
+    private final int ordinal;
+    private final String name;
+    private final String description;
+    private final int blockBytes;
+    private final CUcontext context = new CUcontext();
+    private final List<PtxModule> modules = new ArrayList<>();
+    private final List<DeviceWorker> workers = new ArrayList<>();
+    private final ThreadLocal<DeviceWorker> worker = new ThreadLocal<>();
+    private final DevicePool pool = new DevicePool();
+    private MergeKernels merge;
+    private Nf4Kernels nf4;
+    private boolean closed;
+
+    private CudaDevice(int ordinal, String name, String description, int blockBytes) {
+        this.ordinal = ordinal;
+        this.name = name;
+        this.description = description;
+        this.blockBytes = blockBytes;
+    }
+
+    /**
+     * Opens device {@code ordinal} for workers whose blocks hold up to {@code blockBytes} of output,
+     * checking first that {@code workers} of them fit in its free memory. Explains precisely why
+     * when it cannot: {@link DeviceUnavailableException#noDevice} when there is no usable device,
+     * {@link DeviceUnavailableException#engineFailed} when the device is there but its kernels or
+     * cuBLAS do not load.
+     */
+    public static CudaDevice open(int ordinal, int blockBytes, int workers) throws DeviceUnavailableException {
+        if (!System.getProperty("os.name", "").toLowerCase(Locale.ROOT).contains("linux")
+                || !System.getProperty("os.arch", "").matches("amd64|x86_64")) {
+            throw DeviceUnavailableException.noDevice("the GPU engine runs on Linux x86-64 only", null);
+        }
+        if (CublasLoader.find(CublasLoader.searchDirs(), "libcuda.so.1") == null
+                && CublasLoader.find(List.of(Paths.get("/usr/local/nvidia/lib64"), Paths.get("/usr/lib64")), "libcuda.so.1") == null) {
+            throw DeviceUnavailableException.noDevice("no NVIDIA driver: libcuda.so.1 not found", null);
+        }
+        try {
+            JCuda.setExceptionsEnabled(true);
+            JCudaDriver.setExceptionsEnabled(true);
+        } catch (UnsatisfiedLinkError | NoClassDefFoundError e) {
+            String first = String.valueOf(e.getMessage()).split("\n")[0];
+            throw DeviceUnavailableException.noDevice("JCuda's native libraries could not be loaded (" + first
+                    + "); the GPU engine needs an NVIDIA driver", e);
+        }
+        int[] count = {0};
+        try {
+            JCudaDriver.cuInit(0);
+            JCuda.cudaGetDeviceCount(count);
+        } catch (Throwable e) {
+            throw DeviceUnavailableException.noDevice("no usable NVIDIA driver or device (" + String.valueOf(e.getMessage()).split("\n")[0] + ")", e);
+        }
+        if (ordinal < 0 || ordinal >= count[0]) {
+            throw DeviceUnavailableException.noDevice("CUDA device " + ordinal + " does not exist; this machine has " + count[0], null);
+        }
+        cudaDeviceProp prop = new cudaDeviceProp();
+        JCuda.cudaGetDeviceProperties(prop, ordinal);
+        String name = prop.getName();
+        if (prop.major < MIN_MAJOR) {
+            throw DeviceUnavailableException.noDevice(name + " has compute capability " + prop.major + "." + prop.minor
+                    + "; loramerge's kernels need 8.0 (Ampere) or newer. Use --device cpu", null);
+        }
+        JCuda.cudaSetDevice(ordinal);
+        long[] free = {0};
+        long[] total = {0};
+        JCuda.cudaMemGetInfo(free, total);
+        long needed = (long) workers * DeviceWorker.deviceBytes(blockBytes) + (256L << 20);
+        if (free[0] < needed) {
+            throw DeviceUnavailableException.noDevice(name + " has " + (free[0] >> 20) + " MiB free; the GPU engine needs about "
+                    + (needed >> 20) + " MiB. Free the device or use --device cpu", null);
+        }
+        String cublas;
+        try {
+            // before the first use of JCublas2: its static initializer links libcublas.so.12 once and for all
+            cublas = CublasLoader.ensureLoaded();
+            JCublas2.setExceptionsEnabled(true);
+        } catch (IOException | UnsatisfiedLinkError | NoClassDefFoundError e) {
+            throw DeviceUnavailableException.engineFailed("cuBLAS could not be loaded on " + name + ": " + e.getMessage(), e);
+        }
+        CudaDevice d = new CudaDevice(ordinal, name, "cuda:" + ordinal + " " + name + " (sm_" + prop.major + prop.minor + ", " + cublas + ")",
+                blockBytes);
+        try {
+            CUdevice dev = new CUdevice();
+            JCudaDriver.cuDeviceGet(dev, ordinal);
+            JCudaDriver.cuDevicePrimaryCtxRetain(d.context, dev);
+            JCudaDriver.cuCtxSetCurrent(d.context);
+            PtxModule round = new PtxModule("round.ptx");
+            d.modules.add(round);
+            d.merge = new MergeKernels(round);
+            PtxModule nf4 = new PtxModule("nf4.ptx");
+            d.modules.add(nf4);
+            d.nf4 = new Nf4Kernels(nf4);
+        } catch (Throwable e) {
+            d.close();
+            throw DeviceUnavailableException.engineFailed("the GPU kernels could not be loaded on " + name + ": " + e.getMessage(), e);
+        }
+        return d;
+    }
+
+    /** "cuda:0 NVIDIA H200 (sm_90, cuBLAS ...)". */
+    public String description() {
+        return description;
+    }
+
+    /** The device's name, "NVIDIA H200". */
+    public String name() {
+        return name;
+    }
+
+    /** Output bytes a worker's block buffers hold. */
+    public int blockBytes() {
+        return blockBytes;
+    }
+
+    /** The calling thread's worker: its stream, cuBLAS handle and block buffers, made on first use. */
+    public DeviceWorker worker() {
+        DeviceWorker w = worker.get();
+        if (w == null) {
+            bindContext();
+            JCuda.cudaSetDevice(ordinal);
+            w = new DeviceWorker(this, blockBytes);
+            worker.set(w);
+            synchronized (workers) {
+                workers.add(w);
+            }
+        }
+        return w;
+    }
+
+    /** Makes the device's context current on the calling thread (before any CUDA call from a new thread). */
+    public void bindContext() {
+        JCudaDriver.cuCtxSetCurrent(context);
+    }
+
+    /** Device buffers kept for reuse across tensors. */
+    public DevicePool pool() {
+        return pool;
+    }
+
+    /** The kernels of kernels/round.cu. */
+    MergeKernels merge() {
+        return merge;
+    }
+
+    /** The kernels of kernels/nf4.cu. */
+    public Nf4Kernels nf4() {
+        return nf4;
+    }
+
+    /** Waits for every worker's stream. */
+    public void synchronizeAll() {
+        bindContext();
+        synchronized (workers) {
+            for (DeviceWorker w : workers) {
+                w.stream().synchronize();
+            }
+        }
+    }
+
+    @Override
+    public void close() {
+        if (closed) {
+            throw new IllegalStateException("device closed twice");
+        }
+        closed = true;
+        bindContext();
+        synchronized (workers) {
+            for (DeviceWorker w : workers) {
+                w.close();
+            }
+        }
+        pool.close();
+        for (PtxModule m : modules) {
+            m.close();
+        }
+        CUdevice dev = new CUdevice();
+        JCudaDriver.cuDeviceGet(dev, ordinal);
+        JCudaDriver.cuDevicePrimaryCtxRelease(dev);
+    }
+}

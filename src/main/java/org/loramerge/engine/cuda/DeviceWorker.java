@@ -1,0 +1,195 @@
+package org.loramerge.engine.cuda;
+
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import jcuda.Pointer;
+import jcuda.Sizeof;
+import jcuda.jcublas.JCublas2;
+import jcuda.jcublas.cublasOperation;
+import jcuda.runtime.JCuda;
+import jcuda.runtime.cudaMemcpyKind;
+import org.loramerge.format.FloatFormat;
+
+/**
+ * What one thread uses on the device: a stream, a cuBLAS handle bound to it, pinned staging
+ * buffers and device buffers for one row block, and the operations on that block, each queued on
+ * the stream: load W ({@link #loadValues}, or {@link #loadNf4} to dequantize on the device), form
+ * P = s·U·Vᵀ ({@link #product}), add and round ({@link #addAndRound}), read the counters, copy the
+ * result back. While one worker's block is in its host-to-device copy, another's computes and a
+ * third's comes back, so disk, PCIe and GPU overlap.
+ */
+public final class DeviceWorker implements AutoCloseable {
+    /** Elements whose bound straddles a rounding boundary that a block lists at most (kernels/round.cu). */
+    public static final int AMBIGUOUS_CAPACITY = 1 << 16;
+
+    private final CudaDevice device;
+    private final CudaStream stream = new CudaStream();
+    private final CublasHandle cublas = new CublasHandle(stream);
+    private final PinnedMemory hostIn;
+    private final PinnedMemory hostCounters = new PinnedMemory(3 * Sizeof.LONG);
+    private final PinnedMemory hostAmbiguous = new PinnedMemory((long) AMBIGUOUS_CAPACITY * Sizeof.LONG);
+    private final DeviceMemory dIn;
+    private final DeviceMemory dOut;
+    private final DeviceMemory dWide;
+    /** An NF4 block's packed codes: half a byte an element, and a block holds at most blockBytes / 2 elements. */
+    private final DeviceMemory dPacked;
+    private final DeviceMemory counters = new DeviceMemory(3 * Sizeof.LONG);
+    private final DeviceMemory ambiguous = new DeviceMemory((long) AMBIGUOUS_CAPACITY * Sizeof.LONG);
+
+    /** The counters of a block's add-and-round, read once its stream is done. */
+    public record Counts(long ambiguous, long overflows, long nans) {
+    }
+
+    DeviceWorker(CudaDevice device, int blockBytes) {
+        this.device = device;
+        hostIn = new PinnedMemory(blockBytes);
+        dIn = new DeviceMemory(blockBytes);
+        dOut = new DeviceMemory(blockBytes);
+        // the widest case: BF16/F16 blocks widen 4x to fp64
+        dWide = new DeviceMemory((long) blockBytes * 4);
+        dPacked = new DeviceMemory(blockBytes / 4 + 16);
+    }
+
+    /** Device memory of a worker for blocks of {@code blockBytes}, about: W, the result, P in fp64 and the packed codes. */
+    static long deviceBytes(int blockBytes) {
+        return 6L * blockBytes;
+    }
+
+    public CudaStream stream() {
+        return stream;
+    }
+
+    /** W of the current block, in its source dtype (or dequantized there). */
+    public DeviceMemory input() {
+        return dIn;
+    }
+
+    /** The rounded result of the current block. */
+    public DeviceMemory output() {
+        return dOut;
+    }
+
+    /** P of the current block, in fp64. */
+    public DeviceMemory wide() {
+        return dWide;
+    }
+
+    /** The pinned staging buffer for uploads; also usable for small downloads once the stream is idle. */
+    public PinnedMemory hostIn() {
+        return hostIn;
+    }
+
+    /** Queues the upload of {@code bytes} bytes of {@code src} (from its position 0) into {@link #input()}. */
+    public void loadValues(ByteBuffer src, long bytes) {
+        ByteBuffer in = hostIn.buffer();
+        src.position(0).limit(Math.toIntExact(bytes));
+        in.put(src);
+        JCuda.cudaMemcpyAsync(dIn.pointer(), hostIn.pointer(), bytes, cudaMemcpyKind.cudaMemcpyHostToDevice, stream.runtime());
+    }
+
+    /**
+     * Queues elements {@code [first, first + count)} of an NF4 weight into {@link #input()}: their
+     * packed codes ({@code packed}, from the byte holding element {@code first & ~1}) go up, and are
+     * dequantized there with the weight's decoded {@code absmax} into {@code fmt}.
+     */
+    public void loadNf4(ByteBuffer packed, long first, long count, DeviceMemory absmax, int blocksize, FloatFormat fmt) {
+        long packedBytes = (first + count - 1) / 2 - first / 2 + 1;
+        ByteBuffer in = hostIn.buffer();
+        packed.position(0).limit(Math.toIntExact(packedBytes));
+        in.put(packed);
+        JCuda.cudaMemcpyAsync(dPacked.pointer(), hostIn.pointer(), packedBytes, cudaMemcpyKind.cudaMemcpyHostToDevice, stream.runtime());
+        device.nf4().dequant(stream, fmt, dPacked.pointer(), first, count, absmax.pointer(), blocksize, dIn.pointer());
+    }
+
+    /**
+     * The device part of a block, queued on the stream: P = s·U·Vᵀ by cuBLAS DGEMM into
+     * {@code wide}, then one fused pass (PTX) that reads W ({@code in}, the output dtype), forms
+     * v = W + P in fp64, rounds it into {@code out} and lists the ambiguous elements.
+     *
+     * <p>Why not DGEMM with beta = 1 into a widened copy of W: that moves 38 bytes per BF16 element
+     * (widen: 2 in, 8 out; DGEMM: 8 in, 8 out; round: 10 in, 2 out) and measured 1.7 to 2.0 times
+     * the pinned host-to-device bandwidth on an H200; this form moves 20 and keeps the GPU off the
+     * critical path. The result is the same: both are within the same error bound, and rounding
+     * settles on the correctly rounded value either way.
+     */
+    public void mergeRound(DeviceFactors f, FloatFormat fmt, long row0, int rowCount, int cols, double boundK, Pointer in, Pointer wide,
+                           Pointer out) {
+        product(f, row0, rowCount, cols, wide);
+        addAndRound(f, fmt, row0, rowCount, cols, boundK, in, wide, out);
+    }
+
+    /** {@link #mergeRound} on the worker's own buffers: {@link #input()} to {@link #output()}. */
+    public void mergeRound(DeviceFactors f, FloatFormat fmt, long row0, int rowCount, int cols, double boundK) {
+        mergeRound(f, fmt, row0, rowCount, cols, boundK, dIn.pointer(), dWide.pointer(), dOut.pointer());
+    }
+
+    /** P = s·U·Vᵀ for rows [row0, row0 + rowCount), by cuBLAS DGEMM on the stream. */
+    public void product(DeviceFactors f, long row0, int rowCount, int cols, Pointer wide) {
+        // row-major P[rows, cols] is column-major Pᵀ[cols, rows]: Pᵀ = s · (Vᵀ as [cols, r]) · (U block as [r, rows])
+        JCublas2.cublasDgemm(cublas.get(), cublasOperation.CUBLAS_OP_N, cublasOperation.CUBLAS_OP_N, cols, rowCount, f.rank(),
+                Pointer.to(new double[] {f.scale()}), f.vt().pointer(), cols, f.u().at(row0 * f.rank() * Sizeof.DOUBLE), f.rank(),
+                Pointer.to(new double[] {0.0}), wide, cols);
+    }
+
+    /** out = round(W + P) with the ambiguous elements listed and the counters reset first, by the fused PTX kernel on the stream. */
+    public void addAndRound(DeviceFactors f, FloatFormat fmt, long row0, int rowCount, int cols, double boundK, Pointer in, Pointer wide,
+                            Pointer out) {
+        JCuda.cudaMemsetAsync(counters.pointer(), 0, 3 * Sizeof.LONG, stream.runtime());
+        device.merge().mergeRound(stream, fmt, rowCount, cols,
+                Pointer.to(wide), Pointer.to(in), Pointer.to(out),
+                Pointer.to(f.uNorm().at(row0 * Sizeof.DOUBLE)), Pointer.to(f.vNorm().pointer()), Pointer.to(new double[] {Math.abs(f.scale())}),
+                Pointer.to(new double[] {boundK}),
+                Pointer.to(new long[] {rowCount}), Pointer.to(new long[] {cols}), Pointer.to(new long[] {cols}), Pointer.to(new long[] {0}),
+                Pointer.to(counters.pointer()), Pointer.to(ambiguous.pointer()), Pointer.to(new long[] {AMBIGUOUS_CAPACITY}));
+    }
+
+    /** The last add-and-round's counters, once the stream has done everything queued. */
+    public Counts counters() {
+        JCuda.cudaMemcpyAsync(hostCounters.pointer(), counters.pointer(), 3 * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                stream.runtime());
+        stream.synchronize();
+        ByteBuffer c = hostCounters.buffer();
+        return new Counts(c.getLong(0), c.getLong(8), c.getLong(16));
+    }
+
+    /** The element indexes of the block's ambiguous elements (little-endian longs, in no order); at most {@link #AMBIGUOUS_CAPACITY}. */
+    public ByteBuffer ambiguousElements(long count) {
+        JCuda.cudaMemcpyAsync(hostAmbiguous.pointer(), ambiguous.pointer(), count * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                stream.runtime());
+        stream.synchronize();
+        return hostAmbiguous.buffer();
+    }
+
+    /** Queues the copy of {@code bytes} of {@link #output()} into {@code dst}: asynchronous and direct when dst is page-locked. */
+    public void copyOutputTo(ByteBuffer dst, long bytes) {
+        JCuda.cudaMemcpyAsync(Pointer.to(dst), dOut.pointer(), bytes, cudaMemcpyKind.cudaMemcpyDeviceToHost, stream.runtime());
+    }
+
+    /** The first {@code bytes} of {@code m} copied to a new heap buffer, after the work queued on the stream. */
+    public ByteBuffer download(DeviceMemory m, long bytes) {
+        byte[] a = new byte[Math.toIntExact(bytes)];
+        stream.synchronize();
+        JCuda.cudaMemcpy(Pointer.to(a), m.pointer(), bytes, cudaMemcpyKind.cudaMemcpyDeviceToHost);
+        return ByteBuffer.wrap(a).order(ByteOrder.LITTLE_ENDIAN);
+    }
+
+    public void synchronize() {
+        stream.synchronize();
+    }
+
+    @Override
+    public void close() {
+        stream.synchronize();
+        cublas.close();
+        stream.close();
+        hostIn.close();
+        hostCounters.close();
+        hostAmbiguous.close();
+        dIn.close();
+        dOut.close();
+        dWide.close();
+        dPacked.close();
+        counters.close();
+        ambiguous.close();
+    }
+}

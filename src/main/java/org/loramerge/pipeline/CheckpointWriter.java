@@ -1,0 +1,163 @@
+package org.loramerge.pipeline;
+
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.channels.FileChannel;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import org.loramerge.format.Json;
+import org.loramerge.format.SafetensorsWriter;
+import org.loramerge.format.ShardIndex;
+
+/**
+ * Writes a Hugging Face model folder into an {@link AtomicOutput}: safetensors shards one after
+ * the other ({@link #openShard}), then the shard index when there is more than one, config.json,
+ * the files carried over from the base, and the commit that makes it all appear at once. Every
+ * command that writes a model (merge, quantize) goes through it, so they write the same layout.
+ */
+public final class CheckpointWriter implements AutoCloseable {
+    /** Bytes written between background flushes, so the final fsync finds little left to write. */
+    static final long FLUSH_EVERY = 1L << 30;
+    /** Every safetensors header says which framework's tensors these are, as transformers' writer does. */
+    private static final Map<String, String> METADATA = Map.of("format", "pt");
+
+    private final AtomicOutput out;
+    private final Progress progress;
+    private final Map<String, String> weightMap = new LinkedHashMap<>();
+    private final ExecutorService flusher = Executors.newSingleThreadExecutor(r -> {
+        Thread t = new Thread(r, "loramerge-flush");
+        t.setDaemon(true);
+        return t;
+    });
+    private long tensorBytes;
+
+    /** A writer into {@code out}; bytes written are counted into {@code progress}. */
+    public CheckpointWriter(AtomicOutput out, Progress progress) {
+        this.out = out;
+        this.progress = progress;
+    }
+
+    /** The folder being written (hidden until {@link #commit}). */
+    public Path dir() {
+        return out.dir();
+    }
+
+    /** The folder the model appears as. */
+    public Path target() {
+        return out.target();
+    }
+
+    /**
+     * Creates shard {@code fileName} with these tensors, in this order, and writes its header; the
+     * tensors' bytes follow through the returned shard, which must be {@linkplain Shard#finish
+     * finished} before the next one is opened.
+     */
+    public Shard openShard(String fileName, List<SafetensorsWriter.Entry> entries) throws IOException {
+        for (SafetensorsWriter.Entry e : entries) {
+            weightMap.put(e.name(), fileName);
+            tensorBytes += e.sizeInBytes();
+        }
+        return new Shard(SafetensorsWriter.create(out.dir().resolve(fileName), entries, METADATA));
+    }
+
+    /** Writes model.safetensors.index.json for the shards written (transformers' layout of a sharded model). */
+    public void writeIndex() throws IOException {
+        Files.write(out.dir().resolve(ShardIndex.FILE_NAME), ShardIndex.toJson(weightMap, tensorBytes));
+    }
+
+    /** Writes config.json. */
+    public void writeConfig(ObjectNode config) throws IOException {
+        Files.write(out.dir().resolve("config.json"), Json.pretty(config).getBytes(StandardCharsets.UTF_8));
+    }
+
+    /** Copies files of the base (tokenizer, generation config, ...) as they are; returns their names. */
+    public List<String> carry(List<Path> files) throws IOException {
+        List<String> names = new ArrayList<>();
+        for (Path p : files) {
+            Files.copy(p, out.dir().resolve(p.getFileName()), StandardCopyOption.COPY_ATTRIBUTES);
+            names.add(p.getFileName().toString());
+        }
+        return names;
+    }
+
+    /** Bytes of tensor data in the shards opened so far. */
+    public long tensorBytes() {
+        return tensorBytes;
+    }
+
+    /** Makes the model durable and visible under its final name (see {@link AtomicOutput#commit}). */
+    public void commit() throws IOException {
+        out.commit();
+    }
+
+    @Override
+    public void close() {
+        flusher.shutdownNow();
+    }
+
+    /**
+     * One shard being written: tensor bytes appended in header order, from one thread. Every
+     * {@link #FLUSH_EVERY} bytes the disk is started on what is written while the work goes on.
+     */
+    public final class Shard implements AutoCloseable {
+        private final SafetensorsWriter writer;
+        private Future<?> flushing;
+        private long unflushed;
+
+        private Shard(SafetensorsWriter writer) {
+            this.writer = writer;
+        }
+
+        /** Appends a block of the tensor being written. */
+        public void write(ByteBuffer block) throws Exception {
+            long n = block.remaining();
+            writer.write(block);
+            written(n);
+        }
+
+        /** Appends {@code length} bytes of another file, without copying them through the heap. */
+        public void transferFrom(FileChannel source, long position, long length) throws Exception {
+            writer.transferFrom(source, position, length);
+            written(length);
+        }
+
+        private void written(long n) throws Exception {
+            progress.addBytes(n);
+            unflushed += n;
+            if (unflushed >= FLUSH_EVERY && (flushing == null || flushing.isDone())) {
+                if (flushing != null) {
+                    BlockExecutor.get(flushing); // surfaces a failed flush
+                }
+                unflushed = 0;
+                flushing = flusher.submit(() -> {
+                    writer.force();
+                    return null;
+                });
+            }
+        }
+
+        /** Waits for a background flush, checks that every declared byte was written and forces the file to disk. */
+        public void finish() throws Exception {
+            if (flushing != null) {
+                BlockExecutor.get(flushing);
+                flushing = null;
+            }
+            writer.finish();
+        }
+
+        @Override
+        public void close() throws IOException {
+            writer.close();
+        }
+    }
+}

@@ -1,0 +1,105 @@
+package org.loramerge.pipeline;
+
+import java.nio.ByteBuffer;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.Callable;
+import java.util.concurrent.Future;
+import org.loramerge.engine.BlockStats;
+import org.loramerge.engine.Requantization;
+import org.loramerge.engine.TensorJob;
+import org.loramerge.engine.TensorMerge;
+import org.loramerge.plan.OutputTensor;
+import org.loramerge.plan.TensorSource;
+import org.loramerge.quant.QuantizedOutput;
+import org.loramerge.quant.Requantizer;
+
+/**
+ * {@link OutputTensor.Route#REQUANTIZE} ({@code merge --to nf4}): row blocks that hold whole
+ * quantization blocks (a multiple of {@code blockElements / gcd(cols, blockElements)} rows), so no
+ * quantization block straddles two workers, sized by the engine's working memory per element; each
+ * block merged and requantized by the engine, its codes written in order. After the last block the
+ * engine settles the scales, the rest of the group is written, and the survival sums are added up
+ * in chunk order (the same figures whatever the thread count).
+ */
+final class Requantize implements TensorStrategy {
+    static final Requantize INSTANCE = new Requantize();
+
+    private Requantize() {
+    }
+
+    @Override
+    public void schedule(OutputTensor t, MergeContext ctx) throws Exception {
+        TensorJob job = TensorJob.prepare(t);
+        BlockStats stats = ctx.statsFor(t);
+        int cols = job.cols();
+        if (job.needsColumnPass()) {
+            long rowBytes = (long) cols * t.dtype().sizeInBytes();
+            try (TensorMerge columns = ctx.backend.openMerge(job)) {
+                ColumnNorms.compute(ctx, job, columns, ctx.rowsPerBlock(t, rowBytes, rowBytes));
+            }
+        }
+        Requantization requant = ctx.backend.openRequantization(job);
+        TensorSource.Form form = requant.input();
+        CheckpointWriter.Shard shard = ctx.shard;
+        long rows = job.rows();
+        long perBlock = rowsPerBlock(cols, requant.blockElements(), (long) cols * requant.workingBytesPerElement(), ctx.options.blockBytes());
+        for (long r0 = 0; r0 < rows; r0 += perBlock) {
+            long row0 = r0;
+            int n = (int) Math.min(perBlock, rows - r0);
+            Future<ByteBuffer> f = ctx.executor.submit(() -> {
+                try (TensorSource.Bytes src = t.source().readRows(form, row0, n, cols)) {
+                    BlockStats s = new BlockStats();
+                    ByteBuffer codes = requant.mergeRows(row0, n, src.bytes(), s);
+                    stats.add(s);
+                    return codes;
+                }
+            });
+            ctx.executor.then(() -> shard.write(BlockExecutor.get(f)));
+        }
+        List<Future<Requantizer.Change>> measured = new ArrayList<>();
+        ctx.executor.then(() -> {
+            Requantization.Result r;
+            try {
+                ctx.checkFinite(t, stats);
+                r = requant.finish();
+            } finally {
+                requant.close();
+            }
+            for (ByteBuffer b : r.tail()) {
+                shard.write(b);
+            }
+            ctx.progress.tensorDone();
+            for (Callable<Requantizer.Change> m : r.measures()) {
+                measured.add(ctx.executor.submit(m));
+            }
+        });
+        ctx.executor.then(() -> {
+            Requantizer.Change change = Requantizer.Change.NONE;
+            for (Future<Requantizer.Change> f : measured) {
+                change = change.plus(BlockExecutor.get(f)); // in chunk order: the same sums whatever the thread count
+            }
+            ctx.survivals.add(survival(t, change));
+        });
+    }
+
+    /**
+     * Rows per block of a requantized weight: whole quantization blocks (a multiple of
+     * {@code blockElements / gcd(cols, blockElements)} rows), about a streaming block of {@code bytesPerRow}.
+     */
+    static long rowsPerBlock(long cols, long blockElements, long bytesPerRow, int blockBytes) {
+        long align = blockElements / gcd(cols, blockElements); // rows whose elements fill whole blocks
+        long fit = Math.max(1, blockBytes / bytesPerRow);
+        return Math.max(align, fit / align * align);
+    }
+
+    private static long gcd(long a, long b) {
+        return b == 0 ? a : gcd(b, a % b);
+    }
+
+    private static MergeReport.Survival survival(OutputTensor t, Requantizer.Change change) {
+        QuantizedOutput out = t.quantizedOutput();
+        return MergeReport.Survival.of(t.name(), t.shape(), out.blockElements(), out.isDoubleQuant(), t.numElements(), change.codesChanged(),
+                Math.sqrt(change.deltaSq()), Math.sqrt(change.sumSq()), change.dot());
+    }
+}

@@ -1,0 +1,69 @@
+package org.loramerge.pipeline;
+
+import java.nio.ByteBuffer;
+import java.util.concurrent.Future;
+import org.loramerge.engine.BlockStats;
+import org.loramerge.engine.TensorJob;
+import org.loramerge.engine.TensorMerge;
+import org.loramerge.plan.OutputTensor;
+import org.loramerge.plan.TensorSource;
+
+/**
+ * {@link OutputTensor.Route#ROWS} and {@link OutputTensor.Route#ROWS_AFTER_COLUMN_NORMS}: the
+ * tensor cut into row blocks of about a streaming block each; a worker reads a block's source
+ * rows (in the form the engine asks for), has the engine merge them into one of the circulating
+ * output buffers, and the writing thread writes the buffers in order.
+ */
+final class RowMerge implements TensorStrategy {
+    static final RowMerge INSTANCE = new RowMerge();
+
+    private RowMerge() {
+    }
+
+    @Override
+    public void schedule(OutputTensor t, MergeContext ctx) throws Exception {
+        TensorJob job = TensorJob.prepare(t);
+        BlockStats stats = ctx.statsFor(t);
+        int cols = job.cols();
+        long outRowBytes = (long) cols * t.dtype().sizeInBytes();
+        long srcRowBytes = (long) cols * t.source().dtype().sizeInBytes();
+        int rowsPerBlock = ctx.rowsPerBlock(t, srcRowBytes, outRowBytes);
+        TensorMerge merge = ctx.backend.openMerge(job);
+        if (t.route() == OutputTensor.Route.ROWS_AFTER_COLUMN_NORMS) {
+            ColumnNorms.compute(ctx, job, merge, rowsPerBlock);
+        }
+        TensorSource.Form form = merge.input();
+        CheckpointWriter.Shard shard = ctx.shard;
+        long rows = job.rows();
+        for (long row0 = 0; row0 < rows; row0 += rowsPerBlock) {
+            long r0 = row0;
+            int n = (int) Math.min(rowsPerBlock, rows - row0);
+            Future<ByteBuffer> f = ctx.executor.submit(() -> {
+                ByteBuffer dst = ctx.buffers.take();
+                try (TensorSource.Bytes src = t.source().readRows(form, r0, n, cols)) {
+                    dst.clear();
+                    merge.mergeRows(r0, n, src.bytes(), dst, stats);
+                    dst.limit((int) (n * outRowBytes));
+                    dst.position(0);
+                    return dst;
+                } catch (Exception e) {
+                    ctx.buffers.add(dst);
+                    throw e;
+                }
+            });
+            ctx.executor.then(() -> {
+                ByteBuffer b = BlockExecutor.get(f);
+                try {
+                    shard.write(b);
+                } finally {
+                    ctx.buffers.add(b);
+                }
+            });
+        }
+        ctx.executor.then(() -> {
+            merge.close();
+            ctx.progress.tensorDone();
+            ctx.checkFinite(t, stats);
+        });
+    }
+}

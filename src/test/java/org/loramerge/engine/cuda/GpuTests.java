@@ -1,0 +1,30 @@
+package org.loramerge.engine.cuda;
+
+import org.loramerge.engine.Backends;
+import org.loramerge.engine.DeviceUnavailableException;
+
+import static org.junit.jupiter.api.Assertions.fail;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+/**
+ * How GPU tests get their engine: they skip only where there is no usable device; on a machine
+ * with a GPU, an engine that fails to start (a PTX that does not load, a missing kernel, cuBLAS)
+ * fails the test, so a broken GPU build cannot pass as "skipped".
+ */
+final class GpuTests {
+    private GpuTests() {
+    }
+
+    /** The CUDA engine on device 0; skips the caller where there is no device, fails it where the engine does not start. */
+    static CudaBackend openOrSkip() {
+        try {
+            return (CudaBackend) Backends.openCuda(0, 4);
+        } catch (DeviceUnavailableException e) {
+            if (e.devicePresent()) {
+                fail("a GPU is present but the CUDA engine did not start: " + e.getMessage(), e);
+            }
+            assumeTrue(false, "no usable GPU: " + e.getMessage());
+            throw new AssertionError("unreachable");
+        }
+    }
+}
