@@ -4,6 +4,7 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.SerializationFeature;
 import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
+import java.io.OutputStream;
 import java.io.PrintStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -126,6 +127,6 @@ final class InspectCommand implements Callable<Integer> {
                 out.println("warning: " + w);
             }
         }
-        tensors(a.file().tensors(), root, json ? out : new PrintStream(java.io.OutputStream.nullOutputStream()), "");
+        tensors(a.file().tensors(), root, json ? out : new PrintStream(OutputStream.nullOutputStream()), "");
     }
 }

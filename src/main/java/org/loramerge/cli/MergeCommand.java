@@ -1,5 +1,7 @@
 package org.loramerge.cli;
 
+import com.fasterxml.jackson.annotation.JsonAutoDetect;
+import com.fasterxml.jackson.annotation.PropertyAccessor;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.SerializationFeature;
 import java.io.IOException;
@@ -13,7 +15,7 @@ import java.util.concurrent.ExecutionException;
 import org.loramerge.adapter.AdapterException;
 import org.loramerge.adapter.LoraAdapter;
 import org.loramerge.engine.Backend;
-import org.loramerge.engine.Backends;
+import org.loramerge.engine.select.Backends;
 import org.loramerge.errors.ExitCode;
 import org.loramerge.errors.UsageException;
 import org.loramerge.format.Checkpoint;
@@ -192,7 +194,7 @@ final class MergeCommand implements Callable<Integer> {
     private void print(MergeReport report, PrintStream err) throws IOException {
         if (json) {
             ObjectMapper m = new ObjectMapper().enable(SerializationFeature.INDENT_OUTPUT);
-            m.setVisibility(com.fasterxml.jackson.annotation.PropertyAccessor.FIELD, com.fasterxml.jackson.annotation.JsonAutoDetect.Visibility.PUBLIC_ONLY);
+            m.setVisibility(PropertyAccessor.FIELD, JsonAutoDetect.Visibility.PUBLIC_ONLY);
             System.out.println(m.writeValueAsString(report));
         }
         if (!quiet) {

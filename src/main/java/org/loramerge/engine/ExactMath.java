@@ -5,6 +5,7 @@ import java.io.UncheckedIOException;
 import java.math.BigDecimal;
 import java.math.MathContext;
 import org.loramerge.format.FloatFormat;
+import org.loramerge.plan.DoraSpec;
 
 /**
  * The exact reference: merged values computed in decimal arithmetic without rounding (DoRA's
@@ -71,7 +72,7 @@ public final class ExactMath {
     }
 
     private static BigDecimal doraFactor(TensorJob job, double[] sourceRow, long row, int col) {
-        boolean byRow = job.doraAxis() == org.loramerge.plan.DoraSpec.Axis.ROW;
+        boolean byRow = job.doraAxis() == DoraSpec.Axis.ROW;
         int index = byRow ? Math.toIntExact(row) : col;
         BigDecimal cached = job.exactFactors().get(index);
         if (cached != null) {

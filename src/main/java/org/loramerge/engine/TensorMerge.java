@@ -1,6 +1,7 @@
 package org.loramerge.engine;
 
 import java.nio.ByteBuffer;
+import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.TensorSource;
 
 /**
@@ -13,7 +14,7 @@ public interface TensorMerge extends AutoCloseable {
 
     /**
      * The first pass of a tensor whose DoRA norms run down the columns
-     * ({@link org.loramerge.plan.OutputTensor.Route#ROWS_AFTER_COLUMN_NORMS}): adds Σ v² and
+     * ({@link OutputTensor.Route#ROWS_AFTER_COLUMN_NORMS}): adds Σ v² and
      * Σ 2|v|·e of rows {@code [row0, row0 + rowCount)} to the per-column sums, {@code values}
      * holding those rows' source values ({@link TensorSource.Form#VALUES} whatever {@link #input}
      * is). {@link TensorJob#finishColumnNorms} turns the sums of all rows into the column factors

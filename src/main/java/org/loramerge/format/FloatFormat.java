@@ -1,5 +1,7 @@
 package org.loramerge.format;
 
+import java.nio.ByteBuffer;
+
 /**
  * The three floating-point formats the merge computes with, and exact conversions between their
  * bits and {@code double}. Every F16, BF16 and F32 value is exactly a double, so decoding never
@@ -172,7 +174,7 @@ public enum FloatFormat {
     }
 
     /** Reads element {@code index} (an element index, not a byte offset) of a little-endian buffer. */
-    public int bitsAt(java.nio.ByteBuffer b, long index) {
+    public int bitsAt(ByteBuffer b, long index) {
         if (this == F32) {
             return b.getInt(Math.toIntExact(index * 4));
         }
@@ -180,7 +182,7 @@ public enum FloatFormat {
     }
 
     /** Writes element {@code index} of a little-endian buffer. */
-    public void putBits(java.nio.ByteBuffer b, long index, int bits) {
+    public void putBits(ByteBuffer b, long index, int bits) {
         if (this == F32) {
             b.putInt(Math.toIntExact(index * 4), bits);
         } else {

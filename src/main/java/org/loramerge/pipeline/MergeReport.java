@@ -6,6 +6,7 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import org.loramerge.plan.OutputTensor;
+import org.loramerge.quant.Requantizer;
 
 /** What a merge did, for the summary and {@code --json}. */
 public final class MergeReport {
@@ -19,13 +20,13 @@ public final class MergeReport {
      * {@code survival = ‖D‖ / ‖ΔW‖} with {@code D = deq(Q(W+ΔW)) − deq(Q(W))}, W the dequantized
      * base weight, ΔW the exact merged value minus W, Q the requantization with the base's settings
      * and deq bitsandbytes' dequantization; and {@code aligned = ⟨D, ΔW⟩ / ‖ΔW‖²}, the part of ΔW
-     * the change carries in ΔW's direction. All in double; see {@link org.loramerge.quant.Requantizer}.
+     * the change carries in ΔW's direction. All in double; see {@link Requantizer}.
      *
      * @param codes         4-bit codes in the weight (its element count)
      * @param codesChanged  codes of Q(W+ΔW) that differ from those of Q(W)
      * @param deltaNorm     ‖ΔW‖ (Frobenius)
      * @param survivingNorm ‖D‖
-     * @param dot           ⟨D, ΔW⟩ (D before its final roundings, see Nf4Requantizer)
+     * @param dot           ⟨D, ΔW⟩ (D before its final roundings, see Requantizer)
      */
     public record Survival(String name, long[] shape, int blocksize, boolean doubleQuant, long codes, long codesChanged,
                            double changedShare, double deltaNorm, double survivingNorm, double dot, Double survival, Double aligned) {

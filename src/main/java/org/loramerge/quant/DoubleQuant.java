@@ -1,6 +1,7 @@
 package org.loramerge.quant;
 
 import java.math.BigInteger;
+import java.util.Arrays;
 
 /**
  * Double quantization of the per-block absmax values ({@code bnb_4bit_use_double_quant}), as
@@ -49,7 +50,7 @@ public final class DoubleQuant {
             }
             nested[j] = na;
             if (na == 0f) {
-                java.util.Arrays.fill(codes, start, start + len, (byte) DynamicMap.ZERO_CODE);
+                Arrays.fill(codes, start, start + len, (byte) DynamicMap.ZERO_CODE);
                 continue;
             }
             float r = Nf4Codec.reciprocal(na);

@@ -1,5 +1,7 @@
 package org.loramerge.quant;
 
+import java.util.Arrays;
+
 /**
  * bitsandbytes' signed dynamic 8-bit map ({@code create_dynamic_map(signed=True)}, 7 exponent bits
  * of 8; bitsandbytes functional.py), the code book of double quantization, and the CUDA kernel's
@@ -52,7 +54,7 @@ public final class DynamicMap {
         if (n != 256) {
             throw new IllegalStateException("dynamic map has " + n + " entries");
         }
-        java.util.Arrays.sort(data);
+        Arrays.sort(data);
         return data;
     }
 

@@ -1,5 +1,7 @@
 package org.loramerge.quant;
 
+import java.util.Arrays;
+
 /**
  * The NF4 code book and the per-block arithmetic of bitsandbytes' 4-bit quantization, bit-exact
  * with scripts/nf4_reference.py (whose docstring states every rule with its reason).
@@ -135,7 +137,7 @@ public final class Nf4Codec {
     public static float quantizeBlock(float[] values, int off, int len, byte[] codes, int codesOff) {
         float absmax = absmax(values, off, len);
         if (absmax == 0f) {
-            java.util.Arrays.fill(codes, codesOff, codesOff + len, (byte) ZERO_CODE);
+            Arrays.fill(codes, codesOff, codesOff + len, (byte) ZERO_CODE);
             return 0f;
         }
         float r = reciprocal(absmax);

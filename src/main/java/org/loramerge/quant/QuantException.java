@@ -3,6 +3,7 @@ package org.loramerge.quant;
 import java.nio.file.Path;
 import org.loramerge.errors.ExitCode;
 import org.loramerge.errors.UserException;
+import org.loramerge.format.SafetensorsException;
 
 /**
  * A bitsandbytes 4-bit checkpoint (or a weight to quantize) that loramerge cannot use. Each reason
@@ -51,7 +52,7 @@ public final class QuantException extends UserException {
     private final String tensor;
 
     public QuantException(Reason reason, Path path, String tensor, String detail) {
-        super(org.loramerge.format.SafetensorsException.format(reason, path, tensor, detail));
+        super(SafetensorsException.format(reason, path, tensor, detail));
         this.reason = reason;
         this.path = path;
         this.tensor = tensor;

@@ -13,8 +13,10 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.HashSet;
 import java.util.Iterator;
 import java.util.List;
+import java.util.Objects;
 import java.util.Set;
 import org.loramerge.format.DType;
 
@@ -149,8 +151,8 @@ public final class QuantState {
         if (exact.length > length) {
             throw new IllegalArgumentException("quant state needs " + exact.length + " bytes, " + length + " reserved");
         }
-        byte[] out = java.util.Arrays.copyOf(exact, length);
-        java.util.Arrays.fill(out, exact.length, length, (byte) ' ');
+        byte[] out = Arrays.copyOf(exact, length);
+        Arrays.fill(out, exact.length, length, (byte) ' ');
         return out;
     }
 
@@ -190,7 +192,7 @@ public final class QuantState {
         if (root == null || !root.isObject()) {
             throw new QuantException(QUANT_STATE_NOT_JSON, path, tensor, "quant state is not a JSON object; the file is corrupt");
         }
-        Set<String> known = new java.util.HashSet<>(PLAIN_FIELDS);
+        Set<String> known = new HashSet<>(PLAIN_FIELDS);
         known.addAll(NESTED_FIELDS);
         for (Iterator<String> it = root.fieldNames(); it.hasNext(); ) {
             String f = it.next();
@@ -326,12 +328,12 @@ public final class QuantState {
             return false;
         }
         QuantState q = (QuantState) o;
-        return blocksize == q.blocksize && dtype == q.dtype && Arrays.equals(shape, q.shape) && java.util.Objects.equals(nested, q.nested);
+        return blocksize == q.blocksize && dtype == q.dtype && Arrays.equals(shape, q.shape) && Objects.equals(nested, q.nested);
     }
 
     @Override
     public int hashCode() {
-        return java.util.Objects.hash(blocksize, dtype, Arrays.hashCode(shape), nested);
+        return Objects.hash(blocksize, dtype, Arrays.hashCode(shape), nested);
     }
 
     @Override

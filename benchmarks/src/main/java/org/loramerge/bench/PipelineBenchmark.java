@@ -6,7 +6,7 @@ import java.util.List;
 import java.util.concurrent.TimeUnit;
 import org.loramerge.adapter.LoraAdapter;
 import org.loramerge.engine.Backend;
-import org.loramerge.engine.Backends;
+import org.loramerge.engine.select.Backends;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.pipeline.AtomicOutput;
 import org.loramerge.pipeline.MergeRunner;

@@ -2,6 +2,7 @@ package org.loramerge.engine.cpu;
 
 import java.math.BigDecimal;
 import java.nio.ByteBuffer;
+import java.util.Arrays;
 import org.loramerge.engine.BlockStats;
 import org.loramerge.engine.ExactMath;
 import org.loramerge.engine.LowRankTerm;
@@ -205,18 +206,18 @@ public final class CpuMerge {
         int cols = job.cols();
         if (job.terms().isEmpty()) {
             System.arraycopy(w, 0, v, 0, cols);
-            java.util.Arrays.fill(e, 0, cols, 0.0);
+            Arrays.fill(e, 0, cols, 0.0);
             return true;
         }
         int i = Math.toIntExact(row);
         double[] d = SCRATCH.get()[3];
         System.arraycopy(w, 0, v, 0, cols);
-        java.util.Arrays.fill(e, 0, cols, 0.0);
+        Arrays.fill(e, 0, cols, 0.0);
         for (LowRankTerm t : job.terms()) {
             int r = t.rank();
             double[] u = t.u();
             double[] vt = t.vt();
-            java.util.Arrays.fill(d, 0, cols, 0.0);
+            Arrays.fill(d, 0, cols, 0.0);
             for (int k = 0; k < r; k++) {
                 double uk = u[i * r + k];
                 if (uk == 0) {

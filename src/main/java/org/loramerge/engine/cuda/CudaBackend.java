@@ -44,7 +44,7 @@ public final class CudaBackend implements Backend {
         this.streams = streams;
     }
 
-    /** Opens device {@code ordinal}; explains precisely why when it cannot. Called by Backends. */
+    /** Opens device {@code ordinal}; explains precisely why when it cannot. Called by {@code Backends}, by name. */
     public static Backend open(int ordinal, int cpuThreads) throws DeviceUnavailableException {
         int streams = Math.max(2, Math.min(MAX_STREAMS, cpuThreads / 2));
         return new CudaBackend(CudaDevice.open(ordinal, DEFAULT_BLOCK_BYTES, streams), streams);

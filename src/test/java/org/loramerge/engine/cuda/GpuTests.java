@@ -1,7 +1,7 @@
 package org.loramerge.engine.cuda;
 
-import org.loramerge.engine.Backends;
 import org.loramerge.engine.DeviceUnavailableException;
+import org.loramerge.engine.select.Backends;
 
 import static org.junit.jupiter.api.Assertions.fail;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;

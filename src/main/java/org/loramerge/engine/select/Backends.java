@@ -1,11 +1,17 @@
-package org.loramerge.engine;
+package org.loramerge.engine.select;
 
 import java.lang.reflect.InvocationTargetException;
 import java.util.Locale;
+import org.loramerge.engine.Backend;
+import org.loramerge.engine.DeviceUnavailableException;
 import org.loramerge.engine.cpu.CpuBackend;
 import org.loramerge.errors.UsageException;
 
-/** Picks the engine for {@code --device}. */
+/**
+ * Picks the engine for {@code --device}: the CPU engine, or the GPU engine, which is loaded by
+ * name so that a CPU-only run never touches JCuda's classes. Above both engines, so neither
+ * depends on the other's choice.
+ */
 public final class Backends {
     private Backends() {
     }
