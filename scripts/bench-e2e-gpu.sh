@@ -3,7 +3,7 @@
 #
 #   bash scripts/bench-e2e-gpu.sh [--scale 1|2] [--reps N]
 #
-# Needs, carried with the working tree:  .device/jre.tgz  (../shared/device/make-jre.sh)
+# Needs, carried with the working tree:  .device/jre.tgz  (scripts/device/make-jre.sh, here)
 #                                         target/loramerge.jar (mvn -DskipTests package, here)
 # e.g. run(command="bash scripts/bench-e2e-gpu.sh", carry=[".device", "target/loramerge.jar"])
 #

@@ -27,7 +27,7 @@ pack)
     cp benchmarks/target/benchmarks.jar .device/
   fi
   mvn -q -B dependency:copy -Dartifact=org.junit.platform:junit-platform-console-standalone:$JUNIT_VERSION -DoutputDirectory=.device
-  [ -f .device/jre.tgz ] || ../shared/device/make-jre.sh .device
+  scripts/device/make-jre.sh .device   # after the jars: its modules are the ones they need
   du -sh .device
   ;;
 device)
