@@ -7,7 +7,8 @@
 #   REPS=3            repetitions of each tool (order rotates every repetition)
 #   WORK=/tmp/loramerge-bench-$SIZE   synthetic checkpoint (reused when present) + outputs
 #   LOGS=$WORK/logs-<date>            per-run logs, results.jsonl, table.md
-#   PY=/opt/pyref/bin/python          Python with torch/transformers/peft/safetensors
+#   PYTHON=python3    a Python with torch, transformers, peft and safetensors
+#                     (the versions in scripts/requirements-fixtures.txt)
 #   LORAMERGE="java -jar target/loramerge.jar"   how to start loramerge (e.g. LORAMERGE=./loramerge)
 #   JAVA_OPTS=...     extra JVM options for the default LORAMERGE
 #   RANK=16 SEED=0    adapter rank, seed of the synthetic data
@@ -21,9 +22,7 @@ SIZE=${1:-${SIZE:-1gb}}
 REPS=${REPS:-3}
 RANK=${RANK:-16}
 SEED=${SEED:-0}
-if [ -z "${PY:-}" ]; then
-  if [ -x /opt/pyref/bin/python ]; then PY=/opt/pyref/bin/python; else PY=python3; fi
-fi
+PY=${PYTHON:-python3}
 WORK=${WORK:-/tmp/loramerge-bench-$SIZE}
 LOGS=${LOGS:-$WORK/logs-$(date +%Y%m%d-%H%M%S)}
 JAR=$ROOT/target/loramerge.jar

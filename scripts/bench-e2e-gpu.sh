@@ -27,7 +27,7 @@
 #
 # Environment: OUT, WORK (default /tmp/lm-bench-$SHAPE-x$SCALE), SHAPE (llama-7b), REPS (default 2; 1 at scale 2),
 #   BUDGET_S (default 500: no new repetition starts that would end later than that many
-#   seconds after the script started), PY (python3), LORAMERGE (default "java $JAVA_OPTS -jar
+#   seconds after the script started), PYTHON (python3), LORAMERGE (default "java $JAVA_OPTS -jar
 #   target/loramerge.jar"), LM_ARGS (extra merge options), RANK (16), SEED (0),
 #   SKIP_CP=1 SKIP_PEFT=1 SKIP_LM_CUDA=1 SKIP_LM_CPU=1 SKIP_VERIFY=1 RUN_PEFT_CPU=1 REGEN=1.
 set -euo pipefail
@@ -50,7 +50,7 @@ done
 case $SCALE in 1|2|3|4) ;; *) echo "--scale must be 1..4" >&2; exit 2 ;; esac
 if [ "$SCALE" = 1 ]; then REPS=${REPS_ARG:-${REPS:-2}}; else REPS=${REPS_ARG:-${REPS:-1}}; fi
 OUT=${OUT:-/tmp/out}
-PY=${PY:-python3}
+PY=${PYTHON:-python3}
 RANK=${RANK:-16}
 SEED=${SEED:-0}
 BUDGET_S=${BUDGET_S:-500}

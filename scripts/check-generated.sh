@@ -28,7 +28,7 @@ compare() { # compare FRESH COMMITTED(relative to root)
 # 1. The forwarder's generated sources.
 if [[ -f $jar ]]; then
     mkdir -p "$tmp/gen"
-    python3 "$root/native/gen_cublas_forward.py" --jar "$jar" --out "$tmp/gen" >/dev/null
+    "${PYTHON:-python3}" "$root/native/gen_cublas_forward.py" --jar "$jar" --out "$tmp/gen" >/dev/null
     for f in cublas12-imports.txt cublas_forward_symbols.inc libcublas.so.12.map; do
         compare "$tmp/gen/$f" "native/$f"
     done

@@ -15,6 +15,7 @@ cd "$(dirname "$0")/.."
 mode=${1:-}
 shift || true
 JUNIT_VERSION=1.14.4
+py=${PYTHON:-python3}   # the GPU machine's python3 has torch, transformers, peft and safetensors
 
 case "$mode" in
 pack)
@@ -55,14 +56,14 @@ device)
       # device-resident merge over every shape, rank and dtype, and the copy ceilings
       java -jar .device/benchmarks.jar 'CudaMergeBenchmark.mergeOnDevice|CudaCopyBenchmark' -rf json -rff "$OUT/jmh-gpu.json" \
         -f 1 -wi 1 -i 2 -w 500ms -r 500ms > "$OUT/jmh-gpu.log" 2>&1 || true
-      python3 benchmarks/jmh_table.py "$OUT/jmh-gpu.json" | tee "$OUT/jmh-gpu.md" | tail -n 60
+      "$py" benchmarks/jmh_table.py "$OUT/jmh-gpu.json" | tee "$OUT/jmh-gpu.md" | tail -n 60
       summary+=("jmh gpu: $(grep -c '^| Cuda' "$OUT/jmh-gpu.md") rows in jmh-gpu.md")
       ;;
     benchnf4)
       # the NF4 kernels device-resident, beside the device-to-device copy
       java -jar .device/benchmarks.jar 'CudaNf4Benchmark|CudaCopyBenchmark.deviceToDevice' -rf json -rff "$OUT/jmh-nf4.json" \
         -f 1 -wi 2 -i 3 -w 500ms -r 500ms > "$OUT/jmh-nf4.log" 2>&1 || true
-      python3 benchmarks/jmh_table.py "$OUT/jmh-nf4.json" | tee "$OUT/jmh-nf4.md" | tail -n 16
+      "$py" benchmarks/jmh_table.py "$OUT/jmh-nf4.json" | tee "$OUT/jmh-nf4.md" | tail -n 16
       summary+=("jmh nf4: $(grep -c '^| CudaNf4' "$OUT/jmh-nf4.md") rows in jmh-nf4.md")
       ;;
     benchcpu)
@@ -70,14 +71,14 @@ device)
       java -jar .device/benchmarks.jar CpuMergeBenchmark -p rank=16,64 -p dtype=BF16 -rf json -rff "$OUT/jmh-cpu.json" \
         -f 1 -wi 1 -i 2 -w 1s -r 1s > "$OUT/jmh-cpu.log" 2>&1 || true
       java -jar .device/benchmarks.jar PipelineBenchmark -rf json -rff "$OUT/jmh-pipeline.json" > "$OUT/jmh-pipeline.log" 2>&1 || true
-      python3 -c "import json,sys; json.dump(json.load(open(sys.argv[1]))+json.load(open(sys.argv[2])), open(sys.argv[3],'w'))" \
+      "$py" -c "import json,sys; json.dump(json.load(open(sys.argv[1]))+json.load(open(sys.argv[2])), open(sys.argv[3],'w'))" \
         "$OUT/jmh-cpu.json" "$OUT/jmh-pipeline.json" "$OUT/jmh-cpu-all.json" || true
-      python3 benchmarks/jmh_table.py "$OUT/jmh-cpu-all.json" | tee "$OUT/jmh-cpu.md" | tail -n 30
+      "$py" benchmarks/jmh_table.py "$OUT/jmh-cpu-all.json" | tee "$OUT/jmh-cpu.md" | tail -n 30
       summary+=("jmh cpu+pipeline: $(grep -c '^| [CP]' "$OUT/jmh-cpu.md") rows in jmh-cpu.md")
       ;;
     verify)
       # loramerge verify on a GPU merge (1 GB Llama-shaped, rank 16), and --device auto's choice on the example
-      python3 scripts/make_synthetic.py --out /tmp/lm-verify --shape 1gb --gen-device cuda > "$OUT/verify-gen.log" 2>&1
+      "$py" scripts/make_synthetic.py --out /tmp/lm-verify --shape 1gb --gen-device cuda > "$OUT/verify-gen.log" 2>&1
       rm -rf /tmp/lm-verify/out /tmp/lm-example
       java -jar .device/loramerge.jar merge --base /tmp/lm-verify/base --adapter /tmp/lm-verify/adapter --out /tmp/lm-verify/out \
         --device cuda --quiet --json > "$OUT/verify-merge.json"

@@ -22,9 +22,10 @@ bf16, untied lm_head; made from a config in code, nothing is downloaded. Cases:
                 gate_proj and lm_head (a dense tensor of the 4-bit model, merged as usual)
 
 Usage, from the repository root, after ``mvn -q package -DskipTests`` (the generator runs the jar's
-``quantize``):
+``quantize``), with a Python that has torch, transformers, peft and safetensors in the versions of
+scripts/requirements-fixtures.txt:
 
-    /opt/pyref/bin/python scripts/make_qlora_fixtures.py [--out src/test/resources/qlora] [--jar target/loramerge.jar]
+    python scripts/make_qlora_fixtures.py [--out src/test/resources/qlora] [--jar target/loramerge.jar]
 
 Deterministic: fixed seeds, one CPU thread, PYTHONHASHSEED=0 (PEFT writes target_modules in set
 order), relative paths only, no timestamps; running it twice gives the same bytes. It writes
@@ -194,7 +195,7 @@ def main() -> int:
                 "expected_nf4": "adapted tensors of --to nf4 (quant state JSON unpadded; loramerge pads it with spaces); "
                                 "every other tensor copied from base",
                 "survival": nf4["survival"],
-                "generator": "/opt/pyref/bin/python scripts/make_qlora_fixtures.py",
+                "generator": "python scripts/make_qlora_fixtures.py",
                 "versions": versions,
             }
             (case_dir / "case.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")

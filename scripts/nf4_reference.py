@@ -1,19 +1,20 @@
 #!/usr/bin/env python3
 """Reference implementation of bitsandbytes' 4-bit NF4 format, and loramerge's NF4 test vectors.
 
-Written from the format description in docs FORMATS.md section 5 and the behaviour of
+Written from the format description in docs/FORMATS.md §5 and the behaviour of
 bitsandbytes' CUDA kernels as described there (csrc/kernels.cu kQuantizeBlockwise, dQuantizeNF4,
 dQuantize, kDequantizeBlockwise; bitsandbytes/functional.py quantize_4bit, create_dynamic_map,
 QuantState.as_dict). No bitsandbytes code is imported or copied: numpy and the standard library
 only (torch is used by ``selftest`` and ``tiny-llama`` only, to cross-check and to build a model).
 
-Usage, from the repository root:
+Usage, from the repository root, with a Python that has numpy (and, for selftest, tiny-llama
+and check-model, torch and transformers; the versions in scripts/requirements-fixtures.txt):
 
-    /opt/pyref/bin/python scripts/nf4_reference.py vectors [--out src/test/resources/nf4]
-    /opt/pyref/bin/python scripts/nf4_reference.py selftest
-    /opt/pyref/bin/python scripts/nf4_reference.py tiny-llama DIR          # a tiny transformers Llama (bf16)
-    /opt/pyref/bin/python scripts/nf4_reference.py check-model ORIG_DIR NF4_DIR
-    /opt/pyref/bin/python scripts/nf4_reference.py merge NF4_DIR ADAPTER_DIR OUT_DIR --to bf16|nf4
+    python scripts/nf4_reference.py vectors [--out src/test/resources/nf4]
+    python scripts/nf4_reference.py selftest
+    python scripts/nf4_reference.py tiny-llama DIR          # a tiny transformers Llama (bf16)
+    python scripts/nf4_reference.py check-model ORIG_DIR NF4_DIR
+    python scripts/nf4_reference.py merge NF4_DIR ADAPTER_DIR OUT_DIR --to bf16|nf4
 
 ``vectors`` writes src/test/resources/nf4/model.safetensors, where each case is a complete NF4
 tensor group ``<case>.weight``, ``.weight.absmax``, ``.weight.quant_map`` [, ``.weight.nested_absmax``,
@@ -878,7 +879,7 @@ def build_vectors(out_dir: Path) -> None:
     # named model.safetensors so that the folder opens as a checkpoint: each case is a complete NF4 group
     st_write(out_dir / "model.safetensors", tensors, {"format": "pt", "generator": "scripts/nf4_reference.py vectors"})
     index = {
-        "generator": "/opt/pyref/bin/python scripts/nf4_reference.py vectors --out src/test/resources/nf4",
+        "generator": "python scripts/nf4_reference.py vectors --out src/test/resources/nf4",
         "versions": {"python": platform.python_version(), "numpy": np.__version__},
         "file": "model.safetensors",
         "rules": "see the docstring of scripts/nf4_reference.py",

@@ -35,7 +35,8 @@ class GeneratedFilesTest {
     void fixturesMatchTheirGenerator() throws Exception {
         List<String> manifest = Files.readAllLines(FIXTURES.resolve("MANIFEST.sha256"));
         assertEquals(sha256(Paths.get("scripts/make_fixtures.py")) + "  generator:scripts/make_fixtures.py", manifest.get(0),
-                "scripts/make_fixtures.py changed since the fixtures were made: regenerate them (/opt/pyref/bin/python scripts/make_fixtures.py)");
+                "scripts/make_fixtures.py changed since the fixtures were made: regenerate them (python scripts/make_fixtures.py, "
+                        + "with the versions in scripts/requirements-fixtures.txt)");
         List<String> actual = hashedFiles(FIXTURES);
         assertEquals(String.join("\n", manifest.subList(1, manifest.size())), String.join("\n", actual),
                 "fixture files differ from what the generator wrote; regenerate instead of editing by hand");
@@ -49,7 +50,8 @@ class GeneratedFilesTest {
     void qloraFixturesMatchTheirGenerator() throws Exception {
         Path dir = Paths.get("src/test/resources/qlora");
         List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
-        String regenerate = "regenerate them (mvn -q package -DskipTests; /opt/pyref/bin/python scripts/make_qlora_fixtures.py)";
+        String regenerate = "regenerate them (mvn -q package -DskipTests; python scripts/make_qlora_fixtures.py, "
+                + "with the versions in scripts/requirements-fixtures.txt)";
         assertEquals(sha256(Paths.get("scripts/make_qlora_fixtures.py")) + "  generator:scripts/make_qlora_fixtures.py", manifest.get(0),
                 "scripts/make_qlora_fixtures.py changed since the QLoRA fixtures were made: " + regenerate);
         assertEquals(sha256(Paths.get("scripts/nf4_reference.py")) + "  reference:scripts/nf4_reference.py", manifest.get(1),
