@@ -18,7 +18,15 @@ set -euo pipefail
 export BENCH_T0=$(date +%s.%N)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+case ${1:-} in
+  -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
+  -*) echo "bench-cpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+esac
 SIZE=${1:-${SIZE:-1gb}}
+case $SIZE in
+  tiny|1gb|3gb|llama-7b) ;;
+  *) echo "bench-cpu.sh: SIZE must be tiny, 1gb, 3gb or llama-7b, not '$SIZE' (see --help)" >&2; exit 2 ;;
+esac
 REPS=${REPS:-3}
 RANK=${RANK:-16}
 SEED=${SEED:-0}
