@@ -9,7 +9,7 @@
 # engine, whose outputs must be byte-identical (sha256). Logs under $OUT; a table last. PYTHON
 # (default python3) runs the Python parts.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 py=${PYTHON:-python3}
 OUT=${OUT:-/tmp/out}
 SHAPE=${SHAPE:-llama-7b}
@@ -17,7 +17,7 @@ W=${WORK:-/tmp/lm-nf4-$SHAPE}
 LM=${LORAMERGE:-java -Xmx2g -jar .device/loramerge.jar}  # the heap the ./loramerge launcher sets
 mkdir -p "$OUT" "$W"
 rm -rf "$W"/out-* "$W/nf4"
-"$py" scripts/make_synthetic.py --out "$W" --shape "$SHAPE" --gen-device "${GEN_DEVICE:-cuda}" --force > "$OUT/nf4-gen.log" 2>&1
+"$py" scripts/bench/make_synthetic.py --out "$W" --shape "$SHAPE" --gen-device "${GEN_DEVICE:-cuda}" --force > "$OUT/nf4-gen.log" 2>&1
 s=$(date +%s.%N)
 $LM quantize --base "$W/base" --out "$W/nf4" --double-quant --quiet > "$OUT/nf4-quantize.log" 2>&1
 sync
@@ -26,7 +26,7 @@ cat "$W"/nf4/* "$W"/base/* "$W"/adapter/* > /dev/null
 run() { # label, command...
   local label=$1
   shift
-  "$py" scripts/measure.py --label "$label" --gpu -- "$@" > "$OUT/nf4-$label.json" 2> "$OUT/nf4-$label.log" || true
+  "$py" scripts/bench/measure.py --label "$label" --gpu -- "$@" > "$OUT/nf4-$label.json" 2> "$OUT/nf4-$label.log" || true
   "$py" - "$OUT/nf4-$label.json" "$label" "$OUT/nf4-times.txt" <<'PY'
 import json, sys
 text = open(sys.argv[1]).read().strip().splitlines()

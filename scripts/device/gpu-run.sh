@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # GPU tests and benchmarks on the GPU machine, which has CUDA but no Java, Maven or network.
 #
-#   scripts/gpu-run.sh pack          here: build the jars, the JUnit launcher and a Java runtime into .device/
+#   scripts/device/gpu-run.sh pack          here: build the jars, the JUnit launcher and a Java runtime into .device/
 #   then, through the device tool, from the repository root there (carry [".device"]):
-#   bash scripts/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchnf4] [benchcpu] [e2e] [e2e2x]
+#   bash scripts/device/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchnf4] [benchcpu] [e2e] [e2e2x]
 #
 # "device" unpacks the runtime, runs the @Tag("gpu") tests (tests), the JMH throughput benchmarks
 # (benchgpu: device-resident merge and copy ceilings; benchnf4: the NF4 kernels beside the
@@ -11,7 +11,7 @@
 # for the 7B shape), the 7B-shaped end-to-end benchmark (e2e) and the same at twice the size
 # (e2e2x), writes logs under $OUT and prints a summary table last. Each step fits one device call of 10 minutes.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 mode=${1:-}
 shift || true
 JUNIT_VERSION=1.14.4
@@ -78,7 +78,7 @@ device)
       ;;
     verify)
       # loramerge verify on a GPU merge (1 GB Llama-shaped, rank 16), and --device auto's choice on the example
-      "$py" scripts/make_synthetic.py --out /tmp/lm-verify --shape 1gb --gen-device cuda > "$OUT/verify-gen.log" 2>&1
+      "$py" scripts/bench/make_synthetic.py --out /tmp/lm-verify --shape 1gb --gen-device cuda > "$OUT/verify-gen.log" 2>&1
       rm -rf /tmp/lm-verify/out /tmp/lm-example
       java -jar .device/loramerge.jar merge --base /tmp/lm-verify/base --adapter /tmp/lm-verify/adapter --out /tmp/lm-verify/out \
         --device cuda --quiet --json > "$OUT/verify-merge.json"
@@ -91,15 +91,15 @@ device)
       summary+=("verify of the GPU merge: exit $vrc; $(tail -n 1 "$OUT/verify.log" | head -c 200)")
       ;;
     nf4)
-      bash scripts/bench-nf4-gpu.sh 2>&1 | tail -n 16
+      bash scripts/bench/bench-nf4-gpu.sh 2>&1 | tail -n 16
       summary+=("nf4 (${SHAPE:-llama-7b}): see nf4-table.md")
       ;;
     e2e)
-      LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench-e2e-gpu.sh 2>&1 | tee "$OUT/e2e.log" | tail -n 25
+      LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench/bench-e2e-gpu.sh 2>&1 | tee "$OUT/e2e.log" | tail -n 25
       summary+=("e2e: see e2e.log")
       ;;
     e2e2x)
-      LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench-e2e-gpu.sh --scale 2 2>&1 | tee "$OUT/e2e2x.log" | tail -n 25
+      LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench/bench-e2e-gpu.sh --scale 2 2>&1 | tee "$OUT/e2e2x.log" | tail -n 25
       summary+=("e2e 2x: see e2e2x.log")
       ;;
     *) echo "unknown step $step"; exit 2 ;;
