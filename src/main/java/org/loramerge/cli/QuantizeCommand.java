@@ -24,7 +24,7 @@ import picocli.CommandLine.Option;
         description = {"Writes a bitsandbytes NF4 (4-bit) checkpoint of a 16-bit model, as transformers + bitsandbytes save one: "
                 + "every 2-D Linear weight becomes the NF4 tensor group (packed codes, absmax, quant_map, quant state), "
                 + "embeddings, lm_head, norms and biases are copied, and config.json gets the bitsandbytes quantization_config. "
-                + "Bit-identical to scripts/nf4_reference.py; streamed weight by weight. The output appears only when complete."})
+                + "Bit-identical to scripts/fixtures/nf4_reference.py; streamed weight by weight. The output appears only when complete."})
 final class QuantizeCommand implements Callable<Integer> {
     @Option(names = "--base", required = true, paramLabel = "MODEL_DIR", description = "16-bit model folder (config.json + model.safetensors or shards)")
     Path base;

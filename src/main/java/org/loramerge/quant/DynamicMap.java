@@ -13,7 +13,7 @@ import java.util.Arrays;
  * {@code ±fl32(s_i · m)}. Then 0.0 and 1.0: 127 + 127 + 2 = 256 values, sorted. The linspace
  * is torch's CPU formula as torch 2.13 evaluates it (each element one FMA rounding:
  * {@code fl32(start + step·j)} for the first half, {@code fl32(end - step·(k-1-j))} for the
- * rest, {@code step = fl32(fl32(1 - fl32(0.1)) / (k-1))}); scripts/nf4_reference.py selftest
+ * rest, {@code step = fl32(fl32(1 - fl32(0.1)) / (k-1))}); scripts/fixtures/nf4_reference.py selftest
  * checks the table equals the torch-built one. The map holds 0.0 (index 127) and 1.0 (index
  * 255) but not -1.0: its smallest entry is -0.99296875.
  *

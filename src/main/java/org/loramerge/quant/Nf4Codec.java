@@ -4,7 +4,7 @@ import java.util.Arrays;
 
 /**
  * The NF4 code book and the per-block arithmetic of bitsandbytes' 4-bit quantization, bit-exact
- * with scripts/nf4_reference.py (whose docstring states every rule with its reason).
+ * with scripts/fixtures/nf4_reference.py (whose docstring states every rule with its reason).
  *
  * <p>A weight of {@code n} elements is read flattened row-major in blocks of {@code blocksize}
  * elements (the last block may be partial). Per block: {@code absmax = max|x|}; each element is

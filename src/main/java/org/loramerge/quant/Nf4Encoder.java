@@ -12,7 +12,7 @@ import static org.loramerge.quant.QuantException.Reason.NON_FINITE;
  * of any size (row blocks of a merge, windows of a file), the packed codes leave through a
  * {@link PackedSink} as soon as each block is complete, and only the per-block absmax values
  * (one float per {@code blocksize} elements) are kept until {@link #finish}. The result is
- * bit-identical to scripts/nf4_reference.py and to {@link Nf4Codec#quantizeBlock} applied block by
+ * bit-identical to scripts/fixtures/nf4_reference.py and to {@link Nf4Codec#quantizeBlock} applied block by
  * block.
  *
  * <p>For double quantization pass {@link #finish}'s absmax to {@link DoubleQuant#quantize}.

@@ -24,36 +24,38 @@ class GeneratedFilesTest {
     @Test
     void ptxAndForwarderAreCurrent() throws Exception {
         assumeTrue(onPath("nvcc") && onPath("cmake") && onPath("gcc"), "nvcc, cmake or gcc missing: cannot rebuild the kernels here");
-        Process p = new ProcessBuilder("bash", "scripts/check-generated.sh").redirectErrorStream(true).start();
+        Process p = new ProcessBuilder("bash", "scripts/native/check-generated.sh").redirectErrorStream(true).start();
         String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
         assertTrue(p.waitFor(10, TimeUnit.MINUTES), "check-generated.sh did not finish");
-        assertEquals(0, p.exitValue(), "committed native outputs are stale; run scripts/build-native.sh and commit:\n" + out);
+        assertEquals(0, p.exitValue(), "committed native outputs are stale; run scripts/native/build-native.sh and commit:\n" + out);
     }
 
-    /** The golden fixtures are scripts/make_fixtures.py's output: its hash and every file's are in MANIFEST.sha256, which it writes. */
+    /** The golden fixtures are scripts/fixtures/make_fixtures.py's output: its hash and every file's are in MANIFEST.sha256, which it writes. */
     @Test
     void fixturesMatchTheirGenerator() throws Exception {
         List<String> manifest = Files.readAllLines(FIXTURES.resolve("MANIFEST.sha256"));
-        assertEquals(sha256(Paths.get("scripts/make_fixtures.py")) + "  generator:scripts/make_fixtures.py", manifest.get(0),
-                "scripts/make_fixtures.py changed since the fixtures were made: regenerate them (/opt/pyref/bin/python scripts/make_fixtures.py)");
+        assertEquals(sha256(Paths.get("scripts/fixtures/make_fixtures.py")) + "  generator:scripts/fixtures/make_fixtures.py", manifest.get(0),
+                "scripts/fixtures/make_fixtures.py changed since the fixtures were made: regenerate them "
+                        + "(python scripts/fixtures/make_fixtures.py, with the versions in scripts/fixtures/requirements-fixtures.txt)");
         List<String> actual = hashedFiles(FIXTURES);
         assertEquals(String.join("\n", manifest.subList(1, manifest.size())), String.join("\n", actual),
                 "fixture files differ from what the generator wrote; regenerate instead of editing by hand");
     }
 
     /**
-     * The golden QLoRA cases are scripts/make_qlora_fixtures.py's output, with the expected merges of
-     * scripts/nf4_reference.py: both scripts' hashes and every file's are in MANIFEST.sha256.
+     * The golden QLoRA cases are scripts/fixtures/make_qlora_fixtures.py's output, with the expected merges of
+     * scripts/fixtures/nf4_reference.py: both scripts' hashes and every file's are in MANIFEST.sha256.
      */
     @Test
     void qloraFixturesMatchTheirGenerator() throws Exception {
         Path dir = Paths.get("src/test/resources/qlora");
         List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
-        String regenerate = "regenerate them (mvn -q package -DskipTests; /opt/pyref/bin/python scripts/make_qlora_fixtures.py)";
-        assertEquals(sha256(Paths.get("scripts/make_qlora_fixtures.py")) + "  generator:scripts/make_qlora_fixtures.py", manifest.get(0),
-                "scripts/make_qlora_fixtures.py changed since the QLoRA fixtures were made: " + regenerate);
-        assertEquals(sha256(Paths.get("scripts/nf4_reference.py")) + "  reference:scripts/nf4_reference.py", manifest.get(1),
-                "scripts/nf4_reference.py changed since the QLoRA fixtures were made: " + regenerate);
+        String regenerate = "regenerate them (mvn -q package -DskipTests; python scripts/fixtures/make_qlora_fixtures.py, "
+                + "with the versions in scripts/fixtures/requirements-fixtures.txt)";
+        assertEquals(sha256(Paths.get("scripts/fixtures/make_qlora_fixtures.py")) + "  generator:scripts/fixtures/make_qlora_fixtures.py", manifest.get(0),
+                "scripts/fixtures/make_qlora_fixtures.py changed since the QLoRA fixtures were made: " + regenerate);
+        assertEquals(sha256(Paths.get("scripts/fixtures/nf4_reference.py")) + "  reference:scripts/fixtures/nf4_reference.py", manifest.get(1),
+                "scripts/fixtures/nf4_reference.py changed since the QLoRA fixtures were made: " + regenerate);
         List<String> actual = hashedFiles(dir);
         assertEquals(String.join("\n", manifest.subList(2, manifest.size())), String.join("\n", actual),
                 "QLoRA fixture files differ from what the generator wrote; " + regenerate);

@@ -44,7 +44,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assertions.fail;
 
 /**
- * Merges every golden fixture (made with PEFT by scripts/make_fixtures.py) and checks each output
+ * Merges every golden fixture (made with PEFT by scripts/fixtures/make_fixtures.py) and checks each output
  * element two ways: it must equal the exact merge rounded once (an independent rounding), and it
  * must agree with PEFT's merge_and_unload() output within 1 ulp, except where PEFT is known to
  * round more than once, where PEFT's value must lie within PEFT's own error bound of the exact one.

@@ -42,10 +42,10 @@ import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
- * The golden QLoRA cases of src/test/resources/qlora (scripts/make_qlora_fixtures.py): a tiny bf16
+ * The golden QLoRA cases of src/test/resources/qlora (scripts/fixtures/make_qlora_fixtures.py): a tiny bf16
  * Llama quantized by {@code loramerge quantize}, a PEFT adapter made on its dequantized weights,
  * and what {@code merge --to bf16} and {@code merge --to nf4} must write, computed by
- * scripts/nf4_reference.py with exact rational arithmetic. Every adapted tensor must be byte-equal
+ * scripts/fixtures/nf4_reference.py with exact rational arithmetic. Every adapted tensor must be byte-equal
  * to the reference's, every other one byte-equal to the base (or, dequantized, to the decoder's
  * values), config.json must change as documented, and the survival figures of {@code --to nf4}
  * must be what dequantizing the written model gives, recomputed here from scratch.
@@ -93,7 +93,7 @@ class QloraGoldenTest {
                     assertEquals(state, QuantState.parse(got, null, e.name()));
                 } else {
                     assertArrayEquals(e.shape(), o.shape(), e.name());
-                    assertArrayEquals(want, got, e.name() + " differs from scripts/nf4_reference.py");
+                    assertArrayEquals(want, got, e.name() + " differs from scripts/fixtures/nf4_reference.py");
                 }
             }
             // 2. everything else: the base's bytes, or (--to bf16) an unadapted 4-bit weight dequantized

@@ -23,7 +23,7 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-/** The codec against every vector of scripts/nf4_reference.py, bit for bit, both directions. */
+/** The codec against every vector of scripts/fixtures/nf4_reference.py, bit for bit, both directions. */
 class Nf4CodecVectorsTest {
 
     static Stream<Nf4Vectors.Case> cases() {

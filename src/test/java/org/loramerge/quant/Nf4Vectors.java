@@ -16,7 +16,7 @@ import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.TensorInfo;
 
 /**
- * The NF4 test vectors of src/test/resources/nf4, made by scripts/nf4_reference.py vectors: one
+ * The NF4 test vectors of src/test/resources/nf4, made by scripts/fixtures/nf4_reference.py vectors: one
  * complete NF4 tensor group per case ({@code <case>.weight...}) beside its input
  * ({@code <case>.input}) and the reference's dequantization ({@code <case>.dequant},
  * {@code <case>.dequant_f32}, {@code <case>.absmax_decoded}), described by index.json.

@@ -45,7 +45,7 @@ final class CublasLoader {
         Path forwarder = dir.resolve("libcublas.so.12");
         try (InputStream in = CublasLoader.class.getResourceAsStream(FORWARDER)) {
             if (in == null) {
-                throw new IOException("the cuBLAS 12 forwarding library is missing from the jar; rebuild with scripts/build-native.sh");
+                throw new IOException("the cuBLAS 12 forwarding library is missing from the jar; rebuild with scripts/native/build-native.sh");
             }
             Files.copy(in, forwarder, StandardCopyOption.REPLACE_EXISTING);
         }

@@ -18,7 +18,7 @@ final class PtxModule implements AutoCloseable {
         byte[] ptx;
         try (InputStream in = PtxModule.class.getResourceAsStream("/org/loramerge/kernels/" + resourceName)) {
             if (in == null) {
-                throw new IOException("kernel " + resourceName + " is missing from the jar; rebuild with scripts/build-native.sh");
+                throw new IOException("kernel " + resourceName + " is missing from the jar; rebuild with scripts/native/build-native.sh");
             }
             ByteArrayOutputStream out = new ByteArrayOutputStream();
             in.transferTo(out);

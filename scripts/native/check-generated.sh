@@ -4,12 +4,12 @@
 #       from the jcublas-natives jar (checked when the jar is in ~/.m2),
 #   src/main/resources/org/loramerge/kernels/*.ptx                  from kernels/*.cu,
 #   src/main/resources/org/loramerge/native/linux-x86_64/libcublas.so.12 from native/.
-# Builds in a temporary directory; changes nothing. Fix: scripts/build-native.sh, commit.
+# Builds in a temporary directory; changes nothing. Fix: scripts/native/build-native.sh, commit.
 # Usage: check-generated.sh [JAR]
 set -euo pipefail
 shopt -s nullglob
 
-root=$(cd "$(dirname "$0")/.." && pwd)
+root=$(cd "$(dirname "$0")/../.." && pwd)
 jar=${1:-${HOME:-~}/.m2/repository/org/jcuda/jcublas-natives/12.0.0/jcublas-natives-12.0.0-linux-x86_64.jar}
 resources=src/main/resources/org/loramerge
 tmp=$(mktemp -d)
@@ -28,7 +28,7 @@ compare() { # compare FRESH COMMITTED(relative to root)
 # 1. The forwarder's generated sources.
 if [[ -f $jar ]]; then
     mkdir -p "$tmp/gen"
-    python3 "$root/native/gen_cublas_forward.py" --jar "$jar" --out "$tmp/gen" >/dev/null
+    "${PYTHON:-python3}" "$root/native/gen_cublas_forward.py" --jar "$jar" --out "$tmp/gen" >/dev/null
     for f in cublas12-imports.txt cublas_forward_symbols.inc libcublas.so.12.map; do
         compare "$tmp/gen/$f" "native/$f"
     done
@@ -62,7 +62,7 @@ if ((${#stale[@]} > 0)); then
     {
         echo "check-generated: ${#stale[@]} generated file(s) differ from a fresh build:"
         printf '  %s\n' "${stale[@]}"
-        echo "Run scripts/build-native.sh and commit the result."
+        echo "Run scripts/native/build-native.sh and commit the result."
         echo "Toolchain here: $(nvcc --version 2>/dev/null | grep -o 'release [0-9.]*, V[0-9.]*' || true)," \
              "$(gcc --version | head -1)"
         committedPtx=("$root/$resources"/kernels/*.ptx)

@@ -6,26 +6,28 @@
 # one-time compile of the PTX, which it caches; the summary gives the median of the others): `cp -r` of the NF4 base (the copy floor of the --to nf4 output) and
 # `merge --to nf4 --device cuda`; `cp -r` of the bf16 model (the floor of the --to bf16 output)
 # and `merge --to bf16 --device cuda`. With COMPARE_CPU=1 (default) the same merges on the CPU
-# engine, whose outputs must be byte-identical (sha256). Logs under $OUT; a table last.
+# engine, whose outputs must be byte-identical (sha256). Logs under $OUT; a table last. PYTHON
+# (default python3) runs the Python parts.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
+py=${PYTHON:-python3}
 OUT=${OUT:-/tmp/out}
 SHAPE=${SHAPE:-llama-7b}
 W=${WORK:-/tmp/lm-nf4-$SHAPE}
 LM=${LORAMERGE:-java -Xmx2g -jar .device/loramerge.jar}  # the heap the ./loramerge launcher sets
 mkdir -p "$OUT" "$W"
 rm -rf "$W"/out-* "$W/nf4"
-python3 scripts/make_synthetic.py --out "$W" --shape "$SHAPE" --gen-device "${GEN_DEVICE:-cuda}" --force > "$OUT/nf4-gen.log" 2>&1
+"$py" scripts/bench/make_synthetic.py --out "$W" --shape "$SHAPE" --gen-device "${GEN_DEVICE:-cuda}" --force > "$OUT/nf4-gen.log" 2>&1
 s=$(date +%s.%N)
 $LM quantize --base "$W/base" --out "$W/nf4" --double-quant --quiet > "$OUT/nf4-quantize.log" 2>&1
 sync
-echo "quantize --double-quant: $(python3 -c "import time; print(round(time.time() - $s, 2))") s" | tee "$OUT/nf4-table.md"
+echo "quantize --double-quant: $("$py" -c "import time; print(round(time.time() - $s, 2))") s" | tee "$OUT/nf4-table.md"
 cat "$W"/nf4/* "$W"/base/* "$W"/adapter/* > /dev/null
 run() { # label, command...
   local label=$1
   shift
-  python3 scripts/measure.py --label "$label" --gpu -- "$@" > "$OUT/nf4-$label.json" 2> "$OUT/nf4-$label.log" || true
-  python3 - "$OUT/nf4-$label.json" "$label" "$OUT/nf4-times.txt" <<'PY'
+  "$py" scripts/bench/measure.py --label "$label" --gpu -- "$@" > "$OUT/nf4-$label.json" 2> "$OUT/nf4-$label.log" || true
+  "$py" - "$OUT/nf4-$label.json" "$label" "$OUT/nf4-times.txt" <<'PY'
 import json, sys
 text = open(sys.argv[1]).read().strip().splitlines()
 d = json.loads(text[-1])
@@ -81,7 +83,7 @@ if [ "${COMPARE_CPU:-1}" = 1 ]; then
     fi
   done | tee -a "$OUT/nf4-table.md"
 fi
-python3 - "$OUT/nf4-times.txt" <<'PY' | tee -a "$OUT/nf4-table.md"
+"$py" - "$OUT/nf4-times.txt" <<'PY' | tee -a "$OUT/nf4-table.md"
 import statistics, sys
 runs = {}
 for line in open(sys.argv[1]):
@@ -94,7 +96,7 @@ for merge, floor in (("merge-to-nf4", "cp-nf4"), ("merge-to-bf16", "cp-bf16")):
         print(f"{merge}: median {statistics.median(m[1:]):.2f} s vs {floor} median {statistics.median(f[1:]):.2f} s = "
               f"{statistics.median(m[1:]) / statistics.median(f[1:]):.2f}x (runs 2..{len(m)}); first run {m[0]:.2f} s = {m[0] / f[0]:.2f}x")
 PY
-python3 - "$OUT/nf4-merge-to-nf4.json" <<'PY' | tee -a "$OUT/nf4-table.md"
+"$py" - "$OUT/nf4-merge-to-nf4.json" <<'PY' | tee -a "$OUT/nf4-table.md"
 import json, sys
 text = open(sys.argv[1]).read().strip().splitlines()
 report = json.loads("\n".join(text[:-1]) or "{}")

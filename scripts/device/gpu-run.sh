@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # GPU tests and benchmarks on the GPU machine, which has CUDA but no Java, Maven or network.
 #
-#   scripts/gpu-run.sh pack          here: build the jars, the JUnit launcher and a Java runtime into .device/
+#   scripts/device/gpu-run.sh pack          here: build the jars, the JUnit launcher and a Java runtime into .device/
 #   then, through the device tool, from the repository root there (carry [".device"]):
-#   bash scripts/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchnf4] [benchcpu] [e2e] [e2e2x]
+#   bash scripts/device/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchnf4] [benchcpu] [e2e] [e2e2x]
 #
 # "device" unpacks the runtime, runs the @Tag("gpu") tests (tests), the JMH throughput benchmarks
 # (benchgpu: device-resident merge and copy ceilings; benchnf4: the NF4 kernels beside the
@@ -11,10 +11,11 @@
 # for the 7B shape), the 7B-shaped end-to-end benchmark (e2e) and the same at twice the size
 # (e2e2x), writes logs under $OUT and prints a summary table last. Each step fits one device call of 10 minutes.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 mode=${1:-}
 shift || true
 JUNIT_VERSION=1.14.4
+py=${PYTHON:-python3}   # the GPU machine's python3 has torch, transformers, peft and safetensors
 
 case "$mode" in
 pack)
@@ -27,7 +28,7 @@ pack)
     cp benchmarks/target/benchmarks.jar .device/
   fi
   mvn -q -B dependency:copy -Dartifact=org.junit.platform:junit-platform-console-standalone:$JUNIT_VERSION -DoutputDirectory=.device
-  [ -f .device/jre.tgz ] || ../shared/device/make-jre.sh .device
+  scripts/device/make-jre.sh .device   # after the jars: its modules are the ones they need
   du -sh .device
   ;;
 device)
@@ -55,14 +56,14 @@ device)
       # device-resident merge over every shape, rank and dtype, and the copy ceilings
       java -jar .device/benchmarks.jar 'CudaMergeBenchmark.mergeOnDevice|CudaCopyBenchmark' -rf json -rff "$OUT/jmh-gpu.json" \
         -f 1 -wi 1 -i 2 -w 500ms -r 500ms > "$OUT/jmh-gpu.log" 2>&1 || true
-      python3 benchmarks/jmh_table.py "$OUT/jmh-gpu.json" | tee "$OUT/jmh-gpu.md" | tail -n 60
+      "$py" benchmarks/jmh_table.py "$OUT/jmh-gpu.json" | tee "$OUT/jmh-gpu.md" | tail -n 60
       summary+=("jmh gpu: $(grep -c '^| Cuda' "$OUT/jmh-gpu.md") rows in jmh-gpu.md")
       ;;
     benchnf4)
       # the NF4 kernels device-resident, beside the device-to-device copy
       java -jar .device/benchmarks.jar 'CudaNf4Benchmark|CudaCopyBenchmark.deviceToDevice' -rf json -rff "$OUT/jmh-nf4.json" \
         -f 1 -wi 2 -i 3 -w 500ms -r 500ms > "$OUT/jmh-nf4.log" 2>&1 || true
-      python3 benchmarks/jmh_table.py "$OUT/jmh-nf4.json" | tee "$OUT/jmh-nf4.md" | tail -n 16
+      "$py" benchmarks/jmh_table.py "$OUT/jmh-nf4.json" | tee "$OUT/jmh-nf4.md" | tail -n 16
       summary+=("jmh nf4: $(grep -c '^| CudaNf4' "$OUT/jmh-nf4.md") rows in jmh-nf4.md")
       ;;
     benchcpu)
@@ -70,14 +71,14 @@ device)
       java -jar .device/benchmarks.jar CpuMergeBenchmark -p rank=16,64 -p dtype=BF16 -rf json -rff "$OUT/jmh-cpu.json" \
         -f 1 -wi 1 -i 2 -w 1s -r 1s > "$OUT/jmh-cpu.log" 2>&1 || true
       java -jar .device/benchmarks.jar PipelineBenchmark -rf json -rff "$OUT/jmh-pipeline.json" > "$OUT/jmh-pipeline.log" 2>&1 || true
-      python3 -c "import json,sys; json.dump(json.load(open(sys.argv[1]))+json.load(open(sys.argv[2])), open(sys.argv[3],'w'))" \
+      "$py" -c "import json,sys; json.dump(json.load(open(sys.argv[1]))+json.load(open(sys.argv[2])), open(sys.argv[3],'w'))" \
         "$OUT/jmh-cpu.json" "$OUT/jmh-pipeline.json" "$OUT/jmh-cpu-all.json" || true
-      python3 benchmarks/jmh_table.py "$OUT/jmh-cpu-all.json" | tee "$OUT/jmh-cpu.md" | tail -n 30
+      "$py" benchmarks/jmh_table.py "$OUT/jmh-cpu-all.json" | tee "$OUT/jmh-cpu.md" | tail -n 30
       summary+=("jmh cpu+pipeline: $(grep -c '^| [CP]' "$OUT/jmh-cpu.md") rows in jmh-cpu.md")
       ;;
     verify)
       # loramerge verify on a GPU merge (1 GB Llama-shaped, rank 16), and --device auto's choice on the example
-      python3 scripts/make_synthetic.py --out /tmp/lm-verify --shape 1gb --gen-device cuda > "$OUT/verify-gen.log" 2>&1
+      "$py" scripts/bench/make_synthetic.py --out /tmp/lm-verify --shape 1gb --gen-device cuda > "$OUT/verify-gen.log" 2>&1
       rm -rf /tmp/lm-verify/out /tmp/lm-example
       java -jar .device/loramerge.jar merge --base /tmp/lm-verify/base --adapter /tmp/lm-verify/adapter --out /tmp/lm-verify/out \
         --device cuda --quiet --json > "$OUT/verify-merge.json"
@@ -90,15 +91,15 @@ device)
       summary+=("verify of the GPU merge: exit $vrc; $(tail -n 1 "$OUT/verify.log" | head -c 200)")
       ;;
     nf4)
-      bash scripts/bench-nf4-gpu.sh 2>&1 | tail -n 16
+      bash scripts/bench/bench-nf4-gpu.sh 2>&1 | tail -n 16
       summary+=("nf4 (${SHAPE:-llama-7b}): see nf4-table.md")
       ;;
     e2e)
-      LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench-e2e-gpu.sh 2>&1 | tee "$OUT/e2e.log" | tail -n 25
+      LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench/bench-e2e-gpu.sh 2>&1 | tee "$OUT/e2e.log" | tail -n 25
       summary+=("e2e: see e2e.log")
       ;;
     e2e2x)
-      LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench-e2e-gpu.sh --scale 2 2>&1 | tee "$OUT/e2e2x.log" | tail -n 25
+      LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench/bench-e2e-gpu.sh --scale 2 2>&1 | tee "$OUT/e2e2x.log" | tail -n 25
       summary+=("e2e 2x: see e2e2x.log")
       ;;
     *) echo "unknown step $step"; exit 2 ;;

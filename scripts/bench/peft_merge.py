@@ -4,7 +4,7 @@
     peft_merge.py --base DIR --adapter DIR --out DIR [--device cpu|cuda|auto] [--dtype auto|bf16|fp16|fp32]
                   [--json]
 
-Exactly the recipe from the seed article / shared/docs/GPU.md:
+Exactly the baseline recipe of docs/GPU.md §4:
     model = AutoModelForCausalLM.from_pretrained(base, dtype=<base dtype>, device_map=device)
     model = PeftModel.from_pretrained(model, adapter)
     merged = model.merge_and_unload()

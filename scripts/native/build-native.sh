@@ -3,19 +3,19 @@
 #   src/main/resources/org/loramerge/kernels/{round,nf4}.ptx
 #   src/main/resources/org/loramerge/native/linux-x86_64/libcublas.so.12
 # First regenerates the forwarder's symbol list and version script (native/) from the
-# jcublas-natives jar, when it is in ~/.m2. Commit what changes; scripts/check-generated.sh
+# jcublas-natives jar, when it is in ~/.m2. Commit what changes; scripts/native/check-generated.sh
 # (run by CI) fails while the committed files differ from a fresh build.
-# Needs gcc, cmake >= 3.20, nvcc (CUDA 13.0), python3 and nm. Usage: build-native.sh [JAR]
+# Needs gcc, cmake >= 3.20, nvcc (CUDA 13.0), Python 3 (PYTHON, default python3) and nm. Usage: build-native.sh [JAR]
 set -euo pipefail
 
-root=$(cd "$(dirname "$0")/.." && pwd)
+root=$(cd "$(dirname "$0")/../.." && pwd)
 jar=${1:-${HOME:-~}/.m2/repository/org/jcuda/jcublas-natives/12.0.0/jcublas-natives-12.0.0-linux-x86_64.jar}
 resources=$root/src/main/resources/org/loramerge
 build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
 
 if [[ -f $jar ]]; then
-    python3 "$root/native/gen_cublas_forward.py" --jar "$jar"
+    "${PYTHON:-python3}" "$root/native/gen_cublas_forward.py" --jar "$jar"
 else
     echo "build-native: $jar not found (mvn dependency:resolve fetches it);" \
          "keeping the committed native/cublas_forward_symbols.inc"

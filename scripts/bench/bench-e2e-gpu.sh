@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # End-to-end benchmark for the GPU machine, in one device call (no network, no Java there).
 #
-#   bash scripts/bench-e2e-gpu.sh [--scale 1|2] [--reps N]
+#   bash scripts/bench/bench-e2e-gpu.sh [--scale 1|2] [--reps N]
 #
-# Needs, carried with the working tree:  .device/jre.tgz  (../shared/device/make-jre.sh)
+# Needs, carried with the working tree:  .device/jre.tgz  (scripts/device/make-jre.sh, here)
 #                                         target/loramerge.jar (mvn -DskipTests package, here)
-# e.g. run(command="bash scripts/bench-e2e-gpu.sh", carry=[".device", "target/loramerge.jar"])
+# e.g. run(command="bash scripts/bench/bench-e2e-gpu.sh", carry=[".device", "target/loramerge.jar"])
 #
 # What it does
 #   1. unpacks the runtime to /tmp/jre (when `java` is missing) and puts it on PATH;
@@ -15,7 +15,7 @@
 #   3. warms the page cache (cat > /dev/null);
 #   4. times, each as a fresh process + sync, order rotating per repetition:
 #        cp              cp -r base (the copy floor)
-#        peft-cuda       scripts/peft_merge.py --device cuda (the PEFT recipe, the anchor)
+#        peft-cuda       scripts/bench/peft_merge.py --device cuda (the PEFT recipe, the anchor)
 #        peft-cpu        the same with --device cpu           (only with RUN_PEFT_CPU=1)
 #        loramerge-cuda  loramerge merge --device cuda
 #        loramerge-cpu   loramerge merge --device cpu
@@ -27,12 +27,12 @@
 #
 # Environment: OUT, WORK (default /tmp/lm-bench-$SHAPE-x$SCALE), SHAPE (llama-7b), REPS (default 2; 1 at scale 2),
 #   BUDGET_S (default 500: no new repetition starts that would end later than that many
-#   seconds after the script started), PY (python3), LORAMERGE (default "java $JAVA_OPTS -jar
+#   seconds after the script started), PYTHON (python3), LORAMERGE (default "java $JAVA_OPTS -jar
 #   target/loramerge.jar"), LM_ARGS (extra merge options), RANK (16), SEED (0),
 #   SKIP_CP=1 SKIP_PEFT=1 SKIP_LM_CUDA=1 SKIP_LM_CPU=1 SKIP_VERIFY=1 RUN_PEFT_CPU=1 REGEN=1.
 set -euo pipefail
 export BENCH_T0=$(date +%s.%N)
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 
 SCALE=1
@@ -50,7 +50,7 @@ done
 case $SCALE in 1|2|3|4) ;; *) echo "--scale must be 1..4" >&2; exit 2 ;; esac
 if [ "$SCALE" = 1 ]; then REPS=${REPS_ARG:-${REPS:-2}}; else REPS=${REPS_ARG:-${REPS:-1}}; fi
 OUT=${OUT:-/tmp/out}
-PY=${PY:-python3}
+PY=${PYTHON:-python3}
 RANK=${RANK:-16}
 SEED=${SEED:-0}
 BUDGET_S=${BUDGET_S:-500}
@@ -93,7 +93,7 @@ STAMP="$SHAPE layers=$LAYERS shards=$SHARDS rank=$RANK seed=$SEED"
 if [ -n "${REGEN:-}" ] || [ ! -f "$WORK/.stamp" ] || [ "$(cat "$WORK/.stamp")" != "$STAMP" ]; then
   say "generating $STAMP into $WORK"
   rm -f "$WORK/.stamp"
-  "$PY" scripts/make_synthetic.py --out "$WORK" --shape "$SHAPE" --layers "$LAYERS" --shards "$SHARDS" \
+  "$PY" scripts/bench/make_synthetic.py --out "$WORK" --shape "$SHAPE" --layers "$LAYERS" --shards "$SHARDS" \
     --rank "$RANK" --seed "$SEED" --gen-device auto --force >"$OUT/make_synthetic.log" 2>&1 \
     || { cat "$OUT/make_synthetic.log" >&3; exit 1; }
   grep -E "base:|adapter:" "$OUT/make_synthetic.log" | sed 's/^/    /' >&3 || true
@@ -127,8 +127,8 @@ say "warm"
 MERGE="merge --base {base} --adapter {adapter} --out {out}"
 TOOLS=()
 [ -z "${SKIP_CP:-}" ] && TOOLS+=(--tool "cp=cp -r {base} {out}")
-[ -z "${SKIP_PEFT:-}" ] && TOOLS+=(--tool "peft-cuda=$PY scripts/peft_merge.py --base {base} --adapter {adapter} --out {out} --device cuda")
-[ -n "${RUN_PEFT_CPU:-}" ] && TOOLS+=(--tool "peft-cpu=$PY scripts/peft_merge.py --base {base} --adapter {adapter} --out {out} --device cpu")
+[ -z "${SKIP_PEFT:-}" ] && TOOLS+=(--tool "peft-cuda=$PY scripts/bench/peft_merge.py --base {base} --adapter {adapter} --out {out} --device cuda")
+[ -n "${RUN_PEFT_CPU:-}" ] && TOOLS+=(--tool "peft-cpu=$PY scripts/bench/peft_merge.py --base {base} --adapter {adapter} --out {out} --device cpu")
 [ -z "${SKIP_LM_CUDA:-}" ] && TOOLS+=(--tool "loramerge-cuda=$LORAMERGE $MERGE --device cuda $LM_ARGS")
 [ -z "${SKIP_LM_CPU:-}" ] && TOOLS+=(--tool "loramerge-cpu=$LORAMERGE $MERGE --device cpu $LM_ARGS")
 if [ ${#TOOLS[@]} -eq 0 ]; then say "nothing to run"; exit 1; fi
@@ -138,7 +138,7 @@ BASELINE=peft-cuda
 [ -n "${SKIP_PEFT:-}" ] && BASELINE=peft-cpu
 
 set +e
-"$PY" scripts/bench_run.py --base "$WORK/base" --adapter "$WORK/adapter" --work "$WORK" --logs "$OUT" \
+"$PY" scripts/bench/bench_run.py --base "$WORK/base" --adapter "$WORK/adapter" --work "$WORK" --logs "$OUT" \
   --reps "$REPS" --gpu --budget-s "$BUDGET_S" --python "$PY" --baseline "$BASELINE" --floor cp \
   "${VERIFY[@]}" "${TOOLS[@]}" >"$OUT/table.out" 2>&3
 rc=$?

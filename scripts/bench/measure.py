@@ -121,21 +121,20 @@ class GpuPoller:
 
 
 def main():
-    argv = sys.argv[1:]
-    if "--" not in argv:
-        sys.exit("usage: measure.py [options] -- CMD ARGS...")
-    i = argv.index("--")
-    opts, cmd = argv[:i], argv[i + 1:]
-    if not cmd:
-        sys.exit("measure.py: no command")
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(prog="measure.py", usage="%(prog)s [options] -- CMD ARGS...", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--label", default="")
     ap.add_argument("--log")
     ap.add_argument("--json-out")
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--interval", type=float, default=0.05)
     ap.add_argument("--no-sync", action="store_true")
-    a = ap.parse_args(opts)
+    argv = sys.argv[1:]
+    i = argv.index("--") if "--" in argv else len(argv)
+    opts, cmd = argv[:i], argv[i + 1:]
+    a = ap.parse_args(opts)  # --help prints the usage and exits 0
+    if not cmd:
+        ap.error("no command: give it after --")
 
     gpu = GpuPoller() if a.gpu else None
     logf = open(a.log, "ab") if a.log else None

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # CPU benchmark on this machine: copy floor vs the PEFT CPU recipe vs `loramerge merge --device cpu`.
 #
-#   scripts/bench-cpu.sh [SIZE]          SIZE = tiny | 1gb (default) | 3gb | llama-7b
+#   scripts/bench/bench-cpu.sh [SIZE]          SIZE = tiny | 1gb (default) | 3gb | llama-7b
 #
 # Environment knobs (all optional):
 #   REPS=3            repetitions of each tool (order rotates every repetition)
 #   WORK=/tmp/loramerge-bench-$SIZE   synthetic checkpoint (reused when present) + outputs
 #   LOGS=$WORK/logs-<date>            per-run logs, results.jsonl, table.md
-#   PY=/opt/pyref/bin/python          Python with torch/transformers/peft/safetensors
+#   PYTHON=python3    a Python with torch, transformers, peft and safetensors
+#                     (the versions in scripts/fixtures/requirements-fixtures.txt)
 #   LORAMERGE="java -jar target/loramerge.jar"   how to start loramerge (e.g. LORAMERGE=./loramerge)
 #   JAVA_OPTS=...     extra JVM options for the default LORAMERGE
 #   RANK=16 SEED=0    adapter rank, seed of the synthetic data
@@ -15,15 +16,21 @@
 #   REGEN=1           regenerate the synthetic checkpoint
 set -euo pipefail
 export BENCH_T0=$(date +%s.%N)
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
+case ${1:-} in
+  -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
+  -*) echo "bench-cpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+esac
 SIZE=${1:-${SIZE:-1gb}}
+case $SIZE in
+  tiny|1gb|3gb|llama-7b) ;;
+  *) echo "bench-cpu.sh: SIZE must be tiny, 1gb, 3gb or llama-7b, not '$SIZE' (see --help)" >&2; exit 2 ;;
+esac
 REPS=${REPS:-3}
 RANK=${RANK:-16}
 SEED=${SEED:-0}
-if [ -z "${PY:-}" ]; then
-  if [ -x /opt/pyref/bin/python ]; then PY=/opt/pyref/bin/python; else PY=python3; fi
-fi
+PY=${PYTHON:-python3}
 WORK=${WORK:-/tmp/loramerge-bench-$SIZE}
 LOGS=${LOGS:-$WORK/logs-$(date +%Y%m%d-%H%M%S)}
 JAR=$ROOT/target/loramerge.jar
@@ -45,7 +52,7 @@ STAMP="shape=$SIZE rank=$RANK seed=$SEED"
 if [ -n "${REGEN:-}" ] || [ ! -f "$WORK/.stamp" ] || [ "$(cat "$WORK/.stamp")" != "$STAMP" ]; then
   say "generating $SIZE into $WORK"
   rm -f "$WORK/.stamp"
-  "$PY" scripts/make_synthetic.py --out "$WORK" --shape "$SIZE" --rank "$RANK" --seed "$SEED" --force \
+  "$PY" scripts/bench/make_synthetic.py --out "$WORK" --shape "$SIZE" --rank "$RANK" --seed "$SEED" --force \
     2>&1 | tee "$LOGS/make_synthetic.log" >&2
   sync
   echo "$STAMP" >"$WORK/.stamp"
@@ -75,7 +82,7 @@ cat "$WORK"/base/* "$WORK"/adapter/* >/dev/null
 # ---- timed runs
 TOOLS=()
 [ -z "${SKIP_CP:-}" ] && TOOLS+=(--tool "cp=cp -r {base} {out}")
-[ -z "${SKIP_PEFT:-}" ] && TOOLS+=(--tool "peft-cpu=$PY scripts/peft_merge.py --base {base} --adapter {adapter} --out {out} --device cpu")
+[ -z "${SKIP_PEFT:-}" ] && TOOLS+=(--tool "peft-cpu=$PY scripts/bench/peft_merge.py --base {base} --adapter {adapter} --out {out} --device cpu")
 [ -z "${SKIP_LM:-}" ] && TOOLS+=(--tool "loramerge-cpu=$LORAMERGE merge --base {base} --adapter {adapter} --out {out} --device cpu")
 if [ ${#TOOLS[@]} -eq 0 ]; then say "nothing to run"; exit 1; fi
 VERIFY=()
@@ -83,7 +90,7 @@ VERIFY=()
 export COMPARE_MAX_ULP=${COMPARE_MAX_ULP:-1000000}
 
 set +e
-"$PY" scripts/bench_run.py --base "$WORK/base" --adapter "$WORK/adapter" --work "$WORK" --logs "$LOGS" \
+"$PY" scripts/bench/bench_run.py --base "$WORK/base" --adapter "$WORK/adapter" --work "$WORK" --logs "$LOGS" \
   --reps "$REPS" --python "$PY" --baseline peft-cpu --floor cp "${VERIFY[@]}" "${TOOLS[@]}" >"$LOGS/table.out"
 rc=$?
 set -e

@@ -1,9 +1,0 @@
-#!/usr/bin/env bash
-# Regenerates src/test/resources/nf4 (NF4 test vectors) with the reference in scripts/nf4_reference.py,
-# after checking the reference itself. Deterministic: a second run writes the same bytes.
-# Needs Python with numpy (selftest also torch); default: the project's reference venv.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-py="${PYTHON:-/opt/pyref/bin/python}"
-"$py" scripts/nf4_reference.py selftest
-"$py" scripts/nf4_reference.py vectors --out src/test/resources/nf4
