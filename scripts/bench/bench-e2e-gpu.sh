@@ -29,7 +29,9 @@
 #   BUDGET_S (default 500: no new repetition starts that would end later than that many
 #   seconds after the script started), PYTHON (python3), LORAMERGE (default "java $JAVA_OPTS -jar
 #   target/loramerge.jar"), LM_ARGS (extra merge options), RANK (16), SEED (0),
-#   SKIP_CP=1 SKIP_PEFT=1 SKIP_LM_CUDA=1 SKIP_LM_CPU=1 SKIP_VERIFY=1 RUN_PEFT_CPU=1 REGEN=1.
+#   SKIP_CP=1 SKIP_PEFT=1 SKIP_LM_CUDA=1 SKIP_LM_CPU=1 SKIP_VERIFY=1 RUN_PEFT_CPU=1 REGEN=1;
+#   LORAMERGE_B (another build, e.g. "java -jar old.jar", run as "${LABEL_B:-before}-cuda" beside
+#   loramerge-cuda and compared with it byte for byte: a before/after check in one call).
 set -euo pipefail
 export BENCH_T0=$(date +%s.%N)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -131,11 +133,19 @@ TOOLS=()
 [ -n "${RUN_PEFT_CPU:-}" ] && TOOLS+=(--tool "peft-cpu=$PY scripts/bench/peft_merge.py --base {base} --adapter {adapter} --out {out} --device cpu")
 [ -z "${SKIP_LM_CUDA:-}" ] && TOOLS+=(--tool "loramerge-cuda=$LORAMERGE $MERGE --device cuda $LM_ARGS")
 [ -z "${SKIP_LM_CPU:-}" ] && TOOLS+=(--tool "loramerge-cpu=$LORAMERGE $MERGE --device cpu $LM_ARGS")
+B=${LABEL_B:-before}-cuda
+[ -n "${LORAMERGE_B:-}" ] && TOOLS+=(--tool "$B=$LORAMERGE_B $MERGE --device cuda $LM_ARGS")
 if [ ${#TOOLS[@]} -eq 0 ]; then say "nothing to run"; exit 1; fi
-VERIFY=(--verify-bytes loramerge-cuda,loramerge-cpu)
-[ -z "${SKIP_VERIFY:-}" ] && VERIFY+=(--verify-numeric peft-cuda,loramerge-cuda)
+if [ -n "${LORAMERGE_B:-}" ]; then
+  VERIFY=(--verify-bytes "$B,loramerge-cuda")
+else
+  VERIFY=(--verify-bytes loramerge-cuda,loramerge-cpu)
+fi
+[ -z "${SKIP_VERIFY:-}" ] && [ -z "${SKIP_PEFT:-}" ] && VERIFY+=(--verify-numeric peft-cuda,loramerge-cuda)
 BASELINE=peft-cuda
-[ -n "${SKIP_PEFT:-}" ] && BASELINE=peft-cpu
+if [ -n "${SKIP_PEFT:-}" ]; then
+  BASELINE=$([ -n "${RUN_PEFT_CPU:-}" ] && echo peft-cpu || echo cp)
+fi
 
 set +e
 "$PY" scripts/bench/bench_run.py --base "$WORK/base" --adapter "$WORK/adapter" --work "$WORK" --logs "$OUT" \

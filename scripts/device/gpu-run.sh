@@ -10,6 +10,9 @@
 # device-to-device copy; benchcpu: CPU engine and the pipeline), QLoRA end to end (nf4; SHAPE=llama-7b
 # for the 7B shape), the 7B-shaped end-to-end benchmark (e2e) and the same at twice the size
 # (e2e2x), writes logs under $OUT and prints a summary table last. Each step fits one device call of 10 minutes.
+# The tests step fails (exit 1) when any GPU test fails, is skipped or aborted, or when none ran,
+# and writes $OUT/last-gpu-run.json (commit, sources hash, card, date, counts) to commit as
+# .ci/last-gpu-run.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 mode=${1:-}
@@ -29,6 +32,8 @@ pack)
   fi
   mvn -q -B dependency:copy -Dartifact=org.junit.platform:junit-platform-console-standalone:$JUNIT_VERSION -DoutputDirectory=.device
   scripts/device/make-jre.sh .device   # after the jars: its modules are the ones they need
+  # what is being tested, for the record the tests step writes there (the device has no .git)
+  { git rev-parse HEAD; git status --porcelain | grep -q . && echo dirty || echo clean; scripts/device/gpu-sources.sh; } > .device/build.txt
   du -sh .device
   ;;
 device)
@@ -40,6 +45,7 @@ device)
   java -Xshare:dump > /dev/null 2>&1 || true
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/card.txt"
   summary=()
+  status=0
   for step in "${@:-tests}"; do
     case "$step" in
     tests)
@@ -50,7 +56,19 @@ device)
       rc=$?
       set -e
       tail -n 40 "$OUT/gpu-tests.log"
-      summary+=("gpu tests: exit $rc; $(grep -E 'tests (successful|failed|skipped|aborted)' "$OUT/gpu-tests.log" | tr -s ' ' | tr '\n' ';')")
+      count() { grep -E "\\[ *[0-9]+ tests $1 *\\]" "$OUT/gpu-tests.log" | grep -oE '[0-9]+' | head -1 || true; }
+      ok=$(count successful); failed=$(count failed); skipped=$(count skipped); aborted=$(count aborted)
+      ok=${ok:-0} failed=${failed:-0} skipped=${skipped:-0} aborted=${aborted:-0}
+      verdict=passed
+      if [ "$rc" != 0 ] || [ "$failed" != 0 ] || [ "$aborted" != 0 ] || [ "$skipped" != 0 ] || [ "$ok" = 0 ]; then
+        verdict=failed   # on the GPU machine a skipped GPU test means the engine was not there: a failure
+        status=1
+      fi
+      mapfile -t build < <(cat .device/build.txt 2>/dev/null || true)
+      printf '{"commit": "%s", "tree": "%s", "gpu_sources": "%s", "card": "%s", "date": "%s", "successful": %s, "failed": %s, "skipped": %s, "aborted": %s, "verdict": "%s"}\n' \
+        "${build[0]:-unknown}" "${build[1]:-unknown}" "${build[2]:-unknown}" "$(head -1 "$OUT/card.txt")" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+        "$ok" "$failed" "$skipped" "$aborted" "$verdict" > "$OUT/last-gpu-run.json"
+      summary+=("gpu tests: $verdict: $ok successful, $failed failed, $skipped skipped, $aborted aborted (launcher exit $rc)")
       ;;
     benchgpu)
       # device-resident merge over every shape, rank and dtype, and the copy ceilings
@@ -108,6 +126,7 @@ device)
   echo
   echo "== summary ($(cat "$OUT/card.txt"))"
   printf '%s\n' "${summary[@]}"
+  exit $status
   ;;
 *)
   sed -n 2,10p "$0"
