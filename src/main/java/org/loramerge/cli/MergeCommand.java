@@ -94,6 +94,12 @@ final class MergeCommand implements Callable<Integer> {
     public Integer call() throws Exception {
         DType dtypeOption = parseDtype(dtype);
         long shardSize = parseSize(maxShardSize);
+        if (threads != null && threads < 1) {
+            throw new UsageException("--threads " + threads + ": expected 1 or more (default: all cores)");
+        }
+        if (verifyRows < 1) {
+            throw new UsageException("--verify-rows " + verifyRows + ": expected 1 or more rows per tensor (default: 16)");
+        }
         int cpuThreads = threads != null ? threads : Runtime.getRuntime().availableProcessors();
         PrintStream err = System.err;
         long start = System.nanoTime();
@@ -119,7 +125,7 @@ final class MergeCommand implements Callable<Integer> {
                 try (AtomicOutput output = AtomicOutput.create(out, overwrite, List.of(base, adapter))) {
                     Progress progress = new Progress(err, !quiet, plan.totalBytes(), plan.tensors().size());
                     report = MergeRunner.run(plan, backend, output,
-                            new MergeRunner.Options(allowOverflow, Backend.DEFAULT_BLOCK_BYTES, verify ? Math.max(1, verifyRows) : 0), progress);
+                            new MergeRunner.Options(allowOverflow, Backend.DEFAULT_BLOCK_BYTES, verify ? verifyRows : 0), progress);
                 }
                 report.startSeconds = startSeconds;
                 print(report, err);
