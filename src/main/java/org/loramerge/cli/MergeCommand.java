@@ -205,12 +205,14 @@ final class MergeCommand implements Callable<Integer> {
         }
         if (!quiet) {
             long fallbacks = report.tensors.stream().mapToLong(MergeReport.TensorOutcome::exactFallbacks).sum();
+            long rounded = report.tensors.stream().mapToLong(MergeReport.TensorOutcome::exactlyRounded).sum();
             err.println(String.format(Locale.ROOT,
                     "loramerge: wrote %s: %d tensors merged, %d replaced, %d converted, %s%d copied, %s in %d shard(s), %.1f s on %s; "
-                            + "%d adapter keys applied; %d elements decided by the exact fallback",
+                            + "%d adapter keys applied; %d elements at a rounding boundary decided exactly, %d of them in decimal arithmetic",
                     report.output, report.tensorsMerged, report.tensorsReplaced, report.tensorsConverted,
                     report.tensorsDequantized > 0 ? report.tensorsDequantized + " dequantized, " : "", report.tensorsCopied,
-                    Progress.bytes(report.bytesWritten), report.shards, report.seconds, report.engine, report.adapterKeys, fallbacks));
+                    Progress.bytes(report.bytesWritten), report.shards, report.seconds, report.engine, report.adapterKeys, rounded + fallbacks,
+                    fallbacks));
             for (String n : report.notes) {
                 err.println("note: " + n);
             }

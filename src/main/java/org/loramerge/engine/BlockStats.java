@@ -2,10 +2,13 @@ package org.loramerge.engine;
 
 /**
  * What a merge of some rows found: elements whose fp64 value lay too close to a rounding boundary
- * and were recomputed exactly, finite values that overflowed to infinity in the output dtype, and
- * NaN results from finite inputs. Safe to add to from several threads.
+ * for the error bound, decided in exact expansion arithmetic ({@link #exactlyRounded}) or, as the
+ * last resort, in decimal arithmetic ({@link #exactFallbacks}); finite values that overflowed to
+ * infinity in the output dtype; and NaN results from finite inputs. Safe to add to from several
+ * threads.
  */
 public final class BlockStats {
+    private long exactlyRounded;
     private long exactFallbacks;
     private long overflows;
     private long nans;
@@ -16,8 +19,18 @@ public final class BlockStats {
         this.nans += nans;
     }
 
+    /** Counts elements the bound could not settle that exact expansion arithmetic did. */
+    public synchronized void addExactlyRounded(long count) {
+        this.exactlyRounded += count;
+    }
+
     public synchronized void add(BlockStats o) {
         add(o.exactFallbacks(), o.overflows(), o.nans());
+        addExactlyRounded(o.exactlyRounded());
+    }
+
+    public synchronized long exactlyRounded() {
+        return exactlyRounded;
     }
 
     public synchronized long exactFallbacks() {

@@ -10,8 +10,9 @@ import org.loramerge.plan.DoraSpec;
 /**
  * The exact reference: merged values computed in decimal arithmetic without rounding (DoRA's
  * square root and division to 80 significant digits), then rounded once to the output format.
- * Used for the rare elements whose fp64 value is too close to a rounding boundary to decide, and
- * by {@code verify}.
+ * Elements whose fp64 value is too close to a rounding boundary to decide are settled by
+ * {@link Rounder}: exactly in double-based expansion arithmetic when the merge is a plain sum of
+ * products, in decimal arithmetic here otherwise.
  */
 public final class ExactMath {
     /** Precision for DoRA's square root and quotient: far beyond any format's midpoint distance. */
@@ -35,6 +36,50 @@ public final class ExactMath {
         // xd is a midpoint of f: decide by the exact value
         int c = x.compareTo(new BigDecimal(xd));
         return c > 0 ? above : c < 0 ? below : y;
+    }
+
+    /**
+     * Rounds merged elements exactly, the cheap way when it can: a plain merge (no DoRA) is an
+     * exact sum of doubles for F32/F16/BF16 inputs, decided by {@link Expansion}; DoRA's square
+     * root and quotient, and inputs outside the range where products are exact, take the decimal
+     * path ({@link #merged}, {@link #round(BigDecimal, FloatFormat)}). One per thread.
+     */
+    public static final class Rounder {
+        private final Expansion x = new Expansion();
+        private boolean decimal;
+
+        /** Element (row, col) of {@code job}, whose source row is {@code sourceRow}, rounded once to {@code out}. */
+        public double round(TensorJob job, double[] sourceRow, long row, int col, FloatFormat out) {
+            decimal = false;
+            if (job.doraAxis() == null && sum(job, sourceRow[col], row, col)) {
+                return x.roundTo(out);
+            }
+            decimal = true;
+            return ExactMath.round(merged(job, sourceRow, row, col), out);
+        }
+
+        /** True when the last {@link #round} needed decimal arithmetic (the exact fallback the report counts). */
+        public boolean lastWasDecimal() {
+            return decimal;
+        }
+
+        /** W + Σ s·U_i·V_j into the expansion; false when the doubles cannot hold it exactly. */
+        private boolean sum(TensorJob job, double w, long row, int col) {
+            x.clear();
+            x.add(w);
+            int i = Math.toIntExact(row);
+            for (LowRankTerm t : job.terms()) {
+                int r = t.rank();
+                int n = t.cols();
+                double[] u = t.u();
+                double[] vt = t.vt();
+                double s = t.scale();
+                for (int k = 0; k < r; k++) {
+                    x.addScaledProduct(s, u[i * r + k], vt[k * n + col]);
+                }
+            }
+            return x.isExact();
+        }
     }
 
     /** The exact W + Σ s·U_i·V_j for element (row, col) of a job whose source value there is {@code w}. */

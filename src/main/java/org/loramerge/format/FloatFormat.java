@@ -202,6 +202,48 @@ public enum FloatFormat {
         return quantum[e - minExponent];
     }
 
+    /** The smallest positive value of this format (a subnormal). */
+    public double minValue() {
+        return quantum[0];
+    }
+
+    /** The next value of this format above {@code y}, a value of it (+Inf after the largest finite one). */
+    public double nextUp(double y) {
+        if (y == 0) {
+            return minValue();
+        }
+        if (y == Double.POSITIVE_INFINITY) {
+            return y;
+        }
+        int bits = encode(y);
+        return decode(y > 0 ? bits + 1 : bits - 1);
+    }
+
+    /** The next value of this format below {@code y}, a value of it (−Inf after the most negative finite one). */
+    public double nextDown(double y) {
+        return -nextUp(-y);
+    }
+
+    /**
+     * The rounding boundary between adjacent values {@code a < b} of this format: their midpoint,
+     * exact in double (these formats have at most 24 bits); between the largest finite value and
+     * infinity, the overflow threshold (the midpoint to 2^(maxExponent+1)).
+     */
+    public double midpoint(double a, double b) {
+        if (b == Double.POSITIVE_INFINITY) {
+            return a + 0.5 * ulp(a);
+        }
+        if (a == Double.NEGATIVE_INFINITY) {
+            return b - 0.5 * ulp(b);
+        }
+        return 0.5 * a + 0.5 * b;
+    }
+
+    /** Of two adjacent values, the one with an even last bit: where a tie between them rounds. */
+    public double evenOf(double a, double b) {
+        return (encode(a) & 1) == 0 ? a : b;
+    }
+
     private static final double[] F16_TABLE = new double[65536];
 
     static {

@@ -11,8 +11,15 @@ import org.loramerge.quant.Requantizer;
 /** What a merge did, for the summary and {@code --json}. */
 public final class MergeReport {
     /** One output tensor's outcome. */
-    public record TensorOutcome(String name, String kind, String dtype, long[] shape, long exactFallbacks, long overflows, long nans,
-                                String note) {
+    /**
+     * One output tensor's outcome.
+     *
+     * @param exactlyRounded elements too close to a rounding boundary for the fp64 error bound, decided in exact
+     *                       expansion arithmetic
+     * @param exactFallbacks elements that needed decimal arithmetic, the last resort (DoRA's norms, extreme ranges)
+     */
+    public record TensorOutcome(String name, String kind, String dtype, long[] shape, long exactlyRounded, long exactFallbacks, long overflows,
+                                long nans, String note) {
     }
 
     /**

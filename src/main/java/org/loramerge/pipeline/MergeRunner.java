@@ -96,8 +96,8 @@ public final class MergeRunner {
             BlockStats s = ctx.stats.get(t.name());
             if (t.kind() != OutputTensor.Kind.COPY) {
                 report.tensors.add(new MergeReport.TensorOutcome(t.name(), t.kind().name().toLowerCase(Locale.ROOT),
-                        t.isRequantized() ? "NF4" : t.dtype().name(), t.shape(), s == null ? 0 : s.exactFallbacks(), s == null ? 0 : s.overflows(),
-                        s == null ? 0 : s.nans(), t.note()));
+                        t.isRequantized() ? "NF4" : t.dtype().name(), t.shape(), s == null ? 0 : s.exactlyRounded(), s == null ? 0 : s.exactFallbacks(),
+                        s == null ? 0 : s.overflows(), s == null ? 0 : s.nans(), t.note()));
             }
         }
         if (!ctx.survivals.isEmpty()) {

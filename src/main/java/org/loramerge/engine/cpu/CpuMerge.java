@@ -1,6 +1,5 @@
 package org.loramerge.engine.cpu;
 
-import java.math.BigDecimal;
 import java.nio.ByteBuffer;
 import java.util.Arrays;
 import org.loramerge.engine.BlockStats;
@@ -61,6 +60,7 @@ public final class CpuMerge {
             BITS_OUT.set(outBits);
         }
         long fallbacks = 0;
+        long rounded = 0;
         long overflows = 0;
         long nans = 0;
         for (int ii = 0; ii < rowCount; ii++) {
@@ -132,8 +132,13 @@ public final class CpuMerge {
                     y = w[j];
                 } else if (Double.isFinite(val) && (undecidable || !exactInput && !decided(out, val, y, err))) {
                     // (a NaN or infinity from finite inputs, i.e. a NaN in the adapter, has nothing to decide)
-                    y = exact(job, w, row, j, out);
-                    fallbacks++;
+                    ExactMath.Rounder rounder = ROUNDER.get();
+                    y = rounder.round(job, w, row, j, out);
+                    if (rounder.lastWasDecimal()) {
+                        fallbacks++;
+                    } else {
+                        rounded++;
+                    }
                 }
                 if (Double.isNaN(y)) {
                     nans++;
@@ -145,6 +150,7 @@ public final class CpuMerge {
             putRow(out, dst, base, outBits, cols);
         }
         stats.add(fallbacks, overflows, nans);
+        stats.addExactlyRounded(rounded);
     }
 
     private static final ThreadLocal<int[]> BITS_IN = ThreadLocal.withInitial(() -> new int[0]);
@@ -194,10 +200,7 @@ public final class CpuMerge {
         return Math.abs(val - y) + err < half;
     }
 
-    private static double exact(TensorJob job, double[] sourceRow, long row, int col, FloatFormat out) {
-        BigDecimal x = ExactMath.merged(job, sourceRow, row, col);
-        return ExactMath.round(x, out);
-    }
+    private static final ThreadLocal<ExactMath.Rounder> ROUNDER = ThreadLocal.withInitial(ExactMath.Rounder::new);
 
     /**
      * v = w + Σ s·U_i·Vᵀ for one row, with e its error bound. Returns true when v is exact (no terms).

@@ -131,11 +131,11 @@ final class CudaRequantization implements Requantization {
         long overflows = counted.overflows();
         long nans = counted.nans();
         if (ambiguous > 0) {
-            long[] settled = settle(w, row0, rowCount, counted, bytes);
+            long[] settled = settle(w, row0, rowCount, counted, bytes, stats);
             overflows = settled[0];
             nans = settled[1];
         }
-        stats.add(ambiguous, overflows, nans);
+        stats.add(0, overflows, nans);
         if (overflows > 0 || nans > 0) {
             throw nonFinite(w, first, count, bytes);
         }
@@ -156,13 +156,16 @@ final class CudaRequantization implements Requantization {
      * the kernel kept, the CPU engine merges the whole block and X goes up again. Returns the
      * block's overflows and NaNs after settling.
      */
-    private long[] settle(DeviceWorker w, long row0, int rowCount, DeviceWorker.Counts counted, long bytes) throws Exception {
+    private long[] settle(DeviceWorker w, long row0, int rowCount, DeviceWorker.Counts counted, long bytes, BlockStats stats)
+            throws Exception {
         ByteBuffer wHost = w.download(w.input(), bytes);
         long ambiguous = counted.ambiguous();
         if (ambiguous > DeviceWorker.AMBIGUOUS_CAPACITY) {
             ByteBuffer x = ByteBuffer.allocateDirect(Math.toIntExact(bytes)).order(ByteOrder.LITTLE_ENDIAN);
             BlockStats s = new BlockStats();
             CpuMerge.mergeRows(job, row0, rowCount, wHost, x, s, null);
+            stats.add(s.exactFallbacks(), 0, 0);
+            stats.addExactlyRounded(s.exactlyRounded());
             x.position(0).limit(Math.toIntExact(bytes));
             Nf4Kernels.upload(w.stream(), w.output().pointer(), x);
             return new long[] {s.overflows(), s.nans()};
@@ -173,7 +176,7 @@ final class CudaRequantization implements Requantization {
         long overflows = HostSettle.settle(job, row0, wHost, idx, (int) ambiguous, (e, bits) -> {
             format.putBits(one, 0, bits);
             Nf4Kernels.upload(w.stream(), w.output().at(e * size), one.duplicate().position(0).limit(size));
-        });
+        }, stats);
         // the kernel counted the ambiguous elements apart: its overflows and NaNs are among the others
         return new long[] {counted.overflows() + overflows, counted.nans()};
     }

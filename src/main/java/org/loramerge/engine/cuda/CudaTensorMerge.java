@@ -102,9 +102,9 @@ final class CudaTensorMerge implements TensorMerge {
         if (ambiguous > 0) {
             ByteBuffer idx = w.ambiguousElements(ambiguous);
             ByteBuffer out = dst;
-            overflows += HostSettle.settle(job, row0, src, idx, (int) ambiguous, (e, b) -> fmt.putBits(out, e, b));
+            overflows += HostSettle.settle(job, row0, src, idx, (int) ambiguous, (e, b) -> fmt.putBits(out, e, b), stats);
         }
-        stats.add(ambiguous, overflows, counted.nans());
+        stats.add(0, overflows, counted.nans());
     }
 
     @Override

@@ -253,8 +253,10 @@ class CudaNf4Test {
                 new TinyModels.Tensor(TinyModels.PEFT_PREFIX + "model.layers.0.mlp.up_proj.lora_B.weight", DType.F32, new long[] {upRows, 1},
                         TinyModels.f32(upB))));
         MergeReport[] reports = mergeOnBoth(base, adapter, to, Backend.DEFAULT_BLOCK_BYTES);
-        assertEquals(List.of(1024L, (long) upRows * upCols), reports[1].tensors.stream().map(MergeReport.TensorOutcome::exactFallbacks).toList(),
+        assertEquals(List.of(1024L, (long) upRows * upCols), reports[1].tensors.stream().map(MergeReport.TensorOutcome::exactlyRounded).toList(),
                 "midpoints settled exactly in q_proj and up_proj");
+        assertEquals(List.of(0L, 0L), reports[1].tensors.stream().map(MergeReport.TensorOutcome::exactFallbacks).toList(),
+                "none needed decimal arithmetic");
         if (to == QuantTarget.NF4) {
             assertSameSurvival(reports[0], reports[1]);
             return;
