@@ -74,3 +74,71 @@ __device__ __forceinline__ void merge_round_rows(const double *__restrict__ p, c
 LM_MERGE_ROUND_KERNEL(merge_round_bf16, LM_BF16, unsigned short)
 LM_MERGE_ROUND_KERNEL(merge_round_f16, LM_F16, unsigned short)
 LM_MERGE_ROUND_KERNEL(merge_round_f32, LM_F32, unsigned int)
+
+#include "exact.cuh"
+
+/*
+ * settle_{bf16,f16,f32}(
+ *     const double* u,          U of the block's rows, row-major [rows, rank] (the factors' U at row0)
+ *     const double* vt,         V^T, row-major [rank, cols]
+ *     long long rank, double scale,
+ *     const T* w,               W of the block, as merge_round read it
+ *     T* out,                   merge_round's output, where settled elements are rewritten
+ *     long long cols, long long indexBase,
+ *     unsigned long long* counters,  [0] ambiguous (from merge_round), [1] overflow, [3] left to the host
+ *     const long long* ambiguousIdx, long long capacity,
+ *     long long* hostIdx)       [capacity] the elements this kernel could not settle
+ *   Runs after merge_round on the same stream: each listed ambiguous element is recomputed
+ *   exactly (exact.cuh) and rounded once; an overflow to +-Inf is counted in counters[1]; an
+ *   element outside the exact range is listed in hostIdx (counters[3]) for the host. When
+ *   merge_round listed more than `capacity`, it does nothing: the host merges the whole block.
+ *   Threads: one per listed element, grid-stride. Launch: block (256, 1, 1), grid (256, 1, 1).
+ */
+template <int FMT, typename T>
+__device__ __forceinline__ void settle_list(const double *__restrict__ u, const double *__restrict__ vt, long long rank, double scale,
+                                            const T *w, T *out, long long cols, long long indexBase, unsigned long long *counters,
+                                            const long long *ambiguousIdx, long long capacity, long long *hostIdx) {
+    long long count = (long long)counters[0];
+    if (count > capacity) {
+        return;
+    }
+    for (long long a = (long long)blockIdx.x * blockDim.x + threadIdx.x; a < count; a += (long long)gridDim.x * blockDim.x) {
+        long long e = ambiguousIdx[a] - indexBase;
+        long long i = e / cols;
+        long long j = e - i * cols;
+        lm_expansion x;
+        lm_exp_clear(&x);
+        lm_exp_add(&x, lm_fmt_value((uint32_t)w[e], FMT));
+        for (long long k = 0; k < rank; k++) {
+            lm_exp_add_scaled_product(&x, scale, u[i * rank + k], vt[k * cols + j]);
+        }
+        int ok = 0;
+        double y = 0.0;
+        if (x.ok) {
+            y = lm_exp_round(&x, FMT, &ok);
+        }
+        if (!ok) {
+            unsigned long long slot = atomicAdd(&counters[3], 1ull);
+            hostIdx[slot] = ambiguousIdx[a];
+            continue;
+        }
+        uint32_t bits = lm_round_bits(y, FMT);
+        out[e] = (T)bits;
+        if (lm_bits_nonfinite(bits, FMT)) {
+            atomicAdd(&counters[1], 1ull);
+        }
+    }
+}
+
+#define LM_SETTLE_KERNEL(NAME, FMT, T)                                                              \
+    extern "C" __global__ void NAME(                                                                \
+        const double *__restrict__ u, const double *__restrict__ vt, long long rank, double scale,   \
+        const T *w, T *out, long long cols, long long indexBase, unsigned long long *counters,      \
+        const long long *ambiguousIdx, long long capacity, long long *hostIdx) {                    \
+        settle_list<FMT, T>(u, vt, rank, scale, w, out, cols, indexBase, counters, ambiguousIdx,    \
+                            capacity, hostIdx);                                                     \
+    }
+
+LM_SETTLE_KERNEL(settle_bf16, LM_BF16, unsigned short)
+LM_SETTLE_KERNEL(settle_f16, LM_F16, unsigned short)
+LM_SETTLE_KERNEL(settle_f32, LM_F32, unsigned int)

@@ -31,7 +31,7 @@ import static org.loramerge.quant.QuantException.Reason.NON_FINITE;
  * {@code merge --to nf4} of one weight on the GPU, with the same bytes as the CPU path
  * ({@link Nf4Requantizer}). Per row block, on the worker's stream: the base's packed codes go up
  * (half a byte an element) and are dequantized into W (nf4_dequant), P = s·U·Vᵀ (DGEMM), X =
- * round(W + P) with the rare ambiguous elements settled exactly on the host (merge_round), then
+ * round(W + P) with the elements at a rounding boundary settled exactly there (merge_round, settle), then
  * X and W are requantized and the survival sums of each block taken (nf4_requant), and only X's
  * packed codes come back. The codes of both and their absmax stay on the device for the whole
  * weight (n bytes and 8 bytes a block): {@link #finish} double-quantizes both absmax sets there
@@ -125,15 +125,16 @@ final class CudaRequantization implements Requantization {
         }
         long bytes = count * format.sizeInBytes();
         merge.load(w, row0, rowCount, packed);
-        w.mergeRound(merge.factors(), format, row0, rowCount, cols, job.boundK());
+        w.mergeRoundExactly(merge.factors(), format, row0, rowCount, cols, job.boundK());
         DeviceWorker.Counts counted = w.counters();
-        long ambiguous = counted.ambiguous();
         long overflows = counted.overflows();
         long nans = counted.nans();
-        if (ambiguous > 0) {
-            long[] settled = settle(w, row0, rowCount, counted, bytes, stats);
+        if (counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY || counted.forHost() > 0) {
+            long[] settled = settleOnHost(w, row0, rowCount, counted, bytes, stats);
             overflows = settled[0];
             nans = settled[1];
+        } else {
+            stats.addExactlyRounded(counted.ambiguous());
         }
         stats.add(0, overflows, nans);
         if (overflows > 0 || nans > 0) {
@@ -151,17 +152,17 @@ final class CudaRequantization implements Requantization {
     }
 
     /**
-     * Settles the block's ambiguous elements: each is recomputed exactly on the host from W (the
-     * dequantized block, copied down) and written into X on the device; when more were listed than
-     * the kernel kept, the CPU engine merges the whole block and X goes up again. Returns the
-     * block's overflows and NaNs after settling.
+     * The host's part of a block the device could not settle alone: when more elements were
+     * ambiguous than the kernel lists, the CPU engine merges the whole block and X goes up again;
+     * otherwise the few elements the device left are recomputed exactly from W (the dequantized
+     * block, copied down) into a copy of X, which goes up once. Returns the block's overflows and
+     * NaNs after settling.
      */
-    private long[] settle(DeviceWorker w, long row0, int rowCount, DeviceWorker.Counts counted, long bytes, BlockStats stats)
+    private long[] settleOnHost(DeviceWorker w, long row0, int rowCount, DeviceWorker.Counts counted, long bytes, BlockStats stats)
             throws Exception {
         ByteBuffer wHost = w.download(w.input(), bytes);
-        long ambiguous = counted.ambiguous();
-        if (ambiguous > DeviceWorker.AMBIGUOUS_CAPACITY) {
-            ByteBuffer x = ByteBuffer.allocateDirect(Math.toIntExact(bytes)).order(ByteOrder.LITTLE_ENDIAN);
+        ByteBuffer x = ByteBuffer.allocateDirect(Math.toIntExact(bytes)).order(ByteOrder.LITTLE_ENDIAN);
+        if (counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY) {
             BlockStats s = new BlockStats();
             CpuMerge.mergeRows(job, row0, rowCount, wHost, x, s, null);
             stats.add(s.exactFallbacks(), 0, 0);
@@ -170,14 +171,13 @@ final class CudaRequantization implements Requantization {
             Nf4Kernels.upload(w.stream(), w.output().pointer(), x);
             return new long[] {s.overflows(), s.nans()};
         }
-        ByteBuffer idx = w.ambiguousElements(ambiguous);
-        int size = format.sizeInBytes();
-        ByteBuffer one = ByteBuffer.allocateDirect(4).order(ByteOrder.LITTLE_ENDIAN);
-        long overflows = HostSettle.settle(job, row0, wHost, idx, (int) ambiguous, (e, bits) -> {
-            format.putBits(one, 0, bits);
-            Nf4Kernels.upload(w.stream(), w.output().at(e * size), one.duplicate().position(0).limit(size));
-        }, stats);
-        // the kernel counted the ambiguous elements apart: its overflows and NaNs are among the others
+        stats.addExactlyRounded(counted.ambiguous() - counted.forHost());
+        x.put(w.download(w.output(), bytes));
+        ByteBuffer idx = w.forHostElements(counted.forHost());
+        long overflows = HostSettle.settle(job, row0, wHost, idx, (int) counted.forHost(), (e, bits) -> format.putBits(x, e, bits), stats);
+        x.position(0).limit(Math.toIntExact(bytes));
+        Nf4Kernels.upload(w.stream(), w.output().pointer(), x);
+        // the kernels counted the ambiguous elements' overflows as they settled them; NaNs are among the others
         return new long[] {counted.overflows() + overflows, counted.nans()};
     }
 

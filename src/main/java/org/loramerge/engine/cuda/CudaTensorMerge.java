@@ -12,9 +12,10 @@ import org.loramerge.quant.Nf4Weight;
 
 /**
  * A dense output tensor on the GPU (one low-rank term, W in the output dtype, or an NF4 weight
- * dequantized on the device). Per block: W goes up (as it is, or as packed codes), P = s·U·Vᵀ
- * and the fused add-and-round run on the worker's stream, the block comes back into the
- * pipeline's page-locked buffer, and the few ambiguous elements are settled exactly on the host.
+ * dequantized on the device). Per block: W goes up (as it is, or as packed codes), P = s·U·Vᵀ,
+ * the fused add-and-round and the exact settling of the elements at a rounding boundary run on
+ * the worker's stream, and the block comes back into the pipeline's page-locked buffer; the rare
+ * element the device could not settle exactly is settled on the host.
  */
 final class CudaTensorMerge implements TensorMerge {
     private final CudaBackend backend;
@@ -83,26 +84,26 @@ final class CudaTensorMerge implements TensorMerge {
         int cols = job.cols();
         long bytes = (long) rowCount * cols * fmt.sizeInBytes();
         load(w, row0, rowCount, src);
-        w.mergeRound(factors, fmt, row0, rowCount, cols, job.boundK());
+        w.mergeRoundExactly(factors, fmt, row0, rowCount, cols, job.boundK());
         // dst is page-locked when the pipeline took it from allocateBlockBuffer, so this copy is asynchronous and direct
         w.copyOutputTo(dst, bytes);
         DeviceWorker.Counts counted = w.counters();
-        long ambiguous = counted.ambiguous();
-        long overflows = counted.overflows();
-        if (nf4 != null && ambiguous > 0) {
+        if (nf4 != null && (counted.forHost() > 0 || counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY)) {
             src = w.download(w.input(), bytes); // the host work below reads W: the dequantized values, not the packed codes
         }
-        if (ambiguous > DeviceWorker.AMBIGUOUS_CAPACITY) {
+        if (counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY) {
             // pathological input: let the CPU engine decide the whole block
             src.position(0);
             CpuMerge.mergeRows(job, row0, rowCount, src, dst, stats, null);
             return;
         }
+        stats.addExactlyRounded(counted.ambiguous() - counted.forHost());
+        long overflows = counted.overflows();
         dst.position(0);
-        if (ambiguous > 0) {
-            ByteBuffer idx = w.ambiguousElements(ambiguous);
+        if (counted.forHost() > 0) {
+            ByteBuffer idx = w.forHostElements(counted.forHost());
             ByteBuffer out = dst;
-            overflows += HostSettle.settle(job, row0, src, idx, (int) ambiguous, (e, b) -> fmt.putBits(out, e, b), stats);
+            overflows += HostSettle.settle(job, row0, src, idx, (int) counted.forHost(), (e, b) -> fmt.putBits(out, e, b), stats);
         }
         stats.add(0, overflows, counted.nans());
     }

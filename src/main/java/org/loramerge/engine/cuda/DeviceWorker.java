@@ -26,18 +26,29 @@ public final class DeviceWorker implements AutoCloseable {
     private final CudaStream stream = new CudaStream();
     private final CublasHandle cublas = new CublasHandle(stream);
     private final PinnedMemory hostIn;
-    private final PinnedMemory hostCounters = new PinnedMemory(3 * Sizeof.LONG);
+    private final PinnedMemory hostCounters = new PinnedMemory(COUNTERS * Sizeof.LONG);
     private final PinnedMemory hostAmbiguous = new PinnedMemory((long) AMBIGUOUS_CAPACITY * Sizeof.LONG);
     private final DeviceMemory dIn;
     private final DeviceMemory dOut;
     private final DeviceMemory dWide;
     /** An NF4 block's packed codes: half a byte an element, and a block holds at most blockBytes / 2 elements. */
     private final DeviceMemory dPacked;
-    private final DeviceMemory counters = new DeviceMemory(3 * Sizeof.LONG);
+    /** The kernels' counters: ambiguous, overflows, NaNs, left to the host. */
+    private static final int COUNTERS = 4;
+    private final DeviceMemory counters = new DeviceMemory(COUNTERS * Sizeof.LONG);
     private final DeviceMemory ambiguous = new DeviceMemory((long) AMBIGUOUS_CAPACITY * Sizeof.LONG);
+    private final DeviceMemory forHost = new DeviceMemory((long) AMBIGUOUS_CAPACITY * Sizeof.LONG);
 
-    /** The counters of a block's add-and-round, read once its stream is done. */
-    public record Counts(long ambiguous, long overflows, long nans) {
+    /**
+     * The counters of a block, read once its stream is done.
+     *
+     * @param ambiguous elements merge_round could not settle by the error bound (more than
+     *                  {@link #AMBIGUOUS_CAPACITY}: none was listed, the host merges the block)
+     * @param overflows elements that overflowed to ±Inf
+     * @param nans      NaN results from finite inputs
+     * @param forHost   of the ambiguous ones, those {@link #settle} left to the host ({@link #forHostElements})
+     */
+    public record Counts(long ambiguous, long overflows, long nans, long forHost) {
     }
 
     DeviceWorker(CudaDevice device, int blockBytes) {
@@ -118,9 +129,13 @@ public final class DeviceWorker implements AutoCloseable {
         addAndRound(f, fmt, row0, rowCount, cols, boundK, in, wide, out);
     }
 
-    /** {@link #mergeRound} on the worker's own buffers: {@link #input()} to {@link #output()}. */
-    public void mergeRound(DeviceFactors f, FloatFormat fmt, long row0, int rowCount, int cols, double boundK) {
+    /**
+     * {@link #mergeRound} and {@link #settle} on the worker's own buffers, {@link #input()} to
+     * {@link #output()}: the block rounded exactly, but for the rare elements left to the host.
+     */
+    public void mergeRoundExactly(DeviceFactors f, FloatFormat fmt, long row0, int rowCount, int cols, double boundK) {
         mergeRound(f, fmt, row0, rowCount, cols, boundK, dIn.pointer(), dWide.pointer(), dOut.pointer());
+        settle(f, fmt, row0, cols, dIn.pointer(), dOut.pointer());
     }
 
     /** P = s·U·Vᵀ for rows [row0, row0 + rowCount), by cuBLAS DGEMM on the stream. */
@@ -134,7 +149,7 @@ public final class DeviceWorker implements AutoCloseable {
     /** out = round(W + P) with the ambiguous elements listed and the counters reset first, by the fused PTX kernel on the stream. */
     public void addAndRound(DeviceFactors f, FloatFormat fmt, long row0, int rowCount, int cols, double boundK, Pointer in, Pointer wide,
                             Pointer out) {
-        JCuda.cudaMemsetAsync(counters.pointer(), 0, 3 * Sizeof.LONG, stream.runtime());
+        JCuda.cudaMemsetAsync(counters.pointer(), 0, COUNTERS * Sizeof.LONG, stream.runtime());
         device.merge().mergeRound(stream, fmt, rowCount, cols,
                 Pointer.to(wide), Pointer.to(in), Pointer.to(out),
                 Pointer.to(f.uNorm().at(row0 * Sizeof.DOUBLE)), Pointer.to(f.vNorm().pointer()), Pointer.to(new double[] {Math.abs(f.scale())}),
@@ -143,18 +158,33 @@ public final class DeviceWorker implements AutoCloseable {
                 Pointer.to(counters.pointer()), Pointer.to(ambiguous.pointer()), Pointer.to(new long[] {AMBIGUOUS_CAPACITY}));
     }
 
-    /** The last add-and-round's counters, once the stream has done everything queued. */
+    /**
+     * Queues the exact settling of the elements the last add-and-round listed (kernels/exact.cuh,
+     * the device twin of the CPU engine's expansion arithmetic): each is recomputed exactly from W
+     * ({@code in}), U and Vᵀ and rewritten in {@code out}; the few it cannot take are listed for
+     * the host ({@link Counts#forHost}). Reads the list's length on the device: no wait.
+     */
+    public void settle(DeviceFactors f, FloatFormat fmt, long row0, int cols, Pointer in, Pointer out) {
+        device.merge().settle(stream, fmt,
+                Pointer.to(f.u().at(row0 * f.rank() * Sizeof.DOUBLE)), Pointer.to(f.vt().pointer()),
+                Pointer.to(new long[] {f.rank()}), Pointer.to(new double[] {f.scale()}),
+                Pointer.to(in), Pointer.to(out), Pointer.to(new long[] {cols}), Pointer.to(new long[] {0}),
+                Pointer.to(counters.pointer()), Pointer.to(ambiguous.pointer()), Pointer.to(new long[] {AMBIGUOUS_CAPACITY}),
+                Pointer.to(forHost.pointer()));
+    }
+
+    /** The last block's counters, once the stream has done everything queued. */
     public Counts counters() {
-        JCuda.cudaMemcpyAsync(hostCounters.pointer(), counters.pointer(), 3 * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost,
+        JCuda.cudaMemcpyAsync(hostCounters.pointer(), counters.pointer(), COUNTERS * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost,
                 stream.runtime());
         stream.synchronize();
         ByteBuffer c = hostCounters.buffer();
-        return new Counts(c.getLong(0), c.getLong(8), c.getLong(16));
+        return new Counts(c.getLong(0), c.getLong(8), c.getLong(16), c.getLong(24));
     }
 
-    /** The element indexes of the block's ambiguous elements (little-endian longs, in no order); at most {@link #AMBIGUOUS_CAPACITY}. */
-    public ByteBuffer ambiguousElements(long count) {
-        JCuda.cudaMemcpyAsync(hostAmbiguous.pointer(), ambiguous.pointer(), count * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost,
+    /** The element indexes {@link #settle} left to the host (little-endian longs, in no order). */
+    public ByteBuffer forHostElements(long count) {
+        JCuda.cudaMemcpyAsync(hostAmbiguous.pointer(), forHost.pointer(), count * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost,
                 stream.runtime());
         stream.synchronize();
         return hostAmbiguous.buffer();
@@ -191,5 +221,6 @@ public final class DeviceWorker implements AutoCloseable {
         dPacked.close();
         counters.close();
         ambiguous.close();
+        forHost.close();
     }
 }

@@ -1,6 +1,7 @@
 package org.loramerge.engine.cuda;
 
 import java.util.EnumMap;
+import java.util.Locale;
 import java.util.Map;
 import jcuda.Pointer;
 import jcuda.driver.CUfunction;
@@ -9,18 +10,29 @@ import org.loramerge.format.DType;
 import org.loramerge.format.FloatFormat;
 
 /**
- * The fused add-and-round kernels of kernels/round.cu ({@code merge_round_bf16/f16/f32}): one
- * thread per element of a row block, a 2-D grid of (columns / 256, rows). See that file for what
- * they compute and list.
+ * The kernels of kernels/round.cu: the fused add-and-round ({@code merge_round_bf16/f16/f32}, one
+ * thread per element of a row block, a 2-D grid of (columns / 256, rows)) and the exact settling
+ * of the elements it lists ({@code settle_*}, one thread per listed element). See that file for
+ * what they compute.
  */
 final class MergeKernels {
     private static final int THREADS = 256;
+    /** Blocks of the settle grid: the list is at most DeviceWorker.AMBIGUOUS_CAPACITY long, strided over them. */
+    private static final int SETTLE_BLOCKS = 256;
     private final Map<DType, CUfunction> mergeRound = new EnumMap<>(DType.class);
+    private final Map<DType, CUfunction> settle = new EnumMap<>(DType.class);
 
     MergeKernels(PtxModule module) {
-        mergeRound.put(DType.BF16, module.function("merge_round_bf16"));
-        mergeRound.put(DType.F16, module.function("merge_round_f16"));
-        mergeRound.put(DType.F32, module.function("merge_round_f32"));
+        for (DType d : new DType[] {DType.BF16, DType.F16, DType.F32}) {
+            String type = d.name().toLowerCase(Locale.ROOT);
+            mergeRound.put(d, module.function("merge_round_" + type));
+            settle.put(d, module.function("settle_" + type));
+        }
+    }
+
+    /** Launches settle for {@code fmt} over the list merge_round wrote, on {@code stream}. */
+    void settle(CudaStream stream, FloatFormat fmt, Pointer... params) {
+        JCudaDriver.cuLaunchKernel(settle.get(fmt.dtype()), SETTLE_BLOCKS, 1, 1, THREADS, 1, 1, 0, stream.driver(), Pointer.to(params), null);
     }
 
     /** Launches merge_round for {@code fmt} over a block of rows x cols, on {@code stream}. */

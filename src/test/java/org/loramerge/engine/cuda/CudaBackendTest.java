@@ -22,6 +22,7 @@ import org.loramerge.engine.TensorMerge;
 import org.loramerge.engine.cpu.CpuBackend;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
+import org.loramerge.format.FloatFormat;
 import org.loramerge.format.MappedRegion;
 import org.loramerge.format.SafetensorsFile;
 import org.loramerge.pipeline.AtomicOutput;
@@ -37,6 +38,7 @@ import org.loramerge.testutil.TensorFiles;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /** The CUDA engine must write exactly the CPU engine's bytes. Skips itself where there is no usable GPU. */
 @Tag("gpu")
@@ -133,6 +135,55 @@ class CudaBackendTest {
                 }
             }
         }
+    }
+
+    /**
+     * Factors that are exactly bf16 values (what bf16 training saves) put many merged values exactly
+     * on bf16 rounding midpoints: the device settles them exactly, with the CPU engine's bytes, and
+     * none needs decimal arithmetic.
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("tieDtypes")
+    void bf16RepresentableFactorsAreSettledOnTheDeviceWithTheCpuBytes(DType dtype) throws Exception {
+        int rows = 768;
+        int cols = 512;
+        int rank = 16;
+        SplittableRandom rnd = new SplittableRandom(7 + dtype.ordinal());
+        double[] w = gaussian(rnd, rows * cols, 0.02);
+        double[] a = gaussian(rnd, rank * cols, 0.02);
+        double[] b = gaussian(rnd, rows * rank, 0.02);
+        for (double[] v : new double[][] {w, a, b}) {
+            for (int i = 0; i < v.length; i++) {
+                v[i] = FloatFormat.BF16.round(v[i]);
+            }
+        }
+        TensorFiles files = new TensorFiles()
+                .add("w", dtype, new long[] {rows, cols}, w)
+                .add("a", DType.F32, new long[] {rank, cols}, a)
+                .add("b", DType.F32, new long[] {rows, rank}, b);
+        try (SafetensorsFile f = files.write(dir.resolve("t.safetensors"))) {
+            TermSpec term = new TermSpec("x", Layout.LINEAR, TensorFiles.source(f, "a"), TensorFiles.source(f, "b"), rank, 2.0);
+            OutputTensor out = OutputTensor.merge("w", dtype, TensorFiles.source(f, "w"), new OutputTensor.Update(List.of(term), null, null));
+            TensorJob job = TensorJob.prepare(out);
+            int rowBytes = cols * dtype.sizeInBytes();
+            ByteBuffer expected = ByteBuffer.allocateDirect(rows * rowBytes).order(ByteOrder.LITTLE_ENDIAN);
+            ByteBuffer got = cuda.allocateBlockBuffer(rows * rowBytes);
+            BlockStats onCpuStats = new BlockStats();
+            BlockStats onGpuStats = new BlockStats();
+            try (CpuBackend cpu = new CpuBackend(1); TensorMerge onCpu = cpu.openMerge(job); TensorMerge onGpu = cuda.openMerge(job);
+                 MappedRegion src = f.map(f.tensor("w"), 0, (long) rows * rowBytes)) {
+                onCpu.mergeRows(0, rows, src.bytes(), expected, onCpuStats);
+                onGpu.mergeRows(0, rows, src.bytes(), got, onGpuStats);
+            }
+            assertEquals(expected.position(0).limit(rows * rowBytes), got.position(0).limit(rows * rowBytes), "GPU and CPU bytes differ");
+            assertTrue(onCpuStats.exactlyRounded() > 100, "the case must put values on rounding midpoints; got " + onCpuStats.exactlyRounded());
+            assertEquals(onCpuStats.exactlyRounded(), onGpuStats.exactlyRounded(), "settled exactly on the device");
+            assertEquals(0, onGpuStats.exactFallbacks(), "no decimal arithmetic");
+        }
+    }
+
+    static Stream<DType> tieDtypes() {
+        return Stream.of(DType.BF16, DType.F16, DType.F32);
     }
 
     static double[] gaussian(SplittableRandom rnd, int n, double std) {
