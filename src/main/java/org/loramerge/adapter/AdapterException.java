@@ -22,7 +22,13 @@ public final class AdapterException extends Exception {
         /** Shapes of the adapter and the base do not fit together. */
         SHAPE_MISMATCH,
         /** The config and the weights disagree (rank, DoRA, targeting). */
-        CONFIG_MISMATCH
+        CONFIG_MISMATCH,
+        /**
+         * A regular expression of the config (target_modules, exclude_modules, layers_pattern,
+         * rank_pattern, alpha_pattern keys) that Python's re rejects, or that cannot be matched in
+         * linear time (backreferences, lookaround) or is too large to match in bounded time.
+         */
+        REGEX
     }
 
     private final Reason reason;

@@ -3,7 +3,6 @@ package org.loramerge.adapter;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
-import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.loramerge.testutil.TinyModels.PEFT_PREFIX;
@@ -454,9 +453,10 @@ class AdapterInputTest {
     }
 
     @Test
-    void patternKeyReturnsNullWhenNothingMatches() {
-        assertNull(AdapterConfig.patternKey(List.of("v_proj", "^model.layers.1.self_attn.q_proj"), q(0)));
-        assertEquals("^model.layers.1.self_attn.q_proj", AdapterConfig.patternKey(List.of("v_proj", "^model.layers.1.self_attn.q_proj"), q(1)));
+    void moduleThatNoRankPatternKeyMatchesKeepsR() throws Exception {
+        AdapterConfig c = config(loraConfig(8, 16, Q_LIST, "\"rank_pattern\": {\"v_proj\": 2, \"^model.layers.1.self_attn.q_proj\": 3}"));
+        assertEquals(8, c.rankFor(q(0)));
+        assertEquals(3, c.rankFor(q(1)));
     }
 
     // ------------------------------------------------------------------ helpers over plans
