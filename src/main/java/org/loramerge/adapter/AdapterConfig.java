@@ -128,6 +128,7 @@ public final class AdapterConfig {
     static AdapterConfig parse(Path file, JsonNode root) throws AdapterException {
         Builder b = new Builder();
         b.path = file;
+        LoraConfigFields.check(file, root);
         String peftType = text(file, root, "peft_type", "LORA");
         if (!peftType.equals("LORA")) {
             throw new AdapterException(UNSUPPORTED, file, "peft_type is " + peftType + "; loramerge merges LoRA adapters only");
@@ -137,6 +138,20 @@ public final class AdapterConfig {
             JsonNode n = root.get(blocker);
             if (n != null && !n.isNull() && !(n.isArray() && n.isEmpty())) {
                 throw new AdapterException(UNSUPPORTED, file, blocker + " is set; PEFT cannot merge such an adapter into plain weights, so neither can loramerge");
+            }
+        }
+        // LoRA variants whose change to the weight is not s·B·A (peft tuners/lora/variants.py)
+        if (root.path("use_qalora").asBoolean(false)) {
+            throw new AdapterException(UNSUPPORTED, file, "use_qalora is true: QA-LoRA's lora_A acts on group-pooled inputs, so its change to a weight "
+                    + "is not s·B·A, and PEFT cannot merge it either; use the adapter unmerged, or retrain without use_qalora");
+        }
+        for (String[] variant : new String[][] {
+                {"use_bdlora", "BD-LoRA (block-diagonal factors sharded across devices)"},
+                {"kasa_config", "KaSA (which truncates the base weight's singular values when it merges)"}}) {
+            JsonNode n = root.get(variant[0]);
+            if (n != null && !n.isNull()) {
+                throw new AdapterException(UNSUPPORTED, file, variant[0] + " is set: " + variant[1] + " merges differently from plain LoRA and "
+                        + "loramerge does not reproduce it; use PEFT to merge this adapter");
             }
         }
         JsonNode tp = root.get("target_parameters");
@@ -153,7 +168,11 @@ public final class AdapterConfig {
         }
         b.r = intValue(file, root, "r", 8);
         if (b.r <= 0) {
-            throw new AdapterException(INVALID_CONFIG, file, "r is " + b.r + "; it must be positive");
+            throw new AdapterException(INVALID_CONFIG, file, "r is " + b.r + "; it must be positive: fix it to the rank the adapter was trained with");
+        }
+        double dropout = number(file, root, "lora_dropout", 0);
+        if (!(dropout >= 0 && dropout <= 1)) {
+            throw new AdapterException(INVALID_CONFIG, file, "lora_dropout is " + dropout + ", but a dropout probability lies from 0 to 1 (torch.nn.Dropout refuses it); fix the field");
         }
         b.alpha = number(file, root, "lora_alpha", 8);
         b.useRslora = bool(file, root, "use_rslora");
@@ -162,11 +181,15 @@ public final class AdapterConfig {
         b.loraBias = bool(file, root, "lora_bias");
         b.ensureWeightTying = bool(file, root, "ensure_weight_tying");
         b.bias = text(file, root, "bias", "none");
+        if (!List.of("none", "all", "lora_only").contains(b.bias)) {
+            throw new AdapterException(INVALID_CONFIG, file, "bias is \"" + b.bias + "\", but PEFT knows only \"none\", \"all\" and \"lora_only\"; fix the field");
+        }
         JsonNode rp = root.get("rank_pattern");
         if (rp != null && rp.isObject()) {
             for (Map.Entry<String, JsonNode> e : rp.properties()) {
-                if (!e.getValue().canConvertToInt() || !e.getValue().isIntegralNumber()) {
-                    throw new AdapterException(INVALID_CONFIG, file, "rank_pattern[\"" + e.getKey() + "\"] is not an integer");
+                if (!e.getValue().canConvertToInt() || e.getValue().intValue() <= 0) {
+                    throw new AdapterException(INVALID_CONFIG, file, "rank_pattern[\"" + e.getKey() + "\"] is " + e.getValue()
+                            + ", not a positive rank; fix it to the rank that module was trained with");
                 }
                 b.rankKeys.put(e.getKey(), compileKey(b, "rank_pattern", e.getKey()));
                 b.rankPattern.put(e.getKey(), e.getValue().intValue());

@@ -80,4 +80,35 @@ class HostileInputCliTest {
         assertBadInput(r, out, adapter.resolve("adapter_config.json"));
         assertTrue(r.err().contains("target_modules") && r.err().contains("lookaround"), r::err);
     }
+
+    // ------------------------------------------------------------------ adapter_config.json field types
+
+    @Test
+    void wronglyTypedConfigFieldsStopTheMergeNamingFieldAndType() {
+        String[][] cases = {
+                {"\"target_modules\": 123", "target_modules", "Optional[Union[list[str], str]]"},
+                {"\"exclude_modules\": 5", "exclude_modules", "Optional[Union[list[str], str]]"},
+                {"\"rank_pattern\": \"x\"", "rank_pattern", "Optional[dict]"},
+                {"\"alpha_pattern\": [[\"q_proj\", 2]]", "alpha_pattern", "Optional[dict]"},
+                {"\"r\": null", "\"r\"", "int"},
+                {"\"lora_dropout\": \"x\"", "lora_dropout", "float"},
+        };
+        for (String[] c : cases) {
+            // the field replaces the one loraConfig writes: a JSON object's last duplicate wins, as in Python's json
+            Path adapter = writeAdapter(models.resolve("adapter-" + c[1].replace("\"", "")), loraConfig(4, 8, "[\"q_proj\"]", c[0]), qProjAdapter(4));
+            Map<String, String> before = hashTree(models);
+            CliRun.Result r = merge(base, adapter, out);
+            assertBadInput(r, out, adapter.resolve("adapter_config.json"));
+            assertTrue(r.err().contains(c[1]) && r.err().contains(c[2]), () -> c[0] + ": " + r.err());
+            assertEquals(before, hashTree(models));
+        }
+    }
+
+    @Test
+    void qaloraAdapterIsRefusedWithTheReason() {
+        Path adapter = adapterWith("\"use_qalora\": true");
+        CliRun.Result r = merge(base, adapter, out);
+        assertBadInput(r, out, adapter.resolve("adapter_config.json"));
+        assertTrue(r.err().contains("use_qalora") && r.err().contains("pooled"), r::err);
+    }
 }
