@@ -5,6 +5,7 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import java.io.IOException;
 import java.nio.file.Files;
+import java.nio.file.LinkOption;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
@@ -12,6 +13,8 @@ import java.util.List;
 import java.util.Map;
 import java.util.Optional;
 import java.util.concurrent.ConcurrentHashMap;
+import org.loramerge.format.InputFolder;
+import org.loramerge.format.SafetensorsException;
 
 import static org.loramerge.adapter.AdapterException.Reason.INVALID_CONFIG;
 import static org.loramerge.adapter.AdapterException.Reason.REGEX;
@@ -107,15 +110,21 @@ public final class AdapterConfig {
         List<String> warnings = new ArrayList<>();
     }
 
-    public static AdapterConfig read(Path file) throws AdapterException {
-        if (!Files.exists(file)) {
+    /**
+     * Reads {@code adapter_config.json}: a regular file of at most {@link InputFolder#MAX_CONFIG_BYTES}.
+     *
+     * @throws SafetensorsException when the file is not a regular file or too large
+     */
+    public static AdapterConfig read(Path file) throws AdapterException, SafetensorsException {
+        if (!Files.exists(file, LinkOption.NOFOLLOW_LINKS)) {
             throw new AdapterException(INVALID_CONFIG, file, "not found; pass the folder PEFT's save_pretrained wrote (adapter_config.json + adapter_model.safetensors)");
         }
+        byte[] bytes = InputFolder.readBounded(file, InputFolder.MAX_CONFIG_BYTES, "an adapter_config.json");
         JsonNode root;
         try {
-            root = new ObjectMapper().enable(com.fasterxml.jackson.databind.DeserializationFeature.FAIL_ON_TRAILING_TOKENS).readTree(Files.readAllBytes(file));
+            root = new ObjectMapper().enable(com.fasterxml.jackson.databind.DeserializationFeature.FAIL_ON_TRAILING_TOKENS).readTree(bytes);
         } catch (JsonProcessingException e) {
-            throw new AdapterException(INVALID_CONFIG, file, "not valid JSON: " + e.getOriginalMessage());
+            throw new AdapterException(INVALID_CONFIG, file, "not valid JSON: " + e.getOriginalMessage() + "; fix it, or save the adapter again with PEFT");
         } catch (IOException e) {
             throw new AdapterException(INVALID_CONFIG, file, "cannot read: " + e.getMessage());
         }

@@ -28,6 +28,7 @@ import org.loramerge.plan.QuantTarget;
 import org.loramerge.quant.Nf4Detector;
 import org.loramerge.quant.QuantException;
 import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
 
 @Command(name = "merge", mixinStandardHelpOptions = true, sortOptions = false,
@@ -85,6 +86,9 @@ final class MergeCommand implements Callable<Integer> {
     @Option(names = "--json", description = "print a JSON summary on stdout")
     boolean json;
 
+    @Mixin
+    InputOptions inputs = new InputOptions();
+
     @Option(names = "--quiet", description = "no progress line")
     boolean quiet;
 
@@ -98,7 +102,7 @@ final class MergeCommand implements Callable<Integer> {
         // the engine starts (CUDA context, cuBLAS, kernels: about a second) while the plan is made
         CompletableFuture<Backends.Choice> opening = openInBackground(device, cpuThreads);
         Backends.Choice choice = null;
-        try (Checkpoint ckpt = openBase(base); LoraAdapter lora = openAdapter(adapter)) {
+        try (Checkpoint ckpt = openBase(base, inputs.followSymlinks); LoraAdapter lora = openAdapter(adapter, inputs.followSymlinks)) {
             PlanOptions planOptions = planOptions(ckpt, base, dtypeOption, to, shardSize);
             MergePlan plan = plan(ckpt, lora, planOptions);
             choice = await(opening);
@@ -216,17 +220,22 @@ final class MergeCommand implements Callable<Integer> {
         }
     }
 
-    static Checkpoint openBase(Path dir) throws CliException, SafetensorsException {
+    static Checkpoint openBase(Path dir, boolean followSymlinks) throws CliException, SafetensorsException {
+        return openModel("--base", dir, followSymlinks);
+    }
+
+    /** Opens the model folder given as {@code option}; a folder that cannot be read is a bad input. */
+    static Checkpoint openModel(String option, Path dir, boolean followSymlinks) throws CliException, SafetensorsException {
         try {
-            return Checkpoint.open(dir);
+            return Checkpoint.open(dir, followSymlinks);
         } catch (IOException e) {
-            throw new CliException(ExitCodes.BAD_INPUT, "--base: " + e.getMessage(), e);
+            throw new CliException(ExitCodes.BAD_INPUT, option + ": " + e.getMessage(), e);
         }
     }
 
-    static LoraAdapter openAdapter(Path dir) throws CliException, SafetensorsException, AdapterException {
+    static LoraAdapter openAdapter(Path dir, boolean followSymlinks) throws CliException, SafetensorsException, AdapterException {
         try {
-            return LoraAdapter.open(dir);
+            return LoraAdapter.open(dir, followSymlinks);
         } catch (IOException e) {
             throw new CliException(ExitCodes.BAD_INPUT, "--adapter: " + e.getMessage(), e);
         }

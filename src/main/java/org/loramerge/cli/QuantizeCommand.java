@@ -16,6 +16,7 @@ import org.loramerge.pipeline.Progress;
 import org.loramerge.quant.ModelQuantizer;
 import org.loramerge.quant.QuantException;
 import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
 
 @Command(name = "quantize", mixinStandardHelpOptions = true, sortOptions = false,
@@ -46,12 +47,15 @@ final class QuantizeCommand implements Callable<Integer> {
     @Option(names = "--quiet", description = "no progress lines")
     boolean quiet;
 
+    @Mixin
+    InputOptions inputs = new InputOptions();
+
     @Override
     public Integer call() throws Exception {
         ModelQuantizer.Options options = new ModelQuantizer.Options(blocksize, doubleQuant);
         PrintStream err = System.err;
         ModelQuantizer.Report report;
-        try (Checkpoint ckpt = MergeCommand.openBase(base);
+        try (Checkpoint ckpt = MergeCommand.openBase(base, inputs.followSymlinks);
              AtomicOutput output = AtomicOutput.create(out, overwrite, List.of(base))) {
             report = ModelQuantizer.run(ckpt, output, options, line -> {
                 if (!quiet) {

@@ -11,6 +11,7 @@ import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.verify.Verifier;
 import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
 
 @Command(name = "verify", mixinStandardHelpOptions = true, sortOptions = false,
@@ -41,10 +42,13 @@ final class VerifyCommand implements Callable<Integer> {
     @Option(names = "--json", description = "print the findings as JSON on stdout")
     boolean json;
 
+    @Mixin
+    InputOptions inputs = new InputOptions();
+
     @Override
     public Integer call() throws Exception {
-        try (Checkpoint b = MergeCommand.openBase(base); LoraAdapter a = MergeCommand.openAdapter(adapter);
-             Checkpoint m = MergeCommand.openBase(merged)) {
+        try (Checkpoint b = MergeCommand.openBase(base, inputs.followSymlinks); LoraAdapter a = MergeCommand.openAdapter(adapter, inputs.followSymlinks);
+             Checkpoint m = MergeCommand.openModel("--merged", merged, inputs.followSymlinks)) {
             PlanOptions options = MergeCommand.planOptions(b, base, null, to, PlanOptions.DEFAULT_MAX_SHARD_SIZE);
             MergePlan plan = MergeCommand.plan(b, a, options);
             Verifier.Result result = Verifier.verify(plan, m, rows, maxUlp);

@@ -376,7 +376,7 @@ class AdapterInputTest {
 
     // ------------------------------------------------------------------ config semantics
 
-    private AdapterConfig config(String json) throws AdapterException {
+    private AdapterConfig config(String json) throws Exception {
         Path file = writeText(dir.resolve("cfg").resolve("adapter_config.json"), json);
         return AdapterConfig.read(file);
     }

@@ -1,13 +1,13 @@
 package org.loramerge.cli;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.loramerge.cli.CliRun.assertBadInput;
 import static org.loramerge.cli.CliRun.assertNoLeftovers;
 import static org.loramerge.cli.CliRun.assertNoOutput;
 import static org.loramerge.cli.CliRun.merge;
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertFalse;
-import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.loramerge.testutil.TinyModels.f16;
 import static org.loramerge.testutil.TinyModels.f32;
 import static org.loramerge.testutil.TinyModels.hashTree;
@@ -129,11 +129,8 @@ class BadInputCliTest {
     @Test
     void symlinkedShardAsInTheHuggingFaceCacheMerges() throws Exception {
         // a snapshot folder of the Hugging Face cache links each file to ../../blobs/<hash>
-        Path sharded = TinyModels.writeShardedModel(models.resolve("sharded"),
-                List.of(TinyModels.tinyLlama().subList(0, 3), TinyModels.tinyLlama().subList(3, 7)));
-        Path blobs = Files.createDirectories(dir.resolve("blobs"));
-        Path real = Files.move(sharded.resolve(shardName(1, 2)), blobs.resolve("5f3a9c"));
-        Files.createSymbolicLink(sharded.resolve(shardName(1, 2)), real);
+        Path sharded = TinyModels.asHuggingFaceCache(TinyModels.writeShardedModel(models.resolve("sharded"),
+                List.of(TinyModels.tinyLlama().subList(0, 3), TinyModels.tinyLlama().subList(3, 7))), dir.resolve("hub"), "org/tiny");
         Path out = dir.resolve("merged");
         CliRun.Result r = merge(sharded, adapter, out);
         assertEquals(ExitCodes.OK, r.code(), r::err);

@@ -3,19 +3,27 @@ package org.loramerge.cli;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTimeoutPreemptively;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
 import static org.loramerge.cli.CliRun.assertBadInput;
 import static org.loramerge.cli.CliRun.merge;
 import static org.loramerge.testutil.TinyModels.hashTree;
 import static org.loramerge.testutil.TinyModels.loraConfig;
 import static org.loramerge.testutil.TinyModels.qProjAdapter;
+import static org.loramerge.testutil.TinyModels.replaceWithFifo;
+import static org.loramerge.testutil.TinyModels.replaceWithLink;
 import static org.loramerge.testutil.TinyModels.writeAdapter;
+import static org.loramerge.testutil.TinyModels.writeSparse;
 
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
+import java.util.List;
 import java.util.Map;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
+import org.loramerge.format.InputFolder;
+import org.loramerge.format.ShardIndex;
 import org.loramerge.testutil.TinyModels;
 
 /**
@@ -110,5 +118,155 @@ class HostileInputCliTest {
         CliRun.Result r = merge(base, adapter, out);
         assertBadInput(r, out, adapter.resolve("adapter_config.json"));
         assertTrue(r.err().contains("use_qalora") && r.err().contains("pooled"), r::err);
+    }
+
+    // ------------------------------------------------------------------ special files, sizes, links
+
+    private Path sharded() {
+        return TinyModels.writeShardedModel(models.resolve("sharded"),
+                List.of(TinyModels.tinyLlama().subList(0, 3), TinyModels.tinyLlama().subList(3, 7)));
+    }
+
+    @Test
+    void namedPipeAsAnyInputFileIsRefusedInsteadOfBlocking() {
+        assumeTrue(TinyModels.hasMkfifo(), "no mkfifo here");
+        Path sharded = sharded();
+        Path adapter = adapterWith("");
+        Path[] inputs = {sharded.resolve("config.json"), sharded.resolve(ShardIndex.FILE_NAME), sharded.resolve(TinyModels.shardName(1, 2)),
+                sharded.resolve("tokenizer.json"), adapter.resolve("adapter_config.json"), adapter.resolve("adapter_model.safetensors")};
+        for (Path input : inputs) {
+            Path saved = dir.resolve("saved");
+            copyIfExists(input, saved);
+            replaceWithFifo(input);
+            CliRun.Result r = assertTimeoutPreemptively(PROMPTLY, () -> merge(sharded, adapter, out));
+            assertBadInput(r, out, input);
+            assertTrue(r.err().contains("named pipe"), r::err);
+            restore(saved, input);
+        }
+    }
+
+    @Test
+    void devZeroAsAdapterConfigOrIndexIsRefusedWithoutExhaustingMemory() {
+        assumeTrue(Files.exists(Path.of("/dev/zero")));
+        Path sharded = sharded();
+        Path adapter = adapterWith("");
+        for (Path input : new Path[] {adapter.resolve("adapter_config.json"), sharded.resolve(ShardIndex.FILE_NAME)}) {
+            Path saved = dir.resolve("saved");
+            copyIfExists(input, saved);
+            replaceWithLink(input, Path.of("/dev/zero"));
+            for (String[] extra : new String[][] {{}, {"--follow-symlinks"}}) {
+                CliRun.Result r = assertTimeoutPreemptively(PROMPTLY, () -> merge(sharded, adapter, out, extra));
+                assertBadInput(r, out, input);
+                assertTrue(r.err().contains(extra.length == 0 ? "outside" : "character device"), r::err);
+            }
+            restore(saved, input);
+        }
+    }
+
+    @Test
+    void jsonInputsOverTheirSizeCapAreRefusedNamingTheCap() {
+        Path sharded = sharded();
+        Path adapter = adapterWith("");
+        Object[][] cases = {{sharded.resolve(ShardIndex.FILE_NAME), InputFolder.MAX_INDEX_BYTES, "64 MB"},
+                {sharded.resolve("config.json"), InputFolder.MAX_CONFIG_BYTES, "16 MB"},
+                {adapter.resolve("adapter_config.json"), InputFolder.MAX_CONFIG_BYTES, "16 MB"}};
+        for (Object[] c : cases) {
+            Path input = (Path) c[0];
+            Path saved = dir.resolve("saved");
+            copyIfExists(input, saved);
+            writeSparse(input, (Long) c[1] + 1);
+            CliRun.Result r = assertTimeoutPreemptively(PROMPTLY, () -> merge(sharded, adapter, out));
+            assertBadInput(r, out, input);
+            assertTrue(r.err().contains((String) c[2]), r::err);
+            restore(saved, input);
+        }
+    }
+
+    @Test
+    void shardNameLinkedOutsideTheModelFolderIsRefusedUnlessLinksAreFollowed() throws Exception {
+        Path sharded = sharded();
+        Path adapter = adapterWith("");
+        Path outside = Files.move(sharded.resolve(TinyModels.shardName(1, 2)), dir.resolve("elsewhere.safetensors"));
+        Path link = replaceWithLink(sharded.resolve(TinyModels.shardName(1, 2)), outside);
+        Map<String, String> before = hashTree(models);
+        CliRun.Result r = merge(sharded, adapter, out);
+        assertBadInput(r, out, link);
+        assertTrue(r.err().contains(outside.toRealPath().toString()), r::err);
+        assertEquals(before, hashTree(models));
+        CliRun.Result followed = merge(sharded, adapter, out, "--follow-symlinks");
+        assertEquals(ExitCodes.OK, followed.code(), followed::err);
+    }
+
+    @Test
+    void tokenizerLinkedToASystemFileIsNotCopiedIntoTheOutput() throws Exception {
+        Path secret = TinyModels.writeText(dir.resolve("passwd"), "root:x:0:0:root:/root:/bin/bash\n");
+        Path adapter = adapterWith("");
+        Path link = replaceWithLink(base.resolve("tokenizer.json"), secret);
+        CliRun.Result r = merge(base, adapter, out);
+        assertBadInput(r, out, link);
+        // the user may say they trust it
+        CliRun.Result followed = merge(base, adapter, out, "--follow-symlinks");
+        assertEquals(ExitCodes.OK, followed.code(), followed::err);
+        assertEquals(Files.readString(secret), Files.readString(out.resolve("tokenizer.json")));
+        assertTrue(Files.isRegularFile(out.resolve("tokenizer.json"), java.nio.file.LinkOption.NOFOLLOW_LINKS), "the output holds a copy, not a link");
+    }
+
+    @Test
+    void adapterFileLinkedOutsideItsFolderIsRefused() throws Exception {
+        Path adapter = adapterWith("");
+        Path outside = Files.move(adapter.resolve("adapter_config.json"), dir.resolve("adapter_config.json"));
+        Path link = replaceWithLink(adapter.resolve("adapter_config.json"), outside);
+        assertBadInput(merge(base, adapter, out), out, link);
+    }
+
+    @Test
+    void baseAndAdapterInTheHuggingFaceCacheMergeVerifyAndInspect() throws Exception {
+        Path hub = dir.resolve("hub");
+        Path cachedBase = TinyModels.asHuggingFaceCache(sharded(), hub, "org/tiny");
+        Path cachedAdapter = TinyModels.asHuggingFaceCache(adapterWith(""), hub, "org/tiny-lora");
+        CliRun.Result r = merge(cachedBase, cachedAdapter, out);
+        assertEquals(ExitCodes.OK, r.code(), r::err);
+        assertTrue(Files.isRegularFile(out.resolve("config.json"), java.nio.file.LinkOption.NOFOLLOW_LINKS));
+        CliRun.Result v = CliRun.verify(cachedBase, cachedAdapter, out);
+        assertEquals(ExitCodes.OK, v.code(), v::err);
+        assertEquals(ExitCodes.OK, CliRun.run("inspect", cachedBase.toString()).code());
+        assertEquals(ExitCodes.OK, CliRun.run("inspect", cachedAdapter.toString()).code());
+    }
+
+    @Test
+    void verifyInspectAndQuantizeRefuseEscapingLinksUnlessLinksAreFollowed() throws Exception {
+        Path adapter = adapterWith("");
+        assertEquals(ExitCodes.OK, merge(base, adapter, out).code());
+        Path secret = TinyModels.writeText(dir.resolve("secret.json"), "{}\n");
+        Path link = replaceWithLink(out.resolve("generation_config.json"), secret);
+        assertBadInput(CliRun.verify(base, adapter, out), link);
+        assertEquals(ExitCodes.OK, CliRun.verify(base, adapter, out, "--follow-symlinks").code());
+        assertBadInput(CliRun.run("inspect", out.toString()), link);
+        assertEquals(ExitCodes.OK, CliRun.run("inspect", out.toString(), "--follow-symlinks").code());
+        Path quantized = dir.resolve("nf4");
+        assertBadInput(CliRun.run("quantize", "--base", out.toString(), "--out", quantized.toString(), "--quiet"), quantized, link);
+        assertEquals(ExitCodes.OK, CliRun.run("quantize", "--base", out.toString(), "--out", quantized.toString(), "--quiet", "--follow-symlinks").code());
+    }
+
+    private static void copyIfExists(Path from, Path to) {
+        try {
+            Files.deleteIfExists(to);
+            if (Files.exists(from)) {
+                Files.copy(from, to);
+            }
+        } catch (java.io.IOException e) {
+            throw new java.io.UncheckedIOException(e);
+        }
+    }
+
+    private static void restore(Path saved, Path to) {
+        try {
+            Files.deleteIfExists(to);
+            if (Files.exists(saved)) {
+                Files.move(saved, to);
+            }
+        } catch (java.io.IOException e) {
+            throw new java.io.UncheckedIOException(e);
+        }
     }
 }
