@@ -81,15 +81,22 @@ public final class Checkpoint implements AutoCloseable {
                     files.add(f);
                     byName.put(shard, f);
                 }
+                // an index that disagrees with its shards is damaged: transformers would silently drop a tensor it does not list
                 for (SafetensorsFile f : files) {
+                    String shard = f.path().getFileName().toString();
                     for (TensorInfo t : f.tensors()) {
                         String mapped = idx.weightMap().get(t.name());
                         if (mapped == null) {
-                            warnings.add(f.path().getFileName() + " holds '" + t.name() + "', which the index does not list; it is ignored, as transformers ignores it");
-                        } else if (byName.get(mapped) == f) {
-                            tensors.put(t.name(), t);
-                            fileOf.put(t.name(), f);
+                            throw new SafetensorsException(INDEX_MISMATCH, index, t.name(), "shard " + shard + " holds this tensor but the index "
+                                    + "does not list it, so a loader would leave it out of the model; the index and its shards disagree: "
+                                    + "download the model again");
                         }
+                        if (byName.get(mapped) != f) {
+                            throw new SafetensorsException(INDEX_MISMATCH, index, t.name(), "shard " + shard + " holds this tensor but the index "
+                                    + "places it in " + mapped + "; the index and its shards disagree: download the model again");
+                        }
+                        tensors.put(t.name(), t);
+                        fileOf.put(t.name(), f);
                     }
                 }
                 for (Map.Entry<String, String> e : idx.weightMap().entrySet()) {

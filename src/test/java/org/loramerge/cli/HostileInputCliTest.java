@@ -248,6 +248,24 @@ class HostileInputCliTest {
         assertEquals(ExitCodes.OK, CliRun.run("quantize", "--base", out.toString(), "--out", quantized.toString(), "--quiet", "--follow-symlinks").code());
     }
 
+    // ------------------------------------------------------------------ an index that disagrees with its shards
+
+    @Test
+    void indexThatLeavesOutATensorItsShardHoldsIsBadInputNamingTensorAndShard() {
+        Path sharded = sharded();
+        Map<String, String> weightMap = new java.util.LinkedHashMap<>();
+        TinyModels.tinyLlama().subList(0, 3).forEach(t -> weightMap.put(t.name(), TinyModels.shardName(0, 2)));
+        TinyModels.tinyLlama().subList(3, 6).forEach(t -> weightMap.put(t.name(), TinyModels.shardName(1, 2)));
+        // model.norm.weight, the last tensor of shard 2, is not listed: a loader would silently leave it out
+        Path index = TinyModels.writeIndex(sharded, weightMap, 0);
+        Path adapter = adapterWith("");
+        Map<String, String> before = hashTree(models);
+        CliRun.Result r = merge(sharded, adapter, out);
+        assertBadInput(r, out, index);
+        assertTrue(r.err().contains("model.norm.weight") && r.err().contains(TinyModels.shardName(1, 2)), r::err);
+        assertEquals(before, hashTree(models));
+    }
+
     private static void copyIfExists(Path from, Path to) {
         try {
             Files.deleteIfExists(to);
