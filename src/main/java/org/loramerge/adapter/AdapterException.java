@@ -21,6 +21,8 @@ public final class AdapterException extends Exception {
         NO_SUCH_BASE_TENSOR,
         /** Shapes of the adapter and the base do not fit together. */
         SHAPE_MISMATCH,
+        /** A base tensor the adapter changes is not floating point (an integer or FP8 dtype), so there is nothing to merge into. */
+        BASE_DTYPE,
         /** The config and the weights disagree (rank, DoRA, targeting). */
         CONFIG_MISMATCH,
         /**

@@ -24,6 +24,7 @@ import org.loramerge.quant.Nf4Requantizer;
 import org.loramerge.quant.Nf4Tensor;
 import org.loramerge.quant.QuantException;
 
+import static org.loramerge.adapter.AdapterException.Reason.BASE_DTYPE;
 import static org.loramerge.adapter.AdapterException.Reason.CONFIG_MISMATCH;
 import static org.loramerge.adapter.AdapterException.Reason.MISSING_PARTNER;
 import static org.loramerge.adapter.AdapterException.Reason.NO_SUCH_BASE_TENSOR;
@@ -326,6 +327,9 @@ public final class Planner {
             problem(SHAPE_MISMATCH, "adapter targets " + module + ", whose weight is a scalar");
             return;
         }
+        if ((hasLora || mag != null || tokens != null) && !floatingPointBase(weightName, embedName, tied, p.values())) {
+            return;
+        }
         Ops o = ops.computeIfAbsent(weightName, x -> new Ops());
         int rank = config.rankFor(module);
         double scale = config.scaleFor(module);
@@ -379,6 +383,8 @@ public final class Planner {
             TensorInfo tb = adapter.tensor(bias.key());
             if (bs == null) {
                 problem(NO_SUCH_BASE_TENSOR, "adapter key " + bias.key() + " adds to " + biasName + ", which the base model does not have");
+            } else if (!floatingPointBase(biasName, embedName, tied, List.of(bias))) {
+                // recorded as a problem; the module's token rows are still checked
             } else if (!Arrays.equals(bs, tb.shape())) {
                 problem(SHAPE_MISMATCH, "adapter key " + bias.key() + " has shape " + TensorInfo.shapeString(tb.shape()) + " but " + biasName + " has "
                         + TensorInfo.shapeString(bs));
@@ -409,6 +415,29 @@ public final class Planner {
                 o.keys.add(tokens.key());
             }
         }
+    }
+
+    /**
+     * Whether {@code tensorName}, which the adapter's {@code keys} change, holds floating-point values
+     * the merge computes in (F32, F16, BF16, or a 4-bit weight's dequantized values); otherwise a
+     * problem naming the tensor, its file and dtype. An integer or FP8 weight is not what a LoRA
+     * adapter is trained on.
+     */
+    private boolean floatingPointBase(String tensorName, String embedName, boolean tied, java.util.Collection<AdapterKey> keys) {
+        if (quant.weight(tensorName) != null) {
+            return true;
+        }
+        String stored = tied && tensorName.equals(LM_HEAD) && base.tensor(LM_HEAD) == null ? embedName : tensorName;
+        TensorInfo t = base.tensor(stored);
+        if (t == null || t.dtype().isMergeable()) {
+            return true;
+        }
+        List<String> names = new ArrayList<>();
+        keys.forEach(k -> names.add(k.key()));
+        problem(BASE_DTYPE, "adapter keys " + String.join(", ", names) + " change base tensor " + stored + " (" + base.fileOf(stored).path()
+                + "), which is " + t.dtype() + "; a LoRA merge computes in floating point (F32, F16, BF16) and the adapter was trained on such "
+                + "weights: pass the floating-point base model the adapter was trained on (adapter_config.json base_model_name_or_path)");
+        return false;
     }
 
     /** With ensure_weight_tying, PEFT wraps lm_head of a tied model when the embedding is targeted, and the other way round. */

@@ -22,9 +22,13 @@ import java.util.Map;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.EnumSource;
+import org.loramerge.format.DType;
 import org.loramerge.format.InputFolder;
 import org.loramerge.format.ShardIndex;
 import org.loramerge.testutil.TinyModels;
+import org.loramerge.testutil.TinyModels.Tensor;
 
 /**
  * Inputs made to hurt the tool (issue 10): each ends with the right exit code and a message that
@@ -264,6 +268,41 @@ class HostileInputCliTest {
         assertBadInput(r, out, index);
         assertTrue(r.err().contains("model.norm.weight") && r.err().contains(TinyModels.shardName(1, 2)), r::err);
         assertEquals(before, hashTree(models));
+    }
+
+    // ------------------------------------------------------------------ integer base weights
+
+    @ParameterizedTest
+    @EnumSource(value = DType.class, names = {"I16", "U16", "I32", "U8", "F8_E4M3"})
+    void adapterOnANonFloatingPointBaseWeightIsBadInputForMergeAndVerify(DType dtype) {
+        List<Tensor> tensors = new java.util.ArrayList<>(TinyModels.tinyLlama());
+        String q0 = TinyModels.q(0) + ".weight";
+        long[] shape = {8, 8};
+        tensors.set(0, new Tensor(q0, dtype, shape, TinyModels.pattern(64 * dtype.sizeInBytes(), 3)));
+        Path intBase = TinyModels.writeModel(models.resolve("int-base"), tensors);
+        Path adapter = adapterWith("");
+        Map<String, String> before = hashTree(models);
+        CliRun.Result r = merge(intBase, adapter, out);
+        assertBadInput(r, out, intBase.resolve("model.safetensors"));
+        assertTrue(r.err().contains(q0) && r.err().contains(dtype.name()) && r.err().contains("BASE_DTYPE"), r::err);
+        CliRun.Result v = CliRun.verify(intBase, adapter, base);
+        assertBadInput(v, intBase.resolve("model.safetensors"));
+        assertTrue(v.err().contains(q0), v::err);
+        assertEquals(before, hashTree(models));
+    }
+
+    @Test
+    void loraBiasOnAnIntegerBiasIsBadInput() {
+        List<Tensor> tensors = new java.util.ArrayList<>(TinyModels.tinyLlama());
+        String bias = TinyModels.q(0) + ".bias";
+        tensors.add(new Tensor(bias, DType.I32, new long[] {8}, TinyModels.pattern(32, 5)));
+        Path intBase = TinyModels.writeModel(models.resolve("int-bias"), tensors);
+        List<Tensor> adapterTensors = new java.util.ArrayList<>(qProjAdapter(4));
+        adapterTensors.add(TinyModels.f32Tensor(TinyModels.PEFT_PREFIX + TinyModels.q(0) + ".lora_B.bias", 8));
+        Path adapter = writeAdapter(models.resolve("bias-adapter"), loraConfig(4, 8, "[\"q_proj\"]", "\"lora_bias\": true"), adapterTensors);
+        CliRun.Result r = merge(intBase, adapter, out);
+        assertBadInput(r, out, intBase.resolve("model.safetensors"));
+        assertTrue(r.err().contains(bias) && r.err().contains("I32"), r::err);
     }
 
     private static void copyIfExists(Path from, Path to) {
