@@ -25,6 +25,8 @@ public final class AdapterException extends Exception {
         BASE_DTYPE,
         /** The config and the weights disagree (rank, DoRA, targeting). */
         CONFIG_MISMATCH,
+        /** The adapter changes no tensor of the base (an empty adapter file): a merge would only copy the base. */
+        NO_CHANGE,
         /**
          * A regular expression of the config (target_modules, exclude_modules, layers_pattern,
          * rank_pattern, alpha_pattern keys) that Python's re rejects, or that cannot be matched in

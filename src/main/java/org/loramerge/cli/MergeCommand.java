@@ -76,6 +76,10 @@ final class MergeCommand implements Callable<Integer> {
     @Option(names = "--threads", paramLabel = "N", description = "CPU threads (default: all cores)")
     Integer threads;
 
+    @Option(names = "--allow-empty-adapter", description = "write the output even when the adapter changes no tensor "
+            + "(its file holds no LoRA weights): the output is then a copy of the base")
+    boolean allowEmptyAdapter;
+
     @Option(names = "--verify", description = "before the output appears, recompute sampled rows of every adapted tensor exactly "
             + "(as `loramerge verify`) and report the worst error per tensor; fail if any is not exact")
     boolean verify;
@@ -105,6 +109,7 @@ final class MergeCommand implements Callable<Integer> {
         try (Checkpoint ckpt = openBase(base, inputs.followSymlinks); LoraAdapter lora = openAdapter(adapter, inputs.followSymlinks)) {
             PlanOptions planOptions = planOptions(ckpt, base, dtypeOption, to, shardSize);
             MergePlan plan = plan(ckpt, lora, planOptions);
+            requireAChange(plan, lora, err);
             choice = await(opening);
             double startSeconds = (System.nanoTime() - start) / 1e9;
             try (Backend backend = choice.backend()) {
@@ -209,6 +214,23 @@ final class MergeCommand implements Callable<Integer> {
             return new PlanOptions(target.denseType(), maxShardSize);
         }
         return new PlanOptions(dtype, maxShardSize);
+    }
+
+    /** An adapter that changes nothing is a failure (an adapter saved before training, the wrong folder) unless --allow-empty-adapter. */
+    private void requireAChange(MergePlan plan, LoraAdapter lora, PrintStream err) throws AdapterException {
+        if (!plan.changesNothing()) {
+            return;
+        }
+        String what = lora.keys().isEmpty() ? "holds no tensors" : "holds " + lora.keys().size() + " tensors, none of which changes the base";
+        if (!allowEmptyAdapter) {
+            throw new AdapterException(AdapterException.Reason.NO_CHANGE, lora.dir().resolve(LoraAdapter.WEIGHTS), what
+                    + (lora.config().hasTargetRule() ? " although adapter_config.json targets modules" : "")
+                    + ", so the merge would only copy the base; check that this is the adapter you meant and that it was saved after "
+                    + "training (PEFT's save_pretrained), or pass --allow-empty-adapter to write the copy anyway");
+        }
+        if (!quiet) {
+            err.println("warning: " + lora.dir().resolve(LoraAdapter.WEIGHTS) + " " + what + "; the output is a copy of the base (--allow-empty-adapter)");
+        }
     }
 
     /** Plans the merge; a 4-bit base loramerge cannot read is a bad input. */

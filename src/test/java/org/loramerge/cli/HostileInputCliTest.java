@@ -26,7 +26,9 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.EnumSource;
 import org.loramerge.format.DType;
 import org.loramerge.format.InputFolder;
+import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.ShardIndex;
+import org.loramerge.format.TensorInfo;
 import org.loramerge.testutil.TinyModels;
 import org.loramerge.testutil.TinyModels.Tensor;
 
@@ -303,6 +305,41 @@ class HostileInputCliTest {
         CliRun.Result r = merge(intBase, adapter, out);
         assertBadInput(r, out, intBase.resolve("model.safetensors"));
         assertTrue(r.err().contains(bias) && r.err().contains("I32"), r::err);
+    }
+
+    // ------------------------------------------------------------------ an adapter that changes nothing
+
+    @Test
+    void adapterWithoutTensorsIsAFailureNamingItsFile() {
+        Path empty = writeAdapter(models.resolve("empty"), loraConfig(4, 8, "[\"q_proj\"]", ""), List.of());
+        Map<String, String> before = hashTree(models);
+        CliRun.Result r = merge(base, empty, out);
+        assertBadInput(r, out, empty.resolve("adapter_model.safetensors"));
+        assertTrue(r.err().contains("--allow-empty-adapter") && r.err().contains("NO_CHANGE"), r::err);
+        assertEquals(before, hashTree(models));
+    }
+
+    @Test
+    void adapterWhoseOnlyKeysChangeNothingIsAFailureToo() {
+        // PEFT's copy of an untrained module is not used by a merge
+        List<Tensor> original = List.of(TinyModels.bf16Tensor(TinyModels.PEFT_PREFIX + "model.norm.original_module.weight", 8));
+        Path adapter = writeAdapter(models.resolve("original-only"), loraConfig(4, 8, "[\"q_proj\"]", "\"modules_to_save\": [\"norm\"]"), original);
+        assertBadInput(merge(base, adapter, out), out, adapter.resolve("adapter_model.safetensors"));
+    }
+
+    @Test
+    void allowEmptyAdapterWritesACopyOfTheBaseAndSaysSo() throws Exception {
+        Path empty = writeAdapter(models.resolve("empty"), loraConfig(4, 8, "[\"q_proj\"]", ""), List.of());
+        CliRun.Result r = CliRun.run("merge", "--base", base.toString(), "--adapter", empty.toString(), "--out", out.toString(),
+                "--device", "cpu", "--allow-empty-adapter");
+        assertEquals(ExitCodes.OK, r.code(), r::err);
+        assertTrue(r.err().contains("warning:") && r.err().contains("copy of the base"), r::err);
+        try (SafetensorsFile merged = SafetensorsFile.open(out.resolve("model.safetensors"));
+             SafetensorsFile original = SafetensorsFile.open(base.resolve("model.safetensors"))) {
+            for (TensorInfo t : original.tensors()) {
+                assertEquals(original.readAll(t), merged.readAll(merged.tensor(t.name())), t.name());
+            }
+        }
     }
 
     private static void copyIfExists(Path from, Path to) {
