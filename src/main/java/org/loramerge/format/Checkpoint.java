@@ -208,8 +208,9 @@ public final class Checkpoint implements AutoCloseable {
 
     /**
      * The folder's files that a derived model carries over as they are: everything but weights,
-     * indexes, config.json (rewritten), hidden files and subfolders (tokenizer, generation config,
-     * chat template, ...). Each has passed the folder's rules when the checkpoint was opened.
+     * indexes, config.json (rewritten), a PEFT adapter's files ({@link #adapterFiles()}), hidden files
+     * and subfolders (tokenizer, generation config, chat template, ...). Each has passed the folder's
+     * rules when the checkpoint was opened.
      */
     public List<Path> nonWeightFiles() throws IOException {
         return nonWeightFiles;
@@ -226,12 +227,27 @@ public final class Checkpoint implements AutoCloseable {
             String n = p.getFileName().toString();
             boolean weight = WEIGHT_EXTENSIONS.stream().anyMatch(n::endsWith) || n.equals(ShardIndex.FILE_NAME)
                     || n.equals("pytorch_model.bin.index.json");
-            if (n.startsWith(".") || weight || n.equals("config.json") || Files.isDirectory(p)) {
+            if (n.startsWith(".") || weight || n.equals("config.json") || isAdapterFile(n) || Files.isDirectory(p)) {
                 continue;
             }
             out.add(folder.check(p));
         }
         return Collections.unmodifiableList(out);
+    }
+
+    /**
+     * A PEFT adapter's files in this folder (adapter_config.json, adapter_model.*): never carried into
+     * a merged or quantized model, which loaders would otherwise take for an adapter.
+     */
+    public List<String> adapterFiles() throws IOException {
+        try (java.util.stream.Stream<Path> s = Files.list(dir)) {
+            return s.map(p -> p.getFileName().toString()).filter(Checkpoint::isAdapterFile).sorted().toList();
+        }
+    }
+
+    /** peft utils/constants.py: CONFIG_NAME, and the weights as save_pretrained names them (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME). */
+    private static boolean isAdapterFile(String name) {
+        return name.equals("adapter_config.json") || name.startsWith("adapter_model.");
     }
 
     public long totalTensorBytes() {

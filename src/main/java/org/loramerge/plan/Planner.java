@@ -272,7 +272,34 @@ public final class Planner {
 
         ObjectNode newConfig = updatedConfig(newVocab, untie);
         List<MergePlan.Shard> shards = assignShards(outputs);
-        return new MergePlan(outputs, shards, newConfig, base.nonWeightFiles(), keyUse, warnings, notes);
+        return new MergePlan(outputs, shards, newConfig, filesToCarry(), keyUse, warnings, notes);
+    }
+
+    /**
+     * The base folder's files the output carries ({@link Checkpoint#nonWeightFiles()}, which never
+     * holds an adapter's files). When --base and --adapter are one folder its README is the adapter's
+     * model card (PEFT's save_pretrained writes one), so it stays behind too. A note names what stayed.
+     */
+    private List<java.nio.file.Path> filesToCarry() throws IOException {
+        List<java.nio.file.Path> files = new ArrayList<>(base.nonWeightFiles());
+        List<String> left = new ArrayList<>(base.adapterFiles());
+        boolean oneFolder = java.nio.file.Files.isSameFile(base.dir(), adapter.dir());
+        if (oneFolder) {
+            files.removeIf(p -> {
+                String name = p.getFileName().toString();
+                boolean readme = name.toLowerCase(Locale.ROOT).startsWith("readme");
+                if (readme) {
+                    left.add(name);
+                }
+                return readme;
+            });
+        }
+        if (!left.isEmpty()) {
+            notes.add("not carried into the output: " + String.join(", ", left) + (oneFolder
+                    ? " (--base and --adapter are the same folder: these describe the adapter, and loaders would take the merged model for one)"
+                    : " (an adapter's files never go into a merged model)"));
+        }
+        return files;
     }
 
     /** Records a problem; the merge stops after planning, naming all of them, with the first one's reason. */

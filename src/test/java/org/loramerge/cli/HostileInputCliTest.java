@@ -342,6 +342,32 @@ class HostileInputCliTest {
         }
     }
 
+    // ------------------------------------------------------------------ base and adapter in one folder
+
+    @Test
+    void baseAndAdapterInOneFolderGiveAModelWithoutTheAdaptersFilesAndSaySo() {
+        Path both = TinyModels.writeTinyLlama(models.resolve("both"));
+        writeAdapter(both, loraConfig(4, 8, "[\"q_proj\"]", ""), qProjAdapter(4));
+        TinyModels.writeText(both.resolve("README.md"), "---\nlibrary_name: peft\n---\n# the adapter's model card\n");
+        TinyModels.writeText(both.resolve("tokenizer.json"), "{}\n");
+        Map<String, String> before = hashTree(both);
+        CliRun.Result r = CliRun.run("merge", "--base", both.toString(), "--adapter", both.toString(), "--out", out.toString(), "--device", "cpu");
+        assertEquals(ExitCodes.OK, r.code(), r::err);
+        assertEquals(List.of("config.json", "model.safetensors", "tokenizer.json"), TinyModels.list(out));
+        assertTrue(r.err().contains("not carried") && r.err().contains("README.md") && r.err().contains("adapter_config.json")
+                && r.err().contains("adapter_model.safetensors"), r::err);
+        assertEquals(before, hashTree(both));
+    }
+
+    @Test
+    void adapterFilesInTheBaseFolderStayBehindButItsReadmeIsTheModels() {
+        writeAdapter(base, loraConfig(4, 8, "[\"q_proj\"]", ""), qProjAdapter(4));
+        TinyModels.writeText(base.resolve("README.md"), "# the base model's card\n");
+        CliRun.Result r = merge(base, adapterWith(""), out);
+        assertEquals(ExitCodes.OK, r.code(), r::err);
+        assertEquals(List.of("README.md", "config.json", "model.safetensors"), TinyModels.list(out));
+    }
+
     private static void copyIfExists(Path from, Path to) {
         try {
             Files.deleteIfExists(to);
