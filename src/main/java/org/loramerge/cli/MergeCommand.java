@@ -80,12 +80,13 @@ final class MergeCommand implements Callable<Integer> {
             + "(its file holds no LoRA weights): the output is then a copy of the base")
     boolean allowEmptyAdapter;
 
-    @Option(names = "--verify", description = "before the output appears, recompute sampled rows of every adapted tensor exactly "
-            + "(as `loramerge verify`) and report the worst error per tensor; fail if any is not exact")
+    @Option(names = "--verify", description = "before the output appears, check it as `loramerge verify` does (sampled rows of every "
+            + "adapted tensor recomputed exactly, unchanged tensors compared completely) and report the worst error per tensor; fail if any is not exact")
     boolean verify;
 
-    @Option(names = "--verify-rows", defaultValue = "16", paramLabel = "N", description = "rows per tensor that --verify checks (default: 16)")
-    int verifyRows;
+    @Option(names = "--verify-rows", defaultValue = "16", paramLabel = "N|all",
+            description = "rows per adapted tensor that --verify recomputes: N (default: 16) or all")
+    String verifyRows;
 
     @Option(names = "--json", description = "print a JSON summary on stdout")
     boolean json;
@@ -100,6 +101,7 @@ final class MergeCommand implements Callable<Integer> {
     public Integer call() throws Exception {
         DType dtypeOption = parseDtype(dtype);
         long shardSize = parseSize(maxShardSize);
+        int rowsToVerify = verify ? VerifyCommand.parseRows("--verify-rows", verifyRows) : 0;
         int cpuThreads = threads != null ? threads : Runtime.getRuntime().availableProcessors();
         PrintStream err = System.err;
         long start = System.nanoTime();
@@ -127,7 +129,7 @@ final class MergeCommand implements Callable<Integer> {
                 try (AtomicOutput output = AtomicOutput.create(out, overwrite, List.of(base, adapter))) {
                     Progress progress = new Progress(err, !quiet, plan.totalBytes(), plan.tensors().size());
                     report = MergeRunner.run(plan, backend, output,
-                            new MergeRunner.Options(allowOverflow, MergeRunner.DEFAULT_BLOCK_BYTES, verify ? Math.max(1, verifyRows) : 0), progress);
+                            new MergeRunner.Options(allowOverflow, MergeRunner.DEFAULT_BLOCK_BYTES, rowsToVerify), progress);
                 }
                 report.startSeconds = startSeconds;
                 print(report, err);

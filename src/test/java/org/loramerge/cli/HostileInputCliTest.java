@@ -368,6 +368,91 @@ class HostileInputCliTest {
         assertEquals(List.of("README.md", "config.json", "model.safetensors"), TinyModels.list(out));
     }
 
+    // ------------------------------------------------------------------ verify: unchanged tensors completely
+
+    /** The tiny llama with a 64-row lm_head, and its q_proj merged: the unchanged tensors outnumber verify's old sample. */
+    private Path mergedWithLmHead() {
+        List<Tensor> tensors = new java.util.ArrayList<>(TinyModels.tinyLlama());
+        tensors.add(TinyModels.bf16Tensor("lm_head.weight", 64, 8));
+        Path withHead = TinyModels.writeModel(models.resolve("with-head"), tensors);
+        assertEquals(ExitCodes.OK, merge(withHead, adapterWith(""), out).code());
+        return withHead;
+    }
+
+    /** Rewrites BF16 elements {@code [first, first + count)} of {@code tensor} in the merged model. */
+    private void tamper(String tensor, long first, int count, java.util.function.IntUnaryOperator bits) throws Exception {
+        Path file = out.resolve("model.safetensors");
+        long start;
+        try (SafetensorsFile f = SafetensorsFile.open(file)) {
+            start = f.tensor(tensor).dataStart();
+        }
+        try (java.io.RandomAccessFile raf = new java.io.RandomAccessFile(file.toFile(), "rw")) {
+            for (long e = first; e < first + count; e++) {
+                raf.seek(start + 2 * e);
+                int lo = raf.read();
+                int hi = raf.read();
+                int v = bits.applyAsInt(lo | hi << 8);
+                raf.seek(start + 2 * e);
+                raf.write(v & 0xFF);
+                raf.write(v >>> 8 & 0xFF);
+            }
+        }
+    }
+
+    @Test
+    void verifyFindsANanInOneLmHeadRowThatTheAdapterNeverTouched() throws Exception {
+        Path withHead = mergedWithLmHead();
+        tamper("lm_head.weight", 37 * 8 + 3, 1, b -> 0x7FC0);
+        CliRun.Result r = CliRun.verify(withHead, models.resolve("adapter"), out);
+        assertEquals(ExitCodes.VERIFY_FAILED, r.code(), r::err);
+        assertTrue(r.err().contains("lm_head.weight") && r.err().contains("row 37") && r.err().contains("NaN"), r::err);
+    }
+
+    @Test
+    void verifyFindsOneChangedNormElement() throws Exception {
+        Path withHead = mergedWithLmHead();
+        tamper("model.norm.weight", 5, 1, b -> b + 1);
+        CliRun.Result r = CliRun.verify(withHead, models.resolve("adapter"), out);
+        assertEquals(ExitCodes.VERIFY_FAILED, r.code(), r::err);
+        assertTrue(r.err().contains("model.norm.weight") && r.err().contains("element 5"), r::err);
+    }
+
+    @Test
+    void verifyFindsASignFlippedLmHeadRow() throws Exception {
+        Path withHead = mergedWithLmHead();
+        tamper("lm_head.weight", 22 * 8, 8, b -> b ^ 0x8000);
+        CliRun.Result r = CliRun.verify(withHead, models.resolve("adapter"), out, "--json");
+        assertEquals(ExitCodes.VERIFY_FAILED, r.code(), r::err);
+        assertTrue(r.err().contains("lm_head.weight") && r.err().contains("row 22"), r::err);
+        assertTrue(r.err().contains("8 elements differ from the base"), r::err);
+    }
+
+    @Test
+    void mergeVerifyComparesUnchangedTensorsCompletelyAndPassesItsOwnOutput() {
+        List<Tensor> tensors = new java.util.ArrayList<>(TinyModels.tinyLlama());
+        tensors.add(TinyModels.bf16Tensor("lm_head.weight", 64, 8));
+        Path withHead = TinyModels.writeModel(models.resolve("with-head"), tensors);
+        CliRun.Result r = merge(withHead, adapterWith(""), out, "--verify", "--verify-rows", "all");
+        assertEquals(ExitCodes.OK, r.code(), r::err);
+    }
+
+    @Test
+    void verifyChecksSampledRowsOfAnAdaptedTensorAndEveryRowWithRowsAll() throws Exception {
+        // a 64-row q_proj: an error in row 33 is outside a 2-row sample (rows 0 and 63) and inside --rows all
+        List<Tensor> tensors = new java.util.ArrayList<>(TinyModels.tinyLlama());
+        tensors.set(0, TinyModels.bf16Tensor(TinyModels.q(0) + ".weight", 64, 8));
+        Path tall = TinyModels.writeModel(models.resolve("tall"), tensors);
+        List<Tensor> pair = new java.util.ArrayList<>(TinyModels.loraPair(TinyModels.q(0), 4, 8, 64));
+        Path adapter = writeAdapter(models.resolve("tall-adapter"), loraConfig(4, 8, "[\"q_proj\"]", ""), pair);
+        assertEquals(ExitCodes.OK, merge(tall, adapter, out).code());
+        tamper(TinyModels.q(0) + ".weight", 33 * 8 + 2, 1, b -> b + 4);
+        CliRun.Result sampled = CliRun.verify(tall, adapter, out, "--rows", "2");
+        assertEquals(ExitCodes.OK, sampled.code(), sampled::err);
+        CliRun.Result all = CliRun.verify(tall, adapter, out, "--rows", "all");
+        assertEquals(ExitCodes.VERIFY_FAILED, all.code(), all::err);
+        assertTrue(all.err().contains(TinyModels.q(0) + ".weight") && all.err().contains("ulp"), all::err);
+    }
+
     private static void copyIfExists(Path from, Path to) {
         try {
             Files.deleteIfExists(to);
