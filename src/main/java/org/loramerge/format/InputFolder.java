@@ -41,8 +41,9 @@ public final class InputFolder {
     public static final long MAX_INDEX_BYTES = 64_000_000L;
     /**
      * Largest {@code config.json} or {@code adapter_config.json} read: 16 MB. Model configs are a few
-     * kB (a label map of 100,000 classes reaches 3 MB); an adapter config grows with a rank_pattern
-     * of one key per module, about 80 bytes each, so 16 MB holds some 200,000 modules.
+     * kB (a label map of 100,000 classes reaches 3 MB); an adapter config grows with its lists of
+     * modules and token ids, about 80 bytes an entry, and its patterns are held to far less by
+     * AdapterConfig's bound on their matching time.
      */
     public static final long MAX_CONFIG_BYTES = 16_000_000L;
 
