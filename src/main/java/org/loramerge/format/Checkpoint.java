@@ -12,6 +12,7 @@ import java.util.Collections;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.stream.Stream;
 
 import static org.loramerge.format.SafetensorsException.Reason.INDEX_MISMATCH;
 
@@ -220,7 +221,7 @@ public final class Checkpoint implements AutoCloseable {
     private static List<Path> nonWeightFiles(InputFolder folder) throws IOException, SafetensorsException {
         List<Path> out = new ArrayList<>();
         List<Path> entries;
-        try (java.util.stream.Stream<Path> s = Files.list(folder.dir())) {
+        try (Stream<Path> s = Files.list(folder.dir())) {
             entries = s.sorted().toList();
         }
         for (Path p : entries) {
@@ -240,7 +241,7 @@ public final class Checkpoint implements AutoCloseable {
      * a merged or quantized model, which loaders would otherwise take for an adapter.
      */
     public List<String> adapterFiles() throws IOException {
-        try (java.util.stream.Stream<Path> s = Files.list(dir)) {
+        try (Stream<Path> s = Files.list(dir)) {
             return s.map(p -> p.getFileName().toString()).filter(Checkpoint::isAdapterFile).sorted().toList();
         }
     }

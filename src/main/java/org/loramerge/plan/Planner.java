@@ -3,8 +3,11 @@ package org.loramerge.plan;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.Collection;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
@@ -280,10 +283,10 @@ public final class Planner {
      * holds an adapter's files). When --base and --adapter are one folder its README is the adapter's
      * model card (PEFT's save_pretrained writes one), so it stays behind too. A note names what stayed.
      */
-    private List<java.nio.file.Path> filesToCarry() throws IOException {
-        List<java.nio.file.Path> files = new ArrayList<>(base.nonWeightFiles());
+    private List<Path> filesToCarry() throws IOException {
+        List<Path> files = new ArrayList<>(base.nonWeightFiles());
         List<String> left = new ArrayList<>(base.adapterFiles());
-        boolean oneFolder = java.nio.file.Files.isSameFile(base.dir(), adapter.dir());
+        boolean oneFolder = Files.isSameFile(base.dir(), adapter.dir());
         if (oneFolder) {
             files.removeIf(p -> {
                 String name = p.getFileName().toString();
@@ -450,7 +453,7 @@ public final class Planner {
      * problem naming the tensor, its file and dtype. An integer or FP8 weight is not what a LoRA
      * adapter is trained on.
      */
-    private boolean floatingPointBase(String tensorName, String embedName, boolean tied, java.util.Collection<AdapterKey> keys) {
+    private boolean floatingPointBase(String tensorName, String embedName, boolean tied, Collection<AdapterKey> keys) {
         if (quant.weight(tensorName) != null) {
             return true;
         }

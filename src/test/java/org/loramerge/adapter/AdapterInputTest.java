@@ -19,6 +19,7 @@ import static org.loramerge.testutil.TinyModels.writeText;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.function.Function;
@@ -36,8 +37,8 @@ import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
 import org.loramerge.plan.TermSpec;
-import org.loramerge.testutil.TinyModels;
 import org.loramerge.testutil.TinyModels.Tensor;
+import org.loramerge.testutil.TinyModels;
 
 /**
  * Adapters that cannot be merged as they are, each stopped with a reason and a message naming the
@@ -180,7 +181,7 @@ class AdapterInputTest {
 
     /** A minimal config with {@code field} set to {@code valueJson} (replacing the default where there is one). */
     private static String configWith(String field, String valueJson) {
-        Map<String, String> fields = new java.util.LinkedHashMap<>();
+        Map<String, String> fields = new LinkedHashMap<>();
         fields.put("peft_type", "\"LORA\"");
         fields.put("r", "4");
         fields.put("lora_alpha", "8");

@@ -14,11 +14,18 @@ import static org.loramerge.testutil.TinyModels.replaceWithLink;
 import static org.loramerge.testutil.TinyModels.writeAdapter;
 import static org.loramerge.testutil.TinyModels.writeSparse;
 
+import java.io.IOException;
+import java.io.RandomAccessFile;
+import java.io.UncheckedIOException;
 import java.nio.file.Files;
+import java.nio.file.LinkOption;
 import java.nio.file.Path;
 import java.time.Duration;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.function.IntUnaryOperator;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -29,8 +36,8 @@ import org.loramerge.format.InputFolder;
 import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.ShardIndex;
 import org.loramerge.format.TensorInfo;
-import org.loramerge.testutil.TinyModels;
 import org.loramerge.testutil.TinyModels.Tensor;
+import org.loramerge.testutil.TinyModels;
 
 /**
  * Inputs made to hurt the tool (issue 10): each ends with the right exit code and a message that
@@ -214,7 +221,7 @@ class HostileInputCliTest {
         CliRun.Result followed = merge(base, adapter, out, "--follow-symlinks");
         assertEquals(ExitCodes.OK, followed.code(), followed::err);
         assertEquals(Files.readString(secret), Files.readString(out.resolve("tokenizer.json")));
-        assertTrue(Files.isRegularFile(out.resolve("tokenizer.json"), java.nio.file.LinkOption.NOFOLLOW_LINKS), "the output holds a copy, not a link");
+        assertTrue(Files.isRegularFile(out.resolve("tokenizer.json"), LinkOption.NOFOLLOW_LINKS), "the output holds a copy, not a link");
     }
 
     @Test
@@ -232,7 +239,7 @@ class HostileInputCliTest {
         Path cachedAdapter = TinyModels.asHuggingFaceCache(adapterWith(""), hub, "org/tiny-lora");
         CliRun.Result r = merge(cachedBase, cachedAdapter, out);
         assertEquals(ExitCodes.OK, r.code(), r::err);
-        assertTrue(Files.isRegularFile(out.resolve("config.json"), java.nio.file.LinkOption.NOFOLLOW_LINKS));
+        assertTrue(Files.isRegularFile(out.resolve("config.json"), LinkOption.NOFOLLOW_LINKS));
         CliRun.Result v = CliRun.verify(cachedBase, cachedAdapter, out);
         assertEquals(ExitCodes.OK, v.code(), v::err);
         assertEquals(ExitCodes.OK, CliRun.run("inspect", cachedBase.toString()).code());
@@ -259,7 +266,7 @@ class HostileInputCliTest {
     @Test
     void indexThatLeavesOutATensorItsShardHoldsIsBadInputNamingTensorAndShard() {
         Path sharded = sharded();
-        Map<String, String> weightMap = new java.util.LinkedHashMap<>();
+        Map<String, String> weightMap = new LinkedHashMap<>();
         TinyModels.tinyLlama().subList(0, 3).forEach(t -> weightMap.put(t.name(), TinyModels.shardName(0, 2)));
         TinyModels.tinyLlama().subList(3, 6).forEach(t -> weightMap.put(t.name(), TinyModels.shardName(1, 2)));
         // model.norm.weight, the last tensor of shard 2, is not listed: a loader would silently leave it out
@@ -277,7 +284,7 @@ class HostileInputCliTest {
     @ParameterizedTest
     @EnumSource(value = DType.class, names = {"I16", "U16", "I32", "U8", "F8_E4M3"})
     void adapterOnANonFloatingPointBaseWeightIsBadInputForMergeAndVerify(DType dtype) {
-        List<Tensor> tensors = new java.util.ArrayList<>(TinyModels.tinyLlama());
+        List<Tensor> tensors = new ArrayList<>(TinyModels.tinyLlama());
         String q0 = TinyModels.q(0) + ".weight";
         long[] shape = {8, 8};
         tensors.set(0, new Tensor(q0, dtype, shape, TinyModels.pattern(64 * dtype.sizeInBytes(), 3)));
@@ -295,11 +302,11 @@ class HostileInputCliTest {
 
     @Test
     void loraBiasOnAnIntegerBiasIsBadInput() {
-        List<Tensor> tensors = new java.util.ArrayList<>(TinyModels.tinyLlama());
+        List<Tensor> tensors = new ArrayList<>(TinyModels.tinyLlama());
         String bias = TinyModels.q(0) + ".bias";
         tensors.add(new Tensor(bias, DType.I32, new long[] {8}, TinyModels.pattern(32, 5)));
         Path intBase = TinyModels.writeModel(models.resolve("int-bias"), tensors);
-        List<Tensor> adapterTensors = new java.util.ArrayList<>(qProjAdapter(4));
+        List<Tensor> adapterTensors = new ArrayList<>(qProjAdapter(4));
         adapterTensors.add(TinyModels.f32Tensor(TinyModels.PEFT_PREFIX + TinyModels.q(0) + ".lora_B.bias", 8));
         Path adapter = writeAdapter(models.resolve("bias-adapter"), loraConfig(4, 8, "[\"q_proj\"]", "\"lora_bias\": true"), adapterTensors);
         CliRun.Result r = merge(intBase, adapter, out);
@@ -372,7 +379,7 @@ class HostileInputCliTest {
 
     /** The tiny llama with a 64-row lm_head, and its q_proj merged: the unchanged tensors outnumber verify's old sample. */
     private Path mergedWithLmHead() {
-        List<Tensor> tensors = new java.util.ArrayList<>(TinyModels.tinyLlama());
+        List<Tensor> tensors = new ArrayList<>(TinyModels.tinyLlama());
         tensors.add(TinyModels.bf16Tensor("lm_head.weight", 64, 8));
         Path withHead = TinyModels.writeModel(models.resolve("with-head"), tensors);
         assertEquals(ExitCodes.OK, merge(withHead, adapterWith(""), out).code());
@@ -380,13 +387,13 @@ class HostileInputCliTest {
     }
 
     /** Rewrites BF16 elements {@code [first, first + count)} of {@code tensor} in the merged model. */
-    private void tamper(String tensor, long first, int count, java.util.function.IntUnaryOperator bits) throws Exception {
+    private void tamper(String tensor, long first, int count, IntUnaryOperator bits) throws Exception {
         Path file = out.resolve("model.safetensors");
         long start;
         try (SafetensorsFile f = SafetensorsFile.open(file)) {
             start = f.tensor(tensor).dataStart();
         }
-        try (java.io.RandomAccessFile raf = new java.io.RandomAccessFile(file.toFile(), "rw")) {
+        try (RandomAccessFile raf = new RandomAccessFile(file.toFile(), "rw")) {
             for (long e = first; e < first + count; e++) {
                 raf.seek(start + 2 * e);
                 int lo = raf.read();
@@ -429,7 +436,7 @@ class HostileInputCliTest {
 
     @Test
     void mergeVerifyComparesUnchangedTensorsCompletelyAndPassesItsOwnOutput() {
-        List<Tensor> tensors = new java.util.ArrayList<>(TinyModels.tinyLlama());
+        List<Tensor> tensors = new ArrayList<>(TinyModels.tinyLlama());
         tensors.add(TinyModels.bf16Tensor("lm_head.weight", 64, 8));
         Path withHead = TinyModels.writeModel(models.resolve("with-head"), tensors);
         CliRun.Result r = merge(withHead, adapterWith(""), out, "--verify", "--verify-rows", "all");
@@ -439,10 +446,10 @@ class HostileInputCliTest {
     @Test
     void verifyChecksSampledRowsOfAnAdaptedTensorAndEveryRowWithRowsAll() throws Exception {
         // a 64-row q_proj: an error in row 33 is outside a 2-row sample (rows 0 and 63) and inside --rows all
-        List<Tensor> tensors = new java.util.ArrayList<>(TinyModels.tinyLlama());
+        List<Tensor> tensors = new ArrayList<>(TinyModels.tinyLlama());
         tensors.set(0, TinyModels.bf16Tensor(TinyModels.q(0) + ".weight", 64, 8));
         Path tall = TinyModels.writeModel(models.resolve("tall"), tensors);
-        List<Tensor> pair = new java.util.ArrayList<>(TinyModels.loraPair(TinyModels.q(0), 4, 8, 64));
+        List<Tensor> pair = new ArrayList<>(TinyModels.loraPair(TinyModels.q(0), 4, 8, 64));
         Path adapter = writeAdapter(models.resolve("tall-adapter"), loraConfig(4, 8, "[\"q_proj\"]", ""), pair);
         assertEquals(ExitCodes.OK, merge(tall, adapter, out).code());
         tamper(TinyModels.q(0) + ".weight", 33 * 8 + 2, 1, b -> b + 4);
@@ -459,8 +466,8 @@ class HostileInputCliTest {
             if (Files.exists(from)) {
                 Files.copy(from, to);
             }
-        } catch (java.io.IOException e) {
-            throw new java.io.UncheckedIOException(e);
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
         }
     }
 
@@ -470,8 +477,8 @@ class HostileInputCliTest {
             if (Files.exists(saved)) {
                 Files.move(saved, to);
             }
-        } catch (java.io.IOException e) {
-            throw new java.io.UncheckedIOException(e);
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
         }
     }
 }

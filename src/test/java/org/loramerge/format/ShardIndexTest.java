@@ -122,7 +122,7 @@ class ShardIndexTest {
         Path snapshot = TinyModels.asHuggingFaceCache(model(), dir.resolve("hub"), "org/tiny");
         try (Checkpoint c = Checkpoint.open(snapshot)) {
             assertEquals(5, c.tensors().size());
-            assertTrue(c.config() != null);
+            assertNotNull(c.config());
         }
     }
 

@@ -1,12 +1,14 @@
 package org.loramerge.testutil;
 
 import java.io.IOException;
+import java.io.RandomAccessFile;
 import java.io.UncheckedIOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
 import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
 import java.util.ArrayList;
@@ -330,7 +332,7 @@ public final class TinyModels {
             for (String name : list(modelDir)) {
                 Path file = modelDir.resolve(name);
                 String hash = sha256(Files.readAllBytes(file));
-                Files.move(file, blobs.resolve(hash), java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+                Files.move(file, blobs.resolve(hash), StandardCopyOption.REPLACE_EXISTING);
                 Files.createSymbolicLink(snapshot.resolve(name), Path.of("..", "..", "blobs", hash));
             }
             Files.delete(modelDir);
@@ -386,7 +388,7 @@ public final class TinyModels {
 
     /** A sparse file of {@code size} bytes (spaces at both ends, holes between): large on paper, nothing on disk. */
     public static Path writeSparse(Path file, long size) {
-        try (java.io.RandomAccessFile raf = new java.io.RandomAccessFile(file.toFile(), "rw")) {
+        try (RandomAccessFile raf = new RandomAccessFile(file.toFile(), "rw")) {
             raf.setLength(size);
             raf.write(' ');
             raf.seek(size - 1);
