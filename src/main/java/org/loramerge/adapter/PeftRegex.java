@@ -21,11 +21,12 @@ import java.util.Deque;
  *     {@code \z}, a global flag after the start, {@code (?<name>...)}, nothing to repeat), so that a
  *     pattern PEFT cannot load is not merged either; counted repetitions over 1000 (RE2's limit);
  *     patterns whose compiled program would exceed {@link #MAX_SIZE} instructions
- *     ({@code ((a{1000}){1000}){1000}} would take gigabytes).</li>
+ *     ({@code ((a{1000}){1000}){1000}} would take gigabytes) or whose groups nest deeper than
+ *     {@link #MAX_DEPTH}.</li>
  * <li>rewritten to mean what Python means: {@code \d \w \s} and their negations to the Unicode
  *     classes of Python's str patterns (RE2's are ASCII); {@code \Z} to {@code \z}; {@code {,n}} to
- *     {@code {0,n}} (a literal in RE2); {@code \}uXXXX, {@code \}UXXXXXXXX, {@code \N{NAME}} and octal
- *     escapes; {@code [} inside a set is a literal (RE2 reads {@code [[:alpha:]]} as a POSIX class);
+ *     {@code {0,n}} (a literal in RE2); Python's 4- and 8-digit Unicode escapes, {@code \N{NAME}}
+ *     and octal escapes; {@code [} inside a set is a literal (RE2 reads {@code [[:alpha:]]} as a POSIX class);
  *     {@code [\b]} is a backspace; {@code (?#...)} comments are dropped.</li>
  * <li>left as RE2 has them: {@code \b} and {@code \B} see ASCII word characters (Python's see
  *     Unicode ones), and {@code $} matches only at the very end (Python's also before a final
@@ -38,6 +39,8 @@ final class PeftRegex {
     static final int MAX_SIZE = 10_000;
     /** RE2: a counted repetition {@code {m,n}} takes at most 1000. */
     static final int MAX_REPEAT = 1000;
+    /** Groups nested deeper are refused: RE2/J compiles recursively and runs out of stack at a few thousand. */
+    static final int MAX_DEPTH = 200;
 
     /** Python's {@code \w} for str patterns: letters, numbers (str.isalnum) and the underscore. */
     private static final String WORD = "\\p{L}\\p{N}_";
@@ -370,7 +373,10 @@ final class PeftRegex {
             return false;
         }
 
-        private void open() {
+        private void open() throws Refused {
+            if (groups.size() > MAX_DEPTH) {
+                throw new Refused("its groups nest more than " + MAX_DEPTH + " deep" + at(i) + "; a pattern that picks module names needs far fewer");
+            }
             groups.push(new long[] {0});
             last = -1;
         }

@@ -55,6 +55,12 @@ class PeftRegexTest {
         assertTrue(why.contains("instructions"), why);
     }
 
+    @Test
+    void groupsNestedThousandsDeepAreRefusedRatherThanOverflowingTheStack() {
+        String why = refusal("(".repeat(3000) + "q_proj" + ")".repeat(3000));
+        assertTrue(why.contains("nest"), why);
+    }
+
     @ParameterizedTest
     @CsvSource(delimiter = '|', value = {
             "(a)\\1                | backreference",
