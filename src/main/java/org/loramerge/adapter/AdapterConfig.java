@@ -5,15 +5,19 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import java.io.IOException;
 import java.nio.file.Files;
+import java.nio.file.LinkOption;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.regex.Pattern;
-import java.util.regex.PatternSyntaxException;
+import java.util.Optional;
+import java.util.concurrent.ConcurrentHashMap;
+import org.loramerge.format.InputFolder;
+import org.loramerge.format.SafetensorsException;
 
 import static org.loramerge.adapter.AdapterException.Reason.INVALID_CONFIG;
+import static org.loramerge.adapter.AdapterException.Reason.REGEX;
 import static org.loramerge.adapter.AdapterException.Reason.UNSUPPORTED;
 
 /**
@@ -28,12 +32,18 @@ public final class AdapterConfig {
     private final boolean useRslora;
     private final LinkedHashMap<String, Integer> rankPattern;
     private final LinkedHashMap<String, Double> alphaPattern;
+    private final Map<String, PeftRegex> rankKeys;
+    private final Map<String, PeftRegex> alphaKeys;
     private final List<String> targetList;
-    private final Pattern targetRegex;
+    private final String targetString;
+    private final PeftRegex targetRegex;
     private final List<String> excludeList;
-    private final Pattern excludeRegex;
+    private final PeftRegex excludeRegex;
     private final List<Integer> layersToTransform;
-    private final List<String> layersPattern;
+    private final List<PeftRegex> layersPattern;
+    /** rank_pattern's and alpha_pattern's key per module name, as found once (Optional.empty(): none matches). */
+    private final Map<String, Optional<String>> rankKeyOf = new ConcurrentHashMap<>();
+    private final Map<String, Optional<String>> alphaKeyOf = new ConcurrentHashMap<>();
     private final boolean fanInFanOut;
     private final boolean useDora;
     private final boolean loraBias;
@@ -51,7 +61,10 @@ public final class AdapterConfig {
         this.useRslora = b.useRslora;
         this.rankPattern = b.rankPattern;
         this.alphaPattern = b.alphaPattern;
+        this.rankKeys = b.rankKeys;
+        this.alphaKeys = b.alphaKeys;
         this.targetList = b.targetList;
+        this.targetString = b.targetString;
         this.targetRegex = b.targetRegex;
         this.excludeList = b.excludeList;
         this.excludeRegex = b.excludeRegex;
@@ -75,12 +88,17 @@ public final class AdapterConfig {
         boolean useRslora;
         LinkedHashMap<String, Integer> rankPattern = new LinkedHashMap<>();
         LinkedHashMap<String, Double> alphaPattern = new LinkedHashMap<>();
+        Map<String, PeftRegex> rankKeys = new LinkedHashMap<>();
+        Map<String, PeftRegex> alphaKeys = new LinkedHashMap<>();
         List<String> targetList;
-        Pattern targetRegex;
+        String targetString;
+        PeftRegex targetRegex;
         List<String> excludeList;
-        Pattern excludeRegex;
+        PeftRegex excludeRegex;
         List<Integer> layersToTransform;
-        List<String> layersPattern;
+        List<PeftRegex> layersPattern;
+        /** Instructions of every compiled pattern together: the bound on matching time. */
+        long regexSize;
         boolean fanInFanOut;
         boolean useDora;
         boolean loraBias;
@@ -92,15 +110,21 @@ public final class AdapterConfig {
         List<String> warnings = new ArrayList<>();
     }
 
-    public static AdapterConfig read(Path file) throws AdapterException {
-        if (!Files.exists(file)) {
+    /**
+     * Reads {@code adapter_config.json}: a regular file of at most {@link InputFolder#MAX_CONFIG_BYTES}.
+     *
+     * @throws SafetensorsException when the file is not a regular file or too large
+     */
+    public static AdapterConfig read(Path file) throws AdapterException, SafetensorsException {
+        if (!Files.exists(file, LinkOption.NOFOLLOW_LINKS)) {
             throw new AdapterException(INVALID_CONFIG, file, "not found; pass the folder PEFT's save_pretrained wrote (adapter_config.json + adapter_model.safetensors)");
         }
+        byte[] bytes = InputFolder.readBounded(file, InputFolder.MAX_CONFIG_BYTES, "an adapter_config.json");
         JsonNode root;
         try {
-            root = new ObjectMapper().enable(com.fasterxml.jackson.databind.DeserializationFeature.FAIL_ON_TRAILING_TOKENS).readTree(Files.readAllBytes(file));
+            root = new ObjectMapper().enable(com.fasterxml.jackson.databind.DeserializationFeature.FAIL_ON_TRAILING_TOKENS).readTree(bytes);
         } catch (JsonProcessingException e) {
-            throw new AdapterException(INVALID_CONFIG, file, "not valid JSON: " + e.getOriginalMessage());
+            throw new AdapterException(INVALID_CONFIG, file, "not valid JSON: " + e.getOriginalMessage() + "; fix it, or save the adapter again with PEFT");
         } catch (IOException e) {
             throw new AdapterException(INVALID_CONFIG, file, "cannot read: " + e.getMessage());
         }
@@ -113,6 +137,7 @@ public final class AdapterConfig {
     static AdapterConfig parse(Path file, JsonNode root) throws AdapterException {
         Builder b = new Builder();
         b.path = file;
+        LoraConfigFields.check(file, root);
         String peftType = text(file, root, "peft_type", "LORA");
         if (!peftType.equals("LORA")) {
             throw new AdapterException(UNSUPPORTED, file, "peft_type is " + peftType + "; loramerge merges LoRA adapters only");
@@ -122,6 +147,20 @@ public final class AdapterConfig {
             JsonNode n = root.get(blocker);
             if (n != null && !n.isNull() && !(n.isArray() && n.isEmpty())) {
                 throw new AdapterException(UNSUPPORTED, file, blocker + " is set; PEFT cannot merge such an adapter into plain weights, so neither can loramerge");
+            }
+        }
+        // LoRA variants whose change to the weight is not s·B·A (peft tuners/lora/variants.py)
+        if (root.path("use_qalora").asBoolean(false)) {
+            throw new AdapterException(UNSUPPORTED, file, "use_qalora is true: QA-LoRA's lora_A acts on group-pooled inputs, so its change to a weight "
+                    + "is not s·B·A, and PEFT cannot merge it either; use the adapter unmerged, or retrain without use_qalora");
+        }
+        for (String[] variant : new String[][] {
+                {"use_bdlora", "BD-LoRA (block-diagonal factors sharded across devices)"},
+                {"kasa_config", "KaSA (which truncates the base weight's singular values when it merges)"}}) {
+            JsonNode n = root.get(variant[0]);
+            if (n != null && !n.isNull()) {
+                throw new AdapterException(UNSUPPORTED, file, variant[0] + " is set: " + variant[1] + " merges differently from plain LoRA and "
+                        + "loramerge does not reproduce it; use PEFT to merge this adapter");
             }
         }
         JsonNode tp = root.get("target_parameters");
@@ -138,7 +177,11 @@ public final class AdapterConfig {
         }
         b.r = intValue(file, root, "r", 8);
         if (b.r <= 0) {
-            throw new AdapterException(INVALID_CONFIG, file, "r is " + b.r + "; it must be positive");
+            throw new AdapterException(INVALID_CONFIG, file, "r is " + b.r + "; it must be positive: fix it to the rank the adapter was trained with");
+        }
+        double dropout = number(file, root, "lora_dropout", 0);
+        if (!(dropout >= 0 && dropout <= 1)) {
+            throw new AdapterException(INVALID_CONFIG, file, "lora_dropout is " + dropout + ", but a dropout probability lies from 0 to 1 (torch.nn.Dropout refuses it); fix the field");
         }
         b.alpha = number(file, root, "lora_alpha", 8);
         b.useRslora = bool(file, root, "use_rslora");
@@ -147,13 +190,17 @@ public final class AdapterConfig {
         b.loraBias = bool(file, root, "lora_bias");
         b.ensureWeightTying = bool(file, root, "ensure_weight_tying");
         b.bias = text(file, root, "bias", "none");
+        if (!List.of("none", "all", "lora_only").contains(b.bias)) {
+            throw new AdapterException(INVALID_CONFIG, file, "bias is \"" + b.bias + "\", but PEFT knows only \"none\", \"all\" and \"lora_only\"; fix the field");
+        }
         JsonNode rp = root.get("rank_pattern");
         if (rp != null && rp.isObject()) {
             for (Map.Entry<String, JsonNode> e : rp.properties()) {
-                if (!e.getValue().canConvertToInt() || !e.getValue().isIntegralNumber()) {
-                    throw new AdapterException(INVALID_CONFIG, file, "rank_pattern[\"" + e.getKey() + "\"] is not an integer");
+                if (!e.getValue().canConvertToInt() || e.getValue().intValue() <= 0) {
+                    throw new AdapterException(INVALID_CONFIG, file, "rank_pattern[\"" + e.getKey() + "\"] is " + e.getValue()
+                            + ", not a positive rank; fix it to the rank that module was trained with");
                 }
-                compile(file, "rank_pattern", e.getKey());
+                b.rankKeys.put(e.getKey(), compileKey(b, "rank_pattern", e.getKey()));
                 b.rankPattern.put(e.getKey(), e.getValue().intValue());
             }
         }
@@ -163,19 +210,20 @@ public final class AdapterConfig {
                 if (!e.getValue().isNumber()) {
                     throw new AdapterException(INVALID_CONFIG, file, "alpha_pattern[\"" + e.getKey() + "\"] is not a number");
                 }
-                compile(file, "alpha_pattern", e.getKey());
+                b.alphaKeys.put(e.getKey(), compileKey(b, "alpha_pattern", e.getKey()));
                 b.alphaPattern.put(e.getKey(), e.getValue().doubleValue());
             }
         }
         JsonNode tm = root.get("target_modules");
         if (tm != null && tm.isTextual()) {
-            b.targetRegex = compile(file, "target_modules", tm.textValue());
+            b.targetString = tm.textValue();
+            b.targetRegex = compile(b, "target_modules", "", tm.textValue(), "");
         } else if (tm != null && tm.isArray()) {
             b.targetList = strings(file, tm, "target_modules");
         }
         JsonNode em = root.get("exclude_modules");
         if (em != null && em.isTextual()) {
-            b.excludeRegex = compile(file, "exclude_modules", em.textValue());
+            b.excludeRegex = compile(b, "exclude_modules", "", em.textValue(), "");
         } else if (em != null && em.isArray()) {
             b.excludeList = strings(file, em, "exclude_modules");
         }
@@ -196,10 +244,11 @@ public final class AdapterConfig {
             }
         }
         JsonNode lp = root.get("layers_pattern");
-        if (lp != null && lp.isTextual()) {
-            b.layersPattern = List.of(lp.textValue());
-        } else if (lp != null && lp.isArray()) {
-            b.layersPattern = strings(file, lp, "layers_pattern");
+        if (lp != null && (lp.isTextual() || lp.isArray())) {
+            b.layersPattern = new ArrayList<>();
+            for (String p : lp.isTextual() ? List.of(lp.textValue()) : strings(file, lp, "layers_pattern")) {
+                b.layersPattern.add(compile(b, "layers_pattern", LAYER_PREFIX, p, LAYER_SUFFIX));
+            }
         }
         JsonNode ms = root.get("modules_to_save");
         if (ms != null && ms.isArray()) {
@@ -217,12 +266,52 @@ public final class AdapterConfig {
         return new AdapterConfig(b);
     }
 
-    private static Pattern compile(Path file, String field, String regex) throws AdapterException {
+    /** peft utils/other.py get_pattern_key wraps each rank_pattern / alpha_pattern key: re.match(rf"(.*\.)?({key})$", name). */
+    private static final String KEY_PREFIX = "(.*\\.)?(";
+    private static final String KEY_SUFFIX = ")$";
+    /** peft 0.21 tuners_utils.py: the layer index after layers_pattern, re.match(rf"(?:^|.*?\.){pattern}\.(\d+)\.", name). */
+    private static final String LAYER_PREFIX = "(?:^|.*?\\.)";
+    private static final String LAYER_SUFFIX = "\\.(\\d+)\\.";
+    /** peft 0.21 tuners_utils.py: without layers_pattern, the first numbered segment is the layer index. */
+    private static final PeftRegex FIRST_NUMBERED_SEGMENT;
+
+    static {
         try {
-            return Pattern.compile(regex);
-        } catch (PatternSyntaxException e) {
-            throw new AdapterException(INVALID_CONFIG, file, field + " holds \"" + regex + "\", which is not a regular expression loramerge can read: " + e.getDescription());
+            FIRST_NUMBERED_SEGMENT = PeftRegex.compile(".*?\\.[^.]*\\.(\\d+)\\.");
+        } catch (PeftRegex.Refused e) {
+            throw new IllegalStateException(e);
         }
+    }
+
+    /**
+     * Instructions of all patterns of one config together (each is also held to {@link PeftRegex#MAX_SIZE}).
+     * Matching costs at most this many steps per character of a module name, per module. A plain
+     * per-module key such as {@code model.layers.10.self_attn.q_proj} compiles to about 40
+     * instructions, so a rank_pattern of one key per module fits for some 2,000 modules.
+     */
+    static final long MAX_TOTAL_REGEX_SIZE = 100_000;
+
+    private static PeftRegex compileKey(Builder b, String field, String key) throws AdapterException {
+        return compile(b, field, KEY_PREFIX, key, KEY_SUFFIX);
+    }
+
+    /** A pattern of {@code field}, compiled for linear-time matching, or the reason it is refused. */
+    private static PeftRegex compile(Builder b, String field, String prefix, String regex, String suffix) throws AdapterException {
+        String where = field + (field.endsWith("_pattern") && !field.equals("layers_pattern") ? " key \"" : " pattern \"") + regex + "\"";
+        PeftRegex compiled;
+        try {
+            compiled = PeftRegex.compile(prefix, regex, suffix);
+        } catch (PeftRegex.Refused e) {
+            throw new AdapterException(REGEX, b.path, where + " cannot be used: " + e.getMessage()
+                    + ". Fix the pattern in adapter_config.json (PEFT reads it as a Python regular expression)");
+        }
+        b.regexSize += compiled.size();
+        if (b.regexSize > MAX_TOTAL_REGEX_SIZE) {
+            throw new AdapterException(REGEX, b.path, "the patterns of target_modules, exclude_modules, layers_pattern, rank_pattern and alpha_pattern "
+                    + "expand to more than " + MAX_TOTAL_REGEX_SIZE + " instructions together (reached at " + where + "); matching them against "
+                    + "every module would take too long. Simplify or merge the patterns in adapter_config.json");
+        }
+        return compiled;
     }
 
     private static List<String> strings(Path file, JsonNode arr, String field) throws AdapterException {
@@ -294,11 +383,11 @@ public final class AdapterConfig {
         return n.doubleValue();
     }
 
-    /** peft utils/other.py get_pattern_key: the first key, in JSON order, with re.match(rf"(.*\.)?({key})$", name). */
-    static String patternKey(Iterable<String> keys, String moduleName) {
-        for (String key : keys) {
-            if (Pattern.compile("(.*\\.)?(" + key + ")$").matcher(moduleName).lookingAt()) {
-                return key;
+    /** peft utils/other.py get_pattern_key: the first key, in JSON order, with re.match(rf"(.*\.)?({key})$", name); null when none matches. */
+    static String patternKey(Map<String, PeftRegex> keys, String moduleName) {
+        for (Map.Entry<String, PeftRegex> e : keys.entrySet()) {
+            if (e.getValue().matchesAtStart(moduleName)) {
+                return e.getKey();
             }
         }
         return null;
@@ -306,13 +395,13 @@ public final class AdapterConfig {
 
     /** The rank PEFT gives {@code moduleName}: rank_pattern's first match, else r. */
     public int rankFor(String moduleName) {
-        String key = patternKey(rankPattern.keySet(), moduleName);
+        String key = rankKeyOf.computeIfAbsent(moduleName, m -> Optional.ofNullable(patternKey(rankKeys, m))).orElse(null);
         return key == null ? r : rankPattern.get(key);
     }
 
     /** The alpha PEFT gives {@code moduleName}: alpha_pattern's first match, else lora_alpha. */
     public double alphaFor(String moduleName) {
-        String key = patternKey(alphaPattern.keySet(), moduleName);
+        String key = alphaKeyOf.computeIfAbsent(moduleName, m -> Optional.ofNullable(patternKey(alphaKeys, m))).orElse(null);
         return key == null ? alpha : alphaPattern.get(key);
     }
 
@@ -332,17 +421,17 @@ public final class AdapterConfig {
      * regex match, a list matches a name or a suffix on a dot boundary), then the layer filter.
      */
     public boolean targets(String moduleName) {
-        if (excludeRegex != null && excludeRegex.matcher(moduleName).matches()) {
+        if (excludeRegex != null && excludeRegex.fullMatch(moduleName)) {
             return false;
         }
         if (excludeList != null && matchesList(excludeList, moduleName)) {
             return false;
         }
         boolean found;
-        if (targetRegex != null && targetRegex.pattern().equals("all-linear")) {
+        if (targetRegex != null && targetString.equals("all-linear")) {
             found = true; // PEFT expands it when saving; an unexpanded one targets every layer that has weights here
         } else if (targetRegex != null) {
-            found = targetRegex.matcher(moduleName).matches();
+            found = targetRegex.fullMatch(moduleName);
         } else if (targetList != null) {
             found = matchesList(targetList, moduleName);
         } else {
@@ -356,26 +445,23 @@ public final class AdapterConfig {
     }
 
     private Integer layerIndex(String moduleName) {
-        java.util.regex.Matcher m = null;
+        String digits = null;
         if (layersPattern == null || layersPattern.isEmpty()) {
-            m = Pattern.compile(".*?\\.[^.]*\\.(\\d+)\\.").matcher(moduleName); // the first numbered segment, as PEFT 0.21
-            if (!m.lookingAt()) {
-                return null;
-            }
+            digits = FIRST_NUMBERED_SEGMENT.groupAtStart(moduleName, 1);
         } else {
-            boolean hit = false;
-            for (String p : layersPattern) {
-                m = Pattern.compile("(?:^|.*?\\.)" + p + "\\.(\\d+)\\.").matcher(moduleName);
-                if (m.lookingAt()) {
-                    hit = true;
+            for (PeftRegex p : layersPattern) {
+                digits = p.groupAtStart(moduleName, 1);
+                if (digits != null) {
                     break;
                 }
             }
-            if (!hit) {
-                return null;
-            }
         }
-        return Integer.valueOf(m.group(1));
+        // Python's \d is any decimal digit, as Integer.parseInt reads them; a count too large for an int is no layer of ours
+        try {
+            return digits == null ? null : Integer.valueOf(digits);
+        } catch (NumberFormatException e) {
+            return null;
+        }
     }
 
     private static boolean matchesList(List<String> list, String moduleName) {

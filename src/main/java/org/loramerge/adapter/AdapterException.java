@@ -23,8 +23,18 @@ public final class AdapterException extends UserException {
         NO_SUCH_BASE_TENSOR,
         /** Shapes of the adapter and the base do not fit together. */
         SHAPE_MISMATCH,
+        /** A base tensor the adapter changes is not floating point (an integer or FP8 dtype), so there is nothing to merge into. */
+        BASE_DTYPE,
         /** The config and the weights disagree (rank, DoRA, targeting). */
-        CONFIG_MISMATCH
+        CONFIG_MISMATCH,
+        /** The adapter changes no tensor of the base (an empty adapter file): a merge would only copy the base. */
+        NO_CHANGE,
+        /**
+         * A regular expression of the config (target_modules, exclude_modules, layers_pattern,
+         * rank_pattern, alpha_pattern keys) that Python's re rejects, or that cannot be matched in
+         * linear time (backreferences, lookaround) or is too large to match in bounded time.
+         */
+        REGEX
     }
 
     private final Reason reason;

@@ -2,11 +2,13 @@ package org.loramerge.adapter;
 
 import java.io.IOException;
 import java.nio.file.Files;
+import java.nio.file.LinkOption;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import org.loramerge.format.InputFolder;
 import org.loramerge.format.SafetensorsException;
 import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.TensorInfo;
@@ -34,12 +36,23 @@ public final class LoraAdapter implements AutoCloseable {
         this.keys = keys;
     }
 
+    /** Opens an adapter folder; symbolic links may not leave it (or its Hugging Face cache repository). */
     public static LoraAdapter open(Path dir) throws AdapterException, SafetensorsException, IOException {
+        return open(dir, false);
+    }
+
+    /**
+     * Opens an adapter folder; its files pass {@link InputFolder}'s rules before they are read.
+     *
+     * @param followSymlinks read files wherever their links lead (--follow-symlinks)
+     */
+    public static LoraAdapter open(Path dir, boolean followSymlinks) throws AdapterException, SafetensorsException, IOException {
         if (!Files.isDirectory(dir)) {
             throw new IOException(dir + " is not a folder; pass the adapter folder PEFT's save_pretrained wrote");
         }
+        InputFolder folder = InputFolder.of(dir, followSymlinks);
         Path weights = dir.resolve(WEIGHTS);
-        if (!Files.exists(weights)) {
+        if (!Files.exists(weights, LinkOption.NOFOLLOW_LINKS)) {
             if (Files.exists(dir.resolve("adapter_model.bin"))) {
                 throw new AdapterException(PICKLE, dir.resolve("adapter_model.bin"),
                         "is a Python pickle, which loramerge never loads because unpickling runs code; re-save the adapter with "
@@ -47,8 +60,9 @@ public final class LoraAdapter implements AutoCloseable {
             }
             throw new IOException(dir + " has no " + WEIGHTS + "; pass the folder PEFT's save_pretrained wrote");
         }
-        AdapterConfig config = AdapterConfig.read(dir.resolve(CONFIG));
-        SafetensorsFile file = SafetensorsFile.open(weights);
+        Path configFile = dir.resolve(CONFIG);
+        AdapterConfig config = AdapterConfig.read(Files.exists(configFile, LinkOption.NOFOLLOW_LINKS) ? folder.check(configFile) : configFile);
+        SafetensorsFile file = SafetensorsFile.open(folder.check(weights));
         boolean ok = false;
         try {
             Map<String, AdapterKey> keys = new LinkedHashMap<>();

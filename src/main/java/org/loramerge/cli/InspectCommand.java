@@ -21,6 +21,7 @@ import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.TensorInfo;
 import org.loramerge.pipeline.Progress;
 import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
 import picocli.CommandLine.Parameters;
 
@@ -34,6 +35,9 @@ final class InspectCommand implements Callable<Integer> {
     @Option(names = "--json", description = "print as JSON on stdout")
     boolean json;
 
+    @Mixin
+    InputOptions inputs = new InputOptions();
+
     private final ObjectMapper om = new ObjectMapper().enable(SerializationFeature.INDENT_OUTPUT);
 
     @Override
@@ -41,11 +45,11 @@ final class InspectCommand implements Callable<Integer> {
         PrintStream out = System.out;
         ObjectNode root = om.createObjectNode();
         if (Files.isDirectory(path) && Files.exists(path.resolve(LoraAdapter.CONFIG))) {
-            try (LoraAdapter a = MergeCommand.openAdapter(path)) {
+            try (LoraAdapter a = MergeCommand.openAdapter(path, inputs.followSymlinks)) {
                 inspectAdapter(a, root, out);
             }
         } else if (Files.isDirectory(path)) {
-            try (Checkpoint c = MergeCommand.openBase(path)) {
+            try (Checkpoint c = MergeCommand.openModel("inspect", path, inputs.followSymlinks)) {
                 root.put("kind", "model");
                 root.put("sharded", c.isSharded());
                 tensors(c.tensors().values(), root, out, "model " + path + (c.isSharded() ? " (" + c.files().size() + " shards)" : ""));

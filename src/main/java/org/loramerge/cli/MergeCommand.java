@@ -30,6 +30,7 @@ import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
 import org.loramerge.plan.QuantTarget;
 import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
 
 @Command(name = "merge", mixinStandardHelpOptions = true, sortOptions = false,
@@ -77,15 +78,23 @@ final class MergeCommand implements Callable<Integer> {
     @Option(names = "--threads", paramLabel = "N", description = "CPU threads (default: all cores)")
     Integer threads;
 
-    @Option(names = "--verify", description = "before the output appears, recompute sampled rows of every adapted tensor exactly "
-            + "(as `loramerge verify`) and report the worst error per tensor; fail if any is not exact")
+    @Option(names = "--allow-empty-adapter", description = "write the output even when the adapter changes no tensor "
+            + "(its file holds no LoRA weights): the output is then a copy of the base")
+    boolean allowEmptyAdapter;
+
+    @Option(names = "--verify", description = "before the output appears, check it as `loramerge verify` does (sampled rows of every "
+            + "adapted tensor recomputed exactly, unchanged tensors compared completely) and report the worst error per tensor; fail if any is not exact")
     boolean verify;
 
-    @Option(names = "--verify-rows", defaultValue = "16", paramLabel = "N", description = "rows per tensor that --verify checks (default: 16)")
-    int verifyRows;
+    @Option(names = "--verify-rows", defaultValue = "16", paramLabel = "N|all",
+            description = "rows per adapted tensor that --verify recomputes: N (default: 16) or all")
+    String verifyRows;
 
     @Option(names = "--json", description = "print a JSON summary on stdout")
     boolean json;
+
+    @Mixin
+    InputOptions inputs = new InputOptions();
 
     @Option(names = "--quiet", description = "no progress line")
     boolean quiet;
@@ -97,17 +106,17 @@ final class MergeCommand implements Callable<Integer> {
         if (threads != null && threads < 1) {
             throw new UsageException("--threads " + threads + ": expected 1 or more (default: all cores)");
         }
-        if (verifyRows < 1) {
-            throw new UsageException("--verify-rows " + verifyRows + ": expected 1 or more rows per tensor (default: 16)");
-        }
+        int verifyRowCount = VerifyCommand.parseRows("--verify-rows", verifyRows); // checked even without --verify: a typo is a typo
+        int rowsToVerify = verify ? verifyRowCount : 0;
         int cpuThreads = threads != null ? threads : Runtime.getRuntime().availableProcessors();
         PrintStream err = System.err;
         long start = System.nanoTime();
         // the engine starts (CUDA context, cuBLAS, kernels: about a second) while the plan is made
         CompletableFuture<Backends.Choice> opening = openInBackground(device, cpuThreads);
         Backends.Choice choice = null;
-        try (Checkpoint ckpt = openBase(base); LoraAdapter lora = openAdapter(adapter)) {
+        try (Checkpoint ckpt = openBase(base, inputs.followSymlinks); LoraAdapter lora = openAdapter(adapter, inputs.followSymlinks)) {
             MergePlan plan = Planner.plan(ckpt, lora, new PlanOptions(dtypeOption, shardSize, parseTarget(to)));
+            requireAChange(plan, lora, err);
             choice = await(opening);
             double startSeconds = (System.nanoTime() - start) / 1e9;
             try (Backend backend = choice.backend()) {
@@ -125,7 +134,7 @@ final class MergeCommand implements Callable<Integer> {
                 try (AtomicOutput output = AtomicOutput.create(out, overwrite, List.of(base, adapter))) {
                     Progress progress = new Progress(err, !quiet, plan.totalBytes(), plan.tensors().size());
                     report = MergeRunner.run(plan, backend, output,
-                            new MergeRunner.Options(allowOverflow, Backend.DEFAULT_BLOCK_BYTES, verify ? verifyRows : 0), progress);
+                            new MergeRunner.Options(allowOverflow, Backend.DEFAULT_BLOCK_BYTES, rowsToVerify), progress);
                 }
                 report.startSeconds = startSeconds;
                 print(report, err);
@@ -181,17 +190,39 @@ final class MergeCommand implements Callable<Integer> {
         return target;
     }
 
-    static Checkpoint openBase(Path dir) throws CliException, SafetensorsException {
-        try {
-            return Checkpoint.open(dir);
-        } catch (IOException e) {
-            throw new CliException(ExitCode.BAD_INPUT, "--base: " + e.getMessage(), e);
+    /** An adapter that changes nothing is a failure (an adapter saved before training, the wrong folder) unless --allow-empty-adapter. */
+    private void requireAChange(MergePlan plan, LoraAdapter lora, PrintStream err) throws AdapterException {
+        if (!plan.changesNothing()) {
+            return;
+        }
+        String what = lora.keys().isEmpty() ? "holds no tensors" : "holds " + lora.keys().size() + " tensors, none of which changes the base";
+        if (!allowEmptyAdapter) {
+            throw new AdapterException(AdapterException.Reason.NO_CHANGE, lora.dir().resolve(LoraAdapter.WEIGHTS), what
+                    + (lora.config().hasTargetRule() ? " although adapter_config.json targets modules" : "")
+                    + ", so the merge would only copy the base; check that this is the adapter you meant and that it was saved after "
+                    + "training (PEFT's save_pretrained), or pass --allow-empty-adapter to write the copy anyway");
+        }
+        if (!quiet) {
+            err.println("warning: " + lora.dir().resolve(LoraAdapter.WEIGHTS) + " " + what + "; the output is a copy of the base (--allow-empty-adapter)");
         }
     }
 
-    static LoraAdapter openAdapter(Path dir) throws CliException, SafetensorsException, AdapterException {
+    static Checkpoint openBase(Path dir, boolean followSymlinks) throws CliException, SafetensorsException {
+        return openModel("--base", dir, followSymlinks);
+    }
+
+    /** Opens the model folder given as {@code option}; a folder that cannot be read is a bad input. */
+    static Checkpoint openModel(String option, Path dir, boolean followSymlinks) throws CliException, SafetensorsException {
         try {
-            return LoraAdapter.open(dir);
+            return Checkpoint.open(dir, followSymlinks);
+        } catch (IOException e) {
+            throw new CliException(ExitCode.BAD_INPUT, option + ": " + e.getMessage(), e);
+        }
+    }
+
+    static LoraAdapter openAdapter(Path dir, boolean followSymlinks) throws CliException, SafetensorsException, AdapterException {
+        try {
+            return LoraAdapter.open(dir, followSymlinks);
         } catch (IOException e) {
             throw new CliException(ExitCode.BAD_INPUT, "--adapter: " + e.getMessage(), e);
         }

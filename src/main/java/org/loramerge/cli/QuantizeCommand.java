@@ -18,6 +18,7 @@ import org.loramerge.pipeline.QuantizeRunner;
 import org.loramerge.quant.ModelQuantizer;
 import org.loramerge.quant.Nf4Codec;
 import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
 
 @Command(name = "quantize", mixinStandardHelpOptions = true, sortOptions = false,
@@ -48,6 +49,9 @@ final class QuantizeCommand implements Callable<Integer> {
     @Option(names = "--quiet", description = "no progress lines")
     boolean quiet;
 
+    @Mixin
+    InputOptions inputs = new InputOptions();
+
     @Override
     public Integer call() throws Exception {
         if (!Nf4Codec.isValidBlocksize(blocksize)) {
@@ -56,7 +60,7 @@ final class QuantizeCommand implements Callable<Integer> {
         ModelQuantizer.Options options = new ModelQuantizer.Options(blocksize, doubleQuant);
         PrintStream err = System.err;
         ModelQuantizer.Report report;
-        try (Checkpoint ckpt = MergeCommand.openBase(base);
+        try (Checkpoint ckpt = MergeCommand.openBase(base, inputs.followSymlinks);
              AtomicOutput output = AtomicOutput.create(out, overwrite, List.of(base))) {
             report = QuantizeRunner.run(ckpt, output, options, line -> {
                 if (!quiet) {

@@ -6,6 +6,7 @@ import java.nio.file.Path;
 import java.util.Locale;
 import java.util.concurrent.Callable;
 import org.loramerge.adapter.LoraAdapter;
+import org.loramerge.errors.UsageException;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.OutputTensor;
@@ -13,12 +14,13 @@ import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
 import org.loramerge.verify.Verifier;
 import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
 
 @Command(name = "verify", mixinStandardHelpOptions = true, sortOptions = false,
-        description = {"Checks a merged model against base + adapter: every tensor there with the right shape, unchanged tensors "
-                + "byte-equal, and sampled rows of every adapted tensor recomputed exactly, reporting the worst error in ulp, "
-                + "NaN/Inf, and adapter changes that are missing. Works on any merged checkpoint, e.g. PEFT's."})
+        description = {"Checks a merged model against base + adapter: every tensor there with the right shape, every unchanged tensor "
+                + "compared completely (byte-equal), and sampled rows (or all rows) of every adapted tensor recomputed exactly, reporting "
+                + "the worst error in ulp, NaN/Inf, and adapter changes that are missing. Works on any merged checkpoint, e.g. PEFT's."})
 final class VerifyCommand implements Callable<Integer> {
     @Option(names = "--base", required = true, paramLabel = "MODEL_DIR", description = "base model folder")
     Path base;
@@ -33,8 +35,9 @@ final class VerifyCommand implements Callable<Integer> {
             description = "for a bitsandbytes 4-bit base: the --to the merge was run with (required there)")
     String to;
 
-    @Option(names = "--rows", defaultValue = "16", paramLabel = "N", description = "rows sampled per adapted tensor (default: 16)")
-    int rows;
+    @Option(names = "--rows", defaultValue = "16", paramLabel = "N|all",
+            description = "rows recomputed per adapted tensor: a sample of N (default: 16), or all; unchanged tensors are always compared completely")
+    String rows;
 
     @Option(names = "--max-ulp", defaultValue = "1", paramLabel = "ULP",
             description = "largest error accepted, in units in the last place of the merged dtype (default: 1; loramerge's own output has 0)")
@@ -43,12 +46,15 @@ final class VerifyCommand implements Callable<Integer> {
     @Option(names = "--json", description = "print the findings as JSON on stdout")
     boolean json;
 
+    @Mixin
+    InputOptions inputs = new InputOptions();
+
     @Override
     public Integer call() throws Exception {
-        try (Checkpoint b = MergeCommand.openBase(base); LoraAdapter a = MergeCommand.openAdapter(adapter);
-             Checkpoint m = MergeCommand.openBase(merged)) {
+        try (Checkpoint b = MergeCommand.openBase(base, inputs.followSymlinks); LoraAdapter a = MergeCommand.openAdapter(adapter, inputs.followSymlinks);
+             Checkpoint m = MergeCommand.openModel("--merged", merged, inputs.followSymlinks)) {
             MergePlan plan = Planner.plan(b, a, new PlanOptions(null, PlanOptions.DEFAULT_MAX_SHARD_SIZE, MergeCommand.parseTarget(to)));
-            Verifier.Result result = Verifier.verify(plan, m, rows, maxUlp);
+            Verifier.Result result = Verifier.verify(plan, m, parseRows("--rows", rows), maxUlp);
             if (json) {
                 ObjectMapper om = new ObjectMapper().enable(SerializationFeature.INDENT_OUTPUT);
                 System.out.println(om.writeValueAsString(result));
@@ -61,5 +67,21 @@ final class VerifyCommand implements Callable<Integer> {
             }
             return result.passed() ? ExitCodes.OK : ExitCodes.VERIFY_FAILED;
         }
+    }
+
+    /** {@code all} (every row) or a positive row count. */
+    static int parseRows(String option, String value) throws UsageException {
+        if (value.equalsIgnoreCase("all")) {
+            return Verifier.ALL_ROWS;
+        }
+        try {
+            int n = Integer.parseInt(value.trim());
+            if (n > 0) {
+                return n;
+            }
+        } catch (NumberFormatException e) {
+            // the message below
+        }
+        throw new UsageException(option + " " + value + ": expected a positive number of rows, or all");
     }
 }

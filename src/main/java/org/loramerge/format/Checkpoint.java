@@ -5,22 +5,26 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import java.io.IOException;
 import java.nio.file.Files;
+import java.nio.file.LinkOption;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.stream.Stream;
 
 import static org.loramerge.format.SafetensorsException.Reason.INDEX_MISMATCH;
 
 /**
  * A Hugging Face model folder: {@code config.json} and its tensors, in one
  * {@code model.safetensors} or in shards listed by {@code model.safetensors.index.json}.
- * Every file is opened read-only.
+ * Every file is opened read-only, and only after the folder's rules allow it ({@link InputFolder}:
+ * regular files, links that stay in the folder or its Hugging Face cache).
  */
 public final class Checkpoint implements AutoCloseable {
     private final Path dir;
+    private final List<Path> nonWeightFiles;
     private final ObjectNode config;
     private final List<SafetensorsFile> files;
     private final Map<String, SafetensorsFile> fileOf;
@@ -28,9 +32,10 @@ public final class Checkpoint implements AutoCloseable {
     private final boolean sharded;
     private final List<String> warnings;
 
-    private Checkpoint(Path dir, ObjectNode config, List<SafetensorsFile> files, Map<String, SafetensorsFile> fileOf,
+    private Checkpoint(Path dir, List<Path> nonWeightFiles, ObjectNode config, List<SafetensorsFile> files, Map<String, SafetensorsFile> fileOf,
                        Map<String, TensorInfo> tensors, boolean sharded, List<String> warnings) {
         this.dir = dir;
+        this.nonWeightFiles = nonWeightFiles;
         this.config = config;
         this.files = files;
         this.fileOf = fileOf;
@@ -39,12 +44,23 @@ public final class Checkpoint implements AutoCloseable {
         this.warnings = warnings;
     }
 
-    /** Opens a model folder. */
+    /** Opens a model folder; symbolic links may not leave it (or its Hugging Face cache repository). */
     public static Checkpoint open(Path dir) throws SafetensorsException, IOException {
+        return open(dir, false);
+    }
+
+    /**
+     * Opens a model folder.
+     *
+     * @param followSymlinks read files wherever their links lead (--follow-symlinks)
+     */
+    public static Checkpoint open(Path dir, boolean followSymlinks) throws SafetensorsException, IOException {
         if (!Files.isDirectory(dir)) {
             throw new IOException(dir + " is not a folder; pass the model folder that holds config.json and the .safetensors files");
         }
-        ObjectNode config = readConfig(dir);
+        InputFolder folder = InputFolder.of(dir, followSymlinks);
+        ObjectNode config = readConfig(folder);
+        List<Path> carried = nonWeightFiles(folder);
         Path index = dir.resolve(ShardIndex.FILE_NAME);
         Path single = dir.resolve("model.safetensors");
         List<SafetensorsFile> files = new ArrayList<>();
@@ -53,28 +69,35 @@ public final class Checkpoint implements AutoCloseable {
         List<String> warnings = new ArrayList<>();
         boolean ok = false;
         try {
-            if (Files.exists(index)) {
-                ShardIndex idx = ShardIndex.read(index);
+            if (Files.exists(index, LinkOption.NOFOLLOW_LINKS)) {
+                ShardIndex idx = ShardIndex.read(folder.check(index));
                 Map<String, SafetensorsFile> byName = new LinkedHashMap<>();
                 for (String shard : new java.util.TreeSet<>(idx.weightMap().values())) { // model-00001-of-... sorts in shard order
                     Path p = dir.resolve(shard);
-                    if (!Files.isRegularFile(p)) { // a symbolic link is fine: the Hugging Face cache links snapshot files to blobs/
+                    if (!Files.exists(p, LinkOption.NOFOLLOW_LINKS)) {
                         throw new SafetensorsException(INDEX_MISMATCH, index, null,
-                                "names shard \"" + shard + "\", which is not a file in " + dir + "; the download is incomplete");
+                                "names shard \"" + shard + "\", which is not a file in " + dir + "; the download is incomplete: download the model again");
                     }
-                    SafetensorsFile f = SafetensorsFile.open(p);
+                    SafetensorsFile f = SafetensorsFile.open(folder.check(p));
                     files.add(f);
                     byName.put(shard, f);
                 }
+                // an index that disagrees with its shards is damaged: transformers would silently drop a tensor it does not list
                 for (SafetensorsFile f : files) {
+                    String shard = f.path().getFileName().toString();
                     for (TensorInfo t : f.tensors()) {
                         String mapped = idx.weightMap().get(t.name());
                         if (mapped == null) {
-                            warnings.add(f.path().getFileName() + " holds '" + t.name() + "', which the index does not list; it is ignored, as transformers ignores it");
-                        } else if (byName.get(mapped) == f) {
-                            tensors.put(t.name(), t);
-                            fileOf.put(t.name(), f);
+                            throw new SafetensorsException(INDEX_MISMATCH, index, t.name(), "shard " + shard + " holds this tensor but the index "
+                                    + "does not list it, so a loader would leave it out of the model; the index and its shards disagree: "
+                                    + "download the model again");
                         }
+                        if (byName.get(mapped) != f) {
+                            throw new SafetensorsException(INDEX_MISMATCH, index, t.name(), "shard " + shard + " holds this tensor but the index "
+                                    + "places it in " + mapped + "; the index and its shards disagree: download the model again");
+                        }
+                        tensors.put(t.name(), t);
+                        fileOf.put(t.name(), f);
                     }
                 }
                 for (Map.Entry<String, String> e : idx.weightMap().entrySet()) {
@@ -92,17 +115,17 @@ public final class Checkpoint implements AutoCloseable {
                             + " bytes (some tools write it wrong); the output index will say " + total);
                 }
                 ok = true;
-                return new Checkpoint(dir, config, files, fileOf, Collections.unmodifiableMap(tensors), true, warnings);
+                return new Checkpoint(dir, carried, config, files, fileOf, Collections.unmodifiableMap(tensors), true, warnings);
             }
-            if (Files.exists(single)) {
-                SafetensorsFile f = SafetensorsFile.open(single);
+            if (Files.exists(single, LinkOption.NOFOLLOW_LINKS)) {
+                SafetensorsFile f = SafetensorsFile.open(folder.check(single));
                 files.add(f);
                 for (TensorInfo t : f.tensors()) {
                     tensors.put(t.name(), t);
                     fileOf.put(t.name(), f);
                 }
                 ok = true;
-                return new Checkpoint(dir, config, files, fileOf, Collections.unmodifiableMap(tensors), false, warnings);
+                return new Checkpoint(dir, carried, config, files, fileOf, Collections.unmodifiableMap(tensors), false, warnings);
             }
             if (Files.exists(dir.resolve("pytorch_model.bin")) || Files.exists(dir.resolve("pytorch_model.bin.index.json"))) {
                 throw new IOException(dir + " holds pytorch_model.bin (a Python pickle), which loramerge does not read because "
@@ -118,13 +141,14 @@ public final class Checkpoint implements AutoCloseable {
         }
     }
 
-    static ObjectNode readConfig(Path dir) throws IOException {
-        Path p = dir.resolve("config.json");
-        if (!Files.exists(p)) {
+    private static ObjectNode readConfig(InputFolder folder) throws IOException, SafetensorsException {
+        Path p = folder.dir().resolve("config.json");
+        if (!Files.exists(p, LinkOption.NOFOLLOW_LINKS)) {
             return null;
         }
+        byte[] bytes = InputFolder.readBounded(folder.check(p), InputFolder.MAX_CONFIG_BYTES, "a config.json");
         try {
-            JsonNode n = SafetensorsFile.JSON.readTree(Files.readAllBytes(p));
+            JsonNode n = SafetensorsFile.JSON.readTree(bytes);
             if (!(n instanceof ObjectNode)) {
                 throw new IOException(p + " is not a JSON object; fix or remove it");
             }
@@ -185,21 +209,46 @@ public final class Checkpoint implements AutoCloseable {
 
     /**
      * The folder's files that a derived model carries over as they are: everything but weights,
-     * indexes, config.json (rewritten) and hidden files (tokenizer, generation config, chat template, ...).
+     * indexes, config.json (rewritten), a PEFT adapter's files ({@link #adapterFiles()}), hidden files
+     * and subfolders (tokenizer, generation config, chat template, ...). Each has passed the folder's
+     * rules when the checkpoint was opened.
      */
     public List<Path> nonWeightFiles() throws IOException {
+        return nonWeightFiles;
+    }
+
+    /** The files {@link #nonWeightFiles()} lists, checked now so that a refused one stops the work before anything is written. */
+    private static List<Path> nonWeightFiles(InputFolder folder) throws IOException, SafetensorsException {
         List<Path> out = new ArrayList<>();
-        try (java.util.stream.Stream<Path> s = Files.list(dir)) {
-            s.sorted().forEach(p -> {
-                String n = p.getFileName().toString();
-                boolean weight = WEIGHT_EXTENSIONS.stream().anyMatch(n::endsWith) || n.equals(ShardIndex.FILE_NAME)
-                        || n.equals("pytorch_model.bin.index.json");
-                if (Files.isRegularFile(p) && !n.startsWith(".") && !weight && !n.equals("config.json")) {
-                    out.add(p);
-                }
-            });
+        List<Path> entries;
+        try (Stream<Path> s = Files.list(folder.dir())) {
+            entries = s.sorted().toList();
         }
-        return out;
+        for (Path p : entries) {
+            String n = p.getFileName().toString();
+            boolean weight = WEIGHT_EXTENSIONS.stream().anyMatch(n::endsWith) || n.equals(ShardIndex.FILE_NAME)
+                    || n.equals("pytorch_model.bin.index.json");
+            if (n.startsWith(".") || weight || n.equals("config.json") || isAdapterFile(n) || Files.isDirectory(p)) {
+                continue;
+            }
+            out.add(folder.check(p));
+        }
+        return Collections.unmodifiableList(out);
+    }
+
+    /**
+     * A PEFT adapter's files in this folder (adapter_config.json, adapter_model.*): never carried into
+     * a merged or quantized model, which loaders would otherwise take for an adapter.
+     */
+    public List<String> adapterFiles() throws IOException {
+        try (Stream<Path> s = Files.list(dir)) {
+            return s.map(p -> p.getFileName().toString()).filter(Checkpoint::isAdapterFile).sorted().toList();
+        }
+    }
+
+    /** peft utils/constants.py: CONFIG_NAME, and the weights as save_pretrained names them (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME). */
+    private static boolean isAdapterFile(String name) {
+        return name.equals("adapter_config.json") || name.startsWith("adapter_model.");
     }
 
     public long totalTensorBytes() {

@@ -7,7 +7,8 @@ import org.loramerge.errors.UserException;
 /**
  * A safetensors file (or a shard index) that is malformed. Each reason mirrors one way the
  * reference implementation rejects a file (safetensors src/tensor.rs {@code SafeTensorError}),
- * plus the checks of a sharded checkpoint's index.
+ * plus the checks of a sharded checkpoint's index, and the rules every file of a model or adapter
+ * folder passes before it is read ({@link InputFolder}).
  */
 public final class SafetensorsException extends UserException {
     private static final long serialVersionUID = 1L;
@@ -44,7 +45,13 @@ public final class SafetensorsException extends UserException {
         /** The shard index is malformed or names a file that is not a plain file name in the folder. */
         INVALID_INDEX,
         /** The shard index names a tensor that its shard does not hold, or a shard that is missing. */
-        INDEX_MISMATCH
+        INDEX_MISMATCH,
+        /** The file is a named pipe, a device, a socket or a folder: reading it could block forever or never end. */
+        NOT_A_REGULAR_FILE,
+        /** A symbolic link leads outside the folder (and the Hugging Face cache's blobs/), without --follow-symlinks. */
+        OUTSIDE_FOLDER,
+        /** A JSON file is larger than loramerge reads for its kind. */
+        TOO_LARGE
     }
 
     private final Reason reason;

@@ -57,6 +57,7 @@ public final class SafetensorsFile implements AutoCloseable {
 
     /** Opens and validates {@code path}. The file is never written. */
     public static SafetensorsFile open(Path path) throws SafetensorsException {
+        InputFolder.requireRegularFile(path); // before opening: opening a named pipe blocks
         FileChannel channel;
         try {
             channel = FileChannel.open(path, StandardOpenOption.READ);

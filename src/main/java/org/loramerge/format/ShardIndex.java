@@ -4,7 +4,6 @@ import com.fasterxml.jackson.core.JsonProcessingException;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import java.io.IOException;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
 import java.util.Map;
@@ -38,10 +37,12 @@ public final class ShardIndex {
 
     public static ShardIndex read(Path indexFile) throws SafetensorsException {
         JsonNode root;
+        byte[] bytes = InputFolder.readBounded(indexFile, InputFolder.MAX_INDEX_BYTES, "a shard index");
         try {
-            root = SafetensorsFile.JSON.readTree(Files.readAllBytes(indexFile));
+            root = SafetensorsFile.JSON.readTree(bytes);
         } catch (JsonProcessingException e) {
-            throw new SafetensorsException(INVALID_INDEX, indexFile, null, "not valid JSON: " + e.getOriginalMessage(), e);
+            throw new SafetensorsException(INVALID_INDEX, indexFile, null, "not valid JSON: " + e.getOriginalMessage()
+                    + "; the file is damaged: download the model again", e);
         } catch (IOException e) {
             throw new SafetensorsException(SafetensorsException.Reason.IO, indexFile, null, "cannot read: " + e.getMessage(), e);
         }

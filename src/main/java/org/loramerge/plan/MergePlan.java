@@ -42,6 +42,11 @@ public record MergePlan(List<OutputTensor> tensors, List<Shard> shards, ObjectNo
         return tensors.stream().filter(t -> t.kind() == kind).count();
     }
 
+    /** Whether the adapter changes no tensor: nothing is merged into or replaced, so the output would be the base (converted at most). */
+    public boolean changesNothing() {
+        return count(OutputTensor.Kind.MERGE) == 0 && count(OutputTensor.Kind.REPLACE) == 0;
+    }
+
     public boolean isSharded() {
         return shards.size() > 1;
     }

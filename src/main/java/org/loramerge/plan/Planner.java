@@ -3,8 +3,11 @@ package org.loramerge.plan;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.Collection;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
@@ -23,6 +26,7 @@ import org.loramerge.quant.QuantizedOutput;
 import org.loramerge.quant.QuantizedWeight;
 import org.loramerge.quant.WeightFormats;
 
+import static org.loramerge.adapter.AdapterException.Reason.BASE_DTYPE;
 import static org.loramerge.adapter.AdapterException.Reason.CONFIG_MISMATCH;
 import static org.loramerge.adapter.AdapterException.Reason.MISSING_PARTNER;
 import static org.loramerge.adapter.AdapterException.Reason.NO_SUCH_BASE_TENSOR;
@@ -136,7 +140,7 @@ public final class Planner {
         boolean untie = resolveTiedEmbeddings();
         List<OutputTensor> outputs = outputTensors(untie);
         placeKeys();
-        return new MergePlan(outputs, assignShards(outputs), updatedConfig(newVocab, untie), base.nonWeightFiles(), keyUse, warnings, notes);
+        return new MergePlan(outputs, assignShards(outputs), updatedConfig(newVocab, untie), filesToCarry(), keyUse, warnings, notes);
     }
 
     /**
@@ -351,6 +355,34 @@ public final class Planner {
             }
         }
     }
+
+    /**
+     * The base folder's files the output carries ({@link Checkpoint#nonWeightFiles()}, which never
+     * holds an adapter's files). When --base and --adapter are one folder its README is the adapter's
+     * model card (PEFT's save_pretrained writes one), so it stays behind too. A note names what stayed.
+     */
+    private List<Path> filesToCarry() throws IOException {
+        List<Path> files = new ArrayList<>(base.nonWeightFiles());
+        List<String> left = new ArrayList<>(base.adapterFiles());
+        boolean oneFolder = Files.isSameFile(base.dir(), adapter.dir());
+        if (oneFolder) {
+            files.removeIf(p -> {
+                String name = p.getFileName().toString();
+                boolean readme = name.toLowerCase(Locale.ROOT).startsWith("readme");
+                if (readme) {
+                    left.add(name);
+                }
+                return readme;
+            });
+        }
+        if (!left.isEmpty()) {
+            notes.add("not carried into the output: " + String.join(", ", left) + (oneFolder
+                    ? " (--base and --adapter are the same folder: these describe the adapter, and loaders would take the merged model for one)"
+                    : " (an adapter's files never go into a merged model)"));
+        }
+        return files;
+    }
+
     /** Records a problem; the merge stops after planning, naming all of them, with the first one's reason. */
     private void problem(AdapterException.Reason reason, String message) {
         if (firstReason == null) {
@@ -401,6 +433,9 @@ public final class Planner {
         }
         if (w.length == 0) {
             problem(SHAPE_MISMATCH, "adapter targets " + module + ", whose weight is a scalar");
+            return;
+        }
+        if ((hasLora || mag != null || tokens != null) && !floatingPointBase(weightName, embedName, tied, p.values())) {
             return;
         }
         Ops o = ops.computeIfAbsent(weightName, x -> new Ops());
@@ -456,6 +491,8 @@ public final class Planner {
             TensorInfo tb = adapter.tensor(bias.key());
             if (bs == null) {
                 problem(NO_SUCH_BASE_TENSOR, "adapter key " + bias.key() + " adds to " + biasName + ", which the base model does not have");
+            } else if (!floatingPointBase(biasName, embedName, tied, List.of(bias))) {
+                // recorded as a problem; the module's token rows are still checked
             } else if (!Arrays.equals(bs, tb.shape())) {
                 problem(SHAPE_MISMATCH, "adapter key " + bias.key() + " has shape " + TensorInfo.shapeString(tb.shape()) + " but " + biasName + " has "
                         + TensorInfo.shapeString(bs));
@@ -486,6 +523,29 @@ public final class Planner {
                 o.keys.add(tokens.key());
             }
         }
+    }
+
+    /**
+     * Whether {@code tensorName}, which the adapter's {@code keys} change, holds floating-point values
+     * the merge computes in (F32, F16, BF16, or a 4-bit weight's dequantized values); otherwise a
+     * problem naming the tensor, its file and dtype. An integer or FP8 weight is not what a LoRA
+     * adapter is trained on.
+     */
+    private boolean floatingPointBase(String tensorName, String embedName, boolean tied, Collection<AdapterKey> keys) {
+        if (quant.weight(tensorName) != null) {
+            return true;
+        }
+        String stored = tied && tensorName.equals(LM_HEAD) && base.tensor(LM_HEAD) == null ? embedName : tensorName;
+        TensorInfo t = base.tensor(stored);
+        if (t == null || t.dtype().isMergeable()) {
+            return true;
+        }
+        List<String> names = new ArrayList<>();
+        keys.forEach(k -> names.add(k.key()));
+        problem(BASE_DTYPE, "adapter keys " + String.join(", ", names) + " change base tensor " + stored + " (" + base.fileOf(stored).path()
+                + "), which is " + t.dtype() + "; a LoRA merge computes in floating point (F32, F16, BF16) and the adapter was trained on such "
+                + "weights: pass the floating-point base model the adapter was trained on (adapter_config.json base_model_name_or_path)");
+        return false;
     }
 
     /** With ensure_weight_tying, PEFT wraps lm_head of a tied model when the embedding is targeted, and the other way round. */

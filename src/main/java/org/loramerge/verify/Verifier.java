@@ -10,6 +10,7 @@ import java.util.List;
 import java.util.Random;
 import java.util.Set;
 import java.util.TreeSet;
+import java.util.stream.LongStream;
 import org.loramerge.engine.BlockStats;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.cpu.CpuMerge;
@@ -29,12 +30,20 @@ import org.loramerge.quant.QuantException;
 import org.loramerge.quant.QuantState;
 
 /**
- * Checks a merged checkpoint against base + adapter: every tensor present with the planned shape,
- * unchanged tensors byte-equal, and for a sample of rows of every adapted tensor, the worst error
- * in units in the last place against the correctly rounded exact merge, NaN/Inf counts, and
- * whether the adapter's change is there at all.
+ * Checks a merged checkpoint against base + adapter: every tensor present with the planned shape;
+ * every tensor the adapter leaves alone compared completely (byte for byte where it is a copy,
+ * streamed in windows of the memory map at disk speed; value for value where it is converted or
+ * dequantized); and for a sample of rows of every adapted tensor (or every row), the worst error in
+ * units in the last place against the correctly rounded exact merge, NaN/Inf counts, and whether the
+ * adapter's change is there at all.
  */
 public final class Verifier {
+    /** A row count for {@link #verify}: every row of every adapted tensor ({@code --rows all}). */
+    public static final int ALL_ROWS = Integer.MAX_VALUE;
+    /** Bytes of a tensor compared, or recomputed, at a time. */
+    static final long WINDOW_BYTES = 64L << 20;
+    static final long BLOCK_BYTES = 8L << 20;
+
     /** One tensor's findings. */
     public record TensorCheck(String name, OutputTensor.Kind kind, int rowsChecked, long elementsChecked, long elementsDiffering,
                               double worstUlp, long nonFinite, boolean notApplied, String problem) {
@@ -50,6 +59,11 @@ public final class Verifier {
     private Verifier() {
     }
 
+    /**
+     * @param sampleRows rows recomputed per adapted tensor (NF4 blocks per requantized weight);
+     *                   {@link #ALL_ROWS} for all of them. Tensors the adapter leaves alone are
+     *                   always compared completely.
+     */
     public static Result verify(MergePlan plan, Checkpoint merged, int sampleRows, double maxUlp) throws IOException {
         List<TensorCheck> checks = new ArrayList<>();
         List<String> problems = new ArrayList<>();
@@ -79,8 +93,13 @@ public final class Verifier {
                 problems.add(planned.name() + " is " + m.dtype() + ", expected " + planned.dtype());
                 continue;
             }
-            TensorCheck c = floating ? checkValues(planned, m, merged.fileOf(m.name()), sampleRows)
-                    : checkBytes(planned, m, merged.fileOf(m.name()), sampleRows);
+            SafetensorsFile mf = merged.fileOf(m.name());
+            TensorCheck c;
+            if (!floating || (planned.isByteCopy() && m.dtype() == planned.dtype())) {
+                c = checkBytes(planned, m, mf); // unchanged: every byte
+            } else {
+                c = checkValues(planned, m, mf, planned.isAdapted() ? sampleRows : ALL_ROWS); // converted or dequantized: every row
+            }
             checks.add(c);
             worst = Math.max(worst, c.worstUlp());
             if (c.problem() != null) {
@@ -88,9 +107,9 @@ public final class Verifier {
             } else if (c.worstUlp() > maxUlp) {
                 problems.add(planned.name() + ": worst error " + c.worstUlp() + " ulp exceeds " + maxUlp);
             } else if (c.nonFinite() > 0) {
-                problems.add(planned.name() + ": " + c.nonFinite() + " NaN/Inf values in the sampled rows");
+                problems.add(planned.name() + ": " + c.nonFinite() + " NaN/Inf values in the rows checked, where the exact merge is finite");
             } else if (c.notApplied()) {
-                problems.add(planned.name() + ": the adapter's change is not there (the sampled rows equal the base)");
+                problems.add(planned.name() + ": the adapter's change is not there (the rows checked equal the base)");
             }
         }
         for (String name : merged.tensors().keySet()) {
@@ -101,93 +120,184 @@ public final class Verifier {
         return new Result(checks, problems, worst);
     }
 
+    /** {@code count} rows of {@code rows}, always the first and the last, the same ones for the same seed; all of them when count reaches rows. */
     static long[] sampleRows(long rows, int count, long seed) {
-        TreeSet<Long> set = new TreeSet<>();
-        if (rows == 0) {
-            return new long[0];
+        if (count >= rows) {
+            return LongStream.range(0, rows).toArray();
         }
+        TreeSet<Long> set = new TreeSet<>();
         set.add(0L);
         set.add(rows - 1);
         Random rnd = new Random(seed);
-        while (set.size() < Math.min(rows, count)) {
+        while (set.size() < count) {
             set.add((long) (rnd.nextDouble() * rows));
         }
         return set.stream().mapToLong(Long::longValue).toArray();
     }
 
-    private static TensorCheck checkBytes(OutputTensor planned, TensorInfo m, SafetensorsFile mf, int sampleRows) throws IOException {
-        boolean same = m.sizeInBytes() == planned.sizeInBytes();
-        long window = 64L << 20;
-        for (long off = 0; same && off < m.sizeInBytes(); off += window) {
-            long n = Math.min(window, m.sizeInBytes() - off);
-            try (MappedRegion a = planned.source().file().map(planned.source().info(), off, n); MappedRegion b = mf.map(m, off, n)) {
-                same = a.bytes().equals(b.bytes());
-            }
-        }
-        return new TensorCheck(planned.name(), planned.kind(), 0, m.numElements(), same ? 0 : m.numElements(), 0, 0, false,
-                same ? null : "bytes differ from the base");
+    /** Work on a run of consecutive rows (or NF4 blocks). */
+    private interface Run {
+        void check(long first, int count) throws IOException;
     }
 
+    /**
+     * Calls {@code run} on runs of at most {@code most} consecutive items: of all {@code total} items
+     * when {@code count} reaches it (without listing them: a 1-D tensor has as many rows as elements),
+     * else of a sample of {@code count}.
+     */
+    private static void forEachRun(long total, int count, long seed, int most, Run run) throws IOException {
+        if (count >= total) {
+            for (long first = 0; first < total; first += most) {
+                run.check(first, (int) Math.min(most, total - first));
+            }
+            return;
+        }
+        long[] items = sampleRows(total, count, seed);
+        for (int i = 0; i < items.length; ) {
+            int n = 1;
+            while (i + n < items.length && n < most && items[i + n] == items[i] + n) {
+                n++;
+            }
+            run.check(items[i], n);
+            i += n;
+        }
+    }
+
+    /** An unchanged tensor: its bytes against the source's, all of them, in windows of the memory map. */
+    private static TensorCheck checkBytes(OutputTensor planned, TensorInfo m, SafetensorsFile mf) throws IOException {
+        long size = m.sizeInBytes();
+        if (size != planned.sizeInBytes()) {
+            return new TensorCheck(planned.name(), planned.kind(), 0, 0, m.numElements(), 0, 0, false,
+                    "holds " + size + " bytes, expected " + planned.sizeInBytes());
+        }
+        // offsets in whole elements; sub-byte types are compared byte by byte
+        int elementBytes = m.dtype().bits() % 8 == 0 ? m.dtype().sizeInBytes() : 1;
+        long differing = 0;
+        long first = -1;
+        String firstValues = "";
+        for (long off = 0; off < size; off += WINDOW_BYTES) {
+            int n = (int) Math.min(WINDOW_BYTES, size - off);
+            try (MappedRegion a = planned.source().file().map(planned.source().info(), off, n); MappedRegion b = mf.map(m, off, n)) {
+                ByteBuffer x = a.bytes();
+                ByteBuffer y = b.bytes();
+                int pos = 0;
+                while (pos < n) {
+                    int mm = x.slice(pos, n - pos).mismatch(y.slice(pos, n - pos));
+                    if (mm < 0) {
+                        break;
+                    }
+                    int at = (pos + mm) / elementBytes * elementBytes;
+                    if (first < 0) {
+                        first = (off + at) / elementBytes;
+                        firstValues = values(m, x, y, at);
+                    }
+                    differing++;
+                    pos = at + elementBytes;
+                }
+            }
+        }
+        String problem = null;
+        if (differing > 0) {
+            long cols = Math.max(1, planned.cols());
+            problem = differing + (differing == 1 ? " element differs" : " elements differ") + " from the base, which the adapter leaves unchanged; the first is element "
+                    + first + (planned.shape().length > 1 ? " (row " + first / cols + ", column " + first % cols + ")" : "") + firstValues
+                    + ". The merged model was changed after it was written, or written wrongly: merge again";
+        }
+        return new TensorCheck(planned.name(), planned.kind(), (int) Math.min(planned.rows(), Integer.MAX_VALUE), m.numElements(), differing,
+                0, 0, false, problem);
+    }
+
+    /** ", base V, merged W" for a floating-point element at byte {@code at} of both windows. */
+    private static String values(TensorInfo m, ByteBuffer base, ByteBuffer merged, int at) {
+        if (!m.dtype().isMergeable()) {
+            return "";
+        }
+        FloatFormat fmt = FloatFormat.of(m.dtype());
+        long index = at / fmt.sizeInBytes();
+        return ": base " + fmt.decode(fmt.bitsAt(base, index)) + ", merged " + fmt.decode(fmt.bitsAt(merged, index));
+    }
+
+    /** What the element-by-element comparison of a tensor found. */
+    private static final class Tally {
+        long checked;
+        long differing;
+        long nonFinite;
+        double worst;
+        boolean anyChange;
+        boolean allEqualBase = true;
+    }
+
+    /**
+     * Rows of a merged, replaced, converted or dequantized tensor recomputed exactly (sampled, or
+     * all), block by block, against the merged model's bytes.
+     */
     private static TensorCheck checkValues(OutputTensor planned, TensorInfo m, SafetensorsFile mf, int sampleRows) throws IOException {
         TensorJob job = TensorJob.prepare(planned.withDtype(m.dtype()));
         int cols = job.cols();
         long srcRowBytes = (long) cols * planned.source().dtype().sizeInBytes();
         long outRowBytes = (long) cols * m.dtype().sizeInBytes();
+        int blockRows = (int) Math.max(1, BLOCK_BYTES / Math.max(1, Math.max(srcRowBytes, outRowBytes)));
         if (job.needsColumnPass()) {
             double[] sumSq = new double[cols];
             double[] sumErr = new double[cols];
-            for (long r = 0; r < job.rows(); r++) {
-                try (TensorSource.Bytes src = planned.source().read(r * srcRowBytes, srcRowBytes)) {
-                    CpuMerge.columnSums(job, r, 1, src.bytes(), sumSq, sumErr);
+            forEachRun(job.rows(), ALL_ROWS, 0, blockRows, (r0, n) -> {
+                try (TensorSource.Bytes src = planned.source().read(r0 * srcRowBytes, n * srcRowBytes)) {
+                    CpuMerge.columnSums(job, r0, n, src.bytes(), sumSq, sumErr);
                 }
-            }
+            });
             job.finishColumnNorms(sumSq, sumErr);
         }
         FloatFormat fmt = FloatFormat.of(m.dtype());
         FloatFormat srcFmt = FloatFormat.of(planned.source().dtype());
-        long[] rows = sampleRows(job.rows(), planned.isAdapted() ? sampleRows : Math.min(sampleRows, 4), planned.name().hashCode());
-        long checked = 0;
-        long differing = 0;
-        long nonFinite = 0;
-        double worst = 0;
-        boolean anyChange = false;
-        boolean allEqualBase = true;
-        ByteBuffer expected = ByteBuffer.allocate((int) outRowBytes).order(ByteOrder.LITTLE_ENDIAN);
-        for (long r : rows) {
-            ByteBuffer src;
-            try (TensorSource.Bytes b = planned.source().read(r * srcRowBytes, srcRowBytes)) {
-                src = ByteBuffer.allocate((int) srcRowBytes).order(ByteOrder.LITTLE_ENDIAN).put(b.bytes());
+        int count = planned.isAdapted() ? sampleRows : ALL_ROWS;
+        ByteBuffer expected = ByteBuffer.allocate((int) (Math.min(blockRows, Math.max(1, job.rows())) * outRowBytes)).order(ByteOrder.LITTLE_ENDIAN);
+        Tally t = new Tally();
+        long[] rowsChecked = {0};
+        forEachRun(job.rows(), count, planned.name().hashCode(), blockRows, (r0, n) -> {
+            int len = (int) (n * outRowBytes);
+            try (TensorSource.Bytes s = planned.source().read(r0 * srcRowBytes, n * srcRowBytes); MappedRegion g = mf.map(m, r0 * outRowBytes, len)) {
+                ByteBuffer src = s.bytes();
+                ByteBuffer got = g.bytes();
+                CpuMerge.mergeRows(job, r0, n, src, expected, new BlockStats(), null);
+                rowsChecked[0] += n;
+                if (!t.allEqualBase && expected.slice(0, len).equals(got.slice(0, len))) {
+                    t.checked += (long) n * cols; // exact, and the change is known to be there
+                    return;
+                }
+                compare(fmt, srcFmt, expected, got, src, (long) n * cols, t);
             }
-            ByteBuffer got = ByteBuffer.wrap(read(mf, m, r * outRowBytes, outRowBytes)).order(ByteOrder.LITTLE_ENDIAN);
-            CpuMerge.mergeRows(job, r, 1, src, expected, new BlockStats(), null);
-            for (int j = 0; j < cols; j++) {
-                int eb = fmt.bitsAt(expected, j);
-                int gb = fmt.bitsAt(got, j);
-                double ev = fmt.decode(eb);
-                double gv = fmt.decode(gb);
-                double base = srcFmt.decode(srcFmt.bitsAt(src, j));
-                checked++;
-                if (fmt.isNonFinite(gb)) {
-                    if (!fmt.isNonFinite(eb)) {
-                        nonFinite++;
-                    }
-                    continue;
+        });
+        boolean notApplied = planned.isAdapted() && t.anyChange && t.allEqualBase;
+        return new TensorCheck(planned.name(), planned.kind(), (int) Math.min(rowsChecked[0], Integer.MAX_VALUE), t.checked, t.differing,
+                t.worst, t.nonFinite, notApplied, null);
+    }
+
+    private static void compare(FloatFormat fmt, FloatFormat srcFmt, ByteBuffer expected, ByteBuffer got, ByteBuffer src, long elements, Tally t) {
+        for (long j = 0; j < elements; j++) {
+            int eb = fmt.bitsAt(expected, j);
+            int gb = fmt.bitsAt(got, j);
+            double ev = fmt.decode(eb);
+            double gv = fmt.decode(gb);
+            double base = srcFmt.decode(srcFmt.bitsAt(src, j));
+            t.checked++;
+            if (fmt.isNonFinite(gb)) {
+                if (!fmt.isNonFinite(eb)) {
+                    t.nonFinite++;
                 }
-                if (ev != base) {
-                    anyChange = true;
-                }
-                if (gv != base) {
-                    allEqualBase = false;
-                }
-                if (eb != gb) {
-                    differing++;
-                    double ulp = Double.isFinite(ev) ? Math.abs(gv - ev) / fmt.ulp(ev) : Double.POSITIVE_INFINITY;
-                    worst = Math.max(worst, ulp);
-                }
+                continue;
+            }
+            if (ev != base) {
+                t.anyChange = true;
+            }
+            if (gv != base) {
+                t.allEqualBase = false;
+            }
+            if (eb != gb) {
+                t.differing++;
+                double ulp = Double.isFinite(ev) ? Math.abs(gv - ev) / fmt.ulp(ev) : Double.POSITIVE_INFINITY;
+                t.worst = Math.max(t.worst, ulp);
             }
         }
-        boolean notApplied = planned.isAdapted() && anyChange && allEqualBase;
-        return new TensorCheck(planned.name(), planned.kind(), rows.length, checked, differing, worst, nonFinite, notApplied, null);
     }
 
     /**
@@ -219,54 +329,50 @@ public final class Verifier {
         long n = got.numElements();
         FloatFormat fmt = FloatFormat.of(got.dtype());
         long srcRowBytes = (long) cols * fmt.sizeInBytes();
-        long[] blocks = sampleRows(got.numBlocks(), sampleRows, planned.name().hashCode());
         byte[] codes = new byte[bs];
         float[] values = new float[bs];
-        long checked = 0;
-        long differing = 0;
-        for (long b : blocks) {
-            long first = b * bs;
-            int len = (int) Math.min(bs, n - first);
+        long[] tally = new long[3]; // blocks, elements checked, differing
+        Nf4Tensor.Part w = group.weight();
+        int most = (int) Math.max(1, BLOCK_BYTES / fmt.sizeInBytes() / bs);
+        forEachRun(got.numBlocks(), sampleRows, planned.name().hashCode(), most, (b0, nb) -> {
+            // the rows that hold blocks [b0, b0 + nb), merged once (a block may cross rows; blocks start on even elements)
+            long first = b0 * bs;
+            long end = Math.min(n, (b0 + nb) * bs);
             long row0 = first / cols;
-            int rows = (int) ((first + len - 1) / cols - row0 + 1);
+            int rows = (int) ((end - 1) / cols - row0 + 1);
             ByteBuffer mergedRows = ByteBuffer.allocate((int) (rows * srcRowBytes)).order(ByteOrder.LITTLE_ENDIAN);
             try (TensorSource.Bytes src = planned.source().read(row0 * srcRowBytes, rows * srcRowBytes)) {
                 CpuMerge.mergeRows(job, row0, rows, src.bytes(), mergedRows, new BlockStats(), null);
             }
-            long offset = first - row0 * cols;
-            for (int i = 0; i < len; i++) {
-                values[i] = (float) fmt.decode(fmt.bitsAt(mergedRows, offset + i));
-            }
-            float absmax = Nf4Codec.quantizeBlock(values, 0, len, codes, 0);
-            Nf4Tensor.Part w = group.weight();
-            byte[] packed = new byte[(len + 1) / 2];
+            byte[] packed = new byte[(int) ((end - first + 1) / 2)];
             try (MappedRegion r = w.file().map(w.info(), first / 2, packed.length)) {
                 r.bytes().get(packed);
             }
-            for (int i = 0; i < len; i++) {
-                checked++;
-                if (Nf4Codec.codeAt(packed[i / 2], i) != codes[i]) {
-                    differing++;
+            float[] stored = got.isDoubleQuant() ? null : decoder.absmax(b0, nb);
+            for (int k = 0; k < nb; k++) {
+                long blockFirst = first + (long) k * bs;
+                int len = (int) Math.min(bs, n - blockFirst);
+                long offset = blockFirst - row0 * cols;
+                for (int i = 0; i < len; i++) {
+                    values[i] = (float) fmt.decode(fmt.bitsAt(mergedRows, offset + i));
+                }
+                float absmax = Nf4Codec.quantizeBlock(values, 0, len, codes, 0);
+                tally[0]++;
+                for (int i = 0; i < len; i++) {
+                    long at = blockFirst - first + i;
+                    tally[1]++;
+                    if (Nf4Codec.codeAt(packed[(int) (at / 2)], at) != codes[i]) {
+                        tally[2]++;
+                    }
+                }
+                if (stored != null && stored[k] != absmax) {
+                    tally[2]++;
                 }
             }
-            if (!got.isDoubleQuant() && decoder.absmax(b, 1)[0] != absmax) {
-                differing++;
-            }
-        }
-        return new TensorCheck(planned.name(), kind, blocks.length, checked, differing, 0, 0, false,
-                differing == 0 ? null : differing + " of " + checked + " sampled 4-bit codes (or block absmax) differ from the requantized merge");
-    }
-
-    private static byte[] read(SafetensorsFile f, TensorInfo t, long offset, long length) throws IOException {
-        byte[] out = new byte[Math.toIntExact(length)];
-        long done = 0;
-        while (done < length) {
-            long n = Math.min(MappedRegion.MAX_WINDOW, length - done);
-            try (MappedRegion r = f.map(t, offset + done, n)) {
-                r.bytes().get(out, (int) done, (int) n);
-            }
-            done += n;
-        }
-        return out;
+        });
+        long checked = tally[1];
+        long differing = tally[2];
+        return new TensorCheck(planned.name(), kind, (int) Math.min(tally[0], Integer.MAX_VALUE), checked, differing, 0, 0, false,
+                differing == 0 ? null : differing + " of " + checked + " checked 4-bit codes (or block absmax) differ from the requantized merge");
     }
 }

@@ -3,7 +3,6 @@ package org.loramerge.adapter;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
-import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.loramerge.testutil.TinyModels.PEFT_PREFIX;
@@ -20,6 +19,7 @@ import static org.loramerge.testutil.TinyModels.writeText;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.function.Function;
@@ -28,6 +28,7 @@ import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
 import org.junit.jupiter.params.provider.ValueSource;
 import org.loramerge.adapter.AdapterException.Reason;
 import org.loramerge.format.Checkpoint;
@@ -36,8 +37,8 @@ import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
 import org.loramerge.plan.TermSpec;
-import org.loramerge.testutil.TinyModels;
 import org.loramerge.testutil.TinyModels.Tensor;
+import org.loramerge.testutil.TinyModels;
 
 /**
  * Adapters that cannot be merged as they are, each stopped with a reason and a message naming the
@@ -178,6 +179,85 @@ class AdapterInputTest {
         assertNames("target_parameters", e);
     }
 
+    /** A minimal config with {@code field} set to {@code valueJson} (replacing the default where there is one). */
+    private static String configWith(String field, String valueJson) {
+        Map<String, String> fields = new LinkedHashMap<>();
+        fields.put("peft_type", "\"LORA\"");
+        fields.put("r", "4");
+        fields.put("lora_alpha", "8");
+        fields.put("target_modules", Q_LIST);
+        fields.put(field, valueJson);
+        return fields.entrySet().stream().map(e -> "\"" + e.getKey() + "\": " + e.getValue()).collect(Collectors.joining(", ", "{", "}"));
+    }
+
+    @ParameterizedTest(name = "{0}: {1}")
+    @CsvSource(delimiter = '|', value = {
+            "target_modules          | 123                     | Optional[Union[list[str], str]]",
+            "target_modules          | {}                      | Optional[Union[list[str], str]]",
+            "target_modules          | [\"q_proj\", 7]         | Optional[Union[list[str], str]]",
+            "exclude_modules         | 5                       | Optional[Union[list[str], str]]",
+            "rank_pattern            | \"x\"                   | Optional[dict]",
+            "rank_pattern            | {\"q_proj\": 2.5}       | Optional[dict]",
+            "alpha_pattern           | [[\"q_proj\", 2]]       | Optional[dict]",
+            "r                       | null                    | int",
+            "r                       | 4.0                     | int",
+            "r                       | \"4\"                   | int",
+            "lora_alpha              | null                    | int",
+            "lora_alpha              | true                    | int",
+            "lora_dropout            | \"x\"                   | float",
+            "lora_dropout            | null                    | float",
+            "bias                    | null                    | Literal",
+            "use_dora                | \"yes\"                 | bool",
+            "use_rslora              | 1                       | bool",
+            "modules_to_save         | \"lm_head\"             | Optional[list[str]]",
+            "layers_to_transform     | \"0\"                   | Optional[Union[list[int], int]]",
+            "layers_pattern          | 3                       | Optional[Union[list[str], str]]",
+            "trainable_token_indices | {\"embed_tokens\": 5}   | Optional[Union[list[int], dict[str, list[int]]]]",
+            "target_parameters       | \"experts\"             | Optional[list[str]]",
+            "peft_type               | 7                       | str",
+            "init_lora_weights       | 1                       | bool",
+    })
+    void wronglyTypedFieldIsRefusedNamingTheFieldAndTheTypePeftExpects(String field, String valueJson, String peftType) {
+        AdapterException e = refused(adapter(configWith(field, valueJson), qProjAdapter(4)), Reason.INVALID_CONFIG);
+        assertNames("adapter_config.json", e);
+        assertNames("\"" + field + "\"", e);
+        assertNames(peftType, e);
+    }
+
+    @ParameterizedTest(name = "{0}: {1}")
+    @CsvSource(delimiter = '|', value = {
+            "lora_dropout | 1.5           | from 0 to 1",
+            "bias         | \"some\"     | lora_only",
+            "rank_pattern | {\"q_proj\": 0} | positive",
+    })
+    void fieldOfTheRightTypeButAValuePeftRefusesIsRefused(String field, String valueJson, String why) {
+        AdapterException e = refused(adapter(configWith(field, valueJson), qProjAdapter(4)), Reason.INVALID_CONFIG);
+        assertNames(field, e);
+        assertNames(why, e);
+    }
+
+    @Test
+    void nullInAnOptionalFieldAndFieldsPeftDoesNotKnowAreHarmless() throws Exception {
+        String extra = "\"exclude_modules\": null, \"rank_pattern\": null, \"use_dora\": null, \"modules_to_save\": null, "
+                + "\"a_field_of_a_later_peft\": {\"x\": [1, \"y\"]}, \"megatron_core\": \"megatron.core\", \"loftq_config\": {}";
+        MergePlan plan = plan(adapter(loraConfig(4, 8, Q_LIST, extra), qProjAdapter(4)));
+        assertEquals(2, plan.count(OutputTensor.Kind.MERGE));
+    }
+
+    @ParameterizedTest
+    @ValueSource(strings = {"\"use_qalora\": true", "\"use_bdlora\": {\"nblocks\": 2}", "\"kasa_config\": {}"})
+    void loraVariantsWhoseMergeIsNotSBATimesAAreUnsupportedWithTheReason(String field) {
+        AdapterException e = refused(adapter(loraConfig(4, 8, Q_LIST, field), qProjAdapter(4)), Reason.UNSUPPORTED);
+        assertNames(field.substring(1, field.indexOf('"', 1)), e);
+        assertTrue(e.getMessage().contains("PEFT"), e::getMessage);
+    }
+
+    @Test
+    void useQaloraFalseIsPlainLora() throws Exception {
+        MergePlan plan = plan(adapter(loraConfig(4, 8, Q_LIST, "\"use_qalora\": false, \"qalora_group_size\": 16"), qProjAdapter(4)));
+        assertEquals(2, plan.count(OutputTensor.Kind.MERGE));
+    }
+
     // ------------------------------------------------------------------ keys
 
     @ParameterizedTest
@@ -297,7 +377,7 @@ class AdapterInputTest {
 
     // ------------------------------------------------------------------ config semantics
 
-    private AdapterConfig config(String json) throws AdapterException {
+    private AdapterConfig config(String json) throws Exception {
         Path file = writeText(dir.resolve("cfg").resolve("adapter_config.json"), json);
         return AdapterConfig.read(file);
     }
@@ -454,9 +534,10 @@ class AdapterInputTest {
     }
 
     @Test
-    void patternKeyReturnsNullWhenNothingMatches() {
-        assertNull(AdapterConfig.patternKey(List.of("v_proj", "^model.layers.1.self_attn.q_proj"), q(0)));
-        assertEquals("^model.layers.1.self_attn.q_proj", AdapterConfig.patternKey(List.of("v_proj", "^model.layers.1.self_attn.q_proj"), q(1)));
+    void moduleThatNoRankPatternKeyMatchesKeepsR() throws Exception {
+        AdapterConfig c = config(loraConfig(8, 16, Q_LIST, "\"rank_pattern\": {\"v_proj\": 2, \"^model.layers.1.self_attn.q_proj\": 3}"));
+        assertEquals(8, c.rankFor(q(0)));
+        assertEquals(3, c.rankFor(q(1)));
     }
 
     // ------------------------------------------------------------------ helpers over plans

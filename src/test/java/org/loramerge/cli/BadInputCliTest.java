@@ -1,14 +1,16 @@
 package org.loramerge.cli;
 
-import static org.junit.jupiter.api.Assertions.assertAll;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.loramerge.cli.CliRun.assertBadInput;
+import static org.loramerge.cli.CliRun.assertNoLeftovers;
+import static org.loramerge.cli.CliRun.assertNoOutput;
+import static org.loramerge.cli.CliRun.merge;
 import static org.loramerge.testutil.TinyModels.f16;
 import static org.loramerge.testutil.TinyModels.f32;
 import static org.loramerge.testutil.TinyModels.hashTree;
-import static org.loramerge.testutil.TinyModels.list;
 import static org.loramerge.testutil.TinyModels.loraConfig;
 import static org.loramerge.testutil.TinyModels.q;
 import static org.loramerge.testutil.TinyModels.qProjAdapter;
@@ -18,8 +20,6 @@ import static org.loramerge.testutil.TinyModels.writeIndex;
 import static org.loramerge.testutil.TinyModels.writeSafetensors;
 import static org.loramerge.testutil.TinyModels.writeText;
 
-import java.io.ByteArrayOutputStream;
-import java.io.PrintStream;
 import java.io.RandomAccessFile;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -29,7 +29,6 @@ import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.regex.Pattern;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -45,10 +44,6 @@ import org.loramerge.testutil.TinyModels.Tensor;
  * inputs, and the inputs' bytes never change.
  */
 class BadInputCliTest {
-    /** Words of a message that tells the user what to do next (STYLE.md: every message says what to do next). */
-    private static final Pattern REMEDY = Pattern.compile(
-            "(?i)\\b(download|copy|re-?save|re-?export|convert|fix|pass|use|choose|check|retry|replace|remove|regenerate|point)\\b");
-
     @TempDir
     Path dir;
 
@@ -63,49 +58,6 @@ class BadInputCliTest {
         adapter = writeAdapter(models.resolve("adapter"), loraConfig(4, 8, "[\"q_proj\"]", ""), qProjAdapter(4));
     }
 
-    private record Result(int code, String err) {
-    }
-
-    private static Result run(String... args) {
-        PrintStream oldErr = System.err;
-        ByteArrayOutputStream err = new ByteArrayOutputStream();
-        try (PrintStream capture = new PrintStream(err, true, StandardCharsets.UTF_8)) {
-            System.setErr(capture);
-            int code = Main.run(args);
-            capture.flush();
-            return new Result(code, err.toString(StandardCharsets.UTF_8));
-        } finally {
-            System.setErr(oldErr);
-        }
-    }
-
-    private static Result merge(Path base, Path adapter, Path out, String... extra) {
-        List<String> args = new ArrayList<>(List.of("merge", "--base", base.toString(), "--adapter", adapter.toString(),
-                "--out", out.toString(), "--device", "cpu", "--quiet"));
-        args.addAll(Arrays.asList(extra));
-        return run(args.toArray(new String[0]));
-    }
-
-    /** Exit code 3, the message names {@code offending} and a remedy, and neither the output nor a partial folder exists. */
-    private static void assertBadInput(Result r, Path out, Path offending) {
-        assertAll(
-                () -> assertEquals(ExitCodes.BAD_INPUT, r.code(), r::err),
-                () -> assertNoOutput(out),
-                () -> assertTrue(r.err().contains(offending.toString()), () -> "stderr does not name " + offending + ":\n" + r.err()),
-                () -> assertTrue(REMEDY.matcher(r.err()).find(), () -> "stderr does not say what to do:\n" + r.err()));
-    }
-
-    private static void assertNoOutput(Path out) {
-        assertFalse(Files.exists(out), out + " exists after a failed merge");
-        assertNoLeftovers(out);
-    }
-
-    /** No hidden {@code .NAME.loramerge-partial-*} or {@code .NAME.loramerge-old-*} folder beside {@code out}. */
-    private static void assertNoLeftovers(Path out) {
-        List<String> left = list(out.getParent()).stream().filter(n -> n.contains(".loramerge-")).toList();
-        assertEquals(List.of(), left, "leftover folders beside " + out);
-    }
-
     // ------------------------------------------------------------------ bad inputs: exit 3, nothing written
 
     @Test
@@ -118,7 +70,7 @@ class BadInputCliTest {
         }
         Map<String, String> before = hashTree(sharded);
         Path out = dir.resolve("merged");
-        Result r = merge(sharded, adapter, out);
+        CliRun.Result r = merge(sharded, adapter, out);
         assertBadInput(r, out, shard);
         assertEquals(before, hashTree(sharded));
     }
@@ -154,7 +106,7 @@ class BadInputCliTest {
         Path other = writeAdapter(models.resolve("other-adapter"), loraConfig(4, 8, "[\"q_proj\"]", ""), wide);
         Map<String, String> before = hashTree(models);
         Path out = dir.resolve("merged");
-        Result r = merge(base, other, out);
+        CliRun.Result r = merge(base, other, out);
         assertBadInput(r, out, other);
         assertTrue(r.err().contains(q(0)), r::err);
         assertEquals(before, hashTree(models));
@@ -177,13 +129,10 @@ class BadInputCliTest {
     @Test
     void symlinkedShardAsInTheHuggingFaceCacheMerges() throws Exception {
         // a snapshot folder of the Hugging Face cache links each file to ../../blobs/<hash>
-        Path sharded = TinyModels.writeShardedModel(models.resolve("sharded"),
-                List.of(TinyModels.tinyLlama().subList(0, 3), TinyModels.tinyLlama().subList(3, 7)));
-        Path blobs = Files.createDirectories(dir.resolve("blobs"));
-        Path real = Files.move(sharded.resolve(shardName(1, 2)), blobs.resolve("5f3a9c"));
-        Files.createSymbolicLink(sharded.resolve(shardName(1, 2)), real);
+        Path sharded = TinyModels.asHuggingFaceCache(TinyModels.writeShardedModel(models.resolve("sharded"),
+                List.of(TinyModels.tinyLlama().subList(0, 3), TinyModels.tinyLlama().subList(3, 7))), dir.resolve("hub"), "org/tiny");
         Path out = dir.resolve("merged");
-        Result r = merge(sharded, adapter, out);
+        CliRun.Result r = merge(sharded, adapter, out);
         assertEquals(ExitCodes.OK, r.code(), r::err);
         assertTrue(Files.isRegularFile(out.resolve("model.safetensors")), r::err);
     }
@@ -205,7 +154,7 @@ class BadInputCliTest {
                 new Tensor(TinyModels.PEFT_PREFIX + q(0) + ".lora_B.weight", DType.F32, new long[] {8, 4}, f32(thousands))));
         Path hot = writeAdapter(models.resolve("hot-adapter"), loraConfig(4, 8, "[\"q_proj\"]", ""), adapterTensors);
         Path out = dir.resolve("merged");
-        Result r = merge(f16Base, hot, out);
+        CliRun.Result r = merge(f16Base, hot, out);
         assertEquals(ExitCodes.NON_FINITE, r.code(), r::err);
         assertTrue(r.err().contains("--allow-overflow"), r::err);
         assertNoOutput(out);
@@ -218,7 +167,7 @@ class BadInputCliTest {
         Path out = Files.createDirectories(dir.resolve("merged"));
         writeText(out.resolve("keep.txt"), "the user's earlier work\n");
         Map<String, String> before = hashTree(out);
-        Result r = merge(base, adapter, out);
+        CliRun.Result r = merge(base, adapter, out);
         assertEquals(ExitCodes.OUTPUT, r.code(), r::err);
         assertTrue(r.err().contains(out.toString()) && r.err().contains("--overwrite"), r::err);
         assertEquals(before, hashTree(out));
@@ -229,10 +178,10 @@ class BadInputCliTest {
     void existingOutputWithOverwriteIsReplaced() throws Exception {
         Path out = Files.createDirectories(dir.resolve("merged"));
         writeText(out.resolve("keep.txt"), "stale\n");
-        Result r = merge(base, adapter, out, "--overwrite");
+        CliRun.Result r = merge(base, adapter, out, "--overwrite");
         assertEquals(ExitCodes.OK, r.code(), r::err);
         assertFalse(Files.exists(out.resolve("keep.txt")), "the old folder's content survived --overwrite");
-        assertTrue(list(out).containsAll(List.of("config.json", "model.safetensors")), () -> "output holds " + list(out));
+        assertTrue(TinyModels.list(out).containsAll(List.of("config.json", "model.safetensors")), () -> "output holds " + TinyModels.list(out));
         assertMergedCorrectly(out);
         assertNoLeftovers(out);
     }
@@ -241,7 +190,7 @@ class BadInputCliTest {
     void outputEqualToTheBaseIsRefusedEvenWithOverwrite() {
         Map<String, String> before = hashTree(models);
         for (String[] extra : new String[][] {{}, {"--overwrite"}}) {
-            Result r = merge(base, adapter, base, extra);
+            CliRun.Result r = merge(base, adapter, base, extra);
             assertEquals(ExitCodes.OUTPUT, r.code(), r::err);
             assertTrue(r.err().contains(base.toString()), r::err);
             assertEquals(before, hashTree(models), "the base folder changed");
@@ -253,7 +202,7 @@ class BadInputCliTest {
     void outputInsideTheBaseIsRefused() {
         Map<String, String> before = hashTree(models);
         Path out = base.resolve("merged");
-        Result r = merge(base, adapter, out, "--overwrite");
+        CliRun.Result r = merge(base, adapter, out, "--overwrite");
         assertEquals(ExitCodes.OUTPUT, r.code(), r::err);
         assertEquals(before, hashTree(models), "the base folder changed");
     }
@@ -261,7 +210,7 @@ class BadInputCliTest {
     @Test
     void outputThatContainsTheBaseIsRefusedEvenWithOverwrite() {
         Map<String, String> before = hashTree(models);
-        Result r = merge(base, adapter, models, "--overwrite");
+        CliRun.Result r = merge(base, adapter, models, "--overwrite");
         assertEquals(ExitCodes.OUTPUT, r.code(), r::err);
         assertEquals(before, hashTree(models), "the folder holding the base changed");
         assertNoLeftovers(models);
@@ -270,7 +219,7 @@ class BadInputCliTest {
     @Test
     void outputInsideTheAdapterIsRefused() {
         Map<String, String> before = hashTree(models);
-        Result r = merge(base, adapter, adapter.resolve("merged"));
+        CliRun.Result r = merge(base, adapter, adapter.resolve("merged"));
         assertEquals(ExitCodes.OUTPUT, r.code(), r::err);
         assertEquals(before, hashTree(models), "the adapter folder changed");
     }
@@ -280,7 +229,7 @@ class BadInputCliTest {
         writeText(base.resolve("tokenizer.json"), "{\"version\": \"1.0\"}\n");
         Map<String, String> before = hashTree(models);
         Path out = dir.resolve("merged");
-        Result r = merge(base, adapter, out);
+        CliRun.Result r = merge(base, adapter, out);
         assertEquals(ExitCodes.OK, r.code(), r::err);
         assertEquals(before, hashTree(models), "a successful merge changed the base or adapter files");
         assertMergedCorrectly(out);

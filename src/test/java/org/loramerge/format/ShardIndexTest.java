@@ -117,16 +117,12 @@ class ShardIndexTest {
     }
 
     @Test
-    void symlinkedShardAsInTheHuggingFaceCacheIsRead() throws Exception {
-        // snapshots/<rev>/model-0000x.safetensors -> ../../blobs/<hash>: the index names a plain file; the link is the user's own
-        Path model = model();
-        Path blobs = dir.resolve("blobs");
-        Files.createDirectories(blobs);
-        Path real = blobs.resolve("0123abcd");
-        Files.move(model.resolve(shardName(1, 2)), real);
-        Files.createSymbolicLink(model.resolve(shardName(1, 2)), real);
-        try (Checkpoint c = Checkpoint.open(model)) {
+    void symlinkedShardsAsInTheHuggingFaceCacheAreRead() throws Exception {
+        // snapshots/<rev>/model-0000x.safetensors -> ../../blobs/<hash>: the index names a plain file; the link is the cache's
+        Path snapshot = TinyModels.asHuggingFaceCache(model(), dir.resolve("hub"), "org/tiny");
+        try (Checkpoint c = Checkpoint.open(snapshot)) {
             assertEquals(5, c.tensors().size());
+            assertNotNull(c.config());
         }
     }
 
@@ -177,14 +173,27 @@ class ShardIndexTest {
     }
 
     @Test
-    void tensorInAShardButNotInTheIndexIsIgnoredWithAWarning() throws Exception {
+    void tensorInAShardThatTheIndexDoesNotListIsIndexMismatchNamingTensorAndShard() {
         Path model = dir.resolve("extra");
         writeText(model.resolve("config.json"), TinyModels.LLAMA_CONFIG);
-        writeSafetensors(model.resolve(shardName(0, 1)), List.of(bf16Tensor("model.norm.weight", 8), bf16Tensor("stray.weight", 8)));
+        writeSafetensors(model.resolve(shardName(0, 1)), List.of(bf16Tensor("model.norm.weight", 8), bf16Tensor("lm_head.weight", 8)));
         writeIndex(model, Map.of("model.norm.weight", shardName(0, 1)), 16);
-        try (Checkpoint c = Checkpoint.open(model)) {
-            assertEquals(List.of("model.norm.weight"), new ArrayList<>(c.tensors().keySet()));
-            assertTrue(c.warnings().stream().anyMatch(w -> w.contains("stray.weight")), () -> "warnings: " + c.warnings());
-        }
+        SafetensorsException e = assertThrows(SafetensorsException.class, () -> Checkpoint.open(model).close());
+        assertEquals(Reason.INDEX_MISMATCH, e.reason(), e::getMessage);
+        assertEquals("lm_head.weight", e.tensor());
+        assertTrue(e.getMessage().contains(shardName(0, 1)) && e.getMessage().contains(ShardIndex.FILE_NAME), e::getMessage);
+    }
+
+    @Test
+    void tensorHeldByTwoShardsIsIndexMismatchNamingBoth() {
+        Path model = dir.resolve("twice");
+        writeText(model.resolve("config.json"), TinyModels.LLAMA_CONFIG);
+        writeSafetensors(model.resolve(shardName(0, 2)), List.of(bf16Tensor("model.norm.weight", 8)));
+        writeSafetensors(model.resolve(shardName(1, 2)), List.of(bf16Tensor("model.norm.weight", 8), bf16Tensor("lm_head.weight", 8)));
+        writeIndex(model, Map.of("model.norm.weight", shardName(0, 2), "lm_head.weight", shardName(1, 2)), 32);
+        SafetensorsException e = assertThrows(SafetensorsException.class, () -> Checkpoint.open(model).close());
+        assertEquals(Reason.INDEX_MISMATCH, e.reason(), e::getMessage);
+        assertEquals("model.norm.weight", e.tensor());
+        assertTrue(e.getMessage().contains(shardName(0, 2)) && e.getMessage().contains(shardName(1, 2)), e::getMessage);
     }
 }

@@ -1,12 +1,14 @@
 package org.loramerge.testutil;
 
 import java.io.IOException;
+import java.io.RandomAccessFile;
 import java.io.UncheckedIOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
 import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
 import java.util.ArrayList;
@@ -311,6 +313,92 @@ public final class TinyModels {
         return dir;
     }
 
+    // ---------------------------------------------------------------- the Hugging Face cache
+
+    /**
+     * Moves the files of {@code modelDir} into a Hugging Face cache repository under {@code hub}, laid
+     * out as the hub library lays it out: {@code models--ORG--NAME/blobs/<sha256>} holds the bytes and
+     * {@code models--ORG--NAME/snapshots/<rev>/<file>} is a relative link {@code ../../blobs/<sha256>}.
+     *
+     * @return the snapshot folder, which a user passes as the model folder
+     */
+    public static Path asHuggingFaceCache(Path modelDir, Path hub, String orgAndName) {
+        Path repo = hub.resolve("models--" + orgAndName.replace("/", "--"));
+        Path blobs = repo.resolve("blobs");
+        Path snapshot = repo.resolve("snapshots").resolve("0123456789abcdef0123456789abcdef01234567");
+        try {
+            Files.createDirectories(blobs);
+            Files.createDirectories(snapshot);
+            for (String name : list(modelDir)) {
+                Path file = modelDir.resolve(name);
+                String hash = sha256(Files.readAllBytes(file));
+                Files.move(file, blobs.resolve(hash), StandardCopyOption.REPLACE_EXISTING);
+                Files.createSymbolicLink(snapshot.resolve(name), Path.of("..", "..", "blobs", hash));
+            }
+            Files.delete(modelDir);
+            writeText(repo.resolve("refs").resolve("main"), snapshot.getFileName().toString());
+            return snapshot;
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+    }
+
+    // ---------------------------------------------------------------- special files
+
+    /** Whether this machine has {@code mkfifo} (tests that need named pipes skip themselves without it). */
+    public static boolean hasMkfifo() {
+        try {
+            return new ProcessBuilder("mkfifo", "--version").redirectErrorStream(true).redirectOutput(ProcessBuilder.Redirect.DISCARD)
+                    .start().waitFor() == 0;
+        } catch (IOException e) {
+            return false;
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            return false;
+        }
+    }
+
+    /** Replaces {@code file} (if it exists) by a named pipe that nobody writes to: opening it for reading would block forever. */
+    public static Path replaceWithFifo(Path file) {
+        try {
+            Files.deleteIfExists(file);
+            Process p = new ProcessBuilder("mkfifo", file.toString()).redirectErrorStream(true).start();
+            String output = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+            if (p.waitFor() != 0 || !Files.exists(file)) {
+                throw new IOException("mkfifo " + file + " failed: " + output);
+            }
+            return file;
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new IllegalStateException(e);
+        }
+    }
+
+    /** Replaces {@code file} (if it exists) by a symbolic link to {@code target}. */
+    public static Path replaceWithLink(Path file, Path target) {
+        try {
+            Files.deleteIfExists(file);
+            return Files.createSymbolicLink(file, target);
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+    }
+
+    /** A sparse file of {@code size} bytes (spaces at both ends, holes between): large on paper, nothing on disk. */
+    public static Path writeSparse(Path file, long size) {
+        try (RandomAccessFile raf = new RandomAccessFile(file.toFile(), "rw")) {
+            raf.setLength(size);
+            raf.write(' ');
+            raf.seek(size - 1);
+            raf.write(' ');
+            return file;
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+    }
+
     // ---------------------------------------------------------------- folder snapshots
 
     /** SHA-256 of every file under {@code dir}, by relative path: equal maps mean identical trees. */
@@ -321,6 +409,8 @@ public final class TinyModels {
                 String rel = dir.relativize(p).toString();
                 if (Files.isDirectory(p)) {
                     out.put(rel + "/", "dir");
+                } else if (!Files.isRegularFile(p)) {
+                    out.put(rel, "special"); // a pipe or device: reading it could block
                 } else {
                     out.put(rel, sha256(Files.readAllBytes(p)));
                 }
