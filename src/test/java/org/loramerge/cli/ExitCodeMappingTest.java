@@ -67,8 +67,8 @@ class ExitCodeMappingTest {
     @ParameterizedTest
     @CsvSource({
             "--threads, 0, --threads 0: expected 1 or more",
-            "--verify-rows, 0, --verify-rows 0: expected 1 or more",
-            "--verify-rows, -5, --verify-rows -5: expected 1 or more",
+            "--verify-rows, 0, --verify-rows 0: expected a positive number of rows",
+            "--verify-rows, -5, --verify-rows -5: expected a positive number of rows",
             "--dtype, f64, --dtype f64: expected auto, f32, f16 or bf16",
             "--device, gpu, --device gpu: expected auto, cpu, cuda or cuda:N",
             "--device, cuda:x, --device cuda:x: expected cuda:N",
