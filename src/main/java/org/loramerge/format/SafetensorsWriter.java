@@ -10,13 +10,18 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.Arrays;
+import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.atomic.AtomicLong;
 
 /**
- * Writes one safetensors file as a stream: the header first (its tensors, shapes and offsets are
- * fixed up front), then each tensor's bytes in header order. The header is padded with spaces to
- * a multiple of 8 bytes, as the reference writer does, so the data section starts aligned.
+ * Writes one safetensors file: the header first (its tensors, shapes and offsets are fixed up
+ * front), then the tensors' bytes, either appended in header order ({@link #write}) or placed at
+ * their offsets by any number of threads at once ({@link #writeAt}); the file is sized up front, so
+ * such writes never extend it and need no lock. The header is padded with spaces to a multiple of
+ * 8 bytes, as the reference writer does, so the data section starts aligned. {@link #finish}
+ * checks that every declared byte was written.
  */
 public final class SafetensorsWriter implements AutoCloseable {
     /** A tensor to be written: its name, dtype and shape. */
@@ -30,15 +35,18 @@ public final class SafetensorsWriter implements AutoCloseable {
     private final FileChannel channel;
     private final long dataStart;
     private final long totalSize;
+    private final Map<String, Long> offsets;
+    private final AtomicLong written = new AtomicLong();
     private long position;
     private boolean closed;
 
-    private SafetensorsWriter(Path path, FileChannel channel, long dataStart, long totalSize) {
+    private SafetensorsWriter(Path path, FileChannel channel, long dataStart, long totalSize, Map<String, Long> offsets) {
         this.path = path;
         this.channel = channel;
         this.dataStart = dataStart;
         this.totalSize = dataStart + totalSize;
         this.position = dataStart;
+        this.offsets = offsets;
     }
 
     /** The header bytes (length prefix included) for these entries, in this order. */
@@ -75,7 +83,9 @@ public final class SafetensorsWriter implements AutoCloseable {
     public static SafetensorsWriter create(Path path, List<Entry> entries, Map<String, String> metadata) throws IOException {
         byte[] header = header(entries, metadata);
         long total = 0;
+        Map<String, Long> offsets = new HashMap<>();
         for (Entry e : entries) {
+            offsets.put(e.name(), total);
             total += e.sizeInBytes();
         }
         FileChannel ch = FileChannel.open(path, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE);
@@ -85,22 +95,47 @@ public final class SafetensorsWriter implements AutoCloseable {
             while (hb.hasRemaining()) {
                 pos += ch.write(hb, pos);
             }
+            if (total > 0) {
+                ch.write(ByteBuffer.wrap(new byte[1]), header.length + total - 1); // the file's final size, so positional writes never grow it
+            }
         } catch (IOException e) {
             ch.close();
             throw e;
         }
-        return new SafetensorsWriter(path, ch, header.length, total);
+        return new SafetensorsWriter(path, ch, header.length, total, offsets);
     }
 
-    /** Appends bytes of the tensor being written. */
+    /** Where tensor {@code name}'s bytes start, relative to the data section. */
+    public long offsetOf(String name) {
+        Long o = offsets.get(name);
+        if (o == null) {
+            throw new IllegalArgumentException(path + " declares no tensor " + name);
+        }
+        return o;
+    }
+
+    /** Appends bytes of the tensor being written (one thread). */
     public void write(ByteBuffer src) throws IOException {
-        int n = src.remaining();
-        if (position + n > totalSize) {
+        long n = src.remaining();
+        writeAt(position - dataStart, src);
+        position += n;
+    }
+
+    /**
+     * Writes {@code src}'s remaining bytes at {@code offset} of the data section. Safe to call from
+     * several threads at once for disjoint ranges.
+     */
+    public void writeAt(long offset, ByteBuffer src) throws IOException {
+        long n = src.remaining();
+        long at = dataStart + offset;
+        if (offset < 0 || at + n > totalSize) {
             throw new IllegalStateException(path + ": writing past the declared tensors");
         }
-        while (src.hasRemaining()) {
-            position += channel.write(src, position);
+        long done = 0;
+        while (done < n) {
+            done += channel.write(src, at + done);
         }
+        written.addAndGet(n);
     }
 
     /** Appends {@code length} bytes of another file, without copying them through the heap. */
@@ -117,6 +152,7 @@ public final class SafetensorsWriter implements AutoCloseable {
             done += n;
         }
         position += length;
+        written.addAndGet(length);
     }
 
     public long position() {
@@ -141,8 +177,9 @@ public final class SafetensorsWriter implements AutoCloseable {
 
     /** Checks that every declared byte was written and forces the file to disk. */
     public void finish() throws IOException {
-        if (position != totalSize) {
-            throw new IllegalStateException(path + ": " + (totalSize - position) + " bytes of tensor data were not written");
+        long missing = totalSize - dataStart - written.get();
+        if (missing != 0) {
+            throw new IllegalStateException(path + ": " + missing + " bytes of tensor data were not written");
         }
         channel.force(true);
     }

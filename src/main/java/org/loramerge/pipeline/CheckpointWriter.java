@@ -106,8 +106,11 @@ public final class CheckpointWriter implements AutoCloseable {
     }
 
     /**
-     * One shard being written: tensor bytes appended in header order, from one thread. Every
-     * {@link #FLUSH_EVERY} bytes the disk is started on what is written while the work goes on.
+     * One shard being written. Tensor bytes are either appended in header order from the writing
+     * thread ({@link #write}, {@link #transferFrom}) or placed at their offsets by worker threads
+     * ({@link #writeAt}), which then report them from the writing thread ({@link #written}) for
+     * progress; every {@link #FLUSH_EVERY} bytes the disk is started on what is written while the
+     * work goes on.
      */
     public final class Shard implements AutoCloseable {
         private final SafetensorsWriter writer;
@@ -118,20 +121,31 @@ public final class CheckpointWriter implements AutoCloseable {
             this.writer = writer;
         }
 
-        /** Appends a block of the tensor being written. */
+        /** Where tensor {@code name}'s bytes start in the shard's data section. */
+        public long offsetOf(String name) {
+            return writer.offsetOf(name);
+        }
+
+        /** Appends a block of the tensor being written (writing thread). */
         public void write(ByteBuffer block) throws Exception {
             long n = block.remaining();
             writer.write(block);
             written(n);
         }
 
-        /** Appends {@code length} bytes of another file, without copying them through the heap. */
+        /** Appends {@code length} bytes of another file, without copying them through the heap (writing thread). */
         public void transferFrom(FileChannel source, long position, long length) throws Exception {
             writer.transferFrom(source, position, length);
             written(length);
         }
 
-        private void written(long n) throws Exception {
+        /** Writes {@code block} at {@code offset} of the data section; any thread, disjoint ranges. Report it with {@link #written}. */
+        public void writeAt(long offset, ByteBuffer block) throws IOException {
+            writer.writeAt(offset, block);
+        }
+
+        /** Counts {@code n} bytes a worker wrote (writing thread): progress and the background flush. */
+        public void written(long n) throws Exception {
             progress.addBytes(n);
             unflushed += n;
             if (unflushed >= FLUSH_EVERY && (flushing == null || flushing.isDone())) {

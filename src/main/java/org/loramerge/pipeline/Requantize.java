@@ -9,6 +9,7 @@ import org.loramerge.engine.BlockStats;
 import org.loramerge.engine.Requantization;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.TensorMerge;
+import org.loramerge.format.SafetensorsWriter;
 import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.TensorSource;
 import org.loramerge.quant.QuantizedOutput;
@@ -42,20 +43,24 @@ final class Requantize implements TensorStrategy {
         Requantization requant = ctx.backend.openRequantization(job);
         TensorSource.Form form = requant.input();
         CheckpointWriter.Shard shard = ctx.shard;
+        List<SafetensorsWriter.Entry> group = t.entries();
+        long codesOffset = shard.offsetOf(group.get(0).name());
         long rows = job.rows();
         long perBlock = rowsPerBlock(cols, requant.blockElements(), (long) cols * requant.workingBytesPerElement(), ctx.options.blockBytes());
         for (long r0 = 0; r0 < rows; r0 += perBlock) {
             long row0 = r0;
             int n = (int) Math.min(perBlock, rows - r0);
-            Future<ByteBuffer> f = ctx.executor.submit(() -> {
+            Future<Long> f = ctx.executor.submit(() -> {
                 try (TensorSource.Bytes src = t.source().readRows(form, row0, n, cols)) {
                     BlockStats s = new BlockStats();
                     ByteBuffer codes = requant.mergeRows(row0, n, src.bytes(), s);
                     stats.add(s);
-                    return codes;
+                    long bytes = codes.remaining();
+                    shard.writeAt(codesOffset + requant.codesOffset(row0 * cols), codes);
+                    return bytes;
                 }
             });
-            ctx.executor.then(() -> shard.write(BlockExecutor.get(f)));
+            ctx.executor.then(() -> shard.written(BlockExecutor.get(f)));
         }
         List<Future<Requantizer.Change>> measured = new ArrayList<>();
         ctx.executor.then(() -> {
@@ -66,8 +71,11 @@ final class Requantize implements TensorStrategy {
             } finally {
                 requant.close();
             }
-            for (ByteBuffer b : r.tail()) {
-                shard.write(b);
+            for (int i = 0; i < r.tail().size(); i++) {
+                ByteBuffer b = r.tail().get(i);
+                long bytes = b.remaining();
+                shard.writeAt(shard.offsetOf(group.get(i + 1).name()), b);
+                shard.written(bytes);
             }
             ctx.progress.tensorDone();
             for (Callable<Requantizer.Change> m : r.measures()) {

@@ -114,6 +114,12 @@ final class CudaRequantization implements Requantization {
         return format.sizeInBytes(); // a block's W and X are the worker's device buffers, sized by the output dtype
     }
 
+    /** NF4 codes, two a byte: a range from an even element starts at byte firstElement / 2. */
+    @Override
+    public long codesOffset(long firstElement) {
+        return firstElement / 2;
+    }
+
     @Override
     public ByteBuffer mergeRows(long row0, int rowCount, ByteBuffer packed, BlockStats stats) throws Exception {
         DeviceWorker w = device.worker();
