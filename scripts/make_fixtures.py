@@ -8,6 +8,11 @@ a PEFT LoRA adapter saved by PEFT itself, and PEFT's own ``merge_and_unload()`` 
     <out>/<case>/adapter/   adapter_config.json + adapter_model.safetensors (+ PEFT's README.md)
     <out>/<case>/peft/      PeftModel.from_pretrained(fresh base, adapter).merge_and_unload().save_pretrained()
     <out>/<case>/case.json  what the case exercises, the adapter's exact key forms, what PEFT did
+    <out>/<case>/expected.safetensors      every tensor the merge changes, as loramerge must write it:
+                            the exact W + s*B@A (DoRA, biases, replacements, token rows) rounded once
+                            to the tensor's dtype, computed here in integer arithmetic from the stored
+                            bits (no float arithmetic, nothing of loramerge's)
+    <out>/<case>/expected_f32.safetensors  the same, rounded once to F32 (a merge with --dtype f32)
 
 Usage (from the repository root):
 
@@ -36,6 +41,7 @@ import shutil
 import sys
 import warnings
 import zlib
+from fractions import Fraction
 from pathlib import Path
 
 if os.environ.get("PYTHONHASHSEED") != "0":
@@ -499,6 +505,229 @@ def describe_merge(base: dict, peft_out: dict, adapter: dict, cfg: dict, tied: b
 
 
 # --------------------------------------------------------------------------------------------
+# the exact expected output: what loramerge must write for every tensor the adapter changes
+# --------------------------------------------------------------------------------------------
+#
+# Computed from the stored bits alone, in integers (no float arithmetic): every F32/BF16/F16 value
+# is an integer times 2^-149, and the scale (lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA, a
+# Python float as PEFT computes it) is an integer over a power of two, so W + s*B@A is an integer
+# over a power of two. DoRA's (m / ||W + dW||) * (W + dW) is decided by exact comparisons of
+# squares. Each value is rounded once, to nearest with ties to even: expected.safetensors holds the
+# adapted tensors in their own dtype (a plain merge), expected_f32.safetensors in F32 (--dtype f32).
+# Where loramerge differs from PEFT it is loramerge's rule that is written here: a tied lm_head
+# whose delta differs from the embedding's is written as lm_head.weight, an identical one is
+# applied once; replaced tensors are converted to the base tensor's dtype; an exactly zero result
+# is +0 unless nothing was added to a zero weight.
+
+UNIT = 149  # every value of the three formats is an integer times 2^-UNIT
+EXACT_FORMATS = {"BF16": (8, -126, 127, 16), "F16": (11, -14, 15, 16), "F32": (24, -126, 127, 32)}
+EMBEDDING_NAMES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight", "tok_embeddings.weight")
+
+
+def ints_of(t: torch.Tensor) -> np.ndarray:
+    """The values times 2^UNIT as Python ints, flattened (exact: float64 holds them, and the scaling is a power of two)."""
+    x = np.ldexp(t.double().numpy().ravel(), UNIT)
+    assert np.all(np.isfinite(x))
+    return np.array([int(v) for v in x], dtype=object)
+
+
+def encode_scaled(n: int, q: int, dtype: str) -> int:
+    """The bits, without sign, of n * 2^q, where n < 2^precision (or == 2^precision after rounding up)."""
+    precision, emin, emax, width = EXACT_FORMATS[dtype]
+    if n >> precision:
+        n >>= 1
+        q += 1
+    exp_bits = width - precision
+    if n < (1 << (precision - 1)):
+        return n  # subnormal, or zero
+    if q + precision - 1 > emax:
+        return ((1 << exp_bits) - 1) << (precision - 1)  # infinity
+    biased = q + precision - 1 + (1 << (exp_bits - 1)) - 1
+    return (biased << (precision - 1)) | (n - (1 << (precision - 1)))
+
+
+def round_ratio_bits(num: int, exp: int, dtype: str) -> int:
+    """Bits of num / 2^exp rounded to nearest, ties to even; beyond the largest finite value +-inf; 0 is +0."""
+    precision, emin, _, width = EXACT_FORMATS[dtype]
+    if num == 0:
+        return 0
+    sign = (1 << (width - 1)) if num < 0 else 0
+    a = abs(num)
+    q = max(a.bit_length() - 1 - exp, emin) - precision + 1  # the quantum's exponent
+    shift = exp + q  # |value| / 2^q == a / 2^shift
+    if shift <= 0:
+        n = a << -shift
+    else:
+        n = a >> shift
+        rem, half = a - (n << shift), 1 << (shift - 1)
+        if rem > half or (rem == half and n & 1):
+            n += 1
+    return sign | encode_scaled(n, q, dtype)
+
+
+def round_sqrt_bits(negative: bool, square: Fraction, dtype: str) -> int:
+    """Bits of +-sqrt(square) rounded to nearest, ties to even (a tie needs a rational root)."""
+    precision, emin, _, width = EXACT_FORMATS[dtype]
+    sign = (1 << (width - 1)) if negative else 0
+    if square == 0:
+        return sign
+    e = (square.numerator.bit_length() - square.denominator.bit_length()) // 2
+    while Fraction(4) ** e > square:  # e = floor(log2 sqrt(square)): 4^e <= square < 4^(e+1)
+        e -= 1
+    while Fraction(4) ** (e + 1) <= square:
+        e += 1
+    q = max(e, emin) - precision + 1
+    scaled = square / Fraction(4) ** q  # (sqrt(square) / 2^q)^2
+    n = math.isqrt(scaled.numerator // scaled.denominator)
+    # sqrt(scaled) against n + 1/2: compare 4 * scaled with (2n + 1)^2
+    c = (4 * scaled > (2 * n + 1) ** 2) - (4 * scaled < (2 * n + 1) ** 2)
+    if c > 0 or (c == 0 and n & 1):
+        n += 1
+    return sign | encode_scaled(n, q, dtype)
+
+
+def scale_of(cfg: dict, module: str, r: int) -> float:
+    alpha_pattern = cfg.get("alpha_pattern") or {}
+    alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), module), cfg["lora_alpha"])
+    return alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+
+
+def exact_expected(case_dir: Path) -> dict[str, tuple[torch.dtype, tuple, list[int], list[int]]]:
+    """{output tensor: (torch dtype, shape, bits in that dtype, bits in F32)} for every tensor the merge changes."""
+    base = load_checkpoint(case_dir / "base")
+    adapter = {k.removeprefix(PREFIX): v for k, v in load_file(str(case_dir / "adapter" / "adapter_model.safetensors")).items()}
+    cfg = json.loads((case_dir / "adapter" / "adapter_config.json").read_text())
+    base_cfg_path = case_dir / "base" / "config.json"
+    base_cfg = json.loads(base_cfg_path.read_text()) if base_cfg_path.exists() else {}
+    embed = next((n for s in EMBEDDING_NAMES for n in base if base[n].ndim == 2 and (n == s or n.endswith("." + s))), None)
+    tied = bool(base_cfg.get("tie_word_embeddings", True)) and embed is not None and "lm_head.weight" not in base
+    head = "lm_head.weight"
+
+    # replacements: base_layer copies, modules_to_save (the trained copy), bias="all" biases
+    replaced: dict[str, torch.Tensor] = {}
+    for k in sorted(adapter):
+        if ".lora_" in k or ".token_adapter." in k or ".original_module." in k:
+            continue
+        name = k.replace(".base_layer.", ".").replace(".modules_to_save.", ".")
+        if ".modules_to_save." in k or name not in replaced:
+            replaced[name] = adapter[k]
+    # LoRA terms (A, B, s, transposed, magnitude) per weight, lora_B.bias terms per bias, token rows per embedding
+    terms: dict[str, list] = {}
+    bias_terms: dict[str, list] = {}
+    tokens: dict[str, tuple] = {}
+    for mod in sorted({re.sub(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)(\..*)?$", "", k)
+                       for k in adapter if ".lora_" in k}):
+        emb = f"{mod}.lora_embedding_A" in adapter
+        a = adapter[f"{mod}.lora_embedding_A" if emb else f"{mod}.lora_A.weight"]
+        b = adapter[f"{mod}.lora_embedding_B" if emb else f"{mod}.lora_B.weight"]
+        s = scale_of(cfg, mod, a.shape[0])
+        w = replaced.get(f"{mod}.weight", base.get(f"{mod}.weight", base[embed] if tied and mod == "lm_head" else None))
+        assert w is not None, mod
+        # (B@A)^T for embeddings and for transformers' Conv1D layers ([in, out] weights: GPT-2's, all but lm_head)
+        transposed = emb or (w.ndim == 2 and base_cfg.get("model_type") == "gpt2" and mod != "lm_head")
+        terms.setdefault(f"{mod}.weight", []).append((a, b, s, transposed, adapter.get(f"{mod}.lora_magnitude_vector")))
+        if f"{mod}.lora_B.bias" in adapter:
+            bias_terms.setdefault(f"{mod}.bias", []).append((adapter[f"{mod}.lora_B.bias"], s))
+    for k in adapter:
+        if k.endswith(".token_adapter.trainable_tokens_delta"):
+            mod = k.removesuffix(".token_adapter.trainable_tokens_delta")
+            idx = cfg["trainable_token_indices"]
+            if isinstance(idx, dict):
+                idx = next(v for kk, v in idx.items() if mod == kk or mod.endswith("." + kk))
+            tokens[f"{mod}.weight"] = (list(idx), adapter[k])
+
+    def delta(term, rows):
+        """B@A (or its transpose) as ints times 2^(2*UNIT), [rows, cols] of the weight viewed 2-D."""
+        a, b, _, transposed, _ = term
+        r = a.shape[0]
+        d = ints_of(b).reshape(-1, r).dot(ints_of(a).reshape(r, -1))
+        return d.T if transposed else d.reshape(rows, -1)
+
+    # what each output tensor is made of: (source, terms, dtype), in base order
+    ops = {}
+    for name in base:
+        if name in replaced or name in terms or name in bias_terms or name in tokens:
+            ops[name] = [replaced.get(name, base[name]), terms.get(name, []), bias_terms.get(name, []), tokens.get(name),
+                         base[name].dtype]
+    if tied and (head in terms or head in replaced):
+        e = ops.get(embed)
+        same = (e is not None and head not in replaced and embed not in replaced and len(e[1]) == len(terms.get(head, []))
+                and embed not in tokens and all(t[4] is None for t in e[1] + terms[head])
+                and all(x[2] == y[2] and np.array_equal(delta(x, base[embed].shape[0]), delta(y, base[embed].shape[0]))
+                        for x, y in zip(e[1], terms[head])))
+        if not same:  # untied: lm_head.weight written, from what the shared tensor was replaced with
+            src = replaced.get(head, e[0] if e is not None else base[embed])
+            ops[head] = [src, terms.get(head, []), [], tokens.get(head, e[3] if e is not None else None), base[embed].dtype]
+
+    out = {}
+    for name, (src, t, bt, tok, dtype) in ops.items():
+        shape = tuple(src.shape)
+        rows = shape[0]
+        w = ints_of(src)
+        w_negative = np.signbit(src.double().numpy().ravel())
+        kmax = max([float(x[2]).as_integer_ratio()[1].bit_length() - 1 for x in t + [(None, None, s) for _, s in bt]] + [0])
+        exp = 2 * UNIT + kmax  # every contribution is an integer over 2^exp
+        num = w * (1 << (exp - UNIT))
+        added = np.zeros(w.size, dtype=object)
+        for term in t:
+            sn, sd = float(term[2]).as_integer_ratio()
+            added = added + delta(term, rows).ravel() * (sn << (exp - 2 * UNIT - (sd.bit_length() - 1)))
+        for bvec, s in bt:
+            sn, sd = float(s).as_integer_ratio()
+            added = added + ints_of(bvec) * (sn << (exp - UNIT - (sd.bit_length() - 1)))
+        num = num + added
+        mags = [x[4] for x in t if x[4] is not None]
+        native, f32 = [], []
+        for out_dtype, bits in ((DTYPE_NAMES_ST[dtype], native), ("F32", f32)):
+            if mags:
+                # DoRA: rows of [out, rest] for Linear and Conv, columns for Conv1D and embeddings
+                m = ints_of(mags[0])
+                v = num.reshape(rows, -1)
+                by_row = not t[0][3]
+                sums = [sum(x * x for x in (v[i, :] if by_row else v[:, i])) for i in range(v.shape[0] if by_row else v.shape[1])]
+                for i in range(v.shape[0]):
+                    for j in range(v.shape[1]):
+                        k = i if by_row else j
+                        x, mk = v[i, j], m[k]
+                        bits.append(round_sqrt_bits((x < 0) != (mk < 0), Fraction(x * x * mk * mk, sums[k] << (2 * UNIT)), out_dtype))
+            else:
+                for i, x in enumerate(num):
+                    if x == 0 and added[i] == 0 and w_negative[i]:
+                        bits.append(1 << (EXACT_FORMATS[out_dtype][3] - 1))  # nothing added to -0: it stays -0
+                    else:
+                        bits.append(round_ratio_bits(int(x), exp, out_dtype))
+            if tok is not None:
+                idx, rows_t = tok
+                cols = w.size // rows
+                rv = ints_of(rows_t).reshape(len(idx), cols)
+                for i, row in zip(idx, rv):  # a repeated index takes the last row, as index_copy_ does
+                    for j in range(cols):
+                        bits[i * cols + j] = round_ratio_bits(int(row[j]), UNIT, out_dtype)
+        out[name] = (dtype, shape, native, f32)
+    return out
+
+
+DTYPE_NAMES_ST = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
+
+
+def bits_tensor(bits: list[int], dtype: torch.dtype, shape) -> torch.Tensor:
+    if dtype == torch.float32:
+        raw = np.array(bits, dtype=np.uint32).view(np.int32)
+        return torch.from_numpy(raw.copy()).view(torch.float32).reshape(shape)
+    raw = np.array(bits, dtype=np.uint16).view(np.int16)
+    return torch.from_numpy(raw.copy()).view(dtype).reshape(shape)
+
+
+def write_expected(case_dir: Path) -> None:
+    """expected.safetensors and expected_f32.safetensors: the adapted tensors as loramerge must write them."""
+    exp = exact_expected(case_dir)
+    save_file({n: bits_tensor(nb, d, s) for n, (d, s, nb, _) in exp.items()}, str(case_dir / "expected.safetensors"),
+              metadata={"format": "pt"})
+    save_file({n: bits_tensor(fb, torch.float32, s) for n, (_, s, _, fb) in exp.items()}, str(case_dir / "expected_f32.safetensors"),
+              metadata={"format": "pt"})
+
+
+# --------------------------------------------------------------------------------------------
 # the fixture pipeline
 # --------------------------------------------------------------------------------------------
 
@@ -600,6 +829,7 @@ def write_case_json(case_dir: Path, case, base_dtype, features, notes, perturbed
         "tensors": describe_merge(base_sd, peft_sd, adapter, cfg, tied, module_order),
     }
     write_json(case_dir / "case.json", info)
+    write_expected(case_dir)
 
 
 def conv_case(out_root: Path, case: str, *, base_dtype: str, features: list[str], notes: str, lora: dict):
@@ -948,6 +1178,12 @@ def write_readme(out_root: Path, all_cases):
         "  `mismatch_vs_exact_f64`, `max_ulp_vs_exact_f64`, `max_abs_diff_vs_exact_f64`;",
         "- a model of PEFT's fp32 arithmetic (fp32 `(B@A)*s`, `W.float()+dW` rounded once; plain embedding",
         "  LoRA: delta rounded to W's dtype first): `mismatch_vs_peft_fp32_model`.",
+        "",
+        "`expected.safetensors` holds every tensor the merge changes as loramerge must write it: the exact",
+        "W + s*B@A (DoRA, lora_bias, replacements, token rows; loramerge's rules for tied embeddings) rounded",
+        "once to the tensor's dtype, computed by the script in integer arithmetic from the stored bits, with",
+        "the scale as PEFT computes it (a Python float). `expected_f32.safetensors` is the same rounded to",
+        "F32, what `--dtype f32` must write. GoldenFixtureTest compares our output with both, byte for byte.",
         "",
         "Tensor values: base ~N(0,0.02) (HF init; biases/norms randomised where the case needs them),",
         "lora_A as PEFT initialises it, lora_B ~N(0,0.02), lora_embedding_A ~N(0,0.002) with",
