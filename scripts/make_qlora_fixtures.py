@@ -3,8 +3,9 @@
 
 Each case is what a QLoRA user has, plus what ``loramerge merge --to`` must write from it:
 
-    <out>/<case>/base/                 the 4-bit base: a tiny bf16 Llama quantized by ``loramerge quantize``
-                                       (and checked bit for bit against scripts/nf4_reference.py)
+    <out>/<case>/base/                 the 4-bit base: a tiny bf16 Llama quantized by scripts/nf4_reference.py
+                                       (bitsandbytes' NF4 written from its source; nothing of loramerge's),
+                                       config.json with transformers' BitsAndBytesConfig, as save_pretrained writes it
     <out>/<case>/adapter/              a PEFT LoRA adapter made on the DEQUANTIZED base: the base dequantized
                                        (reference) and loaded as a plain bf16 Llama, get_peft_model, lora_B
                                        set to random non-zero values, save_pretrained (PEFT's README.md removed)
@@ -16,15 +17,15 @@ Each case is what a QLoRA user has, plus what ``loramerge merge --to`` must writ
 The tiny Llama: hidden 64, 2 layers, vocab 128, intermediate 128, 4 heads (2 key/value heads),
 bf16, untied lm_head; made from a config in code, nothing is downloaded. Cases:
 
-    dq_bs64     ``quantize --double-quant --blocksize 64``; a weak adapter (lora_B std 0.002) on
+    dq_bs64     double quantization, blocksize 64; a weak adapter (lora_B std 0.002) on
                 q_proj, v_proj, down_proj: most of its change is rounded away by requantization
-    plain_bs32  ``quantize --blocksize 32``; a stronger adapter (lora_B std 0.01) on q_proj,
+    plain_bs32  blocksize 32; a stronger adapter (lora_B std 0.01) on q_proj,
                 gate_proj and lm_head (a dense tensor of the 4-bit model, merged as usual)
 
-Usage, from the repository root, after ``mvn -q package -DskipTests`` (the generator runs the jar's
-``quantize``):
+Usage, from the repository root, with a Python that has torch, transformers, peft and numpy
+(versions in scripts/requirements-fixtures.txt):
 
-    /opt/pyref/bin/python scripts/make_qlora_fixtures.py [--out src/test/resources/qlora] [--jar target/loramerge.jar]
+    python3 scripts/make_qlora_fixtures.py [--out src/test/resources/qlora]
 
 Deterministic: fixed seeds, one CPU thread, PYTHONHASHSEED=0 (PEFT writes target_modules in set
 order), relative paths only, no timestamps; running it twice gives the same bytes. It writes
@@ -42,7 +43,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -141,11 +141,32 @@ def make_adapter(work: Path, case: dict, out: Path) -> None:
     (out / "README.md").unlink(missing_ok=True)
 
 
-def quantize(jar: Path, orig: Path, out: Path, case: dict) -> None:
-    cmd = ["java", "-jar", str(jar), "quantize", "--base", str(orig), "--out", str(out), "--blocksize", str(case["blocksize"]), "--quiet"]
-    if case["double_quant"]:
-        cmd.append("--double-quant")
-    subprocess.run(cmd, check=True)
+GROUP_ORDER = ("", ".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", ".quant_state.bitsandbytes__nf4")
+
+
+def quantize(orig: Path, out: Path, case: dict) -> None:
+    """The 4-bit model of ``orig`` as transformers saves a bitsandbytes NF4 model: every Linear weight
+    (not embeddings, lm_head or norms) replaced by its NF4 group, quantized by the reference."""
+    from transformers import AutoConfig, BitsAndBytesConfig
+    tensors = ref.st_read_dir(orig)
+    written = []
+    for name in sorted(tensors):
+        dtype, arr = tensors[name]
+        if arr.ndim == 2 and name.endswith(".weight") and not any(p in name for p in ref.SKIP_PARTS):
+            q = ref.quantize_tensor(ref.stored_to_f32(arr.reshape(-1), dtype), arr.shape, dtype, case["blocksize"], case["double_quant"])
+            for suffix in GROUP_ORDER:
+                if suffix in q["tensors"]:
+                    part = q["tensors"][suffix]
+                    written.append((name + suffix, "F32" if part.dtype == np.float32 else "U8", part))
+        else:
+            written.append((name, dtype, arr))
+    out.mkdir(parents=True)
+    ref.st_write(out / "model.safetensors", written, {"format": "pt"})
+    cfg = AutoConfig.from_pretrained(orig)
+    cfg.quantization_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                 bnb_4bit_use_double_quant=case["double_quant"], bnb_4bit_compute_dtype="bfloat16")
+    cfg.save_pretrained(out)
+    shutil.copyfile(orig / "generation_config.json", out / "generation_config.json")
 
 
 def sha256(p: Path) -> str:
@@ -155,12 +176,8 @@ def sha256(p: Path) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "src/test/resources/qlora"))
-    ap.add_argument("--jar", default=str(ROOT / "target/loramerge.jar"))
     a = ap.parse_args()
     out = Path(a.out).resolve()
-    jar = Path(a.jar).resolve()
-    if not jar.is_file():
-        raise SystemExit(f"{jar} not found: build it first with mvn -q package -DskipTests")
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -173,8 +190,8 @@ def main() -> int:
         for case in CASES:
             case_dir = out / case["name"]
             case_dir.mkdir()
-            quantize(jar, orig, case_dir / "base", case)
-            ref.check_model(orig, case_dir / "base")  # loramerge quantize == the reference, bit for bit
+            quantize(orig, case_dir / "base", case)
+            ref.check_model(orig, case_dir / "base")  # groups, copies and quantization_config as bitsandbytes and transformers have them
             work = tmp / case["name"]
             work.mkdir()
             dequantized_copy(case_dir / "base", work / "base")
