@@ -49,7 +49,8 @@ class GeneratedFilesTest {
     void qloraFixturesMatchTheirGenerator() throws Exception {
         Path dir = Paths.get("src/test/resources/qlora");
         List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
-        String regenerate = "regenerate them (/opt/pyref/bin/python scripts/make_qlora_fixtures.py)";
+        String regenerate = "regenerate them with scripts/make_qlora_fixtures.py (a Python with torch, transformers, peft, safetensors:"
+                + " versions in scripts/requirements-fixtures.txt)";
         assertEquals(sha256(Paths.get("scripts/make_qlora_fixtures.py")) + "  generator:scripts/make_qlora_fixtures.py", manifest.get(0),
                 "scripts/make_qlora_fixtures.py changed since the QLoRA fixtures were made: " + regenerate);
         assertEquals(sha256(Paths.get("scripts/nf4_reference.py")) + "  reference:scripts/nf4_reference.py", manifest.get(1),
