@@ -50,8 +50,8 @@ class GeneratedFilesTest {
     void qloraFixturesMatchTheirGenerator() throws Exception {
         Path dir = Paths.get("src/test/resources/qlora");
         List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
-        String regenerate = "regenerate them (mvn -q package -DskipTests; python scripts/fixtures/make_qlora_fixtures.py, "
-                + "with the versions in scripts/fixtures/requirements-fixtures.txt)";
+        String regenerate = "regenerate them with scripts/fixtures/make_qlora_fixtures.py (a Python with torch, transformers, peft, safetensors:"
+                + " versions in scripts/fixtures/requirements-fixtures.txt)";
         assertEquals(sha256(Paths.get("scripts/fixtures/make_qlora_fixtures.py")) + "  generator:scripts/fixtures/make_qlora_fixtures.py", manifest.get(0),
                 "scripts/fixtures/make_qlora_fixtures.py changed since the QLoRA fixtures were made: " + regenerate);
         assertEquals(sha256(Paths.get("scripts/fixtures/nf4_reference.py")) + "  reference:scripts/fixtures/nf4_reference.py", manifest.get(1),

@@ -2,9 +2,14 @@ package org.loramerge.cli;
 
 import java.io.ByteArrayOutputStream;
 import java.io.PrintStream;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
 import org.junit.jupiter.api.Test;
+import org.loramerge.format.Checkpoint;
+import org.loramerge.format.SafetensorsFile;
+import org.loramerge.format.TensorInfo;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -51,7 +56,7 @@ class InspectAndVerifyCliTest {
     }
 
     @Test
-    void verifyAcceptsPeftsMergeWithinOneUlpAndReportsItsDifferences() {
+    void verifyAcceptsPeftsMergeWithinOneUlpAndReportsItsDifferences() throws Exception {
         Path c = FIXTURES.resolve("linear_bf16");
         Run ok = run("verify", "--base", c.resolve("base").toString(), "--adapter", c.resolve("adapter").toString(),
                 "--merged", c.resolve("peft").toString(), "--rows", "1000");
@@ -61,15 +66,54 @@ class InspectAndVerifyCliTest {
                 "--merged", c.resolve("peft").toString(), "--rows", "1000", "--max-ulp", "0");
         assertEquals(ExitCodes.VERIFY_FAILED, strict.code(), strict.err());
         assertTrue(strict.err().contains("ulp exceeds 0"), strict.err());
+        // beside verify's own arithmetic: PEFT against the fixture's independently computed exact result
+        long[] distances = ulpDistances(c.resolve("peft"), c.resolve("expected.safetensors"));
+        assertEquals(1, distances[0], "PEFT's worst element, in ulps of the exact result rounded once");
+        assertTrue(distances[1] > 0, "elements where PEFT is 1 ulp off");
+    }
+
+    /**
+     * {worst ulp distance, number of elements that differ} between a merged model and a fixture's
+     * expected.safetensors (written by scripts/fixtures/make_fixtures.py in exact integer arithmetic), over
+     * the expected tensors, from their raw BF16/F16/F32 bits.
+     */
+    static long[] ulpDistances(Path merged, Path expectedFile) throws Exception {
+        long worst = 0;
+        long differ = 0;
+        try (Checkpoint m = Checkpoint.open(merged); SafetensorsFile expected = SafetensorsFile.open(expectedFile)) {
+            for (TensorInfo e : expected.tensors()) {
+                TensorInfo t = m.tensor(e.name());
+                assertEquals(e.dtype(), t.dtype(), e.name());
+                ByteBuffer want = expected.readAll(e).order(ByteOrder.LITTLE_ENDIAN);
+                ByteBuffer got = m.fileOf(e.name()).readAll(t).order(ByteOrder.LITTLE_ENDIAN);
+                int size = e.dtype().sizeInBytes();
+                for (long i = 0; i < e.numElements(); i++) {
+                    long d = Math.abs(ordered(want, i, size) - ordered(got, i, size));
+                    worst = Math.max(worst, d);
+                    differ += d != 0 ? 1 : 0;
+                }
+            }
+        }
+        return new long[] {worst, differ};
+    }
+
+    /** A float's bits as an integer that counts ulps: consecutive values differ by one, -0 and +0 are equal. */
+    private static long ordered(ByteBuffer b, long index, int size) {
+        long bits = size == 4 ? b.getInt(b.position() + (int) index * 4) & 0xFFFFFFFFL : b.getShort(b.position() + (int) index * 2) & 0xFFFF;
+        long sign = 1L << (8 * size - 1);
+        return (bits & sign) != 0 ? -(bits & ~sign) : bits;
     }
 
     @Test
-    void verifyFindsAnAdapterThatWasNotApplied() {
+    void verifyFindsAnAdapterThatWasNotApplied() throws Exception {
         // the base itself, passed as the merged model: every adapted tensor lacks the adapter's change
         Path c = FIXTURES.resolve("linear_bf16");
         Run r = run("verify", "--base", c.resolve("base").toString(), "--adapter", c.resolve("adapter").toString(),
                 "--merged", c.resolve("base").toString(), "--max-ulp", "1000000");
         assertEquals(ExitCodes.VERIFY_FAILED, r.code(), r.err());
         assertTrue(r.err().contains("the adapter's change is not there"), r.err());
+        // beside verify's own arithmetic: the base really lacks the change the exact result has
+        long[] distances = ulpDistances(c.resolve("base"), c.resolve("expected.safetensors"));
+        assertTrue(distances[1] > 10_000 && distances[0] > 1, "the base differs from the exact merge in " + distances[1] + " elements");
     }
 }

@@ -43,7 +43,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * The golden QLoRA cases of src/test/resources/qlora (scripts/fixtures/make_qlora_fixtures.py): a tiny bf16
- * Llama quantized by {@code loramerge quantize}, a PEFT adapter made on its dequantized weights,
+ * Llama quantized by scripts/fixtures/nf4_reference.py, a PEFT adapter made on its dequantized weights,
  * and what {@code merge --to bf16} and {@code merge --to nf4} must write, computed by
  * scripts/fixtures/nf4_reference.py with exact rational arithmetic. Every adapted tensor must be byte-equal
  * to the reference's, every other one byte-equal to the base (or, dequantized, to the decoder's

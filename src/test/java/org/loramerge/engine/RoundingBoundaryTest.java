@@ -1,0 +1,48 @@
+package org.loramerge.engine;
+
+import java.nio.file.Path;
+import java.util.List;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.EnumSource;
+import org.loramerge.adapter.LoraAdapter;
+import org.loramerge.engine.cpu.CpuBackend;
+import org.loramerge.format.Checkpoint;
+import org.loramerge.pipeline.AtomicOutput;
+import org.loramerge.pipeline.MergeRunner;
+import org.loramerge.pipeline.Progress;
+import org.loramerge.plan.MergePlan;
+import org.loramerge.plan.PlanOptions;
+import org.loramerge.plan.Planner;
+import org.loramerge.testutil.RoundingCases;
+import org.loramerge.testutil.RoundingCases.Family;
+import org.loramerge.testutil.RoundingCases.Fmt;
+
+/**
+ * Merges whose exact result lies on, or 2^-60 relative beside, a rounding boundary of the
+ * output format, through the whole CPU pipeline, against {@link RoundingCases}' exact
+ * reference. Many of them are built so that the fp64 value itself lands on the wrong side of
+ * the boundary: only the error bound, by sending them to the exact fallback, gets them right.
+ */
+class RoundingBoundaryTest {
+    @TempDir
+    Path dir;
+
+    @ParameterizedTest(name = "{0}")
+    @EnumSource(Fmt.class)
+    void mergesNextToRoundingBoundariesAreCorrectlyRounded(Fmt fmt) throws Exception {
+        List<Family> families = RoundingCases.families(fmt);
+        Path base = dir.resolve("base");
+        Path adapter = dir.resolve("adapter");
+        RoundingCases.write(families, base, adapter);
+        Path out = dir.resolve("out");
+        try (Checkpoint b = Checkpoint.open(base); LoraAdapter a = LoraAdapter.open(adapter)) {
+            MergePlan plan = Planner.plan(b, a, PlanOptions.defaults());
+            try (CpuBackend cpu = new CpuBackend(2); AtomicOutput o = AtomicOutput.create(out, false, List.of(base, adapter))) {
+                // F16 65520 and above overflow: their infinity is the correct answer here
+                MergeRunner.run(plan, cpu, o, new MergeRunner.Options(true, MergeRunner.DEFAULT_BLOCK_BYTES), Progress.silent());
+            }
+        }
+        RoundingCases.assertMatchesReference(families, out);
+    }
+}

@@ -1,0 +1,82 @@
+package org.loramerge.engine.cuda;
+
+import java.nio.file.Path;
+import java.util.List;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.EnumSource;
+import org.loramerge.adapter.LoraAdapter;
+import org.loramerge.engine.Backend;
+import org.loramerge.engine.Backends;
+import org.loramerge.engine.TensorJob;
+import org.loramerge.format.Checkpoint;
+import org.loramerge.pipeline.AtomicOutput;
+import org.loramerge.pipeline.MergeRunner;
+import org.loramerge.pipeline.Progress;
+import org.loramerge.plan.MergePlan;
+import org.loramerge.plan.OutputTensor;
+import org.loramerge.plan.PlanOptions;
+import org.loramerge.plan.Planner;
+import org.loramerge.testutil.RoundingCases;
+import org.loramerge.testutil.RoundingCases.Family;
+import org.loramerge.testutil.RoundingCases.Fmt;
+
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+/**
+ * The merges of {@code RoundingBoundaryTest} (on, or 2^-60 relative beside, rounding boundaries;
+ * fp64 sums that land across them) through the CUDA engine: the kernel's bound must send the
+ * undecidable elements to the host's exact fallback, so the bytes are the exact reference's, as
+ * the CPU engine's are. Skips itself where there is no usable GPU.
+ */
+@Tag("gpu")
+class CudaRoundingBoundaryTest {
+    private static Backend cuda;
+    private static String unavailable;
+
+    @TempDir
+    Path dir;
+
+    @BeforeAll
+    static void openDevice() {
+        try {
+            cuda = Backends.open("cuda", 4).backend();
+        } catch (Backends.DeviceUnavailableException | RuntimeException | LinkageError e) {
+            unavailable = e.toString();
+        }
+    }
+
+    @AfterAll
+    static void closeDevice() {
+        if (cuda != null) {
+            cuda.close();
+        }
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @EnumSource(Fmt.class)
+    void gpuMergesNextToRoundingBoundariesAreCorrectlyRounded(Fmt fmt) throws Exception {
+        assumeTrue(cuda != null, "no usable GPU: " + unavailable);
+        List<Family> families = RoundingCases.families(fmt);
+        Path base = dir.resolve("base");
+        Path adapter = dir.resolve("adapter");
+        RoundingCases.write(families, base, adapter);
+        Path out = dir.resolve("out");
+        try (Checkpoint b = Checkpoint.open(base); LoraAdapter a = LoraAdapter.open(adapter)) {
+            MergePlan plan = Planner.plan(b, a, PlanOptions.defaults());
+            for (OutputTensor t : plan.tensors()) {
+                if (t.isAdapted()) {
+                    assertTrue(CudaBackend.onGpu(TensorJob.prepare(t)), t.name() + " would not be merged on the GPU");
+                }
+            }
+            try (AtomicOutput o = AtomicOutput.create(out, false, List.of(base, adapter))) {
+                MergeRunner.run(plan, cuda, o, new MergeRunner.Options(true, MergeRunner.DEFAULT_BLOCK_BYTES), Progress.silent());
+            }
+        }
+        RoundingCases.assertMatchesReference(families, out);
+    }
+}
