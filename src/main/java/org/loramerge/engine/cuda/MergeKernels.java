@@ -22,7 +22,7 @@ final class MergeKernels {
     private final Map<DType, CUfunction> mergeRound = new EnumMap<>(DType.class);
     private final Map<DType, CUfunction> settle = new EnumMap<>(DType.class);
 
-    MergeKernels(PtxModule module) {
+    MergeKernels(KernelModule module) {
         for (DType d : new DType[] {DType.BF16, DType.F16, DType.F32}) {
             String type = d.name().toLowerCase(Locale.ROOT);
             mergeRound.put(d, module.function("merge_round_" + type));

@@ -27,7 +27,7 @@ public final class Nf4Kernels {
 
     private final Map<String, CUfunction> functions = new HashMap<>();
 
-    Nf4Kernels(PtxModule module) {
+    Nf4Kernels(KernelModule module) {
         for (String name : new String[] {"nf4_decode_absmax", "nf4_exponent_sums", "nf4_double_quant"}) {
             functions.put(name, module.function(name));
         }

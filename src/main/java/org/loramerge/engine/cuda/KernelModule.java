@@ -7,25 +7,28 @@ import jcuda.driver.CUfunction;
 import jcuda.driver.CUmodule;
 import jcuda.driver.JCudaDriver;
 
-/** A PTX module shipped in the jar (built from kernels/ by CMakeLists.txt), unloaded exactly once. */
-final class PtxModule implements AutoCloseable {
+/**
+ * A module of kernels shipped in the jar: a fat binary built from kernels/ by CMakeLists.txt, with
+ * machine code for sm_80/86/89/90 (loaded as is) and compute_80 PTX (JIT-compiled by the driver for
+ * any other GPU). Unloaded exactly once.
+ */
+final class KernelModule implements AutoCloseable {
     private final CUmodule module = new CUmodule();
     private final String name;
     private boolean closed;
 
-    PtxModule(String resourceName) throws IOException {
+    KernelModule(String resourceName) throws IOException {
         this.name = resourceName;
-        byte[] ptx;
-        try (InputStream in = PtxModule.class.getResourceAsStream("/org/loramerge/kernels/" + resourceName)) {
+        byte[] image;
+        try (InputStream in = KernelModule.class.getResourceAsStream("/org/loramerge/kernels/" + resourceName)) {
             if (in == null) {
                 throw new IOException("kernel " + resourceName + " is missing from the jar; rebuild with scripts/native/build-native.sh");
             }
             ByteArrayOutputStream out = new ByteArrayOutputStream();
             in.transferTo(out);
-            out.write(0); // cuModuleLoadData reads PTX as a NUL-terminated string
-            ptx = out.toByteArray();
+            image = out.toByteArray();
         }
-        JCudaDriver.cuModuleLoadData(module, ptx);
+        JCudaDriver.cuModuleLoadData(module, image);
     }
 
     CUfunction function(String kernel) {
