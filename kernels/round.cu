@@ -6,12 +6,14 @@
  * DGEMM with beta = 1 into a fp64 copy of W would move 38 (benchmarks/RESULTS.md).
  */
 #include "rounding.cuh"
+#include "exact.cuh"
 
 /*
- * merge_round_{bf16,f16,f32}(
+ * merge_round_{bf16,f16,f32}(   the output format; W may be in any of the three (srcFmt)
  *     const double* p,          DGEMM product, ROW-MAJOR [rows, cols], row pitch ldp
- *     const T* w,               original W, row-major [rows, cols], contiguous
- *     T* out,                   result, row-major [rows, cols], contiguous; may alias w
+ *     const void* w,            original W, row-major [rows, cols], contiguous, in format srcFmt
+ *     int srcFmt,               LM_BF16, LM_F16 or LM_F32 (rounding.cuh)
+ *     T* out,                   result, row-major [rows, cols], contiguous; may alias w when srcFmt is the output format
  *     const double* nU,         [rows]  L2 norm of row i of U
  *     const double* nV,         [cols]  L2 norm of row j of V
  *     double absScale,          |s|, the LoRA scale
@@ -23,14 +25,20 @@
  *     long long capacity)
  *   T is unsigned short (BF16, F16 bits) or unsigned int (F32 bits).
  *   Per element: e = K * (|v| + 2 * absScale * nU[i] * nV[j]); lm_round_element
- *   (rounding.cuh) decides. counters[0] counts every ambiguous element; only the first
+ *   (rounding.cuh) decides. A W converted to another format (--dtype) is widened exactly from its
+ *   own; a NaN or infinite W is kept, converted (lm_round_bits of its value). counters[0] counts every ambiguous element; only the first
  *   `capacity` indices are written, so the host compares counters[0] with capacity.
  *   Threads: x of the grid handles columns j = x, x + gridDim.x * blockDim.x, ...;
  *   blockIdx.y handles rows i = blockIdx.y, blockIdx.y + gridDim.y, ... (coalesced).
  *   Launch: block (256, 1, 1); grid (ceil(cols / 256), min(rows, 65535), 1).
  */
+/* Element idx of a W in srcFmt: its bits, and its value (exact). */
+__device__ __forceinline__ uint32_t lm_src_bits(const void *w, int srcFmt, long long idx) {
+    return srcFmt == LM_F32 ? ((const unsigned int *)w)[idx] : (uint32_t)((const unsigned short *)w)[idx];
+}
+
 template <int FMT, typename T>
-__device__ __forceinline__ void merge_round_rows(const double *__restrict__ p, const T *w, T *out, const double *__restrict__ nU,
+__device__ __forceinline__ void merge_round_rows(const double *__restrict__ p, const void *w, int srcFmt, T *out, const double *__restrict__ nU,
                                                  const double *__restrict__ nV, double absScale, double K, long long rows,
                                                  long long cols, long long ldp, long long indexBase,
                                                  unsigned long long *counters, long long *ambiguousIdx, long long capacity) {
@@ -40,8 +48,10 @@ __device__ __forceinline__ void merge_round_rows(const double *__restrict__ p, c
         double nUi = nU[i];
         for (long long j = col0; j < cols; j += colStride) {
             long long idx = i * cols + j;
-            uint32_t wBits = (uint32_t)w[idx];
-            double wide = FMT == LM_BF16 ? lm_widen_bf16(wBits) : FMT == LM_F16 ? lm_widen_f16(wBits) : lm_widen_f32(wBits);
+            uint32_t srcBits = lm_src_bits(w, srcFmt, idx);
+            double wide = lm_fmt_value(srcBits, srcFmt);
+            /* W in the output format: its own bits, or for a conversion its value rounded (a NaN or Inf W is kept as such) */
+            uint32_t wBits = srcFmt == FMT ? srcBits : lm_round_bits(wide, FMT);
             double vij = wide + p[i * ldp + j];
             double e = lm_error_bound(vij, K, absScale, nUi, nV[j], 0.0, 0.0);
             uint32_t bits;
@@ -63,11 +73,11 @@ __device__ __forceinline__ void merge_round_rows(const double *__restrict__ p, c
 
 #define LM_MERGE_ROUND_KERNEL(NAME, FMT, T)                                                   \
     extern "C" __global__ void NAME(                                                          \
-        const double *__restrict__ p, const T *w, T *out,                                     \
+        const double *__restrict__ p, const void *w, int srcFmt, T *out,                      \
         const double *__restrict__ nU, const double *__restrict__ nV, double absScale,        \
         double K, long long rows, long long cols, long long ldp, long long indexBase,         \
         unsigned long long *counters, long long *ambiguousIdx, long long capacity) {          \
-        merge_round_rows<FMT, T>(p, w, out, nU, nV, absScale, K, rows, cols, ldp, indexBase,  \
+        merge_round_rows<FMT, T>(p, w, srcFmt, out, nU, nV, absScale, K, rows, cols, ldp, indexBase, \
                                  counters, ambiguousIdx, capacity);                           \
     }
 
@@ -75,14 +85,12 @@ LM_MERGE_ROUND_KERNEL(merge_round_bf16, LM_BF16, unsigned short)
 LM_MERGE_ROUND_KERNEL(merge_round_f16, LM_F16, unsigned short)
 LM_MERGE_ROUND_KERNEL(merge_round_f32, LM_F32, unsigned int)
 
-#include "exact.cuh"
-
 /*
  * settle_{bf16,f16,f32}(
  *     const double* u,          U of the block's rows, row-major [rows, rank] (the factors' U at row0)
  *     const double* vt,         V^T, row-major [rank, cols]
  *     long long rank, double scale,
- *     const T* w,               W of the block, as merge_round read it
+ *     const void* w, int srcFmt,  W of the block, as merge_round read it
  *     T* out,                   merge_round's output, where settled elements are rewritten
  *     long long cols, long long indexBase,
  *     unsigned long long* counters,  [0] ambiguous (from merge_round), [1] overflow, [3] left to the host
@@ -96,7 +104,8 @@ LM_MERGE_ROUND_KERNEL(merge_round_f32, LM_F32, unsigned int)
  */
 template <int FMT, typename T>
 __device__ __forceinline__ void settle_list(const double *__restrict__ u, const double *__restrict__ vt, long long rank, double scale,
-                                            const T *w, T *out, long long cols, long long indexBase, unsigned long long *counters,
+                                            const void *w, int srcFmt, T *out, long long cols, long long indexBase,
+                                            unsigned long long *counters,
                                             const long long *ambiguousIdx, long long capacity, long long *hostIdx) {
     long long count = (long long)counters[0];
     if (count > capacity) {
@@ -108,7 +117,7 @@ __device__ __forceinline__ void settle_list(const double *__restrict__ u, const 
         long long j = e - i * cols;
         lm_expansion x;
         lm_exp_clear(&x);
-        lm_exp_add(&x, lm_fmt_value((uint32_t)w[e], FMT));
+        lm_exp_add(&x, lm_fmt_value(lm_src_bits(w, srcFmt, e), srcFmt));
         for (long long k = 0; k < rank; k++) {
             lm_exp_add_scaled_product(&x, scale, u[i * rank + k], vt[k * cols + j]);
         }
@@ -133,9 +142,10 @@ __device__ __forceinline__ void settle_list(const double *__restrict__ u, const 
 #define LM_SETTLE_KERNEL(NAME, FMT, T)                                                              \
     extern "C" __global__ void NAME(                                                                \
         const double *__restrict__ u, const double *__restrict__ vt, long long rank, double scale,   \
-        const T *w, T *out, long long cols, long long indexBase, unsigned long long *counters,      \
+        const void *w, int srcFmt, T *out, long long cols, long long indexBase,                      \
+        unsigned long long *counters,                                                               \
         const long long *ambiguousIdx, long long capacity, long long *hostIdx) {                    \
-        settle_list<FMT, T>(u, vt, rank, scale, w, out, cols, indexBase, counters, ambiguousIdx,    \
+        settle_list<FMT, T>(u, vt, rank, scale, w, srcFmt, out, cols, indexBase, counters, ambiguousIdx, \
                             capacity, hostIdx);                                                     \
     }
 

@@ -24,9 +24,9 @@ import org.loramerge.quant.Nf4Weight;
  * rounding boundary come back as a list and are recomputed exactly on the host with the CPU
  * engine's code ({@link HostSettle}), so the output is bit for bit the CPU engine's.
  *
- * <p>Tensors the GPU path does not cover (DoRA, token rows, bias terms, several terms, a dtype
- * conversion, a quantized format without device kernels) are merged by the CPU engine inside
- * this backend ({@link #onGpu}); they are small or rare.
+ * <p>Tensors the GPU path does not cover (DoRA, token rows, bias terms, several terms, a quantized
+ * format without device kernels, and plain dtype conversions without terms, which are memory
+ * copies) are merged by the CPU engine inside this backend ({@link #onGpu}).
  */
 public final class CudaBackend implements Backend {
     /** Pipeline threads (and streams) at most: each also copies blocks on the host, so more help until PCIe is full. */
@@ -77,11 +77,11 @@ public final class CudaBackend implements Backend {
 
     /**
      * Whether the GPU path computes this tensor (else the CPU engine does, inside this backend):
-     * one low-rank term, no DoRA, token rows or dtype conversion, and a dense source or an NF4
-     * one (dequantized on the device; an NF4 output is requantized there too).
+     * one low-rank term, no DoRA or token rows, a dense source or an NF4 one (dequantized on the
+     * device; an NF4 output is requantized there too), converted to another dtype or not.
      */
     static boolean onGpu(TensorJob job) {
-        if (job.srcFormat() == null || job.srcFormat() != job.dstFormat() || job.doraAxis() != null || job.tokenValues() != null) {
+        if (job.srcFormat() == null || job.dstFormat() == null || job.doraAxis() != null || job.tokenValues() != null) {
             return false;
         }
         if (job.out().source().isQuantized() && !(job.out().source().quantized() instanceof Nf4Weight)) {

@@ -131,7 +131,7 @@ final class CudaRequantization implements Requantization {
         }
         long bytes = count * format.sizeInBytes();
         merge.load(w, row0, rowCount, packed);
-        w.mergeRoundExactly(merge.factors(), format, row0, rowCount, cols, job.boundK());
+        w.mergeRoundExactly(merge.factors(), format, format, row0, rowCount, cols, job.boundK());
         DeviceWorker.Counts counted = w.counters();
         long overflows = counted.overflows();
         long nans = counted.nans();

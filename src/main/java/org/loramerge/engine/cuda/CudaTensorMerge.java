@@ -84,12 +84,13 @@ final class CudaTensorMerge implements TensorMerge {
         int cols = job.cols();
         long bytes = (long) rowCount * cols * fmt.sizeInBytes();
         load(w, row0, rowCount, src);
-        w.mergeRoundExactly(factors, fmt, row0, rowCount, cols, job.boundK());
+        w.mergeRoundExactly(factors, job.srcFormat(), fmt, row0, rowCount, cols, job.boundK());
         // dst is page-locked when the pipeline took it from allocateBlockBuffer, so this copy is asynchronous and direct
         w.copyOutputTo(dst, bytes);
         DeviceWorker.Counts counted = w.counters();
         if (nf4 != null && (counted.forHost() > 0 || counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY)) {
-            src = w.download(w.input(), bytes); // the host work below reads W: the dequantized values, not the packed codes
+            // the host work below reads W: the dequantized values, not the packed codes
+            src = w.download(w.input(), (long) rowCount * cols * job.srcFormat().sizeInBytes());
         }
         if (counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY) {
             // pathological input: let the CPU engine decide the whole block

@@ -126,16 +126,18 @@ public final class DeviceWorker implements AutoCloseable {
     public void mergeRound(DeviceFactors f, FloatFormat fmt, long row0, int rowCount, int cols, double boundK, Pointer in, Pointer wide,
                            Pointer out) {
         product(f, row0, rowCount, cols, wide);
-        addAndRound(f, fmt, row0, rowCount, cols, boundK, in, wide, out);
+        addAndRound(f, fmt, fmt, row0, rowCount, cols, boundK, in, wide, out);
     }
 
     /**
-     * {@link #mergeRound} and {@link #settle} on the worker's own buffers, {@link #input()} to
-     * {@link #output()}: the block rounded exactly, but for the rare elements left to the host.
+     * {@link #mergeRound} and {@link #settle} on the worker's own buffers, {@link #input()} (W in
+     * {@code src}) to {@link #output()} (in {@code dst}; another format for a --dtype conversion):
+     * the block rounded exactly, but for the rare elements left to the host.
      */
-    public void mergeRoundExactly(DeviceFactors f, FloatFormat fmt, long row0, int rowCount, int cols, double boundK) {
-        mergeRound(f, fmt, row0, rowCount, cols, boundK, dIn.pointer(), dWide.pointer(), dOut.pointer());
-        settle(f, fmt, row0, cols, dIn.pointer(), dOut.pointer());
+    public void mergeRoundExactly(DeviceFactors f, FloatFormat src, FloatFormat dst, long row0, int rowCount, int cols, double boundK) {
+        product(f, row0, rowCount, cols, dWide.pointer());
+        addAndRound(f, src, dst, row0, rowCount, cols, boundK, dIn.pointer(), dWide.pointer(), dOut.pointer());
+        settle(f, src, dst, row0, cols, dIn.pointer(), dOut.pointer());
     }
 
     /** P = s·U·Vᵀ for rows [row0, row0 + rowCount), by cuBLAS DGEMM on the stream. */
@@ -146,12 +148,21 @@ public final class DeviceWorker implements AutoCloseable {
                 Pointer.to(new double[] {0.0}), wide, cols);
     }
 
-    /** out = round(W + P) with the ambiguous elements listed and the counters reset first, by the fused PTX kernel on the stream. */
+    /** {@link #addAndRound(DeviceFactors, FloatFormat, FloatFormat, long, int, int, double, Pointer, Pointer, Pointer)} without a conversion. */
     public void addAndRound(DeviceFactors f, FloatFormat fmt, long row0, int rowCount, int cols, double boundK, Pointer in, Pointer wide,
                             Pointer out) {
+        addAndRound(f, fmt, fmt, row0, rowCount, cols, boundK, in, wide, out);
+    }
+
+    /**
+     * out = round(W + P) into {@code dst} with the ambiguous elements listed and the counters reset
+     * first, by the fused kernel on the stream; W ({@code in}) is in {@code src}.
+     */
+    public void addAndRound(DeviceFactors f, FloatFormat src, FloatFormat dst, long row0, int rowCount, int cols, double boundK, Pointer in,
+                            Pointer wide, Pointer out) {
         JCuda.cudaMemsetAsync(counters.pointer(), 0, COUNTERS * Sizeof.LONG, stream.runtime());
-        device.merge().mergeRound(stream, fmt, rowCount, cols,
-                Pointer.to(wide), Pointer.to(in), Pointer.to(out),
+        device.merge().mergeRound(stream, dst, rowCount, cols,
+                Pointer.to(wide), Pointer.to(in), Pointer.to(new int[] {MergeKernels.code(src)}), Pointer.to(out),
                 Pointer.to(f.uNorm().at(row0 * Sizeof.DOUBLE)), Pointer.to(f.vNorm().pointer()), Pointer.to(new double[] {Math.abs(f.scale())}),
                 Pointer.to(new double[] {boundK}),
                 Pointer.to(new long[] {rowCount}), Pointer.to(new long[] {cols}), Pointer.to(new long[] {cols}), Pointer.to(new long[] {0}),
@@ -161,16 +172,17 @@ public final class DeviceWorker implements AutoCloseable {
     /**
      * Queues the exact settling of the elements the last add-and-round listed (kernels/exact.cuh,
      * the device twin of the CPU engine's expansion arithmetic): each is recomputed exactly from W
-     * ({@code in}), U and Vᵀ and rewritten in {@code out}; the few it cannot take are listed for
-     * the host ({@link Counts#forHost}). Reads the list's length on the device: no wait.
+     * ({@code in}, in {@code src}), U and Vᵀ and rewritten in {@code out} (in {@code dst}); the few
+     * it cannot take are listed for the host ({@link Counts#forHost}). Reads the list's length on
+     * the device: no wait.
      */
-    public void settle(DeviceFactors f, FloatFormat fmt, long row0, int cols, Pointer in, Pointer out) {
-        device.merge().settle(stream, fmt,
+    public void settle(DeviceFactors f, FloatFormat src, FloatFormat dst, long row0, int cols, Pointer in, Pointer out) {
+        device.merge().settle(stream, dst,
                 Pointer.to(f.u().at(row0 * f.rank() * Sizeof.DOUBLE)), Pointer.to(f.vt().pointer()),
                 Pointer.to(new long[] {f.rank()}), Pointer.to(new double[] {f.scale()}),
-                Pointer.to(in), Pointer.to(out), Pointer.to(new long[] {cols}), Pointer.to(new long[] {0}),
-                Pointer.to(counters.pointer()), Pointer.to(ambiguous.pointer()), Pointer.to(new long[] {AMBIGUOUS_CAPACITY}),
-                Pointer.to(forHost.pointer()));
+                Pointer.to(in), Pointer.to(new int[] {MergeKernels.code(src)}), Pointer.to(out), Pointer.to(new long[] {cols}),
+                Pointer.to(new long[] {0}), Pointer.to(counters.pointer()), Pointer.to(ambiguous.pointer()),
+                Pointer.to(new long[] {AMBIGUOUS_CAPACITY}), Pointer.to(forHost.pointer()));
     }
 
     /** The last block's counters, once the stream has done everything queued. */

@@ -30,6 +30,15 @@ final class MergeKernels {
         }
     }
 
+    /** The kernels' code of a format (kernels/rounding.cuh LM_BF16, LM_F16, LM_F32). */
+    static int code(FloatFormat fmt) {
+        switch (fmt) {
+            case BF16: return 0;
+            case F16: return 1;
+            default: return 2;
+        }
+    }
+
     /** Launches settle for {@code fmt} over the list merge_round wrote, on {@code stream}. */
     void settle(CudaStream stream, FloatFormat fmt, Pointer... params) {
         JCudaDriver.cuLaunchKernel(settle.get(fmt.dtype()), SETTLE_BLOCKS, 1, 1, THREADS, 1, 1, 0, stream.driver(), Pointer.to(params), null);

@@ -139,12 +139,12 @@ class CudaBackendTest {
 
     /**
      * Factors that are exactly bf16 values (what bf16 training saves) put many merged values exactly
-     * on bf16 rounding midpoints: the device settles them exactly, with the CPU engine's bytes, and
-     * none needs decimal arithmetic.
+     * on rounding midpoints: the device settles them exactly, with the CPU engine's bytes, and none
+     * needs decimal arithmetic; the same when the merge also converts the dtype (--dtype).
      */
-    @ParameterizedTest(name = "{0}")
+    @ParameterizedTest(name = "{0} -> {1}")
     @MethodSource("tieDtypes")
-    void bf16RepresentableFactorsAreSettledOnTheDeviceWithTheCpuBytes(DType dtype) throws Exception {
+    void bf16RepresentableFactorsAreSettledOnTheDeviceWithTheCpuBytes(DType dtype, DType outType) throws Exception {
         int rows = 768;
         int cols = 512;
         int rank = 16;
@@ -163,11 +163,13 @@ class CudaBackendTest {
                 .add("b", DType.F32, new long[] {rows, rank}, b);
         try (SafetensorsFile f = files.write(dir.resolve("t.safetensors"))) {
             TermSpec term = new TermSpec("x", Layout.LINEAR, TensorFiles.source(f, "a"), TensorFiles.source(f, "b"), rank, 2.0);
-            OutputTensor out = OutputTensor.merge("w", dtype, TensorFiles.source(f, "w"), new OutputTensor.Update(List.of(term), null, null));
+            OutputTensor out = OutputTensor.merge("w", outType, TensorFiles.source(f, "w"), new OutputTensor.Update(List.of(term), null, null));
             TensorJob job = TensorJob.prepare(out);
+            assertTrue(CudaBackend.onGpu(job), "a single-term merge goes to the GPU, converted or not");
             int rowBytes = cols * dtype.sizeInBytes();
-            ByteBuffer expected = ByteBuffer.allocateDirect(rows * rowBytes).order(ByteOrder.LITTLE_ENDIAN);
-            ByteBuffer got = cuda.allocateBlockBuffer(rows * rowBytes);
+            int outRowBytes = cols * outType.sizeInBytes();
+            ByteBuffer expected = ByteBuffer.allocateDirect(rows * outRowBytes).order(ByteOrder.LITTLE_ENDIAN);
+            ByteBuffer got = cuda.allocateBlockBuffer(rows * outRowBytes);
             BlockStats onCpuStats = new BlockStats();
             BlockStats onGpuStats = new BlockStats();
             try (CpuBackend cpu = new CpuBackend(1); TensorMerge onCpu = cpu.openMerge(job); TensorMerge onGpu = cuda.openMerge(job);
@@ -175,15 +177,17 @@ class CudaBackendTest {
                 onCpu.mergeRows(0, rows, src.bytes(), expected, onCpuStats);
                 onGpu.mergeRows(0, rows, src.bytes(), got, onGpuStats);
             }
-            assertEquals(expected.position(0).limit(rows * rowBytes), got.position(0).limit(rows * rowBytes), "GPU and CPU bytes differ");
+            assertEquals(expected.position(0).limit(rows * outRowBytes), got.position(0).limit(rows * outRowBytes), "GPU and CPU bytes differ");
             assertTrue(onCpuStats.exactlyRounded() > 100, "the case must put values on rounding midpoints; got " + onCpuStats.exactlyRounded());
             assertEquals(onCpuStats.exactlyRounded(), onGpuStats.exactlyRounded(), "settled exactly on the device");
             assertEquals(0, onGpuStats.exactFallbacks(), "no decimal arithmetic");
         }
     }
 
-    static Stream<DType> tieDtypes() {
-        return Stream.of(DType.BF16, DType.F16, DType.F32);
+    static Stream<Arguments> tieDtypes() {
+        return Stream.of(Arguments.of(DType.BF16, DType.BF16), Arguments.of(DType.F16, DType.F16), Arguments.of(DType.F32, DType.F32),
+                Arguments.of(DType.BF16, DType.F16), Arguments.of(DType.BF16, DType.F32), Arguments.of(DType.F16, DType.BF16),
+                Arguments.of(DType.F32, DType.BF16), Arguments.of(DType.F32, DType.F16));
     }
 
     static double[] gaussian(SplittableRandom rnd, int n, double std) {
