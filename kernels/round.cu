@@ -152,3 +152,103 @@ __device__ __forceinline__ void settle_list(const double *__restrict__ u, const 
 LM_SETTLE_KERNEL(settle_bf16, LM_BF16, unsigned short)
 LM_SETTLE_KERNEL(settle_f16, LM_F16, unsigned short)
 LM_SETTLE_KERNEL(settle_f32, LM_F32, unsigned int)
+
+/*
+ * dora_round_{bf16,f16,f32}(    DoRA with one norm per output row (Linear, Conv): the merge of a block
+ *     const double* p, const void* w, int srcFmt, T* out,  as merge_round, ldp = cols
+ *     const double* nU, const double* nV, double absScale, double K,
+ *     const double* magnitude,  [rows] m of the block's rows
+ *     long long rows, long long cols,
+ *     unsigned long long* counters, long long* ambiguousIdx, long long capacity)
+ *   Per row i: v = W + P in fp64 with its bound e (as merge_round), S = sum v^2 and
+ *   E = sum 2|v| e (a block-wide reduction); relS = (E + (cols + 2) u S) / S bounds S's relative
+ *   error whatever the summation order; the row's factor f = m_i / sqrt(S) is known to relative
+ *   rel = relS / 2 + 3u; each output is round(f v) with bound 2 (|f| e + |f v| (rel + u)), or
+ *   ambiguous (the whole row when relS is not below 1e-3 or f is not finite). The same bounds as
+ *   engine/cpu/CpuMerge, so whatever either decides is the correctly rounded value; the host
+ *   decides the ambiguous ones exactly (ExactMath, decimal: DoRA's square root has no short exact form).
+ *   Threads: one block per row (grid-stride over rows), 256 threads over its columns.
+ *   Launch: block (256, 1, 1), grid (min(rows, 65535), 1, 1).
+ */
+template <int FMT, typename T>
+__device__ __forceinline__ void dora_round_rows(const double *__restrict__ p, const void *w, int srcFmt, T *out,
+                                                const double *__restrict__ nU, const double *__restrict__ nV, double absScale, double K,
+                                                const double *__restrict__ magnitude, long long rows, long long cols,
+                                                unsigned long long *counters, long long *ambiguousIdx, long long capacity) {
+    __shared__ double partSq[256];
+    __shared__ double partErr[256];
+    const double u = 0x1p-53;
+    for (long long i = blockIdx.x; i < rows; i += gridDim.x) {
+        double nUi = nU[i];
+        double sq = 0.0;
+        double er = 0.0;
+        for (long long j = threadIdx.x; j < cols; j += blockDim.x) {
+            long long idx = i * cols + j;
+            double wide = lm_fmt_value(lm_src_bits(w, srcFmt, idx), srcFmt);
+            double v = wide + p[idx];
+            double e = lm_error_bound(v, K, absScale, nUi, nV[j], 0.0, 0.0);
+            sq += v * v;
+            er += 2.0 * fabs(v) * e;
+        }
+        partSq[threadIdx.x] = sq;
+        partErr[threadIdx.x] = er;
+        __syncthreads();
+        for (int half = blockDim.x / 2; half > 0; half >>= 1) {
+            if (threadIdx.x < half) {
+                partSq[threadIdx.x] += partSq[threadIdx.x + half];
+                partErr[threadIdx.x] += partErr[threadIdx.x + half];
+            }
+            __syncthreads();
+        }
+        double sumSq = partSq[0];
+        double sumErr = partErr[0];
+        __syncthreads();
+        double relS = (sumErr + (double)(cols + 2) * u * sumSq) / sumSq;
+        double factor = magnitude[i] / sqrt(sumSq);
+        double factorRel = relS / 2.0 + 3.0 * u;
+        int rowUndecidable = !(relS < 1e-3) || !(fabs(factor) <= 0x1.fffffffffffffp1023);
+        for (long long j = threadIdx.x; j < cols; j += blockDim.x) {
+            long long idx = i * cols + j;
+            uint32_t srcBits = lm_src_bits(w, srcFmt, idx);
+            double wide = lm_fmt_value(srcBits, srcFmt);
+            uint32_t wBits = srcFmt == FMT ? srcBits : lm_round_bits(wide, FMT);
+            double v = wide + p[idx];
+            double e = lm_error_bound(v, K, absScale, nUi, nV[j], 0.0, 0.0);
+            double val = factor * v;
+            double err = 2.0 * (fabs(factor) * e + fabs(val) * (factorRel + u));
+            uint32_t bits;
+            int what;
+            if (rowUndecidable && !lm_bits_nonfinite(wBits, FMT)) {
+                bits = lm_round_bits(val, FMT);
+                what = LM_ELEM_AMBIGUOUS;
+            } else {
+                what = lm_round_element(val, err, wBits, FMT, &bits);
+            }
+            out[idx] = (T)bits;
+            if (what == LM_ELEM_AMBIGUOUS) {
+                unsigned long long slot = atomicAdd(&counters[0], 1ull);
+                if ((long long)slot < capacity) {
+                    ambiguousIdx[slot] = idx;
+                }
+            } else if (what == LM_ELEM_OVERFLOW) {
+                atomicAdd(&counters[1], 1ull);
+            } else if (what == LM_ELEM_NAN) {
+                atomicAdd(&counters[2], 1ull);
+            }
+        }
+    }
+}
+
+#define LM_DORA_ROUND_KERNEL(NAME, FMT, T)                                                              \
+    extern "C" __global__ void NAME(                                                                    \
+        const double *__restrict__ p, const void *w, int srcFmt, T *out,                                \
+        const double *__restrict__ nU, const double *__restrict__ nV, double absScale, double K,        \
+        const double *__restrict__ magnitude, long long rows, long long cols,                           \
+        unsigned long long *counters, long long *ambiguousIdx, long long capacity) {                    \
+        dora_round_rows<FMT, T>(p, w, srcFmt, out, nU, nV, absScale, K, magnitude, rows, cols, counters, \
+                                ambiguousIdx, capacity);                                                \
+    }
+
+LM_DORA_ROUND_KERNEL(dora_round_bf16, LM_BF16, unsigned short)
+LM_DORA_ROUND_KERNEL(dora_round_f16, LM_F16, unsigned short)
+LM_DORA_ROUND_KERNEL(dora_round_f32, LM_F32, unsigned int)

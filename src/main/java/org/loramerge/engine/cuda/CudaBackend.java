@@ -13,6 +13,7 @@ import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.TensorMerge;
 import org.loramerge.engine.cpu.CpuRequantization;
 import org.loramerge.engine.cpu.CpuTensorMerge;
+import org.loramerge.plan.DoraSpec;
 import org.loramerge.plan.Layout;
 import org.loramerge.quant.Nf4Weight;
 
@@ -24,9 +25,9 @@ import org.loramerge.quant.Nf4Weight;
  * rounding boundary come back as a list and are recomputed exactly on the host with the CPU
  * engine's code ({@link HostSettle}), so the output is bit for bit the CPU engine's.
  *
- * <p>Tensors the GPU path does not cover (DoRA, token rows, bias terms, several terms, a quantized
- * format without device kernels, and plain dtype conversions without terms, which are memory
- * copies) are merged by the CPU engine inside this backend ({@link #onGpu}).
+ * <p>Tensors the GPU path does not cover (DoRA with column norms, token rows, bias terms, several
+ * terms, a quantized format without device kernels, and plain dtype conversions without terms,
+ * which are memory copies) are merged by the CPU engine inside this backend ({@link #onGpu}).
  */
 public final class CudaBackend implements Backend {
     /** Pipeline threads (and streams) at most: each also copies blocks on the host, so more help until PCIe is full. */
@@ -77,11 +78,12 @@ public final class CudaBackend implements Backend {
 
     /**
      * Whether the GPU path computes this tensor (else the CPU engine does, inside this backend):
-     * one low-rank term, no DoRA or token rows, a dense source or an NF4 one (dequantized on the
-     * device; an NF4 output is requantized there too), converted to another dtype or not.
+     * one low-rank term, DoRA with row norms or none, no token rows, a dense source or an NF4 one
+     * (dequantized on the device; an NF4 output is requantized there too), converted to another
+     * dtype or not.
      */
     static boolean onGpu(TensorJob job) {
-        if (job.srcFormat() == null || job.dstFormat() == null || job.doraAxis() != null || job.tokenValues() != null) {
+        if (job.srcFormat() == null || job.dstFormat() == null || job.doraAxis() == DoraSpec.Axis.COLUMN || job.tokenValues() != null) {
             return false;
         }
         if (job.out().source().isQuantized() && !(job.out().source().quantized() instanceof Nf4Weight)) {
@@ -101,7 +103,8 @@ public final class CudaBackend implements Backend {
 
     @Override
     public Requantization openRequantization(TensorJob job) throws IOException {
-        if (!onGpu(job) || !(job.out().source().quantized() instanceof Nf4Weight)) {
+        // requantized on the device: an NF4 weight without DoRA (whose norms need the whole row before any block is requantized)
+        if (!onGpu(job) || job.doraAxis() != null || !(job.out().source().quantized() instanceof Nf4Weight)) {
             return new CpuRequantization(job);
         }
         return remember(new CudaRequantization(this, device, job));

@@ -24,6 +24,8 @@ final class CudaTensorMerge implements TensorMerge {
     private final DeviceFactors factors;
     /** For an NF4 source: the decoded absmax of every block of the weight. */
     private final DeviceMemory sourceAbsmax;
+    /** For DoRA (one norm per row): m of every row. */
+    private final DeviceMemory magnitude;
     private final Nf4Weight nf4;
     private boolean closed;
 
@@ -35,16 +37,26 @@ final class CudaTensorMerge implements TensorMerge {
         this.nf4 = job.out().source().quantized() instanceof Nf4Weight ? (Nf4Weight) job.out().source().quantized() : null;
         DeviceFactors f = new DeviceFactors(job.terms().get(0), device.pool());
         DeviceMemory absmax = null;
-        if (nf4 != null) {
-            try (CudaStream s = new CudaStream()) {
-                absmax = device.nf4().decodedAbsmax(device.pool(), s, nf4.decoder());
-            } catch (RuntimeException | IOException e) {
-                f.close();
-                throw e;
+        DeviceMemory m = null;
+        try {
+            if (nf4 != null) {
+                try (CudaStream s = new CudaStream()) {
+                    absmax = device.nf4().decodedAbsmax(device.pool(), s, nf4.decoder());
+                }
             }
+            if (job.doraAxis() != null) {
+                m = DeviceFactors.upload(device.pool(), job.magnitude());
+            }
+        } catch (RuntimeException | IOException e) {
+            f.close();
+            if (absmax != null) {
+                absmax.close();
+            }
+            throw e;
         }
         this.factors = f;
         this.sourceAbsmax = absmax;
+        this.magnitude = m;
     }
 
     /** The factors on the device, for a requantization that shares this tensor's upload. */
@@ -84,11 +96,17 @@ final class CudaTensorMerge implements TensorMerge {
         int cols = job.cols();
         long bytes = (long) rowCount * cols * fmt.sizeInBytes();
         load(w, row0, rowCount, src);
-        w.mergeRoundExactly(factors, job.srcFormat(), fmt, row0, rowCount, cols, job.boundK());
+        if (magnitude != null) {
+            w.mergeRoundDora(factors, job.srcFormat(), fmt, row0, rowCount, cols, job.boundK(), magnitude);
+        } else {
+            w.mergeRoundExactly(factors, job.srcFormat(), fmt, row0, rowCount, cols, job.boundK());
+        }
         // dst is page-locked when the pipeline took it from allocateBlockBuffer, so this copy is asynchronous and direct
         w.copyOutputTo(dst, bytes);
         DeviceWorker.Counts counted = w.counters();
-        if (nf4 != null && (counted.forHost() > 0 || counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY)) {
+        // DoRA's ambiguous elements all go to the host (its square root has no short exact form); the others only when settle left them
+        long forHost = magnitude != null ? counted.ambiguous() : counted.forHost();
+        if (nf4 != null && (forHost > 0 || counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY)) {
             // the host work below reads W: the dequantized values, not the packed codes
             src = w.download(w.input(), (long) rowCount * cols * job.srcFormat().sizeInBytes());
         }
@@ -98,13 +116,13 @@ final class CudaTensorMerge implements TensorMerge {
             CpuMerge.mergeRows(job, row0, rowCount, src, dst, stats, null);
             return;
         }
-        stats.addExactlyRounded(counted.ambiguous() - counted.forHost());
+        stats.addExactlyRounded(counted.ambiguous() - forHost);
         long overflows = counted.overflows();
         dst.position(0);
-        if (counted.forHost() > 0) {
-            ByteBuffer idx = w.forHostElements(counted.forHost());
+        if (forHost > 0) {
+            ByteBuffer idx = magnitude != null ? w.ambiguousElements(forHost) : w.forHostElements(forHost);
             ByteBuffer out = dst;
-            overflows += HostSettle.settle(job, row0, src, idx, (int) counted.forHost(), (e, b) -> fmt.putBits(out, e, b), stats);
+            overflows += HostSettle.settle(job, row0, src, idx, (int) forHost, (e, b) -> fmt.putBits(out, e, b), stats);
         }
         stats.add(0, overflows, counted.nans());
     }
@@ -119,6 +137,9 @@ final class CudaTensorMerge implements TensorMerge {
         factors.close();
         if (sourceAbsmax != null) {
             sourceAbsmax.close();
+        }
+        if (magnitude != null) {
+            magnitude.close();
         }
         backend.forget(this);
     }

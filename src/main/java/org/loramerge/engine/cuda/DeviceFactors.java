@@ -25,7 +25,8 @@ public final class DeviceFactors implements AutoCloseable {
         vNorm = upload(pool, t.vNorms());
     }
 
-    private static DeviceMemory upload(DevicePool pool, double[] a) {
+    /** {@code a} on the device, in memory from {@code pool} (newly allocated when it is null). */
+    static DeviceMemory upload(DevicePool pool, double[] a) {
         DeviceMemory d = Nf4Kernels.take(pool, (long) a.length * Sizeof.DOUBLE);
         JCuda.cudaMemcpy(d.pointer(), Pointer.to(a), (long) a.length * Sizeof.DOUBLE, cudaMemcpyKind.cudaMemcpyHostToDevice);
         return d;

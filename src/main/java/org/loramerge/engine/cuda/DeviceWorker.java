@@ -185,6 +185,32 @@ public final class DeviceWorker implements AutoCloseable {
                 Pointer.to(new long[] {AMBIGUOUS_CAPACITY}), Pointer.to(forHost.pointer()));
     }
 
+    /**
+     * DoRA with one norm per output row, on the worker's own buffers: P = s·U·Vᵀ, then each row's
+     * norm, magnitude scaling and rounding in one kernel ({@code dora_round}); the elements its bounds
+     * cannot settle are listed for the host ({@link #ambiguousElements}). {@code magnitude} holds m
+     * of the whole weight.
+     */
+    public void mergeRoundDora(DeviceFactors f, FloatFormat src, FloatFormat dst, long row0, int rowCount, int cols, double boundK,
+                               DeviceMemory magnitude) {
+        product(f, row0, rowCount, cols, dWide.pointer());
+        JCuda.cudaMemsetAsync(counters.pointer(), 0, COUNTERS * Sizeof.LONG, stream.runtime());
+        device.merge().doraRound(stream, dst, rowCount,
+                Pointer.to(dWide.pointer()), Pointer.to(dIn.pointer()), Pointer.to(new int[] {MergeKernels.code(src)}), Pointer.to(dOut.pointer()),
+                Pointer.to(f.uNorm().at(row0 * Sizeof.DOUBLE)), Pointer.to(f.vNorm().pointer()), Pointer.to(new double[] {Math.abs(f.scale())}),
+                Pointer.to(new double[] {boundK}), Pointer.to(magnitude.at(row0 * Sizeof.DOUBLE)),
+                Pointer.to(new long[] {rowCount}), Pointer.to(new long[] {cols}),
+                Pointer.to(counters.pointer()), Pointer.to(ambiguous.pointer()), Pointer.to(new long[] {AMBIGUOUS_CAPACITY}));
+    }
+
+    /** The element indexes the last add-and-round listed as ambiguous (little-endian longs, in no order); at most {@link #AMBIGUOUS_CAPACITY}. */
+    public ByteBuffer ambiguousElements(long count) {
+        JCuda.cudaMemcpyAsync(hostAmbiguous.pointer(), ambiguous.pointer(), count * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                stream.runtime());
+        stream.synchronize();
+        return hostAmbiguous.buffer();
+    }
+
     /** The last block's counters, once the stream has done everything queued. */
     public Counts counters() {
         JCuda.cudaMemcpyAsync(hostCounters.pointer(), counters.pointer(), COUNTERS * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost,

@@ -28,6 +28,7 @@ import org.loramerge.format.SafetensorsFile;
 import org.loramerge.pipeline.AtomicOutput;
 import org.loramerge.pipeline.MergeRunner;
 import org.loramerge.pipeline.Progress;
+import org.loramerge.plan.DoraSpec;
 import org.loramerge.plan.Layout;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.OutputTensor;
@@ -181,6 +182,44 @@ class CudaBackendTest {
             assertTrue(onCpuStats.exactlyRounded() > 100, "the case must put values on rounding midpoints; got " + onCpuStats.exactlyRounded());
             assertEquals(onCpuStats.exactlyRounded(), onGpuStats.exactlyRounded(), "settled exactly on the device");
             assertEquals(0, onGpuStats.exactFallbacks(), "no decimal arithmetic");
+        }
+    }
+
+    /** DoRA with one norm per output row runs on the device and writes the CPU engine's bytes, converted or not. */
+    @ParameterizedTest(name = "{0} -> {1}")
+    @MethodSource("tieDtypes")
+    void doraRowNormsOnTheGpuEqualTheCpu(DType dtype, DType outType) throws Exception {
+        int rows = 301;
+        int cols = 700;
+        int rank = 8;
+        SplittableRandom rnd = new SplittableRandom(99 + dtype.ordinal() * 3 + outType.ordinal());
+        TensorFiles files = new TensorFiles()
+                .add("w", dtype, new long[] {rows, cols}, gaussian(rnd, rows * cols, 0.02))
+                .add("a", DType.F32, new long[] {rank, cols}, gaussian(rnd, rank * cols, 0.05))
+                .add("b", DType.F32, new long[] {rows, rank}, gaussian(rnd, rows * rank, 0.02))
+                .add("m", DType.F32, new long[] {rows}, gaussian(rnd, rows, 1.0));
+        try (SafetensorsFile f = files.write(dir.resolve("d.safetensors"))) {
+            TermSpec term = new TermSpec("x", Layout.LINEAR, TensorFiles.source(f, "a"), TensorFiles.source(f, "b"), rank, 2.0);
+            DoraSpec dora = new DoraSpec(DoraSpec.Axis.ROW, TensorFiles.source(f, "m"));
+            OutputTensor out = OutputTensor.merge("w", outType, TensorFiles.source(f, "w"), new OutputTensor.Update(List.of(term), dora, null));
+            TensorJob job = TensorJob.prepare(out);
+            assertTrue(CudaBackend.onGpu(job), "row-norm DoRA goes to the GPU");
+            int rowBytes = cols * dtype.sizeInBytes();
+            int outRowBytes = cols * outType.sizeInBytes();
+            int rowsPerBlock = 77; // several blocks, the last one short
+            try (CpuBackend cpu = new CpuBackend(1); TensorMerge onCpu = cpu.openMerge(job); TensorMerge onGpu = cuda.openMerge(job)) {
+                for (long r0 = 0; r0 < rows; r0 += rowsPerBlock) {
+                    int n = (int) Math.min(rowsPerBlock, rows - r0);
+                    try (MappedRegion src = f.map(f.tensor("w"), r0 * rowBytes, (long) n * rowBytes)) {
+                        ByteBuffer expected = ByteBuffer.allocateDirect(n * outRowBytes).order(ByteOrder.LITTLE_ENDIAN);
+                        ByteBuffer got = ByteBuffer.allocateDirect(n * outRowBytes).order(ByteOrder.LITTLE_ENDIAN);
+                        onCpu.mergeRows(r0, n, src.bytes(), expected, new BlockStats());
+                        onGpu.mergeRows(r0, n, src.bytes(), got, new BlockStats());
+                        assertEquals(expected.position(0).limit(n * outRowBytes), got.position(0).limit(n * outRowBytes),
+                                "rows " + r0 + ".." + (r0 + n) + " differ between GPU and CPU");
+                    }
+                }
+            }
         }
     }
 
