@@ -14,9 +14,9 @@ import org.loramerge.pipeline.Progress;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
-import org.loramerge.testutil.RoundingCases;
 import org.loramerge.testutil.RoundingCases.Family;
 import org.loramerge.testutil.RoundingCases.Fmt;
+import org.loramerge.testutil.RoundingCases;
 
 /**
  * Merges whose exact result lies on, or 2^-60 relative beside, a rounding boundary of the
@@ -40,7 +40,7 @@ class RoundingBoundaryTest {
             MergePlan plan = Planner.plan(b, a, PlanOptions.defaults());
             try (CpuBackend cpu = new CpuBackend(2); AtomicOutput o = AtomicOutput.create(out, false, List.of(base, adapter))) {
                 // F16 65520 and above overflow: their infinity is the correct answer here
-                MergeRunner.run(plan, cpu, o, new MergeRunner.Options(true, MergeRunner.DEFAULT_BLOCK_BYTES), Progress.silent());
+                MergeRunner.run(plan, cpu, o, new MergeRunner.Options(true, Backend.DEFAULT_BLOCK_BYTES), Progress.silent());
             }
         }
         RoundingCases.assertMatchesReference(families, out);

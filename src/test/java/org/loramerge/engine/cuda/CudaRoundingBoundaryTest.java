@@ -3,14 +3,13 @@ package org.loramerge.engine.cuda;
 import java.nio.file.Path;
 import java.util.List;
 import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.EnumSource;
 import org.loramerge.adapter.LoraAdapter;
 import org.loramerge.engine.Backend;
-import org.loramerge.engine.Backends;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.pipeline.AtomicOutput;
@@ -20,12 +19,11 @@ import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
-import org.loramerge.testutil.RoundingCases;
 import org.loramerge.testutil.RoundingCases.Family;
 import org.loramerge.testutil.RoundingCases.Fmt;
+import org.loramerge.testutil.RoundingCases;
 
 import static org.junit.jupiter.api.Assertions.assertTrue;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 /**
  * The merges of {@code RoundingBoundaryTest} (on, or 2^-60 relative beside, rounding boundaries;
@@ -36,17 +34,14 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
 @Tag("gpu")
 class CudaRoundingBoundaryTest {
     private static Backend cuda;
-    private static String unavailable;
 
     @TempDir
     Path dir;
 
-    @BeforeAll
-    static void openDevice() {
-        try {
-            cuda = Backends.open("cuda", 4).backend();
-        } catch (Backends.DeviceUnavailableException | RuntimeException | LinkageError e) {
-            unavailable = e.toString();
+    @BeforeEach
+    void openDevice() {
+        if (cuda == null) {
+            cuda = GpuTests.openOrSkip();
         }
     }
 
@@ -60,7 +55,6 @@ class CudaRoundingBoundaryTest {
     @ParameterizedTest(name = "{0}")
     @EnumSource(Fmt.class)
     void gpuMergesNextToRoundingBoundariesAreCorrectlyRounded(Fmt fmt) throws Exception {
-        assumeTrue(cuda != null, "no usable GPU: " + unavailable);
         List<Family> families = RoundingCases.families(fmt);
         Path base = dir.resolve("base");
         Path adapter = dir.resolve("adapter");
@@ -74,7 +68,7 @@ class CudaRoundingBoundaryTest {
                 }
             }
             try (AtomicOutput o = AtomicOutput.create(out, false, List.of(base, adapter))) {
-                MergeRunner.run(plan, cuda, o, new MergeRunner.Options(true, MergeRunner.DEFAULT_BLOCK_BYTES), Progress.silent());
+                MergeRunner.run(plan, cuda, o, new MergeRunner.Options(true, Backend.DEFAULT_BLOCK_BYTES), Progress.silent());
             }
         }
         RoundingCases.assertMatchesReference(families, out);
