@@ -91,6 +91,9 @@ public final class MergeRunner {
         report.adapterKeys = plan.keyUse().size();
         report.warnings.addAll(plan.warnings());
         report.notes.addAll(plan.notes());
+        if (ctx.threadNote != null) {
+            report.notes.add(ctx.threadNote);
+        }
         for (OutputTensor t : plan.tensors()) {
             report.count(t.kind());
             BlockStats s = ctx.stats.get(t.name());
