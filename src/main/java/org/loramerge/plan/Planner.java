@@ -604,7 +604,8 @@ public final class Planner {
         boolean ok;
         switch (layout) {
             case LINEAR: {
-                long wRest = TensorInfo.numElements(w) / w[0];
+                // the product of the dimensions after the first, not numElements / rows: a weight may have no rows
+                long wRest = TensorInfo.numElements(Arrays.copyOfRange(w, 1, w.length));
                 ok = b.dim(0) == w[0] && b.numElements() == w[0] * rA && a.numElements() / rA == wRest
                         && (w.length == 2 ? a.rank() == 2 : a.rank() == w.length);
                 break;
