@@ -2,8 +2,11 @@ package org.loramerge.cli;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.loramerge.cli.CliRun.assertBadInput;
 import static org.loramerge.cli.CliRun.merge;
 import static org.loramerge.testutil.TinyModels.bf16Tensor;
+import static org.loramerge.testutil.TinyModels.f32Tensor;
 import static org.loramerge.testutil.TinyModels.loraConfig;
 import static org.loramerge.testutil.TinyModels.loraPair;
 import static org.loramerge.testutil.TinyModels.tinyLlama;
@@ -11,6 +14,7 @@ import static org.loramerge.testutil.TinyModels.writeAdapter;
 import static org.loramerge.testutil.TinyModels.writeModel;
 
 import java.nio.file.Path;
+import java.nio.file.Paths;
 import java.util.ArrayList;
 import java.util.List;
 import org.junit.jupiter.api.Test;
@@ -42,6 +46,18 @@ class FuzzFindingsCliTest {
             assertArrayEquals(new long[] {0, 8}, empty.shape());
             assertEquals(0, empty.sizeInBytes());
         }
+    }
+
+    @Test
+    void tokenRowsForAFourBitWeightAreRefusedNamingTheKeyInsteadOfAnInternalError() {
+        Path base = Paths.get("src/test/resources/qlora/plain_bs32/base");
+        String key = "base_model.model.model.layers.0.self_attn.q_proj.token_adapter.trainable_tokens_delta";
+        Path adapter = writeAdapter(dir.resolve("adapter"), loraConfig(4, 8, "[\"q_proj\"]", "\"trainable_token_indices\": [0]"),
+                List.of(f32Tensor(key, 1, 64)));
+        Path out = dir.resolve("merged");
+        CliRun.Result r = merge(base, adapter, out, "--to", "bf16");
+        assertBadInput(r, out, adapter);
+        assertTrue(r.err().contains(key) && r.err().contains("4-bit"), r::err);
     }
 
     @SafeVarargs
