@@ -3,10 +3,12 @@ package org.loramerge.engine.cuda;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
+import java.util.Comparator;
 import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Set;
 import org.loramerge.engine.Backend;
+import org.loramerge.engine.LowRankTerm;
 import org.loramerge.engine.DeviceUnavailableException;
 import org.loramerge.engine.Requantization;
 import org.loramerge.engine.TensorJob;
@@ -14,6 +16,7 @@ import org.loramerge.engine.TensorMerge;
 import org.loramerge.engine.cpu.CpuRequantization;
 import org.loramerge.engine.cpu.CpuTensorMerge;
 import org.loramerge.plan.Layout;
+import org.loramerge.plan.TermSpec;
 import org.loramerge.quant.Nf4Weight;
 
 /**
@@ -77,8 +80,9 @@ public final class CudaBackend implements Backend {
 
     /**
      * Whether the GPU path computes this tensor (else the CPU engine does, inside this backend):
-     * one low-rank term, no DoRA, token rows or dtype conversion, and a dense source or an NF4
-     * one (dequantized on the device; an NF4 output is requantized there too).
+     * one low-rank term on each row (one on every row, or an MoE expert stack's one per expert,
+     * each on its expert's rows), no DoRA, token rows or dtype conversion, and a dense source or
+     * an NF4 one (dequantized on the device; an NF4 output is requantized there too).
      */
     static boolean onGpu(TensorJob job) {
         if (job.srcFormat() == null || job.srcFormat() != job.dstFormat() || job.doraAxis() != null || job.tokenValues() != null) {
@@ -87,8 +91,27 @@ public final class CudaBackend implements Backend {
         if (job.out().source().isQuantized() && !(job.out().source().quantized() instanceof Nf4Weight)) {
             return false;
         }
+        for (TermSpec t : job.out().terms()) {
+            if (t.layout() == Layout.BIAS) {
+                return false;
+            }
+        }
         // a tensor without terms and with its own dtype is a byte copy and never reaches a backend
-        return job.terms().size() == 1 && job.out().terms().get(0).layout() != Layout.BIAS;
+        return !job.terms().isEmpty() && termsPartitionRows(job);
+    }
+
+    /** True when the terms' row ranges, in order, follow each other from row 0 to the last row without a gap or an overlap. */
+    private static boolean termsPartitionRows(TensorJob job) {
+        List<LowRankTerm> terms = new ArrayList<>(job.terms());
+        terms.sort(Comparator.comparingLong(LowRankTerm::row0));
+        long next = 0;
+        for (LowRankTerm t : terms) {
+            if (t.row0() != next) {
+                return false;
+            }
+            next += t.rows();
+        }
+        return next == job.rows();
     }
 
     @Override
@@ -101,7 +124,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public Requantization openRequantization(TensorJob job) throws IOException {
-        if (!onGpu(job) || !(job.out().source().quantized() instanceof Nf4Weight)) {
+        if (!onGpu(job) || job.terms().size() != 1 || !(job.out().source().quantized() instanceof Nf4Weight)) {
             return new CpuRequantization(job);
         }
         return remember(new CudaRequantization(this, device, job));

@@ -2,7 +2,12 @@ package org.loramerge.engine.cuda;
 
 import java.io.IOException;
 import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.util.ArrayList;
+import java.util.Comparator;
+import java.util.List;
 import org.loramerge.engine.BlockStats;
+import org.loramerge.engine.LowRankTerm;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.TensorMerge;
 import org.loramerge.engine.cpu.CpuMerge;
@@ -11,17 +16,21 @@ import org.loramerge.plan.TensorSource;
 import org.loramerge.quant.Nf4Weight;
 
 /**
- * A dense output tensor on the GPU (one low-rank term, W in the output dtype, or an NF4 weight
- * dequantized on the device). Per block: W goes up (as it is, or as packed codes), P = s·U·Vᵀ,
- * the fused add-and-round and the exact settling of the elements at a rounding boundary run on
- * the worker's stream, and the block comes back into the pipeline's page-locked buffer; the rare
- * element the device could not settle exactly is settled on the host.
+ * A dense output tensor on the GPU (one low-rank term per row, W in the output dtype, or an NF4
+ * weight dequantized on the device). Per block: W goes up (as it is, or as packed codes), P =
+ * s·U·Vᵀ, the fused add-and-round and the exact settling of the elements at a rounding boundary
+ * run on the worker's stream, and the block comes back into the pipeline's page-locked buffer; the
+ * rare element the device could not settle exactly is settled on the host. An MoE expert stack
+ * has one term per expert, each on its expert's rows: a block that spans experts is computed in
+ * one segment per expert.
  */
 final class CudaTensorMerge implements TensorMerge {
     private final CudaBackend backend;
     private final CudaDevice device;
     private final TensorJob job;
-    private final DeviceFactors factors;
+    /** One per term, in row order; the terms cover disjoint row ranges that together hold every row ({@link CudaBackend#onGpu}). */
+    private final List<DeviceFactors> factors;
+    private final List<LowRankTerm> terms;
     /** For an NF4 source: the decoded absmax of every block of the weight. */
     private final DeviceMemory sourceAbsmax;
     private final Nf4Weight nf4;
@@ -33,23 +42,33 @@ final class CudaTensorMerge implements TensorMerge {
         this.job = job;
         device.bindContext();
         this.nf4 = job.out().source().quantized() instanceof Nf4Weight ? (Nf4Weight) job.out().source().quantized() : null;
-        DeviceFactors f = new DeviceFactors(job.terms().get(0), device.pool());
+        this.terms = new ArrayList<>(job.terms());
+        terms.sort(Comparator.comparingLong(LowRankTerm::row0));
+        List<DeviceFactors> up = new ArrayList<>();
         DeviceMemory absmax = null;
-        if (nf4 != null) {
-            try (CudaStream s = new CudaStream()) {
-                absmax = device.nf4().decodedAbsmax(device.pool(), s, nf4.decoder());
-            } catch (RuntimeException | IOException e) {
-                f.close();
-                throw e;
+        try {
+            for (LowRankTerm t : terms) {
+                up.add(new DeviceFactors(t, device.pool()));
             }
+            if (nf4 != null) {
+                try (CudaStream s = new CudaStream()) {
+                    absmax = device.nf4().decodedAbsmax(device.pool(), s, nf4.decoder());
+                }
+            }
+        } catch (RuntimeException | IOException e) {
+            up.forEach(DeviceFactors::close);
+            throw e;
         }
-        this.factors = f;
+        this.factors = up;
         this.sourceAbsmax = absmax;
     }
 
-    /** The factors on the device, for a requantization that shares this tensor's upload. */
+    /** The factors on the device of a one-term tensor, for a requantization that shares this tensor's upload. */
     DeviceFactors factors() {
-        return factors;
+        if (factors.size() != 1) {
+            throw new IllegalStateException(job.out().name() + " has " + factors.size() + " terms; a requantization on the device takes one");
+        }
+        return factors.get(0);
     }
 
     /** The NF4 source's decoded absmax on the device, or null for a dense source. */
@@ -82,28 +101,62 @@ final class CudaTensorMerge implements TensorMerge {
         DeviceWorker w = device.worker();
         FloatFormat fmt = job.dstFormat();
         int cols = job.cols();
-        long bytes = (long) rowCount * cols * fmt.sizeInBytes();
         load(w, row0, rowCount, src);
-        w.mergeRoundExactly(factors, fmt, row0, rowCount, cols, job.boundK());
-        // dst is page-locked when the pipeline took it from allocateBlockBuffer, so this copy is asynchronous and direct
-        w.copyOutputTo(dst, bytes);
-        DeviceWorker.Counts counted = w.counters();
-        if (nf4 != null && (counted.forHost() > 0 || counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY)) {
-            src = w.download(w.input(), bytes); // the host work below reads W: the dequantized values, not the packed codes
+        ByteBuffer values = src; // W in the output dtype, for work on the host; an NF4 block's is downloaded when needed
+        long end = row0 + rowCount;
+        int t = termAt(row0);
+        for (long r = row0; r < end; t++) {
+            LowRankTerm term = terms.get(t);
+            int n = (int) (Math.min(end, term.row0() + term.rows()) - r);
+            long offset = (r - row0) * cols * fmt.sizeInBytes();
+            long bytes = (long) n * cols * fmt.sizeInBytes();
+            w.mergeRoundExactly(factors.get(t), fmt, r - term.row0(), n, cols, job.boundK(), offset);
+            // dst is page-locked when the pipeline took it from allocateBlockBuffer, so this copy is asynchronous and direct
+            w.copyOutputTo(dst, offset, bytes);
+            DeviceWorker.Counts counted = w.counters();
+            if (nf4 != null && values == src && (counted.forHost() > 0 || counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY)) {
+                // the host work below reads W: the dequantized values, not the packed codes
+                values = w.download(w.input(), (long) rowCount * cols * fmt.sizeInBytes());
+            }
+            settleOnHost(w, r, n, counted, values, dst, offset, bytes, stats);
+            r += n;
         }
+    }
+
+    /** The part of a block's bytes that one term's rows take, little-endian from its index 0. */
+    private static ByteBuffer slice(ByteBuffer b, long offset, long bytes) {
+        return b.duplicate().clear().position(Math.toIntExact(offset)).limit(Math.toIntExact(offset + bytes)).slice().order(ByteOrder.LITTLE_ENDIAN);
+    }
+
+    /** The index of the term whose rows hold {@code row}. */
+    private int termAt(long row) {
+        for (int i = 0; i < terms.size(); i++) {
+            if (terms.get(i).localRow(row) >= 0) {
+                return i;
+            }
+        }
+        throw new IllegalStateException(job.out().name() + ": no term covers row " + row);
+    }
+
+    /**
+     * Rows [row0, row0 + rowCount) came back in {@code dst} at {@code offset}: decides on the host
+     * what the device left to it, from W at the same place of {@code values}.
+     */
+    private void settleOnHost(DeviceWorker w, long row0, int rowCount, DeviceWorker.Counts counted, ByteBuffer values, ByteBuffer dst,
+                              long offset, long bytes, BlockStats stats) {
         if (counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY) {
-            // pathological input: let the CPU engine decide the whole block
-            src.position(0);
-            CpuMerge.mergeRows(job, row0, rowCount, src, dst, stats, null);
+            // pathological input: let the CPU engine decide these rows
+            CpuMerge.mergeRows(job, row0, rowCount, slice(values, offset, bytes), slice(dst, offset, bytes), stats, null);
             return;
         }
         stats.addExactlyRounded(counted.ambiguous() - counted.forHost());
         long overflows = counted.overflows();
-        dst.position(0);
         if (counted.forHost() > 0) {
+            FloatFormat fmt = job.dstFormat();
             ByteBuffer idx = w.forHostElements(counted.forHost());
-            ByteBuffer out = dst;
-            overflows += HostSettle.settle(job, row0, src, idx, (int) counted.forHost(), (e, b) -> fmt.putBits(out, e, b), stats);
+            ByteBuffer out = slice(dst, offset, bytes);
+            overflows += HostSettle.settle(job, row0, slice(values, offset, bytes), idx, (int) counted.forHost(), (e, b) -> fmt.putBits(out, e, b),
+                    stats);
         }
         stats.add(0, overflows, counted.nans());
     }
@@ -115,7 +168,7 @@ final class CudaTensorMerge implements TensorMerge {
         }
         closed = true;
         device.bindContext();
-        factors.close();
+        factors.forEach(DeviceFactors::close);
         if (sourceAbsmax != null) {
             sourceAbsmax.close();
         }

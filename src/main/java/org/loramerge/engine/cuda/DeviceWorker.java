@@ -134,8 +134,20 @@ public final class DeviceWorker implements AutoCloseable {
      * {@link #output()}: the block rounded exactly, but for the rare elements left to the host.
      */
     public void mergeRoundExactly(DeviceFactors f, FloatFormat fmt, long row0, int rowCount, int cols, double boundK) {
-        mergeRound(f, fmt, row0, rowCount, cols, boundK, dIn.pointer(), dWide.pointer(), dOut.pointer());
-        settle(f, fmt, row0, cols, dIn.pointer(), dOut.pointer());
+        mergeRoundExactly(f, fmt, row0, rowCount, cols, boundK, 0);
+    }
+
+    /**
+     * {@link #mergeRoundExactly} of rows that begin {@code byteOffset} bytes into {@link #input()}
+     * and {@link #output()}: one term's part of a block whose rows several terms share (an MoE
+     * expert stack, whose experts' terms each cover their own rows). {@code row0} is the first row
+     * as a row of the term's U; the element indexes the counters list are relative to the offset.
+     */
+    public void mergeRoundExactly(DeviceFactors f, FloatFormat fmt, long row0, int rowCount, int cols, double boundK, long byteOffset) {
+        Pointer in = dIn.at(byteOffset);
+        Pointer out = dOut.at(byteOffset);
+        mergeRound(f, fmt, row0, rowCount, cols, boundK, in, dWide.pointer(), out);
+        settle(f, fmt, row0, cols, in, out);
     }
 
     /** P = s·U·Vᵀ for rows [row0, row0 + rowCount), by cuBLAS DGEMM on the stream. */
@@ -193,6 +205,17 @@ public final class DeviceWorker implements AutoCloseable {
     /** Queues the copy of {@code bytes} of {@link #output()} into {@code dst}: asynchronous and direct when dst is page-locked. */
     public void copyOutputTo(ByteBuffer dst, long bytes) {
         JCuda.cudaMemcpyAsync(Pointer.to(dst), dOut.pointer(), bytes, cudaMemcpyKind.cudaMemcpyDeviceToHost, stream.runtime());
+    }
+
+    /** {@link #copyOutputTo} of the {@code bytes} at {@code byteOffset} of {@link #output()} into the same place of {@code dst}. */
+    public void copyOutputTo(ByteBuffer dst, long byteOffset, long bytes) {
+        if (byteOffset == 0) {
+            copyOutputTo(dst, bytes);
+            return;
+        }
+        // a slice starts at its own address (position 0), whatever the buffer's position
+        ByteBuffer at = dst.duplicate().clear().position(Math.toIntExact(byteOffset)).slice();
+        JCuda.cudaMemcpyAsync(Pointer.to(at), dOut.at(byteOffset), bytes, cudaMemcpyKind.cudaMemcpyDeviceToHost, stream.runtime());
     }
 
     /** The first {@code bytes} of {@code m} copied to a new heap buffer, after the work queued on the stream. */
