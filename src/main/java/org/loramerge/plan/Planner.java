@@ -9,9 +9,11 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collection;
 import java.util.LinkedHashMap;
+import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
+import java.util.Set;
 import org.loramerge.adapter.AdapterConfig;
 import org.loramerge.adapter.AdapterException;
 import org.loramerge.adapter.AdapterKey;
@@ -53,7 +55,8 @@ public final class Planner {
     private final LoraAdapter adapter;
     private final AdapterConfig config;
     private final PlanOptions options;
-    private final List<String> problems = new ArrayList<>();
+    /** In the order found; a problem found again is listed once. */
+    private final Set<String> problems = new LinkedHashSet<>();
     private AdapterException.Reason firstReason;
     private final List<String> warnings = new ArrayList<>();
     private final List<String> notes = new ArrayList<>();
@@ -399,9 +402,7 @@ public final class Planner {
         if (firstReason == null) {
             firstReason = reason;
         }
-        if (!problems.contains(message)) {
-            problems.add(message);
-        }
+        problems.add(message);
     }
 
     /**
