@@ -27,7 +27,7 @@ import org.loramerge.quant.Nf4Weight;
  * rounding boundary come back as a list and are recomputed exactly on the host with the CPU
  * engine's code ({@link HostSettle}), so the output is bit for bit the CPU engine's.
  *
- * <p>Tensors the GPU path does not cover (DoRA, token rows, bias terms, several terms, a dtype
+ * <p>Tensors the GPU path does not cover (DoRA, token rows, bias terms, several terms on one row, a dtype
  * conversion, a quantized format without device kernels) are merged by the CPU engine inside
  * this backend ({@link #onGpu}); they are small or rare.
  */
