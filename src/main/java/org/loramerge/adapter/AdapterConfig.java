@@ -50,6 +50,7 @@ public final class AdapterConfig {
     private final boolean ensureWeightTying;
     private final String bias;
     private final List<String> modulesToSave;
+    private final List<String> targetParameters;
     private final Map<String, List<Long>> tokenIndicesByModule;
     private final List<Long> tokenIndices;
     private final List<String> warnings;
@@ -76,6 +77,7 @@ public final class AdapterConfig {
         this.ensureWeightTying = b.ensureWeightTying;
         this.bias = b.bias;
         this.modulesToSave = b.modulesToSave;
+        this.targetParameters = b.targetParameters;
         this.tokenIndicesByModule = b.tokenIndicesByModule;
         this.tokenIndices = b.tokenIndices;
         this.warnings = b.warnings;
@@ -105,6 +107,7 @@ public final class AdapterConfig {
         boolean ensureWeightTying;
         String bias = "none";
         List<String> modulesToSave = new ArrayList<>();
+        List<String> targetParameters = List.of();
         Map<String, List<Long>> tokenIndicesByModule;
         List<Long> tokenIndices;
         List<String> warnings = new ArrayList<>();
@@ -164,8 +167,15 @@ public final class AdapterConfig {
             }
         }
         JsonNode tp = root.get("target_parameters");
-        if (tp != null && !tp.isNull() && !(tp.isArray() && tp.isEmpty())) {
-            throw new AdapterException(UNSUPPORTED, file, "target_parameters (LoRA on MoE expert parameters) is not supported yet; merge with PEFT for this adapter");
+        if (tp != null && tp.isArray() && !tp.isEmpty()) {
+            b.targetParameters = List.copyOf(strings(file, tp, "target_parameters"));
+            // peft tuners/lora/layer.py ParamWrapper.__init__ raises on each of these, so PEFT cannot have saved such a config
+            for (String flag : new String[] {"use_dora", "lora_bias", "fan_in_fan_out"}) {
+                if (root.path(flag).asBoolean(false)) {
+                    throw new AdapterException(INVALID_CONFIG, file, "target_parameters is set together with " + flag + ": true, which PEFT's "
+                            + "ParamWrapper (LoRA on a parameter) refuses, so PEFT cannot have saved this config; fix " + flag + " or target_parameters");
+                }
+            }
         }
         JsonNode init = root.get("init_lora_weights");
         if (init != null && init.isTextual()) {
@@ -471,6 +481,21 @@ public final class AdapterConfig {
             }
         }
         return false;
+    }
+
+    /** target_parameters: names or dot-boundary suffixes of parameters PEFT wraps with ParamWrapper (LoRA on MoE experts); empty when unset. */
+    public List<String> targetParameters() {
+        return targetParameters;
+    }
+
+    /**
+     * Whether PEFT's target_parameters wrap the parameter {@code parameterName} (a full name such as
+     * {@code model.layers.0.mlp.experts.gate_up_proj}): peft tuners_utils.py _inject_parameters
+     * matches each parameter's full name against each entry, equal or ending with "." + entry; no
+     * other targeting rule applies to parameters.
+     */
+    public boolean targetsParameter(String parameterName) {
+        return matchesList(targetParameters, parameterName);
     }
 
     /** Whether {@code moduleName} is one of modules_to_save (a name or a dot-boundary suffix, as PEFT matches it). */

@@ -20,6 +20,7 @@ import org.loramerge.format.Checkpoint;
 import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.TensorInfo;
 import org.loramerge.pipeline.Progress;
+import org.loramerge.plan.ExpertParameters;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
@@ -115,14 +116,24 @@ final class InspectCommand implements Callable<Integer> {
             ObjectNode n = modules.addObject();
             n.put("module", m);
             n.put("parts", e.getValue());
+            String parameter = lora ? ExpertParameters.parameterOf(c, m) : null;
+            if (parameter != null) {
+                // LoRA on a parameter (target_parameters): rank and alpha are the parameter's, lora_A holds r rows per expert
+                n.put("parameter", parameter);
+                TensorInfo factorA = a.tensor(AdapterKey.PREFIX + m + ".lora_A.weight");
+                long experts = factorA == null || factorA.rank() != 2 ? 0 : factorA.dim(0) / c.rankFor(parameter);
+                n.put("experts", experts);
+                m = parameter + (experts > 1 ? " (" + experts + " experts)" : "");
+            }
+            String named = parameter != null ? parameter : m;
             if (lora) {
-                n.put("rank", c.rankFor(m));
-                n.put("alpha", c.alphaFor(m));
-                n.put("scale", c.scaleFor(m));
+                n.put("rank", c.rankFor(named));
+                n.put("alpha", c.alphaFor(named));
+                n.put("scale", c.scaleFor(named));
             }
             if (!json) {
                 out.println(lora
-                        ? String.format(Locale.ROOT, "  %-56s %5d %8.4g %10.6g  %s", m, c.rankFor(m), c.alphaFor(m), c.scaleFor(m), e.getValue())
+                        ? String.format(Locale.ROOT, "  %-56s %5d %8.4g %10.6g  %s", m, c.rankFor(named), c.alphaFor(named), c.scaleFor(named), e.getValue())
                         : String.format(Locale.ROOT, "  %-56s %5s %8s %10s  %s", m, "-", "-", "-", e.getValue()));
             }
         }
