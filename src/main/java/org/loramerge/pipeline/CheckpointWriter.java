@@ -75,12 +75,20 @@ public final class CheckpointWriter implements AutoCloseable {
         Files.write(out.dir().resolve(ShardIndex.FILE_NAME), ShardIndex.toJson(weightMap, tensorBytes));
     }
 
-    /** Writes config.json. */
+    /**
+     * Writes config.json as transformers' save_pretrained does ({@link Json#python}), so that it
+     * differs from a base written by transformers only in the keys the merge or quantization changed.
+     */
     public void writeConfig(ObjectNode config) throws IOException {
-        Files.write(out.dir().resolve("config.json"), Json.pretty(config).getBytes(StandardCharsets.UTF_8));
+        writeText("config.json", Json.python(config));
     }
 
-    /** Copies files of the base (tokenizer, generation config, ...) as they are; returns their names. */
+    /** Writes a UTF-8 text file (the model card). */
+    public void writeText(String fileName, String text) throws IOException {
+        Files.write(out.dir().resolve(fileName), text.getBytes(StandardCharsets.UTF_8));
+    }
+
+    /** Copies non-weight files (tokenizer, generation config, license, ...) as they are; returns their names. */
     public List<String> carry(List<Path> files) throws IOException {
         List<String> names = new ArrayList<>();
         for (Path p : files) {

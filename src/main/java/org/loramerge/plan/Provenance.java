@@ -1,0 +1,55 @@
+package org.loramerge.plan;
+
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import org.loramerge.adapter.AdapterConfig;
+import org.loramerge.adapter.LoraAdapter;
+import org.loramerge.format.Checkpoint;
+
+/**
+ * Where a merged model comes from, for its model card: the two input folders, the base model as
+ * the adapter names it, the adapter's settings, and the license the base's own model card declares.
+ *
+ * @param base          the base model folder
+ * @param adapter       the adapter folder
+ * @param baseModelName adapter_config.json's base_model_name_or_path, or null
+ * @param rank          r
+ * @param alpha         lora_alpha
+ * @param useRslora     rsLoRA scaling (alpha / sqrt(r))
+ * @param useDora       DoRA
+ * @param targetModules target_modules as a list (empty for a regex or all-linear rule)
+ * @param baseLicense   the {@code license:} of the base README.md's metadata block, or null
+ */
+public record Provenance(Path base, Path adapter, String baseModelName, int rank, double alpha, boolean useRslora, boolean useDora,
+                         List<String> targetModules, String baseLicense) {
+
+    static Provenance of(Checkpoint base, LoraAdapter adapter) throws IOException {
+        AdapterConfig c = adapter.config();
+        return new Provenance(base.dir(), adapter.dir(), c.baseModelNameOrPath(), c.r(), c.alpha(), c.useRslora(), c.useDora(),
+                List.copyOf(c.targetModules()), license(base.dir().resolve(CarriedFiles.MODEL_CARD)));
+    }
+
+    /** The {@code license:} value of a Hugging Face model card's YAML metadata block (between the first two '---' lines), or null. */
+    static String license(Path readme) throws IOException {
+        if (!Files.isRegularFile(readme)) {
+            return null;
+        }
+        List<String> lines = Files.readAllLines(readme, StandardCharsets.UTF_8);
+        if (lines.isEmpty() || !lines.get(0).trim().equals("---")) {
+            return null;
+        }
+        for (String line : lines.subList(1, lines.size())) {
+            if (line.trim().equals("---")) {
+                break;
+            }
+            if (line.startsWith("license:")) {
+                String v = line.substring("license:".length()).trim();
+                return v.isEmpty() ? null : v;
+            }
+        }
+        return null;
+    }
+}
