@@ -7,6 +7,7 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.HashSet;
 import java.util.List;
+import java.util.Locale;
 import java.util.Random;
 import java.util.Set;
 import java.util.TreeSet;
@@ -35,15 +36,29 @@ import org.loramerge.quant.QuantState;
  * whether the adapter's change is there at all.
  */
 public final class Verifier {
-    /** One tensor's findings. */
+    /**
+     * One tensor's findings.
+     *
+     * @param worstBoundShare with {@link Tolerance.Mode#FP32_ACCUMULATION}: the largest error as a share of its
+     *                        element's bound (at most 1 passes); NaN in ulp mode and for tensors checked by bytes
+     */
     public record TensorCheck(String name, OutputTensor.Kind kind, int rowsChecked, long elementsChecked, long elementsDiffering,
-                              double worstUlp, long nonFinite, boolean notApplied, String problem) {
+                              double worstUlp, long nonFinite, boolean notApplied, String problem, double worstBoundShare) {
+        TensorCheck(String name, OutputTensor.Kind kind, int rowsChecked, long elementsChecked, long elementsDiffering,
+                    double worstUlp, long nonFinite, boolean notApplied, String problem) {
+            this(name, kind, rowsChecked, elementsChecked, elementsDiffering, worstUlp, nonFinite, notApplied, problem, Double.NaN);
+        }
     }
 
-    /** All findings. */
-    public record Result(List<TensorCheck> tensors, List<String> problems, double worstUlp) {
+    /** All findings, and the tolerance they were judged by. */
+    public record Result(List<TensorCheck> tensors, List<String> problems, double worstUlp, Tolerance tolerance) {
         public boolean passed() {
             return problems.isEmpty();
+        }
+
+        /** The largest error as a share of its bound over all tensors (fp32-accumulation mode), else NaN. */
+        public double worstBoundShare() {
+            return tensors.stream().mapToDouble(TensorCheck::worstBoundShare).filter(d -> !Double.isNaN(d)).max().orElse(Double.NaN);
         }
     }
 
@@ -51,6 +66,12 @@ public final class Verifier {
     }
 
     public static Result verify(MergePlan plan, Checkpoint merged, int sampleRows, double maxUlp) throws IOException {
+        return verify(plan, merged, sampleRows, Tolerance.ulp(maxUlp));
+    }
+
+    /** Checks {@code merged} against the plan of base + adapter, judging sampled values by {@code tolerance}. */
+    public static Result verify(MergePlan plan, Checkpoint merged, int sampleRows, Tolerance tolerance) throws IOException {
+        double maxUlp = tolerance.mode() == Tolerance.Mode.ULP ? tolerance.maxUlp() : Double.POSITIVE_INFINITY;
         List<TensorCheck> checks = new ArrayList<>();
         List<String> problems = new ArrayList<>();
         double worst = 0;
@@ -79,7 +100,7 @@ public final class Verifier {
                 problems.add(planned.name() + " is " + m.dtype() + ", expected " + planned.dtype());
                 continue;
             }
-            TensorCheck c = floating ? checkValues(planned, m, merged.fileOf(m.name()), sampleRows)
+            TensorCheck c = floating ? checkValues(planned, m, merged.fileOf(m.name()), sampleRows, tolerance)
                     : checkBytes(planned, m, merged.fileOf(m.name()), sampleRows);
             checks.add(c);
             worst = Math.max(worst, c.worstUlp());
@@ -87,6 +108,10 @@ public final class Verifier {
                 problems.add(planned.name() + ": " + c.problem());
             } else if (c.worstUlp() > maxUlp) {
                 problems.add(planned.name() + ": worst error " + c.worstUlp() + " ulp exceeds " + maxUlp);
+            } else if (c.worstBoundShare() > 1) {
+                problems.add(planned.name() + String.format(Locale.ROOT, ": worst error %.4g ulp is %.3g times the fp32-accumulation bound; "
+                        + "the merge is wrong beyond fp32 rounding (a wrong scale, a missing or extra term, or another adapter)",
+                        c.worstUlp(), c.worstBoundShare()));
             } else if (c.nonFinite() > 0) {
                 problems.add(planned.name() + ": " + c.nonFinite() + " NaN/Inf values in the sampled rows");
             } else if (c.notApplied()) {
@@ -98,7 +123,7 @@ public final class Verifier {
                 problems.add("the merged model has tensor " + name + ", which base + adapter do not produce");
             }
         }
-        return new Result(checks, problems, worst);
+        return new Result(checks, problems, worst, tolerance);
     }
 
     static long[] sampleRows(long rows, int count, long seed) {
@@ -128,11 +153,13 @@ public final class Verifier {
                 same ? null : "bytes differ from the base");
     }
 
-    private static TensorCheck checkValues(OutputTensor planned, TensorInfo m, SafetensorsFile mf, int sampleRows) throws IOException {
+    private static TensorCheck checkValues(OutputTensor planned, TensorInfo m, SafetensorsFile mf, int sampleRows, Tolerance tolerance)
+            throws IOException {
         TensorJob job = TensorJob.prepare(planned.withDtype(m.dtype()));
         int cols = job.cols();
         long srcRowBytes = (long) cols * planned.source().dtype().sizeInBytes();
         long outRowBytes = (long) cols * m.dtype().sizeInBytes();
+        double[] columnSumSq = null;
         if (job.needsColumnPass()) {
             double[] sumSq = new double[cols];
             double[] sumErr = new double[cols];
@@ -142,8 +169,15 @@ public final class Verifier {
                 }
             }
             job.finishColumnNorms(sumSq, sumErr);
+            columnSumSq = sumSq;
         }
         FloatFormat fmt = FloatFormat.of(m.dtype());
+        Fp32Bound bound = tolerance.mode() == Tolerance.Mode.FP32_ACCUMULATION ? new Fp32Bound(job, fmt, columnSumSq) : null;
+        double[] deltas = bound == null ? null : new double[cols];
+        double[] baseRow = bound == null ? null : new double[cols];
+        double[] exactRow = bound == null ? null : new double[cols];
+        double[] tol = bound == null ? null : new double[cols];
+        double worstShare = bound == null ? Double.NaN : 0;
         FloatFormat srcFmt = FloatFormat.of(planned.source().dtype());
         long[] rows = sampleRows(job.rows(), planned.isAdapted() ? sampleRows : Math.min(sampleRows, 4), planned.name().hashCode());
         long checked = 0;
@@ -159,7 +193,21 @@ public final class Verifier {
                 src = ByteBuffer.allocate((int) srcRowBytes).order(ByteOrder.LITTLE_ENDIAN).put(b.bytes());
             }
             ByteBuffer got = ByteBuffer.wrap(read(mf, m, r * outRowBytes, outRowBytes)).order(ByteOrder.LITTLE_ENDIAN);
-            CpuMerge.mergeRows(job, r, 1, src, expected, new BlockStats(), null);
+            CpuMerge.mergeRows(job, r, 1, src, expected, new BlockStats(), deltas);
+            int tokenOffset = job.tokenRowOffset(r);
+            if (bound != null) {
+                for (int j = 0; j < cols; j++) {
+                    baseRow[j] = srcFmt.decode(srcFmt.bitsAt(src, j));
+                    exactRow[j] = tokenOffset >= 0 ? job.tokenValues()[tokenOffset + j] : baseRow[j] + deltas[j];
+                }
+                if (tokenOffset >= 0) {
+                    for (int j = 0; j < cols; j++) {
+                        tol[j] = fmt.ulp(Math.abs(exactRow[j]));
+                    }
+                } else {
+                    bound.row(r, baseRow, exactRow, tol);
+                }
+            }
             for (int j = 0; j < cols; j++) {
                 int eb = fmt.bitsAt(expected, j);
                 int gb = fmt.bitsAt(got, j);
@@ -183,11 +231,14 @@ public final class Verifier {
                     differing++;
                     double ulp = Double.isFinite(ev) ? Math.abs(gv - ev) / fmt.ulp(ev) : Double.POSITIVE_INFINITY;
                     worst = Math.max(worst, ulp);
+                    if (bound != null && Double.isFinite(base)) {
+                        worstShare = Math.max(worstShare, Math.abs(gv - exactRow[j]) / tol[j]);
+                    }
                 }
             }
         }
         boolean notApplied = planned.isAdapted() && anyChange && allEqualBase;
-        return new TensorCheck(planned.name(), planned.kind(), rows.length, checked, differing, worst, nonFinite, notApplied, null);
+        return new TensorCheck(planned.name(), planned.kind(), rows.length, checked, differing, worst, nonFinite, notApplied, null, worstShare);
     }
 
     /**
