@@ -11,6 +11,7 @@ import java.util.Comparator;
 import java.util.List;
 import java.util.UUID;
 import java.util.stream.Stream;
+import org.loramerge.errors.OutputException;
 
 /**
  * An output folder that appears complete or not at all. Everything is written into a hidden
@@ -24,54 +25,80 @@ public final class AtomicOutput implements AutoCloseable {
     private final Path target;
     private final Path temp;
     private final boolean overwrite;
+    /** The outermost parent folder this output created (null when its folder existed), removed again unless committed. */
+    private final Path createdParent;
     private final Thread cleanup;
     private volatile boolean committed;
 
-    private AtomicOutput(Path target, Path temp, boolean overwrite) {
+    private AtomicOutput(Path target, Path temp, boolean overwrite, Path createdParent) {
         this.target = target;
         this.temp = temp;
         this.overwrite = overwrite;
-        this.cleanup = new Thread(() -> {
-            if (!committed) {
-                deleteQuietly(temp);
-            }
-        }, "loramerge-cleanup");
+        this.createdParent = createdParent;
+        this.cleanup = new Thread(this::discard, "loramerge-cleanup");
     }
 
     /**
      * Prepares an output at {@code target}, refusing a target that exists (unless overwriting) and
-     * any target that is, contains or lies inside one of {@code protectedDirs} (the inputs).
+     * any target that is, contains or lies inside one of {@code protectedDirs} (the inputs; one that
+     * does not exist cannot overlap and is left to the reader to report). A missing parent folder is
+     * created, as PEFT's and mergekit's {@code save_pretrained} do, and removed again if the output
+     * is not committed. Commands call this before any planning, so a bad {@code --out} stops them first.
+     *
+     * @throws OutputException the target exists (without {@code overwrite}), overlaps an input, or cannot be created
      */
-    public static AtomicOutput create(Path target, boolean overwrite, List<Path> protectedDirs) throws IOException {
+    public static AtomicOutput create(Path target, boolean overwrite, List<Path> protectedDirs) throws OutputException {
         Path abs = target.toAbsolutePath().normalize();
         Path parent = abs.getParent();
         if (parent == null) {
-            throw new IOException("--out " + target + " has no parent folder; name a folder to create");
-        }
-        if (!Files.isDirectory(parent)) {
-            throw new IOException("the folder " + parent + " that would hold --out does not exist; create it first");
-        }
-        Path realTarget = parent.toRealPath().resolve(abs.getFileName());
-        for (Path p : protectedDirs) {
-            Path real = p.toRealPath();
-            if (realTarget.startsWith(real) || real.startsWith(realTarget)) {
-                throw new IOException("--out " + target + " overlaps the input " + p + "; loramerge never writes into or over its inputs, choose another folder");
-            }
+            throw new OutputException(abs, "--out " + target + " has no parent folder; name a folder to create", null);
         }
         if (Files.exists(abs, java.nio.file.LinkOption.NOFOLLOW_LINKS)) {
             if (!overwrite) {
-                throw new FileAlreadyExistsException(abs.toString(), null,
-                        "--out exists; pass --overwrite to replace it (it is replaced only once the new model is complete)");
+                throw new OutputException(abs, abs + ": --out exists; pass --overwrite to replace it (it is replaced only once the new model is complete)",
+                        null);
             }
             if (!Files.isDirectory(abs, java.nio.file.LinkOption.NOFOLLOW_LINKS)) {
-                throw new IOException("--out " + abs + " exists and is not a folder; refusing to replace it");
+                throw new OutputException(abs, "--out " + abs + " exists and is not a folder; refusing to replace it, choose another folder", null);
             }
         }
-        Path temp = parent.resolve("." + abs.getFileName() + PARTIAL_MARKER + UUID.randomUUID().toString().substring(0, 8));
-        Files.createDirectory(temp);
-        AtomicOutput out = new AtomicOutput(abs, temp, overwrite);
-        Runtime.getRuntime().addShutdownHook(out.cleanup);
-        return out;
+        Path createdParent = null;
+        try {
+            if (!Files.isDirectory(parent)) {
+                Path first = parent;
+                while (first.getParent() != null && !Files.exists(first.getParent(), java.nio.file.LinkOption.NOFOLLOW_LINKS)) {
+                    first = first.getParent();
+                }
+                Files.createDirectories(parent);
+                createdParent = first;
+            }
+            Path realTarget = parent.toRealPath().resolve(abs.getFileName());
+            for (Path p : protectedDirs) {
+                if (!Files.exists(p)) {
+                    continue;
+                }
+                Path real = p.toRealPath();
+                if (realTarget.startsWith(real) || real.startsWith(realTarget)) {
+                    throw new OutputException(abs, "--out " + target + " overlaps the input " + p
+                            + "; loramerge never writes into or over its inputs, choose another folder", null);
+                }
+            }
+            Path temp = parent.resolve("." + abs.getFileName() + PARTIAL_MARKER + UUID.randomUUID().toString().substring(0, 8));
+            Files.createDirectory(temp);
+            AtomicOutput out = new AtomicOutput(abs, temp, overwrite, createdParent);
+            Runtime.getRuntime().addShutdownHook(out.cleanup);
+            return out;
+        } catch (IOException e) {
+            if (createdParent != null) {
+                deleteQuietly(createdParent);
+            }
+            throw new OutputException(abs, "cannot create --out " + target + " (" + e + "); check the folder's permissions and free space", e);
+        } catch (OutputException e) {
+            if (createdParent != null) {
+                deleteQuietly(createdParent);
+            }
+            throw e;
+        }
     }
 
     /** The temporary folder to write into. */
@@ -109,11 +136,19 @@ public final class AtomicOutput implements AutoCloseable {
         }
     }
 
-    @Override
-    public void close() {
+    /** Removes what an uncommitted output left: its hidden folder, and the parent folders it created. */
+    private void discard() {
         if (!committed) {
             deleteQuietly(temp);
+            if (createdParent != null) {
+                deleteQuietly(createdParent);
+            }
         }
+    }
+
+    @Override
+    public void close() {
+        discard();
         try {
             Runtime.getRuntime().removeShutdownHook(cleanup);
         } catch (IllegalStateException shuttingDown) {
