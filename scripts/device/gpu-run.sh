@@ -25,7 +25,8 @@ pack)
   mvn -q -B -DskipTests install
   mkdir -p .device
   grep -qxF "/.device/" .git/info/exclude 2>/dev/null || echo "/.device/" >> .git/info/exclude
-  cp target/loramerge.jar target/loramerge-tests.jar .device/
+  cp target/loramerge-cli.jar .device/loramerge.jar   # the runnable jar, under the name the steps below use
+  cp target/loramerge-tests.jar .device/
   if [ -f benchmarks/pom.xml ]; then
     (cd benchmarks && mvn -q -B -DskipTests clean package)
     cp benchmarks/target/benchmarks.jar .device/
