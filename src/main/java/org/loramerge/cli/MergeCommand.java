@@ -51,7 +51,7 @@ final class MergeCommand implements Callable<Integer> {
 
     @Option(names = "--max-shard-size", defaultValue = "5GB", paramLabel = "SIZE",
             description = "largest output shard, e.g. 5GB, 500MB (decimal units, as transformers counts them). Default 5GB: the default "
-                    + "of transformers 4.x's save_pretrained, which wrote most published checkpoints, so the output is sharded like "
+                    + "of transformers' save_pretrained from 4.35 through 4.x, which wrote most published checkpoints, so the output is sharded like "
                     + "them; files of that size download, resume and load shard by shard well. transformers 5 raised its default to "
                     + "50GB; pass --max-shard-size 50GB for that layout")
     String maxShardSize;
