@@ -24,7 +24,8 @@ case "$mode" in
 pack)
   mvn -q -B -DskipTests install
   mkdir -p .device
-  grep -qxF "/.device/" .git/info/exclude 2>/dev/null || echo "/.device/" >> .git/info/exclude
+  exclude=$(git rev-parse --git-path info/exclude)   # .git is a file in a worktree
+  grep -qxF "/.device/" "$exclude" 2>/dev/null || echo "/.device/" >> "$exclude"
   cp target/loramerge-cli.jar .device/loramerge.jar   # the runnable jar, under the name the steps below use
   cp target/loramerge-tests.jar .device/
   if [ -f benchmarks/pom.xml ]; then
