@@ -22,7 +22,8 @@ import org.loramerge.format.ShardIndex;
 /**
  * Writes a Hugging Face model folder into an {@link AtomicOutput}: safetensors shards one after
  * the other ({@link #openShard}), then the shard index when there is more than one, config.json,
- * the files carried over from the base, and the commit that makes it all appear at once. Every
+ * the files carried over (the base's, and tokenizer files of the adapter folder), the model card
+ * of a merge, and the commit that makes it all appear at once. Every
  * command that writes a model (merge, quantize) goes through it, so they write the same layout.
  */
 public final class CheckpointWriter implements AutoCloseable {

@@ -21,6 +21,7 @@ import java.util.Map;
 import java.util.concurrent.TimeUnit;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
+import java.io.UncheckedIOException;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -146,7 +147,7 @@ class CliHabitsTest {
             String cfg = Files.readString(c.resolve("adapter/adapter_config.json")).replace("\"fan_in_fan_out\": true", "\"fan_in_fan_out\": false");
             Files.writeString(noFlag.resolve("adapter_config.json"), cfg);
         } catch (IOException e) {
-            throw new java.io.UncheckedIOException(e);
+            throw new UncheckedIOException(e);
         }
         InspectAndVerifyCliTest.Run r = run("merge", "--base", c.resolve("base").toString(), "--adapter", noFlag.toString(), "--out",
                 dir.resolve("out").toString(), "--device", "cpu");

@@ -11,6 +11,8 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.stream.Stream;
+import java.nio.file.StandardCopyOption;
+import java.util.Arrays;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -37,7 +39,7 @@ class ConfigJsonGoldenTest {
             }
         }
         Files.copy(CONFIGS.resolve(golden).resolve("base/config.json"), copy.resolve("config.json"),
-                java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+                StandardCopyOption.REPLACE_EXISTING);
         return copy;
     }
 
@@ -58,7 +60,7 @@ class ConfigJsonGoldenTest {
             System.setErr(err);
         }
         assertEquals(ExitCodes.OK, code, captured.toString(StandardCharsets.UTF_8));
-        Path out = Path.of(args[java.util.Arrays.asList(args).indexOf("--out") + 1]);
+        Path out = Path.of(args[Arrays.asList(args).indexOf("--out") + 1]);
         return Files.readString(out.resolve("config.json"), StandardCharsets.UTF_8);
     }
 

@@ -11,6 +11,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
 import java.util.stream.Stream;
+import java.util.ArrayList;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -49,7 +50,7 @@ class MergedModelFilesTest {
     }
 
     private InspectAndVerifyCliTest.Run merge(Path out, String... extra) {
-        List<String> args = new java.util.ArrayList<>(List.of("merge", "--base", base.toString(), "--adapter", adapter.toString(), "--out",
+        List<String> args = new ArrayList<>(List.of("merge", "--base", base.toString(), "--adapter", adapter.toString(), "--out",
                 out.toString(), "--device", "cpu"));
         args.addAll(List.of(extra));
         return InspectAndVerifyCliTest.run(args.toArray(new String[0]));

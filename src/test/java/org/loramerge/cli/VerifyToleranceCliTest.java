@@ -12,6 +12,7 @@ import java.nio.file.Path;
 import java.util.List;
 import java.util.Set;
 import java.util.stream.Stream;
+import java.util.ArrayList;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
@@ -41,7 +42,7 @@ class VerifyToleranceCliTest {
     }
 
     private static InspectAndVerifyCliTest.Run verify(Path c, Path adapter, String... extra) {
-        List<String> args = new java.util.ArrayList<>(List.of("verify", "--base", c.resolve("base").toString(), "--adapter", adapter.toString(),
+        List<String> args = new ArrayList<>(List.of("verify", "--base", c.resolve("base").toString(), "--adapter", adapter.toString(),
                 "--merged", c.resolve("peft").toString(), "--rows", "1000"));
         args.addAll(List.of(extra));
         return InspectAndVerifyCliTest.run(args.toArray(new String[0]));
