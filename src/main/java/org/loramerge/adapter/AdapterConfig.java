@@ -54,6 +54,7 @@ public final class AdapterConfig {
     private final Map<String, List<Long>> tokenIndicesByModule;
     private final List<Long> tokenIndices;
     private final List<String> warnings;
+    private final String baseModelNameOrPath;
 
     private AdapterConfig(Builder b) {
         this.path = b.path;
@@ -81,10 +82,12 @@ public final class AdapterConfig {
         this.tokenIndicesByModule = b.tokenIndicesByModule;
         this.tokenIndices = b.tokenIndices;
         this.warnings = b.warnings;
+        this.baseModelNameOrPath = b.baseModelNameOrPath;
     }
 
     private static final class Builder {
         Path path;
+        String baseModelNameOrPath;
         int r;
         double alpha;
         boolean useRslora;
@@ -141,6 +144,8 @@ public final class AdapterConfig {
         Builder b = new Builder();
         b.path = file;
         LoraConfigFields.check(file, root);
+        JsonNode baseName = root.get("base_model_name_or_path");
+        b.baseModelNameOrPath = baseName != null && baseName.isTextual() ? baseName.textValue() : null; // informative only: never checked
         String peftType = text(file, root, "peft_type", "LORA");
         if (!peftType.equals("LORA")) {
             throw new AdapterException(UNSUPPORTED, file, "peft_type is " + peftType + "; loramerge merges LoRA adapters only");
@@ -522,6 +527,16 @@ public final class AdapterConfig {
 
     public Path path() {
         return path;
+    }
+
+    /** base_model_name_or_path as PEFT recorded it (a hub id or the path the adapter was trained from), or null. */
+    public String baseModelNameOrPath() {
+        return baseModelNameOrPath;
+    }
+
+    /** The target_modules list as written (empty for a regex or all-linear target rule). */
+    public List<String> targetModules() {
+        return targetList == null ? List.of() : targetList;
     }
 
     public int r() {

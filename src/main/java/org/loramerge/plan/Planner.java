@@ -18,9 +18,11 @@ import org.loramerge.adapter.AdapterConfig;
 import org.loramerge.adapter.AdapterException;
 import org.loramerge.adapter.AdapterKey;
 import org.loramerge.adapter.LoraAdapter;
+import org.loramerge.errors.MessageGroups;
 import org.loramerge.errors.UsageException;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
+import org.loramerge.format.SafetensorsException;
 import org.loramerge.format.TensorInfo;
 import org.loramerge.quant.QuantException;
 import org.loramerge.quant.QuantizedModel;
@@ -55,10 +57,12 @@ public final class Planner {
     private final LoraAdapter adapter;
     private final AdapterConfig config;
     private final PlanOptions options;
-    /** In the order found; a problem found again is listed once. */
-    private final Set<String> problems = new LinkedHashSet<>();
+    /** Problems, grouped by kind so that one wrong adapter does not print a line per module. */
+    private final MessageGroups problems = new MessageGroups();
     private AdapterException.Reason firstReason;
     private final List<String> warnings = new ArrayList<>();
+    /** Warnings that repeat per module, added to {@link #warnings} one line per kind at the end of planning. */
+    private final MessageGroups moduleWarnings = new MessageGroups();
     private final List<String> notes = new ArrayList<>();
     private final Map<String, String> keyUse = new LinkedHashMap<>();
     private QuantizedModel quant = QuantizedModel.none();
@@ -116,13 +120,14 @@ public final class Planner {
      *
      * @throws QuantException when the base has quantized weights loramerge cannot read (FP4, 8-bit, incomplete groups)
      * @throws UsageException when {@code to} is missing for a quantized base, or does not apply to this one
+     * @throws SafetensorsException when a tokenizer file of the adapter folder breaks the folder's rules (a link out of it, not a regular file)
      */
     public static MergePlan plan(Checkpoint base, LoraAdapter adapter, PlanOptions options)
-            throws AdapterException, IOException, QuantException, UsageException {
+            throws AdapterException, IOException, QuantException, UsageException, SafetensorsException {
         return new Planner(base, adapter, options).build();
     }
 
-    private MergePlan build() throws AdapterException, IOException, QuantException, UsageException {
+    private MergePlan build() throws AdapterException, IOException, QuantException, UsageException, SafetensorsException {
         warnings.addAll(base.warnings());
         warnings.addAll(config.warnings());
         quant = WeightFormats.detect(base);
@@ -145,12 +150,14 @@ public final class Planner {
             }
         }
         if (!problems.isEmpty()) {
-            throw new AdapterException(firstReason, adapter.dir(), "cannot merge; nothing was written:\n  - " + String.join("\n  - ", problems));
+            throw new AdapterException(firstReason, adapter.dir(), "cannot merge; nothing was written:\n  - " + String.join("\n  - ", problems.lines()));
         }
         boolean untie = resolveTiedEmbeddings();
         List<OutputTensor> outputs = outputTensors(untie);
         placeKeys();
-        return new MergePlan(outputs, assignShards(outputs), updatedConfig(newVocab, untie), filesToCarry(), keyUse, warnings, notes);
+        warnings.addAll(moduleWarnings.lines());
+        return new MergePlan(outputs, assignShards(outputs), updatedConfig(newVocab, untie), filesToCarry(), keyUse, warnings, notes,
+                Provenance.of(base, adapter));
     }
 
     /**
@@ -367,11 +374,14 @@ public final class Planner {
     }
 
     /**
-     * The base folder's files the output carries ({@link Checkpoint#nonWeightFiles()}, which never
-     * holds an adapter's files). When --base and --adapter are one folder its README is the adapter's
-     * model card (PEFT's save_pretrained writes one), so it stays behind too. A note names what stayed.
+     * The files the output carries: the base folder's ({@link Checkpoint#nonWeightFiles()}, which never
+     * holds an adapter's files), with the tokenizer files saved in the adapter folder in their place
+     * ({@link CarriedFiles}; never the base's README.md, since the merge writes a model card). When
+     * --base and --adapter are one folder its README is the adapter's model card (PEFT's save_pretrained
+     * writes one), so it stays behind too, and its tokenizer files are simply the base's. Notes name
+     * what stayed behind and what came from the adapter folder.
      */
-    private List<Path> filesToCarry() throws IOException {
+    private List<Path> filesToCarry() throws IOException, SafetensorsException {
         List<Path> files = new ArrayList<>(base.nonWeightFiles());
         List<String> left = new ArrayList<>(base.adapterFiles());
         boolean oneFolder = Files.isSameFile(base.dir(), adapter.dir());
@@ -385,12 +395,16 @@ public final class Planner {
                 return readme;
             });
         }
+        CarriedFiles.Choice carried = CarriedFiles.choose(files, oneFolder ? null : adapter.folder());
+        if (carried.note() != null) {
+            notes.add(carried.note());
+        }
         if (!left.isEmpty()) {
             notes.add("not carried into the output: " + String.join(", ", left) + (oneFolder
                     ? " (--base and --adapter are the same folder: these describe the adapter, and loaders would take the merged model for one)"
                     : " (an adapter's files never go into a merged model)"));
         }
-        return files;
+        return carried.files();
     }
 
     /**
@@ -399,10 +413,15 @@ public final class Planner {
      * unmappable module) is listed once.
      */
     private void problem(AdapterException.Reason reason, String message) {
+        problem(reason, message, message, message);
+    }
+
+    /** A problem of a kind that can repeat for many modules: one line per kind, with the count and the first few subjects. */
+    private void problem(AdapterException.Reason reason, String kind, String subject, String message) {
         if (firstReason == null) {
             firstReason = reason;
         }
-        problems.add(message);
+        problems.add(kind, subject, message);
     }
 
     /**
@@ -572,7 +591,7 @@ public final class Planner {
         if (w == null) {
             List<String> keys = new ArrayList<>();
             p.values().forEach(k -> keys.add(k.key()));
-            problem(NO_SUCH_BASE_TENSOR, "adapter keys " + String.join(", ", keys) + " are for module " + module + ", but the base model has no tensor "
+            problem(NO_SUCH_BASE_TENSOR, "no base tensor", module, "adapter keys " + String.join(", ", keys) + " are for module " + module + ", but the base model has no tensor "
                     + weightName + "; is this adapter for another model? Pass the base it was trained on (adapter_config.json base_model_name_or_path)");
             return;
         }
@@ -591,7 +610,7 @@ public final class Planner {
                 return;
             }
             if (config.hasTargetRule() && !config.targets(module) && !targetedThroughTying(module)) {
-                problem(CONFIG_MISMATCH, "adapter keys " + first.key() + " and " + second.key() + " are for module " + module
+                problem(CONFIG_MISMATCH, "not targeted", module, "adapter keys " + first.key() + " and " + second.key() + " are for module " + module
                         + ", which adapter_config.json does not target (target_modules / exclude_modules / layers_to_transform); "
                         + "PEFT would silently ignore them. Fix the config or the adapter");
                 return;
@@ -612,7 +631,7 @@ public final class Planner {
             TensorInfo ta = adapter.tensor(a != null ? a.key() : ea.key());
             TensorInfo tb = adapter.tensor(b != null ? b.key() : eb.key());
             if (!ta.dtype().isMergeable() && ta.dtype() != DType.F64 || !tb.dtype().isMergeable() && tb.dtype() != DType.F64) {
-                problem(UNSUPPORTED, "LoRA factors of " + module + " are " + ta.dtype() + "/" + tb.dtype()
+                problem(UNSUPPORTED, "quantized factors", module, "LoRA factors of " + module + " are " + ta.dtype() + "/" + tb.dtype()
                         + "; quantized adapters are not supported, re-save the adapter in F32, F16 or BF16");
                 return;
             }
@@ -732,7 +751,8 @@ public final class Planner {
         String modelType = base.modelType();
         if (base.usesConv1D() && !module.endsWith("lm_head")) {
             if (!config.fanInFanOut()) {
-                warnings.add(module + " is a Conv1D layer of a " + modelType + " model but fan_in_fan_out is false; treated as true, as PEFT does");
+                moduleWarnings.add("conv1d without fan_in_fan_out", module,
+                        module + " is a Conv1D layer of a " + modelType + " model but fan_in_fan_out is false; treated as true, as PEFT does");
             }
             return Layout.CONV1D;
         }
@@ -753,17 +773,17 @@ public final class Planner {
         String where = module + " (" + layout.name().toLowerCase(Locale.ROOT) + ", base " + TensorInfo.shapeString(w) + ", lora_A "
                 + TensorInfo.shapeString(a.shape()) + ", lora_B " + TensorInfo.shapeString(b.shape()) + ")";
         if (a.rank() < 2 || b.rank() < 2) {
-            problem(SHAPE_MISMATCH, "LoRA factors of " + where + " are not matrices; shape mismatch");
+            problem(SHAPE_MISMATCH, "factors not matrices", module, "LoRA factors of " + where + " are not matrices; shape mismatch");
             return false;
         }
         long rA = a.dim(0);
         long rB = b.dim(1);
         if (rA != rB) {
-            problem(SHAPE_MISMATCH, "lora_A has " + rA + " rows but lora_B has " + rB + " columns for " + where + "; shape mismatch");
+            problem(SHAPE_MISMATCH, "rank A != rank B", module, "lora_A has " + rA + " rows but lora_B has " + rB + " columns for " + where + "; shape mismatch");
             return false;
         }
         if (rA != rank) {
-            problem(CONFIG_MISMATCH, "adapter_config.json gives " + module + " rank " + rank + " (r / rank_pattern) but its factors have rank " + rA
+            problem(CONFIG_MISMATCH, "rank not the config's", module, "adapter_config.json gives " + module + " rank " + rank + " (r / rank_pattern) but its factors have rank " + rA
                     + "; the scale would be wrong, so the config does not belong to these weights");
             return false;
         }
@@ -785,7 +805,7 @@ public final class Planner {
                 ok = false;
         }
         if (!ok) {
-            problem(SHAPE_MISMATCH, "shape mismatch for " + where + "; is this adapter for another model? Pass the base it was trained on (adapter_config.json base_model_name_or_path)");
+            problem(SHAPE_MISMATCH, "shape mismatch", module, "shape mismatch for " + where + "; is this adapter for another model? Pass the base it was trained on (adapter_config.json base_model_name_or_path)");
         }
         return ok;
     }
@@ -827,7 +847,7 @@ public final class Planner {
         if (to == QuantTarget.NF4) {
             QuantizedOutput out = q.requantizedOutput();
             for (String w : out.warnings()) {
-                warnings.add(q.weightName() + " " + w);
+                moduleWarnings.add(w, q.weightName(), q.weightName() + " " + w);
             }
             return OutputTensor.requantize(q.weightName(), src, update, out);
         }

@@ -90,6 +90,19 @@ class GeneratedFilesTest {
         assertTrue(bytes < 400_000, "MoE fixtures stay small: " + bytes + " bytes");
     }
 
+    /** The config.json golden files are scripts/fixtures/make_config_fixtures.py's output (transformers' own save_pretrained). */
+    @Test
+    void configFixturesMatchTheirGenerator() throws Exception {
+        Path dir = Paths.get("src/test/resources/configs");
+        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
+        String regenerate = "regenerate them (python scripts/fixtures/make_config_fixtures.py, with the versions in "
+                + "scripts/fixtures/requirements-fixtures.txt)";
+        assertEquals(sha256(Paths.get("scripts/fixtures/make_config_fixtures.py")) + "  generator:scripts/fixtures/make_config_fixtures.py",
+                manifest.get(0), "scripts/fixtures/make_config_fixtures.py changed since the config fixtures were made: " + regenerate);
+        assertEquals(String.join("\n", manifest.subList(1, manifest.size())), String.join("\n", hashedFiles(dir)),
+                "config fixture files differ from what the generator wrote; " + regenerate);
+    }
+
     /** "SHA256  relative/path" of every file under {@code dir} but its manifest, in path order: the manifest's lines. */
     private static List<String> hashedFiles(Path dir) throws IOException {
         List<String> out = new java.util.ArrayList<>();
