@@ -56,8 +56,8 @@ if start >= 0:
     try:
         r = json.loads(log[start:log.rindex("}") + 1])
         ts = r.get("tensors", [])
-        rounded = sum(t.get("exactlyRounded", 0) for t in ts)
-        fallbacks = sum(t.get("exactFallbacks", 0) for t in ts)
+        rounded = sum(t.get("exactly_rounded", 0) for t in ts)
+        fallbacks = sum(t.get("exact_fallbacks", 0) for t in ts)
     except ValueError:
         pass
 ok = "" if m["rc"] == 0 else f" (exit {m['rc']})"

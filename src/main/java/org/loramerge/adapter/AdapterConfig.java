@@ -51,9 +51,11 @@ public final class AdapterConfig {
     private final boolean ensureWeightTying;
     private final String bias;
     private final List<String> modulesToSave;
+    private final List<String> targetParameters;
     private final Map<String, List<Long>> tokenIndicesByModule;
     private final List<Long> tokenIndices;
     private final List<String> warnings;
+    private final String baseModelNameOrPath;
 
     private AdapterConfig(Builder b) {
         this.path = b.path;
@@ -77,13 +79,16 @@ public final class AdapterConfig {
         this.ensureWeightTying = b.ensureWeightTying;
         this.bias = b.bias;
         this.modulesToSave = b.modulesToSave;
+        this.targetParameters = b.targetParameters;
         this.tokenIndicesByModule = b.tokenIndicesByModule;
         this.tokenIndices = b.tokenIndices;
         this.warnings = b.warnings;
+        this.baseModelNameOrPath = b.baseModelNameOrPath;
     }
 
     private static final class Builder {
         Path path;
+        String baseModelNameOrPath;
         int r;
         double alpha;
         boolean useRslora;
@@ -107,6 +112,7 @@ public final class AdapterConfig {
         boolean ensureWeightTying;
         String bias = "none";
         List<String> modulesToSave = new ArrayList<>();
+        List<String> targetParameters = List.of();
         Map<String, List<Long>> tokenIndicesByModule;
         List<Long> tokenIndices;
         List<String> warnings = new ArrayList<>();
@@ -140,6 +146,8 @@ public final class AdapterConfig {
         Builder b = new Builder();
         b.path = file;
         LoraConfigFields.check(file, root);
+        JsonNode baseName = root.get("base_model_name_or_path");
+        b.baseModelNameOrPath = baseName != null && baseName.isTextual() ? baseName.textValue() : null; // informative only: never checked
         String peftType = text(file, root, "peft_type", "LORA");
         if (!peftType.equals("LORA")) {
             throw new AdapterException(UNSUPPORTED, file, "peft_type is " + peftType + "; loramerge merges LoRA adapters only");
@@ -166,8 +174,15 @@ public final class AdapterConfig {
             }
         }
         JsonNode tp = root.get("target_parameters");
-        if (tp != null && !tp.isNull() && !(tp.isArray() && tp.isEmpty())) {
-            throw new AdapterException(UNSUPPORTED, file, "target_parameters (LoRA on MoE expert parameters) is not supported yet; merge with PEFT for this adapter");
+        if (tp != null && tp.isArray() && !tp.isEmpty()) {
+            b.targetParameters = List.copyOf(strings(file, tp, "target_parameters"));
+            // peft tuners/lora/layer.py ParamWrapper.__init__ raises on each of these, so PEFT cannot have saved such a config
+            for (String flag : new String[] {"use_dora", "lora_bias", "fan_in_fan_out"}) {
+                if (root.path(flag).asBoolean(false)) {
+                    throw new AdapterException(INVALID_CONFIG, file, "target_parameters is set together with " + flag + ": true, which PEFT's "
+                            + "ParamWrapper (LoRA on a parameter) refuses, so PEFT cannot have saved this config; fix " + flag + " or target_parameters");
+                }
+            }
         }
         JsonNode init = root.get("init_lora_weights");
         if (init != null && init.isTextual()) {
@@ -476,6 +491,21 @@ public final class AdapterConfig {
         return false;
     }
 
+    /** target_parameters: names or dot-boundary suffixes of parameters PEFT wraps with ParamWrapper (LoRA on MoE experts); empty when unset. */
+    public List<String> targetParameters() {
+        return targetParameters;
+    }
+
+    /**
+     * Whether PEFT's target_parameters wrap the parameter {@code parameterName} (a full name such as
+     * {@code model.layers.0.mlp.experts.gate_up_proj}): peft tuners_utils.py _inject_parameters
+     * matches each parameter's full name against each entry, equal or ending with "." + entry; no
+     * other targeting rule applies to parameters.
+     */
+    public boolean targetsParameter(String parameterName) {
+        return matchesList(targetParameters, parameterName);
+    }
+
     /** Whether {@code moduleName} is one of modules_to_save (a name or a dot-boundary suffix, as PEFT matches it). */
     public boolean savesModule(String moduleName) {
         return matchesList(modulesToSave, moduleName);
@@ -500,6 +530,16 @@ public final class AdapterConfig {
 
     public Path path() {
         return path;
+    }
+
+    /** base_model_name_or_path as PEFT recorded it (a hub id or the path the adapter was trained from), or null. */
+    public String baseModelNameOrPath() {
+        return baseModelNameOrPath;
+    }
+
+    /** The target_modules list as written (empty for a regex or all-linear target rule). */
+    public List<String> targetModules() {
+        return targetList == null ? List.of() : targetList;
     }
 
     public int r() {

@@ -67,8 +67,11 @@ public final class ExactMath {
         private boolean sum(TensorJob job, double w, long row, int col) {
             x.clear();
             x.add(w);
-            int i = Math.toIntExact(row);
             for (LowRankTerm t : job.terms()) {
+                int i = t.localRow(row);
+                if (i < 0) {
+                    continue;
+                }
                 int r = t.rank();
                 int n = t.cols();
                 double[] u = t.u();
@@ -85,8 +88,11 @@ public final class ExactMath {
     /** The exact W + Σ s·U_i·V_j for element (row, col) of a job whose source value there is {@code w}. */
     public static BigDecimal plain(TensorJob job, double w, long row, int col) {
         BigDecimal x = new BigDecimal(w);
-        int i = Math.toIntExact(row);
         for (LowRankTerm t : job.terms()) {
+            int i = t.localRow(row);
+            if (i < 0) {
+                continue;
+            }
             int r = t.rank();
             int n = t.cols();
             double[] u = t.u();

@@ -45,17 +45,31 @@ public final class TensorJob {
         this.dst = out.dtype().isMergeable() ? FloatFormat.of(out.dtype()) : null;
         this.cols = Math.toIntExact(out.cols());
         this.terms = Collections.unmodifiableList(terms);
-        int rankSum = 0;
-        for (LowRankTerm t : terms) {
-            rankSum += t.rank();
-        }
         // error of an fp64 merge: at most 2 roundings per rank step (multiply, add; or one FMA),
         // the scale product and the final add, bounded by (2r + 2)·u·(Σ|s U V| + |v|); 4(r + 4)·u leaves margin
-        this.boundK = 4.0 * (rankSum + 4) * U;
+        this.boundK = 4.0 * (rankPerRow(terms) + 4) * U;
         this.doraAxis = out.dora() == null ? null : out.dora().axis();
         this.magnitude = magnitude;
         this.tokenRowOf = tokenRowOf;
         this.tokenValues = tokenValues;
+    }
+
+    /**
+     * The largest sum of ranks over the terms that cover one row: every term's rank when all cover
+     * every row; for an MoE expert stack, whose terms each cover one expert's rows, one expert's.
+     */
+    private static int rankPerRow(List<LowRankTerm> terms) {
+        int most = 0;
+        for (LowRankTerm start : terms) {
+            int sum = 0;
+            for (LowRankTerm t : terms) {
+                if (t.localRow(start.row0()) >= 0) {
+                    sum += t.rank();
+                }
+            }
+            most = Math.max(most, sum);
+        }
+        return most;
     }
 
     /** Loads what {@code out} needs. Factors of one tensor are held at a time, so memory follows the largest tensor's adapter, not the model. */

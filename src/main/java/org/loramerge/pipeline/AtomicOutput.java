@@ -27,6 +27,7 @@ import java.util.UUID;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.function.Consumer;
 import java.util.stream.Stream;
+import org.loramerge.errors.OutputException;
 
 /**
  * An output folder that appears complete or not at all. Everything is written into a hidden
@@ -128,13 +129,15 @@ public final class AtomicOutput implements AutoCloseable {
     private final boolean overwrite;
     private final FileOps ops;
     private final Consumer<String> log;
+    /** The outermost parent folder this output created (null when its folder existed), removed again unless committed. */
+    private final Path createdParent;
     private final Thread cleanup;
     private volatile boolean committed;
     private boolean movedAside;
     private boolean closed;
 
     private AtomicOutput(Path target, Path temp, Path old, Path lockFile, Object lockKey, FileChannel lockChannel, ObjectNode record,
-                         boolean overwrite, FileOps ops, Consumer<String> log) {
+                         boolean overwrite, FileOps ops, Consumer<String> log, Path createdParent) {
         this.target = target;
         this.temp = temp;
         this.old = old;
@@ -145,51 +148,96 @@ public final class AtomicOutput implements AutoCloseable {
         this.overwrite = overwrite;
         this.ops = ops;
         this.log = log;
+        this.createdParent = createdParent;
         this.cleanup = new Thread(this::abandon, "loramerge-cleanup");
     }
 
     /**
      * Prepares an output at {@code target}, refusing a target that exists (unless overwriting) and
-     * any target that is, contains or lies inside one of {@code protectedDirs} (the inputs). What
-     * it cleans up after dead processes is said on stderr.
+     * any target that is, contains or lies inside one of {@code protectedDirs} (the inputs; one that
+     * does not exist cannot overlap and is left to the reader to report). A missing parent folder is
+     * created, as PEFT's and mergekit's {@code save_pretrained} do, and removed again if the output
+     * is not committed. Commands call this before any planning, so a bad {@code --out} stops them first.
+     * What it cleans up after dead processes is said on stderr.
+     *
+     * @throws OutputException the target exists (without {@code overwrite}), overlaps an input, or cannot be created
      */
-    public static AtomicOutput create(Path target, boolean overwrite, List<Path> protectedDirs) throws IOException {
+    public static AtomicOutput create(Path target, boolean overwrite, List<Path> protectedDirs) throws OutputException {
         return create(target, overwrite, protectedDirs, AtomicOutput::toStderr);
     }
 
     /** As {@link #create(Path, boolean, List)}, saying what it cleans up after dead processes to {@code log}. */
-    public static AtomicOutput create(Path target, boolean overwrite, List<Path> protectedDirs, Consumer<String> log) throws IOException {
+    public static AtomicOutput create(Path target, boolean overwrite, List<Path> protectedDirs, Consumer<String> log) throws OutputException {
         return create(target, overwrite, protectedDirs, log, SYSTEM);
     }
 
     static AtomicOutput create(Path target, boolean overwrite, List<Path> protectedDirs, Consumer<String> log, FileOps ops)
-            throws IOException {
+            throws OutputException {
         Path abs = target.toAbsolutePath().normalize();
         Path parent = abs.getParent();
         if (parent == null) {
-            throw new IOException("--out " + target + " has no parent folder; name a folder to create");
-        }
-        if (!Files.isDirectory(parent)) {
-            throw new IOException("the folder " + parent + " that would hold --out does not exist; create it first");
-        }
-        Path realTarget = parent.toRealPath().resolve(abs.getFileName());
-        for (Path p : protectedDirs) {
-            Path real = p.toRealPath();
-            if (realTarget.startsWith(real) || real.startsWith(realTarget)) {
-                throw new IOException("--out " + target + " overlaps the input " + p + "; loramerge never writes into or over its inputs, choose another folder");
-            }
+            throw new OutputException(abs, "--out " + target + " has no parent folder; name a folder to create", null);
         }
         String name = abs.getFileName().toString();
-        removeStale(parent, name, log, ops);
+        try {
+            // the overlap is judged on the real path of the deepest folder that exists, before anything is created
+            Path existing = parent;
+            while (!Files.exists(existing)) {
+                existing = existing.getParent();
+            }
+            Path realTarget = existing.toRealPath().resolve(existing.relativize(abs));
+            for (Path p : protectedDirs) {
+                if (!Files.exists(p)) {
+                    continue;
+                }
+                Path real = p.toRealPath();
+                if (realTarget.startsWith(real) || real.startsWith(realTarget)) {
+                    throw new OutputException(abs, "--out " + target + " overlaps the input " + p
+                            + "; loramerge never writes into or over its inputs, choose another folder", null);
+                }
+            }
+        } catch (IOException e) {
+            throw new OutputException(abs, "cannot resolve --out " + target + " (" + e + "); check the folder's permissions", e);
+        }
+        if (Files.isDirectory(parent)) {
+            removeStale(parent, name, log, ops);
+        }
         if (Files.exists(abs, LinkOption.NOFOLLOW_LINKS)) {
             if (!overwrite) {
-                throw new FileAlreadyExistsException(abs.toString(), null,
-                        "--out exists; pass --overwrite to replace it (it is replaced only once the new model is complete)");
+                throw new OutputException(abs, abs + ": --out exists; pass --overwrite to replace it (it is replaced only once the new model is complete)",
+                        null);
             }
             if (!Files.isDirectory(abs, LinkOption.NOFOLLOW_LINKS)) {
-                throw new IOException("--out " + abs + " exists and is not a folder; refusing to replace it");
+                throw new OutputException(abs, "--out " + abs + " exists and is not a folder; refusing to replace it, choose another folder", null);
             }
         }
+        Path createdParent = null;
+        try {
+            if (!Files.isDirectory(parent)) {
+                Path first = parent;
+                while (first.getParent() != null && !Files.exists(first.getParent(), LinkOption.NOFOLLOW_LINKS)) {
+                    first = first.getParent();
+                }
+                Files.createDirectories(parent);
+                createdParent = first;
+            }
+            return lockAndCreate(abs, parent, name, overwrite, ops, log, createdParent);
+        } catch (IOException e) {
+            if (createdParent != null) {
+                removeEmptyFolders(parent, createdParent);
+            }
+            throw new OutputException(abs, "cannot create --out " + target + " (" + e + "); check the folder's permissions and free space", e);
+        } catch (RuntimeException e) {
+            if (createdParent != null) {
+                removeEmptyFolders(parent, createdParent);
+            }
+            throw e;
+        }
+    }
+
+    /** Creates the owner record (locked) and the partial folder of a new output in {@code parent}. */
+    private static AtomicOutput lockAndCreate(Path abs, Path parent, String name, boolean overwrite, FileOps ops, Consumer<String> log,
+                                              Path createdParent) throws IOException {
         String id = UUID.randomUUID().toString().substring(0, ID_LENGTH);
         String hidden = "." + visiblePart(name);
         Path lockFile = parent.resolve(hidden + LOCK_MARKER + id);
@@ -208,7 +256,7 @@ public final class AtomicOutput implements AutoCloseable {
             Path temp = parent.resolve(hidden + PARTIAL_MARKER + id);
             Files.createDirectory(temp);
             AtomicOutput out = new AtomicOutput(abs, temp, parent.resolve(hidden + OLD_MARKER + id), lockFile, key, ch, record, overwrite,
-                    ops, log);
+                    ops, log, createdParent);
             Runtime.getRuntime().addShutdownHook(out.cleanup);
             return out;
         } catch (IOException | RuntimeException e) {
@@ -302,7 +350,10 @@ public final class AtomicOutput implements AutoCloseable {
         }
     }
 
-    /** Undoes an unfinished output (or finishes the removal of a replaced one) and releases the owner record. */
+    /**
+     * Undoes an unfinished output (or finishes the removal of a replaced one) and releases the owner
+     * record; an uncommitted output also removes the parent folders it created.
+     */
     private synchronized void abandon() {
         if (closed) {
             return;
@@ -336,6 +387,9 @@ public final class AtomicOutput implements AutoCloseable {
                 // closing releases the lock either way
             }
             OWN_RECORDS.remove(lockKey);
+        }
+        if (!committed && !leftovers && createdParent != null) {
+            removeEmptyFolders(target.getParent(), createdParent);
         }
     }
 
@@ -505,6 +559,17 @@ public final class AtomicOutput implements AutoCloseable {
 
     private static void toStderr(String line) {
         System.err.println(line);
+    }
+
+    /** Deletes {@code dir} and its parents up to {@code top}, the folders an output created, while they are empty. */
+    private static void removeEmptyFolders(Path dir, Path top) {
+        for (Path d = dir; d != null && d.startsWith(top); d = d.getParent()) {
+            try {
+                Files.deleteIfExists(d);
+            } catch (IOException notEmpty) {
+                return; // something else is in it now: it stays
+            }
+        }
     }
 
     static void deleteQuietly(Path dir) {

@@ -22,7 +22,8 @@ import org.loramerge.format.ShardIndex;
 /**
  * Writes a Hugging Face model folder into an {@link AtomicOutput}: safetensors shards one after
  * the other ({@link #openShard}), then the shard index when there is more than one, config.json,
- * the files carried over from the base, and the commit that makes it all appear at once. Every
+ * the files carried over (the base's, and tokenizer files of the adapter folder), the model card
+ * of a merge, and the commit that makes it all appear at once. Every
  * command that writes a model (merge, quantize) goes through it, so they write the same layout.
  */
 public final class CheckpointWriter implements AutoCloseable {
@@ -75,12 +76,20 @@ public final class CheckpointWriter implements AutoCloseable {
         Files.write(out.dir().resolve(ShardIndex.FILE_NAME), ShardIndex.toJson(weightMap, tensorBytes));
     }
 
-    /** Writes config.json. */
+    /**
+     * Writes config.json as transformers' save_pretrained does ({@link Json#python}), so that it
+     * differs from a base written by transformers only in the keys the merge or quantization changed.
+     */
     public void writeConfig(ObjectNode config) throws IOException {
-        Files.write(out.dir().resolve("config.json"), Json.pretty(config).getBytes(StandardCharsets.UTF_8));
+        writeText("config.json", Json.python(config));
     }
 
-    /** Copies files of the base (tokenizer, generation config, ...) as they are; returns their names. */
+    /** Writes a UTF-8 text file (the model card). */
+    public void writeText(String fileName, String text) throws IOException {
+        Files.write(out.dir().resolve(fileName), text.getBytes(StandardCharsets.UTF_8));
+    }
+
+    /** Copies non-weight files (tokenizer, generation config, license, ...) as they are; returns their names. */
     public List<String> carry(List<Path> files) throws IOException {
         List<String> names = new ArrayList<>();
         for (Path p : files) {

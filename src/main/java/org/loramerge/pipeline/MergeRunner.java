@@ -10,6 +10,7 @@ import org.loramerge.engine.BlockStats;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.SafetensorsException;
 import org.loramerge.format.SafetensorsWriter;
+import org.loramerge.plan.CarriedFiles;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.OutputTensor;
 import org.loramerge.verify.Verifier;
@@ -21,7 +22,7 @@ import org.loramerge.verify.Verifier;
  * of blocks in flight. Memory is bounded by (blocks in flight) x (block size) plus one tensor's
  * adapter factors, whatever the model's size; a requantized weight adds its codes until it is
  * written. Then the index, config.json and the carried files, an optional verification of the
- * finished output, and the commit ({@link CheckpointWriter}).
+ * finished output, the model card ({@link ModelCard}), and the commit ({@link CheckpointWriter}).
  */
 public final class MergeRunner {
     /**
@@ -78,6 +79,8 @@ public final class MergeRunner {
             if (options.verifyRows() > 0) {
                 verify(plan, writer.dir(), options.verifyRows(), report);
             }
+            writer.writeText(CarriedFiles.MODEL_CARD, ModelCard.render(plan, options.verifyRows(),
+                    report.verifiedWorstUlp));
             writer.commit();
         } finally {
             ctx.executor.close();

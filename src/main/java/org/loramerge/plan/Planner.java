@@ -9,16 +9,20 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collection;
 import java.util.LinkedHashMap;
+import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
+import java.util.Set;
 import org.loramerge.adapter.AdapterConfig;
 import org.loramerge.adapter.AdapterException;
 import org.loramerge.adapter.AdapterKey;
 import org.loramerge.adapter.LoraAdapter;
+import org.loramerge.errors.MessageGroups;
 import org.loramerge.errors.UsageException;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
+import org.loramerge.format.SafetensorsException;
 import org.loramerge.format.TensorInfo;
 import org.loramerge.quant.QuantException;
 import org.loramerge.quant.QuantizedModel;
@@ -53,9 +57,12 @@ public final class Planner {
     private final LoraAdapter adapter;
     private final AdapterConfig config;
     private final PlanOptions options;
-    private final List<String> problems = new ArrayList<>();
+    /** Problems, grouped by kind so that one wrong adapter does not print a line per module. */
+    private final MessageGroups problems = new MessageGroups();
     private AdapterException.Reason firstReason;
     private final List<String> warnings = new ArrayList<>();
+    /** Warnings that repeat per module, added to {@link #warnings} one line per kind at the end of planning. */
+    private final MessageGroups moduleWarnings = new MessageGroups();
     private final List<String> notes = new ArrayList<>();
     private final Map<String, String> keyUse = new LinkedHashMap<>();
     private QuantizedModel quant = QuantizedModel.none();
@@ -69,6 +76,8 @@ public final class Planner {
     private final Map<String, long[]> shapes = new LinkedHashMap<>();
     private String embedName;
     private boolean tied;
+    /** Where the checkpoint stores the parameters target_parameters adapts (MoE experts). */
+    private ExpertParameters experts;
 
     /** The work on one output tensor, gathered from the adapter keys. */
     private static final class Ops {
@@ -76,6 +85,8 @@ public final class Planner {
         final List<TermSpec> terms = new ArrayList<>();
         DoraSpec dora;
         TokenRows tokens;
+        /** The terms are MoE experts' slices of a fused expert stack [E, d1, d2], seen as [E·d1, d2]. */
+        boolean expertRows;
         final List<String> keys = new ArrayList<>();
 
         boolean isEmpty() {
@@ -109,13 +120,14 @@ public final class Planner {
      *
      * @throws QuantException when the base has quantized weights loramerge cannot read (FP4, 8-bit, incomplete groups)
      * @throws UsageException when {@code to} is missing for a quantized base, or does not apply to this one
+     * @throws SafetensorsException when a tokenizer file of the adapter folder breaks the folder's rules (a link out of it, not a regular file)
      */
     public static MergePlan plan(Checkpoint base, LoraAdapter adapter, PlanOptions options)
-            throws AdapterException, IOException, QuantException, UsageException {
+            throws AdapterException, IOException, QuantException, UsageException, SafetensorsException {
         return new Planner(base, adapter, options).build();
     }
 
-    private MergePlan build() throws AdapterException, IOException, QuantException, UsageException {
+    private MergePlan build() throws AdapterException, IOException, QuantException, UsageException, SafetensorsException {
         warnings.addAll(base.warnings());
         warnings.addAll(config.warnings());
         quant = WeightFormats.detect(base);
@@ -125,6 +137,7 @@ public final class Planner {
         boolean tieFlag = base.config() == null || base.config().path("tie_word_embeddings").asBoolean(true);
         tied = tieFlag && embedName != null && base.tensor(LM_HEAD) == null;
         collectShapes();
+        experts = new ExpertParameters(base.modelType(), base.config(), shapes);
 
         KeyGroups keys = groupKeys();
         Long newVocab = planReplacements(keys.replacements());
@@ -132,15 +145,19 @@ public final class Planner {
             notes.add("vocabulary resized to " + newVocab + " rows by the adapter; config.json vocab_size follows");
         }
         for (Map.Entry<String, Parts> e : keys.modules().entrySet()) {
-            planModule(e.getKey(), e.getValue());
+            if (!planParameter(e.getKey(), e.getValue())) {
+                planModule(e.getKey(), e.getValue());
+            }
         }
         if (!problems.isEmpty()) {
-            throw new AdapterException(firstReason, adapter.dir(), "cannot merge; nothing was written:\n  - " + String.join("\n  - ", problems));
+            throw new AdapterException(firstReason, adapter.dir(), "cannot merge; nothing was written:\n  - " + String.join("\n  - ", problems.lines()));
         }
         boolean untie = resolveTiedEmbeddings();
         List<OutputTensor> outputs = outputTensors(untie);
         placeKeys();
-        return new MergePlan(outputs, assignShards(outputs), updatedConfig(newVocab, untie), filesToCarry(), keyUse, warnings, notes);
+        warnings.addAll(moduleWarnings.lines());
+        return new MergePlan(outputs, assignShards(outputs), updatedConfig(newVocab, untie), filesToCarry(), keyUse, warnings, notes,
+                Provenance.of(base, adapter));
     }
 
     /**
@@ -357,11 +374,14 @@ public final class Planner {
     }
 
     /**
-     * The base folder's files the output carries ({@link Checkpoint#nonWeightFiles()}, which never
-     * holds an adapter's files). When --base and --adapter are one folder its README is the adapter's
-     * model card (PEFT's save_pretrained writes one), so it stays behind too. A note names what stayed.
+     * The files the output carries: the base folder's ({@link Checkpoint#nonWeightFiles()}, which never
+     * holds an adapter's files), with the tokenizer files saved in the adapter folder in their place
+     * ({@link CarriedFiles}; never the base's README.md, since the merge writes a model card). When
+     * --base and --adapter are one folder its README is the adapter's model card (PEFT's save_pretrained
+     * writes one), so it stays behind too, and its tokenizer files are simply the base's. Notes name
+     * what stayed behind and what came from the adapter folder.
      */
-    private List<Path> filesToCarry() throws IOException {
+    private List<Path> filesToCarry() throws IOException, SafetensorsException {
         List<Path> files = new ArrayList<>(base.nonWeightFiles());
         List<String> left = new ArrayList<>(base.adapterFiles());
         boolean oneFolder = Files.isSameFile(base.dir(), adapter.dir());
@@ -375,20 +395,185 @@ public final class Planner {
                 return readme;
             });
         }
+        CarriedFiles.Choice carried = CarriedFiles.choose(files, oneFolder ? null : adapter.folder());
+        if (carried.note() != null) {
+            notes.add(carried.note());
+        }
         if (!left.isEmpty()) {
             notes.add("not carried into the output: " + String.join(", ", left) + (oneFolder
                     ? " (--base and --adapter are the same folder: these describe the adapter, and loaders would take the merged model for one)"
                     : " (an adapter's files never go into a merged model)"));
         }
-        return files;
+        return carried.files();
     }
 
-    /** Records a problem; the merge stops after planning, naming all of them, with the first one's reason. */
+    /**
+     * Records a problem; the merge stops after planning, naming all of them, with the first one's
+     * reason. A problem found again (the keys of two parameters of one experts module meet the same
+     * unmappable module) is listed once.
+     */
     private void problem(AdapterException.Reason reason, String message) {
+        problem(reason, message, message, message);
+    }
+
+    /** A problem of a kind that can repeat for many modules: one line per kind, with the count and the first few subjects. */
+    private void problem(AdapterException.Reason reason, String kind, String subject, String message) {
         if (firstReason == null) {
             firstReason = reason;
         }
-        problems.add(message);
+        problems.add(kind, subject, message);
+    }
+
+    /**
+     * LoRA on a parameter (target_parameters, FORMATS.md §8): PEFT's ParamWrapper on {@code M.p}
+     * saves its pair under M, and a second parameter of the same module wraps the first, so the
+     * first's keys are under {@code M.base_layer} (the k-th of n targeted parameters, in the
+     * module's registration order, under n − 1 − k of them). The parameter is found in the
+     * checkpoint's own form (per expert, or fused), and each checkpoint tensor that holds part of it
+     * gets one term per expert. Returns false when {@code keyModule} is not a ParamWrapper's, to be
+     * planned as a module.
+     */
+    private boolean planParameter(String keyModule, Parts parts) {
+        String module = keyModule;
+        int depth = 0;
+        while (module.endsWith(".base_layer")) {
+            module = module.substring(0, module.length() - ".base_layer".length());
+            depth++;
+        }
+        List<String> keys = new ArrayList<>();
+        parts.byKind.values().forEach(k -> keys.add(k.key()));
+        List<String> candidates = ExpertParameters.selected(config, module);
+        if (candidates.isEmpty()) {
+            if (depth > 0) {
+                problem(CONFIG_MISMATCH, "adapter keys " + String.join(", ", keys) + " have the form of LoRA on a second parameter of "
+                        + module + " (PEFT's nested ParamWrapper), but adapter_config.json's target_parameters selects no parameter of it; "
+                        + "fix the config or the adapter");
+                return true;
+            }
+            return false;
+        }
+        List<String> wrapped;
+        try {
+            List<String> present = new ArrayList<>();
+            for (String p : candidates) {
+                if (experts.find(module + "." + p) != null) {
+                    present.add(p);
+                }
+            }
+            wrapped = ExpertParameters.wrapped(module, present);
+        } catch (ExpertParameters.Unmapped e) {
+            problem(e.reason, e.getMessage());
+            return true;
+        }
+        if (wrapped.isEmpty() && depth == 0) {
+            // the base has none of the selected parameters here (a bare entry such as "gate_up_proj" names one of every module): a module's LoRA
+            return false;
+        }
+        if (wrapped.isEmpty()) {
+            problem(NO_SUCH_BASE_TENSOR, "adapter keys " + String.join(", ", keys) + " are LoRA on " + module + "." + String.join(" or " + module + ".",
+                    candidates) + " (adapter_config.json target_parameters), but the base model stores no such parameter; is this adapter for "
+                    + "another model? Pass the base it was trained on (adapter_config.json base_model_name_or_path)");
+            return true;
+        }
+        if (depth >= wrapped.size()) {
+            problem(CONFIG_MISMATCH, "adapter keys " + String.join(", ", keys) + " sit under " + depth + " base_layer wrappers, so PEFT wrapped at least "
+                    + (depth + 1) + " parameters of " + module + ", but target_parameters selects only " + wrapped.size() + " that the base has ("
+                    + String.join(", ", wrapped) + "); the config does not belong to these weights: fix target_parameters in adapter_config.json");
+            return true;
+        }
+        String parameter = module + "." + wrapped.get(wrapped.size() - 1 - depth);
+        AdapterKey a = parts.byKind.get(AdapterKey.Kind.LORA_A);
+        AdapterKey b = parts.byKind.get(AdapterKey.Kind.LORA_B);
+        if (a == null || b == null || parts.byKind.size() != 2) {
+            if (a == null || b == null) {
+                AdapterKey present = a != null ? a : b != null ? b : parts.byKind.values().iterator().next();
+                problem(MISSING_PARTNER, "adapter key " + present.key() + " (LoRA on parameter " + parameter + ") is without its lora_A/lora_B partner");
+            } else {
+                problem(UNSUPPORTED, "adapter keys " + String.join(", ", keys) + " are for parameter " + parameter + ", on which PEFT's "
+                        + "ParamWrapper has only lora_A and lora_B (no DoRA, bias or embedding parts); the adapter was not saved by PEFT");
+            }
+            return true;
+        }
+        ExpertParameters.Stored stored;
+        try {
+            stored = experts.find(parameter);
+        } catch (ExpertParameters.Unmapped e) {
+            problem(e.reason, e.getMessage());
+            return true;
+        }
+        TensorInfo ta = adapter.tensor(a.key());
+        TensorInfo tb = adapter.tensor(b.key());
+        if (!ta.dtype().isMergeable() && ta.dtype() != DType.F64 || !tb.dtype().isMergeable() && tb.dtype() != DType.F64) {
+            problem(UNSUPPORTED, "LoRA factors of " + parameter + " are " + ta.dtype() + "/" + tb.dtype()
+                    + "; quantized adapters are not supported, re-save the adapter in F32, F16 or BF16");
+            return true;
+        }
+        int rank = config.rankFor(parameter);
+        double scale = config.scaleFor(parameter);
+        if (!checkParameterShapes(parameter, stored, ta, tb, rank)) {
+            return true;
+        }
+        List<String> pieceNames = new ArrayList<>();
+        stored.pieces().forEach(piece -> pieceNames.add(piece.tensor()));
+        for (ExpertParameters.Piece piece : stored.pieces()) {
+            if (!floatingPointBase(piece.tensor(), embedName, tied, List.of(a, b))) {
+                return true;
+            }
+        }
+        TensorSource sa = new TensorSource(adapter.file(), ta);
+        TensorSource sb = new TensorSource(adapter.file(), tb);
+        for (ExpertParameters.Piece piece : stored.pieces()) {
+            Ops o = ops.computeIfAbsent(piece.tensor(), x -> new Ops());
+            if (stored.experts() == 0) {
+                // a 2-D parameter: ParamWrapper with one expert is lora.Linear's B·A
+                o.terms.add(new TermSpec(parameter, Layout.LINEAR, sa, sb, rank, scale));
+            } else if (piece.expert() >= 0) {
+                o.terms.add(TermSpec.expert(parameter, sa, sb, rank, scale,
+                        new ExpertSlice(piece.expert(), stored.experts(), stored.transposed(), piece.firstRow(), 0, piece.rows())));
+            } else {
+                for (int e = 0; e < stored.experts(); e++) {
+                    o.terms.add(TermSpec.expert(parameter, sa, sb, rank, scale,
+                            new ExpertSlice(e, stored.experts(), stored.transposed(), 0, e * stored.d1(), stored.d1())));
+                }
+                o.expertRows = true;
+            }
+        }
+        String into = pieceNames.size() == 1 ? pieceNames.get(0)
+                : pieceNames.get(0) + " … " + pieceNames.get(pieceNames.size() - 1) + " (" + pieceNames.size() + " tensors)";
+        keyUse.put(a.key(), into);
+        keyUse.put(b.key(), into);
+        return true;
+    }
+
+    /**
+     * PEFT's ParamWrapper on a parameter [E, d1, d2]: lora_A [r·E, in], lora_B [out, r·E], in and
+     * out being d2 and d1, or d1 and d2 for a transposed one; on a 2-D one [d1, d2], lora.Linear's
+     * [r, d2] and [d1, r].
+     */
+    private boolean checkParameterShapes(String parameter, ExpertParameters.Stored p, TensorInfo a, TensorInfo b, int rank) {
+        long e = Math.max(1, p.experts());
+        long in = p.transposed() ? p.d1() : p.d2();
+        long out = p.transposed() ? p.d2() : p.d1();
+        String shape = p.experts() == 0 ? "[" + p.d1() + ", " + p.d2() + "]" : "[" + p.experts() + ", " + p.d1() + ", " + p.d2() + "]";
+        String where = parameter + " (" + shape + (p.experts() > 0 && p.transposed() ? ", laid out [experts, in, out]" : "")
+                + ", lora_A " + TensorInfo.shapeString(a.shape()) + ", lora_B " + TensorInfo.shapeString(b.shape()) + ")";
+        if (a.rank() != 2 || b.rank() != 2 || a.dim(0) != b.dim(1)) {
+            problem(SHAPE_MISMATCH, "LoRA factors of " + where + " do not fit each other; shape mismatch");
+            return false;
+        }
+        if (a.dim(0) % e != 0 || a.dim(0) / e != rank) {
+            problem(CONFIG_MISMATCH, "adapter_config.json gives " + parameter + " rank " + rank + " (r / rank_pattern), so its factors of "
+                    + e + " experts should have " + rank * e + " rank rows, but " + where + " has " + a.dim(0)
+                    + "; the config does not belong to these weights, or the base has another number of experts: fix r / rank_pattern in "
+                    + "adapter_config.json, or pass the base the adapter was trained on");
+            return false;
+        }
+        if (a.dim(1) != in || b.dim(0) != out) {
+            problem(SHAPE_MISMATCH, "shape mismatch for " + where + ": expected lora_A [" + rank * e + ", " + in + "] and lora_B [" + out + ", "
+                    + rank * e + "]; is this adapter for another model? Pass the base it was trained on (adapter_config.json base_model_name_or_path)");
+            return false;
+        }
+        return true;
     }
 
     /** One module's LoRA pair, DoRA magnitude, bias term and token rows: checked, and added to the ops of their tensors. */
@@ -406,7 +591,7 @@ public final class Planner {
         if (w == null) {
             List<String> keys = new ArrayList<>();
             p.values().forEach(k -> keys.add(k.key()));
-            problem(NO_SUCH_BASE_TENSOR, "adapter keys " + String.join(", ", keys) + " are for module " + module + ", but the base model has no tensor "
+            problem(NO_SUCH_BASE_TENSOR, "no base tensor", module, "adapter keys " + String.join(", ", keys) + " are for module " + module + ", but the base model has no tensor "
                     + weightName + "; is this adapter for another model? Pass the base it was trained on (adapter_config.json base_model_name_or_path)");
             return;
         }
@@ -425,7 +610,7 @@ public final class Planner {
                 return;
             }
             if (config.hasTargetRule() && !config.targets(module) && !targetedThroughTying(module)) {
-                problem(CONFIG_MISMATCH, "adapter keys " + first.key() + " and " + second.key() + " are for module " + module
+                problem(CONFIG_MISMATCH, "not targeted", module, "adapter keys " + first.key() + " and " + second.key() + " are for module " + module
                         + ", which adapter_config.json does not target (target_modules / exclude_modules / layers_to_transform); "
                         + "PEFT would silently ignore them. Fix the config or the adapter");
                 return;
@@ -446,7 +631,7 @@ public final class Planner {
             TensorInfo ta = adapter.tensor(a != null ? a.key() : ea.key());
             TensorInfo tb = adapter.tensor(b != null ? b.key() : eb.key());
             if (!ta.dtype().isMergeable() && ta.dtype() != DType.F64 || !tb.dtype().isMergeable() && tb.dtype() != DType.F64) {
-                problem(UNSUPPORTED, "LoRA factors of " + module + " are " + ta.dtype() + "/" + tb.dtype()
+                problem(UNSUPPORTED, "quantized factors", module, "LoRA factors of " + module + " are " + ta.dtype() + "/" + tb.dtype()
                         + "; quantized adapters are not supported, re-save the adapter in F32, F16 or BF16");
                 return;
             }
@@ -570,7 +755,8 @@ public final class Planner {
         String modelType = base.modelType();
         if (base.usesConv1D() && !module.endsWith("lm_head")) {
             if (!config.fanInFanOut()) {
-                warnings.add(module + " is a Conv1D layer of a " + modelType + " model but fan_in_fan_out is false; treated as true, as PEFT does");
+                moduleWarnings.add("conv1d without fan_in_fan_out", module,
+                        module + " is a Conv1D layer of a " + modelType + " model but fan_in_fan_out is false; treated as true, as PEFT does");
             }
             return Layout.CONV1D;
         }
@@ -591,17 +777,17 @@ public final class Planner {
         String where = module + " (" + layout.name().toLowerCase(Locale.ROOT) + ", base " + TensorInfo.shapeString(w) + ", lora_A "
                 + TensorInfo.shapeString(a.shape()) + ", lora_B " + TensorInfo.shapeString(b.shape()) + ")";
         if (a.rank() < 2 || b.rank() < 2) {
-            problem(SHAPE_MISMATCH, "LoRA factors of " + where + " are not matrices; shape mismatch");
+            problem(SHAPE_MISMATCH, "factors not matrices", module, "LoRA factors of " + where + " are not matrices; shape mismatch");
             return false;
         }
         long rA = a.dim(0);
         long rB = b.dim(1);
         if (rA != rB) {
-            problem(SHAPE_MISMATCH, "lora_A has " + rA + " rows but lora_B has " + rB + " columns for " + where + "; shape mismatch");
+            problem(SHAPE_MISMATCH, "rank A != rank B", module, "lora_A has " + rA + " rows but lora_B has " + rB + " columns for " + where + "; shape mismatch");
             return false;
         }
         if (rA != rank) {
-            problem(CONFIG_MISMATCH, "adapter_config.json gives " + module + " rank " + rank + " (r / rank_pattern) but its factors have rank " + rA
+            problem(CONFIG_MISMATCH, "rank not the config's", module, "adapter_config.json gives " + module + " rank " + rank + " (r / rank_pattern) but its factors have rank " + rA
                     + "; the scale would be wrong, so the config does not belong to these weights");
             return false;
         }
@@ -624,7 +810,7 @@ public final class Planner {
                 ok = false;
         }
         if (!ok) {
-            problem(SHAPE_MISMATCH, "shape mismatch for " + where + "; is this adapter for another model? Pass the base it was trained on (adapter_config.json base_model_name_or_path)");
+            problem(SHAPE_MISMATCH, "shape mismatch", module, "shape mismatch for " + where + "; is this adapter for another model? Pass the base it was trained on (adapter_config.json base_model_name_or_path)");
         }
         return ok;
     }
@@ -666,7 +852,7 @@ public final class Planner {
         if (to == QuantTarget.NF4) {
             QuantizedOutput out = q.requantizedOutput();
             for (String w : out.warnings()) {
-                warnings.add(q.weightName() + " " + w);
+                moduleWarnings.add(w, q.weightName(), q.weightName() + " " + w);
             }
             return OutputTensor.requantize(q.weightName(), src, update, out);
         }
@@ -674,6 +860,12 @@ public final class Planner {
     }
 
     private OutputTensor output(String name, TensorSource baseSource, Ops o) {
+        OutputTensor out = denseOutput(name, baseSource, o);
+        boolean expertStack = o != null && o.expertRows || experts.isFusedExpertTensor(name);
+        return expertStack && !out.isByteCopy() ? out.asExpertRows() : out;
+    }
+
+    private OutputTensor denseOutput(String name, TensorSource baseSource, Ops o) {
         TensorInfo info = baseSource.info();
         DType outType = info.dtype();
         if (dtype != null && info.dtype().isMergeable()) {

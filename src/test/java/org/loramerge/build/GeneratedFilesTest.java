@@ -68,6 +68,41 @@ class GeneratedFilesTest {
         assertTrue(bytes < 500_000, "QLoRA fixtures stay small: " + bytes + " bytes");
     }
 
+    /**
+     * The golden MoE cases and forms.json are scripts/fixtures/make_moe_fixtures.py's output (PEFT 0.21 and
+     * transformers 5.18 on tiny MoE models): its hash and every file's are in MANIFEST.sha256.
+     */
+    @Test
+    void moeFixturesMatchTheirGenerator() throws Exception {
+        Path dir = Paths.get("src/test/resources/moe");
+        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
+        String regenerate = "regenerate them (python scripts/fixtures/make_moe_fixtures.py, with the versions in scripts/fixtures/requirements-fixtures.txt)";
+        assertEquals(sha256(Paths.get("scripts/fixtures/make_moe_fixtures.py")) + "  generator:scripts/fixtures/make_moe_fixtures.py", manifest.get(0),
+                "scripts/fixtures/make_moe_fixtures.py changed since the MoE fixtures were made: " + regenerate);
+        assertEquals(String.join("\n", manifest.subList(1, manifest.size())), String.join("\n", hashedFiles(dir)),
+                "MoE fixture files differ from what the generator wrote; " + regenerate);
+        long bytes = 0;
+        try (Stream<Path> s = Files.walk(dir)) {
+            for (Path p : (Iterable<Path>) s.filter(Files::isRegularFile)::iterator) {
+                bytes += Files.size(p);
+            }
+        }
+        assertTrue(bytes < 400_000, "MoE fixtures stay small: " + bytes + " bytes");
+    }
+
+    /** The config.json golden files are scripts/fixtures/make_config_fixtures.py's output (transformers' own save_pretrained). */
+    @Test
+    void configFixturesMatchTheirGenerator() throws Exception {
+        Path dir = Paths.get("src/test/resources/configs");
+        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
+        String regenerate = "regenerate them (python scripts/fixtures/make_config_fixtures.py, with the versions in "
+                + "scripts/fixtures/requirements-fixtures.txt)";
+        assertEquals(sha256(Paths.get("scripts/fixtures/make_config_fixtures.py")) + "  generator:scripts/fixtures/make_config_fixtures.py",
+                manifest.get(0), "scripts/fixtures/make_config_fixtures.py changed since the config fixtures were made: " + regenerate);
+        assertEquals(String.join("\n", manifest.subList(1, manifest.size())), String.join("\n", hashedFiles(dir)),
+                "config fixture files differ from what the generator wrote; " + regenerate);
+    }
+
     /** "SHA256  relative/path" of every file under {@code dir} but its manifest, in path order: the manifest's lines. */
     private static List<String> hashedFiles(Path dir) throws IOException {
         List<String> out = new java.util.ArrayList<>();

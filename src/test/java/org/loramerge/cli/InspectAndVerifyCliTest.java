@@ -52,7 +52,7 @@ class InspectAndVerifyCliTest {
     void inspectListsTheTensorsOfAModel() {
         Run r = run("inspect", FIXTURES.resolve("sharded_bf16/base").toString(), "--json");
         assertEquals(ExitCodes.OK, r.code(), r.err());
-        assertTrue(r.out().contains("\"sharded\" : true") && r.out().contains("model.layers.0.self_attn.q_proj.weight"), r.out());
+        assertTrue(r.out().contains("\"sharded\": true") && r.out().contains("model.layers.0.self_attn.q_proj.weight"), r.out());
     }
 
     @Test
@@ -65,7 +65,7 @@ class InspectAndVerifyCliTest {
         Run strict = run("verify", "--base", c.resolve("base").toString(), "--adapter", c.resolve("adapter").toString(),
                 "--merged", c.resolve("peft").toString(), "--rows", "1000", "--max-ulp", "0");
         assertEquals(ExitCodes.VERIFY_FAILED, strict.code(), strict.err());
-        assertTrue(strict.err().contains("ulp exceeds 0"), strict.err());
+        assertTrue(strict.out().contains("ulp exceeds 0"), strict.out());
         // beside verify's own arithmetic: PEFT against the fixture's independently computed exact result
         long[] distances = ulpDistances(c.resolve("peft"), c.resolve("expected.safetensors"));
         assertEquals(1, distances[0], "PEFT's worst element, in ulps of the exact result rounded once");
@@ -111,7 +111,7 @@ class InspectAndVerifyCliTest {
         Run r = run("verify", "--base", c.resolve("base").toString(), "--adapter", c.resolve("adapter").toString(),
                 "--merged", c.resolve("base").toString(), "--max-ulp", "1000000");
         assertEquals(ExitCodes.VERIFY_FAILED, r.code(), r.err());
-        assertTrue(r.err().contains("the adapter's change is not there"), r.err());
+        assertTrue(r.out().contains("the adapter's change is not there"), r.out());
         // beside verify's own arithmetic: the base really lacks the change the exact result has
         long[] distances = ulpDistances(c.resolve("base"), c.resolve("expected.safetensors"));
         assertTrue(distances[1] > 10_000 && distances[0] > 1, "the base differs from the exact merge in " + distances[1] + " elements");

@@ -140,7 +140,7 @@ class QloraGoldenTest {
                 checkSurvival(caseDir, b, ours, report.get("requantization"));
             } else {
                 assertTrue(report.get("requantization").isNull());
-                assertEquals(quant.weights().size() - countWeights(expectedNames, quant), report.get("tensorsDequantized").asLong());
+                assertEquals(quant.weights().size() - countWeights(expectedNames, quant), report.get("tensors_dequantized").asLong());
             }
         }
     }
@@ -236,7 +236,7 @@ class QloraGoldenTest {
                     dot += rawDiff * d;
                     changed += cx != cw ? 1 : 0;
                 }
-                assertEquals(changed, t.get("codesChanged").asLong(), name);
+                assertEquals(changed, t.get("codes_changed").asLong(), name);
                 assertEquals(n, t.get("codes").asLong(), name);
                 assertClose(Math.sqrt(surviving2 / delta2), t.get("survival").asDouble(), name + " survival");
                 assertClose(dot / delta2, t.get("aligned").asDouble(), name + " aligned");
@@ -251,7 +251,7 @@ class QloraGoldenTest {
             }
         }
         assertEquals(reference.get("tensors").size(), seen.size(), "every requantized weight is reported");
-        assertEquals(totalChanged, requant.get("codesChanged").asLong());
+        assertEquals(totalChanged, requant.get("codes_changed").asLong());
         assertClose(Math.sqrt(totalSurviving / totalDelta), requant.get("survival").asDouble(), "total survival");
         assertClose(totalDot / totalDelta, requant.get("aligned").asDouble(), "total aligned");
         assertClose(reference.get("survival").asDouble(), requant.get("survival").asDouble(), "total survival vs reference");

@@ -203,20 +203,21 @@ public final class CpuMerge {
     private static final ThreadLocal<ExactMath.Rounder> ROUNDER = ThreadLocal.withInitial(ExactMath.Rounder::new);
 
     /**
-     * v = w + Σ s·U_i·Vᵀ for one row, with e its error bound. Returns true when v is exact (no terms).
+     * v = w + Σ s·U_i·Vᵀ for one row, with e its error bound. Returns true when v is exact (no
+     * term covers the row).
      */
     static boolean computeRow(TensorJob job, long row, double[] w, double[] v, double[] e) {
         int cols = job.cols();
-        if (job.terms().isEmpty()) {
-            System.arraycopy(w, 0, v, 0, cols);
-            Arrays.fill(e, 0, cols, 0.0);
-            return true;
-        }
-        int i = Math.toIntExact(row);
-        double[] d = SCRATCH.get()[3];
         System.arraycopy(w, 0, v, 0, cols);
         Arrays.fill(e, 0, cols, 0.0);
+        double[] d = SCRATCH.get()[3];
+        boolean covered = false;
         for (LowRankTerm t : job.terms()) {
+            int i = t.localRow(row);
+            if (i < 0) {
+                continue; // an expert's term, on another expert's rows
+            }
+            covered = true;
             int r = t.rank();
             double[] u = t.u();
             double[] vt = t.vt();
@@ -238,6 +239,9 @@ public final class CpuMerge {
                 v[j] += s * d[j];
                 e[j] += bound * vNorm[j];
             }
+        }
+        if (!covered) {
+            return true;
         }
         double k = job.boundK();
         for (int j = 0; j < cols; j++) {

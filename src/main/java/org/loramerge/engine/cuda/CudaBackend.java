@@ -3,10 +3,12 @@ package org.loramerge.engine.cuda;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
+import java.util.Comparator;
 import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Set;
 import org.loramerge.engine.Backend;
+import org.loramerge.engine.LowRankTerm;
 import org.loramerge.engine.DeviceUnavailableException;
 import org.loramerge.engine.Requantization;
 import org.loramerge.engine.TensorJob;
@@ -15,6 +17,7 @@ import org.loramerge.engine.cpu.CpuRequantization;
 import org.loramerge.engine.cpu.CpuTensorMerge;
 import org.loramerge.plan.DoraSpec;
 import org.loramerge.plan.Layout;
+import org.loramerge.plan.TermSpec;
 import org.loramerge.quant.Nf4Weight;
 
 /**
@@ -26,8 +29,8 @@ import org.loramerge.quant.Nf4Weight;
  * engine's code ({@link HostSettle}), so the output is bit for bit the CPU engine's.
  *
  * <p>Tensors the GPU path does not cover (DoRA with column norms, token rows, bias terms, several
- * terms, a quantized format without device kernels, and plain dtype conversions without terms,
- * which are memory copies) are merged by the CPU engine inside this backend ({@link #onGpu}).
+ * terms on one row, a quantized format without device kernels, and plain dtype conversions without
+ * terms, which are memory copies) are merged by the CPU engine inside this backend ({@link #onGpu}).
  */
 public final class CudaBackend implements Backend {
     /** Pipeline threads (and streams) at most: each also copies blocks on the host, so more help until PCIe is full. */
@@ -78,9 +81,10 @@ public final class CudaBackend implements Backend {
 
     /**
      * Whether the GPU path computes this tensor (else the CPU engine does, inside this backend):
-     * one low-rank term, DoRA with row norms or none, no token rows, a dense source or an NF4 one
-     * (dequantized on the device; an NF4 output is requantized there too), converted to another
-     * dtype or not.
+     * one low-rank term on each row (one on every row, or an MoE expert stack's one per expert,
+     * each on its expert's rows), DoRA with row norms or none, no token rows, a dense source or an
+     * NF4 one (dequantized on the device; an NF4 output is requantized there too), converted to
+     * another dtype or not.
      */
     static boolean onGpu(TensorJob job) {
         if (job.srcFormat() == null || job.dstFormat() == null || job.doraAxis() == DoraSpec.Axis.COLUMN || job.tokenValues() != null) {
@@ -89,8 +93,27 @@ public final class CudaBackend implements Backend {
         if (job.out().source().isQuantized() && !(job.out().source().quantized() instanceof Nf4Weight)) {
             return false;
         }
+        for (TermSpec t : job.out().terms()) {
+            if (t.layout() == Layout.BIAS) {
+                return false;
+            }
+        }
         // a tensor without terms and with its own dtype is a byte copy and never reaches a backend
-        return job.terms().size() == 1 && job.out().terms().get(0).layout() != Layout.BIAS;
+        return !job.terms().isEmpty() && termsPartitionRows(job);
+    }
+
+    /** True when the terms' row ranges, in order, follow each other from row 0 to the last row without a gap or an overlap. */
+    private static boolean termsPartitionRows(TensorJob job) {
+        List<LowRankTerm> terms = new ArrayList<>(job.terms());
+        terms.sort(Comparator.comparingLong(LowRankTerm::row0));
+        long next = 0;
+        for (LowRankTerm t : terms) {
+            if (t.row0() != next) {
+                return false;
+            }
+            next += t.rows();
+        }
+        return next == job.rows();
     }
 
     @Override
@@ -103,8 +126,8 @@ public final class CudaBackend implements Backend {
 
     @Override
     public Requantization openRequantization(TensorJob job) throws IOException {
-        // requantized on the device: an NF4 weight without DoRA (whose norms need the whole row before any block is requantized)
-        if (!onGpu(job) || job.doraAxis() != null || !(job.out().source().quantized() instanceof Nf4Weight)) {
+        // requantized on the device: an NF4 weight with one term and without DoRA (whose norms need the whole row first)
+        if (!onGpu(job) || job.terms().size() != 1 || job.doraAxis() != null || !(job.out().source().quantized() instanceof Nf4Weight)) {
             return new CpuRequantization(job);
         }
         return remember(new CudaRequantization(this, device, job));

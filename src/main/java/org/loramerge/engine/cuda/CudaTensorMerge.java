@@ -2,7 +2,12 @@ package org.loramerge.engine.cuda;
 
 import java.io.IOException;
 import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.util.ArrayList;
+import java.util.Comparator;
+import java.util.List;
 import org.loramerge.engine.BlockStats;
+import org.loramerge.engine.LowRankTerm;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.TensorMerge;
 import org.loramerge.engine.cpu.CpuMerge;
@@ -11,20 +16,26 @@ import org.loramerge.plan.TensorSource;
 import org.loramerge.quant.Nf4Weight;
 
 /**
- * A dense output tensor on the GPU (one low-rank term, W in the output dtype, or an NF4 weight
- * dequantized on the device). Per block: W goes up (as it is, or as packed codes), P = s·U·Vᵀ,
- * the fused add-and-round and the exact settling of the elements at a rounding boundary run on
- * the worker's stream, and the block comes back into the pipeline's page-locked buffer; the rare
- * element the device could not settle exactly is settled on the host.
+ * A dense output tensor on the GPU (one low-rank term per row, W in its own dtype or an NF4
+ * weight dequantized on the device, the output in the same dtype or another). Per block: W goes up
+ * (as it is, or as packed codes), P = s·U·Vᵀ, the fused add-and-round and the exact settling of
+ * the elements at a rounding boundary run on the worker's stream, and the block comes back into
+ * the pipeline's page-locked buffer; the rare element the device could not settle exactly is
+ * settled on the host. DoRA with row norms runs its own kernel, whose undecided elements all go to
+ * the host (decimal arithmetic: a square root has no short exact form). An MoE expert stack has one
+ * term per expert, each on its expert's rows: a block that spans experts is computed in one segment
+ * per expert.
  */
 final class CudaTensorMerge implements TensorMerge {
     private final CudaBackend backend;
     private final CudaDevice device;
     private final TensorJob job;
-    private final DeviceFactors factors;
+    /** One per term, in row order; the terms cover disjoint row ranges that together hold every row ({@link CudaBackend#onGpu}). */
+    private final List<DeviceFactors> factors;
+    private final List<LowRankTerm> terms;
     /** For an NF4 source: the decoded absmax of every block of the weight. */
     private final DeviceMemory sourceAbsmax;
-    /** For DoRA (one norm per row): m of every row. */
+    /** For DoRA (one norm per row, one term): m of every row. */
     private final DeviceMemory magnitude;
     private final Nf4Weight nf4;
     private boolean closed;
@@ -35,10 +46,15 @@ final class CudaTensorMerge implements TensorMerge {
         this.job = job;
         device.bindContext();
         this.nf4 = job.out().source().quantized() instanceof Nf4Weight ? (Nf4Weight) job.out().source().quantized() : null;
-        DeviceFactors f = new DeviceFactors(job.terms().get(0), device.pool());
+        this.terms = new ArrayList<>(job.terms());
+        terms.sort(Comparator.comparingLong(LowRankTerm::row0));
+        List<DeviceFactors> up = new ArrayList<>();
         DeviceMemory absmax = null;
         DeviceMemory m = null;
         try {
+            for (LowRankTerm t : terms) {
+                up.add(new DeviceFactors(t, device.pool()));
+            }
             if (nf4 != null) {
                 try (CudaStream s = new CudaStream()) {
                     absmax = device.nf4().decodedAbsmax(device.pool(), s, nf4.decoder());
@@ -48,20 +64,23 @@ final class CudaTensorMerge implements TensorMerge {
                 m = DeviceFactors.upload(device.pool(), job.magnitude());
             }
         } catch (RuntimeException | IOException e) {
-            f.close();
+            up.forEach(DeviceFactors::close);
             if (absmax != null) {
                 absmax.close();
             }
             throw e;
         }
-        this.factors = f;
+        this.factors = up;
         this.sourceAbsmax = absmax;
         this.magnitude = m;
     }
 
-    /** The factors on the device, for a requantization that shares this tensor's upload. */
+    /** The factors on the device of a one-term tensor, for a requantization that shares this tensor's upload. */
     DeviceFactors factors() {
-        return factors;
+        if (factors.size() != 1) {
+            throw new IllegalStateException(job.out().name() + " has " + factors.size() + " terms; a requantization on the device takes one");
+        }
+        return factors.get(0);
     }
 
     /** The NF4 source's decoded absmax on the device, or null for a dense source. */
@@ -76,7 +95,7 @@ final class CudaTensorMerge implements TensorMerge {
 
     @Override
     public void columnSums(long row0, int rowCount, ByteBuffer values, double[] sumSq, double[] sumErr) {
-        CpuMerge.columnSums(job, row0, rowCount, values, sumSq, sumErr); // DoRA tensors run on the CPU; never reached
+        CpuMerge.columnSums(job, row0, rowCount, values, sumSq, sumErr); // column-norm DoRA runs on the CPU; never reached
     }
 
     /** Queues W of rows [row0, row0 + rowCount) into the worker's input buffer. */
@@ -92,37 +111,72 @@ final class CudaTensorMerge implements TensorMerge {
     @Override
     public void mergeRows(long row0, int rowCount, ByteBuffer src, ByteBuffer dst, BlockStats stats) {
         DeviceWorker w = device.worker();
-        FloatFormat fmt = job.dstFormat();
+        FloatFormat in = job.srcFormat();
+        FloatFormat out = job.dstFormat();
         int cols = job.cols();
-        long bytes = (long) rowCount * cols * fmt.sizeInBytes();
         load(w, row0, rowCount, src);
-        if (magnitude != null) {
-            w.mergeRoundDora(factors, job.srcFormat(), fmt, row0, rowCount, cols, job.boundK(), magnitude);
-        } else {
-            w.mergeRoundExactly(factors, job.srcFormat(), fmt, row0, rowCount, cols, job.boundK());
+        ByteBuffer values = src; // W in its own dtype, for work on the host; an NF4 block's is downloaded when needed
+        long end = row0 + rowCount;
+        int t = termAt(row0);
+        for (long r = row0; r < end; t++) {
+            LowRankTerm term = terms.get(t);
+            int n = (int) (Math.min(end, term.row0() + term.rows()) - r);
+            long first = (r - row0) * cols;
+            long bytes = (long) n * cols * out.sizeInBytes();
+            if (magnitude != null) {
+                w.mergeRoundDora(factors.get(t), in, out, r - term.row0(), n, cols, job.boundK(), magnitude);
+            } else {
+                w.mergeRoundExactly(factors.get(t), in, out, r - term.row0(), n, cols, job.boundK(), first);
+            }
+            // dst is page-locked when the pipeline took it from allocateBlockBuffer, so this copy is asynchronous and direct
+            w.copyOutputTo(dst, first * out.sizeInBytes(), bytes);
+            DeviceWorker.Counts counted = w.counters();
+            // DoRA's undecided elements all go to the host; the others only when the device's exact settling left them
+            long forHost = magnitude != null ? counted.ambiguous() : counted.forHost();
+            if (nf4 != null && values == src && (forHost > 0 || counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY)) {
+                // the host work below reads W: the dequantized values, not the packed codes
+                values = w.download(w.input(), (long) rowCount * cols * in.sizeInBytes());
+            }
+            settleOnHost(w, r, n, counted, forHost, values, first * in.sizeInBytes(), dst, first * out.sizeInBytes(), stats);
+            r += n;
         }
-        // dst is page-locked when the pipeline took it from allocateBlockBuffer, so this copy is asynchronous and direct
-        w.copyOutputTo(dst, bytes);
-        DeviceWorker.Counts counted = w.counters();
-        // DoRA's ambiguous elements all go to the host (its square root has no short exact form); the others only when settle left them
-        long forHost = magnitude != null ? counted.ambiguous() : counted.forHost();
-        if (nf4 != null && (forHost > 0 || counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY)) {
-            // the host work below reads W: the dequantized values, not the packed codes
-            src = w.download(w.input(), (long) rowCount * cols * job.srcFormat().sizeInBytes());
+    }
+
+    /** The part of a block's bytes that one term's rows take, little-endian from its index 0. */
+    private static ByteBuffer slice(ByteBuffer b, long offset, long bytes) {
+        return b.duplicate().clear().position(Math.toIntExact(offset)).limit(Math.toIntExact(offset + bytes)).slice().order(ByteOrder.LITTLE_ENDIAN);
+    }
+
+    /** The index of the term whose rows hold {@code row}. */
+    private int termAt(long row) {
+        for (int i = 0; i < terms.size(); i++) {
+            if (terms.get(i).localRow(row) >= 0) {
+                return i;
+            }
         }
+        throw new IllegalStateException(job.out().name() + ": no term covers row " + row);
+    }
+
+    /**
+     * Rows [row0, row0 + rowCount) came back in {@code dst} at {@code dstOffset}: decides on the host
+     * the {@code forHost} elements the device left to it, from W at {@code srcOffset} of {@code values}.
+     */
+    private void settleOnHost(DeviceWorker w, long row0, int rowCount, DeviceWorker.Counts counted, long forHost, ByteBuffer values,
+                              long srcOffset, ByteBuffer dst, long dstOffset, BlockStats stats) {
+        long elements = (long) rowCount * job.cols();
+        ByteBuffer srcRows = slice(values, srcOffset, elements * job.srcFormat().sizeInBytes());
+        ByteBuffer dstRows = slice(dst, dstOffset, elements * job.dstFormat().sizeInBytes());
         if (counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY) {
-            // pathological input: let the CPU engine decide the whole block
-            src.position(0);
-            CpuMerge.mergeRows(job, row0, rowCount, src, dst, stats, null);
+            // pathological input: let the CPU engine decide these rows
+            CpuMerge.mergeRows(job, row0, rowCount, srcRows, dstRows, stats, null);
             return;
         }
         stats.addExactlyRounded(counted.ambiguous() - forHost);
         long overflows = counted.overflows();
-        dst.position(0);
         if (forHost > 0) {
+            FloatFormat fmt = job.dstFormat();
             ByteBuffer idx = magnitude != null ? w.ambiguousElements(forHost) : w.forHostElements(forHost);
-            ByteBuffer out = dst;
-            overflows += HostSettle.settle(job, row0, src, idx, (int) forHost, (e, b) -> fmt.putBits(out, e, b), stats);
+            overflows += HostSettle.settle(job, row0, srcRows, idx, (int) forHost, (e, b) -> fmt.putBits(dstRows, e, b), stats);
         }
         stats.add(0, overflows, counted.nans());
     }
@@ -134,7 +188,7 @@ final class CudaTensorMerge implements TensorMerge {
         }
         closed = true;
         device.bindContext();
-        factors.close();
+        factors.forEach(DeviceFactors::close);
         if (sourceAbsmax != null) {
             sourceAbsmax.close();
         }

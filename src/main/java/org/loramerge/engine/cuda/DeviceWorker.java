@@ -135,9 +135,23 @@ public final class DeviceWorker implements AutoCloseable {
      * the block rounded exactly, but for the rare elements left to the host.
      */
     public void mergeRoundExactly(DeviceFactors f, FloatFormat src, FloatFormat dst, long row0, int rowCount, int cols, double boundK) {
+        mergeRoundExactly(f, src, dst, row0, rowCount, cols, boundK, 0);
+    }
+
+    /**
+     * {@link #mergeRoundExactly} of the rows that begin {@code firstElement} elements into
+     * {@link #input()} and {@link #output()}: one term's part of a block whose rows several terms
+     * share (an MoE expert stack, whose experts' terms each cover their own rows). {@code row0} is
+     * the first row as a row of the term's U; the element indexes the counters list are relative to
+     * {@code firstElement}.
+     */
+    public void mergeRoundExactly(DeviceFactors f, FloatFormat src, FloatFormat dst, long row0, int rowCount, int cols, double boundK,
+                                  long firstElement) {
+        Pointer in = dIn.at(firstElement * src.sizeInBytes());
+        Pointer out = dOut.at(firstElement * dst.sizeInBytes());
         product(f, row0, rowCount, cols, dWide.pointer());
-        addAndRound(f, src, dst, row0, rowCount, cols, boundK, dIn.pointer(), dWide.pointer(), dOut.pointer());
-        settle(f, src, dst, row0, cols, dIn.pointer(), dOut.pointer());
+        addAndRound(f, src, dst, row0, rowCount, cols, boundK, in, dWide.pointer(), out);
+        settle(f, src, dst, row0, cols, in, out);
     }
 
     /** P = s·U·Vᵀ for rows [row0, row0 + rowCount), by cuBLAS DGEMM on the stream. */
@@ -231,6 +245,17 @@ public final class DeviceWorker implements AutoCloseable {
     /** Queues the copy of {@code bytes} of {@link #output()} into {@code dst}: asynchronous and direct when dst is page-locked. */
     public void copyOutputTo(ByteBuffer dst, long bytes) {
         JCuda.cudaMemcpyAsync(Pointer.to(dst), dOut.pointer(), bytes, cudaMemcpyKind.cudaMemcpyDeviceToHost, stream.runtime());
+    }
+
+    /** {@link #copyOutputTo} of the {@code bytes} at {@code byteOffset} of {@link #output()} into the same place of {@code dst}. */
+    public void copyOutputTo(ByteBuffer dst, long byteOffset, long bytes) {
+        if (byteOffset == 0) {
+            copyOutputTo(dst, bytes);
+            return;
+        }
+        // a slice starts at its own address (position 0), whatever the buffer's position
+        ByteBuffer at = dst.duplicate().clear().position(Math.toIntExact(byteOffset)).slice();
+        JCuda.cudaMemcpyAsync(Pointer.to(at), dOut.at(byteOffset), bytes, cudaMemcpyKind.cudaMemcpyDeviceToHost, stream.runtime());
     }
 
     /** The first {@code bytes} of {@code m} copied to a new heap buffer, after the work queued on the stream. */

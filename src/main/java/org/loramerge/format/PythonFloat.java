@@ -1,4 +1,4 @@
-package org.loramerge.quant;
+package org.loramerge.format;
 
 import java.math.BigDecimal;
 import java.math.MathContext;
@@ -8,14 +8,15 @@ import java.math.RoundingMode;
  * Python's {@code repr(float)}, which {@code json.dumps} writes: the shortest decimal that reads
  * back as the same double, in fixed notation when its decimal exponent is in [-4, 16) and
  * {@code d.ddde±XX} otherwise (CPython Python/pystrtod.c format_float_short, mode 'r'). Java 17's
- * {@code Double.toString} is not always the shortest, and formats differently, so the quant state
- * JSON would not match bitsandbytes' bytes without this.
+ * {@code Double.toString} is not always the shortest, and formats differently, so neither the quant
+ * state JSON (bitsandbytes' bytes) nor config.json (transformers' bytes, {@link Json#python}) would
+ * match without this.
  */
-final class PythonFloat {
+public final class PythonFloat {
     private PythonFloat() {
     }
 
-    static String repr(double v) {
+    public static String repr(double v) {
         if (Double.isNaN(v)) {
             return "NaN";
         }
