@@ -67,9 +67,9 @@ public final class FuzzSeeds {
 
         Path planner = inputs("plan", "PlannerFuzzTest", "anyAdapterIsPlannedKeyByKeyOrRefusedNamingItsFolder");
         String[][] cases = {{"linear_bf16", "0", "0"}, {"gpt2_conv1d", "1", "0"}, {"tied_lm_head", "2", "0"}, {"conv2d", "3", "0"},
-                {"qlora/plain_bs32", "4", "4"}};
+                {"qlora/plain_bs32", "4", "4"}, {"moe/mixtral_experts", "7", "0"}, {"moe/gpt_oss_experts", "8", "0"}};
         for (String[] c : cases) {
-            Path dir = c[0].startsWith("qlora/") ? RESOURCES.resolve(c[0]) : FIXTURES.resolve(c[0]);
+            Path dir = c[0].contains("/") ? RESOURCES.resolve(c[0]) : FIXTURES.resolve(c[0]);
             seeds.put(planner.resolve("seed-" + c[0].replace('/', '-')), planInput(Integer.parseInt(c[1]), Integer.parseInt(c[2]), dir,
                     List.of()));
         }
