@@ -9,7 +9,8 @@
 # Needs the jar (mvn -q package -DskipTests; built here when missing) and, for the model, a Python
 # with torch (PYTHON, default python3). Each round:
 #   1. starts `loramerge merge --device cpu` into WORKDIR/out and kills it with SIGKILL after a random
-#      time from 0 to 1.1 times a full merge (measured first), noting the phase the kill landed in
+#      time from 0 to 1.1 times a full merge (the last one's time: the reference merge's, then each
+#      round's second merge's, which follows the machine's load), noting the phase the kill landed in
 #      from what is on disk: startup (nothing yet: JVM start, reading, planning), locking (its owner
 #      record, no partial folder yet), writing (a partial folder), committed (the output in place, the
 #      process not yet gone), or exited (it had finished);
@@ -36,7 +37,7 @@ while getopts "n:s:w:S:h" opt; do
         s) shape=$OPTARG ;;
         w) work=$OPTARG ;;
         S) seed=$OPTARG ;;
-        *) sed -n '2,26p' "$0"; exit 2 ;;
+        *) sed -n '2,27p' "$0"; exit 2 ;;
     esac
 done
 [[ $runs =~ ^[0-9]+$ && $seed =~ ^[0-9]+$ ]] || { echo "kill-campaign: -n and -S take whole numbers" >&2; exit 2; }
@@ -118,7 +119,9 @@ for ((i = 1; i <= runs; i++)); do
         problems+=("--out exists after a kill in phase $phase")
     fi
     left=$(leftovers | tr '\n' ' ')
+    start_ns=$(date +%s%N)
     if "${merge[@]}" --overwrite >"$work/rerun.log" 2>&1; then
+        full_ms=$((($(date +%s%N) - start_ns) / 1000000))
         if [ "$(tree_hash "$out")" != "$reference" ]; then
             problems+=("the next merge's output differs from the reference")
         fi
