@@ -128,7 +128,7 @@ public final class Planner {
         quant = WeightFormats.detect(base);
         settleTarget();
         warnings.addAll(quant.warnings());
-        embedName = findEmbedding();
+        embedName = findEmbedding(base);
         boolean tieFlag = base.config() == null || base.config().path("tie_word_embeddings").asBoolean(true);
         tied = tieFlag && embedName != null && base.tensor(LM_HEAD) == null;
         collectShapes();
@@ -856,7 +856,8 @@ public final class Planner {
                 : OutputTensor.merge(name, outType, baseSource, o.update());
     }
 
-    private String findEmbedding() {
+    /** The input embedding's weight name in a model folder, or null: the first of {@link #EMBEDDING_SUFFIXES} it has. */
+    static String findEmbedding(Checkpoint base) {
         for (String suffix : EMBEDDING_SUFFIXES) {
             for (TensorInfo t : base.tensors().values()) {
                 if (t.rank() == 2 && (t.name().equals(suffix) || t.name().endsWith("." + suffix))) {

@@ -37,8 +37,8 @@ class PackageLayersTest {
             Map.entry("engine.cuda", Set.of("errors", "format", "quant", "plan", "engine", "engine.cpu", "linalg")),
             Map.entry("engine.select", Set.of("errors", "engine", "engine.cpu")),
             Map.entry("verify", Set.of("errors", "format", "quant", "plan", "engine", "engine.cpu")),
-            Map.entry("pipeline", Set.of("errors", "format", "quant", "plan", "engine", "verify", "linalg")),
-            Map.entry("cli", Set.of("errors", "format", "adapter", "quant", "plan", "engine", "engine.select", "verify", "pipeline")));
+            Map.entry("pipeline", Set.of("errors", "format", "adapter", "quant", "plan", "engine", "verify", "linalg")),
+            Map.entry("cli", Set.of("errors", "format", "adapter", "quant", "linalg", "plan", "engine", "engine.select", "verify", "pipeline")));
     private static final Pattern PACKAGE = Pattern.compile("^package org\\.loramerge\\.([\\w.]+);", Pattern.MULTILINE);
     /** An import, or a qualified name in code: org.loramerge.PKG.Type (comments are stripped first). */
     private static final Pattern USE = Pattern.compile("org\\.loramerge\\.((?:[a-z]\\w*\\.)*[a-z]\\w*)\\.[A-Z]");
