@@ -150,7 +150,8 @@ public final class Planner {
         boolean untie = resolveTiedEmbeddings();
         List<OutputTensor> outputs = outputTensors(untie);
         placeKeys();
-        return new MergePlan(outputs, assignShards(outputs), updatedConfig(newVocab, untie), filesToCarry(), keyUse, warnings, notes);
+        return new MergePlan(outputs, assignShards(outputs, options.maxShardSize()), updatedConfig(newVocab, untie), filesToCarry(), keyUse,
+                warnings, notes);
     }
 
     /**
@@ -915,12 +916,13 @@ public final class Planner {
         return c;
     }
 
-    private List<MergePlan.Shard> assignShards(List<OutputTensor> outputs) {
+    /** Output tensors in order into shards of at most {@code maxShardSize} bytes, named as transformers names them. */
+    static List<MergePlan.Shard> assignShards(List<OutputTensor> outputs, long maxShardSize) {
         List<List<OutputTensor>> groups = new ArrayList<>();
         List<OutputTensor> current = new ArrayList<>();
         long size = 0;
         for (OutputTensor t : outputs) {
-            if (!current.isEmpty() && size + t.sizeInBytes() > options.maxShardSize()) {
+            if (!current.isEmpty() && size + t.sizeInBytes() > maxShardSize) {
                 groups.add(current);
                 current = new ArrayList<>();
                 size = 0;
