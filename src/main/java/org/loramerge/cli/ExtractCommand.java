@@ -13,7 +13,6 @@ import java.util.Comparator;
 import java.util.List;
 import java.util.Locale;
 import java.util.concurrent.Callable;
-import org.loramerge.errors.ExitCode;
 import org.loramerge.errors.UsageException;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
@@ -26,6 +25,7 @@ import org.loramerge.plan.ExtractOptions;
 import org.loramerge.plan.ExtractPlan;
 import org.loramerge.plan.ExtractPlanner;
 import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
 
 @Command(name = "extract", mixinStandardHelpOptions = true, sortOptions = false,
@@ -96,6 +96,9 @@ final class ExtractCommand implements Callable<Integer> {
     @Option(names = "--overwrite", description = "replace ADAPTER_DIR if it exists (only once the new adapter is complete)")
     boolean overwrite;
 
+    @Mixin
+    InputOptions inputs = new InputOptions();
+
     @Option(names = "--json", description = "print the report as JSON on stdout")
     boolean json;
 
@@ -117,7 +120,8 @@ final class ExtractCommand implements Callable<Integer> {
             throw new UsageException("--power-iterations and --oversampling must be 0 or more");
         }
         PrintStream err = System.err;
-        try (Checkpoint b = open(base, "--base"); Checkpoint t = open(tuned, "--tuned")) {
+        try (Checkpoint b = MergeCommand.openModel("--base", base, inputs.followSymlinks);
+             Checkpoint t = MergeCommand.openModel("--tuned", tuned, inputs.followSymlinks)) {
             ExtractPlan plan = ExtractPlanner.plan(b, t, options);
             if (!quiet) {
                 err.println("loramerge: extracting " + plan.targets().size() + " weights of " + base + " at "
@@ -176,14 +180,6 @@ final class ExtractCommand implements Callable<Integer> {
         DType d = MergeCommand.parseDtype(dtype);
         return new ExtractOptions(targets, embeddings, rank != null ? rank : DEFAULT_RANK, energy, maxRank, o, d,
                 baseModelName != null ? baseModelName : base.toString());
-    }
-
-    private static Checkpoint open(Path dir, String option) throws Exception {
-        try {
-            return Checkpoint.open(dir);
-        } catch (IOException e) {
-            throw new CliException(ExitCode.BAD_INPUT, option + ": " + e.getMessage(), e);
-        }
     }
 
     private void print(ExtractReport report, PrintStream err) throws IOException {
