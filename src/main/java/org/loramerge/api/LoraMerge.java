@@ -291,7 +291,11 @@ public final class LoraMerge {
         return open("--base", dir, followSymlinks);
     }
 
-    /** Opens the model folder given as {@code option}; a folder that cannot be read is a bad input. */
+    /** Opens the model folder given as {@code option} (for messages: {@code --base}); a folder that cannot be read is a bad input. */
+    public static Checkpoint openModel(String option, Path dir, boolean followSymlinks) throws UserException {
+        return open(option, dir, followSymlinks);
+    }
+
     private static Checkpoint open(String option, Path dir, boolean followSymlinks) throws UserException {
         try {
             return Checkpoint.open(dir, followSymlinks);
@@ -302,7 +306,8 @@ public final class LoraMerge {
         }
     }
 
-    private static LoraAdapter openAdapter(Path dir, boolean followSymlinks) throws UserException {
+    /** Opens a PEFT adapter folder; a folder that cannot be read is a bad input. */
+    public static LoraAdapter openAdapter(Path dir, boolean followSymlinks) throws UserException {
         try {
             return LoraAdapter.open(dir, followSymlinks);
         } catch (SafetensorsException | AdapterException e) {

@@ -79,8 +79,9 @@ public final class MergeRunner {
             if (options.verifyRows() > 0) {
                 verify(plan, writer.dir(), options.verifyRows(), report);
             }
-            writer.writeText(CarriedFiles.MODEL_CARD, ModelCard.render(plan, options.verifyRows(),
-                    report.verifiedWorstUlp));
+            if (plan.provenance() != null) {
+                writer.writeText(CarriedFiles.MODEL_CARD, ModelCard.render(plan, options.verifyRows(), report.verifiedWorstUlp));
+            }
             writer.commit();
         } finally {
             ctx.executor.close();

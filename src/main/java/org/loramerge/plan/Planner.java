@@ -133,7 +133,7 @@ public final class Planner {
         quant = WeightFormats.detect(base);
         settleTarget();
         warnings.addAll(quant.warnings());
-        embedName = findEmbedding();
+        embedName = findEmbedding(base);
         boolean tieFlag = base.config() == null || base.config().path("tie_word_embeddings").asBoolean(true);
         tied = tieFlag && embedName != null && base.tensor(LM_HEAD) == null;
         collectShapes();
@@ -156,8 +156,8 @@ public final class Planner {
         List<OutputTensor> outputs = outputTensors(untie);
         placeKeys();
         warnings.addAll(moduleWarnings.lines());
-        return new MergePlan(outputs, assignShards(outputs), updatedConfig(newVocab, untie), filesToCarry(), keyUse, warnings, notes,
-                Provenance.of(base, adapter));
+        return new MergePlan(outputs, assignShards(outputs, options.maxShardSize()), updatedConfig(newVocab, untie), filesToCarry(), keyUse,
+                warnings, notes, Provenance.of(base, adapter));
     }
 
     /**
@@ -876,7 +876,8 @@ public final class Planner {
                 : OutputTensor.merge(name, outType, baseSource, o.update());
     }
 
-    private String findEmbedding() {
+    /** The input embedding's weight name in a model folder, or null: the first of {@link #EMBEDDING_SUFFIXES} it has. */
+    static String findEmbedding(Checkpoint base) {
         for (String suffix : EMBEDDING_SUFFIXES) {
             for (TensorInfo t : base.tensors().values()) {
                 if (t.rank() == 2 && (t.name().equals(suffix) || t.name().endsWith("." + suffix))) {
@@ -934,12 +935,13 @@ public final class Planner {
         return c;
     }
 
-    private List<MergePlan.Shard> assignShards(List<OutputTensor> outputs) {
+    /** Output tensors in order into shards of at most {@code maxShardSize} bytes, named as transformers names them. */
+    static List<MergePlan.Shard> assignShards(List<OutputTensor> outputs, long maxShardSize) {
         List<List<OutputTensor>> groups = new ArrayList<>();
         List<OutputTensor> current = new ArrayList<>();
         long size = 0;
         for (OutputTensor t : outputs) {
-            if (!current.isEmpty() && size + t.sizeInBytes() > options.maxShardSize()) {
+            if (!current.isEmpty() && size + t.sizeInBytes() > maxShardSize) {
                 groups.add(current);
                 current = new ArrayList<>();
                 size = 0;

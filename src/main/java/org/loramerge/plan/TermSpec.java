@@ -112,6 +112,11 @@ public record TermSpec(String module, Layout layout, TensorSource a, TensorSourc
         return new double[][] {u, vt};
     }
 
+    /** The same term with the opposite sign, −s·U·Vᵀ: what an unmerge subtracts (negation is exact). */
+    public TermSpec negated() {
+        return new TermSpec(module, layout, a, b, rank, -scale, slice);
+    }
+
     /** The rank of the term as U·Vᵀ: 1 for a bias term. */
     public int factorRank() {
         return layout == Layout.BIAS ? 1 : rank;
