@@ -155,14 +155,14 @@ def run_tests(timeout):
 
 
 def failing_tests():
-    """Class.method of every failed or errored test case in the surefire reports, in report order."""
+    """(Class.method, message) of every failed or errored test case in the surefire reports."""
     reports = os.path.join(ROOT, "target", "surefire-reports")
     found = []
     if not os.path.isdir(reports):
         return found
-    for name in sorted(os.listdir(reports)):
-        if not (name.startswith("TEST-") and name.endswith(".xml")):
-            continue
+    # in the order the test classes finished (a report is written when its class ends)
+    names = [n for n in os.listdir(reports) if n.startswith("TEST-") and n.endswith(".xml")]
+    for name in sorted(names, key=lambda n: (os.path.getmtime(os.path.join(reports, n)), n)):
         try:
             tree = ET.parse(os.path.join(reports, name))
         except ET.ParseError:
@@ -188,7 +188,8 @@ def verdict_of(rc, out, timed_out):
         return "compile-error", "", first.strip()[:160]
     failed = failing_tests()
     if failed:
-        return "killed", failed[0][0], failed[0][1]
+        more = " (+%d more failing)" % (len(failed) - 1) if len(failed) > 1 else ""
+        return "killed", failed[0][0], failed[0][1] + more
     tail = [l for l in out.splitlines() if l.strip()][-3:]
     return "killed", "(build failed without a test report)", " / ".join(tail)[:160]
 
