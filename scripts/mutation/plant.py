@@ -325,7 +325,7 @@ def cmd_gpu_pack(args):
     if not out.startswith(ROOT + os.sep):
         sys.exit("OUT_DIR must lie inside the repository (it travels with the working tree): " + args.out_dir)
     rel = os.path.relpath(out, ROOT)
-    if subprocess.run(["git", "check-ignore", "-q", rel], cwd=ROOT).returncode != 0:
+    if subprocess.run(["git", "check-ignore", "-q", "--no-index", os.path.join(rel, "mutants.json")], cwd=ROOT).returncode != 0:
         sys.exit("%s is not git-ignored: add it to .gitignore or .git/info/exclude first, then name it in the device call's carry" % rel)
     bad = [m["id"] for m in mutants if occurrences(m) != 1]
     if bad:

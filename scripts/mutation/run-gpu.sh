@@ -16,21 +16,26 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 bundle=${1:?usage: run-gpu.sh BUNDLE [ID ...]}
 shift
-OUT=${OUT:-/tmp/out}
-LOGS=/tmp/mutation-gpu
+# the runtime and logs go to BUNDLE/run, removed on exit (the bundle is carried: keep it small);
+# what comes back goes to $OUT (set on the GPU machine; BUNDLE/out elsewhere)
+OUT=${OUT:-$bundle/out}
+work=$bundle/run
+LOGS=$work/logs
+trap 'rm -rf "$work"' EXIT
 timeout_s=${MUTANT_TIMEOUT:-300}
 # which tests: the GPU-tagged ones; MUTATION_SELECT overrides it (e.g. for a dry run of this script
 # on a machine without a GPU: MUTATION_SELECT="--select-class org.loramerge.quant.QuantStateTest")
 read -r -a select <<< "${MUTATION_SELECT:---scan-class-path --include-tag gpu}"
+rm -rf "$LOGS"
 mkdir -p "$OUT" "$LOGS"
 if [ $# -gt 0 ]; then ids=("$@"); else mapfile -t ids < "$bundle/ids.txt"; fi
 console=$(ls "$bundle"/junit-platform-console-standalone-*.jar | head -n 1)
 
-if [ ! -x /tmp/jre/bin/java ]; then
-  tar xzf "$bundle/jre.tgz" -C /tmp
-  /tmp/jre/bin/java -Xshare:dump > /dev/null 2>&1 || true
+if [ ! -x "$work/jre/bin/java" ]; then
+  tar xzf "$bundle/jre.tgz" -C "$work"
+  "$work/jre/bin/java" -Xshare:dump > /dev/null 2>&1 || true  # the class-data archive jlink leaves out: faster JVM starts
 fi
-export JAVA_HOME=/tmp/jre PATH=/tmp/jre/bin:$PATH
+export JAVA_HOME=$work/jre PATH=$work/jre/bin:$PATH
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | tee "$OUT/card.txt" || echo "no GPU" > "$OUT/card.txt"
 
 # run NAME [CLASSES_DIR]: the GPU-tagged tests; sets rc, secs, counts
@@ -68,7 +73,7 @@ if [ "${SKIP_BASELINE:-0}" != 1 ]; then
   if [ "$rc" -ne 0 ] || [ "$(successful)" -eq 0 ]; then
     tail -n 30 "$LOGS/baseline.log"
     echo "the unmutated GPU tests did not pass (exit $rc; $counts): no verdict is possible"
-    tar czf "$OUT/gpu-mutant-logs.tgz" -C /tmp mutation-gpu
+    tar czf "$OUT/gpu-mutant-logs.tgz" -C "$work" logs
     exit 1
   fi
   echo "baseline: GPU tests green in ${secs} s ($counts)"
@@ -108,6 +113,6 @@ done
   echo
   printf '%s\n' "${table[@]}"
 } > "$OUT/gpu-mutants.md"
-tar czf "$OUT/gpu-mutant-logs.tgz" -C /tmp mutation-gpu
+tar czf "$OUT/gpu-mutant-logs.tgz" -C "$work" logs
 echo
 cat "$OUT/gpu-mutants.md"
