@@ -11,7 +11,7 @@
                                      (run there by scripts/mutation/run-gpu.sh OUT_DIR)
   plant.py gpu-record --label L gpu-mutants.md
                                      puts the table run-gpu.sh printed into results-L.md
-  plant.py pit-report [MUTATIONS_XML] [--label L]
+  plant.py pit-report [MUTATIONS_XML ...] [--label L]
                                      mutation score per package of a PIT run (-Pmutation)
 
 Every edit is undone in a finally block (git checkout -- FILE), Ctrl-C and SIGTERM included.
@@ -394,11 +394,23 @@ def cmd_gpu_pack(args):
 
 
 def cmd_pit_report(args):
-    path = args.xml or os.path.join(ROOT, "target", "pit-reports", "mutations.xml")
-    if not os.path.exists(path):
-        sys.exit("no %s: run mvn -Pmutation ... first (see scripts/mutation/README.md)" % path)
+    paths = args.xml
+    if not paths:
+        top = os.path.join(ROOT, "target", "pit-reports")
+        paths = sorted(os.path.join(d, "mutations.xml") for d, _, ns in os.walk(top) if "mutations.xml" in ns)
+    if not paths:
+        sys.exit("no mutations.xml under target/pit-reports: run mvn -Pmutation test first (see scripts/mutation/README.md)")
     per = {}
-    for mu in ET.parse(path).getroot().iter("mutation"):
+    seen = set()
+    mutations = []
+    for path in paths:
+        for mu in ET.parse(path).getroot().iter("mutation"):
+            key = (mu.findtext("mutatedClass"), mu.findtext("mutatedMethod"), mu.findtext("methodDescription"), mu.findtext("lineNumber"),
+                   mu.findtext("mutator"), mu.findtext("indexes") or mu.findtext("index"))
+            if key not in seen:  # parts run apart may overlap
+                seen.add(key)
+                mutations.append(mu)
+    for mu in mutations:
         cls = mu.findtext("mutatedClass") or ""
         pkg = cls.rsplit(".", 1)[0]
         status = mu.get("status")
@@ -428,7 +440,7 @@ def cmd_pit_report(args):
     print(text)
     if args.label:
         head = ["## PIT (-Pmutation)", "",
-                "Mutation score = killed / all mutants (no coverage counts as not killed), from %s." % os.path.relpath(path, ROOT)]
+                "Mutation score = killed / all mutants (no coverage counts as not killed), from %s." % ", ".join(os.path.relpath(p, ROOT) for p in paths)]
         if args.note:
             head += ["", args.note]
         print("written to " + os.path.relpath(update_section(args.label, "pit", "\n".join(head + ["", text])), ROOT))
@@ -460,7 +472,7 @@ def main():
     c.add_argument("--ids")
     c.add_argument("--jre", help="a jre.tgz to ship (default: .device/jre.tgz, else one made with jlink)")
     c = sub.add_parser("pit-report")
-    c.add_argument("xml", nargs="?")
+    c.add_argument("xml", nargs="*", help="PIT mutations.xml files (default: every one under target/pit-reports)")
     c.add_argument("--label", help="also write the table into scripts/mutation/results-LABEL.md")
     c.add_argument("--note", help="a line put above the table (e.g. the scope and the time it took)")
     c = sub.add_parser("gpu-record")
