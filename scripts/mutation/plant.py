@@ -403,10 +403,16 @@ def cmd_pit_report(args):
     per = {}
     seen = set()
     mutations = []
-    for path in paths:
-        for mu in ET.parse(path).getroot().iter("mutation"):
+    for path in list(paths):
+        try:
+            root = ET.parse(path).getroot()
+        except ET.ParseError:
+            print("skipping %s: not a finished PIT report" % os.path.relpath(path, ROOT), file=sys.stderr)
+            paths.remove(path)
+            continue
+        for mu in root.iter("mutation"):
             key = (mu.findtext("mutatedClass"), mu.findtext("mutatedMethod"), mu.findtext("methodDescription"), mu.findtext("lineNumber"),
-                   mu.findtext("mutator"), mu.findtext("indexes") or mu.findtext("index"))
+                   mu.findtext("mutator"), tuple(i.text for i in mu.iter("index")), mu.findtext("description"))
             if key not in seen:  # parts run apart may overlap
                 seen.add(key)
                 mutations.append(mu)
@@ -426,21 +432,24 @@ def cmd_pit_report(args):
             d["survived"] += 1
         else:
             d["other"] += 1
-    rows = ["| package | mutants | killed | survived | no coverage | mutation score |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| package | mutants | killed | survived | no coverage | mutation score | test strength |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
     tot = {"total": 0, "killed": 0, "survived": 0, "no_coverage": 0}
     for pkg in sorted(per):
         d = per[pkg]
         for k in tot:
             tot[k] += d[k]
-        rows.append("| %s | %d | %d | %d | %d | %.0f%% |" % (pkg.replace("org.loramerge.", ""), d["total"], d["killed"], d["survived"],
-                                                           d["no_coverage"], 100.0 * d["killed"] / max(1, d["total"])))
-    rows.append("| **all** | %d | %d | %d | %d | **%.0f%%** |" % (tot["total"], tot["killed"], tot["survived"], tot["no_coverage"],
-                                                                  100.0 * tot["killed"] / max(1, tot["total"])))
+        rows.append("| %s | %d | %d | %d | %d | %.0f%% | %.0f%% |" % (
+            pkg.replace("org.loramerge.", ""), d["total"], d["killed"], d["survived"], d["no_coverage"],
+            100.0 * d["killed"] / max(1, d["total"]), 100.0 * d["killed"] / max(1, d["total"] - d["no_coverage"])))
+    rows.append("| **all** | %d | %d | %d | %d | **%.0f%%** | %.0f%% |" % (
+        tot["total"], tot["killed"], tot["survived"], tot["no_coverage"], 100.0 * tot["killed"] / max(1, tot["total"]),
+        100.0 * tot["killed"] / max(1, tot["total"] - tot["no_coverage"])))
     text = "\n".join(rows)
     print(text)
     if args.label:
         head = ["## PIT (-Pmutation)", "",
-                "Mutation score = killed / all mutants (no coverage counts as not killed), from %s." % ", ".join(os.path.relpath(p, ROOT) for p in paths)]
+                "Mutation score = killed / all mutants (no coverage counts as not killed); test strength = killed / mutants some test reaches; from %s." % ", ".join(os.path.relpath(p, ROOT) for p in paths)]
         if args.note:
             head += ["", args.note]
         print("written to " + os.path.relpath(update_section(args.label, "pit", "\n".join(head + ["", text])), ROOT))
