@@ -37,9 +37,15 @@ public final class ExactMath {
         return c > 0 ? above : c < 0 ? below : y;
     }
 
-    /** The exact W + Σ s·U_i·V_j for element (row, col) of a job whose source value there is {@code w}. */
+    /**
+     * The exact W + Σ s·U_i·V_j for element (row, col) of a job whose source value there is {@code w};
+     * for a dense combination, W + Δ with Δ its float64 delta ({@link DenseCombination}).
+     */
     public static BigDecimal plain(TensorJob job, double w, long row, int col) {
         BigDecimal x = new BigDecimal(w);
+        if (job.dense() != null) {
+            return x.add(new BigDecimal(job.dense().deltaAt(row, col))); // W + Δ, Δ defined in float64
+        }
         int i = Math.toIntExact(row);
         for (LowRankTerm t : job.terms()) {
             int r = t.rank();

@@ -12,7 +12,8 @@ import org.loramerge.plan.TensorSource;
  * {@link OutputTensor.Route#ROWS} and {@link OutputTensor.Route#ROWS_AFTER_COLUMN_NORMS}: the
  * tensor cut into row blocks of about a streaming block each; a worker reads a block's source
  * rows (in the form the engine asks for), has the engine merge them into one of the circulating
- * output buffers, and the writing thread writes the buffers in order.
+ * output buffers, and the writing thread writes the buffers in order. A combination that keeps
+ * the top D by magnitude first runs its selection passes ({@link MagnitudeSelection}).
  */
 final class RowMerge implements TensorStrategy {
     static final RowMerge INSTANCE = new RowMerge();
@@ -31,6 +32,9 @@ final class RowMerge implements TensorStrategy {
         TensorMerge merge = ctx.backend.openMerge(job);
         if (t.route() == OutputTensor.Route.ROWS_AFTER_COLUMN_NORMS) {
             ColumnNorms.compute(ctx, job, merge, rowsPerBlock);
+        }
+        if (job.needsSelection()) {
+            MagnitudeSelection.compute(ctx, job, merge, rowsPerBlock);
         }
         TensorSource.Form form = merge.input();
         CheckpointWriter.Shard shard = ctx.shard;

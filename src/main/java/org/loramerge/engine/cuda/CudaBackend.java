@@ -88,7 +88,8 @@ public final class CudaBackend implements Backend {
             return false;
         }
         // a tensor without terms and with its own dtype is a byte copy and never reaches a backend
-        return job.terms().size() == 1 && job.out().terms().get(0).layout() != Layout.BIAS;
+        boolean bias = job.out().terms().stream().anyMatch(t -> t.layout() == Layout.BIAS);
+        return job.dense() == null && job.terms().size() == 1 && !bias;
     }
 
     @Override

@@ -66,6 +66,11 @@ final class CudaTensorMerge implements TensorMerge {
         CpuMerge.columnSums(job, row0, rowCount, values, sumSq, sumErr); // DoRA tensors run on the CPU; never reached
     }
 
+    @Override
+    public void countSelection(long row0, int rowCount) {
+        job.dense().countRows(row0, rowCount); // dense combinations run on the CPU engine; never reached
+    }
+
     /** Queues W of rows [row0, row0 + rowCount) into the worker's input buffer. */
     void load(DeviceWorker w, long row0, int rowCount, ByteBuffer src) {
         long n = (long) rowCount * job.cols();
