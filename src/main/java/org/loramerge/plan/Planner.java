@@ -1,10 +1,13 @@
 package org.loramerge.plan;
 
 import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import java.io.IOException;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.Collections;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
@@ -49,6 +52,8 @@ public final class Planner {
     private final List<LoraAdapter> adapters;
     /** How the adapters combine; null for the merge of one adapter. */
     private final Combination combination;
+    /** True when the combination is written as a new adapter ({@code combine}) rather than merged. */
+    private final boolean adapterOutput;
     /** The adapter being planned, its position and its config. */
     private LoraAdapter adapter;
     private int adapterIndex;
@@ -71,6 +76,8 @@ public final class Planner {
     private final Map<String, long[]> shapes = new LinkedHashMap<>();
     private String embedName;
     private boolean tied;
+    /** The vocabulary size an adapter resized to, or null. */
+    private Long newVocab;
 
     /** The work on one output tensor, gathered from the adapter keys. */
     private static final class Ops {
@@ -99,10 +106,11 @@ public final class Planner {
     private record KeyGroups(Map<String, Parts> modules, Map<String, AdapterKey> replacements) {
     }
 
-    private Planner(Checkpoint base, List<LoraAdapter> adapters, PlanOptions options, Combination combination) {
+    private Planner(Checkpoint base, List<LoraAdapter> adapters, PlanOptions options, Combination combination, boolean adapterOutput) {
         this.base = base;
         this.adapters = List.copyOf(adapters);
         this.combination = combination;
+        this.adapterOutput = adapterOutput;
         this.options = options;
         select(0);
     }
@@ -123,7 +131,7 @@ public final class Planner {
     public static MergePlan plan(Checkpoint base, LoraAdapter adapter, PlanOptions options)
             throws AdapterException, IOException, QuantException, UsageException {
         try {
-            return new Planner(base, List.of(adapter), options, null).build();
+            return new Planner(base, List.of(adapter), options, null, false).build();
         } catch (CombineException e) {
             throw new IllegalStateException("one adapter is never combined", e);
         }
@@ -142,10 +150,46 @@ public final class Planner {
         if (adapters.isEmpty() || combination.weights().size() != adapters.size()) {
             throw new IllegalArgumentException("one weight per adapter, and at least one adapter");
         }
-        return new Planner(base, adapters, options, combination).build();
+        return new Planner(base, adapters, options, combination, false).build();
+    }
+
+    /**
+     * Plans {@code combine}: the adapters checked against the base as for a merge, and the new
+     * adapter PEFT's add_weighted_adapter would make of them (docs/FORMATS.md §8): one combined
+     * update per module, the new rank, and the new adapter_config.json. The base is only read for
+     * shapes; a 4-bit base is fine.
+     *
+     * @throws CombineException when the adapters cannot be combined into one adapter (DoRA,
+     *                          lora_bias, token rows, tensors they replace, unequal ranks where
+     *                          the method needs equal ones, ...)
+     */
+    public static AdapterPlan planAdapter(Checkpoint base, List<LoraAdapter> adapters, Combination combination)
+            throws AdapterException, CombineException, IOException, QuantException, UsageException {
+        if (adapters.isEmpty() || combination.weights().size() != adapters.size() || !combination.method().isLowRank()) {
+            throw new IllegalArgumentException("one weight per adapter, at least one adapter, and a method with a low-rank result");
+        }
+        Planner p = new Planner(base, adapters, PlanOptions.defaults(), combination, true);
+        p.prepare();
+        List<Map<String, Ops>> perAdapter = p.planAdapters();
+        p.ops = p.combine(perAdapter);
+        return p.adapterPlan(perAdapter);
     }
 
     private MergePlan build() throws AdapterException, CombineException, IOException, QuantException, UsageException {
+        prepare();
+        List<Map<String, Ops>> perAdapter = planAdapters();
+        ops = combination == null ? perAdapter.get(0) : combine(perAdapter);
+        boolean untie = resolveTiedEmbeddings();
+        List<OutputTensor> outputs = outputTensors(untie);
+        for (int i = 0; i < adapters.size(); i++) {
+            select(i);
+            placeKeys(perAdapter.get(i));
+        }
+        return new MergePlan(outputs, assignShards(outputs), updatedConfig(newVocab, untie), base.nonWeightFiles(), keyUse, warnings, notes);
+    }
+
+    /** The base's side: its warnings, quantized weights and what they become, embeddings, shapes. */
+    private void prepare() throws IOException, QuantException, UsageException {
         warnings.addAll(base.warnings());
         for (LoraAdapter a : adapters) {
             for (String w : a.config().warnings()) {
@@ -153,15 +197,19 @@ public final class Planner {
             }
         }
         quant = WeightFormats.detect(base);
-        settleTarget();
+        if (!adapterOutput) {
+            settleTarget();
+        }
         warnings.addAll(quant.warnings());
         embedName = findEmbedding();
         boolean tieFlag = base.config() == null || base.config().path("tie_word_embeddings").asBoolean(true);
         tied = tieFlag && embedName != null && base.tensor(LM_HEAD) == null;
         collectShapes();
+    }
 
+    /** Each adapter planned against the base on its own: the work it asks on every tensor, in adapter order. */
+    private List<Map<String, Ops>> planAdapters() throws AdapterException, IOException {
         List<Map<String, Ops>> perAdapter = new ArrayList<>();
-        Long newVocab = null;
         for (int i = 0; i < adapters.size(); i++) {
             select(i);
             ops = new LinkedHashMap<>();
@@ -187,14 +235,7 @@ public final class Planner {
         if (newVocab != null) {
             notes.add("vocabulary resized to " + newVocab + " rows by the adapter; config.json vocab_size follows");
         }
-        ops = combination == null ? perAdapter.get(0) : combine(perAdapter);
-        boolean untie = resolveTiedEmbeddings();
-        List<OutputTensor> outputs = outputTensors(untie);
-        for (int i = 0; i < adapters.size(); i++) {
-            select(i);
-            placeKeys(perAdapter.get(i));
-        }
-        return new MergePlan(outputs, assignShards(outputs), updatedConfig(newVocab, untie), base.nonWeightFiles(), keyUse, warnings, notes);
+        return perAdapter;
     }
 
     /**
@@ -351,7 +392,13 @@ public final class Planner {
                             + " (trainable_token_indices); token rows cannot be combined with other adapters (PEFT's "
                             + "add_weighted_adapter drops them). Merge that adapter on its own");
                 }
-                if (o.replacement != null) {
+                if (o.replacement != null && adapterOutput) {
+                    if (!sameValues(o.replacement, baseSource(name))) {
+                        throw new CombineException(CombineException.Reason.UNSUPPORTED, who + " replaces " + name + " with its own values "
+                                + "(modules_to_save, a resized vocabulary or bias=\"all\"); a combined adapter cannot carry that. Merge "
+                                + "that adapter into the base first and combine the others on its output");
+                    }
+                } else if (o.replacement != null) {
                     if (c.replacement == null) {
                         c.replacement = o.replacement;
                         replacedBy = i;
@@ -362,12 +409,17 @@ public final class Planner {
                     }
                 }
                 for (TermSpec t : o.terms) {
+                    if (t.layout() == Layout.BIAS && adapterOutput) {
+                        throw new CombineException(CombineException.Reason.UNSUPPORTED, who + " has lora_bias (" + t.module()
+                                + ".lora_B.bias), which a combined adapter cannot carry (PEFT's add_weighted_adapter drops it). Merge with "
+                                + "merge --combine cat or task_arithmetic, which add it exactly");
+                    }
                     if (t.layout() == Layout.BIAS && !method.isExact()) {
                         throw new CombineException(CombineException.Reason.UNSUPPORTED, who + " has lora_bias (" + t.module()
                                 + ".lora_B.bias); " + method.cliName() + " cannot combine it (only cat and task_arithmetic, which add "
                                 + "every term exactly, can). Use one of those, or merge that adapter on its own");
                     }
-                    if (method.isExact()) {
+                    if (method.isExact() && !adapterOutput) {
                         double w = combination.weight(i);
                         double factor = method == CombineMethod.TASK_ARITHMETIC ? combination.lambda() * w : w;
                         c.terms.add(t.withScale(factor * t.scale())); // (λ·w)·s in double, as PEFT's w·s (docs/FORMATS.md §8)
@@ -435,6 +487,75 @@ public final class Planner {
             return false;
         }
         return x.file().readAll(x.info()).equals(y.file().readAll(y.info()));
+    }
+
+    /** The base tensor {@code name} as a source (a tied lm_head reads the embedding). */
+    private TensorSource baseSource(String name) {
+        String stored = name.equals(LM_HEAD) && tied ? embedName : name;
+        return new TensorSource(base.fileOf(stored), base.tensor(stored));
+    }
+
+    /**
+     * The new adapter of {@code combine}: one module per tensor with a combined update, its
+     * factors' shapes at the new rank, and adapter_config.json as PEFT 0.21 writes it for the
+     * combination (adapters[0]'s config with r = lora_alpha = the new rank, the patterns emptied
+     * and the targeting rules replaced by the modules written), except that use_rslora is false:
+     * PEFT keeps adapters[0]'s, which scales the combination by sqrt(r) (docs/FORMATS.md §8).
+     */
+    private AdapterPlan adapterPlan(List<Map<String, Ops>> perAdapter) throws IOException, CombineException {
+        List<AdapterPlan.Module> modules = new ArrayList<>();
+        int rank = 0;
+        for (Map.Entry<String, Ops> e : ops.entrySet()) {
+            CombinedUpdate u = e.getValue().combined;
+            if (u == null) {
+                continue; // a replacement equal to the base (an embedding's base_layer copy): nothing to carry
+            }
+            TermSpec first = u.parts().get(0).term();
+            modules.add(new AdapterPlan.Module(u.module(), u, shapes.get(e.getKey()), first.a().info().shape(), first.b().info().shape()));
+        }
+        if (modules.isEmpty()) {
+            throw new CombineException(CombineException.Reason.UNSUPPORTED, "the adapters have no LoRA factors (lora_A/lora_B) to combine; "
+                    + "check that these are the adapter folders you meant");
+        }
+        CombineMethod method = combination.method();
+        for (LoraAdapter a : adapters) {
+            int r = a.config().maxRank();
+            // peft _check_add_weighted_adapter: cat sums the adapters' ranks, the SVD methods default to the largest
+            rank = method == CombineMethod.CAT ? rank + r : Math.max(rank, r);
+        }
+        if (method.operand() == CombineMethod.Operand.SVD && combination.rank() > 0) {
+            rank = combination.rank();
+        }
+        for (AdapterPlan.Module m : modules) {
+            rank = Math.max(rank, m.combinedRank(method));
+        }
+        List<String> targets = new ArrayList<>();
+        for (AdapterPlan.Module m : modules) {
+            targets.add(m.module());
+        }
+        Collections.sort(targets);
+        ObjectNode cfg = (ObjectNode) new ObjectMapper().readTree(adapters.get(0).dir().resolve(LoraAdapter.CONFIG).toFile());
+        cfg.put("r", rank);
+        cfg.put("lora_alpha", rank);
+        cfg.put("use_rslora", false);
+        cfg.putObject("rank_pattern");
+        cfg.putObject("alpha_pattern");
+        ArrayNode t = cfg.putArray("target_modules");
+        targets.forEach(t::add);
+        for (String field : new String[] {"exclude_modules", "layers_to_transform", "layers_pattern", "modules_to_save",
+                "trainable_token_indices"}) {
+            cfg.putNull(field);
+        }
+        cfg.put("use_dora", false);
+        cfg.put("lora_bias", false);
+        cfg.put("bias", "none");
+        cfg.put("inference_mode", true);
+        for (int i = 0; i < adapters.size(); i++) {
+            select(i);
+            placeKeys(perAdapter.get(i));
+        }
+        notes.add("new adapter: rank " + rank + " (r = lora_alpha, scale 1), " + modules.size() + " modules");
+        return new AdapterPlan(modules, rank, cfg, keyUse, warnings, notes);
     }
 
     /**
