@@ -40,7 +40,7 @@ final class CombineOptions {
             throws UsageException, CombineException {
         CombineMethod m = CombineMethod.parse(method, choices);
         if (m == null) {
-            throw new UsageException("--combine " + method + ": " + command + " takes " + CombineMethod.names(choices));
+            throw new UsageException("--combine " + method + ": " + command + " takes " + CombineMethod.names(choices) + "; use one of those");
         }
         refuse(density != null && !m.usesDensity(), "--density", m);
         refuse(majoritySign != null && !m.usesMajoritySign(), "--majority-sign", m);
@@ -49,7 +49,7 @@ final class CombineOptions {
         refuse(svdClamp != null && m.operand() != CombineMethod.Operand.SVD, "--svd-clamp", m);
         refuse(lambda != null && m.family() != CombineMethod.Family.TASK_ARITHMETIC, "--lambda", m);
         if (m.usesDensity() && density == null) {
-            throw new UsageException("--combine " + m.cliName() + " needs --density D: the share of each adapter's values kept, in (0, 1]");
+            throw new UsageException("--combine " + m.cliName() + " needs --density D, the share of each adapter's values kept, in (0, 1]; add e.g. --density 0.5");
         }
         Combination.MajoritySign sign = Combination.MajoritySign.TOTAL;
         if (majoritySign != null) {
@@ -70,7 +70,7 @@ final class CombineOptions {
 
     private static void refuse(boolean given, String option, CombineMethod m) throws UsageException {
         if (given) {
-            throw new UsageException(option + " does not apply to --combine " + m.cliName() + " (docs/FORMATS.md §8 lists what each method takes)");
+            throw new UsageException(option + " does not apply to --combine " + m.cliName() + "; remove it (docs/FORMATS.md §8 lists what each method takes)");
         }
     }
 }

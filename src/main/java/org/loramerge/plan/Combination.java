@@ -53,15 +53,15 @@ public record Combination(CombineMethod method, List<Double> weights, double den
         }
         for (double w : weights) {
             if (!Double.isFinite(w)) {
-                throw new CombineException(CombineException.Reason.WEIGHTS, "--weights holds " + w + "; every weight must be a finite number");
+                throw new CombineException(CombineException.Reason.WEIGHTS, "--weights holds " + w + "; give a finite number for every adapter");
             }
         }
         if (!(density > 0 && density <= 1)) {
             throw new CombineException(CombineException.Reason.PARAMETER, "--density " + density
-                    + " is outside (0, 1]: it is the share of each adapter's values kept (1 keeps all, 0.2 keeps a fifth)");
+                    + " is outside (0, 1]: it is the share of each adapter's values kept; give a value such as 0.5 (1 keeps all, 0.2 keeps a fifth)");
         }
         if (!Double.isFinite(lambda)) {
-            throw new CombineException(CombineException.Reason.PARAMETER, "--lambda " + lambda + " is not a finite number");
+            throw new CombineException(CombineException.Reason.PARAMETER, "--lambda " + lambda + " is not a finite number; give one such as 1.0");
         }
         if (rank < 0) {
             throw new CombineException(CombineException.Reason.PARAMETER, "--rank " + rank + ": give a rank of 1 or more");

@@ -9,6 +9,19 @@ import java.util.Map;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.MethodSource;
+import org.junit.jupiter.params.provider.ValueSource;
+import org.loramerge.adapter.LoraAdapter;
+import org.loramerge.engine.Backend;
+import org.loramerge.engine.cpu.CpuBackend;
+import org.loramerge.pipeline.AtomicOutput;
+import org.loramerge.pipeline.MergeRunner;
+import org.loramerge.pipeline.Progress;
+import org.loramerge.plan.Combination;
+import org.loramerge.plan.CombineMethod;
+import org.loramerge.plan.MergePlan;
+import org.loramerge.plan.PlanOptions;
+import org.loramerge.plan.Planner;
+import org.loramerge.testutil.TinyModels;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.TensorInfo;
@@ -78,5 +91,40 @@ class CombineDenseTest {
             }
             assertEquals(expected.tensors().size(), adapted, "every tensor of the reference is in the base");
         }
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @ValueSource(strings = {"ties_total", "dare_ties", "magnitude_prune"})
+    void theBytesDoNotDependOnTheThreadCountOrTheBlockSize(String name) throws Exception {
+        JsonNode c = CombineCases.caseJson("dense", name);
+        JsonNode o = c.get("options");
+        CombineMethod method = CombineMethod.parse(o.get("method").asText(), CombineMethod.forMerge());
+        List<Double> weights = new ArrayList<>();
+        c.get("weights").forEach(w -> weights.add(w.asDouble()));
+        Combination how = Combination.of(method, weights.size(), weights, o.get("density").asDouble(),
+                Combination.MajoritySign.valueOf(o.path("majority").asText("total").toUpperCase(Locale.ROOT)), o.path("lam").asDouble(1.0),
+                o.path("seed").asLong(0), 0, null);
+        List<LoraAdapter> adapters = new ArrayList<>();
+        List<Map<String, String>> trees = new ArrayList<>();
+        try (Checkpoint base = Checkpoint.open(CombineCases.model(c))) {
+            for (JsonNode a : c.get("adapters")) {
+                adapters.add(LoraAdapter.open(CombineCases.ROOT.resolve("adapters").resolve(a.asText())));
+            }
+            int[][] runs = {{1, 128}, {3, Backend.DEFAULT_BLOCK_BYTES}, {2, 1000}};
+            for (int[] run : runs) {
+                MergePlan plan = Planner.plan(base, adapters, PlanOptions.defaults(), how);
+                Path out = tmp.resolve("out-" + run[0] + "-" + run[1]);
+                try (CpuBackend backend = new CpuBackend(run[0]); AtomicOutput o2 = AtomicOutput.create(out, false, List.of(CombineCases.ROOT))) {
+                    MergeRunner.run(plan, backend, o2, new MergeRunner.Options(false, run[1]), Progress.silent());
+                }
+                trees.add(TinyModels.hashTree(out));
+            }
+        } finally {
+            for (LoraAdapter a : adapters) {
+                a.close();
+            }
+        }
+        assertEquals(trees.get(0), trees.get(1), "1 thread and 1-row blocks against 3 threads and 8 MiB blocks");
+        assertEquals(trees.get(0), trees.get(2));
     }
 }
