@@ -26,7 +26,8 @@ import picocli.CommandLine.Option;
 
 @Command(name = "combine", mixinStandardHelpOptions = true, sortOptions = false,
         description = {"Combines several PEFT LoRA adapters of one base into a new PEFT adapter, as PEFT 0.21's add_weighted_adapter does "
-                + "(cat, linear, ties, dare_linear, dare_ties, magnitude_prune; docs/FORMATS.md §8), computed in float64 and rounded once.",
+                + "(cat, linear, ties, dare_linear, dare_ties, magnitude_prune and the svd methods; docs/FORMATS.md §8), "
+                + "computed in float64 and rounded once.",
                 "The base is read for shapes and to check that every adapter belongs to it. The output appears only when complete."})
 final class CombineCommand implements Callable<Integer> {
     @Option(names = "--base", required = true, paramLabel = "MODEL_DIR", description = "the base model the adapters were trained on")
@@ -36,7 +37,8 @@ final class CombineCommand implements Callable<Integer> {
     List<Path> adapters;
 
     @Option(names = "--combine", required = true, paramLabel = "METHOD",
-            description = "PEFT's combination_type: cat, linear, ties, dare_linear, dare_ties, magnitude_prune")
+            description = "PEFT's combination_type: cat, linear, ties, dare_linear, dare_ties, magnitude_prune, svd, ties_svd, "
+                    + "dare_linear_svd, dare_ties_svd, magnitude_prune_svd")
     String combine;
 
     @Mixin

@@ -42,8 +42,8 @@ import picocli.CommandLine.Option;
                 "Every merged value is W + s·B·A (or DoRA's rescaling) computed exactly and rounded once. "
                         + "The output appears only when complete; the inputs are never changed.",
                 "Several adapters (--adapter A1 --adapter A2 ...) are combined in the same pass with --combine METHOD: "
-                        + "cat or task_arithmetic (exact: W + Σ w·s·B·A), PEFT's linear, or ties, dare_linear, dare_ties, "
-                        + "magnitude_prune on the dense deltas (docs/FORMATS.md §8)."})
+                        + "cat or task_arithmetic (exact: W + Σ w·s·B·A), PEFT's linear and svd methods, or ties, dare_linear, "
+                        + "dare_ties, magnitude_prune on the dense deltas (docs/FORMATS.md §8)."})
 final class MergeCommand implements Callable<Integer> {
     @Option(names = "--base", required = true, paramLabel = "MODEL_DIR", description = "base model folder (config.json + model.safetensors or shards)")
     Path base;
@@ -53,7 +53,7 @@ final class MergeCommand implements Callable<Integer> {
     List<Path> adapters;
 
     @Option(names = "--combine", paramLabel = "METHOD", description = "how several adapters combine: cat, task_arithmetic, linear, ties, "
-            + "dare_linear, dare_ties, magnitude_prune (docs/FORMATS.md §8)")
+            + "dare_linear, dare_ties, magnitude_prune, svd, ties_svd, dare_linear_svd, dare_ties_svd, magnitude_prune_svd (docs/FORMATS.md §8)")
     String combine;
 
     @Mixin

@@ -74,7 +74,8 @@ public final class TensorJob {
         CombinedUpdate combined = out.combined();
         if (combined != null) {
             switch (combined.how().method().operand()) {
-                case FACTORS: {
+                case FACTORS:
+                case SVD: {
                     // one low-rank term with scale 1, its factors combined in float64 (FactorCombination)
                     FactorCombination.Factors f = FactorCombination.combine(combined);
                     double[][] uv = TermSpec.uv(combined.layout(), f.rank(), f.a(), f.b(), out.rows(), out.cols());
@@ -85,8 +86,6 @@ public final class TensorJob {
                 case DELTAS:
                     dense = DenseCombination.load(combined, out.rows(), out.cols());
                     break;
-                default:
-                    throw new IllegalStateException(combined.how().method() + " is not computed by this engine");
             }
         }
         double[] magnitude = out.dora() == null ? null : out.dora().magnitude().readDoubles();

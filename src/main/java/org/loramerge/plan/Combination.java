@@ -73,6 +73,11 @@ public record Combination(CombineMethod method, List<Double> weights, double den
         return new Combination(method, weights, density, majority, lambda, seed, rank, svdClamp);
     }
 
+    /** This combination with the SVD methods' rank set. */
+    public Combination withRank(int newRank) {
+        return new Combination(method, weights, density, majority, lambda, seed, newRank, svdClamp);
+    }
+
     /** The weight of adapter {@code i}. */
     public double weight(int i) {
         return weights.get(i);

@@ -155,13 +155,13 @@ public enum CombineMethod {
     }
 
     /**
-     * The methods {@code merge --combine} takes: cat, PEFT's linear and the task-arithmetic family
-     * (so the names PEFT shares with it mean the dense methods here).
+     * The methods {@code merge --combine} takes: cat, PEFT's linear and SVD methods, and the
+     * task-arithmetic family (so the names PEFT shares with it mean the dense methods here).
      */
     public static List<CombineMethod> forMerge() {
         List<CombineMethod> out = new ArrayList<>();
         for (CombineMethod m : values()) {
-            if (m.isAvailable() && (m.operand != Operand.FACTORS || m == CAT || m == LINEAR)) {
+            if (m.operand != Operand.FACTORS || m == CAT || m == LINEAR) {
                 out.add(m);
             }
         }
@@ -172,17 +172,13 @@ public enum CombineMethod {
     public static List<CombineMethod> forCombine() {
         List<CombineMethod> out = new ArrayList<>();
         for (CombineMethod m : values()) {
-            if (m.isAvailable() && m.family == Family.PEFT) {
+            if (m.family == Family.PEFT) {
                 out.add(m);
             }
         }
         return out;
     }
 
-    /** False for the SVD methods, which need the truncated SVD of org.loramerge.linalg (issue 14) and are not offered without it. */
-    private boolean isAvailable() {
-        return operand != Operand.SVD;
-    }
 
     /** The method of {@code name} among {@code choices}, or null. */
     public static CombineMethod parse(String name, List<CombineMethod> choices) {

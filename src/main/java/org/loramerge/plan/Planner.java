@@ -50,8 +50,8 @@ public final class Planner {
 
     private final Checkpoint base;
     private final List<LoraAdapter> adapters;
-    /** How the adapters combine; null for the merge of one adapter. */
-    private final Combination combination;
+    /** How the adapters combine (the SVD methods' rank resolved); null for the merge of one adapter. */
+    private Combination combination;
     /** True when the combination is written as a new adapter ({@code combine}) rather than merged. */
     private final boolean adapterOutput;
     /** The adapter being planned, its position and its config. */
@@ -113,6 +113,13 @@ public final class Planner {
         this.adapterOutput = adapterOutput;
         this.options = options;
         select(0);
+        if (combination != null && combination.method().operand() == CombineMethod.Operand.SVD && combination.rank() == 0) {
+            int r = 0;
+            for (LoraAdapter a : adapters) {
+                r = Math.max(r, a.config().maxRank()); // peft: svd_rank or max(adapters_ranks)
+            }
+            this.combination = combination.withRank(r);
+        }
     }
 
     private void select(int i) {

@@ -21,7 +21,13 @@ import org.loramerge.format.DType;
 import org.loramerge.format.FloatFormat;
 import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.TensorInfo;
+import org.loramerge.engine.DenseCombination;
+import org.loramerge.engine.FactorCombination;
+import org.loramerge.engine.LowRankTerm;
+import org.loramerge.plan.AdapterPlan;
 import org.loramerge.plan.CombineMethod;
+import org.loramerge.plan.CombinedUpdate;
+import org.loramerge.plan.Layout;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.PlanOptions;
@@ -43,28 +49,37 @@ class CombinePeftTest {
     @TempDir
     Path tmp;
 
-    /** The cases whose method combine offers (the SVD methods need org.loramerge.linalg). */
+    /** Every PEFT case: combine offers every add_weighted_adapter method. */
     static Stream<String> combineCases() throws Exception {
+        return CombineCases.cases("peft");
+    }
+
+    /** The cases whose method means PEFT's in merge too: cat, linear and the SVD methods. */
+    static Stream<String> mergeCases() throws Exception {
         List<String> out = new ArrayList<>();
         for (String c : CombineCases.cases("peft").toList()) {
-            String method = CombineCases.caseJson("peft", c).get("add_weighted_adapter").get("combination_type").asText();
-            if (CombineMethod.parse(method, CombineMethod.forCombine()) != null) {
+            CombineMethod m = method(CombineCases.caseJson("peft", c));
+            CombineMethod inMerge = CombineMethod.parse(m.cliName(), CombineMethod.forMerge());
+            if (inMerge == m) {
                 out.add(c);
             }
         }
         return out.stream();
     }
 
-    /** The cases whose method means PEFT's in merge too: cat and linear. */
-    static Stream<String> mergeCases() throws Exception {
+    /** The cases of the SVD methods. */
+    static Stream<String> svdCases() throws Exception {
         List<String> out = new ArrayList<>();
         for (String c : CombineCases.cases("peft").toList()) {
-            String method = CombineCases.caseJson("peft", c).get("add_weighted_adapter").get("combination_type").asText();
-            if (method.equals("cat") || method.equals("linear")) {
+            if (method(CombineCases.caseJson("peft", c)).operand() == CombineMethod.Operand.SVD) {
                 out.add(c);
             }
         }
         return out.stream();
+    }
+
+    private static CombineMethod method(JsonNode c) {
+        return CombineMethod.parse(c.get("add_weighted_adapter").get("combination_type").asText(), CombineMethod.forCombine());
     }
 
     private static List<String> combineArgs(JsonNode c) {
@@ -114,6 +129,12 @@ class CombinePeftTest {
             mine.tensors().forEach(t -> myKeys.add(t.name()));
             assertEquals(peftKeys.stream().filter(k -> k.contains(".lora_")).sorted().toList(), myKeys.stream().sorted().toList(),
                     name + ": the same LoRA keys as PEFT's combined adapter");
+            if (method(c).operand() == CombineMethod.Operand.SVD) {
+                if (!c.get("add_weighted_adapter").has("svd_clamp")) {
+                    compareProducts(name, mine, peft);
+                } // else the clamp depends on the singular vectors' signs: svdClampClampsBothFactors... compares it
+                return;
+            }
             for (TensorInfo p : peft.tensors()) {
                 if (!p.name().contains(".lora_")) {
                     continue; // PEFT also saves an embedding's base_layer copy, which equals the base
@@ -147,7 +168,9 @@ class CombinePeftTest {
                 adapter.toString(), "--out", out.toString()));
         assertEquals(0, r[0], (String) r[1]);
         double factor = name.equals("rslora_cat") ? Math.sqrt(8) : 1; // PEFT 0.21 keeps use_rslora: its scale is sqrt(r) = sqrt(8)
-        comparePeftMerged(name, c, out, factor);
+        if (!c.get("add_weighted_adapter").has("svd_clamp")) { // the clamp depends on the singular vectors' signs, which are LAPACK's in PEFT
+            comparePeftMerged(name, c, out, factor);
+        }
     }
 
     @ParameterizedTest(name = "{0}")
@@ -160,18 +183,16 @@ class CombinePeftTest {
         Object[] r = CombineCases.run(args);
         assertEquals(0, r[0], (String) r[1]);
         double factor = name.equals("rslora_cat") ? Math.sqrt(8) : 1;
-        comparePeftMerged(name, c, out, factor);
+        if (!c.get("add_weighted_adapter").has("svd_clamp")) {
+            comparePeftMerged(name, c, out, factor);
+        }
         // every adapted element is the exact merge of the planned combination, rounded once
         List<LoraAdapter> adapters = new ArrayList<>();
         try (Checkpoint base = Checkpoint.open(CombineCases.model(c)); Checkpoint ours = Checkpoint.open(out)) {
             for (JsonNode a : c.get("adapters")) {
                 adapters.add(LoraAdapter.open(CombineCases.ROOT.resolve("adapters").resolve(a.asText())));
             }
-            List<Double> weights = new ArrayList<>();
-            c.get("weights").forEach(w -> weights.add(w.asDouble()));
-            CombineMethod method = CombineMethod.parse(c.get("add_weighted_adapter").get("combination_type").asText(), CombineMethod.forMerge());
-            MergePlan plan = Planner.plan(base, adapters, PlanOptions.defaults(), org.loramerge.plan.Combination.of(method, adapters.size(),
-                    weights, 1, org.loramerge.plan.Combination.MajoritySign.TOTAL, 1, 0, 0, null));
+            MergePlan plan = Planner.plan(base, adapters, PlanOptions.defaults(), combination(c, CombineMethod.forMerge()));
             for (OutputTensor t : plan.tensors()) {
                 if (!t.isAdapted()) {
                     continue;
@@ -238,6 +259,193 @@ class CombinePeftTest {
                 assertTrue(changed, name + ": " + e.getKey() + " is changed by PEFT and must be by us");
             }
         }
+    }
+
+    /**
+     * SVD methods: the singular vectors of a truncated SVD are PEFT's only up to sign (and, beyond
+     * Δ's rank, not at all), so the products B'·A' are compared, within 2^-14 of the largest
+     * (PEFT's SVD and its sums are float32).
+     */
+    private static void compareProducts(String name, SafetensorsFile mine, SafetensorsFile peft) throws Exception {
+        for (TensorInfo p : peft.tensors()) {
+            if (!p.name().contains(".lora_B") && !p.name().contains(".lora_embedding_B")) {
+                continue;
+            }
+            String aKey = p.name().replace("lora_B", "lora_A").replace("lora_embedding_B", "lora_embedding_A");
+            double[] pp = product(CombineCases.values(peft, p), CombineCases.values(peft, peft.tensor(aKey)), p.shape());
+            double[] mp = product(CombineCases.values(mine, mine.tensor(p.name())), CombineCases.values(mine, mine.tensor(aKey)), p.shape());
+            double scale = 0;
+            for (double v : pp) {
+                scale = Math.max(scale, Math.abs(v));
+            }
+            for (int i = 0; i < pp.length; i++) {
+                assertTrue(Math.abs(pp[i] - mp[i]) <= 0x1p-14 * scale, name + " " + p.name() + " B'·A' element " + i + ": ours " + mp[i]
+                        + ", PEFT " + pp[i]);
+            }
+        }
+    }
+
+    /** B [out, r(, 1...)] times A [r, rest] as a row-major [out, rest]. */
+    private static double[] product(double[] b, double[] a, long[] bShape) {
+        int out = (int) bShape[0];
+        int r = (int) bShape[1];
+        int rest = a.length / r;
+        double[] p = new double[out * rest];
+        for (int i = 0; i < out; i++) {
+            for (int k = 0; k < r; k++) {
+                for (int j = 0; j < rest; j++) {
+                    p[i * rest + j] += b[i * r + k] * a[k * rest + j];
+                }
+            }
+        }
+        return p;
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("svdCases")
+    void theTruncatedSvdIsWithinOnePercentOfTheOptimalRankRError(String name) throws Exception {
+        JsonNode c = CombineCases.caseJson("peft", name);
+        List<LoraAdapter> adapters = new ArrayList<>();
+        try (Checkpoint base = Checkpoint.open(CombineCases.model(c))) {
+            for (JsonNode a : c.get("adapters")) {
+                adapters.add(LoraAdapter.open(CombineCases.ROOT.resolve("adapters").resolve(a.asText())));
+            }
+            AdapterPlan plan = Planner.planAdapter(base, adapters, combination(c, CombineMethod.forCombine()));
+            for (AdapterPlan.Module m : plan.modules()) {
+                JsonNode want = c.get("svd").get(m.module());
+                CombinedUpdate u = m.update();
+                FactorCombination.Factors f = FactorCombination.svd(u);
+                // Δ in B·A layout, from the method's own definition (the dense combination, or the weighted sum)
+                boolean transposed = u.layout() == Layout.CONV1D || u.layout() == Layout.EMBEDDING;
+                long rows = m.weightShape()[0];
+                long cols = TensorInfo.numElements(m.weightShape()) / m.weightShape()[0];
+                double[] dense = denseDelta(u, rows, cols);
+                int baRows = (int) (transposed ? cols : rows);
+                int baCols = (int) (transposed ? rows : cols);
+                double err = 0;
+                double norm = 0;
+                for (int i = 0; i < baRows; i++) {
+                    for (int j = 0; j < baCols; j++) {
+                        double d = transposed ? dense[(int) (j * cols + i)] : dense[(int) (i * cols + j)];
+                        double p = 0;
+                        for (int k = 0; k < f.rank(); k++) {
+                            p += f.b()[i * f.rank() + k] * f.a()[k * baCols + j];
+                        }
+                        err += (d - p) * (d - p);
+                        norm += d * d;
+                    }
+                }
+                double optimal = want.get("optimal_residual").asDouble();
+                assertEquals(want.get("frobenius").asDouble(), Math.sqrt(norm), 1e-6 * Math.sqrt(norm), name + " " + m.module() + ": ‖Δ‖ as PEFT's");
+                assertTrue(Math.sqrt(err) <= 1.01 * optimal + 1e-12 * Math.sqrt(norm), name + " " + m.module() + ": rank-" + f.rank()
+                        + " error " + Math.sqrt(err) + ", optimal " + optimal);
+            }
+        } finally {
+            for (LoraAdapter a : adapters) {
+                a.close();
+            }
+        }
+    }
+
+    /** The combination's Δ in the weight's layout: Σ (w·s)·U·Vᵀ for svd, else the dense combination's. */
+    private static double[] denseDelta(CombinedUpdate u, long rows, long cols) throws Exception {
+        double[] out = new double[(int) (rows * cols)];
+        double[] row = new double[(int) cols];
+        if (u.how().method().rule() == CombineMethod.Rule.SUM) {
+            for (CombinedUpdate.Part p : u.parts()) {
+                LowRankTerm t = LowRankTerm.load(p.term(), rows, cols);
+                double c = p.weight() * t.scale();
+                for (int i = 0; i < rows; i++) {
+                    for (int j = 0; j < cols; j++) {
+                        double s = 0;
+                        for (int k = 0; k < t.rank(); k++) {
+                            s += t.u()[i * t.rank() + k] * t.vt()[k * (int) cols + j];
+                        }
+                        out[(int) (i * cols + j)] += c * s;
+                    }
+                }
+            }
+            return out;
+        }
+        DenseCombination d = DenseCombination.load(u, rows, cols);
+        d.selectAll(rows);
+        for (int i = 0; i < rows; i++) {
+            d.deltaRow(i, row);
+            System.arraycopy(row, 0, out, (int) (i * cols), (int) cols);
+        }
+        return out;
+    }
+
+    /**
+     * svd_clamp: our SVD's components turned to the signs of PEFT's (clamping keeps signs), then
+     * clamped by our rule, are PEFT's clamped factors: the quantile over both factors, its linear
+     * interpolation and the symmetric bounds are PEFT's.
+     */
+    @Test
+    void svdClampClampsBothFactorsToTheQuantileOfTheirValuesAsPeftDoes() throws Exception {
+        JsonNode c = CombineCases.caseJson("peft", "svd_clamp");
+        List<LoraAdapter> adapters = new ArrayList<>();
+        try (Checkpoint base = Checkpoint.open(CombineCases.model(c));
+             SafetensorsFile peft = SafetensorsFile.open(CombineCases.ROOT.resolve("peft/svd_clamp/adapter_model.safetensors"))) {
+            for (JsonNode a : c.get("adapters")) {
+                adapters.add(LoraAdapter.open(CombineCases.ROOT.resolve("adapters").resolve(a.asText())));
+            }
+            AdapterPlan plan = Planner.planAdapter(base, adapters, combination(c, CombineMethod.forCombine()));
+            int clampedSomewhere = 0;
+            for (AdapterPlan.Module m : plan.modules()) {
+                FactorCombination.Factors f = FactorCombination.svd(m.update());
+                double[] pb = CombineCases.values(peft, peft.tensor(m.bKey()));
+                double[] pa = CombineCases.values(peft, peft.tensor(m.aKey()));
+                int r = f.rank();
+                int out = pb.length / r;
+                int rest = pa.length / r;
+                double[] b = f.b().clone();
+                double[] a = f.a().clone();
+                for (int k = 0; k < r; k++) {
+                    double dot = 0;
+                    for (int i = 0; i < out; i++) {
+                        dot += b[i * r + k] * pb[i * r + k];
+                    }
+                    if (dot < 0) {
+                        for (int i = 0; i < out; i++) {
+                            b[i * r + k] = -b[i * r + k];
+                        }
+                        for (int j = 0; j < rest; j++) {
+                            a[k * rest + j] = -a[k * rest + j];
+                        }
+                    }
+                }
+                FactorCombination.Factors clamped = FactorCombination.clamp(new FactorCombination.Factors(a, b, r), 0.9);
+                double scale = 0;
+                for (double v : pb) {
+                    scale = Math.max(scale, Math.abs(v));
+                }
+                for (int i = 0; i < pb.length; i++) {
+                    assertEquals(pb[i], clamped.b()[i], 0x1p-16 * scale + 1e-7, m.bKey() + "[" + i + "]");
+                    clampedSomewhere += clamped.b()[i] != b[i] ? 1 : 0;
+                }
+                for (int i = 0; i < pa.length; i++) {
+                    assertEquals(pa[i], clamped.a()[i], 0x1p-16 + 1e-7, m.aKey() + "[" + i + "]");
+                    clampedSomewhere += clamped.a()[i] != a[i] ? 1 : 0;
+                }
+            }
+            assertTrue(clampedSomewhere > 0, "the 0.9 quantile clamps some values");
+        } finally {
+            for (LoraAdapter a : adapters) {
+                a.close();
+            }
+        }
+    }
+
+    /** The case's combination as the command line would make it. */
+    private static org.loramerge.plan.Combination combination(JsonNode c, List<CombineMethod> choices) throws Exception {
+        JsonNode kw = c.get("add_weighted_adapter");
+        List<Double> weights = new ArrayList<>();
+        c.get("weights").forEach(w -> weights.add(w.asDouble()));
+        return org.loramerge.plan.Combination.of(CombineMethod.parse(kw.get("combination_type").asText(), choices), weights.size(), weights,
+                kw.path("density").asDouble(1.0), org.loramerge.plan.Combination.MajoritySign.valueOf(
+                        kw.path("majority_sign_method").asText("total").toUpperCase(Locale.ROOT)), 1.0, 0, kw.path("svd_rank").asInt(0),
+                kw.has("svd_clamp") ? kw.get("svd_clamp").asDouble() : null);
     }
 
     @Test

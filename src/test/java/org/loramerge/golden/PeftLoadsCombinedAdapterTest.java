@@ -25,7 +25,8 @@ class PeftLoadsCombinedAdapterTest {
     Path tmp;
 
     @ParameterizedTest(name = "{0}")
-    @ValueSource(strings = {"cat", "linear", "ties_frequency", "magnitude_prune", "embedding_cat", "conv1d_linear", "different_modules"})
+    @ValueSource(strings = {"cat", "linear", "ties_frequency", "magnitude_prune", "embedding_cat", "conv1d_linear", "different_modules", "svd",
+            "ties_svd", "embedding_svd", "conv1d_svd"})
     void peftLoadsTheCombinedAdapterAndMergesItAsItsOwnCombination(String name) throws Exception {
         String python = System.getenv("PYTHON");
         assumeTrue(python != null && !python.isBlank(), "PYTHON is not set: no interpreter with PEFT to check the adapter with");
@@ -41,6 +42,9 @@ class PeftLoadsCombinedAdapterTest {
         }
         if (kw.has("majority_sign_method")) {
             args.addAll(List.of("--majority-sign", kw.get("majority_sign_method").asText()));
+        }
+        if (kw.has("svd_rank")) {
+            args.addAll(List.of("--rank", kw.get("svd_rank").asText()));
         }
         Object[] r = CombineCases.run(args);
         assertEquals(0, r[0], (String) r[1]);
