@@ -24,9 +24,9 @@ import org.loramerge.quant.Nf4Weight;
  * rounding boundary come back as a list and are recomputed exactly on the host with the CPU
  * engine's code ({@link HostSettle}), so the output is bit for bit the CPU engine's.
  *
- * <p>Tensors the GPU path does not cover (DoRA, token rows, bias terms, several terms, a dtype
- * conversion, a quantized format without device kernels) are merged by the CPU engine inside
- * this backend ({@link #onGpu}); they are small or rare.
+ * <p>Tensors the GPU path does not cover (DoRA, token rows, bias terms, the task-arithmetic
+ * family's dense combinations, a dtype conversion, a quantized format without device kernels)
+ * are merged by the CPU engine inside this backend ({@link #onGpu}).
  */
 public final class CudaBackend implements Backend {
     /** Pipeline threads (and streams) at most: each also copies blocks on the host, so more help until PCIe is full. */
@@ -77,8 +77,9 @@ public final class CudaBackend implements Backend {
 
     /**
      * Whether the GPU path computes this tensor (else the CPU engine does, inside this backend):
-     * one low-rank term, no DoRA, token rows or dtype conversion, and a dense source or an NF4
-     * one (dequantized on the device; an NF4 output is requantized there too).
+     * low-rank terms (several, from combined adapters, go up as one, {@link DeviceFactors#of}),
+     * no DoRA, token rows, bias term, dense combination or dtype conversion, and a dense source or
+     * an NF4 one (dequantized on the device; an NF4 output is requantized there too).
      */
     static boolean onGpu(TensorJob job) {
         if (job.srcFormat() == null || job.srcFormat() != job.dstFormat() || job.doraAxis() != null || job.tokenValues() != null) {
@@ -89,7 +90,7 @@ public final class CudaBackend implements Backend {
         }
         // a tensor without terms and with its own dtype is a byte copy and never reaches a backend
         boolean bias = job.out().terms().stream().anyMatch(t -> t.layout() == Layout.BIAS);
-        return job.dense() == null && job.terms().size() == 1 && !bias;
+        return job.dense() == null && !job.terms().isEmpty() && !bias;
     }
 
     @Override

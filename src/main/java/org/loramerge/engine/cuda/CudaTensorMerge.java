@@ -11,8 +11,8 @@ import org.loramerge.plan.TensorSource;
 import org.loramerge.quant.Nf4Weight;
 
 /**
- * A dense output tensor on the GPU (one low-rank term, W in the output dtype, or an NF4 weight
- * dequantized on the device). Per block: W goes up (as it is, or as packed codes), P = s·U·Vᵀ
+ * A dense output tensor on the GPU (its low-rank terms as one, W in the output dtype, or an NF4
+ * weight dequantized on the device). Per block: W goes up (as it is, or as packed codes), P = s·U·Vᵀ
  * and the fused add-and-round run on the worker's stream, the block comes back into the
  * pipeline's page-locked buffer, and the few ambiguous elements are settled exactly on the host.
  */
@@ -32,7 +32,7 @@ final class CudaTensorMerge implements TensorMerge {
         this.job = job;
         device.bindContext();
         this.nf4 = job.out().source().quantized() instanceof Nf4Weight ? (Nf4Weight) job.out().source().quantized() : null;
-        DeviceFactors f = new DeviceFactors(job.terms().get(0), device.pool());
+        DeviceFactors f = DeviceFactors.of(job.terms(), device.pool());
         DeviceMemory absmax = null;
         if (nf4 != null) {
             try (CudaStream s = new CudaStream()) {
