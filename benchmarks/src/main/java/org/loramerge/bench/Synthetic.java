@@ -45,6 +45,30 @@ public final class Synthetic {
         return SafetensorsFile.open(file);
     }
 
+    /**
+     * Writes W [rows, cols] in {@code dtype} and {@code adapters} LoRA pairs a0, b0, a1, b1, ...
+     * (lora_A [r, cols], lora_B [rows, r], F32), random, never zero; returns the opened file.
+     */
+    public static SafetensorsFile writeAdapters(Path file, int rows, int cols, int rank, int adapters, DType dtype)
+            throws IOException, SafetensorsException {
+        List<SafetensorsWriter.Entry> entries = new java.util.ArrayList<>();
+        entries.add(new SafetensorsWriter.Entry("w", dtype, new long[] {rows, cols}));
+        for (int i = 0; i < adapters; i++) {
+            entries.add(new SafetensorsWriter.Entry("a" + i, DType.F32, new long[] {rank, cols}));
+            entries.add(new SafetensorsWriter.Entry("b" + i, DType.F32, new long[] {rows, rank}));
+        }
+        SplittableRandom rnd = new SplittableRandom(rows * 37L + cols + rank + adapters);
+        try (SafetensorsWriter w = SafetensorsWriter.create(file, entries, Map.of("format", "pt"))) {
+            writeRandom(w, (long) rows * cols, FloatFormat.of(dtype), 0.02, rnd);
+            for (int i = 0; i < adapters; i++) {
+                writeRandom(w, (long) rank * cols, FloatFormat.F32, 0.05, rnd);
+                writeRandom(w, (long) rows * rank, FloatFormat.F32, 0.02, rnd);
+            }
+            w.finish();
+        }
+        return SafetensorsFile.open(file);
+    }
+
     private static void writeRandom(SafetensorsWriter w, long n, FloatFormat f, double std, SplittableRandom rnd) throws IOException {
         ByteBuffer b = ByteBuffer.allocate(1 << 20).order(ByteOrder.LITTLE_ENDIAN);
         int per = f.sizeInBytes();
