@@ -154,6 +154,16 @@ public final class TopSelection {
         return key >= keepFrom || key == tieKey && tieRank < tiesKept;
     }
 
+    /** The cut as magnitude bits: keys at or above it are kept (with the tie rule of {@link #keeps}). */
+    public long keepFrom() {
+        return keepFrom;
+    }
+
+    /** The prefix of the digits found so far, which the current pass counts within. */
+    public long prefix() {
+        return prefix;
+    }
+
     /** True when a row's elements need their tie ranks ({@link #keeps}). */
     public boolean hasPartialTies() {
         return tieKey >= 0;

@@ -32,6 +32,7 @@ final class MagnitudeSelection {
             for (Future<Void> f : blocks) {
                 BlockExecutor.get(f);
             }
+            merge.finishSelectionPass();
             job.dense().finishPass();
         }
     }

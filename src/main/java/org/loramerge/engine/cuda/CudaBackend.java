@@ -24,9 +24,9 @@ import org.loramerge.quant.Nf4Weight;
  * rounding boundary come back as a list and are recomputed exactly on the host with the CPU
  * engine's code ({@link HostSettle}), so the output is bit for bit the CPU engine's.
  *
- * <p>Tensors the GPU path does not cover (DoRA, token rows, bias terms, the task-arithmetic
- * family's dense combinations, a dtype conversion, a quantized format without device kernels)
- * are merged by the CPU engine inside this backend ({@link #onGpu}).
+ * <p>Tensors the GPU path does not cover (DoRA, token rows, bias terms, a dtype conversion, a
+ * quantized format without device kernels, the task-arithmetic family on a 4-bit base or with
+ * more than eight adapters) are merged by the CPU engine inside this backend ({@link #onGpu}).
  */
 public final class CudaBackend implements Backend {
     /** Pipeline threads (and streams) at most: each also copies blocks on the host, so more help until PCIe is full. */
@@ -78,8 +78,9 @@ public final class CudaBackend implements Backend {
     /**
      * Whether the GPU path computes this tensor (else the CPU engine does, inside this backend):
      * low-rank terms (several, from combined adapters, go up as one, {@link DeviceFactors#of}),
-     * no DoRA, token rows, bias term, dense combination or dtype conversion, and a dense source or
-     * an NF4 one (dequantized on the device; an NF4 output is requantized there too).
+     * no DoRA, token rows, bias term or dtype conversion, and a dense source or an NF4 one
+     * (dequantized on the device; an NF4 output is requantized there too); or a dense
+     * combination of the task-arithmetic family on a dense source ({@link CudaDenseMerge}).
      */
     static boolean onGpu(TensorJob job) {
         if (job.srcFormat() == null || job.srcFormat() != job.dstFormat() || job.doraAxis() != null || job.tokenValues() != null) {
@@ -89,8 +90,11 @@ public final class CudaBackend implements Backend {
             return false;
         }
         // a tensor without terms and with its own dtype is a byte copy and never reaches a backend
+        if (job.dense() != null) {
+            return CudaDenseMerge.fits(job);
+        }
         boolean bias = job.out().terms().stream().anyMatch(t -> t.layout() == Layout.BIAS);
-        return job.dense() == null && !job.terms().isEmpty() && !bias;
+        return !job.terms().isEmpty() && !bias;
     }
 
     @Override
@@ -98,12 +102,15 @@ public final class CudaBackend implements Backend {
         if (!onGpu(job)) {
             return new CpuTensorMerge(job);
         }
+        if (job.dense() != null) {
+            return remember(new CudaDenseMerge(this, device, job));
+        }
         return remember(new CudaTensorMerge(this, device, job));
     }
 
     @Override
     public Requantization openRequantization(TensorJob job) throws IOException {
-        if (!onGpu(job) || !(job.out().source().quantized() instanceof Nf4Weight)) {
+        if (!onGpu(job) || job.dense() != null || !(job.out().source().quantized() instanceof Nf4Weight)) {
             return new CpuRequantization(job);
         }
         return remember(new CudaRequantization(this, device, job));

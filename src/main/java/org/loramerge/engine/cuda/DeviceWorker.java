@@ -143,6 +143,21 @@ public final class DeviceWorker implements AutoCloseable {
                 Pointer.to(counters.pointer()), Pointer.to(ambiguous.pointer()), Pointer.to(new long[] {AMBIGUOUS_CAPACITY}));
     }
 
+    /**
+     * out = round(W + Δ) of a block of a dense combination (kernels/combine.cu combine_round), W in
+     * {@link #input()}, the result in {@link #output()}, the ambiguous elements listed and the
+     * counters reset first; queued on the stream.
+     */
+    public void combineRound(DeviceMemory uAll, DeviceMemory vtAll, DeviceMemory ip, DeviceMemory dp, FloatFormat fmt, long row0, int rowCount,
+                             int cols) {
+        JCuda.cudaMemsetAsync(counters.pointer(), 0, 3 * Sizeof.LONG, stream.runtime());
+        device.combine().combineRound(stream, fmt, rowCount, cols,
+                Pointer.to(uAll.pointer()), Pointer.to(vtAll.pointer()), Pointer.to(ip.pointer()), Pointer.to(dp.pointer()),
+                Pointer.to(new long[] {row0}), Pointer.to(dIn.pointer()), Pointer.to(dOut.pointer()),
+                Pointer.to(new long[] {rowCount}), Pointer.to(new long[] {cols}), Pointer.to(new long[] {0}),
+                Pointer.to(counters.pointer()), Pointer.to(ambiguous.pointer()), Pointer.to(new long[] {AMBIGUOUS_CAPACITY}));
+    }
+
     /** The last add-and-round's counters, once the stream has done everything queued. */
     public Counts counters() {
         JCuda.cudaMemcpyAsync(hostCounters.pointer(), counters.pointer(), 3 * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost,

@@ -33,6 +33,7 @@ import org.loramerge.pipeline.MergeRunner;
 import org.loramerge.pipeline.Progress;
 import org.loramerge.plan.Combination;
 import org.loramerge.plan.CombineMethod;
+import org.loramerge.plan.CombinedUpdate;
 import org.loramerge.plan.Layout;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.OutputTensor;
@@ -47,8 +48,9 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 /**
  * Several adapters on the GPU write exactly the CPU engine's bytes: a tensor with several
  * low-rank terms (cat, task_arithmetic) goes up as one term of the summed rank with the scales
- * folded in; every golden combination case (dense methods included, which the GPU engine hands to
- * the CPU one) is byte for byte the CPU engine's. Skips itself where there is no usable GPU.
+ * folded in; the task-arithmetic family's selection passes and rows run on the device with the
+ * CPU engine's cut and bytes; every golden combination case is byte for byte the CPU engine's.
+ * Skips itself where there is no usable GPU.
  */
 @Tag("gpu")
 class CudaCombineTest {
@@ -120,6 +122,79 @@ class CudaCombineTest {
                     }
                 }
             }
+        }
+    }
+
+    static Stream<Arguments> denseShapes() {
+        return Stream.of(
+                Arguments.of(CombineMethod.TIES, DType.BF16, 4096, 4096, 4, 0.5),
+                Arguments.of(CombineMethod.MAGNITUDE_PRUNE, DType.F32, 1000, 777, 3, 0.1),
+                Arguments.of(CombineMethod.DARE_TIES, DType.BF16, 2048, 1024, 4, 0.3),
+                Arguments.of(CombineMethod.DARE_LINEAR, DType.F16, 300, 513, 2, 0.7),
+                Arguments.of(CombineMethod.TIES, DType.F32, 257, 4096, 8, 1.0));
+    }
+
+    /** The selection passes and the rows of a dense combination on one engine; returns the merged tensor's bytes. */
+    private static ByteBuffer runDense(Backend engine, TensorJob job, SafetensorsFile f, int rows, int cols, DType dtype) throws Exception {
+        int rowBytes = cols * dtype.sizeInBytes();
+        int rowsPerBlock = Math.max(1, Math.min(rows, (Backend.DEFAULT_BLOCK_BYTES / rowBytes) / 3));
+        ByteBuffer all = ByteBuffer.allocateDirect(rows * rowBytes).order(ByteOrder.LITTLE_ENDIAN);
+        try (TensorMerge m = engine.openMerge(job)) {
+            while (job.needsSelection()) {
+                for (long r0 = 0; r0 < rows; r0 += rowsPerBlock) {
+                    m.countSelection(r0, (int) Math.min(rowsPerBlock, rows - r0));
+                }
+                m.finishSelectionPass();
+                job.dense().finishPass();
+            }
+            for (long r0 = 0; r0 < rows; r0 += rowsPerBlock) {
+                int n = (int) Math.min(rowsPerBlock, rows - r0);
+                try (MappedRegion src = f.map(f.tensor("w"), r0 * rowBytes, (long) n * rowBytes)) {
+                    ByteBuffer out = ByteBuffer.allocateDirect(n * rowBytes).order(ByteOrder.LITTLE_ENDIAN);
+                    m.mergeRows(r0, n, src.bytes(), out, new BlockStats());
+                    all.position((int) (r0 * rowBytes));
+                    all.put(out.position(0).limit(n * rowBytes));
+                }
+            }
+        }
+        return all.position(0);
+    }
+
+    @ParameterizedTest(name = "{0} {1} {2}x{3} {4} adapters D={5}")
+    @MethodSource("denseShapes")
+    void theTaskArithmeticFamilyOnTheGpuEqualsTheCpuEngine(CombineMethod method, DType dtype, int rows, int cols, int parts, double density)
+            throws Exception {
+        SplittableRandom rnd = new SplittableRandom(rows * 7L + cols + parts);
+        TensorFiles files = new TensorFiles().add("w", dtype, new long[] {rows, cols}, CudaBackendTest.gaussian(rnd, rows * cols, 0.02));
+        for (int t = 0; t < parts; t++) {
+            files.add("a" + t, DType.F32, new long[] {16, cols}, CudaBackendTest.gaussian(rnd, 16 * cols, 0.05));
+            files.add("b" + t, DType.F32, new long[] {rows, 16}, CudaBackendTest.gaussian(rnd, rows * 16, 0.02));
+        }
+        try (SafetensorsFile f = files.write(dir.resolve("t.safetensors"))) {
+            List<Double> weights = new ArrayList<>();
+            List<CombinedUpdate.Part> list = new ArrayList<>();
+            for (int t = 0; t < parts; t++) {
+                weights.add(t % 2 == 0 ? 0.6 : -0.25);
+                list.add(new CombinedUpdate.Part(t, new TermSpec("m", Layout.LINEAR, TensorFiles.source(f, "a" + t), TensorFiles.source(f, "b" + t),
+                        16, 2.0), weights.get(t)));
+            }
+            Combination how = Combination.of(method, parts, weights, density, Combination.MajoritySign.TOTAL, 1.3, 5, 0, null);
+            OutputTensor out = OutputTensor.merge("w", dtype, TensorFiles.source(f, "w"),
+                    new OutputTensor.Update(List.of(), null, null, new CombinedUpdate(how, "w", "m", list)));
+            TensorJob onCpu = TensorJob.prepare(out);
+            TensorJob onGpu = TensorJob.prepare(out);
+            assertEquals(true, CudaBackend.onGpu(onGpu));
+            ByteBuffer expected;
+            try (CpuBackend cpu = new CpuBackend(1)) {
+                expected = runDense(cpu, onCpu, f, rows, cols, dtype);
+            }
+            ByteBuffer got = runDense(cuda, onGpu, f, rows, cols, dtype);
+            for (int a = 0; a < parts; a++) {
+                if (onCpu.dense().selection(a) != null) {
+                    assertEquals(onCpu.dense().selection(a).keepFrom(), onGpu.dense().selection(a).keepFrom(), "the same cut for adapter " + a);
+                }
+            }
+            assertEquals(expected, got, "the GPU's bytes are the CPU engine's");
         }
     }
 
