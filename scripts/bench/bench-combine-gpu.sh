@@ -26,9 +26,9 @@
 #   5. checks cat-cuda against cat-cpu byte for byte (sha256 of every output file);
 #   6. prints a short table last. Everything is logged under $OUT (default /tmp/out).
 #
-# The dense family (ties, dare_*, magnitude_prune) runs on the CPU engine inside the GPU engine
-# (no device kernels for its selection, sign election and masks yet), and combine's *_svd methods
-# on the CPU's randomized SVD: their rows here show where that stands against the targets.
+# The dense family (ties, dare_*, magnitude_prune) runs on kernels/combine.cu; combine's SVDs run
+# on the CPU (linalg: svd from the stacked factors, the *_svd methods by the randomized SVD over
+# the dense combination, which is far slower: RUN_TIES_SVD=1 adds them).
 #
 # Environment: OUT, WORK (default /tmp/lm-combine-$SHAPE), SHAPE (llama-7b; tiny, 1gb, 3gb to try
 #   the script out), REPS (default 1), BUDGET_S (default 540), PYTHON (python3), LORAMERGE
