@@ -51,6 +51,9 @@ final class CombineCommand implements Callable<Integer> {
             description = "dtype of the new factors (default: that of the first adapter's; PEFT writes the base's dtype on a 16-bit base)")
     String dtype;
 
+    @Option(names = "--threads", paramLabel = "N", description = "modules combined at once (default: all cores); the output is the same")
+    Integer threads;
+
     @Option(names = "--overwrite", description = "replace the --out folder if it exists (only once the new adapter is complete)")
     boolean overwrite;
 
@@ -65,6 +68,9 @@ final class CombineCommand implements Callable<Integer> {
         DType factorType = dtype == null ? null : MergeCommand.parseDtype(dtype);
         if (dtype != null && factorType == null) {
             throw new UsageException("--dtype auto does not apply to combine: give f32, f16 or bf16, or leave it out");
+        }
+        if (threads != null && threads < 1) {
+            throw new UsageException("--threads " + threads + ": expected 1 or more (default: all cores)");
         }
         Combination combination = combineOptions.combination(combine, CombineMethod.forCombine(), adapters.size(), null, "combine");
         PrintStream err = System.err;
@@ -84,7 +90,7 @@ final class CombineCommand implements Callable<Integer> {
             inputs.addAll(adapters);
             CombineReport report;
             try (AtomicOutput output = AtomicOutput.create(out, overwrite, inputs)) {
-                report = AdapterWriter.write(plan, factorType, output);
+                report = AdapterWriter.write(plan, factorType, output, threads != null ? threads : Runtime.getRuntime().availableProcessors());
             }
             print(report, err);
         }

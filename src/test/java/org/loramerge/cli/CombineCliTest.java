@@ -155,6 +155,25 @@ class CombineCliTest {
         assertTrue(Files.isDirectory(out));
     }
 
+    @ParameterizedTest
+    @ValueSource(strings = {"ties_svd", "linear"})
+    void combineWritesTheSameBytesWhateverTheThreadCount(String method) throws Exception {
+        Path one = dir.resolve("one");
+        Path three = dir.resolve("three");
+        List<String> adapters = List.of("qv_r4", "qkvo_r4", "qv_r4b");
+        String[] extra = method.equals("ties_svd") ? new String[] {"--combine", method, "--density", "0.5", "--rank", "3"}
+                : new String[] {"--combine", method};
+        List<String> a = command("combine", one, adapters, extra);
+        a.addAll(List.of("--threads", "1", "--quiet"));
+        List<String> b = command("combine", three, adapters, extra);
+        b.addAll(List.of("--threads", "3", "--quiet"));
+        Result ra = run(a);
+        Result rb = run(b);
+        assertEquals(ExitCodes.OK, ra.code(), ra.err());
+        assertEquals(ExitCodes.OK, rb.code(), rb.err());
+        assertEquals(TinyModels.hashTree(one), TinyModels.hashTree(three));
+    }
+
     @Test
     void combineWritesNothingOverAnExistingFolderWithoutOverwrite() throws Exception {
         Path out = Files.createDirectory(dir.resolve("out"));
