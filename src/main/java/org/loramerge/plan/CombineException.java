@@ -18,8 +18,6 @@ public final class CombineException extends UserException {
         PARAMETER,
         /** A method that needs equal ranks (PEFT's linear, ties, dare_*, magnitude_prune on the factors) got different ones. */
         UNEQUAL_RANKS,
-        /** The adapters were trained on different bases: a module's shapes do not agree. */
-        DIFFERENT_BASES,
         /** An adapter uses something the method cannot combine (DoRA magnitudes, lora_bias, token rows, replaced tensors). */
         UNSUPPORTED
     }

@@ -15,6 +15,10 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
+import org.loramerge.format.FloatFormat;
+import org.loramerge.format.MappedRegion;
+import org.loramerge.format.SafetensorsFile;
+import org.loramerge.format.TensorInfo;
 import org.loramerge.testutil.TinyModels;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -25,7 +29,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * Combinations on a bitsandbytes 4-bit (QLoRA) base: the weights are dequantized once, the
  * combined delta applied, and requantized once ({@code --to nf4}) with the survival of the
  * combined delta reported; {@code cat} of an adapter with itself at weights 0.5 and 0.5 is, byte
- * for byte and figure for figure, the merge of that adapter alone.
+ * for byte and figure for figure, the merge of that adapter alone; {@code combine} reads the
+ * 4-bit base for its shapes and writes the combination.
  */
 class CombineQloraTest {
     private static final Path CASE = Paths.get("src/test/resources/qlora/dq_bs64");
@@ -81,6 +86,63 @@ class CombineQloraTest {
             assertEquals(ra.get("survival").asDouble(), rb.get("survival").asDouble(), 0.0, "the same survival for the same combined delta");
             assertEquals(ra.get("codesChanged").asLong(), rb.get("codesChanged").asLong());
         }
+    }
+
+    @Test
+    void combineOnAFourBitBaseWritesAnAdapterWhoseUpdateIsTheCombination() throws Exception {
+        Path out = dir.resolve("combined");
+        Result r = run(List.of("combine", "--base", CASE.resolve("base").toString(), "--adapter", CASE.resolve("adapter").toString(),
+                "--adapter", CASE.resolve("adapter").toString(), "--weights", "0.5,0.5", "--combine", "svd", "--rank", "6", "--out",
+                out.toString(), "--quiet"));
+        assertEquals(0, r.code(), r.err());
+        try (SafetensorsFile mine = SafetensorsFile.open(out.resolve("adapter_model.safetensors"));
+             SafetensorsFile theirs = SafetensorsFile.open(CASE.resolve("adapter/adapter_model.safetensors"))) {
+            double scale = 16.0 / 6; // the case's lora_alpha / r; the new adapter's scale is 1
+            int checked = 0;
+            for (TensorInfo b : theirs.tensors()) {
+                if (!b.name().endsWith("lora_B.weight")) {
+                    continue;
+                }
+                String a = b.name().replace("lora_B", "lora_A");
+                double[] want = product(values(theirs, b), values(theirs, theirs.tensor(a)), b.shape());
+                double[] got = product(values(mine, mine.tensor(b.name())), values(mine, mine.tensor(a)), mine.tensor(b.name()).shape());
+                double max = 0;
+                for (double v : want) {
+                    max = Math.max(max, Math.abs(scale * v));
+                }
+                for (int i = 0; i < want.length; i++) {
+                    assertEquals(scale * want[i], got[i], 1e-5 * max, b.name() + " B'·A' element " + i);
+                }
+                checked++;
+            }
+            assertEquals(6, checked, "every adapted module of the 4-bit base");
+        }
+    }
+
+    private static double[] values(SafetensorsFile f, TensorInfo t) throws java.io.IOException {
+        FloatFormat fmt = FloatFormat.of(t.dtype());
+        double[] v = new double[(int) t.numElements()];
+        try (MappedRegion m = f.map(t, 0, t.sizeInBytes())) {
+            for (int i = 0; i < v.length; i++) {
+                v[i] = fmt.decode(fmt.bitsAt(m.bytes(), i));
+            }
+        }
+        return v;
+    }
+
+    private static double[] product(double[] b, double[] a, long[] bShape) {
+        int out = (int) bShape[0];
+        int r = (int) bShape[1];
+        int rest = a.length / r;
+        double[] p = new double[out * rest];
+        for (int i = 0; i < out; i++) {
+            for (int k = 0; k < r; k++) {
+                for (int j = 0; j < rest; j++) {
+                    p[i * rest + j] += b[i * r + k] * a[k * rest + j];
+                }
+            }
+        }
+        return p;
     }
 
     @Test
