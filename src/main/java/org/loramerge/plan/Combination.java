@@ -1,5 +1,6 @@
 package org.loramerge.plan;
 
+import java.util.Collections;
 import java.util.List;
 import java.util.Locale;
 
@@ -44,12 +45,12 @@ public record Combination(CombineMethod method, List<Double> weights, double den
     public static Combination of(CombineMethod method, int adapters, List<Double> weights, double density, MajoritySign majority,
                                  double lambda, long seed, int rank, Double svdClamp) throws CombineException {
         if (weights == null) {
-            weights = java.util.Collections.nCopies(adapters, 1.0);
+            weights = Collections.nCopies(adapters, 1.0);
         }
         if (weights.size() != adapters) {
             throw new CombineException(CombineException.Reason.WEIGHTS, "--weights gives " + weights.size() + " weight"
                     + (weights.size() == 1 ? "" : "s") + " for " + adapters + " adapters; give one per --adapter, in the same order "
-                    + "(e.g. --weights " + String.join(",", java.util.Collections.nCopies(adapters, "1.0")) + ")");
+                    + "(e.g. --weights " + String.join(",", Collections.nCopies(adapters, "1.0")) + ")");
         }
         for (double w : weights) {
             if (!Double.isFinite(w)) {

@@ -6,6 +6,7 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
+import java.util.stream.Stream;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.MethodSource;
@@ -40,7 +41,7 @@ class CombineDenseTest {
     @TempDir
     Path tmp;
 
-    static java.util.stream.Stream<String> cases() throws Exception {
+    static Stream<String> cases() throws Exception {
         return CombineCases.cases("dense");
     }
 

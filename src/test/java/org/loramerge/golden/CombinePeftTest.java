@@ -1,6 +1,7 @@
 package org.loramerge.golden;
 
 import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
 import java.math.BigDecimal;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -25,6 +26,7 @@ import org.loramerge.engine.DenseCombination;
 import org.loramerge.engine.FactorCombination;
 import org.loramerge.engine.LowRankTerm;
 import org.loramerge.plan.AdapterPlan;
+import org.loramerge.plan.Combination;
 import org.loramerge.plan.CombineMethod;
 import org.loramerge.plan.CombinedUpdate;
 import org.loramerge.plan.Layout;
@@ -438,12 +440,12 @@ class CombinePeftTest {
     }
 
     /** The case's combination as the command line would make it. */
-    private static org.loramerge.plan.Combination combination(JsonNode c, List<CombineMethod> choices) throws Exception {
+    private static Combination combination(JsonNode c, List<CombineMethod> choices) throws Exception {
         JsonNode kw = c.get("add_weighted_adapter");
         List<Double> weights = new ArrayList<>();
         c.get("weights").forEach(w -> weights.add(w.asDouble()));
-        return org.loramerge.plan.Combination.of(CombineMethod.parse(kw.get("combination_type").asText(), choices), weights.size(), weights,
-                kw.path("density").asDouble(1.0), org.loramerge.plan.Combination.MajoritySign.valueOf(
+        return Combination.of(CombineMethod.parse(kw.get("combination_type").asText(), choices), weights.size(), weights,
+                kw.path("density").asDouble(1.0), Combination.MajoritySign.valueOf(
                         kw.path("majority_sign_method").asText("total").toUpperCase(Locale.ROOT)), 1.0, 0, kw.path("svd_rank").asInt(0),
                 kw.has("svd_clamp") ? kw.get("svd_clamp").asDouble() : null);
     }
@@ -451,7 +453,7 @@ class CombinePeftTest {
     @Test
     void theRsloraCaseShowsPeftsScaleQuirk() throws Exception {
         // PEFT 0.21 copies use_rslora: its combined adapter's scale is lora_alpha / sqrt(r) = 8 / sqrt(8)
-        JsonNode cfg = new com.fasterxml.jackson.databind.ObjectMapper().readTree(
+        JsonNode cfg = new ObjectMapper().readTree(
                 CombineCases.ROOT.resolve("peft/rslora_cat/adapter_config.json").toFile());
         assertTrue(cfg.get("use_rslora").asBoolean(), "PEFT keeps the first adapter's use_rslora");
         assertEquals(8, cfg.get("r").asInt());

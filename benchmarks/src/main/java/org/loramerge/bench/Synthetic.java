@@ -4,6 +4,7 @@ import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 import java.util.SplittableRandom;
@@ -51,7 +52,7 @@ public final class Synthetic {
      */
     public static SafetensorsFile writeAdapters(Path file, int rows, int cols, int rank, int adapters, DType dtype)
             throws IOException, SafetensorsException {
-        List<SafetensorsWriter.Entry> entries = new java.util.ArrayList<>();
+        List<SafetensorsWriter.Entry> entries = new ArrayList<>();
         entries.add(new SafetensorsWriter.Entry("w", dtype, new long[] {rows, cols}));
         for (int i = 0; i < adapters; i++) {
             entries.add(new SafetensorsWriter.Entry("a" + i, DType.F32, new long[] {rank, cols}));
