@@ -3,13 +3,14 @@
 #
 #   scripts/device/gpu-run.sh pack          here: build the jars, the JUnit launcher and a Java runtime into .device/
 #   then, through the device tool, from the repository root there (carry [".device"]):
-#   bash scripts/device/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchnf4] [benchcpu] [e2e] [e2e2x]
+#   bash scripts/device/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchnf4] [benchcpu] [benchcombine] [e2e] [e2e2x] [combine]
 #
 # "device" unpacks the runtime, runs the @Tag("gpu") tests (tests), the JMH throughput benchmarks
 # (benchgpu: device-resident merge and copy ceilings; benchnf4: the NF4 kernels beside the
-# device-to-device copy; benchcpu: CPU engine and the pipeline), QLoRA end to end (nf4; SHAPE=llama-7b
-# for the 7B shape), the 7B-shaped end-to-end benchmark (e2e) and the same at twice the size
-# (e2e2x), writes logs under $OUT and prints a summary table last. Each step fits one device call of 10 minutes.
+# device-to-device copy; benchcpu: CPU engine and the pipeline; benchcombine: several adapters on the
+# CPU engine), QLoRA end to end (nf4; SHAPE=llama-7b for the 7B shape), the 7B-shaped end-to-end
+# benchmark (e2e), the same at twice the size (e2e2x) and with four adapters combined (combine),
+# writes logs under $OUT and prints a summary table last. Each step fits one device call of 10 minutes.
 # The tests step fails (exit 1) when any GPU test fails, is skipped or aborted, or when none ran,
 # and writes $OUT/last-gpu-run.json (commit, sources hash, card, date, counts) to commit as
 # .ci/last-gpu-run.json.
@@ -119,6 +120,17 @@ device)
     e2e2x)
       LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench/bench-e2e-gpu.sh --scale 2 2>&1 | tee "$OUT/e2e2x.log" | tail -n 25
       summary+=("e2e 2x: see e2e2x.log")
+      ;;
+    combine)
+      LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench/bench-combine-gpu.sh 2>&1 | tee "$OUT/combine.log" | tail -n 25
+      summary+=("combine (four adapters): see combine.log")
+      ;;
+    benchcombine)
+      # the CPU engine's selection passes, TIES and DARE-TIES rows and the exact several-term merge
+      java -jar .device/benchmarks.jar CombineBenchmark -rf json -rff "$OUT/jmh-combine.json" \
+        -f 1 -wi 1 -i 2 -w 1s -r 1s > "$OUT/jmh-combine.log" 2>&1 || true
+      "$py" benchmarks/jmh_table.py "$OUT/jmh-combine.json" | tee "$OUT/jmh-combine.md" | tail -n 12
+      summary+=("jmh combine: $(grep -c '^| Combine' "$OUT/jmh-combine.md") rows in jmh-combine.md")
       ;;
     *) echo "unknown step $step"; exit 2 ;;
     esac

@@ -409,6 +409,15 @@ public final class AdapterConfig {
         return key == null ? r : rankPattern.get(key);
     }
 
+    /** The largest rank of any module: r, or a larger rank_pattern value (what PEFT's add_weighted_adapter takes as the adapter's rank). */
+    public int maxRank() {
+        int m = r;
+        for (int v : rankPattern.values()) {
+            m = Math.max(m, v);
+        }
+        return m;
+    }
+
     /** The alpha PEFT gives {@code moduleName}: alpha_pattern's first match, else lora_alpha. */
     public double alphaFor(String moduleName) {
         String key = alphaKeyOf.computeIfAbsent(moduleName, m -> Optional.ofNullable(patternKey(alphaKeys, m))).orElse(null);

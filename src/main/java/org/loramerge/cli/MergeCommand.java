@@ -7,6 +7,7 @@ import com.fasterxml.jackson.databind.SerializationFeature;
 import java.io.IOException;
 import java.io.PrintStream;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
 import java.util.concurrent.Callable;
@@ -25,6 +26,9 @@ import org.loramerge.pipeline.AtomicOutput;
 import org.loramerge.pipeline.MergeReport;
 import org.loramerge.pipeline.MergeRunner;
 import org.loramerge.pipeline.Progress;
+import org.loramerge.plan.Combination;
+import org.loramerge.plan.CombineException;
+import org.loramerge.plan.CombineMethod;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
@@ -36,13 +40,27 @@ import picocli.CommandLine.Option;
 @Command(name = "merge", mixinStandardHelpOptions = true, sortOptions = false,
         description = {"Merges a PEFT LoRA adapter into its base model and writes a standard Hugging Face checkpoint.",
                 "Every merged value is W + s·B·A (or DoRA's rescaling) computed exactly and rounded once. "
-                        + "The output appears only when complete; the inputs are never changed."})
+                        + "The output appears only when complete; the inputs are never changed.",
+                "Several adapters (--adapter A1 --adapter A2 ...) are combined in the same pass with --combine METHOD: "
+                        + "cat or task_arithmetic (exact: W + Σ w·s·B·A), PEFT's linear and svd methods, or ties, dare_linear, "
+                        + "dare_ties, magnitude_prune on the dense deltas (docs/FORMATS.md §8)."})
 final class MergeCommand implements Callable<Integer> {
     @Option(names = "--base", required = true, paramLabel = "MODEL_DIR", description = "base model folder (config.json + model.safetensors or shards)")
     Path base;
 
-    @Option(names = "--adapter", required = true, paramLabel = "ADAPTER_DIR", description = "PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
-    Path adapter;
+    @Option(names = "--adapter", required = true, paramLabel = "ADAPTER_DIR",
+            description = "PEFT adapter folder (adapter_config.json + adapter_model.safetensors); repeat it, with --combine, to combine several")
+    List<Path> adapters;
+
+    @Option(names = "--combine", paramLabel = "METHOD", description = "how several adapters combine: cat, task_arithmetic, linear, ties, "
+            + "dare_linear, dare_ties, magnitude_prune, svd, ties_svd, dare_linear_svd, dare_ties_svd, magnitude_prune_svd (docs/FORMATS.md §8)")
+    String combine;
+
+    @Mixin
+    CombineOptions combineOptions;
+
+    @Option(names = "--lambda", paramLabel = "L", description = "task_arithmetic, ties, dare_*, magnitude_prune: multiply the combined delta by L (default: 1)")
+    Double lambda;
 
     @Option(names = "--out", required = true, paramLabel = "OUT_DIR", description = "folder to create for the merged model")
     Path out;
@@ -108,15 +126,18 @@ final class MergeCommand implements Callable<Integer> {
         }
         int verifyRowCount = VerifyCommand.parseRows("--verify-rows", verifyRows); // checked even without --verify: a typo is a typo
         int rowsToVerify = verify ? verifyRowCount : 0;
+        Combination combination = combination();
         int cpuThreads = threads != null ? threads : Runtime.getRuntime().availableProcessors();
         PrintStream err = System.err;
         long start = System.nanoTime();
         // the engine starts (CUDA context, cuBLAS, kernels: about a second) while the plan is made
         CompletableFuture<Backends.Choice> opening = openInBackground(device, cpuThreads);
         Backends.Choice choice = null;
-        try (Checkpoint ckpt = openBase(base, inputs.followSymlinks); LoraAdapter lora = openAdapter(adapter, inputs.followSymlinks)) {
-            MergePlan plan = Planner.plan(ckpt, lora, new PlanOptions(dtypeOption, shardSize, parseTarget(to)));
-            requireAChange(plan, lora, err);
+        try (Checkpoint ckpt = openBase(base, inputs.followSymlinks); Adapters loras = Adapters.open(adapters, inputs.followSymlinks)) {
+            PlanOptions planOptions = new PlanOptions(dtypeOption, shardSize, parseTarget(to));
+            MergePlan plan = combination == null ? Planner.plan(ckpt, loras.list().get(0), planOptions)
+                    : Planner.plan(ckpt, loras.list(), planOptions, combination);
+            requireAChange(plan, loras.list(), err);
             choice = await(opening);
             double startSeconds = (System.nanoTime() - start) / 1e9;
             try (Backend backend = choice.backend()) {
@@ -131,7 +152,7 @@ final class MergeCommand implements Callable<Integer> {
                     }
                 }
                 MergeReport report;
-                try (AtomicOutput output = AtomicOutput.create(out, overwrite, List.of(base, adapter))) {
+                try (AtomicOutput output = AtomicOutput.create(out, overwrite, inputFolders())) {
                     Progress progress = new Progress(err, !quiet, plan.totalBytes(), plan.tensors().size());
                     report = MergeRunner.run(plan, backend, output,
                             new MergeRunner.Options(allowOverflow, Backend.DEFAULT_BLOCK_BYTES, rowsToVerify), progress);
@@ -146,6 +167,30 @@ final class MergeCommand implements Callable<Integer> {
             }
         }
         return ExitCodes.OK;
+    }
+
+    /** The combination asked for, or null for the merge of one adapter. */
+    private Combination combination() throws UsageException, CombineException {
+        if (combine == null) {
+            if (adapters.size() > 1) {
+                throw new UsageException(adapters.size() + " adapters given: choose how they combine with --combine METHOD ("
+                        + CombineMethod.names(CombineMethod.forMerge()) + "; docs/FORMATS.md §8)");
+            }
+            if (combineOptions.anyGiven() || lambda != null) {
+                throw new UsageException("--weights, --density, --majority-sign, --seed, --rank, --svd-clamp and --lambda "
+                        + "apply to a combination: add --combine METHOD");
+            }
+            return null;
+        }
+        return combineOptions.combination(combine, CombineMethod.forMerge(), adapters.size(), lambda, "merge");
+    }
+
+    /** The folders the output must not touch: the base and every adapter. */
+    private List<Path> inputFolders() {
+        List<Path> in = new ArrayList<>();
+        in.add(base);
+        in.addAll(adapters);
+        return in;
     }
 
     private static CompletableFuture<Backends.Choice> openInBackground(String device, int cpuThreads) {
@@ -190,15 +235,20 @@ final class MergeCommand implements Callable<Integer> {
         return target;
     }
 
-    /** An adapter that changes nothing is a failure (an adapter saved before training, the wrong folder) unless --allow-empty-adapter. */
-    private void requireAChange(MergePlan plan, LoraAdapter lora, PrintStream err) throws AdapterException {
+    /**
+     * An adapter that changes nothing is a failure (an adapter saved before training, the wrong folder) unless --allow-empty-adapter;
+     * so are several adapters none of which changes anything.
+     */
+    private void requireAChange(MergePlan plan, List<LoraAdapter> loras, PrintStream err) throws AdapterException {
         if (!plan.changesNothing()) {
             return;
         }
-        String what = lora.keys().isEmpty() ? "holds no tensors" : "holds " + lora.keys().size() + " tensors, none of which changes the base";
+        LoraAdapter lora = loras.get(0);
+        String what = loras.size() > 1 ? "and the other " + (loras.size() - 1) + " adapters hold no tensor that changes the base"
+                : lora.keys().isEmpty() ? "holds no tensors" : "holds " + lora.keys().size() + " tensors, none of which changes the base";
         if (!allowEmptyAdapter) {
             throw new AdapterException(AdapterException.Reason.NO_CHANGE, lora.dir().resolve(LoraAdapter.WEIGHTS), what
-                    + (lora.config().hasTargetRule() ? " although adapter_config.json targets modules" : "")
+                    + (loras.size() == 1 && lora.config().hasTargetRule() ? " although adapter_config.json targets modules" : "")
                     + ", so the merge would only copy the base; check that this is the adapter you meant and that it was saved after "
                     + "training (PEFT's save_pretrained), or pass --allow-empty-adapter to write the copy anyway");
         }
