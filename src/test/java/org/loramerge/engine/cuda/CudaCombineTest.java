@@ -14,6 +14,7 @@ import java.util.stream.Stream;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
@@ -26,6 +27,7 @@ import org.loramerge.engine.TensorMerge;
 import org.loramerge.engine.cpu.CpuBackend;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
+import org.loramerge.format.FloatFormat;
 import org.loramerge.format.MappedRegion;
 import org.loramerge.format.SafetensorsFile;
 import org.loramerge.pipeline.AtomicOutput;
@@ -40,6 +42,7 @@ import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
 import org.loramerge.plan.TermSpec;
+import org.loramerge.testutil.DenseBoundaryCase;
 import org.loramerge.testutil.TensorFiles;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
@@ -49,8 +52,9 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
  * Several adapters on the GPU write exactly the CPU engine's bytes: a tensor with several
  * low-rank terms (cat, task_arithmetic) goes up as one term of the summed rank with the scales
  * folded in; the task-arithmetic family's selection passes and rows run on the device with the
- * CPU engine's cut and bytes; every golden combination case is byte for byte the CPU engine's.
- * Skips itself where there is no usable GPU.
+ * CPU engine's cut and bytes; elements of W + Δ at a rounding boundary are settled from the exact
+ * W + Δ; every golden combination case is byte for byte the CPU engine's. Skips itself where
+ * there is no usable GPU.
  */
 @Tag("gpu")
 class CudaCombineTest {
@@ -195,6 +199,25 @@ class CudaCombineTest {
                 }
             }
             assertEquals(expected, got, "the GPU's bytes are the CPU engine's");
+        }
+    }
+
+    @Test
+    void denseCombinationsNextToARoundingBoundaryRoundTheExactSumOfWAndDelta() throws Exception {
+        try (SafetensorsFile f = DenseBoundaryCase.write(dir.resolve("t.safetensors"))) {
+            TensorJob job = TensorJob.prepare(DenseBoundaryCase.output(f));
+            int bytes = DenseBoundaryCase.ROWS * DenseBoundaryCase.COLS * 2;
+            ByteBuffer out = cuda.allocateBlockBuffer(bytes);
+            BlockStats stats = new BlockStats();
+            try (TensorMerge m = cuda.openMerge(job); MappedRegion src = f.map(f.tensor("w"), 0, bytes)) {
+                assertEquals(CudaDenseMerge.class, m.getClass());
+                out.clear();
+                m.mergeRows(0, DenseBoundaryCase.ROWS, src.bytes(), out, stats);
+            }
+            for (int e = 0; e < DenseBoundaryCase.EXPECTED.length; e++) {
+                assertEquals(DenseBoundaryCase.EXPECTED[e], FloatFormat.BF16.decode(FloatFormat.BF16.bitsAt(out, e)), "element " + e + " of W + Δ");
+            }
+            assertEquals(6, stats.exactlyRounded(), "the six elements whose float64 sum is a midpoint, settled on the host");
         }
     }
 
