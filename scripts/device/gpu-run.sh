@@ -3,7 +3,7 @@
 #
 #   scripts/device/gpu-run.sh pack          here: build the jars, the JUnit launcher and a Java runtime into .device/
 #   then, through the device tool, from the repository root there (carry [".device"]):
-#   bash scripts/device/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchnf4] [benchcpu] [e2e] [e2e2x] [extract] [unmerge] [benchsvd]
+#   bash scripts/device/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchnf4] [benchcpu] [e2e] [e2e2x] [extract] [unmerge] [benchsvd] [combine] [benchcombine]
 #
 # "device" unpacks the runtime, runs the @Tag("gpu") tests (tests), the JMH throughput benchmarks
 # (benchgpu: device-resident merge and copy ceilings; benchnf4: the NF4 kernels beside the
@@ -11,7 +11,8 @@
 # for the 7B shape), the 7B-shaped end-to-end benchmark (e2e) and the same at twice the size
 # (e2e2x), extract of a 7B-shaped fine-tune against cat of both checkpoints and the torch SVD anchors (extract),
 # the 7B unmerge beside the merge and the copy floor (unmerge),
-# the CPU truncated SVD's JMH benchmark (benchsvd), writes logs under $OUT and prints a summary table last.
+# the CPU truncated SVD's JMH benchmark (benchsvd), four adapters combined into the 7B shape (combine) and
+# the CPU engine's combination passes in JMH (benchcombine), writes logs under $OUT and prints a summary table last.
 # Each step fits one device call of 10 minutes.
 # The tests step fails (exit 1) when any GPU test fails, is skipped or aborted, or when none ran,
 # and writes $OUT/last-gpu-run.json (commit, sources hash, card, date, counts) to commit as
@@ -144,6 +145,14 @@ device)
       java -jar .device/benchmarks.jar SvdBenchmark -rf json -rff "$OUT/jmh-svd.json" -f 1 -wi 1 -i 3 > "$OUT/jmh-svd.log" 2>&1 || true
       grep -E "SvdBenchmark\]|^SvdBenchmark" "$OUT/jmh-svd.log" | tee "$OUT/jmh-svd.md"
       summary+=("jmh svd: see jmh-svd.md")
+      ;;
+    combine)
+      LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench/bench-combine-gpu.sh 2>&1 | tee "$OUT/combine.log" | tail -n 25
+      summary+=("combine (four adapters): see combine.log")
+      ;;
+    benchcombine)
+      # the CPU engine's selection passes, TIES and DARE-TIES rows and the exact several-term merge
+      jmh combine CombineBenchmark -f 1 -wi 1 -i 2 -w 1s -r 1s
       ;;
     *) echo "unknown step $step"; exit 2 ;;
     esac

@@ -40,6 +40,12 @@ final class Requantize implements TensorStrategy {
                 ColumnNorms.compute(ctx, job, columns, ctx.rowsPerBlock(t, rowBytes, rowBytes));
             }
         }
+        if (job.needsSelection()) {
+            long rowBytes = (long) cols * t.dtype().sizeInBytes();
+            try (TensorMerge selection = ctx.backend.openMerge(job)) {
+                MagnitudeSelection.compute(ctx, job, selection, ctx.rowsPerBlock(t, rowBytes, rowBytes));
+            }
+        }
         Requantization requant = ctx.backend.openRequantization(job);
         TensorSource.Form form = requant.input();
         CheckpointWriter.Shard shard = ctx.shard;

@@ -16,7 +16,7 @@ import org.loramerge.format.TensorInfo;
  * What {@code extract} will compute, decided from the two models' headers and configs before any
  * value is read: the weights that get low-rank factors ({@link Target}), the other tensors, which
  * are compared and, where changed, saved whole or reported ({@link Other}), and how the PEFT
- * adapter's keys and config are spelled (docs/FORMATS.md §1, §2, §10).
+ * adapter's keys and config are spelled (docs/FORMATS.md §1, §2, §11).
  *
  * @param targets     weights that get a LoRA pair, in base order
  * @param others      every other tensor, in base order

@@ -24,7 +24,7 @@ import static org.loramerge.plan.ExtractException.Reason.TENSOR_SETS;
 /**
  * Plans {@code extract} from the headers and configs of a base model and a fine-tuned copy of it:
  * checks that they are the same architecture with the same tensors and shapes, and decides which
- * weights get low-rank factors (docs/FORMATS.md §10). Any mismatch stops here, before anything is
+ * weights get low-rank factors (docs/FORMATS.md §11). Any mismatch stops here, before anything is
  * read or written.
  *
  * <p>Targets: with all-linear, every 2-D floating-point {@code .weight} except embeddings (a last

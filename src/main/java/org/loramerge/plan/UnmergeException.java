@@ -9,7 +9,7 @@ public final class UnmergeException extends UserException {
 
     /** Each way an unmerge can be refused. */
     public enum Reason {
-        /** The merge overwrote or rescaled values that the merged model alone cannot give back (docs/FORMATS.md §10). */
+        /** The merge overwrote or rescaled values that the merged model alone cannot give back (docs/FORMATS.md §11). */
         CANNOT_UNDO,
         /** The merged model has 4-bit weights: requantization rounded the change away. */
         QUANTIZED,

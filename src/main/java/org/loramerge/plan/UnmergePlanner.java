@@ -12,8 +12,8 @@ import org.loramerge.adapter.AdapterKey;
 import org.loramerge.adapter.LoraAdapter;
 import org.loramerge.errors.UsageException;
 import org.loramerge.format.Checkpoint;
-import org.loramerge.format.SafetensorsException;
 import org.loramerge.format.DType;
+import org.loramerge.format.SafetensorsException;
 import org.loramerge.format.TensorInfo;
 import org.loramerge.quant.QuantException;
 import org.loramerge.quant.QuantizedModel;
@@ -29,7 +29,7 @@ import static org.loramerge.plan.UnmergeException.Reason.QUANTIZED;
  * planned by {@link Planner} on the merged model, so the adapter is checked against the merged
  * model exactly as a merge checks it against a base, and the merge engines compute it.
  *
- * <p>What the merged model alone cannot give back (docs/FORMATS.md §10), refused unless the original
+ * <p>What the merged model alone cannot give back (docs/FORMATS.md §11), refused unless the original
  * base is given, whose tensors are then taken as they are:
  * <ul>
  *   <li>DoRA: W' = m·(W + ΔW)/‖W + ΔW‖ keeps the direction of W + ΔW but divides out its norm, so
