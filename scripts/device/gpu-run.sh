@@ -3,13 +3,17 @@
 #
 #   scripts/device/gpu-run.sh pack          here: build the jars, the JUnit launcher and a Java runtime into .device/
 #   then, through the device tool, from the repository root there (carry [".device"]):
-#   bash scripts/device/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchnf4] [benchcpu] [e2e] [e2e2x]
+#   bash scripts/device/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchnf4] [benchcpu] [e2e] [e2e2x] [extract] [unmerge] [benchsvd] [combine] [benchcombine]
 #
 # "device" unpacks the runtime, runs the @Tag("gpu") tests (tests), the JMH throughput benchmarks
 # (benchgpu: device-resident merge and copy ceilings; benchnf4: the NF4 kernels beside the
 # device-to-device copy; benchcpu: CPU engine and the pipeline), QLoRA end to end (nf4; SHAPE=llama-7b
 # for the 7B shape), the 7B-shaped end-to-end benchmark (e2e) and the same at twice the size
-# (e2e2x), writes logs under $OUT and prints a summary table last. Each step fits one device call of 10 minutes.
+# (e2e2x), extract of a 7B-shaped fine-tune against cat of both checkpoints and the torch SVD anchors (extract),
+# the 7B unmerge beside the merge and the copy floor (unmerge),
+# the CPU truncated SVD's JMH benchmark (benchsvd), four adapters combined into the 7B shape (combine) and
+# the CPU engine's combination passes in JMH (benchcombine), writes logs under $OUT and prints a summary table last.
+# Each step fits one device call of 10 minutes.
 # The tests step fails (exit 1) when any GPU test fails, is skipped or aborted, or when none ran,
 # and writes $OUT/last-gpu-run.json (commit, sources hash, card, date, counts) to commit as
 # .ci/last-gpu-run.json.
@@ -125,6 +129,30 @@ device)
     e2e2x)
       LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench/bench-e2e-gpu.sh --scale 2 2>&1 | tee "$OUT/e2e2x.log" | tail -n 25
       summary+=("e2e 2x: see e2e2x.log")
+      ;;
+    extract)
+      LORAMERGE="java -Xmx2g -jar .device/loramerge.jar" bash scripts/bench/bench-extract-gpu.sh 2>&1 | tee "$OUT/extract.log" | tail -n 20
+      summary+=("extract: see extract.log")
+      ;;
+    unmerge)
+      # the 7B e2e with the unmerge beside the merge and the copy floor (PEFT and the CPU engine left out)
+      RUN_UNMERGE=1 SKIP_PEFT=1 SKIP_LM_CPU=1 LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench/bench-e2e-gpu.sh 2>&1 \
+        | tee "$OUT/unmerge.log" | tail -n 25
+      summary+=("unmerge: see unmerge.log")
+      ;;
+    benchsvd)
+      # the truncated SVD of extract on a 4096x4096 ΔW at rank 64, all cores (the setup's exact optimum takes a while)
+      java -jar .device/benchmarks.jar SvdBenchmark -rf json -rff "$OUT/jmh-svd.json" -f 1 -wi 1 -i 3 > "$OUT/jmh-svd.log" 2>&1 || true
+      grep -E "SvdBenchmark\]|^SvdBenchmark" "$OUT/jmh-svd.log" | tee "$OUT/jmh-svd.md"
+      summary+=("jmh svd: see jmh-svd.md")
+      ;;
+    combine)
+      LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench/bench-combine-gpu.sh 2>&1 | tee "$OUT/combine.log" | tail -n 25
+      summary+=("combine (four adapters): see combine.log")
+      ;;
+    benchcombine)
+      # the CPU engine's selection passes, TIES and DARE-TIES rows and the exact several-term merge
+      jmh combine CombineBenchmark -f 1 -wi 1 -i 2 -w 1s -r 1s
       ;;
     *) echo "unknown step $step"; exit 2 ;;
     esac

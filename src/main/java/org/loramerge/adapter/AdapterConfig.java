@@ -3,6 +3,7 @@ package org.loramerge.adapter;
 import com.fasterxml.jackson.core.JsonProcessingException;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ObjectNode;
 import java.io.IOException;
 import java.math.BigInteger;
 import java.nio.file.Files;
@@ -56,9 +57,12 @@ public final class AdapterConfig {
     private final List<Long> tokenIndices;
     private final List<String> warnings;
     private final String baseModelNameOrPath;
+    /** The file's JSON object as read, for tools that write a config of their own from it. */
+    private final ObjectNode json;
 
     private AdapterConfig(Builder b) {
         this.path = b.path;
+        this.json = b.json;
         this.r = b.r;
         this.alpha = b.alpha;
         this.useRslora = b.useRslora;
@@ -88,6 +92,7 @@ public final class AdapterConfig {
 
     private static final class Builder {
         Path path;
+        ObjectNode json;
         String baseModelNameOrPath;
         int r;
         double alpha;
@@ -145,6 +150,7 @@ public final class AdapterConfig {
     static AdapterConfig parse(Path file, JsonNode root) throws AdapterException {
         Builder b = new Builder();
         b.path = file;
+        b.json = root.isObject() ? ((ObjectNode) root).deepCopy() : null;
         LoraConfigFields.check(file, root);
         JsonNode baseName = root.get("base_model_name_or_path");
         b.baseModelNameOrPath = baseName != null && baseName.isTextual() ? baseName.textValue() : null; // informative only: never checked
@@ -417,6 +423,15 @@ public final class AdapterConfig {
         return key == null ? r : rankPattern.get(key);
     }
 
+    /** The largest rank of any module: r, or a larger rank_pattern value (what PEFT's add_weighted_adapter takes as the adapter's rank). */
+    public int maxRank() {
+        int m = r;
+        for (int v : rankPattern.values()) {
+            m = Math.max(m, v);
+        }
+        return m;
+    }
+
     /** The alpha PEFT gives {@code moduleName}: alpha_pattern's first match, else lora_alpha. */
     public double alphaFor(String moduleName) {
         String key = alphaKeyOf.computeIfAbsent(moduleName, m -> Optional.ofNullable(patternKey(alphaKeys, m))).orElse(null);
@@ -533,6 +548,11 @@ public final class AdapterConfig {
     }
 
     /** base_model_name_or_path as PEFT recorded it (a hub id or the path the adapter was trained from), or null. */
+    /** A copy of adapter_config.json's JSON object, as read (null for a config built in code). */
+    public ObjectNode json() {
+        return json == null ? null : json.deepCopy();
+    }
+
     public String baseModelNameOrPath() {
         return baseModelNameOrPath;
     }

@@ -30,6 +30,7 @@ import org.loramerge.pipeline.MergeReport;
 import org.loramerge.pipeline.MergeRunner;
 import org.loramerge.pipeline.Progress;
 import org.loramerge.pipeline.QuantizeRunner;
+import org.loramerge.plan.Combination;
 import org.loramerge.plan.ExpertParameters;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.PlanOptions;
@@ -69,6 +70,20 @@ public final class LoraMerge {
      * {@code options.overwrite()}. Checked before anything else is read.
      */
     public static MergeResult merge(Path base, Path adapter, Path out, MergeOptions options) throws UserException, IOException {
+        return merge(base, List.of(adapter), null, out, options);
+    }
+
+    /**
+     * Merges several PEFT LoRA adapters of one base, combined by {@code combination} (PEFT's
+     * add_weighted_adapter methods and task arithmetic; docs/FORMATS.md §8), into the model in
+     * {@code base}, as {@link #merge(Path, Path, Path, MergeOptions)} merges one. {@code combination}
+     * is null only for a single adapter; {@code combination.weights()} has one weight per adapter.
+     */
+    public static MergeResult merge(Path base, List<Path> adapters, Combination combination, Path out, MergeOptions options)
+            throws UserException, IOException {
+        if (adapters.isEmpty() || (combination == null && adapters.size() > 1)) {
+            throw new UsageException(adapters.size() + " adapters given: choose how they combine (--combine METHOD; docs/FORMATS.md §8)");
+        }
         DType dtype = parseDtype(options.dtype());
         QuantTarget to = parseTarget(options.to());
         if (options.maxShardSize() <= 0) {
@@ -83,13 +98,18 @@ public final class LoraMerge {
         int cpuThreads = options.threads() > 0 ? options.threads() : Runtime.getRuntime().availableProcessors();
         PrintStream log = options.log();
         long start = System.nanoTime();
-        try (AtomicOutput output = AtomicOutput.create(out, options.overwrite(), List.of(base, adapter))) {
+        List<Path> inputs = new ArrayList<>();
+        inputs.add(base);
+        inputs.addAll(adapters);
+        try (AtomicOutput output = AtomicOutput.create(out, options.overwrite(), inputs)) {
             // the engine starts (CUDA context, cuBLAS, kernels: about a second) while the plan is made
             CompletableFuture<Backends.Choice> opening = openInBackground(options.device(), cpuThreads);
             Backends.Choice choice = null;
-            try (Checkpoint ckpt = openBase(base, options.followSymlinks()); LoraAdapter lora = openAdapter(adapter, options.followSymlinks())) {
-                MergePlan plan = Planner.plan(ckpt, lora, new PlanOptions(dtype, options.maxShardSize(), to));
-                requireAChange(plan, lora, options);
+            try (Checkpoint ckpt = openBase(base, options.followSymlinks()); Adapters loras = Adapters.open(adapters, options.followSymlinks())) {
+                PlanOptions planOptions = new PlanOptions(dtype, options.maxShardSize(), to);
+                MergePlan plan = combination == null ? Planner.plan(ckpt, loras.list().get(0), planOptions)
+                        : Planner.plan(ckpt, loras.list(), planOptions, combination);
+                requireAChange(plan, loras.list(), options);
                 choice = await(opening);
                 double startSeconds = (System.nanoTime() - start) / 1e9;
                 try (Backend backend = choice.backend()) {
@@ -126,14 +146,16 @@ public final class LoraMerge {
      * An adapter that changes nothing is a failure (an adapter saved before training, the wrong
      * folder) unless {@code allowEmptyAdapter}, which writes a copy of the base and says so.
      */
-    private static void requireAChange(MergePlan plan, LoraAdapter lora, MergeOptions options) throws AdapterException {
+    private static void requireAChange(MergePlan plan, List<LoraAdapter> loras, MergeOptions options) throws AdapterException {
         if (!plan.changesNothing()) {
             return;
         }
-        String what = lora.keys().isEmpty() ? "holds no tensors" : "holds " + lora.keys().size() + " tensors, none of which changes the base";
+        LoraAdapter lora = loras.get(0);
+        String what = loras.size() > 1 ? "and the other " + (loras.size() - 1) + " adapters hold no tensor that changes the base"
+                : lora.keys().isEmpty() ? "holds no tensors" : "holds " + lora.keys().size() + " tensors, none of which changes the base";
         if (!options.allowEmptyAdapter()) {
             throw new AdapterException(AdapterException.Reason.NO_CHANGE, lora.dir().resolve(LoraAdapter.WEIGHTS), what
-                    + (lora.config().hasTargetRule() ? " although adapter_config.json targets modules" : "")
+                    + (loras.size() == 1 && lora.config().hasTargetRule() ? " although adapter_config.json targets modules" : "")
                     + ", so the merge would only copy the base; check that this is the adapter you meant and that it was saved after "
                     + "training (PEFT's save_pretrained), or pass --allow-empty-adapter to write the copy anyway");
         }
@@ -291,7 +313,11 @@ public final class LoraMerge {
         return open("--base", dir, followSymlinks);
     }
 
-    /** Opens the model folder given as {@code option}; a folder that cannot be read is a bad input. */
+    /** Opens the model folder given as {@code option} (for messages: {@code --base}); a folder that cannot be read is a bad input. */
+    public static Checkpoint openModel(String option, Path dir, boolean followSymlinks) throws UserException {
+        return open(option, dir, followSymlinks);
+    }
+
     private static Checkpoint open(String option, Path dir, boolean followSymlinks) throws UserException {
         try {
             return Checkpoint.open(dir, followSymlinks);
@@ -302,7 +328,8 @@ public final class LoraMerge {
         }
     }
 
-    private static LoraAdapter openAdapter(Path dir, boolean followSymlinks) throws UserException {
+    /** Opens a PEFT adapter folder; a folder that cannot be read is a bad input. */
+    public static LoraAdapter openAdapter(Path dir, boolean followSymlinks) throws UserException {
         try {
             return LoraAdapter.open(dir, followSymlinks);
         } catch (SafetensorsException | AdapterException e) {

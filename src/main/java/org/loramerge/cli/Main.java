@@ -11,8 +11,8 @@ import org.loramerge.errors.UsageException;
 import org.loramerge.errors.UserException;
 import org.loramerge.format.ToolVersion;
 import picocli.AutoComplete;
-import picocli.CommandLine;
 import picocli.CommandLine.Command;
+import picocli.CommandLine;
 
 /** The {@code loramerge} command. The only place that turns failures into exit codes. */
 @Command(name = "loramerge",
@@ -21,8 +21,8 @@ import picocli.CommandLine.Command;
         description = {
                 "Merges PEFT LoRA adapters into Hugging Face safetensors checkpoints: W' = W + s·B·A, "
                         + "correctly rounded, streamed tensor by tensor, on the CPU or an NVIDIA GPU."},
-        subcommands = {MergeCommand.class, VerifyCommand.class, InspectCommand.class, QuantizeCommand.class, CommandLine.HelpCommand.class,
-                AutoComplete.GenerateCompletion.class, ManPageCommand.class},
+        subcommands = {MergeCommand.class, CombineCommand.class, VerifyCommand.class, InspectCommand.class, QuantizeCommand.class, ExtractCommand.class,
+                UnmergeCommand.class, CommandLine.HelpCommand.class, AutoComplete.GenerateCompletion.class, ManPageCommand.class},
         footer = {"", "Exit codes: 0 ok, 2 usage, 3 bad input, 4 output not written, 5 overflow/NaN, 6 verify failed, 7 GPU unavailable, 1 bug."})
 public final class Main {
     public static void main(String[] args) {

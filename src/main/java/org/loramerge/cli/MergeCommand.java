@@ -2,6 +2,7 @@ package org.loramerge.cli;
 
 import java.io.PrintStream;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
 import java.util.concurrent.Callable;
@@ -11,6 +12,9 @@ import org.loramerge.api.MergeResult;
 import org.loramerge.api.VerifyOptions;
 import org.loramerge.errors.UsageException;
 import org.loramerge.pipeline.Progress;
+import org.loramerge.plan.Combination;
+import org.loramerge.plan.CombineException;
+import org.loramerge.plan.CombineMethod;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
@@ -18,15 +22,28 @@ import picocli.CommandLine.Option;
 @Command(name = "merge", mixinStandardHelpOptions = true, sortOptions = false,
         description = {"Merges a PEFT LoRA adapter into its base model and writes a standard Hugging Face checkpoint.",
                 "Every merged value is W + s·B·A (or DoRA's rescaling) computed exactly and rounded once. "
-                        + "The output appears only when complete; the inputs are never changed."})
+                        + "The output appears only when complete; the inputs are never changed.",
+                "Several adapters (--adapter A1 --adapter A2 ...) are combined in the same pass with --combine METHOD: "
+                        + "cat or task_arithmetic (exact: W + Σ w·s·B·A), PEFT's linear and svd methods, or ties, dare_linear, "
+                        + "dare_ties, magnitude_prune on the dense deltas (docs/FORMATS.md §8)."})
 final class MergeCommand implements Callable<Integer> {
     @Option(names = "--base", required = true, paramLabel = "MODEL_DIR", description = "base model folder (config.json + model.safetensors or shards)")
     Path base;
 
     @Option(names = "--adapter", required = true, paramLabel = "ADAPTER_DIR",
             description = "PEFT adapter folder (adapter_config.json + adapter_model.safetensors); tokenizer files saved there with the "
-                    + "fine-tune replace the base's")
-    Path adapter;
+                    + "fine-tune replace the base's; repeat it, with --combine, to combine several")
+    List<Path> adapters;
+
+    @Option(names = "--combine", paramLabel = "METHOD", description = "how several adapters combine: cat, task_arithmetic, linear, ties, "
+            + "dare_linear, dare_ties, magnitude_prune, svd, ties_svd, dare_linear_svd, dare_ties_svd, magnitude_prune_svd (docs/FORMATS.md §8)")
+    String combine;
+
+    @Mixin
+    CombineOptions combineOptions;
+
+    @Option(names = "--lambda", paramLabel = "L", description = "task_arithmetic, ties, dare_*, magnitude_prune: multiply the combined delta by L (default: 1)")
+    Double lambda;
 
     @Option(names = "--out", required = true, paramLabel = "OUT_DIR",
             description = "folder to create for the merged model (missing parent folders are created); checked before anything else")
@@ -101,7 +118,7 @@ final class MergeCommand implements Callable<Integer> {
                 .withOverwrite(overwrite).withAllowOverflow(allowOverflow).withThreads(threads == null ? 0 : threads)
                 .withVerifyRows(verify ? verifyRowCount : 0).withLog(quiet ? null : err)
                 .withFollowSymlinks(inputs.followSymlinks).withAllowEmptyAdapter(allowEmptyAdapter);
-        MergeResult result = LoraMerge.merge(base, adapter, out, options);
+        MergeResult result = LoraMerge.merge(base, adapters, combination(), out, options);
         if (json) {
             CliJson.print(System.out, result, false);
         }
@@ -109,6 +126,22 @@ final class MergeCommand implements Callable<Integer> {
             print(result, err);
         }
         return ExitCodes.OK;
+    }
+
+    /** The combination asked for, or null for the merge of one adapter. */
+    private Combination combination() throws UsageException, CombineException {
+        if (combine == null) {
+            if (adapters.size() > 1) {
+                throw new UsageException(adapters.size() + " adapters given: choose how they combine with --combine METHOD ("
+                        + CombineMethod.names(CombineMethod.forMerge()) + "; docs/FORMATS.md §8)");
+            }
+            if (combineOptions.anyGiven() || lambda != null) {
+                throw new UsageException("--weights, --density, --majority-sign, --seed, --rank, --svd-clamp and --lambda "
+                        + "apply to a combination: add --combine METHOD");
+            }
+            return null;
+        }
+        return combineOptions.combination(combine, CombineMethod.forMerge(), adapters.size(), lambda, "merge");
     }
 
     private static void print(MergeResult r, PrintStream err) {

@@ -39,7 +39,7 @@ final class VerifyCommand implements Callable<Integer> {
     @Option(names = "--tolerance", defaultValue = "ulp", paramLabel = "ulp|fp32-accumulation",
             description = "what counts as correct. ulp (default): within --max-ulp of the correctly rounded merge (strict; loramerge's "
                     + "own output has 0). fp32-accumulation: within the error bound of a merge computed in fp32, element by element "
-                    + "from |W| and Σ|s·U·V| (docs/FORMATS.md §9): use it for PEFT's or any other tool's output, whose F32 merges are "
+                    + "from |W| and Σ|s·U·V| (docs/FORMATS.md §10): use it for PEFT's or any other tool's output, whose F32 merges are "
                     + "many ulps from exact and still correct; a wrong scale, a missing or doubled term still fails")
     String tolerance;
 

@@ -18,8 +18,9 @@ import org.loramerge.verify.Verifier;
 /**
  * Streams a {@link MergePlan} to disk: shard by shard, each output tensor is handed to the
  * {@link TensorStrategy} of its route, which cuts it into blocks computed by the backend on worker
- * threads and written in order by the calling thread ({@link BlockExecutor}), with a bounded number
- * of blocks in flight. Memory is bounded by (blocks in flight) x (block size) plus one tensor's
+ * threads, each written at its offset in the shard by the worker that made it, and completed in
+ * order by the calling thread ({@link BlockExecutor}: progress, errors), with a bounded number of
+ * blocks in flight. Memory is bounded by (blocks in flight) x (block size) plus one tensor's
  * adapter factors, whatever the model's size; a requantized weight adds its codes until it is
  * written. Then the index, config.json and the carried files, an optional verification of the
  * finished output, the model card ({@link ModelCard}), and the commit ({@link CheckpointWriter}).
@@ -79,8 +80,9 @@ public final class MergeRunner {
             if (options.verifyRows() > 0) {
                 verify(plan, writer.dir(), options.verifyRows(), report);
             }
-            writer.writeText(CarriedFiles.MODEL_CARD, ModelCard.render(plan, options.verifyRows(),
-                    report.verifiedWorstUlp));
+            if (plan.provenance() != null) {
+                writer.writeText(CarriedFiles.MODEL_CARD, ModelCard.render(plan, options.verifyRows(), report.verifiedWorstUlp));
+            }
             writer.commit();
         } finally {
             ctx.executor.close();

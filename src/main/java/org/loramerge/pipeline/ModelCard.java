@@ -37,16 +37,31 @@ final class ModelCard {
         }
         sb.append("tags:\n- loramerge\n- lora\n- merge\n---\n\n");
         String base = p.baseModelName() != null ? "`" + p.baseModelName() + "`" : "the base model in `" + name(p.base()) + "`";
-        sb.append("# ").append(p.baseModelName() != null ? p.baseModelName() : name(p.base())).append(" + ").append(name(p.adapter()))
-                .append(" (merged)\n\n");
-        sb.append("This model is ").append(base).append(" with the PEFT LoRA adapter of `").append(name(p.adapter()))
-                .append("` merged into its weights by loramerge ").append(ToolVersion.get()).append(".\n\n");
+        sb.append("# ").append(p.baseModelName() != null ? p.baseModelName() : name(p.base())).append(" + ").append(name(p.adapter()));
+        for (Path more : p.moreAdapters()) {
+            sb.append(" + ").append(name(more));
+        }
+        sb.append(" (merged)\n\n");
+        if (p.combination() == null) {
+            sb.append("This model is ").append(base).append(" with the PEFT LoRA adapter of `").append(name(p.adapter()))
+                    .append("` merged into its weights by loramerge ").append(ToolVersion.get()).append(".\n\n");
+        } else {
+            sb.append("This model is ").append(base).append(" with ").append(1 + p.moreAdapters().size())
+                    .append(" PEFT LoRA adapters combined and merged into its weights by loramerge ").append(ToolVersion.get()).append(".\n\n");
+        }
         sb.append("| | |\n| --- | --- |\n");
         sb.append("| base model | ").append(base).append(" (folder `").append(name(p.base())).append("`) |\n");
-        sb.append("| adapter | `").append(name(p.adapter())).append("`: LoRA r=").append(p.rank()).append(", lora_alpha=")
+        if (p.combination() != null) {
+            sb.append("| adapters | `").append(name(p.adapter())).append('`');
+            for (Path more : p.moreAdapters()) {
+                sb.append(", `").append(name(more)).append('`');
+            }
+            sb.append(", combined by ").append(p.combination()).append(" |\n");
+        }
+        sb.append(p.combination() == null ? "| adapter | `" : "| first adapter | `").append(name(p.adapter())).append("`: LoRA r=").append(p.rank()).append(", lora_alpha=")
                 .append(number(p.alpha())).append(p.useRslora() ? ", rsLoRA" : "").append(p.useDora() ? ", DoRA" : "")
                 .append(p.targetModules().isEmpty() ? "" : ", target_modules " + String.join(", ", p.targetModules())).append(" |\n");
-        sb.append("| method | every adapted weight is W + s·B·A").append(p.useDora() ? " with DoRA's magnitude rescaling" : "")
+        sb.append("| method | every adapted weight is ").append(p.combination() == null ? "W + s·B·A" : "W + the adapters' combined update").append(p.useDora() ? " with DoRA's magnitude rescaling" : "")
                 .append(", computed exactly and rounded once (to nearest, ties to even) into ").append(dtypes(plan)).append(" |\n");
         sb.append("| tensors | ").append(plan.count(OutputTensor.Kind.MERGE)).append(" merged, ").append(plan.count(OutputTensor.Kind.REPLACE))
                 .append(" replaced, ").append(plan.count(OutputTensor.Kind.CONVERT)).append(" converted, ")

@@ -19,7 +19,8 @@ import org.loramerge.quant.Requantizer;
  * {@link OutputTensor.Route#REQUANTIZE} ({@code merge --to nf4}): row blocks that hold whole
  * quantization blocks (a multiple of {@code blockElements / gcd(cols, blockElements)} rows), so no
  * quantization block straddles two workers, sized by the engine's working memory per element; each
- * block merged and requantized by the engine, its codes written in order. After the last block the
+ * block merged and requantized by the engine, its codes written at their offset in the shard by the
+ * worker, completions taken in order. After the last block the
  * engine settles the scales, the rest of the group is written, and the survival sums are added up
  * in chunk order (the same figures whatever the thread count).
  */
@@ -38,6 +39,12 @@ final class Requantize implements TensorStrategy {
             long rowBytes = (long) cols * t.dtype().sizeInBytes();
             try (TensorMerge columns = ctx.backend.openMerge(job)) {
                 ColumnNorms.compute(ctx, job, columns, ctx.rowsPerBlock(t, rowBytes, rowBytes));
+            }
+        }
+        if (job.needsSelection()) {
+            long rowBytes = (long) cols * t.dtype().sizeInBytes();
+            try (TensorMerge selection = ctx.backend.openMerge(job)) {
+                MagnitudeSelection.compute(ctx, job, selection, ctx.rowsPerBlock(t, rowBytes, rowBytes));
             }
         }
         Requantization requant = ctx.backend.openRequantization(job);

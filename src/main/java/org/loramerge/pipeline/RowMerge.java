@@ -13,7 +13,9 @@ import org.loramerge.plan.TensorSource;
  * tensor cut into row blocks of about a streaming block each; a worker reads a block's source
  * rows (in the form the engine asks for), has the engine merge them into one of the circulating
  * output buffers and writes it at its place in the shard, so reads, copies and writes run on every
- * worker at once; the writing thread completes the blocks in order (progress, flush, errors).
+ * worker at once; the writing thread completes the blocks in order (progress, flush, errors). A
+ * combination that keeps the top D by magnitude first runs its selection passes
+ * ({@link MagnitudeSelection}).
  */
 final class RowMerge implements TensorStrategy {
     static final RowMerge INSTANCE = new RowMerge();
@@ -32,6 +34,9 @@ final class RowMerge implements TensorStrategy {
         TensorMerge merge = ctx.backend.openMerge(job);
         if (t.route() == OutputTensor.Route.ROWS_AFTER_COLUMN_NORMS) {
             ColumnNorms.compute(ctx, job, merge, rowsPerBlock);
+        }
+        if (job.needsSelection()) {
+            MagnitudeSelection.compute(ctx, job, merge, rowsPerBlock);
         }
         TensorSource.Form form = merge.input();
         CheckpointWriter.Shard shard = ctx.shard;

@@ -14,7 +14,7 @@ import static org.loramerge.adapter.AdapterException.Reason.UNSUPPORTED;
 
 /**
  * Where the parameters PEFT's {@code target_parameters} adapts are stored in a checkpoint
- * (docs/FORMATS.md §8). transformers 5 holds the experts of an MoE block in memory as fused 3-D
+ * (docs/FORMATS.md §9). transformers 5 holds the experts of an MoE block in memory as fused 3-D
  * parameters, {@code experts.gate_up_proj} [E, 2I, H] and {@code experts.down_proj} [E, H, I]
  * (gpt-oss transposed: [E, H, 2I], [E, I, H]), and PEFT's adapter keys name those; but its
  * save_pretrained undoes its weight conversion (transformers conversion_mapping.py), so Mixtral-

@@ -2,7 +2,7 @@ package org.loramerge.plan;
 
 /**
  * The part of a fused expert parameter [E, d1, d2] that one {@link Layout#EXPERT} term updates
- * (FORMATS.md §3, §8): rows {@code [expertRow0, expertRow0 + rows)} of expert {@code expert}'s
+ * (FORMATS.md §3, §9): rows {@code [expertRow0, expertRow0 + rows)} of expert {@code expert}'s
  * [d1, d2] matrix, which are rows {@code [outputRow0, outputRow0 + rows)} of the output tensor's
  * matrix view: a per-expert checkpoint tensor holds one expert's rows (or a part of them, such as
  * Mixtral's w1, the first half of gate_up_proj) from its row 0; gpt-oss's fused tensor, viewed as

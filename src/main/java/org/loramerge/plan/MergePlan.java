@@ -16,7 +16,7 @@ import java.util.Map;
  * @param keyUse      every adapter key and the output tensor it went into
  * @param warnings    things the user should know that do not stop the merge
  * @param notes       decisions worth reporting (untied lm_head, resized vocabulary, tokenizer files taken, ...)
- * @param provenance  the inputs, for the model card
+ * @param provenance  the inputs, for the model card; null for a plan that writes none (unmerge)
  */
 public record MergePlan(List<OutputTensor> tensors, List<Shard> shards, ObjectNode config, List<Path> filesToCopy,
                         Map<String, String> keyUse, List<String> warnings, List<String> notes, Provenance provenance) {

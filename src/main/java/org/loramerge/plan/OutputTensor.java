@@ -19,7 +19,7 @@ public final class OutputTensor {
         COPY,
         /** Only a dtype conversion (rounded once). */
         CONVERT,
-        /** A base tensor with LoRA terms, DoRA or token rows applied. */
+        /** A base tensor with LoRA terms, DoRA, token rows or a combination of adapters applied. */
         MERGE,
         /** Replaced by a tensor of the adapter (base_layer, modules_to_save, bias="all"), possibly with terms on top. */
         REPLACE,
@@ -40,21 +40,28 @@ public final class OutputTensor {
     }
 
     /**
-     * What the adapter applies to a tensor.
+     * What the adapter (or adapters) apply to a tensor.
      *
      * @param terms     low-rank updates, in adapter order
      * @param dora      DoRA's magnitude rescaling, or null
      * @param tokenRows rows replaced by trainable tokens, or null
+     * @param combined  several adapters' updates combined by a method other than an exact sum
+     *                  (docs/FORMATS.md §8), or null; applied after {@code terms}
      */
-    public record Update(List<TermSpec> terms, DoraSpec dora, TokenRows tokenRows) {
+    public record Update(List<TermSpec> terms, DoraSpec dora, TokenRows tokenRows, CombinedUpdate combined) {
         public static final Update NONE = new Update(List.of(), null, null);
 
         public Update {
             terms = List.copyOf(terms);
         }
 
+        /** An update of one adapter. */
+        public Update(List<TermSpec> terms, DoraSpec dora, TokenRows tokenRows) {
+            this(terms, dora, tokenRows, null);
+        }
+
         public boolean isEmpty() {
-            return terms.isEmpty() && dora == null && tokenRows == null;
+            return terms.isEmpty() && dora == null && tokenRows == null && combined == null;
         }
     }
 
@@ -147,7 +154,7 @@ public final class OutputTensor {
     /**
      * This expert stack [E, d1, d2] (gpt-oss's fused experts) seen as the matrix [E·d1, d2]
      * instead of [E, d1·d2]: the same bytes, cut into rows of one expert matrix row each, so an
-     * expert's low-rank term covers a range of rows (FORMATS.md §8) and a row stays far below a
+     * expert's low-rank term covers a range of rows (FORMATS.md §9) and a row stays far below a
      * streaming block.
      */
     public OutputTensor asExpertRows() {
@@ -191,6 +198,11 @@ public final class OutputTensor {
 
     public TokenRows tokenRows() {
         return update.tokenRows();
+    }
+
+    /** Several adapters' combined update, or null (see {@link Update#combined()}). */
+    public CombinedUpdate combined() {
+        return update.combined();
     }
 
     public Kind kind() {

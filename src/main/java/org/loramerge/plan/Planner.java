@@ -1,6 +1,7 @@
 package org.loramerge.plan;
 
 import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import java.io.IOException;
 import java.nio.file.Files;
@@ -8,6 +9,7 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collection;
+import java.util.Collections;
 import java.util.LinkedHashMap;
 import java.util.LinkedHashSet;
 import java.util.List;
@@ -54,12 +56,20 @@ public final class Planner {
     private static final String LM_HEAD = "lm_head.weight";
 
     private final Checkpoint base;
-    private final LoraAdapter adapter;
-    private final AdapterConfig config;
+    private final List<LoraAdapter> adapters;
+    /** How the adapters combine (the SVD methods' rank resolved); null for the merge of one adapter. */
+    private Combination combination;
+    /** True when the combination is written as a new adapter ({@code combine}) rather than merged. */
+    private final boolean adapterOutput;
+    /** The adapter being planned, its position and its config. */
+    private LoraAdapter adapter;
+    private int adapterIndex;
+    private AdapterConfig config;
     private final PlanOptions options;
     /** Problems, grouped by kind so that one wrong adapter does not print a line per module. */
     private final MessageGroups problems = new MessageGroups();
     private AdapterException.Reason firstReason;
+    private LoraAdapter firstProblemAdapter;
     private final List<String> warnings = new ArrayList<>();
     /** Warnings that repeat per module, added to {@link #warnings} one line per kind at the end of planning. */
     private final MessageGroups moduleWarnings = new MessageGroups();
@@ -70,12 +80,14 @@ public final class Planner {
     private DType dtype;
     /** What the quantized weights become; null for a base without them. */
     private QuantTarget to;
-    /** The output tensor's name to the work the adapter asks on it, in adapter order. */
-    private final Map<String, Ops> ops = new LinkedHashMap<>();
+    /** The output tensor's name to the work the adapter (or the combination) asks on it, in adapter order. */
+    private Map<String, Ops> ops = new LinkedHashMap<>();
     /** Every base tensor's shape by name, as the adapter sees it (a quantized weight's own shape, a tied lm_head, replacements). */
     private final Map<String, long[]> shapes = new LinkedHashMap<>();
     private String embedName;
     private boolean tied;
+    /** The vocabulary size an adapter resized to, or null. */
+    private Long newVocab;
     /** Where the checkpoint stores the parameters target_parameters adapts (MoE experts). */
     private ExpertParameters experts;
 
@@ -85,16 +97,19 @@ public final class Planner {
         final List<TermSpec> terms = new ArrayList<>();
         DoraSpec dora;
         TokenRows tokens;
+        CombinedUpdate combined;
         /** The terms are MoE experts' slices of a fused expert stack [E, d1, d2], seen as [E·d1, d2]. */
         boolean expertRows;
+        /** Some terms are LoRA on a parameter (target_parameters: PEFT's ParamWrapper), not on a module. */
+        boolean onParameter;
         final List<String> keys = new ArrayList<>();
 
         boolean isEmpty() {
-            return replacement == null && terms.isEmpty() && dora == null && tokens == null;
+            return replacement == null && terms.isEmpty() && dora == null && tokens == null && combined == null;
         }
 
         OutputTensor.Update update() {
-            return new OutputTensor.Update(terms, dora, tokens);
+            return new OutputTensor.Update(terms, dora, tokens, combined);
         }
     }
 
@@ -107,11 +122,26 @@ public final class Planner {
     private record KeyGroups(Map<String, Parts> modules, Map<String, AdapterKey> replacements) {
     }
 
-    private Planner(Checkpoint base, LoraAdapter adapter, PlanOptions options) {
+    private Planner(Checkpoint base, List<LoraAdapter> adapters, PlanOptions options, Combination combination, boolean adapterOutput) {
         this.base = base;
-        this.adapter = adapter;
-        this.config = adapter.config();
+        this.adapters = List.copyOf(adapters);
+        this.combination = combination;
+        this.adapterOutput = adapterOutput;
         this.options = options;
+        select(0);
+        if (combination != null && combination.method().operand() == CombineMethod.Operand.SVD && combination.rank() == 0) {
+            int r = 0;
+            for (LoraAdapter a : adapters) {
+                r = Math.max(r, a.config().maxRank()); // peft: svd_rank or max(adapters_ranks)
+            }
+            this.combination = combination.withRank(r);
+        }
+    }
+
+    private void select(int i) {
+        adapterIndex = i;
+        adapter = adapters.get(i);
+        config = adapter.config();
     }
 
     /**
@@ -124,40 +154,117 @@ public final class Planner {
      */
     public static MergePlan plan(Checkpoint base, LoraAdapter adapter, PlanOptions options)
             throws AdapterException, IOException, QuantException, UsageException, SafetensorsException {
-        return new Planner(base, adapter, options).build();
+        try {
+            return new Planner(base, List.of(adapter), options, null, false).build();
+        } catch (CombineException e) {
+            throw new IllegalStateException("one adapter is never combined", e);
+        }
     }
 
-    private MergePlan build() throws AdapterException, IOException, QuantException, UsageException, SafetensorsException {
+    /**
+     * Plans the merge of several adapters combined by {@code combination} (docs/FORMATS.md §8):
+     * each adapter is planned and checked against the base as a single merge would, then the
+     * updates of every tensor are combined. {@code combination.weights()} has one weight per adapter.
+     *
+     * @throws CombineException when the adapters cannot be combined as asked (DoRA, unequal ranks
+     *                          for a method that needs equal ones, replaced tensors that differ, ...)
+     */
+    public static MergePlan plan(Checkpoint base, List<LoraAdapter> adapters, PlanOptions options, Combination combination)
+            throws AdapterException, CombineException, IOException, QuantException, UsageException, SafetensorsException {
+        if (adapters.isEmpty() || combination.weights().size() != adapters.size()) {
+            throw new IllegalArgumentException("one weight per adapter, and at least one adapter");
+        }
+        return new Planner(base, adapters, options, combination, false).build();
+    }
+
+    /**
+     * Plans {@code combine}: the adapters checked against the base as for a merge, and the new
+     * adapter PEFT's add_weighted_adapter would make of them (docs/FORMATS.md §8): one combined
+     * update per module, the new rank, and the new adapter_config.json. The base is only read for
+     * shapes; a 4-bit base is fine.
+     *
+     * @throws CombineException when the adapters cannot be combined into one adapter (DoRA,
+     *                          lora_bias, token rows, tensors they replace, unequal ranks where
+     *                          the method needs equal ones, ...)
+     */
+    public static AdapterPlan planAdapter(Checkpoint base, List<LoraAdapter> adapters, Combination combination)
+            throws AdapterException, CombineException, IOException, QuantException, UsageException {
+        if (adapters.isEmpty() || combination.weights().size() != adapters.size() || !combination.method().isLowRank()) {
+            throw new IllegalArgumentException("one weight per adapter, at least one adapter, and a method with a low-rank result");
+        }
+        Planner p = new Planner(base, adapters, PlanOptions.defaults(), combination, true);
+        p.prepare();
+        List<Map<String, Ops>> perAdapter = p.planAdapters();
+        p.ops = p.combine(perAdapter);
+        return p.adapterPlan(perAdapter);
+    }
+
+    private MergePlan build() throws AdapterException, CombineException, IOException, QuantException, UsageException, SafetensorsException {
+        prepare();
+        List<Map<String, Ops>> perAdapter = planAdapters();
+        ops = combination == null ? perAdapter.get(0) : combine(perAdapter);
+        boolean untie = resolveTiedEmbeddings();
+        List<OutputTensor> outputs = outputTensors(untie);
+        for (int i = 0; i < adapters.size(); i++) {
+            select(i);
+            placeKeys(perAdapter.get(i));
+        }
+        warnings.addAll(moduleWarnings.lines());
+        return new MergePlan(outputs, assignShards(outputs, options.maxShardSize()), updatedConfig(newVocab, untie), filesToCarry(), keyUse,
+                warnings, notes, Provenance.of(base, adapters, combination));
+    }
+
+    /** The base's side: its warnings, quantized weights and what they become, embeddings, shapes. */
+    private void prepare() throws IOException, QuantException, UsageException {
         warnings.addAll(base.warnings());
-        warnings.addAll(config.warnings());
+        for (LoraAdapter a : adapters) {
+            for (String w : a.config().warnings()) {
+                warnings.add(adapters.size() > 1 ? a.dir() + ": " + w : w);
+            }
+        }
         quant = WeightFormats.detect(base);
-        settleTarget();
+        if (!adapterOutput) {
+            settleTarget();
+        }
         warnings.addAll(quant.warnings());
-        embedName = findEmbedding();
+        embedName = findEmbedding(base);
         boolean tieFlag = base.config() == null || base.config().path("tie_word_embeddings").asBoolean(true);
         tied = tieFlag && embedName != null && base.tensor(LM_HEAD) == null;
         collectShapes();
         experts = new ExpertParameters(base.modelType(), base.config(), shapes);
+    }
 
-        KeyGroups keys = groupKeys();
-        Long newVocab = planReplacements(keys.replacements());
+    /** Each adapter planned against the base on its own: the work it asks on every tensor, in adapter order. */
+    private List<Map<String, Ops>> planAdapters() throws AdapterException, IOException {
+        List<Map<String, Ops>> perAdapter = new ArrayList<>();
+        for (int i = 0; i < adapters.size(); i++) {
+            select(i);
+            ops = new LinkedHashMap<>();
+            if (combination != null && config.useDora()) {
+                problem(UNSUPPORTED, "adapter_config.json has use_dora: true. DoRA adapters cannot be combined: each carries magnitude "
+                        + "vectors for its own ΔW, and no combination of them is the magnitude of the combined ΔW (PEFT's "
+                        + "add_weighted_adapter re-initialises them from the base instead). Merge this adapter on its own");
+            }
+            KeyGroups keys = groupKeys();
+            Long v = planReplacements(keys.replacements());
+            if (v != null) {
+                newVocab = v;
+            }
+            for (Map.Entry<String, Parts> e : keys.modules().entrySet()) {
+                if (!planParameter(e.getKey(), e.getValue())) {
+                    planModule(e.getKey(), e.getValue());
+                }
+            }
+            perAdapter.add(ops);
+        }
+        if (!problems.isEmpty()) {
+            throw new AdapterException(firstReason, firstProblemAdapter.dir(), "cannot merge; nothing was written:\n  - "
+                    + String.join("\n  - ", problems.lines()));
+        }
         if (newVocab != null) {
             notes.add("vocabulary resized to " + newVocab + " rows by the adapter; config.json vocab_size follows");
         }
-        for (Map.Entry<String, Parts> e : keys.modules().entrySet()) {
-            if (!planParameter(e.getKey(), e.getValue())) {
-                planModule(e.getKey(), e.getValue());
-            }
-        }
-        if (!problems.isEmpty()) {
-            throw new AdapterException(firstReason, adapter.dir(), "cannot merge; nothing was written:\n  - " + String.join("\n  - ", problems.lines()));
-        }
-        boolean untie = resolveTiedEmbeddings();
-        List<OutputTensor> outputs = outputTensors(untie);
-        placeKeys();
-        warnings.addAll(moduleWarnings.lines());
-        return new MergePlan(outputs, assignShards(outputs), updatedConfig(newVocab, untie), filesToCarry(), keyUse, warnings, notes,
-                Provenance.of(base, adapter));
+        return perAdapter;
     }
 
     /**
@@ -212,7 +319,7 @@ public final class Planner {
         Map<String, AdapterKey> replacements = new LinkedHashMap<>();
         for (AdapterKey k : adapter.keys().values()) {
             if (k.kind() == AdapterKey.Kind.ORIGINAL_MODULE) {
-                keyUse.put(k.key(), "(PEFT's copy of the original " + k.module() + "; not used by a merge)");
+                keyUse.put(keyName(k.key()), "(PEFT's copy of the original " + k.module() + "; not used by a merge)");
             } else if (k.kind() == AdapterKey.Kind.REPLACE || k.kind() == AdapterKey.Kind.MODULES_TO_SAVE) {
                 AdapterKey previous = replacements.get(k.module());
                 if (previous == null) {
@@ -222,7 +329,7 @@ public final class Planner {
                     AdapterKey trained = k.kind() == AdapterKey.Kind.MODULES_TO_SAVE ? k : previous;
                     AdapterKey plain = trained == k ? previous : k;
                     replacements.put(k.module(), trained);
-                    keyUse.put(plain.key(), "(same module as " + trained.key() + ", which is used)");
+                    keyUse.put(keyName(plain.key()), "(same module as " + trained.key() + ", which is used)");
                 } else {
                     problem(CONFIG_MISMATCH, "keys " + previous.key() + " and " + k.key() + " both replace " + k.module());
                 }
@@ -282,6 +389,215 @@ public final class Planner {
     }
 
     /**
+     * The updates of every tensor combined (docs/FORMATS.md §8). An exact method (cat,
+     * task_arithmetic) gives each adapter's terms with its weight folded into the scale; any other
+     * gives one {@link CombinedUpdate} per tensor. A tensor several adapters replace must be
+     * replaced by the same values in each (as the embedding's base_layer copy is); token rows,
+     * and lora_bias outside the exact methods, cannot be combined.
+     */
+    private Map<String, Ops> combine(List<Map<String, Ops>> perAdapter) throws IOException, CombineException {
+        Map<String, Ops> out = new LinkedHashMap<>();
+        List<String> names = new ArrayList<>();
+        for (Map<String, Ops> m : perAdapter) {
+            for (String n : m.keySet()) {
+                if (!names.contains(n)) {
+                    names.add(n);
+                }
+            }
+        }
+        CombineMethod method = combination.method();
+        for (String name : names) {
+            Ops c = new Ops();
+            List<CombinedUpdate.Part> parts = new ArrayList<>();
+            int replacedBy = -1;
+            for (int i = 0; i < perAdapter.size(); i++) {
+                Ops o = perAdapter.get(i).get(name);
+                if (o == null) {
+                    continue;
+                }
+                String who = "adapter " + i + " (" + adapters.get(i).dir() + ")";
+                if (o.tokens != null) {
+                    throw new CombineException(CombineException.Reason.UNSUPPORTED, who + " replaces rows of " + name
+                            + " (trainable_token_indices); token rows cannot be combined with other adapters (PEFT's "
+                            + "add_weighted_adapter drops them). Merge that adapter on its own");
+                }
+                if (o.onParameter && (adapterOutput || !method.isExact())) {
+                    throw new CombineException(CombineException.Reason.UNSUPPORTED, who + " has LoRA on parameters of " + name
+                            + " (adapter_config.json target_parameters, such as MoE experts), whose factors hold every expert's; "
+                            + (adapterOutput ? "a combined adapter cannot carry them. Merge with merge --combine cat or task_arithmetic"
+                                    : method.cliName() + " cannot combine them (only cat and task_arithmetic, which add every "
+                                    + "expert's term exactly, can). Use one of those, or merge that adapter on its own"));
+                }
+                c.expertRows |= o.expertRows;
+                c.onParameter |= o.onParameter;
+                if (o.replacement != null && adapterOutput) {
+                    if (!sameValues(o.replacement, baseSource(name))) {
+                        throw new CombineException(CombineException.Reason.UNSUPPORTED, who + " replaces " + name + " with its own values "
+                                + "(modules_to_save, a resized vocabulary or bias=\"all\"); a combined adapter cannot carry that. Merge "
+                                + "that adapter into the base first and combine the others on its output");
+                    }
+                } else if (o.replacement != null) {
+                    if (c.replacement == null) {
+                        c.replacement = o.replacement;
+                        replacedBy = i;
+                    } else if (!sameValues(c.replacement, o.replacement)) {
+                        throw new CombineException(CombineException.Reason.UNSUPPORTED, who + " and adapter " + replacedBy + " replace " + name
+                                + " with different values (modules_to_save, a resized vocabulary or bias=\"all\"); which one would be "
+                                + "the base of the combination is not defined. Merge one of them first and combine the others on its output");
+                    }
+                }
+                for (TermSpec t : o.terms) {
+                    if (t.layout() == Layout.BIAS && adapterOutput) {
+                        throw new CombineException(CombineException.Reason.UNSUPPORTED, who + " has lora_bias (" + t.module()
+                                + ".lora_B.bias), which a combined adapter cannot carry (PEFT's add_weighted_adapter drops it). Merge with "
+                                + "merge --combine cat or task_arithmetic, which add it exactly");
+                    }
+                    if (t.layout() == Layout.BIAS && !method.isExact()) {
+                        throw new CombineException(CombineException.Reason.UNSUPPORTED, who + " has lora_bias (" + t.module()
+                                + ".lora_B.bias); " + method.cliName() + " cannot combine it (only cat and task_arithmetic, which add "
+                                + "every term exactly, can). Use one of those, or merge that adapter on its own");
+                    }
+                    if (method.isExact() && !adapterOutput) {
+                        double w = combination.weight(i);
+                        double factor = method == CombineMethod.TASK_ARITHMETIC ? combination.lambda() * w : w;
+                        c.terms.add(t.withScale(factor * t.scale())); // (λ·w)·s in double, as PEFT's w·s (docs/FORMATS.md §8)
+                    } else {
+                        parts.add(new CombinedUpdate.Part(i, t, combination.weight(i)));
+                    }
+                }
+            }
+            if (!parts.isEmpty()) {
+                checkParts(name, parts);
+                c.combined = new CombinedUpdate(combination, name, parts.get(0).term().module(), parts);
+            }
+            out.put(name, c);
+        }
+        reportDisjointAdapters(perAdapter);
+        notes.add("combined " + adapters.size() + " adapters with " + combination.describe());
+        return out;
+    }
+
+    /** The parts of one tensor: one layout, and equal ranks where the method needs them (PEFT's check). */
+    private void checkParts(String name, List<CombinedUpdate.Part> parts) throws CombineException {
+        Layout layout = parts.get(0).term().layout();
+        int rank = parts.get(0).term().rank();
+        for (CombinedUpdate.Part p : parts) {
+            if (p.term().layout() != layout) {
+                throw new CombineException(CombineException.Reason.UNSUPPORTED, "adapter " + p.adapter() + " has " + p.term().module()
+                        + " as a " + p.term().layout().name().toLowerCase(Locale.ROOT) + " layer but adapter " + parts.get(0).adapter()
+                        + " as a " + layout.name().toLowerCase(Locale.ROOT) + " layer (fan_in_fan_out differs); re-save one of them");
+            }
+            if (combination.method().needsEqualRanks() && p.term().rank() != rank) {
+                List<String> ranks = new ArrayList<>();
+                for (CombinedUpdate.Part q : parts) {
+                    ranks.add("adapter " + q.adapter() + " rank " + q.term().rank());
+                }
+                throw new CombineException(CombineException.Reason.UNEQUAL_RANKS, combination.method().cliName() + " combines the A and B "
+                        + "factors element by element, so every adapter of a module needs the same rank, but " + p.term().module() + " has "
+                        + String.join(", ", ranks) + ". Use cat (exact, rank the sum), svd (--rank R) or task_arithmetic instead");
+            }
+        }
+    }
+
+    /** A warning for every adapter that changes no tensor another adapter changes (allowed, but likely not what was meant). */
+    private void reportDisjointAdapters(List<Map<String, Ops>> perAdapter) {
+        if (perAdapter.size() < 2) {
+            return;
+        }
+        for (int i = 0; i < perAdapter.size(); i++) {
+            boolean shared = false;
+            for (String n : perAdapter.get(i).keySet()) {
+                for (int j = 0; j < perAdapter.size() && !shared; j++) {
+                    shared = j != i && perAdapter.get(j).containsKey(n);
+                }
+            }
+            if (!shared) {
+                warnings.add("adapter " + i + " (" + adapters.get(i).dir() + ") targets nothing any other adapter targets ("
+                        + String.join(", ", perAdapter.get(i).keySet()) + "): its update is applied on its own, with weight "
+                        + combination.weight(i));
+            }
+        }
+    }
+
+    /** True when two tensors of the adapters hold the same dtype, shape and bytes. */
+    private static boolean sameValues(TensorSource x, TensorSource y) throws IOException {
+        if (x.dtype() != y.dtype() || !Arrays.equals(x.info().shape(), y.info().shape())) {
+            return false;
+        }
+        return x.file().readAll(x.info()).equals(y.file().readAll(y.info()));
+    }
+
+    /** The base tensor {@code name} as a source (a tied lm_head reads the embedding). */
+    private TensorSource baseSource(String name) {
+        String stored = name.equals(LM_HEAD) && tied ? embedName : name;
+        return new TensorSource(base.fileOf(stored), base.tensor(stored));
+    }
+
+    /**
+     * The new adapter of {@code combine}: one module per tensor with a combined update, its
+     * factors' shapes at the new rank, and adapter_config.json as PEFT 0.21 writes it for the
+     * combination (adapters[0]'s config with r = lora_alpha = the new rank, the patterns emptied
+     * and the targeting rules replaced by the modules written), except that use_rslora is false:
+     * PEFT keeps adapters[0]'s, which scales the combination by sqrt(r) (docs/FORMATS.md §8).
+     */
+    private AdapterPlan adapterPlan(List<Map<String, Ops>> perAdapter) throws IOException, CombineException {
+        List<AdapterPlan.Module> modules = new ArrayList<>();
+        int rank = 0;
+        for (Map.Entry<String, Ops> e : ops.entrySet()) {
+            CombinedUpdate u = e.getValue().combined;
+            if (u == null) {
+                continue; // a replacement equal to the base (an embedding's base_layer copy): nothing to carry
+            }
+            TermSpec first = u.parts().get(0).term();
+            modules.add(new AdapterPlan.Module(u.module(), u, shapes.get(e.getKey()), first.a().info().shape(), first.b().info().shape()));
+        }
+        if (modules.isEmpty()) {
+            throw new CombineException(CombineException.Reason.UNSUPPORTED, "the adapters have no LoRA factors (lora_A/lora_B) to combine; "
+                    + "check that these are the adapter folders you meant");
+        }
+        CombineMethod method = combination.method();
+        for (LoraAdapter a : adapters) {
+            int r = a.config().maxRank();
+            // peft _check_add_weighted_adapter: cat sums the adapters' ranks, the SVD methods default to the largest
+            rank = method == CombineMethod.CAT ? rank + r : Math.max(rank, r);
+        }
+        if (method.operand() == CombineMethod.Operand.SVD && combination.rank() > 0) {
+            rank = combination.rank();
+        }
+        for (AdapterPlan.Module m : modules) {
+            rank = Math.max(rank, m.combinedRank(method));
+        }
+        List<String> targets = new ArrayList<>();
+        for (AdapterPlan.Module m : modules) {
+            targets.add(m.module());
+        }
+        Collections.sort(targets);
+        ObjectNode cfg = adapters.get(0).config().json();
+        cfg.put("r", rank);
+        cfg.put("lora_alpha", rank);
+        cfg.put("use_rslora", false);
+        cfg.putObject("rank_pattern");
+        cfg.putObject("alpha_pattern");
+        ArrayNode t = cfg.putArray("target_modules");
+        targets.forEach(t::add);
+        for (String field : new String[] {"exclude_modules", "layers_to_transform", "layers_pattern", "modules_to_save",
+                "trainable_token_indices"}) {
+            cfg.putNull(field);
+        }
+        cfg.put("use_dora", false);
+        cfg.put("lora_bias", false);
+        cfg.put("bias", "none");
+        cfg.put("inference_mode", true);
+        for (int i = 0; i < adapters.size(); i++) {
+            select(i);
+            placeKeys(perAdapter.get(i));
+        }
+        warnings.addAll(moduleWarnings.lines());
+        notes.add("new adapter: rank " + rank + " (r = lora_alpha, scale 1), " + modules.size() + " modules");
+        return new AdapterPlan(modules, rank, cfg, keyUse, warnings, notes);
+    }
+
+    /**
      * Tied embeddings (docs/FORMATS.md §7): an identical delta on the embedding and lm_head is
      * applied once to the shared tensor; otherwise lm_head is untied. Returns true when it is.
      */
@@ -296,6 +612,7 @@ public final class Planner {
             for (String key : headOps.keys) {
                 keyUse.put(key, embedName);
             }
+            headOps.keys.clear();
             return false;
         }
         notes.add("tied embeddings: lm_head's delta differs from " + embedName
@@ -358,19 +675,31 @@ public final class Planner {
         return outputs;
     }
 
-    /** Records which output tensor every adapter key went into; a key left over is a bug. */
-    private void placeKeys() {
-        for (Map.Entry<String, Ops> e : ops.entrySet()) {
+    /**
+     * Records which output tensor every key of the current adapter went into ({@code adapterOps}:
+     * what was planned for it); a key left over is a bug. With several adapters each key is
+     * prefixed with its adapter's position, [0], [1], ...
+     */
+    private void placeKeys(Map<String, Ops> adapterOps) {
+        for (Map.Entry<String, Ops> e : adapterOps.entrySet()) {
             String outName = e.getKey();
+            if (!ops.containsKey(outName) && ops.containsKey(embedName) && outName.equals(LM_HEAD)) {
+                outName = embedName; // a tied lm_head whose delta went into the shared tensor
+            }
             for (String key : e.getValue().keys) {
-                keyUse.putIfAbsent(key, outName);
+                keyUse.putIfAbsent(keyName(key), outName);
             }
         }
         for (String key : adapter.keys().keySet()) {
-            if (!keyUse.containsKey(key)) {
+            if (!keyUse.containsKey(keyName(key))) {
                 throw new IllegalStateException("adapter key " + key + " was not placed; this is a loramerge bug");
             }
         }
+    }
+
+    /** An adapter key as the plan reports it: as it is, or with its adapter's position when there are several. */
+    private String keyName(String key) {
+        return adapters.size() > 1 ? "[" + adapterIndex + "] " + key : key;
     }
 
     /**
@@ -384,7 +713,10 @@ public final class Planner {
     private List<Path> filesToCarry() throws IOException, SafetensorsException {
         List<Path> files = new ArrayList<>(base.nonWeightFiles());
         List<String> left = new ArrayList<>(base.adapterFiles());
-        boolean oneFolder = Files.isSameFile(base.dir(), adapter.dir());
+        boolean oneFolder = false;
+        for (LoraAdapter a : adapters) {
+            oneFolder |= Files.isSameFile(base.dir(), a.dir());
+        }
         if (oneFolder) {
             files.removeIf(p -> {
                 String name = p.getFileName().toString();
@@ -420,12 +752,14 @@ public final class Planner {
     private void problem(AdapterException.Reason reason, String kind, String subject, String message) {
         if (firstReason == null) {
             firstReason = reason;
+            firstProblemAdapter = adapter;
         }
-        problems.add(kind, subject, message);
+        String of = adapters.size() > 1 ? "adapter " + adapterIndex + " (" + adapter.dir() + "): " : "";
+        problems.add(of + kind, subject, of + message);
     }
 
     /**
-     * LoRA on a parameter (target_parameters, FORMATS.md §8): PEFT's ParamWrapper on {@code M.p}
+     * LoRA on a parameter (target_parameters, FORMATS.md §9): PEFT's ParamWrapper on {@code M.p}
      * saves its pair under M, and a second parameter of the same module wraps the first, so the
      * first's keys are under {@code M.base_layer} (the k-th of n targeted parameters, in the
      * module's registration order, under n − 1 − k of them). The parameter is found in the
@@ -524,6 +858,7 @@ public final class Planner {
         TensorSource sb = new TensorSource(adapter.file(), tb);
         for (ExpertParameters.Piece piece : stored.pieces()) {
             Ops o = ops.computeIfAbsent(piece.tensor(), x -> new Ops());
+            o.onParameter = true;
             if (stored.experts() == 0) {
                 // a 2-D parameter: ParamWrapper with one expert is lora.Linear's B·A
                 o.terms.add(new TermSpec(parameter, Layout.LINEAR, sa, sb, rank, scale));
@@ -540,8 +875,8 @@ public final class Planner {
         }
         String into = pieceNames.size() == 1 ? pieceNames.get(0)
                 : pieceNames.get(0) + " … " + pieceNames.get(pieceNames.size() - 1) + " (" + pieceNames.size() + " tensors)";
-        keyUse.put(a.key(), into);
-        keyUse.put(b.key(), into);
+        keyUse.put(keyName(a.key()), into);
+        keyUse.put(keyName(b.key()), into);
         return true;
     }
 
@@ -817,7 +1152,8 @@ public final class Planner {
 
     private boolean sameDelta(Ops embed, Ops head, long[] shape) throws IOException {
         if (embed.replacement != null || head.replacement != null || embed.dora != null || head.dora != null
-                || embed.tokens != null || head.tokens != null || embed.terms.size() != head.terms.size()) {
+                || embed.tokens != null || head.tokens != null || embed.combined != null || head.combined != null
+                || embed.terms.size() != head.terms.size()) {
             return false;
         }
         for (int i = 0; i < embed.terms.size(); i++) {
@@ -874,14 +1210,15 @@ public final class Planner {
         if (o == null || o.isEmpty()) {
             return outType == info.dtype() ? OutputTensor.copy(name, baseSource) : OutputTensor.convert(name, outType, baseSource);
         }
-        if (!info.dtype().isMergeable() && (!o.terms.isEmpty() || o.dora != null || o.tokens != null)) {
+        if (!info.dtype().isMergeable() && (!o.terms.isEmpty() || o.dora != null || o.tokens != null || o.combined != null)) {
             throw new IllegalStateException(name + " is " + info.dtype() + " and cannot take LoRA terms");
         }
         return o.replacement != null ? OutputTensor.replace(name, outType, o.replacement, o.update())
                 : OutputTensor.merge(name, outType, baseSource, o.update());
     }
 
-    private String findEmbedding() {
+    /** The input embedding's weight name in a model folder, or null: the first of {@link #EMBEDDING_SUFFIXES} it has. */
+    static String findEmbedding(Checkpoint base) {
         for (String suffix : EMBEDDING_SUFFIXES) {
             for (TensorInfo t : base.tensors().values()) {
                 if (t.rank() == 2 && (t.name().equals(suffix) || t.name().endsWith("." + suffix))) {
@@ -939,12 +1276,13 @@ public final class Planner {
         return c;
     }
 
-    private List<MergePlan.Shard> assignShards(List<OutputTensor> outputs) {
+    /** Output tensors in order into shards of at most {@code maxShardSize} bytes, named as transformers names them. */
+    static List<MergePlan.Shard> assignShards(List<OutputTensor> outputs, long maxShardSize) {
         List<List<OutputTensor>> groups = new ArrayList<>();
         List<OutputTensor> current = new ArrayList<>();
         long size = 0;
         for (OutputTensor t : outputs) {
-            if (!current.isEmpty() && size + t.sizeInBytes() > options.maxShardSize()) {
+            if (!current.isEmpty() && size + t.sizeInBytes() > maxShardSize) {
                 groups.add(current);
                 current = new ArrayList<>();
                 size = 0;

@@ -23,14 +23,18 @@ import org.loramerge.format.Checkpoint;
  * @param useDora       DoRA
  * @param targetModules target_modules as a list (empty for a regex or all-linear rule)
  * @param baseLicense   the {@code license:} of the base README.md's metadata block, or null
+ * @param moreAdapters  the other adapter folders of a combination, in order (empty for one adapter)
+ * @param combination   how the adapters were combined ({@link Combination#describe()}), or null for one adapter
  */
 public record Provenance(Path base, Path adapter, String baseModelName, int rank, double alpha, boolean useRslora, boolean useDora,
-                         List<String> targetModules, String baseLicense) {
+                         List<String> targetModules, String baseLicense, List<Path> moreAdapters, String combination) {
 
-    static Provenance of(Checkpoint base, LoraAdapter adapter) throws IOException {
-        AdapterConfig c = adapter.config();
-        return new Provenance(base.dir(), adapter.dir(), c.baseModelNameOrPath(), c.r(), c.alpha(), c.useRslora(), c.useDora(),
-                List.copyOf(c.targetModules()), license(base));
+    /** The first adapter's settings describe the merge; a combination names the others and the method. */
+    static Provenance of(Checkpoint base, List<LoraAdapter> adapters, Combination combination) throws IOException {
+        AdapterConfig c = adapters.get(0).config();
+        List<Path> more = adapters.subList(1, adapters.size()).stream().map(LoraAdapter::dir).toList();
+        return new Provenance(base.dir(), adapters.get(0).dir(), c.baseModelNameOrPath(), c.r(), c.alpha(), c.useRslora(), c.useDora(),
+                List.copyOf(c.targetModules()), license(base), more, combination == null ? null : combination.describe());
     }
 
     /** The base's README.md, if it has one that passed the folder's rules when the base was opened, and its license. */

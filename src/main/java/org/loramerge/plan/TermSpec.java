@@ -41,16 +41,34 @@ public record TermSpec(String module, Layout layout, TensorSource a, TensorSourc
      * has only the rows of its slice, from {@link #firstRow()} on.
      */
     public double[][] factors(long rows, long cols) throws IOException {
-        int m = Math.toIntExact(rows);
-        int n = Math.toIntExact(cols);
         if (layout == Layout.EXPERT) {
-            return expertFactors(n);
+            return expertFactors(Math.toIntExact(cols));
         }
         double[] bv = b.readDoubles();
         if (layout == Layout.BIAS) {
             return new double[][] {bv, {1.0}};
         }
-        double[] av = a.readDoubles();
+        return uv(layout, rank, a.readDoubles(), bv, rows, cols);
+    }
+
+    /**
+     * The factors as stored in the adapter, read exactly: {@code {A, B}} row-major, A [r, rest]
+     * (lora_A, lora_embedding_A) and B [out, r] (lora_B, lora_embedding_B), whatever the layout.
+     */
+    public double[][] storedFactors() throws IOException {
+        if (layout == Layout.BIAS) {
+            throw new IllegalStateException(module + ": a bias term has no stored factor pair");
+        }
+        return new double[][] {a.readDoubles(), b.readDoubles()};
+    }
+
+    /**
+     * Stored factors A [r, ...] and B [..., r] (row-major) rearranged into U [rows, r] and Vᵀ
+     * [r, cols] of the weight's matrix view [rows, cols] (docs/FORMATS.md §3).
+     */
+    public static double[][] uv(Layout layout, int rank, double[] av, double[] bv, long rows, long cols) {
+        int m = Math.toIntExact(rows);
+        int n = Math.toIntExact(cols);
         switch (layout) {
             case LINEAR:
                 return new double[][] {bv, av}; // B [out, r(,1...)] is U; A [r, in(,k...)] is Vᵀ
@@ -110,6 +128,16 @@ public record TermSpec(String module, Layout layout, TensorSource a, TensorSourc
             }
         }
         return new double[][] {u, vt};
+    }
+
+    /** The same term with the opposite sign, −s·U·Vᵀ: what an unmerge subtracts (negation is exact). */
+    public TermSpec negated() {
+        return new TermSpec(module, layout, a, b, rank, -scale, slice);
+    }
+
+    /** This term with another scale (a weight folded in). */
+    public TermSpec withScale(double newScale) {
+        return new TermSpec(module, layout, a, b, rank, newScale, slice);
     }
 
     /** The rank of the term as U·Vᵀ: 1 for a bias term. */

@@ -8,7 +8,7 @@ import org.loramerge.plan.DoraSpec;
 /**
  * The fp32-accumulation tolerance of one tensor ({@link Tolerance.Mode#FP32_ACCUMULATION}): for
  * each element, how far from the exact merge x a merge computed in fp32 arithmetic may land, and
- * still be correct. docs/FORMATS.md §9 derives it; in short, with u = 2^-24, r the number of
+ * still be correct. docs/FORMATS.md §10 derives it; in short, with u = 2^-24, r the number of
  * products summed for the element (the ranks of its terms), S = Σ|s·U_ik·V_kj| and W the base value:
  *
  * <pre>

@@ -11,7 +11,7 @@ import java.util.Locale;
  * accumulates in fp32 fails it on F32 models, where fp32's error is many ulps of the result.
  * <li>{@link Mode#FP32_ACCUMULATION}: every sampled element within the error that a merge computed in
  * fp32 arithmetic may have (PEFT's {@code merge_and_unload}, or any tool that adds an fp32 ΔW),
- * bounded element by element from |W| and Σ|s·U·V| ({@link Fp32Bound}; docs/FORMATS.md §9 derives
+ * bounded element by element from |W| and Σ|s·U·V| ({@link Fp32Bound}; docs/FORMATS.md §10 derives
  * it). Any correct merge passes it, whatever tool made it; a wrong scale, a missing or doubled
  * term, a transposed factor or a wrong rounding of the result fails.
  * </ul>

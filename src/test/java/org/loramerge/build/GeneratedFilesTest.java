@@ -103,6 +103,55 @@ class GeneratedFilesTest {
                 "config fixture files differ from what the generator wrote; " + regenerate);
     }
 
+    /**
+     * The golden extract cases are scripts/fixtures/make_extract_fixtures.py's output, with the adapters the jar's
+     * extract wrote and PEFT loaded: the script's hash and every file's are in MANIFEST.sha256.
+     */
+    @Test
+    void extractFixturesMatchTheirGenerator() throws Exception {
+        Path dir = Paths.get("src/test/resources/extract");
+        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
+        String regenerate = "regenerate them (mvn -q package -DskipTests; python scripts/fixtures/make_extract_fixtures.py, "
+                + "with the versions in scripts/fixtures/requirements-fixtures.txt)";
+        assertEquals(sha256(Paths.get("scripts/fixtures/make_extract_fixtures.py")) + "  generator:scripts/fixtures/make_extract_fixtures.py",
+                manifest.get(0), "scripts/fixtures/make_extract_fixtures.py changed since the extract fixtures were made: " + regenerate);
+        assertEquals(String.join("\n", manifest.subList(1, manifest.size())), String.join("\n", hashedFiles(dir)),
+                "extract fixture files differ from what the generator wrote; " + regenerate);
+        long bytes = 0;
+        try (Stream<Path> s = Files.walk(dir)) {
+            for (Path p : (Iterable<Path>) s.filter(Files::isRegularFile)::iterator) {
+                bytes += Files.size(p);
+            }
+        }
+        assertTrue(bytes < 300_000, "extract fixtures stay small: " + bytes + " bytes");
+    }
+
+    /**
+     * The golden combination cases are scripts/fixtures/make_combine_fixtures.py's output (PEFT's
+     * add_weighted_adapter, and the task-arithmetic family from scripts/fixtures/combine_reference.py):
+     * both scripts' hashes and every file's are in MANIFEST.sha256.
+     */
+    @Test
+    void combineFixturesMatchTheirGenerator() throws Exception {
+        Path dir = Paths.get("src/test/resources/combine");
+        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
+        String regenerate = "regenerate them (python scripts/fixtures/make_combine_fixtures.py, with the versions in "
+                + "scripts/fixtures/requirements-fixtures.txt)";
+        assertEquals(sha256(Paths.get("scripts/fixtures/make_combine_fixtures.py")) + "  generator:scripts/fixtures/make_combine_fixtures.py",
+                manifest.get(0), "scripts/fixtures/make_combine_fixtures.py changed since the combination fixtures were made: " + regenerate);
+        assertEquals(sha256(Paths.get("scripts/fixtures/combine_reference.py")) + "  reference:scripts/fixtures/combine_reference.py",
+                manifest.get(1), "scripts/fixtures/combine_reference.py changed since the combination fixtures were made: " + regenerate);
+        assertEquals(String.join("\n", manifest.subList(2, manifest.size())), String.join("\n", hashedFiles(dir)),
+                "combination fixture files differ from what the generator wrote; " + regenerate);
+        long bytes = 0;
+        try (Stream<Path> s = Files.walk(dir)) {
+            for (Path p : (Iterable<Path>) s.filter(Files::isRegularFile)::iterator) {
+                bytes += Files.size(p);
+            }
+        }
+        assertTrue(bytes < 1_000_000, "combination fixtures stay small: " + bytes + " bytes");
+    }
+
     /** "SHA256  relative/path" of every file under {@code dir} but its manifest, in path order: the manifest's lines. */
     private static List<String> hashedFiles(Path dir) throws IOException {
         List<String> out = new java.util.ArrayList<>();

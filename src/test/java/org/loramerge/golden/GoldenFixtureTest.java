@@ -212,7 +212,7 @@ class GoldenFixtureTest {
      * accumulates in fp32 (F32 outputs), (r + 4)·2^-24·(|W| + Σ|s·U·V|), plus, where it rounds the
      * delta to a 16-bit dtype first (LoRA on an embedding), half an ulp of ΔW in that dtype.
      */
-    private static double peftErrorBound(TensorJob job, FloatFormat fmt, double w, long i, int j, double exact) {
+    static double peftErrorBound(TensorJob job, FloatFormat fmt, double w, long i, int j, double exact) {
         double absSum = Math.abs(w);
         int rank = 0;
         double delta = exact - w;

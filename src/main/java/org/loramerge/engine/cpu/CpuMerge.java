@@ -203,11 +203,27 @@ public final class CpuMerge {
     private static final ThreadLocal<ExactMath.Rounder> ROUNDER = ThreadLocal.withInitial(ExactMath.Rounder::new);
 
     /**
-     * v = w + Σ s·U_i·Vᵀ for one row, with e its error bound. Returns true when v is exact (no
-     * term covers the row).
+     * v = w + Σ s·U_i·Vᵀ (or w + Δ of a dense combination) for one row, with e its error bound.
+     * Returns true when v is exact (no term covers the row).
      */
     static boolean computeRow(TensorJob job, long row, double[] w, double[] v, double[] e) {
         int cols = job.cols();
+        if (job.dense() != null) {
+            // W + Δ with Δ the combination's float64 delta: one float64 addition, error at most u·|v|
+            double[] d = SCRATCH.get()[3];
+            job.dense().deltaRow(row, d);
+            for (int j = 0; j < cols; j++) {
+                if (d[j] == 0) {
+                    v[j] = w[j];
+                    e[j] = 0; // keeps W's bits
+                } else {
+                    v[j] = w[j] + d[j];
+                    // never 0 for a non-zero Δ, so a sum that cancels to zero is settled exactly (as +0)
+                    e[j] = Math.max(2 * TensorJob.U * Math.abs(v[j]), Double.MIN_VALUE);
+                }
+            }
+            return false;
+        }
         System.arraycopy(w, 0, v, 0, cols);
         Arrays.fill(e, 0, cols, 0.0);
         double[] d = SCRATCH.get()[3];

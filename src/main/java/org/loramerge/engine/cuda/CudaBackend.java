@@ -3,13 +3,12 @@ package org.loramerge.engine.cuda;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
-import java.util.Comparator;
 import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Set;
 import org.loramerge.engine.Backend;
-import org.loramerge.engine.LowRankTerm;
 import org.loramerge.engine.DeviceUnavailableException;
+import org.loramerge.engine.LowRankTerm;
 import org.loramerge.engine.Requantization;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.TensorMerge;
@@ -28,9 +27,11 @@ import org.loramerge.quant.Nf4Weight;
  * rounding boundary come back as a list and are recomputed exactly on the host with the CPU
  * engine's code ({@link HostSettle}), so the output is bit for bit the CPU engine's.
  *
- * <p>Tensors the GPU path does not cover (DoRA with column norms, token rows, bias terms, several
- * terms on one row, a quantized format without device kernels, and plain dtype conversions without
- * terms, which are memory copies) are merged by the CPU engine inside this backend ({@link #onGpu}).
+ * <p>Tensors the GPU path does not cover (DoRA with column norms, token rows, bias terms, terms
+ * whose rows overlap only in part, a quantized format without device kernels, the task-arithmetic
+ * family on a 4-bit base, across a dtype conversion or with more than eight adapters, and plain
+ * dtype conversions without terms, which are memory copies) are merged by the CPU engine inside
+ * this backend ({@link #onGpu}).
  */
 public final class CudaBackend implements Backend {
     /** Pipeline threads (and streams) at most: each also copies blocks on the host, so more help until PCIe is full. */
@@ -81,10 +82,12 @@ public final class CudaBackend implements Backend {
 
     /**
      * Whether the GPU path computes this tensor (else the CPU engine does, inside this backend):
-     * one low-rank term on each row (one on every row, or an MoE expert stack's one per expert,
-     * each on its expert's rows), DoRA with row norms or none, no token rows, a dense source or an
-     * NF4 one (dequantized on the device; an NF4 output is requantized there too), converted to
-     * another dtype or not.
+     * low-rank terms whose rows split into segments ({@link CudaTensorMerge#segments}: several
+     * terms on the same rows, from combined adapters, go up as one, {@link DeviceFactors#of}; an MoE
+     * expert stack's terms, each on its expert's rows, one segment per expert), DoRA with row norms
+     * (one term) or none, no token rows or bias term, a dense source or an NF4 one (dequantized on
+     * the device; an NF4 output is requantized there too), converted to another dtype or not; or a
+     * dense combination of the task-arithmetic family ({@link CudaDenseMerge#fits}).
      */
     static boolean onGpu(TensorJob job) {
         if (job.srcFormat() == null || job.dstFormat() == null || job.doraAxis() == DoraSpec.Axis.COLUMN || job.tokenValues() != null) {
@@ -99,21 +102,23 @@ public final class CudaBackend implements Backend {
             }
         }
         // a tensor without terms and with its own dtype is a byte copy and never reaches a backend
-        return !job.terms().isEmpty() && termsPartitionRows(job);
-    }
-
-    /** True when the terms' row ranges, in order, follow each other from row 0 to the last row without a gap or an overlap. */
-    private static boolean termsPartitionRows(TensorJob job) {
-        List<LowRankTerm> terms = new ArrayList<>(job.terms());
-        terms.sort(Comparator.comparingLong(LowRankTerm::row0));
-        long next = 0;
-        for (LowRankTerm t : terms) {
-            if (t.row0() != next) {
+        if (job.dense() != null) {
+            return CudaDenseMerge.fits(job);
+        }
+        if (job.terms().isEmpty()) {
+            return false;
+        }
+        List<List<LowRankTerm>> segments = CudaTensorMerge.segments(job.terms(), job.rows());
+        if (segments == null) {
+            return false;
+        }
+        for (List<LowRankTerm> segment : segments) {
+            // DoRA's row norms run on one term's factors; several terms fold only within the bound (DeviceFactors.foldable)
+            if (segment.size() > 1 && (job.doraAxis() != null || !DeviceFactors.foldable(segment))) {
                 return false;
             }
-            next += t.rows();
         }
-        return next == job.rows();
+        return true;
     }
 
     @Override
@@ -121,13 +126,18 @@ public final class CudaBackend implements Backend {
         if (!onGpu(job)) {
             return new CpuTensorMerge(job);
         }
+        if (job.dense() != null) {
+            return remember(new CudaDenseMerge(this, device, job));
+        }
         return remember(new CudaTensorMerge(this, device, job));
     }
 
     @Override
     public Requantization openRequantization(TensorJob job) throws IOException {
-        // requantized on the device: an NF4 weight with one term and without DoRA (whose norms need the whole row first)
-        if (!onGpu(job) || job.terms().size() != 1 || job.doraAxis() != null || !(job.out().source().quantized() instanceof Nf4Weight)) {
+        // requantized on the device: an NF4 weight whose terms all cover every row (one segment) and without DoRA (whose
+        // norms need the whole row first)
+        if (!onGpu(job) || job.dense() != null || job.doraAxis() != null || !(job.out().source().quantized() instanceof Nf4Weight)
+                || CudaTensorMerge.segments(job.terms(), job.rows()).size() != 1) {
             return new CpuRequantization(job);
         }
         return remember(new CudaRequantization(this, device, job));

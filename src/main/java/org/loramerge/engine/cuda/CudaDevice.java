@@ -33,6 +33,7 @@ public final class CudaDevice implements AutoCloseable {
     private final ThreadLocal<DeviceWorker> worker = new ThreadLocal<>();
     private final DevicePool pool = new DevicePool();
     private MergeKernels merge;
+    private CombineKernels combine;
     private Nf4Kernels nf4;
     private boolean closed;
 
@@ -114,6 +115,9 @@ public final class CudaDevice implements AutoCloseable {
             KernelModule nf4 = new KernelModule("nf4.fatbin");
             d.modules.add(nf4);
             d.nf4 = new Nf4Kernels(nf4);
+            KernelModule combine = new KernelModule("combine.fatbin");
+            d.modules.add(combine);
+            d.combine = new CombineKernels(combine);
         } catch (Throwable e) {
             d.close();
             throw DeviceUnavailableException.engineFailed("the GPU kernels could not be loaded on " + name + ": " + e.getMessage(), e);
@@ -164,6 +168,11 @@ public final class CudaDevice implements AutoCloseable {
     /** The kernels of kernels/round.cu. */
     MergeKernels merge() {
         return merge;
+    }
+
+    /** The kernels of kernels/combine.cu. */
+    CombineKernels combine() {
+        return combine;
     }
 
     /** The kernels of kernels/nf4.cu. */

@@ -16,23 +16,28 @@ import org.loramerge.plan.TensorSource;
 import org.loramerge.quant.Nf4Weight;
 
 /**
- * A dense output tensor on the GPU (one low-rank term per row, W in its own dtype or an NF4
- * weight dequantized on the device, the output in the same dtype or another). Per block: W goes up
- * (as it is, or as packed codes), P = s·U·Vᵀ, the fused add-and-round and the exact settling of
- * the elements at a rounding boundary run on the worker's stream, and the block comes back into
- * the pipeline's page-locked buffer; the rare element the device could not settle exactly is
- * settled on the host. DoRA with row norms runs its own kernel, whose undecided elements all go to
- * the host (decimal arithmetic: a square root has no short exact form). An MoE expert stack has one
- * term per expert, each on its expert's rows: a block that spans experts is computed in one segment
- * per expert.
+ * A dense output tensor on the GPU (its low-rank terms, W in its own dtype or an NF4 weight
+ * dequantized on the device, the output in the same dtype or another). Per block: W goes up (as it
+ * is, or as packed codes), P = s·U·Vᵀ, the fused add-and-round and the exact settling of the
+ * elements at a rounding boundary run on the worker's stream, and the block comes back into the
+ * pipeline's page-locked buffer; the rare element the device could not settle exactly is settled
+ * on the host. DoRA with row norms runs its own kernel, whose undecided elements all go to the host
+ * (decimal arithmetic: a square root has no short exact form).
+ *
+ * <p>The terms fall into segments of rows ({@link #segments}): terms on the same rows (several
+ * adapters combined by cat or task_arithmetic) go up as one, folded ({@link DeviceFactors#of}),
+ * and terms on disjoint rows (an MoE expert stack's one per expert) are separate segments; a block
+ * that spans segments is computed in one part per segment. A folded segment's undecided elements
+ * all go to the host, which settles them from the job's own terms.
  */
 final class CudaTensorMerge implements TensorMerge {
     private final CudaBackend backend;
     private final CudaDevice device;
     private final TensorJob job;
-    /** One per term, in row order; the terms cover disjoint row ranges that together hold every row ({@link CudaBackend#onGpu}). */
+    /** The terms by segment of rows, in row order ({@link #segments}). */
+    private final List<List<LowRankTerm>> segments;
+    /** One per segment: its terms' factors, folded when there are several. */
     private final List<DeviceFactors> factors;
-    private final List<LowRankTerm> terms;
     /** For an NF4 source: the decoded absmax of every block of the weight. */
     private final DeviceMemory sourceAbsmax;
     /** For DoRA (one norm per row, one term): m of every row. */
@@ -46,14 +51,16 @@ final class CudaTensorMerge implements TensorMerge {
         this.job = job;
         device.bindContext();
         this.nf4 = job.out().source().quantized() instanceof Nf4Weight ? (Nf4Weight) job.out().source().quantized() : null;
-        this.terms = new ArrayList<>(job.terms());
-        terms.sort(Comparator.comparingLong(LowRankTerm::row0));
+        this.segments = segments(job.terms(), job.rows());
+        if (segments == null) {
+            throw new IllegalArgumentException(job.out().name() + ": the terms' rows do not split into segments (CudaBackend.onGpu)");
+        }
         List<DeviceFactors> up = new ArrayList<>();
         DeviceMemory absmax = null;
         DeviceMemory m = null;
         try {
-            for (LowRankTerm t : terms) {
-                up.add(new DeviceFactors(t, device.pool()));
+            for (List<LowRankTerm> segment : segments) {
+                up.add(DeviceFactors.of(segment, device.pool()));
             }
             if (nf4 != null) {
                 try (CudaStream s = new CudaStream()) {
@@ -75,12 +82,44 @@ final class CudaTensorMerge implements TensorMerge {
         this.magnitude = m;
     }
 
-    /** The factors on the device of a one-term tensor, for a requantization that shares this tensor's upload. */
+    /**
+     * The factors on the device of a tensor whose terms all cover every row (one segment), for a
+     * requantization that shares this tensor's upload.
+     */
     DeviceFactors factors() {
         if (factors.size() != 1) {
-            throw new IllegalStateException(job.out().name() + " has " + factors.size() + " terms; a requantization on the device takes one");
+            throw new IllegalStateException(job.out().name() + " has " + factors.size() + " row segments; a requantization on the device takes one");
         }
         return factors.get(0);
+    }
+
+    /**
+     * The terms grouped by the rows they cover, in row order: terms on the same rows form one
+     * segment (several adapters' terms, to be folded into one), and the segments must follow each
+     * other from row 0 to the last row without a gap or an overlap (an expert stack's one per
+     * expert, or one segment on every row). Null when they do not: two terms that partly overlap,
+     * or rows no term covers.
+     */
+    static List<List<LowRankTerm>> segments(List<LowRankTerm> terms, long rows) {
+        List<LowRankTerm> sorted = new ArrayList<>(terms);
+        sorted.sort(Comparator.comparingLong(LowRankTerm::row0)); // stable: the job's order within a segment
+        List<List<LowRankTerm>> out = new ArrayList<>();
+        long next = 0;
+        for (LowRankTerm t : sorted) {
+            List<LowRankTerm> last = out.isEmpty() ? null : out.get(out.size() - 1);
+            if (last != null && last.get(0).row0() == t.row0() && last.get(0).rows() == t.rows()) {
+                last.add(t);
+                continue;
+            }
+            if (t.row0() != next) {
+                return null;
+            }
+            List<LowRankTerm> segment = new ArrayList<>();
+            segment.add(t);
+            out.add(segment);
+            next += t.rows();
+        }
+        return out.isEmpty() || next != rows ? null : out;
     }
 
     /** The NF4 source's decoded absmax on the device, or null for a dense source. */
@@ -96,6 +135,11 @@ final class CudaTensorMerge implements TensorMerge {
     @Override
     public void columnSums(long row0, int rowCount, ByteBuffer values, double[] sumSq, double[] sumErr) {
         CpuMerge.columnSums(job, row0, rowCount, values, sumSq, sumErr); // column-norm DoRA runs on the CPU; never reached
+    }
+
+    @Override
+    public void countSelection(long row0, int rowCount) {
+        job.dense().countRows(row0, rowCount); // dense combinations run on the CPU engine; never reached
     }
 
     /** Queues W of rows [row0, row0 + rowCount) into the worker's input buffer. */
@@ -117,40 +161,42 @@ final class CudaTensorMerge implements TensorMerge {
         load(w, row0, rowCount, src);
         ByteBuffer values = src; // W in its own dtype, for work on the host; an NF4 block's is downloaded when needed
         long end = row0 + rowCount;
-        int t = termAt(row0);
+        int t = segmentAt(row0);
         for (long r = row0; r < end; t++) {
-            LowRankTerm term = terms.get(t);
-            int n = (int) (Math.min(end, term.row0() + term.rows()) - r);
+            LowRankTerm lead = segments.get(t).get(0);
+            DeviceFactors f = factors.get(t);
+            int n = (int) (Math.min(end, lead.row0() + lead.rows()) - r);
             long first = (r - row0) * cols;
             long bytes = (long) n * cols * out.sizeInBytes();
             if (magnitude != null) {
-                w.mergeRoundDora(factors.get(t), in, out, r - term.row0(), n, cols, job.boundK(), magnitude);
+                w.mergeRoundDora(f, in, out, r - lead.row0(), n, cols, job.boundK(), magnitude);
             } else {
-                w.mergeRoundExactly(factors.get(t), in, out, r - term.row0(), n, cols, job.boundK(), first);
+                w.mergeRoundExactly(f, in, out, r - lead.row0(), n, cols, job.boundK(), first);
             }
             // dst is page-locked when the pipeline took it from allocateBlockBuffer, so this copy is asynchronous and direct
             w.copyOutputTo(dst, first * out.sizeInBytes(), bytes);
             DeviceWorker.Counts counted = w.counters();
-            // DoRA's undecided elements all go to the host; the others only when the device's exact settling left them
-            long forHost = magnitude != null ? counted.ambiguous() : counted.forHost();
+            // DoRA's undecided elements all go to the host, and so do a folded segment's; the others only when the
+            // device's exact settling left them
+            long forHost = magnitude != null ? counted.ambiguous() : DeviceWorker.forHost(f, counted);
             if (nf4 != null && values == src && (forHost > 0 || counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY)) {
                 // the host work below reads W: the dequantized values, not the packed codes
                 values = w.download(w.input(), (long) rowCount * cols * in.sizeInBytes());
             }
-            settleOnHost(w, r, n, counted, forHost, values, first * in.sizeInBytes(), dst, first * out.sizeInBytes(), stats);
+            settleOnHost(w, f, r, n, counted, forHost, values, first * in.sizeInBytes(), dst, first * out.sizeInBytes(), stats);
             r += n;
         }
     }
 
-    /** The part of a block's bytes that one term's rows take, little-endian from its index 0. */
+    /** The part of a block's bytes that one segment's rows take, little-endian from its index 0. */
     private static ByteBuffer slice(ByteBuffer b, long offset, long bytes) {
         return b.duplicate().clear().position(Math.toIntExact(offset)).limit(Math.toIntExact(offset + bytes)).slice().order(ByteOrder.LITTLE_ENDIAN);
     }
 
-    /** The index of the term whose rows hold {@code row}. */
-    private int termAt(long row) {
-        for (int i = 0; i < terms.size(); i++) {
-            if (terms.get(i).localRow(row) >= 0) {
+    /** The index of the segment whose rows hold {@code row}. */
+    private int segmentAt(long row) {
+        for (int i = 0; i < segments.size(); i++) {
+            if (segments.get(i).get(0).localRow(row) >= 0) {
                 return i;
             }
         }
@@ -158,10 +204,11 @@ final class CudaTensorMerge implements TensorMerge {
     }
 
     /**
-     * Rows [row0, row0 + rowCount) came back in {@code dst} at {@code dstOffset}: decides on the host
-     * the {@code forHost} elements the device left to it, from W at {@code srcOffset} of {@code values}.
+     * Rows [row0, row0 + rowCount), merged with {@code f}, came back in {@code dst} at {@code dstOffset}:
+     * decides on the host the {@code forHost} elements the device left to it, from W at
+     * {@code srcOffset} of {@code values}.
      */
-    private void settleOnHost(DeviceWorker w, long row0, int rowCount, DeviceWorker.Counts counted, long forHost, ByteBuffer values,
+    private void settleOnHost(DeviceWorker w, DeviceFactors f, long row0, int rowCount, DeviceWorker.Counts counted, long forHost, ByteBuffer values,
                               long srcOffset, ByteBuffer dst, long dstOffset, BlockStats stats) {
         long elements = (long) rowCount * job.cols();
         ByteBuffer srcRows = slice(values, srcOffset, elements * job.srcFormat().sizeInBytes());
@@ -175,7 +222,7 @@ final class CudaTensorMerge implements TensorMerge {
         long overflows = counted.overflows();
         if (forHost > 0) {
             FloatFormat fmt = job.dstFormat();
-            ByteBuffer idx = magnitude != null ? w.ambiguousElements(forHost) : w.forHostElements(forHost);
+            ByteBuffer idx = magnitude != null ? w.ambiguousElements(forHost) : w.forHostElements(f, forHost);
             overflows += HostSettle.settle(job, row0, srcRows, idx, (int) forHost, (e, b) -> fmt.putBits(dstRows, e, b), stats);
         }
         stats.add(0, overflows, counted.nans());

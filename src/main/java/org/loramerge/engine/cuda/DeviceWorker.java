@@ -132,7 +132,8 @@ public final class DeviceWorker implements AutoCloseable {
     /**
      * {@link #mergeRound} and {@link #settle} on the worker's own buffers, {@link #input()} (W in
      * {@code src}) to {@link #output()} (in {@code dst}; another format for a --dtype conversion):
-     * the block rounded exactly, but for the rare elements left to the host.
+     * the block rounded exactly, but for the rare elements left to the host ({@link #forHost}; all
+     * the ambiguous ones for {@link DeviceFactors#folded() folded} factors, which are not settled here).
      */
     public void mergeRoundExactly(DeviceFactors f, FloatFormat src, FloatFormat dst, long row0, int rowCount, int cols, double boundK) {
         mergeRoundExactly(f, src, dst, row0, rowCount, cols, boundK, 0);
@@ -151,7 +152,25 @@ public final class DeviceWorker implements AutoCloseable {
         Pointer out = dOut.at(firstElement * dst.sizeInBytes());
         product(f, row0, rowCount, cols, dWide.pointer());
         addAndRound(f, src, dst, row0, rowCount, cols, boundK, in, dWide.pointer(), out);
-        settle(f, src, dst, row0, cols, in, out);
+        if (!f.folded()) {
+            settle(f, src, dst, row0, cols, in, out);
+        }
+        // folded factors hold s·U rounded, not the terms' U: settled from them, an element would get
+        // W + U'·V' exactly instead of W + Σ s·U·V; every ambiguous one is the host's (forHost)
+    }
+
+    /**
+     * How many elements of the last {@link #mergeRoundExactly} with {@code f} the host must settle:
+     * those {@link #settle} left, or, for folded factors (which the device does not settle from),
+     * every ambiguous one.
+     */
+    public static long forHost(DeviceFactors f, Counts counted) {
+        return f.folded() ? counted.ambiguous() : counted.forHost();
+    }
+
+    /** The indexes of the {@link #forHost} elements (little-endian longs, in no order). */
+    public ByteBuffer forHostElements(DeviceFactors f, long count) {
+        return f.folded() ? ambiguousElements(count) : forHostElements(count);
     }
 
     /** P = s·U·Vᵀ for rows [row0, row0 + rowCount), by cuBLAS DGEMM on the stream. */
@@ -223,6 +242,21 @@ public final class DeviceWorker implements AutoCloseable {
                 stream.runtime());
         stream.synchronize();
         return hostAmbiguous.buffer();
+    }
+
+    /**
+     * out = round(W + Δ) of a block of a dense combination (kernels/combine.cu combine_round), W in
+     * {@link #input()}, the result in {@link #output()}, the ambiguous elements listed and the
+     * counters reset first; queued on the stream.
+     */
+    public void combineRound(DeviceMemory uAll, DeviceMemory vtAll, DeviceMemory ip, DeviceMemory dp, FloatFormat fmt, long row0, int rowCount,
+                             int cols) {
+        JCuda.cudaMemsetAsync(counters.pointer(), 0, COUNTERS * Sizeof.LONG, stream.runtime());
+        device.combine().combineRound(stream, fmt, rowCount, cols,
+                Pointer.to(uAll.pointer()), Pointer.to(vtAll.pointer()), Pointer.to(ip.pointer()), Pointer.to(dp.pointer()),
+                Pointer.to(new long[] {row0}), Pointer.to(dIn.pointer()), Pointer.to(dOut.pointer()),
+                Pointer.to(new long[] {rowCount}), Pointer.to(new long[] {cols}), Pointer.to(new long[] {0}),
+                Pointer.to(counters.pointer()), Pointer.to(ambiguous.pointer()), Pointer.to(new long[] {AMBIGUOUS_CAPACITY}));
     }
 
     /** The last block's counters, once the stream has done everything queued. */

@@ -8,6 +8,7 @@ import java.util.List;
 import java.util.SplittableRandom;
 import java.util.stream.Stream;
 import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.io.TempDir;
@@ -35,6 +36,8 @@ import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
 import org.loramerge.plan.TermSpec;
+import org.loramerge.plan.UnmergeException;
+import org.loramerge.plan.UnmergePlanner;
 import org.loramerge.testutil.TensorFiles;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
@@ -122,6 +125,35 @@ class CudaBackendTest {
         Path caseDir = Path.of("src/test/resources/fixtures", name);
         try (Checkpoint base = Checkpoint.open(caseDir.resolve("base")); LoraAdapter adapter = LoraAdapter.open(caseDir.resolve("adapter"))) {
             MergePlan plan = Planner.plan(base, adapter, PlanOptions.defaults());
+            Path cpuOut = dir.resolve("cpu");
+            Path gpuOut = dir.resolve("gpu");
+            try (CpuBackend cpu = new CpuBackend(2); AtomicOutput o = AtomicOutput.create(cpuOut, false, List.of(caseDir))) {
+                MergeRunner.run(plan, cpu, o, MergeRunner.Options.defaults(), Progress.silent());
+            }
+            try (AtomicOutput o = AtomicOutput.create(gpuOut, false, List.of(caseDir))) {
+                MergeRunner.run(plan, cuda, o, MergeRunner.Options.defaults(), Progress.silent());
+            }
+            try (Stream<Path> files = Files.list(cpuOut)) {
+                for (Path p : files.toList()) {
+                    assertArrayEquals(Files.readAllBytes(p), Files.readAllBytes(gpuOut.resolve(p.getFileName())), name + ": " + p.getFileName());
+                }
+            }
+        }
+    }
+
+    /** unmerge runs on the merge engines with negated terms: the GPU's bytes are the CPU's, for every golden case that can be undone. */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("fixtures")
+    void goldenFixtureUnmergesAreByteIdentical(String name) throws Exception {
+        Path caseDir = Path.of("src/test/resources/fixtures", name);
+        try (Checkpoint merged = Checkpoint.open(caseDir.resolve("peft")); LoraAdapter adapter = LoraAdapter.open(caseDir.resolve("adapter"))) {
+            MergePlan plan;
+            try {
+                plan = UnmergePlanner.plan(merged, adapter, null, PlanOptions.defaults());
+            } catch (UnmergeException e) {
+                Assumptions.abort(name + " cannot be undone without its base: " + e.getMessage());
+                return;
+            }
             Path cpuOut = dir.resolve("cpu");
             Path gpuOut = dir.resolve("gpu");
             try (CpuBackend cpu = new CpuBackend(2); AtomicOutput o = AtomicOutput.create(cpuOut, false, List.of(caseDir))) {

@@ -17,6 +17,7 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.MethodSource;
 import org.loramerge.adapter.LoraAdapter;
 import org.loramerge.engine.BlockStats;
+import org.loramerge.engine.LowRankTerm;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.TensorMerge;
 import org.loramerge.engine.cpu.CpuBackend;
@@ -27,6 +28,8 @@ import org.loramerge.format.SafetensorsFile;
 import org.loramerge.pipeline.AtomicOutput;
 import org.loramerge.pipeline.MergeRunner;
 import org.loramerge.pipeline.Progress;
+import org.loramerge.plan.Combination;
+import org.loramerge.plan.CombineMethod;
 import org.loramerge.plan.ExpertSlice;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.OutputTensor;
@@ -43,7 +46,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * MoE experts on the GPU engine: every tensor LoRA on expert parameters changes goes to the
  * device (a per-expert tensor has one ordinary term; a fused expert stack one term per expert, on
  * that expert's rows), and the device writes the CPU engine's bytes, also for blocks that span
- * experts. The routing test needs no GPU; the others skip themselves without one.
+ * experts; so do two expert adapters combined by cat, whose terms on the same expert's rows fold
+ * into one. The routing tests need no GPU; the others skip themselves without one.
  */
 class CudaMoeTest {
     private static final Path MOE = Paths.get("src/test/resources/moe");
@@ -87,6 +91,52 @@ class CudaMoeTest {
                 experts += t.terms().stream().anyMatch(x -> x.slice() != null) ? 1 : 0;
             }
             assertTrue(experts > 0, name + " has expert terms");
+        }
+    }
+
+    /** The case's adapter combined with itself by cat at weights 0.7 and 0.3 (scales that do not fold exactly). */
+    private static MergePlan catWithItself(Checkpoint base, LoraAdapter adapter) throws Exception {
+        Combination how = Combination.of(CombineMethod.CAT, 2, List.of(0.7, 0.3), 1.0, Combination.MajoritySign.TOTAL, 1.0, 0, 0, null);
+        return Planner.plan(base, List.of(adapter, adapter), PlanOptions.defaults(), how);
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("cases")
+    void twoExpertAdaptersCombinedByCatGoToTheGpuOneFoldedSegmentPerExpert(String name) throws Exception {
+        Path caseDir = MOE.resolve(name);
+        try (Checkpoint base = Checkpoint.open(caseDir.resolve("base")); LoraAdapter adapter = LoraAdapter.open(caseDir.resolve("adapter"))) {
+            for (OutputTensor t : catWithItself(base, adapter).tensors()) {
+                if (t.terms().isEmpty()) {
+                    continue;
+                }
+                TensorJob job = TensorJob.prepare(t);
+                assertTrue(CudaBackend.onGpu(job), t.name() + " must be merged on the GPU");
+                List<List<LowRankTerm>> segments = CudaTensorMerge.segments(job.terms(), job.rows());
+                assertEquals(job.terms().size() / 2, segments.size(), t.name() + ": one segment per expert (or one for the tensor)");
+                segments.forEach(s -> assertEquals(2, s.size(), t.name() + ": each adapter's term on the segment's rows"));
+            }
+        }
+    }
+
+    @Tag("gpu")
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("cases")
+    void expertAdaptersCombinedByCatAreByteIdenticalOnBothEngines(String name) throws Exception {
+        Path caseDir = MOE.resolve(name);
+        try (Checkpoint base = Checkpoint.open(caseDir.resolve("base")); LoraAdapter adapter = LoraAdapter.open(caseDir.resolve("adapter"))) {
+            Path cpuOut = dir.resolve("cpu");
+            Path gpuOut = dir.resolve("gpu");
+            try (CpuBackend cpu = new CpuBackend(2); AtomicOutput o = AtomicOutput.create(cpuOut, false, List.of(caseDir))) {
+                MergeRunner.run(catWithItself(base, adapter), cpu, o, MergeRunner.Options.defaults(), Progress.silent());
+            }
+            try (AtomicOutput o = AtomicOutput.create(gpuOut, false, List.of(caseDir))) {
+                MergeRunner.run(catWithItself(base, adapter), device(), o, MergeRunner.Options.defaults(), Progress.silent());
+            }
+            try (Stream<Path> files = Files.list(cpuOut)) {
+                for (Path p : files.toList()) {
+                    assertArrayEquals(Files.readAllBytes(p), Files.readAllBytes(gpuOut.resolve(p.getFileName())), name + ": " + p.getFileName());
+                }
+            }
         }
     }
 
