@@ -157,6 +157,44 @@ class CliHabitsTest {
         assertTrue(warnings.get(0).contains("in all"), warnings.get(0));
     }
 
+    /**
+     * A square weight of an architecture loramerge does not know as Conv1D: the shapes cannot tell nn.Linear from
+     * Conv1D, so fan_in_fan_out decides, as in PEFT. GPT-2's c_proj under another model_type merges to GPT-2's bytes
+     * with the flag, and to other bytes (the update transposed) without it.
+     */
+    @Test
+    void fanInFanOutDecidesTheLayoutOfASquareWeightOfAnUnknownArchitecture() throws IOException {
+        Path c = FIXTURES.resolve("gpt2_conv1d");
+        Path base = dir.resolve("custom-base");
+        Files.createDirectories(base);
+        for (String f : List.of("model.safetensors", "generation_config.json")) {
+            Files.copy(c.resolve("base").resolve(f), base.resolve(f));
+        }
+        String config = Files.readString(c.resolve("base/config.json"));
+        assertTrue(config.contains("\"model_type\": \"gpt2\""), "the fixture's config names gpt2");
+        Files.writeString(base.resolve("config.json"), config.replace("\"model_type\": \"gpt2\"", "\"model_type\": \"my_gpt\""));
+        Path noFlag = dir.resolve("no-flag-adapter");
+        Files.createDirectories(noFlag);
+        Files.copy(c.resolve("adapter/adapter_model.safetensors"), noFlag.resolve("adapter_model.safetensors"));
+        Files.writeString(noFlag.resolve("adapter_config.json"),
+                Files.readString(c.resolve("adapter/adapter_config.json")).replace("\"fan_in_fan_out\": true", "\"fan_in_fan_out\": false"));
+
+        InspectAndVerifyCliTest.Run gpt2 = run("merge", "--base", c.resolve("base").toString(), "--adapter", c.resolve("adapter").toString(),
+                "--out", dir.resolve("gpt2").toString(), "--device", "cpu", "--quiet");
+        InspectAndVerifyCliTest.Run flagged = run("merge", "--base", base.toString(), "--adapter", c.resolve("adapter").toString(),
+                "--out", dir.resolve("flagged").toString(), "--device", "cpu", "--quiet");
+        InspectAndVerifyCliTest.Run unflagged = run("merge", "--base", base.toString(), "--adapter", noFlag.toString(),
+                "--out", dir.resolve("unflagged").toString(), "--device", "cpu", "--quiet");
+        assertEquals(ExitCodes.OK, gpt2.code(), gpt2.err());
+        assertEquals(ExitCodes.OK, flagged.code(), flagged.err());
+        assertEquals(ExitCodes.OK, unflagged.code(), unflagged.err());
+        byte[] expected = Files.readAllBytes(dir.resolve("gpt2/model.safetensors"));
+        assertTrue(java.util.Arrays.equals(expected, Files.readAllBytes(dir.resolve("flagged/model.safetensors"))),
+                "fan_in_fan_out true: the square c_proj merges as Conv1D, GPT-2's bytes");
+        assertFalse(java.util.Arrays.equals(expected, Files.readAllBytes(dir.resolve("unflagged/model.safetensors"))),
+                "fan_in_fan_out false: the square c_proj merges as nn.Linear, the update transposed");
+    }
+
     // ------------------------------------------------------------------ JSON
 
     @Test
