@@ -10,17 +10,43 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.Arrays;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 
 /**
- * Writes one safetensors file as a stream: the header first (its tensors, shapes and offsets are
- * fixed up front), then each tensor's bytes in header order. The header is padded with spaces to
- * a multiple of 8 bytes, as the reference writer does, so the data section starts aligned.
+ * Writes one safetensors file as a stream: every tensor's bytes in order, the header first (its
+ * tensors, shapes and offsets are fixed up front). The header is padded with spaces to a multiple
+ * of 8 bytes, as the reference writer does, so the data section starts aligned.
+ *
+ * <p>A tensor whose length is known only after the others are written (a quant state holding a
+ * mean of the whole weight, see {@link Entry#late}) is declared late: 1-D, at most a maximum
+ * length. Late tensors are placed after every other tensor of the data section, in their declared
+ * order, and their bytes, given at any time ({@link #writeLate}), are appended by {@link #finish};
+ * the header is written last. Its length is reserved up front for the longest it can be (every
+ * late tensor at its maximum), so every other tensor's offset is fixed from the start, and the
+ * final header is padded with trailing spaces to that length (JSON whitespace, which safetensors
+ * readers accept, FORMATS.md §6). A file without late tensors has its header written first, as
+ * before.
  */
 public final class SafetensorsWriter implements AutoCloseable {
-    /** A tensor to be written: its name, dtype and shape. */
-    public record Entry(String name, DType dtype, long[] shape) {
+    /**
+     * A tensor to be written: its name, dtype and shape.
+     *
+     * @param late whether its length is known only when its bytes are; {@code shape} is then
+     *             {@code [maximum elements]} (see {@link #late})
+     */
+    public record Entry(String name, DType dtype, long[] shape, boolean late) {
+        public Entry(String name, DType dtype, long[] shape) {
+            this(name, dtype, shape, false);
+        }
+
+        /** A 1-D tensor of at most {@code maxElements} elements whose length is known only when it is written. */
+        public static Entry late(String name, DType dtype, long maxElements) {
+            return new Entry(name, dtype, new long[] {maxElements}, true);
+        }
+
+        /** Bytes of the tensor, or for a late one its largest. */
         public long sizeInBytes() {
             return TensorInfo.numElements(shape) * dtype.bits() / 8;
         }
@@ -28,42 +54,78 @@ public final class SafetensorsWriter implements AutoCloseable {
 
     private final Path path;
     private final FileChannel channel;
+    private final List<Entry> entries;
+    private final Map<String, String> metadata;
     private final long dataStart;
-    private final long totalSize;
+    private final long fixedEnd;
+    /** The given bytes of each late tensor, by name, in declared order (null until given). */
+    private final Map<String, ByteBuffer> late = new LinkedHashMap<>();
     private long position;
     private boolean closed;
 
-    private SafetensorsWriter(Path path, FileChannel channel, long dataStart, long totalSize) {
+    private SafetensorsWriter(Path path, FileChannel channel, List<Entry> entries, Map<String, String> metadata, long dataStart,
+                              long fixedSize) {
         this.path = path;
         this.channel = channel;
+        this.entries = List.copyOf(entries);
+        this.metadata = metadata;
         this.dataStart = dataStart;
-        this.totalSize = dataStart + totalSize;
+        this.fixedEnd = dataStart + fixedSize;
         this.position = dataStart;
+        for (Entry e : entries) {
+            if (e.late()) {
+                late.put(e.name(), null);
+            }
+        }
     }
 
-    /** The header bytes (length prefix included) for these entries, in this order. */
+    /** The header bytes (length prefix included) for these entries, in this order; late entries at their largest. */
     public static byte[] header(List<Entry> entries, Map<String, String> metadata) {
+        return header(entries, metadata, null, 0);
+    }
+
+    /**
+     * The header for {@code entries}: fixed tensors from offset 0 in order, late ones after them,
+     * each of its length in {@code lateBytes} (null: its largest); padded with spaces to a
+     * multiple of 8, and at least to {@code minLength} (which is one).
+     */
+    private static byte[] header(List<Entry> entries, Map<String, String> metadata, Map<String, ByteBuffer> lateBytes, int minLength) {
         ObjectNode root = SafetensorsFile.JSON.createObjectNode();
         if (!metadata.isEmpty()) {
             ObjectNode m = root.putObject("__metadata__");
             metadata.forEach(m::put);
+        }
+        long lateOffset = 0;
+        for (Entry e : entries) {
+            lateOffset += e.late() ? 0 : e.sizeInBytes();
         }
         long offset = 0;
         for (Entry e : entries) {
             ObjectNode t = root.putObject(e.name());
             t.put("dtype", e.dtype().name());
             ArrayNode shape = t.putArray("shape");
-            for (long d : e.shape()) {
-                shape.add(d);
-            }
             long size = e.sizeInBytes();
+            long begin;
+            if (e.late()) {
+                if (lateBytes != null) {
+                    size = lateBytes.get(e.name()).remaining();
+                }
+                shape.add(size / (e.dtype().bits() / 8));
+                begin = lateOffset;
+                lateOffset += size;
+            } else {
+                for (long d : e.shape()) {
+                    shape.add(d);
+                }
+                begin = offset;
+                offset += size;
+            }
             ArrayNode offsets = t.putArray("data_offsets");
-            offsets.add(offset);
-            offsets.add(offset + size);
-            offset += size;
+            offsets.add(begin);
+            offsets.add(begin + size);
         }
         byte[] json = root.toString().getBytes(StandardCharsets.UTF_8);
-        int padded = (json.length + 7) / 8 * 8;
+        int padded = Math.max((json.length + 7) / 8 * 8, minLength);
         byte[] out = new byte[8 + padded];
         ByteBuffer.wrap(out).order(ByteOrder.LITTLE_ENDIAN).putLong(padded);
         System.arraycopy(json, 0, out, 8, json.length);
@@ -71,31 +133,44 @@ public final class SafetensorsWriter implements AutoCloseable {
         return out;
     }
 
-    /** Creates {@code path} (which must not exist) and writes the header. */
+    /**
+     * Creates {@code path} (which must not exist) for these tensors. Without late entries the
+     * header is written now; with them its room is reserved and it is written by {@link #finish}.
+     */
     public static SafetensorsWriter create(Path path, List<Entry> entries, Map<String, String> metadata) throws IOException {
         byte[] header = header(entries, metadata);
-        long total = 0;
+        boolean anyLate = false;
+        long fixed = 0;
         for (Entry e : entries) {
-            total += e.sizeInBytes();
+            if (e.late() && (e.shape().length != 1 || e.dtype().bits() % 8 != 0)) {
+                throw new IllegalArgumentException(e.name() + ": a late tensor is 1-D, of a whole-byte dtype");
+            }
+            anyLate |= e.late();
+            fixed += e.late() ? 0 : e.sizeInBytes();
         }
         FileChannel ch = FileChannel.open(path, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE);
         try {
-            ByteBuffer hb = ByteBuffer.wrap(header);
-            long pos = 0;
-            while (hb.hasRemaining()) {
-                pos += ch.write(hb, pos);
+            if (!anyLate) {
+                writeFully(ch, ByteBuffer.wrap(header), 0);
             }
         } catch (IOException e) {
             ch.close();
             throw e;
         }
-        return new SafetensorsWriter(path, ch, header.length, total);
+        return new SafetensorsWriter(path, ch, entries, Map.copyOf(metadata), header.length, fixed);
     }
 
-    /** Appends bytes of the tensor being written. */
+    private static void writeFully(FileChannel ch, ByteBuffer b, long at) throws IOException {
+        long pos = at;
+        while (b.hasRemaining()) {
+            pos += ch.write(b, pos);
+        }
+    }
+
+    /** Appends bytes of the (not late) tensor being written. */
     public void write(ByteBuffer src) throws IOException {
         int n = src.remaining();
-        if (position + n > totalSize) {
+        if (position + n > fixedEnd) {
             throw new IllegalStateException(path + ": writing past the declared tensors");
         }
         while (src.hasRemaining()) {
@@ -103,9 +178,31 @@ public final class SafetensorsWriter implements AutoCloseable {
         }
     }
 
+    /**
+     * The bytes of late tensor {@code name} (its remaining bytes, copied): at most its declared
+     * maximum, a whole number of elements. May come before or after the other tensors' bytes.
+     */
+    public void writeLate(String name, ByteBuffer bytes) {
+        if (!late.containsKey(name)) {
+            throw new IllegalArgumentException(path + ": " + name + " is not a late tensor of this file");
+        }
+        if (late.get(name) != null) {
+            throw new IllegalStateException(path + ": " + name + " written twice");
+        }
+        Entry e = entries.stream().filter(x -> x.name().equals(name)).findFirst().orElseThrow();
+        int n = bytes.remaining();
+        if (n > e.sizeInBytes() || n % (e.dtype().bits() / 8) != 0) {
+            throw new IllegalArgumentException(path + ": " + n + " bytes for " + name + ", declared as at most " + e.sizeInBytes()
+                    + " bytes of " + e.dtype());
+        }
+        ByteBuffer copy = ByteBuffer.allocate(n);
+        copy.put(bytes.duplicate()).flip();
+        late.put(name, copy);
+    }
+
     /** Appends {@code length} bytes of another file, without copying them through the heap. */
     public void transferFrom(FileChannel source, long sourcePosition, long length) throws IOException {
-        if (position + length > totalSize) {
+        if (position + length > fixedEnd) {
             throw new IllegalStateException(path + ": writing past the declared tensors");
         }
         long done = 0;
@@ -139,12 +236,28 @@ public final class SafetensorsWriter implements AutoCloseable {
         channel.force(false);
     }
 
-    /** Checks that every declared byte was written and forces the file to disk. */
-    public void finish() throws IOException {
-        if (position != totalSize) {
-            throw new IllegalStateException(path + ": " + (totalSize - position) + " bytes of tensor data were not written");
+    /**
+     * Checks that every declared byte was written, appends the late tensors and writes the header
+     * when there are any, and forces the file to disk. Returns the bytes of tensor data in the file.
+     */
+    public long finish() throws IOException {
+        if (position != fixedEnd) {
+            throw new IllegalStateException(path + ": " + (fixedEnd - position) + " bytes of tensor data were not written");
+        }
+        if (!late.isEmpty()) {
+            for (Map.Entry<String, ByteBuffer> e : late.entrySet()) {
+                if (e.getValue() == null) {
+                    throw new IllegalStateException(path + ": late tensor " + e.getKey() + " was not written");
+                }
+                ByteBuffer b = e.getValue().duplicate();
+                long n = b.remaining();
+                writeFully(channel, b, position);
+                position += n;
+            }
+            writeFully(channel, ByteBuffer.wrap(header(entries, metadata, late, (int) (dataStart - 8))), 0);
         }
         channel.force(true);
+        return position - dataStart;
     }
 
     @Override

@@ -53,6 +53,7 @@ public final class MergeRunner {
         long start = System.nanoTime();
         MergeContext ctx = new MergeContext(backend, options, progress);
         MergeReport report = new MergeReport();
+        long written;
         try (CheckpointWriter writer = new CheckpointWriter(out, progress)) {
             for (MergePlan.Shard shard : plan.shards()) {
                 List<SafetensorsWriter.Entry> entries = new ArrayList<>();
@@ -78,6 +79,7 @@ public final class MergeRunner {
             if (options.verifyRows() > 0) {
                 verify(plan, writer.dir(), options.verifyRows(), report);
             }
+            written = writer.tensorBytes();
             writer.commit();
         } finally {
             ctx.executor.close();
@@ -87,7 +89,7 @@ public final class MergeRunner {
         report.engine = backend.describe();
         report.output = out.target().toString();
         report.shards = plan.shards().size();
-        report.bytesWritten = plan.totalBytes();
+        report.bytesWritten = written;
         report.adapterKeys = plan.keyUse().size();
         report.warnings.addAll(plan.warnings());
         report.notes.addAll(plan.notes());
