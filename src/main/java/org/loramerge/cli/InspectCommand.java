@@ -4,6 +4,7 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.SerializationFeature;
 import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
+import java.io.IOException;
 import java.io.OutputStream;
 import java.io.PrintStream;
 import java.nio.file.Files;
@@ -20,6 +21,10 @@ import org.loramerge.format.Checkpoint;
 import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.TensorInfo;
 import org.loramerge.pipeline.Progress;
+import org.loramerge.quant.QuantException;
+import org.loramerge.quant.QuantizedModel;
+import org.loramerge.quant.QuantizedWeight;
+import org.loramerge.quant.WeightFormats;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
@@ -27,7 +32,8 @@ import picocli.CommandLine.Parameters;
 
 @Command(name = "inspect", mixinStandardHelpOptions = true,
         description = {"Lists the tensors (dtype, shape) of a model folder, an adapter folder or one .safetensors file; "
-                + "for an adapter, also the resolved rank, alpha and scale of every module."})
+                + "for an adapter, also the resolved rank, alpha and scale of every module; for a quantized model, the format and "
+                + "settings of every quantized weight."})
 final class InspectCommand implements Callable<Integer> {
     @Parameters(index = "0", paramLabel = "PATH", description = "a model folder, an adapter folder or a .safetensors file")
     Path path;
@@ -58,6 +64,7 @@ final class InspectCommand implements Callable<Integer> {
                         out.println("warning: " + w);
                     }
                 }
+                quantization(c, root, out);
             }
         } else {
             try (SafetensorsFile f = SafetensorsFile.open(path)) {
@@ -70,6 +77,49 @@ final class InspectCommand implements Callable<Integer> {
             out.println(om.writeValueAsString(root));
         }
         return ExitCodes.OK;
+    }
+
+    /**
+     * The checkpoint's quantized weights, one line each (format, settings, dtype they dequantize to,
+     * shape). A format loramerge cannot read is reported with its reason, as a merge would (exit 3),
+     * after the tensors are listed.
+     */
+    private void quantization(Checkpoint c, ObjectNode root, PrintStream out) throws IOException, QuantException {
+        QuantizedModel q;
+        try {
+            q = WeightFormats.detect(c);
+        } catch (QuantException e) {
+            if (json) {
+                out.println(om.writeValueAsString(root));
+            }
+            throw e;
+        }
+        if (!q.usesFormat()) {
+            return;
+        }
+        ObjectNode n = root.putObject("quantization");
+        n.put("format", q.format().name());
+        ArrayNode weights = n.putArray("weights");
+        if (!json) {
+            out.println("quantized: " + q.format().name() + ", " + q.weights().size() + " weights");
+        }
+        for (QuantizedWeight w : q.weights().values()) {
+            ObjectNode x = weights.addObject();
+            x.put("name", w.weightName());
+            x.put("dtype", w.dtype().name());
+            x.set("shape", om.valueToTree(w.shape()));
+            x.put("description", w.describe());
+            x.set("tensors", om.valueToTree(w.tensorNames()));
+            if (!json) {
+                out.println(String.format(Locale.ROOT, "  %-60s %-14s %s", w.weightName(), TensorInfo.shapeString(w.shape()), w.describe()));
+            }
+        }
+        n.set("warnings", om.valueToTree(q.warnings()));
+        if (!json) {
+            for (String w : q.warnings()) {
+                out.println("warning: " + w);
+            }
+        }
     }
 
     private void tensors(Collection<TensorInfo> tensors, ObjectNode root, PrintStream out, String title) {

@@ -51,6 +51,21 @@ class InspectAndVerifyCliTest {
     }
 
     @Test
+    void inspectDescribesEachQuantizedWeightOfAQloraBase() throws Exception {
+        Path base = Path.of("src/test/resources/qlora/dq_bs64/base");
+        Run r = run("inspect", base.toString());
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        assertTrue(r.out().contains("quantized: bitsandbytes 4-bit NF4, 14 weights"), r.out());
+        String q = r.out().lines().filter(l -> l.startsWith("  model.layers.0.self_attn.q_proj.weight ")).reduce((a, b) -> b).orElseThrow();
+        assertTrue(q.contains("[64, 64]") && q.contains("NF4 (bitsandbytes), blocksize 64, double-quantized, bfloat16"), q);
+        Run j = run("inspect", base.toString(), "--json");
+        com.fasterxml.jackson.databind.JsonNode root = new com.fasterxml.jackson.databind.ObjectMapper().readTree(j.out());
+        assertEquals("bitsandbytes 4-bit NF4", root.path("quantization").path("format").asText(), j.out());
+        assertEquals(14, root.path("quantization").path("weights").size());
+        assertEquals("BF16", root.path("quantization").path("weights").get(0).path("dtype").asText());
+    }
+
+    @Test
     void verifyAcceptsPeftsMergeWithinOneUlpAndReportsItsDifferences() {
         Path c = FIXTURES.resolve("linear_bf16");
         Run ok = run("verify", "--base", c.resolve("base").toString(), "--adapter", c.resolve("adapter").toString(),
