@@ -9,6 +9,7 @@ import org.loramerge.engine.BlockStats;
 import org.loramerge.engine.Requantization;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.TensorMerge;
+import org.loramerge.format.SafetensorsWriter;
 import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.TensorSource;
 import org.loramerge.quant.QuantizedOutput;
@@ -19,8 +20,9 @@ import org.loramerge.quant.Requantizer;
  * quantization blocks (a multiple of {@code blockElements / gcd(cols, blockElements)} rows), so no
  * quantization block straddles two workers, sized by the engine's working memory per element; each
  * block merged and requantized by the engine, its codes written in order. After the last block the
- * engine settles the scales, the rest of the group is written, and the survival sums are added up
- * in chunk order (the same figures whatever the thread count).
+ * engine settles the scales, the rest of the group is written (a tensor known only then, such as a
+ * quant state holding the weight's mean absmax, as a late tensor of the shard), and the survival
+ * sums are added up in chunk order (the same figures whatever the thread count).
  */
 final class Requantize implements TensorStrategy {
     static final Requantize INSTANCE = new Requantize();
@@ -66,9 +68,8 @@ final class Requantize implements TensorStrategy {
             } finally {
                 requant.close();
             }
-            for (ByteBuffer b : r.tail()) {
-                shard.write(b);
-            }
+            List<SafetensorsWriter.Entry> group = t.quantizedOutput().entries(t.name());
+            shard.writeTail(group.subList(1, group.size()), r.tail());
             ctx.progress.tensorDone();
             for (Callable<Requantizer.Change> m : r.measures()) {
                 measured.add(ctx.executor.submit(m));

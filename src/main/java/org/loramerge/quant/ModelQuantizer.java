@@ -32,11 +32,10 @@ import static org.loramerge.quant.QuantException.Reason.UNSUPPORTED_CONFIG;
  * Output shards keep the input's file names. This class decides and encodes ({@link #plan},
  * {@link #encode}); the pipeline's QuantizeRunner writes the model.
  *
- * <p>Streaming: one weight at a time, read through memory-map windows; memory is the current
- * weight's codes and one float per block. A file's header needs every quant state's byte length
- * before any data, and a double-quantized state holds the mean absmax, so with double
- * quantization the weights are read twice (a first pass, in {@link #plan}, computes only the
- * block absmax means).
+ * <p>Streaming: one weight at a time, read once through memory-map windows; memory is the
+ * current weight's codes and one float per block. A double-quantized quant state holds the mean
+ * absmax, known after the weight's last block: it is a late tensor of its file
+ * ({@link Nf4Tensor#layout}).
  */
 public final class ModelQuantizer {
     /** Output heads transformers keeps in 16 bits (get_keys_to_not_convert: the output embedding and the last module). */
@@ -97,7 +96,7 @@ public final class ModelQuantizer {
                        List<String> warnings) {
     }
 
-    /** A quantized weight's bytes: the packed codes, then the rest of its group, and its report line. */
+    /** A quantized weight's bytes: the packed codes, then the rest of its group ({@link Nf4Tensor#layout} order), and its report line. */
     public record Encoded(ByteBuffer codes, List<ByteBuffer> tail, QuantizedTensor report) {
     }
 
@@ -134,8 +133,8 @@ public final class ModelQuantizer {
 
     /**
      * Plans the quantization of {@code base}: refuses a model that is already quantized or built
-     * of Conv1D layers, picks the weights to quantize, and lays out every output file (with double
-     * quantization, after a first pass over each weight for its mean absmax).
+     * of Conv1D layers, picks the weights to quantize, and lays out every output file. A
+     * double-quantized state's offset is a placeholder here; {@link #encode} computes it.
      */
     public static Plan plan(Checkpoint base, Options options) throws QuantException, IOException {
         Path configPath = base.dir().resolve("config.json");
@@ -188,11 +187,7 @@ public final class ModelQuantizer {
                     entries.add(new SafetensorsWriter.Entry(t.name(), t.dtype(), t.shape()));
                     continue;
                 }
-                QuantState.Nested nested = null;
-                if (options.doubleQuant()) {
-                    float[] absmax = blockAbsmax(file, t, options.blocksize());
-                    nested = new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, DoubleQuant.exactMean(absmax, absmax.length));
-                }
+                QuantState.Nested nested = options.doubleQuant() ? new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, 0f) : null;
                 QuantState state = QuantState.of(options.blocksize(), t.dtype(), t.shape(), nested);
                 states.put(t.name(), state);
                 entries.addAll(Nf4Tensor.layout(t.name(), state));
@@ -214,7 +209,8 @@ public final class ModelQuantizer {
     /**
      * Quantizes one weight on all cores: chunks of whole blocks are encoded independently
      * ({@link Nf4Encoder#encodeBlocks}, the same bytes as the streaming encoder) into the weight's
-     * packed codes, held in memory (half a byte an element) until the group is written in order.
+     * packed codes, held in memory (half a byte an element) until the group is written in order;
+     * then the absmax values are double-quantized when {@code state} says so.
      */
     public static Encoded encode(SafetensorsFile file, TensorInfo t, QuantState state) throws IOException, QuantException {
         long n = t.numElements();
@@ -238,18 +234,11 @@ public final class ModelQuantizer {
         } catch (ChunkFailure f) {
             f.rethrow();
         }
-        if (state.isDoubleQuant()) {
-            float offset = DoubleQuant.exactMean(absmax, absmax.length);
-            if (Float.floatToRawIntBits(offset) != Float.floatToRawIntBits(state.nested().offset())) {
-                throw new IOException(file.path() + ": " + t.name() + " changed while it was read (its mean absmax moved); "
-                        + "do not modify the input during quantize");
-            }
-        }
         double worst = 0;
         for (double e : maxError) {
             worst = Math.max(worst, e);
         }
-        return new Encoded(ByteBuffer.wrap(packed), Nf4Tensor.tail(state, absmax, null),
+        return new Encoded(ByteBuffer.wrap(packed), Nf4Tensor.tail(state, absmax),
                 new QuantizedTensor(t.name(), t.dtype().name(), t.shape(), absmax.length, worst));
     }
 
@@ -267,38 +256,6 @@ public final class ModelQuantizer {
             }
             throw (IOException) getCause();
         }
-    }
-
-    /** The first pass of double quantization: each block's absmax, nothing else (chunks of whole blocks on all cores). */
-    static float[] blockAbsmax(SafetensorsFile file, TensorInfo t, int blocksize) throws IOException, QuantException {
-        long n = t.numElements();
-        float[] absmax = new float[Math.toIntExact(Nf4Codec.numBlocks(n, blocksize))];
-        FloatFormat format = FloatFormat.of(t.dtype());
-        int es = t.dtype().sizeInBytes();
-        int chunks = (int) ((n + CHUNK_ELEMENTS - 1) / CHUNK_ELEMENTS);
-        try {
-            IntStream.range(0, chunks).parallel().forEach(c -> {
-                long first = (long) c * CHUNK_ELEMENTS;
-                int count = (int) Math.min(CHUNK_ELEMENTS, n - first);
-                try (MappedRegion r = file.map(t, first * es, (long) count * es)) {
-                    ByteBuffer buf = r.bytes();
-                    for (int i = 0; i < count; i++) {
-                        float v = (float) format.decode(format.bitsAt(buf, i));
-                        if (!Float.isFinite(v)) {
-                            throw new QuantException(QuantException.Reason.NON_FINITE, file.path(), t.name(), "element " + (first + i) + " is " + v
-                                    + "; NF4 cannot represent it and it would poison its block's absmax; fix the weight before quantizing");
-                        }
-                        int b = (int) ((first + i) / blocksize);
-                        absmax[b] = Math.max(absmax[b], Math.abs(v));
-                    }
-                } catch (IOException | QuantException e) {
-                    throw new ChunkFailure(e);
-                }
-            });
-        } catch (ChunkFailure f) {
-            f.rethrow();
-        }
-        return absmax;
     }
 
     /**

@@ -125,7 +125,7 @@ public final class Nf4Encoder {
         if (outPos + bytes > out.length) {
             drain();
         }
-        Nf4Codec.pack(codes, 0, filled, out, outPos);
+        Nf4Codec.pack(codes, 0, filled, out, outPos, Nf4Codec.paddingCode(a));
         outPos += bytes;
         filled = 0;
     }
@@ -174,7 +174,7 @@ public final class Nf4Encoder {
             }
             float a = Nf4Codec.quantizeBlock(block, 0, len, codes, 0);
             absmax[(int) (start / blocksize)] = a;
-            Nf4Codec.pack(codes, 0, len, packed, (int) (start / 2));
+            Nf4Codec.pack(codes, 0, len, packed, (int) (start / 2), Nf4Codec.paddingCode(a));
             if (a > 0) {
                 for (int i = 0; i < len; i++) {
                     maxError = Math.max(maxError, Math.abs((double) block[i] - Nf4Codec.dequantize(codes[i], a)) / a);

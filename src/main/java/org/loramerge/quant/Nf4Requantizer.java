@@ -55,7 +55,6 @@ public final class Nf4Requantizer implements Requantizer {
     private final String weightName;
     private final Path path;
     private final QuantState base;
-    private final int quantStateBytes;
     private final FloatFormat format;
     private final long numElements;
     private final int blocksize;
@@ -69,6 +68,7 @@ public final class Nf4Requantizer implements Requantizer {
     private final double[] dotW;
     private final double[] deltaSq;
     private QuantState outputState;
+    private DoubleQuant.Result doubleQuantized;
     private float[] scale;
     private float[] scaleBase;
 
@@ -76,13 +76,11 @@ public final class Nf4Requantizer implements Requantizer {
      * @param weightName the weight's name ({@code P.weight}), for messages
      * @param path       the base file it comes from, for messages (may be null)
      * @param base       the base weight's quant state: blocksize, dtype, shape and whether it is double-quantized
-     * @param quantStateBytes the length reserved for the output's quant state tensor ({@link Nf4Output#quantStateBytes})
      */
-    public Nf4Requantizer(String weightName, Path path, QuantState base, int quantStateBytes) {
+    public Nf4Requantizer(String weightName, Path path, QuantState base) {
         this.weightName = weightName;
         this.path = path;
         this.base = base;
-        this.quantStateBytes = quantStateBytes;
         this.format = FloatFormat.of(base.dtype());
         this.numElements = base.numElements();
         this.blocksize = base.blocksize();
@@ -157,6 +155,7 @@ public final class Nf4Requantizer implements Requantizer {
     public void finish() {
         if (base.isDoubleQuant()) {
             DoubleQuant.Result dq = DoubleQuant.quantize(absmax, numBlocks);
+            doubleQuantized = dq;
             DoubleQuant.Result dqBase = DoubleQuant.quantize(absmaxBase, numBlocks);
             outputState = QuantState.of(blocksize, base.dtype(), base.shape(), new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, dq.offset()));
             scale = decode(dq);
@@ -183,11 +182,11 @@ public final class Nf4Requantizer implements Requantizer {
         return outputState;
     }
 
-    /** The tensors after {@code P.weight} in {@link Nf4Tensor#layout} order, the quant state padded to its reserved length. */
+    /** The tensors after {@code P.weight} in {@link Nf4Tensor#layout} order, the quant state as bitsandbytes writes it. */
     @Override
     public List<ByteBuffer> tail() {
         checkFinished();
-        return Nf4Tensor.tail(outputState, absmax, quantStateBytes);
+        return Nf4Tensor.tail(outputState, absmax, doubleQuantized);
     }
 
     /** How many chunks {@link #measure} splits the weight into. */

@@ -141,24 +141,9 @@ public final class QuantState {
     }
 
     /**
-     * The JSON padded with trailing spaces to {@code length} bytes. bitsandbytes reads the tensor
-     * with {@code json.loads}, which ignores trailing whitespace, so a writer that must fix the
-     * tensor's length before the double-quantization offset is known (a file header precedes the
-     * data) can reserve {@link #maxJsonLength} bytes.
-     */
-    public byte[] toJson(int length) {
-        byte[] exact = toJson();
-        if (exact.length > length) {
-            throw new IllegalArgumentException("quant state needs " + exact.length + " bytes, " + length + " reserved");
-        }
-        byte[] out = Arrays.copyOf(exact, length);
-        Arrays.fill(out, exact.length, length, (byte) ' ');
-        return out;
-    }
-
-    /**
      * The longest {@link #toJson} this state can have whatever its nested offset: the offset's
-     * {@code repr} is at most 24 characters (sign, 17 digits, point, {@code e-XX}).
+     * {@code repr} is at most 24 characters (sign, 17 digits, point, {@code e-XX}). A writer that
+     * must reserve the quant state's room before the offset is known reserves this much.
      */
     public int maxJsonLength() {
         int len = toJson().length;

@@ -15,6 +15,7 @@ import jcuda.runtime.cudaMemcpyKind;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
@@ -150,6 +151,21 @@ class CudaNf4Test {
                 Arguments.of(DType.BF16, 4096, 3 * 4096 + 17));
     }
 
+    /**
+     * The device's approximate reciprocal (what bitsandbytes' 1.0f/absmax is on this GPU) against the
+     * table the codec and the kernels emulate it with: equal for every significand on a GPU where
+     * bitsandbytes quantizes exactly as loramerge does.
+     */
+    @Test
+    void thisGpusApproximateReciprocalIsTheTableLoramergeEmulates() {
+        cuda.device().bindContext();
+        try (CudaStream s = new CudaStream()) {
+            assertEquals(0, cuda.device().nf4().reciprocalMismatches(s),
+                    "this GPU's rcp.approx.ftz.f32 differs from src/main/resources/org/loramerge/quant/rcp_approx_ftz.bits.z; "
+                            + "run scripts/device/make-rcp-table.sh and see docs/FORMATS.md §5");
+        }
+    }
+
     /** Many blocks of random values, zero blocks and values on the thresholds: kernels against Nf4Encoder and DoubleQuant. */
     @ParameterizedTest(name = "{0} blocksize {1}, {2} elements")
     @MethodSource("randomShapes")
@@ -164,6 +180,10 @@ class CudaNf4Test {
             double v;
             if (block % 17 == 5) {
                 v = 0.0; // an all-zero block
+            } else if (block % 19 == 7) {
+                v = (i % 5 == 0 ? 1e-39 : 3e-38) * (rnd.nextBoolean() ? 1 : -1); // subnormals the kernel flushes, beside small normals
+            } else if (block % 23 == 11 && dtype != DType.F16) {
+                v = (i % blocksize == 0 ? 2e38 : rnd.nextDouble() * 1e38) * (rnd.nextBoolean() ? 1 : -1); // absmax above 2^126
             } else if (block % 13 == 3 && i % blocksize == 0) {
                 v = 1.0; // absmax 1: the next values sit exactly on thresholds
             } else if (block % 13 == 3) {
