@@ -52,13 +52,13 @@ final class MergeCommand implements Callable<Integer> {
                     + "with a 4-bit base, of those that are not quantized (--to decides the 4-bit weights)")
     String dtype;
 
-    @Option(names = "--to", paramLabel = "bf16|f16|f32|nf4",
-            description = {"Required for a bitsandbytes 4-bit (QLoRA) base: what its 4-bit weights become. "
-                    + "bf16, f16, f32: dequantize, merge, write them dense (a 16-bit model; quantization_config is removed). "
-                    + "nf4: dequantize, merge, requantize with the base's blocksize and double quantization (a 4-bit model "
-                    + "bitsandbytes loads), and report how much of the adapter's change survives. "
-                    + "--dtype still sets the tensors that are not quantized. For a base that is not 4-bit, --to bf16|f16|f32 "
-                    + "means --dtype and --to nf4 is refused. See docs/QLORA.md."})
+    @Option(names = "--to", paramLabel = "bf16|f16|f32|nf4|fp8",
+            description = {"Required for a quantized base (bitsandbytes NF4, FP8): what its quantized weights become. "
+                    + "bf16, f16, f32: dequantize, merge, write them dense (quantization_config is removed). "
+                    + "nf4 (an NF4 base), fp8 (an FP8 base): dequantize, merge, requantize with the base's own settings, and "
+                    + "report how much of the adapter's change survives. "
+                    + "--dtype still sets the tensors that are not quantized. For a base that is not quantized, --to bf16|f16|f32 "
+                    + "means --dtype and a quantized --to is refused. See docs/QLORA.md."})
     String to;
 
     @Option(names = "--device", defaultValue = "auto", paramLabel = "auto|cpu|cuda[:N]",
@@ -178,14 +178,14 @@ final class MergeCommand implements Callable<Integer> {
         }
     }
 
-    /** The --to option: bf16, f16, f32 (and their other spellings, as --dtype takes them) or nf4; null when not given. */
+    /** The --to option: bf16, f16, f32 (and their other spellings, as --dtype takes them), or a quantization; null when not given. */
     static QuantTarget parseTarget(String to) throws UsageException {
         if (to == null) {
             return null;
         }
         QuantTarget target = QuantTarget.parse(to);
         if (target == null) {
-            throw new UsageException("--to " + to + ": expected bf16, f16, f32 or nf4");
+            throw new UsageException("--to " + to + ": expected bf16, f16, f32, or a quantization (nf4, fp8)");
         }
         return target;
     }

@@ -1,6 +1,8 @@
 package org.loramerge.quant;
 
+import java.util.Arrays;
 import java.util.List;
+import org.loramerge.format.DType;
 import org.loramerge.format.SafetensorsWriter;
 
 /**
@@ -32,6 +34,15 @@ public record Nf4Output(QuantState template, List<String> warnings) implements Q
         return new Nf4Output(template, warnings);
     }
 
+    /**
+     * The NF4 output of a weight of another format (GPTQ, AWQ) quantized to NF4: {@code blocksize},
+     * double quantization or not, and the weight's dtype as the quant state's compute dtype.
+     */
+    public static Nf4Output forDense(DType dtype, long[] shape, int blocksize, boolean doubleQuant) {
+        QuantState.Nested nested = doubleQuant ? new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, 0f) : null;
+        return new Nf4Output(QuantState.of(blocksize, dtype, shape, nested), List.of());
+    }
+
     @Override
     public List<SafetensorsWriter.Entry> entries(String weightName) {
         return Nf4Tensor.layout(weightName, template);
@@ -47,12 +58,13 @@ public record Nf4Output(QuantState template, List<String> warnings) implements Q
         return template.isDoubleQuant();
     }
 
+    /** A requantizer of {@code base}'s merged values (in its dtype, which must be the template's) into this output. */
     @Override
     public Requantizer requantizer(QuantizedWeight base) {
-        if (!(base instanceof Nf4Weight)) {
-            throw new IllegalArgumentException(base.weightName() + " is " + base.describe() + ", not an NF4 weight");
+        if (base.dtype() != template.dtype() || !Arrays.equals(base.shape(), template.shape())) {
+            throw new IllegalArgumentException(base.weightName() + " is " + base.dtype() + " " + Arrays.toString(base.shape())
+                    + ", not what " + template + " describes");
         }
-        Nf4Weight w = (Nf4Weight) base;
-        return new Nf4Requantizer(w.weightName(), w.file().path(), w.tensor().state());
+        return new Nf4Requantizer(base.weightName(), base.file().path(), template);
     }
 }

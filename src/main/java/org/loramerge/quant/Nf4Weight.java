@@ -39,6 +39,11 @@ public final class Nf4Weight implements QuantizedWeight {
     }
 
     @Override
+    public String kind() {
+        return "nf4";
+    }
+
+    @Override
     public DType dtype() {
         return tensor.dtype();
     }

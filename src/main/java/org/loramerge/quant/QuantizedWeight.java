@@ -15,6 +15,12 @@ public interface QuantizedWeight {
     /** The name of the dequantized weight, {@code P.weight}. */
     String weightName();
 
+    /**
+     * Its quantization, as {@code merge --to} names it: {@code nf4}, {@code fp4}, {@code int8},
+     * {@code fp8}, {@code gptq} or {@code awq}.
+     */
+    String kind();
+
     /** The dtype its values dequantize to (the quant state's compute dtype). */
     DType dtype();
 
@@ -45,6 +51,9 @@ public interface QuantizedWeight {
      */
     MappedRegion storedCodes(long firstElement, int count) throws IOException;
 
-    /** What this weight becomes when merged and requantized with its own settings. */
+    /**
+     * What this weight becomes when merged and requantized with its own format and settings; only
+     * for the kinds the planner requantizes ({@code Planner.REQUANTIZABLE}).
+     */
     QuantizedOutput requantizedOutput();
 }

@@ -114,10 +114,10 @@ class QloraCliTest {
     @Test
     void toOnASixteenBitBase() throws Exception {
         Path fixture = FIXTURES.resolve("linear_f32");
-        // nf4 asks to requantize a base that is not 4-bit
+        // nf4 asks to requantize a base that is not quantized
         Result r = merge(fixture, dir.resolve("nf4"), "--to", "nf4", "--quiet");
         assertEquals(ExitCodes.USAGE, r.code(), r.err());
-        assertTrue(r.err().contains("no 4-bit weights") && r.err().contains("loramerge quantize"), r.err());
+        assertTrue(r.err().contains("no quantized weights") && r.err().contains("loramerge quantize"), r.err());
         // bf16 is --dtype bf16
         assertEquals(0, merge(fixture, dir.resolve("to"), "--to", "bf16", "--quiet").code());
         assertEquals(0, merge(fixture, dir.resolve("dtype"), "--dtype", "bf16", "--quiet").code());

@@ -77,14 +77,13 @@ public final class CudaBackend implements Backend {
 
     /**
      * Whether the GPU path computes this tensor (else the CPU engine does, inside this backend):
-     * one low-rank term, no DoRA, token rows or dtype conversion, and a dense source or an NF4
-     * one (dequantized on the device; an NF4 output is requantized there too).
+     * one low-rank term, no DoRA, token rows or dtype conversion. The source is dense, or NF4
+     * (dequantized on the device; an NF4 output is requantized there too), or another quantized
+     * format, which the pipeline dequantizes on the CPU with the format's codec before the block
+     * goes up as dense values.
      */
     static boolean onGpu(TensorJob job) {
         if (job.srcFormat() == null || job.srcFormat() != job.dstFormat() || job.doraAxis() != null || job.tokenValues() != null) {
-            return false;
-        }
-        if (job.out().source().isQuantized() && !(job.out().source().quantized() instanceof Nf4Weight)) {
             return false;
         }
         // a tensor without terms and with its own dtype is a byte copy and never reaches a backend
