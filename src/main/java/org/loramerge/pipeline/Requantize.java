@@ -80,7 +80,9 @@ final class Requantize implements TensorStrategy {
             for (Future<Requantizer.Change> f : measured) {
                 change = change.plus(BlockExecutor.get(f)); // in chunk order: the same sums whatever the thread count
             }
-            ctx.survivals.add(survival(t, change));
+            if (t.isAdapted()) { // a weight only converted to another format (GPTQ to NF4) has no adapter change to survive
+                ctx.survivals.add(survival(t, change));
+            }
         });
     }
 

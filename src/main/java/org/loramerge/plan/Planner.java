@@ -359,7 +359,8 @@ public final class Planner {
                 // an untouched quantized weight keeps its bytes, as PEFT's merge leaves unadapted layers alone:
                 // requantizing it would only move it
                 outputs.add(OutputTensor.copy(t.name(), new TensorSource(base.fileOf(t.name()), t)));
-            } else if (t.name().equals(group.weightName())) {
+            } else if (t.name().equals(group.tensorNames().get(0))) {
+                // in the place of its first stored tensor: P.weight itself (NF4, FP8) or P.qweight (GPTQ, AWQ)
                 outputs.add(quantizedOutput(group, adapted ? o : null));
                 if (to.isDense()) {
                     dequantized++;

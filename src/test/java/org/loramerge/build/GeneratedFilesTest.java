@@ -68,17 +68,21 @@ class GeneratedFilesTest {
         assertTrue(bytes < 500_000, "QLoRA fixtures stay small: " + bytes + " bytes");
     }
 
-    /** The golden FP8 cases are scripts/fixtures/make_fp8_fixtures.py's output: its hash and every file's are in MANIFEST.sha256. */
-    @Test
-    void fp8FixturesMatchTheirGenerator() throws Exception {
-        Path dir = Paths.get("src/test/resources/fp8");
+    /**
+     * The golden FP8, GPTQ and AWQ cases are their generators' output (scripts/fixtures/make_fp8_fixtures.py,
+     * make_gptq_awq_fixtures.py): each MANIFEST.sha256 holds its generator's hash and every file's.
+     */
+    @org.junit.jupiter.params.ParameterizedTest
+    @org.junit.jupiter.params.provider.CsvSource({"fp8, make_fp8_fixtures.py", "gptq_awq, make_gptq_awq_fixtures.py"})
+    void quantizedBaseFixturesMatchTheirGenerator(String folder, String script) throws Exception {
+        Path dir = Paths.get("src/test/resources").resolve(folder);
         List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
-        String regenerate = "regenerate them (python scripts/fixtures/make_fp8_fixtures.py, with the versions in "
+        String regenerate = "regenerate them (python scripts/fixtures/" + script + ", with the versions in "
                 + "scripts/fixtures/requirements-fixtures.txt)";
-        assertEquals(sha256(Paths.get("scripts/fixtures/make_fp8_fixtures.py")) + "  generator:scripts/fixtures/make_fp8_fixtures.py",
-                manifest.get(0), "scripts/fixtures/make_fp8_fixtures.py changed since the FP8 fixtures were made: " + regenerate);
+        assertEquals(sha256(Paths.get("scripts/fixtures", script)) + "  generator:scripts/fixtures/" + script, manifest.get(0),
+                "scripts/fixtures/" + script + " changed since the fixtures were made: " + regenerate);
         assertEquals(String.join("\n", manifest.subList(1, manifest.size())), String.join("\n", hashedFiles(dir)),
-                "FP8 fixture files differ from what the generator wrote; " + regenerate);
+                folder + " fixture files differ from what the generator wrote; " + regenerate);
     }
 
     /** "SHA256  relative/path" of every file under {@code dir} but its manifest, in path order: the manifest's lines. */
