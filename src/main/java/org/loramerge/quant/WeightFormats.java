@@ -8,7 +8,8 @@ import org.loramerge.format.Checkpoint;
 /** The weight formats loramerge reads, and the one a checkpoint uses. */
 public final class WeightFormats {
     /** Every format, in the order they are tried. */
-    public static final List<WeightFormat> ALL = List.of(BnbNf4Format.INSTANCE, Fp8Format.INSTANCE, PackedIntFormat.INSTANCE);
+    public static final List<WeightFormat> ALL = List.of(BnbInt8Format.INSTANCE, BnbNf4Format.INSTANCE, Fp8Format.INSTANCE,
+            PackedIntFormat.INSTANCE);
 
     private WeightFormats() {
     }
@@ -36,6 +37,6 @@ public final class WeightFormats {
     }
 
     /** What loramerge reads, for messages. */
-    static final String SUPPORTED = "bitsandbytes 4-bit NF4, FP8 (transformers' fine-grained \"fp8\", compressed-tensors' float-quantized), "
+    static final String SUPPORTED = "bitsandbytes 4-bit NF4 and 8-bit (LLM.int8), FP8 (transformers' fine-grained \"fp8\", compressed-tensors' float-quantized), "
             + "GPTQ (\"gptq\", \"gptq_v2\") and AWQ (GEMM)";
 }

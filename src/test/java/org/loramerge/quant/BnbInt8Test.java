@@ -1,0 +1,91 @@
+package org.loramerge.quant;
+
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.file.Path;
+import java.util.List;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.loramerge.cli.Main;
+import org.loramerge.format.Checkpoint;
+import org.loramerge.format.DType;
+import org.loramerge.format.TensorInfo;
+import org.loramerge.testutil.TinyModels;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/**
+ * bitsandbytes 8-bit (LLM.int8) weights as transformers saves them: I8 codes, F32 row scales (SCB) and
+ * weight_format 0. Hand-built: the values follow bitsandbytes' int8_vectorwise_dequant formula,
+ * checked here in double against the fp32 steps it takes; the bitsandbytes fixture script
+ * (scripts/fixtures/make_bnb_fixtures.py) checks real bitsandbytes models on the GPU machine.
+ */
+class BnbInt8Test {
+    static final String CONFIG = "{\"model_type\": \"llama\", \"dtype\": \"float16\", \"quantization_config\": {\"quant_method\": "
+            + "\"bitsandbytes\", \"load_in_8bit\": true, \"_load_in_8bit\": true, \"load_in_4bit\": false}}";
+
+    @TempDir
+    Path dir;
+
+    private Path model(byte weightFormat) throws Exception {
+        byte[] codes = new byte[4 * 6];
+        for (int i = 0; i < codes.length; i++) {
+            codes[i] = (byte) ((i * 37) % 255 - 127);
+        }
+        ByteBuffer scb = ByteBuffer.allocate(16).order(ByteOrder.LITTLE_ENDIAN);
+        for (float s : new float[] {0.031f, 1.7f, 0f, 123.25f}) {
+            scb.putFloat(s);
+        }
+        return QuantModels.write(dir.resolve("m" + weightFormat), List.of(
+                new QuantModels.Tensor("model.layers.0.self_attn.q_proj.weight", DType.I8, new long[] {4, 6}, codes),
+                new QuantModels.Tensor("model.layers.0.self_attn.q_proj.SCB", DType.F32, new long[] {4}, scb.array()),
+                new QuantModels.Tensor("model.layers.0.self_attn.q_proj.weight_format", DType.U8, new long[] {}, new byte[] {weightFormat}),
+                new QuantModels.Tensor("model.norm.weight", DType.F16, new long[] {6}, new byte[12])), CONFIG);
+    }
+
+    @Test
+    void int8WeightsDequantizeAsBitsandbytesDoesInFloat32() throws Exception {
+        try (Checkpoint c = Checkpoint.open(model((byte) 0))) {
+            QuantizedModel q = WeightFormats.detect(c);
+            assertEquals("bitsandbytes 8-bit (LLM.int8)", q.format().name());
+            QuantizedWeight w = q.weight("model.layers.0.self_attn.q_proj.weight");
+            assertEquals("int8", w.kind());
+            assertEquals(DType.F32, w.dtype());
+            assertEquals(3, q.groupTensorNames().size());
+            ByteBuffer out = ByteBuffer.allocate(4 * 24).order(ByteOrder.LITTLE_ENDIAN);
+            w.dequantizeTo(0, 24, out);
+            float[] scb = {0.031f, 1.7f, 0f, 123.25f};
+            for (int i = 0; i < 24; i++) {
+                int code = (byte) ((i * 37) % 255 - 127);
+                // two fp32 roundings: the product q * SCB, then times fp32(7.874015718698502e-3)
+                float want = (float) ((double) (float) ((double) code * scb[i / 6]) * (double) 7.874015718698502e-3f);
+                assertEquals(Float.floatToRawIntBits(want), Float.floatToRawIntBits(out.getFloat(4 * i)), "element " + i);
+            }
+        }
+    }
+
+    @Test
+    void anInt8BaseMergesDenseAndOldLayoutsAreRefused() throws Exception {
+        Path base = model((byte) 0);
+        Path adapter = TinyModels.writeAdapter(dir.resolve("a"), TinyModels.loraConfig(2, 4, "[\"q_proj\"]", ""),
+                TinyModels.loraPair("model.layers.0.self_attn.q_proj", 2, 6, 4));
+        Path out = dir.resolve("out");
+        assertEquals(0, Main.run("merge", "--base", base.toString(), "--adapter", adapter.toString(), "--out", out.toString(), "--to", "f16",
+                "--device", "cpu", "--quiet", "--verify", "--verify-rows", "all"));
+        try (Checkpoint c = Checkpoint.open(out)) {
+            TensorInfo t = c.tensor("model.layers.0.self_attn.q_proj.weight");
+            assertEquals(DType.F16, t.dtype());
+            assertTrue(c.tensor("model.layers.0.self_attn.q_proj.SCB") == null && c.tensor("model.layers.0.self_attn.q_proj.weight_format") == null);
+        }
+        try (Checkpoint c = Checkpoint.open(model((byte) 2))) {
+            QuantException e = assertThrows(QuantException.class, () -> WeightFormats.detect(c));
+            assertEquals(QuantException.Reason.UNSUPPORTED_CONFIG, e.reason());
+            assertTrue(e.getMessage().contains("weight_format") && e.getMessage().contains("re-save"), e.getMessage());
+        }
+        // requantizing to 8 bits is not done: refused as a usage error, naming what is possible
+        assertEquals(2, Main.run("merge", "--base", base.toString(), "--adapter", adapter.toString(), "--out", dir.resolve("x").toString(),
+                "--to", "int8", "--quiet"));
+    }
+}
