@@ -98,7 +98,7 @@ public final class MergeRunner {
             BlockStats s = ctx.stats.get(t.name());
             if (t.kind() != OutputTensor.Kind.COPY) {
                 report.tensors.add(new MergeReport.TensorOutcome(t.name(), t.kind().name().toLowerCase(Locale.ROOT),
-                        t.isRequantized() ? "NF4" : t.dtype().name(), t.shape(), s == null ? 0 : s.exactlyRounded(), s == null ? 0 : s.exactFallbacks(),
+                        t.isRequantized() ? t.quantizedOutput().kind() : t.dtype().name(), t.shape(), s == null ? 0 : s.exactlyRounded(), s == null ? 0 : s.exactFallbacks(),
                         s == null ? 0 : s.overflows(), s == null ? 0 : s.nans(), t.note()));
             }
         }

@@ -256,15 +256,18 @@ public final class Fp8Format implements WeightFormat {
             }
         }
         List<String> names = new ArrayList<>(List.of(name, s.name()));
+        List<Fp8Weight.Part> extras = new ArrayList<>();
         for (String a : ACTIVATION_SUFFIXES) {
-            if (c.tensor(stem + a) != null) {
-                names.add(stem + a);
+            TensorInfo x = c.tensor(stem + a);
+            if (x != null) {
+                names.add(x.name());
+                extras.add(new Fp8Weight.Part(c.fileOf(x.name()), x));
             }
         }
         // transformers multiplies in fp32; compressed-tensors in the scale's dtype (an e8m0 scale only exists in transformers' layout)
         DType product = layout.startsWith("transformers") || s.dtype() == DType.F8_E8M0 ? DType.F32 : s.dtype();
         return new Fp8Weight(name, new Fp8Weight.Part(c.fileOf(name), t), new Fp8Weight.Part(c.fileOf(s.name()), s), scheme, blockRows,
-                blockCols, product, modelDtype, layout, names, scales);
+                blockCols, product, modelDtype, layout, names, scales, extras);
     }
 
     private static long ceil(long a, long b) {

@@ -35,9 +35,11 @@ import org.loramerge.format.TensorInfo;
  * @param dtype        the model's dtype, which the product is rounded to then
  * @param layout       "transformers fine-grained FP8" or "compressed-tensors float-quantized", for messages
  * @param tensorNames  every tensor of the group, the codes first (activation scales included)
+ * @param scales       the scales, decoded, in the scale tensor's order
+ * @param extras       the group's other tensors (activation scales), which a requantized output keeps as they are
  */
 public record Fp8Weight(String weightName, Part weight, Part scale, Scheme scheme, int blockRows, int blockCols, DType productDtype,
-                        DType dtype, String layout, List<String> tensorNames, float[] scales) implements QuantizedWeight {
+                        DType dtype, String layout, List<String> tensorNames, float[] scales, List<Part> extras) implements QuantizedWeight {
     /** How the scales cover the weight. */
     public enum Scheme { TENSOR, CHANNEL, GROUP, BLOCK }
 
@@ -47,6 +49,7 @@ public record Fp8Weight(String weightName, Part weight, Part scale, Scheme schem
 
     public Fp8Weight {
         tensorNames = List.copyOf(tensorNames);
+        extras = List.copyOf(extras);
     }
 
     @Override
@@ -155,9 +158,30 @@ public record Fp8Weight(String weightName, Part weight, Part scale, Scheme schem
         return weight.file().map(weight.info(), firstElement, count);
     }
 
+    /**
+     * Why {@code --to fp8} cannot requantize this weight with its own scheme, if it cannot: loramerge
+     * requantizes transformers' fine-grained layout with float scales, as transformers' Fp8Quantize does.
+     */
+    @Override
+    public java.util.Optional<String> whyNotRequantizable() {
+        if (!layout.startsWith("transformers")) {
+            return java.util.Optional.of(layout + " weights take their scales from llm-compressor's observers, which loramerge does not "
+                    + "restate; merge --to bf16 and quantize the result with llm-compressor");
+        }
+        if (scale.info().dtype() != DType.F32) {
+            return java.util.Optional.of("its scales are " + scale.info().dtype() + " (scale_fmt ue8m0), which loramerge does not requantize; "
+                    + "merge --to bf16 instead");
+        }
+        return java.util.Optional.empty();
+    }
+
+    /** The output of {@code --to fp8}: this weight's layout, block grid and group, with new codes and scales. */
     @Override
     public QuantizedOutput requantizedOutput() {
-        throw new UnsupportedOperationException(weightName + ": FP8 requantization is not implemented");
+        if (whyNotRequantizable().isPresent()) {
+            throw new IllegalStateException(weightName + ": " + whyNotRequantizable().get());
+        }
+        return new Fp8Output(this);
     }
 
     @Override

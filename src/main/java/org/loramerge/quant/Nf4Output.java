@@ -49,6 +49,11 @@ public record Nf4Output(QuantState template, List<String> warnings) implements Q
     }
 
     @Override
+    public String kind() {
+        return "NF4";
+    }
+
+    @Override
     public int blockElements() {
         return template.blocksize();
     }

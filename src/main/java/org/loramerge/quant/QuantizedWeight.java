@@ -53,7 +53,13 @@ public interface QuantizedWeight {
 
     /**
      * What this weight becomes when merged and requantized with its own format and settings; only
-     * for the kinds the planner requantizes ({@code Planner.REQUANTIZABLE}).
+     * for the kinds the planner requantizes ({@code Planner.REQUANTIZABLE}) and when
+     * {@link #whyNotRequantizable} is empty.
      */
     QuantizedOutput requantizedOutput();
+
+    /** Why this weight of a requantizable kind cannot be requantized with its own settings (a variant loramerge does not write), if so. */
+    default java.util.Optional<String> whyNotRequantizable() {
+        return java.util.Optional.empty();
+    }
 }

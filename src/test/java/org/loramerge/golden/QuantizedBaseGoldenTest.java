@@ -192,4 +192,82 @@ class QuantizedBaseGoldenTest {
             assertFalse(Files.exists(tmp.resolve(to)));
         }
     }
+
+    /**
+     * --to fp8 on transformers' fine-grained layout: the codes and weight_scale_inv transformers' own
+     * Fp8Quantize writes for a merged weight (the generator quantized PEFT's merge; the requantizer is
+     * given the same values here), and the CLI's output: the base's layout and grid, a survival figure,
+     * and a second merge that finds nothing left to do (verify).
+     */
+    @ParameterizedTest
+    @ValueSource(strings = {"fine_grained_128", "fine_grained_tensor"})
+    void fp8RequantizesAsTransformersFp8QuantizeDoes(String name) throws Exception {
+        Path caseDir = FP8.resolve(name);
+        try (Checkpoint b = Checkpoint.open(caseDir.resolve("base"));
+             SafetensorsFile peft = SafetensorsFile.open(caseDir.resolve("peft.safetensors"));
+             SafetensorsFile want = SafetensorsFile.open(caseDir.resolve("requant_of_peft.safetensors"))) {
+            QuantizedModel q = WeightFormats.detect(b);
+            for (TensorInfo p : peft.tensors()) {
+                Fp8Weight w = (Fp8Weight) q.weight(p.name());
+                org.loramerge.quant.Requantizer r = w.requantizedOutput().requantizer(w);
+                int n = (int) w.numElements();
+                ByteBuffer x = peft.readAll(p);
+                ByteBuffer base = ByteBuffer.allocate(n * 2).order(ByteOrder.LITTLE_ENDIAN);
+                w.dequantizeTo(0, n, base);
+                double[] delta = new double[n];
+                for (int start = 0; start < n; start += r.blockElements()) {
+                    int count = Math.min(r.blockElements(), n - start);
+                    r.encode(start, count, x.duplicate().position(start * 2).slice().order(ByteOrder.LITTLE_ENDIAN),
+                            base.duplicate().position(start * 2).slice().order(ByteOrder.LITTLE_ENDIAN), delta);
+                    byte[] codes = new byte[count];
+                    r.codes(start, count).get(codes);
+                    byte[] expected = new byte[count];
+                    want.readAll(want.tensor(p.name())).position(start).get(expected);
+                    assertArrayEquals(expected, codes, p.name() + " codes from " + start);
+                }
+                r.finish();
+                String scale = p.name().replace(".weight", ".weight_scale_inv");
+                byte[] scales = new byte[(int) want.tensor(scale).sizeInBytes()];
+                r.tail().get(0).get(scales);
+                assertArrayEquals(bytes(want, want.tensor(scale)), scales, scale);
+            }
+        }
+        Path out = tmp.resolve("fp8");
+        String adapter = caseDir.resolve("adapter").toString();
+        JsonNode report = JSON.readTree(run("merge", "--base", caseDir.resolve("base").toString(), "--adapter", adapter, "--out", out.toString(),
+                "--to", "fp8", "--device", "cpu", "--json", "--quiet", "--verify", "--verify-rows", "all"));
+        assertEquals(3, report.get("requantization").get("tensors").size());
+        try (Checkpoint ours = Checkpoint.open(out); Checkpoint b = Checkpoint.open(caseDir.resolve("base"))) {
+            for (TensorInfo t : b.tensors().values()) {
+                TensorInfo o = ours.tensor(t.name());
+                assertNotNull(o, t.name());
+                assertEquals(t.dtype(), o.dtype(), t.name());
+                assertArrayEquals(t.shape(), o.shape(), t.name());
+            }
+            assertEquals(b.tensors().keySet(), ours.tensors().keySet());
+            QuantizedModel q = WeightFormats.detect(ours);
+            assertEquals(7, q.weights().size());
+            assertEquals(((Fp8Weight) WeightFormats.detect(b).weight("model.layers.0.mlp.down_proj.weight")).scheme(),
+                    ((Fp8Weight) q.weight("model.layers.0.mlp.down_proj.weight")).scheme());
+        }
+        JsonNode config = JSON.readTree(Files.readAllBytes(out.resolve("config.json")));
+        assertEquals(JSON.readTree(Files.readAllBytes(caseDir.resolve("base/config.json"))), config, "an FP8 output keeps its config");
+    }
+
+    @org.junit.jupiter.api.Test
+    void compressedTensorsFp8IsNotRequantizedAndSaysWhatToDo() throws Exception {
+        Path caseDir = FP8.resolve("compressed_tensors");
+        PrintStream old = System.err;
+        ByteArrayOutputStream e = new ByteArrayOutputStream();
+        int code;
+        try {
+            System.setErr(new PrintStream(e, true, StandardCharsets.UTF_8));
+            code = Main.run("merge", "--base", caseDir.resolve("base").toString(), "--adapter", caseDir.resolve("adapter").toString(),
+                    "--out", tmp.resolve("x").toString(), "--to", "fp8", "--quiet");
+        } finally {
+            System.setErr(old);
+        }
+        assertEquals(2, code, e.toString(StandardCharsets.UTF_8));
+        assertTrue(e.toString(StandardCharsets.UTF_8).contains("llm-compressor"), e.toString(StandardCharsets.UTF_8));
+    }
 }
