@@ -15,6 +15,7 @@ import org.loramerge.format.Checkpoint;
 import org.loramerge.pipeline.AtomicOutput;
 import org.loramerge.pipeline.Progress;
 import org.loramerge.pipeline.QuantizeRunner;
+import org.loramerge.quant.FourBitCode;
 import org.loramerge.quant.ModelQuantizer;
 import org.loramerge.quant.Nf4Codec;
 import picocli.CommandLine.Command;
@@ -22,8 +23,8 @@ import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
 
 @Command(name = "quantize", mixinStandardHelpOptions = true, sortOptions = false,
-        description = {"Writes a bitsandbytes NF4 (4-bit) checkpoint of a 16-bit model, as transformers + bitsandbytes save one: "
-                + "every 2-D Linear weight becomes the NF4 tensor group (packed codes, absmax, quant_map, quant state), "
+        description = {"Writes a bitsandbytes 4-bit (NF4, or FP4) checkpoint of a 16-bit model, as transformers + bitsandbytes save one: "
+                + "every 2-D Linear weight becomes the 4-bit tensor group (packed codes, absmax, quant_map, quant state), "
                 + "embeddings, lm_head, norms and biases are copied, and config.json gets the bitsandbytes quantization_config. "
                 + "Bit-identical to scripts/fixtures/nf4_reference.py; streamed weight by weight. The output appears only when complete."})
 final class QuantizeCommand implements Callable<Integer> {
@@ -35,6 +36,10 @@ final class QuantizeCommand implements Callable<Integer> {
 
     @Option(names = "--double-quant", description = "double-quantize the absmax values to 8 bits (bnb_4bit_use_double_quant, QLoRA's default)")
     boolean doubleQuant;
+
+    @Option(names = "--quant-type", defaultValue = "nf4", paramLabel = "nf4|fp4",
+            description = "the 4-bit code book (bnb_4bit_quant_type): nf4 (default, QLoRA's) or fp4")
+    String quantType;
 
     @Option(names = "--blocksize", defaultValue = "64", paramLabel = "N",
             description = "elements per absmax block: a power of two from 32 to 4096 (default: 64, bitsandbytes' default)")
@@ -57,7 +62,13 @@ final class QuantizeCommand implements Callable<Integer> {
         if (!Nf4Codec.isValidBlocksize(blocksize)) {
             throw new UsageException("--blocksize " + blocksize + ": expected a power of two from 32 to 4096 (bitsandbytes' default is 64)");
         }
-        ModelQuantizer.Options options = new ModelQuantizer.Options(blocksize, doubleQuant);
+        FourBitCode code;
+        switch (quantType.toLowerCase(Locale.ROOT)) {
+            case "nf4": code = FourBitCode.NF4; break;
+            case "fp4": code = FourBitCode.FP4; break;
+            default: throw new UsageException("--quant-type " + quantType + ": expected nf4 or fp4");
+        }
+        ModelQuantizer.Options options = new ModelQuantizer.Options(code, blocksize, doubleQuant);
         PrintStream err = System.err;
         ModelQuantizer.Report report;
         try (Checkpoint ckpt = MergeCommand.openBase(base, inputs.followSymlinks);
@@ -81,9 +92,9 @@ final class QuantizeCommand implements Callable<Integer> {
 
     private static void print(ModelQuantizer.Report r, PrintStream err) throws IOException {
         err.println(String.format(Locale.ROOT,
-                "loramerge: wrote %s: %d weights NF4 (blocksize %d%s, compute dtype %s), %d tensors copied, %s in %.1f s; "
+                "loramerge: wrote %s: %d weights %s (blocksize %d%s, compute dtype %s), %d tensors copied, %s in %.1f s; "
                         + "worst |W - dequant| = %.4f x block absmax",
-                r.output, r.tensorsQuantized, r.blocksize, r.doubleQuant ? ", double-quantized absmax" : "", r.computeDtype,
+                r.output, r.tensorsQuantized, r.quantType.toUpperCase(Locale.ROOT), r.blocksize, r.doubleQuant ? ", double-quantized absmax" : "", r.computeDtype,
                 r.tensorsCopied, Progress.bytes(r.bytesWritten), r.seconds, r.worstErrorOverAbsmax));
         for (ModelQuantizer.Skipped s : r.skipped) {
             err.println("note: kept " + s.name() + " unquantized: " + s.reason());

@@ -27,6 +27,7 @@ public final class QuantizeRunner {
         ModelQuantizer.Plan plan = ModelQuantizer.plan(base, options);
         ModelQuantizer.Report report = new ModelQuantizer.Report();
         report.blocksize = options.blocksize();
+        report.quantType = options.code().typeName();
         report.doubleQuant = options.doubleQuant();
         report.computeDtype = plan.computeDtype().torchName();
         report.skipped.addAll(plan.skipped());

@@ -44,18 +44,24 @@ public final class ModelQuantizer {
     private static final Set<String> EMBEDDINGS = Set.of("wte", "wpe", "shared", "word_embeddings", "position_embeddings",
             "token_type_embeddings", "tok_embeddings", "embed_tokens", "embed_positions", "embed_in", "embeddings");
 
-    /** What to write. */
-    public record Options(int blocksize, boolean doubleQuant) {
+    /** What to write: the code book (NF4 or FP4), the blocksize, double quantization or not. */
+    public record Options(FourBitCode code, int blocksize, boolean doubleQuant) {
         public Options {
             if (!Nf4Codec.isValidBlocksize(blocksize)) {
                 throw new IllegalArgumentException("--blocksize " + blocksize + ": expected a power of two from 32 to 4096 (bitsandbytes' default is 64)");
             }
+        }
+
+        /** NF4 options. */
+        public Options(int blocksize, boolean doubleQuant) {
+            this(FourBitCode.NF4, blocksize, doubleQuant);
         }
     }
 
     /** What was written; public fields for the --json summary. */
     public static final class Report {
         public String output;
+        public String quantType;
         public int blocksize;
         public boolean doubleQuant;
         public String computeDtype;
@@ -188,7 +194,7 @@ public final class ModelQuantizer {
                     continue;
                 }
                 QuantState.Nested nested = options.doubleQuant() ? new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, 0f) : null;
-                QuantState state = QuantState.of(options.blocksize(), t.dtype(), t.shape(), nested);
+                QuantState state = QuantState.of(options.code(), options.blocksize(), t.dtype(), t.shape(), nested);
                 states.put(t.name(), state);
                 entries.addAll(Nf4Tensor.layout(t.name(), state));
             }
@@ -196,7 +202,7 @@ public final class ModelQuantizer {
         }
         ObjectNode newConfig = null;
         if (config != null) {
-            newConfig = withQuantizationConfig(config, Bnb4BitConfig.toJson(options.doubleQuant(), compute));
+            newConfig = withQuantizationConfig(config, Bnb4BitConfig.toJson(options.code(), options.doubleQuant(), compute));
         } else {
             warnings.add("the model folder has no config.json: transformers needs one with quantization_config to load the 4-bit weights");
         }
@@ -226,7 +232,8 @@ public final class ModelQuantizer {
                 long first = (long) c * CHUNK_ELEMENTS;
                 int count = (int) Math.min(CHUNK_ELEMENTS, n - first);
                 try (MappedRegion r = file.map(t, first * es, (long) count * es)) {
-                    maxError[c] = Nf4Encoder.encodeBlocks(r.bytes(), format, n, blocksize, first, count, packed, absmax, file.path(), t.name());
+                    maxError[c] = Nf4Encoder.encodeBlocks(state.code(), r.bytes(), format, n, blocksize, first, count, packed, absmax, file.path(),
+                            t.name());
                 } catch (IOException | QuantException e) {
                     throw new ChunkFailure(e);
                 }

@@ -100,6 +100,11 @@ public final class Nf4Codec {
         return CudaFastMath.mul(VALUES[code], absmax);
     }
 
+    /** {@link #dequantize(int, float)} in code book {@code book} (NF4 or FP4). */
+    public static float dequantize(FourBitCode book, int code, float absmax) {
+        return CudaFastMath.mul(book.value(code), absmax);
+    }
+
     /** True for the blocksizes bitsandbytes' 4-bit kernels take: powers of two from 32 to 4096. */
     public static boolean isValidBlocksize(long blocksize) {
         return blocksize >= MIN_BLOCKSIZE && blocksize <= MAX_BLOCKSIZE && Long.bitCount(blocksize) == 1;
@@ -130,10 +135,15 @@ public final class Nf4Codec {
      * block whose absmax exceeds 2^126 code 7 (its reciprocal is 0).
      */
     public static float quantizeBlock(float[] values, int off, int len, byte[] codes, int codesOff) {
+        return quantizeBlock(FourBitCode.NF4, values, off, len, codes, codesOff);
+    }
+
+    /** {@link #quantizeBlock(float[], int, int, byte[], int)} in code book {@code book} (NF4 or FP4). */
+    public static float quantizeBlock(FourBitCode book, float[] values, int off, int len, byte[] codes, int codesOff) {
         float absmax = absmax(values, off, len);
         float r = CudaFastMath.rcp(absmax);
         for (int i = 0; i < len; i++) {
-            codes[codesOff + i] = (byte) encode(CudaFastMath.mul(values[off + i], r));
+            codes[codesOff + i] = (byte) book.encode(CudaFastMath.mul(values[off + i], r));
         }
         return absmax;
     }
@@ -144,7 +154,12 @@ public final class Nf4Codec {
      * block is all zeros (0 · ∞ = NaN).
      */
     public static int paddingCode(float absmax) {
-        return encode(CudaFastMath.mul(0f, CudaFastMath.rcp(absmax)));
+        return paddingCode(FourBitCode.NF4, absmax);
+    }
+
+    /** {@link #paddingCode(float)} in code book {@code book}: for FP4 always 0 (+0.0 and NaN both code 0). */
+    public static int paddingCode(FourBitCode book, float absmax) {
+        return book.encode(CudaFastMath.mul(0f, CudaFastMath.rcp(absmax)));
     }
 
     /** The code of element {@code index} in packed bytes whose byte 0 holds elements 0 and 1. */

@@ -26,7 +26,7 @@ public record Nf4Output(QuantState template, List<String> warnings) implements Q
      */
     public static Nf4Output requantizing(QuantState base) {
         QuantState.Nested nested = base.isDoubleQuant() ? new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, 0f) : null;
-        QuantState template = QuantState.of(base.blocksize(), base.dtype(), base.shape(), nested);
+        QuantState template = base.withNested(nested);
         List<String> warnings = base.isDoubleQuant() && base.nested().blocksize() != DoubleQuant.NESTED_BLOCKSIZE
                 ? List.of("has nested blocks of " + base.nested().blocksize() + "; its requantized absmax uses " + DoubleQuant.NESTED_BLOCKSIZE
                         + ", as bitsandbytes always does")
@@ -50,7 +50,7 @@ public record Nf4Output(QuantState template, List<String> warnings) implements Q
 
     @Override
     public String kind() {
-        return "NF4";
+        return template.code().name();
     }
 
     @Override

@@ -121,8 +121,9 @@ public final class Nf4Requantizer implements Requantizer {
      */
     @Override
     public void encode(long firstElement, int count, ByteBuffer merged, ByteBuffer base, double[] delta) throws QuantException {
-        Nf4Encoder.encodeBlocks(merged, format, numElements, blocksize, firstElement, count, packed, absmax, path, weightName);
-        Nf4Encoder.encodeBlocks(base, format, numElements, blocksize, firstElement, count, packedBase, absmaxBase, path, weightName);
+        FourBitCode book = this.base.code();
+        Nf4Encoder.encodeBlocks(book, merged, format, numElements, blocksize, firstElement, count, packed, absmax, path, weightName);
+        Nf4Encoder.encodeBlocks(book, base, format, numElements, blocksize, firstElement, count, packedBase, absmaxBase, path, weightName);
         for (int start = 0; start < count; start += blocksize) {
             int block = (int) ((firstElement + start) / blocksize);
             int len = Math.min(blocksize, count - start);
@@ -132,8 +133,8 @@ public final class Nf4Requantizer implements Requantizer {
             for (int i = start; i < start + len; i++) {
                 long e = firstElement + i;
                 double d = delta[i];
-                x += Nf4Codec.value(Nf4Codec.codeAt(packed[(int) (e >>> 1)], e)) * d;
-                w += Nf4Codec.value(Nf4Codec.codeAt(packedBase[(int) (e >>> 1)], e)) * d;
+                x += book.value(Nf4Codec.codeAt(packed[(int) (e >>> 1)], e)) * d;
+                w += book.value(Nf4Codec.codeAt(packedBase[(int) (e >>> 1)], e)) * d;
                 d2 += d * d;
             }
             dotX[block] = x;
@@ -157,11 +158,11 @@ public final class Nf4Requantizer implements Requantizer {
             DoubleQuant.Result dq = DoubleQuant.quantize(absmax, numBlocks);
             doubleQuantized = dq;
             DoubleQuant.Result dqBase = DoubleQuant.quantize(absmaxBase, numBlocks);
-            outputState = QuantState.of(blocksize, base.dtype(), base.shape(), new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, dq.offset()));
+            outputState = base.withNested(new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, dq.offset()));
             scale = decode(dq);
             scaleBase = decode(dqBase);
         } else {
-            outputState = QuantState.of(blocksize, base.dtype(), base.shape(), null);
+            outputState = base.withNested(null);
             scale = absmax;
             scaleBase = absmaxBase;
         }
@@ -219,8 +220,8 @@ public final class Nf4Requantizer implements Requantizer {
             int byteIndex = (int) (e >>> 1);
             int c = Nf4Codec.codeAt(packed[byteIndex], e);
             int c0 = Nf4Codec.codeAt(packedBase[byteIndex], e);
-            double x = format.round(Nf4Codec.dequantize(c, scale[block]));
-            double w = format.round(Nf4Codec.dequantize(c0, scaleBase[block]));
+            double x = format.round(Nf4Codec.dequantize(base.code(), c, scale[block]));
+            double w = format.round(Nf4Codec.dequantize(base.code(), c0, scaleBase[block]));
             if (c != c0) {
                 changed++;
             }

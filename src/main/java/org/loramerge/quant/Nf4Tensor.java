@@ -75,7 +75,13 @@ public final class Nf4Tensor {
 
     /** Finds and validates the group of {@code weightName} (e.g. {@code model.layers.0.mlp.up_proj.weight}). */
     public static Nf4Tensor open(Checkpoint c, String weightName) throws QuantException, IOException {
-        String qsName = weightName + QuantState.TENSOR_SUFFIX;
+        return open(c, weightName, c.tensor(weightName + QuantState.FP4_TENSOR_SUFFIX) != null
+                ? QuantState.FP4_TENSOR_SUFFIX : QuantState.TENSOR_SUFFIX);
+    }
+
+    /** {@link #open(Checkpoint, String)} with the quant state named {@code weightName + stateSuffix} (nf4 or fp4). */
+    static Nf4Tensor open(Checkpoint c, String weightName, String stateSuffix) throws QuantException, IOException {
+        String qsName = weightName + stateSuffix;
         Part qs = part(c, qsName);
         if (qs == null) {
             throw new QuantException(MISSING_TENSOR, c.dir(), qsName, "the quant state of 4-bit weight '" + weightName
@@ -98,7 +104,7 @@ public final class Nf4Tensor {
                 "two 4-bit codes per byte for the " + n + " elements of shape " + Arrays.toString(state.shape()));
         Part absmax = require(c, weightName + ABSMAX, qsName);
         Part quantMap = require(c, weightName + QUANT_MAP, qsName);
-        expect(quantMap, DType.F32, new long[] {16}, "the 16 NF4 values");
+        expect(quantMap, DType.F32, new long[] {16}, "the 16 values of the code book");
         Part nestedAbsmax = part(c, weightName + NESTED_ABSMAX);
         Part nestedQuantMap = part(c, weightName + NESTED_QUANT_MAP);
         if (state.isDoubleQuant()) {
@@ -122,9 +128,9 @@ public final class Nf4Tensor {
             }
         }
         float[] map = readFloats(quantMap);
-        // bitsandbytes' kernels decode NF4 with their built-in table and ignore quant_map; so do we
-        if (!Arrays.equals(map, Nf4Codec.quantMap())) {
-            warnings.add(quantMap.name() + " differs from the NF4 table; it is ignored, as bitsandbytes ignores it");
+        // bitsandbytes' kernels decode with their built-in table and ignore quant_map; so do we
+        if (!Arrays.equals(map, state.code().quantMap())) {
+            warnings.add(quantMap.name() + " differs from the " + state.code() + " table; it is ignored, as bitsandbytes ignores it");
         }
         if (state.blocksize() >= PRE_047_OR_BLOCKSIZE && looksOrPacked(weight)) {
             warnings.add(weightName + " (blocksize " + state.blocksize() + ") looks quantized by bitsandbytes before 0.47, which packed "
@@ -221,7 +227,7 @@ public final class Nf4Tensor {
         out.add(new SafetensorsWriter.Entry(weightName, DType.U8, new long[] {Nf4Codec.packedBytes(n), 1}));
         out.add(new SafetensorsWriter.Entry(weightName + ABSMAX, state.isDoubleQuant() ? DType.U8 : DType.F32, new long[] {blocks}));
         out.add(new SafetensorsWriter.Entry(weightName + QUANT_MAP, DType.F32, new long[] {16}));
-        String qs = weightName + QuantState.TENSOR_SUFFIX;
+        String qs = weightName + state.tensorSuffix();
         if (state.isDoubleQuant()) {
             long nested = (blocks + state.nested().blocksize() - 1) / state.nested().blocksize();
             out.add(new SafetensorsWriter.Entry(weightName + NESTED_ABSMAX, DType.F32, new long[] {nested}));
@@ -247,8 +253,7 @@ public final class Nf4Tensor {
             return tail(state, absmax, null);
         }
         DoubleQuant.Result dq = DoubleQuant.quantize(absmax, absmax.length);
-        QuantState withOffset = QuantState.of(state.blocksize(), state.dtype(), state.shape(),
-                new QuantState.Nested(state.nested().blocksize(), dq.offset()));
+        QuantState withOffset = state.withNested(new QuantState.Nested(state.nested().blocksize(), dq.offset()));
         return tail(withOffset, absmax, dq);
     }
 
@@ -271,7 +276,7 @@ public final class Nf4Tensor {
                 throw new IllegalArgumentException("the quant state's offset " + state.nested().offset() + " is not the mean absmax " + dq.offset());
             }
             out.add(ByteBuffer.wrap(dq.codes()));
-            out.add(floats(Nf4Codec.quantMap()));
+            out.add(floats(state.code().quantMap()));
             out.add(floats(dq.nestedAbsmax()));
             out.add(floats(DynamicMap.signed()));
         } else {
@@ -279,7 +284,7 @@ public final class Nf4Tensor {
                 throw new IllegalArgumentException((absmax == null ? 0 : absmax.length) + " absmax values for " + state.numBlocks() + " blocks");
             }
             out.add(floats(absmax));
-            out.add(floats(Nf4Codec.quantMap()));
+            out.add(floats(state.code().quantMap()));
         }
         out.add(ByteBuffer.wrap(state.toJson()));
         return out;

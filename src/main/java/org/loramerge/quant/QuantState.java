@@ -36,7 +36,7 @@ import static org.loramerge.quant.QuantException.Reason.*;
 public final class QuantState {
     /** The suffix after {@code P.weight} of the quant state tensor of an NF4 weight. */
     public static final String TENSOR_SUFFIX = ".quant_state.bitsandbytes__nf4";
-    /** The same for FP4, which loramerge refuses. */
+    /** The same for FP4. */
     public static final String FP4_TENSOR_SUFFIX = ".quant_state.bitsandbytes__fp4";
 
     private static final ObjectMapper JSON = JsonMapper.builder()
@@ -51,12 +51,14 @@ public final class QuantState {
     public record Nested(int blocksize, float offset) {
     }
 
+    private final FourBitCode code;
     private final int blocksize;
     private final DType dtype;
     private final long[] shape;
     private final Nested nested;
 
-    private QuantState(int blocksize, DType dtype, long[] shape, Nested nested) {
+    private QuantState(FourBitCode code, int blocksize, DType dtype, long[] shape, Nested nested) {
+        this.code = code;
         this.blocksize = blocksize;
         this.dtype = dtype;
         this.shape = shape.clone();
@@ -65,6 +67,11 @@ public final class QuantState {
 
     /** A new NF4 state; {@code nested} null for plain fp32 absmax. */
     public static QuantState of(int blocksize, DType dtype, long[] shape, Nested nested) {
+        return of(FourBitCode.NF4, blocksize, dtype, shape, nested);
+    }
+
+    /** A new state of {@code code}'s quant type; {@code nested} null for plain fp32 absmax. */
+    public static QuantState of(FourBitCode code, int blocksize, DType dtype, long[] shape, Nested nested) {
         if (!Nf4Codec.isValidBlocksize(blocksize)) {
             throw new IllegalArgumentException("blocksize " + blocksize + " is not a power of two from 32 to 4096");
         }
@@ -77,7 +84,22 @@ public final class QuantState {
         if (shape.length == 0) {
             throw new IllegalArgumentException("a quantized weight has at least one dimension");
         }
-        return new QuantState(blocksize, dtype, shape, nested);
+        return new QuantState(code, blocksize, dtype, shape, nested);
+    }
+
+    /** The code book: {@code quant_type}. */
+    public FourBitCode code() {
+        return code;
+    }
+
+    /** The suffix after {@code P.weight} of this state's tensor: {@code .quant_state.bitsandbytes__<quant_type>}. */
+    public String tensorSuffix() {
+        return ".quant_state.bitsandbytes__" + code.typeName();
+    }
+
+    /** This state with another nesting (a requantized output's new offset). */
+    public QuantState withNested(Nested newNested) {
+        return of(code, blocksize, dtype, shape, newNested);
     }
 
     public int blocksize() {
@@ -125,7 +147,7 @@ public final class QuantState {
      */
     public byte[] toJson() {
         StringBuilder sb = new StringBuilder();
-        sb.append("{\"quant_type\": \"nf4\", \"blocksize\": ").append(blocksize)
+        sb.append("{\"quant_type\": \"").append(code.typeName()).append("\", \"blocksize\": ").append(blocksize)
                 .append(", \"dtype\": \"").append(torchName(dtype)).append("\", \"shape\": [");
         for (int i = 0; i < shape.length; i++) {
             sb.append(i == 0 ? "" : ", ").append(shape[i]);
@@ -193,9 +215,11 @@ public final class QuantState {
             }
         }
         String quantType = text(root, "quant_type", path, tensor);
-        if (!quantType.equals("nf4")) {
+        FourBitCode code = FourBitCode.of(quantType);
+        if (code == null || (tensor != null && tensor.contains(".quant_state.bitsandbytes__")
+                && !tensor.endsWith(".quant_state.bitsandbytes__" + quantType))) {
             throw new QuantException(UNSUPPORTED_QUANT_TYPE, path, tensor, "quant_type is \"" + quantType
-                    + "\"; loramerge handles NF4 only (FP4 is a different code book): quantize the base with bnb_4bit_quant_type=\"nf4\"");
+                    + "\"; bitsandbytes' 4-bit weights are nf4 or fp4, named by their quant state tensor's suffix: the file is corrupt");
         }
         long blocksize = integer(root, "blocksize", path, tensor);
         if (!Nf4Codec.isValidBlocksize(blocksize)) {
@@ -226,7 +250,7 @@ public final class QuantState {
             throw new QuantException(INVALID_NESTED, path, tensor, "quant state has some double-quantization fields but not " + missing
                     + "; bitsandbytes writes all of " + NESTED_FIELDS + " or none");
         }
-        return new QuantState((int) blocksize, dtype, shape, nested);
+        return new QuantState(code, (int) blocksize, dtype, shape, nested);
     }
 
     private static Nested nested(JsonNode root, Path path, String tensor) throws QuantException {
@@ -313,12 +337,12 @@ public final class QuantState {
             return false;
         }
         QuantState q = (QuantState) o;
-        return blocksize == q.blocksize && dtype == q.dtype && Arrays.equals(shape, q.shape) && Objects.equals(nested, q.nested);
+        return code == q.code && blocksize == q.blocksize && dtype == q.dtype && Arrays.equals(shape, q.shape) && Objects.equals(nested, q.nested);
     }
 
     @Override
     public int hashCode() {
-        return Objects.hash(blocksize, dtype, Arrays.hashCode(shape), nested);
+        return Objects.hash(code, blocksize, dtype, Arrays.hashCode(shape), nested);
     }
 
     @Override

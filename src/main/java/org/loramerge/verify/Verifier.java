@@ -359,7 +359,7 @@ public final class Verifier {
                 for (int i = 0; i < len; i++) {
                     values[i] = (float) fmt.decode(fmt.bitsAt(mergedRows, offset + i));
                 }
-                float absmax = Nf4Codec.quantizeBlock(values, 0, len, codes, 0);
+                float absmax = Nf4Codec.quantizeBlock(got.code(), values, 0, len, codes, 0);
                 tally[0]++;
                 for (int i = 0; i < len; i++) {
                     long at = blockFirst - first + i;

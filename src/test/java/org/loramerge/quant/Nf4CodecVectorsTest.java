@@ -41,6 +41,7 @@ class Nf4CodecVectorsTest {
         assertTrue(cases.stream().anyMatch(c -> c.doubleQuant() && c.numBlocks() > 256 && c.numBlocks() % 256 != 0));
         assertTrue(cases.stream().anyMatch(c -> !c.doubleQuant()));
         assertTrue(cases.stream().anyMatch(Nf4Vectors.Case::orPackedPre047));
+        assertTrue(cases.stream().anyMatch(c -> c.code() == FourBitCode.FP4 && c.doubleQuant()));
         assertTrue(cases.stream().anyMatch(c -> c.dtype() == org.loramerge.format.DType.F32 && c.name().startsWith("ties")));
         assertTrue(Nf4Vectors.dir().resolve("model.safetensors").toFile().length()
                 + Nf4Vectors.dir().resolve("index.json").toFile().length() < 300_000, "vectors stay tiny");
@@ -163,8 +164,8 @@ class Nf4CodecVectorsTest {
             }
             float[] input = Nf4Vectors.values(f, c.name() + ".input");
             ByteArrayOutputStream packed = new ByteArrayOutputStream();
-            Nf4Encoder enc = new Nf4Encoder(c.numElements(), c.blocksize(), b -> packed.write(b.array(), b.arrayOffset() + b.position(), b.remaining()),
-                    null, c.name());
+            Nf4Encoder enc = new Nf4Encoder(c.code(), c.numElements(), c.blocksize(),
+                    b -> packed.write(b.array(), b.arrayOffset() + b.position(), b.remaining()), null, c.name());
             // in uneven chunks, as a merge would hand over row blocks
             int pos = 0;
             int chunk = 1;
@@ -193,7 +194,7 @@ class Nf4CodecVectorsTest {
                 long first = pair * 2 * c.blocksize();
                 int count = (int) (Math.min(c.numElements(), first + 2L * c.blocksize()) - first);
                 ByteBuffer src = ByteBuffer.wrap(raw, (int) (first * size), count * size).slice().order(java.nio.ByteOrder.LITTLE_ENDIAN);
-                Nf4Encoder.encodeBlocks(src, fmt, c.numElements(), c.blocksize(), first, count, byBlocks, absmaxByBlocks, null, c.name());
+                Nf4Encoder.encodeBlocks(c.code(), src, fmt, c.numElements(), c.blocksize(), first, count, byBlocks, absmaxByBlocks, null, c.name());
             }
             assertArrayEquals(packed.toByteArray(), byBlocks, "codes of whole blocks encoded apart");
             assertArrayEquals(absmax, absmaxByBlocks);
@@ -206,8 +207,8 @@ class Nf4CodecVectorsTest {
             } else {
                 assertArrayEquals(Nf4Vectors.floats(f, c.name() + ".weight.absmax"), absmax, "absmax");
             }
-            QuantState state = QuantState.of(c.blocksize(), c.dtype(), c.shape(), nested);
-            byte[] json = Nf4Vectors.bytes(f, c.name() + ".weight" + QuantState.TENSOR_SUFFIX);
+            QuantState state = QuantState.of(c.code(), c.blocksize(), c.dtype(), c.shape(), nested);
+            byte[] json = Nf4Vectors.bytes(f, c.name() + ".weight" + state.tensorSuffix());
             assertEquals(new String(json, StandardCharsets.UTF_8), new String(state.toJson(), StandardCharsets.UTF_8));
             assertEquals(state, QuantState.parse(json, null, c.name()));
         }

@@ -14,7 +14,6 @@ import org.loramerge.engine.TensorMerge;
 import org.loramerge.engine.cpu.CpuRequantization;
 import org.loramerge.engine.cpu.CpuTensorMerge;
 import org.loramerge.plan.Layout;
-import org.loramerge.quant.Nf4Weight;
 
 /**
  * The GPU engine. Each pipeline thread owns a {@link DeviceWorker} (a stream, a cuBLAS handle,
@@ -100,7 +99,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public Requantization openRequantization(TensorJob job) throws IOException {
-        if (!onGpu(job) || !(job.out().source().quantized() instanceof Nf4Weight)) {
+        if (!onGpu(job) || CudaTensorMerge.deviceNf4(job) == null || !job.out().quantizedOutput().kind().equals("NF4")) {
             return new CpuRequantization(job);
         }
         return remember(new CudaRequantization(this, device, job));

@@ -32,7 +32,7 @@ final class CudaTensorMerge implements TensorMerge {
         this.device = device;
         this.job = job;
         device.bindContext();
-        this.nf4 = job.out().source().quantized() instanceof Nf4Weight ? (Nf4Weight) job.out().source().quantized() : null;
+        this.nf4 = deviceNf4(job);
         DeviceFactors f = new DeviceFactors(job.terms().get(0), device.pool());
         DeviceMemory absmax = null;
         if (nf4 != null) {
@@ -45,6 +45,12 @@ final class CudaTensorMerge implements TensorMerge {
         }
         this.factors = f;
         this.sourceAbsmax = absmax;
+    }
+
+    /** The source when it is an NF4 weight, which the device dequantizes itself (an FP4 one goes up dequantized), else null. */
+    static Nf4Weight deviceNf4(TensorJob job) {
+        return job.out().source().quantized() instanceof Nf4Weight && ((Nf4Weight) job.out().source().quantized()).kind().equals("nf4")
+                ? (Nf4Weight) job.out().source().quantized() : null;
     }
 
     /** The factors on the device, for a requantization that shares this tensor's upload. */
