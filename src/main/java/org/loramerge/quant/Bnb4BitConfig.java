@@ -17,8 +17,14 @@ import static org.loramerge.quant.QuantException.Reason.UNSUPPORTED_CONFIG;
  *
  * @param doubleQuant  {@code bnb_4bit_use_double_quant}
  * @param computeDtype {@code bnb_4bit_compute_dtype} (F32, F16 or BF16; transformers' default is float32)
+ * @param code         {@code bnb_4bit_quant_type} (transformers' default is fp4)
  */
-public record Bnb4BitConfig(boolean doubleQuant, DType computeDtype) {
+public record Bnb4BitConfig(boolean doubleQuant, DType computeDtype, FourBitCode code) {
+    /** An NF4 config. */
+    public Bnb4BitConfig(boolean doubleQuant, DType computeDtype) {
+        this(doubleQuant, computeDtype, FourBitCode.NF4);
+    }
+
     public static final String KEY = "quantization_config";
 
     /**
@@ -66,7 +72,7 @@ public record Bnb4BitConfig(boolean doubleQuant, DType computeDtype) {
                     + "\" (codes packed into " + storage + " words, as FSDP-QLoRA saves them); loramerge reads uint8 storage only: "
                     + "re-save the model with bnb_4bit_quant_storage=\"uint8\"");
         }
-        return new Bnb4BitConfig(dq, computeDtype);
+        return new Bnb4BitConfig(dq, computeDtype, FourBitCode.of(type));
     }
 
     private static String string(JsonNode q, String key, String fallback, Path path) throws QuantException {

@@ -109,6 +109,12 @@ public final class Nf4Detector {
                 warnings.add(mismatched + " weights are " + (config.doubleQuant() ? "not " : "") + "double-quantized although config.json's "
                         + "bnb_4bit_use_double_quant is " + config.doubleQuant() + "; each weight is read by its own quant state");
             }
+            long otherType = weights.values().stream().filter(t -> t.state().code() != config.code()).count();
+            if (otherType > 0) {
+                warnings.add(otherType + " weights are not " + config.code() + " although config.json's bnb_4bit_quant_type is \""
+                        + config.code().typeName() + "\"; each weight is read by its own quant state, but transformers loads them all as "
+                        + config.code() + ": fix config.json");
+            }
         }
         return new Result(config, Collections.unmodifiableMap(weights), Collections.unmodifiableSet(members),
                 Collections.unmodifiableList(warnings));

@@ -198,7 +198,8 @@ class Nf4DetectorTest {
                 parseConfig("{\"quant_method\": \"bitsandbytes\", \"load_in_4bit\": true, \"bnb_4bit_quant_type\": \"nf4\"}"));
         assertNull(Bnb4BitConfig.parse((ObjectNode) JSON.readTree("{\"model_type\": \"llama\"}"), Path.of("config.json")));
         // transformers' default quant type is fp4, which loramerge reads too
-        assertEquals(new Bnb4BitConfig(false, DType.F32), parseConfig("{\"quant_method\": \"bitsandbytes\", \"load_in_4bit\": true}"));
+        assertEquals(new Bnb4BitConfig(false, DType.F32, FourBitCode.FP4),
+                parseConfig("{\"quant_method\": \"bitsandbytes\", \"load_in_4bit\": true}"));
     }
 
     @Test
