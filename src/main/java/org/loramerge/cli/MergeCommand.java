@@ -52,10 +52,11 @@ final class MergeCommand implements Callable<Integer> {
                     + "with a 4-bit base, of those that are not quantized (--to decides the 4-bit weights)")
     String dtype;
 
-    @Option(names = "--to", paramLabel = "bf16|f16|f32|nf4|fp4|fp8",
+    @Option(names = "--to", paramLabel = "bf16|f16|f32|nf4|fp4|int8|fp8",
             description = {"Required for a quantized base (bitsandbytes NF4/FP4/8-bit, FP8, GPTQ, AWQ): what its quantized weights become. "
                     + "bf16, f16, f32: dequantize, merge, write them dense (quantization_config is removed). "
-                    + "nf4 (an NF4, GPTQ or AWQ base), fp4 (an FP4 base), fp8 (an FP8 base): dequantize, merge, requantize with the base's "
+                    + "nf4 (an NF4, GPTQ or AWQ base), fp4 (an FP4 base), int8 (an 8-bit base), fp8 (an FP8 base): dequantize, merge, "
+                    + "requantize with the base's "
                     + "own settings (NF4 blocksize 64 from GPTQ/AWQ), and "
                     + "report how much of the adapter's change survives. "
                     + "--dtype still sets the tensors that are not quantized. For a base that is not quantized, --to bf16|f16|f32 "
@@ -186,7 +187,7 @@ final class MergeCommand implements Callable<Integer> {
         }
         QuantTarget target = QuantTarget.parse(to);
         if (target == null) {
-            throw new UsageException("--to " + to + ": expected bf16, f16, f32, or a quantization (nf4, fp4, fp8)");
+            throw new UsageException("--to " + to + ": expected bf16, f16, f32, or a quantization (nf4, fp4, int8, fp8)");
         }
         return target;
     }

@@ -151,7 +151,7 @@ public final class Planner {
     }
 
     /** Quantizations whose weights loramerge requantizes with their own format and settings ({@code --to <kind>}). */
-    static final Set<String> REQUANTIZABLE = Set.of("nf4", "fp4", "fp8");
+    static final Set<String> REQUANTIZABLE = Set.of("nf4", "fp4", "fp8", "int8");
     /** Quantizations that need calibration data to requantize: refused as targets, with the alternatives. */
     static final Set<String> CALIBRATED = Set.of("gptq", "awq");
     /** NF4 settings of a GPTQ or AWQ base requantized to NF4: bitsandbytes' and transformers' defaults. */

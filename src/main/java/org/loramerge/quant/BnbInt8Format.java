@@ -13,8 +13,10 @@ import java.util.Map;
 import java.util.Set;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
+import org.loramerge.format.FloatFormat;
 import org.loramerge.format.MappedRegion;
 import org.loramerge.format.SafetensorsFile;
+import org.loramerge.format.SafetensorsWriter;
 import org.loramerge.format.TensorInfo;
 
 import static org.loramerge.quant.QuantException.Reason.MISSING_TENSOR;
@@ -120,6 +122,168 @@ public final class BnbInt8Format implements WeightFormat {
         return new Int8Weight(name, c.fileOf(name), w, rowScales, names);
     }
 
+    /** An 8-bit weight written by {@code merge --to int8}: codes, SCB and weight_format, as the base had them. */
+    record Int8Output(Int8Weight base) implements QuantizedOutput {
+        @Override
+        public String kind() {
+            return "INT8";
+        }
+
+        @Override
+        public List<SafetensorsWriter.Entry> entries(String weightName) {
+            List<SafetensorsWriter.Entry> out = new ArrayList<>();
+            out.add(new SafetensorsWriter.Entry(weightName, DType.I8, base.shape()));
+            out.add(new SafetensorsWriter.Entry(base.tensorNames().get(1), DType.F32, new long[] {base.rows()}));
+            if (base.tensorNames().size() > 2) {
+                out.add(new SafetensorsWriter.Entry(base.tensorNames().get(2), DType.U8, new long[] {}));
+            }
+            return out;
+        }
+
+        @Override
+        public int blockElements() {
+            return Math.toIntExact(base.cols());
+        }
+
+        @Override
+        public boolean isDoubleQuant() {
+            return false;
+        }
+
+        @Override
+        public List<String> warnings() {
+            return List.of();
+        }
+
+        @Override
+        public Requantizer requantizer(QuantizedWeight w) {
+            if (w != base) {
+                throw new IllegalArgumentException(w.weightName() + " is not the weight this output was made for");
+            }
+            return new Int8Requantizer(base);
+        }
+    }
+
+    /**
+     * Requantizes a merged 8-bit weight as bitsandbytes does when PEFT merges into one: Int8Params
+     * casts the merged fp32 weight to fp16, and the CUDA kernel kInt8VectorQuant (csrc/kernels.cu,
+     * built with fast math) codes each row: {@code absmax} = max |x| of the fp16 values (SCB),
+     * {@code scale = __fdividef(127, absmax)}, which is {@code mul(127, rcp.approx(absmax))} (both
+     * measured equal on the H200 for every fp16 value; {@link CudaFastMath}), {@code code =
+     * __float2int_rn(mul(x, scale))}, round to nearest even; a zero row gives 0 · ∞ = NaN, which
+     * converts to 0. Rows are independent, so ranges of whole rows stream.
+     */
+    static final class Int8Requantizer implements Requantizer {
+        private final Int8Weight base;
+        private final float[] scb;
+        private final java.util.concurrent.ConcurrentHashMap<Long, byte[]> pending = new java.util.concurrent.ConcurrentHashMap<>();
+        private final java.util.concurrent.ConcurrentHashMap<Long, Change> changes = new java.util.concurrent.ConcurrentHashMap<>();
+
+        Int8Requantizer(Int8Weight base) {
+            this.base = base;
+            this.scb = new float[Math.toIntExact(base.rows())];
+        }
+
+        @Override
+        public int blockElements() {
+            return Math.toIntExact(base.cols());
+        }
+
+        /** One row's codes from its fp16 values {@code h}; returns its absmax (SCB). */
+        static float quantizeRow(float[] h, byte[] codes, int off) {
+            float absmax = 0f;
+            for (float x : h) {
+                absmax = Math.max(absmax, Math.abs(x));
+            }
+            float scale = CudaFastMath.mul(127f, CudaFastMath.rcp(absmax));
+            for (int i = 0; i < h.length; i++) {
+                float y = CudaFastMath.mul(h[i], scale);
+                codes[off + i] = (byte) (Float.isNaN(y) ? 0 : (int) Math.rint(y));
+            }
+            return absmax;
+        }
+
+        private static float toF16(float x) {
+            return (float) FloatFormat.F16.round(x);
+        }
+
+        @Override
+        public void encode(long firstElement, int count, ByteBuffer merged, ByteBuffer w, double[] delta) throws QuantException {
+            int cols = (int) base.cols();
+            int rows = count / cols;
+            byte[] out = new byte[count];
+            byte[] outW = new byte[cols];
+            float[] hx = new float[cols];
+            float[] hw = new float[cols];
+            long changed = 0;
+            double sumSq = 0;
+            double dot = 0;
+            double d2 = 0;
+            for (int r = 0; r < rows; r++) {
+                for (int c = 0; c < cols; c++) {
+                    float x = merged.getFloat(4 * (r * cols + c));
+                    if (!Float.isFinite(x) || Math.abs(x) > 65504f) {
+                        throw new QuantException(QuantException.Reason.NON_FINITE, base.file().path(), base.weightName(), "element "
+                                + (firstElement + (long) r * cols + c) + " is " + x + ", which fp16 (where bitsandbytes quantizes 8-bit weights) "
+                                + "cannot hold");
+                    }
+                    hx[c] = toF16(x);
+                    hw[c] = toF16(w.getFloat(4 * (r * cols + c)));
+                }
+                long row = firstElement / cols + r;
+                float sx = quantizeRow(hx, out, r * cols);
+                float sw = quantizeRow(hw, outW, 0);
+                scb[(int) row] = sx;
+                for (int c = 0; c < cols; c++) {
+                    int qx = out[r * cols + c];
+                    int qw = outW[c];
+                    double d = (double) Int8Weight.value(qx, sx) - Int8Weight.value(qw, sw);
+                    double dw = delta[r * cols + c];
+                    changed += qx != qw ? 1 : 0;
+                    sumSq += d * d;
+                    dot += d * dw;
+                    d2 += dw * dw;
+                }
+            }
+            pending.put(firstElement, out);
+            changes.put(firstElement / cols, new Change(changed, sumSq, dot, d2));
+        }
+
+        @Override
+        public ByteBuffer codes(long firstElement, int count) {
+            byte[] c = pending.remove(firstElement);
+            if (c == null || c.length != count) {
+                throw new IllegalStateException(base.weightName() + ": elements [" + firstElement + ", +" + count + ") were not encoded");
+            }
+            return ByteBuffer.wrap(c);
+        }
+
+        @Override
+        public void finish() {
+        }
+
+        @Override
+        public List<ByteBuffer> tail() {
+            ByteBuffer s = ByteBuffer.allocate(scb.length * 4).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+            s.asFloatBuffer().put(scb);
+            List<ByteBuffer> out = new ArrayList<>(List.of(s));
+            if (base.tensorNames().size() > 2) {
+                out.add(ByteBuffer.wrap(new byte[] {0})); // weight_format "row"
+            }
+            return out;
+        }
+
+        @Override
+        public int chunks() {
+            return Math.toIntExact(base.rows());
+        }
+
+        @Override
+        public Change measure(int chunk) {
+            return changes.getOrDefault((long) chunk, Change.NONE);
+        }
+    }
+
     /** One 8-bit weight: its codes, mapped when read, and its row scales. */
     static final class Int8Weight implements QuantizedWeight {
         private final String weightName;
@@ -202,9 +366,18 @@ public final class BnbInt8Format implements WeightFormat {
             return file.map(codes, firstElement, count);
         }
 
+        /** The output of {@code --to int8}: the same group, requantized as bitsandbytes' Int8Params does ({@link Int8Requantizer}). */
         @Override
         public QuantizedOutput requantizedOutput() {
-            throw new UnsupportedOperationException(weightName + ": 8-bit requantization is not implemented");
+            return new Int8Output(this);
+        }
+
+        long rows() {
+            return codes.dim(0);
+        }
+
+        long cols() {
+            return codes.dim(1);
         }
 
         @Override

@@ -19,8 +19,9 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 /**
  * bitsandbytes 8-bit (LLM.int8) weights as transformers saves them: I8 codes, F32 row scales (SCB) and
  * weight_format 0. Hand-built: the values follow bitsandbytes' int8_vectorwise_dequant formula,
- * checked here in double against the fp32 steps it takes; the bitsandbytes fixture script
- * (scripts/fixtures/make_bnb_fixtures.py) checks real bitsandbytes models on the GPU machine.
+ * checked here in double against the fp32 steps it takes, and {@code --to int8} codes each row against
+ * its fp16 absmax; the bitsandbytes fixture script (scripts/fixtures/make_bnb_fixtures.py) checks real
+ * bitsandbytes models on the GPU machine.
  */
 class BnbInt8Test {
     static final String CONFIG = "{\"model_type\": \"llama\", \"dtype\": \"float16\", \"quantization_config\": {\"quant_method\": "
@@ -84,8 +85,30 @@ class BnbInt8Test {
             assertEquals(QuantException.Reason.UNSUPPORTED_CONFIG, e.reason());
             assertTrue(e.getMessage().contains("weight_format") && e.getMessage().contains("re-save"), e.getMessage());
         }
-        // requantizing to 8 bits is not done: refused as a usage error, naming what is possible
-        assertEquals(2, Main.run("merge", "--base", base.toString(), "--adapter", adapter.toString(), "--out", dir.resolve("x").toString(),
-                "--to", "int8", "--quiet"));
+        // --to int8: each row of the merged weight, in fp16, coded against its own absmax (SCB) as bitsandbytes' kernel does
+        Path int8 = dir.resolve("int8");
+        assertEquals(0, Main.run("merge", "--base", base.toString(), "--adapter", adapter.toString(), "--out", int8.toString(), "--to", "int8",
+                "--device", "cpu", "--quiet", "--verify"));
+        try (Checkpoint merged = Checkpoint.open(out); Checkpoint c = Checkpoint.open(int8)) {
+            TensorInfo codes = c.tensor("model.layers.0.self_attn.q_proj.weight");
+            assertEquals(DType.I8, codes.dtype());
+            ByteBuffer q = c.fileOf(codes.name()).readAll(codes);
+            ByteBuffer scb = c.fileOf("model.layers.0.self_attn.q_proj.SCB").readAll(c.tensor("model.layers.0.self_attn.q_proj.SCB"));
+            TensorInfo f16 = merged.tensor(codes.name());
+            ByteBuffer x = merged.fileOf(f16.name()).readAll(f16);
+            org.loramerge.format.FloatFormat h = org.loramerge.format.FloatFormat.F16;
+            for (int row = 0; row < 4; row++) {
+                float absmax = 0;
+                for (int col = 0; col < 6; col++) {
+                    absmax = Math.max(absmax, (float) Math.abs(h.decode(h.bitsAt(x, row * 6 + col))));
+                }
+                assertEquals(absmax, scb.getFloat(4 * row), "row " + row + "'s SCB is the absmax of its fp16 merged values");
+                for (int col = 0; col < 6; col++) {
+                    double v = h.decode(h.bitsAt(x, row * 6 + col));
+                    double step = absmax / 127.0;
+                    assertTrue(Math.abs(q.get(row * 6 + col) * step - v) <= step / 2 + 1e-6 * absmax, "row " + row + " col " + col);
+                }
+            }
+        }
     }
 }
