@@ -174,7 +174,7 @@ public final class Planner {
                         ? "  --to nf4: dequantize, merge, quantize to bitsandbytes NF4 (blocksize " + CROSS_NF4_BLOCKSIZE + "): a 4-bit model "
                                 + "that needs no calibration, in which part of the change is rounded away; the merge reports how much survives\n"
                                 + "  (requantizing to " + kind.toUpperCase(Locale.ROOT) + " needs calibration data, which a merge does not have)\n"
-                        : REQUANTIZABLE.contains(kind)
+                        : REQUANTIZABLE.contains(kind) && quant.weights().values().stream().allMatch(q -> q.whyNotRequantizable().isEmpty())
                         ? "  --to " + kind + ": dequantize, merge, requantize with the base's settings: a " + format + " model, in which part of "
                                 + "the change is rounded away; the merge reports how much survives\n"
                         : "";

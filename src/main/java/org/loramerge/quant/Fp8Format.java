@@ -226,14 +226,14 @@ public final class Fp8Format implements WeightFormat {
         int blockCols = (int) Math.min(Integer.MAX_VALUE, cols);
         int br = config == null ? 0 : config.blockRows();
         int bc = config == null ? 0 : config.blockCols();
-        if (n == 1 && ss.length <= 2) {
+        if (ss.length == 2 && br > 0 && bc > 0 && ss[0] == ceil(rows, br) && ss[1] == ceil(cols, bc)) {
+            scheme = Fp8Weight.Scheme.BLOCK; // the config's blocks, also when one block covers the weight
+            blockRows = br;
+            blockCols = bc;
+        } else if (n == 1 && ss.length <= 2) {
             scheme = Fp8Weight.Scheme.TENSOR;
         } else if (ss.length == 2 && ss[0] == rows && ss[1] == 1) {
             scheme = Fp8Weight.Scheme.CHANNEL;
-        } else if (ss.length == 2 && br > 0 && bc > 0 && ss[0] == ceil(rows, br) && ss[1] == ceil(cols, bc)) {
-            scheme = Fp8Weight.Scheme.BLOCK;
-            blockRows = br;
-            blockCols = bc;
         } else if (ss.length == 2 && config != null && config.groupSize() > 0 && ss[0] == rows && ss[1] == ceil(cols, config.groupSize())) {
             scheme = Fp8Weight.Scheme.GROUP;
             blockCols = config.groupSize();
