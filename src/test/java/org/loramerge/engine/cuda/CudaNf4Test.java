@@ -233,6 +233,26 @@ class CudaNf4Test {
         }
     }
 
+    static Stream<Arguments> otherQuantizedBases() {
+        return Stream.of(
+                Arguments.of("fp8/fine_grained_128", QuantTarget.BF16), Arguments.of("fp8/fine_grained_128", QuantTarget.FP8),
+                Arguments.of("fp8/compressed_tensors", QuantTarget.BF16),
+                Arguments.of("gptq_awq/gptq_v1_4bit_g32_actorder", QuantTarget.F16),
+                Arguments.of("gptq_awq/gptq_v1_4bit_g32_actorder", QuantTarget.NF4),
+                Arguments.of("gptq_awq/awq_gemm_4bit_g32", QuantTarget.F16), Arguments.of("gptq_awq/gptq_v2_8bit_one_group", QuantTarget.F16));
+    }
+
+    /**
+     * FP8, GPTQ and AWQ bases: their CPU codec dequantizes each block inside the GPU engine, which
+     * merges it on the device (or requantizes it on the CPU); the output must be the CPU engine's.
+     */
+    @ParameterizedTest(name = "{0} --to {1}")
+    @MethodSource("otherQuantizedBases")
+    void otherQuantizedBasesMergeToTheCpuEnginesBytes(String fixture, QuantTarget to) throws Exception {
+        Path caseDir = Path.of("src/test/resources", fixture);
+        mergeOnBoth(caseDir.resolve("base"), caseDir.resolve("adapter"), to, Backend.DEFAULT_BLOCK_BYTES);
+    }
+
     /**
      * Merged values exactly on a BF16 rounding midpoint (W = 1 from NF4 code 15 with absmax 1, ΔW
      * = ±2⁻⁸, ±3·2⁻⁸, −2⁻⁹...): the kernel cannot decide them and lists them, the host settles them
