@@ -9,7 +9,7 @@
 #   LOGS=$WORK/logs-<date>            per-run logs, results.jsonl, table.md
 #   PYTHON=python3    a Python with torch, transformers, peft and safetensors
 #                     (the versions in scripts/fixtures/requirements-fixtures.txt)
-#   LORAMERGE="java -jar target/loramerge.jar"   how to start loramerge (e.g. LORAMERGE=./loramerge)
+#   LORAMERGE="java -jar target/loramerge-cli.jar"   how to start loramerge (e.g. LORAMERGE=./loramerge)
 #   JAVA_OPTS=...     extra JVM options for the default LORAMERGE
 #   RANK=16 SEED=0    adapter rank, seed of the synthetic data
 #   SKIP_CP=1 SKIP_PEFT=1 SKIP_LM=1   leave a tool out;  SKIP_VERIFY=1  no PEFT-vs-loramerge check
@@ -33,7 +33,7 @@ SEED=${SEED:-0}
 PY=${PYTHON:-python3}
 WORK=${WORK:-/tmp/loramerge-bench-$SIZE}
 LOGS=${LOGS:-$WORK/logs-$(date +%Y%m%d-%H%M%S)}
-JAR=$ROOT/target/loramerge.jar
+JAR=$ROOT/target/loramerge-cli.jar
 mkdir -p "$WORK" "$LOGS"
 say() { echo "[bench-cpu] $*" | tee -a "$LOGS/progress.log" >&2; }
 

@@ -4,8 +4,8 @@
 #   bash scripts/bench/bench-e2e-gpu.sh [--scale 1|2] [--reps N]
 #
 # Needs, carried with the working tree:  .device/jre.tgz  (scripts/device/make-jre.sh, here)
-#                                         target/loramerge.jar (mvn -DskipTests package, here)
-# e.g. run(command="bash scripts/bench/bench-e2e-gpu.sh", carry=[".device", "target/loramerge.jar"])
+#                                         target/loramerge-cli.jar (mvn -DskipTests package, here)
+# e.g. run(command="bash scripts/bench/bench-e2e-gpu.sh", carry=[".device", "target/loramerge-cli.jar"])
 #
 # What it does
 #   1. unpacks the runtime to /tmp/jre (when `java` is missing) and puts it on PATH;
@@ -28,8 +28,9 @@
 # Environment: OUT, WORK (default /tmp/lm-bench-$SHAPE-x$SCALE), SHAPE (llama-7b), REPS (default 2; 1 at scale 2),
 #   BUDGET_S (default 500: no new repetition starts that would end later than that many
 #   seconds after the script started), PYTHON (python3), LORAMERGE (default "java $JAVA_OPTS -jar
-#   target/loramerge.jar"), LM_ARGS (extra merge options), RANK (16), SEED (0),
+#   target/loramerge-cli.jar"), LM_ARGS (extra merge options), RANK (16), SEED (0),
 #   SKIP_CP=1 SKIP_PEFT=1 SKIP_LM_CUDA=1 SKIP_LM_CPU=1 SKIP_VERIFY=1 RUN_PEFT_CPU=1 REGEN=1;
+#   RUN_UNMERGE=1 (also times `loramerge unmerge --device cuda` of the adapter out of the base, as "unmerge-cuda");
 #   LORAMERGE_B (another build, e.g. "java -jar old.jar", run as "${LABEL_B:-before}-cuda" beside
 #   loramerge-cuda and compared with it byte for byte: a before/after check in one call).
 set -euo pipefail
@@ -79,7 +80,7 @@ if ! command -v java >/dev/null 2>&1; then
     SKIP_LM_CUDA=1 SKIP_LM_CPU=1
   fi
 fi
-JAR=$ROOT/target/loramerge.jar
+JAR=$ROOT/target/loramerge-cli.jar
 if [ -z "${LORAMERGE:-}" ] && [ ! -f "$JAR" ]; then
   say "no $JAR (carry it): loramerge runs left out"
   SKIP_LM_CUDA=1 SKIP_LM_CPU=1
@@ -133,6 +134,8 @@ TOOLS=()
 [ -n "${RUN_PEFT_CPU:-}" ] && TOOLS+=(--tool "peft-cpu=$PY scripts/bench/peft_merge.py --base {base} --adapter {adapter} --out {out} --device cpu")
 [ -z "${SKIP_LM_CUDA:-}" ] && TOOLS+=(--tool "loramerge-cuda=$LORAMERGE $MERGE --device cuda $LM_ARGS")
 [ -z "${SKIP_LM_CPU:-}" ] && TOOLS+=(--tool "loramerge-cpu=$LORAMERGE $MERGE --device cpu $LM_ARGS")
+# unmerge of the adapter out of the base taken as a merged model: the same engine path as a merge, with the terms negated
+[ -n "${RUN_UNMERGE:-}" ] && TOOLS+=(--tool "unmerge-cuda=$LORAMERGE unmerge --merged {base} --adapter {adapter} --out {out} --device cuda $LM_ARGS")
 B=${LABEL_B:-before}-cuda
 [ -n "${LORAMERGE_B:-}" ] && TOOLS+=(--tool "$B=$LORAMERGE_B $MERGE --device cuda $LM_ARGS")
 if [ ${#TOOLS[@]} -eq 0 ]; then say "nothing to run"; exit 1; fi

@@ -32,7 +32,7 @@ import json, sys
 text = open(sys.argv[1]).read().strip().splitlines()
 d = json.loads(text[-1])
 try:
-    start = f"{json.loads(chr(10).join(text[:-1]))['startSeconds']:.2f}"  # a merge's --json report
+    start = f"{json.loads(chr(10).join(text[:-1]))['start_seconds']:.2f}"  # a merge's --json report
 except (ValueError, KeyError):
     start = "-"
 
@@ -102,8 +102,8 @@ text = open(sys.argv[1]).read().strip().splitlines()
 report = json.loads("\n".join(text[:-1]) or "{}")
 r = report.get("requantization") or {}
 print(f"--to nf4 survival (total): {r.get('survival', float('nan')):.3f}, aligned {r.get('aligned', float('nan')):.3f}, "
-      f"codes changed {r.get('changedShare', float('nan')):.3f}; engine: {report.get('engine')}")
-print(f"--to nf4 (last run): {report.get('startSeconds', float('nan')):.2f} s to start (plan + engine), "
+      f"codes changed {r.get('changed_share', float('nan')):.3f}; engine: {report.get('engine')}")
+print(f"--to nf4 (last run): {report.get('start_seconds', float('nan')):.2f} s to start (plan + engine), "
       f"{report.get('seconds', float('nan')):.2f} s writing; the rest of the wall time is the JVM, fsync and exit")
 PY
 # the logs in one file (the device tool brings back a limited number of files)

@@ -122,17 +122,38 @@ def base_specs(cfg, dtype):
     return specs
 
 
-def adapter_specs(cfg, targets, rank):
+def adapter_specs(cfg, targets, rank, dora=False, embeddings=False, tokens=0):
+    """The adapter's tensors as PEFT 0.21 saves them (keys and shapes): lora_A/lora_B per targeted
+    projection, DoRA magnitudes ([out], one per output row), LoRA on embed_tokens (lora_embedding_A/B,
+    with the embedding itself saved as base_layer.weight, save_embedding_layers) and on lm_head, and
+    trainable token rows of embed_tokens."""
     specs = []
     ps = proj_shapes(cfg)
+    h, v = cfg["hidden"], cfg["vocab"]
+
+    def add(name, shape, kind="rand"):
+        specs.append(Spec(name, shape, torch.float32, kind, len(specs)))
+
+    if embeddings:
+        pre = "base_model.model.model.embed_tokens"
+        add(pre + ".base_layer.weight", (v, h))
+        add(pre + ".lora_embedding_A", (rank, v))
+        add(pre + ".lora_embedding_B", (h, rank))
+    if tokens:
+        add("base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta", (tokens, h))
     for L in range(cfg["layers"]):
         for p in PROJ:
             if p not in targets:
                 continue
             out_f, in_f = ps[p]
             pre = f"base_model.model.model.layers.{L}.{module_prefix(p)}.{p}"
-            specs.append(Spec(pre + ".lora_A.weight", (rank, in_f), torch.float32, "rand", len(specs)))
-            specs.append(Spec(pre + ".lora_B.weight", (out_f, rank), torch.float32, "rand", len(specs)))
+            add(pre + ".lora_A.weight", (rank, in_f))
+            add(pre + ".lora_B.weight", (out_f, rank))
+            if dora:
+                add(pre + ".lora_magnitude_vector", (out_f,), "magnitude")
+    if embeddings:
+        add("base_model.model.lm_head.lora_A.weight", (rank, h))
+        add("base_model.model.lm_head.lora_B.weight", (v, rank))
     return specs
 
 
@@ -142,7 +163,8 @@ class Gen:
     """Makes tensors into a per-thread host staging buffer (pinned when generating on a GPU),
     so no memory is allocated or page-faulted per tensor."""
 
-    def __init__(self, device, seed, stream_salt, max_bytes):
+    def __init__(self, device, seed, stream_salt, max_bytes, bf16_values=False):
+        self.bf16_values = bf16_values
         self.device = device
         self.seed = seed
         self.salt = stream_salt
@@ -170,15 +192,24 @@ class Gen:
         g.manual_seed((self.seed * 1_000_003 + self.salt * 7_919 + spec.idx) & 0x7FFF_FFFF_FFFF_FFFF)
         if self.device == "cpu":
             torch.randn(spec.shape, dtype=spec.dtype, generator=g, out=out)
-            out.mul_(0.02)
+            self._shape_values(out, spec)
         else:
             with torch.cuda.stream(stream):
                 t = torch.randn(spec.shape, dtype=spec.dtype, generator=g, device=self.device)
-                t.mul_(0.02)
+                self._shape_values(t, spec)
                 out.copy_(t, non_blocking=True)
             stream.synchronize()
             del t
         return buf[:spec.nbytes]
+
+    def _shape_values(self, t, spec):
+        if spec.kind == "magnitude":
+            t.mul_(0.05).add_(1.0)  # DoRA m near the row norms' scale, positive
+            return
+        t.mul_(0.02)
+        if self.bf16_values and spec.dtype == torch.float32:
+            # F32 factors whose values are exactly bf16 numbers (what bf16 training saves)
+            t.copy_(t.to(torch.bfloat16).to(torch.float32))
 
 
 # ---------------------------------------------------------------- safetensors writer
@@ -262,7 +293,7 @@ def llama_config(cfg, dtype_name):
     }
 
 
-def peft_adapter_config(targets, rank, alpha, base_path):
+def peft_adapter_config(targets, rank, alpha, base_path, rslora=False, dora=False, tokens=0):
     # Exactly the key set PEFT 0.21.0 writes for a LoraConfig (checked with
     # LoraConfig(...).save_pretrained), as PeftModel.save_pretrained leaves it:
     # inference_mode true. PEFT stores target_modules as a set, so its list
@@ -303,11 +334,11 @@ def peft_adapter_config(targets, rank, alpha, base_path):
         "target_modules": sorted(targets),
         "target_parameters": None,
         "task_type": "CAUSAL_LM",
-        "trainable_token_indices": None,
+        "trainable_token_indices": list(range(100, 100 + tokens)) if tokens else None,
         "use_bdlora": None,
-        "use_dora": False,
+        "use_dora": dora,
         "use_qalora": False,
-        "use_rslora": False,
+        "use_rslora": rslora,
         "velora_config": None,
     }
 
@@ -343,6 +374,13 @@ def main():
     ap.add_argument("--base-only", action="store_true")
     ap.add_argument("--adapter-only", action="store_true")
     ap.add_argument("--force", action="store_true", help="overwrite an existing DIR/base or DIR/adapter")
+    ap.add_argument("--adapter-dir", help="where the adapter goes (default DIR/adapter)")
+    ap.add_argument("--factors", default="f32", choices=["f32", "bf16-values"],
+                    help="f32: random F32 factors; bf16-values: F32 factors whose values are bf16 numbers (as bf16 training saves)")
+    ap.add_argument("--rslora", action="store_true", help="use_rslora: scale alpha/sqrt(r)")
+    ap.add_argument("--dora", action="store_true", help="use_dora: a magnitude vector per targeted projection")
+    ap.add_argument("--embeddings", action="store_true", help="also LoRA on embed_tokens (saved with its base layer) and lm_head")
+    ap.add_argument("--trainable-tokens", type=int, default=0, metavar="K", help="K trainable token rows of embed_tokens (ids 100..)")
     a = ap.parse_args()
 
     if a.shape == "custom":
@@ -376,7 +414,7 @@ def main():
     alpha = a.alpha if a.alpha is not None else 2 * a.rank
 
     base_dir = os.path.join(a.out, "base")
-    ad_dir = os.path.join(a.out, "adapter")
+    ad_dir = a.adapter_dir or os.path.join(a.out, "adapter")
     for d, skip in ((base_dir, a.adapter_only), (ad_dir, a.base_only)):
         if skip:
             continue
@@ -419,11 +457,12 @@ def main():
 
     if not a.base_only:
         t1 = time.time()
-        aspecs = adapter_specs(cfg, targets, a.rank)
-        agen = Gen(dev, a.seed, stream_salt=2, max_bytes=max(s.nbytes for s in aspecs))
+        aspecs = adapter_specs(cfg, targets, a.rank, dora=a.dora, embeddings=a.embeddings, tokens=a.trainable_tokens)
+        agen = Gen(dev, a.seed, stream_salt=2, max_bytes=max(s.nbytes for s in aspecs), bf16_values=a.factors == "bf16-values")
         nb = write_safetensors(os.path.join(ad_dir, "adapter_model.safetensors"), aspecs, agen, {"format": "pt"})
         write_json(os.path.join(ad_dir, "adapter_config.json"),
-                   peft_adapter_config(targets, a.rank, alpha, os.path.abspath(base_dir)))
+                   peft_adapter_config(targets + (["embed_tokens", "lm_head"] if a.embeddings else []), a.rank, alpha,
+                                       os.path.abspath(base_dir), rslora=a.rslora, dora=a.dora, tokens=a.trainable_tokens))
         log(f"adapter: r={a.rank} alpha={alpha} targets={','.join(targets)} "
             f"{len(aspecs)} tensors, {nb / 1e6:.1f} MB in {time.time() - t1:.1f} s")
     log(f"done in {time.time() - t0:.1f} s -> {a.out}")

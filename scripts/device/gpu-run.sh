@@ -3,13 +3,17 @@
 #
 #   scripts/device/gpu-run.sh pack          here: build the jars, the JUnit launcher and a Java runtime into .device/
 #   then, through the device tool, from the repository root there (carry [".device"]):
-#   bash scripts/device/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchnf4] [benchcpu] [e2e] [e2e2x]
+#   bash scripts/device/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchnf4] [benchcpu] [e2e] [e2e2x] [extract] [unmerge] [benchsvd] [combine] [benchcombine]
 #
 # "device" unpacks the runtime, runs the @Tag("gpu") tests (tests), the JMH throughput benchmarks
 # (benchgpu: device-resident merge and copy ceilings; benchnf4: the NF4 kernels beside the
 # device-to-device copy; benchcpu: CPU engine and the pipeline), QLoRA end to end (nf4; SHAPE=llama-7b
 # for the 7B shape), the 7B-shaped end-to-end benchmark (e2e) and the same at twice the size
-# (e2e2x), writes logs under $OUT and prints a summary table last. Each step fits one device call of 10 minutes.
+# (e2e2x), extract of a 7B-shaped fine-tune against cat of both checkpoints and the torch SVD anchors (extract),
+# the 7B unmerge beside the merge and the copy floor (unmerge),
+# the CPU truncated SVD's JMH benchmark (benchsvd), four adapters combined into the 7B shape (combine) and
+# the CPU engine's combination passes in JMH (benchcombine), writes logs under $OUT and prints a summary table last.
+# Each step fits one device call of 10 minutes.
 # The tests step fails (exit 1) when any GPU test fails, is skipped or aborted, or when none ran,
 # and writes $OUT/last-gpu-run.json (commit, sources hash, card, date, counts) to commit as
 # .ci/last-gpu-run.json.
@@ -24,8 +28,10 @@ case "$mode" in
 pack)
   mvn -q -B -DskipTests install
   mkdir -p .device
-  grep -qxF "/.device/" .git/info/exclude 2>/dev/null || echo "/.device/" >> .git/info/exclude
-  cp target/loramerge.jar target/loramerge-tests.jar .device/
+  exclude=$(git rev-parse --git-path info/exclude)   # .git is a file in a worktree
+  grep -qxF "/.device/" "$exclude" 2>/dev/null || echo "/.device/" >> "$exclude"
+  cp target/loramerge-cli.jar .device/loramerge.jar   # the runnable jar, under the name the steps below use
+  cp target/loramerge-tests.jar .device/
   if [ -f benchmarks/pom.xml ]; then
     (cd benchmarks && mvn -q -B -DskipTests clean package)
     cp benchmarks/target/benchmarks.jar .device/
@@ -46,6 +52,21 @@ device)
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/card.txt"
   summary=()
   status=0
+  # jmh NAME ARGS...: a JMH run whose failure (-foe: any benchmark that throws) fails this script, with its GB/s table
+  jmh() {
+    local name=$1
+    shift
+    local rc=0
+    java -jar .device/benchmarks.jar "$@" -foe true -rf json -rff "$OUT/jmh-$name.json" > "$OUT/jmh-$name.log" 2>&1 || rc=$?
+    if [ -s "$OUT/jmh-$name.json" ]; then
+      java -cp .device/benchmarks.jar org.loramerge.bench.JmhTable "$OUT/jmh-$name.json" | tee "$OUT/jmh-$name.md" | tail -n 60
+    fi
+    if [ "$rc" != 0 ]; then
+      status=1
+      tail -n 30 "$OUT/jmh-$name.log"
+    fi
+    summary+=("jmh $name: exit $rc, $(grep -c '^| [A-Z]' "$OUT/jmh-$name.md" 2>/dev/null || echo 0) rows in jmh-$name.md")
+  }
   for step in "${@:-tests}"; do
     case "$step" in
     tests)
@@ -71,28 +92,17 @@ device)
       summary+=("gpu tests: $verdict: $ok successful, $failed failed, $skipped skipped, $aborted aborted (launcher exit $rc)")
       ;;
     benchgpu)
-      # device-resident merge over every shape, rank and dtype, and the copy ceilings
-      java -jar .device/benchmarks.jar 'CudaMergeBenchmark.mergeOnDevice|CudaCopyBenchmark' -rf json -rff "$OUT/jmh-gpu.json" \
-        -f 1 -wi 1 -i 2 -w 500ms -r 500ms > "$OUT/jmh-gpu.log" 2>&1 || true
-      "$py" benchmarks/jmh_table.py "$OUT/jmh-gpu.json" | tee "$OUT/jmh-gpu.md" | tail -n 60
-      summary+=("jmh gpu: $(grep -c '^| Cuda' "$OUT/jmh-gpu.md") rows in jmh-gpu.md")
+      # device-resident merge over every shape, rank and dtype, and the copy ceilings; one fork and shorter
+      # iterations than the annotations' (2 forks, 3 + 5 iterations) so that the 48 cases fit one device call
+      jmh gpu 'CudaMergeBenchmark.mergeOnDevice|CudaCopyBenchmark' -f 1 -wi 2 -i 3 -w 500ms -r 500ms
       ;;
     benchnf4)
-      # the NF4 kernels device-resident, beside the device-to-device copy
-      java -jar .device/benchmarks.jar 'CudaNf4Benchmark|CudaCopyBenchmark.deviceToDevice' -rf json -rff "$OUT/jmh-nf4.json" \
-        -f 1 -wi 2 -i 3 -w 500ms -r 500ms > "$OUT/jmh-nf4.log" 2>&1 || true
-      "$py" benchmarks/jmh_table.py "$OUT/jmh-nf4.json" | tee "$OUT/jmh-nf4.md" | tail -n 16
-      summary+=("jmh nf4: $(grep -c '^| CudaNf4' "$OUT/jmh-nf4.md") rows in jmh-nf4.md")
+      # the NF4 kernels device-resident, beside the device-to-device copy (the annotations' forks and iterations)
+      jmh nf4 'CudaNf4Benchmark|CudaCopyBenchmark.deviceToDevice'
       ;;
     benchcpu)
-      # CPU engine at ranks 16 and 64 in BF16 (a full CPU sweep takes hours at rank 256), and the pipeline file to file
-      java -jar .device/benchmarks.jar CpuMergeBenchmark -p rank=16,64 -p dtype=BF16 -rf json -rff "$OUT/jmh-cpu.json" \
-        -f 1 -wi 1 -i 2 -w 1s -r 1s > "$OUT/jmh-cpu.log" 2>&1 || true
-      java -jar .device/benchmarks.jar PipelineBenchmark -rf json -rff "$OUT/jmh-pipeline.json" > "$OUT/jmh-pipeline.log" 2>&1 || true
-      "$py" -c "import json,sys; json.dump(json.load(open(sys.argv[1]))+json.load(open(sys.argv[2])), open(sys.argv[3],'w'))" \
-        "$OUT/jmh-cpu.json" "$OUT/jmh-pipeline.json" "$OUT/jmh-cpu-all.json" || true
-      "$py" benchmarks/jmh_table.py "$OUT/jmh-cpu-all.json" | tee "$OUT/jmh-cpu.md" | tail -n 30
-      summary+=("jmh cpu+pipeline: $(grep -c '^| [CP]' "$OUT/jmh-cpu.md") rows in jmh-cpu.md")
+      # CPU engine at ranks 16 and 64 in BF16 (a full CPU sweep takes hours at rank 256), and the pipeline file to file on both engines
+      jmh cpu 'CpuMergeBenchmark|PipelineBenchmark' -p rank=16,64 -p dtype=BF16 -p device=cpu,cuda
       ;;
     verify)
       # loramerge verify on a GPU merge (1 GB Llama-shaped, rank 16), and --device auto's choice on the example
@@ -106,7 +116,7 @@ device)
       vrc=${PIPESTATUS[0]}
       set -e
       java -jar .device/loramerge.jar merge --base examples/tiny-llama/base --adapter examples/tiny-llama/adapter --out /tmp/lm-example 2>&1 | head -3
-      summary+=("verify of the GPU merge: exit $vrc; $(tail -n 1 "$OUT/verify.log" | head -c 200)")
+      summary+=("verify of the GPU merge: exit $vrc; $(grep -m1 '^verify:' "$OUT/verify.log" | head -c 200)")
       ;;
     nf4)
       bash scripts/bench/bench-nf4-gpu.sh 2>&1 | tail -n 16
@@ -119,6 +129,30 @@ device)
     e2e2x)
       LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench/bench-e2e-gpu.sh --scale 2 2>&1 | tee "$OUT/e2e2x.log" | tail -n 25
       summary+=("e2e 2x: see e2e2x.log")
+      ;;
+    extract)
+      LORAMERGE="java -Xmx2g -jar .device/loramerge.jar" bash scripts/bench/bench-extract-gpu.sh 2>&1 | tee "$OUT/extract.log" | tail -n 20
+      summary+=("extract: see extract.log")
+      ;;
+    unmerge)
+      # the 7B e2e with the unmerge beside the merge and the copy floor (PEFT and the CPU engine left out)
+      RUN_UNMERGE=1 SKIP_PEFT=1 SKIP_LM_CPU=1 LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench/bench-e2e-gpu.sh 2>&1 \
+        | tee "$OUT/unmerge.log" | tail -n 25
+      summary+=("unmerge: see unmerge.log")
+      ;;
+    benchsvd)
+      # the truncated SVD of extract on a 4096x4096 ΔW at rank 64, all cores (the setup's exact optimum takes a while)
+      java -jar .device/benchmarks.jar SvdBenchmark -rf json -rff "$OUT/jmh-svd.json" -f 1 -wi 1 -i 3 > "$OUT/jmh-svd.log" 2>&1 || true
+      grep -E "SvdBenchmark\]|^SvdBenchmark" "$OUT/jmh-svd.log" | tee "$OUT/jmh-svd.md"
+      summary+=("jmh svd: see jmh-svd.md")
+      ;;
+    combine)
+      LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench/bench-combine-gpu.sh 2>&1 | tee "$OUT/combine.log" | tail -n 25
+      summary+=("combine (four adapters): see combine.log")
+      ;;
+    benchcombine)
+      # the CPU engine's selection passes, TIES and DARE-TIES rows and the exact several-term merge
+      jmh combine CombineBenchmark -f 1 -wi 1 -i 2 -w 1s -r 1s
       ;;
     *) echo "unknown step $step"; exit 2 ;;
     esac

@@ -4,7 +4,7 @@
 #   scripts/device/make-jre.sh [OUT_DIR [JAR...]]          default OUT_DIR: .device
 #
 # The runtime holds the modules that jdeps says the jars need, plus jdk.zipfs: the JARs given,
-# or else target/loramerge.jar and every jar already in OUT_DIR (gpu-run.sh pack puts the test
+# or else target/loramerge-cli.jar and every jar already in OUT_DIR (gpu-run.sh pack puts the test
 # jar, the JMH benchmarks and the JUnit launcher there first). EXTRA_MODULES=a,b adds modules.
 # Writes OUT_DIR/jre.tgz, which unpacks to jre/. Carry OUT_DIR in the device call (.device
 # is git-ignored) and, there:
@@ -30,8 +30,8 @@ fi
 
 jars=("$@")
 if ((${#jars[@]} == 0)); then
-    [[ -f $root/target/loramerge.jar ]] || { echo "make-jre: build target/loramerge.jar first (mvn -q package -DskipTests)" >&2; exit 2; }
-    jars=("$root/target/loramerge.jar")
+    [[ -f $root/target/loramerge-cli.jar ]] || { echo "make-jre: build target/loramerge-cli.jar first (mvn -q package -DskipTests)" >&2; exit 2; }
+    jars=("$root/target/loramerge-cli.jar")
     shopt -s nullglob
     for j in "$out"/*.jar; do
         [[ $(basename "$j") == loramerge.jar ]] || jars+=("$j")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuilds the committed native outputs and copies them into the resources:
-#   src/main/resources/org/loramerge/kernels/{round,nf4}.ptx
+#   src/main/resources/org/loramerge/kernels/{round,nf4,combine}.fatbin
 #   src/main/resources/org/loramerge/native/linux-x86_64/libcublas.so.12
 # First regenerates the forwarder's symbol list and version script (native/) from the
 # jcublas-natives jar, when it is in ~/.m2. Commit what changes; scripts/native/check-generated.sh
@@ -27,8 +27,8 @@ env -u CFLAGS -u CPPFLAGS -u LDFLAGS -u NVCC_PREPEND_FLAGS -u NVCC_APPEND_FLAGS 
 env -u NVCC_PREPEND_FLAGS -u NVCC_APPEND_FLAGS cmake --build "$build" --target loramerge_native
 
 mkdir -p "$resources/kernels" "$resources/native/linux-x86_64"
-install -m 0644 "$build"/kernels/*.ptx "$resources/kernels/"
+install -m 0644 "$build"/kernels/*.fatbin "$resources/kernels/"
 install -m 0644 "$build/native/libcublas.so.12" "$resources/native/linux-x86_64/libcublas.so.12"
 echo "build-native: updated"
-(cd "$root" && ls -l src/main/resources/org/loramerge/kernels/*.ptx \
+(cd "$root" && ls -l src/main/resources/org/loramerge/kernels/*.fatbin \
     src/main/resources/org/loramerge/native/linux-x86_64/libcublas.so.12)

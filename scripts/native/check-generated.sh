@@ -2,7 +2,7 @@
 # Fails when a committed generated file differs from a fresh build of its sources:
 #   native/{cublas12-imports.txt,cublas_forward_symbols.inc,libcublas.so.12.map}
 #       from the jcublas-natives jar (checked when the jar is in ~/.m2),
-#   src/main/resources/org/loramerge/kernels/*.ptx                  from kernels/*.cu,
+#   src/main/resources/org/loramerge/kernels/*.fatbin                  from kernels/*.cu,
 #   src/main/resources/org/loramerge/native/linux-x86_64/libcublas.so.12 from native/.
 # Builds in a temporary directory; changes nothing. Fix: scripts/native/build-native.sh, commit.
 # Usage: check-generated.sh [JAR]
@@ -49,10 +49,10 @@ if ! env -u CFLAGS -u CPPFLAGS -u LDFLAGS -u NVCC_PREPEND_FLAGS -u NVCC_APPEND_F
     echo "check-generated: the native build failed (log above)" >&2
     exit 2
 fi
-for ptx in "$tmp"/build/kernels/*.ptx; do
-    compare "$ptx" "$resources/kernels/$(basename "$ptx")"
+for fatbin in "$tmp"/build/kernels/*.fatbin; do
+    compare "$fatbin" "$resources/kernels/$(basename "$fatbin")"
 done
-for committed in "$root/$resources"/kernels/*.ptx; do
+for committed in "$root/$resources"/kernels/*.fatbin; do
     [[ -f $tmp/build/kernels/$(basename "$committed") ]] ||
         stale+=("$resources/kernels/$(basename "$committed") (no longer built: delete it)")
 done
@@ -65,10 +65,6 @@ if ((${#stale[@]} > 0)); then
         echo "Run scripts/native/build-native.sh and commit the result."
         echo "Toolchain here: $(nvcc --version 2>/dev/null | grep -o 'release [0-9.]*, V[0-9.]*' || true)," \
              "$(gcc --version | head -1)"
-        committedPtx=("$root/$resources"/kernels/*.ptx)
-        if ((${#committedPtx[@]} > 0)); then
-            echo "Committed PTX made by: $(grep -m1 -o 'release [0-9.]*, V[0-9.]*' "${committedPtx[0]}" || true)"
-        fi
         forwarder=$root/$resources/native/linux-x86_64/libcublas.so.12
         if [[ -f $forwarder ]]; then
             echo "Committed forwarder made by: $(readelf -p .comment "$forwarder" | grep -o 'GCC.*' || true)"

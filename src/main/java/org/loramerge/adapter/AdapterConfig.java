@@ -3,6 +3,7 @@ package org.loramerge.adapter;
 import com.fasterxml.jackson.core.JsonProcessingException;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ObjectNode;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.LinkOption;
@@ -50,12 +51,17 @@ public final class AdapterConfig {
     private final boolean ensureWeightTying;
     private final String bias;
     private final List<String> modulesToSave;
+    private final List<String> targetParameters;
     private final Map<String, List<Long>> tokenIndicesByModule;
     private final List<Long> tokenIndices;
     private final List<String> warnings;
+    private final String baseModelNameOrPath;
+    /** The file's JSON object as read, for tools that write a config of their own from it. */
+    private final ObjectNode json;
 
     private AdapterConfig(Builder b) {
         this.path = b.path;
+        this.json = b.json;
         this.r = b.r;
         this.alpha = b.alpha;
         this.useRslora = b.useRslora;
@@ -76,13 +82,17 @@ public final class AdapterConfig {
         this.ensureWeightTying = b.ensureWeightTying;
         this.bias = b.bias;
         this.modulesToSave = b.modulesToSave;
+        this.targetParameters = b.targetParameters;
         this.tokenIndicesByModule = b.tokenIndicesByModule;
         this.tokenIndices = b.tokenIndices;
         this.warnings = b.warnings;
+        this.baseModelNameOrPath = b.baseModelNameOrPath;
     }
 
     private static final class Builder {
         Path path;
+        ObjectNode json;
+        String baseModelNameOrPath;
         int r;
         double alpha;
         boolean useRslora;
@@ -105,6 +115,7 @@ public final class AdapterConfig {
         boolean ensureWeightTying;
         String bias = "none";
         List<String> modulesToSave = new ArrayList<>();
+        List<String> targetParameters = List.of();
         Map<String, List<Long>> tokenIndicesByModule;
         List<Long> tokenIndices;
         List<String> warnings = new ArrayList<>();
@@ -137,7 +148,10 @@ public final class AdapterConfig {
     static AdapterConfig parse(Path file, JsonNode root) throws AdapterException {
         Builder b = new Builder();
         b.path = file;
+        b.json = root.isObject() ? ((ObjectNode) root).deepCopy() : null;
         LoraConfigFields.check(file, root);
+        JsonNode baseName = root.get("base_model_name_or_path");
+        b.baseModelNameOrPath = baseName != null && baseName.isTextual() ? baseName.textValue() : null; // informative only: never checked
         String peftType = text(file, root, "peft_type", "LORA");
         if (!peftType.equals("LORA")) {
             throw new AdapterException(UNSUPPORTED, file, "peft_type is " + peftType + "; loramerge merges LoRA adapters only");
@@ -164,8 +178,15 @@ public final class AdapterConfig {
             }
         }
         JsonNode tp = root.get("target_parameters");
-        if (tp != null && !tp.isNull() && !(tp.isArray() && tp.isEmpty())) {
-            throw new AdapterException(UNSUPPORTED, file, "target_parameters (LoRA on MoE expert parameters) is not supported yet; merge with PEFT for this adapter");
+        if (tp != null && tp.isArray() && !tp.isEmpty()) {
+            b.targetParameters = List.copyOf(strings(file, tp, "target_parameters"));
+            // peft tuners/lora/layer.py ParamWrapper.__init__ raises on each of these, so PEFT cannot have saved such a config
+            for (String flag : new String[] {"use_dora", "lora_bias", "fan_in_fan_out"}) {
+                if (root.path(flag).asBoolean(false)) {
+                    throw new AdapterException(INVALID_CONFIG, file, "target_parameters is set together with " + flag + ": true, which PEFT's "
+                            + "ParamWrapper (LoRA on a parameter) refuses, so PEFT cannot have saved this config; fix " + flag + " or target_parameters");
+                }
+            }
         }
         JsonNode init = root.get("init_lora_weights");
         if (init != null && init.isTextual()) {
@@ -399,6 +420,15 @@ public final class AdapterConfig {
         return key == null ? r : rankPattern.get(key);
     }
 
+    /** The largest rank of any module: r, or a larger rank_pattern value (what PEFT's add_weighted_adapter takes as the adapter's rank). */
+    public int maxRank() {
+        int m = r;
+        for (int v : rankPattern.values()) {
+            m = Math.max(m, v);
+        }
+        return m;
+    }
+
     /** The alpha PEFT gives {@code moduleName}: alpha_pattern's first match, else lora_alpha. */
     public double alphaFor(String moduleName) {
         String key = alphaKeyOf.computeIfAbsent(moduleName, m -> Optional.ofNullable(patternKey(alphaKeys, m))).orElse(null);
@@ -473,6 +503,21 @@ public final class AdapterConfig {
         return false;
     }
 
+    /** target_parameters: names or dot-boundary suffixes of parameters PEFT wraps with ParamWrapper (LoRA on MoE experts); empty when unset. */
+    public List<String> targetParameters() {
+        return targetParameters;
+    }
+
+    /**
+     * Whether PEFT's target_parameters wrap the parameter {@code parameterName} (a full name such as
+     * {@code model.layers.0.mlp.experts.gate_up_proj}): peft tuners_utils.py _inject_parameters
+     * matches each parameter's full name against each entry, equal or ending with "." + entry; no
+     * other targeting rule applies to parameters.
+     */
+    public boolean targetsParameter(String parameterName) {
+        return matchesList(targetParameters, parameterName);
+    }
+
     /** Whether {@code moduleName} is one of modules_to_save (a name or a dot-boundary suffix, as PEFT matches it). */
     public boolean savesModule(String moduleName) {
         return matchesList(modulesToSave, moduleName);
@@ -497,6 +542,21 @@ public final class AdapterConfig {
 
     public Path path() {
         return path;
+    }
+
+    /** base_model_name_or_path as PEFT recorded it (a hub id or the path the adapter was trained from), or null. */
+    /** A copy of adapter_config.json's JSON object, as read (null for a config built in code). */
+    public ObjectNode json() {
+        return json == null ? null : json.deepCopy();
+    }
+
+    public String baseModelNameOrPath() {
+        return baseModelNameOrPath;
+    }
+
+    /** The target_modules list as written (empty for a regex or all-linear target rule). */
+    public List<String> targetModules() {
+        return targetList == null ? List.of() : targetList;
     }
 
     public int r() {

@@ -38,10 +38,18 @@ public final class AdapterException extends UserException {
     }
 
     private final Reason reason;
+    private final Path path;
 
     public AdapterException(Reason reason, Path path, String message) {
         super((path == null ? "" : path + ": ") + message + " [" + reason + "]");
         this.reason = reason;
+        this.path = path;
+    }
+
+    /** The adapter folder or file, when known. */
+    @Override
+    public Path file() {
+        return path;
     }
 
     public Reason reason() {

@@ -28,9 +28,11 @@ public final class LoraAdapter implements AutoCloseable {
     private final AdapterConfig config;
     private final SafetensorsFile file;
     private final Map<String, AdapterKey> keys;
+    private final InputFolder folder;
 
-    private LoraAdapter(Path dir, AdapterConfig config, SafetensorsFile file, Map<String, AdapterKey> keys) {
+    private LoraAdapter(Path dir, AdapterConfig config, SafetensorsFile file, Map<String, AdapterKey> keys, InputFolder folder) {
         this.dir = dir;
+        this.folder = folder;
         this.config = config;
         this.file = file;
         this.keys = keys;
@@ -80,7 +82,7 @@ public final class LoraAdapter implements AutoCloseable {
                         + "; expected base_model.model.<module>.lora_A.weight and the other forms of PEFT's save_pretrained");
             }
             ok = true;
-            return new LoraAdapter(dir, config, file, keys);
+            return new LoraAdapter(dir, config, file, keys, folder);
         } finally {
             if (!ok) {
                 file.close();
@@ -96,6 +98,11 @@ public final class LoraAdapter implements AutoCloseable {
 
     public Path dir() {
         return dir;
+    }
+
+    /** The adapter folder and its rules, for any other file read from it (tokenizer files saved with the fine-tune). */
+    public InputFolder folder() {
+        return folder;
     }
 
     public AdapterConfig config() {

@@ -3,7 +3,14 @@ package org.loramerge.cli;
 import java.io.IOException;
 import java.io.PrintWriter;
 import java.nio.file.FileAlreadyExistsException;
+import java.nio.file.Path;
+import java.nio.file.Paths;
+import java.util.Arrays;
+import org.loramerge.errors.ExitCode;
+import org.loramerge.errors.UsageException;
 import org.loramerge.errors.UserException;
+import org.loramerge.format.ToolVersion;
+import picocli.AutoComplete;
 import picocli.CommandLine.Command;
 import picocli.CommandLine;
 
@@ -14,7 +21,8 @@ import picocli.CommandLine;
         description = {
                 "Merges PEFT LoRA adapters into Hugging Face safetensors checkpoints: W' = W + s·B·A, "
                         + "correctly rounded, streamed tensor by tensor, on the CPU or an NVIDIA GPU."},
-        subcommands = {MergeCommand.class, VerifyCommand.class, InspectCommand.class, QuantizeCommand.class, CommandLine.HelpCommand.class},
+        subcommands = {MergeCommand.class, CombineCommand.class, VerifyCommand.class, InspectCommand.class, QuantizeCommand.class, ExtractCommand.class,
+                UnmergeCommand.class, CommandLine.HelpCommand.class, AutoComplete.GenerateCompletion.class, ManPageCommand.class},
         footer = {"", "Exit codes: 0 ok, 2 usage, 3 bad input, 4 output not written, 5 overflow/NaN, 6 verify failed, 7 GPU unavailable, 1 bug."})
 public final class Main {
     public static void main(String[] args) {
@@ -23,45 +31,78 @@ public final class Main {
 
     /** Runs the command line and returns the exit code (tests call this). */
     public static int run(String... args) {
-        CommandLine cl = new CommandLine(new Main());
-        cl.setExecutionExceptionHandler(Main::handle);
+        CommandLine cl = commandLine();
+        boolean json = Arrays.asList(args).contains("--json");
+        cl.setExecutionExceptionHandler((e, line, parsed) -> handle(e, line, json));
+        cl.setParameterExceptionHandler((e, a) -> usage(e.getCommandLine(), e.getMessage(), json, null));
         return cl.execute(args);
+    }
+
+    /** The command tree, for execution and for the completion script and man page generators. */
+    static CommandLine commandLine() {
+        CommandLine cl = new CommandLine(new Main());
+        // the completion generator is for the install script, not a command users type
+        cl.getSubcommands().get("generate-completion").getCommandSpec().usageMessage().hidden(true);
+        return cl;
     }
 
     /**
      * Maps a failure to its exit code: a {@link UserException} carries its own and prints its
-     * message; an I/O failure that no layer typed is the output that could not be written; anything
-     * else is a bug, printed with its trace.
+     * message (a usage error adds where to find the options); an I/O failure that no layer typed is
+     * the output that could not be written; anything else is a bug, printed with its trace. Under
+     * {@code --json} stdout gets the error as a JSON object too.
      */
-    static int handle(Exception e, CommandLine cl, CommandLine.ParseResult parsed) {
+    static int handle(Exception e, CommandLine cl, boolean json) {
+        if (e instanceof UsageException) {
+            return usage(cl, e.getMessage(), json, null);
+        }
         PrintWriter err = cl.getErr();
-        int code;
+        ExitCode code;
         String message = e.getMessage();
+        Path file = null;
         if (e instanceof UserException) {
-            code = ((UserException) e).exitCode().code();
+            code = ((UserException) e).exitCode();
+            file = ((UserException) e).file();
         } else if (e instanceof FileAlreadyExistsException) {
-            code = ExitCodes.OUTPUT;
+            code = ExitCode.OUTPUT;
             message = ((FileAlreadyExistsException) e).getFile() + ": " + ((FileAlreadyExistsException) e).getReason();
+            file = Paths.get(((FileAlreadyExistsException) e).getFile());
         } else if (e instanceof IOException) {
-            code = ExitCodes.OUTPUT;
+            code = ExitCode.OUTPUT;
         } else {
-            code = ExitCodes.INTERNAL;
             err.println("loramerge: internal error, please report it with the command line and this trace:");
             e.printStackTrace(err);
             err.flush();
-            return code;
+            if (json) {
+                CliJson.error(System.out, ExitCode.INTERNAL, "internal error: " + e, null);
+            }
+            return ExitCode.INTERNAL.code();
         }
         err.println("loramerge: " + message);
         err.flush();
-        return code;
+        if (json) {
+            CliJson.error(System.out, code, message, file);
+        }
+        return code.code();
     }
 
-    /** The version from the jar's manifest. */
+    /** A usage error: the message and one line saying where the options are, not the whole help. */
+    private static int usage(CommandLine cl, String message, boolean json, Path file) {
+        PrintWriter err = cl.getErr();
+        err.println("loramerge: " + message);
+        err.println("Run '" + cl.getCommandSpec().qualifiedName() + " --help' for the options.");
+        err.flush();
+        if (json) {
+            CliJson.error(System.out, ExitCode.USAGE, message, file);
+        }
+        return ExitCode.USAGE.code();
+    }
+
+    /** The version from the jar's manifest (Implementation-Version), or from the build outside a jar. */
     static final class Version implements CommandLine.IVersionProvider {
         @Override
         public String[] getVersion() {
-            String v = Main.class.getPackage().getImplementationVersion();
-            return new String[] {"loramerge " + (v == null ? "dev" : v)};
+            return new String[] {"loramerge " + ToolVersion.get()};
         }
     }
 }

@@ -1,34 +1,20 @@
 package org.loramerge.cli;
 
-import com.fasterxml.jackson.annotation.JsonAutoDetect;
-import com.fasterxml.jackson.annotation.PropertyAccessor;
-import com.fasterxml.jackson.databind.ObjectMapper;
-import com.fasterxml.jackson.databind.SerializationFeature;
-import java.io.IOException;
 import java.io.PrintStream;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
 import java.util.concurrent.Callable;
-import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.ExecutionException;
-import org.loramerge.adapter.AdapterException;
-import org.loramerge.adapter.LoraAdapter;
-import org.loramerge.engine.Backend;
-import org.loramerge.engine.select.Backends;
-import org.loramerge.errors.ExitCode;
+import org.loramerge.api.LoraMerge;
+import org.loramerge.api.MergeOptions;
+import org.loramerge.api.MergeResult;
+import org.loramerge.api.VerifyOptions;
 import org.loramerge.errors.UsageException;
-import org.loramerge.format.Checkpoint;
-import org.loramerge.format.DType;
-import org.loramerge.format.SafetensorsException;
-import org.loramerge.pipeline.AtomicOutput;
-import org.loramerge.pipeline.MergeReport;
-import org.loramerge.pipeline.MergeRunner;
 import org.loramerge.pipeline.Progress;
-import org.loramerge.plan.MergePlan;
-import org.loramerge.plan.PlanOptions;
-import org.loramerge.plan.Planner;
-import org.loramerge.plan.QuantTarget;
+import org.loramerge.plan.Combination;
+import org.loramerge.plan.CombineException;
+import org.loramerge.plan.CombineMethod;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
@@ -36,20 +22,37 @@ import picocli.CommandLine.Option;
 @Command(name = "merge", mixinStandardHelpOptions = true, sortOptions = false,
         description = {"Merges a PEFT LoRA adapter into its base model and writes a standard Hugging Face checkpoint.",
                 "Every merged value is W + s·B·A (or DoRA's rescaling) computed exactly and rounded once. "
-                        + "The output appears only when complete; the inputs are never changed."})
+                        + "The output appears only when complete; the inputs are never changed.",
+                "Several adapters (--adapter A1 --adapter A2 ...) are combined in the same pass with --combine METHOD: "
+                        + "cat or task_arithmetic (exact: W + Σ w·s·B·A), PEFT's linear and svd methods, or ties, dare_linear, "
+                        + "dare_ties, magnitude_prune on the dense deltas (docs/FORMATS.md §8)."})
 final class MergeCommand implements Callable<Integer> {
     @Option(names = "--base", required = true, paramLabel = "MODEL_DIR", description = "base model folder (config.json + model.safetensors or shards)")
     Path base;
 
-    @Option(names = "--adapter", required = true, paramLabel = "ADAPTER_DIR", description = "PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
-    Path adapter;
+    @Option(names = "--adapter", required = true, paramLabel = "ADAPTER_DIR",
+            description = "PEFT adapter folder (adapter_config.json + adapter_model.safetensors); tokenizer files saved there with the "
+                    + "fine-tune replace the base's; repeat it, with --combine, to combine several")
+    List<Path> adapters;
 
-    @Option(names = "--out", required = true, paramLabel = "OUT_DIR", description = "folder to create for the merged model")
+    @Option(names = "--combine", paramLabel = "METHOD", description = "how several adapters combine: cat, task_arithmetic, linear, ties, "
+            + "dare_linear, dare_ties, magnitude_prune, svd, ties_svd, dare_linear_svd, dare_ties_svd, magnitude_prune_svd (docs/FORMATS.md §8)")
+    String combine;
+
+    @Mixin
+    CombineOptions combineOptions;
+
+    @Option(names = "--lambda", paramLabel = "L", description = "task_arithmetic, ties, dare_*, magnitude_prune: multiply the combined delta by L (default: 1)")
+    Double lambda;
+
+    @Option(names = "--out", required = true, paramLabel = "OUT_DIR",
+            description = "folder to create for the merged model (missing parent folders are created); checked before anything else")
     Path out;
 
     @Option(names = "--dtype", defaultValue = "auto", paramLabel = "auto|f32|f16|bf16",
             description = "dtype of the floating-point tensors written (default: auto, each keeps the base's); "
-                    + "with a 4-bit base, of those that are not quantized (--to decides the 4-bit weights)")
+                    + "also accepted: fp32, float32, float, fp16, float16, half, bfloat16, in any case. "
+                    + "With a 4-bit base, of those that are not quantized (--to decides the 4-bit weights)")
     String dtype;
 
     @Option(names = "--to", paramLabel = "bf16|f16|f32|nf4|fp4|int8|fp8",
@@ -68,7 +71,10 @@ final class MergeCommand implements Callable<Integer> {
     String device;
 
     @Option(names = "--max-shard-size", defaultValue = "5GB", paramLabel = "SIZE",
-            description = "largest output shard, e.g. 5GB, 500MB (decimal units, as transformers) (default: 5GB)")
+            description = "largest output shard, e.g. 5GB, 500MB (decimal units, as transformers counts them). Default 5GB: the default "
+                    + "of transformers' save_pretrained from 4.35 through 4.x, which wrote most published checkpoints, so the output is sharded like "
+                    + "them; files of that size download, resume and load shard by shard well. transformers 5 raised its default to "
+                    + "50GB; pass --max-shard-size 50GB for that layout")
     String maxShardSize;
 
     @Option(names = "--overwrite", description = "replace OUT_DIR if it exists (only once the new model is complete)")
@@ -84,205 +90,117 @@ final class MergeCommand implements Callable<Integer> {
             + "(its file holds no LoRA weights): the output is then a copy of the base")
     boolean allowEmptyAdapter;
 
-    @Option(names = "--verify", description = "before the output appears, check it as `loramerge verify` does (sampled rows of every "
-            + "adapted tensor recomputed exactly, unchanged tensors compared completely) and report the worst error per tensor; fail if any is not exact")
+    @Option(names = "--verify", description = "before the output appears, check it as `loramerge verify --max-ulp 0` does (sampled rows "
+            + "of every adapted tensor recomputed exactly, unchanged tensors compared completely), print the result and write it into "
+            + "the model card; fail if any is not exact")
     boolean verify;
 
     @Option(names = "--verify-rows", defaultValue = "16", paramLabel = "N|all",
             description = "rows per adapted tensor that --verify recomputes: N (default: 16) or all")
     String verifyRows;
 
-    @Option(names = "--json", description = "print a JSON summary on stdout")
+    @Option(names = "--json", description = "print the summary as JSON on stdout (snake_case keys; a failure prints {\"error\": ...})")
     boolean json;
 
     @Mixin
     InputOptions inputs = new InputOptions();
 
-    @Option(names = "--quiet", description = "no progress line")
+    @Option(names = "--quiet", description = "no progress line and no summary on stderr")
     boolean quiet;
 
     @Override
     public Integer call() throws Exception {
-        DType dtypeOption = parseDtype(dtype);
-        long shardSize = parseSize(maxShardSize);
+        long shardSize = LoraMerge.parseSize(maxShardSize);
         if (threads != null && threads < 1) {
             throw new UsageException("--threads " + threads + ": expected 1 or more (default: all cores)");
         }
         int verifyRowCount = VerifyCommand.parseRows("--verify-rows", verifyRows); // checked even without --verify: a typo is a typo
-        int rowsToVerify = verify ? verifyRowCount : 0;
-        int cpuThreads = threads != null ? threads : Runtime.getRuntime().availableProcessors();
         PrintStream err = System.err;
-        long start = System.nanoTime();
-        // the engine starts (CUDA context, cuBLAS, kernels: about a second) while the plan is made
-        CompletableFuture<Backends.Choice> opening = openInBackground(device, cpuThreads);
-        Backends.Choice choice = null;
-        try (Checkpoint ckpt = openBase(base, inputs.followSymlinks); LoraAdapter lora = openAdapter(adapter, inputs.followSymlinks)) {
-            MergePlan plan = Planner.plan(ckpt, lora, new PlanOptions(dtypeOption, shardSize, parseTarget(to)));
-            requireAChange(plan, lora, err);
-            choice = await(opening);
-            double startSeconds = (System.nanoTime() - start) / 1e9;
-            try (Backend backend = choice.backend()) {
-                if (!quiet) {
-                    if (choice.fallbackReason() != null) {
-                        err.println("loramerge: no usable GPU (" + choice.fallbackReason() + "); merging on the CPU");
-                    }
-                    err.println("loramerge: merging " + plan.tensors().size() + " tensors (" + Progress.bytes(plan.totalBytes()) + ") on "
-                            + backend.describe());
-                    for (String w : plan.warnings()) {
-                        err.println("warning: " + w);
-                    }
-                }
-                MergeReport report;
-                try (AtomicOutput output = AtomicOutput.create(out, overwrite, List.of(base, adapter))) {
-                    Progress progress = new Progress(err, !quiet, plan.totalBytes(), plan.tensors().size());
-                    report = MergeRunner.run(plan, backend, output,
-                            new MergeRunner.Options(allowOverflow, Backend.DEFAULT_BLOCK_BYTES, rowsToVerify), progress);
-                }
-                report.startSeconds = startSeconds;
-                print(report, err);
-            }
-        } finally {
-            if (choice == null) {
-                // planning failed: close the engine once it has started
-                opening.thenAccept(c -> c.backend().close());
-            }
+        MergeOptions options = MergeOptions.defaults().withDtype(dtype).withTo(to).withDevice(device).withMaxShardSize(shardSize)
+                .withOverwrite(overwrite).withAllowOverflow(allowOverflow).withThreads(threads == null ? 0 : threads)
+                .withVerifyRows(verify ? verifyRowCount : 0).withLog(quiet ? null : err)
+                .withFollowSymlinks(inputs.followSymlinks).withAllowEmptyAdapter(allowEmptyAdapter);
+        MergeResult result = LoraMerge.merge(base, adapters, combination(), out, options);
+        if (json) {
+            CliJson.print(System.out, result, false);
+        }
+        if (!quiet) {
+            print(result, err);
         }
         return ExitCodes.OK;
     }
 
-    private static CompletableFuture<Backends.Choice> openInBackground(String device, int cpuThreads) {
-        CompletableFuture<Backends.Choice> f = new CompletableFuture<>();
-        Thread t = new Thread(() -> {
-            try {
-                f.complete(Backends.open(device, cpuThreads));
-            } catch (Throwable e) {
-                f.completeExceptionally(e);
+    /** The combination asked for, or null for the merge of one adapter. */
+    private Combination combination() throws UsageException, CombineException {
+        if (combine == null) {
+            if (adapters.size() > 1) {
+                throw new UsageException(adapters.size() + " adapters given: choose how they combine with --combine METHOD ("
+                        + CombineMethod.names(CombineMethod.forMerge()) + "; docs/FORMATS.md §8)");
             }
-        }, "loramerge-engine-start");
-        t.setDaemon(true);
-        t.start();
-        return f;
-    }
-
-    /** The started engine, or what stopped it, as Backends.open throws it. */
-    private static Backends.Choice await(CompletableFuture<Backends.Choice> opening) throws Exception {
-        try {
-            return opening.get();
-        } catch (ExecutionException e) {
-            Throwable c = e.getCause();
-            if (c instanceof Exception) {
-                throw (Exception) c;
+            if (combineOptions.anyGiven() || lambda != null) {
+                throw new UsageException("--weights, --density, --majority-sign, --seed, --rank, --svd-clamp and --lambda "
+                        + "apply to a combination: add --combine METHOD");
             }
-            if (c instanceof Error) {
-                throw (Error) c;
-            }
-            throw e;
-        }
-    }
-
-    /** The --to option: bf16, f16, f32 (and their other spellings, as --dtype takes them), or a quantization; null when not given. */
-    static QuantTarget parseTarget(String to) throws UsageException {
-        if (to == null) {
             return null;
         }
-        QuantTarget target = QuantTarget.parse(to);
-        if (target == null) {
-            throw new UsageException("--to " + to + ": expected bf16, f16, f32, or a quantization (nf4, fp4, int8, fp8)");
-        }
-        return target;
+        return combineOptions.combination(combine, CombineMethod.forMerge(), adapters.size(), lambda, "merge");
     }
 
-    /** An adapter that changes nothing is a failure (an adapter saved before training, the wrong folder) unless --allow-empty-adapter. */
-    private void requireAChange(MergePlan plan, LoraAdapter lora, PrintStream err) throws AdapterException {
-        if (!plan.changesNothing()) {
-            return;
+    private static void print(MergeResult r, PrintStream err) {
+        long fallbacks = r.tensors().stream().mapToLong(MergeResult.TensorResult::exactFallbacks).sum();
+        long rounded = r.tensors().stream().mapToLong(MergeResult.TensorResult::exactlyRounded).sum();
+        err.println(String.format(Locale.ROOT,
+                "loramerge: wrote %s: %d tensors merged, %d replaced, %d converted, %s%d copied, %s in %d shard(s), %.1f s on %s; "
+                        + "%d adapter keys applied; %d elements at a rounding boundary decided exactly, %d of them in decimal arithmetic",
+                r.output(), r.tensorsMerged(), r.tensorsReplaced(), r.tensorsConverted(),
+                r.tensorsDequantized() > 0 ? r.tensorsDequantized() + " dequantized, " : "", r.tensorsCopied(),
+                Progress.bytes(r.bytesWritten()), r.shards(), r.seconds(), r.engine(), r.adapterKeys(), rounded + fallbacks, fallbacks));
+        if (r.verifiedRows() > 0) {
+            double worst = r.verifiedWorstUlp().values().stream().mapToDouble(Double::doubleValue).max().orElse(0);
+            String rows = r.verifiedRows() == VerifyOptions.ALL_ROWS ? "every row" : r.verifiedRows() + " sampled rows each";
+            err.println(String.format(Locale.ROOT, "verify: PASSED: %d adapted tensors, %s recomputed exactly, unchanged tensors compared "
+                    + "completely, worst error %s ulp (mode ulp, --max-ulp 0)", r.verifiedWorstUlp().size(), rows, ulps(worst)));
         }
-        String what = lora.keys().isEmpty() ? "holds no tensors" : "holds " + lora.keys().size() + " tensors, none of which changes the base";
-        if (!allowEmptyAdapter) {
-            throw new AdapterException(AdapterException.Reason.NO_CHANGE, lora.dir().resolve(LoraAdapter.WEIGHTS), what
-                    + (lora.config().hasTargetRule() ? " although adapter_config.json targets modules" : "")
-                    + ", so the merge would only copy the base; check that this is the adapter you meant and that it was saved after "
-                    + "training (PEFT's save_pretrained), or pass --allow-empty-adapter to write the copy anyway");
+        for (String n : r.notes()) {
+            err.println("note: " + n);
         }
-        if (!quiet) {
-            err.println("warning: " + lora.dir().resolve(LoraAdapter.WEIGHTS) + " " + what + "; the output is a copy of the base (--allow-empty-adapter)");
-        }
-    }
-
-    static Checkpoint openBase(Path dir, boolean followSymlinks) throws CliException, SafetensorsException {
-        return openModel("--base", dir, followSymlinks);
-    }
-
-    /** Opens the model folder given as {@code option}; a folder that cannot be read is a bad input. */
-    static Checkpoint openModel(String option, Path dir, boolean followSymlinks) throws CliException, SafetensorsException {
-        try {
-            return Checkpoint.open(dir, followSymlinks);
-        } catch (IOException e) {
-            throw new CliException(ExitCode.BAD_INPUT, option + ": " + e.getMessage(), e);
-        }
-    }
-
-    static LoraAdapter openAdapter(Path dir, boolean followSymlinks) throws CliException, SafetensorsException, AdapterException {
-        try {
-            return LoraAdapter.open(dir, followSymlinks);
-        } catch (IOException e) {
-            throw new CliException(ExitCode.BAD_INPUT, "--adapter: " + e.getMessage(), e);
-        }
-    }
-
-    private void print(MergeReport report, PrintStream err) throws IOException {
-        if (json) {
-            ObjectMapper m = new ObjectMapper().enable(SerializationFeature.INDENT_OUTPUT);
-            m.setVisibility(PropertyAccessor.FIELD, JsonAutoDetect.Visibility.PUBLIC_ONLY);
-            System.out.println(m.writeValueAsString(report));
-        }
-        if (!quiet) {
-            long fallbacks = report.tensors.stream().mapToLong(MergeReport.TensorOutcome::exactFallbacks).sum();
-            long rounded = report.tensors.stream().mapToLong(MergeReport.TensorOutcome::exactlyRounded).sum();
-            err.println(String.format(Locale.ROOT,
-                    "loramerge: wrote %s: %d tensors merged, %d replaced, %d converted, %s%d copied, %s in %d shard(s), %.1f s on %s; "
-                            + "%d adapter keys applied; %d elements at a rounding boundary decided exactly, %d of them in decimal arithmetic",
-                    report.output, report.tensorsMerged, report.tensorsReplaced, report.tensorsConverted,
-                    report.tensorsDequantized > 0 ? report.tensorsDequantized + " dequantized, " : "", report.tensorsCopied,
-                    Progress.bytes(report.bytesWritten), report.shards, report.seconds, report.engine, report.adapterKeys, rounded + fallbacks,
-                    fallbacks));
-            for (String n : report.notes) {
-                err.println("note: " + n);
-            }
-            for (MergeReport.TensorOutcome t : report.tensors) {
-                if (t.overflows() > 0 || t.nans() > 0) {
-                    err.println("warning: " + t.name() + ": " + t.overflows() + " overflowed to ±Inf, " + t.nans() + " NaN (--allow-overflow)");
-                }
-            }
-            if (report.requantization != null) {
-                printSurvival(report.requantization, err);
+        for (MergeResult.TensorResult t : r.tensors()) {
+            if (t.overflows() > 0 || t.nans() > 0) {
+                err.println("warning: " + t.name() + ": " + t.overflows() + " overflowed to ±Inf, " + t.nans() + " NaN (--allow-overflow)");
             }
         }
+        if (r.requantization() != null) {
+            printSurvival(r.requantization(), err);
+        }
+    }
+
+    private static String ulps(double v) {
+        return v == Math.rint(v) ? Long.toString((long) v) : String.format(Locale.ROOT, "%.3g", v);
     }
 
     /** Tensors listed on stderr at most; --json lists them all. */
     static final int SURVIVAL_ROWS = 20;
 
     /** The survival table of --to nf4 (least surviving first) and, under 50 %, the warning. */
-    static void printSurvival(MergeReport.Requantization r, PrintStream err) {
+    static void printSurvival(MergeResult.Requantization r, PrintStream err) {
         err.println("NF4 requantization: what survives of the adapter's change ΔW in the 4-bit model (docs/QLORA.md). "
                 + "D = deq(Q(W+ΔW)) − deq(Q(W)); survival = ‖D‖/‖ΔW‖ (size), aligned = ⟨D,ΔW⟩/‖ΔW‖² (the part along ΔW)");
         err.println(String.format(Locale.ROOT, "  %9s  %8s  %13s  %s", "survival", "aligned", "codes changed", "tensor"));
-        List<MergeReport.Survival> rows = r.worstFirst();
-        for (MergeReport.Survival s : rows.subList(0, Math.min(SURVIVAL_ROWS, rows.size()))) {
+        List<MergeResult.Survival> rows = r.worstFirst();
+        for (MergeResult.Survival s : rows.subList(0, Math.min(SURVIVAL_ROWS, rows.size()))) {
             err.println(String.format(Locale.ROOT, "  %9s  %8s  %12.2f%%  %s", percent(s.survival()), percent(s.aligned()),
                     100 * s.changedShare(), s.name()));
         }
         if (rows.size() > SURVIVAL_ROWS) {
             err.println("  ... " + (rows.size() - SURVIVAL_ROWS) + " more (--json lists every tensor)");
         }
-        err.println(String.format(Locale.ROOT, "  %9s  %8s  %12.2f%%  total, %d weights", percent(r.survival), percent(r.aligned),
-                100 * r.changedShare, rows.size()));
+        err.println(String.format(Locale.ROOT, "  %9s  %8s  %12.2f%%  total, %d weights", percent(r.survival()), percent(r.aligned()),
+                100 * r.changedShare(), rows.size()));
         if (r.mostlyRoundedAway()) {
-            String what = r.survival < MergeReport.Requantization.WARN_BELOW
-                    ? "only " + percent(r.survival) + " of the adapter's change survives NF4 requantization"
-                    : "the 4-bit change has " + percent(r.survival) + " of the adapter's size but only " + percent(r.aligned)
-                            + " of it points the way the adapter does (" + String.format(Locale.ROOT, "%.2f%%", 100 * r.changedShare)
+            String what = r.survival() < MergeResult.Requantization.WARN_BELOW
+                    ? "only " + percent(r.survival()) + " of the adapter's change survives NF4 requantization"
+                    : "the 4-bit change has " + percent(r.survival()) + " of the adapter's size but only " + percent(r.aligned())
+                            + " of it points the way the adapter does (" + String.format(Locale.ROOT, "%.2f%%", 100 * r.changedShare())
                             + " of the codes moved, each by a whole NF4 step)";
             err.println("warning: " + what + ": the fine-tune is mostly rounded away in this 4-bit model. Merge with --to bf16 to keep it "
                     + "(a 16-bit model), or serve the 4-bit base with the adapter unmerged");
@@ -291,39 +209,5 @@ final class MergeCommand implements Callable<Integer> {
 
     private static String percent(Double share) {
         return share == null ? "n/a" : String.format(Locale.ROOT, "%.1f%%", 100 * share);
-    }
-
-    static DType parseDtype(String s) throws UsageException {
-        if (s.equalsIgnoreCase("auto")) {
-            return null;
-        }
-        DType d = DType.parseUserName(s);
-        if (d == null) {
-            throw new UsageException("--dtype " + s + ": expected auto, f32, f16 or bf16");
-        }
-        return d;
-    }
-
-    static long parseSize(String s) throws UsageException {
-        String t = s.trim().toUpperCase(Locale.ROOT);
-        long mult = 1;
-        String[][] units = {{"GIB", "1073741824"}, {"MIB", "1048576"}, {"KIB", "1024"}, {"GB", "1000000000"}, {"MB", "1000000"},
-                {"KB", "1000"}, {"B", "1"}};
-        for (String[] u : units) {
-            if (t.endsWith(u[0])) {
-                mult = Long.parseLong(u[1]);
-                t = t.substring(0, t.length() - u[0].length()).trim();
-                break;
-            }
-        }
-        try {
-            double v = Double.parseDouble(t);
-            if (v <= 0) {
-                throw new NumberFormatException();
-            }
-            return (long) (v * mult);
-        } catch (NumberFormatException e) {
-            throw new UsageException("--max-shard-size " + s + ": expected a size such as 5GB or 500MB");
-        }
     }
 }

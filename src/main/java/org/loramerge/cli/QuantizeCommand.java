@@ -1,23 +1,13 @@
 package org.loramerge.cli;
 
-import com.fasterxml.jackson.annotation.JsonAutoDetect;
-import com.fasterxml.jackson.annotation.PropertyAccessor;
-import com.fasterxml.jackson.databind.ObjectMapper;
-import com.fasterxml.jackson.databind.SerializationFeature;
-import java.io.IOException;
 import java.io.PrintStream;
 import java.nio.file.Path;
-import java.util.List;
 import java.util.Locale;
 import java.util.concurrent.Callable;
-import org.loramerge.errors.UsageException;
-import org.loramerge.format.Checkpoint;
-import org.loramerge.pipeline.AtomicOutput;
+import org.loramerge.api.LoraMerge;
+import org.loramerge.api.QuantizeOptions;
+import org.loramerge.api.QuantizeResult;
 import org.loramerge.pipeline.Progress;
-import org.loramerge.pipeline.QuantizeRunner;
-import org.loramerge.quant.FourBitCode;
-import org.loramerge.quant.ModelQuantizer;
-import org.loramerge.quant.Nf4Codec;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
@@ -31,7 +21,8 @@ final class QuantizeCommand implements Callable<Integer> {
     @Option(names = "--base", required = true, paramLabel = "MODEL_DIR", description = "16-bit model folder (config.json + model.safetensors or shards)")
     Path base;
 
-    @Option(names = "--out", required = true, paramLabel = "OUT_DIR", description = "folder to create for the 4-bit model")
+    @Option(names = "--out", required = true, paramLabel = "OUT_DIR",
+            description = "folder to create for the 4-bit model (missing parent folders are created); checked before anything else")
     Path out;
 
     @Option(names = "--double-quant", description = "double-quantize the absmax values to 8 bits (bnb_4bit_use_double_quant, QLoRA's default)")
@@ -48,7 +39,7 @@ final class QuantizeCommand implements Callable<Integer> {
     @Option(names = "--overwrite", description = "replace OUT_DIR if it exists (only once the new model is complete)")
     boolean overwrite;
 
-    @Option(names = "--json", description = "print a JSON summary on stdout")
+    @Option(names = "--json", description = "print the summary as JSON on stdout (snake_case keys; a failure prints {\"error\": ...})")
     boolean json;
 
     @Option(names = "--quiet", description = "no progress lines")
@@ -59,47 +50,29 @@ final class QuantizeCommand implements Callable<Integer> {
 
     @Override
     public Integer call() throws Exception {
-        if (!Nf4Codec.isValidBlocksize(blocksize)) {
-            throw new UsageException("--blocksize " + blocksize + ": expected a power of two from 32 to 4096 (bitsandbytes' default is 64)");
-        }
-        FourBitCode code;
-        switch (quantType.toLowerCase(Locale.ROOT)) {
-            case "nf4": code = FourBitCode.NF4; break;
-            case "fp4": code = FourBitCode.FP4; break;
-            default: throw new UsageException("--quant-type " + quantType + ": expected nf4 or fp4");
-        }
-        ModelQuantizer.Options options = new ModelQuantizer.Options(code, blocksize, doubleQuant);
         PrintStream err = System.err;
-        ModelQuantizer.Report report;
-        try (Checkpoint ckpt = MergeCommand.openBase(base, inputs.followSymlinks);
-             AtomicOutput output = AtomicOutput.create(out, overwrite, List.of(base))) {
-            report = QuantizeRunner.run(ckpt, output, options, line -> {
-                if (!quiet) {
-                    err.println(line);
-                }
-            });
-        }
+        QuantizeResult r = LoraMerge.quantize(base, out, QuantizeOptions.defaults().withQuantType(quantType).withBlocksize(blocksize).withDoubleQuant(doubleQuant)
+                .withOverwrite(overwrite).withLog(quiet ? null : err).withFollowSymlinks(inputs.followSymlinks));
         if (json) {
-            ObjectMapper m = new ObjectMapper().enable(SerializationFeature.INDENT_OUTPUT);
-            m.setVisibility(PropertyAccessor.FIELD, JsonAutoDetect.Visibility.PUBLIC_ONLY);
-            System.out.println(m.writeValueAsString(report));
+            CliJson.print(System.out, r, false);
         }
         if (!quiet) {
-            print(report, err);
+            print(r, err);
         }
         return ExitCodes.OK;
     }
 
-    private static void print(ModelQuantizer.Report r, PrintStream err) throws IOException {
+    private static void print(QuantizeResult r, PrintStream err) {
         err.println(String.format(Locale.ROOT,
                 "loramerge: wrote %s: %d weights %s (blocksize %d%s, compute dtype %s), %d tensors copied, %s in %.1f s; "
                         + "worst |W - dequant| = %.4f x block absmax",
-                r.output, r.tensorsQuantized, r.quantType.toUpperCase(Locale.ROOT), r.blocksize, r.doubleQuant ? ", double-quantized absmax" : "", r.computeDtype,
-                r.tensorsCopied, Progress.bytes(r.bytesWritten), r.seconds, r.worstErrorOverAbsmax));
-        for (ModelQuantizer.Skipped s : r.skipped) {
+                r.output(), r.tensorsQuantized(), r.quantType().toUpperCase(Locale.ROOT), r.blocksize(),
+                r.doubleQuant() ? ", double-quantized absmax" : "", r.computeDtype(),
+                r.tensorsCopied(), Progress.bytes(r.bytesWritten()), r.seconds(), r.worstErrorOverAbsmax()));
+        for (QuantizeResult.Skipped s : r.skipped()) {
             err.println("note: kept " + s.name() + " unquantized: " + s.reason());
         }
-        for (String w : r.warnings) {
+        for (String w : r.warnings()) {
             err.println("warning: " + w);
         }
     }

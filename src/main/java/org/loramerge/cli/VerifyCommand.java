@@ -1,18 +1,14 @@
 package org.loramerge.cli;
 
-import com.fasterxml.jackson.databind.ObjectMapper;
-import com.fasterxml.jackson.databind.SerializationFeature;
+import java.io.PrintStream;
 import java.nio.file.Path;
 import java.util.Locale;
 import java.util.concurrent.Callable;
-import org.loramerge.adapter.LoraAdapter;
+import org.loramerge.api.LoraMerge;
+import org.loramerge.api.VerifyOptions;
+import org.loramerge.api.VerifyResult;
 import org.loramerge.errors.UsageException;
-import org.loramerge.format.Checkpoint;
-import org.loramerge.plan.MergePlan;
-import org.loramerge.plan.OutputTensor;
-import org.loramerge.plan.PlanOptions;
-import org.loramerge.plan.Planner;
-import org.loramerge.verify.Verifier;
+import org.loramerge.verify.Tolerance;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
@@ -20,7 +16,8 @@ import picocli.CommandLine.Option;
 @Command(name = "verify", mixinStandardHelpOptions = true, sortOptions = false,
         description = {"Checks a merged model against base + adapter: every tensor there with the right shape, every unchanged tensor "
                 + "compared completely (byte-equal), and sampled rows (or all rows) of every adapted tensor recomputed exactly, reporting "
-                + "the worst error in ulp, NaN/Inf, and adapter changes that are missing. Works on any merged checkpoint, e.g. PEFT's."})
+                + "the worst error in ulp, NaN/Inf, and adapter changes that are missing. Works on any merged checkpoint, e.g. PEFT's. "
+                + "The report goes to stdout and says which tolerance ran."})
 final class VerifyCommand implements Callable<Integer> {
     @Option(names = "--base", required = true, paramLabel = "MODEL_DIR", description = "base model folder")
     Path base;
@@ -39,11 +36,18 @@ final class VerifyCommand implements Callable<Integer> {
             description = "rows recomputed per adapted tensor: a sample of N (default: 16), or all; unchanged tensors are always compared completely")
     String rows;
 
+    @Option(names = "--tolerance", defaultValue = "ulp", paramLabel = "ulp|fp32-accumulation",
+            description = "what counts as correct. ulp (default): within --max-ulp of the correctly rounded merge (strict; loramerge's "
+                    + "own output has 0). fp32-accumulation: within the error bound of a merge computed in fp32, element by element "
+                    + "from |W| and Σ|s·U·V| (docs/FORMATS.md §10): use it for PEFT's or any other tool's output, whose F32 merges are "
+                    + "many ulps from exact and still correct; a wrong scale, a missing or doubled term still fails")
+    String tolerance;
+
     @Option(names = "--max-ulp", defaultValue = "1", paramLabel = "ULP",
-            description = "largest error accepted, in units in the last place of the merged dtype (default: 1; loramerge's own output has 0)")
+            description = "with --tolerance ulp: largest error accepted, in units in the last place of the merged dtype (default: 1)")
     double maxUlp;
 
-    @Option(names = "--json", description = "print the findings as JSON on stdout")
+    @Option(names = "--json", description = "print the report as JSON on stdout instead of text (snake_case keys)")
     boolean json;
 
     @Mixin
@@ -51,28 +55,39 @@ final class VerifyCommand implements Callable<Integer> {
 
     @Override
     public Integer call() throws Exception {
-        try (Checkpoint b = MergeCommand.openBase(base, inputs.followSymlinks); LoraAdapter a = MergeCommand.openAdapter(adapter, inputs.followSymlinks);
-             Checkpoint m = MergeCommand.openModel("--merged", merged, inputs.followSymlinks)) {
-            MergePlan plan = Planner.plan(b, a, new PlanOptions(null, PlanOptions.DEFAULT_MAX_SHARD_SIZE, MergeCommand.parseTarget(to)));
-            Verifier.Result result = Verifier.verify(plan, m, parseRows("--rows", rows), maxUlp);
-            if (json) {
-                ObjectMapper om = new ObjectMapper().enable(SerializationFeature.INDENT_OUTPUT);
-                System.out.println(om.writeValueAsString(result));
-            }
-            long adapted = result.tensors().stream().filter(t -> t.kind() != OutputTensor.Kind.COPY).count();
-            System.err.println(String.format(Locale.ROOT, "verify: %d tensors checked (%d adapted), worst error %.3g ulp, %s",
-                    result.tensors().size(), adapted, result.worstUlp(), result.passed() ? "PASSED" : "FAILED"));
-            for (String p : result.problems()) {
-                System.err.println("  - " + p);
-            }
-            return result.passed() ? ExitCodes.OK : ExitCodes.VERIFY_FAILED;
+        Tolerance t;
+        switch (tolerance.toLowerCase(Locale.ROOT)) {
+            case "ulp": t = Tolerance.ulp(maxUlp); break;
+            case "fp32-accumulation": case "fp32": t = Tolerance.fp32Accumulation(); break;
+            default: throw new UsageException("--tolerance " + tolerance + ": expected ulp or fp32-accumulation");
         }
+        VerifyResult r = LoraMerge.verify(base, adapter, merged, VerifyOptions.defaults().withRows(parseRows("--rows", rows)).withTolerance(t)
+                .withTo(to).withFollowSymlinks(inputs.followSymlinks));
+        PrintStream out = System.out;
+        if (json) {
+            CliJson.print(out, r, false);
+        } else {
+            String rowsChecked = r.rows() == VerifyOptions.ALL_ROWS ? "every row" : r.rows() + " rows sampled each";
+            out.println(String.format(Locale.ROOT, "verify: %s: %d tensors checked (%d adapted, %s; unchanged ones completely), worst error %s ulp%s",
+                    r.passed() ? "PASSED" : "FAILED", r.tensorsChecked(), r.adaptedTensors(), rowsChecked, ulps(r.worstUlp()),
+                    r.worstBoundShare() == null ? "" : String.format(Locale.ROOT, " (%.3g of the fp32-accumulation bound)", r.worstBoundShare())));
+            out.println("tolerance: " + r.toleranceDetail());
+            for (String p : r.problems()) {
+                out.println("  - " + p);
+            }
+            out.flush();
+        }
+        return r.passed() ? ExitCodes.OK : ExitCodes.VERIFY_FAILED;
+    }
+
+    private static String ulps(double v) {
+        return v == Math.rint(v) && !Double.isInfinite(v) ? Long.toString((long) v) : String.format(Locale.ROOT, "%.3g", v);
     }
 
     /** {@code all} (every row) or a positive row count. */
     static int parseRows(String option, String value) throws UsageException {
         if (value.equalsIgnoreCase("all")) {
-            return Verifier.ALL_ROWS;
+            return VerifyOptions.ALL_ROWS;
         }
         try {
             int n = Integer.parseInt(value.trim());

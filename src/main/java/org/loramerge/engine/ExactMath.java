@@ -2,6 +2,7 @@ package org.loramerge.engine;
 
 import java.io.IOException;
 import java.io.UncheckedIOException;
+import java.lang.ref.WeakReference;
 import java.math.BigDecimal;
 import java.math.MathContext;
 import org.loramerge.format.FloatFormat;
@@ -40,13 +41,19 @@ public final class ExactMath {
 
     /**
      * Rounds merged elements exactly, the cheap way when it can: a plain merge (no DoRA) is an
-     * exact sum of doubles for F32/F16/BF16 inputs, decided by {@link Expansion}; DoRA's square
-     * root and quotient, and inputs outside the range where products are exact, take the decimal
-     * path ({@link #merged}, {@link #round(BigDecimal, FloatFormat)}). One per thread.
+     * exact sum of doubles for F32/F16/BF16 inputs, decided by {@link Expansion}; so is a dense
+     * combination's W + Δ, Δ being the float64 delta {@link DenseCombination} defines (two
+     * doubles). DoRA's square root and quotient, and inputs outside the range where products are
+     * exact, take the decimal path ({@link #merged}, {@link #round(BigDecimal, FloatFormat)}). One
+     * per thread.
      */
     public static final class Rounder {
         private final Expansion x = new Expansion();
         private boolean decimal;
+        /** The dense combination whose Δ of one row is kept for the next element of that row (weakly: a finished tensor's factors go). */
+        private WeakReference<DenseCombination> deltaOf = new WeakReference<>(null);
+        private long deltaRow = -1;
+        private double[] delta = new double[0];
 
         /** Element (row, col) of {@code job}, whose source row is {@code sourceRow}, rounded once to {@code out}. */
         public double round(TensorJob job, double[] sourceRow, long row, int col, FloatFormat out) {
@@ -63,12 +70,22 @@ public final class ExactMath {
             return decimal;
         }
 
-        /** W + Σ s·U_i·V_j into the expansion; false when the doubles cannot hold it exactly. */
+        /**
+         * W + Σ s·U_i·V_j, or a dense combination's W + Δ, into the expansion; false when the
+         * doubles cannot hold it exactly.
+         */
         private boolean sum(TensorJob job, double w, long row, int col) {
             x.clear();
             x.add(w);
-            int i = Math.toIntExact(row);
+            if (job.dense() != null) {
+                x.add(denseDelta(job.dense(), row, col)); // Δ is a float64 by definition: W + Δ is exact as two addends
+                return x.isExact();
+            }
             for (LowRankTerm t : job.terms()) {
+                int i = t.localRow(row);
+                if (i < 0) {
+                    continue;
+                }
                 int r = t.rank();
                 int n = t.cols();
                 double[] u = t.u();
@@ -80,13 +97,35 @@ public final class ExactMath {
             }
             return x.isExact();
         }
+
+        /** Δ of element (row, col), from the row's Δ ({@link DenseCombination#deltaRow}: ties are ranked along the row). */
+        private double denseDelta(DenseCombination dense, long row, int col) {
+            if (dense != deltaOf.get() || row != deltaRow) {
+                if (delta.length < dense.cols()) {
+                    delta = new double[dense.cols()];
+                }
+                dense.deltaRow(row, delta);
+                deltaOf = new WeakReference<>(dense);
+                deltaRow = row;
+            }
+            return delta[col];
+        }
     }
 
-    /** The exact W + Σ s·U_i·V_j for element (row, col) of a job whose source value there is {@code w}. */
+    /**
+     * The exact W + Σ s·U_i·V_j for element (row, col) of a job whose source value there is {@code w};
+     * for a dense combination, W + Δ with Δ its float64 delta ({@link DenseCombination}).
+     */
     public static BigDecimal plain(TensorJob job, double w, long row, int col) {
         BigDecimal x = new BigDecimal(w);
-        int i = Math.toIntExact(row);
+        if (job.dense() != null) {
+            return x.add(new BigDecimal(job.dense().deltaAt(row, col))); // W + Δ, Δ defined in float64
+        }
         for (LowRankTerm t : job.terms()) {
+            int i = t.localRow(row);
+            if (i < 0) {
+                continue;
+            }
             int r = t.rank();
             int n = t.cols();
             double[] u = t.u();

@@ -22,6 +22,9 @@ public interface Requantization extends AutoCloseable {
     /** Working memory per element of a row block, by which the pipeline sizes its blocks. */
     int workingBytesPerElement();
 
+    /** Where, in the codes tensor, the codes {@link #mergeRows} returns for a range from {@code firstElement} start. */
+    long codesOffset(long firstElement);
+
     /**
      * Merges rows {@code [row0, row0 + rowCount)} (they cover whole quantization blocks, or run to
      * the end of the weight) and requantizes them; {@code src} holds those rows of the source in

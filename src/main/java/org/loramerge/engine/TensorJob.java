@@ -10,6 +10,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
 import org.loramerge.format.FloatFormat;
+import org.loramerge.plan.CombinedUpdate;
 import org.loramerge.plan.DoraSpec;
 import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.TensorSource;
@@ -37,25 +38,44 @@ public final class TensorJob {
     private double[] colFactor;
     private double[] colRel;
     private final Map<Integer, BigDecimal> exactFactors = new ConcurrentHashMap<>();
+    private final DenseCombination dense;
 
     private TensorJob(OutputTensor out, List<LowRankTerm> terms, double[] magnitude, Map<Long, Integer> tokenRowOf,
-                      double[] tokenValues) {
+                      double[] tokenValues, DenseCombination dense) {
         this.out = out;
         this.src = out.source().dtype().isMergeable() ? FloatFormat.of(out.source().dtype()) : null;
         this.dst = out.dtype().isMergeable() ? FloatFormat.of(out.dtype()) : null;
         this.cols = Math.toIntExact(out.cols());
         this.terms = Collections.unmodifiableList(terms);
-        int rankSum = 0;
-        for (LowRankTerm t : terms) {
-            rankSum += t.rank();
-        }
         // error of an fp64 merge: at most 2 roundings per rank step (multiply, add; or one FMA),
         // the scale product and the final add, bounded by (2r + 2)·u·(Σ|s U V| + |v|); 4(r + 4)·u leaves margin
-        this.boundK = 4.0 * (rankSum + 4) * U;
+        this.boundK = 4.0 * (rankPerRow(terms) + 4) * U;
         this.doraAxis = out.dora() == null ? null : out.dora().axis();
         this.magnitude = magnitude;
         this.tokenRowOf = tokenRowOf;
         this.tokenValues = tokenValues;
+        this.dense = dense;
+        if (dense != null && (!terms.isEmpty() || doraAxis != null || tokenRowOf != null)) {
+            throw new IllegalArgumentException(out.name() + ": a dense combination is the tensor's only update");
+        }
+    }
+
+    /**
+     * The largest sum of ranks over the terms that cover one row: every term's rank when all cover
+     * every row; for an MoE expert stack, whose terms each cover one expert's rows, one expert's.
+     */
+    private static int rankPerRow(List<LowRankTerm> terms) {
+        int most = 0;
+        for (LowRankTerm start : terms) {
+            int sum = 0;
+            for (LowRankTerm t : terms) {
+                if (t.localRow(start.row0()) >= 0) {
+                    sum += t.rank();
+                }
+            }
+            most = Math.max(most, sum);
+        }
+        return most;
     }
 
     /** Loads what {@code out} needs. Factors of one tensor are held at a time, so memory follows the largest tensor's adapter, not the model. */
@@ -63,6 +83,24 @@ public final class TensorJob {
         List<LowRankTerm> terms = new ArrayList<>();
         for (TermSpec t : out.terms()) {
             terms.add(LowRankTerm.load(t, out.rows(), out.cols()));
+        }
+        DenseCombination dense = null;
+        CombinedUpdate combined = out.combined();
+        if (combined != null) {
+            switch (combined.how().method().operand()) {
+                case FACTORS:
+                case SVD: {
+                    // one low-rank term with scale 1, its factors combined in float64 (FactorCombination)
+                    FactorCombination.Factors f = FactorCombination.combine(combined);
+                    double[][] uv = TermSpec.uv(combined.layout(), f.rank(), f.a(), f.b(), out.rows(), out.cols());
+                    terms.add(new LowRankTerm(combined.module(), 1.0, f.rank(), Math.toIntExact(out.rows()), Math.toIntExact(out.cols()),
+                            uv[0], uv[1]));
+                    break;
+                }
+                case DELTAS:
+                    dense = DenseCombination.load(combined, out.rows(), out.cols());
+                    break;
+            }
         }
         double[] magnitude = out.dora() == null ? null : out.dora().magnitude().readDoubles();
         Map<Long, Integer> rowOf = null;
@@ -75,7 +113,7 @@ public final class TensorJob {
             }
             values = out.tokenRows().values().readDoubles();
         }
-        return new TensorJob(out, terms, magnitude, rowOf, values);
+        return new TensorJob(out, terms, magnitude, rowOf, values, dense);
     }
 
     public OutputTensor out() {
@@ -100,6 +138,16 @@ public final class TensorJob {
 
     public List<LowRankTerm> terms() {
         return terms;
+    }
+
+    /** The task-arithmetic combination that is this tensor's update (docs/FORMATS.md §8), or null. */
+    public DenseCombination dense() {
+        return dense;
+    }
+
+    /** True while a magnitude selection must pass over the rows before any row can be merged. */
+    public boolean needsSelection() {
+        return dense != null && dense.needsSelection();
     }
 
     /** The error bound constant K of e = K·(|v| + 2·Σ|s|·‖U_i‖·‖V_j‖). */

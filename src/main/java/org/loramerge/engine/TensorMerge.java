@@ -23,6 +23,20 @@ public interface TensorMerge extends AutoCloseable {
     void columnSums(long row0, int rowCount, ByteBuffer values, double[] sumSq, double[] sumErr) throws Exception;
 
     /**
+     * One pass of the magnitude selection of a combination ({@link TensorJob#needsSelection()}):
+     * counts rows {@code [row0, row0 + rowCount)} into the job's selections
+     * ({@link DenseCombination#countRows}); the pipeline ends the pass when every block is counted.
+     */
+    void countSelection(long row0, int rowCount) throws Exception;
+
+    /**
+     * Called once every block of a selection pass was counted, before the pass is finished: an
+     * engine that counts on its own device adds its counts to the job's selections here.
+     */
+    default void finishSelectionPass() throws Exception {
+    }
+
+    /**
      * Merges rows {@code [row0, row0 + rowCount)}: {@code src} holds those rows of the source in
      * the {@link #input} form, {@code dst} receives them in the output dtype, from position 0.
      */

@@ -1,5 +1,7 @@
 package org.loramerge.errors;
 
+import java.nio.file.Path;
+
 /**
  * A failure the user can act on: its message says what went wrong, where, and what to do next,
  * and its {@link #exitCode()} says which kind it is. The command line prints the message alone,
@@ -20,4 +22,9 @@ public abstract class UserException extends Exception {
 
     /** The kind of failure, and so the exit status. */
     public abstract ExitCode exitCode();
+
+    /** The file or folder the failure is about, when one is known (the {@code file} of a {@code --json} error); else null. */
+    public Path file() {
+        return null;
+    }
 }

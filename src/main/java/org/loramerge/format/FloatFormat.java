@@ -61,6 +61,11 @@ public enum FloatFormat {
         return dtype;
     }
 
+    /** Significand bits, the hidden bit included (24 for F32, 11 for F16, 8 for BF16). */
+    public int precision() {
+        return precision;
+    }
+
     public int sizeInBytes() {
         return dtype.sizeInBytes();
     }

@@ -91,6 +91,11 @@ public final class SafetensorsException extends UserException {
         return path;
     }
 
+    @Override
+    public Path file() {
+        return path;
+    }
+
     public String tensor() {
         return tensor;
     }

@@ -10,19 +10,25 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.Arrays;
+import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.atomic.AtomicLong;
 
 /**
- * Writes one safetensors file as a stream: every tensor's bytes in order, the header first (its
- * tensors, shapes and offsets are fixed up front). The header is padded with spaces to a multiple
- * of 8 bytes, as the reference writer does, so the data section starts aligned.
+ * Writes one safetensors file: the header first (its tensors, shapes and offsets are fixed up
+ * front), then the tensors' bytes, either appended in header order ({@link #write}) or placed at
+ * their offsets by any number of threads at once ({@link #writeAt}); the file is sized up front, so
+ * such writes never extend it and need no lock. The header is padded with spaces to a multiple of
+ * 8 bytes, as the reference writer does, so the data section starts aligned. {@link #finish}
+ * checks that every declared byte was written.
  *
  * <p>A tensor whose length is known only after the others are written (a quant state holding a
  * mean of the whole weight, see {@link Entry#late}) is declared late: 1-D, at most a maximum
  * length. Late tensors are placed after every other tensor of the data section, in their declared
- * order, and their bytes, given at any time ({@link #writeLate}), are appended by {@link #finish};
+ * order, and their bytes, given at any time and from any thread ({@link #writeLate}), are appended
+ * by {@link #finish} (the file is sized up front to the fixed tensors only);
  * the header is written last. Its length is reserved up front for the longest it can be (every
  * late tensor at its maximum), so every other tensor's offset is fixed from the start, and the
  * final header is padded with trailing spaces to that length (JSON whitespace, which safetensors
@@ -58,13 +64,17 @@ public final class SafetensorsWriter implements AutoCloseable {
     private final Map<String, String> metadata;
     private final long dataStart;
     private final long fixedEnd;
+    /** Where each fixed tensor's bytes start, relative to the data section. */
+    private final Map<String, Long> offsets;
+    /** Bytes of fixed tensors written so far, by any thread. */
+    private final AtomicLong written = new AtomicLong();
     /** The given bytes of each late tensor, by name, in declared order (null until given). */
     private final Map<String, ByteBuffer> late = new LinkedHashMap<>();
     private long position;
     private boolean closed;
 
     private SafetensorsWriter(Path path, FileChannel channel, List<Entry> entries, Map<String, String> metadata, long dataStart,
-                              long fixedSize) {
+                              long fixedSize, Map<String, Long> offsets) {
         this.path = path;
         this.channel = channel;
         this.entries = List.copyOf(entries);
@@ -72,6 +82,7 @@ public final class SafetensorsWriter implements AutoCloseable {
         this.dataStart = dataStart;
         this.fixedEnd = dataStart + fixedSize;
         this.position = dataStart;
+        this.offsets = offsets;
         for (Entry e : entries) {
             if (e.late()) {
                 late.put(e.name(), null);
@@ -141,23 +152,31 @@ public final class SafetensorsWriter implements AutoCloseable {
         byte[] header = header(entries, metadata);
         boolean anyLate = false;
         long fixed = 0;
+        Map<String, Long> offsets = new HashMap<>();
         for (Entry e : entries) {
             if (e.late() && (e.shape().length != 1 || e.dtype().bits() % 8 != 0)) {
                 throw new IllegalArgumentException(e.name() + ": a late tensor is 1-D, of a whole-byte dtype");
             }
             anyLate |= e.late();
-            fixed += e.late() ? 0 : e.sizeInBytes();
+            if (!e.late()) {
+                offsets.put(e.name(), fixed);
+                fixed += e.sizeInBytes();
+            }
         }
         FileChannel ch = FileChannel.open(path, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE);
         try {
             if (!anyLate) {
                 writeFully(ch, ByteBuffer.wrap(header), 0);
             }
+            if (fixed > 0) {
+                // the fixed tensors' final extent, so positional writes never grow the file
+                ch.write(ByteBuffer.wrap(new byte[1]), header.length + fixed - 1);
+            }
         } catch (IOException e) {
             ch.close();
             throw e;
         }
-        return new SafetensorsWriter(path, ch, entries, Map.copyOf(metadata), header.length, fixed);
+        return new SafetensorsWriter(path, ch, entries, Map.copyOf(metadata), header.length, fixed, offsets);
     }
 
     private static void writeFully(FileChannel ch, ByteBuffer b, long at) throws IOException {
@@ -167,22 +186,44 @@ public final class SafetensorsWriter implements AutoCloseable {
         }
     }
 
-    /** Appends bytes of the (not late) tensor being written. */
+    /** Where (not late) tensor {@code name}'s bytes start, relative to the data section. */
+    public long offsetOf(String name) {
+        Long o = offsets.get(name);
+        if (o == null) {
+            throw new IllegalArgumentException(path + " declares no tensor " + name + " at a fixed offset");
+        }
+        return o;
+    }
+
+    /** Appends bytes of the (not late) tensor being written (one thread). */
     public void write(ByteBuffer src) throws IOException {
-        int n = src.remaining();
-        if (position + n > fixedEnd) {
+        long n = src.remaining();
+        writeAt(position - dataStart, src);
+        position += n;
+    }
+
+    /**
+     * Writes {@code src}'s remaining bytes at {@code offset} of the data section, within the fixed
+     * (not late) tensors. Safe to call from several threads at once for disjoint ranges.
+     */
+    public void writeAt(long offset, ByteBuffer src) throws IOException {
+        long n = src.remaining();
+        long at = dataStart + offset;
+        if (offset < 0 || at + n > fixedEnd) {
             throw new IllegalStateException(path + ": writing past the declared tensors");
         }
-        while (src.hasRemaining()) {
-            position += channel.write(src, position);
+        long done = 0;
+        while (done < n) {
+            done += channel.write(src, at + done);
         }
+        written.addAndGet(n);
     }
 
     /**
      * The bytes of late tensor {@code name} (its remaining bytes, copied): at most its declared
      * maximum, a whole number of elements. May come before or after the other tensors' bytes.
      */
-    public void writeLate(String name, ByteBuffer bytes) {
+    public synchronized void writeLate(String name, ByteBuffer bytes) {
         if (!late.containsKey(name)) {
             throw new IllegalArgumentException(path + ": " + name + " is not a late tensor of this file");
         }
@@ -214,6 +255,7 @@ public final class SafetensorsWriter implements AutoCloseable {
             done += n;
         }
         position += length;
+        written.addAndGet(length);
     }
 
     public long position() {
@@ -240,10 +282,12 @@ public final class SafetensorsWriter implements AutoCloseable {
      * Checks that every declared byte was written, appends the late tensors and writes the header
      * when there are any, and forces the file to disk. Returns the bytes of tensor data in the file.
      */
-    public long finish() throws IOException {
-        if (position != fixedEnd) {
-            throw new IllegalStateException(path + ": " + (fixedEnd - position) + " bytes of tensor data were not written");
+    public synchronized long finish() throws IOException {
+        long missing = fixedEnd - dataStart - written.get();
+        if (missing != 0) {
+            throw new IllegalStateException(path + ": " + missing + " bytes of tensor data were not written");
         }
+        position = fixedEnd;
         if (!late.isEmpty()) {
             for (Map.Entry<String, ByteBuffer> e : late.entrySet()) {
                 if (e.getValue() == null) {

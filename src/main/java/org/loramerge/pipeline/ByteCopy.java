@@ -1,9 +1,16 @@
 package org.loramerge.pipeline;
 
+import java.util.concurrent.Future;
+import org.loramerge.format.MappedRegion;
 import org.loramerge.format.SafetensorsFile;
+import org.loramerge.format.TensorInfo;
 import org.loramerge.plan.OutputTensor;
 
-/** {@link OutputTensor.Route#BYTE_COPY}: the source's bytes copied file to file, without passing through the Java heap. */
+/**
+ * {@link OutputTensor.Route#BYTE_COPY}: the source's bytes copied file to file in chunks, each by a
+ * worker from the memory-mapped source straight to its place in the shard, never through the Java
+ * heap.
+ */
 final class ByteCopy implements TensorStrategy {
     static final ByteCopy INSTANCE = new ByteCopy();
     /** Bytes per copy step, so that progress moves and other work interleaves. */
@@ -15,13 +22,20 @@ final class ByteCopy implements TensorStrategy {
     @Override
     public void schedule(OutputTensor t, MergeContext ctx) throws Exception {
         SafetensorsFile file = t.source().file();
-        long start = t.source().info().dataStart();
+        TensorInfo info = t.source().info();
         long size = t.sizeInBytes();
         CheckpointWriter.Shard shard = ctx.shard;
+        long tensorOffset = shard.offsetOf(t.name());
         for (long off = 0; off < size; off += CHUNK) {
             long o = off;
             long n = Math.min(CHUNK, size - off);
-            ctx.executor.then(() -> shard.transferFrom(file.channel(), start + o, n));
+            Future<Long> f = ctx.executor.submit(() -> {
+                try (MappedRegion r = file.map(info, o, n)) {
+                    shard.writeAt(tensorOffset + o, r.bytes());
+                }
+                return n;
+            });
+            ctx.executor.then(() -> shard.written(BlockExecutor.get(f)));
         }
         ctx.executor.then(ctx.progress::tensorDone);
     }

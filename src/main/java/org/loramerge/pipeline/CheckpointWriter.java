@@ -22,7 +22,8 @@ import org.loramerge.format.ShardIndex;
 /**
  * Writes a Hugging Face model folder into an {@link AtomicOutput}: safetensors shards one after
  * the other ({@link #openShard}), then the shard index when there is more than one, config.json,
- * the files carried over from the base, and the commit that makes it all appear at once. Every
+ * the files carried over (the base's, and tokenizer files of the adapter folder), the model card
+ * of a merge, and the commit that makes it all appear at once. Every
  * command that writes a model (merge, quantize) goes through it, so they write the same layout.
  */
 public final class CheckpointWriter implements AutoCloseable {
@@ -76,12 +77,20 @@ public final class CheckpointWriter implements AutoCloseable {
         Files.write(out.dir().resolve(ShardIndex.FILE_NAME), ShardIndex.toJson(weightMap, tensorBytes));
     }
 
-    /** Writes config.json. */
+    /**
+     * Writes config.json as transformers' save_pretrained does ({@link Json#python}), so that it
+     * differs from a base written by transformers only in the keys the merge or quantization changed.
+     */
     public void writeConfig(ObjectNode config) throws IOException {
-        Files.write(out.dir().resolve("config.json"), Json.pretty(config).getBytes(StandardCharsets.UTF_8));
+        writeText("config.json", Json.python(config));
     }
 
-    /** Copies files of the base (tokenizer, generation config, ...) as they are; returns their names. */
+    /** Writes a UTF-8 text file (the model card). */
+    public void writeText(String fileName, String text) throws IOException {
+        Files.write(out.dir().resolve(fileName), text.getBytes(StandardCharsets.UTF_8));
+    }
+
+    /** Copies non-weight files (tokenizer, generation config, license, ...) as they are; returns their names. */
     public List<String> carry(List<Path> files) throws IOException {
         List<String> names = new ArrayList<>();
         for (Path p : files) {
@@ -107,9 +116,12 @@ public final class CheckpointWriter implements AutoCloseable {
     }
 
     /**
-     * One shard being written: tensor bytes appended in header order, from one thread, late
-     * tensors ({@link SafetensorsWriter.Entry#late}) whenever they are known. Every
-     * {@link #FLUSH_EVERY} bytes the disk is started on what is written while the work goes on.
+     * One shard being written. Tensor bytes are either appended in header order from the writing
+     * thread ({@link #write}, {@link #transferFrom}) or placed at their offsets by worker threads
+     * ({@link #writeAt}), which then report them from the writing thread ({@link #written}) for
+     * progress; late tensors ({@link SafetensorsWriter.Entry#late}) are given whenever they are
+     * known ({@link #writeLate}). Every {@link #FLUSH_EVERY} bytes the disk is started on what is
+     * written while the work goes on.
      */
     public final class Shard implements AutoCloseable {
         private final SafetensorsWriter writer;
@@ -123,14 +135,19 @@ public final class CheckpointWriter implements AutoCloseable {
             tensorBytes += fixedBytes;
         }
 
-        /** Appends a block of the tensor being written. */
+        /** Where tensor {@code name}'s bytes start in the shard's data section. */
+        public long offsetOf(String name) {
+            return writer.offsetOf(name);
+        }
+
+        /** Appends a block of the tensor being written (writing thread). */
         public void write(ByteBuffer block) throws Exception {
             long n = block.remaining();
             writer.write(block);
             written(n);
         }
 
-        /** The bytes of late tensor {@code name}, written after the shard's other tensors. */
+        /** The bytes of late tensor {@code name}, written after the shard's other tensors (writing thread). */
         public void writeLate(String name, ByteBuffer bytes) throws Exception {
             long n = bytes.remaining();
             writer.writeLate(name, bytes);
@@ -138,8 +155,8 @@ public final class CheckpointWriter implements AutoCloseable {
         }
 
         /**
-         * Writes the tensors of a group after its first one: {@code bytes.get(i)} is the content of
-         * {@code entries.get(i)}, each appended or, for a late entry, given as such.
+         * Writes the tensors of a group after its first one (writing thread): {@code bytes.get(i)} is
+         * the content of {@code entries.get(i)}, each appended or, for a late entry, given as such.
          */
         public void writeTail(List<SafetensorsWriter.Entry> entries, List<ByteBuffer> bytes) throws Exception {
             if (entries.size() != bytes.size()) {
@@ -154,13 +171,19 @@ public final class CheckpointWriter implements AutoCloseable {
             }
         }
 
-        /** Appends {@code length} bytes of another file, without copying them through the heap. */
+        /** Appends {@code length} bytes of another file, without copying them through the heap (writing thread). */
         public void transferFrom(FileChannel source, long position, long length) throws Exception {
             writer.transferFrom(source, position, length);
             written(length);
         }
 
-        private void written(long n) throws Exception {
+        /** Writes {@code block} at {@code offset} of the data section; any thread, disjoint ranges. Report it with {@link #written}. */
+        public void writeAt(long offset, ByteBuffer block) throws IOException {
+            writer.writeAt(offset, block);
+        }
+
+        /** Counts {@code n} bytes a worker wrote (writing thread): progress and the background flush. */
+        public void written(long n) throws Exception {
             progress.addBytes(n);
             unflushed += n;
             if (unflushed >= FLUSH_EVERY && (flushing == null || flushing.isDone())) {

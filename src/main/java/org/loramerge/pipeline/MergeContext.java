@@ -22,7 +22,7 @@ final class MergeContext {
     final BlockExecutor executor;
     final MergeRunner.Options options;
     final Progress progress;
-    /** Output blocks for dense tensors: one more than the executor's window, allocated by the backend (pinned on a GPU). */
+    /** Output blocks for dense tensors: one per worker and a spare, allocated by the backend (pinned on a GPU). */
     final BlockingQueue<ByteBuffer> buffers;
     /** Per written tensor, in plan order: what its merge found. */
     final Map<String, BlockStats> stats = new LinkedHashMap<>();
@@ -31,15 +31,43 @@ final class MergeContext {
     /** The shard the current tensors go into. */
     CheckpointWriter.Shard shard;
 
+    /** Why fewer threads run than the engine asked for, or null. */
+    final String threadNote;
+
     MergeContext(Backend backend, MergeRunner.Options options, Progress progress) {
         this.backend = backend;
         this.options = options;
         this.progress = progress;
-        this.executor = new BlockExecutor(backend.parallelism());
-        this.buffers = new ArrayBlockingQueue<>(executor.window() + 1);
-        for (int i = 0; i <= executor.window(); i++) {
+        int threads = threadsFor(backend.parallelism(), options.blockBytes(), Runtime.getRuntime().maxMemory());
+        this.threadNote = threads < backend.parallelism()
+                ? backend.parallelism() + " threads asked for, " + threads + " run: each holds about " + (MEMORY_PER_THREAD * options.blockBytes() >> 20)
+                        + " MiB of blocks and the JVM may use " + (Runtime.getRuntime().maxMemory() >> 20)
+                        + " MiB (raise it with LORAMERGE_JAVA_OPTS=-Xmx...)"
+                : null;
+        this.executor = new BlockExecutor(threads);
+        // a worker holds one output block from reading its rows to writing them: one each, and one spare
+        this.buffers = new ArrayBlockingQueue<>(threads + 1);
+        for (int i = 0; i <= threads; i++) {
             buffers.add(backend.allocateBlockBuffer(options.blockBytes()));
         }
+    }
+
+    /**
+     * Streaming blocks a worker thread may hold at once, with their working copies: its output
+     * block (off the heap), the source rows it decodes, and for a requantized weight the block's
+     * merged values and ΔW in doubles (8 bytes an element, so as much as the block again).
+     */
+    static final int MEMORY_PER_THREAD = 4;
+
+    /**
+     * The worker threads memory allows: as many as the engine asks for, but no more than fit in the
+     * JVM's memory ({@code maxMemory}, which also bounds direct buffers unless set apart) at
+     * {@link #MEMORY_PER_THREAD} blocks each; at least one. A machine with many cores and the
+     * launcher's heap cap merges with fewer threads instead of running out of memory.
+     */
+    static int threadsFor(int asked, int blockBytes, long maxMemory) {
+        long fit = maxMemory / ((long) MEMORY_PER_THREAD * blockBytes);
+        return (int) Math.max(1, Math.min(asked, fit));
     }
 
     /** A new record of what {@code t}'s merge finds. */

@@ -10,6 +10,7 @@ import org.loramerge.engine.BlockStats;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.SafetensorsException;
 import org.loramerge.format.SafetensorsWriter;
+import org.loramerge.plan.CarriedFiles;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.OutputTensor;
 import org.loramerge.verify.Verifier;
@@ -17,11 +18,12 @@ import org.loramerge.verify.Verifier;
 /**
  * Streams a {@link MergePlan} to disk: shard by shard, each output tensor is handed to the
  * {@link TensorStrategy} of its route, which cuts it into blocks computed by the backend on worker
- * threads and written in order by the calling thread ({@link BlockExecutor}), with a bounded number
- * of blocks in flight. Memory is bounded by (blocks in flight) x (block size) plus one tensor's
+ * threads, each written at its offset in the shard by the worker that made it, and completed in
+ * order by the calling thread ({@link BlockExecutor}: progress, errors), with a bounded number of
+ * blocks in flight. Memory is bounded by (blocks in flight) x (block size) plus one tensor's
  * adapter factors, whatever the model's size; a requantized weight adds its codes until it is
  * written. Then the index, config.json and the carried files, an optional verification of the
- * finished output, and the commit ({@link CheckpointWriter}).
+ * finished output, the model card ({@link ModelCard}), and the commit ({@link CheckpointWriter}).
  */
 public final class MergeRunner {
     /**
@@ -79,6 +81,9 @@ public final class MergeRunner {
             if (options.verifyRows() > 0) {
                 verify(plan, writer.dir(), options.verifyRows(), report);
             }
+            if (plan.provenance() != null) {
+                writer.writeText(CarriedFiles.MODEL_CARD, ModelCard.render(plan, options.verifyRows(), report.verifiedWorstUlp));
+            }
             written = writer.tensorBytes();
             writer.commit();
         } finally {
@@ -93,6 +98,9 @@ public final class MergeRunner {
         report.adapterKeys = plan.keyUse().size();
         report.warnings.addAll(plan.warnings());
         report.notes.addAll(plan.notes());
+        if (ctx.threadNote != null) {
+            report.notes.add(ctx.threadNote);
+        }
         for (OutputTensor t : plan.tensors()) {
             report.count(t.kind());
             BlockStats s = ctx.stats.get(t.name());

@@ -13,6 +13,7 @@ public final class Progress {
     private final boolean terminal;
     private final long totalBytes;
     private final int totalTensors;
+    private final String verb;
     private final long start = System.nanoTime();
     private long lastPrint = start; // the first line after one interval: short merges print none
     private long bytesDone;
@@ -20,6 +21,12 @@ public final class Progress {
     private boolean printed;
 
     public Progress(PrintStream err, boolean enabled, long totalBytes, int totalTensors) {
+        this(err, enabled, totalBytes, totalTensors, "merging");
+    }
+
+    /** A progress line that starts with {@code verb} ("merging", "extracting"). */
+    public Progress(PrintStream err, boolean enabled, long totalBytes, int totalTensors, String verb) {
+        this.verb = verb;
         this.err = err;
         this.enabled = enabled;
         this.terminal = System.console() != null;
@@ -60,7 +67,7 @@ public final class Progress {
         double secs = (now - start) / 1e9;
         double rate = secs > 0 ? bytesDone / secs : 0;
         String eta = rate > 0 ? String.format(Locale.ROOT, "%.0fs", (totalBytes - bytesDone) / rate) : "?";
-        return String.format(Locale.ROOT, "merging: %d/%d tensors, %s / %s, %s/s, ETA %s   ",
+        return String.format(Locale.ROOT, "%s: %d/%d tensors, %s / %s, %s/s, ETA %s   ", verb,
                 tensorsDone, totalTensors, bytes(bytesDone), bytes(totalBytes), bytes((long) rate), eta);
     }
 

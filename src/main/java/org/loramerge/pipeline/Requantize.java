@@ -19,10 +19,11 @@ import org.loramerge.quant.Requantizer;
  * {@link OutputTensor.Route#REQUANTIZE} ({@code merge --to nf4}): row blocks that hold whole
  * quantization blocks (a multiple of {@code blockElements / gcd(cols, blockElements)} rows), so no
  * quantization block straddles two workers, sized by the engine's working memory per element; each
- * block merged and requantized by the engine, its codes written in order. After the last block the
- * engine settles the scales, the rest of the group is written (a tensor known only then, such as a
- * quant state holding the weight's mean absmax, as a late tensor of the shard), and the survival
- * sums are added up in chunk order (the same figures whatever the thread count).
+ * block merged and requantized by the engine, its codes written at their offset in the shard by the
+ * worker, completions taken in order. After the last block the engine settles the scales, the rest
+ * of the group is written at its offsets (a tensor known only then, such as a quant state holding
+ * the weight's mean absmax, as a late tensor of the shard), and the survival sums are added up in
+ * chunk order (the same figures whatever the thread count).
  */
 final class Requantize implements TensorStrategy {
     static final Requantize INSTANCE = new Requantize();
@@ -41,23 +42,33 @@ final class Requantize implements TensorStrategy {
                 ColumnNorms.compute(ctx, job, columns, ctx.rowsPerBlock(t, rowBytes, rowBytes));
             }
         }
+        if (job.needsSelection()) {
+            long rowBytes = (long) cols * t.dtype().sizeInBytes();
+            try (TensorMerge selection = ctx.backend.openMerge(job)) {
+                MagnitudeSelection.compute(ctx, job, selection, ctx.rowsPerBlock(t, rowBytes, rowBytes));
+            }
+        }
         Requantization requant = ctx.backend.openRequantization(job);
         TensorSource.Form form = requant.input();
         CheckpointWriter.Shard shard = ctx.shard;
+        List<SafetensorsWriter.Entry> group = t.entries();
+        long codesOffset = shard.offsetOf(group.get(0).name());
         long rows = job.rows();
         long perBlock = rowsPerBlock(cols, requant.blockElements(), (long) cols * requant.workingBytesPerElement(), ctx.options.blockBytes());
         for (long r0 = 0; r0 < rows; r0 += perBlock) {
             long row0 = r0;
             int n = (int) Math.min(perBlock, rows - r0);
-            Future<ByteBuffer> f = ctx.executor.submit(() -> {
+            Future<Long> f = ctx.executor.submit(() -> {
                 try (TensorSource.Bytes src = t.source().readRows(form, row0, n, cols)) {
                     BlockStats s = new BlockStats();
                     ByteBuffer codes = requant.mergeRows(row0, n, src.bytes(), s);
                     stats.add(s);
-                    return codes;
+                    long bytes = codes.remaining();
+                    shard.writeAt(codesOffset + requant.codesOffset(row0 * cols), codes);
+                    return bytes;
                 }
             });
-            ctx.executor.then(() -> shard.write(BlockExecutor.get(f)));
+            ctx.executor.then(() -> shard.written(BlockExecutor.get(f)));
         }
         List<Future<Requantizer.Change>> measured = new ArrayList<>();
         ctx.executor.then(() -> {
@@ -68,8 +79,17 @@ final class Requantize implements TensorStrategy {
             } finally {
                 requant.close();
             }
-            List<SafetensorsWriter.Entry> group = t.quantizedOutput().entries(t.name());
-            shard.writeTail(group.subList(1, group.size()), r.tail());
+            for (int i = 0; i < r.tail().size(); i++) {
+                ByteBuffer b = r.tail().get(i);
+                SafetensorsWriter.Entry e = group.get(i + 1);
+                if (e.late()) {
+                    shard.writeLate(e.name(), b);
+                } else {
+                    long bytes = b.remaining();
+                    shard.writeAt(shard.offsetOf(e.name()), b);
+                    shard.written(bytes);
+                }
+            }
             ctx.progress.tensorDone();
             for (Callable<Requantizer.Change> m : r.measures()) {
                 measured.add(ctx.executor.submit(m));

@@ -12,7 +12,10 @@ import org.loramerge.plan.TensorSource;
  * {@link OutputTensor.Route#ROWS} and {@link OutputTensor.Route#ROWS_AFTER_COLUMN_NORMS}: the
  * tensor cut into row blocks of about a streaming block each; a worker reads a block's source
  * rows (in the form the engine asks for), has the engine merge them into one of the circulating
- * output buffers, and the writing thread writes the buffers in order.
+ * output buffers and writes it at its place in the shard, so reads, copies and writes run on every
+ * worker at once; the writing thread completes the blocks in order (progress, flush, errors). A
+ * combination that keeps the top D by magnitude first runs its selection passes
+ * ({@link MagnitudeSelection}).
  */
 final class RowMerge implements TensorStrategy {
     static final RowMerge INSTANCE = new RowMerge();
@@ -32,33 +35,30 @@ final class RowMerge implements TensorStrategy {
         if (t.route() == OutputTensor.Route.ROWS_AFTER_COLUMN_NORMS) {
             ColumnNorms.compute(ctx, job, merge, rowsPerBlock);
         }
+        if (job.needsSelection()) {
+            MagnitudeSelection.compute(ctx, job, merge, rowsPerBlock);
+        }
         TensorSource.Form form = merge.input();
         CheckpointWriter.Shard shard = ctx.shard;
+        long tensorOffset = shard.offsetOf(t.name());
         long rows = job.rows();
         for (long row0 = 0; row0 < rows; row0 += rowsPerBlock) {
             long r0 = row0;
             int n = (int) Math.min(rowsPerBlock, rows - row0);
-            Future<ByteBuffer> f = ctx.executor.submit(() -> {
+            Future<Long> f = ctx.executor.submit(() -> {
                 ByteBuffer dst = ctx.buffers.take();
                 try (TensorSource.Bytes src = t.source().readRows(form, r0, n, cols)) {
                     dst.clear();
                     merge.mergeRows(r0, n, src.bytes(), dst, stats);
                     dst.limit((int) (n * outRowBytes));
                     dst.position(0);
-                    return dst;
-                } catch (Exception e) {
-                    ctx.buffers.add(dst);
-                    throw e;
-                }
-            });
-            ctx.executor.then(() -> {
-                ByteBuffer b = BlockExecutor.get(f);
-                try {
-                    shard.write(b);
+                    shard.writeAt(tensorOffset + r0 * outRowBytes, dst);
+                    return n * outRowBytes;
                 } finally {
-                    ctx.buffers.add(b);
+                    ctx.buffers.add(dst);
                 }
             });
+            ctx.executor.then(() -> shard.written(BlockExecutor.get(f)));
         }
         ctx.executor.then(() -> {
             merge.close();

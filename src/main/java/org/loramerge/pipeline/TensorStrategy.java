@@ -4,7 +4,8 @@ import org.loramerge.plan.OutputTensor;
 
 /**
  * How one kind of output tensor is written: the work on its row blocks is submitted to the
- * executor and the writing of the results queued in order, into the current shard. One strategy
+ * executor, each worker stores its block at its own offset in the current shard, and the
+ * completions (progress, errors) are queued in order. One strategy
  * per {@link OutputTensor.Route}, which the plan chose.
  */
 interface TensorStrategy {

@@ -11,13 +11,15 @@ import java.util.Map;
  * @param tensors     output tensors in write order
  * @param shards      output files and the tensors each holds
  * @param config      the config.json to write, or null when the base has none
- * @param filesToCopy non-weight files of the base folder copied as they are
+ * @param filesToCopy non-weight files copied as they are: the base's, with tokenizer files of the adapter folder in
+ *                    their place ({@link CarriedFiles}); never the base's README.md (the merge writes a model card)
  * @param keyUse      every adapter key and the output tensor it went into
  * @param warnings    things the user should know that do not stop the merge
- * @param notes       decisions worth reporting (untied lm_head, resized vocabulary, ...)
+ * @param notes       decisions worth reporting (untied lm_head, resized vocabulary, tokenizer files taken, ...)
+ * @param provenance  the inputs, for the model card; null for a plan that writes none (unmerge)
  */
 public record MergePlan(List<OutputTensor> tensors, List<Shard> shards, ObjectNode config, List<Path> filesToCopy,
-                        Map<String, String> keyUse, List<String> warnings, List<String> notes) {
+                        Map<String, String> keyUse, List<String> warnings, List<String> notes, Provenance provenance) {
 
     /** One output file. */
     public record Shard(String fileName, List<OutputTensor> tensors) {

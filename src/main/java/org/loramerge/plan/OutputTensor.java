@@ -19,7 +19,7 @@ public final class OutputTensor {
         COPY,
         /** Only a dtype conversion (rounded once). */
         CONVERT,
-        /** A base tensor with LoRA terms, DoRA or token rows applied. */
+        /** A base tensor with LoRA terms, DoRA, token rows or a combination of adapters applied. */
         MERGE,
         /** Replaced by a tensor of the adapter (base_layer, modules_to_save, bias="all"), possibly with terms on top. */
         REPLACE,
@@ -40,21 +40,28 @@ public final class OutputTensor {
     }
 
     /**
-     * What the adapter applies to a tensor.
+     * What the adapter (or adapters) apply to a tensor.
      *
      * @param terms     low-rank updates, in adapter order
      * @param dora      DoRA's magnitude rescaling, or null
      * @param tokenRows rows replaced by trainable tokens, or null
+     * @param combined  several adapters' updates combined by a method other than an exact sum
+     *                  (docs/FORMATS.md §8), or null; applied after {@code terms}
      */
-    public record Update(List<TermSpec> terms, DoraSpec dora, TokenRows tokenRows) {
+    public record Update(List<TermSpec> terms, DoraSpec dora, TokenRows tokenRows, CombinedUpdate combined) {
         public static final Update NONE = new Update(List.of(), null, null);
 
         public Update {
             terms = List.copyOf(terms);
         }
 
+        /** An update of one adapter. */
+        public Update(List<TermSpec> terms, DoraSpec dora, TokenRows tokenRows) {
+            this(terms, dora, tokenRows, null);
+        }
+
         public boolean isEmpty() {
-            return terms.isEmpty() && dora == null && tokenRows == null;
+            return terms.isEmpty() && dora == null && tokenRows == null && combined == null;
         }
     }
 
@@ -67,9 +74,17 @@ public final class OutputTensor {
     private final String note;
     private final QuantizedOutput quantizedOutput;
     private final Route route;
+    /** Leading dimensions that make the rows of the matrix view: 1, or 2 for an expert stack [E, d1, d2] seen as [E·d1, d2]. */
+    private final int rowDims;
 
     private OutputTensor(String name, DType dtype, long[] shape, TensorSource source, Update update, Kind kind, String note,
                          QuantizedOutput quantizedOutput) {
+        this(name, dtype, shape, source, update, kind, note, quantizedOutput, 1);
+    }
+
+    private OutputTensor(String name, DType dtype, long[] shape, TensorSource source, Update update, Kind kind, String note,
+                         QuantizedOutput quantizedOutput, int rowDims) {
+        this.rowDims = rowDims;
         this.name = name;
         this.dtype = dtype;
         this.shape = shape.clone();
@@ -128,12 +143,25 @@ public final class OutputTensor {
 
     /** This tensor with a remark for the report (e.g. that lm_head was untied). */
     public OutputTensor withNote(String newNote) {
-        return new OutputTensor(name, dtype, shape, source, update, kind, newNote, quantizedOutput);
+        return new OutputTensor(name, dtype, shape, source, update, kind, newNote, quantizedOutput, rowDims);
     }
 
     /** This tensor as if written in {@code newDtype} (what {@code verify} expects of a file that holds another dtype). */
     public OutputTensor withDtype(DType newDtype) {
-        return new OutputTensor(name, newDtype, shape, source, update, kind, note, quantizedOutput);
+        return new OutputTensor(name, newDtype, shape, source, update, kind, note, quantizedOutput, rowDims);
+    }
+
+    /**
+     * This expert stack [E, d1, d2] (gpt-oss's fused experts) seen as the matrix [E·d1, d2]
+     * instead of [E, d1·d2]: the same bytes, cut into rows of one expert matrix row each, so an
+     * expert's low-rank term covers a range of rows (FORMATS.md §9) and a row stays far below a
+     * streaming block.
+     */
+    public OutputTensor asExpertRows() {
+        if (shape.length != 3 || quantizedOutput != null) {
+            throw new IllegalArgumentException(name + " " + TensorInfo.shapeString(shape) + " is not a dense expert stack [E, d1, d2]");
+        }
+        return new OutputTensor(name, dtype, shape, source, update, kind, note, null, 2);
     }
 
     public String name() {
@@ -170,6 +198,11 @@ public final class OutputTensor {
 
     public TokenRows tokenRows() {
         return update.tokenRows();
+    }
+
+    /** Several adapters' combined update, or null (see {@link Update#combined()}). */
+    public CombinedUpdate combined() {
+        return update.combined();
     }
 
     public Kind kind() {
@@ -216,15 +249,19 @@ public final class OutputTensor {
         return quantizedOutput == null ? List.of(new SafetensorsWriter.Entry(name, dtype, shape)) : quantizedOutput.entries(name);
     }
 
-    /** Rows of the matrix view [shape[0], rest]. */
+    /** Rows of the matrix view [shape[0], rest] (an expert stack's [shape[0]·shape[1], rest], {@link #asExpertRows}). */
     public long rows() {
-        return shape.length == 0 ? 1 : shape[0];
+        long n = 1;
+        for (int i = 0; i < Math.min(rowDims, shape.length); i++) {
+            n *= shape[i];
+        }
+        return n;
     }
 
-    /** Columns of the matrix view [shape[0], rest]. */
+    /** Columns of the matrix view. */
     public long cols() {
         long n = 1;
-        for (int i = 1; i < shape.length; i++) {
+        for (int i = rowDims; i < shape.length; i++) {
             n *= shape[i];
         }
         return n;

@@ -1,6 +1,7 @@
 package org.loramerge.plan;
 
 import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import java.io.IOException;
 import java.nio.file.Files;
@@ -8,7 +9,9 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collection;
+import java.util.Collections;
 import java.util.LinkedHashMap;
+import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
@@ -17,9 +20,11 @@ import org.loramerge.adapter.AdapterConfig;
 import org.loramerge.adapter.AdapterException;
 import org.loramerge.adapter.AdapterKey;
 import org.loramerge.adapter.LoraAdapter;
+import org.loramerge.errors.MessageGroups;
 import org.loramerge.errors.UsageException;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
+import org.loramerge.format.SafetensorsException;
 import org.loramerge.format.TensorInfo;
 import org.loramerge.quant.Bnb4BitConfig;
 import org.loramerge.quant.Nf4Output;
@@ -53,12 +58,23 @@ public final class Planner {
     private static final String LM_HEAD = "lm_head.weight";
 
     private final Checkpoint base;
-    private final LoraAdapter adapter;
-    private final AdapterConfig config;
+    private final List<LoraAdapter> adapters;
+    /** How the adapters combine (the SVD methods' rank resolved); null for the merge of one adapter. */
+    private Combination combination;
+    /** True when the combination is written as a new adapter ({@code combine}) rather than merged. */
+    private final boolean adapterOutput;
+    /** The adapter being planned, its position and its config. */
+    private LoraAdapter adapter;
+    private int adapterIndex;
+    private AdapterConfig config;
     private final PlanOptions options;
-    private final List<String> problems = new ArrayList<>();
+    /** Problems, grouped by kind so that one wrong adapter does not print a line per module. */
+    private final MessageGroups problems = new MessageGroups();
     private AdapterException.Reason firstReason;
+    private LoraAdapter firstProblemAdapter;
     private final List<String> warnings = new ArrayList<>();
+    /** Warnings that repeat per module, added to {@link #warnings} one line per kind at the end of planning. */
+    private final MessageGroups moduleWarnings = new MessageGroups();
     private final List<String> notes = new ArrayList<>();
     private final Map<String, String> keyUse = new LinkedHashMap<>();
     private QuantizedModel quant = QuantizedModel.none();
@@ -70,12 +86,16 @@ public final class Planner {
     private String kind;
     /** True when {@link #to} requantizes into another format than the base's (GPTQ or AWQ to NF4). */
     private boolean crossFormat;
-    /** The output tensor's name to the work the adapter asks on it, in adapter order. */
-    private final Map<String, Ops> ops = new LinkedHashMap<>();
+    /** The output tensor's name to the work the adapter (or the combination) asks on it, in adapter order. */
+    private Map<String, Ops> ops = new LinkedHashMap<>();
     /** Every base tensor's shape by name, as the adapter sees it (a quantized weight's own shape, a tied lm_head, replacements). */
     private final Map<String, long[]> shapes = new LinkedHashMap<>();
     private String embedName;
     private boolean tied;
+    /** The vocabulary size an adapter resized to, or null. */
+    private Long newVocab;
+    /** Where the checkpoint stores the parameters target_parameters adapts (MoE experts). */
+    private ExpertParameters experts;
 
     /** The work on one output tensor, gathered from the adapter keys. */
     private static final class Ops {
@@ -83,14 +103,19 @@ public final class Planner {
         final List<TermSpec> terms = new ArrayList<>();
         DoraSpec dora;
         TokenRows tokens;
+        CombinedUpdate combined;
+        /** The terms are MoE experts' slices of a fused expert stack [E, d1, d2], seen as [E·d1, d2]. */
+        boolean expertRows;
+        /** Some terms are LoRA on a parameter (target_parameters: PEFT's ParamWrapper), not on a module. */
+        boolean onParameter;
         final List<String> keys = new ArrayList<>();
 
         boolean isEmpty() {
-            return replacement == null && terms.isEmpty() && dora == null && tokens == null;
+            return replacement == null && terms.isEmpty() && dora == null && tokens == null && combined == null;
         }
 
         OutputTensor.Update update() {
-            return new OutputTensor.Update(terms, dora, tokens);
+            return new OutputTensor.Update(terms, dora, tokens, combined);
         }
     }
 
@@ -103,11 +128,26 @@ public final class Planner {
     private record KeyGroups(Map<String, Parts> modules, Map<String, AdapterKey> replacements) {
     }
 
-    private Planner(Checkpoint base, LoraAdapter adapter, PlanOptions options) {
+    private Planner(Checkpoint base, List<LoraAdapter> adapters, PlanOptions options, Combination combination, boolean adapterOutput) {
         this.base = base;
-        this.adapter = adapter;
-        this.config = adapter.config();
+        this.adapters = List.copyOf(adapters);
+        this.combination = combination;
+        this.adapterOutput = adapterOutput;
         this.options = options;
+        select(0);
+        if (combination != null && combination.method().operand() == CombineMethod.Operand.SVD && combination.rank() == 0) {
+            int r = 0;
+            for (LoraAdapter a : adapters) {
+                r = Math.max(r, a.config().maxRank()); // peft: svd_rank or max(adapters_ranks)
+            }
+            this.combination = combination.withRank(r);
+        }
+    }
+
+    private void select(int i) {
+        adapterIndex = i;
+        adapter = adapters.get(i);
+        config = adapter.config();
     }
 
     /**
@@ -116,38 +156,121 @@ public final class Planner {
      *
      * @throws QuantException when the base has quantized weights loramerge cannot read (FP4, 8-bit, incomplete groups)
      * @throws UsageException when {@code to} is missing for a quantized base, or does not apply to this one
+     * @throws SafetensorsException when a tokenizer file of the adapter folder breaks the folder's rules (a link out of it, not a regular file)
      */
     public static MergePlan plan(Checkpoint base, LoraAdapter adapter, PlanOptions options)
-            throws AdapterException, IOException, QuantException, UsageException {
-        return new Planner(base, adapter, options).build();
+            throws AdapterException, IOException, QuantException, UsageException, SafetensorsException {
+        try {
+            return new Planner(base, List.of(adapter), options, null, false).build();
+        } catch (CombineException e) {
+            throw new IllegalStateException("one adapter is never combined", e);
+        }
     }
 
-    private MergePlan build() throws AdapterException, IOException, QuantException, UsageException {
+    /**
+     * Plans the merge of several adapters combined by {@code combination} (docs/FORMATS.md §8):
+     * each adapter is planned and checked against the base as a single merge would, then the
+     * updates of every tensor are combined. {@code combination.weights()} has one weight per adapter.
+     *
+     * @throws CombineException when the adapters cannot be combined as asked (DoRA, unequal ranks
+     *                          for a method that needs equal ones, replaced tensors that differ, ...)
+     */
+    public static MergePlan plan(Checkpoint base, List<LoraAdapter> adapters, PlanOptions options, Combination combination)
+            throws AdapterException, CombineException, IOException, QuantException, UsageException, SafetensorsException {
+        if (adapters.isEmpty() || combination.weights().size() != adapters.size()) {
+            throw new IllegalArgumentException("one weight per adapter, and at least one adapter");
+        }
+        return new Planner(base, adapters, options, combination, false).build();
+    }
+
+    /**
+     * Plans {@code combine}: the adapters checked against the base as for a merge, and the new
+     * adapter PEFT's add_weighted_adapter would make of them (docs/FORMATS.md §8): one combined
+     * update per module, the new rank, and the new adapter_config.json. The base is only read for
+     * shapes; a 4-bit base is fine.
+     *
+     * @throws CombineException when the adapters cannot be combined into one adapter (DoRA,
+     *                          lora_bias, token rows, tensors they replace, unequal ranks where
+     *                          the method needs equal ones, ...)
+     */
+    public static AdapterPlan planAdapter(Checkpoint base, List<LoraAdapter> adapters, Combination combination)
+            throws AdapterException, CombineException, IOException, QuantException, UsageException {
+        if (adapters.isEmpty() || combination.weights().size() != adapters.size() || !combination.method().isLowRank()) {
+            throw new IllegalArgumentException("one weight per adapter, at least one adapter, and a method with a low-rank result");
+        }
+        Planner p = new Planner(base, adapters, PlanOptions.defaults(), combination, true);
+        p.prepare();
+        List<Map<String, Ops>> perAdapter = p.planAdapters();
+        p.ops = p.combine(perAdapter);
+        return p.adapterPlan(perAdapter);
+    }
+
+    private MergePlan build() throws AdapterException, CombineException, IOException, QuantException, UsageException, SafetensorsException {
+        prepare();
+        List<Map<String, Ops>> perAdapter = planAdapters();
+        ops = combination == null ? perAdapter.get(0) : combine(perAdapter);
+        boolean untie = resolveTiedEmbeddings();
+        List<OutputTensor> outputs = outputTensors(untie);
+        for (int i = 0; i < adapters.size(); i++) {
+            select(i);
+            placeKeys(perAdapter.get(i));
+        }
+        warnings.addAll(moduleWarnings.lines());
+        return new MergePlan(outputs, assignShards(outputs, options.maxShardSize()), updatedConfig(newVocab, untie), filesToCarry(), keyUse,
+                warnings, notes, Provenance.of(base, adapters, combination));
+    }
+
+    /** The base's side: its warnings, quantized weights and what they become, embeddings, shapes. */
+    private void prepare() throws IOException, QuantException, UsageException {
         warnings.addAll(base.warnings());
-        warnings.addAll(config.warnings());
+        for (LoraAdapter a : adapters) {
+            for (String w : a.config().warnings()) {
+                warnings.add(adapters.size() > 1 ? a.dir() + ": " + w : w);
+            }
+        }
         quant = WeightFormats.detect(base);
-        settleTarget();
+        if (!adapterOutput) {
+            settleTarget();
+        }
         warnings.addAll(quant.warnings());
-        embedName = findEmbedding();
+        embedName = findEmbedding(base);
         boolean tieFlag = base.config() == null || base.config().path("tie_word_embeddings").asBoolean(true);
         tied = tieFlag && embedName != null && base.tensor(LM_HEAD) == null;
         collectShapes();
+        experts = new ExpertParameters(base.modelType(), base.config(), shapes);
+    }
 
-        KeyGroups keys = groupKeys();
-        Long newVocab = planReplacements(keys.replacements());
+    /** Each adapter planned against the base on its own: the work it asks on every tensor, in adapter order. */
+    private List<Map<String, Ops>> planAdapters() throws AdapterException, IOException {
+        List<Map<String, Ops>> perAdapter = new ArrayList<>();
+        for (int i = 0; i < adapters.size(); i++) {
+            select(i);
+            ops = new LinkedHashMap<>();
+            if (combination != null && config.useDora()) {
+                problem(UNSUPPORTED, "adapter_config.json has use_dora: true. DoRA adapters cannot be combined: each carries magnitude "
+                        + "vectors for its own ΔW, and no combination of them is the magnitude of the combined ΔW (PEFT's "
+                        + "add_weighted_adapter re-initialises them from the base instead). Merge this adapter on its own");
+            }
+            KeyGroups keys = groupKeys();
+            Long v = planReplacements(keys.replacements());
+            if (v != null) {
+                newVocab = v;
+            }
+            for (Map.Entry<String, Parts> e : keys.modules().entrySet()) {
+                if (!planParameter(e.getKey(), e.getValue())) {
+                    planModule(e.getKey(), e.getValue());
+                }
+            }
+            perAdapter.add(ops);
+        }
+        if (!problems.isEmpty()) {
+            throw new AdapterException(firstReason, firstProblemAdapter.dir(), "cannot merge; nothing was written:\n  - "
+                    + String.join("\n  - ", problems.lines()));
+        }
         if (newVocab != null) {
             notes.add("vocabulary resized to " + newVocab + " rows by the adapter; config.json vocab_size follows");
         }
-        for (Map.Entry<String, Parts> e : keys.modules().entrySet()) {
-            planModule(e.getKey(), e.getValue());
-        }
-        if (!problems.isEmpty()) {
-            throw new AdapterException(firstReason, adapter.dir(), "cannot merge; nothing was written:\n  - " + String.join("\n  - ", problems));
-        }
-        boolean untie = resolveTiedEmbeddings();
-        List<OutputTensor> outputs = outputTensors(untie);
-        placeKeys();
-        return new MergePlan(outputs, assignShards(outputs), updatedConfig(newVocab, untie), filesToCarry(), keyUse, warnings, notes);
+        return perAdapter;
     }
 
     /** Quantizations whose weights loramerge requantizes with their own format and settings ({@code --to <kind>}). */
@@ -244,7 +367,7 @@ public final class Planner {
         Map<String, AdapterKey> replacements = new LinkedHashMap<>();
         for (AdapterKey k : adapter.keys().values()) {
             if (k.kind() == AdapterKey.Kind.ORIGINAL_MODULE) {
-                keyUse.put(k.key(), "(PEFT's copy of the original " + k.module() + "; not used by a merge)");
+                keyUse.put(keyName(k.key()), "(PEFT's copy of the original " + k.module() + "; not used by a merge)");
             } else if (k.kind() == AdapterKey.Kind.REPLACE || k.kind() == AdapterKey.Kind.MODULES_TO_SAVE) {
                 AdapterKey previous = replacements.get(k.module());
                 if (previous == null) {
@@ -254,7 +377,7 @@ public final class Planner {
                     AdapterKey trained = k.kind() == AdapterKey.Kind.MODULES_TO_SAVE ? k : previous;
                     AdapterKey plain = trained == k ? previous : k;
                     replacements.put(k.module(), trained);
-                    keyUse.put(plain.key(), "(same module as " + trained.key() + ", which is used)");
+                    keyUse.put(keyName(plain.key()), "(same module as " + trained.key() + ", which is used)");
                 } else {
                     problem(CONFIG_MISMATCH, "keys " + previous.key() + " and " + k.key() + " both replace " + k.module());
                 }
@@ -314,6 +437,215 @@ public final class Planner {
     }
 
     /**
+     * The updates of every tensor combined (docs/FORMATS.md §8). An exact method (cat,
+     * task_arithmetic) gives each adapter's terms with its weight folded into the scale; any other
+     * gives one {@link CombinedUpdate} per tensor. A tensor several adapters replace must be
+     * replaced by the same values in each (as the embedding's base_layer copy is); token rows,
+     * and lora_bias outside the exact methods, cannot be combined.
+     */
+    private Map<String, Ops> combine(List<Map<String, Ops>> perAdapter) throws IOException, CombineException {
+        Map<String, Ops> out = new LinkedHashMap<>();
+        List<String> names = new ArrayList<>();
+        for (Map<String, Ops> m : perAdapter) {
+            for (String n : m.keySet()) {
+                if (!names.contains(n)) {
+                    names.add(n);
+                }
+            }
+        }
+        CombineMethod method = combination.method();
+        for (String name : names) {
+            Ops c = new Ops();
+            List<CombinedUpdate.Part> parts = new ArrayList<>();
+            int replacedBy = -1;
+            for (int i = 0; i < perAdapter.size(); i++) {
+                Ops o = perAdapter.get(i).get(name);
+                if (o == null) {
+                    continue;
+                }
+                String who = "adapter " + i + " (" + adapters.get(i).dir() + ")";
+                if (o.tokens != null) {
+                    throw new CombineException(CombineException.Reason.UNSUPPORTED, who + " replaces rows of " + name
+                            + " (trainable_token_indices); token rows cannot be combined with other adapters (PEFT's "
+                            + "add_weighted_adapter drops them). Merge that adapter on its own");
+                }
+                if (o.onParameter && (adapterOutput || !method.isExact())) {
+                    throw new CombineException(CombineException.Reason.UNSUPPORTED, who + " has LoRA on parameters of " + name
+                            + " (adapter_config.json target_parameters, such as MoE experts), whose factors hold every expert's; "
+                            + (adapterOutput ? "a combined adapter cannot carry them. Merge with merge --combine cat or task_arithmetic"
+                                    : method.cliName() + " cannot combine them (only cat and task_arithmetic, which add every "
+                                    + "expert's term exactly, can). Use one of those, or merge that adapter on its own"));
+                }
+                c.expertRows |= o.expertRows;
+                c.onParameter |= o.onParameter;
+                if (o.replacement != null && adapterOutput) {
+                    if (!sameValues(o.replacement, baseSource(name))) {
+                        throw new CombineException(CombineException.Reason.UNSUPPORTED, who + " replaces " + name + " with its own values "
+                                + "(modules_to_save, a resized vocabulary or bias=\"all\"); a combined adapter cannot carry that. Merge "
+                                + "that adapter into the base first and combine the others on its output");
+                    }
+                } else if (o.replacement != null) {
+                    if (c.replacement == null) {
+                        c.replacement = o.replacement;
+                        replacedBy = i;
+                    } else if (!sameValues(c.replacement, o.replacement)) {
+                        throw new CombineException(CombineException.Reason.UNSUPPORTED, who + " and adapter " + replacedBy + " replace " + name
+                                + " with different values (modules_to_save, a resized vocabulary or bias=\"all\"); which one would be "
+                                + "the base of the combination is not defined. Merge one of them first and combine the others on its output");
+                    }
+                }
+                for (TermSpec t : o.terms) {
+                    if (t.layout() == Layout.BIAS && adapterOutput) {
+                        throw new CombineException(CombineException.Reason.UNSUPPORTED, who + " has lora_bias (" + t.module()
+                                + ".lora_B.bias), which a combined adapter cannot carry (PEFT's add_weighted_adapter drops it). Merge with "
+                                + "merge --combine cat or task_arithmetic, which add it exactly");
+                    }
+                    if (t.layout() == Layout.BIAS && !method.isExact()) {
+                        throw new CombineException(CombineException.Reason.UNSUPPORTED, who + " has lora_bias (" + t.module()
+                                + ".lora_B.bias); " + method.cliName() + " cannot combine it (only cat and task_arithmetic, which add "
+                                + "every term exactly, can). Use one of those, or merge that adapter on its own");
+                    }
+                    if (method.isExact() && !adapterOutput) {
+                        double w = combination.weight(i);
+                        double factor = method == CombineMethod.TASK_ARITHMETIC ? combination.lambda() * w : w;
+                        c.terms.add(t.withScale(factor * t.scale())); // (λ·w)·s in double, as PEFT's w·s (docs/FORMATS.md §8)
+                    } else {
+                        parts.add(new CombinedUpdate.Part(i, t, combination.weight(i)));
+                    }
+                }
+            }
+            if (!parts.isEmpty()) {
+                checkParts(name, parts);
+                c.combined = new CombinedUpdate(combination, name, parts.get(0).term().module(), parts);
+            }
+            out.put(name, c);
+        }
+        reportDisjointAdapters(perAdapter);
+        notes.add("combined " + adapters.size() + " adapters with " + combination.describe());
+        return out;
+    }
+
+    /** The parts of one tensor: one layout, and equal ranks where the method needs them (PEFT's check). */
+    private void checkParts(String name, List<CombinedUpdate.Part> parts) throws CombineException {
+        Layout layout = parts.get(0).term().layout();
+        int rank = parts.get(0).term().rank();
+        for (CombinedUpdate.Part p : parts) {
+            if (p.term().layout() != layout) {
+                throw new CombineException(CombineException.Reason.UNSUPPORTED, "adapter " + p.adapter() + " has " + p.term().module()
+                        + " as a " + p.term().layout().name().toLowerCase(Locale.ROOT) + " layer but adapter " + parts.get(0).adapter()
+                        + " as a " + layout.name().toLowerCase(Locale.ROOT) + " layer (fan_in_fan_out differs); re-save one of them");
+            }
+            if (combination.method().needsEqualRanks() && p.term().rank() != rank) {
+                List<String> ranks = new ArrayList<>();
+                for (CombinedUpdate.Part q : parts) {
+                    ranks.add("adapter " + q.adapter() + " rank " + q.term().rank());
+                }
+                throw new CombineException(CombineException.Reason.UNEQUAL_RANKS, combination.method().cliName() + " combines the A and B "
+                        + "factors element by element, so every adapter of a module needs the same rank, but " + p.term().module() + " has "
+                        + String.join(", ", ranks) + ". Use cat (exact, rank the sum), svd (--rank R) or task_arithmetic instead");
+            }
+        }
+    }
+
+    /** A warning for every adapter that changes no tensor another adapter changes (allowed, but likely not what was meant). */
+    private void reportDisjointAdapters(List<Map<String, Ops>> perAdapter) {
+        if (perAdapter.size() < 2) {
+            return;
+        }
+        for (int i = 0; i < perAdapter.size(); i++) {
+            boolean shared = false;
+            for (String n : perAdapter.get(i).keySet()) {
+                for (int j = 0; j < perAdapter.size() && !shared; j++) {
+                    shared = j != i && perAdapter.get(j).containsKey(n);
+                }
+            }
+            if (!shared) {
+                warnings.add("adapter " + i + " (" + adapters.get(i).dir() + ") targets nothing any other adapter targets ("
+                        + String.join(", ", perAdapter.get(i).keySet()) + "): its update is applied on its own, with weight "
+                        + combination.weight(i));
+            }
+        }
+    }
+
+    /** True when two tensors of the adapters hold the same dtype, shape and bytes. */
+    private static boolean sameValues(TensorSource x, TensorSource y) throws IOException {
+        if (x.dtype() != y.dtype() || !Arrays.equals(x.info().shape(), y.info().shape())) {
+            return false;
+        }
+        return x.file().readAll(x.info()).equals(y.file().readAll(y.info()));
+    }
+
+    /** The base tensor {@code name} as a source (a tied lm_head reads the embedding). */
+    private TensorSource baseSource(String name) {
+        String stored = name.equals(LM_HEAD) && tied ? embedName : name;
+        return new TensorSource(base.fileOf(stored), base.tensor(stored));
+    }
+
+    /**
+     * The new adapter of {@code combine}: one module per tensor with a combined update, its
+     * factors' shapes at the new rank, and adapter_config.json as PEFT 0.21 writes it for the
+     * combination (adapters[0]'s config with r = lora_alpha = the new rank, the patterns emptied
+     * and the targeting rules replaced by the modules written), except that use_rslora is false:
+     * PEFT keeps adapters[0]'s, which scales the combination by sqrt(r) (docs/FORMATS.md §8).
+     */
+    private AdapterPlan adapterPlan(List<Map<String, Ops>> perAdapter) throws IOException, CombineException {
+        List<AdapterPlan.Module> modules = new ArrayList<>();
+        int rank = 0;
+        for (Map.Entry<String, Ops> e : ops.entrySet()) {
+            CombinedUpdate u = e.getValue().combined;
+            if (u == null) {
+                continue; // a replacement equal to the base (an embedding's base_layer copy): nothing to carry
+            }
+            TermSpec first = u.parts().get(0).term();
+            modules.add(new AdapterPlan.Module(u.module(), u, shapes.get(e.getKey()), first.a().info().shape(), first.b().info().shape()));
+        }
+        if (modules.isEmpty()) {
+            throw new CombineException(CombineException.Reason.UNSUPPORTED, "the adapters have no LoRA factors (lora_A/lora_B) to combine; "
+                    + "check that these are the adapter folders you meant");
+        }
+        CombineMethod method = combination.method();
+        for (LoraAdapter a : adapters) {
+            int r = a.config().maxRank();
+            // peft _check_add_weighted_adapter: cat sums the adapters' ranks, the SVD methods default to the largest
+            rank = method == CombineMethod.CAT ? rank + r : Math.max(rank, r);
+        }
+        if (method.operand() == CombineMethod.Operand.SVD && combination.rank() > 0) {
+            rank = combination.rank();
+        }
+        for (AdapterPlan.Module m : modules) {
+            rank = Math.max(rank, m.combinedRank(method));
+        }
+        List<String> targets = new ArrayList<>();
+        for (AdapterPlan.Module m : modules) {
+            targets.add(m.module());
+        }
+        Collections.sort(targets);
+        ObjectNode cfg = adapters.get(0).config().json();
+        cfg.put("r", rank);
+        cfg.put("lora_alpha", rank);
+        cfg.put("use_rslora", false);
+        cfg.putObject("rank_pattern");
+        cfg.putObject("alpha_pattern");
+        ArrayNode t = cfg.putArray("target_modules");
+        targets.forEach(t::add);
+        for (String field : new String[] {"exclude_modules", "layers_to_transform", "layers_pattern", "modules_to_save",
+                "trainable_token_indices"}) {
+            cfg.putNull(field);
+        }
+        cfg.put("use_dora", false);
+        cfg.put("lora_bias", false);
+        cfg.put("bias", "none");
+        cfg.put("inference_mode", true);
+        for (int i = 0; i < adapters.size(); i++) {
+            select(i);
+            placeKeys(perAdapter.get(i));
+        }
+        warnings.addAll(moduleWarnings.lines());
+        notes.add("new adapter: rank " + rank + " (r = lora_alpha, scale 1), " + modules.size() + " modules");
+        return new AdapterPlan(modules, rank, cfg, keyUse, warnings, notes);
+    }
+
+    /**
      * Tied embeddings (docs/FORMATS.md §7): an identical delta on the embedding and lm_head is
      * applied once to the shared tensor; otherwise lm_head is untied. Returns true when it is.
      */
@@ -328,6 +660,7 @@ public final class Planner {
             for (String key : headOps.keys) {
                 keyUse.put(key, embedName);
             }
+            headOps.keys.clear();
             return false;
         }
         notes.add("tied embeddings: lm_head's delta differs from " + embedName
@@ -395,30 +728,48 @@ public final class Planner {
         return outputs;
     }
 
-    /** Records which output tensor every adapter key went into; a key left over is a bug. */
-    private void placeKeys() {
-        for (Map.Entry<String, Ops> e : ops.entrySet()) {
+    /**
+     * Records which output tensor every key of the current adapter went into ({@code adapterOps}:
+     * what was planned for it); a key left over is a bug. With several adapters each key is
+     * prefixed with its adapter's position, [0], [1], ...
+     */
+    private void placeKeys(Map<String, Ops> adapterOps) {
+        for (Map.Entry<String, Ops> e : adapterOps.entrySet()) {
             String outName = e.getKey();
+            if (!ops.containsKey(outName) && ops.containsKey(embedName) && outName.equals(LM_HEAD)) {
+                outName = embedName; // a tied lm_head whose delta went into the shared tensor
+            }
             for (String key : e.getValue().keys) {
-                keyUse.putIfAbsent(key, outName);
+                keyUse.putIfAbsent(keyName(key), outName);
             }
         }
         for (String key : adapter.keys().keySet()) {
-            if (!keyUse.containsKey(key)) {
+            if (!keyUse.containsKey(keyName(key))) {
                 throw new IllegalStateException("adapter key " + key + " was not placed; this is a loramerge bug");
             }
         }
     }
 
+    /** An adapter key as the plan reports it: as it is, or with its adapter's position when there are several. */
+    private String keyName(String key) {
+        return adapters.size() > 1 ? "[" + adapterIndex + "] " + key : key;
+    }
+
     /**
-     * The base folder's files the output carries ({@link Checkpoint#nonWeightFiles()}, which never
-     * holds an adapter's files). When --base and --adapter are one folder its README is the adapter's
-     * model card (PEFT's save_pretrained writes one), so it stays behind too. A note names what stayed.
+     * The files the output carries: the base folder's ({@link Checkpoint#nonWeightFiles()}, which never
+     * holds an adapter's files), with the tokenizer files saved in the adapter folder in their place
+     * ({@link CarriedFiles}; never the base's README.md, since the merge writes a model card). When
+     * --base and --adapter are one folder its README is the adapter's model card (PEFT's save_pretrained
+     * writes one), so it stays behind too, and its tokenizer files are simply the base's. Notes name
+     * what stayed behind and what came from the adapter folder.
      */
-    private List<Path> filesToCarry() throws IOException {
+    private List<Path> filesToCarry() throws IOException, SafetensorsException {
         List<Path> files = new ArrayList<>(base.nonWeightFiles());
         List<String> left = new ArrayList<>(base.adapterFiles());
-        boolean oneFolder = Files.isSameFile(base.dir(), adapter.dir());
+        boolean oneFolder = false;
+        for (LoraAdapter a : adapters) {
+            oneFolder |= Files.isSameFile(base.dir(), a.dir());
+        }
         if (oneFolder) {
             files.removeIf(p -> {
                 String name = p.getFileName().toString();
@@ -429,20 +780,188 @@ public final class Planner {
                 return readme;
             });
         }
+        CarriedFiles.Choice carried = CarriedFiles.choose(files, oneFolder ? null : adapter.folder());
+        if (carried.note() != null) {
+            notes.add(carried.note());
+        }
         if (!left.isEmpty()) {
             notes.add("not carried into the output: " + String.join(", ", left) + (oneFolder
                     ? " (--base and --adapter are the same folder: these describe the adapter, and loaders would take the merged model for one)"
                     : " (an adapter's files never go into a merged model)"));
         }
-        return files;
+        return carried.files();
     }
 
-    /** Records a problem; the merge stops after planning, naming all of them, with the first one's reason. */
+    /**
+     * Records a problem; the merge stops after planning, naming all of them, with the first one's
+     * reason. A problem found again (the keys of two parameters of one experts module meet the same
+     * unmappable module) is listed once.
+     */
     private void problem(AdapterException.Reason reason, String message) {
+        problem(reason, message, message, message);
+    }
+
+    /** A problem of a kind that can repeat for many modules: one line per kind, with the count and the first few subjects. */
+    private void problem(AdapterException.Reason reason, String kind, String subject, String message) {
         if (firstReason == null) {
             firstReason = reason;
+            firstProblemAdapter = adapter;
         }
-        problems.add(message);
+        String of = adapters.size() > 1 ? "adapter " + adapterIndex + " (" + adapter.dir() + "): " : "";
+        problems.add(of + kind, subject, of + message);
+    }
+
+    /**
+     * LoRA on a parameter (target_parameters, FORMATS.md §9): PEFT's ParamWrapper on {@code M.p}
+     * saves its pair under M, and a second parameter of the same module wraps the first, so the
+     * first's keys are under {@code M.base_layer} (the k-th of n targeted parameters, in the
+     * module's registration order, under n − 1 − k of them). The parameter is found in the
+     * checkpoint's own form (per expert, or fused), and each checkpoint tensor that holds part of it
+     * gets one term per expert. Returns false when {@code keyModule} is not a ParamWrapper's, to be
+     * planned as a module.
+     */
+    private boolean planParameter(String keyModule, Parts parts) {
+        String module = keyModule;
+        int depth = 0;
+        while (module.endsWith(".base_layer")) {
+            module = module.substring(0, module.length() - ".base_layer".length());
+            depth++;
+        }
+        List<String> keys = new ArrayList<>();
+        parts.byKind.values().forEach(k -> keys.add(k.key()));
+        List<String> candidates = ExpertParameters.selected(config, module);
+        if (candidates.isEmpty()) {
+            if (depth > 0) {
+                problem(CONFIG_MISMATCH, "adapter keys " + String.join(", ", keys) + " have the form of LoRA on a second parameter of "
+                        + module + " (PEFT's nested ParamWrapper), but adapter_config.json's target_parameters selects no parameter of it; "
+                        + "fix the config or the adapter");
+                return true;
+            }
+            return false;
+        }
+        List<String> wrapped;
+        try {
+            List<String> present = new ArrayList<>();
+            for (String p : candidates) {
+                if (experts.find(module + "." + p) != null) {
+                    present.add(p);
+                }
+            }
+            wrapped = ExpertParameters.wrapped(module, present);
+        } catch (ExpertParameters.Unmapped e) {
+            problem(e.reason, e.getMessage());
+            return true;
+        }
+        if (wrapped.isEmpty() && depth == 0) {
+            // the base has none of the selected parameters here (a bare entry such as "gate_up_proj" names one of every module): a module's LoRA
+            return false;
+        }
+        if (wrapped.isEmpty()) {
+            problem(NO_SUCH_BASE_TENSOR, "adapter keys " + String.join(", ", keys) + " are LoRA on " + module + "." + String.join(" or " + module + ".",
+                    candidates) + " (adapter_config.json target_parameters), but the base model stores no such parameter; is this adapter for "
+                    + "another model? Pass the base it was trained on (adapter_config.json base_model_name_or_path)");
+            return true;
+        }
+        if (depth >= wrapped.size()) {
+            problem(CONFIG_MISMATCH, "adapter keys " + String.join(", ", keys) + " sit under " + depth + " base_layer wrappers, so PEFT wrapped at least "
+                    + (depth + 1) + " parameters of " + module + ", but target_parameters selects only " + wrapped.size() + " that the base has ("
+                    + String.join(", ", wrapped) + "); the config does not belong to these weights: fix target_parameters in adapter_config.json");
+            return true;
+        }
+        String parameter = module + "." + wrapped.get(wrapped.size() - 1 - depth);
+        AdapterKey a = parts.byKind.get(AdapterKey.Kind.LORA_A);
+        AdapterKey b = parts.byKind.get(AdapterKey.Kind.LORA_B);
+        if (a == null || b == null || parts.byKind.size() != 2) {
+            if (a == null || b == null) {
+                AdapterKey present = a != null ? a : b != null ? b : parts.byKind.values().iterator().next();
+                problem(MISSING_PARTNER, "adapter key " + present.key() + " (LoRA on parameter " + parameter + ") is without its lora_A/lora_B partner");
+            } else {
+                problem(UNSUPPORTED, "adapter keys " + String.join(", ", keys) + " are for parameter " + parameter + ", on which PEFT's "
+                        + "ParamWrapper has only lora_A and lora_B (no DoRA, bias or embedding parts); the adapter was not saved by PEFT");
+            }
+            return true;
+        }
+        ExpertParameters.Stored stored;
+        try {
+            stored = experts.find(parameter);
+        } catch (ExpertParameters.Unmapped e) {
+            problem(e.reason, e.getMessage());
+            return true;
+        }
+        TensorInfo ta = adapter.tensor(a.key());
+        TensorInfo tb = adapter.tensor(b.key());
+        if (!ta.dtype().isMergeable() && ta.dtype() != DType.F64 || !tb.dtype().isMergeable() && tb.dtype() != DType.F64) {
+            problem(UNSUPPORTED, "LoRA factors of " + parameter + " are " + ta.dtype() + "/" + tb.dtype()
+                    + "; quantized adapters are not supported, re-save the adapter in F32, F16 or BF16");
+            return true;
+        }
+        int rank = config.rankFor(parameter);
+        double scale = config.scaleFor(parameter);
+        if (!checkParameterShapes(parameter, stored, ta, tb, rank)) {
+            return true;
+        }
+        List<String> pieceNames = new ArrayList<>();
+        stored.pieces().forEach(piece -> pieceNames.add(piece.tensor()));
+        for (ExpertParameters.Piece piece : stored.pieces()) {
+            if (!floatingPointBase(piece.tensor(), embedName, tied, List.of(a, b))) {
+                return true;
+            }
+        }
+        TensorSource sa = new TensorSource(adapter.file(), ta);
+        TensorSource sb = new TensorSource(adapter.file(), tb);
+        for (ExpertParameters.Piece piece : stored.pieces()) {
+            Ops o = ops.computeIfAbsent(piece.tensor(), x -> new Ops());
+            o.onParameter = true;
+            if (stored.experts() == 0) {
+                // a 2-D parameter: ParamWrapper with one expert is lora.Linear's B·A
+                o.terms.add(new TermSpec(parameter, Layout.LINEAR, sa, sb, rank, scale));
+            } else if (piece.expert() >= 0) {
+                o.terms.add(TermSpec.expert(parameter, sa, sb, rank, scale,
+                        new ExpertSlice(piece.expert(), stored.experts(), stored.transposed(), piece.firstRow(), 0, piece.rows())));
+            } else {
+                for (int e = 0; e < stored.experts(); e++) {
+                    o.terms.add(TermSpec.expert(parameter, sa, sb, rank, scale,
+                            new ExpertSlice(e, stored.experts(), stored.transposed(), 0, e * stored.d1(), stored.d1())));
+                }
+                o.expertRows = true;
+            }
+        }
+        String into = pieceNames.size() == 1 ? pieceNames.get(0)
+                : pieceNames.get(0) + " … " + pieceNames.get(pieceNames.size() - 1) + " (" + pieceNames.size() + " tensors)";
+        keyUse.put(keyName(a.key()), into);
+        keyUse.put(keyName(b.key()), into);
+        return true;
+    }
+
+    /**
+     * PEFT's ParamWrapper on a parameter [E, d1, d2]: lora_A [r·E, in], lora_B [out, r·E], in and
+     * out being d2 and d1, or d1 and d2 for a transposed one; on a 2-D one [d1, d2], lora.Linear's
+     * [r, d2] and [d1, r].
+     */
+    private boolean checkParameterShapes(String parameter, ExpertParameters.Stored p, TensorInfo a, TensorInfo b, int rank) {
+        long e = Math.max(1, p.experts());
+        long in = p.transposed() ? p.d1() : p.d2();
+        long out = p.transposed() ? p.d2() : p.d1();
+        String shape = p.experts() == 0 ? "[" + p.d1() + ", " + p.d2() + "]" : "[" + p.experts() + ", " + p.d1() + ", " + p.d2() + "]";
+        String where = parameter + " (" + shape + (p.experts() > 0 && p.transposed() ? ", laid out [experts, in, out]" : "")
+                + ", lora_A " + TensorInfo.shapeString(a.shape()) + ", lora_B " + TensorInfo.shapeString(b.shape()) + ")";
+        if (a.rank() != 2 || b.rank() != 2 || a.dim(0) != b.dim(1)) {
+            problem(SHAPE_MISMATCH, "LoRA factors of " + where + " do not fit each other; shape mismatch");
+            return false;
+        }
+        if (a.dim(0) % e != 0 || a.dim(0) / e != rank) {
+            problem(CONFIG_MISMATCH, "adapter_config.json gives " + parameter + " rank " + rank + " (r / rank_pattern), so its factors of "
+                    + e + " experts should have " + rank * e + " rank rows, but " + where + " has " + a.dim(0)
+                    + "; the config does not belong to these weights, or the base has another number of experts: fix r / rank_pattern in "
+                    + "adapter_config.json, or pass the base the adapter was trained on");
+            return false;
+        }
+        if (a.dim(1) != in || b.dim(0) != out) {
+            problem(SHAPE_MISMATCH, "shape mismatch for " + where + ": expected lora_A [" + rank * e + ", " + in + "] and lora_B [" + out + ", "
+                    + rank * e + "]; is this adapter for another model? Pass the base it was trained on (adapter_config.json base_model_name_or_path)");
+            return false;
+        }
+        return true;
     }
 
     /** One module's LoRA pair, DoRA magnitude, bias term and token rows: checked, and added to the ops of their tensors. */
@@ -460,7 +979,7 @@ public final class Planner {
         if (w == null) {
             List<String> keys = new ArrayList<>();
             p.values().forEach(k -> keys.add(k.key()));
-            problem(NO_SUCH_BASE_TENSOR, "adapter keys " + String.join(", ", keys) + " are for module " + module + ", but the base model has no tensor "
+            problem(NO_SUCH_BASE_TENSOR, "no base tensor", module, "adapter keys " + String.join(", ", keys) + " are for module " + module + ", but the base model has no tensor "
                     + weightName + "; is this adapter for another model? Pass the base it was trained on (adapter_config.json base_model_name_or_path)");
             return;
         }
@@ -479,7 +998,7 @@ public final class Planner {
                 return;
             }
             if (config.hasTargetRule() && !config.targets(module) && !targetedThroughTying(module)) {
-                problem(CONFIG_MISMATCH, "adapter keys " + first.key() + " and " + second.key() + " are for module " + module
+                problem(CONFIG_MISMATCH, "not targeted", module, "adapter keys " + first.key() + " and " + second.key() + " are for module " + module
                         + ", which adapter_config.json does not target (target_modules / exclude_modules / layers_to_transform); "
                         + "PEFT would silently ignore them. Fix the config or the adapter");
                 return;
@@ -500,7 +1019,7 @@ public final class Planner {
             TensorInfo ta = adapter.tensor(a != null ? a.key() : ea.key());
             TensorInfo tb = adapter.tensor(b != null ? b.key() : eb.key());
             if (!ta.dtype().isMergeable() && ta.dtype() != DType.F64 || !tb.dtype().isMergeable() && tb.dtype() != DType.F64) {
-                problem(UNSUPPORTED, "LoRA factors of " + module + " are " + ta.dtype() + "/" + tb.dtype()
+                problem(UNSUPPORTED, "quantized factors", module, "LoRA factors of " + module + " are " + ta.dtype() + "/" + tb.dtype()
                         + "; quantized adapters are not supported, re-save the adapter in F32, F16 or BF16");
                 return;
             }
@@ -620,7 +1139,8 @@ public final class Planner {
         String modelType = base.modelType();
         if (base.usesConv1D() && !module.endsWith("lm_head")) {
             if (!config.fanInFanOut()) {
-                warnings.add(module + " is a Conv1D layer of a " + modelType + " model but fan_in_fan_out is false; treated as true, as PEFT does");
+                moduleWarnings.add("conv1d without fan_in_fan_out", module,
+                        module + " is a Conv1D layer of a " + modelType + " model but fan_in_fan_out is false; treated as true, as PEFT does");
             }
             return Layout.CONV1D;
         }
@@ -641,17 +1161,17 @@ public final class Planner {
         String where = module + " (" + layout.name().toLowerCase(Locale.ROOT) + ", base " + TensorInfo.shapeString(w) + ", lora_A "
                 + TensorInfo.shapeString(a.shape()) + ", lora_B " + TensorInfo.shapeString(b.shape()) + ")";
         if (a.rank() < 2 || b.rank() < 2) {
-            problem(SHAPE_MISMATCH, "LoRA factors of " + where + " are not matrices; shape mismatch");
+            problem(SHAPE_MISMATCH, "factors not matrices", module, "LoRA factors of " + where + " are not matrices; shape mismatch");
             return false;
         }
         long rA = a.dim(0);
         long rB = b.dim(1);
         if (rA != rB) {
-            problem(SHAPE_MISMATCH, "lora_A has " + rA + " rows but lora_B has " + rB + " columns for " + where + "; shape mismatch");
+            problem(SHAPE_MISMATCH, "rank A != rank B", module, "lora_A has " + rA + " rows but lora_B has " + rB + " columns for " + where + "; shape mismatch");
             return false;
         }
         if (rA != rank) {
-            problem(CONFIG_MISMATCH, "adapter_config.json gives " + module + " rank " + rank + " (r / rank_pattern) but its factors have rank " + rA
+            problem(CONFIG_MISMATCH, "rank not the config's", module, "adapter_config.json gives " + module + " rank " + rank + " (r / rank_pattern) but its factors have rank " + rA
                     + "; the scale would be wrong, so the config does not belong to these weights");
             return false;
         }
@@ -673,14 +1193,15 @@ public final class Planner {
                 ok = false;
         }
         if (!ok) {
-            problem(SHAPE_MISMATCH, "shape mismatch for " + where + "; is this adapter for another model? Pass the base it was trained on (adapter_config.json base_model_name_or_path)");
+            problem(SHAPE_MISMATCH, "shape mismatch", module, "shape mismatch for " + where + "; is this adapter for another model? Pass the base it was trained on (adapter_config.json base_model_name_or_path)");
         }
         return ok;
     }
 
     private boolean sameDelta(Ops embed, Ops head, long[] shape) throws IOException {
         if (embed.replacement != null || head.replacement != null || embed.dora != null || head.dora != null
-                || embed.tokens != null || head.tokens != null || embed.terms.size() != head.terms.size()) {
+                || embed.tokens != null || head.tokens != null || embed.combined != null || head.combined != null
+                || embed.terms.size() != head.terms.size()) {
             return false;
         }
         for (int i = 0; i < embed.terms.size(); i++) {
@@ -717,12 +1238,18 @@ public final class Planner {
         }
         QuantizedOutput out = crossFormat ? Nf4Output.forDense(q.dtype(), q.shape(), CROSS_NF4_BLOCKSIZE, false) : q.requantizedOutput();
         for (String w : out.warnings()) {
-            warnings.add(q.weightName() + " " + w);
+            moduleWarnings.add(w, q.weightName(), q.weightName() + " " + w);
         }
         return OutputTensor.requantize(q.weightName(), src, update, out);
     }
 
     private OutputTensor output(String name, TensorSource baseSource, Ops o) {
+        OutputTensor out = denseOutput(name, baseSource, o);
+        boolean expertStack = o != null && o.expertRows || experts.isFusedExpertTensor(name);
+        return expertStack && !out.isByteCopy() ? out.asExpertRows() : out;
+    }
+
+    private OutputTensor denseOutput(String name, TensorSource baseSource, Ops o) {
         TensorInfo info = baseSource.info();
         DType outType = info.dtype();
         if (dtype != null && info.dtype().isMergeable()) {
@@ -731,14 +1258,15 @@ public final class Planner {
         if (o == null || o.isEmpty()) {
             return outType == info.dtype() ? OutputTensor.copy(name, baseSource) : OutputTensor.convert(name, outType, baseSource);
         }
-        if (!info.dtype().isMergeable() && (!o.terms.isEmpty() || o.dora != null || o.tokens != null)) {
+        if (!info.dtype().isMergeable() && (!o.terms.isEmpty() || o.dora != null || o.tokens != null || o.combined != null)) {
             throw new IllegalStateException(name + " is " + info.dtype() + " and cannot take LoRA terms");
         }
         return o.replacement != null ? OutputTensor.replace(name, outType, o.replacement, o.update())
                 : OutputTensor.merge(name, outType, baseSource, o.update());
     }
 
-    private String findEmbedding() {
+    /** The input embedding's weight name in a model folder, or null: the first of {@link #EMBEDDING_SUFFIXES} it has. */
+    static String findEmbedding(Checkpoint base) {
         for (String suffix : EMBEDDING_SUFFIXES) {
             for (TensorInfo t : base.tensors().values()) {
                 if (t.rank() == 2 && (t.name().equals(suffix) || t.name().endsWith("." + suffix))) {
@@ -799,12 +1327,13 @@ public final class Planner {
         return c;
     }
 
-    private List<MergePlan.Shard> assignShards(List<OutputTensor> outputs) {
+    /** Output tensors in order into shards of at most {@code maxShardSize} bytes, named as transformers names them. */
+    static List<MergePlan.Shard> assignShards(List<OutputTensor> outputs, long maxShardSize) {
         List<List<OutputTensor>> groups = new ArrayList<>();
         List<OutputTensor> current = new ArrayList<>();
         long size = 0;
         for (OutputTensor t : outputs) {
-            if (!current.isEmpty() && size + t.sizeInBytes() > options.maxShardSize()) {
+            if (!current.isEmpty() && size + t.sizeInBytes() > maxShardSize) {
                 groups.add(current);
                 current = new ArrayList<>();
                 size = 0;

@@ -152,6 +152,44 @@ public record TensorSource(SafetensorsFile file, TensorInfo info, QuantizedWeigh
         return out;
     }
 
+    /**
+     * Some elements of a dense tensor seen as the matrix [dim 0, rest], read exactly as doubles:
+     * {@code colCount} columns {@code firstCol, firstCol + colStride, …} of rows {@code [firstRow,
+     * firstRow + rowCount)}, row-major [rowCount, colCount]. For one expert's part of a LoRA factor,
+     * without decoding the other experts' values (a factor of a large MoE holds hundreds of experts).
+     */
+    public double[] gather(long firstRow, int rowCount, long firstCol, int colCount, long colStride) throws IOException {
+        if (quantized != null) {
+            throw new IllegalStateException(this + " is a quantized weight, not a factor");
+        }
+        long rowLength = info.rank() == 0 ? 1 : info.numElements() / info.dim(0);
+        long lastCol = firstCol + (colCount - 1) * colStride;
+        if (firstRow < 0 || rowCount < 0 || firstRow + rowCount > (info.rank() == 0 ? 1 : info.dim(0)) || firstCol < 0 || colStride < 1
+                || colCount > 0 && lastCol >= rowLength) {
+            throw new IllegalArgumentException("rows " + firstRow + "+" + rowCount + ", columns " + firstCol + " step " + colStride + " x "
+                    + colCount + " outside " + info);
+        }
+        double[] out = new double[Math.multiplyExact(rowCount, colCount)];
+        int size = info.dtype().sizeInBytes();
+        long rowBytes = rowLength * size;
+        // whole rows per memory map window, at least one (a factor's row is far below the window)
+        int rowsPerWindow = (int) Math.max(1, Math.min(rowCount, MappedRegion.MAX_WINDOW / rowBytes));
+        FloatFormat f = info.dtype() == DType.F64 ? null : FloatFormat.of(info.dtype());
+        for (int i0 = 0; i0 < rowCount; i0 += rowsPerWindow) {
+            int n = Math.min(rowsPerWindow, rowCount - i0);
+            try (MappedRegion r = file.map(info, (firstRow + i0) * rowBytes, n * rowBytes)) {
+                ByteBuffer b = r.bytes();
+                for (int i = 0; i < n; i++) {
+                    for (int c = 0; c < colCount; c++) {
+                        long element = i * rowLength + firstCol + c * colStride;
+                        out[(i0 + i) * colCount + c] = f == null ? b.getDouble(Math.toIntExact(element * 8)) : f.decode(f.bitsAt(b, element));
+                    }
+                }
+            }
+        }
+        return out;
+    }
+
     @Override
     public String toString() {
         return file.path().getFileName() + ":" + info.name() + (quantized == null ? "" : " (" + quantized.describe() + ", dequantized)");

@@ -11,6 +11,7 @@ import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Map;
 import java.util.Set;
+import java.util.concurrent.ConcurrentHashMap;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
 import org.loramerge.format.FloatFormat;
@@ -176,8 +177,8 @@ public final class BnbInt8Format implements WeightFormat {
     static final class Int8Requantizer implements Requantizer {
         private final Int8Weight base;
         private final float[] scb;
-        private final java.util.concurrent.ConcurrentHashMap<Long, byte[]> pending = new java.util.concurrent.ConcurrentHashMap<>();
-        private final java.util.concurrent.ConcurrentHashMap<Long, Change> changes = new java.util.concurrent.ConcurrentHashMap<>();
+        private final ConcurrentHashMap<Long, byte[]> pending = new ConcurrentHashMap<>();
+        private final ConcurrentHashMap<Long, Change> changes = new ConcurrentHashMap<>();
 
         Int8Requantizer(Int8Weight base) {
             this.base = base;
@@ -247,6 +248,12 @@ public final class BnbInt8Format implements WeightFormat {
             }
             pending.put(firstElement, out);
             changes.put(firstElement / cols, new Change(changed, sumSq, dot, d2));
+        }
+
+        /** One byte a code: a range's codes start at byte firstElement. */
+        @Override
+        public long codesOffset(long firstElement) {
+            return firstElement;
         }
 
         @Override

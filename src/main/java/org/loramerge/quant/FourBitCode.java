@@ -32,7 +32,7 @@ public enum FourBitCode {
     }
 
     /** The code book of a {@code quant_type}, or null for another name. */
-    static FourBitCode of(String typeName) {
+    public static FourBitCode of(String typeName) {
         for (FourBitCode c : values()) {
             if (c.typeName.equals(typeName)) {
                 return c;

@@ -23,7 +23,7 @@ import static org.loramerge.quant.QuantException.Reason.TENSOR_MISMATCH;
 import static org.loramerge.quant.QuantException.Reason.UNSUPPORTED_CONFIG;
 
 /**
- * FP8 weights (docs/FORMATS.md §8), in the two layouts transformers loads:
+ * FP8 weights (docs/FORMATS.md §12), in the two layouts transformers loads:
  *
  * <ul>
  * <li><b>transformers' fine-grained FP8</b> ({@code quantization_config.quant_method == "fp8"},

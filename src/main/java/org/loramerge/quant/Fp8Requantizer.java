@@ -22,8 +22,8 @@ import org.loramerge.format.FloatFormat;
  * </pre>
  *
  * A block never straddles two ranges: ranges are whole rows of blocks ({@link #blockElements}), so the
- * codes of a range are final when it is encoded and stream out in order; only the scales wait for
- * {@link #tail}. Survival: D = deq(Q(X)) − deq(Q(W)) with deq as {@link Fp8Weight} dequantizes,
+ * codes of a range are final when it is encoded and are written at their offset
+ * ({@link #codesOffset}); only the scales wait for {@link #tail}. Survival: D = deq(Q(X)) − deq(Q(W)) with deq as {@link Fp8Weight} dequantizes,
  * measured per range as it is encoded.
  */
 final class Fp8Requantizer implements Requantizer {
@@ -117,6 +117,12 @@ final class Fp8Requantizer implements Requantizer {
     /** The value the dequantized model holds: round_dtype(fl32(code · inv)), as {@link Fp8Weight#value}. */
     private double dequantize(int code, float inv) {
         return format.round((double) (float) ((double) Fp8Codec.decodeE4M3(code) * inv));
+    }
+
+    /** One byte a code: a range's codes start at byte firstElement. */
+    @Override
+    public long codesOffset(long firstElement) {
+        return firstElement;
     }
 
     @Override

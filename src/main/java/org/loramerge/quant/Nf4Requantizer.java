@@ -151,6 +151,12 @@ public final class Nf4Requantizer implements Requantizer {
         return ByteBuffer.wrap(packed, from, to - from).slice();
     }
 
+    /** Two codes a byte: a range from an even element starts at byte firstElement / 2. */
+    @Override
+    public long codesOffset(long firstElement) {
+        return firstElement / 2;
+    }
+
     /** After every range is encoded: the double quantization of both absmax sets and the dequantized scales. */
     @Override
     public void finish() {

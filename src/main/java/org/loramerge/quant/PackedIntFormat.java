@@ -23,7 +23,7 @@ import static org.loramerge.quant.QuantException.Reason.TENSOR_MISMATCH;
 import static org.loramerge.quant.QuantException.Reason.UNSUPPORTED_CONFIG;
 
 /**
- * GPTQ and AWQ weights ({@link PackedIntWeight}, docs/FORMATS.md §9), found from
+ * GPTQ and AWQ weights ({@link PackedIntWeight}, docs/FORMATS.md §13), found from
  * {@code quantization_config} ({@code quant_method} "gptq" or "awq", transformers' GPTQConfig and
  * AwqConfig) and the {@code P.qweight}, {@code P.qzeros}, {@code P.scales} [, {@code P.g_idx}]
  * tensors of each quantized Linear. Read: GPTQ 2, 4 and 8 bits in checkpoint formats "gptq" and

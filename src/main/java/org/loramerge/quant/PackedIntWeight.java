@@ -12,7 +12,7 @@ import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.TensorInfo;
 
 /**
- * A GPTQ or AWQ weight (docs/FORMATS.md §9): integer codes packed into int32 words, with per-group
+ * A GPTQ or AWQ weight (docs/FORMATS.md §13): integer codes packed into int32 words, with per-group
  * scales and zero points. Element (o, i) of the {@code [out, in]} weight, in group {@code g}, is
  * {@code RN_dtype((q − z) · s)}: GPTQModel's {@code dequantize_weight}
  * (gptqmodel/nn_modules/qlinear/__init__.py: {@code scales[g_idx] * (weight - zeros[g_idx])}) and

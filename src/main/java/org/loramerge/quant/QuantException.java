@@ -66,6 +66,11 @@ public final class QuantException extends UserException {
         return path;
     }
 
+    @Override
+    public Path file() {
+        return path;
+    }
+
     public String tensor() {
         return tensor;
     }

@@ -19,6 +19,7 @@ import java.util.List;
 import java.util.Objects;
 import java.util.Set;
 import org.loramerge.format.DType;
+import org.loramerge.format.PythonFloat;
 
 import static org.loramerge.quant.QuantException.Reason.*;
 

@@ -35,8 +35,11 @@ public interface Requantizer {
      */
     void encode(long firstElement, int count, ByteBuffer merged, ByteBuffer base, double[] delta) throws QuantException;
 
-    /** The output codes of an encoded range, to be written in order. */
+    /** The output codes of an encoded range, to be written at {@link #codesOffset}. */
     ByteBuffer codes(long firstElement, int count);
+
+    /** Where, in the codes tensor, the codes of a range from {@code firstElement} (a block boundary) start. */
+    long codesOffset(long firstElement);
 
     /** After every range is encoded: the scales of the whole weight. */
     void finish();

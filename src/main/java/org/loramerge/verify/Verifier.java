@@ -7,6 +7,7 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.HashSet;
 import java.util.List;
+import java.util.Locale;
 import java.util.Random;
 import java.util.Set;
 import java.util.TreeSet;
@@ -46,15 +47,29 @@ public final class Verifier {
     static final long WINDOW_BYTES = 64L << 20;
     static final long BLOCK_BYTES = 8L << 20;
 
-    /** One tensor's findings. */
+    /**
+     * One tensor's findings.
+     *
+     * @param worstBoundShare with {@link Tolerance.Mode#FP32_ACCUMULATION}: the largest error as a share of its
+     *                        element's bound (at most 1 passes); NaN in ulp mode and for tensors checked by bytes
+     */
     public record TensorCheck(String name, OutputTensor.Kind kind, int rowsChecked, long elementsChecked, long elementsDiffering,
-                              double worstUlp, long nonFinite, boolean notApplied, String problem) {
+                              double worstUlp, long nonFinite, boolean notApplied, String problem, double worstBoundShare) {
+        TensorCheck(String name, OutputTensor.Kind kind, int rowsChecked, long elementsChecked, long elementsDiffering,
+                    double worstUlp, long nonFinite, boolean notApplied, String problem) {
+            this(name, kind, rowsChecked, elementsChecked, elementsDiffering, worstUlp, nonFinite, notApplied, problem, Double.NaN);
+        }
     }
 
-    /** All findings. */
-    public record Result(List<TensorCheck> tensors, List<String> problems, double worstUlp) {
+    /** All findings, and the tolerance they were judged by. */
+    public record Result(List<TensorCheck> tensors, List<String> problems, double worstUlp, Tolerance tolerance) {
         public boolean passed() {
             return problems.isEmpty();
+        }
+
+        /** The largest error as a share of its bound over all tensors (fp32-accumulation mode), else NaN. */
+        public double worstBoundShare() {
+            return tensors.stream().mapToDouble(TensorCheck::worstBoundShare).filter(d -> !Double.isNaN(d)).max().orElse(Double.NaN);
         }
     }
 
@@ -67,6 +82,12 @@ public final class Verifier {
      *                   always compared completely.
      */
     public static Result verify(MergePlan plan, Checkpoint merged, int sampleRows, double maxUlp) throws IOException {
+        return verify(plan, merged, sampleRows, Tolerance.ulp(maxUlp));
+    }
+
+    /** Checks {@code merged} against the plan of base + adapter, judging recomputed values by {@code tolerance}; rows as above. */
+    public static Result verify(MergePlan plan, Checkpoint merged, int sampleRows, Tolerance tolerance) throws IOException {
+        double maxUlp = tolerance.mode() == Tolerance.Mode.ULP ? tolerance.maxUlp() : Double.POSITIVE_INFINITY;
         List<TensorCheck> checks = new ArrayList<>();
         List<String> problems = new ArrayList<>();
         double worst = 0;
@@ -101,7 +122,7 @@ public final class Verifier {
             if (!floating || (planned.isByteCopy() && m.dtype() == planned.dtype())) {
                 c = checkBytes(planned, m, mf); // unchanged: every byte
             } else {
-                c = checkValues(planned, m, mf, planned.isAdapted() ? sampleRows : ALL_ROWS); // converted or dequantized: every row
+                c = checkValues(planned, m, mf, planned.isAdapted() ? sampleRows : ALL_ROWS, tolerance); // converted or dequantized: every row
             }
             checks.add(c);
             worst = Math.max(worst, c.worstUlp());
@@ -109,6 +130,10 @@ public final class Verifier {
                 problems.add(planned.name() + ": " + c.problem());
             } else if (c.worstUlp() > maxUlp) {
                 problems.add(planned.name() + ": worst error " + c.worstUlp() + " ulp exceeds " + maxUlp);
+            } else if (c.worstBoundShare() > 1) {
+                problems.add(planned.name() + String.format(Locale.ROOT, ": worst error %.4g ulp is %.3g times the fp32-accumulation bound; "
+                        + "the merge is wrong beyond fp32 rounding (a wrong scale, a missing or extra term, or another adapter)",
+                        c.worstUlp(), c.worstBoundShare()));
             } else if (c.nonFinite() > 0) {
                 problems.add(planned.name() + ": " + c.nonFinite() + " NaN/Inf values in the rows checked, where the exact merge is finite");
             } else if (c.notApplied()) {
@@ -120,7 +145,7 @@ public final class Verifier {
                 problems.add("the merged model has tensor " + name + ", which base + adapter do not produce");
             }
         }
-        return new Result(checks, problems, worst);
+        return new Result(checks, problems, worst, tolerance);
     }
 
     /** {@code count} rows of {@code rows}, always the first and the last, the same ones for the same seed; all of them when count reaches rows. */
@@ -226,6 +251,8 @@ public final class Verifier {
         long differing;
         long nonFinite;
         double worst;
+        /** fp32-accumulation mode: the largest error as a share of its element's bound; NaN in ulp mode. */
+        double worstShare = Double.NaN;
         boolean anyChange;
         boolean allEqualBase = true;
     }
@@ -234,12 +261,21 @@ public final class Verifier {
      * Rows of a merged, replaced, converted or dequantized tensor recomputed exactly (sampled, or
      * all), block by block, against the merged model's bytes.
      */
-    private static TensorCheck checkValues(OutputTensor planned, TensorInfo m, SafetensorsFile mf, int sampleRows) throws IOException {
+    private static TensorCheck checkValues(OutputTensor planned, TensorInfo m, SafetensorsFile mf, int sampleRows, Tolerance tolerance)
+            throws IOException {
         TensorJob job = TensorJob.prepare(planned.withDtype(m.dtype()));
+        if (job.needsSelection()) {
+            job.dense().selectAll(job.rows()); // a combination's top-D cut depends on the whole tensor
+        }
         int cols = job.cols();
         long srcRowBytes = (long) cols * planned.source().dtype().sizeInBytes();
         long outRowBytes = (long) cols * m.dtype().sizeInBytes();
         int blockRows = (int) Math.max(1, BLOCK_BYTES / Math.max(1, Math.max(srcRowBytes, outRowBytes)));
+        boolean fp32 = tolerance.mode() == Tolerance.Mode.FP32_ACCUMULATION;
+        if (fp32) {
+            blockRows = (int) Math.max(1, Math.min(blockRows, BLOCK_BYTES / Double.BYTES / Math.max(1, cols))); // the block's fp64 deltas
+        }
+        double[] columnSumSq = null;
         if (job.needsColumnPass()) {
             double[] sumSq = new double[cols];
             double[] sumErr = new double[cols];
@@ -249,34 +285,70 @@ public final class Verifier {
                 }
             });
             job.finishColumnNorms(sumSq, sumErr);
+            columnSumSq = sumSq;
         }
         FloatFormat fmt = FloatFormat.of(m.dtype());
         FloatFormat srcFmt = FloatFormat.of(planned.source().dtype());
+        Fp32Bound bound = fp32 ? new Fp32Bound(job, fmt, columnSumSq) : null;
+        double[] deltas = fp32 ? new double[blockRows * cols] : null;
+        double[] baseRow = fp32 ? new double[cols] : null;
+        double[] exactRow = fp32 ? new double[cols] : null;
+        double[] tol = fp32 ? new double[cols] : null;
         int count = planned.isAdapted() ? sampleRows : ALL_ROWS;
         ByteBuffer expected = ByteBuffer.allocate((int) (Math.min(blockRows, Math.max(1, job.rows())) * outRowBytes)).order(ByteOrder.LITTLE_ENDIAN);
         Tally t = new Tally();
+        if (fp32) {
+            t.worstShare = 0;
+        }
         long[] rowsChecked = {0};
         forEachRun(job.rows(), count, planned.name().hashCode(), blockRows, (r0, n) -> {
             int len = (int) (n * outRowBytes);
             try (TensorSource.Bytes s = planned.source().read(r0 * srcRowBytes, n * srcRowBytes); MappedRegion g = mf.map(m, r0 * outRowBytes, len)) {
                 ByteBuffer src = s.bytes();
                 ByteBuffer got = g.bytes();
-                CpuMerge.mergeRows(job, r0, n, src, expected, new BlockStats(), null);
+                CpuMerge.mergeRows(job, r0, n, src, expected, new BlockStats(), deltas);
                 rowsChecked[0] += n;
                 if (!t.allEqualBase && expected.slice(0, len).equals(got.slice(0, len))) {
                     t.checked += (long) n * cols; // exact, and the change is known to be there
                     return;
                 }
-                compare(fmt, srcFmt, expected, got, src, (long) n * cols, t);
+                if (bound == null) {
+                    compare(fmt, srcFmt, expected, got, src, 0, (long) n * cols, null, null, t);
+                    return;
+                }
+                for (int i = 0; i < n; i++) {
+                    // each row's exact merged values (fp64) and the fp32-accumulation bound of each element
+                    long r = r0 + i;
+                    int from = i * cols;
+                    int tokenOffset = job.tokenRowOffset(r);
+                    for (int j = 0; j < cols; j++) {
+                        baseRow[j] = srcFmt.decode(srcFmt.bitsAt(src, from + j));
+                        exactRow[j] = tokenOffset >= 0 ? job.tokenValues()[tokenOffset + j] : baseRow[j] + deltas[from + j];
+                    }
+                    if (tokenOffset >= 0) {
+                        for (int j = 0; j < cols; j++) {
+                            tol[j] = fmt.ulp(Math.abs(exactRow[j]));
+                        }
+                    } else {
+                        bound.row(r, baseRow, exactRow, tol);
+                    }
+                    compare(fmt, srcFmt, expected, got, src, from, cols, exactRow, tol, t);
+                }
             }
         });
         boolean notApplied = planned.isAdapted() && t.anyChange && t.allEqualBase;
         return new TensorCheck(planned.name(), planned.kind(), (int) Math.min(rowsChecked[0], Integer.MAX_VALUE), t.checked, t.differing,
-                t.worst, t.nonFinite, notApplied, null);
+                t.worst, t.nonFinite, notApplied, null, t.worstShare);
     }
 
-    private static void compare(FloatFormat fmt, FloatFormat srcFmt, ByteBuffer expected, ByteBuffer got, ByteBuffer src, long elements, Tally t) {
-        for (long j = 0; j < elements; j++) {
+    /**
+     * Elements [from, from + elements) of a block; with {@code exact} and {@code tol} (fp32-accumulation
+     * mode, indexed from 0 at {@code from}) also each differing element's error as a share of its bound.
+     */
+    private static void compare(FloatFormat fmt, FloatFormat srcFmt, ByteBuffer expected, ByteBuffer got, ByteBuffer src, long from, long elements,
+                                double[] exact, double[] tol, Tally t) {
+        for (long k = 0; k < elements; k++) {
+            long j = from + k;
             int eb = fmt.bitsAt(expected, j);
             int gb = fmt.bitsAt(got, j);
             double ev = fmt.decode(eb);
@@ -299,6 +371,9 @@ public final class Verifier {
                 t.differing++;
                 double ulp = Double.isFinite(ev) ? Math.abs(gv - ev) / fmt.ulp(ev) : Double.POSITIVE_INFINITY;
                 t.worst = Math.max(t.worst, ulp);
+                if (tol != null && Double.isFinite(base)) {
+                    t.worstShare = Math.max(t.worstShare, Math.abs(gv - exact[(int) k]) / tol[(int) k]);
+                }
             }
         }
     }
@@ -327,6 +402,9 @@ public final class Verifier {
             return new TensorCheck(planned.name(), kind, 0, 0, 0, 0, 0, false, "quant state " + got + " is not the planned " + want);
         }
         TensorJob job = TensorJob.prepare(planned);
+        if (job.needsSelection()) {
+            job.dense().selectAll(job.rows());
+        }
         int cols = job.cols();
         int bs = got.blocksize();
         long n = got.numElements();

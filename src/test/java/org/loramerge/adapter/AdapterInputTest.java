@@ -172,11 +172,26 @@ class AdapterInputTest {
         assertEquals(2, plan.count(OutputTensor.Kind.MERGE));
     }
 
-    @Test
-    void targetParametersIsUnsupported() {
-        AdapterException e = refused(adapter(loraConfig(4, 8, Q_LIST, "\"target_parameters\": [\"mlp.experts.gate_up_proj\"]"),
-                qProjAdapter(4)), Reason.UNSUPPORTED);
+    @ParameterizedTest
+    @ValueSource(strings = {"use_dora", "lora_bias", "fan_in_fan_out"})
+    void targetParametersWithAFlagParamWrapperRefusesIsAnInvalidConfig(String flag) {
+        AdapterException e = refused(adapter(loraConfig(4, 8, Q_LIST, "\"target_parameters\": [\"mlp.experts.gate_up_proj\"], \"" + flag
+                + "\": true"), qProjAdapter(4)), Reason.INVALID_CONFIG);
         assertNames("target_parameters", e);
+        assertNames(flag, e);
+    }
+
+    @Test
+    void targetParametersMatchAParametersFullNameOrADotBoundarySuffixAsPeftDoes() throws Exception {
+        AdapterConfig c;
+        try (LoraAdapter a = LoraAdapter.open(adapter(loraConfig(4, 8, Q_LIST, "\"target_parameters\": [\"mlp.experts.gate_up_proj\", "
+                + "\"model.layers.1.mlp.experts.down_proj\"]"), qProjAdapter(4)))) {
+            c = a.config();
+        }
+        assertTrue(c.targetsParameter("model.layers.0.mlp.experts.gate_up_proj"));
+        assertTrue(c.targetsParameter("model.layers.1.mlp.experts.down_proj"));
+        assertFalse(c.targetsParameter("model.layers.0.mlp.experts.down_proj"), "a full name matches that layer only");
+        assertFalse(c.targetsParameter("model.layers.0.mlp.shared_experts.gate_up_proj"), "a suffix matches on a dot boundary only");
     }
 
     /** A minimal config with {@code field} set to {@code valueJson} (replacing the default where there is one). */

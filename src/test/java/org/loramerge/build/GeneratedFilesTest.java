@@ -11,6 +11,8 @@ import java.util.List;
 import java.util.concurrent.TimeUnit;
 import java.util.stream.Stream;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -50,8 +52,8 @@ class GeneratedFilesTest {
     void qloraFixturesMatchTheirGenerator() throws Exception {
         Path dir = Paths.get("src/test/resources/qlora");
         List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
-        String regenerate = "regenerate them (mvn -q package -DskipTests; python scripts/fixtures/make_qlora_fixtures.py, "
-                + "with the versions in scripts/fixtures/requirements-fixtures.txt)";
+        String regenerate = "regenerate them with scripts/fixtures/make_qlora_fixtures.py (a Python with torch, transformers, peft, safetensors:"
+                + " versions in scripts/fixtures/requirements-fixtures.txt)";
         assertEquals(sha256(Paths.get("scripts/fixtures/make_qlora_fixtures.py")) + "  generator:scripts/fixtures/make_qlora_fixtures.py", manifest.get(0),
                 "scripts/fixtures/make_qlora_fixtures.py changed since the QLoRA fixtures were made: " + regenerate);
         assertEquals(sha256(Paths.get("scripts/fixtures/nf4_reference.py")) + "  reference:scripts/fixtures/nf4_reference.py", manifest.get(1),
@@ -72,8 +74,8 @@ class GeneratedFilesTest {
      * The golden FP8, GPTQ and AWQ cases are their generators' output (scripts/fixtures/make_fp8_fixtures.py,
      * make_gptq_awq_fixtures.py): each MANIFEST.sha256 holds its generator's hash and every file's.
      */
-    @org.junit.jupiter.params.ParameterizedTest
-    @org.junit.jupiter.params.provider.CsvSource({"fp8, make_fp8_fixtures.py", "gptq_awq, make_gptq_awq_fixtures.py"})
+    @ParameterizedTest
+    @CsvSource({"fp8, make_fp8_fixtures.py", "gptq_awq, make_gptq_awq_fixtures.py"})
     void quantizedBaseFixturesMatchTheirGenerator(String folder, String script) throws Exception {
         Path dir = Paths.get("src/test/resources").resolve(folder);
         List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
@@ -83,6 +85,90 @@ class GeneratedFilesTest {
                 "scripts/fixtures/" + script + " changed since the fixtures were made: " + regenerate);
         assertEquals(String.join("\n", manifest.subList(1, manifest.size())), String.join("\n", hashedFiles(dir)),
                 folder + " fixture files differ from what the generator wrote; " + regenerate);
+    }
+
+    /**
+     * The golden MoE cases and forms.json are scripts/fixtures/make_moe_fixtures.py's output (PEFT 0.21 and
+     * transformers 5.18 on tiny MoE models): its hash and every file's are in MANIFEST.sha256.
+     */
+    @Test
+    void moeFixturesMatchTheirGenerator() throws Exception {
+        Path dir = Paths.get("src/test/resources/moe");
+        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
+        String regenerate = "regenerate them (python scripts/fixtures/make_moe_fixtures.py, with the versions in scripts/fixtures/requirements-fixtures.txt)";
+        assertEquals(sha256(Paths.get("scripts/fixtures/make_moe_fixtures.py")) + "  generator:scripts/fixtures/make_moe_fixtures.py", manifest.get(0),
+                "scripts/fixtures/make_moe_fixtures.py changed since the MoE fixtures were made: " + regenerate);
+        assertEquals(String.join("\n", manifest.subList(1, manifest.size())), String.join("\n", hashedFiles(dir)),
+                "MoE fixture files differ from what the generator wrote; " + regenerate);
+        long bytes = 0;
+        try (Stream<Path> s = Files.walk(dir)) {
+            for (Path p : (Iterable<Path>) s.filter(Files::isRegularFile)::iterator) {
+                bytes += Files.size(p);
+            }
+        }
+        assertTrue(bytes < 400_000, "MoE fixtures stay small: " + bytes + " bytes");
+    }
+
+    /** The config.json golden files are scripts/fixtures/make_config_fixtures.py's output (transformers' own save_pretrained). */
+    @Test
+    void configFixturesMatchTheirGenerator() throws Exception {
+        Path dir = Paths.get("src/test/resources/configs");
+        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
+        String regenerate = "regenerate them (python scripts/fixtures/make_config_fixtures.py, with the versions in "
+                + "scripts/fixtures/requirements-fixtures.txt)";
+        assertEquals(sha256(Paths.get("scripts/fixtures/make_config_fixtures.py")) + "  generator:scripts/fixtures/make_config_fixtures.py",
+                manifest.get(0), "scripts/fixtures/make_config_fixtures.py changed since the config fixtures were made: " + regenerate);
+        assertEquals(String.join("\n", manifest.subList(1, manifest.size())), String.join("\n", hashedFiles(dir)),
+                "config fixture files differ from what the generator wrote; " + regenerate);
+    }
+
+    /**
+     * The golden extract cases are scripts/fixtures/make_extract_fixtures.py's output, with the adapters the jar's
+     * extract wrote and PEFT loaded: the script's hash and every file's are in MANIFEST.sha256.
+     */
+    @Test
+    void extractFixturesMatchTheirGenerator() throws Exception {
+        Path dir = Paths.get("src/test/resources/extract");
+        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
+        String regenerate = "regenerate them (mvn -q package -DskipTests; python scripts/fixtures/make_extract_fixtures.py, "
+                + "with the versions in scripts/fixtures/requirements-fixtures.txt)";
+        assertEquals(sha256(Paths.get("scripts/fixtures/make_extract_fixtures.py")) + "  generator:scripts/fixtures/make_extract_fixtures.py",
+                manifest.get(0), "scripts/fixtures/make_extract_fixtures.py changed since the extract fixtures were made: " + regenerate);
+        assertEquals(String.join("\n", manifest.subList(1, manifest.size())), String.join("\n", hashedFiles(dir)),
+                "extract fixture files differ from what the generator wrote; " + regenerate);
+        long bytes = 0;
+        try (Stream<Path> s = Files.walk(dir)) {
+            for (Path p : (Iterable<Path>) s.filter(Files::isRegularFile)::iterator) {
+                bytes += Files.size(p);
+            }
+        }
+        assertTrue(bytes < 300_000, "extract fixtures stay small: " + bytes + " bytes");
+    }
+
+    /**
+     * The golden combination cases are scripts/fixtures/make_combine_fixtures.py's output (PEFT's
+     * add_weighted_adapter, and the task-arithmetic family from scripts/fixtures/combine_reference.py):
+     * both scripts' hashes and every file's are in MANIFEST.sha256.
+     */
+    @Test
+    void combineFixturesMatchTheirGenerator() throws Exception {
+        Path dir = Paths.get("src/test/resources/combine");
+        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
+        String regenerate = "regenerate them (python scripts/fixtures/make_combine_fixtures.py, with the versions in "
+                + "scripts/fixtures/requirements-fixtures.txt)";
+        assertEquals(sha256(Paths.get("scripts/fixtures/make_combine_fixtures.py")) + "  generator:scripts/fixtures/make_combine_fixtures.py",
+                manifest.get(0), "scripts/fixtures/make_combine_fixtures.py changed since the combination fixtures were made: " + regenerate);
+        assertEquals(sha256(Paths.get("scripts/fixtures/combine_reference.py")) + "  reference:scripts/fixtures/combine_reference.py",
+                manifest.get(1), "scripts/fixtures/combine_reference.py changed since the combination fixtures were made: " + regenerate);
+        assertEquals(String.join("\n", manifest.subList(2, manifest.size())), String.join("\n", hashedFiles(dir)),
+                "combination fixture files differ from what the generator wrote; " + regenerate);
+        long bytes = 0;
+        try (Stream<Path> s = Files.walk(dir)) {
+            for (Path p : (Iterable<Path>) s.filter(Files::isRegularFile)::iterator) {
+                bytes += Files.size(p);
+            }
+        }
+        assertTrue(bytes < 1_000_000, "combination fixtures stay small: " + bytes + " bytes");
     }
 
     /** "SHA256  relative/path" of every file under {@code dir} but its manifest, in path order: the manifest's lines. */

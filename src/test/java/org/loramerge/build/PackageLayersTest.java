@@ -18,26 +18,29 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
- * Data flows one way: cli -> pipeline -> verify -> engine (select -> cuda -> cpu -> engine) ->
- * plan -> (adapter, quant) -> format -> errors. Each package may use only the packages listed
+ * Data flows one way: cli -> api -> pipeline -> verify -> engine (select -> cuda -> cpu -> engine) ->
+ * plan -> (adapter, quant, linalg) -> format -> errors. Each package may use only the packages listed
  * for it here, whether by import or by a fully-qualified name in the code; in particular the
- * pipeline knows no concrete engine, and plan knows no engine at all.
+ * pipeline knows no concrete engine, plan knows no engine at all, and api (the library facade)
+ * knows nothing of the command line.
  */
 class PackageLayersTest {
     private static final Path MAIN = Paths.get("src/main/java/org/loramerge");
     private static final Map<String, Set<String>> ALLOWED = Map.ofEntries(
             Map.entry("errors", Set.of()),
             Map.entry("format", Set.of("errors")),
+            Map.entry("linalg", Set.of("errors", "format")),
             Map.entry("adapter", Set.of("errors", "format")),
             Map.entry("quant", Set.of("errors", "format")),
-            Map.entry("plan", Set.of("errors", "format", "adapter", "quant")),
-            Map.entry("engine", Set.of("errors", "format", "quant", "plan")),
-            Map.entry("engine.cpu", Set.of("errors", "format", "quant", "plan", "engine")),
-            Map.entry("engine.cuda", Set.of("errors", "format", "quant", "plan", "engine", "engine.cpu")),
+            Map.entry("plan", Set.of("errors", "format", "adapter", "quant", "linalg")),
+            Map.entry("engine", Set.of("errors", "format", "quant", "plan", "linalg")),
+            Map.entry("engine.cpu", Set.of("errors", "format", "quant", "plan", "engine", "linalg")),
+            Map.entry("engine.cuda", Set.of("errors", "format", "quant", "plan", "engine", "engine.cpu", "linalg")),
             Map.entry("engine.select", Set.of("errors", "engine", "engine.cpu")),
             Map.entry("verify", Set.of("errors", "format", "quant", "plan", "engine", "engine.cpu")),
-            Map.entry("pipeline", Set.of("errors", "format", "quant", "plan", "engine", "verify")),
-            Map.entry("cli", Set.of("errors", "format", "adapter", "quant", "plan", "engine", "engine.select", "verify", "pipeline")));
+            Map.entry("pipeline", Set.of("errors", "format", "adapter", "quant", "plan", "engine", "verify", "linalg")),
+            Map.entry("api", Set.of("errors", "format", "adapter", "quant", "linalg", "plan", "engine", "engine.select", "verify", "pipeline")),
+            Map.entry("cli", Set.of("errors", "format", "adapter", "quant", "linalg", "plan", "engine", "engine.select", "verify", "pipeline", "api")));
     private static final Pattern PACKAGE = Pattern.compile("^package org\\.loramerge\\.([\\w.]+);", Pattern.MULTILINE);
     /** An import, or a qualified name in code: org.loramerge.PKG.Type (comments are stripped first). */
     private static final Pattern USE = Pattern.compile("org\\.loramerge\\.((?:[a-z]\\w*\\.)*[a-z]\\w*)\\.[A-Z]");

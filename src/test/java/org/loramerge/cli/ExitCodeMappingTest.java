@@ -35,7 +35,7 @@ class ExitCodeMappingTest {
     private static String handled(Exception e, int expectedCode) {
         StringWriter text = new StringWriter();
         CommandLine cl = new CommandLine(new Main()).setErr(new PrintWriter(text));
-        assertEquals(expectedCode, Main.handle(e, cl, null), e.toString());
+        assertEquals(expectedCode, Main.handle(e, cl, false), e.toString());
         return text.toString();
     }
 
@@ -54,7 +54,8 @@ class ExitCodeMappingTest {
     @Test
     void typedUserErrorsCarryTheirOwnExitCodeAndPrintOneLine() {
         String usage = handled(new UsageException("--to nf4 merges into a bitsandbytes 4-bit base"), ExitCodes.USAGE);
-        assertEquals("loramerge: --to nf4 merges into a bitsandbytes 4-bit base", usage.strip());
+        assertEquals(List.of("loramerge: --to nf4 merges into a bitsandbytes 4-bit base", "Run 'loramerge --help' for the options."),
+                usage.strip().lines().toList());
         String bad = handled(new AdapterException(AdapterException.Reason.SHAPE_MISMATCH, Path.of("a"), "shape mismatch"), ExitCodes.BAD_INPUT);
         assertFalse(bad.contains("\tat "), bad);
     }

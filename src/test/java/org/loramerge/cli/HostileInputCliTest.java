@@ -225,6 +225,21 @@ class HostileInputCliTest {
     }
 
     @Test
+    void aTokenizerOfTheAdapterFolderLinkedToASystemFileIsNotCopiedIntoTheOutput() throws Exception {
+        // tokenizer files saved beside the adapter replace the base's, so they pass the same link rules
+        Path secret = TinyModels.writeText(dir.resolve("passwd"), "root:x:0:0:root:/root:/bin/bash\n");
+        Path adapter = adapterWith("");
+        Path link = replaceWithLink(adapter.resolve("tokenizer.json"), secret);
+        Map<String, String> before = hashTree(models);
+        assertBadInput(merge(base, adapter, out), out, link);
+        assertEquals(before, hashTree(models));
+        CliRun.Result followed = merge(base, adapter, out, "--follow-symlinks", "--json");
+        assertEquals(ExitCodes.OK, followed.code(), followed::err);
+        assertEquals(Files.readString(secret), Files.readString(out.resolve("tokenizer.json")));
+        assertTrue(followed.out().contains("tokenizer files from the adapter folder (saved with the fine-tune): tokenizer.json"), followed::out);
+    }
+
+    @Test
     void adapterFileLinkedOutsideItsFolderIsRefused() throws Exception {
         Path adapter = adapterWith("");
         Path outside = Files.move(adapter.resolve("adapter_config.json"), dir.resolve("adapter_config.json"));
@@ -352,7 +367,7 @@ class HostileInputCliTest {
     // ------------------------------------------------------------------ base and adapter in one folder
 
     @Test
-    void baseAndAdapterInOneFolderGiveAModelWithoutTheAdaptersFilesAndSaySo() {
+    void baseAndAdapterInOneFolderGiveAModelWithoutTheAdaptersFilesAndSaySo() throws IOException {
         Path both = TinyModels.writeTinyLlama(models.resolve("both"));
         writeAdapter(both, loraConfig(4, 8, "[\"q_proj\"]", ""), qProjAdapter(4));
         TinyModels.writeText(both.resolve("README.md"), "---\nlibrary_name: peft\n---\n# the adapter's model card\n");
@@ -360,19 +375,23 @@ class HostileInputCliTest {
         Map<String, String> before = hashTree(both);
         CliRun.Result r = CliRun.run("merge", "--base", both.toString(), "--adapter", both.toString(), "--out", out.toString(), "--device", "cpu");
         assertEquals(ExitCodes.OK, r.code(), r::err);
-        assertEquals(List.of("config.json", "model.safetensors", "tokenizer.json"), TinyModels.list(out));
+        assertEquals(List.of("README.md", "config.json", "model.safetensors", "tokenizer.json"), TinyModels.list(out));
+        String card = Files.readString(out.resolve("README.md"));
+        assertTrue(card.contains("merged into its weights by loramerge") && !card.contains("the adapter's model card"), card);
         assertTrue(r.err().contains("not carried") && r.err().contains("README.md") && r.err().contains("adapter_config.json")
                 && r.err().contains("adapter_model.safetensors"), r::err);
         assertEquals(before, hashTree(both));
     }
 
     @Test
-    void adapterFilesInTheBaseFolderStayBehindButItsReadmeIsTheModels() {
+    void adapterFilesInTheBaseFolderStayBehindAndItsReadmeGivesTheModelCardItsLicense() throws IOException {
         writeAdapter(base, loraConfig(4, 8, "[\"q_proj\"]", ""), qProjAdapter(4));
-        TinyModels.writeText(base.resolve("README.md"), "# the base model's card\n");
+        TinyModels.writeText(base.resolve("README.md"), "---\nlicense: apache-2.0\n---\n# the base model's card\n");
         CliRun.Result r = merge(base, adapterWith(""), out);
         assertEquals(ExitCodes.OK, r.code(), r::err);
         assertEquals(List.of("README.md", "config.json", "model.safetensors"), TinyModels.list(out));
+        String card = Files.readString(out.resolve("README.md"));
+        assertTrue(card.contains("license: apache-2.0") && card.contains("merged into its weights by loramerge"), card);
     }
 
     // ------------------------------------------------------------------ verify: unchanged tensors completely
@@ -412,7 +431,7 @@ class HostileInputCliTest {
         tamper("lm_head.weight", 37 * 8 + 3, 1, b -> 0x7FC0);
         CliRun.Result r = CliRun.verify(withHead, models.resolve("adapter"), out);
         assertEquals(ExitCodes.VERIFY_FAILED, r.code(), r::err);
-        assertTrue(r.err().contains("lm_head.weight") && r.err().contains("row 37") && r.err().contains("NaN"), r::err);
+        assertTrue(r.out().contains("lm_head.weight") && r.out().contains("row 37") && r.out().contains("NaN"), r::out);
     }
 
     @Test
@@ -421,7 +440,7 @@ class HostileInputCliTest {
         tamper("model.norm.weight", 5, 1, b -> b + 1);
         CliRun.Result r = CliRun.verify(withHead, models.resolve("adapter"), out);
         assertEquals(ExitCodes.VERIFY_FAILED, r.code(), r::err);
-        assertTrue(r.err().contains("model.norm.weight") && r.err().contains("element 5"), r::err);
+        assertTrue(r.out().contains("model.norm.weight") && r.out().contains("element 5"), r::out);
     }
 
     @Test
@@ -430,8 +449,8 @@ class HostileInputCliTest {
         tamper("lm_head.weight", 22 * 8, 8, b -> b ^ 0x8000);
         CliRun.Result r = CliRun.verify(withHead, models.resolve("adapter"), out, "--json");
         assertEquals(ExitCodes.VERIFY_FAILED, r.code(), r::err);
-        assertTrue(r.err().contains("lm_head.weight") && r.err().contains("row 22"), r::err);
-        assertTrue(r.err().contains("8 elements differ from the base"), r::err);
+        assertTrue(r.out().contains("lm_head.weight") && r.out().contains("row 22"), r::out); // the JSON report's problems
+        assertTrue(r.out().contains("8 elements differ from the base"), r::out);
     }
 
     @Test
@@ -457,7 +476,7 @@ class HostileInputCliTest {
         assertEquals(ExitCodes.OK, sampled.code(), sampled::err);
         CliRun.Result all = CliRun.verify(tall, adapter, out, "--rows", "all");
         assertEquals(ExitCodes.VERIFY_FAILED, all.code(), all::err);
-        assertTrue(all.err().contains(TinyModels.q(0) + ".weight") && all.err().contains("ulp"), all::err);
+        assertTrue(all.out().contains(TinyModels.q(0) + ".weight") && all.out().contains("ulp"), all::out);
     }
 
     private static void copyIfExists(Path from, Path to) {

@@ -34,8 +34,8 @@ class MergeVerifyCliTest {
         }
         assertEquals(ExitCodes.OK, code);
         JsonNode report = new ObjectMapper().readTree(captured.toString(StandardCharsets.UTF_8));
-        JsonNode ulps = report.get("verifiedWorstUlp");
-        assertEquals(report.get("tensorsMerged").asInt(), ulps.size(), "every merged tensor verified: " + ulps);
+        JsonNode ulps = report.get("verified_worst_ulp");
+        assertEquals(report.get("tensors_merged").asInt(), ulps.size(), "every merged tensor verified: " + ulps);
         for (Iterator<Map.Entry<String, JsonNode>> it = ulps.fields(); it.hasNext(); ) {
             Map.Entry<String, JsonNode> e = it.next();
             assertEquals(0.0, e.getValue().asDouble(), e.getKey());

@@ -41,6 +41,7 @@ class QloraCliTest {
     @TempDir
     Path dir;
 
+    /** The exit code and what was printed: stderr, then stdout (verify's report). */
     private record Result(int code, String err) {
     }
 
@@ -48,12 +49,13 @@ class QloraCliTest {
         PrintStream oldErr = System.err;
         PrintStream oldOut = System.out;
         ByteArrayOutputStream err = new ByteArrayOutputStream();
+        ByteArrayOutputStream stdout = new ByteArrayOutputStream();
         try (PrintStream capture = new PrintStream(err, true, StandardCharsets.UTF_8);
-             PrintStream out = new PrintStream(new ByteArrayOutputStream(), true, StandardCharsets.UTF_8)) {
+             PrintStream out = new PrintStream(stdout, true, StandardCharsets.UTF_8)) {
             System.setErr(capture);
             System.setOut(out);
             int code = Main.run(args);
-            return new Result(code, err.toString(StandardCharsets.UTF_8));
+            return new Result(code, err.toString(StandardCharsets.UTF_8) + stdout.toString(StandardCharsets.UTF_8));
         } finally {
             System.setErr(oldErr);
             System.setOut(oldOut);

@@ -42,7 +42,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * The golden QLoRA cases of src/test/resources/qlora (scripts/fixtures/make_qlora_fixtures.py): a tiny bf16
- * Llama quantized by {@code loramerge quantize}, a PEFT adapter made on its dequantized weights,
+ * Llama quantized by scripts/fixtures/nf4_reference.py, a PEFT adapter made on its dequantized weights,
  * and what {@code merge --to bf16} and {@code merge --to nf4} must write, computed by
  * scripts/fixtures/nf4_reference.py with exact rational arithmetic. Every adapted tensor must be byte-equal
  * to the reference's, every other one byte-equal to the base (or, dequantized, to the decoder's
@@ -129,7 +129,7 @@ class QloraGoldenTest {
                 checkSurvival(caseDir, b, ours, report.get("requantization"));
             } else {
                 assertTrue(report.get("requantization").isNull());
-                assertEquals(quant.weights().size() - countWeights(expectedNames, quant), report.get("tensorsDequantized").asLong());
+                assertEquals(quant.weights().size() - countWeights(expectedNames, quant), report.get("tensors_dequantized").asLong());
             }
         }
     }
@@ -225,7 +225,7 @@ class QloraGoldenTest {
                     dot += rawDiff * d;
                     changed += cx != cw ? 1 : 0;
                 }
-                assertEquals(changed, t.get("codesChanged").asLong(), name);
+                assertEquals(changed, t.get("codes_changed").asLong(), name);
                 assertEquals(n, t.get("codes").asLong(), name);
                 assertClose(Math.sqrt(surviving2 / delta2), t.get("survival").asDouble(), name + " survival");
                 assertClose(dot / delta2, t.get("aligned").asDouble(), name + " aligned");
@@ -240,7 +240,7 @@ class QloraGoldenTest {
             }
         }
         assertEquals(reference.get("tensors").size(), seen.size(), "every requantized weight is reported");
-        assertEquals(totalChanged, requant.get("codesChanged").asLong());
+        assertEquals(totalChanged, requant.get("codes_changed").asLong());
         assertClose(Math.sqrt(totalSurviving / totalDelta), requant.get("survival").asDouble(), "total survival");
         assertClose(totalDot / totalDelta, requant.get("aligned").asDouble(), "total aligned");
         assertClose(reference.get("survival").asDouble(), requant.get("survival").asDouble(), "total survival vs reference");

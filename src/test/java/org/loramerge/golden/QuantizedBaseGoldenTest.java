@@ -122,7 +122,7 @@ class QuantizedBaseGoldenTest {
             Path out = tmp.resolve("out");
             JsonNode report = JSON.readTree(run("merge", "--base", base.toString(), "--adapter", caseDir.resolve("adapter").toString(),
                     "--out", out.toString(), "--to", fp8 ? "bf16" : "f16", "--device", "cpu", "--json", "--quiet", "--verify", "--verify-rows", "all"));
-            assertEquals(4, report.get("tensorsDequantized").asLong(), report.toString());
+            assertEquals(4, report.get("tensors_dequantized").asLong(), report.toString());
             try (Checkpoint ours = Checkpoint.open(out); SafetensorsFile peft = SafetensorsFile.open(caseDir.resolve("peft.safetensors"))) {
                 Set<String> names = new TreeSet<>(ours.tensors().keySet());
                 assertTrue(names.stream().noneMatch(n -> n.contains("scale") || n.endsWith(".qweight") || n.endsWith(".qzeros") || n.endsWith("g_idx")), names.toString());

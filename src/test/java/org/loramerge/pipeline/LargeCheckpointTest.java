@@ -17,14 +17,18 @@ import org.junit.jupiter.api.io.TempDir;
 import org.loramerge.adapter.LoraAdapter;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
+import org.loramerge.format.MappedRegion;
+import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.SafetensorsWriter;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
+import org.loramerge.testutil.RoundingCases;
 import org.loramerge.verify.Verifier;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.fail;
 
 /**
  * Memory does not grow with model size: a 3.2 GB checkpoint, whose 2.7 GB embedding (one tensor
@@ -73,6 +77,68 @@ class LargeCheckpointTest {
             assertTrue(r.passed(), "verify: " + r.problems());
             assertEquals(0.0, r.worstUlp());
         }
+        // beside the project's Verifier, sampled rows against this test's own exact arithmetic
+        try (SafetensorsFile b = SafetensorsFile.open(base.resolve("model.safetensors"));
+             SafetensorsFile a = SafetensorsFile.open(adapter.resolve("adapter_model.safetensors"));
+             SafetensorsFile m = SafetensorsFile.open(out.resolve("model.safetensors"))) {
+            String q = "model.layers.0.self_attn.q_proj.weight";
+            String e = "model.embed_tokens.weight";
+            String prefix = "base_model.model.model.";
+            // q_proj: ΔW = s·B·A with A [r, 1024], B [1024, r]
+            float[] qa = floats(a, prefix + "layers.0.self_attn.q_proj.lora_A.weight", 0, RANK * 1024);
+            float[] qb = floats(a, prefix + "layers.0.self_attn.q_proj.lora_B.weight", 0, 1024 * RANK);
+            for (long row : new long[] {0, 1, 511, 1023}) {
+                assertRowIsExact(b, m, q, row, 1024, (i, j) -> dot(qb, (int) i * RANK, 1, qa, j, 1024));
+            }
+            // embedding: ΔW = s·(B·A)ᵀ with A [r, vocab], B [dim, r]; the last four rows hold data, past 2 GiB into the tensor
+            float[] eb = floats(a, prefix + "embed_tokens.lora_embedding_B", 0, (int) DIM * RANK);
+            for (long row : new long[] {0, VOCAB / 2, VOCAB - 5, VOCAB - 4, VOCAB - 2, VOCAB - 1}) {
+                float[] ea = new float[RANK];
+                for (int k = 0; k < RANK; k++) {
+                    ea[k] = floats(a, prefix + "embed_tokens.lora_embedding_A", (long) k * VOCAB + row, 1)[0];
+                }
+                assertRowIsExact(b, m, e, row, (int) DIM, (i, j) -> dot(eb, j * RANK, 1, ea, 0, 1));
+            }
+        }
+    }
+
+    /** ΔW[i, j] before the scale, exactly: Σ_k x[xOff + k·xStep]·y[yOff + k·yStep]. */
+    private interface Delta {
+        RoundingCases.Dyadic at(long row, int col);
+    }
+
+    private static RoundingCases.Dyadic dot(float[] x, int xOff, int xStep, float[] y, int yOff, int yStep) {
+        RoundingCases.Dyadic sum = RoundingCases.Dyadic.ZERO;
+        for (int k = 0; k < RANK; k++) {
+            sum = sum.add(RoundingCases.Dyadic.ofDouble(x[xOff + k * xStep]).multiply(RoundingCases.Dyadic.ofDouble(y[yOff + k * yStep])));
+        }
+        return sum;
+    }
+
+    /** Row {@code row} of the merged BF16 tensor equals W + 2·ΔW (alpha 8, r 4) rounded once, element by element. */
+    private static void assertRowIsExact(SafetensorsFile base, SafetensorsFile merged, String name, long row, int cols, Delta delta) throws IOException {
+        RoundingCases.Dyadic scale = RoundingCases.Dyadic.ofDouble(8.0 / RANK);
+        try (MappedRegion w = base.map(base.tensor(name), row * cols * 2, cols * 2L);
+             MappedRegion got = merged.map(merged.tensor(name), row * cols * 2, cols * 2L)) {
+            for (int j = 0; j < cols; j++) {
+                int wBits = w.bytes().getShort(2 * j) & 0xFFFF;
+                RoundingCases.Dyadic exact = RoundingCases.value(wBits, RoundingCases.Fmt.BF16).add(scale.multiply(delta.at(row, j)));
+                int want = RoundingCases.roundBits(exact, RoundingCases.Fmt.BF16);
+                int have = got.bytes().getShort(2 * j) & 0xFFFF;
+                if (want != have) {
+                    fail(name + "[" + row + ", " + j + "] is 0x" + Integer.toHexString(have) + ", not the exact merge rounded once, 0x"
+                            + Integer.toHexString(want));
+                }
+            }
+        }
+    }
+
+    private static float[] floats(SafetensorsFile f, String name, long first, int count) throws IOException {
+        float[] out = new float[count];
+        try (MappedRegion r = f.map(f.tensor(name), first * 4, count * 4L)) {
+            r.bytes().asFloatBuffer().get(out);
+        }
+        return out;
     }
 
     private static long vmHwmKb(long pid) {

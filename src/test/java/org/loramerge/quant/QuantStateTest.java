@@ -5,6 +5,7 @@ import java.nio.file.Path;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
+import org.loramerge.format.PythonFloat;
 import org.loramerge.format.DType;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;

@@ -116,9 +116,9 @@ class QuantizeCommandTest {
             args.add("--double-quant");
         }
         JsonNode summary = JSON.readTree(runForStdout(args.toArray(new String[0])));
-        assertEquals(3, summary.get("tensorsQuantized").asInt());
-        assertEquals(6, summary.get("tensorsCopied").asInt());
-        assertTrue(summary.get("worstErrorOverAbsmax").asDouble() <= 0.152);
+        assertEquals(3, summary.get("tensors_quantized").asInt());
+        assertEquals(6, summary.get("tensors_copied").asInt());
+        assertTrue(summary.get("worst_error_over_absmax").asDouble() <= 0.152);
         Set<String> skipped = new TreeSet<>();
         summary.get("skipped").forEach(s -> skipped.add(s.get("name").asText()));
         assertEquals(Set.of("lm_head.weight", "model.embed_tokens.weight"), skipped);

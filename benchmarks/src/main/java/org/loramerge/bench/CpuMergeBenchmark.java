@@ -17,6 +17,7 @@ import org.openjdk.jmh.annotations.Benchmark;
 import org.openjdk.jmh.annotations.BenchmarkMode;
 import org.openjdk.jmh.annotations.Fork;
 import org.openjdk.jmh.annotations.Level;
+import org.openjdk.jmh.annotations.Measurement;
 import org.openjdk.jmh.annotations.Mode;
 import org.openjdk.jmh.annotations.OutputTimeUnit;
 import org.openjdk.jmh.annotations.Param;
@@ -24,15 +25,22 @@ import org.openjdk.jmh.annotations.Scope;
 import org.openjdk.jmh.annotations.Setup;
 import org.openjdk.jmh.annotations.State;
 import org.openjdk.jmh.annotations.TearDown;
+import org.openjdk.jmh.annotations.Warmup;
 
 /**
  * The CPU engine on one weight in memory, all cores, as the pipeline cuts it into 8 MiB blocks.
- * One op merges the whole W; GB/s of W = W bytes / (s/op) (benchmarks/jmh_table.py prints it).
+ * One op merges the whole W; GB/s of W = W bytes / (s/op) ({@link JmhTable} prints it). Two forks,
+ * so that a JIT or page-placement accident of one JVM shows as spread between them; 3 warm-up and 5
+ * measured iterations of 2 s each, so that a cold first iteration (the JIT compiling the merge loop)
+ * never counts. All 48 parameter sets are 48 x 2 forks x 16 s of iterations, about 26 minutes plus
+ * writing their weights; scripts/bench/jmh.sh runs 6 of them by default.
  */
 @State(Scope.Benchmark)
 @BenchmarkMode(Mode.AverageTime)
 @OutputTimeUnit(TimeUnit.MILLISECONDS)
-@Fork(value = 1, jvmArgs = {"-Xmx8g", "-XX:MaxDirectMemorySize=8g"})
+@Warmup(iterations = 3, time = 2)
+@Measurement(iterations = 5, time = 2)
+@Fork(value = 2, jvmArgs = {"-Xmx8g", "-XX:MaxDirectMemorySize=8g"})
 public class CpuMergeBenchmark {
     @Param({"4096x4096", "11008x4096", "4096x11008", "32000x4096"})
     public String shape;

@@ -24,6 +24,7 @@ import org.openjdk.jmh.annotations.Benchmark;
 import org.openjdk.jmh.annotations.BenchmarkMode;
 import org.openjdk.jmh.annotations.Fork;
 import org.openjdk.jmh.annotations.Level;
+import org.openjdk.jmh.annotations.Measurement;
 import org.openjdk.jmh.annotations.Mode;
 import org.openjdk.jmh.annotations.OperationsPerInvocation;
 import org.openjdk.jmh.annotations.OutputTimeUnit;
@@ -32,19 +33,22 @@ import org.openjdk.jmh.annotations.Scope;
 import org.openjdk.jmh.annotations.Setup;
 import org.openjdk.jmh.annotations.State;
 import org.openjdk.jmh.annotations.TearDown;
+import org.openjdk.jmh.annotations.Warmup;
 
 /**
  * The NF4 kernels with everything already on the device (no PCIe), over a whole BF16 weight at
  * blocksize 64: dequantize, requantize (X and W, with the survival sums), the double quantization
  * and survival measure of {@code finish}, and the fused path a {@code merge --to nf4} row block
- * runs (dequantize, DGEMM, merge-and-round, requantize). benchmarks/jmh_table.py turns the times
+ * runs (dequantize, DGEMM, merge-and-round, requantize). {@link JmhTable} turns the times
  * into bytes moved through device memory per second and compares them with
  * {@link CudaCopyBenchmark#deviceToDevice} run beside them.
  */
 @State(Scope.Benchmark)
 @BenchmarkMode(Mode.AverageTime)
 @OutputTimeUnit(TimeUnit.MILLISECONDS)
-@Fork(value = 1, jvmArgs = {"-Xmx8g"})
+@Warmup(iterations = 3, time = 1)
+@Measurement(iterations = 5, time = 1)
+@Fork(value = 2, jvmArgs = {"-Xmx8g"})
 public class CudaNf4Benchmark {
     static final int BLOCKSIZE = 64;
 

@@ -30,16 +30,17 @@ import org.openjdk.jmh.annotations.Warmup;
 
 /**
  * The whole pipeline, file to file: a 1.44 GB BF16 checkpoint of 16 weights of 4096x11008, each with
- * a rank-16 LoRA pair, merged with fsync as `loramerge merge` does. GB/s = 1.442 / (s/op).
+ * a rank-16 LoRA pair, merged with fsync as `loramerge merge` does. GB/s = 1.442 / (s/op). The CPU
+ * engine by default; on a GPU machine add {@code -p device=cpu,cuda} (scripts/device/gpu-run.sh does).
  */
 @State(Scope.Benchmark)
 @BenchmarkMode(Mode.SingleShotTime)
 @OutputTimeUnit(TimeUnit.MILLISECONDS)
-@Warmup(iterations = 1)
-@Measurement(iterations = 3)
-@Fork(value = 1, jvmArgs = {"-Xmx2g"})
+@Warmup(iterations = 2)
+@Measurement(iterations = 5)
+@Fork(value = 2, jvmArgs = {"-Xmx2g"})
 public class PipelineBenchmark {
-    @Param({"cpu", "cuda"})
+    @Param({"cpu"})
     public String device;
 
     private Path dir;

@@ -4,6 +4,7 @@ import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 import java.util.SplittableRandom;
@@ -40,6 +41,30 @@ public final class Synthetic {
             writeRandom(w, (long) rows * cols, f, 0.02, rnd);
             writeRandom(w, (long) rank * cols, FloatFormat.F32, 0.05, rnd);
             writeRandom(w, (long) rows * rank, FloatFormat.F32, 0.02, rnd);
+            w.finish();
+        }
+        return SafetensorsFile.open(file);
+    }
+
+    /**
+     * Writes W [rows, cols] in {@code dtype} and {@code adapters} LoRA pairs a0, b0, a1, b1, ...
+     * (lora_A [r, cols], lora_B [rows, r], F32), random, never zero; returns the opened file.
+     */
+    public static SafetensorsFile writeAdapters(Path file, int rows, int cols, int rank, int adapters, DType dtype)
+            throws IOException, SafetensorsException {
+        List<SafetensorsWriter.Entry> entries = new ArrayList<>();
+        entries.add(new SafetensorsWriter.Entry("w", dtype, new long[] {rows, cols}));
+        for (int i = 0; i < adapters; i++) {
+            entries.add(new SafetensorsWriter.Entry("a" + i, DType.F32, new long[] {rank, cols}));
+            entries.add(new SafetensorsWriter.Entry("b" + i, DType.F32, new long[] {rows, rank}));
+        }
+        SplittableRandom rnd = new SplittableRandom(rows * 37L + cols + rank + adapters);
+        try (SafetensorsWriter w = SafetensorsWriter.create(file, entries, Map.of("format", "pt"))) {
+            writeRandom(w, (long) rows * cols, FloatFormat.of(dtype), 0.02, rnd);
+            for (int i = 0; i < adapters; i++) {
+                writeRandom(w, (long) rank * cols, FloatFormat.F32, 0.05, rnd);
+                writeRandom(w, (long) rows * rank, FloatFormat.F32, 0.02, rnd);
+            }
             w.finish();
         }
         return SafetensorsFile.open(file);

@@ -203,20 +203,37 @@ public final class CpuMerge {
     private static final ThreadLocal<ExactMath.Rounder> ROUNDER = ThreadLocal.withInitial(ExactMath.Rounder::new);
 
     /**
-     * v = w + Σ s·U_i·Vᵀ for one row, with e its error bound. Returns true when v is exact (no terms).
+     * v = w + Σ s·U_i·Vᵀ (or w + Δ of a dense combination) for one row, with e its error bound.
+     * Returns true when v is exact (no term covers the row).
      */
     static boolean computeRow(TensorJob job, long row, double[] w, double[] v, double[] e) {
         int cols = job.cols();
-        if (job.terms().isEmpty()) {
-            System.arraycopy(w, 0, v, 0, cols);
-            Arrays.fill(e, 0, cols, 0.0);
-            return true;
+        if (job.dense() != null) {
+            // W + Δ with Δ the combination's float64 delta: one float64 addition, error at most u·|v|
+            double[] d = SCRATCH.get()[3];
+            job.dense().deltaRow(row, d);
+            for (int j = 0; j < cols; j++) {
+                if (d[j] == 0) {
+                    v[j] = w[j];
+                    e[j] = 0; // keeps W's bits
+                } else {
+                    v[j] = w[j] + d[j];
+                    // never 0 for a non-zero Δ, so a sum that cancels to zero is settled exactly (as +0)
+                    e[j] = Math.max(2 * TensorJob.U * Math.abs(v[j]), Double.MIN_VALUE);
+                }
+            }
+            return false;
         }
-        int i = Math.toIntExact(row);
-        double[] d = SCRATCH.get()[3];
         System.arraycopy(w, 0, v, 0, cols);
         Arrays.fill(e, 0, cols, 0.0);
+        double[] d = SCRATCH.get()[3];
+        boolean covered = false;
         for (LowRankTerm t : job.terms()) {
+            int i = t.localRow(row);
+            if (i < 0) {
+                continue; // an expert's term, on another expert's rows
+            }
+            covered = true;
             int r = t.rank();
             double[] u = t.u();
             double[] vt = t.vt();
@@ -238,6 +255,9 @@ public final class CpuMerge {
                 v[j] += s * d[j];
                 e[j] += bound * vNorm[j];
             }
+        }
+        if (!covered) {
+            return true;
         }
         double k = job.boundK();
         for (int j = 0; j < cols; j++) {

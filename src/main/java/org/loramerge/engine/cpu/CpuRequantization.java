@@ -44,6 +44,11 @@ public final class CpuRequantization implements Requantization {
     }
 
     @Override
+    public long codesOffset(long firstElement) {
+        return requantizer.codesOffset(firstElement);
+    }
+
+    @Override
     public ByteBuffer mergeRows(long row0, int rowCount, ByteBuffer src, BlockStats stats) throws QuantException {
         long cols = job.cols();
         int count = Math.toIntExact(rowCount * cols);

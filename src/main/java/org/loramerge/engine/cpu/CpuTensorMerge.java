@@ -25,6 +25,11 @@ public final class CpuTensorMerge implements TensorMerge {
     }
 
     @Override
+    public void countSelection(long row0, int rowCount) {
+        job.dense().countRows(row0, rowCount);
+    }
+
+    @Override
     public void mergeRows(long row0, int rowCount, ByteBuffer src, ByteBuffer dst, BlockStats stats) {
         CpuMerge.mergeRows(job, row0, rowCount, src, dst, stats, null);
     }

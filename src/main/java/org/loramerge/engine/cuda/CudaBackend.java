@@ -8,12 +8,15 @@ import java.util.List;
 import java.util.Set;
 import org.loramerge.engine.Backend;
 import org.loramerge.engine.DeviceUnavailableException;
+import org.loramerge.engine.LowRankTerm;
 import org.loramerge.engine.Requantization;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.TensorMerge;
 import org.loramerge.engine.cpu.CpuRequantization;
 import org.loramerge.engine.cpu.CpuTensorMerge;
+import org.loramerge.plan.DoraSpec;
 import org.loramerge.plan.Layout;
+import org.loramerge.plan.TermSpec;
 
 /**
  * The GPU engine. Each pipeline thread owns a {@link DeviceWorker} (a stream, a cuBLAS handle,
@@ -23,9 +26,11 @@ import org.loramerge.plan.Layout;
  * rounding boundary come back as a list and are recomputed exactly on the host with the CPU
  * engine's code ({@link HostSettle}), so the output is bit for bit the CPU engine's.
  *
- * <p>Tensors the GPU path does not cover (DoRA, token rows, bias terms, several terms, a dtype
- * conversion, a quantized format without device kernels) are merged by the CPU engine inside
- * this backend ({@link #onGpu}); they are small or rare.
+ * <p>Tensors the GPU path does not cover (DoRA with column norms, token rows, bias terms, terms
+ * whose rows overlap only in part, a quantized format without device kernels, the task-arithmetic
+ * family on a 4-bit base, across a dtype conversion or with more than eight adapters, and plain
+ * dtype conversions without terms, which are memory copies) are merged by the CPU engine inside
+ * this backend ({@link #onGpu}).
  */
 public final class CudaBackend implements Backend {
     /** Pipeline threads (and streams) at most: each also copies blocks on the host, so more help until PCIe is full. */
@@ -76,17 +81,42 @@ public final class CudaBackend implements Backend {
 
     /**
      * Whether the GPU path computes this tensor (else the CPU engine does, inside this backend):
-     * one low-rank term, no DoRA, token rows or dtype conversion. The source is dense, or NF4
-     * (dequantized on the device; an NF4 output is requantized there too), or another quantized
-     * format, which the pipeline dequantizes on the CPU with the format's codec before the block
-     * goes up as dense values.
+     * low-rank terms whose rows split into segments ({@link CudaTensorMerge#segments}: several
+     * terms on the same rows, from combined adapters, go up as one, {@link DeviceFactors#of}; an MoE
+     * expert stack's terms, each on its expert's rows, one segment per expert), DoRA with row norms
+     * (one term) or none, no token rows or bias term, converted to another dtype or not; or a dense
+     * combination of the task-arithmetic family ({@link CudaDenseMerge#fits}). The source is dense,
+     * or NF4 (dequantized on the device; an NF4 output is requantized there too), or another
+     * quantized format, which the pipeline dequantizes on the CPU with the format's codec before
+     * the block goes up as dense values.
      */
     static boolean onGpu(TensorJob job) {
-        if (job.srcFormat() == null || job.srcFormat() != job.dstFormat() || job.doraAxis() != null || job.tokenValues() != null) {
+        if (job.srcFormat() == null || job.dstFormat() == null || job.doraAxis() == DoraSpec.Axis.COLUMN || job.tokenValues() != null) {
             return false;
         }
+        for (TermSpec t : job.out().terms()) {
+            if (t.layout() == Layout.BIAS) {
+                return false;
+            }
+        }
         // a tensor without terms and with its own dtype is a byte copy and never reaches a backend
-        return job.terms().size() == 1 && job.out().terms().get(0).layout() != Layout.BIAS;
+        if (job.dense() != null) {
+            return CudaDenseMerge.fits(job);
+        }
+        if (job.terms().isEmpty()) {
+            return false;
+        }
+        List<List<LowRankTerm>> segments = CudaTensorMerge.segments(job.terms(), job.rows());
+        if (segments == null) {
+            return false;
+        }
+        for (List<LowRankTerm> segment : segments) {
+            // DoRA's row norms run on one term's factors; several terms fold only within the bound (DeviceFactors.foldable)
+            if (segment.size() > 1 && (job.doraAxis() != null || !DeviceFactors.foldable(segment))) {
+                return false;
+            }
+        }
+        return true;
     }
 
     @Override
@@ -94,12 +124,18 @@ public final class CudaBackend implements Backend {
         if (!onGpu(job)) {
             return new CpuTensorMerge(job);
         }
+        if (job.dense() != null) {
+            return remember(new CudaDenseMerge(this, device, job));
+        }
         return remember(new CudaTensorMerge(this, device, job));
     }
 
     @Override
     public Requantization openRequantization(TensorJob job) throws IOException {
-        if (!onGpu(job) || CudaTensorMerge.deviceNf4(job) == null || !job.out().quantizedOutput().kind().equals("NF4")) {
+        // requantized on the device: an NF4 weight to NF4 (another format's codec runs on the CPU) whose terms all cover every
+        // row (one segment) and without DoRA (whose norms need the whole row first)
+        if (!onGpu(job) || job.dense() != null || job.doraAxis() != null || CudaTensorMerge.deviceNf4(job) == null
+                || !job.out().quantizedOutput().kind().equals("NF4") || CudaTensorMerge.segments(job.terms(), job.rows()).size() != 1) {
             return new CpuRequantization(job);
         }
         return remember(new CudaRequantization(this, device, job));

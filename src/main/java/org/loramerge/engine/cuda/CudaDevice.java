@@ -14,13 +14,13 @@ import jcuda.runtime.cudaDeviceProp;
 import org.loramerge.engine.DeviceUnavailableException;
 
 /**
- * One GPU, opened for the engine: its primary context, the PTX modules of {@code kernels/}, a
+ * One GPU, opened for the engine: its primary context, the kernel modules of {@code kernels/}, a
  * pool of reusable device buffers, and one {@link DeviceWorker} per thread that uses it. This is
  * the device-block API the engine's tensor handles and the JMH benchmarks share; it knows nothing
  * of plans or tensors.
  */
 public final class CudaDevice implements AutoCloseable {
-    /** Oldest architecture the PTX targets: compute_80, for bf16 and fp64 throughput (kernels/README.md). */
+    /** Oldest architecture the kernels target: compute_80, for bf16 and fp64 throughput (kernels/README.md). */
     static final int MIN_MAJOR = 8;
 
     private final int ordinal;
@@ -28,11 +28,12 @@ public final class CudaDevice implements AutoCloseable {
     private final String description;
     private final int blockBytes;
     private final CUcontext context = new CUcontext();
-    private final List<PtxModule> modules = new ArrayList<>();
+    private final List<KernelModule> modules = new ArrayList<>();
     private final List<DeviceWorker> workers = new ArrayList<>();
     private final ThreadLocal<DeviceWorker> worker = new ThreadLocal<>();
     private final DevicePool pool = new DevicePool();
     private MergeKernels merge;
+    private CombineKernels combine;
     private Nf4Kernels nf4;
     private boolean closed;
 
@@ -108,12 +109,15 @@ public final class CudaDevice implements AutoCloseable {
             JCudaDriver.cuDeviceGet(dev, ordinal);
             JCudaDriver.cuDevicePrimaryCtxRetain(d.context, dev);
             JCudaDriver.cuCtxSetCurrent(d.context);
-            PtxModule round = new PtxModule("round.ptx");
+            KernelModule round = new KernelModule("round.fatbin");
             d.modules.add(round);
             d.merge = new MergeKernels(round);
-            PtxModule nf4 = new PtxModule("nf4.ptx");
+            KernelModule nf4 = new KernelModule("nf4.fatbin");
             d.modules.add(nf4);
             d.nf4 = new Nf4Kernels(nf4);
+            KernelModule combine = new KernelModule("combine.fatbin");
+            d.modules.add(combine);
+            d.combine = new CombineKernels(combine);
         } catch (Throwable e) {
             d.close();
             throw DeviceUnavailableException.engineFailed("the GPU kernels could not be loaded on " + name + ": " + e.getMessage(), e);
@@ -166,6 +170,11 @@ public final class CudaDevice implements AutoCloseable {
         return merge;
     }
 
+    /** The kernels of kernels/combine.cu. */
+    CombineKernels combine() {
+        return combine;
+    }
+
     /** The kernels of kernels/nf4.cu. */
     public Nf4Kernels nf4() {
         return nf4;
@@ -194,7 +203,7 @@ public final class CudaDevice implements AutoCloseable {
             }
         }
         pool.close();
-        for (PtxModule m : modules) {
+        for (KernelModule m : modules) {
             m.close();
         }
         CUdevice dev = new CUdevice();

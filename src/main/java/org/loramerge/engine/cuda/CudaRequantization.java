@@ -30,7 +30,8 @@ import static org.loramerge.quant.QuantException.Reason.NON_FINITE;
  * {@code merge --to nf4} of one weight on the GPU, with the same bytes as the CPU path
  * ({@link Nf4Requantizer}). Per row block, on the worker's stream: the base's packed codes go up
  * (half a byte an element) and are dequantized into W (nf4_dequant), P = s·U·Vᵀ (DGEMM), X =
- * round(W + P) with the elements at a rounding boundary settled exactly there (merge_round, settle), then
+ * round(W + P) with the elements at a rounding boundary settled exactly there (merge_round, settle;
+ * on the host for several adapters' terms folded into one, DeviceFactors#of), then
  * X and W are requantized and the survival sums of each block taken (nf4_requant), and only X's
  * packed codes come back. The codes of both and their absmax stay on the device for the whole
  * weight (n bytes and 8 bytes a block): {@link #finish} double-quantizes both absmax sets there
@@ -111,6 +112,12 @@ final class CudaRequantization implements Requantization {
         return format.sizeInBytes(); // a block's W and X are the worker's device buffers, sized by the output dtype
     }
 
+    /** NF4 codes, two a byte: a range from an even element starts at byte firstElement / 2. */
+    @Override
+    public long codesOffset(long firstElement) {
+        return firstElement / 2;
+    }
+
     @Override
     public ByteBuffer mergeRows(long row0, int rowCount, ByteBuffer packed, BlockStats stats) throws Exception {
         DeviceWorker w = device.worker();
@@ -122,12 +129,14 @@ final class CudaRequantization implements Requantization {
         }
         long bytes = count * format.sizeInBytes();
         merge.load(w, row0, rowCount, packed);
-        w.mergeRoundExactly(merge.factors(), format, row0, rowCount, cols, job.boundK());
+        DeviceFactors f = merge.factors();
+        w.mergeRoundExactly(f, format, format, row0, rowCount, cols, job.boundK());
         DeviceWorker.Counts counted = w.counters();
         long overflows = counted.overflows();
         long nans = counted.nans();
-        if (counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY || counted.forHost() > 0) {
-            long[] settled = settleOnHost(w, row0, rowCount, counted, bytes, stats);
+        long forHost = DeviceWorker.forHost(f, counted); // a folded tensor's undecided elements are all the host's
+        if (counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY || forHost > 0) {
+            long[] settled = settleOnHost(w, f, row0, rowCount, counted, forHost, bytes, stats);
             overflows = settled[0];
             nans = settled[1];
         } else {
@@ -155,8 +164,8 @@ final class CudaRequantization implements Requantization {
      * block, copied down) into a copy of X, which goes up once. Returns the block's overflows and
      * NaNs after settling.
      */
-    private long[] settleOnHost(DeviceWorker w, long row0, int rowCount, DeviceWorker.Counts counted, long bytes, BlockStats stats)
-            throws Exception {
+    private long[] settleOnHost(DeviceWorker w, DeviceFactors f, long row0, int rowCount, DeviceWorker.Counts counted, long forHost, long bytes,
+                                BlockStats stats) throws Exception {
         ByteBuffer wHost = w.download(w.input(), bytes);
         ByteBuffer x = ByteBuffer.allocateDirect(Math.toIntExact(bytes)).order(ByteOrder.LITTLE_ENDIAN);
         if (counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY) {
@@ -168,10 +177,10 @@ final class CudaRequantization implements Requantization {
             Nf4Kernels.upload(w.stream(), w.output().pointer(), x);
             return new long[] {s.overflows(), s.nans()};
         }
-        stats.addExactlyRounded(counted.ambiguous() - counted.forHost());
+        stats.addExactlyRounded(counted.ambiguous() - forHost);
         x.put(w.download(w.output(), bytes));
-        ByteBuffer idx = w.forHostElements(counted.forHost());
-        long overflows = HostSettle.settle(job, row0, wHost, idx, (int) counted.forHost(), (e, bits) -> format.putBits(x, e, bits), stats);
+        ByteBuffer idx = w.forHostElements(f, forHost);
+        long overflows = HostSettle.settle(job, row0, wHost, idx, (int) forHost, (e, bits) -> format.putBits(x, e, bits), stats);
         x.position(0).limit(Math.toIntExact(bytes));
         Nf4Kernels.upload(w.stream(), w.output().pointer(), x);
         // the kernels counted the ambiguous elements' overflows as they settled them; NaNs are among the others

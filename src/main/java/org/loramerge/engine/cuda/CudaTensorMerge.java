@@ -2,7 +2,12 @@ package org.loramerge.engine.cuda;
 
 import java.io.IOException;
 import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.util.ArrayList;
+import java.util.Comparator;
+import java.util.List;
 import org.loramerge.engine.BlockStats;
+import org.loramerge.engine.LowRankTerm;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.TensorMerge;
 import org.loramerge.engine.cpu.CpuMerge;
@@ -11,19 +16,32 @@ import org.loramerge.plan.TensorSource;
 import org.loramerge.quant.Nf4Weight;
 
 /**
- * A dense output tensor on the GPU (one low-rank term, W in the output dtype, or an NF4 weight
- * dequantized on the device). Per block: W goes up (as it is, or as packed codes), P = s·U·Vᵀ,
- * the fused add-and-round and the exact settling of the elements at a rounding boundary run on
- * the worker's stream, and the block comes back into the pipeline's page-locked buffer; the rare
- * element the device could not settle exactly is settled on the host.
+ * A dense output tensor on the GPU (its low-rank terms, W in its own dtype or an NF4 weight
+ * dequantized on the device, the output in the same dtype or another). Per block: W goes up (as it
+ * is, or as packed codes), P = s·U·Vᵀ, the fused add-and-round and the exact settling of the
+ * elements at a rounding boundary run on the worker's stream, and the block comes back into the
+ * pipeline's page-locked buffer; the rare element the device could not settle exactly is settled
+ * on the host. DoRA with row norms runs its own kernel, whose undecided elements all go to the host
+ * (decimal arithmetic: a square root has no short exact form).
+ *
+ * <p>The terms fall into segments of rows ({@link #segments}): terms on the same rows (several
+ * adapters combined by cat or task_arithmetic) go up as one, folded ({@link DeviceFactors#of}),
+ * and terms on disjoint rows (an MoE expert stack's one per expert) are separate segments; a block
+ * that spans segments is computed in one part per segment. A folded segment's undecided elements
+ * all go to the host, which settles them from the job's own terms.
  */
 final class CudaTensorMerge implements TensorMerge {
     private final CudaBackend backend;
     private final CudaDevice device;
     private final TensorJob job;
-    private final DeviceFactors factors;
+    /** The terms by segment of rows, in row order ({@link #segments}). */
+    private final List<List<LowRankTerm>> segments;
+    /** One per segment: its terms' factors, folded when there are several. */
+    private final List<DeviceFactors> factors;
     /** For an NF4 source: the decoded absmax of every block of the weight. */
     private final DeviceMemory sourceAbsmax;
+    /** For DoRA (one norm per row, one term): m of every row. */
+    private final DeviceMemory magnitude;
     private final Nf4Weight nf4;
     private boolean closed;
 
@@ -33,18 +51,35 @@ final class CudaTensorMerge implements TensorMerge {
         this.job = job;
         device.bindContext();
         this.nf4 = deviceNf4(job);
-        DeviceFactors f = new DeviceFactors(job.terms().get(0), device.pool());
-        DeviceMemory absmax = null;
-        if (nf4 != null) {
-            try (CudaStream s = new CudaStream()) {
-                absmax = device.nf4().decodedAbsmax(device.pool(), s, nf4.decoder());
-            } catch (RuntimeException | IOException e) {
-                f.close();
-                throw e;
-            }
+        this.segments = segments(job.terms(), job.rows());
+        if (segments == null) {
+            throw new IllegalArgumentException(job.out().name() + ": the terms' rows do not split into segments (CudaBackend.onGpu)");
         }
-        this.factors = f;
+        List<DeviceFactors> up = new ArrayList<>();
+        DeviceMemory absmax = null;
+        DeviceMemory m = null;
+        try {
+            for (List<LowRankTerm> segment : segments) {
+                up.add(DeviceFactors.of(segment, device.pool()));
+            }
+            if (nf4 != null) {
+                try (CudaStream s = new CudaStream()) {
+                    absmax = device.nf4().decodedAbsmax(device.pool(), s, nf4.decoder());
+                }
+            }
+            if (job.doraAxis() != null) {
+                m = DeviceFactors.upload(device.pool(), job.magnitude());
+            }
+        } catch (RuntimeException | IOException e) {
+            up.forEach(DeviceFactors::close);
+            if (absmax != null) {
+                absmax.close();
+            }
+            throw e;
+        }
+        this.factors = up;
         this.sourceAbsmax = absmax;
+        this.magnitude = m;
     }
 
     /** The source when it is an NF4 weight, which the device dequantizes itself (an FP4 one goes up dequantized), else null. */
@@ -53,9 +88,44 @@ final class CudaTensorMerge implements TensorMerge {
                 ? (Nf4Weight) job.out().source().quantized() : null;
     }
 
-    /** The factors on the device, for a requantization that shares this tensor's upload. */
+    /**
+     * The factors on the device of a tensor whose terms all cover every row (one segment), for a
+     * requantization that shares this tensor's upload.
+     */
     DeviceFactors factors() {
-        return factors;
+        if (factors.size() != 1) {
+            throw new IllegalStateException(job.out().name() + " has " + factors.size() + " row segments; a requantization on the device takes one");
+        }
+        return factors.get(0);
+    }
+
+    /**
+     * The terms grouped by the rows they cover, in row order: terms on the same rows form one
+     * segment (several adapters' terms, to be folded into one), and the segments must follow each
+     * other from row 0 to the last row without a gap or an overlap (an expert stack's one per
+     * expert, or one segment on every row). Null when they do not: two terms that partly overlap,
+     * or rows no term covers.
+     */
+    static List<List<LowRankTerm>> segments(List<LowRankTerm> terms, long rows) {
+        List<LowRankTerm> sorted = new ArrayList<>(terms);
+        sorted.sort(Comparator.comparingLong(LowRankTerm::row0)); // stable: the job's order within a segment
+        List<List<LowRankTerm>> out = new ArrayList<>();
+        long next = 0;
+        for (LowRankTerm t : sorted) {
+            List<LowRankTerm> last = out.isEmpty() ? null : out.get(out.size() - 1);
+            if (last != null && last.get(0).row0() == t.row0() && last.get(0).rows() == t.rows()) {
+                last.add(t);
+                continue;
+            }
+            if (t.row0() != next) {
+                return null;
+            }
+            List<LowRankTerm> segment = new ArrayList<>();
+            segment.add(t);
+            out.add(segment);
+            next += t.rows();
+        }
+        return out.isEmpty() || next != rows ? null : out;
     }
 
     /** The NF4 source's decoded absmax on the device, or null for a dense source. */
@@ -70,7 +140,12 @@ final class CudaTensorMerge implements TensorMerge {
 
     @Override
     public void columnSums(long row0, int rowCount, ByteBuffer values, double[] sumSq, double[] sumErr) {
-        CpuMerge.columnSums(job, row0, rowCount, values, sumSq, sumErr); // DoRA tensors run on the CPU; never reached
+        CpuMerge.columnSums(job, row0, rowCount, values, sumSq, sumErr); // column-norm DoRA runs on the CPU; never reached
+    }
+
+    @Override
+    public void countSelection(long row0, int rowCount) {
+        job.dense().countRows(row0, rowCount); // dense combinations run on the CPU engine; never reached
     }
 
     /** Queues W of rows [row0, row0 + rowCount) into the worker's input buffer. */
@@ -86,30 +161,75 @@ final class CudaTensorMerge implements TensorMerge {
     @Override
     public void mergeRows(long row0, int rowCount, ByteBuffer src, ByteBuffer dst, BlockStats stats) {
         DeviceWorker w = device.worker();
-        FloatFormat fmt = job.dstFormat();
+        FloatFormat in = job.srcFormat();
+        FloatFormat out = job.dstFormat();
         int cols = job.cols();
-        long bytes = (long) rowCount * cols * fmt.sizeInBytes();
         load(w, row0, rowCount, src);
-        w.mergeRoundExactly(factors, fmt, row0, rowCount, cols, job.boundK());
-        // dst is page-locked when the pipeline took it from allocateBlockBuffer, so this copy is asynchronous and direct
-        w.copyOutputTo(dst, bytes);
-        DeviceWorker.Counts counted = w.counters();
-        if (nf4 != null && (counted.forHost() > 0 || counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY)) {
-            src = w.download(w.input(), bytes); // the host work below reads W: the dequantized values, not the packed codes
+        ByteBuffer values = src; // W in its own dtype, for work on the host; an NF4 block's is downloaded when needed
+        long end = row0 + rowCount;
+        int t = segmentAt(row0);
+        for (long r = row0; r < end; t++) {
+            LowRankTerm lead = segments.get(t).get(0);
+            DeviceFactors f = factors.get(t);
+            int n = (int) (Math.min(end, lead.row0() + lead.rows()) - r);
+            long first = (r - row0) * cols;
+            long bytes = (long) n * cols * out.sizeInBytes();
+            if (magnitude != null) {
+                w.mergeRoundDora(f, in, out, r - lead.row0(), n, cols, job.boundK(), magnitude);
+            } else {
+                w.mergeRoundExactly(f, in, out, r - lead.row0(), n, cols, job.boundK(), first);
+            }
+            // dst is page-locked when the pipeline took it from allocateBlockBuffer, so this copy is asynchronous and direct
+            w.copyOutputTo(dst, first * out.sizeInBytes(), bytes);
+            DeviceWorker.Counts counted = w.counters();
+            // DoRA's undecided elements all go to the host, and so do a folded segment's; the others only when the
+            // device's exact settling left them
+            long forHost = magnitude != null ? counted.ambiguous() : DeviceWorker.forHost(f, counted);
+            if (nf4 != null && values == src && (forHost > 0 || counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY)) {
+                // the host work below reads W: the dequantized values, not the packed codes
+                values = w.download(w.input(), (long) rowCount * cols * in.sizeInBytes());
+            }
+            settleOnHost(w, f, r, n, counted, forHost, values, first * in.sizeInBytes(), dst, first * out.sizeInBytes(), stats);
+            r += n;
         }
+    }
+
+    /** The part of a block's bytes that one segment's rows take, little-endian from its index 0. */
+    private static ByteBuffer slice(ByteBuffer b, long offset, long bytes) {
+        return b.duplicate().clear().position(Math.toIntExact(offset)).limit(Math.toIntExact(offset + bytes)).slice().order(ByteOrder.LITTLE_ENDIAN);
+    }
+
+    /** The index of the segment whose rows hold {@code row}. */
+    private int segmentAt(long row) {
+        for (int i = 0; i < segments.size(); i++) {
+            if (segments.get(i).get(0).localRow(row) >= 0) {
+                return i;
+            }
+        }
+        throw new IllegalStateException(job.out().name() + ": no term covers row " + row);
+    }
+
+    /**
+     * Rows [row0, row0 + rowCount), merged with {@code f}, came back in {@code dst} at {@code dstOffset}:
+     * decides on the host the {@code forHost} elements the device left to it, from W at
+     * {@code srcOffset} of {@code values}.
+     */
+    private void settleOnHost(DeviceWorker w, DeviceFactors f, long row0, int rowCount, DeviceWorker.Counts counted, long forHost, ByteBuffer values,
+                              long srcOffset, ByteBuffer dst, long dstOffset, BlockStats stats) {
+        long elements = (long) rowCount * job.cols();
+        ByteBuffer srcRows = slice(values, srcOffset, elements * job.srcFormat().sizeInBytes());
+        ByteBuffer dstRows = slice(dst, dstOffset, elements * job.dstFormat().sizeInBytes());
         if (counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY) {
-            // pathological input: let the CPU engine decide the whole block
-            src.position(0);
-            CpuMerge.mergeRows(job, row0, rowCount, src, dst, stats, null);
+            // pathological input: let the CPU engine decide these rows
+            CpuMerge.mergeRows(job, row0, rowCount, srcRows, dstRows, stats, null);
             return;
         }
-        stats.addExactlyRounded(counted.ambiguous() - counted.forHost());
+        stats.addExactlyRounded(counted.ambiguous() - forHost);
         long overflows = counted.overflows();
-        dst.position(0);
-        if (counted.forHost() > 0) {
-            ByteBuffer idx = w.forHostElements(counted.forHost());
-            ByteBuffer out = dst;
-            overflows += HostSettle.settle(job, row0, src, idx, (int) counted.forHost(), (e, b) -> fmt.putBits(out, e, b), stats);
+        if (forHost > 0) {
+            FloatFormat fmt = job.dstFormat();
+            ByteBuffer idx = magnitude != null ? w.ambiguousElements(forHost) : w.forHostElements(f, forHost);
+            overflows += HostSettle.settle(job, row0, srcRows, idx, (int) forHost, (e, b) -> fmt.putBits(dstRows, e, b), stats);
         }
         stats.add(0, overflows, counted.nans());
     }
@@ -121,9 +241,12 @@ final class CudaTensorMerge implements TensorMerge {
         }
         closed = true;
         device.bindContext();
-        factors.close();
+        factors.forEach(DeviceFactors::close);
         if (sourceAbsmax != null) {
             sourceAbsmax.close();
+        }
+        if (magnitude != null) {
+            magnitude.close();
         }
         backend.forget(this);
     }

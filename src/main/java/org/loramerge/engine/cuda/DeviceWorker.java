@@ -126,16 +126,51 @@ public final class DeviceWorker implements AutoCloseable {
     public void mergeRound(DeviceFactors f, FloatFormat fmt, long row0, int rowCount, int cols, double boundK, Pointer in, Pointer wide,
                            Pointer out) {
         product(f, row0, rowCount, cols, wide);
-        addAndRound(f, fmt, row0, rowCount, cols, boundK, in, wide, out);
+        addAndRound(f, fmt, fmt, row0, rowCount, cols, boundK, in, wide, out);
     }
 
     /**
-     * {@link #mergeRound} and {@link #settle} on the worker's own buffers, {@link #input()} to
-     * {@link #output()}: the block rounded exactly, but for the rare elements left to the host.
+     * {@link #mergeRound} and {@link #settle} on the worker's own buffers, {@link #input()} (W in
+     * {@code src}) to {@link #output()} (in {@code dst}; another format for a --dtype conversion):
+     * the block rounded exactly, but for the rare elements left to the host ({@link #forHost}; all
+     * the ambiguous ones for {@link DeviceFactors#folded() folded} factors, which are not settled here).
      */
-    public void mergeRoundExactly(DeviceFactors f, FloatFormat fmt, long row0, int rowCount, int cols, double boundK) {
-        mergeRound(f, fmt, row0, rowCount, cols, boundK, dIn.pointer(), dWide.pointer(), dOut.pointer());
-        settle(f, fmt, row0, cols, dIn.pointer(), dOut.pointer());
+    public void mergeRoundExactly(DeviceFactors f, FloatFormat src, FloatFormat dst, long row0, int rowCount, int cols, double boundK) {
+        mergeRoundExactly(f, src, dst, row0, rowCount, cols, boundK, 0);
+    }
+
+    /**
+     * {@link #mergeRoundExactly} of the rows that begin {@code firstElement} elements into
+     * {@link #input()} and {@link #output()}: one term's part of a block whose rows several terms
+     * share (an MoE expert stack, whose experts' terms each cover their own rows). {@code row0} is
+     * the first row as a row of the term's U; the element indexes the counters list are relative to
+     * {@code firstElement}.
+     */
+    public void mergeRoundExactly(DeviceFactors f, FloatFormat src, FloatFormat dst, long row0, int rowCount, int cols, double boundK,
+                                  long firstElement) {
+        Pointer in = dIn.at(firstElement * src.sizeInBytes());
+        Pointer out = dOut.at(firstElement * dst.sizeInBytes());
+        product(f, row0, rowCount, cols, dWide.pointer());
+        addAndRound(f, src, dst, row0, rowCount, cols, boundK, in, dWide.pointer(), out);
+        if (!f.folded()) {
+            settle(f, src, dst, row0, cols, in, out);
+        }
+        // folded factors hold s·U rounded, not the terms' U: settled from them, an element would get
+        // W + U'·V' exactly instead of W + Σ s·U·V; every ambiguous one is the host's (forHost)
+    }
+
+    /**
+     * How many elements of the last {@link #mergeRoundExactly} with {@code f} the host must settle:
+     * those {@link #settle} left, or, for folded factors (which the device does not settle from),
+     * every ambiguous one.
+     */
+    public static long forHost(DeviceFactors f, Counts counted) {
+        return f.folded() ? counted.ambiguous() : counted.forHost();
+    }
+
+    /** The indexes of the {@link #forHost} elements (little-endian longs, in no order). */
+    public ByteBuffer forHostElements(DeviceFactors f, long count) {
+        return f.folded() ? ambiguousElements(count) : forHostElements(count);
     }
 
     /** P = s·U·Vᵀ for rows [row0, row0 + rowCount), by cuBLAS DGEMM on the stream. */
@@ -146,12 +181,21 @@ public final class DeviceWorker implements AutoCloseable {
                 Pointer.to(new double[] {0.0}), wide, cols);
     }
 
-    /** out = round(W + P) with the ambiguous elements listed and the counters reset first, by the fused PTX kernel on the stream. */
+    /** {@link #addAndRound(DeviceFactors, FloatFormat, FloatFormat, long, int, int, double, Pointer, Pointer, Pointer)} without a conversion. */
     public void addAndRound(DeviceFactors f, FloatFormat fmt, long row0, int rowCount, int cols, double boundK, Pointer in, Pointer wide,
                             Pointer out) {
+        addAndRound(f, fmt, fmt, row0, rowCount, cols, boundK, in, wide, out);
+    }
+
+    /**
+     * out = round(W + P) into {@code dst} with the ambiguous elements listed and the counters reset
+     * first, by the fused kernel on the stream; W ({@code in}) is in {@code src}.
+     */
+    public void addAndRound(DeviceFactors f, FloatFormat src, FloatFormat dst, long row0, int rowCount, int cols, double boundK, Pointer in,
+                            Pointer wide, Pointer out) {
         JCuda.cudaMemsetAsync(counters.pointer(), 0, COUNTERS * Sizeof.LONG, stream.runtime());
-        device.merge().mergeRound(stream, fmt, rowCount, cols,
-                Pointer.to(wide), Pointer.to(in), Pointer.to(out),
+        device.merge().mergeRound(stream, dst, rowCount, cols,
+                Pointer.to(wide), Pointer.to(in), Pointer.to(new int[] {MergeKernels.code(src)}), Pointer.to(out),
                 Pointer.to(f.uNorm().at(row0 * Sizeof.DOUBLE)), Pointer.to(f.vNorm().pointer()), Pointer.to(new double[] {Math.abs(f.scale())}),
                 Pointer.to(new double[] {boundK}),
                 Pointer.to(new long[] {rowCount}), Pointer.to(new long[] {cols}), Pointer.to(new long[] {cols}), Pointer.to(new long[] {0}),
@@ -161,16 +205,58 @@ public final class DeviceWorker implements AutoCloseable {
     /**
      * Queues the exact settling of the elements the last add-and-round listed (kernels/exact.cuh,
      * the device twin of the CPU engine's expansion arithmetic): each is recomputed exactly from W
-     * ({@code in}), U and Vᵀ and rewritten in {@code out}; the few it cannot take are listed for
-     * the host ({@link Counts#forHost}). Reads the list's length on the device: no wait.
+     * ({@code in}, in {@code src}), U and Vᵀ and rewritten in {@code out} (in {@code dst}); the few
+     * it cannot take are listed for the host ({@link Counts#forHost}). Reads the list's length on
+     * the device: no wait.
      */
-    public void settle(DeviceFactors f, FloatFormat fmt, long row0, int cols, Pointer in, Pointer out) {
-        device.merge().settle(stream, fmt,
+    public void settle(DeviceFactors f, FloatFormat src, FloatFormat dst, long row0, int cols, Pointer in, Pointer out) {
+        device.merge().settle(stream, dst,
                 Pointer.to(f.u().at(row0 * f.rank() * Sizeof.DOUBLE)), Pointer.to(f.vt().pointer()),
                 Pointer.to(new long[] {f.rank()}), Pointer.to(new double[] {f.scale()}),
-                Pointer.to(in), Pointer.to(out), Pointer.to(new long[] {cols}), Pointer.to(new long[] {0}),
-                Pointer.to(counters.pointer()), Pointer.to(ambiguous.pointer()), Pointer.to(new long[] {AMBIGUOUS_CAPACITY}),
-                Pointer.to(forHost.pointer()));
+                Pointer.to(in), Pointer.to(new int[] {MergeKernels.code(src)}), Pointer.to(out), Pointer.to(new long[] {cols}),
+                Pointer.to(new long[] {0}), Pointer.to(counters.pointer()), Pointer.to(ambiguous.pointer()),
+                Pointer.to(new long[] {AMBIGUOUS_CAPACITY}), Pointer.to(forHost.pointer()));
+    }
+
+    /**
+     * DoRA with one norm per output row, on the worker's own buffers: P = s·U·Vᵀ, then each row's
+     * norm, magnitude scaling and rounding in one kernel ({@code dora_round}); the elements its bounds
+     * cannot settle are listed for the host ({@link #ambiguousElements}). {@code magnitude} holds m
+     * of the whole weight.
+     */
+    public void mergeRoundDora(DeviceFactors f, FloatFormat src, FloatFormat dst, long row0, int rowCount, int cols, double boundK,
+                               DeviceMemory magnitude) {
+        product(f, row0, rowCount, cols, dWide.pointer());
+        JCuda.cudaMemsetAsync(counters.pointer(), 0, COUNTERS * Sizeof.LONG, stream.runtime());
+        device.merge().doraRound(stream, dst, rowCount,
+                Pointer.to(dWide.pointer()), Pointer.to(dIn.pointer()), Pointer.to(new int[] {MergeKernels.code(src)}), Pointer.to(dOut.pointer()),
+                Pointer.to(f.uNorm().at(row0 * Sizeof.DOUBLE)), Pointer.to(f.vNorm().pointer()), Pointer.to(new double[] {Math.abs(f.scale())}),
+                Pointer.to(new double[] {boundK}), Pointer.to(magnitude.at(row0 * Sizeof.DOUBLE)),
+                Pointer.to(new long[] {rowCount}), Pointer.to(new long[] {cols}),
+                Pointer.to(counters.pointer()), Pointer.to(ambiguous.pointer()), Pointer.to(new long[] {AMBIGUOUS_CAPACITY}));
+    }
+
+    /** The element indexes the last add-and-round listed as ambiguous (little-endian longs, in no order); at most {@link #AMBIGUOUS_CAPACITY}. */
+    public ByteBuffer ambiguousElements(long count) {
+        JCuda.cudaMemcpyAsync(hostAmbiguous.pointer(), ambiguous.pointer(), count * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                stream.runtime());
+        stream.synchronize();
+        return hostAmbiguous.buffer();
+    }
+
+    /**
+     * out = round(W + Δ) of a block of a dense combination (kernels/combine.cu combine_round), W in
+     * {@link #input()}, the result in {@link #output()}, the ambiguous elements listed and the
+     * counters reset first; queued on the stream.
+     */
+    public void combineRound(DeviceMemory uAll, DeviceMemory vtAll, DeviceMemory ip, DeviceMemory dp, FloatFormat fmt, long row0, int rowCount,
+                             int cols) {
+        JCuda.cudaMemsetAsync(counters.pointer(), 0, COUNTERS * Sizeof.LONG, stream.runtime());
+        device.combine().combineRound(stream, fmt, rowCount, cols,
+                Pointer.to(uAll.pointer()), Pointer.to(vtAll.pointer()), Pointer.to(ip.pointer()), Pointer.to(dp.pointer()),
+                Pointer.to(new long[] {row0}), Pointer.to(dIn.pointer()), Pointer.to(dOut.pointer()),
+                Pointer.to(new long[] {rowCount}), Pointer.to(new long[] {cols}), Pointer.to(new long[] {0}),
+                Pointer.to(counters.pointer()), Pointer.to(ambiguous.pointer()), Pointer.to(new long[] {AMBIGUOUS_CAPACITY}));
     }
 
     /** The last block's counters, once the stream has done everything queued. */
@@ -193,6 +279,17 @@ public final class DeviceWorker implements AutoCloseable {
     /** Queues the copy of {@code bytes} of {@link #output()} into {@code dst}: asynchronous and direct when dst is page-locked. */
     public void copyOutputTo(ByteBuffer dst, long bytes) {
         JCuda.cudaMemcpyAsync(Pointer.to(dst), dOut.pointer(), bytes, cudaMemcpyKind.cudaMemcpyDeviceToHost, stream.runtime());
+    }
+
+    /** {@link #copyOutputTo} of the {@code bytes} at {@code byteOffset} of {@link #output()} into the same place of {@code dst}. */
+    public void copyOutputTo(ByteBuffer dst, long byteOffset, long bytes) {
+        if (byteOffset == 0) {
+            copyOutputTo(dst, bytes);
+            return;
+        }
+        // a slice starts at its own address (position 0), whatever the buffer's position
+        ByteBuffer at = dst.duplicate().clear().position(Math.toIntExact(byteOffset)).slice();
+        JCuda.cudaMemcpyAsync(Pointer.to(at), dOut.at(byteOffset), bytes, cudaMemcpyKind.cudaMemcpyDeviceToHost, stream.runtime());
     }
 
     /** The first {@code bytes} of {@code m} copied to a new heap buffer, after the work queued on the stream. */

@@ -29,7 +29,7 @@ public final class Nf4Kernels {
     private final Map<String, CUfunction> functions = new HashMap<>();
 
     /** Loads the kernels of {@code module} and gives it the reciprocal table of bitsandbytes' fast math (CudaFastMath). */
-    Nf4Kernels(PtxModule module) {
+    Nf4Kernels(KernelModule module) {
         module.setGlobal("lm_rcp_table", CudaFastMath.reciprocalTable());
         for (String name : new String[] {"nf4_decode_absmax", "nf4_exponent_sums", "nf4_double_quant", "nf4_rcp_check"}) {
             functions.put(name, module.function(name));

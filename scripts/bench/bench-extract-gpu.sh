@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# The extract benchmark for the GPU machine, in one device call (no network there).
+#
+#   bash scripts/bench/bench-extract-gpu.sh [--reps N]
+#
+# Needs, carried with the working tree:  .device/jre.tgz  (scripts/device/make-jre.sh, here)
+#                                         target/loramerge.jar (mvn -DskipTests package, here)
+# e.g. run(command="bash scripts/bench/bench-extract-gpu.sh", carry=[".device", "target/loramerge.jar"])
+#
+# What it does
+#   1. unpacks the runtime to /tmp/jre (when `java` is missing);
+#   2. generates the llama-7b base (13.48 GB bf16, 3 shards: scripts/bench/make_synthetic.py --base-only) and
+#      the "fine-tuned" model: every projection + a known rank-RANK delta (σ_i = 0.8·0.97^i) + full-rank
+#      noise N(0, 1e-4²), rounded to bf16 (scripts/bench/make_tuned.py), on the GPU; reused when present;
+#   3. warms the page cache (cat > /dev/null);
+#   4. times, as fresh processes with the cache warm, REPS times each:
+#        cat             cat of both checkpoints' shards to /dev/null (the floor: reading both)
+#        extract-cpu     loramerge extract --rank RANK (its SVD on the CPU, all cores)
+#      with peak host RSS (process tree) and peak device memory (measure.py);
+#   5. runs scripts/bench/extract_anchors.py on the layers ANCHOR_LAYERS (default 0,15,31; "all" for every
+#      module): torch.linalg.svd per module on the GPU (mergekit's method) and torch.svd_lowrank, each timed,
+#      and the error ratio to the Eckart–Young optimum of each, loramerge's extracted adapter included;
+#   6. prints a table. Everything is logged under $OUT (default /tmp/out).
+#
+# loramerge extract has no GPU engine yet (its SVD runs on the CPU; the GPU twin is the open part of issue 14),
+# so there is no extract-cuda row; the ratio extract-cpu / cat is what the issue's 1.5x target is measured by.
+#
+# Environment: OUT, WORK (default /tmp/lm-extract-$SHAPE), SHAPE (llama-7b; tiny, 1gb, 3gb to try it out),
+#   REPS (default 1), RANK (64), SEED (0), PYTHON (python3), LORAMERGE (default "java $JAVA_OPTS -jar
+#   target/loramerge.jar", JAVA_OPTS default -Xmx2g as ./loramerge), LM_ARGS (extract options; default --dtype f32,
+#   so that the error ratio is the SVD's and not bf16's rounding of the factors), ANCHOR_LAYERS (0,15,31), SKIP_ANCHORS=1, REGEN=1.
+set -euo pipefail
+T0=$(date +%s.%N)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+
+REPS=${REPS:-1}
+while [ $# -gt 0 ]; do
+  case $1 in
+    --reps) REPS=$2; shift 2 ;;
+    --reps=*) REPS=${1#*=}; shift ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+OUT=${OUT:-/tmp/out}
+PY=${PYTHON:-python3}
+RANK=${RANK:-64}
+SEED=${SEED:-0}
+SHAPE=${SHAPE:-llama-7b}
+case $SHAPE in
+  llama-7b) SHARDS=3 ;; 3gb|1gb|tiny) SHARDS=2 ;;
+  *) echo "SHAPE must be llama-7b, 3gb, 1gb or tiny" >&2; exit 2 ;;
+esac
+WORK=${WORK:-/tmp/lm-extract-$SHAPE}
+ANCHOR_LAYERS=${ANCHOR_LAYERS:-0,15,31}
+mkdir -p "$OUT" "$WORK"
+say() { echo "[bench-extract $(awk -v t0="$T0" -v t="$(date +%s.%N)" 'BEGIN{printf "%5.0f", t-t0}')s] $*" | tee -a "$OUT/progress.log" >&2; }
+
+# ---- Java
+if ! command -v java >/dev/null 2>&1; then
+  if [ -f .device/jre.tgz ]; then
+    rm -rf /tmp/jre && tar xzf .device/jre.tgz -C /tmp
+    export JAVA_HOME=/tmp/jre PATH=/tmp/jre/bin:$PATH
+  else
+    say "no java and no .device/jre.tgz: carry .device (scripts/device/make-jre.sh)"; exit 1
+  fi
+fi
+JAR=$ROOT/target/loramerge.jar
+if [ -z "${LORAMERGE:-}" ] && [ ! -f "$JAR" ]; then
+  say "no $JAR: carry it (mvn -q package -DskipTests)"; exit 1
+fi
+LORAMERGE=${LORAMERGE:-java ${JAVA_OPTS:--Xmx2g} -jar $JAR}   # the launcher's heap cap
+
+# ---- the two checkpoints
+for d in /tmp/lm-extract-*; do [ -d "$d" ] && [ "$d" != "$WORK" ] && rm -rf "$d"; done
+rm -rf "$WORK"/out-*
+STAMP="$SHAPE shards=$SHARDS rank=$RANK seed=$SEED"
+if [ -n "${REGEN:-}" ] || [ ! -f "$WORK/.stamp" ] || [ "$(cat "$WORK/.stamp")" != "$STAMP" ]; then
+  rm -f "$WORK/.stamp"
+  say "generating the base ($SHAPE)"
+  "$PY" scripts/bench/make_synthetic.py --out "$WORK" --shape "$SHAPE" --shards "$SHARDS" --seed "$SEED" --base-only \
+    --gen-device auto --force >"$OUT/make_synthetic.log" 2>&1 || { cat "$OUT/make_synthetic.log" >&2; exit 1; }
+  say "making the tuned model: rank-$RANK delta + noise"
+  "$PY" scripts/bench/make_tuned.py --base "$WORK/base" --out "$WORK/tuned" --rank "$RANK" --seed "$SEED" --force \
+    >"$OUT/make_tuned.log" 2>&1 || { cat "$OUT/make_tuned.log" >&2; exit 1; }
+  sync
+  echo "$STAMP" >"$WORK/.stamp"
+else
+  say "reusing $WORK ($STAMP)"
+fi
+
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)  host: $(hostname)  nproc: $(nproc)"
+  echo "cpu: $(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
+  echo "memory: $(free -g | awk '/^Mem:/{print $2" GiB total, "$7" GiB available"}')"
+  echo "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | paste -sd';')"
+  echo "java: $(java -version 2>&1 | head -1)"
+  echo "python: $("$PY" -c 'import sys,torch;print(sys.version.split()[0],"torch",torch.__version__)' 2>/dev/null)"
+  echo "models: $(du -sb "$WORK/base" | cut -f1 | awk '{printf "%.2f GB", $1/1e9}') base + the same tuned; delta rank $RANK"
+} >"$OUT/machine.txt" 2>&1
+
+say "warming the page cache"
+cat "$WORK"/base/*.safetensors "$WORK"/tuned/*.safetensors >/dev/null
+[ -f "$JAR" ] && cat "$JAR" >/dev/null
+
+GPU_FLAG=
+command -v nvidia-smi >/dev/null 2>&1 && GPU_FLAG=--gpu
+run() {  # label, command...
+  local label=$1; shift
+  "$PY" scripts/bench/measure.py --label "$label" $GPU_FLAG --no-sync --log "$OUT/$label.log" --json-out "$OUT/runs.jsonl" -- "$@" >/dev/null
+}
+: >"$OUT/runs.jsonl"
+for rep in $(seq 1 "$REPS"); do
+  say "rep $rep: cat"
+  run cat sh -c "cat '$WORK'/base/*.safetensors '$WORK'/tuned/*.safetensors >/dev/null"
+  say "rep $rep: extract on the CPU engine"
+  rm -rf "$WORK/out-extract"
+  run extract-cpu $LORAMERGE extract --base "$WORK/base" --tuned "$WORK/tuned" --out "$WORK/out-extract" --rank "$RANK" --json ${LM_ARGS:---dtype f32}
+done
+
+if [ -z "${SKIP_ANCHORS:-}" ]; then
+  say "anchors on layers $ANCHOR_LAYERS: torch.linalg.svd and torch.svd_lowrank per module, and the error ratios"
+  "$PY" scripts/bench/extract_anchors.py --base "$WORK/base" --tuned "$WORK/tuned" --rank "$RANK" --adapter "$WORK/out-extract" \
+    --layers "$ANCHOR_LAYERS" --json-out "$OUT/anchors.json" >"$OUT/anchors.log" 2>&1 || { tail -20 "$OUT/anchors.log" >&2; exit 1; }
+fi
+
+"$PY" - "$OUT" <<'EOF' | tee "$OUT/summary.md"
+import json, statistics, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+runs = [json.loads(l) for l in (out / "runs.jsonl").read_text().splitlines() if l.strip()]
+by = {}
+for r in runs:
+    by.setdefault(r["label"], []).append(r)
+print("## loramerge extract, GPU machine")
+print("    " + (out / "machine.txt").read_text().replace("\n", "\n    "))
+print("| run | wall s (median) | x cat | peak RSS GB | peak GPU MiB (delta) | rc |")
+print("| --- | --- | --- | --- | --- | --- |")
+floor = statistics.median(r["wall_s"] for r in by["cat"]) if "cat" in by else None
+for label, rs in by.items():
+    w = statistics.median(r["wall_s"] for r in rs)
+    rss = max(r.get("peak_rss_tree_mb", 0) for r in rs) / 1e3
+    gpu = max((r.get("peak_gpu_mem_delta_mb") or 0) for r in rs)
+    ratio = f"{w / floor:.2f}" if floor else "-"
+    print(f"| {label} | {w:.2f} | {ratio} | {rss:.2f} | {gpu} | {','.join(str(r['rc']) for r in rs)} |")
+anchors = out / "anchors.json"
+if anchors.exists():
+    s = json.loads(anchors.read_text())["summary"]
+    print()
+    print(f"anchors on layers {s['layers']} ({s['modules_measured']} of {s['modules_changed']} changed modules), rank {s['rank']}, {s['device']}:")
+    print("| method | seconds (measured modules) | seconds, all modules | error / optimum: median | worst |")
+    print("| --- | --- | --- | --- | --- |")
+    for m in ("svd", "svd_lowrank", "loramerge"):
+        e = s[m]
+        secs = f"{e['seconds_measured']:.2f}" if "seconds_measured" in e else "(whole run above)"
+        alls = (f"{e['seconds_all_modules']:.1f}" + (" (extrapolated)" if e.get("extrapolated") else "")) if "seconds_all_modules" in e else "-"
+        med = f"{e['median_ratio']:.5f}" if e["median_ratio"] is not None else "-"
+        worst = f"{e['worst_ratio']:.5f}" if e["worst_ratio"] is not None else "-"
+        print(f"| {m} | {secs} | {alls} | {med} | {worst} |")
+EOF
+say "done; logs in $OUT"

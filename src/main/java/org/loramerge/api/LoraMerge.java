@@ -1,0 +1,415 @@
+package org.loramerge.api;
+
+import java.io.IOException;
+import java.io.PrintStream;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Collection;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.TreeMap;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
+import org.loramerge.adapter.AdapterConfig;
+import org.loramerge.adapter.AdapterException;
+import org.loramerge.adapter.AdapterKey;
+import org.loramerge.adapter.LoraAdapter;
+import org.loramerge.engine.Backend;
+import org.loramerge.engine.select.Backends;
+import org.loramerge.errors.UsageException;
+import org.loramerge.errors.UserException;
+import org.loramerge.format.Checkpoint;
+import org.loramerge.format.DType;
+import org.loramerge.format.SafetensorsException;
+import org.loramerge.format.SafetensorsFile;
+import org.loramerge.format.TensorInfo;
+import org.loramerge.pipeline.AtomicOutput;
+import org.loramerge.pipeline.MergeReport;
+import org.loramerge.pipeline.MergeRunner;
+import org.loramerge.pipeline.Progress;
+import org.loramerge.pipeline.QuantizeRunner;
+import org.loramerge.plan.Combination;
+import org.loramerge.plan.ExpertParameters;
+import org.loramerge.plan.MergePlan;
+import org.loramerge.plan.PlanOptions;
+import org.loramerge.plan.Planner;
+import org.loramerge.plan.QuantTarget;
+import org.loramerge.quant.FourBitCode;
+import org.loramerge.quant.ModelQuantizer;
+import org.loramerge.quant.Nf4Codec;
+import org.loramerge.quant.QuantException;
+import org.loramerge.quant.QuantizedModel;
+import org.loramerge.quant.QuantizedWeight;
+import org.loramerge.quant.WeightFormats;
+import org.loramerge.verify.Tolerance;
+import org.loramerge.verify.Verifier;
+
+/**
+ * loramerge as a library: the four commands as static methods, each taking folders and an options
+ * record and returning an immutable result record. This package is the supported API; the packages
+ * below it (plan, pipeline, engine, ...) may change between versions.
+ *
+ * <pre>{@code
+ * MergeResult r = LoraMerge.merge(Path.of("llama"), Path.of("my-adapter"), Path.of("merged"),
+ *         MergeOptions.defaults().withDevice("cpu").withVerifyRows(16));
+ * System.out.println(r.tensorsMerged() + " tensors merged into " + r.output());
+ * }</pre>
+ *
+ * <p>Failures the caller can act on are {@link UserException}s (a malformed input, an adapter for
+ * another model, an output that exists, an overflow, a failed verification, no usable GPU), whose
+ * {@link UserException#exitCode()} says which kind and whose message names the file and the fix;
+ * nothing is left behind by a failed merge or quantization. {@link IOException} is a disk or
+ * file-system failure. Any other exception is a bug. The methods are safe to call from several
+ * threads at once on different outputs.
+ */
+public final class LoraMerge {
+    private LoraMerge() {
+    }
+
+    /**
+     * Merges the PEFT LoRA adapter in {@code adapter} into the model in {@code base} and writes a
+     * Hugging Face checkpoint to {@code out}, which appears only when complete. {@code out}'s parent
+     * folders are created if missing; {@code out} itself must not exist unless
+     * {@code options.overwrite()}. Checked before anything else is read.
+     */
+    public static MergeResult merge(Path base, Path adapter, Path out, MergeOptions options) throws UserException, IOException {
+        return merge(base, List.of(adapter), null, out, options);
+    }
+
+    /**
+     * Merges several PEFT LoRA adapters of one base, combined by {@code combination} (PEFT's
+     * add_weighted_adapter methods and task arithmetic; docs/FORMATS.md §8), into the model in
+     * {@code base}, as {@link #merge(Path, Path, Path, MergeOptions)} merges one. {@code combination}
+     * is null only for a single adapter; {@code combination.weights()} has one weight per adapter.
+     */
+    public static MergeResult merge(Path base, List<Path> adapters, Combination combination, Path out, MergeOptions options)
+            throws UserException, IOException {
+        if (adapters.isEmpty() || (combination == null && adapters.size() > 1)) {
+            throw new UsageException(adapters.size() + " adapters given: choose how they combine (--combine METHOD; docs/FORMATS.md §8)");
+        }
+        DType dtype = parseDtype(options.dtype());
+        QuantTarget to = parseTarget(options.to());
+        if (options.maxShardSize() <= 0) {
+            throw new UsageException("--max-shard-size " + options.maxShardSize() + ": expected a positive size such as 5GB or 500MB");
+        }
+        if (options.threads() < 0) {
+            throw new UsageException("--threads " + options.threads() + ": expected 1 or more (default: all cores)");
+        }
+        if (options.verifyRows() < 0) {
+            throw new UsageException("--verify-rows " + options.verifyRows() + ": expected a positive number of rows, or all");
+        }
+        int cpuThreads = options.threads() > 0 ? options.threads() : Runtime.getRuntime().availableProcessors();
+        PrintStream log = options.log();
+        long start = System.nanoTime();
+        List<Path> inputs = new ArrayList<>();
+        inputs.add(base);
+        inputs.addAll(adapters);
+        try (AtomicOutput output = AtomicOutput.create(out, options.overwrite(), inputs)) {
+            // the engine starts (CUDA context, cuBLAS, kernels: about a second) while the plan is made
+            CompletableFuture<Backends.Choice> opening = openInBackground(options.device(), cpuThreads);
+            Backends.Choice choice = null;
+            try (Checkpoint ckpt = openBase(base, options.followSymlinks()); Adapters loras = Adapters.open(adapters, options.followSymlinks())) {
+                PlanOptions planOptions = new PlanOptions(dtype, options.maxShardSize(), to);
+                MergePlan plan = combination == null ? Planner.plan(ckpt, loras.list().get(0), planOptions)
+                        : Planner.plan(ckpt, loras.list(), planOptions, combination);
+                requireAChange(plan, loras.list(), options);
+                choice = await(opening);
+                double startSeconds = (System.nanoTime() - start) / 1e9;
+                try (Backend backend = choice.backend()) {
+                    if (log != null) {
+                        if (choice.fallbackReason() != null) {
+                            log.println("loramerge: no usable GPU (" + choice.fallbackReason() + "); merging on the CPU");
+                        }
+                        log.println("loramerge: merging " + plan.tensors().size() + " tensors (" + Progress.bytes(plan.totalBytes()) + ") on "
+                                + backend.describe());
+                        for (String w : plan.warnings()) {
+                            log.println("warning: " + w);
+                        }
+                    }
+                    Progress progress = new Progress(log == null ? System.err : log, log != null, plan.totalBytes(), plan.tensors().size());
+                    MergeReport report = MergeRunner.run(plan, backend, output,
+                            new MergeRunner.Options(options.allowOverflow(), Backend.DEFAULT_BLOCK_BYTES, options.verifyRows()), progress);
+                    report.startSeconds = startSeconds;
+                    return MergeResult.of(report, options.verifyRows());
+                }
+            } finally {
+                if (choice == null) {
+                    // planning failed: close the engine once it has started
+                    opening.thenAccept(c -> c.backend().close());
+                }
+            }
+        } catch (UserException | IOException | RuntimeException e) {
+            throw e;
+        } catch (Exception e) {
+            throw new IllegalStateException("merge failed unexpectedly: " + e, e);
+        }
+    }
+
+    /**
+     * An adapter that changes nothing is a failure (an adapter saved before training, the wrong
+     * folder) unless {@code allowEmptyAdapter}, which writes a copy of the base and says so.
+     */
+    private static void requireAChange(MergePlan plan, List<LoraAdapter> loras, MergeOptions options) throws AdapterException {
+        if (!plan.changesNothing()) {
+            return;
+        }
+        LoraAdapter lora = loras.get(0);
+        String what = loras.size() > 1 ? "and the other " + (loras.size() - 1) + " adapters hold no tensor that changes the base"
+                : lora.keys().isEmpty() ? "holds no tensors" : "holds " + lora.keys().size() + " tensors, none of which changes the base";
+        if (!options.allowEmptyAdapter()) {
+            throw new AdapterException(AdapterException.Reason.NO_CHANGE, lora.dir().resolve(LoraAdapter.WEIGHTS), what
+                    + (loras.size() == 1 && lora.config().hasTargetRule() ? " although adapter_config.json targets modules" : "")
+                    + ", so the merge would only copy the base; check that this is the adapter you meant and that it was saved after "
+                    + "training (PEFT's save_pretrained), or pass --allow-empty-adapter to write the copy anyway");
+        }
+        if (options.log() != null) {
+            options.log().println("warning: " + lora.dir().resolve(LoraAdapter.WEIGHTS) + " " + what
+                    + "; the output is a copy of the base (--allow-empty-adapter)");
+        }
+    }
+
+    /**
+     * Checks the model in {@code merged} against {@code base} + {@code adapter}: every tensor there
+     * with the planned shape, every unchanged tensor compared completely with the base, and sampled
+     * rows (or all rows) of every adapted tensor against the exact merge, judged by
+     * {@code options.tolerance()}. Works on any tool's merge.
+     */
+    public static VerifyResult verify(Path base, Path adapter, Path merged, VerifyOptions options) throws UserException, IOException {
+        if (options.rows() < 1) {
+            throw new UsageException("--rows " + options.rows() + ": expected a positive number of rows, or all");
+        }
+        if (options.tolerance().mode() == Tolerance.Mode.ULP && !(options.tolerance().maxUlp() >= 0)) {
+            throw new UsageException("--max-ulp " + options.tolerance().maxUlp() + ": expected 0 or more");
+        }
+        boolean follow = options.followSymlinks();
+        try (Checkpoint b = openBase(base, follow); LoraAdapter a = openAdapter(adapter, follow); Checkpoint m = open("--merged", merged, follow)) {
+            MergePlan plan = Planner.plan(b, a, new PlanOptions(null, PlanOptions.DEFAULT_MAX_SHARD_SIZE, parseTarget(options.to())));
+            return VerifyResult.of(Verifier.verify(plan, m, options.rows(), options.tolerance()), options.rows());
+        }
+    }
+
+    /** Lists the tensors of a model folder, an adapter folder (with each module's resolved rank, alpha and scale) or a safetensors file. */
+    public static Inspection inspect(Path path) throws UserException, IOException {
+        return inspect(path, false);
+    }
+
+    /**
+     * As {@link #inspect(Path)}; {@code followSymlinks} reads a folder's files wherever their
+     * symbolic links lead (by default a link may lead only inside its folder).
+     */
+    public static Inspection inspect(Path path, boolean followSymlinks) throws UserException, IOException {
+        if (Files.isDirectory(path) && Files.exists(path.resolve(LoraAdapter.CONFIG))) {
+            try (LoraAdapter a = openAdapter(path, followSymlinks)) {
+                AdapterConfig c = a.config();
+                Map<String, String> kinds = new TreeMap<>();
+                for (AdapterKey k : a.keys().values()) {
+                    kinds.merge(k.module(), k.kind().name().toLowerCase(Locale.ROOT), (x, y) -> x + "," + y);
+                }
+                List<Inspection.ModuleEntry> modules = new ArrayList<>();
+                for (Map.Entry<String, String> e : kinds.entrySet()) {
+                    String m = e.getKey();
+                    boolean lora = e.getValue().contains("lora_") || e.getValue().contains("embedding_");
+                    String parameter = lora ? ExpertParameters.parameterOf(c, m) : null;
+                    String named = m;
+                    if (parameter != null) {
+                        // LoRA on a parameter (target_parameters): rank and alpha are the parameter's, lora_A holds r rows per expert
+                        TensorInfo factorA = a.tensor(AdapterKey.PREFIX + m + ".lora_A.weight");
+                        long experts = factorA == null || factorA.rank() != 2 ? 0 : factorA.dim(0) / c.rankFor(parameter);
+                        named = parameter;
+                        m = parameter + (experts > 1 ? " (" + experts + " experts)" : "");
+                    }
+                    modules.add(new Inspection.ModuleEntry(m, e.getValue(), lora ? c.rankFor(named) : null, lora ? c.alphaFor(named) : null,
+                            lora ? c.scaleFor(named) : null));
+                }
+                Collection<TensorInfo> tensors = a.file().tensors();
+                return new Inspection("adapter", path.toString(), null, null, null, total(tensors), entries(tensors), c.r(), c.alpha(),
+                        c.useRslora(), c.useDora(), List.copyOf(modules), null, List.copyOf(c.warnings()));
+            }
+        }
+        if (Files.isDirectory(path)) {
+            try (Checkpoint c = open("inspect", path, followSymlinks)) {
+                Collection<TensorInfo> tensors = c.tensors().values();
+                return new Inspection("model", path.toString(), c.isSharded(), c.files().size(), null, total(tensors), entries(tensors), null, null,
+                        null, null, null, quantization(c), List.copyOf(c.warnings()));
+            }
+        }
+        try (SafetensorsFile f = SafetensorsFile.open(path)) {
+            return new Inspection("safetensors", path.toString(), null, null, Map.copyOf(f.metadata()), total(f.tensors()), entries(f.tensors()),
+                    null, null, null, null, null, null, List.of());
+        }
+    }
+
+    /** The model's quantized weights as inspect describes them; null for a model without any. */
+    private static Inspection.Quantization quantization(Checkpoint c) throws IOException {
+        QuantizedModel q;
+        try {
+            q = WeightFormats.detect(c);
+        } catch (QuantException e) {
+            return new Inspection.Quantization(null, null, List.of(), e.getMessage());
+        }
+        if (!q.usesFormat()) {
+            return null;
+        }
+        List<Inspection.QuantizedWeightEntry> weights = new ArrayList<>();
+        for (QuantizedWeight w : q.weights().values()) {
+            weights.add(new Inspection.QuantizedWeightEntry(w.weightName(), w.dtype().name(), MergeResult.shape(w.shape()), w.describe(),
+                    List.copyOf(w.tensorNames())));
+        }
+        return new Inspection.Quantization(q.format().name(), List.copyOf(weights), List.copyOf(q.warnings()), null);
+    }
+
+    /**
+     * Writes a bitsandbytes 4-bit (NF4 or FP4) checkpoint of the 16-bit model in {@code base} to {@code out}, as
+     * transformers + bitsandbytes save one; {@code out} appears only when complete.
+     */
+    public static QuantizeResult quantize(Path base, Path out, QuantizeOptions options) throws UserException, IOException {
+        if (!Nf4Codec.isValidBlocksize(options.blocksize())) {
+            throw new UsageException("--blocksize " + options.blocksize() + ": expected a power of two from 32 to 4096 (bitsandbytes' default is 64)");
+        }
+        FourBitCode code = options.quantType() == null ? null : FourBitCode.of(options.quantType().toLowerCase(Locale.ROOT));
+        if (code == null) {
+            throw new UsageException("--quant-type " + options.quantType() + ": expected nf4 or fp4");
+        }
+        PrintStream log = options.log();
+        try (AtomicOutput output = AtomicOutput.create(out, options.overwrite(), List.of(base));
+             Checkpoint ckpt = openBase(base, options.followSymlinks())) {
+            ModelQuantizer.Report report = QuantizeRunner.run(ckpt, output, new ModelQuantizer.Options(code, options.blocksize(), options.doubleQuant()),
+                    line -> {
+                        if (log != null) {
+                            log.println(line);
+                        }
+                    });
+            return QuantizeResult.of(report);
+        } catch (UserException | IOException | RuntimeException e) {
+            throw e;
+        } catch (Exception e) {
+            throw new IllegalStateException("quantize failed unexpectedly: " + e, e);
+        }
+    }
+
+    /** {@code auto} (null: each tensor keeps its dtype) or a dtype name: f32, f16, bf16 and their aliases (fp32, float32, float, fp16, float16, half, bfloat16). */
+    public static DType parseDtype(String s) throws UsageException {
+        if (s == null || s.equalsIgnoreCase("auto")) {
+            return null;
+        }
+        DType d = DType.parseUserName(s);
+        if (d == null) {
+            throw new UsageException("--dtype " + s + ": expected auto, f32, f16 or bf16 (or fp32, float32, fp16, float16, half, bfloat16)");
+        }
+        return d;
+    }
+
+    /** The --to choice: bf16, f16, f32 (and their aliases, as --dtype takes them) or a quantization; null when not given. */
+    public static QuantTarget parseTarget(String to) throws UsageException {
+        if (to == null) {
+            return null;
+        }
+        QuantTarget target = QuantTarget.parse(to);
+        if (target == null) {
+            throw new UsageException("--to " + to + ": expected bf16, f16, f32, or a quantization (nf4, fp4, int8, fp8)");
+        }
+        return target;
+    }
+
+    /** A size such as 5GB, 500MB, 2GiB or a byte count (decimal units, as transformers counts them). */
+    public static long parseSize(String s) throws UsageException {
+        String t = s.trim().toUpperCase(Locale.ROOT);
+        long mult = 1;
+        String[][] units = {{"GIB", "1073741824"}, {"MIB", "1048576"}, {"KIB", "1024"}, {"GB", "1000000000"}, {"MB", "1000000"},
+                {"KB", "1000"}, {"B", "1"}};
+        for (String[] u : units) {
+            if (t.endsWith(u[0])) {
+                mult = Long.parseLong(u[1]);
+                t = t.substring(0, t.length() - u[0].length()).trim();
+                break;
+            }
+        }
+        try {
+            double v = Double.parseDouble(t);
+            if (v <= 0) {
+                throw new NumberFormatException();
+            }
+            return (long) (v * mult);
+        } catch (NumberFormatException e) {
+            throw new UsageException("--max-shard-size " + s + ": expected a size such as 5GB or 500MB");
+        }
+    }
+
+    private static Checkpoint openBase(Path dir, boolean followSymlinks) throws UserException {
+        return open("--base", dir, followSymlinks);
+    }
+
+    /** Opens the model folder given as {@code option} (for messages: {@code --base}); a folder that cannot be read is a bad input. */
+    public static Checkpoint openModel(String option, Path dir, boolean followSymlinks) throws UserException {
+        return open(option, dir, followSymlinks);
+    }
+
+    private static Checkpoint open(String option, Path dir, boolean followSymlinks) throws UserException {
+        try {
+            return Checkpoint.open(dir, followSymlinks);
+        } catch (SafetensorsException e) {
+            throw e;
+        } catch (IOException e) {
+            throw new InputException(dir, option + ": " + e.getMessage(), e);
+        }
+    }
+
+    /** Opens a PEFT adapter folder; a folder that cannot be read is a bad input. */
+    public static LoraAdapter openAdapter(Path dir, boolean followSymlinks) throws UserException {
+        try {
+            return LoraAdapter.open(dir, followSymlinks);
+        } catch (SafetensorsException | AdapterException e) {
+            throw e;
+        } catch (IOException e) {
+            throw new InputException(dir, "--adapter: " + e.getMessage(), e);
+        }
+    }
+
+    private static CompletableFuture<Backends.Choice> openInBackground(String device, int cpuThreads) {
+        CompletableFuture<Backends.Choice> f = new CompletableFuture<>();
+        Thread t = new Thread(() -> {
+            try {
+                f.complete(Backends.open(device, cpuThreads));
+            } catch (Throwable e) {
+                f.completeExceptionally(e);
+            }
+        }, "loramerge-engine-start");
+        t.setDaemon(true);
+        t.start();
+        return f;
+    }
+
+    /** The started engine, or what stopped it, as Backends.open throws it. */
+    private static Backends.Choice await(CompletableFuture<Backends.Choice> opening) throws Exception {
+        try {
+            return opening.get();
+        } catch (ExecutionException e) {
+            Throwable c = e.getCause();
+            if (c instanceof Exception) {
+                throw (Exception) c;
+            }
+            if (c instanceof Error) {
+                throw (Error) c;
+            }
+            throw e;
+        }
+    }
+
+    private static long total(Collection<TensorInfo> tensors) {
+        long n = 0;
+        for (TensorInfo t : tensors) {
+            n += t.sizeInBytes();
+        }
+        return n;
+    }
+
+    private static List<Inspection.TensorEntry> entries(Collection<TensorInfo> tensors) {
+        List<Inspection.TensorEntry> out = new ArrayList<>();
+        for (TensorInfo t : tensors) {
+            out.add(new Inspection.TensorEntry(t.name(), t.dtype().name(), MergeResult.shape(t.shape()), t.sizeInBytes()));
+        }
+        return List.copyOf(out);
+    }
+}

@@ -1,0 +1,69 @@
+package org.loramerge.cli;
+
+import com.fasterxml.jackson.annotation.JsonAutoDetect;
+import com.fasterxml.jackson.annotation.JsonInclude;
+import com.fasterxml.jackson.annotation.PropertyAccessor;
+import com.fasterxml.jackson.core.JsonProcessingException;
+import com.fasterxml.jackson.core.util.DefaultIndenter;
+import com.fasterxml.jackson.core.util.DefaultPrettyPrinter;
+import com.fasterxml.jackson.core.util.Separators;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.PropertyNamingStrategies;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import java.io.PrintStream;
+import java.nio.file.Path;
+import org.loramerge.errors.ExitCode;
+
+/**
+ * The JSON every command prints on stdout under {@code --json}: one style for all of them,
+ * snake_case keys (as PEFT's and transformers' own files spell theirs), two-space indent and
+ * {@code "key": value}. A failure under {@code --json} prints {@link #error} instead, so a script
+ * always gets one JSON document.
+ */
+final class CliJson {
+    private CliJson() {
+    }
+
+    /** The mapper for reports; {@code omitNulls} leaves out fields that do not apply (inspect). */
+    static ObjectMapper mapper(boolean omitNulls) {
+        ObjectMapper m = new ObjectMapper().setPropertyNamingStrategy(PropertyNamingStrategies.SNAKE_CASE);
+        m.setVisibility(PropertyAccessor.FIELD, JsonAutoDetect.Visibility.PUBLIC_ONLY);
+        if (omitNulls) {
+            m.setSerializationInclusion(JsonInclude.Include.NON_NULL);
+        }
+        return m;
+    }
+
+    static String write(Object value, boolean omitNulls) {
+        DefaultPrettyPrinter pp = new DefaultPrettyPrinter()
+                .withSeparators(Separators.createDefaultInstance().withObjectFieldValueSpacing(Separators.Spacing.AFTER))
+                .withObjectIndenter(new DefaultIndenter("  ", "\n"))
+                .withArrayIndenter(new DefaultIndenter("  ", "\n"));
+        try {
+            return mapper(omitNulls).writer(pp).writeValueAsString(value);
+        } catch (JsonProcessingException e) {
+            throw new IllegalStateException("a report could not be written as JSON: " + e, e);
+        }
+    }
+
+    static void print(PrintStream out, Object value, boolean omitNulls) {
+        out.println(write(value, omitNulls));
+        out.flush();
+    }
+
+    /** {@code {"error": {"code": 3, "kind": "BAD_INPUT", "message": ..., "file": ...}}}; file is null when unknown. */
+    static void error(PrintStream out, ExitCode code, String message, Path file) {
+        ObjectMapper m = mapper(false);
+        ObjectNode root = m.createObjectNode();
+        ObjectNode e = root.putObject("error");
+        e.put("code", code.code());
+        e.put("kind", code.name());
+        e.put("message", message);
+        if (file == null) {
+            e.putNull("file");
+        } else {
+            e.put("file", file.toString());
+        }
+        print(out, root, false);
+    }
+}

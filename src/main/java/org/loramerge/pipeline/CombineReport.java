@@ -1,0 +1,20 @@
+package org.loramerge.pipeline;
+
+import java.util.ArrayList;
+import java.util.List;
+
+/** What {@code combine} wrote, for the summary and {@code --json}. */
+public final class CombineReport {
+    /** One module of the new adapter. */
+    public record ModuleOutcome(String module, int adapters, int rank, long[] aShape, long[] bShape) {
+    }
+
+    public String output;
+    public String method;
+    public int rank;
+    public String dtype;
+    public final List<ModuleOutcome> modules = new ArrayList<>();
+    public final List<String> warnings = new ArrayList<>();
+    public final List<String> notes = new ArrayList<>();
+    public double seconds;
+}

@@ -1,0 +1,106 @@
+package org.loramerge.pipeline;
+
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import org.loramerge.engine.FactorCombination;
+import org.loramerge.format.DType;
+import org.loramerge.format.FloatFormat;
+import org.loramerge.format.Json;
+import org.loramerge.format.SafetensorsWriter;
+import org.loramerge.plan.AdapterPlan;
+import org.loramerge.plan.CombineMethod;
+
+/**
+ * Writes the new adapter of {@code combine} into an {@link AtomicOutput}: adapter_model.safetensors
+ * (each module's combined factors, zero-padded to the plan's rank as PEFT pads them, rounded once
+ * from float64 into {@code dtype}) and adapter_config.json, committed together, as a PEFT
+ * save_pretrained folder that PEFT 0.21 loads. Modules are combined on {@code threads} threads, a
+ * bounded window of them ahead of the one being written, so memory follows a few modules'
+ * factors; the bytes do not depend on the thread count (each module is computed on its own).
+ */
+public final class CombinedAdapterWriter {
+    static final String WEIGHTS = "adapter_model.safetensors";
+    static final String CONFIG = "adapter_config.json";
+
+    private CombinedAdapterWriter() {
+    }
+
+    public static CombineReport write(AdapterPlan plan, DType dtype, AtomicOutput out, int threads) throws Exception {
+        long start = System.nanoTime();
+        if (!dtype.isMergeable()) {
+            throw new IllegalArgumentException("adapter factors are F32, F16 or BF16, not " + dtype);
+        }
+        CombineReport report = new CombineReport();
+        int rank = plan.rank();
+        List<SafetensorsWriter.Entry> entries = new ArrayList<>();
+        for (AdapterPlan.Module m : plan.modules()) {
+            entries.add(new SafetensorsWriter.Entry(m.aKey(), dtype, m.aShapeAt(rank)));
+            entries.add(new SafetensorsWriter.Entry(m.bKey(), dtype, m.bShapeAt(rank)));
+        }
+        if (threads < 1) {
+            throw new IllegalArgumentException("threads must be at least 1, got " + threads);
+        }
+        FloatFormat f = FloatFormat.of(dtype);
+        CombineMethod method = plan.modules().isEmpty() ? null : plan.modules().get(0).update().how().method();
+        List<AdapterPlan.Module> modules = plan.modules();
+        ExecutorService pool = Executors.newFixedThreadPool(threads, r -> {
+            Thread t = new Thread(r, "loramerge-combine");
+            t.setDaemon(true);
+            return t;
+        });
+        try (SafetensorsWriter w = SafetensorsWriter.create(out.dir().resolve(WEIGHTS), entries, Map.of("format", "pt"))) {
+            List<Future<FactorCombination.Factors>> ahead = new ArrayList<>();
+            int submitted = 0;
+            for (int i = 0; i < modules.size(); i++) {
+                while (submitted < modules.size() && submitted < i + 2 * threads) {
+                    AdapterPlan.Module next = modules.get(submitted++);
+                    ahead.add(pool.submit(() -> FactorCombination.combine(next.update())));
+                }
+                AdapterPlan.Module m = modules.get(i);
+                FactorCombination.Factors c = BlockExecutor.get(ahead.get(i));
+                ahead.set(i, null);
+                int r = c.rank();
+                int rest = c.a().length / r;
+                int outRows = c.b().length / r;
+                double[] a = new double[rank * rest];
+                System.arraycopy(c.a(), 0, a, 0, r * rest); // rows r .. rank stay zero
+                double[] b = new double[outRows * rank];
+                for (int o = 0; o < outRows; o++) {
+                    System.arraycopy(c.b(), o * r, b, o * rank, r);
+                }
+                w.write(encode(f, a));
+                w.write(encode(f, b));
+                report.modules.add(new CombineReport.ModuleOutcome(m.module(), m.update().parts().size(), r, m.aShapeAt(rank), m.bShapeAt(rank)));
+            }
+            w.finish();
+        } finally {
+            pool.shutdownNow();
+        }
+        Files.write(out.dir().resolve(CONFIG), Json.python(plan.config()).getBytes(StandardCharsets.UTF_8));
+        out.commit();
+        report.output = out.target().toString();
+        report.method = method == null ? null : method.cliName();
+        report.rank = rank;
+        report.dtype = dtype.name();
+        report.warnings.addAll(plan.warnings());
+        report.notes.addAll(plan.notes());
+        report.seconds = (System.nanoTime() - start) / 1e9;
+        return report;
+    }
+
+    private static ByteBuffer encode(FloatFormat f, double[] v) {
+        ByteBuffer b = ByteBuffer.allocate(v.length * f.sizeInBytes()).order(ByteOrder.LITTLE_ENDIAN);
+        for (int i = 0; i < v.length; i++) {
+            f.putBits(b, i, f.encode(f.round(v[i])));
+        }
+        return b;
+    }
+}

@@ -1,0 +1,282 @@
+package org.loramerge.pipeline;
+
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.LinkedHashSet;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.Set;
+import org.loramerge.format.FloatFormat;
+import org.loramerge.format.TensorInfo;
+import org.loramerge.linalg.Gram;
+import org.loramerge.linalg.Matrix;
+import org.loramerge.linalg.RandomizedSvd;
+import org.loramerge.linalg.Residual;
+import org.loramerge.linalg.Svd;
+import org.loramerge.linalg.SymmetricEigen;
+import org.loramerge.plan.ExtractException;
+import org.loramerge.plan.ExtractOptions;
+import org.loramerge.plan.ExtractPlan;
+import org.loramerge.plan.Layout;
+import org.loramerge.plan.TensorSource;
+
+/**
+ * Runs an {@link ExtractPlan}: per target weight, ΔW = tuned − base is streamed from the two
+ * checkpoints ({@link DeltaRows}), checked, decomposed by the randomized SVD ({@link RandomizedSvd}),
+ * split into lora_B·lora_A with √σ on each side, rounded once to the factor dtype and measured
+ * against ΔW; every other tensor is compared, and a changed one is saved whole or reported. The
+ * adapter folder is then written and committed at once ({@link AdapterWriter}); on any failure
+ * nothing appears. Memory: one weight's sketches ((rows + cols)·(rank + oversampling) doubles) and
+ * one row block, plus the factors written so far.
+ */
+public final class ExtractRunner {
+    /**
+     * Knobs of a run.
+     *
+     * @param svd           the randomized SVD's settings
+     * @param checkOptimal  compute each module's exact Eckart–Young optimum (a Gram matrix and its
+     *                      eigenvalues: slow, for checking the SVD)
+     */
+    public record Options(RandomizedSvd.Options svd, boolean checkOptimal) {
+    }
+
+    private ExtractRunner() {
+    }
+
+    public static ExtractReport run(ExtractPlan plan, AtomicOutput out, Options options, Progress progress) throws Exception {
+        long start = System.nanoTime();
+        ExtractOptions asked = plan.options();
+        ExtractReport report = new ExtractReport();
+        report.threads = options.svd().threads();
+        report.oversampling = options.svd().oversampling();
+        report.powerIterations = options.svd().powerIterations();
+        report.seed = options.svd().seed();
+        if (asked.energy() == null) {
+            report.rank = asked.rank();
+        } else {
+            report.energy = asked.energy();
+            report.maxRank = asked.maxRank();
+        }
+        report.warnings.addAll(plan.warnings());
+        List<AdapterWriter.Tensor> tensors = new ArrayList<>();
+        Map<String, Integer> ranks = new LinkedHashMap<>();
+        double deltaSum = 0;
+        double errorSum = 0;
+        double keptSum = 0;
+        for (ExtractPlan.Target t : plan.targets()) {
+            DeltaRows delta = new DeltaRows(t.weightName(), t.base(), t.tuned(), t.rows(), t.cols());
+            DeltaRows.Scan scan = delta.scan();
+            if (scan.isZero()) {
+                report.unchangedModules.add(t.module());
+            } else {
+                ExtractReport.Module m = extract(t, delta, scan, asked, options, tensors);
+                report.modules.add(m);
+                ranks.put(t.module(), m.rank());
+                deltaSum += scan.deltaSquared();
+                errorSum += m.relativeError() * m.relativeError() * scan.deltaSquared();
+                keptSum += m.energyKept() * scan.deltaSquared();
+            }
+            progress.addBytes(t.base().info().sizeInBytes());
+            progress.tensorDone();
+        }
+        report.modulesExtracted = report.modules.size();
+        report.relativeError = deltaSum == 0 ? 0 : Math.sqrt(errorSum / deltaSum);
+        report.energyKept = deltaSum == 0 ? 1 : keptSum / deltaSum;
+
+        Set<String> modulesToSave = new LinkedHashSet<>();
+        boolean loraOnlyBias = others(plan, ranks.keySet(), report, tensors, modulesToSave, progress);
+        if (report.modules.isEmpty() && report.changes.isEmpty()) {
+            throw new ExtractException(ExtractException.Reason.IDENTICAL, "the tuned model and the base hold the same values in every tensor: "
+                    + "there is nothing to extract, and nothing was written. Check that --tuned names the fine-tuned model");
+        }
+        if (report.modules.isEmpty() && tensors.isEmpty()) {
+            report.warnings.add("no targeted weight changed and every change is only reported: the adapter holds no tensor");
+        }
+        long bytes = 0;
+        for (AdapterWriter.Tensor x : tensors) {
+            bytes += TensorInfo.numElements(x.shape()) * x.dtype().sizeInBytes();
+        }
+        report.adapterBytes = bytes;
+        AdapterWriter.write(out, plan.adapterConfig(ranks, modulesToSave, loraOnlyBias), tensors);
+        progress.finish();
+        report.output = out.target().toString();
+        report.seconds = (System.nanoTime() - start) / 1e9;
+        return report;
+    }
+
+    /** One target's SVD, factors and measurements; the factors are added to {@code tensors}. */
+    private static ExtractReport.Module extract(ExtractPlan.Target t, DeltaRows delta, DeltaRows.Scan scan, ExtractOptions asked, Options options,
+                                                List<AdapterWriter.Tensor> tensors) throws IOException, ExtractException {
+        RandomizedSvd.Result res = RandomizedSvd.truncated(delta, asked.sketchRank(), options.svd());
+        int r = asked.energy() == null ? res.svd().rank() : Math.max(1, res.rankKeeping(asked.energy()));
+        Svd svd = res.svd().truncate(r);
+        int m = t.rows();
+        int n = t.cols();
+        FloatFormat f = FloatFormat.of(t.factorType());
+        // ΔW ≈ U_w·V_wᵀ with U_w = U·√Σ [m, r] and V_wᵀ = √Σ·Vᵀ [r, n], each rounded once to the factor dtype
+        Matrix uw = Matrix.zeros(m, r);
+        Matrix vtw = Matrix.zeros(r, n);
+        for (int k = 0; k < r; k++) {
+            double root = Math.sqrt(svd.sigma()[k]);
+            for (int i = 0; i < m; i++) {
+                uw.set(i, k, f.round(svd.u().get(i, k) * root));
+            }
+            for (int j = 0; j < n; j++) {
+                vtw.set(k, j, f.round(svd.vt().get(k, j) * root));
+            }
+        }
+        checkFinite(t, uw, f);
+        checkFinite(t, vtw, f);
+        if (t.layout() == Layout.LINEAR) {
+            tensors.add(new AdapterWriter.Tensor(t.keyB(), t.factorType(), t.shapeB(r), AdapterWriter.bytes(encode(uw, f))));
+            tensors.add(new AdapterWriter.Tensor(t.keyA(), t.factorType(), t.shapeA(r), AdapterWriter.bytes(encode(vtw, f))));
+        } else {
+            // the weight holds (B·A)ᵀ: lora_B = V_w [n, r], lora_A = U_wᵀ [r, m]
+            tensors.add(new AdapterWriter.Tensor(t.keyB(), t.factorType(), t.shapeB(r), AdapterWriter.bytes(encode(vtw.transpose(), f))));
+            tensors.add(new AdapterWriter.Tensor(t.keyA(), t.factorType(), t.shapeA(r), AdapterWriter.bytes(encode(uw.transpose(), f))));
+        }
+        double written = Math.sqrt(Residual.squaredDistance(delta, uw, vtw, options.svd().threads()) / scan.deltaSquared());
+        double truncation = res.relativeError(r);
+        Double optimal = null;
+        Double ratio = null;
+        if (options.checkOptimal()) {
+            SymmetricEigen eig = SymmetricEigen.of(Gram.of(delta, options.svd().threads()), options.svd().threads());
+            double top = 0;
+            for (double l : eig.largest(Math.min(r, eig.size()))) {
+                top += l;
+            }
+            optimal = Math.sqrt(Math.max(0, scan.deltaSquared() - top) / scan.deltaSquared());
+            ratio = optimal > 0 ? Math.max(truncation, 0) / optimal : null;
+        }
+        return new ExtractReport.Module(t.module(), t.layout().name().toLowerCase(Locale.ROOT), t.shape(), r, t.factorType().name(),
+                res.energyKept(r), written, truncation, optimal, ratio);
+    }
+
+    private static void checkFinite(ExtractPlan.Target t, Matrix factor, FloatFormat f) throws ExtractException {
+        for (double v : factor.data()) {
+            if (!Double.isFinite(v)) {
+                throw new ExtractException(ExtractException.Reason.NON_FINITE, "the factors of " + t.module() + " overflow " + f.dtype()
+                        + " (ΔW is too large for it); pass --dtype f32 (or bf16); nothing was written");
+            }
+        }
+    }
+
+    private static ByteBuffer encode(Matrix m, FloatFormat f) {
+        double[] d = m.data();
+        ByteBuffer b = ByteBuffer.allocate(d.length * f.sizeInBytes()).order(ByteOrder.LITTLE_ENDIAN);
+        for (int i = 0; i < d.length; i++) {
+            f.putBits(b, i, f.encode(d[i]));
+        }
+        return b;
+    }
+
+    /**
+     * Compares every tensor that has no factors; a changed one is saved (modules_to_save, or a
+     * targeted layer's bias with bias "lora_only") or reported. Returns whether a lora_only bias was
+     * written.
+     */
+    private static boolean others(ExtractPlan plan, Set<String> extracted, ExtractReport report, List<AdapterWriter.Tensor> tensors,
+                                  Set<String> modulesToSave, Progress progress) throws IOException, ExtractException {
+        boolean save = plan.options().others() == ExtractOptions.Others.SAVE;
+        List<ExtractPlan.Other> changed = new ArrayList<>();
+        Map<ExtractPlan.Other, Double> change = new LinkedHashMap<>();
+        for (ExtractPlan.Other o : plan.others()) {
+            Double rel = compare(o);
+            if (rel == null || rel != 0) {
+                changed.add(o);
+                change.put(o, rel);
+            } else {
+                report.tensorsUnchanged++;
+            }
+            progress.addBytes(o.base().info().sizeInBytes());
+            progress.tensorDone();
+        }
+        // modules saved whole: every tensor of theirs, the unchanged ones and the targets' weights too
+        Set<String> wholeModules = new LinkedHashSet<>();
+        boolean loraOnlyBias = false;
+        for (ExtractPlan.Other o : changed) {
+            long[] bs = o.base().info().shape();
+            long[] ts = o.tuned().info().shape();
+            if (!save) {
+                report.changes.add(new ExtractReport.Change(o.name(), "reported", bs, ts, change.get(o), reason(o)));
+                continue;
+            }
+            if (o.biasOfTarget() && extracted.contains(o.module())) {
+                tensors.add(new AdapterWriter.Tensor(o.baseLayerBiasKey(), o.tuned().dtype(), ts, AdapterWriter.copyOf(o.tuned())));
+                report.changes.add(new ExtractReport.Change(o.name(), "bias", bs, ts, change.get(o), reason(o)));
+                loraOnlyBias = true;
+            } else if (extracted.contains(o.module())) {
+                report.changes.add(new ExtractReport.Change(o.name(), "reported", bs, ts, change.get(o),
+                        "its module " + o.module() + " has low-rank factors, so it cannot also be saved whole"));
+                report.warnings.add(o.name() + " changed, but its module has low-rank factors and cannot be saved whole too; it is not in the adapter");
+            } else {
+                wholeModules.add(o.module());
+                report.changes.add(new ExtractReport.Change(o.name(), "modules_to_save", bs, ts, change.get(o), reason(o)));
+                if (o.resized()) {
+                    report.notes.add(o.name() + " is resized from " + bs[0] + " to " + ts[0] + " rows: PEFT loads the adapter only onto a base "
+                            + "whose embeddings were resized to match; loramerge merge takes it as it is (docs/FORMATS.md §1.1)");
+                }
+            }
+        }
+        for (String module : wholeModules) {
+            modulesToSave.add(module);
+            for (ExtractPlan.Other o : plan.others()) {
+                if (o.module().equals(module)) {
+                    tensors.add(new AdapterWriter.Tensor(o.savedKey(), o.tuned().dtype(), o.tuned().info().shape(), AdapterWriter.copyOf(o.tuned())));
+                }
+            }
+            for (ExtractPlan.Target t : plan.targets()) {
+                if (t.module().equals(module)) {
+                    tensors.add(new AdapterWriter.Tensor(t.savedWeightKey(), t.tuned().dtype(), t.shape(),
+                            AdapterWriter.copyOf(t.tuned())));
+                }
+            }
+        }
+        if (!save && !report.changes.isEmpty()) {
+            report.warnings.add(report.changes.size() + " changed tensors are not in the adapter (--others report); base + adapter will differ "
+                    + "from the tuned model there");
+        }
+        return loraOnlyBias;
+    }
+
+    private static String reason(ExtractPlan.Other o) {
+        if (o.resized()) {
+            return "resized vocabulary";
+        }
+        if (!o.base().dtype().isMergeable()) {
+            return "not a floating-point tensor";
+        }
+        if (o.base().info().rank() < 2) {
+            return o.name().endsWith(".bias") ? "bias" : "vector (norm or scale)";
+        }
+        return "not a LoRA target";
+    }
+
+    /** ‖T − B‖ / ‖B‖ (+∞ when B is zero), 0 when equal, null when they cannot be compared by value (resized, not floating point). */
+    private static Double compare(ExtractPlan.Other o) throws IOException, ExtractException {
+        TensorInfo b = o.base().info();
+        TensorInfo t = o.tuned().info();
+        if (o.resized()) {
+            return null;
+        }
+        if (!b.dtype().isMergeable()) {
+            try (TensorSource.Bytes x = o.base().read(0, b.sizeInBytes()); TensorSource.Bytes y = o.tuned().read(0, t.sizeInBytes())) {
+                return x.bytes().equals(y.bytes()) ? 0.0 : null;
+            }
+        }
+        int rows = Math.toIntExact(Math.max(1, b.rank() == 0 ? 1 : b.dim(0)));
+        int cols = Math.toIntExact(b.numElements() / Math.max(1, rows));
+        if (b.numElements() == 0) {
+            return 0.0;
+        }
+        DeltaRows.Scan s = new DeltaRows(o.name(), o.base(), o.tuned(), rows, cols).scan();
+        if (s.isZero()) {
+            return 0.0;
+        }
+        return s.baseSquared() == 0 ? Double.POSITIVE_INFINITY : Math.sqrt(s.deltaSquared() / s.baseSquared());
+    }
+}

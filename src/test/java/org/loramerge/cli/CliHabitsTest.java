@@ -1,0 +1,299 @@
+package org.loramerge.cli;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.loramerge.testutil.TinyModels.loraConfig;
+import static org.loramerge.testutil.TinyModels.qProjAdapter;
+import static org.loramerge.testutil.TinyModels.writeAdapter;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Iterator;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import java.io.UncheckedIOException;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.loramerge.testutil.TinyModels;
+
+/** The command line's habits end to end: where output and errors go, what a script can parse, and what a user types. */
+class CliHabitsTest {
+    static final Path FIXTURES = Path.of("src/test/resources/fixtures");
+    private static final Pattern SNAKE = Pattern.compile("[a-z][a-z0-9_]*");
+
+    @TempDir
+    Path dir;
+
+    private Path base;
+    private Path adapter;
+
+    @BeforeEach
+    void writeInputs() {
+        base = TinyModels.writeTinyLlama(dir.resolve("models/base"));
+        adapter = writeAdapter(dir.resolve("models/adapter"), loraConfig(4, 8, "[\"q_proj\"]", ""), qProjAdapter(4));
+    }
+
+    private static InspectAndVerifyCliTest.Run run(String... args) {
+        return InspectAndVerifyCliTest.run(args);
+    }
+
+    private InspectAndVerifyCliTest.Run merge(Path adapterDir, Path out, String... extra) {
+        List<String> args = new ArrayList<>(List.of("merge", "--base", base.toString(), "--adapter", adapterDir.toString(),
+                "--out", out.toString(), "--device", "cpu"));
+        args.addAll(List.of(extra));
+        return run(args.toArray(new String[0]));
+    }
+
+    // ------------------------------------------------------------------ --out
+
+    @Test
+    void anExistingOutIsRefusedBeforeAnythingIsPlannedOrStarted() throws IOException {
+        Path out = Files.createDirectories(dir.resolve("out"));
+        // the adapter is broken too: the output check must come first, so the answer is exit 4, not 3
+        Path broken = writeAdapter(dir.resolve("models/broken"), "{ not json", List.of());
+        InspectAndVerifyCliTest.Run r = merge(broken, out);
+        assertEquals(ExitCodes.OUTPUT, r.code(), r.err());
+        assertFalse(r.err().contains("merging"), "nothing was planned or started: " + r.err());
+        assertTrue(r.err().contains("--overwrite"), r.err());
+    }
+
+    @Test
+    void missingParentFoldersOfOutAreCreated() {
+        Path out = dir.resolve("runs/2026/merged");
+        InspectAndVerifyCliTest.Run r = merge(adapter, out, "--quiet");
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        assertTrue(Files.isRegularFile(out.resolve("model.safetensors")));
+    }
+
+    @Test
+    void parentFoldersCreatedForAFailedMergeAreRemovedAgain() {
+        Path broken = writeAdapter(dir.resolve("models/broken"), "{ not json", List.of());
+        InspectAndVerifyCliTest.Run r = merge(broken, dir.resolve("runs/2026/merged"), "--quiet");
+        assertEquals(ExitCodes.BAD_INPUT, r.code(), r.err());
+        assertFalse(Files.exists(dir.resolve("runs")), "a failed merge leaves no folder behind");
+    }
+
+    // ------------------------------------------------------------------ errors
+
+    @Test
+    void aUsageErrorPrintsTheErrorAndOneLinePointingToHelp() {
+        InspectAndVerifyCliTest.Run r = run("merge", "--base", base.toString(), "--adapter", adapter.toString());
+        assertEquals(ExitCodes.USAGE, r.code());
+        List<String> lines = r.err().strip().lines().toList();
+        assertEquals(2, lines.size(), r.err());
+        assertTrue(lines.get(0).contains("--out"), r.err());
+        assertEquals("Run 'loramerge merge --help' for the options.", lines.get(1));
+        InspectAndVerifyCliTest.Run bad = run("merge", "--base", base.toString(), "--adapter", adapter.toString(), "--out",
+                dir.resolve("o").toString(), "--dtype", "int8");
+        assertEquals(ExitCodes.USAGE, bad.code());
+        assertEquals(2, bad.err().strip().lines().count(), bad.err());
+    }
+
+    @Test
+    void underJsonEveryCommandPrintsItsFailureAsAJsonErrorObjectOnStdout() throws IOException {
+        Path missing = dir.resolve("no-such-model");
+        String[][] commands = {
+                {"merge", "--base", missing.toString(), "--adapter", adapter.toString(), "--out", dir.resolve("o1").toString(), "--json"},
+                {"verify", "--base", missing.toString(), "--adapter", adapter.toString(), "--merged", base.toString(), "--json"},
+                {"inspect", missing.toString(), "--json"},
+                {"quantize", "--base", missing.toString(), "--out", dir.resolve("o2").toString(), "--json"}};
+        for (String[] c : commands) {
+            InspectAndVerifyCliTest.Run r = run(c);
+            assertEquals(ExitCodes.BAD_INPUT, r.code(), String.join(" ", c) + ": " + r.err());
+            JsonNode error = new ObjectMapper().readTree(r.out()).get("error");
+            assertNotNull(error, c[0] + " printed no error object: " + r.out());
+            assertEquals(3, error.get("code").asInt());
+            assertEquals("BAD_INPUT", error.get("kind").asText());
+            assertTrue(error.get("message").asText().contains(missing.toString()), error.toString());
+            assertEquals(missing.toString(), error.get("file").asText(), c[0]);
+        }
+        InspectAndVerifyCliTest.Run usage = run("merge", "--json", "--base", base.toString());
+        assertEquals("USAGE", new ObjectMapper().readTree(usage.out()).get("error").get("kind").asText(), usage.out());
+    }
+
+    @Test
+    void anAdapterForAnotherModelPrintsOneLinePerKindOfProblemWithACount() {
+        List<TinyModels.Tensor> tensors = new ArrayList<>();
+        for (int layer = 0; layer < 40; layer++) {
+            tensors.addAll(TinyModels.loraPair("model.layers." + layer + ".self_attn.q_proj", 4, 8, 8));
+        }
+        Path other = writeAdapter(dir.resolve("models/other"), loraConfig(4, 8, "[\"q_proj\"]", ""), tensors);
+        InspectAndVerifyCliTest.Run r = merge(other, dir.resolve("out"), "--quiet");
+        assertEquals(ExitCodes.BAD_INPUT, r.code(), r.err());
+        List<String> problems = r.err().lines().filter(l -> l.startsWith("  - ")).toList();
+        assertEquals(1, problems.size(), "38 modules that the 2-layer base lacks, one line: " + r.err());
+        assertTrue(problems.get(0).contains("the same for 37 more, 38 in all") && problems.get(0).contains("model.layers.3.self_attn.q_proj"),
+                problems.get(0));
+    }
+
+    @Test
+    void aConv1dWarningIsPrintedOnceForTheWholeModel() {
+        Path c = FIXTURES.resolve("gpt2_conv1d");
+        Path noFlag = dir.resolve("gpt2-adapter");
+        try {
+            Files.createDirectories(noFlag);
+            Files.copy(c.resolve("adapter/adapter_model.safetensors"), noFlag.resolve("adapter_model.safetensors"));
+            String cfg = Files.readString(c.resolve("adapter/adapter_config.json")).replace("\"fan_in_fan_out\": true", "\"fan_in_fan_out\": false");
+            Files.writeString(noFlag.resolve("adapter_config.json"), cfg);
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+        InspectAndVerifyCliTest.Run r = run("merge", "--base", c.resolve("base").toString(), "--adapter", noFlag.toString(), "--out",
+                dir.resolve("out").toString(), "--device", "cpu");
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        List<String> warnings = r.err().lines().filter(l -> l.contains("fan_in_fan_out is false")).toList();
+        assertEquals(1, warnings.size(), r.err());
+        assertTrue(warnings.get(0).contains("in all"), warnings.get(0));
+    }
+
+    // ------------------------------------------------------------------ JSON
+
+    @Test
+    void everyCommandsJsonUsesSnakeCaseKeys() throws IOException {
+        Path out = dir.resolve("out");
+        InspectAndVerifyCliTest.Run m = merge(adapter, out, "--json", "--quiet", "--verify");
+        assertEquals(ExitCodes.OK, m.code(), m.err());
+        InspectAndVerifyCliTest.Run v = run("verify", "--base", base.toString(), "--adapter", adapter.toString(), "--merged", out.toString(), "--json");
+        InspectAndVerifyCliTest.Run i = run("inspect", adapter.toString(), "--json");
+        InspectAndVerifyCliTest.Run q = run("quantize", "--base", FIXTURES.resolve("linear_bf16/base").toString(), "--out",
+                dir.resolve("q").toString(), "--json", "--quiet");
+        for (InspectAndVerifyCliTest.Run r : List.of(m, v, i, q)) {
+            assertEquals(ExitCodes.OK, r.code(), r.err());
+            List<String> bad = new ArrayList<>();
+            keys(new ObjectMapper().readTree(r.out()), bad);
+            assertEquals(List.of(), bad, r.out());
+        }
+        JsonNode merged = new ObjectMapper().readTree(m.out());
+        assertEquals(2, merged.get("tensors_merged").asInt());
+        assertEquals(16, merged.get("verified_rows").asInt());
+        // the counts of elements settled at a rounding boundary, by expansion and by decimal arithmetic (scripts/bench reads them)
+        JsonNode tensor = merged.get("tensors").get(0);
+        assertTrue(tensor.get("exactly_rounded").isIntegralNumber() && tensor.get("exact_fallbacks").isIntegralNumber(), tensor.toString());
+    }
+
+    /** Keys that are not snake_case; the values of maps keyed by tensor name (verified_worst_ulp, metadata) are not keys of ours. */
+    private static void keys(JsonNode n, List<String> bad) {
+        if (n.isObject()) {
+            for (Iterator<Map.Entry<String, JsonNode>> it = n.fields(); it.hasNext(); ) {
+                Map.Entry<String, JsonNode> e = it.next();
+                if (!SNAKE.matcher(e.getKey()).matches()) {
+                    bad.add(e.getKey());
+                }
+                if (!e.getKey().equals("verified_worst_ulp") && !e.getKey().equals("metadata")) {
+                    keys(e.getValue(), bad);
+                }
+            }
+        } else if (n.isArray()) {
+            n.forEach(x -> keys(x, bad));
+        }
+    }
+
+    // ------------------------------------------------------------------ output in text mode
+
+    @Test
+    void verifyWritesItsReportOnStdoutAndMergeVerifyShowsItsResult() {
+        Path out = dir.resolve("out");
+        InspectAndVerifyCliTest.Run m = merge(adapter, out, "--verify");
+        assertEquals(ExitCodes.OK, m.code(), m.err());
+        assertTrue(m.err().contains("verify: PASSED: 2 adapted tensors, 16 sampled rows each recomputed exactly, unchanged tensors compared completely, worst error 0 ulp"), m.err());
+        InspectAndVerifyCliTest.Run v = run("verify", "--base", base.toString(), "--adapter", adapter.toString(), "--merged", out.toString());
+        assertEquals(ExitCodes.OK, v.code(), v.err());
+        assertTrue(v.out().startsWith("verify: PASSED:"), v.out());
+        assertEquals("", v.err());
+    }
+
+    // ------------------------------------------------------------------ options, version, launcher, completion
+
+    @Test
+    void dtypeAliasesAreListedInTheHelpAndAccepted() {
+        InspectAndVerifyCliTest.Run help = run("merge", "--help");
+        assertTrue(help.out().replaceAll("\\s+", " ").contains("also accepted: fp32, float32, float, fp16, float16, half, bfloat16"), help.out());
+        for (String alias : List.of("FP32", "float16", "bfloat16")) {
+            InspectAndVerifyCliTest.Run r = merge(adapter, dir.resolve("out-" + alias), "--dtype", alias, "--quiet");
+            assertEquals(ExitCodes.OK, r.code(), alias + ": " + r.err());
+        }
+    }
+
+    @Test
+    void theShardSizeHelpSaysWhichTransformersDefaultItFollows() {
+        String help = run("merge", "--help").out().replaceAll("\\s+", " ");
+        assertTrue(help.contains("Default 5GB: the default of transformers' save_pretrained from 4.35 through 4.x") && help.contains("transformers 5"), help);
+    }
+
+    @Test
+    void versionIsTheBuildsVersion() throws IOException {
+        Matcher m = Pattern.compile("<artifactId>loramerge</artifactId>\\s*<version>([^<]+)</version>").matcher(Files.readString(Path.of("pom.xml")));
+        assertTrue(m.find());
+        assertEquals("loramerge " + m.group(1), run("--version").out().strip());
+    }
+
+    @Test
+    void theLauncherWorksThroughASymlinkAndRunsTheJavaOfJavaHome() throws Exception {
+        // a stand-in JAVA_HOME whose java prints its arguments, and a jar file for it to be given
+        Path javaHome = dir.resolve("jdk");
+        Files.createDirectories(javaHome.resolve("bin"));
+        Path java = Files.writeString(javaHome.resolve("bin/java"), "#!/bin/sh\necho \"fake java: $*\"\n");
+        java.toFile().setExecutable(true);
+        Path jar = Files.writeString(dir.resolve("some.jar"), "not a real jar");
+        Path bin = Files.createDirectories(dir.resolve("bin"));
+        Path link = Files.createSymbolicLink(bin.resolve("loramerge"), Path.of("loramerge").toAbsolutePath());
+        String viaJavaHome = launch(link, Map.of("JAVA_HOME", javaHome.toString(), "LORAMERGE_JAR", jar.toString()), "--version");
+        assertEquals("fake java: -Xmx2g -jar " + jar + " --version", viaJavaHome.strip());
+        // without LORAMERGE_JAR the jar is looked for beside the real launcher, not beside the link
+        String notBuilt = launch(link, Map.of("JAVA_HOME", javaHome.toString(), "LORAMERGE_JAR", dir.resolve("missing.jar").toString()), "--version");
+        assertTrue(notBuilt.contains("missing.jar not found"), notBuilt);
+        Path repo = Path.of("").toAbsolutePath();
+        String defaultJar = launchWithout(link, javaHome, "--version");
+        assertTrue(defaultJar.contains("fake java: -Xmx2g -jar " + repo.resolve("target/loramerge-cli.jar"))
+                || defaultJar.contains(repo.resolve("target/loramerge-cli.jar") + " not found"), defaultJar);
+    }
+
+    private static String launch(Path launcher, Map<String, String> env, String... args) throws Exception {
+        List<String> cmd = new ArrayList<>(List.of("sh", launcher.toString()));
+        cmd.addAll(List.of(args));
+        ProcessBuilder pb = new ProcessBuilder(cmd).redirectErrorStream(true).directory(launcher.getParent().toFile());
+        pb.environment().putAll(env);
+        Process p = pb.start();
+        String text = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertTrue(p.waitFor(30, TimeUnit.SECONDS));
+        return text;
+    }
+
+    private static String launchWithout(Path launcher, Path javaHome, String... args) throws Exception {
+        List<String> cmd = new ArrayList<>(List.of("sh", launcher.toString()));
+        cmd.addAll(List.of(args));
+        ProcessBuilder pb = new ProcessBuilder(cmd).redirectErrorStream(true).directory(launcher.getParent().toFile());
+        pb.environment().remove("LORAMERGE_JAR");
+        pb.environment().put("JAVA_HOME", javaHome.toString());
+        Process p = pb.start();
+        String text = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertTrue(p.waitFor(30, TimeUnit.SECONDS));
+        return text;
+    }
+
+    @Test
+    void theCompletionScriptAndManPageCoverEveryCommandAndItsOptions() {
+        InspectAndVerifyCliTest.Run completion = run("generate-completion");
+        assertEquals(ExitCodes.OK, completion.code(), completion.err());
+        assertTrue(completion.out().contains("complete -F") && completion.out().contains("--max-shard-size")
+                && completion.out().contains("--tolerance"), completion.out());
+        InspectAndVerifyCliTest.Run man = run("generate-manpage");
+        assertEquals(ExitCodes.OK, man.code(), man.err());
+        for (String s : List.of(".TH LORAMERGE 1", ".SS merge", ".SS verify", ".SS inspect", ".SS quantize", "\\-\\-tolerance", "\\-\\-dtype",
+                ".SH EXIT STATUS")) {
+            assertTrue(man.out().contains(s), s + " missing from the man page");
+        }
+        assertFalse(run("--help").out().contains("generate-"), "the generators are for the install script, not in the help");
+    }
+}
