@@ -475,6 +475,9 @@ public final class Verifier {
         }
         Requantizer r = planned.quantizedOutput().requantizer(planned.source().quantized());
         TensorJob job = TensorJob.prepare(planned);
+        if (job.needsSelection()) {
+            job.dense().selectAll(job.rows()); // a combination's top-D cut depends on the whole tensor
+        }
         int cols = job.cols();
         long n = planned.numElements();
         FloatFormat fmt = FloatFormat.of(planned.dtype());

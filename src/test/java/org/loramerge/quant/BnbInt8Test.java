@@ -1,15 +1,19 @@
 package org.loramerge.quant;
 
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.file.Path;
 import java.util.List;
+import java.util.Map;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.loramerge.cli.Main;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
 import org.loramerge.format.TensorInfo;
+import org.loramerge.testutil.CliRun;
 import org.loramerge.testutil.TinyModels;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -108,6 +112,41 @@ class BnbInt8Test {
                     double step = absmax / 127.0;
                     assertTrue(Math.abs(q.get(row * 6 + col) * step - v) <= step / 2 + 1e-6 * absmax, "row " + row + " col " + col);
                 }
+            }
+        }
+    }
+
+    /**
+     * merge --combine on an 8-bit base: the weight is dequantized once, the combined delta applied and
+     * requantized once (--to int8) or rounded once (--to f16); cat of the adapter with itself at 0.5 and
+     * 0.5 writes the merge of the adapter alone, byte for byte, and the same survival figures.
+     */
+    @Test
+    void catOfAnAdapterWithItselfOnAnInt8BaseIsTheMergeOfTheAdapter() throws Exception {
+        Path base = model((byte) 0);
+        Path adapter = TinyModels.writeAdapter(dir.resolve("a"), TinyModels.loraConfig(2, 4, "[\"q_proj\"]", ""),
+                TinyModels.loraPair("model.layers.0.self_attn.q_proj", 2, 6, 4));
+        for (String to : List.of("int8", "f16")) {
+            Path single = dir.resolve("single-" + to);
+            Path combined = dir.resolve("combined-" + to);
+            CliRun a = CliRun.of(() -> Main.run("merge", "--base", base.toString(), "--adapter", adapter.toString(), "--out",
+                    single.toString(), "--to", to, "--device", "cpu", "--quiet", "--json"));
+            assertEquals(0, a.code(), a.err());
+            CliRun b = CliRun.of(() -> Main.run("merge", "--base", base.toString(), "--adapter", adapter.toString(), "--adapter",
+                    adapter.toString(), "--combine", "cat", "--weights", "0.5,0.5", "--out", combined.toString(), "--to", to, "--device", "cpu",
+                    "--quiet", "--json", "--verify"));
+            assertEquals(0, b.code(), b.err());
+            Map<String, String> x = TinyModels.hashTree(single);
+            Map<String, String> y = TinyModels.hashTree(combined);
+            x.remove("README.md"); // the model card names the combination
+            y.remove("README.md");
+            assertEquals(x, y, "--to " + to + ": W + 0.5·s·B·A + 0.5·s·B·A is W + s·B·A exactly, dequantized once and rounded once");
+            if (to.equals("int8")) {
+                JsonNode ra = new ObjectMapper().readTree(a.out()).get("requantization");
+                JsonNode rb = new ObjectMapper().readTree(b.out()).get("requantization");
+                assertEquals(1, rb.get("tensors").size(), b.out());
+                assertEquals(ra.get("survival").asDouble(), rb.get("survival").asDouble(), 0.0);
+                assertEquals(ra.get("codes_changed").asLong(), rb.get("codes_changed").asLong());
             }
         }
     }

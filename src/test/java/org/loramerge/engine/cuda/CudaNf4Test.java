@@ -34,6 +34,8 @@ import org.loramerge.pipeline.MergeReport;
 import org.loramerge.pipeline.MergeRunner;
 import org.loramerge.pipeline.Progress;
 import org.loramerge.pipeline.QuantizeRunner;
+import org.loramerge.plan.Combination;
+import org.loramerge.plan.CombineMethod;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
@@ -253,6 +255,35 @@ class CudaNf4Test {
         mergeOnBoth(caseDir.resolve("base"), caseDir.resolve("adapter"), to, Backend.DEFAULT_BLOCK_BYTES);
     }
 
+    static Stream<Arguments> combinedOnQuantizedBases() {
+        return Stream.of(
+                Arguments.of("fp8/fine_grained_128", QuantTarget.FP8, CombineMethod.CAT),
+                Arguments.of("fp8/fine_grained_128", QuantTarget.BF16, CombineMethod.TIES),
+                Arguments.of("gptq_awq/gptq_v1_4bit_g32_actorder", QuantTarget.NF4, CombineMethod.LINEAR),
+                Arguments.of("gptq_awq/awq_gemm_4bit_g32", QuantTarget.F16, CombineMethod.TASK_ARITHMETIC));
+    }
+
+    /**
+     * merge --combine on FP8, GPTQ and AWQ bases: the adapter combined with itself (weights 0.7 and
+     * 0.4, density 0.5 where the method trims); two factor terms on the same rows fold into one on the
+     * device, a dense combination runs on the CPU engine inside the GPU one; the output must be the
+     * CPU engine's, survival included.
+     */
+    @ParameterizedTest(name = "{0} --to {1}, {2}")
+    @MethodSource("combinedOnQuantizedBases")
+    void combinedAdaptersOnOtherQuantizedBasesMergeToTheCpuEnginesBytes(String fixture, QuantTarget to, CombineMethod method) throws Exception {
+        Path caseDir = Path.of("src/test/resources", fixture);
+        Combination how = Combination.of(method, 2, List.of(0.7, 0.4), 0.5, Combination.MajoritySign.TOTAL, 1.0, 5, 0, null);
+        try (Checkpoint base = Checkpoint.open(caseDir.resolve("base")); LoraAdapter a = LoraAdapter.open(caseDir.resolve("adapter"));
+             LoraAdapter b = LoraAdapter.open(caseDir.resolve("adapter"))) {
+            MergePlan plan = Planner.plan(base, List.of(a, b), PlanOptions.defaults().withTarget(to), how);
+            MergeReport[] reports = mergeOnBoth(plan, caseDir.resolve("base"), caseDir.resolve("adapter"), Backend.DEFAULT_BLOCK_BYTES);
+            if (!to.isDense()) {
+                assertSameSurvival(reports[0], reports[1]);
+            }
+        }
+    }
+
     /**
      * Merged values exactly on a BF16 rounding midpoint (W = 1 from NF4 code 15 with absmax 1, ΔW
      * = ±2⁻⁸, ±3·2⁻⁸, −2⁻⁹...): the kernel cannot decide them and lists them, the host settles them
@@ -329,26 +360,30 @@ class CudaNf4Test {
      */
     private MergeReport[] mergeOnBoth(Path baseDir, Path adapterDir, QuantTarget to, int blockBytes) throws Exception {
         try (Checkpoint base = Checkpoint.open(baseDir); LoraAdapter adapter = LoraAdapter.open(adapterDir)) {
-            MergePlan plan = Planner.plan(base, adapter, PlanOptions.defaults().withTarget(to));
-            Path cpuOut = dir.resolve("cpu");
-            Path gpuOut = dir.resolve("gpu");
-            MergeRunner.Options options = new MergeRunner.Options(false, blockBytes);
-            MergeReport cpuReport;
-            MergeReport gpuReport;
-            try (CpuBackend cpu = new CpuBackend(2); AtomicOutput o = AtomicOutput.create(cpuOut, false, List.of(baseDir, adapterDir))) {
-                cpuReport = MergeRunner.run(plan, cpu, o, options, Progress.silent());
-            }
-            try (AtomicOutput o = AtomicOutput.create(gpuOut, false, List.of(baseDir, adapterDir))) {
-                gpuReport = MergeRunner.run(plan, cuda, o, options, Progress.silent());
-            }
-            try (Stream<Path> files = Files.list(cpuOut)) {
-                for (Path p : files.toList()) {
-                    assertArrayEquals(Files.readAllBytes(p), Files.readAllBytes(gpuOut.resolve(p.getFileName())),
-                            baseDir + ": " + p.getFileName());
-                }
-            }
-            return new MergeReport[] {cpuReport, gpuReport};
+            return mergeOnBoth(Planner.plan(base, adapter, PlanOptions.defaults().withTarget(to)), baseDir, adapterDir, blockBytes);
         }
+    }
+
+    /** {@code plan} merged by the CPU engine into dir/cpu and by the GPU into dir/gpu; every file byte-identical. */
+    private MergeReport[] mergeOnBoth(MergePlan plan, Path baseDir, Path adapterDir, int blockBytes) throws Exception {
+        Path cpuOut = dir.resolve("cpu");
+        Path gpuOut = dir.resolve("gpu");
+        MergeRunner.Options options = new MergeRunner.Options(false, blockBytes);
+        MergeReport cpuReport;
+        MergeReport gpuReport;
+        try (CpuBackend cpu = new CpuBackend(2); AtomicOutput o = AtomicOutput.create(cpuOut, false, List.of(baseDir, adapterDir))) {
+            cpuReport = MergeRunner.run(plan, cpu, o, options, Progress.silent());
+        }
+        try (AtomicOutput o = AtomicOutput.create(gpuOut, false, List.of(baseDir, adapterDir))) {
+            gpuReport = MergeRunner.run(plan, cuda, o, options, Progress.silent());
+        }
+        try (Stream<Path> files = Files.list(cpuOut)) {
+            for (Path p : files.toList()) {
+                assertArrayEquals(Files.readAllBytes(p), Files.readAllBytes(gpuOut.resolve(p.getFileName())),
+                        baseDir + ": " + p.getFileName());
+            }
+        }
+        return new MergeReport[] {cpuReport, gpuReport};
     }
 
     /** The GPU's survival figures: the CPU's counts, and its norms to 1e-9 (summed in another order). */
