@@ -5,6 +5,7 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import java.io.IOException;
+import java.math.BigInteger;
 import java.nio.file.Files;
 import java.nio.file.LinkOption;
 import java.nio.file.Path;
@@ -40,7 +41,7 @@ public final class AdapterConfig {
     private final PeftRegex targetRegex;
     private final List<String> excludeList;
     private final PeftRegex excludeRegex;
-    private final List<Integer> layersToTransform;
+    private final List<BigInteger> layersToTransform;
     private final List<PeftRegex> layersPattern;
     /** rank_pattern's and alpha_pattern's key per module name, as found once (Optional.empty(): none matches). */
     private final Map<String, Optional<String>> rankKeyOf = new ConcurrentHashMap<>();
@@ -105,7 +106,8 @@ public final class AdapterConfig {
         PeftRegex targetRegex;
         List<String> excludeList;
         PeftRegex excludeRegex;
-        List<Integer> layersToTransform;
+        /** Python ints, of any size: a value past an int is compared as it stands, never cut to 32 bits. */
+        List<BigInteger> layersToTransform;
         List<PeftRegex> layersPattern;
         /** Instructions of every compiled pattern together: the bound on matching time. */
         long regexSize;
@@ -252,13 +254,13 @@ public final class AdapterConfig {
         if (lt != null && !lt.isNull()) {
             b.layersToTransform = new ArrayList<>();
             if (lt.isIntegralNumber()) {
-                b.layersToTransform.add(lt.intValue());
+                b.layersToTransform.add(lt.bigIntegerValue());
             } else if (lt.isArray()) {
                 for (JsonNode n : lt) {
                     if (!n.isIntegralNumber()) {
                         throw new AdapterException(INVALID_CONFIG, file, "layers_to_transform holds " + n + ", not an integer");
                     }
-                    b.layersToTransform.add(n.intValue());
+                    b.layersToTransform.add(n.bigIntegerValue());
                 }
             } else {
                 throw new AdapterException(INVALID_CONFIG, file, "layers_to_transform is neither an integer nor a list");
@@ -352,8 +354,9 @@ public final class AdapterConfig {
         }
         List<Long> out = new ArrayList<>();
         for (JsonNode n : arr) {
-            if (!n.isIntegralNumber() || n.longValue() < 0) {
-                throw new AdapterException(INVALID_CONFIG, file, field + " holds " + n + ", not a token id");
+            // canConvertToLong: a BigInteger's longValue() keeps its low 64 bits, so 2^64 would have become token 0
+            if (!n.isIntegralNumber() || !n.canConvertToLong() || n.longValue() < 0) {
+                throw new AdapterException(INVALID_CONFIG, file, field + " holds " + n + ", not a token id; fix it to the ids the adapter was trained on");
             }
             out.add(n.longValue());
         }
@@ -468,13 +471,13 @@ public final class AdapterConfig {
             found = false;
         }
         if (found && layersToTransform != null) {
-            Integer layer = layerIndex(moduleName);
+            BigInteger layer = layerIndex(moduleName);
             found = layer != null && layersToTransform.contains(layer);
         }
         return found;
     }
 
-    private Integer layerIndex(String moduleName) {
+    private BigInteger layerIndex(String moduleName) {
         String digits = null;
         if (layersPattern == null || layersPattern.isEmpty()) {
             digits = FIRST_NUMBERED_SEGMENT.groupAtStart(moduleName, 1);
@@ -486,9 +489,9 @@ public final class AdapterConfig {
                 }
             }
         }
-        // Python's \d is any decimal digit, as Integer.parseInt reads them; a count too large for an int is no layer of ours
+        // Python's int() of \d+: any decimal digits (BigInteger reads them as Character.digit does), and any size
         try {
-            return digits == null ? null : Integer.valueOf(digits);
+            return digits == null ? null : new BigInteger(digits);
         } catch (NumberFormatException e) {
             return null;
         }

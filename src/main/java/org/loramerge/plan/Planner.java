@@ -1078,7 +1078,11 @@ public final class Planner {
         if (tokens != null) {
             List<Long> idx = config.tokenIndicesFor(module, module.equals(stripWeight(embedName)));
             TensorInfo tv = adapter.tensor(tokens.key());
-            if (idx == null) {
+            if (quant.weight(weightName) != null) {
+                // token rows replace whole rows of stored values, which a quantized weight does not have (its codes share scales)
+                problem(UNSUPPORTED, "adapter key " + tokens.key() + " holds token rows for " + weightName + ", a " + quant.format().name() + " weight of the base; "
+                        + "replacing rows of a quantized weight is not supported: pass the original 16-bit model as --base");
+            } else if (idx == null) {
                 problem(CONFIG_MISMATCH, "adapter key " + tokens.key() + " holds token rows, but adapter_config.json's trainable_token_indices names no indices for " + module);
             } else if (w.length != 2 || tv.rank() != 2 || tv.dim(0) != idx.size() || tv.dim(1) != w[1]) {
                 problem(SHAPE_MISMATCH, "adapter key " + tokens.key() + " has shape " + TensorInfo.shapeString(tv.shape()) + " but " + idx.size()
@@ -1178,7 +1182,8 @@ public final class Planner {
         boolean ok;
         switch (layout) {
             case LINEAR: {
-                long wRest = TensorInfo.numElements(w) / w[0];
+                // the product of the dimensions after the first, not numElements / rows: a weight may have no rows
+                long wRest = TensorInfo.numElements(Arrays.copyOfRange(w, 1, w.length));
                 ok = b.dim(0) == w[0] && b.numElements() == w[0] * rA && a.numElements() / rA == wRest
                         && (w.length == 2 ? a.rank() == 2 : a.rank() == w.length);
                 break;

@@ -531,6 +531,28 @@ class AdapterInputTest {
     }
 
     @Test
+    void layersToTransformPastAnIntIsComparedWholeNotCutTo32Bits() throws Exception {
+        // 2^32 cut to an int is 0: layer 0 was adapted, where PEFT compares Python ints and adapts no layer
+        AdapterConfig wide = config(loraConfig(4, 8, Q_LIST, "\"layers_to_transform\": [4294967296]"));
+        assertFalse(wide.targets(q(0)));
+        assertFalse(wide.targets(q(1)));
+        AdapterConfig single = config(loraConfig(4, 8, Q_LIST, "\"layers_to_transform\": 4294967297"));
+        assertFalse(single.targets(q(1)));
+        AdapterConfig huge = config(loraConfig(4, 8, Q_LIST, "\"layers_to_transform\": [123456789012345678901234567890]"));
+        assertTrue(huge.targets("model.layers.123456789012345678901234567890.self_attn.q_proj"), "Python's int has no size limit");
+    }
+
+    @Test
+    void tokenIdPastALongIsRefusedNotCutToItsLow64Bits() throws Exception {
+        // 2^64's low 64 bits are 0: row 0 would have been replaced
+        Path file = writeText(dir.resolve("cfg").resolve("adapter_config.json"),
+                loraConfig(4, 8, Q_LIST, "\"trainable_token_indices\": [18446744073709551616]"));
+        AdapterException e = assertThrows(AdapterException.class, () -> AdapterConfig.read(file));
+        assertEquals(Reason.INVALID_CONFIG, e.reason());
+        assertTrue(e.getMessage().contains(file.toString()) && e.getMessage().contains("18446744073709551616"), e::getMessage);
+    }
+
+    @Test
     void layerIndexIsTheFirstNumberedSegmentAsInPeft021() throws Exception {
         // peft 0.21 tuners_utils.py: r".*?\.[^.]*\.(?P<idx>\d+)\." (lazy) picks the layer, not the expert index
         String expert = "model.layers.1.mlp.experts.0.down_proj";
