@@ -2,8 +2,13 @@
  * bitsandbytes NF4 on the device: dequantize a 4-bit weight into the merge's working copy of W,
  * requantize the merged weight (block absmax, nearest code, packing), double-quantize the new
  * absmax, and measure what the requantization kept. Bit for bit the CPU codec
- * (src/main/java/org/loramerge/quant: Nf4Codec, DoubleQuant, DynamicMap), which the GPU tests
- * check on every test vector.
+ * (src/main/java/org/loramerge/quant: Nf4Codec, DoubleQuant, DynamicMap, CudaFastMath), which the
+ * GPU tests check on every test vector, and so bitsandbytes' CUDA kernels (csrc/kernels.cu), which
+ * are built with --use_fast_math: the codec's arithmetic is theirs, restated here with IEEE
+ * operations (this file is built without fast math): subnormal inputs and products flushed
+ * (bnb_ftz, bnb_mul), and the hardware reciprocal rcp.approx.ftz.f32 reproduced from the correctly
+ * rounded one and the table of significands where the two differ (bnb_rcp, lm_rcp_table), which
+ * the host uploads once (CudaFastMath), so that every GPU writes what the CPU engine writes.
  *
  * Every fp32 operation is written with an explicit rounding intrinsic (__fmul_rn, __fadd_rn,
  * __fdiv_rn, ...): nvcc may not contract those into an FMA, so each product and sum is rounded
@@ -11,14 +16,13 @@
  *
  * Layouts (FORMATS.md §5): a weight of n elements is read flattened row-major in blocks of
  * `blocksize` (a power of two, 32..4096; the last block may be partial); codes are packed two per
- * byte, element 2k in the high nibble, an odd count padded with code 7 (NF4's 0.0).
+ * byte, element 2k in the high nibble, an odd count padded with the code of a 0.0 element of the
+ * last block (7, NF4's 0.0, or 0 when that block is all zeros: 0 * inf).
  */
 #include <cuda_fp16.h>
 
 #include "rounding.cuh"
 
-#define NF4_ZERO_CODE 7
-#define DYN_ZERO_CODE 127
 #define NESTED_BLOCKSIZE 256
 
 /* The NF4 values, codes 0..15 (bitsandbytes get_4bit_type("nf4")), each exactly an fp32. */
@@ -42,14 +46,63 @@
 __constant__ float kNf4[16] = {NF4_V0, NF4_V1, NF4_V2,  NF4_V3,  NF4_V4,  NF4_V5,  NF4_V6,  NF4_V7,
                                NF4_V8, NF4_V9, NF4_V10, NF4_V11, NF4_V12, NF4_V13, NF4_V14, NF4_V15};
 
-/* Decision thresholds: the exact midpoint of adjacent values (exact in double) rounded to fp32,
- * as Nf4Codec builds them; folded at compile time with IEEE semantics. */
-#define NF4_MID(a, b) ((float)(((double)(a) + (double)(b)) / 2.0))
+/* Decision thresholds: dQuantizeNF4's float literals as nvcc parses them (Nf4Codec.THRESHOLDS);
+ * four of them (0|1, 8|9, 12|13, 14|15) are one ulp from the fp32 nearest the midpoint. */
 __constant__ float kThreshold[15] = {
-    NF4_MID(NF4_V0, NF4_V1),   NF4_MID(NF4_V1, NF4_V2),   NF4_MID(NF4_V2, NF4_V3),   NF4_MID(NF4_V3, NF4_V4),
-    NF4_MID(NF4_V4, NF4_V5),   NF4_MID(NF4_V5, NF4_V6),   NF4_MID(NF4_V6, NF4_V7),   NF4_MID(NF4_V7, NF4_V8),
-    NF4_MID(NF4_V8, NF4_V9),   NF4_MID(NF4_V9, NF4_V10),  NF4_MID(NF4_V10, NF4_V11), NF4_MID(NF4_V11, NF4_V12),
-    NF4_MID(NF4_V12, NF4_V13), NF4_MID(NF4_V13, NF4_V14), NF4_MID(NF4_V14, NF4_V15)};
+    -0x1.b239b2p-1f, -0x1.38a4e0p-1f, -0x1.d70900p-2f, -0x1.5bd4ecp-2f, -0x1.e079d8p-3f,
+    -0x1.1a7178p-3f, -0x1.74f0e2p-5f, 0x1.45f5fep-5f,  0x1.ec90c6p-4f,  0x1.a0cfc0p-3f,
+    0x1.2b05a8p-2f,  0x1.8ea7f2p-2f,  0x1.00da06p-1f,  0x1.491b5ep-1f,  0x1.b913b2p-1f};
+
+/* CudaFastMath's table: bit m of word m / 32 is set where rcp.approx.ftz.f32 of significand m is
+ * not the correctly rounded reciprocal. Uploaded by the host when the module is loaded. */
+__device__ unsigned int lm_rcp_table[1 << 18];
+
+/* A subnormal value flushed to zero of its sign (fast math's .ftz); NaN and everything else unchanged. */
+__device__ __forceinline__ float bnb_ftz(float x) {
+    return fabsf(x) < 1.17549435e-38f ? copysignf(0.0f, x) : x;
+}
+
+/* mul.ftz.f32: CudaFastMath.mul. */
+__device__ __forceinline__ float bnb_mul(float a, float b) {
+    return bnb_ftz(__fmul_rn(bnb_ftz(a), bnb_ftz(b)));
+}
+
+/* rcp.approx.ftz.f32 as bitsandbytes' `1.0f / x` computes it: CudaFastMath.rcp. */
+__device__ __forceinline__ float bnb_rcp(float x) {
+    if (isnan(x)) return x;
+    float a = fabsf(bnb_ftz(x));
+    float r;
+    if (a == 0.0f) {
+        r = __int_as_float(0x7f800000);
+    } else if (a > 0x1p126f) {
+        r = 0.0f;
+    } else {
+        r = __frcp_rn(a);
+        unsigned int m = __float_as_uint(a) & 0x7fffffu;
+        if ((lm_rcp_table[m >> 5] >> (m & 31u)) & 1u) {
+            /* the other neighbour of the exact 1/a: the sign of 1 - a*r, rounded once, says which */
+            r = __uint_as_float(__float_as_uint(r) + (__fmaf_rn(-a, r, 1.0f) > 0.0f ? 1u : 0xffffffffu));
+        }
+    }
+    return copysignf(r, x);
+}
+
+/*
+ * nf4_rcp_check(mismatches)
+ *   Compares this GPU's rcp.approx.ftz.f32 with bnb_rcp (the table) for every significand m, on
+ *   1.m and on 1.m * 2^100, counting the differences into mismatches[0]: 0 on a GPU whose
+ *   bitsandbytes build quantizes exactly as loramerge does. One thread per significand.
+ */
+extern "C" __global__ void nf4_rcp_check(unsigned long long *mismatches) {
+    unsigned int m = blockIdx.x * blockDim.x + threadIdx.x;
+    if (m >= (1u << 23)) return;
+    for (unsigned int e = 127; e <= 227; e += 100) {
+        float x = __uint_as_float((e << 23) | m);
+        float hw;
+        asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(hw) : "f"(x));
+        if (__float_as_uint(hw) != __float_as_uint(bnb_rcp(x))) atomicAdd(mismatches, 1ull);
+    }
+}
 
 /*
  * The kernels read both tables from shared memory: lanes index them with different codes, which
@@ -63,23 +116,13 @@ __device__ __forceinline__ void nf4_load_tables(float *values, float *thresholds
     __syncthreads();
 }
 
-/* How many thresholds lie strictly below x: a value on a threshold takes the lower code. */
+/* How many thresholds lie strictly below x: a value on a threshold takes the lower code, NaN code 0. */
 __device__ __forceinline__ int nf4_encode(const float *thr, float x) {
     int c = x > thr[7] ? 8 : 0;
     if (x > thr[c + 3]) c += 4;
     if (x > thr[c + 1]) c += 2;
     if (x > thr[c]) c += 1;
     return c;
-}
-
-/* fl32(1/absmax) when normal, else 0 (the caller then divides by absmax): Nf4Codec.reciprocal. */
-__device__ __forceinline__ float nf4_reciprocal(float absmax) {
-    float r = __fdiv_rn(1.0f, absmax);
-    return (r >= 1.17549435e-38f && r != __int_as_float(0x7f800000)) ? r : 0.0f;
-}
-
-__device__ __forceinline__ float nf4_scale(float x, float absmax, float r) {
-    return r != 0.0f ? __fmul_rn(x, r) : __fdiv_rn(x, absmax);
 }
 
 __device__ __forceinline__ int nf4_code_at(const unsigned char *packed, long long byteBase, long long e) {
@@ -103,10 +146,10 @@ __device__ __forceinline__ uint32_t round_float(float v) {
     return (uint32_t)__half_as_ushort(__float2half_rn(v));
 }
 
-/* The D bits of fl32(NF4[code] * scale), rounded once to D: what dequantize_4bit returns. */
+/* The D bits of mul.ftz(NF4[code], scale), rounded once to D: what dequantize_4bit returns. */
 template <int FMT>
 __device__ __forceinline__ uint32_t nf4_dequant_bits(const float *values, int code, float scale) {
-    return round_float<FMT>(__fmul_rn(values[code], scale));
+    return round_float<FMT>(bnb_mul(values[code], scale));
 }
 
 /* D bits to fp32, exactly. */
@@ -165,7 +208,7 @@ __device__ __forceinline__ void loadSome(const T *p, int len, float v[8]) {
 
 /*
  * nf4_decode_absmax(codes, nestedAbsmax, map, offset, nestedBlocksize, n, out)
- *   Double-quantized absmax to fp32: out[i] = fl32(fl32(map[codes[i]] * nestedAbsmax[i / nbs]) + offset),
+ *   Double-quantized absmax to fp32: out[i] = fl32(mul.ftz(map[codes[i]], nestedAbsmax[i / nbs]) + offset),
  *   two roundings as bitsandbytes (DoubleQuant.decode). Grid-stride over i < n.
  */
 extern "C" __global__ void nf4_decode_absmax(const unsigned char *__restrict__ codes, const float *__restrict__ nestedAbsmax,
@@ -173,7 +216,7 @@ extern "C" __global__ void nf4_decode_absmax(const unsigned char *__restrict__ c
                                              float *__restrict__ out) {
     int shift = __ffsll(nestedBlocksize) - 1; /* a power of two */
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        out[i] = __fadd_rn(__fmul_rn(map[codes[i]], nestedAbsmax[i >> shift]), offset);
+        out[i] = __fadd_rn(bnb_mul(map[codes[i]], nestedAbsmax[i >> shift]), offset);
     }
 }
 
@@ -238,7 +281,9 @@ LM_NF4_DEQUANT_KERNEL(nf4_dequant_f32, LM_F32, unsigned int)
  * NF4 block (a warp takes 32 / G of them), each lane chunks of 8 consecutive elements, read with
  * 16-byte loads; the group's absmax by xor-shuffles, then each lane codes its chunks and stores
  * each as one 4-byte word of packed codes. A partial last block is read element by element and
- * stores only its ceil(len / 2) bytes, the last one padded with code 7.
+ * stores only its ceil(len / 2) bytes, the last one padded with the code of 0.0 (loadSome's zeros).
+ * Per block as bitsandbytes' kernel: absmax = max |ftz(x)|, r = bnb_rcp(absmax), code =
+ * dQuantizeNF4(bnb_mul(x, r)); an all-zero block (r = inf, 0 * inf = NaN) codes 0 throughout.
  *
  * With BASE (nf4_requant) the merged X and the base W are quantized side by side and the block's
  * survival sums taken; without (nf4_quantize) only X.
@@ -274,14 +319,14 @@ __device__ __forceinline__ void nf4_requant(const T *__restrict__ x, const T *__
         }
 #pragma unroll
         for (int k = 0; k < 8; k++) {
-            ax = fmaxf(ax, fabsf(v[k]));
-            if (BASE) aw = fmaxf(aw, fabsf(u[k]));
+            ax = fmaxf(ax, fabsf(bnb_ftz(v[k])));
+            if (BASE) aw = fmaxf(aw, fabsf(bnb_ftz(u[k])));
         }
     }
     ax = group_max(ax, G);
     if (BASE) aw = group_max(aw, G);
-    float rx = nf4_reciprocal(ax);
-    float rw = BASE ? nf4_reciprocal(aw) : 0.0f;
+    float rx = bnb_rcp(ax);
+    float rw = BASE ? bnb_rcp(aw) : 0.0f;
     double dotX = 0.0, dotW = 0.0, d2 = 0.0;
     for (int c = 8 * lane; c < len; c += step) {
         int valid = min(8, len - c);
@@ -296,8 +341,9 @@ __device__ __forceinline__ void nf4_requant(const T *__restrict__ x, const T *__
         int cx[8], cw[8];
 #pragma unroll
         for (int k = 0; k < 8; k++) {
-            cx[k] = (k >= valid || ax == 0.0f) ? NF4_ZERO_CODE : nf4_encode(sThr, nf4_scale(v[k], ax, rx));
-            if (BASE) cw[k] = (k >= valid || aw == 0.0f) ? NF4_ZERO_CODE : nf4_encode(sThr, nf4_scale(u[k], aw, rw));
+            /* past the block's end v and u hold 0.0, as the kernel loads there: the padding nibble */
+            cx[k] = nf4_encode(sThr, bnb_mul(v[k], rx));
+            if (BASE) cw[k] = nf4_encode(sThr, bnb_mul(u[k], rw));
         }
         long long byte0 = (start + c) >> 1;
         if (valid == 8) {
@@ -431,9 +477,9 @@ __device__ __forceinline__ int dyn_quantize(const float *map, float x) {
 /*
  * nf4_double_quant(absmax, n, offset, map, codes, nestedAbsmax)
  *   DoubleQuant.quantize given the offset: per nested block j of 256 absmax values,
- *   d_i = fl32(absmax_i - offset), nestedAbsmax[j] = max |d_i|, codes[i] = dyn_quantize(map,
- *   fl32(d_i * fl32(1 / nestedAbsmax[j]))) (or the division fallback); code 127 for a block whose
- *   nestedAbsmax is 0. One block of 256 threads per nested block.
+ *   d_i = fl32(absmax_i - offset), nestedAbsmax[j] = max |ftz(d_i)|, codes[i] = dyn_quantize(map,
+ *   bnb_mul(d_i, bnb_rcp(nestedAbsmax[j]))); a block whose nestedAbsmax is 0 gets NaN there, which
+ *   the search sends to code 0. One block of 256 threads per nested block.
  */
 extern "C" __global__ void nf4_double_quant(const float *__restrict__ absmax, long long n, float offset,
                                             const float *__restrict__ map, unsigned char *codes, float *nestedAbsmax) {
@@ -443,18 +489,14 @@ extern "C" __global__ void nf4_double_quant(const float *__restrict__ absmax, lo
     long long i = (long long)blockIdx.x * NESTED_BLOCKSIZE + threadIdx.x;
     bool valid = i < n;
     float d = valid ? __fsub_rn(absmax[i], offset) : 0.0f;
-    float m = warp_max(fabsf(d));
+    float m = warp_max(fabsf(bnb_ftz(d)));
     if ((threadIdx.x & 31) == 0) warpMax[threadIdx.x >> 5] = m;
     __syncthreads();
     float na = 0.0f;
     for (int k = 0; k < NESTED_BLOCKSIZE / 32; k++) na = fmaxf(na, warpMax[k]);
     if (threadIdx.x == 0) nestedAbsmax[blockIdx.x] = na;
     if (!valid) return;
-    if (na == 0.0f) {
-        codes[i] = DYN_ZERO_CODE;
-        return;
-    }
-    codes[i] = (unsigned char)dyn_quantize(smap, nf4_scale(d, na, nf4_reciprocal(na)));
+    codes[i] = (unsigned char)dyn_quantize(smap, bnb_mul(d, bnb_rcp(na)));
 }
 
 /*

@@ -36,8 +36,13 @@ import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
 import org.loramerge.plan.QuantTarget;
+import org.loramerge.quant.FourBitCode;
 import org.loramerge.quant.ModelQuantizer;
 import org.loramerge.quant.Nf4Codec;
+import org.loramerge.quant.QuantException;
+import org.loramerge.quant.QuantizedModel;
+import org.loramerge.quant.QuantizedWeight;
+import org.loramerge.quant.WeightFormats;
 import org.loramerge.verify.Tolerance;
 import org.loramerge.verify.Verifier;
 
@@ -220,34 +225,57 @@ public final class LoraMerge {
                 }
                 Collection<TensorInfo> tensors = a.file().tensors();
                 return new Inspection("adapter", path.toString(), null, null, null, total(tensors), entries(tensors), c.r(), c.alpha(),
-                        c.useRslora(), c.useDora(), List.copyOf(modules), List.copyOf(c.warnings()));
+                        c.useRslora(), c.useDora(), List.copyOf(modules), null, List.copyOf(c.warnings()));
             }
         }
         if (Files.isDirectory(path)) {
             try (Checkpoint c = open("inspect", path, followSymlinks)) {
                 Collection<TensorInfo> tensors = c.tensors().values();
                 return new Inspection("model", path.toString(), c.isSharded(), c.files().size(), null, total(tensors), entries(tensors), null, null,
-                        null, null, null, List.copyOf(c.warnings()));
+                        null, null, null, quantization(c), List.copyOf(c.warnings()));
             }
         }
         try (SafetensorsFile f = SafetensorsFile.open(path)) {
             return new Inspection("safetensors", path.toString(), null, null, Map.copyOf(f.metadata()), total(f.tensors()), entries(f.tensors()),
-                    null, null, null, null, null, List.of());
+                    null, null, null, null, null, null, List.of());
         }
     }
 
+    /** The model's quantized weights as inspect describes them; null for a model without any. */
+    private static Inspection.Quantization quantization(Checkpoint c) throws IOException {
+        QuantizedModel q;
+        try {
+            q = WeightFormats.detect(c);
+        } catch (QuantException e) {
+            return new Inspection.Quantization(null, null, List.of(), e.getMessage());
+        }
+        if (!q.usesFormat()) {
+            return null;
+        }
+        List<Inspection.QuantizedWeightEntry> weights = new ArrayList<>();
+        for (QuantizedWeight w : q.weights().values()) {
+            weights.add(new Inspection.QuantizedWeightEntry(w.weightName(), w.dtype().name(), MergeResult.shape(w.shape()), w.describe(),
+                    List.copyOf(w.tensorNames())));
+        }
+        return new Inspection.Quantization(q.format().name(), List.copyOf(weights), List.copyOf(q.warnings()), null);
+    }
+
     /**
-     * Writes a bitsandbytes NF4 checkpoint of the 16-bit model in {@code base} to {@code out}, as
+     * Writes a bitsandbytes 4-bit (NF4 or FP4) checkpoint of the 16-bit model in {@code base} to {@code out}, as
      * transformers + bitsandbytes save one; {@code out} appears only when complete.
      */
     public static QuantizeResult quantize(Path base, Path out, QuantizeOptions options) throws UserException, IOException {
         if (!Nf4Codec.isValidBlocksize(options.blocksize())) {
             throw new UsageException("--blocksize " + options.blocksize() + ": expected a power of two from 32 to 4096 (bitsandbytes' default is 64)");
         }
+        FourBitCode code = options.quantType() == null ? null : FourBitCode.of(options.quantType().toLowerCase(Locale.ROOT));
+        if (code == null) {
+            throw new UsageException("--quant-type " + options.quantType() + ": expected nf4 or fp4");
+        }
         PrintStream log = options.log();
         try (AtomicOutput output = AtomicOutput.create(out, options.overwrite(), List.of(base));
              Checkpoint ckpt = openBase(base, options.followSymlinks())) {
-            ModelQuantizer.Report report = QuantizeRunner.run(ckpt, output, new ModelQuantizer.Options(options.blocksize(), options.doubleQuant()),
+            ModelQuantizer.Report report = QuantizeRunner.run(ckpt, output, new ModelQuantizer.Options(code, options.blocksize(), options.doubleQuant()),
                     line -> {
                         if (log != null) {
                             log.println(line);
@@ -273,14 +301,14 @@ public final class LoraMerge {
         return d;
     }
 
-    /** The --to choice: bf16, f16, f32 (and their aliases, as --dtype takes them) or nf4; null when not given. */
+    /** The --to choice: bf16, f16, f32 (and their aliases, as --dtype takes them) or a quantization; null when not given. */
     public static QuantTarget parseTarget(String to) throws UsageException {
         if (to == null) {
             return null;
         }
         QuantTarget target = QuantTarget.parse(to);
         if (target == null) {
-            throw new UsageException("--to " + to + ": expected bf16, f16, f32 or nf4");
+            throw new UsageException("--to " + to + ": expected bf16, f16, f32, or a quantization (nf4, fp4, int8, fp8)");
         }
         return target;
     }

@@ -9,7 +9,8 @@ import org.loramerge.plan.PlanOptions;
  *
  * @param dtype         {@code auto} (each tensor keeps its dtype), or {@code f32}, {@code f16}, {@code bf16}
  *                      (aliases: fp32, float32, float, fp16, float16, half, bfloat16)
- * @param to            for a bitsandbytes 4-bit base: {@code bf16}, {@code f16}, {@code f32} or {@code nf4}; else null
+ * @param to            for a quantized base: {@code bf16}, {@code f16}, {@code f32}, or a requantization
+ *                      ({@code nf4}, {@code fp4}, {@code int8}, {@code fp8}; see the merge command's --to); else null
  * @param device        {@code auto}, {@code cpu}, {@code cuda} or {@code cuda:N}
  * @param maxShardSize  largest output shard in bytes
  * @param overwrite     replace an existing output folder (only once the new model is complete)

@@ -55,13 +55,15 @@ final class MergeCommand implements Callable<Integer> {
                     + "With a 4-bit base, of those that are not quantized (--to decides the 4-bit weights)")
     String dtype;
 
-    @Option(names = "--to", paramLabel = "bf16|f16|f32|nf4",
-            description = {"Required for a bitsandbytes 4-bit (QLoRA) base: what its 4-bit weights become. "
-                    + "bf16, f16, f32: dequantize, merge, write them dense (a 16-bit model; quantization_config is removed). "
-                    + "nf4: dequantize, merge, requantize with the base's blocksize and double quantization (a 4-bit model "
-                    + "bitsandbytes loads), and report how much of the adapter's change survives. "
-                    + "--dtype still sets the tensors that are not quantized. For a base that is not 4-bit, --to bf16|f16|f32 "
-                    + "means --dtype and --to nf4 is refused. See docs/QLORA.md."})
+    @Option(names = "--to", paramLabel = "bf16|f16|f32|nf4|fp4|int8|fp8",
+            description = {"Required for a quantized base (bitsandbytes NF4/FP4/8-bit, FP8, GPTQ, AWQ): what its quantized weights become. "
+                    + "bf16, f16, f32: dequantize, merge, write them dense (quantization_config is removed). "
+                    + "nf4 (an NF4, GPTQ or AWQ base), fp4 (an FP4 base), int8 (an 8-bit base), fp8 (an FP8 base): dequantize, merge, "
+                    + "requantize with the base's "
+                    + "own settings (NF4 blocksize 64 from GPTQ/AWQ), and "
+                    + "report how much of the adapter's change survives. "
+                    + "--dtype still sets the tensors that are not quantized. For a base that is not quantized, --to bf16|f16|f32 "
+                    + "means --dtype and a quantized --to is refused. See docs/QLORA.md."})
     String to;
 
     @Option(names = "--device", defaultValue = "auto", paramLabel = "auto|cpu|cuda[:N]",
@@ -179,9 +181,9 @@ final class MergeCommand implements Callable<Integer> {
     /** Tensors listed on stderr at most; --json lists them all. */
     static final int SURVIVAL_ROWS = 20;
 
-    /** The survival table of --to nf4 (least surviving first) and, under 50 %, the warning. */
+    /** The survival table of a quantized --to (nf4, fp4, int8, fp8; least surviving first) and, under 50 %, the warning. */
     static void printSurvival(MergeResult.Requantization r, PrintStream err) {
-        err.println("NF4 requantization: what survives of the adapter's change ΔW in the 4-bit model (docs/QLORA.md). "
+        err.println("Requantization: what survives of the adapter's change ΔW in the quantized model (docs/QLORA.md). "
                 + "D = deq(Q(W+ΔW)) − deq(Q(W)); survival = ‖D‖/‖ΔW‖ (size), aligned = ⟨D,ΔW⟩/‖ΔW‖² (the part along ΔW)");
         err.println(String.format(Locale.ROOT, "  %9s  %8s  %13s  %s", "survival", "aligned", "codes changed", "tensor"));
         List<MergeResult.Survival> rows = r.worstFirst();
@@ -196,12 +198,12 @@ final class MergeCommand implements Callable<Integer> {
                 100 * r.changedShare(), rows.size()));
         if (r.mostlyRoundedAway()) {
             String what = r.survival() < MergeResult.Requantization.WARN_BELOW
-                    ? "only " + percent(r.survival()) + " of the adapter's change survives NF4 requantization"
-                    : "the 4-bit change has " + percent(r.survival()) + " of the adapter's size but only " + percent(r.aligned())
+                    ? "only " + percent(r.survival()) + " of the adapter's change survives requantization"
+                    : "the quantized change has " + percent(r.survival()) + " of the adapter's size but only " + percent(r.aligned())
                             + " of it points the way the adapter does (" + String.format(Locale.ROOT, "%.2f%%", 100 * r.changedShare())
-                            + " of the codes moved, each by a whole NF4 step)";
-            err.println("warning: " + what + ": the fine-tune is mostly rounded away in this 4-bit model. Merge with --to bf16 to keep it "
-                    + "(a 16-bit model), or serve the 4-bit base with the adapter unmerged");
+                            + " of the codes moved, each by a whole quantization step)";
+            err.println("warning: " + what + ": the fine-tune is mostly rounded away in this quantized model. Merge with --to bf16 to keep "
+                    + "it (a 16-bit model), or serve the quantized base with the adapter unmerged");
         }
     }
 

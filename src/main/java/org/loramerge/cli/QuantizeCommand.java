@@ -13,8 +13,8 @@ import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
 
 @Command(name = "quantize", mixinStandardHelpOptions = true, sortOptions = false,
-        description = {"Writes a bitsandbytes NF4 (4-bit) checkpoint of a 16-bit model, as transformers + bitsandbytes save one: "
-                + "every 2-D Linear weight becomes the NF4 tensor group (packed codes, absmax, quant_map, quant state), "
+        description = {"Writes a bitsandbytes 4-bit (NF4, or FP4) checkpoint of a 16-bit model, as transformers + bitsandbytes save one: "
+                + "every 2-D Linear weight becomes the 4-bit tensor group (packed codes, absmax, quant_map, quant state), "
                 + "embeddings, lm_head, norms and biases are copied, and config.json gets the bitsandbytes quantization_config. "
                 + "Bit-identical to scripts/fixtures/nf4_reference.py; streamed weight by weight. The output appears only when complete."})
 final class QuantizeCommand implements Callable<Integer> {
@@ -27,6 +27,10 @@ final class QuantizeCommand implements Callable<Integer> {
 
     @Option(names = "--double-quant", description = "double-quantize the absmax values to 8 bits (bnb_4bit_use_double_quant, QLoRA's default)")
     boolean doubleQuant;
+
+    @Option(names = "--quant-type", defaultValue = "nf4", paramLabel = "nf4|fp4",
+            description = "the 4-bit code book (bnb_4bit_quant_type): nf4 (default, QLoRA's) or fp4")
+    String quantType;
 
     @Option(names = "--blocksize", defaultValue = "64", paramLabel = "N",
             description = "elements per absmax block: a power of two from 32 to 4096 (default: 64, bitsandbytes' default)")
@@ -47,7 +51,7 @@ final class QuantizeCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         PrintStream err = System.err;
-        QuantizeResult r = LoraMerge.quantize(base, out, QuantizeOptions.defaults().withBlocksize(blocksize).withDoubleQuant(doubleQuant)
+        QuantizeResult r = LoraMerge.quantize(base, out, QuantizeOptions.defaults().withQuantType(quantType).withBlocksize(blocksize).withDoubleQuant(doubleQuant)
                 .withOverwrite(overwrite).withLog(quiet ? null : err).withFollowSymlinks(inputs.followSymlinks));
         if (json) {
             CliJson.print(System.out, r, false);
@@ -60,9 +64,10 @@ final class QuantizeCommand implements Callable<Integer> {
 
     private static void print(QuantizeResult r, PrintStream err) {
         err.println(String.format(Locale.ROOT,
-                "loramerge: wrote %s: %d weights NF4 (blocksize %d%s, compute dtype %s), %d tensors copied, %s in %.1f s; "
+                "loramerge: wrote %s: %d weights %s (blocksize %d%s, compute dtype %s), %d tensors copied, %s in %.1f s; "
                         + "worst |W - dequant| = %.4f x block absmax",
-                r.output(), r.tensorsQuantized(), r.blocksize(), r.doubleQuant() ? ", double-quantized absmax" : "", r.computeDtype(),
+                r.output(), r.tensorsQuantized(), r.quantType().toUpperCase(Locale.ROOT), r.blocksize(),
+                r.doubleQuant() ? ", double-quantized absmax" : "", r.computeDtype(),
                 r.tensorsCopied(), Progress.bytes(r.bytesWritten()), r.seconds(), r.worstErrorOverAbsmax()));
         for (QuantizeResult.Skipped s : r.skipped()) {
             err.println("note: kept " + s.name() + " unquantized: " + s.reason());

@@ -28,8 +28,8 @@ final class VerifyCommand implements Callable<Integer> {
     @Option(names = "--merged", required = true, paramLabel = "MERGED_DIR", description = "merged model folder to check")
     Path merged;
 
-    @Option(names = "--to", paramLabel = "bf16|f16|f32|nf4",
-            description = "for a bitsandbytes 4-bit base: the --to the merge was run with (required there)")
+    @Option(names = "--to", paramLabel = "bf16|f16|f32|nf4|fp4|int8|fp8",
+            description = "for a quantized base: the --to the merge was run with (required there)")
     String to;
 
     @Option(names = "--rows", defaultValue = "16", paramLabel = "N|all",

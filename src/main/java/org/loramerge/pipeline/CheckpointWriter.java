@@ -64,11 +64,12 @@ public final class CheckpointWriter implements AutoCloseable {
      * finished} before the next one is opened.
      */
     public Shard openShard(String fileName, List<SafetensorsWriter.Entry> entries) throws IOException {
+        long fixed = 0;
         for (SafetensorsWriter.Entry e : entries) {
             weightMap.put(e.name(), fileName);
-            tensorBytes += e.sizeInBytes();
+            fixed += e.late() ? 0 : e.sizeInBytes();
         }
-        return new Shard(SafetensorsWriter.create(out.dir().resolve(fileName), entries, METADATA));
+        return new Shard(SafetensorsWriter.create(out.dir().resolve(fileName), entries, METADATA), fixed);
     }
 
     /** Writes model.safetensors.index.json for the shards written (transformers' layout of a sharded model). */
@@ -99,7 +100,7 @@ public final class CheckpointWriter implements AutoCloseable {
         return names;
     }
 
-    /** Bytes of tensor data in the shards opened so far. */
+    /** Bytes of tensor data in the shards written so far (a late tensor counts once its shard is finished). */
     public long tensorBytes() {
         return tensorBytes;
     }
@@ -118,16 +119,20 @@ public final class CheckpointWriter implements AutoCloseable {
      * One shard being written. Tensor bytes are either appended in header order from the writing
      * thread ({@link #write}, {@link #transferFrom}) or placed at their offsets by worker threads
      * ({@link #writeAt}), which then report them from the writing thread ({@link #written}) for
-     * progress; every {@link #FLUSH_EVERY} bytes the disk is started on what is written while the
-     * work goes on.
+     * progress; late tensors ({@link SafetensorsWriter.Entry#late}) are given whenever they are
+     * known ({@link #writeLate}). Every {@link #FLUSH_EVERY} bytes the disk is started on what is
+     * written while the work goes on.
      */
     public final class Shard implements AutoCloseable {
         private final SafetensorsWriter writer;
+        private final long fixedBytes;
         private Future<?> flushing;
         private long unflushed;
 
-        private Shard(SafetensorsWriter writer) {
+        private Shard(SafetensorsWriter writer, long fixedBytes) {
             this.writer = writer;
+            this.fixedBytes = fixedBytes;
+            tensorBytes += fixedBytes;
         }
 
         /** Where tensor {@code name}'s bytes start in the shard's data section. */
@@ -140,6 +145,30 @@ public final class CheckpointWriter implements AutoCloseable {
             long n = block.remaining();
             writer.write(block);
             written(n);
+        }
+
+        /** The bytes of late tensor {@code name}, written after the shard's other tensors (writing thread). */
+        public void writeLate(String name, ByteBuffer bytes) throws Exception {
+            long n = bytes.remaining();
+            writer.writeLate(name, bytes);
+            written(n);
+        }
+
+        /**
+         * Writes the tensors of a group after its first one (writing thread): {@code bytes.get(i)} is
+         * the content of {@code entries.get(i)}, each appended or, for a late entry, given as such.
+         */
+        public void writeTail(List<SafetensorsWriter.Entry> entries, List<ByteBuffer> bytes) throws Exception {
+            if (entries.size() != bytes.size()) {
+                throw new IllegalArgumentException(bytes.size() + " buffers for " + entries.size() + " tensors");
+            }
+            for (int i = 0; i < entries.size(); i++) {
+                if (entries.get(i).late()) {
+                    writeLate(entries.get(i).name(), bytes.get(i));
+                } else {
+                    write(bytes.get(i));
+                }
+            }
         }
 
         /** Appends {@code length} bytes of another file, without copying them through the heap (writing thread). */
@@ -175,7 +204,7 @@ public final class CheckpointWriter implements AutoCloseable {
                 BlockExecutor.get(flushing);
                 flushing = null;
             }
-            writer.finish();
+            tensorBytes += writer.finish() - fixedBytes;
         }
 
         @Override

@@ -55,6 +55,7 @@ public final class MergeRunner {
         long start = System.nanoTime();
         MergeContext ctx = new MergeContext(backend, options, progress);
         MergeReport report = new MergeReport();
+        long written;
         try (CheckpointWriter writer = new CheckpointWriter(out, progress)) {
             for (MergePlan.Shard shard : plan.shards()) {
                 List<SafetensorsWriter.Entry> entries = new ArrayList<>();
@@ -83,6 +84,7 @@ public final class MergeRunner {
             if (plan.provenance() != null) {
                 writer.writeText(CarriedFiles.MODEL_CARD, ModelCard.render(plan, options.verifyRows(), report.verifiedWorstUlp));
             }
+            written = writer.tensorBytes();
             writer.commit();
         } finally {
             ctx.executor.close();
@@ -92,7 +94,7 @@ public final class MergeRunner {
         report.engine = backend.describe();
         report.output = out.target().toString();
         report.shards = plan.shards().size();
-        report.bytesWritten = plan.totalBytes();
+        report.bytesWritten = written;
         report.adapterKeys = plan.keyUse().size();
         report.warnings.addAll(plan.warnings());
         report.notes.addAll(plan.notes());
@@ -104,7 +106,7 @@ public final class MergeRunner {
             BlockStats s = ctx.stats.get(t.name());
             if (t.kind() != OutputTensor.Kind.COPY) {
                 report.tensors.add(new MergeReport.TensorOutcome(t.name(), t.kind().name().toLowerCase(Locale.ROOT),
-                        t.isRequantized() ? "NF4" : t.dtype().name(), t.shape(), s == null ? 0 : s.exactlyRounded(), s == null ? 0 : s.exactFallbacks(),
+                        t.isRequantized() ? t.quantizedOutput().kind() : t.dtype().name(), t.shape(), s == null ? 0 : s.exactlyRounded(), s == null ? 0 : s.exactFallbacks(),
                         s == null ? 0 : s.overflows(), s == null ? 0 : s.nans(), t.note()));
             }
         }

@@ -1,11 +1,13 @@
 package org.loramerge.pipeline;
 
-import java.nio.ByteBuffer;
+import java.util.List;
 import java.util.Locale;
 import java.util.function.Consumer;
 import org.loramerge.format.Checkpoint;
+import org.loramerge.format.SafetensorsWriter;
 import org.loramerge.format.TensorInfo;
 import org.loramerge.quant.ModelQuantizer;
+import org.loramerge.quant.Nf4Tensor;
 import org.loramerge.quant.QuantState;
 
 /**
@@ -25,6 +27,7 @@ public final class QuantizeRunner {
         ModelQuantizer.Plan plan = ModelQuantizer.plan(base, options);
         ModelQuantizer.Report report = new ModelQuantizer.Report();
         report.blocksize = options.blocksize();
+        report.quantType = options.code().typeName();
         report.doubleQuant = options.doubleQuant();
         report.computeDtype = plan.computeDtype().torchName();
         report.skipped.addAll(plan.skipped());
@@ -44,9 +47,8 @@ public final class QuantizeRunner {
                         }
                         ModelQuantizer.Encoded e = ModelQuantizer.encode(f.source(), t, state);
                         shard.write(e.codes());
-                        for (ByteBuffer b : e.tail()) {
-                            shard.write(b);
-                        }
+                        List<SafetensorsWriter.Entry> group = Nf4Tensor.layout(t.name(), state);
+                        shard.writeTail(group.subList(1, group.size()), e.tail());
                         report.tensors.add(e.report());
                         report.worstErrorOverAbsmax = Math.max(report.worstErrorOverAbsmax, e.report().maxErrorOverAbsmax());
                         report.tensorsQuantized++;

@@ -20,9 +20,10 @@ import org.loramerge.quant.Requantizer;
  * quantization blocks (a multiple of {@code blockElements / gcd(cols, blockElements)} rows), so no
  * quantization block straddles two workers, sized by the engine's working memory per element; each
  * block merged and requantized by the engine, its codes written at their offset in the shard by the
- * worker, completions taken in order. After the last block the
- * engine settles the scales, the rest of the group is written, and the survival sums are added up
- * in chunk order (the same figures whatever the thread count).
+ * worker, completions taken in order. After the last block the engine settles the scales, the rest
+ * of the group is written at its offsets (a tensor known only then, such as a quant state holding
+ * the weight's mean absmax, as a late tensor of the shard), and the survival sums are added up in
+ * chunk order (the same figures whatever the thread count).
  */
 final class Requantize implements TensorStrategy {
     static final Requantize INSTANCE = new Requantize();
@@ -80,9 +81,14 @@ final class Requantize implements TensorStrategy {
             }
             for (int i = 0; i < r.tail().size(); i++) {
                 ByteBuffer b = r.tail().get(i);
-                long bytes = b.remaining();
-                shard.writeAt(shard.offsetOf(group.get(i + 1).name()), b);
-                shard.written(bytes);
+                SafetensorsWriter.Entry e = group.get(i + 1);
+                if (e.late()) {
+                    shard.writeLate(e.name(), b);
+                } else {
+                    long bytes = b.remaining();
+                    shard.writeAt(shard.offsetOf(e.name()), b);
+                    shard.written(bytes);
+                }
             }
             ctx.progress.tensorDone();
             for (Callable<Requantizer.Change> m : r.measures()) {
@@ -94,7 +100,9 @@ final class Requantize implements TensorStrategy {
             for (Future<Requantizer.Change> f : measured) {
                 change = change.plus(BlockExecutor.get(f)); // in chunk order: the same sums whatever the thread count
             }
-            ctx.survivals.add(survival(t, change));
+            if (t.isAdapted()) { // a weight only converted to another format (GPTQ to NF4) has no adapter change to survive
+                ctx.survivals.add(survival(t, change));
+            }
         });
     }
 

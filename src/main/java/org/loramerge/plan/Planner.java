@@ -26,6 +26,8 @@ import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
 import org.loramerge.format.SafetensorsException;
 import org.loramerge.format.TensorInfo;
+import org.loramerge.quant.Bnb4BitConfig;
+import org.loramerge.quant.Nf4Output;
 import org.loramerge.quant.QuantException;
 import org.loramerge.quant.QuantizedModel;
 import org.loramerge.quant.QuantizedOutput;
@@ -80,6 +82,10 @@ public final class Planner {
     private DType dtype;
     /** What the quantized weights become; null for a base without them. */
     private QuantTarget to;
+    /** The base's quantization (a {@link QuantizedWeight#kind()}), null for a base without quantized weights. */
+    private String kind;
+    /** True when {@link #to} requantizes into another format than the base's (GPTQ or AWQ to NF4). */
+    private boolean crossFormat;
     /** The output tensor's name to the work the adapter (or the combination) asks on it, in adapter order. */
     private Map<String, Ops> ops = new LinkedHashMap<>();
     /** Every base tensor's shape by name, as the adapter sees it (a quantized weight's own shape, a tied lm_head, replacements). */
@@ -267,36 +273,78 @@ public final class Planner {
         return perAdapter;
     }
 
+    /** Quantizations whose weights loramerge requantizes with their own format and settings ({@code --to <kind>}). */
+    static final Set<String> REQUANTIZABLE = Set.of("nf4", "fp4", "fp8", "int8");
+    /** Quantizations that need calibration data to requantize: refused as targets, with the alternatives. */
+    static final Set<String> CALIBRATED = Set.of("gptq", "awq");
+    /** NF4 settings of a GPTQ or AWQ base requantized to NF4: bitsandbytes' and transformers' defaults. */
+    static final int CROSS_NF4_BLOCKSIZE = 64;
+
     /**
      * The one place that decides what {@code --to} means: required for a base with quantized
-     * weights, refused as a quantized target for one without, and the same as {@code --dtype}
-     * there otherwise.
+     * weights (dense, or requantized into the base's own format, or NF4 from GPTQ/AWQ), refused as a
+     * quantized target for a base without, and the same as {@code --dtype} there otherwise.
      */
     private void settleTarget() throws UsageException {
         dtype = options.dtype();
         QuantTarget target = options.to();
         if (quant.isQuantized()) {
+            kind = quant.weights().values().iterator().next().kind();
+            String format = quant.format().name();
+            boolean calibrated = CALIBRATED.contains(kind);
             if (target == null) {
-                throw new UsageException(base.dir() + " has " + quant.weights().size() + " quantized weights (" + quant.format().name()
-                        + ", a QLoRA base): choose what they become with --to:\n"
+                String requant = calibrated
+                        ? "  --to nf4: dequantize, merge, quantize to bitsandbytes NF4 (blocksize " + CROSS_NF4_BLOCKSIZE + "): a 4-bit model "
+                                + "that needs no calibration, in which part of the change is rounded away; the merge reports how much survives\n"
+                                + "  (requantizing to " + kind.toUpperCase(Locale.ROOT) + " needs calibration data, which a merge does not have)\n"
+                        : REQUANTIZABLE.contains(kind) && quant.weights().values().stream().allMatch(q -> q.whyNotRequantizable().isEmpty())
+                        ? "  --to " + kind + ": dequantize, merge, requantize with the base's settings: a " + format + " model, in which part of "
+                                + "the change is rounded away; the merge reports how much survives\n"
+                        : "";
+                throw new UsageException(base.dir() + " has " + quant.weights().size() + " quantized weights (" + format
+                        + "): choose what they become with --to:\n"
                         + "  --to bf16 (or f16, f32): dequantize, merge, write dense weights: the adapter's change is kept, rounded once, "
-                        + "in a dense model whose linear weights are about 4 times their 4-bit size; config.json loses quantization_config\n"
-                        + "  --to nf4: dequantize, merge, requantize with the base's settings: a 4-bit model bitsandbytes loads, in which "
-                        + "part of the change is rounded away; the merge reports how much survives\n"
+                        + "in a dense model; config.json loses quantization_config\n" + requant
                         + "Both merge into the dequantized weights the adapter was trained against (docs/QLORA.md); to merge into "
                         + "the original 16-bit weights instead, pass the 16-bit model as --base");
             }
             to = target;
-            return;
+            if (target.isDense()) {
+                return;
+            }
+            if (CALIBRATED.contains(target.kind())) {
+                throw new UsageException("--to " + target.cliName() + ": " + target.name() + " quantization chooses its rounding from "
+                        + "calibration data (activations of sample inputs), which a merge does not have, so loramerge does not write it. "
+                        + "Use --to bf16 (or f16, f32) for a dense model that keeps the whole change"
+                        + (calibrated ? ", or --to nf4 for a 4-bit model that needs no calibration" : "")
+                        + ", and run your " + target.name() + " quantizer with your calibration set on that output if you need "
+                        + target.name() + " weights");
+            }
+            if (target.kind().equals(kind) && REQUANTIZABLE.contains(kind)) {
+                for (QuantizedWeight q : quant.weights().values()) {
+                    if (q.whyNotRequantizable().isPresent()) {
+                        throw new UsageException("--to " + target.cliName() + " cannot requantize " + q.weightName() + ": "
+                                + q.whyNotRequantizable().get());
+                    }
+                }
+                return;
+            }
+            if (calibrated && target == QuantTarget.NF4) {
+                crossFormat = true;
+                return;
+            }
+            throw new UsageException("--to " + target.cliName() + " writes " + target.name() + " weights, but " + base.dir() + " holds "
+                    + format + " weights; " + (REQUANTIZABLE.contains(kind) ? "--to " + kind + " requantizes them with their own settings, " : "")
+                    + (calibrated ? "--to nf4 quantizes them to NF4, " : "") + "--to bf16 (or f16, f32) writes them dense");
         }
-        if (target == QuantTarget.NF4) {
-            throw new UsageException("--to nf4 merges into a bitsandbytes 4-bit (QLoRA) base and requantizes, but " + base.dir()
-                    + " has no 4-bit weights; merge without --to, then run `loramerge quantize` on the result for a 4-bit model");
+        if (target != null && !target.isDense()) {
+            throw new UsageException("--to " + target.cliName() + " merges into a quantized base and requantizes, but " + base.dir()
+                    + " has no quantized weights; merge without --to, then run `loramerge quantize` on the result for an NF4 model");
         }
         if (target != null) {
             if (dtype != null && dtype != target.denseType()) {
                 throw new UsageException("--to " + target.cliName() + " and --dtype " + dtype.name().toLowerCase(Locale.ROOT)
-                        + " disagree: for a base that is not 4-bit, --to bf16|f16|f32 is the same as --dtype; give one of them");
+                        + " disagree: for a base that is not quantized, --to bf16|f16|f32 is the same as --dtype; give one of them");
             }
             dtype = target.denseType();
         }
@@ -646,27 +694,32 @@ public final class Planner {
             }
             Ops o = ops.get(group.weightName());
             boolean adapted = o != null && !o.isEmpty();
-            if (to == QuantTarget.NF4 && !adapted) {
+            if (!to.isDense() && !crossFormat && !adapted) {
                 // an untouched quantized weight keeps its bytes, as PEFT's merge leaves unadapted layers alone:
                 // requantizing it would only move it
                 outputs.add(OutputTensor.copy(t.name(), new TensorSource(base.fileOf(t.name()), t)));
-            } else if (t.name().equals(group.weightName())) {
+            } else if (t.name().equals(group.tensorNames().get(0))) {
+                // in the place of its first stored tensor: P.weight itself (NF4, FP8) or P.qweight (GPTQ, AWQ)
                 outputs.add(quantizedOutput(group, adapted ? o : null));
-                if (to == QuantTarget.NF4) {
-                    requantized++;
-                } else {
+                if (to.isDense()) {
                     dequantized++;
+                } else {
+                    requantized++;
                 }
             }
             // the group's other tensors are written with the requantized weight, or dropped when it is written dense
         }
-        if (requantized > 0) {
-            notes.add(requantized + " of " + quant.weights().size() + " 4-bit weights merged and requantized to NF4 with their own blocksize and "
-                    + "double-quantization setting; the other " + (quant.weights().size() - requantized) + " keep their bytes");
+        String format = quant.isQuantized() ? quant.format().name() : "";
+        if (requantized > 0 && crossFormat) {
+            notes.add(requantized + " " + format + " weights dequantized, merged where the adapter changes them, and quantized to NF4 "
+                    + "(blocksize " + CROSS_NF4_BLOCKSIZE + "); config.json's quantization_config is bitsandbytes' now");
+        } else if (requantized > 0) {
+            notes.add(requantized + " of " + quant.weights().size() + " quantized weights merged and requantized to " + format
+                    + " with their own settings; the other " + (quant.weights().size() - requantized) + " keep their bytes");
         }
         if (dequantized > 0) {
-            notes.add(dequantized + " 4-bit weights dequantized to " + to.denseType() + " (merged into the dequantized NF4 values); "
-                    + "config.json loses quantization_config");
+            notes.add(dequantized + " quantized weights dequantized to " + to.denseType() + " (merged into the dequantized " + format
+                    + " values); config.json loses quantization_config");
         }
         if (untie) {
             TensorInfo embed = base.tensor(embedName);
@@ -1026,8 +1079,8 @@ public final class Planner {
             List<Long> idx = config.tokenIndicesFor(module, module.equals(stripWeight(embedName)));
             TensorInfo tv = adapter.tensor(tokens.key());
             if (quant.weight(weightName) != null) {
-                // token rows replace whole rows of stored values, which a 4-bit weight does not have (bitsandbytes quantizes linear layers)
-                problem(UNSUPPORTED, "adapter key " + tokens.key() + " holds token rows for " + weightName + ", a 4-bit weight of the base; "
+                // token rows replace whole rows of stored values, which a quantized weight does not have (its codes share scales)
+                problem(UNSUPPORTED, "adapter key " + tokens.key() + " holds token rows for " + weightName + ", a " + quant.format().name() + " weight of the base; "
                         + "replacing rows of a quantized weight is not supported: pass the original 16-bit model as --base");
             } else if (idx == null) {
                 problem(CONFIG_MISMATCH, "adapter key " + tokens.key() + " holds token rows, but adapter_config.json's trainable_token_indices names no indices for " + module);
@@ -1174,25 +1227,25 @@ public final class Planner {
 
     /**
      * The output of a quantized weight that is dequantized ({@code --to bf16/f16/f32}) or merged
-     * and requantized ({@code --to nf4}). Its base value is the dequantized weight in its own dtype
-     * (see {@link TensorSource}); the merge adds ΔW to it exactly and rounds once, to the target
-     * dtype, or for a requantized output to the weight's own dtype, which is then requantized.
-     * {@code o} is null when the adapter leaves the weight alone.
+     * and requantized (its own format, or NF4 from GPTQ/AWQ). Its base value is the dequantized
+     * weight in its own dtype (see {@link TensorSource}); the merge adds ΔW to it exactly and rounds
+     * once, to the target dtype, or for a requantized output to the weight's own dtype, which is
+     * then requantized. {@code o} is null when the adapter leaves the weight alone.
      */
     private OutputTensor quantizedOutput(QuantizedWeight q, Ops o) {
         if (o != null && (o.replacement != null || o.tokens != null)) {
-            throw new IllegalStateException(q.weightName() + " is a 4-bit weight and cannot be replaced or take token rows");
+            throw new IllegalStateException(q.weightName() + " is a quantized weight and cannot be replaced or take token rows");
         }
         TensorSource src = TensorSource.dequantized(q);
         OutputTensor.Update update = o == null ? OutputTensor.Update.NONE : o.update();
-        if (to == QuantTarget.NF4) {
-            QuantizedOutput out = q.requantizedOutput();
-            for (String w : out.warnings()) {
-                moduleWarnings.add(w, q.weightName(), q.weightName() + " " + w);
-            }
-            return OutputTensor.requantize(q.weightName(), src, update, out);
+        if (to.isDense()) {
+            return OutputTensor.dequantize(q.weightName(), to.denseType(), src, update);
         }
-        return OutputTensor.dequantize(q.weightName(), to.denseType(), src, update);
+        QuantizedOutput out = crossFormat ? Nf4Output.forDense(q.dtype(), q.shape(), CROSS_NF4_BLOCKSIZE, false) : q.requantizedOutput();
+        for (String w : out.warnings()) {
+            moduleWarnings.add(w, q.weightName(), q.weightName() + " " + w);
+        }
+        return OutputTensor.requantize(q.weightName(), src, update, out);
     }
 
     private OutputTensor output(String name, TensorSource baseSource, Ops o) {
@@ -1234,7 +1287,7 @@ public final class Planner {
     }
 
     private ObjectNode updatedConfig(Long newVocab, boolean untie) {
-        boolean dequantize = quant.isQuantized() && to.denseType() != null;
+        boolean dequantize = quant.isQuantized() && to.isDense();
         // the model's dtype: --dtype when given, else that of the dequantized weights, which are most of the model
         DType modelType = dtype != null ? dtype : dequantize ? to.denseType() : null;
         if (base.config() == null) {
@@ -1247,6 +1300,9 @@ public final class Planner {
         if (dequantize) {
             // docs/FORMATS.md §5: a dequantized output must drop quantization_config, or transformers would load dense weights as 4-bit
             c.remove(quant.configKey());
+        } else if (crossFormat) {
+            // the weights are bitsandbytes NF4 now: transformers must load them with bitsandbytes' config
+            c.set(quant.configKey(), Bnb4BitConfig.toJson(false, quant.weights().values().iterator().next().dtype()));
         }
         if (modelType != null) {
             String name = modelType.torchName();

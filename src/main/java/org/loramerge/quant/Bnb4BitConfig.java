@@ -17,8 +17,14 @@ import static org.loramerge.quant.QuantException.Reason.UNSUPPORTED_CONFIG;
  *
  * @param doubleQuant  {@code bnb_4bit_use_double_quant}
  * @param computeDtype {@code bnb_4bit_compute_dtype} (F32, F16 or BF16; transformers' default is float32)
+ * @param code         {@code bnb_4bit_quant_type} (transformers' default is fp4)
  */
-public record Bnb4BitConfig(boolean doubleQuant, DType computeDtype) {
+public record Bnb4BitConfig(boolean doubleQuant, DType computeDtype, FourBitCode code) {
+    /** An NF4 config. */
+    public Bnb4BitConfig(boolean doubleQuant, DType computeDtype) {
+        this(doubleQuant, computeDtype, FourBitCode.NF4);
+    }
+
     public static final String KEY = "quantization_config";
 
     /**
@@ -49,10 +55,9 @@ public record Bnb4BitConfig(boolean doubleQuant, DType computeDtype) {
         }
         // transformers' BitsAndBytesConfig default quant type is fp4
         String type = string(q, "bnb_4bit_quant_type", "fp4", configPath);
-        if (!type.equals("nf4")) {
+        if (FourBitCode.of(type) == null) {
             throw new QuantException(UNSUPPORTED_CONFIG, configPath, null, "bnb_4bit_quant_type is \"" + type
-                    + "\"" + (q.has("bnb_4bit_quant_type") ? "" : " (transformers' default)")
-                    + "; loramerge handles NF4 only: quantize the base with bnb_4bit_quant_type=\"nf4\", or merge into the 16-bit base");
+                    + "\"; bitsandbytes' 4-bit types are nf4 and fp4: fix config.json");
         }
         boolean dq = bool(q, "bnb_4bit_use_double_quant", false, configPath);
         String compute = string(q, "bnb_4bit_compute_dtype", "float32", configPath);
@@ -67,7 +72,7 @@ public record Bnb4BitConfig(boolean doubleQuant, DType computeDtype) {
                     + "\" (codes packed into " + storage + " words, as FSDP-QLoRA saves them); loramerge reads uint8 storage only: "
                     + "re-save the model with bnb_4bit_quant_storage=\"uint8\"");
         }
-        return new Bnb4BitConfig(dq, computeDtype);
+        return new Bnb4BitConfig(dq, computeDtype, FourBitCode.of(type));
     }
 
     private static String string(JsonNode q, String key, String fallback, Path path) throws QuantException {
@@ -99,12 +104,17 @@ public record Bnb4BitConfig(boolean doubleQuant, DType computeDtype) {
      * order save_pretrained writes them ({@code json.dumps(sort_keys=True)}).
      */
     public static ObjectNode toJson(boolean doubleQuant, DType computeDtype) {
+        return toJson(FourBitCode.NF4, doubleQuant, computeDtype);
+    }
+
+    /** {@link #toJson(boolean, DType)} for code book {@code code} ({@code bnb_4bit_quant_type}). */
+    public static ObjectNode toJson(FourBitCode code, boolean doubleQuant, DType computeDtype) {
         ObjectNode q = JsonNodeFactory.instance.objectNode();
         q.put("_load_in_4bit", true);
         q.put("_load_in_8bit", false);
         q.put("bnb_4bit_compute_dtype", computeDtype.torchName());
         q.put("bnb_4bit_quant_storage", "uint8");
-        q.put("bnb_4bit_quant_type", "nf4");
+        q.put("bnb_4bit_quant_type", code.typeName());
         q.put("bnb_4bit_use_double_quant", doubleQuant);
         q.put("llm_int8_enable_fp32_cpu_offload", false);
         q.put("llm_int8_has_fp16_weight", false);

@@ -1,24 +1,26 @@
 package org.loramerge.quant;
 
 import java.math.BigInteger;
-import java.util.Arrays;
 
 /**
  * Double quantization of the per-block absmax values ({@code bnb_4bit_use_double_quant}), as
  * bitsandbytes functional.py quantize_4bit does with {@code compress_statistics}: subtract the
- * mean, then quantize blockwise (256) to 8 bits with the signed dynamic map.
+ * mean, then quantize blockwise (256) to 8 bits with the signed dynamic map, on the CUDA path
+ * (csrc/kernels.cu kQuantizeBlockwise with General8bit, in the fast-math fp32 of {@link CudaFastMath}).
  *
  * <ul>
  * <li>{@code offset} = the fp32 nearest to the exact mean of all absmax values (ties to even).
  *     bitsandbytes takes torch's fp32 {@code mean()}, whose reduction order can move the result
  *     by an ulp between devices; the correctly rounded mean is the one value every implementation
  *     can agree on.</li>
- * <li>{@code d_i = fl32(absmax_i - offset)}; per nested block of 256: {@code nested_absmax =
- *     max|d_i|}, {@code code_i = }{@link DynamicMap#quantize}{@code (fl32(d_i · fl32(1/nested_absmax)))}
- *     (the kernel's multiply by the fp32 reciprocal, as in {@link Nf4Codec}); a block whose
- *     nested_absmax is 0 (all its absmax equal the mean) gets {@link DynamicMap#ZERO_CODE}.</li>
- * <li>Decoding: {@code absmax_i = fl32(fl32(map[code_i] · nested_absmax[i/256]) + offset)}, two
- *     roundings (bitsandbytes dequantizes blockwise, then adds the offset in a second kernel).</li>
+ * <li>{@code d_i = fl32(absmax_i - offset)} (a torch subtraction: no flush); per nested block of
+ *     256: {@code nested_absmax = max|d_i|} (subnormal d counting as 0), {@code code_i =
+ *     }{@link DynamicMap#quantize}{@code (mul(d_i, rcp(nested_absmax)))}. A block whose
+ *     nested_absmax is 0 (all its absmax equal the mean) has an infinite reciprocal: 0 · ∞ = NaN
+ *     fails every comparison of the kernel's search, which ends on code 0.</li>
+ * <li>Decoding: {@code absmax_i = fl32(mul(map[code_i], nested_absmax[i/256]) + offset)}, two
+ *     roundings (bitsandbytes dequantizes blockwise in a fast-math kernel, then adds the offset
+ *     with torch).</li>
  * </ul>
  */
 public final class DoubleQuant {
@@ -46,24 +48,20 @@ public final class DoubleQuant {
             float na = 0f;
             for (int t = 0; t < len; t++) {
                 d[t] = absmax[start + t] - offset;
-                na = Math.max(na, Math.abs(d[t]));
+                na = CudaFastMath.maxAbs(na, d[t]);
             }
             nested[j] = na;
-            if (na == 0f) {
-                Arrays.fill(codes, start, start + len, (byte) DynamicMap.ZERO_CODE);
-                continue;
-            }
-            float r = Nf4Codec.reciprocal(na);
+            float r = CudaFastMath.rcp(na);
             for (int t = 0; t < len; t++) {
-                codes[start + t] = (byte) DynamicMap.quantize(map, Nf4Codec.scale(d[t], na, r));
+                codes[start + t] = (byte) DynamicMap.quantize(map, CudaFastMath.mul(d[t], r));
             }
         }
         return new Result(codes, nested, offset);
     }
 
-    /** One decoded absmax: {@code fl32(fl32(map[code] · nestedAbsmax) + offset)}. */
+    /** One decoded absmax: {@code fl32(mul(map[code], nestedAbsmax) + offset)}. */
     public static float decode(int code, float nestedAbsmax, float offset, float[] map) {
-        float scaled = map[code & 0xFF] * nestedAbsmax;
+        float scaled = CudaFastMath.mul(map[code & 0xFF], nestedAbsmax);
         return scaled + offset;
     }
 

@@ -32,11 +32,10 @@ import static org.loramerge.quant.QuantException.Reason.UNSUPPORTED_CONFIG;
  * Output shards keep the input's file names. This class decides and encodes ({@link #plan},
  * {@link #encode}); the pipeline's QuantizeRunner writes the model.
  *
- * <p>Streaming: one weight at a time, read through memory-map windows; memory is the current
- * weight's codes and one float per block. A file's header needs every quant state's byte length
- * before any data, and a double-quantized state holds the mean absmax, so with double
- * quantization the weights are read twice (a first pass, in {@link #plan}, computes only the
- * block absmax means).
+ * <p>Streaming: one weight at a time, read once through memory-map windows; memory is the
+ * current weight's codes and one float per block. A double-quantized quant state holds the mean
+ * absmax, known after the weight's last block: it is a late tensor of its file
+ * ({@link Nf4Tensor#layout}).
  */
 public final class ModelQuantizer {
     /** Output heads transformers keeps in 16 bits (get_keys_to_not_convert: the output embedding and the last module). */
@@ -45,18 +44,24 @@ public final class ModelQuantizer {
     private static final Set<String> EMBEDDINGS = Set.of("wte", "wpe", "shared", "word_embeddings", "position_embeddings",
             "token_type_embeddings", "tok_embeddings", "embed_tokens", "embed_positions", "embed_in", "embeddings");
 
-    /** What to write. */
-    public record Options(int blocksize, boolean doubleQuant) {
+    /** What to write: the code book (NF4 or FP4), the blocksize, double quantization or not. */
+    public record Options(FourBitCode code, int blocksize, boolean doubleQuant) {
         public Options {
             if (!Nf4Codec.isValidBlocksize(blocksize)) {
                 throw new IllegalArgumentException("--blocksize " + blocksize + ": expected a power of two from 32 to 4096 (bitsandbytes' default is 64)");
             }
+        }
+
+        /** NF4 options. */
+        public Options(int blocksize, boolean doubleQuant) {
+            this(FourBitCode.NF4, blocksize, doubleQuant);
         }
     }
 
     /** What was written; public fields for the --json summary. */
     public static final class Report {
         public String output;
+        public String quantType;
         public int blocksize;
         public boolean doubleQuant;
         public String computeDtype;
@@ -97,7 +102,7 @@ public final class ModelQuantizer {
                        List<String> warnings) {
     }
 
-    /** A quantized weight's bytes: the packed codes, then the rest of its group, and its report line. */
+    /** A quantized weight's bytes: the packed codes, then the rest of its group ({@link Nf4Tensor#layout} order), and its report line. */
     public record Encoded(ByteBuffer codes, List<ByteBuffer> tail, QuantizedTensor report) {
     }
 
@@ -134,8 +139,8 @@ public final class ModelQuantizer {
 
     /**
      * Plans the quantization of {@code base}: refuses a model that is already quantized or built
-     * of Conv1D layers, picks the weights to quantize, and lays out every output file (with double
-     * quantization, after a first pass over each weight for its mean absmax).
+     * of Conv1D layers, picks the weights to quantize, and lays out every output file. A
+     * double-quantized state's offset is a placeholder here; {@link #encode} computes it.
      */
     public static Plan plan(Checkpoint base, Options options) throws QuantException, IOException {
         Path configPath = base.dir().resolve("config.json");
@@ -188,12 +193,8 @@ public final class ModelQuantizer {
                     entries.add(new SafetensorsWriter.Entry(t.name(), t.dtype(), t.shape()));
                     continue;
                 }
-                QuantState.Nested nested = null;
-                if (options.doubleQuant()) {
-                    float[] absmax = blockAbsmax(file, t, options.blocksize());
-                    nested = new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, DoubleQuant.exactMean(absmax, absmax.length));
-                }
-                QuantState state = QuantState.of(options.blocksize(), t.dtype(), t.shape(), nested);
+                QuantState.Nested nested = options.doubleQuant() ? new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, 0f) : null;
+                QuantState state = QuantState.of(options.code(), options.blocksize(), t.dtype(), t.shape(), nested);
                 states.put(t.name(), state);
                 entries.addAll(Nf4Tensor.layout(t.name(), state));
             }
@@ -201,7 +202,7 @@ public final class ModelQuantizer {
         }
         ObjectNode newConfig = null;
         if (config != null) {
-            newConfig = withQuantizationConfig(config, Bnb4BitConfig.toJson(options.doubleQuant(), compute));
+            newConfig = withQuantizationConfig(config, Bnb4BitConfig.toJson(options.code(), options.doubleQuant(), compute));
         } else {
             warnings.add("the model folder has no config.json: transformers needs one with quantization_config to load the 4-bit weights");
         }
@@ -214,7 +215,8 @@ public final class ModelQuantizer {
     /**
      * Quantizes one weight on all cores: chunks of whole blocks are encoded independently
      * ({@link Nf4Encoder#encodeBlocks}, the same bytes as the streaming encoder) into the weight's
-     * packed codes, held in memory (half a byte an element) until the group is written in order.
+     * packed codes, held in memory (half a byte an element) until the group is written in order;
+     * then the absmax values are double-quantized when {@code state} says so.
      */
     public static Encoded encode(SafetensorsFile file, TensorInfo t, QuantState state) throws IOException, QuantException {
         long n = t.numElements();
@@ -230,7 +232,8 @@ public final class ModelQuantizer {
                 long first = (long) c * CHUNK_ELEMENTS;
                 int count = (int) Math.min(CHUNK_ELEMENTS, n - first);
                 try (MappedRegion r = file.map(t, first * es, (long) count * es)) {
-                    maxError[c] = Nf4Encoder.encodeBlocks(r.bytes(), format, n, blocksize, first, count, packed, absmax, file.path(), t.name());
+                    maxError[c] = Nf4Encoder.encodeBlocks(state.code(), r.bytes(), format, n, blocksize, first, count, packed, absmax, file.path(),
+                            t.name());
                 } catch (IOException | QuantException e) {
                     throw new ChunkFailure(e);
                 }
@@ -238,18 +241,11 @@ public final class ModelQuantizer {
         } catch (ChunkFailure f) {
             f.rethrow();
         }
-        if (state.isDoubleQuant()) {
-            float offset = DoubleQuant.exactMean(absmax, absmax.length);
-            if (Float.floatToRawIntBits(offset) != Float.floatToRawIntBits(state.nested().offset())) {
-                throw new IOException(file.path() + ": " + t.name() + " changed while it was read (its mean absmax moved); "
-                        + "do not modify the input during quantize");
-            }
-        }
         double worst = 0;
         for (double e : maxError) {
             worst = Math.max(worst, e);
         }
-        return new Encoded(ByteBuffer.wrap(packed), Nf4Tensor.tail(state, absmax, null),
+        return new Encoded(ByteBuffer.wrap(packed), Nf4Tensor.tail(state, absmax),
                 new QuantizedTensor(t.name(), t.dtype().name(), t.shape(), absmax.length, worst));
     }
 
@@ -267,38 +263,6 @@ public final class ModelQuantizer {
             }
             throw (IOException) getCause();
         }
-    }
-
-    /** The first pass of double quantization: each block's absmax, nothing else (chunks of whole blocks on all cores). */
-    static float[] blockAbsmax(SafetensorsFile file, TensorInfo t, int blocksize) throws IOException, QuantException {
-        long n = t.numElements();
-        float[] absmax = new float[Math.toIntExact(Nf4Codec.numBlocks(n, blocksize))];
-        FloatFormat format = FloatFormat.of(t.dtype());
-        int es = t.dtype().sizeInBytes();
-        int chunks = (int) ((n + CHUNK_ELEMENTS - 1) / CHUNK_ELEMENTS);
-        try {
-            IntStream.range(0, chunks).parallel().forEach(c -> {
-                long first = (long) c * CHUNK_ELEMENTS;
-                int count = (int) Math.min(CHUNK_ELEMENTS, n - first);
-                try (MappedRegion r = file.map(t, first * es, (long) count * es)) {
-                    ByteBuffer buf = r.bytes();
-                    for (int i = 0; i < count; i++) {
-                        float v = (float) format.decode(format.bitsAt(buf, i));
-                        if (!Float.isFinite(v)) {
-                            throw new QuantException(QuantException.Reason.NON_FINITE, file.path(), t.name(), "element " + (first + i) + " is " + v
-                                    + "; NF4 cannot represent it and it would poison its block's absmax; fix the weight before quantizing");
-                        }
-                        int b = (int) ((first + i) / blocksize);
-                        absmax[b] = Math.max(absmax[b], Math.abs(v));
-                    }
-                } catch (IOException | QuantException e) {
-                    throw new ChunkFailure(e);
-                }
-            });
-        } catch (ChunkFailure f) {
-            f.rethrow();
-        }
-        return absmax;
     }
 
     /**

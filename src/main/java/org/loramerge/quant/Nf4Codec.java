@@ -1,24 +1,30 @@
 package org.loramerge.quant;
 
-import java.util.Arrays;
-
 /**
- * The NF4 code book and the per-block arithmetic of bitsandbytes' 4-bit quantization, bit-exact
- * with scripts/fixtures/nf4_reference.py (whose docstring states every rule with its reason).
+ * The NF4 code book and the per-block arithmetic of bitsandbytes' 4-bit quantization as its CUDA
+ * kernels compute it (csrc/kernels.cu kQuantizeBlockwise, kQuantizeBlockwiseSmall, dQuantizeNF4,
+ * kDequantizeBlockwise), bit-exact with scripts/fixtures/nf4_reference.py (whose docstring states
+ * every rule with its reason). QLoRA checkpoints are written by that path; FORMATS.md §5 says
+ * where bitsandbytes' CPU path differs.
  *
  * <p>A weight of {@code n} elements is read flattened row-major in blocks of {@code blocksize}
- * elements (the last block may be partial). Per block: {@code absmax = max|x|}; each element is
- * scaled to {@code x̂ = fl32(x · fl32(1/absmax))}, exactly as the CUDA kernel multiplies by the
- * block's fp32 reciprocal (bitsandbytes csrc/kernels.cu kQuantizeBlockwise), and coded as the
- * number of NF4 thresholds strictly below x̂ (dQuantizeNF4's comparison tree). Dequantization is
- * {@code fl32(NF4[code] · absmax)}, rounded once more to the stored dtype by the caller.
+ * elements (the last block may be partial). Per block, in the fast-math fp32 of
+ * {@link CudaFastMath}: {@code absmax = max|x|} with subnormal elements counting as 0;
+ * {@code r = rcp(absmax)}, the hardware's approximate reciprocal (infinite for a zero absmax, 0
+ * above 2^126); each element scaled to {@code x̂ = mul(x, r)}, and coded by dQuantizeNF4's
+ * comparison tree: the number of its 15 float literals strictly below x̂, a NaN x̂ (a zero
+ * block's 0·∞) taking code 0. Dequantization is {@code mul(NF4[code], absmax)}, rounded once
+ * more to the stored dtype by the caller.
  *
  * <p>Codes are stored two per byte, element 2k in the high nibble (FORMATS.md §5); an odd count is
- * padded with {@link #ZERO_CODE}.
+ * padded with the code of a 0.0 element of the last block (the kernel loads 0.0 there), which is
+ * {@link #ZERO_CODE} unless that block is all zeros ({@link #paddingCode}).
  */
 public final class Nf4Codec {
-    /** The code of NF4's 0.0; also every code of an all-zero block and the padding nibble. */
+    /** The code of NF4's 0.0: of every 0.0 element of a block that is not all zeros. */
     public static final int ZERO_CODE = 7;
+    /** The code of every element of an all-zero block: the kernel's 0 · (1/0) is NaN, which dQuantizeNF4 sends to code 0. */
+    public static final int NAN_CODE = 0;
     public static final int MIN_BLOCKSIZE = 32;
     public static final int MAX_BLOCKSIZE = 4096;
     /** transformers' and bitsandbytes' default blocksize for 4-bit weights. */
@@ -33,17 +39,21 @@ public final class Nf4Codec {
     };
 
     /**
-     * The decision thresholds: the exact midpoint of two adjacent NF4 values (exact in double, as
-     * both are fp32) rounded to fp32, which is how the kernel's float literals came about
-     * (bitsandbytes tests/test_functional.py test_normal_map_tree prints the double midpoints).
+     * The decision thresholds: dQuantizeNF4's float literals, which tests/test_functional.py
+     * test_normal_map_tree printed as the double midpoints of adjacent NF4 values, written to 16
+     * or 17 digits with an {@code f} suffix. nvcc rounds each decimal directly to fp32, so where the
+     * double midpoint is itself the exact midpoint of two fp32 values the literal lands on the side
+     * its shortest decimal lies on, not on the even one: the literals of 0|1, 8|9, 12|13 and 14|15
+     * are one ulp from the fp32 nearest the midpoint. These are the bits nvcc 13.0 writes into the
+     * PTX of dQuantizeNF4 ({@code 0fBF591CD9} ...), checked by Nf4CodecVectorsTest.
      */
-    private static final float[] THRESHOLDS = new float[15];
-
-    static {
-        for (int k = 0; k < 15; k++) {
-            THRESHOLDS[k] = (float) (((double) VALUES[k] + (double) VALUES[k + 1]) / 2.0);
-        }
-    }
+    private static final float[] THRESHOLDS = {
+        Float.intBitsToFloat(0xBF591CD9), Float.intBitsToFloat(0xBF1C5270), Float.intBitsToFloat(0xBEEB8480),
+        Float.intBitsToFloat(0xBEADEA76), Float.intBitsToFloat(0xBE703CEC), Float.intBitsToFloat(0xBE0D38BC),
+        Float.intBitsToFloat(0xBD3A7871), Float.intBitsToFloat(0x3D22FAFF), Float.intBitsToFloat(0x3DF64863),
+        Float.intBitsToFloat(0x3E5067E0), Float.intBitsToFloat(0x3E9582D4), Float.intBitsToFloat(0x3EC753F9),
+        Float.intBitsToFloat(0x3F006D03), Float.intBitsToFloat(0x3F248DAF), Float.intBitsToFloat(0x3F5C89D9),
+    };
 
     private Nf4Codec() {
     }
@@ -65,7 +75,8 @@ public final class Nf4Codec {
 
     /**
      * The code of a scaled value: how many thresholds lie strictly below {@code scaled}. A value
-     * exactly equal to a threshold takes the lower code, as the kernel's strict {@code >} does.
+     * exactly equal to a threshold takes the lower code, as the kernel's strict {@code >} does; NaN
+     * fails every comparison and takes code 0, as in the kernel.
      */
     public static int encode(float scaled) {
         int c = 0;
@@ -84,9 +95,14 @@ public final class Nf4Codec {
         return c;
     }
 
-    /** {@code fl32(NF4[code] · absmax)}: the fp32 value bitsandbytes' dequantize kernel computes. */
+    /** {@code mul.ftz(NF4[code], absmax)}: the fp32 value bitsandbytes' dequantize kernel computes. */
     public static float dequantize(int code, float absmax) {
-        return VALUES[code] * absmax;
+        return CudaFastMath.mul(VALUES[code], absmax);
+    }
+
+    /** {@link #dequantize(int, float)} in code book {@code book} (NF4 or FP4). */
+    public static float dequantize(FourBitCode book, int code, float absmax) {
+        return CudaFastMath.mul(book.value(code), absmax);
     }
 
     /** True for the blocksizes bitsandbytes' 4-bit kernels take: powers of two from 32 to 4096. */
@@ -103,48 +119,47 @@ public final class Nf4Codec {
         return (numElements + 1) / 2;
     }
 
-    /** max |x| over {@code values[off, off+len)}. */
+    /** The kernel's absmax of {@code values[off, off+len)}: max |x|, subnormal values counting as 0. */
     public static float absmax(float[] values, int off, int len) {
         float m = 0f;
         for (int i = off; i < off + len; i++) {
-            m = Math.max(m, Math.abs(values[i]));
+            m = CudaFastMath.maxAbs(m, values[i]);
         }
         return m;
     }
 
     /**
-     * The factor a block is scaled by: {@code fl32(1/absmax)} when that is a normal fp32, which is
-     * every block of a real weight. Returns 0 when it is not (absmax below 2^-128 makes it
-     * infinite, above 2^126 subnormal); callers then divide by absmax instead (see {@link #scale}).
+     * Quantizes one block of finite values: writes {@code len} codes (0..15, one per byte) to
+     * {@code codes[codesOff...]} and returns the block's absmax as the kernel stores it (0 when
+     * every element is 0 or subnormal). An all-zero block takes code 0 everywhere (0 · ∞ = NaN), a
+     * block whose absmax exceeds 2^126 code 7 (its reciprocal is 0).
      */
-    static float reciprocal(float absmax) {
-        float r = 1.0f / absmax;
-        return r >= Float.MIN_NORMAL && r != Float.POSITIVE_INFINITY ? r : 0f;
+    public static float quantizeBlock(float[] values, int off, int len, byte[] codes, int codesOff) {
+        return quantizeBlock(FourBitCode.NF4, values, off, len, codes, codesOff);
     }
 
-    /** {@code x̂} for one element, given the block's absmax and {@link #reciprocal}. */
-    static float scale(float x, float absmax, float reciprocal) {
-        return reciprocal != 0f ? x * reciprocal : x / absmax;
+    /** {@link #quantizeBlock(float[], int, int, byte[], int)} in code book {@code book} (NF4 or FP4). */
+    public static float quantizeBlock(FourBitCode book, float[] values, int off, int len, byte[] codes, int codesOff) {
+        float absmax = absmax(values, off, len);
+        float r = CudaFastMath.rcp(absmax);
+        for (int i = 0; i < len; i++) {
+            codes[codesOff + i] = (byte) book.encode(CudaFastMath.mul(values[off + i], r));
+        }
+        return absmax;
     }
 
     /**
-     * Quantizes one block of finite values: writes {@code len} codes (0..15, one per byte) to
-     * {@code codes[codesOff...]} and returns the block's absmax. An all-zero block (absmax 0) gets
-     * {@link #ZERO_CODE} everywhere, so that it decodes to exactly 0.0 under any absmax (the
-     * kernel's 0·(1/0) = NaN falls to code 0, i.e. -absmax', which is not 0 once the absmax is
-     * double-quantized).
+     * The code of the padding nibble of a weight with an odd count, whose last block has
+     * {@code absmax}: the kernel quantizes a loaded 0.0 there, which is code 7, or code 0 when the
+     * block is all zeros (0 · ∞ = NaN).
      */
-    public static float quantizeBlock(float[] values, int off, int len, byte[] codes, int codesOff) {
-        float absmax = absmax(values, off, len);
-        if (absmax == 0f) {
-            Arrays.fill(codes, codesOff, codesOff + len, (byte) ZERO_CODE);
-            return 0f;
-        }
-        float r = reciprocal(absmax);
-        for (int i = 0; i < len; i++) {
-            codes[codesOff + i] = (byte) encode(scale(values[off + i], absmax, r));
-        }
-        return absmax;
+    public static int paddingCode(float absmax) {
+        return paddingCode(FourBitCode.NF4, absmax);
+    }
+
+    /** {@link #paddingCode(float)} in code book {@code book}: for FP4 always 0 (+0.0 and NaN both code 0). */
+    public static int paddingCode(FourBitCode book, float absmax) {
+        return book.encode(CudaFastMath.mul(0f, CudaFastMath.rcp(absmax)));
     }
 
     /** The code of element {@code index} in packed bytes whose byte 0 holds elements 0 and 1. */
@@ -154,16 +169,24 @@ public final class Nf4Codec {
 
     /**
      * Packs {@code count} codes (one per byte) into {@code (count+1)/2} bytes, element 2k in the
-     * high nibble; an odd count is padded with {@link #ZERO_CODE} (the kernel loads 0.0 there).
+     * high nibble; for an odd count the last low nibble is {@code padCode} ({@link #paddingCode}).
      * {@code count} elements must start at an even element index.
      */
-    public static void pack(byte[] codes, int off, int count, byte[] dst, int dstOff) {
+    public static void pack(byte[] codes, int off, int count, byte[] dst, int dstOff, int padCode) {
         int pairs = count / 2;
         for (int k = 0; k < pairs; k++) {
             dst[dstOff + k] = (byte) ((codes[off + 2 * k] << 4) | (codes[off + 2 * k + 1] & 0xF));
         }
         if ((count & 1) != 0) {
-            dst[dstOff + pairs] = (byte) ((codes[off + count - 1] << 4) | ZERO_CODE);
+            dst[dstOff + pairs] = (byte) ((codes[off + count - 1] << 4) | padCode);
         }
+    }
+
+    /** {@link #pack(byte[], int, int, byte[], int, int)} of an even count. */
+    public static void pack(byte[] codes, int off, int count, byte[] dst, int dstOff) {
+        if ((count & 1) != 0) {
+            throw new IllegalArgumentException("an odd count of codes needs its padding code");
+        }
+        pack(codes, off, count, dst, dstOff, 0);
     }
 }

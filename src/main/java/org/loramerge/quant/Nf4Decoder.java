@@ -25,9 +25,11 @@ public final class Nf4Decoder {
     private final float[] nestedAbsmax;
     private final float offset;
     private final int nestedBlocksize;
+    private final FourBitCode book;
 
     Nf4Decoder(Nf4Tensor tensor) throws IOException, QuantException {
         this.tensor = tensor;
+        this.book = tensor.state().code();
         this.format = FloatFormat.of(tensor.dtype());
         if (tensor.isDoubleQuant()) {
             nestedMap = Nf4Tensor.readFloats(tensor.nestedQuantMap());
@@ -180,7 +182,7 @@ public final class Nf4Decoder {
             for (int i = 0; i < count; i++) {
                 long e = firstElement + i;
                 int code = Nf4Codec.codeAt(b.get((int) ((e >>> 1) - firstByte)), e);
-                float v = Nf4Codec.dequantize(code, absmax[block]);
+                float v = Nf4Codec.dequantize(book, code, absmax[block]);
                 if (f32 != null) {
                     f32[dstOffset + i] = v;
                 } else if (rounded != null) {

@@ -14,7 +14,6 @@ import org.loramerge.format.Checkpoint;
 
 import static org.loramerge.quant.QuantException.Reason.MISSING_TENSOR;
 import static org.loramerge.quant.QuantException.Reason.UNSUPPORTED_CONFIG;
-import static org.loramerge.quant.QuantException.Reason.UNSUPPORTED_QUANT_TYPE;
 
 /**
  * Finds the bitsandbytes 4-bit weights of a checkpoint: every {@code P.weight} with a
@@ -70,17 +69,16 @@ public final class Nf4Detector {
         Set<String> members = new LinkedHashSet<>();
         List<String> warnings = new ArrayList<>();
         for (String name : c.tensors().keySet()) {
-            if (name.endsWith(QuantState.FP4_TENSOR_SUFFIX)) {
-                throw new QuantException(UNSUPPORTED_QUANT_TYPE, c.fileOf(name).path(), name,
-                        "is an FP4 weight; loramerge handles NF4 only: quantize the base with bnb_4bit_quant_type=\"nf4\", or merge into the 16-bit base");
-            }
+
             if (name.endsWith(".SCB") || name.endsWith(".weight_format")) {
                 throw new QuantException(UNSUPPORTED_CONFIG, c.fileOf(name).path(), name,
                         "belongs to an 8-bit (LLM.int8) weight; loramerge handles 4-bit NF4 only: merge into the original 16-bit base");
             }
-            if (name.endsWith(QuantState.TENSOR_SUFFIX)) {
-                String weightName = name.substring(0, name.length() - QuantState.TENSOR_SUFFIX.length());
-                Nf4Tensor t = Nf4Tensor.open(c, weightName);
+            String suffix = name.endsWith(QuantState.TENSOR_SUFFIX) ? QuantState.TENSOR_SUFFIX
+                    : name.endsWith(QuantState.FP4_TENSOR_SUFFIX) ? QuantState.FP4_TENSOR_SUFFIX : null;
+            if (suffix != null) {
+                String weightName = name.substring(0, name.length() - suffix.length());
+                Nf4Tensor t = Nf4Tensor.open(c, weightName, suffix);
                 weights.put(weightName, t);
                 members.addAll(t.tensorNames());
                 for (String w : t.warnings()) {
@@ -110,6 +108,12 @@ public final class Nf4Detector {
             if (mismatched > 0) {
                 warnings.add(mismatched + " weights are " + (config.doubleQuant() ? "not " : "") + "double-quantized although config.json's "
                         + "bnb_4bit_use_double_quant is " + config.doubleQuant() + "; each weight is read by its own quant state");
+            }
+            long otherType = weights.values().stream().filter(t -> t.state().code() != config.code()).count();
+            if (otherType > 0) {
+                warnings.add(otherType + " weights are not " + config.code() + " although config.json's bnb_4bit_quant_type is \""
+                        + config.code().typeName() + "\"; each weight is read by its own quant state, but transformers loads them all as "
+                        + config.code() + ": fix config.json");
             }
         }
         return new Result(config, Collections.unmodifiableMap(weights), Collections.unmodifiableSet(members),

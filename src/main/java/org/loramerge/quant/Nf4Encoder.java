@@ -26,6 +26,7 @@ public final class Nf4Encoder {
 
     private static final int OUT_BUFFER_BYTES = 1 << 16;
 
+    private final FourBitCode book;
     private final long numElements;
     private final int blocksize;
     private final PackedSink sink;
@@ -47,6 +48,12 @@ public final class Nf4Encoder {
      * @param tensorName the weight's name, for messages
      */
     public Nf4Encoder(long numElements, int blocksize, PackedSink sink, Path path, String tensorName) {
+        this(FourBitCode.NF4, numElements, blocksize, sink, path, tensorName);
+    }
+
+    /** An encoder into code book {@code book} (NF4 or FP4). */
+    public Nf4Encoder(FourBitCode book, long numElements, int blocksize, PackedSink sink, Path path, String tensorName) {
+        this.book = book;
         if (!Nf4Codec.isValidBlocksize(blocksize)) {
             throw new IllegalArgumentException("blocksize " + blocksize + " is not a power of two from 32 to 4096");
         }
@@ -111,11 +118,11 @@ public final class Nf4Encoder {
     }
 
     private void flushBlock() throws IOException {
-        float a = Nf4Codec.quantizeBlock(block, 0, filled, codes, 0);
+        float a = Nf4Codec.quantizeBlock(book, block, 0, filled, codes, 0);
         absmax[blockIndex++] = a;
         if (a > 0) {
             for (int i = 0; i < filled; i++) {
-                double err = Math.abs((double) block[i] - Nf4Codec.dequantize(codes[i], a)) / a;
+                double err = Math.abs((double) block[i] - Nf4Codec.dequantize(book, codes[i], a)) / a;
                 if (err > maxErrorOverAbsmax) {
                     maxErrorOverAbsmax = err;
                 }
@@ -125,7 +132,7 @@ public final class Nf4Encoder {
         if (outPos + bytes > out.length) {
             drain();
         }
-        Nf4Codec.pack(codes, 0, filled, out, outPos);
+        Nf4Codec.pack(codes, 0, filled, out, outPos, Nf4Codec.paddingCode(book, a));
         outPos += bytes;
         filled = 0;
     }
@@ -152,6 +159,12 @@ public final class Nf4Encoder {
      */
     public static double encodeBlocks(ByteBuffer src, FloatFormat format, long numElements, int blocksize, long firstElement, int count,
                                     byte[] packed, float[] absmax, Path path, String tensorName) throws QuantException {
+        return encodeBlocks(FourBitCode.NF4, src, format, numElements, blocksize, firstElement, count, packed, absmax, path, tensorName);
+    }
+
+    /** {@link #encodeBlocks(ByteBuffer, FloatFormat, long, int, long, int, byte[], float[], Path, String)} in code book {@code book}. */
+    public static double encodeBlocks(FourBitCode book, ByteBuffer src, FloatFormat format, long numElements, int blocksize, long firstElement,
+                                    int count, byte[] packed, float[] absmax, Path path, String tensorName) throws QuantException {
         long end = firstElement + count;
         if (firstElement < 0 || count < 0 || end > numElements || firstElement % blocksize != 0
                 || (end % blocksize != 0 && end != numElements)) {
@@ -172,12 +185,12 @@ public final class Nf4Encoder {
                 }
                 block[i] = v;
             }
-            float a = Nf4Codec.quantizeBlock(block, 0, len, codes, 0);
+            float a = Nf4Codec.quantizeBlock(book, block, 0, len, codes, 0);
             absmax[(int) (start / blocksize)] = a;
-            Nf4Codec.pack(codes, 0, len, packed, (int) (start / 2));
+            Nf4Codec.pack(codes, 0, len, packed, (int) (start / 2), Nf4Codec.paddingCode(book, a));
             if (a > 0) {
                 for (int i = 0; i < len; i++) {
-                    maxError = Math.max(maxError, Math.abs((double) block[i] - Nf4Codec.dequantize(codes[i], a)) / a);
+                    maxError = Math.max(maxError, Math.abs((double) block[i] - Nf4Codec.dequantize(book, codes[i], a)) / a);
                 }
             }
         }

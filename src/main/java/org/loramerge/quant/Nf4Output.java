@@ -1,27 +1,21 @@
 package org.loramerge.quant;
 
+import java.util.Arrays;
 import java.util.List;
+import org.loramerge.format.DType;
 import org.loramerge.format.SafetensorsWriter;
 
 /**
  * A weight written as a bitsandbytes NF4 tensor group ({@code merge --to nf4}): the merged values,
  * rounded once to the quant state's dtype, requantized with the base weight's blocksize and
- * double-quantization setting ({@link Nf4Requantizer}).
+ * double-quantization setting ({@link Nf4Requantizer}). The quant state is bitsandbytes' exact JSON;
+ * with double quantization it holds the mean absmax of the merged weight, known only after its
+ * last block, and is written as a late tensor ({@link Nf4Tensor#layout}).
  *
- * <p>A file's header is written before its data, so every tensor's length must be known at plan
- * time. All are but one: the quant state JSON holds the double-quantization offset (the mean
- * absmax of the merged weight), whose decimal form varies in length and is known only after the
- * last block. The plan reserves {@link QuantState#maxJsonLength} bytes and the JSON is padded with
- * spaces to that length, which bitsandbytes' {@code json.loads} ignores (utils.py
- * unpack_tensor_to_dict). The alternative, a first pass over the merged weight for its absmax
- * values, would compute every merge twice. Without double quantization the JSON has a fixed length
- * and is written exactly as bitsandbytes writes it.
- *
- * @param template        the output quant state with a placeholder offset (its blocksize, dtype, shape, nesting)
- * @param quantStateBytes the reserved length of the quant state tensor
- * @param warnings        settings of the base the output cannot keep
+ * @param template the output quant state with a placeholder offset (its blocksize, dtype, shape, nesting)
+ * @param warnings settings of the base the output cannot keep
  */
-public record Nf4Output(QuantState template, int quantStateBytes, List<String> warnings) implements QuantizedOutput {
+public record Nf4Output(QuantState template, List<String> warnings) implements QuantizedOutput {
     public Nf4Output {
         warnings = List.copyOf(warnings);
     }
@@ -32,17 +26,31 @@ public record Nf4Output(QuantState template, int quantStateBytes, List<String> w
      */
     public static Nf4Output requantizing(QuantState base) {
         QuantState.Nested nested = base.isDoubleQuant() ? new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, 0f) : null;
-        QuantState template = QuantState.of(base.blocksize(), base.dtype(), base.shape(), nested);
+        QuantState template = base.withNested(nested);
         List<String> warnings = base.isDoubleQuant() && base.nested().blocksize() != DoubleQuant.NESTED_BLOCKSIZE
                 ? List.of("has nested blocks of " + base.nested().blocksize() + "; its requantized absmax uses " + DoubleQuant.NESTED_BLOCKSIZE
                         + ", as bitsandbytes always does")
                 : List.of();
-        return new Nf4Output(template, template.maxJsonLength(), warnings);
+        return new Nf4Output(template, warnings);
+    }
+
+    /**
+     * The NF4 output of a weight of another format (GPTQ, AWQ) quantized to NF4: {@code blocksize},
+     * double quantization or not, and the weight's dtype as the quant state's compute dtype.
+     */
+    public static Nf4Output forDense(DType dtype, long[] shape, int blocksize, boolean doubleQuant) {
+        QuantState.Nested nested = doubleQuant ? new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, 0f) : null;
+        return new Nf4Output(QuantState.of(blocksize, dtype, shape, nested), List.of());
     }
 
     @Override
     public List<SafetensorsWriter.Entry> entries(String weightName) {
-        return Nf4Tensor.layout(weightName, template, quantStateBytes);
+        return Nf4Tensor.layout(weightName, template);
+    }
+
+    @Override
+    public String kind() {
+        return template.code().name();
     }
 
     @Override
@@ -55,12 +63,13 @@ public record Nf4Output(QuantState template, int quantStateBytes, List<String> w
         return template.isDoubleQuant();
     }
 
+    /** A requantizer of {@code base}'s merged values (in its dtype, which must be the template's) into this output. */
     @Override
     public Requantizer requantizer(QuantizedWeight base) {
-        if (!(base instanceof Nf4Weight)) {
-            throw new IllegalArgumentException(base.weightName() + " is " + base.describe() + ", not an NF4 weight");
+        if (base.dtype() != template.dtype() || !Arrays.equals(base.shape(), template.shape())) {
+            throw new IllegalArgumentException(base.weightName() + " is " + base.dtype() + " " + Arrays.toString(base.shape())
+                    + ", not what " + template + " describes");
         }
-        Nf4Weight w = (Nf4Weight) base;
-        return new Nf4Requantizer(w.weightName(), w.file().path(), w.tensor().state(), quantStateBytes);
+        return new Nf4Requantizer(base.weightName(), base.file().path(), template);
     }
 }

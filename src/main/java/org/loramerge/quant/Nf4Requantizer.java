@@ -55,7 +55,6 @@ public final class Nf4Requantizer implements Requantizer {
     private final String weightName;
     private final Path path;
     private final QuantState base;
-    private final int quantStateBytes;
     private final FloatFormat format;
     private final long numElements;
     private final int blocksize;
@@ -69,6 +68,7 @@ public final class Nf4Requantizer implements Requantizer {
     private final double[] dotW;
     private final double[] deltaSq;
     private QuantState outputState;
+    private DoubleQuant.Result doubleQuantized;
     private float[] scale;
     private float[] scaleBase;
 
@@ -76,13 +76,11 @@ public final class Nf4Requantizer implements Requantizer {
      * @param weightName the weight's name ({@code P.weight}), for messages
      * @param path       the base file it comes from, for messages (may be null)
      * @param base       the base weight's quant state: blocksize, dtype, shape and whether it is double-quantized
-     * @param quantStateBytes the length reserved for the output's quant state tensor ({@link Nf4Output#quantStateBytes})
      */
-    public Nf4Requantizer(String weightName, Path path, QuantState base, int quantStateBytes) {
+    public Nf4Requantizer(String weightName, Path path, QuantState base) {
         this.weightName = weightName;
         this.path = path;
         this.base = base;
-        this.quantStateBytes = quantStateBytes;
         this.format = FloatFormat.of(base.dtype());
         this.numElements = base.numElements();
         this.blocksize = base.blocksize();
@@ -123,8 +121,9 @@ public final class Nf4Requantizer implements Requantizer {
      */
     @Override
     public void encode(long firstElement, int count, ByteBuffer merged, ByteBuffer base, double[] delta) throws QuantException {
-        Nf4Encoder.encodeBlocks(merged, format, numElements, blocksize, firstElement, count, packed, absmax, path, weightName);
-        Nf4Encoder.encodeBlocks(base, format, numElements, blocksize, firstElement, count, packedBase, absmaxBase, path, weightName);
+        FourBitCode book = this.base.code();
+        Nf4Encoder.encodeBlocks(book, merged, format, numElements, blocksize, firstElement, count, packed, absmax, path, weightName);
+        Nf4Encoder.encodeBlocks(book, base, format, numElements, blocksize, firstElement, count, packedBase, absmaxBase, path, weightName);
         for (int start = 0; start < count; start += blocksize) {
             int block = (int) ((firstElement + start) / blocksize);
             int len = Math.min(blocksize, count - start);
@@ -134,8 +133,8 @@ public final class Nf4Requantizer implements Requantizer {
             for (int i = start; i < start + len; i++) {
                 long e = firstElement + i;
                 double d = delta[i];
-                x += Nf4Codec.value(Nf4Codec.codeAt(packed[(int) (e >>> 1)], e)) * d;
-                w += Nf4Codec.value(Nf4Codec.codeAt(packedBase[(int) (e >>> 1)], e)) * d;
+                x += book.value(Nf4Codec.codeAt(packed[(int) (e >>> 1)], e)) * d;
+                w += book.value(Nf4Codec.codeAt(packedBase[(int) (e >>> 1)], e)) * d;
                 d2 += d * d;
             }
             dotX[block] = x;
@@ -163,12 +162,13 @@ public final class Nf4Requantizer implements Requantizer {
     public void finish() {
         if (base.isDoubleQuant()) {
             DoubleQuant.Result dq = DoubleQuant.quantize(absmax, numBlocks);
+            doubleQuantized = dq;
             DoubleQuant.Result dqBase = DoubleQuant.quantize(absmaxBase, numBlocks);
-            outputState = QuantState.of(blocksize, base.dtype(), base.shape(), new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, dq.offset()));
+            outputState = base.withNested(new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, dq.offset()));
             scale = decode(dq);
             scaleBase = decode(dqBase);
         } else {
-            outputState = QuantState.of(blocksize, base.dtype(), base.shape(), null);
+            outputState = base.withNested(null);
             scale = absmax;
             scaleBase = absmaxBase;
         }
@@ -189,11 +189,11 @@ public final class Nf4Requantizer implements Requantizer {
         return outputState;
     }
 
-    /** The tensors after {@code P.weight} in {@link Nf4Tensor#layout} order, the quant state padded to its reserved length. */
+    /** The tensors after {@code P.weight} in {@link Nf4Tensor#layout} order, the quant state as bitsandbytes writes it. */
     @Override
     public List<ByteBuffer> tail() {
         checkFinished();
-        return Nf4Tensor.tail(outputState, absmax, quantStateBytes);
+        return Nf4Tensor.tail(outputState, absmax, doubleQuantized);
     }
 
     /** How many chunks {@link #measure} splits the weight into. */
@@ -226,8 +226,8 @@ public final class Nf4Requantizer implements Requantizer {
             int byteIndex = (int) (e >>> 1);
             int c = Nf4Codec.codeAt(packed[byteIndex], e);
             int c0 = Nf4Codec.codeAt(packedBase[byteIndex], e);
-            double x = format.round(Nf4Codec.dequantize(c, scale[block]));
-            double w = format.round(Nf4Codec.dequantize(c0, scaleBase[block]));
+            double x = format.round(Nf4Codec.dequantize(base.code(), c, scale[block]));
+            double w = format.round(Nf4Codec.dequantize(base.code(), c0, scaleBase[block]));
             if (c != c0) {
                 changed++;
             }

@@ -10,6 +10,7 @@ import java.util.Collections;
 import java.util.List;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
+import org.loramerge.format.MappedRegion;
 import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.SafetensorsWriter;
 import org.loramerge.format.TensorInfo;
@@ -74,7 +75,13 @@ public final class Nf4Tensor {
 
     /** Finds and validates the group of {@code weightName} (e.g. {@code model.layers.0.mlp.up_proj.weight}). */
     public static Nf4Tensor open(Checkpoint c, String weightName) throws QuantException, IOException {
-        String qsName = weightName + QuantState.TENSOR_SUFFIX;
+        return open(c, weightName, c.tensor(weightName + QuantState.FP4_TENSOR_SUFFIX) != null
+                ? QuantState.FP4_TENSOR_SUFFIX : QuantState.TENSOR_SUFFIX);
+    }
+
+    /** {@link #open(Checkpoint, String)} with the quant state named {@code weightName + stateSuffix} (nf4 or fp4). */
+    static Nf4Tensor open(Checkpoint c, String weightName, String stateSuffix) throws QuantException, IOException {
+        String qsName = weightName + stateSuffix;
         Part qs = part(c, qsName);
         if (qs == null) {
             throw new QuantException(MISSING_TENSOR, c.dir(), qsName, "the quant state of 4-bit weight '" + weightName
@@ -97,7 +104,7 @@ public final class Nf4Tensor {
                 "two 4-bit codes per byte for the " + n + " elements of shape " + Arrays.toString(state.shape()));
         Part absmax = require(c, weightName + ABSMAX, qsName);
         Part quantMap = require(c, weightName + QUANT_MAP, qsName);
-        expect(quantMap, DType.F32, new long[] {16}, "the 16 NF4 values");
+        expect(quantMap, DType.F32, new long[] {16}, "the 16 values of the code book");
         Part nestedAbsmax = part(c, weightName + NESTED_ABSMAX);
         Part nestedQuantMap = part(c, weightName + NESTED_QUANT_MAP);
         if (state.isDoubleQuant()) {
@@ -121,11 +128,49 @@ public final class Nf4Tensor {
             }
         }
         float[] map = readFloats(quantMap);
-        // bitsandbytes' kernels decode NF4 with their built-in table and ignore quant_map; so do we
-        if (!Arrays.equals(map, Nf4Codec.quantMap())) {
-            warnings.add(quantMap.name() + " differs from the NF4 table; it is ignored, as bitsandbytes ignores it");
+        // bitsandbytes' kernels decode with their built-in table and ignore quant_map; so do we
+        if (!Arrays.equals(map, state.code().quantMap())) {
+            warnings.add(quantMap.name() + " differs from the " + state.code() + " table; it is ignored, as bitsandbytes ignores it");
+        }
+        if (state.blocksize() >= PRE_047_OR_BLOCKSIZE && looksOrPacked(weight)) {
+            warnings.add(weightName + " (blocksize " + state.blocksize() + ") looks quantized by bitsandbytes before 0.47, which packed "
+                    + "blocksizes of 1024 and more wrongly: the codes of elements 4k+2 and 4k+3 were OR-ed with those of 4k and 4k+1. "
+                    + "loramerge reads the codes as stored, as every bitsandbytes version does, so the merge is into the weights the "
+                    + "adapter was trained on; a base requantized from the 16-bit model with bitsandbytes 0.47 or later is closer to it");
         }
         return new Nf4Tensor(weightName, state, weight, absmax, quantMap, nestedAbsmax, nestedQuantMap, qs, warnings);
+    }
+
+    /** bitsandbytes before 0.47 ran 4 elements a thread for these blocksizes and OR-ed its two bytes (csrc/kernels.cu kQuantizeBlockwise). */
+    static final int PRE_047_OR_BLOCKSIZE = 1024;
+    /** Bytes of a weight's codes {@link #looksOrPacked} reads. */
+    private static final int OR_SAMPLE_BYTES = 1 << 16;
+    /** Pairs whose first byte is not 0 that must all be OR-ed: a correctly packed weight passes one with probability below 1/2. */
+    private static final int OR_EVIDENCE_PAIRS = 128;
+
+    /**
+     * Whether the first bytes of a 4-bit weight's codes show the pre-0.47 packing: every byte
+     * 2k+1 holds all the bits of byte 2k, over at least {@link #OR_EVIDENCE_PAIRS} pairs whose
+     * byte 2k is not zero.
+     */
+    static boolean looksOrPacked(Part weight) throws IOException {
+        long bytes = Math.min(OR_SAMPLE_BYTES, weight.info().sizeInBytes()) & ~1L;
+        if (bytes < 2) {
+            return false;
+        }
+        int evidence = 0;
+        try (MappedRegion r = weight.file().map(weight.info(), 0, bytes)) {
+            ByteBuffer b = r.bytes();
+            for (int i = 0; i + 1 < bytes; i += 2) {
+                int first = b.get(i) & 0xFF;
+                int second = b.get(i + 1) & 0xFF;
+                if ((first & second) != first) {
+                    return false;
+                }
+                evidence += first != 0 && first != second ? 1 : 0;
+            }
+        }
+        return evidence >= OR_EVIDENCE_PAIRS;
     }
 
     private static Part part(Checkpoint c, String name) {
@@ -169,48 +214,55 @@ public final class Nf4Tensor {
     /**
      * The tensors of a quantized weight as an output header lists them, {@code P.weight} first, then
      * bitsandbytes' as_dict order: absmax, quant_map, [nested_absmax, nested_quant_map], quant state.
-     * {@code quantStateBytes} is the quant state tensor's length: {@code state.toJson().length}, or
-     * a reserved length (see {@link QuantState#maxJsonLength}) when the offset is not known yet.
+     * With double quantization the quant state JSON holds the offset, the mean absmax of the whole
+     * weight, whose decimal form has no fixed length: it is a late tensor
+     * ({@link SafetensorsWriter.Entry#late}) of at most {@link QuantState#maxJsonLength} bytes, so
+     * that it can be written exactly as bitsandbytes writes it once the offset is known, without a
+     * first pass over the weight. Without it the JSON's length is fixed.
      */
-    public static List<SafetensorsWriter.Entry> layout(String weightName, QuantState state, int quantStateBytes) {
+    public static List<SafetensorsWriter.Entry> layout(String weightName, QuantState state) {
         long n = state.numElements();
         long blocks = state.numBlocks();
         List<SafetensorsWriter.Entry> out = new ArrayList<>();
         out.add(new SafetensorsWriter.Entry(weightName, DType.U8, new long[] {Nf4Codec.packedBytes(n), 1}));
         out.add(new SafetensorsWriter.Entry(weightName + ABSMAX, state.isDoubleQuant() ? DType.U8 : DType.F32, new long[] {blocks}));
         out.add(new SafetensorsWriter.Entry(weightName + QUANT_MAP, DType.F32, new long[] {16}));
+        String qs = weightName + state.tensorSuffix();
         if (state.isDoubleQuant()) {
             long nested = (blocks + state.nested().blocksize() - 1) / state.nested().blocksize();
             out.add(new SafetensorsWriter.Entry(weightName + NESTED_ABSMAX, DType.F32, new long[] {nested}));
             out.add(new SafetensorsWriter.Entry(weightName + NESTED_QUANT_MAP, DType.F32, new long[] {256}));
+            out.add(SafetensorsWriter.Entry.late(qs, DType.U8, state.maxJsonLength()));
+        } else {
+            out.add(new SafetensorsWriter.Entry(qs, DType.U8, new long[] {state.toJson().length}));
         }
-        out.add(new SafetensorsWriter.Entry(weightName + QuantState.TENSOR_SUFFIX, DType.U8, new long[] {quantStateBytes}));
         return out;
-    }
-
-    /** {@link #layout(String, QuantState, int)} with the quant state's exact length. */
-    public static List<SafetensorsWriter.Entry> layout(String weightName, QuantState state) {
-        return layout(weightName, state, state.toJson().length);
     }
 
     /**
      * The bytes of every tensor after {@code P.weight}, in {@link #layout} order, for the block
      * absmax values an {@link Nf4Encoder} returned. With double quantization the absmax values are
-     * quantized here; {@code state}'s nested offset must be their {@link DoubleQuant#exactMean}.
-     * {@code quantStateBytes} null writes the exact JSON, a number pads it to that length.
+     * quantized here and the quant state takes their offset. The quant state JSON is exactly
+     * bitsandbytes' ({@link QuantState#toJson()}).
      */
-    public static List<ByteBuffer> tail(QuantState state, float[] absmax, Integer quantStateBytes) {
+    public static List<ByteBuffer> tail(QuantState state, float[] absmax) {
         if (absmax.length != state.numBlocks()) {
             throw new IllegalArgumentException(absmax.length + " absmax values for " + state.numBlocks() + " blocks");
         }
-        return tail(state, absmax, state.isDoubleQuant() ? DoubleQuant.quantize(absmax, absmax.length) : null, quantStateBytes);
+        if (!state.isDoubleQuant()) {
+            return tail(state, absmax, null);
+        }
+        DoubleQuant.Result dq = DoubleQuant.quantize(absmax, absmax.length);
+        QuantState withOffset = state.withNested(new QuantState.Nested(state.nested().blocksize(), dq.offset()));
+        return tail(withOffset, absmax, dq);
     }
 
     /**
-     * As {@link #tail(QuantState, float[], Integer)}, with the double quantization already done
-     * (by the GPU engine): {@code dq} when the state is double-quantized, else {@code absmax}.
+     * As {@link #tail(QuantState, float[])}, with the double quantization already done (by the GPU
+     * engine): {@code dq} when the state is double-quantized (its offset must be the state's), else
+     * {@code absmax}.
      */
-    public static List<ByteBuffer> tail(QuantState state, float[] absmax, DoubleQuant.Result dq, Integer quantStateBytes) {
+    public static List<ByteBuffer> tail(QuantState state, float[] absmax, DoubleQuant.Result dq) {
         List<ByteBuffer> out = new ArrayList<>();
         if (state.isDoubleQuant()) {
             if (state.nested().blocksize() != DoubleQuant.NESTED_BLOCKSIZE) {
@@ -224,7 +276,7 @@ public final class Nf4Tensor {
                 throw new IllegalArgumentException("the quant state's offset " + state.nested().offset() + " is not the mean absmax " + dq.offset());
             }
             out.add(ByteBuffer.wrap(dq.codes()));
-            out.add(floats(Nf4Codec.quantMap()));
+            out.add(floats(state.code().quantMap()));
             out.add(floats(dq.nestedAbsmax()));
             out.add(floats(DynamicMap.signed()));
         } else {
@@ -232,9 +284,9 @@ public final class Nf4Tensor {
                 throw new IllegalArgumentException((absmax == null ? 0 : absmax.length) + " absmax values for " + state.numBlocks() + " blocks");
             }
             out.add(floats(absmax));
-            out.add(floats(Nf4Codec.quantMap()));
+            out.add(floats(state.code().quantMap()));
         }
-        out.add(ByteBuffer.wrap(quantStateBytes == null ? state.toJson() : state.toJson(quantStateBytes)));
+        out.add(ByteBuffer.wrap(state.toJson()));
         return out;
     }
 

@@ -39,6 +39,11 @@ public final class Nf4Weight implements QuantizedWeight {
     }
 
     @Override
+    public String kind() {
+        return tensor.state().code().typeName();
+    }
+
+    @Override
     public DType dtype() {
         return tensor.dtype();
     }
@@ -66,7 +71,7 @@ public final class Nf4Weight implements QuantizedWeight {
     @Override
     public String describe() {
         QuantState s = tensor.state();
-        return String.format(Locale.ROOT, "NF4 (bitsandbytes), blocksize %d%s, %s", s.blocksize(),
+        return String.format(Locale.ROOT, "%s (bitsandbytes), blocksize %d%s, %s", s.code(), s.blocksize(),
                 s.isDoubleQuant() ? ", double-quantized" : "", s.dtype().torchName());
     }
 

@@ -37,7 +37,7 @@ import static org.loramerge.quant.QuantException.Reason.*;
 public final class QuantState {
     /** The suffix after {@code P.weight} of the quant state tensor of an NF4 weight. */
     public static final String TENSOR_SUFFIX = ".quant_state.bitsandbytes__nf4";
-    /** The same for FP4, which loramerge refuses. */
+    /** The same for FP4. */
     public static final String FP4_TENSOR_SUFFIX = ".quant_state.bitsandbytes__fp4";
 
     private static final ObjectMapper JSON = JsonMapper.builder()
@@ -52,12 +52,14 @@ public final class QuantState {
     public record Nested(int blocksize, float offset) {
     }
 
+    private final FourBitCode code;
     private final int blocksize;
     private final DType dtype;
     private final long[] shape;
     private final Nested nested;
 
-    private QuantState(int blocksize, DType dtype, long[] shape, Nested nested) {
+    private QuantState(FourBitCode code, int blocksize, DType dtype, long[] shape, Nested nested) {
+        this.code = code;
         this.blocksize = blocksize;
         this.dtype = dtype;
         this.shape = shape.clone();
@@ -66,6 +68,11 @@ public final class QuantState {
 
     /** A new NF4 state; {@code nested} null for plain fp32 absmax. */
     public static QuantState of(int blocksize, DType dtype, long[] shape, Nested nested) {
+        return of(FourBitCode.NF4, blocksize, dtype, shape, nested);
+    }
+
+    /** A new state of {@code code}'s quant type; {@code nested} null for plain fp32 absmax. */
+    public static QuantState of(FourBitCode code, int blocksize, DType dtype, long[] shape, Nested nested) {
         if (!Nf4Codec.isValidBlocksize(blocksize)) {
             throw new IllegalArgumentException("blocksize " + blocksize + " is not a power of two from 32 to 4096");
         }
@@ -78,7 +85,22 @@ public final class QuantState {
         if (shape.length == 0) {
             throw new IllegalArgumentException("a quantized weight has at least one dimension");
         }
-        return new QuantState(blocksize, dtype, shape, nested);
+        return new QuantState(code, blocksize, dtype, shape, nested);
+    }
+
+    /** The code book: {@code quant_type}. */
+    public FourBitCode code() {
+        return code;
+    }
+
+    /** The suffix after {@code P.weight} of this state's tensor: {@code .quant_state.bitsandbytes__<quant_type>}. */
+    public String tensorSuffix() {
+        return ".quant_state.bitsandbytes__" + code.typeName();
+    }
+
+    /** This state with another nesting (a requantized output's new offset). */
+    public QuantState withNested(Nested newNested) {
+        return of(code, blocksize, dtype, shape, newNested);
     }
 
     public int blocksize() {
@@ -126,7 +148,7 @@ public final class QuantState {
      */
     public byte[] toJson() {
         StringBuilder sb = new StringBuilder();
-        sb.append("{\"quant_type\": \"nf4\", \"blocksize\": ").append(blocksize)
+        sb.append("{\"quant_type\": \"").append(code.typeName()).append("\", \"blocksize\": ").append(blocksize)
                 .append(", \"dtype\": \"").append(torchName(dtype)).append("\", \"shape\": [");
         for (int i = 0; i < shape.length; i++) {
             sb.append(i == 0 ? "" : ", ").append(shape[i]);
@@ -142,24 +164,9 @@ public final class QuantState {
     }
 
     /**
-     * The JSON padded with trailing spaces to {@code length} bytes. bitsandbytes reads the tensor
-     * with {@code json.loads}, which ignores trailing whitespace, so a writer that must fix the
-     * tensor's length before the double-quantization offset is known (a file header precedes the
-     * data) can reserve {@link #maxJsonLength} bytes.
-     */
-    public byte[] toJson(int length) {
-        byte[] exact = toJson();
-        if (exact.length > length) {
-            throw new IllegalArgumentException("quant state needs " + exact.length + " bytes, " + length + " reserved");
-        }
-        byte[] out = Arrays.copyOf(exact, length);
-        Arrays.fill(out, exact.length, length, (byte) ' ');
-        return out;
-    }
-
-    /**
      * The longest {@link #toJson} this state can have whatever its nested offset: the offset's
-     * {@code repr} is at most 24 characters (sign, 17 digits, point, {@code e-XX}).
+     * {@code repr} is at most 24 characters (sign, 17 digits, point, {@code e-XX}). A writer that
+     * must reserve the quant state's room before the offset is known reserves this much.
      */
     public int maxJsonLength() {
         int len = toJson().length;
@@ -209,9 +216,11 @@ public final class QuantState {
             }
         }
         String quantType = text(root, "quant_type", path, tensor);
-        if (!quantType.equals("nf4")) {
+        FourBitCode code = FourBitCode.of(quantType);
+        if (code == null || (tensor != null && tensor.contains(".quant_state.bitsandbytes__")
+                && !tensor.endsWith(".quant_state.bitsandbytes__" + quantType))) {
             throw new QuantException(UNSUPPORTED_QUANT_TYPE, path, tensor, "quant_type is \"" + quantType
-                    + "\"; loramerge handles NF4 only (FP4 is a different code book): quantize the base with bnb_4bit_quant_type=\"nf4\"");
+                    + "\"; bitsandbytes' 4-bit weights are nf4 or fp4, named by their quant state tensor's suffix: the file is corrupt");
         }
         long blocksize = integer(root, "blocksize", path, tensor);
         if (!Nf4Codec.isValidBlocksize(blocksize)) {
@@ -242,7 +251,7 @@ public final class QuantState {
             throw new QuantException(INVALID_NESTED, path, tensor, "quant state has some double-quantization fields but not " + missing
                     + "; bitsandbytes writes all of " + NESTED_FIELDS + " or none");
         }
-        return new QuantState((int) blocksize, dtype, shape, nested);
+        return new QuantState(code, (int) blocksize, dtype, shape, nested);
     }
 
     private static Nested nested(JsonNode root, Path path, String tensor) throws QuantException {
@@ -329,12 +338,12 @@ public final class QuantState {
             return false;
         }
         QuantState q = (QuantState) o;
-        return blocksize == q.blocksize && dtype == q.dtype && Arrays.equals(shape, q.shape) && Objects.equals(nested, q.nested);
+        return code == q.code && blocksize == q.blocksize && dtype == q.dtype && Arrays.equals(shape, q.shape) && Objects.equals(nested, q.nested);
     }
 
     @Override
     public int hashCode() {
-        return Objects.hash(blocksize, dtype, Arrays.hashCode(shape), nested);
+        return Objects.hash(code, blocksize, dtype, Arrays.hashCode(shape), nested);
     }
 
     @Override

@@ -8,6 +8,9 @@ import org.loramerge.format.SafetensorsWriter;
  * laid out before any value is known, and the {@link Requantizer} that produces them.
  */
 public interface QuantizedOutput {
+    /** The format written, for reports: "NF4", "FP8". */
+    String kind();
+
     /** The group's tensors as the output header lists them, the codes ({@code weightName}) first. */
     List<SafetensorsWriter.Entry> entries(String weightName);
 

@@ -15,6 +15,12 @@ public interface QuantizedWeight {
     /** The name of the dequantized weight, {@code P.weight}. */
     String weightName();
 
+    /**
+     * Its quantization, as {@code merge --to} names it: {@code nf4}, {@code fp4}, {@code int8},
+     * {@code fp8}, {@code gptq} or {@code awq}.
+     */
+    String kind();
+
     /** The dtype its values dequantize to (the quant state's compute dtype). */
     DType dtype();
 
@@ -45,6 +51,15 @@ public interface QuantizedWeight {
      */
     MappedRegion storedCodes(long firstElement, int count) throws IOException;
 
-    /** What this weight becomes when merged and requantized with its own settings. */
+    /**
+     * What this weight becomes when merged and requantized with its own format and settings; only
+     * for the kinds the planner requantizes ({@code Planner.REQUANTIZABLE}) and when
+     * {@link #whyNotRequantizable} is empty.
+     */
     QuantizedOutput requantizedOutput();
+
+    /** Why this weight of a requantizable kind cannot be requantized with its own settings (a variant loramerge does not write), if so. */
+    default java.util.Optional<String> whyNotRequantizable() {
+        return java.util.Optional.empty();
+    }
 }

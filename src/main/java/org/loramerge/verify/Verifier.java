@@ -19,6 +19,7 @@ import org.loramerge.format.Checkpoint;
 import org.loramerge.format.FloatFormat;
 import org.loramerge.format.MappedRegion;
 import org.loramerge.format.SafetensorsFile;
+import org.loramerge.format.SafetensorsWriter;
 import org.loramerge.format.TensorInfo;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.OutputTensor;
@@ -29,6 +30,7 @@ import org.loramerge.quant.Nf4Output;
 import org.loramerge.quant.Nf4Tensor;
 import org.loramerge.quant.QuantException;
 import org.loramerge.quant.QuantState;
+import org.loramerge.quant.Requantizer;
 
 /**
  * Checks a merged checkpoint against base + adapter: every tensor present with the planned shape;
@@ -98,7 +100,8 @@ public final class Verifier {
                 continue;
             }
             if (planned.isRequantized()) {
-                TensorCheck c = checkRequantized(planned, merged, sampleRows);
+                TensorCheck c = planned.quantizedOutput() instanceof Nf4Output ? checkRequantized(planned, merged, sampleRows)
+                        : checkRequantizedByReplay(planned, merged);
                 checks.add(c);
                 if (c.problem() != null) {
                     problems.add(planned.name() + ": " + c.problem());
@@ -434,7 +437,7 @@ public final class Verifier {
                 for (int i = 0; i < len; i++) {
                     values[i] = (float) fmt.decode(fmt.bitsAt(mergedRows, offset + i));
                 }
-                float absmax = Nf4Codec.quantizeBlock(values, 0, len, codes, 0);
+                float absmax = Nf4Codec.quantizeBlock(got.code(), values, 0, len, codes, 0);
                 tally[0]++;
                 for (int i = 0; i < len; i++) {
                     long at = blockFirst - first + i;
@@ -452,5 +455,72 @@ public final class Verifier {
         long differing = tally[2];
         return new TensorCheck(planned.name(), kind, (int) Math.min(tally[0], Integer.MAX_VALUE), checked, differing, 0, 0, false,
                 differing == 0 ? null : differing + " of " + checked + " checked 4-bit codes (or block absmax) differ from the requantized merge");
+    }
+
+    /**
+     * A requantized group of a format whose scales cover whole ranges of rows (FP8): every range is
+     * merged and requantized again with the format's own requantizer, and its codes and, at the end,
+     * every other tensor of the group must equal what was written, byte for byte.
+     */
+    private static TensorCheck checkRequantizedByReplay(OutputTensor planned, Checkpoint merged) throws IOException {
+        OutputTensor.Kind kind = planned.kind();
+        List<SafetensorsWriter.Entry> entries = planned.quantizedOutput().entries(planned.name());
+        for (SafetensorsWriter.Entry e : entries) {
+            TensorInfo t = merged.tensor(e.name());
+            if (t == null || t.dtype() != e.dtype() || !Arrays.equals(t.shape(), e.shape())) {
+                return new TensorCheck(planned.name(), kind, 0, 0, 0, 0, 0, false, e.name() + " is "
+                        + (t == null ? "missing" : t.dtype() + TensorInfo.shapeString(t.shape())) + ", planned " + e.dtype()
+                        + TensorInfo.shapeString(e.shape()));
+            }
+        }
+        Requantizer r = planned.quantizedOutput().requantizer(planned.source().quantized());
+        TensorJob job = TensorJob.prepare(planned);
+        if (job.needsSelection()) {
+            job.dense().selectAll(job.rows()); // a combination's top-D cut depends on the whole tensor
+        }
+        int cols = job.cols();
+        long n = planned.numElements();
+        FloatFormat fmt = FloatFormat.of(planned.dtype());
+        TensorInfo codesInfo = merged.tensor(planned.name());
+        SafetensorsFile codesFile = merged.fileOf(planned.name());
+        long checked = 0;
+        long differing = 0;
+        try {
+            for (long first = 0; first < n; first += r.blockElements()) {
+                int count = (int) Math.min(r.blockElements(), n - first);
+                long row0 = first / cols;
+                int rows = count / cols;
+                long rowBytes = (long) cols * fmt.sizeInBytes();
+                ByteBuffer x = ByteBuffer.allocate((int) (rows * rowBytes)).order(ByteOrder.LITTLE_ENDIAN);
+                double[] delta = new double[count];
+                try (TensorSource.Bytes src = planned.source().read(row0 * rowBytes, rows * rowBytes)) {
+                    CpuMerge.mergeRows(job, row0, rows, src.bytes(), x, new BlockStats(), delta);
+                    r.encode(first, count, x, src.bytes(), delta);
+                }
+                ByteBuffer want = r.codes(first, count);
+                ByteBuffer got;
+                try (MappedRegion m = codesFile.map(codesInfo, first * codesInfo.dtype().bits() / 8, want.remaining())) {
+                    got = m.bytes();
+                    for (int i = 0; i < want.remaining(); i++) {
+                        checked++;
+                        differing += got.get(i) != want.get(want.position() + i) ? 1 : 0;
+                    }
+                }
+            }
+            r.finish();
+            List<ByteBuffer> tail = r.tail();
+            for (int k = 0; k < tail.size(); k++) {
+                TensorInfo t = merged.tensor(entries.get(k + 1).name());
+                ByteBuffer got = merged.fileOf(t.name()).readAll(t);
+                ByteBuffer want = tail.get(k).duplicate();
+                if (!got.equals(want)) {
+                    differing++;
+                }
+            }
+        } catch (QuantException e) {
+            return new TensorCheck(planned.name(), kind, 0, checked, differing, 0, 0, false, "cannot be requantized again: " + e.getMessage());
+        }
+        return new TensorCheck(planned.name(), kind, (int) Math.min(Integer.MAX_VALUE, n / cols), checked, differing, 0, 0, false,
+                differing == 0 ? null : differing + " of " + checked + " checked codes (or the scales) differ from the requantized merge");
     }
 }

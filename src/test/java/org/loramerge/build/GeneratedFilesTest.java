@@ -11,6 +11,8 @@ import java.util.List;
 import java.util.concurrent.TimeUnit;
 import java.util.stream.Stream;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -66,6 +68,23 @@ class GeneratedFilesTest {
             }
         }
         assertTrue(bytes < 500_000, "QLoRA fixtures stay small: " + bytes + " bytes");
+    }
+
+    /**
+     * The golden FP8, GPTQ and AWQ cases are their generators' output (scripts/fixtures/make_fp8_fixtures.py,
+     * make_gptq_awq_fixtures.py): each MANIFEST.sha256 holds its generator's hash and every file's.
+     */
+    @ParameterizedTest
+    @CsvSource({"fp8, make_fp8_fixtures.py", "gptq_awq, make_gptq_awq_fixtures.py"})
+    void quantizedBaseFixturesMatchTheirGenerator(String folder, String script) throws Exception {
+        Path dir = Paths.get("src/test/resources").resolve(folder);
+        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
+        String regenerate = "regenerate them (python scripts/fixtures/" + script + ", with the versions in "
+                + "scripts/fixtures/requirements-fixtures.txt)";
+        assertEquals(sha256(Paths.get("scripts/fixtures", script)) + "  generator:scripts/fixtures/" + script, manifest.get(0),
+                "scripts/fixtures/" + script + " changed since the fixtures were made: " + regenerate);
+        assertEquals(String.join("\n", manifest.subList(1, manifest.size())), String.join("\n", hashedFiles(dir)),
+                folder + " fixture files differ from what the generator wrote; " + regenerate);
     }
 
     /**

@@ -220,6 +220,32 @@ class CliHabitsTest {
         assertTrue(tensor.get("exactly_rounded").isIntegralNumber() && tensor.get("exact_fallbacks").isIntegralNumber(), tensor.toString());
     }
 
+    @Test
+    void theQuantizedFormatsReportsUseSnakeCaseKeys() throws IOException {
+        Path res = Path.of("src/test/resources");
+        Path fp8 = res.resolve("fp8/fine_grained_128");
+        List<InspectAndVerifyCliTest.Run> runs = new ArrayList<>();
+        for (String model : List.of("qlora/dq_bs64/base", "fp8/fine_grained_128/base", "gptq_awq/gptq_v1_4bit_g32_actorder/base")) {
+            runs.add(run("inspect", res.resolve(model).toString(), "--json"));
+        }
+        runs.add(run("merge", "--base", fp8.resolve("base").toString(), "--adapter", fp8.resolve("adapter").toString(), "--out",
+                dir.resolve("fp8").toString(), "--to", "fp8", "--device", "cpu", "--json", "--quiet"));
+        InspectAndVerifyCliTest.Run q = run("quantize", "--base", FIXTURES.resolve("linear_bf16/base").toString(), "--out",
+                dir.resolve("q").toString(), "--quant-type", "fp4", "--json", "--quiet");
+        runs.add(q);
+        for (InspectAndVerifyCliTest.Run r : runs) {
+            assertEquals(ExitCodes.OK, r.code(), r.err());
+            List<String> bad = new ArrayList<>();
+            keys(new ObjectMapper().readTree(r.out()), bad);
+            assertEquals(List.of(), bad, r.out());
+        }
+        JsonNode inspected = new ObjectMapper().readTree(runs.get(1).out()).get("quantization");
+        assertTrue(inspected.get("format").asText().contains("FP8"), inspected.toString());
+        assertTrue(inspected.get("weights").get(0).has("description") && inspected.get("weights").get(0).has("tensors"), inspected.toString());
+        assertTrue(new ObjectMapper().readTree(runs.get(3).out()).get("requantization").get("codes_changed").isIntegralNumber(), runs.get(3).out());
+        assertEquals("fp4", new ObjectMapper().readTree(q.out()).get("quant_type").asText(), q.out());
+    }
+
     /** Keys that are not snake_case; the values of maps keyed by tensor name (verified_worst_ulp, metadata) are not keys of ours. */
     private static void keys(JsonNode n, List<String> bad) {
         if (n.isObject()) {

@@ -1,12 +1,17 @@
 package org.loramerge.cli;
 
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
 import java.io.ByteArrayOutputStream;
 import java.io.PrintStream;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.stream.Stream;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.TensorInfo;
@@ -53,6 +58,42 @@ class InspectAndVerifyCliTest {
         Run r = run("inspect", FIXTURES.resolve("sharded_bf16/base").toString(), "--json");
         assertEquals(ExitCodes.OK, r.code(), r.err());
         assertTrue(r.out().contains("\"sharded\": true") && r.out().contains("model.layers.0.self_attn.q_proj.weight"), r.out());
+    }
+
+    @Test
+    void inspectDescribesEachQuantizedWeightOfAQloraBase() throws Exception {
+        Path base = Path.of("src/test/resources/qlora/dq_bs64/base");
+        Run r = run("inspect", base.toString());
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        assertTrue(r.out().contains("quantized: bitsandbytes 4-bit NF4, 14 weights"), r.out());
+        String q = r.out().lines().filter(l -> l.startsWith("  model.layers.0.self_attn.q_proj.weight ")).reduce((a, b) -> b).orElseThrow();
+        assertTrue(q.contains("[64, 64]") && q.contains("NF4 (bitsandbytes), blocksize 64, double-quantized, bfloat16"), q);
+        Run j = run("inspect", base.toString(), "--json");
+        JsonNode root = new ObjectMapper().readTree(j.out());
+        assertEquals("bitsandbytes 4-bit NF4", root.path("quantization").path("format").asText(), j.out());
+        assertEquals(14, root.path("quantization").path("weights").size());
+        assertEquals("BF16", root.path("quantization").path("weights").get(0).path("dtype").asText());
+    }
+
+    @Test
+    void inspectListsTheTensorsOfAQuantizedModelItCannotReadThenSaysWhyWithExitThree(@TempDir Path dir) throws Exception {
+        Path src = Path.of("src/test/resources/gptq_awq/gptq_v1_4bit_g32_actorder/base");
+        Path base = dir.resolve("gptq3");
+        Files.createDirectories(base);
+        try (Stream<Path> files = Files.list(src)) {
+            for (Path f : files.toList()) {
+                Files.copy(f, base.resolve(f.getFileName()));
+            }
+        }
+        Files.writeString(base.resolve("config.json"), Files.readString(src.resolve("config.json")).replace("\"bits\": 4", "\"bits\": 3"));
+        Run r = run("inspect", base.toString());
+        assertEquals(ExitCodes.BAD_INPUT, r.code(), r.err());
+        assertTrue(r.out().contains("model.layers.0.self_attn.q_proj.qweight"), "the tensors are listed first: " + r.out());
+        assertTrue(r.err().contains("bits is 3") && r.err().contains("16-bit model instead"), r.err());
+        Run j = run("inspect", base.toString(), "--json");
+        assertEquals(ExitCodes.BAD_INPUT, j.code(), j.err());
+        JsonNode error = new ObjectMapper().readTree(j.out()).get("error");
+        assertTrue(error != null && error.get("message").asText().contains("bits is 3"), "--json prints one document, the error: " + j.out());
     }
 
     @Test

@@ -40,6 +40,9 @@ class Nf4CodecVectorsTest {
         assertTrue(cases.stream().anyMatch(c -> c.numElements() % 2 == 1));
         assertTrue(cases.stream().anyMatch(c -> c.doubleQuant() && c.numBlocks() > 256 && c.numBlocks() % 256 != 0));
         assertTrue(cases.stream().anyMatch(c -> !c.doubleQuant()));
+        assertTrue(cases.stream().anyMatch(Nf4Vectors.Case::orPackedPre047));
+        assertTrue(cases.stream().anyMatch(c -> c.code() == FourBitCode.FP4 && c.doubleQuant()));
+        assertTrue(cases.stream().anyMatch(c -> c.dtype() == org.loramerge.format.DType.F32 && c.name().startsWith("ties")));
         assertTrue(Nf4Vectors.dir().resolve("model.safetensors").toFile().length()
                 + Nf4Vectors.dir().resolve("index.json").toFile().length() < 300_000, "vectors stay tiny");
     }
@@ -121,17 +124,26 @@ class Nf4CodecVectorsTest {
     }
 
     @Test
-    void thresholdsAreTheMidpointsRoundedToFp32AndTiesGoLower() {
+    void thresholdsAreTheKernelsFloatLiteralsAndTiesGoLower() {
         float[] t = Nf4Codec.thresholds();
+        // the bits nvcc 13.0 writes into the PTX of bitsandbytes' dQuantizeNF4 for its 15 literals
+        int[] ptx = {0xBF591CD9, 0xBF1C5270, 0xBEEB8480, 0xBEADEA76, 0xBE703CEC, 0xBE0D38BC, 0xBD3A7871, 0x3D22FAFF,
+            0x3DF64863, 0x3E5067E0, 0x3E9582D4, 0x3EC753F9, 0x3F006D03, 0x3F248DAF, 0x3F5C89D9};
         for (int k = 0; k < 15; k++) {
+            assertEquals(ptx[k], Float.floatToRawIntBits(t[k]), "threshold " + k);
             assertEquals(k, Nf4Codec.encode(t[k]), "a value equal to threshold " + k + " takes the lower code");
             assertEquals(k + 1, Nf4Codec.encode(Math.nextUp(t[k])));
             assertEquals(k, Nf4Codec.encode(Math.nextDown(t[k])));
+            // four literals are one ulp from the fp32 nearest the midpoint: their decimals were printed off a tie
+            float nearest = (float) (((double) Nf4Codec.value(k) + Nf4Codec.value(k + 1)) / 2);
+            boolean off = k == 0 || k == 8 || k == 12 || k == 14;
+            assertEquals(off ? 1 : 0, Math.abs(Float.floatToRawIntBits(t[k]) - Float.floatToRawIntBits(nearest)), "threshold " + k);
         }
         assertEquals(Nf4Codec.ZERO_CODE, Nf4Codec.encode(-0.0f));
         assertEquals(0, Nf4Codec.encode(-1.0f));
         assertEquals(15, Nf4Codec.encode(1.0f));
-        // the reference lists the thresholds that rounded above the exact midpoint; there "equal" is nearer the upper value
+        assertEquals(Nf4Codec.NAN_CODE, Nf4Codec.encode(Float.NaN), "NaN fails every comparison of the kernel's tree");
+        // the reference lists the thresholds that lie above the exact midpoint; there "equal" is nearer the upper value
         for (var k : Nf4Vectors.index().get("thresholds_rounded_up")) {
             int i = k.asInt();
             double mid = ((double) Nf4Codec.value(i) + Nf4Codec.value(i + 1)) / 2;
@@ -143,10 +155,17 @@ class Nf4CodecVectorsTest {
     @MethodSource("cases")
     void quantizeIsBitExact(Nf4Vectors.Case c) throws Exception {
         try (SafetensorsFile f = Nf4Vectors.open()) {
+            byte[] stored = Nf4Vectors.bytes(f, c.name() + ".weight");
+            if (c.orPackedPre047()) {
+                // bitsandbytes before 0.47 OR-ed each thread's first byte into its second (4 elements a thread)
+                for (int i = 1; i < stored.length; i += 2) {
+                    assertEquals(stored[i], (byte) (stored[i] | stored[i - 1]), "byte " + i + " holds the bits of byte " + (i - 1));
+                }
+            }
             float[] input = Nf4Vectors.values(f, c.name() + ".input");
             ByteArrayOutputStream packed = new ByteArrayOutputStream();
-            Nf4Encoder enc = new Nf4Encoder(c.numElements(), c.blocksize(), b -> packed.write(b.array(), b.arrayOffset() + b.position(), b.remaining()),
-                    null, c.name());
+            Nf4Encoder enc = new Nf4Encoder(c.code(), c.numElements(), c.blocksize(),
+                    b -> packed.write(b.array(), b.arrayOffset() + b.position(), b.remaining()), null, c.name());
             // in uneven chunks, as a merge would hand over row blocks
             int pos = 0;
             int chunk = 1;
@@ -157,7 +176,14 @@ class Nf4CodecVectorsTest {
                 chunk = chunk * 3 + 1;
             }
             float[] absmax = enc.finish();
-            assertArrayEquals(Nf4Vectors.bytes(f, c.name() + ".weight"), packed.toByteArray(), "packed codes");
+            byte[] want = packed.toByteArray().clone();
+            if (c.orPackedPre047()) {
+                for (int i = 1; i < want.length; i += 2) {
+                    want[i] |= want[i - 1];
+                }
+                assertFalse(Arrays.equals(want, packed.toByteArray()), "the OR changed some bytes");
+            }
+            assertArrayEquals(stored, want, "packed codes");
             // the same codes from whole blocks encoded out of order, as merge --to nf4's workers do
             byte[] raw = Nf4Vectors.bytes(f, c.name() + ".input");
             FloatFormat fmt = FloatFormat.of(c.dtype());
@@ -168,7 +194,7 @@ class Nf4CodecVectorsTest {
                 long first = pair * 2 * c.blocksize();
                 int count = (int) (Math.min(c.numElements(), first + 2L * c.blocksize()) - first);
                 ByteBuffer src = ByteBuffer.wrap(raw, (int) (first * size), count * size).slice().order(java.nio.ByteOrder.LITTLE_ENDIAN);
-                Nf4Encoder.encodeBlocks(src, fmt, c.numElements(), c.blocksize(), first, count, byBlocks, absmaxByBlocks, null, c.name());
+                Nf4Encoder.encodeBlocks(c.code(), src, fmt, c.numElements(), c.blocksize(), first, count, byBlocks, absmaxByBlocks, null, c.name());
             }
             assertArrayEquals(packed.toByteArray(), byBlocks, "codes of whole blocks encoded apart");
             assertArrayEquals(absmax, absmaxByBlocks);
@@ -181,8 +207,8 @@ class Nf4CodecVectorsTest {
             } else {
                 assertArrayEquals(Nf4Vectors.floats(f, c.name() + ".weight.absmax"), absmax, "absmax");
             }
-            QuantState state = QuantState.of(c.blocksize(), c.dtype(), c.shape(), nested);
-            byte[] json = Nf4Vectors.bytes(f, c.name() + ".weight" + QuantState.TENSOR_SUFFIX);
+            QuantState state = QuantState.of(c.code(), c.blocksize(), c.dtype(), c.shape(), nested);
+            byte[] json = Nf4Vectors.bytes(f, c.name() + ".weight" + state.tensorSuffix());
             assertEquals(new String(json, StandardCharsets.UTF_8), new String(state.toJson(), StandardCharsets.UTF_8));
             assertEquals(state, QuantState.parse(json, null, c.name()));
         }
@@ -231,19 +257,19 @@ class Nf4CodecVectorsTest {
     }
 
     @Test
-    void zeroBlocksDecodeToExactZeroEvenWhenTheirDecodedAbsmaxIsNot() throws Exception {
+    void zeroBlocksTakeCodeZeroAndDecodeAsBitsandbytesDoes() throws Exception {
         try (Checkpoint ckpt = Checkpoint.open(Nf4Vectors.dir())) {
-            Nf4Decoder d = Nf4Tensor.open(ckpt, "zero_blocks_dq_bf16.weight").decoder();
+            Nf4Tensor dqTensor = Nf4Tensor.open(ckpt, "zero_blocks_dq_bf16.weight");
+            Nf4Decoder d = dqTensor.decoder();
             float[] absmax = d.absmax(0, 6);
-            // double quantization decodes a zero block's absmax to about ±0.7% of nested_absmax, here
-            // below zero; code 0 (what the kernel's NaN comparison gives) would decode to -absmax' ≠ 0
+            // double quantization decodes a zero block's absmax to about ±0.7% of nested_absmax, not 0; the
+            // kernel's 0·(1/0) = NaN gives code 0 (-1.0), so the block decodes to -absmax', as in bitsandbytes
             assertNotEquals(0f, absmax[1]);
-            assertNotEquals(0f, Nf4Codec.dequantize(0, absmax[1]));
             float[] v = new float[64];
             for (int block : new int[] {1, 3}) {
                 d.dequantize(block * 64L, 64, v, 0);
                 for (float x : v) {
-                    assertEquals(0f, x, 0f, "block " + block); // ±0.0: the sign is the decoded absmax's
+                    assertEquals(-absmax[block], x, "block " + block);
                 }
             }
             Nf4Decoder plain = Nf4Tensor.open(ckpt, "zero_blocks_bf16.weight").decoder();
@@ -251,24 +277,95 @@ class Nf4CodecVectorsTest {
             for (int block : new int[] {1, 3}) {
                 plain.dequantize(block * 64L, 64, v, 0);
                 for (float x : v) {
-                    // +0.0 even for the block of -0.0 inputs: NF4 has no negative zero
-                    assertEquals(0, Float.floatToRawIntBits(x), "block " + block);
+                    // -1.0 · 0 = -0.0, even for the block of +0.0 inputs
+                    assertEquals(Float.floatToRawIntBits(-0.0f), Float.floatToRawIntBits(x), "block " + block);
                 }
+            }
+        }
+        byte[] codes = new byte[63];
+        float[] zeros = new float[63];
+        assertEquals(0f, Nf4Codec.quantizeBlock(zeros, 0, 63, codes, 0));
+        for (int i = 0; i < 63; i++) {
+            assertEquals(Nf4Codec.NAN_CODE, codes[i], "element " + i);
+        }
+        assertEquals(Nf4Codec.NAN_CODE, Nf4Codec.paddingCode(0f), "the padding of an odd count after an all-zero block");
+        assertEquals(Nf4Codec.ZERO_CODE, Nf4Codec.paddingCode(0.5f));
+    }
+
+    @Test
+    void aWeightPackedBeforeBitsandbytes047IsReadAsStoredWithAWarning() throws Exception {
+        try (Checkpoint ckpt = Checkpoint.open(Nf4Vectors.dir())) {
+            Nf4Tensor old = Nf4Tensor.open(ckpt, "bs1024_bf16_or_packed_pre047.weight");
+            assertTrue(old.warnings().stream().anyMatch(w -> w.contains("before 0.47") && w.contains("as stored")), old.warnings().toString());
+            // dequantizeIsBitExact checks its values: the stored nibbles, decoded as every bitsandbytes version decodes them
+            for (String fine : new String[] {"bs4096_bf16_partial.weight", "bs64_bf16_basic.weight"}) {
+                assertTrue(Nf4Tensor.open(ckpt, fine).warnings().isEmpty(), fine + " is packed as bitsandbytes packs it today");
             }
         }
     }
 
     @Test
+    void fastMathEdgesFlushSubnormalsAndHugeAbsmax() {
+        byte[] codes = new byte[32];
+        float[] subnormal = new float[32];
+        Arrays.fill(subnormal, 3e-39f);
+        subnormal[5] = -1e-40f;
+        assertEquals(0f, Nf4Codec.quantizeBlock(subnormal, 0, 32, codes, 0), "subnormal values count as 0: absmax 0");
+        for (byte c : codes) {
+            assertEquals(Nf4Codec.NAN_CODE, c);
+        }
+        float[] huge = new float[32];
+        Arrays.fill(huge, 1e30f);
+        huge[0] = 1e38f; // above 2^126: the reciprocal is flushed to 0, every element scales to 0
+        huge[1] = -1e38f;
+        assertEquals(1e38f, Nf4Codec.quantizeBlock(huge, 0, 32, codes, 0));
+        for (byte c : codes) {
+            assertEquals(Nf4Codec.ZERO_CODE, c);
+        }
+        float[] mixed = new float[32];
+        Arrays.fill(mixed, 1e-39f);
+        mixed[0] = 0.5f;
+        mixed[1] = -0.25f;
+        assertEquals(0.5f, Nf4Codec.quantizeBlock(mixed, 0, 32, codes, 0));
+        assertEquals(15, codes[0]);
+        for (int i = 2; i < 32; i++) {
+            assertEquals(Nf4Codec.ZERO_CODE, codes[i], "a subnormal element scales to 0");
+        }
+        // dequantizing flushes a subnormal product: code 15 times an absmax below 2^-126 gives +0
+        assertEquals(0, Float.floatToRawIntBits(Nf4Codec.dequantize(15, 1e-39f)));
+        assertEquals(Float.floatToRawIntBits(-0.0f), Float.floatToRawIntBits(Nf4Codec.dequantize(1, 1.5e-38f)));
+    }
+
+    @Test
     void reciprocalVectorsWouldFailWithDivision() throws Exception {
-        // the case exists to pin down x·fl32(1/absmax): check that division really gives other codes there
+        // the case exists to pin down x·rcp(absmax): check that division really gives other codes there
         try (SafetensorsFile f = Nf4Vectors.open()) {
             float[] in = Nf4Vectors.values(f, "reciprocal_not_division_f32.input");
             int differ = 0;
             for (int b = 0; b < in.length / 32; b++) {
                 float a = Nf4Codec.absmax(in, b * 32, 32);
-                float r = 1.0f / a;
+                float r = CudaFastMath.rcp(a);
                 for (int i = b * 32; i < b * 32 + 32; i++) {
-                    if (Nf4Codec.encode(in[i] * r) != Nf4Codec.encode(in[i] / a)) {
+                    if (Nf4Codec.encode(CudaFastMath.mul(in[i], r)) != Nf4Codec.encode(in[i] / a)) {
+                        differ++;
+                    }
+                }
+            }
+            assertTrue(differ >= 4, "only " + differ + " elements tell the two apart");
+        }
+    }
+
+    @Test
+    void approximateReciprocalVectorsWouldFailWithTheCorrectlyRoundedOne() throws Exception {
+        // the case pins down the device's rcp.approx (CudaFastMath's table): RN(1/absmax) gives other codes there
+        try (SafetensorsFile f = Nf4Vectors.open()) {
+            float[] in = Nf4Vectors.values(f, "reciprocal_approx_f32.input");
+            int differ = 0;
+            for (int b = 0; b < in.length / 32; b++) {
+                float a = Nf4Codec.absmax(in, b * 32, 32);
+                assertNotEquals(1f / a, CudaFastMath.rcp(a), "block " + b + "'s absmax is one the approximation rounds the other way");
+                for (int i = b * 32; i < b * 32 + 32; i++) {
+                    if (Nf4Codec.encode(CudaFastMath.mul(in[i], CudaFastMath.rcp(a))) != Nf4Codec.encode(in[i] * (1f / a))) {
                         differ++;
                     }
                 }

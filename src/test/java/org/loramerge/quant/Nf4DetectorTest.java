@@ -142,7 +142,7 @@ class Nf4DetectorTest {
     }
 
     @Test
-    void fp4AndEightBitWeightsAreRefused() throws Exception {
+    void aQuantStateOfAnotherTypeThanItsNameAndStrayEightBitScalesAreRefused() throws Exception {
         assertEquals(UNSUPPORTED_QUANT_TYPE, reject(model(PLAIN, ts -> replace(ts, QuantState.TENSOR_SUFFIX,
                 t -> new QuantModels.Tensor(t.name().replace("nf4", "fp4"), t.dtype(), t.shape(), t.data())), null)));
         assertEquals(UNSUPPORTED_CONFIG, reject(model(PLAIN, ts -> {
@@ -197,13 +197,15 @@ class Nf4DetectorTest {
         assertEquals(new Bnb4BitConfig(false, DType.F32),
                 parseConfig("{\"quant_method\": \"bitsandbytes\", \"load_in_4bit\": true, \"bnb_4bit_quant_type\": \"nf4\"}"));
         assertNull(Bnb4BitConfig.parse((ObjectNode) JSON.readTree("{\"model_type\": \"llama\"}"), Path.of("config.json")));
+        // transformers' default quant type is fp4, which loramerge reads too
+        assertEquals(new Bnb4BitConfig(false, DType.F32, FourBitCode.FP4),
+                parseConfig("{\"quant_method\": \"bitsandbytes\", \"load_in_4bit\": true}"));
     }
 
     @Test
     void unsupportedConfigs() {
         String base = "{\"quant_method\": \"bitsandbytes\", \"load_in_4bit\": true, \"bnb_4bit_quant_type\": \"nf4\"";
-        assertEquals(UNSUPPORTED_CONFIG, rejectConfig(base.replace("nf4", "fp4") + "}"));
-        assertEquals(UNSUPPORTED_CONFIG, rejectConfig("{\"quant_method\": \"bitsandbytes\", \"load_in_4bit\": true}")); // default fp4
+        assertEquals(UNSUPPORTED_CONFIG, rejectConfig(base.replace("nf4", "int4") + "}"));
         assertEquals(UNSUPPORTED_CONFIG, rejectConfig(base + ", \"bnb_4bit_quant_storage\": \"bfloat16\"}"));
         assertEquals(UNSUPPORTED_CONFIG, rejectConfig(base + ", \"bnb_4bit_compute_dtype\": \"float64\"}"));
         assertEquals(UNSUPPORTED_CONFIG, rejectConfig("{\"quant_method\": \"bitsandbytes\", \"load_in_8bit\": true}"));

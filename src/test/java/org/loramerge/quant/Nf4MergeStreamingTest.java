@@ -121,7 +121,7 @@ class Nf4MergeStreamingTest {
             QuantState state = QuantState.of(t.blocksize(), DType.BF16, t.shape(), new QuantState.Nested(256, dq.offset()));
             ByteBuffer nested = ByteBuffer.allocate(dq.nestedAbsmax().length * 4).order(ByteOrder.LITTLE_ENDIAN);
             nested.asFloatBuffer().put(dq.nestedAbsmax());
-            return List.of(ByteBuffer.wrap(packed.toByteArray()), ByteBuffer.wrap(dq.codes()), nested, ByteBuffer.wrap(state.toJson(state.maxJsonLength())));
+            return List.of(ByteBuffer.wrap(packed.toByteArray()), ByteBuffer.wrap(dq.codes()), nested, ByteBuffer.wrap(state.toJson()));
         }
     }
 

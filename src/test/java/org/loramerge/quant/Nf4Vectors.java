@@ -24,9 +24,15 @@ import org.loramerge.format.TensorInfo;
 public final class Nf4Vectors {
     private static final ObjectMapper JSON = new ObjectMapper();
 
-    /** One case of index.json. */
+    /**
+     * One case of index.json.
+     *
+     * @param orPackedPre047 its stored codes are packed as bitsandbytes before 0.47 packed blocksize &gt;= 1024
+     *                       (each thread's second byte OR-ed with its first), not as quantizing writes them today
+     * @param code           its quant_type's code book, NF4 or FP4
+     */
     public record Case(String name, DType dtype, long[] shape, int blocksize, boolean doubleQuant, long numElements, long numBlocks,
-                List<String> tensors, String covers) {
+                List<String> tensors, String covers, boolean orPackedPre047, FourBitCode code) {
         public boolean has(String suffix) {
             return tensors.contains(name + suffix);
         }
@@ -80,7 +86,8 @@ public final class Nf4Vectors {
             c.get("tensors").forEach(t -> tensors.add(t.asText()));
             out.add(new Case(c.get("name").asText(), DType.valueOf(c.get("dtype").asText()), shape, c.get("blocksize").asInt(),
                     c.get("double_quant").asBoolean(), c.get("num_elements").asLong(), c.get("num_blocks").asLong(), tensors,
-                    c.get("covers").asText()));
+                    c.get("covers").asText(), c.path("or_packed_pre047").asBoolean(false),
+                    FourBitCode.valueOf(c.path("quant_type").asText("nf4").toUpperCase(java.util.Locale.ROOT))));
         }
         return out;
     }

@@ -17,7 +17,6 @@ import org.loramerge.engine.cpu.CpuTensorMerge;
 import org.loramerge.plan.DoraSpec;
 import org.loramerge.plan.Layout;
 import org.loramerge.plan.TermSpec;
-import org.loramerge.quant.Nf4Weight;
 
 /**
  * The GPU engine. Each pipeline thread owns a {@link DeviceWorker} (a stream, a cuBLAS handle,
@@ -85,15 +84,14 @@ public final class CudaBackend implements Backend {
      * low-rank terms whose rows split into segments ({@link CudaTensorMerge#segments}: several
      * terms on the same rows, from combined adapters, go up as one, {@link DeviceFactors#of}; an MoE
      * expert stack's terms, each on its expert's rows, one segment per expert), DoRA with row norms
-     * (one term) or none, no token rows or bias term, a dense source or an NF4 one (dequantized on
-     * the device; an NF4 output is requantized there too), converted to another dtype or not; or a
-     * dense combination of the task-arithmetic family ({@link CudaDenseMerge#fits}).
+     * (one term) or none, no token rows or bias term, converted to another dtype or not; or a dense
+     * combination of the task-arithmetic family ({@link CudaDenseMerge#fits}). The source is dense,
+     * or NF4 (dequantized on the device; an NF4 output is requantized there too), or another
+     * quantized format, which the pipeline dequantizes on the CPU with the format's codec before
+     * the block goes up as dense values.
      */
     static boolean onGpu(TensorJob job) {
         if (job.srcFormat() == null || job.dstFormat() == null || job.doraAxis() == DoraSpec.Axis.COLUMN || job.tokenValues() != null) {
-            return false;
-        }
-        if (job.out().source().isQuantized() && !(job.out().source().quantized() instanceof Nf4Weight)) {
             return false;
         }
         for (TermSpec t : job.out().terms()) {
@@ -134,10 +132,10 @@ public final class CudaBackend implements Backend {
 
     @Override
     public Requantization openRequantization(TensorJob job) throws IOException {
-        // requantized on the device: an NF4 weight whose terms all cover every row (one segment) and without DoRA (whose
-        // norms need the whole row first)
-        if (!onGpu(job) || job.dense() != null || job.doraAxis() != null || !(job.out().source().quantized() instanceof Nf4Weight)
-                || CudaTensorMerge.segments(job.terms(), job.rows()).size() != 1) {
+        // requantized on the device: an NF4 weight to NF4 (another format's codec runs on the CPU) whose terms all cover every
+        // row (one segment) and without DoRA (whose norms need the whole row first)
+        if (!onGpu(job) || job.dense() != null || job.doraAxis() != null || CudaTensorMerge.deviceNf4(job) == null
+                || !job.out().quantizedOutput().kind().equals("NF4") || CudaTensorMerge.segments(job.terms(), job.rows()).size() != 1) {
             return new CpuRequantization(job);
         }
         return remember(new CudaRequantization(this, device, job));

@@ -17,7 +17,6 @@ import org.loramerge.plan.TensorSource;
 import org.loramerge.quant.DoubleQuant;
 import org.loramerge.quant.DynamicMap;
 import org.loramerge.quant.Nf4Codec;
-import org.loramerge.quant.Nf4Output;
 import org.loramerge.quant.Nf4Requantizer;
 import org.loramerge.quant.Nf4Tensor;
 import org.loramerge.quant.Nf4Weight;
@@ -49,7 +48,6 @@ final class CudaRequantization implements Requantization {
     /** The rows' merge on the device: the factors, the base's decoded absmax, the upload and dequantization of W. */
     private final CudaTensorMerge merge;
     private final QuantState base;
-    private final int quantStateBytes;
     private final FloatFormat format;
     private final long numElements;
     private final int blocksize;
@@ -66,7 +64,6 @@ final class CudaRequantization implements Requantization {
         this.device = device;
         this.job = job;
         this.base = ((Nf4Weight) job.out().source().quantized()).tensor().state();
-        this.quantStateBytes = ((Nf4Output) job.out().quantizedOutput()).quantStateBytes();
         this.format = job.dstFormat();
         this.numElements = base.numElements();
         this.blocksize = base.blocksize();
@@ -236,7 +233,7 @@ final class CudaRequantization implements Requantization {
                 JCuda.cudaMemcpy(Pointer.to(absmax), absmaxX.pointer(), (long) blocks * Sizeof.FLOAT, cudaMemcpyKind.cudaMemcpyDeviceToHost);
                 state = QuantState.of(blocksize, base.dtype(), base.shape(), null);
             }
-            List<ByteBuffer> tail = Nf4Tensor.tail(state, absmax, dq, quantStateBytes);
+            List<ByteBuffer> tail = Nf4Tensor.tail(state, absmax, dq);
             Requantizer.Change measured = change;
             return new Result(tail, List.of(() -> measured));
         }

@@ -50,7 +50,7 @@ final class CudaTensorMerge implements TensorMerge {
         this.device = device;
         this.job = job;
         device.bindContext();
-        this.nf4 = job.out().source().quantized() instanceof Nf4Weight ? (Nf4Weight) job.out().source().quantized() : null;
+        this.nf4 = deviceNf4(job);
         this.segments = segments(job.terms(), job.rows());
         if (segments == null) {
             throw new IllegalArgumentException(job.out().name() + ": the terms' rows do not split into segments (CudaBackend.onGpu)");
@@ -80,6 +80,12 @@ final class CudaTensorMerge implements TensorMerge {
         this.factors = up;
         this.sourceAbsmax = absmax;
         this.magnitude = m;
+    }
+
+    /** The source when it is an NF4 weight, which the device dequantizes itself (an FP4 one goes up dequantized), else null. */
+    static Nf4Weight deviceNf4(TensorJob job) {
+        return job.out().source().quantized() instanceof Nf4Weight && ((Nf4Weight) job.out().source().quantized()).kind().equals("nf4")
+                ? (Nf4Weight) job.out().source().quantized() : null;
     }
 
     /**

@@ -3,6 +3,9 @@ package org.loramerge.engine.cuda;
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.io.InputStream;
+import jcuda.Pointer;
+import jcuda.Sizeof;
+import jcuda.driver.CUdeviceptr;
 import jcuda.driver.CUfunction;
 import jcuda.driver.CUmodule;
 import jcuda.driver.JCudaDriver;
@@ -29,6 +32,18 @@ final class KernelModule implements AutoCloseable {
             image = out.toByteArray();
         }
         JCudaDriver.cuModuleLoadData(module, image);
+    }
+
+    /** Copies {@code values} into the module's {@code __device__} array {@code name}, which must be exactly that large. */
+    void setGlobal(String name, int[] values) {
+        CUdeviceptr ptr = new CUdeviceptr();
+        long[] size = {0};
+        JCudaDriver.cuModuleGetGlobal(ptr, size, module, name);
+        long bytes = (long) values.length * Sizeof.INT;
+        if (size[0] != bytes) {
+            throw new IllegalStateException(this.name + ": " + name + " has " + size[0] + " bytes, not " + bytes);
+        }
+        JCudaDriver.cuMemcpyHtoD(ptr, Pointer.to(values), bytes);
     }
 
     CUfunction function(String kernel) {

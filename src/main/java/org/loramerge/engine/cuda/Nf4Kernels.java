@@ -12,6 +12,7 @@ import jcuda.driver.JCudaDriver;
 import jcuda.runtime.JCuda;
 import jcuda.runtime.cudaMemcpyKind;
 import org.loramerge.format.FloatFormat;
+import org.loramerge.quant.CudaFastMath;
 import org.loramerge.quant.Nf4Decoder;
 
 /**
@@ -27,8 +28,10 @@ public final class Nf4Kernels {
 
     private final Map<String, CUfunction> functions = new HashMap<>();
 
+    /** Loads the kernels of {@code module} and gives it the reciprocal table of bitsandbytes' fast math (CudaFastMath). */
     Nf4Kernels(KernelModule module) {
-        for (String name : new String[] {"nf4_decode_absmax", "nf4_exponent_sums", "nf4_double_quant"}) {
+        module.setGlobal("lm_rcp_table", CudaFastMath.reciprocalTable());
+        for (String name : new String[] {"nf4_decode_absmax", "nf4_exponent_sums", "nf4_double_quant", "nf4_rcp_check"}) {
             functions.put(name, module.function(name));
         }
         for (String type : new String[] {"bf16", "f16", "f32"}) {
@@ -110,6 +113,23 @@ public final class Nf4Kernels {
     public void doubleQuant(CudaStream s, Pointer absmax, long n, float offset, Pointer map, Pointer codes, Pointer nestedAbsmax) {
         launch(s, "nf4_double_quant", (n + 255) / 256, Pointer.to(absmax), p(n), p(offset), Pointer.to(map), Pointer.to(codes),
                 Pointer.to(nestedAbsmax));
+    }
+
+    /**
+     * How many of 2 · 2^23 reciprocals (every significand, in two binades) this GPU's
+     * rcp.approx.ftz.f32 computes otherwise than the table loramerge emulates it with: 0 on a GPU
+     * whose bitsandbytes build writes the bytes loramerge writes. Synchronizes {@code s}.
+     */
+    public long reciprocalMismatches(CudaStream s) {
+        try (DeviceMemory count = new DeviceMemory(Sizeof.LONG)) {
+            JCuda.cudaMemsetAsync(count.pointer(), 0, Sizeof.LONG, s.runtime());
+            JCudaDriver.cuLaunchKernel(functions.get("nf4_rcp_check"), (1 << 23) / THREADS, 1, 1, THREADS, 1, 1, 0, s.driver(),
+                    Pointer.to(Pointer.to(count.pointer())), null);
+            long[] out = new long[1];
+            s.synchronize();
+            JCuda.cudaMemcpy(Pointer.to(out), count.pointer(), Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost);
+            return out[0];
+        }
     }
 
     /** The survival sums per tile of {@link #MEASURE_TILE} elements: 4 doubles a tile into {@code out}. */

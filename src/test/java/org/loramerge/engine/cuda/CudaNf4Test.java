@@ -15,6 +15,7 @@ import jcuda.runtime.cudaMemcpyKind;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
@@ -33,6 +34,8 @@ import org.loramerge.pipeline.MergeReport;
 import org.loramerge.pipeline.MergeRunner;
 import org.loramerge.pipeline.Progress;
 import org.loramerge.pipeline.QuantizeRunner;
+import org.loramerge.plan.Combination;
+import org.loramerge.plan.CombineMethod;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
@@ -150,6 +153,21 @@ class CudaNf4Test {
                 Arguments.of(DType.BF16, 4096, 3 * 4096 + 17));
     }
 
+    /**
+     * The device's approximate reciprocal (what bitsandbytes' 1.0f/absmax is on this GPU) against the
+     * table the codec and the kernels emulate it with: equal for every significand on a GPU where
+     * bitsandbytes quantizes exactly as loramerge does.
+     */
+    @Test
+    void thisGpusApproximateReciprocalIsTheTableLoramergeEmulates() {
+        cuda.device().bindContext();
+        try (CudaStream s = new CudaStream()) {
+            assertEquals(0, cuda.device().nf4().reciprocalMismatches(s),
+                    "this GPU's rcp.approx.ftz.f32 differs from src/main/resources/org/loramerge/quant/rcp_approx_ftz.bits.z; "
+                            + "run scripts/device/make-rcp-table.sh and see docs/FORMATS.md §5");
+        }
+    }
+
     /** Many blocks of random values, zero blocks and values on the thresholds: kernels against Nf4Encoder and DoubleQuant. */
     @ParameterizedTest(name = "{0} blocksize {1}, {2} elements")
     @MethodSource("randomShapes")
@@ -164,6 +182,10 @@ class CudaNf4Test {
             double v;
             if (block % 17 == 5) {
                 v = 0.0; // an all-zero block
+            } else if (block % 19 == 7) {
+                v = (i % 5 == 0 ? 1e-39 : 3e-38) * (rnd.nextBoolean() ? 1 : -1); // subnormals the kernel flushes, beside small normals
+            } else if (block % 23 == 11 && dtype != DType.F16) {
+                v = (i % blocksize == 0 ? 2e38 : rnd.nextDouble() * 1e38) * (rnd.nextBoolean() ? 1 : -1); // absmax above 2^126
             } else if (block % 13 == 3 && i % blocksize == 0) {
                 v = 1.0; // absmax 1: the next values sit exactly on thresholds
             } else if (block % 13 == 3) {
@@ -210,6 +232,55 @@ class CudaNf4Test {
         if (to == QuantTarget.NF4) {
             assertSameSurvival(reports[0], reports[1]);
             assertTrue(reports[0].requantization.codesChanged > 0, "the adapter moved some codes");
+        }
+    }
+
+    static Stream<Arguments> otherQuantizedBases() {
+        return Stream.of(
+                Arguments.of("fp8/fine_grained_128", QuantTarget.BF16), Arguments.of("fp8/fine_grained_128", QuantTarget.FP8),
+                Arguments.of("fp8/compressed_tensors", QuantTarget.BF16),
+                Arguments.of("gptq_awq/gptq_v1_4bit_g32_actorder", QuantTarget.F16),
+                Arguments.of("gptq_awq/gptq_v1_4bit_g32_actorder", QuantTarget.NF4),
+                Arguments.of("gptq_awq/awq_gemm_4bit_g32", QuantTarget.F16), Arguments.of("gptq_awq/gptq_v2_8bit_one_group", QuantTarget.F16));
+    }
+
+    /**
+     * FP8, GPTQ and AWQ bases: their CPU codec dequantizes each block inside the GPU engine, which
+     * merges it on the device (or requantizes it on the CPU); the output must be the CPU engine's.
+     */
+    @ParameterizedTest(name = "{0} --to {1}")
+    @MethodSource("otherQuantizedBases")
+    void otherQuantizedBasesMergeToTheCpuEnginesBytes(String fixture, QuantTarget to) throws Exception {
+        Path caseDir = Path.of("src/test/resources", fixture);
+        mergeOnBoth(caseDir.resolve("base"), caseDir.resolve("adapter"), to, Backend.DEFAULT_BLOCK_BYTES);
+    }
+
+    static Stream<Arguments> combinedOnQuantizedBases() {
+        return Stream.of(
+                Arguments.of("fp8/fine_grained_128", QuantTarget.FP8, CombineMethod.CAT),
+                Arguments.of("fp8/fine_grained_128", QuantTarget.BF16, CombineMethod.TIES),
+                Arguments.of("gptq_awq/gptq_v1_4bit_g32_actorder", QuantTarget.NF4, CombineMethod.LINEAR),
+                Arguments.of("gptq_awq/awq_gemm_4bit_g32", QuantTarget.F16, CombineMethod.TASK_ARITHMETIC));
+    }
+
+    /**
+     * merge --combine on FP8, GPTQ and AWQ bases: the adapter combined with itself (weights 0.7 and
+     * 0.4, density 0.5 where the method trims); two factor terms on the same rows fold into one on the
+     * device, a dense combination runs on the CPU engine inside the GPU one; the output must be the
+     * CPU engine's, survival included.
+     */
+    @ParameterizedTest(name = "{0} --to {1}, {2}")
+    @MethodSource("combinedOnQuantizedBases")
+    void combinedAdaptersOnOtherQuantizedBasesMergeToTheCpuEnginesBytes(String fixture, QuantTarget to, CombineMethod method) throws Exception {
+        Path caseDir = Path.of("src/test/resources", fixture);
+        Combination how = Combination.of(method, 2, List.of(0.7, 0.4), 0.5, Combination.MajoritySign.TOTAL, 1.0, 5, 0, null);
+        try (Checkpoint base = Checkpoint.open(caseDir.resolve("base")); LoraAdapter a = LoraAdapter.open(caseDir.resolve("adapter"));
+             LoraAdapter b = LoraAdapter.open(caseDir.resolve("adapter"))) {
+            MergePlan plan = Planner.plan(base, List.of(a, b), PlanOptions.defaults().withTarget(to), how);
+            MergeReport[] reports = mergeOnBoth(plan, caseDir.resolve("base"), caseDir.resolve("adapter"), Backend.DEFAULT_BLOCK_BYTES);
+            if (!to.isDense()) {
+                assertSameSurvival(reports[0], reports[1]);
+            }
         }
     }
 
@@ -289,26 +360,30 @@ class CudaNf4Test {
      */
     private MergeReport[] mergeOnBoth(Path baseDir, Path adapterDir, QuantTarget to, int blockBytes) throws Exception {
         try (Checkpoint base = Checkpoint.open(baseDir); LoraAdapter adapter = LoraAdapter.open(adapterDir)) {
-            MergePlan plan = Planner.plan(base, adapter, PlanOptions.defaults().withTarget(to));
-            Path cpuOut = dir.resolve("cpu");
-            Path gpuOut = dir.resolve("gpu");
-            MergeRunner.Options options = new MergeRunner.Options(false, blockBytes);
-            MergeReport cpuReport;
-            MergeReport gpuReport;
-            try (CpuBackend cpu = new CpuBackend(2); AtomicOutput o = AtomicOutput.create(cpuOut, false, List.of(baseDir, adapterDir))) {
-                cpuReport = MergeRunner.run(plan, cpu, o, options, Progress.silent());
-            }
-            try (AtomicOutput o = AtomicOutput.create(gpuOut, false, List.of(baseDir, adapterDir))) {
-                gpuReport = MergeRunner.run(plan, cuda, o, options, Progress.silent());
-            }
-            try (Stream<Path> files = Files.list(cpuOut)) {
-                for (Path p : files.toList()) {
-                    assertArrayEquals(Files.readAllBytes(p), Files.readAllBytes(gpuOut.resolve(p.getFileName())),
-                            baseDir + ": " + p.getFileName());
-                }
-            }
-            return new MergeReport[] {cpuReport, gpuReport};
+            return mergeOnBoth(Planner.plan(base, adapter, PlanOptions.defaults().withTarget(to)), baseDir, adapterDir, blockBytes);
         }
+    }
+
+    /** {@code plan} merged by the CPU engine into dir/cpu and by the GPU into dir/gpu; every file byte-identical. */
+    private MergeReport[] mergeOnBoth(MergePlan plan, Path baseDir, Path adapterDir, int blockBytes) throws Exception {
+        Path cpuOut = dir.resolve("cpu");
+        Path gpuOut = dir.resolve("gpu");
+        MergeRunner.Options options = new MergeRunner.Options(false, blockBytes);
+        MergeReport cpuReport;
+        MergeReport gpuReport;
+        try (CpuBackend cpu = new CpuBackend(2); AtomicOutput o = AtomicOutput.create(cpuOut, false, List.of(baseDir, adapterDir))) {
+            cpuReport = MergeRunner.run(plan, cpu, o, options, Progress.silent());
+        }
+        try (AtomicOutput o = AtomicOutput.create(gpuOut, false, List.of(baseDir, adapterDir))) {
+            gpuReport = MergeRunner.run(plan, cuda, o, options, Progress.silent());
+        }
+        try (Stream<Path> files = Files.list(cpuOut)) {
+            for (Path p : files.toList()) {
+                assertArrayEquals(Files.readAllBytes(p), Files.readAllBytes(gpuOut.resolve(p.getFileName())),
+                        baseDir + ": " + p.getFileName());
+            }
+        }
+        return new MergeReport[] {cpuReport, gpuReport};
     }
 
     /** The GPU's survival figures: the CPU's counts, and its norms to 1e-9 (summed in another order). */
