@@ -285,6 +285,22 @@ public final class LoraMerge {
         return target;
     }
 
+    /** A number of rows to check, N (1 or more) or {@code all} ({@link VerifyOptions#ALL_ROWS}); {@code option} names it in the message. */
+    public static int parseRows(String option, String value) throws UsageException {
+        if (value.equalsIgnoreCase("all")) {
+            return VerifyOptions.ALL_ROWS;
+        }
+        try {
+            int n = Integer.parseInt(value.trim());
+            if (n > 0) {
+                return n;
+            }
+        } catch (NumberFormatException e) {
+            // the message below
+        }
+        throw new UsageException(option + " " + value + ": expected a positive number of rows, or all");
+    }
+
     /** A size such as 5GB, 500MB, 2GiB or a byte count (decimal units, as transformers counts them). */
     public static long parseSize(String s) throws UsageException {
         String t = s.trim().toUpperCase(Locale.ROOT);
