@@ -6,6 +6,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Comparator;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
@@ -15,11 +16,13 @@ import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicLong;
+import org.loramerge.api.LoraMerge;
 import org.loramerge.api.MergeOptions;
 import org.loramerge.api.MergeResult;
 import org.loramerge.engine.DeviceUnavailableException;
 import org.loramerge.engine.select.Backends;
 import org.loramerge.errors.ExitCode;
+import org.loramerge.format.DType;
 import org.loramerge.errors.OutputException;
 import org.loramerge.errors.UsageException;
 import org.loramerge.errors.UserException;
@@ -39,9 +42,10 @@ public final class BatchRunner {
      * @param parallel   merges at once in total, spread over the devices in turn; null: one per device
      * @param strict     refuse the whole batch up front when any line is bad
      * @param stateDir   the state folder; null: the manifest's name plus {@code .state} beside it
+     * @param sharedRead lines that share a base are merged in one pass over it ({@link LoraMerge#mergeShared})
      * @param log        where progress goes, or null for none
      */
-    public record Options(String devices, Integer parallel, boolean strict, Path stateDir, PrintStream log) {
+    public record Options(String devices, Integer parallel, boolean strict, Path stateDir, boolean sharedRead, PrintStream log) {
     }
 
     /** Progress lines are printed at least this often while merges run. */
@@ -192,7 +196,7 @@ public final class BatchRunner {
 
     private List<BatchResult.LineResult> runAll(List<ManifestEntry> entries, List<String> devices, int slots, BatchState state)
             throws IOException {
-        ConcurrentLinkedQueue<ManifestEntry> queue = new ConcurrentLinkedQueue<>(entries);
+        ConcurrentLinkedQueue<List<ManifestEntry>> queue = new ConcurrentLinkedQueue<>(tasks(entries, slots, options.sharedRead()));
         ConcurrentLinkedQueue<BatchResult.LineResult> results = new ConcurrentLinkedQueue<>();
         // the cores are shared: each merge's CPU work (all of it on the CPU engine) gets its part
         int threadsPerMerge = Math.max(1, Runtime.getRuntime().availableProcessors() / slots);
@@ -209,12 +213,12 @@ public final class BatchRunner {
             }, STATUS_SECONDS, STATUS_SECONDS, TimeUnit.SECONDS);
         }
         List<Thread> workers = new ArrayList<>();
-        for (int i = 0; i < Math.min(slots, Math.max(1, entries.size())); i++) {
+        for (int i = 0; i < Math.min(slots, Math.max(1, queue.size())); i++) {
             String device = devices.get(i % devices.size());
             Thread t = new Thread(() -> {
-                ManifestEntry e;
-                while ((e = queue.poll()) != null) {
-                    results.add(runLine(e, device, threadsPerMerge, state));
+                List<ManifestEntry> task;
+                while ((task = queue.poll()) != null) {
+                    results.addAll(runTask(task, device, threadsPerMerge, state));
                 }
             }, "loramerge-batch-" + i + "-" + device);
             workers.add(t);
@@ -233,8 +237,82 @@ public final class BatchRunner {
         return new ArrayList<>(results);
     }
 
-    /** One line: skipped when its output is there with the recorded checksum, else merged; never throws. */
-    private BatchResult.LineResult runLine(ManifestEntry e, String workerDevice, int threads, BatchState state) {
+    /**
+     * The work units: with {@code sharedRead}, the lines that can share a pass over one base (same base
+     * folder, dtype, to, shard size, link rule and device) in up to {@code slots} groups of two or
+     * more, so that every device still gets work; every other line alone.
+     */
+    static List<List<ManifestEntry>> tasks(List<ManifestEntry> entries, int slots, boolean sharedRead) {
+        List<List<ManifestEntry>> tasks = new ArrayList<>();
+        if (!sharedRead) {
+            entries.forEach(e -> tasks.add(List.of(e)));
+            return tasks;
+        }
+        Map<String, List<ManifestEntry>> groups = new LinkedHashMap<>();
+        for (ManifestEntry e : entries) {
+            groups.computeIfAbsent(shareKey(e), k -> new ArrayList<>()).add(e);
+        }
+        for (List<ManifestEntry> g : groups.values()) {
+            int chunks = Math.max(1, Math.min(slots, g.size() / 2));
+            List<List<ManifestEntry>> split = new ArrayList<>();
+            for (int c = 0; c < chunks; c++) {
+                split.add(new ArrayList<>());
+            }
+            for (int i = 0; i < g.size(); i++) {
+                split.get(i % chunks).add(g.get(i));
+            }
+            tasks.addAll(split);
+        }
+        return tasks;
+    }
+
+    /** What lines must agree on to share a pass over their base. */
+    private static String shareKey(ManifestEntry e) {
+        MergeOptions o = e.options();
+        Path base = Path.of(e.base()).toAbsolutePath().normalize();
+        try {
+            base = base.toRealPath();
+        } catch (IOException x) {
+            // checked up front; compared as written if it vanished since
+        }
+        String dtype;
+        try {
+            DType d = LoraMerge.parseDtype(o.dtype());
+            dtype = d == null ? "auto" : d.name();
+        } catch (UsageException x) {
+            dtype = o.dtype();
+        }
+        return String.join("\u0000", base.toString(), dtype, String.valueOf(o.to()).toLowerCase(Locale.ROOT), Long.toString(o.maxShardSize()),
+                Boolean.toString(o.followSymlinks()), String.valueOf(o.device()));
+    }
+
+    /** A line to be merged now: the checks passed. */
+    private record Pending(ManifestEntry entry, Path out, MergeOptions options, String device, BatchState.Entry record, long t0) {
+    }
+
+    /** The lines of one task: each skipped or refused on its own, the rest merged in one shared pass when two or more remain. */
+    private List<BatchResult.LineResult> runTask(List<ManifestEntry> task, String workerDevice, int threads, BatchState state) {
+        List<BatchResult.LineResult> results = new ArrayList<>();
+        List<Pending> pending = new ArrayList<>();
+        for (ManifestEntry e : task) {
+            Object checked = check(e, workerDevice, threads, state);
+            if (checked instanceof Pending) {
+                pending.add((Pending) checked);
+            } else {
+                results.add((BatchResult.LineResult) checked);
+            }
+        }
+        if (pending.size() >= 2) {
+            pending = runShared(pending, threads, state, results);
+        }
+        for (Pending p : pending) {
+            results.add(runAlone(p, state));
+        }
+        return results;
+    }
+
+    /** A skipped or failed line's result, or the {@link Pending} merge. Never throws. */
+    private Object check(ManifestEntry e, String workerDevice, int threads, BatchState state) {
         Path out = Path.of(e.out());
         String device = e.options().device() != null ? e.options().device() : workerDevice;
         long t0 = System.nanoTime();
@@ -264,43 +342,149 @@ public final class BatchRunner {
             if (o.threads() == 0) {
                 o = o.withThreads(threads);
             }
-            if (log != null) {
-                log.println("batch: line " + e.line() + ": merging into " + out + " on " + device);
-            }
-            MergeResult r;
-            state.running(e.id(), e.line(), out);
-            running.incrementAndGet();
-            try {
-                r = e.withOptions(o).run(Path.of(e.base()), e.adapters().stream().map(Path::of).toList(), out, device, null);
-            } catch (UserException | IOException | RuntimeException | Error x) {
-                state.failed(e.id(), record);
-                throw x;
-            } finally {
-                running.decrementAndGet();
-            }
-            Map<String, String> files = BatchState.hashes(out);
-            String checksum = BatchState.checksum(files);
-            state.done(e.id(), e.line(), out, files, checksum, r.bytesWritten(), r);
-            done.incrementAndGet();
-            bytes.addAndGet(r.bytesWritten());
-            if (log != null) {
-                log.println(String.format(Locale.ROOT, "batch: line %d: wrote %s (%s) in %.1f s on %s", e.line(), out,
-                        Progress.bytes(r.bytesWritten()), r.seconds(), r.engine()));
-                log.println(status("batch:"));
-            }
-            return new BatchResult.LineResult(e.line(), e.out(), BatchResult.DONE, seconds(t0), r.bytesWritten(), checksum, r.engine(), device,
-                    null, null, r);
+            return new Pending(e, out, o, device, record, t0);
         } catch (UserException x) {
             return fail(e, device, x.exitCode().code(), x.getMessage(), t0);
         } catch (IOException x) {
             return fail(e, device, ExitCode.OUTPUT.code(), out + ": " + x, t0);
         } catch (RuntimeException | Error x) {
-            if (log != null) {
-                log.println("batch: line " + e.line() + ": internal error, please report it with the manifest line and this trace:");
-                x.printStackTrace(log);
-            }
-            return fail(e, device, ExitCode.INTERNAL.code(), "internal error: " + x, t0);
+            return internal(e, device, x, t0);
         }
+    }
+
+    /**
+     * Merges {@code pending} (two or more lines of one base) in one pass over the base; returns the
+     * lines still to be merged alone (those that could not share it, or all when the pass failed).
+     */
+    private List<Pending> runShared(List<Pending> pending, int threads, BatchState state, List<BatchResult.LineResult> results) {
+        Pending first = pending.get(0);
+        List<LoraMerge.SharedMerge> merges = new ArrayList<>();
+        List<Pending> started = new ArrayList<>();
+        List<Pending> alone = new ArrayList<>();
+        for (Pending p : pending) {
+            try {
+                state.running(p.entry().id(), p.entry().line(), p.out());
+                started.add(p);
+                merges.add(new LoraMerge.SharedMerge(p.entry().adapters().stream().map(Path::of).toList(), p.entry().combination(), p.out(),
+                        p.options()));
+            } catch (UserException x) {
+                results.add(fail(p.entry(), p.device(), x.exitCode().code(), x.getMessage(), p.t0()));
+            }
+        }
+        if (started.size() < 2) {
+            forget(started, state, alone, results);
+            return alone;
+        }
+        if (log != null) {
+            StringBuilder lines = new StringBuilder();
+            for (Pending p : started) {
+                lines.append(lines.length() == 0 ? "" : ", ").append(p.entry().line());
+            }
+            log.println("batch: lines " + lines + ": merging in one pass over " + first.entry().base() + " on " + first.device());
+        }
+        running.addAndGet(started.size());
+        List<LoraMerge.SharedOutcome> outcomes;
+        try {
+            MergeOptions shared = first.options().withDevice(first.device()).withThreads(first.options().threads() > 0 ? first.options().threads() : threads);
+            outcomes = LoraMerge.mergeShared(Path.of(first.entry().base()), merges, shared);
+        } catch (UserException | IOException | RuntimeException x) {
+            // the lines on their own say whose failure it is
+            running.addAndGet(-started.size());
+            forget(started, state, alone, results);
+            return alone;
+        }
+        running.addAndGet(-started.size());
+        for (int i = 0; i < started.size(); i++) {
+            Pending p = started.get(i);
+            LoraMerge.SharedOutcome o = outcomes.get(i);
+            if (o.result() != null) {
+                results.add(succeeded(p, o.result(), state));
+                continue;
+            }
+            try {
+                state.failed(p.entry().id(), p.record());
+            } catch (UserException x) {
+                results.add(fail(p.entry(), p.device(), x.exitCode().code(), x.getMessage(), p.t0()));
+                continue;
+            }
+            if (o.error() != null) {
+                results.add(fail(p.entry(), p.device(), o.error().exitCode().code(), o.error().getMessage(), p.t0()));
+            } else {
+                alone.add(p);
+            }
+        }
+        return alone;
+    }
+
+    /** Takes back the running records of {@code started}, which are to run alone. */
+    private void forget(List<Pending> started, BatchState state, List<Pending> alone, List<BatchResult.LineResult> results) {
+        for (Pending p : started) {
+            try {
+                state.failed(p.entry().id(), p.record());
+                alone.add(p);
+            } catch (UserException x) {
+                results.add(fail(p.entry(), p.device(), x.exitCode().code(), x.getMessage(), p.t0()));
+            }
+        }
+    }
+
+    /** One line merged on its own, as {@code loramerge merge} merges it. Never throws. */
+    private BatchResult.LineResult runAlone(Pending p, BatchState state) {
+        ManifestEntry e = p.entry();
+        try {
+            if (log != null) {
+                log.println("batch: line " + e.line() + ": merging into " + p.out() + " on " + p.device());
+            }
+            MergeResult r;
+            state.running(e.id(), e.line(), p.out());
+            running.incrementAndGet();
+            try {
+                r = e.withOptions(p.options()).run(Path.of(e.base()), e.adapters().stream().map(Path::of).toList(), p.out(), p.device(), null);
+            } catch (UserException | IOException | RuntimeException | Error x) {
+                state.failed(e.id(), p.record());
+                throw x;
+            } finally {
+                running.decrementAndGet();
+            }
+            return succeeded(p, r, state);
+        } catch (UserException x) {
+            return fail(e, p.device(), x.exitCode().code(), x.getMessage(), p.t0());
+        } catch (IOException x) {
+            return fail(e, p.device(), ExitCode.OUTPUT.code(), p.out() + ": " + x, p.t0());
+        } catch (RuntimeException | Error x) {
+            return internal(e, p.device(), x, p.t0());
+        }
+    }
+
+    /** Records a written output (its files' hashes) and counts it. */
+    private BatchResult.LineResult succeeded(Pending p, MergeResult r, BatchState state) {
+        ManifestEntry e = p.entry();
+        try {
+            Map<String, String> files = BatchState.hashes(p.out());
+            String checksum = BatchState.checksum(files);
+            state.done(e.id(), e.line(), p.out(), files, checksum, r.bytesWritten(), r);
+            done.incrementAndGet();
+            bytes.addAndGet(r.bytesWritten());
+            if (log != null) {
+                log.println(String.format(Locale.ROOT, "batch: line %d: wrote %s (%s) in %.1f s on %s", e.line(), p.out(),
+                        Progress.bytes(r.bytesWritten()), r.seconds(), r.engine()));
+                log.println(status("batch:"));
+            }
+            return new BatchResult.LineResult(e.line(), e.out(), BatchResult.DONE, seconds(p.t0()), r.bytesWritten(), checksum, r.engine(),
+                    p.device(), null, null, r);
+        } catch (UserException x) {
+            return fail(e, p.device(), x.exitCode().code(), x.getMessage(), p.t0());
+        } catch (IOException x) {
+            return fail(e, p.device(), ExitCode.OUTPUT.code(), p.out() + " was written but cannot be read back to record it: " + x, p.t0());
+        }
+    }
+
+    private BatchResult.LineResult internal(ManifestEntry e, String device, Throwable x, long t0) {
+        if (log != null) {
+            log.println("batch: line " + e.line() + ": internal error, please report it with the manifest line and this trace:");
+            x.printStackTrace(log);
+        }
+        return fail(e, device, ExitCode.INTERNAL.code(), "internal error: " + x, t0);
     }
 
     private BatchResult.LineResult fail(ManifestEntry e, String device, int code, String message, long t0) {

@@ -37,6 +37,10 @@ final class BatchCommand implements Callable<Integer> {
     @Option(names = "--state", paramLabel = "DIR", description = "where the batch records what it wrote (default: MERGES.jsonl.state beside the manifest)")
     Path state;
 
+    @Option(names = "--no-shared-read", description = "merge every line on its own; by default lines of one base (and the same dtype, "
+            + "to, max_shard_size and device) are merged in one pass that reads each base tensor once for all of them")
+    boolean noSharedRead;
+
     @Option(names = "--json", description = "print the summary as JSON on stdout: one object per manifest line and the totals (snake_case keys)")
     boolean json;
 
@@ -46,7 +50,7 @@ final class BatchCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         PrintStream err = System.err;
-        BatchResult r = BatchRunner.run(manifest, new BatchRunner.Options(devices, parallel, strict, state, quiet ? null : err));
+        BatchResult r = BatchRunner.run(manifest, new BatchRunner.Options(devices, parallel, strict, state, !noSharedRead, quiet ? null : err));
         if (json) {
             CliJson.print(System.out, r, false);
         }

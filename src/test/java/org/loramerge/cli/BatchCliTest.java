@@ -323,6 +323,65 @@ class BatchCliTest {
         }
     }
 
+    /** Lines of one base: plain, DoRA, embedding, rsLoRA and a combination, the kinds a shared pass handles differently. */
+    List<String> oneBaseLines() {
+        List<String> lines = new ArrayList<>();
+        for (String a : List.of("qv_r4", "qkvo_r4", "mlp_r4", "kv_r8", "dora_r4", "emb_r4", "rslora_r4")) {
+            lines.add(line(LLAMA, adapter(a), "merged/" + a, ""));
+        }
+        lines.add("{\"base\": \"" + LLAMA + "\", \"adapters\": [\"" + adapter("qv_r4") + "\", \"" + adapter("qv_r4b") + "\"], \"combine\": \"ties\", "
+                + "\"density\": 0.5, \"weights\": [1, 0.5], \"out\": \"merged/ties\"}");
+        return lines;
+    }
+
+    @Test
+    void linesOfOneBaseMergedInOneSharedPassWriteTheBytesOfSeparateMerges() throws Exception {
+        Path m = manifest(oneBaseLines());
+        CliRun.Result shared = batch(m, "--json");
+        assertEquals(0, shared.code(), shared.err());
+        assertTrue(shared.err().contains("batch: lines 1, 2, 3, 4, 5, 6, 7, 8: merging in one pass over " + LLAMA), shared.err());
+        assertFalse(shared.err().contains(": merging into "), "no line fell back to a merge of its own:\n" + shared.err());
+        for (String a : List.of("qv_r4", "qkvo_r4", "mlp_r4", "kv_r8", "dora_r4", "emb_r4", "rslora_r4")) {
+            assertSameFolder(reference(a, "--base", LLAMA.toString(), "--adapter", adapter(a).toString()), dir.resolve("merged").resolve(a));
+        }
+        assertSameFolder(referenceTies(), dir.resolve("merged/ties"));
+        JsonNode j = new ObjectMapper().readTree(shared.out());
+        for (JsonNode x : j.get("merges")) {
+            assertEquals("done", x.get("status").asText());
+            assertTrue(x.get("summary").get("tensors_merged").asLong() > 0, x.toString());
+        }
+
+        Path separate = dir.resolve("separate");
+        Files.createDirectories(separate);
+        Path m2 = separate.resolve("merges.jsonl");
+        Files.writeString(m2, Files.readString(m));
+        CliRun.Result alone = batch(m2, "--no-shared-read");
+        assertEquals(0, alone.code(), alone.err());
+        assertFalse(alone.err().contains("in one pass"), alone.err());
+        assertSameFolder(dir.resolve("merged"), separate.resolve("merged"));
+    }
+
+    @Test
+    void aLineThatFailsInASharedPassFailsAloneWithItsOwnReasonAndTheOthersAreWritten() throws Exception {
+        List<String> lines = new ArrayList<>(oneBaseLines().subList(0, 3));
+        lines.add(line(LLAMA, GPT2_ADAPTER, "merged/gpt2", ""));
+        lines.add(line(LLAMA, adapter("qv_r4"), "merged/f16", "\"dtype\": \"f16\", \"max_shard_size\": \"10KB\""));
+        lines.add(line(LLAMA, adapter("kv_r8"), "merged/f16b", "\"dtype\": \"f16\", \"max_shard_size\": \"10KB\""));
+        CliRun.Result r = batch(manifest(lines), "--json");
+        assertEquals(ExitCodes.BAD_INPUT, r.code(), r.err());
+        JsonNode merges = new ObjectMapper().readTree(r.out()).get("merges");
+        assertEquals(List.of("done", "done", "done", "failed", "done", "done"),
+                merges.findValues("status").stream().map(JsonNode::asText).toList());
+        assertTrue(merges.get(3).get("error").asText().contains("is this adapter for another model?"), merges.get(3).toString());
+        assertTrue(r.err().contains("batch: lines 5, 6: merging in one pass"), "sharded f16 outputs share their own pass:\n" + r.err());
+        assertSameFolder(referenceQv(), dir.resolve("merged/qv_r4"));
+        assertSameFolder(reference("f16", "--base", LLAMA.toString(), "--adapter", adapter("qv_r4").toString(), "--dtype", "f16",
+                "--max-shard-size", "10KB"), dir.resolve("merged/f16"));
+        assertSameFolder(reference("f16b", "--base", LLAMA.toString(), "--adapter", adapter("kv_r8").toString(), "--dtype", "f16",
+                "--max-shard-size", "10KB"), dir.resolve("merged/f16b"));
+        assertEquals(List.of("f16", "f16b", "mlp_r4", "qkvo_r4", "qv_r4"), names(dir.resolve("merged")));
+    }
+
     @Test
     void devicesAllWithoutAGpuIsRefusedWithExit7AndAnUnknownDeviceIsAUsageError() throws Exception {
         Path m = manifest(goodLines());
