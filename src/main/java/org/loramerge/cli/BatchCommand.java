@@ -38,7 +38,7 @@ final class BatchCommand implements Callable<Integer> {
     Path state;
 
     @Option(names = "--no-shared-read", description = "merge every line on its own; by default lines of one base (and the same dtype, "
-            + "to, max_shard_size and device) are merged in one pass that reads each base tensor once for all of them")
+            + "to, max_shard_size, follow_symlinks and device) are merged in one pass that reads each block of the base once for all of them")
     boolean noSharedRead;
 
     @Option(names = "--json", description = "print the summary as JSON on stdout: one object per manifest line and the totals (snake_case keys)")
