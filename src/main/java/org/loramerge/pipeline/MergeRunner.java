@@ -3,6 +3,7 @@ package org.loramerge.pipeline;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
 import java.util.Locale;
 import org.loramerge.engine.Backend;
@@ -97,7 +98,7 @@ public final class MergeRunner {
                 for (int j = 0; j < a.tensors().size(); j++) {
                     OutputTensor x = a.tensors().get(j);
                     OutputTensor y = b.tensors().get(j);
-                    if (!x.name().equals(y.name()) || x.dtype() != y.dtype() || !java.util.Arrays.equals(x.shape(), y.shape())
+                    if (!x.name().equals(y.name()) || x.dtype() != y.dtype() || !Arrays.equals(x.shape(), y.shape())
                             || x.sizeInBytes() != y.sizeInBytes()) {
                         return false;
                     }

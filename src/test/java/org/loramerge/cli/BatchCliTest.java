@@ -2,6 +2,7 @@ package org.loramerge.cli;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ObjectNode;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -10,18 +11,22 @@ import java.nio.file.Paths;
 import java.nio.file.attribute.FileTime;
 import java.security.MessageDigest;
 import java.util.ArrayList;
+import java.util.Comparator;
 import java.util.HexFormat;
 import java.util.List;
 import java.util.Map;
 import java.util.TreeMap;
+import java.util.concurrent.TimeUnit;
 import java.util.stream.Stream;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
+import org.loramerge.engine.select.Backends;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 /** {@code loramerge batch} end to end on the CPU engine: tiny merges, failing lines, re-runs and a killed run resumed. */
 class BatchCliTest {
@@ -258,7 +263,7 @@ class BatchCliTest {
         Path mlp = dir.resolve("merged/mlp");
         Path mlpRecord = recordOf(state, mlp);
         JsonNode record = new ObjectMapper().readTree(mlpRecord.toFile());
-        ((com.fasterxml.jackson.databind.node.ObjectNode) record).put("status", "running").putObject("files");
+        ((ObjectNode) record).put("status", "running").putObject("files");
         Files.writeString(mlpRecord, record.toString());
         deleteTree(mlp);
         Files.delete(recordOf(state, dir.resolve("merged/ties")));
@@ -299,7 +304,7 @@ class BatchCliTest {
             assertEquals("READY", first, "the writing process did not start");
         } finally {
             p.destroyForcibly();
-            assertTrue(p.waitFor(60, java.util.concurrent.TimeUnit.SECONDS));
+            assertTrue(p.waitFor(60, TimeUnit.SECONDS));
         }
     }
 
@@ -317,7 +322,7 @@ class BatchCliTest {
 
     static void deleteTree(Path p) throws IOException {
         try (Stream<Path> walk = Files.walk(p)) {
-            for (Path x : walk.sorted(java.util.Comparator.reverseOrder()).toList()) {
+            for (Path x : walk.sorted(Comparator.reverseOrder()).toList()) {
                 Files.delete(x);
             }
         }
@@ -385,7 +390,7 @@ class BatchCliTest {
     @Test
     void devicesAllWithoutAGpuIsRefusedWithExit7AndAnUnknownDeviceIsAUsageError() throws Exception {
         Path m = manifest(goodLines());
-        org.junit.jupiter.api.Assumptions.assumeTrue(org.loramerge.engine.select.Backends.cudaDeviceCount() == 0, "a GPU is here");
+        assumeTrue(Backends.cudaDeviceCount() == 0, "a GPU is here");
         CliRun.Result r = CliRun.run("batch", "--manifest", m.toString(), "--devices", "all");
         assertEquals(ExitCodes.DEVICE, r.code(), r.err());
         assertTrue(r.err().contains("--devices cpu"), r.err());
