@@ -282,6 +282,60 @@ class BatchCliTest {
         assertEquals(List.of("mlp", "qv", "ties"), names(dir.resolve("merged")), "no partial folder or owner record is left");
     }
 
+    @Test
+    void aBatchProcessKilledMidwayAndRunAgainSkipsWhatItRecordedAndWritesTheRestAsMergeDoes() throws Exception {
+        List<String> adapters = List.of("qv_r4", "qv_r4b", "qkvo_r4", "mlp_r4", "kv_r8", "dora_r4", "emb_r4", "rslora_r4");
+        List<String> lines = new ArrayList<>();
+        for (String a : adapters) {
+            lines.add(line(LLAMA, adapter(a), "merged/" + a, ""));
+        }
+        Path m = manifest(lines);
+        Path state = dir.resolve("merges.jsonl.state");
+        List<String> cmd = List.of(Paths.get(System.getProperty("java.home"), "bin", "java").toString(), "-cp", System.getProperty("java.class.path"),
+                Main.class.getName(), "batch", "--manifest", m.toString(), "--devices", "cpu", "--no-shared-read", "--quiet");
+        Process p = new ProcessBuilder(cmd).redirectErrorStream(true).redirectOutput(ProcessBuilder.Redirect.DISCARD).start();
+        try {
+            long deadline = System.nanoTime() + 120_000_000_000L;
+            while (doneRecords(state).isEmpty() && p.isAlive() && System.nanoTime() < deadline) {
+                Thread.sleep(20);
+            }
+        } finally {
+            p.destroyForcibly(); // SIGKILL: no shutdown hook runs
+            assertTrue(p.waitFor(60, TimeUnit.SECONDS));
+        }
+        Map<String, String> recorded = doneRecords(state);
+        assertFalse(recorded.isEmpty(), "the batch recorded no finished merge before it was killed");
+        assertTrue(recorded.size() < adapters.size(), "the batch was killed before it finished: " + recorded.keySet());
+
+        CliRun.Result r = batch(m, "--json", "--quiet");
+        assertEquals(0, r.code(), r.err());
+        JsonNode merges = new ObjectMapper().readTree(r.out()).get("merges");
+        for (JsonNode x : merges) {
+            String out = x.get("out").asText();
+            assertEquals(recorded.containsKey(out) ? "skipped" : "done", x.get("status").asText(), x.toString());
+            String a = Path.of(out).getFileName().toString();
+            assertSameFolder(reference(a, "--base", LLAMA.toString(), "--adapter", adapter(a).toString()), Path.of(out));
+        }
+        assertEquals(adapters.stream().sorted().toList(), names(dir.resolve("merged")), "no partial folder or owner record is left");
+    }
+
+    /** Output folder to checksum of every record marked done in {@code state}. */
+    static Map<String, String> doneRecords(Path state) throws IOException {
+        Map<String, String> out = new TreeMap<>();
+        if (!Files.isDirectory(state)) {
+            return out;
+        }
+        try (Stream<Path> s = Files.list(state)) {
+            for (Path p : s.filter(f -> f.getFileName().toString().endsWith(".json") && !f.getFileName().toString().startsWith(".")).toList()) {
+                JsonNode n = new ObjectMapper().readTree(p.toFile());
+                if ("done".equals(n.get("status").asText())) {
+                    out.put(n.get("out").asText(), n.get("checksum").asText());
+                }
+            }
+        }
+        return out;
+    }
+
     /** The state record that names {@code out}. */
     static Path recordOf(Path state, Path out) throws IOException {
         try (Stream<Path> s = Files.list(state)) {
