@@ -178,6 +178,12 @@ public final class LoraMerge {
     public static List<SharedOutcome> mergeShared(Path base, List<SharedMerge> merges, MergeOptions shared) throws UserException, IOException {
         DType dtype = parseDtype(shared.dtype());
         QuantTarget to = parseTarget(shared.to());
+        if (shared.maxShardSize() <= 0) {
+            throw new UsageException("--max-shard-size " + shared.maxShardSize() + ": expected a positive size such as 5GB or 500MB");
+        }
+        if (shared.threads() < 0) {
+            throw new UsageException("--threads " + shared.threads() + ": expected 1 or more (default: all cores)");
+        }
         int cpuThreads = shared.threads() > 0 ? shared.threads() : Runtime.getRuntime().availableProcessors();
         long start = System.nanoTime();
         int n = merges.size();
@@ -190,6 +196,11 @@ public final class LoraMerge {
             PlanOptions planOptions = new PlanOptions(dtype, shared.maxShardSize(), to);
             for (int k = 0; k < n; k++) {
                 SharedMerge m = merges.get(k);
+                if (m.options().verifyRows() < 0) {
+                    outcomes[k] = new SharedOutcome(null, new UsageException("--verify-rows " + m.options().verifyRows()
+                            + ": expected a positive number of rows, or all"));
+                    continue;
+                }
                 if (m.adapters().isEmpty() || (m.combination() == null && m.adapters().size() > 1)) {
                     outcomes[k] = new SharedOutcome(null, new UsageException(m.adapters().size()
                             + " adapters given: choose how they combine (--combine METHOD; docs/FORMATS.md §8)"));
