@@ -1,7 +1,7 @@
 package org.loramerge.cli;
 
 import java.util.List;
-import java.util.Locale;
+import org.loramerge.api.CombinationRequest;
 import org.loramerge.errors.UsageException;
 import org.loramerge.plan.Combination;
 import org.loramerge.plan.CombineException;
@@ -33,44 +33,15 @@ final class CombineOptions {
 
     /**
      * The combination asked for: {@code method} among {@code choices}, with {@code lambda} (merge's
-     * task-arithmetic family only, else null). Options that do not apply to the method are usage
-     * errors (exit 2); values out of range and a weight count that does not match are bad input (exit 3).
+     * task-arithmetic family only, else null), checked by {@link CombinationRequest#combination}.
      */
     Combination combination(String method, List<CombineMethod> choices, int adapters, Double lambda, String command)
             throws UsageException, CombineException {
-        CombineMethod m = CombineMethod.parse(method, choices);
-        if (m == null) {
-            throw new UsageException("--combine " + method + ": " + command + " takes " + CombineMethod.names(choices) + "; use one of those");
-        }
-        refuse(density != null && !m.usesDensity(), "--density", m);
-        refuse(majoritySign != null && !m.usesMajoritySign(), "--majority-sign", m);
-        refuse(seed != null && !m.isRandom(), "--seed", m);
-        refuse(rank != null && m.operand() != CombineMethod.Operand.SVD, "--rank", m);
-        refuse(svdClamp != null && m.operand() != CombineMethod.Operand.SVD, "--svd-clamp", m);
-        refuse(lambda != null && m.family() != CombineMethod.Family.TASK_ARITHMETIC, "--lambda", m);
-        if (m.usesDensity() && density == null) {
-            throw new UsageException("--combine " + m.cliName() + " needs --density D, the share of each adapter's values kept, in (0, 1]; add e.g. --density 0.5");
-        }
-        Combination.MajoritySign sign = Combination.MajoritySign.TOTAL;
-        if (majoritySign != null) {
-            try {
-                sign = Combination.MajoritySign.valueOf(majoritySign.toUpperCase(Locale.ROOT));
-            } catch (IllegalArgumentException e) {
-                throw new UsageException("--majority-sign " + majoritySign + ": expected total or frequency");
-            }
-        }
-        return Combination.of(m, adapters, weights, density == null ? 1.0 : density, sign, lambda == null ? 1.0 : lambda,
-                seed == null ? 0 : seed, rank == null ? 0 : rank, svdClamp);
+        return request(method, lambda).combination(choices, adapters, command);
     }
 
-    /** True when any option of a combination was given. */
-    boolean anyGiven() {
-        return weights != null || density != null || majoritySign != null || seed != null || rank != null || svdClamp != null;
-    }
-
-    private static void refuse(boolean given, String option, CombineMethod m) throws UsageException {
-        if (given) {
-            throw new UsageException(option + " does not apply to --combine " + m.cliName() + "; remove it (docs/FORMATS.md §8 lists what each method takes)");
-        }
+    /** These options with {@code method} and {@code lambda}, unchecked. */
+    CombinationRequest request(String method, Double lambda) {
+        return new CombinationRequest(method, weights, density, majoritySign, seed, rank, svdClamp, lambda);
     }
 }

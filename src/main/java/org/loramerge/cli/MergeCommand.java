@@ -6,6 +6,7 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
 import java.util.concurrent.Callable;
+import org.loramerge.api.CombinationRequest;
 import org.loramerge.api.LoraMerge;
 import org.loramerge.api.MergeOptions;
 import org.loramerge.api.MergeResult;
@@ -14,7 +15,6 @@ import org.loramerge.errors.UsageException;
 import org.loramerge.pipeline.Progress;
 import org.loramerge.plan.Combination;
 import org.loramerge.plan.CombineException;
-import org.loramerge.plan.CombineMethod;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
@@ -132,18 +132,7 @@ final class MergeCommand implements Callable<Integer> {
 
     /** The combination asked for, or null for the merge of one adapter. */
     private Combination combination() throws UsageException, CombineException {
-        if (combine == null) {
-            if (adapters.size() > 1) {
-                throw new UsageException(adapters.size() + " adapters given: choose how they combine with --combine METHOD ("
-                        + CombineMethod.names(CombineMethod.forMerge()) + "; docs/FORMATS.md §8)");
-            }
-            if (combineOptions.anyGiven() || lambda != null) {
-                throw new UsageException("--weights, --density, --majority-sign, --seed, --rank, --svd-clamp and --lambda "
-                        + "apply to a combination: add --combine METHOD");
-            }
-            return null;
-        }
-        return combineOptions.combination(combine, CombineMethod.forMerge(), adapters.size(), lambda, "merge");
+        return CombinationRequest.forMerge(combineOptions.request(combine, lambda), adapters.size());
     }
 
     private static void print(MergeResult r, PrintStream err) {

@@ -86,17 +86,6 @@ final class VerifyCommand implements Callable<Integer> {
 
     /** {@code all} (every row) or a positive row count. */
     static int parseRows(String option, String value) throws UsageException {
-        if (value.equalsIgnoreCase("all")) {
-            return VerifyOptions.ALL_ROWS;
-        }
-        try {
-            int n = Integer.parseInt(value.trim());
-            if (n > 0) {
-                return n;
-            }
-        } catch (NumberFormatException e) {
-            // the message below
-        }
-        throw new UsageException(option + " " + value + ": expected a positive number of rows, or all");
+        return LoraMerge.parseRows(option, value);
     }
 }

@@ -18,7 +18,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
- * Data flows one way: cli -> api -> pipeline -> verify -> engine (select -> cuda -> cpu -> engine) ->
+ * Data flows one way: cli -> batch -> api -> pipeline -> verify -> engine (select -> cuda -> cpu -> engine) ->
  * plan -> (adapter, quant, linalg) -> format -> errors. Each package may use only the packages listed
  * for it here, whether by import or by a fully-qualified name in the code; in particular the
  * pipeline knows no concrete engine, plan knows no engine at all, and api (the library facade)
@@ -40,7 +40,9 @@ class PackageLayersTest {
             Map.entry("verify", Set.of("errors", "format", "quant", "plan", "engine", "engine.cpu")),
             Map.entry("pipeline", Set.of("errors", "format", "adapter", "quant", "plan", "engine", "verify", "linalg")),
             Map.entry("api", Set.of("errors", "format", "adapter", "quant", "linalg", "plan", "engine", "engine.select", "verify", "pipeline")),
-            Map.entry("cli", Set.of("errors", "format", "adapter", "quant", "linalg", "plan", "engine", "engine.select", "verify", "pipeline", "api")));
+            Map.entry("batch", Set.of("errors", "format", "adapter", "quant", "linalg", "plan", "engine", "engine.select", "verify", "pipeline", "api")),
+            Map.entry("cli", Set.of("errors", "format", "adapter", "quant", "linalg", "plan", "engine", "engine.select", "verify", "pipeline", "api",
+                    "batch")));
     private static final Pattern PACKAGE = Pattern.compile("^package org\\.loramerge\\.([\\w.]+);", Pattern.MULTILINE);
     /** An import, or a qualified name in code: org.loramerge.PKG.Type (comments are stripped first). */
     private static final Pattern USE = Pattern.compile("org\\.loramerge\\.((?:[a-z]\\w*\\.)*[a-z]\\w*)\\.[A-Z]");
