@@ -231,11 +231,12 @@ final class CudaTensorMerge implements TensorMerge {
     private void settleOnHost(DeviceWorker w, DeviceFactors f, long row0, int rowCount, DeviceWorker.Counts counted, long forHost, ByteBuffer values,
                               long srcOffset, ByteBuffer dst, long dstOffset, BlockStats stats) {
         long elements = (long) rowCount * job.cols();
-        ByteBuffer srcRows = slice(values, srcOffset, elements * job.srcFormat().sizeInBytes());
         ByteBuffer dstRows = slice(dst, dstOffset, elements * job.dstFormat().sizeInBytes());
+        // W's rows are sliced only where the host reads them: an NF4 block's values are its packed codes
+        // until merge downloads the dequantized ones, which it does only for the two cases below
         if (counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY) {
             // pathological input: let the CPU engine decide these rows
-            CpuMerge.mergeRows(job, row0, rowCount, srcRows, dstRows, stats, null);
+            CpuMerge.mergeRows(job, row0, rowCount, slice(values, srcOffset, elements * job.srcFormat().sizeInBytes()), dstRows, stats, null);
             return;
         }
         stats.addExactlyRounded(counted.ambiguous() - forHost);
@@ -243,6 +244,7 @@ final class CudaTensorMerge implements TensorMerge {
         if (forHost > 0) {
             FloatFormat fmt = job.dstFormat();
             ByteBuffer idx = magnitude != null ? w.ambiguousElements(forHost) : w.forHostElements(f, forHost);
+            ByteBuffer srcRows = slice(values, srcOffset, elements * job.srcFormat().sizeInBytes());
             overflows += HostSettle.settle(job, row0, srcRows, idx, (int) forHost, (e, b) -> fmt.putBits(dstRows, e, b), stats);
         }
         stats.add(0, overflows, counted.nans());

@@ -42,6 +42,7 @@ import org.loramerge.plan.Planner;
 import org.loramerge.plan.QuantTarget;
 import org.loramerge.quant.DoubleQuant;
 import org.loramerge.quant.DynamicMap;
+import org.loramerge.quant.FourBitCode;
 import org.loramerge.quant.ModelQuantizer;
 import org.loramerge.quant.Nf4Codec;
 import org.loramerge.quant.Nf4Decoder;
@@ -79,8 +80,17 @@ class CudaNf4Test {
         }
     }
 
+    /** The NF4 reference cases: the device dequantizes NF4 itself; an FP4 weight goes up dequantized by the CPU codec. */
     static Stream<Nf4Vectors.Case> vectors() {
-        return Nf4Vectors.cases().stream();
+        return Nf4Vectors.cases().stream().filter(c -> c.code() == FourBitCode.NF4);
+    }
+
+    /**
+     * The NF4 cases whose stored codes a quantizer writes today: the device quantizer packs as bitsandbytes
+     * 0.47 and later do, so a weight packed by an older one (OR-packed, blocksize 1024 and up) is only read.
+     */
+    static Stream<Nf4Vectors.Case> quantizable() {
+        return vectors().filter(c -> !c.orPackedPre047());
     }
 
     @ParameterizedTest(name = "{0}")
@@ -120,7 +130,7 @@ class CudaNf4Test {
     }
 
     @ParameterizedTest(name = "{0}")
-    @MethodSource("vectors")
+    @MethodSource("quantizable")
     void quantizeKernelsEqualTheReference(Nf4Vectors.Case c) throws Exception {
         cuda.device().bindContext();
         int n = (int) c.numElements();
