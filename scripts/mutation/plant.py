@@ -37,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 MUTANTS = os.path.join(HERE, "mutants.json")
 MVN_TEST = ["mvn", "-q", "-B", "-ntp", "-o", "test", "-Dsurefire.skipAfterFailureCount=1"]
-# generated outputs that scripts/build-native.sh rewrites when a kernel changes
+# generated outputs that scripts/native/build-native.sh rewrites when a kernel changes
 NATIVE_OUTPUTS = ["src/main/resources/org/loramerge/kernels", "src/main/resources/org/loramerge/native", "native"]
 JUNIT_CONSOLE = "1.14.4"  # the platform version of the project's JUnit (junit-jupiter 5.14.4)
 
@@ -337,7 +337,8 @@ def cmd_gpu_pack(args):
     os.makedirs(os.path.join(out, "mutants"))
     # the unmutated jars, once: each mutant ships only the files of target/classes that it changes
     run(["mvn", "-q", "-B", "-ntp", "-o", "-DskipTests", "package"])
-    shutil.copy(os.path.join(ROOT, "target", "loramerge.jar"), out)
+    # the runnable jar, which carries JCuda and its natives (the plain one does not: every GPU test would skip)
+    shutil.copy(os.path.join(ROOT, "target", "loramerge-cli.jar"), os.path.join(out, "loramerge.jar"))
     shutil.copy(os.path.join(ROOT, "target", "loramerge-tests.jar"), out)
     console = "junit-platform-console-standalone-%s.jar" % JUNIT_CONSOLE
     local = os.path.join(ROOT, ".device", console)
@@ -359,7 +360,7 @@ def cmd_gpu_pack(args):
             try:
                 apply(m)
                 if m["file"].endswith((".cu", ".cuh")):
-                    run(["bash", "scripts/build-native.sh"], stdout=subprocess.DEVNULL)
+                    run(["bash", "scripts/native/build-native.sh"], stdout=subprocess.DEVNULL)
                 run(["mvn", "-q", "-B", "-ntp", "-o", "compile"])  # also copies a rebuilt PTX into target/classes
                 after = class_hashes()
                 changed = sorted(p for p, h in after.items() if before.get(p) != h)
