@@ -373,8 +373,9 @@ public final class Planner {
                 if (previous == null) {
                     replacements.put(k.module(), k);
                 } else if (previous.kind() != k.kind()) {
-                    // M.weight and M.modules_to_save.weight: PEFT writes both; the trained copy is the one it merges
-                    AdapterKey trained = k.kind() == AdapterKey.Kind.MODULES_TO_SAVE ? k : previous;
+                    // M.weight and M.modules_to_save.weight: PEFT writes both, the same trained values; its loader reads
+                    // M.weight into the trained copy and ignores the other, wherever either stands in the file
+                    AdapterKey trained = k.kind() == AdapterKey.Kind.REPLACE ? k : previous;
                     AdapterKey plain = trained == k ? previous : k;
                     replacements.put(k.module(), trained);
                     keyUse.put(keyName(plain.key()), "(same module as " + trained.key() + ", which is used)");

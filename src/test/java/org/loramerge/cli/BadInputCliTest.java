@@ -61,6 +61,21 @@ class BadInputCliTest {
     // ------------------------------------------------------------------ bad inputs: exit 3, nothing written
 
     @Test
+    void loraOnLmHeadOfAnUntiedModelThatStoresNoLmHeadIsRefusedInsteadOfMergedIntoTheEmbedding() throws Exception {
+        // tie_word_embeddings: false and no lm_head.weight (a headless checkpoint): lm_head is not the embedding, so a LoRA
+        // on it has no base tensor; merging it into model.embed_tokens.weight would change the embedding the model uses
+        List<Tensor> tensors = new ArrayList<>(TinyModels.tinyLlama());
+        tensors.add(TinyModels.bf16Tensor("model.embed_tokens.weight", 16, 8));
+        Path headless = TinyModels.writeModel(models.resolve("headless"), tensors);
+        Path head = writeAdapter(models.resolve("head-adapter"), loraConfig(4, 8, "[\"lm_head\"]", ""),
+                TinyModels.loraPair("lm_head", 4, 8, 16));
+        Path out = dir.resolve("merged");
+        CliRun.Result r = merge(headless, head, out);
+        assertBadInput(r, out, "lm_head.weight");
+        assertTrue(r.err().contains(TinyModels.PEFT_PREFIX + "lm_head.lora_A.weight"), r.err());
+    }
+
+    @Test
     void truncatedBaseShardIsBadInputAndWritesNothing() throws Exception {
         Path sharded = TinyModels.writeShardedModel(models.resolve("sharded"),
                 List.of(TinyModels.tinyLlama().subList(0, 3), TinyModels.tinyLlama().subList(3, 7)));

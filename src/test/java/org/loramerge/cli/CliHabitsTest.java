@@ -11,13 +11,16 @@ import static org.loramerge.testutil.TinyModels.writeAdapter;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import java.io.IOException;
+import java.nio.ByteBuffer;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.Iterator;
 import java.util.List;
 import java.util.Map;
+import java.util.TreeMap;
 import java.util.concurrent.TimeUnit;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
@@ -25,6 +28,9 @@ import java.io.UncheckedIOException;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
+import org.loramerge.format.DType;
+import org.loramerge.format.SafetensorsFile;
+import org.loramerge.format.TensorInfo;
 import org.loramerge.testutil.TinyModels;
 
 /** The command line's habits end to end: where output and errors go, what a script can parse, and what a user types. */
@@ -82,6 +88,107 @@ class CliHabitsTest {
         InspectAndVerifyCliTest.Run r = merge(broken, dir.resolve("runs/2026/merged"), "--quiet");
         assertEquals(ExitCodes.BAD_INPUT, r.code(), r.err());
         assertFalse(Files.exists(dir.resolve("runs")), "a failed merge leaves no folder behind");
+    }
+
+    @Test
+    void noShardIsLargerThanMaxShardSizeAndAShardClosesOnlyWhenTheNextTensorDoesNotFit() throws Exception {
+        // the tiny llama holds 560 bytes of tensors, none over 128: with a 300-byte limit transformers' rule (a shard is
+        // closed when the next tensor would take it past the limit) splits them, and no shard may pass 300 bytes
+        long limit = 300;
+        Path out = dir.resolve("out");
+        InspectAndVerifyCliTest.Run r = merge(adapter, out, "--quiet", "--max-shard-size", Long.toString(limit));
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        JsonNode index = new ObjectMapper().readTree(out.resolve("model.safetensors.index.json").toFile());
+        assertEquals(560, index.path("metadata").path("total_size").asLong());
+        List<String> order = new ArrayList<>();
+        Map<String, Long> sizes = new HashMap<>();
+        try (SafetensorsFile b = SafetensorsFile.open(base.resolve("model.safetensors"))) {
+            for (TensorInfo t : b.tensors()) {
+                order.add(t.name());
+                sizes.put(t.name(), t.sizeInBytes());
+            }
+        }
+        // the shards transformers' rule gives for the tensors in the base's order
+        List<List<String>> expected = new ArrayList<>();
+        long size = 0;
+        for (String name : order) {
+            if (expected.isEmpty() || size + sizes.get(name) > limit) {
+                expected.add(new ArrayList<>());
+                size = 0;
+            }
+            expected.get(expected.size() - 1).add(name);
+            size += sizes.get(name);
+        }
+        assertTrue(expected.size() >= 2, "the limit must split this model: " + expected);
+        Map<String, String> weightMap = new TreeMap<>();
+        index.path("weight_map").fields().forEachRemaining(e -> weightMap.put(e.getKey(), e.getValue().asText()));
+        Map<String, String> expectedMap = new TreeMap<>();
+        for (int i = 0; i < expected.size(); i++) {
+            for (String name : expected.get(i)) {
+                expectedMap.put(name, TinyModels.shardName(i, expected.size()));
+            }
+        }
+        assertEquals(expectedMap, weightMap, "the index");
+        for (int i = 0; i < expected.size(); i++) {
+            Path shard = out.resolve(TinyModels.shardName(i, expected.size()));
+            long bytes = 0;
+            try (SafetensorsFile f = SafetensorsFile.open(shard)) {
+                for (TensorInfo t : f.tensors()) {
+                    bytes += t.sizeInBytes();
+                }
+            }
+            assertTrue(bytes <= limit, shard.getFileName() + " holds " + bytes + " bytes of tensors, over --max-shard-size " + limit);
+        }
+    }
+
+    @Test
+    void weightsAnAdapterLeavesUnchangedKeepTheirBitsNegativeZerosIncluded() throws Exception {
+        // q_proj of layer 0: row 2 (whose lora_B row is zero) and column 5 (whose lora_A column is zero) get an exactly zero
+        // delta; their -0.0 elements must stay -0.0, as README promises that such an element keeps W's bits
+        double[] w = TinyModels.values(64, 3);
+        for (int j = 0; j < 8; j++) {
+            w[2 * 8 + j] = j % 2 == 0 ? -0.0 : w[2 * 8 + j];
+            w[j * 8 + 5] = j % 3 == 0 ? -0.0 : w[j * 8 + 5];
+        }
+        List<TinyModels.Tensor> tensors = new ArrayList<>(TinyModels.tinyLlama());
+        tensors.set(0, new TinyModels.Tensor(TinyModels.q(0) + ".weight", DType.BF16, new long[] {8, 8}, TinyModels.bf16(w)));
+        Path signed = TinyModels.writeModel(dir.resolve("models/signed"), tensors);
+        double[] a = TinyModels.values(4 * 8, 5);
+        double[] b = TinyModels.values(8 * 4, 7);
+        for (int k = 0; k < 4; k++) {
+            a[k * 8 + 5] = 0;
+            b[2 * 4 + k] = 0;
+            a[k * 8 + 1] = 0.25; // the other columns do change
+        }
+        List<TinyModels.Tensor> pair = List.of(
+                new TinyModels.Tensor(TinyModels.PEFT_PREFIX + TinyModels.q(0) + ".lora_A.weight", DType.F32, new long[] {4, 8}, TinyModels.f32(a)),
+                new TinyModels.Tensor(TinyModels.PEFT_PREFIX + TinyModels.q(0) + ".lora_B.weight", DType.F32, new long[] {8, 4}, TinyModels.f32(b)));
+        Path zeroRows = writeAdapter(dir.resolve("models/zero-rows"), loraConfig(4, 8, "[\"" + TinyModels.q(0) + "\"]", ""), pair);
+        Path out = dir.resolve("out");
+        InspectAndVerifyCliTest.Run r = run("merge", "--base", signed.toString(), "--adapter", zeroRows.toString(), "--out", out.toString(),
+                "--device", "cpu", "--quiet");
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        byte[] before = TinyModels.bf16(w);
+        byte[] after;
+        try (SafetensorsFile f = SafetensorsFile.open(out.resolve("model.safetensors"))) {
+            ByteBuffer bytes = f.readAll(f.tensor(TinyModels.q(0) + ".weight"));
+            after = new byte[bytes.remaining()];
+            bytes.get(after);
+        }
+        int negativeZeros = 0;
+        int changed = 0;
+        for (int i = 0; i < 64; i++) {
+            int was = (before[2 * i] & 0xFF) | (before[2 * i + 1] & 0xFF) << 8;
+            int now = (after[2 * i] & 0xFF) | (after[2 * i + 1] & 0xFF) << 8;
+            if (i / 8 == 2 || i % 8 == 5) {
+                assertEquals(String.format("0x%04x", was), String.format("0x%04x", now), "element [" + i / 8 + ", " + i % 8 + "] has a zero delta");
+                negativeZeros += was == 0x8000 ? 1 : 0;
+            } else {
+                changed += was != now ? 1 : 0;
+            }
+        }
+        assertTrue(negativeZeros >= 6, "the case holds negative zeros: " + negativeZeros);
+        assertTrue(changed > 0, "the adapter changes the other elements");
     }
 
     // ------------------------------------------------------------------ errors

@@ -15,10 +15,12 @@ import java.util.Set;
 import java.util.TreeSet;
 import java.util.stream.Stream;
 import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.MethodSource;
 import org.loramerge.adapter.LoraAdapter;
+import org.loramerge.cli.Main;
 import org.loramerge.engine.LowRankTerm;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.cpu.CpuBackend;
@@ -35,6 +37,7 @@ import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
+import org.loramerge.testutil.TinyModels;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -286,5 +289,52 @@ class GoldenFixtureTest {
         Files.createDirectories(Paths.get("target"));
         Files.write(Paths.get("target/golden-report.md"), lines);
         lines.forEach(System.out::println);
+    }
+
+    @Test
+    void whereMWeightAndItsModulesToSaveCopyDifferTheMergeTakesMWeightAsPeftLoadsIt() throws Exception {
+        // PEFT's own adapter holds lm_head.modules_to_save.weight, lm_head.original_module.weight and lm_head.weight, in that
+        // order and with the first and last equal. Here lm_head.weight is edited to other values: PEFT 0.21's loader reads
+        // lm_head.weight into the trained copy and ignores lm_head.modules_to_save.weight, so the merge must write it
+        Path fixture = FIXTURES.resolve("modules_to_save_resized");
+        Path adapter = Files.createDirectories(tmp.resolve("adapter"));
+        Files.copy(fixture.resolve("adapter/adapter_config.json"), adapter.resolve("adapter_config.json"));
+        String plain = "base_model.model.lm_head.weight";
+        String wrapped = "base_model.model.lm_head.modules_to_save.weight";
+        String original = "base_model.model.lm_head.original_module.weight";
+        List<TinyModels.Tensor> tensors = new ArrayList<>();
+        byte[] edited = null;
+        byte[] wrappedBytes = null;
+        try (SafetensorsFile f = SafetensorsFile.open(fixture.resolve("adapter/adapter_model.safetensors"))) {
+            List<String> names = f.tensors().stream().map(TensorInfo::name).toList();
+            assertTrue(names.indexOf(wrapped) < names.indexOf(plain), "PEFT's file order: " + names);
+            for (TensorInfo t : f.tensors()) {
+                byte[] bytes = bytes(f.readAll(t));
+                if (t.name().equals(wrapped)) {
+                    wrappedBytes = bytes;
+                }
+                if (t.name().equals(plain)) {
+                    edited = bytes(f.readAll(f.tensor(original)));
+                    bytes = edited;
+                }
+                tensors.add(new TinyModels.Tensor(t.name(), t.dtype(), t.shape(), bytes));
+            }
+        }
+        assertNotNull(edited);
+        assertTrue(!Arrays.equals(edited, wrappedBytes), "the two copies differ");
+        TinyModels.writeSafetensors(adapter.resolve("adapter_model.safetensors"), tensors);
+        Path out = tmp.resolve("out");
+        int code = Main.run("merge", "--base", fixture.resolve("base").toString(), "--adapter", adapter.toString(),
+                "--out", out.toString(), "--device", "cpu", "--quiet");
+        assertEquals(0, code);
+        try (SafetensorsFile merged = SafetensorsFile.open(out.resolve("model.safetensors"))) {
+            assertArrayEquals(edited, bytes(merged.readAll(merged.tensor("lm_head.weight"))), "lm_head.weight is the adapter's lm_head.weight");
+        }
+    }
+
+    private static byte[] bytes(ByteBuffer b) {
+        byte[] out = new byte[b.remaining()];
+        b.duplicate().get(out);
+        return out;
     }
 }
