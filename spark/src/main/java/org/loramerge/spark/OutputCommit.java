@@ -88,7 +88,7 @@ final class OutputCommit {
 
     /** Failures injected by tests between the steps of a commit; {@link #NONE} in a real job. */
     interface Hook {
-        /** Called after each file an attempt has uploaded, with how many it has uploaded. */
+        /** Called after each file an attempt has put at the destination (uploaded, or written there by the engine), with how many so far. */
         void uploaded(int files) throws IOException;
 
         Hook NONE = files -> {
@@ -180,6 +180,11 @@ final class OutputCommit {
             fs.mkdirs(parent);
             if (!Stores.isLocal(out) || !merged.equals(Stores.localFile(mine))) {
                 upload(merged, mine);
+            } else {
+                // the engine wrote into the attempt folder: its files are at the destination already
+                for (int n = 1; n <= marker.files().size(); n++) {
+                    hook.uploaded(n);
+                }
             }
             marker.write(fs, mine);
             won = renameIfAbsent(mine, out);
