@@ -2,7 +2,10 @@ package org.loramerge.spark;
 
 import java.io.IOException;
 import java.net.URI;
+import java.io.FilterOutputStream;
+import java.io.OutputStream;
 import java.nio.file.Files;
+import java.nio.file.StandardCopyOption;
 import org.apache.hadoop.fs.FSDataOutputStream;
 import org.apache.hadoop.fs.FileAlreadyExistsException;
 import org.apache.hadoop.fs.FileStatus;
@@ -58,22 +61,48 @@ public final class ObjectStoreFileSystem extends RawLocalFileSystem {
     @Override
     public FSDataOutputStream create(Path f, boolean overwrite, int bufferSize, short replication, long blockSize, Progressable progress)
             throws IOException {
-        claimName(f, overwrite);
-        return super.create(f, true, bufferSize, replication, blockSize, progress);
+        return publishedOnClose(f, overwrite);
     }
 
     @Override
     public FSDataOutputStream create(Path f, FsPermission permission, boolean overwrite, int bufferSize, short replication, long blockSize,
                                      Progressable progress) throws IOException {
-        claimName(f, overwrite);
-        return super.create(f, permission, true, bufferSize, replication, blockSize, progress);
+        return publishedOnClose(f, overwrite);
     }
 
     @Override
     public FSDataOutputStream createNonRecursive(Path f, FsPermission permission, boolean overwrite, int bufferSize, short replication,
                                                  long blockSize, Progressable progress) throws IOException {
+        return publishedOnClose(f, overwrite);
+    }
+
+    /** As an object store's PUT: the bytes go to an upload outside the store, and the object appears whole when the stream closes. */
+    private FSDataOutputStream publishedOnClose(Path f, boolean overwrite) throws IOException {
         claimName(f, overwrite);
-        return super.createNonRecursive(f, permission, true, bufferSize, replication, blockSize, progress);
+        java.nio.file.Path target = pathToFile(f).toPath();
+        Files.createDirectories(target.getParent());
+        java.nio.file.Path uploads = java.nio.file.Path.of(System.getProperty("java.io.tmpdir"), "objstore-uploads");
+        Files.createDirectories(uploads);
+        java.nio.file.Path upload = Files.createTempFile(uploads, "upload-", "");
+        OutputStream o = new FilterOutputStream(Files.newOutputStream(upload)) {
+            private boolean closed;
+
+            @Override
+            public void write(byte[] b, int off, int len) throws IOException {
+                out.write(b, off, len);
+            }
+
+            @Override
+            public void close() throws IOException {
+                if (closed) {
+                    return;
+                }
+                closed = true;
+                super.close();
+                Files.move(upload, target, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+            }
+        };
+        return new FSDataOutputStream(o, statistics);
     }
 
     /** Without overwrite, creates the file exclusively (O_EXCL): of two racing creates exactly one succeeds. */
