@@ -6,7 +6,6 @@ import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
-import java.util.UUID;
 import org.apache.hadoop.conf.Configuration;
 import org.apache.spark.TaskContext;
 import org.apache.spark.api.java.function.Function;
@@ -47,7 +46,7 @@ final class LineTask implements Function<LineSpec, ResultRow> {
     public ResultRow call(LineSpec spec) throws Exception {
         TaskContext task = TaskContext.get();
         int attemptNumber = task.attemptNumber();
-        String attempt = "a" + attemptNumber + "-" + UUID.randomUUID().toString().substring(0, 8);
+        String attempt = OutputCommit.newAttemptId(attemptNumber);
         String device = device(task, null);
         long start = System.nanoTime();
         Path workRoot = Path.of(options.workDir() != null ? options.workDir() : System.getProperty("java.io.tmpdir"));

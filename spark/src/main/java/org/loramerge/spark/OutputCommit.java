@@ -15,6 +15,7 @@ import java.util.Locale;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
+import java.util.regex.Pattern;
 import java.util.stream.Stream;
 import org.apache.hadoop.conf.Configuration;
 import org.apache.hadoop.fs.FSDataOutputStream;
@@ -50,6 +51,8 @@ import org.apache.hadoop.fs.Path;
 final class OutputCommit {
     static final String ATTEMPT_PREFIX = ".loramerge-attempt-";
     static final String CLAIM_PREFIX = ".loramerge-claim-";
+    /** An attempt's id: its Spark attempt number and 8 random hex digits ({@link #newAttemptId}). */
+    static final String ATTEMPT_ID = "a[0-9]+-[0-9a-f]{8}";
 
     /** How an output is made to appear whole. */
     enum Mode {
@@ -117,6 +120,11 @@ final class OutputCommit {
         this.mode = mode;
         this.claimTimeout = claimTimeout;
         this.hook = hook;
+    }
+
+    /** A new attempt id for Spark attempt number {@code attemptNumber}. */
+    static String newAttemptId(int attemptNumber) {
+        return "a" + attemptNumber + "-" + String.format("%08x", new java.security.SecureRandom().nextInt());
     }
 
     Mode mode() {
@@ -247,10 +255,10 @@ final class OutputCommit {
         } catch (FileNotFoundException e) {
             return;
         }
-        String own = ATTEMPT_PREFIX + name + "-";
+        // this output's attempts only: "tiny" must not take "tiny-2"'s, whose folders start alike
+        Pattern own = Pattern.compile("\\.?" + Pattern.quote(ATTEMPT_PREFIX + name + "-") + ATTEMPT_ID + "(\\.loramerge-.*)?");
         for (FileStatus s : siblings) {
-            String n = s.getPath().getName();
-            if (n.startsWith(own) || n.startsWith("." + own)) {
+            if (own.matcher(s.getPath().getName()).matches()) {
                 fs.delete(s.getPath(), true);
             }
         }

@@ -229,6 +229,22 @@ class OutputCommitTest {
     }
 
     @Test
+    void aCommitDeletesDeadAttemptsOfItsOwnOutputButNotThoseOfAnOutputWhoseNameStartsAlike() throws Exception {
+        Path dest = tmp.resolve("dest");
+        Path dead = dest.resolve(OutputCommit.ATTEMPT_PREFIX + "merged-a0-0badf00d");
+        Path deadEngine = dest.resolve("." + OutputCommit.ATTEMPT_PREFIX + "merged-a0-0badf00d.loramerge-partial-12345678");
+        Path sibling = dest.resolve(OutputCommit.ATTEMPT_PREFIX + "merged-2-a0-1234abcd");
+        for (Path p : List.of(dead, deadEngine, sibling)) {
+            Files.createDirectories(p);
+            Files.writeString(p.resolve("model.safetensors"), "half");
+        }
+        Path m = merged("a1");
+        String attempt = OutputCommit.newAttemptId(1);
+        commit(OutputCommit.Mode.RENAME, Duration.ofMinutes(5), OutputCommit.Hook.NONE).commit(m, CompletionMarker.of(m, 1, attempt), attempt);
+        assertEquals(List.of(sibling.getFileName().toString()), leftovers(), "the dead attempts of merged are gone; merged-2's is untouched");
+    }
+
+    @Test
     void theRecordsChecksumIsTheSha256OfTheSha256sumListing() throws Exception {
         Path dir = tmp.resolve("two");
         Files.createDirectories(dir);
