@@ -3,7 +3,7 @@
 #
 #   scripts/device/gpu-run.sh pack          here: build the jars, the JUnit launcher and a Java runtime into .device/
 #   then, through the device tool, from the repository root there (carry [".device"]):
-#   bash scripts/device/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchnf4] [benchcpu] [e2e] [e2e2x] [extract] [unmerge] [benchsvd] [combine] [benchcombine]
+#   bash scripts/device/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchnf4] [benchcpu] [e2e] [e2e2x] [extract] [unmerge] [benchsvd] [combine] [benchcombine] [batch]
 #
 # "device" unpacks the runtime, runs the @Tag("gpu") tests (tests), the JMH throughput benchmarks
 # (benchgpu: device-resident merge and copy ceilings; benchnf4: the NF4 kernels beside the
@@ -12,7 +12,8 @@
 # (e2e2x), extract of a 7B-shaped fine-tune against cat of both checkpoints and the torch SVD anchors (extract),
 # the 7B unmerge beside the merge and the copy floor (unmerge),
 # the CPU truncated SVD's JMH benchmark (benchsvd), four adapters combined into the 7B shape (combine) and
-# the CPU engine's combination passes in JMH (benchcombine), writes logs under $OUT and prints a summary table last.
+# the CPU engine's combination passes in JMH (benchcombine), loramerge batch of 16 adapters on a 3 GB base,
+# shared pass against separate merges on one and two GPUs (batch), writes logs under $OUT and prints a summary table last.
 # Each step fits one device call of 10 minutes.
 # The tests step fails (exit 1) when any GPU test fails, is skipped or aborted, or when none ran,
 # and writes $OUT/last-gpu-run.json (commit, sources hash, card, date, counts) to commit as
@@ -153,6 +154,10 @@ device)
     benchcombine)
       # the CPU engine's selection passes, TIES and DARE-TIES rows and the exact several-term merge
       jmh combine CombineBenchmark -f 1 -wi 1 -i 2 -w 1s -r 1s
+      ;;
+    batch)
+      LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench/bench-batch-gpu.sh 2>&1 | tee "$OUT/batch.log" | tail -n 15
+      summary+=("batch (16 adapters, one base): see batch.log")
       ;;
     *) echo "unknown step $step"; exit 2 ;;
     esac

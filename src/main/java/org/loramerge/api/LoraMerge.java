@@ -143,6 +143,145 @@ public final class LoraMerge {
     }
 
     /**
+     * One merge of {@link #mergeShared}: its adapters, their combination (null for one adapter), its
+     * output and its own options ({@code overwrite}, {@code allowOverflow}, {@code verifyRows},
+     * {@code allowEmptyAdapter}, {@code log}; the others are the shared pass's).
+     */
+    public record SharedMerge(List<Path> adapters, Combination combination, Path out, MergeOptions options) {
+    }
+
+    /**
+     * What became of one merge of {@link #mergeShared}: its result, or the failure that stopped it
+     * alone (nothing written for it), or neither when it could not share the pass and is to be run
+     * on its own with {@link #merge(Path, List, Combination, Path, MergeOptions)}.
+     */
+    public record SharedOutcome(MergeResult result, UserException error) {
+        /** Whether the merge is still to be run on its own. */
+        public boolean notRun() {
+            return result == null && error == null;
+        }
+    }
+
+    /**
+     * Several merges into one base in one pass: the base is opened once and each of its tensors read
+     * once for all of them, and every output gets the bytes that
+     * {@link #merge(Path, List, Combination, Path, MergeOptions)} writes for it alone. The merges
+     * must agree on {@code dtype}, {@code to}, {@code maxShardSize}, {@code followSymlinks}, which
+     * {@code shared} gives, and run on {@code shared}'s device and threads. A merge whose output or
+     * plan fails gets its error; merges whose outputs would be laid out differently from the first
+     * (a resized vocabulary, replaced tensors of other shapes) are returned not run, and so are all
+     * of them when the pass fails while streaming, as that failure may be any one merge's.
+     *
+     * @return per merge, in order, its outcome
+     * @throws UserException for an unreadable base or no usable device: nothing was written
+     */
+    public static List<SharedOutcome> mergeShared(Path base, List<SharedMerge> merges, MergeOptions shared) throws UserException, IOException {
+        DType dtype = parseDtype(shared.dtype());
+        QuantTarget to = parseTarget(shared.to());
+        if (shared.maxShardSize() <= 0) {
+            throw new UsageException("--max-shard-size " + shared.maxShardSize() + ": expected a positive size such as 5GB or 500MB");
+        }
+        if (shared.threads() < 0) {
+            throw new UsageException("--threads " + shared.threads() + ": expected 1 or more (default: all cores)");
+        }
+        int cpuThreads = shared.threads() > 0 ? shared.threads() : Runtime.getRuntime().availableProcessors();
+        long start = System.nanoTime();
+        int n = merges.size();
+        SharedOutcome[] outcomes = new SharedOutcome[n];
+        List<AtomicOutput> outputs = new ArrayList<>();
+        List<Adapters> opened = new ArrayList<>();
+        try (Checkpoint ckpt = openBase(base, shared.followSymlinks())) {
+            List<Integer> members = new ArrayList<>();
+            List<MergePlan> plans = new ArrayList<>();
+            PlanOptions planOptions = new PlanOptions(dtype, shared.maxShardSize(), to);
+            for (int k = 0; k < n; k++) {
+                SharedMerge m = merges.get(k);
+                if (m.options().verifyRows() < 0) {
+                    outcomes[k] = new SharedOutcome(null, new UsageException("--verify-rows " + m.options().verifyRows()
+                            + ": expected a positive number of rows, or all"));
+                    continue;
+                }
+                if (m.adapters().isEmpty() || (m.combination() == null && m.adapters().size() > 1)) {
+                    outcomes[k] = new SharedOutcome(null, new UsageException(m.adapters().size()
+                            + " adapters given: choose how they combine (--combine METHOD; docs/FORMATS.md §8)"));
+                    continue;
+                }
+                List<Path> inputs = new ArrayList<>();
+                inputs.add(base);
+                inputs.addAll(m.adapters());
+                AtomicOutput output = null;
+                try {
+                    output = AtomicOutput.create(m.out(), m.options().overwrite(), inputs);
+                    Adapters loras = Adapters.open(m.adapters(), shared.followSymlinks());
+                    opened.add(loras);
+                    MergePlan plan = m.combination() == null ? Planner.plan(ckpt, loras.list().get(0), planOptions)
+                            : Planner.plan(ckpt, loras.list(), planOptions, m.combination());
+                    requireAChange(plan, loras.list(), m.options());
+                    if (!plans.isEmpty() && !MergeRunner.sameLayout(List.of(plans.get(0), plan))) {
+                        output.close();
+                        outcomes[k] = new SharedOutcome(null, null);
+                        continue;
+                    }
+                    outputs.add(output);
+                    plans.add(plan);
+                    members.add(k);
+                } catch (UserException e) {
+                    if (output != null) {
+                        output.close();
+                    }
+                    outcomes[k] = new SharedOutcome(null, e);
+                } catch (IOException | RuntimeException e) {
+                    // not one of the failures a user acts on: the merge on its own reports it as merge does
+                    if (output != null) {
+                        output.close();
+                    }
+                    outcomes[k] = new SharedOutcome(null, null);
+                }
+            }
+            if (!plans.isEmpty()) {
+                Backends.Choice choice = Backends.open(shared.device(), cpuThreads);
+                double startSeconds = (System.nanoTime() - start) / 1e9;
+                try (Backend backend = choice.backend()) {
+                    List<MergeRunner.Options> options = new ArrayList<>();
+                    for (int k : members) {
+                        MergeOptions o = merges.get(k).options();
+                        options.add(new MergeRunner.Options(o.allowOverflow(), Backend.DEFAULT_BLOCK_BYTES, o.verifyRows()));
+                    }
+                    List<MergeRunner.SharedOutcome> done;
+                    try {
+                        done = MergeRunner.runShared(plans, backend, outputs, options);
+                    } catch (Exception e) {
+                        for (int k : members) {
+                            outcomes[k] = new SharedOutcome(null, null);
+                        }
+                        return List.of(outcomes);
+                    }
+                    for (int i = 0; i < members.size(); i++) {
+                        int k = members.get(i);
+                        MergeRunner.SharedOutcome d = done.get(i);
+                        if (d.error() == null) {
+                            d.report().startSeconds = startSeconds;
+                            outcomes[k] = new SharedOutcome(MergeResult.of(d.report(), merges.get(k).options().verifyRows()), null);
+                        } else if (d.error() instanceof UserException) {
+                            outcomes[k] = new SharedOutcome(null, (UserException) d.error());
+                        } else {
+                            outcomes[k] = new SharedOutcome(null, null);
+                        }
+                    }
+                }
+            }
+            return List.of(outcomes);
+        } finally {
+            for (AtomicOutput o : outputs) {
+                o.close();
+            }
+            for (Adapters a : opened) {
+                a.close();
+            }
+        }
+    }
+
+    /**
      * An adapter that changes nothing is a failure (an adapter saved before training, the wrong
      * folder) unless {@code allowEmptyAdapter}, which writes a copy of the base and says so.
      */

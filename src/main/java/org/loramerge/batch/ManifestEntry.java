@@ -16,9 +16,12 @@ import java.util.regex.Pattern;
 import org.loramerge.api.LoraMerge;
 import org.loramerge.api.MergeOptions;
 import org.loramerge.api.MergeResult;
+import org.loramerge.errors.UsageException;
 import org.loramerge.errors.UserException;
+import org.loramerge.format.DType;
 import org.loramerge.format.Json;
 import org.loramerge.plan.Combination;
+import org.loramerge.plan.QuantTarget;
 
 /**
  * One merge of a batch manifest: a line of {@code merges.jsonl}, parsed and checked.
@@ -112,9 +115,16 @@ public record ManifestEntry(int line, String base, List<String> adapters, String
                 n.put("svd_clamp", combination.svdClamp());
             }
         }
-        n.put("dtype", options.dtype());
-        if (options.to() != null) {
-            n.put("to", options.to());
+        // spelled as the parsers read them, so "bfloat16" and "bf16" are one line
+        try {
+            DType dtype = LoraMerge.parseDtype(options.dtype());
+            n.put("dtype", dtype == null ? "auto" : dtype.name());
+            QuantTarget to = LoraMerge.parseTarget(options.to());
+            if (to != null) {
+                n.put("to", to.name());
+            }
+        } catch (UsageException e) {
+            throw new IllegalStateException("an entry holds a dtype the manifest's parser refused: " + e.getMessage(), e);
         }
         n.put("max_shard_size", options.maxShardSize());
         n.put("allow_overflow", options.allowOverflow());

@@ -21,7 +21,7 @@ import picocli.CommandLine;
         description = {
                 "Merges PEFT LoRA adapters into Hugging Face safetensors checkpoints: W' = W + s·B·A, "
                         + "correctly rounded, streamed tensor by tensor, on the CPU or an NVIDIA GPU."},
-        subcommands = {MergeCommand.class, CombineCommand.class, VerifyCommand.class, InspectCommand.class, QuantizeCommand.class, ExtractCommand.class,
+        subcommands = {MergeCommand.class, CombineCommand.class, BatchCommand.class, VerifyCommand.class, InspectCommand.class, QuantizeCommand.class, ExtractCommand.class,
                 UnmergeCommand.class, CommandLine.HelpCommand.class, AutoComplete.GenerateCompletion.class, ManPageCommand.class},
         footer = {"", "Exit codes: 0 ok, 2 usage, 3 bad input, 4 output not written, 5 overflow/NaN, 6 verify failed, 7 GPU unavailable, 1 bug."})
 public final class Main {

@@ -53,6 +53,19 @@ final class MergeContext {
     }
 
     /**
+     * Another merge's context sharing {@code lead}'s engine, executor, output blocks and progress (one
+     * pass writing several outputs: {@link MergeRunner#runShared}); its own options, shard and findings.
+     */
+    MergeContext(MergeContext lead, MergeRunner.Options options) {
+        this.backend = lead.backend;
+        this.options = options;
+        this.progress = lead.progress;
+        this.threadNote = lead.threadNote;
+        this.executor = lead.executor;
+        this.buffers = lead.buffers;
+    }
+
+    /**
      * Streaming blocks a worker thread may hold at once, with their working copies: its output
      * block (off the heap), the source rows it decodes, and for a requantized weight the block's
      * merged values and ΔW in doubles (8 bytes an element, so as much as the block again).

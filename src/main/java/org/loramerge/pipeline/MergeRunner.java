@@ -3,6 +3,7 @@ package org.loramerge.pipeline;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
 import java.util.Locale;
 import org.loramerge.engine.Backend;
@@ -57,11 +58,7 @@ public final class MergeRunner {
         MergeReport report = new MergeReport();
         try (CheckpointWriter writer = new CheckpointWriter(out, progress)) {
             for (MergePlan.Shard shard : plan.shards()) {
-                List<SafetensorsWriter.Entry> entries = new ArrayList<>();
-                for (OutputTensor t : shard.tensors()) {
-                    entries.addAll(t.entries());
-                }
-                try (CheckpointWriter.Shard s = writer.openShard(shard.fileName(), entries)) {
+                try (CheckpointWriter.Shard s = writer.openShard(shard.fileName(), entries(shard))) {
                     ctx.shard = s;
                     for (OutputTensor t : shard.tensors()) {
                         TensorStrategy.of(t.route()).schedule(t, ctx);
@@ -70,24 +67,144 @@ public final class MergeRunner {
                     s.finish();
                 }
             }
-            if (plan.isSharded()) {
-                writer.writeIndex();
-            }
-            if (plan.config() != null) {
-                writer.writeConfig(plan.config());
-            }
-            report.copiedFiles.addAll(writer.carry(plan.filesToCopy()));
-            if (options.verifyRows() > 0) {
-                verify(plan, writer.dir(), options.verifyRows(), report);
-            }
-            if (plan.provenance() != null) {
-                writer.writeText(CarriedFiles.MODEL_CARD, ModelCard.render(plan, options.verifyRows(), report.verifiedWorstUlp));
-            }
-            writer.commit();
+            finish(plan, writer, options, report);
         } finally {
             ctx.executor.close();
         }
         progress.finish();
+        return fill(report, plan, ctx, backend, out, start);
+    }
+
+    /** One output of {@link #runShared}: its report, or why it alone was not written. */
+    public record SharedOutcome(MergeReport report, Exception error) {
+    }
+
+    /**
+     * Whether {@code plans} (of one base checkpoint) can be written by {@link #runShared}: the same
+     * shards, each with the same tensors in the same order, names, dtypes and shapes.
+     */
+    public static boolean sameLayout(List<MergePlan> plans) {
+        MergePlan first = plans.get(0);
+        for (MergePlan p : plans) {
+            if (p.shards().size() != first.shards().size()) {
+                return false;
+            }
+            for (int i = 0; i < first.shards().size(); i++) {
+                MergePlan.Shard a = first.shards().get(i);
+                MergePlan.Shard b = p.shards().get(i);
+                if (!a.fileName().equals(b.fileName()) || a.tensors().size() != b.tensors().size()) {
+                    return false;
+                }
+                for (int j = 0; j < a.tensors().size(); j++) {
+                    OutputTensor x = a.tensors().get(j);
+                    OutputTensor y = b.tensors().get(j);
+                    if (!x.name().equals(y.name()) || x.dtype() != y.dtype() || !Arrays.equals(x.shape(), y.shape())
+                            || x.sizeInBytes() != y.sizeInBytes()) {
+                        return false;
+                    }
+                }
+            }
+        }
+        return true;
+    }
+
+    /**
+     * Writes several merges of one base checkpoint in one pass ({@link #sameLayout} plans): tensor by
+     * tensor, each block of base rows is read once and merged by every plan's engine handle into that
+     * plan's own output, a tensor copied by all of them is mapped once; each output is then finished
+     * and committed on its own, with exactly the bytes {@link #run} writes for its plan.
+     *
+     * @return per plan, in order, its report or the failure of its own finishing (index, verification, commit)
+     * @throws Exception a failure while streaming the tensors, which leaves no output written: the
+     *                   caller runs the merges one by one to find whose it is
+     */
+    public static List<SharedOutcome> runShared(List<MergePlan> plans, Backend backend, List<AtomicOutput> outs, List<Options> options)
+            throws Exception {
+        if (!sameLayout(plans)) {
+            throw new IllegalArgumentException("plans of different layouts cannot share a pass");
+        }
+        long start = System.nanoTime();
+        int n = plans.size();
+        Progress progress = Progress.silent();
+        MergeContext lead = new MergeContext(backend, options.get(0), progress);
+        List<MergeContext> ctxs = new ArrayList<>();
+        List<CheckpointWriter> writers = new ArrayList<>();
+        try {
+            for (int k = 0; k < n; k++) {
+                ctxs.add(k == 0 ? lead : new MergeContext(lead, options.get(k)));
+                writers.add(new CheckpointWriter(outs.get(k), progress));
+            }
+            MergePlan first = plans.get(0);
+            for (int i = 0; i < first.shards().size(); i++) {
+                List<CheckpointWriter.Shard> shards = new ArrayList<>();
+                try {
+                    for (int k = 0; k < n; k++) {
+                        MergePlan.Shard shard = plans.get(k).shards().get(i);
+                        CheckpointWriter.Shard s = writers.get(k).openShard(shard.fileName(), entries(shard));
+                        shards.add(s);
+                        ctxs.get(k).shard = s;
+                    }
+                    for (int j = 0; j < first.shards().get(i).tensors().size(); j++) {
+                        List<OutputTensor> ts = new ArrayList<>();
+                        for (MergePlan p : plans) {
+                            ts.add(p.shards().get(i).tensors().get(j));
+                        }
+                        SharedRows.schedule(ts, ctxs);
+                    }
+                    lead.executor.drain();
+                    for (CheckpointWriter.Shard s : shards) {
+                        s.finish();
+                    }
+                } finally {
+                    for (CheckpointWriter.Shard s : shards) {
+                        s.close();
+                    }
+                }
+            }
+            List<SharedOutcome> outcomes = new ArrayList<>();
+            for (int k = 0; k < n; k++) {
+                MergeReport report = new MergeReport();
+                try {
+                    finish(plans.get(k), writers.get(k), options.get(k), report);
+                    outcomes.add(new SharedOutcome(fill(report, plans.get(k), ctxs.get(k), backend, outs.get(k), start), null));
+                } catch (Exception e) {
+                    outcomes.add(new SharedOutcome(null, e));
+                }
+            }
+            return outcomes;
+        } finally {
+            writers.forEach(CheckpointWriter::close);
+            lead.executor.close();
+        }
+    }
+
+    private static List<SafetensorsWriter.Entry> entries(MergePlan.Shard shard) {
+        List<SafetensorsWriter.Entry> entries = new ArrayList<>();
+        for (OutputTensor t : shard.tensors()) {
+            entries.addAll(t.entries());
+        }
+        return entries;
+    }
+
+    /** After the shards: the index, config.json, the carried files, the verification, the model card, and the commit. */
+    private static void finish(MergePlan plan, CheckpointWriter writer, Options options, MergeReport report) throws Exception {
+        if (plan.isSharded()) {
+            writer.writeIndex();
+        }
+        if (plan.config() != null) {
+            writer.writeConfig(plan.config());
+        }
+        report.copiedFiles.addAll(writer.carry(plan.filesToCopy()));
+        if (options.verifyRows() > 0) {
+            verify(plan, writer.dir(), options.verifyRows(), report);
+        }
+        if (plan.provenance() != null) {
+            writer.writeText(CarriedFiles.MODEL_CARD, ModelCard.render(plan, options.verifyRows(), report.verifiedWorstUlp));
+        }
+        writer.commit();
+    }
+
+    private static MergeReport fill(MergeReport report, MergePlan plan, MergeContext ctx, Backend backend, AtomicOutput out, long start) {
         report.seconds = (System.nanoTime() - start) / 1e9;
         report.engine = backend.describe();
         report.output = out.target().toString();

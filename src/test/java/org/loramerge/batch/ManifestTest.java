@@ -87,12 +87,15 @@ class ManifestTest {
     }
 
     @Test
-    void theIdIgnoresKeyOrderSpacingAndTheDeviceButNotWhatTheOutputHolds() throws Exception {
+    void theIdIgnoresKeyOrderSpacingAliasesAndTheDeviceButNotWhatTheOutputHolds() throws Exception {
         String id = Manifest.parse("{\"base\": \"llama\", \"adapter\": \"a\", \"out\": \"o\"}", "m").entries().get(0).id();
         assertEquals(16, id.length());
         assertEquals(id, Manifest.parse("\n\n{\"out\":\"o\",\"adapter\":\"a\",\"base\":\"llama\",\"device\":\"cpu\",\"threads\":2}", "m")
                 .entries().get(0).id());
         assertNotEquals(id, Manifest.parse("{\"base\": \"llama\", \"adapter\": \"a\", \"out\": \"o\", \"dtype\": \"f32\"}", "m").entries().get(0).id());
+        assertEquals(Manifest.parse("{\"base\": \"llama\", \"adapter\": \"a\", \"out\": \"o\", \"dtype\": \"bfloat16\"}", "m").entries().get(0).id(),
+                Manifest.parse("{\"base\": \"llama\", \"adapter\": \"a\", \"out\": \"o\", \"dtype\": \"BF16\"}", "m").entries().get(0).id(),
+                "a dtype's aliases are one dtype");
         assertNotEquals(id, Manifest.parse("{\"base\": \"llama\", \"adapter\": \"b\", \"out\": \"o\"}", "m").entries().get(0).id());
     }
 

@@ -125,6 +125,32 @@ public final class CudaDevice implements AutoCloseable {
         return d;
     }
 
+    /**
+     * The number of CUDA devices visible to this process (CUDA_VISIBLE_DEVICES applies), or 0 where
+     * there is no NVIDIA driver, no device, or not Linux x86-64; never throws. Whether each device
+     * is usable is known only when {@link #open} tries it.
+     */
+    public static int count() {
+        if (!System.getProperty("os.name", "").toLowerCase(Locale.ROOT).contains("linux")
+                || !System.getProperty("os.arch", "").matches("amd64|x86_64")) {
+            return 0;
+        }
+        if (CublasLoader.find(CublasLoader.searchDirs(), "libcuda.so.1") == null
+                && CublasLoader.find(List.of(Paths.get("/usr/local/nvidia/lib64"), Paths.get("/usr/lib64")), "libcuda.so.1") == null) {
+            return 0;
+        }
+        try {
+            JCuda.setExceptionsEnabled(true);
+            JCudaDriver.setExceptionsEnabled(true);
+            int[] n = {0};
+            JCudaDriver.cuInit(0);
+            JCuda.cudaGetDeviceCount(n);
+            return n[0];
+        } catch (Throwable e) {
+            return 0;
+        }
+    }
+
     /** "cuda:0 NVIDIA H200 (sm_90, cuBLAS ...)". */
     public String description() {
         return description;

@@ -50,6 +50,16 @@ public final class Backends {
         throw new UsageException("--device " + device + ": expected auto, cpu, cuda or cuda:N");
     }
 
+    /** The number of CUDA devices visible here, 0 where the GPU engine cannot run (asked by name, as {@link #openCuda}). */
+    public static int cudaDeviceCount() {
+        try {
+            Class<?> c = Class.forName("org.loramerge.engine.cuda.CudaDevice");
+            return (Integer) c.getMethod("count").invoke(null);
+        } catch (ReflectiveOperationException | LinkageError e) {
+            return 0;
+        }
+    }
+
     /** The GPU engine on device {@code ordinal}; loaded by name so that the CPU engine never needs JCuda's classes. */
     public static Backend openCuda(int ordinal, int cpuThreads) throws DeviceUnavailableException {
         try {

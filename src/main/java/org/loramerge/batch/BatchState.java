@@ -1,0 +1,289 @@
+package org.loramerge.batch;
+
+import com.fasterxml.jackson.annotation.JsonAutoDetect;
+import com.fasterxml.jackson.annotation.PropertyAccessor;
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.PropertyNamingStrategies;
+import com.fasterxml.jackson.databind.SerializationFeature;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import java.io.IOException;
+import java.io.InputStream;
+import java.nio.channels.FileChannel;
+import java.nio.channels.FileLock;
+import java.nio.channels.OverlappingFileLockException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.DirectoryStream;
+import java.nio.file.Files;
+import java.nio.file.LinkOption;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.nio.file.StandardOpenOption;
+import java.security.DigestInputStream;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.util.HashMap;
+import java.util.HexFormat;
+import java.util.Iterator;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeMap;
+import java.util.stream.Stream;
+import org.loramerge.api.MergeResult;
+import org.loramerge.errors.OutputException;
+import org.loramerge.format.InputFolder;
+
+/**
+ * The batch's memory of what it wrote, a folder beside the manifest ({@code merges.jsonl.state/}):
+ * one record per manifest line, {@code ID.json} by {@link ManifestEntry#id()}, written atomically
+ * (a temporary file renamed into place). A record is written as {@code running} before its merge
+ * starts and as {@code done} after the output is committed, with the SHA-256 of every file of the
+ * output and the merge's summary. The output folders themselves hold only what {@code merge} writes.
+ * One batch at a time uses a state folder: {@link #open} takes a lock on its {@code .lock} file for
+ * the batch's life.
+ */
+final class BatchState implements AutoCloseable {
+    static final String RUNNING = "running";
+    static final String DONE = "done";
+    /** Largest record read; a record holds a summary of a few kB per adapted tensor. */
+    private static final long MAX_RECORD_BYTES = 64_000_000L;
+    private static final ObjectMapper JSON = mapper();
+
+    /** A state record: the line's id and output, and once done its files' hashes, checksum, bytes and summary. */
+    record Entry(String id, int line, String out, String status, Map<String, String> files, String checksum, long bytes) {
+    }
+
+    private final Path dir;
+    private final FileChannel lockChannel;
+    private final FileLock lock;
+    private final Map<String, Entry> byId = new HashMap<>();
+
+    private BatchState(Path dir, FileChannel lockChannel, FileLock lock) {
+        this.dir = dir;
+        this.lockChannel = lockChannel;
+        this.lock = lock;
+    }
+
+    private static ObjectMapper mapper() {
+        ObjectMapper m = new ObjectMapper().setPropertyNamingStrategy(PropertyNamingStrategies.SNAKE_CASE)
+                .enable(SerializationFeature.INDENT_OUTPUT);
+        m.setVisibility(PropertyAccessor.FIELD, JsonAutoDetect.Visibility.PUBLIC_ONLY);
+        return m;
+    }
+
+    /** Opens (creating) the state folder {@code dir} and locks it; another batch holding it is an output failure (exit 4). */
+    static BatchState open(Path dir) throws OutputException {
+        try {
+            Files.createDirectories(dir);
+        } catch (IOException e) {
+            throw new OutputException(dir, "cannot create the batch's state folder " + dir + " (" + e.getMessage()
+                    + "); choose a writable one with --state DIR", e);
+        }
+        FileChannel ch = null;
+        try {
+            ch = FileChannel.open(dir.resolve(".lock"), StandardOpenOption.CREATE, StandardOpenOption.WRITE);
+            FileLock lock;
+            try {
+                lock = ch.tryLock();
+            } catch (OverlappingFileLockException e) {
+                lock = null; // a batch of this process holds it
+            }
+            if (lock == null) {
+                ch.close();
+                throw new OutputException(dir, "another loramerge batch is running with the state folder " + dir
+                        + "; wait for it to finish (two batches would write the same outputs)", null);
+            }
+            BatchState s = new BatchState(dir, ch, lock);
+            s.load();
+            return s;
+        } catch (IOException e) {
+            closeQuietly(ch);
+            throw new OutputException(dir, "cannot use the batch's state folder " + dir + ": " + e.getMessage(), e);
+        }
+    }
+
+    Path dir() {
+        return dir;
+    }
+
+    private void load() throws IOException {
+        try (DirectoryStream<Path> ds = Files.newDirectoryStream(dir, "*.json")) {
+            for (Path p : ds) {
+                Entry e = readRecord(p);
+                if (e != null) {
+                    byId.put(e.id(), e);
+                }
+            }
+        }
+    }
+
+    /** A record, or null for a file that is not one (it is ignored: the line it stood for is redone). */
+    private static Entry readRecord(Path p) {
+        try {
+            JsonNode n = JSON.readTree(InputFolder.readBounded(p, MAX_RECORD_BYTES, "a batch state record"));
+            Map<String, String> files = new TreeMap<>();
+            JsonNode f = n.path("files");
+            for (Iterator<Map.Entry<String, JsonNode>> it = f.fields(); it.hasNext(); ) {
+                Map.Entry<String, JsonNode> x = it.next();
+                files.put(x.getKey(), x.getValue().asText());
+            }
+            if (!n.path("id").isTextual() || !n.path("out").isTextual()) {
+                return null;
+            }
+            return new Entry(n.get("id").textValue(), n.path("line").asInt(), n.get("out").textValue(), n.path("status").asText(),
+                    files, n.path("checksum").asText(null), n.path("bytes").asLong());
+        } catch (Exception e) {
+            return null;
+        }
+    }
+
+    /** The record of line {@code id}, or null. */
+    synchronized Entry get(String id) {
+        return byId.get(id);
+    }
+
+    /** Whether any record, done or running, names {@code out}: the batch wrote (or was writing) that folder. */
+    synchronized boolean wrote(Path out) {
+        String o = out.toAbsolutePath().normalize().toString();
+        return byId.values().stream().anyMatch(e -> e.out().equals(o));
+    }
+
+    /** Records that line {@code id} is about to write {@code out}, before anything is written there. */
+    synchronized void running(String id, int line, Path out) throws OutputException {
+        Entry e = new Entry(id, line, out.toAbsolutePath().normalize().toString(), RUNNING, Map.of(), null, 0);
+        write(e, null);
+        byId.put(id, e);
+    }
+
+    /**
+     * Forgets the {@code running} record of line {@code id}, whose merge failed and so wrote nothing:
+     * {@code previous} (the record before it) comes back, or none; a folder that appears at the
+     * output later is then not taken for the batch's.
+     */
+    synchronized void failed(String id, Entry previous) throws OutputException {
+        if (previous != null) {
+            write(previous, null);
+            byId.put(id, previous);
+            return;
+        }
+        byId.remove(id);
+        Path file = dir.resolve(id + ".json");
+        try {
+            Files.deleteIfExists(file);
+        } catch (IOException x) {
+            throw new OutputException(file, "cannot remove the batch's state record " + file + ": " + x.getMessage()
+                    + "; remove it by hand before running the batch again", x);
+        }
+    }
+
+    /** Records that line {@code id} wrote {@code out} with these files, and what the merge said. */
+    synchronized void done(String id, int line, Path out, Map<String, String> files, String checksum, long bytes, MergeResult summary)
+            throws OutputException {
+        Entry e = new Entry(id, line, out.toAbsolutePath().normalize().toString(), DONE, Map.copyOf(files), checksum, bytes);
+        write(e, summary);
+        byId.put(id, e);
+    }
+
+    private void write(Entry e, MergeResult summary) throws OutputException {
+        ObjectNode n = JSON.createObjectNode();
+        n.put("id", e.id());
+        n.put("line", e.line());
+        n.put("out", e.out());
+        n.put("status", e.status());
+        n.set("files", JSON.valueToTree(new TreeMap<>(e.files())));
+        n.put("checksum", e.checksum());
+        n.put("bytes", e.bytes());
+        n.set("summary", summary == null ? null : JSON.valueToTree(summary));
+        Path file = dir.resolve(e.id() + ".json");
+        Path tmp = dir.resolve("." + e.id() + ".json.tmp");
+        try {
+            Files.write(tmp, JSON.writeValueAsBytes(n));
+            try (FileChannel ch = FileChannel.open(tmp, StandardOpenOption.WRITE)) {
+                ch.force(true);
+            }
+            Files.move(tmp, file, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+        } catch (IOException x) {
+            throw new OutputException(file, "cannot write the batch's state record " + file + ": " + x.getMessage()
+                    + "; free space or choose another --state DIR", x);
+        }
+    }
+
+    /**
+     * The SHA-256 of every regular file under {@code out}, by its path relative to {@code out}
+     * ({@code /}-separated), in name order. A symbolic link or anything but a file or folder in it
+     * is hashed as its kind, so a replaced file never matches.
+     */
+    static Map<String, String> hashes(Path out) throws IOException {
+        Map<String, String> files = new TreeMap<>();
+        try (Stream<Path> walk = Files.walk(out)) {
+            for (Path p : walk.sorted().toList()) {
+                if (p.equals(out)) {
+                    continue;
+                }
+                String name = out.relativize(p).toString().replace('\\', '/');
+                if (Files.isRegularFile(p, LinkOption.NOFOLLOW_LINKS)) {
+                    files.put(name, sha256(p));
+                } else if (!Files.isDirectory(p, LinkOption.NOFOLLOW_LINKS)) {
+                    files.put(name, "not a regular file");
+                }
+            }
+        }
+        return files;
+    }
+
+    /**
+     * One checksum of an output: the SHA-256 of its listing in the form {@code sha256sum} prints
+     * ({@code HASH  NAME} lines, names relative to the output, in name order).
+     */
+    static String checksum(Map<String, String> files) {
+        StringBuilder sb = new StringBuilder();
+        for (Map.Entry<String, String> e : files.entrySet()) {
+            sb.append(e.getValue()).append("  ").append(e.getKey()).append('\n');
+        }
+        return HexFormat.of().formatHex(digest().digest(sb.toString().getBytes(StandardCharsets.UTF_8)));
+    }
+
+    private static String sha256(Path file) throws IOException {
+        MessageDigest md = digest();
+        try (InputStream in = new DigestInputStream(Files.newInputStream(file), md)) {
+            byte[] buf = new byte[1 << 20];
+            while (in.read(buf) >= 0) {
+                // digesting
+            }
+        }
+        return HexFormat.of().formatHex(md.digest());
+    }
+
+    private static MessageDigest digest() {
+        try {
+            return MessageDigest.getInstance("SHA-256");
+        } catch (NoSuchAlgorithmException e) {
+            throw new IllegalStateException("SHA-256 is missing from this Java runtime", e);
+        }
+    }
+
+    /** The records, for tests. */
+    synchronized List<Entry> entries() {
+        return List.copyOf(byId.values());
+    }
+
+    @Override
+    public void close() {
+        try {
+            lock.release();
+        } catch (IOException e) {
+            // the lock goes with the channel
+        }
+        closeQuietly(lockChannel);
+    }
+
+    private static void closeQuietly(FileChannel ch) {
+        if (ch != null) {
+            try {
+                ch.close();
+            } catch (IOException e) {
+                // nothing held
+            }
+        }
+    }
+}
