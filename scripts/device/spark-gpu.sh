@@ -34,7 +34,7 @@ pack)
   (cd spark && mvn -q -B -ntp test-compile dependency:copy-dependencies -DincludeScope=test -DoutputDirectory="$stage/lib")
   (cd spark/target && jar cf "$stage/lib/loramerge-spark-tests.jar" -C test-classes . -C classes .)
   mvn -q -B -ntp dependency:copy -Dartifact=org.junit.platform:junit-platform-console-standalone:$JUNIT_VERSION -DoutputDirectory="$stage"
-  EXTRA_MODULES=jdk.unsupported,java.management,jdk.management,java.sql,java.naming,java.security.jgss,jdk.security.auth,jdk.crypto.ec,java.net.http \
+  EXTRA_MODULES=jdk.incubator.vector,jdk.unsupported,java.management,jdk.management,java.sql,java.naming,java.security.jgss,jdk.security.auth,jdk.crypto.ec,java.net.http \
     scripts/device/make-jre.sh "$stage" "$stage"/lib/*.jar "$stage"/junit-platform-console-standalone-$JUNIT_VERSION.jar
   git rev-parse HEAD > "$stage/build.txt"
   rm -rf .spark-device

@@ -8,8 +8,10 @@ import java.util.List;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
+import java.util.concurrent.TimeUnit;
 import org.apache.spark.api.java.JavaSparkContext;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 import org.loramerge.api.MergeOptions;
 
@@ -20,6 +22,8 @@ import org.loramerge.api.MergeOptions;
  * launches a speculative copy only on another host than the original, which a one-machine test
  * cannot have; OutputCommitTest races four attempts on the protocol itself.)
  */
+// a job whose executors cannot start (a missing module, a bad class path) would wait for them for ever: fail instead
+@Timeout(value = 5, unit = TimeUnit.MINUTES)
 class DuplicateAttemptsTest {
     @TempDir
     Path tmp;

@@ -18,8 +18,8 @@ import org.loramerge.api.MergeOptions;
 
 /** What the Spark job tests share: the core's committed models, manifests, and the reference merges. */
 final class Jobs {
-    /** The repository root, from spark/ where Maven runs the module's tests. */
-    static final Path REPO = Path.of("..").toAbsolutePath().normalize();
+    /** The repository root: the working folder or a folder above it (Maven runs the tests in spark/, scripts/device/spark-gpu.sh at the root). */
+    static final Path REPO = repositoryRoot();
     static final Path TINY_BASE = REPO.resolve("examples/tiny-llama/base");
     static final Path TINY_ADAPTER = REPO.resolve("examples/tiny-llama/adapter");
     static final Path LINEAR_BASE = REPO.resolve("src/test/resources/fixtures/linear_bf16/base");
@@ -30,6 +30,15 @@ final class Jobs {
     private static final ObjectMapper JSON = new ObjectMapper();
 
     private Jobs() {
+    }
+
+    private static Path repositoryRoot() {
+        for (Path p = Path.of("").toAbsolutePath(); p != null; p = p.getParent()) {
+            if (Files.isDirectory(p.resolve("examples/tiny-llama")) && Files.isDirectory(p.resolve("spark"))) {
+                return p;
+            }
+        }
+        throw new IllegalStateException("run the tests from the repository or its spark/ folder: examples/tiny-llama is not above " + Path.of("").toAbsolutePath());
     }
 
     /** A Spark configuration for tests: small, quiet, and able to read the test object store. */

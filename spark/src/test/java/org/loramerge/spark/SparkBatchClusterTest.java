@@ -6,11 +6,13 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
+import java.util.concurrent.TimeUnit;
 import org.apache.spark.SparkConf;
 import org.apache.spark.api.java.JavaSparkContext;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 import org.loramerge.api.MergeOptions;
 
@@ -20,6 +22,8 @@ import org.loramerge.api.MergeOptions;
  * class path. The first attempt of every task fails after uploading two files (the test hook
  * {@value SparkBatch#FAIL_AFTER_FILES}); Spark runs each again, on either executor.
  */
+// a job whose executors cannot start (a missing module, a bad class path) would wait for them for ever: fail instead
+@Timeout(value = 5, unit = TimeUnit.MINUTES)
 class SparkBatchClusterTest {
     private static JavaSparkContext sc;
     private static Path sparkHome;

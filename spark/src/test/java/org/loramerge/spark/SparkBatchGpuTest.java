@@ -12,10 +12,12 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Set;
 import java.util.TreeSet;
+import java.util.concurrent.TimeUnit;
 import org.apache.spark.SparkConf;
 import org.apache.spark.api.java.JavaSparkContext;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 import org.loramerge.api.MergeOptions;
 import org.loramerge.engine.DeviceUnavailableException;
@@ -25,6 +27,8 @@ import org.loramerge.engine.select.Backends;
  * GPU scheduling: the job with two GPU resources, one per task
  * ({@code spark.task.resource.gpu.amount=1}), found by a discovery script as on a cluster.
  */
+// a job whose executors cannot start (a missing module, a bad class path) would wait for them for ever: fail instead
+@Timeout(value = 5, unit = TimeUnit.MINUTES)
 class SparkBatchGpuTest {
     @TempDir
     Path tmp;

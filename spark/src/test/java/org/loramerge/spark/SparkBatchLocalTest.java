@@ -9,16 +9,20 @@ import com.fasterxml.jackson.databind.JsonNode;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
+import java.util.concurrent.TimeUnit;
 import org.apache.spark.api.java.JavaSparkContext;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 import org.loramerge.api.MergeOptions;
 import org.loramerge.batch.ManifestException;
 import org.loramerge.errors.UsageException;
 
 /** The job in local mode (one JVM, two task slots): merges on a local disk and on a store without rename. */
+// a job whose executors cannot start (a missing module, a bad class path) would wait for them for ever: fail instead
+@Timeout(value = 5, unit = TimeUnit.MINUTES)
 class SparkBatchLocalTest {
     private static JavaSparkContext sc;
 
