@@ -27,8 +27,8 @@ import org.apache.hadoop.fs.Path;
 
 /**
  * Puts one merged model at its destination so that it is complete or absent, on every store,
- * however many attempts of its line run at once, wherever one of them dies. README.md, "The Spark
- * job", states the protocol; in short:
+ * however many attempts of its line run at once, wherever one of them dies. README.md, "On a
+ * Spark cluster", states the protocol; in short:
  *
  * <ul>
  * <li>{@link Mode#RENAME} (local disks, HDFS: folders rename atomically): each attempt uploads into

@@ -31,7 +31,7 @@ import org.loramerge.errors.UserException;
 
 /**
  * The Spark job: runs a batch manifest ({@link Manifest}, the format of {@code loramerge batch}) on a
- * cluster, one task per line, and writes the result table. README.md, "The Spark job", shows the
+ * cluster, one task per line, and writes the result table. README.md, "On a Spark cluster", shows the
  * spark-submit line.
  *
  * <pre>
