@@ -27,8 +27,8 @@
 #
 # What bounds each (to be read off the table): the copy floor is the disk; separate merges read the
 # base 16 times (from the page cache after the first) and upload it to the GPU 16 times; the shared
-# pass reads each block once but still hands it to each line's engine handle, so on the GPU it still
-# uploads it once per line (one upload for all lines is not built: see README, Batch).
+# pass reads and uploads each block once and applies the 16 adapters to it on the device, so what
+# is left is 16 outputs coming down over PCIe and going to disk.
 #
 # Environment: OUT (default /tmp/out), WORK (default /tmp/lm-batch-$SHAPE), SHAPE (3gb; 1gb or tiny
 #   to try the script out), ADAPTERS (16), RANK (16), PYTHON (python3), LORAMERGE (default

@@ -42,6 +42,17 @@ public interface TensorMerge extends AutoCloseable {
      */
     void mergeRows(long row0, int rowCount, ByteBuffer src, ByteBuffer dst, BlockStats stats) throws Exception;
 
+    /**
+     * {@link #mergeRows} of a block of source rows that several merges of one pass over a base take
+     * one after the other on this thread ({@code block}: a new object per block read, the same for
+     * each of those merges). An engine may keep the rows where it put them for the first of them
+     * and use them again for the others (the GPU engine uploads such a block once); the result is
+     * {@link #mergeRows}'s.
+     */
+    default void mergeRowsOfSharedBlock(long row0, int rowCount, ByteBuffer src, Object block, ByteBuffer dst, BlockStats stats) throws Exception {
+        mergeRows(row0, rowCount, src, dst, stats);
+    }
+
     @Override
     void close();
 }

@@ -19,7 +19,8 @@ import org.loramerge.plan.TensorSource;
  * block, written at its place in that merge's shard; anything else (requantized weights, DoRA's
  * column norms, the dense combinations' selection, different sources) is written by each merge's
  * own {@link TensorStrategy}. The blocks are those of {@link RowMerge} and {@link ByteCopy}, so every
- * output gets the bytes a merge of its own writes.
+ * output gets the bytes a merge of its own writes. The merges of a block run one after the other on
+ * one worker thread ({@link TensorMerge#mergeRowsOfSharedBlock}), so on the GPU the block goes up once.
  */
 final class SharedRows {
     /** Bytes per copy step, as {@link ByteCopy}'s. */
@@ -124,11 +125,12 @@ final class SharedRows {
             Future<Long> f = lead.executor.submit(() -> {
                 try (TensorSource.Bytes src = source.readRows(form, r0, count, cols)) {
                     ByteBuffer in = src.bytes();
+                    Object block = new Object(); // names this read: the GPU engine uploads it once for every merge
                     for (int k = 0; k < n; k++) {
                         ByteBuffer dst = lead.buffers.take();
                         try {
                             dst.clear();
-                            merges.get(k).mergeRows(r0, count, in.duplicate().order(in.order()), dst, stats.get(k));
+                            merges.get(k).mergeRowsOfSharedBlock(r0, count, in.duplicate().order(in.order()), block, dst, stats.get(k));
                             dst.limit((int) (count * outRowBytes));
                             dst.position(0);
                             shards.get(k).writeAt(offsets.get(k) + r0 * outRowBytes, dst);

@@ -316,7 +316,15 @@ class BatchCliTest {
             String a = Path.of(out).getFileName().toString();
             assertSameFolder(reference(a, "--base", LLAMA.toString(), "--adapter", adapter(a).toString()), Path.of(out));
         }
-        assertEquals(adapters.stream().sorted().toList(), names(dir.resolve("merged")), "no partial folder or owner record is left");
+        // a writer killed between creating its owner record and locking it leaves an empty record that AtomicOutput
+        // leaves alone for a minute (it may be a live writer's); anything else of the killed run is cleaned up
+        List<String> left = new ArrayList<>();
+        for (String name : names(dir.resolve("merged"))) {
+            if (!(name.contains(".loramerge-lock-") && Files.size(dir.resolve("merged").resolve(name)) == 0)) {
+                left.add(name);
+            }
+        }
+        assertEquals(adapters.stream().sorted().toList(), left, "no partial folder or owner record is left");
     }
 
     /** Output folder to checksum of every record marked done in {@code state}. */

@@ -144,21 +144,35 @@ final class CudaTensorMerge implements TensorMerge {
 
     /** Queues W of rows [row0, row0 + rowCount) into the worker's input buffer. */
     void load(DeviceWorker w, long row0, int rowCount, ByteBuffer src) {
+        load(w, row0, rowCount, src, null);
+    }
+
+    /** {@link #load}; a dense {@code block} shared with other merges of one pass goes up once ({@link DeviceWorker#loadValuesOnce}). */
+    private void load(DeviceWorker w, long row0, int rowCount, ByteBuffer src, Object block) {
         long n = (long) rowCount * job.cols();
         if (nf4 != null) {
             w.loadNf4(src, row0 * job.cols(), n, sourceAbsmax, nf4.tensor().blocksize(), job.srcFormat());
         } else {
-            w.loadValues(src, n * job.srcFormat().sizeInBytes());
+            w.loadValuesOnce(src, n * job.srcFormat().sizeInBytes(), block);
         }
     }
 
     @Override
     public void mergeRows(long row0, int rowCount, ByteBuffer src, ByteBuffer dst, BlockStats stats) {
+        merge(row0, rowCount, src, null, dst, stats);
+    }
+
+    @Override
+    public void mergeRowsOfSharedBlock(long row0, int rowCount, ByteBuffer src, Object block, ByteBuffer dst, BlockStats stats) {
+        merge(row0, rowCount, src, block, dst, stats);
+    }
+
+    private void merge(long row0, int rowCount, ByteBuffer src, Object block, ByteBuffer dst, BlockStats stats) {
         DeviceWorker w = device.worker();
         FloatFormat in = job.srcFormat();
         FloatFormat out = job.dstFormat();
         int cols = job.cols();
-        load(w, row0, rowCount, src);
+        load(w, row0, rowCount, src, block);
         ByteBuffer values = src; // W in its own dtype, for work on the host; an NF4 block's is downloaded when needed
         long end = row0 + rowCount;
         int t = segmentAt(row0);

@@ -38,6 +38,9 @@ public final class DeviceWorker implements AutoCloseable {
     private final DeviceMemory counters = new DeviceMemory(COUNTERS * Sizeof.LONG);
     private final DeviceMemory ambiguous = new DeviceMemory((long) AMBIGUOUS_CAPACITY * Sizeof.LONG);
     private final DeviceMemory forHost = new DeviceMemory((long) AMBIGUOUS_CAPACITY * Sizeof.LONG);
+    /** The shared block {@link #input()} holds ({@link #loadValuesOnce}), or null; its size in bytes. */
+    private Object loadedBlock;
+    private long loadedBytes;
 
     /**
      * The counters of a block, read once its stream is done.
@@ -92,10 +95,28 @@ public final class DeviceWorker implements AutoCloseable {
 
     /** Queues the upload of {@code bytes} bytes of {@code src} (from its position 0) into {@link #input()}. */
     public void loadValues(ByteBuffer src, long bytes) {
+        loadedBlock = null;
         ByteBuffer in = hostIn.buffer();
         src.position(0).limit(Math.toIntExact(bytes));
         in.put(src);
         JCuda.cudaMemcpyAsync(dIn.pointer(), hostIn.pointer(), bytes, cudaMemcpyKind.cudaMemcpyHostToDevice, stream.runtime());
+    }
+
+    /**
+     * {@link #loadValues} of a block that several merges of one pass take in turn on this worker
+     * ({@code block} names it): uploaded for the first, and left in {@link #input()} for the others,
+     * as no kernel writes W (they all take it {@code const}) and every other load forgets the block.
+     * {@code src} is left positioned as {@link #loadValues} leaves it.
+     */
+    public void loadValuesOnce(ByteBuffer src, long bytes, Object block) {
+        if (block != null && block == loadedBlock && bytes == loadedBytes) {
+            src.position(0).limit(Math.toIntExact(bytes));
+            src.position(src.limit());
+            return;
+        }
+        loadValues(src, bytes);
+        loadedBlock = block;
+        loadedBytes = bytes;
     }
 
     /**
@@ -104,6 +125,7 @@ public final class DeviceWorker implements AutoCloseable {
      * dequantized there with the weight's decoded {@code absmax} into {@code fmt}.
      */
     public void loadNf4(ByteBuffer packed, long first, long count, DeviceMemory absmax, int blocksize, FloatFormat fmt) {
+        loadedBlock = null;
         long packedBytes = (first + count - 1) / 2 - first / 2 + 1;
         ByteBuffer in = hostIn.buffer();
         packed.position(0).limit(Math.toIntExact(packedBytes));
