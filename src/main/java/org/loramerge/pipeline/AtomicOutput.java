@@ -90,34 +90,44 @@ public final class AtomicOutput implements AutoCloseable {
         void deleteTree(Path dir);
     }
 
+    /** Opens a file or folder for reading, to fsync it through the channel. */
+    interface ChannelOpener {
+        FileChannel open(Path path) throws IOException;
+    }
+
     /** The real file system. */
-    static final FileOps SYSTEM = new FileOps() {
-        @Override
-        public void forceFile(Path file) throws IOException {
-            try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
-                ch.force(true);
+    static final FileOps SYSTEM = system(path -> FileChannel.open(path, StandardOpenOption.READ));
+
+    /** The real file system's steps, fsyncing through the channels {@code opener} opens (tests watch them). */
+    static FileOps system(ChannelOpener opener) {
+        return new FileOps() {
+            @Override
+            public void forceFile(Path file) throws IOException {
+                try (FileChannel ch = opener.open(file)) {
+                    ch.force(true);
+                }
             }
-        }
 
-        @Override
-        public void forceDir(Path dir) {
-            try (FileChannel ch = FileChannel.open(dir, StandardOpenOption.READ)) {
-                ch.force(true);
-            } catch (IOException e) {
-                // some file systems refuse to sync a folder; the files themselves are synced
+            @Override
+            public void forceDir(Path dir) {
+                try (FileChannel ch = opener.open(dir)) {
+                    ch.force(true);
+                } catch (IOException e) {
+                    // some file systems refuse to sync a folder; the files themselves are synced
+                }
             }
-        }
 
-        @Override
-        public void move(Path from, Path to) throws IOException {
-            Files.move(from, to, StandardCopyOption.ATOMIC_MOVE);
-        }
+            @Override
+            public void move(Path from, Path to) throws IOException {
+                Files.move(from, to, StandardCopyOption.ATOMIC_MOVE);
+            }
 
-        @Override
-        public void deleteTree(Path dir) {
-            deleteQuietly(dir);
-        }
-    };
+            @Override
+            public void deleteTree(Path dir) {
+                deleteQuietly(dir);
+            }
+        };
+    }
 
     private final Path target;
     private final Path temp;

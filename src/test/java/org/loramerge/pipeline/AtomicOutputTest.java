@@ -155,6 +155,127 @@ class AtomicOutputTest {
         assertEquals(List.of("out"), list(dir), "nothing left beside --out");
     }
 
+    /**
+     * The real steps, not a recording of them: the file system's fsync reaches every file and folder of
+     * the new output and the parent, through the channels AtomicOutput opens (a wrapper counts the
+     * force calls on each; the bytes still go to disk).
+     */
+    @Test
+    void theRealCommitFsyncsEveryFileAndFolderOfTheNewOutputAndTheParent() throws Exception {
+        Path out = dir.resolve("out");
+        writeOldOutput(out);
+        List<String> forced = java.util.Collections.synchronizedList(new ArrayList<>());
+        AtomicOutput.FileOps real = AtomicOutput.system(path -> new ForceCountingChannel(
+                java.nio.channels.FileChannel.open(path, java.nio.file.StandardOpenOption.READ), () -> forced.add(new RecordingOps(out, -1).name(path))));
+        try (AtomicOutput o = AtomicOutput.create(out, true, List.of(), line -> { }, real)) {
+            writeNewOutput(o.dir());
+            o.commit();
+        }
+        List<String> expected = COMMIT_STEPS.stream().filter(step -> step.startsWith("force"))
+                .map(step -> step.substring(step.indexOf(' ') + 1)).sorted().toList();
+        assertEquals(expected, forced.stream().sorted().toList(), "fsync (FileChannel.force) on every file, every folder of the output and the parent");
+        assertEquals(newTree(), hashTree(out));
+    }
+
+    /** A file channel that reports each force() and otherwise is the channel it wraps. */
+    private static final class ForceCountingChannel extends java.nio.channels.FileChannel {
+        private final java.nio.channels.FileChannel ch;
+        private final Runnable onForce;
+
+        ForceCountingChannel(java.nio.channels.FileChannel ch, Runnable onForce) {
+            this.ch = ch;
+            this.onForce = onForce;
+        }
+
+        @Override
+        public void force(boolean metaData) throws IOException {
+            ch.force(metaData);
+            onForce.run();
+        }
+
+        @Override
+        public int read(java.nio.ByteBuffer dst) throws IOException {
+            return ch.read(dst);
+        }
+
+        @Override
+        public long read(java.nio.ByteBuffer[] dsts, int offset, int length) throws IOException {
+            return ch.read(dsts, offset, length);
+        }
+
+        @Override
+        public int write(java.nio.ByteBuffer src) throws IOException {
+            return ch.write(src);
+        }
+
+        @Override
+        public long write(java.nio.ByteBuffer[] srcs, int offset, int length) throws IOException {
+            return ch.write(srcs, offset, length);
+        }
+
+        @Override
+        public long position() throws IOException {
+            return ch.position();
+        }
+
+        @Override
+        public java.nio.channels.FileChannel position(long newPosition) throws IOException {
+            ch.position(newPosition);
+            return this;
+        }
+
+        @Override
+        public long size() throws IOException {
+            return ch.size();
+        }
+
+        @Override
+        public java.nio.channels.FileChannel truncate(long size) throws IOException {
+            ch.truncate(size);
+            return this;
+        }
+
+        @Override
+        public long transferTo(long position, long count, java.nio.channels.WritableByteChannel target) throws IOException {
+            return ch.transferTo(position, count, target);
+        }
+
+        @Override
+        public long transferFrom(java.nio.channels.ReadableByteChannel src, long position, long count) throws IOException {
+            return ch.transferFrom(src, position, count);
+        }
+
+        @Override
+        public int read(java.nio.ByteBuffer dst, long position) throws IOException {
+            return ch.read(dst, position);
+        }
+
+        @Override
+        public int write(java.nio.ByteBuffer src, long position) throws IOException {
+            return ch.write(src, position);
+        }
+
+        @Override
+        public java.nio.MappedByteBuffer map(MapMode mode, long position, long size) throws IOException {
+            return ch.map(mode, position, size);
+        }
+
+        @Override
+        public java.nio.channels.FileLock lock(long position, long size, boolean shared) throws IOException {
+            return ch.lock(position, size, shared);
+        }
+
+        @Override
+        public java.nio.channels.FileLock tryLock(long position, long size, boolean shared) throws IOException {
+            return ch.tryLock(position, size, shared);
+        }
+
+        @Override
+        protected void implCloseChannel() throws IOException {
+            ch.close();
+        }
+    }
+
     @ParameterizedTest(name = "step {0} fails")
     @ValueSource(ints = {0, 1, 2, 3, 4, 5, 6, 7, 8})
     void aFailedStepOfACommitLeavesTheOldOutputOrTheCompleteNewOneAndNothingElse(int failAt) throws Exception {
