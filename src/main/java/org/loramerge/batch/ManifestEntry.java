@@ -57,6 +57,11 @@ public record ManifestEntry(int line, String base, List<String> adapters, String
     }
 
     private static String resolve(Path dir, String location) {
+        return resolveLocation(dir, location);
+    }
+
+    /** {@code location} resolved against {@code dir} and normalized when it is a local path; a URI as it is. */
+    static String resolveLocation(Path dir, String location) {
         return isUri(location) ? location : dir.resolve(location).normalize().toString();
     }
 

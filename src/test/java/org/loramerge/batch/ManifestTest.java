@@ -78,6 +78,25 @@ class ManifestTest {
     }
 
     @Test
+    void uriOutputsNestedByPathPrefixRefuseTheManifestButSiblingsWithACommonPrefixDoNot() throws Exception {
+        ManifestException e = assertThrows(ManifestException.class, () -> Manifest.parse("""
+                {"base": "hdfs://nn/models/llama", "adapter": "hdfs://nn/a/x", "out": "hdfs://nn/merged/a/"}
+                {"base": "hdfs://nn/models/llama", "adapter": "hdfs://nn/a/y", "out": "hdfs://nn/merged/a/y"}
+                """, "m.jsonl"));
+        assertTrue(e.getMessage().startsWith("m.jsonl: lines 1 and 2 write nested outputs"), e.getMessage());
+        assertEquals(3, e.exitCode().code());
+        assertEquals(2, Manifest.parse("""
+                {"base": "hdfs://nn/models/llama", "adapter": "hdfs://nn/a/x", "out": "hdfs://nn/merged/a"}
+                {"base": "hdfs://nn/models/llama", "adapter": "hdfs://nn/a/y", "out": "hdfs://nn/merged/ab"}
+                """, "m.jsonl").entries().size());
+        ManifestException input = assertThrows(ManifestException.class, () -> Manifest.parse("""
+                {"base": "hdfs://nn/models/llama", "adapter": "hdfs://nn/a/x", "out": "hdfs://nn/merged/a"}
+                {"base": "hdfs://nn/models/llama", "adapter": "hdfs://nn/a/y", "out": "hdfs://nn/models"}
+                """, "m.jsonl"));
+        assertTrue(input.getMessage().contains("line 1 reads hdfs://nn/models/llama, which lies inside line 2's output"), input.getMessage());
+    }
+
+    @Test
     void aReadManifestComparesOutputsResolvedAgainstItsFolder(@TempDir Path dir) throws Exception {
         Path file = dir.resolve("m.jsonl");
         Files.writeString(file, "{\"base\": \"llama\", \"adapter\": \"a\", \"out\": \"merged\"}\n"

@@ -207,6 +207,49 @@ class BatchCliTest {
     }
 
     @Test
+    void anOutputInsideAnotherLinesOutputIsRefusedNamingBothLinesBeforeAnythingRuns() throws Exception {
+        List<String> lines = new ArrayList<>(goodLines());
+        lines.add(line(LLAMA, adapter("kv_r8"), "merged/qv/sub", ""));
+        CliRun.Result r = batch(manifest(lines));
+        CliRun.assertBadInput(r, "lines 1 and 4 write nested outputs");
+        assertFalse(Files.exists(dir.resolve("merged")), "nothing ran");
+
+        lines.set(3, line(LLAMA, adapter("kv_r8"), "merged", ""));
+        CliRun.Result outer = batch(manifest(lines));
+        CliRun.assertBadInput(outer, "lines 1 and 4 write nested outputs");
+        assertFalse(Files.exists(dir.resolve("merged")), "nothing ran");
+    }
+
+    @Test
+    void anOutputThatIsHoldsOrLiesInsideALinesBaseOrAdapterIsRefusedBeforeAnythingRuns() throws Exception {
+        Path base = dir.resolve("models/base");
+        copyTree(LLAMA, base);
+        String first = line(base, adapter("kv_r8"), "merged/kv", "");
+        CliRun.assertBadInput(batch(manifest(List.of(first, line(LLAMA, adapter("qv_r4"), "models/base/merged", "")))),
+                "line 1 reads " + base + ", which holds line 2's output");
+        CliRun.assertBadInput(batch(manifest(List.of(first, line(LLAMA, adapter("qv_r4"), "models/base", "\"overwrite\": true")))),
+                "line 1 reads " + base + ", which is line 2's output");
+        CliRun.assertBadInput(batch(manifest(List.of(first, line(LLAMA, adapter("qv_r4"), "models", "")))),
+                "line 1 reads " + base + ", which lies inside line 2's output");
+        assertFalse(Files.exists(dir.resolve("merged")), "nothing ran");
+        assertFalse(Files.exists(base.resolve("merged")), "nothing ran");
+        assertSameFolder(LLAMA, base);
+    }
+
+    static void copyTree(Path from, Path to) throws IOException {
+        try (Stream<Path> walk = Files.walk(from)) {
+            for (Path p : walk.toList()) {
+                Path t = to.resolve(from.relativize(p).toString());
+                if (Files.isDirectory(p)) {
+                    Files.createDirectories(t);
+                } else {
+                    Files.copy(p, t);
+                }
+            }
+        }
+    }
+
+    @Test
     void aReRunSkipsFinishedOutputsWithoutTouchingThemAndRedoesADeletedOrTamperedOne() throws Exception {
         Path m = manifest(goodLines());
         assertEquals(0, batch(m).code());
