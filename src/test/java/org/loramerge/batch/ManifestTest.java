@@ -119,6 +119,17 @@ class ManifestTest {
     }
 
     @Test
+    void anEntrysIdRelativeToItsManifestsFolderStaysTheSameWhenTheFolderMoves() throws Exception {
+        String a = Manifest.parse("{\"base\": \"/models/llama\", \"adapter\": \"./a\", \"out\": \"/work/batch/merged/a\"}", "m")
+                .entries().get(0).relativeTo(Path.of("/work/batch")).id();
+        ManifestEntry moved = Manifest.parse("{\"base\": \"/models/llama\", \"adapter\": \"a\", \"out\": \"/srv/moved/merged/a\"}", "m")
+                .entries().get(0).relativeTo(Path.of("/srv/moved"));
+        assertEquals("merged/a", moved.out());
+        assertEquals("/models/llama", moved.base(), "a location outside the folder stays absolute");
+        assertEquals(a, moved.id());
+    }
+
+    @Test
     void resolvingAnEntryAnchorsRelativePathsAtTheManifestsFolderAndKeepsUris() throws Exception {
         ManifestEntry e = Manifest.parse("{\"base\": \"/models/llama\", \"adapter\": \"a\", \"out\": \"hdfs://nn/merged/a\"}", "m")
                 .entries().get(0).resolve(Path.of("/work/batch"));

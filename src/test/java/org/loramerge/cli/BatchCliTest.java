@@ -277,6 +277,58 @@ class BatchCliTest {
     }
 
     @Test
+    void anAdapterOrBaseChangedInPlaceIsMergedAgainInsteadOfSkippingTheOldOutput() throws Exception {
+        Path a = dir.resolve("adapters/a");
+        copyTree(adapter("qv_r4"), a);
+        Path base = dir.resolve("models/base");
+        copyTree(LLAMA, base);
+        Path m = manifest(List.of(line(base, a, "merged/a", "")));
+        assertEquals(0, batch(m, "--quiet").code());
+        Path before = reference("before", "--base", base.toString(), "--adapter", a.toString());
+        assertSameFolder(before, dir.resolve("merged/a"));
+
+        // the adapter retrained in place: same folder, other weights
+        Files.copy(adapter("mlp_r4").resolve("adapter_model.safetensors"), a.resolve("adapter_model.safetensors"),
+                java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+        Files.copy(adapter("mlp_r4").resolve("adapter_config.json"), a.resolve("adapter_config.json"),
+                java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+        CliRun.Result r = batch(m, "--json", "--quiet");
+        assertEquals(0, r.code(), r.err());
+        assertEquals("done", new ObjectMapper().readTree(r.out()).get("merges").get(0).get("status").asText(), r.out());
+        Path retrained = reference("retrained", "--base", base.toString(), "--adapter", a.toString());
+        assertFalse(java.util.Arrays.equals(Files.readAllBytes(before.resolve("model.safetensors")),
+                Files.readAllBytes(retrained.resolve("model.safetensors"))), "the new adapter changes the merge");
+        assertSameFolder(retrained, dir.resolve("merged/a"));
+
+        // the base's config touched in place: a later modification time
+        Path config = base.resolve("config.json");
+        Files.setLastModifiedTime(config, FileTime.fromMillis(Files.getLastModifiedTime(config).toMillis() + 5_000));
+        CliRun.Result again = batch(m, "--json", "--quiet");
+        assertEquals(0, again.code(), again.err());
+        assertEquals("done", new ObjectMapper().readTree(again.out()).get("merges").get(0).get("status").asText(), again.out());
+        CliRun.Result third = batch(m, "--json", "--quiet");
+        assertEquals("skipped", new ObjectMapper().readTree(third.out()).get("merges").get(0).get("status").asText(), third.out());
+    }
+
+    @Test
+    void aProjectFolderMovedWithItsManifestStateAndOutputsSkipsWhatItWroteBefore() throws Exception {
+        Path project = dir.resolve("project");
+        Files.createDirectories(project);
+        Files.writeString(project.resolve("merges.jsonl"), line(LLAMA, adapter("qv_r4"), "merged/qv", "") + "\n"
+                + line(LLAMA, adapter("mlp_r4"), project.resolve("merged/mlp").toString(), "") + "\n");
+        assertEquals(0, batch(project.resolve("merges.jsonl"), "--quiet").code());
+        Path moved = dir.resolve("moved");
+        Files.move(project, moved);
+        Files.writeString(moved.resolve("merges.jsonl"), line(LLAMA, adapter("qv_r4"), "merged/qv", "") + "\n"
+                + line(LLAMA, adapter("mlp_r4"), moved.resolve("merged/mlp").toString(), "") + "\n");
+        CliRun.Result r = batch(moved.resolve("merges.jsonl"), "--json", "--quiet");
+        assertEquals(0, r.code(), r.err());
+        assertEquals(List.of("skipped", "skipped"),
+                new ObjectMapper().readTree(r.out()).get("merges").findValues("status").stream().map(JsonNode::asText).toList(), r.out());
+        assertSameFolder(referenceQv(), moved.resolve("merged/qv"));
+    }
+
+    @Test
     void anOutputTheBatchDidNotWriteFailsItsLineUnlessTheLineSaysOverwrite() throws Exception {
         Files.createDirectories(dir.resolve("merged/qv"));
         Files.writeString(dir.resolve("merged/qv/keep.txt"), "someone else's");
@@ -370,7 +422,7 @@ class BatchCliTest {
         assertEquals(adapters.stream().sorted().toList(), left, "no partial folder or owner record is left");
     }
 
-    /** Output folder to checksum of every record marked done in {@code state}. */
+    /** Output folder (a record's, resolved against the manifest's folder) to checksum of every record marked done in {@code state}. */
     static Map<String, String> doneRecords(Path state) throws IOException {
         Map<String, String> out = new TreeMap<>();
         if (!Files.isDirectory(state)) {
@@ -380,7 +432,7 @@ class BatchCliTest {
             for (Path p : s.filter(f -> f.getFileName().toString().endsWith(".json") && !f.getFileName().toString().startsWith(".")).toList()) {
                 JsonNode n = new ObjectMapper().readTree(p.toFile());
                 if ("done".equals(n.get("status").asText())) {
-                    out.put(n.get("out").asText(), n.get("checksum").asText());
+                    out.put(state.getParent().resolve(n.get("out").asText()).toString(), n.get("checksum").asText());
                 }
             }
         }
@@ -391,7 +443,7 @@ class BatchCliTest {
     static Path recordOf(Path state, Path out) throws IOException {
         try (Stream<Path> s = Files.list(state)) {
             for (Path p : s.filter(f -> f.toString().endsWith(".json")).toList()) {
-                if (new ObjectMapper().readTree(p.toFile()).get("out").asText().equals(out.toString())) {
+                if (state.getParent().resolve(new ObjectMapper().readTree(p.toFile()).get("out").asText()).equals(out)) {
                     return p;
                 }
             }
