@@ -425,7 +425,7 @@ public final class BatchRunner {
                 continue;
             }
             if (o.error() != null) {
-                results.add(fail(p.entry(), p.device(), o.error().exitCode().code(), o.error().getMessage(), p.t0()));
+                results.add(fail(p.entry(), p.device(), o.error().exitCode().code(), lineMessage(p.entry(), o.error()), p.t0()));
             } else {
                 alone.add(p);
             }
@@ -465,12 +465,24 @@ public final class BatchRunner {
             }
             return succeeded(p, r, state);
         } catch (UserException x) {
-            return fail(e, p.device(), x.exitCode().code(), x.getMessage(), p.t0());
+            return fail(e, p.device(), x.exitCode().code(), lineMessage(e, x), p.t0());
         } catch (IOException x) {
             return fail(e, p.device(), ExitCode.OUTPUT.code(), p.out() + ": " + x, p.t0());
         } catch (RuntimeException | Error x) {
             return internal(e, p.device(), x, p.t0());
         }
+    }
+
+    /**
+     * A merge's failure as the line's: merge's "--out exists; pass --overwrite" (an output that
+     * appeared after the batch checked it) names the line's option, as the batch has no --overwrite.
+     */
+    private static String lineMessage(ManifestEntry e, UserException x) {
+        if (x instanceof OutputException && x.getMessage().contains("--out exists; pass --overwrite")) {
+            return e.out() + " exists and this batch did not write it (it appeared after the batch checked the line); remove it, "
+                    + "or add \"overwrite\": true to line " + e.line();
+        }
+        return x.getMessage();
     }
 
     /** Records a written output (its files' hashes) and counts it. */

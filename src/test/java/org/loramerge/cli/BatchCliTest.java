@@ -329,6 +329,20 @@ class BatchCliTest {
     }
 
     @Test
+    void anOutputTheBatchDoesNotSeeWhenItChecksFailsItsLineNamingTheLinesOverwriteOptionNotMergesFlag() throws Exception {
+        // a dangling link: the batch's check (which follows links) sees nothing there, the merge finds the output taken
+        Files.createDirectories(dir.resolve("merged"));
+        Files.createSymbolicLink(dir.resolve("merged/qv"), dir.resolve("nowhere"));
+        CliRun.Result r = batch(manifest(goodLines()), "--json", "--quiet");
+        assertEquals(ExitCodes.BAD_INPUT, r.code());
+        JsonNode first = new ObjectMapper().readTree(r.out()).get("merges").get(0);
+        assertEquals(4, first.get("exit_code").asInt(), first.toString());
+        String error = first.get("error").asText();
+        assertTrue(error.contains("add \"overwrite\": true to line 1") && !error.contains("--overwrite"), error);
+        assertTrue(Files.isSymbolicLink(dir.resolve("merged/qv")), "the link is left alone");
+    }
+
+    @Test
     void anOutputTheBatchDidNotWriteFailsItsLineUnlessTheLineSaysOverwrite() throws Exception {
         Files.createDirectories(dir.resolve("merged/qv"));
         Files.writeString(dir.resolve("merged/qv/keep.txt"), "someone else's");
