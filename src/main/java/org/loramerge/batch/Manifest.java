@@ -171,7 +171,7 @@ public final class Manifest {
     static List<String> ancestors(String key) {
         List<String> up = new ArrayList<>();
         if (ManifestEntry.isUri(key)) {
-            int root = key.indexOf("://") + 3;
+            int root = key.indexOf(':') + 3; // past the scheme and its two slashes
             int slash = key.indexOf('/', root);
             String k = key;
             for (int i = k.lastIndexOf('/'); slash >= 0 && i > slash; i = k.lastIndexOf('/')) {
