@@ -8,9 +8,11 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.Paths;
+import java.nio.file.StandardCopyOption;
 import java.nio.file.attribute.FileTime;
 import java.security.MessageDigest;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.Comparator;
 import java.util.HexFormat;
 import java.util.List;
@@ -289,14 +291,14 @@ class BatchCliTest {
 
         // the adapter retrained in place: same folder, other weights
         Files.copy(adapter("mlp_r4").resolve("adapter_model.safetensors"), a.resolve("adapter_model.safetensors"),
-                java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+                StandardCopyOption.REPLACE_EXISTING);
         Files.copy(adapter("mlp_r4").resolve("adapter_config.json"), a.resolve("adapter_config.json"),
-                java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+                StandardCopyOption.REPLACE_EXISTING);
         CliRun.Result r = batch(m, "--json", "--quiet");
         assertEquals(0, r.code(), r.err());
         assertEquals("done", new ObjectMapper().readTree(r.out()).get("merges").get(0).get("status").asText(), r.out());
         Path retrained = reference("retrained", "--base", base.toString(), "--adapter", a.toString());
-        assertFalse(java.util.Arrays.equals(Files.readAllBytes(before.resolve("model.safetensors")),
+        assertFalse(Arrays.equals(Files.readAllBytes(before.resolve("model.safetensors")),
                 Files.readAllBytes(retrained.resolve("model.safetensors"))), "the new adapter changes the merge");
         assertSameFolder(retrained, dir.resolve("merged/a"));
 
