@@ -117,10 +117,11 @@ public final class LoraMerge {
                 requireAChange(plan, loras.list(), options);
                 choice = await(opening);
                 double startSeconds = (System.nanoTime() - start) / 1e9;
-                try (Backend backend = choice.backend()) {
+                Backends.Choice chosen = choice;
+                return withBackend(chosen.backend(), log, backend -> {
                     if (log != null) {
-                        if (choice.fallbackReason() != null) {
-                            log.println("loramerge: no usable GPU (" + choice.fallbackReason() + "); merging on the CPU");
+                        if (chosen.fallbackReason() != null) {
+                            log.println("loramerge: no usable GPU (" + chosen.fallbackReason() + "); merging on the CPU");
                         }
                         log.println("loramerge: merging " + plan.tensors().size() + " tensors (" + Progress.bytes(plan.totalBytes()) + ") on "
                                 + backend.describe());
@@ -133,7 +134,7 @@ public final class LoraMerge {
                             new MergeRunner.Options(options.allowOverflow(), Backend.DEFAULT_BLOCK_BYTES, options.verifyRows()), progress);
                     report.startSeconds = startSeconds;
                     return MergeResult.of(report, options.verifyRows());
-                }
+                });
             } finally {
                 if (choice == null) {
                     // planning failed: close the engine once it has started
@@ -246,33 +247,40 @@ public final class LoraMerge {
             if (!plans.isEmpty()) {
                 Backends.Choice choice = Backends.open(shared.device(), cpuThreads);
                 double startSeconds = (System.nanoTime() - start) / 1e9;
-                try (Backend backend = choice.backend()) {
-                    List<MergeRunner.Options> options = new ArrayList<>();
-                    for (int k : members) {
-                        MergeOptions o = merges.get(k).options();
-                        options.add(new MergeRunner.Options(o.allowOverflow(), Backend.DEFAULT_BLOCK_BYTES, o.verifyRows()));
-                    }
-                    List<MergeRunner.SharedOutcome> done;
-                    try {
-                        done = MergeRunner.runShared(plans, backend, outputs, options);
-                    } catch (Exception e) {
+                List<MergeRunner.Options> options = new ArrayList<>();
+                try {
+                    withBackend(choice.backend(), shared.log(), backend -> {
                         for (int k : members) {
-                            outcomes[k] = new SharedOutcome(null, null);
+                            MergeOptions o = merges.get(k).options();
+                            options.add(new MergeRunner.Options(o.allowOverflow(), Backend.DEFAULT_BLOCK_BYTES, o.verifyRows()));
                         }
-                        return List.of(outcomes);
-                    }
-                    for (int i = 0; i < members.size(); i++) {
-                        int k = members.get(i);
-                        MergeRunner.SharedOutcome d = done.get(i);
-                        if (d.error() == null) {
-                            d.report().startSeconds = startSeconds;
-                            outcomes[k] = new SharedOutcome(MergeResult.of(d.report(), merges.get(k).options().verifyRows()), null);
-                        } else if (d.error() instanceof UserException) {
-                            outcomes[k] = new SharedOutcome(null, (UserException) d.error());
-                        } else {
-                            outcomes[k] = new SharedOutcome(null, null);
+                        List<MergeRunner.SharedOutcome> done;
+                        try {
+                            done = MergeRunner.runShared(plans, backend, outputs, options);
+                        } catch (Exception e) {
+                            for (int k : members) {
+                                outcomes[k] = new SharedOutcome(null, null);
+                            }
+                            return null;
                         }
-                    }
+                        for (int i = 0; i < members.size(); i++) {
+                            int k = members.get(i);
+                            MergeRunner.SharedOutcome d = done.get(i);
+                            if (d.error() == null) {
+                                d.report().startSeconds = startSeconds;
+                                outcomes[k] = new SharedOutcome(MergeResult.of(d.report(), merges.get(k).options().verifyRows()), null);
+                            } else if (d.error() instanceof UserException) {
+                                outcomes[k] = new SharedOutcome(null, (UserException) d.error());
+                            } else {
+                                outcomes[k] = new SharedOutcome(null, null);
+                            }
+                        }
+                        return null;
+                    });
+                } catch (UserException | IOException | RuntimeException e) {
+                    throw e;
+                } catch (Exception e) {
+                    throw new IllegalStateException("a shared merge failed unexpectedly: " + e, e);
                 }
             }
             return List.of(outcomes);
@@ -284,6 +292,40 @@ public final class LoraMerge {
                 a.close();
             }
         }
+    }
+
+    /** Work done on an open engine. */
+    @FunctionalInterface
+    interface BackendWork<T> {
+        T run(Backend backend) throws Exception;
+    }
+
+    /**
+     * Runs {@code work} on {@code backend}, then closes it. Once {@code work} has returned, its
+     * outputs are committed and a failure to close the engine cannot undo them: it is a warning on
+     * {@code log} (stderr when null) and the result is returned, so that a caller keeps the record of
+     * what was written. When {@code work} fails, the engine is closed and the failure thrown, any
+     * failure to close added to it as suppressed.
+     */
+    static <T> T withBackend(Backend backend, PrintStream log, BackendWork<T> work) throws Exception {
+        T result;
+        try {
+            result = work.run(backend);
+        } catch (Throwable t) {
+            try {
+                backend.close();
+            } catch (RuntimeException | Error c) {
+                t.addSuppressed(c);
+            }
+            throw t;
+        }
+        try {
+            backend.close();
+        } catch (RuntimeException c) {
+            (log != null ? log : System.err).println("warning: the outputs are written and complete, but closing the engine ("
+                    + backend.describe() + ") failed: " + c);
+        }
+        return result;
     }
 
     /**

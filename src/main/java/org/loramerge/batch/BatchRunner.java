@@ -6,6 +6,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Comparator;
+import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
@@ -31,7 +32,8 @@ import org.loramerge.pipeline.Progress;
 /**
  * Runs a batch manifest on this host: every line a {@code merge}, several at once (one worker per
  * device slot), each failure reported with its line and the others going on; a line whose output
- * is there with the checksum recorded in the state folder is skipped, the others (re)done.
+ * is there with the checksum recorded in the state folder, merged from inputs that have not changed
+ * since (their recorded fingerprint), is skipped, the others (re)done.
  */
 public final class BatchRunner {
     /**
@@ -59,6 +61,8 @@ public final class BatchRunner {
     private final AtomicInteger running = new AtomicInteger();
     private final AtomicLong bytes = new AtomicLong();
     private final long start = System.nanoTime();
+    /** Each line's id in the state folder, by line number: from its locations as written ({@link ManifestEntry#relativeTo}). */
+    private final Map<Integer, String> ids = new HashMap<>();
     private int total;
 
     private BatchRunner(Options options) {
@@ -93,6 +97,7 @@ public final class BatchRunner {
             results.add(BatchResult.LineResult.failed(p.line(), null, null, ExitCode.BAD_INPUT.code(), p.message(), 0));
         }
         for (ManifestEntry raw : manifest.entries()) {
+            ids.put(raw.line(), raw.relativeTo(dir).id());
             ManifestEntry e = raw.resolve(dir);
             String problem = inputProblem(manifest.source(), e, stateDir);
             if (problem != null) {
@@ -117,7 +122,7 @@ public final class BatchRunner {
             log.println("batch: " + total + " lines, " + entries.size() + " to check and run on " + String.join(", ", devices)
                     + " (" + slots + " at once); state in " + stateDir);
         }
-        try (BatchState state = BatchState.open(stateDir)) {
+        try (BatchState state = BatchState.open(stateDir, dir)) {
             results.addAll(runAll(entries, devices, slots, state));
         }
         results.sort(Comparator.comparingInt(BatchResult.LineResult::line));
@@ -287,7 +292,11 @@ public final class BatchRunner {
     }
 
     /** A line to be merged now: the checks passed. */
-    private record Pending(ManifestEntry entry, Path out, MergeOptions options, String device, BatchState.Entry record, long t0) {
+    private record Pending(ManifestEntry entry, Path out, MergeOptions options, String device, BatchState.Entry record, String inputs, long t0) {
+    }
+
+    private String id(ManifestEntry e) {
+        return ids.get(e.line());
     }
 
     /** The lines of one task: each skipped or refused on its own, the rest merged in one shared pass when two or more remain. */
@@ -317,9 +326,17 @@ public final class BatchRunner {
         String device = e.options().device() != null ? e.options().device() : workerDevice;
         long t0 = System.nanoTime();
         try {
-            BatchState.Entry record = state.get(e.id());
+            BatchState.Entry record = state.get(id(e));
             boolean exists = Files.exists(out);
-            if (record != null && BatchState.DONE.equals(record.status()) && exists && Files.isDirectory(out)) {
+            List<Path> folders = new ArrayList<>();
+            folders.add(Path.of(e.base()));
+            e.adapters().forEach(a -> folders.add(Path.of(a)));
+            String inputs = BatchState.inputs(folders);
+            if (record != null && BatchState.DONE.equals(record.status()) && exists && Files.isDirectory(out) && !inputs.equals(record.inputs())) {
+                if (log != null) {
+                    log.println("batch: line " + e.line() + ": its base or adapters changed since the batch wrote " + out + "; merging it again");
+                }
+            } else if (record != null && BatchState.DONE.equals(record.status()) && exists && Files.isDirectory(out)) {
                 Map<String, String> files = BatchState.hashes(out);
                 if (files.equals(record.files())) {
                     skipped.incrementAndGet();
@@ -342,7 +359,7 @@ public final class BatchRunner {
             if (o.threads() == 0) {
                 o = o.withThreads(threads);
             }
-            return new Pending(e, out, o, device, record, t0);
+            return new Pending(e, out, o, device, record, inputs, t0);
         } catch (UserException x) {
             return fail(e, device, x.exitCode().code(), x.getMessage(), t0);
         } catch (IOException x) {
@@ -363,7 +380,7 @@ public final class BatchRunner {
         List<Pending> alone = new ArrayList<>();
         for (Pending p : pending) {
             try {
-                state.running(p.entry().id(), p.entry().line(), p.out());
+                state.running(id(p.entry()), p.entry().line(), p.out());
                 started.add(p);
                 merges.add(new LoraMerge.SharedMerge(p.entry().adapters().stream().map(Path::of).toList(), p.entry().combination(), p.out(),
                         p.options()));
@@ -402,13 +419,13 @@ public final class BatchRunner {
                 continue;
             }
             try {
-                state.failed(p.entry().id(), p.record());
+                state.failed(id(p.entry()), p.record());
             } catch (UserException x) {
                 results.add(fail(p.entry(), p.device(), x.exitCode().code(), x.getMessage(), p.t0()));
                 continue;
             }
             if (o.error() != null) {
-                results.add(fail(p.entry(), p.device(), o.error().exitCode().code(), o.error().getMessage(), p.t0()));
+                results.add(fail(p.entry(), p.device(), o.error().exitCode().code(), lineMessage(p.entry(), o.error()), p.t0()));
             } else {
                 alone.add(p);
             }
@@ -420,7 +437,7 @@ public final class BatchRunner {
     private void forget(List<Pending> started, BatchState state, List<Pending> alone, List<BatchResult.LineResult> results) {
         for (Pending p : started) {
             try {
-                state.failed(p.entry().id(), p.record());
+                state.failed(id(p.entry()), p.record());
                 alone.add(p);
             } catch (UserException x) {
                 results.add(fail(p.entry(), p.device(), x.exitCode().code(), x.getMessage(), p.t0()));
@@ -436,24 +453,36 @@ public final class BatchRunner {
                 log.println("batch: line " + e.line() + ": merging into " + p.out() + " on " + p.device());
             }
             MergeResult r;
-            state.running(e.id(), e.line(), p.out());
+            state.running(id(e), e.line(), p.out());
             running.incrementAndGet();
             try {
                 r = e.withOptions(p.options()).run(Path.of(e.base()), e.adapters().stream().map(Path::of).toList(), p.out(), p.device(), null);
             } catch (UserException | IOException | RuntimeException | Error x) {
-                state.failed(e.id(), p.record());
+                state.failed(id(e), p.record());
                 throw x;
             } finally {
                 running.decrementAndGet();
             }
             return succeeded(p, r, state);
         } catch (UserException x) {
-            return fail(e, p.device(), x.exitCode().code(), x.getMessage(), p.t0());
+            return fail(e, p.device(), x.exitCode().code(), lineMessage(e, x), p.t0());
         } catch (IOException x) {
             return fail(e, p.device(), ExitCode.OUTPUT.code(), p.out() + ": " + x, p.t0());
         } catch (RuntimeException | Error x) {
             return internal(e, p.device(), x, p.t0());
         }
+    }
+
+    /**
+     * A merge's failure as the line's: merge's "--out exists; pass --overwrite" (an output that
+     * appeared after the batch checked it) names the line's option, as the batch has no --overwrite.
+     */
+    private static String lineMessage(ManifestEntry e, UserException x) {
+        if (x instanceof OutputException && x.getMessage().contains("--out exists; pass --overwrite")) {
+            return e.out() + " exists and this batch did not write it (it appeared after the batch checked the line); remove it, "
+                    + "or add \"overwrite\": true to line " + e.line();
+        }
+        return x.getMessage();
     }
 
     /** Records a written output (its files' hashes) and counts it. */
@@ -462,7 +491,7 @@ public final class BatchRunner {
         try {
             Map<String, String> files = BatchState.hashes(p.out());
             String checksum = BatchState.checksum(files);
-            state.done(e.id(), e.line(), p.out(), files, checksum, r.bytesWritten(), r);
+            state.done(id(e), e.line(), p.out(), files, checksum, r.bytesWritten(), p.inputs(), r);
             done.incrementAndGet();
             bytes.addAndGet(r.bytesWritten());
             if (log != null) {

@@ -19,6 +19,7 @@ import java.nio.file.LinkOption;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.nio.file.StandardOpenOption;
+import java.nio.file.attribute.BasicFileAttributes;
 import java.security.DigestInputStream;
 import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
@@ -40,7 +41,10 @@ import org.loramerge.format.InputFolder;
  * starts and as {@code done} after the output is committed, with the SHA-256 of every file of the
  * output and the merge's summary. The output folders themselves hold only what {@code merge} writes.
  * One batch at a time uses a state folder: {@link #open} takes a lock on its {@code .lock} file for
- * the batch's life.
+ * the batch's life. Outputs inside the manifest's folder are recorded relative to it, and the ids
+ * come from the locations as written ({@link ManifestEntry#relativeTo}), so a project folder moved
+ * with its manifest, state and outputs keeps its records. A done record also holds a fingerprint of
+ * the line's inputs ({@link #inputs}): a base or adapter changed in place makes the line run again.
  */
 final class BatchState implements AutoCloseable {
     static final String RUNNING = "running";
@@ -49,17 +53,24 @@ final class BatchState implements AutoCloseable {
     private static final long MAX_RECORD_BYTES = 64_000_000L;
     private static final ObjectMapper JSON = mapper();
 
-    /** A state record: the line's id and output, and once done its files' hashes, checksum, bytes and summary. */
-    record Entry(String id, int line, String out, String status, Map<String, String> files, String checksum, long bytes) {
+    /**
+     * A state record: the line's id and output (relative to the manifest's folder when inside it),
+     * and once done its files' hashes, checksum, bytes, the {@link #inputs fingerprint} of the inputs
+     * it was merged from (null in a record that has none) and summary.
+     */
+    record Entry(String id, int line, String out, String status, Map<String, String> files, String checksum, long bytes, String inputs) {
     }
 
     private final Path dir;
+    /** The manifest's folder: outputs inside it are recorded relative to it, so that the project folder can move. */
+    private final Path root;
     private final FileChannel lockChannel;
     private final FileLock lock;
     private final Map<String, Entry> byId = new HashMap<>();
 
-    private BatchState(Path dir, FileChannel lockChannel, FileLock lock) {
+    private BatchState(Path dir, Path root, FileChannel lockChannel, FileLock lock) {
         this.dir = dir;
+        this.root = root.toAbsolutePath().normalize();
         this.lockChannel = lockChannel;
         this.lock = lock;
     }
@@ -71,8 +82,11 @@ final class BatchState implements AutoCloseable {
         return m;
     }
 
-    /** Opens (creating) the state folder {@code dir} and locks it; another batch holding it is an output failure (exit 4). */
-    static BatchState open(Path dir) throws OutputException {
+    /**
+     * Opens (creating) the state folder {@code dir} of the manifest in the folder {@code root} and
+     * locks it; another batch holding it is an output failure (exit 4).
+     */
+    static BatchState open(Path dir, Path root) throws OutputException {
         try {
             Files.createDirectories(dir);
         } catch (IOException e) {
@@ -93,7 +107,7 @@ final class BatchState implements AutoCloseable {
                 throw new OutputException(dir, "another loramerge batch is running with the state folder " + dir
                         + "; wait for it to finish (two batches would write the same outputs)", null);
             }
-            BatchState s = new BatchState(dir, ch, lock);
+            BatchState s = new BatchState(dir, root, ch, lock);
             s.load();
             return s;
         } catch (IOException e) {
@@ -131,7 +145,7 @@ final class BatchState implements AutoCloseable {
                 return null;
             }
             return new Entry(n.get("id").textValue(), n.path("line").asInt(), n.get("out").textValue(), n.path("status").asText(),
-                    files, n.path("checksum").asText(null), n.path("bytes").asLong());
+                    files, n.path("checksum").asText(null), n.path("bytes").asLong(), n.path("inputs").asText(null));
         } catch (Exception e) {
             return null;
         }
@@ -144,13 +158,19 @@ final class BatchState implements AutoCloseable {
 
     /** Whether any record, done or running, names {@code out}: the batch wrote (or was writing) that folder. */
     synchronized boolean wrote(Path out) {
-        String o = out.toAbsolutePath().normalize().toString();
-        return byId.values().stream().anyMatch(e -> e.out().equals(o));
+        Path o = out.toAbsolutePath().normalize();
+        return byId.values().stream().anyMatch(e -> root.resolve(e.out()).normalize().equals(o));
+    }
+
+    /** {@code out} as a record names it: relative to the manifest's folder when inside it, else absolute. */
+    private String location(Path out) {
+        Path o = out.toAbsolutePath().normalize();
+        return o.startsWith(root) ? root.relativize(o).toString() : o.toString();
     }
 
     /** Records that line {@code id} is about to write {@code out}, before anything is written there. */
     synchronized void running(String id, int line, Path out) throws OutputException {
-        Entry e = new Entry(id, line, out.toAbsolutePath().normalize().toString(), RUNNING, Map.of(), null, 0);
+        Entry e = new Entry(id, line, location(out), RUNNING, Map.of(), null, 0, null);
         write(e, null);
         byId.put(id, e);
     }
@@ -176,10 +196,10 @@ final class BatchState implements AutoCloseable {
         }
     }
 
-    /** Records that line {@code id} wrote {@code out} with these files, and what the merge said. */
-    synchronized void done(String id, int line, Path out, Map<String, String> files, String checksum, long bytes, MergeResult summary)
-            throws OutputException {
-        Entry e = new Entry(id, line, out.toAbsolutePath().normalize().toString(), DONE, Map.copyOf(files), checksum, bytes);
+    /** Records that line {@code id} wrote {@code out} with these files from inputs of fingerprint {@code inputs}, and what the merge said. */
+    synchronized void done(String id, int line, Path out, Map<String, String> files, String checksum, long bytes, String inputs,
+            MergeResult summary) throws OutputException {
+        Entry e = new Entry(id, line, location(out), DONE, Map.copyOf(files), checksum, bytes, inputs);
         write(e, summary);
         byId.put(id, e);
     }
@@ -193,6 +213,7 @@ final class BatchState implements AutoCloseable {
         n.set("files", JSON.valueToTree(new TreeMap<>(e.files())));
         n.put("checksum", e.checksum());
         n.put("bytes", e.bytes());
+        n.put("inputs", e.inputs());
         n.set("summary", summary == null ? null : JSON.valueToTree(summary));
         Path file = dir.resolve(e.id() + ".json");
         Path tmp = dir.resolve("." + e.id() + ".json.tmp");
@@ -229,6 +250,37 @@ final class BatchState implements AutoCloseable {
             }
         }
         return files;
+    }
+
+    /**
+     * A fingerprint of the input folders {@code folders} (the base, then each adapter): the SHA-256 of
+     * every file's folder number, path relative to its folder, size and modification time, in name
+     * order. A file replaced, rewritten, added or removed in place changes it; reading no file's bytes,
+     * it costs a listing. A link is described by its target's size and time ({@code missing} when the
+     * target is gone).
+     */
+    static String inputs(List<Path> folders) throws IOException {
+        StringBuilder sb = new StringBuilder();
+        for (int i = 0; i < folders.size(); i++) {
+            Path folder = folders.get(i);
+            try (Stream<Path> walk = Files.walk(folder)) {
+                for (Path p : walk.sorted().toList()) {
+                    if (Files.isDirectory(p)) {
+                        continue;
+                    }
+                    String name = folder.relativize(p).toString().replace('\\', '/');
+                    String what;
+                    try {
+                        BasicFileAttributes a = Files.readAttributes(p, BasicFileAttributes.class);
+                        what = a.size() + "\t" + a.lastModifiedTime().toInstant();
+                    } catch (IOException x) {
+                        what = "missing";
+                    }
+                    sb.append(i).append('\t').append(name).append('\t').append(what).append('\n');
+                }
+            }
+        }
+        return HexFormat.of().formatHex(digest().digest(sb.toString().getBytes(StandardCharsets.UTF_8)));
     }
 
     /**

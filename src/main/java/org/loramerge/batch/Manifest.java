@@ -80,8 +80,9 @@ public final class Manifest {
     /**
      * Parses the manifest {@code text}; {@code source} names it in messages (a file name or URI).
      *
-     * @throws ManifestException when two lines write the same output (their locations compared
-     *                           normalized: {@code a/./b} is {@code a/b})
+     * @throws ManifestException when two lines write the same output or one inside the other, or a
+     *                           line's output is, holds or lies inside a line's base or adapter (the
+     *                           locations compared normalized: {@code a/./b} is {@code a/b})
      */
     public static Manifest parse(String text, String source) throws ManifestException {
         return parse(text, source, null);
@@ -103,6 +104,7 @@ public final class Manifest {
         List<ManifestProblem> problems = new ArrayList<>();
         String[] lines = text.split("\r?\n", -1);
         Map<String, Integer> outputs = new HashMap<>();
+        Map<String, Integer> outputParents = new HashMap<>();
         for (int i = 0; i < lines.length; i++) {
             int number = i + 1;
             String line = lines[i].strip();
@@ -118,12 +120,73 @@ public final class Manifest {
                     throw new ManifestException(dir == null || ManifestEntry.isUri(e.out()) ? null : dir.resolve(e.out()), source + ": lines " + first + " and " + number
                             + " both write " + e.out() + "; every merge needs its own output folder: change one of them (nothing was run)");
                 }
+                Integer inner = outputParents.get(key);
+                if (inner != null) {
+                    throw nested(source, dir, e, inner, "\"out\" " + e.out() + " holds line " + inner + "'s output");
+                }
+                for (String up : ancestors(key)) {
+                    Integer outer = outputs.get(up);
+                    if (outer != null) {
+                        throw nested(source, dir, e, outer, "\"out\" " + e.out() + " lies inside line " + outer + "'s output");
+                    }
+                    outputParents.putIfAbsent(up, number);
+                }
                 entries.add(e);
             } catch (LineProblem p) {
                 problems.add(new ManifestProblem(number, where + ": " + p.getMessage()));
             }
         }
+        for (ManifestEntry e : entries) {
+            List<String> inputs = new ArrayList<>();
+            inputs.add(e.base());
+            inputs.addAll(e.adapters());
+            for (String input : inputs) {
+                String key = outputKey(dir == null ? input : ManifestEntry.resolveLocation(dir, input));
+                Integer writer = outputs.get(key);
+                String how = "is";
+                if (writer == null) {
+                    writer = outputParents.get(key);
+                    how = "holds";
+                }
+                for (Iterator<String> up = ancestors(key).iterator(); writer == null && up.hasNext(); ) {
+                    writer = outputs.get(up.next());
+                    how = "lies inside";
+                }
+                if (writer != null) {
+                    throw new ManifestException(null, source + ": line " + e.line() + " reads " + input + ", which " + how + " line " + writer
+                            + "'s output; a batch's outputs must stay apart from every line's base and adapters: choose another output folder (nothing was run)");
+                }
+            }
+        }
         return new Manifest(source, entries, problems);
+    }
+
+    private static ManifestException nested(String source, Path dir, ManifestEntry e, int other, String what) {
+        return new ManifestException(dir == null || ManifestEntry.isUri(e.out()) ? null : dir.resolve(e.out()), source + ": lines " + other
+                + " and " + e.line() + " write nested outputs: line " + e.line() + "'s " + what + ", and a re-run of one would replace "
+                + "the other's files; give every merge its own folder, none inside another (nothing was run)");
+    }
+
+    /** The folders above a location as {@link #outputKey} spells it, nearest first; a URI's stop at its authority. */
+    static List<String> ancestors(String key) {
+        List<String> up = new ArrayList<>();
+        if (ManifestEntry.isUri(key)) {
+            int root = key.indexOf(':') + 3; // past the scheme and its two slashes
+            int slash = key.indexOf('/', root);
+            String k = key;
+            for (int i = k.lastIndexOf('/'); slash >= 0 && i > slash; i = k.lastIndexOf('/')) {
+                k = k.substring(0, i);
+                up.add(k);
+            }
+            if (slash >= 0 && slash < key.length() - 1) {
+                up.add(key.substring(0, slash));
+            }
+            return up;
+        }
+        for (Path p = Path.of(key).getParent(); p != null; p = p.getParent()) {
+            up.add(p.toString());
+        }
+        return up;
     }
 
     /** A location compared with the others: a path or URI, normalized. */

@@ -57,6 +57,38 @@ public record ManifestEntry(int line, String base, List<String> adapters, String
     }
 
     private static String resolve(Path dir, String location) {
+        return resolveLocation(dir, location);
+    }
+
+    /**
+     * This entry with its local paths as the manifest in the folder {@code dir} means them, spelled
+     * so that they stay the same when the folder moves: a relative path normalized (still relative),
+     * an absolute path inside {@code dir} made relative to it, any other absolute path normalized; URIs
+     * stay. Its {@link #id()} is the line's identity in a batch's state folder.
+     */
+    public ManifestEntry relativeTo(Path dir) {
+        Path root = dir.toAbsolutePath().normalize();
+        List<String> as = new ArrayList<>();
+        for (String a : adapters) {
+            as.add(relative(root, a));
+        }
+        return new ManifestEntry(line, relative(root, base), as, relative(root, out), combination, options);
+    }
+
+    private static String relative(Path root, String location) {
+        if (isUri(location)) {
+            return location;
+        }
+        Path p = Path.of(location);
+        if (!p.isAbsolute()) {
+            return root.relativize(root.resolve(p).normalize()).toString();
+        }
+        Path n = p.normalize();
+        return n.startsWith(root) ? root.relativize(n).toString() : n.toString();
+    }
+
+    /** {@code location} resolved against {@code dir} and normalized when it is a local path; a URI as it is. */
+    static String resolveLocation(Path dir, String location) {
         return isUri(location) ? location : dir.resolve(location).normalize().toString();
     }
 

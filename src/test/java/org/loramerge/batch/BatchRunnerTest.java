@@ -57,7 +57,7 @@ class BatchRunnerTest {
     void aStateFolderInUseByAnotherBatchIsRefusedWithExit4() throws Exception {
         Path manifest = dir.resolve("m.jsonl");
         Files.writeString(manifest, "");
-        try (BatchState held = BatchState.open(dir.resolve("m.jsonl.state"))) {
+        try (BatchState held = BatchState.open(dir.resolve("m.jsonl.state"), dir)) {
             OutputException e = assertThrows(OutputException.class,
                     () -> BatchRunner.run(manifest, new BatchRunner.Options("cpu", null, false, null, true, null)));
             assertEquals(4, e.exitCode().code());

@@ -78,6 +78,25 @@ class ManifestTest {
     }
 
     @Test
+    void uriOutputsNestedByPathPrefixRefuseTheManifestButSiblingsWithACommonPrefixDoNot() throws Exception {
+        ManifestException e = assertThrows(ManifestException.class, () -> Manifest.parse("""
+                {"base": "hdfs://nn/models/llama", "adapter": "hdfs://nn/a/x", "out": "hdfs://nn/merged/a/"}
+                {"base": "hdfs://nn/models/llama", "adapter": "hdfs://nn/a/y", "out": "hdfs://nn/merged/a/y"}
+                """, "m.jsonl"));
+        assertTrue(e.getMessage().startsWith("m.jsonl: lines 1 and 2 write nested outputs"), e.getMessage());
+        assertEquals(3, e.exitCode().code());
+        assertEquals(2, Manifest.parse("""
+                {"base": "hdfs://nn/models/llama", "adapter": "hdfs://nn/a/x", "out": "hdfs://nn/merged/a"}
+                {"base": "hdfs://nn/models/llama", "adapter": "hdfs://nn/a/y", "out": "hdfs://nn/merged/ab"}
+                """, "m.jsonl").entries().size());
+        ManifestException input = assertThrows(ManifestException.class, () -> Manifest.parse("""
+                {"base": "hdfs://nn/models/llama", "adapter": "hdfs://nn/a/x", "out": "hdfs://nn/merged/a"}
+                {"base": "hdfs://nn/models/llama", "adapter": "hdfs://nn/a/y", "out": "hdfs://nn/models"}
+                """, "m.jsonl"));
+        assertTrue(input.getMessage().contains("line 1 reads hdfs://nn/models/llama, which lies inside line 2's output"), input.getMessage());
+    }
+
+    @Test
     void aReadManifestComparesOutputsResolvedAgainstItsFolder(@TempDir Path dir) throws Exception {
         Path file = dir.resolve("m.jsonl");
         Files.writeString(file, "{\"base\": \"llama\", \"adapter\": \"a\", \"out\": \"merged\"}\n"
@@ -97,6 +116,17 @@ class ManifestTest {
                 Manifest.parse("{\"base\": \"llama\", \"adapter\": \"a\", \"out\": \"o\", \"dtype\": \"BF16\"}", "m").entries().get(0).id(),
                 "a dtype's aliases are one dtype");
         assertNotEquals(id, Manifest.parse("{\"base\": \"llama\", \"adapter\": \"b\", \"out\": \"o\"}", "m").entries().get(0).id());
+    }
+
+    @Test
+    void anEntrysIdRelativeToItsManifestsFolderStaysTheSameWhenTheFolderMoves() throws Exception {
+        String a = Manifest.parse("{\"base\": \"/models/llama\", \"adapter\": \"./a\", \"out\": \"/work/batch/merged/a\"}", "m")
+                .entries().get(0).relativeTo(Path.of("/work/batch")).id();
+        ManifestEntry moved = Manifest.parse("{\"base\": \"/models/llama\", \"adapter\": \"a\", \"out\": \"/srv/moved/merged/a\"}", "m")
+                .entries().get(0).relativeTo(Path.of("/srv/moved"));
+        assertEquals("merged/a", moved.out());
+        assertEquals("/models/llama", moved.base(), "a location outside the folder stays absolute");
+        assertEquals(a, moved.id());
     }
 
     @Test

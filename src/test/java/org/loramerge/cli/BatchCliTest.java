@@ -8,9 +8,11 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.Paths;
+import java.nio.file.StandardCopyOption;
 import java.nio.file.attribute.FileTime;
 import java.security.MessageDigest;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.Comparator;
 import java.util.HexFormat;
 import java.util.List;
@@ -207,6 +209,49 @@ class BatchCliTest {
     }
 
     @Test
+    void anOutputInsideAnotherLinesOutputIsRefusedNamingBothLinesBeforeAnythingRuns() throws Exception {
+        List<String> lines = new ArrayList<>(goodLines());
+        lines.add(line(LLAMA, adapter("kv_r8"), "merged/qv/sub", ""));
+        CliRun.Result r = batch(manifest(lines));
+        CliRun.assertBadInput(r, "lines 1 and 4 write nested outputs");
+        assertFalse(Files.exists(dir.resolve("merged")), "nothing ran");
+
+        lines.set(3, line(LLAMA, adapter("kv_r8"), "merged", ""));
+        CliRun.Result outer = batch(manifest(lines));
+        CliRun.assertBadInput(outer, "lines 1 and 4 write nested outputs");
+        assertFalse(Files.exists(dir.resolve("merged")), "nothing ran");
+    }
+
+    @Test
+    void anOutputThatIsHoldsOrLiesInsideALinesBaseOrAdapterIsRefusedBeforeAnythingRuns() throws Exception {
+        Path base = dir.resolve("models/base");
+        copyTree(LLAMA, base);
+        String first = line(base, adapter("kv_r8"), "merged/kv", "");
+        CliRun.assertBadInput(batch(manifest(List.of(first, line(LLAMA, adapter("qv_r4"), "models/base/merged", "")))),
+                "line 1 reads " + base + ", which holds line 2's output");
+        CliRun.assertBadInput(batch(manifest(List.of(first, line(LLAMA, adapter("qv_r4"), "models/base", "\"overwrite\": true")))),
+                "line 1 reads " + base + ", which is line 2's output");
+        CliRun.assertBadInput(batch(manifest(List.of(first, line(LLAMA, adapter("qv_r4"), "models", "")))),
+                "line 1 reads " + base + ", which lies inside line 2's output");
+        assertFalse(Files.exists(dir.resolve("merged")), "nothing ran");
+        assertFalse(Files.exists(base.resolve("merged")), "nothing ran");
+        assertSameFolder(LLAMA, base);
+    }
+
+    static void copyTree(Path from, Path to) throws IOException {
+        try (Stream<Path> walk = Files.walk(from)) {
+            for (Path p : walk.toList()) {
+                Path t = to.resolve(from.relativize(p).toString());
+                if (Files.isDirectory(p)) {
+                    Files.createDirectories(t);
+                } else {
+                    Files.copy(p, t);
+                }
+            }
+        }
+    }
+
+    @Test
     void aReRunSkipsFinishedOutputsWithoutTouchingThemAndRedoesADeletedOrTamperedOne() throws Exception {
         Path m = manifest(goodLines());
         assertEquals(0, batch(m).code());
@@ -231,6 +276,72 @@ class BatchCliTest {
         assertSameFolder(referenceQv(), dir.resolve("merged/qv"));
         assertSameFolder(referenceMlp(), dir.resolve("merged/mlp"));
         assertEquals(before.get("ties/model.safetensors"), stamps(dir.resolve("merged")).get("ties/model.safetensors"));
+    }
+
+    @Test
+    void anAdapterOrBaseChangedInPlaceIsMergedAgainInsteadOfSkippingTheOldOutput() throws Exception {
+        Path a = dir.resolve("adapters/a");
+        copyTree(adapter("qv_r4"), a);
+        Path base = dir.resolve("models/base");
+        copyTree(LLAMA, base);
+        Path m = manifest(List.of(line(base, a, "merged/a", "")));
+        assertEquals(0, batch(m, "--quiet").code());
+        Path before = reference("before", "--base", base.toString(), "--adapter", a.toString());
+        assertSameFolder(before, dir.resolve("merged/a"));
+
+        // the adapter retrained in place: same folder, other weights
+        Files.copy(adapter("mlp_r4").resolve("adapter_model.safetensors"), a.resolve("adapter_model.safetensors"),
+                StandardCopyOption.REPLACE_EXISTING);
+        Files.copy(adapter("mlp_r4").resolve("adapter_config.json"), a.resolve("adapter_config.json"),
+                StandardCopyOption.REPLACE_EXISTING);
+        CliRun.Result r = batch(m, "--json", "--quiet");
+        assertEquals(0, r.code(), r.err());
+        assertEquals("done", new ObjectMapper().readTree(r.out()).get("merges").get(0).get("status").asText(), r.out());
+        Path retrained = reference("retrained", "--base", base.toString(), "--adapter", a.toString());
+        assertFalse(Arrays.equals(Files.readAllBytes(before.resolve("model.safetensors")),
+                Files.readAllBytes(retrained.resolve("model.safetensors"))), "the new adapter changes the merge");
+        assertSameFolder(retrained, dir.resolve("merged/a"));
+
+        // the base's config touched in place: a later modification time
+        Path config = base.resolve("config.json");
+        Files.setLastModifiedTime(config, FileTime.fromMillis(Files.getLastModifiedTime(config).toMillis() + 5_000));
+        CliRun.Result again = batch(m, "--json", "--quiet");
+        assertEquals(0, again.code(), again.err());
+        assertEquals("done", new ObjectMapper().readTree(again.out()).get("merges").get(0).get("status").asText(), again.out());
+        CliRun.Result third = batch(m, "--json", "--quiet");
+        assertEquals("skipped", new ObjectMapper().readTree(third.out()).get("merges").get(0).get("status").asText(), third.out());
+    }
+
+    @Test
+    void aProjectFolderMovedWithItsManifestStateAndOutputsSkipsWhatItWroteBefore() throws Exception {
+        Path project = dir.resolve("project");
+        Files.createDirectories(project);
+        Files.writeString(project.resolve("merges.jsonl"), line(LLAMA, adapter("qv_r4"), "merged/qv", "") + "\n"
+                + line(LLAMA, adapter("mlp_r4"), project.resolve("merged/mlp").toString(), "") + "\n");
+        assertEquals(0, batch(project.resolve("merges.jsonl"), "--quiet").code());
+        Path moved = dir.resolve("moved");
+        Files.move(project, moved);
+        Files.writeString(moved.resolve("merges.jsonl"), line(LLAMA, adapter("qv_r4"), "merged/qv", "") + "\n"
+                + line(LLAMA, adapter("mlp_r4"), moved.resolve("merged/mlp").toString(), "") + "\n");
+        CliRun.Result r = batch(moved.resolve("merges.jsonl"), "--json", "--quiet");
+        assertEquals(0, r.code(), r.err());
+        assertEquals(List.of("skipped", "skipped"),
+                new ObjectMapper().readTree(r.out()).get("merges").findValues("status").stream().map(JsonNode::asText).toList(), r.out());
+        assertSameFolder(referenceQv(), moved.resolve("merged/qv"));
+    }
+
+    @Test
+    void anOutputTheBatchDoesNotSeeWhenItChecksFailsItsLineNamingTheLinesOverwriteOptionNotMergesFlag() throws Exception {
+        // a dangling link: the batch's check (which follows links) sees nothing there, the merge finds the output taken
+        Files.createDirectories(dir.resolve("merged"));
+        Files.createSymbolicLink(dir.resolve("merged/qv"), dir.resolve("nowhere"));
+        CliRun.Result r = batch(manifest(goodLines()), "--json", "--quiet");
+        assertEquals(ExitCodes.BAD_INPUT, r.code());
+        JsonNode first = new ObjectMapper().readTree(r.out()).get("merges").get(0);
+        assertEquals(4, first.get("exit_code").asInt(), first.toString());
+        String error = first.get("error").asText();
+        assertTrue(error.contains("add \"overwrite\": true to line 1") && !error.contains("--overwrite"), error);
+        assertTrue(Files.isSymbolicLink(dir.resolve("merged/qv")), "the link is left alone");
     }
 
     @Test
@@ -327,7 +438,7 @@ class BatchCliTest {
         assertEquals(adapters.stream().sorted().toList(), left, "no partial folder or owner record is left");
     }
 
-    /** Output folder to checksum of every record marked done in {@code state}. */
+    /** Output folder (a record's, resolved against the manifest's folder) to checksum of every record marked done in {@code state}. */
     static Map<String, String> doneRecords(Path state) throws IOException {
         Map<String, String> out = new TreeMap<>();
         if (!Files.isDirectory(state)) {
@@ -337,7 +448,7 @@ class BatchCliTest {
             for (Path p : s.filter(f -> f.getFileName().toString().endsWith(".json") && !f.getFileName().toString().startsWith(".")).toList()) {
                 JsonNode n = new ObjectMapper().readTree(p.toFile());
                 if ("done".equals(n.get("status").asText())) {
-                    out.put(n.get("out").asText(), n.get("checksum").asText());
+                    out.put(state.getParent().resolve(n.get("out").asText()).toString(), n.get("checksum").asText());
                 }
             }
         }
@@ -348,7 +459,7 @@ class BatchCliTest {
     static Path recordOf(Path state, Path out) throws IOException {
         try (Stream<Path> s = Files.list(state)) {
             for (Path p : s.filter(f -> f.toString().endsWith(".json")).toList()) {
-                if (new ObjectMapper().readTree(p.toFile()).get("out").asText().equals(out.toString())) {
+                if (state.getParent().resolve(new ObjectMapper().readTree(p.toFile()).get("out").asText()).equals(out)) {
                     return p;
                 }
             }
