@@ -63,8 +63,20 @@ final class LineTask implements Function<LineSpec, ResultRow> {
             org.apache.hadoop.fs.Path out = new org.apache.hadoop.fs.Path(spec.out());
             commit = new OutputCommit(c, out, OutputCommit.Mode.parse(options.commit(), out.toUri().getScheme()),
                     Duration.ofMillis(options.claimTimeoutMillis()), hook(attemptNumber));
+            List<org.apache.hadoop.fs.Path> inputs = new ArrayList<>();
+            inputs.add(new org.apache.hadoop.fs.Path(spec.base()));
+            for (String a : spec.adapters()) {
+                inputs.add(new org.apache.hadoop.fs.Path(a));
+            }
+            String id = entry.id();
+            String fingerprint = InputFingerprint.of(inputs, c);
             CompletionMarker done = commit.committed();
             if (done != null) {
+                String stale = done.staleness(id, fingerprint);
+                if (stale != null) {
+                    throw new CommitException(spec.out() + " is a complete output of this job, but " + stale
+                            + ": it is not what line " + spec.line() + " asks for; delete the folder to merge it again, or choose another out");
+                }
                 return new ResultRow(spec.line(), spec.written(), ResultRow.SKIPPED, null, seconds(start), done.bytes(), done.checksum(), null,
                         device, attemptNumber);
             }
@@ -75,7 +87,7 @@ final class LineTask implements Function<LineSpec, ResultRow> {
             }
             Path merged = commit.engineFolder(work, attempt);
             MergeResult result = entry.run(base, adapters, merged, device, System.err);
-            CompletionMarker marker = CompletionMarker.of(merged, spec.line(), attempt + " (task " + task.taskAttemptId() + ", stage "
+            CompletionMarker marker = CompletionMarker.of(merged, spec.line(), id, fingerprint, attempt + " (task " + task.taskAttemptId() + ", stage "
                     + task.stageId() + "." + task.stageAttemptNumber() + ", partition " + task.partitionId() + ")");
             if (attemptNumber == 0 && options.slowFirstMillis() > 0) {
                 Thread.sleep(options.slowFirstMillis());
