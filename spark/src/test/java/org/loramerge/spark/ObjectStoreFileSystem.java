@@ -23,6 +23,8 @@ import org.apache.hadoop.util.Progressable;
 public final class ObjectStoreFileSystem extends RawLocalFileSystem {
     static final String SCHEME = "objstore";
     private static final URI NAME = URI.create(SCHEME + ":///");
+    /** A file name whose writes fail while set (an outage of the store for that object), for tests; null in general. */
+    static volatile String unwritable;
 
     @Override
     public URI getUri() {
@@ -78,6 +80,9 @@ public final class ObjectStoreFileSystem extends RawLocalFileSystem {
 
     /** As an object store's PUT: the bytes go to an upload outside the store, and the object appears whole when the stream closes. */
     private FSDataOutputStream publishedOnClose(Path f, boolean overwrite) throws IOException {
+        if (f.getName().equals(unwritable)) {
+            throw new IOException(f + ": injected store outage (writes to " + unwritable + " fail)");
+        }
         claimName(f, overwrite);
         java.nio.file.Path target = pathToFile(f).toPath();
         Files.createDirectories(target.getParent());
