@@ -52,6 +52,7 @@ final class LineTask implements Function<LineSpec, ResultRow> {
         Path workRoot = Path.of(options.workDir() != null ? options.workDir() : System.getProperty("java.io.tmpdir"));
         Path work = workRoot.resolve("loramerge-task-" + attempt);
         OutputCommit commit = null;
+        List<Path> copies = new ArrayList<>();
         try {
             ManifestEntry entry = entry(spec.line());
             device = device(task, entry.options().device());
@@ -81,9 +82,12 @@ final class LineTask implements Function<LineSpec, ResultRow> {
                         device, attemptNumber);
             }
             Path base = InputCache.local(new org.apache.hadoop.fs.Path(spec.base()), c, workRoot);
+            copies.add(base);
             List<Path> adapters = new ArrayList<>();
             for (String a : spec.adapters()) {
-                adapters.add(InputCache.local(new org.apache.hadoop.fs.Path(a), c, workRoot));
+                Path local = InputCache.local(new org.apache.hadoop.fs.Path(a), c, workRoot);
+                copies.add(local);
+                adapters.add(local);
             }
             Path merged = commit.engineFolder(work, attempt);
             MergeResult result = entry.run(base, adapters, merged, device, System.err);
@@ -121,6 +125,9 @@ final class LineTask implements Function<LineSpec, ResultRow> {
                 }
             }
             InputCache.deleteTree(work);
+            for (Path p : copies) {
+                InputCache.release(p);
+            }
         }
     }
 
