@@ -364,8 +364,8 @@ final class OutputCommit {
 
     /**
      * This attempt's hold on the claim: refreshed in the background while it uploads; lost once the
-     * claim holds another attempt's id, or once refreshes have failed for half the claim timeout (by
-     * then another attempt may take it over: a quarter of the timeout is left for the last upload).
+     * claim holds another attempt's id, or once refreshes have failed for half the claim timeout (the
+     * other half is the margin before a waiting attempt may take it over).
      */
     private final class Holding {
         private final Path claim;
