@@ -39,13 +39,14 @@ import org.apache.hadoop.fs.Path;
  * <li>{@link Mode#MARKER} (object stores: no rename, a "folder" is a key prefix): an attempt first
  * creates the claim {@code .loramerge-claim-NAME} beside the output, a create that fails when the
  * claim exists; the holder alone writes under the output's prefix, refreshes the claim while it
- * uploads, writes the marker last and deletes the claim. Another attempt waits until the marker
+ * uploads (after {@value CompletionMarker#WRITING}, first), writes the marker last and deletes the claim. Another attempt waits until the marker
  * appears (then the output is done) or the claim goes stale, unrefreshed for the claim timeout (its
  * holder died: the waiter takes the claim over, clears the dead holder's files and writes its own).
  * </ul>
  *
  * An output is complete exactly when its marker is there and its files match it; a re-run skips
- * such an output. An existing output without a marker (and, on object stores, without a stale
+ * such an output when the marker names the line's id and inputs ({@link LineTask}), and fails the
+ * line otherwise. An existing output without a marker (and, on object stores, without a stale
  * claim that explains it) is not this job's and is never deleted: the line fails and says so.
  */
 final class OutputCommit {
