@@ -38,8 +38,9 @@ import org.apache.hadoop.fs.Path;
  * only its own folder, which the next attempt to finish deletes.
  * <li>{@link Mode#MARKER} (object stores: no rename, a "folder" is a key prefix): an attempt first
  * creates the claim {@code .loramerge-claim-NAME} beside the output, a create that fails when the
- * claim exists; the holder alone writes under the output's prefix, refreshes the claim while it
- * uploads (after {@value CompletionMarker#WRITING}, first), writes the marker last and deletes the claim. Another attempt waits until the marker
+ * claim exists; the holder alone writes under the output's prefix ({@value CompletionMarker#WRITING}
+ * first), refreshes the claim while it uploads, writes the marker last and deletes the claim.
+ * Another attempt waits until the marker
  * appears (then the output is done) or the claim goes stale, unrefreshed for the claim timeout (its
  * holder died: the waiter takes the claim over, clears the dead holder's files and writes its own).
  * </ul>
