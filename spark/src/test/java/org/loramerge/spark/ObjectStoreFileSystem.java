@@ -23,6 +23,8 @@ import org.apache.hadoop.util.Progressable;
 public final class ObjectStoreFileSystem extends RawLocalFileSystem {
     static final String SCHEME = "objstore";
     private static final URI NAME = URI.create(SCHEME + ":///");
+    /** Called with each file opened for reading before it is opened, for tests; null in general. */
+    static volatile java.util.function.Consumer<Path> beforeOpen;
     /** A file name whose writes fail while set (an outage of the store for that object), for tests; null in general. */
     static volatile String unwritable;
 
@@ -53,6 +55,15 @@ public final class ObjectStoreFileSystem extends RawLocalFileSystem {
 
     private static FileStatus plain(FileStatus s) {
         return new FileStatus(s.getLen(), s.isDirectory(), 1, s.getBlockSize(), s.getModificationTime(), s.getPath());
+    }
+
+    @Override
+    public org.apache.hadoop.fs.FSDataInputStream open(Path f, int bufferSize) throws IOException {
+        java.util.function.Consumer<Path> hook = beforeOpen;
+        if (hook != null) {
+            hook.accept(f);
+        }
+        return super.open(f, bufferSize);
     }
 
     @Override

@@ -188,6 +188,44 @@ class OutputCommitTest {
     }
 
     @Test
+    void onAnObjectStoreAClaimRefreshedJustAfterItLookedStaleIsNotTakenOver() throws Exception {
+        Path claim = tmp.resolve("dest").resolve(OutputCommit.CLAIM_PREFIX + "merged");
+        Files.createDirectories(claim.getParent());
+        Files.writeString(claim, "a0");
+        Files.setLastModifiedTime(claim, FileTime.fromMillis(System.currentTimeMillis() - 60_000));
+        // a0 refreshes its claim as the waiter reads it for the first time: the waiter's look at its age is out of date
+        java.util.concurrent.atomic.AtomicBoolean refreshed = new java.util.concurrent.atomic.AtomicBoolean();
+        ObjectStoreFileSystem.beforeOpen = f -> {
+            if (f.getName().equals(claim.getFileName().toString()) && refreshed.compareAndSet(false, true)) {
+                try {
+                    Files.setLastModifiedTime(claim, FileTime.fromMillis(System.currentTimeMillis()));
+                } catch (IOException e) {
+                    throw new java.io.UncheckedIOException(e);
+                }
+            }
+        };
+        Path m = merged("a1");
+        ExecutorService pool = Executors.newSingleThreadExecutor();
+        try {
+            Future<OutputCommit.Result> waiter = pool.submit(() -> commit(OutputCommit.Mode.MARKER, Duration.ofSeconds(30), OutputCommit.Hook.NONE)
+                    .commit(m, CompletionMarker.of(m, 1, "a1"), "a1"));
+            for (int i = 0; i < 200 && !refreshed.get(); i++) {
+                Thread.sleep(50);
+            }
+            assertTrue(refreshed.get(), "the waiter read the claim");
+            Thread.sleep(500);
+            assertFalse(waiter.isDone(), "the waiter still waits for a0");
+            assertEquals("a0", Files.readString(claim), "a0 keeps its claim");
+            // a0 gives up its claim: the waiter takes it and commits
+            Files.delete(claim);
+            assertEquals(OutputCommit.Outcome.COMMITTED, waiter.get().outcome());
+        } finally {
+            ObjectStoreFileSystem.beforeOpen = null;
+            pool.shutdownNow();
+        }
+    }
+
+    @Test
     void onAnObjectStoreAnOutputCommittedJustBeforeThisAttemptTookTheClaimIsReportedAsCommittedByAnother() throws Exception {
         Path m0 = merged("a0");
         CompletionMarker first = CompletionMarker.of(m0, 1, "a0");
