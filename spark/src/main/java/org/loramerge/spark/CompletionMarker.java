@@ -28,15 +28,19 @@ import org.apache.hadoop.fs.RemoteIterator;
  * differ from it, is not a finished merge, whatever else the folder holds.
  *
  * @param line        the manifest line that made the output
+ * @param id          that line's {@code ManifestEntry.id()}: its locations, combination and output-changing options
+ * @param inputs      the fingerprint of the inputs the merge read ({@link InputFingerprint})
  * @param attempt     the task attempt whose bytes these are
  * @param checksum    SHA-256 over the files: of the lines "SHA256  NAME\n" in name order, as sha256sum lists them
  * @param bytes       the files' total size
  * @param files       every file of the output but this record, by name relative to the folder
  * @param committedAt when the record was made (ISO-8601)
  */
-record CompletionMarker(int line, String attempt, String checksum, long bytes, List<FileEntry> files, String committedAt) {
+record CompletionMarker(int line, String id, String inputs, String attempt, String checksum, long bytes, List<FileEntry> files, String committedAt) {
     /** The marker's file name; Hadoop's tools skip names starting with '_', as they skip _SUCCESS. */
     static final String NAME = "_LORAMERGE_COMMITTED";
+    /** Written into an output on an object store by the attempt holding its claim, before any other file, holding its attempt id; deleted after {@link #NAME}. */
+    static final String WRITING = "_LORAMERGE_WRITING";
 
     private static final ObjectMapper JSON = new ObjectMapper().setPropertyNamingStrategy(PropertyNamingStrategies.SNAKE_CASE);
 
@@ -46,6 +50,11 @@ record CompletionMarker(int line, String attempt, String checksum, long bytes, L
 
     /** The record of the merged model in the local folder {@code folder}, hashing every file in it. */
     static CompletionMarker of(java.nio.file.Path folder, int line, String attempt) throws IOException {
+        return of(folder, line, null, null, attempt);
+    }
+
+    /** The record of the merged model in {@code folder}, made by the line with id {@code id} from inputs with fingerprint {@code inputs}. */
+    static CompletionMarker of(java.nio.file.Path folder, int line, String id, String inputs, String attempt) throws IOException {
         List<FileEntry> files = new ArrayList<>();
         try (Stream<java.nio.file.Path> walk = Files.walk(folder)) {
             for (java.nio.file.Path p : (Iterable<java.nio.file.Path>) walk.sorted()::iterator) {
@@ -59,10 +68,10 @@ record CompletionMarker(int line, String attempt, String checksum, long bytes, L
                 }
             }
         }
-        return of(line, attempt, files);
+        return of(line, id, inputs, attempt, files);
     }
 
-    static CompletionMarker of(int line, String attempt, List<FileEntry> files) {
+    static CompletionMarker of(int line, String id, String inputs, String attempt, List<FileEntry> files) {
         List<FileEntry> sorted = new ArrayList<>(files);
         sorted.sort((a, b) -> a.name().compareTo(b.name()));
         StringBuilder listing = new StringBuilder();
@@ -72,7 +81,7 @@ record CompletionMarker(int line, String attempt, String checksum, long bytes, L
             total += f.bytes();
         }
         String checksum = HexFormat.of().formatHex(digest().digest(listing.toString().getBytes(StandardCharsets.UTF_8)));
-        return new CompletionMarker(line, attempt, checksum, total, List.copyOf(sorted), Instant.now().toString());
+        return new CompletionMarker(line, id, inputs, attempt, checksum, total, List.copyOf(sorted), Instant.now().toString());
     }
 
     /** Writes this record as {@code dir/}{@value #NAME}, replacing one there. */
@@ -106,7 +115,7 @@ record CompletionMarker(int line, String attempt, String checksum, long bytes, L
         while (it.hasNext()) {
             LocatedFileStatus s = it.next();
             String name = s.getPath().toUri().getPath().substring(root.length() + 1);
-            if (!name.equals(NAME)) {
+            if (!name.equals(NAME) && !name.equals(WRITING)) {
                 present.put(name, s);
             }
         }
@@ -125,6 +134,24 @@ record CompletionMarker(int line, String attempt, String checksum, long bytes, L
             }
         }
         return present.isEmpty() ? null : present.keySet().iterator().next() + " is not in the record";
+    }
+
+    /**
+     * Why this record is not of the line with id {@code lineId} reading inputs with fingerprint
+     * {@code lineInputs}, or null when it is.
+     */
+    String staleness(String lineId, String lineInputs) {
+        if (id == null || inputs == null) {
+            return "its completion record names no line id or inputs (an older version of the job wrote it)";
+        }
+        if (!id.equals(lineId)) {
+            return "it was written for another line (id " + id + "; this line's is " + lineId
+                    + ": a location, the combination or an option that changes the output differs)";
+        }
+        if (!inputs.equals(lineInputs)) {
+            return "its base or adapter files changed since it was written (a file's name, size or modification time differs)";
+        }
+        return null;
     }
 
     static String sha256(InputStream in) throws IOException {

@@ -7,9 +7,10 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.StandardCopyOption;
 import java.util.Comparator;
+import java.util.HashMap;
+import java.util.Map;
 import java.util.UUID;
 import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ExecutionException;
 import java.util.stream.Stream;
 import org.apache.hadoop.conf.Configuration;
@@ -24,10 +25,15 @@ import org.apache.hadoop.fs.RemoteIterator;
  * {@code WORK_DIR/loramerge-inputs-ID/} and shared by every task of that JVM that names it, so a
  * base that sixteen lines share is downloaded once per executor, not sixteen times. A copy is
  * keyed by the location and the store's listing of it (file names, sizes, modification times): a
- * folder changed on the store is copied again. The copies are deleted when the JVM exits.
+ * folder changed on the store is copied again. Each task that takes a copy gives it back
+ * ({@link #release}) when its merge is done; the last one deletes it, so that an executor holds
+ * only the copies its running tasks use. What is left when the JVM exits is deleted then.
  */
 final class InputCache {
-    private static final ConcurrentHashMap<String, CompletableFuture<java.nio.file.Path>> COPIES = new ConcurrentHashMap<>();
+    /** The copies by key, with how many tasks use each; guarded by itself. */
+    private static final Map<String, Copy> COPIES = new HashMap<>();
+    /** The key of each local copy handed out; guarded by COPIES. */
+    private static final Map<java.nio.file.Path, String> KEYS = new HashMap<>();
     private static final String JVM_ID = UUID.randomUUID().toString().substring(0, 8);
     private static volatile java.nio.file.Path root;
 
@@ -41,26 +47,75 @@ final class InputCache {
         }
         FileSystem fs = Stores.of(input, conf);
         String key = input + "\n" + fingerprint(fs, input);
-        CompletableFuture<java.nio.file.Path> mine = new CompletableFuture<>();
-        CompletableFuture<java.nio.file.Path> copy = COPIES.putIfAbsent(key, mine);
-        if (copy == null) {
-            copy = mine;
+        Copy copy;
+        boolean first;
+        synchronized (COPIES) {
+            copy = COPIES.get(key);
+            first = copy == null;
+            if (first) {
+                copy = new Copy();
+                COPIES.put(key, copy);
+            }
+            copy.users++;
+        }
+        if (first) {
             try {
-                mine.complete(download(fs, input, key, workDir));
+                java.nio.file.Path local = download(fs, input, key, workDir);
+                synchronized (COPIES) {
+                    KEYS.put(local, key);
+                }
+                copy.future.complete(local);
             } catch (IOException | RuntimeException e) {
-                COPIES.remove(key, mine);
-                mine.completeExceptionally(e);
+                copy.future.completeExceptionally(e);
             }
         }
         try {
-            return copy.get();
+            return copy.future.get();
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
+            giveBack(key, copy);
             throw new IOException("interrupted while " + input + " was copied", e);
         } catch (ExecutionException e) {
+            giveBack(key, copy);
             Throwable c = e.getCause();
             throw c instanceof IOException io ? io : new IOException(input + ": copy failed: " + c, c);
         }
+    }
+
+    /**
+     * Gives back the folder {@code local} that {@link #local} returned: the last task to give back a
+     * copy deletes it. A folder used in place (a local input) is left alone.
+     */
+    static void release(java.nio.file.Path local) {
+        synchronized (COPIES) {
+            String key = KEYS.get(local);
+            Copy copy = key == null ? null : COPIES.get(key);
+            if (copy != null) {
+                giveBack(key, copy);
+            }
+        }
+    }
+
+    /** Counts one user of {@code copy} less; deletes it (or forgets a failed one) after the last. */
+    private static void giveBack(String key, Copy copy) {
+        synchronized (COPIES) {
+            if (--copy.users > 0) {
+                return;
+            }
+            COPIES.remove(key, copy);
+            java.nio.file.Path local = copy.future.isDone() && !copy.future.isCompletedExceptionally() ? copy.future.join() : null;
+            if (local != null) {
+                KEYS.remove(local);
+                // the folder named after the key's hash, holding the copy; a task taking the key again waits for this lock and downloads anew
+                deleteTree(local.getParent());
+            }
+        }
+    }
+
+    /** A copy being made or made, and how many tasks use it. */
+    private static final class Copy {
+        final CompletableFuture<java.nio.file.Path> future = new CompletableFuture<>();
+        int users;
     }
 
     private static String fingerprint(FileSystem fs, Path input) throws IOException {

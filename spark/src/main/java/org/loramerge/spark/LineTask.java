@@ -52,6 +52,7 @@ final class LineTask implements Function<LineSpec, ResultRow> {
         Path workRoot = Path.of(options.workDir() != null ? options.workDir() : System.getProperty("java.io.tmpdir"));
         Path work = workRoot.resolve("loramerge-task-" + attempt);
         OutputCommit commit = null;
+        List<Path> copies = new ArrayList<>();
         try {
             ManifestEntry entry = entry(spec.line());
             device = device(task, entry.options().device());
@@ -63,19 +64,34 @@ final class LineTask implements Function<LineSpec, ResultRow> {
             org.apache.hadoop.fs.Path out = new org.apache.hadoop.fs.Path(spec.out());
             commit = new OutputCommit(c, out, OutputCommit.Mode.parse(options.commit(), out.toUri().getScheme()),
                     Duration.ofMillis(options.claimTimeoutMillis()), hook(attemptNumber));
+            List<org.apache.hadoop.fs.Path> inputs = new ArrayList<>();
+            inputs.add(new org.apache.hadoop.fs.Path(spec.base()));
+            for (String a : spec.adapters()) {
+                inputs.add(new org.apache.hadoop.fs.Path(a));
+            }
+            String id = entry.id();
+            String fingerprint = InputFingerprint.of(inputs, c);
             CompletionMarker done = commit.committed();
             if (done != null) {
+                String stale = done.staleness(id, fingerprint);
+                if (stale != null) {
+                    throw new CommitException(spec.out() + " is a complete output of this job, but " + stale
+                            + ": it is not what line " + spec.line() + " asks for; delete the folder to merge it again, or choose another out");
+                }
                 return new ResultRow(spec.line(), spec.written(), ResultRow.SKIPPED, null, seconds(start), done.bytes(), done.checksum(), null,
                         device, attemptNumber);
             }
             Path base = InputCache.local(new org.apache.hadoop.fs.Path(spec.base()), c, workRoot);
+            copies.add(base);
             List<Path> adapters = new ArrayList<>();
             for (String a : spec.adapters()) {
-                adapters.add(InputCache.local(new org.apache.hadoop.fs.Path(a), c, workRoot));
+                Path local = InputCache.local(new org.apache.hadoop.fs.Path(a), c, workRoot);
+                copies.add(local);
+                adapters.add(local);
             }
             Path merged = commit.engineFolder(work, attempt);
             MergeResult result = entry.run(base, adapters, merged, device, System.err);
-            CompletionMarker marker = CompletionMarker.of(merged, spec.line(), attempt + " (task " + task.taskAttemptId() + ", stage "
+            CompletionMarker marker = CompletionMarker.of(merged, spec.line(), id, fingerprint, attempt + " (task " + task.taskAttemptId() + ", stage "
                     + task.stageId() + "." + task.stageAttemptNumber() + ", partition " + task.partitionId() + ")");
             if (attemptNumber == 0 && options.slowFirstMillis() > 0) {
                 Thread.sleep(options.slowFirstMillis());
@@ -109,6 +125,9 @@ final class LineTask implements Function<LineSpec, ResultRow> {
                 }
             }
             InputCache.deleteTree(work);
+            for (Path p : copies) {
+                InputCache.release(p);
+            }
         }
     }
 

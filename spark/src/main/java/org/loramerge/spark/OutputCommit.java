@@ -38,14 +38,16 @@ import org.apache.hadoop.fs.Path;
  * only its own folder, which the next attempt to finish deletes.
  * <li>{@link Mode#MARKER} (object stores: no rename, a "folder" is a key prefix): an attempt first
  * creates the claim {@code .loramerge-claim-NAME} beside the output, a create that fails when the
- * claim exists; the holder alone writes under the output's prefix, refreshes the claim while it
- * uploads, writes the marker last and deletes the claim. Another attempt waits until the marker
+ * claim exists; the holder alone writes under the output's prefix ({@value CompletionMarker#WRITING}
+ * first), refreshes the claim while it uploads, writes the marker last and deletes the claim.
+ * Another attempt waits until the marker
  * appears (then the output is done) or the claim goes stale, unrefreshed for the claim timeout (its
  * holder died: the waiter takes the claim over, clears the dead holder's files and writes its own).
  * </ul>
  *
  * An output is complete exactly when its marker is there and its files match it; a re-run skips
- * such an output. An existing output without a marker (and, on object stores, without a stale
+ * such an output when the marker names the line's id and inputs ({@link LineTask}), and fails the
+ * line otherwise. An existing output without a marker (and, on object stores, without a stale
  * claim that explains it) is not this job's and is never deleted: the line fails and says so.
  */
 final class OutputCommit {
@@ -93,6 +95,10 @@ final class OutputCommit {
     interface Hook {
         /** Called after each file an attempt has put at the destination (uploaded, or written there by the engine), with how many so far. */
         void uploaded(int files) throws IOException;
+
+        /** Called when an attempt has just created the claim (MARKER), before it looks at the output again. */
+        default void claimed() throws IOException {
+        }
 
         Hook NONE = files -> {
         };
@@ -276,26 +282,43 @@ final class OutputCommit {
                 break;
             }
             FileStatus held;
+            String holder;
             try {
                 held = fs.getFileStatus(claim);
+                holder = readText(claim);
             } catch (FileNotFoundException e) {
                 continue;
             }
             if (System.currentTimeMillis() - held.getModificationTime() > claimTimeout.toMillis()) {
-                // its holder died: no refresh for the whole timeout
-                fs.delete(claim, false);
-                tookOver = true;
+                // its holder died: no refresh for the whole timeout. Read it again just before deleting it: a holder that
+                // refreshed it, or another attempt that took it over meanwhile, keeps it
+                try {
+                    if (fs.getFileStatus(claim).getModificationTime() == held.getModificationTime() && readText(claim).equals(holder)) {
+                        fs.delete(claim, false);
+                        tookOver = true;
+                    }
+                } catch (FileNotFoundException e) {
+                    // gone already: try to create it again
+                }
                 continue;
             }
             Thread.sleep(Math.max(50, Math.min(1000, claimTimeout.toMillis() / 10)));
         }
+        Path writing = new Path(out, CompletionMarker.WRITING);
         try {
+            hook.claimed();
+            // the holder that committed may have released the claim between this attempt's check and its create
+            CompletionMarker done = committed();
+            if (done != null) {
+                fs.delete(claim, false);
+                return new Result(Outcome.COMMITTED_BY_ANOTHER, done);
+            }
             if (fs.exists(out) && fs.listStatus(out).length > 0) {
-                if (!tookOver) {
-                    throw new CommitException(out + " exists and has no completion record (" + CompletionMarker.NAME
-                            + "): it was not written by this job; delete it or choose another out");
+                if (!tookOver || !fs.exists(writing)) {
+                    throw new CommitException(out + " exists and has no completion record (" + CompletionMarker.NAME + ") nor "
+                            + CompletionMarker.WRITING + " of an attempt of this job: it was not written by this job; delete it or choose another out");
                 }
-                // a dead holder's partial files: no marker, and its claim went stale
+                // a dead holder's partial files: its claim went stale, and it marked the folder as its own before writing
                 fs.delete(out, true);
             }
         } catch (IOException e) {
@@ -307,28 +330,97 @@ final class OutputCommit {
             t.setDaemon(true);
             return t;
         });
+        Holding holding = new Holding(claim, attempt);
         boolean written = false;
-        boolean release = true;
         try {
             long every = Math.max(10, claimTimeout.toMillis() / 4);
-            refresher.scheduleAtFixedRate(() -> refresh(claim, attempt), every, every, TimeUnit.MILLISECONDS);
-            upload(merged, out);
+            refresher.scheduleAtFixedRate(holding::refresh, every, every, TimeUnit.MILLISECONDS);
+            try (FSDataOutputStream s = fs.create(writing, true)) {
+                s.write(attempt.getBytes(StandardCharsets.UTF_8));
+            }
+            upload(merged, out, holding);
+            holding.check(true);
             marker.write(fs, out);
             written = true;
+            fs.delete(writing, false);
             return new Result(Outcome.COMMITTED, marker);
         } finally {
             refresher.shutdownNow();
-            if (!written) {
+            if (!written && !holding.lost()) {
                 // a failed holder clears what it wrote; should that fail too, the claim stays and goes stale, so the next holder clears it
+                boolean release = true;
                 try {
                     fs.delete(out, true);
                 } catch (IOException e) {
                     release = false;
                 }
-            }
-            if (release) {
+                if (release) {
+                    fs.delete(claim, false);
+                }
+            } else if (written) {
                 fs.delete(claim, false);
             }
+            // a holder that lost its claim leaves the output and the claim to the attempt that took it over
+        }
+    }
+
+    /**
+     * This attempt's hold on the claim: refreshed in the background while it uploads; lost once the
+     * claim holds another attempt's id, or once refreshes have failed for half the claim timeout (the
+     * other half is the margin before a waiting attempt may take it over).
+     */
+    private final class Holding {
+        private final Path claim;
+        private final String attempt;
+        private volatile long heldAt = System.currentTimeMillis();
+        private volatile boolean taken;
+
+        Holding(Path claim, String attempt) {
+            this.claim = claim;
+            this.attempt = attempt;
+        }
+
+        void refresh() {
+            try {
+                if (!readText(claim).equals(attempt)) {
+                    taken = true;
+                    return;
+                }
+                try (FSDataOutputStream s = fs.create(claim, true)) {
+                    s.write(attempt.getBytes(StandardCharsets.UTF_8));
+                }
+                heldAt = System.currentTimeMillis();
+            } catch (FileNotFoundException e) {
+                taken = true;
+            } catch (IOException e) {
+                // the next refresh tries again; check() gives up once they have failed for half the timeout
+            }
+        }
+
+        boolean lost() {
+            return taken || System.currentTimeMillis() - heldAt > claimTimeout.toMillis() / 2;
+        }
+
+        /** Throws when the claim is lost; with {@code read}, reads the claim first (before the record is written). */
+        void check(boolean read) throws IOException {
+            if (read && !taken) {
+                try {
+                    taken = !readText(claim).equals(attempt);
+                } catch (FileNotFoundException e) {
+                    taken = true;
+                }
+            }
+            if (lost()) {
+                throw new IOException(out + ": attempt " + attempt + " lost its claim " + claim.getName() + " ("
+                        + (taken ? "another attempt took it over" : "refreshing it failed for half of --claim-timeout")
+                        + "); it stops without writing the completion record");
+            }
+        }
+    }
+
+    private String readText(Path p) throws IOException {
+        try (InputStream in = fs.open(p)) {
+            return new String(in.readAllBytes(), StandardCharsets.UTF_8);
         }
     }
 
@@ -342,16 +434,13 @@ final class OutputCommit {
         }
     }
 
-    private void refresh(Path claim, String attempt) {
-        try (FSDataOutputStream s = fs.create(claim, true)) {
-            s.write(attempt.getBytes(StandardCharsets.UTF_8));
-        } catch (IOException e) {
-            // the next refresh tries again; a claim left unrefreshed past the timeout is taken over, and the two writers write the same bytes
-        }
-    }
-
     /** Copies every file of the local folder {@code from} to {@code to}, calling the hook after each. */
     private void upload(java.nio.file.Path from, Path to) throws IOException {
+        upload(from, to, null);
+    }
+
+    /** {@link #upload(java.nio.file.Path, Path)}, stopping once {@code holding} (when not null) has lost its claim. */
+    private void upload(java.nio.file.Path from, Path to, Holding holding) throws IOException {
         List<java.nio.file.Path> files;
         try (Stream<java.nio.file.Path> walk = Files.walk(from)) {
             files = walk.filter(Files::isRegularFile).sorted().toList();
@@ -363,6 +452,9 @@ final class OutputCommit {
                 in.transferTo(o);
             }
             hook.uploaded(++n);
+            if (holding != null) {
+                holding.check(false);
+            }
         }
     }
 }

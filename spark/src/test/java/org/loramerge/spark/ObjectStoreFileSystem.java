@@ -23,6 +23,10 @@ import org.apache.hadoop.util.Progressable;
 public final class ObjectStoreFileSystem extends RawLocalFileSystem {
     static final String SCHEME = "objstore";
     private static final URI NAME = URI.create(SCHEME + ":///");
+    /** Called with each file opened for reading before it is opened, for tests; null in general. */
+    static volatile java.util.function.Consumer<Path> beforeOpen;
+    /** A file name whose writes fail while set (an outage of the store for that object), for tests; null in general. */
+    static volatile String unwritable;
 
     @Override
     public URI getUri() {
@@ -54,6 +58,15 @@ public final class ObjectStoreFileSystem extends RawLocalFileSystem {
     }
 
     @Override
+    public org.apache.hadoop.fs.FSDataInputStream open(Path f, int bufferSize) throws IOException {
+        java.util.function.Consumer<Path> hook = beforeOpen;
+        if (hook != null) {
+            hook.accept(f);
+        }
+        return super.open(f, bufferSize);
+    }
+
+    @Override
     public boolean rename(Path src, Path dst) throws IOException {
         throw new UnsupportedOperationException(SCHEME + ": an object store has no rename (" + src + " -> " + dst + ")");
     }
@@ -78,6 +91,9 @@ public final class ObjectStoreFileSystem extends RawLocalFileSystem {
 
     /** As an object store's PUT: the bytes go to an upload outside the store, and the object appears whole when the stream closes. */
     private FSDataOutputStream publishedOnClose(Path f, boolean overwrite) throws IOException {
+        if (f.getName().equals(unwritable)) {
+            throw new IOException(f + ": injected store outage (writes to " + unwritable + " fail)");
+        }
         claimName(f, overwrite);
         java.nio.file.Path target = pathToFile(f).toPath();
         Files.createDirectories(target.getParent());

@@ -153,6 +153,7 @@ class OutputCommitTest {
         Path dest = tmp.resolve("dest");
         Path partial = dest.resolve("merged");
         Files.createDirectories(partial);
+        Files.writeString(partial.resolve(CompletionMarker.WRITING), "a0");
         Files.writeString(partial.resolve("model.safetensors"), "half of a dead writer's shard");
         Path claim = dest.resolve(OutputCommit.CLAIM_PREFIX + "merged");
         Files.writeString(claim, "a0");
@@ -166,6 +167,137 @@ class OutputCommitTest {
         files.remove(CompletionMarker.NAME);
         assertEquals(contents(m), files, "the dead writer's file is replaced, none of it left");
         assertEquals(List.of(), leftovers(), "the claim is gone");
+    }
+
+    @Test
+    void onAnObjectStoreAStaleClaimDoesNotLetAFolderWithoutAWritersMarkBeDeleted() throws Exception {
+        Path dest = tmp.resolve("dest");
+        Path theirs = dest.resolve("merged");
+        Files.createDirectories(theirs);
+        Files.writeString(theirs.resolve("notes.txt"), "someone's work");
+        Path claim = dest.resolve(OutputCommit.CLAIM_PREFIX + "merged");
+        Files.writeString(claim, "a0");
+        Files.setLastModifiedTime(claim, FileTime.fromMillis(System.currentTimeMillis() - 60_000));
+
+        Path m = merged("a1");
+        CommitException e = assertThrows(CommitException.class, () -> commit(OutputCommit.Mode.MARKER, Duration.ofSeconds(5), OutputCommit.Hook.NONE)
+                .commit(m, CompletionMarker.of(m, 1, "a1"), "a1"));
+        assertTrue(e.getMessage().contains("was not written by this job"), e.getMessage());
+        assertEquals(Map.of("notes.txt", "someone's work"), contents(theirs), "a folder no attempt marked as its own is kept");
+        assertEquals(List.of(), leftovers(), "the claim taken over is released");
+    }
+
+    @Test
+    void onAnObjectStoreAClaimRefreshedJustAfterItLookedStaleIsNotTakenOver() throws Exception {
+        Path claim = tmp.resolve("dest").resolve(OutputCommit.CLAIM_PREFIX + "merged");
+        Files.createDirectories(claim.getParent());
+        Files.writeString(claim, "a0");
+        Files.setLastModifiedTime(claim, FileTime.fromMillis(System.currentTimeMillis() - 60_000));
+        // a0 refreshes its claim as the waiter reads it for the first time: the waiter's look at its age is out of date
+        java.util.concurrent.atomic.AtomicBoolean refreshed = new java.util.concurrent.atomic.AtomicBoolean();
+        ObjectStoreFileSystem.beforeOpen = f -> {
+            if (f.getName().equals(claim.getFileName().toString()) && refreshed.compareAndSet(false, true)) {
+                try {
+                    Files.setLastModifiedTime(claim, FileTime.fromMillis(System.currentTimeMillis()));
+                } catch (IOException e) {
+                    throw new java.io.UncheckedIOException(e);
+                }
+            }
+        };
+        Path m = merged("a1");
+        ExecutorService pool = Executors.newSingleThreadExecutor();
+        try {
+            Future<OutputCommit.Result> waiter = pool.submit(() -> commit(OutputCommit.Mode.MARKER, Duration.ofSeconds(30), OutputCommit.Hook.NONE)
+                    .commit(m, CompletionMarker.of(m, 1, "a1"), "a1"));
+            for (int i = 0; i < 200 && !refreshed.get(); i++) {
+                Thread.sleep(50);
+            }
+            assertTrue(refreshed.get(), "the waiter read the claim");
+            Thread.sleep(500);
+            assertFalse(waiter.isDone(), "the waiter still waits for a0");
+            assertEquals("a0", Files.readString(claim), "a0 keeps its claim");
+            // a0 gives up its claim: the waiter takes it and commits
+            Files.delete(claim);
+            assertEquals(OutputCommit.Outcome.COMMITTED, waiter.get().outcome());
+        } finally {
+            ObjectStoreFileSystem.beforeOpen = null;
+            pool.shutdownNow();
+        }
+    }
+
+    @Test
+    void onAnObjectStoreAnOutputCommittedJustBeforeThisAttemptTookTheClaimIsReportedAsCommittedByAnother() throws Exception {
+        Path m0 = merged("a0");
+        CompletionMarker first = CompletionMarker.of(m0, 1, "a0");
+        Path out = tmp.resolve("dest/merged");
+        // a0 committed and released its claim between a1's look at the output and a1's create of the claim
+        OutputCommit.Hook commitsMeanwhile = new OutputCommit.Hook() {
+            @Override
+            public void uploaded(int files) {
+            }
+
+            @Override
+            public void claimed() throws IOException {
+                try (Stream<Path> walk = Files.walk(m0)) {
+                    for (Path p : (Iterable<Path>) walk.filter(Files::isRegularFile)::iterator) {
+                        Path target = out.resolve(m0.relativize(p).toString());
+                        Files.createDirectories(target.getParent());
+                        Files.copy(p, target);
+                    }
+                }
+                Files.write(out.resolve(CompletionMarker.NAME), com.fasterxml.jackson.databind.json.JsonMapper.builder()
+                        .propertyNamingStrategy(com.fasterxml.jackson.databind.PropertyNamingStrategies.SNAKE_CASE).build().writeValueAsBytes(first));
+            }
+        };
+        Path m1 = merged("a1");
+        OutputCommit.Result r = commit(OutputCommit.Mode.MARKER, Duration.ofMinutes(5), commitsMeanwhile).commit(m1, CompletionMarker.of(m1, 1, "a1"), "a1");
+        assertEquals(OutputCommit.Outcome.COMMITTED_BY_ANOTHER, r.outcome());
+        assertEquals("a0", r.marker().attempt());
+        Map<String, String> files = contents(out);
+        files.remove(CompletionMarker.NAME);
+        assertEquals(contents(m0), files, "a0's output is kept");
+        assertEquals(List.of(), leftovers(), "a1 releases the claim it took");
+    }
+
+    @Test
+    void onAnObjectStoreAHolderWhoseClaimWasTakenOverStopsWithoutItsRecordAndLeavesTheOutputToTheTaker() throws Exception {
+        Path claim = tmp.resolve("dest").resolve(OutputCommit.CLAIM_PREFIX + "merged");
+        // while a0 uploads, its claim is taken over by a9 (a0 looked dead to it)
+        OutputCommit overtaken = commit(OutputCommit.Mode.MARKER, Duration.ofMinutes(5), files -> {
+            if (files == 1) {
+                Files.writeString(claim, "a9");
+            }
+        });
+        Path m = merged("a0");
+        IOException e = assertThrows(IOException.class, () -> overtaken.commit(m, CompletionMarker.of(m, 1, "a0"), "a0"));
+        assertTrue(e.getMessage().contains("lost its claim"), e.getMessage());
+        assertFalse(Files.exists(tmp.resolve("dest/merged").resolve(CompletionMarker.NAME)), "no completion record");
+        assertEquals("a9", Files.readString(claim), "the taker's claim is left to it");
+    }
+
+    @Test
+    void onAnObjectStoreAHolderWhoseRefreshesFailForHalfTheClaimTimeoutStopsWithoutItsRecord() throws Exception {
+        Path claim = tmp.resolve("dest").resolve(OutputCommit.CLAIM_PREFIX + "merged");
+        // the claim cannot be rewritten while a0 uploads slowly
+        OutputCommit cutOff = commit(OutputCommit.Mode.MARKER, Duration.ofMillis(400), files -> {
+            if (files == 1) {
+                ObjectStoreFileSystem.unwritable = claim.getFileName().toString();
+                try {
+                    Thread.sleep(600);
+                } catch (InterruptedException x) {
+                    throw new IOException(x);
+                }
+            }
+        });
+        Path m = merged("a0");
+        IOException e;
+        try {
+            e = assertThrows(IOException.class, () -> cutOff.commit(m, CompletionMarker.of(m, 1, "a0"), "a0"));
+        } finally {
+            ObjectStoreFileSystem.unwritable = null;
+        }
+        assertTrue(e.getMessage().contains("refreshing it failed"), e.getMessage());
+        assertFalse(Files.exists(tmp.resolve("dest/merged").resolve(CompletionMarker.NAME)), "no completion record");
     }
 
     @Test

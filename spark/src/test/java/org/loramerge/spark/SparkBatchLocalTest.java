@@ -1,5 +1,6 @@
 package org.loramerge.spark;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
@@ -9,6 +10,7 @@ import com.fasterxml.jackson.databind.JsonNode;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.TimeUnit;
 import org.apache.spark.api.java.JavaSparkContext;
 import org.junit.jupiter.api.AfterAll;
@@ -92,6 +94,44 @@ class SparkBatchLocalTest {
         assertEquals(List.of("skipped", "skipped", "failed", "skipped", "failed", "failed"), again.stream().map(ResultRow::status).toList());
         assertEquals(rows.get(3).checksum(), again.get(3).checksum());
         Jobs.assertSameFiles(tmp.resolve("ref/tiny"), out.resolve("tiny"));
+    }
+
+    @org.junit.jupiter.params.ParameterizedTest
+    @org.junit.jupiter.params.provider.ValueSource(booleans = {false, true})
+    void aReRunDoesNotSkipAnOutputWhoseLineOrAdapterFilesChangedButFailsTheLineAndKeepsTheOutput(boolean onObjectStore) throws Exception {
+        Path adapter = tmp.resolve("adapter");
+        Files.createDirectories(adapter);
+        try (var files = Files.list(Jobs.TINY_ADAPTER)) {
+            for (Path f : (Iterable<Path>) files::iterator) {
+                Files.copy(f, adapter.resolve(f.getFileName()));
+            }
+        }
+        Path out = tmp.resolve("out/tiny");
+        Object outLocation = onObjectStore ? ObjectStoreFileSystem.location(out) : out;
+        Path manifest = Jobs.manifest(tmp, Jobs.line(Jobs.TINY_BASE, adapter, outLocation, ""));
+        Path results = tmp.resolve("results.jsonl");
+        assertEquals("done", SparkBatch.run(sc, manifest.toString(), results.toString()).get(0).status());
+        Map<String, byte[]> first = Jobs.files(out);
+        assertEquals("skipped", SparkBatch.run(sc, manifest.toString(), results.toString()).get(0).status(), "the same line and inputs skip");
+
+        // the line now asks for another dtype, into the same out
+        Jobs.manifest(tmp, Jobs.line(Jobs.TINY_BASE, adapter, outLocation, ", \"dtype\": \"f32\""));
+        ResultRow changedLine = SparkBatch.run(sc, manifest.toString(), results.toString()).get(0);
+        assertEquals("failed", changedLine.status());
+        assertTrue(changedLine.error().contains("written for another line") && changedLine.error().contains("delete the folder"), changedLine.error());
+
+        // the line as first written, but the adapter's weights rewritten in place since
+        Jobs.manifest(tmp, Jobs.line(Jobs.TINY_BASE, adapter, outLocation, ""));
+        Path weights = adapter.resolve("adapter_model.safetensors");
+        Files.setLastModifiedTime(weights, java.nio.file.attribute.FileTime.fromMillis(Files.getLastModifiedTime(weights).toMillis() + 5_000));
+        ResultRow changedAdapter = SparkBatch.run(sc, manifest.toString(), results.toString()).get(0);
+        assertEquals("failed", changedAdapter.status());
+        assertTrue(changedAdapter.error().contains("adapter files changed"), changedAdapter.error());
+        Map<String, byte[]> now = Jobs.files(out);
+        assertEquals(first.keySet(), now.keySet(), "the output is kept as it was");
+        for (String f : first.keySet()) {
+            assertArrayEquals(first.get(f), now.get(f), f);
+        }
     }
 
     @Test
