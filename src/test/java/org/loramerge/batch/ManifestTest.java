@@ -120,8 +120,8 @@ class ManifestTest {
 
     @Test
     void anEntrysIdRelativeToItsManifestsFolderStaysTheSameWhenTheFolderMoves() throws Exception {
-        String a = Manifest.parse("{\"base\": \"/models/llama\", \"adapter\": \"./a\", \"out\": \"/work/batch/merged/a\"}", "m")
-                .entries().get(0).relativeTo(Path.of("/work/batch")).id();
+        String a = Manifest.parse("{\"base\": \"/models/llama\", \"adapter\": \"./a\", \"out\": \"/data/batch/merged/a\"}", "m")
+                .entries().get(0).relativeTo(Path.of("/data/batch")).id();
         ManifestEntry moved = Manifest.parse("{\"base\": \"/models/llama\", \"adapter\": \"a\", \"out\": \"/srv/moved/merged/a\"}", "m")
                 .entries().get(0).relativeTo(Path.of("/srv/moved"));
         assertEquals("merged/a", moved.out());
@@ -132,9 +132,9 @@ class ManifestTest {
     @Test
     void resolvingAnEntryAnchorsRelativePathsAtTheManifestsFolderAndKeepsUris() throws Exception {
         ManifestEntry e = Manifest.parse("{\"base\": \"/models/llama\", \"adapter\": \"a\", \"out\": \"hdfs://nn/merged/a\"}", "m")
-                .entries().get(0).resolve(Path.of("/work/batch"));
+                .entries().get(0).resolve(Path.of("/data/batch"));
         assertEquals("/models/llama", e.base());
-        assertEquals(List.of("/work/batch/a"), e.adapters());
+        assertEquals(List.of("/data/batch/a"), e.adapters());
         assertEquals("hdfs://nn/merged/a", e.out());
     }
 }
