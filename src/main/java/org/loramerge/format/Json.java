@@ -20,8 +20,8 @@ public final class Json {
      * {@code json.dumps(node, indent=2, sort_keys=True) + "\n"} byte for byte, as Python writes it:
      * keys sorted by code point, {@code ", "} and {@code ": "} separators with each member on its own
      * line, empty containers as {@code {}} and {@code []}, floats as Python's {@code repr}
-     * ({@link PythonFloat}), and every character outside printable ASCII escaped as {@code \}{@code uXXXX}
-     * (ensure_ascii).
+     * ({@link PythonFloat}), and every character outside printable ASCII escaped as a backslash, {@code u} and four hex
+     * digits (ensure_ascii).
      */
     public static String python(JsonNode node) {
         StringBuilder sb = new StringBuilder();
@@ -100,7 +100,7 @@ public final class Json {
         return Integer.compare(a.length() - i, b.length() - j);
     }
 
-    /** json's ensure_ascii string: the short escapes it knows, and {@code \}{@code uXXXX} (lowercase hex) for the rest outside ' '..'~'. */
+    /** json's ensure_ascii string: the short escapes it knows, and a backslash, {@code u} and four lowercase hex digits for the rest outside ' '..'~'. */
     private static void string(String s, StringBuilder sb) {
         sb.append('"');
         for (int i = 0; i < s.length(); i++) {
