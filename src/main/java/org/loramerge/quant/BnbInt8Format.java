@@ -177,11 +177,12 @@ public final class BnbInt8Format implements WeightFormat {
     static final class Int8Requantizer implements Requantizer {
         private final Int8Weight base;
         private final float[] scb;
-        private final ConcurrentHashMap<Long, byte[]> pending = new ConcurrentHashMap<>();
+        private final ByteCodes pending;
         private final ConcurrentHashMap<Long, Change> changes = new ConcurrentHashMap<>();
 
         Int8Requantizer(Int8Weight base) {
             this.base = base;
+            this.pending = new ByteCodes(base.weightName());
             this.scb = new float[Math.toIntExact(base.rows())];
         }
 
@@ -250,19 +251,14 @@ public final class BnbInt8Format implements WeightFormat {
             changes.put(firstElement / cols, new Change(changed, sumSq, dot, d2));
         }
 
-        /** One byte a code: a range's codes start at byte firstElement. */
         @Override
         public long codesOffset(long firstElement) {
-            return firstElement;
+            return ByteCodes.offset(firstElement);
         }
 
         @Override
         public ByteBuffer codes(long firstElement, int count) {
-            byte[] c = pending.remove(firstElement);
-            if (c == null || c.length != count) {
-                throw new IllegalStateException(base.weightName() + ": elements [" + firstElement + ", +" + count + ") were not encoded");
-            }
-            return ByteBuffer.wrap(c);
+            return pending.take(firstElement, count);
         }
 
         @Override

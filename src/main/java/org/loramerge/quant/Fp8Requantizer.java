@@ -35,11 +35,12 @@ final class Fp8Requantizer implements Requantizer {
     private final long gridCols;
     private final FloatFormat format;
     private final float[] scaleInv;
-    private final ConcurrentHashMap<Long, byte[]> pending = new ConcurrentHashMap<>();
+    private final ByteCodes pending;
     private final ConcurrentHashMap<Integer, Change> changes = new ConcurrentHashMap<>();
 
     Fp8Requantizer(Fp8Weight base) {
         this.base = base;
+        this.pending = new ByteCodes(base.weightName());
         this.rows = base.rows();
         this.cols = base.cols();
         boolean tensor = base.scheme() == Fp8Weight.Scheme.TENSOR;
@@ -119,19 +120,14 @@ final class Fp8Requantizer implements Requantizer {
         return format.round((double) (float) ((double) Fp8Codec.decodeE4M3(code) * inv));
     }
 
-    /** One byte a code: a range's codes start at byte firstElement. */
     @Override
     public long codesOffset(long firstElement) {
-        return firstElement;
+        return ByteCodes.offset(firstElement);
     }
 
     @Override
     public ByteBuffer codes(long firstElement, int count) {
-        byte[] c = pending.remove(firstElement);
-        if (c == null || c.length != count) {
-            throw new IllegalStateException(base.weightName() + ": elements [" + firstElement + ", +" + count + ") were not encoded");
-        }
-        return ByteBuffer.wrap(c);
+        return pending.take(firstElement, count);
     }
 
     @Override
