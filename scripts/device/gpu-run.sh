@@ -3,11 +3,11 @@
 #
 #   scripts/device/gpu-run.sh pack          here: build the jars, the JUnit launcher and a Java runtime into .device/
 #   then, through the device tool, from the repository root there (carry [".device"]):
-#   bash scripts/device/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchnf4] [benchcpu] [e2e] [e2e2x] [extract] [unmerge] [benchsvd] [combine] [benchcombine] [batch]
+#   bash scripts/device/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchnf4] [benchexact] [benchcpu] [e2e] [e2e2x] [extract] [unmerge] [benchsvd] [combine] [benchcombine] [batch]
 #
 # "device" unpacks the runtime, runs the @Tag("gpu") tests (tests), the JMH throughput benchmarks
 # (benchgpu: device-resident merge and copy ceilings; benchnf4: the NF4 kernels beside the
-# device-to-device copy; benchcpu: CPU engine and the pipeline), QLoRA end to end (nf4; SHAPE=llama-7b
+# device-to-device copy; benchexact: the exact-settling and DoRA norm kernels beside that copy; benchcpu: CPU engine and the pipeline), QLoRA end to end (nf4; SHAPE=llama-7b
 # for the 7B shape), the 7B-shaped end-to-end benchmark (e2e) and the same at twice the size
 # (e2e2x), extract of a 7B-shaped fine-tune against cat of both checkpoints and the torch SVD anchors (extract),
 # the 7B unmerge beside the merge and the copy floor (unmerge),
@@ -101,6 +101,11 @@ device)
       # the NF4 kernels device-resident, beside the device-to-device copy (the annotations' forks and iterations)
       jmh nf4 'CudaNf4Benchmark|CudaCopyBenchmark.deviceToDevice'
       ;;
+    benchexact)
+      # the kernels that keep merges exact (add-and-round, exact settling with random and bf16-valued factors, DoRA's
+      # row norms) on one streaming block, beside the device-to-device copy; short iterations to fit beside other steps
+      jmh exact 'CudaExactBenchmark|CudaCopyBenchmark.deviceToDevice' -f 1 -wi 2 -i 3 -w 300ms -r 300ms
+      ;;
     benchcpu)
       # CPU engine at ranks 16 and 64 in BF16 (a full CPU sweep takes hours at rank 256), and the pipeline file to file on both engines
       jmh cpu 'CpuMergeBenchmark|PipelineBenchmark' -p rank=16,64 -p dtype=BF16 -p device=cpu,cuda
@@ -148,7 +153,7 @@ device)
       summary+=("jmh svd: see jmh-svd.md")
       ;;
     combine)
-      LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench/bench-combine-gpu.sh 2>&1 | tee "$OUT/combine.log" | tail -n 25
+      LORAMERGE="java -Xmx2g -jar .device/loramerge.jar" bash scripts/bench/bench-combine-gpu.sh 2>&1 | tee "$OUT/combine.log" | tail -n 25
       summary+=("combine (four adapters): see combine.log")
       ;;
     benchcombine)
