@@ -52,7 +52,7 @@ final class MergeCommand implements Callable<Integer> {
     @Option(names = "--dtype", defaultValue = "auto", paramLabel = "auto|f32|f16|bf16",
             description = "dtype of the floating-point tensors written (default: auto, each keeps the base's); "
                     + "also accepted: fp32, float32, float, fp16, float16, half, bfloat16, in any case. "
-                    + "With a 4-bit base, of those that are not quantized (--to decides the 4-bit weights)")
+                    + "With a quantized base, of those that are not quantized (--to decides the quantized weights)")
     String dtype;
 
     @Option(names = "--to", paramLabel = "bf16|f16|f32|nf4|fp4|int8|fp8",

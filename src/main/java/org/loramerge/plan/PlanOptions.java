@@ -6,10 +6,10 @@ import org.loramerge.format.DType;
  * Choices that shape the merged checkpoint.
  *
  * @param dtype        output dtype of every floating-point tensor, or null to keep each tensor's own;
- *                     with a 4-bit base it applies to the tensors that are not quantized (norms,
+ *                     with a quantized base it applies to the tensors that are not quantized (norms,
  *                     embeddings, lm_head, biases), while {@code to} decides the quantized weights
  * @param maxShardSize largest shard in bytes (decimal units, as transformers counts them)
- * @param to           what the 4-bit weights of a bitsandbytes NF4 base become; required for such a
+ * @param to           what the quantized weights of a quantized base become; required for such a
  *                     base and null for any other
  */
 public record PlanOptions(DType dtype, long maxShardSize, QuantTarget to) {
