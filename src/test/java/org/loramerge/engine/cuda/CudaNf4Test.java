@@ -441,7 +441,7 @@ class CudaNf4Test {
             s.synchronize();
             JCuda.cudaMemcpy(Pointer.to(bucket), sums.pointer(), 512 * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost);
             assertArrayEquals(DoubleQuant.exponentSums(absmax, blocks), bucket, "exact sums");
-            float offset = DoubleQuant.meanOfSums(bucket, blocks);
+            float offset = DoubleQuant.offsetOfSums(bucket, blocks);
             cuda.device().nf4().doubleQuant(s, a.pointer(), blocks, offset, map.pointer(), codes.pointer(), nestedAbsmax.pointer());
             return new DoubleQuant.Result(download(s, codes, blocks), downloadFloats(s, nestedAbsmax, nested), offset);
         }
