@@ -30,6 +30,33 @@ class Nf4CodecVectorsTest {
         return Nf4Vectors.cases().stream();
     }
 
+    static Stream<Nf4Vectors.Case> bitsandbytesCases() {
+        return Nf4Vectors.bitsandbytesCases().stream();
+    }
+
+    @Test
+    void bitsandbytesQuantizedEveryReferenceInputItCanWrite() {
+        java.util.Set<String> written = new java.util.TreeSet<>();
+        Nf4Vectors.cases().stream().filter(c -> !c.orPackedPre047()).forEach(c -> written.add(c.name()));
+        java.util.Set<String> bnb = new java.util.TreeSet<>();
+        Nf4Vectors.bitsandbytesCases().forEach(c -> bnb.add(c.name()));
+        assertEquals(written, bnb, "src/test/resources/bnb/vectors holds bitsandbytes' bytes for every input of src/test/resources/nf4 "
+                + "but the one packed as bitsandbytes before 0.47 did; regenerate it (scripts/fixtures/make_bnb_fixtures.sh)");
+        assertTrue(bnb.contains("zero_blocks_dq_bf16") && bnb.contains("fp4_dq_zero_blocks_bf16"), "the offset cases: " + bnb);
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("bitsandbytesCases")
+    void quantizingEveryInputGivesBitsandbytesOwnBytes(Nf4Vectors.Case c) throws Exception {
+        quantizeIsBitExact(c);
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("bitsandbytesCases")
+    void dequantizingBitsandbytesBytesGivesItsDequantizeValues(Nf4Vectors.Case c) throws Exception {
+        dequantizeIsBitExact(c);
+    }
+
     @Test
     void vectorsCoverTheEdgeCasesTheyClaim() {
         List<Nf4Vectors.Case> cases = Nf4Vectors.cases();
@@ -155,7 +182,7 @@ class Nf4CodecVectorsTest {
     @ParameterizedTest(name = "{0}")
     @MethodSource("cases")
     void quantizeIsBitExact(Nf4Vectors.Case c) throws Exception {
-        try (SafetensorsFile f = Nf4Vectors.open()) {
+        try (SafetensorsFile f = c.open()) {
             byte[] stored = Nf4Vectors.bytes(f, c.name() + ".weight");
             if (c.orPackedPre047()) {
                 // bitsandbytes before 0.47 OR-ed each thread's first byte into its second (4 elements a thread)
@@ -218,7 +245,7 @@ class Nf4CodecVectorsTest {
     @ParameterizedTest(name = "{0}")
     @MethodSource("cases")
     void dequantizeIsBitExact(Nf4Vectors.Case c) throws Exception {
-        try (Checkpoint ckpt = Checkpoint.open(Nf4Vectors.dir())) {
+        try (Checkpoint ckpt = Checkpoint.open(c.dir())) {
             Nf4Tensor t = Nf4Tensor.open(ckpt, c.name() + ".weight");
             assertEquals(c.doubleQuant(), t.isDoubleQuant());
             assertEquals(c.dtype(), t.dtype());
