@@ -427,8 +427,11 @@ LM_NF4_QUANTIZE_KERNEL(nf4_quantize_f32, LM_F32, unsigned int)
  * nf4_exponent_sums(a, n, sums)
  *   The exact sum of fp32 values, as integers: sums[e] += significand of every positive a_i of
  *   biased exponent e, sums[256 + e] likewise for negative ones (exponent 0: subnormals). The
- *   host turns the 512 sums into the correctly rounded mean (DoubleQuant.exactMean): the
- *   double quantization offset. Integer sums do not depend on the order of the atomics.
+ *   host rounds the exact sum once to fp32 and multiplies it by the fp32 factor 1/n
+ *   (DoubleQuant.offsetOfSums): the double quantization offset, torch's fp32 mean() as
+ *   bitsandbytes takes it wherever torch's partial sums are exact. Integer sums do not depend on
+ *   the order of the atomics; torch's fp32 sum of many full-precision values does (its order
+ *   follows the device's number of SMs), so no implementation matches it on every device.
  *   The host zeroes sums. Any grid; 256 threads a block.
  */
 extern "C" __global__ void nf4_exponent_sums(const float *__restrict__ a, long long n, unsigned long long *sums) {

@@ -9,10 +9,17 @@ import java.math.BigInteger;
  * (csrc/kernels.cu kQuantizeBlockwise with General8bit, in the fast-math fp32 of {@link CudaFastMath}).
  *
  * <ul>
- * <li>{@code offset} = the fp32 nearest to the exact mean of all absmax values (ties to even).
- *     bitsandbytes takes torch's fp32 {@code mean()}, whose reduction order can move the result
- *     by an ulp between devices; the correctly rounded mean is the one value every implementation
- *     can agree on.</li>
+ * <li>{@code offset = fl32(fl32(S) · fl32(1/fl32(n)))}, S the exact sum of the n absmax values:
+ *     torch's fp32 {@code mean()} on the GPU, which bitsandbytes calls, sums in fp32 and multiplies
+ *     the sum by the fp32 factor 1/n (its MeanOps), so its offset is not always the correctly
+ *     rounded mean (absmax {0.248046875, 0, 0.015625, 0, 0.21484375, 0.193359375}: bitsandbytes
+ *     0.50.1 writes 0.11197917, the correctly rounded mean is 0.111979164). torch's fp32 sum is
+ *     fl32(S) whenever its partial sums are exact, as they are for the few bf16- or f16-valued
+ *     absmax of small weights; for many blocks of full fp32 significands its summation order,
+ *     which depends on the GPU's number of multiprocessors, can move the sum by ulps, and no
+ *     implementation can match every device: loramerge rounds the exact sum once, the same on
+ *     both engines and every device. A checkpoint's offset is read as stored, whatever rule
+ *     wrote it.</li>
  * <li>{@code d_i = fl32(absmax_i - offset)} (a torch subtraction: no flush); per nested block of
  *     256: {@code nested_absmax = max|d_i|} (subnormal d counting as 0), {@code code_i =
  *     }{@link DynamicMap#quantize}{@code (mul(d_i, rcp(nested_absmax)))}. A block whose
@@ -37,7 +44,7 @@ public final class DoubleQuant {
     /** Quantizes {@code absmax[0, count)} with the signed dynamic map. */
     public static Result quantize(float[] absmax, int count) {
         float[] map = DynamicMap.signed();
-        float offset = exactMean(absmax, count);
+        float offset = offset(absmax, count);
         byte[] codes = new byte[count];
         int nestedBlocks = (count + NESTED_BLOCKSIZE - 1) / NESTED_BLOCKSIZE;
         float[] nested = new float[nestedBlocks];
@@ -66,14 +73,15 @@ public final class DoubleQuant {
     }
 
     /**
-     * The fp32 nearest to the exact mean of {@code values[0, count)} (finite, non-negative or not),
-     * ties to even. The sum is exact: each fp32 value is an integer multiple of 2^-149.
+     * The double quantization offset of {@code values[0, count)} (finite): {@code fl32(fl32(S) ·
+     * fl32(1/fl32(count)))} with S their exact sum (each fp32 value is an integer multiple of
+     * 2^-149), as torch's fp32 mean is where its partial sums are exact.
      */
-    public static float exactMean(float[] values, int count) {
+    public static float offset(float[] values, int count) {
         if (count <= 0) {
             throw new IllegalArgumentException("mean of no values");
         }
-        return meanOfSums(exponentSums(values, count), count);
+        return offsetOfSums(exponentSums(values, count), count);
     }
 
     /**
@@ -96,8 +104,12 @@ public final class DoubleQuant {
         return sums;
     }
 
-    /** The fp32 nearest to the exact mean of {@code count} values given by their {@link #exponentSums}, ties to even. */
-    public static float meanOfSums(long[] sums, long count) {
+    /**
+     * The double quantization offset ({@link #offset}) of {@code count} values given by their
+     * {@link #exponentSums}: the exact sum rounded once to fp32 (ties to even; infinite past the
+     * fp32 range, as torch's sum would be), times the fp32 factor {@code 1f / count}, rounded.
+     */
+    public static float offsetOfSums(long[] sums, long count) {
         if (count <= 0 || sums.length != 512) {
             throw new IllegalArgumentException("mean of " + count + " values from " + sums.length + " sums");
         }
@@ -112,7 +124,9 @@ public final class DoubleQuant {
                 sum = sum.add(net.shiftLeft(Math.max(e, 1) - 1));
             }
         }
-        return roundToFloat(sum, BigInteger.valueOf(count).shiftLeft(149));
+        float total = roundToFloat(sum, BigInteger.ONE.shiftLeft(149));
+        float factor = 1f / (float) count; // torch: static_cast<float>(1) / numel, the int64 numel converted to float
+        return total * factor;
     }
 
     /** The fp32 nearest to {@code num / den} (den > 0), ties to even; no double rounding. */

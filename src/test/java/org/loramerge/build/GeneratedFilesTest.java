@@ -171,6 +171,33 @@ class GeneratedFilesTest {
         assertTrue(bytes < 1_000_000, "combination fixtures stay small: " + bytes + " bytes");
     }
 
+    /**
+     * The bitsandbytes fixtures are what scripts/fixtures/make_bnb_fixtures.sh wrote on the GPU machine (bitsandbytes
+     * built from source; it cannot run here): MANIFEST.sha256, which the script writes, names the script and the
+     * reference it ran with and lists every file's hash, and the folder holds exactly those files, unchanged.
+     */
+    @Test
+    void bitsandbytesFixturesAreWhatTheGpuRunWrote() throws Exception {
+        Path dir = Paths.get("src/test/resources/bnb");
+        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
+        String regenerate = "regenerate them on the GPU machine (scripts/fixtures/make_bnb_fixtures.sh; its header says how) and replace the "
+                + "folder with the bnb/ of its bnb-fixtures.tgz, instead of editing files by hand";
+        assertTrue(manifest.get(0).endsWith("  generator:scripts/fixtures/make_bnb_fixtures.py"), manifest.get(0));
+        assertTrue(manifest.get(1).endsWith("  reference:scripts/fixtures/nf4_reference.py"), manifest.get(1));
+        List<String> listed = new java.util.ArrayList<>(manifest.subList(2, manifest.size()));
+        listed.sort(java.util.Comparator.comparing(line -> line.substring(line.indexOf("  ") + 2)));
+        List<String> actual = new java.util.ArrayList<>(hashedFiles(dir));
+        actual.sort(java.util.Comparator.comparing(line -> line.substring(line.indexOf("  ") + 2)));
+        assertEquals(String.join("\n", listed), String.join("\n", actual), "bitsandbytes fixture files differ from MANIFEST.sha256; " + regenerate);
+        long bytes = 0;
+        try (Stream<Path> s = Files.walk(dir)) {
+            for (Path p : (Iterable<Path>) s.filter(Files::isRegularFile)::iterator) {
+                bytes += Files.size(p);
+            }
+        }
+        assertTrue(bytes < 3_200_000, "bitsandbytes fixtures stay small: " + bytes + " bytes");
+    }
+
     /** "SHA256  relative/path" of every file under {@code dir} but its manifest, in path order: the manifest's lines. */
     private static List<String> hashedFiles(Path dir) throws IOException {
         List<String> out = new java.util.ArrayList<>();

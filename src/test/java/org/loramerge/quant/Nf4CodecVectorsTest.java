@@ -30,6 +30,33 @@ class Nf4CodecVectorsTest {
         return Nf4Vectors.cases().stream();
     }
 
+    static Stream<Nf4Vectors.Case> bitsandbytesCases() {
+        return Nf4Vectors.bitsandbytesCases().stream();
+    }
+
+    @Test
+    void bitsandbytesQuantizedEveryReferenceInputItCanWrite() {
+        java.util.Set<String> written = new java.util.TreeSet<>();
+        Nf4Vectors.cases().stream().filter(c -> !c.orPackedPre047()).forEach(c -> written.add(c.name()));
+        java.util.Set<String> bnb = new java.util.TreeSet<>();
+        Nf4Vectors.bitsandbytesCases().forEach(c -> bnb.add(c.name()));
+        assertEquals(written, bnb, "src/test/resources/bnb/vectors holds bitsandbytes' bytes for every input of src/test/resources/nf4 "
+                + "but the one packed as bitsandbytes before 0.47 did; regenerate it (scripts/fixtures/make_bnb_fixtures.sh)");
+        assertTrue(bnb.contains("zero_blocks_dq_bf16") && bnb.contains("fp4_dq_zero_blocks_bf16"), "the offset cases: " + bnb);
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("bitsandbytesCases")
+    void quantizingEveryInputGivesBitsandbytesOwnBytes(Nf4Vectors.Case c) throws Exception {
+        quantizeIsBitExact(c);
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("bitsandbytesCases")
+    void dequantizingBitsandbytesBytesGivesItsDequantizeValues(Nf4Vectors.Case c) throws Exception {
+        dequantizeIsBitExact(c);
+    }
+
     @Test
     void vectorsCoverTheEdgeCasesTheyClaim() {
         List<Nf4Vectors.Case> cases = Nf4Vectors.cases();
@@ -97,9 +124,9 @@ class Nf4CodecVectorsTest {
     }
 
     @Test
-    void exactMeanAgreesWithBigDecimalWhereAFloatSumDoesNot() {
+    void offsetIsTheExactSumRoundedOnceTimesTheFp32ReciprocalWhereARunningFloatSumIsNot() {
         Random rnd = new Random(11);
-        int naiveDiffers = 0;
+        int runningDiffers = 0;
         for (int trial = 0; trial < 200; trial++) {
             int n = 1 + rnd.nextInt(3000);
             float[] v = new float[n];
@@ -110,17 +137,18 @@ class Nf4CodecVectorsTest {
                 sum = sum.add(new java.math.BigDecimal(v[i]));
                 running += v[i];
             }
-            java.math.BigDecimal mean = sum.divide(java.math.BigDecimal.valueOf(n), java.math.MathContext.DECIMAL128);
-            float got = DoubleQuant.exactMean(v, n);
-            // the correctly rounded fp32 is the one nearest the exact mean: no fp32 neighbour is nearer
-            java.math.BigDecimal err = new java.math.BigDecimal(got).subtract(mean).abs();
-            assertTrue(err.compareTo(new java.math.BigDecimal(Math.nextUp(got)).subtract(mean).abs()) <= 0);
-            assertTrue(err.compareTo(new java.math.BigDecimal(Math.nextDown(got)).subtract(mean).abs()) <= 0);
-            if (running / n != got) {
-                naiveDiffers++;
+            // fl32(S): the fp32 nearest the exact sum (no fp32 neighbour nearer)
+            float total = sum.floatValue();
+            java.math.BigDecimal err = new java.math.BigDecimal(total).subtract(sum).abs();
+            assertTrue(err.compareTo(new java.math.BigDecimal(Math.nextUp(total)).subtract(sum).abs()) <= 0);
+            assertTrue(err.compareTo(new java.math.BigDecimal(Math.nextDown(total)).subtract(sum).abs()) <= 0);
+            float got = DoubleQuant.offset(v, n);
+            assertEquals(total * (1f / n), got, "n = " + n);
+            if (running * (1f / n) != got) {
+                runningDiffers++;
             }
         }
-        assertTrue(naiveDiffers > 20, "a running fp32 sum differs in " + naiveDiffers + " of 200");
+        assertTrue(runningDiffers > 20, "a running fp32 sum differs in " + runningDiffers + " of 200");
     }
 
     @Test
@@ -154,7 +182,7 @@ class Nf4CodecVectorsTest {
     @ParameterizedTest(name = "{0}")
     @MethodSource("cases")
     void quantizeIsBitExact(Nf4Vectors.Case c) throws Exception {
-        try (SafetensorsFile f = Nf4Vectors.open()) {
+        try (SafetensorsFile f = c.open()) {
             byte[] stored = Nf4Vectors.bytes(f, c.name() + ".weight");
             if (c.orPackedPre047()) {
                 // bitsandbytes before 0.47 OR-ed each thread's first byte into its second (4 elements a thread)
@@ -217,7 +245,7 @@ class Nf4CodecVectorsTest {
     @ParameterizedTest(name = "{0}")
     @MethodSource("cases")
     void dequantizeIsBitExact(Nf4Vectors.Case c) throws Exception {
-        try (Checkpoint ckpt = Checkpoint.open(Nf4Vectors.dir())) {
+        try (Checkpoint ckpt = Checkpoint.open(c.dir())) {
             Nf4Tensor t = Nf4Tensor.open(ckpt, c.name() + ".weight");
             assertEquals(c.doubleQuant(), t.isDoubleQuant());
             assertEquals(c.dtype(), t.dtype());
@@ -455,15 +483,22 @@ class Nf4CodecVectorsTest {
     }
 
     @Test
-    void exactMeanIsCorrectlyRounded() {
-        assertEquals(5.0f / 3.0f, DoubleQuant.exactMean(new float[] {1, 2, 2}, 3));
-        // 1 + 2^-24 is a tie between 1 and 1 + 2^-23 in fp32: even wins
-        assertEquals(1.0f, DoubleQuant.exactMean(new float[] {1.0f, Math.nextUp(1.0f)}, 2));
-        // a sum far beyond fp32 precision: 2^24 + 1, mean of 2 = 2^23 + 0.5, a tie: even (2^23)
-        assertEquals(8388608f, DoubleQuant.exactMean(new float[] {16777216f, 1f}, 2));
-        assertEquals(Float.MIN_VALUE, DoubleQuant.exactMean(new float[] {Float.MIN_VALUE, Float.MIN_VALUE}, 2));
-        // 1.5 subnormal quanta: a tie, to the even count of quanta (2)
-        assertEquals(2 * Float.MIN_VALUE, DoubleQuant.exactMean(new float[] {Float.MIN_VALUE, 2 * Float.MIN_VALUE}, 2));
+    void offsetIsTorchsFp32MeanNotTheCorrectlyRoundedMean() {
+        // the absmax of bitsandbytes' zero-block vector: bitsandbytes 0.50.1 wrote 0.1119791716337204 (torch's
+        // fl32(sum · fl32(1/6))), while the correctly rounded mean is the fp32 below it
+        float[] absmax = {0.248046875f, 0f, 0.015625f, 0f, 0.21484375f, 0.193359375f};
+        assertEquals(0.1119791716337204f, DoubleQuant.offset(absmax, 6));
+        assertEquals(Math.nextDown(0.1119791716337204f), new java.math.BigDecimal("0.671875").divide(java.math.BigDecimal.valueOf(6),
+                java.math.MathContext.DECIMAL128).floatValue(), "the correctly rounded mean is one ulp lower");
+        assertEquals(5.0f * (1f / 3f), DoubleQuant.offset(new float[] {1, 2, 2}, 3));
+        // 2 + 2^-23 rounds once to fp32 (a tie between 2 and 2 + 2^-22: even wins), then times 0.5
+        assertEquals(1.0f, DoubleQuant.offset(new float[] {1.0f, Math.nextUp(1.0f)}, 2));
+        // a sum beyond fp32 precision: 2^24 + 1 rounds to 2^24 (tie to even), times 0.5
+        assertEquals(8388608f, DoubleQuant.offset(new float[] {16777216f, 1f}, 2));
+        // subnormal sums are not flushed (torch's mean is not fast math): 2 quanta times 0.5
+        assertEquals(Float.MIN_VALUE, DoubleQuant.offset(new float[] {Float.MIN_VALUE, Float.MIN_VALUE}, 2));
+        // 3 quanta times 0.5 = 1.5 quanta: a tie, to the even count of quanta (2)
+        assertEquals(2 * Float.MIN_VALUE, DoubleQuant.offset(new float[] {Float.MIN_VALUE, 2 * Float.MIN_VALUE}, 2));
     }
 
     private static Float[] box(float[] v) {

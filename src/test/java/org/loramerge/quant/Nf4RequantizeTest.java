@@ -57,7 +57,7 @@ class Nf4RequantizeTest {
             }
             float[] absmax = enc.finish();
             QuantState state = QuantState.of(t.blocksize(), t.dtype(), shape,
-                    new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, DoubleQuant.exactMean(absmax, absmax.length)));
+                    new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, DoubleQuant.offset(absmax, absmax.length)));
             List<ByteBuffer> tail = Nf4Tensor.tail(state, absmax);
             assertEquals(Nf4Tensor.layout(t.weightName(), state).size() - 1, tail.size());
 

@@ -289,7 +289,7 @@ final class CudaRequantization implements Requantization {
             long[] bucket = new long[512];
             s.synchronize();
             JCuda.cudaMemcpy(Pointer.to(bucket), bucketSums.pointer(), 512 * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost);
-            offset = DoubleQuant.meanOfSums(bucket, numBlocks);
+            offset = DoubleQuant.offsetOfSums(bucket, numBlocks);
         }
         long nestedBlocks = (numBlocks + DoubleQuant.NESTED_BLOCKSIZE - 1) / DoubleQuant.NESTED_BLOCKSIZE;
         DeviceMemory codes = device.pool().take(numBlocks);

@@ -80,9 +80,13 @@ class CudaNf4Test {
         }
     }
 
-    /** The NF4 reference cases: the device dequantizes NF4 itself; an FP4 weight goes up dequantized by the CPU codec. */
+    /**
+     * The NF4 reference cases, and the same inputs as bitsandbytes quantized and dequantized them itself
+     * (src/test/resources/bnb/vectors): the device dequantizes NF4 itself; an FP4 weight goes up
+     * dequantized by the CPU codec.
+     */
     static Stream<Nf4Vectors.Case> vectors() {
-        return Nf4Vectors.cases().stream().filter(c -> c.code() == FourBitCode.NF4);
+        return Stream.concat(Nf4Vectors.cases().stream(), Nf4Vectors.bitsandbytesCases().stream()).filter(c -> c.code() == FourBitCode.NF4);
     }
 
     /**
@@ -100,7 +104,7 @@ class CudaNf4Test {
         int n = (int) c.numElements();
         FloatFormat fmt = FloatFormat.of(c.dtype());
         int size = fmt.sizeInBytes();
-        try (Checkpoint ckpt = Checkpoint.open(Nf4Vectors.dir()); SafetensorsFile f = Nf4Vectors.open(); CudaStream s = new CudaStream()) {
+        try (Checkpoint ckpt = Checkpoint.open(c.dir()); SafetensorsFile f = c.open(); CudaStream s = new CudaStream()) {
             Nf4Decoder d = Nf4Tensor.open(ckpt, c.name() + ".weight").decoder();
             byte[] expected = Nf4Vectors.bytes(f, c.name() + ".dequant");
             try (DeviceMemory absmax = cuda.device().nf4().decodedAbsmax(null, s, d);
@@ -136,7 +140,7 @@ class CudaNf4Test {
         int n = (int) c.numElements();
         int blocks = (int) c.numBlocks();
         FloatFormat fmt = FloatFormat.of(c.dtype());
-        try (Checkpoint ckpt = Checkpoint.open(Nf4Vectors.dir()); SafetensorsFile f = Nf4Vectors.open(); CudaStream s = new CudaStream()) {
+        try (Checkpoint ckpt = Checkpoint.open(c.dir()); SafetensorsFile f = c.open(); CudaStream s = new CudaStream()) {
             byte[] input = Nf4Vectors.bytes(f, c.name() + ".input");
             Quantized q = quantizeOnGpu(s, fmt, input, n, c.blocksize());
             assertArrayEquals(Nf4Vectors.bytes(f, c.name() + ".weight"), q.packed, "packed codes");
@@ -441,7 +445,7 @@ class CudaNf4Test {
             s.synchronize();
             JCuda.cudaMemcpy(Pointer.to(bucket), sums.pointer(), 512 * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost);
             assertArrayEquals(DoubleQuant.exponentSums(absmax, blocks), bucket, "exact sums");
-            float offset = DoubleQuant.meanOfSums(bucket, blocks);
+            float offset = DoubleQuant.offsetOfSums(bucket, blocks);
             cuda.device().nf4().doubleQuant(s, a.pointer(), blocks, offset, map.pointer(), codes.pointer(), nestedAbsmax.pointer());
             return new DoubleQuant.Result(download(s, codes, blocks), downloadFloats(s, nestedAbsmax, nested), offset);
         }
