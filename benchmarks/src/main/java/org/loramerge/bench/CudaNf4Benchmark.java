@@ -177,7 +177,7 @@ public class CudaNf4Benchmark {
         long[] b = new long[512];
         worker.stream().synchronize();
         JCuda.cudaMemcpy(Pointer.to(b), buckets.pointer(), 512 * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost);
-        float offset = DoubleQuant.meanOfSums(b, blocks);
+        float offset = DoubleQuant.offsetOfSums(b, blocks);
         k.doubleQuant(worker.stream(), absmaxX.pointer(), blocks, offset, map.pointer(), codes.pointer(), nested.pointer());
         k.decodeAbsmax(worker.stream(), codes.pointer(), nested.pointer(), map.pointer(), offset, 256, blocks, scales.pointer());
         k.measure(worker.stream(), bf16, packedX.pointer(), packedW.pointer(), scales.pointer(), scales.pointer(), sums.pointer(), n, BLOCKSIZE,
