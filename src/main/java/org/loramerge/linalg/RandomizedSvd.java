@@ -1,6 +1,9 @@
 package org.loramerge.linalg;
 
 import java.io.IOException;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
 import java.util.Random;
 import java.util.concurrent.ForkJoinPool;
 
@@ -129,7 +132,7 @@ public final class RandomizedSvd {
         int n = a.cols();
         int k = Math.min(rank, Math.min(m, n));
         int l = Math.min(k + options.oversampling(), Math.min(m, n));
-        Matrix omega = gaussian(n, l, options.seed());
+        Matrix omega = omega(n, l, options.seed());
         Matrix q = a.rangeBasis(omega);
         for (int it = 0; it < options.powerIterations(); it++) {
             Matrix z = a.coRangeBasis(q);
@@ -137,8 +140,32 @@ public final class RandomizedSvd {
         }
         ThinQr qr = a.transposeTimesQr(q); // Bᵀ = Aᵀ·Q = Q'·R', so B = R'ᵀ·Q'ᵀ
         Svd core = Svd.of(qr.r().transpose());
-        Svd full = new Svd(q.multiply(core.u()), core.sigma(), core.vt().multiply(qr.q().transpose()));
-        return full.truncate(Math.min(k, full.rank()));
+        core = core.truncate(Math.min(k, core.rank())); // the columns kept are the same whether truncated before or after
+        return new Svd(a.basisTimes(q, core.u()), core.sigma(), a.timesBasisTransposed(core.vt(), qr.q()));
+    }
+
+    /** The last few test matrices, by (n, l, seed): extract decomposes many weights of one shape with one seed. Read only. */
+    private static final Map<List<Long>, Matrix> OMEGAS = new LinkedHashMap<>(8, 0.75f, true) {
+        @Override
+        protected boolean removeEldestEntry(Map.Entry<List<Long>, Matrix> eldest) {
+            return size() > 4;
+        }
+    };
+
+    /** {@link #gaussian}, kept for the next weight of the same shape (it is never written to). */
+    private static Matrix omega(int n, int l, long seed) {
+        List<Long> key = List.of((long) n, (long) l, seed);
+        synchronized (OMEGAS) {
+            Matrix m = OMEGAS.get(key);
+            if (m != null) {
+                return m;
+            }
+        }
+        Matrix m = gaussian(n, l, seed);
+        synchronized (OMEGAS) {
+            OMEGAS.put(key, m);
+        }
+        return m;
     }
 
     /** The passes over row blocks on the host: {@link Kernels}' products, Householder QRs, ‖A‖²_F in the first pass. */

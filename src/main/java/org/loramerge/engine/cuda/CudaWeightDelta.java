@@ -65,12 +65,12 @@ final class CudaWeightDelta implements WeightDelta, Sketching {
     }
 
     /**
-     * Whether a weight of [rows, cols] in these dtypes fits: ΔW at most {@link #MAX_DELTA_BYTES},
-     * and one row of either weight at most half a worker's staging buffer.
+     * Whether a weight of [rows, cols] in these dtypes fits: not empty, ΔW at most {@link
+     * #MAX_DELTA_BYTES}, and one row of either weight at most half a worker's staging buffer.
      */
     static boolean fits(CudaDevice device, TensorSource base, TensorSource tuned, long rows, long cols) {
         long widest = Math.max(base.dtype().sizeInBytes(), tuned.dtype().sizeInBytes());
-        return rows * cols * Sizeof.DOUBLE <= MAX_DELTA_BYTES && cols * widest <= device.blockBytes() / 2;
+        return rows > 0 && cols > 0 && rows * cols * Sizeof.DOUBLE <= MAX_DELTA_BYTES && cols * widest <= device.blockBytes() / 2;
     }
 
     /**
@@ -218,6 +218,41 @@ final class CudaWeightDelta implements WeightDelta, Sketching {
             }
             JCuda.cudaMemcpyAsync(q.pointer(), y.pointer(), outBytes, cudaMemcpyKind.cudaMemcpyDeviceToDevice, w.stream().runtime());
             return CholeskyQr.of(new DeviceTall(w, q, outRows, l), () -> fetch(w, y, outRows, l));
+        }
+    }
+
+    @Override
+    public Matrix basisTimes(Matrix q, Matrix c) {
+        return multiply(q, c, false);
+    }
+
+    @Override
+    public Matrix timesBasisTransposed(Matrix c, Matrix q) {
+        return multiply(c, q, true);
+    }
+
+    /**
+     * A·B ({@code transposeB} false; B s×q) or A·Bᵀ (true; B q×s), A p×s, all row-major on the
+     * host, by one DGEMM here: the products of the SVD's last step, m·l·k multiply-adds each.
+     */
+    private Matrix multiply(Matrix a, Matrix b, boolean transposeB) {
+        int p = a.rows();
+        int s = a.cols();
+        int q = transposeB ? b.rows() : b.cols();
+        if ((transposeB ? b.cols() : b.rows()) != s) {
+            throw new IllegalArgumentException("cannot multiply " + a.shape() + " by " + b.shape() + (transposeB ? " transposed" : ""));
+        }
+        device.bindContext();
+        DeviceWorker w = device.worker();
+        try (DeviceMemory da = device.pool().take(Math.max(1, (long) p * s) * Sizeof.DOUBLE);
+             DeviceMemory db = device.pool().take(Math.max(1, (long) s * q) * Sizeof.DOUBLE);
+             DeviceMemory dc = device.pool().take(Math.max(1, (long) p * q) * Sizeof.DOUBLE)) {
+            upload(w, a.data(), da);
+            upload(w, b.data(), db);
+            // row-major C = A·op(B) is column-major Cᵀ (q×p) = op(B)ᵀ·Aᵀ; A's column-major form is Aᵀ (lda = s), B's is Bᵀ
+            JCublas2.cublasDgemm(w.cublas(), transposeB ? cublasOperation.CUBLAS_OP_T : cublasOperation.CUBLAS_OP_N, cublasOperation.CUBLAS_OP_N,
+                    q, p, s, one(), db.pointer(), transposeB ? s : q, da.pointer(), s, zero(), dc.pointer(), q);
+            return fetch(w, dc, p, q);
         }
     }
 
