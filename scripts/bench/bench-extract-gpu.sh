@@ -4,8 +4,8 @@
 #   bash scripts/bench/bench-extract-gpu.sh [--reps N]
 #
 # Needs, carried with the working tree:  .device/jre.tgz  (scripts/device/make-jre.sh, here)
-#                                         target/loramerge.jar (mvn -DskipTests package, here)
-# e.g. run(command="bash scripts/bench/bench-extract-gpu.sh", carry=[".device", "target/loramerge.jar"])
+#                                         target/loramerge-cli.jar (mvn -DskipTests package, here; the runnable jar)
+# e.g. run(command="bash scripts/bench/bench-extract-gpu.sh", carry=[".device", "target/loramerge-cli.jar"])
 #
 # What it does
 #   1. unpacks the runtime to /tmp/jre (when `java` is missing);
@@ -30,7 +30,7 @@
 #
 # Environment: OUT, WORK (default /tmp/lm-extract-$SHAPE), SHAPE (llama-7b; tiny, 1gb, 3gb to try it out),
 #   REPS (default 1), RANK (64), SEED (0), PYTHON (python3), LORAMERGE (default "java $JAVA_OPTS -jar
-#   target/loramerge.jar", JAVA_OPTS default -Xmx2g as ./loramerge), LM_ARGS (extract options; default --dtype f32,
+#   target/loramerge-cli.jar", JAVA_OPTS default -Xmx2g as ./loramerge), LM_ARGS (extract options; default --dtype f32,
 #   so that the error ratio is the SVD's and not bf16's rounding of the factors), ANCHOR_LAYERS (0,15,31), SKIP_ANCHORS=1, REGEN=1,
 #   EXTRACT_CPU=1 (also time the CPU engine; default only for the tiny, 1gb and 3gb shapes).
 set -euo pipefail
@@ -70,7 +70,7 @@ if ! command -v java >/dev/null 2>&1; then
     say "no java and no .device/jre.tgz: carry .device (scripts/device/make-jre.sh)"; exit 1
   fi
 fi
-JAR=$ROOT/target/loramerge.jar
+JAR=$ROOT/target/loramerge-cli.jar
 if [ -z "${LORAMERGE:-}" ] && [ ! -f "$JAR" ]; then
   say "no $JAR: carry it (mvn -q package -DskipTests)"; exit 1
 fi
