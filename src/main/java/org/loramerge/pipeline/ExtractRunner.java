@@ -35,8 +35,8 @@ import org.loramerge.plan.TensorSource;
  * checkpoints and checked by the backend ({@link Backend#openDelta}: streamed from the checkpoints
  * on every pass on the CPU, {@link DeltaRows}; resident in device memory on the GPU), decomposed by
  * the randomized SVD ({@link RandomizedSvd}, on the backend's device; the next weight is read and
- * formed on a second thread meanwhile), split into lora_B·lora_A with √σ on each side, rounded once to the factor dtype and measured
- * against ΔW; every other tensor is compared, and a changed one is saved whole or reported. The
+ * formed on a second thread meanwhile), split into lora_B·lora_A with √σ on each side, rounded
+ * once to the factor dtype and measured against ΔW; every other tensor is compared, and a changed one is saved whole or reported. The
  * adapter folder is then written and committed at once ({@link AdapterWriter}); on any failure
  * nothing appears. Memory: two weights' sketches ((rows + cols)·(rank + oversampling) doubles) and
  * row blocks, plus the factors written so far; on the GPU also two weights' ΔW in fp64 in device
@@ -74,12 +74,12 @@ public final class ExtractRunner {
         List<AdapterWriter.Tensor> tensors = new ArrayList<>();
         Map<String, Integer> ranks = new LinkedHashMap<>();
         List<String> onCpu = new ArrayList<>();
-        report.svdDevice = backend.describe().split(" ")[0];
+        report.svdDevice = backend.describe().split(" ")[0]; // describe() begins with the device: "cpu (16 threads)", "cuda:0 NVIDIA H200"
         double deltaSum = 0;
         double errorSum = 0;
         double keptSum = 0;
         List<ExtractPlan.Target> targets = plan.targets();
-        // the next weight's ΔW is read and formed on this thread while the current one is decomposed
+        // the next weight's ΔW is read and formed on this executor's thread while the current one is decomposed
         ExecutorService opener = Executors.newSingleThreadExecutor(r -> {
             Thread th = new Thread(r, "loramerge-extract-read");
             th.setDaemon(true);
