@@ -36,9 +36,10 @@ import org.loramerge.plan.TensorSource;
  * on every pass on the CPU, {@link DeltaRows}; resident in device memory on the GPU), decomposed by
  * the randomized SVD ({@link RandomizedSvd}, on the backend's device; the next weight is read and
  * formed on a second thread meanwhile), split into lora_B·lora_A with √σ on each side, rounded
- * once to the factor dtype and measured against ΔW; every other tensor is compared, and a changed one is saved whole or reported. The
- * adapter folder is then written and committed at once ({@link AdapterWriter}); on any failure
- * nothing appears. Memory: two weights' sketches ((rows + cols)·(rank + oversampling) doubles) and
+ * once to the factor dtype and measured against ΔW; every other tensor is compared (on a third
+ * thread, meanwhile), and a changed one is saved whole or reported. A failure is reported in that
+ * order, the targets' first. The adapter folder is then written and committed at once ({@link
+ * AdapterWriter}); on any failure nothing appears. Memory: two weights' sketches ((rows + cols)·(rank + oversampling) doubles) and
  * row blocks, plus the factors written so far; on the GPU also two weights' ΔW in fp64 in device
  * memory (the one decomposed and the next).
  */
@@ -86,6 +87,14 @@ public final class ExtractRunner {
             return th;
         });
         Future<WeightDelta> next = targets.isEmpty() ? null : opener.submit(() -> open(backend, targets.get(0)));
+        // the other tensors are compared meanwhile on a third thread (on the CPU: a pass over the embeddings and norms)
+        ExecutorService comparer = Executors.newSingleThreadExecutor(r -> {
+            Thread th = new Thread(r, "loramerge-extract-compare");
+            th.setDaemon(true);
+            return th;
+        });
+        Future<Map<ExtractPlan.Other, Double>> comparisons = comparer.submit(() -> compareAll(plan.others()));
+        Map<ExtractPlan.Other, Double> compared;
         try {
             for (int i = 0; i < targets.size(); i++) {
                 ExtractPlan.Target t = targets.get(i);
@@ -113,11 +122,17 @@ public final class ExtractRunner {
                 progress.addBytes(t.base().info().sizeInBytes());
                 progress.tensorDone();
             }
+            compared = await(comparisons);
+            comparisons = null;
         } finally {
             if (next != null) {
                 closeWhenOpened(next);
             }
             opener.shutdown();
+            if (comparisons != null) {
+                finishQuietly(comparisons); // it reads the checkpoints, which the caller closes next
+            }
+            comparer.shutdown();
         }
         if (!onCpu.isEmpty()) {
             report.notes.add(onCpu.size() + " weights too large to keep in the memory of " + report.svdDevice
@@ -128,7 +143,7 @@ public final class ExtractRunner {
         report.energyKept = deltaSum == 0 ? 1 : keptSum / deltaSum;
 
         Set<String> modulesToSave = new LinkedHashSet<>();
-        boolean loraOnlyBias = others(plan, ranks.keySet(), report, tensors, modulesToSave, progress);
+        boolean loraOnlyBias = others(plan, compared, ranks.keySet(), report, tensors, modulesToSave, progress);
         if (report.modules.isEmpty() && report.changes.isEmpty()) {
             throw new ExtractException(ExtractException.Reason.IDENTICAL, "the tuned model and the base hold the same values in every tensor: "
                     + "there is nothing to extract, and nothing was written. Check that --tuned names the fine-tuned model");
@@ -152,8 +167,8 @@ public final class ExtractRunner {
         return backend.openDelta(t.weightName(), t.base(), t.tuned(), t.rows(), t.cols());
     }
 
-    /** The ΔW {@code f} opens; its failure (bad input among them) rethrown as it was. */
-    private static WeightDelta await(Future<WeightDelta> f) throws Exception {
+    /** What {@code f} computes; its failure (bad input among them) rethrown as it was. */
+    private static <T> T await(Future<T> f) throws Exception {
         try {
             return f.get();
         } catch (ExecutionException e) {
@@ -166,6 +181,26 @@ public final class ExtractRunner {
             }
             throw e;
         }
+    }
+
+    /** After a failure: waits for {@code f} to end, its own failure being the lesser news. */
+    private static void finishQuietly(Future<?> f) {
+        try {
+            f.get();
+        } catch (ExecutionException e) {
+            // the run already failed
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+    }
+
+    /** {@link #compare} of every tensor in order; the first bad one fails it. */
+    private static Map<ExtractPlan.Other, Double> compareAll(List<ExtractPlan.Other> others) throws IOException, ExtractException {
+        Map<ExtractPlan.Other, Double> out = new LinkedHashMap<>();
+        for (ExtractPlan.Other o : others) {
+            out.put(o, compare(o));
+        }
+        return out;
     }
 
     /** After a failure: waits for the ΔW being opened and frees it (a failure to open it is the lesser news). */
@@ -251,13 +286,14 @@ public final class ExtractRunner {
      * targeted layer's bias with bias "lora_only") or reported. Returns whether a lora_only bias was
      * written.
      */
-    private static boolean others(ExtractPlan plan, Set<String> extracted, ExtractReport report, List<AdapterWriter.Tensor> tensors,
+    private static boolean others(ExtractPlan plan, Map<ExtractPlan.Other, Double> compared, Set<String> extracted, ExtractReport report,
+                                  List<AdapterWriter.Tensor> tensors,
                                   Set<String> modulesToSave, Progress progress) throws IOException, ExtractException {
         boolean save = plan.options().others() == ExtractOptions.Others.SAVE;
         List<ExtractPlan.Other> changed = new ArrayList<>();
         Map<ExtractPlan.Other, Double> change = new LinkedHashMap<>();
         for (ExtractPlan.Other o : plan.others()) {
-            Double rel = compare(o);
+            Double rel = compared.get(o);
             if (rel == null || rel != 0) {
                 changed.add(o);
                 change.put(o, rel);

@@ -512,6 +512,22 @@ class ExtractCliTest {
     }
 
     @Test
+    void nanInATargetWeightIsReportedBeforeInfinityInANormThatIsComparedMeanwhile() throws Exception {
+        DenseModels base = llama(DType.BF16, 25);
+        DenseModels tuned = base.copy();
+        String w = proj(1, "v_proj") + ".weight";
+        double[] changed = plus(base.values(w), DenseModels.gaussian(H * H, 0.01, DType.F32, new Random(26)), DType.BF16);
+        changed[5] = Double.NaN;
+        tuned.put(w, DType.BF16, new long[] {H, H}, changed);
+        base.values("model.norm.weight")[2] = Double.POSITIVE_INFINITY;
+        Path b = base.write(dir.resolve("base"), LLAMA);
+        Path out = dir.resolve("adapter");
+        CliRun r = extract(b, tuned.write(dir.resolve("tuned"), LLAMA), out);
+        assertBadInput(r, out, w, "NaN");
+        assertTrue(!r.err().contains("model.norm.weight"), r::both);
+    }
+
+    @Test
     void identicalModelsAreBadInputWithNothingToExtract() throws Exception {
         DenseModels base = llama(DType.BF16, 24);
         Path b = base.write(dir.resolve("base"), LLAMA);
