@@ -4,8 +4,8 @@
 #   bash scripts/bench/bench-extract-gpu.sh [--reps N]
 #
 # Needs, carried with the working tree:  .device/jre.tgz  (scripts/device/make-jre.sh, here)
-#                                         target/loramerge.jar (mvn -DskipTests package, here)
-# e.g. run(command="bash scripts/bench/bench-extract-gpu.sh", carry=[".device", "target/loramerge.jar"])
+#                                         target/loramerge-cli.jar (mvn -DskipTests package, here; the runnable jar)
+# e.g. run(command="bash scripts/bench/bench-extract-gpu.sh", carry=[".device", "target/loramerge-cli.jar"])
 #
 # What it does
 #   1. unpacks the runtime to /tmp/jre (when `java` is missing);
@@ -15,20 +15,24 @@
 #   3. warms the page cache (cat > /dev/null);
 #   4. times, as fresh processes with the cache warm, REPS times each:
 #        cat             cat of both checkpoints' shards to /dev/null (the floor: reading both)
-#        extract-cpu     loramerge extract --rank RANK (its SVD on the CPU, all cores)
+#        extract-cuda    loramerge extract --rank RANK --device cuda (ΔW formed and kept in device memory, the
+#                        SVD's products and QRs there, the next weight read while this one is decomposed)
+#        extract-cpu     the same with --device cpu (all cores), only where EXTRACT_CPU=1: on the 7B shape the CPU
+#                        engine takes longer than the 10-minute device call (its row says "skipped")
 #      with peak host RSS (process tree) and peak device memory (measure.py);
 #   5. runs scripts/bench/extract_anchors.py on the layers ANCHOR_LAYERS (default 0,15,31; "all" for every
 #      module): torch.linalg.svd per module on the GPU (mergekit's method) and torch.svd_lowrank, each timed,
-#      and the error ratio to the Eckart–Young optimum of each, loramerge's extracted adapter included;
+#      and the error ratio to the Eckart–Young optimum of each, loramerge's adapter (extract-cuda's) included;
 #   6. prints a table. Everything is logged under $OUT (default /tmp/out).
 #
-# loramerge extract has no GPU engine yet (its SVD runs on the CPU; the GPU twin is the open part of issue 14),
-# so there is no extract-cuda row; the ratio extract-cpu / cat is what the issue's 1.5x target is measured by.
+# The ratio extract-cuda / cat is what the issue's 1.5x target is measured by (host RSS < 3 GB, device memory
+# < 8 GB: the table's peak columns).
 #
 # Environment: OUT, WORK (default /tmp/lm-extract-$SHAPE), SHAPE (llama-7b; tiny, 1gb, 3gb to try it out),
 #   REPS (default 1), RANK (64), SEED (0), PYTHON (python3), LORAMERGE (default "java $JAVA_OPTS -jar
-#   target/loramerge.jar", JAVA_OPTS default -Xmx2g as ./loramerge), LM_ARGS (extract options; default --dtype f32,
-#   so that the error ratio is the SVD's and not bf16's rounding of the factors), ANCHOR_LAYERS (0,15,31), SKIP_ANCHORS=1, REGEN=1.
+#   target/loramerge-cli.jar", JAVA_OPTS default -Xmx2g as ./loramerge), LM_ARGS (extract options; default --dtype f32,
+#   so that the error ratio is the SVD's and not bf16's rounding of the factors), ANCHOR_LAYERS (0,15,31), SKIP_ANCHORS=1, REGEN=1,
+#   EXTRACT_CPU=1 (also time the CPU engine; default only for the tiny, 1gb and 3gb shapes).
 set -euo pipefail
 T0=$(date +%s.%N)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -39,7 +43,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --reps) REPS=$2; shift 2 ;;
     --reps=*) REPS=${1#*=}; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -49,7 +53,7 @@ RANK=${RANK:-64}
 SEED=${SEED:-0}
 SHAPE=${SHAPE:-llama-7b}
 case $SHAPE in
-  llama-7b) SHARDS=3 ;; 3gb|1gb|tiny) SHARDS=2 ;;
+  llama-7b) SHARDS=3; EXTRACT_CPU=${EXTRACT_CPU:-} ;; 3gb|1gb|tiny) SHARDS=2; EXTRACT_CPU=${EXTRACT_CPU:-1} ;;
   *) echo "SHAPE must be llama-7b, 3gb, 1gb or tiny" >&2; exit 2 ;;
 esac
 WORK=${WORK:-/tmp/lm-extract-$SHAPE}
@@ -66,7 +70,7 @@ if ! command -v java >/dev/null 2>&1; then
     say "no java and no .device/jre.tgz: carry .device (scripts/device/make-jre.sh)"; exit 1
   fi
 fi
-JAR=$ROOT/target/loramerge.jar
+JAR=$ROOT/target/loramerge-cli.jar
 if [ -z "${LORAMERGE:-}" ] && [ ! -f "$JAR" ]; then
   say "no $JAR: carry it (mvn -q package -DskipTests)"; exit 1
 fi
@@ -114,9 +118,16 @@ run() {  # label, command...
 for rep in $(seq 1 "$REPS"); do
   say "rep $rep: cat"
   run cat sh -c "cat '$WORK'/base/*.safetensors '$WORK'/tuned/*.safetensors >/dev/null"
-  say "rep $rep: extract on the CPU engine"
+  say "rep $rep: extract on the GPU engine"
   rm -rf "$WORK/out-extract"
-  run extract-cpu $LORAMERGE extract --base "$WORK/base" --tuned "$WORK/tuned" --out "$WORK/out-extract" --rank "$RANK" --json ${LM_ARGS:---dtype f32}
+  run extract-cuda $LORAMERGE extract --base "$WORK/base" --tuned "$WORK/tuned" --out "$WORK/out-extract" --rank "$RANK" --device cuda \
+    --json --quiet ${LM_ARGS:---dtype f32}
+  if [ -n "$EXTRACT_CPU" ]; then
+    say "rep $rep: extract on the CPU engine"
+    rm -rf "$WORK/out-extract-cpu"
+    run extract-cpu $LORAMERGE extract --base "$WORK/base" --tuned "$WORK/tuned" --out "$WORK/out-extract-cpu" --rank "$RANK" --device cpu \
+      --json --quiet ${LM_ARGS:---dtype f32}
+  fi
 done
 
 if [ -z "${SKIP_ANCHORS:-}" ]; then
@@ -125,25 +136,38 @@ if [ -z "${SKIP_ANCHORS:-}" ]; then
     --layers "$ANCHOR_LAYERS" --json-out "$OUT/anchors.json" >"$OUT/anchors.log" 2>&1 || { tail -20 "$OUT/anchors.log" >&2; exit 1; }
 fi
 
-"$PY" - "$OUT" <<'EOF' | tee "$OUT/summary.md"
+"$PY" - "$OUT" "$EXTRACT_CPU" <<'EOF' | tee "$OUT/summary.md"
 import json, statistics, sys
 from pathlib import Path
 out = Path(sys.argv[1])
+extract_cpu = sys.argv[2]
 runs = [json.loads(l) for l in (out / "runs.jsonl").read_text().splitlines() if l.strip()]
 by = {}
 for r in runs:
     by.setdefault(r["label"], []).append(r)
 print("## loramerge extract, GPU machine")
 print("    " + (out / "machine.txt").read_text().replace("\n", "\n    "))
-print("| run | wall s (median) | x cat | peak RSS GB | peak GPU MiB (delta) | rc |")
-print("| --- | --- | --- | --- | --- | --- |")
+def report(label):
+    """extract's --json report from its log (the last run of that label), or None."""
+    try:
+        text = (out / f"{label}.log").read_text()
+        return json.loads(text[text.index("{"):text.rindex("}") + 1])
+    except (OSError, ValueError):
+        return None
+print("| run | wall s (median) | x cat | peak RSS GB | peak GPU MiB (delta) | SVDs on | relative error | rc |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 floor = statistics.median(r["wall_s"] for r in by["cat"]) if "cat" in by else None
 for label, rs in by.items():
     w = statistics.median(r["wall_s"] for r in rs)
     rss = max(r.get("peak_rss_tree_mb", 0) for r in rs) / 1e3
     gpu = max((r.get("peak_gpu_mem_delta_mb") or 0) for r in rs)
     ratio = f"{w / floor:.2f}" if floor else "-"
-    print(f"| {label} | {w:.2f} | {ratio} | {rss:.2f} | {gpu} | {','.join(str(r['rc']) for r in rs)} |")
+    rep = report(label) if label.startswith("extract") else None
+    where = rep.get("svdDevice", "-") if rep else "-"
+    err = f"{rep['relativeError']:.3g}" if rep else "-"
+    print(f"| {label} | {w:.2f} | {ratio} | {rss:.2f} | {gpu} | {where} | {err} | {','.join(str(r['rc']) for r in rs)} |")
+if not extract_cpu:
+    print("| extract-cpu | skipped (EXTRACT_CPU=1 runs it; longer than one device call on the 7B shape) | - | - | - | - | - | - |")
 anchors = out / "anchors.json"
 if anchors.exists():
     s = json.loads(anchors.read_text())["summary"]

@@ -9,7 +9,7 @@
 # (benchgpu: device-resident merge and copy ceilings; benchnf4: the NF4 kernels beside the
 # device-to-device copy; benchexact: the exact-settling and DoRA norm kernels beside that copy; benchcpu: CPU engine and the pipeline), QLoRA end to end (nf4; SHAPE=llama-7b
 # for the 7B shape), the 7B-shaped end-to-end benchmark (e2e) and the same at twice the size
-# (e2e2x), extract of a 7B-shaped fine-tune against cat of both checkpoints and the torch SVD anchors (extract),
+# (e2e2x), extract of a 7B-shaped fine-tune on the GPU engine against cat of both checkpoints and the torch SVD anchors (extract),
 # the 7B unmerge beside the merge and the copy floor (unmerge),
 # the CPU truncated SVD's JMH benchmark (benchsvd), four adapters combined into the 7B shape (combine) and
 # the CPU engine's combination passes in JMH (benchcombine), loramerge batch of 16 adapters on a 3 GB base,

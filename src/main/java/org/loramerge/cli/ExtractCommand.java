@@ -14,6 +14,8 @@ import java.util.List;
 import java.util.Locale;
 import java.util.concurrent.Callable;
 import org.loramerge.api.LoraMerge;
+import org.loramerge.engine.Backend;
+import org.loramerge.engine.select.Backends;
 import org.loramerge.errors.UsageException;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
@@ -91,6 +93,11 @@ final class ExtractCommand implements Callable<Integer> {
             description = "base_model_name_or_path for adapter_config.json (default: --base as given)")
     String baseModelName;
 
+    @Option(names = "--device", defaultValue = "auto", paramLabel = "auto|cpu|cuda[:N]",
+            description = "where the SVDs run: auto (a usable GPU, else the CPU), cpu, or cuda[:N] (default: auto). On the GPU each "
+                    + "weight's ΔW is formed and kept in device memory and the SVD's products and QRs run there")
+    String device;
+
     @Option(names = "--threads", paramLabel = "N", description = "CPU threads (default: all cores)")
     Integer threads;
 
@@ -124,13 +131,18 @@ final class ExtractCommand implements Callable<Integer> {
         try (Checkpoint b = LoraMerge.openModel("--base", base, inputs.followSymlinks);
              Checkpoint t = LoraMerge.openModel("--tuned", tuned, inputs.followSymlinks)) {
             ExtractPlan plan = ExtractPlanner.plan(b, t, options);
-            if (!quiet) {
-                err.println("loramerge: extracting " + plan.targets().size() + " weights of " + base + " at "
-                        + (energy == null ? "rank " + options.rank() : "energy " + energy + " (rank <= " + maxRank + ")") + " on " + cpuThreads
-                        + " CPU threads; comparing " + plan.others().size() + " other tensors");
-            }
             ExtractReport report;
-            try (AtomicOutput output = AtomicOutput.create(out, overwrite, List.of(base, tuned))) {
+            Backends.Choice choice = Backends.open(device, cpuThreads);
+            try (Backend backend = choice.backend();
+                 AtomicOutput output = AtomicOutput.create(out, overwrite, List.of(base, tuned))) {
+                if (!quiet) {
+                    if (choice.fallbackReason() != null) {
+                        err.println("loramerge: no usable GPU (" + choice.fallbackReason() + "); extracting on the CPU");
+                    }
+                    err.println("loramerge: extracting " + plan.targets().size() + " weights of " + base + " at "
+                            + (energy == null ? "rank " + options.rank() : "energy " + energy + " (rank <= " + maxRank + ")") + " on "
+                            + backend.describe() + "; comparing " + plan.others().size() + " other tensors");
+                }
                 long bytes = 0;
                 for (ExtractPlan.Target x : plan.targets()) {
                     bytes += x.base().info().sizeInBytes();
@@ -140,7 +152,7 @@ final class ExtractCommand implements Callable<Integer> {
                 }
                 Progress progress = new Progress(err, !quiet, bytes, plan.targets().size() + plan.others().size(), "extracting");
                 RandomizedSvd.Options svd = new RandomizedSvd.Options(oversampling, powerIterations, seed, cpuThreads);
-                report = ExtractRunner.run(plan, output, new ExtractRunner.Options(svd, checkOptimal), progress);
+                report = ExtractRunner.run(plan, backend, output, new ExtractRunner.Options(svd, checkOptimal), progress);
             }
             print(report, err);
         }
@@ -193,9 +205,9 @@ final class ExtractCommand implements Callable<Integer> {
             return;
         }
         err.println(String.format(Locale.ROOT, "loramerge: wrote %s: %d modules extracted (%d unchanged, left out), %d other tensors changed, "
-                        + "%s, %.1f s; kept %.2f%% of ‖ΔW‖², relative error %.3g",
+                        + "%s, %.1f s (SVDs on %s); kept %.2f%% of ‖ΔW‖², relative error %.3g",
                 report.output, report.modulesExtracted, report.unchangedModules.size(), report.changes.size(),
-                Progress.bytes(report.adapterBytes), report.seconds, 100 * report.energyKept, report.relativeError));
+                Progress.bytes(report.adapterBytes), report.seconds, report.svdDevice, 100 * report.energyKept, report.relativeError));
         if (!report.modules.isEmpty()) {
             err.println("modules, largest error first (error = ‖ΔW − B·A‖/‖ΔW‖ as written; svd = before rounding the factors; "
                     + "optimum = the best rank-r error, --check-optimal):");

@@ -2,6 +2,7 @@ package org.loramerge.engine;
 
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import org.loramerge.plan.TensorSource;
 
 /**
  * An engine that computes output tensors block by block. The pipeline reads, orders and writes;
@@ -36,6 +37,14 @@ public interface Backend extends AutoCloseable {
      * backend closes any handle a failed merge left open.
      */
     TensorMerge openMerge(TensorJob job) throws Exception;
+
+    /**
+     * Opens ΔW = tuned − base of one weight [rows, cols] for {@code extract}'s SVD, formed and
+     * checked ({@link WeightDelta}); {@code name} names the weight in messages. May be called from
+     * another thread than the one that uses the result (extract opens the next weight while this
+     * one is decomposed). NaN or ±Inf in either weight is an {@code ExtractException}.
+     */
+    WeightDelta openDelta(String name, TensorSource base, TensorSource tuned, int rows, int cols) throws Exception;
 
     /** Starts a weight that is merged and requantized ({@code merge --to nf4}); closed as {@link #openMerge}'s. */
     Requantization openRequantization(TensorJob job) throws Exception;

@@ -1,6 +1,9 @@
 package org.loramerge.linalg;
 
 import java.io.IOException;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
 import java.util.Random;
 import java.util.concurrent.ForkJoinPool;
 
@@ -17,7 +20,8 @@ import java.util.concurrent.ForkJoinPool;
  * </ol>
  *
  * <p>A is read in 2 + 2·powerIterations passes ({@link RowBlocks}), never held whole; the memory is
- * (m + n)·l doubles and one block. Every step is deterministic: Ω comes from a seeded
+ * (m + n)·l doubles and one block. Where A lives elsewhere (on a GPU), the same steps run over its
+ * {@link Sketching} passes, which compute the products and their QRs there. Every step is deterministic: Ω comes from a seeded
  * {@link Random}, and the pass products ({@link Kernels}) do not depend on the thread count or on
  * how A is cut into blocks, so the same input and options give the same bits.
  *
@@ -89,38 +93,121 @@ public final class RandomizedSvd {
 
     /**
      * The leading {@code min(rank, rows, cols)} singular triplets of {@code a}, whose values must be
-     * finite.
+     * finite, on the host: {@code a} is read once per pass, and ‖A‖²_F summed during the first.
      */
     public static Result truncated(RowBlocks a, int rank, Options options) throws IOException {
         if (rank < 0) {
             throw new IllegalArgumentException("rank " + rank);
         }
-        int m = a.rows();
-        int n = a.cols();
-        int k = Math.min(rank, Math.min(m, n));
-        int l = Math.min(k + options.oversampling(), Math.min(m, n));
         ForkJoinPool pool = options.threads() > 1 ? new ForkJoinPool(options.threads()) : null;
         try {
-            Matrix omega = gaussian(n, l, options.seed());
-            double[] frob = new double[1];
-            Matrix y = times(a, omega, frob, pool);
-            if (!Double.isFinite(frob[0])) {
-                throw new IllegalArgumentException("the matrix holds NaN or infinite values, or its norm overflows");
-            }
-            Matrix q = HouseholderQr.of(y).q();
-            for (int it = 0; it < options.powerIterations(); it++) {
-                Matrix z = HouseholderQr.of(transposeTimes(a, q, pool)).q();
-                q = HouseholderQr.of(times(a, z, null, pool)).q();
-            }
-            Matrix bt = transposeTimes(a, q, pool); // Bᵀ = Aᵀ·Q, n×l
-            HouseholderQr qr = HouseholderQr.of(bt); // Bᵀ = Q'·R', so B = R'ᵀ·Q'ᵀ
-            Svd core = Svd.of(qr.r().transpose());
-            Svd full = new Svd(q.multiply(core.u()), core.sigma(), core.vt().multiply(qr.q().transpose()));
-            return new Result(full.truncate(Math.min(k, full.rank())), frob[0]);
+            HostPasses passes = new HostPasses(a, pool);
+            Svd svd = sketch(passes, rank, options);
+            return new Result(svd, passes.frob[0]);
         } finally {
             if (pool != null) {
                 pool.shutdown();
             }
+        }
+    }
+
+    /**
+     * The same algorithm over a matrix that lives elsewhere (a GPU's memory), whose products and
+     * thin QRs {@code a} computes there; {@code frobeniusSquared} is ‖A‖²_F, known to the caller.
+     * Only Ω, the bases of l columns and the small SVD are on the host.
+     */
+    public static Result truncated(Sketching a, double frobeniusSquared, int rank, Options options) throws IOException {
+        if (rank < 0) {
+            throw new IllegalArgumentException("rank " + rank);
+        }
+        if (!Double.isFinite(frobeniusSquared)) {
+            throw new IllegalArgumentException("the matrix holds NaN or infinite values, or its norm overflows");
+        }
+        return new Result(sketch(a, rank, options), frobeniusSquared);
+    }
+
+    /** The algorithm of the class comment, its passes and QRs made by {@code a}. */
+    private static Svd sketch(Sketching a, int rank, Options options) throws IOException {
+        int m = a.rows();
+        int n = a.cols();
+        int k = Math.min(rank, Math.min(m, n));
+        int l = Math.min(k + options.oversampling(), Math.min(m, n));
+        Matrix omega = omega(n, l, options.seed());
+        Matrix q = a.rangeBasis(omega);
+        for (int it = 0; it < options.powerIterations(); it++) {
+            Matrix z = a.coRangeBasis(q);
+            q = a.rangeBasis(z);
+        }
+        ThinQr qr = a.transposeTimesQr(q); // Bᵀ = Aᵀ·Q = Q'·R', so B = R'ᵀ·Q'ᵀ
+        Svd core = Svd.of(qr.r().transpose());
+        core = core.truncate(Math.min(k, core.rank())); // the columns kept are the same whether truncated before or after
+        return new Svd(a.basisTimes(q, core.u()), core.sigma(), a.timesBasisTransposed(core.vt(), qr.q()));
+    }
+
+    /** The last few test matrices, by (n, l, seed): extract decomposes many weights of one shape with one seed. Read only. */
+    private static final Map<List<Long>, Matrix> OMEGAS = new LinkedHashMap<>(8, 0.75f, true) {
+        @Override
+        protected boolean removeEldestEntry(Map.Entry<List<Long>, Matrix> eldest) {
+            return size() > 4;
+        }
+    };
+
+    /** {@link #gaussian}, kept for the next weight of the same shape (it is never written to). */
+    private static Matrix omega(int n, int l, long seed) {
+        List<Long> key = List.of((long) n, (long) l, seed);
+        synchronized (OMEGAS) {
+            Matrix m = OMEGAS.get(key);
+            if (m != null) {
+                return m;
+            }
+        }
+        Matrix m = gaussian(n, l, seed);
+        synchronized (OMEGAS) {
+            OMEGAS.put(key, m);
+        }
+        return m;
+    }
+
+    /** The passes over row blocks on the host: {@link Kernels}' products, Householder QRs, ‖A‖²_F in the first pass. */
+    private static final class HostPasses implements Sketching {
+        private final RowBlocks a;
+        private final ForkJoinPool pool;
+        private final double[] frob = new double[1];
+        private boolean first = true;
+
+        HostPasses(RowBlocks a, ForkJoinPool pool) {
+            this.a = a;
+            this.pool = pool;
+        }
+
+        @Override
+        public int rows() {
+            return a.rows();
+        }
+
+        @Override
+        public int cols() {
+            return a.cols();
+        }
+
+        @Override
+        public Matrix rangeBasis(Matrix x) throws IOException {
+            Matrix y = times(a, x, first ? frob : null, pool);
+            if (first && !Double.isFinite(frob[0])) {
+                throw new IllegalArgumentException("the matrix holds NaN or infinite values, or its norm overflows");
+            }
+            first = false;
+            return HouseholderQr.of(y).q();
+        }
+
+        @Override
+        public Matrix coRangeBasis(Matrix q) throws IOException {
+            return HouseholderQr.of(transposeTimes(a, q, pool)).q();
+        }
+
+        @Override
+        public ThinQr transposeTimesQr(Matrix q) throws IOException {
+            return ThinQr.householder(transposeTimes(a, q, pool));
         }
     }
 

@@ -35,6 +35,8 @@ public final class ExtractReport {
     public String output;
     public double seconds;
     public int threads;
+    /** Where the SVDs ran: "cpu" or "cuda:N" (a weight too large for the device is noted, and decomposed on the CPU). */
+    public String svdDevice;
     /** rank, or the energy share with its max rank; and the SVD's settings. */
     public Integer rank;
     public Double energy;

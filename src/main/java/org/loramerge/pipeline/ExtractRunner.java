@@ -10,12 +10,18 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Set;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import org.loramerge.engine.Backend;
+import org.loramerge.engine.DeltaRows;
+import org.loramerge.engine.WeightDelta;
 import org.loramerge.format.FloatFormat;
 import org.loramerge.format.TensorInfo;
 import org.loramerge.linalg.Gram;
 import org.loramerge.linalg.Matrix;
 import org.loramerge.linalg.RandomizedSvd;
-import org.loramerge.linalg.Residual;
 import org.loramerge.linalg.Svd;
 import org.loramerge.linalg.SymmetricEigen;
 import org.loramerge.plan.ExtractException;
@@ -25,13 +31,17 @@ import org.loramerge.plan.Layout;
 import org.loramerge.plan.TensorSource;
 
 /**
- * Runs an {@link ExtractPlan}: per target weight, ΔW = tuned − base is streamed from the two
- * checkpoints ({@link DeltaRows}), checked, decomposed by the randomized SVD ({@link RandomizedSvd}),
- * split into lora_B·lora_A with √σ on each side, rounded once to the factor dtype and measured
- * against ΔW; every other tensor is compared, and a changed one is saved whole or reported. The
- * adapter folder is then written and committed at once ({@link AdapterWriter}); on any failure
- * nothing appears. Memory: one weight's sketches ((rows + cols)·(rank + oversampling) doubles) and
- * one row block, plus the factors written so far.
+ * Runs an {@link ExtractPlan}: per target weight, ΔW = tuned − base is formed from the two
+ * checkpoints and checked by the backend ({@link Backend#openDelta}: streamed from the checkpoints
+ * on every pass on the CPU, {@link DeltaRows}; resident in device memory on the GPU), decomposed by
+ * the randomized SVD ({@link RandomizedSvd}, on the backend's device; the next weight is read and
+ * formed on a second thread meanwhile), split into lora_B·lora_A with √σ on each side, rounded
+ * once to the factor dtype and measured against ΔW; every other tensor is compared (on a third
+ * thread, meanwhile), and a changed one is saved whole or reported. A failure is reported in that
+ * order, the targets' first. The adapter folder is then written and committed at once ({@link
+ * AdapterWriter}); on any failure nothing appears. Memory: two weights' sketches ((rows + cols)·(rank + oversampling) doubles) and
+ * row blocks, plus the factors written so far; on the GPU also two weights' ΔW in fp64 in device
+ * memory (the one decomposed and the next).
  */
 public final class ExtractRunner {
     /**
@@ -47,7 +57,7 @@ public final class ExtractRunner {
     private ExtractRunner() {
     }
 
-    public static ExtractReport run(ExtractPlan plan, AtomicOutput out, Options options, Progress progress) throws Exception {
+    public static ExtractReport run(ExtractPlan plan, Backend backend, AtomicOutput out, Options options, Progress progress) throws Exception {
         long start = System.nanoTime();
         ExtractOptions asked = plan.options();
         ExtractReport report = new ExtractReport();
@@ -64,31 +74,76 @@ public final class ExtractRunner {
         report.warnings.addAll(plan.warnings());
         List<AdapterWriter.Tensor> tensors = new ArrayList<>();
         Map<String, Integer> ranks = new LinkedHashMap<>();
+        List<String> onCpu = new ArrayList<>();
+        report.svdDevice = backend.describe().split(" ")[0]; // describe() begins with the device: "cpu (16 threads)", "cuda:0 NVIDIA H200"
         double deltaSum = 0;
         double errorSum = 0;
         double keptSum = 0;
-        for (ExtractPlan.Target t : plan.targets()) {
-            DeltaRows delta = new DeltaRows(t.weightName(), t.base(), t.tuned(), t.rows(), t.cols());
-            DeltaRows.Scan scan = delta.scan();
-            if (scan.isZero()) {
-                report.unchangedModules.add(t.module());
-            } else {
-                ExtractReport.Module m = extract(t, delta, scan, asked, options, tensors);
-                report.modules.add(m);
-                ranks.put(t.module(), m.rank());
-                deltaSum += scan.deltaSquared();
-                errorSum += m.relativeError() * m.relativeError() * scan.deltaSquared();
-                keptSum += m.energyKept() * scan.deltaSquared();
+        List<ExtractPlan.Target> targets = plan.targets();
+        // the next weight's ΔW is read and formed on this executor's thread while the current one is decomposed
+        ExecutorService opener = Executors.newSingleThreadExecutor(r -> {
+            Thread th = new Thread(r, "loramerge-extract-read");
+            th.setDaemon(true);
+            return th;
+        });
+        Future<WeightDelta> next = targets.isEmpty() ? null : opener.submit(() -> open(backend, targets.get(0)));
+        // the other tensors are compared meanwhile on a third thread (on the CPU: a pass over the embeddings and norms)
+        ExecutorService comparer = Executors.newSingleThreadExecutor(r -> {
+            Thread th = new Thread(r, "loramerge-extract-compare");
+            th.setDaemon(true);
+            return th;
+        });
+        Future<Map<ExtractPlan.Other, Double>> comparisons = comparer.submit(() -> compareAll(plan.others()));
+        Map<ExtractPlan.Other, Double> compared;
+        try {
+            for (int i = 0; i < targets.size(); i++) {
+                ExtractPlan.Target t = targets.get(i);
+                Future<WeightDelta> current = next;
+                next = null;
+                try (WeightDelta delta = await(current)) {
+                    if (i + 1 < targets.size()) {
+                        ExtractPlan.Target following = targets.get(i + 1);
+                        next = opener.submit(() -> open(backend, following));
+                    }
+                    if (delta.deltaSquared() == 0) {
+                        report.unchangedModules.add(t.module());
+                    } else {
+                        ExtractReport.Module m = extract(t, delta, asked, options, tensors);
+                        report.modules.add(m);
+                        ranks.put(t.module(), m.rank());
+                        deltaSum += delta.deltaSquared();
+                        errorSum += m.relativeError() * m.relativeError() * delta.deltaSquared();
+                        keptSum += m.energyKept() * delta.deltaSquared();
+                        if (!delta.device().equals(report.svdDevice)) {
+                            onCpu.add(t.module());
+                        }
+                    }
+                }
+                progress.addBytes(t.base().info().sizeInBytes());
+                progress.tensorDone();
             }
-            progress.addBytes(t.base().info().sizeInBytes());
-            progress.tensorDone();
+            compared = await(comparisons);
+            comparisons = null;
+        } finally {
+            if (next != null) {
+                closeWhenOpened(next);
+            }
+            opener.shutdown();
+            if (comparisons != null) {
+                finishQuietly(comparisons); // it reads the checkpoints, which the caller closes next
+            }
+            comparer.shutdown();
+        }
+        if (!onCpu.isEmpty()) {
+            report.notes.add(onCpu.size() + " weights too large to keep in the memory of " + report.svdDevice
+                    + " (ΔW in fp64) were decomposed on the CPU: " + String.join(", ", onCpu));
         }
         report.modulesExtracted = report.modules.size();
         report.relativeError = deltaSum == 0 ? 0 : Math.sqrt(errorSum / deltaSum);
         report.energyKept = deltaSum == 0 ? 1 : keptSum / deltaSum;
 
         Set<String> modulesToSave = new LinkedHashSet<>();
-        boolean loraOnlyBias = others(plan, ranks.keySet(), report, tensors, modulesToSave, progress);
+        boolean loraOnlyBias = others(plan, compared, ranks.keySet(), report, tensors, modulesToSave, progress);
         if (report.modules.isEmpty() && report.changes.isEmpty()) {
             throw new ExtractException(ExtractException.Reason.IDENTICAL, "the tuned model and the base hold the same values in every tensor: "
                     + "there is nothing to extract, and nothing was written. Check that --tuned names the fine-tuned model");
@@ -108,10 +163,61 @@ public final class ExtractRunner {
         return report;
     }
 
+    private static WeightDelta open(Backend backend, ExtractPlan.Target t) throws Exception {
+        return backend.openDelta(t.weightName(), t.base(), t.tuned(), t.rows(), t.cols());
+    }
+
+    /** What {@code f} computes; its failure (bad input among them) rethrown as it was. */
+    private static <T> T await(Future<T> f) throws Exception {
+        try {
+            return f.get();
+        } catch (ExecutionException e) {
+            Throwable c = e.getCause();
+            if (c instanceof Exception) {
+                throw (Exception) c;
+            }
+            if (c instanceof Error) {
+                throw (Error) c;
+            }
+            throw e;
+        }
+    }
+
+    /** After a failure: waits for {@code f} to end, its own failure being the lesser news. */
+    private static void finishQuietly(Future<?> f) {
+        try {
+            f.get();
+        } catch (ExecutionException e) {
+            // the run already failed
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+    }
+
+    /** {@link #compare} of every tensor in order; the first bad one fails it. */
+    private static Map<ExtractPlan.Other, Double> compareAll(List<ExtractPlan.Other> others) throws IOException, ExtractException {
+        Map<ExtractPlan.Other, Double> out = new LinkedHashMap<>();
+        for (ExtractPlan.Other o : others) {
+            out.put(o, compare(o));
+        }
+        return out;
+    }
+
+    /** After a failure: waits for the ΔW being opened and frees it (a failure to open it is the lesser news). */
+    private static void closeWhenOpened(Future<WeightDelta> f) {
+        try {
+            f.get().close();
+        } catch (ExecutionException e) {
+            // the run already failed; this weight's own problem is not reported on top of that
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+    }
+
     /** One target's SVD, factors and measurements; the factors are added to {@code tensors}. */
-    private static ExtractReport.Module extract(ExtractPlan.Target t, DeltaRows delta, DeltaRows.Scan scan, ExtractOptions asked, Options options,
+    private static ExtractReport.Module extract(ExtractPlan.Target t, WeightDelta delta, ExtractOptions asked, Options options,
                                                 List<AdapterWriter.Tensor> tensors) throws IOException, ExtractException {
-        RandomizedSvd.Result res = RandomizedSvd.truncated(delta, asked.sketchRank(), options.svd());
+        RandomizedSvd.Result res = delta.svd(asked.sketchRank(), options.svd());
         int r = asked.energy() == null ? res.svd().rank() : Math.max(1, res.rankKeeping(asked.energy()));
         Svd svd = res.svd().truncate(r);
         int m = t.rows();
@@ -139,17 +245,18 @@ public final class ExtractRunner {
             tensors.add(new AdapterWriter.Tensor(t.keyB(), t.factorType(), t.shapeB(r), AdapterWriter.bytes(encode(vtw.transpose(), f))));
             tensors.add(new AdapterWriter.Tensor(t.keyA(), t.factorType(), t.shapeA(r), AdapterWriter.bytes(encode(uw.transpose(), f))));
         }
-        double written = Math.sqrt(Residual.squaredDistance(delta, uw, vtw, options.svd().threads()) / scan.deltaSquared());
+        double written = Math.sqrt(delta.residualSquared(uw, vtw) / delta.deltaSquared());
         double truncation = res.relativeError(r);
         Double optimal = null;
         Double ratio = null;
         if (options.checkOptimal()) {
-            SymmetricEigen eig = SymmetricEigen.of(Gram.of(delta, options.svd().threads()), options.svd().threads());
+            DeltaRows rows = new DeltaRows(t.weightName(), t.base(), t.tuned(), m, n); // read again: the check is the CPU's, whatever the engine
+            SymmetricEigen eig = SymmetricEigen.of(Gram.of(rows, options.svd().threads()), options.svd().threads());
             double top = 0;
             for (double l : eig.largest(Math.min(r, eig.size()))) {
                 top += l;
             }
-            optimal = Math.sqrt(Math.max(0, scan.deltaSquared() - top) / scan.deltaSquared());
+            optimal = Math.sqrt(Math.max(0, delta.deltaSquared() - top) / delta.deltaSquared());
             ratio = optimal > 0 ? Math.max(truncation, 0) / optimal : null;
         }
         return new ExtractReport.Module(t.module(), t.layout().name().toLowerCase(Locale.ROOT), t.shape(), r, t.factorType().name(),
@@ -179,13 +286,14 @@ public final class ExtractRunner {
      * targeted layer's bias with bias "lora_only") or reported. Returns whether a lora_only bias was
      * written.
      */
-    private static boolean others(ExtractPlan plan, Set<String> extracted, ExtractReport report, List<AdapterWriter.Tensor> tensors,
+    private static boolean others(ExtractPlan plan, Map<ExtractPlan.Other, Double> compared, Set<String> extracted, ExtractReport report,
+                                  List<AdapterWriter.Tensor> tensors,
                                   Set<String> modulesToSave, Progress progress) throws IOException, ExtractException {
         boolean save = plan.options().others() == ExtractOptions.Others.SAVE;
         List<ExtractPlan.Other> changed = new ArrayList<>();
         Map<ExtractPlan.Other, Double> change = new LinkedHashMap<>();
         for (ExtractPlan.Other o : plan.others()) {
-            Double rel = compare(o);
+            Double rel = compared.get(o);
             if (rel == null || rel != 0) {
                 changed.add(o);
                 change.put(o, rel);

@@ -125,9 +125,10 @@ class ExtractCliTest {
         return out;
     }
 
+    /** extract on the CPU engine (the GPU engine's own tests are the gpu-tagged CudaExtractTest). */
     static CliRun extract(Path base, Path tuned, Path out, String... extra) {
         List<String> args = new ArrayList<>(List.of("extract", "--base", base.toString(), "--tuned", tuned.toString(), "--out", out.toString(),
-                "--quiet", "--threads", "2"));
+                "--quiet", "--threads", "2", "--device", "cpu"));
         args.addAll(Arrays.asList(extra));
         return CliRun.of(() -> Main.run(args.toArray(new String[0])));
     }
@@ -243,7 +244,7 @@ class ExtractCliTest {
         assertEquals(0, extract(b, t, dir.resolve("a1"), "--rank", "5").code());
         Path a2 = dir.resolve("a2");
         assertEquals(0, CliRun.of(() -> Main.run("extract", "--base", b.toString(), "--tuned", t.toString(), "--out", a2.toString(), "--rank", "5",
-                "--threads", "1", "--quiet")).code());
+                "--threads", "1", "--quiet", "--device", "cpu")).code());
         assertEquals(TinyModels.hashTree(dir.resolve("a1")), TinyModels.hashTree(dir.resolve("a2")));
     }
 
@@ -511,6 +512,22 @@ class ExtractCliTest {
     }
 
     @Test
+    void nanInATargetWeightIsReportedBeforeInfinityInANormThatIsComparedMeanwhile() throws Exception {
+        DenseModels base = llama(DType.BF16, 25);
+        DenseModels tuned = base.copy();
+        String w = proj(1, "v_proj") + ".weight";
+        double[] changed = plus(base.values(w), DenseModels.gaussian(H * H, 0.01, DType.F32, new Random(26)), DType.BF16);
+        changed[5] = Double.NaN;
+        tuned.put(w, DType.BF16, new long[] {H, H}, changed);
+        base.values("model.norm.weight")[2] = Double.POSITIVE_INFINITY;
+        Path b = base.write(dir.resolve("base"), LLAMA);
+        Path out = dir.resolve("adapter");
+        CliRun r = extract(b, tuned.write(dir.resolve("tuned"), LLAMA), out);
+        assertBadInput(r, out, w, "NaN");
+        assertTrue(!r.err().contains("model.norm.weight"), r::both);
+    }
+
+    @Test
     void identicalModelsAreBadInputWithNothingToExtract() throws Exception {
         DenseModels base = llama(DType.BF16, 24);
         Path b = base.write(dir.resolve("base"), LLAMA);
@@ -531,6 +548,23 @@ class ExtractCliTest {
         assertEquals(ExitCodes.USAGE, unknown.code(), unknown::both);
         assertTrue(unknown.err().contains("no_such_proj"), unknown::both);
         assertNothingWritten(out);
+    }
+
+    @Test
+    void reportSaysWhereTheSvdsRanAndAnUnknownDeviceIsAUsageError() throws Exception {
+        Path[] m = pair(t -> { }, LLAMA);
+        Path out = dir.resolve("adapter");
+        CliRun cpu = CliRun.of(() -> Main.run("extract", "--base", m[0].toString(), "--tuned", m[1].toString(), "--out", out.toString(),
+                "--rank", "2", "--device", "cpu", "--json", "--threads", "1"));
+        assertEquals(0, cpu.code(), cpu::both);
+        assertEquals("cpu", json(cpu).get("svdDevice").asText());
+        assertTrue(cpu.err().contains("SVDs on cpu"), cpu::both);
+        Path other = dir.resolve("other");
+        CliRun bad = CliRun.of(() -> Main.run("extract", "--base", m[0].toString(), "--tuned", m[1].toString(), "--out", other.toString(),
+                "--rank", "2", "--device", "tpu"));
+        assertEquals(ExitCodes.USAGE, bad.code(), bad::both);
+        assertTrue(bad.err().contains("--device tpu"), bad::both);
+        assertNothingWritten(other);
     }
 
     @Test

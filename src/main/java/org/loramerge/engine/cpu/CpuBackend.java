@@ -1,9 +1,13 @@
 package org.loramerge.engine.cpu;
 
+import java.io.IOException;
 import org.loramerge.engine.Backend;
 import org.loramerge.engine.Requantization;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.TensorMerge;
+import org.loramerge.engine.WeightDelta;
+import org.loramerge.plan.ExtractException;
+import org.loramerge.plan.TensorSource;
 
 /** The CPU engine: {@link CpuMerge} on as many threads as the pipeline drives. */
 public final class CpuBackend implements Backend {
@@ -35,6 +39,11 @@ public final class CpuBackend implements Backend {
     @Override
     public Requantization openRequantization(TensorJob job) {
         return new CpuRequantization(job);
+    }
+
+    @Override
+    public WeightDelta openDelta(String name, TensorSource base, TensorSource tuned, int rows, int cols) throws IOException, ExtractException {
+        return CpuWeightDelta.open(name, base, tuned, rows, cols, threads);
     }
 
     @Override

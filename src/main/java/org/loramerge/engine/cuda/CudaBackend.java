@@ -12,10 +12,14 @@ import org.loramerge.engine.LowRankTerm;
 import org.loramerge.engine.Requantization;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.TensorMerge;
+import org.loramerge.engine.WeightDelta;
+import org.loramerge.engine.cpu.CpuWeightDelta;
 import org.loramerge.engine.cpu.CpuRequantization;
 import org.loramerge.engine.cpu.CpuTensorMerge;
 import org.loramerge.plan.DoraSpec;
+import org.loramerge.plan.ExtractException;
 import org.loramerge.plan.Layout;
+import org.loramerge.plan.TensorSource;
 import org.loramerge.plan.TermSpec;
 
 /**
@@ -38,20 +42,23 @@ public final class CudaBackend implements Backend {
 
     private final CudaDevice device;
     private final int streams;
+    /** Threads of the CPU engine's work inside this backend (extract's weights too large for the device). */
+    private final int cpuThreads;
     private final List<PinnedMemory> blockBuffers = new ArrayList<>();
     /** Handles a failed merge may leave open; closed with the backend. */
     private final Set<AutoCloseable> open = new LinkedHashSet<>();
     private boolean closed;
 
-    private CudaBackend(CudaDevice device, int streams) {
+    private CudaBackend(CudaDevice device, int streams, int cpuThreads) {
         this.device = device;
         this.streams = streams;
+        this.cpuThreads = cpuThreads;
     }
 
     /** Opens device {@code ordinal}; explains precisely why when it cannot. Called by {@code Backends}, by name. */
     public static Backend open(int ordinal, int cpuThreads) throws DeviceUnavailableException {
         int streams = Math.max(2, Math.min(MAX_STREAMS, cpuThreads / 2));
-        return new CudaBackend(CudaDevice.open(ordinal, DEFAULT_BLOCK_BYTES, streams), streams);
+        return new CudaBackend(CudaDevice.open(ordinal, DEFAULT_BLOCK_BYTES, streams), streams, cpuThreads);
     }
 
     @Override
@@ -139,6 +146,18 @@ public final class CudaBackend implements Backend {
             return new CpuRequantization(job);
         }
         return remember(new CudaRequantization(this, device, job));
+    }
+
+    /**
+     * ΔW resident on the device ({@link CudaWeightDelta}), or, for a weight too large to keep there
+     * ({@link CudaWeightDelta#fits}), the CPU engine's, read from the checkpoints on every pass.
+     */
+    @Override
+    public WeightDelta openDelta(String name, TensorSource base, TensorSource tuned, int rows, int cols) throws IOException, ExtractException {
+        if (!CudaWeightDelta.fits(device, base, tuned, rows, cols)) {
+            return CpuWeightDelta.open(name, base, tuned, rows, cols, cpuThreads);
+        }
+        return CudaWeightDelta.open(device, name, base, tuned, rows, cols);
     }
 
     private <T extends AutoCloseable> T remember(T handle) {

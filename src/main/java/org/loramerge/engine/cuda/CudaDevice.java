@@ -34,6 +34,7 @@ public final class CudaDevice implements AutoCloseable {
     private final DevicePool pool = new DevicePool();
     private MergeKernels merge;
     private CombineKernels combine;
+    private ExtractKernels extract;
     private Nf4Kernels nf4;
     private boolean closed;
 
@@ -118,6 +119,9 @@ public final class CudaDevice implements AutoCloseable {
             KernelModule combine = new KernelModule("combine.fatbin");
             d.modules.add(combine);
             d.combine = new CombineKernels(combine);
+            KernelModule extract = new KernelModule("extract.fatbin");
+            d.modules.add(extract);
+            d.extract = new ExtractKernels(extract);
         } catch (Throwable e) {
             d.close();
             throw DeviceUnavailableException.engineFailed("the GPU kernels could not be loaded on " + name + ": " + e.getMessage(), e);
@@ -154,6 +158,11 @@ public final class CudaDevice implements AutoCloseable {
     /** "cuda:0 NVIDIA H200 (sm_90, cuBLAS ...)". */
     public String description() {
         return description;
+    }
+
+    /** "cuda:N", as --device names it. */
+    public String label() {
+        return "cuda:" + ordinal;
     }
 
     /** The device's name, "NVIDIA H200". */
@@ -199,6 +208,11 @@ public final class CudaDevice implements AutoCloseable {
     /** The kernels of kernels/combine.cu. */
     CombineKernels combine() {
         return combine;
+    }
+
+    /** The kernels of kernels/extract.cu. */
+    ExtractKernels extract() {
+        return extract;
     }
 
     /** The kernels of kernels/nf4.cu. */

@@ -5,6 +5,7 @@ import java.nio.ByteOrder;
 import jcuda.Pointer;
 import jcuda.Sizeof;
 import jcuda.jcublas.JCublas2;
+import jcuda.jcublas.cublasHandle;
 import jcuda.jcublas.cublasOperation;
 import jcuda.runtime.JCuda;
 import jcuda.runtime.cudaMemcpyKind;
@@ -71,6 +72,11 @@ public final class DeviceWorker implements AutoCloseable {
 
     public CudaStream stream() {
         return stream;
+    }
+
+    /** The cuBLAS handle bound to {@link #stream()}. */
+    cublasHandle cublas() {
+        return cublas.get();
     }
 
     /** W of the current block, in its source dtype (or dequantized there). */

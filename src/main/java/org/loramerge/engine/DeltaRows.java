@@ -1,4 +1,4 @@
-package org.loramerge.pipeline;
+package org.loramerge.engine;
 
 import java.io.IOException;
 import java.nio.ByteBuffer;
@@ -12,11 +12,12 @@ import org.loramerge.plan.TensorSource;
  * memory-mapped checkpoints, never held whole. Each element is the difference of the two stored
  * values in fp64: exact whenever the two are within a factor 2^29 (F32) or 2^45 (BF16, F16) of each
  * other, which covers any fine-tune; otherwise correctly rounded. A first {@link #scan} checks
- * every value and sums ‖ΔW‖²; the passes of the SVD then read the same values again.
+ * every value and sums ‖ΔW‖²; the passes of the SVD then read the same values again. The GPU
+ * engine forms the same differences on the device (kernels/extract.cu) and keeps them there.
  */
-final class DeltaRows implements RowBlocks {
+public final class DeltaRows implements RowBlocks {
     /** About this many doubles per block (32 MB). */
-    static final int BLOCK_ELEMENTS = 4 << 20;
+    public static final int BLOCK_ELEMENTS = 4 << 20;
 
     private final String name;
     private final TensorSource base;
@@ -27,7 +28,7 @@ final class DeltaRows implements RowBlocks {
     private final int cols;
     private final int blockRows;
 
-    DeltaRows(String name, TensorSource base, TensorSource tuned, int rows, int cols) {
+    public DeltaRows(String name, TensorSource base, TensorSource tuned, int rows, int cols) {
         this.name = name;
         this.base = base;
         this.tuned = tuned;
@@ -49,14 +50,14 @@ final class DeltaRows implements RowBlocks {
     }
 
     /** What a first pass found: ‖ΔW‖²_F and ‖W_base‖²_F. */
-    record Scan(double deltaSquared, double baseSquared) {
-        boolean isZero() {
+    public record Scan(double deltaSquared, double baseSquared) {
+        public boolean isZero() {
             return deltaSquared == 0;
         }
     }
 
     /** One pass that checks every value of both models and sums ‖ΔW‖²; NaN or ±Inf in either is bad input. */
-    Scan scan() throws IOException, ExtractException {
+    public Scan scan() throws IOException, ExtractException {
         double delta = 0;
         double baseSq = 0;
         double[] b = new double[blockRows * cols];

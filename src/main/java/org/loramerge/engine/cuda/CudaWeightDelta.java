@@ -1,0 +1,374 @@
+package org.loramerge.engine.cuda;
+
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import jcuda.Pointer;
+import jcuda.Sizeof;
+import jcuda.jcublas.JCublas2;
+import jcuda.jcublas.cublasDiagType;
+import jcuda.jcublas.cublasFillMode;
+import jcuda.jcublas.cublasOperation;
+import jcuda.jcublas.cublasSideMode;
+import jcuda.runtime.JCuda;
+import jcuda.runtime.cudaMemcpyKind;
+import org.loramerge.engine.DeltaRows;
+import org.loramerge.engine.WeightDelta;
+import org.loramerge.format.FloatFormat;
+import org.loramerge.linalg.CholeskyQr;
+import org.loramerge.linalg.Matrix;
+import org.loramerge.linalg.RandomizedSvd;
+import org.loramerge.linalg.Sketching;
+import org.loramerge.linalg.ThinQr;
+import org.loramerge.plan.ExtractException;
+import org.loramerge.plan.TensorSource;
+
+/**
+ * ΔW = tuned − base of one weight, resident on the GPU in fp64 (row-major [rows, cols]) from
+ * {@link #open} to {@link #close}. Opening streams both weights' row blocks up as stored and forms
+ * ΔW there ({@code extract_delta}, the CPU's subtraction bit for bit), with ‖ΔW‖² from the per-row
+ * sums of {@code extract_row_squares}. The randomized SVD ({@link RandomizedSvd}, the same
+ * algorithm, Ω and options as the CPU engine) then makes its passes here: each product with ΔW is
+ * one cuBLAS DGEMM, and its thin QR a shifted CholeskyQR3 ({@link CholeskyQr}: the Gram matrices by
+ * DGEMM and the triangular solves by DTRSM here, the l×l Cholesky factors on the host), falling
+ * back to Householder's QR of the product on the host where that breaks down (a ΔW of lower rank
+ * than the sketch). The small SVD is the host's. The written factors' error is a last DGEMM that
+ * subtracts U·Vᵀ from ΔW in place, and its row sums.
+ *
+ * <p>The bits differ from the CPU engine's (the DGEMMs sum in another order and the QRs differ by
+ * rounding), not the algorithm: the GPU tests hold the singular values to 1e-9 of the CPU's and
+ * the error to the same ratio to the optimum. Device memory: ΔW ({@code rows·cols·8} bytes, at most
+ * {@link #MAX_DELTA_BYTES}), a few rows×l sketches and the calling threads' worker buffers.
+ */
+final class CudaWeightDelta implements WeightDelta, Sketching {
+    /**
+     * The largest ΔW kept on the device: extract holds two at once (the next weight is formed while
+     * this one is decomposed), so this keeps the engine under 8 GB of device memory. Larger weights
+     * (a 128k-token embedding of an 8192-wide model) are decomposed by the CPU engine.
+     */
+    static final long MAX_DELTA_BYTES = 3L << 30;
+
+    private final CudaDevice device;
+    private final int rows;
+    private final int cols;
+    private final DeviceMemory delta;
+    private final double deltaSquared;
+    /** Whether {@link #residualSquared} has subtracted the factors from ΔW. */
+    private boolean consumed;
+    private boolean closed;
+
+    private CudaWeightDelta(CudaDevice device, int rows, int cols, DeviceMemory delta, double deltaSquared) {
+        this.device = device;
+        this.rows = rows;
+        this.cols = cols;
+        this.delta = delta;
+        this.deltaSquared = deltaSquared;
+    }
+
+    /**
+     * Whether a weight of [rows, cols] in these dtypes fits: not empty, ΔW at most {@link
+     * #MAX_DELTA_BYTES}, and one row of either weight at most half a worker's staging buffer.
+     */
+    static boolean fits(CudaDevice device, TensorSource base, TensorSource tuned, long rows, long cols) {
+        long widest = Math.max(base.dtype().sizeInBytes(), tuned.dtype().sizeInBytes());
+        return rows > 0 && cols > 0 && rows * cols * Sizeof.DOUBLE <= MAX_DELTA_BYTES && cols * widest <= device.blockBytes() / 2;
+    }
+
+    /**
+     * Forms ΔW on the device from the two weights, on the calling thread's worker; NaN or ±Inf in
+     * either is an {@link ExtractException} naming the first such element, as the CPU engine's.
+     */
+    static CudaWeightDelta open(CudaDevice device, String name, TensorSource base, TensorSource tuned, int rows, int cols)
+            throws IOException, ExtractException {
+        device.bindContext();
+        DeviceWorker w = device.worker();
+        FloatFormat bf = FloatFormat.of(base.dtype());
+        FloatFormat tf = FloatFormat.of(tuned.dtype());
+        long half = device.blockBytes() / 2;
+        int blockRows = (int) Math.max(1, Math.min(rows, half / ((long) cols * Math.max(bf.sizeInBytes(), tf.sizeInBytes()))));
+        // its own allocation, not the pool's: freed on close, so weights of many shapes do not pile up
+        DeviceMemory delta = new DeviceMemory((long) rows * cols * Sizeof.DOUBLE);
+        long firstBad;
+        double sum = 0;
+        try (DeviceMemory bad = device.pool().take(Sizeof.LONG); DeviceMemory rowSquares = device.pool().take((long) rows * Sizeof.DOUBLE)) {
+            JCuda.cudaMemsetAsync(bad.pointer(), 0xFF, Sizeof.LONG, w.stream().runtime());
+            Pointer staging = w.hostIn().pointer();
+            for (int r0 = 0; r0 < rows; r0 += blockRows) {
+                int n = Math.min(blockRows, rows - r0);
+                long baseBytes = (long) n * cols * bf.sizeInBytes();
+                long tunedBytes = (long) n * cols * tf.sizeInBytes();
+                ByteBuffer in = w.hostIn().buffer();
+                try (TensorSource.Bytes b = base.readRows(TensorSource.Form.VALUES, r0, n, cols);
+                     TensorSource.Bytes t = tuned.readRows(TensorSource.Form.VALUES, r0, n, cols)) {
+                    in.position(0);
+                    in.put(b.bytes());
+                    in.position(Math.toIntExact(half));
+                    in.put(t.bytes());
+                }
+                JCuda.cudaMemcpyAsync(w.input().pointer(), staging, baseBytes, cudaMemcpyKind.cudaMemcpyHostToDevice, w.stream().runtime());
+                JCuda.cudaMemcpyAsync(w.output().pointer(), staging.withByteOffset(half), tunedBytes, cudaMemcpyKind.cudaMemcpyHostToDevice,
+                        w.stream().runtime());
+                device.extract().delta(w.stream(), n, cols, Pointer.to(w.input().pointer()), Pointer.to(new int[] {MergeKernels.code(bf)}),
+                        Pointer.to(w.output().pointer()), Pointer.to(new int[] {MergeKernels.code(tf)}),
+                        Pointer.to(delta.at((long) r0 * cols * Sizeof.DOUBLE)), Pointer.to(new long[] {n}), Pointer.to(new long[] {cols}),
+                        Pointer.to(new long[] {cols}), Pointer.to(bad.pointer()), Pointer.to(new long[] {(long) r0 * cols}));
+                // the staging buffer is refilled for the next block only once this one is up (the next weight's
+                // upload overlaps the current weight's SVD instead: ExtractRunner opens it on another thread)
+                w.synchronize();
+            }
+            device.extract().rowSquares(w.stream(), rows, Pointer.to(delta.pointer()), Pointer.to(new long[] {rows}),
+                    Pointer.to(new long[] {cols}), Pointer.to(new long[] {cols}), Pointer.to(rowSquares.pointer()));
+            double[] perRow = new double[rows];
+            long[] badHost = new long[1];
+            w.synchronize();
+            JCuda.cudaMemcpy(Pointer.to(perRow), rowSquares.pointer(), (long) rows * Sizeof.DOUBLE, cudaMemcpyKind.cudaMemcpyDeviceToHost);
+            JCuda.cudaMemcpy(Pointer.to(badHost), bad.pointer(), Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost);
+            firstBad = badHost[0];
+            for (double s : perRow) {
+                sum += s;
+            }
+        } catch (RuntimeException | IOException e) {
+            delta.close();
+            throw e;
+        }
+        if (firstBad != -1L) {
+            delta.close();
+            // the CPU engine's check finds the same first element (row-major order) and names it
+            new DeltaRows(name, base, tuned, rows, cols).scan();
+            throw new IllegalStateException(name + ": the device found a non-finite value at element " + firstBad + " that the host does not");
+        }
+        return new CudaWeightDelta(device, rows, cols, delta, sum);
+    }
+
+    /** ΔW as it is on the device, row-major on the host (for the GPU tests). */
+    Matrix values() {
+        device.bindContext();
+        return fetch(device.worker(), delta, rows, cols);
+    }
+
+    @Override
+    public double deltaSquared() {
+        return deltaSquared;
+    }
+
+    @Override
+    public RandomizedSvd.Result svd(int rank, RandomizedSvd.Options options) throws IOException {
+        if (consumed) {
+            throw new IllegalStateException("the SVD of a ΔW whose factors were already subtracted");
+        }
+        return RandomizedSvd.truncated(this, deltaSquared, rank, options);
+    }
+
+    @Override
+    public String device() {
+        return device.label();
+    }
+
+    @Override
+    public int rows() {
+        return rows;
+    }
+
+    @Override
+    public int cols() {
+        return cols;
+    }
+
+    @Override
+    public Matrix rangeBasis(Matrix x) {
+        return product(x, false).q();
+    }
+
+    @Override
+    public Matrix coRangeBasis(Matrix q) {
+        return product(q, true).q();
+    }
+
+    @Override
+    public ThinQr transposeTimesQr(Matrix q) {
+        return product(q, true);
+    }
+
+    /**
+     * The thin QR of ΔW·X ({@code transpose} false; X cols×l) or ΔWᵀ·X (true; X rows×l), the
+     * product and its Q formed here; Householder's on the host where CholeskyQR3 breaks down.
+     */
+    private ThinQr product(Matrix x, boolean transpose) {
+        device.bindContext();
+        DeviceWorker w = device.worker();
+        int l = x.cols();
+        int inRows = transpose ? rows : cols;
+        int outRows = transpose ? cols : rows;
+        if (x.rows() != inRows) {
+            throw new IllegalArgumentException("X " + x.shape() + " does not fit a " + (transpose ? "transposed " : "") + rows + "x" + cols + " ΔW");
+        }
+        long outBytes = (long) outRows * l * Sizeof.DOUBLE;
+        try (DeviceMemory dx = device.pool().take((long) inRows * l * Sizeof.DOUBLE);
+             DeviceMemory y = device.pool().take(outBytes);
+             DeviceMemory q = device.pool().take(outBytes)) {
+            upload(w, x.data(), dx);
+            // row-major [r, c] is column-major [c, r]: the products are formed as their transposes
+            if (transpose) {
+                // Zᵀ (l×cols) = Xᵀ (l×rows) · ΔW (ΔW's column-major form is ΔWᵀ, taken transposed)
+                JCublas2.cublasDgemm(w.cublas(), cublasOperation.CUBLAS_OP_N, cublasOperation.CUBLAS_OP_T, l, cols, rows, one(), dx.pointer(), l,
+                        delta.pointer(), cols, zero(), y.pointer(), l);
+            } else {
+                // Yᵀ (l×rows) = Xᵀ (l×cols) · ΔWᵀ (cols×rows)
+                JCublas2.cublasDgemm(w.cublas(), cublasOperation.CUBLAS_OP_N, cublasOperation.CUBLAS_OP_N, l, rows, cols, one(), dx.pointer(), l,
+                        delta.pointer(), cols, zero(), y.pointer(), l);
+            }
+            JCuda.cudaMemcpyAsync(q.pointer(), y.pointer(), outBytes, cudaMemcpyKind.cudaMemcpyDeviceToDevice, w.stream().runtime());
+            return CholeskyQr.of(new DeviceTall(w, q, outRows, l), () -> fetch(w, y, outRows, l));
+        }
+    }
+
+    @Override
+    public Matrix basisTimes(Matrix q, Matrix c) {
+        return multiply(q, c, false);
+    }
+
+    @Override
+    public Matrix timesBasisTransposed(Matrix c, Matrix q) {
+        return multiply(c, q, true);
+    }
+
+    /**
+     * A·B ({@code transposeB} false; B s×q) or A·Bᵀ (true; B q×s), A p×s, all row-major on the
+     * host, by one DGEMM here: the products of the SVD's last step, m·l·k multiply-adds each.
+     */
+    private Matrix multiply(Matrix a, Matrix b, boolean transposeB) {
+        int p = a.rows();
+        int s = a.cols();
+        int q = transposeB ? b.rows() : b.cols();
+        if ((transposeB ? b.cols() : b.rows()) != s) {
+            throw new IllegalArgumentException("cannot multiply " + a.shape() + " by " + b.shape() + (transposeB ? " transposed" : ""));
+        }
+        device.bindContext();
+        DeviceWorker w = device.worker();
+        try (DeviceMemory da = device.pool().take(Math.max(1, (long) p * s) * Sizeof.DOUBLE);
+             DeviceMemory db = device.pool().take(Math.max(1, (long) s * q) * Sizeof.DOUBLE);
+             DeviceMemory dc = device.pool().take(Math.max(1, (long) p * q) * Sizeof.DOUBLE)) {
+            upload(w, a.data(), da);
+            upload(w, b.data(), db);
+            // row-major C = A·op(B) is column-major Cᵀ (q×p) = op(B)ᵀ·Aᵀ; A's column-major form is Aᵀ (lda = s), B's is Bᵀ
+            JCublas2.cublasDgemm(w.cublas(), transposeB ? cublasOperation.CUBLAS_OP_T : cublasOperation.CUBLAS_OP_N, cublasOperation.CUBLAS_OP_N,
+                    q, p, s, one(), db.pointer(), transposeB ? s : q, da.pointer(), s, zero(), dc.pointer(), q);
+            return fetch(w, dc, p, q);
+        }
+    }
+
+    /** A tall row-major matrix on the device, for {@link CholeskyQr}: its Gram matrix by DGEMM, Y·R⁻¹ by DTRSM. */
+    private final class DeviceTall implements CholeskyQr.Tall {
+        private final DeviceWorker w;
+        private final DeviceMemory y;
+        private final int m;
+        private final int l;
+
+        DeviceTall(DeviceWorker w, DeviceMemory y, int m, int l) {
+            this.w = w;
+            this.y = y;
+            this.m = m;
+            this.l = l;
+        }
+
+        @Override
+        public int rows() {
+            return m;
+        }
+
+        @Override
+        public int cols() {
+            return l;
+        }
+
+        @Override
+        public Matrix gram() {
+            try (DeviceMemory g = device.pool().take((long) l * l * Sizeof.DOUBLE)) {
+                // Y's column-major form is Yᵀ (l×m): G = Yᵀ·(Yᵀ)ᵀ
+                JCublas2.cublasDgemm(w.cublas(), cublasOperation.CUBLAS_OP_N, cublasOperation.CUBLAS_OP_T, l, l, m, one(), y.pointer(), l,
+                        y.pointer(), l, zero(), g.pointer(), l);
+                return fetch(w, g, l, l); // symmetric: the column-major G read row-major is Gᵀ, the same
+            }
+        }
+
+        @Override
+        public void solveUpper(Matrix r) {
+            try (DeviceMemory dr = device.pool().take((long) l * l * Sizeof.DOUBLE)) {
+                upload(w, r.data(), dr);
+                // (Y·R⁻¹)ᵀ = R⁻ᵀ·Yᵀ: solve Rᵀ·Z = Yᵀ from the left; R row-major read column-major is Rᵀ, lower triangular
+                JCublas2.cublasDtrsm(w.cublas(), cublasSideMode.CUBLAS_SIDE_LEFT, cublasFillMode.CUBLAS_FILL_MODE_LOWER,
+                        cublasOperation.CUBLAS_OP_N, cublasDiagType.CUBLAS_DIAG_NON_UNIT, l, m, one(), dr.pointer(), l, y.pointer(), l);
+                w.synchronize(); // before dr goes back to the pool
+            }
+        }
+
+        @Override
+        public Matrix download() {
+            return CudaWeightDelta.fetch(w, y, m, l);
+        }
+    }
+
+    @Override
+    public double residualSquared(Matrix u, Matrix vt) {
+        if (consumed) {
+            throw new IllegalStateException("the factors were already subtracted from this ΔW");
+        }
+        int r = u.cols();
+        if (u.rows() != rows || vt.rows() != r || vt.cols() != cols) {
+            throw new IllegalArgumentException("U " + u.shape() + " and Vᵀ " + vt.shape() + " do not fit a " + rows + "x" + cols + " matrix");
+        }
+        consumed = true;
+        device.bindContext();
+        DeviceWorker w = device.worker();
+        try (DeviceMemory du = device.pool().take(Math.max(1, (long) rows * r) * Sizeof.DOUBLE);
+             DeviceMemory dvt = device.pool().take(Math.max(1, (long) r * cols) * Sizeof.DOUBLE);
+             DeviceMemory rowSquares = device.pool().take((long) rows * Sizeof.DOUBLE)) {
+            if (r > 0) {
+                upload(w, u.data(), du);
+                upload(w, vt.data(), dvt);
+                // ΔWᵀ (cols×rows, column-major) −= (Vᵀ as cols×r) · (U as r×rows)
+                JCublas2.cublasDgemm(w.cublas(), cublasOperation.CUBLAS_OP_N, cublasOperation.CUBLAS_OP_N, cols, rows, r,
+                        Pointer.to(new double[] {-1.0}), dvt.pointer(), cols, du.pointer(), r, one(), delta.pointer(), cols);
+            }
+            device.extract().rowSquares(w.stream(), rows, Pointer.to(delta.pointer()), Pointer.to(new long[] {rows}),
+                    Pointer.to(new long[] {cols}), Pointer.to(new long[] {cols}), Pointer.to(rowSquares.pointer()));
+            double sum = 0;
+            for (double s : fetch(w, rowSquares, rows, 1).data()) {
+                sum += s;
+            }
+            return sum;
+        }
+    }
+
+    private static Pointer one() {
+        return Pointer.to(new double[] {1.0});
+    }
+
+    private static Pointer zero() {
+        return Pointer.to(new double[] {0.0});
+    }
+
+    /** Copies {@code values} into {@code m}, after what the worker's stream has queued (a synchronous copy). */
+    private static void upload(DeviceWorker w, double[] values, DeviceMemory m) {
+        w.synchronize();
+        JCuda.cudaMemcpy(m.pointer(), Pointer.to(values), (long) values.length * Sizeof.DOUBLE, cudaMemcpyKind.cudaMemcpyHostToDevice);
+    }
+
+    /** The first {@code r·c} doubles of {@code m} as a row-major r×c matrix, once the worker's stream is done. */
+    private static Matrix fetch(DeviceWorker w, DeviceMemory m, int r, int c) {
+        double[] d = new double[r * c];
+        w.synchronize();
+        JCuda.cudaMemcpy(Pointer.to(d), m.pointer(), (long) d.length * Sizeof.DOUBLE, cudaMemcpyKind.cudaMemcpyDeviceToHost);
+        return Matrix.wrap(r, c, d);
+    }
+
+    @Override
+    public void close() {
+        if (closed) {
+            throw new IllegalStateException("weight delta closed twice");
+        }
+        closed = true;
+        device.bindContext();
+        device.worker().synchronize();
+        delta.close();
+    }
+}
