@@ -4,8 +4,8 @@
 #   bash scripts/bench/bench-batch-gpu.sh
 #
 # Needs, carried with the working tree:  .device/jre.tgz  (scripts/device/make-jre.sh, here)
-#                                         target/loramerge.jar (mvn -DskipTests package, here)
-# e.g. run(command="bash scripts/bench/bench-batch-gpu.sh", carry=[".device", "target/loramerge.jar"])
+#                                         target/loramerge-cli.jar (mvn -DskipTests package, here)
+# e.g. run(command="bash scripts/bench/bench-batch-gpu.sh", carry=[".device", "target/loramerge-cli.jar"])
 #
 # What it does
 #   1. unpacks the runtime to /tmp/jre (when `java` is missing) and puts it on PATH;
@@ -32,7 +32,7 @@
 #
 # Environment: OUT (default /tmp/out), WORK (default /tmp/lm-batch-$SHAPE), SHAPE (3gb; 1gb or tiny
 #   to try the script out), ADAPTERS (16), RANK (16), PYTHON (python3), LORAMERGE (default
-#   "java $JAVA_OPTS -jar target/loramerge.jar"), RUN_CPU=1, REGEN=1, DEVICE (cuda:0; cpu to try the
+#   "java $JAVA_OPTS -jar target/loramerge-cli.jar"), RUN_CPU=1, REGEN=1, DEVICE (cuda:0; cpu to try the
 #   script out on a machine without a GPU).
 set -euo pipefail
 T0=$(date +%s.%N)
@@ -57,7 +57,7 @@ if ! command -v java >/dev/null 2>&1; then
     say "no java and no .device/jre.tgz: carry .device"; exit 1
   fi
 fi
-JAR=$ROOT/target/loramerge.jar
+JAR=$ROOT/target/loramerge-cli.jar
 if [ -z "${LORAMERGE:-}" ] && [ ! -f "$JAR" ]; then
   say "no $JAR: carry it"; exit 1
 fi

@@ -4,8 +4,8 @@
 #   bash scripts/bench/bench-combine-gpu.sh [--reps N]
 #
 # Needs, carried with the working tree:  .device/jre.tgz  (scripts/device/make-jre.sh, here)
-#                                         target/loramerge.jar (mvn -DskipTests package, here)
-# e.g. run(command="bash scripts/bench/bench-combine-gpu.sh", carry=[".device", "target/loramerge.jar"])
+#                                         target/loramerge-cli.jar (mvn -DskipTests package, here)
+# e.g. run(command="bash scripts/bench/bench-combine-gpu.sh", carry=[".device", "target/loramerge-cli.jar"])
 #
 # What it does
 #   1. unpacks the runtime to /tmp/jre (when `java` is missing) and puts it on PATH;
@@ -32,7 +32,7 @@
 #
 # Environment: OUT, WORK (default /tmp/lm-combine-$SHAPE), SHAPE (llama-7b; tiny, 1gb, 3gb to try
 #   the script out), REPS (default 1), BUDGET_S (default 540), PYTHON (python3), LORAMERGE
-#   (default "java $JAVA_OPTS -jar target/loramerge.jar"), RANK (16), ADAPTERS (4),
+#   (default "java $JAVA_OPTS -jar target/loramerge-cli.jar"), RANK (16), ADAPTERS (4),
 #   SKIP_DENSE=1 (leave the dense family out), RUN_TIES_SVD=1 (add combine --combine ties_svd and
 #   PEFT's), SKIP_PEFT=1, REGEN=1.
 set -euo pipefail
@@ -75,7 +75,7 @@ if ! command -v java >/dev/null 2>&1; then
     say "no java and no .device/jre.tgz: carry .device"; exit 1
   fi
 fi
-JAR=$ROOT/target/loramerge.jar
+JAR=$ROOT/target/loramerge-cli.jar
 if [ -z "${LORAMERGE:-}" ] && [ ! -f "$JAR" ]; then
   say "no $JAR: carry it"; exit 1
 fi
