@@ -11,6 +11,7 @@ import jcuda.jcublas.cublasOperation;
 import jcuda.jcublas.cublasSideMode;
 import jcuda.runtime.JCuda;
 import jcuda.runtime.cudaMemcpyKind;
+import jcuda.runtime.cudaStream_t;
 import org.loramerge.engine.DeltaRows;
 import org.loramerge.engine.WeightDelta;
 import org.loramerge.format.FloatFormat;
@@ -90,43 +91,53 @@ final class CudaWeightDelta implements WeightDelta, Sketching {
         long firstBad;
         double sum = 0;
         try (DeviceMemory bad = device.pool().take(Sizeof.LONG); DeviceMemory rowSquares = device.pool().take((long) rows * Sizeof.DOUBLE)) {
-            JCuda.cudaMemsetAsync(bad.pointer(), 0xFF, Sizeof.LONG, w.stream().runtime());
-            Pointer staging = w.hostIn().pointer();
-            for (int r0 = 0; r0 < rows; r0 += blockRows) {
-                int n = Math.min(blockRows, rows - r0);
-                long baseBytes = (long) n * cols * bf.sizeInBytes();
-                long tunedBytes = (long) n * cols * tf.sizeInBytes();
-                ByteBuffer in = w.hostIn().buffer();
-                try (TensorSource.Bytes b = base.readRows(TensorSource.Form.VALUES, r0, n, cols);
-                     TensorSource.Bytes t = tuned.readRows(TensorSource.Form.VALUES, r0, n, cols)) {
-                    in.position(0);
-                    in.put(b.bytes());
-                    in.position(Math.toIntExact(half));
-                    in.put(t.bytes());
+            try {
+                JCuda.cudaMemsetAsync(bad.pointer(), 0xFF, Sizeof.LONG, w.stream().runtime());
+                Pointer staging = w.hostIn().pointer();
+                for (int r0 = 0; r0 < rows; r0 += blockRows) {
+                    int n = Math.min(blockRows, rows - r0);
+                    long baseBytes = (long) n * cols * bf.sizeInBytes();
+                    long tunedBytes = (long) n * cols * tf.sizeInBytes();
+                    ByteBuffer in = w.hostIn().buffer();
+                    try (TensorSource.Bytes b = base.readRows(TensorSource.Form.VALUES, r0, n, cols);
+                         TensorSource.Bytes t = tuned.readRows(TensorSource.Form.VALUES, r0, n, cols)) {
+                        in.position(0);
+                        in.put(b.bytes());
+                        in.position(Math.toIntExact(half));
+                        in.put(t.bytes());
+                    }
+                    JCuda.cudaMemcpyAsync(w.input().pointer(), staging, baseBytes, cudaMemcpyKind.cudaMemcpyHostToDevice, w.stream().runtime());
+                    JCuda.cudaMemcpyAsync(w.output().pointer(), staging.withByteOffset(half), tunedBytes, cudaMemcpyKind.cudaMemcpyHostToDevice,
+                            w.stream().runtime());
+                    device.extract().delta(w.stream(), n, cols, Pointer.to(w.input().pointer()), Pointer.to(new int[] {MergeKernels.code(bf)}),
+                            Pointer.to(w.output().pointer()), Pointer.to(new int[] {MergeKernels.code(tf)}),
+                            Pointer.to(delta.at((long) r0 * cols * Sizeof.DOUBLE)), Pointer.to(new long[] {n}), Pointer.to(new long[] {cols}),
+                            Pointer.to(new long[] {cols}), Pointer.to(bad.pointer()), Pointer.to(new long[] {(long) r0 * cols}));
+                    // the staging buffer is refilled for the next block only once this one is up (the next weight's
+                    // upload overlaps the current weight's SVD instead: ExtractRunner opens it on another thread)
+                    w.synchronize();
                 }
-                JCuda.cudaMemcpyAsync(w.input().pointer(), staging, baseBytes, cudaMemcpyKind.cudaMemcpyHostToDevice, w.stream().runtime());
-                JCuda.cudaMemcpyAsync(w.output().pointer(), staging.withByteOffset(half), tunedBytes, cudaMemcpyKind.cudaMemcpyHostToDevice,
-                        w.stream().runtime());
-                device.extract().delta(w.stream(), n, cols, Pointer.to(w.input().pointer()), Pointer.to(new int[] {MergeKernels.code(bf)}),
-                        Pointer.to(w.output().pointer()), Pointer.to(new int[] {MergeKernels.code(tf)}),
-                        Pointer.to(delta.at((long) r0 * cols * Sizeof.DOUBLE)), Pointer.to(new long[] {n}), Pointer.to(new long[] {cols}),
-                        Pointer.to(new long[] {cols}), Pointer.to(bad.pointer()), Pointer.to(new long[] {(long) r0 * cols}));
-                // the staging buffer is refilled for the next block only once this one is up (the next weight's
-                // upload overlaps the current weight's SVD instead: ExtractRunner opens it on another thread)
+                device.extract().rowSquares(w.stream(), rows, Pointer.to(delta.pointer()), Pointer.to(new long[] {rows}),
+                        Pointer.to(new long[] {cols}), Pointer.to(new long[] {cols}), Pointer.to(rowSquares.pointer()));
+                double[] perRow = new double[rows];
+                long[] badHost = new long[1];
                 w.synchronize();
+                JCuda.cudaMemcpy(Pointer.to(perRow), rowSquares.pointer(), (long) rows * Sizeof.DOUBLE, cudaMemcpyKind.cudaMemcpyDeviceToHost);
+                JCuda.cudaMemcpy(Pointer.to(badHost), bad.pointer(), Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost);
+                firstBad = badHost[0];
+                for (double s : perRow) {
+                    sum += s;
+                }
+            } catch (RuntimeException | IOException | Error e) {
+                // what the stream still has queued writes into these buffers: let it finish before they go back
+                try {
+                    w.synchronize();
+                } catch (RuntimeException ignored) {
+                    // the failure being thrown says more
+                }
+                throw e;
             }
-            device.extract().rowSquares(w.stream(), rows, Pointer.to(delta.pointer()), Pointer.to(new long[] {rows}),
-                    Pointer.to(new long[] {cols}), Pointer.to(new long[] {cols}), Pointer.to(rowSquares.pointer()));
-            double[] perRow = new double[rows];
-            long[] badHost = new long[1];
-            w.synchronize();
-            JCuda.cudaMemcpy(Pointer.to(perRow), rowSquares.pointer(), (long) rows * Sizeof.DOUBLE, cudaMemcpyKind.cudaMemcpyDeviceToHost);
-            JCuda.cudaMemcpy(Pointer.to(badHost), bad.pointer(), Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost);
-            firstBad = badHost[0];
-            for (double s : perRow) {
-                sum += s;
-            }
-        } catch (RuntimeException | IOException e) {
+        } catch (RuntimeException | IOException | Error e) {
             delta.close();
             throw e;
         }
@@ -351,6 +362,9 @@ final class CudaWeightDelta implements WeightDelta, Sketching {
     private static void upload(DeviceWorker w, double[] values, DeviceMemory m) {
         w.synchronize();
         JCuda.cudaMemcpy(m.pointer(), Pointer.to(values), (long) values.length * Sizeof.DOUBLE, cudaMemcpyKind.cudaMemcpyHostToDevice);
+        // a copy from pageable memory may return before its DMA lands, and the worker's stream does not wait for
+        // the legacy stream it went on: wait for that stream (only it: the other thread's work goes on)
+        JCuda.cudaStreamSynchronize(new cudaStream_t());
     }
 
     /** The first {@code r·c} doubles of {@code m} as a row-major r×c matrix, once the worker's stream is done. */
