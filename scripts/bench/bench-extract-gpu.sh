@@ -130,10 +130,42 @@ for rep in $(seq 1 "$REPS"); do
   fi
 done
 
+if [ -n "${CPU_TARGET:-}" ]; then
+  # the CPU engine beside the GPU engine on a subset of the modules (the whole 7B on the CPU exceeds a device call)
+  for dev in cuda cpu; do
+    say "extract --target $CPU_TARGET on the $dev engine"
+    rm -rf "$WORK/out-extract-sub"
+    run "extract-$dev-$CPU_TARGET" $LORAMERGE extract --base "$WORK/base" --tuned "$WORK/tuned" --out "$WORK/out-extract-sub" --rank "$RANK" \
+      --device "$dev" --target "$CPU_TARGET" --json --quiet ${LM_ARGS:---dtype f32}
+  done
+  rm -rf "$WORK/out-extract-sub"
+fi
+
 if [ -z "${SKIP_ANCHORS:-}" ]; then
   say "anchors on layers $ANCHOR_LAYERS: torch.linalg.svd and torch.svd_lowrank per module, and the error ratios"
   "$PY" scripts/bench/extract_anchors.py --base "$WORK/base" --tuned "$WORK/tuned" --rank "$RANK" --adapter "$WORK/out-extract" \
     --layers "$ANCHOR_LAYERS" --json-out "$OUT/anchors.json" >"$OUT/anchors.log" 2>&1 || { tail -20 "$OUT/anchors.log" >&2; exit 1; }
+fi
+
+if [ -n "${RUN_UNMERGE:-}" ]; then
+  # unmerge at the single merge's speed: a rank-16 adapter merged into the base, then taken back out (--base
+  # measures the distance to the original), beside cp -r + sync of the base; the tuned model makes room first
+  rm -rf "$WORK/tuned" "$WORK/.stamp"
+  say "unmerge: a rank-16 adapter, merged and taken back out"
+  "$PY" scripts/bench/make_synthetic.py --out "$WORK/u" --shape "$SHAPE" --shards "$SHARDS" --rank 16 --seed 1 --adapter-only \
+    --gen-device auto --force >>"$OUT/make_synthetic.log" 2>&1 || { tail -20 "$OUT/make_synthetic.log" >&2; exit 1; }
+  sync
+  cat "$WORK"/base/*.safetensors >/dev/null
+  urun() {  # label, command... (with the sync after it, as a user waits for it)
+    local label=$1; shift
+    "$PY" scripts/bench/measure.py --label "$label" $GPU_FLAG --log "$OUT/$label.log" --json-out "$OUT/runs.jsonl" -- "$@" >/dev/null
+  }
+  urun cp-base cp -r "$WORK/base" "$WORK/u/copy"
+  rm -rf "$WORK/u/copy"
+  urun merge-cuda $LORAMERGE merge --base "$WORK/base" --adapter "$WORK/u/adapter" --out "$WORK/u/merged" --device cuda --quiet
+  urun unmerge-cuda $LORAMERGE unmerge --merged "$WORK/u/merged" --adapter "$WORK/u/adapter" --base "$WORK/base" --out "$WORK/u/unmerged" \
+    --device cuda --json --quiet
+  rm -rf "$WORK/u"
 fi
 
 "$PY" - "$OUT" "$EXTRACT_CPU" <<'EOF' | tee "$OUT/summary.md"
@@ -158,6 +190,8 @@ print("| run | wall s (median) | x cat | peak RSS GB | peak GPU MiB (delta) | SV
 print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 floor = statistics.median(r["wall_s"] for r in by["cat"]) if "cat" in by else None
 for label, rs in by.items():
+    if label in ("cp-base", "merge-cuda", "unmerge-cuda"):
+        continue
     w = statistics.median(r["wall_s"] for r in rs)
     rss = max(r.get("peak_rss_tree_mb", 0) for r in rs) / 1e3
     gpu = max((r.get("peak_gpu_mem_delta_mb") or 0) for r in rs)
@@ -168,6 +202,20 @@ for label, rs in by.items():
     print(f"| {label} | {w:.2f} | {ratio} | {rss:.2f} | {gpu} | {where} | {err} | {','.join(str(r['rc']) for r in rs)} |")
 if not extract_cpu:
     print("| extract-cpu | skipped (EXTRACT_CPU=1 runs it; longer than one device call on the 7B shape) | - | - | - | - | - | - |")
+if "cp-base" in by:
+    cp = statistics.median(r["wall_s"] for r in by["cp-base"])
+    print()
+    print("unmerge beside the merge and cp -r + sync of the base (each with its sync):")
+    print("| run | wall s | x cp | peak RSS GB | peak GPU MiB (delta) | rc |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for label in ("cp-base", "merge-cuda", "unmerge-cuda"):
+        for r in by.get(label, []):
+            print(f"| {label} | {r['wall_s']:.2f} | {r['wall_s'] / cp:.2f} | {r.get('peak_rss_tree_mb', 0) / 1e3:.2f} | "
+                  f"{r.get('peak_gpu_mem_delta_mb') or 0} | {r['rc']} |")
+    rep = report("unmerge-cuda")
+    d = (rep.get("distanceToBase") or rep.get("distance_to_base")) if rep else None
+    if d:
+        print("distance of the unmerged model to the original base: " + json.dumps(d)[:400])
 anchors = out / "anchors.json"
 if anchors.exists():
     s = json.loads(anchors.read_text())["summary"]

@@ -137,9 +137,11 @@ def main() -> int:
                 row["loramerge_rank"] = rank
                 row["loramerge_ratio"] = err / optimal if optimal else None
         rows.append(row)
-        print(f"{n} {tuple(d.shape)}: optimal {optimal:.4g}; svd {t_full * 1e3:.1f} ms ratio {row['svd_ratio']:.5f}; "
-              f"svd_lowrank {t_low * 1e3:.1f} ms ratio {row['svd_lowrank_ratio']:.5f}"
-              + (f"; loramerge ratio {row['loramerge_ratio']:.5f}" if row.get("loramerge_ratio") is not None else ""), flush=True)
+        def ratio(v):
+            return "-" if v is None else f"{v:.5f}"  # None: the optimum is 0 (ΔW's rank is at most the asked one)
+        print(f"{n} {tuple(d.shape)}: optimal {optimal:.4g}; svd {t_full * 1e3:.1f} ms ratio {ratio(row['svd_ratio'])}; "
+              f"svd_lowrank {t_low * 1e3:.1f} ms ratio {ratio(row['svd_lowrank_ratio'])}"
+              + (f"; loramerge ratio {ratio(row['loramerge_ratio'])}" if "loramerge_ratio" in row else ""), flush=True)
         del d, d32, u, s, vh, u2, s2, v2
     scale = len(changed) / len(chosen) if chosen else 0
     summary = {"device": str(dev), "rank": a.rank, "modules_changed": len(changed), "modules_measured": len(chosen), "layers": a.layers}
