@@ -10,6 +10,7 @@ import java.util.concurrent.ArrayBlockingQueue;
 import java.util.concurrent.BlockingQueue;
 import org.loramerge.engine.Backend;
 import org.loramerge.engine.BlockStats;
+import org.loramerge.engine.Stages;
 import org.loramerge.plan.OutputTensor;
 
 /**
@@ -28,6 +29,8 @@ final class MergeContext {
     final Map<String, BlockStats> stats = new LinkedHashMap<>();
     /** Per requantized weight, in plan order: what survived of the adapter's change. */
     final List<MergeReport.Survival> survivals = new ArrayList<>();
+    /** Where the time goes, stage by stage. */
+    final Stages stages;
     /** The shard the current tensors go into. */
     CheckpointWriter.Shard shard;
 
@@ -44,7 +47,8 @@ final class MergeContext {
                         + " MiB of blocks and the JVM may use " + (Runtime.getRuntime().maxMemory() >> 20)
                         + " MiB (raise it with LORAMERGE_JAVA_OPTS=-Xmx...)"
                 : null;
-        this.executor = new BlockExecutor(threads);
+        this.stages = new Stages();
+        this.executor = new BlockExecutor(threads, options.windowPerThread(), stages);
         // a worker holds one output block from reading its rows to writing them: one each, and one spare
         this.buffers = new ArrayBlockingQueue<>(threads + 1);
         for (int i = 0; i <= threads; i++) {
@@ -63,6 +67,7 @@ final class MergeContext {
         this.threadNote = lead.threadNote;
         this.executor = lead.executor;
         this.buffers = lead.buffers;
+        this.stages = lead.stages;
     }
 
     /**
@@ -85,9 +90,17 @@ final class MergeContext {
 
     /** A new record of what {@code t}'s merge finds. */
     BlockStats statsFor(OutputTensor t) {
-        BlockStats s = new BlockStats();
+        BlockStats s = new BlockStats(stages);
         stats.put(t.name(), s);
         return s;
+    }
+
+    /** A free output block, the wait for it counted ({@link Stages.Stage#BUFFER_WAIT}); hand it back to {@link #buffers}. */
+    ByteBuffer takeBuffer() throws InterruptedException {
+        long t0 = System.nanoTime();
+        ByteBuffer b = buffers.take();
+        stages.since(Stages.Stage.BUFFER_WAIT, t0, 0);
+        return b;
     }
 
     /**

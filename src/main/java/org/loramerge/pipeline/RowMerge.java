@@ -3,6 +3,7 @@ package org.loramerge.pipeline;
 import java.nio.ByteBuffer;
 import java.util.concurrent.Future;
 import org.loramerge.engine.BlockStats;
+import org.loramerge.engine.Stages.Stage;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.TensorMerge;
 import org.loramerge.plan.OutputTensor;
@@ -25,6 +26,7 @@ final class RowMerge implements TensorStrategy {
 
     @Override
     public void schedule(OutputTensor t, MergeContext ctx) throws Exception {
+        long preparing = System.nanoTime();
         TensorJob job = TensorJob.prepare(t);
         BlockStats stats = ctx.statsFor(t);
         int cols = job.cols();
@@ -32,6 +34,7 @@ final class RowMerge implements TensorStrategy {
         long srcRowBytes = (long) cols * t.source().dtype().sizeInBytes();
         int rowsPerBlock = ctx.rowsPerBlock(t, srcRowBytes, outRowBytes);
         TensorMerge merge = ctx.backend.openMerge(job);
+        ctx.stages.since(Stage.FACTORS, preparing, 0);
         if (t.route() == OutputTensor.Route.ROWS_AFTER_COLUMN_NORMS) {
             ColumnNorms.compute(ctx, job, merge, rowsPerBlock);
         }
@@ -46,13 +49,17 @@ final class RowMerge implements TensorStrategy {
             long r0 = row0;
             int n = (int) Math.min(rowsPerBlock, rows - row0);
             Future<Long> f = ctx.executor.submit(() -> {
-                ByteBuffer dst = ctx.buffers.take();
+                ByteBuffer dst = ctx.takeBuffer();
+                long reading = System.nanoTime();
                 try (TensorSource.Bytes src = t.source().readRows(form, r0, n, cols)) {
+                    long merging = ctx.stages.since(Stage.READ, reading, n * srcRowBytes);
                     dst.clear();
                     merge.mergeRows(r0, n, src.bytes(), dst, stats);
+                    long writing = ctx.stages.since(Stage.MERGE, merging, n * outRowBytes);
                     dst.limit((int) (n * outRowBytes));
                     dst.position(0);
                     shard.writeAt(tensorOffset + r0 * outRowBytes, dst);
+                    ctx.stages.since(Stage.WRITE, writing, n * outRowBytes);
                     return n * outRowBytes;
                 } finally {
                     ctx.buffers.add(dst);

@@ -12,6 +12,7 @@ import org.loramerge.engine.LowRankTerm;
 import org.loramerge.engine.Requantization;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.TensorMerge;
+import org.loramerge.engine.Tuning;
 import org.loramerge.engine.WeightDelta;
 import org.loramerge.engine.cpu.CpuWeightDelta;
 import org.loramerge.engine.cpu.CpuRequantization;
@@ -55,10 +56,14 @@ public final class CudaBackend implements Backend {
         this.cpuThreads = cpuThreads;
     }
 
-    /** Opens device {@code ordinal}; explains precisely why when it cannot. Called by {@code Backends}, by name. */
+    /**
+     * Opens device {@code ordinal}; explains precisely why when it cannot. Called by {@code Backends}, by name. Its workers
+     * take blocks of {@link Tuning#blockBytes} and number {@link Tuning#streams} where that knob is set.
+     */
     public static Backend open(int ordinal, int cpuThreads) throws DeviceUnavailableException {
-        int streams = Math.max(2, Math.min(MAX_STREAMS, cpuThreads / 2));
-        return new CudaBackend(CudaDevice.open(ordinal, DEFAULT_BLOCK_BYTES, streams), streams, cpuThreads);
+        Tuning tuning = Tuning.current();
+        int streams = tuning.streams() > 0 ? tuning.streams() : Math.max(2, Math.min(MAX_STREAMS, cpuThreads / 2));
+        return new CudaBackend(CudaDevice.open(ordinal, tuning.blockBytes(), streams), streams, cpuThreads);
     }
 
     @Override
