@@ -5,8 +5,8 @@
 #   bash scripts/bench/bench-tmpfs-gpu.sh          (scripts/device/gpu-run.sh device tmpfs)
 #
 # Rows: `cp -r` tmpfs to tmpfs (the floor); the GPU merge with the default knobs, 3 runs; a sweep
-# of the streaming knobs (org.loramerge.engine.Tuning: -Dloramerge.write=mapped, .streams,
-# .blockBytes, .window), one run each; the CPU engine once; and the same bytes copied by the
+# of the streaming knobs (org.loramerge.engine.Tuning: -Dloramerge.write=mapped, .read=pread,
+# .streams, .blockBytes, .window), one run each; the CPU engine once; and the same bytes copied by the
 # Java pipeline alone (an adapter that changes nothing, --allow-empty-adapter: every tensor a
 # byte copy), positional and mapped writes. Every merge runs with --json: its "stages" give the
 # dominant stage (thread seconds summed over the workers) in the table, and each row's full
@@ -101,6 +101,8 @@ CP_S=$("$PY" -c 'import json,sys; print(json.loads(sys.argv[1])["wall_s"])' "$CP
 for i in 1 2 3; do row "GPU, defaults ($i)" "" "$DEVICE" "$ADAPTER"; done
 row "GPU, mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
 row "GPU, mapped writes (again)" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
+row "GPU, positional reads" "-Dloramerge.read=pread" "$DEVICE" "$ADAPTER"
+row "GPU, mapped writes, positional reads" "-Dloramerge.write=mapped -Dloramerge.read=pread" "$DEVICE" "$ADAPTER"
 row "GPU, 4 streams" "-Dloramerge.streams=4" "$DEVICE" "$ADAPTER"
 row "GPU, 12 streams" "-Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
 row "GPU, 16 streams" "-Dloramerge.streams=16" "$DEVICE" "$ADAPTER"
@@ -110,6 +112,7 @@ row "GPU, window 1 block a thread" "-Dloramerge.window=1" "$DEVICE" "$ADAPTER"
 row "GPU, window 6 blocks a thread" "-Dloramerge.window=6" "$DEVICE" "$ADAPTER"
 row "GPU, mapped writes, 12 streams" "-Dloramerge.write=mapped -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
 row "GPU, mapped writes, 16 streams, 16 MiB blocks" "-Dloramerge.write=mapped -Dloramerge.streams=16 -Dloramerge.blockBytes=16777216" "$DEVICE" "$ADAPTER"
+row "GPU, mapped writes, positional reads, 12 streams" "-Dloramerge.write=mapped -Dloramerge.read=pread -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
 row "Java copy (empty adapter), pwrite" "" "$DEVICE" "$EMPTY" --allow-empty-adapter
 row "Java copy (empty adapter), mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$EMPTY" --allow-empty-adapter
 row "CPU engine" "" cpu "$ADAPTER"

@@ -14,16 +14,19 @@ import java.util.Locale;
  *   <li>{@code loramerge.window}: blocks per worker thread that may wait for the in-order hand-over (default 2)
  *   <li>{@code loramerge.write}: how workers put their blocks into a shard: {@code pwrite}, a positional write
  *       (default), or {@code mapped}, a copy into a memory mapping of the block's place
+ *   <li>{@code loramerge.read}: how workers get a dense tensor's rows: {@code mapped}, a memory mapping of them
+ *       (default), or {@code pread}, positional reads into a block buffer of the engine's (page-locked on a GPU)
  * </ul>
  *
  * @param blockBytes      output bytes per row block
  * @param streams         GPU worker threads, 0 for the engine's own choice
  * @param windowPerThread blocks per worker thread that may wait to be completed in order
  * @param mappedWrites    whether workers write through memory mappings instead of positional writes
+ * @param preadReads      whether workers read dense rows by positional reads instead of mappings
  */
-public record Tuning(int blockBytes, int streams, int windowPerThread, boolean mappedWrites) {
+public record Tuning(int blockBytes, int streams, int windowPerThread, boolean mappedWrites, boolean preadReads) {
     /** What the code does without any knob set. */
-    public static final Tuning DEFAULTS = new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, false);
+    public static final Tuning DEFAULTS = new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, false, false);
 
     /** Output blocks no smaller than this (a row of the widest Hugging Face weights fits) and no larger than Java's buffers allow. */
     private static final int MIN_BLOCK_BYTES = 1 << 20;
@@ -42,7 +45,11 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, boolean m
         if (!write.equals("pwrite") && !write.equals("mapped")) {
             throw new IllegalArgumentException("-Dloramerge.write=" + write + ": expected pwrite or mapped");
         }
-        return new Tuning(block, streams, window, write.equals("mapped"));
+        String read = System.getProperty("loramerge.read", "mapped").toLowerCase(Locale.ROOT);
+        if (!read.equals("mapped") && !read.equals("pread")) {
+            throw new IllegalArgumentException("-Dloramerge.read=" + read + ": expected mapped or pread");
+        }
+        return new Tuning(block, streams, window, write.equals("mapped"), read.equals("pread"));
     }
 
     private static int intProperty(String name, int fallback, int min, int max) {
@@ -67,6 +74,7 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, boolean m
             return null;
         }
         return "streaming knobs: block " + (blockBytes >> 10) + " KiB, " + (streams == 0 ? "default" : streams) + " GPU streams, window "
-                + windowPerThread + " blocks a thread, " + (mappedWrites ? "mapped" : "positional") + " writes";
+                + windowPerThread + " blocks a thread, " + (mappedWrites ? "mapped" : "positional") + " writes, "
+                + (preadReads ? "positional" : "mapped") + " reads";
     }
 }

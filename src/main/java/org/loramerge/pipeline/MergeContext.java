@@ -29,6 +29,12 @@ final class MergeContext {
     final Map<String, BlockStats> stats = new LinkedHashMap<>();
     /** Per requantized weight, in plan order: what survived of the adapter's change. */
     final List<MergeReport.Survival> survivals = new ArrayList<>();
+    /**
+     * With positional reads ({@link MergeRunner.Options#preadReads}): blocks a worker reads a dense
+     * tensor's rows into, allocated by the backend as the output blocks are, one per worker and a
+     * spare; else empty.
+     */
+    final BlockingQueue<ByteBuffer> inputBuffers;
     /** Where the time goes, stage by stage. */
     final Stages stages;
     /** The shard the current tensors go into. */
@@ -54,6 +60,12 @@ final class MergeContext {
         for (int i = 0; i <= threads; i++) {
             buffers.add(backend.allocateBlockBuffer(options.blockBytes()));
         }
+        this.inputBuffers = new ArrayBlockingQueue<>(threads + 1);
+        if (options.preadReads()) {
+            for (int i = 0; i <= threads; i++) {
+                inputBuffers.add(backend.allocateBlockBuffer(options.blockBytes()));
+            }
+        }
     }
 
     /**
@@ -67,6 +79,7 @@ final class MergeContext {
         this.threadNote = lead.threadNote;
         this.executor = lead.executor;
         this.buffers = lead.buffers;
+        this.inputBuffers = lead.inputBuffers;
         this.stages = lead.stages;
     }
 

@@ -38,10 +38,11 @@ public final class MergeRunner {
      *                       output before it is renamed into place (0: no check); any error fails the merge
      * @param windowPerThread blocks per worker thread that may wait for the in-order hand-over ({@link Tuning#windowPerThread})
      * @param mappedWrites   whether workers write their blocks through memory mappings ({@link Tuning#mappedWrites})
+     * @param preadReads     whether workers read a dense tensor's rows by positional reads ({@link Tuning#preadReads})
      */
-    public record Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, boolean mappedWrites) {
+    public record Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, boolean mappedWrites, boolean preadReads) {
         public Options(boolean allowNonFinite, int blockBytes, int verifyRows) {
-            this(allowNonFinite, blockBytes, verifyRows, Tuning.DEFAULTS.windowPerThread(), Tuning.DEFAULTS.mappedWrites());
+            this(allowNonFinite, blockBytes, verifyRows, Tuning.DEFAULTS.windowPerThread(), Tuning.DEFAULTS.mappedWrites(), Tuning.DEFAULTS.preadReads());
         }
 
         public Options(boolean allowNonFinite, int blockBytes) {
@@ -50,7 +51,7 @@ public final class MergeRunner {
 
         /** The options of {@code tuning}'s streaming knobs. */
         public Options(boolean allowNonFinite, int verifyRows, Tuning tuning) {
-            this(allowNonFinite, tuning.blockBytes(), verifyRows, tuning.windowPerThread(), tuning.mappedWrites());
+            this(allowNonFinite, tuning.blockBytes(), verifyRows, tuning.windowPerThread(), tuning.mappedWrites(), tuning.preadReads());
         }
 
         public static Options defaults() {

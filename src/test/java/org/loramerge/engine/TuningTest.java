@@ -10,7 +10,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /** The hidden streaming knobs: unset, the code's own defaults; set, read as given; out of range, refused by name. */
 class TuningTest {
-    private static final String[] KNOBS = {"loramerge.blockBytes", "loramerge.streams", "loramerge.window", "loramerge.write"};
+    private static final String[] KNOBS = {"loramerge.blockBytes", "loramerge.streams", "loramerge.window", "loramerge.write", "loramerge.read"};
 
     @AfterEach
     void clear() {
@@ -21,7 +21,7 @@ class TuningTest {
 
     @Test
     void withoutKnobsARunStreamsAsItAlwaysDid() {
-        assertEquals(new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, false), Tuning.current());
+        assertEquals(new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, false, false), Tuning.current());
         assertNull(Tuning.current().describe(), "nothing to note");
     }
 
@@ -31,9 +31,10 @@ class TuningTest {
         System.setProperty("loramerge.streams", "12");
         System.setProperty("loramerge.window", "4");
         System.setProperty("loramerge.write", "MAPPED");
+        System.setProperty("loramerge.read", "pread");
         Tuning t = Tuning.current();
-        assertEquals(new Tuning(32 << 20, 12, 4, true), t);
-        assertEquals("streaming knobs: block 32768 KiB, 12 GPU streams, window 4 blocks a thread, mapped writes", t.describe());
+        assertEquals(new Tuning(32 << 20, 12, 4, true, true), t);
+        assertEquals("streaming knobs: block 32768 KiB, 12 GPU streams, window 4 blocks a thread, mapped writes, positional reads", t.describe());
     }
 
     @Test

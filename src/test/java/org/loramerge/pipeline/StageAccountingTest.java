@@ -8,7 +8,8 @@ import java.util.stream.Stream;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
-import org.junit.jupiter.params.provider.ValueSource;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
 import org.loramerge.adapter.LoraAdapter;
 import org.loramerge.engine.Stages;
 import org.loramerge.engine.cpu.CpuBackend;
@@ -60,13 +61,18 @@ class StageAccountingTest {
         assertTrue(line.startsWith("stream ") && line.contains(" | write ") && line.contains(" thr ") && line.contains("GB/s"), line);
     }
 
-    @ParameterizedTest(name = "{0}")
-    @ValueSource(strings = {"sharded_bf16", "linear_f16", "dora_linear", "embedding", "trainable_tokens", "modules_to_save_resized"})
-    void mappedWritesSmallBlocksAndANarrowWindowWriteTheBytesOfTheDefaults(String fixture) throws Exception {
+    static Stream<Arguments> tunedCases() {
+        return Stream.of("sharded_bf16", "linear_f16", "linear_f32", "dora_linear", "dora_conv1d", "embedding", "trainable_tokens",
+                "modules_to_save_resized").flatMap(f -> Stream.of(Arguments.of(f, false), Arguments.of(f, true)));
+    }
+
+    @ParameterizedTest(name = "{0}, positional reads {1}")
+    @MethodSource("tunedCases")
+    void mappedWritesSmallBlocksANarrowWindowAndPositionalReadsWriteTheBytesOfTheDefaults(String fixture, boolean pread) throws Exception {
         Path plain = dir.resolve("plain");
         Path tuned = dir.resolve("tuned");
         merge(fixture, plain, MergeRunner.Options.defaults());
-        MergeReport r = merge(fixture, tuned, new MergeRunner.Options(false, 256, 0, 1, true));
+        MergeReport r = merge(fixture, tuned, new MergeRunner.Options(false, 256, 0, 1, true, pread));
         assertTrue(r.bytesWritten > 0);
         List<Path> files;
         try (Stream<Path> s = Files.list(plain)) {

@@ -156,7 +156,7 @@ class CudaBackendTest {
     }
 
     @Test
-    void goldenFixturesMergedOnTheGpuWithMappedWritesAndSmallBlocksEqualTheCpuMerge() throws Exception {
+    void goldenFixturesMergedOnTheGpuWithMappedWritesPositionalReadsAndSmallBlocksEqualTheCpuMerge() throws Exception {
         for (String name : fixtures().toList()) {
             Path caseDir = Path.of("src/test/resources/fixtures", name);
             try (Checkpoint base = Checkpoint.open(caseDir.resolve("base")); LoraAdapter adapter = LoraAdapter.open(caseDir.resolve("adapter"))) {
@@ -167,7 +167,7 @@ class CudaBackendTest {
                     MergeRunner.run(plan, cpu, o, MergeRunner.Options.defaults(), Progress.silent());
                 }
                 try (AtomicOutput o = AtomicOutput.create(gpuOut, false, List.of(caseDir))) {
-                    MergeRunner.run(plan, cuda, o, new MergeRunner.Options(false, 4096, 0, 1, true), Progress.silent());
+                    MergeRunner.run(plan, cuda, o, new MergeRunner.Options(false, 4096, 0, 1, true, true), Progress.silent());
                 }
                 try (Stream<Path> files = Files.list(cpuOut)) {
                     for (Path p : files.toList()) {
