@@ -40,7 +40,10 @@ public final class Stages {
         READ(Clock.THREADS),
         /** The engine's whole work on a block (the stages below are parts of it on the GPU; on the CPU it is the merge itself). */
         MERGE(Clock.THREADS),
-        /** GPU: W copied from the mapped base into the worker's page-locked staging buffer, page faults of the mapping included. */
+        /**
+         * GPU: W copied from the mapped base into the worker's page-locked staging buffer, page faults of the mapping
+         * included (rows read into a page-locked block, {@code -Dloramerge.read=pread}, go up from there: no copy).
+         */
         STAGE_IN(Clock.THREADS),
         /** GPU: a worker waiting for its stream (upload, compute, download). */
         DEVICE_WAIT(Clock.THREADS),

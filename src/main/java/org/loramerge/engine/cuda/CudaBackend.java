@@ -3,6 +3,8 @@ package org.loramerge.engine.cuda;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
+import java.util.Collections;
+import java.util.IdentityHashMap;
 import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Set;
@@ -46,6 +48,8 @@ public final class CudaBackend implements Backend {
     /** Threads of the CPU engine's work inside this backend (extract's weights too large for the device). */
     private final int cpuThreads;
     private final List<PinnedMemory> blockBuffers = new ArrayList<>();
+    /** The buffers {@link #allocateBlockBuffer} handed out, by identity: page-locked, so a block in one goes up without a staging copy. */
+    private final Set<ByteBuffer> pinnedViews = Collections.newSetFromMap(new IdentityHashMap<>());
     /** Handles a failed merge may leave open; closed with the backend. */
     private final Set<AutoCloseable> open = new LinkedHashSet<>();
     private boolean closed;
@@ -85,10 +89,22 @@ public final class CudaBackend implements Backend {
     public ByteBuffer allocateBlockBuffer(int sizeInBytes) {
         device.bindContext();
         PinnedMemory m = new PinnedMemory(sizeInBytes);
+        ByteBuffer view = m.buffer();
         synchronized (blockBuffers) {
             blockBuffers.add(m);
+            pinnedViews.add(view);
         }
-        return m.buffer();
+        return view;
+    }
+
+    /**
+     * Whether {@code b} is a buffer {@link #allocateBlockBuffer} handed out (page-locked): rows the
+     * pipeline read into one ({@code -Dloramerge.read=pread}) go up from there, asynchronously.
+     */
+    boolean isBlockBuffer(ByteBuffer b) {
+        synchronized (blockBuffers) {
+            return pinnedViews.contains(b);
+        }
     }
 
     /**

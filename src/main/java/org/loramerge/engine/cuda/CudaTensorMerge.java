@@ -160,6 +160,9 @@ final class CudaTensorMerge implements TensorMerge {
         long n = (long) rowCount * job.cols();
         if (nf4 != null) {
             w.loadNf4(src, row0 * job.cols(), n, sourceAbsmax, nf4.tensor().blocksize(), job.srcFormat());
+        } else if (block == null && backend.isBlockBuffer(src)) {
+            // read into page-locked memory by the pipeline: no staging copy; merge waits for the stream before it returns src
+            w.loadPinned(src, n * job.srcFormat().sizeInBytes());
         } else {
             w.loadValuesOnce(src, n * job.srcFormat().sizeInBytes(), block);
         }

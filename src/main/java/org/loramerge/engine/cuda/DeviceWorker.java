@@ -133,6 +133,17 @@ public final class DeviceWorker implements AutoCloseable {
     }
 
     /**
+     * Queues the upload of {@code bytes} bytes of {@code src} (from its position 0) into
+     * {@link #input()} straight from {@code src}, which must be page-locked and must not change
+     * until the stream has passed the copy (the caller synchronizes before it hands src back).
+     */
+    public void loadPinned(ByteBuffer src, long bytes) {
+        loadedBlock = null;
+        ByteBuffer from = src.duplicate().clear();
+        JCuda.cudaMemcpyAsync(dIn.pointer(), Pointer.to(from), bytes, cudaMemcpyKind.cudaMemcpyHostToDevice, stream.runtime());
+    }
+
+    /**
      * {@link #loadValues} of a block that several merges of one pass take in turn on this worker
      * ({@code block} names it): uploaded for the first, and left in {@link #input()} for the others,
      * as no kernel writes W (they all take it {@code const}) and every other load forgets the block.
