@@ -85,6 +85,28 @@ class StageReportCliTest {
     }
 
     @Test
+    void aQloraMergeToNf4WithMappedWritesAndPositionalReadsWritesTheSameCodesAndQuantState() throws Exception {
+        Path qlora = Path.of("src/test/resources/qlora/dq_bs64");
+        CliRun.Result plain = CliRun.merge(qlora.resolve("base"), qlora.resolve("adapter"), dir.resolve("plain"), "--to", "nf4");
+        assertEquals(0, plain.code(), plain.err());
+        CliRun.Result tuned;
+        System.setProperty("loramerge.write", "mapped");
+        System.setProperty("loramerge.read", "pread");
+        try {
+            tuned = CliRun.merge(qlora.resolve("base"), qlora.resolve("adapter"), dir.resolve("tuned"), "--to", "nf4");
+        } finally {
+            System.clearProperty("loramerge.write");
+            System.clearProperty("loramerge.read");
+        }
+        assertEquals(0, tuned.code(), tuned.err());
+        List<String> names = TinyModels.list(dir.resolve("plain"));
+        assertTrue(names.stream().anyMatch(n -> n.endsWith(".safetensors")), names.toString());
+        for (String name : names) {
+            assertArrayEquals(Files.readAllBytes(dir.resolve("plain").resolve(name)), Files.readAllBytes(dir.resolve("tuned").resolve(name)), name);
+        }
+    }
+
+    @Test
     void aMistypedKnobIsAUsageErrorThatNamesThePropertyAndWritesNothing() {
         models();
         Path out = dir.resolve("out");
