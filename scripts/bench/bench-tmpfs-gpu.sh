@@ -73,7 +73,23 @@ row() {
   # shellcheck disable=SC2086 # the knobs are separate -D words
   line=$("$PY" scripts/bench/measure.py --label "$label" --gpu --log "$runlog" -- \
     java -Xmx2g $knobs -jar "$JAR" merge --base "$BASE" --adapter "$adapter" --out "$SHM/out" --device "$device" --quiet --json "$@") || true
-  { echo "== $label ($knobs)"; cat "$runlog"; echo "$line"; } >> "$LOG"
+  # the run's output for the log, less the per-tensor list of its JSON (224 entries a run on the 7B shape)
+  { echo "== $label ($knobs)"; "$PY" - "$runlog" <<'PYEOF'
+import json, sys
+log = open(sys.argv[1]).read()
+start = log.find("{\n")
+if start < 0:
+    print(log)
+else:
+    print(log[:start], end="")
+    try:
+        r = json.loads(log[start:log.rindex("}") + 1])
+        r.pop("tensors", None)
+        print(json.dumps(r, indent=1))
+    except ValueError:
+        print(log[start:])
+PYEOF
+    echo "$line"; } >> "$LOG"
   rows+=("$("$PY" - "$line" "$runlog" "$label" <<'PYEOF'
 import json, sys
 m = json.loads(sys.argv[1]); log = open(sys.argv[2]).read()
