@@ -28,6 +28,8 @@ public final class Stages {
         ENGINE_START(Clock.WALL),
         /** Streaming the tensors into the shards, from the first tensor to the last shard finished. */
         STREAM(Clock.WALL),
+        /** Within {@link #STREAM}: each shard's end (its background flush awaited, late tensors and header written, the file forced to disk). */
+        SHARD_FINISH(Clock.WALL),
         /** After the shards: the index, config.json, the carried files, the verification, the model card. */
         FINISH(Clock.WALL),
         /** Making the output durable and visible (fsync, rename). */

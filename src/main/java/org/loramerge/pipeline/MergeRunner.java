@@ -78,7 +78,9 @@ public final class MergeRunner {
                         TensorStrategy.of(t.route()).schedule(t, ctx);
                     }
                     ctx.executor.drain();
+                    long finishing = System.nanoTime();
                     s.finish();
+                    ctx.stages.since(Stages.Stage.SHARD_FINISH, finishing, 0);
                 }
             }
             ctx.stages.since(Stages.Stage.STREAM, start, writer.tensorBytes());

@@ -45,7 +45,7 @@ class StageAccountingTest {
     void everyWrittenByteIsCountedOnceAsReadMergedOrCopiedAndWritten() throws Exception {
         MergeReport r = merge("sharded_bf16", dir.resolve("out"), new MergeRunner.Options(false, 256, 0));
         Map<String, Stages.Total> s = r.stages().totals();
-        for (String stage : List.of("stream", "finish", "commit", "factors", "buffer_wait", "read", "merge", "write", "in_order_wait")) {
+        for (String stage : List.of("stream", "shard_finish", "finish", "commit", "factors", "buffer_wait", "read", "merge", "write", "in_order_wait")) {
             assertTrue(s.containsKey(stage), stage + " missing from " + s.keySet());
         }
         assertEquals(r.bytesWritten, s.get("write").bytes(), "written bytes");
