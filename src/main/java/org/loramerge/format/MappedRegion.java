@@ -80,7 +80,7 @@ public final class MappedRegion implements AutoCloseable {
             buffer.duplicate().put(src);
         } catch (InternalError e) {
             throw new IOException("could not write " + n + " bytes through a memory mapping (" + e.getMessage()
-                    + "): the file system is probably full; free space, or write elsewhere", e);
+                    + "): the output's file system is probably full (or an input file shrank while it was read); free space, or write elsewhere", e);
         }
     }
 
