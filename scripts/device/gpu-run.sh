@@ -3,7 +3,7 @@
 #
 #   scripts/device/gpu-run.sh pack          here: build the jars, the JUnit launcher and a Java runtime into .device/
 #   then, through the device tool, from the repository root there (carry [".device"]):
-#   bash scripts/device/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchnf4] [benchexact] [benchcpu] [e2e] [e2e2x] [extract] [unmerge] [benchsvd] [combine] [benchcombine] [batch]
+#   bash scripts/device/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchnf4] [benchexact] [benchcpu] [e2e] [e2e2x] [extract] [unmerge] [benchsvd] [combine] [benchcombine] [batch] [tmpfs]
 #
 # "device" unpacks the runtime, runs the @Tag("gpu") tests (tests), the JMH throughput benchmarks
 # (benchgpu: device-resident merge and copy ceilings; benchnf4: the NF4 kernels beside the
@@ -13,7 +13,8 @@
 # the 7B unmerge beside the merge and the copy floor (unmerge),
 # the CPU truncated SVD's JMH benchmark (benchsvd), four adapters combined into the 7B shape (combine) and
 # the CPU engine's combination passes in JMH (benchcombine), loramerge batch of 16 adapters on a 3 GB base,
-# shared pass against separate merges on one and two GPUs (batch), writes logs under $OUT and prints a summary table last.
+# shared pass against separate merges on one and two GPUs (batch), the 7B merge with base and output in /dev/shm, its
+# stages and a sweep of the streaming knobs beside cp -r (tmpfs), writes logs under $OUT and prints a summary table last.
 # Each step fits one device call of 10 minutes.
 # The tests step fails (exit 1) when any GPU test fails, is skipped or aborted, or when none ran,
 # and writes $OUT/last-gpu-run.json (commit, sources hash, card, date, counts) to commit as
@@ -163,6 +164,11 @@ device)
     batch)
       LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench/bench-batch-gpu.sh 2>&1 | tee "$OUT/batch.log" | tail -n 15
       summary+=("batch (16 adapters, one base): see batch.log")
+      ;;
+    tmpfs)
+      # writes tmpfs.log and tmpfs-table.md under $OUT
+      OUT=$OUT bash scripts/bench/bench-tmpfs-gpu.sh 2>&1 | tail -n 40
+      summary+=("tmpfs (7B from memory, stages, knob sweep): see tmpfs-table.md")
       ;;
     *) echo "unknown step $step"; exit 2 ;;
     esac

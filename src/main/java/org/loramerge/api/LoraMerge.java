@@ -17,6 +17,8 @@ import org.loramerge.adapter.AdapterException;
 import org.loramerge.adapter.AdapterKey;
 import org.loramerge.adapter.LoraAdapter;
 import org.loramerge.engine.Backend;
+import org.loramerge.engine.Stages;
+import org.loramerge.engine.Tuning;
 import org.loramerge.engine.select.Backends;
 import org.loramerge.errors.UsageException;
 import org.loramerge.errors.UserException;
@@ -101,6 +103,7 @@ public final class LoraMerge {
             throw new UsageException("--verify-rows " + options.verifyRows() + ": expected a positive number of rows, or all");
         }
         int cpuThreads = options.threads() > 0 ? options.threads() : Runtime.getRuntime().availableProcessors();
+        Tuning tuning = tuning();
         PrintStream log = options.log();
         long start = System.nanoTime();
         List<Path> inputs = new ArrayList<>();
@@ -115,8 +118,10 @@ public final class LoraMerge {
                 MergePlan plan = combination == null ? Planner.plan(ckpt, loras.list().get(0), planOptions)
                         : Planner.plan(ckpt, loras.list(), planOptions, combination);
                 requireAChange(plan, loras.list(), options);
+                long planned = System.nanoTime();
                 choice = await(opening);
-                double startSeconds = (System.nanoTime() - start) / 1e9;
+                long started = System.nanoTime();
+                double startSeconds = (started - start) / 1e9;
                 Backends.Choice chosen = choice;
                 return withBackend(chosen.backend(), log, backend -> {
                     if (log != null) {
@@ -131,8 +136,13 @@ public final class LoraMerge {
                     }
                     Progress progress = new Progress(log == null ? System.err : log, log != null, plan.totalBytes(), plan.tensors().size());
                     MergeReport report = MergeRunner.run(plan, backend, output,
-                            new MergeRunner.Options(options.allowOverflow(), Backend.DEFAULT_BLOCK_BYTES, options.verifyRows()), progress);
+                            new MergeRunner.Options(options.allowOverflow(), options.verifyRows(), tuning), progress);
                     report.startSeconds = startSeconds;
+                    report.stages().add(Stages.Stage.PLAN, planned - start, 0);
+                    report.stages().add(Stages.Stage.ENGINE_START, started - planned, 0);
+                    if (tuning.describe() != null) {
+                        report.notes.add(tuning.describe());
+                    }
                     return MergeResult.of(report, options.verifyRows());
                 });
             } finally {
@@ -191,6 +201,7 @@ public final class LoraMerge {
             throw new UsageException("--threads " + shared.threads() + ": expected 1 or more (default: all cores)");
         }
         int cpuThreads = shared.threads() > 0 ? shared.threads() : Runtime.getRuntime().availableProcessors();
+        Tuning tuning = tuning();
         long start = System.nanoTime();
         int n = merges.size();
         SharedOutcome[] outcomes = new SharedOutcome[n];
@@ -252,7 +263,7 @@ public final class LoraMerge {
                     withBackend(choice.backend(), shared.log(), backend -> {
                         for (int k : members) {
                             MergeOptions o = merges.get(k).options();
-                            options.add(new MergeRunner.Options(o.allowOverflow(), Backend.DEFAULT_BLOCK_BYTES, o.verifyRows()));
+                            options.add(new MergeRunner.Options(o.allowOverflow(), o.verifyRows(), tuning));
                         }
                         List<MergeRunner.SharedOutcome> done;
                         try {
@@ -576,6 +587,15 @@ public final class LoraMerge {
         t.setDaemon(true);
         t.start();
         return f;
+    }
+
+    /** The streaming knobs set as system properties ({@link Tuning}); one set to something it cannot be is a usage error. */
+    public static Tuning tuning() throws UsageException {
+        try {
+            return Tuning.current();
+        } catch (IllegalArgumentException e) {
+            throw new UsageException(e.getMessage() + " (a system property given to Java, e.g. in LORAMERGE_JAVA_OPTS)");
+        }
     }
 
     /** The started engine, or what stopped it, as Backends.open throws it. */

@@ -6,6 +6,7 @@ import java.util.Comparator;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import org.loramerge.engine.Stages;
 import org.loramerge.pipeline.MergeReport;
 
 /**
@@ -32,11 +33,15 @@ import org.loramerge.pipeline.MergeReport;
  *                         {@link VerifyOptions#ALL_ROWS}: every row)
  * @param verifiedWorstUlp with verification: per adapted tensor, the worst error of its sampled rows in ulp
  * @param requantization   with {@code --to nf4}: what survives of the adapter's change; else null
+ * @param stages           where the time went, by stage name in the order a block meets them
+ *                         ({@link Stages.Stage}): wall seconds of the steps taken one after the other,
+ *                         thread seconds summed over the workers, device seconds summed over the GPU's streams
  */
 public record MergeResult(String output, String engine, long tensorsMerged, long tensorsReplaced, long tensorsConverted,
                           long tensorsDequantized, long tensorsCopied, long bytesWritten, int shards, long adapterKeys, double seconds,
                           double startSeconds, List<TensorResult> tensors, List<String> warnings, List<String> notes,
-                          List<String> copiedFiles, int verifiedRows, Map<String, Double> verifiedWorstUlp, Requantization requantization) {
+                          List<String> copiedFiles, int verifiedRows, Map<String, Double> verifiedWorstUlp, Requantization requantization,
+                          Map<String, Stages.Total> stages) {
 
     /**
      * One output tensor that is not a plain copy.
@@ -91,7 +96,7 @@ public record MergeResult(String output, String engine, long tensorsMerged, long
         return new MergeResult(r.output, r.engine, r.tensorsMerged, r.tensorsReplaced, r.tensorsConverted, r.tensorsDequantized,
                 r.tensorsCopied, r.bytesWritten, r.shards, r.adapterKeys, r.seconds, r.startSeconds, List.copyOf(tensors),
                 List.copyOf(r.warnings), List.copyOf(r.notes), List.copyOf(r.copiedFiles), verifiedRows,
-                Collections.unmodifiableMap(new LinkedHashMap<>(r.verifiedWorstUlp)), q);
+                Collections.unmodifiableMap(new LinkedHashMap<>(r.verifiedWorstUlp)), q, Collections.unmodifiableMap(r.stages().totals()));
     }
 
     static List<Long> shape(long[] shape) {

@@ -11,6 +11,7 @@ import org.loramerge.api.LoraMerge;
 import org.loramerge.api.MergeOptions;
 import org.loramerge.api.MergeResult;
 import org.loramerge.api.VerifyOptions;
+import org.loramerge.engine.Stages;
 import org.loramerge.errors.UsageException;
 import org.loramerge.pipeline.Progress;
 import org.loramerge.plan.Combination;
@@ -108,6 +109,10 @@ final class MergeCommand implements Callable<Integer> {
     @Option(names = "--quiet", description = "no progress line and no summary on stderr")
     boolean quiet;
 
+    @Option(names = "--stats", description = "print on stderr, even with --quiet, one line of where the time went, stage by stage "
+            + "(the \"stages\" of --json)")
+    boolean stats;
+
     @Override
     public Integer call() throws Exception {
         long shardSize = LoraMerge.parseSize(maxShardSize);
@@ -126,6 +131,9 @@ final class MergeCommand implements Callable<Integer> {
         }
         if (!quiet) {
             print(result, err);
+        }
+        if (stats) {
+            err.println("stages: " + Stages.line(result.stages()));
         }
         return ExitCodes.OK;
     }

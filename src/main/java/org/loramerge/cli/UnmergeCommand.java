@@ -112,7 +112,7 @@ final class UnmergeCommand implements Callable<Integer> {
                 }
                 try (AtomicOutput output = AtomicOutput.create(out, overwrite, inputDirs)) {
                     Progress progress = new Progress(err, !quiet, plan.totalBytes(), plan.tensors().size(), "unmerging");
-                    report = MergeRunner.run(plan, backend, output, new MergeRunner.Options(allowOverflow, Backend.DEFAULT_BLOCK_BYTES, 0), progress);
+                    report = MergeRunner.run(plan, backend, output, new MergeRunner.Options(allowOverflow, 0, LoraMerge.tuning()), progress);
                 }
             }
             UlpDistance.Result distance = null;

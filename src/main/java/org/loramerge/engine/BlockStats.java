@@ -5,13 +5,30 @@ package org.loramerge.engine;
  * for the error bound, decided in exact expansion arithmetic ({@link #exactlyRounded}) or, as the
  * last resort, in decimal arithmetic ({@link #exactFallbacks}); finite values that overflowed to
  * infinity in the output dtype; and NaN results from finite inputs. Safe to add to from several
- * threads.
+ * threads. It also carries the merge's {@link Stages}, where the engine adds the time of its own
+ * stages.
  */
 public final class BlockStats {
+    private final Stages stages;
     private long exactlyRounded;
     private long exactFallbacks;
     private long overflows;
     private long nans;
+
+    /** A record whose engine stages are not kept. */
+    public BlockStats() {
+        this(Stages.NONE);
+    }
+
+    /** A record whose engine stages go to {@code stages}. */
+    public BlockStats(Stages stages) {
+        this.stages = stages;
+    }
+
+    /** Where the engine adds the time of its stages. */
+    public Stages stages() {
+        return stages;
+    }
 
     public synchronized void add(long exactFallbacks, long overflows, long nans) {
         this.exactFallbacks += exactFallbacks;

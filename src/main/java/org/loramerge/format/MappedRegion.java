@@ -9,7 +9,8 @@ import java.nio.channels.FileChannel;
 import java.nio.file.Path;
 
 /**
- * A read-only window of a file mapped into memory, unmapped as soon as it is closed, so that a
+ * A window of a file mapped into memory (read-only, or writable for {@link #mapForWriting}),
+ * unmapped as soon as it is closed, so that a
  * long streaming merge keeps a bounded resident set (the JDK would otherwise unmap only when the
  * garbage collector gets to the buffer). Windows are at most 2 GiB - 1 bytes, a Java 17 limit;
  * larger tensors are read in several windows (Lucene's MMapDirectory does the same).
@@ -32,11 +33,23 @@ public final class MappedRegion implements AutoCloseable {
      * @throws IOException with a message naming the file and the likely limits when the mapping fails
      */
     public static MappedRegion map(FileChannel channel, Path path, long position, long length) throws IOException {
+        return map(channel, path, position, length, FileChannel.MapMode.READ_ONLY);
+    }
+
+    /**
+     * Maps {@code length} bytes at {@code position} of {@code channel} (open for reading and writing,
+     * and already that long) to be written with {@link #copyIn}.
+     */
+    public static MappedRegion mapForWriting(FileChannel channel, Path path, long position, long length) throws IOException {
+        return map(channel, path, position, length, FileChannel.MapMode.READ_WRITE);
+    }
+
+    private static MappedRegion map(FileChannel channel, Path path, long position, long length, FileChannel.MapMode mode) throws IOException {
         if (length < 0 || length > MAX_WINDOW) {
             throw new IllegalArgumentException("window of " + length + " bytes; at most " + MAX_WINDOW);
         }
         try {
-            MappedByteBuffer b = channel.map(FileChannel.MapMode.READ_ONLY, position, length);
+            MappedByteBuffer b = channel.map(mode, position, length);
             b.order(ByteOrder.LITTLE_ENDIAN);
             return new MappedRegion(b);
         } catch (IOException | OutOfMemoryError e) {
@@ -51,6 +64,24 @@ public final class MappedRegion implements AutoCloseable {
             throw new IllegalStateException("region already closed");
         }
         return buffer.duplicate().order(ByteOrder.LITTLE_ENDIAN);
+    }
+
+    /**
+     * Copies {@code src}'s remaining bytes to the start of a writable region. A write the file
+     * system cannot back (a full disk, or tmpfs out of memory, which the kernel signals as a bus
+     * error on the mapping and the JVM as an {@link InternalError}) is an IOException.
+     */
+    public void copyIn(ByteBuffer src) throws IOException {
+        if (buffer == null) {
+            throw new IllegalStateException("region already closed");
+        }
+        int n = src.remaining();
+        try {
+            buffer.duplicate().put(src);
+        } catch (InternalError e) {
+            throw new IOException("could not write " + n + " bytes through a memory mapping (" + e.getMessage()
+                    + "): the output's file system is probably full (or an input file shrank while it was read); free space, or write elsewhere", e);
+        }
     }
 
     public long length() {

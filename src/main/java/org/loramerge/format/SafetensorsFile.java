@@ -310,6 +310,26 @@ public final class SafetensorsFile implements AutoCloseable {
         return MappedRegion.map(channel, path, tensor.dataStart() + byteOffset, length);
     }
 
+    /**
+     * Reads {@code dst.remaining()} bytes of {@code tensor} starting at {@code byteOffset} within it
+     * into {@code dst} by positional reads (no mapping, no page faults of ours), leaving {@code dst}
+     * positioned at its limit.
+     */
+    public void readInto(TensorInfo tensor, long byteOffset, ByteBuffer dst) throws IOException {
+        long length = dst.remaining();
+        if (byteOffset < 0 || byteOffset + length > tensor.sizeInBytes()) {
+            throw new IllegalArgumentException("window [" + byteOffset + ", +" + length + ") outside " + tensor);
+        }
+        long pos = tensor.dataStart() + byteOffset;
+        while (dst.hasRemaining()) {
+            int r = channel.read(dst, pos);
+            if (r < 0) {
+                throw new IOException(path + ": file shrank while reading " + tensor.name());
+            }
+            pos += r;
+        }
+    }
+
     /** Reads a whole (small) tensor onto the heap. */
     public ByteBuffer readAll(TensorInfo tensor) throws IOException {
         if (tensor.sizeInBytes() > MappedRegion.MAX_WINDOW) {

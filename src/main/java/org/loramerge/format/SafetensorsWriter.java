@@ -20,7 +20,10 @@ import java.util.concurrent.atomic.AtomicLong;
  * Writes one safetensors file: the header first (its tensors, shapes and offsets are fixed up
  * front), then the tensors' bytes, either appended in header order ({@link #write}) or placed at
  * their offsets by any number of threads at once ({@link #writeAt}); the file is sized up front, so
- * such writes never extend it and need no lock. The header is padded with spaces to a multiple of
+ * such writes never extend it. Positional writes into one file still take turns in the kernel
+ * (Linux holds the file's inode lock for each buffered write, on tmpfs as on ext4 and XFS); a
+ * writer made with {@code mappedWrites} instead copies each block into a memory mapping of its
+ * place, which threads fill at once. The header is padded with spaces to a multiple of
  * 8 bytes, as the reference writer does, so the data section starts aligned. {@link #finish}
  * checks that every declared byte was written.
  *
@@ -68,14 +71,17 @@ public final class SafetensorsWriter implements AutoCloseable {
     private final Map<String, Long> offsets;
     /** Bytes of fixed tensors written so far, by any thread. */
     private final AtomicLong written = new AtomicLong();
+    /** Whether {@link #writeAt} copies into a mapping of its range instead of writing it. */
+    private final boolean mappedWrites;
     /** The given bytes of each late tensor, by name, in declared order (null until given). */
     private final Map<String, ByteBuffer> late = new LinkedHashMap<>();
     private long position;
     private boolean closed;
 
     private SafetensorsWriter(Path path, FileChannel channel, List<Entry> entries, Map<String, String> metadata, long dataStart,
-                              long fixedSize, Map<String, Long> offsets) {
+                              long fixedSize, Map<String, Long> offsets, boolean mappedWrites) {
         this.path = path;
+        this.mappedWrites = mappedWrites;
         this.channel = channel;
         this.entries = List.copyOf(entries);
         this.metadata = metadata;
@@ -149,6 +155,17 @@ public final class SafetensorsWriter implements AutoCloseable {
      * header is written now; with them its room is reserved and it is written by {@link #finish}.
      */
     public static SafetensorsWriter create(Path path, List<Entry> entries, Map<String, String> metadata) throws IOException {
+        return create(path, entries, metadata, false);
+    }
+
+    /**
+     * {@link #create(Path, List, Map)}, whose {@link #writeAt} copies each block into a memory
+     * mapping of its range when {@code mappedWrites} (then unmapped at once, so the resident set
+     * stays a block a thread) rather than writing it: the kernel takes one positional write into a
+     * file at a time, and faults on different pages of a mapping at once.
+     */
+    public static SafetensorsWriter create(Path path, List<Entry> entries, Map<String, String> metadata, boolean mappedWrites)
+            throws IOException {
         byte[] header = header(entries, metadata);
         boolean anyLate = false;
         long fixed = 0;
@@ -163,7 +180,9 @@ public final class SafetensorsWriter implements AutoCloseable {
                 fixed += e.sizeInBytes();
             }
         }
-        FileChannel ch = FileChannel.open(path, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE);
+        // a read-write mapping needs a channel open for reading too
+        FileChannel ch = mappedWrites ? FileChannel.open(path, StandardOpenOption.CREATE_NEW, StandardOpenOption.READ, StandardOpenOption.WRITE)
+                : FileChannel.open(path, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE);
         try {
             if (!anyLate) {
                 writeFully(ch, ByteBuffer.wrap(header), 0);
@@ -176,7 +195,7 @@ public final class SafetensorsWriter implements AutoCloseable {
             ch.close();
             throw e;
         }
-        return new SafetensorsWriter(path, ch, entries, Map.copyOf(metadata), header.length, fixed, offsets);
+        return new SafetensorsWriter(path, ch, entries, Map.copyOf(metadata), header.length, fixed, offsets, mappedWrites);
     }
 
     private static void writeFully(FileChannel ch, ByteBuffer b, long at) throws IOException {
@@ -212,9 +231,15 @@ public final class SafetensorsWriter implements AutoCloseable {
         if (offset < 0 || at + n > fixedEnd) {
             throw new IllegalStateException(path + ": writing past the declared tensors");
         }
-        long done = 0;
-        while (done < n) {
-            done += channel.write(src, at + done);
+        if (mappedWrites && n > 0) {
+            try (MappedRegion region = MappedRegion.mapForWriting(channel, path, at, n)) {
+                region.copyIn(src);
+            }
+        } else {
+            long done = 0;
+            while (done < n) {
+                done += channel.write(src, at + done);
+            }
         }
         written.addAndGet(n);
     }

@@ -8,6 +8,7 @@ import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
+import org.loramerge.engine.Stages;
 
 /**
  * Computes blocks on worker threads and completes them in order on the calling thread, with a
@@ -24,10 +25,17 @@ final class BlockExecutor implements AutoCloseable {
 
     private final ExecutorService pool;
     private final int window;
+    private final Stages stages;
     private final Deque<Step> pending = new ArrayDeque<>();
 
-    BlockExecutor(int threads) {
-        this.window = 2 * threads + 2;
+    /**
+     * {@code threads} workers, with up to {@code windowPerThread} steps per worker (and two) waiting
+     * to be completed; the time the calling thread spends completing them (mostly waiting for the
+     * oldest block) goes to {@code stages} as {@link Stages.Stage#IN_ORDER_WAIT}.
+     */
+    BlockExecutor(int threads, int windowPerThread, Stages stages) {
+        this.window = windowPerThread * threads + 2;
+        this.stages = stages;
         this.pool = Executors.newFixedThreadPool(threads, r -> {
             Thread t = new Thread(r, "loramerge-worker");
             t.setDaemon(true);
@@ -48,15 +56,21 @@ final class BlockExecutor implements AutoCloseable {
     void then(Step step) throws Exception {
         pending.addLast(step);
         while (pending.size() > window) {
-            pending.removeFirst().complete();
+            completeOldest();
         }
     }
 
     /** Completes every queued step, in order. */
     void drain() throws Exception {
         while (!pending.isEmpty()) {
-            pending.removeFirst().complete();
+            completeOldest();
         }
+    }
+
+    private void completeOldest() throws Exception {
+        long t0 = System.nanoTime();
+        pending.removeFirst().complete();
+        stages.since(Stages.Stage.IN_ORDER_WAIT, t0, 0);
     }
 
     /** The result of {@code f}, with the work's own exception rethrown as it was. */

@@ -1,6 +1,7 @@
 package org.loramerge.pipeline;
 
 import java.util.concurrent.Future;
+import org.loramerge.engine.Stages.Stage;
 import org.loramerge.format.MappedRegion;
 import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.TensorInfo;
@@ -30,8 +31,11 @@ final class ByteCopy implements TensorStrategy {
             long o = off;
             long n = Math.min(CHUNK, size - off);
             Future<Long> f = ctx.executor.submit(() -> {
+                long reading = System.nanoTime();
                 try (MappedRegion r = file.map(info, o, n)) {
+                    long writing = ctx.stages.since(Stage.READ, reading, n);
                     shard.writeAt(tensorOffset + o, r.bytes());
+                    ctx.stages.since(Stage.WRITE, writing, n);
                 }
                 return n;
             });

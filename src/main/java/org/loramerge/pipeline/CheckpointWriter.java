@@ -40,12 +40,23 @@ public final class CheckpointWriter implements AutoCloseable {
         t.setDaemon(true);
         return t;
     });
+    private final boolean mappedWrites;
     private long tensorBytes;
 
     /** A writer into {@code out}; bytes written are counted into {@code progress}. */
     public CheckpointWriter(AtomicOutput out, Progress progress) {
+        this(out, progress, false);
+    }
+
+    /**
+     * A writer into {@code out} whose shards take the workers' blocks ({@link Shard#writeAt}) by
+     * positional writes, or with {@code mappedWrites} by copies into memory mappings of their places
+     * ({@link SafetensorsWriter#create(Path, List, Map, boolean)}).
+     */
+    public CheckpointWriter(AtomicOutput out, Progress progress, boolean mappedWrites) {
         this.out = out;
         this.progress = progress;
+        this.mappedWrites = mappedWrites;
     }
 
     /** The folder being written (hidden until {@link #commit}). */
@@ -69,7 +80,7 @@ public final class CheckpointWriter implements AutoCloseable {
             weightMap.put(e.name(), fileName);
             fixed += e.late() ? 0 : e.sizeInBytes();
         }
-        return new Shard(SafetensorsWriter.create(out.dir().resolve(fileName), entries, METADATA), fixed);
+        return new Shard(SafetensorsWriter.create(out.dir().resolve(fileName), entries, METADATA, mappedWrites), fixed);
     }
 
     /** Writes model.safetensors.index.json for the shards written (transformers' layout of a sharded model). */

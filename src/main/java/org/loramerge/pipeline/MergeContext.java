@@ -10,6 +10,7 @@ import java.util.concurrent.ArrayBlockingQueue;
 import java.util.concurrent.BlockingQueue;
 import org.loramerge.engine.Backend;
 import org.loramerge.engine.BlockStats;
+import org.loramerge.engine.Stages;
 import org.loramerge.plan.OutputTensor;
 
 /**
@@ -28,6 +29,14 @@ final class MergeContext {
     final Map<String, BlockStats> stats = new LinkedHashMap<>();
     /** Per requantized weight, in plan order: what survived of the adapter's change. */
     final List<MergeReport.Survival> survivals = new ArrayList<>();
+    /**
+     * With positional reads ({@link MergeRunner.Options#preadReads}): blocks a worker reads a dense
+     * tensor's rows into, allocated by the backend as the output blocks are, one per worker and a
+     * spare; else empty.
+     */
+    final BlockingQueue<ByteBuffer> inputBuffers;
+    /** Where the time goes, stage by stage. */
+    final Stages stages;
     /** The shard the current tensors go into. */
     CheckpointWriter.Shard shard;
 
@@ -44,11 +53,18 @@ final class MergeContext {
                         + " MiB of blocks and the JVM may use " + (Runtime.getRuntime().maxMemory() >> 20)
                         + " MiB (raise it with LORAMERGE_JAVA_OPTS=-Xmx...)"
                 : null;
-        this.executor = new BlockExecutor(threads);
+        this.stages = new Stages();
+        this.executor = new BlockExecutor(threads, options.windowPerThread(), stages);
         // a worker holds one output block from reading its rows to writing them: one each, and one spare
         this.buffers = new ArrayBlockingQueue<>(threads + 1);
         for (int i = 0; i <= threads; i++) {
             buffers.add(backend.allocateBlockBuffer(options.blockBytes()));
+        }
+        this.inputBuffers = new ArrayBlockingQueue<>(threads + 1);
+        if (options.preadReads()) {
+            for (int i = 0; i <= threads; i++) {
+                inputBuffers.add(backend.allocateBlockBuffer(options.blockBytes()));
+            }
         }
     }
 
@@ -63,6 +79,8 @@ final class MergeContext {
         this.threadNote = lead.threadNote;
         this.executor = lead.executor;
         this.buffers = lead.buffers;
+        this.inputBuffers = lead.inputBuffers;
+        this.stages = lead.stages;
     }
 
     /**
@@ -85,9 +103,17 @@ final class MergeContext {
 
     /** A new record of what {@code t}'s merge finds. */
     BlockStats statsFor(OutputTensor t) {
-        BlockStats s = new BlockStats();
+        BlockStats s = new BlockStats(stages);
         stats.put(t.name(), s);
         return s;
+    }
+
+    /** A free output block, the wait for it counted ({@link Stages.Stage#BUFFER_WAIT}); hand it back to {@link #buffers}. */
+    ByteBuffer takeBuffer() throws InterruptedException {
+        long t0 = System.nanoTime();
+        ByteBuffer b = buffers.take();
+        stages.since(Stages.Stage.BUFFER_WAIT, t0, 0);
+        return b;
     }
 
     /**

@@ -5,6 +5,7 @@ import java.util.Comparator;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import org.loramerge.engine.Stages;
 import org.loramerge.plan.OutputTensor;
 import org.loramerge.quant.Requantizer;
 
@@ -125,6 +126,18 @@ public final class MergeReport {
     public final List<String> copiedFiles = new ArrayList<>();
     /** With {@code merge --verify}: per adapted tensor, the worst error of the sampled rows in ulp (0 when exact). */
     public final Map<String, Double> verifiedWorstUlp = new LinkedHashMap<>();
+
+    /** Where the time went, stage by stage (the merge's own accounting once it ran). Not a public field: not part of a serialized report. */
+    private Stages stages = new Stages();
+
+    /** Where the time went, stage by stage; the caller adds the stages before the first tensor (planning, the engine's start). */
+    public Stages stages() {
+        return stages;
+    }
+
+    void stages(Stages s) {
+        this.stages = s;
+    }
 
     /** Counts one output tensor of this kind. */
     void count(OutputTensor.Kind kind) {

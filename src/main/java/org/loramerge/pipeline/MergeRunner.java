@@ -8,6 +8,8 @@ import java.util.List;
 import java.util.Locale;
 import org.loramerge.engine.Backend;
 import org.loramerge.engine.BlockStats;
+import org.loramerge.engine.Stages;
+import org.loramerge.engine.Tuning;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.SafetensorsException;
 import org.loramerge.format.SafetensorsWriter;
@@ -34,10 +36,22 @@ public final class MergeRunner {
      * @param blockBytes     output bytes per row block
      * @param verifyRows     rows per adapted tensor that {@code verify} recomputes exactly in the finished
      *                       output before it is renamed into place (0: no check); any error fails the merge
+     * @param windowPerThread blocks per worker thread that may wait for the in-order hand-over ({@link Tuning#windowPerThread})
+     * @param mappedWrites   whether workers write their blocks through memory mappings ({@link Tuning#mappedWrites})
+     * @param preadReads     whether workers read a dense tensor's rows by positional reads ({@link Tuning#preadReads})
      */
-    public record Options(boolean allowNonFinite, int blockBytes, int verifyRows) {
+    public record Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, boolean mappedWrites, boolean preadReads) {
+        public Options(boolean allowNonFinite, int blockBytes, int verifyRows) {
+            this(allowNonFinite, blockBytes, verifyRows, Tuning.DEFAULTS.windowPerThread(), Tuning.DEFAULTS.mappedWrites(), Tuning.DEFAULTS.preadReads());
+        }
+
         public Options(boolean allowNonFinite, int blockBytes) {
             this(allowNonFinite, blockBytes, 0);
+        }
+
+        /** The options of {@code tuning}'s streaming knobs. */
+        public Options(boolean allowNonFinite, int verifyRows, Tuning tuning) {
+            this(allowNonFinite, tuning.blockBytes(), verifyRows, tuning.windowPerThread(), tuning.mappedWrites(), tuning.preadReads());
         }
 
         public static Options defaults() {
@@ -56,7 +70,7 @@ public final class MergeRunner {
         long start = System.nanoTime();
         MergeContext ctx = new MergeContext(backend, options, progress);
         MergeReport report = new MergeReport();
-        try (CheckpointWriter writer = new CheckpointWriter(out, progress)) {
+        try (CheckpointWriter writer = new CheckpointWriter(out, progress, options.mappedWrites())) {
             for (MergePlan.Shard shard : plan.shards()) {
                 try (CheckpointWriter.Shard s = writer.openShard(shard.fileName(), entries(shard))) {
                     ctx.shard = s;
@@ -64,10 +78,13 @@ public final class MergeRunner {
                         TensorStrategy.of(t.route()).schedule(t, ctx);
                     }
                     ctx.executor.drain();
+                    long finishing = System.nanoTime();
                     s.finish();
+                    ctx.stages.since(Stages.Stage.SHARD_FINISH, finishing, 0);
                 }
             }
-            finish(plan, writer, options, report);
+            ctx.stages.since(Stages.Stage.STREAM, start, writer.tensorBytes());
+            finish(plan, writer, options, report, ctx.stages);
         } finally {
             ctx.executor.close();
         }
@@ -132,7 +149,7 @@ public final class MergeRunner {
         try {
             for (int k = 0; k < n; k++) {
                 ctxs.add(k == 0 ? lead : new MergeContext(lead, options.get(k)));
-                writers.add(new CheckpointWriter(outs.get(k), progress));
+                writers.add(new CheckpointWriter(outs.get(k), progress, options.get(k).mappedWrites()));
             }
             MergePlan first = plans.get(0);
             for (int i = 0; i < first.shards().size(); i++) {
@@ -165,7 +182,7 @@ public final class MergeRunner {
             for (int k = 0; k < n; k++) {
                 MergeReport report = new MergeReport();
                 try {
-                    finish(plans.get(k), writers.get(k), options.get(k), report);
+                    finish(plans.get(k), writers.get(k), options.get(k), report, ctxs.get(k).stages);
                     outcomes.add(new SharedOutcome(fill(report, plans.get(k), ctxs.get(k), backend, outs.get(k), start), null));
                 } catch (Exception e) {
                     outcomes.add(new SharedOutcome(null, e));
@@ -187,7 +204,8 @@ public final class MergeRunner {
     }
 
     /** After the shards: the index, config.json, the carried files, the verification, the model card, and the commit. */
-    private static void finish(MergePlan plan, CheckpointWriter writer, Options options, MergeReport report) throws Exception {
+    private static void finish(MergePlan plan, CheckpointWriter writer, Options options, MergeReport report, Stages stages) throws Exception {
+        long start = System.nanoTime();
         if (plan.isSharded()) {
             writer.writeIndex();
         }
@@ -202,7 +220,10 @@ public final class MergeRunner {
             writer.writeText(CarriedFiles.MODEL_CARD, ModelCard.render(plan, options.verifyRows(), report.verifiedWorstUlp));
         }
         report.bytesWritten = writer.tensorBytes(); // late tensors (a quant state) included, which the plan cannot size
+        stages.since(Stages.Stage.FINISH, start, 0);
+        long committing = System.nanoTime();
         writer.commit();
+        stages.since(Stages.Stage.COMMIT, committing, 0);
     }
 
     private static MergeReport fill(MergeReport report, MergePlan plan, MergeContext ctx, Backend backend, AtomicOutput out, long start) {
@@ -228,6 +249,7 @@ public final class MergeRunner {
         if (!ctx.survivals.isEmpty()) {
             report.requantization = MergeReport.Requantization.of(ctx.survivals);
         }
+        report.stages(ctx.stages);
         return report;
     }
 

@@ -6,6 +6,7 @@ import java.util.List;
 import java.util.concurrent.Callable;
 import java.util.concurrent.Future;
 import org.loramerge.engine.BlockStats;
+import org.loramerge.engine.Stages.Stage;
 import org.loramerge.engine.Requantization;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.TensorMerge;
@@ -33,6 +34,7 @@ final class Requantize implements TensorStrategy {
 
     @Override
     public void schedule(OutputTensor t, MergeContext ctx) throws Exception {
+        long preparing = System.nanoTime();
         TensorJob job = TensorJob.prepare(t);
         BlockStats stats = ctx.statsFor(t);
         int cols = job.cols();
@@ -49,6 +51,7 @@ final class Requantize implements TensorStrategy {
             }
         }
         Requantization requant = ctx.backend.openRequantization(job);
+        ctx.stages.since(Stage.FACTORS, preparing, 0);
         TensorSource.Form form = requant.input();
         CheckpointWriter.Shard shard = ctx.shard;
         List<SafetensorsWriter.Entry> group = t.entries();
@@ -59,12 +62,16 @@ final class Requantize implements TensorStrategy {
             long row0 = r0;
             int n = (int) Math.min(perBlock, rows - r0);
             Future<Long> f = ctx.executor.submit(() -> {
+                long reading = System.nanoTime();
                 try (TensorSource.Bytes src = t.source().readRows(form, row0, n, cols)) {
-                    BlockStats s = new BlockStats();
+                    long merging = ctx.stages.since(Stage.READ, reading, src.bytes().remaining());
+                    BlockStats s = new BlockStats(ctx.stages);
                     ByteBuffer codes = requant.mergeRows(row0, n, src.bytes(), s);
                     stats.add(s);
                     long bytes = codes.remaining();
+                    long writing = ctx.stages.since(Stage.MERGE, merging, bytes);
                     shard.writeAt(codesOffset + requant.codesOffset(row0 * cols), codes);
+                    ctx.stages.since(Stage.WRITE, writing, bytes);
                     return bytes;
                 }
             });

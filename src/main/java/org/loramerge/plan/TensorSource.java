@@ -67,6 +67,21 @@ public record TensorSource(SafetensorsFile file, TensorInfo info, QuantizedWeigh
         return read(row0 * rowBytes, rowCount * rowBytes);
     }
 
+    /**
+     * Rows {@code [row0, row0 + rowCount)} of a dense source's values read into {@code dst} (from
+     * its index 0, by positional reads rather than a mapping); returns {@code dst} positioned at 0,
+     * limited to those bytes, little-endian.
+     */
+    public ByteBuffer readRowsInto(long row0, int rowCount, long cols, ByteBuffer dst) throws IOException {
+        if (quantized != null) {
+            throw new IllegalStateException(this + " is quantized: its values are decoded, not read");
+        }
+        long rowBytes = cols * dtype().sizeInBytes();
+        dst.clear().limit(Math.toIntExact(rowCount * rowBytes));
+        file.readInto(info, row0 * rowBytes, dst);
+        return dst.flip().order(ByteOrder.LITTLE_ENDIAN);
+    }
+
     /** Bytes of a source range; valid until closed. */
     public interface Bytes extends AutoCloseable {
         /** Little-endian, positioned at 0. */

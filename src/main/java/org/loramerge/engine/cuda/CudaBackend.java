@@ -3,6 +3,8 @@ package org.loramerge.engine.cuda;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
+import java.util.Collections;
+import java.util.IdentityHashMap;
 import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Set;
@@ -12,6 +14,7 @@ import org.loramerge.engine.LowRankTerm;
 import org.loramerge.engine.Requantization;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.TensorMerge;
+import org.loramerge.engine.Tuning;
 import org.loramerge.engine.WeightDelta;
 import org.loramerge.engine.cpu.CpuWeightDelta;
 import org.loramerge.engine.cpu.CpuRequantization;
@@ -45,6 +48,8 @@ public final class CudaBackend implements Backend {
     /** Threads of the CPU engine's work inside this backend (extract's weights too large for the device). */
     private final int cpuThreads;
     private final List<PinnedMemory> blockBuffers = new ArrayList<>();
+    /** The buffers {@link #allocateBlockBuffer} handed out, by identity: page-locked, so a block in one goes up without a staging copy. */
+    private final Set<ByteBuffer> pinnedViews = Collections.newSetFromMap(new IdentityHashMap<>());
     /** Handles a failed merge may leave open; closed with the backend. */
     private final Set<AutoCloseable> open = new LinkedHashSet<>();
     private boolean closed;
@@ -55,10 +60,14 @@ public final class CudaBackend implements Backend {
         this.cpuThreads = cpuThreads;
     }
 
-    /** Opens device {@code ordinal}; explains precisely why when it cannot. Called by {@code Backends}, by name. */
+    /**
+     * Opens device {@code ordinal}; explains precisely why when it cannot. Called by {@code Backends}, by name. Its workers
+     * take blocks of {@link Tuning#blockBytes} and number {@link Tuning#streams} where that knob is set.
+     */
     public static Backend open(int ordinal, int cpuThreads) throws DeviceUnavailableException {
-        int streams = Math.max(2, Math.min(MAX_STREAMS, cpuThreads / 2));
-        return new CudaBackend(CudaDevice.open(ordinal, DEFAULT_BLOCK_BYTES, streams), streams, cpuThreads);
+        Tuning tuning = Tuning.current();
+        int streams = tuning.streams() > 0 ? tuning.streams() : Math.max(2, Math.min(MAX_STREAMS, cpuThreads / 2));
+        return new CudaBackend(CudaDevice.open(ordinal, tuning.blockBytes(), streams), streams, cpuThreads);
     }
 
     @Override
@@ -80,10 +89,22 @@ public final class CudaBackend implements Backend {
     public ByteBuffer allocateBlockBuffer(int sizeInBytes) {
         device.bindContext();
         PinnedMemory m = new PinnedMemory(sizeInBytes);
+        ByteBuffer view = m.buffer();
         synchronized (blockBuffers) {
             blockBuffers.add(m);
+            pinnedViews.add(view);
         }
-        return m.buffer();
+        return view;
+    }
+
+    /**
+     * Whether {@code b} is a buffer {@link #allocateBlockBuffer} handed out (page-locked): rows the
+     * pipeline read into one ({@code -Dloramerge.read=pread}) go up from there, asynchronously.
+     */
+    boolean isBlockBuffer(ByteBuffer b) {
+        synchronized (blockBuffers) {
+            return pinnedViews.contains(b);
+        }
     }
 
     /**

@@ -8,6 +8,8 @@ import java.util.Comparator;
 import java.util.List;
 import org.loramerge.engine.BlockStats;
 import org.loramerge.engine.LowRankTerm;
+import org.loramerge.engine.Stages;
+import org.loramerge.engine.Stages.Stage;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.TensorMerge;
 import org.loramerge.engine.cpu.CpuMerge;
@@ -158,6 +160,9 @@ final class CudaTensorMerge implements TensorMerge {
         long n = (long) rowCount * job.cols();
         if (nf4 != null) {
             w.loadNf4(src, row0 * job.cols(), n, sourceAbsmax, nf4.tensor().blocksize(), job.srcFormat());
+        } else if (block == null && backend.isBlockBuffer(src)) {
+            // read into page-locked memory by the pipeline: no staging copy; merge waits for the stream before it returns src
+            w.loadPinned(src, n * job.srcFormat().sizeInBytes());
         } else {
             w.loadValuesOnce(src, n * job.srcFormat().sizeInBytes(), block);
         }
@@ -173,12 +178,25 @@ final class CudaTensorMerge implements TensorMerge {
         merge(row0, rowCount, src, block, dst, stats);
     }
 
+    /**
+     * One block: W staged and uploaded, then per segment of rows its kernels, the download and the
+     * host's part. The time of each part goes to the merge's {@link Stages} (host time, and the
+     * device time between CUDA events recorded on the worker's stream).
+     */
     private void merge(long row0, int rowCount, ByteBuffer src, Object block, ByteBuffer dst, BlockStats stats) {
         DeviceWorker w = device.worker();
         FloatFormat in = job.srcFormat();
         FloatFormat out = job.dstFormat();
         int cols = job.cols();
+        Stages stages = stats.stages();
+        long elements = (long) rowCount * cols;
+        long upBytes = nf4 != null ? (elements + 1) / 2 : elements * in.sizeInBytes();
+        long staging = System.nanoTime();
+        w.mark(DeviceWorker.MARK_LOAD_START);
         load(w, row0, rowCount, src, block);
+        w.mark(DeviceWorker.MARK_LOADED);
+        stages.since(Stage.STAGE_IN, staging, upBytes);
+        boolean uploadTimed = false;
         ByteBuffer values = src; // W in its own dtype, for work on the host; an NF4 block's is downloaded when needed
         long end = row0 + rowCount;
         int t = segmentAt(row0);
@@ -188,14 +206,27 @@ final class CudaTensorMerge implements TensorMerge {
             int n = (int) (Math.min(end, lead.row0() + lead.rows()) - r);
             long first = (r - row0) * cols;
             long bytes = (long) n * cols * out.sizeInBytes();
+            w.mark(DeviceWorker.MARK_PART_START);
             if (magnitude != null) {
                 w.mergeRoundDora(f, in, out, r - lead.row0(), n, cols, job.boundK(), magnitude);
             } else {
                 w.mergeRoundExactly(f, in, out, r - lead.row0(), n, cols, job.boundK(), first);
             }
+            w.mark(DeviceWorker.MARK_COMPUTED);
             // dst is page-locked when the pipeline took it from allocateBlockBuffer, so this copy is asynchronous and direct
             w.copyOutputTo(dst, first * out.sizeInBytes(), bytes);
+            w.mark(DeviceWorker.MARK_DOWNLOADED);
+            long waiting = System.nanoTime();
             DeviceWorker.Counts counted = w.counters();
+            long settling = stages.since(Stage.DEVICE_WAIT, waiting, 0);
+            if (stages.enabled()) {
+                if (!uploadTimed) {
+                    stages.add(Stage.UPLOAD, w.elapsedNanos(DeviceWorker.MARK_LOAD_START, DeviceWorker.MARK_LOADED), upBytes);
+                    uploadTimed = true;
+                }
+                stages.add(Stage.COMPUTE, w.elapsedNanos(DeviceWorker.MARK_PART_START, DeviceWorker.MARK_COMPUTED), (long) n * cols * in.sizeInBytes());
+                stages.add(Stage.DOWNLOAD, w.elapsedNanos(DeviceWorker.MARK_COMPUTED, DeviceWorker.MARK_DOWNLOADED), bytes);
+            }
             // DoRA's undecided elements all go to the host, and so do a folded segment's; the others only when the
             // device's exact settling left them
             long forHost = magnitude != null ? counted.ambiguous() : DeviceWorker.forHost(f, counted);
@@ -204,6 +235,7 @@ final class CudaTensorMerge implements TensorMerge {
                 values = w.download(w.input(), (long) rowCount * cols * in.sizeInBytes());
             }
             settleOnHost(w, f, r, n, counted, forHost, values, first * in.sizeInBytes(), dst, first * out.sizeInBytes(), stats);
+            stages.since(Stage.HOST_SETTLE, settling, 0);
             r += n;
         }
     }

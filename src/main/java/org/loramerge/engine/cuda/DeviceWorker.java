@@ -8,6 +8,7 @@ import jcuda.jcublas.JCublas2;
 import jcuda.jcublas.cublasHandle;
 import jcuda.jcublas.cublasOperation;
 import jcuda.runtime.JCuda;
+import jcuda.runtime.cudaEvent_t;
 import jcuda.runtime.cudaMemcpyKind;
 import org.loramerge.format.FloatFormat;
 
@@ -39,6 +40,13 @@ public final class DeviceWorker implements AutoCloseable {
     private final DeviceMemory counters = new DeviceMemory(COUNTERS * Sizeof.LONG);
     private final DeviceMemory ambiguous = new DeviceMemory((long) AMBIGUOUS_CAPACITY * Sizeof.LONG);
     private final DeviceMemory forHost = new DeviceMemory((long) AMBIGUOUS_CAPACITY * Sizeof.LONG);
+    /** The events that time a block's parts on the stream ({@link #mark}): where its upload starts and ends, and where a part's compute starts, ends and its download ends. */
+    static final int MARK_LOAD_START = 0;
+    static final int MARK_LOADED = 1;
+    static final int MARK_PART_START = 2;
+    static final int MARK_COMPUTED = 3;
+    static final int MARK_DOWNLOADED = 4;
+    private final cudaEvent_t[] marks = new cudaEvent_t[5];
     /** The shared block {@link #input()} holds ({@link #loadValuesOnce}), or null; its size in bytes. */
     private Object loadedBlock;
     private long loadedBytes;
@@ -63,6 +71,22 @@ public final class DeviceWorker implements AutoCloseable {
         // the widest case: BF16/F16 blocks widen 4x to fp64
         dWide = new DeviceMemory((long) blockBytes * 4);
         dPacked = new DeviceMemory(blockBytes / 4 + 16);
+        for (int i = 0; i < marks.length; i++) {
+            marks[i] = new cudaEvent_t();
+            JCuda.cudaEventCreate(marks[i]);
+        }
+    }
+
+    /** Records event {@code slot} (a {@code MARK_} constant) on the stream, after the work queued so far. */
+    void mark(int slot) {
+        JCuda.cudaEventRecord(marks[slot], stream.runtime());
+    }
+
+    /** Nanoseconds of device time between two recorded events, once the stream has passed both. */
+    long elapsedNanos(int fromSlot, int toSlot) {
+        float[] ms = new float[1];
+        JCuda.cudaEventElapsedTime(ms, marks[fromSlot], marks[toSlot]);
+        return (long) (ms[0] * 1e6);
     }
 
     /** Device memory of a worker for blocks of {@code blockBytes}, about: W, the result, P in fp64 and the packed codes. */
@@ -106,6 +130,17 @@ public final class DeviceWorker implements AutoCloseable {
         src.position(0).limit(Math.toIntExact(bytes));
         in.put(src);
         JCuda.cudaMemcpyAsync(dIn.pointer(), hostIn.pointer(), bytes, cudaMemcpyKind.cudaMemcpyHostToDevice, stream.runtime());
+    }
+
+    /**
+     * Queues the upload of {@code bytes} bytes of {@code src} (from its position 0) into
+     * {@link #input()} straight from {@code src}, which must be page-locked and must not change
+     * until the stream has passed the copy (the caller synchronizes before it hands src back).
+     */
+    public void loadPinned(ByteBuffer src, long bytes) {
+        loadedBlock = null;
+        ByteBuffer from = src.duplicate().clear();
+        JCuda.cudaMemcpyAsync(dIn.pointer(), Pointer.to(from), bytes, cudaMemcpyKind.cudaMemcpyHostToDevice, stream.runtime());
     }
 
     /**
@@ -347,5 +382,8 @@ public final class DeviceWorker implements AutoCloseable {
         counters.close();
         ambiguous.close();
         forHost.close();
+        for (cudaEvent_t e : marks) {
+            JCuda.cudaEventDestroy(e);
+        }
     }
 }

@@ -5,11 +5,13 @@ import java.nio.ByteOrder;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
+import java.util.Map;
 import java.util.SplittableRandom;
 import java.util.stream.Stream;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
@@ -17,6 +19,7 @@ import org.junit.jupiter.params.provider.MethodSource;
 import org.loramerge.adapter.LoraAdapter;
 import org.loramerge.engine.Backend;
 import org.loramerge.engine.BlockStats;
+import org.loramerge.engine.Stages;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.TensorMerge;
 import org.loramerge.engine.cpu.CpuBackend;
@@ -106,6 +109,69 @@ class CudaBackendTest {
                         onGpu.mergeRows(r0, n, src.bytes(), got, new BlockStats());
                         assertEquals(expected.position(0).limit(n * rowBytes), got.position(0).limit(n * rowBytes),
                                 "rows " + r0 + ".." + (r0 + n) + " differ between GPU and CPU");
+                    }
+                }
+            }
+        }
+    }
+
+    @Test
+    void gpuBlocksReportTheirStagingUploadComputeAndDownloadWithTheirBytes() throws Exception {
+        int rows = 4096;
+        int cols = 1024;
+        int rank = 16;
+        SplittableRandom rnd = new SplittableRandom(7);
+        TensorFiles files = new TensorFiles()
+                .add("w", DType.BF16, new long[] {rows, cols}, gaussian(rnd, rows * cols, 0.02))
+                .add("a", DType.F32, new long[] {rank, cols}, gaussian(rnd, rank * cols, 0.05))
+                .add("b", DType.F32, new long[] {rows, rank}, gaussian(rnd, rows * rank, 0.02));
+        try (SafetensorsFile f = files.write(dir.resolve("t.safetensors"))) {
+            TermSpec term = new TermSpec("x", Layout.LINEAR, TensorFiles.source(f, "a"), TensorFiles.source(f, "b"), rank, 2.0);
+            OutputTensor out = OutputTensor.merge("w", DType.BF16, TensorFiles.source(f, "w"), new OutputTensor.Update(List.of(term), null, null));
+            TensorJob job = TensorJob.prepare(out);
+            int rowBytes = cols * 2;
+            int rowsPerBlock = 1000; // 5 blocks, the last one short
+            Stages stages = new Stages();
+            try (TensorMerge onGpu = cuda.openMerge(job)) {
+                for (long r0 = 0; r0 < rows; r0 += rowsPerBlock) {
+                    int n = (int) Math.min(rowsPerBlock, rows - r0);
+                    try (MappedRegion src = f.map(f.tensor("w"), r0 * rowBytes, (long) n * rowBytes)) {
+                        ByteBuffer got = ByteBuffer.allocateDirect(n * rowBytes).order(ByteOrder.LITTLE_ENDIAN);
+                        onGpu.mergeRows(r0, n, src.bytes(), got, new BlockStats(stages));
+                    }
+                }
+            }
+            Map<String, Stages.Total> t = stages.totals();
+            long bytes = (long) rows * rowBytes;
+            for (String stage : List.of("stage_in", "upload", "download")) {
+                assertEquals(bytes, t.get(stage).bytes(), stage + " bytes: " + t);
+                assertEquals(5, t.get(stage).events(), stage + " events: " + t);
+            }
+            assertEquals("device", t.get("upload").clock());
+            assertEquals("threads", t.get("device_wait").clock());
+            assertTrue(t.get("upload").seconds() > 0 && t.get("compute").seconds() > 0 && t.get("download").seconds() > 0, t.toString());
+            // PCIe moves no more than a few hundred GB/s: device times that are not a few microseconds per 2 MB would be misread events
+            assertTrue(t.get("upload").seconds() > bytes / 500e9, t.toString());
+        }
+    }
+
+    @Test
+    void goldenFixturesMergedOnTheGpuWithMappedWritesPositionalReadsAndSmallBlocksEqualTheCpuMerge() throws Exception {
+        for (String name : fixtures().toList()) {
+            Path caseDir = Path.of("src/test/resources/fixtures", name);
+            try (Checkpoint base = Checkpoint.open(caseDir.resolve("base")); LoraAdapter adapter = LoraAdapter.open(caseDir.resolve("adapter"))) {
+                MergePlan plan = Planner.plan(base, adapter, PlanOptions.defaults());
+                Path cpuOut = dir.resolve(name + "-cpu");
+                Path gpuOut = dir.resolve(name + "-gpu");
+                try (CpuBackend cpu = new CpuBackend(2); AtomicOutput o = AtomicOutput.create(cpuOut, false, List.of(caseDir))) {
+                    MergeRunner.run(plan, cpu, o, MergeRunner.Options.defaults(), Progress.silent());
+                }
+                try (AtomicOutput o = AtomicOutput.create(gpuOut, false, List.of(caseDir))) {
+                    MergeRunner.run(plan, cuda, o, new MergeRunner.Options(false, 4096, 0, 1, true, true), Progress.silent());
+                }
+                try (Stream<Path> files = Files.list(cpuOut)) {
+                    for (Path p : files.toList()) {
+                        assertArrayEquals(Files.readAllBytes(p), Files.readAllBytes(gpuOut.resolve(p.getFileName())), name + ": " + p.getFileName());
                     }
                 }
             }

@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Where a merge from memory spends its time, in one device call: a Llama-2-7B-shaped bf16 base
+# (13.48 GB, 3 shards) and a rank-16 adapter on all 7 projections, base and output in /dev/shm:
+#
+#   bash scripts/bench/bench-tmpfs-gpu.sh          (scripts/device/gpu-run.sh device tmpfs)
+#
+# Rows: `cp -r` tmpfs to tmpfs (the floor); the GPU merge with the default knobs, 3 runs; a sweep
+# of the streaming knobs (org.loramerge.engine.Tuning: -Dloramerge.write=mapped, .read=pread,
+# .streams, .blockBytes, .window), one run each; the CPU engine once; and the same bytes copied by the
+# Java pipeline alone (an adapter that changes nothing, --allow-empty-adapter: every tensor a
+# byte copy), positional and mapped writes. Every merge runs with --json: its "stages" give the
+# dominant stage (thread seconds summed over the workers) in the table, and each row's full
+# stage line follows the table. Each row is a fresh `java -Xmx2g -jar` (+ sync, as measure.py
+# does), wall time, GB/s of the 13.48 GB written, ratio to the cp floor, peak host RSS (VmRSS of
+# the process tree, tmpfs pages it maps included) and peak GPU memory.
+# Writes $OUT/tmpfs.log (everything) and $OUT/tmpfs-table.md (the table and the stage lines).
+# Needs .device/jre.tgz and .device/loramerge.jar (scripts/device/gpu-run.sh pack).
+# Environment: OUT (default /tmp/out), SHM (/dev/shm/lm-tmpfs), PYTHON (python3);
+#   SHAPE, DEVICE and GEN_DEVICE (llama-7b, cuda, cuda) only to try the script out elsewhere.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+OUT=${OUT:-/tmp/out}
+SHM=${SHM:-/dev/shm/lm-tmpfs}
+PY=${PYTHON:-python3}
+SHAPE=${SHAPE:-llama-7b}
+DEVICE=${DEVICE:-cuda}
+GEN_DEVICE=${GEN_DEVICE:-cuda}
+case "${1:-}" in -h|--help) sed -n '2,20p' "$0"; exit 0 ;; esac
+mkdir -p "$OUT"
+LOG=$OUT/tmpfs.log
+TABLE=$OUT/tmpfs-table.md
+: > "$LOG"
+if ! command -v java >/dev/null 2>&1; then
+  rm -rf /tmp/jre && tar xzf .device/jre.tgz -C /tmp
+  export JAVA_HOME=/tmp/jre PATH=/tmp/jre/bin:$PATH
+fi
+JAR=$ROOT/.device/loramerge.jar
+T0=$SECONDS
+say() { echo "[tmpfs $((SECONDS - T0))s] $*" | tee -a "$LOG" >&2; }
+{ echo "kernel $(uname -r), $(nproc) cores"; grep -E ' /dev/shm ' /proc/mounts || true; free -g | head -2
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true; } >> "$LOG"
+
+rm -rf "$SHM"; mkdir -p "$SHM"
+trap 'rm -rf "$SHM"' EXIT
+say "generating the $SHAPE bf16 base and a rank-16 adapter in $SHM"
+"$PY" scripts/bench/make_synthetic.py --out "$SHM/m" --shape "$SHAPE" --dtype bf16 --rank 16 --gen-device "$GEN_DEVICE" --force >> "$LOG" 2>&1 \
+  || { tail -5 "$LOG" >&2; exit 1; }
+BASE=$SHM/m/base
+ADAPTER=$SHM/m/adapter
+# an adapter that changes nothing: every tensor of the merge is a byte copy through the pipeline's reader and writer
+EMPTY=$SHM/empty
+mkdir -p "$EMPTY"
+"$PY" - "$EMPTY" <<'PYEOF'
+import json, struct, sys
+d = sys.argv[1]
+json.dump({"peft_type": "LORA", "r": 16, "lora_alpha": 32, "target_modules": ["q_proj"], "bias": "none"}, open(f"{d}/adapter_config.json", "w"))
+h = json.dumps({"__metadata__": {"format": "pt"}}).encode()
+h += b" " * (-len(h) % 8)
+open(f"{d}/adapter_model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h)
+PYEOF
+BYTES=$(du -sb "$BASE" | cut -f1)
+say "base: $BYTES bytes"
+
+rows=()   # one JSON line per row, for the table
+# row LABEL KNOBS DEVICE ADAPTER [merge options]: one fresh merge into $SHM/out, timed; its JSON line kept
+row() {
+  local label=$1 knobs=$2 device=$3 adapter=$4; shift 4
+  rm -rf "$SHM/out"
+  local runlog=$OUT/.run.log
+  : > "$runlog"
+  local line
+  # shellcheck disable=SC2086 # the knobs are separate -D words
+  line=$("$PY" scripts/bench/measure.py --label "$label" --gpu --log "$runlog" -- \
+    java -Xmx2g $knobs -jar "$JAR" merge --base "$BASE" --adapter "$adapter" --out "$SHM/out" --device "$device" --quiet --json "$@") || true
+  # the run's output for the log, less the per-tensor list of its JSON (224 entries a run on the 7B shape)
+  { echo "== $label ($knobs)"; "$PY" - "$runlog" <<'PYEOF'
+import json, sys
+log = open(sys.argv[1]).read()
+start = log.find("{\n")
+if start < 0:
+    print(log)
+else:
+    print(log[:start], end="")
+    try:
+        r = json.loads(log[start:log.rindex("}") + 1])
+        r.pop("tensors", None)
+        print(json.dumps(r, indent=1))
+    except ValueError:
+        print(log[start:])
+PYEOF
+    echo "$line"; } >> "$LOG"
+  rows+=("$("$PY" - "$line" "$runlog" "$label" <<'PYEOF'
+import json, sys
+m = json.loads(sys.argv[1]); log = open(sys.argv[2]).read()
+start = log.find("{\n")
+r = {}
+if start >= 0:
+    try:
+        r = json.loads(log[start:log.rindex("}") + 1])
+    except ValueError:
+        r = {}
+print(json.dumps({"label": sys.argv[3], "m": m, "stages": r.get("stages", {}), "written": r.get("bytes_written", 0)}))
+PYEOF
+)")
+  rm -rf "$SHM/out"
+  say "$label: $(echo "$line" | "$PY" -c 'import json,sys; m=json.loads(sys.stdin.read()); print(m["wall_s"], "s, exit", m["rc"])')"
+}
+
+say "cp -r, tmpfs to tmpfs"
+rm -rf "$SHM/copy"
+CP=$("$PY" scripts/bench/measure.py --label cp -- cp -r "$BASE" "$SHM/copy")
+rm -rf "$SHM/copy"
+echo "$CP" >> "$LOG"
+CP_S=$("$PY" -c 'import json,sys; print(json.loads(sys.argv[1])["wall_s"])' "$CP")
+
+for i in 1 2 3; do row "GPU, defaults ($i)" "" "$DEVICE" "$ADAPTER"; done
+row "GPU, mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
+row "GPU, mapped writes (again)" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
+row "GPU, positional reads" "-Dloramerge.read=pread" "$DEVICE" "$ADAPTER"
+row "GPU, mapped writes, positional reads" "-Dloramerge.write=mapped -Dloramerge.read=pread" "$DEVICE" "$ADAPTER"
+row "GPU, 4 streams" "-Dloramerge.streams=4" "$DEVICE" "$ADAPTER"
+row "GPU, 12 streams" "-Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
+row "GPU, 16 streams" "-Dloramerge.streams=16" "$DEVICE" "$ADAPTER"
+row "GPU, 4 MiB blocks" "-Dloramerge.blockBytes=4194304" "$DEVICE" "$ADAPTER"
+row "GPU, 32 MiB blocks" "-Dloramerge.blockBytes=33554432" "$DEVICE" "$ADAPTER"
+row "GPU, window 1 block a thread" "-Dloramerge.window=1" "$DEVICE" "$ADAPTER"
+row "GPU, window 6 blocks a thread" "-Dloramerge.window=6" "$DEVICE" "$ADAPTER"
+row "GPU, mapped writes, 12 streams" "-Dloramerge.write=mapped -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
+row "GPU, mapped writes, 16 streams, 16 MiB blocks" "-Dloramerge.write=mapped -Dloramerge.streams=16 -Dloramerge.blockBytes=16777216" "$DEVICE" "$ADAPTER"
+row "GPU, mapped writes, positional reads, 12 streams" "-Dloramerge.write=mapped -Dloramerge.read=pread -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
+row "Java copy (empty adapter), pwrite" "" "$DEVICE" "$EMPTY" --allow-empty-adapter
+row "Java copy (empty adapter), mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$EMPTY" --allow-empty-adapter
+row "CPU engine" "" cpu "$ADAPTER"
+row "CPU engine, mapped writes" "-Dloramerge.write=mapped" cpu "$ADAPTER"
+
+"$PY" - "$CP_S" "$BYTES" "${rows[@]}" > "$TABLE" <<'PYEOF'
+import json, sys
+cp, size = float(sys.argv[1]), int(sys.argv[2])
+rows = [json.loads(a) for a in sys.argv[3:]]
+print("| case | wall s | GB/s | x cp | peak RSS GB | peak GPU GiB | stream s | dominant stage (thread s) |")
+print("|---|---|---|---|---|---|---|---|")
+print(f"| cp -r, tmpfs to tmpfs | {cp:.2f} | {size / 1e9 / cp:.2f} | 1.00 | | | | |")
+def dominant(st):
+    # the engine's "merge" holds the GPU's stage_in, device_wait and host_settle; in_order_wait is the writing thread idling
+    skip = {"in_order_wait"} | ({"merge"} if "stage_in" in st else set())
+    cands = [(v["seconds"], k) for k, v in st.items() if v.get("clock") == "threads" and k not in skip]
+    if not cands:
+        return "-"
+    s, k = max(cands)
+    return f"{k} {s:.1f}"
+for r in rows:
+    m, st = r["m"], r["stages"]
+    ok = "" if m["rc"] == 0 else f" (exit {m['rc']})"
+    gpu = m.get("peak_gpu_mem_delta_mb")
+    stream = st.get("stream", {}).get("seconds")
+    print(f"| {r['label']}{ok} | {m['wall_s']:.2f} | {size / 1e9 / m['wall_s']:.2f} | {m['wall_s'] / cp:.2f} | "
+          f"{m['peak_rss_tree_mb'] / 1000:.2f} | {'-' if gpu is None else f'{gpu / 1024:.2f}'} | "
+          f"{'-' if stream is None else f'{stream:.2f}'} | {dominant(st)} |")
+print()
+print("Stages per row (thread stages summed over the workers, device stages over the streams; GB/s per second of the stage's own time):")
+print()
+for r in rows:
+    parts = []
+    for k, v in r["stages"].items():
+        p = f"{k} {v['seconds']:.2f}" + ("" if v["clock"] == "wall" else (" thr" if v["clock"] == "threads" else " dev"))
+        if v["bytes"] > 0 and v["seconds"] > 0:
+            p += f" {v['bytes'] / 1e9 / v['seconds']:.1f} GB/s"
+        parts.append(p)
+    print(f"- {r['label']}: " + " | ".join(parts))
+PYEOF
+rm -f "$OUT/.run.log"
+cat "$TABLE" | tee -a "$LOG"
+say "done"

@@ -1,0 +1,80 @@
+package org.loramerge.engine;
+
+import java.util.Locale;
+
+/**
+ * The streaming knobs, for measuring where a merge's time goes (scripts/bench/bench-tmpfs-gpu.sh
+ * sweeps them): hidden Java system properties, unset in normal use, each defaulting to what the
+ * code does without it. Set them with {@code LORAMERGE_JAVA_OPTS="-Dloramerge.streams=12"} or
+ * {@code java -D... -jar}.
+ *
+ * <ul>
+ *   <li>{@code loramerge.blockBytes}: output bytes per row block (default {@link Backend#DEFAULT_BLOCK_BYTES}, 8 MiB)
+ *   <li>{@code loramerge.streams}: the GPU engine's worker threads, one stream each (default: half the CPU threads, 2 to 8)
+ *   <li>{@code loramerge.window}: blocks per worker thread that may wait for the in-order hand-over (default 2)
+ *   <li>{@code loramerge.write}: how workers put their blocks into a shard: {@code pwrite}, a positional write
+ *       (default), or {@code mapped}, a copy into a memory mapping of the block's place
+ *   <li>{@code loramerge.read}: how workers get a dense tensor's rows: {@code mapped}, a memory mapping of them
+ *       (default), or {@code pread}, positional reads into a block buffer of the engine's (page-locked on a GPU)
+ * </ul>
+ *
+ * @param blockBytes      output bytes per row block
+ * @param streams         GPU worker threads, 0 for the engine's own choice
+ * @param windowPerThread blocks per worker thread that may wait to be completed in order
+ * @param mappedWrites    whether workers write through memory mappings instead of positional writes
+ * @param preadReads      whether workers read dense rows by positional reads instead of mappings
+ */
+public record Tuning(int blockBytes, int streams, int windowPerThread, boolean mappedWrites, boolean preadReads) {
+    /** What the code does without any knob set. */
+    public static final Tuning DEFAULTS = new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, false, false);
+
+    /** Output blocks no smaller than this (a row of the widest Hugging Face weights fits) and no larger than Java's buffers allow. */
+    private static final int MIN_BLOCK_BYTES = 1 << 20;
+    private static final int MAX_BLOCK_BYTES = 1 << 30;
+
+    /**
+     * The knobs as set in this JVM's system properties.
+     *
+     * @throws IllegalArgumentException naming the property when one is set to something it cannot be
+     */
+    public static Tuning current() {
+        int block = intProperty("loramerge.blockBytes", DEFAULTS.blockBytes, MIN_BLOCK_BYTES, MAX_BLOCK_BYTES);
+        int streams = intProperty("loramerge.streams", 0, 1, 64);
+        int window = intProperty("loramerge.window", DEFAULTS.windowPerThread, 1, 64);
+        String write = System.getProperty("loramerge.write", "pwrite").toLowerCase(Locale.ROOT);
+        if (!write.equals("pwrite") && !write.equals("mapped")) {
+            throw new IllegalArgumentException("-Dloramerge.write=" + write + ": expected pwrite or mapped");
+        }
+        String read = System.getProperty("loramerge.read", "mapped").toLowerCase(Locale.ROOT);
+        if (!read.equals("mapped") && !read.equals("pread")) {
+            throw new IllegalArgumentException("-Dloramerge.read=" + read + ": expected mapped or pread");
+        }
+        return new Tuning(block, streams, window, write.equals("mapped"), read.equals("pread"));
+    }
+
+    private static int intProperty(String name, int fallback, int min, int max) {
+        String v = System.getProperty(name);
+        if (v == null) {
+            return fallback;
+        }
+        try {
+            int n = Integer.parseInt(v.trim());
+            if (n >= min && n <= max) {
+                return n;
+            }
+        } catch (NumberFormatException e) {
+            // reported below with the range
+        }
+        throw new IllegalArgumentException("-D" + name + "=" + v + ": expected a whole number from " + min + " to " + max);
+    }
+
+    /** The knobs in a few words, for the report's notes: null when none is set. */
+    public String describe() {
+        if (equals(DEFAULTS)) {
+            return null;
+        }
+        return "streaming knobs: block " + (blockBytes >> 10) + " KiB, " + (streams == 0 ? "default" : streams) + " GPU streams, window "
+                + windowPerThread + " blocks a thread, " + (mappedWrites ? "mapped" : "positional") + " writes, "
+                + (preadReads ? "positional" : "mapped") + " reads";
+    }
+}

@@ -1,0 +1,53 @@
+package org.loramerge.engine;
+
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.Test;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** The hidden streaming knobs: unset, the code's own defaults; set, read as given; out of range, refused by name. */
+class TuningTest {
+    private static final String[] KNOBS = {"loramerge.blockBytes", "loramerge.streams", "loramerge.window", "loramerge.write", "loramerge.read"};
+
+    @AfterEach
+    void clear() {
+        for (String k : KNOBS) {
+            System.clearProperty(k);
+        }
+    }
+
+    @Test
+    void withoutKnobsARunStreamsAsItAlwaysDid() {
+        assertEquals(new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, false, false), Tuning.current());
+        assertNull(Tuning.current().describe(), "nothing to note");
+    }
+
+    @Test
+    void knobsAreReadAsGivenAndNoted() {
+        System.setProperty("loramerge.blockBytes", "33554432");
+        System.setProperty("loramerge.streams", "12");
+        System.setProperty("loramerge.window", "4");
+        System.setProperty("loramerge.write", "MAPPED");
+        System.setProperty("loramerge.read", "pread");
+        Tuning t = Tuning.current();
+        assertEquals(new Tuning(32 << 20, 12, 4, true, true), t);
+        assertEquals("streaming knobs: block 32768 KiB, 12 GPU streams, window 4 blocks a thread, mapped writes, positional reads", t.describe());
+    }
+
+    @Test
+    void aBlockTooSmallForAnyRowIsRefusedByName() {
+        System.setProperty("loramerge.blockBytes", "4096");
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, Tuning::current);
+        assertTrue(e.getMessage().startsWith("-Dloramerge.blockBytes=4096: expected a whole number from 1048576"), e.getMessage());
+    }
+
+    @Test
+    void aStreamCountThatIsNotANumberIsRefusedByName() {
+        System.setProperty("loramerge.streams", "many");
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, Tuning::current);
+        assertTrue(e.getMessage().startsWith("-Dloramerge.streams=many"), e.getMessage());
+    }
+}
