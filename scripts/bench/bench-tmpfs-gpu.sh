@@ -16,6 +16,8 @@
 # Writes $OUT/tmpfs.log (everything) and $OUT/tmpfs-table.md (the table and the stage lines).
 # Needs .device/jre.tgz and .device/loramerge.jar (scripts/device/gpu-run.sh pack).
 # Environment: OUT (default /tmp/out), SHM (/dev/shm/lm-tmpfs), PYTHON (python3);
+#   QUICK=1 (8 rows: defaults twice, mapped writes, positional reads, both, both with 12 streams, the Java
+#   copy both ways; for a device call shared with other steps);
 #   SHAPE, DEVICE and GEN_DEVICE (llama-7b, cuda, cuda) only to try the script out elsewhere.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -114,25 +116,36 @@ rm -rf "$SHM/copy"
 echo "$CP" >> "$LOG"
 CP_S=$("$PY" -c 'import json,sys; print(json.loads(sys.argv[1])["wall_s"])' "$CP")
 
-for i in 1 2 3; do row "GPU, defaults ($i)" "" "$DEVICE" "$ADAPTER"; done
-row "GPU, mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
-row "GPU, mapped writes (again)" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
-row "GPU, positional reads" "-Dloramerge.read=pread" "$DEVICE" "$ADAPTER"
-row "GPU, mapped writes, positional reads" "-Dloramerge.write=mapped -Dloramerge.read=pread" "$DEVICE" "$ADAPTER"
-row "GPU, 4 streams" "-Dloramerge.streams=4" "$DEVICE" "$ADAPTER"
-row "GPU, 12 streams" "-Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
-row "GPU, 16 streams" "-Dloramerge.streams=16" "$DEVICE" "$ADAPTER"
-row "GPU, 4 MiB blocks" "-Dloramerge.blockBytes=4194304" "$DEVICE" "$ADAPTER"
-row "GPU, 32 MiB blocks" "-Dloramerge.blockBytes=33554432" "$DEVICE" "$ADAPTER"
-row "GPU, window 1 block a thread" "-Dloramerge.window=1" "$DEVICE" "$ADAPTER"
-row "GPU, window 6 blocks a thread" "-Dloramerge.window=6" "$DEVICE" "$ADAPTER"
-row "GPU, mapped writes, 12 streams" "-Dloramerge.write=mapped -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
-row "GPU, mapped writes, 16 streams, 16 MiB blocks" "-Dloramerge.write=mapped -Dloramerge.streams=16 -Dloramerge.blockBytes=16777216" "$DEVICE" "$ADAPTER"
-row "GPU, mapped writes, positional reads, 12 streams" "-Dloramerge.write=mapped -Dloramerge.read=pread -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
-row "Java copy (empty adapter), pwrite" "" "$DEVICE" "$EMPTY" --allow-empty-adapter
-row "Java copy (empty adapter), mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$EMPTY" --allow-empty-adapter
-row "CPU engine" "" cpu "$ADAPTER"
-row "CPU engine, mapped writes" "-Dloramerge.write=mapped" cpu "$ADAPTER"
+if [ -n "${QUICK:-}" ]; then
+  # the rows that tell the bound apart, for a call shared with other steps
+  for i in 1 2; do row "GPU, defaults ($i)" "" "$DEVICE" "$ADAPTER"; done
+  row "GPU, mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
+  row "GPU, positional reads" "-Dloramerge.read=pread" "$DEVICE" "$ADAPTER"
+  row "GPU, mapped writes, positional reads" "-Dloramerge.write=mapped -Dloramerge.read=pread" "$DEVICE" "$ADAPTER"
+  row "GPU, mapped writes, positional reads, 12 streams" "-Dloramerge.write=mapped -Dloramerge.read=pread -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
+  row "Java copy (empty adapter), pwrite" "" "$DEVICE" "$EMPTY" --allow-empty-adapter
+  row "Java copy (empty adapter), mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$EMPTY" --allow-empty-adapter
+else
+  for i in 1 2 3; do row "GPU, defaults ($i)" "" "$DEVICE" "$ADAPTER"; done
+  row "GPU, mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
+  row "GPU, mapped writes (again)" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
+  row "GPU, positional reads" "-Dloramerge.read=pread" "$DEVICE" "$ADAPTER"
+  row "GPU, mapped writes, positional reads" "-Dloramerge.write=mapped -Dloramerge.read=pread" "$DEVICE" "$ADAPTER"
+  row "GPU, 4 streams" "-Dloramerge.streams=4" "$DEVICE" "$ADAPTER"
+  row "GPU, 12 streams" "-Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
+  row "GPU, 16 streams" "-Dloramerge.streams=16" "$DEVICE" "$ADAPTER"
+  row "GPU, 4 MiB blocks" "-Dloramerge.blockBytes=4194304" "$DEVICE" "$ADAPTER"
+  row "GPU, 32 MiB blocks" "-Dloramerge.blockBytes=33554432" "$DEVICE" "$ADAPTER"
+  row "GPU, window 1 block a thread" "-Dloramerge.window=1" "$DEVICE" "$ADAPTER"
+  row "GPU, window 6 blocks a thread" "-Dloramerge.window=6" "$DEVICE" "$ADAPTER"
+  row "GPU, mapped writes, 12 streams" "-Dloramerge.write=mapped -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
+  row "GPU, mapped writes, 16 streams, 16 MiB blocks" "-Dloramerge.write=mapped -Dloramerge.streams=16 -Dloramerge.blockBytes=16777216" "$DEVICE" "$ADAPTER"
+  row "GPU, mapped writes, positional reads, 12 streams" "-Dloramerge.write=mapped -Dloramerge.read=pread -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
+  row "Java copy (empty adapter), pwrite" "" "$DEVICE" "$EMPTY" --allow-empty-adapter
+  row "Java copy (empty adapter), mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$EMPTY" --allow-empty-adapter
+  row "CPU engine" "" cpu "$ADAPTER"
+  row "CPU engine, mapped writes" "-Dloramerge.write=mapped" cpu "$ADAPTER"
+fi
 
 "$PY" - "$CP_S" "$BYTES" "${rows[@]}" > "$TABLE" <<'PYEOF'
 import json, sys
