@@ -136,7 +136,7 @@ if [ -n "${CPU_TARGET:-}" ]; then
     say "extract --target $CPU_TARGET on the $dev engine"
     rm -rf "$WORK/out-extract-sub"
     run "extract-$dev-$CPU_TARGET" $LORAMERGE extract --base "$WORK/base" --tuned "$WORK/tuned" --out "$WORK/out-extract-sub" --rank "$RANK" \
-      --device "$dev" --target "$CPU_TARGET" --json --quiet ${LM_ARGS:---dtype f32}
+      --device "$dev" --target "$CPU_TARGET" --others report --json --quiet ${LM_ARGS:---dtype f32}
   done
   rm -rf "$WORK/out-extract-sub"
 fi
