@@ -32,7 +32,10 @@
 #   REPS (default 1), RANK (64), SEED (0), PYTHON (python3), LORAMERGE (default "java $JAVA_OPTS -jar
 #   target/loramerge-cli.jar", JAVA_OPTS default -Xmx2g as ./loramerge), LM_ARGS (extract options; default --dtype f32,
 #   so that the error ratio is the SVD's and not bf16's rounding of the factors), ANCHOR_LAYERS (0,15,31), SKIP_ANCHORS=1, REGEN=1,
-#   EXTRACT_CPU=1 (also time the CPU engine; default only for the tiny, 1gb and 3gb shapes).
+#   EXTRACT_CPU=1 (also time the CPU engine; default only for the tiny, 1gb and 3gb shapes),
+#   CPU_TARGET (e.g. q_proj: extract --target it --others report on both engines, the CPU engine's row where the whole
+#   model would not fit a device call), RUN_UNMERGE=1 (then, the tuned model removed: a rank-16 adapter merged into the
+#   base and unmerged with --base, beside cp -r + sync of the base; the unmerged model's distance to the base in ulps).
 set -euo pipefail
 T0=$(date +%s.%N)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
