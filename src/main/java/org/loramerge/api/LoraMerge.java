@@ -449,7 +449,7 @@ public final class LoraMerge {
             weights.add(new Inspection.QuantizedWeightEntry(w.weightName(), w.dtype().name(), MergeResult.shape(w.shape()), w.describe(),
                     List.copyOf(w.tensorNames())));
         }
-        return new Inspection.Quantization(q.format().name(), List.copyOf(weights), List.copyOf(q.warnings()), null);
+        return new Inspection.Quantization(q.formatName(), List.copyOf(weights), List.copyOf(q.warnings()), null);
     }
 
     /**

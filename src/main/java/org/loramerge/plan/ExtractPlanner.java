@@ -132,7 +132,7 @@ public final class ExtractPlanner {
     private static void refuseQuantized(Checkpoint c, String option) throws QuantException, IOException, ExtractException {
         QuantizedModel q = WeightFormats.detect(c);
         if (q.isQuantized()) {
-            throw new ExtractException(QUANTIZED, option + " " + c.dir() + " has " + q.weights().size() + " 4-bit (" + q.format().name()
+            throw new ExtractException(QUANTIZED, option + " " + c.dir() + " has " + q.weights().size() + " quantized (" + q.formatName()
                     + ") weights; extract needs the dense weights of both models: pass the 16-bit (or 32-bit) checkpoints");
         }
     }

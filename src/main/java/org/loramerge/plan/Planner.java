@@ -290,7 +290,7 @@ public final class Planner {
         QuantTarget target = options.to();
         if (quant.isQuantized()) {
             kind = quant.weights().values().iterator().next().kind();
-            String format = quant.format().name();
+            String format = quant.formatName();
             boolean calibrated = CALIBRATED.contains(kind);
             if (target == null) {
                 String requant = calibrated
@@ -710,7 +710,7 @@ public final class Planner {
             }
             // the group's other tensors are written with the requantized weight, or dropped when it is written dense
         }
-        String format = quant.isQuantized() ? quant.format().name() : "";
+        String format = quant.isQuantized() ? quant.formatName() : "";
         if (requantized > 0 && crossFormat) {
             notes.add(requantized + " " + format + " weights dequantized, merged where the adapter changes them, and quantized to NF4 "
                     + "(blocksize " + CROSS_NF4_BLOCKSIZE + "); config.json's quantization_config is bitsandbytes' now");
@@ -1081,7 +1081,7 @@ public final class Planner {
             TensorInfo tv = adapter.tensor(tokens.key());
             if (quant.weight(weightName) != null) {
                 // token rows replace whole rows of stored values, which a quantized weight does not have (its codes share scales)
-                problem(UNSUPPORTED, "adapter key " + tokens.key() + " holds token rows for " + weightName + ", a " + quant.format().name() + " weight of the base; "
+                problem(UNSUPPORTED, "adapter key " + tokens.key() + " holds token rows for " + weightName + ", a " + quant.formatName() + " weight of the base; "
                         + "replacing rows of a quantized weight is not supported: pass the original 16-bit model as --base");
             } else if (idx == null) {
                 problem(CONFIG_MISMATCH, "adapter key " + tokens.key() + " holds token rows, but adapter_config.json's trainable_token_indices names no indices for " + module);

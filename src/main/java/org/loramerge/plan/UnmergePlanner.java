@@ -55,7 +55,7 @@ public final class UnmergePlanner {
             throws AdapterException, UnmergeException, UsageException, QuantException, SafetensorsException, IOException {
         QuantizedModel q = WeightFormats.detect(merged);
         if (q.isQuantized()) {
-            throw new UnmergeException(QUANTIZED, merged.dir() + " has " + q.weights().size() + " 4-bit (" + q.format().name() + ") weights: "
+            throw new UnmergeException(QUANTIZED, merged.dir() + " has " + q.weights().size() + " quantized (" + q.formatName() + ") weights: "
                     + "requantizing the merge rounded part of the adapter's change away, so subtracting it cannot give the base back; "
                     + "use the 16-bit merged model, or the original base");
         }

@@ -27,6 +27,11 @@ public record QuantizedModel(WeightFormat format, String configKey, Map<String, 
         return format != null;
     }
 
+    /** The format's name for messages and {@code inspect}, as {@link WeightFormat#name(QuantizedModel)} gives it; null without one. */
+    public String formatName() {
+        return format == null ? null : format.name(this);
+    }
+
     public boolean isQuantized() {
         return !weights.isEmpty();
     }

@@ -18,6 +18,11 @@ public interface WeightFormat {
     /** The format's name for messages and {@code inspect}, e.g. "bitsandbytes 4-bit NF4". */
     String name();
 
+    /** The name for a model this format found, where its variants differ in a model's weights (by default {@link #name()}). */
+    default String name(QuantizedModel model) {
+        return name();
+    }
+
     /**
      * The checkpoint's weights in this format; {@link QuantizedModel#none()} when it does not use
      * the format at all.

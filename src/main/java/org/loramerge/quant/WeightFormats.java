@@ -37,6 +37,6 @@ public final class WeightFormats {
     }
 
     /** What loramerge reads, for messages. */
-    static final String SUPPORTED = "bitsandbytes 4-bit NF4 and 8-bit (LLM.int8), FP8 (transformers' fine-grained \"fp8\", compressed-tensors' float-quantized), "
+    static final String SUPPORTED = "bitsandbytes 4-bit (NF4, FP4) and 8-bit (LLM.int8), FP8 (transformers' fine-grained \"fp8\", compressed-tensors' float-quantized), "
             + "GPTQ (\"gptq\", \"gptq_v2\") and AWQ (GEMM)";
 }

@@ -96,6 +96,12 @@ class BitsandbytesCheckpointsTest {
             case "fp4" -> "FP4 (bitsandbytes)";
             default -> "LLM.int8 (bitsandbytes)";
         };
+        String format = switch (kind(model)) {
+            case "nf4" -> "bitsandbytes 4-bit NF4";
+            case "fp4" -> "bitsandbytes 4-bit FP4";
+            default -> "bitsandbytes 8-bit (LLM.int8)";
+        };
+        assertEquals(format, JSON.readTree(inspect.out()).get("quantization").get("format").asText(), "the model's format, its quant type included");
         for (JsonNode w : weights) {
             assertTrue(w.get("description").asText().startsWith(label), w.toString());
             assertEquals(model.contains("-dq-"), w.get("description").asText().contains("double-quantized"), w.toString());
