@@ -100,7 +100,7 @@ public final class ExtractRunner {
                 ExtractPlan.Target t = targets.get(i);
                 Future<WeightDelta> current = next;
                 next = null;
-                try (WeightDelta delta = await(current)) {
+                try (WeightDelta delta = BlockExecutor.get(current)) {
                     if (i + 1 < targets.size()) {
                         ExtractPlan.Target following = targets.get(i + 1);
                         next = opener.submit(() -> open(backend, following));
@@ -122,7 +122,7 @@ public final class ExtractRunner {
                 progress.addBytes(t.base().info().sizeInBytes());
                 progress.tensorDone();
             }
-            compared = await(comparisons);
+            compared = BlockExecutor.get(comparisons);
             comparisons = null;
         } finally {
             if (next != null) {
@@ -165,22 +165,6 @@ public final class ExtractRunner {
 
     private static WeightDelta open(Backend backend, ExtractPlan.Target t) throws Exception {
         return backend.openDelta(t.weightName(), t.base(), t.tuned(), t.rows(), t.cols());
-    }
-
-    /** What {@code f} computes; its failure (bad input among them) rethrown as it was. */
-    private static <T> T await(Future<T> f) throws Exception {
-        try {
-            return f.get();
-        } catch (ExecutionException e) {
-            Throwable c = e.getCause();
-            if (c instanceof Exception) {
-                throw (Exception) c;
-            }
-            if (c instanceof Error) {
-                throw (Error) c;
-            }
-            throw e;
-        }
     }
 
     /** After a failure: waits for {@code f} to end, its own failure being the lesser news. */
