@@ -35,6 +35,9 @@ public final class DoubleQuant {
     /** The nested blocksize bitsandbytes always uses for the absmax values. */
     public static final int NESTED_BLOCKSIZE = 256;
 
+    /** What to do when a merged weight requantized to 4-bit has no finite offset ({@link #requireFiniteOffset}); the GPU engine's too. */
+    public static final String MERGE_REMEDY = "use a dense output instead (--to bf16 or f32), or scale the weight down";
+
     /** The double-quantized absmax of one weight. */
     public record Result(byte[] codes, float[] nestedAbsmax, float offset) {
     }

@@ -77,9 +77,6 @@ public final class Nf4Requantizer implements Requantizer {
      * @param path       the base file it comes from, for messages (may be null)
      * @param base       the base weight's quant state: blocksize, dtype, shape and whether it is double-quantized
      */
-    /** What to do when the merged weight cannot be double-quantized. */
-    private static final String REMEDY = "use a dense output instead (--to bf16 or f32), or scale the weight down";
-
     public Nf4Requantizer(String weightName, Path path, QuantState base) {
         this.weightName = weightName;
         this.path = path;
@@ -165,11 +162,11 @@ public final class Nf4Requantizer implements Requantizer {
     public void finish() throws QuantException {
         if (base.isDoubleQuant()) {
             DoubleQuant.Result dq = DoubleQuant.quantize(absmax, numBlocks);
-            DoubleQuant.requireFiniteOffset(dq.offset(), numBlocks, path, weightName, REMEDY);
+            DoubleQuant.requireFiniteOffset(dq.offset(), numBlocks, path, weightName, DoubleQuant.MERGE_REMEDY);
             doubleQuantized = dq;
             DoubleQuant.Result dqBase = DoubleQuant.quantize(absmaxBase, numBlocks);
             // the base's requantization only measures what survives of the change: an infinite offset would make that NaN
-            DoubleQuant.requireFiniteOffset(dqBase.offset(), numBlocks, path, weightName, REMEDY);
+            DoubleQuant.requireFiniteOffset(dqBase.offset(), numBlocks, path, weightName, DoubleQuant.MERGE_REMEDY);
             outputState = base.withNested(new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, dq.offset()));
             scale = decode(dq);
             scaleBase = decode(dqBase);
