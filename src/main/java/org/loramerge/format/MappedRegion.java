@@ -68,8 +68,11 @@ public final class MappedRegion implements AutoCloseable {
 
     /**
      * Copies {@code src}'s remaining bytes to the start of a writable region. A write the file
-     * system cannot back (a full disk, or tmpfs out of memory, which the kernel signals as a bus
-     * error on the mapping and the JVM as an {@link InternalError}) is an IOException.
+     * system cannot back (a full disk, or tmpfs out of memory) is a bus error on the mapping, which
+     * Java 17 turns into an {@link InternalError} thrown asynchronously, at the thread's next entry
+     * into the VM: rarely in this copy (then an IOException here), usually after it, typically in
+     * {@link #close}'s unmapping, where the JDK's Cleaner ends the JVM (exit 1). Callers must make
+     * sure the room exists before mapping (SafetensorsWriter checks the file system's free space).
      */
     public void copyIn(ByteBuffer src) throws IOException {
         if (buffer == null) {

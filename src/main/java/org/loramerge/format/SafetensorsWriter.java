@@ -7,6 +7,7 @@ import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.channels.FileChannel;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.Arrays;
@@ -180,6 +181,9 @@ public final class SafetensorsWriter implements AutoCloseable {
                 fixed += e.sizeInBytes();
             }
         }
+        if (mappedWrites && fixed > 0) {
+            requireSpaceForMappedWrites(path, header.length + fixed);
+        }
         // a read-write mapping needs a channel open for reading too
         FileChannel ch = mappedWrites ? FileChannel.open(path, StandardOpenOption.CREATE_NEW, StandardOpenOption.READ, StandardOpenOption.WRITE)
                 : FileChannel.open(path, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE);
@@ -196,6 +200,22 @@ public final class SafetensorsWriter implements AutoCloseable {
             throw e;
         }
         return new SafetensorsWriter(path, ch, entries, Map.copyOf(metadata), header.length, fixed, offsets, mappedWrites);
+    }
+
+    /**
+     * Refuses mapped writes of a file of {@code bytes} when its file system has less room: a write
+     * through a mapping that the file system cannot back is a bus error, which Java 17 raises not in
+     * the copy but asynchronously, later (in practice in the JDK's unmapping, whose Cleaner then ends
+     * the JVM with exit 1), so a full disk cannot be reported as it happens, only foreseen here. Other
+     * writers may still fill the disk meanwhile; positional writes (the default) report that.
+     */
+    private static void requireSpaceForMappedWrites(Path path, long bytes) throws IOException {
+        Path dir = path.toAbsolutePath().getParent();
+        long usable = Files.getFileStore(dir).getUsableSpace();
+        if (usable < bytes) {
+            throw new IOException(path + ": No space left on device: the file needs " + bytes + " bytes and its file system has "
+                    + usable + " free; free space, or write elsewhere");
+        }
     }
 
     private static void writeFully(FileChannel ch, ByteBuffer b, long at) throws IOException {

@@ -1,6 +1,7 @@
 package org.loramerge.quant;
 
 import java.math.BigInteger;
+import java.nio.file.Path;
 
 /**
  * Double quantization of the per-block absmax values ({@code bnb_4bit_use_double_quant}), as
@@ -33,6 +34,9 @@ import java.math.BigInteger;
 public final class DoubleQuant {
     /** The nested blocksize bitsandbytes always uses for the absmax values. */
     public static final int NESTED_BLOCKSIZE = 256;
+
+    /** What to do when a merged weight requantized to 4-bit has no finite offset ({@link #requireFiniteOffset}); the GPU engine's too. */
+    public static final String MERGE_REMEDY = "use a dense output instead (--to bf16 or f32), or scale the weight down";
 
     /** The double-quantized absmax of one weight. */
     public record Result(byte[] codes, float[] nestedAbsmax, float offset) {
@@ -127,6 +131,23 @@ public final class DoubleQuant {
         float total = roundToFloat(sum, BigInteger.ONE.shiftLeft(149));
         float factor = 1f / (float) count; // torch: static_cast<float>(1) / numel, the int64 numel converted to float
         return total * factor;
+    }
+
+    /**
+     * {@code offset} when it is finite; else the typed refusal of weight {@code tensor} of {@code path}:
+     * its {@code count} block absmax values sum past fp32's range (values near bf16's or fp32's largest),
+     * so bitsandbytes' offset ({@link #offset}: the fp32 sum times 1/n, as torch's mean) is infinite
+     * and the double-quantized weight would dequantize to NaN. {@code remedy} says what to do instead.
+     *
+     * @throws QuantException {@link QuantException.Reason#NON_FINITE}
+     */
+    public static float requireFiniteOffset(float offset, long count, Path path, String tensor, String remedy) throws QuantException {
+        if (!Float.isFinite(offset)) {
+            throw new QuantException(QuantException.Reason.NON_FINITE, path, tensor, "its " + count
+                    + " block absmax values sum past the fp32 range, so the double quantization offset (bitsandbytes' fp32 mean: the fp32 sum times 1/"
+                    + count + ") is " + offset + " and the weight would dequantize to NaN; " + remedy);
+        }
+        return offset;
     }
 
     /** The fp32 nearest to {@code num / den} (den > 0), ties to even; no double rounding. */

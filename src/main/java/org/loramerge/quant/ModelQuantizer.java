@@ -245,7 +245,8 @@ public final class ModelQuantizer {
         for (double e : maxError) {
             worst = Math.max(worst, e);
         }
-        return new Encoded(ByteBuffer.wrap(packed), Nf4Tensor.tail(state, absmax),
+        return new Encoded(ByteBuffer.wrap(packed), Nf4Tensor.tail(state, absmax, file.path(), t.name(),
+                "drop --double-quant (plain fp32 absmax), or scale the weight down"),
                 new QuantizedTensor(t.name(), t.dtype().name(), t.shape(), absmax.length, worst));
     }
 

@@ -159,11 +159,14 @@ public final class Nf4Requantizer implements Requantizer {
 
     /** After every range is encoded: the double quantization of both absmax sets and the dequantized scales. */
     @Override
-    public void finish() {
+    public void finish() throws QuantException {
         if (base.isDoubleQuant()) {
             DoubleQuant.Result dq = DoubleQuant.quantize(absmax, numBlocks);
+            DoubleQuant.requireFiniteOffset(dq.offset(), numBlocks, path, weightName, DoubleQuant.MERGE_REMEDY);
             doubleQuantized = dq;
             DoubleQuant.Result dqBase = DoubleQuant.quantize(absmaxBase, numBlocks);
+            // the base's requantization only measures what survives of the change: an infinite offset would make that NaN
+            DoubleQuant.requireFiniteOffset(dqBase.offset(), numBlocks, path, weightName, DoubleQuant.MERGE_REMEDY);
             outputState = base.withNested(new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, dq.offset()));
             scale = decode(dq);
             scaleBase = decode(dqBase);

@@ -258,6 +258,23 @@ public final class Nf4Tensor {
     }
 
     /**
+     * {@link #tail(QuantState, float[])} of weight {@code tensor} of {@code path}, refused as bad input
+     * when its absmax values have no finite double quantization offset ({@link DoubleQuant#requireFiniteOffset}).
+     */
+    public static List<ByteBuffer> tail(QuantState state, float[] absmax, Path path, String tensor, String remedy) throws QuantException {
+        if (absmax.length != state.numBlocks()) {
+            throw new IllegalArgumentException(absmax.length + " absmax values for " + state.numBlocks() + " blocks");
+        }
+        if (!state.isDoubleQuant()) {
+            return tail(state, absmax, null);
+        }
+        DoubleQuant.Result dq = DoubleQuant.quantize(absmax, absmax.length);
+        DoubleQuant.requireFiniteOffset(dq.offset(), absmax.length, path, tensor, remedy);
+        QuantState withOffset = state.withNested(new QuantState.Nested(state.nested().blocksize(), dq.offset()));
+        return tail(withOffset, absmax, dq);
+    }
+
+    /**
      * As {@link #tail(QuantState, float[])}, with the double quantization already done (by the GPU
      * engine): {@code dq} when the state is double-quantized (its offset must be the state's), else
      * {@code absmax}.

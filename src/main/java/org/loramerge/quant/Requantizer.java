@@ -41,8 +41,12 @@ public interface Requantizer {
     /** Where, in the codes tensor, the codes of a range from {@code firstElement} (a block boundary) start. */
     long codesOffset(long firstElement);
 
-    /** After every range is encoded: the scales of the whole weight. */
-    void finish();
+    /**
+     * After every range is encoded: the scales of the whole weight.
+     *
+     * @throws QuantException when the weight has no scales the format can store (a double quantization offset past fp32)
+     */
+    void finish() throws QuantException;
 
     /** The bytes of the group's tensors after the codes, in {@link QuantizedOutput#entries} order; after {@link #finish}. */
     List<ByteBuffer> tail();

@@ -60,7 +60,7 @@ public final class CpuRequantization implements Requantization {
     }
 
     @Override
-    public Result finish() {
+    public Result finish() throws QuantException {
         requantizer.finish();
         List<Callable<Requantizer.Change>> measures = new ArrayList<>();
         for (int c = 0; c < requantizer.chunks(); c++) {
