@@ -28,9 +28,13 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, boolean m
     /** What the code does without any knob set. */
     public static final Tuning DEFAULTS = new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, false, false);
 
-    /** Output blocks no smaller than this (a row of the widest Hugging Face weights fits) and no larger than Java's buffers allow. */
+    /**
+     * Output blocks no smaller than this (a row of the widest Hugging Face weights fits), and no larger
+     * than 64 MiB: each worker holds two or three blocks of direct memory, which the launcher's 2 GiB
+     * heap bounds, and larger blocks would fail with an out-of-memory error instead of measuring anything.
+     */
     private static final int MIN_BLOCK_BYTES = 1 << 20;
-    private static final int MAX_BLOCK_BYTES = 1 << 30;
+    private static final int MAX_BLOCK_BYTES = 64 << 20;
 
     /**
      * The knobs as set in this JVM's system properties.
