@@ -152,6 +152,7 @@ public final class MergeRunner {
                 writers.add(new CheckpointWriter(outs.get(k), progress, options.get(k).mappedWrites()));
             }
             MergePlan first = plans.get(0);
+            long streaming = System.nanoTime();
             for (int i = 0; i < first.shards().size(); i++) {
                 List<CheckpointWriter.Shard> shards = new ArrayList<>();
                 try {
@@ -178,11 +179,18 @@ public final class MergeRunner {
                     }
                 }
             }
+            long streamed = 0;
+            for (CheckpointWriter w : writers) {
+                streamed += w.tensorBytes();
+            }
+            // every merge of the pass reports the pass's stages (its workers served them all); the merges'
+            // own finishing and commits are left out of them rather than counted once per merge
+            lead.stages.since(Stages.Stage.STREAM, streaming, streamed);
             List<SharedOutcome> outcomes = new ArrayList<>();
             for (int k = 0; k < n; k++) {
                 MergeReport report = new MergeReport();
                 try {
-                    finish(plans.get(k), writers.get(k), options.get(k), report, ctxs.get(k).stages);
+                    finish(plans.get(k), writers.get(k), options.get(k), report, Stages.NONE);
                     outcomes.add(new SharedOutcome(fill(report, plans.get(k), ctxs.get(k), backend, outs.get(k), start), null));
                 } catch (Exception e) {
                     outcomes.add(new SharedOutcome(null, e));
