@@ -344,7 +344,8 @@ public final class Planner {
         if (target != null) {
             if (dtype != null && dtype != target.denseType()) {
                 throw new UsageException("--to " + target.cliName() + " and --dtype " + dtype.name().toLowerCase(Locale.ROOT)
-                        + " disagree: for a base that is not quantized, --to bf16|f16|f32 is the same as --dtype; give one of them");
+                        + " disagree: " + base.dir() + " is not quantized, and for such a base --to bf16|f16|f32 is the same as --dtype; "
+                        + "give one of them");
             }
             dtype = target.denseType();
         }
