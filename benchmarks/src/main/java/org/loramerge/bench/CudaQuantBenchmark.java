@@ -52,8 +52,8 @@ import org.openjdk.jmh.annotations.Warmup;
  * and {@link CudaCopyBenchmark} run beside them: what a device kernel would have to replace.
  *
  * <p>Each format's weight is {@code shape} ({@code [out, in]}) with random codes and scales written
- * straight into its layout (FP4 by {@link LoraMerge#quantize}, from random BF16 values, with double quantization); the block
- * is its first {@code blockRows} rows. {@link JmhTable} gives GB/s of W counted as BF16 (2 bytes
+ * straight into its layout (FP4 by {@link LoraMerge#quantize} from random BF16 values, with double
+ * quantization); the block is its first {@code blockRows} rows. {@link JmhTable} gives GB/s of W counted as BF16 (2 bytes
  * an element, as for the NF4 benchmarks), whatever the dtype the format dequantizes to (F32 for
  * int8, F16 for GPTQ and AWQ, BF16 for FP8 and FP4).
  */
@@ -84,6 +84,7 @@ public class CudaQuantBenchmark {
     private int rows;
     private int cols;
     private int count;
+    private Checkpoint checkpoint;
     private QuantizedWeight weight;
     private FloatFormat dequantized;
     private final FloatFormat out = FloatFormat.of(DType.BF16);
@@ -122,14 +123,16 @@ public class CudaQuantBenchmark {
         } else {
             writeQuantized(model, format, rows, cols);
         }
-        weight = WeightFormats.detect(Checkpoint.open(model)).weight(WEIGHT);
+        checkpoint = Checkpoint.open(model);
+        weight = WeightFormats.detect(checkpoint).weight(WEIGHT);
         if (weight == null) {
             throw new IllegalStateException(format + ": " + WEIGHT + " was not read as a quantized weight");
         }
         dequantized = FloatFormat.of(weight.dtype());
         // the merge's factors: a dense twin of the weight's shape and dtype with its LoRA pair
-        SafetensorsFile f = Synthetic.write(dir.resolve("w.safetensors"), rows, cols, rank, weight.dtype());
-        job = TensorJob.prepare(Synthetic.job(f, rank));
+        try (SafetensorsFile f = Synthetic.write(dir.resolve("w.safetensors"), rows, cols, rank, weight.dtype())) {
+            job = TensorJob.prepare(Synthetic.job(f, rank));
+        }
         // the requantizer's inputs: W of the block, X = W + ΔW rounded, ΔW small against W
         requantizer = (format.equals("gptq") || format.equals("awq")
                 ? Nf4Output.forDense(weight.dtype(), weight.shape(), 64, false) : weight.requantizedOutput()).requantizer(weight);
@@ -182,6 +185,7 @@ public class CudaQuantBenchmark {
         merged.close();
         factors.close();
         device.close();
+        checkpoint.close();
         Synthetic.delete(dir);
     }
 
