@@ -6,43 +6,47 @@
 #   bash scripts/bench/bench-quant-gpu.sh
 #
 # Makes a Llama-2-7B-shaped bf16 base (13.48 GB, 3 shards) and a rank-16 adapter on all 7
-# projections on the device (make_synthetic.py), then for each format in FORMATS its base, the
-# fastest way faithful to the format (round to nearest, no calibration):
-#   fp8          transformers' fine-grained FP8, 128x128 blocks (make_quantized.py, on the device)
+# projections on the device (make_synthetic.py), then for each format in FORMATS, in this order
+# (the rows issue 12 sets goals for first, the long FP8 requantization after the cheap ones), its
+# base, the fastest way faithful to the format (round to nearest, no calibration):
 #   int8         bitsandbytes LLM.int8, int8 + per-row SCB (make_quantized.py, on the device)
-#   gptq         GPTQ 4-bit, group 128, symmetric, v1 (make_quantized.py, on the device)
 #   awq          AWQ 4-bit GEMM, group 128 (make_quantized.py, on the device)
-#   fp4          bitsandbytes FP4 with double quantization (`loramerge quantize --quant-type fp4`)
+#   gptq         GPTQ 4-bit, group 128, symmetric, v1 (make_quantized.py, on the device)
 #   fp8-channel  compressed-tensors' per-channel FP8 (--to bf16 only: --to fp8 refuses its scales)
+#   fp8          transformers' fine-grained FP8, 128x128 blocks (make_quantized.py, on the device)
+#   fp4          bitsandbytes FP4 with double quantization (`loramerge quantize --quant-type fp4`)
 #   fp8-tensor   transformers' FP8 with one scale a weight
 # and times, each a fresh `java -Xmx2g -jar .device/loramerge.jar` + sync, page cache warm:
 # `cp -r` + sync of the base (its copy floor), `merge --to bf16` (floor: the bf16 base's copy, the
-# 16-bit output) and the requantizing merge: --to fp8 (fp8, fp8-tensor), --to int8, --to fp4,
-# --to nf4 (gptq); floor: the copy of their base. Each base and output is deleted when its rows
-# are done (disk: the bf16 base, one quantized base and one output, about 35 GB at most).
+# 16-bit output) and the requantizing merge: --to int8, --to nf4 (gptq), --to fp8 (fp8,
+# fp8-tensor), --to fp4; floor: the copy of their base. Each base and output is deleted when its
+# rows are done (disk: the bf16 base, one quantized base and one output, about 35 GB at most).
 #
-# Time (an H200 with 16 cores, from benchmarks/RESULTS.md's similar steps; about 480 s for the
-# default FORMATS without the two extras): the JRE and the bf16 base and adapter ~40 s (bench-cases
-# generates the same base and five adapters in under a minute); the bf16 copy floor 12-18 s; per
-# format its base ~10-20 s (reads the 13.5 GB base from the page cache, writes 3.5-7 GB; FP4 is
-# `quantize` on the CPU, ~15 s), its copy 3-7 s (the NF4 base's was 2.7-3.5 s), --to bf16 ~8-15 s
-# (the NF4 one took 8.1 s; these formats are dequantized by the CPU codec, whose rate is not yet
-# measured), and the requantizing merge 25-55 s (CPU engine: GPU requantization exists for NF4
-# only; `merge --to nf4 --device cpu` took 55 s). A row that would not end before BUDGET_S seconds
-# after the start (default 560: each row is allowed its estimate above) is listed as skipped, so the
-# table comes back within one 10-minute call; the table grows row by row, so even a killed run
-# leaves what it measured.
+# Time on an H200 with 16 cores, estimated from benchmarks/RESULTS.md and from this script on the
+# 1gb shape with the CPU engine on a shared 2-core VM, scaled by 1.9 (that VM's `merge --to nf4
+# --device cpu` of the 1gb shape took 28.5 s, the H200 machine's of the 7B shape 55 s; `--to bf16`
+# 12.9 s against 21 s): the bf16 base and adapter ~30 s and their copy 12-18 s; per format its
+# base ~10-20 s on the device (FP4: `quantize` on the CPU, ~15 s), its copy 3-7 s, `--to bf16`
+# ~8-15 s (the GPU merge; these formats are dequantized by the host codec: the NF4 row took 8.1 s);
+# the requantizing merges run on the CPU engine (GPU requantization exists for NF4 only): int8
+# ~45 s, GPTQ -> NF4 ~40 s, FP4 ~75 s, FP8 128x128 ~220 s (its codec is the slowest: 116 s on the
+# 1gb shape against 25 s for int8), FP8 per tensor ~100 s. So int8, awq, gptq, fp8-channel and fp8
+# take ~510 s; fp4's --to bf16 may fit, fp4 --to fp4 and fp8-tensor not (FORMATS="fp4 fp8-tensor"
+# in another call). A format starts only if its base, copy and --to bf16 fit in BUDGET_S seconds
+# (default 560) from the start, a requantizing merge only if 60 s are left, and every command is
+# stopped at BUDGET_S (exit 124: its wall time is then a lower bound), so the table comes back
+# within one 10-minute device call; it is written row by row.
 #
 # Writes $OUT/quant-table.md (the table, with the card and date) and $OUT/quant-logs.tgz (each run's
 # log and measure.py line). Needs .device/jre.tgz and .device/loramerge.jar (gpu-run.sh pack).
 # Environment: OUT (default /tmp/out), WORK (/tmp/lm-quant), PYTHON (python3), RANK (16),
-#   FORMATS (fp8 int8 gptq awq fp4 fp8-channel fp8-tensor), BUDGET_S (560);
+#   FORMATS (int8 awq gptq fp8-channel fp8 fp4 fp8-tensor), BUDGET_S (560);
 #   SHAPE, DEVICE, GEN_DEVICE (llama-7b, cuda, cuda) and GEN_ARGS (more make_synthetic.py options,
 #   e.g. SHAPE=custom GEN_ARGS="--hidden 256 --intermediate 512") only to try the script out elsewhere.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
-case "${1:-}" in -h|--help) sed -n '2,44p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,45p' "$0"; exit 0 ;; esac
 OUT=${OUT:-/tmp/out}
 WORK=${WORK:-/tmp/lm-quant}
 PY=${PYTHON:-python3}
@@ -50,7 +54,7 @@ RANK=${RANK:-16}
 SHAPE=${SHAPE:-llama-7b}
 DEVICE=${DEVICE:-cuda}
 GEN_DEVICE=${GEN_DEVICE:-cuda}
-FORMATS=${FORMATS:-fp8 int8 gptq awq fp4 fp8-channel fp8-tensor}
+FORMATS=${FORMATS:-int8 awq gptq fp8-channel fp8 fp4 fp8-tensor}
 BUDGET_S=${BUDGET_S:-560}
 LOGS=$OUT/quant-logs
 mkdir -p "$OUT" "$WORK" "$LOGS"
@@ -65,6 +69,8 @@ T0=$SECONDS
 say() { echo "[quant $((SECONDS - T0))s] $*" >&2; }
 # fits SECONDS: whether a step of about that long ends within the budget
 fits() { [ $((SECONDS - T0 + $1)) -le "$BUDGET_S" ]; }
+# left: the seconds left of the budget (at least 1), the hard limit of the next command (exit 124 when it hits it)
+left() { local l=$((BUDGET_S - SECONDS + T0)); echo $((l > 0 ? l : 1)); }
 skip() { echo "| $1 | skipped: past the ${BUDGET_S} s budget | | | | | | |" >> "$TABLE"; say "skipped: $1"; }
 
 # run LABEL FLOOR GOAL CMD...: one timed run (a fresh process + sync); its row goes to the table
@@ -72,7 +78,7 @@ run() {
   local label=$1 floor=$2 goal=$3; shift 3
   local log=$LOGS/${label//[^A-Za-z0-9_.-]/_}.log
   local line
-  line=$("$PY" scripts/bench/measure.py --label "$label" --gpu --log "$log" -- "$@")
+  line=$("$PY" scripts/bench/measure.py --label "$label" --gpu --log "$log" -- timeout -k 10 "$(left)" "$@")
   echo "$line" >> "$log"
   "$PY" - "$line" "$log" "$floor" "$label" "$goal" >> "$TABLE" <<'PYEOF'
 import json, sys
@@ -115,9 +121,10 @@ make_base() {
   local fmt=$1 s=$SECONDS rc=0
   rm -rf "$WORK/q"
   if [ "$fmt" = fp4 ]; then
-    $LM quantize --base "$WORK/m/base" --out "$WORK/q" --quant-type fp4 --double-quant --quiet > "$LOGS/make-$fmt.log" 2>&1 || rc=$?
+    timeout -k 10 "$(left)" $LM quantize --base "$WORK/m/base" --out "$WORK/q" --quant-type fp4 --double-quant --quiet \
+      > "$LOGS/make-$fmt.log" 2>&1 || rc=$?
   else
-    "$PY" scripts/bench/make_quantized.py --base "$WORK/m/base" --out "$WORK/q" --format "$fmt" --device "$GEN_DEVICE" \
+    timeout -k 10 "$(left)" "$PY" scripts/bench/make_quantized.py --base "$WORK/m/base" --out "$WORK/q" --format "$fmt" --device "$GEN_DEVICE" \
       > "$LOGS/make-$fmt.log" 2>&1 || rc=$?
   fi
   sync
@@ -143,10 +150,8 @@ for fmt in $FORMATS; do
   awq|fp8-channel) to= ;;
   *) echo "unknown format $fmt (fp8 int8 gptq awq fp4 fp8-channel fp8-tensor)" >&2; exit 2 ;;
   esac
-  # the base, its copy and --to bf16 (~45 s), and the requantizing merge (~60 s)
-  need=45
-  [ -z "$to" ] || need=105
-  if ! fits "$need"; then
+  # the base, its copy and --to bf16 (~45 s); the requantizing merge has its own check
+  if ! fits 45; then
     skip "$fmt base: every row"
     continue
   fi
