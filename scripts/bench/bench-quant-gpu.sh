@@ -7,7 +7,7 @@
 #
 # Makes a Llama-2-7B-shaped bf16 base (13.48 GB, 3 shards) and a rank-16 adapter on all 7
 # projections on the device (make_synthetic.py), then for each format in FORMATS, in this order
-# (the rows issue 12 sets goals for first, the long FP8 requantization after the cheap ones), its
+# (the rows issue 12 sets goals for first, the longest requantizations last), its
 # base, the fastest way faithful to the format (round to nearest, no calibration):
 #   int8         bitsandbytes LLM.int8, int8 + per-row SCB (make_quantized.py, on the device)
 #   awq          AWQ 4-bit GEMM, group 128 (make_quantized.py, on the device)
@@ -27,18 +27,20 @@
 # --device cpu` of the 1gb shape took 28.5 s, the H200 machine's of the 7B shape 55 s; `--to bf16`
 # 12.9 s against 21 s): the bf16 base and adapter ~30 s and their copy 12-18 s; per format its
 # base ~10-20 s on the device (FP4: `quantize` on the CPU, ~15 s), its copy 3-7 s, `--to bf16`
-# ~8-15 s (the GPU merge; these formats are dequantized by the host codec: the NF4 row took 8.1 s);
-# the requantizing merges run on the CPU engine (GPU requantization exists for NF4 only): int8
-# ~45 s, GPTQ -> NF4 ~40 s, FP4 ~75 s, FP8 128x128 ~220 s (its codec is the slowest: 116 s on the
-# 1gb shape against 25 s for int8), FP8 per tensor ~100 s. So int8, awq, gptq, fp8-channel and fp8
-# take ~510 s; fp4's --to bf16 may fit, fp4 --to fp4 and fp8-tensor not (FORMATS="fp4 fp8-tensor"
-# in another call). A format starts only if its base, copy and --to bf16 fit in BUDGET_S seconds
-# (default 560) from the start, a requantizing merge only if 60 s are left, and every command is
-# stopped at BUDGET_S (exit 124: its wall time is then a lower bound), so the table comes back
-# within one 10-minute device call; it is written row by row.
+# ~8-20 s (the GPU merge of blocks the host codec dequantized: the NF4 row took 8.1 s; on the 1gb
+# VM every format's --to bf16 took 9-13 s, FP8 per tensor 19 s); the requantizing merges run on the
+# CPU engine (GPU requantization exists for NF4 only): int8 ~25 s, GPTQ -> NF4 ~32 s, FP8 ~47 s,
+# FP4 ~70 s, FP8 per tensor ~80 s (12.6, 16.7, 24.2, 36.3 and 40.2 s on the 1gb VM). About 500-550
+# s in all: the last rows (fp8-tensor) are the first to fall past the budget. FP8 per tensor holds
+# each weight whole while it requantizes (10 bytes an element, 450 MB for a 11008x4096 weight), so
+# with 16 threads and the launcher's 2 GB heap its --to fp8 row may fail for memory: the exit code
+# says so. A format starts only if its base, copy and --to bf16 fit in BUDGET_S seconds (default
+# 560) from the start, a requantizing merge only if 60 s are left, and every command is stopped at
+# BUDGET_S (exit 124: its wall time is then a lower bound), so the table comes back within one
+# 10-minute device call; it is written row by row.
 #
-# Writes $OUT/quant-table.md (the table, with the card and date) and $OUT/quant-logs.tgz (each run's
-# log and measure.py line). Needs .device/jre.tgz and .device/loramerge.jar (gpu-run.sh pack).
+# Writes $OUT/quant-table.md (the table, with the card and date) and $OUT/quant.log (each command's
+# log and measure.py line, appended as it ends). Needs .device/jre.tgz and .device/loramerge.jar (gpu-run.sh pack).
 # Environment: OUT (default /tmp/out), WORK (/tmp/lm-quant), PYTHON (python3), RANK (16),
 #   FORMATS (int8 awq gptq fp8-channel fp8 fp4 fp8-tensor), BUDGET_S (560);
 #   SHAPE, DEVICE, GEN_DEVICE (llama-7b, cuda, cuda) and GEN_ARGS (more make_synthetic.py options,
@@ -46,7 +48,7 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
-case "${1:-}" in -h|--help) sed -n '2,45p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,47p' "$0"; exit 0 ;; esac
 OUT=${OUT:-/tmp/out}
 WORK=${WORK:-/tmp/lm-quant}
 PY=${PYTHON:-python3}
@@ -56,8 +58,12 @@ DEVICE=${DEVICE:-cuda}
 GEN_DEVICE=${GEN_DEVICE:-cuda}
 FORMATS=${FORMATS:-int8 awq gptq fp8-channel fp8 fp4 fp8-tensor}
 BUDGET_S=${BUDGET_S:-560}
-LOGS=$OUT/quant-logs
-mkdir -p "$OUT" "$WORK" "$LOGS"
+mkdir -p "$OUT" "$WORK"
+LOGS=$(mktemp -d)           # each command's log, appended to $OUT/quant.log when it is done
+trap 'rm -rf "$LOGS"' EXIT
+: > "$OUT/quant.log"
+# keep LOG: appends a command's log to $OUT/quant.log under its name (one file: the device brings back few)
+keep() { { echo "===== $(basename "$1" .log)"; cat "$1"; echo; } >> "$OUT/quant.log"; }
 if ! command -v java >/dev/null 2>&1; then
   rm -rf /tmp/jre && tar xzf .device/jre.tgz -C /tmp
   export JAVA_HOME=/tmp/jre PATH=/tmp/jre/bin:$PATH
@@ -80,6 +86,7 @@ run() {
   local line
   line=$("$PY" scripts/bench/measure.py --label "$label" --gpu --log "$log" -- timeout -k 10 "$(left)" "$@")
   echo "$line" >> "$log"
+  keep "$log"
   "$PY" - "$line" "$log" "$floor" "$label" "$goal" >> "$TABLE" <<'PYEOF'
 import json, sys
 m = json.loads(sys.argv[1]); log = open(sys.argv[2]).read(); floor = float(sys.argv[3]); label, goal = sys.argv[4], sys.argv[5]
@@ -128,6 +135,7 @@ make_base() {
       > "$LOGS/make-$fmt.log" 2>&1 || rc=$?
   fi
   sync
+  keep "$LOGS/make-$fmt.log"
   echo "| make the $fmt base ($([ "$fmt" = fp4 ] && echo "loramerge quantize" || echo "make_quantized.py on $GEN_DEVICE")) | $((SECONDS - s)) | | | | | $rc | |" >> "$TABLE"
   [ "$rc" = 0 ] || { tail -n 5 "$LOGS/make-$fmt.log" >&2; return 1; }
   warm "$WORK/q"
@@ -137,7 +145,8 @@ rm -rf "${WORK:?}"/*
 say "generating the bf16 base and a rank-$RANK adapter"
 # shellcheck disable=SC2086  # GEN_ARGS: several options
 "$PY" scripts/bench/make_synthetic.py --out "$WORK/m" --shape "$SHAPE" --rank "$RANK" --gen-device "$GEN_DEVICE" --force ${GEN_ARGS:-} \
-  > "$LOGS/gen.log" 2>&1 || { tail -5 "$LOGS/gen.log" >&2; exit 1; }
+  > "$LOGS/gen.log" 2>&1 || { keep "$LOGS/gen.log"; tail -5 "$LOGS/gen.log" >&2; exit 1; }
+keep "$LOGS/gen.log"
 sync; warm "$WORK/m"
 floor "cp -r + sync, bf16 base (floor of every --to bf16)" "$WORK/m/base"
 F=$FLOOR
@@ -176,5 +185,4 @@ rm -rf "${WORK:?}"/*
   card=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
   echo "${card:-no GPU}, $(date -u +%Y-%m-%d), $(nproc) cores, SHAPE $SHAPE, rank $RANK, $((SECONDS - T0)) s in all"
 } >> "$TABLE"
-tar czf "$OUT/quant-logs.tgz" -C "$OUT" quant-logs && rm -rf "$LOGS"
 cat "$TABLE"

@@ -138,7 +138,7 @@ device)
       ;;
     quant)
       # the FP8, int8, GPTQ, AWQ and FP4 bases of the 7B shape: --to bf16 and the requantizing merges beside the copy floors;
-      # writes quant-table.md and quant-logs.tgz under $OUT (rows past its time budget are listed as skipped)
+      # writes quant-table.md and quant.log under $OUT (rows past its time budget are listed as skipped)
       OUT=$OUT bash scripts/bench/bench-quant-gpu.sh 2>&1 | tail -n 40
       summary+=("quant (7B, FP8/int8/GPTQ/AWQ/FP4): see quant-table.md")
       ;;
