@@ -3,12 +3,14 @@
 #
 #   scripts/device/gpu-run.sh pack          here: build the jars, the JUnit launcher and a Java runtime into .device/
 #   then, through the device tool, from the repository root there (carry [".device"]):
-#   bash scripts/device/gpu-run.sh device [tests] [verify] [nf4] [benchgpu] [benchnf4] [benchexact] [benchcpu] [e2e] [e2e2x] [extract] [unmerge] [benchsvd] [combine] [benchcombine] [batch] [tmpfs]
+#   bash scripts/device/gpu-run.sh device [tests] [verify] [nf4] [quant] [benchgpu] [benchnf4] [benchquant] [benchexact] [benchcpu] [e2e] [e2e2x] [extract] [unmerge] [benchsvd] [combine] [benchcombine] [batch] [tmpfs]
 #
 # "device" unpacks the runtime, runs the @Tag("gpu") tests (tests), the JMH throughput benchmarks
 # (benchgpu: device-resident merge and copy ceilings; benchnf4: the NF4 kernels beside the
-# device-to-device copy; benchexact: the exact-settling and DoRA norm kernels beside that copy; benchcpu: CPU engine and the pipeline), QLoRA end to end (nf4; SHAPE=llama-7b
-# for the 7B shape), the 7B-shaped end-to-end benchmark (e2e) and the same at twice the size
+# device-to-device copy; benchquant: a streaming block of the FP4, int8, FP8, GPTQ and AWQ bases, host codec and device merge, beside
+# the copies; benchexact: the exact-settling and DoRA norm kernels beside that copy; benchcpu: CPU engine and the pipeline), QLoRA end to end (nf4; SHAPE=llama-7b
+# for the 7B shape), the other quantized bases of the 7B shape end to end beside their copy floors (quant),
+# the 7B-shaped end-to-end benchmark (e2e) and the same at twice the size
 # (e2e2x), extract of a 7B-shaped fine-tune on the GPU engine against cat of both checkpoints and the torch SVD anchors (extract),
 # the 7B unmerge beside the merge and the copy floor (unmerge),
 # the CPU truncated SVD's JMH benchmark (benchsvd), four adapters combined into the 7B shape (combine) and
@@ -102,6 +104,11 @@ device)
       # the NF4 kernels device-resident, beside the device-to-device copy (the annotations' forks and iterations)
       jmh nf4 'CudaNf4Benchmark|CudaCopyBenchmark.deviceToDevice'
       ;;
+    benchquant)
+      # a streaming block of each other quantized format (no device kernels: the host codec, the device merge of the block, the
+      # requantizing codec), beside the copies; one fork and short iterations (15 cases, about 2.5 minutes)
+      jmh quant 'CudaQuantBenchmark|CudaCopyBenchmark' -f 1 -wi 2 -i 3 -w 500ms -r 500ms
+      ;;
     benchexact)
       # the kernels that keep merges exact (add-and-round, exact settling with random and bf16-valued factors, DoRA's
       # row norms) on one streaming block, beside the device-to-device copy; short iterations to fit beside other steps
@@ -128,6 +135,12 @@ device)
     nf4)
       bash scripts/bench/bench-nf4-gpu.sh 2>&1 | tail -n 16
       summary+=("nf4 (${SHAPE:-llama-7b}): see nf4-table.md")
+      ;;
+    quant)
+      # the FP8, int8, GPTQ, AWQ and FP4 bases of the 7B shape: --to bf16 and the requantizing merges beside the copy floors;
+      # writes quant-table.md and quant.log under $OUT (rows past its time budget are listed as skipped)
+      OUT=$OUT bash scripts/bench/bench-quant-gpu.sh 2>&1 | tail -n 40
+      summary+=("quant (7B, FP8/int8/GPTQ/AWQ/FP4): see quant-table.md")
       ;;
     e2e)
       LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench/bench-e2e-gpu.sh 2>&1 | tee "$OUT/e2e.log" | tail -n 25

@@ -20,7 +20,7 @@ import java.util.Map;
  *
  * Bytes of W per op: the weight's bytes for CpuMergeBenchmark and CudaMergeBenchmark (shape x dtype),
  * the bytes copied for CudaCopyBenchmark, 16 weights of 4096x11008 BF16 for PipelineBenchmark, and
- * the weights as BF16 for the NF4 benchmarks; CudaNf4Benchmark also gets the bytes each kernel must
+ * the weights as BF16 for the NF4 benchmarks, the block's elements as BF16 for CudaQuantBenchmark; CudaNf4Benchmark also gets the bytes each kernel must
  * move through device memory ({@link #nf4Traffic}), compared with the device-to-device copy's.
  */
 public final class JmhTable {
@@ -64,6 +64,12 @@ public final class JmhTable {
                 long n = s[0] * s[1];
                 return new Row(bench, method, p.get("shape").asText() + " r" + p.path("rank").asText() + " BF16 bs64", ms, err,
                         n * 2 / seconds / 1e9, nf4Traffic(method, n, n / 64) / seconds / 1e9);
+            }
+            case "CudaQuantBenchmark": {
+                long[] s = shape(p.get("shape").asText());
+                long n = p.get("blockRows").asLong() * s[1];
+                return new Row(bench, method, p.get("format").asText() + " " + p.get("shape").asText() + ", " + p.get("blockRows").asText()
+                        + "-row block r" + p.path("rank").asText(), ms, err, n * 2 / seconds / 1e9, Double.NaN);
             }
             case "Nf4Benchmark": {
                 int weights = method.startsWith("fused") ? 4 : 1;

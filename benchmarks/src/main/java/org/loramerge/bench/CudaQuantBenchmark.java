@@ -1,0 +1,269 @@
+package org.loramerge.bench;
+
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.SplittableRandom;
+import java.util.concurrent.TimeUnit;
+import org.loramerge.api.LoraMerge;
+import org.loramerge.api.QuantizeOptions;
+import org.loramerge.engine.Backend;
+import org.loramerge.engine.TensorJob;
+import org.loramerge.engine.cuda.CudaDevice;
+import org.loramerge.engine.cuda.DeviceFactors;
+import org.loramerge.engine.cuda.DeviceWorker;
+import org.loramerge.engine.cuda.PinnedMemory;
+import org.loramerge.format.Checkpoint;
+import org.loramerge.format.DType;
+import org.loramerge.format.FloatFormat;
+import org.loramerge.format.SafetensorsFile;
+import org.loramerge.format.SafetensorsWriter;
+import org.loramerge.quant.Nf4Output;
+import org.loramerge.quant.QuantizedWeight;
+import org.loramerge.quant.Requantizer;
+import org.loramerge.quant.WeightFormats;
+import org.openjdk.jmh.annotations.Benchmark;
+import org.openjdk.jmh.annotations.BenchmarkMode;
+import org.openjdk.jmh.annotations.Fork;
+import org.openjdk.jmh.annotations.Level;
+import org.openjdk.jmh.annotations.Measurement;
+import org.openjdk.jmh.annotations.Mode;
+import org.openjdk.jmh.annotations.OutputTimeUnit;
+import org.openjdk.jmh.annotations.Param;
+import org.openjdk.jmh.annotations.Scope;
+import org.openjdk.jmh.annotations.Setup;
+import org.openjdk.jmh.annotations.State;
+import org.openjdk.jmh.annotations.TearDown;
+import org.openjdk.jmh.annotations.Warmup;
+
+/**
+ * One streaming block of a quantized weight in each format besides NF4 (bitsandbytes FP4 and
+ * LLM.int8, transformers' fine-grained FP8, GPTQ, AWQ), as the GPU engine merges it today. These
+ * formats have no device kernels: the pipeline dequantizes a block on the host with the format's
+ * codec ({@link QuantizedWeight#dequantizeTo}), the block goes up as dense values and the device
+ * merges it ({@code CudaBackend.onGpu}); a requantizing merge ({@code --to fp4|int8|fp8}, and
+ * {@code --to nf4} from GPTQ/AWQ) runs on the CPU engine ({@code CudaBackend.openRequantization}).
+ * So the figures here are the host codec's, one thread, beside the device's part of the same block
+ * and {@link CudaCopyBenchmark} run beside them: what a device kernel would have to replace.
+ *
+ * <p>Each format's weight is {@code shape} ({@code [out, in]}) with random codes and scales written
+ * straight into its layout (FP4 by {@link LoraMerge#quantize} from random BF16 values, with double
+ * quantization); the block is its first {@code blockRows} rows. {@link JmhTable} gives GB/s of W counted as BF16 (2 bytes
+ * an element, as for the NF4 benchmarks), whatever the dtype the format dequantizes to (F32 for
+ * int8, F16 for GPTQ and AWQ, BF16 for FP8 and FP4).
+ */
+@State(Scope.Benchmark)
+@BenchmarkMode(Mode.AverageTime)
+@OutputTimeUnit(TimeUnit.MILLISECONDS)
+@Warmup(iterations = 3, time = 1)
+@Measurement(iterations = 5, time = 1)
+@Fork(value = 2, jvmArgs = {"-Xmx8g"})
+public class CudaQuantBenchmark {
+    static final String WEIGHT = "model.layers.0.mlp.up_proj.weight";
+    static final int GROUP = 128;
+
+    @Param({"fp4", "int8", "fp8", "gptq", "awq"})
+    public String format;
+
+    @Param({"11008x4096"})
+    public String shape;
+
+    /** 512 rows of 4096 columns: one 8 MiB block of the pipeline (Backend.DEFAULT_BLOCK_BYTES) in F32, half of one in BF16. */
+    @Param({"512"})
+    public int blockRows;
+
+    @Param({"16"})
+    public int rank;
+
+    private Path dir;
+    private int rows;
+    private int cols;
+    private int count;
+    private Checkpoint checkpoint;
+    private QuantizedWeight weight;
+    private FloatFormat dequantized;
+    private final FloatFormat out = FloatFormat.of(DType.BF16);
+    private CudaDevice device;
+    private DeviceWorker worker;
+    private DeviceFactors factors;
+    private TensorJob job;
+    private PinnedMemory values;
+    private PinnedMemory merged;
+    private Requantizer requantizer;
+    private ByteBuffer baseBlock;
+    private ByteBuffer mergedBlock;
+    private double[] delta;
+
+    @Setup(Level.Trial)
+    public void setUp() throws Exception {
+        prepareHost();
+        device = CudaDevice.open(0, Backend.DEFAULT_BLOCK_BYTES, 1);
+        worker = device.worker();
+        factors = new DeviceFactors(job.terms().get(0), null);
+        values = new PinnedMemory((long) count * dequantized.sizeInBytes());
+        merged = new PinnedMemory((long) count * out.sizeInBytes());
+    }
+
+    /** The weight, its merge job and the requantizer's inputs: everything but the device (so it can be tried where none is). */
+    void prepareHost() throws Exception {
+        int[] s = Synthetic.shape(shape);
+        rows = s[0];
+        cols = s[1];
+        count = blockRows * cols;
+        dir = Files.createTempDirectory("lm-bench-quant");
+        Path model = dir.resolve("q");
+        if (format.equals("fp4")) {
+            Synthetic.writeModel(dir.resolve("dense"), 1, rows, cols, rank);
+            LoraMerge.quantize(dir.resolve("dense/base"), model, QuantizeOptions.defaults().withQuantType("fp4").withDoubleQuant(true));
+        } else {
+            writeQuantized(model, format, rows, cols);
+        }
+        checkpoint = Checkpoint.open(model);
+        weight = WeightFormats.detect(checkpoint).weight(WEIGHT);
+        if (weight == null) {
+            throw new IllegalStateException(format + ": " + WEIGHT + " was not read as a quantized weight");
+        }
+        dequantized = FloatFormat.of(weight.dtype());
+        // the merge's factors: a dense twin of the weight's shape and dtype with its LoRA pair
+        try (SafetensorsFile f = Synthetic.write(dir.resolve("w.safetensors"), rows, cols, rank, weight.dtype())) {
+            job = TensorJob.prepare(Synthetic.job(f, rank));
+        }
+        // the requantizer's inputs: W of the block, X = W + ΔW rounded, ΔW small against W
+        requantizer = (format.equals("gptq") || format.equals("awq")
+                ? Nf4Output.forDense(weight.dtype(), weight.shape(), 64, false) : weight.requantizedOutput()).requantizer(weight);
+        baseBlock = ByteBuffer.allocateDirect(count * dequantized.sizeInBytes()).order(ByteOrder.LITTLE_ENDIAN);
+        weight.dequantizeTo(0, count, baseBlock);
+        mergedBlock = ByteBuffer.allocateDirect(count * dequantized.sizeInBytes()).order(ByteOrder.LITTLE_ENDIAN);
+        delta = new double[count];
+        SplittableRandom rnd = new SplittableRandom(count);
+        for (int i = 0; i < count; i++) {
+            double w = dequantized.decode(dequantized.bitsAt(baseBlock, i));
+            double x = dequantized.round(w + 3e-3 * (rnd.nextDouble() - 0.5));
+            dequantized.putBits(mergedBlock, i, dequantized.encode(x));
+            delta[i] = x - w;
+        }
+    }
+
+    /** The format's codec on the host, one thread: the block's codes to W in the dequantized dtype. */
+    @Benchmark
+    public ByteBuffer dequantizeOnHost() throws IOException {
+        ByteBuffer b = values.buffer().order(ByteOrder.LITTLE_ENDIAN);
+        weight.dequantizeTo(0, count, b);
+        return b;
+    }
+
+    /**
+     * A block of {@code merge --to bf16} as the GPU engine runs it for this format, one thread:
+     * dequantized on the host into page-locked memory, uploaded, merged and rounded exactly on the
+     * device, the BF16 result downloaded.
+     */
+    @Benchmark
+    public void mergeBlockToBf16() throws IOException {
+        ByteBuffer b = values.buffer().order(ByteOrder.LITTLE_ENDIAN);
+        weight.dequantizeTo(0, count, b);
+        worker.loadPinned(b, (long) count * dequantized.sizeInBytes());
+        worker.mergeRoundExactly(factors, dequantized, out, 0, blockRows, cols, job.boundK());
+        worker.copyOutputTo(merged.buffer(), (long) count * out.sizeInBytes());
+        worker.synchronize();
+    }
+
+    /** The requantizing merge's codec on the host, one thread: the block's merged values to the format's codes (NF4 for GPTQ and AWQ). */
+    @Benchmark
+    public ByteBuffer requantizeOnHost() throws Exception {
+        requantizer.encode(0, count, mergedBlock, baseBlock, delta);
+        return requantizer.codes(0, count);
+    }
+
+    @TearDown(Level.Trial)
+    public void tearDown() throws Exception {
+        values.close();
+        merged.close();
+        factors.close();
+        device.close();
+        checkpoint.close();
+        Synthetic.delete(dir);
+    }
+
+    /** A one-weight model folder with the weight in {@code format}'s layout (docs/FORMATS.md sections 5, 12, 13): random codes, scales near 0.02 / code range. */
+    static void writeQuantized(Path model, String format, int rows, int cols) throws IOException {
+        Files.createDirectories(model);
+        String stem = WEIGHT.substring(0, WEIGHT.length() - ".weight".length());
+        int groups = cols / GROUP;
+        List<SafetensorsWriter.Entry> entries = new ArrayList<>();
+        String config;
+        switch (format) {
+            case "int8":
+                entries.add(new SafetensorsWriter.Entry(WEIGHT, DType.I8, new long[] {rows, cols}));
+                entries.add(new SafetensorsWriter.Entry(stem + ".SCB", DType.F32, new long[] {rows}));
+                entries.add(new SafetensorsWriter.Entry(stem + ".weight_format", DType.U8, new long[] {}));
+                config = "{\"quant_method\":\"bitsandbytes\",\"load_in_8bit\":true,\"load_in_4bit\":false,\"llm_int8_threshold\":6.0}";
+                break;
+            case "fp8":
+                entries.add(new SafetensorsWriter.Entry(WEIGHT, DType.F8_E4M3, new long[] {rows, cols}));
+                entries.add(new SafetensorsWriter.Entry(stem + ".weight_scale_inv", DType.F32, new long[] {(rows + 127) / 128, (cols + 127) / 128}));
+                config = "{\"quant_method\":\"fp8\",\"activation_scheme\":\"dynamic\",\"weight_block_size\":[128,128]}";
+                break;
+            case "gptq":
+                entries.add(new SafetensorsWriter.Entry(stem + ".qweight", DType.I32, new long[] {cols / 8, rows}));
+                entries.add(new SafetensorsWriter.Entry(stem + ".qzeros", DType.I32, new long[] {groups, rows / 8}));
+                entries.add(new SafetensorsWriter.Entry(stem + ".scales", DType.F16, new long[] {groups, rows}));
+                entries.add(new SafetensorsWriter.Entry(stem + ".g_idx", DType.I32, new long[] {cols}));
+                config = "{\"quant_method\":\"gptq\",\"bits\":4,\"group_size\":" + GROUP + ",\"desc_act\":false,\"sym\":true,"
+                        + "\"checkpoint_format\":\"gptq\"}";
+                break;
+            case "awq":
+                entries.add(new SafetensorsWriter.Entry(stem + ".qweight", DType.I32, new long[] {cols, rows / 8}));
+                entries.add(new SafetensorsWriter.Entry(stem + ".qzeros", DType.I32, new long[] {groups, rows / 8}));
+                entries.add(new SafetensorsWriter.Entry(stem + ".scales", DType.F16, new long[] {groups, rows}));
+                config = "{\"quant_method\":\"awq\",\"bits\":4,\"group_size\":" + GROUP + ",\"zero_point\":true,\"version\":\"gemm\"}";
+                break;
+            default:
+                throw new IllegalArgumentException("format " + format + ": fp4, int8, fp8, gptq or awq");
+        }
+        SplittableRandom rnd = new SplittableRandom(rows * 41L + cols + format.hashCode());
+        FloatFormat f16 = FloatFormat.of(DType.F16);
+        try (SafetensorsWriter w = SafetensorsWriter.create(model.resolve("model.safetensors"), entries, Map.of("format", "pt"))) {
+            for (SafetensorsWriter.Entry e : entries) {
+                long n = e.sizeInBytes();
+                ByteBuffer b = ByteBuffer.allocate(Math.toIntExact(Math.max(n, 1))).order(ByteOrder.LITTLE_ENDIAN);
+                String name = e.name();
+                if (name.endsWith(".weight_format")) {
+                    b.put((byte) 0);                                                       // "row", the only layout bitsandbytes reads
+                } else if (name.endsWith(".SCB")) {
+                    fill(b, () -> b.putFloat((float) (0.02 + 0.06 * rnd.nextDouble())));  // each row's absmax
+                } else if (name.endsWith(".weight_scale_inv")) {
+                    fill(b, () -> b.putFloat((float) ((0.02 + 0.06 * rnd.nextDouble()) / 448)));
+                } else if (name.endsWith(".scales")) {
+                    fill(b, () -> b.putShort((short) f16.encode(f16.round((0.002 + 0.006 * rnd.nextDouble())))));
+                } else if (name.endsWith(".g_idx")) {
+                    for (int i = 0; b.hasRemaining(); i++) {
+                        b.putInt(i / GROUP);
+                    }
+                } else if (e.dtype() == DType.F8_E4M3) {
+                    fill(b, () -> {
+                        int code = rnd.nextInt(256);
+                        b.put((byte) ((code & 0x7F) == 0x7F ? code & 0xF7 : code)); // no NaN (S.1111.111)
+                    });
+                } else {
+                    fill(b, () -> b.put((byte) (e.dtype() == DType.I8 ? rnd.nextInt(255) - 127 : rnd.nextInt(256)))); // int8 codes, packed nibbles
+                }
+                b.flip();
+                w.write(b);
+            }
+            w.finish();
+        }
+        Files.writeString(model.resolve("config.json"), "{\"model_type\":\"llama\",\"tie_word_embeddings\":false,\"torch_dtype\":\"bfloat16\","
+                + "\"quantization_config\":" + config + "}");
+    }
+
+    private static void fill(ByteBuffer b, Runnable put) {
+        while (b.hasRemaining()) {
+            put.run();
+        }
+    }
+}
