@@ -203,6 +203,10 @@ for label, rs in by.items():
     where = rep.get("svdDevice", "-") if rep else "-"
     err = f"{rep['relativeError']:.3g}" if rep else "-"
     print(f"| {label} | {w:.2f} | {ratio} | {rss:.2f} | {gpu} | {where} | {err} | {','.join(str(r['rc']) for r in rs)} |")
+for label in by:
+    rep = report(label) if label.startswith("extract") else None
+    if rep and rep.get("timing"):
+        print(f"{label} timing (s): " + ", ".join(f"{k} {v:.2f}" for k, v in rep["timing"].items()))
 if not extract_cpu:
     print("| extract-cpu | skipped (EXTRACT_CPU=1 runs it; longer than one device call on the 7B shape) | - | - | - | - | - | - |")
 if "cp-base" in by:

@@ -32,8 +32,22 @@ public final class ExtractReport {
     public record Change(String tensor, String action, long[] baseShape, long[] tunedShape, Double relativeChange, String reason) {
     }
 
+    /**
+     * Where the run's time went, in seconds.
+     *
+     * @param formDelta     reading both checkpoints and forming each weight's ΔW, on its own thread (overlapping the SVDs)
+     * @param waitForDelta  the decomposing thread waiting for the next ΔW: when it is most of the run, reading bounds it
+     * @param decompose     the SVDs, the factors and their measured errors, one weight after the other
+     * @param compareOthers comparing the tensors that are not targeted, on a third thread (overlapping the rest)
+     * @param write         placing the other changes and writing the adapter folder, at the end
+     */
+    public record Timing(double formDelta, double waitForDelta, double decompose, double compareOthers, double write) {
+    }
+
     public String output;
     public double seconds;
+    /** Where {@link #seconds} went. */
+    public Timing timing;
     public int threads;
     /** Where the SVDs ran: "cpu" or "cuda:N" (a weight too large for the device is noted, and decomposed on the CPU). */
     public String svdDevice;

@@ -14,6 +14,7 @@ import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
+import java.util.concurrent.atomic.AtomicLong;
 import org.loramerge.engine.Backend;
 import org.loramerge.engine.DeltaRows;
 import org.loramerge.engine.WeightDelta;
@@ -86,24 +87,38 @@ public final class ExtractRunner {
             th.setDaemon(true);
             return th;
         });
-        Future<WeightDelta> next = targets.isEmpty() ? null : opener.submit(() -> open(backend, targets.get(0)));
+        AtomicLong forming = new AtomicLong();
+        AtomicLong comparing = new AtomicLong();
+        long waiting = 0;
+        long decomposing = 0;
+        Future<WeightDelta> next = targets.isEmpty() ? null : opener.submit(() -> open(backend, targets.get(0), forming));
         // the other tensors are compared meanwhile on a third thread (on the CPU: a pass over the embeddings and norms)
         ExecutorService comparer = Executors.newSingleThreadExecutor(r -> {
             Thread th = new Thread(r, "loramerge-extract-compare");
             th.setDaemon(true);
             return th;
         });
-        Future<Map<ExtractPlan.Other, Double>> comparisons = comparer.submit(() -> compareAll(plan.others()));
+        Future<Map<ExtractPlan.Other, Double>> comparisons = comparer.submit(() -> {
+            long t0 = System.nanoTime();
+            try {
+                return compareAll(plan.others());
+            } finally {
+                comparing.addAndGet(System.nanoTime() - t0);
+            }
+        });
         Map<ExtractPlan.Other, Double> compared;
         try {
             for (int i = 0; i < targets.size(); i++) {
                 ExtractPlan.Target t = targets.get(i);
                 Future<WeightDelta> current = next;
                 next = null;
+                long t0 = System.nanoTime();
                 try (WeightDelta delta = BlockExecutor.get(current)) {
+                    long t1 = System.nanoTime();
+                    waiting += t1 - t0;
                     if (i + 1 < targets.size()) {
                         ExtractPlan.Target following = targets.get(i + 1);
-                        next = opener.submit(() -> open(backend, following));
+                        next = opener.submit(() -> open(backend, following, forming));
                     }
                     if (delta.deltaSquared() == 0) {
                         report.unchangedModules.add(t.module());
@@ -118,6 +133,7 @@ public final class ExtractRunner {
                             onCpu.add(t.module());
                         }
                     }
+                    decomposing += System.nanoTime() - t1;
                 }
                 progress.addBytes(t.base().info().sizeInBytes());
                 progress.tensorDone();
@@ -142,6 +158,7 @@ public final class ExtractRunner {
         report.relativeError = deltaSum == 0 ? 0 : Math.sqrt(errorSum / deltaSum);
         report.energyKept = deltaSum == 0 ? 1 : keptSum / deltaSum;
 
+        long writing = System.nanoTime();
         Set<String> modulesToSave = new LinkedHashSet<>();
         boolean loraOnlyBias = others(plan, compared, ranks.keySet(), report, tensors, modulesToSave, progress);
         if (report.modules.isEmpty() && report.changes.isEmpty()) {
@@ -159,12 +176,21 @@ public final class ExtractRunner {
         AdapterWriter.write(out, plan.adapterConfig(ranks, modulesToSave, loraOnlyBias), tensors);
         progress.finish();
         report.output = out.target().toString();
-        report.seconds = (System.nanoTime() - start) / 1e9;
+        long end = System.nanoTime();
+        report.seconds = (end - start) / 1e9;
+        report.timing = new ExtractReport.Timing(forming.get() / 1e9, waiting / 1e9, decomposing / 1e9, comparing.get() / 1e9,
+                (end - writing) / 1e9);
         return report;
     }
 
-    private static WeightDelta open(Backend backend, ExtractPlan.Target t) throws Exception {
-        return backend.openDelta(t.weightName(), t.base(), t.tuned(), t.rows(), t.cols());
+    /** The target's ΔW, its time added to {@code forming}. */
+    private static WeightDelta open(Backend backend, ExtractPlan.Target t, AtomicLong forming) throws Exception {
+        long t0 = System.nanoTime();
+        try {
+            return backend.openDelta(t.weightName(), t.base(), t.tuned(), t.rows(), t.cols());
+        } finally {
+            forming.addAndGet(System.nanoTime() - t0);
+        }
     }
 
     /** After a failure: waits for {@code f} to end, its own failure being the lesser news. */

@@ -559,6 +559,14 @@ class ExtractCliTest {
         assertEquals(0, cpu.code(), cpu::both);
         assertEquals("cpu", json(cpu).get("svdDevice").asText());
         assertTrue(cpu.err().contains("SVDs on cpu"), cpu::both);
+        // where the time went: each part is within the run (the threads overlap), and weights were formed and decomposed
+        double seconds = json(cpu).get("seconds").asDouble();
+        com.fasterxml.jackson.databind.JsonNode timing = json(cpu).get("timing");
+        for (String part : new String[] {"formDelta", "waitForDelta", "decompose", "compareOthers", "write"}) {
+            double v = timing.get(part).asDouble(-1);
+            assertTrue(v >= 0 && v <= seconds, part + " = " + v + " of a " + seconds + " s run: " + timing);
+        }
+        assertTrue(timing.get("formDelta").asDouble() > 0 && timing.get("decompose").asDouble() > 0, timing.toString());
         Path other = dir.resolve("other");
         CliRun bad = CliRun.of(() -> Main.run("extract", "--base", m[0].toString(), "--tuned", m[1].toString(), "--out", other.toString(),
                 "--rank", "2", "--device", "tpu"));
