@@ -147,16 +147,6 @@ public final class BnbInt8Format implements WeightFormat {
         }
 
         @Override
-        public boolean isDoubleQuant() {
-            return false;
-        }
-
-        @Override
-        public List<String> warnings() {
-            return List.of();
-        }
-
-        @Override
         public Requantizer requantizer(QuantizedWeight w) {
             if (w != base) {
                 throw new IllegalArgumentException(w.weightName() + " is not the weight this output was made for");
@@ -267,9 +257,7 @@ public final class BnbInt8Format implements WeightFormat {
 
         @Override
         public List<ByteBuffer> tail() {
-            ByteBuffer s = ByteBuffer.allocate(scb.length * 4).order(java.nio.ByteOrder.LITTLE_ENDIAN);
-            s.asFloatBuffer().put(scb);
-            List<ByteBuffer> out = new ArrayList<>(List.of(s));
+            List<ByteBuffer> out = new ArrayList<>(List.of(Nf4Tensor.floats(scb)));
             if (base.tensorNames().size() > 2) {
                 out.add(ByteBuffer.wrap(new byte[] {0})); // weight_format "row"
             }

@@ -36,16 +36,6 @@ public record Fp8Output(Fp8Weight base) implements QuantizedOutput {
     }
 
     @Override
-    public boolean isDoubleQuant() {
-        return false;
-    }
-
-    @Override
-    public List<String> warnings() {
-        return List.of();
-    }
-
-    @Override
     public Requantizer requantizer(QuantizedWeight w) {
         if (w != base) {
             throw new IllegalArgumentException(w.weightName() + " is not the weight this output was made for");

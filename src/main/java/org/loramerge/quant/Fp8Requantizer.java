@@ -3,7 +3,6 @@ package org.loramerge.quant;
 import java.io.IOException;
 import java.io.UncheckedIOException;
 import java.nio.ByteBuffer;
-import java.nio.ByteOrder;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.ConcurrentHashMap;
@@ -138,9 +137,7 @@ final class Fp8Requantizer implements Requantizer {
     @Override
     public List<ByteBuffer> tail() {
         List<ByteBuffer> out = new ArrayList<>();
-        ByteBuffer s = ByteBuffer.allocate(scaleInv.length * 4).order(ByteOrder.LITTLE_ENDIAN);
-        s.asFloatBuffer().put(scaleInv);
-        out.add(s);
+        out.add(Nf4Tensor.floats(scaleInv));
         for (Fp8Weight.Part p : base.extras()) {
             try {
                 out.add(p.file().readAll(p.info()));

@@ -307,7 +307,8 @@ public final class Nf4Tensor {
         return out;
     }
 
-    private static ByteBuffer floats(float[] values) {
+    /** {@code values} as a safetensors F32 tensor's bytes (little-endian). */
+    static ByteBuffer floats(float[] values) {
         ByteBuffer b = ByteBuffer.allocate(values.length * 4).order(ByteOrder.LITTLE_ENDIAN);
         b.asFloatBuffer().put(values);
         return b;

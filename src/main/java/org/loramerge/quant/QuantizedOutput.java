@@ -17,11 +17,15 @@ public interface QuantizedOutput {
     /** Elements per quantization block: a range of a requantized weight starts on a multiple of it. */
     int blockElements();
 
-    /** Whether the output's scales are themselves quantized (double quantization), for reports. */
-    boolean isDoubleQuant();
+    /** Whether the output's scales are themselves quantized (double quantization), for reports; only 4-bit outputs can be. */
+    default boolean isDoubleQuant() {
+        return false;
+    }
 
-    /** Settings the output takes from the base that the user should know about (e.g. a nested blocksize it cannot keep). */
-    List<String> warnings();
+    /** Settings the output takes from the base that the user should know about (e.g. a nested blocksize it cannot keep); none by default. */
+    default List<String> warnings() {
+        return List.of();
+    }
 
     /** A requantizer of {@code base}'s merged values into this output, on the CPU. */
     Requantizer requantizer(QuantizedWeight base);
