@@ -42,10 +42,10 @@ final class RowMerge implements TensorStrategy {
             MagnitudeSelection.compute(ctx, job, merge, rowsPerBlock);
         }
         TensorSource.Form form = merge.input();
-        if (ctx.options.preadReads() && form == TensorSource.Form.VALUES && !t.source().isQuantized()) {
-            scheduleRead(t, job, ctx, merge, stats, rowsPerBlock);
-            return;
-        }
+        // with -Dloramerge.read=pread (a knob for measuring, MergeRunner.Options#preadReads) a dense source's rows are
+        // read by positional reads into one of the context's input blocks instead of mapped: no mapping, unmapping or
+        // page fault per block, one copy by the kernel
+        boolean pread = ctx.options.preadReads() && form == TensorSource.Form.VALUES && !t.source().isQuantized();
         CheckpointWriter.Shard shard = ctx.shard;
         long tensorOffset = shard.offsetOf(t.name());
         long rows = job.rows();
@@ -54,57 +54,10 @@ final class RowMerge implements TensorStrategy {
             int n = (int) Math.min(rowsPerBlock, rows - row0);
             Future<Long> f = ctx.executor.submit(() -> {
                 ByteBuffer dst = ctx.takeBuffer();
+                ByteBuffer in = pread ? ctx.inputBuffers.take() : null;
                 long reading = System.nanoTime();
-                try (TensorSource.Bytes src = t.source().readRows(form, r0, n, cols)) {
-                    long merging = ctx.stages.since(Stage.READ, reading, n * srcRowBytes);
-                    dst.clear();
-                    merge.mergeRows(r0, n, src.bytes(), dst, stats);
-                    long writing = ctx.stages.since(Stage.MERGE, merging, n * outRowBytes);
-                    dst.limit((int) (n * outRowBytes));
-                    dst.position(0);
-                    shard.writeAt(tensorOffset + r0 * outRowBytes, dst);
-                    ctx.stages.since(Stage.WRITE, writing, n * outRowBytes);
-                    return n * outRowBytes;
-                } finally {
-                    ctx.buffers.add(dst);
-                }
-            });
-            ctx.executor.then(() -> shard.written(BlockExecutor.get(f)));
-        }
-        finish(t, ctx, merge, stats);
-    }
-
-    /** After the tensor's last block: the engine's handle closed, progress, and the overflow check. */
-    private static void finish(OutputTensor t, MergeContext ctx, TensorMerge merge, BlockStats stats) throws Exception {
-        ctx.executor.then(() -> {
-            merge.close();
-            ctx.progress.tensorDone();
-            ctx.checkFinite(t, stats);
-        });
-    }
-
-    /**
-     * The blocks of a dense source read by positional reads into one of the context's input blocks
-     * ({@link MergeRunner.Options#preadReads}, a knob for measuring) instead of mapped: no mapping,
-     * unmapping or page fault per block, one copy by the kernel.
-     */
-    private static void scheduleRead(OutputTensor t, TensorJob job, MergeContext ctx, TensorMerge merge, BlockStats stats, int rowsPerBlock)
-            throws Exception {
-        int cols = job.cols();
-        long outRowBytes = (long) cols * t.dtype().sizeInBytes();
-        long srcRowBytes = (long) cols * t.source().dtype().sizeInBytes();
-        CheckpointWriter.Shard shard = ctx.shard;
-        long tensorOffset = shard.offsetOf(t.name());
-        long rows = job.rows();
-        for (long row0 = 0; row0 < rows; row0 += rowsPerBlock) {
-            long r0 = row0;
-            int n = (int) Math.min(rowsPerBlock, rows - row0);
-            Future<Long> f = ctx.executor.submit(() -> {
-                ByteBuffer dst = ctx.takeBuffer();
-                ByteBuffer in = ctx.inputBuffers.take();
-                try {
-                    long reading = System.nanoTime();
-                    ByteBuffer src = t.source().readRowsInto(r0, n, cols, in);
+                try (TensorSource.Bytes mapped = pread ? null : t.source().readRows(form, r0, n, cols)) {
+                    ByteBuffer src = pread ? t.source().readRowsInto(r0, n, cols, in) : mapped.bytes();
                     long merging = ctx.stages.since(Stage.READ, reading, n * srcRowBytes);
                     dst.clear();
                     merge.mergeRows(r0, n, src, dst, stats);
@@ -115,12 +68,19 @@ final class RowMerge implements TensorStrategy {
                     ctx.stages.since(Stage.WRITE, writing, n * outRowBytes);
                     return n * outRowBytes;
                 } finally {
-                    ctx.inputBuffers.add(in);
+                    if (in != null) {
+                        ctx.inputBuffers.add(in);
+                    }
                     ctx.buffers.add(dst);
                 }
             });
             ctx.executor.then(() -> shard.written(BlockExecutor.get(f)));
         }
-        finish(t, ctx, merge, stats);
+        // after the tensor's last block: the engine's handle closed, progress, and the overflow check
+        ctx.executor.then(() -> {
+            merge.close();
+            ctx.progress.tensorDone();
+            ctx.checkFinite(t, stats);
+        });
     }
 }
