@@ -35,10 +35,7 @@ class RandomizedSvdTest {
             int m = shape[0];
             int n = shape[1];
             int r = 32;
-            double[] sigma = new double[Math.min(m, n)];
-            for (int i = 0; i < sigma.length; i++) {
-                sigma[i] = spectrum.applyAsDouble(i);
-            }
+            double[] sigma = Spectra.sigmas(m, n, spectrum);
             Matrix a = Spectra.withSpectrum(m, n, sigma, 11);
             RandomizedSvd.Result res = RandomizedSvd.truncated(a, r, RandomizedSvd.Options.defaults(2));
             assertEquals(r, res.svd().rank());

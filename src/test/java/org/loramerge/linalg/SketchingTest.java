@@ -61,10 +61,7 @@ class SketchingTest {
             int m = shape[0];
             int n = shape[1];
             int r = 32;
-            double[] sigma = new double[Math.min(m, n)];
-            for (int i = 0; i < sigma.length; i++) {
-                sigma[i] = spectrum.applyAsDouble(i);
-            }
+            double[] sigma = Spectra.sigmas(m, n, spectrum);
             Matrix a = Spectra.withSpectrum(m, n, sigma, 21);
             RandomizedSvd.Options options = RandomizedSvd.Options.defaults(2);
             RandomizedSvd.Result host = RandomizedSvd.truncated(Spectra.inBlocks(a, 50), r, options);

@@ -12,6 +12,15 @@ final class Spectra {
         return HouseholderQr.of(RandomizedSvd.gaussian(m, k, seed)).q();
     }
 
+    /** The first min(m, n) values of {@code spectrum}: singular values for {@link #withSpectrum}. */
+    static double[] sigmas(int m, int n, java.util.function.IntToDoubleFunction spectrum) {
+        double[] sigma = new double[Math.min(m, n)];
+        for (int i = 0; i < sigma.length; i++) {
+            sigma[i] = spectrum.applyAsDouble(i);
+        }
+        return sigma;
+    }
+
     /** The m×n matrix with singular values {@code sigma} (k = sigma.length ≤ min(m, n)). */
     static Matrix withSpectrum(int m, int n, double[] sigma, long seed) {
         int k = sigma.length;
