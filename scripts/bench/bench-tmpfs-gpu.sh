@@ -116,36 +116,32 @@ rm -rf "$SHM/copy"
 echo "$CP" >> "$LOG"
 CP_S=$("$PY" -c 'import json,sys; print(json.loads(sys.argv[1])["wall_s"])' "$CP")
 
-if [ -n "${QUICK:-}" ]; then
-  # the rows that tell the bound apart, for a call shared with other steps
-  for i in 1 2; do row "GPU, defaults ($i)" "" "$DEVICE" "$ADAPTER"; done
-  row "GPU, mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
-  row "GPU, positional reads" "-Dloramerge.read=pread" "$DEVICE" "$ADAPTER"
-  row "GPU, mapped writes, positional reads" "-Dloramerge.write=mapped -Dloramerge.read=pread" "$DEVICE" "$ADAPTER"
-  row "GPU, mapped writes, positional reads, 12 streams" "-Dloramerge.write=mapped -Dloramerge.read=pread -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
-  row "Java copy (empty adapter), pwrite" "" "$DEVICE" "$EMPTY" --allow-empty-adapter
-  row "Java copy (empty adapter), mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$EMPTY" --allow-empty-adapter
-else
-  for i in 1 2 3; do row "GPU, defaults ($i)" "" "$DEVICE" "$ADAPTER"; done
-  row "GPU, mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
-  row "GPU, mapped writes (again)" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
-  row "GPU, positional reads" "-Dloramerge.read=pread" "$DEVICE" "$ADAPTER"
-  row "GPU, mapped writes, positional reads" "-Dloramerge.write=mapped -Dloramerge.read=pread" "$DEVICE" "$ADAPTER"
-  row "GPU, 4 streams" "-Dloramerge.streams=4" "$DEVICE" "$ADAPTER"
-  row "GPU, 12 streams" "-Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
-  row "GPU, 16 streams" "-Dloramerge.streams=16" "$DEVICE" "$ADAPTER"
-  row "GPU, 4 MiB blocks" "-Dloramerge.blockBytes=4194304" "$DEVICE" "$ADAPTER"
-  row "GPU, 32 MiB blocks" "-Dloramerge.blockBytes=33554432" "$DEVICE" "$ADAPTER"
-  row "GPU, window 1 block a thread" "-Dloramerge.window=1" "$DEVICE" "$ADAPTER"
-  row "GPU, window 6 blocks a thread" "-Dloramerge.window=6" "$DEVICE" "$ADAPTER"
-  row "GPU, mapped writes, 12 streams" "-Dloramerge.write=mapped -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
-  row "GPU, mapped writes, 16 streams, 16 MiB blocks" "-Dloramerge.write=mapped -Dloramerge.streams=16 -Dloramerge.blockBytes=16777216" "$DEVICE" "$ADAPTER"
-  row "GPU, mapped writes, positional reads, 12 streams" "-Dloramerge.write=mapped -Dloramerge.read=pread -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
-  row "Java copy (empty adapter), pwrite" "" "$DEVICE" "$EMPTY" --allow-empty-adapter
-  row "Java copy (empty adapter), mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$EMPTY" --allow-empty-adapter
-  row "CPU engine" "" cpu "$ADAPTER"
-  row "CPU engine, mapped writes" "-Dloramerge.write=mapped" cpu "$ADAPTER"
-fi
+# each: its set (quick: also with QUICK=1, the rows that tell the bound apart; all: only without it), then row's arguments
+each() {
+  local set=$1; shift
+  if [ -z "${QUICK:-}" ] || [ "$set" = quick ]; then row "$@"; fi
+}
+each quick "GPU, defaults (1)" "" "$DEVICE" "$ADAPTER"
+each quick "GPU, defaults (2)" "" "$DEVICE" "$ADAPTER"
+each all "GPU, defaults (3)" "" "$DEVICE" "$ADAPTER"
+each quick "GPU, mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
+each all "GPU, mapped writes (again)" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
+each quick "GPU, positional reads" "-Dloramerge.read=pread" "$DEVICE" "$ADAPTER"
+each quick "GPU, mapped writes, positional reads" "-Dloramerge.write=mapped -Dloramerge.read=pread" "$DEVICE" "$ADAPTER"
+each all "GPU, 4 streams" "-Dloramerge.streams=4" "$DEVICE" "$ADAPTER"
+each all "GPU, 12 streams" "-Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
+each all "GPU, 16 streams" "-Dloramerge.streams=16" "$DEVICE" "$ADAPTER"
+each all "GPU, 4 MiB blocks" "-Dloramerge.blockBytes=4194304" "$DEVICE" "$ADAPTER"
+each all "GPU, 32 MiB blocks" "-Dloramerge.blockBytes=33554432" "$DEVICE" "$ADAPTER"
+each all "GPU, window 1 block a thread" "-Dloramerge.window=1" "$DEVICE" "$ADAPTER"
+each all "GPU, window 6 blocks a thread" "-Dloramerge.window=6" "$DEVICE" "$ADAPTER"
+each all "GPU, mapped writes, 12 streams" "-Dloramerge.write=mapped -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
+each all "GPU, mapped writes, 16 streams, 16 MiB blocks" "-Dloramerge.write=mapped -Dloramerge.streams=16 -Dloramerge.blockBytes=16777216" "$DEVICE" "$ADAPTER"
+each quick "GPU, mapped writes, positional reads, 12 streams" "-Dloramerge.write=mapped -Dloramerge.read=pread -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
+each quick "Java copy (empty adapter), pwrite" "" "$DEVICE" "$EMPTY" --allow-empty-adapter
+each quick "Java copy (empty adapter), mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$EMPTY" --allow-empty-adapter
+each all "CPU engine" "" cpu "$ADAPTER"
+each all "CPU engine, mapped writes" "-Dloramerge.write=mapped" cpu "$ADAPTER"
 
 "$PY" - "$CP_S" "$BYTES" "${rows[@]}" > "$TABLE" <<'PYEOF'
 import json, sys
