@@ -23,7 +23,7 @@
 #        cpu               --devices cpu (shared; RUN_CPU=1, slow)
 #   5. checks that every variant wrote the same bytes per line (the checksums of `batch --json`);
 #   6. prints a table last: wall, GB written per second, ratio to the copy floor. The per-merge
-#      figures are in each variant's JSON under $OUT.
+#      figures are in each variant's JSON, in $OUT/batch-details.tgz.
 #
 # What bounds each (to be read off the table): the copy floor is the disk; separate merges read the
 # base 16 times (from the page cache after the first) and upload it to the GPU 16 times; the shared
@@ -96,12 +96,16 @@ ls "$WORK"/base/* "$WORK"/a*/adapter/* | xargs -P 8 -n 1 sh -c 'cat "$0" >/dev/n
 
 ROWS=()
 clean() { rm -rf "$WORK/out" "$WORK/merges.jsonl.state" "$WORK/cp"; sync; }
+DETAILS=$WORK/details
+rm -rf "$DETAILS" && mkdir -p "$DETAILS"
+want() { [ -z "${VARIANTS:-}" ] || [[ " $VARIANTS " == *" $1 "* ]]; }
 timed() { # name command...: wall seconds of the command and a sync
   local name=$1; shift
+  want "$name" || [ "$name" = cp-all ] || return 0
   clean
   local t0 t1 rc=0
   t0=$(date +%s.%N)
-  "$@" >"$OUT/$name.json" 2>"$OUT/$name.log" || rc=$?
+  "$@" >"$DETAILS/$name.json" 2>"$DETAILS/$name.log" || rc=$?
   sync
   t1=$(date +%s.%N)
   local wall
@@ -124,7 +128,8 @@ fi
 [ -n "${RUN_CPU:-}" ] && timed cpu batch --devices cpu
 clean
 
-"$PY" - "$OUT" "$BASE_BYTES" "$ADAPTERS" "${ROWS[@]}" <<'PY' | tee "$OUT/summary.md"
+set +e
+"$PY" - "$DETAILS" "$BASE_BYTES" "$ADAPTERS" "${ROWS[@]}" <<'PY' | tee "$OUT/summary.md"
 import json, os, sys
 out, base, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rows = [r.split() for r in sys.argv[4:]]
@@ -149,3 +154,6 @@ for name, s in sums.items():
 print("same bytes in every variant: " + ("yes" if ok else "NO"))
 sys.exit(0 if ok else 1)
 PY
+rc=$?
+tar czf "$OUT/batch-details.tgz" -C "$DETAILS" .
+exit $rc

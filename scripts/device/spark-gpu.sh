@@ -6,7 +6,8 @@
 #   scripts/device/spark-gpu.sh pack        here: the core installed, the spark module compiled, its
 #                                           test class path (Spark and Hadoop: about 240 MB), the JUnit
 #                                           launcher and a Java runtime, packed and cut into parts of
-#                                           48 MiB: .spark-device/part-NN-of-MM (git-ignored)
+#                                           40 MiB (with the 16 MB working tree, under the 64 MiB a
+#                                           device call carries): .spark-device/part-NN-of-MM (git-ignored)
 #   then through the device tool, from the repository root there, one call per part, each carrying
 #   [".spark-device/part-NN-of-MM"] with the command "true" (a warm machine keeps ignored paths
 #   between calls), and last, carrying the last part:
@@ -18,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 mode=${1:-}
 JUNIT_VERSION=1.14.4
-PART_BYTES=$((48 * 1024 * 1024))
+PART_BYTES=$((40 * 1024 * 1024))
 # the module options Spark 4 needs on Java 17, as spark/pom.xml gives surefire
 OPENS="-XX:+IgnoreUnrecognizedVMOptions -Djdk.reflect.useDirectMethodHandle=false -Dio.netty.tryReflectionSetAccessible=true"
 for p in java.lang java.lang.invoke java.lang.reflect java.io java.net java.nio java.util java.util.concurrent \
