@@ -7,6 +7,7 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Comparator;
 import java.util.HashMap;
+import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
@@ -411,11 +412,19 @@ public final class BatchRunner {
             return alone;
         }
         running.addAndGet(-started.size());
+        // the written outputs' hashes, all files at once: hashing reads every byte the pass wrote
+        List<Path> written = new ArrayList<>();
+        for (int i = 0; i < started.size(); i++) {
+            if (outcomes.get(i).result() != null) {
+                written.add(started.get(i).out());
+            }
+        }
+        Iterator<BatchState.Hashed> hashed = BatchState.hashes(written).iterator();
         for (int i = 0; i < started.size(); i++) {
             Pending p = started.get(i);
             LoraMerge.SharedOutcome o = outcomes.get(i);
             if (o.result() != null) {
-                results.add(succeeded(p, o.result(), state));
+                results.add(succeeded(p, o.result(), state, hashed.next()));
                 continue;
             }
             try {
@@ -463,7 +472,7 @@ public final class BatchRunner {
             } finally {
                 running.decrementAndGet();
             }
-            return succeeded(p, r, state);
+            return succeeded(p, r, state, BatchState.hashes(List.of(p.out())).get(0));
         } catch (UserException x) {
             return fail(e, p.device(), x.exitCode().code(), lineMessage(e, x), p.t0());
         } catch (IOException x) {
@@ -485,11 +494,14 @@ public final class BatchRunner {
         return x.getMessage();
     }
 
-    /** Records a written output (its files' hashes) and counts it. */
-    private BatchResult.LineResult succeeded(Pending p, MergeResult r, BatchState state) {
+    /** Records a written output (its files' {@code hashed}) and counts it. */
+    private BatchResult.LineResult succeeded(Pending p, MergeResult r, BatchState state, BatchState.Hashed hashed) {
         ManifestEntry e = p.entry();
         try {
-            Map<String, String> files = BatchState.hashes(p.out());
+            if (hashed.error() != null) {
+                throw hashed.error();
+            }
+            Map<String, String> files = hashed.files();
             String checksum = BatchState.checksum(files);
             state.done(id(e), e.line(), p.out(), files, checksum, r.bytesWritten(), p.inputs(), r);
             done.incrementAndGet();
