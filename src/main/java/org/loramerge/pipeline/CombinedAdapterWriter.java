@@ -10,6 +10,7 @@ import java.util.Map;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
+import org.loramerge.engine.Backend;
 import org.loramerge.engine.FactorCombination;
 import org.loramerge.format.DType;
 import org.loramerge.format.FloatFormat;
@@ -22,9 +23,13 @@ import org.loramerge.plan.CombineMethod;
  * Writes the new adapter of {@code combine} into an {@link AtomicOutput}: adapter_model.safetensors
  * (each module's combined factors, zero-padded to the plan's rank as PEFT pads them, rounded once
  * from float64 into {@code dtype}) and adapter_config.json, committed together, as a PEFT
- * save_pretrained folder that PEFT 0.21 loads. Modules are combined on {@code threads} threads, a
- * bounded window of them ahead of the one being written, so memory follows a few modules'
- * factors; the bytes do not depend on the thread count (each module is computed on its own).
+ * save_pretrained folder that PEFT 0.21 loads. Modules are combined on {@code threads} threads (at
+ * most the backend's parallelism: on a GPU each holds a dense Δ in device memory), a bounded window
+ * of them ahead of the one being written, so memory follows a few modules' factors; the bytes do
+ * not depend on the thread count (each module is computed on its own). The dense Δ of the {@code
+ * _svd} methods is formed and decomposed on {@code backend} ({@link Backend#openCombination}): the
+ * CPU engine's factors are the same bits on every run; the GPU's are the same SVD with other
+ * rounding (docs/FORMATS.md §8.3).
  */
 public final class CombinedAdapterWriter {
     static final String WEIGHTS = "adapter_model.safetensors";
@@ -33,7 +38,7 @@ public final class CombinedAdapterWriter {
     private CombinedAdapterWriter() {
     }
 
-    public static CombineReport write(AdapterPlan plan, DType dtype, AtomicOutput out, int threads) throws Exception {
+    public static CombineReport write(AdapterPlan plan, DType dtype, AtomicOutput out, int threads, Backend backend) throws Exception {
         long start = System.nanoTime();
         if (!dtype.isMergeable()) {
             throw new IllegalArgumentException("adapter factors are F32, F16 or BF16, not " + dtype);
@@ -51,7 +56,8 @@ public final class CombinedAdapterWriter {
         FloatFormat f = FloatFormat.of(dtype);
         CombineMethod method = plan.modules().isEmpty() ? null : plan.modules().get(0).update().how().method();
         List<AdapterPlan.Module> modules = plan.modules();
-        ExecutorService pool = Executors.newFixedThreadPool(threads, r -> {
+        int workers = Math.min(threads, backend.parallelism());
+        ExecutorService pool = Executors.newFixedThreadPool(workers, r -> {
             Thread t = new Thread(r, "loramerge-combine");
             t.setDaemon(true);
             return t;
@@ -60,9 +66,9 @@ public final class CombinedAdapterWriter {
             List<Future<FactorCombination.Factors>> ahead = new ArrayList<>();
             int submitted = 0;
             for (int i = 0; i < modules.size(); i++) {
-                while (submitted < modules.size() && submitted < i + 2 * threads) {
+                while (submitted < modules.size() && submitted < i + 2 * workers) {
                     AdapterPlan.Module next = modules.get(submitted++);
-                    ahead.add(pool.submit(() -> FactorCombination.combine(next.update())));
+                    ahead.add(pool.submit(() -> FactorCombination.combine(next.update(), backend::openCombination)));
                 }
                 AdapterPlan.Module m = modules.get(i);
                 FactorCombination.Factors c = BlockExecutor.get(ahead.get(i));
@@ -90,6 +96,7 @@ public final class CombinedAdapterWriter {
         report.method = method == null ? null : method.cliName();
         report.rank = rank;
         report.dtype = dtype.name();
+        report.engine = backend.describe();
         report.warnings.addAll(plan.warnings());
         report.notes.addAll(plan.notes());
         report.seconds = (System.nanoTime() - start) / 1e9;

@@ -112,7 +112,8 @@ class CombinePeftTest {
         try (SafetensorsFile peft = SafetensorsFile.open(CombineCases.ROOT.resolve("peft").resolve(name).resolve("adapter_model.safetensors"))) {
             peftType = peft.tensors().iterator().next().dtype();
         }
-        List<String> args = new ArrayList<>(List.of("combine", "--quiet", "--out", out.toString(), "--dtype", peftType.name().toLowerCase(Locale.ROOT)));
+        List<String> args = new ArrayList<>(List.of("combine", "--quiet", "--device", "cpu", "--out", out.toString(), "--dtype",
+                peftType.name().toLowerCase(Locale.ROOT)));
         args.addAll(combineArgs(c));
         Object[] r = CombineCases.run(args);
         assertEquals(0, r[0], (String) r[1]);
