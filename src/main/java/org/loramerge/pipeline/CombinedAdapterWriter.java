@@ -12,6 +12,7 @@ import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import org.loramerge.engine.Backend;
 import org.loramerge.engine.FactorCombination;
+import org.loramerge.engine.WeightDelta;
 import org.loramerge.format.DType;
 import org.loramerge.format.FloatFormat;
 import org.loramerge.format.Json;
@@ -62,17 +63,24 @@ public final class CombinedAdapterWriter {
             t.setDaemon(true);
             return t;
         });
+        // describe() begins with the device: "cpu (16 threads)", "cuda:0 NVIDIA H200" (as ExtractRunner reads it)
+        String device = backend.describe().split(" ")[0];
+        List<String> onHost = new ArrayList<>();
         try (SafetensorsWriter w = SafetensorsWriter.create(out.dir().resolve(WEIGHTS), entries, Map.of("format", "pt"))) {
-            List<Future<FactorCombination.Factors>> ahead = new ArrayList<>();
+            List<Future<Combined>> ahead = new ArrayList<>();
             int submitted = 0;
             for (int i = 0; i < modules.size(); i++) {
                 while (submitted < modules.size() && submitted < i + 2 * workers) {
                     AdapterPlan.Module next = modules.get(submitted++);
-                    ahead.add(pool.submit(() -> FactorCombination.combine(next.update(), backend::openCombination)));
+                    ahead.add(pool.submit(() -> combine(next, backend)));
                 }
                 AdapterPlan.Module m = modules.get(i);
-                FactorCombination.Factors c = BlockExecutor.get(ahead.get(i));
+                Combined combined = BlockExecutor.get(ahead.get(i));
                 ahead.set(i, null);
+                FactorCombination.Factors c = combined.factors();
+                if (combined.svdDevice() != null && !combined.svdDevice().equals(device)) {
+                    onHost.add(m.module());
+                }
                 int r = c.rank();
                 int rest = c.a().length / r;
                 int outRows = c.b().length / r;
@@ -97,10 +105,28 @@ public final class CombinedAdapterWriter {
         report.rank = rank;
         report.dtype = dtype.name();
         report.engine = backend.describe();
+        if (!onHost.isEmpty()) {
+            report.notes.add(onHost.size() + " modules whose dense delta is too large to keep in the memory of " + device + " (over 3 GiB in "
+                    + "fp64) or combines more adapters than its kernels hold (8) were decomposed on the CPU: " + String.join(", ", onHost));
+        }
         report.warnings.addAll(plan.warnings());
         report.notes.addAll(plan.notes());
         report.seconds = (System.nanoTime() - start) / 1e9;
         return report;
+    }
+
+    /** A module's factors, and where its dense Δ was decomposed (null where none was formed). */
+    private record Combined(FactorCombination.Factors factors, String svdDevice) {
+    }
+
+    private static Combined combine(AdapterPlan.Module m, Backend backend) throws Exception {
+        String[] where = new String[1];
+        FactorCombination.Factors f = FactorCombination.combine(m.update(), (dense, rows, cols) -> {
+            WeightDelta d = backend.openCombination(dense, rows, cols);
+            where[0] = d.device();
+            return d;
+        });
+        return new Combined(f, where[0]);
     }
 
     private static ByteBuffer encode(FloatFormat f, double[] v) {

@@ -61,11 +61,12 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * dense combination Δ formed on the device is the host's bit for bit (its top-D selection made
  * there, or, where the cut splits a run of equal magnitudes, on the host); on that Δ the singular
  * values agree to 1e-9 relative and the rank-R error has the same ratio to the Eckart–Young
- * optimum (at most 1.01); {@code combine --device cuda} on the golden SVD cases writes the CPU
- * engine's adapter structure and config, svd's factors bit for bit (its SVD is the host's on both
- * engines) and the others' within the factors' float32 rounding; {@code merge --combine} of an
- * {@code _svd} method on the GPU passes its own verification and is within one ulp of the CPU's.
- * Skips itself where there is no usable GPU.
+ * optimum (at most 1.01); a combination of more adapters than the kernels hold is decomposed on
+ * the host, and {@code combine} names the modules that were; {@code combine --device cuda} on the
+ * golden SVD cases writes the CPU engine's adapter structure and config, svd's factors bit for bit
+ * (its SVD is the host's on both engines) and the others' within the factors' float32 rounding;
+ * {@code merge --combine} of an {@code _svd} method on the GPU passes its own verification and is
+ * within one ulp of the CPU's. Skips itself where there is no usable GPU.
  */
 @Tag("gpu")
 class CudaCombineSvdTest {
@@ -207,6 +208,19 @@ class CudaCombineSvdTest {
             assertInstanceOf(HostCombinedDelta.class, d, "nine adapters: the CPU engine's Δ");
             assertEquals("cpu", d.device());
         }
+    }
+
+    @Test
+    void combineOnTheGpuNamesTheModulesItDecomposedOnTheHost() throws Exception {
+        Path out = dir.resolve("nine");
+        List<String> args = new ArrayList<>(List.of("combine", "--quiet", "--json", "--device", "cuda", "--out", out.toString(), "--base",
+                COMBINE.resolve("models/llama_f32").toString(), "--combine", "ties_svd", "--density", "0.5", "--rank", "4"));
+        for (int k = 0; k < DeviceCombination.MAX_PARTS + 1; k++) {
+            args.addAll(List.of("--adapter", COMBINE.resolve("adapters/qv_r4").toString()));
+        }
+        JsonNode report = new ObjectMapper().readTree(run(args));
+        String notes = report.get("notes").toString();
+        assertTrue(notes.contains("decomposed on the CPU") && notes.contains("q_proj"), "nine adapters: the note names the modules: " + notes);
     }
 
     /** The golden cases of PEFT's SVD methods (scripts/fixtures/make_combine_fixtures.py). */
