@@ -30,13 +30,13 @@ import org.loramerge.plan.TensorSource;
  * ΔW there ({@code extract_delta}, the CPU's subtraction bit for bit), with ‖ΔW‖² from the per-row
  * sums of {@code extract_row_squares}. The dense combination Δ of PEFT's {@code _svd} methods is
  * formed here from the adapters' factors instead ({@link #ofCombination}: {@code combine_delta},
- * the CPU engine's Δ bit for bit) and decomposed the same way. The randomized SVD ({@link RandomizedSvd}, the same
- * algorithm, Ω and options as the CPU engine) then makes its passes here: each product with ΔW is
- * one cuBLAS DGEMM, and its thin QR a shifted CholeskyQR3 ({@link CholeskyQr}: the Gram matrices by
- * DGEMM and the triangular solves by DTRSM here, the l×l Cholesky factors on the host), falling
- * back to Householder's QR of the product on the host where that breaks down (a ΔW of lower rank
- * than the sketch). The small SVD is the host's. The written factors' error is a last DGEMM that
- * subtracts U·Vᵀ from ΔW in place, and its row sums.
+ * the CPU engine's Δ bit for bit) and decomposed the same way. The randomized SVD ({@link
+ * RandomizedSvd}, the same algorithm, Ω and options as the CPU engine) then makes its passes here:
+ * each product with ΔW is one cuBLAS DGEMM, and its thin QR a shifted CholeskyQR3 ({@link
+ * CholeskyQr}: the Gram matrices by DGEMM and the triangular solves by DTRSM here, the l×l
+ * Cholesky factors on the host), falling back to Householder's QR of the product on the host where
+ * that breaks down (a ΔW of lower rank than the sketch). The small SVD is the host's. The written
+ * factors' error is a last DGEMM that subtracts U·Vᵀ from ΔW in place, and its row sums.
  *
  * <p>The bits differ from the CPU engine's (the DGEMMs sum in another order and the QRs differ by
  * rounding), not the algorithm: the GPU tests hold the singular values to 1e-9 of the CPU's and
@@ -51,7 +51,8 @@ final class CudaWeightDelta implements WeightDelta, Sketching {
     /**
      * The largest ΔW kept on the device: extract holds two at once (the next weight is formed while
      * this one is decomposed), so this keeps the engine under 8 GB of device memory. Larger weights
-     * (a 128k-token embedding of an 8192-wide model) are decomposed by the CPU engine.
+     * (a 128k-token embedding of an 8192-wide model) are decomposed by the CPU engine. {@code combine}
+     * holds one Δ per thread, at most the engine's streams (CombinedAdapterWriter); a merge one.
      */
     static final long MAX_DELTA_BYTES = 3L << 30;
 
