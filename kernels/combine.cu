@@ -3,7 +3,7 @@
  * bit the CPU engine's (engine/DenseCombination.java, engine/Elementwise.java, engine/DareMask.java):
  * every float64 operation is an explicit __dmul_rn / __dadd_rn / __ddiv_rn, which nvcc never
  * contracts into a fused multiply-add (the build passes -fmad=true), in the order the CPU does
- * them. Two kernels:
+ * them. Three kernels:
  *
  *   combine_histogram    one pass of the top-D selection (engine/TopSelection.java): per element
  *                        of one adapter's ΔW in a row block, the digit of |ΔW|'s bits that the
@@ -15,6 +15,10 @@
  *                        with its bound (2^-52·|v|, 0 where Δ = 0) and lm_round_element
  *                        (rounding.cuh): the elements the bound leaves undecided are listed for
  *                        the host, which settles them exactly, as for merge_round.
+ *   combine_delta        Δ of every element of a row block, as combine_round forms it, written as
+ *                        float64 into a device matrix: the dense combination of PEFT's *_svd
+ *                        methods, which the SVD then decomposes on the device
+ *                        (engine/cuda/CudaWeightDelta.java).
  *
  * The factors of every adapter of the tensor are in two arrays, U_all and Vt_all, adapter a's
  * U [rows, r_a] (the whole tensor's rows) at U_all + uOff[a] and Vt [r_a, cols] at Vt_all + vtOff[a].
@@ -202,3 +206,25 @@ __device__ __forceinline__ void combine_round_rows(const double *__restrict__ uA
 LM_COMBINE_ROUND_KERNEL(combine_round_bf16, LM_BF16, unsigned short)
 LM_COMBINE_ROUND_KERNEL(combine_round_f16, LM_F16, unsigned short)
 LM_COMBINE_ROUND_KERNEL(combine_round_f32, LM_F32, unsigned int)
+
+/*
+ * combine_delta(const double* U_all, const double* Vt_all, const long long* ip, const double* dp,
+ *     long long row0,           the block's first row in the tensor (for U's rows and DARE's element index)
+ *     long long rows, long long cols,
+ *     long long ldd, double* d) the block's Δ, row-major with row stride ldd: d[i·ldd + j] = Δ(row0 + i, j)
+ *   Δ is lm_combined_delta, the value combine_round adds to W (DenseCombination.deltaRow bit for
+ *   bit, with λ = 1 for PEFT's methods); the selections' cuts must be in ip.
+ *   Threads: as combine_round: x over columns (grid-stride), blockIdx.y over rows.
+ *   Launch: block (256, 1, 1); grid (ceil(cols / 256), min(rows, 65535), 1).
+ */
+extern "C" __global__ void combine_delta(const double *__restrict__ uAll, const double *__restrict__ vtAll, const long long *__restrict__ ip,
+                                         const double *__restrict__ dp, long long row0, long long rows, long long cols, long long ldd,
+                                         double *d) {
+    long long colStride = (long long)gridDim.x * blockDim.x;
+    long long col0 = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    for (long long i = blockIdx.y; i < rows; i += gridDim.y) {
+        for (long long j = col0; j < cols; j += colStride) {
+            d[i * ldd + j] = lm_combined_delta(uAll, vtAll, ip, dp, cols, row0 + i, j);
+        }
+    }
+}

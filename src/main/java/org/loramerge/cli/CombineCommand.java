@@ -8,6 +8,8 @@ import java.util.Locale;
 import java.util.concurrent.Callable;
 import org.loramerge.api.Adapters;
 import org.loramerge.api.LoraMerge;
+import org.loramerge.engine.Backend;
+import org.loramerge.engine.select.Backends;
 import org.loramerge.errors.UsageException;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
@@ -52,6 +54,11 @@ final class CombineCommand implements Callable<Integer> {
     @Option(names = "--threads", paramLabel = "N", description = "modules combined at once (default: all cores); the output is the same")
     Integer threads;
 
+    @Option(names = "--device", defaultValue = "auto", paramLabel = "auto|cpu|cuda[:N]",
+            description = "where the _svd methods form and decompose each module's dense delta: auto (a usable GPU, else the CPU), cpu, "
+                    + "or cuda[:N] (default: auto). The GPU's SVD is the CPU's algorithm with other rounding (docs/FORMATS.md §8.3)")
+    String device;
+
     @Option(names = "--overwrite", description = "replace the --out folder if it exists (only once the new adapter is complete)")
     boolean overwrite;
 
@@ -89,9 +96,14 @@ final class CombineCommand implements Callable<Integer> {
             List<Path> inputs = new ArrayList<>();
             inputs.add(base);
             inputs.addAll(adapters);
+            int cpuThreads = threads != null ? threads : Runtime.getRuntime().availableProcessors();
             CombineReport report;
-            try (AtomicOutput output = AtomicOutput.create(out, overwrite, inputs)) {
-                report = CombinedAdapterWriter.write(plan, factorType, output, threads != null ? threads : Runtime.getRuntime().availableProcessors());
+            Backends.Choice choice = Backends.open(device, cpuThreads);
+            try (Backend backend = choice.backend(); AtomicOutput output = AtomicOutput.create(out, overwrite, inputs)) {
+                if (!quiet && choice.fallbackReason() != null && combination.method().operand() == CombineMethod.Operand.SVD) {
+                    err.println("loramerge: no usable GPU (" + choice.fallbackReason() + "); combining on the CPU");
+                }
+                report = CombinedAdapterWriter.write(plan, factorType, output, cpuThreads, backend);
             }
             print(report, err);
         }
@@ -103,8 +115,10 @@ final class CombineCommand implements Callable<Integer> {
             CliJson.print(System.out, report, false);
         }
         if (!quiet) {
-            err.println(String.format(Locale.ROOT, "loramerge: wrote %s: %s of %d adapters, %d modules, rank %d, %s, %.1f s",
-                    report.output, report.method, adapters.size(), report.modules.size(), report.rank, report.dtype, report.seconds));
+            boolean svd = CombineMethod.parse(combine, CombineMethod.forCombine()).operand() == CombineMethod.Operand.SVD;
+            err.println(String.format(Locale.ROOT, "loramerge: wrote %s: %s of %d adapters, %d modules, rank %d, %s%s, %.1f s",
+                    report.output, report.method, adapters.size(), report.modules.size(), report.rank, report.dtype,
+                    svd ? ", SVDs on " + report.engine : "", report.seconds));
             for (String n : report.notes) {
                 err.println("note: " + n);
             }

@@ -1,5 +1,6 @@
 package org.loramerge.engine;
 
+import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import org.loramerge.plan.TensorSource;
@@ -45,6 +46,14 @@ public interface Backend extends AutoCloseable {
      * one is decomposed). NaN or ±Inf in either weight is an {@code ExtractException}.
      */
     WeightDelta openDelta(String name, TensorSource base, TensorSource tuned, int rows, int cols) throws Exception;
+
+    /**
+     * Opens the dense combination Δ of one of PEFT's {@code _svd} methods, a tensor [rows, cols] in
+     * the weight's layout, for its truncated SVD ({@link FactorCombination#svd}): formed and decomposed
+     * where this engine computes ({@link CombinationDeltas}). Its selections may still be open; the
+     * handle makes them. May be called from several threads at once, one combination each.
+     */
+    WeightDelta openCombination(DenseCombination dense, int rows, int cols) throws IOException;
 
     /** Starts a weight that is merged and requantized ({@code merge --to nf4}); closed as {@link #openMerge}'s. */
     Requantization openRequantization(TensorJob job) throws Exception;

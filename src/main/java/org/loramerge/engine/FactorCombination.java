@@ -6,7 +6,6 @@ import java.util.List;
 import org.loramerge.format.TensorInfo;
 import org.loramerge.linalg.Matrix;
 import org.loramerge.linalg.RandomizedSvd;
-import org.loramerge.linalg.RowBlocks;
 import org.loramerge.linalg.Svd;
 import org.loramerge.plan.CombineMethod;
 import org.loramerge.plan.CombinedUpdate;
@@ -31,8 +30,11 @@ import org.loramerge.plan.TermSpec;
  *       A' = V_Rᵀ, each pair (u_k, v_k) turned so that the entry of u_k of largest magnitude
  *       (the first, on ties) is positive; then PEFT's svd_clamp, if asked. svd takes the SVD of
  *       the product of the stacked factors (linalg {@code Svd.ofProduct}, exact up to rounding);
- *       the others that of the dense Δ of {@link DenseCombination} (λ = 1), read row block by row
- *       block ({@code RandomizedSvd}). Components beyond Δ's rank are zero in both factors.</li>
+ *       the others that of the dense Δ of {@link DenseCombination} (λ = 1) by {@code
+ *       RandomizedSvd} where the engine keeps Δ ({@link CombinationDeltas}): its rows recomputed
+ *       on the host for each pass (the CPU engine), or formed once on the GPU, whose SVD has the
+ *       same algorithm and options but not the same bits (see {@code CudaWeightDelta}).
+ *       Components beyond Δ's rank are zero in both factors.</li>
  * </ul>
  */
 public final class FactorCombination {
@@ -45,12 +47,18 @@ public final class FactorCombination {
 
     /**
      * The combined factors of {@code u}, whose method has a low-rank result (cat, linear, PEFT's
-     * factor-wise methods, or the SVD methods, at the rank {@code u.how().rank()}, which must be set).
+     * factor-wise methods, or the SVD methods, at the rank {@code u.how().rank()}, which must be set),
+     * every step on the host (the CPU engine's).
      */
     public static Factors combine(CombinedUpdate u) throws IOException {
+        return combine(u, CombinationDeltas.HOST);
+    }
+
+    /** {@link #combine(CombinedUpdate)} with the dense Δ of the {@code _svd} methods formed and decomposed by {@code deltas}. */
+    public static Factors combine(CombinedUpdate u, CombinationDeltas deltas) throws IOException {
         CombineMethod method = u.how().method();
         if (method.operand() == CombineMethod.Operand.SVD) {
-            Factors f = svd(u);
+            Factors f = svd(u, deltas);
             return u.how().svdClamp() == null ? f : clamp(f, u.how().svdClamp());
         }
         if (method.operand() != CombineMethod.Operand.FACTORS) {
@@ -94,8 +102,11 @@ public final class FactorCombination {
     /**
      * The rank-R truncated SVD of the combination, before any clamp, in PEFT's B·A layout (see the
      * class comment); rank {@code u.how().rank()}, padded with zero components where Δ has fewer.
+     * The dense Δ of the methods other than svd is opened by {@code deltas}; svd's product of two
+     * thin matrices is decomposed on the host on every engine (QRs of m×R and n×R and an R×R SVD:
+     * less work than one pass over a dense Δ, and no Δ is formed).
      */
-    public static Factors svd(CombinedUpdate u) throws IOException {
+    public static Factors svd(CombinedUpdate u, CombinationDeltas deltas) throws IOException {
         int rank = u.how().rank();
         if (rank < 1) {
             throw new IllegalArgumentException(u.name() + ": the SVD's rank must be set by the plan");
@@ -131,13 +142,13 @@ public final class FactorCombination {
             }
             svd = Svd.ofProduct(b, a);
         } else {
-            // the dense Δ in the weight's layout, row blocks recomputed on each pass; its transpose is B·A for Conv1D and embeddings
-            long rows = transposed ? baCols : baRows;
-            long cols = transposed ? baRows : baCols;
-            DenseCombination d = DenseCombination.load(u, rows, cols);
-            d.selectAll(rows);
-            Svd w = RandomizedSvd.truncated(new DeltaRows(d, Math.toIntExact(rows), Math.toIntExact(cols)), rank,
-                    RandomizedSvd.Options.defaults(1)).svd();
+            // the dense Δ in the weight's layout, where the engine keeps it; its transpose is B·A for Conv1D and embeddings
+            int rows = transposed ? baCols : baRows;
+            int cols = transposed ? baRows : baCols;
+            Svd w;
+            try (WeightDelta delta = deltas.open(DenseCombination.load(u, rows, cols), rows, cols)) {
+                w = delta.svd(rank, RandomizedSvd.Options.defaults(1)).svd();
+            }
             svd = transposed ? new Svd(w.vt().transpose(), w.sigma(), w.u().transpose()) : w;
         }
         int k = Math.min(rank, svd.rank());
@@ -189,25 +200,6 @@ public final class FactorCombination {
             b[i] = Math.max(-hiVal, Math.min(hiVal, b[i]));
         }
         return new Factors(a, b, f.rank());
-    }
-
-    /** A dense combination read as row blocks (each pass recomputes them). */
-    private record DeltaRows(DenseCombination d, int rows, int cols) implements RowBlocks {
-        private static final int BLOCK_ROWS = 64;
-
-        @Override
-        public void forEachBlock(Visitor visitor) throws IOException {
-            double[] values = new double[BLOCK_ROWS * cols];
-            double[] row = new double[cols];
-            for (int r0 = 0; r0 < rows; r0 += BLOCK_ROWS) {
-                int n = Math.min(BLOCK_ROWS, rows - r0);
-                for (int i = 0; i < n; i++) {
-                    d.deltaRow(r0 + i, row);
-                    System.arraycopy(row, 0, values, i * cols, cols);
-                }
-                visitor.block(r0, n, values);
-            }
-        }
     }
 
     private static Factors cat(List<CombinedUpdate.Part> parts, double[][] as, double[][] bs, int[] ranks) {

@@ -13,6 +13,8 @@ public final class CombineReport {
     public String method;
     public int rank;
     public String dtype;
+    /** The engine that formed and decomposed the {@code _svd} methods' dense Δ: "cpu (N threads)", "cuda:0 NVIDIA H200". */
+    public String engine;
     public final List<ModuleOutcome> modules = new ArrayList<>();
     public final List<String> warnings = new ArrayList<>();
     public final List<String> notes = new ArrayList<>();

@@ -10,7 +10,9 @@ import java.util.Map;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
+import org.loramerge.engine.Backend;
 import org.loramerge.engine.FactorCombination;
+import org.loramerge.engine.WeightDelta;
 import org.loramerge.format.DType;
 import org.loramerge.format.FloatFormat;
 import org.loramerge.format.Json;
@@ -22,9 +24,13 @@ import org.loramerge.plan.CombineMethod;
  * Writes the new adapter of {@code combine} into an {@link AtomicOutput}: adapter_model.safetensors
  * (each module's combined factors, zero-padded to the plan's rank as PEFT pads them, rounded once
  * from float64 into {@code dtype}) and adapter_config.json, committed together, as a PEFT
- * save_pretrained folder that PEFT 0.21 loads. Modules are combined on {@code threads} threads, a
- * bounded window of them ahead of the one being written, so memory follows a few modules'
- * factors; the bytes do not depend on the thread count (each module is computed on its own).
+ * save_pretrained folder that PEFT 0.21 loads. Modules are combined on {@code threads} threads (at
+ * most the backend's parallelism: on a GPU each holds a dense Δ in device memory), a bounded window
+ * of them ahead of the one being written, so memory follows a few modules' factors; the bytes do
+ * not depend on the thread count (each module is computed on its own). The dense Δ of the {@code
+ * _svd} methods is formed and decomposed on {@code backend} ({@link Backend#openCombination}): the
+ * CPU engine's factors are the same bits on every run; the GPU's are the same SVD with other
+ * rounding (docs/FORMATS.md §8.3).
  */
 public final class CombinedAdapterWriter {
     static final String WEIGHTS = "adapter_model.safetensors";
@@ -33,7 +39,7 @@ public final class CombinedAdapterWriter {
     private CombinedAdapterWriter() {
     }
 
-    public static CombineReport write(AdapterPlan plan, DType dtype, AtomicOutput out, int threads) throws Exception {
+    public static CombineReport write(AdapterPlan plan, DType dtype, AtomicOutput out, int threads, Backend backend) throws Exception {
         long start = System.nanoTime();
         if (!dtype.isMergeable()) {
             throw new IllegalArgumentException("adapter factors are F32, F16 or BF16, not " + dtype);
@@ -51,22 +57,30 @@ public final class CombinedAdapterWriter {
         FloatFormat f = FloatFormat.of(dtype);
         CombineMethod method = plan.modules().isEmpty() ? null : plan.modules().get(0).update().how().method();
         List<AdapterPlan.Module> modules = plan.modules();
-        ExecutorService pool = Executors.newFixedThreadPool(threads, r -> {
+        int workers = Math.min(threads, backend.parallelism());
+        ExecutorService pool = Executors.newFixedThreadPool(workers, r -> {
             Thread t = new Thread(r, "loramerge-combine");
             t.setDaemon(true);
             return t;
         });
+        // describe() begins with the device: "cpu (16 threads)", "cuda:0 NVIDIA H200" (as ExtractRunner reads it)
+        String device = backend.describe().split(" ")[0];
+        List<String> onHost = new ArrayList<>();
         try (SafetensorsWriter w = SafetensorsWriter.create(out.dir().resolve(WEIGHTS), entries, Map.of("format", "pt"))) {
-            List<Future<FactorCombination.Factors>> ahead = new ArrayList<>();
+            List<Future<Combined>> ahead = new ArrayList<>();
             int submitted = 0;
             for (int i = 0; i < modules.size(); i++) {
-                while (submitted < modules.size() && submitted < i + 2 * threads) {
+                while (submitted < modules.size() && submitted < i + 2 * workers) {
                     AdapterPlan.Module next = modules.get(submitted++);
-                    ahead.add(pool.submit(() -> FactorCombination.combine(next.update())));
+                    ahead.add(pool.submit(() -> combine(next, backend)));
                 }
                 AdapterPlan.Module m = modules.get(i);
-                FactorCombination.Factors c = BlockExecutor.get(ahead.get(i));
+                Combined combined = BlockExecutor.get(ahead.get(i));
                 ahead.set(i, null);
+                FactorCombination.Factors c = combined.factors();
+                if (combined.svdDevice() != null && !combined.svdDevice().equals(device)) {
+                    onHost.add(m.module());
+                }
                 int r = c.rank();
                 int rest = c.a().length / r;
                 int outRows = c.b().length / r;
@@ -90,10 +104,29 @@ public final class CombinedAdapterWriter {
         report.method = method == null ? null : method.cliName();
         report.rank = rank;
         report.dtype = dtype.name();
+        report.engine = backend.describe();
+        if (!onHost.isEmpty()) {
+            report.notes.add(onHost.size() + " modules whose dense delta is too large to keep in the memory of " + device + " (over 3 GiB in "
+                    + "fp64) or combines more adapters than its kernels hold (8) were decomposed on the CPU: " + String.join(", ", onHost));
+        }
         report.warnings.addAll(plan.warnings());
         report.notes.addAll(plan.notes());
         report.seconds = (System.nanoTime() - start) / 1e9;
         return report;
+    }
+
+    /** A module's factors, and where its dense Δ was decomposed (null where none was formed). */
+    private record Combined(FactorCombination.Factors factors, String svdDevice) {
+    }
+
+    private static Combined combine(AdapterPlan.Module m, Backend backend) throws Exception {
+        String[] where = new String[1];
+        FactorCombination.Factors f = FactorCombination.combine(m.update(), (dense, rows, cols) -> {
+            WeightDelta d = backend.openCombination(dense, rows, cols);
+            where[0] = d.device();
+            return d;
+        });
+        return new Combined(f, where[0]);
     }
 
     private static ByteBuffer encode(FloatFormat f, double[] v) {

@@ -175,6 +175,22 @@ class CombineCliTest {
     }
 
     @Test
+    void combineOnTheCpuSaysWhereItsSvdsRanAndAnUnknownDeviceIsAUsageError() throws Exception {
+        Path out = dir.resolve("out");
+        List<String> args = command("combine", out, List.of("qv_r4", "qkvo_r4", "qv_r4b"), "--combine", "ties_svd", "--density", "0.5",
+                "--rank", "3", "--device", "cpu");
+        Result r = run(args);
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        assertTrue(r.err().contains("SVDs on cpu ("), "the summary names the engine:\n" + r.err());
+        Path bad = dir.resolve("bad");
+        Result refused = run(command("combine", bad, List.of("qv_r4", "qkvo_r4"), "--combine", "ties_svd", "--density", "0.5",
+                "--device", "tpu"));
+        assertEquals(ExitCodes.USAGE, refused.code(), refused.err());
+        assertTrue(refused.err().contains("--device tpu: expected auto, cpu, cuda or cuda:N"), refused.err());
+        assertFalse(Files.exists(bad), "nothing written for a usage error");
+    }
+
+    @Test
     void combineWritesNothingOverAnExistingFolderWithoutOverwrite() throws Exception {
         Path out = Files.createDirectory(dir.resolve("out"));
         Files.writeString(out.resolve("keep.txt"), "mine");

@@ -14,6 +14,7 @@ import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.MethodSource;
 import org.loramerge.adapter.LoraAdapter;
+import org.loramerge.engine.CombinationDeltas;
 import org.loramerge.engine.DenseCombination;
 import org.loramerge.engine.ExactMath;
 import org.loramerge.engine.ExactReference;
@@ -111,7 +112,8 @@ class CombinePeftTest {
         try (SafetensorsFile peft = SafetensorsFile.open(CombineCases.ROOT.resolve("peft").resolve(name).resolve("adapter_model.safetensors"))) {
             peftType = peft.tensors().iterator().next().dtype();
         }
-        List<String> args = new ArrayList<>(List.of("combine", "--quiet", "--out", out.toString(), "--dtype", peftType.name().toLowerCase(Locale.ROOT)));
+        List<String> args = new ArrayList<>(List.of("combine", "--quiet", "--device", "cpu", "--out", out.toString(), "--dtype",
+                peftType.name().toLowerCase(Locale.ROOT)));
         args.addAll(combineArgs(c));
         Object[] r = CombineCases.run(args);
         assertEquals(0, r[0], (String) r[1]);
@@ -316,7 +318,7 @@ class CombinePeftTest {
             for (AdapterPlan.Module m : plan.modules()) {
                 JsonNode want = c.get("svd").get(m.module());
                 CombinedUpdate u = m.update();
-                FactorCombination.Factors f = FactorCombination.svd(u);
+                FactorCombination.Factors f = FactorCombination.svd(u, CombinationDeltas.HOST);
                 // Δ in B·A layout, from the method's own definition (the dense combination, or the weighted sum)
                 boolean transposed = u.layout() == Layout.CONV1D || u.layout() == Layout.EMBEDDING;
                 long rows = m.weightShape()[0];
@@ -395,7 +397,7 @@ class CombinePeftTest {
             AdapterPlan plan = Planner.planAdapter(base, adapters, combination(c, CombineMethod.forCombine()));
             int clampedSomewhere = 0;
             for (AdapterPlan.Module m : plan.modules()) {
-                FactorCombination.Factors f = FactorCombination.svd(m.update());
+                FactorCombination.Factors f = FactorCombination.svd(m.update(), CombinationDeltas.HOST);
                 double[] pb = CombineCases.values(peft, peft.tensor(m.bKey()));
                 double[] pa = CombineCases.values(peft, peft.tensor(m.aKey()));
                 int r = f.rank();

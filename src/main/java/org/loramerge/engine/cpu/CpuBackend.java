@@ -2,6 +2,9 @@ package org.loramerge.engine.cpu;
 
 import java.io.IOException;
 import org.loramerge.engine.Backend;
+import org.loramerge.engine.CombinationDeltas;
+import org.loramerge.engine.DenseCombination;
+import org.loramerge.engine.HostCombinedDelta;
 import org.loramerge.engine.Requantization;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.TensorMerge;
@@ -44,6 +47,12 @@ public final class CpuBackend implements Backend {
     @Override
     public WeightDelta openDelta(String name, TensorSource base, TensorSource tuned, int rows, int cols) throws IOException, ExtractException {
         return CpuWeightDelta.open(name, base, tuned, rows, cols, threads);
+    }
+
+    /** Δ recomputed on the host for every pass ({@link CombinationDeltas#HOST}), as {@code TensorJob.prepare} without a backend does. */
+    @Override
+    public WeightDelta openCombination(DenseCombination dense, int rows, int cols) {
+        return HostCombinedDelta.open(dense, rows, cols);
     }
 
     @Override

@@ -9,7 +9,9 @@ import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Set;
 import org.loramerge.engine.Backend;
+import org.loramerge.engine.DenseCombination;
 import org.loramerge.engine.DeviceUnavailableException;
+import org.loramerge.engine.HostCombinedDelta;
 import org.loramerge.engine.LowRankTerm;
 import org.loramerge.engine.Requantization;
 import org.loramerge.engine.TensorJob;
@@ -179,6 +181,20 @@ public final class CudaBackend implements Backend {
             return CpuWeightDelta.open(name, base, tuned, rows, cols, cpuThreads);
         }
         return CudaWeightDelta.open(device, name, base, tuned, rows, cols);
+    }
+
+    /**
+     * The dense Δ of a PEFT {@code _svd} combination formed and decomposed on the device ({@link
+     * CudaWeightDelta#ofCombination}), or, for one larger than the device keeps or of more adapters
+     * than the kernels hold ({@link CudaWeightDelta#fits(DenseCombination, long, long)}), the CPU
+     * engine's, recomputed on the host for every pass.
+     */
+    @Override
+    public WeightDelta openCombination(DenseCombination dense, int rows, int cols) {
+        if (!CudaWeightDelta.fits(dense, rows, cols)) {
+            return HostCombinedDelta.open(dense, rows, cols);
+        }
+        return CudaWeightDelta.ofCombination(device, dense, rows, cols);
     }
 
     private <T extends AutoCloseable> T remember(T handle) {

@@ -13,6 +13,7 @@ import jcuda.runtime.JCuda;
 import jcuda.runtime.cudaMemcpyKind;
 import jcuda.runtime.cudaStream_t;
 import org.loramerge.engine.DeltaRows;
+import org.loramerge.engine.DenseCombination;
 import org.loramerge.engine.WeightDelta;
 import org.loramerge.format.FloatFormat;
 import org.loramerge.linalg.CholeskyQr;
@@ -27,24 +28,31 @@ import org.loramerge.plan.TensorSource;
  * ΔW = tuned − base of one weight, resident on the GPU in fp64 (row-major [rows, cols]) from
  * {@link #open} to {@link #close}. Opening streams both weights' row blocks up as stored and forms
  * ΔW there ({@code extract_delta}, the CPU's subtraction bit for bit), with ‖ΔW‖² from the per-row
- * sums of {@code extract_row_squares}. The randomized SVD ({@link RandomizedSvd}, the same
- * algorithm, Ω and options as the CPU engine) then makes its passes here: each product with ΔW is
- * one cuBLAS DGEMM, and its thin QR a shifted CholeskyQR3 ({@link CholeskyQr}: the Gram matrices by
- * DGEMM and the triangular solves by DTRSM here, the l×l Cholesky factors on the host), falling
- * back to Householder's QR of the product on the host where that breaks down (a ΔW of lower rank
- * than the sketch). The small SVD is the host's. The written factors' error is a last DGEMM that
- * subtracts U·Vᵀ from ΔW in place, and its row sums.
+ * sums of {@code extract_row_squares}. The dense combination Δ of PEFT's {@code _svd} methods is
+ * formed here from the adapters' factors instead ({@link #ofCombination}: {@code combine_delta},
+ * the CPU engine's Δ bit for bit) and decomposed the same way. The randomized SVD ({@link
+ * RandomizedSvd}, the same algorithm, Ω and options as the CPU engine) then makes its passes here:
+ * each product with ΔW is one cuBLAS DGEMM, and its thin QR a shifted CholeskyQR3 ({@link
+ * CholeskyQr}: the Gram matrices by DGEMM and the triangular solves by DTRSM here, the l×l
+ * Cholesky factors on the host), falling back to Householder's QR of the product on the host where
+ * that breaks down (a ΔW of lower rank than the sketch). The small SVD is the host's. The written
+ * factors' error is a last DGEMM that subtracts U·Vᵀ from ΔW in place, and its row sums.
  *
  * <p>The bits differ from the CPU engine's (the DGEMMs sum in another order and the QRs differ by
  * rounding), not the algorithm: the GPU tests hold the singular values to 1e-9 of the CPU's and
- * the error to the same ratio to the optimum. Device memory: ΔW ({@code rows·cols·8} bytes, at most
- * {@link #MAX_DELTA_BYTES}), a few rows×l sketches and the calling threads' worker buffers.
+ * the error to the same ratio to the optimum, for extract's ΔW and for the combinations' Δ
+ * ({@code CudaExtractTest}, {@code CudaCombineSvdTest}). The SVD is deterministic on one device
+ * (each worker has its own stream and cuBLAS handle, and the host's steps are fixed), so a run
+ * repeated there gives the same factors. Device memory: ΔW ({@code rows·cols·8} bytes, at most
+ * {@link #MAX_DELTA_BYTES}), a few rows×l sketches and the calling threads' worker buffers; for a
+ * combination also the adapters' factors while Δ is formed.
  */
 final class CudaWeightDelta implements WeightDelta, Sketching {
     /**
      * The largest ΔW kept on the device: extract holds two at once (the next weight is formed while
      * this one is decomposed), so this keeps the engine under 8 GB of device memory. Larger weights
-     * (a 128k-token embedding of an 8192-wide model) are decomposed by the CPU engine.
+     * (a 128k-token embedding of an 8192-wide model) are decomposed by the CPU engine. {@code combine}
+     * holds one Δ per thread, at most the engine's streams (CombinedAdapterWriter); a merge one.
      */
     static final long MAX_DELTA_BYTES = 3L << 30;
 
@@ -148,6 +156,88 @@ final class CudaWeightDelta implements WeightDelta, Sketching {
             throw new IllegalStateException(name + ": the device found a non-finite value at element " + firstBad + " that the host does not");
         }
         return new CudaWeightDelta(device, rows, cols, delta, sum);
+    }
+
+    /**
+     * Whether the dense combination Δ [rows, cols] of {@code dense} is formed and decomposed here:
+     * not empty, Δ at most {@link #MAX_DELTA_BYTES}, and at most {@link DeviceCombination#MAX_PARTS}
+     * adapters (what kernels/combine.cu holds).
+     */
+    static boolean fits(DenseCombination dense, long rows, long cols) {
+        return rows > 0 && cols > 0 && rows * cols * Sizeof.DOUBLE <= MAX_DELTA_BYTES && dense.terms().size() <= DeviceCombination.MAX_PARTS;
+    }
+
+    /**
+     * Forms the dense combination Δ of one of PEFT's {@code _svd} methods on the device, on the
+     * calling thread's worker: the top-D selection's passes by {@code combine_histogram} (a pass that
+     * counts a run of equal magnitudes per row on the host), then every element by {@code
+     * combine_delta}, {@link DenseCombination#deltaRow}'s value bit for bit. Where a cut falls inside a
+     * run of equal magnitudes (whose ranks the device does not keep) Δ's rows are formed on the host
+     * and copied up. ‖Δ‖² is summed as for extract's ΔW.
+     */
+    static CudaWeightDelta ofCombination(CudaDevice device, DenseCombination dense, int rows, int cols) {
+        device.bindContext();
+        DeviceWorker w = device.worker();
+        // its own allocation, not the pool's, as open's
+        DeviceMemory delta = new DeviceMemory((long) rows * cols * Sizeof.DOUBLE);
+        double sum = 0;
+        try (DeviceCombination c = new DeviceCombination(device, dense, cols);
+             DeviceMemory rowSquares = device.pool().take((long) rows * Sizeof.DOUBLE)) {
+            try {
+                while (dense.needsSelection()) {
+                    c.countSelection(0, rows);
+                    c.finishSelectionPass();
+                    dense.finishPass();
+                }
+                if (c.partialTies()) {
+                    uploadRows(w, dense, rows, cols, delta);
+                } else {
+                    c.uploadCuts();
+                    device.combine().delta(w.stream(), rows, cols, Pointer.to(c.uAll().pointer()), Pointer.to(c.vtAll().pointer()),
+                            Pointer.to(c.ip().pointer()), Pointer.to(c.dp().pointer()), Pointer.to(new long[] {0}), Pointer.to(new long[] {rows}),
+                            Pointer.to(new long[] {cols}), Pointer.to(new long[] {cols}), Pointer.to(delta.pointer()));
+                }
+                device.extract().rowSquares(w.stream(), rows, Pointer.to(delta.pointer()), Pointer.to(new long[] {rows}),
+                        Pointer.to(new long[] {cols}), Pointer.to(new long[] {cols}), Pointer.to(rowSquares.pointer()));
+                double[] perRow = new double[rows];
+                w.synchronize();
+                JCuda.cudaMemcpy(Pointer.to(perRow), rowSquares.pointer(), (long) rows * Sizeof.DOUBLE, cudaMemcpyKind.cudaMemcpyDeviceToHost);
+                for (double s : perRow) {
+                    sum += s;
+                }
+            } catch (RuntimeException | Error e) {
+                // what the stream still has queued reads these buffers: let it finish before they go back
+                try {
+                    w.synchronize();
+                } catch (RuntimeException ignored) {
+                    // the failure being thrown says more
+                }
+                throw e;
+            }
+        } catch (RuntimeException | Error e) {
+            delta.close();
+            throw e;
+        }
+        return new CudaWeightDelta(device, rows, cols, delta, sum);
+    }
+
+    /** Δ's rows formed on the host ({@link DenseCombination#deltaRow}) and copied into {@code delta}, a block of rows at a time. */
+    private static void uploadRows(DeviceWorker w, DenseCombination dense, int rows, int cols, DeviceMemory delta) {
+        int blockRows = Math.max(1, Math.min(rows, DeltaRows.BLOCK_ELEMENTS / cols));
+        double[] block = new double[blockRows * cols];
+        double[] row = new double[cols];
+        w.synchronize();
+        for (int r0 = 0; r0 < rows; r0 += blockRows) {
+            int n = Math.min(blockRows, rows - r0);
+            for (int i = 0; i < n; i++) {
+                dense.deltaRow(r0 + i, row);
+                System.arraycopy(row, 0, block, i * cols, cols);
+            }
+            JCuda.cudaMemcpy(delta.at((long) r0 * cols * Sizeof.DOUBLE), Pointer.to(block), (long) n * cols * Sizeof.DOUBLE,
+                    cudaMemcpyKind.cudaMemcpyHostToDevice);
+            // the block array is refilled next: its copy must have landed (see upload)
+            JCuda.cudaStreamSynchronize(new cudaStream_t());
+        }
     }
 
     /** ΔW as it is on the device, row-major on the host (for the GPU tests). */
