@@ -79,18 +79,11 @@ public final class TensorJob {
     }
 
     /**
-     * Loads what {@code out} needs, every step on the host (the CPU engine's). Factors of one tensor are held at a time, so memory
-     * follows the largest tensor's adapter, not the model.
+     * Loads what {@code out} needs, every step on the host, on both engines: a PEFT {@code _svd}
+     * combination's SVD too, so that a merged model is the same bytes on the GPU and the CPU. Factors
+     * of one tensor are held at a time, so memory follows the largest tensor's adapter, not the model.
      */
     public static TensorJob prepare(OutputTensor out) throws IOException {
-        return prepare(out, CombinationDeltas.HOST);
-    }
-
-    /**
-     * {@link #prepare(OutputTensor)} with the SVD of a PEFT {@code _svd} combination where {@code deltas} keeps its dense Δ (a
-     * backend's {@link Backend#openCombination}).
-     */
-    public static TensorJob prepare(OutputTensor out, CombinationDeltas deltas) throws IOException {
         List<LowRankTerm> terms = new ArrayList<>();
         for (TermSpec t : out.terms()) {
             terms.add(LowRankTerm.load(t, out.rows(), out.cols()));
@@ -102,7 +95,7 @@ public final class TensorJob {
                 case FACTORS:
                 case SVD: {
                     // one low-rank term with scale 1, its factors combined in float64 (FactorCombination)
-                    FactorCombination.Factors f = FactorCombination.combine(combined, deltas);
+                    FactorCombination.Factors f = FactorCombination.combine(combined, CombinationDeltas.HOST);
                     double[][] uv = TermSpec.uv(combined.layout(), f.rank(), f.a(), f.b(), out.rows(), out.cols());
                     terms.add(new LowRankTerm(combined.module(), 1.0, f.rank(), Math.toIntExact(out.rows()), Math.toIntExact(out.cols()),
                             uv[0], uv[1]));

@@ -35,7 +35,7 @@ final class Requantize implements TensorStrategy {
     @Override
     public void schedule(OutputTensor t, MergeContext ctx) throws Exception {
         long preparing = System.nanoTime();
-        TensorJob job = TensorJob.prepare(t, ctx.backend::openCombination);
+        TensorJob job = TensorJob.prepare(t);
         BlockStats stats = ctx.statsFor(t);
         int cols = job.cols();
         if (job.needsColumnPass()) {

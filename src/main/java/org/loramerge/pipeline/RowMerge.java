@@ -27,7 +27,7 @@ final class RowMerge implements TensorStrategy {
     @Override
     public void schedule(OutputTensor t, MergeContext ctx) throws Exception {
         long preparing = System.nanoTime();
-        TensorJob job = TensorJob.prepare(t, ctx.backend::openCombination);
+        TensorJob job = TensorJob.prepare(t);
         BlockStats stats = ctx.statsFor(t);
         int cols = job.cols();
         long outRowBytes = (long) cols * t.dtype().sizeInBytes();

@@ -81,7 +81,7 @@ final class SharedRows {
         int n = ts.size();
         List<TensorJob> jobs = new ArrayList<>();
         for (int k = 0; k < n; k++) {
-            TensorJob job = TensorJob.prepare(ts.get(k), ctxs.get(k).backend::openCombination);
+            TensorJob job = TensorJob.prepare(ts.get(k));
             if (job.needsSelection()) {
                 return false;
             }

@@ -13,7 +13,6 @@ import java.util.Set;
 import java.util.TreeSet;
 import java.util.stream.LongStream;
 import org.loramerge.engine.BlockStats;
-import org.loramerge.engine.CombinationDeltas;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.cpu.CpuMerge;
 import org.loramerge.format.Checkpoint;
@@ -88,16 +87,6 @@ public final class Verifier {
 
     /** Checks {@code merged} against the plan of base + adapter, judging recomputed values by {@code tolerance}; rows as above. */
     public static Result verify(MergePlan plan, Checkpoint merged, int sampleRows, Tolerance tolerance) throws IOException {
-        return verify(plan, merged, sampleRows, tolerance, CombinationDeltas.HOST);
-    }
-
-    /**
-     * {@link #verify(MergePlan, Checkpoint, int, Tolerance)} with the SVD of a PEFT {@code _svd}
-     * combination recomputed by {@code deltas}: the engine that merged it, whose SVD a GPU computes
-     * with other bits than the host's.
-     */
-    public static Result verify(MergePlan plan, Checkpoint merged, int sampleRows, Tolerance tolerance, CombinationDeltas deltas)
-            throws IOException {
         double maxUlp = tolerance.mode() == Tolerance.Mode.ULP ? tolerance.maxUlp() : Double.POSITIVE_INFINITY;
         List<TensorCheck> checks = new ArrayList<>();
         List<String> problems = new ArrayList<>();
@@ -111,8 +100,8 @@ public final class Verifier {
                 continue;
             }
             if (planned.isRequantized()) {
-                TensorCheck c = planned.quantizedOutput() instanceof Nf4Output ? checkRequantized(planned, merged, sampleRows, deltas)
-                        : checkRequantizedByReplay(planned, merged, deltas);
+                TensorCheck c = planned.quantizedOutput() instanceof Nf4Output ? checkRequantized(planned, merged, sampleRows)
+                        : checkRequantizedByReplay(planned, merged);
                 checks.add(c);
                 if (c.problem() != null) {
                     problems.add(planned.name() + ": " + c.problem());
@@ -133,7 +122,7 @@ public final class Verifier {
             if (!floating || (planned.isByteCopy() && m.dtype() == planned.dtype())) {
                 c = checkBytes(planned, m, mf); // unchanged: every byte
             } else {
-                c = checkValues(planned, m, mf, planned.isAdapted() ? sampleRows : ALL_ROWS, tolerance, deltas); // converted or dequantized: every row
+                c = checkValues(planned, m, mf, planned.isAdapted() ? sampleRows : ALL_ROWS, tolerance); // converted or dequantized: every row
             }
             checks.add(c);
             worst = Math.max(worst, c.worstUlp());
@@ -272,10 +261,9 @@ public final class Verifier {
      * Rows of a merged, replaced, converted or dequantized tensor recomputed exactly (sampled, or
      * all), block by block, against the merged model's bytes.
      */
-    private static TensorCheck checkValues(OutputTensor planned, TensorInfo m, SafetensorsFile mf, int sampleRows, Tolerance tolerance,
-                                           CombinationDeltas combinations)
+    private static TensorCheck checkValues(OutputTensor planned, TensorInfo m, SafetensorsFile mf, int sampleRows, Tolerance tolerance)
             throws IOException {
-        TensorJob job = TensorJob.prepare(planned.withDtype(m.dtype()), combinations);
+        TensorJob job = TensorJob.prepare(planned.withDtype(m.dtype()));
         if (job.needsSelection()) {
             job.dense().selectAll(job.rows()); // a combination's top-D cut depends on the whole tensor
         }
@@ -397,7 +385,7 @@ public final class Verifier {
      * recomputed here. Codes depend only on their own block's values, so blocks check one by one;
      * the double-quantized absmax depends on the whole weight and is checked for structure only.
      */
-    private static TensorCheck checkRequantized(OutputTensor planned, Checkpoint merged, int sampleRows, CombinationDeltas deltas) throws IOException {
+    private static TensorCheck checkRequantized(OutputTensor planned, Checkpoint merged, int sampleRows) throws IOException {
         OutputTensor.Kind kind = planned.kind();
         Nf4Tensor group;
         Nf4Decoder decoder;
@@ -413,7 +401,7 @@ public final class Verifier {
                 || got.isDoubleQuant() != want.isDoubleQuant()) {
             return new TensorCheck(planned.name(), kind, 0, 0, 0, 0, 0, false, "quant state " + got + " is not the planned " + want);
         }
-        TensorJob job = TensorJob.prepare(planned, deltas);
+        TensorJob job = TensorJob.prepare(planned);
         if (job.needsSelection()) {
             job.dense().selectAll(job.rows());
         }
@@ -474,7 +462,7 @@ public final class Verifier {
      * merged and requantized again with the format's own requantizer, and its codes and, at the end,
      * every other tensor of the group must equal what was written, byte for byte.
      */
-    private static TensorCheck checkRequantizedByReplay(OutputTensor planned, Checkpoint merged, CombinationDeltas deltas) throws IOException {
+    private static TensorCheck checkRequantizedByReplay(OutputTensor planned, Checkpoint merged) throws IOException {
         OutputTensor.Kind kind = planned.kind();
         List<SafetensorsWriter.Entry> entries = planned.quantizedOutput().entries(planned.name());
         for (SafetensorsWriter.Entry e : entries) {
@@ -486,7 +474,7 @@ public final class Verifier {
             }
         }
         Requantizer r = planned.quantizedOutput().requantizer(planned.source().quantized());
-        TensorJob job = TensorJob.prepare(planned, deltas);
+        TensorJob job = TensorJob.prepare(planned);
         if (job.needsSelection()) {
             job.dense().selectAll(job.rows()); // a combination's top-D cut depends on the whole tensor
         }

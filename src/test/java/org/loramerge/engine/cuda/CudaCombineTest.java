@@ -53,9 +53,8 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
  * low-rank terms (cat, task_arithmetic) goes up as one term of the summed rank with the scales
  * folded in; the task-arithmetic family's selection passes and rows run on the device with the
  * CPU engine's cut and bytes; elements of W + Δ at a rounding boundary are settled from the exact
- * W + Δ; every golden combination case is byte for byte the CPU engine's (but the dense {@code _svd}
- * methods, whose SVD the GPU rounds otherwise: {@link CudaCombineSvdTest}). Skips itself where
- * there is no usable GPU.
+ * W + Δ; every golden combination case is byte for byte the CPU engine's, the {@code _svd}
+ * methods too (merge keeps their SVD on the host). Skips itself where there is no usable GPU.
  */
 @Tag("gpu")
 class CudaCombineTest {
@@ -235,9 +234,6 @@ class CudaCombineTest {
                     CombineMethod m = CombineMethod.parse(method, CombineMethod.forMerge());
                     if (kind.equals("peft") && (m == null || m.family() != CombineMethod.Family.PEFT)) {
                         continue; // PEFT's factor-wise ties and the like: combine only
-                    }
-                    if (m.operand() == CombineMethod.Operand.SVD && m.rule() != CombineMethod.Rule.SUM) {
-                        continue; // the dense _svd methods' SVD runs on the device, with other rounding: CudaCombineSvdTest
                     }
                     out.add(Arguments.of(kind + "/" + p.getFileName(), c, m, o));
                 }
