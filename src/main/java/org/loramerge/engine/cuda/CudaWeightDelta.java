@@ -25,43 +25,58 @@ import org.loramerge.plan.TensorSource;
 
 /**
  * ΔW = tuned − base of one weight, resident on the GPU in fp64 (row-major [rows, cols]) from
- * {@link #open} to {@link #close}. Opening streams both weights' row blocks up as stored and forms
- * ΔW there ({@code extract_delta}, the CPU's subtraction bit for bit), with ‖ΔW‖² from the per-row
- * sums of {@code extract_row_squares}. The randomized SVD ({@link RandomizedSvd}, the same
- * algorithm, Ω and options as the CPU engine) then makes its passes here: each product with ΔW is
- * one cuBLAS DGEMM, and its thin QR a shifted CholeskyQR3 ({@link CholeskyQr}: the Gram matrices by
- * DGEMM and the triangular solves by DTRSM here, the l×l Cholesky factors on the host), falling
+ * {@link #open} to {@link #close}. Opening forms ΔW there from both weights' row blocks as stored
+ * ({@code extract_delta}, the CPU's subtraction bit for bit) on the backend's forming threads
+ * ({@link DeltaFormer}: several blocks read and uploaded at once, double-buffered, no host wait per
+ * block), with ‖ΔW‖² from the per-row sums of {@code extract_row_squares} added on the host in row
+ * order. ΔW's device memory comes from the backend's {@link DeltaArena}, which bounds all the ΔW
+ * open at once. The randomized SVD ({@link RandomizedSvd}, the same algorithm, Ω and options as the
+ * CPU engine) then makes its passes here, on the calling thread's worker: each product with ΔW is
+ * one cuBLAS DGEMM, and its thin QR a shifted CholeskyQR3 ({@link CholeskyQr}: the Gram matrices
+ * by DGEMM and the triangular solves by DTRSM here, the l×l Cholesky factors on the host), falling
  * back to Householder's QR of the product on the host where that breaks down (a ΔW of lower rank
  * than the sketch). The small SVD is the host's. The written factors' error is a last DGEMM that
- * subtracts U·Vᵀ from ΔW in place, and its row sums.
+ * subtracts U·Vᵀ from ΔW in place, and its row sums. Several weights may be decomposed at once on
+ * different threads (each its own stream and cuBLAS handle): each weight's bits are the same as
+ * when it is decomposed alone.
  *
  * <p>The bits differ from the CPU engine's (the DGEMMs sum in another order and the QRs differ by
  * rounding), not the algorithm: the GPU tests hold the singular values to 1e-9 of the CPU's and
  * the error to the same ratio to the optimum. Device memory: ΔW ({@code rows·cols·8} bytes, at most
- * {@link #MAX_DELTA_BYTES}), a few rows×l sketches and the calling threads' worker buffers.
+ * {@link #MAX_DELTA_BYTES}; all those open at once at most {@link #DELTA_BUDGET_BYTES}), a few
+ * rows×l sketches and the calling threads' worker buffers.
  */
 final class CudaWeightDelta implements WeightDelta, Sketching {
     /**
-     * The largest ΔW kept on the device: extract holds two at once (the next weight is formed while
-     * this one is decomposed), so this keeps the engine under 8 GB of device memory. Larger weights
-     * (a 128k-token embedding of an 8192-wide model) are decomposed by the CPU engine.
+     * The largest ΔW kept on the device: half of {@link #DELTA_BUDGET_BYTES}, so that
+     * the next weight can be formed while the largest is decomposed. Larger weights (a 128k-token
+     * embedding of an 8192-wide model) are decomposed by the CPU engine.
      */
     static final long MAX_DELTA_BYTES = 3L << 30;
+
+    /**
+     * Device memory for all the ΔW open at once (formed ahead, or being decomposed): with the
+     * workers' buffers this keeps the engine under 8 GB of device memory however many weights
+     * extract keeps in flight ({@link DeltaArena} waits for room).
+     */
+    static final long DELTA_BUDGET_BYTES = 6L << 30;
 
     private final CudaDevice device;
     private final int rows;
     private final int cols;
+    private final DeltaArena<DeviceMemory>.Lease lease;
     private final DeviceMemory delta;
     private final double deltaSquared;
     /** Whether {@link #residualSquared} has subtracted the factors from ΔW. */
     private boolean consumed;
     private boolean closed;
 
-    private CudaWeightDelta(CudaDevice device, int rows, int cols, DeviceMemory delta, double deltaSquared) {
+    private CudaWeightDelta(CudaDevice device, int rows, int cols, DeltaArena<DeviceMemory>.Lease lease, double deltaSquared) {
         this.device = device;
         this.rows = rows;
         this.cols = cols;
-        this.delta = delta;
+        this.lease = lease;
+        this.delta = lease.buffer();
         this.deltaSquared = deltaSquared;
     }
 
@@ -75,79 +90,48 @@ final class CudaWeightDelta implements WeightDelta, Sketching {
     }
 
     /**
-     * Forms ΔW on the device from the two weights, on the calling thread's worker; NaN or ±Inf in
-     * either is an {@link ExtractException} naming the first such element, as the CPU engine's.
+     * Forms ΔW on the device from the two weights, on {@code former}'s threads, into memory of
+     * {@code arena} (waiting for room there); NaN or ±Inf in either is an {@link ExtractException}
+     * naming the first such element, as the CPU engine's. On any failure ΔW's memory is back in the
+     * arena and nothing of it runs on the device.
      */
-    static CudaWeightDelta open(CudaDevice device, String name, TensorSource base, TensorSource tuned, int rows, int cols)
-            throws IOException, ExtractException {
+    static CudaWeightDelta open(CudaDevice device, DeltaFormer former, DeltaArena<DeviceMemory> arena, String name, TensorSource base,
+                                TensorSource tuned, int rows, int cols) throws IOException, ExtractException, InterruptedException {
         device.bindContext();
         DeviceWorker w = device.worker();
         FloatFormat bf = FloatFormat.of(base.dtype());
         FloatFormat tf = FloatFormat.of(tuned.dtype());
         long half = device.blockBytes() / 2;
         int blockRows = (int) Math.max(1, Math.min(rows, half / ((long) cols * Math.max(bf.sizeInBytes(), tf.sizeInBytes()))));
-        // its own allocation, not the pool's: freed on close, so weights of many shapes do not pile up
-        DeviceMemory delta = new DeviceMemory((long) rows * cols * Sizeof.DOUBLE);
+        DeltaArena<DeviceMemory>.Lease lease = arena.take((long) rows * cols * Sizeof.DOUBLE);
         long firstBad;
         double sum = 0;
-        try (DeviceMemory bad = device.pool().take(Sizeof.LONG); DeviceMemory rowSquares = device.pool().take((long) rows * Sizeof.DOUBLE)) {
-            try {
+        try {
+            try (DeviceMemory bad = device.pool().take(Sizeof.LONG); DeviceMemory rowSquares = device.pool().take((long) rows * Sizeof.DOUBLE)) {
                 JCuda.cudaMemsetAsync(bad.pointer(), 0xFF, Sizeof.LONG, w.stream().runtime());
-                Pointer staging = w.hostIn().pointer();
-                for (int r0 = 0; r0 < rows; r0 += blockRows) {
-                    int n = Math.min(blockRows, rows - r0);
-                    long baseBytes = (long) n * cols * bf.sizeInBytes();
-                    long tunedBytes = (long) n * cols * tf.sizeInBytes();
-                    ByteBuffer in = w.hostIn().buffer();
-                    try (TensorSource.Bytes b = base.readRows(TensorSource.Form.VALUES, r0, n, cols);
-                         TensorSource.Bytes t = tuned.readRows(TensorSource.Form.VALUES, r0, n, cols)) {
-                        in.position(0);
-                        in.put(b.bytes());
-                        in.position(Math.toIntExact(half));
-                        in.put(t.bytes());
-                    }
-                    JCuda.cudaMemcpyAsync(w.input().pointer(), staging, baseBytes, cudaMemcpyKind.cudaMemcpyHostToDevice, w.stream().runtime());
-                    JCuda.cudaMemcpyAsync(w.output().pointer(), staging.withByteOffset(half), tunedBytes, cudaMemcpyKind.cudaMemcpyHostToDevice,
-                            w.stream().runtime());
-                    device.extract().delta(w.stream(), n, cols, Pointer.to(w.input().pointer()), Pointer.to(new int[] {MergeKernels.code(bf)}),
-                            Pointer.to(w.output().pointer()), Pointer.to(new int[] {MergeKernels.code(tf)}),
-                            Pointer.to(delta.at((long) r0 * cols * Sizeof.DOUBLE)), Pointer.to(new long[] {n}), Pointer.to(new long[] {cols}),
-                            Pointer.to(new long[] {cols}), Pointer.to(bad.pointer()), Pointer.to(new long[] {(long) r0 * cols}));
-                    // the staging buffer is refilled for the next block only once this one is up (the next weight's
-                    // upload overlaps the current weight's SVD instead: ExtractRunner opens it on another thread)
-                    w.synchronize();
-                }
-                device.extract().rowSquares(w.stream(), rows, Pointer.to(delta.pointer()), Pointer.to(new long[] {rows}),
-                        Pointer.to(new long[] {cols}), Pointer.to(new long[] {cols}), Pointer.to(rowSquares.pointer()));
+                w.synchronize(); // set before the forming threads' streams compare against it
+                // returns (or throws) with every forming stream idle: the sums are complete, and the buffers may go back
+                former.form(base, tuned, rows, cols, blockRows, lease.buffer(), rowSquares, bad);
                 double[] perRow = new double[rows];
                 long[] badHost = new long[1];
-                w.synchronize();
                 JCuda.cudaMemcpy(Pointer.to(perRow), rowSquares.pointer(), (long) rows * Sizeof.DOUBLE, cudaMemcpyKind.cudaMemcpyDeviceToHost);
                 JCuda.cudaMemcpy(Pointer.to(badHost), bad.pointer(), Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost);
                 firstBad = badHost[0];
                 for (double s : perRow) {
                     sum += s;
                 }
-            } catch (RuntimeException | IOException | Error e) {
-                // what the stream still has queued writes into these buffers: let it finish before they go back
-                try {
-                    w.synchronize();
-                } catch (RuntimeException ignored) {
-                    // the failure being thrown says more
-                }
-                throw e;
             }
         } catch (RuntimeException | IOException | Error e) {
-            delta.close();
+            lease.close();
             throw e;
         }
         if (firstBad != -1L) {
-            delta.close();
+            lease.close();
             // the CPU engine's check finds the same first element (row-major order) and names it
             new DeltaRows(name, base, tuned, rows, cols).scan();
             throw new IllegalStateException(name + ": the device found a non-finite value at element " + firstBad + " that the host does not");
         }
-        return new CudaWeightDelta(device, rows, cols, delta, sum);
+        return new CudaWeightDelta(device, rows, cols, lease, sum);
     }
 
     /** ΔW as it is on the device, row-major on the host (for the GPU tests). */
@@ -383,6 +367,6 @@ final class CudaWeightDelta implements WeightDelta, Sketching {
         closed = true;
         device.bindContext();
         device.worker().synchronize();
-        delta.close();
+        lease.close(); // kept for the next weight of this size: no cudaFree, which would wait for the whole device
     }
 }
