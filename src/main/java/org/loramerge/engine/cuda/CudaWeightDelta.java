@@ -36,8 +36,10 @@ import org.loramerge.plan.TensorSource;
  * back to Householder's QR of the product on the host where that breaks down (a ΔW of lower rank
  * than the sketch). The small SVD is the host's. The written factors' error is a last DGEMM that
  * subtracts U·Vᵀ from ΔW in place, and its row sums. Several weights may be decomposed at once on
- * different threads (each its own stream and cuBLAS handle): each weight's bits are the same as
- * when it is decomposed alone.
+ * different threads, each with its own stream and cuBLAS handle, and each weight's bits are then
+ * the same as when it is decomposed alone: cuBLAS keeps its results bitwise reproducible with
+ * several streams active when each stream has its own handle (its guide, "Results
+ * reproducibility"), and the host's steps are the same code on the same values.
  *
  * <p>The bits differ from the CPU engine's (the DGEMMs sum in another order and the QRs differ by
  * rounding), not the algorithm: the GPU tests hold the singular values to 1e-9 of the CPU's and

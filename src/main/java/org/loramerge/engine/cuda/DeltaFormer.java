@@ -276,13 +276,11 @@ final class DeltaFormer implements AutoCloseable {
         }
         threads.shutdown();
         boolean interrupted = false;
-        while (true) {
+        while (!threads.isTerminated()) {
             try {
-                if (threads.awaitTermination(1, TimeUnit.MINUTES)) {
-                    break;
-                }
+                threads.awaitTermination(1, TimeUnit.MINUTES);
             } catch (InterruptedException e) {
-                interrupted = true;
+                interrupted = true; // still wait: the staging is freed below
             }
         }
         device.bindContext();
