@@ -43,9 +43,12 @@ public final class CudaBackend implements Backend {
     /** Pipeline threads (and streams) at most: each also copies blocks on the host, so more help until PCIe is full. */
     private static final int MAX_STREAMS = 8;
     /**
-     * Weights extract decomposes at once by default: one weight's SVD leaves the device idle during
+     * Weights extract decomposes at once by default. One weight's SVD leaves the device idle during
      * its host steps (the l×l Cholesky factors and small SVD, the sketches' transfers and the waits
-     * for them), which two more weights' passes fill; each adds a worker's buffers and one ΔW.
+     * for them: a rank-64 pass over a 4096x11008 ΔW is about 0.2 ms of DGEMM on an H200 and several
+     * round trips to the host), which other weights' passes can fill; each adds a worker's buffers
+     * and one ΔW. Three is a first choice, not yet measured against others
+     * ({@code -Dloramerge.svds}, bench-extract-gpu.sh's SVDS_SWEEP).
      */
     private static final int DEFAULT_DECOMPOSITIONS = 3;
     /** Weights extract forms ahead of those decomposed: the forming threads go on while a weight of another shape is slower to decompose. */
