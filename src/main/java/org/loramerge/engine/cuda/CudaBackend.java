@@ -45,10 +45,10 @@ public final class CudaBackend implements Backend {
     /**
      * Weights extract decomposes at once by default. One weight's SVD leaves the device idle during
      * its host steps (the l×l Cholesky factors and small SVD, the sketches' transfers and the waits
-     * for them: a rank-64 pass over a 4096x11008 ΔW is about 0.2 ms of DGEMM on an H200 and several
-     * round trips to the host), which other weights' passes can fill; each adds a worker's buffers
-     * and one ΔW. Three is a first choice, not yet measured against others
-     * ({@code -Dloramerge.svds}, bench-extract-gpu.sh's SVDS_SWEEP).
+     * for them: a rank-64 pass over a 4096x11008 ΔW is about 0.2 ms of DGEMM by an H200's fp64 rate
+     * and memory bandwidth, estimated, against several round trips to the host), which other
+     * weights' passes can fill; each adds a worker's buffers and one ΔW. Three is a first choice,
+     * not yet measured against others ({@code -Dloramerge.svds}, bench-extract-gpu.sh's SVDS_SWEEP).
      */
     private static final int DEFAULT_DECOMPOSITIONS = 3;
     /** Weights extract forms ahead of those decomposed: the forming threads go on while a weight of another shape is slower to decompose. */
