@@ -130,8 +130,11 @@ for rep in $(seq 1 "$REPS"); do
   for n in ${SVDS_SWEEP:-}; do
     say "rep $rep: extract on the GPU engine, $n SVDs at once"
     rm -rf "$WORK/out-extract-svds"
-    run "extract-cuda-svds$n" java ${JAVA_OPTS:--Xmx2g} -Dloramerge.svds="$n" -jar "$JAR" extract --base "$WORK/base" --tuned "$WORK/tuned" \
-      --out "$WORK/out-extract-svds" --rank "$RANK" --device cuda --json --quiet ${LM_ARGS:---dtype f32}
+    # the knob reaches whichever java LORAMERGE runs (gpu-run.sh sets LORAMERGE to its own jar)
+    export JAVA_TOOL_OPTIONS="-Dloramerge.svds=$n"
+    run "extract-cuda-svds$n" $LORAMERGE extract --base "$WORK/base" --tuned "$WORK/tuned" --out "$WORK/out-extract-svds" --rank "$RANK" \
+      --device cuda --json --quiet ${LM_ARGS:---dtype f32}
+    unset JAVA_TOOL_OPTIONS
   done
   rm -rf "$WORK/out-extract-svds"
   if [ -n "$EXTRACT_CPU" ]; then
