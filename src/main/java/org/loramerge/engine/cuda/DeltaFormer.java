@@ -86,7 +86,9 @@ final class DeltaFormer implements AutoCloseable {
                     baseViews[s] = slots[s].buffer().limit(Math.toIntExact(half)).slice();
                     tunedViews[s] = slots[s].buffer().position(Math.toIntExact(half)).slice();
                     uploaded[s] = new cudaEvent_t();
-                    JCuda.cudaEventCreateWithFlags(uploaded[s], JCuda.cudaEventDisableTiming);
+                    // a thread that gets two blocks ahead of the PCIe link sleeps until its slot is free instead of spinning
+                    // on a core that the other threads' reads and the SVDs' host steps need
+                    JCuda.cudaEventCreateWithFlags(uploaded[s], JCuda.cudaEventDisableTiming | JCuda.cudaEventBlockingSync);
                 }
             } catch (RuntimeException | Error e) {
                 close();
