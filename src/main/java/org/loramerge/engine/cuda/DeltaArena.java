@@ -1,10 +1,8 @@
 package org.loramerge.engine.cuda;
 
 import java.util.ArrayDeque;
-import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.Iterator;
-import java.util.List;
 import java.util.Map;
 
 /**
@@ -75,71 +73,53 @@ final class DeltaArena<B> implements AutoCloseable {
     }
 
     /**
-     * A buffer of at least {@code bytes}, contents undefined, once the budget has room for it.
+     * A buffer of at least {@code bytes}, contents undefined, once the budget has room for it. A
+     * new buffer is freed and allocated with the arena locked, so that two takers never both count
+     * on the same room (the frees are rare: a weight of a new shape).
      *
      * @throws IllegalArgumentException when it is larger than the whole budget
      */
-    Lease take(long bytes) throws InterruptedException {
+    synchronized Lease take(long bytes) throws InterruptedException {
         long size = roundUp(bytes);
         if (size > budgetBytes) {
             throw new IllegalArgumentException("a ΔW of " + bytes + " bytes exceeds the device budget of " + budgetBytes);
         }
-        List<B> evicted = new ArrayList<>();
-        B reused;
-        synchronized (this) {
-            while (!closed && heldBytes + size > budgetBytes) {
-                wait();
-            }
-            if (closed) {
-                throw new IllegalStateException("ΔW arena used after close");
-            }
-            heldBytes += size;
-            ArrayDeque<B> q = kept.get(size);
-            reused = q == null ? null : q.poll();
-            if (reused != null) {
-                keptBytes -= size;
-            } else {
-                Iterator<Map.Entry<Long, ArrayDeque<B>>> it = kept.entrySet().iterator();
-                while (heldBytes + keptBytes > budgetBytes && it.hasNext()) {
-                    Map.Entry<Long, ArrayDeque<B>> e = it.next();
-                    while (heldBytes + keptBytes > budgetBytes && !e.getValue().isEmpty()) {
-                        evicted.add(e.getValue().poll());
-                        keptBytes -= e.getKey();
-                    }
-                }
-            }
+        while (!closed && heldBytes + size > budgetBytes) {
+            wait();
         }
+        if (closed) {
+            throw new IllegalStateException("ΔW arena used after close");
+        }
+        ArrayDeque<B> same = kept.get(size);
+        B reused = same == null ? null : same.poll();
         if (reused != null) {
+            keptBytes -= size;
+            heldBytes += size;
             return new Lease(reused, size);
         }
-        try {
-            for (B b : evicted) {
-                allocator.free(b);
+        Iterator<Map.Entry<Long, ArrayDeque<B>>> it = kept.entrySet().iterator();
+        while (heldBytes + keptBytes + size > budgetBytes && it.hasNext()) {
+            Map.Entry<Long, ArrayDeque<B>> e = it.next();
+            while (heldBytes + keptBytes + size > budgetBytes && !e.getValue().isEmpty()) {
+                allocator.free(e.getValue().peek());
+                e.getValue().poll();
+                keptBytes -= e.getKey();
             }
-            return new Lease(allocator.allocate(size), size);
-        } catch (RuntimeException | Error e) {
-            synchronized (this) {
-                heldBytes -= size;
-                notifyAll();
-            }
-            throw e;
         }
+        B fresh = allocator.allocate(size);
+        heldBytes += size;
+        return new Lease(fresh, size);
     }
 
-    private void give(B buffer, long size) {
-        boolean free;
-        synchronized (this) {
-            heldBytes -= size;
-            free = closed;
-            if (!closed) {
-                kept.computeIfAbsent(size, k -> new ArrayDeque<>()).push(buffer);
-                keptBytes += size;
-            }
-            notifyAll();
-        }
-        if (free) {
+    private synchronized void give(B buffer, long size) {
+        heldBytes -= size;
+        notifyAll();
+        if (closed) {
             allocator.free(buffer);
+            return;
         }
+        kept.computeIfAbsent(size, k -> new ArrayDeque<>()).push(buffer);
+        keptBytes += size;
     }
 
     /** Bytes handed out and not yet given back. */
@@ -154,22 +134,18 @@ final class DeltaArena<B> implements AutoCloseable {
 
     /** Frees the kept buffers; those still handed out are freed when given back, and a taker still waiting fails. */
     @Override
-    public void close() {
-        List<B> all = new ArrayList<>();
-        synchronized (this) {
-            if (closed) {
-                throw new IllegalStateException("ΔW arena closed twice");
-            }
-            closed = true;
-            for (ArrayDeque<B> q : kept.values()) {
-                all.addAll(q);
-            }
-            kept.clear();
-            keptBytes = 0;
-            notifyAll();
+    public synchronized void close() {
+        if (closed) {
+            throw new IllegalStateException("ΔW arena closed twice");
         }
-        for (B b : all) {
-            allocator.free(b);
+        closed = true;
+        notifyAll();
+        for (ArrayDeque<B> q : kept.values()) {
+            for (B b : q) {
+                allocator.free(b);
+            }
         }
+        kept.clear();
+        keptBytes = 0;
     }
 }
