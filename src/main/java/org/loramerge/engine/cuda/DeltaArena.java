@@ -12,7 +12,7 @@ import java.util.Map;
  * kept for the next weight of the same size (a model has few shapes), because cudaFree waits for
  * the whole device and would stall the other weights' passes once per weight; a size not kept
  * makes room by freeing kept buffers of other sizes first, so the kept and the handed out
- * together stay within the budget too. Takers must ask in the order they will give back in (one
+ * together stay within the budget too. Takers must ask in the order the weights are decomposed (one
  * thread forms the weights in order), or a later weight could hold the room an earlier one waits
  * for. Generic over the buffer for tests without a device.
  *
