@@ -228,12 +228,12 @@ final class DeltaFormer implements AutoCloseable {
                 JCuda.cudaMemcpyAsync(w.output().pointer(), staged.withByteOffset(s.half), tunedBytes, cudaMemcpyKind.cudaMemcpyHostToDevice,
                         w.stream().runtime());
                 JCuda.cudaEventRecord(s.uploaded[slot], w.stream().runtime());
-                Pointer rows = job.delta().at((long) r0 * cols * Sizeof.DOUBLE);
+                Pointer blockDelta = job.delta().at((long) r0 * cols * Sizeof.DOUBLE);
                 device.extract().delta(w.stream(), n, cols, Pointer.to(w.input().pointer()), Pointer.to(new int[] {MergeKernels.code(bf)}),
                         Pointer.to(w.output().pointer()), Pointer.to(new int[] {MergeKernels.code(tf)}),
-                        Pointer.to(rows), Pointer.to(new long[] {n}), Pointer.to(new long[] {cols}),
+                        Pointer.to(blockDelta), Pointer.to(new long[] {n}), Pointer.to(new long[] {cols}),
                         Pointer.to(new long[] {cols}), Pointer.to(job.firstBad().pointer()), Pointer.to(new long[] {(long) r0 * cols}));
-                device.extract().rowSquares(w.stream(), n, Pointer.to(rows), Pointer.to(new long[] {n}), Pointer.to(new long[] {cols}),
+                device.extract().rowSquares(w.stream(), n, Pointer.to(blockDelta), Pointer.to(new long[] {n}), Pointer.to(new long[] {cols}),
                         Pointer.to(new long[] {cols}), Pointer.to(job.rowSquares().at((long) r0 * Sizeof.DOUBLE)));
             }
         } catch (IOException | RuntimeException | Error e) {
