@@ -15,8 +15,9 @@
 #   3. warms the page cache (cat > /dev/null);
 #   4. times, as fresh processes with the cache warm, REPS times each:
 #        cat             cat of both checkpoints' shards to /dev/null (the floor: reading both)
-#        extract-cuda    loramerge extract --rank RANK --device cuda (ΔW formed and kept in device memory, the
-#                        SVD's products and QRs there, the next weight read while this one is decomposed)
+#        extract-cuda    loramerge extract --rank RANK --device cuda (ΔW formed on several threads and kept in device
+#                        memory, the SVD's products and QRs there, several weights decomposed at once while the next
+#                        are formed); its row says which stage bounded it (extract --json's timing) beside the wall time
 #        extract-cpu     the same with --device cpu (all cores), only where EXTRACT_CPU=1: on the 7B shape the CPU
 #                        engine takes longer than the 10-minute device call (its row says "skipped")
 #      with peak host RSS (process tree) and peak device memory (measure.py);
@@ -34,7 +35,8 @@
 #   so that the error ratio is the SVD's and not bf16's rounding of the factors), ANCHOR_LAYERS (0,15,31), SKIP_ANCHORS=1, REGEN=1,
 #   EXTRACT_CPU=1 (also time the CPU engine; default only for the tiny, 1gb and 3gb shapes),
 #   CPU_TARGET (e.g. q_proj: extract --target it --others report on both engines, the CPU engine's row where the whole
-#   model would not fit a device call), RUN_UNMERGE=1 (then, the tuned model removed: a rank-16 adapter merged into the
+#   model would not fit a device call), SVDS_SWEEP (e.g. "1 6": extract-cuda again with -Dloramerge.svds=N, the weights
+#   decomposed at once, one row each), RUN_UNMERGE=1 (then, the tuned model removed: a rank-16 adapter merged into the
 #   base and unmerged with --base, beside cp -r + sync of the base; the unmerged model's distance to the base in ulps).
 set -euo pipefail
 T0=$(date +%s.%N)
@@ -46,7 +48,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --reps) REPS=$2; shift 2 ;;
     --reps=*) REPS=${1#*=}; shift ;;
-    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -125,6 +127,16 @@ for rep in $(seq 1 "$REPS"); do
   rm -rf "$WORK/out-extract"
   run extract-cuda $LORAMERGE extract --base "$WORK/base" --tuned "$WORK/tuned" --out "$WORK/out-extract" --rank "$RANK" --device cuda \
     --json --quiet ${LM_ARGS:---dtype f32}
+  for n in ${SVDS_SWEEP:-}; do
+    say "rep $rep: extract on the GPU engine, $n SVDs at once"
+    rm -rf "$WORK/out-extract-svds"
+    # the knob reaches whichever java LORAMERGE runs (gpu-run.sh sets LORAMERGE to its own jar)
+    export JAVA_TOOL_OPTIONS="-Dloramerge.svds=$n"
+    run "extract-cuda-svds$n" $LORAMERGE extract --base "$WORK/base" --tuned "$WORK/tuned" --out "$WORK/out-extract-svds" --rank "$RANK" \
+      --device cuda --json --quiet ${LM_ARGS:---dtype f32}
+    unset JAVA_TOOL_OPTIONS
+  done
+  rm -rf "$WORK/out-extract-svds"
   if [ -n "$EXTRACT_CPU" ]; then
     say "rep $rep: extract on the CPU engine"
     rm -rf "$WORK/out-extract-cpu"
@@ -189,8 +201,16 @@ def report(label):
         return json.loads(text[text.index("{"):text.rindex("}") + 1])
     except (OSError, ValueError):
         return None
-print("| run | wall s (median) | x cat | peak RSS GB | peak GPU MiB (delta) | SVDs on | relative error | rc |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+def bound(rep):
+    """The stage that bounded the run and the overlapped stages' seconds, from extract's timing."""
+    t = rep.get("timing") if rep else None
+    if not t or "bound" not in t:
+        return "-"
+    return (f"{t['bound']} ({t['formDelta']:.2f} / {t['decompose']:.2f} x{t['decomposeThreads']} / "
+            f"{t['waitForDelta']:.2f} / {t['waitForRoom']:.2f})")
+print("| run | wall s (median) | x cat | peak RSS GB | peak GPU MiB (delta) | SVDs on | relative error "
+      "| bound by (form / SVD x threads / SVD waited / forming waited, s) | rc |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 floor = statistics.median(r["wall_s"] for r in by["cat"]) if "cat" in by else None
 for label, rs in by.items():
     if label in ("cp-base", "merge-cuda", "unmerge-cuda"):
@@ -202,13 +222,13 @@ for label, rs in by.items():
     rep = report(label) if label.startswith("extract") else None
     where = rep.get("svdDevice", "-") if rep else "-"
     err = f"{rep['relativeError']:.3g}" if rep else "-"
-    print(f"| {label} | {w:.2f} | {ratio} | {rss:.2f} | {gpu} | {where} | {err} | {','.join(str(r['rc']) for r in rs)} |")
+    print(f"| {label} | {w:.2f} | {ratio} | {rss:.2f} | {gpu} | {where} | {err} | {bound(rep)} | {','.join(str(r['rc']) for r in rs)} |")
 for label in by:
     rep = report(label) if label.startswith("extract") else None
     if rep and rep.get("timing"):
-        print(f"{label} timing (s): " + ", ".join(f"{k} {v:.2f}" for k, v in rep["timing"].items()))
+        print(f"{label} timing (s): " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in rep["timing"].items()))
 if not extract_cpu:
-    print("| extract-cpu | skipped (EXTRACT_CPU=1 runs it; longer than one device call on the 7B shape) | - | - | - | - | - | - |")
+    print("| extract-cpu | skipped (EXTRACT_CPU=1 runs it; longer than one device call on the 7B shape) | - | - | - | - | - | - | - |")
 if "cp-base" in by:
     cp = statistics.median(r["wall_s"] for r in by["cp-base"])
     print()

@@ -55,6 +55,21 @@ public interface Backend extends AutoCloseable {
      */
     WeightDelta openCombination(DenseCombination dense, int rows, int cols) throws IOException;
 
+    /**
+     * How many weights {@code extract} decomposes at once on this engine, each on its own thread.
+     * The CPU engine's SVD already uses every core for one weight; the GPU engine's leaves the
+     * device idle during its host steps (the small Cholesky factors and SVD, the sketches'
+     * transfers), which other weights' passes fill.
+     */
+    default int deltaDecompositions() {
+        return 1;
+    }
+
+    /** How many weights {@code extract} forms ahead of those being decomposed (open at once: these plus {@link #deltaDecompositions}). */
+    default int deltasAhead() {
+        return 1;
+    }
+
     /** Starts a weight that is merged and requantized ({@code merge --to nf4}); closed as {@link #openMerge}'s. */
     Requantization openRequantization(TensorJob job) throws Exception;
 

@@ -16,6 +16,8 @@ import java.util.Locale;
  *       (default), or {@code mapped}, a copy into a memory mapping of the block's place
  *   <li>{@code loramerge.read}: how workers get a dense tensor's rows: {@code mapped}, a memory mapping of them
  *       (default), or {@code pread}, positional reads into a block buffer of the engine's (page-locked on a GPU)
+ *   <li>{@code loramerge.svds}: how many weights {@code extract} decomposes at once on the GPU engine (default 3),
+ *       each on its own thread and stream
  * </ul>
  *
  * @param blockBytes      output bytes per row block
@@ -23,10 +25,11 @@ import java.util.Locale;
  * @param windowPerThread blocks per worker thread that may wait to be completed in order
  * @param mappedWrites    whether workers write through memory mappings instead of positional writes
  * @param preadReads      whether workers read dense rows by positional reads instead of mappings
+ * @param svds            weights extract decomposes at once on the GPU engine, 0 for the engine's own choice
  */
-public record Tuning(int blockBytes, int streams, int windowPerThread, boolean mappedWrites, boolean preadReads) {
+public record Tuning(int blockBytes, int streams, int windowPerThread, boolean mappedWrites, boolean preadReads, int svds) {
     /** What the code does without any knob set. */
-    public static final Tuning DEFAULTS = new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, false, false);
+    public static final Tuning DEFAULTS = new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, false, false, 0);
 
     /**
      * Output blocks no smaller than this (a row of the widest Hugging Face weights fits), and no larger
@@ -53,7 +56,8 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, boolean m
         if (!read.equals("mapped") && !read.equals("pread")) {
             throw new IllegalArgumentException("-Dloramerge.read=" + read + ": expected mapped or pread");
         }
-        return new Tuning(block, streams, window, write.equals("mapped"), read.equals("pread"));
+        int svds = intProperty("loramerge.svds", 0, 1, 16);
+        return new Tuning(block, streams, window, write.equals("mapped"), read.equals("pread"), svds);
     }
 
     private static int intProperty(String name, int fallback, int min, int max) {
@@ -79,6 +83,6 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, boolean m
         }
         return "streaming knobs: block " + (blockBytes >> 10) + " KiB, " + (streams == 0 ? "default" : streams) + " GPU streams, window "
                 + windowPerThread + " blocks a thread, " + (mappedWrites ? "mapped" : "positional") + " writes, "
-                + (preadReads ? "positional" : "mapped") + " reads";
+                + (preadReads ? "positional" : "mapped") + " reads" + (svds == 0 ? "" : ", " + svds + " SVDs at once");
     }
 }

@@ -33,15 +33,24 @@ public final class ExtractReport {
     }
 
     /**
-     * Where the run's time went, in seconds.
+     * Where the run's time went, in seconds. Forming, decomposing and comparing overlap (each on
+     * threads of its own); which of them bounds the run shows in who waited for whom.
      *
-     * @param formDelta     reading both checkpoints and forming each weight's ΔW, on its own thread (overlapping the SVDs)
-     * @param waitForDelta  the decomposing thread waiting for the next ΔW: when it is most of the run, reading bounds it
-     * @param decompose     the SVDs, the factors and their measured errors, one weight after the other
-     * @param compareOthers comparing the tensors that are not targeted, on a third thread (overlapping the rest)
-     * @param write         placing the other changes and writing the adapter folder, at the end
+     * @param formDelta        reading both checkpoints and forming each weight's ΔW, one weight after the other
+     *                         (the engine spreads each weight over its own threads)
+     * @param waitForDelta     a decomposing thread waiting for the next ΔW (per thread): when it is most of the run,
+     *                         reading and forming bound it
+     * @param decompose        the SVDs, the factors and their measured errors (per decomposing thread)
+     * @param compareOthers    comparing the tensors that are not targeted, on a thread of its own
+     * @param write            placing the other changes and writing the adapter folder, at the end
+     * @param waitForRoom      forming waiting for room: every decomposing thread busy and the weights formed ahead
+     *                         waiting (on the GPU also for ΔW's device memory budget); when large, the SVDs bound the run
+     * @param waitForCompare   the end waiting for the comparisons once every target was done
+     * @param decomposeThreads weights decomposed at once
+     * @param bound            the stage the others waited for longest: "formDelta", "decompose" or "compareOthers"
      */
-    public record Timing(double formDelta, double waitForDelta, double decompose, double compareOthers, double write) {
+    public record Timing(double formDelta, double waitForDelta, double decompose, double compareOthers, double write, double waitForRoom,
+                         double waitForCompare, int decomposeThreads, String bound) {
     }
 
     public String output;

@@ -14,6 +14,9 @@ import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
+import java.util.concurrent.Semaphore;
+import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicLong;
 import org.loramerge.engine.Backend;
 import org.loramerge.engine.DeltaRows;
@@ -35,14 +38,19 @@ import org.loramerge.plan.TensorSource;
  * Runs an {@link ExtractPlan}: per target weight, ΔW = tuned − base is formed from the two
  * checkpoints and checked by the backend ({@link Backend#openDelta}: streamed from the checkpoints
  * on every pass on the CPU, {@link DeltaRows}; resident in device memory on the GPU), decomposed by
- * the randomized SVD ({@link RandomizedSvd}, on the backend's device; the next weight is read and
- * formed on a second thread meanwhile), split into lora_B·lora_A with √σ on each side, rounded
- * once to the factor dtype and measured against ΔW; every other tensor is compared (on a third
- * thread, meanwhile), and a changed one is saved whole or reported. A failure is reported in that
- * order, the targets' first. The adapter folder is then written and committed at once ({@link
- * AdapterWriter}); on any failure nothing appears. Memory: two weights' sketches ((rows + cols)·(rank + oversampling) doubles) and
- * row blocks, plus the factors written so far; on the GPU also two weights' ΔW in fp64 in device
- * memory (the one decomposed and the next).
+ * the randomized SVD ({@link RandomizedSvd}, on the backend's device), split into lora_B·lora_A
+ * with √σ on each side, rounded once to the factor dtype and measured against ΔW; every other
+ * tensor is compared meanwhile, and a changed one is saved whole or reported. One thread forms the
+ * weights in order, each once there is room for it ({@link Backend#deltaDecompositions} decomposed
+ * and {@link Backend#deltasAhead} formed ahead at most); {@link Backend#deltaDecompositions}
+ * threads decompose them, taking them in order; a third compares. Each weight's factors are the
+ * same bits however many are in flight, and the results are gathered in target order. A failure
+ * is reported in that order, the targets' first; the weights not yet formed are then skipped and
+ * every ΔW formed is closed before the run returns. The adapter folder is then written and
+ * committed at once ({@link AdapterWriter}); on any failure nothing appears. Memory: per weight in
+ * flight its sketches ((rows + cols)·(rank + oversampling) doubles) and row blocks, plus the
+ * factors written so far; on the GPU also the ΔW in flight in fp64 in device memory, within the
+ * engine's budget.
  */
 public final class ExtractRunner {
     /**
@@ -81,73 +89,86 @@ public final class ExtractRunner {
         double errorSum = 0;
         double keptSum = 0;
         List<ExtractPlan.Target> targets = plan.targets();
-        // the next weight's ΔW is read and formed on this executor's thread while the current one is decomposed
+        int decomposers = Math.max(1, backend.deltaDecompositions());
+        // the weights open at once: those decomposed and those formed ahead of them
+        Semaphore room = new Semaphore(decomposers + Math.max(1, backend.deltasAhead()));
+        AtomicBoolean failed = new AtomicBoolean();
+        Clocks clocks = new Clocks();
+        // one thread forms the weights in order (the engine spreads a weight over its own threads), each once there is room for it
         ExecutorService opener = Executors.newSingleThreadExecutor(r -> {
             Thread th = new Thread(r, "loramerge-extract-read");
             th.setDaemon(true);
             return th;
         });
-        AtomicLong forming = new AtomicLong();
-        AtomicLong comparing = new AtomicLong();
-        long waiting = 0;
-        long decomposing = 0;
-        Future<WeightDelta> next = targets.isEmpty() ? null : opener.submit(() -> open(backend, targets.get(0), forming));
-        // the other tensors are compared meanwhile on a third thread (on the CPU: a pass over the embeddings and norms)
+        AtomicInteger svdThreads = new AtomicInteger();
+        ExecutorService decomposer = Executors.newFixedThreadPool(decomposers, r -> {
+            Thread th = new Thread(r, "loramerge-extract-svd-" + svdThreads.incrementAndGet());
+            th.setDaemon(true);
+            return th;
+        });
+        // the other tensors are compared meanwhile on a thread of their own (on the CPU: a pass over the embeddings and norms)
         ExecutorService comparer = Executors.newSingleThreadExecutor(r -> {
             Thread th = new Thread(r, "loramerge-extract-compare");
             th.setDaemon(true);
             return th;
         });
-        Future<Map<ExtractPlan.Other, Double>> comparisons = comparer.submit(() -> {
-            long t0 = System.nanoTime();
-            try {
-                return compareAll(plan.others());
-            } finally {
-                comparing.addAndGet(System.nanoTime() - t0);
-            }
-        });
+        List<Future<Extracted>> extracted = new ArrayList<>();
+        Future<Map<ExtractPlan.Other, Double>> comparisons = null;
         Map<ExtractPlan.Other, Double> compared;
+        boolean done = false;
         try {
+            for (ExtractPlan.Target t : targets) {
+                Future<WeightDelta> opened = opener.submit(() -> openWhenRoom(backend, t, room, failed, clocks));
+                // a fixed pool takes its tasks in order: the weights are decomposed in the order they are formed
+                extracted.add(decomposer.submit(() -> decompose(t, opened, asked, options, room, failed, clocks)));
+            }
+            comparisons = comparer.submit(() -> {
+                long t0 = System.nanoTime();
+                try {
+                    return compareAll(plan.others());
+                } finally {
+                    clocks.comparing.addAndGet(System.nanoTime() - t0);
+                }
+            });
             for (int i = 0; i < targets.size(); i++) {
                 ExtractPlan.Target t = targets.get(i);
-                Future<WeightDelta> current = next;
-                next = null;
-                long t0 = System.nanoTime();
-                try (WeightDelta delta = BlockExecutor.get(current)) {
-                    long t1 = System.nanoTime();
-                    waiting += t1 - t0;
-                    if (i + 1 < targets.size()) {
-                        ExtractPlan.Target following = targets.get(i + 1);
-                        next = opener.submit(() -> open(backend, following, forming));
+                Extracted e = BlockExecutor.get(extracted.get(i));
+                if (e.module() == null) {
+                    report.unchangedModules.add(t.module());
+                } else {
+                    ExtractReport.Module m = e.module();
+                    report.modules.add(m);
+                    tensors.addAll(e.tensors());
+                    ranks.put(t.module(), m.rank());
+                    deltaSum += e.deltaSquared();
+                    errorSum += m.relativeError() * m.relativeError() * e.deltaSquared();
+                    keptSum += m.energyKept() * e.deltaSquared();
+                    if (!e.device().equals(report.svdDevice)) {
+                        onCpu.add(t.module());
                     }
-                    if (delta.deltaSquared() == 0) {
-                        report.unchangedModules.add(t.module());
-                    } else {
-                        ExtractReport.Module m = extract(t, delta, asked, options, tensors);
-                        report.modules.add(m);
-                        ranks.put(t.module(), m.rank());
-                        deltaSum += delta.deltaSquared();
-                        errorSum += m.relativeError() * m.relativeError() * delta.deltaSquared();
-                        keptSum += m.energyKept() * delta.deltaSquared();
-                        if (!delta.device().equals(report.svdDevice)) {
-                            onCpu.add(t.module());
-                        }
-                    }
-                    decomposing += System.nanoTime() - t1;
                 }
                 progress.addBytes(t.base().info().sizeInBytes());
                 progress.tensorDone();
             }
+            long t0 = System.nanoTime();
             compared = BlockExecutor.get(comparisons);
-            comparisons = null;
+            clocks.waitingForComparisons = System.nanoTime() - t0;
+            done = true;
         } finally {
-            if (next != null) {
-                closeWhenOpened(next);
+            if (!done) {
+                // the first failure in target order is being thrown: the weights not yet formed are skipped (the opener is
+                // let through at once), and every ΔW formed is closed by its decomposing task, which is waited for
+                failed.set(true);
+                room.release(targets.size() + 1);
+                for (Future<Extracted> f : extracted) {
+                    finishQuietly(f);
+                }
+                if (comparisons != null) {
+                    finishQuietly(comparisons); // it reads the checkpoints, which the caller closes next
+                }
             }
             opener.shutdown();
-            if (comparisons != null) {
-                finishQuietly(comparisons); // it reads the checkpoints, which the caller closes next
-            }
+            decomposer.shutdown();
             comparer.shutdown();
         }
         if (!onCpu.isEmpty()) {
@@ -178,9 +199,96 @@ public final class ExtractRunner {
         report.output = out.target().toString();
         long end = System.nanoTime();
         report.seconds = (end - start) / 1e9;
-        report.timing = new ExtractReport.Timing(forming.get() / 1e9, waiting / 1e9, decomposing / 1e9, comparing.get() / 1e9,
-                (end - writing) / 1e9);
+        report.timing = clocks.timing(decomposers, (end - writing) / 1e9);
         return report;
+    }
+
+    /** Where the time of the overlapped stages went, in nanoseconds; summed over the threads of a stage. */
+    private static final class Clocks {
+        final AtomicLong forming = new AtomicLong();
+        final AtomicLong waitingForRoom = new AtomicLong();
+        final AtomicLong waitingForDelta = new AtomicLong();
+        final AtomicLong decomposing = new AtomicLong();
+        final AtomicLong comparing = new AtomicLong();
+        long waitingForComparisons;
+
+        /**
+         * The report's timing: the decomposing threads' times per thread, and the stage that bounds
+         * the run, the one the others waited for longest: forming when the decomposing threads
+         * waited for ΔW, decomposing when the forming waited for room, comparing when the end
+         * waited for it.
+         */
+        ExtractReport.Timing timing(int decomposers, double write) {
+            double waitForDelta = waitingForDelta.get() / 1e9 / decomposers;
+            double waitForRoom = waitingForRoom.get() / 1e9;
+            double waitForCompare = waitingForComparisons / 1e9;
+            String bound = waitForCompare > Math.max(waitForDelta, waitForRoom) ? "compareOthers"
+                    : waitForRoom > waitForDelta ? "decompose" : "formDelta";
+            return new ExtractReport.Timing(forming.get() / 1e9, waitForDelta, decomposing.get() / 1e9 / decomposers, comparing.get() / 1e9,
+                    write, waitForRoom, waitForCompare, decomposers, bound);
+        }
+    }
+
+    /** One target's outcome: its module (null when ΔW is zero), its factors, ‖ΔW‖² and where it was decomposed. */
+    private record Extracted(ExtractReport.Module module, List<AdapterWriter.Tensor> tensors, double deltaSquared, String device) {
+    }
+
+    /**
+     * On the forming thread: the target's ΔW once there is room for it (null when the run already
+     * failed: the weight is skipped). The room taken is given back by {@link #decompose}, or here
+     * when nothing was opened.
+     */
+    private static WeightDelta openWhenRoom(Backend backend, ExtractPlan.Target t, Semaphore room, AtomicBoolean failed, Clocks clocks)
+            throws Exception {
+        long t0 = System.nanoTime();
+        room.acquire();
+        clocks.waitingForRoom.addAndGet(System.nanoTime() - t0);
+        boolean opened = false;
+        try {
+            if (failed.get()) {
+                return null;
+            }
+            WeightDelta d = open(backend, t, clocks.forming);
+            opened = true;
+            return d;
+        } finally {
+            if (!opened) {
+                room.release();
+            }
+        }
+    }
+
+    /**
+     * On a decomposing thread: waits for the target's ΔW, decomposes it unless the run failed
+     * meanwhile, closes it and gives its room back. A failure to open it is this target's.
+     */
+    private static Extracted decompose(ExtractPlan.Target t, Future<WeightDelta> opened, ExtractOptions asked, Options options, Semaphore room,
+                                       AtomicBoolean failed, Clocks clocks) throws Exception {
+        long t0 = System.nanoTime();
+        WeightDelta delta;
+        try {
+            delta = BlockExecutor.get(opened);
+        } finally {
+            clocks.waitingForDelta.addAndGet(System.nanoTime() - t0);
+        }
+        if (delta == null) {
+            return null;
+        }
+        long t1 = System.nanoTime();
+        try (WeightDelta d = delta) {
+            if (failed.get()) {
+                return null;
+            }
+            if (d.deltaSquared() == 0) {
+                return new Extracted(null, List.of(), 0, d.device());
+            }
+            List<AdapterWriter.Tensor> tensors = new ArrayList<>();
+            ExtractReport.Module m = extract(t, d, asked, options, tensors);
+            return new Extracted(m, tensors, d.deltaSquared(), d.device());
+        } finally {
+            room.release(); // after close: its device memory is free
+            clocks.decomposing.addAndGet(System.nanoTime() - t1);
+        }
     }
 
     /** The target's ΔW, its time added to {@code forming}. */
@@ -211,17 +319,6 @@ public final class ExtractRunner {
             out.put(o, compare(o));
         }
         return out;
-    }
-
-    /** After a failure: waits for the ΔW being opened and frees it (a failure to open it is the lesser news). */
-    private static void closeWhenOpened(Future<WeightDelta> f) {
-        try {
-            f.get().close();
-        } catch (ExecutionException e) {
-            // the run already failed; this weight's own problem is not reported on top of that
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-        }
     }
 
     /** One target's SVD, factors and measurements; the factors are added to {@code tensors}. */

@@ -562,11 +562,13 @@ class ExtractCliTest {
         // where the time went: each part is within the run (the threads overlap), and weights were formed and decomposed
         double seconds = json(cpu).get("seconds").asDouble();
         com.fasterxml.jackson.databind.JsonNode timing = json(cpu).get("timing");
-        for (String part : new String[] {"formDelta", "waitForDelta", "decompose", "compareOthers", "write"}) {
+        for (String part : new String[] {"formDelta", "waitForDelta", "decompose", "compareOthers", "write", "waitForRoom", "waitForCompare"}) {
             double v = timing.get(part).asDouble(-1);
             assertTrue(v >= 0 && v <= seconds, part + " = " + v + " of a " + seconds + " s run: " + timing);
         }
         assertTrue(timing.get("formDelta").asDouble() > 0 && timing.get("decompose").asDouble() > 0, timing.toString());
+        assertEquals(1, timing.get("decomposeThreads").asInt(), "the CPU engine's SVD uses every core for one weight");
+        assertTrue(List.of("formDelta", "decompose", "compareOthers").contains(timing.get("bound").asText()), "the stage that bounds the run: " + timing);
         Path other = dir.resolve("other");
         CliRun bad = CliRun.of(() -> Main.run("extract", "--base", m[0].toString(), "--tuned", m[1].toString(), "--out", other.toString(),
                 "--rank", "2", "--device", "tpu"));

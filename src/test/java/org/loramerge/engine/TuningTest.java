@@ -10,7 +10,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /** The hidden streaming knobs: unset, the code's own defaults; set, read as given; out of range, refused by name. */
 class TuningTest {
-    private static final String[] KNOBS = {"loramerge.blockBytes", "loramerge.streams", "loramerge.window", "loramerge.write", "loramerge.read"};
+    private static final String[] KNOBS = {"loramerge.blockBytes", "loramerge.streams", "loramerge.window", "loramerge.write", "loramerge.read",
+        "loramerge.svds"};
 
     @AfterEach
     void clear() {
@@ -21,7 +22,7 @@ class TuningTest {
 
     @Test
     void withoutKnobsARunStreamsAsItAlwaysDid() {
-        assertEquals(new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, false, false), Tuning.current());
+        assertEquals(new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, false, false, 0), Tuning.current());
         assertNull(Tuning.current().describe(), "nothing to note");
     }
 
@@ -32,9 +33,11 @@ class TuningTest {
         System.setProperty("loramerge.window", "4");
         System.setProperty("loramerge.write", "MAPPED");
         System.setProperty("loramerge.read", "pread");
+        System.setProperty("loramerge.svds", "5");
         Tuning t = Tuning.current();
-        assertEquals(new Tuning(32 << 20, 12, 4, true, true), t);
-        assertEquals("streaming knobs: block 32768 KiB, 12 GPU streams, window 4 blocks a thread, mapped writes, positional reads", t.describe());
+        assertEquals(new Tuning(32 << 20, 12, 4, true, true, 5), t);
+        assertEquals("streaming knobs: block 32768 KiB, 12 GPU streams, window 4 blocks a thread, mapped writes, positional reads, 5 SVDs at once",
+                t.describe());
     }
 
     @Test

@@ -44,6 +44,17 @@ import org.loramerge.plan.TermSpec;
 public final class CudaBackend implements Backend {
     /** Pipeline threads (and streams) at most: each also copies blocks on the host, so more help until PCIe is full. */
     private static final int MAX_STREAMS = 8;
+    /**
+     * Weights extract decomposes at once by default. One weight's SVD leaves the device idle during
+     * its host steps (the l×l Cholesky factors and small SVD, the sketches' transfers and the waits
+     * for them: a rank-64 pass over a 4096x11008 ΔW is about 0.2 ms of DGEMM by an H200's fp64 rate
+     * and memory bandwidth, estimated, against several round trips to the host), which other
+     * weights' passes can fill; each adds a worker's buffers and one ΔW. Three is a first choice,
+     * not yet measured against others ({@code -Dloramerge.svds}, bench-extract-gpu.sh's SVDS_SWEEP).
+     */
+    private static final int DEFAULT_DECOMPOSITIONS = 3;
+    /** Weights extract forms ahead of those decomposed: the forming threads go on while a weight of another shape is slower to decompose. */
+    private static final int DELTAS_AHEAD = 2;
 
     private final CudaDevice device;
     private final int streams;
@@ -54,12 +65,31 @@ public final class CudaBackend implements Backend {
     private final Set<ByteBuffer> pinnedViews = Collections.newSetFromMap(new IdentityHashMap<>());
     /** Handles a failed merge may leave open; closed with the backend. */
     private final Set<AutoCloseable> open = new LinkedHashSet<>();
+    /** Weights extract decomposes at once. */
+    private final int decompositions;
+    /** Device memory of the ΔW extract has open: {@link CudaWeightDelta#DELTA_BUDGET_BYTES} at most. */
+    private final DeltaArena<DeviceMemory> deltas = new DeltaArena<>(CudaWeightDelta.DELTA_BUDGET_BYTES, new DeltaArena.Allocator<>() {
+        @Override
+        public DeviceMemory allocate(long sizeInBytes) {
+            device.bindContext();
+            return new DeviceMemory(sizeInBytes);
+        }
+
+        @Override
+        public void free(DeviceMemory buffer) {
+            device.bindContext();
+            buffer.close();
+        }
+    });
+    /** extract's forming threads, started by the first weight. */
+    private DeltaFormer former;
     private boolean closed;
 
-    private CudaBackend(CudaDevice device, int streams, int cpuThreads) {
+    private CudaBackend(CudaDevice device, int streams, int cpuThreads, int decompositions) {
         this.device = device;
         this.streams = streams;
         this.cpuThreads = cpuThreads;
+        this.decompositions = decompositions;
     }
 
     /**
@@ -69,7 +99,8 @@ public final class CudaBackend implements Backend {
     public static Backend open(int ordinal, int cpuThreads) throws DeviceUnavailableException {
         Tuning tuning = Tuning.current();
         int streams = tuning.streams() > 0 ? tuning.streams() : Math.max(2, Math.min(MAX_STREAMS, cpuThreads / 2));
-        return new CudaBackend(CudaDevice.open(ordinal, tuning.blockBytes(), streams), streams, cpuThreads);
+        int svds = tuning.svds() > 0 ? tuning.svds() : DEFAULT_DECOMPOSITIONS;
+        return new CudaBackend(CudaDevice.open(ordinal, tuning.blockBytes(), streams), streams, cpuThreads, svds);
     }
 
     @Override
@@ -172,15 +203,43 @@ public final class CudaBackend implements Backend {
     }
 
     /**
-     * ΔW resident on the device ({@link CudaWeightDelta}), or, for a weight too large to keep there
-     * ({@link CudaWeightDelta#fits}), the CPU engine's, read from the checkpoints on every pass.
+     * ΔW resident on the device ({@link CudaWeightDelta}, formed by this backend's forming threads
+     * in device memory of its ΔW budget, waiting for room there), or, for a weight too large to keep
+     * there ({@link CudaWeightDelta#fits}), the CPU engine's, read from the checkpoints on every pass.
      */
     @Override
-    public WeightDelta openDelta(String name, TensorSource base, TensorSource tuned, int rows, int cols) throws IOException, ExtractException {
+    public WeightDelta openDelta(String name, TensorSource base, TensorSource tuned, int rows, int cols)
+            throws IOException, ExtractException, InterruptedException {
         if (!CudaWeightDelta.fits(device, base, tuned, rows, cols)) {
             return CpuWeightDelta.open(name, base, tuned, rows, cols, cpuThreads);
         }
-        return CudaWeightDelta.open(device, name, base, tuned, rows, cols);
+        return CudaWeightDelta.open(device, former(), deltas, name, base, tuned, rows, cols);
+    }
+
+    /** The forming threads, one per stream, started on first use. */
+    private synchronized DeltaFormer former() {
+        if (closed) {
+            throw new IllegalStateException("backend used after close");
+        }
+        if (former == null) {
+            former = new DeltaFormer(device, streams);
+        }
+        return former;
+    }
+
+    @Override
+    public int deltaDecompositions() {
+        return decompositions;
+    }
+
+    @Override
+    public int deltasAhead() {
+        return DELTAS_AHEAD;
+    }
+
+    /** Bytes of ΔW open now (for the GPU tests: 0 once every weight is closed). */
+    long deltaBytesOpen() {
+        return deltas.heldBytes();
     }
 
     /**
@@ -213,10 +272,17 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void close() {
-        if (closed) {
-            throw new IllegalStateException("backend closed twice");
+        DeltaFormer forming;
+        synchronized (this) {
+            if (closed) {
+                throw new IllegalStateException("backend closed twice");
+            }
+            closed = true;
+            forming = former;
         }
-        closed = true;
+        if (forming != null) {
+            forming.close(); // its threads end and their streams are idle before the device goes
+        }
         device.synchronizeAll();
         List<AutoCloseable> left;
         synchronized (open) {
@@ -234,6 +300,7 @@ public final class CudaBackend implements Backend {
                 m.close();
             }
         }
+        deltas.close(); // a ΔW still open is freed when it is closed, or with the device's context
         device.close();
     }
 }

@@ -26,49 +26,65 @@ import org.loramerge.plan.TensorSource;
 
 /**
  * ΔW = tuned − base of one weight, resident on the GPU in fp64 (row-major [rows, cols]) from
- * {@link #open} to {@link #close}. Opening streams both weights' row blocks up as stored and forms
- * ΔW there ({@code extract_delta}, the CPU's subtraction bit for bit), with ‖ΔW‖² from the per-row
- * sums of {@code extract_row_squares}. The dense combination Δ of PEFT's {@code _svd} methods is
- * formed here from the adapters' factors instead ({@link #ofCombination}: {@code combine_delta},
- * the CPU engine's Δ bit for bit) and decomposed the same way. The randomized SVD ({@link
- * RandomizedSvd}, the same algorithm, Ω and options as the CPU engine) then makes its passes here:
- * each product with ΔW is one cuBLAS DGEMM, and its thin QR a shifted CholeskyQR3 ({@link
- * CholeskyQr}: the Gram matrices by DGEMM and the triangular solves by DTRSM here, the l×l
- * Cholesky factors on the host), falling back to Householder's QR of the product on the host where
- * that breaks down (a ΔW of lower rank than the sketch). The small SVD is the host's. The written
- * factors' error is a last DGEMM that subtracts U·Vᵀ from ΔW in place, and its row sums.
+ * {@link #open} to {@link #close}. Opening forms ΔW there from both weights' row blocks as stored
+ * ({@code extract_delta}, the CPU's subtraction bit for bit) on the backend's forming threads
+ * ({@link DeltaFormer}: several blocks read and uploaded at once, double-buffered, no host wait per
+ * block), with ‖ΔW‖² from the per-row sums of {@code extract_row_squares} added on the host in row
+ * order. ΔW's device memory comes from the backend's {@link DeltaArena}, which bounds all the ΔW
+ * open at once. The dense combination Δ of PEFT's {@code _svd} methods is formed here from the
+ * adapters' factors instead ({@link #ofCombination}: {@code combine_delta}, the CPU engine's Δ bit
+ * for bit) and decomposed the same way. The randomized SVD ({@link RandomizedSvd}, the same
+ * algorithm, Ω and options as the CPU engine) then makes its passes here, on the calling thread's
+ * worker: each product with ΔW is one cuBLAS DGEMM, and its thin QR a shifted CholeskyQR3 ({@link
+ * CholeskyQr}: the Gram matrices by DGEMM and the triangular solves by DTRSM here, the l×l Cholesky
+ * factors on the host), falling back to Householder's QR of the product on the host where that
+ * breaks down (a ΔW of lower rank than the sketch). The small SVD is the host's. The written
+ * factors' error is a last DGEMM that subtracts U·Vᵀ from ΔW in place, and its row sums. Several
+ * weights may be decomposed at once on different threads, each with its own stream and cuBLAS
+ * handle, and each weight's bits are then the same as when it is decomposed alone: cuBLAS keeps its
+ * results bitwise reproducible with several streams active when each stream has its own handle (its
+ * guide, "Results reproducibility"), and the host's steps are the same code on the same values.
  *
  * <p>The bits differ from the CPU engine's (the DGEMMs sum in another order and the QRs differ by
  * rounding), not the algorithm: the GPU tests hold the singular values to 1e-9 of the CPU's and
  * the error to the same ratio to the optimum, for extract's ΔW and for the combinations' Δ
- * ({@code CudaExtractTest}, {@code CudaCombineSvdTest}). The SVD is deterministic on one device
- * (each worker has its own stream and cuBLAS handle, and the host's steps are fixed), so a run
- * repeated there gives the same factors. Device memory: ΔW ({@code rows·cols·8} bytes, at most
- * {@link #MAX_DELTA_BYTES}), a few rows×l sketches and the calling threads' worker buffers; for a
+ * ({@code CudaExtractTest}, {@code CudaCombineSvdTest}). Device memory: ΔW ({@code rows·cols·8}
+ * bytes, at most {@link #MAX_DELTA_BYTES}; all extract's open at once at most {@link
+ * #DELTA_BUDGET_BYTES}), a few rows×l sketches and the calling threads' worker buffers; for a
  * combination also the adapters' factors while Δ is formed.
  */
 final class CudaWeightDelta implements WeightDelta, Sketching {
     /**
-     * The largest ΔW kept on the device: extract holds two at once (the next weight is formed while
-     * this one is decomposed), so this keeps the engine under 8 GB of device memory. Larger weights
-     * (a 128k-token embedding of an 8192-wide model) are decomposed by the CPU engine. {@code combine}
-     * holds one Δ per thread, at most the engine's streams (CombinedAdapterWriter); a merge one.
+     * The largest ΔW kept on the device: half of {@link #DELTA_BUDGET_BYTES}, so that
+     * the next weight can be formed while the largest is decomposed. Larger weights (a 128k-token
+     * embedding of an 8192-wide model) are decomposed by the CPU engine. {@code combine} holds one Δ
+     * per thread, at most the engine's streams (CombinedAdapterWriter), outside that budget.
      */
     static final long MAX_DELTA_BYTES = 3L << 30;
+
+    /**
+     * Device memory for all the ΔW open at once (formed ahead, or being decomposed): with the
+     * workers' buffers this keeps the engine under 8 GB of device memory however many weights
+     * extract keeps in flight ({@link DeltaArena} waits for room).
+     */
+    static final long DELTA_BUDGET_BYTES = 6L << 30;
 
     private final CudaDevice device;
     private final int rows;
     private final int cols;
+    /** Gives ΔW's memory back: to the extract's arena ({@link #open}), or to the device ({@link #ofCombination}). */
+    private final Runnable release;
     private final DeviceMemory delta;
     private final double deltaSquared;
     /** Whether {@link #residualSquared} has subtracted the factors from ΔW. */
     private boolean consumed;
     private boolean closed;
 
-    private CudaWeightDelta(CudaDevice device, int rows, int cols, DeviceMemory delta, double deltaSquared) {
+    private CudaWeightDelta(CudaDevice device, int rows, int cols, DeviceMemory delta, Runnable release, double deltaSquared) {
         this.device = device;
         this.rows = rows;
         this.cols = cols;
+        this.release = release;
         this.delta = delta;
         this.deltaSquared = deltaSquared;
     }
@@ -83,79 +99,48 @@ final class CudaWeightDelta implements WeightDelta, Sketching {
     }
 
     /**
-     * Forms ΔW on the device from the two weights, on the calling thread's worker; NaN or ±Inf in
-     * either is an {@link ExtractException} naming the first such element, as the CPU engine's.
+     * Forms ΔW on the device from the two weights, on {@code former}'s threads, into memory of
+     * {@code arena} (waiting for room there); NaN or ±Inf in either is an {@link ExtractException}
+     * naming the first such element, as the CPU engine's. On any failure ΔW's memory is back in the
+     * arena and nothing of it runs on the device.
      */
-    static CudaWeightDelta open(CudaDevice device, String name, TensorSource base, TensorSource tuned, int rows, int cols)
-            throws IOException, ExtractException {
+    static CudaWeightDelta open(CudaDevice device, DeltaFormer former, DeltaArena<DeviceMemory> arena, String name, TensorSource base,
+                                TensorSource tuned, int rows, int cols) throws IOException, ExtractException, InterruptedException {
         device.bindContext();
         DeviceWorker w = device.worker();
         FloatFormat bf = FloatFormat.of(base.dtype());
         FloatFormat tf = FloatFormat.of(tuned.dtype());
         long half = device.blockBytes() / 2;
         int blockRows = (int) Math.max(1, Math.min(rows, half / ((long) cols * Math.max(bf.sizeInBytes(), tf.sizeInBytes()))));
-        // its own allocation, not the pool's: freed on close, so weights of many shapes do not pile up
-        DeviceMemory delta = new DeviceMemory((long) rows * cols * Sizeof.DOUBLE);
+        DeltaArena<DeviceMemory>.Lease lease = arena.take((long) rows * cols * Sizeof.DOUBLE);
         long firstBad;
         double sum = 0;
-        try (DeviceMemory bad = device.pool().take(Sizeof.LONG); DeviceMemory rowSquares = device.pool().take((long) rows * Sizeof.DOUBLE)) {
-            try {
+        try {
+            try (DeviceMemory bad = device.pool().take(Sizeof.LONG); DeviceMemory rowSquares = device.pool().take((long) rows * Sizeof.DOUBLE)) {
                 JCuda.cudaMemsetAsync(bad.pointer(), 0xFF, Sizeof.LONG, w.stream().runtime());
-                Pointer staging = w.hostIn().pointer();
-                for (int r0 = 0; r0 < rows; r0 += blockRows) {
-                    int n = Math.min(blockRows, rows - r0);
-                    long baseBytes = (long) n * cols * bf.sizeInBytes();
-                    long tunedBytes = (long) n * cols * tf.sizeInBytes();
-                    ByteBuffer in = w.hostIn().buffer();
-                    try (TensorSource.Bytes b = base.readRows(TensorSource.Form.VALUES, r0, n, cols);
-                         TensorSource.Bytes t = tuned.readRows(TensorSource.Form.VALUES, r0, n, cols)) {
-                        in.position(0);
-                        in.put(b.bytes());
-                        in.position(Math.toIntExact(half));
-                        in.put(t.bytes());
-                    }
-                    JCuda.cudaMemcpyAsync(w.input().pointer(), staging, baseBytes, cudaMemcpyKind.cudaMemcpyHostToDevice, w.stream().runtime());
-                    JCuda.cudaMemcpyAsync(w.output().pointer(), staging.withByteOffset(half), tunedBytes, cudaMemcpyKind.cudaMemcpyHostToDevice,
-                            w.stream().runtime());
-                    device.extract().delta(w.stream(), n, cols, Pointer.to(w.input().pointer()), Pointer.to(new int[] {MergeKernels.code(bf)}),
-                            Pointer.to(w.output().pointer()), Pointer.to(new int[] {MergeKernels.code(tf)}),
-                            Pointer.to(delta.at((long) r0 * cols * Sizeof.DOUBLE)), Pointer.to(new long[] {n}), Pointer.to(new long[] {cols}),
-                            Pointer.to(new long[] {cols}), Pointer.to(bad.pointer()), Pointer.to(new long[] {(long) r0 * cols}));
-                    // the staging buffer is refilled for the next block only once this one is up (the next weight's
-                    // upload overlaps the current weight's SVD instead: ExtractRunner opens it on another thread)
-                    w.synchronize();
-                }
-                device.extract().rowSquares(w.stream(), rows, Pointer.to(delta.pointer()), Pointer.to(new long[] {rows}),
-                        Pointer.to(new long[] {cols}), Pointer.to(new long[] {cols}), Pointer.to(rowSquares.pointer()));
+                w.synchronize(); // set before the forming threads' streams compare against it
+                // returns (or throws) with every forming stream idle: the sums are complete, and the buffers may go back
+                former.form(base, tuned, rows, cols, blockRows, lease.buffer(), rowSquares, bad);
                 double[] perRow = new double[rows];
                 long[] badHost = new long[1];
-                w.synchronize();
                 JCuda.cudaMemcpy(Pointer.to(perRow), rowSquares.pointer(), (long) rows * Sizeof.DOUBLE, cudaMemcpyKind.cudaMemcpyDeviceToHost);
                 JCuda.cudaMemcpy(Pointer.to(badHost), bad.pointer(), Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost);
                 firstBad = badHost[0];
                 for (double s : perRow) {
                     sum += s;
                 }
-            } catch (RuntimeException | IOException | Error e) {
-                // what the stream still has queued writes into these buffers: let it finish before they go back
-                try {
-                    w.synchronize();
-                } catch (RuntimeException ignored) {
-                    // the failure being thrown says more
-                }
-                throw e;
             }
         } catch (RuntimeException | IOException | Error e) {
-            delta.close();
+            lease.close();
             throw e;
         }
         if (firstBad != -1L) {
-            delta.close();
+            lease.close();
             // the CPU engine's check finds the same first element (row-major order) and names it
             new DeltaRows(name, base, tuned, rows, cols).scan();
             throw new IllegalStateException(name + ": the device found a non-finite value at element " + firstBad + " that the host does not");
         }
-        return new CudaWeightDelta(device, rows, cols, delta, sum);
+        return new CudaWeightDelta(device, rows, cols, lease.buffer(), lease::close, sum);
     }
 
     /**
@@ -218,7 +203,7 @@ final class CudaWeightDelta implements WeightDelta, Sketching {
             delta.close();
             throw e;
         }
-        return new CudaWeightDelta(device, rows, cols, delta, sum);
+        return new CudaWeightDelta(device, rows, cols, delta, delta::close, sum);
     }
 
     /** Δ's rows formed on the host ({@link DenseCombination#deltaRow}) and copied into {@code delta}, a block of rows at a time. */
@@ -448,20 +433,44 @@ final class CudaWeightDelta implements WeightDelta, Sketching {
         return Pointer.to(new double[] {0.0});
     }
 
-    /** Copies {@code values} into {@code m}, after what the worker's stream has queued (a synchronous copy). */
+    /**
+     * Copies {@code values} into {@code m}, after what the worker's stream has queued, and returns
+     * once it is there: through the worker's page-locked buffer, a buffer's worth at a time, on the
+     * worker's own stream. Not a synchronous copy from the Java array: that goes through the legacy
+     * default stream, which every thread shares, so the SVDs of several weights would take turns
+     * for their sketches' transfers (about 6.4 KB per row and column of ΔW at rank 64: 16 GB over a
+     * 7B model), and a pageable copy is slower than a page-locked one.
+     */
     private static void upload(DeviceWorker w, double[] values, DeviceMemory m) {
-        w.synchronize();
-        JCuda.cudaMemcpy(m.pointer(), Pointer.to(values), (long) values.length * Sizeof.DOUBLE, cudaMemcpyKind.cudaMemcpyHostToDevice);
-        // a copy from pageable memory may return before its DMA lands, and the worker's stream does not wait for
-        // the legacy stream it went on: wait for that stream (only it: the other thread's work goes on)
-        JCuda.cudaStreamSynchronize(new cudaStream_t());
+        PinnedMemory host = w.hostIn();
+        int piece = (int) (host.sizeInBytes() / Sizeof.DOUBLE);
+        for (int from = 0; from < values.length; from += piece) {
+            int n = Math.min(piece, values.length - from);
+            w.synchronize(); // nothing queued reads the buffer any more
+            host.buffer().asDoubleBuffer().put(values, from, n);
+            JCuda.cudaMemcpyAsync(m.at((long) from * Sizeof.DOUBLE), host.pointer(), (long) n * Sizeof.DOUBLE,
+                    cudaMemcpyKind.cudaMemcpyHostToDevice, w.stream().runtime());
+        }
+        w.synchronize(); // the buffer is free again for whatever the thread does next
     }
 
-    /** The first {@code r·c} doubles of {@code m} as a row-major r×c matrix, once the worker's stream is done. */
+    /**
+     * The first {@code r·c} doubles of {@code m} as a row-major r×c matrix, once the worker's
+     * stream is done: copied on that stream into its page-locked buffer, a buffer's worth at a time
+     * (see {@link #upload}).
+     */
     private static Matrix fetch(DeviceWorker w, DeviceMemory m, int r, int c) {
         double[] d = new double[r * c];
-        w.synchronize();
-        JCuda.cudaMemcpy(Pointer.to(d), m.pointer(), (long) d.length * Sizeof.DOUBLE, cudaMemcpyKind.cudaMemcpyDeviceToHost);
+        PinnedMemory host = w.hostIn();
+        int piece = (int) (host.sizeInBytes() / Sizeof.DOUBLE);
+        for (int from = 0; from < d.length; from += piece) {
+            int n = Math.min(piece, d.length - from);
+            JCuda.cudaMemcpyAsync(host.pointer(), m.at((long) from * Sizeof.DOUBLE), (long) n * Sizeof.DOUBLE,
+                    cudaMemcpyKind.cudaMemcpyDeviceToHost, w.stream().runtime());
+            w.synchronize();
+            host.buffer().asDoubleBuffer().get(d, from, n);
+        }
+        w.synchronize(); // r·c = 0: still after what the stream has queued
         return Matrix.wrap(r, c, d);
     }
 
@@ -473,6 +482,6 @@ final class CudaWeightDelta implements WeightDelta, Sketching {
         closed = true;
         device.bindContext();
         device.worker().synchronize();
-        delta.close();
+        release.run(); // extract's: kept for the next weight of this size (no cudaFree, which would wait for the whole device)
     }
 }
