@@ -15,6 +15,7 @@ import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.Semaphore;
+import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicLong;
@@ -312,13 +313,73 @@ public final class ExtractRunner {
         }
     }
 
-    /** {@link #compare} of every tensor in order; the first bad one fails it. */
-    private static Map<ExtractPlan.Other, Double> compareAll(List<ExtractPlan.Other> others) throws IOException, ExtractException {
+    /**
+     * Threads that compare the other tensors: half the cores, the rest left to forming ΔW. One
+     * thread took 43 s over the 192 untargeted tensors of a 7B-shaped fine-tune (12 GB of each
+     * checkpoint) while the 32 targeted weights took 2 s.
+     */
+    static final int COMPARE_THREADS = Math.max(1, Runtime.getRuntime().availableProcessors() / 2);
+
+    /** {@link #compare} of every tensor, several at once; the first bad one in order fails it, and the rest are cancelled. */
+    static Map<ExtractPlan.Other, Double> compareAll(List<ExtractPlan.Other> others) throws IOException, ExtractException {
         Map<ExtractPlan.Other, Double> out = new LinkedHashMap<>();
-        for (ExtractPlan.Other o : others) {
-            out.put(o, compare(o));
+        if (others.isEmpty()) {
+            return out;
         }
-        return out;
+        ExecutorService pool = Executors.newFixedThreadPool(Math.min(COMPARE_THREADS, others.size()), r -> {
+            Thread th = new Thread(r, "loramerge-extract-compare");
+            th.setDaemon(true);
+            return th;
+        });
+        try {
+            List<Future<Double>> results = new ArrayList<>();
+            for (ExtractPlan.Other o : others) {
+                results.add(pool.submit(() -> compare(o)));
+            }
+            for (int i = 0; i < others.size(); i++) {
+                out.put(others.get(i), comparison(results.get(i)));
+            }
+            return out;
+        } finally {
+            // the comparisons read the checkpoints, which the caller closes after this returns: none may still be running
+            pool.shutdownNow();
+            boolean interrupted = false;
+            boolean finished = false;
+            while (!finished) {
+                try {
+                    finished = pool.awaitTermination(1, TimeUnit.MINUTES);
+                } catch (InterruptedException e) {
+                    interrupted = true;
+                }
+            }
+            if (interrupted) {
+                Thread.currentThread().interrupt();
+            }
+        }
+    }
+
+    private static Double comparison(Future<Double> f) throws IOException, ExtractException {
+        try {
+            return f.get();
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new IOException("interrupted while comparing the other tensors", e);
+        } catch (ExecutionException e) {
+            Throwable c = e.getCause();
+            if (c instanceof IOException io) {
+                throw io;
+            }
+            if (c instanceof ExtractException x) {
+                throw x;
+            }
+            if (c instanceof RuntimeException re) {
+                throw re;
+            }
+            if (c instanceof Error err) {
+                throw err;
+            }
+            throw new IllegalStateException(c);
+        }
     }
 
     /** One target's SVD, factors and measurements; the factors are added to {@code tensors}. */

@@ -512,6 +512,22 @@ class ExtractCliTest {
     }
 
     @Test
+    void ofTwoBadTensorsComparedAtOnceTheFirstInTheCheckpointIsReported() throws Exception {
+        DenseModels base = llama(DType.BF16, 27);
+        DenseModels tuned = base.copy();
+        String w = proj(0, "q_proj") + ".weight";
+        tuned.put(w, DType.BF16, new long[] {H, H}, plus(base.values(w), DenseModels.gaussian(H * H, 0.01, DType.F32, new Random(28)), DType.BF16));
+        // the large embedding comes first in name order; the small norm, which a comparison finishes sooner, last
+        base.values("model.embed_tokens.weight")[V * H - 1] = Double.POSITIVE_INFINITY;
+        base.values("model.norm.weight")[1] = Double.POSITIVE_INFINITY;
+        Path b = base.write(dir.resolve("base"), LLAMA);
+        Path out = dir.resolve("adapter");
+        CliRun r = extract(b, tuned.write(dir.resolve("tuned"), LLAMA), out);
+        assertBadInput(r, out, "model.embed_tokens.weight", "Infinity");
+        assertTrue(!r.err().contains("model.norm.weight"), r::both);
+    }
+
+    @Test
     void nanInATargetWeightIsReportedBeforeInfinityInANormThatIsComparedMeanwhile() throws Exception {
         DenseModels base = llama(DType.BF16, 25);
         DenseModels tuned = base.copy();
