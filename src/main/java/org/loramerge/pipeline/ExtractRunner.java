@@ -44,7 +44,7 @@ import org.loramerge.plan.TensorSource;
  * tensor is compared meanwhile, and a changed one is saved whole or reported. One thread forms the
  * weights in order, each once there is room for it ({@link Backend#deltaDecompositions} decomposed
  * and {@link Backend#deltasAhead} formed ahead at most); {@link Backend#deltaDecompositions}
- * threads decompose them, taking them in order; a third compares. Each weight's factors are the
+ * threads decompose them, taking them in order; others compare. Each weight's factors are the
  * same bits however many are in flight, and the results are gathered in target order. A failure
  * is reported in that order, the targets' first; the weights not yet formed are then skipped and
  * every ΔW formed is closed before the run returns. The adapter folder is then written and
@@ -58,10 +58,14 @@ public final class ExtractRunner {
      * Knobs of a run.
      *
      * @param svd           the randomized SVD's settings
-     * @param checkOptimal  compute each module's exact Eckart–Young optimum (a Gram matrix and its
-     *                      eigenvalues: slow, for checking the SVD)
+     * @param checkOptimal   compute each module's exact Eckart–Young optimum (a Gram matrix and its
+     *                       eigenvalues: slow, for checking the SVD)
+     * @param compareThreads threads that compare the untargeted tensors ({@link #COMPARE_THREADS} by default)
      */
-    public record Options(RandomizedSvd.Options svd, boolean checkOptimal) {
+    public record Options(RandomizedSvd.Options svd, boolean checkOptimal, int compareThreads) {
+        public Options(RandomizedSvd.Options svd, boolean checkOptimal) {
+            this(svd, checkOptimal, COMPARE_THREADS);
+        }
     }
 
     private ExtractRunner() {
@@ -126,7 +130,7 @@ public final class ExtractRunner {
             comparisons = comparer.submit(() -> {
                 long t0 = System.nanoTime();
                 try {
-                    return compareAll(plan.others());
+                    return compareAll(plan.others(), options.compareThreads());
                 } finally {
                     clocks.comparing.addAndGet(System.nanoTime() - t0);
                 }
@@ -320,19 +324,22 @@ public final class ExtractRunner {
      */
     static final int COMPARE_THREADS = Math.max(1, Runtime.getRuntime().availableProcessors() / 2);
 
-    /** {@link #compare} of every tensor, several at once; the first bad one in order fails it, and the rest are cancelled. */
-    static Map<ExtractPlan.Other, Double> compareAll(List<ExtractPlan.Other> others) throws IOException, ExtractException {
+    /**
+     * {@link #compare} of every tensor, on {@code threads} threads; the first bad one in order fails
+     * it, and those not started are cancelled.
+     */
+    static Map<ExtractPlan.Other, Double> compareAll(List<ExtractPlan.Other> others, int threads) throws IOException, ExtractException {
         Map<ExtractPlan.Other, Double> out = new LinkedHashMap<>();
         if (others.isEmpty()) {
             return out;
         }
-        ExecutorService pool = Executors.newFixedThreadPool(Math.min(COMPARE_THREADS, others.size()), r -> {
+        ExecutorService pool = Executors.newFixedThreadPool(Math.max(1, Math.min(threads, others.size())), r -> {
             Thread th = new Thread(r, "loramerge-extract-compare");
             th.setDaemon(true);
             return th;
         });
+        List<Future<Double>> results = new ArrayList<>();
         try {
-            List<Future<Double>> results = new ArrayList<>();
             for (ExtractPlan.Other o : others) {
                 results.add(pool.submit(() -> compare(o)));
             }
@@ -341,8 +348,12 @@ public final class ExtractRunner {
             }
             return out;
         } finally {
-            // the comparisons read the checkpoints, which the caller closes after this returns: none may still be running
-            pool.shutdownNow();
+            // the comparisons read the checkpoints, which the caller closes after this returns: none may still be running.
+            // Not shutdownNow: an interrupt closes the FileChannel a comparison is mapping, which the targets share
+            for (Future<Double> f : results) {
+                f.cancel(false);
+            }
+            pool.shutdown();
             boolean interrupted = false;
             boolean finished = false;
             while (!finished) {
