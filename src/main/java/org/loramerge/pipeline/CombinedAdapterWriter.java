@@ -12,6 +12,7 @@ import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import org.loramerge.engine.Backend;
 import org.loramerge.engine.FactorCombination;
+import org.loramerge.engine.Pools;
 import org.loramerge.engine.WeightDelta;
 import org.loramerge.format.DType;
 import org.loramerge.format.FloatFormat;
@@ -66,8 +67,8 @@ public final class CombinedAdapterWriter {
         // describe() begins with the device: "cpu (16 threads)", "cuda:0 NVIDIA H200" (as ExtractRunner reads it)
         String device = backend.describe().split(" ")[0];
         List<String> onHost = new ArrayList<>();
+        List<Future<Combined>> ahead = new ArrayList<>();
         try (SafetensorsWriter w = SafetensorsWriter.create(out.dir().resolve(WEIGHTS), entries, Map.of("format", "pt"))) {
-            List<Future<Combined>> ahead = new ArrayList<>();
             int submitted = 0;
             for (int i = 0; i < modules.size(); i++) {
                 while (submitted < modules.size() && submitted < i + 2 * workers) {
@@ -96,7 +97,9 @@ public final class CombinedAdapterWriter {
             }
             w.finish();
         } finally {
-            pool.shutdownNow();
+            // on a failure, modules may still be combining on the engine (on a GPU, in its workers'
+            // memory and streams), which the caller closes next
+            Pools.cancelAndAwait(pool, ahead);
         }
         Files.write(out.dir().resolve(CONFIG), Json.python(plan.config()).getBytes(StandardCharsets.UTF_8));
         out.commit();
@@ -136,4 +139,5 @@ public final class CombinedAdapterWriter {
         }
         return b;
     }
+
 }

@@ -15,12 +15,12 @@ import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.Semaphore;
-import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicLong;
 import org.loramerge.engine.Backend;
 import org.loramerge.engine.DeltaRows;
+import org.loramerge.engine.Pools;
 import org.loramerge.engine.WeightDelta;
 import org.loramerge.format.FloatFormat;
 import org.loramerge.format.TensorInfo;
@@ -348,24 +348,8 @@ public final class ExtractRunner {
             }
             return out;
         } finally {
-            // the comparisons read the checkpoints, which the caller closes after this returns: none may still be running.
-            // Not shutdownNow: an interrupt closes the FileChannel a comparison is mapping, which the targets share
-            for (Future<Double> f : results) {
-                f.cancel(false);
-            }
-            pool.shutdown();
-            boolean interrupted = false;
-            boolean finished = false;
-            while (!finished) {
-                try {
-                    finished = pool.awaitTermination(1, TimeUnit.MINUTES);
-                } catch (InterruptedException e) {
-                    interrupted = true;
-                }
-            }
-            if (interrupted) {
-                Thread.currentThread().interrupt();
-            }
+            // the comparisons read the checkpoints, which the caller closes after this returns: none may still be running
+            Pools.cancelAndAwait(pool, results);
         }
     }
 

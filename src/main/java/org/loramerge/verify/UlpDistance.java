@@ -8,6 +8,7 @@ import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
+import org.loramerge.engine.Pools;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.FloatFormat;
 import org.loramerge.format.TensorInfo;
@@ -70,8 +71,8 @@ public final class UlpDistance {
             t.setDaemon(true);
             return t;
         });
+        List<List<Future<TensorDistance>>> parts = new ArrayList<>();
         try {
-            List<List<Future<TensorDistance>>> parts = new ArrayList<>();
             for (int k = 0; k < names.size(); k++) {
                 String name = names.get(k);
                 TensorSource[] s = sources.get(k);
@@ -106,7 +107,10 @@ public final class UlpDistance {
             }
             return new Result(out, elements, equal, within, beyond, worst, worstMerged);
         } finally {
-            pool.shutdownNow();
+            // the chunks read the checkpoints, which the caller closes next
+            List<Future<TensorDistance>> all = new ArrayList<>();
+            parts.forEach(all::addAll);
+            Pools.cancelAndAwait(pool, all);
         }
     }
 
