@@ -328,7 +328,7 @@ public final class ExtractRunner {
      * {@link #compare} of every tensor, on {@code threads} threads; the first bad one in order fails
      * it, and those not started are cancelled.
      */
-    static Map<ExtractPlan.Other, Double> compareAll(List<ExtractPlan.Other> others, int threads) throws IOException, ExtractException {
+    static Map<ExtractPlan.Other, Double> compareAll(List<ExtractPlan.Other> others, int threads) throws Exception {
         Map<ExtractPlan.Other, Double> out = new LinkedHashMap<>();
         if (others.isEmpty()) {
             return out;
@@ -344,36 +344,12 @@ public final class ExtractRunner {
                 results.add(pool.submit(() -> compare(o)));
             }
             for (int i = 0; i < others.size(); i++) {
-                out.put(others.get(i), comparison(results.get(i)));
+                out.put(others.get(i), BlockExecutor.get(results.get(i)));
             }
             return out;
         } finally {
             // the comparisons read the checkpoints, which the caller closes after this returns: none may still be running
             Pools.cancelAndAwait(pool, results);
-        }
-    }
-
-    private static Double comparison(Future<Double> f) throws IOException, ExtractException {
-        try {
-            return f.get();
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-            throw new IOException("interrupted while comparing the other tensors", e);
-        } catch (ExecutionException e) {
-            Throwable c = e.getCause();
-            if (c instanceof IOException io) {
-                throw io;
-            }
-            if (c instanceof ExtractException x) {
-                throw x;
-            }
-            if (c instanceof RuntimeException re) {
-                throw re;
-            }
-            if (c instanceof Error err) {
-                throw err;
-            }
-            throw new IllegalStateException(c);
         }
     }
 
