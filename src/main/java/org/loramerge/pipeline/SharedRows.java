@@ -80,8 +80,8 @@ final class SharedRows {
     private static boolean rows(List<OutputTensor> ts, List<MergeContext> ctxs) throws Exception {
         int n = ts.size();
         List<TensorJob> jobs = new ArrayList<>();
-        for (int k = 0; k < n; k++) {
-            TensorJob job = TensorJob.prepare(ts.get(k));
+        for (OutputTensor t : ts) {
+            TensorJob job = TensorJob.prepare(t);
             if (job.needsSelection()) {
                 return false;
             }
