@@ -47,24 +47,14 @@ class CholeskyQrTest {
         }
         Matrix y = Spectra.withSpectrum(400, 25, sigma, 2);
         assertNull(CholeskyQr.cholesky(y.transposeMultiply(y), 0), "unshifted, the Gram matrix is not numerically positive definite");
-        CholeskyQr.HostTall t = new CholeskyQr.HostTall(y);
-        Optional<Matrix> r = CholeskyQr.factor(t);
-        assertTrue(r.isPresent());
-        Matrix q = t.download();
-        assertTrue(Spectra.orthonormalityError(q) < 1e-13, "QᵀQ − I: " + Spectra.orthonormalityError(q));
-        assertTrue(relativeDistance(q.multiply(r.get()), y) < 1e-14, "Q·R = Y: " + relativeDistance(q.multiply(r.get()), y));
+        assertFactorsToAnOrthonormalBasis(y);
     }
 
     @Test
     void numericallyRankDeficientMatrixStillGetsAnOrthonormalBasis() {
         // exact rank 3 in 20 columns, but for the product's rounding: a ΔW of lower rank than the sketch gives such products
         Matrix y = Spectra.gaussian(60, 3, 3).multiply(Spectra.gaussian(3, 20, 4));
-        CholeskyQr.HostTall t = new CholeskyQr.HostTall(y);
-        Optional<Matrix> r = CholeskyQr.factor(t);
-        assertTrue(r.isPresent());
-        Matrix q = t.download();
-        assertTrue(Spectra.orthonormalityError(q) < 1e-13, "QᵀQ − I: " + Spectra.orthonormalityError(q));
-        assertTrue(relativeDistance(q.multiply(r.get()), y) < 1e-14, "Q·R = Y: " + relativeDistance(q.multiply(r.get()), y));
+        assertFactorsToAnOrthonormalBasis(y);
     }
 
     @Test
@@ -96,5 +86,15 @@ class CholeskyQrTest {
         Matrix r = CholeskyQr.cholesky(g, 2); // + 2·I: eigenvalues 5 and 1
         Matrix rtr = r.transposeMultiply(r);
         assertEquals(0.0, Spectra.distance(rtr, Matrix.wrap(2, 2, new double[] {3, 2, 2, 3})), 1e-15);
+    }
+
+    /** CholeskyQR3 of {@code y} succeeds, with QᵀQ = I to 1e-13 and Q·R = Y to 1e-14. */
+    private static void assertFactorsToAnOrthonormalBasis(Matrix y) {
+        CholeskyQr.HostTall t = new CholeskyQr.HostTall(y);
+        Optional<Matrix> r = CholeskyQr.factor(t);
+        assertTrue(r.isPresent());
+        Matrix q = t.download();
+        assertTrue(Spectra.orthonormalityError(q) < 1e-13, "QᵀQ − I: " + Spectra.orthonormalityError(q));
+        assertTrue(relativeDistance(q.multiply(r.get()), y) < 1e-14, "Q·R = Y: " + relativeDistance(q.multiply(r.get()), y));
     }
 }
