@@ -2,9 +2,6 @@ package org.loramerge.engine.cuda;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
-import java.io.ByteArrayOutputStream;
-import java.io.PrintStream;
-import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -37,6 +34,7 @@ import org.loramerge.plan.CombineMethod;
 import org.loramerge.plan.CombinedUpdate;
 import org.loramerge.plan.Layout;
 import org.loramerge.plan.TermSpec;
+import org.loramerge.testutil.CliRun;
 import org.loramerge.testutil.TensorFiles;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
@@ -249,20 +247,9 @@ class CudaCombineSvdTest {
 
     /** Runs the command line; returns its stdout (the --json report), failing on a non-zero exit. */
     private static String run(List<String> args) {
-        PrintStream oldOut = System.out;
-        PrintStream oldErr = System.err;
-        ByteArrayOutputStream out = new ByteArrayOutputStream();
-        ByteArrayOutputStream err = new ByteArrayOutputStream();
-        try (PrintStream o = new PrintStream(out, true, StandardCharsets.UTF_8); PrintStream e = new PrintStream(err, true, StandardCharsets.UTF_8)) {
-            System.setOut(o);
-            System.setErr(e);
-            int code = Main.run(args.toArray(new String[0]));
-            assertEquals(0, code, err.toString(StandardCharsets.UTF_8));
-            return out.toString(StandardCharsets.UTF_8);
-        } finally {
-            System.setOut(oldOut);
-            System.setErr(oldErr);
-        }
+        CliRun r = CliRun.of(() -> Main.run(args.toArray(new String[0])));
+        assertEquals(0, r.code(), r.err());
+        return r.out();
     }
 
     @ParameterizedTest(name = "{0}")
