@@ -24,7 +24,7 @@ import org.loramerge.quant.QuantizedWeight;
  * (QuantizedWeight#dequantizeTo). Every layout loramerge reads has one; a weight whose worst row
  * block would not fit a worker's staging buffer ({@link #of}) is dequantized on the host instead.
  */
-abstract class DeviceDequantizer implements AutoCloseable {
+public abstract class DeviceDequantizer implements AutoCloseable {
     /** The merge's dtype of W: the weight's dequantized dtype. */
     final FloatFormat format;
     final long rows;
@@ -46,7 +46,7 @@ abstract class DeviceDequantizer implements AutoCloseable {
      * could exceed {@code blockBytes} (an AWQ weight of very long rows: its blocks stage whole
      * words of 8 rows).
      */
-    static DeviceDequantizer of(CudaDevice device, QuantizedWeight w, int blockBytes) throws IOException {
+    public static DeviceDequantizer of(CudaDevice device, QuantizedWeight w, int blockBytes) throws IOException {
         DeviceDequantizer d = create(device, w);
         if (d == null) {
             return null;
@@ -98,7 +98,7 @@ abstract class DeviceDequantizer implements AutoCloseable {
     }
 
     /** The bytes that go up for rows {@code [row0, row0 + rowCount)}. */
-    abstract long stagedBytes(long row0, int rowCount);
+    public abstract long stagedBytes(long row0, int rowCount);
 
     /** The most {@link #stagedBytes} of any block of at most {@code maxRows} rows. */
     abstract long maxStagedBytes(long maxRows);
@@ -108,10 +108,10 @@ abstract class DeviceDequantizer implements AutoCloseable {
      * TensorSource#readStored gave for them, positioned at 0) into {@code dst} from its index 0,
      * in the layout the kernel reads: {@link #stagedBytes} bytes.
      */
-    abstract void stage(ByteBuffer stored, long row0, int rowCount, ByteBuffer dst);
+    public abstract void stage(ByteBuffer stored, long row0, int rowCount, ByteBuffer dst);
 
     /** Queues the kernel: the staged codes at {@code staged} (256-byte aligned) to W's bits at {@code out} (16-byte aligned). */
-    abstract void dequantize(CudaStream s, Pointer staged, long row0, int rowCount, Pointer out);
+    public abstract void dequantize(CudaStream s, Pointer staged, long row0, int rowCount, Pointer out);
 
     /** Copies {@code bytes} of {@code stored} from index 0 into {@code dst} from index 0. */
     static void copy(ByteBuffer stored, long bytes, ByteBuffer dst) {
@@ -128,6 +128,11 @@ abstract class DeviceDequantizer implements AutoCloseable {
         DeviceMemory m = pool.take((long) values.length * Sizeof.INT);
         JCuda.cudaMemcpy(m.pointer(), Pointer.to(values), (long) values.length * Sizeof.INT, cudaMemcpyKind.cudaMemcpyHostToDevice);
         return m;
+    }
+
+    /** The dtype it writes W in: the weight's dequantized dtype. */
+    public FloatFormat format() {
+        return format;
     }
 
     @Override
@@ -155,7 +160,7 @@ abstract class DeviceDequantizer implements AutoCloseable {
         }
 
         @Override
-        long stagedBytes(long row0, int rowCount) {
+        public long stagedBytes(long row0, int rowCount) {
             long first = row0 * cols;
             long count = rowCount * cols;
             return (first + count - 1) / 2 - first / 2 + 1;
@@ -167,12 +172,12 @@ abstract class DeviceDequantizer implements AutoCloseable {
         }
 
         @Override
-        void stage(ByteBuffer stored, long row0, int rowCount, ByteBuffer dst) {
+        public void stage(ByteBuffer stored, long row0, int rowCount, ByteBuffer dst) {
             copy(stored, stagedBytes(row0, rowCount), dst);
         }
 
         @Override
-        void dequantize(CudaStream s, Pointer staged, long row0, int rowCount, Pointer out) {
+        public void dequantize(CudaStream s, Pointer staged, long row0, int rowCount, Pointer out) {
             device.nf4().dequant(s, weight.tensor().state().code(), format, staged, row0 * cols, rowCount * cols, absmax.pointer(),
                     weight.tensor().blocksize(), out);
         }
@@ -213,7 +218,7 @@ abstract class DeviceDequantizer implements AutoCloseable {
         }
 
         @Override
-        long stagedBytes(long row0, int rowCount) {
+        public long stagedBytes(long row0, int rowCount) {
             return rowCount * cols;
         }
 
@@ -223,12 +228,12 @@ abstract class DeviceDequantizer implements AutoCloseable {
         }
 
         @Override
-        void stage(ByteBuffer stored, long row0, int rowCount, ByteBuffer dst) {
+        public void stage(ByteBuffer stored, long row0, int rowCount, ByteBuffer dst) {
             copy(stored, stagedBytes(row0, rowCount), dst);
         }
 
         @Override
-        void dequantize(CudaStream s, Pointer staged, long row0, int rowCount, Pointer out) {
+        public void dequantize(CudaStream s, Pointer staged, long row0, int rowCount, Pointer out) {
             device.quant().fp8(s, format, staged, row0, rowCount, cols, scales.pointer(), blockRows, blockCols, scaleCols,
                     weight.weight().info().dtype() == DType.F8_E5M2, FloatFormat.of(weight.productDtype()), out);
         }
@@ -246,7 +251,7 @@ abstract class DeviceDequantizer implements AutoCloseable {
         }
 
         @Override
-        long stagedBytes(long row0, int rowCount) {
+        public long stagedBytes(long row0, int rowCount) {
             return rowCount * cols;
         }
 
@@ -256,12 +261,12 @@ abstract class DeviceDequantizer implements AutoCloseable {
         }
 
         @Override
-        void stage(ByteBuffer stored, long row0, int rowCount, ByteBuffer dst) {
+        public void stage(ByteBuffer stored, long row0, int rowCount, ByteBuffer dst) {
             copy(stored, stagedBytes(row0, rowCount), dst);
         }
 
         @Override
-        void dequantize(CudaStream s, Pointer staged, long row0, int rowCount, Pointer out) {
+        public void dequantize(CudaStream s, Pointer staged, long row0, int rowCount, Pointer out) {
             device.quant().int8(s, staged, row0, rowCount, cols, scb.pointer(), out);
         }
     }
@@ -284,7 +289,7 @@ abstract class DeviceDequantizer implements AutoCloseable {
         }
 
         @Override
-        long stagedBytes(long row0, int rowCount) {
+        public long stagedBytes(long row0, int rowCount) {
             return weight.rowWords(row0, rowCount) * 4;
         }
 
@@ -297,12 +302,12 @@ abstract class DeviceDequantizer implements AutoCloseable {
         }
 
         @Override
-        void stage(ByteBuffer stored, long row0, int rowCount, ByteBuffer dst) {
+        public void stage(ByteBuffer stored, long row0, int rowCount, ByteBuffer dst) {
             weight.gatherRowWords(stored, row0, rowCount, dst);
         }
 
         @Override
-        void dequantize(CudaStream s, Pointer staged, long row0, int rowCount, Pointer out) {
+        public void dequantize(CudaStream s, Pointer staged, long row0, int rowCount, Pointer out) {
             if (weight.packing() == PackedIntWeight.Packing.AWQ_GEMM) {
                 device.quant().awq(s, format, staged, row0, rowCount, cols, rows, zeros.pointer(), scales.pointer(), groups.pointer(), out);
             } else {

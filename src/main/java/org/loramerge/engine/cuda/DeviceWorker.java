@@ -170,7 +170,7 @@ public final class DeviceWorker implements AutoCloseable {
      * memory in the layout {@code d}'s kernel reads, go up, and are dequantized there into the
      * weight's dtype. Returns the bytes that went up.
      */
-    long loadStored(DeviceDequantizer d, ByteBuffer stored, long row0, int rowCount) {
+    public long loadStored(DeviceDequantizer d, ByteBuffer stored, long row0, int rowCount) {
         loadedBlock = null;
         long bytes = d.stagedBytes(row0, rowCount);
         if (bytes > dPacked.sizeInBytes() || bytes > hostIn.sizeInBytes()) {
