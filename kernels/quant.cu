@@ -216,11 +216,31 @@ __device__ __forceinline__ void gptq_tiles(const uint32_t *__restrict__ words, l
                 if (o < rowCount && p < packedRows) {
                     uint32_t word = sh[tx][ox];
                     long long row = row0 + o;
+                    /* the groups of the word's PER columns, 16-byte loads (p * PER ints from a 256-byte aligned array) */
+                    int groups[PER];
+#pragma unroll
+                    for (int m = 0; m < PER / 4; m++) {
+                        int4 g4 = reinterpret_cast<const int4 *>(gIdx + p * PER)[m];
+                        groups[4 * m] = g4.x;
+                        groups[4 * m + 1] = g4.y;
+                        groups[4 * m + 2] = g4.z;
+                        groups[4 * m + 3] = g4.w;
+                    }
+                    /* a group's zero and scale read once for its run of columns (without act-order, usually the whole word) */
+                    int group = groups[0];
+                    long long kk = (long long)group * rows + row;
+                    int z = zeros[kk];
+                    float sc = scales[kk];
                     uint32_t bits[PER];
 #pragma unroll
                     for (int j = 0; j < PER; j++) {
-                        long long kk = (long long)gIdx[p * PER + j] * rows + row;
-                        bits[j] = packed_bits<FMT>((int)((word >> (j * BITS)) & mask), zeros[kk], scales[kk]);
+                        if (groups[j] != group) {
+                            group = groups[j];
+                            kk = (long long)group * rows + row;
+                            z = zeros[kk];
+                            sc = scales[kk];
+                        }
+                        bits[j] = packed_bits<FMT>((int)((word >> (j * BITS)) & mask), z, sc);
                     }
                     const int NW = PER * (int)sizeof(T) / 4;
                     uint32_t w[NW];
@@ -238,8 +258,8 @@ __device__ __forceinline__ void gptq_tiles(const uint32_t *__restrict__ words, l
  * gptq_dequant_{bf16,f16,f32}(words, rowCount, cols, row0, rows, bits, zeros, scales, gIdx, out)
  *   A GPTQ block (words gathered as gptq_tiles says) to D. zeros and scales: every (group, row)
  *   of the weight, [groups, rows] (zeros decoded: v1's stored zero - 1 already corrected); gIdx:
- *   the group of every input column. bits 2, 4 or 8; cols a multiple of 32 / bits; out 16-byte
- *   aligned. Launch: 32 x 8 threads, grid (ceil(rowCount / 32), ceil(cols / (32 / bits) / 32))
+ *   the group of every input column, 16-byte aligned. bits 2, 4 or 8; cols a multiple of 32 / bits;
+ *   out 16-byte aligned. Launch: 32 x 8 threads, grid (ceil(rowCount / 32), ceil(cols / (32 / bits) / 32))
  *   (each at most 65535; a smaller grid strides).
  */
 #define LM_GPTQ_DEQUANT_KERNEL(NAME, FMT, T)                                                                           \
