@@ -122,7 +122,7 @@ public class CudaQuantBenchmark {
         values = new PinnedMemory((long) count * dequantized.sizeInBytes());
         merged = new PinnedMemory((long) count * out.sizeInBytes());
         // a limit of a whole weight: the device dequantizer of any layout
-        dequantizer = DeviceDequantizer.of(device, weight, Integer.MAX_VALUE);
+        dequantizer = DeviceDequantizer.of(device, weight, rows, cols, Integer.MAX_VALUE);
         long staged = dequantizer.stagedBytes(0, rows);
         ByteBuffer host = ByteBuffer.allocateDirect(Math.toIntExact(staged)).order(ByteOrder.LITTLE_ENDIAN);
         try (TensorSource.Bytes stored = TensorSource.dequantized(weight).readStored(0, rows * cols)) {

@@ -21,10 +21,10 @@ import org.loramerge.quant.QuantizedWeight;
 /**
  * A dense output tensor on the GPU (its low-rank terms, W in its own dtype or a quantized weight
  * dequantized on the device, {@link DeviceDequantizer}, the output in the same dtype or another).
- * Per block: W goes up (as it is, or as its stored codes), P = s·U·Vᵀ, the fused add-and-round and the exact settling of the
- * elements at a rounding boundary run on the worker's stream, and the block comes back into the
- * pipeline's page-locked buffer; the rare element the device could not settle exactly is settled
- * on the host. DoRA with row norms runs its own kernel, whose undecided elements all go to the host
+ * Per block: W goes up (as it is, or as its stored codes), P = s·U·Vᵀ, the fused add-and-round
+ * and the exact settling of the elements at a rounding boundary run on the worker's stream, and
+ * the block comes back into the pipeline's page-locked buffer; the rare element the device could
+ * not settle exactly is settled on the host. DoRA with row norms runs its own kernel, whose undecided elements all go to the host
  * (decimal arithmetic: a square root has no short exact form).
  *
  * <p>The terms fall into segments of rows ({@link #segments}): terms on the same rows (several
@@ -65,7 +65,7 @@ final class CudaTensorMerge implements TensorMerge {
             }
             QuantizedWeight q = job.out().source().quantized();
             if (q != null) {
-                dequantizer = DeviceDequantizer.of(device, q, device.blockBytes());
+                dequantizer = DeviceDequantizer.of(device, q, job.rows(), job.cols(), device.blockBytes());
             }
             if (job.doraAxis() != null) {
                 m = DeviceFactors.upload(device.pool(), job.magnitude());

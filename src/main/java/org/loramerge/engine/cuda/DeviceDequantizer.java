@@ -18,7 +18,7 @@ import org.loramerge.quant.QuantizedWeight;
  * A quantized base weight dequantized on the device, one strategy per layout: what the weight
  * needs whole (the decoded absmax of NF4/FP4, FP8 scales, int8 row scales, GPTQ/AWQ zero points,
  * scales and g_idx) goes up once when the merge opens; per row block, the stored codes the
- * pipeline read ({@link org.loramerge.plan.TensorSource.Form#STORED}) are staged into page-locked
+ * pipeline read (TensorSource.Form.STORED) are staged into page-locked
  * memory as the kernel reads them ({@link #stage}), go up, and the layout's kernel writes W in the
  * weight's dequantized dtype ({@link #dequantize}), bit for bit what its CPU codec writes
  * (QuantizedWeight#dequantizeTo). Every layout loramerge reads has one; a weight whose worst row
@@ -32,22 +32,27 @@ public abstract class DeviceDequantizer implements AutoCloseable {
     private final DeviceMemory[] uploads;
     private boolean closed;
 
-    private DeviceDequantizer(QuantizedWeight w, DeviceMemory... uploads) {
+    private DeviceDequantizer(QuantizedWeight w, long rows, long cols, DeviceMemory... uploads) {
         this.format = FloatFormat.of(w.dtype());
-        this.rows = w.shape()[0];
-        this.cols = w.numElements() / rows;
+        this.rows = rows;
+        this.cols = cols;
         this.uploads = uploads;
     }
 
     /**
-     * The device dequantizer of {@code w}, with what it needs uploaded; null when the weight
-     * should be read as values on the host: a kind without kernels, or a row block of up to
-     * {@code blockBytes} of W (the pipeline's blocks, and the worker's buffers) whose staged codes
-     * could exceed {@code blockBytes} (an AWQ weight of very long rows: its blocks stage whole
-     * words of 8 rows).
+     * The device dequantizer of {@code w} seen as the matrix {@code [rows, cols]} the merge walks in
+     * row blocks (TensorJob's rows and cols), with what it needs uploaded; null when the weight
+     * should be read as values on the host: a kind without kernels, a view other than an FP8,
+     * 8-bit, GPTQ or AWQ weight's own [out, in] (a 4-bit weight is read flattened, any view), or a
+     * row block of up to {@code blockBytes} of W (the pipeline's blocks, and the worker's buffers)
+     * whose staged codes could exceed {@code blockBytes} (an AWQ weight of very long rows: its
+     * blocks stage whole words of 8 rows).
      */
-    public static DeviceDequantizer of(CudaDevice device, QuantizedWeight w, int blockBytes) throws IOException {
-        DeviceDequantizer d = create(device, w);
+    public static DeviceDequantizer of(CudaDevice device, QuantizedWeight w, long rows, long cols, int blockBytes) throws IOException {
+        if (rows <= 0 || cols <= 0 || rows * cols != w.numElements()) {
+            throw new IllegalArgumentException(w.weightName() + " is not a [" + rows + ", " + cols + "] matrix");
+        }
+        DeviceDequantizer d = create(device, w, rows, cols);
         if (d == null) {
             return null;
         }
@@ -60,24 +65,24 @@ public abstract class DeviceDequantizer implements AutoCloseable {
         return d;
     }
 
-    private static DeviceDequantizer create(CudaDevice device, QuantizedWeight w) throws IOException {
-        if (w.shape().length != 2 || w.numElements() == 0) {
-            return null;
-        }
+    private static DeviceDequantizer create(CudaDevice device, QuantizedWeight w, long rows, long cols) throws IOException {
         DevicePool pool = device.pool();
         if (w instanceof Nf4Weight) {
             Nf4Weight nf4 = (Nf4Weight) w;
             try (CudaStream s = new CudaStream()) {
-                return new FourBit(device, nf4, device.nf4().decodedAbsmax(pool, s, nf4.decoder()));
+                return new FourBit(device, nf4, rows, cols, device.nf4().decodedAbsmax(pool, s, nf4.decoder()));
             }
+        }
+        if (w.shape().length != 2 || w.shape()[0] != rows || w.shape()[1] != cols) {
+            return null; // the kernels below index the weight's own [out, in]
         }
         if (w instanceof Fp8Weight) {
             Fp8Weight f = (Fp8Weight) w;
-            return new Fp8(device, f, upload(pool, f.scales()));
+            return new Fp8(device, f, rows, cols, upload(pool, f.scales()));
         }
         if (w instanceof BnbInt8Format.Int8Weight) {
             BnbInt8Format.Int8Weight i = (BnbInt8Format.Int8Weight) w;
-            return new Int8(device, i, upload(pool, i.rowScales()));
+            return new Int8(device, i, rows, cols, upload(pool, i.rowScales()));
         }
         if (w instanceof PackedIntWeight) {
             PackedIntWeight p = (PackedIntWeight) w;
@@ -85,7 +90,7 @@ public abstract class DeviceDequantizer implements AutoCloseable {
             DeviceMemory scales = null;
             try {
                 scales = upload(pool, p.scales());
-                return new PackedInt(device, p, zeros, scales, upload(pool, p.groupOfColumn()));
+                return new PackedInt(device, p, rows, cols, zeros, scales, upload(pool, p.groupOfColumn()));
             } catch (RuntimeException e) {
                 zeros.close();
                 if (scales != null) {
@@ -152,8 +157,8 @@ public abstract class DeviceDequantizer implements AutoCloseable {
         private final Nf4Weight weight;
         private final DeviceMemory absmax;
 
-        FourBit(CudaDevice device, Nf4Weight weight, DeviceMemory absmax) {
-            super(weight, absmax);
+        FourBit(CudaDevice device, Nf4Weight weight, long rows, long cols, DeviceMemory absmax) {
+            super(weight, rows, cols, absmax);
             this.device = device;
             this.weight = weight;
             this.absmax = absmax;
@@ -192,8 +197,8 @@ public abstract class DeviceDequantizer implements AutoCloseable {
         private final long blockCols;
         private final long scaleCols;
 
-        Fp8(CudaDevice device, Fp8Weight weight, DeviceMemory scales) {
-            super(weight, scales);
+        Fp8(CudaDevice device, Fp8Weight weight, long rows, long cols, DeviceMemory scales) {
+            super(weight, rows, cols, scales);
             this.device = device;
             this.weight = weight;
             this.scales = scales;
@@ -244,8 +249,8 @@ public abstract class DeviceDequantizer implements AutoCloseable {
         private final CudaDevice device;
         private final DeviceMemory scb;
 
-        Int8(CudaDevice device, BnbInt8Format.Int8Weight weight, DeviceMemory scb) {
-            super(weight, scb);
+        Int8(CudaDevice device, BnbInt8Format.Int8Weight weight, long rows, long cols, DeviceMemory scb) {
+            super(weight, rows, cols, scb);
             this.device = device;
             this.scb = scb;
         }
@@ -279,8 +284,9 @@ public abstract class DeviceDequantizer implements AutoCloseable {
         private final DeviceMemory scales;
         private final DeviceMemory groups;
 
-        PackedInt(CudaDevice device, PackedIntWeight weight, DeviceMemory zeros, DeviceMemory scales, DeviceMemory groups) {
-            super(weight, zeros, scales, groups);
+        PackedInt(CudaDevice device, PackedIntWeight weight, long rows, long cols, DeviceMemory zeros, DeviceMemory scales,
+                  DeviceMemory groups) {
+            super(weight, rows, cols, zeros, scales, groups);
             this.device = device;
             this.weight = weight;
             this.zeros = zeros;

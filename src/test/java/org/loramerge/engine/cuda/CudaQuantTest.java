@@ -89,7 +89,7 @@ class CudaQuantTest {
             int size = w.dtype().sizeInBytes();
             ByteBuffer expected = ByteBuffer.allocate(rows * cols * size).order(ByteOrder.LITTLE_ENDIAN);
             w.dequantizeTo(0, rows * cols, expected);
-            try (DeviceDequantizer d = DeviceDequantizer.of(cuda.device(), w, cuda.device().blockBytes())) {
+            try (DeviceDequantizer d = DeviceDequantizer.of(cuda.device(), w, rows, cols, cuda.device().blockBytes())) {
                 assertNotNull(d, spec + " has no device dequantizer");
                 for (int block : new int[] {rows, 7, 1}) {
                     for (int row0 = 0; row0 < rows; row0 += block) {
