@@ -126,8 +126,9 @@ class CudaQuantTest {
     static Stream<Arguments> merges() {
         List<Arguments> out = new ArrayList<>();
         for (RandomQuantizedWeights.Spec spec : RandomQuantizedWeights.specs()) {
-            // blocks of 1000 bytes: row blocks of a few rows, most of them starting inside an AWQ word of 8 rows
-            out.add(Arguments.of(spec, spec.kind().startsWith("gptq") || spec.kind().equals("awq") ? QuantTarget.F16 : QuantTarget.BF16, 1000));
+            // blocks of 7 rows of F32 (14 of 16-bit values): most of them start inside an AWQ word of 8 rows
+            out.add(Arguments.of(spec, spec.kind().startsWith("gptq") || spec.kind().equals("awq") ? QuantTarget.F16 : QuantTarget.BF16,
+                    7 * spec.cols() * 4));
         }
         out.add(Arguments.of(RandomQuantizedWeights.specs().get(0), QuantTarget.F32, 1 << 20));
         return out.stream();
