@@ -6,6 +6,7 @@ import jcuda.Pointer;
 import jcuda.Sizeof;
 import jcuda.runtime.JCuda;
 import jcuda.runtime.cudaMemcpyKind;
+import jcuda.runtime.cudaStream_t;
 import org.loramerge.format.DType;
 import org.loramerge.format.FloatFormat;
 import org.loramerge.quant.BnbInt8Format;
@@ -56,6 +57,9 @@ public abstract class DeviceDequantizer implements AutoCloseable {
         if (d == null) {
             return null;
         }
+        // the uploads are copies from pageable memory on the legacy stream, which may return before their DMA lands;
+        // the workers' streams (non-blocking) that run the kernels do not wait for that stream
+        JCuda.cudaStreamSynchronize(new cudaStream_t());
         long rowBytes = d.cols * d.format.sizeInBytes();
         long maxRows = Math.max(1, Math.min(d.rows, blockBytes / rowBytes));
         if (d.maxStagedBytes(maxRows) > blockBytes) {
