@@ -19,9 +19,7 @@
  * byte, element 2k in the high nibble, an odd count padded with the code of a 0.0 element of the
  * last block (7, NF4's 0.0, or 0 when that block is all zeros: 0 * inf).
  */
-#include <cuda_fp16.h>
-
-#include "rounding.cuh"
+#include "floats.cuh"
 
 #define NESTED_BLOCKSIZE 256
 
@@ -45,6 +43,12 @@
 
 __constant__ float kNf4[16] = {NF4_V0, NF4_V1, NF4_V2,  NF4_V3,  NF4_V4,  NF4_V5,  NF4_V6,  NF4_V7,
                                NF4_V8, NF4_V9, NF4_V10, NF4_V11, NF4_V12, NF4_V13, NF4_V14, NF4_V15};
+
+/* bitsandbytes FP4, codes 0..15 (FourBitCode.FP4): the magnitudes of the kernel's fp4_dequantization_lut
+ * literals as fp32 (0.005208333333f, 0.66666667f, 1.0f, 0.33333333f, 0.5f, 0.16666667f, 0.25f), bit 3
+ * the sign; code 8 is -0.0. */
+__constant__ float kFp4[16] = {0.0f,  0x1.555556p-8f,  0x1.555556p-1f,  1.0f,  0x1.555556p-2f,  0.5f,  0x1.555556p-3f,  0.25f,
+                               -0.0f, -0x1.555556p-8f, -0x1.555556p-1f, -1.0f, -0x1.555556p-2f, -0.5f, -0x1.555556p-3f, -0.25f};
 
 /* Decision thresholds: dQuantizeNF4's float literals as nvcc parses them (Nf4Codec.THRESHOLDS);
  * four of them (0|1, 8|9, 12|13, 14|15) are one ulp from the fp32 nearest the midpoint. */
@@ -116,6 +120,13 @@ __device__ __forceinline__ void nf4_load_tables(float *values, float *thresholds
     __syncthreads();
 }
 
+/* The values of the 16 codes of a code book (NF4, or FP4 when FP4) into shared memory. Every thread of the block must call this. */
+template <bool FP4>
+__device__ __forceinline__ void fourbit_load_values(float *values) {
+    if (threadIdx.x < 16) values[threadIdx.x] = FP4 ? kFp4[threadIdx.x] : kNf4[threadIdx.x];
+    __syncthreads();
+}
+
 /* How many thresholds lie strictly below x: a value on a threshold takes the lower code, NaN code 0. */
 __device__ __forceinline__ int nf4_encode(const float *thr, float x) {
     int c = x > thr[7] ? 8 : 0;
@@ -130,34 +141,10 @@ __device__ __forceinline__ int nf4_code_at(const unsigned char *packed, long lon
     return (e & 1) ? (int)(b & 15u) : (int)(b >> 4);
 }
 
-/*
- * An fp32 value rounded once, to nearest even, to D's bits. BF16: the carry trick on the bits
- * (exact for every finite float, subnormals and overflow to Inf included); F16: cvt.rn.f16.f32,
- * IEEE round-to-nearest-even; non-finite values through rounding.cuh.
- */
-template <int FMT>
-__device__ __forceinline__ uint32_t round_float(float v) {
-    if (FMT == LM_F32) return __float_as_uint(v);
-    if (!isfinite(v)) return lm_round_bits((double)v, FMT);
-    if (FMT == LM_BF16) {
-        uint32_t b = __float_as_uint(v);
-        return (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
-    }
-    return (uint32_t)__half_as_ushort(__float2half_rn(v));
-}
-
 /* The D bits of mul.ftz(NF4[code], scale), rounded once to D: what dequantize_4bit returns. */
 template <int FMT>
 __device__ __forceinline__ uint32_t nf4_dequant_bits(const float *values, int code, float scale) {
     return round_float<FMT>(bnb_mul(values[code], scale));
-}
-
-/* D bits to fp32, exactly. */
-template <int FMT>
-__device__ __forceinline__ float widen_to_float(uint32_t bits) {
-    if (FMT == LM_BF16) return __uint_as_float(bits << 16);
-    if (FMT == LM_F16) return __half2float(__ushort_as_half((unsigned short)bits));
-    return __uint_as_float(bits);
 }
 
 /* xor-reductions over groups of g adjacent lanes (g a power of two <= 32): every lane gets its group's result */
@@ -222,17 +209,19 @@ extern "C" __global__ void nf4_decode_absmax(const unsigned char *__restrict__ c
 
 /*
  * nf4_dequant_{bf16,f16,f32}(packed, first, count, absmax, blocksize, out)
+ * fp4_dequant_{bf16,f16,f32}: the same for an FP4 weight (bitsandbytes' other 4-bit code book,
+ *   stored the same way), mul.ftz(FP4[code], absmax) rounded once to D.
  *   Elements [first, first + count) of a weight: packed holds its bytes from first / 2 on,
  *   absmax the decoded absmax of EVERY block of the weight (index e / blocksize).
  *   out[i] = D bits of element first + i. When first is a multiple of 8 (every row block of a
  *   Linear weight) each thread turns one 4-byte word of codes into 8 values with one 16-byte
  *   store (32 for F32); otherwise element by element. Grid-stride.
  */
-template <int FMT, typename T>
+template <int FMT, typename T, bool FP4>
 __device__ __forceinline__ void nf4_dequant(const unsigned char *__restrict__ packed, long long first, long long count,
                                             const float *__restrict__ absmax, long long blocksize, T *__restrict__ out) {
-    __shared__ float sVal[16], sThr[16];
-    nf4_load_tables(sVal, sThr);
+    __shared__ float sVal[16];
+    fourbit_load_values<FP4>(sVal);
     int shift = __ffsll(blocksize) - 1; /* blocksizes are powers of two */
     long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long threads = (long long)gridDim.x * blockDim.x;
@@ -267,14 +256,17 @@ __device__ __forceinline__ void nf4_dequant(const unsigned char *__restrict__ pa
     }
 }
 
-#define LM_NF4_DEQUANT_KERNEL(NAME, FMT, T)                                                                 \
+#define LM_NF4_DEQUANT_KERNEL(NAME, FMT, T, FP4)                                                            \
     extern "C" __global__ void NAME(const unsigned char *__restrict__ packed, long long first, long long count, \
                                     const float *__restrict__ absmax, long long blocksize, T *__restrict__ out) { \
-        nf4_dequant<FMT, T>(packed, first, count, absmax, blocksize, out);                                  \
+        nf4_dequant<FMT, T, FP4>(packed, first, count, absmax, blocksize, out);                             \
     }
-LM_NF4_DEQUANT_KERNEL(nf4_dequant_bf16, LM_BF16, unsigned short)
-LM_NF4_DEQUANT_KERNEL(nf4_dequant_f16, LM_F16, unsigned short)
-LM_NF4_DEQUANT_KERNEL(nf4_dequant_f32, LM_F32, unsigned int)
+LM_NF4_DEQUANT_KERNEL(nf4_dequant_bf16, LM_BF16, unsigned short, false)
+LM_NF4_DEQUANT_KERNEL(nf4_dequant_f16, LM_F16, unsigned short, false)
+LM_NF4_DEQUANT_KERNEL(nf4_dequant_f32, LM_F32, unsigned int, false)
+LM_NF4_DEQUANT_KERNEL(fp4_dequant_bf16, LM_BF16, unsigned short, true)
+LM_NF4_DEQUANT_KERNEL(fp4_dequant_f16, LM_F16, unsigned short, true)
+LM_NF4_DEQUANT_KERNEL(fp4_dequant_f32, LM_F32, unsigned int, true)
 
 /*
  * Blockwise quantization by groups of G lanes, G = min(32, blocksize / 8): each group takes one

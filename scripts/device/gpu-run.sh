@@ -105,8 +105,9 @@ device)
       jmh nf4 'CudaNf4Benchmark|CudaCopyBenchmark.deviceToDevice'
       ;;
     benchquant)
-      # a streaming block of each other quantized format (no device kernels: the host codec, the device merge of the block, the
-      # requantizing codec), beside the copies; one fork and short iterations (15 cases, about 2.5 minutes)
+      # each other quantized format: its device dequantization kernel over a whole weight, a streaming block merged on the device
+      # (stored codes up), the host codec and the requantizing codec for comparison, beside the copies; one fork and short
+      # iterations (20 cases, about 3 minutes)
       jmh quant 'CudaQuantBenchmark|CudaCopyBenchmark' -f 1 -wi 2 -i 3 -w 500ms -r 500ms
       ;;
     benchexact)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuilds the committed native outputs and copies them into the resources:
-#   src/main/resources/org/loramerge/kernels/{round,nf4,combine,extract}.fatbin
+#   src/main/resources/org/loramerge/kernels/{round,nf4,combine,extract,quant}.fatbin
 #   src/main/resources/org/loramerge/native/linux-x86_64/libcublas.so.12
 # First regenerates the forwarder's symbol list and version script (native/) from the
 # jcublas-natives jar, when it is in ~/.m2. Commit what changes; scripts/native/check-generated.sh

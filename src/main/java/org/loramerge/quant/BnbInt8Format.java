@@ -276,7 +276,7 @@ public final class BnbInt8Format implements WeightFormat {
     }
 
     /** One 8-bit weight: its codes, mapped when read, and its row scales. */
-    static final class Int8Weight implements QuantizedWeight {
+    public static final class Int8Weight implements QuantizedWeight {
         private final String weightName;
         private final SafetensorsFile file;
         private final TensorInfo codes;
@@ -363,12 +363,17 @@ public final class BnbInt8Format implements WeightFormat {
             return new Int8Output(this);
         }
 
-        long rows() {
+        public long rows() {
             return codes.dim(0);
         }
 
-        long cols() {
+        public long cols() {
             return codes.dim(1);
+        }
+
+        /** Each row's SCB (its absmax), fp32. */
+        public float[] rowScales() {
+            return rowScales.clone();
         }
 
         @Override

@@ -150,6 +150,18 @@ public final class DoubleQuant {
         return offset;
     }
 
+    /**
+     * {@link #requireFiniteOffset} of a merged weight requantized to 4-bit, with {@link #MERGE_REMEDY}:
+     * the one check of both engines (Nf4Requantizer on the CPU, the GPU engine's requantization), so
+     * that either refuses such a weight with the same typed error. {@code weightName} and
+     * {@code path} name the base weight and its file.
+     *
+     * @throws QuantException {@link QuantException.Reason#NON_FINITE}
+     */
+    public static float requireFiniteMergedOffset(float offset, long count, Path path, String weightName) throws QuantException {
+        return requireFiniteOffset(offset, count, path, weightName, MERGE_REMEDY);
+    }
+
     /** The fp32 nearest to {@code num / den} (den > 0), ties to even; no double rounding. */
     static float roundToFloat(BigInteger num, BigInteger den) {
         int sign = num.signum();

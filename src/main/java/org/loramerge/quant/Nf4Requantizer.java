@@ -162,11 +162,11 @@ public final class Nf4Requantizer implements Requantizer {
     public void finish() throws QuantException {
         if (base.isDoubleQuant()) {
             DoubleQuant.Result dq = DoubleQuant.quantize(absmax, numBlocks);
-            DoubleQuant.requireFiniteOffset(dq.offset(), numBlocks, path, weightName, DoubleQuant.MERGE_REMEDY);
+            DoubleQuant.requireFiniteMergedOffset(dq.offset(), numBlocks, path, weightName);
             doubleQuantized = dq;
             DoubleQuant.Result dqBase = DoubleQuant.quantize(absmaxBase, numBlocks);
             // the base's requantization only measures what survives of the change: an infinite offset would make that NaN
-            DoubleQuant.requireFiniteOffset(dqBase.offset(), numBlocks, path, weightName, DoubleQuant.MERGE_REMEDY);
+            DoubleQuant.requireFiniteMergedOffset(dqBase.offset(), numBlocks, path, weightName);
             outputState = base.withNested(new QuantState.Nested(DoubleQuant.NESTED_BLOCKSIZE, dq.offset()));
             scale = decode(dq);
             scaleBase = decode(dqBase);

@@ -198,9 +198,91 @@ public final class PackedIntWeight implements QuantizedWeight {
         }
     }
 
+    /**
+     * The qweight words that hold rows {@code [row0, row0 + rowCount)} lie in one span of the
+     * tensor: GPTQ words {@code (p, o)} for every packed row p and o in the rows, AWQ words
+     * {@code (i, w)} for every input column i and the word columns w of the rows. For whole rows
+     * ({@code firstElement} and {@code count} multiples of the row length): the span from the
+     * first such word to the last, memory-mapped; {@link #gatherRowWords} takes the block's words
+     * out of it.
+     */
     @Override
     public MappedRegion storedCodes(long firstElement, int count) throws IOException {
-        throw new UnsupportedOperationException(weightName + ": " + describe() + " has no device kernels; its values are read on the CPU");
+        if (firstElement < 0 || count <= 0 || firstElement % cols != 0 || count % cols != 0 || firstElement + count > numElements()) {
+            throw new IllegalArgumentException("elements [" + firstElement + ", +" + count + ") are not whole rows of " + weightName);
+        }
+        long row0 = firstElement / cols;
+        long rowCount = count / cols;
+        long first = firstWordOf(row0);
+        long last = packing == Packing.AWQ_GEMM ? (cols - 1) * (rows / 8) + (row0 + rowCount - 1) / 8
+                : (cols / (32 / bits) - 1) * rows + row0 + rowCount - 1;
+        return qweight.file().map(qweight.info(), first * 4, (last - first + 1) * 4);
+    }
+
+    /** The index in qweight of the first word {@link #storedCodes} maps for rows from row0. */
+    private long firstWordOf(long row0) {
+        return packing == Packing.AWQ_GEMM ? row0 / 8 : row0;
+    }
+
+    /**
+     * The number of qweight words a row block takes once gathered ({@link #gatherRowWords}): GPTQ
+     * {@code in / (32 / bits)} packed rows of rowCount words; AWQ {@code in} columns of the word
+     * columns {@code [row0 / 8, ceil((row0 + rowCount) / 8))}.
+     */
+    public long rowWords(long row0, int rowCount) {
+        if (packing == Packing.AWQ_GEMM) {
+            return cols * ((row0 + rowCount + 7) / 8 - row0 / 8);
+        }
+        return cols / (32 / bits) * rowCount;
+    }
+
+    /**
+     * Gathers the words of rows {@code [row0, row0 + rowCount)} from {@code stored} (what
+     * {@link #storedCodes} mapped for them, positioned at 0) into {@code dst} from its position 0,
+     * little-endian: GPTQ as {@code [in / (32 / bits), rowCount]}, AWQ as {@code [in, wordCols]}
+     * (the layouts kernels/quant.cu's gptq_dequant and awq_dequant read).
+     */
+    public void gatherRowWords(ByteBuffer stored, long row0, int rowCount, ByteBuffer dst) {
+        long spanRows; // runs of contiguous words, one per packed row (GPTQ) or input column (AWQ)
+        long run;
+        long stride;
+        if (packing == Packing.AWQ_GEMM) {
+            spanRows = cols;
+            run = (row0 + rowCount + 7) / 8 - row0 / 8;
+            stride = rows / 8;
+        } else {
+            spanRows = cols / (32 / bits);
+            run = rowCount;
+            stride = rows;
+        }
+        int runBytes = Math.toIntExact(run * 4);
+        for (long k = 0; k < spanRows; k++) {
+            int from = Math.toIntExact(k * stride * 4);
+            dst.put(Math.toIntExact(k * runBytes), stored, from, runBytes);
+        }
+    }
+
+    public long rows() {
+        return rows;
+    }
+
+    public long cols() {
+        return cols;
+    }
+
+    /** The decoded zero point of every (group, row), {@code [groups · rows]} (GPTQ v1's stored zero − 1 corrected). */
+    public int[] zeros() {
+        return zeros.clone();
+    }
+
+    /** The scale of every (group, row), {@code [groups · rows]}, decoded from {@link #dtype()}. */
+    public float[] scales() {
+        return scales.clone();
+    }
+
+    /** The group of every input column ({@code g_idx}, or {@code i / group_size}). */
+    public int[] groupOfColumn() {
+        return groupOfColumn.clone();
     }
 
     @Override

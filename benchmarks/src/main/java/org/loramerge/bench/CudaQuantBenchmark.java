@@ -10,12 +10,17 @@ import java.util.List;
 import java.util.Map;
 import java.util.SplittableRandom;
 import java.util.concurrent.TimeUnit;
+import jcuda.Pointer;
+import jcuda.runtime.JCuda;
+import jcuda.runtime.cudaMemcpyKind;
 import org.loramerge.api.LoraMerge;
 import org.loramerge.api.QuantizeOptions;
 import org.loramerge.engine.Backend;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.cuda.CudaDevice;
+import org.loramerge.engine.cuda.DeviceDequantizer;
 import org.loramerge.engine.cuda.DeviceFactors;
+import org.loramerge.engine.cuda.DeviceMemory;
 import org.loramerge.engine.cuda.DeviceWorker;
 import org.loramerge.engine.cuda.PinnedMemory;
 import org.loramerge.format.Checkpoint;
@@ -23,6 +28,7 @@ import org.loramerge.format.DType;
 import org.loramerge.format.FloatFormat;
 import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.SafetensorsWriter;
+import org.loramerge.plan.TensorSource;
 import org.loramerge.quant.Nf4Output;
 import org.loramerge.quant.QuantizedWeight;
 import org.loramerge.quant.Requantizer;
@@ -33,6 +39,7 @@ import org.openjdk.jmh.annotations.Fork;
 import org.openjdk.jmh.annotations.Level;
 import org.openjdk.jmh.annotations.Measurement;
 import org.openjdk.jmh.annotations.Mode;
+import org.openjdk.jmh.annotations.OperationsPerInvocation;
 import org.openjdk.jmh.annotations.OutputTimeUnit;
 import org.openjdk.jmh.annotations.Param;
 import org.openjdk.jmh.annotations.Scope;
@@ -42,20 +49,22 @@ import org.openjdk.jmh.annotations.TearDown;
 import org.openjdk.jmh.annotations.Warmup;
 
 /**
- * One streaming block of a quantized weight in each format besides NF4 (bitsandbytes FP4 and
- * LLM.int8, transformers' fine-grained FP8, GPTQ, AWQ), as the GPU engine merges it today. These
- * formats have no device kernels: the pipeline dequantizes a block on the host with the format's
- * codec ({@link QuantizedWeight#dequantizeTo}), the block goes up as dense values and the device
- * merges it ({@code CudaBackend.onGpu}); a requantizing merge ({@code --to fp4|int8|fp8}, and
- * {@code --to nf4} from GPTQ/AWQ) runs on the CPU engine ({@code CudaBackend.openRequantization}).
- * So the figures here are the host codec's, one thread, beside the device's part of the same block
- * and {@link CudaCopyBenchmark} run beside them: what a device kernel would have to replace.
+ * A quantized weight in each format besides NF4 (bitsandbytes FP4 and LLM.int8, transformers'
+ * fine-grained FP8, GPTQ, AWQ) on the GPU engine: the device dequantization kernel of the format
+ * ({@link DeviceDequantizer}, kernels/quant.cu; FP4 in kernels/nf4.cu) over the whole weight with
+ * its codes already on the device ({@link #dequantizeOnDevice}, to compare with
+ * {@link CudaCopyBenchmark#deviceToDevice} run beside it), and one streaming block as the engine
+ * merges it ({@link #mergeBlockToBf16}: stored codes staged, uploaded, dequantized, merged). For
+ * comparison, the format's host codec on the same block ({@link #dequantizeOnHost}), which the
+ * engine used before these kernels, and the requantizing codec a {@code --to fp4|int8|fp8} (and
+ * {@code --to nf4} from GPTQ/AWQ) merge still runs on the CPU ({@code CudaBackend.openRequantization}).
  *
  * <p>Each format's weight is {@code shape} ({@code [out, in]}) with random codes and scales written
  * straight into its layout (FP4 by {@link LoraMerge#quantize} from random BF16 values, with double
  * quantization); the block is its first {@code blockRows} rows. {@link JmhTable} gives GB/s of W counted as BF16 (2 bytes
- * an element, as for the NF4 benchmarks), whatever the dtype the format dequantizes to (F32 for
- * int8, F16 for GPTQ and AWQ, BF16 for FP8 and FP4).
+ * an element, as for the NF4 benchmarks: the 16-bit output a kernel writes), whatever the dtype the
+ * format dequantizes to (F32 for int8, which so writes twice that; F16 for GPTQ and AWQ, BF16 for
+ * FP8 and FP4), of the block, or of the whole weight for {@link #dequantizeOnDevice}.
  */
 @State(Scope.Benchmark)
 @BenchmarkMode(Mode.AverageTime)
@@ -98,6 +107,11 @@ public class CudaQuantBenchmark {
     private ByteBuffer baseBlock;
     private ByteBuffer mergedBlock;
     private double[] delta;
+    private DeviceDequantizer dequantizer;
+    /** The whole weight's codes, staged as the kernel reads them, on the device. */
+    private DeviceMemory stagedWeight;
+    /** The whole weight dequantized. */
+    private DeviceMemory dequantizedWeight;
 
     @Setup(Level.Trial)
     public void setUp() throws Exception {
@@ -107,6 +121,16 @@ public class CudaQuantBenchmark {
         factors = new DeviceFactors(job.terms().get(0), null);
         values = new PinnedMemory((long) count * dequantized.sizeInBytes());
         merged = new PinnedMemory((long) count * out.sizeInBytes());
+        // a limit of a whole weight: the device dequantizer of any layout
+        dequantizer = DeviceDequantizer.of(device, weight, rows, cols, Integer.MAX_VALUE);
+        long staged = dequantizer.stagedBytes(0, rows);
+        ByteBuffer host = ByteBuffer.allocateDirect(Math.toIntExact(staged)).order(ByteOrder.LITTLE_ENDIAN);
+        try (TensorSource.Bytes stored = TensorSource.dequantized(weight).readStored(0, rows * cols)) {
+            dequantizer.stage(stored.bytes(), 0, rows, host);
+        }
+        stagedWeight = new DeviceMemory(staged);
+        dequantizedWeight = new DeviceMemory((long) rows * cols * dequantized.sizeInBytes());
+        JCuda.cudaMemcpy(stagedWeight.pointer(), Pointer.to(host), staged, cudaMemcpyKind.cudaMemcpyHostToDevice);
     }
 
     /** The weight, its merge job and the requantizer's inputs: everything but the device (so it can be tried where none is). */
@@ -157,16 +181,36 @@ public class CudaQuantBenchmark {
         return b;
     }
 
+    /*
+     * The kernel runs REPEAT times back to back per invocation and the time is per run
+     * (@OperationsPerInvocation): the device's throughput, without the host's launch-and-wait round
+     * trip, which the pipeline hides behind its other streams.
+     */
+    static final int REPEAT = 10;
+
+    /**
+     * The format's device kernel over the whole weight, its codes already on the device: reads
+     * the codes (and the scales, zeros, g_idx it indexes), writes W in the dequantized dtype.
+     */
+    @Benchmark
+    @OperationsPerInvocation(REPEAT)
+    public void dequantizeOnDevice() {
+        for (int i = 0; i < REPEAT; i++) {
+            dequantizer.dequantize(worker.stream(), stagedWeight.pointer(), 0, rows, dequantizedWeight.pointer());
+        }
+        worker.stream().synchronize();
+    }
+
     /**
      * A block of {@code merge --to bf16} as the GPU engine runs it for this format, one thread:
-     * dequantized on the host into page-locked memory, uploaded, merged and rounded exactly on the
-     * device, the BF16 result downloaded.
+     * its stored codes mapped and staged into page-locked memory, uploaded and dequantized on the
+     * device, merged and rounded exactly there, the BF16 result downloaded.
      */
     @Benchmark
     public void mergeBlockToBf16() throws IOException {
-        ByteBuffer b = values.buffer().order(ByteOrder.LITTLE_ENDIAN);
-        weight.dequantizeTo(0, count, b);
-        worker.loadPinned(b, (long) count * dequantized.sizeInBytes());
+        try (TensorSource.Bytes stored = TensorSource.dequantized(weight).readStored(0, count)) {
+            worker.loadStored(dequantizer, stored.bytes(), 0, blockRows);
+        }
         worker.mergeRoundExactly(factors, dequantized, out, 0, blockRows, cols, job.boundK());
         worker.copyOutputTo(merged.buffer(), (long) count * out.sizeInBytes());
         worker.synchronize();
@@ -183,6 +227,9 @@ public class CudaQuantBenchmark {
     public void tearDown() throws Exception {
         values.close();
         merged.close();
+        stagedWeight.close();
+        dequantizedWeight.close();
+        dequantizer.close();
         factors.close();
         device.close();
         checkpoint.close();

@@ -36,7 +36,7 @@ import org.loramerge.plan.TermSpec;
  * engine's code ({@link HostSettle}), so the output is bit for bit the CPU engine's.
  *
  * <p>Tensors the GPU path does not cover (DoRA with column norms, token rows, bias terms, terms
- * whose rows overlap only in part, a quantized format without device kernels, the task-arithmetic
+ * whose rows overlap only in part, the task-arithmetic
  * family on a 4-bit base, across a dtype conversion or with more than eight adapters, and plain
  * dtype conversions without terms, which are memory copies) are merged by the CPU engine inside
  * this backend ({@link #onGpu}).
@@ -147,9 +147,11 @@ public final class CudaBackend implements Backend {
      * expert stack's terms, each on its expert's rows, one segment per expert), DoRA with row norms
      * (one term) or none, no token rows or bias term, converted to another dtype or not; or a dense
      * combination of the task-arithmetic family ({@link CudaDenseMerge#fits}). The source is dense,
-     * or NF4 (dequantized on the device; an NF4 output is requantized there too), or another
-     * quantized format, which the pipeline dequantizes on the CPU with the format's codec before
-     * the block goes up as dense values.
+     * or quantized: bitsandbytes NF4, FP4 and LLM.int8, FP8, GPTQ and AWQ weights go up as their
+     * stored codes and are dequantized on the device ({@link DeviceDequantizer}; an NF4 output is
+     * requantized there too), but an AWQ weight whose row blocks would stage more than a block
+     * (rows of about a tenth of the block size), which the pipeline dequantizes on the CPU with the
+     * format's codec before the block goes up as dense values.
      */
     static boolean onGpu(TensorJob job) {
         if (job.srcFormat() == null || job.dstFormat() == null || job.doraAxis() == DoraSpec.Axis.COLUMN || job.tokenValues() != null) {

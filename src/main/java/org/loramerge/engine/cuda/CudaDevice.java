@@ -36,6 +36,7 @@ public final class CudaDevice implements AutoCloseable {
     private CombineKernels combine;
     private ExtractKernels extract;
     private Nf4Kernels nf4;
+    private QuantKernels quant;
     private boolean closed;
 
     private CudaDevice(int ordinal, String name, String description, int blockBytes) {
@@ -116,6 +117,9 @@ public final class CudaDevice implements AutoCloseable {
             KernelModule nf4 = new KernelModule("nf4.fatbin");
             d.modules.add(nf4);
             d.nf4 = new Nf4Kernels(nf4);
+            KernelModule quant = new KernelModule("quant.fatbin");
+            d.modules.add(quant);
+            d.quant = new QuantKernels(quant);
             KernelModule combine = new KernelModule("combine.fatbin");
             d.modules.add(combine);
             d.combine = new CombineKernels(combine);
@@ -218,6 +222,11 @@ public final class CudaDevice implements AutoCloseable {
     /** The kernels of kernels/nf4.cu. */
     public Nf4Kernels nf4() {
         return nf4;
+    }
+
+    /** The kernels of kernels/quant.cu. */
+    public QuantKernels quant() {
+        return quant;
     }
 
     /** Waits for every worker's stream. */

@@ -22,6 +22,7 @@ import org.loramerge.quant.Nf4Tensor;
 import org.loramerge.quant.Nf4Weight;
 import org.loramerge.quant.QuantException;
 import org.loramerge.quant.QuantState;
+import org.loramerge.quant.QuantizedWeight;
 import org.loramerge.quant.Requantizer;
 
 import static org.loramerge.quant.QuantException.Reason.NON_FINITE;
@@ -201,7 +202,7 @@ final class CudaRequantization implements Requantization {
     }
 
     @Override
-    public Result finish() {
+    public Result finish() throws QuantException {
         Nf4Kernels k = device.nf4();
         int blocks = Math.toIntExact(numBlocks);
         long tiles = Nf4Kernels.tiles(numElements);
@@ -279,8 +280,12 @@ final class CudaRequantization implements Requantization {
         }
     }
 
-    /** DoubleQuant.quantize of {@code absmax} on the device, then DoubleQuant.decode of the result (waits for the stream). */
-    private DoubleQuantized doubleQuantize(CudaStream s, DeviceMemory absmax, DeviceMemory map) {
+    /**
+     * DoubleQuant.quantize of {@code absmax} on the device, then DoubleQuant.decode of the result
+     * (waits for the stream). An offset past fp32 is refused as the CPU engine refuses it
+     * ({@link DoubleQuant#requireFiniteMergedOffset}).
+     */
+    private DoubleQuantized doubleQuantize(CudaStream s, DeviceMemory absmax, DeviceMemory map) throws QuantException {
         Nf4Kernels k = device.nf4();
         float offset;
         try (DeviceMemory bucketSums = device.pool().take(512 * Sizeof.LONG)) {
@@ -291,6 +296,8 @@ final class CudaRequantization implements Requantization {
             JCuda.cudaMemcpy(Pointer.to(bucket), bucketSums.pointer(), 512 * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyDeviceToHost);
             offset = DoubleQuant.offsetOfSums(bucket, numBlocks);
         }
+        QuantizedWeight source = job.out().source().quantized();
+        DoubleQuant.requireFiniteMergedOffset(offset, numBlocks, source.file().path(), source.weightName());
         long nestedBlocks = (numBlocks + DoubleQuant.NESTED_BLOCKSIZE - 1) / DoubleQuant.NESTED_BLOCKSIZE;
         DeviceMemory codes = device.pool().take(numBlocks);
         DeviceMemory nested = device.pool().take(nestedBlocks * Sizeof.FLOAT);

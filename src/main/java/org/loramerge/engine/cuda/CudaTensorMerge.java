@@ -16,14 +16,15 @@ import org.loramerge.engine.cpu.CpuMerge;
 import org.loramerge.format.FloatFormat;
 import org.loramerge.plan.TensorSource;
 import org.loramerge.quant.Nf4Weight;
+import org.loramerge.quant.QuantizedWeight;
 
 /**
- * A dense output tensor on the GPU (its low-rank terms, W in its own dtype or an NF4 weight
- * dequantized on the device, the output in the same dtype or another). Per block: W goes up (as it
- * is, or as packed codes), P = s·U·Vᵀ, the fused add-and-round and the exact settling of the
- * elements at a rounding boundary run on the worker's stream, and the block comes back into the
- * pipeline's page-locked buffer; the rare element the device could not settle exactly is settled
- * on the host. DoRA with row norms runs its own kernel, whose undecided elements all go to the host
+ * A dense output tensor on the GPU (its low-rank terms, W in its own dtype or a quantized weight
+ * dequantized on the device, {@link DeviceDequantizer}, the output in the same dtype or another).
+ * Per block: W goes up (as it is, or as its stored codes), P = s·U·Vᵀ, the fused add-and-round
+ * and the exact settling of the elements at a rounding boundary run on the worker's stream, and
+ * the block comes back into the pipeline's page-locked buffer; the rare element the device could
+ * not settle exactly is settled on the host. DoRA with row norms runs its own kernel, whose undecided elements all go to the host
  * (decimal arithmetic: a square root has no short exact form).
  *
  * <p>The terms fall into segments of rows ({@link #segments}): terms on the same rows (several
@@ -40,11 +41,10 @@ final class CudaTensorMerge implements TensorMerge {
     private final List<List<LowRankTerm>> segments;
     /** One per segment: its terms' factors, folded when there are several. */
     private final List<DeviceFactors> factors;
-    /** For an NF4 source: the decoded absmax of every block of the weight. */
-    private final DeviceMemory sourceAbsmax;
+    /** For a quantized source dequantized on the device: its kernels and what they need of the whole weight; else null. */
+    private final DeviceDequantizer source;
     /** For DoRA (one norm per row, one term): m of every row. */
     private final DeviceMemory magnitude;
-    private final Nf4Weight nf4;
     private boolean closed;
 
     CudaTensorMerge(CudaBackend backend, CudaDevice device, TensorJob job) throws IOException {
@@ -52,39 +52,40 @@ final class CudaTensorMerge implements TensorMerge {
         this.device = device;
         this.job = job;
         device.bindContext();
-        this.nf4 = deviceNf4(job);
         this.segments = segments(job.terms(), job.rows());
         if (segments == null) {
             throw new IllegalArgumentException(job.out().name() + ": the terms' rows do not split into segments (CudaBackend.onGpu)");
         }
         List<DeviceFactors> up = new ArrayList<>();
-        DeviceMemory absmax = null;
+        DeviceDequantizer dequantizer = null;
         DeviceMemory m = null;
         try {
             for (List<LowRankTerm> segment : segments) {
                 up.add(DeviceFactors.of(segment, device.pool()));
             }
-            if (nf4 != null) {
-                try (CudaStream s = new CudaStream()) {
-                    absmax = device.nf4().decodedAbsmax(device.pool(), s, nf4.decoder());
-                }
+            QuantizedWeight q = job.out().source().quantized();
+            if (q != null) {
+                dequantizer = DeviceDequantizer.of(device, q, job.rows(), job.cols(), device.blockBytes());
             }
             if (job.doraAxis() != null) {
                 m = DeviceFactors.upload(device.pool(), job.magnitude());
             }
         } catch (RuntimeException | IOException e) {
             up.forEach(DeviceFactors::close);
-            if (absmax != null) {
-                absmax.close();
+            if (dequantizer != null) {
+                dequantizer.close();
             }
             throw e;
         }
         this.factors = up;
-        this.sourceAbsmax = absmax;
+        this.source = dequantizer;
         this.magnitude = m;
     }
 
-    /** The source when it is an NF4 weight, which the device dequantizes itself (an FP4 one goes up dequantized), else null. */
+    /**
+     * The source when it is an NF4 weight, which a requantization to NF4 takes on the device
+     * ({@link CudaRequantization}), else null.
+     */
     static Nf4Weight deviceNf4(TensorJob job) {
         return job.out().source().quantized() instanceof Nf4Weight && ((Nf4Weight) job.out().source().quantized()).kind().equals("nf4")
                 ? (Nf4Weight) job.out().source().quantized() : null;
@@ -130,14 +131,9 @@ final class CudaTensorMerge implements TensorMerge {
         return out.isEmpty() || next != rows ? null : out;
     }
 
-    /** The NF4 source's decoded absmax on the device, or null for a dense source. */
-    DeviceMemory sourceAbsmax() {
-        return sourceAbsmax;
-    }
-
     @Override
     public TensorSource.Form input() {
-        return nf4 != null ? TensorSource.Form.STORED : TensorSource.Form.VALUES;
+        return source != null ? TensorSource.Form.STORED : TensorSource.Form.VALUES;
     }
 
     @Override
@@ -150,22 +146,23 @@ final class CudaTensorMerge implements TensorMerge {
         job.dense().countRows(row0, rowCount); // dense combinations run on the CPU engine; never reached
     }
 
-    /** Queues W of rows [row0, row0 + rowCount) into the worker's input buffer. */
-    void load(DeviceWorker w, long row0, int rowCount, ByteBuffer src) {
-        load(w, row0, rowCount, src, null);
+    /** Queues W of rows [row0, row0 + rowCount) into the worker's input buffer; returns the bytes that go up. */
+    long load(DeviceWorker w, long row0, int rowCount, ByteBuffer src) {
+        return load(w, row0, rowCount, src, null);
     }
 
     /** {@link #load}; a dense {@code block} shared with other merges of one pass goes up once ({@link DeviceWorker#loadValuesOnce}). */
-    private void load(DeviceWorker w, long row0, int rowCount, ByteBuffer src, Object block) {
+    private long load(DeviceWorker w, long row0, int rowCount, ByteBuffer src, Object block) {
         long n = (long) rowCount * job.cols();
-        if (nf4 != null) {
-            w.loadNf4(src, row0 * job.cols(), n, sourceAbsmax, nf4.tensor().blocksize(), job.srcFormat());
+        if (source != null) {
+            return w.loadStored(source, src, row0, rowCount);
         } else if (block == null && backend.isBlockBuffer(src)) {
             // read into page-locked memory by the pipeline: no staging copy; merge waits for the stream before it returns src
             w.loadPinned(src, n * job.srcFormat().sizeInBytes());
         } else {
             w.loadValuesOnce(src, n * job.srcFormat().sizeInBytes(), block);
         }
+        return n * job.srcFormat().sizeInBytes();
     }
 
     @Override
@@ -189,15 +186,13 @@ final class CudaTensorMerge implements TensorMerge {
         FloatFormat out = job.dstFormat();
         int cols = job.cols();
         Stages stages = stats.stages();
-        long elements = (long) rowCount * cols;
-        long upBytes = nf4 != null ? (elements + 1) / 2 : elements * in.sizeInBytes();
         long staging = System.nanoTime();
         w.mark(DeviceWorker.MARK_LOAD_START);
-        load(w, row0, rowCount, src, block);
+        long upBytes = load(w, row0, rowCount, src, block);
         w.mark(DeviceWorker.MARK_LOADED);
         stages.since(Stage.STAGE_IN, staging, upBytes);
         boolean uploadTimed = false;
-        ByteBuffer values = src; // W in its own dtype, for work on the host; an NF4 block's is downloaded when needed
+        ByteBuffer values = src; // W in its own dtype, for work on the host; a quantized block's is downloaded when needed
         long end = row0 + rowCount;
         int t = segmentAt(row0);
         for (long r = row0; r < end; t++) {
@@ -230,8 +225,8 @@ final class CudaTensorMerge implements TensorMerge {
             // DoRA's undecided elements all go to the host, and so do a folded segment's; the others only when the
             // device's exact settling left them
             long forHost = magnitude != null ? counted.ambiguous() : DeviceWorker.forHost(f, counted);
-            if (nf4 != null && values == src && (forHost > 0 || counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY)) {
-                // the host work below reads W: the dequantized values, not the packed codes
+            if (source != null && values == src && (forHost > 0 || counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY)) {
+                // the host work below reads W: the dequantized values, not the stored codes
                 values = w.download(w.input(), (long) rowCount * cols * in.sizeInBytes());
             }
             settleOnHost(w, f, r, n, counted, forHost, values, first * in.sizeInBytes(), dst, first * out.sizeInBytes(), stats);
@@ -264,7 +259,7 @@ final class CudaTensorMerge implements TensorMerge {
                               long srcOffset, ByteBuffer dst, long dstOffset, BlockStats stats) {
         long elements = (long) rowCount * job.cols();
         ByteBuffer dstRows = slice(dst, dstOffset, elements * job.dstFormat().sizeInBytes());
-        // W's rows are sliced only where the host reads them: an NF4 block's values are its packed codes
+        // W's rows are sliced only where the host reads them: a quantized block's values are its stored codes
         // until merge downloads the dequantized ones, which it does only for the two cases below
         if (counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY) {
             // pathological input: let the CPU engine decide these rows
@@ -290,8 +285,8 @@ final class CudaTensorMerge implements TensorMerge {
         closed = true;
         device.bindContext();
         factors.forEach(DeviceFactors::close);
-        if (sourceAbsmax != null) {
-            sourceAbsmax.close();
+        if (source != null) {
+            source.close();
         }
         if (magnitude != null) {
             magnitude.close();

@@ -15,7 +15,7 @@ import org.loramerge.format.FloatFormat;
 /**
  * What one thread uses on the device: a stream, a cuBLAS handle bound to it, pinned staging
  * buffers and device buffers for one row block, and the operations on that block, each queued on
- * the stream: load W ({@link #loadValues}, or {@link #loadNf4} to dequantize on the device), form
+ * the stream: load W ({@link #loadValues}, or {@link #loadStored} to dequantize on the device), form
  * P = s·U·Vᵀ ({@link #product}), add and round ({@link #addAndRound}), read the counters, copy the
  * result back. While one worker's block is in its host-to-device copy, another's computes and a
  * third's comes back, so disk, PCIe and GPU overlap.
@@ -33,7 +33,11 @@ public final class DeviceWorker implements AutoCloseable {
     private final DeviceMemory dIn;
     private final DeviceMemory dOut;
     private final DeviceMemory dWide;
-    /** An NF4 block's packed codes: half a byte an element, and a block holds at most blockBytes / 2 elements. */
+    /**
+     * A quantized block's stored codes ({@link #loadStored}), as large as a block: at most one
+     * byte an element (FP8, int8, 8-bit GPTQ) of at most blockBytes / 2 elements, and an AWQ
+     * block's whole words; DeviceDequantizer#of checks a weight's worst block against it.
+     */
     private final DeviceMemory dPacked;
     /** The kernels' counters: ambiguous, overflows, NaNs, left to the host. */
     private static final int COUNTERS = 4;
@@ -70,7 +74,7 @@ public final class DeviceWorker implements AutoCloseable {
         dOut = new DeviceMemory(blockBytes);
         // the widest case: BF16/F16 blocks widen 4x to fp64
         dWide = new DeviceMemory((long) blockBytes * 4);
-        dPacked = new DeviceMemory(blockBytes / 4 + 16);
+        dPacked = new DeviceMemory(blockBytes);
         for (int i = 0; i < marks.length; i++) {
             marks[i] = new cudaEvent_t();
             JCuda.cudaEventCreate(marks[i]);
@@ -89,9 +93,9 @@ public final class DeviceWorker implements AutoCloseable {
         return (long) (ms[0] * 1e6);
     }
 
-    /** Device memory of a worker for blocks of {@code blockBytes}, about: W, the result, P in fp64 and the packed codes. */
+    /** Device memory of a worker for blocks of {@code blockBytes}, about: W, the result, P in fp64 and a quantized block's stored codes. */
     static long deviceBytes(int blockBytes) {
-        return 6L * blockBytes;
+        return 7L * blockBytes;
     }
 
     public CudaStream stream() {
@@ -161,18 +165,21 @@ public final class DeviceWorker implements AutoCloseable {
     }
 
     /**
-     * Queues elements {@code [first, first + count)} of an NF4 weight into {@link #input()}: their
-     * packed codes ({@code packed}, from the byte holding element {@code first & ~1}) go up, and are
-     * dequantized there with the weight's decoded {@code absmax} into {@code fmt}.
+     * Queues rows {@code [row0, row0 + rowCount)} of a quantized weight into {@link #input()}:
+     * their stored codes ({@code stored}, as the pipeline read them) are staged in page-locked
+     * memory in the layout {@code d}'s kernel reads, go up, and are dequantized there into the
+     * weight's dtype. Returns the bytes that went up.
      */
-    public void loadNf4(ByteBuffer packed, long first, long count, DeviceMemory absmax, int blocksize, FloatFormat fmt) {
+    public long loadStored(DeviceDequantizer d, ByteBuffer stored, long row0, int rowCount) {
         loadedBlock = null;
-        long packedBytes = (first + count - 1) / 2 - first / 2 + 1;
-        ByteBuffer in = hostIn.buffer();
-        packed.position(0).limit(Math.toIntExact(packedBytes));
-        in.put(packed);
-        JCuda.cudaMemcpyAsync(dPacked.pointer(), hostIn.pointer(), packedBytes, cudaMemcpyKind.cudaMemcpyHostToDevice, stream.runtime());
-        device.nf4().dequant(stream, fmt, dPacked.pointer(), first, count, absmax.pointer(), blocksize, dIn.pointer());
+        long bytes = d.stagedBytes(row0, rowCount);
+        if (bytes > dPacked.sizeInBytes() || bytes > hostIn.sizeInBytes()) {
+            throw new IllegalArgumentException(bytes + " bytes of stored codes do not fit the " + dPacked.sizeInBytes() + "-byte staging buffers");
+        }
+        d.stage(stored, row0, rowCount, hostIn.buffer());
+        JCuda.cudaMemcpyAsync(dPacked.pointer(), hostIn.pointer(), bytes, cudaMemcpyKind.cudaMemcpyHostToDevice, stream.runtime());
+        d.dequantize(stream, dPacked.pointer(), row0, rowCount, dIn.pointer());
+        return bytes;
     }
 
     /**

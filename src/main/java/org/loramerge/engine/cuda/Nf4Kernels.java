@@ -13,11 +13,12 @@ import jcuda.runtime.JCuda;
 import jcuda.runtime.cudaMemcpyKind;
 import org.loramerge.format.FloatFormat;
 import org.loramerge.quant.CudaFastMath;
+import org.loramerge.quant.FourBitCode;
 import org.loramerge.quant.Nf4Decoder;
 
 /**
- * The NF4 kernels of kernels/nf4.cu (see that file for what each computes), launched on a
- * stream. Every launch is asynchronous; the caller synchronizes the stream.
+ * The NF4 kernels of kernels/nf4.cu (see that file for what each computes; FP4 weights, stored
+ * alike, dequantize there too), launched on a stream. Every launch is asynchronous; the caller synchronizes the stream.
  */
 public final class Nf4Kernels {
     private static final int THREADS = 256;
@@ -35,7 +36,7 @@ public final class Nf4Kernels {
             functions.put(name, module.function(name));
         }
         for (String type : new String[] {"bf16", "f16", "f32"}) {
-            for (String kernel : new String[] {"nf4_dequant_", "nf4_requant_", "nf4_quantize_", "nf4_measure_"}) {
+            for (String kernel : new String[] {"nf4_dequant_", "fp4_dequant_", "nf4_requant_", "nf4_quantize_", "nf4_measure_"}) {
                 functions.put(kernel + type, module.function(kernel + type));
             }
         }
@@ -81,9 +82,15 @@ public final class Nf4Kernels {
 
     /** Elements [first, first + count) to {@code fmt} bits: {@code packed} from byte first / 2, {@code absmax} of the whole weight. */
     public void dequant(CudaStream s, FloatFormat fmt, Pointer packed, long first, long count, Pointer absmax, int blocksize, Pointer out) {
+        dequant(s, FourBitCode.NF4, fmt, packed, first, count, absmax, blocksize, out);
+    }
+
+    /** {@link #dequant} of a weight in code book {@code book} (NF4 or FP4, stored alike). */
+    public void dequant(CudaStream s, FourBitCode book, FloatFormat fmt, Pointer packed, long first, long count, Pointer absmax, int blocksize,
+                        Pointer out) {
         // from an element offset that is a multiple of 8 a thread takes 8 elements, then one of the last count % 8
         long threads = (first & 7) == 0 ? Math.max(count >> 3, count & 7) : count;
-        launch(s, "nf4_dequant_" + type(fmt), strideGrid(threads), Pointer.to(packed), p(first), p(count), Pointer.to(absmax),
+        launch(s, book.typeName() + "_dequant_" + type(fmt), strideGrid(threads), Pointer.to(packed), p(first), p(count), Pointer.to(absmax),
                 p((long) blocksize), Pointer.to(out));
     }
 

@@ -81,12 +81,16 @@ class CudaNf4Test {
     }
 
     /**
-     * The NF4 reference cases, and the same inputs as bitsandbytes quantized and dequantized them itself
-     * (src/test/resources/bnb/vectors): the device dequantizes NF4 itself; an FP4 weight goes up
-     * dequantized by the CPU codec.
+     * The 4-bit reference cases, NF4 and FP4, and the same inputs as bitsandbytes quantized and
+     * dequantized them itself (src/test/resources/bnb/vectors): the device dequantizes both code books.
      */
+    static Stream<Nf4Vectors.Case> allVectors() {
+        return Stream.concat(Nf4Vectors.cases().stream(), Nf4Vectors.bitsandbytesCases().stream());
+    }
+
+    /** The NF4 cases of {@link #allVectors}: the device quantizes NF4 only (FP4 requantizes with the CPU codec). */
     static Stream<Nf4Vectors.Case> vectors() {
-        return Stream.concat(Nf4Vectors.cases().stream(), Nf4Vectors.bitsandbytesCases().stream()).filter(c -> c.code() == FourBitCode.NF4);
+        return allVectors().filter(c -> c.code() == FourBitCode.NF4);
     }
 
     /**
@@ -98,7 +102,7 @@ class CudaNf4Test {
     }
 
     @ParameterizedTest(name = "{0}")
-    @MethodSource("vectors")
+    @MethodSource("allVectors")
     void dequantizeKernelEqualsTheReference(Nf4Vectors.Case c) throws Exception {
         cuda.device().bindContext();
         int n = (int) c.numElements();
@@ -116,14 +120,15 @@ class CudaNf4Test {
                             "decoded absmax");
                 }
                 Nf4Kernels.upload(s, packed.pointer(), codes.bytes());
-                cuda.device().nf4().dequant(s, fmt, packed.pointer(), 0, n, absmax.pointer(), c.blocksize(), out.pointer());
+                cuda.device().nf4().dequant(s, c.code(), fmt, packed.pointer(), 0, n, absmax.pointer(), c.blocksize(), out.pointer());
                 assertArrayEquals(expected, download(s, out, (long) n * size), "whole weight");
                 // a range starting at an odd element, as a row block of a weight with odd rows does
                 int first = 3;
                 int count = n - 5;
                 try (MappedRegion part = d.packed(first, count); DeviceMemory partOut = new DeviceMemory((long) count * size)) {
                     Nf4Kernels.upload(s, packed.pointer(), part.bytes());
-                    cuda.device().nf4().dequant(s, fmt, packed.pointer(), first, count, absmax.pointer(), c.blocksize(), partOut.pointer());
+                    cuda.device().nf4().dequant(s, c.code(), fmt, packed.pointer(), first, count, absmax.pointer(), c.blocksize(),
+                            partOut.pointer());
                     byte[] got = download(s, partOut, (long) count * size);
                     for (int i = 0; i < count * size; i++) {
                         assertEquals(expected[first * size + i], got[i], "byte " + i + " of elements [" + first + ", +" + count + ")");
@@ -259,8 +264,8 @@ class CudaNf4Test {
     }
 
     /**
-     * FP8, GPTQ and AWQ bases: their CPU codec dequantizes each block inside the GPU engine, which
-     * merges it on the device (or requantizes it on the CPU); the output must be the CPU engine's.
+     * FP8, GPTQ and AWQ bases: their blocks are dequantized and merged on the device (kernels/quant.cu),
+     * or requantized on the CPU; the output must be the CPU engine's.
      */
     @ParameterizedTest(name = "{0} --to {1}")
     @MethodSource("otherQuantizedBases")

@@ -1,0 +1,345 @@
+/*
+ * Dequantization on the device of the quantized bases besides bitsandbytes' 4-bit ones (nf4.cu):
+ * FP8 (transformers' fine-grained layout and compressed-tensors' float-quantized one), bitsandbytes
+ * LLM.int8, GPTQ and AWQ. Each kernel reads one row block of a weight as the pipeline uploads it
+ * (the stored codes, untouched) and writes W, the values the CPU codec computes, bit for bit, in
+ * the merge's dtype D (the weight's dequantized dtype), row-major [rowCount, cols]: the merge's
+ * working copy of W, as nf4_dequant_* writes it. The per-tensor metadata (scales, zero points,
+ * g_idx) is uploaded once per weight, decoded by the host exactly as the CPU codec decodes it
+ * (e8m0/bf16/f16 scales to fp32, GPTQ v1 zeros plus one with the word's carries), so a kernel
+ * only indexes it.
+ *
+ * Every rounded fp32 operation is written with an explicit rounding intrinsic (__fmul_rn): nvcc
+ * may not contract those into an FMA, so each product is rounded exactly where the CPU rounds it.
+ *
+ *   FP8 (Fp8Weight.value): RN_D(RN_P(code * scale)), P the product dtype. The product of an fp8
+ *     value (4 significant bits) and an fp32 scale is exact in fp64; for P = F32, __fmul_rn is
+ *     that product rounded once, and rounding the fp32 to D (floats.cuh) is the second rounding;
+ *     for P = BF16 or F16 (compressed-tensors with 16-bit scales) both roundings are
+ *     rounding.cuh's, from the exact fp64 product. NaN codes give D's canonical NaN.
+ *   LLM.int8 (BnbInt8Format.Int8Weight.value): fl32(fl32(q * SCB[row]) * fl32(1/127)), D = F32.
+ *   GPTQ/AWQ (PackedIntWeight.value): RN_D((q - z) * s), z the decoded zero point and s the
+ *     scale of (g_idx[column], row), D the scales' dtype: |q - z| < 2^8 and a 16-bit scale make
+ *     the product exact in fp32 (bf16 scales included: a multiple of 2^-133, at most 16
+ *     significant bits), so __fmul_rn is the exact product and the one rounding is to D; for fp32
+ *     scales __fmul_rn is the exact product rounded once, which is RN_F32 of the CPU's exact fp64
+ *     product.
+ */
+#include "floats.cuh"
+
+/* bitsandbytes' 1/127, the decimal 7.874015718698502e-3 as fp32 (BnbInt8Format.INV127). */
+#define INT8_INV127 0x1.020408p-7f
+
+/* The value kinds of scaled_dequant. */
+#define KIND_E4M3 0
+#define KIND_E5M2 1
+#define KIND_INT8 2
+
+/* a / b for 0 <= a, 0 < b: a 32-bit division where both fit (most row blocks), else a 64-bit one. */
+__device__ __forceinline__ long long div_nonneg(long long a, long long b) {
+    return ((unsigned long long)(a | b) >> 32) == 0 ? (long long)((unsigned int)a / (unsigned int)b) : a / b;
+}
+
+/* e4m3fn byte to fp32, exactly (Fp8Codec.decodeE4M3): bias 7, no infinities, S.1111.111 NaN, subnormals m * 2^-9. */
+__device__ __forceinline__ float e4m3_value(uint32_t b) {
+    uint32_t sign = (b & 0x80u) << 24;
+    uint32_t e = (b >> 3) & 15u;
+    uint32_t m = b & 7u;
+    if (e == 15u && m == 7u) return __uint_as_float(0x7fc00000u);
+    if (e == 0u) return __uint_as_float(sign | __float_as_uint((float)m * 0x1p-9f));
+    return __uint_as_float(sign | ((e + 120u) << 23) | (m << 20));
+}
+
+/* e5m2 byte to fp32, exactly (Fp8Codec.decodeE5M2): bias 15, exponent 31 infinity (m = 0) or NaN, subnormals m * 2^-16. */
+__device__ __forceinline__ float e5m2_value(uint32_t b) {
+    uint32_t sign = (b & 0x80u) << 24;
+    uint32_t e = (b >> 2) & 31u;
+    uint32_t m = b & 3u;
+    if (e == 31u) return m == 0u ? __uint_as_float(sign | 0x7f800000u) : __uint_as_float(0x7fc00000u);
+    if (e == 0u) return __uint_as_float(sign | __float_as_uint((float)m * 0x1p-16f));
+    return __uint_as_float(sign | ((e + 112u) << 23) | (m << 21));
+}
+
+/* The D bits of stored byte b with scale s (see the file's comment). productFmt: LM_F32, LM_BF16 or LM_F16 (FP8 only). */
+template <int KIND, int FMT>
+__device__ __forceinline__ uint32_t scaled_bits(uint32_t b, float s, int productFmt) {
+    if (KIND == KIND_INT8) {
+        return round_float<FMT>(__fmul_rn(__fmul_rn((float)(int)(signed char)b, s), INT8_INV127));
+    }
+    float v = KIND == KIND_E5M2 ? e5m2_value(b) : e4m3_value(b);
+    if (productFmt == LM_F32) return round_float<FMT>(__fmul_rn(v, s));
+    double p = __dmul_rn((double)v, (double)s); /* exact */
+    double first = productFmt == LM_BF16 ? lm_round_to(p, 8, -126, LM_BF16_MAX) : lm_round_to(p, 11, -14, LM_F16_MAX);
+    return lm_round_bits(first, FMT);
+}
+
+/*
+ * Byte codes with a scale per block of blockRows x blockCols elements (FP8: one scale with
+ * blockRows >= rows and blockCols = cols, one a row with 1 x cols, one per group of columns with
+ * 1 x g, 128 x 128 blocks; int8: 1 x cols, SCB). Elements [0, rowCount * cols) of the block,
+ * rows row0.. of the weight; the scale of (row, col) is scales[(row / blockRows) * scaleCols +
+ * col / blockCols]. When cols is a multiple of 8 a thread takes 8 elements of one row (an 8-byte
+ * load, a 16-byte store for 16-bit D, two for F32); otherwise one. Grid-stride, any grid.
+ */
+template <int KIND, int FMT, typename T>
+__device__ __forceinline__ void scaled_dequant(const unsigned char *__restrict__ codes, long long rowCount, long long cols,
+                                               long long row0, const float *__restrict__ scales, long long blockRows,
+                                               long long blockCols, long long scaleCols, int productFmt, T *__restrict__ out) {
+    long long n = rowCount * cols;
+    long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long threads = (long long)gridDim.x * blockDim.x;
+    if ((cols & 7) == 0) {
+        for (long long v = tid; v < (n >> 3); v += threads) {
+            long long e = v << 3;
+            long long r = div_nonneg(e, cols);
+            long long c = e - r * cols;
+            const float *rowScales = scales + div_nonneg(row0 + r, blockRows) * scaleCols;
+            long long g = div_nonneg(c, blockCols);
+            long long next = (g + 1) * blockCols;
+            float s = rowScales[g];
+            uint2 u = *reinterpret_cast<const uint2 *>(codes + e);
+            uint32_t bits[8];
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                if (c + k == next) { /* a group of columns ends inside these 8 */
+                    g++;
+                    next += blockCols;
+                    s = rowScales[g];
+                }
+                uint32_t b = ((k < 4 ? u.x : u.y) >> (8 * (k & 3))) & 0xffu;
+                bits[k] = scaled_bits<KIND, FMT>(b, s, productFmt);
+            }
+            if (sizeof(T) == 2) {
+                *reinterpret_cast<uint4 *>(out + e) = make_uint4(bits[0] | (bits[1] << 16), bits[2] | (bits[3] << 16),
+                                                                 bits[4] | (bits[5] << 16), bits[6] | (bits[7] << 16));
+            } else {
+                *reinterpret_cast<uint4 *>(out + e) = make_uint4(bits[0], bits[1], bits[2], bits[3]);
+                *reinterpret_cast<uint4 *>(out + e + 4) = make_uint4(bits[4], bits[5], bits[6], bits[7]);
+            }
+        }
+        return;
+    }
+    for (long long e = tid; e < n; e += threads) {
+        long long r = div_nonneg(e, cols);
+        long long c = e - r * cols;
+        float s = scales[div_nonneg(row0 + r, blockRows) * scaleCols + div_nonneg(c, blockCols)];
+        out[e] = (T)scaled_bits<KIND, FMT>(codes[e], s, productFmt);
+    }
+}
+
+/*
+ * fp8_dequant_{bf16,f16,f32}(codes, rowCount, cols, row0, scales, blockRows, blockCols, scaleCols, e5m2, productFmt, out)
+ *   An FP8 block (e4m3fn codes, e5m2 when e5m2 != 0) to D; productFmt LM_F32 (0 BF16, 1 F16, 2 F32,
+ *   rounding.cuh's codes) for transformers' layout and e8m0 or fp32 scales, else the 16-bit scales' dtype.
+ *   codes and out 16-byte aligned. 256 threads a block; grid: ceil(work / 256), work = n / 8 when
+ *   cols % 8 == 0, else n; a smaller grid strides.
+ * int8_dequant_f32(codes, rowCount, cols, row0, scb, out)
+ *   An LLM.int8 block to F32 with each row's SCB (scb of the whole weight). Launched as fp8_dequant.
+ */
+#define LM_FP8_DEQUANT_KERNEL(NAME, FMT, T)                                                                            \
+    extern "C" __global__ void NAME(const unsigned char *__restrict__ codes, long long rowCount, long long cols,       \
+                                    long long row0, const float *__restrict__ scales, long long blockRows,            \
+                                    long long blockCols, long long scaleCols, int e5m2, int productFmt,               \
+                                    T *__restrict__ out) {                                                             \
+        if (e5m2) {                                                                                                    \
+            scaled_dequant<KIND_E5M2, FMT, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols, scaleCols,   \
+                                              productFmt, out);                                                        \
+        } else {                                                                                                       \
+            scaled_dequant<KIND_E4M3, FMT, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols, scaleCols,   \
+                                              productFmt, out);                                                        \
+        }                                                                                                              \
+    }
+LM_FP8_DEQUANT_KERNEL(fp8_dequant_bf16, LM_BF16, unsigned short)
+LM_FP8_DEQUANT_KERNEL(fp8_dequant_f16, LM_F16, unsigned short)
+LM_FP8_DEQUANT_KERNEL(fp8_dequant_f32, LM_F32, unsigned int)
+
+extern "C" __global__ void int8_dequant_f32(const unsigned char *__restrict__ codes, long long rowCount, long long cols, long long row0,
+                                            const float *__restrict__ scb, unsigned int *__restrict__ out) {
+    scaled_dequant<KIND_INT8, LM_F32, unsigned int>(codes, rowCount, cols, row0, scb, 1, cols, 1, LM_F32, out);
+}
+
+/* The D bits of code q with zero point z and scale s: RN_D((q - z) * s), the product exact in fp32 or rounded once (see above). */
+template <int FMT>
+__device__ __forceinline__ uint32_t packed_bits(int q, int z, float s) {
+    return round_float<FMT>(__fmul_rn((float)(q - z), s));
+}
+
+/* Stores NW 32-bit words at p (8-byte aligned for NW = 2, 16-byte aligned otherwise; NW even). */
+template <int NW>
+__device__ __forceinline__ void store_words(void *p, const uint32_t *w) {
+    if (NW == 2) {
+        *reinterpret_cast<uint2 *>(p) = make_uint2(w[0], w[1]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < NW / 4; k++) {
+            reinterpret_cast<uint4 *>(p)[k] = make_uint4(w[4 * k], w[4 * k + 1], w[4 * k + 2], w[4 * k + 3]);
+        }
+    }
+}
+
+#define TILE 32
+
+/*
+ * GPTQ: the block's words as the host gathers them from qweight [cols / PER, rows] (PER = 32 /
+ * BITS input columns a word, column i of row o at bit (i % PER) * BITS of word (i / PER, o)):
+ * words[p * rowCount + o], p < cols / PER, o < rowCount (rows row0.. of the weight). A block of
+ * 32 x 8 threads takes tiles of 32 rows x 32 words: it reads them along the rows (coalesced),
+ * transposes them in shared memory, and each thread then decodes one word into PER consecutive
+ * elements of one row, stored at once, so a warp writes 32 * PER consecutive elements of a row.
+ */
+template <int BITS, int FMT, typename T>
+__device__ __forceinline__ void gptq_tiles(const uint32_t *__restrict__ words, long long rowCount, long long cols, long long row0,
+                                           long long rows, const int *__restrict__ zeros, const float *__restrict__ scales,
+                                           const int *__restrict__ gIdx, T *__restrict__ out, uint32_t (*sh)[TILE + 1]) {
+    const int PER = 32 / BITS;
+    const uint32_t mask = (1u << BITS) - 1u;
+    long long packedRows = cols / PER;
+    long long rowTiles = (rowCount + TILE - 1) / TILE;
+    long long wordTiles = (packedRows + TILE - 1) / TILE;
+    int tx = threadIdx.x;
+    int ty = threadIdx.y;
+    for (long long rt = blockIdx.x; rt < rowTiles; rt += gridDim.x) {
+        for (long long wt = blockIdx.y; wt < wordTiles; wt += gridDim.y) {
+#pragma unroll
+            for (int k = 0; k < TILE / 8; k++) {
+                int py = ty + 8 * k;
+                long long p = wt * TILE + py;
+                long long o = rt * TILE + tx;
+                sh[py][tx] = p < packedRows && o < rowCount ? words[p * rowCount + o] : 0u;
+            }
+            __syncthreads();
+#pragma unroll
+            for (int k = 0; k < TILE / 8; k++) {
+                int ox = ty + 8 * k;
+                long long o = rt * TILE + ox;
+                long long p = wt * TILE + tx;
+                if (o < rowCount && p < packedRows) {
+                    uint32_t word = sh[tx][ox];
+                    long long row = row0 + o;
+                    /* the groups of the word's PER columns, 16-byte loads (p * PER ints from a 256-byte aligned array) */
+                    int groups[PER];
+#pragma unroll
+                    for (int m = 0; m < PER / 4; m++) {
+                        int4 g4 = reinterpret_cast<const int4 *>(gIdx + p * PER)[m];
+                        groups[4 * m] = g4.x;
+                        groups[4 * m + 1] = g4.y;
+                        groups[4 * m + 2] = g4.z;
+                        groups[4 * m + 3] = g4.w;
+                    }
+                    /* a group's zero and scale read once for its run of columns (without act-order, usually the whole word) */
+                    int group = groups[0];
+                    long long kk = (long long)group * rows + row;
+                    int z = zeros[kk];
+                    float sc = scales[kk];
+                    uint32_t bits[PER];
+#pragma unroll
+                    for (int j = 0; j < PER; j++) {
+                        if (groups[j] != group) {
+                            group = groups[j];
+                            kk = (long long)group * rows + row;
+                            z = zeros[kk];
+                            sc = scales[kk];
+                        }
+                        bits[j] = packed_bits<FMT>((int)((word >> (j * BITS)) & mask), z, sc);
+                    }
+                    const int NW = PER * (int)sizeof(T) / 4;
+                    uint32_t w[NW];
+#pragma unroll
+                    for (int m = 0; m < NW; m++) w[m] = sizeof(T) == 2 ? bits[2 * m] | (bits[2 * m + 1] << 16) : bits[m];
+                    store_words<NW>(out + o * cols + p * PER, w);
+                }
+            }
+            __syncthreads();
+        }
+    }
+}
+
+/*
+ * gptq_dequant_{bf16,f16,f32}(words, rowCount, cols, row0, rows, bits, zeros, scales, gIdx, out)
+ *   A GPTQ block (words gathered as gptq_tiles says) to D. zeros and scales: every (group, row)
+ *   of the weight, [groups, rows] (zeros decoded: v1's stored zero - 1 already corrected); gIdx:
+ *   the group of every input column, 16-byte aligned. bits 2, 4 or 8; cols a multiple of 32 / bits;
+ *   out 16-byte aligned. Launch: 32 x 8 threads, grid (ceil(rowCount / 32), ceil(cols / (32 / bits) / 32))
+ *   (each at most 65535; a smaller grid strides).
+ */
+#define LM_GPTQ_DEQUANT_KERNEL(NAME, FMT, T)                                                                           \
+    extern "C" __global__ void NAME(const uint32_t *__restrict__ words, long long rowCount, long long cols,           \
+                                    long long row0, long long rows, int bits, const int *__restrict__ zeros,          \
+                                    const float *__restrict__ scales, const int *__restrict__ gIdx,                   \
+                                    T *__restrict__ out) {                                                             \
+        __shared__ uint32_t sh[TILE][TILE + 1];                                                                        \
+        if (bits == 2) gptq_tiles<2, FMT, T>(words, rowCount, cols, row0, rows, zeros, scales, gIdx, out, sh);        \
+        else if (bits == 4) gptq_tiles<4, FMT, T>(words, rowCount, cols, row0, rows, zeros, scales, gIdx, out, sh);   \
+        else gptq_tiles<8, FMT, T>(words, rowCount, cols, row0, rows, zeros, scales, gIdx, out, sh);                  \
+    }
+LM_GPTQ_DEQUANT_KERNEL(gptq_dequant_bf16, LM_BF16, unsigned short)
+LM_GPTQ_DEQUANT_KERNEL(gptq_dequant_f16, LM_F16, unsigned short)
+LM_GPTQ_DEQUANT_KERNEL(gptq_dequant_f32, LM_F32, unsigned int)
+
+/*
+ * awq_dequant_{bf16,f16,f32}(words, rowCount, cols, row0, rows, zeros, scales, gIdx, out)
+ *   An AWQ (GEMM) block to D. qweight is [cols, rows / 8], word (i, w) holding column i of rows
+ *   8w..8w+7, row 8w + c in nibble AWQ_NIBBLE[c] = {0, 4, 1, 5, 2, 6, 3, 7}[c] (the inverse of
+ *   AWQ_ORDER). The host gathers the words that hold rows [row0, row0 + rowCount):
+ *   words[i * wordCols + w], w < wordCols = ceil((row0 + rowCount) / 8) - floor(row0 / 8), word
+ *   column floor(row0 / 8) + w; rows outside the block are skipped. zeros, scales and gIdx as
+ *   gptq_dequant. A block of 32 x 8 threads takes tiles of 32 columns x 32 word columns, reads
+ *   them along the word columns, transposes them in shared memory, and each thread decodes one
+ *   word into its 8 rows, so a warp writes 32 consecutive elements of a row at a time. Launch: 32
+ *   x 8 threads, grid (ceil(cols / 32), ceil(wordCols / 32)) (each at most 65535; a smaller grid strides).
+ */
+template <int FMT, typename T>
+__device__ __forceinline__ void awq_tiles(const uint32_t *__restrict__ words, long long rowCount, long long cols, long long row0,
+                                          long long rows, const int *__restrict__ zeros, const float *__restrict__ scales,
+                                          const int *__restrict__ gIdx, T *__restrict__ out, uint32_t (*sh)[TILE + 1]) {
+    long long firstWord = row0 >> 3;
+    long long wordCols = ((row0 + rowCount + 7) >> 3) - firstWord;
+    long long colTiles = (cols + TILE - 1) / TILE;
+    long long wordTiles = (wordCols + TILE - 1) / TILE;
+    int tx = threadIdx.x;
+    int ty = threadIdx.y;
+    for (long long ct = blockIdx.x; ct < colTiles; ct += gridDim.x) {
+        for (long long wt = blockIdx.y; wt < wordTiles; wt += gridDim.y) {
+#pragma unroll
+            for (int k = 0; k < TILE / 8; k++) {
+                int iy = ty + 8 * k;
+                long long i = ct * TILE + iy;
+                long long w = wt * TILE + tx;
+                sh[iy][tx] = i < cols && w < wordCols ? words[i * wordCols + w] : 0u;
+            }
+            __syncthreads();
+#pragma unroll
+            for (int k = 0; k < TILE / 8; k++) {
+                int wx = ty + 8 * k;
+                long long w = wt * TILE + wx;
+                long long i = ct * TILE + tx;
+                if (i < cols && w < wordCols) {
+                    uint32_t word = sh[tx][wx];
+                    long long group = gIdx[i];
+#pragma unroll
+                    for (int c = 0; c < 8; c++) {
+                        long long row = ((firstWord + w) << 3) + c;
+                        if (row < row0 || row >= row0 + rowCount) continue;
+                        /* nibble of row 8w + c: {0, 4, 1, 5, 2, 6, 3, 7}[c] = (c >> 1) + 4 * (c & 1) */
+                        int q = (int)((word >> (4 * ((c >> 1) + 4 * (c & 1)))) & 15u);
+                        long long kk = group * rows + row;
+                        out[(row - row0) * cols + i] = (T)packed_bits<FMT>(q, zeros[kk], scales[kk]);
+                    }
+                }
+            }
+            __syncthreads();
+        }
+    }
+}
+
+#define LM_AWQ_DEQUANT_KERNEL(NAME, FMT, T)                                                                            \
+    extern "C" __global__ void NAME(const uint32_t *__restrict__ words, long long rowCount, long long cols,           \
+                                    long long row0, long long rows, const int *__restrict__ zeros,                    \
+                                    const float *__restrict__ scales, const int *__restrict__ gIdx,                   \
+                                    T *__restrict__ out) {                                                             \
+        __shared__ uint32_t sh[TILE][TILE + 1];                                                                        \
+        awq_tiles<FMT, T>(words, rowCount, cols, row0, rows, zeros, scales, gIdx, out, sh);                           \
+    }
+LM_AWQ_DEQUANT_KERNEL(awq_dequant_bf16, LM_BF16, unsigned short)
+LM_AWQ_DEQUANT_KERNEL(awq_dequant_f16, LM_F16, unsigned short)
+LM_AWQ_DEQUANT_KERNEL(awq_dequant_f32, LM_F32, unsigned int)

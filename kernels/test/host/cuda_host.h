@@ -1,0 +1,77 @@
+/*
+ * Enough of CUDA's device environment to compile a kernel file for the host (quant_host.cpp):
+ * the qualifiers as nothing, __shared__ as static (a launch runs one block at a time), the thread
+ * and block indices per host thread, __syncthreads as a barrier of the block's threads, the vector
+ * types, and the rounding intrinsics as the IEEE operations they are (built with
+ * -ffp-contract=off, so nothing is fused).
+ */
+#ifndef LORAMERGE_CUDA_HOST_H
+#define LORAMERGE_CUDA_HOST_H
+
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+using std::isfinite;
+using std::isnan;
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __restrict__
+#define __shared__ static
+
+struct lm_dim3 {
+    unsigned x, y, z;
+};
+extern thread_local lm_dim3 threadIdx;
+extern thread_local lm_dim3 blockIdx;
+extern lm_dim3 blockDim;
+extern lm_dim3 gridDim;
+extern thread_local std::barrier<> *lm_block_barrier;
+
+static inline void __syncthreads() {
+    lm_block_barrier->arrive_and_wait();
+}
+
+struct uint2 {
+    uint32_t x, y;
+};
+struct uint4 {
+    uint32_t x, y, z, w;
+};
+struct int4 {
+    int x, y, z, w;
+};
+
+static inline uint2 make_uint2(uint32_t a, uint32_t b) {
+    return {a, b};
+}
+
+static inline uint4 make_uint4(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
+    return {a, b, c, d};
+}
+
+static inline float __fmul_rn(float a, float b) {
+    return a * b;
+}
+
+static inline double __dmul_rn(double a, double b) {
+    return a * b;
+}
+
+static inline uint32_t __float_as_uint(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+
+static inline float __uint_as_float(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+#endif

@@ -1,0 +1,108 @@
+package org.loramerge.engine.cuda;
+
+import java.util.HashMap;
+import java.util.Locale;
+import java.util.Map;
+import jcuda.Pointer;
+import jcuda.driver.CUfunction;
+import jcuda.driver.JCudaDriver;
+import org.loramerge.format.FloatFormat;
+
+/**
+ * The dequantization kernels of kernels/quant.cu (FP8, LLM.int8, GPTQ, AWQ; see that file for
+ * what each computes and how it is laid out), launched on a stream. Every launch is
+ * asynchronous; the caller synchronizes the stream.
+ */
+public final class QuantKernels {
+    private static final int THREADS = 256;
+    /** Blocks of a grid-stride launch at most: enough to fill any GPU several times over. */
+    private static final int MAX_GRID = 1 << 16;
+    /** The tile kernels' blocks: 32 x 8 threads over tiles of 32 x 32 words. */
+    private static final int TILE = 32;
+    private static final int MAX_GRID_Y = 65535;
+
+    private final Map<String, CUfunction> functions = new HashMap<>();
+
+    QuantKernels(KernelModule module) {
+        functions.put("int8_dequant_f32", module.function("int8_dequant_f32"));
+        for (String type : new String[] {"bf16", "f16", "f32"}) {
+            for (String kernel : new String[] {"fp8_dequant_", "gptq_dequant_", "awq_dequant_"}) {
+                functions.put(kernel + type, module.function(kernel + type));
+            }
+        }
+    }
+
+    private static String type(FloatFormat fmt) {
+        return fmt.dtype().name().toLowerCase(Locale.ROOT);
+    }
+
+    /** A grid-stride launch over {@code work} items, 256 threads a block. */
+    private void launch(CudaStream s, String kernel, long work, Pointer... params) {
+        long grid = Math.min(MAX_GRID, (work + THREADS - 1) / THREADS);
+        if (grid <= 0) {
+            return;
+        }
+        JCudaDriver.cuLaunchKernel(functions.get(kernel), (int) grid, 1, 1, THREADS, 1, 1, 0, s.driver(), Pointer.to(params), null);
+    }
+
+    /** A launch of a tile kernel over {@code tilesX} x {@code tilesY} tiles of 32 x 32 words, 32 x 8 threads a block. */
+    private void launchTiles(CudaStream s, String kernel, long tilesX, long tilesY, Pointer... params) {
+        if (tilesX <= 0 || tilesY <= 0) {
+            return;
+        }
+        JCudaDriver.cuLaunchKernel(functions.get(kernel), (int) Math.min(MAX_GRID, tilesX), (int) Math.min(MAX_GRID_Y, tilesY), 1,
+                TILE, 8, 1, 0, s.driver(), Pointer.to(params), null);
+    }
+
+    private static Pointer p(long v) {
+        return Pointer.to(new long[] {v});
+    }
+
+    private static Pointer p(int v) {
+        return Pointer.to(new int[] {v});
+    }
+
+    /** The work items of fp8_dequant and int8_dequant: 8 elements a thread when rows are a multiple of 8 long. */
+    private static long scaledWork(long rowCount, long cols) {
+        return cols % 8 == 0 ? rowCount * cols / 8 : rowCount * cols;
+    }
+
+    /**
+     * Rows {@code [row0, row0 + rowCount)} of an FP8 weight, their codes at {@code codes}
+     * (16-byte aligned), to {@code fmt} bits at {@code out} (16-byte aligned): the scale of (row,
+     * col) is {@code scales[(row / blockRows) · scaleCols + col / blockCols]}, the product of code
+     * and scale rounded to {@code product} first (F32, or the 16-bit scales' dtype), then to fmt.
+     */
+    public void fp8(CudaStream s, FloatFormat fmt, Pointer codes, long row0, long rowCount, long cols, Pointer scales, long blockRows,
+                    long blockCols, long scaleCols, boolean e5m2, FloatFormat product, Pointer out) {
+        launch(s, "fp8_dequant_" + type(fmt), scaledWork(rowCount, cols), Pointer.to(codes), p(rowCount), p(cols), p(row0),
+                Pointer.to(scales), p(blockRows), p(blockCols), p(scaleCols), p(e5m2 ? 1 : 0), p(MergeKernels.code(product)),
+                Pointer.to(out));
+    }
+
+    /** Rows {@code [row0, row0 + rowCount)} of an LLM.int8 weight to F32 at {@code out}, with the whole weight's row scales {@code scb}. */
+    public void int8(CudaStream s, Pointer codes, long row0, long rowCount, long cols, Pointer scb, Pointer out) {
+        launch(s, "int8_dequant_f32", scaledWork(rowCount, cols), Pointer.to(codes), p(rowCount), p(cols), p(row0), Pointer.to(scb),
+                Pointer.to(out));
+    }
+
+    /**
+     * Rows {@code [row0, row0 + rowCount)} of a GPTQ weight of {@code rows} rows, its words
+     * gathered as PackedIntWeight#gatherRowWords does, to {@code fmt} bits at {@code out}
+     * (16-byte aligned); zeros, scales and gIdx of the whole weight.
+     */
+    public void gptq(CudaStream s, FloatFormat fmt, Pointer words, long row0, long rowCount, long cols, long rows, int bits, Pointer zeros,
+                     Pointer scales, Pointer gIdx, Pointer out) {
+        long packedRows = cols / (32 / bits);
+        launchTiles(s, "gptq_dequant_" + type(fmt), (rowCount + TILE - 1) / TILE, (packedRows + TILE - 1) / TILE, Pointer.to(words),
+                p(rowCount), p(cols), p(row0), p(rows), p(bits), Pointer.to(zeros), Pointer.to(scales), Pointer.to(gIdx), Pointer.to(out));
+    }
+
+    /** {@link #gptq} for an AWQ (GEMM) weight: its words gathered as {@code [cols, word columns of the rows]}. */
+    public void awq(CudaStream s, FloatFormat fmt, Pointer words, long row0, long rowCount, long cols, long rows, Pointer zeros,
+                    Pointer scales, Pointer gIdx, Pointer out) {
+        long wordCols = (row0 + rowCount + 7) / 8 - row0 / 8;
+        launchTiles(s, "awq_dequant_" + type(fmt), (cols + TILE - 1) / TILE, (wordCols + TILE - 1) / TILE, Pointer.to(words),
+                p(rowCount), p(cols), p(row0), p(rows), Pointer.to(zeros), Pointer.to(scales), Pointer.to(gIdx), Pointer.to(out));
+    }
+}
