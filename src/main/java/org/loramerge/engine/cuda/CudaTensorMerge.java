@@ -6,6 +6,8 @@ import java.nio.ByteOrder;
 import java.util.ArrayList;
 import java.util.Comparator;
 import java.util.List;
+import jcuda.runtime.JCuda;
+import jcuda.runtime.cudaStream_t;
 import org.loramerge.engine.BlockStats;
 import org.loramerge.engine.LowRankTerm;
 import org.loramerge.engine.Stages;
@@ -70,6 +72,9 @@ final class CudaTensorMerge implements TensorMerge {
             if (job.doraAxis() != null) {
                 m = DeviceFactors.upload(device.pool(), job.magnitude());
             }
+            // the factor and magnitude uploads are copies from pageable memory on the legacy stream, which may return
+            // before their DMA lands; the workers' streams are non-blocking and do not wait for it
+            JCuda.cudaStreamSynchronize(new cudaStream_t());
         } catch (RuntimeException | IOException e) {
             up.forEach(DeviceFactors::close);
             if (dequantizer != null) {
