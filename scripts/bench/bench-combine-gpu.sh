@@ -131,11 +131,10 @@ if [ -z "${SKIP_DENSE:-}" ]; then
 fi
 TOOLS+=(--tool "cat-cpu=$LORAMERGE $MERGE --combine cat --device cpu")
 TOOLS+=(--tool "combine-svd=$LORAMERGE combine --base {base} $ADAPTER_ARGS --weights $WEIGHTS --combine svd --rank $RANK --out {out}")
+# loramerge's rows before PEFT's, so that a call that runs out of time still has them
+[ -n "${RUN_TIES_SVD:-}" ] && TOOLS+=(--tool "combine-ties-svd=$LORAMERGE combine --base {base} $ADAPTER_ARGS --weights $WEIGHTS --combine ties_svd --density 0.5 --rank $RANK --out {out}")
 [ -z "${SKIP_PEFT:-}" ] && TOOLS+=(--tool "peft-combine-svd=$PY scripts/bench/peft_combine.py --base {base} $PEFT_ADAPTERS --weights $WEIGHTS --combination-type svd --svd-rank $RANK --device cuda --out {out}")
-if [ -n "${RUN_TIES_SVD:-}" ]; then
-  TOOLS+=(--tool "combine-ties-svd=$LORAMERGE combine --base {base} $ADAPTER_ARGS --weights $WEIGHTS --combine ties_svd --density 0.5 --rank $RANK --out {out}")
-  [ -z "${SKIP_PEFT:-}" ] && TOOLS+=(--tool "peft-combine-ties-svd=$PY scripts/bench/peft_combine.py --base {base} $PEFT_ADAPTERS --weights $WEIGHTS --combination-type ties_svd --density 0.5 --svd-rank $RANK --device cuda --out {out}")
-fi
+[ -n "${RUN_TIES_SVD:-}" ] && [ -z "${SKIP_PEFT:-}" ] && TOOLS+=(--tool "peft-combine-ties-svd=$PY scripts/bench/peft_combine.py --base {base} $PEFT_ADAPTERS --weights $WEIGHTS --combination-type ties_svd --density 0.5 --svd-rank $RANK --device cuda --out {out}")
 
 set +e
 "$PY" scripts/bench/bench_run.py --base "$WORK/base" --adapter "$WORK/a1/adapter" --work "$WORK" --logs "$OUT" \
