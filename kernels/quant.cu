@@ -40,24 +40,26 @@ __device__ __forceinline__ long long div_nonneg(long long a, long long b) {
     return ((unsigned long long)(a | b) >> 32) == 0 ? (long long)((unsigned int)a / (unsigned int)b) : a / b;
 }
 
-/* e4m3fn byte to fp32, exactly (Fp8Codec.decodeE4M3): bias 7, no infinities, S.1111.111 NaN, subnormals m * 2^-9. */
+/*
+ * e4m3fn byte to fp32, exactly (Fp8Codec.decodeE4M3): bias 7, no infinities, S.1111.111 NaN, subnormals m * 2^-9.
+ * Without branches: the magnitude's bits placed under fp32's exponent and mantissa read as 2^(e - 127) * 1.m (or, for
+ * e = 0, the fp32 subnormal m * 2^-129), so one exact product by 2^120 gives 2^(e - 7) * 1.m (m * 2^-9).
+ */
 __device__ __forceinline__ float e4m3_value(uint32_t b) {
-    uint32_t sign = (b & 0x80u) << 24;
-    uint32_t e = (b >> 3) & 15u;
-    uint32_t m = b & 7u;
-    if (e == 15u && m == 7u) return __uint_as_float(0x7fc00000u);
-    if (e == 0u) return __uint_as_float(sign | __float_as_uint((float)m * 0x1p-9f));
-    return __uint_as_float(sign | ((e + 120u) << 23) | (m << 20));
+    uint32_t mag = b & 0x7fu;
+    float v = __fmul_rn(__uint_as_float(mag << 20), 0x1p120f);
+    return mag == 0x7fu ? __uint_as_float(0x7fc00000u) : __uint_as_float(((b & 0x80u) << 24) | __float_as_uint(v));
 }
 
-/* e5m2 byte to fp32, exactly (Fp8Codec.decodeE5M2): bias 15, exponent 31 infinity (m = 0) or NaN, subnormals m * 2^-16. */
+/*
+ * e5m2 byte to fp32, exactly (Fp8Codec.decodeE5M2): bias 15, exponent 31 infinity (m = 0) or NaN, subnormals m * 2^-16;
+ * the finite ones as e4m3_value, by 2^112.
+ */
 __device__ __forceinline__ float e5m2_value(uint32_t b) {
+    uint32_t mag = b & 0x7fu;
     uint32_t sign = (b & 0x80u) << 24;
-    uint32_t e = (b >> 2) & 31u;
-    uint32_t m = b & 3u;
-    if (e == 31u) return m == 0u ? __uint_as_float(sign | 0x7f800000u) : __uint_as_float(0x7fc00000u);
-    if (e == 0u) return __uint_as_float(sign | __float_as_uint((float)m * 0x1p-16f));
-    return __uint_as_float(sign | ((e + 112u) << 23) | (m << 21));
+    float v = __fmul_rn(__uint_as_float(mag << 21), 0x1p112f);
+    return mag > 0x7cu ? __uint_as_float(0x7fc00000u) : __uint_as_float(sign | (mag == 0x7cu ? 0x7f800000u : __float_as_uint(v)));
 }
 
 /* The D bits of stored byte b with scale s (see the file's comment). productFmt: LM_F32, LM_BF16 or LM_F16 (FP8 only). */
