@@ -367,7 +367,7 @@ public final class ExtractRunner {
             svdClock.addAndGet(System.nanoTime() - t0);
         }
         int r = asked.energy() == null ? res.svd().rank() : Math.max(1, res.rankKeeping(asked.energy()));
-        Svd svd = res.svd().truncate(r);
+        Svd svd = r == res.svd().rank() ? res.svd() : res.svd().truncate(r); // read only: no copy of the factors where all are kept
         int m = t.rows();
         int n = t.cols();
         FloatFormat f = FloatFormat.of(t.factorType());
