@@ -7,6 +7,12 @@
 #                                         target/loramerge-cli.jar (mvn -DskipTests package, here; the runnable jar)
 # e.g. run(command="bash scripts/bench/bench-extract-gpu.sh", carry=[".device", "target/loramerge-cli.jar"])
 #
+# The shortest call that measures extract on the 7B shape, GPU engine only (the two checkpoints made, the cache
+# warmed, cat once, extract once; no anchors, no CPU engine, no unmerge):
+#   run(command="SKIP_ANCHORS=1 bash scripts/bench/bench-extract-gpu.sh", carry=[".device", "target/loramerge-cli.jar"])
+# (EXTRACT_CPU, CPU_TARGET, SVDS_SWEEP and RUN_UNMERGE are off by default on llama-7b.) progress.log says how long
+# each step took; the summary's timing line gives extract's own split, decomposeSvd being the SVDs' part of decompose.
+#
 # What it does
 #   1. unpacks the runtime to /tmp/jre (when `java` is missing);
 #   2. generates the llama-7b base (13.48 GB bf16, 3 shards: scripts/bench/make_synthetic.py --base-only) and

@@ -78,7 +78,7 @@ def main() -> int:
             for name in f.keys():
                 t = f.get_tensor(name)
                 if name.endswith(args.pattern) and t.dim() == 2:
-                    w = t.to(dev, torch.float32)
+                    w = t.to(dev).to(torch.float32)  # copied as stored (half the bytes of f32), widened on the device
                     t = (w + delta(t.shape, args, name, dev)).to(t.dtype).cpu()
                     changed += 1
                 tensors[name] = t

@@ -113,10 +113,11 @@ public final class RandomizedSvd {
 
     /**
      * The same algorithm over a matrix that lives elsewhere (a GPU's memory), whose products and
-     * thin QRs {@code a} computes there; {@code frobeniusSquared} is ‖A‖²_F, known to the caller.
-     * Only Ω, the bases of l columns and the small SVD are on the host.
+     * thin QRs {@code a} computes there, and whose bases it keeps there from one pass to the next;
+     * {@code frobeniusSquared} is ‖A‖²_F, known to the caller. Only Ω, the l×l factors, the small
+     * SVD and the singular vectors found are on the host.
      */
-    public static Result truncated(Sketching a, double frobeniusSquared, int rank, Options options) throws IOException {
+    public static <B> Result truncated(Sketching<B> a, double frobeniusSquared, int rank, Options options) throws IOException {
         if (rank < 0) {
             throw new IllegalArgumentException("rank " + rank);
         }
@@ -126,22 +127,46 @@ public final class RandomizedSvd {
         return new Result(sketch(a, rank, options), frobeniusSquared);
     }
 
-    /** The algorithm of the class comment, its passes and QRs made by {@code a}. */
-    private static Svd sketch(Sketching a, int rank, Options options) throws IOException {
+    /**
+     * The algorithm of the class comment, its passes and QRs made by {@code a}, which keeps the
+     * bases; each is given back as soon as the next pass has read it, and all of them on a failure.
+     */
+    private static <B> Svd sketch(Sketching<B> a, int rank, Options options) throws IOException {
         int m = a.rows();
         int n = a.cols();
         int k = Math.min(rank, Math.min(m, n));
         int l = Math.min(k + options.oversampling(), Math.min(m, n));
         Matrix omega = omega(n, l, options.seed());
-        Matrix q = a.rangeBasis(omega);
-        for (int it = 0; it < options.powerIterations(); it++) {
-            Matrix z = a.coRangeBasis(q);
-            q = a.rangeBasis(z);
+        B q = null; // rows × l
+        B z = null; // cols × l
+        try {
+            q = a.sketchBasis(omega);
+            for (int it = 0; it < options.powerIterations(); it++) {
+                z = a.coRangeBasis(q);
+                B read = q;
+                q = null; // released once, even where the release fails
+                a.release(read);
+                q = a.rangeBasis(z);
+                read = z;
+                z = null;
+                a.release(read);
+            }
+            Sketching.Qr<B> qr = a.transposeTimesQr(q); // Bᵀ = Aᵀ·Q = Q'·R', so B = R'ᵀ·Q'ᵀ
+            z = qr.q();
+            Svd core = Svd.of(qr.r().transpose());
+            core = core.truncate(Math.min(k, core.rank())); // the columns kept are the same whether truncated before or after
+            return new Svd(a.basisTimes(q, core.u()), core.sigma(), a.timesBasisTransposed(core.vt(), z));
+        } finally {
+            try {
+                if (z != null) {
+                    a.release(z);
+                }
+            } finally {
+                if (q != null) {
+                    a.release(q);
+                }
+            }
         }
-        ThinQr qr = a.transposeTimesQr(q); // Bᵀ = Aᵀ·Q = Q'·R', so B = R'ᵀ·Q'ᵀ
-        Svd core = Svd.of(qr.r().transpose());
-        core = core.truncate(Math.min(k, core.rank())); // the columns kept are the same whether truncated before or after
-        return new Svd(a.basisTimes(q, core.u()), core.sigma(), a.timesBasisTransposed(core.vt(), qr.q()));
     }
 
     /** The last few test matrices, by (n, l, seed): extract decomposes many weights of one shape with one seed. Read only. */
@@ -168,8 +193,8 @@ public final class RandomizedSvd {
         return m;
     }
 
-    /** The passes over row blocks on the host: {@link Kernels}' products, Householder QRs, ‖A‖²_F in the first pass. */
-    private static final class HostPasses implements Sketching {
+    /** The passes over row blocks on the host: {@link Kernels}' products, Householder QRs, ‖A‖²_F in the first pass; the bases are host matrices. */
+    private static final class HostPasses implements Sketching<Matrix> {
         private final RowBlocks a;
         private final ForkJoinPool pool;
         private final double[] frob = new double[1];
@@ -191,6 +216,11 @@ public final class RandomizedSvd {
         }
 
         @Override
+        public Matrix sketchBasis(Matrix omega) throws IOException {
+            return rangeBasis(omega);
+        }
+
+        @Override
         public Matrix rangeBasis(Matrix x) throws IOException {
             Matrix y = times(a, x, first ? frob : null, pool);
             if (first && !Double.isFinite(frob[0])) {
@@ -206,8 +236,19 @@ public final class RandomizedSvd {
         }
 
         @Override
-        public ThinQr transposeTimesQr(Matrix q) throws IOException {
-            return ThinQr.householder(transposeTimes(a, q, pool));
+        public Qr<Matrix> transposeTimesQr(Matrix q) throws IOException {
+            HouseholderQr h = HouseholderQr.of(transposeTimes(a, q, pool));
+            return new Qr<>(h.q(), h.r());
+        }
+
+        @Override
+        public Matrix basisTimes(Matrix q, Matrix c) {
+            return q.multiply(c);
+        }
+
+        @Override
+        public Matrix timesBasisTransposed(Matrix c, Matrix q) {
+            return c.multiply(q.transpose());
         }
     }
 

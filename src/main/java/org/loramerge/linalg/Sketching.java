@@ -7,33 +7,47 @@ import java.io.IOException;
  * somewhere: in row blocks read from the host's checkpoints ({@link RandomizedSvd#truncated(RowBlocks,
  * int, RandomizedSvd.Options)}), or resident on a GPU. Each pass is one product with A followed by
  * the thin QR of the result, so an implementation keeps the tall product where it computed it and
- * hands back only its orthonormal basis (and R where asked). The small matrices (X, Q: rows or
- * cols × l) are on the host; the two products that turn the small SVD's vectors into A's may run
- * where the passes do.
+ * hands back only its orthonormal basis, of type {@code B}, kept where the passes run: the next pass
+ * takes it from there, and only the small matrices (Ω, the l×l factors R and the small SVD's
+ * vectors) and the singular vectors at the end cross to the host. Every basis handed out is given
+ * back once through {@link #release}, and not used after.
+ *
+ * @param <B> a basis of l orthonormal columns where the passes keep it (a host {@link Matrix}, or
+ *            the device's memory)
  */
-public interface Sketching {
+public interface Sketching<B> {
+    /** A thin QR whose Q stays where the passes run and whose R (l×l, upper triangular) is on the host. */
+    record Qr<B>(B q, Matrix r) {
+    }
+
     /** Rows of A. */
     int rows();
 
     /** Columns of A. */
     int cols();
 
-    /** An orthonormal basis (rows × l) of the column span of A·X, X cols × l: the Q of its thin QR. */
-    Matrix rangeBasis(Matrix x) throws IOException;
+    /** An orthonormal basis (rows × l) of the column span of A·Ω, Ω cols × l on the host: the Q of its thin QR. */
+    B sketchBasis(Matrix omega) throws IOException;
 
-    /** An orthonormal basis (cols × l) of the column span of Aᵀ·Q, Q rows × l: the Q of its thin QR. */
-    Matrix coRangeBasis(Matrix q) throws IOException;
+    /** An orthonormal basis (rows × l) of the column span of A·Z, Z a basis (cols × l) of these passes. */
+    B rangeBasis(B z) throws IOException;
 
-    /** The thin QR of Aᵀ·Q (cols × l), Q rows × l. */
-    ThinQr transposeTimesQr(Matrix q) throws IOException;
-
-    /** Q·C, Q a basis (rows or cols × l) and C l×k: the singular vectors from the small SVD's. On the host by default. */
-    default Matrix basisTimes(Matrix q, Matrix c) {
-        return q.multiply(c);
+    /** An orthonormal basis (cols × l) of the column span of Aᵀ·Q, Q a basis (rows × l) of these passes. */
+    default B coRangeBasis(B q) throws IOException {
+        Qr<B> qr = transposeTimesQr(q);
+        return qr.q();
     }
 
-    /** C·Qᵀ, C k×l and Q a basis (rows or cols × l): the transposed singular vectors. On the host by default. */
-    default Matrix timesBasisTransposed(Matrix c, Matrix q) {
-        return c.multiply(q.transpose());
+    /** The thin QR of Aᵀ·Q (cols × l), Q a basis (rows × l) of these passes. */
+    Qr<B> transposeTimesQr(B q) throws IOException;
+
+    /** Q·C on the host, Q a basis (rows or cols × l) and C l×k on the host: the singular vectors from the small SVD's. */
+    Matrix basisTimes(B q, Matrix c);
+
+    /** C·Qᵀ on the host, C k×l on the host and Q a basis (rows or cols × l): the transposed singular vectors. */
+    Matrix timesBasisTransposed(Matrix c, B q);
+
+    /** Gives back what {@code basis} holds; it is not used after. Nothing to do on the host by default. */
+    default void release(B basis) {
     }
 }

@@ -41,6 +41,8 @@ public final class ExtractReport {
      * @param waitForDelta     a decomposing thread waiting for the next ΔW (per thread): when it is most of the run,
      *                         reading and forming bound it
      * @param decompose        the SVDs, the factors and their measured errors (per decomposing thread)
+     * @param decomposeSvd     the part of {@code decompose} in the randomized SVDs themselves (per decomposing thread); the
+     *                         rest rounds, encodes and measures the factors
      * @param compareOthers    comparing the tensors that are not targeted, on a thread of its own
      * @param write            placing the other changes and writing the adapter folder, at the end
      * @param waitForRoom      forming waiting for room: every decomposing thread busy and the weights formed ahead
@@ -49,8 +51,8 @@ public final class ExtractReport {
      * @param decomposeThreads weights decomposed at once
      * @param bound            the stage the others waited for longest: "formDelta", "decompose" or "compareOthers"
      */
-    public record Timing(double formDelta, double waitForDelta, double decompose, double compareOthers, double write, double waitForRoom,
-                         double waitForCompare, int decomposeThreads, String bound) {
+    public record Timing(double formDelta, double waitForDelta, double decompose, double decomposeSvd, double compareOthers, double write,
+                         double waitForRoom, double waitForCompare, int decomposeThreads, String bound) {
     }
 
     public String output;

@@ -214,6 +214,8 @@ public final class ExtractRunner {
         final AtomicLong waitingForRoom = new AtomicLong();
         final AtomicLong waitingForDelta = new AtomicLong();
         final AtomicLong decomposing = new AtomicLong();
+        /** The part of {@link #decomposing} in the randomized SVD itself. */
+        final AtomicLong decomposingSvd = new AtomicLong();
         final AtomicLong comparing = new AtomicLong();
         long waitingForComparisons;
 
@@ -229,7 +231,8 @@ public final class ExtractRunner {
             double waitForCompare = waitingForComparisons / 1e9;
             String bound = waitForCompare > Math.max(waitForDelta, waitForRoom) ? "compareOthers"
                     : waitForRoom > waitForDelta ? "decompose" : "formDelta";
-            return new ExtractReport.Timing(forming.get() / 1e9, waitForDelta, decomposing.get() / 1e9 / decomposers, comparing.get() / 1e9,
+            return new ExtractReport.Timing(forming.get() / 1e9, waitForDelta, decomposing.get() / 1e9 / decomposers,
+                    decomposingSvd.get() / 1e9 / decomposers, comparing.get() / 1e9,
                     write, waitForRoom, waitForCompare, decomposers, bound);
         }
     }
@@ -288,7 +291,7 @@ public final class ExtractRunner {
                 return new Extracted(null, List.of(), 0, d.device());
             }
             List<AdapterWriter.Tensor> tensors = new ArrayList<>();
-            ExtractReport.Module m = extract(t, d, asked, options, tensors);
+            ExtractReport.Module m = extract(t, d, asked, options, tensors, clocks.decomposingSvd);
             return new Extracted(m, tensors, d.deltaSquared(), d.device());
         } finally {
             room.release(); // after close: its device memory is free
@@ -355,23 +358,40 @@ public final class ExtractRunner {
 
     /** One target's SVD, factors and measurements; the factors are added to {@code tensors}. */
     private static ExtractReport.Module extract(ExtractPlan.Target t, WeightDelta delta, ExtractOptions asked, Options options,
-                                                List<AdapterWriter.Tensor> tensors) throws IOException, ExtractException {
-        RandomizedSvd.Result res = delta.svd(asked.sketchRank(), options.svd());
+                                                List<AdapterWriter.Tensor> tensors, AtomicLong svdClock) throws IOException, ExtractException {
+        long t0 = System.nanoTime();
+        RandomizedSvd.Result res;
+        try {
+            res = delta.svd(asked.sketchRank(), options.svd());
+        } finally {
+            svdClock.addAndGet(System.nanoTime() - t0);
+        }
         int r = asked.energy() == null ? res.svd().rank() : Math.max(1, res.rankKeeping(asked.energy()));
-        Svd svd = res.svd().truncate(r);
+        Svd svd = r == res.svd().rank() ? res.svd() : res.svd().truncate(r); // read only: no copy of the factors where all are kept
         int m = t.rows();
         int n = t.cols();
         FloatFormat f = FloatFormat.of(t.factorType());
         // ΔW ≈ U_w·V_wᵀ with U_w = U·√Σ [m, r] and V_wᵀ = √Σ·Vᵀ [r, n], each rounded once to the factor dtype
-        Matrix uw = Matrix.zeros(m, r);
-        Matrix vtw = Matrix.zeros(r, n);
+        double[] roots = new double[r];
         for (int k = 0; k < r; k++) {
-            double root = Math.sqrt(svd.sigma()[k]);
-            for (int i = 0; i < m; i++) {
-                uw.set(i, k, f.round(svd.u().get(i, k) * root));
+            roots[k] = Math.sqrt(svd.sigma()[k]);
+        }
+        // in the arrays' order, row by row (U is m×r, as U_w)
+        double[] u = svd.u().data();
+        Matrix uw = Matrix.zeros(m, r);
+        double[] uwData = uw.data();
+        for (int i = 0, o = 0; i < m; i++) {
+            for (int k = 0; k < r; k++, o++) {
+                uwData[o] = f.round(u[o] * roots[k]);
             }
-            for (int j = 0; j < n; j++) {
-                vtw.set(k, j, f.round(svd.vt().get(k, j) * root));
+        }
+        double[] vt = svd.vt().data();
+        Matrix vtw = Matrix.zeros(r, n);
+        double[] vtwData = vtw.data();
+        for (int k = 0, o = 0; k < r; k++) {
+            double root = roots[k];
+            for (int j = 0; j < n; j++, o++) {
+                vtwData[o] = f.round(vt[o] * root);
             }
         }
         checkFinite(t, uw, f);

@@ -583,6 +583,8 @@ class ExtractCliTest {
             assertTrue(v >= 0 && v <= seconds, part + " = " + v + " of a " + seconds + " s run: " + timing);
         }
         assertTrue(timing.get("formDelta").asDouble() > 0 && timing.get("decompose").asDouble() > 0, timing.toString());
+        double svd = timing.get("decomposeSvd").asDouble(-1);
+        assertTrue(svd > 0 && svd <= timing.get("decompose").asDouble(), "the SVDs' part of decomposing: " + timing);
         assertEquals(1, timing.get("decomposeThreads").asInt(), "the CPU engine's SVD uses every core for one weight");
         assertTrue(List.of("formDelta", "decompose", "compareOthers").contains(timing.get("bound").asText()), "the stage that bounds the run: " + timing);
         Path other = dir.resolve("other");

@@ -1,9 +1,15 @@
 package org.loramerge.linalg;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertSame;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import java.util.ArrayList;
+import java.util.List;
 import java.util.function.IntToDoubleFunction;
+import java.util.stream.IntStream;
 import java.util.stream.Stream;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
@@ -11,13 +17,48 @@ import org.junit.jupiter.params.provider.MethodSource;
 
 /**
  * The randomized SVD over {@link Sketching} passes whose QRs are shifted CholeskyQR3 with the
- * Householder fallback (what the GPU engine does, {@code CudaWeightDelta}, here with the products
- * and the Tall on the host) is the CPU engine's algorithm: on the same matrix the singular values
- * agree to 1e-9 relative and the error is as close to the optimum.
+ * Householder fallback and whose bases stay where the passes run (what the GPU engine does, {@code
+ * CudaWeightDelta}, here with the products, the Tall and the bases on the host) is the CPU engine's
+ * algorithm: on the same matrix the singular values agree to 1e-9 relative and the error is as
+ * close to the optimum; and every basis the passes hand out is given back once, not used after,
+ * with at most two held at once, also when a pass fails.
  */
 class SketchingTest {
-    /** The GPU engine's passes, on the host: plain products, CholeskyQr with Householder where it breaks down. */
-    private record CholeskyPasses(Matrix a) implements Sketching {
+    /** A basis of the twin's passes, on the host, that knows whether it was given back. */
+    private static final class HostBasis {
+        private final Matrix q;
+        private boolean released;
+
+        HostBasis(Matrix q) {
+            this.q = q;
+        }
+    }
+
+    /** Thrown by the twin's pass that is told to fail. */
+    private static final class PassFailed extends RuntimeException {
+        PassFailed(int pass) {
+            super("pass " + pass + " failed");
+        }
+    }
+
+    /**
+     * The GPU engine's passes, on the host: plain products, CholeskyQr with Householder where it
+     * breaks down, the bases kept as {@link HostBasis}; the pass numbered {@code failAt} (from 0, -1
+     * for none) throws.
+     */
+    private static final class CholeskyPasses implements Sketching<HostBasis> {
+        private final Matrix a;
+        private final int failAt;
+        private final List<HostBasis> handedOut = new ArrayList<>();
+        private int passes;
+        private int held;
+        private int mostHeld;
+
+        CholeskyPasses(Matrix a, int failAt) {
+            this.a = a;
+            this.failAt = failAt;
+        }
+
         @Override
         public int rows() {
             return a.rows();
@@ -28,45 +69,118 @@ class SketchingTest {
             return a.cols();
         }
 
-        @Override
-        public Matrix rangeBasis(Matrix x) {
-            Matrix y = a.multiply(x);
-            return CholeskyQr.of(new CholeskyQr.HostTall(y), () -> y).q();
+        private void pass() {
+            if (passes++ == failAt) {
+                throw new PassFailed(failAt);
+            }
+        }
+
+        private HostBasis handOut(Matrix q) {
+            HostBasis b = new HostBasis(q);
+            handedOut.add(b);
+            held++;
+            mostHeld = Math.max(mostHeld, held);
+            return b;
+        }
+
+        private static Matrix read(HostBasis b) {
+            assertFalse(b.released, "a basis read after it was given back");
+            return b.q;
+        }
+
+        private HostBasis basisOf(Matrix y) {
+            pass();
+            return handOut(CholeskyQr.of(new CholeskyQr.HostTall(y), () -> y).q());
         }
 
         @Override
-        public Matrix coRangeBasis(Matrix q) {
-            return transposeTimesQr(q).q();
+        public HostBasis sketchBasis(Matrix omega) {
+            return basisOf(a.multiply(omega));
         }
 
         @Override
-        public ThinQr transposeTimesQr(Matrix q) {
-            Matrix z = a.transposeMultiply(q);
-            return CholeskyQr.of(new CholeskyQr.HostTall(z), () -> z);
+        public HostBasis rangeBasis(HostBasis z) {
+            return basisOf(a.multiply(read(z)));
+        }
+
+        @Override
+        public Qr<HostBasis> transposeTimesQr(HostBasis q) {
+            Matrix z = a.transposeMultiply(read(q));
+            pass();
+            ThinQr qr = CholeskyQr.of(new CholeskyQr.HostTall(z), () -> z);
+            return new Qr<>(handOut(qr.q()), qr.r());
+        }
+
+        @Override
+        public Matrix basisTimes(HostBasis q, Matrix c) {
+            return read(q).multiply(c);
+        }
+
+        @Override
+        public Matrix timesBasisTransposed(Matrix c, HostBasis q) {
+            return c.multiply(read(q).transpose());
+        }
+
+        @Override
+        public void release(HostBasis basis) {
+            assertFalse(basis.released, "a basis given back twice");
+            basis.released = true;
+            held--;
+        }
+
+        void assertAllGivenBack(String where) {
+            assertFalse(handedOut.isEmpty(), where);
+            assertTrue(handedOut.stream().allMatch(b -> b.released), where + ": every basis handed out is given back");
         }
     }
 
     static Stream<Arguments> spectra() {
         return Stream.of(
-                Arguments.of("rank 32 plus small full-rank noise", (IntToDoubleFunction) i -> i < 32 ? 10.0 / (1 + i) : 0.01),
-                Arguments.of("decay 1/sqrt(i)", (IntToDoubleFunction) i -> 1.0 / Math.sqrt(1 + i)),
-                Arguments.of("geometric 0.9^i (below roundoff past i = 350)", (IntToDoubleFunction) i -> Math.pow(0.9, i)),
-                Arguments.of("exactly rank 8 (the QRs fall back to Householder)", (IntToDoubleFunction) i -> i < 8 ? 1.0 / (1 + i) : 0));
+                Arguments.of("rank 32 plus small full-rank noise", (IntToDoubleFunction) i -> i < 32 ? 10.0 / (1 + i) : 0.01, 0),
+                Arguments.of("decay 1/sqrt(i)", (IntToDoubleFunction) i -> 1.0 / Math.sqrt(1 + i), 0),
+                Arguments.of("geometric 0.9^i (below roundoff past i = 350)", (IntToDoubleFunction) i -> Math.pow(0.9, i), 0),
+                Arguments.of("exactly rank 8 (the QRs fall back to Householder)", (IntToDoubleFunction) i -> i < 8 ? 1.0 / (1 + i) : 0, 0),
+                Arguments.of("rank 32 plus noise, every 5th column exactly zero", (IntToDoubleFunction) i -> i < 32 ? 10.0 / (1 + i) : 0.01, 5),
+                Arguments.of("exactly rank 8, every 3rd column exactly zero", (IntToDoubleFunction) i -> i < 8 ? 1.0 / (1 + i) : 0, 3));
+    }
+
+    /**
+     * An m×n matrix with singular values {@code spectrum} whose columns j with j % zeroEvery ==
+     * zeroEvery − 1 are exactly zero (none for 0): the spectrum's matrix on the other columns, which
+     * zero columns beside them do not change. {@code sigma} receives its singular values.
+     */
+    private static Matrix matrix(int m, int n, IntToDoubleFunction spectrum, int zeroEvery, List<double[]> sigma) {
+        int[] kept = IntStream.range(0, n).filter(j -> zeroEvery == 0 || j % zeroEvery != zeroEvery - 1).toArray();
+        double[] s = Spectra.sigmas(m, kept.length, spectrum);
+        sigma.add(s);
+        Matrix dense = Spectra.withSpectrum(m, kept.length, s, 21);
+        Matrix a = Matrix.zeros(m, n);
+        for (int i = 0; i < m; i++) {
+            for (int c = 0; c < kept.length; c++) {
+                a.set(i, kept[c], dense.get(i, c));
+            }
+        }
+        return a;
     }
 
     @ParameterizedTest(name = "{0}")
     @MethodSource("spectra")
-    void choleskyPassesGiveTheSameSingularValuesAndErrorAsTheHostPasses(String name, IntToDoubleFunction spectrum) throws Exception {
+    void choleskyPassesGiveTheSameSingularValuesAndErrorAsTheHostPasses(String name, IntToDoubleFunction spectrum, int zeroEvery)
+            throws Exception {
         for (int[] shape : new int[][] {{400, 300}, {300, 400}}) {
             int m = shape[0];
             int n = shape[1];
             int r = 32;
-            double[] sigma = Spectra.sigmas(m, n, spectrum);
-            Matrix a = Spectra.withSpectrum(m, n, sigma, 21);
+            List<double[]> sigmas = new ArrayList<>();
+            Matrix a = matrix(m, n, spectrum, zeroEvery, sigmas);
+            double[] sigma = sigmas.get(0);
             RandomizedSvd.Options options = RandomizedSvd.Options.defaults(2);
             RandomizedSvd.Result host = RandomizedSvd.truncated(Spectra.inBlocks(a, 50), r, options);
-            RandomizedSvd.Result twin = RandomizedSvd.truncated(new CholeskyPasses(a), host.frobeniusSquared(), r, options);
+            CholeskyPasses passes = new CholeskyPasses(a, -1);
+            RandomizedSvd.Result twin = RandomizedSvd.truncated(passes, host.frobeniusSquared(), r, options);
             String where = name + " " + m + "x" + n;
+            passes.assertAllGivenBack(where);
+            assertTrue(passes.mostHeld <= 2, where + ": " + passes.mostHeld + " bases held at once");
             assertEquals(host.svd().rank(), twin.svd().rank(), where);
             double top = host.svd().sigma()[0];
             for (int i = 0; i < host.svd().rank(); i++) {
@@ -84,6 +198,32 @@ class SketchingTest {
             }
             assertTrue(Spectra.orthonormalityError(twin.svd().u()) < 1e-12, where);
             assertTrue(Spectra.orthonormalityError(twin.svd().vt().transpose()) < 1e-12, where);
+            for (int j = zeroEvery - 1; zeroEvery > 0 && j < n; j += zeroEvery) {
+                for (int k = 0; k < twin.svd().rank(); k++) {
+                    assertTrue(Math.abs(twin.svd().vt().get(k, j)) < 1e-12, where + ": a zero column of A has a zero column in Vᵀ, not " + j);
+                }
+            }
+        }
+    }
+
+    /** The passes of one SVD with the defaults: the sketch, 2 per power iteration, the last QR. */
+    static IntStream failingPasses() {
+        return IntStream.range(0, 2 + 2 * RandomizedSvd.Options.DEFAULT_POWER_ITERATIONS);
+    }
+
+    @ParameterizedTest(name = "pass {0}")
+    @MethodSource("failingPasses")
+    void aPassThatFailsLeavesEveryBasisGivenBackAndItsFailureThrown(int failAt) {
+        Matrix a = Spectra.withSpectrum(200, 150, Spectra.sigmas(200, 150, i -> 1.0 / (1 + i)), 5);
+        CholeskyPasses passes = new CholeskyPasses(a, failAt);
+        PassFailed e = assertThrows(PassFailed.class,
+                () -> RandomizedSvd.truncated(passes, a.frobeniusSquared(), 16, RandomizedSvd.Options.defaults(1)));
+        assertEquals("pass " + failAt + " failed", e.getMessage());
+        assertSame(PassFailed.class, e.getClass());
+        if (failAt > 0) {
+            passes.assertAllGivenBack("failing at pass " + failAt);
+        } else {
+            assertTrue(passes.handedOut.isEmpty(), "the first pass failed before any basis was handed out");
         }
     }
 }

@@ -2,6 +2,7 @@ package org.loramerge.engine.cuda;
 
 import java.io.IOException;
 import java.nio.ByteBuffer;
+import java.util.Optional;
 import jcuda.Pointer;
 import jcuda.Sizeof;
 import jcuda.jcublas.JCublas2;
@@ -38,7 +39,10 @@ import org.loramerge.plan.TensorSource;
  * worker: each product with ΔW is one cuBLAS DGEMM, and its thin QR a shifted CholeskyQR3 ({@link
  * CholeskyQr}: the Gram matrices by DGEMM and the triangular solves by DTRSM here, the l×l Cholesky
  * factors on the host), falling back to Householder's QR of the product on the host where that
- * breaks down (a ΔW of lower rank than the sketch). The small SVD is the host's. The written
+ * breaks down (a ΔW of lower rank than the sketch). Each pass's basis stays here for the next
+ * ({@link DeviceBasis}); what crosses to the host per weight is Ω on the way up, the l×l Gram
+ * matrices and factors, and the singular vectors at the end (rows·k and k·cols doubles, made here
+ * by one DGEMM each from the bases). The small SVD is the host's. The written
  * factors' error is a last DGEMM that subtracts U·Vᵀ from ΔW in place, and its row sums. Several
  * weights may be decomposed at once on different threads, each with its own stream and cuBLAS
  * handle, and each weight's bits are then the same as when it is decomposed alone: cuBLAS keeps its
@@ -53,7 +57,7 @@ import org.loramerge.plan.TensorSource;
  * #DELTA_BUDGET_BYTES}), a few rows×l sketches and the calling threads' worker buffers; for a
  * combination also the adapters' factors while Δ is formed.
  */
-final class CudaWeightDelta implements WeightDelta, Sketching {
+final class CudaWeightDelta implements WeightDelta, Sketching<CudaWeightDelta.DeviceBasis> {
     /**
      * The largest ΔW kept on the device: half of {@link #DELTA_BUDGET_BYTES}, so that
      * the next weight can be formed while the largest is decomposed. Larger weights (a 128k-token
@@ -259,86 +263,150 @@ final class CudaWeightDelta implements WeightDelta, Sketching {
         return cols;
     }
 
-    @Override
-    public Matrix rangeBasis(Matrix x) {
-        return product(x, false).q();
+    /**
+     * A basis of the passes, resident here: {@code rows × cols} doubles, row-major, in memory of the
+     * device's pool, given back by {@link #release}.
+     */
+    record DeviceBasis(DeviceMemory memory, int rows, int cols) {
     }
 
     @Override
-    public Matrix coRangeBasis(Matrix q) {
-        return product(q, true).q();
+    public DeviceBasis sketchBasis(Matrix omega) {
+        if (omega.rows() != cols) {
+            throw new IllegalArgumentException("Ω " + omega.shape() + " does not fit a " + rows + "x" + cols + " ΔW");
+        }
+        device.bindContext();
+        DeviceWorker w = device.worker();
+        try (DeviceMemory dx = device.pool().take(Math.max(1, (long) omega.data().length) * Sizeof.DOUBLE)) {
+            upload(w, omega.data(), dx);
+            return product(w, dx, omega.cols(), false).q(); // returns with the stream idle: dx may go back
+        }
     }
 
     @Override
-    public ThinQr transposeTimesQr(Matrix q) {
-        return product(q, true);
+    public DeviceBasis rangeBasis(DeviceBasis z) {
+        if (z.rows() != cols) {
+            throw new IllegalArgumentException("a basis of " + z.rows() + " rows does not fit a " + rows + "x" + cols + " ΔW");
+        }
+        device.bindContext();
+        return product(device.worker(), z.memory(), z.cols(), false).q();
+    }
+
+    @Override
+    public Qr<DeviceBasis> transposeTimesQr(DeviceBasis q) {
+        if (q.rows() != rows) {
+            throw new IllegalArgumentException("a basis of " + q.rows() + " rows does not fit a transposed " + rows + "x" + cols + " ΔW");
+        }
+        device.bindContext();
+        return product(device.worker(), q.memory(), q.cols(), true);
+    }
+
+    @Override
+    public void release(DeviceBasis basis) {
+        device.bindContext();
+        device.worker().synchronize(); // nothing queued reads it any more before it goes back to the pool
+        basis.memory().close();
     }
 
     /**
-     * The thin QR of ΔW·X ({@code transpose} false; X cols×l) or ΔWᵀ·X (true; X rows×l), the
-     * product and its Q formed here; Householder's on the host where CholeskyQR3 breaks down.
+     * The thin QR of ΔW·X ({@code transpose} false; X cols×l) or ΔWᵀ·X (true; X rows×l), X in
+     * device memory: the product formed here and factored in place by CholeskyQR3 into a new basis
+     * here, R on the host; where that breaks down, Householder's QR of the product on the host, its
+     * Q copied up into the basis. Returns with the worker's stream idle.
      */
-    private ThinQr product(Matrix x, boolean transpose) {
-        device.bindContext();
-        DeviceWorker w = device.worker();
-        int l = x.cols();
+    private Qr<DeviceBasis> product(DeviceWorker w, DeviceMemory x, int l, boolean transpose) {
         int inRows = transpose ? rows : cols;
         int outRows = transpose ? cols : rows;
-        if (x.rows() != inRows) {
-            throw new IllegalArgumentException("X " + x.shape() + " does not fit a " + (transpose ? "transposed " : "") + rows + "x" + cols + " ΔW");
-        }
         long outBytes = (long) outRows * l * Sizeof.DOUBLE;
-        try (DeviceMemory dx = device.pool().take((long) inRows * l * Sizeof.DOUBLE);
-             DeviceMemory y = device.pool().take(outBytes);
-             DeviceMemory q = device.pool().take(outBytes)) {
-            upload(w, x.data(), dx);
+        DeviceMemory y = device.pool().take(outBytes);
+        DeviceMemory q = null;
+        boolean done = false;
+        try {
+            q = device.pool().take(outBytes);
             // row-major [r, c] is column-major [c, r]: the products are formed as their transposes
             if (transpose) {
                 // Zᵀ (l×cols) = Xᵀ (l×rows) · ΔW (ΔW's column-major form is ΔWᵀ, taken transposed)
-                JCublas2.cublasDgemm(w.cublas(), cublasOperation.CUBLAS_OP_N, cublasOperation.CUBLAS_OP_T, l, cols, rows, one(), dx.pointer(), l,
+                JCublas2.cublasDgemm(w.cublas(), cublasOperation.CUBLAS_OP_N, cublasOperation.CUBLAS_OP_T, l, cols, inRows, one(), x.pointer(), l,
                         delta.pointer(), cols, zero(), y.pointer(), l);
             } else {
                 // Yᵀ (l×rows) = Xᵀ (l×cols) · ΔWᵀ (cols×rows)
-                JCublas2.cublasDgemm(w.cublas(), cublasOperation.CUBLAS_OP_N, cublasOperation.CUBLAS_OP_N, l, rows, cols, one(), dx.pointer(), l,
+                JCublas2.cublasDgemm(w.cublas(), cublasOperation.CUBLAS_OP_N, cublasOperation.CUBLAS_OP_N, l, rows, inRows, one(), x.pointer(), l,
                         delta.pointer(), cols, zero(), y.pointer(), l);
             }
             JCuda.cudaMemcpyAsync(q.pointer(), y.pointer(), outBytes, cudaMemcpyKind.cudaMemcpyDeviceToDevice, w.stream().runtime());
-            return CholeskyQr.of(new DeviceTall(w, q, outRows, l), () -> fetch(w, y, outRows, l));
+            Optional<Matrix> r = CholeskyQr.factor(new DeviceTall(w, q, outRows, l)); // returns after fetching a Gram matrix: stream idle
+            Matrix factorR;
+            if (r.isPresent()) {
+                factorR = r.get();
+            } else {
+                ThinQr h = ThinQr.householder(fetch(w, y, outRows, l));
+                upload(w, h.q().data(), q);
+                factorR = h.r();
+            }
+            done = true;
+            return new Qr<>(new DeviceBasis(q, outRows, l), factorR);
+        } finally {
+            if (!done) {
+                synchronizeQuietly(w); // what the stream still has queued reads these buffers: let it finish before they go back
+            }
+            y.close();
+            if (!done && q != null) {
+                q.close();
+            }
+        }
+    }
+
+    /** After a failure: waits for the worker's stream, the failure being thrown saying more than this one would. */
+    private static void synchronizeQuietly(DeviceWorker w) {
+        try {
+            w.synchronize();
+        } catch (RuntimeException ignored) {
+            // the failure being thrown says more
         }
     }
 
     @Override
-    public Matrix basisTimes(Matrix q, Matrix c) {
-        return multiply(q, c, false);
-    }
-
-    @Override
-    public Matrix timesBasisTransposed(Matrix c, Matrix q) {
-        return multiply(c, q, true);
-    }
-
-    /**
-     * A·B ({@code transposeB} false; B s×q) or A·Bᵀ (true; B q×s), A p×s, all row-major on the
-     * host, by one DGEMM here: the products of the SVD's last step, m·l·k multiply-adds each.
-     */
-    private Matrix multiply(Matrix a, Matrix b, boolean transposeB) {
-        int p = a.rows();
-        int s = a.cols();
-        int q = transposeB ? b.rows() : b.cols();
-        if ((transposeB ? b.cols() : b.rows()) != s) {
-            throw new IllegalArgumentException("cannot multiply " + a.shape() + " by " + b.shape() + (transposeB ? " transposed" : ""));
+    public Matrix basisTimes(DeviceBasis q, Matrix c) {
+        if (c.rows() != q.cols()) {
+            throw new IllegalArgumentException("cannot multiply a basis of " + q.cols() + " columns by " + c.shape());
         }
         device.bindContext();
         DeviceWorker w = device.worker();
-        try (DeviceMemory da = device.pool().take(Math.max(1, (long) p * s) * Sizeof.DOUBLE);
-             DeviceMemory db = device.pool().take(Math.max(1, (long) s * q) * Sizeof.DOUBLE);
-             DeviceMemory dc = device.pool().take(Math.max(1, (long) p * q) * Sizeof.DOUBLE)) {
-            upload(w, a.data(), da);
-            upload(w, b.data(), db);
-            // row-major C = A·op(B) is column-major Cᵀ (q×p) = op(B)ᵀ·Aᵀ; A's column-major form is Aᵀ (lda = s), B's is Bᵀ
-            JCublas2.cublasDgemm(w.cublas(), transposeB ? cublasOperation.CUBLAS_OP_T : cublasOperation.CUBLAS_OP_N, cublasOperation.CUBLAS_OP_N,
-                    q, p, s, one(), db.pointer(), transposeB ? s : q, da.pointer(), s, zero(), dc.pointer(), q);
-            return fetch(w, dc, p, q);
+        try (DeviceMemory dc = device.pool().take(Math.max(1, (long) c.data().length) * Sizeof.DOUBLE)) {
+            upload(w, c.data(), dc);
+            return multiply(w, q.memory(), q.rows(), q.cols(), dc, c.cols(), false);
+        }
+    }
+
+    @Override
+    public Matrix timesBasisTransposed(Matrix c, DeviceBasis q) {
+        if (c.cols() != q.cols()) {
+            throw new IllegalArgumentException("cannot multiply " + c.shape() + " by the transpose of a basis of " + q.cols() + " columns");
+        }
+        device.bindContext();
+        DeviceWorker w = device.worker();
+        try (DeviceMemory dc = device.pool().take(Math.max(1, (long) c.data().length) * Sizeof.DOUBLE)) {
+            upload(w, c.data(), dc);
+            return multiply(w, dc, c.rows(), c.cols(), q.memory(), q.rows(), true);
+        }
+    }
+
+    /**
+     * A·B ({@code transposeB} false; B s×q) or A·Bᵀ (true; B q×s), A p×s, all row-major in device
+     * memory, by one DGEMM here, fetched to the host: the products of the SVD's last step, p·s·q
+     * multiply-adds each. Returns with the worker's stream idle.
+     */
+    private Matrix multiply(DeviceWorker w, DeviceMemory a, int p, int s, DeviceMemory b, int q, boolean transposeB) {
+        try (DeviceMemory dc = device.pool().take(Math.max(1, (long) p * q) * Sizeof.DOUBLE)) {
+            try {
+                // row-major C = A·op(B) is column-major Cᵀ (q×p) = op(B)ᵀ·Aᵀ; A's column-major form is Aᵀ (lda = s), B's is Bᵀ
+                JCublas2.cublasDgemm(w.cublas(), transposeB ? cublasOperation.CUBLAS_OP_T : cublasOperation.CUBLAS_OP_N, cublasOperation.CUBLAS_OP_N,
+                        q, p, s, one(), b.pointer(), transposeB ? s : q, a.pointer(), s, zero(), dc.pointer(), q);
+                return fetch(w, dc, p, q);
+            } catch (RuntimeException | Error e) {
+                synchronizeQuietly(w);
+                throw e;
+            }
         }
     }
 

@@ -18,6 +18,7 @@ public final class DevicePool implements AutoCloseable {
     private static final long MIB = 1L << 20;
     private final Map<Long, ArrayDeque<Pointer>> free = new HashMap<>();
     private boolean closed;
+    private long outstanding;
 
     static long roundUp(long bytes) {
         long b = Math.max(bytes, 256);
@@ -36,10 +37,17 @@ public final class DevicePool implements AutoCloseable {
             p = new Pointer();
             JCuda.cudaMalloc(p, size);
         }
+        outstanding++;
         return new DeviceMemory(p, size, this);
     }
 
+    /** Buffers taken and not given back yet: what the GPU tests check for leaks. */
+    synchronized long outstanding() {
+        return outstanding;
+    }
+
     synchronized void give(Pointer p, long size) {
+        outstanding--;
         if (closed) {
             JCuda.cudaFree(p);
             return;

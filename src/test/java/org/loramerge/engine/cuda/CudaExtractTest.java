@@ -134,7 +134,9 @@ class CudaExtractTest {
             assertEquals(cpu.deltaSquared(), gpu.deltaSquared(), 1e-12 * cpu.deltaSquared());
 
             RandomizedSvd.Result c = cpu.svd(rank, options);
+            long held = backend.device().pool().outstanding();
             RandomizedSvd.Result g = gpu.svd(rank, options);
+            assertEquals(held, backend.device().pool().outstanding(), "the SVD gives back every device buffer it took (its bases included)");
             assertEquals(rank, g.svd().rank());
             for (int i = 0; i < rank; i++) {
                 assertEquals(c.svd().sigma()[i], g.svd().sigma()[i], 1e-9 * c.svd().sigma()[i], "σ" + i);
@@ -165,6 +167,87 @@ class CudaExtractTest {
             double cpuResidual = cpu.residualSquared(uw, vtw);
             assertEquals(cpuResidual, gpu.residualSquared(uw, vtw), 1e-9 * cpuResidual, "‖ΔW − U·Vᵀ‖² on the device");
         }
+    }
+
+    /**
+     * An F32 weight pair whose ΔW is exactly rank 8 with every 5th column exactly zero: small dyadic
+     * values, so that ΔW = tuned − base is formed without rounding. A sketch of 42 columns is then
+     * rank-deficient, so CholeskyQR3 breaks down and the device falls back to Householder's QR on
+     * the host, whose Q it copies back up as the next pass's basis.
+     */
+    @Test
+    void anExactlyRank8DeltaWithZeroColumnsIsRecoveredOnTheGpuAsOnTheCpu() throws Exception {
+        int rows = 500;
+        int cols = 350;
+        int exact = 8;
+        Random r = new Random(8);
+        double[] left = new double[rows * exact];
+        double[] right = new double[exact * cols];
+        for (int i = 0; i < left.length; i++) {
+            left[i] = (r.nextInt(33) - 16) / 64.0;
+        }
+        for (int i = 0; i < right.length; i++) {
+            right[i] = i % cols % 5 == 4 ? 0 : (r.nextInt(33) - 16) / 64.0;
+        }
+        double[] base = new double[rows * cols];
+        double[] tuned = new double[rows * cols];
+        for (int i = 0; i < rows; i++) {
+            for (int j = 0; j < cols; j++) {
+                double d = 0;
+                for (int t = 0; t < exact; t++) {
+                    d += left[i * exact + t] * right[t * cols + j];
+                }
+                base[i * cols + j] = (r.nextInt(2049) - 1024) / 1024.0;
+                tuned[i * cols + j] = base[i * cols + j] + d; // multiples of 2^-12 below 2: exact in F32
+            }
+        }
+        TensorSource b = weight(dir, "base", DType.F32, rows, cols, base);
+        TensorSource t = weight(dir, "tuned", DType.F32, rows, cols, tuned);
+        int rank = 32;
+        RandomizedSvd.Options options = RandomizedSvd.Options.defaults(4);
+        try (WeightDelta gpu = backend.openDelta("w", b, t, rows, cols);
+             WeightDelta cpu = CpuWeightDelta.open("w", b, t, rows, cols, 4)) {
+            assertInstanceOf(CudaWeightDelta.class, gpu, "ΔW is kept on the device");
+            RandomizedSvd.Result c = cpu.svd(rank, options);
+            long held = backend.device().pool().outstanding();
+            RandomizedSvd.Result g = gpu.svd(rank, options);
+            assertEquals(held, backend.device().pool().outstanding(), "the SVD gives back every device buffer it took (its bases included)");
+            double top = c.svd().sigma()[0];
+            for (int i = 0; i < rank; i++) {
+                // past the 8th the singular values are roundoff of the largest on both engines
+                assertEquals(c.svd().sigma()[i], g.svd().sigma()[i], 1e-9 * Math.max(top * 1e-4, c.svd().sigma()[i]), "σ" + i);
+            }
+            assertTrue(g.svd().sigma()[exact] < 1e-12 * top, "ΔW has rank 8: σ8 = " + g.svd().sigma()[exact]);
+            Svd eight = g.svd().truncate(exact);
+            Matrix u = eight.u();
+            Matrix vt = eight.vt();
+            for (int k = 0; k < exact; k++) {
+                for (int j = 4; j < cols; j += 5) {
+                    assertTrue(Math.abs(vt.get(k, j)) < 1e-12, "a zero column of ΔW has a zero column in Vᵀ, not " + j);
+                }
+            }
+            Matrix g8 = u.copy();
+            for (int i = 0; i < rows; i++) {
+                for (int k = 0; k < exact; k++) {
+                    g8.set(i, k, u.get(i, k) * eight.sigma()[k]);
+                }
+            }
+            assertTrue(orthonormalityError(u) < 1e-12 && orthonormalityError(vt.transpose()) < 1e-12, "the singular vectors are orthonormal");
+            double residual = gpu.residualSquared(g8, vt);
+            assertTrue(residual <= 1e-24 * gpu.deltaSquared(), "ΔW is recovered to roundoff by its 8 triplets: " + residual / gpu.deltaSquared());
+        }
+    }
+
+    /** max |QᵀQ − I|. */
+    private static double orthonormalityError(Matrix q) {
+        Matrix g = q.transposeMultiply(q);
+        double worst = 0;
+        for (int i = 0; i < g.rows(); i++) {
+            for (int j = 0; j < g.cols(); j++) {
+                worst = Math.max(worst, Math.abs(g.get(i, j) - (i == j ? 1 : 0)));
+            }
+        }
+        return worst;
     }
 
     @Test
