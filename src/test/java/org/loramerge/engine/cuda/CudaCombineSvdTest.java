@@ -9,6 +9,8 @@ import java.util.Arrays;
 import java.util.List;
 import java.util.SplittableRandom;
 import java.util.stream.Stream;
+import jcuda.CudaException;
+import jcuda.runtime.JCuda;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Tag;
@@ -17,7 +19,6 @@ import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
-import jcuda.runtime.JCuda;
 import org.loramerge.api.Adapters;
 import org.loramerge.cli.Main;
 import org.loramerge.engine.Backend;
@@ -287,7 +288,10 @@ class CudaCombineSvdTest {
         }
     }
 
-    /** Takes the device's free memory into {@code hog} until less than {@code margin} + 16 MiB is left. */
+    /**
+     * Takes the device's free memory into {@code hog} until less than {@code margin} + 16 MiB is
+     * left: pieces of at most 4 GiB, halved where the rest is smaller or the device refuses one.
+     */
     private static void fillDevice(List<DeviceMemory> hog, long margin) {
         cuda.device().bindContext();
         long[] free = {0};
@@ -299,7 +303,17 @@ class CudaCombineSvdTest {
                 step /= 2;
                 continue;
             }
-            hog.add(new DeviceMemory(step));
+            try {
+                hog.add(new DeviceMemory(step));
+            } catch (CudaException e) {
+                assertTrue(CudaDevice.isOutOfMemory(e), e.getMessage());
+                try {
+                    JCuda.cudaGetLastError(); // the refusal is this thread's last runtime error until read
+                } catch (CudaException cleared) {
+                    // that error, now reset
+                }
+                step /= 2;
+            }
         }
     }
 
