@@ -51,7 +51,10 @@ public interface Backend extends AutoCloseable {
      * Opens the dense combination Δ of one of PEFT's {@code _svd} methods, a tensor [rows, cols] in
      * the weight's layout, for its truncated SVD ({@link FactorCombination#svd}): formed and decomposed
      * where this engine computes ({@link CombinationDeltas}). Its selections may still be open; the
-     * handle makes them. May be called from several threads at once, one combination each.
+     * handle makes them. May be called from several threads at once, one combination each. A GPU
+     * engine whose device has no room for Δ (or, later, for its SVD) throws {@link
+     * DeviceOutOfMemoryException}, and the caller may decompose it on the host ({@link
+     * CombinationDeltas#HOST}) instead.
      */
     WeightDelta openCombination(DenseCombination dense, int rows, int cols) throws IOException;
 

@@ -11,6 +11,8 @@ import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import org.loramerge.engine.Backend;
+import org.loramerge.engine.CombinationDeltas;
+import org.loramerge.engine.DeviceOutOfMemoryException;
 import org.loramerge.engine.FactorCombination;
 import org.loramerge.engine.Pools;
 import org.loramerge.engine.WeightDelta;
@@ -26,12 +28,14 @@ import org.loramerge.plan.CombineMethod;
  * (each module's combined factors, zero-padded to the plan's rank as PEFT pads them, rounded once
  * from float64 into {@code dtype}) and adapter_config.json, committed together, as a PEFT
  * save_pretrained folder that PEFT 0.21 loads. Modules are combined on {@code threads} threads (at
- * most the backend's parallelism: on a GPU each holds a dense Δ in device memory), a bounded window
- * of them ahead of the one being written, so memory follows a few modules' factors; the bytes do
- * not depend on the thread count (each module is computed on its own). The dense Δ of the {@code
- * _svd} methods is formed and decomposed on {@code backend} ({@link Backend#openCombination}): the
- * CPU engine's factors are the same bits on every run; the GPU's are the same SVD with other
- * rounding (docs/FORMATS.md §8.3).
+ * most the backend's parallelism: on a GPU each holds a dense Δ in device memory, within the
+ * engine's budget for them), a bounded window of them ahead of the one being written, so memory
+ * follows a few modules' factors; the bytes do not depend on the thread count (each module is
+ * computed on its own). The dense Δ of the {@code _svd} methods is formed and decomposed on {@code
+ * backend} ({@link Backend#openCombination}): the CPU engine's factors are the same bits on every
+ * run; the GPU's are the same SVD with other rounding (docs/FORMATS.md §8.3). A module whose Δ or
+ * SVD the device has no room for (a GPU shared with other work) is decomposed on the host instead,
+ * and the report names it.
  */
 public final class CombinedAdapterWriter {
     static final String WEIGHTS = "adapter_model.safetensors";
@@ -67,6 +71,7 @@ public final class CombinedAdapterWriter {
         // describe() begins with the device: "cpu (16 threads)", "cuda:0 NVIDIA H200" (as ExtractRunner reads it)
         String device = backend.describe().split(" ")[0];
         List<String> onHost = new ArrayList<>();
+        List<String> noRoom = new ArrayList<>();
         List<Future<Combined>> ahead = new ArrayList<>();
         try (SafetensorsWriter w = SafetensorsWriter.create(out.dir().resolve(WEIGHTS), entries, Map.of("format", "pt"))) {
             int submitted = 0;
@@ -79,7 +84,9 @@ public final class CombinedAdapterWriter {
                 Combined combined = BlockExecutor.get(ahead.get(i));
                 ahead.set(i, null);
                 FactorCombination.Factors c = combined.factors();
-                if (combined.svdDevice() != null && !combined.svdDevice().equals(device)) {
+                if (combined.deviceFull()) {
+                    noRoom.add(m.module());
+                } else if (combined.svdDevice() != null && !combined.svdDevice().equals(device)) {
                     onHost.add(m.module());
                 }
                 int r = c.rank();
@@ -112,24 +119,36 @@ public final class CombinedAdapterWriter {
             report.notes.add(onHost.size() + " modules whose dense delta is too large to keep in the memory of " + device + " (over 3 GiB in "
                     + "fp64) or combines more adapters than its kernels hold (8) were decomposed on the CPU: " + String.join(", ", onHost));
         }
+        if (!noRoom.isEmpty()) {
+            report.notes.add(noRoom.size() + " modules found no room in the free memory of " + device + " for their dense delta or its SVD "
+                    + "(the device is shared with other work, or smaller) and were decomposed on the CPU: " + String.join(", ", noRoom));
+        }
         report.warnings.addAll(plan.warnings());
         report.notes.addAll(plan.notes());
         report.seconds = (System.nanoTime() - start) / 1e9;
         return report;
     }
 
-    /** A module's factors, and where its dense Δ was decomposed (null where none was formed). */
-    private record Combined(FactorCombination.Factors factors, String svdDevice) {
+    /**
+     * A module's factors, where its dense Δ was decomposed (null where none was formed), and whether
+     * that was the host because the backend's device had no room for it.
+     */
+    private record Combined(FactorCombination.Factors factors, String svdDevice, boolean deviceFull) {
     }
 
     private static Combined combine(AdapterPlan.Module m, Backend backend) throws Exception {
         String[] where = new String[1];
-        FactorCombination.Factors f = FactorCombination.combine(m.update(), (dense, rows, cols) -> {
-            WeightDelta d = backend.openCombination(dense, rows, cols);
-            where[0] = d.device();
-            return d;
-        });
-        return new Combined(f, where[0]);
+        try {
+            FactorCombination.Factors f = FactorCombination.combine(m.update(), (dense, rows, cols) -> {
+                WeightDelta d = backend.openCombination(dense, rows, cols);
+                where[0] = d.device();
+                return d;
+            });
+            return new Combined(f, where[0], false);
+        } catch (DeviceOutOfMemoryException e) {
+            // the whole module again from its factors, Δ on the host: the CPU engine's bits, within the GPU's tolerance of them
+            return new Combined(FactorCombination.combine(m.update(), CombinationDeltas.HOST), "cpu", true);
+        }
     }
 
     private static ByteBuffer encode(FloatFormat f, double[] v) {

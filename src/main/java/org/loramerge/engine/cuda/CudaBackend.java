@@ -1,6 +1,7 @@
 package org.loramerge.engine.cuda;
 
 import java.io.IOException;
+import java.io.InterruptedIOException;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
 import java.util.Collections;
@@ -8,8 +9,10 @@ import java.util.IdentityHashMap;
 import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Set;
+import jcuda.Sizeof;
 import org.loramerge.engine.Backend;
 import org.loramerge.engine.DenseCombination;
+import org.loramerge.engine.DeviceOutOfMemoryException;
 import org.loramerge.engine.DeviceUnavailableException;
 import org.loramerge.engine.HostCombinedDelta;
 import org.loramerge.engine.LowRankTerm;
@@ -67,29 +70,37 @@ public final class CudaBackend implements Backend {
     private final Set<AutoCloseable> open = new LinkedHashSet<>();
     /** Weights extract decomposes at once. */
     private final int decompositions;
-    /** Device memory of the ΔW extract has open: {@link CudaWeightDelta#DELTA_BUDGET_BYTES} at most. */
-    private final DeltaArena<DeviceMemory> deltas = new DeltaArena<>(CudaWeightDelta.DELTA_BUDGET_BYTES, new DeltaArena.Allocator<>() {
-        @Override
-        public DeviceMemory allocate(long sizeInBytes) {
-            device.bindContext();
-            return new DeviceMemory(sizeInBytes);
-        }
-
-        @Override
-        public void free(DeviceMemory buffer) {
-            device.bindContext();
-            buffer.close();
-        }
-    });
+    /**
+     * Device memory of the ΔW extract has open and of combine's dense Δ: {@link
+     * CudaWeightDelta#DELTA_BUDGET_BYTES} at most by default.
+     */
+    private final DeltaArena<DeviceMemory> deltas;
     /** extract's forming threads, started by the first weight. */
     private DeltaFormer former;
     private boolean closed;
 
-    private CudaBackend(CudaDevice device, int streams, int cpuThreads, int decompositions) {
+    private CudaBackend(CudaDevice device, int streams, int cpuThreads, int decompositions, long deltaBudgetBytes) {
         this.device = device;
         this.streams = streams;
         this.cpuThreads = cpuThreads;
         this.decompositions = decompositions;
+        this.deltas = new DeltaArena<>(deltaBudgetBytes, new DeltaArena.Allocator<>() {
+            @Override
+            public DeviceMemory allocate(long sizeInBytes) {
+                device.bindContext();
+                try {
+                    return new DeviceMemory(sizeInBytes);
+                } catch (RuntimeException e) {
+                    throw device.outOfMemoryOr(e);
+                }
+            }
+
+            @Override
+            public void free(DeviceMemory buffer) {
+                device.bindContext();
+                buffer.close();
+            }
+        });
     }
 
     /**
@@ -97,10 +108,15 @@ public final class CudaBackend implements Backend {
      * take blocks of {@link Tuning#blockBytes} and number {@link Tuning#streams} where that knob is set.
      */
     public static Backend open(int ordinal, int cpuThreads) throws DeviceUnavailableException {
+        return open(ordinal, cpuThreads, CudaWeightDelta.DELTA_BUDGET_BYTES);
+    }
+
+    /** {@link #open(int, int)} with another budget for the dense ΔW (for the GPU tests of a device with little room). */
+    static CudaBackend open(int ordinal, int cpuThreads, long deltaBudgetBytes) throws DeviceUnavailableException {
         Tuning tuning = Tuning.current();
         int streams = tuning.streams() > 0 ? tuning.streams() : Math.max(2, Math.min(MAX_STREAMS, cpuThreads / 2));
         int svds = tuning.svds() > 0 ? tuning.svds() : DEFAULT_DECOMPOSITIONS;
-        return new CudaBackend(CudaDevice.open(ordinal, tuning.blockBytes(), streams), streams, cpuThreads, svds);
+        return new CudaBackend(CudaDevice.open(ordinal, tuning.blockBytes(), streams), streams, cpuThreads, svds, deltaBudgetBytes);
     }
 
     @Override
@@ -239,23 +255,35 @@ public final class CudaBackend implements Backend {
         return DELTAS_AHEAD;
     }
 
-    /** Bytes of ΔW open now (for the GPU tests: 0 once every weight is closed). */
+    /** Bytes of ΔW open now, extract's and combine's (for the GPU tests: 0 once every weight is closed). */
     long deltaBytesOpen() {
         return deltas.heldBytes();
     }
 
     /**
      * The dense Δ of a PEFT {@code _svd} combination formed and decomposed on the device ({@link
-     * CudaWeightDelta#ofCombination}), or, for one larger than the device keeps or of more adapters
-     * than the kernels hold ({@link CudaWeightDelta#fits(DenseCombination, long, long)}), the CPU
-     * engine's, recomputed on the host for every pass.
+     * CudaWeightDelta#ofCombination}) in memory of the ΔW budget, waiting for room there as
+     * extract's weights do, or, for one larger than the device keeps or of more adapters than the
+     * kernels hold ({@link CudaWeightDelta#fits(DenseCombination, long, long)}), the CPU engine's,
+     * recomputed on the host for every pass.
+     *
+     * @throws DeviceOutOfMemoryException when the device has no room for Δ or its buffers (it is
+     *                                    shared, or smaller than the budget): combine then
+     *                                    decomposes this module on the host
      */
     @Override
-    public WeightDelta openCombination(DenseCombination dense, int rows, int cols) {
-        if (!CudaWeightDelta.fits(dense, rows, cols)) {
+    public WeightDelta openCombination(DenseCombination dense, int rows, int cols) throws IOException {
+        if (!CudaWeightDelta.fits(dense, rows, cols) || !deltas.fits((long) rows * cols * Sizeof.DOUBLE)) {
             return HostCombinedDelta.open(dense, rows, cols);
         }
-        return CudaWeightDelta.ofCombination(device, dense, rows, cols);
+        try {
+            return CudaWeightDelta.ofCombination(device, deltas, dense, rows, cols);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new InterruptedIOException(dense.spec().name() + ": interrupted while waiting for device memory for its dense delta");
+        } catch (RuntimeException e) {
+            throw device.outOfMemoryOr(e);
+        }
     }
 
     private <T extends AutoCloseable> T remember(T handle) {

@@ -5,12 +5,15 @@ import java.nio.file.Paths;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
+import java.util.Set;
+import jcuda.CudaException;
 import jcuda.driver.CUcontext;
 import jcuda.driver.CUdevice;
 import jcuda.driver.JCudaDriver;
 import jcuda.jcublas.JCublas2;
 import jcuda.runtime.JCuda;
 import jcuda.runtime.cudaDeviceProp;
+import org.loramerge.engine.DeviceOutOfMemoryException;
 import org.loramerge.engine.DeviceUnavailableException;
 
 /**
@@ -22,6 +25,8 @@ import org.loramerge.engine.DeviceUnavailableException;
 public final class CudaDevice implements AutoCloseable {
     /** Oldest architecture the kernels target: compute_80, for bf16 and fp64 throughput (kernels/README.md). */
     static final int MIN_MAJOR = 8;
+    /** How JCuda names an exhausted device: the runtime's cudaMalloc, the driver API's calls and cuBLAS's (its handle or workspace). */
+    private static final Set<String> OUT_OF_MEMORY = Set.of("cudaErrorMemoryAllocation", "CUDA_ERROR_OUT_OF_MEMORY", "CUBLAS_STATUS_ALLOC_FAILED");
 
     private final int ordinal;
     private final String name;
@@ -227,6 +232,34 @@ public final class CudaDevice implements AutoCloseable {
     /** The kernels of kernels/quant.cu. */
     public QuantKernels quant() {
         return quant;
+    }
+
+    /** Whether {@code e}, or an exception it was caused by, is JCuda's report that the device had no memory for a call. */
+    static boolean isOutOfMemory(Throwable e) {
+        for (Throwable t = e; t != null; t = t.getCause()) {
+            if (t instanceof DeviceOutOfMemoryException || t instanceof CudaException && OUT_OF_MEMORY.contains(t.getMessage())) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /**
+     * {@code e} as a {@link DeviceOutOfMemoryException} naming this device where it reports an
+     * exhausted device ({@link #isOutOfMemory}), else {@code e} itself: for the caller to throw.
+     * The runtime keeps a failed call's error as the calling thread's last error until it is read;
+     * it is read here, so that nothing later on this thread takes it for its own failure.
+     */
+    RuntimeException outOfMemoryOr(RuntimeException e) {
+        if (e instanceof DeviceOutOfMemoryException || !isOutOfMemory(e)) {
+            return e;
+        }
+        try {
+            JCuda.cudaGetLastError();
+        } catch (CudaException cleared) {
+            // the error just reported, now reset
+        }
+        return new DeviceOutOfMemoryException(label(), e);
     }
 
     /** Waits for every worker's stream. */

@@ -15,6 +15,7 @@ import jcuda.runtime.cudaMemcpyKind;
 import jcuda.runtime.cudaStream_t;
 import org.loramerge.engine.DeltaRows;
 import org.loramerge.engine.DenseCombination;
+import org.loramerge.engine.DeviceOutOfMemoryException;
 import org.loramerge.engine.WeightDelta;
 import org.loramerge.format.FloatFormat;
 import org.loramerge.linalg.CholeskyQr;
@@ -32,7 +33,7 @@ import org.loramerge.plan.TensorSource;
  * ({@link DeltaFormer}: several blocks read and uploaded at once, double-buffered, no host wait per
  * block), with ‖ΔW‖² from the per-row sums of {@code extract_row_squares} added on the host in row
  * order. ΔW's device memory comes from the backend's {@link DeltaArena}, which bounds all the ΔW
- * open at once. The dense combination Δ of PEFT's {@code _svd} methods is formed here from the
+ * open at once, extract's and combine's. The dense combination Δ of PEFT's {@code _svd} methods is formed here from the
  * adapters' factors instead ({@link #ofCombination}: {@code combine_delta}, the CPU engine's Δ bit
  * for bit) and decomposed the same way. The randomized SVD ({@link RandomizedSvd}, the same
  * algorithm, Ω and options as the CPU engine) then makes its passes here, on the calling thread's
@@ -53,30 +54,33 @@ import org.loramerge.plan.TensorSource;
  * rounding), not the algorithm: the GPU tests hold the singular values to 1e-9 of the CPU's and
  * the error to the same ratio to the optimum, for extract's ΔW and for the combinations' Δ
  * ({@code CudaExtractTest}, {@code CudaCombineSvdTest}). Device memory: ΔW ({@code rows·cols·8}
- * bytes, at most {@link #MAX_DELTA_BYTES}; all extract's open at once at most {@link
+ * bytes, at most {@link #MAX_DELTA_BYTES}; all open at once at most {@link
  * #DELTA_BUDGET_BYTES}), a few rows×l sketches and the calling threads' worker buffers; for a
- * combination also the adapters' factors while Δ is formed.
+ * combination also the adapters' factors while Δ is formed. Where the device has less free memory
+ * than that (another process uses it), an allocation may still fail: the SVD then throws a {@link
+ * DeviceOutOfMemoryException}, on which {@code combine} decomposes that module on the host.
  */
 final class CudaWeightDelta implements WeightDelta, Sketching<CudaWeightDelta.DeviceBasis> {
     /**
      * The largest ΔW kept on the device: half of {@link #DELTA_BUDGET_BYTES}, so that
      * the next weight can be formed while the largest is decomposed. Larger weights (a 128k-token
-     * embedding of an 8192-wide model) are decomposed by the CPU engine. {@code combine} holds one Δ
-     * per thread, at most the engine's streams (CombinedAdapterWriter), outside that budget.
+     * embedding of an 8192-wide model) are decomposed by the CPU engine. {@code combine}'s Δ of
+     * the {@code _svd} methods are held to the same size and budget.
      */
     static final long MAX_DELTA_BYTES = 3L << 30;
 
     /**
-     * Device memory for all the ΔW open at once (formed ahead, or being decomposed): with the
-     * workers' buffers this keeps the engine under 8 GB of device memory however many weights
-     * extract keeps in flight ({@link DeltaArena} waits for room).
+     * Device memory for all the ΔW open at once (formed ahead, or being decomposed; for combine, one
+     * per module being combined): with the workers' buffers this keeps the engine under 8 GB of
+     * device memory however many weights extract keeps in flight or modules combine decomposes at
+     * once ({@link DeltaArena} waits for room).
      */
     static final long DELTA_BUDGET_BYTES = 6L << 30;
 
     private final CudaDevice device;
     private final int rows;
     private final int cols;
-    /** Gives ΔW's memory back: to the extract's arena ({@link #open}), or to the device ({@link #ofCombination}). */
+    /** Gives ΔW's memory back to the backend's arena. */
     private final Runnable release;
     private final DeviceMemory delta;
     private final double deltaSquared;
@@ -162,13 +166,16 @@ final class CudaWeightDelta implements WeightDelta, Sketching<CudaWeightDelta.De
      * counts a run of equal magnitudes per row on the host), then every element by {@code
      * combine_delta}, {@link DenseCombination#deltaRow}'s value bit for bit. Where a cut falls inside a
      * run of equal magnitudes (whose ranks the device does not keep) Δ's rows are formed on the host
-     * and copied up. ‖Δ‖² is summed as for extract's ΔW.
+     * and copied up. ‖Δ‖² is summed as for extract's ΔW. Δ's memory comes from {@code arena},
+     * waiting for room there; on any failure it is back in the arena and nothing of it runs on the
+     * device.
      */
-    static CudaWeightDelta ofCombination(CudaDevice device, DenseCombination dense, int rows, int cols) {
+    static CudaWeightDelta ofCombination(CudaDevice device, DeltaArena<DeviceMemory> arena, DenseCombination dense, int rows, int cols)
+            throws InterruptedException {
         device.bindContext();
         DeviceWorker w = device.worker();
-        // its own allocation, not the pool's, as open's
-        DeviceMemory delta = new DeviceMemory((long) rows * cols * Sizeof.DOUBLE);
+        DeltaArena<DeviceMemory>.Lease lease = arena.take((long) rows * cols * Sizeof.DOUBLE);
+        DeviceMemory delta = lease.buffer();
         double sum = 0;
         try (DeviceCombination c = new DeviceCombination(device, dense, cols);
              DeviceMemory rowSquares = device.pool().take((long) rows * Sizeof.DOUBLE)) {
@@ -204,10 +211,10 @@ final class CudaWeightDelta implements WeightDelta, Sketching<CudaWeightDelta.De
                 throw e;
             }
         } catch (RuntimeException | Error e) {
-            delta.close();
+            lease.close();
             throw e;
         }
-        return new CudaWeightDelta(device, rows, cols, delta, delta::close, sum);
+        return new CudaWeightDelta(device, rows, cols, delta, lease::close, sum);
     }
 
     /** Δ's rows formed on the host ({@link DenseCombination#deltaRow}) and copied into {@code delta}, a block of rows at a time. */
@@ -245,7 +252,11 @@ final class CudaWeightDelta implements WeightDelta, Sketching<CudaWeightDelta.De
         if (consumed) {
             throw new IllegalStateException("the SVD of a ΔW whose factors were already subtracted");
         }
-        return RandomizedSvd.truncated(this, deltaSquared, rank, options);
+        try {
+            return RandomizedSvd.truncated(this, deltaSquared, rank, options);
+        } catch (RuntimeException e) {
+            throw device.outOfMemoryOr(e); // the sketches' buffers: a device shared with other work may have no room left
+        }
     }
 
     @Override

@@ -6,15 +6,19 @@ import java.util.Iterator;
 import java.util.Map;
 
 /**
- * extract's ΔW buffers in device memory, within a fixed budget: {@link #take} waits while the
- * buffers handed out and the size asked would exceed it, so however many weights the pipeline
- * forms ahead, ΔW never holds more than {@code budgetBytes} of the device. Buffers given back are
- * kept for the next weight of the same size (a model has few shapes), because cudaFree waits for
- * the whole device and would stall the other weights' passes once per weight; a size not kept
- * makes room by freeing kept buffers of other sizes first, so the kept and the handed out
- * together stay within the budget too. Takers must ask in the order the weights are decomposed (one
- * thread forms the weights in order), or a later weight could hold the room an earlier one waits
- * for. Generic over the buffer for tests without a device.
+ * The dense ΔW buffers in device memory, within a fixed budget: extract's weights and combine's
+ * dense Δ of the {@code _svd} methods. {@link #take} waits while the buffers handed out and the
+ * size asked would exceed it, so however many weights the pipeline forms ahead, or modules it
+ * combines at once, ΔW never holds more than {@code budgetBytes} of the device. Buffers given back
+ * are kept for the next weight of the same size (a model has few shapes), because cudaFree waits
+ * for the whole device and would stall the other weights' passes once per weight; a size not kept
+ * makes room by freeing kept buffers of other sizes first, so the kept and the handed out together
+ * stay within the budget too. An allocation the device refuses (it has less free memory than the
+ * budget: another process, or the engine's other buffers) is tried once more after every kept
+ * buffer is freed. extract's takers must ask in the order the weights are decomposed (one thread
+ * forms the weights in order), or a later weight could hold the room an earlier one waits for;
+ * combine's each hold one buffer while they form and decompose one module, waiting for nothing
+ * else, so they may ask in any order. Generic over the buffer for tests without a device.
  *
  * @param <B> a device buffer
  */
@@ -72,16 +76,22 @@ final class DeltaArena<B> implements AutoCloseable {
         return Math.max(1, (bytes + MIB - 1) / MIB) * MIB;
     }
 
+    /** Whether a buffer of {@code bytes} fits the whole budget (else {@link #take} refuses it). */
+    boolean fits(long bytes) {
+        return roundUp(bytes) <= budgetBytes;
+    }
+
     /**
      * A buffer of at least {@code bytes}, contents undefined, once the budget has room for it. A
      * new buffer is freed and allocated with the arena locked, so that two takers never both count
      * on the same room (the frees are rare: a weight of a new shape).
      *
      * @throws IllegalArgumentException when it is larger than the whole budget
+     * @throws RuntimeException         the allocator's, when it fails again with no buffer kept
      */
     synchronized Lease take(long bytes) throws InterruptedException {
         long size = roundUp(bytes);
-        if (size > budgetBytes) {
+        if (!fits(bytes)) {
             throw new IllegalArgumentException("a ΔW of " + bytes + " bytes exceeds the device budget of " + budgetBytes);
         }
         while (!closed && heldBytes + size > budgetBytes) {
@@ -106,9 +116,29 @@ final class DeltaArena<B> implements AutoCloseable {
                 keptBytes -= e.getKey();
             }
         }
-        B fresh = allocator.allocate(size);
+        B fresh;
+        try {
+            fresh = allocator.allocate(size);
+        } catch (RuntimeException e) {
+            if (keptBytes == 0) {
+                throw e;
+            }
+            freeKept();
+            fresh = allocator.allocate(size);
+        }
         heldBytes += size;
         return new Lease(fresh, size);
+    }
+
+    private void freeKept() {
+        for (ArrayDeque<B> q : kept.values()) {
+            while (!q.isEmpty()) {
+                allocator.free(q.peek());
+                q.poll();
+            }
+        }
+        kept.clear();
+        keptBytes = 0;
     }
 
     private synchronized void give(B buffer, long size) {
@@ -140,12 +170,6 @@ final class DeltaArena<B> implements AutoCloseable {
         }
         closed = true;
         notifyAll();
-        for (ArrayDeque<B> q : kept.values()) {
-            for (B b : q) {
-                allocator.free(b);
-            }
-        }
-        kept.clear();
-        keptBytes = 0;
+        freeKept();
     }
 }

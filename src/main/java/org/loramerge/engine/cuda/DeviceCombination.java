@@ -1,5 +1,6 @@
 package org.loramerge.engine.cuda;
 
+import java.util.ArrayList;
 import java.util.List;
 import jcuda.Pointer;
 import jcuda.Sizeof;
@@ -84,20 +85,39 @@ final class DeviceCombination implements AutoCloseable {
             vtOff += t.vt().length;
         }
         DevicePool pool = device.pool();
-        uAll = upload(pool, u);
-        vtAll = upload(pool, vt);
-        ip = Nf4Kernels.take(pool, (long) ipHost.length * Sizeof.LONG);
-        JCuda.cudaMemcpy(ip.pointer(), Pointer.to(ipHost), (long) ipHost.length * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyHostToDevice);
-        dp = upload(pool, dpHost);
-        histograms = new DeviceMemory[n];
-        for (int a = 0; a < n; a++) {
-            if (dense.selection(a) != null && !dense.selection(a).done()) {
-                histograms[a] = Nf4Kernels.take(pool, (long) HISTOGRAM_BINS * Sizeof.LONG);
-                JCuda.cudaMemset(histograms[a].pointer(), 0, (long) HISTOGRAM_BINS * Sizeof.LONG);
+        // what is taken goes back to the pool if a later allocation fails (a device shared with other work may have no room left)
+        List<DeviceMemory> taken = new ArrayList<>();
+        try {
+            uAll = track(taken, upload(pool, u));
+            vtAll = track(taken, upload(pool, vt));
+            ip = track(taken, Nf4Kernels.take(pool, (long) ipHost.length * Sizeof.LONG));
+            JCuda.cudaMemcpy(ip.pointer(), Pointer.to(ipHost), (long) ipHost.length * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyHostToDevice);
+            dp = track(taken, upload(pool, dpHost));
+            histograms = new DeviceMemory[n];
+            for (int a = 0; a < n; a++) {
+                if (dense.selection(a) != null && !dense.selection(a).done()) {
+                    histograms[a] = track(taken, Nf4Kernels.take(pool, (long) HISTOGRAM_BINS * Sizeof.LONG));
+                    JCuda.cudaMemset(histograms[a].pointer(), 0, (long) HISTOGRAM_BINS * Sizeof.LONG);
+                }
             }
+            settleLegacyStream();
+        } catch (RuntimeException | Error e) {
+            try {
+                settleLegacyStream(); // the copies already queued read these buffers
+            } catch (RuntimeException ignored) {
+                // the failure being thrown says more
+            }
+            for (DeviceMemory m : taken) {
+                m.close();
+            }
+            throw e;
         }
-        settleLegacyStream();
         passOnDevice = true;
+    }
+
+    private static DeviceMemory track(List<DeviceMemory> taken, DeviceMemory m) {
+        taken.add(m);
+        return m;
     }
 
     private static DeviceMemory upload(DevicePool pool, double[] a) {

@@ -9,6 +9,8 @@ import java.util.Arrays;
 import java.util.List;
 import java.util.SplittableRandom;
 import java.util.stream.Stream;
+import jcuda.CudaException;
+import jcuda.runtime.JCuda;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Tag;
@@ -17,10 +19,14 @@ import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
+import org.loramerge.api.Adapters;
 import org.loramerge.cli.Main;
+import org.loramerge.engine.Backend;
 import org.loramerge.engine.DenseCombination;
+import org.loramerge.engine.DeviceOutOfMemoryException;
 import org.loramerge.engine.HostCombinedDelta;
 import org.loramerge.engine.WeightDelta;
+import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
 import org.loramerge.format.FloatFormat;
 import org.loramerge.format.MappedRegion;
@@ -29,10 +35,15 @@ import org.loramerge.format.TensorInfo;
 import org.loramerge.linalg.Matrix;
 import org.loramerge.linalg.RandomizedSvd;
 import org.loramerge.linalg.Svd;
+import org.loramerge.pipeline.AtomicOutput;
+import org.loramerge.pipeline.CombineReport;
+import org.loramerge.pipeline.CombinedAdapterWriter;
+import org.loramerge.plan.AdapterPlan;
 import org.loramerge.plan.Combination;
 import org.loramerge.plan.CombineMethod;
 import org.loramerge.plan.CombinedUpdate;
 import org.loramerge.plan.Layout;
+import org.loramerge.plan.Planner;
 import org.loramerge.plan.TermSpec;
 import org.loramerge.testutil.CliRun;
 import org.loramerge.testutil.TensorFiles;
@@ -40,6 +51,7 @@ import org.loramerge.testutil.TensorFiles;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertInstanceOf;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
@@ -52,7 +64,11 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * golden SVD cases writes the CPU engine's adapter structure and config, svd's factors bit for bit
  * (its SVD is the host's on both engines) and the others' within the factors' float32 rounding
  * ({@code merge --combine} keeps the SVD on the host and writes the CPU engine's bytes:
- * {@link CudaCombineTest}). Skips itself where there is no usable GPU.
+ * {@link CudaCombineTest}). combine's Δ share the engine's ΔW budget: within a budget of one Δ at
+ * a time the modules wait for room and the adapter is the unconstrained run's, byte for byte; a
+ * device with no room left for a Δ reports itself out of memory (on which combine decomposes the
+ * module on the host, {@code CombineOnAFullDeviceTest}), holds nothing of it, and serves the next
+ * Δ once memory is free again. Skips itself where there is no usable GPU.
  */
 @Tag("gpu")
 class CudaCombineSvdTest {
@@ -207,6 +223,98 @@ class CudaCombineSvdTest {
         JsonNode report = new ObjectMapper().readTree(run(args));
         String notes = report.get("notes").toString();
         assertTrue(notes.contains("decomposed on the CPU") && notes.contains("q_proj"), "nine adapters: the note names the modules: " + notes);
+    }
+
+    /** The golden ties_svd case through the pipeline's writer on {@code backend} (left open), into {@code out}. */
+    private static CombineReport combineTiesSvd(Backend backend, Path out) throws Exception {
+        List<Path> adapters = List.of(COMBINE.resolve("adapters/qv_r4"), COMBINE.resolve("adapters/qkvo_r4"), COMBINE.resolve("adapters/qv_r4b"));
+        Combination how = Combination.of(CombineMethod.TIES_SVD, 3, List.of(0.5, 0.3, 0.2), 0.5, Combination.MajoritySign.TOTAL, 1.0, 0, 4, null);
+        Path base = COMBINE.resolve("models/llama_f32");
+        try (Checkpoint ckpt = Checkpoint.open(base); Adapters loras = Adapters.open(adapters, false);
+             AtomicOutput output = AtomicOutput.create(out, false, List.of(base))) {
+            AdapterPlan plan = Planner.planAdapter(ckpt, loras.list(), how);
+            return CombinedAdapterWriter.write(plan, DType.F32, output, 4, backend);
+        }
+    }
+
+    @Test
+    void combineWithinABudgetOfOneDeltaAtATimeWaitsForRoomAndWritesTheSameAdapter() throws Exception {
+        CombineReport free = combineTiesSvd(cuda, dir.resolve("free"));
+        CombineReport tight;
+        // every Δ of this model rounds up to 1 MiB: the modules combined at once take turns
+        try (CudaBackend oneAtATime = GpuTests.openOrSkip(1L << 20)) {
+            assertTrue(oneAtATime.parallelism() > 1, "several modules ask at once");
+            tight = combineTiesSvd(oneAtATime, dir.resolve("tight"));
+            assertEquals(0, oneAtATime.deltaBytesOpen(), "every Δ given back");
+        }
+        assertEquals(free.modules.size(), tight.modules.size());
+        assertTrue(tight.notes.stream().noneMatch(n -> n.contains("decomposed on the CPU")), "every Δ on the device: " + tight.notes);
+        for (String f : List.of("adapter_model.safetensors", "adapter_config.json")) {
+            assertArrayEquals(Files.readAllBytes(dir.resolve("free").resolve(f)), Files.readAllBytes(dir.resolve("tight").resolve(f)),
+                    f + ": waiting for room changes no bit");
+        }
+    }
+
+    @Test
+    void aDeviceWithNoRoomForADeltaReportsItOutOfMemoryHoldsNothingAndServesTheNextOnceFree() throws Exception {
+        SafetensorsFile[] small = new SafetensorsFile[1];
+        SafetensorsFile[] large = new SafetensorsFile[1];
+        int n = 4096; // Δ of 128 MiB
+        CombinedUpdate warm = update(small, CombineMethod.MAGNITUDE_PRUNE_SVD, 64, 48, 0.5, false);
+        CombinedUpdate u = update(large, CombineMethod.TIES_SVD, n, n, 0.5, false);
+        try (SafetensorsFile sf = small[0]; SafetensorsFile lf = large[0]) {
+            // this thread's worker (its buffers, stream and cuBLAS handle) exists before the device fills
+            try (WeightDelta d = cuda.openCombination(DenseCombination.load(warm, 64, 48), 64, 48)) {
+                d.svd(4, RandomizedSvd.Options.defaults(1));
+            }
+            List<DeviceMemory> hog = new ArrayList<>();
+            try {
+                fillDevice(hog, 32L << 20);
+                DenseCombination big = DenseCombination.load(u, n, n);
+                DeviceOutOfMemoryException e = assertThrows(DeviceOutOfMemoryException.class, () -> cuda.openCombination(big, n, n),
+                        "less than 48 MiB free for a Δ of 128 MiB");
+                assertTrue(e.getMessage().startsWith("cuda:0 ran out of memory"), e.getMessage());
+                assertEquals(0, cuda.deltaBytesOpen(), "nothing of the refused Δ is held");
+            } finally {
+                for (DeviceMemory m : hog) {
+                    m.close();
+                }
+            }
+            try (WeightDelta d = cuda.openCombination(DenseCombination.load(u, n, n), n, n)) {
+                assertInstanceOf(CudaWeightDelta.class, d, "memory free again: Δ on the device");
+                assertEquals(RANK, d.svd(RANK, RandomizedSvd.Options.defaults(1)).svd().rank(), "its SVD runs on the device after the failure");
+            }
+            assertEquals(0, cuda.deltaBytesOpen());
+        }
+    }
+
+    /**
+     * Takes the device's free memory into {@code hog} until less than {@code margin} + 16 MiB is
+     * left: pieces of at most 4 GiB, halved where the rest is smaller or the device refuses one.
+     */
+    private static void fillDevice(List<DeviceMemory> hog, long margin) {
+        cuda.device().bindContext();
+        long[] free = {0};
+        long[] total = {0};
+        long step = 4L << 30;
+        while (step >= (16L << 20)) {
+            JCuda.cudaMemGetInfo(free, total);
+            if (free[0] < margin + step) {
+                step /= 2;
+                continue;
+            }
+            try {
+                hog.add(new DeviceMemory(step));
+            } catch (CudaException e) {
+                assertTrue(CudaDevice.isOutOfMemory(e), e.getMessage());
+                try {
+                    JCuda.cudaGetLastError(); // the refusal is this thread's last runtime error until read
+                } catch (CudaException cleared) {
+                    // that error, now reset
+                }
+                step /= 2;
+            }
+        }
     }
 
     /** The golden cases of PEFT's SVD methods (scripts/fixtures/make_combine_fixtures.py). */

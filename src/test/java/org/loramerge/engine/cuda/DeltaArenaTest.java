@@ -1,6 +1,7 @@
 package org.loramerge.engine.cuda;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertSame;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -16,23 +17,36 @@ import java.util.concurrent.atomic.AtomicLong;
 import org.junit.jupiter.api.Test;
 
 /**
- * extract's ΔW budget without a device (buffers are ids, allocations and frees recorded): the
- * device memory it holds never exceeds the budget however many weights ask, a weight waits for
- * room instead, a size given back is reused without a free (which would wait for the device), and
- * room for another size is made by freeing kept buffers.
+ * The ΔW budget of extract and combine without a device (buffers are ids, allocations and frees
+ * recorded): the device memory it holds never exceeds the budget however many weights ask, a weight
+ * waits for room instead, a size given back is reused without a free (which would wait for the
+ * device), room for another size is made by freeing kept buffers, and a device with less free
+ * memory than the budget gets the kept buffers back before an allocation is given up.
  */
 class DeltaArenaTest {
     private static final long MIB = 1L << 20;
 
-    /** Allocations as ids, with the live device bytes and their peak. */
+    /** Allocations as ids, with the live device bytes and their peak; a device of {@code capacity} bytes refuses more. */
     private static final class Recorder implements DeltaArena.Allocator<long[]> {
         final List<Long> allocated = new ArrayList<>();
         final List<Long> freed = new ArrayList<>();
         final AtomicLong live = new AtomicLong();
         final AtomicLong peak = new AtomicLong();
+        final long capacity;
+
+        Recorder() {
+            this(Long.MAX_VALUE);
+        }
+
+        Recorder(long capacity) {
+            this.capacity = capacity;
+        }
 
         @Override
         public synchronized long[] allocate(long sizeInBytes) {
+            if (live.get() + sizeInBytes > capacity) {
+                throw new IllegalStateException("out of memory: " + live.get() + " of " + capacity + " bytes in use");
+            }
             allocated.add(sizeInBytes);
             peak.accumulateAndGet(live.addAndGet(sizeInBytes), Math::max);
             return new long[] {sizeInBytes};
@@ -133,6 +147,40 @@ class DeltaArenaTest {
         assertEquals(List.of(MIB), r.freed, "a buffer given back after close is freed");
         assertThrows(IllegalStateException.class, l::close, "given back twice");
         assertThrows(IllegalStateException.class, l::buffer);
+        assertEquals(0, r.live.get());
+    }
+
+    @Test
+    void aDeviceWithLessFreeMemoryThanTheBudgetGetsTheKeptBuffersBackBeforeAnAllocationFails() throws Exception {
+        Recorder r = new Recorder(500 * MIB); // the budget is 1 GiB, but another process holds the rest of the device
+        try (DeltaArena<long[]> arena = new DeltaArena<>(1024 * MIB, r)) {
+            DeltaArena<long[]>.Lease a = arena.take(128 * MIB);
+            DeltaArena<long[]>.Lease b = arena.take(128 * MIB);
+            a.close();
+            b.close();
+            assertEquals(256 * MIB, arena.deviceBytes(), "kept for the next weight of that shape");
+            // 256 kept + 344 fits the budget, so nothing is freed first; the device refuses it until the kept buffers go
+            DeltaArena<long[]>.Lease tall = arena.take(344 * MIB);
+            assertEquals(List.of(128 * MIB, 128 * MIB), r.freed, "both kept buffers freed for the retry");
+            assertEquals(344 * MIB, arena.deviceBytes());
+            tall.close();
+        }
+        assertEquals(0, r.live.get());
+    }
+
+    @Test
+    void anAllocationTheDeviceRefusesWithNothingKeptFailsAndHoldsNoRoom() throws Exception {
+        Recorder r = new Recorder(300 * MIB);
+        try (DeltaArena<long[]> arena = new DeltaArena<>(1024 * MIB, r)) {
+            assertTrue(arena.fits(344 * MIB), "within the budget");
+            IllegalStateException e = assertThrows(IllegalStateException.class, () -> arena.take(344 * MIB));
+            assertTrue(e.getMessage().startsWith("out of memory"), "the allocator's failure, for the caller to recognise: " + e.getMessage());
+            assertEquals(0, arena.heldBytes(), "the refused size is not counted as handed out");
+            try (DeltaArena<long[]>.Lease small = arena.take(128 * MIB)) {
+                assertEquals(128 * MIB, arena.heldBytes(), "a size the device has room for is still handed out at once");
+            }
+            assertFalse(arena.fits(1025 * MIB), "over the whole budget");
+        }
         assertEquals(0, r.live.get());
     }
 }

@@ -17,8 +17,21 @@ final class GpuTests {
 
     /** The CUDA engine on device 0; skips the caller where there is no device, fails it where the engine does not start. */
     static CudaBackend openOrSkip() {
+        return openOrSkip(() -> (CudaBackend) Backends.openCuda(0, 4));
+    }
+
+    /** {@link #openOrSkip()} with another budget for the dense ΔW than the engine's own. */
+    static CudaBackend openOrSkip(long deltaBudgetBytes) {
+        return openOrSkip(() -> CudaBackend.open(0, 4, deltaBudgetBytes));
+    }
+
+    private interface Opening {
+        CudaBackend open() throws DeviceUnavailableException;
+    }
+
+    private static CudaBackend openOrSkip(Opening opening) {
         try {
-            return (CudaBackend) Backends.openCuda(0, 4);
+            return opening.open();
         } catch (DeviceUnavailableException e) {
             if (e.devicePresent()) {
                 fail("a GPU is present but the CUDA engine did not start: " + e.getMessage(), e);
