@@ -62,14 +62,18 @@ __device__ __forceinline__ float e5m2_value(uint32_t b) {
     return mag > 0x7cu ? __uint_as_float(0x7fc00000u) : __uint_as_float(sign | (mag == 0x7cu ? 0x7f800000u : __float_as_uint(v)));
 }
 
-/* The D bits of stored byte b with scale s (see the file's comment). productFmt: LM_F32, LM_BF16 or LM_F16 (FP8 only). */
-template <int KIND, int FMT>
+/*
+ * The D bits of stored byte b with scale s (see the file's comment). F32P: the product dtype is
+ * F32 (int8, and FP8 with e8m0 or fp32 scales), else productFmt, LM_BF16 or LM_F16 (FP8 only):
+ * a template parameter, so that the common F32 product takes no branch per element.
+ */
+template <int KIND, int FMT, bool F32P>
 __device__ __forceinline__ uint32_t scaled_bits(uint32_t b, float s, int productFmt) {
     if (KIND == KIND_INT8) {
         return round_float<FMT>(__fmul_rn(__fmul_rn((float)(int)(signed char)b, s), INT8_INV127));
     }
     float v = KIND == KIND_E5M2 ? e5m2_value(b) : e4m3_value(b);
-    if (productFmt == LM_F32) return round_float<FMT>(__fmul_rn(v, s));
+    if (F32P) return round_float<FMT>(__fmul_rn(v, s));
     double p = __dmul_rn((double)v, (double)s); /* exact */
     double first = productFmt == LM_BF16 ? lm_round_to(p, 8, -126, LM_BF16_MAX) : lm_round_to(p, 11, -14, LM_F16_MAX);
     return lm_round_bits(first, FMT);
@@ -82,7 +86,7 @@ __device__ __forceinline__ uint32_t scaled_bits(uint32_t b, float s, int product
  * columns ends inside the run (groups narrower than VEC, or not a multiple of it), the scale is
  * switched there.
  */
-template <int KIND, int FMT, int VEC, typename T>
+template <int KIND, int FMT, bool F32P, int VEC, typename T>
 __device__ __forceinline__ void scaled_run(const unsigned char *__restrict__ codes, long long e, long long c,
                                            const float *__restrict__ rowScales, long long blockCols, int productFmt,
                                            T *__restrict__ out) {
@@ -104,7 +108,7 @@ __device__ __forceinline__ void scaled_run(const unsigned char *__restrict__ cod
     uint32_t bits[VEC];
     if (c + VEC <= next) { /* one scale for the whole run: every scheme but groups narrower than the run */
 #pragma unroll
-        for (int k = 0; k < VEC; k++) bits[k] = scaled_bits<KIND, FMT>((u[k >> 2] >> (8 * (k & 3))) & 0xffu, s, productFmt);
+        for (int k = 0; k < VEC; k++) bits[k] = scaled_bits<KIND, FMT, F32P>((u[k >> 2] >> (8 * (k & 3))) & 0xffu, s, productFmt);
     } else {
 #pragma unroll
         for (int k = 0; k < VEC; k++) {
@@ -113,7 +117,7 @@ __device__ __forceinline__ void scaled_run(const unsigned char *__restrict__ cod
                 next += blockCols;
                 s = rowScales[g];
             }
-            bits[k] = scaled_bits<KIND, FMT>((u[k >> 2] >> (8 * (k & 3))) & 0xffu, s, productFmt);
+            bits[k] = scaled_bits<KIND, FMT, F32P>((u[k >> 2] >> (8 * (k & 3))) & 0xffu, s, productFmt);
         }
     }
 #pragma unroll
@@ -139,7 +143,7 @@ __device__ __forceinline__ void scaled_run(const unsigned char *__restrict__ cod
  * it is a multiple of 8; otherwise one element. The row, column and scale row of a run are
  * computed once for its VEC elements. Grid-stride, any grid.
  */
-template <int KIND, int FMT, int VEC, typename T>
+template <int KIND, int FMT, bool F32P, int VEC, typename T>
 __device__ __forceinline__ void scaled_runs(const unsigned char *__restrict__ codes, long long rowCount, long long cols,
                                             long long row0, const float *__restrict__ scales, long long blockRows,
                                             long long blockCols, long long scaleCols, int productFmt, T *__restrict__ out) {
@@ -151,20 +155,20 @@ __device__ __forceinline__ void scaled_runs(const unsigned char *__restrict__ co
         long long r = div_nonneg(e, cols);
         long long c = e - r * cols;
         const float *rowScales = scales + div_nonneg(row0 + r, blockRows) * scaleCols;
-        scaled_run<KIND, FMT, VEC, T>(codes, e, c, rowScales, blockCols, productFmt, out);
+        scaled_run<KIND, FMT, F32P, VEC, T>(codes, e, c, rowScales, blockCols, productFmt, out);
     }
 }
 
-template <int KIND, int FMT, typename T>
+template <int KIND, int FMT, bool F32P, typename T>
 __device__ __forceinline__ void scaled_dequant(const unsigned char *__restrict__ codes, long long rowCount, long long cols,
                                                long long row0, const float *__restrict__ scales, long long blockRows,
                                                long long blockCols, long long scaleCols, int productFmt, T *__restrict__ out) {
     if ((cols & 15) == 0) {
-        scaled_runs<KIND, FMT, 16, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols, scaleCols, productFmt, out);
+        scaled_runs<KIND, FMT, F32P, 16, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols, scaleCols, productFmt, out);
         return;
     }
     if ((cols & 7) == 0) {
-        scaled_runs<KIND, FMT, 8, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols, scaleCols, productFmt, out);
+        scaled_runs<KIND, FMT, F32P, 8, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols, scaleCols, productFmt, out);
         return;
     }
     long long n = rowCount * cols;
@@ -174,7 +178,7 @@ __device__ __forceinline__ void scaled_dequant(const unsigned char *__restrict__
         long long r = div_nonneg(e, cols);
         long long c = e - r * cols;
         float s = scales[div_nonneg(row0 + r, blockRows) * scaleCols + div_nonneg(c, blockCols)];
-        out[e] = (T)scaled_bits<KIND, FMT>(codes[e], s, productFmt);
+        out[e] = (T)scaled_bits<KIND, FMT, F32P>(codes[e], s, productFmt);
     }
 }
 
@@ -192,12 +196,19 @@ __device__ __forceinline__ void scaled_dequant(const unsigned char *__restrict__
                                     long long row0, const float *__restrict__ scales, long long blockRows,            \
                                     long long blockCols, long long scaleCols, int e5m2, int productFmt,               \
                                     T *__restrict__ out) {                                                             \
-        if (e5m2) {                                                                                                    \
-            scaled_dequant<KIND_E5M2, FMT, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols, scaleCols,   \
-                                              productFmt, out);                                                        \
+        bool f32p = productFmt == LM_F32;                                                                              \
+        if (e5m2 && f32p) {                                                                                            \
+            scaled_dequant<KIND_E5M2, FMT, true, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols,        \
+                                                    scaleCols, productFmt, out);                                       \
+        } else if (e5m2) {                                                                                             \
+            scaled_dequant<KIND_E5M2, FMT, false, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols,       \
+                                                     scaleCols, productFmt, out);                                      \
+        } else if (f32p) {                                                                                             \
+            scaled_dequant<KIND_E4M3, FMT, true, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols,        \
+                                                    scaleCols, productFmt, out);                                       \
         } else {                                                                                                       \
-            scaled_dequant<KIND_E4M3, FMT, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols, scaleCols,   \
-                                              productFmt, out);                                                        \
+            scaled_dequant<KIND_E4M3, FMT, false, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols,       \
+                                                     scaleCols, productFmt, out);                                      \
         }                                                                                                              \
     }
 LM_FP8_DEQUANT_KERNEL(fp8_dequant_bf16, LM_BF16, unsigned short)
@@ -206,7 +217,7 @@ LM_FP8_DEQUANT_KERNEL(fp8_dequant_f32, LM_F32, unsigned int)
 
 extern "C" __global__ void int8_dequant_f32(const unsigned char *__restrict__ codes, long long rowCount, long long cols, long long row0,
                                             const float *__restrict__ scb, unsigned int *__restrict__ out) {
-    scaled_dequant<KIND_INT8, LM_F32, unsigned int>(codes, rowCount, cols, row0, scb, 1, cols, 1, LM_F32, out);
+    scaled_dequant<KIND_INT8, LM_F32, true, unsigned int>(codes, rowCount, cols, row0, scb, 1, cols, 1, LM_F32, out);
 }
 
 /*
@@ -224,15 +235,17 @@ __device__ __forceinline__ float packed_product(int q, int z, float s) {
 }
 
 /*
- * Two fp32 values rounded once to 16-bit D, a in the low half: round_float of each; for F16 both
- * finite, one paired conversion (cvt.rn.f16x2.f32, the same round to nearest even as
- * __float2half_rn) in place of two.
+ * Two fp32 values rounded once to 16-bit D, a in the low half: round_float of each; for F16 one
+ * paired conversion (cvt.rn.f16x2.f32, the same round to nearest even as __float2half_rn) in place
+ * of two, a NaN then replaced by the canonical one as round_float does.
  */
 template <int FMT>
 __device__ __forceinline__ uint32_t round_pair(float a, float b) {
-    if (FMT == LM_F16 && isfinite(a) && isfinite(b)) {
+    if (FMT == LM_F16) {
         __half2 h = __floats2half2_rn(a, b);
-        return (uint32_t)__half_as_ushort(__low2half(h)) | ((uint32_t)__half_as_ushort(__high2half(h)) << 16);
+        uint32_t lo = isnan(a) ? 0x7e00u : (uint32_t)__half_as_ushort(__low2half(h));
+        uint32_t hi = isnan(b) ? 0x7e00u : (uint32_t)__half_as_ushort(__high2half(h));
+        return lo | (hi << 16);
     }
     return round_float<FMT>(a) | (round_float<FMT>(b) << 16);
 }
@@ -271,11 +284,11 @@ __device__ __forceinline__ void store_rounded(T *p, const float *v) {
  * 32 x 8 threads takes tiles of 32 rows x 32 words: it reads them along the rows (coalesced),
  * transposes them in shared memory, and each thread then decodes one word into PER consecutive
  * elements of one row, stored at once, so a warp writes 32 * PER consecutive elements of a row.
- * A thread decodes the same word index p for 4 rows of the tile: it reads the groups of p's
- * columns (g_idx) once, and when they are one group (always without act-order when the group
- * size is a multiple of PER), the zero and scale of its 4 rows, while the tile's words load, so
- * that the decoding waits on no further load; else a group's zero and scale are read for each
- * run of columns of that group.
+ * A thread decodes the same word index p for 4 rows of the tile: it checks once whether p's
+ * columns are one group (g_idx; always so without act-order when the group size is a multiple
+ * of PER), and then reads the zero and scale of its 4 rows while the tile's words load, so that
+ * the decoding waits on no further load; else, per row, a group's zero and scale are read for
+ * each run of columns of that group.
  */
 template <int BITS, int FMT, typename T>
 __device__ __forceinline__ void gptq_tiles(const uint32_t *__restrict__ words, long long rowCount, long long cols, long long row0,
@@ -300,20 +313,17 @@ __device__ __forceinline__ void gptq_tiles(const uint32_t *__restrict__ words, l
             /* the word this thread decodes, for rows rt * TILE + ty + 8k */
             long long p = wt * TILE + tx;
             bool inside = p < packedRows;
-            /* the groups of the word's PER columns, 16-byte loads (p * PER ints from a 256-byte aligned array) */
-            int groups[PER];
+            /* whether the word's PER columns are one group: 16-byte loads of their g_idx (p * PER ints from a 256-byte aligned array) */
+            const int *wordGroups = gIdx + p * PER;
+            int group0 = 0;
             bool oneGroup = true;
             if (inside) {
+                group0 = wordGroups[0];
 #pragma unroll
                 for (int m = 0; m < PER / 4; m++) {
-                    int4 g4 = reinterpret_cast<const int4 *>(gIdx + p * PER)[m];
-                    groups[4 * m] = g4.x;
-                    groups[4 * m + 1] = g4.y;
-                    groups[4 * m + 2] = g4.z;
-                    groups[4 * m + 3] = g4.w;
+                    int4 g4 = reinterpret_cast<const int4 *>(wordGroups)[m];
+                    oneGroup = oneGroup && g4.x == group0 && g4.y == group0 && g4.z == group0 && g4.w == group0;
                 }
-#pragma unroll
-                for (int j = 1; j < PER; j++) oneGroup = oneGroup && groups[j] == groups[0];
             }
             int zk[TILE / 8];
             float sk[TILE / 8];
@@ -321,7 +331,7 @@ __device__ __forceinline__ void gptq_tiles(const uint32_t *__restrict__ words, l
             for (int k = 0; k < TILE / 8; k++) {
                 long long o = rt * TILE + ty + 8 * k;
                 bool load = inside && oneGroup && o < rowCount;
-                long long kk = load ? (long long)groups[0] * rows + row0 + o : 0;
+                long long kk = load ? (long long)group0 * rows + row0 + o : 0;
                 zk[k] = load ? zeros[kk] : 0;
                 sk[k] = load ? scales[kk] : 0.0f;
             }
@@ -339,16 +349,17 @@ __device__ __forceinline__ void gptq_tiles(const uint32_t *__restrict__ words, l
 #pragma unroll
                         for (int j = 0; j < PER; j++) v[j] = packed_product((int)((word >> (j * BITS)) & mask), zk[k], sk[k]);
                     } else {
-                        /* a group's zero and scale read once for its run of columns */
+                        /* a group's zero and scale read once for its run of columns (act-order, or groups narrower than a word) */
                         long long row = row0 + o;
-                        int group = groups[0];
+                        int group = group0;
                         long long kk = (long long)group * rows + row;
                         int z = zeros[kk];
                         float sc = scales[kk];
 #pragma unroll
                         for (int j = 0; j < PER; j++) {
-                            if (groups[j] != group) {
-                                group = groups[j];
+                            int gj = wordGroups[j];
+                            if (gj != group) {
+                                group = gj;
                                 kk = (long long)group * rows + row;
                                 z = zeros[kk];
                                 sc = scales[kk];
@@ -373,7 +384,7 @@ __device__ __forceinline__ void gptq_tiles(const uint32_t *__restrict__ words, l
  *   (each at most 65535; a smaller grid strides).
  */
 #define LM_GPTQ_DEQUANT_KERNEL(NAME, FMT, T)                                                                           \
-    extern "C" __global__ void NAME(const uint32_t *__restrict__ words, long long rowCount, long long cols,           \
+    extern "C" __global__ void __launch_bounds__(256, 4) NAME(const uint32_t *__restrict__ words, long long rowCount, long long cols, \
                                     long long row0, long long rows, int bits, const int *__restrict__ zeros,          \
                                     const float *__restrict__ scales, const int *__restrict__ gIdx,                   \
                                     T *__restrict__ out) {                                                             \
@@ -490,7 +501,7 @@ __device__ __forceinline__ void awq_tiles(const uint32_t *__restrict__ words, lo
 }
 
 #define LM_AWQ_DEQUANT_KERNEL(NAME, FMT, T)                                                                            \
-    extern "C" __global__ void NAME(const uint32_t *__restrict__ words, long long rowCount, long long cols,           \
+    extern "C" __global__ void __launch_bounds__(256, 4) NAME(const uint32_t *__restrict__ words, long long rowCount, long long cols, \
                                     long long row0, long long rows, const int *__restrict__ zeros,                    \
                                     const float *__restrict__ scales, const int *__restrict__ gIdx,                   \
                                     T *__restrict__ out) {                                                             \

@@ -1,9 +1,9 @@
 /*
  * Enough of CUDA's device environment to compile a kernel file for the host (quant_host.cpp):
- * the qualifiers as nothing, __shared__ as static (a launch runs one block at a time), the thread
- * and block indices per host thread, __syncthreads as a barrier of the block's threads, the vector
- * types, and the rounding intrinsics as the IEEE operations they are (built with
- * -ffp-contract=off, so nothing is fused).
+ * the qualifiers and launch bounds as nothing, __shared__ as static (a launch runs one block at a
+ * time), the thread and block indices per host thread, __syncthreads as a barrier of the block's
+ * threads, the vector types, and the rounding intrinsics as the IEEE operations they are (built
+ * with -ffp-contract=off, so nothing is fused).
  */
 #ifndef LORAMERGE_CUDA_HOST_H
 #define LORAMERGE_CUDA_HOST_H
@@ -22,6 +22,7 @@ using std::isnan;
 #define __forceinline__ inline
 #define __restrict__
 #define __shared__ static
+#define __launch_bounds__(...)
 
 struct lm_dim3 {
     unsigned x, y, z;
