@@ -63,6 +63,17 @@ __device__ __forceinline__ float e5m2_value(uint32_t b) {
 }
 
 /*
+ * RN_D(RN_P(v * s)) for a 16-bit product dtype P (productFmt): both roundings rounding.cuh's, from
+ * the exact fp64 product. A call, not inlined into every element of a run: the double rounding is
+ * long, and only compressed-tensors' 16-bit scales take it.
+ */
+__device__ __noinline__ uint32_t product16_bits(float v, float s, int productFmt, int fmt) {
+    double p = __dmul_rn((double)v, (double)s); /* exact */
+    double first = productFmt == LM_BF16 ? lm_round_to(p, 8, -126, LM_BF16_MAX) : lm_round_to(p, 11, -14, LM_F16_MAX);
+    return lm_round_bits(first, fmt);
+}
+
+/*
  * The D bits of stored byte b with scale s (see the file's comment). F32P: the product dtype is
  * F32 (int8, and FP8 with e8m0 or fp32 scales), else productFmt, LM_BF16 or LM_F16 (FP8 only):
  * a template parameter, so that the common F32 product takes no branch per element.
@@ -74,9 +85,7 @@ __device__ __forceinline__ uint32_t scaled_bits(uint32_t b, float s, int product
     }
     float v = KIND == KIND_E5M2 ? e5m2_value(b) : e4m3_value(b);
     if (F32P) return round_float<FMT>(__fmul_rn(v, s));
-    double p = __dmul_rn((double)v, (double)s); /* exact */
-    double first = productFmt == LM_BF16 ? lm_round_to(p, 8, -126, LM_BF16_MAX) : lm_round_to(p, 11, -14, LM_F16_MAX);
-    return lm_round_bits(first, FMT);
+    return product16_bits(v, s, productFmt, FMT);
 }
 
 /*
@@ -186,16 +195,17 @@ __device__ __forceinline__ void scaled_dequant(const unsigned char *__restrict__
  * fp8_dequant_{bf16,f16,f32}(codes, rowCount, cols, row0, scales, blockRows, blockCols, scaleCols, e5m2, productFmt, out)
  *   An FP8 block (e4m3fn codes, e5m2 when e5m2 != 0) to D; productFmt LM_F32 (0 BF16, 1 F16, 2 F32,
  *   rounding.cuh's codes) for transformers' layout and e8m0 or fp32 scales, else the 16-bit scales' dtype.
- *   codes and out 16-byte aligned. 256 threads a block; grid: ceil(work / 256), work = n / 16 when
- *   cols % 16 == 0, n / 8 when cols % 8 == 0, else n; a smaller grid strides.
+ *   codes and out 16-byte aligned. 256 threads a block (built for 5 blocks an SM: 48 registers);
+ *   grid: ceil(work / 256), work = n / 16 when cols % 16 == 0, n / 8 when cols % 8 == 0, else n;
+ *   a smaller grid strides.
  * int8_dequant_f32(codes, rowCount, cols, row0, scb, out)
  *   An LLM.int8 block to F32 with each row's SCB (scb of the whole weight). Launched as fp8_dequant.
  */
 #define LM_FP8_DEQUANT_KERNEL(NAME, FMT, T)                                                                            \
-    extern "C" __global__ void NAME(const unsigned char *__restrict__ codes, long long rowCount, long long cols,       \
-                                    long long row0, const float *__restrict__ scales, long long blockRows,            \
-                                    long long blockCols, long long scaleCols, int e5m2, int productFmt,               \
-                                    T *__restrict__ out) {                                                             \
+    extern "C" __global__ void __launch_bounds__(256, 5)                                                             \
+        NAME(const unsigned char *__restrict__ codes, long long rowCount, long long cols, long long row0,              \
+             const float *__restrict__ scales, long long blockRows, long long blockCols, long long scaleCols, int e5m2, \
+             int productFmt, T *__restrict__ out) {                                                                    \
         bool f32p = productFmt == LM_F32;                                                                              \
         if (e5m2 && f32p) {                                                                                            \
             scaled_dequant<KIND_E5M2, FMT, true, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols,        \
@@ -380,14 +390,14 @@ __device__ __forceinline__ void gptq_tiles(const uint32_t *__restrict__ words, l
  *   A GPTQ block (words gathered as gptq_tiles says) to D. zeros and scales: every (group, row)
  *   of the weight, [groups, rows] (zeros decoded: v1's stored zero - 1 already corrected); gIdx:
  *   the group of every input column, 16-byte aligned. bits 2, 4 or 8; cols a multiple of 32 / bits;
- *   out 16-byte aligned. Launch: 32 x 8 threads, grid (ceil(rowCount / 32), ceil(cols / (32 / bits) / 32))
- *   (each at most 65535; a smaller grid strides).
+ *   out 16-byte aligned. Launch: 32 x 8 threads (built for 4 blocks an SM: 64 registers), grid
+ *   (ceil(rowCount / 32), ceil(cols / (32 / bits) / 32)) (each at most 65535; a smaller grid strides).
  */
 #define LM_GPTQ_DEQUANT_KERNEL(NAME, FMT, T)                                                                           \
-    extern "C" __global__ void __launch_bounds__(256, 4) NAME(const uint32_t *__restrict__ words, long long rowCount, long long cols, \
-                                    long long row0, long long rows, int bits, const int *__restrict__ zeros,          \
-                                    const float *__restrict__ scales, const int *__restrict__ gIdx,                   \
-                                    T *__restrict__ out) {                                                             \
+    extern "C" __global__ void __launch_bounds__(256, 4)                                                             \
+        NAME(const uint32_t *__restrict__ words, long long rowCount, long long cols, long long row0, long long rows,   \
+             int bits, const int *__restrict__ zeros, const float *__restrict__ scales, const int *__restrict__ gIdx,  \
+             T *__restrict__ out) {                                                                                    \
         __shared__ uint32_t sh[TILE][TILE + 1];                                                                        \
         if (bits == 2) gptq_tiles<2, FMT, T>(words, rowCount, cols, row0, rows, zeros, scales, gIdx, out, sh);        \
         else if (bits == 4) gptq_tiles<4, FMT, T>(words, rowCount, cols, row0, rows, zeros, scales, gIdx, out, sh);   \
@@ -410,8 +420,8 @@ LM_GPTQ_DEQUANT_KERNEL(gptq_dequant_f32, LM_F32, unsigned int)
  *   consecutive elements of one row, stored at once (a warp writes 8 rows of 32 elements); each
  *   thread does so for 4 word columns, with the same 8 columns: it reads their groups once and,
  *   when they are one group, the zero and scale of each of its 4 rows while the tile's words
- *   load. Launch: 32 x 8 threads, grid (ceil(cols / 32), ceil(wordCols / 32)) (each at most 65535;
- *   a smaller grid strides).
+ *   load. Launch: 32 x 8 threads (built for 4 blocks an SM), grid (ceil(cols / 32), ceil(wordCols /
+ *   32)) (each at most 65535; a smaller grid strides).
  */
 template <int FMT, typename T>
 __device__ __forceinline__ void awq_tiles(const uint32_t *__restrict__ words, long long rowCount, long long cols, long long row0,
@@ -501,10 +511,10 @@ __device__ __forceinline__ void awq_tiles(const uint32_t *__restrict__ words, lo
 }
 
 #define LM_AWQ_DEQUANT_KERNEL(NAME, FMT, T)                                                                            \
-    extern "C" __global__ void __launch_bounds__(256, 4) NAME(const uint32_t *__restrict__ words, long long rowCount, long long cols, \
-                                    long long row0, long long rows, const int *__restrict__ zeros,                    \
-                                    const float *__restrict__ scales, const int *__restrict__ gIdx,                   \
-                                    T *__restrict__ out) {                                                             \
+    extern "C" __global__ void __launch_bounds__(256, 4)                                                             \
+        NAME(const uint32_t *__restrict__ words, long long rowCount, long long cols, long long row0, long long rows,   \
+             const int *__restrict__ zeros, const float *__restrict__ scales, const int *__restrict__ gIdx,            \
+             T *__restrict__ out) {                                                                                    \
         __shared__ uint32_t sh[TILE][TILE + 1];                                                                        \
         awq_tiles<FMT, T>(words, rowCount, cols, row0, rows, zeros, scales, gIdx, out, sh);                           \
     }
