@@ -9,8 +9,9 @@
  * (e8m0/bf16/f16 scales to fp32, GPTQ v1 zeros plus one with the word's carries), so a kernel
  * only indexes it.
  *
- * Every rounded fp32 operation is written with an explicit rounding intrinsic (__fmul_rn): nvcc
- * may not contract those into an FMA, so each product is rounded exactly where the CPU rounds it.
+ * Every rounded fp32 operation is written with an explicit rounding intrinsic (__fmul_rn,
+ * __fadd_rn): nvcc may not contract those into an FMA, so each product is rounded exactly where
+ * the CPU rounds it.
  *
  *   FP8 (Fp8Weight.value): RN_D(RN_P(code * scale)), P the product dtype. The product of an fp8
  *     value (4 significant bits) and an fp32 scale is exact in fp64; for P = F32, __fmul_rn is
