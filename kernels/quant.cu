@@ -9,8 +9,9 @@
  * (e8m0/bf16/f16 scales to fp32, GPTQ v1 zeros plus one with the word's carries), so a kernel
  * only indexes it.
  *
- * Every rounded fp32 operation is written with an explicit rounding intrinsic (__fmul_rn): nvcc
- * may not contract those into an FMA, so each product is rounded exactly where the CPU rounds it.
+ * Every rounded fp32 operation is written with an explicit rounding intrinsic (__fmul_rn,
+ * __fadd_rn): nvcc may not contract those into an FMA, so each product is rounded exactly where
+ * the CPU rounds it.
  *
  *   FP8 (Fp8Weight.value): RN_D(RN_P(code * scale)), P the product dtype. The product of an fp8
  *     value (4 significant bits) and an fp32 scale is exact in fp64; for P = F32, __fmul_rn is
@@ -62,17 +63,84 @@ __device__ __forceinline__ float e5m2_value(uint32_t b) {
     return mag > 0x7cu ? __uint_as_float(0x7fc00000u) : __uint_as_float(sign | (mag == 0x7cu ? 0x7f800000u : __float_as_uint(v)));
 }
 
-/* The D bits of stored byte b with scale s (see the file's comment). productFmt: LM_F32, LM_BF16 or LM_F16 (FP8 only). */
-template <int KIND, int FMT>
+/*
+ * RN_D(RN_P(v * s)) for a 16-bit product dtype P (productFmt): both roundings rounding.cuh's, from
+ * the exact fp64 product. A call, not inlined into every element of a run: the double rounding is
+ * long, and only compressed-tensors' 16-bit scales take it.
+ */
+__device__ __noinline__ uint32_t product16_bits(float v, float s, int productFmt, int fmt) {
+    double p = __dmul_rn((double)v, (double)s); /* exact */
+    double first = productFmt == LM_BF16 ? lm_round_to(p, 8, -126, LM_BF16_MAX) : lm_round_to(p, 11, -14, LM_F16_MAX);
+    return lm_round_bits(first, fmt);
+}
+
+/*
+ * The D bits of stored byte b with scale s (see the file's comment). F32P: the product dtype is
+ * F32 (int8, and FP8 with e8m0 or fp32 scales), else productFmt, LM_BF16 or LM_F16 (FP8 only):
+ * a template parameter, so that the common F32 product takes no branch per element.
+ */
+template <int KIND, int FMT, bool F32P>
 __device__ __forceinline__ uint32_t scaled_bits(uint32_t b, float s, int productFmt) {
     if (KIND == KIND_INT8) {
         return round_float<FMT>(__fmul_rn(__fmul_rn((float)(int)(signed char)b, s), INT8_INV127));
     }
     float v = KIND == KIND_E5M2 ? e5m2_value(b) : e4m3_value(b);
-    if (productFmt == LM_F32) return round_float<FMT>(__fmul_rn(v, s));
-    double p = __dmul_rn((double)v, (double)s); /* exact */
-    double first = productFmt == LM_BF16 ? lm_round_to(p, 8, -126, LM_BF16_MAX) : lm_round_to(p, 11, -14, LM_F16_MAX);
-    return lm_round_bits(first, FMT);
+    if (F32P) return round_float<FMT>(__fmul_rn(v, s));
+    return product16_bits(v, s, productFmt, FMT);
+}
+
+/*
+ * VEC (8 or 16) consecutive codes of one row, elements e.. at column c (a multiple of VEC; codes + e
+ * and out + e aligned to VEC bytes and to 16 bytes), to D: one load of the codes, one 16-byte store
+ * for every 8 values of 16-bit D (4 of F32). The run's scale group found once; when a group of
+ * columns ends inside the run (groups narrower than VEC, or not a multiple of it), the scale is
+ * switched there.
+ */
+template <int KIND, int FMT, bool F32P, int VEC, typename T>
+__device__ __forceinline__ void scaled_run(const unsigned char *__restrict__ codes, long long e, long long c,
+                                           const float *__restrict__ rowScales, long long blockCols, int productFmt,
+                                           T *__restrict__ out) {
+    uint32_t u[4] = {0u, 0u, 0u, 0u};
+    if (VEC == 16) {
+        uint4 q = *reinterpret_cast<const uint4 *>(codes + e);
+        u[0] = q.x;
+        u[1] = q.y;
+        u[2] = q.z;
+        u[3] = q.w;
+    } else {
+        uint2 q = *reinterpret_cast<const uint2 *>(codes + e);
+        u[0] = q.x;
+        u[1] = q.y;
+    }
+    long long g = div_nonneg(c, blockCols);
+    long long next = (g + 1) * blockCols; /* the first column of the next group */
+    float s = rowScales[g];
+    uint32_t bits[VEC];
+    if (c + VEC <= next) { /* one scale for the whole run: every scheme but groups narrower than the run */
+#pragma unroll
+        for (int k = 0; k < VEC; k++) bits[k] = scaled_bits<KIND, FMT, F32P>((u[k >> 2] >> (8 * (k & 3))) & 0xffu, s, productFmt);
+    } else {
+#pragma unroll
+        for (int k = 0; k < VEC; k++) {
+            if (c + k == next) { /* a group of columns ends inside the run */
+                g++;
+                next += blockCols;
+                s = rowScales[g];
+            }
+            bits[k] = scaled_bits<KIND, FMT, F32P>((u[k >> 2] >> (8 * (k & 3))) & 0xffu, s, productFmt);
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < VEC / 8; m++) {
+        const uint32_t *b = bits + 8 * m;
+        if (sizeof(T) == 2) {
+            *reinterpret_cast<uint4 *>(out + e + 8 * m) =
+                make_uint4(b[0] | (b[1] << 16), b[2] | (b[3] << 16), b[4] | (b[5] << 16), b[6] | (b[7] << 16));
+        } else {
+            *reinterpret_cast<uint4 *>(out + e + 8 * m) = make_uint4(b[0], b[1], b[2], b[3]);
+            *reinterpret_cast<uint4 *>(out + e + 8 * m + 4) = make_uint4(b[4], b[5], b[6], b[7]);
+        }
+    }
 }
 
 /*
@@ -80,52 +148,47 @@ __device__ __forceinline__ uint32_t scaled_bits(uint32_t b, float s, int product
  * blockRows >= rows and blockCols = cols, one a row with 1 x cols, one per group of columns with
  * 1 x g, 128 x 128 blocks; int8: 1 x cols, SCB). Elements [0, rowCount * cols) of the block,
  * rows row0.. of the weight; the scale of (row, col) is scales[(row / blockRows) * scaleCols +
- * col / blockCols]. When cols is a multiple of 8 a thread takes 8 elements of one row (an 8-byte
- * load, a 16-byte store for 16-bit D, two for F32); otherwise one. Grid-stride, any grid.
+ * col / blockCols]. A thread takes a run of VEC elements of one row (scaled_run): 16 when cols
+ * is a multiple of 16 (a 16-byte load, two 16-byte stores for 16-bit D, four for F32), 8 when
+ * it is a multiple of 8; otherwise one element. The row, column and scale row of a run are
+ * computed once for its VEC elements. Grid-stride, any grid.
  */
-template <int KIND, int FMT, typename T>
+template <int KIND, int FMT, bool F32P, int VEC, typename T>
+__device__ __forceinline__ void scaled_runs(const unsigned char *__restrict__ codes, long long rowCount, long long cols,
+                                            long long row0, const float *__restrict__ scales, long long blockRows,
+                                            long long blockCols, long long scaleCols, int productFmt, T *__restrict__ out) {
+    long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long threads = (long long)gridDim.x * blockDim.x;
+    long long runs = rowCount * cols / VEC;
+    for (long long v = tid; v < runs; v += threads) {
+        long long e = v * VEC;
+        long long r = div_nonneg(e, cols);
+        long long c = e - r * cols;
+        const float *rowScales = scales + div_nonneg(row0 + r, blockRows) * scaleCols;
+        scaled_run<KIND, FMT, F32P, VEC, T>(codes, e, c, rowScales, blockCols, productFmt, out);
+    }
+}
+
+template <int KIND, int FMT, bool F32P, typename T>
 __device__ __forceinline__ void scaled_dequant(const unsigned char *__restrict__ codes, long long rowCount, long long cols,
                                                long long row0, const float *__restrict__ scales, long long blockRows,
                                                long long blockCols, long long scaleCols, int productFmt, T *__restrict__ out) {
+    if ((cols & 15) == 0) {
+        scaled_runs<KIND, FMT, F32P, 16, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols, scaleCols, productFmt, out);
+        return;
+    }
+    if ((cols & 7) == 0) {
+        scaled_runs<KIND, FMT, F32P, 8, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols, scaleCols, productFmt, out);
+        return;
+    }
     long long n = rowCount * cols;
     long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long threads = (long long)gridDim.x * blockDim.x;
-    if ((cols & 7) == 0) {
-        for (long long v = tid; v < (n >> 3); v += threads) {
-            long long e = v << 3;
-            long long r = div_nonneg(e, cols);
-            long long c = e - r * cols;
-            const float *rowScales = scales + div_nonneg(row0 + r, blockRows) * scaleCols;
-            long long g = div_nonneg(c, blockCols);
-            long long next = (g + 1) * blockCols;
-            float s = rowScales[g];
-            uint2 u = *reinterpret_cast<const uint2 *>(codes + e);
-            uint32_t bits[8];
-#pragma unroll
-            for (int k = 0; k < 8; k++) {
-                if (c + k == next) { /* a group of columns ends inside these 8 */
-                    g++;
-                    next += blockCols;
-                    s = rowScales[g];
-                }
-                uint32_t b = ((k < 4 ? u.x : u.y) >> (8 * (k & 3))) & 0xffu;
-                bits[k] = scaled_bits<KIND, FMT>(b, s, productFmt);
-            }
-            if (sizeof(T) == 2) {
-                *reinterpret_cast<uint4 *>(out + e) = make_uint4(bits[0] | (bits[1] << 16), bits[2] | (bits[3] << 16),
-                                                                 bits[4] | (bits[5] << 16), bits[6] | (bits[7] << 16));
-            } else {
-                *reinterpret_cast<uint4 *>(out + e) = make_uint4(bits[0], bits[1], bits[2], bits[3]);
-                *reinterpret_cast<uint4 *>(out + e + 4) = make_uint4(bits[4], bits[5], bits[6], bits[7]);
-            }
-        }
-        return;
-    }
     for (long long e = tid; e < n; e += threads) {
         long long r = div_nonneg(e, cols);
         long long c = e - r * cols;
         float s = scales[div_nonneg(row0 + r, blockRows) * scaleCols + div_nonneg(c, blockCols)];
-        out[e] = (T)scaled_bits<KIND, FMT>(codes[e], s, productFmt);
+        out[e] = (T)scaled_bits<KIND, FMT, F32P>(codes[e], s, productFmt);
     }
 }
 
@@ -133,22 +196,30 @@ __device__ __forceinline__ void scaled_dequant(const unsigned char *__restrict__
  * fp8_dequant_{bf16,f16,f32}(codes, rowCount, cols, row0, scales, blockRows, blockCols, scaleCols, e5m2, productFmt, out)
  *   An FP8 block (e4m3fn codes, e5m2 when e5m2 != 0) to D; productFmt LM_F32 (0 BF16, 1 F16, 2 F32,
  *   rounding.cuh's codes) for transformers' layout and e8m0 or fp32 scales, else the 16-bit scales' dtype.
- *   codes and out 16-byte aligned. 256 threads a block; grid: ceil(work / 256), work = n / 8 when
- *   cols % 8 == 0, else n; a smaller grid strides.
+ *   codes and out 16-byte aligned. 256 threads a block (built for 5 blocks an SM: 48 registers);
+ *   grid: ceil(work / 256), work = n / 16 when cols % 16 == 0, n / 8 when cols % 8 == 0, else n;
+ *   a smaller grid strides.
  * int8_dequant_f32(codes, rowCount, cols, row0, scb, out)
  *   An LLM.int8 block to F32 with each row's SCB (scb of the whole weight). Launched as fp8_dequant.
  */
 #define LM_FP8_DEQUANT_KERNEL(NAME, FMT, T)                                                                            \
-    extern "C" __global__ void NAME(const unsigned char *__restrict__ codes, long long rowCount, long long cols,       \
-                                    long long row0, const float *__restrict__ scales, long long blockRows,            \
-                                    long long blockCols, long long scaleCols, int e5m2, int productFmt,               \
-                                    T *__restrict__ out) {                                                             \
-        if (e5m2) {                                                                                                    \
-            scaled_dequant<KIND_E5M2, FMT, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols, scaleCols,   \
-                                              productFmt, out);                                                        \
+    extern "C" __global__ void __launch_bounds__(256, 5)                                                             \
+        NAME(const unsigned char *__restrict__ codes, long long rowCount, long long cols, long long row0,              \
+             const float *__restrict__ scales, long long blockRows, long long blockCols, long long scaleCols, int e5m2, \
+             int productFmt, T *__restrict__ out) {                                                                    \
+        bool f32p = productFmt == LM_F32;                                                                              \
+        if (e5m2 && f32p) {                                                                                            \
+            scaled_dequant<KIND_E5M2, FMT, true, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols,        \
+                                                    scaleCols, productFmt, out);                                       \
+        } else if (e5m2) {                                                                                             \
+            scaled_dequant<KIND_E5M2, FMT, false, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols,       \
+                                                     scaleCols, productFmt, out);                                      \
+        } else if (f32p) {                                                                                             \
+            scaled_dequant<KIND_E4M3, FMT, true, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols,        \
+                                                    scaleCols, productFmt, out);                                       \
         } else {                                                                                                       \
-            scaled_dequant<KIND_E4M3, FMT, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols, scaleCols,   \
-                                              productFmt, out);                                                        \
+            scaled_dequant<KIND_E4M3, FMT, false, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols,       \
+                                                     scaleCols, productFmt, out);                                      \
         }                                                                                                              \
     }
 LM_FP8_DEQUANT_KERNEL(fp8_dequant_bf16, LM_BF16, unsigned short)
@@ -157,24 +228,60 @@ LM_FP8_DEQUANT_KERNEL(fp8_dequant_f32, LM_F32, unsigned int)
 
 extern "C" __global__ void int8_dequant_f32(const unsigned char *__restrict__ codes, long long rowCount, long long cols, long long row0,
                                             const float *__restrict__ scb, unsigned int *__restrict__ out) {
-    scaled_dequant<KIND_INT8, LM_F32, unsigned int>(codes, rowCount, cols, row0, scb, 1, cols, 1, LM_F32, out);
+    scaled_dequant<KIND_INT8, LM_F32, true, unsigned int>(codes, rowCount, cols, row0, scb, 1, cols, 1, LM_F32, out);
 }
 
-/* The D bits of code q with zero point z and scale s: RN_D((q - z) * s), the product exact in fp32 or rounded once (see above). */
+/*
+ * q - z as fp32, exactly, for |q - z| < 2^22 (codes and zero points of at most 8 bits): the integer
+ * added to the significand of 1.5 * 2^23 and that subtracted, two full-rate operations in place of
+ * a conversion (I2F, a quarter of the rate); (float)0 and 0 are both +0.0.
+ */
+__device__ __forceinline__ float small_int_value(int x) {
+    return __fadd_rn(__uint_as_float(0x4b400000u + (uint32_t)x), -0x1.8p23f);
+}
+
+/* The exact (fp32) or once-rounded (q - z) * s of a GPTQ/AWQ code (see the file's comment). */
+__device__ __forceinline__ float packed_product(int q, int z, float s) {
+    return __fmul_rn(small_int_value(q - z), s);
+}
+
+/*
+ * Two fp32 values rounded once to 16-bit D, a in the low half: round_float of each; for F16 one
+ * paired conversion (cvt.rn.f16x2.f32, the same round to nearest even as __float2half_rn) in place
+ * of two, a NaN then replaced by the canonical one as round_float does.
+ */
 template <int FMT>
-__device__ __forceinline__ uint32_t packed_bits(int q, int z, float s) {
-    return round_float<FMT>(__fmul_rn((float)(q - z), s));
+__device__ __forceinline__ uint32_t round_pair(float a, float b) {
+    if (FMT == LM_F16) {
+        __half2 h = __floats2half2_rn(a, b);
+        uint32_t lo = isnan(a) ? 0x7e00u : (uint32_t)__half_as_ushort(__low2half(h));
+        uint32_t hi = isnan(b) ? 0x7e00u : (uint32_t)__half_as_ushort(__high2half(h));
+        return lo | (hi << 16);
+    }
+    return round_float<FMT>(a) | (round_float<FMT>(b) << 16);
 }
 
-/* Stores NW 32-bit words at p (8-byte aligned for NW = 2, 16-byte aligned otherwise; NW even). */
-template <int NW>
-__device__ __forceinline__ void store_words(void *p, const uint32_t *w) {
-    if (NW == 2) {
-        *reinterpret_cast<uint2 *>(p) = make_uint2(w[0], w[1]);
+/*
+ * N fp32 products (4, 8 or 16) rounded to D and stored at p: N / 8 16-byte stores for 16-bit D (one
+ * 8-byte store for N = 4), N / 4 for F32; p aligned to the store.
+ */
+template <int FMT, int N, typename T>
+__device__ __forceinline__ void store_rounded(T *p, const float *v) {
+    if (sizeof(T) == 2 && N == 4) {
+        *reinterpret_cast<uint2 *>(p) = make_uint2(round_pair<FMT>(v[0], v[1]), round_pair<FMT>(v[2], v[3]));
+    } else if (sizeof(T) == 2) {
+#pragma unroll
+        for (int m = 0; m < N / 8; m++) {
+            const float *f = v + 8 * m;
+            reinterpret_cast<uint4 *>(p)[m] = make_uint4(round_pair<FMT>(f[0], f[1]), round_pair<FMT>(f[2], f[3]),
+                                                         round_pair<FMT>(f[4], f[5]), round_pair<FMT>(f[6], f[7]));
+        }
     } else {
 #pragma unroll
-        for (int k = 0; k < NW / 4; k++) {
-            reinterpret_cast<uint4 *>(p)[k] = make_uint4(w[4 * k], w[4 * k + 1], w[4 * k + 2], w[4 * k + 3]);
+        for (int m = 0; m < N / 4; m++) {
+            const float *f = v + 4 * m;
+            reinterpret_cast<uint4 *>(p)[m] = make_uint4(round_float<FMT>(f[0]), round_float<FMT>(f[1]), round_float<FMT>(f[2]),
+                                                         round_float<FMT>(f[3]));
         }
     }
 }
@@ -188,6 +295,11 @@ __device__ __forceinline__ void store_words(void *p, const uint32_t *w) {
  * 32 x 8 threads takes tiles of 32 rows x 32 words: it reads them along the rows (coalesced),
  * transposes them in shared memory, and each thread then decodes one word into PER consecutive
  * elements of one row, stored at once, so a warp writes 32 * PER consecutive elements of a row.
+ * A thread decodes the same word index p for 4 rows of the tile: it checks once whether p's
+ * columns are one group (g_idx; always so without act-order when the group size is a multiple
+ * of PER), and then reads the zero and scale of its 4 rows while the tile's words load, so that
+ * the decoding waits on no further load; else, per row, a group's zero and scale are read for
+ * each run of columns of that group.
  */
 template <int BITS, int FMT, typename T>
 __device__ __forceinline__ void gptq_tiles(const uint32_t *__restrict__ words, long long rowCount, long long cols, long long row0,
@@ -202,53 +314,71 @@ __device__ __forceinline__ void gptq_tiles(const uint32_t *__restrict__ words, l
     int ty = threadIdx.y;
     for (long long rt = blockIdx.x; rt < rowTiles; rt += gridDim.x) {
         for (long long wt = blockIdx.y; wt < wordTiles; wt += gridDim.y) {
+            uint32_t loaded[TILE / 8];
 #pragma unroll
             for (int k = 0; k < TILE / 8; k++) {
-                int py = ty + 8 * k;
-                long long p = wt * TILE + py;
+                long long p = wt * TILE + ty + 8 * k;
                 long long o = rt * TILE + tx;
-                sh[py][tx] = p < packedRows && o < rowCount ? words[p * rowCount + o] : 0u;
+                loaded[k] = p < packedRows && o < rowCount ? words[p * rowCount + o] : 0u;
             }
+            /* the word this thread decodes, for rows rt * TILE + ty + 8k */
+            long long p = wt * TILE + tx;
+            bool inside = p < packedRows;
+            /* whether the word's PER columns are one group: 16-byte loads of their g_idx (p * PER ints from a 256-byte aligned array) */
+            const int *wordGroups = gIdx + p * PER;
+            int group0 = 0;
+            bool oneGroup = true;
+            if (inside) {
+                group0 = wordGroups[0];
+#pragma unroll
+                for (int m = 0; m < PER / 4; m++) {
+                    int4 g4 = reinterpret_cast<const int4 *>(wordGroups)[m];
+                    oneGroup = oneGroup && g4.x == group0 && g4.y == group0 && g4.z == group0 && g4.w == group0;
+                }
+            }
+            int zk[TILE / 8];
+            float sk[TILE / 8];
+#pragma unroll
+            for (int k = 0; k < TILE / 8; k++) {
+                long long o = rt * TILE + ty + 8 * k;
+                bool load = inside && oneGroup && o < rowCount;
+                long long kk = load ? (long long)group0 * rows + row0 + o : 0;
+                zk[k] = load ? zeros[kk] : 0;
+                sk[k] = load ? scales[kk] : 0.0f;
+            }
+#pragma unroll
+            for (int k = 0; k < TILE / 8; k++) sh[ty + 8 * k][tx] = loaded[k];
             __syncthreads();
 #pragma unroll
             for (int k = 0; k < TILE / 8; k++) {
                 int ox = ty + 8 * k;
                 long long o = rt * TILE + ox;
-                long long p = wt * TILE + tx;
-                if (o < rowCount && p < packedRows) {
+                if (o < rowCount && inside) {
                     uint32_t word = sh[tx][ox];
-                    long long row = row0 + o;
-                    /* the groups of the word's PER columns, 16-byte loads (p * PER ints from a 256-byte aligned array) */
-                    int groups[PER];
+                    float v[PER];
+                    if (oneGroup) {
 #pragma unroll
-                    for (int m = 0; m < PER / 4; m++) {
-                        int4 g4 = reinterpret_cast<const int4 *>(gIdx + p * PER)[m];
-                        groups[4 * m] = g4.x;
-                        groups[4 * m + 1] = g4.y;
-                        groups[4 * m + 2] = g4.z;
-                        groups[4 * m + 3] = g4.w;
-                    }
-                    /* a group's zero and scale read once for its run of columns (without act-order, usually the whole word) */
-                    int group = groups[0];
-                    long long kk = (long long)group * rows + row;
-                    int z = zeros[kk];
-                    float sc = scales[kk];
-                    uint32_t bits[PER];
+                        for (int j = 0; j < PER; j++) v[j] = packed_product((int)((word >> (j * BITS)) & mask), zk[k], sk[k]);
+                    } else {
+                        /* a group's zero and scale read once for its run of columns (act-order, or groups narrower than a word) */
+                        long long row = row0 + o;
+                        int group = group0;
+                        long long kk = (long long)group * rows + row;
+                        int z = zeros[kk];
+                        float sc = scales[kk];
 #pragma unroll
-                    for (int j = 0; j < PER; j++) {
-                        if (groups[j] != group) {
-                            group = groups[j];
-                            kk = (long long)group * rows + row;
-                            z = zeros[kk];
-                            sc = scales[kk];
+                        for (int j = 0; j < PER; j++) {
+                            int gj = wordGroups[j];
+                            if (gj != group) {
+                                group = gj;
+                                kk = (long long)group * rows + row;
+                                z = zeros[kk];
+                                sc = scales[kk];
+                            }
+                            v[j] = packed_product((int)((word >> (j * BITS)) & mask), z, sc);
                         }
-                        bits[j] = packed_bits<FMT>((int)((word >> (j * BITS)) & mask), z, sc);
                     }
-                    const int NW = PER * (int)sizeof(T) / 4;
-                    uint32_t w[NW];
-#pragma unroll
-                    for (int m = 0; m < NW; m++) w[m] = sizeof(T) == 2 ? bits[2 * m] | (bits[2 * m + 1] << 16) : bits[m];
-                    store_words<NW>(out + o * cols + p * PER, w);
+                    store_rounded<FMT, PER>(out + o * cols + p * PER, v);
                 }
             }
             __syncthreads();
@@ -261,14 +391,14 @@ __device__ __forceinline__ void gptq_tiles(const uint32_t *__restrict__ words, l
  *   A GPTQ block (words gathered as gptq_tiles says) to D. zeros and scales: every (group, row)
  *   of the weight, [groups, rows] (zeros decoded: v1's stored zero - 1 already corrected); gIdx:
  *   the group of every input column, 16-byte aligned. bits 2, 4 or 8; cols a multiple of 32 / bits;
- *   out 16-byte aligned. Launch: 32 x 8 threads, grid (ceil(rowCount / 32), ceil(cols / (32 / bits) / 32))
- *   (each at most 65535; a smaller grid strides).
+ *   out 16-byte aligned. Launch: 32 x 8 threads (built for 4 blocks an SM: 64 registers), grid
+ *   (ceil(rowCount / 32), ceil(cols / (32 / bits) / 32)) (each at most 65535; a smaller grid strides).
  */
 #define LM_GPTQ_DEQUANT_KERNEL(NAME, FMT, T)                                                                           \
-    extern "C" __global__ void NAME(const uint32_t *__restrict__ words, long long rowCount, long long cols,           \
-                                    long long row0, long long rows, int bits, const int *__restrict__ zeros,          \
-                                    const float *__restrict__ scales, const int *__restrict__ gIdx,                   \
-                                    T *__restrict__ out) {                                                             \
+    extern "C" __global__ void __launch_bounds__(256, 4)                                                             \
+        NAME(const uint32_t *__restrict__ words, long long rowCount, long long cols, long long row0, long long rows,   \
+             int bits, const int *__restrict__ zeros, const float *__restrict__ scales, const int *__restrict__ gIdx,  \
+             T *__restrict__ out) {                                                                                    \
         __shared__ uint32_t sh[TILE][TILE + 1];                                                                        \
         if (bits == 2) gptq_tiles<2, FMT, T>(words, rowCount, cols, row0, rows, zeros, scales, gIdx, out, sh);        \
         else if (bits == 4) gptq_tiles<4, FMT, T>(words, rowCount, cols, row0, rows, zeros, scales, gIdx, out, sh);   \
@@ -286,9 +416,13 @@ LM_GPTQ_DEQUANT_KERNEL(gptq_dequant_f32, LM_F32, unsigned int)
  *   words[i * wordCols + w], w < wordCols = ceil((row0 + rowCount) / 8) - floor(row0 / 8), word
  *   column floor(row0 / 8) + w; rows outside the block are skipped. zeros, scales and gIdx as
  *   gptq_dequant. A block of 32 x 8 threads takes tiles of 32 columns x 32 word columns, reads
- *   them along the word columns, transposes them in shared memory, and each thread decodes one
- *   word into its 8 rows, so a warp writes 32 consecutive elements of a row at a time. Launch: 32
- *   x 8 threads, grid (ceil(cols / 32), ceil(wordCols / 32)) (each at most 65535; a smaller grid strides).
+ *   them along the word columns and transposes them in shared memory. Lane c * 4 + t of a warp
+ *   then decodes nibble c of 8 words of one word column, columns 8t..8t+7 of the tile, into 8
+ *   consecutive elements of one row, stored at once (a warp writes 8 rows of 32 elements); each
+ *   thread does so for 4 word columns, with the same 8 columns: it reads their groups once and,
+ *   when they are one group, the zero and scale of each of its 4 rows while the tile's words
+ *   load. Launch: 32 x 8 threads (built for 4 blocks an SM), grid (ceil(cols / 32), ceil(wordCols /
+ *   32)) (each at most 65535; a smaller grid strides).
  */
 template <int FMT, typename T>
 __device__ __forceinline__ void awq_tiles(const uint32_t *__restrict__ words, long long rowCount, long long cols, long long row0,
@@ -300,32 +434,75 @@ __device__ __forceinline__ void awq_tiles(const uint32_t *__restrict__ words, lo
     long long wordTiles = (wordCols + TILE - 1) / TILE;
     int tx = threadIdx.x;
     int ty = threadIdx.y;
+    int c = tx >> 2;       /* the row in the word: 8w + c */
+    int t = tx & 3;        /* the columns 8t..8t+7 of the tile */
+    /* nibble of row 8w + c: {0, 4, 1, 5, 2, 6, 3, 7}[c] = (c >> 1) + 4 * (c & 1) */
+    int shift = 4 * ((c >> 1) + 4 * (c & 1));
     for (long long ct = blockIdx.x; ct < colTiles; ct += gridDim.x) {
         for (long long wt = blockIdx.y; wt < wordTiles; wt += gridDim.y) {
+            uint32_t loaded[TILE / 8];
 #pragma unroll
             for (int k = 0; k < TILE / 8; k++) {
-                int iy = ty + 8 * k;
-                long long i = ct * TILE + iy;
+                long long i = ct * TILE + ty + 8 * k;
                 long long w = wt * TILE + tx;
-                sh[iy][tx] = i < cols && w < wordCols ? words[i * wordCols + w] : 0u;
+                loaded[k] = i < cols && w < wordCols ? words[i * wordCols + w] : 0u;
             }
+            /* this thread's columns i0..i0+7 (those below cols) and their groups */
+            long long i0 = ct * TILE + 8 * t;
+            int width = cols - i0 >= 8 ? 8 : cols > i0 ? (int)(cols - i0) : 0;
+            bool whole = width == 8 && (cols & 7) == 0; /* 8 columns, 16-byte aligned in out */
+            int groups[8];
+            bool oneGroup = width > 0;
+            if (whole) { /* 16-byte loads: i0 is a multiple of 8 */
+#pragma unroll
+                for (int m = 0; m < 2; m++) {
+                    int4 g4 = reinterpret_cast<const int4 *>(gIdx + i0)[m];
+                    groups[4 * m] = g4.x;
+                    groups[4 * m + 1] = g4.y;
+                    groups[4 * m + 2] = g4.z;
+                    groups[4 * m + 3] = g4.w;
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < 8; j++) groups[j] = j < width ? gIdx[i0 + j] : 0;
+            }
+#pragma unroll
+            for (int j = 1; j < 8; j++) oneGroup = oneGroup && (j >= width || groups[j] == groups[0]);
+            int zk[TILE / 8];
+            float sk[TILE / 8];
+#pragma unroll
+            for (int k = 0; k < TILE / 8; k++) {
+                long long row = ((firstWord + wt * TILE + ty + 8 * k) << 3) + c;
+                bool load = oneGroup && row >= row0 && row < row0 + rowCount;
+                long long kk = load ? (long long)groups[0] * rows + row : 0;
+                zk[k] = load ? zeros[kk] : 0;
+                sk[k] = load ? scales[kk] : 0.0f;
+            }
+#pragma unroll
+            for (int k = 0; k < TILE / 8; k++) sh[ty + 8 * k][tx] = loaded[k];
             __syncthreads();
 #pragma unroll
             for (int k = 0; k < TILE / 8; k++) {
                 int wx = ty + 8 * k;
                 long long w = wt * TILE + wx;
-                long long i = ct * TILE + tx;
-                if (i < cols && w < wordCols) {
-                    uint32_t word = sh[tx][wx];
-                    long long group = gIdx[i];
+                long long row = ((firstWord + w) << 3) + c;
+                if (width > 0 && w < wordCols && row >= row0 && row < row0 + rowCount) {
+                    float v[8];
+                    if (oneGroup) {
 #pragma unroll
-                    for (int c = 0; c < 8; c++) {
-                        long long row = ((firstWord + w) << 3) + c;
-                        if (row < row0 || row >= row0 + rowCount) continue;
-                        /* nibble of row 8w + c: {0, 4, 1, 5, 2, 6, 3, 7}[c] = (c >> 1) + 4 * (c & 1) */
-                        int q = (int)((word >> (4 * ((c >> 1) + 4 * (c & 1)))) & 15u);
-                        long long kk = group * rows + row;
-                        out[(row - row0) * cols + i] = (T)packed_bits<FMT>(q, zeros[kk], scales[kk]);
+                        for (int j = 0; j < 8; j++) v[j] = packed_product((int)((sh[8 * t + j][wx] >> shift) & 15u), zk[k], sk[k]);
+                    } else {
+#pragma unroll
+                        for (int j = 0; j < 8; j++) {
+                            long long kk = (long long)groups[j] * rows + row;
+                            v[j] = j < width ? packed_product((int)((sh[8 * t + j][wx] >> shift) & 15u), zeros[kk], scales[kk]) : 0.0f;
+                        }
+                    }
+                    T *dst = out + (row - row0) * cols + i0;
+                    if (whole) {
+                        store_rounded<FMT, 8>(dst, v);
+                    } else {
+                        for (int j = 0; j < width; j++) dst[j] = (T)round_float<FMT>(v[j]);
                     }
                 }
             }
@@ -335,10 +512,10 @@ __device__ __forceinline__ void awq_tiles(const uint32_t *__restrict__ words, lo
 }
 
 #define LM_AWQ_DEQUANT_KERNEL(NAME, FMT, T)                                                                            \
-    extern "C" __global__ void NAME(const uint32_t *__restrict__ words, long long rowCount, long long cols,           \
-                                    long long row0, long long rows, const int *__restrict__ zeros,                    \
-                                    const float *__restrict__ scales, const int *__restrict__ gIdx,                   \
-                                    T *__restrict__ out) {                                                             \
+    extern "C" __global__ void __launch_bounds__(256, 4)                                                             \
+        NAME(const uint32_t *__restrict__ words, long long rowCount, long long cols, long long row0, long long rows,   \
+             const int *__restrict__ zeros, const float *__restrict__ scales, const int *__restrict__ gIdx,            \
+             T *__restrict__ out) {                                                                                    \
         __shared__ uint32_t sh[TILE][TILE + 1];                                                                        \
         awq_tiles<FMT, T>(words, rowCount, cols, row0, rows, zeros, scales, gIdx, out, sh);                           \
     }

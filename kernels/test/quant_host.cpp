@@ -106,7 +106,7 @@ int main(int argc, char **argv) {
         unsigned int *o32 = (unsigned int *)out.data();
         if (kernel.rfind("fp8_", 0) == 0 || kernel == "int8_f32") {
             const unsigned char *codes = (const unsigned char *)staged.data();
-            long long work = cols % 8 == 0 ? rowCount * cols / 8 : rowCount * cols;
+            long long work = cols % 16 == 0 ? rowCount * cols / 16 : cols % 8 == 0 ? rowCount * cols / 8 : rowCount * cols;
             unsigned grid = grid_of((work + 255) / 256, 1u << 16, oneBlock);
             int e = (int)e5m2, p = (int)productFmt;
             if (kernel == "fp8_bf16") launch(grid, 1, 256, 1, [&] { fp8_dequant_bf16(codes, rowCount, cols, row0, s, blockRows, blockCols, scaleCols, e, p, o16); });

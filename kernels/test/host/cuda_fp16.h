@@ -1,6 +1,7 @@
 /*
- * The few cuda_fp16.h functions kernels/floats.cuh uses, for the host build of the kernels
- * (quant_host.cpp): fp32 to f16 rounded to nearest even (exact: through double and rint) and back.
+ * The few cuda_fp16.h functions kernels/floats.cuh and kernels/quant.cu use, for the host build of
+ * the kernels (quant_host.cpp): fp32 to f16 rounded to nearest even (exact: through double and
+ * rint), alone or as a pair, and back.
  */
 #ifndef LORAMERGE_HOST_CUDA_FP16_H
 #define LORAMERGE_HOST_CUDA_FP16_H
@@ -48,6 +49,23 @@ static inline __half __ushort_as_half(unsigned short u) {
     __half h;
     h.x = u;
     return h;
+}
+
+/* a pair of halves, x in the low 16 bits of the device's register */
+struct __half2 {
+    __half x, y;
+};
+
+static inline __half2 __floats2half2_rn(float a, float b) {
+    return {__float2half_rn(a), __float2half_rn(b)};
+}
+
+static inline __half __low2half(__half2 h) {
+    return h.x;
+}
+
+static inline __half __high2half(__half2 h) {
+    return h.y;
 }
 
 static inline float __half2float(__half h) {

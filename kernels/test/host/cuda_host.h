@@ -1,9 +1,9 @@
 /*
  * Enough of CUDA's device environment to compile a kernel file for the host (quant_host.cpp):
- * the qualifiers as nothing, __shared__ as static (a launch runs one block at a time), the thread
- * and block indices per host thread, __syncthreads as a barrier of the block's threads, the vector
- * types, and the rounding intrinsics as the IEEE operations they are (built with
- * -ffp-contract=off, so nothing is fused).
+ * the qualifiers and launch bounds as nothing, __shared__ as static (a launch runs one block at a
+ * time), the thread and block indices per host thread, __syncthreads as a barrier of the block's
+ * threads, the vector types, and the rounding intrinsics as the IEEE operations they are (built
+ * with -ffp-contract=off, so nothing is fused).
  */
 #ifndef LORAMERGE_CUDA_HOST_H
 #define LORAMERGE_CUDA_HOST_H
@@ -20,8 +20,10 @@ using std::isnan;
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __noinline__
 #define __restrict__
 #define __shared__ static
+#define __launch_bounds__(...)
 
 struct lm_dim3 {
     unsigned x, y, z;
@@ -56,6 +58,10 @@ static inline uint4 make_uint4(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
 
 static inline float __fmul_rn(float a, float b) {
     return a * b;
+}
+
+static inline float __fadd_rn(float a, float b) {
+    return a + b;
 }
 
 static inline double __dmul_rn(double a, double b) {

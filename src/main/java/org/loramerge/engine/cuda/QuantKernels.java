@@ -62,9 +62,9 @@ public final class QuantKernels {
         return Pointer.to(new int[] {v});
     }
 
-    /** The work items of fp8_dequant and int8_dequant: 8 elements a thread when rows are a multiple of 8 long. */
+    /** The work items of fp8_dequant and int8_dequant: a run of 16 (or 8) elements a thread when rows are a multiple of 16 (8) long. */
     private static long scaledWork(long rowCount, long cols) {
-        return cols % 8 == 0 ? rowCount * cols / 8 : rowCount * cols;
+        return cols % 16 == 0 ? rowCount * cols / 16 : cols % 8 == 0 ? rowCount * cols / 8 : rowCount * cols;
     }
 
     /**
