@@ -397,31 +397,52 @@ __device__ __forceinline__ float f16_round(float v) {
     return __half2float(__float2half_rn(v));
 }
 
-/* Shared-memory reductions over the RQ_THREADS threads of a block; every thread gets the result. */
-__device__ __forceinline__ float rq_block_max(float v, float *sh) {
-    sh[threadIdx.x] = v;
+/*
+ * Shared-memory reductions over the RQ_THREADS threads of a block, in two steps (each of the
+ * first 32 threads takes every 32nd value, then thread 0 the 32 partial results), so a block
+ * waits at few barriers.
+ */
+
+/* The maxima of the threads' a and of their b; every thread gets both. */
+__device__ __forceinline__ void rq_block_max2(float *a, float *b, float (*sh)[RQ_THREADS]) {
+    sh[0][threadIdx.x] = *a;
+    sh[1][threadIdx.x] = *b;
     __syncthreads();
-    for (unsigned o = RQ_THREADS / 2; o > 0; o >>= 1) {
-        if (threadIdx.x < o) sh[threadIdx.x] = fmaxf(sh[threadIdx.x], sh[threadIdx.x + o]);
-        __syncthreads();
+    if (threadIdx.x < 32) {
+        for (unsigned k = threadIdx.x + 32; k < RQ_THREADS; k += 32) {
+            sh[0][threadIdx.x] = fmaxf(sh[0][threadIdx.x], sh[0][k]);
+            sh[1][threadIdx.x] = fmaxf(sh[1][threadIdx.x], sh[1][k]);
+        }
     }
-    float r = sh[0];
     __syncthreads();
-    return r;
+    if (threadIdx.x == 0) {
+        for (unsigned k = 1; k < 32; k++) {
+            sh[0][0] = fmaxf(sh[0][0], sh[0][k]);
+            sh[1][0] = fmaxf(sh[1][0], sh[1][k]);
+        }
+    }
+    __syncthreads();
+    *a = sh[0][0];
+    *b = sh[1][0];
+    __syncthreads();
 }
 
-/* Sums of the block's threads' five values, into out[0..4] by thread 0 (the others return). */
+/* Sums of the block's threads' five values, into out[0..4] by thread 0. */
 __device__ __forceinline__ void rq_block_sums(const double *v, double (*sh)[RQ_THREADS], double *out) {
     for (int k = 0; k < 5; k++) sh[k][threadIdx.x] = v[k];
     __syncthreads();
-    for (unsigned o = RQ_THREADS / 2; o > 0; o >>= 1) {
-        if (threadIdx.x < o) {
-            for (int k = 0; k < 5; k++) sh[k][threadIdx.x] = __dadd_rn(sh[k][threadIdx.x], sh[k][threadIdx.x + o]);
+    if (threadIdx.x < 32) {
+        for (unsigned j = threadIdx.x + 32; j < RQ_THREADS; j += 32) {
+            for (int k = 0; k < 5; k++) sh[k][threadIdx.x] = __dadd_rn(sh[k][threadIdx.x], sh[k][j]);
         }
-        __syncthreads();
     }
+    __syncthreads();
     if (threadIdx.x == 0) {
-        for (int k = 0; k < 5; k++) out[k] = sh[k][0];
+        for (int k = 0; k < 5; k++) {
+            double t = sh[k][0];
+            for (unsigned j = 1; j < 32; j++) t = __dadd_rn(t, sh[k][j]);
+            out[k] = t;
+        }
     }
     __syncthreads();
 }
@@ -442,7 +463,7 @@ __device__ __forceinline__ void fp8_requant(const T *__restrict__ x, const T *__
                                             long long rowCount, long long cols, long long row0, long long blockRows,
                                             long long blockCols, long long gridCols, unsigned char *__restrict__ codes,
                                             float *__restrict__ scaleInv, double *__restrict__ sums) {
-    __shared__ float shMax[RQ_THREADS];
+    __shared__ float shMax[2][RQ_THREADS];
     __shared__ double shSum[5][RQ_THREADS];
     long long bands = (rowCount + blockRows - 1) / blockRows;
     long long firstBand = row0 / blockRows;
@@ -464,8 +485,7 @@ __device__ __forceinline__ void fp8_requant(const T *__restrict__ x, const T *__
             ax = fmaxf(ax, fabsf(xv));
             aw = fmaxf(aw, fabsf(wv));
         }
-        ax = rq_block_max(ax, shMax);
-        aw = rq_block_max(aw, shMax);
+        rq_block_max2(&ax, &aw, shMax);
         float sx = ax > 0.0f ? __fdiv_rn(E4M3_MAX, ax) : 1.0f;
         float sw = aw > 0.0f ? __fdiv_rn(E4M3_MAX, aw) : 1.0f;
         float invX = __fdiv_rn(1.0f, sx);
@@ -517,7 +537,7 @@ LM_FP8_REQUANT_KERNEL(fp8_requant_f32, LM_F32, unsigned int)
 extern "C" __global__ void int8_requant(const unsigned int *__restrict__ x, const unsigned int *__restrict__ w,
                                         const double *__restrict__ p, long long rowCount, long long cols, long long row0,
                                         unsigned char *__restrict__ codes, float *__restrict__ scb, double *__restrict__ sums) {
-    __shared__ float shMax[RQ_THREADS];
+    __shared__ float shMax[2][RQ_THREADS];
     __shared__ double shSum[5][RQ_THREADS];
     for (long long r = blockIdx.x; r < rowCount; r += gridDim.x) {
         const long long base = r * cols;
@@ -529,8 +549,7 @@ extern "C" __global__ void int8_requant(const unsigned int *__restrict__ x, cons
             ax = fmaxf(ax, fabsf(f16_round(xv)));
             aw = fmaxf(aw, fabsf(f16_round(__uint_as_float(w[base + c]))));
         }
-        ax = rq_block_max(ax, shMax);
-        aw = rq_block_max(aw, shMax);
+        rq_block_max2(&ax, &aw, shMax);
         float sx = bnb_mul(127.0f, bnb_rcp(ax));
         float sw = bnb_mul(127.0f, bnb_rcp(aw));
         double v[5] = {0.0, 0.0, 0.0, 0.0, bad};

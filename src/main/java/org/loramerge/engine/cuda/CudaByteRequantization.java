@@ -39,7 +39,7 @@ import org.loramerge.quant.Requantizer;
  * with one scale for the whole tensor is requantized by the CPU engine: its scale needs the whole
  * merged weight's absmax before any code, and the CPU path holds the whole weight as one range.
  *
- * <p>The survival figures are the CPU's, summed in another order (per block, in a tree), so they
+ * <p>The survival figures are the CPU's, summed in another order (per block, in two steps), so they
  * agree to about 1e-12 relative; the counts of changed codes and the written bytes are identical.
  * A merged value the format cannot take (NaN, infinity, past fp16 for int8) is refused with the
  * CPU requantizer's own error, raised by running it on the block's X and W.
