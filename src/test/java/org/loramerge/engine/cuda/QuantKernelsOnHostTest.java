@@ -6,8 +6,10 @@ import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
+import java.util.SplittableRandom;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -20,6 +22,7 @@ import org.loramerge.quant.CudaFastMath;
 import org.loramerge.quant.Fp8Output;
 import org.loramerge.quant.Fp8Weight;
 import org.loramerge.quant.PackedIntWeight;
+import org.loramerge.quant.QuantException;
 import org.loramerge.quant.QuantizedOutput;
 import org.loramerge.quant.QuantizedWeight;
 import org.loramerge.quant.Requantizer;
@@ -115,7 +118,7 @@ class QuantKernelsOnHostTest {
                 int band = w instanceof Fp8Weight && ((Fp8Weight) w).scheme() == Fp8Weight.Scheme.TENSOR ? rows
                         : w instanceof Fp8Weight ? ((Fp8Weight) w).blockRows() : 1;
                 int step = band == 1 ? 7 : band;
-                List<int[]> ranges = new java.util.ArrayList<>(List.of(new int[] {0, rows}));
+                List<int[]> ranges = new ArrayList<>(List.of(new int[] {0, rows}));
                 for (int r0 = 0; r0 < rows && band < rows && ranges.size() < 4; r0 += step) { // the first three bands
                     ranges.add(new int[] {r0, Math.min(step, rows - r0)});
                 }
@@ -160,7 +163,7 @@ class QuantKernelsOnHostTest {
     /** One requantization case: rows [row0, row0 + n) of {@code w} merged to random values; {@code bad}: one of them the format cannot take. */
     private static void writeRequantCase(Path d, QuantizedWeight w, long seed, int row0, int n, boolean bad) throws Exception {
         Files.createDirectories(d);
-        java.util.SplittableRandom rnd = new java.util.SplittableRandom(seed);
+        SplittableRandom rnd = new SplittableRandom(seed);
         boolean int8 = w instanceof BnbInt8Format.Int8Weight;
         FloatFormat fmt = FloatFormat.of(w.dtype());
         int cols = (int) w.shape()[1];
@@ -214,7 +217,7 @@ class QuantKernelsOnHostTest {
             cb.get(codes);
             Requantizer.Change ch = rq.measure((int) (first / rq.blockElements()));
             sums = new double[] {ch.codesChanged(), ch.sumSq(), ch.dot(), ch.deltaSq(), 0};
-        } catch (org.loramerge.quant.QuantException e) {
+        } catch (QuantException e) {
             sums[4] = 1;
         }
         rq.finish();
