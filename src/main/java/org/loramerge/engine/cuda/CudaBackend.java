@@ -149,9 +149,9 @@ public final class CudaBackend implements Backend {
      * combination of the task-arithmetic family ({@link CudaDenseMerge#fits}). The source is dense,
      * or quantized: bitsandbytes NF4, FP4 and LLM.int8, FP8, GPTQ and AWQ weights go up as their
      * stored codes and are dequantized on the device ({@link DeviceDequantizer}; an NF4, FP8 or
-     * int8 output is requantized there too, {@link #openRequantization}), but an AWQ weight whose row blocks would stage more than a block
-     * (rows of about a tenth of the block size), which the pipeline dequantizes on the CPU with the
-     * format's codec before the block goes up as dense values.
+     * int8 output is requantized there too, {@link #openRequantization}), but an AWQ weight whose
+     * row blocks would stage more than a block (rows of about a tenth of the block size), which the
+     * pipeline dequantizes on the CPU with the format's codec before the block goes up as dense values.
      */
     static boolean onGpu(TensorJob job) {
         if (job.srcFormat() == null || job.dstFormat() == null || job.doraAxis() == DoraSpec.Axis.COLUMN || job.tokenValues() != null) {
