@@ -20,6 +20,7 @@
  * last block (7, NF4's 0.0, or 0 when that block is all zeros: 0 * inf).
  */
 #include "floats.cuh"
+#include "fastmath.cuh"
 
 #define NESTED_BLOCKSIZE 256
 
@@ -56,40 +57,6 @@ __constant__ float kThreshold[15] = {
     -0x1.b239b2p-1f, -0x1.38a4e0p-1f, -0x1.d70900p-2f, -0x1.5bd4ecp-2f, -0x1.e079d8p-3f,
     -0x1.1a7178p-3f, -0x1.74f0e2p-5f, 0x1.45f5fep-5f,  0x1.ec90c6p-4f,  0x1.a0cfc0p-3f,
     0x1.2b05a8p-2f,  0x1.8ea7f2p-2f,  0x1.00da06p-1f,  0x1.491b5ep-1f,  0x1.b913b2p-1f};
-
-/* CudaFastMath's table: bit m of word m / 32 is set where rcp.approx.ftz.f32 of significand m is
- * not the correctly rounded reciprocal. Uploaded by the host when the module is loaded. */
-__device__ unsigned int lm_rcp_table[1 << 18];
-
-/* A subnormal value flushed to zero of its sign (fast math's .ftz); NaN and everything else unchanged. */
-__device__ __forceinline__ float bnb_ftz(float x) {
-    return fabsf(x) < 1.17549435e-38f ? copysignf(0.0f, x) : x;
-}
-
-/* mul.ftz.f32: CudaFastMath.mul. */
-__device__ __forceinline__ float bnb_mul(float a, float b) {
-    return bnb_ftz(__fmul_rn(bnb_ftz(a), bnb_ftz(b)));
-}
-
-/* rcp.approx.ftz.f32 as bitsandbytes' `1.0f / x` computes it: CudaFastMath.rcp. */
-__device__ __forceinline__ float bnb_rcp(float x) {
-    if (isnan(x)) return x;
-    float a = fabsf(bnb_ftz(x));
-    float r;
-    if (a == 0.0f) {
-        r = __int_as_float(0x7f800000);
-    } else if (a > 0x1p126f) {
-        r = 0.0f;
-    } else {
-        r = __frcp_rn(a);
-        unsigned int m = __float_as_uint(a) & 0x7fffffu;
-        if ((lm_rcp_table[m >> 5] >> (m & 31u)) & 1u) {
-            /* the other neighbour of the exact 1/a: the sign of 1 - a*r, rounded once, says which */
-            r = __uint_as_float(__float_as_uint(r) + (__fmaf_rn(-a, r, 1.0f) > 0.0f ? 1u : 0xffffffffu));
-        }
-    }
-    return copysignf(r, x);
-}
 
 /*
  * nf4_rcp_check(mismatches)

@@ -1,7 +1,8 @@
 /*
  * Dequantization on the device of the quantized bases besides bitsandbytes' 4-bit ones (nf4.cu):
  * FP8 (transformers' fine-grained layout and compressed-tensors' float-quantized one), bitsandbytes
- * LLM.int8, GPTQ and AWQ. Each kernel reads one row block of a weight as the pipeline uploads it
+ * LLM.int8, GPTQ and AWQ; and the requantization of merged FP8 and LLM.int8 weights into their own
+ * format (fp8_requant, int8_requant, at the end of the file). Each kernel reads one row block of a weight as the pipeline uploads it
  * (the stored codes, untouched) and writes W, the values the CPU codec computes, bit for bit, in
  * the merge's dtype D (the weight's dequantized dtype), row-major [rowCount, cols]: the merge's
  * working copy of W, as nf4_dequant_* writes it. The per-tensor metadata (scales, zero points,
@@ -27,6 +28,7 @@
  *     product.
  */
 #include "floats.cuh"
+#include "fastmath.cuh"
 
 /* bitsandbytes' 1/127, the decimal 7.874015718698502e-3 as fp32 (BnbInt8Format.INV127). */
 #define INT8_INV127 0x1.020408p-7f
@@ -522,3 +524,232 @@ __device__ __forceinline__ void awq_tiles(const uint32_t *__restrict__ words, lo
 LM_AWQ_DEQUANT_KERNEL(awq_dequant_bf16, LM_BF16, unsigned short)
 LM_AWQ_DEQUANT_KERNEL(awq_dequant_f16, LM_F16, unsigned short)
 LM_AWQ_DEQUANT_KERNEL(awq_dequant_f32, LM_F32, unsigned int)
+
+/*
+ * Requantization on the device of a merged FP8 or LLM.int8 weight into its own format (merge
+ * --to fp8, --to int8), bit for bit the CPU requantizers (Fp8Requantizer, BnbInt8Format's
+ * Int8Requantizer), and the survival sums of each quantization block. The merge leaves a row
+ * block's merged values X (D bits), its base values W (D bits) and P = s*U*V^T (fp64) row-major
+ * on the device; each CUDA block of RQ_THREADS threads takes one quantization block at a time
+ * (grid-stride), reads it twice (its absmax of X and W, then the codes) and reduces in shared
+ * memory, so any grid gives the same bytes. Per quantization block q (numbered over the whole
+ * weight, row of blocks by row of blocks) it writes the scale and sums[5q..5q+4] = codes changed,
+ * sum D^2, sum D*dW, sum dW^2 and the count of merged values the format cannot take (the host
+ * then lets the CPU requantizer raise its error), with dW = (W + P) - W in fp64, the CPU
+ * engine's v - w, and D = deq(QX) - deq(QW); the host adds them in order (the CPU's sums in
+ * another order: equal to about 1e-12 relative; the counts are exact).
+ */
+#define RQ_THREADS 256
+#define E4M3_MAX 448.0f
+#define F16_MAX 65504.0f
+
+/* The e4m3fn code nearest |x| <= 448 (Fp8Codec.encodeE4M3): ties to the even code, the sign kept (-0.0 is 0x80), NaN 0x7F. */
+__device__ __forceinline__ uint32_t e4m3_code(float x) {
+    uint32_t b = __float_as_uint(x);
+    uint32_t a = b & 0x7fffffffu;
+    if (a > 0x7f800000u) return 0x7fu;
+    uint32_t sign = (b >> 24) & 0x80u;
+    if (a < 0x3c800000u) {
+        /* below 2^-6, the smallest normal: the subnormal codes m * 2^-9, m = 0..8 (8 is 2^-6, code 0x08); x * 2^9 is exact */
+        return sign | (uint32_t)rintf(__fmul_rn(__uint_as_float(a), 512.0f));
+    }
+    /* (exponent + 7) << 3 | the top 3 significand bits; one more when the rest is above half, or half and the code odd:
+     * the codes are in the values' order, so the carry of a code m = 7 into the next exponent is the next code */
+    uint32_t code = ((a >> 23) - 120u) << 3 | ((a >> 20) & 7u);
+    uint32_t rest = a & 0xfffffu;
+    return sign | (code + (rest > 0x80000u || (rest == 0x80000u && (code & 1u)) ? 1u : 0u));
+}
+
+/* Java's Math.max(-448, Math.min(448, s)): NaN and -0.0 pass unchanged. */
+__device__ __forceinline__ float e4m3_clamp(float s) {
+    return s > E4M3_MAX ? E4M3_MAX : s < -E4M3_MAX ? -E4M3_MAX : s;
+}
+
+/* The value the requantized model holds for code q with inverse scale inv (Fp8Requantizer.dequantize): RN_D(fl32(e4m3(q) * inv)). */
+template <int FMT>
+__device__ __forceinline__ double e4m3_dequant(uint32_t q, float inv) {
+    return (double)widen_to_float<FMT>(round_float<FMT>(__fmul_rn(e4m3_value(q), inv)));
+}
+
+/* An fp32 value rounded to fp16 and back (FloatFormat.F16.round of the float): overflow gives infinity. */
+__device__ __forceinline__ float f16_round(float v) {
+    return __half2float(__float2half_rn(v));
+}
+
+/*
+ * Shared-memory reductions over the RQ_THREADS threads of a block, in two steps (each of the
+ * first 32 threads takes every 32nd value, then thread 0 the 32 partial results), so a block
+ * waits at few barriers.
+ */
+
+/* The maxima of the threads' a and of their b; every thread gets both. */
+__device__ __forceinline__ void rq_block_max2(float *a, float *b, float (*sh)[RQ_THREADS]) {
+    sh[0][threadIdx.x] = *a;
+    sh[1][threadIdx.x] = *b;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        for (unsigned k = threadIdx.x + 32; k < RQ_THREADS; k += 32) {
+            sh[0][threadIdx.x] = fmaxf(sh[0][threadIdx.x], sh[0][k]);
+            sh[1][threadIdx.x] = fmaxf(sh[1][threadIdx.x], sh[1][k]);
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (unsigned k = 1; k < 32; k++) {
+            sh[0][0] = fmaxf(sh[0][0], sh[0][k]);
+            sh[1][0] = fmaxf(sh[1][0], sh[1][k]);
+        }
+    }
+    __syncthreads();
+    *a = sh[0][0];
+    *b = sh[1][0];
+    __syncthreads();
+}
+
+/* Sums of the block's threads' five values, into out[0..4] by thread 0. */
+__device__ __forceinline__ void rq_block_sums(const double *v, double (*sh)[RQ_THREADS], double *out) {
+    for (int k = 0; k < 5; k++) sh[k][threadIdx.x] = v[k];
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        for (unsigned j = threadIdx.x + 32; j < RQ_THREADS; j += 32) {
+            for (int k = 0; k < 5; k++) sh[k][threadIdx.x] = __dadd_rn(sh[k][threadIdx.x], sh[k][j]);
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int k = 0; k < 5; k++) {
+            double t = sh[k][0];
+            for (unsigned j = 1; j < 32; j++) t = __dadd_rn(t, sh[k][j]);
+            out[k] = t;
+        }
+    }
+    __syncthreads();
+}
+
+/*
+ * fp8_requant_{bf16,f16,f32}(x, w, p, rowCount, cols, row0, blockRows, blockCols, gridCols, codes, scaleInv, sums)
+ *   Rows [row0, row0 + rowCount) of an FP8 weight (row0 a multiple of blockRows; rowCount one too,
+ *   or up to the last row): x, w and p the row block's X, W and P as above, codes its e4m3 codes
+ *   (byte e of the block for element e). The quantization blocks are blockRows x blockCols (128 x
+ *   128, 1 x cols per row, 1 x g per group), gridCols = ceil(cols / blockCols) of them a row of
+ *   blocks; block q = (row / blockRows) * gridCols + col / blockCols gets scaleInv[q] and
+ *   sums[5q..]. Per block, as Fp8Requantizer: amax = max |x|; s = fl32(448 / amax), 1 when amax
+ *   is 0; inv = fl32(1 / s); code = e4m3(clamp(fl32(x * s), -448, 448)); the same for W, whose
+ *   codes only count. Bad: a non-finite X. Launch: RQ_THREADS threads a block, any grid.
+ */
+template <int FMT, typename T>
+__device__ __forceinline__ void fp8_requant(const T *__restrict__ x, const T *__restrict__ w, const double *__restrict__ p,
+                                            long long rowCount, long long cols, long long row0, long long blockRows,
+                                            long long blockCols, long long gridCols, unsigned char *__restrict__ codes,
+                                            float *__restrict__ scaleInv, double *__restrict__ sums) {
+    __shared__ float shMax[2][RQ_THREADS];
+    __shared__ double shSum[5][RQ_THREADS];
+    long long bands = (rowCount + blockRows - 1) / blockRows;
+    long long firstBand = row0 / blockRows;
+    for (long long q = blockIdx.x; q < bands * gridCols; q += gridDim.x) {
+        long long band = div_nonneg(q, gridCols);
+        long long r0 = band * blockRows;
+        long long c0 = (q - band * gridCols) * blockCols;
+        long long width = min(blockCols, cols - c0);
+        long long m = min(blockRows, rowCount - r0) * width;
+        const long long base = r0 * cols + c0;
+        float ax = 0.0f, aw = 0.0f;
+        double bad = 0.0;
+        for (long long k = threadIdx.x; k < m; k += RQ_THREADS) {
+            long long r = div_nonneg(k, width);
+            long long i = base + r * cols + (k - r * width);
+            float xv = widen_to_float<FMT>(x[i]);
+            float wv = widen_to_float<FMT>(w[i]);
+            if (!isfinite(xv)) bad += 1.0;
+            ax = fmaxf(ax, fabsf(xv));
+            aw = fmaxf(aw, fabsf(wv));
+        }
+        rq_block_max2(&ax, &aw, shMax);
+        float sx = ax > 0.0f ? __fdiv_rn(E4M3_MAX, ax) : 1.0f;
+        float sw = aw > 0.0f ? __fdiv_rn(E4M3_MAX, aw) : 1.0f;
+        float invX = __fdiv_rn(1.0f, sx);
+        float invW = __fdiv_rn(1.0f, sw);
+        double v[5] = {0.0, 0.0, 0.0, 0.0, bad};
+        for (long long k = threadIdx.x; k < m; k += RQ_THREADS) {
+            long long r = div_nonneg(k, width);
+            long long i = base + r * cols + (k - r * width);
+            float xv = widen_to_float<FMT>(x[i]);
+            float wv = widen_to_float<FMT>(w[i]);
+            uint32_t qx = e4m3_code(e4m3_clamp(__fmul_rn(xv, sx)));
+            uint32_t qw = e4m3_code(e4m3_clamp(__fmul_rn(wv, sw)));
+            codes[i] = (unsigned char)qx;
+            double d = __dsub_rn(e4m3_dequant<FMT>(qx, invX), e4m3_dequant<FMT>(qw, invW));
+            double dw = __dsub_rn(__dadd_rn((double)wv, p[i]), (double)wv);
+            if (qx != qw) v[0] += 1.0;
+            v[1] = __dadd_rn(v[1], __dmul_rn(d, d));
+            v[2] = __dadd_rn(v[2], __dmul_rn(d, dw));
+            v[3] = __dadd_rn(v[3], __dmul_rn(dw, dw));
+        }
+        long long out = (firstBand + band) * gridCols + (q - band * gridCols);
+        rq_block_sums(v, shSum, sums + 5 * out);
+        if (threadIdx.x == 0) scaleInv[out] = invX;
+    }
+}
+
+#define LM_FP8_REQUANT_KERNEL(NAME, FMT, T)                                                                            \
+    extern "C" __global__ void NAME(const T *__restrict__ x, const T *__restrict__ w, const double *__restrict__ p,    \
+                                    long long rowCount, long long cols, long long row0, long long blockRows,          \
+                                    long long blockCols, long long gridCols, unsigned char *__restrict__ codes,       \
+                                    float *__restrict__ scaleInv, double *__restrict__ sums) {                         \
+        fp8_requant<FMT, T>(x, w, p, rowCount, cols, row0, blockRows, blockCols, gridCols, codes, scaleInv, sums);    \
+    }
+LM_FP8_REQUANT_KERNEL(fp8_requant_bf16, LM_BF16, unsigned short)
+LM_FP8_REQUANT_KERNEL(fp8_requant_f16, LM_F16, unsigned short)
+LM_FP8_REQUANT_KERNEL(fp8_requant_f32, LM_F32, unsigned int)
+
+/*
+ * int8_requant(x, w, p, rowCount, cols, row0, codes, scb, sums)
+ *   Rows [row0, row0 + rowCount) of an LLM.int8 weight, X and W in F32, to int8 codes (byte e of
+ *   the block for element e), each row r of the weight its SCB scb[r] and sums[5r..]. Per row, as
+ *   Int8Requantizer (bitsandbytes' Int8Params: the fp32 weight cast to fp16, then kInt8VectorQuant,
+ *   built with fast math): h = fp16(x); SCB = max |h|; scale = mul.ftz(127, rcp.approx.ftz(SCB))
+ *   (bnb_rcp: lm_rcp_table uploaded); code = rint(mul.ftz(h, scale)), NaN (a zero row: 0 * inf)
+ *   giving 0; the same for W. D = fl32(fl32(q * SCB) * 1/127) of X's code and scale minus W's.
+ *   Bad: a non-finite X or |X| > 65504, which fp16 cannot hold. Launch: RQ_THREADS threads a
+ *   block, any grid.
+ */
+extern "C" __global__ void int8_requant(const unsigned int *__restrict__ x, const unsigned int *__restrict__ w,
+                                        const double *__restrict__ p, long long rowCount, long long cols, long long row0,
+                                        unsigned char *__restrict__ codes, float *__restrict__ scb, double *__restrict__ sums) {
+    __shared__ float shMax[2][RQ_THREADS];
+    __shared__ double shSum[5][RQ_THREADS];
+    for (long long r = blockIdx.x; r < rowCount; r += gridDim.x) {
+        const long long base = r * cols;
+        float ax = 0.0f, aw = 0.0f;
+        double bad = 0.0;
+        for (long long c = threadIdx.x; c < cols; c += RQ_THREADS) {
+            float xv = __uint_as_float(x[base + c]);
+            if (!isfinite(xv) || fabsf(xv) > F16_MAX) bad += 1.0;
+            ax = fmaxf(ax, fabsf(f16_round(xv)));
+            aw = fmaxf(aw, fabsf(f16_round(__uint_as_float(w[base + c]))));
+        }
+        rq_block_max2(&ax, &aw, shMax);
+        float sx = bnb_mul(127.0f, bnb_rcp(ax));
+        float sw = bnb_mul(127.0f, bnb_rcp(aw));
+        double v[5] = {0.0, 0.0, 0.0, 0.0, bad};
+        for (long long c = threadIdx.x; c < cols; c += RQ_THREADS) {
+            float xv = __uint_as_float(x[base + c]);
+            float wv = __uint_as_float(w[base + c]);
+            float yx = bnb_mul(f16_round(xv), sx);
+            float yw = bnb_mul(f16_round(wv), sw);
+            int qx = (signed char)(isnan(yx) ? 0 : (int)rintf(yx));
+            int qw = (signed char)(isnan(yw) ? 0 : (int)rintf(yw));
+            codes[base + c] = (unsigned char)qx;
+            float vx = __fmul_rn(__fmul_rn((float)qx, ax), INT8_INV127);
+            float vw = __fmul_rn(__fmul_rn((float)qw, aw), INT8_INV127);
+            double d = __dsub_rn((double)vx, (double)vw);
+            double dw = __dsub_rn(__dadd_rn((double)wv, p[base + c]), (double)wv);
+            if (qx != qw) v[0] += 1.0;
+            v[1] = __dadd_rn(v[1], __dmul_rn(d, d));
+            v[2] = __dadd_rn(v[2], __dmul_rn(d, dw));
+            v[3] = __dadd_rn(v[3], __dmul_rn(dw, dw));
+        }
+        rq_block_sums(v, shSum, sums + 5 * (row0 + r));
+        if (threadIdx.x == 0) scb[row0 + r] = ax;
+    }
+}

@@ -10,9 +10,19 @@
  * blockCols scaleCols e5m2 productFmt", kernel one of fp8_{bf16,f16,f32}, int8_f32,
  * gptq_{bf16,f16,f32}, awq_{bf16,f16,f32}), staged.bin (the block's staged codes), scales.bin,
  * zeros.bin, gidx.bin (little-endian fp32/int32 of the whole weight, those the kernel reads) and
- * expected.bin (the CPU codec's W of the block). GRID 1 launches one block, so that every
- * grid-stride loop takes several turns. Prints one line per failing case and a summary; exit 1
- * when any failed.
+ * expected.bin (the CPU codec's W of the block).
+ *
+ * Requantization cases (kernel fp8rq_{bf16,f16,f32} or int8rq; bits 0, blockRows blockCols
+ * scaleCols the quantization blocks and their number a row of blocks): staged.bin the block's
+ * merged X, w.bin its base W (D bits), p.bin P (fp64), expected.bin the CPU requantizer's codes,
+ * expected_scales.bin its scales of the block's quantization blocks, expected_sums.bin its
+ * survival sums of the block (codes changed, sum D^2, sum D*dW, sum dW^2) and whether it refused a
+ * merged value (1.0) or not (0.0); CASES_DIR/rcp_table.bin is CudaFastMath's reciprocal table.
+ * A refused block must count a bad value; any other must give the codes and scales exactly, the
+ * count of changed codes exactly and the sums to 1e-12 relative (another order of addition).
+ *
+ * GRID 1 launches one block, so that every grid-stride loop takes several turns. Prints one line
+ * per failing case and a summary; exit 1 when any failed.
  */
 #include "host/cuda_host.h"
 
@@ -73,6 +83,90 @@ static unsigned grid_of(long long work, unsigned limit, int oneBlock) {
     return oneBlock ? 1u : (unsigned)std::max(1LL, std::min<long long>(limit, work));
 }
 
+/* One requantization case (see the file's comment); prints what failed and returns false. */
+static bool requant_case(int id, const std::string &d, const std::string &kernel, long long rowCount, long long cols, long long row0,
+                         long long blockRows, long long blockCols, long long gridCols, int oneBlock) {
+    std::vector<uint4> x = aligned(read_all(d + "staged.bin"));
+    std::vector<uint4> w = aligned(read_all(d + "w.bin"));
+    std::vector<uint4> p = aligned(read_all(d + "p.bin"));
+    std::vector<char> expected = read_all(d + "expected.bin");
+    std::vector<char> expectedScales = read_all(d + "expected_scales.bin");
+    std::vector<char> sumsBytes = read_all(d + "expected_sums.bin");
+    double want[5];
+    std::memcpy(want, sumsBytes.data(), sizeof want);
+    bool int8 = kernel == "int8rq";
+    long long n = rowCount * cols;
+    long long firstBlock = int8 ? row0 : row0 / blockRows * gridCols;
+    long long blocks = int8 ? rowCount : (rowCount + blockRows - 1) / blockRows * gridCols;
+    long long allBlocks = firstBlock + blocks;
+    std::vector<unsigned char> codes(n + 64, 0xab);
+    std::vector<float> scales(allBlocks + 16, -1.0f);
+    std::vector<double> sums(5 * allBlocks + 16, -1.0);
+    unsigned grid = grid_of(blocks, 1u << 16, oneBlock);
+    const double *pd = (const double *)p.data();
+    const unsigned short *x16 = (const unsigned short *)x.data(), *w16 = (const unsigned short *)w.data();
+    const unsigned int *x32 = (const unsigned int *)x.data(), *w32 = (const unsigned int *)w.data();
+    unsigned char *c = codes.data();
+    float *s = scales.data();
+    double *u = sums.data();
+    if (int8) launch(grid, 1, RQ_THREADS, 1, [&] { int8_requant(x32, w32, pd, rowCount, cols, row0, c, s, u); });
+    else if (kernel == "fp8rq_bf16") launch(grid, 1, RQ_THREADS, 1, [&] { fp8_requant_bf16(x16, w16, pd, rowCount, cols, row0, blockRows, blockCols, gridCols, c, s, u); });
+    else if (kernel == "fp8rq_f16") launch(grid, 1, RQ_THREADS, 1, [&] { fp8_requant_f16(x16, w16, pd, rowCount, cols, row0, blockRows, blockCols, gridCols, c, s, u); });
+    else launch(grid, 1, RQ_THREADS, 1, [&] { fp8_requant_f32(x32, w32, pd, rowCount, cols, row0, blockRows, blockCols, gridCols, c, s, u); });
+    double got[5] = {0, 0, 0, 0, 0};
+    for (long long b = firstBlock; b < allBlocks; b++) {
+        for (int k = 0; k < 5; k++) got[k] += sums[5 * b + k];
+    }
+    for (long long b = 0; b < firstBlock; b++) {
+        if (scales[b] != -1.0f || sums[5 * b] != -1.0) {
+            std::printf("case %d (%s, rows %lld + %lld): wrote quantization block %lld, before the block's\n", id, kernel.c_str(), row0, rowCount, b);
+            return false;
+        }
+    }
+    if (want[4] != 0.0) {
+        if (got[4] > 0.0) return true;
+        std::printf("case %d (%s, rows %lld + %lld): the CPU refused a merged value, the kernel counted none bad\n", id, kernel.c_str(), row0, rowCount);
+        return false;
+    }
+    if (got[4] != 0.0) {
+        std::printf("case %d (%s, rows %lld + %lld): the kernel counted %g bad values, the CPU none\n", id, kernel.c_str(), row0, rowCount, got[4]);
+        return false;
+    }
+    for (long long i = 0; i < n + 64; i++) {
+        unsigned char e = i < n ? (unsigned char)expected[i] : 0xab;
+        if (codes[i] != e) {
+            std::printf("case %d (%s, rows %lld + %lld): code %lld is %02x, the CPU requantizer's %02x%s\n", id, kernel.c_str(), row0, rowCount, i,
+                        codes[i], e, i < n ? "" : " (past the block)");
+            return false;
+        }
+    }
+    for (long long b = 0; b < blocks; b++) {
+        float e;
+        std::memcpy(&e, expectedScales.data() + 4 * b, 4);
+        if (__float_as_uint(scales[firstBlock + b]) != __float_as_uint(e)) {
+            std::printf("case %d (%s, rows %lld + %lld): scale %lld is %a, the CPU requantizer's %a\n", id, kernel.c_str(), row0, rowCount,
+                        firstBlock + b, scales[firstBlock + b], e);
+            return false;
+        }
+    }
+    if (scales[allBlocks] != -1.0f || sums[5 * allBlocks] != -1.0) {
+        std::printf("case %d (%s): wrote past the block's quantization blocks\n", id, kernel.c_str());
+        return false;
+    }
+    if (got[0] != want[0]) {
+        std::printf("case %d (%s, rows %lld + %lld): %g codes changed, the CPU requantizer's %g\n", id, kernel.c_str(), row0, rowCount, got[0], want[0]);
+        return false;
+    }
+    for (int k = 1; k < 4; k++) {
+        if (!(std::fabs(got[k] - want[k]) <= 1e-12 * std::fabs(want[k]) + 1e-300)) {
+            std::printf("case %d (%s, rows %lld + %lld): survival sum %d is %.17g, the CPU requantizer's %.17g\n", id, kernel.c_str(), row0,
+                        rowCount, k, got[k], want[k]);
+            return false;
+        }
+    }
+    return true;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         std::fprintf(stderr, "usage: quant_host CASES_DIR COUNT [GRID]\n");
@@ -82,6 +176,8 @@ int main(int argc, char **argv) {
     int count = std::atoi(argv[2]);
     int oneBlock = argc > 3 && std::atoi(argv[3]) == 1;
     int failures = 0;
+    std::vector<char> table = read_all(dir + "/rcp_table.bin");
+    if (!table.empty()) std::memcpy(lm_rcp_table, table.data(), std::min(table.size(), sizeof lm_rcp_table));
     for (int id = 0; id < count; id++) {
         std::string d = dir + "/" + std::to_string(id) + "/";
         std::ifstream meta(d + "meta.txt");
@@ -90,6 +186,10 @@ int main(int argc, char **argv) {
         if (!(meta >> kernel >> rowCount >> cols >> row0 >> rows >> bits >> blockRows >> blockCols >> scaleCols >> e5m2 >> productFmt)) {
             std::printf("case %d: unreadable %smeta.txt\n", id, d.c_str());
             failures++;
+            continue;
+        }
+        if (kernel.find("rq") != std::string::npos) {
+            failures += requant_case(id, d, kernel, rowCount, cols, row0, blockRows, blockCols, scaleCols, oneBlock) ? 0 : 1;
             continue;
         }
         std::vector<uint4> staged = aligned(read_all(d + "staged.bin"));

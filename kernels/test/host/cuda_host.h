@@ -8,6 +8,7 @@
 #ifndef LORAMERGE_CUDA_HOST_H
 #define LORAMERGE_CUDA_HOST_H
 
+#include <algorithm>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -15,6 +16,7 @@
 
 using std::isfinite;
 using std::isnan;
+using std::min;
 
 #define __global__
 #define __device__
@@ -66,6 +68,32 @@ static inline float __fadd_rn(float a, float b) {
 
 static inline double __dmul_rn(double a, double b) {
     return a * b;
+}
+
+static inline double __dadd_rn(double a, double b) {
+    return a + b;
+}
+
+static inline double __dsub_rn(double a, double b) {
+    return a - b;
+}
+
+static inline float __fdiv_rn(float a, float b) {
+    return a / b;
+}
+
+static inline float __frcp_rn(float a) {
+    return 1.0f / a;
+}
+
+static inline float __fmaf_rn(float a, float b, float c) {
+    return std::fmaf(a, b, c);
+}
+
+static inline float __int_as_float(int i) {
+    float f;
+    std::memcpy(&f, &i, 4);
+    return f;
 }
 
 static inline uint32_t __float_as_uint(float f) {

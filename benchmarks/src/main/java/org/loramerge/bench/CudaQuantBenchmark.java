@@ -56,8 +56,9 @@ import org.openjdk.jmh.annotations.Warmup;
  * {@link CudaCopyBenchmark#deviceToDevice} run beside it), and one streaming block as the engine
  * merges it ({@link #mergeBlockToBf16}: stored codes staged, uploaded, dequantized, merged). For
  * comparison, the format's host codec on the same block ({@link #dequantizeOnHost}), which the
- * engine used before these kernels, and the requantizing codec a {@code --to fp4|int8|fp8} (and
- * {@code --to nf4} from GPTQ/AWQ) merge still runs on the CPU ({@code CudaBackend.openRequantization}).
+ * engine used before these kernels, and the requantizing codec a {@code --to fp4} (and
+ * {@code --to nf4} from GPTQ/AWQ) merge still runs on the CPU ({@code CudaBackend.openRequantization}),
+ * which {@code --to int8|fp8} replaced by the device kernels of {@link #requantizeOnDevice}.
  *
  * <p>Each format's weight is {@code shape} ({@code [out, in]}) with random codes and scales written
  * straight into its layout (FP4 by {@link LoraMerge#quantize} from random BF16 values, with double
@@ -112,6 +113,11 @@ public class CudaQuantBenchmark {
     private DeviceMemory stagedWeight;
     /** The whole weight dequantized. */
     private DeviceMemory dequantizedWeight;
+    /** For {@link #requantizeOnDevice} (int8, fp8): P of the whole weight (zeros), its codes, scales and sums; else null. */
+    private DeviceMemory product;
+    private DeviceMemory codes;
+    private DeviceMemory scales;
+    private DeviceMemory sums;
 
     @Setup(Level.Trial)
     public void setUp() throws Exception {
@@ -131,6 +137,16 @@ public class CudaQuantBenchmark {
         stagedWeight = new DeviceMemory(staged);
         dequantizedWeight = new DeviceMemory((long) rows * cols * dequantized.sizeInBytes());
         JCuda.cudaMemcpy(stagedWeight.pointer(), Pointer.to(host), staged, cudaMemcpyKind.cudaMemcpyHostToDevice);
+        if (format.equals("int8") || format.equals("fp8")) {
+            dequantizer.dequantize(worker.stream(), stagedWeight.pointer(), 0, rows, dequantizedWeight.pointer());
+            worker.stream().synchronize();
+            long blocks = format.equals("int8") ? rows : (long) ((rows + 127) / 128) * ((cols + 127) / 128);
+            product = new DeviceMemory((long) rows * cols * Double.BYTES);
+            JCuda.cudaMemset(product.pointer(), 0, (long) rows * cols * Double.BYTES);
+            codes = new DeviceMemory((long) rows * cols);
+            scales = new DeviceMemory(blocks * Float.BYTES);
+            sums = new DeviceMemory(5 * blocks * Double.BYTES);
+        }
     }
 
     /** The weight, its merge job and the requantizer's inputs: everything but the device (so it can be tried where none is). */
@@ -216,6 +232,31 @@ public class CudaQuantBenchmark {
         worker.synchronize();
     }
 
+    /**
+     * The requantization kernel of {@code merge --to int8|fp8} over the whole weight on the device
+     * (kernels/quant.cu int8_requant, fp8_requant with 128 x 128 blocks): reads X and W (here both
+     * the dequantized weight) and P (fp64), writes the codes, the scales and each block's survival
+     * sums. Only int8 and fp8 have it; the other formats return at once (their requantization runs
+     * on the CPU codec, {@link #requantizeOnHost}).
+     */
+    @Benchmark
+    @OperationsPerInvocation(REPEAT)
+    public void requantizeOnDevice() {
+        if (product == null) {
+            return;
+        }
+        for (int i = 0; i < REPEAT; i++) {
+            if (format.equals("int8")) {
+                device.quant().int8Requant(worker.stream(), dequantizedWeight.pointer(), dequantizedWeight.pointer(), product.pointer(), 0, rows, cols,
+                        codes.pointer(), scales.pointer(), sums.pointer());
+            } else {
+                device.quant().fp8Requant(worker.stream(), dequantized, dequantizedWeight.pointer(), dequantizedWeight.pointer(), product.pointer(), 0,
+                        rows, cols, 128, 128, (cols + 127) / 128, codes.pointer(), scales.pointer(), sums.pointer());
+            }
+        }
+        worker.stream().synchronize();
+    }
+
     /** The requantizing merge's codec on the host, one thread: the block's merged values to the format's codes (NF4 for GPTQ and AWQ). */
     @Benchmark
     public ByteBuffer requantizeOnHost() throws Exception {
@@ -229,6 +270,11 @@ public class CudaQuantBenchmark {
         merged.close();
         stagedWeight.close();
         dequantizedWeight.close();
+        for (DeviceMemory m : new DeviceMemory[] {product, codes, scales, sums}) {
+            if (m != null) {
+                m.close();
+            }
+        }
         dequantizer.close();
         factors.close();
         device.close();

@@ -21,7 +21,7 @@ import java.util.Map;
  * Bytes of W per op: the weight's bytes for CpuMergeBenchmark and CudaMergeBenchmark (shape x dtype),
  * the bytes copied for CudaCopyBenchmark, 16 weights of 4096x11008 BF16 for PipelineBenchmark, and
  * the weights as BF16 for the NF4 benchmarks, the block's elements as BF16 for CudaQuantBenchmark (the whole weight's for its
- * dequantizeOnDevice, whose "x D2D copy" is the issue's kernel figure); CudaNf4Benchmark also gets the bytes each kernel must
+ * dequantizeOnDevice and requantizeOnDevice, whose "x D2D copy" is the issue's kernel figure); CudaNf4Benchmark also gets the bytes each kernel must
  * move through device memory ({@link #nf4Traffic}), compared with the device-to-device copy's.
  */
 public final class JmhTable {
@@ -68,7 +68,7 @@ public final class JmhTable {
             }
             case "CudaQuantBenchmark": {
                 long[] s = shape(p.get("shape").asText());
-                if (method.equals("dequantizeOnDevice")) { // the whole weight
+                if (method.equals("dequantizeOnDevice") || method.equals("requantizeOnDevice")) { // the whole weight
                     return new Row(bench, method, p.get("format").asText() + " " + p.get("shape").asText() + ", whole weight", ms, err,
                             s[0] * s[1] * 2 / seconds / 1e9, Double.NaN);
                 }

@@ -164,10 +164,10 @@ public final class CudaBackend implements Backend {
      * (one term) or none, no token rows or bias term, converted to another dtype or not; or a dense
      * combination of the task-arithmetic family ({@link CudaDenseMerge#fits}). The source is dense,
      * or quantized: bitsandbytes NF4, FP4 and LLM.int8, FP8, GPTQ and AWQ weights go up as their
-     * stored codes and are dequantized on the device ({@link DeviceDequantizer}; an NF4 output is
-     * requantized there too), but an AWQ weight whose row blocks would stage more than a block
-     * (rows of about a tenth of the block size), which the pipeline dequantizes on the CPU with the
-     * format's codec before the block goes up as dense values.
+     * stored codes and are dequantized on the device ({@link DeviceDequantizer}; an NF4, FP8 or
+     * int8 output is requantized there too, {@link #openRequantization}), but an AWQ weight whose
+     * row blocks would stage more than a block (rows of about a tenth of the block size), which the
+     * pipeline dequantizes on the CPU with the format's codec before the block goes up as dense values.
      */
     static boolean onGpu(TensorJob job) {
         if (job.srcFormat() == null || job.dstFormat() == null || job.doraAxis() == DoraSpec.Axis.COLUMN || job.tokenValues() != null) {
@@ -209,15 +209,27 @@ public final class CudaBackend implements Backend {
         return remember(new CudaTensorMerge(this, device, job));
     }
 
+    /**
+     * Requantized on the device: a weight whose terms all cover every row (one segment), without
+     * DoRA (whose norms need the whole row first), that is an NF4 weight to NF4
+     * ({@link CudaRequantization}), or an FP8 weight to FP8 with a scale per block, row or group,
+     * or an LLM.int8 weight to int8 ({@link CudaByteRequantization#covers}). The CPU engine
+     * requantizes the others inside this backend: the other formats' outputs (FP4, NF4 from GPTQ
+     * or AWQ), and an FP8 weight with one scale for the whole tensor, whose scale needs the whole
+     * merged weight before any code.
+     */
     @Override
     public Requantization openRequantization(TensorJob job) throws IOException {
-        // requantized on the device: an NF4 weight to NF4 (another format's codec runs on the CPU) whose terms all cover every
-        // row (one segment) and without DoRA (whose norms need the whole row first)
-        if (!onGpu(job) || job.dense() != null || job.doraAxis() != null || CudaTensorMerge.deviceNf4(job) == null
-                || !job.out().quantizedOutput().kind().equals("NF4") || CudaTensorMerge.segments(job.terms(), job.rows()).size() != 1) {
+        if (!onGpu(job) || job.dense() != null || job.doraAxis() != null || CudaTensorMerge.segments(job.terms(), job.rows()).size() != 1) {
             return new CpuRequantization(job);
         }
-        return remember(new CudaRequantization(this, device, job));
+        if (CudaTensorMerge.deviceNf4(job) != null && job.out().quantizedOutput().kind().equals("NF4")) {
+            return remember(new CudaRequantization(this, device, job));
+        }
+        if (CudaByteRequantization.covers(job, device.blockBytes())) {
+            return remember(new CudaByteRequantization(this, device, job));
+        }
+        return new CpuRequantization(job);
     }
 
     /**

@@ -137,7 +137,7 @@ final class CudaRequantization implements Requantization {
         long nans = counted.nans();
         long forHost = DeviceWorker.forHost(f, counted); // a folded tensor's undecided elements are all the host's
         if (counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY || forHost > 0) {
-            long[] settled = settleOnHost(w, f, row0, rowCount, counted, forHost, bytes, stats);
+            long[] settled = settleOnHost(job, w, f, row0, rowCount, counted, forHost, bytes, stats);
             overflows = settled[0];
             nans = settled[1];
         } else {
@@ -163,10 +163,11 @@ final class CudaRequantization implements Requantization {
      * ambiguous than the kernel lists, the CPU engine merges the whole block and X goes up again;
      * otherwise the few elements the device left are recomputed exactly from W (the dequantized
      * block, copied down) into a copy of X, which goes up once. Returns the block's overflows and
-     * NaNs after settling.
+     * NaNs after settling. Shared with {@link CudaByteRequantization}.
      */
-    private long[] settleOnHost(DeviceWorker w, DeviceFactors f, long row0, int rowCount, DeviceWorker.Counts counted, long forHost, long bytes,
-                                BlockStats stats) throws Exception {
+    static long[] settleOnHost(TensorJob job, DeviceWorker w, DeviceFactors f, long row0, int rowCount, DeviceWorker.Counts counted, long forHost,
+                               long bytes, BlockStats stats) throws Exception {
+        FloatFormat format = job.dstFormat();
         ByteBuffer wHost = w.download(w.input(), bytes);
         ByteBuffer x = ByteBuffer.allocateDirect(Math.toIntExact(bytes)).order(ByteOrder.LITTLE_ENDIAN);
         if (counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY) {

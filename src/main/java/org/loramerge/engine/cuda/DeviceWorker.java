@@ -122,6 +122,15 @@ public final class DeviceWorker implements AutoCloseable {
         return dWide;
     }
 
+    /**
+     * The device buffer a quantized block's stored codes go up into ({@link #loadStored}); free
+     * again once the dequantization queued after them has run, so a requantization writes a row
+     * block's new codes there (one byte an element), later on the same stream.
+     */
+    public DeviceMemory packed() {
+        return dPacked;
+    }
+
     /** The pinned staging buffer for uploads; also usable for small downloads once the stream is idle. */
     public PinnedMemory hostIn() {
         return hostIn;

@@ -7,11 +7,13 @@ import jcuda.Pointer;
 import jcuda.driver.CUfunction;
 import jcuda.driver.JCudaDriver;
 import org.loramerge.format.FloatFormat;
+import org.loramerge.quant.CudaFastMath;
 
 /**
- * The dequantization kernels of kernels/quant.cu (FP8, LLM.int8, GPTQ, AWQ; see that file for
- * what each computes and how it is laid out), launched on a stream. Every launch is
- * asynchronous; the caller synchronizes the stream.
+ * The kernels of kernels/quant.cu, launched on a stream: the dequantization of FP8, LLM.int8,
+ * GPTQ and AWQ row blocks, and the requantization of merged FP8 and LLM.int8 row blocks (see that
+ * file for what each computes and how it is laid out). Every launch is asynchronous; the caller
+ * synchronizes the stream.
  */
 public final class QuantKernels {
     private static final int THREADS = 256;
@@ -23,10 +25,13 @@ public final class QuantKernels {
 
     private final Map<String, CUfunction> functions = new HashMap<>();
 
+    /** Loads the kernels of {@code module} and gives it the reciprocal table of bitsandbytes' fast math (CudaFastMath), which int8_requant reads. */
     QuantKernels(KernelModule module) {
+        module.setGlobal("lm_rcp_table", CudaFastMath.reciprocalTable());
         functions.put("int8_dequant_f32", module.function("int8_dequant_f32"));
+        functions.put("int8_requant", module.function("int8_requant"));
         for (String type : new String[] {"bf16", "f16", "f32"}) {
-            for (String kernel : new String[] {"fp8_dequant_", "gptq_dequant_", "awq_dequant_"}) {
+            for (String kernel : new String[] {"fp8_dequant_", "gptq_dequant_", "awq_dequant_", "fp8_requant_"}) {
                 functions.put(kernel + type, module.function(kernel + type));
             }
         }
@@ -104,5 +109,40 @@ public final class QuantKernels {
         long wordCols = (row0 + rowCount + 7) / 8 - row0 / 8;
         launchTiles(s, "awq_dequant_" + type(fmt), (cols + TILE - 1) / TILE, (wordCols + TILE - 1) / TILE, Pointer.to(words),
                 p(rowCount), p(cols), p(row0), p(rows), Pointer.to(zeros), Pointer.to(scales), Pointer.to(gIdx), Pointer.to(out));
+    }
+
+    /** A launch of a requantization kernel: one 256-thread block per quantization block, at most {@link #MAX_GRID}. */
+    private void launchBlocks(CudaStream s, String kernel, long blocks, Pointer... params) {
+        if (blocks <= 0) {
+            return;
+        }
+        JCudaDriver.cuLaunchKernel(functions.get(kernel), (int) Math.min(MAX_GRID, blocks), 1, 1, THREADS, 1, 1, 0, s.driver(),
+                Pointer.to(params), null);
+    }
+
+    /**
+     * Requantizes rows {@code [row0, row0 + rowCount)} of a merged FP8 weight (fp8_requant):
+     * {@code x} the merged values, {@code w} the base values (both {@code fmt} bits), {@code p} the
+     * fp64 product, row-major; the e4m3 codes to {@code codes} (byte e for element e of the rows),
+     * and for each quantization block q of {@code blockRows x blockCols} ({@code gridCols} a row of
+     * blocks, numbered over the whole weight) its inverse scale to {@code scaleInv[q]} and its five
+     * sums to {@code sums[5q..5q+4]}. row0 is a multiple of blockRows.
+     */
+    public void fp8Requant(CudaStream s, FloatFormat fmt, Pointer x, Pointer w, Pointer p, long row0, long rowCount, long cols, long blockRows,
+                           long blockCols, long gridCols, Pointer codes, Pointer scaleInv, Pointer sums) {
+        long blocks = (rowCount + blockRows - 1) / blockRows * gridCols;
+        launchBlocks(s, "fp8_requant_" + type(fmt), blocks, Pointer.to(x), Pointer.to(w), Pointer.to(p), p(rowCount), p(cols), p(row0),
+                p(blockRows), p(blockCols), p(gridCols), Pointer.to(codes), Pointer.to(scaleInv), Pointer.to(sums));
+    }
+
+    /**
+     * Requantizes rows {@code [row0, row0 + rowCount)} of a merged LLM.int8 weight (int8_requant):
+     * {@code x}, {@code w} F32 bits, {@code p} fp64, row-major; the int8 codes to {@code codes}, and
+     * for each row r of the weight its SCB to {@code scb[r]} and its five sums to {@code sums[5r..5r+4]}.
+     */
+    public void int8Requant(CudaStream s, Pointer x, Pointer w, Pointer p, long row0, long rowCount, long cols, Pointer codes, Pointer scb,
+                            Pointer sums) {
+        launchBlocks(s, "int8_requant", rowCount, Pointer.to(x), Pointer.to(w), Pointer.to(p), p(rowCount), p(cols), p(row0), Pointer.to(codes),
+                Pointer.to(scb), Pointer.to(sums));
     }
 }

@@ -406,7 +406,7 @@ class CudaNf4Test {
     }
 
     /** The GPU's survival figures: the CPU's counts, and its norms to 1e-9 (summed in another order). */
-    private static void assertSameSurvival(MergeReport cpuReport, MergeReport gpuReport) {
+    static void assertSameSurvival(MergeReport cpuReport, MergeReport gpuReport) {
         MergeReport.Requantization c = cpuReport.requantization;
         MergeReport.Requantization g = gpuReport.requantization;
         assertEquals(c.codes, g.codes);
