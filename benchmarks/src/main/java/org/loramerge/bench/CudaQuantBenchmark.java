@@ -236,14 +236,15 @@ public class CudaQuantBenchmark {
      * The requantization kernel of {@code merge --to int8|fp8} over the whole weight on the device
      * (kernels/quant.cu int8_requant, fp8_requant with 128 x 128 blocks): reads X and W (here both
      * the dequantized weight) and P (fp64), writes the codes, the scales and each block's survival
-     * sums. Only int8 and fp8 have it; the other formats return at once (their requantization runs
-     * on the CPU codec, {@link #requantizeOnHost}).
+     * sums. Only int8 and fp8 have it (their requantization runs on the CPU codec,
+     * {@link #requantizeOnHost}): run it with {@code -p format=int8,fp8}, as gpu-run.sh does; the
+     * other formats refuse it rather than time an empty method.
      */
     @Benchmark
     @OperationsPerInvocation(REPEAT)
     public void requantizeOnDevice() {
         if (product == null) {
-            return;
+            throw new IllegalStateException("requantizeOnDevice: " + format + " has no device requantization; run it with -p format=int8,fp8");
         }
         for (int i = 0; i < REPEAT; i++) {
             if (format.equals("int8")) {
