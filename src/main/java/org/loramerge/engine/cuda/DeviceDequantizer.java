@@ -192,8 +192,30 @@ public abstract class DeviceDequantizer implements AutoCloseable {
         }
     }
 
+    /** A layout of one byte a code, row-major (FP8, LLM.int8): a block's codes are staged as stored. */
+    private abstract static class OneByteCodes extends DeviceDequantizer {
+        OneByteCodes(QuantizedWeight w, long rows, long cols, DeviceMemory... uploads) {
+            super(w, rows, cols, uploads);
+        }
+
+        @Override
+        public long stagedBytes(long row0, int rowCount) {
+            return rowCount * cols;
+        }
+
+        @Override
+        long maxStagedBytes(long maxRows) {
+            return maxRows * cols;
+        }
+
+        @Override
+        public void stage(ByteBuffer stored, long row0, int rowCount, ByteBuffer dst) {
+            copy(stored, stagedBytes(row0, rowCount), dst);
+        }
+    }
+
     /** FP8: one byte a code, row-major; the scales of the whole weight, decoded (quant.cu fp8_dequant). */
-    private static final class Fp8 extends DeviceDequantizer {
+    private static final class Fp8 extends OneByteCodes {
         private final CudaDevice device;
         private final Fp8Weight weight;
         private final DeviceMemory scales;
@@ -227,21 +249,6 @@ public abstract class DeviceDequantizer implements AutoCloseable {
         }
 
         @Override
-        public long stagedBytes(long row0, int rowCount) {
-            return rowCount * cols;
-        }
-
-        @Override
-        long maxStagedBytes(long maxRows) {
-            return maxRows * cols;
-        }
-
-        @Override
-        public void stage(ByteBuffer stored, long row0, int rowCount, ByteBuffer dst) {
-            copy(stored, stagedBytes(row0, rowCount), dst);
-        }
-
-        @Override
         public void dequantize(CudaStream s, Pointer staged, long row0, int rowCount, Pointer out) {
             device.quant().fp8(s, format, staged, row0, rowCount, cols, scales.pointer(), blockRows, blockCols, scaleCols,
                     weight.weight().info().dtype() == DType.F8_E5M2, FloatFormat.of(weight.productDtype()), out);
@@ -249,7 +256,7 @@ public abstract class DeviceDequantizer implements AutoCloseable {
     }
 
     /** LLM.int8: one byte a code, row-major; each row's SCB (quant.cu int8_dequant). */
-    private static final class Int8 extends DeviceDequantizer {
+    private static final class Int8 extends OneByteCodes {
         private final CudaDevice device;
         private final DeviceMemory scb;
 
@@ -257,21 +264,6 @@ public abstract class DeviceDequantizer implements AutoCloseable {
             super(weight, rows, cols, scb);
             this.device = device;
             this.scb = scb;
-        }
-
-        @Override
-        public long stagedBytes(long row0, int rowCount) {
-            return rowCount * cols;
-        }
-
-        @Override
-        long maxStagedBytes(long maxRows) {
-            return maxRows * cols;
-        }
-
-        @Override
-        public void stage(ByteBuffer stored, long row0, int rowCount, ByteBuffer dst) {
-            copy(stored, stagedBytes(row0, rowCount), dst);
         }
 
         @Override
