@@ -27,7 +27,7 @@
 #
 # Environment: OUT, WORK (default /tmp/lm-bench-$SHAPE-x$SCALE), SHAPE (llama-7b), REPS (default 2; 1 at scale 2),
 #   BUDGET_S (default 500: no new repetition starts that would end later than that many
-#   seconds after the script started), PYTHON (python3), LORAMERGE (default "java $JAVA_OPTS -jar
+#   seconds after the script started, and a run still going then is ended), PYTHON (python3), LORAMERGE (default "java $JAVA_OPTS -jar
 #   target/loramerge-cli.jar"), LM_ARGS (extra merge options), RANK (16), SEED (0),
 #   SKIP_CP=1 SKIP_PEFT=1 SKIP_LM_CUDA=1 SKIP_LM_CPU=1 SKIP_VERIFY=1 RUN_PEFT_CPU=1 REGEN=1;
 #   RUN_UNMERGE=1 (also times `loramerge unmerge --device cuda` of the adapter out of the base, as "unmerge-cuda");

@@ -14,8 +14,11 @@ deleted after its run. In repetition 1:
                         compare_checkpoints.py A B (names/shapes/dtypes equal, <= 1 ulp);
   --verify-bytes A,B    takes a sha256 manifest of every file of A's and B's outputs and
                         checks they are byte-identical (needs no extra disk space).
---budget-s stops starting repetitions when the next one would likely end past the
-budget (seconds since $BENCH_T0, or since this script started).
+--budget-s S  the whole loop's time: seconds since $BENCH_T0 (or since this script started).
+              No repetition starts when it would likely end past S; within one, each run may
+              take what is left of S (measure.py --timeout ends it there, the row says
+              "timed out"), and a tool is not started with less than --min-start-s (default
+              10) left (the row says "skipped"). Both count as failures (exit 1).
 Results: LOGS/results.jsonl (one line per run), LOGS/<tool>-<rep>.log (each run's output),
 LOGS/verify-*.txt; a markdown table on stdout (and in LOGS/table.md).
 """
@@ -89,6 +92,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--budget-s", type=float, default=0)
+    ap.add_argument("--min-start-s", type=float, default=10)
     ap.add_argument("--baseline", default="")
     ap.add_argument("--floor", default="")
     ap.add_argument("--verify-numeric", default="")
@@ -143,6 +147,17 @@ def main():
                     "--log", os.path.join(a.logs, f"{name}-{rep}.log")]
             if a.gpu:
                 mcmd.append("--gpu")
+            if a.budget_s:
+                left = a.budget_s - (time.time() - t_start)
+                if left < a.min_start_s:
+                    r = {"label": name, "rc": None, "wall_s": None, "rep": rep, "skipped": "budget"}
+                    results.append(r)
+                    with open(results_path, "a") as f:
+                        f.write(json.dumps(r) + "\n")
+                    failed_tools.add(name)
+                    log(f"  {name:<12} SKIPPED: {max(0.0, left):.0f} s of the {a.budget_s:.0f} s budget left")
+                    continue
+                mcmd += ["--timeout", f"{left:.0f}"]
             mcmd += ["--"] + cmd
             p = subprocess.run(mcmd, stdout=subprocess.PIPE, text=True)
             try:
@@ -157,6 +172,8 @@ def main():
             ok = r.get("rc") == 0
             if not ok:
                 failed_tools.add(name)
+            if r.get("timed_out"):
+                log(f"  {name:<12} TIMED OUT at the budget ({a.budget_s:.0f} s since the start), see {a.logs}/{name}-{rep}.log")
             log(f"  {name:<12} rc={r.get('rc')} wall {fmt(r.get('wall_s'), 2)} s "
                 f"(sync {fmt(r.get('sync_s'), 2)}) rss {fmt((r.get('peak_rss_tree_mb') or 0) / 1e3, 2)} GB"
                 + (f" gpu {fmt((r.get('peak_gpu_mem_delta_mb') or 0) / 1024, 2)} GiB" if a.gpu else "")
@@ -219,6 +236,12 @@ def main():
                                     f"{sum(s for s, _ in ma.values()) / 1e9:.2f} GB, sha256)")
         else:
             verify_lines.append(f"bytes {vbytes[0]} vs {vbytes[1]}: NOT RUN (a tool failed)")
+    for name in names:
+        for r in results:
+            if r["label"] == name and (r.get("timed_out") or r.get("skipped")):
+                verify_lines.append(f"{name} (repetition {r['rep']}): "
+                                    + ("timed out at the budget" if r.get("timed_out") else "skipped, no budget left")
+                                    + f" ({a.budget_s:.0f} s)")
     with open(os.path.join(a.logs, "verify.txt"), "w") as f:
         f.write("\n".join(verify_lines) + "\n")
 

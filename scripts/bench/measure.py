@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """Time one command as a fresh process, then `sync`; print one JSON line.
 
-    measure.py [--label NAME] [--log FILE] [--json-out FILE] [--gpu] [--interval S] [--no-sync] -- CMD ARGS...
+    measure.py [--label NAME] [--log FILE] [--json-out FILE] [--gpu] [--interval S] [--no-sync]
+               [--timeout S] -- CMD ARGS...
 
 JSON fields
   label, cmd, rc            the command's exit status (-N: killed by signal N)
+  timed_out                 (--timeout) true when CMD ran past S seconds: its process group got
+                            SIGTERM, and SIGKILL 10 s later if still there (wall_s is then the
+                            time until it ended, not the command's time)
   wall_s                    start of CMD to end of the following `sync` (what a user waits for)
   cmd_s, sync_s             the two parts
   peak_rss_tree_mb          max over samples of sum(VmRSS) over CMD and all its descendants
@@ -24,6 +28,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -129,6 +134,7 @@ def main():
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--interval", type=float, default=0.05)
     ap.add_argument("--no-sync", action="store_true")
+    ap.add_argument("--timeout", type=float, help="end CMD (its process group) after S seconds")
     argv = sys.argv[1:]
     i = argv.index("--") if "--" in argv else len(argv)
     opts, cmd = argv[:i], argv[i + 1:]
@@ -142,13 +148,31 @@ def main():
     peak_rss = peak_anon = 0
     samples = 0
     t0 = time.monotonic()
-    p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT if logf else None)
+    # with --timeout, CMD leads its own process group, so that ending it ends what it started
+    p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT if logf else None,
+                         start_new_session=a.timeout is not None)
     ru = None
     status = 0
+    timed_out = False
+    term_at = None
     while True:
         wpid, status, ru = os.wait4(p.pid, os.WNOHANG)
         if wpid == p.pid:
             break
+        now = time.monotonic()
+        if a.timeout is not None and not timed_out and now - t0 > a.timeout:
+            timed_out, term_at = True, now
+            print(f"[measure] {a.label or cmd[0]}: past --timeout {a.timeout:g} s, ending it", file=sys.stderr, flush=True)
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        elif timed_out and term_at is not None and now - term_at > 10:
+            term_at = None
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         tot = anon = 0
         for q in tree(p.pid):
             r, an = rss_of(q)
@@ -159,6 +183,11 @@ def main():
         peak_anon = max(peak_anon, anon)
         time.sleep(a.interval)
     t1 = time.monotonic()
+    if timed_out:  # what CMD started and left behind
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     p.returncode = os.waitstatus_to_exitcode(status)
     if not a.no_sync:
         subprocess.run(["sync"])
@@ -180,6 +209,8 @@ def main():
         "max_rss_single_mb": round(ru.ru_maxrss * 1024 / 1e6, 1) if ru else None,
         "samples": samples,
     }
+    if a.timeout is not None:
+        res["timed_out"] = timed_out
     if gpu:
         if gpu.before is None:
             res["gpu_error"] = gpu.err
