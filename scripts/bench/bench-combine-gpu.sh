@@ -12,29 +12,53 @@
 #   2. generates the llama-7b preset (13.48 GB bf16, 3 shards) and FOUR rank-16 adapters on all 7
 #      projections (seeds 1..4) on the GPU into $WORK, then `sync` (reused if already there);
 #   3. warms the page cache;
-#   4. times, each as a fresh process + sync (scripts/bench/bench_run.py), weights 0.4,0.3,0.2,0.1:
+#   4. times, each as a fresh process + sync (scripts/bench/bench_run.py), weights 0.4,0.3,0.2,0.1,
+#      every loramerge row `java -Xmx2g` (the launcher's heap) unless JAVA_OPTS says otherwise:
 #        cp                 cp -r base (the copy floor; the issue's targets are multiples of it)
-#        cat-cuda           loramerge merge --combine cat --device cuda           (target <= 1.15x cp)
-#        ta-cuda            loramerge merge --combine task_arithmetic --device cuda (target <= 1.15x cp)
-#        ties-cuda          --combine ties --density 0.5                            (target <= 1.3x cp)
+#        cat-cuda           loramerge merge --combine cat --device cuda             (target <= 1.15x cp)
+#        ta-cuda            --combine task_arithmetic                                (target <= 1.15x cp)
+#        ties-cuda          --combine ties --density 0.5                             (target <= 1.3x cp)
+#        dare-linear-cuda   --combine dare_linear --density 0.5 --seed 1             (target <= 1.3x cp)
 #        dare-ties-cuda     --combine dare_ties --density 0.5 --seed 1               (target <= 1.3x cp)
 #        mprune-cuda        --combine magnitude_prune --density 0.5                  (target <= 1.3x cp)
 #        cat-cpu            --combine cat --device cpu (only for the byte comparison with cat-cuda)
-#        combine-svd        loramerge combine --combine svd --rank 16                (target: well under a minute)
-#        peft-combine-svd   scripts/bench/peft_combine.py svd, rank 16, on the GPU (the PEFT baseline)
+#        combine-svd        loramerge combine --combine svd --rank 16 --device cuda  (target: well under a minute)
+#        combine-ties-svd   loramerge combine --combine ties_svd --density 0.5 --rank 16 --device cuda
+#        peft-svd           scripts/bench/peft_combine.py svd, rank 16, on the GPU, over the first
+#                           PEFT_LAYERS decoder layers only (below)
+#        peft-ties-svd      the same with ties_svd --density 0.5
 #      with peak host RSS (process tree; target < 3 GB) and peak device memory (target < 6 GB);
 #   5. checks cat-cuda against cat-cpu byte for byte (sha256 of every output file);
-#   6. prints a short table last. Everything is logged under $OUT (default /tmp/out).
+#   6. prints the table last, then PEFT's measured and extrapolated times beside loramerge's.
+#      Everything is logged under $OUT (default /tmp/out).
 #
-# The dense family (ties, dare_*, magnitude_prune) runs on kernels/combine.cu; combine's SVDs run
-# on the CPU (linalg: svd from the stacked factors, the *_svd methods by the randomized SVD over
-# the dense combination, which is far slower: RUN_TIES_SVD=1 adds them).
+# PEFT's add_weighted_adapter(svd) over the whole 7B model takes more than 440 s (a full
+# torch.linalg.svd per module, 224 modules), more than the call has beside the other rows. So PEFT
+# combines the modules of the first PEFT_LAYERS (default 2) of the 32 layers, all 7 projections of
+# the same four adapters (14 modules), each module's work timed; the summary gives its measured
+# time, its median per module of each projection, and the whole model's time EXTRAPOLATED from
+# them (labelled so, with the measured and total module counts). loramerge's rows always combine
+# the whole model (`combine` has no option to select modules), so its per-module figure is its
+# whole run over 224 modules, JVM start and reads included: the comparison favours PEFT.
+#
+# Time (estimates from RESULTS.md's two earlier runs of this script on an H200): generating the
+# model and adapters and warming the cache ~60 s (not logged before, the progress log now says;
+# the second run bounds it: 600 s of call - 440 s of PEFT - 78 s of rows leaves ~80 s); the rows
+# cp 13, cat 9, task_arithmetic 9, ties 14, dare_linear ~9, dare_ties 9, magnitude_prune 14,
+# cat on the CPU 39, combine svd 6, combine ties_svd 11, plus ~2 s of sync and deletion after each
+# and ~10 s of hashing for the byte comparison: ~160 s; each PEFT row ~30 s of start-up (import,
+# the 7B model onto the GPU, the subset adapters) plus its module work, at most PEFT_BUDGET_S
+# (default 90) and one module: ~120 s each. About 490 s in all, within BUDGET_S (540 s), the
+# loop's guard: a run still going at BUDGET_S seconds after the script started is ended (its row
+# says "timed out") and later rows are skipped, so the table and the summary always come out.
 #
 # Environment: OUT, WORK (default /tmp/lm-combine-$SHAPE), SHAPE (llama-7b; tiny, 1gb, 3gb to try
 #   the script out), REPS (default 1), BUDGET_S (default 540), PYTHON (python3), LORAMERGE
-#   (default "java $JAVA_OPTS -jar target/loramerge-cli.jar"), RANK (16), ADAPTERS (4),
-#   SKIP_DENSE=1 (leave the dense family out), RUN_TIES_SVD=1 (add combine --combine ties_svd and
-#   PEFT's), SKIP_PEFT=1, REGEN=1.
+#   (default "java $JAVA_OPTS -jar target/loramerge-cli.jar", JAVA_OPTS default -Xmx2g), RANK (16),
+#   ADAPTERS (4), DEVICE (cuda; cpu runs every row on the CPU, to try the script on a machine
+#   without a GPU), PEFT_LAYERS (2), PEFT_BUDGET_S (90: seconds of module work after which a PEFT
+#   row stops), SKIP_DENSE=1 (leave the dense family out), SKIP_TIES_SVD=1 (leave out both
+#   ties_svd rows), SKIP_PEFT=1, REGEN=1.
 set -euo pipefail
 export BENCH_T0=$(date +%s.%N)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -46,7 +70,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --reps) REPS=$2; shift 2 ;;
     --reps=*) REPS=${1#*=}; shift ;;
-    -h|--help) sed -n '2,41p' "$SELF"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^set -euo/ { exit } NR > 1' "$SELF"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -55,6 +79,10 @@ PY=${PYTHON:-python3}
 RANK=${RANK:-16}
 ADAPTERS=${ADAPTERS:-4}
 BUDGET_S=${BUDGET_S:-540}
+DEVICE=${DEVICE:-cuda}
+D=${DEVICE%%:*}
+PEFT_LAYERS=${PEFT_LAYERS:-2}
+PEFT_BUDGET_S=${PEFT_BUDGET_S:-90}
 SHAPE=${SHAPE:-llama-7b}
 case $SHAPE in
   llama-7b) SHARDS=3 ;; 3gb|1gb|tiny) SHARDS=2 ;;
@@ -79,7 +107,7 @@ JAR=$ROOT/target/loramerge-cli.jar
 if [ -z "${LORAMERGE:-}" ] && [ ! -f "$JAR" ]; then
   say "no $JAR: carry it"; exit 1
 fi
-LORAMERGE=${LORAMERGE:-java ${JAVA_OPTS:-} -jar $JAR}
+LORAMERGE=${LORAMERGE:-java ${JAVA_OPTS:--Xmx2g} -jar $JAR}
 
 # ---- the base and the adapters, generated on the GPU
 for d in /tmp/lm-bench-*-x* /tmp/lm-combine-*; do [ -d "$d" ] && [ "$d" != "$WORK" ] && rm -rf "$d"; done
@@ -114,6 +142,7 @@ done
   echo "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | paste -sd';')"
   echo "java: $(java -version 2>&1 | head -1)"
   echo "model: $SHAPE, $(du -sb "$WORK/base" | cut -f1 | awk '{printf "%.2f GB", $1/1e9}') in $SHARDS shards; $ADAPTERS adapters r=$RANK; weights $WEIGHTS; reps=$REPS"
+  echo "loramerge: $LORAMERGE; device $DEVICE; budget $BUDGET_S s; PEFT over the first $PEFT_LAYERS layers, at most $PEFT_BUDGET_S s of module work a row"
 } >"$OUT/machine.txt" 2>&1
 
 say "warming page cache"
@@ -121,25 +150,69 @@ ls "$WORK"/base/* "$WORK"/a*/adapter/* | xargs -P 8 -n 1 sh -c 'cat "$0" >/dev/n
 cat "$JAR" >/dev/null 2>&1 || true
 
 MERGE="merge --base {base} $ADAPTER_ARGS --weights $WEIGHTS --out {out}"
+COMBINE="combine --base {base} $ADAPTER_ARGS --weights $WEIGHTS --rank $RANK --device $DEVICE --out {out}"
+PEFT="$PY scripts/bench/peft_combine.py --base {base} $PEFT_ADAPTERS --weights $WEIGHTS --svd-rank $RANK --device $DEVICE --layers $PEFT_LAYERS --budget-s $PEFT_BUDGET_S --json --out {out}"
 TOOLS=(--tool "cp=cp -r {base} {out}")
-TOOLS+=(--tool "cat-cuda=$LORAMERGE $MERGE --combine cat --device cuda")
-TOOLS+=(--tool "ta-cuda=$LORAMERGE $MERGE --combine task_arithmetic --device cuda")
+TOOLS+=(--tool "cat-$D=$LORAMERGE $MERGE --combine cat --device $DEVICE")
+TOOLS+=(--tool "ta-$D=$LORAMERGE $MERGE --combine task_arithmetic --device $DEVICE")
 if [ -z "${SKIP_DENSE:-}" ]; then
-  TOOLS+=(--tool "ties-cuda=$LORAMERGE $MERGE --combine ties --density 0.5 --device cuda")
-  TOOLS+=(--tool "dare-ties-cuda=$LORAMERGE $MERGE --combine dare_ties --density 0.5 --seed 1 --device cuda")
-  TOOLS+=(--tool "mprune-cuda=$LORAMERGE $MERGE --combine magnitude_prune --density 0.5 --device cuda")
+  TOOLS+=(--tool "ties-$D=$LORAMERGE $MERGE --combine ties --density 0.5 --device $DEVICE")
+  TOOLS+=(--tool "dare-linear-$D=$LORAMERGE $MERGE --combine dare_linear --density 0.5 --seed 1 --device $DEVICE")
+  TOOLS+=(--tool "dare-ties-$D=$LORAMERGE $MERGE --combine dare_ties --density 0.5 --seed 1 --device $DEVICE")
+  TOOLS+=(--tool "mprune-$D=$LORAMERGE $MERGE --combine magnitude_prune --density 0.5 --device $DEVICE")
 fi
-TOOLS+=(--tool "cat-cpu=$LORAMERGE $MERGE --combine cat --device cpu")
-TOOLS+=(--tool "combine-svd=$LORAMERGE combine --base {base} $ADAPTER_ARGS --weights $WEIGHTS --combine svd --rank $RANK --out {out}")
-# loramerge's rows before PEFT's, so that a call that runs out of time still has them
-[ -n "${RUN_TIES_SVD:-}" ] && TOOLS+=(--tool "combine-ties-svd=$LORAMERGE combine --base {base} $ADAPTER_ARGS --weights $WEIGHTS --combine ties_svd --density 0.5 --rank $RANK --out {out}")
-[ -z "${SKIP_PEFT:-}" ] && TOOLS+=(--tool "peft-combine-svd=$PY scripts/bench/peft_combine.py --base {base} $PEFT_ADAPTERS --weights $WEIGHTS --combination-type svd --svd-rank $RANK --device cuda --out {out}")
-[ -n "${RUN_TIES_SVD:-}" ] && [ -z "${SKIP_PEFT:-}" ] && TOOLS+=(--tool "peft-combine-ties-svd=$PY scripts/bench/peft_combine.py --base {base} $PEFT_ADAPTERS --weights $WEIGHTS --combination-type ties_svd --density 0.5 --svd-rank $RANK --device cuda --out {out}")
+VERIFY=()
+if [ "$D" != cpu ]; then
+  TOOLS+=(--tool "cat-cpu=$LORAMERGE $MERGE --combine cat --device cpu")
+  VERIFY=(--verify-bytes "cat-$D,cat-cpu")
+fi
+# loramerge's rows before PEFT's, so that the budget ends PEFT's, not theirs
+TOOLS+=(--tool "combine-svd=$LORAMERGE $COMBINE --combine svd")
+[ -z "${SKIP_TIES_SVD:-}" ] && TOOLS+=(--tool "combine-ties-svd=$LORAMERGE $COMBINE --combine ties_svd --density 0.5")
+[ -z "${SKIP_PEFT:-}" ] && TOOLS+=(--tool "peft-svd=$PEFT --combination-type svd")
+[ -z "${SKIP_TIES_SVD:-}" ] && [ -z "${SKIP_PEFT:-}" ] && TOOLS+=(--tool "peft-ties-svd=$PEFT --combination-type ties_svd --density 0.5")
+
+# PEFT's lines (measured, per module, extrapolated) from each PEFT row's log, and loramerge's
+# combine of the whole model beside them
+peft_summary() {
+  "$PY" - "$OUT" <<'EOF'
+import json, os, re, sys
+out = sys.argv[1]
+path = os.path.join(out, "results.jsonl")
+runs = [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
+def median_wall(label):
+    w = sorted(r["wall_s"] for r in runs if r["label"] == label and r.get("rc") == 0 and r.get("wall_s"))
+    return w[len(w) // 2] if w else None
+for peft, lm in (("peft-svd", "combine-svd"), ("peft-ties-svd", "combine-ties-svd")):
+    log = os.path.join(out, f"{peft}-1.log")
+    if not os.path.exists(log):
+        continue
+    text = open(log, errors="replace").read()
+    print(f"{peft} (repetition 1):")
+    lines = re.findall(r"^\[peft_combine\] ((?:measured|per module|extrapolated|stopped).*)$", text, re.M)
+    for l in lines:
+        print(f"    {l}")
+    if not lines:
+        done = [float(x) for x in re.findall(r"^\[peft_combine\] module \S+ \S+ ([\d.]+) s$", text, re.M)]
+        print(f"    no summary: it did not finish ({len(done)} modules done, in {sum(done):.1f} s; see {log})")
+    js = [json.loads(l) for l in text.splitlines() if l.startswith('{"tool": "peft_combine"')]
+    lw = median_wall(lm)
+    if js and lw:
+        j = js[0]
+        n = j.get("modules_total") or 0
+        est = j.get("extrapolated_modules_s", j.get("modules_seconds"))
+        if n and est:
+            kind = "extrapolated" if "extrapolated_modules_s" in j else "measured"
+            print(f"    loramerge {lm}: the whole model ({n} modules) in {lw:.2f} s wall, {lw / n:.3f} s a module"
+                  f" (JVM start and reads included); PEFT's module work alone, {kind}: {est:.0f} s,"
+                  f" {est / lw:.{0 if est >= 10 * lw else 1}f}x loramerge's whole run")
+EOF
+}
 
 set +e
 "$PY" scripts/bench/bench_run.py --base "$WORK/base" --adapter "$WORK/a1/adapter" --work "$WORK" --logs "$OUT" \
   --reps "$REPS" --gpu --budget-s "$BUDGET_S" --python "$PY" --baseline cp --floor cp \
-  --verify-bytes cat-cuda,cat-cpu "${TOOLS[@]}" >"$OUT/table.out" 2>&3
+  "${VERIFY[@]}" "${TOOLS[@]}" >"$OUT/table.out" 2>&3
 rc=$?
 set -e
 rm -rf "$WORK"/out-*
@@ -150,6 +223,8 @@ say "done (rc $rc)"
   sed 's/^/    /' "$OUT/machine.txt"
   echo
   cat "$OUT/table.out"
+  echo
+  peft_summary
   echo
   echo "wall = fresh process + sync, page cache warm; peak GPU = nvidia-smi used minus idle; logs: $OUT"
 } | tee "$OUT/summary.md"

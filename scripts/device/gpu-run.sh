@@ -170,7 +170,7 @@ device)
       summary+=("jmh svd: see jmh-svd.md")
       ;;
     combine)
-      LORAMERGE="java -Xmx2g -jar .device/loramerge.jar" bash scripts/bench/bench-combine-gpu.sh 2>&1 | tee "$OUT/combine.log" | tail -n 25
+      LORAMERGE="java -Xmx2g -jar .device/loramerge.jar" bash scripts/bench/bench-combine-gpu.sh 2>&1 | tee "$OUT/combine.log" | tail -n 40
       summary+=("combine (four adapters): see combine.log")
       ;;
     benchcombine)
