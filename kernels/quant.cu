@@ -407,87 +407,100 @@ LM_GPTQ_DEQUANT_KERNEL(gptq_dequant_f32, LM_F32, unsigned int)
  *   AWQ_ORDER). The host gathers the words that hold rows [row0, row0 + rowCount):
  *   words[i * wordCols + w], w < wordCols = ceil((row0 + rowCount) / 8) - floor(row0 / 8), word
  *   column floor(row0 / 8) + w; rows outside the block are skipped. zeros, scales and gIdx as
- *   gptq_dequant. A block of 32 x 8 threads takes tiles of 32 columns x 32 word columns, reads
- *   them along the word columns and transposes them in shared memory. Lane c * 4 + t of a warp
- *   then decodes nibble c of 8 words of one word column, columns 8t..8t+7 of the tile, into 8
- *   consecutive elements of one row, stored at once (a warp writes 8 rows of 32 elements); each
- *   thread does so for 4 word columns, with the same 8 columns: it reads their groups once and,
- *   when they are one group, the zero and scale of each of its 4 rows while the tile's words
- *   load. Launch: 32 x 8 threads (built for 4 blocks an SM), grid (ceil(cols / 32), ceil(wordCols /
- *   32)) (each at most 65535; a smaller grid strides).
+ *   gptq_dequant. A block of 32 x 8 threads takes tiles of AWQ_COLS (256) columns x 8 word
+ *   columns (64 rows): it reads each column's 8 words (32 bytes) at once and stores them in
+ *   shared memory by word column. Warp y then takes word column y of the tile: lane l decodes
+ *   columns 8l..8l+7 (two 16-byte shared loads) for each of the word's 8 rows, into 8
+ *   consecutive elements stored at once, so that each store instruction of a warp covers 512
+ *   consecutive bytes of one row (16-bit D). (Tiles of 32 columns x 32 word columns, a warp
+ *   writing 64 bytes of each of 8 rows, ran at 0.40 of the copy's traffic: benchmarks/RESULTS.md.)
+ *   A lane reads the groups of its 8 columns once a tile and, when they are one group, the zero
+ *   and scale of its 8 rows while the tile's words load. Launch: 32 x 8 threads (built for 4
+ *   blocks an SM), grid (ceil(cols / 256), ceil(wordCols / 8)) (each at most 65535; a smaller
+ *   grid strides).
  */
+#define AWQ_COLS 256
+#define AWQ_WORDS 8
+#define AWQ_PAD 4 /* row stride 260 words: the loads' stores hit 32 banks, and rows stay 16-byte aligned */
 template <int FMT, typename T>
 __device__ __forceinline__ void awq_tiles(const uint32_t *__restrict__ words, long long rowCount, long long cols, long long row0,
                                           long long rows, const int *__restrict__ zeros, const float *__restrict__ scales,
-                                          const int *__restrict__ gIdx, T *__restrict__ out, uint32_t (*sh)[TILE + 1]) {
+                                          const int *__restrict__ gIdx, T *__restrict__ out,
+                                          uint32_t (*sh)[AWQ_COLS + AWQ_PAD]) {
     long long firstWord = row0 >> 3;
     long long wordCols = ((row0 + rowCount + 7) >> 3) - firstWord;
-    long long colTiles = (cols + TILE - 1) / TILE;
-    long long wordTiles = (wordCols + TILE - 1) / TILE;
-    int tx = threadIdx.x;
-    int ty = threadIdx.y;
-    int c = tx >> 2;       /* the row in the word: 8w + c */
-    int t = tx & 3;        /* the columns 8t..8t+7 of the tile */
-    /* nibble of row 8w + c: {0, 4, 1, 5, 2, 6, 3, 7}[c] = (c >> 1) + 4 * (c & 1) */
-    int shift = 4 * ((c >> 1) + 4 * (c & 1));
+    long long colTiles = (cols + AWQ_COLS - 1) / AWQ_COLS;
+    long long wordTiles = (wordCols + AWQ_WORDS - 1) / AWQ_WORDS;
+    int lane = threadIdx.x;
+    int wy = threadIdx.y;
+    int flat = wy * 32 + lane;
+    int loadWord = flat & 7; /* the loads: 8 consecutive threads read one column's 8 words */
+    int loadCol = flat >> 3;
     for (long long ct = blockIdx.x; ct < colTiles; ct += gridDim.x) {
-        for (long long wt = blockIdx.y; wt < wordTiles; wt += gridDim.y) {
-            uint32_t loaded[TILE / 8];
+        /* this lane's columns i0..i0+7 (those below cols) and their groups: the same for every word tile */
+        long long i0 = ct * AWQ_COLS + 8 * lane;
+        int width = cols - i0 >= 8 ? 8 : cols > i0 ? (int)(cols - i0) : 0;
+        bool whole = width == 8 && (cols & 7) == 0; /* 8 columns, 16-byte aligned in out */
+        int groups[8];
+        if (whole) { /* 16-byte loads: i0 is a multiple of 8 */
 #pragma unroll
-            for (int k = 0; k < TILE / 8; k++) {
-                long long i = ct * TILE + ty + 8 * k;
-                long long w = wt * TILE + tx;
+            for (int m = 0; m < 2; m++) {
+                int4 g4 = reinterpret_cast<const int4 *>(gIdx + i0)[m];
+                groups[4 * m] = g4.x;
+                groups[4 * m + 1] = g4.y;
+                groups[4 * m + 2] = g4.z;
+                groups[4 * m + 3] = g4.w;
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; j++) groups[j] = j < width ? gIdx[i0 + j] : 0;
+        }
+        bool oneGroup = width > 0;
+#pragma unroll
+        for (int j = 1; j < 8; j++) oneGroup = oneGroup && (j >= width || groups[j] == groups[0]);
+        for (long long wt = blockIdx.y; wt < wordTiles; wt += gridDim.y) {
+            uint32_t loaded[AWQ_COLS * AWQ_WORDS / 256];
+#pragma unroll
+            for (int k = 0; k < AWQ_COLS * AWQ_WORDS / 256; k++) {
+                long long i = ct * AWQ_COLS + loadCol + 32 * k;
+                long long w = wt * AWQ_WORDS + loadWord;
                 loaded[k] = i < cols && w < wordCols ? words[i * wordCols + w] : 0u;
             }
-            /* this thread's columns i0..i0+7 (those below cols) and their groups */
-            long long i0 = ct * TILE + 8 * t;
-            int width = cols - i0 >= 8 ? 8 : cols > i0 ? (int)(cols - i0) : 0;
-            bool whole = width == 8 && (cols & 7) == 0; /* 8 columns, 16-byte aligned in out */
-            int groups[8];
-            bool oneGroup = width > 0;
-            if (whole) { /* 16-byte loads: i0 is a multiple of 8 */
+            /* warp wy decodes word column w of the tile: rows 8 * (firstWord + w) + c, c < 8 */
+            long long w = wt * AWQ_WORDS + wy;
+            long long rowBase = (firstWord + w) << 3;
+            int zk[8];
+            float sk[8];
 #pragma unroll
-                for (int m = 0; m < 2; m++) {
-                    int4 g4 = reinterpret_cast<const int4 *>(gIdx + i0)[m];
-                    groups[4 * m] = g4.x;
-                    groups[4 * m + 1] = g4.y;
-                    groups[4 * m + 2] = g4.z;
-                    groups[4 * m + 3] = g4.w;
-                }
-            } else {
-#pragma unroll
-                for (int j = 0; j < 8; j++) groups[j] = j < width ? gIdx[i0 + j] : 0;
-            }
-#pragma unroll
-            for (int j = 1; j < 8; j++) oneGroup = oneGroup && (j >= width || groups[j] == groups[0]);
-            int zk[TILE / 8];
-            float sk[TILE / 8];
-#pragma unroll
-            for (int k = 0; k < TILE / 8; k++) {
-                long long row = ((firstWord + wt * TILE + ty + 8 * k) << 3) + c;
-                bool load = oneGroup && row >= row0 && row < row0 + rowCount;
+            for (int c = 0; c < 8; c++) {
+                long long row = rowBase + c;
+                bool load = oneGroup && w < wordCols && row >= row0 && row < row0 + rowCount;
                 long long kk = load ? (long long)groups[0] * rows + row : 0;
-                zk[k] = load ? zeros[kk] : 0;
-                sk[k] = load ? scales[kk] : 0.0f;
+                zk[c] = load ? zeros[kk] : 0;
+                sk[c] = load ? scales[kk] : 0.0f;
             }
 #pragma unroll
-            for (int k = 0; k < TILE / 8; k++) sh[ty + 8 * k][tx] = loaded[k];
+            for (int k = 0; k < AWQ_COLS * AWQ_WORDS / 256; k++) sh[loadWord][loadCol + 32 * k] = loaded[k];
             __syncthreads();
+            if (width > 0 && w < wordCols) {
+                uint4 lo = *reinterpret_cast<const uint4 *>(&sh[wy][8 * lane]);
+                uint4 hi = *reinterpret_cast<const uint4 *>(&sh[wy][8 * lane + 4]);
+                uint32_t word[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
-            for (int k = 0; k < TILE / 8; k++) {
-                int wx = ty + 8 * k;
-                long long w = wt * TILE + wx;
-                long long row = ((firstWord + w) << 3) + c;
-                if (width > 0 && w < wordCols && row >= row0 && row < row0 + rowCount) {
+                for (int c = 0; c < 8; c++) {
+                    long long row = rowBase + c;
+                    if (row < row0 || row >= row0 + rowCount) continue;
+                    /* nibble of row 8w + c: {0, 4, 1, 5, 2, 6, 3, 7}[c] = (c >> 1) + 4 * (c & 1) */
+                    int shift = 4 * ((c >> 1) + 4 * (c & 1));
                     float v[8];
                     if (oneGroup) {
 #pragma unroll
-                        for (int j = 0; j < 8; j++) v[j] = packed_product((int)((sh[8 * t + j][wx] >> shift) & 15u), zk[k], sk[k]);
+                        for (int j = 0; j < 8; j++) v[j] = packed_product((int)((word[j] >> shift) & 15u), zk[c], sk[c]);
                     } else {
 #pragma unroll
                         for (int j = 0; j < 8; j++) {
                             long long kk = (long long)groups[j] * rows + row;
-                            v[j] = j < width ? packed_product((int)((sh[8 * t + j][wx] >> shift) & 15u), zeros[kk], scales[kk]) : 0.0f;
+                            v[j] = j < width ? packed_product((int)((word[j] >> shift) & 15u), zeros[kk], scales[kk]) : 0.0f;
                         }
                     }
                     T *dst = out + (row - row0) * cols + i0;
@@ -508,7 +521,7 @@ __device__ __forceinline__ void awq_tiles(const uint32_t *__restrict__ words, lo
         NAME(const uint32_t *__restrict__ words, long long rowCount, long long cols, long long row0, long long rows,   \
              const int *__restrict__ zeros, const float *__restrict__ scales, const int *__restrict__ gIdx,            \
              T *__restrict__ out) {                                                                                    \
-        __shared__ uint32_t sh[TILE][TILE + 1];                                                                        \
+        __shared__ __align__(16) uint32_t sh[AWQ_WORDS][AWQ_COLS + AWQ_PAD];                                         \
         awq_tiles<FMT, T>(words, rowCount, cols, row0, rows, zeros, scales, gIdx, out, sh);                           \
     }
 LM_AWQ_DEQUANT_KERNEL(awq_dequant_bf16, LM_BF16, unsigned short)

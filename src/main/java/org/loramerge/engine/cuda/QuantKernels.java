@@ -111,7 +111,8 @@ public final class QuantKernels {
     public void awq(CudaStream s, FloatFormat fmt, Pointer words, long row0, long rowCount, long cols, long rows, Pointer zeros,
                     Pointer scales, Pointer gIdx, Pointer out) {
         long wordCols = (row0 + rowCount + 7) / 8 - row0 / 8;
-        launchTiles(s, "awq_dequant_" + type(fmt), (cols + TILE - 1) / TILE, (wordCols + TILE - 1) / TILE, Pointer.to(words),
+        // tiles of 256 columns x 8 word columns (quant.cu awq_tiles)
+        launchTiles(s, "awq_dequant_" + type(fmt), (cols + 255) / 256, (wordCols + 7) / 8, Pointer.to(words),
                 p(rowCount), p(cols), p(row0), p(rows), Pointer.to(zeros), Pointer.to(scales), Pointer.to(gIdx), Pointer.to(out));
     }
 
