@@ -175,43 +175,33 @@ extern "C" __global__ void nf4_decode_absmax(const unsigned char *__restrict__ c
 }
 
 /*
- * RUN (8 or 32) elements from element offset i of the range, (first + i) a multiple of RUN and of
- * nothing wider than the block: their RUN / 2 bytes of codes from packed + i / 2 in one load
- * (4 or 16 bytes, aligned), each value mul.ftz(value, scale) rounded once to D, stored 8 at a
- * time (a 16-byte store, two for F32). ftzScale is bnb_ftz(absmax of the block), computed once
- * for the run; every code book value is 0 or normal, so that bnb_ftz of it is itself and
+ * 8 elements from element offset i of the range, (first + i) a multiple of 8 and of nothing
+ * wider than the block: their 4 bytes of codes from packed + i / 2 in one load, each value
+ * mul.ftz(value, scale) rounded once to D, stored at once (one 16-byte store, two for F32), so a
+ * warp's store instruction covers 512 consecutive bytes. (Runs of 32 codes, four or eight stores a
+ * thread 64 bytes apart, ran the FP4 kernel at 0.38 of the copy's traffic against 0.46 with runs
+ * of 8: benchmarks/RESULTS.md.) ftzScale is bnb_ftz(absmax of the block), computed once for the
+ * run; every code book value is 0 or normal, so that bnb_ftz of it is itself and
  * bnb_ftz(value * ftzScale) is bnb_mul(value, absmax), bit for bit.
  */
-template <int FMT, typename T, int RUN>
+template <int FMT, typename T>
 __device__ __forceinline__ void fourbit_run(const unsigned char *__restrict__ packed, long long i, float ftzScale,
                                             const float *values, T *__restrict__ out) {
-    uint32_t words[4] = {0u, 0u, 0u, 0u};
-    if (RUN == 32) {
-        uint4 q = *reinterpret_cast<const uint4 *>(packed + (i >> 1));
-        words[0] = q.x;
-        words[1] = q.y;
-        words[2] = q.z;
-        words[3] = q.w;
-    } else {
-        words[0] = *reinterpret_cast<const uint32_t *>(packed + (i >> 1));
+    uint32_t word = *reinterpret_cast<const uint32_t *>(packed + (i >> 1));
+    uint32_t bits[8];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        uint32_t b = (word >> (8 * k)) & 0xffu;
+        bits[2 * k] = round_float<FMT>(bnb_ftz(__fmul_rn(values[b >> 4], ftzScale)));
+        bits[2 * k + 1] = round_float<FMT>(bnb_ftz(__fmul_rn(values[b & 15u], ftzScale)));
     }
-#pragma unroll
-    for (int m = 0; m < RUN / 8; m++) {
-        uint32_t bits[8];
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            uint32_t b = (words[m] >> (8 * k)) & 0xffu;
-            bits[2 * k] = round_float<FMT>(bnb_ftz(__fmul_rn(values[b >> 4], ftzScale)));
-            bits[2 * k + 1] = round_float<FMT>(bnb_ftz(__fmul_rn(values[b & 15u], ftzScale)));
-        }
-        T *o = out + i + 8 * m;
-        if (sizeof(T) == 2) {
-            *reinterpret_cast<uint4 *>(o) = make_uint4(bits[0] | (bits[1] << 16), bits[2] | (bits[3] << 16),
-                                                       bits[4] | (bits[5] << 16), bits[6] | (bits[7] << 16));
-        } else {
-            *reinterpret_cast<uint4 *>(o) = make_uint4(bits[0], bits[1], bits[2], bits[3]);
-            *reinterpret_cast<uint4 *>(o + 4) = make_uint4(bits[4], bits[5], bits[6], bits[7]);
-        }
+    T *o = out + i;
+    if (sizeof(T) == 2) {
+        *reinterpret_cast<uint4 *>(o) = make_uint4(bits[0] | (bits[1] << 16), bits[2] | (bits[3] << 16),
+                                                   bits[4] | (bits[5] << 16), bits[6] | (bits[7] << 16));
+    } else {
+        *reinterpret_cast<uint4 *>(o) = make_uint4(bits[0], bits[1], bits[2], bits[3]);
+        *reinterpret_cast<uint4 *>(o + 4) = make_uint4(bits[4], bits[5], bits[6], bits[7]);
     }
 }
 
@@ -221,12 +211,10 @@ __device__ __forceinline__ void fourbit_run(const unsigned char *__restrict__ pa
  *   stored the same way), mul.ftz(FP4[code], absmax) rounded once to D.
  *   Elements [first, first + count) of a weight: packed holds its bytes from first / 2 on,
  *   absmax the decoded absmax of EVERY block of the weight (index e / blocksize).
- *   out[i] = D bits of element first + i (out 16-byte aligned). When first is a multiple of 32
- *   (every row block of a Linear weight with 32 | cols), blocksize >= 32 and packed is 16-byte
- *   aligned, each thread turns 16 bytes of codes (one load) into 32 values with four 16-byte
- *   stores (eight for F32), the block's absmax read once (fourbit_run); the rest, and every
- *   range from a multiple of 8, in runs of 8 from a 4-byte word; then element by element.
- *   Grid-stride: a grid of ceil(count / 32 / 256) blocks (count / 8 when only 8 | first).
+ *   out[i] = D bits of element first + i (out 16-byte aligned). When first is a multiple of 8
+ *   (every row block of a Linear weight with 8 | cols), a thread takes runs of 8 elements from
+ *   a 4-byte word of codes, the block's absmax read once a run (fourbit_run); the rest element
+ *   by element. Grid-stride: a grid of ceil(count / 8 / 256) blocks (count when 8 does not divide first).
  */
 template <int FMT, typename T, bool FP4>
 __device__ __forceinline__ void nf4_dequant(const unsigned char *__restrict__ packed, long long first, long long count,
@@ -237,19 +225,11 @@ __device__ __forceinline__ void nf4_dequant(const unsigned char *__restrict__ pa
     long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long threads = (long long)gridDim.x * blockDim.x;
     long long vectorEnd = 0;
-    if ((first & 31) == 0 && blocksize >= 32 && (reinterpret_cast<unsigned long long>(packed) & 15) == 0) {
-        long long runs = count >> 5;
-        for (long long r = tid; r < runs; r += threads) {
-            long long i = r << 5;
-            fourbit_run<FMT, T, 32>(packed, i, bnb_ftz(absmax[(first + i) >> shift]), sVal, out); /* 32 | blocksize: one block */
-        }
-        vectorEnd = runs << 5;
-    }
     if ((first & 7) == 0) {
         long long runs = (count - vectorEnd) >> 3;
         for (long long r = tid; r < runs; r += threads) {
             long long i = vectorEnd + (r << 3);
-            fourbit_run<FMT, T, 8>(packed, i, bnb_ftz(absmax[(first + i) >> shift]), sVal, out); /* 8 | blocksize: one block */
+            fourbit_run<FMT, T>(packed, i, bnb_ftz(absmax[(first + i) >> shift]), sVal, out); /* 8 | blocksize: one block */
         }
         vectorEnd += runs << 3;
     }

@@ -92,27 +92,26 @@ __device__ __forceinline__ uint32_t scaled_bits(uint32_t b, float s, int product
 }
 
 /*
- * VEC (8 or 16) consecutive codes of one row, elements e.. at column c (a multiple of VEC; codes + e
- * and out + e aligned to VEC bytes and to 16 bytes), to D: one load of the codes, one 16-byte store
- * for every 8 values of 16-bit D (4 of F32). The run's scale group found once; when a group of
- * columns ends inside the run (groups narrower than VEC, or not a multiple of it), the scale is
- * switched there.
+ * VEC (4 or 8) consecutive codes of one row, elements e.. at column c (a multiple of VEC; codes + e
+ * aligned to VEC bytes, out + e to 16 bytes), to D: one load of the codes and ONE 16-byte store,
+ * VEC = 16 / sizeof(D) (8 values of 16-bit D, 4 of F32), so that the 32 threads of a warp store
+ * 512 consecutive bytes with each instruction. (Runs of 16 codes, two or four stores a thread 32
+ * or 64 bytes apart, halved the int8 kernel's rate: benchmarks/RESULTS.md.) The run's scale group
+ * found once; when a group of columns ends inside the run (groups narrower than VEC, or not a
+ * multiple of it), the scale is switched there.
  */
 template <int KIND, int FMT, bool F32P, int VEC, typename T>
 __device__ __forceinline__ void scaled_run(const unsigned char *__restrict__ codes, long long e, long long c,
                                            const float *__restrict__ rowScales, long long blockCols, int productFmt,
                                            T *__restrict__ out) {
-    uint32_t u[4] = {0u, 0u, 0u, 0u};
-    if (VEC == 16) {
-        uint4 q = *reinterpret_cast<const uint4 *>(codes + e);
-        u[0] = q.x;
-        u[1] = q.y;
-        u[2] = q.z;
-        u[3] = q.w;
-    } else {
+    static_assert(VEC * sizeof(T) == 16, "one 16-byte store a run");
+    uint32_t u[2] = {0u, 0u};
+    if (VEC == 8) {
         uint2 q = *reinterpret_cast<const uint2 *>(codes + e);
         u[0] = q.x;
         u[1] = q.y;
+    } else {
+        u[0] = *reinterpret_cast<const uint32_t *>(codes + e);
     }
     long long g = div_nonneg(c, blockCols);
     long long next = (g + 1) * blockCols; /* the first column of the next group */
@@ -132,16 +131,11 @@ __device__ __forceinline__ void scaled_run(const unsigned char *__restrict__ cod
             bits[k] = scaled_bits<KIND, FMT, F32P>((u[k >> 2] >> (8 * (k & 3))) & 0xffu, s, productFmt);
         }
     }
-#pragma unroll
-    for (int m = 0; m < VEC / 8; m++) {
-        const uint32_t *b = bits + 8 * m;
-        if (sizeof(T) == 2) {
-            *reinterpret_cast<uint4 *>(out + e + 8 * m) =
-                make_uint4(b[0] | (b[1] << 16), b[2] | (b[3] << 16), b[4] | (b[5] << 16), b[6] | (b[7] << 16));
-        } else {
-            *reinterpret_cast<uint4 *>(out + e + 8 * m) = make_uint4(b[0], b[1], b[2], b[3]);
-            *reinterpret_cast<uint4 *>(out + e + 8 * m + 4) = make_uint4(b[4], b[5], b[6], b[7]);
-        }
+    if (sizeof(T) == 2) {
+        *reinterpret_cast<uint4 *>(out + e) =
+            make_uint4(bits[0] | (bits[1] << 16), bits[2] | (bits[3] << 16), bits[4] | (bits[5] << 16), bits[6] | (bits[7] << 16));
+    } else {
+        *reinterpret_cast<uint4 *>(out + e) = make_uint4(bits[0], bits[1], bits[2], bits[3]);
     }
 }
 
@@ -150,10 +144,9 @@ __device__ __forceinline__ void scaled_run(const unsigned char *__restrict__ cod
  * blockRows >= rows and blockCols = cols, one a row with 1 x cols, one per group of columns with
  * 1 x g, 128 x 128 blocks; int8: 1 x cols, SCB). Elements [0, rowCount * cols) of the block,
  * rows row0.. of the weight; the scale of (row, col) is scales[(row / blockRows) * scaleCols +
- * col / blockCols]. A thread takes a run of VEC elements of one row (scaled_run): 16 when cols
- * is a multiple of 16 (a 16-byte load, two 16-byte stores for 16-bit D, four for F32), 8 when
- * it is a multiple of 8; otherwise one element. The row, column and scale row of a run are
- * computed once for its VEC elements. Grid-stride, any grid.
+ * col / blockCols]. A thread takes a run of VEC = 16 / sizeof(D) elements of one row (scaled_run:
+ * 8 for 16-bit D, 4 for F32) when cols is a multiple of VEC; otherwise one element. The row,
+ * column and scale row of a run are computed once for its VEC elements. Grid-stride, any grid.
  */
 template <int KIND, int FMT, bool F32P, int VEC, typename T>
 __device__ __forceinline__ void scaled_runs(const unsigned char *__restrict__ codes, long long rowCount, long long cols,
@@ -175,12 +168,9 @@ template <int KIND, int FMT, bool F32P, typename T>
 __device__ __forceinline__ void scaled_dequant(const unsigned char *__restrict__ codes, long long rowCount, long long cols,
                                                long long row0, const float *__restrict__ scales, long long blockRows,
                                                long long blockCols, long long scaleCols, int productFmt, T *__restrict__ out) {
-    if ((cols & 15) == 0) {
-        scaled_runs<KIND, FMT, F32P, 16, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols, scaleCols, productFmt, out);
-        return;
-    }
-    if ((cols & 7) == 0) {
-        scaled_runs<KIND, FMT, F32P, 8, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols, scaleCols, productFmt, out);
+    constexpr int VEC = 16 / sizeof(T);
+    if ((cols & (VEC - 1)) == 0) {
+        scaled_runs<KIND, FMT, F32P, VEC, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols, scaleCols, productFmt, out);
         return;
     }
     long long n = rowCount * cols;
@@ -199,7 +189,7 @@ __device__ __forceinline__ void scaled_dequant(const unsigned char *__restrict__
  *   An FP8 block (e4m3fn codes, e5m2 when e5m2 != 0) to D; productFmt LM_F32 (0 BF16, 1 F16, 2 F32,
  *   rounding.cuh's codes) for transformers' layout and e8m0 or fp32 scales, else the 16-bit scales' dtype.
  *   codes and out 16-byte aligned. 256 threads a block (built for 5 blocks an SM: 48 registers);
- *   grid: ceil(work / 256), work = n / 16 when cols % 16 == 0, n / 8 when cols % 8 == 0, else n;
+ *   grid: ceil(work / 256), work = n / VEC when cols % VEC == 0 (VEC = 8 for 16-bit D, 4 for F32), else n;
  *   a smaller grid strides.
  * int8_dequant_f32(codes, rowCount, cols, row0, scb, out)
  *   An LLM.int8 block to F32 with each row's SCB (scb of the whole weight). Launched as fp8_dequant.
@@ -417,87 +407,100 @@ LM_GPTQ_DEQUANT_KERNEL(gptq_dequant_f32, LM_F32, unsigned int)
  *   AWQ_ORDER). The host gathers the words that hold rows [row0, row0 + rowCount):
  *   words[i * wordCols + w], w < wordCols = ceil((row0 + rowCount) / 8) - floor(row0 / 8), word
  *   column floor(row0 / 8) + w; rows outside the block are skipped. zeros, scales and gIdx as
- *   gptq_dequant. A block of 32 x 8 threads takes tiles of 32 columns x 32 word columns, reads
- *   them along the word columns and transposes them in shared memory. Lane c * 4 + t of a warp
- *   then decodes nibble c of 8 words of one word column, columns 8t..8t+7 of the tile, into 8
- *   consecutive elements of one row, stored at once (a warp writes 8 rows of 32 elements); each
- *   thread does so for 4 word columns, with the same 8 columns: it reads their groups once and,
- *   when they are one group, the zero and scale of each of its 4 rows while the tile's words
- *   load. Launch: 32 x 8 threads (built for 4 blocks an SM), grid (ceil(cols / 32), ceil(wordCols /
- *   32)) (each at most 65535; a smaller grid strides).
+ *   gptq_dequant. A block of 32 x 8 threads takes tiles of AWQ_COLS (256) columns x 8 word
+ *   columns (64 rows): it reads each column's 8 words (32 bytes) at once and stores them in
+ *   shared memory by word column. Warp y then takes word column y of the tile: lane l decodes
+ *   columns 8l..8l+7 (two 16-byte shared loads) for each of the word's 8 rows, into 8
+ *   consecutive elements stored at once, so that each store instruction of a warp covers 512
+ *   consecutive bytes of one row (16-bit D). (Tiles of 32 columns x 32 word columns, a warp
+ *   writing 64 bytes of each of 8 rows, ran at 0.40 of the copy's traffic: benchmarks/RESULTS.md.)
+ *   A lane reads the groups of its 8 columns once a tile and, when they are one group, the zero
+ *   and scale of its 8 rows while the tile's words load. Launch: 32 x 8 threads (built for 4
+ *   blocks an SM), grid (ceil(cols / 256), ceil(wordCols / 8)) (each at most 65535; a smaller
+ *   grid strides).
  */
+#define AWQ_COLS 256
+#define AWQ_WORDS 8
+#define AWQ_PAD 4 /* row stride 260 words: the loads' stores hit 32 banks, and rows stay 16-byte aligned */
 template <int FMT, typename T>
 __device__ __forceinline__ void awq_tiles(const uint32_t *__restrict__ words, long long rowCount, long long cols, long long row0,
                                           long long rows, const int *__restrict__ zeros, const float *__restrict__ scales,
-                                          const int *__restrict__ gIdx, T *__restrict__ out, uint32_t (*sh)[TILE + 1]) {
+                                          const int *__restrict__ gIdx, T *__restrict__ out,
+                                          uint32_t (*sh)[AWQ_COLS + AWQ_PAD]) {
     long long firstWord = row0 >> 3;
     long long wordCols = ((row0 + rowCount + 7) >> 3) - firstWord;
-    long long colTiles = (cols + TILE - 1) / TILE;
-    long long wordTiles = (wordCols + TILE - 1) / TILE;
-    int tx = threadIdx.x;
-    int ty = threadIdx.y;
-    int c = tx >> 2;       /* the row in the word: 8w + c */
-    int t = tx & 3;        /* the columns 8t..8t+7 of the tile */
-    /* nibble of row 8w + c: {0, 4, 1, 5, 2, 6, 3, 7}[c] = (c >> 1) + 4 * (c & 1) */
-    int shift = 4 * ((c >> 1) + 4 * (c & 1));
+    long long colTiles = (cols + AWQ_COLS - 1) / AWQ_COLS;
+    long long wordTiles = (wordCols + AWQ_WORDS - 1) / AWQ_WORDS;
+    int lane = threadIdx.x;
+    int wy = threadIdx.y;
+    int flat = wy * 32 + lane;
+    int loadWord = flat & 7; /* the loads: 8 consecutive threads read one column's 8 words */
+    int loadCol = flat >> 3;
     for (long long ct = blockIdx.x; ct < colTiles; ct += gridDim.x) {
-        for (long long wt = blockIdx.y; wt < wordTiles; wt += gridDim.y) {
-            uint32_t loaded[TILE / 8];
+        /* this lane's columns i0..i0+7 (those below cols) and their groups: the same for every word tile */
+        long long i0 = ct * AWQ_COLS + 8 * lane;
+        int width = cols - i0 >= 8 ? 8 : cols > i0 ? (int)(cols - i0) : 0;
+        bool whole = width == 8 && (cols & 7) == 0; /* 8 columns, 16-byte aligned in out */
+        int groups[8];
+        if (whole) { /* 16-byte loads: i0 is a multiple of 8 */
 #pragma unroll
-            for (int k = 0; k < TILE / 8; k++) {
-                long long i = ct * TILE + ty + 8 * k;
-                long long w = wt * TILE + tx;
+            for (int m = 0; m < 2; m++) {
+                int4 g4 = reinterpret_cast<const int4 *>(gIdx + i0)[m];
+                groups[4 * m] = g4.x;
+                groups[4 * m + 1] = g4.y;
+                groups[4 * m + 2] = g4.z;
+                groups[4 * m + 3] = g4.w;
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; j++) groups[j] = j < width ? gIdx[i0 + j] : 0;
+        }
+        bool oneGroup = width > 0;
+#pragma unroll
+        for (int j = 1; j < 8; j++) oneGroup = oneGroup && (j >= width || groups[j] == groups[0]);
+        for (long long wt = blockIdx.y; wt < wordTiles; wt += gridDim.y) {
+            uint32_t loaded[AWQ_COLS * AWQ_WORDS / 256];
+#pragma unroll
+            for (int k = 0; k < AWQ_COLS * AWQ_WORDS / 256; k++) {
+                long long i = ct * AWQ_COLS + loadCol + 32 * k;
+                long long w = wt * AWQ_WORDS + loadWord;
                 loaded[k] = i < cols && w < wordCols ? words[i * wordCols + w] : 0u;
             }
-            /* this thread's columns i0..i0+7 (those below cols) and their groups */
-            long long i0 = ct * TILE + 8 * t;
-            int width = cols - i0 >= 8 ? 8 : cols > i0 ? (int)(cols - i0) : 0;
-            bool whole = width == 8 && (cols & 7) == 0; /* 8 columns, 16-byte aligned in out */
-            int groups[8];
-            bool oneGroup = width > 0;
-            if (whole) { /* 16-byte loads: i0 is a multiple of 8 */
+            /* warp wy decodes word column w of the tile: rows 8 * (firstWord + w) + c, c < 8 */
+            long long w = wt * AWQ_WORDS + wy;
+            long long rowBase = (firstWord + w) << 3;
+            int zk[8];
+            float sk[8];
 #pragma unroll
-                for (int m = 0; m < 2; m++) {
-                    int4 g4 = reinterpret_cast<const int4 *>(gIdx + i0)[m];
-                    groups[4 * m] = g4.x;
-                    groups[4 * m + 1] = g4.y;
-                    groups[4 * m + 2] = g4.z;
-                    groups[4 * m + 3] = g4.w;
-                }
-            } else {
-#pragma unroll
-                for (int j = 0; j < 8; j++) groups[j] = j < width ? gIdx[i0 + j] : 0;
-            }
-#pragma unroll
-            for (int j = 1; j < 8; j++) oneGroup = oneGroup && (j >= width || groups[j] == groups[0]);
-            int zk[TILE / 8];
-            float sk[TILE / 8];
-#pragma unroll
-            for (int k = 0; k < TILE / 8; k++) {
-                long long row = ((firstWord + wt * TILE + ty + 8 * k) << 3) + c;
-                bool load = oneGroup && row >= row0 && row < row0 + rowCount;
+            for (int c = 0; c < 8; c++) {
+                long long row = rowBase + c;
+                bool load = oneGroup && w < wordCols && row >= row0 && row < row0 + rowCount;
                 long long kk = load ? (long long)groups[0] * rows + row : 0;
-                zk[k] = load ? zeros[kk] : 0;
-                sk[k] = load ? scales[kk] : 0.0f;
+                zk[c] = load ? zeros[kk] : 0;
+                sk[c] = load ? scales[kk] : 0.0f;
             }
 #pragma unroll
-            for (int k = 0; k < TILE / 8; k++) sh[ty + 8 * k][tx] = loaded[k];
+            for (int k = 0; k < AWQ_COLS * AWQ_WORDS / 256; k++) sh[loadWord][loadCol + 32 * k] = loaded[k];
             __syncthreads();
+            if (width > 0 && w < wordCols) {
+                uint4 lo = *reinterpret_cast<const uint4 *>(&sh[wy][8 * lane]);
+                uint4 hi = *reinterpret_cast<const uint4 *>(&sh[wy][8 * lane + 4]);
+                uint32_t word[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
-            for (int k = 0; k < TILE / 8; k++) {
-                int wx = ty + 8 * k;
-                long long w = wt * TILE + wx;
-                long long row = ((firstWord + w) << 3) + c;
-                if (width > 0 && w < wordCols && row >= row0 && row < row0 + rowCount) {
+                for (int c = 0; c < 8; c++) {
+                    long long row = rowBase + c;
+                    if (row < row0 || row >= row0 + rowCount) continue;
+                    /* nibble of row 8w + c: {0, 4, 1, 5, 2, 6, 3, 7}[c] = (c >> 1) + 4 * (c & 1) */
+                    int shift = 4 * ((c >> 1) + 4 * (c & 1));
                     float v[8];
                     if (oneGroup) {
 #pragma unroll
-                        for (int j = 0; j < 8; j++) v[j] = packed_product((int)((sh[8 * t + j][wx] >> shift) & 15u), zk[k], sk[k]);
+                        for (int j = 0; j < 8; j++) v[j] = packed_product((int)((word[j] >> shift) & 15u), zk[c], sk[c]);
                     } else {
 #pragma unroll
                         for (int j = 0; j < 8; j++) {
                             long long kk = (long long)groups[j] * rows + row;
-                            v[j] = j < width ? packed_product((int)((sh[8 * t + j][wx] >> shift) & 15u), zeros[kk], scales[kk]) : 0.0f;
+                            v[j] = j < width ? packed_product((int)((word[j] >> shift) & 15u), zeros[kk], scales[kk]) : 0.0f;
                         }
                     }
                     T *dst = out + (row - row0) * cols + i0;
@@ -518,7 +521,7 @@ __device__ __forceinline__ void awq_tiles(const uint32_t *__restrict__ words, lo
         NAME(const uint32_t *__restrict__ words, long long rowCount, long long cols, long long row0, long long rows,   \
              const int *__restrict__ zeros, const float *__restrict__ scales, const int *__restrict__ gIdx,            \
              T *__restrict__ out) {                                                                                    \
-        __shared__ uint32_t sh[TILE][TILE + 1];                                                                        \
+        __shared__ __align__(16) uint32_t sh[AWQ_WORDS][AWQ_COLS + AWQ_PAD];                                         \
         awq_tiles<FMT, T>(words, rowCount, cols, row0, rows, zeros, scales, gIdx, out, sh);                           \
     }
 LM_AWQ_DEQUANT_KERNEL(awq_dequant_bf16, LM_BF16, unsigned short)

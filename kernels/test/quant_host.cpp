@@ -206,7 +206,8 @@ int main(int argc, char **argv) {
         unsigned int *o32 = (unsigned int *)out.data();
         if (kernel.rfind("fp8_", 0) == 0 || kernel == "int8_f32") {
             const unsigned char *codes = (const unsigned char *)staged.data();
-            long long work = cols % 16 == 0 ? rowCount * cols / 16 : cols % 8 == 0 ? rowCount * cols / 8 : rowCount * cols;
+            long long run = kernel == "int8_f32" || kernel == "fp8_f32" ? 4 : 8; /* 16 bytes of out a thread */
+            long long work = cols % run == 0 ? rowCount * cols / run : rowCount * cols;
             unsigned grid = grid_of((work + 255) / 256, 1u << 16, oneBlock);
             int e = (int)e5m2, p = (int)productFmt;
             if (kernel == "fp8_bf16") launch(grid, 1, 256, 1, [&] { fp8_dequant_bf16(codes, rowCount, cols, row0, s, blockRows, blockCols, scaleCols, e, p, o16); });
@@ -219,8 +220,8 @@ int main(int argc, char **argv) {
             std::string type = kernel.substr(kernel.find('_') + 1);
             long long tilesX, tilesY;
             if (awq) {
-                tilesX = (cols + 31) / 32;
-                tilesY = ((row0 + rowCount + 7) / 8 - row0 / 8 + 31) / 32;
+                tilesX = (cols + 255) / 256;
+                tilesY = ((row0 + rowCount + 7) / 8 - row0 / 8 + 7) / 8;
             } else {
                 tilesX = (rowCount + 31) / 32;
                 tilesY = (cols / (32 / bits) + 31) / 32;

@@ -26,6 +26,7 @@ using std::min;
 #define __restrict__
 #define __shared__ static
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 
 struct lm_dim3 {
     unsigned x, y, z;

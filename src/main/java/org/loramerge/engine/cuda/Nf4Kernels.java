@@ -88,10 +88,9 @@ public final class Nf4Kernels {
     /** {@link #dequant} of a weight in code book {@code book} (NF4 or FP4, stored alike). */
     public void dequant(CudaStream s, FourBitCode book, FloatFormat fmt, Pointer packed, long first, long count, Pointer absmax, int blocksize,
                         Pointer out) {
-        // from an element offset that is a multiple of 32 (blocksize >= 32) a thread takes 32 elements, from one of 8 it takes 8;
-        // the last few are taken in runs of 8 and one by one by the same threads
-        long threads = (first & 31) == 0 && blocksize >= 32 ? Math.max(count >> 5, count & 31)
-                : (first & 7) == 0 ? Math.max(count >> 3, count & 7) : count;
+        // from an element offset that is a multiple of 8 a thread takes runs of 8 elements (one 16-byte store of 16-bit out);
+        // the last few are taken one by one by the same threads
+        long threads = (first & 7) == 0 ? Math.max(count >> 3, count & 7) : count;
         launch(s, book.typeName() + "_dequant_" + type(fmt), strideGrid(threads), Pointer.to(packed), p(first), p(count), Pointer.to(absmax),
                 p((long) blocksize), Pointer.to(out));
     }

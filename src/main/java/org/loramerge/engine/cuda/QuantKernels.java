@@ -67,9 +67,13 @@ public final class QuantKernels {
         return Pointer.to(new int[] {v});
     }
 
-    /** The work items of fp8_dequant and int8_dequant: a run of 16 (or 8) elements a thread when rows are a multiple of 16 (8) long. */
-    private static long scaledWork(long rowCount, long cols) {
-        return cols % 16 == 0 ? rowCount * cols / 16 : cols % 8 == 0 ? rowCount * cols / 8 : rowCount * cols;
+    /**
+     * The work items of fp8_dequant and int8_dequant: a run of 16 bytes of output a thread (8
+     * elements of 16-bit {@code out}, 4 of F32) when rows are a multiple of that long, else one element.
+     */
+    private static long scaledWork(long rowCount, long cols, FloatFormat out) {
+        long run = out == FloatFormat.F32 ? 4 : 8;
+        return cols % run == 0 ? rowCount * cols / run : rowCount * cols;
     }
 
     /**
@@ -80,14 +84,14 @@ public final class QuantKernels {
      */
     public void fp8(CudaStream s, FloatFormat fmt, Pointer codes, long row0, long rowCount, long cols, Pointer scales, long blockRows,
                     long blockCols, long scaleCols, boolean e5m2, FloatFormat product, Pointer out) {
-        launch(s, "fp8_dequant_" + type(fmt), scaledWork(rowCount, cols), Pointer.to(codes), p(rowCount), p(cols), p(row0),
+        launch(s, "fp8_dequant_" + type(fmt), scaledWork(rowCount, cols, fmt), Pointer.to(codes), p(rowCount), p(cols), p(row0),
                 Pointer.to(scales), p(blockRows), p(blockCols), p(scaleCols), p(e5m2 ? 1 : 0), p(MergeKernels.code(product)),
                 Pointer.to(out));
     }
 
     /** Rows {@code [row0, row0 + rowCount)} of an LLM.int8 weight to F32 at {@code out}, with the whole weight's row scales {@code scb}. */
     public void int8(CudaStream s, Pointer codes, long row0, long rowCount, long cols, Pointer scb, Pointer out) {
-        launch(s, "int8_dequant_f32", scaledWork(rowCount, cols), Pointer.to(codes), p(rowCount), p(cols), p(row0), Pointer.to(scb),
+        launch(s, "int8_dequant_f32", scaledWork(rowCount, cols, FloatFormat.F32), Pointer.to(codes), p(rowCount), p(cols), p(row0), Pointer.to(scb),
                 Pointer.to(out));
     }
 
@@ -107,7 +111,8 @@ public final class QuantKernels {
     public void awq(CudaStream s, FloatFormat fmt, Pointer words, long row0, long rowCount, long cols, long rows, Pointer zeros,
                     Pointer scales, Pointer gIdx, Pointer out) {
         long wordCols = (row0 + rowCount + 7) / 8 - row0 / 8;
-        launchTiles(s, "awq_dequant_" + type(fmt), (cols + TILE - 1) / TILE, (wordCols + TILE - 1) / TILE, Pointer.to(words),
+        // tiles of 256 columns x 8 word columns (quant.cu awq_tiles)
+        launchTiles(s, "awq_dequant_" + type(fmt), (cols + 255) / 256, (wordCols + 7) / 8, Pointer.to(words),
                 p(rowCount), p(cols), p(row0), p(rows), Pointer.to(zeros), Pointer.to(scales), Pointer.to(gIdx), Pointer.to(out));
     }
 

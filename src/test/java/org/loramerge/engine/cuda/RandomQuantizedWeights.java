@@ -45,15 +45,16 @@ final class RandomQuantizedWeights {
                 new Spec("fp8-block", 256, 384, DType.F32, DType.F16, 128),
                 new Spec("fp8-block-ue8m0", 200, 256, DType.F8_E8M0, DType.BF16, 128),
                 new Spec("fp8-tensor", 64, 72, DType.F32, DType.F16, 0),
-                // compressed-tensors: the product rounded to the 16-bit scales' dtype first; groups of 12 end inside 16- and 8-element runs
+                // compressed-tensors: the product rounded to the 16-bit scales' dtype first; groups of 12 end inside 8- and 4-element runs
                 new Spec("fp8-channel", 48, 64, DType.BF16, DType.BF16, 0),
                 new Spec("fp8-channel-e5m2", 40, 96, DType.F16, DType.F32, 0),
                 new Spec("fp8-group", 56, 96, DType.F32, DType.F16, 12),
                 new Spec("fp8-group", 33, 60, DType.BF16, DType.BF16, 12),
                 new Spec("fp8-group", 24, 120, DType.F16, DType.F16, 12),
-                // int8 rows of 128 take 16-element runs, of 40 8-element ones, of 45 the element-wise path
+                // int8 (F32 out) rows of 128, 40 and 36 take 4-element runs, of 45 the element-wise path
                 new Spec("int8", 64, 128, DType.F32, DType.F32, 0),
                 new Spec("int8", 24, 40, DType.F32, DType.F32, 0),
+                new Spec("int8", 28, 36, DType.F32, DType.F32, 0),
                 new Spec("int8", 37, 45, DType.F32, DType.F32, 0),
                 new Spec("gptq-v1-4bit-actorder", 72, 96, DType.F16, DType.F16, 32),
                 new Spec("gptq-v2-8bit", 40, 64, DType.F16, DType.F16, 0),
@@ -65,7 +66,10 @@ final class RandomQuantizedWeights {
                 new Spec("awq", 136, 96, DType.BF16, DType.BF16, 32),
                 // groups ending inside a thread's 8 columns; rows of 44 end in 4 of them (element-wise stores), of 40 in a partial tile
                 new Spec("awq", 48, 44, DType.F16, DType.F16, 4),
-                new Spec("awq", 40, 40, DType.F32, DType.F32, 12));
+                new Spec("awq", 40, 40, DType.F32, DType.F32, 12),
+                // more than one tile of 256 columns: a partial one of 8, and one of 44 (ending in 4 columns)
+                new Spec("awq", 72, 520, DType.F16, DType.F16, 8),
+                new Spec("awq", 24, 300, DType.BF16, DType.BF16, 12));
     }
 
     /** Writes {@code spec}'s model folder (model.safetensors, config.json) into {@code dir}. */
