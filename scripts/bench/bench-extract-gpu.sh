@@ -10,7 +10,7 @@
 # The shortest call that measures extract on the 7B shape, GPU engine only (the two checkpoints made, the cache
 # warmed, cat once, extract once; no anchors, no CPU engine, no unmerge):
 #   run(command="SKIP_ANCHORS=1 bash scripts/bench/bench-extract-gpu.sh", carry=[".device", "target/loramerge-cli.jar"])
-# (EXTRACT_CPU, CPU_TARGET, SVDS_SWEEP and RUN_UNMERGE are off by default on llama-7b.) progress.log says how long
+# (EXTRACT_CPU, CPU_TARGET and RUN_UNMERGE are off by default on llama-7b; SVDS_SWEEP is "4 6" and UNMERGE_PAIR on.) progress.log says how long
 # each step took; the summary's timing line gives extract's own split, decomposeSvd being the SVDs' part of decompose.
 #
 # What it does
@@ -41,9 +41,14 @@
 #   so that the error ratio is the SVD's and not bf16's rounding of the factors), ANCHOR_LAYERS (0,15,31), SKIP_ANCHORS=1, REGEN=1,
 #   EXTRACT_CPU=1 (also time the CPU engine; default only for the tiny, 1gb and 3gb shapes),
 #   CPU_TARGET (e.g. q_proj: extract --target it --others report on both engines, the CPU engine's row where the whole
-#   model would not fit a device call), SVDS_SWEEP (e.g. "1 6": extract-cuda again with -Dloramerge.svds=N, the weights
-#   decomposed at once, one row each), RUN_UNMERGE=1 (then, the tuned model removed: a rank-16 adapter merged into the
-#   base and unmerged with --base, beside cp -r + sync of the base; the unmerged model's distance to the base in ulps).
+#   model would not fit a device call), SVDS_SWEEP (default "4 6"; "" for none: extract-cuda again with -Dloramerge.svds=N, the
+#   weights decomposed at once, one row each, beside the default 3; about 7 s a row on the 7B shape), RUN_UNMERGE=1 (then, the tuned model removed: a rank-16 adapter merged into the
+#   base and unmerged with --base, beside cp -r + sync of the base; the unmerged model's distance to the base in ulps;
+#   REPS times, interleaved), UNMERGE_PAIR (default 1; 0 skips it: in each rep after extract-cuda, cp -r + sync of the
+#   tuned model and `unmerge --merged tuned --adapter <the extracted adapter> --base base`, the distance report on every
+#   core, each with its sync; about 30 s a rep on the 7B shape by the RESULTS.md times).
+# Every row of the tables is the median of its REPS runs; cat and extract (and cp and unmerge) alternate within a rep so
+# that drift cancels.
 set -euo pipefail
 T0=$(date +%s.%N)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -54,7 +59,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --reps) REPS=$2; shift 2 ;;
     --reps=*) REPS=${1#*=}; shift ;;
-    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,51p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -125,6 +130,10 @@ run() {  # label, command...
   local label=$1; shift
   "$PY" scripts/bench/measure.py --label "$label" $GPU_FLAG --no-sync --log "$OUT/$label.log" --json-out "$OUT/runs.jsonl" -- "$@" >/dev/null
 }
+urun() {  # label, command... (with the sync after it, as a user waits for it)
+  local label=$1; shift
+  "$PY" scripts/bench/measure.py --label "$label" $GPU_FLAG --log "$OUT/$label.log" --json-out "$OUT/runs.jsonl" -- "$@" >/dev/null
+}
 : >"$OUT/runs.jsonl"
 for rep in $(seq 1 "$REPS"); do
   say "rep $rep: cat"
@@ -133,7 +142,7 @@ for rep in $(seq 1 "$REPS"); do
   rm -rf "$WORK/out-extract"
   run extract-cuda $LORAMERGE extract --base "$WORK/base" --tuned "$WORK/tuned" --out "$WORK/out-extract" --rank "$RANK" --device cuda \
     --json --quiet ${LM_ARGS:---dtype f32}
-  for n in ${SVDS_SWEEP:-}; do
+  for n in ${SVDS_SWEEP-4 6}; do
     say "rep $rep: extract on the GPU engine, $n SVDs at once"
     rm -rf "$WORK/out-extract-svds"
     # the knob reaches whichever java LORAMERGE runs (gpu-run.sh sets LORAMERGE to its own jar)
@@ -143,6 +152,17 @@ for rep in $(seq 1 "$REPS"); do
     unset JAVA_TOOL_OPTIONS
   done
   rm -rf "$WORK/out-extract-svds"
+  if [ "${UNMERGE_PAIR:-1}" != 0 ]; then
+    # unmerge on the same pair: the adapter just extracted taken out of the tuned model, --base measuring the distance
+    # (the report that reads three checkpoints, on every core), beside its floor cp -r + sync of the tuned model
+    say "rep $rep: cp -r + sync of the tuned model; unmerge --merged tuned --adapter (extracted) --base base"
+    rm -rf "$WORK/copy" "$WORK/out-unmerge"
+    urun cp-tuned cp -r "$WORK/tuned" "$WORK/copy"
+    rm -rf "$WORK/copy"
+    urun unmerge-pair $LORAMERGE unmerge --merged "$WORK/tuned" --adapter "$WORK/out-extract" --base "$WORK/base" \
+      --out "$WORK/out-unmerge" --device cuda --json --quiet
+    rm -rf "$WORK/out-unmerge"
+  fi
   if [ -n "$EXTRACT_CPU" ]; then
     say "rep $rep: extract on the CPU engine"
     rm -rf "$WORK/out-extract-cpu"
@@ -177,15 +197,13 @@ if [ -n "${RUN_UNMERGE:-}" ]; then
     --gen-device auto --force >>"$OUT/make_synthetic.log" 2>&1 || { tail -20 "$OUT/make_synthetic.log" >&2; exit 1; }
   sync
   cat "$WORK"/base/*.safetensors >/dev/null
-  urun() {  # label, command... (with the sync after it, as a user waits for it)
-    local label=$1; shift
-    "$PY" scripts/bench/measure.py --label "$label" $GPU_FLAG --log "$OUT/$label.log" --json-out "$OUT/runs.jsonl" -- "$@" >/dev/null
-  }
-  urun cp-base cp -r "$WORK/base" "$WORK/u/copy"
-  rm -rf "$WORK/u/copy"
-  urun merge-cuda $LORAMERGE merge --base "$WORK/base" --adapter "$WORK/u/adapter" --out "$WORK/u/merged" --device cuda --quiet
-  urun unmerge-cuda $LORAMERGE unmerge --merged "$WORK/u/merged" --adapter "$WORK/u/adapter" --base "$WORK/base" --out "$WORK/u/unmerged" \
-    --device cuda --json --quiet
+  for rep in $(seq 1 "$REPS"); do  # interleaved, so that drift cancels in the medians
+    urun cp-base cp -r "$WORK/base" "$WORK/u/copy"
+    rm -rf "$WORK/u/copy" "$WORK/u/merged" "$WORK/u/unmerged"
+    urun merge-cuda $LORAMERGE merge --base "$WORK/base" --adapter "$WORK/u/adapter" --out "$WORK/u/merged" --device cuda --quiet
+    urun unmerge-cuda $LORAMERGE unmerge --merged "$WORK/u/merged" --adapter "$WORK/u/adapter" --base "$WORK/base" --out "$WORK/u/unmerged" \
+      --device cuda --json --quiet
+  done
   rm -rf "$WORK/u"
 fi
 
@@ -219,7 +237,7 @@ print("| run | wall s (median) | x cat | peak RSS GB | peak GPU MiB (delta) | SV
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 floor = statistics.median(r["wall_s"] for r in by["cat"]) if "cat" in by else None
 for label, rs in by.items():
-    if label in ("cp-base", "merge-cuda", "unmerge-cuda"):
+    if label in ("cp-base", "merge-cuda", "unmerge-cuda", "cp-tuned", "unmerge-pair"):
         continue
     w = statistics.median(r["wall_s"] for r in rs)
     rss = max(r.get("peak_rss_tree_mb", 0) for r in rs) / 1e3
@@ -235,17 +253,25 @@ for label in by:
         print(f"{label} timing (s): " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in rep["timing"].items()))
 if not extract_cpu:
     print("| extract-cpu | skipped (EXTRACT_CPU=1 runs it; longer than one device call on the 7B shape) | - | - | - | - | - | - | - |")
-if "cp-base" in by:
-    cp = statistics.median(r["wall_s"] for r in by["cp-base"])
+for floor_label, labels, title in (
+        ("cp-tuned", ("cp-tuned", "unmerge-pair"), "unmerge of the extracted adapter from the tuned model (--base: the distance "
+         "report) beside cp -r + sync of the tuned model (each with its sync; the issue asks <= 1.1x):"),
+        ("cp-base", ("cp-base", "merge-cuda", "unmerge-cuda"), "unmerge beside the merge and cp -r + sync of the base (each with its sync):")):
+    if floor_label not in by:
+        continue
+    cp = statistics.median(r["wall_s"] for r in by[floor_label])
     print()
-    print("unmerge beside the merge and cp -r + sync of the base (each with its sync):")
-    print("| run | wall s | x cp | peak RSS GB | peak GPU MiB (delta) | rc |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for label in ("cp-base", "merge-cuda", "unmerge-cuda"):
-        for r in by.get(label, []):
-            print(f"| {label} | {r['wall_s']:.2f} | {r['wall_s'] / cp:.2f} | {r.get('peak_rss_tree_mb', 0) / 1e3:.2f} | "
-                  f"{r.get('peak_gpu_mem_delta_mb') or 0} | {r['rc']} |")
-    rep = report("unmerge-cuda")
+    print(title)
+    print("| run | wall s (median) | x cp | reps | peak RSS GB | peak GPU MiB (delta) | rc |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for label in labels:
+        rs = by.get(label, [])
+        if not rs:
+            continue
+        w = statistics.median(r["wall_s"] for r in rs)
+        print(f"| {label} | {w:.2f} | {w / cp:.2f} | {len(rs)} | {max(r.get('peak_rss_tree_mb', 0) for r in rs) / 1e3:.2f} | "
+              f"{max((r.get('peak_gpu_mem_delta_mb') or 0) for r in rs)} | {','.join(str(r['rc']) for r in rs)} |")
+    rep = report(labels[-1])
     d = (rep.get("distanceToBase") or rep.get("distance_to_base")) if rep else None
     if d:
         print("distance of the unmerged model to the original base: " + json.dumps(d)[:400])

@@ -29,10 +29,14 @@ public final class CholeskyQr {
 
         int cols();
 
-        /** YᵀY of the current Y, l×l (both triangles). */
+        /** YᵀY of the current Y, l×l (both triangles), on the host: the one step that waits for Y where it lives. */
         Matrix gram();
 
-        /** Overwrites Y by Y·R⁻¹, R l×l upper triangular with a nonzero diagonal. */
+        /**
+         * Overwrites Y by Y·R⁻¹, R l×l upper triangular with a nonzero diagonal. Where Y lives on a
+         * device this may only queue the solve there: the next {@link #gram} or {@link #download}
+         * sees its result, and R may be changed once it returns.
+         */
         void solveUpper(Matrix r);
 
         /** Y as it is now, on the host. */
@@ -57,6 +61,20 @@ public final class CholeskyQr {
      * or a Q that is not orthonormal to {@link #ORTHOGONALITY_TOLERANCE}), Y then holding garbage.
      */
     public static Optional<Matrix> factor(Tall y) {
+        return factor(y, true);
+    }
+
+    /**
+     * {@link #factor} where only Q is wanted (the randomized SVD's inner passes): Y holds Q when
+     * this returns true, and R is not formed (two l×l products on the host saved). False when the
+     * factorization broke down, Y then holding garbage.
+     */
+    public static boolean orthonormalize(Tall y) {
+        return factor(y, false).isPresent();
+    }
+
+    /** {@link #factor}, R = R₃·R₂·R₁ formed only where {@code accumulate}; else the last step's factor stands for it. */
+    private static Optional<Matrix> factor(Tall y, boolean accumulate) {
         int m = y.rows();
         int l = y.cols();
         if (l == 0 || m < l) {
@@ -81,7 +99,7 @@ public final class CholeskyQr {
                 return Optional.empty();
             }
             y.solveUpper(rs);
-            r = r == null ? rs : rs.multiply(r);
+            r = r == null || !accumulate ? rs : rs.multiply(r);
         }
         Matrix check = y.gram();
         for (int i = 0; i < l; i++) {

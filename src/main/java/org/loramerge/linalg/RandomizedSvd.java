@@ -130,15 +130,18 @@ public final class RandomizedSvd {
     /**
      * The algorithm of the class comment, its passes and QRs made by {@code a}, which keeps the
      * bases; each is given back as soon as the next pass has read it, and all of them on a failure.
+     * A release that fails after a pass failed (a device whose error is sticky fails every later
+     * call) is added to the pass's failure as suppressed, and the other basis is still given back.
      */
     private static <B> Svd sketch(Sketching<B> a, int rank, Options options) throws IOException {
         int m = a.rows();
         int n = a.cols();
         int k = Math.min(rank, Math.min(m, n));
         int l = Math.min(k + options.oversampling(), Math.min(m, n));
-        Matrix omega = omega(n, l, options.seed());
+        TestMatrix omega = new TestMatrix(n, l, options.seed());
         B q = null; // rows × l
         B z = null; // cols × l
+        Throwable failure = null;
         try {
             q = a.sketchBasis(omega);
             for (int it = 0; it < options.powerIterations(); it++) {
@@ -156,16 +159,52 @@ public final class RandomizedSvd {
             Svd core = Svd.of(qr.r().transpose());
             core = core.truncate(Math.min(k, core.rank())); // the columns kept are the same whether truncated before or after
             return new Svd(a.basisTimes(q, core.u()), core.sigma(), a.timesBasisTransposed(core.vt(), z));
+        } catch (Throwable e) {
+            failure = e;
+            throw e;
         } finally {
+            releaseAll(a, failure, z, q);
+        }
+    }
+
+    /**
+     * Gives back each basis that is not null, every one even where a release fails. With no {@code
+     * failure} being thrown, the first release failure is thrown (the others suppressed in it);
+     * else the release failures are suppressed in {@code failure}.
+     */
+    @SafeVarargs
+    private static <B> void releaseAll(Sketching<B> a, Throwable failure, B... bases) {
+        RuntimeException first = null;
+        for (B b : bases) {
+            if (b == null) {
+                continue;
+            }
             try {
-                if (z != null) {
-                    a.release(z);
-                }
-            } finally {
-                if (q != null) {
-                    a.release(q);
+                a.release(b);
+            } catch (RuntimeException e) {
+                if (failure != null) {
+                    failure.addSuppressed(e);
+                } else if (first == null) {
+                    first = e;
+                } else {
+                    first.addSuppressed(e);
                 }
             }
+        }
+        if (first != null) {
+            throw first;
+        }
+    }
+
+    /**
+     * The Gaussian test matrix Ω of a sketch, n×l from {@code seed} ({@link #gaussian}): the key that
+     * names it, so that passes which keep Ω elsewhere (a GPU's memory) can keep one copy of it for
+     * every weight of one shape instead of taking it again per weight, and its values on the host.
+     */
+    public record TestMatrix(int rows, int cols, long seed) {
+        /** Its values, n×l on the host; kept for the next weight of the same shape. Read only. */
+        public Matrix values() {
+            return omega(rows, cols, seed);
         }
     }
 
@@ -216,8 +255,8 @@ public final class RandomizedSvd {
         }
 
         @Override
-        public Matrix sketchBasis(Matrix omega) throws IOException {
-            return rangeBasis(omega);
+        public Matrix sketchBasis(RandomizedSvd.TestMatrix omega) throws IOException {
+            return rangeBasis(omega.values());
         }
 
         @Override

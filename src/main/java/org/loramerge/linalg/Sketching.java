@@ -9,7 +9,8 @@ import java.io.IOException;
  * the thin QR of the result, so an implementation keeps the tall product where it computed it and
  * hands back only its orthonormal basis, of type {@code B}, kept where the passes run: the next pass
  * takes it from there, and only the small matrices (Ω, the l×l factors R and the small SVD's
- * vectors) and the singular vectors at the end cross to the host. Every basis handed out is given
+ * vectors) and the singular vectors at the end cross to the host (Ω once per shape where the
+ * passes keep it, {@link RandomizedSvd.TestMatrix}). Every basis handed out is given
  * back once through {@link #release}, and not used after.
  *
  * @param <B> a basis of l orthonormal columns where the passes keep it (a host {@link Matrix}, or
@@ -26,8 +27,11 @@ public interface Sketching<B> {
     /** Columns of A. */
     int cols();
 
-    /** An orthonormal basis (rows × l) of the column span of A·Ω, Ω cols × l on the host: the Q of its thin QR. */
-    B sketchBasis(Matrix omega) throws IOException;
+    /**
+     * An orthonormal basis (rows × l) of the column span of A·Ω, Ω the test matrix (cols × l) that
+     * {@code omega} names: the Q of its thin QR.
+     */
+    B sketchBasis(RandomizedSvd.TestMatrix omega) throws IOException;
 
     /** An orthonormal basis (rows × l) of the column span of A·Z, Z a basis (cols × l) of these passes. */
     B rangeBasis(B z) throws IOException;

@@ -1,5 +1,6 @@
 package org.loramerge.linalg;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -36,6 +37,26 @@ class CholeskyQrTest {
         assertTrue(Spectra.orthonormalityError(q) < 1e-14, "QᵀQ − I: " + Spectra.orthonormalityError(q));
         assertUpperTriangular(r.get());
         assertTrue(relativeDistance(q.multiply(r.get()), y) < 1e-14, "Q·R = Y: " + relativeDistance(q.multiply(r.get()), y));
+    }
+
+    @Test
+    void orthonormalizingWithoutRGivesTheSameBasisBitForBitAsTheFullFactorization() {
+        for (Matrix y : new Matrix[] {Spectra.gaussian(500, 30, 1), Spectra.gaussian(60, 3, 3).multiply(Spectra.gaussian(3, 20, 4))}) {
+            CholeskyQr.HostTall full = new CholeskyQr.HostTall(y);
+            CholeskyQr.HostTall qOnly = new CholeskyQr.HostTall(y);
+            boolean factored = CholeskyQr.factor(full).isPresent();
+            assertEquals(factored, CholeskyQr.orthonormalize(qOnly), "both succeed or both break down");
+            if (factored) {
+                assertArrayEquals(full.download().data(), qOnly.download().data(), "the same Q: R's product is not part of it");
+            }
+        }
+        // an exactly zero column breaks both down, and both say so
+        Matrix zeroColumn = Spectra.gaussian(100, 10, 5);
+        for (int i = 0; i < 100; i++) {
+            zeroColumn.set(i, 4, 0);
+        }
+        assertTrue(CholeskyQr.factor(new CholeskyQr.HostTall(zeroColumn)).isEmpty());
+        assertTrue(!CholeskyQr.orthonormalize(new CholeskyQr.HostTall(zeroColumn)), "the breakdown is reported without R too");
     }
 
     @Test

@@ -6,8 +6,10 @@ import static org.junit.jupiter.api.Assertions.assertSame;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import java.io.IOException;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Optional;
 import java.util.function.IntToDoubleFunction;
 import java.util.stream.IntStream;
 import java.util.stream.Stream;
@@ -46,17 +48,30 @@ class SketchingTest {
      * breaks down, the bases kept as {@link HostBasis}; the pass numbered {@code failAt} (from 0, -1
      * for none) throws.
      */
-    private static final class CholeskyPasses implements Sketching<HostBasis> {
+    private static class CholeskyPasses implements Sketching<HostBasis> {
         private final Matrix a;
         private final int failAt;
         private final List<HostBasis> handedOut = new ArrayList<>();
         private int passes;
         private int held;
         private int mostHeld;
+        /** QRs whose CholeskyQR3 broke down, made by Householder's instead. */
+        private int fallbacks;
 
         CholeskyPasses(Matrix a, int failAt) {
             this.a = a;
             this.failAt = failAt;
+        }
+
+        /** The thin QR of {@code y} as the GPU engine makes it: CholeskyQR3, else Householder's, counted. */
+        private ThinQr qr(Matrix y) {
+            CholeskyQr.HostTall tall = new CholeskyQr.HostTall(y);
+            Optional<Matrix> r = CholeskyQr.factor(tall);
+            if (r.isPresent()) {
+                return new ThinQr(tall.download(), r.get());
+            }
+            fallbacks++;
+            return ThinQr.householder(y);
         }
 
         @Override
@@ -90,12 +105,12 @@ class SketchingTest {
 
         private HostBasis basisOf(Matrix y) {
             pass();
-            return handOut(CholeskyQr.of(new CholeskyQr.HostTall(y), () -> y).q());
+            return handOut(qr(y).q());
         }
 
         @Override
-        public HostBasis sketchBasis(Matrix omega) {
-            return basisOf(a.multiply(omega));
+        public HostBasis sketchBasis(RandomizedSvd.TestMatrix omega) {
+            return basisOf(a.multiply(omega.values()));
         }
 
         @Override
@@ -107,7 +122,7 @@ class SketchingTest {
         public Qr<HostBasis> transposeTimesQr(HostBasis q) {
             Matrix z = a.transposeMultiply(read(q));
             pass();
-            ThinQr qr = CholeskyQr.of(new CholeskyQr.HostTall(z), () -> z);
+            ThinQr qr = qr(z);
             return new Qr<>(handOut(qr.q()), qr.r());
         }
 
@@ -136,12 +151,14 @@ class SketchingTest {
 
     static Stream<Arguments> spectra() {
         return Stream.of(
-                Arguments.of("rank 32 plus small full-rank noise", (IntToDoubleFunction) i -> i < 32 ? 10.0 / (1 + i) : 0.01, 0),
-                Arguments.of("decay 1/sqrt(i)", (IntToDoubleFunction) i -> 1.0 / Math.sqrt(1 + i), 0),
-                Arguments.of("geometric 0.9^i (below roundoff past i = 350)", (IntToDoubleFunction) i -> Math.pow(0.9, i), 0),
-                Arguments.of("exactly rank 8 (the QRs fall back to Householder)", (IntToDoubleFunction) i -> i < 8 ? 1.0 / (1 + i) : 0, 0),
-                Arguments.of("rank 32 plus noise, every 5th column exactly zero", (IntToDoubleFunction) i -> i < 32 ? 10.0 / (1 + i) : 0.01, 5),
-                Arguments.of("exactly rank 8, every 3rd column exactly zero", (IntToDoubleFunction) i -> i < 8 ? 1.0 / (1 + i) : 0, 3));
+                Arguments.of("rank 32 plus small full-rank noise", (IntToDoubleFunction) i -> i < 32 ? 10.0 / (1 + i) : 0.01, 0, List.of()),
+                Arguments.of("decay 1/sqrt(i)", (IntToDoubleFunction) i -> 1.0 / Math.sqrt(1 + i), 0, List.of()),
+                Arguments.of("geometric 0.9^i (below roundoff past i = 350)", (IntToDoubleFunction) i -> Math.pow(0.9, i), 0, List.of()),
+                Arguments.of("exactly rank 8 (400x300: a QR falls back to Householder)", (IntToDoubleFunction) i -> i < 8 ? 1.0 / (1 + i) : 0, 0,
+                        List.of("400x300")),
+                Arguments.of("rank 32 plus noise, every 5th column exactly zero", (IntToDoubleFunction) i -> i < 32 ? 10.0 / (1 + i) : 0.01, 5, List.of()),
+                Arguments.of("exactly rank 8, every 3rd column exactly zero (a QR falls back)", (IntToDoubleFunction) i -> i < 8 ? 1.0 / (1 + i) : 0, 3,
+                        List.of("400x300", "300x400")));
     }
 
     /**
@@ -165,8 +182,8 @@ class SketchingTest {
 
     @ParameterizedTest(name = "{0}")
     @MethodSource("spectra")
-    void choleskyPassesGiveTheSameSingularValuesAndErrorAsTheHostPasses(String name, IntToDoubleFunction spectrum, int zeroEvery)
-            throws Exception {
+    void choleskyPassesGiveTheSameSingularValuesAndErrorAsTheHostPasses(String name, IntToDoubleFunction spectrum, int zeroEvery,
+                                                                        List<String> fallsBack) throws Exception {
         for (int[] shape : new int[][] {{400, 300}, {300, 400}}) {
             int m = shape[0];
             int n = shape[1];
@@ -180,6 +197,11 @@ class SketchingTest {
             RandomizedSvd.Result twin = RandomizedSvd.truncated(passes, host.frobeniusSquared(), r, options);
             String where = name + " " + m + "x" + n;
             passes.assertAllGivenBack(where);
+            if (fallsBack.contains(m + "x" + n)) {
+                assertTrue(passes.fallbacks > 0, where + ": a sketch of lower rank than its columns breaks CholeskyQR3 down, and Householder's QR makes the basis");
+            } else {
+                assertEquals(0, passes.fallbacks, where + ": every QR made by CholeskyQR3");
+            }
             assertTrue(passes.mostHeld <= 2, where + ": " + passes.mostHeld + " bases held at once");
             assertEquals(host.svd().rank(), twin.svd().rank(), where);
             double top = host.svd().sigma()[0];
@@ -224,6 +246,64 @@ class SketchingTest {
             passes.assertAllGivenBack("failing at pass " + failAt);
         } else {
             assertTrue(passes.handedOut.isEmpty(), "the first pass failed before any basis was handed out");
+        }
+    }
+
+    @ParameterizedTest(name = "pass {0}")
+    @MethodSource("failingPasses")
+    void aPassFailureOnADeviceWhoseReleasesThenFailIsThrownWithThemSuppressedAndEveryBasisGivenBack(int failAt) {
+        Matrix a = Spectra.withSpectrum(200, 150, Spectra.sigmas(200, 150, i -> 1.0 / (1 + i)), 5);
+        // releases succeed until the pass fails, then every one fails: the bases held then are given back all the same
+        CholeskyPasses passes = new CholeskyPasses(a, failAt) {
+            private boolean failing;
+
+            @Override
+            public HostBasis rangeBasis(HostBasis z) {
+                try {
+                    return super.rangeBasis(z);
+                } catch (PassFailed f) {
+                    failing = true;
+                    throw f;
+                }
+            }
+
+            @Override
+            public HostBasis coRangeBasis(HostBasis q) throws IOException {
+                try {
+                    return super.coRangeBasis(q);
+                } catch (PassFailed f) {
+                    failing = true;
+                    throw f;
+                }
+            }
+
+            @Override
+            public Qr<HostBasis> transposeTimesQr(HostBasis q) {
+                try {
+                    return super.transposeTimesQr(q);
+                } catch (PassFailed f) {
+                    failing = true;
+                    throw f;
+                }
+            }
+
+            @Override
+            public void release(HostBasis basis) {
+                super.release(basis);
+                if (failing) {
+                    throw new IllegalStateException("release after the device failed");
+                }
+            }
+        };
+        PassFailed e = assertThrows(PassFailed.class,
+                () -> RandomizedSvd.truncated(passes, a.frobeniusSquared(), 16, RandomizedSvd.Options.defaults(1)));
+        assertEquals("pass " + failAt + " failed", e.getMessage(), "the pass's failure, not a release's, is thrown");
+        if (failAt > 0) {
+            passes.assertAllGivenBack("failing at pass " + failAt);
+            assertTrue(e.getSuppressed().length > 0, "the failed release is kept beside the pass's failure");
+            for (Throwable s : e.getSuppressed()) {
+                assertSame(IllegalStateException.class, s.getClass());
+            }
         }
     }
 }

@@ -3,10 +3,14 @@ package org.loramerge.engine.cuda;
 import java.io.IOException;
 import java.nio.file.Paths;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.List;
 import java.util.Locale;
+import java.util.Map;
 import java.util.Set;
+import java.util.function.Consumer;
 import jcuda.CudaException;
+import jcuda.Sizeof;
 import jcuda.driver.CUcontext;
 import jcuda.driver.CUdevice;
 import jcuda.driver.JCudaDriver;
@@ -15,6 +19,7 @@ import jcuda.runtime.JCuda;
 import jcuda.runtime.cudaDeviceProp;
 import org.loramerge.engine.DeviceOutOfMemoryException;
 import org.loramerge.engine.DeviceUnavailableException;
+import org.loramerge.linalg.RandomizedSvd;
 
 /**
  * One GPU, opened for the engine: its primary context, the kernel modules of {@code kernels/}, a
@@ -37,6 +42,9 @@ public final class CudaDevice implements AutoCloseable {
     private final List<DeviceWorker> workers = new ArrayList<>();
     private final ThreadLocal<DeviceWorker> worker = new ThreadLocal<>();
     private final DevicePool pool = new DevicePool();
+    /** The randomized SVD's test matrices kept here ({@link #testMatrix}), by name; guarded by itself. */
+    private final Map<RandomizedSvd.TestMatrix, DeviceMemory> testMatrices = new HashMap<>();
+    private long testMatrixBytes;
     private MergeKernels merge;
     private CombineKernels combine;
     private ExtractKernels extract;
@@ -209,6 +217,45 @@ public final class CudaDevice implements AutoCloseable {
         return pool;
     }
 
+    /** Most test matrices kept ({@link #testMatrix}): extract's 7B shape has two, combine's modules a few ranks more. */
+    static final int MAX_TEST_MATRICES = 16;
+    /** Most bytes of test matrices kept: 13 of the largest (Ω of a 16384-wide weight at l = 74 is 9.7 MB). */
+    static final long MAX_TEST_MATRIX_BYTES = 128L << 20;
+
+    /**
+     * The randomized SVD's test matrix Ω that {@code omega} names, n×l row-major doubles in device
+     * memory, filled by {@code fill} on its first use (which must return once the values have
+     * landed there, as a copy on the caller's stream followed by a wait for it) and kept until the device
+     * closes, so that the many weights of one shape share one copy instead of each taking its
+     * own up (2.4 MB to 6.5 MB a weight on the 7B shape, with two waits of the worker's stream).
+     * Every stream may read it once this returns; it is never written to, and never given back
+     * before the device closes. Null where {@link #MAX_TEST_MATRICES} or {@link
+     * #MAX_TEST_MATRIX_BYTES} are already kept: the caller then uploads its own.
+     */
+    DeviceMemory testMatrix(RandomizedSvd.TestMatrix omega, Consumer<DeviceMemory> fill) {
+        long bytes = Math.max(1, (long) omega.rows() * omega.cols()) * Sizeof.DOUBLE;
+        synchronized (testMatrices) {
+            DeviceMemory m = testMatrices.get(omega);
+            if (m != null) {
+                return m;
+            }
+            if (testMatrices.size() >= MAX_TEST_MATRICES || testMatrixBytes + bytes > MAX_TEST_MATRIX_BYTES) {
+                return null;
+            }
+            // under the lock: a second thread that wants the same Ω waits for this upload rather than making its own
+            m = new DeviceMemory(bytes);
+            try {
+                fill.accept(m);
+            } catch (RuntimeException | Error e) {
+                m.close();
+                throw e;
+            }
+            testMatrices.put(omega, m);
+            testMatrixBytes += bytes;
+            return m;
+        }
+    }
+
     /** The kernels of kernels/round.cu. */
     MergeKernels merge() {
         return merge;
@@ -285,6 +332,12 @@ public final class CudaDevice implements AutoCloseable {
             }
         }
         pool.close();
+        synchronized (testMatrices) {
+            for (DeviceMemory m : testMatrices.values()) {
+                m.close();
+            }
+            testMatrices.clear();
+        }
         for (KernelModule m : modules) {
             m.close();
         }

@@ -3,6 +3,7 @@ package org.loramerge.engine.cuda;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.util.Optional;
+import java.util.function.Supplier;
 import jcuda.Pointer;
 import jcuda.Sizeof;
 import jcuda.jcublas.JCublas2;
@@ -41,9 +42,11 @@ import org.loramerge.plan.TensorSource;
  * CholeskyQr}: the Gram matrices by DGEMM and the triangular solves by DTRSM here, the l×l Cholesky
  * factors on the host), falling back to Householder's QR of the product on the host where that
  * breaks down (a ΔW of lower rank than the sketch). Each pass's basis stays here for the next
- * ({@link DeviceBasis}); what crosses to the host per weight is Ω on the way up, the l×l Gram
- * matrices and factors, and the singular vectors at the end (rows·k and k·cols doubles, made here
- * by one DGEMM each from the bases). The small SVD is the host's. The written
+ * ({@link DeviceBasis}), and Ω is the device's one copy per shape and seed ({@link
+ * CudaDevice#testMatrix}); what crosses to the host per weight is the l×l Gram matrices and
+ * factors (one wait of the stream per Gram matrix, none per triangular solve: {@link DeviceTall}),
+ * and the singular vectors at the end (rows·k and k·cols doubles, made here by one DGEMM each from
+ * the bases). The small SVD is the host's. The written
  * factors' error is a last DGEMM that subtracts U·Vᵀ from ΔW in place, and its row sums. Several
  * weights may be decomposed at once on different threads, each with its own stream and cuBLAS
  * handle, and each weight's bits are then the same as when it is decomposed alone: cuBLAS keeps its
@@ -87,6 +90,8 @@ final class CudaWeightDelta implements WeightDelta, Sketching<CudaWeightDelta.De
     /** Whether {@link #residualSquared} has subtracted the factors from ΔW. */
     private boolean consumed;
     private boolean closed;
+    /** {@link #householderFallbacks}; this ΔW is decomposed on one thread. */
+    private int householderFallbacks;
 
     private CudaWeightDelta(CudaDevice device, int rows, int cols, DeviceMemory delta, Runnable release, double deltaSquared) {
         this.device = device;
@@ -281,16 +286,28 @@ final class CudaWeightDelta implements WeightDelta, Sketching<CudaWeightDelta.De
     record DeviceBasis(DeviceMemory memory, int rows, int cols) {
     }
 
+    /**
+     * The basis of ΔW·Ω. Ω is the device's copy for this shape and seed ({@link CudaDevice#testMatrix}),
+     * taken up by the first weight of that shape only; where the device keeps no more test
+     * matrices, one of this call's own.
+     */
     @Override
-    public DeviceBasis sketchBasis(Matrix omega) {
+    public DeviceBasis sketchBasis(RandomizedSvd.TestMatrix omega) {
         if (omega.rows() != cols) {
-            throw new IllegalArgumentException("Ω " + omega.shape() + " does not fit a " + rows + "x" + cols + " ΔW");
+            throw new IllegalArgumentException("Ω " + omega.rows() + "x" + omega.cols() + " does not fit a " + rows + "x" + cols + " ΔW");
         }
         device.bindContext();
         DeviceWorker w = device.worker();
-        try (DeviceMemory dx = device.pool().take(Math.max(1, (long) omega.data().length) * Sizeof.DOUBLE)) {
-            upload(w, omega.data(), dx);
-            return product(w, dx, omega.cols(), false).q(); // returns with the stream idle: dx may go back
+        DeviceMemory kept = device.testMatrix(omega, m -> upload(w, omega.values().data(), m));
+        if (kept != null) {
+            return product(w, kept, omega.cols(), false, false).q();
+        }
+        double[] values = omega.values().data();
+        try (DeviceMemory dx = device.pool().take(Math.max(1, (long) values.length) * Sizeof.DOUBLE)) {
+            return waitingOnFailure(w, () -> {
+                upload(w, values, dx);
+                return product(w, dx, omega.cols(), false, false).q(); // returns with the stream idle: dx may go back
+            });
         }
     }
 
@@ -300,7 +317,17 @@ final class CudaWeightDelta implements WeightDelta, Sketching<CudaWeightDelta.De
             throw new IllegalArgumentException("a basis of " + z.rows() + " rows does not fit a " + rows + "x" + cols + " ΔW");
         }
         device.bindContext();
-        return product(device.worker(), z.memory(), z.cols(), false).q();
+        return product(device.worker(), z.memory(), z.cols(), false, false).q();
+    }
+
+    /** The basis of ΔWᵀ·Q without its R, which only the last pass needs (two l×l products on the host saved). */
+    @Override
+    public DeviceBasis coRangeBasis(DeviceBasis q) {
+        if (q.rows() != rows) {
+            throw new IllegalArgumentException("a basis of " + q.rows() + " rows does not fit a transposed " + rows + "x" + cols + " ΔW");
+        }
+        device.bindContext();
+        return product(device.worker(), q.memory(), q.cols(), true, false).q();
     }
 
     @Override
@@ -309,31 +336,63 @@ final class CudaWeightDelta implements WeightDelta, Sketching<CudaWeightDelta.De
             throw new IllegalArgumentException("a basis of " + q.rows() + " rows does not fit a transposed " + rows + "x" + cols + " ΔW");
         }
         device.bindContext();
-        return product(device.worker(), q.memory(), q.cols(), true);
+        return product(device.worker(), q.memory(), q.cols(), true, true);
     }
 
+    /**
+     * Waits for the worker's stream (nothing queued reads the basis any more) and gives its memory
+     * back to the pool, also where that wait fails (a sticky device error fails every later call:
+     * the memory is then of no use to anything queued, and the pool must not lose it).
+     */
     @Override
     public void release(DeviceBasis basis) {
-        device.bindContext();
-        device.worker().synchronize(); // nothing queued reads it any more before it goes back to the pool
-        basis.memory().close();
+        try {
+            device.bindContext();
+            device.worker().synchronize();
+        } finally {
+            basis.memory().close();
+        }
+    }
+
+    /** Times the CholeskyQR3 of a pass broke down and Householder's QR on the host made the basis instead (for the tests). */
+    int householderFallbacks() {
+        return householderFallbacks;
+    }
+
+    /**
+     * {@code work}, which queues reads of input buffers that the caller gives back to the pool as
+     * soon as it returns; where it fails, the worker's stream is waited for first, so that nothing
+     * still queued reads a buffer that another user takes next.
+     */
+    private static <T> T waitingOnFailure(DeviceWorker w, Supplier<T> work) {
+        try {
+            return work.get();
+        } catch (RuntimeException | Error e) {
+            synchronizeQuietly(w);
+            throw e;
+        }
     }
 
     /**
      * The thin QR of ΔW·X ({@code transpose} false; X cols×l) or ΔWᵀ·X (true; X rows×l), X in
      * device memory: the product formed here and factored in place by CholeskyQR3 into a new basis
-     * here, R on the host; where that breaks down, Householder's QR of the product on the host, its
-     * Q copied up into the basis. Returns with the worker's stream idle.
+     * here, R on the host where {@code wantR} (else null); where that breaks down, Householder's QR
+     * of the product on the host, its Q copied up into the basis. Returns with the worker's stream
+     * idle.
      */
-    private Qr<DeviceBasis> product(DeviceWorker w, DeviceMemory x, int l, boolean transpose) {
+    private Qr<DeviceBasis> product(DeviceWorker w, DeviceMemory x, int l, boolean transpose, boolean wantR) {
         int inRows = transpose ? rows : cols;
         int outRows = transpose ? cols : rows;
         long outBytes = (long) outRows * l * Sizeof.DOUBLE;
         DeviceMemory y = device.pool().take(outBytes);
         DeviceMemory q = null;
+        DeviceMemory g = null;
+        DeviceMemory r = null;
         boolean done = false;
         try {
             q = device.pool().take(outBytes);
+            g = device.pool().take((long) l * l * Sizeof.DOUBLE);
+            r = device.pool().take((long) l * l * Sizeof.DOUBLE);
             // row-major [r, c] is column-major [c, r]: the products are formed as their transposes
             if (transpose) {
                 // Zᵀ (l×cols) = Xᵀ (l×rows) · ΔW (ΔW's column-major form is ΔWᵀ, taken transposed)
@@ -345,14 +404,22 @@ final class CudaWeightDelta implements WeightDelta, Sketching<CudaWeightDelta.De
                         delta.pointer(), cols, zero(), y.pointer(), l);
             }
             JCuda.cudaMemcpyAsync(q.pointer(), y.pointer(), outBytes, cudaMemcpyKind.cudaMemcpyDeviceToDevice, w.stream().runtime());
-            Optional<Matrix> r = CholeskyQr.factor(new DeviceTall(w, q, outRows, l)); // returns after fetching a Gram matrix: stream idle
-            Matrix factorR;
-            if (r.isPresent()) {
-                factorR = r.get();
+            DeviceTall tall = new DeviceTall(w, q, outRows, l, g, r);
+            // both return after fetching a Gram matrix (the last thing queued): the stream is idle
+            Matrix factorR = null;
+            boolean factored;
+            if (wantR) {
+                Optional<Matrix> f = CholeskyQr.factor(tall);
+                factored = f.isPresent();
+                factorR = f.orElse(null);
             } else {
+                factored = CholeskyQr.orthonormalize(tall);
+            }
+            if (!factored) {
+                householderFallbacks++;
                 ThinQr h = ThinQr.householder(fetch(w, y, outRows, l));
                 upload(w, h.q().data(), q);
-                factorR = h.r();
+                factorR = wantR ? h.r() : null;
             }
             done = true;
             return new Qr<>(new DeviceBasis(q, outRows, l), factorR);
@@ -361,11 +428,18 @@ final class CudaWeightDelta implements WeightDelta, Sketching<CudaWeightDelta.De
                 synchronizeQuietly(w); // what the stream still has queued reads these buffers: let it finish before they go back
             }
             y.close();
+            if (g != null) {
+                g.close();
+            }
+            if (r != null) {
+                r.close();
+            }
             if (!done && q != null) {
                 q.close();
             }
         }
     }
+
 
     /** After a failure: waits for the worker's stream, the failure being thrown saying more than this one would. */
     private static void synchronizeQuietly(DeviceWorker w) {
@@ -384,8 +458,10 @@ final class CudaWeightDelta implements WeightDelta, Sketching<CudaWeightDelta.De
         device.bindContext();
         DeviceWorker w = device.worker();
         try (DeviceMemory dc = device.pool().take(Math.max(1, (long) c.data().length) * Sizeof.DOUBLE)) {
-            upload(w, c.data(), dc);
-            return multiply(w, q.memory(), q.rows(), q.cols(), dc, c.cols(), false);
+            return waitingOnFailure(w, () -> {
+                upload(w, c.data(), dc);
+                return multiply(w, q.memory(), q.rows(), q.cols(), dc, c.cols(), false);
+            });
         }
     }
 
@@ -397,8 +473,10 @@ final class CudaWeightDelta implements WeightDelta, Sketching<CudaWeightDelta.De
         device.bindContext();
         DeviceWorker w = device.worker();
         try (DeviceMemory dc = device.pool().take(Math.max(1, (long) c.data().length) * Sizeof.DOUBLE)) {
-            upload(w, c.data(), dc);
-            return multiply(w, dc, c.rows(), c.cols(), q.memory(), q.rows(), true);
+            return waitingOnFailure(w, () -> {
+                upload(w, c.data(), dc);
+                return multiply(w, dc, c.rows(), c.cols(), q.memory(), q.rows(), true);
+            });
         }
     }
 
@@ -421,18 +499,35 @@ final class CudaWeightDelta implements WeightDelta, Sketching<CudaWeightDelta.De
         }
     }
 
-    /** A tall row-major matrix on the device, for {@link CholeskyQr}: its Gram matrix by DGEMM, Y·R⁻¹ by DTRSM. */
+    /**
+     * A tall row-major matrix on the device, for {@link CholeskyQr}: its Gram matrix by DGEMM, Y·R⁻¹
+     * by DTRSM, with one wait of the worker's stream per Gram matrix and none per solve. The Gram
+     * matrix comes down through the first l² doubles of the worker's page-locked buffer and R goes
+     * up through the next l², each into a device buffer of its own ({@code g}, {@code r}) that the
+     * caller gives back once the stream is idle. A solve only queues R's copy and the DTRSM: the
+     * copy reads its half of the page-locked buffer before anything queued after it, and the host
+     * writes that half again only in the next solve, after a Gram matrix's wait, so nothing reads
+     * an R that is being replaced. (Before, each solve waited for the stream three times: twice in
+     * the upload of R and once after the DTRSM; CholeskyQR3 with its check made 17 waits a QR, now 4.)
+     */
     private final class DeviceTall implements CholeskyQr.Tall {
         private final DeviceWorker w;
         private final DeviceMemory y;
         private final int m;
         private final int l;
+        private final DeviceMemory g;
+        private final DeviceMemory r;
+        /** Whether the page-locked buffer holds both l×l matrices; else R goes up by {@link #upload}, with its waits. */
+        private final boolean staged;
 
-        DeviceTall(DeviceWorker w, DeviceMemory y, int m, int l) {
+        DeviceTall(DeviceWorker w, DeviceMemory y, int m, int l, DeviceMemory g, DeviceMemory r) {
             this.w = w;
             this.y = y;
             this.m = m;
             this.l = l;
+            this.g = g;
+            this.r = r;
+            this.staged = 2L * l * l * Sizeof.DOUBLE <= w.hostIn().sizeInBytes();
         }
 
         @Override
@@ -447,23 +542,26 @@ final class CudaWeightDelta implements WeightDelta, Sketching<CudaWeightDelta.De
 
         @Override
         public Matrix gram() {
-            try (DeviceMemory g = device.pool().take((long) l * l * Sizeof.DOUBLE)) {
-                // Y's column-major form is Yᵀ (l×m): G = Yᵀ·(Yᵀ)ᵀ
-                JCublas2.cublasDgemm(w.cublas(), cublasOperation.CUBLAS_OP_N, cublasOperation.CUBLAS_OP_T, l, l, m, one(), y.pointer(), l,
-                        y.pointer(), l, zero(), g.pointer(), l);
-                return fetch(w, g, l, l); // symmetric: the column-major G read row-major is Gᵀ, the same
-            }
+            // Y's column-major form is Yᵀ (l×m): G = Yᵀ·(Yᵀ)ᵀ
+            JCublas2.cublasDgemm(w.cublas(), cublasOperation.CUBLAS_OP_N, cublasOperation.CUBLAS_OP_T, l, l, m, one(), y.pointer(), l,
+                    y.pointer(), l, zero(), g.pointer(), l);
+            return fetch(w, g, l, l); // symmetric: the column-major G read row-major is Gᵀ, the same
         }
 
         @Override
-        public void solveUpper(Matrix r) {
-            try (DeviceMemory dr = device.pool().take((long) l * l * Sizeof.DOUBLE)) {
-                upload(w, r.data(), dr);
-                // (Y·R⁻¹)ᵀ = R⁻ᵀ·Yᵀ: solve Rᵀ·Z = Yᵀ from the left; R row-major read column-major is Rᵀ, lower triangular
-                JCublas2.cublasDtrsm(w.cublas(), cublasSideMode.CUBLAS_SIDE_LEFT, cublasFillMode.CUBLAS_FILL_MODE_LOWER,
-                        cublasOperation.CUBLAS_OP_N, cublasDiagType.CUBLAS_DIAG_NON_UNIT, l, m, one(), dr.pointer(), l, y.pointer(), l);
-                w.synchronize(); // before dr goes back to the pool
+        public void solveUpper(Matrix rh) {
+            if (staged) {
+                long bytes = (long) l * l * Sizeof.DOUBLE;
+                PinnedMemory host = w.hostIn();
+                host.buffer().position((int) bytes).asDoubleBuffer().put(rh.data(), 0, l * l);
+                JCuda.cudaMemcpyAsync(r.pointer(), host.pointer().withByteOffset(bytes), bytes, cudaMemcpyKind.cudaMemcpyHostToDevice,
+                        w.stream().runtime());
+            } else {
+                upload(w, rh.data(), r);
             }
+            // (Y·R⁻¹)ᵀ = R⁻ᵀ·Yᵀ: solve Rᵀ·Z = Yᵀ from the left; R row-major read column-major is Rᵀ, lower triangular
+            JCublas2.cublasDtrsm(w.cublas(), cublasSideMode.CUBLAS_SIDE_LEFT, cublasFillMode.CUBLAS_FILL_MODE_LOWER,
+                    cublasOperation.CUBLAS_OP_N, cublasDiagType.CUBLAS_DIAG_NON_UNIT, l, m, one(), r.pointer(), l, y.pointer(), l);
         }
 
         @Override
@@ -549,7 +647,9 @@ final class CudaWeightDelta implements WeightDelta, Sketching<CudaWeightDelta.De
             w.synchronize();
             host.buffer().asDoubleBuffer().get(d, from, n);
         }
-        w.synchronize(); // r·c = 0: still after what the stream has queued
+        if (d.length == 0) {
+            w.synchronize(); // still after what the stream has queued (each piece above waited for it)
+        }
         return Matrix.wrap(r, c, d);
     }
 
