@@ -48,13 +48,15 @@ import org.openjdk.jmh.annotations.Warmup;
  *   <li>{@link #selectionPass}: one pass of the top-D selection by magnitude of ties and
  *       magnitude_prune ({@code combine_histogram} of every adapter over the whole weight, the first
  *       pass's 16 bits of the key), the device alone;</li>
- *   <li>{@link #selection}: the whole selection as the engine runs it on a weight
+ *   <li>{@link #selection}: the whole selection as {@code combine}'s SVD path runs it on a weight
  *       ({@link DeviceCombination#countSelection} over the whole weight, each pass's histograms read
- *       back and the cut narrowed on the host, until every adapter's cut is known);</li>
+ *       back and the cut narrowed on the host, until every adapter's cut is known; a merge counts
+ *       the same passes block by block);</li>
  *   <li>{@link #tiesRound}: TIES once the cuts are known, the trim, sign election, disjoint mean,
  *       W + Δ and its rounding to BF16 in one kernel ({@code combine_round_bf16}), over the whole weight
  *       in the engine's row blocks (a worker's block of {@link Backend#DEFAULT_BLOCK_BYTES} of output),
- *       W already on the device;</li>
+ *       W already on the device (one block of random BF16 values in the worker's input, read by
+ *       every block: the upload the engine does per block is not timed);</li>
  *   <li>{@link #dareTiesRound}: the same for dare_ties, whose random masks (DARE's keyed hash of each
  *       element) the kernel draws inline: there is no separate mask kernel;</li>
  *   <li>{@link #tiesDelta}: Δ of TIES alone into a float64 matrix of the whole weight
@@ -107,6 +109,20 @@ public class CudaCombineBenchmark {
 
     @Setup(Level.Trial)
     public void setUp() throws Exception {
+        try {
+            prepare();
+        } catch (Exception | Error e) {
+            // JMH runs no tear-down after a failed set-up: give back what was taken (the device, the temporary files) here
+            try {
+                tearDown();
+            } catch (Exception | Error x) {
+                e.addSuppressed(x);
+            }
+            throw e;
+        }
+    }
+
+    private void prepare() throws Exception {
         int[] s = Synthetic.shape(shape);
         rows = s[0];
         cols = s[1];
@@ -148,6 +164,8 @@ public class CudaCombineBenchmark {
             w[i] = (short) bf16.encode(bf16.round(0.02 * rnd.nextGaussian()));
         }
         JCuda.cudaMemcpy(worker.input().pointer(), Pointer.to(w), (long) w.length * Sizeof.SHORT, cudaMemcpyKind.cudaMemcpyHostToDevice);
+        // a copy from pageable memory may return before its DMA lands, and the worker's stream does not wait for the legacy stream
+        JCuda.cudaDeviceSynchronize();
     }
 
     private static CombinedUpdate spec(CombineMethod m, List<TermSpec> terms) throws Exception {
@@ -227,7 +245,7 @@ public class CudaCombineBenchmark {
     private void roundAll(DeviceCombination c) {
         for (int i = 0; i < REPEAT; i++) {
             for (int r0 = 0; r0 < rows; r0 += blockRows) {
-                worker.combineRound(c.uAll(), c.vtAll(), c.ip(), c.dp(), bf16, r0, Math.min(blockRows, rows - r0), cols);
+                c.queueRound(worker, bf16, r0, Math.min(blockRows, rows - r0));
             }
         }
         worker.synchronize();
@@ -253,9 +271,21 @@ public class CudaCombineBenchmark {
                     c.close();
                 }
             }
-            device.close();
+            ties = dareTies = open = null;
+            delta = null;
+            CudaDevice d = device;
+            device = null;
+            d.close();
         }
-        file.close();
-        Synthetic.delete(dir);
+        if (file != null) {
+            SafetensorsFile f = file;
+            file = null;
+            f.close();
+        }
+        if (dir != null) {
+            Path d = dir;
+            dir = null;
+            Synthetic.delete(d);
+        }
     }
 }

@@ -10,6 +10,7 @@ import jcuda.runtime.cudaStream_t;
 import org.loramerge.engine.DenseCombination;
 import org.loramerge.engine.LowRankTerm;
 import org.loramerge.engine.TopSelection;
+import org.loramerge.format.FloatFormat;
 import org.loramerge.plan.Combination;
 
 /**
@@ -22,9 +23,9 @@ import org.loramerge.plan.Combination;
  * task-arithmetic family ({@link CudaDenseMerge}) and the SVD of PEFT's {@code _svd} methods
  * ({@link CudaWeightDelta#ofCombination}).
  *
- * <p>Public, with its constructor, the kernels' parameters ({@link #uAll} ... {@link #dp}), the
- * selection's steps, {@link #queueHistograms} and {@link #queueDelta}, only so that the JMH
- * benchmark of these kernels (benchmarks/, CudaCombineBenchmark) can run them with the data
+ * <p>Public, with its constructor, the selection's steps and the three launches ({@link
+ * #queueHistograms}, {@link #queueRound}, {@link #queueDelta}), only so that the JMH benchmark of
+ * these kernels (benchmarks/, CudaCombineBenchmark) runs the engine's own launch code with the data
  * already on the device; the engine reaches it through {@link CudaDenseMerge} and
  * {@link CudaWeightDelta}.
  */
@@ -144,23 +145,6 @@ public final class DeviceCombination implements AutoCloseable {
         return dense;
     }
 
-    /** The parameters of kernels/combine.cu, in its order: U_all, Vt_all, ip, dp. */
-    public DeviceMemory uAll() {
-        return uAll;
-    }
-
-    public DeviceMemory vtAll() {
-        return vtAll;
-    }
-
-    public DeviceMemory ip() {
-        return ip;
-    }
-
-    public DeviceMemory dp() {
-        return dp;
-    }
-
     /**
      * Counts rows {@code [row0, row0 + rowCount)} for the current selection pass, on the calling
      * thread's worker (or on the host for a tie pass); blocks of one pass may come from several threads.
@@ -208,6 +192,16 @@ public final class DeviceCombination implements AutoCloseable {
         device.combine().delta(w.stream(), rowCount, cols, Pointer.to(uAll.pointer()), Pointer.to(vtAll.pointer()),
                 Pointer.to(ip.pointer()), Pointer.to(dp.pointer()), Pointer.to(new long[] {row0}), Pointer.to(new long[] {rowCount}),
                 Pointer.to(new long[] {cols}), Pointer.to(new long[] {cols}), Pointer.to(d.pointer()));
+    }
+
+    /**
+     * Queues on {@code w}'s stream {@code combine_round} of rows {@code [row0, row0 + rowCount)}
+     * ({@link DeviceWorker#combineRound}): W of those rows in the worker's input in {@code fmt},
+     * out = round(W + Δ) into its output, the ambiguous elements listed; once the cuts are uploaded
+     * ({@link #uploadCuts}); does not wait.
+     */
+    public void queueRound(DeviceWorker w, FloatFormat fmt, long row0, int rowCount) {
+        w.combineRound(uAll, vtAll, ip, dp, fmt, row0, rowCount, cols);
     }
 
     /** Adds the device's histograms of the pass just counted to the selections; the caller then ends the pass ({@link DenseCombination#finishPass}). */
