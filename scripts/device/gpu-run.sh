@@ -3,7 +3,7 @@
 #
 #   scripts/device/gpu-run.sh pack          here: build the jars, the JUnit launcher and a Java runtime into .device/
 #   then, through the device tool, from the repository root there (carry [".device"]):
-#   bash scripts/device/gpu-run.sh device [tests] [verify] [nf4] [quant] [benchgpu] [benchnf4] [benchquant] [benchexact] [benchcpu] [e2e] [e2e2x] [extract] [unmerge] [benchsvd] [combine] [benchcombine] [batch] [tmpfs]
+#   bash scripts/device/gpu-run.sh device [tests] [verify] [nf4] [quant] [benchgpu] [benchnf4] [benchquant] [benchexact] [benchcpu] [e2e] [e2e2x] [extract] [unmerge] [benchsvd] [combine] [benchcombine] [benchcombinegpu] [batch] [tmpfs]
 #
 # "device" unpacks the runtime, runs the @Tag("gpu") tests (tests), the JMH throughput benchmarks
 # (benchgpu: device-resident merge and copy ceilings; benchnf4: the NF4 kernels beside the
@@ -14,7 +14,8 @@
 # (e2e2x), extract of a 7B-shaped fine-tune on the GPU engine against cat of both checkpoints and the torch SVD anchors (extract),
 # the 7B unmerge beside the merge and the copy floor (unmerge),
 # the CPU truncated SVD's JMH benchmark (benchsvd), four adapters combined into the 7B shape (combine) and
-# the CPU engine's combination passes in JMH (benchcombine), loramerge batch of 16 adapters on a 3 GB base,
+# the CPU engine's combination passes in JMH (benchcombine), the GPU engine's combination kernels (selection, TIES and
+# DARE-TIES rounding, combine_delta) beside the device-to-device copy in JMH (benchcombinegpu), loramerge batch of 16 adapters on a 3 GB base,
 # shared pass against separate merges on one and two GPUs (batch), the 7B merge with base and output in /dev/shm, its
 # stages and a sweep of the streaming knobs beside cp -r (tmpfs), writes logs under $OUT and prints a summary table last.
 # Each step fits one device call of 10 minutes.
@@ -176,6 +177,10 @@ device)
     benchcombine)
       # the CPU engine's selection passes, TIES and DARE-TIES rows and the exact several-term merge
       jmh combine CombineBenchmark -f 1 -wi 1 -i 2 -w 1s -r 1s
+      ;;
+    benchcombinegpu)
+      # the GPU engine's combination kernels: selection passes, TIES and DARE-TIES rounding, combine_delta; beside the D2D copy
+      jmh combinegpu 'CudaCombineBenchmark|CudaCopyBenchmark.deviceToDevice' -f 1 -wi 2 -i 3 -w 300ms -r 300ms
       ;;
     batch)
       LORAMERGE="java -jar .device/loramerge.jar" bash scripts/bench/bench-batch-gpu.sh 2>&1 | tee "$OUT/batch.log" | tail -n 15

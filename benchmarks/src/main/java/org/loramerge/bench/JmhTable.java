@@ -21,7 +21,8 @@ import java.util.Map;
  * Bytes of W per op: the weight's bytes for CpuMergeBenchmark and CudaMergeBenchmark (shape x dtype),
  * the bytes copied for CudaCopyBenchmark, 16 weights of 4096x11008 BF16 for PipelineBenchmark, and
  * the weights as BF16 for the NF4 benchmarks, the block's elements as BF16 for CudaQuantBenchmark (the whole weight's for its
- * dequantizeOnDevice and requantizeOnDevice, whose "x D2D copy" is the issue's kernel figure); CudaNf4Benchmark also gets the bytes each kernel must
+ * dequantizeOnDevice and requantizeOnDevice, whose "x D2D copy" is the issue's kernel figure), the whole weight as BF16 for
+ * every CudaCombineBenchmark method (its four adapters' selection, rounding and Δ kernels); CudaNf4Benchmark also gets the bytes each kernel must
  * move through device memory ({@link #nf4Traffic}), compared with the device-to-device copy's.
  */
 public final class JmhTable {
@@ -75,6 +76,11 @@ public final class JmhTable {
                 long n = p.get("blockRows").asLong() * s[1];
                 return new Row(bench, method, p.get("format").asText() + " " + p.get("shape").asText() + ", " + p.get("blockRows").asText()
                         + "-row block r" + p.path("rank").asText(), ms, err, n * 2 / seconds / 1e9, Double.NaN);
+            }
+            case "CudaCombineBenchmark": { // the whole weight as BF16, whatever the kernel reads or writes
+                long[] s = shape(p.get("shape").asText());
+                return new Row(bench, method, p.get("shape").asText() + " r" + p.path("rank").asText() + " x4 BF16", ms, err,
+                        s[0] * s[1] * 2 / seconds / 1e9, Double.NaN);
             }
             case "Nf4Benchmark": {
                 int weights = method.startsWith("fused") ? 4 : 1;

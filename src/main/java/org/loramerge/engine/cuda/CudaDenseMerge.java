@@ -75,7 +75,7 @@ final class CudaDenseMerge implements TensorMerge {
         int cols = job.cols();
         long bytes = (long) rowCount * cols * fmt.sizeInBytes();
         w.loadValues(src, (long) rowCount * cols * job.srcFormat().sizeInBytes());
-        w.combineRound(combination.uAll(), combination.vtAll(), combination.ip(), combination.dp(), fmt, row0, rowCount, cols);
+        combination.queueRound(w, fmt, row0, rowCount);
         w.copyOutputTo(dst, bytes);
         DeviceWorker.Counts counted = w.counters();
         long ambiguous = counted.ambiguous();

@@ -6,8 +6,6 @@ import java.nio.ByteOrder;
 import java.util.ArrayList;
 import java.util.Comparator;
 import java.util.List;
-import jcuda.runtime.JCuda;
-import jcuda.runtime.cudaStream_t;
 import org.loramerge.engine.BlockStats;
 import org.loramerge.engine.LowRankTerm;
 import org.loramerge.engine.Stages;
@@ -50,6 +48,15 @@ final class CudaTensorMerge implements TensorMerge {
     private boolean closed;
 
     CudaTensorMerge(CudaBackend backend, CudaDevice device, TensorJob job) throws IOException {
+        this(backend, device, job, Taken::settleLegacyStream);
+    }
+
+    /**
+     * The tensor's factors, its dequantizer and DoRA's magnitudes on the device, then {@code
+     * settleUploads}, the wait for those uploads (the tests make it fail). On any failure everything
+     * already taken goes back ({@link Taken}) and the failure is thrown.
+     */
+    CudaTensorMerge(CudaBackend backend, CudaDevice device, TensorJob job, Runnable settleUploads) throws IOException {
         this.backend = backend;
         this.device = device;
         this.job = job;
@@ -61,25 +68,23 @@ final class CudaTensorMerge implements TensorMerge {
         List<DeviceFactors> up = new ArrayList<>();
         DeviceDequantizer dequantizer = null;
         DeviceMemory m = null;
+        Taken taken = new Taken(settleUploads);
         try {
             for (List<LowRankTerm> segment : segments) {
-                up.add(DeviceFactors.of(segment, device.pool()));
+                up.add(taken.add(DeviceFactors.of(segment, device.pool())));
             }
             QuantizedWeight q = job.out().source().quantized();
             if (q != null) {
-                dequantizer = DeviceDequantizer.of(device, q, job.rows(), job.cols(), device.blockBytes());
+                dequantizer = taken.add(DeviceDequantizer.of(device, q, job.rows(), job.cols(), device.blockBytes()));
             }
             if (job.doraAxis() != null) {
-                m = DeviceFactors.upload(device.pool(), job.magnitude());
+                m = taken.add(DeviceFactors.upload(device.pool(), job.magnitude()));
             }
             // the factor and magnitude uploads are copies from pageable memory on the legacy stream, which may return
             // before their DMA lands; the workers' streams are non-blocking and do not wait for it
-            JCuda.cudaStreamSynchronize(new cudaStream_t());
-        } catch (RuntimeException | IOException e) {
-            up.forEach(DeviceFactors::close);
-            if (dequantizer != null) {
-                dequantizer.close();
-            }
+            settleUploads.run();
+        } catch (RuntimeException | IOException | Error e) {
+            taken.giveBack(e);
             throw e;
         }
         this.factors = up;

@@ -194,9 +194,7 @@ final class CudaWeightDelta implements WeightDelta, Sketching<CudaWeightDelta.De
                     uploadRows(w, dense, rows, cols, delta);
                 } else {
                     c.uploadCuts();
-                    device.combine().delta(w.stream(), rows, cols, Pointer.to(c.uAll().pointer()), Pointer.to(c.vtAll().pointer()),
-                            Pointer.to(c.ip().pointer()), Pointer.to(c.dp().pointer()), Pointer.to(new long[] {0}), Pointer.to(new long[] {rows}),
-                            Pointer.to(new long[] {cols}), Pointer.to(new long[] {cols}), Pointer.to(delta.pointer()));
+                    c.queueDelta(w, 0, rows, delta);
                 }
                 device.extract().rowSquares(w.stream(), rows, Pointer.to(delta.pointer()), Pointer.to(new long[] {rows}),
                         Pointer.to(new long[] {cols}), Pointer.to(new long[] {cols}), Pointer.to(rowSquares.pointer()));

@@ -10,6 +10,7 @@ import jcuda.runtime.cudaStream_t;
 import org.loramerge.engine.DenseCombination;
 import org.loramerge.engine.LowRankTerm;
 import org.loramerge.engine.TopSelection;
+import org.loramerge.format.FloatFormat;
 import org.loramerge.plan.Combination;
 
 /**
@@ -21,8 +22,14 @@ import org.loramerge.plan.Combination;
  * and, once they are done, hands the cuts to the kernels that form Δ. Shared by the merge of the
  * task-arithmetic family ({@link CudaDenseMerge}) and the SVD of PEFT's {@code _svd} methods
  * ({@link CudaWeightDelta#ofCombination}).
+ *
+ * <p>Public, with its constructor, the selection's steps and the three launches ({@link
+ * #queueHistograms}, {@link #queueRound}, {@link #queueDelta}), only so that the JMH benchmark of
+ * these kernels (benchmarks/, CudaCombineBenchmark) runs the engine's own launch code with the data
+ * already on the device; the engine reaches it through {@link CudaDenseMerge} and
+ * {@link CudaWeightDelta}.
  */
-final class DeviceCombination implements AutoCloseable {
+public final class DeviceCombination implements AutoCloseable {
     /** Adapters per tensor the kernels hold (kernels/combine.cu LM_MAX_PARTS). */
     static final int MAX_PARTS = 8;
     private static final int HISTOGRAM_BINS = 1 << 16;
@@ -42,7 +49,7 @@ final class DeviceCombination implements AutoCloseable {
     private boolean closed;
 
     /** Uploads {@code dense}, a tensor of {@code cols} columns, of at most {@link #MAX_PARTS} adapters. */
-    DeviceCombination(CudaDevice device, DenseCombination dense, int cols) {
+    public DeviceCombination(CudaDevice device, DenseCombination dense, int cols) {
         List<LowRankTerm> terms = dense.terms();
         int n = terms.size();
         if (n > MAX_PARTS) {
@@ -138,28 +145,11 @@ final class DeviceCombination implements AutoCloseable {
         return dense;
     }
 
-    /** The parameters of kernels/combine.cu, in its order: U_all, Vt_all, ip, dp. */
-    DeviceMemory uAll() {
-        return uAll;
-    }
-
-    DeviceMemory vtAll() {
-        return vtAll;
-    }
-
-    DeviceMemory ip() {
-        return ip;
-    }
-
-    DeviceMemory dp() {
-        return dp;
-    }
-
     /**
      * Counts rows {@code [row0, row0 + rowCount)} for the current selection pass, on the calling
      * thread's worker (or on the host for a tie pass); blocks of one pass may come from several threads.
      */
-    void countSelection(long row0, int rowCount) {
+    public void countSelection(long row0, int rowCount) {
         boolean ties = false;
         for (int a = 0; a < dense.terms().size(); a++) {
             TopSelection s = dense.selection(a);
@@ -171,6 +161,16 @@ final class DeviceCombination implements AutoCloseable {
             return;
         }
         DeviceWorker w = device.worker();
+        queueHistograms(w, row0, rowCount);
+        w.synchronize();
+    }
+
+    /**
+     * Queues on {@code w}'s stream the current selection pass's {@code combine_histogram} of every
+     * adapter whose selection is open, over rows {@code [row0, row0 + rowCount)}, adding to the
+     * device's histograms; does not wait. For a pass that counts on the device (not a tie pass).
+     */
+    public void queueHistograms(DeviceWorker w, long row0, int rowCount) {
         for (int a = 0; a < dense.terms().size(); a++) {
             TopSelection s = dense.selection(a);
             if (s == null || s.done()) {
@@ -181,11 +181,31 @@ final class DeviceCombination implements AutoCloseable {
                     Pointer.to(new long[] {rowCount}), Pointer.to(new long[] {cols}), Pointer.to(new int[] {s.shift()}),
                     Pointer.to(new int[] {s.bits()}), Pointer.to(new long[] {s.prefix()}), Pointer.to(histograms[a].pointer()));
         }
-        w.synchronize();
+    }
+
+    /**
+     * Queues on {@code w}'s stream {@code combine_delta}: Δ of rows {@code [row0, row0 + rowCount)}
+     * into {@code d} (fp64, row-major, {@code cols} a row), once the cuts are uploaded
+     * ({@link #uploadCuts}); does not wait.
+     */
+    public void queueDelta(DeviceWorker w, long row0, int rowCount, DeviceMemory d) {
+        device.combine().delta(w.stream(), rowCount, cols, Pointer.to(uAll.pointer()), Pointer.to(vtAll.pointer()),
+                Pointer.to(ip.pointer()), Pointer.to(dp.pointer()), Pointer.to(new long[] {row0}), Pointer.to(new long[] {rowCount}),
+                Pointer.to(new long[] {cols}), Pointer.to(new long[] {cols}), Pointer.to(d.pointer()));
+    }
+
+    /**
+     * Queues on {@code w}'s stream {@code combine_round} of rows {@code [row0, row0 + rowCount)}
+     * ({@link DeviceWorker#combineRound}): W of those rows in the worker's input in {@code fmt},
+     * out = round(W + Δ) into its output, the ambiguous elements listed; once the cuts are uploaded
+     * ({@link #uploadCuts}); does not wait.
+     */
+    public void queueRound(DeviceWorker w, FloatFormat fmt, long row0, int rowCount) {
+        w.combineRound(uAll, vtAll, ip, dp, fmt, row0, rowCount, cols);
     }
 
     /** Adds the device's histograms of the pass just counted to the selections; the caller then ends the pass ({@link DenseCombination#finishPass}). */
-    void finishSelectionPass() {
+    public void finishSelectionPass() {
         if (!passOnDevice) {
             return;
         }
@@ -205,7 +225,7 @@ final class DeviceCombination implements AutoCloseable {
     }
 
     /** True when some selection keeps only part of a run of equal magnitudes: Δ then needs ranks the device does not keep. */
-    boolean partialTies() {
+    public boolean partialTies() {
         for (int a = 0; a < dense.terms().size(); a++) {
             TopSelection s = dense.selection(a);
             if (s != null && s.hasPartialTies()) {
@@ -216,7 +236,7 @@ final class DeviceCombination implements AutoCloseable {
     }
 
     /** Hands the finished selections' cuts to the kernels (once; later calls return at once). */
-    synchronized void uploadCuts() {
+    public synchronized void uploadCuts() {
         if (cutsUploaded) {
             return;
         }

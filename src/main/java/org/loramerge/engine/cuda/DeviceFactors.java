@@ -136,10 +136,17 @@ public final class DeviceFactors implements AutoCloseable {
         this.folded = folded;
         rank = t.rank();
         scale = t.scale();
-        u = upload(pool, t.u());
-        vt = upload(pool, t.vt());
-        uNorm = upload(pool, t.uNorms());
-        vNorm = upload(pool, t.vNorms());
+        // what is taken goes back to the pool if a later upload fails (a device shared with other work may have no room left)
+        Taken taken = new Taken(Taken::settleLegacyStream);
+        try {
+            u = taken.add(upload(pool, t.u()));
+            vt = taken.add(upload(pool, t.vt()));
+            uNorm = taken.add(upload(pool, t.uNorms()));
+            vNorm = taken.add(upload(pool, t.vNorms()));
+        } catch (RuntimeException | Error e) {
+            taken.giveBack(e);
+            throw e;
+        }
     }
 
     /** {@code a} on the device, in memory from {@code pool} (newly allocated when it is null). */
