@@ -3,8 +3,6 @@ package org.loramerge.engine.cuda;
 import java.util.List;
 import jcuda.Pointer;
 import jcuda.Sizeof;
-import jcuda.runtime.JCuda;
-import jcuda.runtime.cudaMemcpyKind;
 import org.loramerge.engine.LowRankTerm;
 
 /** One low-rank term's factors (or several terms' as one) in fp64 on the device: U, Vᵀ and their row norms (for the error bound). */
@@ -136,17 +134,29 @@ public final class DeviceFactors implements AutoCloseable {
         this.folded = folded;
         rank = t.rank();
         scale = t.scale();
-        u = upload(pool, t.u());
-        vt = upload(pool, t.vt());
-        uNorm = upload(pool, t.uNorms());
-        vNorm = upload(pool, t.vNorms());
+        DeviceMemory[] m = new DeviceMemory[4];
+        try {
+            m[0] = upload(pool, t.u());
+            m[1] = upload(pool, t.vt());
+            m[2] = upload(pool, t.uNorms());
+            m[3] = upload(pool, t.vNorms());
+        } catch (RuntimeException e) {
+            for (DeviceMemory d : m) {
+                if (d != null) {
+                    d.close();
+                }
+            }
+            throw e;
+        }
+        u = m[0];
+        vt = m[1];
+        uNorm = m[2];
+        vNorm = m[3];
     }
 
-    /** {@code a} on the device, in memory from {@code pool} (newly allocated when it is null). */
+    /** {@code a} on the device, landed ({@link DeviceMemory#upload}), in memory from {@code pool} (newly allocated when it is null). */
     static DeviceMemory upload(DevicePool pool, double[] a) {
-        DeviceMemory d = Nf4Kernels.take(pool, (long) a.length * Sizeof.DOUBLE);
-        JCuda.cudaMemcpy(d.pointer(), Pointer.to(a), (long) a.length * Sizeof.DOUBLE, cudaMemcpyKind.cudaMemcpyHostToDevice);
-        return d;
+        return DeviceMemory.upload(pool, Pointer.to(a), (long) a.length * Sizeof.DOUBLE);
     }
 
     public int rank() {
