@@ -231,11 +231,21 @@ final class CudaRequantization extends DeviceRequantization {
         QuantizedWeight source = job.out().source().quantized();
         DoubleQuant.requireFiniteMergedOffset(offset, numBlocks, source.file().path(), source.weightName());
         long nestedBlocks = (numBlocks + DoubleQuant.NESTED_BLOCKSIZE - 1) / DoubleQuant.NESTED_BLOCKSIZE;
-        DeviceMemory codes = device.pool().take(numBlocks);
-        DeviceMemory nested = device.pool().take(nestedBlocks * Sizeof.FLOAT);
-        DeviceMemory scales = device.pool().take(numBlocks * Sizeof.FLOAT);
-        k.doubleQuant(s, absmax.pointer(), numBlocks, offset, map.pointer(), codes.pointer(), nested.pointer());
-        k.decodeAbsmax(s, codes.pointer(), nested.pointer(), map.pointer(), offset, DoubleQuant.NESTED_BLOCKSIZE, numBlocks, scales.pointer());
-        return new DoubleQuantized(offset, codes, nested, scales);
+        DeviceMemory[] m = new DeviceMemory[3];
+        try {
+            m[0] = device.pool().take(numBlocks);
+            m[1] = device.pool().take(nestedBlocks * Sizeof.FLOAT);
+            m[2] = device.pool().take(numBlocks * Sizeof.FLOAT);
+        } catch (RuntimeException e) {
+            for (DeviceMemory d : m) {
+                if (d != null) {
+                    d.close();
+                }
+            }
+            throw e;
+        }
+        k.doubleQuant(s, absmax.pointer(), numBlocks, offset, map.pointer(), m[0].pointer(), m[1].pointer());
+        k.decodeAbsmax(s, m[0].pointer(), m[1].pointer(), map.pointer(), offset, DoubleQuant.NESTED_BLOCKSIZE, numBlocks, m[2].pointer());
+        return new DoubleQuantized(offset, m[0], m[1], m[2]);
     }
 }

@@ -57,14 +57,14 @@ public final class DeviceMemory implements AutoCloseable {
     }
 
     /**
-     * Copies {@code bytes} of host memory {@code from} here from {@code offset}, landed when this
+     * Copies {@code bytes} of host memory {@code from} here from {@code byteOffset}, landed when this
      * returns. A copy from pageable memory (a Java array, a heap or an ordinary direct buffer) runs
      * on the legacy stream and may return before its DMA lands, and the workers' streams, which are
      * non-blocking, do not wait for that stream: so this waits for it, and a kernel queued afterwards
      * on any stream reads the copied bytes.
      */
-    public void copyFromHost(long offset, Pointer from, long bytes) {
-        JCuda.cudaMemcpy(at(offset), from, bytes, cudaMemcpyKind.cudaMemcpyHostToDevice);
+    public void copyFromHost(long byteOffset, Pointer from, long bytes) {
+        JCuda.cudaMemcpy(at(byteOffset), from, bytes, cudaMemcpyKind.cudaMemcpyHostToDevice);
         JCuda.cudaStreamSynchronize(new cudaStream_t());
     }
 
