@@ -21,6 +21,7 @@
  */
 #include "floats.cuh"
 #include "fastmath.cuh"
+#include "fourbit.cuh"
 
 #define NESTED_BLOCKSIZE 256
 
@@ -77,11 +78,14 @@ extern "C" __global__ void nf4_rcp_check(unsigned long long *mismatches) {
 
 /*
  * The kernels read both tables from shared memory: lanes index them with different codes, which
- * constant memory would serve one address at a time. Every thread of the block must call this.
+ * constant memory would serve one address at a time. The values are the code book's (NF4, or FP4
+ * when FP4); the thresholds NF4's, which FP4's comparison tree does not read. Every thread of the
+ * block must call this.
  */
-__device__ __forceinline__ void nf4_load_tables(float *values, float *thresholds) {
+template <bool FP4>
+__device__ __forceinline__ void fourbit_load_tables(float *values, float *thresholds) {
     if (threadIdx.x < 16) {
-        values[threadIdx.x] = kNf4[threadIdx.x];
+        values[threadIdx.x] = FP4 ? kFp4[threadIdx.x] : kNf4[threadIdx.x];
         thresholds[threadIdx.x] = threadIdx.x < 15 ? kThreshold[threadIdx.x] : 0.0f;
     }
     __syncthreads();
@@ -101,6 +105,12 @@ __device__ __forceinline__ int nf4_encode(const float *thr, float x) {
     if (x > thr[c + 1]) c += 2;
     if (x > thr[c]) c += 1;
     return c;
+}
+
+/* The code of a scaled value in the code book (NF4, or FP4 when FP4): nf4_encode, or fp4_encode (fourbit.cuh). */
+template <bool FP4>
+__device__ __forceinline__ int fourbit_encode(const float *thr, float x) {
+    return FP4 ? fp4_encode(x) : nf4_encode(thr, x);
 }
 
 __device__ __forceinline__ int nf4_code_at(const unsigned char *packed, long long byteBase, long long e) {
@@ -260,16 +270,18 @@ LM_NF4_DEQUANT_KERNEL(fp4_dequant_f32, LM_F32, unsigned int, true)
  * stores only its ceil(len / 2) bytes, the last one padded with the code of 0.0 (loadSome's zeros).
  * Per block as bitsandbytes' kernel: absmax = max |ftz(x)|, r = bnb_rcp(absmax), code =
  * dQuantizeNF4(bnb_mul(x, r)); an all-zero block (r = inf, 0 * inf = NaN) codes 0 throughout.
+ * With FP4 the code is dQuantizeFP4's (fp4_encode) and the sums take FP4's values; the rest is
+ * the same, as bitsandbytes' kQuantizeBlockwise shares it between the two code books.
  *
  * With BASE (nf4_requant) the merged X and the base W are quantized side by side and the block's
  * survival sums taken; without (nf4_quantize) only X.
  */
-template <int FMT, typename T, bool BASE>
+template <int FMT, typename T, bool BASE, bool FP4>
 __device__ __forceinline__ void nf4_requant(const T *__restrict__ x, const T *__restrict__ w, const double *__restrict__ p,
                                             long long first, long long count, long long blocksize, unsigned char *packedX,
                                             unsigned char *packedW, float *absmaxX, float *absmaxW, double *sums) {
     __shared__ float sVal[16], sThr[16];
-    nf4_load_tables(sVal, sThr);
+    fourbit_load_tables<FP4>(sVal, sThr);
     /* G a runtime value: one copy of the code for every blocksize keeps the module small, and so
      * the driver's compile of the PTX at load time short */
     const int bsShift = __ffsll(blocksize) - 1; /* blocksizes are powers of two: shifts, not 64-bit divisions */
@@ -318,8 +330,8 @@ __device__ __forceinline__ void nf4_requant(const T *__restrict__ x, const T *__
 #pragma unroll
         for (int k = 0; k < 8; k++) {
             /* past the block's end v and u hold 0.0, as the kernel loads there: the padding nibble */
-            cx[k] = nf4_encode(sThr, bnb_mul(v[k], rx));
-            if (BASE) cw[k] = nf4_encode(sThr, bnb_mul(u[k], rw));
+            cx[k] = fourbit_encode<FP4>(sThr, bnb_mul(v[k], rx));
+            if (BASE) cw[k] = fourbit_encode<FP4>(sThr, bnb_mul(u[k], rw));
         }
         long long byte0 = (start + c) >> 1;
         if (valid == 8) {
@@ -375,29 +387,37 @@ __device__ __forceinline__ void nf4_requant(const T *__restrict__ x, const T *__
  *   dW_i = (W_i + P_i) - W_i in fp64 (the figures of Nf4Requantizer; a sum order of its own).
  *   Launch: 256 threads a block, ceil(blocks * min(32, blocksize / 8) / 256) blocks.
  */
-#define LM_NF4_REQUANT_KERNEL(NAME, FMT, T)                                                                        \
+#define LM_NF4_REQUANT_KERNEL(NAME, FMT, T, FP4)                                                                   \
     extern "C" __global__ void NAME(const T *__restrict__ x, const T *__restrict__ w, const double *__restrict__ p, \
                                     long long first, long long count, long long blocksize, unsigned char *packedX,  \
                                     unsigned char *packedW, float *absmaxX, float *absmaxW, double *sums) {         \
-        nf4_requant<FMT, T, true>(x, w, p, first, count, blocksize, packedX, packedW, absmaxX, absmaxW, sums);    \
+        nf4_requant<FMT, T, true, FP4>(x, w, p, first, count, blocksize, packedX, packedW, absmaxX, absmaxW, sums); \
     }
-LM_NF4_REQUANT_KERNEL(nf4_requant_bf16, LM_BF16, unsigned short)
-LM_NF4_REQUANT_KERNEL(nf4_requant_f16, LM_F16, unsigned short)
-LM_NF4_REQUANT_KERNEL(nf4_requant_f32, LM_F32, unsigned int)
+LM_NF4_REQUANT_KERNEL(nf4_requant_bf16, LM_BF16, unsigned short, false)
+LM_NF4_REQUANT_KERNEL(nf4_requant_f16, LM_F16, unsigned short, false)
+LM_NF4_REQUANT_KERNEL(nf4_requant_f32, LM_F32, unsigned int, false)
+/* fp4_requant_{bf16,f16,f32}: the same in bitsandbytes' FP4 code book (fp4_encode; FP4's values in the sums). */
+LM_NF4_REQUANT_KERNEL(fp4_requant_bf16, LM_BF16, unsigned short, true)
+LM_NF4_REQUANT_KERNEL(fp4_requant_f16, LM_F16, unsigned short, true)
+LM_NF4_REQUANT_KERNEL(fp4_requant_f32, LM_F32, unsigned int, true)
 
 /*
  * nf4_quantize_{bf16,f16,f32}(x, first, count, blocksize, packed, absmax)
  *   Plain blockwise quantization of elements [first, first + count) given in x (D bits), into
  *   the whole-weight arrays packed and absmax (as nf4_requant, without W and the sums).
  */
-#define LM_NF4_QUANTIZE_KERNEL(NAME, FMT, T)                                                                        \
+#define LM_NF4_QUANTIZE_KERNEL(NAME, FMT, T, FP4)                                                                   \
     extern "C" __global__ void NAME(const T *__restrict__ x, long long first, long long count, long long blocksize, \
                                     unsigned char *packed, float *absmax) {                                         \
-        nf4_requant<FMT, T, false>(x, nullptr, nullptr, first, count, blocksize, packed, nullptr, absmax, nullptr, nullptr); \
+        nf4_requant<FMT, T, false, FP4>(x, nullptr, nullptr, first, count, blocksize, packed, nullptr, absmax, nullptr, nullptr); \
     }
-LM_NF4_QUANTIZE_KERNEL(nf4_quantize_bf16, LM_BF16, unsigned short)
-LM_NF4_QUANTIZE_KERNEL(nf4_quantize_f16, LM_F16, unsigned short)
-LM_NF4_QUANTIZE_KERNEL(nf4_quantize_f32, LM_F32, unsigned int)
+LM_NF4_QUANTIZE_KERNEL(nf4_quantize_bf16, LM_BF16, unsigned short, false)
+LM_NF4_QUANTIZE_KERNEL(nf4_quantize_f16, LM_F16, unsigned short, false)
+LM_NF4_QUANTIZE_KERNEL(nf4_quantize_f32, LM_F32, unsigned int, false)
+/* fp4_quantize_{bf16,f16,f32}: the same in the FP4 code book. */
+LM_NF4_QUANTIZE_KERNEL(fp4_quantize_bf16, LM_BF16, unsigned short, true)
+LM_NF4_QUANTIZE_KERNEL(fp4_quantize_f16, LM_F16, unsigned short, true)
+LM_NF4_QUANTIZE_KERNEL(fp4_quantize_f32, LM_F32, unsigned int, true)
 
 /*
  * nf4_exponent_sums(a, n, sums)
@@ -485,14 +505,14 @@ extern "C" __global__ void nf4_double_quant(const float *__restrict__ absmax, lo
  *   D = deq_D(QX) - deq_D(QW), sum_b scaleX_b*dotX_b - scaleW_b*dotW_b, sum_b d2_b, over the tile's
  *   elements and blocks (scales are the decoded absmax). The host adds the tiles in order.
  */
-template <int FMT>
+template <int FMT, bool FP4>
 __device__ __forceinline__ void nf4_measure(const unsigned char *__restrict__ packedX, const unsigned char *__restrict__ packedW,
                                             const float *__restrict__ scaleX, const float *__restrict__ scaleW,
                                             const double *__restrict__ sums, long long n, long long blocksize, long long tile,
                                             double *out) {
     __shared__ double sh[3][256 / 32];
     __shared__ float sVal[16], sThr[16];
-    nf4_load_tables(sVal, sThr);
+    fourbit_load_tables<FP4>(sVal, sThr);
     long long first = (long long)blockIdx.x * tile;
     long long end = min(n, first + tile);
     double changed = 0.0, sq = 0.0, dot = 0.0, d2 = 0.0;
@@ -542,13 +562,17 @@ __device__ __forceinline__ void nf4_measure(const unsigned char *__restrict__ pa
     }
 }
 
-#define LM_NF4_MEASURE_KERNEL(NAME, FMT)                                                                                  \
+#define LM_NF4_MEASURE_KERNEL(NAME, FMT, FP4)                                                                             \
     extern "C" __global__ void NAME(const unsigned char *__restrict__ packedX, const unsigned char *__restrict__ packedW, \
                                     const float *__restrict__ scaleX, const float *__restrict__ scaleW,                  \
                                     const double *__restrict__ sums, long long n, long long blocksize, long long tile,   \
                                     double *out) {                                                                        \
-        nf4_measure<FMT>(packedX, packedW, scaleX, scaleW, sums, n, blocksize, tile, out);                               \
+        nf4_measure<FMT, FP4>(packedX, packedW, scaleX, scaleW, sums, n, blocksize, tile, out);                          \
     }
-LM_NF4_MEASURE_KERNEL(nf4_measure_bf16, LM_BF16)
-LM_NF4_MEASURE_KERNEL(nf4_measure_f16, LM_F16)
-LM_NF4_MEASURE_KERNEL(nf4_measure_f32, LM_F32)
+LM_NF4_MEASURE_KERNEL(nf4_measure_bf16, LM_BF16, false)
+LM_NF4_MEASURE_KERNEL(nf4_measure_f16, LM_F16, false)
+LM_NF4_MEASURE_KERNEL(nf4_measure_f32, LM_F32, false)
+/* fp4_measure_{bf16,f16,f32}: the same for codes of the FP4 code book. */
+LM_NF4_MEASURE_KERNEL(fp4_measure_bf16, LM_BF16, true)
+LM_NF4_MEASURE_KERNEL(fp4_measure_f16, LM_F16, true)
+LM_NF4_MEASURE_KERNEL(fp4_measure_f32, LM_F32, true)

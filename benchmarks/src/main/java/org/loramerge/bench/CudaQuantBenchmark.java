@@ -56,9 +56,10 @@ import org.openjdk.jmh.annotations.Warmup;
  * {@link CudaCopyBenchmark#deviceToDevice} run beside it), and one streaming block as the engine
  * merges it ({@link #mergeBlockToBf16}: stored codes staged, uploaded, dequantized, merged). For
  * comparison, the format's host codec on the same block ({@link #dequantizeOnHost}), which the
- * engine used before these kernels, and the requantizing codec a {@code --to fp4} (and
- * {@code --to nf4} from GPTQ/AWQ) merge still runs on the CPU ({@code CudaBackend.openRequantization}),
- * which {@code --to int8|fp8} replaced by the device kernels of {@link #requantizeOnDevice}.
+ * engine used before these kernels, and the format's requantizing codec on the host
+ * ({@code requantizeOnHost}), which the GPU engine ran for {@code --to int8|fp8} before the device
+ * kernels of {@link #requantizeOnDevice}, and for {@code --to fp4} and {@code --to nf4} from GPTQ/AWQ
+ * before kernels/nf4.cu's fp4_requant and nf4_requant took those ({@code CudaBackend.requantizedOn}).
  *
  * <p>Each format's weight is {@code shape} ({@code [out, in]}) with random codes and scales written
  * straight into its layout (FP4 by {@link LoraMerge#quantize} from random BF16 values, with double
@@ -236,15 +237,16 @@ public class CudaQuantBenchmark {
      * The requantization kernel of {@code merge --to int8|fp8} over the whole weight on the device
      * (kernels/quant.cu int8_requant, fp8_requant with 128 x 128 blocks): reads X and W (here both
      * the dequantized weight) and P (fp64), writes the codes, the scales and each block's survival
-     * sums. Only int8 and fp8 have it (their requantization runs on the CPU codec,
-     * {@link #requantizeOnHost}): run it with {@code -p format=int8,fp8}, as gpu-run.sh does; the
-     * other formats refuse it rather than time an empty method.
+     * sums. Only int8 and fp8 have it here (the 4-bit outputs, FP4 and NF4 from GPTQ/AWQ, requantize
+     * with kernels/nf4.cu, whose requantization kernel CudaNf4Benchmark times): run it with
+     * {@code -p format=int8,fp8}, as gpu-run.sh does; the other formats refuse it rather than time an
+     * empty method.
      */
     @Benchmark
     @OperationsPerInvocation(REPEAT)
     public void requantizeOnDevice() {
         if (product == null) {
-            throw new IllegalStateException("requantizeOnDevice: " + format + " has no device requantization; run it with -p format=int8,fp8");
+            throw new IllegalStateException("requantizeOnDevice: " + format + " has no device requantization here; run it with -p format=int8,fp8");
         }
         for (int i = 0; i < REPEAT; i++) {
             if (format.equals("int8")) {

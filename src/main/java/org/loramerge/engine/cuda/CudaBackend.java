@@ -164,8 +164,8 @@ public final class CudaBackend implements Backend {
      * (one term) or none, no token rows or bias term, converted to another dtype or not; or a dense
      * combination of the task-arithmetic family ({@link CudaDenseMerge#fits}). The source is dense,
      * or quantized: bitsandbytes NF4, FP4 and LLM.int8, FP8, GPTQ and AWQ weights go up as their
-     * stored codes and are dequantized on the device ({@link DeviceDequantizer}; an NF4, FP8 or
-     * int8 output is requantized there too, {@link #openRequantization}), but an AWQ weight whose
+     * stored codes and are dequantized on the device ({@link DeviceDequantizer}; an NF4, FP4, FP8
+     * or int8 output is requantized there too, {@link #openRequantization}), but an AWQ weight whose
      * row blocks would stage more than a block (rows of about a tenth of the block size), which the
      * pipeline dequantizes on the CPU with the format's codec before the block goes up as dense values.
      */
@@ -209,27 +209,53 @@ public final class CudaBackend implements Backend {
         return remember(new CudaTensorMerge(this, device, job));
     }
 
+    /** Where {@link #openRequantization} requantizes a weight. */
+    enum RequantizedOn {
+        /** {@link CudaRequantization}: NF4 or FP4 on the device. */
+        DEVICE_4BIT,
+        /** {@link CudaByteRequantization}: FP8 or int8 on the device. */
+        DEVICE_BYTES,
+        /** The CPU engine, inside this backend. */
+        CPU
+    }
+
     /**
-     * Requantized on the device: a weight whose terms all cover every row (one segment), without
-     * DoRA (whose norms need the whole row first), that is an NF4 weight to NF4
-     * ({@link CudaRequantization}), or an FP8 weight to FP8 with a scale per block, row or group,
-     * or an LLM.int8 weight to int8 ({@link CudaByteRequantization#covers}). The CPU engine
-     * requantizes the others inside this backend: the other formats' outputs (FP4, NF4 from GPTQ
-     * or AWQ), and an FP8 weight with one scale for the whole tensor, whose scale needs the whole
-     * merged weight before any code.
+     * Where a weight is requantized: on the device when its merge is (onGpu), its terms all cover
+     * every row (one segment) and there is no DoRA (whose norms need the whole row first), or it has
+     * no terms at all (a weight the adapter leaves alone that changes format: its merge is X = W, one
+     * term of zeros, CudaTensorMerge#zeroTerm), and its
+     * output is NF4 or FP4 from any base the device merges ({@link CudaRequantization#covers}: NF4
+     * and FP4 with their own settings, NF4 from GPTQ or AWQ), FP8 with a scale per block, row or
+     * group, or int8 ({@link CudaByteRequantization#covers}, which also needs a band of
+     * quantization blocks within a worker's buffers of {@code blockBytes}). The CPU engine
+     * requantizes the others inside this backend, among them an FP8 weight with one scale for the
+     * whole tensor, whose scale needs the whole merged weight before any code.
      */
+    static RequantizedOn requantizedOn(TensorJob job, int blockBytes) {
+        if (job.terms().isEmpty() && job.dense() == null && job.doraAxis() == null && job.tokenValues() == null && job.srcFormat() != null) {
+            // a weight the adapter leaves alone, requantized only because its format changes (NF4 from GPTQ or AWQ): X = W
+            return CudaRequantization.covers(job) ? RequantizedOn.DEVICE_4BIT : RequantizedOn.CPU;
+        }
+        if (!onGpu(job) || job.dense() != null || job.doraAxis() != null || CudaTensorMerge.segments(job.terms(), job.rows()).size() != 1) {
+            return RequantizedOn.CPU;
+        }
+        if (CudaRequantization.covers(job)) {
+            return RequantizedOn.DEVICE_4BIT;
+        }
+        return CudaByteRequantization.covers(job, blockBytes) ? RequantizedOn.DEVICE_BYTES : RequantizedOn.CPU;
+    }
+
+    /** Requantized where {@link #requantizedOn} says. */
     @Override
     public Requantization openRequantization(TensorJob job) throws IOException {
-        if (!onGpu(job) || job.dense() != null || job.doraAxis() != null || CudaTensorMerge.segments(job.terms(), job.rows()).size() != 1) {
-            return new CpuRequantization(job);
+        switch (requantizedOn(job, device.blockBytes())) {
+            case DEVICE_4BIT:
+                return remember(new CudaRequantization(this, device, job));
+            case DEVICE_BYTES:
+                return remember(new CudaByteRequantization(this, device, job));
+            default:
+                return new CpuRequantization(job);
         }
-        if (CudaTensorMerge.deviceNf4(job) != null && job.out().quantizedOutput().kind().equals("NF4")) {
-            return remember(new CudaRequantization(this, device, job));
-        }
-        if (CudaByteRequantization.covers(job, device.blockBytes())) {
-            return remember(new CudaByteRequantization(this, device, job));
-        }
-        return new CpuRequantization(job);
     }
 
     /**

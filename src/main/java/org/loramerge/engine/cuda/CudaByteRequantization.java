@@ -12,11 +12,8 @@ import jcuda.Sizeof;
 import jcuda.runtime.JCuda;
 import jcuda.runtime.cudaMemcpyKind;
 import org.loramerge.engine.BlockStats;
-import org.loramerge.engine.Requantization;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.format.DType;
-import org.loramerge.format.FloatFormat;
-import org.loramerge.plan.TensorSource;
 import org.loramerge.quant.BnbInt8Format;
 import org.loramerge.quant.Fp8Weight;
 import org.loramerge.quant.QuantException;
@@ -27,7 +24,7 @@ import org.loramerge.quant.Requantizer;
  * {@code merge --to fp8} and {@code merge --to int8} of one weight on the GPU, with the bytes of
  * the CPU path (Fp8Requantizer, BnbInt8Format's Int8Requantizer). Per row block, on the worker's
  * stream: the base's codes go up and are dequantized into W, P = s·U·Vᵀ (DGEMM), X = round(W + P)
- * settled exactly (as {@link CudaRequantization}), then X and W are requantized side by side
+ * settled exactly ({@link #mergeBlock}), then X and W are requantized side by side
  * (kernels/quant.cu fp8_requant, int8_requant): the block's codes go into the worker's
  * {@link DeviceWorker#packed} buffer and come back, each quantization block's scale stays in a
  * whole-weight array on the device until {@link #finish}, and its survival sums (and the count of
@@ -44,13 +41,8 @@ import org.loramerge.quant.Requantizer;
  * A merged value the format cannot take (NaN, infinity, past fp16 for int8) is refused with the
  * CPU requantizer's own error, raised by running it on the block's X and W.
  */
-final class CudaByteRequantization implements Requantization {
-    private final CudaBackend backend;
-    private final CudaDevice device;
-    private final TensorJob job;
-    private final CudaTensorMerge merge;
+final class CudaByteRequantization extends DeviceRequantization {
     private final QuantizedWeight base;
-    private final FloatFormat format;
     private final boolean int8;
     private final long rows;
     private final long cols;
@@ -63,14 +55,10 @@ final class CudaByteRequantization implements Requantization {
     private final DeviceMemory sums;
     /** Each band's survival sums, by band. */
     private final ConcurrentHashMap<Long, Requantizer.Change> changes = new ConcurrentHashMap<>();
-    private boolean closed;
 
     CudaByteRequantization(CudaBackend backend, CudaDevice device, TensorJob job) throws IOException {
-        this.backend = backend;
-        this.device = device;
-        this.job = job;
+        super(backend, device, job);
         this.base = job.out().source().quantized();
-        this.format = job.dstFormat();
         this.int8 = base instanceof BnbInt8Format.Int8Weight;
         this.rows = job.rows();
         this.cols = job.cols();
@@ -79,19 +67,8 @@ final class CudaByteRequantization implements Requantization {
         this.blockCols = grid[1];
         this.gridCols = (cols + blockCols - 1) / blockCols;
         this.bands = (rows + blockRows - 1) / blockRows;
-        this.merge = new CudaTensorMerge(backend, device, job);
-        DeviceMemory s = null;
-        try {
-            s = device.pool().take(bands * gridCols * Sizeof.FLOAT);
-            this.sums = device.pool().take(5 * bands * gridCols * Sizeof.DOUBLE);
-        } catch (RuntimeException e) {
-            if (s != null) {
-                s.close();
-            }
-            merge.close();
-            throw e;
-        }
-        this.scales = s;
+        this.scales = take(bands * gridCols * Sizeof.FLOAT);
+        this.sums = take(5 * bands * gridCols * Sizeof.DOUBLE);
     }
 
     /** {blockRows, blockCols} of a weight's quantization blocks (as its CPU requantizer's), or null when it has none this class takes. */
@@ -135,18 +112,8 @@ final class CudaByteRequantization implements Requantization {
     }
 
     @Override
-    public TensorSource.Form input() {
-        return merge.input();
-    }
-
-    @Override
     public int blockElements() {
         return Math.toIntExact(blockRows * cols);
-    }
-
-    @Override
-    public int workingBytesPerElement() {
-        return format.sizeInBytes(); // a block's W and X are the worker's device buffers, sized by the output dtype
     }
 
     /** One byte a code. */
@@ -169,21 +136,9 @@ final class CudaByteRequantization implements Requantization {
             throw new IllegalArgumentException(job.out().name() + ": rows [" + row0 + ", +" + rowCount + ") are " + bytes + " bytes, more than the "
                     + w.output().sizeInBytes() + "-byte device buffers");
         }
-        merge.load(w, row0, rowCount, src);
-        DeviceFactors f = merge.factors();
-        w.mergeRoundExactly(f, format, format, row0, rowCount, (int) cols, job.boundK());
-        DeviceWorker.Counts counted = w.counters();
-        long overflows = counted.overflows();
-        long nans = counted.nans();
-        long forHost = DeviceWorker.forHost(f, counted); // a folded tensor's undecided elements are all the host's
-        if (counted.ambiguous() > DeviceWorker.AMBIGUOUS_CAPACITY || forHost > 0) {
-            long[] settled = CudaRequantization.settleOnHost(job, w, f, row0, rowCount, counted, forHost, bytes, stats);
-            overflows = settled[0];
-            nans = settled[1];
-        } else {
-            stats.addExactlyRounded(counted.ambiguous());
-        }
-        stats.add(0, overflows, nans);
+        long[] merged = mergeBlock(w, row0, rowCount, src, stats);
+        long overflows = merged[0];
+        long nans = merged[1];
         QuantKernels k = device.quant();
         if (int8) {
             k.int8Requant(w.stream(), w.output().pointer(), w.input().pointer(), w.wide().pointer(), row0, rowCount, cols, w.packed().pointer(),
@@ -273,18 +228,5 @@ final class CudaByteRequantization implements Requantization {
             }
             return total;
         }));
-    }
-
-    @Override
-    public void close() {
-        if (closed) {
-            return;
-        }
-        closed = true;
-        device.bindContext();
-        scales.close();
-        sums.close();
-        merge.close();
-        backend.forget(this);
     }
 }

@@ -15,7 +15,6 @@ import org.loramerge.engine.TensorMerge;
 import org.loramerge.engine.cpu.CpuMerge;
 import org.loramerge.format.FloatFormat;
 import org.loramerge.plan.TensorSource;
-import org.loramerge.quant.Nf4Weight;
 import org.loramerge.quant.QuantizedWeight;
 
 /**
@@ -61,7 +60,7 @@ final class CudaTensorMerge implements TensorMerge {
         this.device = device;
         this.job = job;
         device.bindContext();
-        this.segments = segments(job.terms(), job.rows());
+        this.segments = job.terms().isEmpty() ? List.of(List.of(zeroTerm(job))) : segments(job.terms(), job.rows());
         if (segments == null) {
             throw new IllegalArgumentException(job.out().name() + ": the terms' rows do not split into segments (CudaBackend.onGpu)");
         }
@@ -80,8 +79,8 @@ final class CudaTensorMerge implements TensorMerge {
             if (job.doraAxis() != null) {
                 m = taken.add(DeviceFactors.upload(device.pool(), job.magnitude()));
             }
-            // the factor and magnitude uploads are copies from pageable memory on the legacy stream, which may return
-            // before their DMA lands; the workers' streams are non-blocking and do not wait for it
+            // every upload above has landed (DeviceMemory#upload); this wait reports a device fault raised meanwhile here,
+            // before any worker reads the buffers
             settleUploads.run();
         } catch (RuntimeException | IOException | Error e) {
             taken.giveBack(e);
@@ -93,12 +92,13 @@ final class CudaTensorMerge implements TensorMerge {
     }
 
     /**
-     * The source when it is an NF4 weight, which a requantization to NF4 takes on the device
-     * ({@link CudaRequantization}), else null.
+     * A term of zeros on every row: the one segment of a weight without terms that a requantization
+     * takes on the device (a GPTQ or AWQ weight the adapter leaves alone, quantized to NF4), whose
+     * merge is then X = round(W + 0) = W with W's non-finite values counted as in any merge.
      */
-    static Nf4Weight deviceNf4(TensorJob job) {
-        return job.out().source().quantized() instanceof Nf4Weight && ((Nf4Weight) job.out().source().quantized()).kind().equals("nf4")
-                ? (Nf4Weight) job.out().source().quantized() : null;
+    private static LowRankTerm zeroTerm(TensorJob job) {
+        int rows = Math.toIntExact(job.rows());
+        return new LowRankTerm(job.out().name(), 1.0, 1, rows, job.cols(), new double[rows], new double[job.cols()]);
     }
 
     /**

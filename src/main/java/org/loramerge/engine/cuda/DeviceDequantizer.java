@@ -4,9 +4,6 @@ import java.io.IOException;
 import java.nio.ByteBuffer;
 import jcuda.Pointer;
 import jcuda.Sizeof;
-import jcuda.runtime.JCuda;
-import jcuda.runtime.cudaMemcpyKind;
-import jcuda.runtime.cudaStream_t;
 import org.loramerge.format.DType;
 import org.loramerge.format.FloatFormat;
 import org.loramerge.quant.BnbInt8Format;
@@ -53,20 +50,23 @@ public abstract class DeviceDequantizer implements AutoCloseable {
         if (rows <= 0 || cols <= 0 || rows * cols != w.numElements()) {
             throw new IllegalArgumentException(w.weightName() + " is not a [" + rows + ", " + cols + "] matrix");
         }
+        // every upload has landed when create returns (DeviceMemory#upload): the workers' streams may read it at once
         DeviceDequantizer d = create(device, w, rows, cols);
         if (d == null) {
             return null;
         }
-        // the uploads are copies from pageable memory on the legacy stream, which may return before their DMA lands;
-        // the workers' streams (non-blocking) that run the kernels do not wait for that stream
-        JCuda.cudaStreamSynchronize(new cudaStream_t());
-        long rowBytes = d.cols * d.format.sizeInBytes();
-        long maxRows = Math.max(1, Math.min(d.rows, blockBytes / rowBytes));
-        if (d.maxStagedBytes(maxRows) > blockBytes) {
-            d.close();
-            return null;
+        try {
+            long rowBytes = d.cols * d.format.sizeInBytes();
+            long maxRows = Math.max(1, Math.min(d.rows, blockBytes / rowBytes));
+            if (d.maxStagedBytes(maxRows) <= blockBytes) {
+                return d;
+            }
+        } catch (RuntimeException e) {
+            d.close(); // nothing stays on the device
+            throw e;
         }
-        return d;
+        d.close(); // its row blocks would not fit the staging buffers: the host dequantizes it
+        return null;
     }
 
     private static DeviceDequantizer create(CudaDevice device, QuantizedWeight w, long rows, long cols) throws IOException {
@@ -128,15 +128,11 @@ public abstract class DeviceDequantizer implements AutoCloseable {
     }
 
     static DeviceMemory upload(DevicePool pool, float[] values) {
-        DeviceMemory m = pool.take((long) values.length * Sizeof.FLOAT);
-        JCuda.cudaMemcpy(m.pointer(), Pointer.to(values), (long) values.length * Sizeof.FLOAT, cudaMemcpyKind.cudaMemcpyHostToDevice);
-        return m;
+        return DeviceMemory.upload(pool, Pointer.to(values), (long) values.length * Sizeof.FLOAT);
     }
 
     static DeviceMemory upload(DevicePool pool, int[] values) {
-        DeviceMemory m = pool.take((long) values.length * Sizeof.INT);
-        JCuda.cudaMemcpy(m.pointer(), Pointer.to(values), (long) values.length * Sizeof.INT, cudaMemcpyKind.cudaMemcpyHostToDevice);
-        return m;
+        return DeviceMemory.upload(pool, Pointer.to(values), (long) values.length * Sizeof.INT);
     }
 
     /** The dtype it writes W in: the weight's dequantized dtype. */

@@ -3,8 +3,6 @@ package org.loramerge.engine.cuda;
 import java.util.List;
 import jcuda.Pointer;
 import jcuda.Sizeof;
-import jcuda.runtime.JCuda;
-import jcuda.runtime.cudaMemcpyKind;
 import org.loramerge.engine.LowRankTerm;
 
 /** One low-rank term's factors (or several terms' as one) in fp64 on the device: U, Vᵀ and their row norms (for the error bound). */
@@ -149,11 +147,9 @@ public final class DeviceFactors implements AutoCloseable {
         }
     }
 
-    /** {@code a} on the device, in memory from {@code pool} (newly allocated when it is null). */
+    /** {@code a} on the device, landed ({@link DeviceMemory#upload}), in memory from {@code pool} (newly allocated when it is null). */
     static DeviceMemory upload(DevicePool pool, double[] a) {
-        DeviceMemory d = Nf4Kernels.take(pool, (long) a.length * Sizeof.DOUBLE);
-        JCuda.cudaMemcpy(d.pointer(), Pointer.to(a), (long) a.length * Sizeof.DOUBLE, cudaMemcpyKind.cudaMemcpyHostToDevice);
-        return d;
+        return DeviceMemory.upload(pool, Pointer.to(a), (long) a.length * Sizeof.DOUBLE);
     }
 
     public int rank() {

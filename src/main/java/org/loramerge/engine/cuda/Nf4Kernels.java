@@ -17,8 +17,10 @@ import org.loramerge.quant.FourBitCode;
 import org.loramerge.quant.Nf4Decoder;
 
 /**
- * The NF4 kernels of kernels/nf4.cu (see that file for what each computes; FP4 weights, stored
- * alike, dequantize there too), launched on a stream. Every launch is asynchronous; the caller synchronizes the stream.
+ * The 4-bit kernels of kernels/nf4.cu (see that file for what each computes), launched on a
+ * stream: each quantizing, requantizing, dequantizing and measuring kernel in both of
+ * bitsandbytes' code books, NF4 and FP4 ({@link FourBitCode}), which share everything but the
+ * code of a scaled value and the values of the codes. Every launch is asynchronous; the caller synchronizes the stream.
  */
 public final class Nf4Kernels {
     private static final int THREADS = 256;
@@ -36,7 +38,8 @@ public final class Nf4Kernels {
             functions.put(name, module.function(name));
         }
         for (String type : new String[] {"bf16", "f16", "f32"}) {
-            for (String kernel : new String[] {"nf4_dequant_", "fp4_dequant_", "nf4_requant_", "nf4_quantize_", "nf4_measure_"}) {
+            for (String kernel : new String[] {"nf4_dequant_", "fp4_dequant_", "nf4_requant_", "fp4_requant_", "nf4_quantize_", "fp4_quantize_",
+                "nf4_measure_", "fp4_measure_"}) {
                 functions.put(kernel + type, module.function(kernel + type));
             }
         }
@@ -101,14 +104,26 @@ public final class Nf4Kernels {
      */
     public void requant(CudaStream s, FloatFormat fmt, Pointer x, Pointer w, Pointer product, long first, long count, int blocksize,
                  Pointer packedX, Pointer packedW, Pointer absmaxX, Pointer absmaxW, Pointer sums) {
-        launch(s, "nf4_requant_" + type(fmt), groupGrid(count, blocksize), Pointer.to(x), Pointer.to(w), Pointer.to(product), p(first),
+        requant(s, FourBitCode.NF4, fmt, x, w, product, first, count, blocksize, packedX, packedW, absmaxX, absmaxW, sums);
+    }
+
+    /** {@link #requant} into code book {@code book} (NF4 or FP4; fp4_requant for FP4). */
+    public void requant(CudaStream s, FourBitCode book, FloatFormat fmt, Pointer x, Pointer w, Pointer product, long first, long count,
+                        int blocksize, Pointer packedX, Pointer packedW, Pointer absmaxX, Pointer absmaxW, Pointer sums) {
+        launch(s, book.typeName() + "_requant_" + type(fmt), groupGrid(count, blocksize), Pointer.to(x), Pointer.to(w), Pointer.to(product), p(first),
                 p(count), p((long) blocksize), Pointer.to(packedX), Pointer.to(packedW), Pointer.to(absmaxX), Pointer.to(absmaxW),
                 Pointer.to(sums));
     }
 
     /** Quantizes elements [first, first + count) given in {@code x} (16-byte aligned) into the whole-weight arrays. */
     public void quantize(CudaStream s, FloatFormat fmt, Pointer x, long first, long count, int blocksize, Pointer packed, Pointer absmax) {
-        launch(s, "nf4_quantize_" + type(fmt), groupGrid(count, blocksize), Pointer.to(x), p(first), p(count), p((long) blocksize),
+        quantize(s, FourBitCode.NF4, fmt, x, first, count, blocksize, packed, absmax);
+    }
+
+    /** {@link #quantize} into code book {@code book} (NF4 or FP4). */
+    public void quantize(CudaStream s, FourBitCode book, FloatFormat fmt, Pointer x, long first, long count, int blocksize, Pointer packed,
+                         Pointer absmax) {
+        launch(s, book.typeName() + "_quantize_" + type(fmt), groupGrid(count, blocksize), Pointer.to(x), p(first), p(count), p((long) blocksize),
                 Pointer.to(packed), Pointer.to(absmax));
     }
 
@@ -143,7 +158,13 @@ public final class Nf4Kernels {
     /** The survival sums per tile of {@link #MEASURE_TILE} elements: 4 doubles a tile into {@code out}. */
     public void measure(CudaStream s, FloatFormat fmt, Pointer packedX, Pointer packedW, Pointer scaleX, Pointer scaleW, Pointer sums, long n,
                  int blocksize, Pointer out) {
-        launch(s, "nf4_measure_" + type(fmt), tiles(n), Pointer.to(packedX), Pointer.to(packedW), Pointer.to(scaleX),
+        measure(s, FourBitCode.NF4, fmt, packedX, packedW, scaleX, scaleW, sums, n, blocksize, out);
+    }
+
+    /** {@link #measure} of codes of code book {@code book} (NF4 or FP4). */
+    public void measure(CudaStream s, FourBitCode book, FloatFormat fmt, Pointer packedX, Pointer packedW, Pointer scaleX, Pointer scaleW,
+                        Pointer sums, long n, int blocksize, Pointer out) {
+        launch(s, book.typeName() + "_measure_" + type(fmt), tiles(n), Pointer.to(packedX), Pointer.to(packedW), Pointer.to(scaleX),
                 Pointer.to(scaleW), Pointer.to(sums), p(n), p((long) blocksize), p(MEASURE_TILE), Pointer.to(out));
     }
 
@@ -162,14 +183,14 @@ public final class Nf4Kernels {
         DeviceMemory out = take(pool, blocks * Sizeof.FLOAT);
         try {
             if (!d.isDoubleQuant()) {
-                upload(s, out.pointer(), stored);
+                upload(s, out, stored);
                 s.synchronize();
                 return out;
             }
             try (DeviceMemory codes = take(pool, blocks);
                  DeviceMemory nested = uploadFloats(pool, s, d.nestedAbsmax());
                  DeviceMemory map = uploadFloats(pool, s, d.nestedQuantMap())) {
-                upload(s, codes.pointer(), stored);
+                upload(s, codes, stored);
                 decodeAbsmax(s, codes.pointer(), nested.pointer(), map.pointer(), d.offset(), d.nestedBlocksize(), blocks, out.pointer());
                 s.synchronize();
             }
@@ -185,24 +206,21 @@ public final class Nf4Kernels {
         return pool == null ? new DeviceMemory(bytes) : pool.take(bytes);
     }
 
-    /** {@code values} on the device, in memory from {@code pool} (or newly allocated when it is null). */
+    /** {@code values} on the device, after the work queued on {@code s}, in memory from {@code pool} (or newly allocated when it is null). */
     public static DeviceMemory uploadFloats(DevicePool pool, CudaStream s, float[] values) {
-        DeviceMemory m = take(pool, (long) values.length * Sizeof.FLOAT);
         s.synchronize();
-        JCuda.cudaMemcpy(m.pointer(), Pointer.to(values), (long) values.length * Sizeof.FLOAT, cudaMemcpyKind.cudaMemcpyHostToDevice);
-        return m;
+        return DeviceMemory.upload(pool, Pointer.to(values), (long) values.length * Sizeof.FLOAT);
     }
 
     /**
-     * Copies a heap or direct buffer's remaining bytes to the device, after the work queued on
-     * {@code s}; returns when the copy is done. (A synchronous cudaMemcpy: JCuda copies from Java
-     * memory synchronously whatever the call.)
+     * Copies a heap or direct buffer's remaining bytes to {@code dst}, after the work queued on
+     * {@code s}; returns when the copy has landed ({@link DeviceMemory#copyFromHost}).
      */
-    public static void upload(CudaStream s, Pointer dst, ByteBuffer src) {
+    public static void upload(CudaStream s, DeviceMemory dst, ByteBuffer src) {
         ByteBuffer b = src.slice();
         Pointer from = b.isDirect() ? Pointer.to(b) : Pointer.to(toArray(b));
         s.synchronize();
-        JCuda.cudaMemcpy(dst, from, b.remaining(), cudaMemcpyKind.cudaMemcpyHostToDevice);
+        dst.copyFromHost(0, from, b.remaining());
     }
 
     private static byte[] toArray(ByteBuffer b) {

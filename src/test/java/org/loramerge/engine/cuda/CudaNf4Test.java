@@ -88,17 +88,13 @@ class CudaNf4Test {
         return Stream.concat(Nf4Vectors.cases().stream(), Nf4Vectors.bitsandbytesCases().stream());
     }
 
-    /** The NF4 cases of {@link #allVectors}: the device quantizes NF4 only (FP4 requantizes with the CPU codec). */
-    static Stream<Nf4Vectors.Case> vectors() {
-        return allVectors().filter(c -> c.code() == FourBitCode.NF4);
-    }
-
     /**
-     * The NF4 cases whose stored codes a quantizer writes today: the device quantizer packs as bitsandbytes
-     * 0.47 and later do, so a weight packed by an older one (OR-packed, blocksize 1024 and up) is only read.
+     * The cases of {@link #allVectors} whose stored codes a quantizer writes today, NF4 and FP4: the device
+     * quantizer packs as bitsandbytes 0.47 and later do, so a weight packed by an older one (OR-packed,
+     * blocksize 1024 and up) is only read.
      */
     static Stream<Nf4Vectors.Case> quantizable() {
-        return vectors().filter(c -> !c.orPackedPre047());
+        return allVectors().filter(c -> !c.orPackedPre047());
     }
 
     @ParameterizedTest(name = "{0}")
@@ -119,14 +115,14 @@ class CudaNf4Test {
                     assertArrayEquals(Nf4Vectors.floats(f, c.name() + ".absmax_decoded"), downloadFloats(s, absmax, (int) c.numBlocks()),
                             "decoded absmax");
                 }
-                Nf4Kernels.upload(s, packed.pointer(), codes.bytes());
+                Nf4Kernels.upload(s, packed, codes.bytes());
                 cuda.device().nf4().dequant(s, c.code(), fmt, packed.pointer(), 0, n, absmax.pointer(), c.blocksize(), out.pointer());
                 assertArrayEquals(expected, download(s, out, (long) n * size), "whole weight");
                 // a range starting at an odd element, as a row block of a weight with odd rows does
                 int first = 3;
                 int count = n - 5;
                 try (MappedRegion part = d.packed(first, count); DeviceMemory partOut = new DeviceMemory((long) count * size)) {
-                    Nf4Kernels.upload(s, packed.pointer(), part.bytes());
+                    Nf4Kernels.upload(s, packed, part.bytes());
                     cuda.device().nf4().dequant(s, c.code(), fmt, packed.pointer(), first, count, absmax.pointer(), c.blocksize(),
                             partOut.pointer());
                     byte[] got = download(s, partOut, (long) count * size);
@@ -147,7 +143,7 @@ class CudaNf4Test {
         FloatFormat fmt = FloatFormat.of(c.dtype());
         try (Checkpoint ckpt = Checkpoint.open(c.dir()); SafetensorsFile f = c.open(); CudaStream s = new CudaStream()) {
             byte[] input = Nf4Vectors.bytes(f, c.name() + ".input");
-            Quantized q = quantizeOnGpu(s, fmt, input, n, c.blocksize());
+            Quantized q = quantizeOnGpu(s, c.code(), fmt, input, n, c.blocksize());
             assertArrayEquals(Nf4Vectors.bytes(f, c.name() + ".weight"), q.packed, "packed codes");
             if (!c.doubleQuant()) {
                 assertArrayEquals(Nf4Vectors.floats(f, c.name() + ".weight.absmax"), q.absmax, "absmax");
@@ -163,13 +159,13 @@ class CudaNf4Test {
     }
 
     static Stream<Arguments> randomShapes() {
-        return Stream.of(
-                Arguments.of(DType.BF16, 32, 200_001),
-                Arguments.of(DType.BF16, 64, 1_000_000),
-                Arguments.of(DType.F16, 128, 333_333),
-                Arguments.of(DType.F32, 256, 100_000),
-                Arguments.of(DType.BF16, 1024, 77_777),
-                Arguments.of(DType.BF16, 4096, 3 * 4096 + 17));
+        return Stream.of(FourBitCode.values()).flatMap(book -> Stream.of(
+                Arguments.of(book, DType.BF16, 32, 200_001),
+                Arguments.of(book, DType.BF16, 64, 1_000_000),
+                Arguments.of(book, DType.F16, 128, 333_333),
+                Arguments.of(book, DType.F32, 256, 100_000),
+                Arguments.of(book, DType.BF16, 1024, 77_777),
+                Arguments.of(book, DType.BF16, 4096, 3 * 4096 + 17)));
     }
 
     /**
@@ -187,15 +183,18 @@ class CudaNf4Test {
         }
     }
 
-    /** Many blocks of random values, zero blocks and values on the thresholds: kernels against Nf4Encoder and DoubleQuant. */
-    @ParameterizedTest(name = "{0} blocksize {1}, {2} elements")
+    /**
+     * Many blocks of random values, zero blocks and values on the thresholds (NF4's, and FP4's scaled
+     * values: FP4_THRESHOLDS): kernels of both code books against Nf4Encoder and DoubleQuant.
+     */
+    @ParameterizedTest(name = "{0} {1} blocksize {2}, {3} elements")
     @MethodSource("randomShapes")
-    void randomWeightsQuantizeAsTheCpuCodec(DType dtype, int blocksize, int n) throws Exception {
+    void randomWeightsQuantizeAsTheCpuCodec(FourBitCode book, DType dtype, int blocksize, int n) throws Exception {
         cuda.device().bindContext();
         FloatFormat fmt = FloatFormat.of(dtype);
         SplittableRandom rnd = new SplittableRandom(n * 31L + blocksize);
         ByteBuffer in = ByteBuffer.allocate(n * fmt.sizeInBytes()).order(ByteOrder.LITTLE_ENDIAN);
-        float[] thresholds = Nf4Codec.thresholds();
+        float[] thresholds = book == FourBitCode.NF4 ? Nf4Codec.thresholds() : FP4_THRESHOLDS;
         for (int i = 0; i < n; i++) {
             int block = i / blocksize;
             double v;
@@ -208,7 +207,7 @@ class CudaNf4Test {
             } else if (block % 13 == 3 && i % blocksize == 0) {
                 v = 1.0; // absmax 1: the next values sit exactly on thresholds
             } else if (block % 13 == 3) {
-                v = thresholds[rnd.nextInt(15)];
+                v = thresholds[rnd.nextInt(thresholds.length)];
             } else {
                 v = Math.exp(rnd.nextDouble() * 4 - 6) * (rnd.nextBoolean() ? 1 : -1) * (1 + block % 7);
             }
@@ -217,9 +216,9 @@ class CudaNf4Test {
         byte[] input = in.array();
         byte[] packed = new byte[(int) Nf4Codec.packedBytes(n)];
         float[] absmax = new float[(int) Nf4Codec.numBlocks(n, blocksize)];
-        Nf4Encoder.encodeBlocks(ByteBuffer.wrap(input).order(ByteOrder.LITTLE_ENDIAN), fmt, n, blocksize, 0, n, packed, absmax, null, "w");
+        Nf4Encoder.encodeBlocks(book, ByteBuffer.wrap(input).order(ByteOrder.LITTLE_ENDIAN), fmt, n, blocksize, 0, n, packed, absmax, null, "w");
         try (CudaStream s = new CudaStream()) {
-            Quantized q = quantizeOnGpu(s, fmt, input, n, blocksize);
+            Quantized q = quantizeOnGpu(s, book, fmt, input, n, blocksize);
             assertArrayEquals(packed, q.packed, "packed codes");
             assertArrayEquals(absmax, q.absmax, "absmax");
             DoubleQuant.Result expected = DoubleQuant.quantize(absmax, absmax.length);
@@ -265,7 +264,7 @@ class CudaNf4Test {
 
     /**
      * FP8, GPTQ and AWQ bases: their blocks are dequantized and merged on the device (kernels/quant.cu),
-     * or requantized on the CPU; the output must be the CPU engine's.
+     * and requantized there (NF4 from GPTQ, FP8 with its block grid); the output must be the CPU engine's.
      */
     @ParameterizedTest(name = "{0} --to {1}")
     @MethodSource("otherQuantizedBases")
@@ -418,19 +417,23 @@ class CudaNf4Test {
     private record Quantized(byte[] packed, float[] absmax) {
     }
 
-    private static Quantized quantizeOnGpu(CudaStream s, FloatFormat fmt, byte[] input, int n, int blocksize) {
+    /** FP4's decision values (dQuantizeFP4's literals) and their negatives, where a value on one takes the lower magnitude code. */
+    private static final float[] FP4_THRESHOLDS = {0.29166667f, 0.583333f, 0.8333333f, 0.4166667f, 0.0859375f, 0.20833333f, 0.00260417f,
+        -0.29166667f, -0.583333f, -0.8333333f, -0.4166667f, -0.0859375f, -0.20833333f, -0.00260417f};
+
+    private static Quantized quantizeOnGpu(CudaStream s, FourBitCode book, FloatFormat fmt, byte[] input, int n, int blocksize) {
         int blocks = (int) Nf4Codec.numBlocks(n, blocksize);
         try (DeviceMemory x = new DeviceMemory(input.length);
              DeviceMemory packed = new DeviceMemory(Nf4Codec.packedBytes(n));
              DeviceMemory absmax = new DeviceMemory((long) blocks * Sizeof.FLOAT)) {
-            Nf4Kernels.upload(s, x.pointer(), ByteBuffer.wrap(input));
+            Nf4Kernels.upload(s, x, ByteBuffer.wrap(input));
             // the whole weight in two calls, split on a block boundary, as row blocks are
             long half = Math.max(1, blocks / 2) * (long) blocksize;
             long firstPart = Math.min(half, n);
-            cuda.device().nf4().quantize(s, fmt, x.pointer(), 0, firstPart, blocksize, packed.pointer(), absmax.pointer());
+            cuda.device().nf4().quantize(s, book, fmt, x.pointer(), 0, firstPart, blocksize, packed.pointer(), absmax.pointer());
             if (firstPart < n) {
-                cuda.device().nf4().quantize(s, fmt, x.at(firstPart * fmt.sizeInBytes()), firstPart, n - firstPart, blocksize, packed.pointer(),
-                        absmax.pointer());
+                cuda.device().nf4().quantize(s, book, fmt, x.at(firstPart * fmt.sizeInBytes()), firstPart, n - firstPart, blocksize,
+                        packed.pointer(), absmax.pointer());
             }
             return new Quantized(download(s, packed, Nf4Codec.packedBytes(n)), downloadFloats(s, absmax, blocks));
         }

@@ -1,0 +1,69 @@
+package org.loramerge.engine.cuda;
+
+import java.nio.file.Path;
+import java.util.stream.Stream;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
+import org.loramerge.adapter.LoraAdapter;
+import org.loramerge.engine.Backend;
+import org.loramerge.engine.TensorJob;
+import org.loramerge.format.Checkpoint;
+import org.loramerge.plan.MergePlan;
+import org.loramerge.plan.OutputTensor;
+import org.loramerge.plan.PlanOptions;
+import org.loramerge.plan.Planner;
+import org.loramerge.plan.QuantTarget;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/**
+ * Where the GPU engine requantizes each weight of a {@code merge --to} a quantized format (no GPU
+ * needed: routing only). NF4 and FP4 outputs are requantized on the device from every base the
+ * device merges: NF4 and FP4 with their own settings, and GPTQ (4- and 8-bit) and AWQ quantized to
+ * NF4; FP8 and int8 outputs by the byte requantization; an FP8 weight with one scale for the whole
+ * tensor on the CPU.
+ */
+class RequantRoutingTest {
+    private static final Path RESOURCES = Path.of("src/test/resources");
+
+    static Stream<Arguments> merges() {
+        Path bnb = RESOURCES.resolve("bnb");
+        Path gptqAwq = RESOURCES.resolve("gptq_awq");
+        return Stream.of(
+                Arguments.of(RESOURCES.resolve("qlora/dq_bs64/base"), RESOURCES.resolve("qlora/dq_bs64/adapter"), QuantTarget.NF4,
+                        CudaBackend.RequantizedOn.DEVICE_4BIT),
+                Arguments.of(bnb.resolve("models/nf4-plain-f32"), bnb.resolve("adapter"), QuantTarget.NF4, CudaBackend.RequantizedOn.DEVICE_4BIT),
+                Arguments.of(bnb.resolve("models/fp4-dq-bf16"), bnb.resolve("adapter"), QuantTarget.FP4, CudaBackend.RequantizedOn.DEVICE_4BIT),
+                Arguments.of(bnb.resolve("models/fp4-plain-f16"), bnb.resolve("adapter"), QuantTarget.FP4, CudaBackend.RequantizedOn.DEVICE_4BIT),
+                Arguments.of(gptqAwq.resolve("gptq_v1_4bit_g32_actorder/base"), gptqAwq.resolve("gptq_v1_4bit_g32_actorder/adapter"), QuantTarget.NF4,
+                        CudaBackend.RequantizedOn.DEVICE_4BIT),
+                Arguments.of(gptqAwq.resolve("gptq_v2_8bit_one_group/base"), gptqAwq.resolve("gptq_v2_8bit_one_group/adapter"), QuantTarget.NF4,
+                        CudaBackend.RequantizedOn.DEVICE_4BIT),
+                Arguments.of(gptqAwq.resolve("awq_gemm_4bit_g32/base"), gptqAwq.resolve("awq_gemm_4bit_g32/adapter"), QuantTarget.NF4,
+                        CudaBackend.RequantizedOn.DEVICE_4BIT),
+                Arguments.of(bnb.resolve("models/int8"), bnb.resolve("adapter"), QuantTarget.INT8, CudaBackend.RequantizedOn.DEVICE_BYTES),
+                Arguments.of(RESOURCES.resolve("fp8/fine_grained_128/base"), RESOURCES.resolve("fp8/fine_grained_128/adapter"), QuantTarget.FP8,
+                        CudaBackend.RequantizedOn.DEVICE_BYTES),
+                Arguments.of(RESOURCES.resolve("fp8/fine_grained_tensor/base"), RESOURCES.resolve("fp8/fine_grained_tensor/adapter"), QuantTarget.FP8,
+                        CudaBackend.RequantizedOn.CPU));
+    }
+
+    @ParameterizedTest(name = "{0} --to {2}: {3}")
+    @MethodSource("merges")
+    void everyRequantizedWeightOfTheMergeGoesWhereItsFormatIsRequantized(Path base, Path adapter, QuantTarget to, CudaBackend.RequantizedOn where)
+            throws Exception {
+        try (Checkpoint c = Checkpoint.open(base); LoraAdapter a = LoraAdapter.open(adapter)) {
+            MergePlan plan = Planner.plan(c, a, PlanOptions.defaults().withTarget(to));
+            int requantized = 0;
+            for (OutputTensor t : plan.tensors()) {
+                if (t.isRequantized()) {
+                    requantized++;
+                    assertEquals(where, CudaBackend.requantizedOn(TensorJob.prepare(t), Backend.DEFAULT_BLOCK_BYTES), t.name());
+                }
+            }
+            assertTrue(requantized > 0, base + " --to " + to + " requantizes some weight");
+        }
+    }
+}
