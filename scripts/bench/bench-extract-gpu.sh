@@ -10,7 +10,7 @@
 # The shortest call that measures extract on the 7B shape, GPU engine only (the two checkpoints made, the cache
 # warmed, cat once, extract once; no anchors, no CPU engine, no unmerge):
 #   run(command="SKIP_ANCHORS=1 bash scripts/bench/bench-extract-gpu.sh", carry=[".device", "target/loramerge-cli.jar"])
-# (EXTRACT_CPU, CPU_TARGET and RUN_UNMERGE are off by default on llama-7b; SVDS_SWEEP is "4 6" and UNMERGE_PAIR on.) progress.log says how long
+# (EXTRACT_CPU, CPU_TARGET and RUN_UNMERGE are off by default on llama-7b; SVDS_SWEEP is "3 6" and UNMERGE_PAIR on.) progress.log says how long
 # each step took; the summary's timing line gives extract's own split, decomposeSvd being the SVDs' part of decompose.
 #
 # What it does
@@ -41,8 +41,8 @@
 #   so that the error ratio is the SVD's and not bf16's rounding of the factors), ANCHOR_LAYERS (0,15,31), SKIP_ANCHORS=1, REGEN=1,
 #   EXTRACT_CPU=1 (also time the CPU engine; default only for the tiny, 1gb and 3gb shapes),
 #   CPU_TARGET (e.g. q_proj: extract --target it --others report on both engines, the CPU engine's row where the whole
-#   model would not fit a device call), SVDS_SWEEP (default "4 6"; "" for none: extract-cuda again with -Dloramerge.svds=N, the
-#   weights decomposed at once, one row each, beside the default 3; about 7 s a row on the 7B shape), RUN_UNMERGE=1 (then, the tuned model removed: a rank-16 adapter merged into the
+#   model would not fit a device call), SVDS_SWEEP (default "3 6"; "" for none: extract-cuda again with -Dloramerge.svds=N, the
+#   weights decomposed at once, one row each, beside the default 4; about 7 s a row on the 7B shape), RUN_UNMERGE=1 (then, the tuned model removed: a rank-16 adapter merged into the
 #   base and unmerged with --base, beside cp -r + sync of the base; the unmerged model's distance to the base in ulps;
 #   REPS times, interleaved), UNMERGE_PAIR (default 1; 0 skips it: in each rep after extract-cuda, cp -r + sync of the
 #   tuned model and `unmerge --merged tuned --adapter <the extracted adapter> --base base`, the distance report on every
@@ -142,7 +142,7 @@ for rep in $(seq 1 "$REPS"); do
   rm -rf "$WORK/out-extract"
   run extract-cuda $LORAMERGE extract --base "$WORK/base" --tuned "$WORK/tuned" --out "$WORK/out-extract" --rank "$RANK" --device cuda \
     --json --quiet ${LM_ARGS:---dtype f32}
-  for n in ${SVDS_SWEEP-4 6}; do
+  for n in ${SVDS_SWEEP-3 6}; do
     say "rep $rep: extract on the GPU engine, $n SVDs at once"
     rm -rf "$WORK/out-extract-svds"
     # the knob reaches whichever java LORAMERGE runs (gpu-run.sh sets LORAMERGE to its own jar)

@@ -16,7 +16,7 @@ import java.util.Locale;
  *       (default), or {@code mapped}, a copy into a memory mapping of the block's place
  *   <li>{@code loramerge.read}: how workers get a dense tensor's rows: {@code mapped}, a memory mapping of them
  *       (default), or {@code pread}, positional reads into a block buffer of the engine's (page-locked on a GPU)
- *   <li>{@code loramerge.svds}: how many weights {@code extract} decomposes at once on the GPU engine (default 3),
+ *   <li>{@code loramerge.svds}: how many weights {@code extract} decomposes at once on the GPU engine (default 4),
  *       each on its own thread and stream
  * </ul>
  *

@@ -52,10 +52,12 @@ public final class CudaBackend implements Backend {
      * its host steps (the l×l Cholesky factors and small SVD, the sketches' transfers and the waits
      * for them: a rank-64 pass over a 4096x11008 ΔW is about 0.2 ms of DGEMM by an H200's fp64 rate
      * and memory bandwidth, estimated, against several round trips to the host), which other
-     * weights' passes can fill; each adds a worker's buffers and one ΔW. Three is a first choice,
-     * not yet measured against others ({@code -Dloramerge.svds}, bench-extract-gpu.sh's SVDS_SWEEP).
+     * weights' passes can fill; each adds a worker's buffers and one ΔW. Four, measured against
+     * three and six on the 7B shape (one H200, bench-extract-gpu.sh's SVDS_SWEEP, three reps
+     * interleaved: 5.36, 4.97, 6.39 s against 5.67, 5.62, 6.72 s with three and 6.08, 5.18, 6.03 s
+     * with six; device memory 3.8-4.1 GiB against 3.7-4.0 and 4.5-5.0).
      */
-    private static final int DEFAULT_DECOMPOSITIONS = 3;
+    private static final int DEFAULT_DECOMPOSITIONS = 4;
     /** Weights extract forms ahead of those decomposed: the forming threads go on while a weight of another shape is slower to decompose. */
     private static final int DELTAS_AHEAD = 2;
 
