@@ -92,24 +92,28 @@ __device__ __forceinline__ uint32_t scaled_bits(uint32_t b, float s, int product
 }
 
 /*
- * VEC (4 or 8) consecutive codes of one row, elements e.. at column c (a multiple of VEC; codes + e
- * aligned to VEC bytes, out + e to 16 bytes), to D: one load of the codes and ONE 16-byte store,
- * VEC = 16 / sizeof(D) (8 values of 16-bit D, 4 of F32), so that the 32 threads of a warp store
- * 512 consecutive bytes with each instruction. (Runs of 16 codes, two or four stores a thread 32
- * or 64 bytes apart, halved the int8 kernel's rate: benchmarks/RESULTS.md.) The run's scale group
- * found once; when a group of columns ends inside the run (groups narrower than VEC, or not a
- * multiple of it), the scale is switched there.
+ * VEC consecutive codes of one row, elements e.. at column c (a multiple of VEC; codes + e aligned
+ * to VEC bytes, out + e to 16 bytes), to D, in one load of the codes: 16 codes and two 16-byte
+ * stores for 16-bit D, 4 codes and one 16-byte store for F32. Measured on an H200
+ * (benchmarks/RESULTS.md): F32 output in runs of 16 (four stores a thread, 64 bytes apart) ran
+ * int8 at 0.47 of the copy's traffic, in runs of 4 (a warp's store covers 512 consecutive bytes)
+ * at 0.82; 16-bit output in runs of 8 ran FP8 at 0.50 against 0.65 in runs of 16 (a run's row,
+ * column and scale group, 64-bit divisions, found once for twice the codes). The run's scale
+ * group found once; when a group of columns ends inside the run (groups narrower than VEC, or not
+ * a multiple of it), the scale is switched there.
  */
 template <int KIND, int FMT, bool F32P, int VEC, typename T>
 __device__ __forceinline__ void scaled_run(const unsigned char *__restrict__ codes, long long e, long long c,
                                            const float *__restrict__ rowScales, long long blockCols, int productFmt,
                                            T *__restrict__ out) {
-    static_assert(VEC * sizeof(T) == 16, "one 16-byte store a run");
-    uint32_t u[2] = {0u, 0u};
-    if (VEC == 8) {
-        uint2 q = *reinterpret_cast<const uint2 *>(codes + e);
+    static_assert(VEC == (sizeof(T) == 2 ? 16 : 4), "16 codes a run for 16-bit D, 4 for F32");
+    uint32_t u[4] = {0u, 0u, 0u, 0u};
+    if (VEC == 16) {
+        uint4 q = *reinterpret_cast<const uint4 *>(codes + e);
         u[0] = q.x;
         u[1] = q.y;
+        u[2] = q.z;
+        u[3] = q.w;
     } else {
         u[0] = *reinterpret_cast<const uint32_t *>(codes + e);
     }
@@ -131,11 +135,15 @@ __device__ __forceinline__ void scaled_run(const unsigned char *__restrict__ cod
             bits[k] = scaled_bits<KIND, FMT, F32P>((u[k >> 2] >> (8 * (k & 3))) & 0xffu, s, productFmt);
         }
     }
-    if (sizeof(T) == 2) {
-        *reinterpret_cast<uint4 *>(out + e) =
-            make_uint4(bits[0] | (bits[1] << 16), bits[2] | (bits[3] << 16), bits[4] | (bits[5] << 16), bits[6] | (bits[7] << 16));
-    } else {
-        *reinterpret_cast<uint4 *>(out + e) = make_uint4(bits[0], bits[1], bits[2], bits[3]);
+#pragma unroll
+    for (int m = 0; m < VEC * (int)sizeof(T) / 16; m++) {
+        if (sizeof(T) == 2) {
+            const uint32_t *b = bits + 8 * m;
+            *reinterpret_cast<uint4 *>(out + e + 8 * m) =
+                make_uint4(b[0] | (b[1] << 16), b[2] | (b[3] << 16), b[4] | (b[5] << 16), b[6] | (b[7] << 16));
+        } else {
+            *reinterpret_cast<uint4 *>(out + e) = make_uint4(bits[0], bits[1], bits[2], bits[3]);
+        }
     }
 }
 
@@ -144,8 +152,8 @@ __device__ __forceinline__ void scaled_run(const unsigned char *__restrict__ cod
  * blockRows >= rows and blockCols = cols, one a row with 1 x cols, one per group of columns with
  * 1 x g, 128 x 128 blocks; int8: 1 x cols, SCB). Elements [0, rowCount * cols) of the block,
  * rows row0.. of the weight; the scale of (row, col) is scales[(row / blockRows) * scaleCols +
- * col / blockCols]. A thread takes a run of VEC = 16 / sizeof(D) elements of one row (scaled_run:
- * 8 for 16-bit D, 4 for F32) when cols is a multiple of VEC; otherwise one element. The row,
+ * col / blockCols]. A thread takes a run of VEC elements of one row (scaled_run: 16 for 16-bit
+ * D, 4 for F32) when cols is a multiple of VEC; otherwise one element. The row,
  * column and scale row of a run are computed once for its VEC elements. Grid-stride, any grid.
  */
 template <int KIND, int FMT, bool F32P, int VEC, typename T>
@@ -168,7 +176,7 @@ template <int KIND, int FMT, bool F32P, typename T>
 __device__ __forceinline__ void scaled_dequant(const unsigned char *__restrict__ codes, long long rowCount, long long cols,
                                                long long row0, const float *__restrict__ scales, long long blockRows,
                                                long long blockCols, long long scaleCols, int productFmt, T *__restrict__ out) {
-    constexpr int VEC = 16 / sizeof(T);
+    constexpr int VEC = sizeof(T) == 2 ? 16 : 4;
     if ((cols & (VEC - 1)) == 0) {
         scaled_runs<KIND, FMT, F32P, VEC, T>(codes, rowCount, cols, row0, scales, blockRows, blockCols, scaleCols, productFmt, out);
         return;
@@ -189,7 +197,7 @@ __device__ __forceinline__ void scaled_dequant(const unsigned char *__restrict__
  *   An FP8 block (e4m3fn codes, e5m2 when e5m2 != 0) to D; productFmt LM_F32 (0 BF16, 1 F16, 2 F32,
  *   rounding.cuh's codes) for transformers' layout and e8m0 or fp32 scales, else the 16-bit scales' dtype.
  *   codes and out 16-byte aligned. 256 threads a block (built for 5 blocks an SM: 48 registers);
- *   grid: ceil(work / 256), work = n / VEC when cols % VEC == 0 (VEC = 8 for 16-bit D, 4 for F32), else n;
+ *   grid: ceil(work / 256), work = n / VEC when cols % VEC == 0 (VEC = 16 for 16-bit D, 4 for F32), else n;
  *   a smaller grid strides.
  * int8_dequant_f32(codes, rowCount, cols, row0, scb, out)
  *   An LLM.int8 block to F32 with each row's SCB (scb of the whole weight). Launched as fp8_dequant.

@@ -206,7 +206,7 @@ int main(int argc, char **argv) {
         unsigned int *o32 = (unsigned int *)out.data();
         if (kernel.rfind("fp8_", 0) == 0 || kernel == "int8_f32") {
             const unsigned char *codes = (const unsigned char *)staged.data();
-            long long run = kernel == "int8_f32" || kernel == "fp8_f32" ? 4 : 8; /* 16 bytes of out a thread */
+            long long run = kernel == "int8_f32" || kernel == "fp8_f32" ? 4 : 16; /* quant.cu scaled_run */
             long long work = cols % run == 0 ? rowCount * cols / run : rowCount * cols;
             unsigned grid = grid_of((work + 255) / 256, 1u << 16, oneBlock);
             int e = (int)e5m2, p = (int)productFmt;

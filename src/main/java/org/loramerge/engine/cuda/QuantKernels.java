@@ -68,11 +68,11 @@ public final class QuantKernels {
     }
 
     /**
-     * The work items of fp8_dequant and int8_dequant: a run of 16 bytes of output a thread (8
-     * elements of 16-bit {@code out}, 4 of F32) when rows are a multiple of that long, else one element.
+     * The work items of fp8_dequant and int8_dequant: a run of 16 elements of 16-bit {@code out}
+     * a thread, of 4 of F32 (quant.cu scaled_run), when rows are a multiple of that long, else one element.
      */
     private static long scaledWork(long rowCount, long cols, FloatFormat out) {
-        long run = out == FloatFormat.F32 ? 4 : 8;
+        long run = out == FloatFormat.F32 ? 4 : 16;
         return cols % run == 0 ? rowCount * cols / run : rowCount * cols;
     }
 
