@@ -70,8 +70,9 @@ public final class JmhTable {
             case "CudaQuantBenchmark": {
                 long[] s = shape(p.get("shape").asText());
                 if (method.equals("dequantizeOnDevice") || method.equals("requantizeOnDevice")) { // the whole weight
+                    double traffic = method.equals("dequantizeOnDevice") ? dequantTraffic(p.get("format").asText(), s[0] * s[1]) : Double.NaN;
                     return new Row(bench, method, p.get("format").asText() + " " + p.get("shape").asText() + ", whole weight", ms, err,
-                            s[0] * s[1] * 2 / seconds / 1e9, Double.NaN);
+                            s[0] * s[1] * 2 / seconds / 1e9, traffic / seconds / 1e9);
                 }
                 long n = p.get("blockRows").asLong() * s[1];
                 return new Row(bench, method, p.get("format").asText() + " " + p.get("shape").asText() + ", " + p.get("blockRows").asText()
@@ -82,6 +83,9 @@ public final class JmhTable {
                 return new Row(bench, method, p.get("shape").asText() + " r" + p.path("rank").asText() + " x4 BF16", ms, err,
                         s[0] * s[1] * 2 / seconds / 1e9, Double.NaN);
             }
+            case "CudaExactBenchmark": // one 1024x4096 BF16 block (CudaExactBenchmark.ROWS, COLS), rank 16
+                return new Row(bench, method, "1024x4096 BF16 block r16, " + p.path("factors").asText() + " factors", ms, err,
+                        1024.0 * 4096 * 2 / seconds / 1e9, Double.NaN);
             case "Nf4Benchmark": {
                 int weights = method.startsWith("fused") ? 4 : 1;
                 return new Row(bench, method, "4096x11008 (as BF16)" + (weights > 1 ? " x4" : ""), ms, err,
@@ -123,11 +127,11 @@ public final class JmhTable {
             sb.append(String.format(Locale.ROOT, "%npinned H2D %.1f GB/s, device-to-device copy %.1f GB/s (bytes copied per second; D2D moves "
                     + "2x that through memory)%n", h2d, d2d));
         }
-        if (rows.stream().anyMatch(r -> r.benchmark().equals("CudaNf4Benchmark"))) {
-            sb.append("\n| NF4 kernel | case | ms/op | ± | GB/s of W (BF16) | device memory traffic GB/s | x D2D traffic |\n"
+        if (rows.stream().anyMatch(r -> !Double.isNaN(r.trafficGbPerSecond()))) {
+            sb.append("\n| kernel | case | ms/op | ± | GB/s of W (BF16) | device memory traffic GB/s | x D2D traffic |\n"
                     + "| --- | --- | --- | --- | --- | --- | --- |\n");
             for (Row r : rows) {
-                if (r.benchmark().equals("CudaNf4Benchmark")) {
+                if (!Double.isNaN(r.trafficGbPerSecond())) {
                     sb.append(String.format(Locale.ROOT, "| %s.%s | %s | %.3f | %.3f | %.1f | %.1f | %.2f |%n", r.benchmark(), r.method(), r.caseName(),
                             r.msPerOp(), r.error(), r.gbPerSecond(), r.trafficGbPerSecond(), r.trafficGbPerSecond() / (2 * d2d)));
                 }
@@ -155,6 +159,20 @@ public final class JmhTable {
             case "fusedMergeToNf4": return dequant + merge + requant;
             case "doubleQuantAndMeasure": return finish;
             default: throw new IllegalArgumentException("no traffic model for CudaNf4Benchmark." + method);
+        }
+    }
+
+    /**
+     * Bytes CudaQuantBenchmark.dequantizeOnDevice must move for n elements of {@code format}: its
+     * codes in, its dequantized dtype out (F32 for int8, 16-bit for the others); the scales, zeros
+     * and absmax (under 2% of the codes) are left out, so the figure is a lower bound.
+     */
+    static double dequantTraffic(String format, double n) {
+        switch (format) {
+            case "fp4": case "gptq": case "awq": return n / 2 + 2 * n;
+            case "fp8": return n + 2 * n;
+            case "int8": return n + 4 * n;
+            default: throw new IllegalArgumentException("no traffic model for CudaQuantBenchmark format " + format);
         }
     }
 
