@@ -227,7 +227,8 @@ public final class CudaBackend implements Backend {
      * no terms at all (a weight the adapter leaves alone that changes format: its merge is X = W, one
      * term of zeros, CudaTensorMerge#zeroTerm), and its
      * output is NF4 or FP4 from any base the device merges ({@link CudaRequantization#covers}: NF4
-     * and FP4 with their own settings, NF4 from GPTQ or AWQ), FP8 with a scale per block, row or
+     * and FP4 with their own settings, NF4 from GPTQ or AWQ, whose smallest band of whole quantization
+     * blocks fits a worker's buffers of {@code blockBytes}), FP8 with a scale per block, row or
      * group, or int8 ({@link CudaByteRequantization#covers}, which also needs a band of
      * quantization blocks within a worker's buffers of {@code blockBytes}). The CPU engine
      * requantizes the others inside this backend, among them an FP8 weight with one scale for the
@@ -236,12 +237,12 @@ public final class CudaBackend implements Backend {
     static RequantizedOn requantizedOn(TensorJob job, int blockBytes) {
         if (job.terms().isEmpty() && job.dense() == null && job.doraAxis() == null && job.tokenValues() == null && job.srcFormat() != null) {
             // a weight the adapter leaves alone, requantized only because its format changes (NF4 from GPTQ or AWQ): X = W
-            return CudaRequantization.covers(job) ? RequantizedOn.DEVICE_4BIT : RequantizedOn.CPU;
+            return CudaRequantization.covers(job, blockBytes) ? RequantizedOn.DEVICE_4BIT : RequantizedOn.CPU;
         }
         if (!onGpu(job) || job.dense() != null || job.doraAxis() != null || CudaTensorMerge.segments(job.terms(), job.rows()).size() != 1) {
             return RequantizedOn.CPU;
         }
-        if (CudaRequantization.covers(job)) {
+        if (CudaRequantization.covers(job, blockBytes)) {
             return RequantizedOn.DEVICE_4BIT;
         }
         return CudaByteRequantization.covers(job, blockBytes) ? RequantizedOn.DEVICE_BYTES : RequantizedOn.CPU;

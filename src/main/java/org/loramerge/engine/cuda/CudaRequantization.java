@@ -74,14 +74,25 @@ final class CudaRequantization extends DeviceRequantization {
      * cols and whose packed codes one Java array holds, as the CPU requantizer's. The caller checks
      * the merge itself (CudaBackend#onGpu, one segment, no DoRA); any source the device merges will
      * do, whether it dequantizes it ({@link DeviceDequantizer}) or takes its values from the host.
+     * The fewest rows a block of whole quantization blocks can have (Requantize#rowsPerBlock:
+     * blocksize / gcd(cols, blocksize)) must fit a worker's device buffers of {@code blockBytes}
+     * in the output dtype: a blocksize of 4096 over rows of 4100 columns needs blocks of 1024 rows,
+     * past 8 MiB of BF16, and such a weight is requantized by the CPU engine.
      */
-    static boolean covers(TensorJob job) {
+    static boolean covers(TensorJob job, int blockBytes) {
         if (!(job.out().quantizedOutput() instanceof Nf4Output) || job.out().source().quantized() == null || job.srcFormat() != job.dstFormat()) {
             return false;
         }
         QuantState s = ((Nf4Output) job.out().quantizedOutput()).template();
+        long cols = job.cols();
+        long minRows = s.blocksize() / gcd(cols, s.blocksize());
         return s.dtype() == job.dstFormat().dtype() && s.numElements() == (long) job.rows() * job.cols()
-                && Nf4Codec.packedBytes(s.numElements()) <= Integer.MAX_VALUE - 8;
+                && Nf4Codec.packedBytes(s.numElements()) <= Integer.MAX_VALUE - 8
+                && minRows * cols * job.dstFormat().sizeInBytes() <= blockBytes;
+    }
+
+    private static long gcd(long a, long b) {
+        return b == 0 ? a : gcd(b, a % b);
     }
 
     @Override
@@ -104,6 +115,10 @@ final class CudaRequantization extends DeviceRequantization {
         if (first % blocksize != 0 || (count % blocksize != 0 && first + count != numElements)) {
             throw new IllegalArgumentException(job.out().name() + ": rows [" + row0 + ", +" + rowCount + ") do not cover whole " + book
                     + " blocks");
+        }
+        if (count * format.sizeInBytes() > w.input().sizeInBytes()) { // covers() keeps such weights on the CPU
+            throw new IllegalArgumentException(job.out().name() + ": rows [" + row0 + ", +" + rowCount + ") exceed the device block of "
+                    + w.input().sizeInBytes() + " bytes");
         }
         long[] bad = mergeBlock(w, row0, rowCount, src, stats);
         if (bad[0] > 0 || bad[1] > 0) {

@@ -22,9 +22,11 @@ final class Taken {
         this.settle = settle;
     }
 
-    /** Holds {@code resource} until {@link #giveBack}; returns it. */
+    /** Holds {@code resource} until {@link #giveBack} (nothing when it is null: a step that took nothing); returns it. */
     <T extends AutoCloseable> T add(T resource) {
-        held.add(resource);
+        if (resource != null) {
+            held.add(resource);
+        }
         return resource;
     }
 

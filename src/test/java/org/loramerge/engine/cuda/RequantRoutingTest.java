@@ -2,6 +2,7 @@ package org.loramerge.engine.cuda;
 
 import java.nio.file.Path;
 import java.util.stream.Stream;
+import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
@@ -14,6 +15,7 @@ import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
 import org.loramerge.plan.QuantTarget;
+import org.loramerge.quant.Nf4Output;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -65,5 +67,28 @@ class RequantRoutingTest {
             }
             assertTrue(requantized > 0, base + " --to " + to + " requantizes some weight");
         }
+    }
+
+    @Test
+    void aFourBitWeightWhoseSmallestBandOfWholeBlocksExceedsTheDeviceBlockIsRequantizedOnTheCpu() throws Exception {
+        Path bnb = RESOURCES.resolve("bnb");
+        try (Checkpoint c = Checkpoint.open(bnb.resolve("models/fp4-dq-bf16")); LoraAdapter a = LoraAdapter.open(bnb.resolve("adapter"))) {
+            MergePlan plan = Planner.plan(c, a, PlanOptions.defaults().withTarget(QuantTarget.FP4));
+            for (OutputTensor t : plan.tensors()) {
+                if (t.isRequantized()) {
+                    TensorJob job = TensorJob.prepare(t);
+                    int blocksize = ((Nf4Output) t.quantizedOutput()).template().blocksize();
+                    long minRows = blocksize / gcd(job.cols(), blocksize);
+                    int band = Math.toIntExact(minRows * job.cols() * job.dstFormat().sizeInBytes());
+                    assertEquals(CudaBackend.RequantizedOn.DEVICE_4BIT, CudaBackend.requantizedOn(job, band), t.name() + ": the band fits");
+                    assertEquals(CudaBackend.RequantizedOn.CPU, CudaBackend.requantizedOn(job, band - 1),
+                            t.name() + ": a band past the device buffers stays on the CPU");
+                }
+            }
+        }
+    }
+
+    private static long gcd(long a, long b) {
+        return b == 0 ? a : gcd(b, a % b);
     }
 }

@@ -39,6 +39,17 @@ class TakenTest {
     }
 
     @Test
+    void aStepThatTookNothingAddsNoSuppressedFailureWhenTheRestIsGivenBack() {
+        Taken taken = new Taken(() -> events.add("wait"));
+        taken.add(resource("factors", null));
+        assertEquals(null, taken.add((AutoCloseable) null), "a dequantizer the host runs is null");
+        IllegalStateException failure = new IllegalStateException("out of device memory for DoRA's magnitudes");
+        taken.giveBack(failure);
+        assertEquals(List.of("wait", "close factors"), events);
+        assertEquals(0, failure.getSuppressed().length, "no NullPointerException from the step that took nothing");
+    }
+
+    @Test
     void aCloseThatFailsIsAddedToTheOriginalFailureAndTheOthersStillClose() {
         Taken taken = new Taken(() -> events.add("wait"));
         RuntimeException badClose = new IllegalStateException("device memory freed twice");
