@@ -189,8 +189,8 @@ extern "C" __global__ void nf4_decode_absmax(const unsigned char *__restrict__ c
  * wider than the block: their 4 bytes of codes from packed + i / 2 in one load, each value
  * mul.ftz(value, scale) rounded once to D, stored at once (one 16-byte store, two for F32), so a
  * warp's store instruction covers 512 consecutive bytes. (Runs of 32 codes, four or eight stores a
- * thread 64 bytes apart, ran the FP4 kernel at 0.38 of the copy's traffic against 0.46 with runs
- * of 8: benchmarks/RESULTS.md.) ftzScale is bnb_ftz(absmax of the block), computed once for the
+ * thread 64 bytes apart, ran the FP4 kernel at 0.38 of the copy's traffic, runs of 8 at 0.51: JMH on
+ * one H200, benchmarks/RESULTS.md.) ftzScale is bnb_ftz(absmax of the block), computed once for the
  * run; every code book value is 0 or normal, so that bnb_ftz of it is itself and
  * bnb_ftz(value * ftzScale) is bnb_mul(value, absmax), bit for bit.
  */
