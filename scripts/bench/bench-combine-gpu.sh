@@ -25,7 +25,8 @@
 #        combine-svd        loramerge combine --combine svd --rank 16 --device cuda  (target: well under a minute)
 #        combine-ties-svd   loramerge combine --combine ties_svd --density 0.5 --rank 16 --device cuda
 #        peft-svd           scripts/bench/peft_combine.py svd, rank 16, on the GPU, over the first
-#                           PEFT_LAYERS decoder layers only (below)
+#                           PEFT_LAYERS decoder layers only (below); the table labels it so,
+#                           e.g. "peft-svd (2 of 32 layers)": not the whole job, unlike the other rows
 #        peft-ties-svd      the same with ties_svd --density 0.5
 #      with peak host RSS (process tree; target < 3 GB) and peak device memory (target < 6 GB);
 #   5. checks cat-cuda against cat-cpu byte for byte (sha256 of every output file);
@@ -37,7 +38,10 @@
 # combines the modules of the first PEFT_LAYERS (default 2) of the 32 layers, all 7 projections of
 # the same four adapters (14 modules), each module's work timed; the summary gives its measured
 # time, its median per module of each projection, and the whole model's time EXTRAPOLATED from
-# them (labelled so, with the measured and total module counts). loramerge's rows always combine
+# them (labelled so, with the measured and total module counts). A PEFT row that PEFT_BUDGET_S
+# stops exits with status 3 (peft_combine.py's EXIT_STOPPED_BY_BUDGET): its table row says
+# "partial (stopped by PEFT_BUDGET_S)", without a wall time or an "x cp" ratio, it does not count
+# as a failure, and the summary still prints its measured and extrapolated lines. loramerge's rows always combine
 # the whole model (`combine` has no option to select modules), so its per-module figure is its
 # whole run over 224 modules, JVM start and reads included: the comparison favours PEFT.
 #
@@ -175,20 +179,29 @@ TOOLS+=(--tool "combine-svd=$LORAMERGE $COMBINE --combine svd")
 # PEFT's lines (measured, per module, extrapolated) from each PEFT row's log, and loramerge's
 # combine of the whole model beside them
 peft_summary() {
-  "$PY" - "$OUT" <<'EOF'
-import json, os, re, sys
-out = sys.argv[1]
+  "$PY" - "$OUT" "$PEFT_SCOPE" "$PEFT_BUDGET_S" <<'EOF'
+import json, os, re, statistics, sys
+out, scope, peft_budget = sys.argv[1], sys.argv[2], sys.argv[3]
 path = os.path.join(out, "results.jsonl")
 runs = [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
 def median_wall(label):
-    w = sorted(r["wall_s"] for r in runs if r["label"] == label and r.get("rc") == 0 and r.get("wall_s"))
-    return w[len(w) // 2] if w else None
+    w = [r["wall_s"] for r in runs
+         if r["label"] == label and r.get("rc") == 0 and not r.get("timed_out") and r.get("wall_s")]
+    return statistics.median(w) if w else None
 for peft, lm in (("peft-svd", "combine-svd"), ("peft-ties-svd", "combine-ties-svd")):
     log = os.path.join(out, f"{peft}-1.log")
     if not os.path.exists(log):
         continue
     text = open(log, errors="replace").read()
-    print(f"{peft} (repetition 1):")
+    r1 = [r for r in runs if r["label"] == peft and r.get("rep") == 1]
+    how = ""
+    if r1 and r1[0].get("rc") == 3 and not r1[0].get("timed_out"):
+        how = f": partial (stopped by PEFT_BUDGET_S, {peft_budget} s of module work; nothing saved)"
+    elif r1 and r1[0].get("timed_out"):
+        how = ": timed out at BUDGET_S"
+    elif r1 and r1[0].get("rc") != 0:
+        how = f": FAILED (exit status {r1[0].get('rc')})"
+    print(f"{peft}{scope} (repetition 1){how}:")
     lines = re.findall(r"^\[peft_combine\] ((?:measured|per module|extrapolated|stopped).*)$", text, re.M)
     for l in lines:
         print(f"    {l}")
@@ -209,10 +222,20 @@ for peft, lm in (("peft-svd", "combine-svd"), ("peft-ties-svd", "combine-ties-sv
 EOF
 }
 
+# a PEFT row over a layer subset is not the whole job: its table label says so
+TOTAL_LAYERS=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("num_hidden_layers", ""))' "$WORK/base/config.json")
+PEFT_SCOPE=""
+LABELS=()
+if [ -n "$TOTAL_LAYERS" ] && [ "$PEFT_LAYERS" -lt "$TOTAL_LAYERS" ]; then
+  PEFT_SCOPE=" ($PEFT_LAYERS of $TOTAL_LAYERS layers)"
+  LABELS=(--label "peft-svd=peft-svd$PEFT_SCOPE" --label "peft-ties-svd=peft-ties-svd$PEFT_SCOPE")
+fi
+
 set +e
 "$PY" scripts/bench/bench_run.py --base "$WORK/base" --adapter "$WORK/a1/adapter" --work "$WORK" --logs "$OUT" \
   --reps "$REPS" --gpu --budget-s "$BUDGET_S" --python "$PY" --baseline cp --floor cp \
-  "${VERIFY[@]}" "${TOOLS[@]}" >"$OUT/table.out" 2>&3
+  --partial "3:stopped by PEFT_BUDGET_S" ${LABELS[@]+"${LABELS[@]}"} \
+  ${VERIFY[@]+"${VERIFY[@]}"} "${TOOLS[@]}" >"$OUT/table.out" 2>&3
 rc=$?
 set -e
 rm -rf "$WORK"/out-*

@@ -4,6 +4,7 @@
     bench_run.py --base DIR --adapter DIR --work DIR --logs DIR [--reps N] [--gpu]
                  [--budget-s S] [--baseline NAME] [--floor NAME]
                  [--verify-numeric A,B] [--verify-bytes A,B] [--python PY]
+                 [--partial RC:NOTE] [--label NAME=TEXT ...]
                  --tool 'NAME=COMMAND TEMPLATE' [--tool ...]
 
 Each tool's template is split with shlex after substituting {base}, {adapter}, {out}
@@ -18,7 +19,14 @@ deleted after its run. In repetition 1:
               No repetition starts when it would likely end past S; within one, each run may
               take what is left of S (measure.py --timeout ends it there, the row says
               "timed out"), and a tool is not started with less than --min-start-s (default
-              10) left (the row says "skipped"). Both count as failures (exit 1).
+              10) left (the row says "skipped"). Both count as failures (exit 1). A run that
+              timed out is never counted as ok, even when the tool traps SIGTERM and exits 0:
+              it is left out of the medians, the ratios and the "runs ok" count.
+--partial RC:NOTE  a tool that exits with RC stopped early on purpose (its own budget): such a
+              run is not ok (left out of the medians, ratios and "runs ok"), nor a failure; its
+              row says "partial (NOTE)" and the verify lines list it.
+--label NAME=TEXT  shows TEXT instead of NAME in the table's tool column (logs keep NAME),
+              e.g. to say that a tool did only part of the job.
 Results: LOGS/results.jsonl (one line per run), LOGS/<tool>-<rep>.log (each run's output),
 LOGS/verify-*.txt; a markdown table on stdout (and in LOGS/table.md).
 """
@@ -79,6 +87,12 @@ def verify_lines_has(lines, prefix):
     return any(l.startswith(prefix) for l in lines)
 
 
+def run_ok(r):
+    """A run that ended by itself with exit status 0 (a run stopped at the budget is never ok,
+    whatever its status)."""
+    return r.get("rc") == 0 and not r.get("timed_out") and not r.get("skipped")
+
+
 def fmt(x, nd=1):
     return "-" if x is None else f"{x:.{nd}f}"
 
@@ -99,7 +113,20 @@ def main():
     ap.add_argument("--verify-bytes", default="")
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--tool", action="append", default=[])
+    ap.add_argument("--partial", default="", metavar="RC:NOTE")
+    ap.add_argument("--label", action="append", default=[], metavar="NAME=TEXT")
     a = ap.parse_args()
+    partial_rc, partial_note = None, ""
+    if a.partial:
+        rc_, _, partial_note = a.partial.partition(":")
+        try:
+            partial_rc = int(rc_)
+        except ValueError:
+            ap.error(f"--partial {a.partial!r}: give RC:NOTE, RC an exit status such as 3")
+    labels = dict(x.split("=", 1) for x in a.label if "=" in x)
+
+    def is_partial(r):
+        return partial_rc is not None and r.get("rc") == partial_rc and not r.get("timed_out")
 
     global PROGRESS
     t_start = T0
@@ -169,15 +196,17 @@ def main():
             results.append(r)
             with open(results_path, "a") as f:
                 f.write(json.dumps(r) + "\n")
-            ok = r.get("rc") == 0
-            if not ok:
+            ok = run_ok(r)
+            partial = is_partial(r)
+            if not ok and not partial:
                 failed_tools.add(name)
             if r.get("timed_out"):
                 log(f"  {name:<12} TIMED OUT at the budget ({a.budget_s:.0f} s since the start), see {a.logs}/{name}-{rep}.log")
             log(f"  {name:<12} rc={r.get('rc')} wall {fmt(r.get('wall_s'), 2)} s "
                 f"(sync {fmt(r.get('sync_s'), 2)}) rss {fmt((r.get('peak_rss_tree_mb') or 0) / 1e3, 2)} GB"
                 + (f" gpu {fmt((r.get('peak_gpu_mem_delta_mb') or 0) / 1024, 2)} GiB" if a.gpu else "")
-                + ("" if ok else f"  FAILED, see {a.logs}/{name}-{rep}.log"))
+                + ("" if ok else f"  PARTIAL ({partial_note}), see {a.logs}/{name}-{rep}.log" if partial
+                   else f"  FAILED, see {a.logs}/{name}-{rep}.log"))
 
             if rep == 1 and ok and name in vbytes:
                 t = time.time()
@@ -241,13 +270,17 @@ def main():
             if r["label"] == name and (r.get("timed_out") or r.get("skipped")):
                 verify_lines.append(f"{name} (repetition {r['rep']}): "
                                     + ("timed out at the budget" if r.get("timed_out") else "skipped, no budget left")
-                                    + f" ({a.budget_s:.0f} s)")
+                                    + f" ({a.budget_s:.0f} s)"
+                                    + (f", exit status {r['rc']} not counted as ok" if r.get("rc") == 0 else ""))
+            elif r["label"] == name and is_partial(r):
+                verify_lines.append(f"{labels.get(name, name)} (repetition {r['rep']}): partial ({partial_note}), "
+                                    f"exit status {r['rc']}: not the whole job, left out of the medians")
     with open(os.path.join(a.logs, "verify.txt"), "w") as f:
         f.write("\n".join(verify_lines) + "\n")
 
     # ---------------------------------------------------------------- table
     def med(name):
-        w = [r["wall_s"] for r in results if r["label"] == name and r.get("rc") == 0 and r.get("wall_s")]
+        w = [r["wall_s"] for r in results if r["label"] == name and run_ok(r) and r.get("wall_s")]
         return statistics.median(w) if w else None
 
     base_med = med(a.baseline) if a.baseline else None
@@ -262,7 +295,8 @@ def main():
     lines = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
     for name in names:
         rs = [r for r in results if r["label"] == name]
-        okr = [r for r in rs if r.get("rc") == 0 and r.get("wall_s")]
+        okr = [r for r in rs if run_ok(r) and r.get("wall_s")]
+        npart = sum(1 for r in rs if is_partial(r))
         w = [r["wall_s"] for r in okr]
         m = med(name)
 
@@ -270,7 +304,9 @@ def main():
             v = [r.get(key) for r in okr if r.get(key) is not None]
             return max(v) / scale if v else None
 
-        row = [name, f"{len(okr)}/{len(rs)}", fmt(m, 2), fmt(min(w) if w else None, 2), fmt(max(w) if w else None, 2),
+        runs = f"{len(okr)}/{len(rs)}" + (f" ({npart} partial)" if npart else "")
+        m_txt = f"partial ({partial_note})" if npart and not okr else fmt(m, 2)
+        row = [labels.get(name, name), runs, m_txt, fmt(min(w) if w else None, 2), fmt(max(w) if w else None, 2),
                fmt(mx("peak_rss_tree_mb", 1e3), 2), fmt(mx("peak_rss_anon_tree_mb", 1e3), 2),
                fmt(mx("max_rss_single_mb", 1e3), 2)]
         if a.gpu:
@@ -286,7 +322,7 @@ def main():
     for name in names:
         ph = {}
         for r in results:
-            if r["label"] != name or r.get("rc") != 0:
+            if r["label"] != name or not run_ok(r):
                 continue
             try:
                 with open(os.path.join(a.logs, f"{name}-{r['rep']}.log"), errors="replace") as f:

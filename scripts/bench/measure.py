@@ -22,9 +22,17 @@ JSON fields
                             samples of the sum over GPUs; delta = peak - before (MiB as nvidia-smi reports)
 
 CMD's stdout/stderr are inherited unless --log FILE is given (then both go to FILE).
+If measure.py itself gets SIGTERM or SIGINT (say, the timeout of whatever runs it), it ends CMD
+first: SIGTERM to CMD's process group (with --timeout; without it, to CMD and its descendants),
+SIGKILL 5 s later to what is still there, then it exits 128+N without a JSON line; an unexpected
+exit of measure.py ends CMD too (atexit). With --timeout CMD leaves measure.py's process group, so
+a signal to that group no longer reaches it: this is what ends it then. CMD also gets SIGKILL from
+the kernel if measure.py is killed outright (SIGKILL, which no handler sees: PR_SET_PDEATHSIG),
+though what CMD started does not.
 The JSON line goes to stdout (and is appended to --json-out FILE). measure.py exits with CMD's rc.
 """
 import argparse
+import atexit
 import json
 import os
 import shlex
@@ -35,6 +43,66 @@ import threading
 import time
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+try:  # looked up here: the child, between fork and exec, only calls it
+    import ctypes
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (ImportError, OSError, AttributeError):
+    _prctl = None
+
+
+def die_with_parent():
+    """In the child before exec: SIGKILL when measure.py dies, however it dies (Linux)."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+class Child:
+    """The command, ended with its process group if measure.py is ended first."""
+
+    def __init__(self, own_group):
+        self.p = None
+        self.own_group = own_group
+        self.reaped = False
+
+    def signal(self, sig, pids=()):
+        """sig to CMD's group (own_group), else to pids (CMD's tree, taken while CMD is unreaped)."""
+        if self.p is None:
+            return
+        if self.own_group:
+            try:
+                os.killpg(self.p.pid, sig)  # the group outlives a reaped leader while members remain
+            except (ProcessLookupError, PermissionError):
+                pass
+            return
+        for q in pids:
+            try:
+                os.kill(q, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def end(self, grace_s):
+        """SIGTERM, then SIGKILL after grace_s if the command has not ended."""
+        if self.p is None or self.reaped:
+            if self.own_group:
+                self.signal(signal.SIGKILL)  # what it left behind
+            return
+        pids = [] if self.own_group else tree(self.p.pid)
+        self.signal(signal.SIGTERM, pids)
+        t = time.monotonic()
+        while time.monotonic() - t < grace_s:
+            try:
+                if os.waitpid(self.p.pid, os.WNOHANG)[0] == self.p.pid:
+                    self.reaped = True
+                    break
+            except ChildProcessError:
+                self.reaped = True
+                break
+            time.sleep(0.05)
+        # CMD's own pid is free for reuse once reaped
+        self.signal(signal.SIGKILL, [q for q in pids if not (self.reaped and q == self.p.pid)])
 
 
 def children_map():
@@ -144,13 +212,35 @@ def main():
 
     gpu = GpuPoller() if a.gpu else None
     logf = open(a.log, "ab") if a.log else None
+    child = Child(own_group=a.timeout is not None)
+
+    def on_exit():
+        if not child.reaped:
+            child.end(0)
+        if gpu and gpu.proc and gpu.proc.poll() is None:
+            gpu.stop()
+
+    def on_signal(signum, _frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print(f"[measure] {a.label or cmd[0]}: got {signal.Signals(signum).name}, ending the command",
+              file=sys.stderr, flush=True)
+        if not child.reaped:
+            child.end(5)
+        elif child.own_group:
+            child.signal(signal.SIGKILL)
+        sys.exit(128 + signum)  # atexit: on_exit stops the GPU poller
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    atexit.register(on_exit)
 
     peak_rss = peak_anon = 0
     samples = 0
     t0 = time.monotonic()
     # with --timeout, CMD leads its own process group, so that ending it ends what it started
-    p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT if logf else None,
-                         start_new_session=a.timeout is not None)
+    p = child.p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT if logf else None,
+                                   start_new_session=a.timeout is not None, preexec_fn=die_with_parent)
     ru = None
     status = 0
     timed_out = False
@@ -158,6 +248,7 @@ def main():
     while True:
         wpid, status, ru = os.wait4(p.pid, os.WNOHANG)
         if wpid == p.pid:
+            child.reaped = True
             break
         now = time.monotonic()
         if a.timeout is not None and not timed_out and now - t0 > a.timeout:

@@ -19,7 +19,12 @@ The recipe, as a PEFT user runs it:
              model (one full torch.linalg.svd per module); a subset measures its rate per module in
              a fraction of that.
 --budget-s S stops add_weighted_adapter before the next module once its modules have taken S
-             seconds (nothing is saved then); the modules done so far are reported.
+             seconds (nothing is saved then); the modules done so far are reported, and the
+             script exits with status 3 (EXIT_STOPPED_BY_BUDGET): a partial run, not PEFT's
+             time for the whole job.
+
+Exit status: 0 done and saved; 3 stopped by --budget-s (partial, nothing saved); 2 bad arguments;
+1 any other failure.
 
 Each module's combination (PEFT's per-module helper, the device synchronized around it) is timed
 and printed as it ends (`[peft_combine] module NAME ROWSxCOLS X s`), so a run cut short still
@@ -48,6 +53,9 @@ MODULE_RE = re.compile(r"^(.*)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B
 
 def log(msg):
     print(f"[peft_combine] {msg}", file=sys.stderr, flush=True)
+
+
+EXIT_STOPPED_BY_BUDGET = 3
 
 
 class OutOfBudget(Exception):
@@ -114,7 +122,7 @@ def extrapolate(timed, all_modules):
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True)
     ap.add_argument("--adapter", action="append", required=True)
     ap.add_argument("--weights", required=True, help="comma-separated, one per --adapter")
@@ -123,7 +131,8 @@ def main():
     ap.add_argument("--svd-rank", type=int)
     ap.add_argument("--density", type=float)
     ap.add_argument("--layers", type=int, help="only the modules of the first N decoder layers")
-    ap.add_argument("--budget-s", type=float, help="stop before the next module after S s of modules")
+    ap.add_argument("--budget-s", type=float,
+                    help=f"stop before the next module after S s of modules (exit status {EXIT_STOPPED_BY_BUDGET})")
     ap.add_argument("--device", default="cpu", help="device_map: cpu, cuda, auto")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
@@ -265,6 +274,8 @@ def main():
         log(f"measured: no module finished ({len(all_modules)} in the whole model)")
     if a.json:
         print(json.dumps(result), flush=True)
+    if stopped:
+        sys.exit(EXIT_STOPPED_BY_BUDGET)
 
 
 if __name__ == "__main__":
