@@ -1,15 +1,13 @@
 package org.loramerge.engine.cuda;
 
-import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
-import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.SplittableRandom;
-import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.loramerge.quant.FourBitCode;
@@ -35,22 +33,22 @@ class Fp4EncodeOnHostTest {
 
     @Test
     void theKernelsFp4CodesAreTheCpuCodecsForEveryDecisionValueAndRandomFloats() throws Exception {
-        assumeTrue(run("g++", "--version").exit == 0, "no g++ here");
+        assumeTrue(run("g++", "--version").exit() == 0, "no g++ here");
         Path exe = dir.resolve("fp4_host");
-        Result built = run("g++", "-std=c++20", "-O1", "-ffp-contract=off", "-Wall", "-Wno-unknown-pragmas",
+        HostCommand.Result built = run("g++", "-std=c++20", "-O1", "-ffp-contract=off", "-Wall", "-Wno-unknown-pragmas",
                 "-I" + Path.of("kernels/test/host").toAbsolutePath(), "-I" + Path.of("kernels").toAbsolutePath(), "-o", exe.toString(),
                 Path.of("kernels/test/fp4_host.cpp").toAbsolutePath().toString());
-        assertEquals(0, built.exit, built.output);
+        assertEquals(0, built.exit(), built.output());
         float[] values = values();
         ByteBuffer in = ByteBuffer.allocate(values.length * 4).order(ByteOrder.LITTLE_ENDIAN);
         for (float v : values) {
             in.putInt(Float.floatToRawIntBits(v));
         }
         Files.write(dir.resolve("values.bin"), in.array());
-        Result r = run(exe.toString(), dir.resolve("values.bin").toString(), dir.resolve("codes.bin").toString());
-        assertEquals(0, r.exit, r.output);
+        HostCommand.Result r = run(exe.toString(), dir.resolve("values.bin").toString(), dir.resolve("codes.bin").toString());
+        assertEquals(0, r.exit(), r.output());
         byte[] codes = Files.readAllBytes(dir.resolve("codes.bin"));
-        assertEquals(values.length, codes.length, r.output);
+        assertEquals(values.length, codes.length, r.output());
         boolean[] seen = new boolean[16];
         for (int i = 0; i < values.length; i++) {
             int want = FourBitCode.FP4.encode(values[i]);
@@ -91,21 +89,7 @@ class Fp4EncodeOnHostTest {
         return out;
     }
 
-    private record Result(int exit, String output) {
-    }
-
-    private Result run(String... command) throws Exception {
-        Process p;
-        try {
-            p = new ProcessBuilder(List.of(command)).directory(dir.toFile()).redirectErrorStream(true).start();
-        } catch (IOException e) {
-            return new Result(-1, e.getMessage());
-        }
-        String output = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
-        if (!p.waitFor(5, TimeUnit.MINUTES)) {
-            p.destroyForcibly();
-            return new Result(-2, "timed out: " + output);
-        }
-        return new Result(p.exitValue(), output);
+    private HostCommand.Result run(String... command) throws Exception {
+        return HostCommand.run(dir, Duration.ofMinutes(5), command);
     }
 }

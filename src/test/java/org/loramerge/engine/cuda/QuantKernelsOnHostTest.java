@@ -3,14 +3,13 @@ package org.loramerge.engine.cuda;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
-import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
 import java.util.SplittableRandom;
-import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.loramerge.format.Checkpoint;
@@ -48,18 +47,18 @@ class QuantKernelsOnHostTest {
 
     @Test
     void quantKernelsBuiltForTheHostWriteTheCpuCodecsBytes() throws Exception {
-        assumeTrue(run(dir, "g++", "--version").exit == 0, "no g++ here");
+        assumeTrue(run(dir, "g++", "--version").exit() == 0, "no g++ here");
         Path exe = dir.resolve("quant_host");
-        Result built = run(dir, "g++", "-std=c++20", "-O1", "-pthread", "-ffp-contract=off", "-Wall", "-Wno-unknown-pragmas",
+        HostCommand.Result built = run(dir, "g++", "-std=c++20", "-O1", "-pthread", "-ffp-contract=off", "-Wall", "-Wno-unknown-pragmas",
                 "-I" + Path.of("kernels/test/host").toAbsolutePath(), "-I" + Path.of("kernels").toAbsolutePath(), "-o", exe.toString(),
                 Path.of("kernels/test/quant_host.cpp").toAbsolutePath().toString());
-        assertEquals(0, built.exit, built.output);
+        assertEquals(0, built.exit(), built.output());
         Path cases = dir.resolve("cases");
         int count = writeRequantCases(cases, writeCases(cases));
         for (String grid : new String[] {"0", "1"}) {
-            Result r = run(dir, exe.toString(), cases.toString(), String.valueOf(count), grid);
-            assertEquals(0, r.exit, r.output);
-            assertTrue(r.output.endsWith(count + " cases, 0 failures\n"), r.output);
+            HostCommand.Result r = run(dir, exe.toString(), cases.toString(), String.valueOf(count), grid);
+            assertEquals(0, r.exit(), r.output());
+            assertTrue(r.output().endsWith(count + " cases, 0 failures\n"), r.output());
         }
     }
 
@@ -297,21 +296,7 @@ class QuantKernelsOnHostTest {
         return b.array();
     }
 
-    private record Result(int exit, String output) {
-    }
-
-    private static Result run(Path dir, String... command) throws Exception {
-        Process p;
-        try {
-            p = new ProcessBuilder(List.of(command)).directory(dir.toFile()).redirectErrorStream(true).start();
-        } catch (IOException e) {
-            return new Result(-1, e.getMessage());
-        }
-        String output = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
-        if (!p.waitFor(10, TimeUnit.MINUTES)) {
-            p.destroyForcibly();
-            return new Result(-2, "timed out: " + output);
-        }
-        return new Result(p.exitValue(), output);
+    private static HostCommand.Result run(Path dir, String... command) throws Exception {
+        return HostCommand.run(dir, Duration.ofMinutes(10), command);
     }
 }
