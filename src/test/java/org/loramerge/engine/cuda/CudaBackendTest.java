@@ -8,8 +8,6 @@ import java.util.List;
 import java.util.Map;
 import java.util.SplittableRandom;
 import java.util.stream.Stream;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -48,25 +46,9 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /** The CUDA engine must write exactly the CPU engine's bytes. Skips itself where there is no usable GPU. */
 @Tag("gpu")
-class CudaBackendTest {
-    private static CudaBackend cuda;
-
+class CudaBackendTest extends OnTheGpu {
     @TempDir
     Path dir;
-
-    @BeforeEach
-    void openDevice() {
-        if (cuda == null) {
-            cuda = GpuTests.openOrSkip();
-        }
-    }
-
-    @AfterAll
-    static void closeDevice() {
-        if (cuda != null) {
-            cuda.close();
-        }
-    }
 
     static Stream<Arguments> shapes() {
         return Stream.of(

@@ -5,8 +5,6 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.stream.Stream;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -42,25 +40,9 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * the CPU (one scale per tensor). Skips itself where there is no usable GPU.
  */
 @Tag("gpu")
-class CudaByteRequantTest {
-    private static CudaBackend cuda;
-
+class CudaByteRequantTest extends OnTheGpu {
     @TempDir
     Path dir;
-
-    @BeforeEach
-    void openDevice() {
-        if (cuda == null) {
-            cuda = GpuTests.openOrSkip();
-        }
-    }
-
-    @AfterAll
-    static void closeDevice() {
-        if (cuda != null) {
-            cuda.close();
-        }
-    }
 
     static Stream<Arguments> merges() {
         List<Arguments> out = new ArrayList<>();

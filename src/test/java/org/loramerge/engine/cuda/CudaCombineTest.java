@@ -11,8 +11,6 @@ import java.util.List;
 import java.util.Locale;
 import java.util.SplittableRandom;
 import java.util.stream.Stream;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -57,26 +55,11 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
  * methods too (merge keeps their SVD on the host). Skips itself where there is no usable GPU.
  */
 @Tag("gpu")
-class CudaCombineTest {
+class CudaCombineTest extends OnTheGpu {
     private static final Path COMBINE = Path.of("src/test/resources/combine");
-    private static CudaBackend cuda;
 
     @TempDir
     Path dir;
-
-    @BeforeEach
-    void openDevice() {
-        if (cuda == null) {
-            cuda = GpuTests.openOrSkip();
-        }
-    }
-
-    @AfterAll
-    static void closeDevice() {
-        if (cuda != null) {
-            cuda.close();
-        }
-    }
 
     static Stream<Arguments> shapes() {
         return Stream.of(

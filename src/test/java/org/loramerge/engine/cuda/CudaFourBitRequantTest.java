@@ -5,8 +5,6 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.stream.Stream;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
@@ -40,26 +38,11 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * requantized weight requantized on the device. Skips itself where there is no usable GPU.
  */
 @Tag("gpu")
-class CudaFourBitRequantTest {
+class CudaFourBitRequantTest extends OnTheGpu {
     private static final Path RESOURCES = Path.of("src/test/resources");
-    private static CudaBackend cuda;
 
     @TempDir
     Path dir;
-
-    @BeforeEach
-    void openDevice() {
-        if (cuda == null) {
-            cuda = GpuTests.openOrSkip();
-        }
-    }
-
-    @AfterAll
-    static void closeDevice() {
-        if (cuda != null) {
-            cuda.close();
-        }
-    }
 
     static Stream<Arguments> merges() {
         List<Arguments> out = new ArrayList<>();

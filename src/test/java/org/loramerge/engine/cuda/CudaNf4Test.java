@@ -12,8 +12,6 @@ import jcuda.Pointer;
 import jcuda.Sizeof;
 import jcuda.runtime.JCuda;
 import jcuda.runtime.cudaMemcpyKind;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -60,25 +58,9 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * on the GPU against the CPU engine's bytes. Skips itself where there is no usable GPU.
  */
 @Tag("gpu")
-class CudaNf4Test {
-    private static CudaBackend cuda;
-
+class CudaNf4Test extends OnTheGpu {
     @TempDir
     Path dir;
-
-    @BeforeEach
-    void openDevice() {
-        if (cuda == null) {
-            cuda = GpuTests.openOrSkip();
-        }
-    }
-
-    @AfterAll
-    static void closeDevice() {
-        if (cuda != null) {
-            cuda.close();
-        }
-    }
 
     /**
      * The 4-bit reference cases, NF4 and FP4, and the same inputs as bitsandbytes quantized and

@@ -10,8 +10,6 @@ import java.util.stream.Stream;
 import jcuda.Pointer;
 import jcuda.runtime.JCuda;
 import jcuda.runtime.cudaMemcpyKind;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
@@ -46,25 +44,9 @@ import static org.junit.jupiter.api.Assertions.assertNotNull;
  * GPU against the CPU engine's bytes. Skips itself where there is no usable GPU.
  */
 @Tag("gpu")
-class CudaQuantTest {
-    private static CudaBackend cuda;
-
+class CudaQuantTest extends OnTheGpu {
     @TempDir
     Path dir;
-
-    @BeforeEach
-    void openDevice() {
-        if (cuda == null) {
-            cuda = GpuTests.openOrSkip();
-        }
-    }
-
-    @AfterAll
-    static void closeDevice() {
-        if (cuda != null) {
-            cuda.close();
-        }
-    }
 
     static Stream<RandomQuantizedWeights.Spec> weights() {
         return RandomQuantizedWeights.specs().stream();

@@ -10,8 +10,6 @@ import java.util.List;
 import java.util.SplittableRandom;
 import java.util.concurrent.atomic.AtomicInteger;
 import jcuda.CudaException;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -30,25 +28,9 @@ import org.loramerge.testutil.TensorFiles;
  * device's pool and throws the failure itself. Skips itself where there is no usable GPU.
  */
 @Tag("gpu")
-class CudaTensorMergeFailureTest {
-    private static CudaBackend cuda;
-
+class CudaTensorMergeFailureTest extends OnTheGpu {
     @TempDir
     Path dir;
-
-    @BeforeEach
-    void openDevice() {
-        if (cuda == null) {
-            cuda = GpuTests.openOrSkip();
-        }
-    }
-
-    @AfterAll
-    static void closeDevice() {
-        if (cuda != null) {
-            cuda.close();
-        }
-    }
 
     @Test
     void aDoraMergeWhoseUploadsFailToLandGivesBackItsFactorsAndMagnitudesAndThrowsThatFailure() throws Exception {
