@@ -81,7 +81,7 @@ final class ByteRequantBases {
             String blockSize = "null";
             switch (spec.kind()) {
                 case "fp8-block":
-                    scaleShape = new long[] {ceil(rows, spec.block()), ceil(cols, spec.block())};
+                    scaleShape = new long[] {RandomQuantizedWeights.ceil(rows, spec.block()), RandomQuantizedWeights.ceil(cols, spec.block())};
                     blockSize = "[" + spec.block() + ", " + spec.block() + "]";
                     break;
                 case "fp8-derived":
@@ -94,7 +94,7 @@ final class ByteRequantBases {
                     scaleShape = new long[] {};
                     break;
             }
-            tensors.add(new Tensor(STEM + ".weight_scale_inv", DType.F32, scaleShape, scales(rnd, count(scaleShape), 1e-3)));
+            tensors.add(new Tensor(STEM + ".weight_scale_inv", DType.F32, scaleShape, scales(rnd, RandomQuantizedWeights.count(scaleShape), 1e-3)));
             q = "{\"quant_method\": \"fp8\", \"activation_scheme\": \"dynamic\", \"weight_block_size\": " + blockSize + "}";
         } else {
             tensors.add(new Tensor(WEIGHT, DType.I8, new long[] {rows, cols}, codes));
@@ -102,10 +102,7 @@ final class ByteRequantBases {
             tensors.add(new Tensor(STEM + ".weight_format", DType.U8, new long[] {}, new byte[] {0}));
             q = "{\"quant_method\": \"bitsandbytes\", \"load_in_8bit\": true, \"load_in_4bit\": false}";
         }
-        TinyModels.writeSafetensors(dir.resolve("model.safetensors"), tensors);
-        TinyModels.writeText(dir.resolve("config.json"), "{\"model_type\": \"llama\", \"torch_dtype\": \"" + spec.modelDtype().torchName()
-                .replace("torch.", "") + "\", \"tie_word_embeddings\": false, \"quantization_config\": " + q + "}\n");
-        return dir;
+        return RandomQuantizedWeights.writeModel(dir, tensors, spec.modelDtype(), q);
     }
 
     /**
@@ -122,18 +119,6 @@ final class ByteRequantBases {
                 new Tensor(TinyModels.PEFT_PREFIX + STEM + ".lora_A.weight", DType.F32, new long[] {r, spec.cols()},
                         TinyModels.f32(TinyModels.values(r * spec.cols(), 3))),
                 new Tensor(TinyModels.PEFT_PREFIX + STEM + ".lora_B.weight", DType.F32, new long[] {spec.rows(), r}, TinyModels.f32(b))));
-    }
-
-    private static int ceil(int a, int b) {
-        return (a + b - 1) / b;
-    }
-
-    private static int count(long[] shape) {
-        int n = 1;
-        for (long d : shape) {
-            n *= (int) d;
-        }
-        return n;
     }
 
     /** Positive fp32 scales of about {@code size} (times e^-2 .. e^2). */

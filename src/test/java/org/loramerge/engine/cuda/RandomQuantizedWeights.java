@@ -135,17 +135,22 @@ final class RandomQuantizedWeights {
         } else {
             throw new IllegalArgumentException(kind);
         }
+        return writeModel(dir, tensors, spec.modelDtype(), q);
+    }
+
+    /** A one-file llama model of {@code tensors} in {@code dir}, its config.json with {@code modelDtype} and {@code quantizationConfig}. */
+    static Path writeModel(Path dir, List<Tensor> tensors, DType modelDtype, String quantizationConfig) {
         TinyModels.writeSafetensors(dir.resolve("model.safetensors"), tensors);
-        TinyModels.writeText(dir.resolve("config.json"), "{\"model_type\": \"llama\", \"torch_dtype\": \"" + spec.modelDtype().torchName()
-                .replace("torch.", "") + "\", \"tie_word_embeddings\": false, \"quantization_config\": " + q + "}\n");
+        TinyModels.writeText(dir.resolve("config.json"), "{\"model_type\": \"llama\", \"torch_dtype\": \"" + modelDtype.torchName()
+                .replace("torch.", "") + "\", \"tie_word_embeddings\": false, \"quantization_config\": " + quantizationConfig + "}\n");
         return dir;
     }
 
-    private static int ceil(int a, int b) {
+    static int ceil(int a, int b) {
         return (a + b - 1) / b;
     }
 
-    private static int count(long[] shape) {
+    static int count(long[] shape) {
         int n = 1;
         for (long d : shape) {
             n *= (int) d;
