@@ -115,16 +115,12 @@ final class Requantize implements TensorStrategy {
 
     /**
      * Rows per block of a requantized weight: whole quantization blocks (a multiple of
-     * {@code blockElements / gcd(cols, blockElements)} rows), about a streaming block of {@code bytesPerRow}.
+     * {@link Requantizer#rowsOfWholeBlocks} rows), about a streaming block of {@code bytesPerRow}.
      */
     static long rowsPerBlock(long cols, long blockElements, long bytesPerRow, int blockBytes) {
-        long align = blockElements / gcd(cols, blockElements); // rows whose elements fill whole blocks
+        long align = Requantizer.rowsOfWholeBlocks(cols, blockElements);
         long fit = Math.max(1, blockBytes / bytesPerRow);
         return Math.max(align, fit / align * align);
-    }
-
-    private static long gcd(long a, long b) {
-        return b == 0 ? a : gcd(b, a % b);
     }
 
     private static MergeReport.Survival survival(OutputTensor t, Requantizer.Change change) {

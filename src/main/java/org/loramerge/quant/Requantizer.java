@@ -13,6 +13,22 @@ import java.util.List;
  */
 public interface Requantizer {
     /**
+     * The fewest rows of {@code cols} elements, row-major, that fill whole quantization blocks of
+     * {@code blockElements}: {@code blockElements / gcd(cols, blockElements)}. Every row block a
+     * requantizer takes is a multiple of it.
+     */
+    static long rowsOfWholeBlocks(long cols, long blockElements) {
+        long a = cols;
+        long b = blockElements;
+        while (b != 0) {
+            long t = a % b;
+            a = b;
+            b = t;
+        }
+        return blockElements / a;
+    }
+
+    /**
      * What a chunk of the weight contributes to the survival figures: codes changed, Σ D², Σ D·ΔW
      * and Σ ΔW², with D = deq(Q(W + ΔW)) − deq(Q(W)).
      */

@@ -74,8 +74,8 @@ final class CudaRequantization extends DeviceRequantization {
      * cols and whose packed codes one Java array holds, as the CPU requantizer's. The caller checks
      * the merge itself (CudaBackend#onGpu, one segment, no DoRA); any source the device merges will
      * do, whether it dequantizes it ({@link DeviceDequantizer}) or takes its values from the host.
-     * The fewest rows a block of whole quantization blocks can have (Requantize#rowsPerBlock:
-     * blocksize / gcd(cols, blocksize)) must fit a worker's device buffers of {@code blockBytes}
+     * The fewest rows a block of whole quantization blocks can have ({@link
+     * Requantizer#rowsOfWholeBlocks}) must fit a worker's device buffers of {@code blockBytes}
      * in the output dtype: a blocksize of 4096 over rows of 4100 columns needs blocks of 1024 rows,
      * past 8 MiB of BF16, and such a weight is requantized by the CPU engine.
      */
@@ -85,14 +85,10 @@ final class CudaRequantization extends DeviceRequantization {
         }
         QuantState s = ((Nf4Output) job.out().quantizedOutput()).template();
         long cols = job.cols();
-        long minRows = s.blocksize() / gcd(cols, s.blocksize());
+        long minRows = Requantizer.rowsOfWholeBlocks(cols, s.blocksize());
         return s.dtype() == job.dstFormat().dtype() && s.numElements() == (long) job.rows() * job.cols()
                 && Nf4Codec.packedBytes(s.numElements()) <= Integer.MAX_VALUE - 8
                 && minRows * cols * job.dstFormat().sizeInBytes() <= blockBytes;
-    }
-
-    private static long gcd(long a, long b) {
-        return b == 0 ? a : gcd(b, a % b);
     }
 
     @Override

@@ -16,6 +16,7 @@ import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
 import org.loramerge.plan.QuantTarget;
 import org.loramerge.quant.Nf4Output;
+import org.loramerge.quant.Requantizer;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -78,7 +79,7 @@ class RequantRoutingTest {
                 if (t.isRequantized()) {
                     TensorJob job = TensorJob.prepare(t);
                     int blocksize = ((Nf4Output) t.quantizedOutput()).template().blocksize();
-                    long minRows = blocksize / gcd(job.cols(), blocksize);
+                    long minRows = Requantizer.rowsOfWholeBlocks(job.cols(), blocksize);
                     int band = Math.toIntExact(minRows * job.cols() * job.dstFormat().sizeInBytes());
                     assertEquals(CudaBackend.RequantizedOn.DEVICE_4BIT, CudaBackend.requantizedOn(job, band), t.name() + ": the band fits");
                     assertEquals(CudaBackend.RequantizedOn.CPU, CudaBackend.requantizedOn(job, band - 1),
@@ -86,9 +87,5 @@ class RequantRoutingTest {
                 }
             }
         }
-    }
-
-    private static long gcd(long a, long b) {
-        return b == 0 ? a : gcd(b, a % b);
     }
 }
