@@ -1,12 +1,10 @@
 package org.loramerge.engine.cuda;
 
-import java.util.ArrayList;
 import java.util.List;
 import jcuda.Pointer;
 import jcuda.Sizeof;
 import jcuda.runtime.JCuda;
 import jcuda.runtime.cudaMemcpyKind;
-import jcuda.runtime.cudaStream_t;
 import org.loramerge.engine.DenseCombination;
 import org.loramerge.engine.LowRankTerm;
 import org.loramerge.engine.TopSelection;
@@ -93,52 +91,33 @@ public final class DeviceCombination implements AutoCloseable {
         }
         DevicePool pool = device.pool();
         // what is taken goes back to the pool if a later allocation fails (a device shared with other work may have no room left)
-        List<DeviceMemory> taken = new ArrayList<>();
+        Taken taken = new Taken(Taken::settleLegacyStream);
         try {
-            uAll = track(taken, upload(pool, u));
-            vtAll = track(taken, upload(pool, vt));
-            ip = track(taken, Nf4Kernels.take(pool, (long) ipHost.length * Sizeof.LONG));
+            uAll = taken.add(upload(pool, u));
+            vtAll = taken.add(upload(pool, vt));
+            ip = taken.add(Nf4Kernels.take(pool, (long) ipHost.length * Sizeof.LONG));
             JCuda.cudaMemcpy(ip.pointer(), Pointer.to(ipHost), (long) ipHost.length * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyHostToDevice);
-            dp = track(taken, upload(pool, dpHost));
+            dp = taken.add(upload(pool, dpHost));
             histograms = new DeviceMemory[n];
             for (int a = 0; a < n; a++) {
                 if (dense.selection(a) != null && !dense.selection(a).done()) {
-                    histograms[a] = track(taken, Nf4Kernels.take(pool, (long) HISTOGRAM_BINS * Sizeof.LONG));
+                    histograms[a] = taken.add(Nf4Kernels.take(pool, (long) HISTOGRAM_BINS * Sizeof.LONG));
                     JCuda.cudaMemset(histograms[a].pointer(), 0, (long) HISTOGRAM_BINS * Sizeof.LONG);
                 }
             }
-            settleLegacyStream();
+            // the copies and fills above are queued on the legacy stream: one wait for all of them
+            Taken.settleLegacyStream();
         } catch (RuntimeException | Error e) {
-            try {
-                settleLegacyStream(); // the copies already queued read these buffers
-            } catch (RuntimeException ignored) {
-                // the failure being thrown says more
-            }
-            for (DeviceMemory m : taken) {
-                m.close();
-            }
+            taken.giveBack(e);
             throw e;
         }
         passOnDevice = true;
-    }
-
-    private static DeviceMemory track(List<DeviceMemory> taken, DeviceMemory m) {
-        taken.add(m);
-        return m;
     }
 
     private static DeviceMemory upload(DevicePool pool, double[] a) {
         DeviceMemory d = Nf4Kernels.take(pool, Math.max(1, (long) a.length) * Sizeof.DOUBLE);
         JCuda.cudaMemcpy(d.pointer(), Pointer.to(a), (long) a.length * Sizeof.DOUBLE, cudaMemcpyKind.cudaMemcpyHostToDevice);
         return d;
-    }
-
-    /**
-     * Waits for the copies and fills just made on the legacy stream: a copy from pageable memory may return before its
-     * DMA lands, and the workers' streams (non-blocking) do not wait for that stream.
-     */
-    private static void settleLegacyStream() {
-        JCuda.cudaStreamSynchronize(new cudaStream_t());
     }
 
     DenseCombination dense() {
@@ -221,7 +200,7 @@ public final class DeviceCombination implements AutoCloseable {
             JCuda.cudaMemset(histograms[a].pointer(), 0, (long) HISTOGRAM_BINS * Sizeof.LONG);
             s.add(0, counts);
         }
-        settleLegacyStream();
+        Taken.settleLegacyStream();
     }
 
     /** True when some selection keeps only part of a run of equal magnitudes: Δ then needs ranks the device does not keep. */
@@ -246,7 +225,7 @@ public final class DeviceCombination implements AutoCloseable {
         }
         device.bindContext();
         JCuda.cudaMemcpy(ip.pointer(), Pointer.to(ipHost), (long) ipHost.length * Sizeof.LONG, cudaMemcpyKind.cudaMemcpyHostToDevice);
-        settleLegacyStream();
+        Taken.settleLegacyStream();
         cutsUploaded = true;
     }
 
