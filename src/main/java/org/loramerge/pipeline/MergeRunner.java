@@ -101,7 +101,8 @@ public final class MergeRunner {
 
     /**
      * Writes the plan's shards, {@link Options#shardsAtOnce} at a time with their tensors interleaved
-     * ({@link ShardOrder}); a shard whose last block is written is finished in the background
+     * ({@link ShardOrder}) and their blocks too (each open shard's work in its own lane of the
+     * {@link BlockExecutor}, which the workers serve in turn); a shard whose last block is written is finished in the background
      * ({@link CheckpointWriter#finishLater}) while the others go on, and all of them are awaited here.
      */
     private static void stream(MergePlan plan, CheckpointWriter writer, MergeContext ctx) throws Exception {
@@ -125,6 +126,7 @@ public final class MergeRunner {
                 CheckpointWriter.Shard s = open[step.shard()];
                 if (step.tensor() >= 0) {
                     ctx.shard = s;
+                    ctx.executor.lane(step.lane());
                     OutputTensor t = shard.tensors().get(step.tensor());
                     TensorStrategy.of(t.route()).schedule(t, ctx);
                 }

@@ -15,9 +15,10 @@ import java.util.List;
 final class ShardOrder {
     /**
      * Tensor {@code tensor} of shard {@code shard} (plan indices; tensor -1 for a shard without tensors),
-     * and whether it is the shard's first (open the file before it) and last (finish the file after it).
+     * and whether it is the shard's first (open the file before it) and last (finish the file after it);
+     * {@code lane}: which of the {@code lanes} places the shard holds while it is open, none held by another.
      */
-    record Step(int shard, int tensor, boolean first, boolean last) {
+    record Step(int shard, int tensor, boolean first, boolean last, int lane) {
     }
 
     private ShardOrder() {
@@ -29,7 +30,8 @@ final class ShardOrder {
             throw new IllegalArgumentException("lanes " + lanes + " < 1");
         }
         List<Step> steps = new ArrayList<>();
-        List<int[]> open = new ArrayList<>(); // {shard, next tensor}
+        List<int[]> open = new ArrayList<>(); // {shard, next tensor, lane}
+        boolean[] taken = new boolean[lanes];
         long[] total = new long[sizes.length];
         long[] done = new long[sizes.length];
         for (int s = 0; s < sizes.length; s++) {
@@ -40,7 +42,12 @@ final class ShardOrder {
         int waiting = 0;
         while (waiting < sizes.length || !open.isEmpty()) {
             while (open.size() < lanes && waiting < sizes.length) {
-                open.add(new int[] {waiting++, 0});
+                int free = 0;
+                while (taken[free]) {
+                    free++;
+                }
+                taken[free] = true;
+                open.add(new int[] {waiting++, 0, free});
             }
             int pick = 0;
             for (int i = 1; i < open.size(); i++) {
@@ -51,15 +58,17 @@ final class ShardOrder {
             int[] lane = open.get(pick);
             int s = lane[0];
             if (sizes[s].length == 0) {
-                steps.add(new Step(s, -1, true, true));
+                steps.add(new Step(s, -1, true, true, lane[2]));
+                taken[lane[2]] = false;
                 open.remove(pick);
                 continue;
             }
             int t = lane[1]++;
             done[s] += sizes[s][t];
             boolean last = lane[1] == sizes[s].length;
-            steps.add(new Step(s, t, t == 0, last));
+            steps.add(new Step(s, t, t == 0, last, lane[2]));
             if (last) {
+                taken[lane[2]] = false;
                 open.remove(pick);
             }
         }

@@ -38,8 +38,8 @@ class ShardInterleavingTest {
     void oneLaneIsPlanOrder() {
         long[][] sizes = {{5, 5}, {1}, {2, 2, 2}};
         List<ShardOrder.Step> steps = ShardOrder.of(sizes, 1);
-        assertEquals(List.of(new ShardOrder.Step(0, 0, true, false), new ShardOrder.Step(0, 1, false, true), new ShardOrder.Step(1, 0, true, true),
-                new ShardOrder.Step(2, 0, true, false), new ShardOrder.Step(2, 1, false, false), new ShardOrder.Step(2, 2, false, true)), steps);
+        assertEquals(List.of(new ShardOrder.Step(0, 0, true, false, 0), new ShardOrder.Step(0, 1, false, true, 0), new ShardOrder.Step(1, 0, true, true, 0),
+                new ShardOrder.Step(2, 0, true, false, 0), new ShardOrder.Step(2, 1, false, false, 0), new ShardOrder.Step(2, 2, false, true, 0)), steps);
     }
 
     @Test
@@ -48,8 +48,8 @@ class ShardInterleavingTest {
         // until it has caught up with shard 0's first tensor
         long[][] sizes = {{60, 40}, {25, 25, 25, 25}};
         List<ShardOrder.Step> steps = ShardOrder.of(sizes, 2);
-        assertEquals(List.of(new ShardOrder.Step(0, 0, true, false), new ShardOrder.Step(1, 0, true, false), new ShardOrder.Step(1, 1, false, false),
-                new ShardOrder.Step(1, 2, false, false), new ShardOrder.Step(0, 1, false, true), new ShardOrder.Step(1, 3, false, true)), steps);
+        assertEquals(List.of(new ShardOrder.Step(0, 0, true, false, 0), new ShardOrder.Step(1, 0, true, false, 1), new ShardOrder.Step(1, 1, false, false, 1),
+                new ShardOrder.Step(1, 2, false, false, 1), new ShardOrder.Step(0, 1, false, true, 0), new ShardOrder.Step(1, 3, false, true, 1)), steps);
     }
 
     @Test
@@ -60,11 +60,15 @@ class ShardInterleavingTest {
         List<Integer> opened = new ArrayList<>();
         int open = 0;
         int most = 0;
+        Integer[] laneOf = new Integer[2];
         for (ShardOrder.Step s : steps) {
             if (s.first()) {
                 opened.add(s.shard());
                 open++;
+                assertTrue(laneOf[s.lane()] == null, "shard " + s.shard() + " takes lane " + s.lane() + ", held by shard " + laneOf[s.lane()]);
+                laneOf[s.lane()] = s.shard();
             }
+            assertEquals(s.shard(), laneOf[s.lane()], "a shard keeps its lane");
             most = Math.max(most, open);
             if (s.tensor() >= 0) {
                 assertEquals(next[s.shard()]++, s.tensor(), "shard " + s.shard() + "'s tensors in their order");
@@ -72,6 +76,7 @@ class ShardInterleavingTest {
             if (s.last()) {
                 assertEquals(s.tensor() < 0 ? -1 : sizes[s.shard()].length - 1, s.tensor() < 0 ? -1 : s.tensor());
                 open--;
+                laneOf[s.lane()] = null;
             }
         }
         assertEquals(List.of(0, 1, 2, 3, 4), opened, "shards open in plan order, so the index lists them as before");
