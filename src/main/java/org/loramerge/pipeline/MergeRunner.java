@@ -43,10 +43,11 @@ public final class MergeRunner {
      *                       output before it is renamed into place (0: no check); any error fails the merge
      * @param windowPerThread blocks per worker thread that may wait for the in-order hand-over ({@link Tuning#windowPerThread})
      * @param mappedWrites   whether workers write their blocks through memory mappings ({@link Tuning#mappedWrites})
-     * @param preadReads     whether workers read a dense tensor's rows by positional reads ({@link Tuning#preadReads})
+     * @param preadReads     whether workers read a dense tensor's rows by positional reads ({@link Tuning#preadReads});
+     *                       null: as the engine prefers ({@link Backend#readsIntoBlockBuffers})
      * @param shardsAtOnce   output shards written at once, their tensors interleaved ({@link Tuning#shardsAtOnce})
      */
-    public record Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, boolean mappedWrites, boolean preadReads,
+    public record Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, boolean mappedWrites, Boolean preadReads,
                           int shardsAtOnce) {
         public Options {
             if (shardsAtOnce < 1) {
@@ -54,7 +55,7 @@ public final class MergeRunner {
             }
         }
 
-        public Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, boolean mappedWrites, boolean preadReads) {
+        public Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, boolean mappedWrites, Boolean preadReads) {
             this(allowNonFinite, blockBytes, verifyRows, windowPerThread, mappedWrites, preadReads, Tuning.DEFAULTS.shardsAtOnce());
         }
 
