@@ -111,7 +111,8 @@ class GeneratedFilesTest {
 
     /**
      * The golden cases of MoE experts on quantized bases are scripts/fixtures/make_moe_quant_fixtures.py's output, its GPTQ
-     * weights packed by make_gptq_awq_fixtures.py's reference: both scripts' hashes and every file's are in MANIFEST.sha256.
+     * weights packed by make_gptq_awq_fixtures.py's reference and its compressed-tensors ones by make_fp8_fixtures.py's: the
+     * three scripts' hashes and every file's are in MANIFEST.sha256.
      */
     @Test
     void moeQuantFixturesMatchTheirGenerator() throws Exception {
@@ -123,7 +124,9 @@ class GeneratedFilesTest {
                 manifest.get(0), "scripts/fixtures/make_moe_quant_fixtures.py changed since the fixtures were made: " + regenerate);
         assertEquals(sha256(Paths.get("scripts/fixtures/make_gptq_awq_fixtures.py")) + "  reference:scripts/fixtures/make_gptq_awq_fixtures.py",
                 manifest.get(1), "scripts/fixtures/make_gptq_awq_fixtures.py changed since the MoE quantized fixtures were made: " + regenerate);
-        assertEquals(String.join("\n", manifest.subList(2, manifest.size())), String.join("\n", hashedFiles(dir)),
+        assertEquals(sha256(Paths.get("scripts/fixtures/make_fp8_fixtures.py")) + "  reference:scripts/fixtures/make_fp8_fixtures.py",
+                manifest.get(2), "scripts/fixtures/make_fp8_fixtures.py changed since the MoE quantized fixtures were made: " + regenerate);
+        assertEquals(String.join("\n", manifest.subList(3, manifest.size())), String.join("\n", hashedFiles(dir)),
                 "moe_quant fixture files differ from what the generator wrote; " + regenerate);
         long bytes = 0;
         try (Stream<Path> s = Files.walk(dir)) {

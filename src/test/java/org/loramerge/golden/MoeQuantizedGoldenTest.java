@@ -39,12 +39,13 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 /**
  * MoE experts on a quantized base (src/test/resources/moe_quant, scripts/fixtures/make_moe_quant_fixtures.py):
  * Qwen3-MoE and Mixtral checkpoints whose experts are per-expert FP8 weights (transformers' fine-grained
- * layout, 8x8 blocks or one scale per weight) or GPTQ weights, and a PEFT adapter on the fused expert
+ * layout, 8x8 blocks or one scale per weight; compressed-tensors' per channel) or GPTQ weights, and a PEFT adapter on the fused expert
  * parameters (target_parameters). {@code --to bf16|f16} must write every quantized weight as the
  * reference does (the adapted ones the exact merge of the dequantized weight, rounded once; the others
  * dequantized) in the checkpoint's per-expert form; {@code --to fp8} the codes and weight_scale_inv
  * transformers' own Fp8Quantize writes for those merged values, every other tensor byte for byte the
- * base's; GPTQ experts {@code --to nf4} one NF4 weight per expert projection.
+ * base's (compressed-tensors' refused, naming llm-compressor); GPTQ experts {@code --to nf4} one NF4 weight per
+ * expert projection.
  */
 class MoeQuantizedGoldenTest {
     static final Path CASES = Paths.get("src/test/resources/moe_quant");
@@ -86,7 +87,7 @@ class MoeQuantizedGoldenTest {
     }
 
     @ParameterizedTest
-    @ValueSource(strings = {"qwen3_moe_fp8_block8", "mixtral_fp8_tensor", "mixtral_gptq_4bit_g8"})
+    @ValueSource(strings = {"qwen3_moe_fp8_block8", "mixtral_fp8_tensor", "qwen3_moe_ct_fp8_channel", "mixtral_gptq_4bit_g8"})
     void expertAdaptersMergeIntoTheDequantizedExpertsExactlyInTheirPerExpertForm(String name) throws Exception {
         Path caseDir = CASES.resolve(name);
         boolean gptq = name.contains("gptq");
@@ -158,6 +159,26 @@ class MoeQuantizedGoldenTest {
         }
         assertEquals(JSON.readTree(Files.readAllBytes(caseDir.resolve("base/config.json"))), JSON.readTree(Files.readAllBytes(out.resolve("config.json"))),
                 "an FP8 output keeps its config");
+    }
+
+    @Test
+    void compressedTensorsFp8ExpertsAreNotRequantizedAndNothingIsWritten() throws Exception {
+        Path caseDir = CASES.resolve("qwen3_moe_ct_fp8_channel");
+        Path out = tmp.resolve("ct");
+        PrintStream old = System.err;
+        ByteArrayOutputStream e = new ByteArrayOutputStream();
+        int code;
+        try {
+            System.setErr(new PrintStream(e, true, StandardCharsets.UTF_8));
+            code = Main.run("merge", "--base", caseDir.resolve("base").toString(), "--adapter", caseDir.resolve("adapter").toString(),
+                    "--out", out.toString(), "--to", "fp8", "--device", "cpu", "--quiet");
+        } finally {
+            System.setErr(old);
+        }
+        String err = e.toString(StandardCharsets.UTF_8);
+        assertEquals(2, code, err);
+        assertTrue(err.contains("experts.0.down_proj.weight") && err.contains("llm-compressor") && err.contains("--to bf16"), err);
+        assertFalse(Files.exists(out));
     }
 
     @Test

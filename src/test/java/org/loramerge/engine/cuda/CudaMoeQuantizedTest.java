@@ -50,6 +50,7 @@ class CudaMoeQuantizedTest {
                 Arguments.of("qwen3_moe_fp8_block8", QuantTarget.FP8, CudaBackend.RequantizedOn.DEVICE_BYTES),
                 Arguments.of("mixtral_fp8_tensor", QuantTarget.BF16, null),
                 Arguments.of("mixtral_fp8_tensor", QuantTarget.FP8, CudaBackend.RequantizedOn.CPU),
+                Arguments.of("qwen3_moe_ct_fp8_channel", QuantTarget.BF16, null),
                 Arguments.of("mixtral_gptq_4bit_g8", QuantTarget.F16, null),
                 Arguments.of("mixtral_gptq_4bit_g8", QuantTarget.NF4, CudaBackend.RequantizedOn.DEVICE_4BIT));
     }
