@@ -644,8 +644,8 @@ __device__ __forceinline__ void rq_block_sums(const double *v, double (*sh)[RQ_T
  *   (byte e of the block for element e). The quantization blocks are blockRows x blockCols (128 x
  *   128, 1 x cols per row, 1 x g per group), gridCols = ceil(cols / blockCols) of them a row of
  *   blocks; block q = (row / blockRows) * gridCols + col / blockCols gets scaleInv[q] and
- *   sums[5q..]. Per block, as Fp8Requantizer: amax = max |x|; s = fl32(448 / amax), 1 when amax
- *   is 0; inv = fl32(1 / s); code = e4m3(clamp(fl32(x * s), -448, 448)); the same for W, whose
+ *   sums[5q..]. Per block, as Fp8Requantizer: amax = max |x|; s = fl32(fl32(1 / amax) * 448) (torch's
+ *   448 / t), 1 when amax is 0; inv = fl32(1 / s); code = e4m3(clamp(fl32(x * s), -448, 448)); the same for W, whose
  *   codes only count. Bad: a non-finite X. Launch: RQ_THREADS threads a block, any grid.
  */
 template <int FMT, typename T>
@@ -676,8 +676,8 @@ __device__ __forceinline__ void fp8_requant(const T *__restrict__ x, const T *__
             aw = fmaxf(aw, fabsf(wv));
         }
         rq_block_max2(&ax, &aw, shMax);
-        float sx = ax > 0.0f ? __fdiv_rn(E4M3_MAX, ax) : 1.0f;
-        float sw = aw > 0.0f ? __fdiv_rn(E4M3_MAX, aw) : 1.0f;
+        float sx = ax > 0.0f ? __fmul_rn(__fdiv_rn(1.0f, ax), E4M3_MAX) : 1.0f;
+        float sw = aw > 0.0f ? __fmul_rn(__fdiv_rn(1.0f, aw), E4M3_MAX) : 1.0f;
         float invX = __fdiv_rn(1.0f, sx);
         float invW = __fdiv_rn(1.0f, sw);
         double v[5] = {0.0, 0.0, 0.0, 0.0, bad};
