@@ -17,7 +17,7 @@
 # Needs .device/jre.tgz and .device/loramerge.jar (scripts/device/gpu-run.sh pack).
 # Environment: OUT (default /tmp/out), SHM (/dev/shm/lm-tmpfs), PYTHON (python3);
 #   QUICK=1 (10 rows: defaults twice, one shard at a time (-Dloramerge.shards=1), 7 shards 4 and 8 at once,
-#   mapped writes, positional reads, 12 streams, the Java copy with the default and with one shard at a
+#   mapped writes, mapped reads (the default before), 12 streams, the Java copy with the default and with one shard at a
 #   time; for a device call shared with other steps);
 #   SHAPE, DEVICE and GEN_DEVICE (llama-7b, cuda, cuda) only to try the script out elsewhere.
 set -euo pipefail
@@ -130,8 +130,8 @@ each quick "GPU, --max-shard-size 2GB (7 shards, 4 at once)" "" "$DEVICE" "$ADAP
 each quick "GPU, --max-shard-size 2GB, 8 at once" "-Dloramerge.shards=8" "$DEVICE" "$ADAPTER" --max-shard-size 2GB
 each quick "GPU, mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
 each all "GPU, mapped writes (again)" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
-each quick "GPU, positional reads" "-Dloramerge.read=pread" "$DEVICE" "$ADAPTER"
-each all "GPU, mapped writes, positional reads" "-Dloramerge.write=mapped -Dloramerge.read=pread" "$DEVICE" "$ADAPTER"
+each quick "GPU, mapped reads (the default before)" "-Dloramerge.read=mapped" "$DEVICE" "$ADAPTER"
+each all "GPU, mapped writes and reads" "-Dloramerge.write=mapped -Dloramerge.read=mapped" "$DEVICE" "$ADAPTER"
 each all "GPU, 4 streams" "-Dloramerge.streams=4" "$DEVICE" "$ADAPTER"
 each quick "GPU, 12 streams" "-Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
 each all "GPU, 16 streams" "-Dloramerge.streams=16" "$DEVICE" "$ADAPTER"
@@ -141,7 +141,7 @@ each all "GPU, window 1 block a thread" "-Dloramerge.window=1" "$DEVICE" "$ADAPT
 each all "GPU, window 6 blocks a thread" "-Dloramerge.window=6" "$DEVICE" "$ADAPTER"
 each all "GPU, mapped writes, 12 streams" "-Dloramerge.write=mapped -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
 each all "GPU, mapped writes, 16 streams, 16 MiB blocks" "-Dloramerge.write=mapped -Dloramerge.streams=16 -Dloramerge.blockBytes=16777216" "$DEVICE" "$ADAPTER"
-each all "GPU, mapped writes, positional reads, 12 streams" "-Dloramerge.write=mapped -Dloramerge.read=pread -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
+each all "GPU, mapped writes, 12 streams, reads as the engine chooses" "-Dloramerge.write=mapped -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
 each quick "Java copy (empty adapter)" "" "$DEVICE" "$EMPTY" --allow-empty-adapter
 each quick "Java copy (empty adapter), one shard at a time" "-Dloramerge.shards=1" "$DEVICE" "$EMPTY" --allow-empty-adapter
 each all "Java copy (empty adapter), mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$EMPTY" --allow-empty-adapter
