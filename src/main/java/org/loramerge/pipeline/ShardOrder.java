@@ -6,11 +6,14 @@ import java.util.List;
 /**
  * The order in which a merge schedules its output tensors when it writes several shards at once:
  * up to {@code lanes} shards are open, and the next tensor comes from the open shard that is least
- * far along (bytes scheduled over its bytes, the earlier shard on a tie), so the open files fill at
- * the same pace; a shard whose tensors are all scheduled makes room for the next in plan order.
- * A new shard is not yet along at all, so shards are opened in plan order. With one lane it is plan
- * order. Every tensor's place in its file is fixed by the plan, so the
- * order changes when bytes are written, never which.
+ * far along, the earlier shard on a tie; a shard whose tensors are all scheduled makes room for
+ * the next in plan order. When every shard fits in the lanes, "far along" is the share of its
+ * bytes scheduled, so the files fill at the same pace and end together; when shards wait for a
+ * lane, it is the bytes scheduled since the shard opened plus where the least advanced open shard
+ * stood then (fair queueing), so a newly opened shard takes its turn beside the others instead of
+ * all the turns until it has caught up with their shares. A new shard is never ahead of an open
+ * one, so shards are opened in plan order. With one lane it is plan order. Every tensor's place
+ * in its file is fixed by the plan, so the order changes when bytes are written, never which.
  */
 final class ShardOrder {
     /**
@@ -34,6 +37,7 @@ final class ShardOrder {
         boolean[] taken = new boolean[lanes];
         long[] total = new long[sizes.length];
         long[] done = new long[sizes.length];
+        boolean together = sizes.length <= lanes;
         for (int s = 0; s < sizes.length; s++) {
             for (long b : sizes[s]) {
                 total[s] += b;
@@ -47,11 +51,19 @@ final class ShardOrder {
                     free++;
                 }
                 taken[free] = true;
+                if (!together) {
+                    // fair queueing: the new shard starts where the least advanced open one stands
+                    long least = Long.MAX_VALUE;
+                    for (int[] o : open) {
+                        least = Math.min(least, done[o[0]]);
+                    }
+                    done[waiting] = open.isEmpty() ? 0 : least;
+                }
                 open.add(new int[] {waiting++, 0, free});
             }
             int pick = 0;
             for (int i = 1; i < open.size(); i++) {
-                if (behind(open.get(i)[0], open.get(pick)[0], done, total)) {
+                if (together ? behind(open.get(i)[0], open.get(pick)[0], done, total) : behindInBytes(open.get(i)[0], open.get(pick)[0], done)) {
                     pick = i;
                 }
             }
@@ -75,7 +87,12 @@ final class ShardOrder {
         return steps;
     }
 
-    /** Whether shard {@code a} is less far along than {@code b} (a later shard only when strictly so). */
+    /** Whether shard {@code a} has had fewer bytes (counted from where it started) than {@code b} (a later shard only when strictly fewer). */
+    private static boolean behindInBytes(int a, int b, long[] done) {
+        return done[a] < done[b] || (done[a] == done[b] && a < b);
+    }
+
+    /** Whether shard {@code a} is less far along than {@code b} by share of its bytes (a later shard only when strictly so). */
     private static boolean behind(int a, int b, long[] done, long[] total) {
         // done[a] / total[a] < done[b] / total[b], without division; an empty total counts as 1
         double left = (double) done[a] * Math.max(1, total[b]);

@@ -22,7 +22,7 @@ class TuningTest {
 
     @Test
     void withoutKnobsARunStreamsAsItAlwaysDid() {
-        assertEquals(new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, false, null, 0, 4), Tuning.current());
+        assertEquals(new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, false, null, 0, 8), Tuning.current());
         assertNull(Tuning.current().describe(), "nothing to note");
     }
 

@@ -53,6 +53,19 @@ class ShardInterleavingTest {
     }
 
     @Test
+    void aShardOpenedLateTakesTurnsBesideTheOthersInsteadOfCatchingUpFirst() {
+        // three shards, two lanes: shard 2 opens when shard 0 is done and shard 1 is three quarters through; by
+        // share of bytes it would take the next three turns and leave shard 1's file idle, by bytes it starts level
+        long[][] sizes = {{10, 10, 10, 10}, {10, 10, 10, 10}, {10, 10, 10, 10}};
+        List<String> order = ShardOrder.of(sizes, 2).stream().map(s -> s.shard() + ":" + s.tensor()).toList();
+        assertEquals(List.of("0:0", "1:0", "0:1", "1:1", "0:2", "1:2", "0:3", "1:3", "2:0", "2:1", "2:2", "2:3"), order);
+        // with a lane for each, by share of bytes: they end together
+        long[][] uneven = {{30, 30}, {20}, {10, 10, 10, 10, 10, 10}};
+        List<String> paced = ShardOrder.of(uneven, 3).stream().map(s -> s.shard() + ":" + s.tensor()).toList();
+        assertEquals(List.of("0:0", "1:0", "2:0", "2:1", "2:2", "0:1", "2:3", "2:4", "2:5"), paced);
+    }
+
+    @Test
     void aFinishedShardMakesRoomForTheNextAndEveryTensorComesOnce() {
         long[][] sizes = {{3}, {1, 1, 1, 1}, {}, {2, 2}, {7}};
         List<ShardOrder.Step> steps = ShardOrder.of(sizes, 2);
