@@ -11,7 +11,7 @@ import java.util.Locale;
  * <ul>
  *   <li>{@code loramerge.blockBytes}: output bytes per row block (default {@link Backend#DEFAULT_BLOCK_BYTES}, 8 MiB)
  *   <li>{@code loramerge.streams}: the GPU engine's worker threads, one stream each (default: half the CPU threads, 2 to 8)
- *   <li>{@code loramerge.window}: blocks per worker thread that may wait for the in-order hand-over (default 2)
+ *   <li>{@code loramerge.window}: blocks per worker thread and open shard that may wait for the in-order hand-over (default 2)
  *   <li>{@code loramerge.write}: how workers put their blocks into a shard: {@code pwrite}, a positional write
  *       (default), or {@code mapped}, a copy into a memory mapping of the block's place
  *   <li>{@code loramerge.read}: how workers get a dense tensor's rows: {@code mapped}, a memory mapping of them,
