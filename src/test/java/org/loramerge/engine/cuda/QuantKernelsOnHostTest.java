@@ -204,7 +204,7 @@ class QuantKernelsOnHostTest {
             p.putDouble(8 * i, pv);
             delta[i] = (wv + pv) - wv;
         }
-        QuantizedOutput out = int8 ? w.requantizedOutput() : new Fp8Output((Fp8Weight) w);
+        QuantizedOutput out = int8 ? w.requantizedOutput() : Fp8Output.requantizing((Fp8Weight) w);
         Requantizer rq = out.requantizer(w);
         long first = (long) row0 * cols;
         byte[] codes = new byte[0];
