@@ -1253,7 +1253,7 @@ public final class Planner {
 
     /**
      * The output of a quantized weight that is dequantized ({@code --to bf16/f16/f32}) or merged
-     * and requantized (its own format, or NF4 from GPTQ/AWQ). Its base value is the dequantized
+     * and requantized (its own format, or NF4 or FP8 from GPTQ/AWQ). Its base value is the dequantized
      * weight in its own dtype (see {@link TensorSource}); the merge adds ΔW to it exactly and rounds
      * once, to the target dtype, or for a requantized output to the weight's own dtype, which is
      * then requantized. {@code o} is null when the adapter leaves the weight alone.
