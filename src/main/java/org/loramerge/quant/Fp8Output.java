@@ -3,6 +3,7 @@ package org.loramerge.quant;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
+import java.util.Optional;
 import org.loramerge.format.DType;
 import org.loramerge.format.SafetensorsWriter;
 
@@ -60,12 +61,12 @@ public final class Fp8Output implements QuantizedOutput {
      * does not divide the weight (integrations/finegrained_fp8.py Fp8Dequantize), and its own
      * Fp8Quantize leaves such a weight unquantized rather than padding it.
      */
-    public static java.util.Optional<String> whyNotBlocks(long[] shape) {
+    public static Optional<String> whyNotBlocks(long[] shape) {
         if (shape.length != 2 || shape[0] % BLOCK != 0 || shape[1] % BLOCK != 0) {
-            return java.util.Optional.of("is " + Arrays.toString(shape) + ", which FP8's " + BLOCK + "x" + BLOCK + " blocks do not divide "
+            return Optional.of("is " + Arrays.toString(shape) + ", which FP8's " + BLOCK + "x" + BLOCK + " blocks do not divide "
                     + "(transformers' FP8 loader refuses a scale grid that does not divide the weight)");
         }
-        return java.util.Optional.empty();
+        return Optional.empty();
     }
 
     /** Rows of a quantization block: the weight's rows for one scale per tensor. */

@@ -11,7 +11,10 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.Paths;
+import java.util.ArrayList;
 import java.util.List;
+import java.util.Set;
+import java.util.TreeSet;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
@@ -27,6 +30,7 @@ import org.loramerge.quant.QuantizedModel;
 import org.loramerge.quant.QuantizedWeight;
 import org.loramerge.quant.Requantizer;
 import org.loramerge.quant.WeightFormats;
+import org.loramerge.testutil.TinyModels;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -140,6 +144,40 @@ class GptqToFp8GoldenTest {
         config.remove("quantization_config");
         baseConfig.remove("quantization_config");
         assertEquals(baseConfig, config, "only quantization_config changes");
+    }
+
+    /**
+     * A base with dense 2-D weights besides lm_head and the embedding (a router, a projection left
+     * unquantized): config.json lists them and lm_head in modules_to_not_convert, which replaces
+     * transformers' default, so that its loader makes no FP8 layer of them; a name that also begins
+     * a quantized module's name (mlp.gate of mlp.gate_proj) is anchored with $.
+     */
+    @Test
+    void denseLinearWeightsOfTheBaseAreListedInModulesToNotConvert() throws Exception {
+        Path caseDir = CASES.resolve("gptq_v2_8bit_g64");
+        Path base = tmp.resolve("base");
+        List<TinyModels.Tensor> tensors = new ArrayList<>();
+        try (SafetensorsFile f = SafetensorsFile.open(caseDir.resolve("base/model.safetensors"))) {
+            for (TensorInfo t : f.tensors()) {
+                tensors.add(new TinyModels.Tensor(t.name(), t.dtype(), t.shape(), bytes(f, t.name())));
+            }
+        }
+        tensors.add(new TinyModels.Tensor("model.layers.0.mlp.gate.weight", DType.F16, new long[] {8, 128}, TinyModels.f16(TinyModels.values(8 * 128, 3))));
+        tensors.add(new TinyModels.Tensor("model.vision_proj.weight", DType.F16, new long[] {128, 128}, TinyModels.f16(TinyModels.values(128 * 128, 4))));
+        TinyModels.writeSafetensors(base.resolve("model.safetensors"), tensors);
+        Files.copy(caseDir.resolve("base/config.json"), base.resolve("config.json"));
+        Path out = tmp.resolve("fp8");
+        Object[] r = cli("merge", "--base", base.toString(), "--adapter", caseDir.resolve("adapter").toString(), "--out", out.toString(),
+                "--to", "fp8", "--device", "cpu", "--quiet");
+        assertEquals(0, r[0], (String) r[2]);
+        JsonNode skip = JSON.readTree(Files.readAllBytes(out.resolve("config.json"))).get("quantization_config").get("modules_to_not_convert");
+        Set<String> names = new TreeSet<>();
+        skip.forEach(n -> names.add(n.asText()));
+        assertEquals(Set.of("model.layers.0.mlp.gate$", "model.vision_proj", "lm_head"), names);
+        try (Checkpoint ours = Checkpoint.open(out)) {
+            assertEquals(DType.F16, ours.tensor("model.vision_proj.weight").dtype(), "the dense weights stay dense");
+            assertEquals(7, WeightFormats.detect(ours).weights().size());
+        }
     }
 
     @Test
