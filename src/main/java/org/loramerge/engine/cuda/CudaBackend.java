@@ -264,7 +264,17 @@ public final class CudaBackend implements Backend {
             case DEVICE_BYTES:
                 return remember(new CudaByteRequantization(this, device, job));
             case DEVICE_FP8_TENSOR:
-                return remember(new CudaFp8TensorRequantization(this, device, job));
+                try {
+                    return remember(new CudaFp8TensorRequantization(this, device, job));
+                } catch (RuntimeException e) {
+                    RuntimeException r = device.outOfMemoryOr(e);
+                    if (r instanceof DeviceOutOfMemoryException) {
+                        // the whole weight finds no room beside the device's other work (the constructor gave back what it
+                        // took): the CPU codec requantizes it, with the same bytes
+                        return new CpuRequantization(job);
+                    }
+                    throw r;
+                }
             default:
                 return new CpuRequantization(job);
         }

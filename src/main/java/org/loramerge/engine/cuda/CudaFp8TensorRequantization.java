@@ -32,8 +32,9 @@ import org.loramerge.quant.Requantizer;
  *
  * <p>Device memory held for the weight: X and W in its dtype, ΔW in fp64, and at the end its codes,
  * {@link #heldBytes} in all (13 bytes an element for BF16: 0.6 GB for a 7B model's largest
- * projection, 11008 x 4096). A weight past {@link #MAX_HELD_BYTES} is requantized by the CPU engine
- * ({@link #covers}).
+ * projection, 11008 x 4096). A weight past {@link #MAX_HELD_BYTES} ({@link #covers}), or one the
+ * device has no room for when it comes (CudaBackend#openRequantization), is requantized by the CPU
+ * engine.
  *
  * <p>The survival figures are the CPU's, summed in another order (per thread, block and then in
  * block order), so they agree to about 1e-12 relative; the codes, the scale and the count of changed
