@@ -1318,8 +1318,8 @@ public final class Planner {
      * {@code modules_to_not_convert} of an FP8 output of a GPTQ or AWQ base: null, transformers'
      * default, when the only dense 2-D weights are lm_head and the input embedding (its loader then
      * keeps the output embedding dense, quantizers/base.py get_keys_to_not_convert); else the module
-     * of every dense 2-D weight and lm_head, which a list replaces the default of, so that its loader
-     * makes no FP8 layer of a dense weight. Its patterns match as a prefix or a suffix
+     * of every dense 2-D weight and lm_head (unless lm_head is quantized too), which a list replaces
+     * the default of, so that its loader makes an FP8 layer of exactly the FP8 weights. Its patterns match as a prefix or a suffix
      * (quantizers_utils.py should_convert_module): a module whose name also begins or ends a quantized
      * module's name is anchored with {@code $}.
      */
@@ -1336,10 +1336,13 @@ public final class Planner {
             }
             dense.add(stripWeight(t.name()));
         }
-        if (dense.isEmpty()) {
+        boolean quantizedHead = quantized.contains(stripWeight(LM_HEAD)); // GPTQ's lm_head: true
+        if (dense.isEmpty() && !quantizedHead) {
             return null;
         }
-        dense.add(stripWeight(LM_HEAD));
+        if (!quantizedHead) {
+            dense.add(stripWeight(LM_HEAD));
+        }
         List<String> patterns = new ArrayList<>();
         for (String m : dense) {
             boolean catches = quantized.stream().anyMatch(q -> q.startsWith(m) || q.endsWith(m));
