@@ -644,8 +644,8 @@ __device__ __forceinline__ void rq_block_sums(const double *v, double (*sh)[RQ_T
  *   (byte e of the block for element e). The quantization blocks are blockRows x blockCols (128 x
  *   128, 1 x cols per row, 1 x g per group), gridCols = ceil(cols / blockCols) of them a row of
  *   blocks; block q = (row / blockRows) * gridCols + col / blockCols gets scaleInv[q] and
- *   sums[5q..]. Per block, as Fp8Requantizer: amax = max |x|; s = fl32(448 / amax), 1 when amax
- *   is 0; inv = fl32(1 / s); code = e4m3(clamp(fl32(x * s), -448, 448)); the same for W, whose
+ *   sums[5q..]. Per block, as Fp8Requantizer: amax = max |x|; s = fl32(fl32(1 / amax) * 448) (torch's
+ *   448 / t), 1 when amax is 0; inv = fl32(1 / s); code = e4m3(clamp(fl32(x * s), -448, 448)); the same for W, whose
  *   codes only count. Bad: a non-finite X. Launch: RQ_THREADS threads a block, any grid.
  */
 template <int FMT, typename T>
@@ -676,8 +676,8 @@ __device__ __forceinline__ void fp8_requant(const T *__restrict__ x, const T *__
             aw = fmaxf(aw, fabsf(wv));
         }
         rq_block_max2(&ax, &aw, shMax);
-        float sx = ax > 0.0f ? __fdiv_rn(E4M3_MAX, ax) : 1.0f;
-        float sw = aw > 0.0f ? __fdiv_rn(E4M3_MAX, aw) : 1.0f;
+        float sx = ax > 0.0f ? __fmul_rn(__fdiv_rn(1.0f, ax), E4M3_MAX) : 1.0f;
+        float sw = aw > 0.0f ? __fmul_rn(__fdiv_rn(1.0f, aw), E4M3_MAX) : 1.0f;
         float invX = __fdiv_rn(1.0f, sx);
         float invW = __fdiv_rn(1.0f, sw);
         double v[5] = {0.0, 0.0, 0.0, 0.0, bad};
@@ -823,7 +823,7 @@ LM_FP8_TENSOR_STAGE_KERNEL(fp8_tensor_stage_f32, LM_F32, unsigned int)
 /*
  * fp8_tensor_requant_{bf16,f16,f32}(xAll, wAll, dwAll, n, sx, sw, invX, invW, codes, sums)
  *   The whole weight of n elements as fp8_tensor_stage left it, with X's scale sx and inverse scale
- *   invX and W's sw and invW (Fp8Requantizer: s = fl32(448 / amax), 1 when amax is 0; inv = fl32(1 / s)):
+ *   invX and W's sw and invW (Fp8Requantizer: s = fl32(fl32(1 / amax) * 448), 1 when amax is 0; inv = fl32(1 / s)):
  *   codes[e] = e4m3(clamp(fl32(x * sx), -448, 448)), W's codes only counted, and D as fp8_requant takes
  *   it. Block b takes the elements [b * per, min(n, (b + 1) * per)), per = ceil(n / gridDim.x), and
  *   writes its sums to sums[5b..5b+4] (codes changed, ΣD², ΣD·ΔW, ΣΔW², 0), which the host adds in

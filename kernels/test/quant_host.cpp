@@ -218,8 +218,8 @@ static bool tensor_requant_case(int id, const std::string &d, const std::string 
         return false;
     }
     float ax = __uint_as_float(amax[0]), aw = __uint_as_float(amax[1]);
-    float sx = ax > 0.0f ? 448.0f / ax : 1.0f;
-    float sw = aw > 0.0f ? 448.0f / aw : 1.0f;
+    float sx = ax > 0.0f ? (1.0f / ax) * 448.0f : 1.0f; /* torch's 448 / amax: reciprocal, then times 448 */
+    float sw = aw > 0.0f ? (1.0f / aw) * 448.0f : 1.0f;
     float invX = 1.0f / sx, invW = 1.0f / sw;
     unsigned blocks = oneBlock ? 1u : 5u;
     std::vector<unsigned char> codes(n + 64, 0xab);

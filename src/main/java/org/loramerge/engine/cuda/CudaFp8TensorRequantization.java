@@ -153,9 +153,9 @@ final class CudaFp8TensorRequantization extends DeviceRequantization {
         JCuda.cudaMemcpy(Pointer.to(maxBits), amax.pointer(), 2 * Sizeof.FLOAT, cudaMemcpyKind.cudaMemcpyDeviceToHost);
         float ax = Float.intBitsToFloat(maxBits[0]);
         float aw = Float.intBitsToFloat(maxBits[1]);
-        // Fp8Requantizer's scales: fl32 divisions, as Java's float division is
-        float sx = ax > 0 ? Fp8Codec.E4M3_MAX / ax : 1f;
-        float sw = aw > 0 ? Fp8Codec.E4M3_MAX / aw : 1f;
+        // Fp8Requantizer's scales: torch's 448 / amax, the fp32 reciprocal times 448 (two roundings, as Java's float operations round)
+        float sx = ax > 0 ? (1f / ax) * Fp8Codec.E4M3_MAX : 1f;
+        float sw = aw > 0 ? (1f / aw) * Fp8Codec.E4M3_MAX : 1f;
         float invX = 1f / sx;
         float invW = 1f / sw;
         int blocks = (int) Math.max(1, Math.min(MAX_BLOCKS, n / ELEMENTS_PER_BLOCK));
