@@ -764,3 +764,102 @@ extern "C" __global__ void int8_requant(const unsigned int *__restrict__ x, cons
         if (threadIdx.x == 0) scb[row0 + r] = ax;
     }
 }
+
+/*
+ * An FP8 weight with one scale for the whole tensor (Fp8Requantizer with one block the size of the
+ * weight): no code is known before the whole merged weight's absmax, so its requantization takes two
+ * kernels. fp8_tensor_stage runs per row block as the merge makes it and keeps X, W and ΔW of the
+ * whole weight on the device with the two maxima; fp8_tensor_requant runs once after the last block,
+ * with the scales the host computed from those maxima as Fp8Requantizer does.
+ */
+
+/*
+ * fp8_tensor_stage_{bf16,f16,f32}(x, w, p, count, first, xAll, wAll, dwAll, amax, bad)
+ *   Elements [first, first + count) of the weight (a row block): x, w and p the block's X, W and P as
+ *   above. X and W are copied to xAll[first..], wAll[first..], ΔW = (W + P) - W (the engine's ΔW, as
+ *   fp8_requant takes it) to dwAll[first..]; the block's max |X| and max |W| are folded into amax[0]
+ *   and amax[1] (atomicMax of their bits: non-negative floats order as their bits; fmaxf skips a NaN,
+ *   which is counted as bad) and each non-finite X is counted into bad[0]. amax starts at 0 (+0.0f)
+ *   for the weight, bad at 0 for the block. Launch: RQ_THREADS threads a block, any grid.
+ */
+template <int FMT, typename T>
+__device__ __forceinline__ void fp8_tensor_stage(const T *__restrict__ x, const T *__restrict__ w, const double *__restrict__ p,
+                                                 long long count, long long first, T *__restrict__ xAll, T *__restrict__ wAll,
+                                                 double *__restrict__ dwAll, unsigned int *__restrict__ amax, unsigned int *__restrict__ bad) {
+    __shared__ float shMax[2][RQ_THREADS];
+    float ax = 0.0f, aw = 0.0f;
+    unsigned int nonFinite = 0;
+    for (long long i = (long long)blockIdx.x * RQ_THREADS + threadIdx.x; i < count; i += (long long)gridDim.x * RQ_THREADS) {
+        T xb = x[i];
+        T wb = w[i];
+        float xv = widen_to_float<FMT>(xb);
+        float wv = widen_to_float<FMT>(wb);
+        if (!isfinite(xv)) nonFinite++;
+        ax = fmaxf(ax, fabsf(xv));
+        aw = fmaxf(aw, fabsf(wv));
+        xAll[first + i] = xb;
+        wAll[first + i] = wb;
+        dwAll[first + i] = __dsub_rn(__dadd_rn((double)wv, p[i]), (double)wv);
+    }
+    if (nonFinite > 0) atomicAdd(bad, nonFinite);
+    rq_block_max2(&ax, &aw, shMax);
+    if (threadIdx.x == 0) {
+        atomicMax(amax, __float_as_uint(ax));
+        atomicMax(amax + 1, __float_as_uint(aw));
+    }
+}
+
+#define LM_FP8_TENSOR_STAGE_KERNEL(NAME, FMT, T)                                                                       \
+    extern "C" __global__ void NAME(const T *__restrict__ x, const T *__restrict__ w, const double *__restrict__ p,    \
+                                    long long count, long long first, T *__restrict__ xAll, T *__restrict__ wAll,     \
+                                    double *__restrict__ dwAll, unsigned int *__restrict__ amax,                      \
+                                    unsigned int *__restrict__ bad) {                                                   \
+        fp8_tensor_stage<FMT, T>(x, w, p, count, first, xAll, wAll, dwAll, amax, bad);                                \
+    }
+LM_FP8_TENSOR_STAGE_KERNEL(fp8_tensor_stage_bf16, LM_BF16, unsigned short)
+LM_FP8_TENSOR_STAGE_KERNEL(fp8_tensor_stage_f16, LM_F16, unsigned short)
+LM_FP8_TENSOR_STAGE_KERNEL(fp8_tensor_stage_f32, LM_F32, unsigned int)
+
+/*
+ * fp8_tensor_requant_{bf16,f16,f32}(xAll, wAll, dwAll, n, sx, sw, invX, invW, codes, sums)
+ *   The whole weight of n elements as fp8_tensor_stage left it, with X's scale sx and inverse scale
+ *   invX and W's sw and invW (Fp8Requantizer: s = fl32(fl32(1 / amax) * 448), 1 when amax is 0; inv = fl32(1 / s)):
+ *   codes[e] = e4m3(clamp(fl32(x * sx), -448, 448)), W's codes only counted, and D as fp8_requant takes
+ *   it. Block b takes the elements [b * per, min(n, (b + 1) * per)), per = ceil(n / gridDim.x), and
+ *   writes its sums to sums[5b..5b+4] (codes changed, ΣD², ΣD·ΔW, ΣΔW², 0), which the host adds in
+ *   block order. Launch: RQ_THREADS threads a block, any grid.
+ */
+template <int FMT, typename T>
+__device__ __forceinline__ void fp8_tensor_requant(const T *__restrict__ xAll, const T *__restrict__ wAll,
+                                                   const double *__restrict__ dwAll, long long n, float sx, float sw, float invX,
+                                                   float invW, unsigned char *__restrict__ codes, double *__restrict__ sums) {
+    __shared__ double shSum[5][RQ_THREADS];
+    long long per = (n + gridDim.x - 1) / gridDim.x;
+    long long begin = (long long)blockIdx.x * per;
+    long long end = min(n, begin + per);
+    double v[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
+    for (long long i = begin + threadIdx.x; i < end; i += RQ_THREADS) {
+        float xv = widen_to_float<FMT>(xAll[i]);
+        float wv = widen_to_float<FMT>(wAll[i]);
+        uint32_t qx = e4m3_code(e4m3_clamp(__fmul_rn(xv, sx)));
+        uint32_t qw = e4m3_code(e4m3_clamp(__fmul_rn(wv, sw)));
+        codes[i] = (unsigned char)qx;
+        double d = __dsub_rn(e4m3_dequant<FMT>(qx, invX), e4m3_dequant<FMT>(qw, invW));
+        double dw = dwAll[i];
+        if (qx != qw) v[0] += 1.0;
+        v[1] = __dadd_rn(v[1], __dmul_rn(d, d));
+        v[2] = __dadd_rn(v[2], __dmul_rn(d, dw));
+        v[3] = __dadd_rn(v[3], __dmul_rn(dw, dw));
+    }
+    rq_block_sums(v, shSum, sums + 5 * (long long)blockIdx.x);
+}
+
+#define LM_FP8_TENSOR_REQUANT_KERNEL(NAME, FMT, T)                                                                     \
+    extern "C" __global__ void NAME(const T *__restrict__ xAll, const T *__restrict__ wAll,                            \
+                                    const double *__restrict__ dwAll, long long n, float sx, float sw, float invX,    \
+                                    float invW, unsigned char *__restrict__ codes, double *__restrict__ sums) {        \
+        fp8_tensor_requant<FMT, T>(xAll, wAll, dwAll, n, sx, sw, invX, invW, codes, sums);                            \
+    }
+LM_FP8_TENSOR_REQUANT_KERNEL(fp8_tensor_requant_bf16, LM_BF16, unsigned short)
+LM_FP8_TENSOR_REQUANT_KERNEL(fp8_tensor_requant_f16, LM_F16, unsigned short)
+LM_FP8_TENSOR_REQUANT_KERNEL(fp8_tensor_requant_f32, LM_F32, unsigned int)

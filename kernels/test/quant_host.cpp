@@ -20,6 +20,8 @@
  * merged value (1.0) or not (0.0); CASES_DIR/rcp_table.bin is CudaFastMath's reciprocal table.
  * A refused block must count a bad value; any other must give the codes and scales exactly, the
  * count of changed codes exactly and the sums to 1e-12 relative (another order of addition).
+ * Kernel fp8trq_{bf16,f16,f32}: the files of an fp8rq case of a whole weight with one scale, run
+ * through fp8_tensor_stage and fp8_tensor_requant (tensor_requant_case).
  *
  * GRID 1 launches one block, so that every grid-stride loop takes several turns. Prints one line
  * per failing case and a summary; exit 1 when any failed.
@@ -167,6 +169,101 @@ static bool requant_case(int id, const std::string &d, const std::string &kernel
     return true;
 }
 
+/*
+ * One case of an FP8 weight with one scale for the whole tensor (kernel fp8trq_{bf16,f16,f32}, the
+ * files of an fp8rq case of the whole weight): the weight staged by fp8_tensor_stage in blocks of 7
+ * rows, last block first (the engine's blocks finish in any order), the scales computed from the two
+ * maxima as the host does (CudaFp8TensorRequantization), then fp8_tensor_requant over the whole weight
+ * on 5 blocks (1 with GRID 1). The same checks as requant_case.
+ */
+static bool tensor_requant_case(int id, const std::string &d, const std::string &kernel, long long rows, long long cols, int oneBlock) {
+    std::vector<uint4> x = aligned(read_all(d + "staged.bin"));
+    std::vector<uint4> w = aligned(read_all(d + "w.bin"));
+    std::vector<uint4> p = aligned(read_all(d + "p.bin"));
+    std::vector<char> expected = read_all(d + "expected.bin");
+    std::vector<char> expectedScales = read_all(d + "expected_scales.bin");
+    std::vector<char> sumsBytes = read_all(d + "expected_sums.bin");
+    double want[5];
+    std::memcpy(want, sumsBytes.data(), sizeof want);
+    bool f32 = kernel == "fp8trq_f32";
+    long long n = rows * cols;
+    long long size = f32 ? 4 : 2;
+    std::vector<uint4> xAll(n * size / 16 + 2), wAll(n * size / 16 + 2), dwAll(n * 8 / 16 + 2);
+    unsigned int amax[2] = {0u, 0u};
+    unsigned int bad = 0;
+    const double *pd = (const double *)p.data();
+    double *dw = (double *)dwAll.data();
+    for (long long r0 = (rows - 1) / 7 * 7; r0 >= 0; r0 -= 7) {
+        long long first = r0 * cols;
+        long long count = std::min(7LL, rows - r0) * cols;
+        unsigned grid = grid_of((count + RQ_THREADS - 1) / RQ_THREADS, 1u << 16, oneBlock);
+        if (f32) {
+            const unsigned int *xs = (const unsigned int *)x.data() + first, *ws = (const unsigned int *)w.data() + first;
+            launch(grid, 1, RQ_THREADS, 1, [&] { fp8_tensor_stage_f32(xs, ws, pd + first, count, first, (unsigned int *)xAll.data(),
+                                                                      (unsigned int *)wAll.data(), dw, amax, &bad); });
+        } else {
+            const unsigned short *xs = (const unsigned short *)x.data() + first, *ws = (const unsigned short *)w.data() + first;
+            unsigned short *xa = (unsigned short *)xAll.data(), *wa = (unsigned short *)wAll.data();
+            if (kernel == "fp8trq_bf16") launch(grid, 1, RQ_THREADS, 1, [&] { fp8_tensor_stage_bf16(xs, ws, pd + first, count, first, xa, wa, dw, amax, &bad); });
+            else launch(grid, 1, RQ_THREADS, 1, [&] { fp8_tensor_stage_f16(xs, ws, pd + first, count, first, xa, wa, dw, amax, &bad); });
+        }
+    }
+    if (want[4] != 0.0) {
+        if (bad > 0) return true;
+        std::printf("case %d (%s): the CPU refused a merged value, the kernel counted none bad\n", id, kernel.c_str());
+        return false;
+    }
+    if (bad != 0) {
+        std::printf("case %d (%s): the kernel counted %u bad values, the CPU none\n", id, kernel.c_str(), bad);
+        return false;
+    }
+    float ax = __uint_as_float(amax[0]), aw = __uint_as_float(amax[1]);
+    float sx = ax > 0.0f ? (1.0f / ax) * 448.0f : 1.0f; /* torch's 448 / amax: reciprocal, then times 448 */
+    float sw = aw > 0.0f ? (1.0f / aw) * 448.0f : 1.0f;
+    float invX = 1.0f / sx, invW = 1.0f / sw;
+    unsigned blocks = oneBlock ? 1u : 5u;
+    std::vector<unsigned char> codes(n + 64, 0xab);
+    std::vector<double> sums(5 * blocks + 5, -1.0);
+    if (f32) launch(blocks, 1, RQ_THREADS, 1, [&] { fp8_tensor_requant_f32((const unsigned int *)xAll.data(), (const unsigned int *)wAll.data(), dw, n,
+                                                                           sx, sw, invX, invW, codes.data(), sums.data()); });
+    else if (kernel == "fp8trq_bf16") launch(blocks, 1, RQ_THREADS, 1, [&] { fp8_tensor_requant_bf16((const unsigned short *)xAll.data(),
+                                                                             (const unsigned short *)wAll.data(), dw, n, sx, sw, invX, invW, codes.data(), sums.data()); });
+    else launch(blocks, 1, RQ_THREADS, 1, [&] { fp8_tensor_requant_f16((const unsigned short *)xAll.data(), (const unsigned short *)wAll.data(), dw, n,
+                                                                       sx, sw, invX, invW, codes.data(), sums.data()); });
+    for (long long i = 0; i < n + 64; i++) {
+        unsigned char e = i < n ? (unsigned char)expected[i] : 0xab;
+        if (codes[i] != e) {
+            std::printf("case %d (%s): code %lld is %02x, the CPU requantizer's %02x%s\n", id, kernel.c_str(), i, codes[i], e, i < n ? "" : " (past the weight)");
+            return false;
+        }
+    }
+    float e;
+    std::memcpy(&e, expectedScales.data(), 4);
+    if (__float_as_uint(invX) != __float_as_uint(e)) {
+        std::printf("case %d (%s): scale %a, the CPU requantizer's %a\n", id, kernel.c_str(), invX, e);
+        return false;
+    }
+    if (sums[5 * blocks] != -1.0) {
+        std::printf("case %d (%s): wrote sums past its blocks\n", id, kernel.c_str());
+        return false;
+    }
+    double got[4] = {0, 0, 0, 0};
+    for (unsigned b = 0; b < blocks; b++) {
+        for (int k = 0; k < 4; k++) got[k] += sums[5 * b + k];
+    }
+    if (got[0] != want[0]) {
+        std::printf("case %d (%s): %g codes changed, the CPU requantizer's %g\n", id, kernel.c_str(), got[0], want[0]);
+        return false;
+    }
+    for (int k = 1; k < 4; k++) {
+        if (!(std::fabs(got[k] - want[k]) <= 1e-12 * std::fabs(want[k]) + 1e-300)) {
+            std::printf("case %d (%s): survival sum %d is %.17g, the CPU requantizer's %.17g\n", id, kernel.c_str(), k, got[k], want[k]);
+            return false;
+        }
+    }
+    return true;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         std::fprintf(stderr, "usage: quant_host CASES_DIR COUNT [GRID]\n");
@@ -186,6 +283,10 @@ int main(int argc, char **argv) {
         if (!(meta >> kernel >> rowCount >> cols >> row0 >> rows >> bits >> blockRows >> blockCols >> scaleCols >> e5m2 >> productFmt)) {
             std::printf("case %d: unreadable %smeta.txt\n", id, d.c_str());
             failures++;
+            continue;
+        }
+        if (kernel.find("trq") != std::string::npos) {
+            failures += tensor_requant_case(id, d, kernel, rowCount, cols, oneBlock) ? 0 : 1;
             continue;
         }
         if (kernel.find("rq") != std::string::npos) {

@@ -2,13 +2,14 @@
  * Enough of CUDA's device environment to compile a kernel file for the host (quant_host.cpp):
  * the qualifiers and launch bounds as nothing, __shared__ as static (a launch runs one block at a
  * time), the thread and block indices per host thread, __syncthreads as a barrier of the block's
- * threads, the vector types, and the rounding intrinsics as the IEEE operations they are (built
- * with -ffp-contract=off, so nothing is fused).
+ * threads, the vector types, the rounding intrinsics as the IEEE operations they are (built
+ * with -ffp-contract=off, so nothing is fused), and the 32-bit atomics as std::atomic_ref's.
  */
 #ifndef LORAMERGE_CUDA_HOST_H
 #define LORAMERGE_CUDA_HOST_H
 
 #include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -107,6 +108,18 @@ static inline float __uint_as_float(uint32_t u) {
     float f;
     std::memcpy(&f, &u, 4);
     return f;
+}
+
+static inline unsigned int atomicAdd(unsigned int *a, unsigned int v) {
+    return std::atomic_ref<unsigned int>(*a).fetch_add(v);
+}
+
+static inline unsigned int atomicMax(unsigned int *a, unsigned int v) {
+    std::atomic_ref<unsigned int> r(*a);
+    unsigned int old = r.load();
+    while (old < v && !r.compare_exchange_weak(old, v)) {
+    }
+    return old;
 }
 
 #endif

@@ -59,9 +59,9 @@ final class MergeCommand implements Callable<Integer> {
     @Option(names = "--to", paramLabel = "bf16|f16|f32|nf4|fp4|int8|fp8",
             description = {"Required for a quantized base (bitsandbytes NF4/FP4/8-bit, FP8, GPTQ, AWQ): what its quantized weights become. "
                     + "bf16, f16, f32: dequantize, merge, write them dense (quantization_config is removed). "
-                    + "nf4 (an NF4, GPTQ or AWQ base), fp4 (an FP4 base), int8 (an 8-bit base), fp8 (an FP8 base): dequantize, merge, "
-                    + "requantize with the base's "
-                    + "own settings (NF4 blocksize 64 from GPTQ/AWQ), and "
+                    + "nf4 (an NF4, GPTQ or AWQ base), fp4 (an FP4 base), int8 (an 8-bit base), fp8 (an FP8, GPTQ or AWQ base): dequantize, "
+                    + "merge, requantize with the base's "
+                    + "own settings (from GPTQ/AWQ: NF4 blocksize 64, FP8 in 128x128 blocks as transformers writes it), and "
                     + "report how much of the adapter's change survives. "
                     + "--dtype still sets the tensors that are not quantized. For a base that is not quantized, --to bf16|f16|f32 "
                     + "means --dtype and a quantized --to is refused. See docs/QLORA.md."})

@@ -28,8 +28,9 @@ public interface Requantization extends AutoCloseable {
     /**
      * Merges rows {@code [row0, row0 + rowCount)} (they cover whole quantization blocks, or run to
      * the end of the weight) and requantizes them; {@code src} holds those rows of the source in
-     * the {@link #input} form. Returns the output codes of the rows, to be written in order. May be
-     * called from several threads at once, for disjoint rows.
+     * the {@link #input} form. Returns the output codes of the rows, to be written in order, or none
+     * when the codes wait for the whole weight (one scale for the whole tensor; they come with
+     * {@link #finish}). May be called from several threads at once, for disjoint rows.
      */
     ByteBuffer mergeRows(long row0, int rowCount, ByteBuffer src, BlockStats stats) throws Exception;
 
@@ -42,9 +43,15 @@ public interface Requantization extends AutoCloseable {
     /**
      * A finished weight.
      *
+     * @param codes    the codes {@link #mergeRows} held back, from the weight's first element (written at
+     *                 {@code codesOffset(0)}); empty when it returned them all
      * @param tail     the bytes of the group's tensors after the codes, in layout order
      * @param measures the survival sums by chunk, to be added in order (each may run on any thread)
      */
-    record Result(List<ByteBuffer> tail, List<Callable<Requantizer.Change>> measures) {
+    record Result(ByteBuffer codes, List<ByteBuffer> tail, List<Callable<Requantizer.Change>> measures) {
+        /** A weight whose codes {@link #mergeRows} returned. */
+        public Result(List<ByteBuffer> tail, List<Callable<Requantizer.Change>> measures) {
+            this(ByteBuffer.allocate(0), tail, measures);
+        }
     }
 }

@@ -21,7 +21,8 @@ import org.loramerge.quant.Requantizer;
  * quantization blocks (a multiple of {@code blockElements / gcd(cols, blockElements)} rows), so no
  * quantization block straddles two workers, sized by the engine's working memory per element; each
  * block merged and requantized by the engine, its codes written at their offset in the shard by the
- * worker, completions taken in order. After the last block the engine settles the scales, the rest
+ * worker, completions taken in order (an engine may hold a weight's codes back until its last block,
+ * when its one scale needs the whole weight, and give them with the scales). After the last block the engine settles the scales, the rest
  * of the group is written at its offsets (a tensor known only then, such as a quant state holding
  * the weight's mean absmax, as a late tensor of the shard), and the survival sums are added up in
  * chunk order (the same figures whatever the thread count).
@@ -85,6 +86,11 @@ final class Requantize implements TensorStrategy {
                 r = requant.finish();
             } finally {
                 requant.close();
+            }
+            if (r.codes().hasRemaining()) { // codes that waited for the whole weight (one scale for the whole tensor)
+                long bytes = r.codes().remaining();
+                shard.writeAt(codesOffset + requant.codesOffset(0), r.codes());
+                shard.written(bytes);
             }
             for (int i = 0; i < r.tail().size(); i++) {
                 ByteBuffer b = r.tail().get(i);

@@ -16,6 +16,7 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Set;
+import java.util.stream.Collectors;
 import org.loramerge.adapter.AdapterConfig;
 import org.loramerge.adapter.AdapterException;
 import org.loramerge.adapter.AdapterKey;
@@ -27,6 +28,8 @@ import org.loramerge.format.DType;
 import org.loramerge.format.SafetensorsException;
 import org.loramerge.format.TensorInfo;
 import org.loramerge.quant.Bnb4BitConfig;
+import org.loramerge.quant.Fp8Config;
+import org.loramerge.quant.Fp8Output;
 import org.loramerge.quant.Nf4Output;
 import org.loramerge.quant.QuantException;
 import org.loramerge.quant.QuantizedModel;
@@ -282,10 +285,10 @@ public final class Planner {
 
     /**
      * The one place that decides what {@code --to} means: required for a base with quantized
-     * weights (dense, or requantized into the base's own format, or NF4 from GPTQ/AWQ), refused as a
+     * weights (dense, or requantized into the base's own format, or NF4 or FP8 from GPTQ/AWQ), refused as a
      * quantized target for a base without, and the same as {@code --dtype} there otherwise.
      */
-    private void settleTarget() throws UsageException {
+    private void settleTarget() throws UsageException, QuantException {
         dtype = options.dtype();
         QuantTarget target = options.to();
         if (quant.isQuantized()) {
@@ -296,6 +299,9 @@ public final class Planner {
                 String requant = calibrated
                         ? "  --to nf4: dequantize, merge, quantize to bitsandbytes NF4 (blocksize " + CROSS_NF4_BLOCKSIZE + "): a 4-bit model "
                                 + "that needs no calibration, in which part of the change is rounded away; the merge reports how much survives\n"
+                                + "  --to fp8: dequantize, merge, quantize to FP8 e4m3 with a scale per " + Fp8Output.BLOCK + "x" + Fp8Output.BLOCK
+                                + " block (transformers' fine-grained FP8): an 8-bit model that needs no calibration; the merge reports how "
+                                + "much of the change survives\n"
                                 + "  (requantizing to " + kind.toUpperCase(Locale.ROOT) + " needs calibration data, which a merge does not have)\n"
                         : REQUANTIZABLE.contains(kind) && quant.weights().values().stream().allMatch(q -> q.whyNotRequantizable().isEmpty())
                         ? "  --to " + kind + ": dequantize, merge, requantize with the base's settings: a " + format + " model, in which part of "
@@ -316,7 +322,7 @@ public final class Planner {
                 throw new UsageException("--to " + target.cliName() + ": " + target.name() + " quantization chooses its rounding from "
                         + "calibration data (activations of sample inputs), which a merge does not have, so loramerge does not write it. "
                         + "Use --to bf16 (or f16, f32) for a dense model that keeps the whole change"
-                        + (calibrated ? ", or --to nf4 for a 4-bit model that needs no calibration" : "")
+                        + (calibrated ? ", or --to nf4 (4-bit) or --to fp8 (8-bit) for a model that needs no calibration" : "")
                         + ", and run your " + target.name() + " quantizer with your calibration set on that output if you need "
                         + target.name() + " weights");
             }
@@ -333,9 +339,23 @@ public final class Planner {
                 crossFormat = true;
                 return;
             }
+            if (calibrated && target == QuantTarget.FP8) {
+                List<QuantizedWeight> undivided = quant.weights().values().stream().filter(q -> Fp8Output.whyNotBlocks(q.shape()).isPresent())
+                        .collect(Collectors.toList());
+                if (!undivided.isEmpty()) {
+                    QuantizedWeight q = undivided.get(0);
+                    throw new QuantException(QuantException.Reason.UNSUPPORTED_CONFIG, q.file().path(), q.weightName(),
+                            Fp8Output.whyNotBlocks(q.shape()).get() + (undivided.size() > 1 ? ", nor " + (undivided.size() - 1) + " other of the "
+                                    + quant.weights().size() + " quantized weights" : "") + "; --to fp8 writes transformers' fine-grained FP8, "
+                                    + "whose " + Fp8Output.BLOCK + "x" + Fp8Output.BLOCK + " blocks must divide every quantized weight: merge --to "
+                                    + "bf16 (or f16, f32) for a dense model, or --to nf4 for a 4-bit one");
+                }
+                crossFormat = true;
+                return;
+            }
             throw new UsageException("--to " + target.cliName() + " writes " + target.name() + " weights, but " + base.dir() + " holds "
                     + format + " weights; " + (REQUANTIZABLE.contains(kind) ? "--to " + kind + " requantizes them with their own settings, " : "")
-                    + (calibrated ? "--to nf4 quantizes them to NF4, " : "") + "--to bf16 (or f16, f32) writes them dense");
+                    + (calibrated ? "--to nf4 and --to fp8 quantize them to NF4 or FP8, " : "") + "--to bf16 (or f16, f32) writes them dense");
         }
         if (target != null && !target.isDense()) {
             throw new UsageException("--to " + target.cliName() + " merges into a quantized base and requantizes, but " + base.dir()
@@ -712,7 +732,11 @@ public final class Planner {
             // the group's other tensors are written with the requantized weight, or dropped when it is written dense
         }
         String format = quant.isQuantized() ? quant.formatName() : "";
-        if (requantized > 0 && crossFormat) {
+        if (requantized > 0 && crossFormat && to == QuantTarget.FP8) {
+            notes.add(requantized + " " + format + " weights dequantized, merged where the adapter changes them, and quantized to FP8 e4m3 "
+                    + "(a scale per " + Fp8Output.BLOCK + "x" + Fp8Output.BLOCK + " block); config.json's quantization_config is "
+                    + "transformers' fine-grained FP8 now");
+        } else if (requantized > 0 && crossFormat) {
             notes.add(requantized + " " + format + " weights dequantized, merged where the adapter changes them, and quantized to NF4 "
                     + "(blocksize " + CROSS_NF4_BLOCKSIZE + "); config.json's quantization_config is bitsandbytes' now");
         } else if (requantized > 0) {
@@ -1229,7 +1253,7 @@ public final class Planner {
 
     /**
      * The output of a quantized weight that is dequantized ({@code --to bf16/f16/f32}) or merged
-     * and requantized (its own format, or NF4 from GPTQ/AWQ). Its base value is the dequantized
+     * and requantized (its own format, or NF4 or FP8 from GPTQ/AWQ). Its base value is the dequantized
      * weight in its own dtype (see {@link TensorSource}); the merge adds ΔW to it exactly and rounds
      * once, to the target dtype, or for a requantized output to the weight's own dtype, which is
      * then requantized. {@code o} is null when the adapter leaves the weight alone.
@@ -1243,7 +1267,9 @@ public final class Planner {
         if (to.isDense()) {
             return OutputTensor.dequantize(q.weightName(), to.denseType(), src, update);
         }
-        QuantizedOutput out = crossFormat ? Nf4Output.forDense(q.dtype(), q.shape(), CROSS_NF4_BLOCKSIZE, false) : q.requantizedOutput();
+        QuantizedOutput out = !crossFormat ? q.requantizedOutput()
+                : to == QuantTarget.FP8 ? Fp8Output.forDense(q.dtype(), q.shape())
+                : Nf4Output.forDense(q.dtype(), q.shape(), CROSS_NF4_BLOCKSIZE, false);
         for (String w : out.warnings()) {
             moduleWarnings.add(w, q.weightName(), q.weightName() + " " + w);
         }
@@ -1288,6 +1314,43 @@ public final class Planner {
         return name == null ? null : name.substring(0, name.length() - ".weight".length());
     }
 
+    /**
+     * {@code modules_to_not_convert} of an FP8 output of a GPTQ or AWQ base: null, transformers'
+     * default, when the only dense 2-D weights are lm_head and the input embedding (its loader then
+     * keeps the output embedding dense, quantizers/base.py get_keys_to_not_convert); else the module
+     * of every dense 2-D weight and lm_head (unless lm_head is quantized too), which a list replaces
+     * the default of, so that its loader makes an FP8 layer of exactly the FP8 weights. Its patterns match as a prefix or a suffix
+     * (quantizers_utils.py should_convert_module): a module whose name also begins or ends a quantized
+     * module's name is anchored with {@code $}.
+     */
+    private List<String> denseModules() {
+        List<String> quantized = new ArrayList<>();
+        for (QuantizedWeight q : quant.weights().values()) {
+            quantized.add(stripWeight(q.weightName()));
+        }
+        List<String> dense = new ArrayList<>();
+        for (TensorInfo t : base.tensors().values()) {
+            if (quant.groupTensorNames().contains(t.name()) || t.rank() != 2 || !t.name().endsWith(".weight") || !t.dtype().isMergeable()
+                    || t.name().equals(embedName) || t.name().equals(LM_HEAD)) {
+                continue;
+            }
+            dense.add(stripWeight(t.name()));
+        }
+        boolean quantizedHead = quantized.contains(stripWeight(LM_HEAD)); // GPTQ's lm_head: true
+        if (dense.isEmpty() && !quantizedHead) {
+            return null;
+        }
+        if (!quantizedHead) {
+            dense.add(stripWeight(LM_HEAD));
+        }
+        List<String> patterns = new ArrayList<>();
+        for (String m : dense) {
+            boolean catches = quantized.stream().anyMatch(q -> q.startsWith(m) || q.endsWith(m));
+            patterns.add(catches ? m + "$" : m);
+        }
+        return patterns;
+    }
+
     private ObjectNode updatedConfig(Long newVocab, boolean untie) {
         boolean dequantize = quant.isQuantized() && to.isDense();
         // the model's dtype: --dtype when given, else that of the dequantized weights, which are most of the model
@@ -1302,6 +1365,9 @@ public final class Planner {
         if (dequantize) {
             // docs/FORMATS.md §5: a dequantized output must drop quantization_config, or transformers would load dense weights as 4-bit
             c.remove(quant.configKey());
+        } else if (crossFormat && to == QuantTarget.FP8) {
+            // the weights are fine-grained FP8 now: transformers must load them with its FP8 config
+            c.set(quant.configKey(), Fp8Config.toJson(denseModules()));
         } else if (crossFormat) {
             // the weights are bitsandbytes NF4 now: transformers must load them with bitsandbytes' config
             c.set(quant.configKey(), Bnb4BitConfig.toJson(false, quant.weights().values().iterator().next().dtype()));

@@ -8,7 +8,8 @@ import org.loramerge.format.DType;
  * There is no default: a dense and a requantized output are different models (docs/QLORA.md).
  * A quantized target requantizes into the format of its name: the base's own format with the
  * base's settings ({@code nf4}, {@code fp4}, {@code int8}, {@code fp8}), or, from a GPTQ or AWQ base,
- * NF4 ({@code nf4}). GPTQ and AWQ are targets only to be refused with the reason.
+ * NF4 ({@code nf4}) or transformers' fine-grained FP8 ({@code fp8}). GPTQ and AWQ are targets only to be
+ * refused with the reason.
  */
 public enum QuantTarget {
     /** Dequantize, merge, write dense bf16 weights; config.json loses quantization_config. */
@@ -23,7 +24,7 @@ public enum QuantTarget {
     FP4(null, "fp4"),
     /** bitsandbytes 8-bit (LLM.int8, per-row SCB). */
     INT8(null, "int8"),
-    /** FP8 e4m3 with the base's scale scheme. */
+    /** FP8 e4m3 with the base's scale scheme, or in 128x128 blocks from a GPTQ or AWQ base. */
     FP8(null, "fp8"),
     /** GPTQ: refused, its quantization needs calibration data. */
     GPTQ(null, "gptq"),

@@ -3,6 +3,7 @@ package org.loramerge.quant;
 import java.io.IOException;
 import java.io.UncheckedIOException;
 import java.nio.ByteBuffer;
+import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.ConcurrentHashMap;
@@ -10,9 +11,10 @@ import org.loramerge.format.DType;
 import org.loramerge.format.FloatFormat;
 
 /**
- * Requantizes a merged FP8 weight of transformers' fine-grained layout as transformers' own
+ * Requantizes a merged weight into transformers' fine-grained FP8 layout as transformers' own
  * {@code Fp8Quantize} does when it saves a model loaded from FP8 (integrations/finegrained_fp8.py
- * _quantize_one), per block of the base's scale grid (a 128x128 block, or the whole weight):
+ * _quantize_one), per block of the output's scale grid (an FP8 base's own: a 128x128 block, a row,
+ * a group of columns or the whole weight; 128x128 for a weight of another format):
  *
  * <pre>
  * amax  = max |x| over the block (fp32 of the merged values in the model's dtype)
@@ -30,27 +32,38 @@ import org.loramerge.format.FloatFormat;
  * measured per range as it is encoded.
  */
 final class Fp8Requantizer implements Requantizer {
-    private final Fp8Weight base;
+    private final String weightName;
+    private final Path file;
     private final long rows;
     private final long cols;
     private final int blockRows;
     private final int blockCols;
     private final long gridCols;
     private final FloatFormat format;
+    private final List<Fp8Weight.Part> extras;
     private final float[] scaleInv;
     private final ByteCodes pending;
     private final ConcurrentHashMap<Integer, Change> changes = new ConcurrentHashMap<>();
 
-    Fp8Requantizer(Fp8Weight base) {
-        this.base = base;
-        this.pending = new ByteCodes(base.weightName());
-        this.rows = base.rows();
-        this.cols = base.cols();
-        boolean tensor = base.scheme() == Fp8Weight.Scheme.TENSOR;
-        this.blockRows = tensor ? (int) rows : base.blockRows();
-        this.blockCols = tensor ? (int) cols : base.blockCols();
+    /**
+     * @param weightName the weight, for messages
+     * @param file       its file, for messages
+     * @param blockRows  rows of a quantization block (the weight's rows for one scale per tensor)
+     * @param blockCols  columns of a quantization block
+     * @param dtype      the dtype of the merged values and of the dequantized output
+     * @param extras     the tensors copied after the scales (an FP8 base's activation scales)
+     */
+    Fp8Requantizer(String weightName, Path file, long rows, long cols, int blockRows, int blockCols, DType dtype, List<Fp8Weight.Part> extras) {
+        this.weightName = weightName;
+        this.file = file;
+        this.pending = new ByteCodes(weightName);
+        this.rows = rows;
+        this.cols = cols;
+        this.blockRows = blockRows;
+        this.blockCols = blockCols;
         this.gridCols = (cols + blockCols - 1) / blockCols;
-        this.format = FloatFormat.of(base.dtype());
+        this.format = FloatFormat.of(dtype);
+        this.extras = List.copyOf(extras);
         this.scaleInv = new float[Math.toIntExact(((rows + blockRows - 1) / blockRows) * gridCols)];
     }
 
@@ -81,7 +94,7 @@ final class Fp8Requantizer implements Requantizer {
                         int i = (int) ((br - row0 + r) * cols + bc + c);
                         float x = (float) format.decode(format.bitsAt(merged, i));
                         if (!Float.isFinite(x)) {
-                            throw new QuantException(QuantException.Reason.NON_FINITE, base.file().path(), base.weightName(), "element "
+                            throw new QuantException(QuantException.Reason.NON_FINITE, file, weightName, "element "
                                     + (firstElement + i) + " is " + x + "; FP8 cannot represent it and it would poison its block's scale");
                         }
                         ax = Math.max(ax, Math.abs(x));
@@ -137,12 +150,12 @@ final class Fp8Requantizer implements Requantizer {
     public void finish() {
     }
 
-    /** The scales (the base's scale tensor: its name, dtype F32 and shape), then any other tensor of the group, copied. */
+    /** The scales (the output's scale tensor: F32, in its grid's shape), then any other tensor of the group, copied. */
     @Override
     public List<ByteBuffer> tail() {
         List<ByteBuffer> out = new ArrayList<>();
         out.add(Nf4Tensor.floats(scaleInv));
-        for (Fp8Weight.Part p : base.extras()) {
+        for (Fp8Weight.Part p : extras) {
             try {
                 out.add(p.file().readAll(p.info()));
             } catch (IOException e) {
@@ -160,10 +173,5 @@ final class Fp8Requantizer implements Requantizer {
     @Override
     public Change measure(int chunk) {
         return changes.getOrDefault(chunk, Change.NONE);
-    }
-
-    /** The dtype the requantized weight dequantizes to. */
-    DType dtype() {
-        return base.dtype();
     }
 }

@@ -181,7 +181,7 @@ public record Fp8Weight(String weightName, Part weight, Part scale, Scheme schem
         if (whyNotRequantizable().isPresent()) {
             throw new IllegalStateException(weightName + ": " + whyNotRequantizable().get());
         }
-        return new Fp8Output(this);
+        return Fp8Output.requantizing(this);
     }
 
     @Override

@@ -71,6 +71,28 @@ class GeneratedFilesTest {
     }
 
     /**
+     * The golden cases of GPTQ and AWQ bases merged --to fp8 are scripts/fixtures/make_gptq_fp8_fixtures.py's
+     * output, with the GPTQ/AWQ tensors of make_gptq_awq_fixtures.py's reference and make_fp8_fixtures.py's
+     * stand-in for transformers' quantizer, which it imports: the three scripts' hashes and every file's are in
+     * MANIFEST.sha256.
+     */
+    @Test
+    void gptqToFp8FixturesMatchTheirGenerator() throws Exception {
+        Path dir = Paths.get("src/test/resources/gptq_fp8");
+        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
+        String regenerate = "regenerate them (python scripts/fixtures/make_gptq_fp8_fixtures.py, with the versions in "
+                + "scripts/fixtures/requirements-fixtures.txt)";
+        assertEquals(sha256(Paths.get("scripts/fixtures/make_gptq_fp8_fixtures.py")) + "  generator:scripts/fixtures/make_gptq_fp8_fixtures.py",
+                manifest.get(0), "scripts/fixtures/make_gptq_fp8_fixtures.py changed since the fixtures were made: " + regenerate);
+        assertEquals(sha256(Paths.get("scripts/fixtures/make_gptq_awq_fixtures.py")) + "  reference:scripts/fixtures/make_gptq_awq_fixtures.py",
+                manifest.get(1), "scripts/fixtures/make_gptq_awq_fixtures.py changed since the fixtures were made: " + regenerate);
+        assertEquals(sha256(Paths.get("scripts/fixtures/make_fp8_fixtures.py")) + "  reference:scripts/fixtures/make_fp8_fixtures.py",
+                manifest.get(2), "scripts/fixtures/make_fp8_fixtures.py changed since the fixtures were made: " + regenerate);
+        assertEquals(String.join("\n", manifest.subList(3, manifest.size())), String.join("\n", hashedFiles(dir)),
+                "gptq_fp8 fixture files differ from what the generator wrote; " + regenerate);
+    }
+
+    /**
      * The golden FP8, GPTQ and AWQ cases are their generators' output (scripts/fixtures/make_fp8_fixtures.py,
      * make_gptq_awq_fixtures.py): each MANIFEST.sha256 holds its generator's hash and every file's.
      */

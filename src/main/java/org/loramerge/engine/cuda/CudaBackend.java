@@ -222,6 +222,8 @@ public final class CudaBackend implements Backend {
         DEVICE_4BIT,
         /** {@link CudaByteRequantization}: FP8 or int8 on the device. */
         DEVICE_BYTES,
+        /** {@link CudaFp8TensorRequantization}: FP8 with one scale for the whole tensor on the device. */
+        DEVICE_FP8_TENSOR,
         /** The CPU engine, inside this backend. */
         CPU
     }
@@ -234,15 +236,17 @@ public final class CudaBackend implements Backend {
      * output is NF4 or FP4 from any base the device merges ({@link CudaRequantization#covers}: NF4
      * and FP4 with their own settings, NF4 from GPTQ or AWQ, whose smallest band of whole quantization
      * blocks fits a worker's buffers of {@code blockBytes}), FP8 with a scale per block, row or
-     * group, or int8 ({@link CudaByteRequantization#covers}, which also needs a band of
-     * quantization blocks within a worker's buffers of {@code blockBytes}). The CPU engine
-     * requantizes the others inside this backend, among them an FP8 weight with one scale for the
-     * whole tensor, whose scale needs the whole merged weight before any code.
+     * group (its own, or 128x128 blocks from GPTQ or AWQ), or int8 ({@link CudaByteRequantization#covers},
+     * which also needs a band of quantization blocks within a worker's buffers of {@code blockBytes}),
+     * or FP8 with one scale for the whole tensor ({@link CudaFp8TensorRequantization#covers}: the whole
+     * merged weight kept on the device, within its memory cap). The CPU engine requantizes the others
+     * inside this backend.
      */
     static RequantizedOn requantizedOn(TensorJob job, int blockBytes) {
         if (job.terms().isEmpty() && job.dense() == null && job.doraAxis() == null && job.tokenValues() == null && job.srcFormat() != null) {
-            // a weight the adapter leaves alone, requantized only because its format changes (NF4 from GPTQ or AWQ): X = W
-            return CudaRequantization.covers(job, blockBytes) ? RequantizedOn.DEVICE_4BIT : RequantizedOn.CPU;
+            // a weight the adapter leaves alone, requantized only because its format changes (NF4 or FP8 from GPTQ or AWQ): X = W
+            return CudaRequantization.covers(job, blockBytes) ? RequantizedOn.DEVICE_4BIT
+                    : CudaByteRequantization.covers(job, blockBytes) ? RequantizedOn.DEVICE_BYTES : RequantizedOn.CPU;
         }
         if (!onGpu(job) || job.dense() != null || job.doraAxis() != null || CudaTensorMerge.segments(job.terms(), job.rows()).size() != 1) {
             return RequantizedOn.CPU;
@@ -250,7 +254,10 @@ public final class CudaBackend implements Backend {
         if (CudaRequantization.covers(job, blockBytes)) {
             return RequantizedOn.DEVICE_4BIT;
         }
-        return CudaByteRequantization.covers(job, blockBytes) ? RequantizedOn.DEVICE_BYTES : RequantizedOn.CPU;
+        if (CudaByteRequantization.covers(job, blockBytes)) {
+            return RequantizedOn.DEVICE_BYTES;
+        }
+        return CudaFp8TensorRequantization.covers(job, blockBytes) ? RequantizedOn.DEVICE_FP8_TENSOR : RequantizedOn.CPU;
     }
 
     /** Requantized where {@link #requantizedOn} says. */
@@ -261,6 +268,18 @@ public final class CudaBackend implements Backend {
                 return remember(new CudaRequantization(this, device, job));
             case DEVICE_BYTES:
                 return remember(new CudaByteRequantization(this, device, job));
+            case DEVICE_FP8_TENSOR:
+                try {
+                    return remember(new CudaFp8TensorRequantization(this, device, job));
+                } catch (RuntimeException e) {
+                    RuntimeException r = device.outOfMemoryOr(e);
+                    if (r instanceof DeviceOutOfMemoryException) {
+                        // the whole weight finds no room beside the device's other work (the constructor gave back what it
+                        // took): the CPU codec requantizes it, with the same bytes
+                        return new CpuRequantization(job);
+                    }
+                    throw r;
+                }
             default:
                 return new CpuRequantization(job);
         }

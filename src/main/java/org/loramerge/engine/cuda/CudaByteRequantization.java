@@ -15,8 +15,10 @@ import org.loramerge.engine.BlockStats;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.format.DType;
 import org.loramerge.quant.BnbInt8Format;
+import org.loramerge.quant.Fp8Output;
 import org.loramerge.quant.Fp8Weight;
 import org.loramerge.quant.QuantException;
+import org.loramerge.quant.QuantizedOutput;
 import org.loramerge.quant.QuantizedWeight;
 import org.loramerge.quant.Requantizer;
 
@@ -30,11 +32,12 @@ import org.loramerge.quant.Requantizer;
  * whole-weight array on the device until {@link #finish}, and its survival sums (and the count of
  * merged values the format cannot take) come back with the codes and are added by band in order.
  *
- * <p>Covered ({@link #covers}): an FP8 weight whose scales are per block of the base's grid (128 x
- * 128 or any other), per row or per group of columns, and an LLM.int8 weight, whose quantization
- * blocks never straddle two row blocks; a band of blocks must fit a worker's buffers. An FP8 weight
- * with one scale for the whole tensor is requantized by the CPU engine: its scale needs the whole
- * merged weight's absmax before any code, and the CPU path holds the whole weight as one range.
+ * <p>Covered ({@link #covers}): an FP8 output whose scales are per block of the base's grid (128 x
+ * 128 or any other), per row or per group of columns, a GPTQ or AWQ weight quantized to FP8 in 128 x
+ * 128 blocks, and an LLM.int8 weight, whose quantization blocks never straddle two row blocks; a
+ * band of blocks must fit a worker's buffers. An FP8 weight with one scale for the whole tensor,
+ * whose scale needs the whole merged weight's absmax before any code, is
+ * {@link CudaFp8TensorRequantization}'s.
  *
  * <p>The survival figures are the CPU's, summed in another order (per block, in two steps), so they
  * agree to about 1e-12 relative; the counts of changed codes and the written bytes are identical.
@@ -62,7 +65,7 @@ final class CudaByteRequantization extends DeviceRequantization {
         this.int8 = base instanceof BnbInt8Format.Int8Weight;
         this.rows = job.rows();
         this.cols = job.cols();
-        long[] grid = grid(base, cols);
+        long[] grid = grid(base, job.out().quantizedOutput(), cols);
         this.blockRows = grid[0];
         this.blockCols = grid[1];
         this.gridCols = (cols + blockCols - 1) / blockCols;
@@ -71,23 +74,24 @@ final class CudaByteRequantization extends DeviceRequantization {
         this.sums = take(5 * bands * gridCols * Sizeof.DOUBLE);
     }
 
-    /** {blockRows, blockCols} of a weight's quantization blocks (as its CPU requantizer's), or null when it has none this class takes. */
-    private static long[] grid(QuantizedWeight w, long cols) {
+    /**
+     * {blockRows, blockCols} of the quantization blocks of weight {@code w}'s output {@code out} (as its
+     * CPU requantizer's), or null when it has none this class takes.
+     */
+    private static long[] grid(QuantizedWeight w, QuantizedOutput out, long cols) {
         if (w instanceof BnbInt8Format.Int8Weight) {
             return new long[] {1, cols};
         }
-        if (w instanceof Fp8Weight) {
-            Fp8Weight f = (Fp8Weight) w;
-            if (f.scheme() != Fp8Weight.Scheme.TENSOR) {
-                return new long[] {f.blockRows(), f.blockCols()};
-            }
+        if (out instanceof Fp8Output && !((Fp8Output) out).isPerTensor()) {
+            return new long[] {((Fp8Output) out).blockRows(), ((Fp8Output) out).blockCols()};
         }
         return null;
     }
 
     /**
      * Whether this class requantizes {@code job} on the device (else the CPU engine does): an FP8
-     * output of an FP8 weight with a scale per block, row or group of columns, or an INT8 output of
+     * output with a scale per block, row or group of columns (of an FP8 weight with that scheme, or
+     * of a GPTQ or AWQ weight in 128 x 128 blocks), or an INT8 output of
      * an LLM.int8 weight, the weight's own [out, in] in one dtype throughout, and a band of
      * quantization blocks (the fewest rows a row block takes) within a worker's buffers of
      * {@code blockBytes}. The caller checks the merge itself (CudaBackend#onGpu, one segment, no DoRA).
@@ -98,7 +102,7 @@ final class CudaByteRequantization extends DeviceRequantization {
             return false;
         }
         String kind = job.out().quantizedOutput().kind();
-        boolean fp8 = w instanceof Fp8Weight && kind.equals("FP8");
+        boolean fp8 = job.out().quantizedOutput() instanceof Fp8Output;
         boolean int8 = w instanceof BnbInt8Format.Int8Weight && kind.equals("INT8") && job.dstFormat().dtype() == DType.F32;
         if (!fp8 && !int8) {
             return false;
@@ -107,7 +111,7 @@ final class CudaByteRequantization extends DeviceRequantization {
         if (shape.length != 2 || shape[0] != job.rows() || shape[1] != job.cols()) {
             return false;
         }
-        long[] grid = grid(w, job.cols());
+        long[] grid = grid(w, job.out().quantizedOutput(), job.cols());
         return grid != null && grid[0] * job.cols() * job.dstFormat().sizeInBytes() <= blockBytes;
     }
 
@@ -213,7 +217,7 @@ final class CudaByteRequantization extends DeviceRequantization {
                 tail.add(ByteBuffer.wrap(new byte[] {0})); // weight_format "row", as Int8Requantizer writes it
             }
         } else {
-            for (Fp8Weight.Part p : ((Fp8Weight) base).extras()) {
+            for (Fp8Weight.Part p : ((Fp8Output) job.out().quantizedOutput()).extras()) {
                 try {
                     tail.add(p.file().readAll(p.info())); // the activation scales, as Fp8Requantizer copies them
                 } catch (IOException e) {

@@ -11,7 +11,8 @@ import org.loramerge.quant.CudaFastMath;
 
 /**
  * The kernels of kernels/quant.cu, launched on a stream: the dequantization of FP8, LLM.int8,
- * GPTQ and AWQ row blocks, and the requantization of merged FP8 and LLM.int8 row blocks (see that
+ * GPTQ and AWQ row blocks, and the requantization of merged FP8 and LLM.int8 row blocks and of
+ * FP8 weights with one scale for the whole tensor (see that
  * file for what each computes and how it is laid out). Every launch is asynchronous; the caller
  * synchronizes the stream.
  */
@@ -31,7 +32,8 @@ public final class QuantKernels {
         functions.put("int8_dequant_f32", module.function("int8_dequant_f32"));
         functions.put("int8_requant", module.function("int8_requant"));
         for (String type : new String[] {"bf16", "f16", "f32"}) {
-            for (String kernel : new String[] {"fp8_dequant_", "gptq_dequant_", "awq_dequant_", "fp8_requant_"}) {
+            for (String kernel : new String[] {"fp8_dequant_", "gptq_dequant_", "awq_dequant_", "fp8_requant_", "fp8_tensor_stage_",
+                "fp8_tensor_requant_"}) {
                 functions.put(kernel + type, module.function(kernel + type));
             }
         }
@@ -138,6 +140,31 @@ public final class QuantKernels {
         long blocks = (rowCount + blockRows - 1) / blockRows * gridCols;
         launchBlocks(s, "fp8_requant_" + type(fmt), blocks, Pointer.to(x), Pointer.to(w), Pointer.to(p), p(rowCount), p(cols), p(row0),
                 p(blockRows), p(blockCols), p(gridCols), Pointer.to(codes), Pointer.to(scaleInv), Pointer.to(sums));
+    }
+
+    /**
+     * Keeps a row block of an FP8 weight with one scale for the whole tensor (fp8_tensor_stage):
+     * {@code x}, {@code w} ({@code fmt} bits) and {@code p} (fp64) of {@code count} elements, the
+     * weight's elements from {@code first}, go to {@code xAll}, {@code wAll} and, as ΔW, {@code dwAll}
+     * at {@code first}; their max |X| and |W| are folded into the float bits {@code amax[0..1]}, their
+     * non-finite X counted into the uint {@code bad}.
+     */
+    public void fp8TensorStage(CudaStream s, FloatFormat fmt, Pointer x, Pointer w, Pointer p, long count, long first, Pointer xAll, Pointer wAll,
+                               Pointer dwAll, Pointer amax, Pointer bad) {
+        launch(s, "fp8_tensor_stage_" + type(fmt), count, Pointer.to(x), Pointer.to(w), Pointer.to(p), p(count), p(first), Pointer.to(xAll),
+                Pointer.to(wAll), Pointer.to(dwAll), Pointer.to(amax), Pointer.to(bad));
+    }
+
+    /**
+     * Requantizes the whole FP8 weight of {@code n} elements that {@link #fp8TensorStage} kept, with X's
+     * scale {@code sx} and inverse {@code invX} and W's {@code sw} and {@code invW} (fp8_tensor_requant),
+     * on {@code blocks} blocks: its codes to {@code codes}, each block's five sums to {@code sums[5b..5b+4]}.
+     */
+    public void fp8TensorRequant(CudaStream s, FloatFormat fmt, Pointer xAll, Pointer wAll, Pointer dwAll, long n, float sx, float sw, float invX,
+                                 float invW, int blocks, Pointer codes, Pointer sums) {
+        launchBlocks(s, "fp8_tensor_requant_" + type(fmt), blocks, Pointer.to(xAll), Pointer.to(wAll), Pointer.to(dwAll), p(n),
+                Pointer.to(new float[] {sx}), Pointer.to(new float[] {sw}), Pointer.to(new float[] {invX}), Pointer.to(new float[] {invW}),
+                Pointer.to(codes), Pointer.to(sums));
     }
 
     /**

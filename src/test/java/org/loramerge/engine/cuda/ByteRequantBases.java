@@ -51,6 +51,8 @@ final class ByteRequantBases {
                 new Spec("fp8-derived", 64, 96, DType.BF16, 0),
                 new Spec("fp8-channel", 72, 136, DType.F16, 0),
                 new Spec("fp8-tensor", 64, 72, DType.BF16, 0),
+                new Spec("fp8-tensor", 300, 260, DType.F16, 0),
+                new Spec("fp8-tensor", 130, 200, DType.F32, 0),
                 new Spec("int8", 64, 128, DType.F32, 0),
                 new Spec("int8", 37, 45, DType.F32, 0),
                 new Spec("int8", 20, 1000, DType.F32, 0));

@@ -35,7 +35,7 @@ class ByteRequantRoutingTest {
 
     @ParameterizedTest(name = "{0}")
     @MethodSource("specs")
-    void fp8AndInt8RequantizationsRunOnTheDeviceExceptOneScalePerTensor(ByteRequantBases.Spec spec) throws Exception {
+    void fp8AndInt8RequantizationsRunOnTheDeviceOneScalePerTensorInTwoSteps(ByteRequantBases.Spec spec) throws Exception {
         Path base = ByteRequantBases.writeBase(dir.resolve("base"), spec);
         Path adapter = ByteRequantBases.writeAdapter(dir.resolve("adapter"), spec, 0.05);
         QuantTarget to = spec.kind().equals("int8") ? QuantTarget.INT8 : QuantTarget.FP8;
@@ -44,8 +44,11 @@ class ByteRequantRoutingTest {
             OutputTensor t = plan.tensors().stream().filter(o -> o.name().equals(ByteRequantBases.WEIGHT)).findFirst().orElseThrow();
             TensorJob job = TensorJob.prepare(t);
             assertTrue(CudaBackend.onGpu(job), spec + ": merged on the GPU");
-            assertEquals(!spec.kind().equals("fp8-tensor"), CudaByteRequantization.covers(job, Backend.DEFAULT_BLOCK_BYTES),
-                    spec + ": requantized on the device unless one scale covers the tensor");
+            boolean tensor = spec.kind().equals("fp8-tensor");
+            assertEquals(!tensor, CudaByteRequantization.covers(job, Backend.DEFAULT_BLOCK_BYTES),
+                    spec + ": requantized in bands of blocks unless one scale covers the tensor");
+            assertEquals(tensor ? CudaBackend.RequantizedOn.DEVICE_FP8_TENSOR : CudaBackend.RequantizedOn.DEVICE_BYTES,
+                    CudaBackend.requantizedOn(job, Backend.DEFAULT_BLOCK_BYTES), spec + ": and one scale for the tensor in two steps, on the device too");
             long band = spec.kind().equals("fp8-block") ? spec.block() : spec.kind().equals("fp8-derived") ? 2 : 1;
             int tooSmall = (int) (band * spec.cols() * job.dstFormat().sizeInBytes() - 1);
             assertFalse(CudaByteRequantization.covers(job, tooSmall), spec + ": a band of blocks past the device buffers stays on the CPU");

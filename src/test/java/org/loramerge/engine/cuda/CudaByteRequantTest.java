@@ -36,8 +36,9 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 /**
  * {@code merge --to fp8} and {@code --to int8} on the GPU ({@link CudaByteRequantization},
  * kernels/quant.cu fp8_requant and int8_requant) against the CPU engine: the same bytes in every
- * file and the same survival report, on every layout the device covers and on the one it leaves to
- * the CPU (one scale per tensor). Skips itself where there is no usable GPU.
+ * file and the same survival report, on every layout, one scale per tensor included
+ * ({@link CudaFp8TensorRequantization}, fp8_tensor_stage and fp8_tensor_requant, from row blocks of any
+ * size). Skips itself where there is no usable GPU.
  */
 @Tag("gpu")
 class CudaByteRequantTest extends OnTheGpu {
@@ -58,8 +59,7 @@ class CudaByteRequantTest extends OnTheGpu {
     /**
      * The weight merged and requantized to its own format by both engines: every output file
      * byte-identical (codes, scales, weight_format), the survival report the CPU's (codes changed
-     * exactly, norms to 1e-9), and the GPU engine requantizing on the device exactly the layouts it
-     * covers (all but one scale per tensor).
+     * exactly, norms to 1e-9), and the GPU engine requantizing every layout on the device.
      */
     @ParameterizedTest(name = "{0}, blocks of {1} bytes")
     @MethodSource("merges")
@@ -71,8 +71,8 @@ class CudaByteRequantTest extends OnTheGpu {
             MergePlan plan = Planner.plan(c, a, PlanOptions.defaults().withTarget(to));
             OutputTensor t = plan.tensors().stream().filter(o -> o.name().equals(ByteRequantBases.WEIGHT)).findFirst().orElseThrow();
             try (Requantization r = cuda.openRequantization(TensorJob.prepare(t))) {
-                assertEquals(!spec.kind().equals("fp8-tensor"), r instanceof CudaByteRequantization,
-                        spec + ": requantized on the device unless its one scale needs the whole weight");
+                assertTrue(spec.kind().equals("fp8-tensor") ? r instanceof CudaFp8TensorRequantization : r instanceof CudaByteRequantization,
+                        spec + ": requantized on the device, in two steps where its one scale needs the whole weight");
             }
             MergeReport[] reports = mergeOnBoth(plan, base, adapter, blockBytes);
             CudaNf4Test.assertSameSurvival(reports[0], reports[1]);

@@ -241,18 +241,25 @@ class CudaNf4Test extends OnTheGpu {
                 Arguments.of("fp8/compressed_tensors", QuantTarget.BF16),
                 Arguments.of("gptq_awq/gptq_v1_4bit_g32_actorder", QuantTarget.F16),
                 Arguments.of("gptq_awq/gptq_v1_4bit_g32_actorder", QuantTarget.NF4),
-                Arguments.of("gptq_awq/awq_gemm_4bit_g32", QuantTarget.F16), Arguments.of("gptq_awq/gptq_v2_8bit_one_group", QuantTarget.F16));
+                Arguments.of("gptq_awq/awq_gemm_4bit_g32", QuantTarget.F16), Arguments.of("gptq_awq/gptq_v2_8bit_one_group", QuantTarget.F16),
+                Arguments.of("fp8/fine_grained_tensor", QuantTarget.FP8),
+                Arguments.of("gptq_fp8/gptq_v1_4bit_g32_actorder", QuantTarget.FP8), Arguments.of("gptq_fp8/gptq_v2_8bit_g64", QuantTarget.FP8),
+                Arguments.of("gptq_fp8/awq_gemm_4bit_g32", QuantTarget.FP8));
     }
 
     /**
      * FP8, GPTQ and AWQ bases: their blocks are dequantized and merged on the device (kernels/quant.cu),
-     * and requantized there (NF4 from GPTQ, FP8 with its block grid); the output must be the CPU engine's.
+     * and requantized there (NF4 and FP8 from GPTQ and AWQ, FP8 with its block grid or its one scale); the
+     * output must be the CPU engine's, and so must the survival report.
      */
     @ParameterizedTest(name = "{0} --to {1}")
     @MethodSource("otherQuantizedBases")
     void otherQuantizedBasesMergeToTheCpuEnginesBytes(String fixture, QuantTarget to) throws Exception {
         Path caseDir = Path.of("src/test/resources", fixture);
-        mergeOnBoth(caseDir.resolve("base"), caseDir.resolve("adapter"), to, Backend.DEFAULT_BLOCK_BYTES);
+        MergeReport[] reports = mergeOnBoth(caseDir.resolve("base"), caseDir.resolve("adapter"), to, Backend.DEFAULT_BLOCK_BYTES);
+        if (!to.isDense()) {
+            assertSameSurvival(reports[0], reports[1]);
+        }
     }
 
     static Stream<Arguments> combinedOnQuantizedBases() {

@@ -10,6 +10,7 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
 import java.util.SplittableRandom;
+import java.util.stream.Stream;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.loramerge.format.Checkpoint;
@@ -38,7 +39,9 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
  * CPU codec's bytes, and nothing past its block, with the launch's grid and with a grid of one
  * block (every grid-stride loop turning). The requantization kernels (fp8_requant, int8_requant)
  * likewise on random merged blocks of those FP8 and 8-bit weights ({@link #writeRequantCases}),
- * against the CPU requantizers: codes and scales exactly, survival sums to 1e-12. What the kernels compute is so checked on any machine
+ * against the CPU requantizers: codes and scales exactly, survival sums to 1e-12; and for a weight with
+ * one scale for the whole tensor, the same through fp8_tensor_stage (in blocks of 7 rows, last first)
+ * and fp8_tensor_requant. What the kernels compute is so checked on any machine
  * with g++; that the GPU runs them the same way, CudaQuantTest checks there. Skips without g++.
  */
 class QuantKernelsOnHostTest {
@@ -121,12 +124,25 @@ class QuantKernelsOnHostTest {
                 for (int r0 = 0; r0 < rows && band < rows && ranges.size() < 4; r0 += step) { // the first three bands
                     ranges.add(new int[] {r0, Math.min(step, rows - r0)});
                 }
+                boolean tensor = w instanceof Fp8Weight && ((Fp8Weight) w).scheme() == Fp8Weight.Scheme.TENSOR;
                 for (int bad = 0; bad < 2; bad++) {
                     for (int[] range : ranges) {
                         if (bad == 1 && range[0] != 0) {
                             continue;
                         }
-                        writeRequantCase(root.resolve(String.valueOf(id++)), w, spec.hashCode() + 31L * id, range[0], range[1], bad == 1);
+                        Path d = root.resolve(String.valueOf(id++));
+                        writeRequantCase(d, w, spec.hashCode() + 31L * id, range[0], range[1], bad == 1);
+                        if (tensor) {
+                            // the same whole weight through the two kernels of one scale per tensor (fp8_tensor_stage, fp8_tensor_requant)
+                            Path t = root.resolve(String.valueOf(id++));
+                            Files.createDirectories(t);
+                            try (Stream<Path> files = Files.list(d)) {
+                                for (Path f : files.toList()) {
+                                    Files.copy(f, t.resolve(f.getFileName()));
+                                }
+                            }
+                            Files.writeString(t.resolve("meta.txt"), Files.readString(d.resolve("meta.txt")).replace("fp8rq_", "fp8trq_"));
+                        }
                     }
                 }
             }
@@ -204,7 +220,7 @@ class QuantKernelsOnHostTest {
             p.putDouble(8 * i, pv);
             delta[i] = (wv + pv) - wv;
         }
-        QuantizedOutput out = int8 ? w.requantizedOutput() : new Fp8Output((Fp8Weight) w);
+        QuantizedOutput out = int8 ? w.requantizedOutput() : Fp8Output.requantizing((Fp8Weight) w);
         Requantizer rq = out.requantizer(w);
         long first = (long) row0 * cols;
         byte[] codes = new byte[0];

@@ -45,6 +45,8 @@ final class RandomQuantizedWeights {
                 new Spec("fp8-block", 256, 384, DType.F32, DType.F16, 128),
                 new Spec("fp8-block-ue8m0", 200, 256, DType.F8_E8M0, DType.BF16, 128),
                 new Spec("fp8-tensor", 64, 72, DType.F32, DType.F16, 0),
+                new Spec("fp8-tensor", 45, 136, DType.F32, DType.BF16, 0),
+                new Spec("fp8-tensor", 30, 52, DType.F32, DType.F32, 0),
                 // compressed-tensors: the product rounded to the 16-bit scales' dtype first; groups of 12 end inside 16- and 4-element runs
                 new Spec("fp8-channel", 48, 64, DType.BF16, DType.BF16, 0),
                 new Spec("fp8-channel-e5m2", 40, 96, DType.F16, DType.F32, 0),
