@@ -2,8 +2,9 @@
  * Enough of CUDA's device environment to compile a kernel file for the host (quant_host.cpp):
  * the qualifiers and launch bounds as nothing, __shared__ as static (a launch runs one block at a
  * time), the thread and block indices per host thread, __syncthreads as a barrier of the block's
+ * threads, __shfl_xor_sync as an exchange through the warp's slots between two barriers of its 32
  * threads, the vector types, and the rounding intrinsics as the IEEE operations they are (built
- * with -ffp-contract=off, so nothing is fused).
+ * with -ffp-contract=off, so nothing is fused; __fma_rn is std::fma).
  */
 #ifndef LORAMERGE_CUDA_HOST_H
 #define LORAMERGE_CUDA_HOST_H
@@ -41,11 +42,34 @@ static inline void __syncthreads() {
     lm_block_barrier->arrive_and_wait();
 }
 
+/* A warp of host threads: a barrier of its 32 threads and a slot per lane for the shuffles. */
+struct lm_warp {
+    std::barrier<> *barrier;
+    uint64_t *slots;
+};
+extern thread_local lm_warp lm_this_warp;
+
+/* __shfl_xor_sync of a full warp (every lane calls it): lane l gets the value of lane l ^ o. */
+template <typename V>
+static inline V __shfl_xor_sync(unsigned, V v, int o) {
+    static_assert(sizeof(V) <= 8, "a 32- or 64-bit value");
+    unsigned lane = (threadIdx.x + blockDim.x * threadIdx.y) & 31u;
+    std::memcpy(&lm_this_warp.slots[lane], &v, sizeof(V));
+    lm_this_warp.barrier->arrive_and_wait();
+    V r;
+    std::memcpy(&r, &lm_this_warp.slots[lane ^ (unsigned)o], sizeof(V));
+    lm_this_warp.barrier->arrive_and_wait();
+    return r;
+}
+
 struct uint2 {
     uint32_t x, y;
 };
 struct uint4 {
     uint32_t x, y, z, w;
+};
+struct double2 {
+    double x, y;
 };
 struct int4 {
     int x, y, z, w;
@@ -77,6 +101,10 @@ static inline double __dadd_rn(double a, double b) {
 
 static inline double __dsub_rn(double a, double b) {
     return a - b;
+}
+
+static inline double __fma_rn(double a, double b, double c) {
+    return std::fma(a, b, c);
 }
 
 static inline float __fdiv_rn(float a, float b) {
