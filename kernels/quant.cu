@@ -544,7 +544,8 @@ LM_AWQ_DEQUANT_KERNEL(awq_dequant_f32, LM_F32, unsigned int)
  * on the device. A group of threads takes one quantization block at a time (grid-stride): the
  * whole block of RQ_THREADS threads when the quantization block is larger than RQ_WARP_MAX
  * elements (128 x 128 blocks), else one warp (rows of LLM.int8 and of FP8's per-row scales up to
- * RQ_WARP_MAX columns, groups of columns), so that small quantization blocks wait at no barrier.
+ * RQ_WARP_MAX columns, groups of columns; runs of 8 only), so that small quantization blocks wait
+ * at no barrier.
  * The group reads its quantization block twice, in runs of 8 elements of a row (16-byte loads of
  * X, W and P; 8 codes stored at once) when rows and blocks are multiples of 8 wide and the arrays
  * aligned, else element by element: first the absmax of X and of W (warp shuffles, then shared
@@ -785,7 +786,11 @@ __device__ __forceinline__ void fp8_requant_block(const T *__restrict__ x, const
     if (lane == 0) *scaleInv = invX;
 }
 
-/* Every quantization block of the row block, each by a warp or by the whole block (see above). */
+/*
+ * Every quantization block of the row block, each by a warp or by the whole block (see above);
+ * element by element (VEC = 1: rows or blocks not a multiple of 8 wide, rare) always by the whole
+ * block, which keeps the module smaller.
+ */
 template <int FMT, typename T, int VEC>
 __device__ __forceinline__ void fp8_requant_runs(const T *__restrict__ x, const T *__restrict__ w, const double *__restrict__ p,
                                                  long long rowCount, long long cols, long long row0, long long blockRows,
@@ -794,7 +799,7 @@ __device__ __forceinline__ void fp8_requant_runs(const T *__restrict__ x, const 
     long long bands = (rowCount + blockRows - 1) / blockRows;
     long long firstBand = row0 / blockRows;
     long long blocks = bands * gridCols;
-    if (min(blockRows, rowCount) * blockCols <= RQ_WARP_MAX) {
+    if (VEC == 8 && min(blockRows, rowCount) * blockCols <= RQ_WARP_MAX) {
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
         for (long long q = (long long)blockIdx.x * RQ_WARPS + warp; q < blocks; q += (long long)gridDim.x * RQ_WARPS) {
             long long band = div_nonneg(q, gridCols);
@@ -832,7 +837,9 @@ __device__ __forceinline__ bool rq_aligned(const void *x, const void *w, const v
  *   is 0; inv = fl32(1 / s); code = e4m3(clamp(fl32(x * s), -448, 448)); the same for W, whose
  *   codes only count. Bad: a non-finite X. Runs of 8 when cols and blockCols are multiples of 8
  *   (and the arrays aligned). Launch: RQ_THREADS threads a block, any grid (a block per
- *   quantization block, or one per RQ_WARPS of them when a warp takes one).
+ *   quantization block, or one per RQ_WARPS of them when a warp takes one). Built for 4 blocks
+ *   an SM (64 registers, a few bytes spilled; unbounded it takes 86, and 2 blocks an SM ran
+ *   slower).
  */
 template <int FMT, typename T>
 __device__ __forceinline__ void fp8_requant(const T *__restrict__ x, const T *__restrict__ w, const double *__restrict__ p,
@@ -848,7 +855,7 @@ __device__ __forceinline__ void fp8_requant(const T *__restrict__ x, const T *__
 }
 
 #define LM_FP8_REQUANT_KERNEL(NAME, FMT, T)                                                                            \
-    extern "C" __global__ void __launch_bounds__(RQ_THREADS)                                                         \
+    extern "C" __global__ void __launch_bounds__(RQ_THREADS, 4)                                                      \
         NAME(const T *__restrict__ x, const T *__restrict__ w, const double *__restrict__ p, long long rowCount,      \
              long long cols, long long row0, long long blockRows, long long blockCols, long long gridCols,             \
              unsigned char *__restrict__ codes, float *__restrict__ scaleInv, double *__restrict__ sums) {              \
@@ -915,13 +922,13 @@ __device__ __forceinline__ void int8_requant_row(const unsigned int *__restrict_
     if (lane == 0) *scb = ax;
 }
 
-/* Every row of the row block, each by a warp (rows of at most RQ_WARP_MAX) or by the whole block. */
+/* Every row of the row block, each by a warp (rows of at most RQ_WARP_MAX, in runs of 8) or by the whole block. */
 template <int VEC>
 __device__ __forceinline__ void int8_requant_runs(const unsigned int *__restrict__ x, const unsigned int *__restrict__ w,
                                                   const double *__restrict__ p, long long rowCount, long long cols, long long row0,
                                                   unsigned char *__restrict__ codes, float *__restrict__ scb, double *__restrict__ sums,
                                                   RqShared &sh) {
-    if (cols <= RQ_WARP_MAX) {
+    if (VEC == 8 && cols <= RQ_WARP_MAX) {
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
         for (long long r = (long long)blockIdx.x * RQ_WARPS + warp; r < rowCount; r += (long long)gridDim.x * RQ_WARPS) {
             int8_requant_row<32, VEC>(x, w, p, cols, r * cols, lane, codes, scb + row0 + r, sums + 5 * (row0 + r), sh);
