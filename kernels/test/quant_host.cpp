@@ -65,7 +65,7 @@ static void launch(unsigned gx, unsigned gy, unsigned bx, unsigned by, const std
     unsigned warps = (bx * by + 31) / 32;
     std::vector<std::unique_ptr<std::barrier<>>> warpBarriers;
     for (unsigned k = 0; k < warps; k++) warpBarriers.push_back(std::make_unique<std::barrier<>>(32));
-    std::vector<uint64_t> slots(32 * warps);
+    std::vector<uint64_t> slots(64 * warps);
     std::vector<std::thread> threads;
     for (unsigned ty = 0; ty < by; ty++) {
         for (unsigned tx = 0; tx < bx; tx++) {
@@ -73,7 +73,7 @@ static void launch(unsigned gx, unsigned gy, unsigned bx, unsigned by, const std
                 threadIdx = {tx, ty, 0};
                 lm_block_barrier = &bar;
                 unsigned warp = (tx + bx * ty) / 32;
-                lm_this_warp = {warpBarriers[warp].get(), slots.data() + 32 * warp};
+                lm_this_warp = {warpBarriers[warp].get(), slots.data() + 64 * warp, 0u};
                 for (unsigned y = 0; y < gy; y++) {
                     for (unsigned x = 0; x < gx; x++) {
                         blockIdx = {x, y, 0};
