@@ -751,8 +751,8 @@ __device__ __forceinline__ void fp8_requant_block(const T *__restrict__ x, const
         }
     }
     rq_max2<LANES>(&ax, &aw, sh.max);
-    float sx = ax > 0.0f ? __fdiv_rn(E4M3_MAX, ax) : 1.0f;
-    float sw = aw > 0.0f ? __fdiv_rn(E4M3_MAX, aw) : 1.0f;
+    float sx = ax > 0.0f ? __fmul_rn(__fdiv_rn(1.0f, ax), E4M3_MAX) : 1.0f; /* torch's 448 / t: t.reciprocal() * 448 */
+    float sw = aw > 0.0f ? __fmul_rn(__fdiv_rn(1.0f, aw), E4M3_MAX) : 1.0f;
     float invX = __fdiv_rn(1.0f, sx);
     float invW = __fdiv_rn(1.0f, sw);
     double dd = 0.0, ddw = 0.0, dwdw = 0.0;
@@ -833,13 +833,13 @@ __device__ __forceinline__ bool rq_aligned(const void *x, const void *w, const v
  *   (byte e of the block for element e). The quantization blocks are blockRows x blockCols (128 x
  *   128, 1 x cols per row, 1 x g per group), gridCols = ceil(cols / blockCols) of them a row of
  *   blocks; block q = (row / blockRows) * gridCols + col / blockCols gets scaleInv[q] and
- *   sums[5q..]. Per block, as Fp8Requantizer: amax = max |x|; s = fl32(448 / amax), 1 when amax
- *   is 0; inv = fl32(1 / s); code = e4m3(clamp(fl32(x * s), -448, 448)); the same for W, whose
- *   codes only count. Bad: a non-finite X. Runs of 8 when cols and blockCols are multiples of 8
- *   (and the arrays aligned). Launch: RQ_THREADS threads a block, any grid (a block per
- *   quantization block, or one per RQ_WARPS of them when a warp takes one). Built for 4 blocks
- *   an SM (64 registers, a few bytes spilled; unbounded it takes 86, and 2 blocks an SM ran
- *   slower).
+ *   sums[5q..]. Per block, as Fp8Requantizer: amax = max |x|; s = fl32(fl32(1 / amax) * 448)
+ *   (torch's 448 / t), 1 when amax is 0; inv = fl32(1 / s); code = e4m3(clamp(fl32(x * s), -448,
+ *   448)); the same for W, whose codes only count. Bad: a non-finite X. Runs of 8 when cols and
+ *   blockCols are multiples of 8 (and the arrays aligned). Launch: RQ_THREADS threads a block, any
+ *   grid (a block per quantization block, or one per RQ_WARPS of them when a warp takes one).
+ *   Built for 4 blocks an SM (64 registers, a few bytes spilled; unbounded it takes 86, and 2
+ *   blocks an SM ran slower).
  */
 template <int FMT, typename T>
 __device__ __forceinline__ void fp8_requant(const T *__restrict__ x, const T *__restrict__ w, const double *__restrict__ p,

@@ -8,8 +8,8 @@
 #          projections: random F32 factors; F32 factors that are bf16 numbers; rsLoRA rank 64; DoRA;
 #          LoRA on embed_tokens and lm_head plus 16 trainable token rows; --dtype f16 and f32;
 #          the NF4 base made by `loramerge quantize --double-quant` with --to nf4 and --to bf16 for
-#          both kinds of factors; base and output on tmpfs; the first run after clearing the
-#          driver's compute cache
+#          both kinds of factors; base and output on tmpfs (also written as 2 GB shards); the first
+#          run after clearing the driver's compute cache
 #   f16    the same shape in f16: LoRA, and --dtype bf16
 #   f32    a 16-layer f32 base (13.3 GB; the 32-layer one and its output do not fit the disk): LoRA
 #
@@ -135,6 +135,9 @@ for set in "${@:-bf16}"; do
     echo "| cp -r, tmpfs to tmpfs | $T | 1.00 | | | | |" >> "$TABLE"
     rm -rf "$SHM/out"
     run "LoRA, base and output on tmpfs" "$T" $LM merge --base "$SHM/base" --adapter "$SHM/a-f32" --out "$SHM/out" --device "$DEVICE" --quiet --json
+    rm -rf "$SHM/out"
+    run "LoRA, tmpfs, --max-shard-size 2GB (7 shards)" "$T" $LM merge --base "$SHM/base" --adapter "$SHM/a-f32" --out "$SHM/out" --device "$DEVICE" \
+      --quiet --json --max-shard-size 2GB
     rm -rf "$SHM"
     ;;
   f16)

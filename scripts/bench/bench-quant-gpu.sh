@@ -18,8 +18,8 @@
 #   fp8-tensor   transformers' FP8 with one scale a weight
 # and times, each a fresh `java -Xmx2g -jar .device/loramerge.jar` + sync, page cache warm:
 # `cp -r` + sync of the base (its copy floor), `merge --to bf16` (floor: the bf16 base's copy, the
-# 16-bit output) and the requantizing merge: --to int8, --to nf4 (gptq), --to fp8 (fp8,
-# fp8-tensor), --to fp4; floor: the copy of their base. Each base and output is deleted when its
+# 16-bit output) and the requantizing merges: --to int8, --to nf4 and --to fp8 (gptq, awq), --to fp8
+# (fp8, fp8-tensor), --to fp4; floor: the copy of their base. Each base and output is deleted when its
 # rows are done (disk: the bf16 base, one quantized base and one output, about 35 GB at most).
 #
 # Time on an H200 with 16 cores, estimated from benchmarks/RESULTS.md and from this script on the
@@ -155,8 +155,8 @@ for fmt in $FORMATS; do
   fp8|fp8-tensor) to=fp8 ;;
   int8) to=int8 ;;
   fp4) to=fp4 ;;
-  gptq) to=nf4 ;;
-  awq|fp8-channel) to= ;;
+  gptq|awq) to="nf4 fp8" ;;
+  fp8-channel) to= ;;
   *) echo "unknown format $fmt (fp8 int8 gptq awq fp4 fp8-channel fp8-tensor)" >&2; exit 2 ;;
   esac
   # the base, its copy and --to bf16 (~45 s); the requantizing merge has its own check
@@ -169,14 +169,14 @@ for fmt in $FORMATS; do
   floor "cp -r + sync, $fmt base (floor of --to ${to:-bf16 only})" "$WORK/q"
   Q=$FLOOR
   merge "$fmt --to bf16 (floor: bf16 copy)" "$F" "<= 1.1" "$WORK/q" --to bf16
-  if [ -n "$to" ]; then
-    goal=$([ "$to" = fp8 ] || [ "$to" = int8 ] && echo "<= 1.3" || echo "")
+  for t in $to; do
+    goal=$([ "$t" = "$fmt" ] || { [ "$t" = fp8 ] && [ "$fmt" = fp8-tensor ]; } && [ "$t" != fp4 ] && echo "<= 1.3" || echo "")
     if fits 60; then
-      merge "$fmt --to $to (floor: $fmt copy)" "$Q" "$goal" "$WORK/q" --to "$to"
+      merge "$fmt --to $t (floor: $fmt copy)" "$Q" "$goal" "$WORK/q" --to "$t"
     else
-      skip "$fmt --to $to"
+      skip "$fmt --to $t"
     fi
-  fi
+  done
   rm -rf "$WORK/q"
 done
 rm -rf "${WORK:?}"/*

@@ -5,7 +5,7 @@
 #   bash scripts/bench/bench-tmpfs-gpu.sh          (scripts/device/gpu-run.sh device tmpfs)
 #
 # Rows: `cp -r` tmpfs to tmpfs (the floor); the GPU merge with the default knobs, 3 runs; a sweep
-# of the streaming knobs (org.loramerge.engine.Tuning: -Dloramerge.write=mapped, .read=pread,
+# of the streaming knobs (org.loramerge.engine.Tuning: -Dloramerge.shards, .write=mapped, .read=pread,
 # .streams, .blockBytes, .window), one run each; the CPU engine once; and the same bytes copied by the
 # Java pipeline alone (an adapter that changes nothing, --allow-empty-adapter: every tensor a
 # byte copy), positional and mapped writes. Every merge runs with --json: its "stages" give the
@@ -16,8 +16,9 @@
 # Writes $OUT/tmpfs.log (everything) and $OUT/tmpfs-table.md (the table and the stage lines).
 # Needs .device/jre.tgz and .device/loramerge.jar (scripts/device/gpu-run.sh pack).
 # Environment: OUT (default /tmp/out), SHM (/dev/shm/lm-tmpfs), PYTHON (python3);
-#   QUICK=1 (8 rows: defaults twice, mapped writes, positional reads, both, both with 12 streams, the Java
-#   copy both ways; for a device call shared with other steps);
+#   QUICK=1 (10 rows: defaults twice, one shard at a time (-Dloramerge.shards=1), 7 shards 4 and 8 at once,
+#   mapped writes, mapped reads (the default before), 12 streams, the Java copy with the default and with one shard at a
+#   time; for a device call shared with other steps);
 #   SHAPE, DEVICE and GEN_DEVICE (llama-7b, cuda, cuda) only to try the script out elsewhere.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -124,12 +125,15 @@ each() {
 each quick "GPU, defaults (1)" "" "$DEVICE" "$ADAPTER"
 each quick "GPU, defaults (2)" "" "$DEVICE" "$ADAPTER"
 each all "GPU, defaults (3)" "" "$DEVICE" "$ADAPTER"
+each quick "GPU, one shard at a time" "-Dloramerge.shards=1" "$DEVICE" "$ADAPTER"
+each quick "GPU, --max-shard-size 2GB (7 shards, 4 at once)" "" "$DEVICE" "$ADAPTER" --max-shard-size 2GB
+each quick "GPU, --max-shard-size 2GB, 8 at once" "-Dloramerge.shards=8" "$DEVICE" "$ADAPTER" --max-shard-size 2GB
 each quick "GPU, mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
 each all "GPU, mapped writes (again)" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
-each quick "GPU, positional reads" "-Dloramerge.read=pread" "$DEVICE" "$ADAPTER"
-each quick "GPU, mapped writes, positional reads" "-Dloramerge.write=mapped -Dloramerge.read=pread" "$DEVICE" "$ADAPTER"
+each quick "GPU, mapped reads (the default before)" "-Dloramerge.read=mapped" "$DEVICE" "$ADAPTER"
+each all "GPU, mapped writes and reads" "-Dloramerge.write=mapped -Dloramerge.read=mapped" "$DEVICE" "$ADAPTER"
 each all "GPU, 4 streams" "-Dloramerge.streams=4" "$DEVICE" "$ADAPTER"
-each all "GPU, 12 streams" "-Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
+each quick "GPU, 12 streams" "-Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
 each all "GPU, 16 streams" "-Dloramerge.streams=16" "$DEVICE" "$ADAPTER"
 each all "GPU, 4 MiB blocks" "-Dloramerge.blockBytes=4194304" "$DEVICE" "$ADAPTER"
 each all "GPU, 32 MiB blocks" "-Dloramerge.blockBytes=33554432" "$DEVICE" "$ADAPTER"
@@ -137,9 +141,9 @@ each all "GPU, window 1 block a thread" "-Dloramerge.window=1" "$DEVICE" "$ADAPT
 each all "GPU, window 6 blocks a thread" "-Dloramerge.window=6" "$DEVICE" "$ADAPTER"
 each all "GPU, mapped writes, 12 streams" "-Dloramerge.write=mapped -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
 each all "GPU, mapped writes, 16 streams, 16 MiB blocks" "-Dloramerge.write=mapped -Dloramerge.streams=16 -Dloramerge.blockBytes=16777216" "$DEVICE" "$ADAPTER"
-each quick "GPU, mapped writes, positional reads, 12 streams" "-Dloramerge.write=mapped -Dloramerge.read=pread -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
-each quick "Java copy (empty adapter), pwrite" "" "$DEVICE" "$EMPTY" --allow-empty-adapter
-each quick "Java copy (empty adapter), mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$EMPTY" --allow-empty-adapter
+each quick "Java copy (empty adapter)" "" "$DEVICE" "$EMPTY" --allow-empty-adapter
+each quick "Java copy (empty adapter), one shard at a time" "-Dloramerge.shards=1" "$DEVICE" "$EMPTY" --allow-empty-adapter
+each all "Java copy (empty adapter), mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$EMPTY" --allow-empty-adapter
 each all "CPU engine" "" cpu "$ADAPTER"
 each all "CPU engine, mapped writes" "-Dloramerge.write=mapped" cpu "$ADAPTER"
 

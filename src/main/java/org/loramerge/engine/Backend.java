@@ -33,6 +33,16 @@ public interface Backend extends AutoCloseable {
     }
 
     /**
+     * Whether the pipeline should read a dense tensor's rows by positional reads into this backend's
+     * block buffers rather than map them: where those buffers are page-locked (a GPU), the read is then
+     * the only copy on the way up, where a mapping's rows would be copied into them first. The CPU engine
+     * merges straight from a mapping.
+     */
+    default boolean readsIntoBlockBuffers() {
+        return false;
+    }
+
+    /**
      * Starts a dense output tensor (merged, replaced, converted or dequantized): its factors go
      * where the backend computes. The pipeline closes the handle after the last block; closing the
      * backend closes any handle a failed merge left open.

@@ -28,7 +28,11 @@ public final class Stages {
         ENGINE_START(Clock.WALL),
         /** Streaming the tensors into the shards, from the first tensor to the last shard finished. */
         STREAM(Clock.WALL),
-        /** Within {@link #STREAM}: each shard's end (its background flush awaited, late tensors and header written, the file forced to disk). */
+        /**
+         * Within {@link #STREAM}: the wait, after the last block, for the shards' ends (each shard's background flush
+         * awaited, late tensors and header written, the file forced to disk), which run in the background as each
+         * shard's last block is written.
+         */
         SHARD_FINISH(Clock.WALL),
         /** After the shards: the index, config.json, the carried files, the verification, the model card. */
         FINISH(Clock.WALL),

@@ -11,11 +11,14 @@ import java.util.Locale;
  * <ul>
  *   <li>{@code loramerge.blockBytes}: output bytes per row block (default {@link Backend#DEFAULT_BLOCK_BYTES}, 8 MiB)
  *   <li>{@code loramerge.streams}: the GPU engine's worker threads, one stream each (default: half the CPU threads, 2 to 8)
- *   <li>{@code loramerge.window}: blocks per worker thread that may wait for the in-order hand-over (default 2)
+ *   <li>{@code loramerge.window}: blocks per worker thread and open shard that may wait for the in-order hand-over (default 2)
  *   <li>{@code loramerge.write}: how workers put their blocks into a shard: {@code pwrite}, a positional write
  *       (default), or {@code mapped}, a copy into a memory mapping of the block's place
- *   <li>{@code loramerge.read}: how workers get a dense tensor's rows: {@code mapped}, a memory mapping of them
- *       (default), or {@code pread}, positional reads into a block buffer of the engine's (page-locked on a GPU)
+ *   <li>{@code loramerge.read}: how workers get a dense tensor's rows: {@code mapped}, a memory mapping of them,
+ *       or {@code pread}, positional reads into a block buffer of the engine's (page-locked on a GPU); by default
+ *       the engine's choice ({@link Backend#readsIntoBlockBuffers}: positional on a GPU, mapped on the CPU)
+ *   <li>{@code loramerge.shards}: how many output shards a merge writes at once, its tensors interleaved
+ *       (default {@link #DEFAULT_SHARDS_AT_ONCE}; 1 writes them one after the other)
  *   <li>{@code loramerge.svds}: how many weights {@code extract} decomposes at once on the GPU engine (default 4),
  *       each on its own thread and stream
  * </ul>
@@ -24,12 +27,22 @@ import java.util.Locale;
  * @param streams         GPU worker threads, 0 for the engine's own choice
  * @param windowPerThread blocks per worker thread that may wait to be completed in order
  * @param mappedWrites    whether workers write through memory mappings instead of positional writes
- * @param preadReads      whether workers read dense rows by positional reads instead of mappings
+ * @param preadReads      whether workers read dense rows by positional reads instead of mappings; null: the engine's choice
  * @param svds            weights extract decomposes at once on the GPU engine, 0 for the engine's own choice
+ * @param shardsAtOnce    output shards a merge writes at once
  */
-public record Tuning(int blockBytes, int streams, int windowPerThread, boolean mappedWrites, boolean preadReads, int svds) {
+public record Tuning(int blockBytes, int streams, int windowPerThread, boolean mappedWrites, Boolean preadReads, int svds, int shardsAtOnce) {
+    /**
+     * Output shards written at once by default. Linux takes one buffered write into a file at a time (the
+     * file's lock), so one file takes about 3 GB/s however many threads write it, while four files take
+     * 10 GB/s and more (tmpfs on the GPU machine, benchmarks/RESULTS.md): a merge from memory is bound by
+     * the number of files it writes at once, a merge to a disk by the disk. Eight: a 7B model written as
+     * 2 GB shards, all seven at once, streamed at 9.5 GB/s from tmpfs on the H200.
+     */
+    public static final int DEFAULT_SHARDS_AT_ONCE = 8;
+
     /** What the code does without any knob set. */
-    public static final Tuning DEFAULTS = new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, false, false, 0);
+    public static final Tuning DEFAULTS = new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, false, null, 0, DEFAULT_SHARDS_AT_ONCE);
 
     /**
      * Output blocks no smaller than this (a row of the widest Hugging Face weights fits), and no larger
@@ -52,12 +65,14 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, boolean m
         if (!write.equals("pwrite") && !write.equals("mapped")) {
             throw new IllegalArgumentException("-Dloramerge.write=" + write + ": expected pwrite or mapped");
         }
-        String read = System.getProperty("loramerge.read", "mapped").toLowerCase(Locale.ROOT);
-        if (!read.equals("mapped") && !read.equals("pread")) {
-            throw new IllegalArgumentException("-Dloramerge.read=" + read + ": expected mapped or pread");
+        String read = System.getProperty("loramerge.read", "engine").toLowerCase(Locale.ROOT);
+        if (!read.equals("mapped") && !read.equals("pread") && !read.equals("engine")) {
+            throw new IllegalArgumentException("-Dloramerge.read=" + read + ": expected mapped or pread (or engine, the default)");
         }
         int svds = intProperty("loramerge.svds", 0, 1, 16);
-        return new Tuning(block, streams, window, write.equals("mapped"), read.equals("pread"), svds);
+        int shards = intProperty("loramerge.shards", DEFAULT_SHARDS_AT_ONCE, 1, 64);
+        return new Tuning(block, streams, window, write.equals("mapped"),
+                read.equals("engine") ? null : read.equals("pread"), svds, shards);
     }
 
     private static int intProperty(String name, int fallback, int min, int max) {
@@ -83,6 +98,6 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, boolean m
         }
         return "streaming knobs: block " + (blockBytes >> 10) + " KiB, " + (streams == 0 ? "default" : streams) + " GPU streams, window "
                 + windowPerThread + " blocks a thread, " + (mappedWrites ? "mapped" : "positional") + " writes, "
-                + (preadReads ? "positional" : "mapped") + " reads" + (svds == 0 ? "" : ", " + svds + " SVDs at once");
+                + (preadReads == null ? "the engine's" : preadReads ? "positional" : "mapped") + " reads, " + shardsAtOnce + (shardsAtOnce == 1 ? " shard" : " shards") + " at once" + (svds == 0 ? "" : ", " + svds + " SVDs at once");
     }
 }

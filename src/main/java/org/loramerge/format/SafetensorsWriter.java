@@ -72,6 +72,8 @@ public final class SafetensorsWriter implements AutoCloseable {
     private final Map<String, Long> offsets;
     /** Bytes of fixed tensors written so far, by any thread. */
     private final AtomicLong written = new AtomicLong();
+    /** Held for each positional write ({@link #writeAt}). */
+    private final Object positionalWrites = new Object();
     /** Whether {@link #writeAt} copies into a mapping of its range instead of writing it. */
     private final boolean mappedWrites;
     /** The given bytes of each late tensor, by name, in declared order (null until given). */
@@ -256,9 +258,14 @@ public final class SafetensorsWriter implements AutoCloseable {
                 region.copyIn(src);
             }
         } else {
-            long done = 0;
-            while (done < n) {
-                done += channel.write(src, at + done);
+            // one positional write into the file at a time: the kernel takes them one at a time anyway (the file's
+            // lock, on tmpfs, ext4 and xfs alike); threads queued here leave the one writing at full speed, where
+            // threads contending for the kernel's lock slow each other (benchmarks/RESULTS.md, "From memory")
+            synchronized (positionalWrites) {
+                long done = 0;
+                while (done < n) {
+                    done += channel.write(src, at + done);
+                }
             }
         }
         written.addAndGet(n);

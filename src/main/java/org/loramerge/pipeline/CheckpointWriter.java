@@ -15,13 +15,14 @@ import java.util.Map;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
+import java.util.concurrent.atomic.AtomicLong;
 import org.loramerge.format.Json;
 import org.loramerge.format.SafetensorsWriter;
 import org.loramerge.format.ShardIndex;
 
 /**
- * Writes a Hugging Face model folder into an {@link AtomicOutput}: safetensors shards one after
- * the other ({@link #openShard}), then the shard index when there is more than one, config.json,
+ * Writes a Hugging Face model folder into an {@link AtomicOutput}: safetensors shards
+ * ({@link #openShard}, several open at once where the caller interleaves their tensors), then the shard index when there is more than one, config.json,
  * the files carried over (the base's, and tokenizer files of the adapter folder), the model card
  * of a merge, and the commit that makes it all appear at once. Every
  * command that writes a model (merge, quantize) goes through it, so they write the same layout.
@@ -40,8 +41,14 @@ public final class CheckpointWriter implements AutoCloseable {
         t.setDaemon(true);
         return t;
     });
+    /** Finishes shards in the background (one at a time: each ends with an fsync of its file). */
+    private final ExecutorService finisher = Executors.newSingleThreadExecutor(r -> {
+        Thread t = new Thread(r, "loramerge-finish");
+        t.setDaemon(true);
+        return t;
+    });
     private final boolean mappedWrites;
-    private long tensorBytes;
+    private final AtomicLong tensorBytes = new AtomicLong();
 
     /** A writer into {@code out}; bytes written are counted into {@code progress}. */
     public CheckpointWriter(AtomicOutput out, Progress progress) {
@@ -72,7 +79,8 @@ public final class CheckpointWriter implements AutoCloseable {
     /**
      * Creates shard {@code fileName} with these tensors, in this order, and writes its header; the
      * tensors' bytes follow through the returned shard, which must be {@linkplain Shard#finish
-     * finished} before the next one is opened.
+     * finished} (here or {@linkplain #finishLater in the background}) before the model is committed.
+     * Shards are opened in the index's order.
      */
     public Shard openShard(String fileName, List<SafetensorsWriter.Entry> entries) throws IOException {
         long fixed = 0;
@@ -85,7 +93,7 @@ public final class CheckpointWriter implements AutoCloseable {
 
     /** Writes model.safetensors.index.json for the shards written (transformers' layout of a sharded model). */
     public void writeIndex() throws IOException {
-        Files.write(out.dir().resolve(ShardIndex.FILE_NAME), ShardIndex.toJson(weightMap, tensorBytes));
+        Files.write(out.dir().resolve(ShardIndex.FILE_NAME), ShardIndex.toJson(weightMap, tensorBytes.get()));
     }
 
     /**
@@ -113,7 +121,7 @@ public final class CheckpointWriter implements AutoCloseable {
 
     /** Bytes of tensor data in the shards written so far (a late tensor counts once its shard is finished). */
     public long tensorBytes() {
-        return tensorBytes;
+        return tensorBytes.get();
     }
 
     /** Makes the model durable and visible under its final name (see {@link AtomicOutput#commit}). */
@@ -121,9 +129,21 @@ public final class CheckpointWriter implements AutoCloseable {
         out.commit();
     }
 
+    /**
+     * {@link Shard#finish} of {@code shard} on a background thread, once every byte of it is written
+     * (while the next shards' work goes on); the future fails as {@code finish} would.
+     */
+    public Future<?> finishLater(Shard shard) {
+        return finisher.submit(() -> {
+            shard.finish();
+            return null;
+        });
+    }
+
     @Override
     public void close() {
         flusher.shutdownNow();
+        finisher.shutdownNow();
     }
 
     /**
@@ -143,7 +163,7 @@ public final class CheckpointWriter implements AutoCloseable {
         private Shard(SafetensorsWriter writer, long fixedBytes) {
             this.writer = writer;
             this.fixedBytes = fixedBytes;
-            tensorBytes += fixedBytes;
+            tensorBytes.addAndGet(fixedBytes);
         }
 
         /** Where tensor {@code name}'s bytes start in the shard's data section. */
@@ -215,7 +235,7 @@ public final class CheckpointWriter implements AutoCloseable {
                 BlockExecutor.get(flushing);
                 flushing = null;
             }
-            tensorBytes += writer.finish() - fixedBytes;
+            tensorBytes.addAndGet(writer.finish() - fixedBytes);
         }
 
         @Override

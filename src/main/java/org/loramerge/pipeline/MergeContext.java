@@ -30,11 +30,13 @@ final class MergeContext {
     /** Per requantized weight, in plan order: what survived of the adapter's change. */
     final List<MergeReport.Survival> survivals = new ArrayList<>();
     /**
-     * With positional reads ({@link MergeRunner.Options#preadReads}): blocks a worker reads a dense
+     * With positional reads ({@link #preadReads}): blocks a worker reads a dense
      * tensor's rows into, allocated by the backend as the output blocks are, one per worker and a
      * spare; else empty.
      */
     final BlockingQueue<ByteBuffer> inputBuffers;
+    /** Whether dense rows are read by positional reads into {@link #inputBuffers} (the options' choice, else the engine's). */
+    final boolean preadReads;
     /** Where the time goes, stage by stage. */
     final Stages stages;
     /** The shard the current tensors go into. */
@@ -61,7 +63,8 @@ final class MergeContext {
             buffers.add(backend.allocateBlockBuffer(options.blockBytes()));
         }
         this.inputBuffers = new ArrayBlockingQueue<>(threads + 1);
-        if (options.preadReads()) {
+        this.preadReads = options.preadReads() != null ? options.preadReads() : backend.readsIntoBlockBuffers();
+        if (preadReads) {
             for (int i = 0; i <= threads; i++) {
                 inputBuffers.add(backend.allocateBlockBuffer(options.blockBytes()));
             }
@@ -80,6 +83,7 @@ final class MergeContext {
         this.executor = lead.executor;
         this.buffers = lead.buffers;
         this.inputBuffers = lead.inputBuffers;
+        this.preadReads = lead.preadReads;
         this.stages = lead.stages;
     }
 

@@ -4,8 +4,12 @@ import java.io.IOException;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.Comparator;
+import java.util.HashMap;
 import java.util.List;
 import java.util.Locale;
+import java.util.Map;
+import java.util.concurrent.Future;
 import org.loramerge.engine.Backend;
 import org.loramerge.engine.BlockStats;
 import org.loramerge.engine.Stages;
@@ -19,7 +23,8 @@ import org.loramerge.plan.OutputTensor;
 import org.loramerge.verify.Verifier;
 
 /**
- * Streams a {@link MergePlan} to disk: shard by shard, each output tensor is handed to the
+ * Streams a {@link MergePlan} to disk: a few shards at once, their tensors interleaved
+ * ({@link ShardOrder}, so that several files take writes at once), each output tensor is handed to the
  * {@link TensorStrategy} of its route, which cuts it into blocks computed by the backend on worker
  * threads, each written at its offset in the shard by the worker that made it, and completed in
  * order by the calling thread ({@link BlockExecutor}: progress, errors), with a bounded number of
@@ -38,9 +43,22 @@ public final class MergeRunner {
      *                       output before it is renamed into place (0: no check); any error fails the merge
      * @param windowPerThread blocks per worker thread that may wait for the in-order hand-over ({@link Tuning#windowPerThread})
      * @param mappedWrites   whether workers write their blocks through memory mappings ({@link Tuning#mappedWrites})
-     * @param preadReads     whether workers read a dense tensor's rows by positional reads ({@link Tuning#preadReads})
+     * @param preadReads     whether workers read a dense tensor's rows by positional reads ({@link Tuning#preadReads});
+     *                       null: as the engine prefers ({@link Backend#readsIntoBlockBuffers})
+     * @param shardsAtOnce   output shards written at once, their tensors interleaved ({@link Tuning#shardsAtOnce})
      */
-    public record Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, boolean mappedWrites, boolean preadReads) {
+    public record Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, boolean mappedWrites, Boolean preadReads,
+                          int shardsAtOnce) {
+        public Options {
+            if (shardsAtOnce < 1) {
+                throw new IllegalArgumentException("shardsAtOnce " + shardsAtOnce + " < 1");
+            }
+        }
+
+        public Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, boolean mappedWrites, Boolean preadReads) {
+            this(allowNonFinite, blockBytes, verifyRows, windowPerThread, mappedWrites, preadReads, Tuning.DEFAULTS.shardsAtOnce());
+        }
+
         public Options(boolean allowNonFinite, int blockBytes, int verifyRows) {
             this(allowNonFinite, blockBytes, verifyRows, Tuning.DEFAULTS.windowPerThread(), Tuning.DEFAULTS.mappedWrites(), Tuning.DEFAULTS.preadReads());
         }
@@ -51,7 +69,8 @@ public final class MergeRunner {
 
         /** The options of {@code tuning}'s streaming knobs. */
         public Options(boolean allowNonFinite, int verifyRows, Tuning tuning) {
-            this(allowNonFinite, tuning.blockBytes(), verifyRows, tuning.windowPerThread(), tuning.mappedWrites(), tuning.preadReads());
+            this(allowNonFinite, tuning.blockBytes(), verifyRows, tuning.windowPerThread(), tuning.mappedWrites(), tuning.preadReads(),
+                    tuning.shardsAtOnce());
         }
 
         public static Options defaults() {
@@ -71,18 +90,7 @@ public final class MergeRunner {
         MergeContext ctx = new MergeContext(backend, options, progress);
         MergeReport report = new MergeReport();
         try (CheckpointWriter writer = new CheckpointWriter(out, progress, options.mappedWrites())) {
-            for (MergePlan.Shard shard : plan.shards()) {
-                try (CheckpointWriter.Shard s = writer.openShard(shard.fileName(), entries(shard))) {
-                    ctx.shard = s;
-                    for (OutputTensor t : shard.tensors()) {
-                        TensorStrategy.of(t.route()).schedule(t, ctx);
-                    }
-                    ctx.executor.drain();
-                    long finishing = System.nanoTime();
-                    s.finish();
-                    ctx.stages.since(Stages.Stage.SHARD_FINISH, finishing, 0);
-                }
-            }
+            stream(plan, writer, ctx);
             ctx.stages.since(Stages.Stage.STREAM, start, writer.tensorBytes());
             finish(plan, writer, options, report, ctx.stages);
         } finally {
@@ -90,6 +98,66 @@ public final class MergeRunner {
         }
         progress.finish();
         return fill(report, plan, ctx, backend, out, start);
+    }
+
+    /**
+     * Writes the plan's shards, {@link Options#shardsAtOnce} at a time with their tensors interleaved
+     * ({@link ShardOrder}) and their blocks too (each open shard's work in its own lane of the
+     * {@link BlockExecutor}, which the workers serve in turn); a shard whose last block is written is finished in the background
+     * ({@link CheckpointWriter#finishLater}) while the others go on, and all of them are awaited here.
+     */
+    private static void stream(MergePlan plan, CheckpointWriter writer, MergeContext ctx) throws Exception {
+        List<MergePlan.Shard> shards = plan.shards();
+        long[][] sizes = new long[shards.size()][];
+        for (int i = 0; i < sizes.length; i++) {
+            List<OutputTensor> ts = shards.get(i).tensors();
+            sizes[i] = new long[ts.size()];
+            for (int j = 0; j < ts.size(); j++) {
+                sizes[i][j] = ts.get(j).sizeInBytes();
+            }
+        }
+        CheckpointWriter.Shard[] open = new CheckpointWriter.Shard[shards.size()];
+        List<Future<?>> finishing = new ArrayList<>();
+        try {
+            for (ShardOrder.Step step : ShardOrder.of(sizes, ctx.options.shardsAtOnce())) {
+                MergePlan.Shard shard = shards.get(step.shard());
+                if (step.first()) {
+                    open[step.shard()] = writer.openShard(shard.fileName(), entries(shard));
+                }
+                CheckpointWriter.Shard s = open[step.shard()];
+                if (step.tensor() >= 0) {
+                    ctx.shard = s;
+                    ctx.executor.lane(step.lane());
+                    OutputTensor t = shard.tensors().get(step.tensor());
+                    TensorStrategy.of(t.route()).schedule(t, ctx);
+                }
+                if (step.last()) {
+                    ctx.executor.then(() -> finishing.add(writer.finishLater(s)));
+                }
+                surfaceFailed(finishing);
+            }
+            ctx.executor.drain();
+            long waiting = System.nanoTime();
+            for (Future<?> f : finishing) {
+                BlockExecutor.get(f);
+            }
+            ctx.stages.since(Stages.Stage.SHARD_FINISH, waiting, 0);
+        } finally {
+            for (CheckpointWriter.Shard s : open) {
+                if (s != null) {
+                    s.close();
+                }
+            }
+        }
+    }
+
+    /** Rethrows the failure of a shard's background finish as soon as it is known. */
+    private static void surfaceFailed(List<Future<?>> finishing) throws Exception {
+        for (Future<?> f : finishing) {
+            if (f.isDone()) {
+                BlockExecutor.get(f);
+            }
+        }
     }
 
     /** One output of {@link #runShared}: its report, or why it alone was not written. */
@@ -255,7 +323,14 @@ public final class MergeRunner {
             }
         }
         if (!ctx.survivals.isEmpty()) {
-            report.requantization = MergeReport.Requantization.of(ctx.survivals);
+            // in plan order, whatever order the interleaved shards completed them in: the sums are the same to the bit
+            Map<String, Integer> order = new HashMap<>();
+            for (OutputTensor t : plan.tensors()) {
+                order.put(t.name(), order.size());
+            }
+            List<MergeReport.Survival> survivals = new ArrayList<>(ctx.survivals);
+            survivals.sort(Comparator.comparingInt(s -> order.getOrDefault(s.name(), Integer.MAX_VALUE)));
+            report.requantization = MergeReport.Requantization.of(survivals);
         }
         report.stages(ctx.stages);
         return report;

@@ -42,10 +42,10 @@ final class RowMerge implements TensorStrategy {
             MagnitudeSelection.compute(ctx, job, merge, rowsPerBlock);
         }
         TensorSource.Form form = merge.input();
-        // with -Dloramerge.read=pread (a knob for measuring, MergeRunner.Options#preadReads) a dense source's rows are
-        // read by positional reads into one of the context's input blocks instead of mapped: no mapping, unmapping or
-        // page fault per block, one copy by the kernel
-        boolean pread = ctx.options.preadReads() && form == TensorSource.Form.VALUES && !t.source().isQuantized();
+        // on a GPU (or with -Dloramerge.read=pread) a dense source's rows are read by positional reads into one of the
+        // context's page-locked input blocks instead of mapped: no mapping, unmapping, page fault or staging copy per
+        // block, one copy by the kernel
+        boolean pread = ctx.preadReads && form == TensorSource.Form.VALUES && !t.source().isQuantized();
         CheckpointWriter.Shard shard = ctx.shard;
         long tensorOffset = shard.offsetOf(t.name());
         long rows = job.rows();

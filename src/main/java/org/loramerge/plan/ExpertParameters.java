@@ -203,6 +203,15 @@ public final class ExpertParameters {
                 return new Stored(name, 0, s[0], s[1], false, List.of(new Piece(candidate, -1, 0, s[0])));
             }
             if (s != null && s.length == 3) {
+                for (String scale : List.of("_scale_inv", "_scale")) {
+                    if (shapes.containsKey(candidate + scale)) {
+                        throw new Unmapped(UNSUPPORTED, "the base stores " + name + " as one quantized 3-D tensor (" + candidate + " "
+                                + TensorInfo.shapeString(s) + " with " + candidate + scale + ", transformers' FP8Experts layout), which "
+                                + "loramerge does not read: it merges experts quantized per expert (each a 2-D FP8, GPTQ, AWQ or "
+                                + "bitsandbytes weight) or fused in 16 or 32 bits; dequantize the base first (load it with transformers' "
+                                + "dequantize=True and save_pretrained) and pass that as --base");
+                    }
+                }
                 if (family == null) {
                     throw unknownFamily(name, candidate + " " + TensorInfo.shapeString(s));
                 }

@@ -16,9 +16,13 @@ import org.loramerge.format.FloatFormat;
  *
  * <pre>
  * amax  = max |x| over the block (fp32 of the merged values in the model's dtype)
- * s     = fl32(448 / amax), or 1 when amax is 0;   weight_scale_inv = fl32(1 / s)
+ * s     = fl32(fl32(1 / amax) · 448), or 1 when amax is 0;   weight_scale_inv = fl32(1 / s)
  * code  = e4m3(clamp(fl32(x · s), -448, 448))    (torch's cast: round to nearest even)
  * </pre>
+ *
+ * The scale is torch's {@code 448 / max_abs}, a Python number over a tensor, which torch computes as
+ * {@code max_abs.reciprocal() * 448} (torch/_tensor.py {@code __rdiv__}): two roundings, which give another
+ * float than fl32(448 / amax) for many amax (the MoE fixtures' FP8 cases hold such blocks).
  *
  * A block never straddles two ranges: ranges are whole rows of blocks ({@link #blockElements}), so the
  * codes of a range are final when it is encoded and are written at their offset
@@ -84,8 +88,8 @@ final class Fp8Requantizer implements Requantizer {
                         aw = Math.max(aw, Math.abs((float) format.decode(format.bitsAt(w, i))));
                     }
                 }
-                float sx = ax > 0 ? Fp8Codec.E4M3_MAX / ax : 1f;
-                float sw = aw > 0 ? Fp8Codec.E4M3_MAX / aw : 1f;
+                float sx = ax > 0 ? (1f / ax) * Fp8Codec.E4M3_MAX : 1f;
+                float sw = aw > 0 ? (1f / aw) * Fp8Codec.E4M3_MAX : 1f;
                 float invX = 1f / sx;
                 float invW = 1f / sw;
                 scaleInv[(int) ((br / blockRows) * gridCols + bc / blockCols)] = invX;

@@ -109,6 +109,34 @@ class GeneratedFilesTest {
         assertTrue(bytes < 400_000, "MoE fixtures stay small: " + bytes + " bytes");
     }
 
+    /**
+     * The golden cases of MoE experts on quantized bases are scripts/fixtures/make_moe_quant_fixtures.py's output, its GPTQ
+     * weights packed by make_gptq_awq_fixtures.py's reference and its compressed-tensors ones by make_fp8_fixtures.py's: the
+     * three scripts' hashes and every file's are in MANIFEST.sha256.
+     */
+    @Test
+    void moeQuantFixturesMatchTheirGenerator() throws Exception {
+        Path dir = Paths.get("src/test/resources/moe_quant");
+        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
+        String regenerate = "regenerate them (python scripts/fixtures/make_moe_quant_fixtures.py, with the versions in "
+                + "scripts/fixtures/requirements-fixtures.txt)";
+        assertEquals(sha256(Paths.get("scripts/fixtures/make_moe_quant_fixtures.py")) + "  generator:scripts/fixtures/make_moe_quant_fixtures.py",
+                manifest.get(0), "scripts/fixtures/make_moe_quant_fixtures.py changed since the fixtures were made: " + regenerate);
+        assertEquals(sha256(Paths.get("scripts/fixtures/make_gptq_awq_fixtures.py")) + "  reference:scripts/fixtures/make_gptq_awq_fixtures.py",
+                manifest.get(1), "scripts/fixtures/make_gptq_awq_fixtures.py changed since the MoE quantized fixtures were made: " + regenerate);
+        assertEquals(sha256(Paths.get("scripts/fixtures/make_fp8_fixtures.py")) + "  reference:scripts/fixtures/make_fp8_fixtures.py",
+                manifest.get(2), "scripts/fixtures/make_fp8_fixtures.py changed since the MoE quantized fixtures were made: " + regenerate);
+        assertEquals(String.join("\n", manifest.subList(3, manifest.size())), String.join("\n", hashedFiles(dir)),
+                "moe_quant fixture files differ from what the generator wrote; " + regenerate);
+        long bytes = 0;
+        try (Stream<Path> s = Files.walk(dir)) {
+            for (Path p : (Iterable<Path>) s.filter(Files::isRegularFile)::iterator) {
+                bytes += Files.size(p);
+            }
+        }
+        assertTrue(bytes < 200_000, "MoE quantized fixtures stay small: " + bytes + " bytes");
+    }
+
     /** The config.json golden files are scripts/fixtures/make_config_fixtures.py's output (transformers' own save_pretrained). */
     @Test
     void configFixturesMatchTheirGenerator() throws Exception {

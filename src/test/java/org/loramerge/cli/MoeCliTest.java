@@ -8,6 +8,8 @@ import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.Paths;
+import java.nio.file.StandardCopyOption;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.function.Consumer;
 import java.util.stream.Stream;
@@ -181,6 +183,30 @@ class MoeCliTest {
         CliRun.Result r = CliRun.merge(b, adapter("gpt_oss_experts"), out);
         CliRun.assertBadInput(r, out, "MXFP4");
         assertTrue(r.err().contains("dequantize"), r.err());
+    }
+
+    @Test
+    void fusedFp8ExpertsAreRefusedWithHowToDequantizeThem() throws Exception {
+        // transformers' FP8Experts layout saved as it is held in memory: one e4m3 [E, d1, d2] tensor and its block scales
+        Path b = dir.resolve("fp8");
+        List<TinyModels.Tensor> tensors = new ArrayList<>();
+        try (Checkpoint c = Checkpoint.open(base("gpt_oss_experts"))) {
+            for (TensorInfo t : c.tensors().values()) {
+                if (t.name().endsWith("experts.gate_up_proj") || t.name().endsWith("experts.down_proj")) {
+                    long n = t.dim(0) * t.dim(1) * t.dim(2);
+                    tensors.add(new TinyModels.Tensor(t.name(), DType.F8_E4M3, t.shape(), new byte[(int) n]));
+                    tensors.add(new TinyModels.Tensor(t.name() + "_scale_inv", DType.F32, new long[] {t.dim(0), 1, 1}, new byte[(int) t.dim(0) * 4]));
+                } else {
+                    tensors.add(TinyModels.bf16Tensor(t.name(), t.shape()));
+                }
+            }
+        }
+        TinyModels.writeModel(b, tensors);
+        Files.copy(base("gpt_oss_experts").resolve("config.json"), b.resolve("config.json"), StandardCopyOption.REPLACE_EXISTING);
+        Path out = dir.resolve("out");
+        CliRun.Result r = CliRun.merge(b, adapter("gpt_oss_experts"), out);
+        CliRun.assertBadInput(r, out, "model.layers.0.mlp.experts.gate_up_proj_scale_inv");
+        assertTrue(r.err().contains("FP8Experts") && r.err().contains("dequantize"), r.err());
     }
 
     @Test

@@ -11,7 +11,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 /** The hidden streaming knobs: unset, the code's own defaults; set, read as given; out of range, refused by name. */
 class TuningTest {
     private static final String[] KNOBS = {"loramerge.blockBytes", "loramerge.streams", "loramerge.window", "loramerge.write", "loramerge.read",
-        "loramerge.svds"};
+        "loramerge.svds", "loramerge.shards"};
 
     @AfterEach
     void clear() {
@@ -22,7 +22,7 @@ class TuningTest {
 
     @Test
     void withoutKnobsARunStreamsAsItAlwaysDid() {
-        assertEquals(new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, false, false, 0), Tuning.current());
+        assertEquals(new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, false, null, 0, 8), Tuning.current());
         assertNull(Tuning.current().describe(), "nothing to note");
     }
 
@@ -34,9 +34,11 @@ class TuningTest {
         System.setProperty("loramerge.write", "MAPPED");
         System.setProperty("loramerge.read", "pread");
         System.setProperty("loramerge.svds", "5");
+        System.setProperty("loramerge.shards", "1");
         Tuning t = Tuning.current();
-        assertEquals(new Tuning(32 << 20, 12, 4, true, true, 5), t);
-        assertEquals("streaming knobs: block 32768 KiB, 12 GPU streams, window 4 blocks a thread, mapped writes, positional reads, 5 SVDs at once",
+        assertEquals(new Tuning(32 << 20, 12, 4, true, true, 5, 1), t);
+        assertEquals("streaming knobs: block 32768 KiB, 12 GPU streams, window 4 blocks a thread, mapped writes, positional reads, "
+                + "1 shard at once, 5 SVDs at once",
                 t.describe());
     }
 

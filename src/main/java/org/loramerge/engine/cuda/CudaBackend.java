@@ -137,6 +137,11 @@ public final class CudaBackend implements Backend {
     }
 
     @Override
+    public boolean readsIntoBlockBuffers() {
+        return true;
+    }
+
+    @Override
     public ByteBuffer allocateBlockBuffer(int sizeInBytes) {
         device.bindContext();
         PinnedMemory m = new PinnedMemory(sizeInBytes);
