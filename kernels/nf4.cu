@@ -185,19 +185,16 @@ extern "C" __global__ void nf4_decode_absmax(const unsigned char *__restrict__ c
 }
 
 /*
- * 8 elements from element offset i of the range, (first + i) a multiple of 8 and of nothing
- * wider than the block: their 4 bytes of codes from packed + i / 2 in one load, each value
- * mul.ftz(value, scale) rounded once to D, stored at once (one 16-byte store, two for F32), so a
- * warp's store instruction covers 512 consecutive bytes. (Runs of 32 codes, four or eight stores a
- * thread 64 bytes apart, ran the FP4 kernel at 0.38 of the copy's traffic, runs of 8 at 0.51: JMH on
- * one H200, benchmarks/RESULTS.md.) ftzScale is bnb_ftz(absmax of the block), computed once for the
- * run; every code book value is 0 or normal, so that bnb_ftz of it is itself and
- * bnb_ftz(value * ftzScale) is bnb_mul(value, absmax), bit for bit.
+ * 8 elements from their 4 bytes of codes (word, element 2k in the high nibble of byte k), each
+ * value mul.ftz(value, scale) rounded once to D, stored at o at once (one 16-byte store, two for
+ * F32), so a warp's store instruction covers 512 consecutive bytes. (Runs of 32 codes, four or
+ * eight stores a thread 64 bytes apart, ran the FP4 kernel at 0.38 of the copy's traffic, runs of
+ * 8 at 0.51: JMH on one H200, benchmarks/RESULTS.md.) ftzScale is bnb_ftz(absmax of the block),
+ * computed once for the run; every code book value is 0 or normal, so that bnb_ftz of it is
+ * itself and bnb_ftz(value * ftzScale) is bnb_mul(value, absmax), bit for bit.
  */
 template <int FMT, typename T>
-__device__ __forceinline__ void fourbit_run(const unsigned char *__restrict__ packed, long long i, float ftzScale,
-                                            const float *values, T *__restrict__ out) {
-    uint32_t word = *reinterpret_cast<const uint32_t *>(packed + (i >> 1));
+__device__ __forceinline__ void fourbit_store8(uint32_t word, float ftzScale, const float *values, T *__restrict__ o) {
     uint32_t bits[8];
 #pragma unroll
     for (int k = 0; k < 4; k++) {
@@ -205,7 +202,6 @@ __device__ __forceinline__ void fourbit_run(const unsigned char *__restrict__ pa
         bits[2 * k] = round_float<FMT>(bnb_ftz(__fmul_rn(values[b >> 4], ftzScale)));
         bits[2 * k + 1] = round_float<FMT>(bnb_ftz(__fmul_rn(values[b & 15u], ftzScale)));
     }
-    T *o = out + i;
     if (sizeof(T) == 2) {
         *reinterpret_cast<uint4 *>(o) = make_uint4(bits[0] | (bits[1] << 16), bits[2] | (bits[3] << 16),
                                                    bits[4] | (bits[5] << 16), bits[6] | (bits[7] << 16));
@@ -215,6 +211,9 @@ __device__ __forceinline__ void fourbit_run(const unsigned char *__restrict__ pa
     }
 }
 
+/* Runs of 8 elements a thread takes at once in nf4_dequant (its loads first, then its stores). */
+#define DQ_RUNS 4
+
 /*
  * nf4_dequant_{bf16,f16,f32}(packed, first, count, absmax, blocksize, out)
  * fp4_dequant_{bf16,f16,f32}: the same for an FP4 weight (bitsandbytes' other 4-bit code book,
@@ -222,9 +221,12 @@ __device__ __forceinline__ void fourbit_run(const unsigned char *__restrict__ pa
  *   Elements [first, first + count) of a weight: packed holds its bytes from first / 2 on,
  *   absmax the decoded absmax of EVERY block of the weight (index e / blocksize).
  *   out[i] = D bits of element first + i (out 16-byte aligned). When first is a multiple of 8
- *   (every row block of a Linear weight with 8 | cols), a thread takes runs of 8 elements from
- *   a 4-byte word of codes, the block's absmax read once a run (fourbit_run); the rest element
- *   by element. Grid-stride: a grid of ceil(count / 8 / 256) blocks (count when 8 does not divide first).
+ *   (every row block of a Linear weight with 8 | cols), the elements go in runs of 8 (one 4-byte
+ *   word of codes, one block's absmax, fourbit_store8), a block of threads taking DQ_RUNS x
+ *   blockDim.x consecutive runs at a time: thread t the runs t, t + blockDim.x, ... (each load and
+ *   store of a warp contiguous), all its code words and absmax loaded before the first store, so
+ *   that each thread has DQ_RUNS loads in flight rather than one; the rest element by element. Grid-stride:
+ *   a grid of ceil(count / 8 / (DQ_RUNS * 256)) blocks of 256 (count when 8 does not divide first).
  */
 template <int FMT, typename T, bool FP4>
 __device__ __forceinline__ void nf4_dequant(const unsigned char *__restrict__ packed, long long first, long long count,
@@ -232,17 +234,30 @@ __device__ __forceinline__ void nf4_dequant(const unsigned char *__restrict__ pa
     __shared__ float sVal[16];
     fourbit_load_values<FP4>(sVal);
     int shift = __ffsll(blocksize) - 1; /* blocksizes are powers of two */
-    long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long threads = (long long)gridDim.x * blockDim.x;
     long long vectorEnd = 0;
     if ((first & 7) == 0) {
-        long long runs = (count - vectorEnd) >> 3;
-        for (long long r = tid; r < runs; r += threads) {
-            long long i = vectorEnd + (r << 3);
-            fourbit_run<FMT, T>(packed, i, bnb_ftz(absmax[(first + i) >> shift]), sVal, out); /* 8 | blocksize: one block */
+        long long runs = count >> 3;
+        long long batch = (long long)DQ_RUNS * blockDim.x;
+        for (long long r0 = (long long)blockIdx.x * batch + threadIdx.x; r0 < runs; r0 += (long long)gridDim.x * batch) {
+            uint32_t word[DQ_RUNS];
+            float scale[DQ_RUNS];
+#pragma unroll
+            for (int k = 0; k < DQ_RUNS; k++) {
+                long long r = r0 + (long long)k * blockDim.x;
+                bool in = r < runs;
+                word[k] = in ? *reinterpret_cast<const uint32_t *>(packed + (r << 2)) : 0u;
+                scale[k] = in ? bnb_ftz(absmax[(first + (r << 3)) >> shift]) : 0.0f; /* 8 | blocksize: one block */
+            }
+#pragma unroll
+            for (int k = 0; k < DQ_RUNS; k++) {
+                long long r = r0 + (long long)k * blockDim.x;
+                if (r < runs) fourbit_store8<FMT, T>(word[k], scale[k], sVal, out + (r << 3));
+            }
         }
-        vectorEnd += runs << 3;
+        vectorEnd = runs << 3;
     }
+    long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long threads = (long long)gridDim.x * blockDim.x;
     long long byteBase = first >> 1;
     for (long long i = vectorEnd + tid; i < count; i += threads) {
         long long e = first + i;

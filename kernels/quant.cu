@@ -541,14 +541,21 @@ LM_AWQ_DEQUANT_KERNEL(awq_dequant_f32, LM_F32, unsigned int)
  * --to fp8, --to int8), bit for bit the CPU requantizers (Fp8Requantizer, BnbInt8Format's
  * Int8Requantizer), and the survival sums of each quantization block. The merge leaves a row
  * block's merged values X (D bits), its base values W (D bits) and P = s*U*V^T (fp64) row-major
- * on the device; each CUDA block of RQ_THREADS threads takes one quantization block at a time
- * (grid-stride), reads it twice (its absmax of X and W, then the codes) and reduces in shared
- * memory, so any grid gives the same bytes. Per quantization block q (numbered over the whole
- * weight, row of blocks by row of blocks) it writes the scale and sums[5q..5q+4] = codes changed,
- * sum D^2, sum D*dW, sum dW^2 and the count of merged values the format cannot take (the host
- * then lets the CPU requantizer raise its error), with dW = (W + P) - W in fp64, the CPU
- * engine's v - w, and D = deq(QX) - deq(QW); the host adds them in order (the CPU's sums in
- * another order: equal to about 1e-12 relative; the counts are exact).
+ * on the device. A group of threads takes one quantization block at a time (grid-stride): the
+ * whole block of RQ_THREADS threads when the quantization block is larger than RQ_WARP_MAX
+ * elements (128 x 128 blocks), else one warp (rows of LLM.int8 and of FP8's per-row scales up to
+ * RQ_WARP_MAX columns, groups of columns; runs of 8 only), so that small quantization blocks wait
+ * at no barrier.
+ * The group reads its quantization block twice, in runs of 8 elements of a row (16-byte loads of
+ * X, W and P; 8 codes stored at once) when rows and blocks are multiples of 8 wide and the arrays
+ * aligned, else element by element: first the absmax of X and of W (warp shuffles, then shared
+ * memory across the warps), then the codes and the sums (the second read of X and W mostly from
+ * the cache). Per quantization block q (numbered over the whole weight, row of blocks by row of
+ * blocks) it writes the scale and sums[5q..5q+4] = codes changed, sum D^2, sum D*dW, sum dW^2 and
+ * the count of merged values the format cannot take (the host then lets the CPU requantizer raise
+ * its error), with dW = (W + P) - W in fp64, the CPU engine's v - w, and D = deq(QX) - deq(QW);
+ * the host adds them in order (the CPU's sums in another order: equal to about 1e-12 relative;
+ * the counts are exact, and so is every code and scale, whatever the grid).
  */
 #define RQ_THREADS 256
 #define E4M3_MAX 448.0f
@@ -587,13 +594,384 @@ __device__ __forceinline__ float f16_round(float v) {
     return __half2float(__float2half_rn(v));
 }
 
+#define RQ_WARPS (RQ_THREADS / 32)
+/* Quantization blocks of at most this many elements are taken by one warp, larger ones by the whole block. */
+#define RQ_WARP_MAX 2048
+
+/* Eight D values as fp32 from p (16-byte aligned): one 16-byte load for 16-bit D, two for F32. */
+template <int FMT, typename T>
+__device__ __forceinline__ void rq_load8(const T *__restrict__ p, float v[8]) {
+    if (sizeof(T) == 2) {
+        uint4 u = *reinterpret_cast<const uint4 *>(p);
+        uint32_t q[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            v[2 * k] = widen_to_float<FMT>(q[k] & 0xffffu);
+            v[2 * k + 1] = widen_to_float<FMT>(q[k] >> 16);
+        }
+    } else {
+        uint4 a = *reinterpret_cast<const uint4 *>(p);
+        uint4 b = *reinterpret_cast<const uint4 *>(p + 4);
+        uint32_t q[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+        for (int k = 0; k < 8; k++) v[k] = widen_to_float<FMT>(q[k]);
+    }
+}
+
+/* A run of VEC (8 or 1) consecutive D values as fp32; for VEC = 8, p 16-byte aligned. */
+template <int FMT, int VEC, typename T>
+__device__ __forceinline__ void rq_load(const T *__restrict__ p, float v[VEC]) {
+    if (VEC == 8) {
+        rq_load8<FMT, T>(p, v);
+    } else {
+        v[0] = widen_to_float<FMT>((uint32_t)p[0]);
+    }
+}
+
+/* A run of VEC fp64 values of P: four 16-byte loads for VEC = 8. */
+template <int VEC>
+__device__ __forceinline__ void rq_load_p(const double *__restrict__ p, double d[VEC]) {
+    if (VEC == 8) {
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            double2 t = reinterpret_cast<const double2 *>(p)[k];
+            d[2 * k] = t.x;
+            d[2 * k + 1] = t.y;
+        }
+    } else {
+        d[0] = p[0];
+    }
+}
+
+/* A run of VEC codes (bytes): one 8-byte store for VEC = 8 (codes 8-byte aligned). */
+template <int VEC>
+__device__ __forceinline__ void rq_store_codes(unsigned char *__restrict__ codes, const uint32_t *q) {
+    if (VEC == 8) {
+        uint32_t lo = q[0] | (q[1] << 8) | (q[2] << 16) | (q[3] << 24);
+        uint32_t hi = q[4] | (q[5] << 8) | (q[6] << 16) | (q[7] << 24);
+        *reinterpret_cast<uint2 *>(codes) = make_uint2(lo, hi);
+    } else {
+        codes[0] = (unsigned char)q[0];
+    }
+}
+
 /*
- * Shared-memory reductions over the RQ_THREADS threads of a block, in two steps (each of the
- * first 32 threads takes every 32nd value, then thread 0 the 32 partial results), so a block
- * waits at few barriers.
+ * The maxima of a and b over a group of LANES threads (32: a warp; RQ_THREADS: the block, every
+ * thread of which calls this): every thread of the group gets both. fmaxf of absolute values is
+ * the same in any order.
+ */
+template <int LANES>
+__device__ __forceinline__ void rq_max2(float *a, float *b, float (*sh)[RQ_WARPS]) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        *a = fmaxf(*a, __shfl_xor_sync(0xffffffffu, *a, o));
+        *b = fmaxf(*b, __shfl_xor_sync(0xffffffffu, *b, o));
+    }
+    if (LANES == 32) return;
+    int warp = threadIdx.x >> 5;
+    if ((threadIdx.x & 31) == 0) {
+        sh[0][warp] = *a;
+        sh[1][warp] = *b;
+    }
+    __syncthreads();
+    float ma = sh[0][0], mb = sh[1][0];
+#pragma unroll
+    for (int k = 1; k < RQ_WARPS; k++) {
+        ma = fmaxf(ma, sh[0][k]);
+        mb = fmaxf(mb, sh[1][k]);
+    }
+    __syncthreads();
+    *a = ma;
+    *b = mb;
+}
+
+/* The sums of the group's five values (a fixed order: xor-shuffles, then the warps in order), into out[0..4] by its first thread. */
+template <int LANES>
+__device__ __forceinline__ void rq_sums(double v[5], double (*sh)[RQ_WARPS], double *out) {
+#pragma unroll
+    for (int k = 0; k < 5; k++) {
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v[k] = __dadd_rn(v[k], __shfl_xor_sync(0xffffffffu, v[k], o));
+    }
+    if (LANES == 32) {
+        if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+            for (int k = 0; k < 5; k++) out[k] = v[k];
+        }
+        return;
+    }
+    int warp = threadIdx.x >> 5;
+    if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+        for (int k = 0; k < 5; k++) sh[k][warp] = v[k];
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+#pragma unroll
+        for (int k = 0; k < 5; k++) {
+            double t = sh[k][0];
+#pragma unroll
+            for (int j = 1; j < RQ_WARPS; j++) t = __dadd_rn(t, sh[k][j]);
+            out[k] = t;
+        }
+    }
+    __syncthreads();
+}
+
+/* The shared memory of the block-wide reductions. */
+struct RqShared {
+    float max[2][RQ_WARPS];
+    double sum[5][RQ_WARPS];
+};
+
+/*
+ * One FP8 quantization block, rows [0, h) x columns [0, width) from element base of the row
+ * block (rows cols apart), by a group of LANES threads (lane: this thread's index in it), in runs
+ * of VEC elements of a row (VEC divides width); its scale to *scaleInv, its sums to sums[0..4].
+ */
+template <int FMT, typename T, int LANES, int VEC>
+__device__ __forceinline__ void fp8_requant_block(const T *__restrict__ x, const T *__restrict__ w, const double *__restrict__ p,
+                                                  long long cols, long long base, long long h, long long width, int lane,
+                                                  unsigned char *__restrict__ codes, float *scaleInv, double *sums, RqShared &sh) {
+    const long long runsPerRow = width / VEC;
+    const long long runs = h * runsPerRow;
+    float ax = 0.0f, aw = 0.0f;
+    int bad = 0;
+    for (long long k = lane; k < runs; k += LANES) {
+        long long r = div_nonneg(k, runsPerRow);
+        long long i = base + r * cols + (k - r * runsPerRow) * VEC;
+        float xv[VEC], wv[VEC];
+        rq_load<FMT, VEC>(x + i, xv);
+        rq_load<FMT, VEC>(w + i, wv);
+#pragma unroll
+        for (int j = 0; j < VEC; j++) {
+            bad += isfinite(xv[j]) ? 0 : 1;
+            ax = fmaxf(ax, fabsf(xv[j]));
+            aw = fmaxf(aw, fabsf(wv[j]));
+        }
+    }
+    rq_max2<LANES>(&ax, &aw, sh.max);
+    float sx = ax > 0.0f ? __fmul_rn(__fdiv_rn(1.0f, ax), E4M3_MAX) : 1.0f; /* torch's 448 / t: t.reciprocal() * 448 */
+    float sw = aw > 0.0f ? __fmul_rn(__fdiv_rn(1.0f, aw), E4M3_MAX) : 1.0f;
+    float invX = __fdiv_rn(1.0f, sx);
+    float invW = __fdiv_rn(1.0f, sw);
+    double dd = 0.0, ddw = 0.0, dwdw = 0.0;
+    int changed = 0;
+    for (long long k = lane; k < runs; k += LANES) {
+        long long r = div_nonneg(k, runsPerRow);
+        long long i = base + r * cols + (k - r * runsPerRow) * VEC;
+        float xv[VEC], wv[VEC];
+        double pv[VEC];
+        rq_load<FMT, VEC>(x + i, xv);
+        rq_load<FMT, VEC>(w + i, wv);
+        rq_load_p<VEC>(p + i, pv);
+        uint32_t q[VEC];
+#pragma unroll
+        for (int j = 0; j < VEC; j++) {
+            uint32_t qx = e4m3_code(e4m3_clamp(__fmul_rn(xv[j], sx)));
+            uint32_t qw = e4m3_code(e4m3_clamp(__fmul_rn(wv[j], sw)));
+            q[j] = qx;
+            double d = __dsub_rn(e4m3_dequant<FMT>(qx, invX), e4m3_dequant<FMT>(qw, invW));
+            double wd = (double)wv[j];
+            double dw = __dsub_rn(__dadd_rn(wd, pv[j]), wd);
+            changed += qx != qw ? 1 : 0;
+            dd = __fma_rn(d, d, dd);
+            ddw = __fma_rn(d, dw, ddw);
+            dwdw = __fma_rn(dw, dw, dwdw);
+        }
+        rq_store_codes<VEC>(codes + i, q);
+    }
+    double v[5] = {(double)changed, dd, ddw, dwdw, (double)bad};
+    rq_sums<LANES>(v, sh.sum, sums);
+    if (lane == 0) *scaleInv = invX;
+}
+
+/*
+ * Every quantization block of the row block, each by a warp or by the whole block (see above);
+ * element by element (VEC = 1: rows or blocks not a multiple of 8 wide, rare) always by the whole
+ * block, which keeps the module smaller.
+ */
+template <int FMT, typename T, int VEC>
+__device__ __forceinline__ void fp8_requant_runs(const T *__restrict__ x, const T *__restrict__ w, const double *__restrict__ p,
+                                                 long long rowCount, long long cols, long long row0, long long blockRows,
+                                                 long long blockCols, long long gridCols, unsigned char *__restrict__ codes,
+                                                 float *__restrict__ scaleInv, double *__restrict__ sums, RqShared &sh) {
+    long long bands = (rowCount + blockRows - 1) / blockRows;
+    long long firstBand = row0 / blockRows;
+    long long blocks = bands * gridCols;
+    if (VEC == 8 && min(blockRows, rowCount) * blockCols <= RQ_WARP_MAX) {
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+        for (long long q = (long long)blockIdx.x * RQ_WARPS + warp; q < blocks; q += (long long)gridDim.x * RQ_WARPS) {
+            long long band = div_nonneg(q, gridCols);
+            long long col = q - band * gridCols;
+            long long r0 = band * blockRows, c0 = col * blockCols;
+            long long out = (firstBand + band) * gridCols + col;
+            fp8_requant_block<FMT, T, 32, VEC>(x, w, p, cols, r0 * cols + c0, min(blockRows, rowCount - r0), min(blockCols, cols - c0), lane,
+                                               codes, scaleInv + out, sums + 5 * out, sh);
+        }
+    } else {
+        for (long long q = blockIdx.x; q < blocks; q += gridDim.x) {
+            long long band = div_nonneg(q, gridCols);
+            long long col = q - band * gridCols;
+            long long r0 = band * blockRows, c0 = col * blockCols;
+            long long out = (firstBand + band) * gridCols + col;
+            fp8_requant_block<FMT, T, RQ_THREADS, VEC>(x, w, p, cols, r0 * cols + c0, min(blockRows, rowCount - r0), min(blockCols, cols - c0),
+                                                       threadIdx.x, codes, scaleInv + out, sums + 5 * out, sh);
+        }
+    }
+}
+
+/* Whether x, w and p are 16-byte aligned and codes 8-byte aligned: the runs of 8. */
+__device__ __forceinline__ bool rq_aligned(const void *x, const void *w, const void *p, const void *codes) {
+    return (((unsigned long long)x | (unsigned long long)w | (unsigned long long)p) & 15) == 0 && ((unsigned long long)codes & 7) == 0;
+}
+
+/*
+ * fp8_requant_{bf16,f16,f32}(x, w, p, rowCount, cols, row0, blockRows, blockCols, gridCols, codes, scaleInv, sums)
+ *   Rows [row0, row0 + rowCount) of an FP8 weight (row0 a multiple of blockRows; rowCount one too,
+ *   or up to the last row): x, w and p the row block's X, W and P as above, codes its e4m3 codes
+ *   (byte e of the block for element e). The quantization blocks are blockRows x blockCols (128 x
+ *   128, 1 x cols per row, 1 x g per group), gridCols = ceil(cols / blockCols) of them a row of
+ *   blocks; block q = (row / blockRows) * gridCols + col / blockCols gets scaleInv[q] and
+ *   sums[5q..]. Per block, as Fp8Requantizer: amax = max |x|; s = fl32(fl32(1 / amax) * 448)
+ *   (torch's 448 / t), 1 when amax is 0; inv = fl32(1 / s); code = e4m3(clamp(fl32(x * s), -448,
+ *   448)); the same for W, whose codes only count. Bad: a non-finite X. Runs of 8 when cols and
+ *   blockCols are multiples of 8 (and the arrays aligned). Launch: RQ_THREADS threads a block, any
+ *   grid (a block per quantization block, or one per RQ_WARPS of them when a warp takes one).
+ *   Built for 4 blocks an SM (64 registers, a few bytes spilled; unbounded it takes 86, and 2
+ *   blocks an SM ran slower).
+ */
+template <int FMT, typename T>
+__device__ __forceinline__ void fp8_requant(const T *__restrict__ x, const T *__restrict__ w, const double *__restrict__ p,
+                                            long long rowCount, long long cols, long long row0, long long blockRows,
+                                            long long blockCols, long long gridCols, unsigned char *__restrict__ codes,
+                                            float *__restrict__ scaleInv, double *__restrict__ sums) {
+    __shared__ RqShared sh;
+    if (((cols | blockCols) & 7) == 0 && rq_aligned(x, w, p, codes)) {
+        fp8_requant_runs<FMT, T, 8>(x, w, p, rowCount, cols, row0, blockRows, blockCols, gridCols, codes, scaleInv, sums, sh);
+    } else {
+        fp8_requant_runs<FMT, T, 1>(x, w, p, rowCount, cols, row0, blockRows, blockCols, gridCols, codes, scaleInv, sums, sh);
+    }
+}
+
+#define LM_FP8_REQUANT_KERNEL(NAME, FMT, T)                                                                            \
+    extern "C" __global__ void __launch_bounds__(RQ_THREADS, 4)                                                      \
+        NAME(const T *__restrict__ x, const T *__restrict__ w, const double *__restrict__ p, long long rowCount,      \
+             long long cols, long long row0, long long blockRows, long long blockCols, long long gridCols,             \
+             unsigned char *__restrict__ codes, float *__restrict__ scaleInv, double *__restrict__ sums) {              \
+        fp8_requant<FMT, T>(x, w, p, rowCount, cols, row0, blockRows, blockCols, gridCols, codes, scaleInv, sums);    \
+    }
+LM_FP8_REQUANT_KERNEL(fp8_requant_bf16, LM_BF16, unsigned short)
+LM_FP8_REQUANT_KERNEL(fp8_requant_f16, LM_F16, unsigned short)
+LM_FP8_REQUANT_KERNEL(fp8_requant_f32, LM_F32, unsigned int)
+
+/* One LLM.int8 row (cols elements from element base of the row block) by a group of LANES threads, in runs of VEC. */
+template <int LANES, int VEC>
+__device__ __forceinline__ void int8_requant_row(const unsigned int *__restrict__ x, const unsigned int *__restrict__ w,
+                                                 const double *__restrict__ p, long long cols, long long base, int lane,
+                                                 unsigned char *__restrict__ codes, float *scb, double *sums, RqShared &sh) {
+    const long long runs = cols / VEC;
+    float ax = 0.0f, aw = 0.0f;
+    int bad = 0;
+    for (long long k = lane; k < runs; k += LANES) {
+        long long i = base + k * VEC;
+        float xv[VEC], wv[VEC];
+        rq_load<LM_F32, VEC>(x + i, xv);
+        rq_load<LM_F32, VEC>(w + i, wv);
+#pragma unroll
+        for (int j = 0; j < VEC; j++) {
+            bad += (!isfinite(xv[j]) || fabsf(xv[j]) > F16_MAX) ? 1 : 0;
+            ax = fmaxf(ax, fabsf(f16_round(xv[j])));
+            aw = fmaxf(aw, fabsf(f16_round(wv[j])));
+        }
+    }
+    rq_max2<LANES>(&ax, &aw, sh.max);
+    float sx = bnb_mul(127.0f, bnb_rcp(ax));
+    float sw = bnb_mul(127.0f, bnb_rcp(aw));
+    double dd = 0.0, ddw = 0.0, dwdw = 0.0;
+    int changed = 0;
+    for (long long k = lane; k < runs; k += LANES) {
+        long long i = base + k * VEC;
+        float xv[VEC], wv[VEC];
+        double pv[VEC];
+        rq_load<LM_F32, VEC>(x + i, xv);
+        rq_load<LM_F32, VEC>(w + i, wv);
+        rq_load_p<VEC>(p + i, pv);
+        uint32_t q[VEC];
+#pragma unroll
+        for (int j = 0; j < VEC; j++) {
+            float yx = bnb_mul(f16_round(xv[j]), sx);
+            float yw = bnb_mul(f16_round(wv[j]), sw);
+            int qx = (signed char)(isnan(yx) ? 0 : (int)rintf(yx));
+            int qw = (signed char)(isnan(yw) ? 0 : (int)rintf(yw));
+            q[j] = (uint32_t)(unsigned char)qx;
+            float vx = __fmul_rn(__fmul_rn((float)qx, ax), INT8_INV127);
+            float vw = __fmul_rn(__fmul_rn((float)qw, aw), INT8_INV127);
+            double d = __dsub_rn((double)vx, (double)vw);
+            double wd = (double)wv[j];
+            double dw = __dsub_rn(__dadd_rn(wd, pv[j]), wd);
+            changed += qx != qw ? 1 : 0;
+            dd = __fma_rn(d, d, dd);
+            ddw = __fma_rn(d, dw, ddw);
+            dwdw = __fma_rn(dw, dw, dwdw);
+        }
+        rq_store_codes<VEC>(codes + i, q);
+    }
+    double v[5] = {(double)changed, dd, ddw, dwdw, (double)bad};
+    rq_sums<LANES>(v, sh.sum, sums);
+    if (lane == 0) *scb = ax;
+}
+
+/* Every row of the row block, each by a warp (rows of at most RQ_WARP_MAX, in runs of 8) or by the whole block. */
+template <int VEC>
+__device__ __forceinline__ void int8_requant_runs(const unsigned int *__restrict__ x, const unsigned int *__restrict__ w,
+                                                  const double *__restrict__ p, long long rowCount, long long cols, long long row0,
+                                                  unsigned char *__restrict__ codes, float *__restrict__ scb, double *__restrict__ sums,
+                                                  RqShared &sh) {
+    if (VEC == 8 && cols <= RQ_WARP_MAX) {
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+        for (long long r = (long long)blockIdx.x * RQ_WARPS + warp; r < rowCount; r += (long long)gridDim.x * RQ_WARPS) {
+            int8_requant_row<32, VEC>(x, w, p, cols, r * cols, lane, codes, scb + row0 + r, sums + 5 * (row0 + r), sh);
+        }
+    } else {
+        for (long long r = blockIdx.x; r < rowCount; r += gridDim.x) {
+            int8_requant_row<RQ_THREADS, VEC>(x, w, p, cols, r * cols, threadIdx.x, codes, scb + row0 + r, sums + 5 * (row0 + r), sh);
+        }
+    }
+}
+
+/*
+ * int8_requant(x, w, p, rowCount, cols, row0, codes, scb, sums)
+ *   Rows [row0, row0 + rowCount) of an LLM.int8 weight, X and W in F32, to int8 codes (byte e of
+ *   the block for element e), each row r of the weight its SCB scb[r] and sums[5r..]. Per row, as
+ *   Int8Requantizer (bitsandbytes' Int8Params: the fp32 weight cast to fp16, then kInt8VectorQuant,
+ *   built with fast math): h = fp16(x); SCB = max |h|; scale = mul.ftz(127, rcp.approx.ftz(SCB))
+ *   (bnb_rcp: lm_rcp_table uploaded); code = rint(mul.ftz(h, scale)), NaN (a zero row: 0 * inf)
+ *   giving 0; the same for W. D = fl32(fl32(q * SCB) * 1/127) of X's code and scale minus W's.
+ *   Bad: a non-finite X or |X| > 65504, which fp16 cannot hold. Runs of 8 when cols is a multiple
+ *   of 8 (and the arrays aligned). Launch: RQ_THREADS threads a block, any grid (a block per row,
+ *   or one per RQ_WARPS rows when a warp takes one).
+ */
+extern "C" __global__ void __launch_bounds__(RQ_THREADS)
+    int8_requant(const unsigned int *__restrict__ x, const unsigned int *__restrict__ w, const double *__restrict__ p, long long rowCount,
+                 long long cols, long long row0, unsigned char *__restrict__ codes, float *__restrict__ scb, double *__restrict__ sums) {
+    __shared__ RqShared sh;
+    if ((cols & 7) == 0 && rq_aligned(x, w, p, codes)) {
+        int8_requant_runs<8>(x, w, p, rowCount, cols, row0, codes, scb, sums, sh);
+    } else {
+        int8_requant_runs<1>(x, w, p, rowCount, cols, row0, codes, scb, sums, sh);
+    }
+}
+
+/*
+ * An FP8 weight with one scale for the whole tensor (Fp8Requantizer with one block the size of the
+ * weight): no code is known before the whole merged weight's absmax, so its requantization takes two
+ * kernels. fp8_tensor_stage runs per row block as the merge makes it and keeps X, W and ΔW of the
+ * whole weight on the device with the two maxima; fp8_tensor_requant runs once after the last block,
+ * with the scales the host computed from those maxima as Fp8Requantizer does.
  */
 
-/* The maxima of the threads' a and of their b; every thread gets both. */
+/* The fp8_tensor kernels' reductions over a block of RQ_THREADS threads, a slot a thread: the maxima of the threads' a and of their b; every thread gets both. */
 __device__ __forceinline__ void rq_block_max2(float *a, float *b, float (*sh)[RQ_THREADS]) {
     sh[0][threadIdx.x] = *a;
     sh[1][threadIdx.x] = *b;
@@ -636,142 +1014,6 @@ __device__ __forceinline__ void rq_block_sums(const double *v, double (*sh)[RQ_T
     }
     __syncthreads();
 }
-
-/*
- * fp8_requant_{bf16,f16,f32}(x, w, p, rowCount, cols, row0, blockRows, blockCols, gridCols, codes, scaleInv, sums)
- *   Rows [row0, row0 + rowCount) of an FP8 weight (row0 a multiple of blockRows; rowCount one too,
- *   or up to the last row): x, w and p the row block's X, W and P as above, codes its e4m3 codes
- *   (byte e of the block for element e). The quantization blocks are blockRows x blockCols (128 x
- *   128, 1 x cols per row, 1 x g per group), gridCols = ceil(cols / blockCols) of them a row of
- *   blocks; block q = (row / blockRows) * gridCols + col / blockCols gets scaleInv[q] and
- *   sums[5q..]. Per block, as Fp8Requantizer: amax = max |x|; s = fl32(fl32(1 / amax) * 448) (torch's
- *   448 / t), 1 when amax is 0; inv = fl32(1 / s); code = e4m3(clamp(fl32(x * s), -448, 448)); the same for W, whose
- *   codes only count. Bad: a non-finite X. Launch: RQ_THREADS threads a block, any grid.
- */
-template <int FMT, typename T>
-__device__ __forceinline__ void fp8_requant(const T *__restrict__ x, const T *__restrict__ w, const double *__restrict__ p,
-                                            long long rowCount, long long cols, long long row0, long long blockRows,
-                                            long long blockCols, long long gridCols, unsigned char *__restrict__ codes,
-                                            float *__restrict__ scaleInv, double *__restrict__ sums) {
-    __shared__ float shMax[2][RQ_THREADS];
-    __shared__ double shSum[5][RQ_THREADS];
-    long long bands = (rowCount + blockRows - 1) / blockRows;
-    long long firstBand = row0 / blockRows;
-    for (long long q = blockIdx.x; q < bands * gridCols; q += gridDim.x) {
-        long long band = div_nonneg(q, gridCols);
-        long long r0 = band * blockRows;
-        long long c0 = (q - band * gridCols) * blockCols;
-        long long width = min(blockCols, cols - c0);
-        long long m = min(blockRows, rowCount - r0) * width;
-        const long long base = r0 * cols + c0;
-        float ax = 0.0f, aw = 0.0f;
-        double bad = 0.0;
-        for (long long k = threadIdx.x; k < m; k += RQ_THREADS) {
-            long long r = div_nonneg(k, width);
-            long long i = base + r * cols + (k - r * width);
-            float xv = widen_to_float<FMT>(x[i]);
-            float wv = widen_to_float<FMT>(w[i]);
-            if (!isfinite(xv)) bad += 1.0;
-            ax = fmaxf(ax, fabsf(xv));
-            aw = fmaxf(aw, fabsf(wv));
-        }
-        rq_block_max2(&ax, &aw, shMax);
-        float sx = ax > 0.0f ? __fmul_rn(__fdiv_rn(1.0f, ax), E4M3_MAX) : 1.0f;
-        float sw = aw > 0.0f ? __fmul_rn(__fdiv_rn(1.0f, aw), E4M3_MAX) : 1.0f;
-        float invX = __fdiv_rn(1.0f, sx);
-        float invW = __fdiv_rn(1.0f, sw);
-        double v[5] = {0.0, 0.0, 0.0, 0.0, bad};
-        for (long long k = threadIdx.x; k < m; k += RQ_THREADS) {
-            long long r = div_nonneg(k, width);
-            long long i = base + r * cols + (k - r * width);
-            float xv = widen_to_float<FMT>(x[i]);
-            float wv = widen_to_float<FMT>(w[i]);
-            uint32_t qx = e4m3_code(e4m3_clamp(__fmul_rn(xv, sx)));
-            uint32_t qw = e4m3_code(e4m3_clamp(__fmul_rn(wv, sw)));
-            codes[i] = (unsigned char)qx;
-            double d = __dsub_rn(e4m3_dequant<FMT>(qx, invX), e4m3_dequant<FMT>(qw, invW));
-            double dw = __dsub_rn(__dadd_rn((double)wv, p[i]), (double)wv);
-            if (qx != qw) v[0] += 1.0;
-            v[1] = __dadd_rn(v[1], __dmul_rn(d, d));
-            v[2] = __dadd_rn(v[2], __dmul_rn(d, dw));
-            v[3] = __dadd_rn(v[3], __dmul_rn(dw, dw));
-        }
-        long long out = (firstBand + band) * gridCols + (q - band * gridCols);
-        rq_block_sums(v, shSum, sums + 5 * out);
-        if (threadIdx.x == 0) scaleInv[out] = invX;
-    }
-}
-
-#define LM_FP8_REQUANT_KERNEL(NAME, FMT, T)                                                                            \
-    extern "C" __global__ void NAME(const T *__restrict__ x, const T *__restrict__ w, const double *__restrict__ p,    \
-                                    long long rowCount, long long cols, long long row0, long long blockRows,          \
-                                    long long blockCols, long long gridCols, unsigned char *__restrict__ codes,       \
-                                    float *__restrict__ scaleInv, double *__restrict__ sums) {                         \
-        fp8_requant<FMT, T>(x, w, p, rowCount, cols, row0, blockRows, blockCols, gridCols, codes, scaleInv, sums);    \
-    }
-LM_FP8_REQUANT_KERNEL(fp8_requant_bf16, LM_BF16, unsigned short)
-LM_FP8_REQUANT_KERNEL(fp8_requant_f16, LM_F16, unsigned short)
-LM_FP8_REQUANT_KERNEL(fp8_requant_f32, LM_F32, unsigned int)
-
-/*
- * int8_requant(x, w, p, rowCount, cols, row0, codes, scb, sums)
- *   Rows [row0, row0 + rowCount) of an LLM.int8 weight, X and W in F32, to int8 codes (byte e of
- *   the block for element e), each row r of the weight its SCB scb[r] and sums[5r..]. Per row, as
- *   Int8Requantizer (bitsandbytes' Int8Params: the fp32 weight cast to fp16, then kInt8VectorQuant,
- *   built with fast math): h = fp16(x); SCB = max |h|; scale = mul.ftz(127, rcp.approx.ftz(SCB))
- *   (bnb_rcp: lm_rcp_table uploaded); code = rint(mul.ftz(h, scale)), NaN (a zero row: 0 * inf)
- *   giving 0; the same for W. D = fl32(fl32(q * SCB) * 1/127) of X's code and scale minus W's.
- *   Bad: a non-finite X or |X| > 65504, which fp16 cannot hold. Launch: RQ_THREADS threads a
- *   block, any grid.
- */
-extern "C" __global__ void int8_requant(const unsigned int *__restrict__ x, const unsigned int *__restrict__ w,
-                                        const double *__restrict__ p, long long rowCount, long long cols, long long row0,
-                                        unsigned char *__restrict__ codes, float *__restrict__ scb, double *__restrict__ sums) {
-    __shared__ float shMax[2][RQ_THREADS];
-    __shared__ double shSum[5][RQ_THREADS];
-    for (long long r = blockIdx.x; r < rowCount; r += gridDim.x) {
-        const long long base = r * cols;
-        float ax = 0.0f, aw = 0.0f;
-        double bad = 0.0;
-        for (long long c = threadIdx.x; c < cols; c += RQ_THREADS) {
-            float xv = __uint_as_float(x[base + c]);
-            if (!isfinite(xv) || fabsf(xv) > F16_MAX) bad += 1.0;
-            ax = fmaxf(ax, fabsf(f16_round(xv)));
-            aw = fmaxf(aw, fabsf(f16_round(__uint_as_float(w[base + c]))));
-        }
-        rq_block_max2(&ax, &aw, shMax);
-        float sx = bnb_mul(127.0f, bnb_rcp(ax));
-        float sw = bnb_mul(127.0f, bnb_rcp(aw));
-        double v[5] = {0.0, 0.0, 0.0, 0.0, bad};
-        for (long long c = threadIdx.x; c < cols; c += RQ_THREADS) {
-            float xv = __uint_as_float(x[base + c]);
-            float wv = __uint_as_float(w[base + c]);
-            float yx = bnb_mul(f16_round(xv), sx);
-            float yw = bnb_mul(f16_round(wv), sw);
-            int qx = (signed char)(isnan(yx) ? 0 : (int)rintf(yx));
-            int qw = (signed char)(isnan(yw) ? 0 : (int)rintf(yw));
-            codes[base + c] = (unsigned char)qx;
-            float vx = __fmul_rn(__fmul_rn((float)qx, ax), INT8_INV127);
-            float vw = __fmul_rn(__fmul_rn((float)qw, aw), INT8_INV127);
-            double d = __dsub_rn((double)vx, (double)vw);
-            double dw = __dsub_rn(__dadd_rn((double)wv, p[base + c]), (double)wv);
-            if (qx != qw) v[0] += 1.0;
-            v[1] = __dadd_rn(v[1], __dmul_rn(d, d));
-            v[2] = __dadd_rn(v[2], __dmul_rn(d, dw));
-            v[3] = __dadd_rn(v[3], __dmul_rn(dw, dw));
-        }
-        rq_block_sums(v, shSum, sums + 5 * (row0 + r));
-        if (threadIdx.x == 0) scb[row0 + r] = ax;
-    }
-}
-
-/*
- * An FP8 weight with one scale for the whole tensor (Fp8Requantizer with one block the size of the
- * weight): no code is known before the whole merged weight's absmax, so its requantization takes two
- * kernels. fp8_tensor_stage runs per row block as the merge makes it and keeps X, W and ΔW of the
- * whole weight on the device with the two maxima; fp8_tensor_requant runs once after the last block,
- * with the scales the host computed from those maxima as Fp8Requantizer does.
- */
 
 /*
  * fp8_tensor_stage_{bf16,f16,f32}(x, w, p, count, first, xAll, wAll, dwAll, amax, bad)

@@ -33,6 +33,7 @@ thread_local lm_dim3 blockIdx;
 lm_dim3 blockDim;
 lm_dim3 gridDim;
 thread_local std::barrier<> *lm_block_barrier;
+thread_local lm_warp lm_this_warp;
 
 #include "../quant.cu"
 
@@ -41,6 +42,7 @@ thread_local std::barrier<> *lm_block_barrier;
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -57,17 +59,23 @@ static std::vector<uint4> aligned(const std::vector<char> &bytes) {
     return out;
 }
 
-/* One launch: bx x by host threads run every block in turn, a barrier between blocks. */
+/* One launch: bx x by host threads (whole warps) run every block in turn, a barrier between blocks. */
 static void launch(unsigned gx, unsigned gy, unsigned bx, unsigned by, const std::function<void()> &kernel) {
     gridDim = {gx, gy, 1};
     blockDim = {bx, by, 1};
     std::barrier<> bar(bx * by);
+    unsigned warps = (bx * by + 31) / 32;
+    std::vector<std::unique_ptr<std::barrier<>>> warpBarriers;
+    for (unsigned k = 0; k < warps; k++) warpBarriers.push_back(std::make_unique<std::barrier<>>(32));
+    std::vector<uint64_t> slots(64 * warps);
     std::vector<std::thread> threads;
     for (unsigned ty = 0; ty < by; ty++) {
         for (unsigned tx = 0; tx < bx; tx++) {
             threads.emplace_back([&, tx, ty] {
                 threadIdx = {tx, ty, 0};
                 lm_block_barrier = &bar;
+                unsigned warp = (tx + bx * ty) / 32;
+                lm_this_warp = {warpBarriers[warp].get(), slots.data() + 64 * warp, 0u};
                 for (unsigned y = 0; y < gy; y++) {
                     for (unsigned x = 0; x < gx; x++) {
                         blockIdx = {x, y, 0};

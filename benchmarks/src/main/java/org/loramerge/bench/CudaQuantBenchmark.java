@@ -114,7 +114,11 @@ public class CudaQuantBenchmark {
     private DeviceMemory stagedWeight;
     /** The whole weight dequantized. */
     private DeviceMemory dequantizedWeight;
-    /** For {@link #requantizeOnDevice} (int8, fp8): P of the whole weight (zeros), its codes, scales and sums; else null. */
+    /**
+     * For {@link #requantizeOnDevice} (int8, fp8): the merged X (a copy of the dequantized weight, a buffer of its own as in the
+     * pipeline, so that the kernel reads X and W from memory), P of the whole weight (zeros), its codes, scales and sums; else null.
+     */
+    private DeviceMemory mergedWeight;
     private DeviceMemory product;
     private DeviceMemory codes;
     private DeviceMemory scales;
@@ -142,6 +146,9 @@ public class CudaQuantBenchmark {
             dequantizer.dequantize(worker.stream(), stagedWeight.pointer(), 0, rows, dequantizedWeight.pointer());
             worker.stream().synchronize();
             long blocks = format.equals("int8") ? rows : (long) ((rows + 127) / 128) * ((cols + 127) / 128);
+            mergedWeight = new DeviceMemory((long) rows * cols * dequantized.sizeInBytes());
+            JCuda.cudaMemcpy(mergedWeight.pointer(), dequantizedWeight.pointer(), (long) rows * cols * dequantized.sizeInBytes(),
+                    cudaMemcpyKind.cudaMemcpyDeviceToDevice);
             product = new DeviceMemory((long) rows * cols * Double.BYTES);
             JCuda.cudaMemset(product.pointer(), 0, (long) rows * cols * Double.BYTES);
             codes = new DeviceMemory((long) rows * cols);
@@ -235,8 +242,8 @@ public class CudaQuantBenchmark {
 
     /**
      * The requantization kernel of {@code merge --to int8|fp8} over the whole weight on the device
-     * (kernels/quant.cu int8_requant, fp8_requant with 128 x 128 blocks): reads X and W (here both
-     * the dequantized weight) and P (fp64), writes the codes, the scales and each block's survival
+     * (kernels/quant.cu int8_requant, fp8_requant with 128 x 128 blocks): reads X and W (two buffers
+     * holding the dequantized weight) and P (fp64), writes the codes, the scales and each block's survival
      * sums. Only int8 and fp8 have it here (the 4-bit outputs, FP4 and NF4 from GPTQ/AWQ, requantize
      * with kernels/nf4.cu, whose requantization kernel CudaNf4Benchmark times): run it with
      * {@code -p format=int8,fp8}, as gpu-run.sh does; the other formats refuse it rather than time an
@@ -250,10 +257,10 @@ public class CudaQuantBenchmark {
         }
         for (int i = 0; i < REPEAT; i++) {
             if (format.equals("int8")) {
-                device.quant().int8Requant(worker.stream(), dequantizedWeight.pointer(), dequantizedWeight.pointer(), product.pointer(), 0, rows, cols,
+                device.quant().int8Requant(worker.stream(), mergedWeight.pointer(), dequantizedWeight.pointer(), product.pointer(), 0, rows, cols,
                         codes.pointer(), scales.pointer(), sums.pointer());
             } else {
-                device.quant().fp8Requant(worker.stream(), dequantized, dequantizedWeight.pointer(), dequantizedWeight.pointer(), product.pointer(), 0,
+                device.quant().fp8Requant(worker.stream(), dequantized, mergedWeight.pointer(), dequantizedWeight.pointer(), product.pointer(), 0,
                         rows, cols, 128, 128, (cols + 127) / 128, codes.pointer(), scales.pointer(), sums.pointer());
             }
         }
@@ -273,7 +280,7 @@ public class CudaQuantBenchmark {
         merged.close();
         stagedWeight.close();
         dequantizedWeight.close();
-        for (DeviceMemory m : new DeviceMemory[] {product, codes, scales, sums}) {
+        for (DeviceMemory m : new DeviceMemory[] {mergedWeight, product, codes, scales, sums}) {
             if (m != null) {
                 m.close();
             }

@@ -21,9 +21,11 @@ import java.util.Map;
  * Bytes of W per op: the weight's bytes for CpuMergeBenchmark and CudaMergeBenchmark (shape x dtype),
  * the bytes copied for CudaCopyBenchmark, 16 weights of 4096x11008 BF16 for PipelineBenchmark, and
  * the weights as BF16 for the NF4 benchmarks, the block's elements as BF16 for CudaQuantBenchmark (the whole weight's for its
- * dequantizeOnDevice and requantizeOnDevice, whose "x D2D copy" is the issue's kernel figure), the whole weight as BF16 for
- * every CudaCombineBenchmark method (its four adapters' selection, rounding and Δ kernels); CudaNf4Benchmark also gets the bytes each kernel must
- * move through device memory ({@link #nf4Traffic}), compared with the device-to-device copy's.
+ * dequantizeOnDevice and requantizeOnDevice), the whole weight as BF16 for
+ * every CudaCombineBenchmark method (its four adapters' selection, rounding and Δ kernels); CudaNf4Benchmark and
+ * CudaQuantBenchmark's dequantizeOnDevice and requantizeOnDevice also get the bytes each kernel must move through device memory
+ * ({@link #nf4Traffic}, {@link #dequantTraffic}, {@link #requantTraffic}), compared with the device-to-device copy's read and
+ * write: "x D2D traffic", the issue's kernel figure.
  */
 public final class JmhTable {
     private JmhTable() {
@@ -70,8 +72,9 @@ public final class JmhTable {
             case "CudaQuantBenchmark": {
                 long[] s = shape(p.get("shape").asText());
                 if (method.equals("dequantizeOnDevice") || method.equals("requantizeOnDevice")) { // the whole weight
-                    double traffic = method.equals("dequantizeOnDevice") ? dequantTraffic(p.get("format").asText(), s[0] * s[1]) : Double.NaN;
-                    return new Row(bench, method, p.get("format").asText() + " " + p.get("shape").asText() + ", whole weight", ms, err,
+                    String format = p.get("format").asText();
+                    double traffic = method.equals("dequantizeOnDevice") ? dequantTraffic(format, s[0] * s[1]) : requantTraffic(format, s[0] * s[1]);
+                    return new Row(bench, method, format + " " + p.get("shape").asText() + ", whole weight", ms, err,
                             s[0] * s[1] * 2 / seconds / 1e9, traffic / seconds / 1e9);
                 }
                 long n = p.get("blockRows").asLong() * s[1];
@@ -173,6 +176,22 @@ public final class JmhTable {
             case "fp8": return n + 2 * n;
             case "int8": return n + 4 * n;
             default: throw new IllegalArgumentException("no traffic model for CudaQuantBenchmark format " + format);
+        }
+    }
+
+    /**
+     * Bytes CudaQuantBenchmark.requantizeOnDevice must move for n elements of {@code format}
+     * (kernels/quant.cu int8_requant, fp8_requant): the merged X and the base W in the dequantized
+     * dtype (F32 for int8, BF16 for the benchmark's FP8 weight) and P in fp64 read, one code a
+     * byte written; the scales and survival sums (44 bytes a quantization block: a row of int8, a
+     * 128 x 128 block of FP8) are left out, as in {@link #dequantTraffic}. NaN for the formats
+     * that have no such kernel (their requantizeOnDevice refuses to run).
+     */
+    static double requantTraffic(String format, double n) {
+        switch (format) {
+            case "int8": return 4 * n + 4 * n + 8 * n + n;
+            case "fp8": return 2 * n + 2 * n + 8 * n + n;
+            default: return Double.NaN;
         }
     }
 

@@ -26,6 +26,8 @@ public final class Nf4Kernels {
     private static final int THREADS = 256;
     /** Blocks of a grid-stride launch at most: enough to fill any GPU several times over. */
     private static final int MAX_GRID = 1 << 16;
+    /** Runs of 8 elements a thread of nf4_dequant and fp4_dequant takes at a time (nf4.cu DQ_RUNS). */
+    private static final long DEQUANT_RUNS = 4;
     /** Elements per tile of nf4_measure: a multiple of every blocksize up to 4096. */
     public static final long MEASURE_TILE = 8192;
 
@@ -91,9 +93,9 @@ public final class Nf4Kernels {
     /** {@link #dequant} of a weight in code book {@code book} (NF4 or FP4, stored alike). */
     public void dequant(CudaStream s, FourBitCode book, FloatFormat fmt, Pointer packed, long first, long count, Pointer absmax, int blocksize,
                         Pointer out) {
-        // from an element offset that is a multiple of 8 a thread takes runs of 8 elements (one 16-byte store of 16-bit out);
-        // the last few are taken one by one by the same threads
-        long threads = (first & 7) == 0 ? Math.max(count >> 3, count & 7) : count;
+        // from an element offset that is a multiple of 8 a thread takes DEQUANT_RUNS runs of 8 elements at a time (one 16-byte
+        // store of 16-bit out each); the last few are taken one by one by the same threads
+        long threads = (first & 7) == 0 ? Math.max(((count >> 3) + DEQUANT_RUNS - 1) / DEQUANT_RUNS, count & 7) : count;
         launch(s, book.typeName() + "_dequant_" + type(fmt), strideGrid(threads), Pointer.to(packed), p(first), p(count), Pointer.to(absmax),
                 p((long) blocksize), Pointer.to(out));
     }
