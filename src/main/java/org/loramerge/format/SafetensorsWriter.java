@@ -79,7 +79,8 @@ public final class SafetensorsWriter implements AutoCloseable {
     /** The given bytes of each late tensor, by name, in declared order (null until given). */
     private final Map<String, ByteBuffer> late = new LinkedHashMap<>();
     private long position;
-    private boolean closed;
+    /** Closed, by whichever thread (the writing one, or the one that finished the file in the background). */
+    private volatile boolean closed;
 
     private SafetensorsWriter(Path path, FileChannel channel, List<Entry> entries, Map<String, String> metadata, long dataStart,
                               long fixedSize, Map<String, Long> offsets, boolean mappedWrites) {

@@ -163,7 +163,11 @@ final class BlockExecutor implements AutoCloseable {
         }
     }
 
-    /** Stops the workers: work not started is dropped (cancelled), work running is interrupted. */
+    /**
+     * Stops the workers: work not started is dropped (cancelled), work running is interrupted, and the
+     * call returns once every worker has ended, so that after a failed merge no block is still inside
+     * the engine's handles or buffers (page-locked on a GPU) when the caller closes the engine.
+     */
     @Override
     public void close() {
         List<Runnable> dropped = new ArrayList<>();
@@ -183,6 +187,22 @@ final class BlockExecutor implements AutoCloseable {
         }
         for (Thread t : workers) {
             t.interrupt();
+        }
+        boolean interrupted = false;
+        for (Thread t : workers) {
+            if (t == Thread.currentThread()) {
+                continue;
+            }
+            while (t.isAlive()) {
+                try {
+                    t.join();
+                } catch (InterruptedException e) {
+                    interrupted = true; // keep waiting: the work ends soon, interrupted; the caller sees the interrupt after
+                }
+            }
+        }
+        if (interrupted) {
+            Thread.currentThread().interrupt();
         }
     }
 }

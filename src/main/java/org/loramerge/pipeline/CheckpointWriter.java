@@ -131,11 +131,16 @@ public final class CheckpointWriter implements AutoCloseable {
 
     /**
      * {@link Shard#finish} of {@code shard} on a background thread, once every byte of it is written
-     * (while the next shards' work goes on); the future fails as {@code finish} would.
+     * (while the next shards' work goes on), then its file closed, finished or not, so that a merge of
+     * many shards holds only the open ones' files; the future fails as {@code finish} would.
      */
     public Future<?> finishLater(Shard shard) {
         return finisher.submit(() -> {
-            shard.finish();
+            try {
+                shard.finish();
+            } finally {
+                shard.close();
+            }
             return null;
         });
     }

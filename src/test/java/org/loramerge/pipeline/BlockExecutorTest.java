@@ -7,6 +7,7 @@ import java.util.concurrent.CancellationException;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
 import org.junit.jupiter.api.Test;
 import org.loramerge.engine.Stages;
 
@@ -62,5 +63,28 @@ class BlockExecutorTest {
         Exception e = assertThrows(Exception.class, () -> BlockExecutor.get(running));
         assertTrue(e instanceof InterruptedException, "the running work was interrupted: " + e);
         assertThrows(IllegalStateException.class, () -> ex.submit(() -> 1));
+    }
+
+    @Test
+    void closingReturnsOnlyOnceTheWorkRunningHasEnded() throws Exception {
+        // work that does not stop at an interrupt (a device call, a copy into a page-locked block): close must
+        // not return while it runs, or the caller frees the engine and its buffers under it
+        BlockExecutor ex = new BlockExecutor(2, 1, new Stages());
+        CountDownLatch started = new CountDownLatch(2);
+        AtomicInteger ended = new AtomicInteger();
+        for (int i = 0; i < 2; i++) {
+            ex.submit(() -> {
+                started.countDown();
+                long until = System.nanoTime() + 300_000_000L;
+                while (System.nanoTime() < until) {
+                    Thread.onSpinWait();
+                }
+                ended.incrementAndGet();
+                return null;
+            });
+        }
+        assertTrue(started.await(5, TimeUnit.SECONDS));
+        ex.close();
+        assertEquals(2, ended.get(), "both running blocks ended before close returned");
     }
 }
