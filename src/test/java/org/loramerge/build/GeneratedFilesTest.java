@@ -78,18 +78,7 @@ class GeneratedFilesTest {
      */
     @Test
     void gptqToFp8FixturesMatchTheirGenerator() throws Exception {
-        Path dir = Paths.get("src/test/resources/gptq_fp8");
-        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
-        String regenerate = "regenerate them (python scripts/fixtures/make_gptq_fp8_fixtures.py, with the versions in "
-                + "scripts/fixtures/requirements-fixtures.txt)";
-        assertEquals(sha256(Paths.get("scripts/fixtures/make_gptq_fp8_fixtures.py")) + "  generator:scripts/fixtures/make_gptq_fp8_fixtures.py",
-                manifest.get(0), "scripts/fixtures/make_gptq_fp8_fixtures.py changed since the fixtures were made: " + regenerate);
-        assertEquals(sha256(Paths.get("scripts/fixtures/make_gptq_awq_fixtures.py")) + "  reference:scripts/fixtures/make_gptq_awq_fixtures.py",
-                manifest.get(1), "scripts/fixtures/make_gptq_awq_fixtures.py changed since the fixtures were made: " + regenerate);
-        assertEquals(sha256(Paths.get("scripts/fixtures/make_fp8_fixtures.py")) + "  reference:scripts/fixtures/make_fp8_fixtures.py",
-                manifest.get(2), "scripts/fixtures/make_fp8_fixtures.py changed since the fixtures were made: " + regenerate);
-        assertEquals(String.join("\n", manifest.subList(3, manifest.size())), String.join("\n", hashedFiles(dir)),
-                "gptq_fp8 fixture files differ from what the generator wrote; " + regenerate);
+        assertMatchesGenerator("gptq_fp8", "make_gptq_fp8_fixtures.py", null, 0, "make_gptq_awq_fixtures.py", "make_fp8_fixtures.py");
     }
 
     /**
@@ -99,14 +88,7 @@ class GeneratedFilesTest {
     @ParameterizedTest
     @CsvSource({"fp8, make_fp8_fixtures.py", "gptq_awq, make_gptq_awq_fixtures.py"})
     void quantizedBaseFixturesMatchTheirGenerator(String folder, String script) throws Exception {
-        Path dir = Paths.get("src/test/resources").resolve(folder);
-        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
-        String regenerate = "regenerate them (python scripts/fixtures/" + script + ", with the versions in "
-                + "scripts/fixtures/requirements-fixtures.txt)";
-        assertEquals(sha256(Paths.get("scripts/fixtures", script)) + "  generator:scripts/fixtures/" + script, manifest.get(0),
-                "scripts/fixtures/" + script + " changed since the fixtures were made: " + regenerate);
-        assertEquals(String.join("\n", manifest.subList(1, manifest.size())), String.join("\n", hashedFiles(dir)),
-                folder + " fixture files differ from what the generator wrote; " + regenerate);
+        assertMatchesGenerator(folder, script, null, 0);
     }
 
     /**
@@ -115,20 +97,7 @@ class GeneratedFilesTest {
      */
     @Test
     void moeFixturesMatchTheirGenerator() throws Exception {
-        Path dir = Paths.get("src/test/resources/moe");
-        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
-        String regenerate = "regenerate them (python scripts/fixtures/make_moe_fixtures.py, with the versions in scripts/fixtures/requirements-fixtures.txt)";
-        assertEquals(sha256(Paths.get("scripts/fixtures/make_moe_fixtures.py")) + "  generator:scripts/fixtures/make_moe_fixtures.py", manifest.get(0),
-                "scripts/fixtures/make_moe_fixtures.py changed since the MoE fixtures were made: " + regenerate);
-        assertEquals(String.join("\n", manifest.subList(1, manifest.size())), String.join("\n", hashedFiles(dir)),
-                "MoE fixture files differ from what the generator wrote; " + regenerate);
-        long bytes = 0;
-        try (Stream<Path> s = Files.walk(dir)) {
-            for (Path p : (Iterable<Path>) s.filter(Files::isRegularFile)::iterator) {
-                bytes += Files.size(p);
-            }
-        }
-        assertTrue(bytes < 400_000, "MoE fixtures stay small: " + bytes + " bytes");
+        assertMatchesGenerator("moe", "make_moe_fixtures.py", null, 400_000);
     }
 
     /**
@@ -138,38 +107,13 @@ class GeneratedFilesTest {
      */
     @Test
     void moeQuantFixturesMatchTheirGenerator() throws Exception {
-        Path dir = Paths.get("src/test/resources/moe_quant");
-        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
-        String regenerate = "regenerate them (python scripts/fixtures/make_moe_quant_fixtures.py, with the versions in "
-                + "scripts/fixtures/requirements-fixtures.txt)";
-        assertEquals(sha256(Paths.get("scripts/fixtures/make_moe_quant_fixtures.py")) + "  generator:scripts/fixtures/make_moe_quant_fixtures.py",
-                manifest.get(0), "scripts/fixtures/make_moe_quant_fixtures.py changed since the fixtures were made: " + regenerate);
-        assertEquals(sha256(Paths.get("scripts/fixtures/make_gptq_awq_fixtures.py")) + "  reference:scripts/fixtures/make_gptq_awq_fixtures.py",
-                manifest.get(1), "scripts/fixtures/make_gptq_awq_fixtures.py changed since the MoE quantized fixtures were made: " + regenerate);
-        assertEquals(sha256(Paths.get("scripts/fixtures/make_fp8_fixtures.py")) + "  reference:scripts/fixtures/make_fp8_fixtures.py",
-                manifest.get(2), "scripts/fixtures/make_fp8_fixtures.py changed since the MoE quantized fixtures were made: " + regenerate);
-        assertEquals(String.join("\n", manifest.subList(3, manifest.size())), String.join("\n", hashedFiles(dir)),
-                "moe_quant fixture files differ from what the generator wrote; " + regenerate);
-        long bytes = 0;
-        try (Stream<Path> s = Files.walk(dir)) {
-            for (Path p : (Iterable<Path>) s.filter(Files::isRegularFile)::iterator) {
-                bytes += Files.size(p);
-            }
-        }
-        assertTrue(bytes < 200_000, "MoE quantized fixtures stay small: " + bytes + " bytes");
+        assertMatchesGenerator("moe_quant", "make_moe_quant_fixtures.py", null, 200_000, "make_gptq_awq_fixtures.py", "make_fp8_fixtures.py");
     }
 
     /** The config.json golden files are scripts/fixtures/make_config_fixtures.py's output (transformers' own save_pretrained). */
     @Test
     void configFixturesMatchTheirGenerator() throws Exception {
-        Path dir = Paths.get("src/test/resources/configs");
-        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
-        String regenerate = "regenerate them (python scripts/fixtures/make_config_fixtures.py, with the versions in "
-                + "scripts/fixtures/requirements-fixtures.txt)";
-        assertEquals(sha256(Paths.get("scripts/fixtures/make_config_fixtures.py")) + "  generator:scripts/fixtures/make_config_fixtures.py",
-                manifest.get(0), "scripts/fixtures/make_config_fixtures.py changed since the config fixtures were made: " + regenerate);
-        assertEquals(String.join("\n", manifest.subList(1, manifest.size())), String.join("\n", hashedFiles(dir)),
-                "config fixture files differ from what the generator wrote; " + regenerate);
+        assertMatchesGenerator("configs", "make_config_fixtures.py", null, 0);
     }
 
     /**
@@ -178,21 +122,7 @@ class GeneratedFilesTest {
      */
     @Test
     void extractFixturesMatchTheirGenerator() throws Exception {
-        Path dir = Paths.get("src/test/resources/extract");
-        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
-        String regenerate = "regenerate them (mvn -q package -DskipTests; python scripts/fixtures/make_extract_fixtures.py, "
-                + "with the versions in scripts/fixtures/requirements-fixtures.txt)";
-        assertEquals(sha256(Paths.get("scripts/fixtures/make_extract_fixtures.py")) + "  generator:scripts/fixtures/make_extract_fixtures.py",
-                manifest.get(0), "scripts/fixtures/make_extract_fixtures.py changed since the extract fixtures were made: " + regenerate);
-        assertEquals(String.join("\n", manifest.subList(1, manifest.size())), String.join("\n", hashedFiles(dir)),
-                "extract fixture files differ from what the generator wrote; " + regenerate);
-        long bytes = 0;
-        try (Stream<Path> s = Files.walk(dir)) {
-            for (Path p : (Iterable<Path>) s.filter(Files::isRegularFile)::iterator) {
-                bytes += Files.size(p);
-            }
-        }
-        assertTrue(bytes < 300_000, "extract fixtures stay small: " + bytes + " bytes");
+        assertMatchesGenerator("extract", "make_extract_fixtures.py", "mvn -q package -DskipTests; python scripts/fixtures/make_extract_fixtures.py", 300_000);
     }
 
     /**
@@ -202,23 +132,7 @@ class GeneratedFilesTest {
      */
     @Test
     void combineFixturesMatchTheirGenerator() throws Exception {
-        Path dir = Paths.get("src/test/resources/combine");
-        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
-        String regenerate = "regenerate them (python scripts/fixtures/make_combine_fixtures.py, with the versions in "
-                + "scripts/fixtures/requirements-fixtures.txt)";
-        assertEquals(sha256(Paths.get("scripts/fixtures/make_combine_fixtures.py")) + "  generator:scripts/fixtures/make_combine_fixtures.py",
-                manifest.get(0), "scripts/fixtures/make_combine_fixtures.py changed since the combination fixtures were made: " + regenerate);
-        assertEquals(sha256(Paths.get("scripts/fixtures/combine_reference.py")) + "  reference:scripts/fixtures/combine_reference.py",
-                manifest.get(1), "scripts/fixtures/combine_reference.py changed since the combination fixtures were made: " + regenerate);
-        assertEquals(String.join("\n", manifest.subList(2, manifest.size())), String.join("\n", hashedFiles(dir)),
-                "combination fixture files differ from what the generator wrote; " + regenerate);
-        long bytes = 0;
-        try (Stream<Path> s = Files.walk(dir)) {
-            for (Path p : (Iterable<Path>) s.filter(Files::isRegularFile)::iterator) {
-                bytes += Files.size(p);
-            }
-        }
-        assertTrue(bytes < 1_000_000, "combination fixtures stay small: " + bytes + " bytes");
+        assertMatchesGenerator("combine", "make_combine_fixtures.py", null, 1_000_000, "combine_reference.py");
     }
 
     /**
@@ -249,6 +163,37 @@ class GeneratedFilesTest {
     }
 
     /** "SHA256  relative/path" of every file under {@code dir} but its manifest, in path order: the manifest's lines. */
+    /**
+     * {@code folder}'s MANIFEST.sha256 (under src/test/resources) is scripts/fixtures/{@code generator}'s output: its
+     * first line the generator's hash, then each of {@code references}' (scripts it imports), then every file's; the
+     * files together stay under {@code maxBytes} when that is not 0. {@code command}: how to regenerate them, when
+     * more than running the generator.
+     */
+    private static void assertMatchesGenerator(String folder, String generator, String command, long maxBytes, String... references)
+            throws IOException {
+        Path dir = Paths.get("src/test/resources").resolve(folder);
+        List<String> manifest = Files.readAllLines(dir.resolve("MANIFEST.sha256"));
+        String regenerate = "regenerate them (" + (command != null ? command : "python scripts/fixtures/" + generator)
+                + ", with the versions in scripts/fixtures/requirements-fixtures.txt)";
+        assertEquals(sha256(Paths.get("scripts/fixtures", generator)) + "  generator:scripts/fixtures/" + generator, manifest.get(0),
+                "scripts/fixtures/" + generator + " changed since the " + folder + " fixtures were made: " + regenerate);
+        for (int i = 0; i < references.length; i++) {
+            assertEquals(sha256(Paths.get("scripts/fixtures", references[i])) + "  reference:scripts/fixtures/" + references[i],
+                    manifest.get(1 + i), "scripts/fixtures/" + references[i] + " changed since the " + folder + " fixtures were made: " + regenerate);
+        }
+        assertEquals(String.join("\n", manifest.subList(1 + references.length, manifest.size())), String.join("\n", hashedFiles(dir)),
+                folder + " fixture files differ from what the generator wrote; " + regenerate);
+        if (maxBytes > 0) {
+            long bytes = 0;
+            try (Stream<Path> files = Files.walk(dir)) {
+                for (Path f : (Iterable<Path>) files.filter(Files::isRegularFile)::iterator) {
+                    bytes += Files.size(f);
+                }
+            }
+            assertTrue(bytes < maxBytes, folder + " fixtures stay small: " + bytes + " bytes");
+        }
+    }
+
     private static List<String> hashedFiles(Path dir) throws IOException {
         List<String> out = new java.util.ArrayList<>();
         try (Stream<Path> s = Files.walk(dir)) {
