@@ -213,6 +213,8 @@ __device__ __forceinline__ void fourbit_store8(uint32_t word, float ftzScale, co
 
 /* Runs of 8 elements a thread takes at once in nf4_dequant (its loads first, then its stores). */
 #define DQ_RUNS 4
+/* nf4_dequant's threads a block (Nf4Kernels launches it so) */
+#define DQ_THREADS 256
 
 /*
  * nf4_dequant_{bf16,f16,f32}(packed, first, count, absmax, blocksize, out)
@@ -222,11 +224,11 @@ __device__ __forceinline__ void fourbit_store8(uint32_t word, float ftzScale, co
  *   absmax the decoded absmax of EVERY block of the weight (index e / blocksize).
  *   out[i] = D bits of element first + i (out 16-byte aligned). When first is a multiple of 8
  *   (every row block of a Linear weight with 8 | cols), the elements go in runs of 8 (one 4-byte
- *   word of codes, one block's absmax, fourbit_store8), a block of threads taking DQ_RUNS x
- *   blockDim.x consecutive runs at a time: thread t the runs t, t + blockDim.x, ... (each load and
+ *   word of codes, one block's absmax, fourbit_store8), a block of DQ_THREADS threads taking DQ_RUNS x
+ *   DQ_THREADS consecutive runs at a time: thread t the runs t, t + DQ_THREADS, ... (each load and
  *   store of a warp contiguous), all its code words and absmax loaded before the first store, so
  *   that each thread has DQ_RUNS loads in flight rather than one; the rest element by element. Grid-stride:
- *   a grid of ceil(count / 8 / (DQ_RUNS * 256)) blocks of 256 (count when 8 does not divide first).
+ *   a grid of ceil(count / 8 / (DQ_RUNS * 256)) blocks of DQ_THREADS = 256 (count when 8 does not divide first).
  */
 template <int FMT, typename T, bool FP4>
 __device__ __forceinline__ void nf4_dequant(const unsigned char *__restrict__ packed, long long first, long long count,
@@ -237,21 +239,25 @@ __device__ __forceinline__ void nf4_dequant(const unsigned char *__restrict__ pa
     long long vectorEnd = 0;
     if ((first & 7) == 0) {
         long long runs = count >> 3;
-        long long batch = (long long)DQ_RUNS * blockDim.x;
-        for (long long r0 = (long long)blockIdx.x * batch + threadIdx.x; r0 < runs; r0 += (long long)gridDim.x * batch) {
+        /* DQ_THREADS a compile-time constant: the indices are shifts, and the stores' loop unrolls whole */
+        const long long batch = (long long)DQ_RUNS * DQ_THREADS;
+        long long batches = (runs + batch - 1) / batch;
+        for (long long b = blockIdx.x; b < batches; b += gridDim.x) {
+            long long r0 = b * batch + threadIdx.x;
             uint32_t word[DQ_RUNS];
             float scale[DQ_RUNS];
 #pragma unroll
             for (int k = 0; k < DQ_RUNS; k++) {
-                long long r = r0 + (long long)k * blockDim.x;
+                long long r = r0 + DQ_THREADS * k;
                 bool in = r < runs;
                 word[k] = in ? *reinterpret_cast<const uint32_t *>(packed + (r << 2)) : 0u;
                 scale[k] = in ? bnb_ftz(absmax[(first + (r << 3)) >> shift]) : 0.0f; /* 8 | blocksize: one block */
             }
 #pragma unroll
             for (int k = 0; k < DQ_RUNS; k++) {
-                long long r = r0 + (long long)k * blockDim.x;
-                if (r < runs) fourbit_store8<FMT, T>(word[k], scale[k], sVal, out + (r << 3));
+                long long r = r0 + DQ_THREADS * k;
+                if (r >= runs) break;
+                fourbit_store8<FMT, T>(word[k], scale[k], sVal, out + (r << 3));
             }
         }
         vectorEnd = runs << 3;
