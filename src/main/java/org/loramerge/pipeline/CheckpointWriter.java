@@ -29,7 +29,7 @@ import org.loramerge.format.ShardIndex;
  */
 public final class CheckpointWriter implements AutoCloseable {
     /** Bytes written between background flushes, so the final fsync finds little left to write. */
-    static final long FLUSH_EVERY = 1L << 30;
+    static final long FLUSH_EVERY = 256L << 20;
     /** Every safetensors header says which framework's tensors these are, as transformers' writer does. */
     private static final Map<String, String> METADATA = Map.of("format", "pt");
 
