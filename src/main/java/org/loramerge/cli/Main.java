@@ -6,6 +6,8 @@ import java.nio.file.FileAlreadyExistsException;
 import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.util.Arrays;
+import java.util.Set;
+import org.loramerge.engine.select.Backends;
 import org.loramerge.errors.ExitCode;
 import org.loramerge.errors.UsageException;
 import org.loramerge.errors.UserException;
@@ -26,7 +28,46 @@ import picocli.CommandLine;
         footer = {"", "Exit codes: 0 ok, 2 usage, 3 bad input, 4 output not written, 5 overflow/NaN, 6 verify failed, 7 GPU unavailable, 1 bug."})
 public final class Main {
     public static void main(String[] args) {
+        prestartEngine(args);
         System.exit(run(args));
+    }
+
+    /** The commands with a --device option (default auto). */
+    private static final Set<String> ENGINE_COMMANDS = Set.of("merge", "combine", "extract", "unmerge");
+
+    /**
+     * For a command that opens an engine, starts the GPU driver first thing ({@link Backends#prestart}):
+     * it takes about half a second, which then passes while the command line is parsed and the plan
+     * made instead of after them. A look at the words only, before picocli parses them: the command
+     * (the first word), and {@code --device X} or {@code --device=X} (default auto); nothing for
+     * {@code cpu}, help or version. What it gets wrong costs nothing but a driver started in vain:
+     * the parsed options decide the engine.
+     */
+    static void prestartEngine(String[] args) {
+        String device = prestartDevice(args);
+        if (device != null) {
+            Backends.prestart(device);
+        }
+    }
+
+    /** The --device of {@link #prestartEngine}'s look at {@code args}, or null where it starts nothing. */
+    static String prestartDevice(String[] args) {
+        if (args.length == 0 || !ENGINE_COMMANDS.contains(args[0])) {
+            return null;
+        }
+        String device = "auto";
+        for (int i = 1; i < args.length; i++) {
+            String a = args[i];
+            if (a.equals("-h") || a.equals("--help") || a.equals("-V") || a.equals("--version")) {
+                return null;
+            }
+            if (a.equals("--device") && i + 1 < args.length) {
+                device = args[++i];
+            } else if (a.startsWith("--device=")) {
+                device = a.substring("--device=".length());
+            }
+        }
+        return device.equalsIgnoreCase("cpu") ? null : device;
     }
 
     /** Runs the command line and returns the exit code (tests call this). */

@@ -10,6 +10,7 @@ import java.util.Map;
 import java.util.Set;
 import java.util.function.Consumer;
 import jcuda.CudaException;
+import jcuda.Pointer;
 import jcuda.Sizeof;
 import jcuda.driver.CUcontext;
 import jcuda.driver.CUdevice;
@@ -144,6 +145,52 @@ public final class CudaDevice implements AutoCloseable {
             throw DeviceUnavailableException.engineFailed("the GPU kernels could not be loaded on " + name + ": " + e.getMessage(), e);
         }
         return d;
+    }
+
+    /**
+     * Starts, on a background thread, what {@link #open} spends most of its half second on: the
+     * driver ({@code cuInit}), device {@code ordinal}'s primary context, and the loading of cuBLAS
+     * (on a second thread: it needs no context). A command calls it first thing, so that the
+     * driver starts while the command line is parsed and the plan made; {@link #open} then finds
+     * these done (each is done once a process) or waits for them. Never throws: any failure is left
+     * for {@link #open} to meet again and explain.
+     */
+    public static void prestart(int ordinal) {
+        if (!System.getProperty("os.name", "").toLowerCase(Locale.ROOT).contains("linux")
+                || !System.getProperty("os.arch", "").matches("amd64|x86_64")) {
+            return;
+        }
+        Thread driver = new Thread(() -> {
+            try {
+                if (CublasLoader.find(CublasLoader.searchDirs(), "libcuda.so.1") == null
+                        && CublasLoader.find(List.of(Paths.get("/usr/local/nvidia/lib64"), Paths.get("/usr/lib64")), "libcuda.so.1") == null) {
+                    return;
+                }
+                Thread cublas = new Thread(() -> {
+                    try {
+                        CublasLoader.ensureLoaded();
+                    } catch (IOException | RuntimeException | LinkageError e) {
+                        // open() loads it again and says why it failed
+                    }
+                }, "loramerge-cublas-prestart");
+                cublas.setDaemon(true);
+                cublas.start();
+                JCuda.setExceptionsEnabled(true);
+                JCudaDriver.setExceptionsEnabled(true);
+                JCudaDriver.cuInit(0);
+                int[] count = {0};
+                JCuda.cudaGetDeviceCount(count);
+                if (ordinal >= 0 && ordinal < count[0]) {
+                    // the runtime makes the device's primary context and holds it; open() retains the same one
+                    JCuda.cudaSetDevice(ordinal);
+                    JCuda.cudaFree(new Pointer());
+                }
+            } catch (RuntimeException | LinkageError e) {
+                // no driver, no device, JCuda's libraries missing: open() says which
+            }
+        }, "loramerge-driver-prestart");
+        driver.setDaemon(true);
+        driver.start();
     }
 
     /**

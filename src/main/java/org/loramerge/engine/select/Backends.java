@@ -50,6 +50,29 @@ public final class Backends {
         throw new UsageException("--device " + device + ": expected auto, cpu, cuda or cuda:N");
     }
 
+    /**
+     * Starts the GPU driver for {@code device} in the background (the CUDA engine's
+     * {@code CudaDevice.prestart}, by name) so that {@link #open} later finds it started: nothing
+     * for {@code cpu} or a name {@link #open} would refuse. Never throws; what fails here fails
+     * again in {@link #open}, which explains it.
+     */
+    public static void prestart(String device) {
+        String d = device.toLowerCase(Locale.ROOT);
+        int ordinal;
+        if (d.equals("auto") || d.equals("cuda")) {
+            ordinal = 0;
+        } else if (d.startsWith("cuda:") && d.length() > 5 && d.substring(5).chars().allMatch(Character::isDigit) && d.length() < 15) {
+            ordinal = Integer.parseInt(d.substring(5));
+        } else {
+            return;
+        }
+        try {
+            Class.forName("org.loramerge.engine.cuda.CudaDevice").getMethod("prestart", int.class).invoke(null, ordinal);
+        } catch (ReflectiveOperationException | LinkageError | RuntimeException e) {
+            // the engine is not usable here: open() says why
+        }
+    }
+
     /** The number of CUDA devices visible here, 0 where the GPU engine cannot run (asked by name, as {@link #openCuda}). */
     public static int cudaDeviceCount() {
         try {
