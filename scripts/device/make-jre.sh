@@ -49,8 +49,11 @@ modules=$modules,jdk.zipfs${EXTRA_MODULES:+,$EXTRA_MODULES}
 mkdir -p "$out"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+# --generate-cds-archive: the runtime's class-data archive (lib/server/classes.jsa), which a JDK
+# ships and a bare jlink image lacks: without it every start parses the JDK's classes anew, and
+# an application archive (-XX:SharedArchiveFile, see the ./loramerge launcher) needs it as its base
 "$jdk/bin/jlink" --add-modules "$modules" --strip-debug --no-header-files --no-man-pages --compress=1 \
-    --output "$tmp/jre"
+    --generate-cds-archive --output "$tmp/jre"
 "$tmp/jre/bin/java" -version 2>/dev/null || { echo "make-jre: the runtime does not start" >&2; exit 1; }
 tar czf "$out/jre.tgz" -C "$tmp" jre
 
