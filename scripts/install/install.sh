@@ -4,7 +4,7 @@
 #
 #   scripts/install/install.sh [PREFIX]        default PREFIX: ~/.local
 #
-#   PREFIX/lib/loramerge/{loramerge, loramerge-cli.jar}
+#   PREFIX/lib/loramerge/{loramerge, loramerge-cli.jar, loramerge-cli.jsa (class-data archive, make-cds.sh)}
 #   PREFIX/bin/loramerge -> ../lib/loramerge/loramerge
 #   PREFIX/share/bash-completion/completions/loramerge      (bash-completion loads it on first use)
 #   PREFIX/share/man/man1/loramerge.1                        (man loramerge, with PREFIX/share/man on MANPATH)
@@ -27,6 +27,9 @@ mkdir -p "$prefix/lib/loramerge" "$prefix/bin" "$prefix/share/bash-completion/co
 install -m 0644 "$jar" "$prefix/lib/loramerge/loramerge-cli.jar"
 install -m 0755 "$root/loramerge" "$prefix/lib/loramerge/loramerge"
 ln -sfn ../lib/loramerge/loramerge "$prefix/bin/loramerge"
+# the class-data archive of the installed jar, for a faster start (make-cds.sh); without it the launcher still runs
+JAVA_HOME=${JAVA_HOME:-} "$root/scripts/install/make-cds.sh" "$prefix/lib/loramerge/loramerge-cli.jar" \
+    || echo "install.sh: no class-data archive (see above); loramerge runs without it, starting a little slower" >&2
 "$java" -jar "$jar" generate-completion > "$prefix/share/bash-completion/completions/loramerge"
 "$java" -jar "$jar" generate-manpage > "$prefix/share/man/man1/loramerge.1"
 echo "installed loramerge $("$java" -jar "$jar" --version | cut -d' ' -f2) under $prefix"
