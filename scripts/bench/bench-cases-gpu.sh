@@ -13,7 +13,7 @@
 #   f16    the same shape in f16: LoRA, and --dtype bf16
 #   f32    a 16-layer f32 base (13.3 GB; the 32-layer one and its output do not fit the disk): LoRA
 #
-# Each row: a fresh `java -Xmx2g -jar` + sync, page cache warm, wall time, its ratio to the copy
+# Each row: a fresh ./loramerge (the launcher: -Xmx2g and the jar's class-data archive) + sync, page cache warm, wall time, its ratio to the copy
 # floor (`cp -r` + sync of what the row reads: the base, or the NF4 base for --to nf4), the
 # elements decided exactly (expansion arithmetic) and by the decimal last resort, peak host RSS
 # and peak GPU memory. Needs .device/jre.tgz and .device/loramerge.jar (scripts/device/gpu-run.sh pack).
@@ -35,7 +35,9 @@ if ! command -v java >/dev/null 2>&1; then
   rm -rf /tmp/jre && tar xzf .device/jre.tgz -C /tmp
   export JAVA_HOME=/tmp/jre PATH=/tmp/jre/bin:$PATH
 fi
-LM="java -Xmx2g -jar $ROOT/.device/loramerge.jar"
+# every run as users start it: the ./loramerge launcher (-Xmx2g) with the jar's class-data archive
+bash "$ROOT/scripts/install/make-cds.sh" "$ROOT/.device/loramerge.jar" >&2
+LM="env LORAMERGE_JAR=$ROOT/.device/loramerge.jar $ROOT/loramerge"
 TABLE=$OUT/cases.md
 [ -f "$TABLE" ] || printf '| case | wall s | x floor | exactly rounded | decimal fallbacks | peak RSS GB | peak GPU GiB |\n|---|---|---|---|---|---|---|\n' > "$TABLE"
 T0=$SECONDS

@@ -16,7 +16,7 @@
 #   fp8          transformers' fine-grained FP8, 128x128 blocks (make_quantized.py, on the device)
 #   fp4          bitsandbytes FP4 with double quantization (`loramerge quantize --quant-type fp4`)
 #   fp8-tensor   transformers' FP8 with one scale a weight
-# and times, each a fresh `java -Xmx2g -jar .device/loramerge.jar` + sync, page cache warm:
+# and times, each a fresh ./loramerge (the launcher: -Xmx2g and the class-data archive of .device/loramerge.jar) + sync, page cache warm:
 # `cp -r` + sync of the base (its copy floor), `merge --to bf16` (floor: the bf16 base's copy, the
 # 16-bit output) and the requantizing merges: --to int8, --to nf4 and --to fp8 (gptq, awq), --to fp8
 # (fp8, fp8-tensor), --to fp4; floor: the copy of their base. Each base and output is deleted when its
@@ -68,7 +68,9 @@ if ! command -v java >/dev/null 2>&1; then
   rm -rf /tmp/jre && tar xzf .device/jre.tgz -C /tmp
   export JAVA_HOME=/tmp/jre PATH=/tmp/jre/bin:$PATH
 fi
-LM="java -Xmx2g -jar $ROOT/.device/loramerge.jar"
+# every run as users start it: the ./loramerge launcher (-Xmx2g) with the jar's class-data archive
+bash "$ROOT/scripts/install/make-cds.sh" "$ROOT/.device/loramerge.jar" >&2
+LM="env LORAMERGE_JAR=$ROOT/.device/loramerge.jar $ROOT/loramerge"
 TABLE=$OUT/quant-table.md
 printf '| case | wall s | x floor | goal | peak RSS GB | peak GPU GiB | exit | survival |\n|---|---|---|---|---|---|---|---|\n' > "$TABLE"
 T0=$SECONDS

@@ -10,7 +10,7 @@
 # Java pipeline alone (an adapter that changes nothing, --allow-empty-adapter: every tensor a
 # byte copy), positional and mapped writes. Every merge runs with --json: its "stages" give the
 # dominant stage (thread seconds summed over the workers) in the table, and each row's full
-# stage line follows the table. Each row is a fresh `java -Xmx2g -jar` (+ sync, as measure.py
+# stage line follows the table. Each row is a fresh ./loramerge (the launcher, -Xmx2g, the jar's class-data archive; + sync, as measure.py
 # does), wall time, GB/s of the 13.48 GB written, ratio to the cp floor, peak host RSS (VmRSS of
 # the process tree, tmpfs pages it maps included) and peak GPU memory.
 # Writes $OUT/tmpfs.log (everything) and $OUT/tmpfs-table.md (the table and the stage lines).
@@ -39,6 +39,8 @@ if ! command -v java >/dev/null 2>&1; then
   export JAVA_HOME=/tmp/jre PATH=/tmp/jre/bin:$PATH
 fi
 JAR=$ROOT/.device/loramerge.jar
+# every run as users start it: the ./loramerge launcher with the jar's class-data archive
+bash "$ROOT/scripts/install/make-cds.sh" "$JAR" >&2
 T0=$SECONDS
 say() { echo "[tmpfs $((SECONDS - T0))s] $*" | tee -a "$LOG" >&2; }
 { echo "kernel $(uname -r), $(nproc) cores"; grep -E ' /dev/shm ' /proc/mounts || true; free -g | head -2
@@ -75,7 +77,7 @@ row() {
   local line
   # shellcheck disable=SC2086 # the knobs are separate -D words
   line=$("$PY" scripts/bench/measure.py --label "$label" --gpu --log "$runlog" -- \
-    java -Xmx2g $knobs -jar "$JAR" merge --base "$BASE" --adapter "$adapter" --out "$SHM/out" --device "$device" --quiet --json "$@") || true
+    env LORAMERGE_JAR="$JAR" LORAMERGE_JAVA_OPTS="-Xmx2g $knobs" "$ROOT/loramerge" merge --base "$BASE" --adapter "$adapter" --out "$SHM/out" --device "$device" --quiet --json "$@") || true
   # the run's output for the log, less the per-tensor list of its JSON (224 entries a run on the 7B shape)
   { echo "== $label ($knobs)"; "$PY" - "$runlog" <<'PYEOF'
 import json, sys
