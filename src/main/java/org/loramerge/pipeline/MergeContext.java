@@ -82,6 +82,9 @@ final class MergeContext {
     /**
      * Another merge's context sharing {@code lead}'s engine, executor, output blocks and progress (one
      * pass writing several outputs: {@link MergeRunner#runShared}); its own options, shard and findings.
+     * The input blocks are shared too, and used: rows that every merge changes alike are mapped once
+     * ({@link SharedRows}), but a tensor that only some of them change, or change otherwise (DoRA, a
+     * selection), is written by each merge's own {@link RowMerge}, which reads into them.
      */
     MergeContext(MergeContext lead, MergeRunner.Options options) {
         this.backend = lead.backend;
