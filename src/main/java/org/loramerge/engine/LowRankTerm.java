@@ -63,6 +63,17 @@ public final class LowRankTerm {
         }
     }
 
+    /** The heap a term of {@code rank} on {@code rows} rows of a matrix with {@code cols} columns holds: U, Vᵀ and their row norms, in doubles. */
+    public static long heapBytes(long rank, long rows, long cols) {
+        return Double.BYTES * (rows * rank + rank * cols + rows + cols);
+    }
+
+    /** {@link #heapBytes(long, long, long)} of the term {@link #load} makes of {@code spec} for a weight viewed as [rows, cols], before it is loaded. */
+    public static long heapBytes(TermSpec spec, long rows, long cols) {
+        long covered = spec.slice() == null ? rows : spec.slice().rows();
+        return heapBytes(spec.factorRank(), covered, spec.layout() == Layout.BIAS ? 1 : cols);
+    }
+
     /** Loads the factors of {@code spec} for a weight viewed as [rows, cols] (see {@link TermSpec#factors}). */
     public static LowRankTerm load(TermSpec spec, long rows, long cols) throws IOException {
         double[][] f = spec.factors(rows, cols);

@@ -80,8 +80,9 @@ public final class TensorJob {
 
     /**
      * Loads what {@code out} needs, every step on the host, on both engines: a PEFT {@code _svd}
-     * combination's SVD too, so that a merged model is the same bytes on the GPU and the CPU. Factors
-     * of one tensor are held at a time, so memory follows the largest tensor's adapter, not the model.
+     * combination's SVD too, so that a merged model is the same bytes on the GPU and the CPU. A job
+     * holds about {@link #heapBytes} until its tensor is written; the pipeline bounds the sum over the
+     * tensors it has open at once, so memory follows the adapter's largest tensors, not the model.
      */
     public static TensorJob prepare(OutputTensor out) throws IOException {
         List<LowRankTerm> terms = new ArrayList<>();
@@ -118,6 +119,58 @@ public final class TensorJob {
             values = out.tokenRows().values().readDoubles();
         }
         return new TensorJob(out, terms, magnitude, rowOf, values, dense);
+    }
+
+    /**
+     * The heap a job of {@code out} holds from {@link #prepare} until its tensor is written, known from
+     * the plan before anything is loaded (so that the pipeline can wait for room first): each term's U,
+     * Vᵀ and row norms in doubles ({@link LowRankTerm#heapBytes}); a combination's parts, or its one
+     * combined term (the parts' ranks summed, or the SVD's rank); DoRA's magnitudes with a column
+     * axis's factors and bounds; replaced rows; and for a requantized weight what its requantizer keeps
+     * until the weight is done: at most the output's codes and the base's (for the survival measure),
+     * each no larger than the output group, and a few sums and scales per quantization block. The loading's own
+     * temporaries (the factors as stored, an SVD's dense ΔW) are not counted: they are gone by the time
+     * the next tensor is prepared.
+     */
+    public static long heapBytes(OutputTensor out) {
+        long rows = out.rows();
+        long cols = out.cols();
+        long bytes = 0;
+        for (TermSpec t : out.terms()) {
+            bytes += LowRankTerm.heapBytes(t, rows, cols);
+        }
+        CombinedUpdate combined = out.combined();
+        if (combined != null) {
+            long ranks = 0;
+            for (CombinedUpdate.Part p : combined.parts()) {
+                ranks += p.term().factorRank();
+            }
+            switch (combined.how().method().operand()) {
+                case FACTORS:
+                    bytes += LowRankTerm.heapBytes(ranks, rows, cols);
+                    break;
+                case SVD:
+                    bytes += LowRankTerm.heapBytes(combined.how().rank() > 0 ? combined.how().rank() : ranks, rows, cols);
+                    break;
+                case DELTAS:
+                    for (CombinedUpdate.Part p : combined.parts()) {
+                        bytes += LowRankTerm.heapBytes(p.term(), rows, cols);
+                    }
+                    break;
+            }
+        }
+        if (out.dora() != null) {
+            bytes += 3L * Double.BYTES * out.dora().magnitude().info().numElements();
+        }
+        if (out.tokenRows() != null) {
+            // the values in doubles, and a map entry (about 64 bytes with its boxed key and value) a row
+            bytes += Double.BYTES * out.tokenRows().values().info().numElements() + 64L * out.tokenRows().indices().length;
+        }
+        if (out.isRequantized()) {
+            long blocks = (out.numElements() + out.quantizedOutput().blockElements() - 1) / out.quantizedOutput().blockElements();
+            bytes += 2 * out.sizeInBytes() + 40 * blocks;
+        }
+        return bytes;
     }
 
     public OutputTensor out() {

@@ -141,10 +141,15 @@ final class BlockExecutor implements AutoCloseable {
         }
     }
 
-    private void completeOldest() throws Exception {
+    /** Completes the oldest queued step; false when none is queued. */
+    boolean completeOldest() throws Exception {
+        if (pending.isEmpty()) {
+            return false;
+        }
         long t0 = System.nanoTime();
         pending.removeFirst().complete();
         stages.since(Stages.Stage.IN_ORDER_WAIT, t0, 0);
+        return true;
     }
 
     /** The result of {@code f}, with the work's own exception rethrown as it was. */

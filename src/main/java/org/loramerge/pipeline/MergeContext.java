@@ -44,17 +44,25 @@ final class MergeContext {
 
     /** Why fewer threads run than the engine asked for, or null. */
     final String threadNote;
+    /** The heap the open tensors' jobs hold, within {@link #jobBudget}. */
+    final OpenJobs openJobs;
 
     MergeContext(Backend backend, MergeRunner.Options options, Progress progress) {
+        this(backend, options, progress, Runtime.getRuntime().maxMemory());
+    }
+
+    /** A context for a JVM that may use {@code maxMemory} bytes. */
+    MergeContext(Backend backend, MergeRunner.Options options, Progress progress, long maxMemory) {
         this.backend = backend;
         this.options = options;
         this.progress = progress;
-        int threads = threadsFor(backend.parallelism(), options.blockBytes(), Runtime.getRuntime().maxMemory());
+        int threads = threadsFor(backend.parallelism(), options.blockBytes(), maxMemory);
         this.threadNote = threads < backend.parallelism()
                 ? backend.parallelism() + " threads asked for, " + threads + " run: each holds about " + (MEMORY_PER_THREAD * options.blockBytes() >> 20)
-                        + " MiB of blocks and the JVM may use " + (Runtime.getRuntime().maxMemory() >> 20)
+                        + " MiB of blocks and the JVM may use " + (maxMemory >> 20)
                         + " MiB (raise it with LORAMERGE_JAVA_OPTS=-Xmx...)"
                 : null;
+        this.openJobs = new OpenJobs(jobBudget(threads, options.blockBytes(), maxMemory));
         this.stages = new Stages();
         this.executor = new BlockExecutor(threads, options.windowPerThread(), stages);
         // a worker holds one output block from reading its rows to writing them: one each, and one spare
@@ -74,12 +82,16 @@ final class MergeContext {
     /**
      * Another merge's context sharing {@code lead}'s engine, executor, output blocks and progress (one
      * pass writing several outputs: {@link MergeRunner#runShared}); its own options, shard and findings.
+     * The input blocks are shared too, and used: rows that every merge changes alike are mapped once
+     * ({@link SharedRows}), but a tensor that only some of them change, or change otherwise (DoRA, a
+     * selection), is written by each merge's own {@link RowMerge}, which reads into them.
      */
     MergeContext(MergeContext lead, MergeRunner.Options options) {
         this.backend = lead.backend;
         this.options = options;
         this.progress = lead.progress;
         this.threadNote = lead.threadNote;
+        this.openJobs = lead.openJobs;
         this.executor = lead.executor;
         this.buffers = lead.buffers;
         this.inputBuffers = lead.inputBuffers;
@@ -103,6 +115,16 @@ final class MergeContext {
     static int threadsFor(int asked, int blockBytes, long maxMemory) {
         long fit = maxMemory / ((long) MEMORY_PER_THREAD * blockBytes);
         return (int) Math.max(1, Math.min(asked, fit));
+    }
+
+    /**
+     * The heap the open tensors' jobs ({@link OpenJobs}) may hold: half of what {@code threads}
+     * workers' blocks leave of {@code maxMemory}, the other half for everything else (the plan, a
+     * job's temporaries while it is loaded, the collector's headroom); none when the blocks take it
+     * all, and then the tensors are opened one at a time.
+     */
+    static long jobBudget(int threads, int blockBytes, long maxMemory) {
+        return Math.max(0, maxMemory - (long) threads * MEMORY_PER_THREAD * blockBytes) / 2;
     }
 
     /** A new record of what {@code t}'s merge finds. */

@@ -28,9 +28,9 @@ import org.loramerge.verify.Verifier;
  * {@link TensorStrategy} of its route, which cuts it into blocks computed by the backend on worker
  * threads, each written at its offset in the shard by the worker that made it, and completed in
  * order by the calling thread ({@link BlockExecutor}: progress, errors), with a bounded number of
- * blocks in flight. Memory is bounded by (blocks in flight) x (block size) plus one tensor's
- * adapter factors, whatever the model's size; a requantized weight adds its codes until it is
- * written. Then the index, config.json and the carried files, an optional verification of the
+ * blocks in flight. Memory is bounded by (blocks in flight) x (block size) plus the open tensors'
+ * adapter factors (a requantized weight's codes too, until it is written), which are kept within
+ * what the blocks leave of the JVM's memory ({@link OpenJobs}), whatever the model's size. Then the index, config.json and the carried files, an optional verification of the
  * finished output, the model card ({@link ModelCard}), and the commit ({@link CheckpointWriter}).
  */
 public final class MergeRunner {
@@ -86,8 +86,13 @@ public final class MergeRunner {
      * output folder does not appear.
      */
     public static MergeReport run(MergePlan plan, Backend backend, AtomicOutput out, Options options, Progress progress) throws Exception {
+        return run(plan, backend, out, options, progress, Runtime.getRuntime().maxMemory());
+    }
+
+    /** {@link #run} in a JVM that may use {@code maxMemory} bytes, which sizes the threads and the open tensors' budget. */
+    static MergeReport run(MergePlan plan, Backend backend, AtomicOutput out, Options options, Progress progress, long maxMemory) throws Exception {
         long start = System.nanoTime();
-        MergeContext ctx = new MergeContext(backend, options, progress);
+        MergeContext ctx = new MergeContext(backend, options, progress, maxMemory);
         MergeReport report = new MergeReport();
         try (CheckpointWriter writer = new CheckpointWriter(out, progress, options.mappedWrites())) {
             stream(plan, writer, ctx);

@@ -35,6 +35,7 @@ final class Requantize implements TensorStrategy {
 
     @Override
     public void schedule(OutputTensor t, MergeContext ctx) throws Exception {
+        long opened = ctx.openJobs.open(List.of(t), ctx.executor);
         long preparing = System.nanoTime();
         TensorJob job = TensorJob.prepare(t);
         BlockStats stats = ctx.statsFor(t);
@@ -129,6 +130,7 @@ final class Requantize implements TensorStrategy {
             if (t.isAdapted()) { // a weight only converted to another format (GPTQ to NF4) has no adapter change to survive
                 ctx.survivals.add(survival(t, change));
             }
+            ctx.openJobs.close(opened); // the measures were the last to hold the requantizer's codes
         });
     }
 

@@ -1,6 +1,7 @@
 package org.loramerge.pipeline;
 
 import java.nio.ByteBuffer;
+import java.util.List;
 import java.util.concurrent.Future;
 import org.loramerge.engine.BlockStats;
 import org.loramerge.engine.Stages.Stage;
@@ -26,6 +27,7 @@ final class RowMerge implements TensorStrategy {
 
     @Override
     public void schedule(OutputTensor t, MergeContext ctx) throws Exception {
+        long opened = ctx.openJobs.open(List.of(t), ctx.executor);
         long preparing = System.nanoTime();
         TensorJob job = TensorJob.prepare(t);
         BlockStats stats = ctx.statsFor(t);
@@ -76,9 +78,10 @@ final class RowMerge implements TensorStrategy {
             });
             ctx.executor.then(() -> shard.written(BlockExecutor.get(f)));
         }
-        // after the tensor's last block: the engine's handle closed, progress, and the overflow check
+        // after the tensor's last block: the engine's handle closed, the job's memory given back, progress, and the overflow check
         ctx.executor.then(() -> {
             merge.close();
+            ctx.openJobs.close(opened);
             ctx.progress.tensorDone();
             ctx.checkFinite(t, stats);
         });

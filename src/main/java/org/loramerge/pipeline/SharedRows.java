@@ -79,10 +79,13 @@ final class SharedRows {
     /** The shared row merge, or false (nothing scheduled) when the merges want the rows in different forms or need a selection pass. */
     private static boolean rows(List<OutputTensor> ts, List<MergeContext> ctxs) throws Exception {
         int n = ts.size();
+        MergeContext lead = ctxs.get(0);
+        long opened = lead.openJobs.open(ts, lead.executor);
         List<TensorJob> jobs = new ArrayList<>();
         for (OutputTensor t : ts) {
             TensorJob job = TensorJob.prepare(t);
             if (job.needsSelection()) {
+                lead.openJobs.close(opened);
                 return false;
             }
             jobs.add(job);
@@ -95,6 +98,7 @@ final class SharedRows {
             for (TensorMerge m : merges) {
                 if (m.input() != merges.get(0).input()) {
                     merges.forEach(TensorMerge::close);
+                    lead.openJobs.close(opened);
                     return false;
                 }
             }
@@ -103,7 +107,6 @@ final class SharedRows {
             throw e;
         }
         OutputTensor first = ts.get(0);
-        MergeContext lead = ctxs.get(0);
         List<BlockStats> stats = new ArrayList<>();
         List<CheckpointWriter.Shard> shards = new ArrayList<>();
         List<Long> offsets = new ArrayList<>();
@@ -150,6 +153,7 @@ final class SharedRows {
         }
         lead.executor.then(() -> {
             merges.forEach(TensorMerge::close);
+            lead.openJobs.close(opened);
             lead.progress.tensorDone();
             for (int k = 0; k < n; k++) {
                 ctxs.get(k).checkFinite(ts.get(k), stats.get(k));
