@@ -28,7 +28,8 @@ import org.loramerge.quant.Requantizer;
  * and folds its max |X| and |W| into two device floats; no code comes back yet. {@link #finish}
  * computes the two scales from those maxima on the host, exactly as Fp8Requantizer does, and
  * fp8_tensor_requant encodes the whole weight and takes its survival sums per block of elements;
- * the codes come back once and are written with the scale ({@link Result#codes}).
+ * the codes come back once, into the calling thread's page-locked memory (valid until its next
+ * finish: the pipeline writes them first, Requantize), and are written with the scale ({@link Result#codes}).
  *
  * <p>Device memory held for the weight: X and W in its dtype, ΔW in fp64, and at the end its codes,
  * {@link #heldBytes} in all (13 bytes an element for BF16: 0.6 GB for a 7B model's largest
@@ -159,13 +160,14 @@ final class CudaFp8TensorRequantization extends DeviceRequantization {
         float invX = 1f / sx;
         float invW = 1f / sw;
         int blocks = (int) Math.max(1, Math.min(MAX_BLOCKS, n / ELEMENTS_PER_BLOCK));
-        byte[] codes = new byte[Math.toIntExact(n)];
         double[] sums = new double[5 * blocks];
-        try (CudaStream s = new CudaStream(); DeviceMemory c = device.pool().take(n); DeviceMemory out = device.pool().take(5L * blocks * Sizeof.DOUBLE)) {
-            device.quant().fp8TensorRequant(s, format, xAll.pointer(), wAll.pointer(), dwAll.pointer(), n, sx, sw, invX, invW, blocks, c.pointer(),
-                    out.pointer());
-            s.synchronize();
-            JCuda.cudaMemcpy(Pointer.to(codes), c.pointer(), n, cudaMemcpyKind.cudaMemcpyDeviceToHost);
+        ByteBuffer codes;
+        // on the calling thread's worker stream, the codes into its page-locked memory (DeviceWorker#downloadHeld)
+        DeviceWorker w = device.worker();
+        try (DeviceMemory c = device.pool().take(n); DeviceMemory out = device.pool().take(5L * blocks * Sizeof.DOUBLE)) {
+            device.quant().fp8TensorRequant(w.stream(), format, xAll.pointer(), wAll.pointer(), dwAll.pointer(), n, sx, sw, invX, invW, blocks,
+                    c.pointer(), out.pointer());
+            codes = w.downloadHeld(c, n);
             JCuda.cudaMemcpy(Pointer.to(sums), out.pointer(), (long) sums.length * Sizeof.DOUBLE, cudaMemcpyKind.cudaMemcpyDeviceToHost);
         }
         Requantizer.Change change = Requantizer.Change.NONE;
@@ -183,6 +185,6 @@ final class CudaFp8TensorRequantization extends DeviceRequantization {
             }
         }
         Requantizer.Change total = change;
-        return new Result(ByteBuffer.wrap(codes), tail, List.of(() -> total));
+        return new Result(codes, tail, List.of(() -> total));
     }
 }

@@ -51,6 +51,8 @@ public final class DeviceWorker implements AutoCloseable {
     static final int MARK_COMPUTED = 3;
     static final int MARK_DOWNLOADED = 4;
     private final cudaEvent_t[] marks = new cudaEvent_t[5];
+    /** Page-locked memory of {@link #downloadHeld}, grown to the largest download asked; null until the first. */
+    private PinnedMemory hostHeld;
     /** The shared block {@link #input()} holds ({@link #loadValuesOnce}), or null; its size in bytes. */
     private Object loadedBlock;
     private long loadedBytes;
@@ -379,6 +381,27 @@ public final class DeviceWorker implements AutoCloseable {
         return ByteBuffer.wrap(a).order(ByteOrder.LITTLE_ENDIAN);
     }
 
+    /**
+     * The first {@code bytes} of {@code m}, after the work queued on the stream, copied on this
+     * worker's stream into page-locked memory it keeps (grown to the largest download asked): a
+     * little-endian view, valid until this worker's next call. For large downloads (a weight's codes
+     * held back to its end): {@link #download}'s cudaMemcpy into a Java array runs on the device's
+     * legacy stream, where every worker's small read-backs wait behind it, and at pageable speed.
+     */
+    public ByteBuffer downloadHeld(DeviceMemory m, long bytes) {
+        if (hostHeld == null || hostHeld.sizeInBytes() < bytes) {
+            if (hostHeld != null) {
+                stream.synchronize();
+                hostHeld.close();
+                hostHeld = null;
+            }
+            hostHeld = new PinnedMemory(bytes);
+        }
+        JCuda.cudaMemcpyAsync(hostHeld.pointer(), m.pointer(), bytes, cudaMemcpyKind.cudaMemcpyDeviceToHost, stream.runtime());
+        stream.synchronize();
+        return hostHeld.buffer().limit(Math.toIntExact(bytes)).slice().order(ByteOrder.LITTLE_ENDIAN);
+    }
+
     public void synchronize() {
         stream.synchronize();
     }
@@ -391,6 +414,9 @@ public final class DeviceWorker implements AutoCloseable {
         hostIn.close();
         hostCounters.close();
         hostAmbiguous.close();
+        if (hostHeld != null) {
+            hostHeld.close();
+        }
         dIn.close();
         dOut.close();
         dWide.close();
