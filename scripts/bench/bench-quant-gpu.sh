@@ -7,42 +7,35 @@
 #
 # Makes a Llama-2-7B-shaped bf16 base (13.48 GB, 3 shards) and a rank-16 adapter on all 7
 # projections on the device (make_synthetic.py), then for each format in FORMATS, in this order
-# (the rows issue 12 sets goals for first, the longest requantizations last), its
-# base, the fastest way faithful to the format (round to nearest, no calibration):
+# (the rows issue 12 sets goals for first), its base, the fastest way faithful to the format
+# (round to nearest, no calibration):
+#   fp8-tensor   transformers' FP8 with one scale a weight
 #   int8         bitsandbytes LLM.int8, int8 + per-row SCB (make_quantized.py, on the device)
+#   fp8          transformers' fine-grained FP8, 128x128 blocks (make_quantized.py, on the device)
 #   awq          AWQ 4-bit GEMM, group 128 (make_quantized.py, on the device)
 #   gptq         GPTQ 4-bit, group 128, symmetric, v1 (make_quantized.py, on the device)
-#   fp8-channel  compressed-tensors' per-channel FP8 (--to bf16 only: --to fp8 refuses its scales)
-#   fp8          transformers' fine-grained FP8, 128x128 blocks (make_quantized.py, on the device)
 #   fp4          bitsandbytes FP4 with double quantization (`loramerge quantize --quant-type fp4`)
-#   fp8-tensor   transformers' FP8 with one scale a weight
+#   fp8-channel  compressed-tensors' per-channel FP8 (--to bf16 only: --to fp8 refuses its scales)
 # and times, each a fresh ./loramerge (the launcher: -Xmx2g and the class-data archive of .device/loramerge.jar) + sync, page cache warm:
 # `cp -r` + sync of the base (its copy floor), `merge --to bf16` (floor: the bf16 base's copy, the
 # 16-bit output) and the requantizing merges: --to int8, --to nf4 and --to fp8 (gptq, awq), --to fp8
 # (fp8, fp8-tensor), --to fp4; floor: the copy of their base. Each base and output is deleted when its
 # rows are done (disk: the bf16 base, one quantized base and one output, about 35 GB at most).
 #
-# Time on an H200 with 16 cores, estimated from benchmarks/RESULTS.md and from this script on the
-# 1gb shape with the CPU engine on a shared 2-core VM, scaled by 1.9 (that VM's `merge --to nf4
-# --device cpu` of the 1gb shape took 28.5 s, the H200 machine's of the 7B shape 55 s; `--to bf16`
-# 12.9 s against 21 s): the bf16 base and adapter ~30 s and their copy 12-18 s; per format its
-# base ~10-20 s on the device (FP4: `quantize` on the CPU, ~15 s), its copy 3-7 s, `--to bf16`
-# ~8-20 s (the GPU merge of blocks the host codec dequantized: the NF4 row took 8.1 s; on the 1gb
-# VM every format's --to bf16 took 9-13 s, FP8 per tensor 19 s); the requantizing merges run on the
-# CPU engine (GPU requantization exists for NF4 only): int8 ~25 s, GPTQ -> NF4 ~32 s, FP8 ~47 s,
-# FP4 ~70 s, FP8 per tensor ~80 s (12.6, 16.7, 24.2, 36.3 and 40.2 s on the 1gb VM). About 500-550
-# s in all: the last rows (fp8-tensor) are the first to fall past the budget. FP8 per tensor holds
-# each weight whole while it requantizes (10 bytes an element, 450 MB for a 11008x4096 weight), so
-# with 16 threads and the launcher's 2 GB heap its --to fp8 row may fail for memory: the exit code
-# says so. A format starts only if its base, copy and --to bf16 fit in BUDGET_S seconds (default
-# 560) from the start, a requantizing merge only if 60 s are left, and every command is stopped at
+# Time on an H200 with 16 cores (2026-12-01, every format in one call: 316 s): the bf16 base and
+# adapter ~40 s and their copy 12-14 s; per format its base 9-14 s on the device (FP4: `quantize`,
+# 42 s), its copy 3-6 s, `--to bf16` 6-8 s, each requantizing merge 3-7 s (all on the GPU). FP8 per
+# tensor holds each weight whole on the device while it requantizes (13 bytes an element: 4.8 GiB
+# of device memory at most on the 7B shape); a weight that finds no room there goes to the CPU
+# codec; a row that fails shows it in the exit column. A format starts only if its base, copy and
+# --to bf16 fit in BUDGET_S seconds (default 560) from the start, a requantizing merge only if 60 s are left, and every command is stopped at
 # BUDGET_S (exit 124: its wall time is then a lower bound), so the table comes back within one
 # 10-minute device call; it is written row by row.
 #
 # Writes $OUT/quant-table.md (the table, with the card and date) and $OUT/quant.log (each command's
 # log and measure.py line, appended as it ends). Needs .device/jre.tgz and .device/loramerge.jar (gpu-run.sh pack).
 # Environment: OUT (default /tmp/out), WORK (/tmp/lm-quant), PYTHON (python3), RANK (16),
-#   FORMATS (int8 awq gptq fp8-channel fp8 fp4 fp8-tensor), BUDGET_S (560);
+#   FORMATS (fp8-tensor int8 fp8 awq gptq fp4 fp8-channel), BUDGET_S (560);
 #   SHAPE, DEVICE, GEN_DEVICE (llama-7b, cuda, cuda) and GEN_ARGS (more make_synthetic.py options,
 #   e.g. SHAPE=custom GEN_ARGS="--hidden 256 --intermediate 512") only to try the script out elsewhere.
 set -uo pipefail
@@ -56,7 +49,7 @@ RANK=${RANK:-16}
 SHAPE=${SHAPE:-llama-7b}
 DEVICE=${DEVICE:-cuda}
 GEN_DEVICE=${GEN_DEVICE:-cuda}
-FORMATS=${FORMATS:-int8 awq gptq fp8-channel fp8 fp4 fp8-tensor}
+FORMATS=${FORMATS:-fp8-tensor int8 fp8 awq gptq fp4 fp8-channel}
 BUDGET_S=${BUDGET_S:-560}
 mkdir -p "$OUT" "$WORK"
 LOGS=$(mktemp -d)           # each command's log, appended to $OUT/quant.log when it is done
