@@ -110,7 +110,7 @@ public final class LoraMerge {
         inputs.add(base);
         inputs.addAll(adapters);
         try (AtomicOutput output = AtomicOutput.create(out, options.overwrite(), inputs)) {
-            // the engine starts (CUDA context, cuBLAS, kernels: about a second) while the plan is made
+            // the engine starts (its modules, workers; the driver itself started in Main.prestartEngine) while the plan is made
             CompletableFuture<Backends.Choice> opening = openInBackground(options.device(), cpuThreads);
             Backends.Choice choice = null;
             try (Checkpoint ckpt = openBase(base, options.followSymlinks()); Adapters loras = Adapters.open(adapters, options.followSymlinks())) {
