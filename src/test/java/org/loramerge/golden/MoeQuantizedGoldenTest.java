@@ -39,13 +39,13 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 /**
  * MoE experts on a quantized base (src/test/resources/moe_quant, scripts/fixtures/make_moe_quant_fixtures.py):
  * Qwen3-MoE and Mixtral checkpoints whose experts are per-expert FP8 weights (transformers' fine-grained
- * layout, 8x8 blocks or one scale per weight; compressed-tensors' per channel) or GPTQ weights, and a PEFT adapter on the fused expert
+ * layout, 8x8 blocks or one scale per weight; compressed-tensors' per channel) or GPTQ or AWQ (GEMM) weights, and a PEFT adapter on the fused expert
  * parameters (target_parameters). {@code --to bf16|f16} must write every quantized weight as the
  * reference does (the adapted ones the exact merge of the dequantized weight, rounded once; the others
  * dequantized) in the checkpoint's per-expert form; {@code --to fp8} the codes and weight_scale_inv
  * transformers' own Fp8Quantize writes for those merged values, every other tensor byte for byte the
- * base's (compressed-tensors' refused, naming llm-compressor); GPTQ experts {@code --to nf4} one NF4 weight per
- * expert projection.
+ * base's (compressed-tensors' refused, naming llm-compressor); GPTQ and AWQ experts {@code --to nf4} one NF4
+ * weight per expert projection.
  */
 class MoeQuantizedGoldenTest {
     static final Path CASES = Paths.get("src/test/resources/moe_quant");
@@ -87,10 +87,10 @@ class MoeQuantizedGoldenTest {
     }
 
     @ParameterizedTest
-    @ValueSource(strings = {"qwen3_moe_fp8_block8", "mixtral_fp8_tensor", "qwen3_moe_ct_fp8_channel", "mixtral_gptq_4bit_g8"})
+    @ValueSource(strings = {"qwen3_moe_fp8_block8", "mixtral_fp8_tensor", "qwen3_moe_ct_fp8_channel", "mixtral_gptq_4bit_g8", "qwen3_moe_awq_4bit_g8"})
     void expertAdaptersMergeIntoTheDequantizedExpertsExactlyInTheirPerExpertForm(String name) throws Exception {
         Path caseDir = CASES.resolve(name);
-        boolean gptq = name.contains("gptq");
+        boolean gptq = name.contains("gptq") || name.contains("awq");
         DType dense = gptq ? DType.F16 : DType.BF16;
         Set<String> changed = changedByPeft(caseDir);
         try (Checkpoint base = Checkpoint.open(caseDir.resolve("base")); LoraAdapter adapter = LoraAdapter.open(caseDir.resolve("adapter"))) {
@@ -181,9 +181,10 @@ class MoeQuantizedGoldenTest {
         assertFalse(Files.exists(out));
     }
 
-    @Test
-    void gptqExpertsMergeToOneNf4WeightPerExpertProjection() throws Exception {
-        Path caseDir = CASES.resolve("mixtral_gptq_4bit_g8");
+    @ParameterizedTest
+    @ValueSource(strings = {"mixtral_gptq_4bit_g8", "qwen3_moe_awq_4bit_g8"})
+    void gptqAndAwqExpertsMergeToOneNf4WeightPerExpertProjection(String name) throws Exception {
+        Path caseDir = CASES.resolve(name);
         Path out = tmp.resolve("nf4");
         JsonNode report = merge(caseDir, out, "nf4");
         Set<String> changed = changedByPeft(caseDir);
@@ -197,7 +198,8 @@ class MoeQuantizedGoldenTest {
                 assertNotNull(w, n);
                 assertEquals(DType.F16, w.dtype(), n);
             }
-            assertNotNull(q.weight("model.layers.0.block_sparse_moe.experts.3.w3.weight"));
+            assertNotNull(q.weight(name.startsWith("mixtral") ? "model.layers.0.block_sparse_moe.experts.3.w3.weight"
+                    : "model.layers.0.mlp.experts.3.up_proj.weight"));
             assertTrue(ours.tensors().keySet().stream().noneMatch(n -> n.endsWith(".qweight") || n.endsWith(".g_idx") || n.endsWith(".qzeros")));
         }
         JsonNode config = JSON.readTree(Files.readAllBytes(out.resolve("config.json")));
