@@ -120,11 +120,13 @@ final class MergeContext {
     /**
      * The heap the open tensors' jobs ({@link OpenJobs}) may hold: half of what {@code threads}
      * workers' blocks leave of {@code maxMemory}, the other half for everything else (the plan, a
-     * job's temporaries while it is loaded, the collector's headroom); none when the blocks take it
-     * all, and then the tensors are opened one at a time.
+     * job's temporaries while it is loaded, the collector's headroom); at least a sixteenth of
+     * {@code maxMemory}, so that a machine with many cores, whose blocks' estimate fills the heap
+     * (64 threads at the launcher's 2 GB), still has tensors open side by side rather than one at a
+     * time (a tensor larger than the budget still runs alone).
      */
     static long jobBudget(int threads, int blockBytes, long maxMemory) {
-        return Math.max(0, maxMemory - (long) threads * MEMORY_PER_THREAD * blockBytes) / 2;
+        return Math.max(maxMemory / 16, Math.max(0, maxMemory - (long) threads * MEMORY_PER_THREAD * blockBytes) / 2);
     }
 
     /** A new record of what {@code t}'s merge finds. */

@@ -59,6 +59,26 @@ class OpenTensorsBudgetTest {
         }
     }
 
+    private static long smallestJob(Path base, Path adapter, PlanOptions planOptions) throws Exception {
+        try (Checkpoint b = Checkpoint.open(base); LoraAdapter a = LoraAdapter.open(adapter)) {
+            long least = Long.MAX_VALUE;
+            for (OutputTensor t : Planner.plan(b, a, planOptions).tensors()) {
+                if (!t.isByteCopy()) {
+                    least = Math.min(least, TensorJob.heapBytes(t));
+                }
+            }
+            return least;
+        }
+    }
+
+    @Test
+    void manyThreadsWhoseBlocksFillTheHeapStillLeaveTheTensorsABudget() {
+        // 64 threads of 8 MiB blocks at the launcher's 2 GB heap: the blocks' estimate is the whole heap
+        long heap = 2L << 30;
+        int threads = MergeContext.threadsFor(64, 8 << 20, heap);
+        assertEquals(heap / 16, MergeContext.jobBudget(threads, 8 << 20, heap));
+    }
+
     /** The JVM memory whose job budget is {@code budget} with this test's threads and blocks. */
     private static long maxMemoryFor(long budget) {
         long blocks = (long) THREADS * MergeContext.MEMORY_PER_THREAD * BLOCK;
@@ -99,7 +119,11 @@ class OpenTensorsBudgetTest {
         Path c = FIXTURES.resolve("sharded_bf16");
         PlanOptions planOptions = new PlanOptions(null, 6_000);
         merge(c.resolve("base"), c.resolve("adapter"), planOptions, dir.resolve("spare"), 1L << 40);
-        WatchedEngine none = merge(c.resolve("base"), c.resolve("adapter"), planOptions, dir.resolve("none"), maxMemoryFor(0));
+        // blocks that fill the heap: the budget is its floor, a sixteenth of the heap, below every job here
+        long maxMemory = (long) THREADS * MergeContext.MEMORY_PER_THREAD * BLOCK;
+        assertEquals(THREADS, MergeContext.threadsFor(THREADS, BLOCK, maxMemory), "every thread fits");
+        assertTrue(MergeContext.jobBudget(THREADS, BLOCK, maxMemory) < smallestJob(c.resolve("base"), c.resolve("adapter"), planOptions));
+        WatchedEngine none = merge(c.resolve("base"), c.resolve("adapter"), planOptions, dir.resolve("none"), maxMemory);
         assertEquals(1, none.mostOpen(), "with no room beside the blocks, one tensor at a time");
         assertSameFiles(dir.resolve("spare"), dir.resolve("none"));
     }
