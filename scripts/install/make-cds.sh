@@ -18,15 +18,18 @@ jar=$(realpath -m "${1:-$root/target/loramerge-cli.jar}")
 jsa=${jar%.jar}.jsa
 java=${JAVA_HOME:+$JAVA_HOME/bin/}java
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+# recorded beside the jar under another name, then renamed over the old one: a run never finds a
+# half-written archive (the JVM would crash mapping it)
+part=$jsa.part.$$
+trap 'rm -rf "$tmp"; rm -f "$part"' EXIT
 # the JVM writes its archive at exit; the warnings it prints about classes it cannot archive (old
 # class files, proxies) are not ours to act on
-if ! "$java" -XX:ArchiveClassesAtExit="$tmp/loramerge.jsa" -Xlog:cds=off -Xlog:cds+dynamic=off -Xmx2g -jar "$jar" merge \
+if ! "$java" -XX:ArchiveClassesAtExit="$part" -Xlog:cds=off -Xlog:cds+dynamic=off -Xmx2g -jar "$jar" merge \
     --base "$root/examples/tiny-llama/base" --adapter "$root/examples/tiny-llama/adapter" --out "$tmp/merged" --quiet \
-    > "$tmp/log" 2>&1 || [[ ! -s $tmp/loramerge.jsa ]]; then
+    > "$tmp/log" 2>&1 || [[ ! -s $part ]]; then
   cat "$tmp/log" >&2
   echo "make-cds: the training merge failed; no archive written" >&2
   exit 1
 fi
-mv -f "$tmp/loramerge.jsa" "$jsa"
+mv -f "$part" "$jsa"
 echo "make-cds: wrote $jsa ($(du -h "$jsa" | cut -f1))"
