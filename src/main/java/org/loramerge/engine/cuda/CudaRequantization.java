@@ -146,6 +146,7 @@ final class CudaRequantization extends DeviceRequantization {
 
     @Override
     public Result finish() throws QuantException {
+        device.bindContext(); // the pipeline finishes a weight on whichever worker is free (Requantize)
         Nf4Kernels k = device.nf4();
         int blocks = Math.toIntExact(numBlocks);
         long tiles = Nf4Kernels.tiles(numElements);
