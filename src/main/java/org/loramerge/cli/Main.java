@@ -28,8 +28,18 @@ import picocli.CommandLine;
         footer = {"", "Exit codes: 0 ok, 2 usage, 3 bad input, 4 output not written, 5 overflow/NaN, 6 verify failed, 7 GPU unavailable, 1 bug."})
 public final class Main {
     public static void main(String[] args) {
-        prestartEngine(args);
-        System.exit(run(args));
+        Thread driver = prestartEngine(args);
+        int code = run(args);
+        if (driver != null) {
+            // a run that ended early (a usage error, a missing file) leaves the driver's start to
+            // finish before the exit tears CUDA down
+            try {
+                driver.join(10_000);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }
+        System.exit(code);
     }
 
     /** The commands with a --device option (default auto). */
@@ -43,11 +53,9 @@ public final class Main {
      * {@code cpu}, help or version. What it gets wrong costs nothing but a driver started in vain:
      * the parsed options decide the engine.
      */
-    static void prestartEngine(String[] args) {
+    static Thread prestartEngine(String[] args) {
         String device = prestartDevice(args);
-        if (device != null) {
-            Backends.prestart(device);
-        }
+        return device == null ? null : Backends.prestart(device);
     }
 
     /** The --device of {@link #prestartEngine}'s look at {@code args}, or null where it starts nothing. */

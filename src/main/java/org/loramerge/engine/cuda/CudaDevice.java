@@ -80,7 +80,8 @@ public final class CudaDevice implements AutoCloseable {
             JCuda.setExceptionsEnabled(true);
             JCudaDriver.setExceptionsEnabled(true);
         } catch (UnsatisfiedLinkError | NoClassDefFoundError e) {
-            String first = String.valueOf(e.getMessage()).split("\n")[0];
+            Throwable cause = e instanceof NoClassDefFoundError && prestartFailure != null ? prestartFailure : e;
+            String first = String.valueOf(cause.getMessage()).split("\n")[0];
             throw DeviceUnavailableException.noDevice("JCuda's native libraries could not be loaded (" + first
                     + "); the GPU engine needs an NVIDIA driver", e);
         }
@@ -153,12 +154,14 @@ public final class CudaDevice implements AutoCloseable {
      * (on a second thread: it needs no context). A command calls it first thing, so that the
      * driver starts while the command line is parsed and the plan made; {@link #open} then finds
      * these done (each is done once a process) or waits for them. Never throws: any failure is left
-     * for {@link #open} to meet again and explain.
+     * for {@link #open} to meet again and explain. Returns the thread (null where there is no GPU
+     * engine), which a process that ends early waits for: tearing CUDA down at exit while it
+     * initializes is not safe.
      */
-    public static void prestart(int ordinal) {
+    public static Thread prestart(int ordinal) {
         if (!System.getProperty("os.name", "").toLowerCase(Locale.ROOT).contains("linux")
                 || !System.getProperty("os.arch", "").matches("amd64|x86_64")) {
-            return;
+            return null;
         }
         Thread driver = new Thread(() -> {
             try {
@@ -186,12 +189,18 @@ public final class CudaDevice implements AutoCloseable {
                     JCuda.cudaFree(new Pointer());
                 }
             } catch (RuntimeException | LinkageError e) {
-                // no driver, no device, JCuda's libraries missing: open() says which
+                // no driver, no device, JCuda's libraries missing: open() says which (a class whose
+                // initializer failed here is only "not initialized" there, so it keeps this cause)
+                prestartFailure = e;
             }
         }, "loramerge-driver-prestart");
         driver.setDaemon(true);
         driver.start();
+        return driver;
     }
+
+    /** What stopped {@link #prestart}, for {@link #open}'s message; null when nothing did. */
+    private static volatile Throwable prestartFailure;
 
     /**
      * The number of CUDA devices visible to this process (CUDA_VISIBLE_DEVICES applies), or 0 where

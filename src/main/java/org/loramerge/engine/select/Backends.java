@@ -54,9 +54,9 @@ public final class Backends {
      * Starts the GPU driver for {@code device} in the background (the CUDA engine's
      * {@code CudaDevice.prestart}, by name) so that {@link #open} later finds it started: nothing
      * for {@code cpu} or a name {@link #open} would refuse. Never throws; what fails here fails
-     * again in {@link #open}, which explains it.
+     * again in {@link #open}, which explains it. Returns the starting thread, or null.
      */
-    public static void prestart(String device) {
+    public static Thread prestart(String device) {
         String d = device.toLowerCase(Locale.ROOT);
         int ordinal;
         if (d.equals("auto") || d.equals("cuda")) {
@@ -64,12 +64,13 @@ public final class Backends {
         } else if (d.startsWith("cuda:") && d.length() > 5 && d.substring(5).chars().allMatch(Character::isDigit) && d.length() < 15) {
             ordinal = Integer.parseInt(d.substring(5));
         } else {
-            return;
+            return null;
         }
         try {
-            Class.forName("org.loramerge.engine.cuda.CudaDevice").getMethod("prestart", int.class).invoke(null, ordinal);
+            return (Thread) Class.forName("org.loramerge.engine.cuda.CudaDevice").getMethod("prestart", int.class).invoke(null, ordinal);
         } catch (ReflectiveOperationException | LinkageError | RuntimeException e) {
             // the engine is not usable here: open() says why
+            return null;
         }
     }
 
