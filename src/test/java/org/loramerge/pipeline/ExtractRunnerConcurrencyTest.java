@@ -17,12 +17,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.loramerge.api.LoraMerge;
 import org.loramerge.engine.Backend;
-import org.loramerge.engine.DenseCombination;
-import org.loramerge.engine.Requantization;
-import org.loramerge.engine.TensorJob;
-import org.loramerge.engine.TensorMerge;
 import org.loramerge.engine.WeightDelta;
-import org.loramerge.engine.cpu.CpuBackend;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
 import org.loramerge.format.FloatFormat;
@@ -104,14 +99,14 @@ class ExtractRunnerConcurrencyTest {
     }
 
     /** The CPU engine, decomposing {@code decompositions} weights at once and forming {@code ahead} ahead; counts the ΔW open. */
-    private static final class Concurrent implements Backend {
-        final CpuBackend cpu = new CpuBackend(2);
+    private static final class Concurrent extends ForwardingBackend {
         final int decompositions;
         final int ahead;
         final AtomicInteger open = new AtomicInteger();
         final AtomicInteger peak = new AtomicInteger();
 
         Concurrent(int decompositions, int ahead) {
+            super(2);
             this.decompositions = decompositions;
             this.ahead = ahead;
         }
@@ -124,11 +119,6 @@ class ExtractRunnerConcurrencyTest {
         @Override
         public int deltasAhead() {
             return ahead;
-        }
-
-        @Override
-        public WeightDelta openCombination(DenseCombination dense, int rows, int cols) throws IOException {
-            return cpu.openCombination(dense, rows, cols);
         }
 
         @Override
@@ -162,31 +152,6 @@ class ExtractRunnerConcurrencyTest {
                     open.decrementAndGet();
                 }
             };
-        }
-
-        @Override
-        public String describe() {
-            return cpu.describe();
-        }
-
-        @Override
-        public int parallelism() {
-            return cpu.parallelism();
-        }
-
-        @Override
-        public TensorMerge openMerge(TensorJob job) throws Exception {
-            return cpu.openMerge(job);
-        }
-
-        @Override
-        public Requantization openRequantization(TensorJob job) throws Exception {
-            return cpu.openRequantization(job);
-        }
-
-        @Override
-        public void close() {
-            cpu.close();
         }
     }
 

@@ -1,9 +1,7 @@
 package org.loramerge.pipeline;
 
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
-import java.util.stream.Stream;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.loramerge.adapter.LoraAdapter;
@@ -17,7 +15,6 @@ import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
 import org.loramerge.plan.QuantTarget;
 
-import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -97,7 +94,7 @@ class OpenTensorsBudgetTest {
         assertTrue(tight.mostHeldBytesWithOthers() <= budget,
                 "tensors open together hold at most the budget: " + tight.mostHeldBytesWithOthers() + " > " + budget);
         assertTrue(tight.mostOpen() >= 2, "two tensors fit the budget, so shards still take turns: " + tight.mostOpen());
-        assertSameFiles(dir.resolve("spare"), dir.resolve("tight"));
+        SameFiles.assertSameFiles(dir.resolve("spare"), dir.resolve("tight"));
     }
 
     @Test
@@ -125,7 +122,7 @@ class OpenTensorsBudgetTest {
         assertTrue(MergeContext.jobBudget(THREADS, BLOCK, maxMemory) < smallestJob(c.resolve("base"), c.resolve("adapter"), planOptions));
         WatchedEngine none = merge(c.resolve("base"), c.resolve("adapter"), planOptions, dir.resolve("none"), maxMemory);
         assertEquals(1, none.mostOpen(), "with no room beside the blocks, one tensor at a time");
-        assertSameFiles(dir.resolve("spare"), dir.resolve("none"));
+        SameFiles.assertSameFiles(dir.resolve("spare"), dir.resolve("none"));
     }
 
     @Test
@@ -146,19 +143,6 @@ class OpenTensorsBudgetTest {
                 merged++;
             }
             assertTrue(merged > 2, "several merged weights: " + merged);
-        }
-    }
-
-    private static void assertSameFiles(Path expected, Path actual) throws Exception {
-        List<Path> files;
-        try (Stream<Path> s = Files.list(expected)) {
-            files = s.sorted().toList();
-        }
-        for (Path p : files) {
-            assertArrayEquals(Files.readAllBytes(p), Files.readAllBytes(actual.resolve(p.getFileName())), p.getFileName().toString());
-        }
-        try (Stream<Path> s = Files.list(actual)) {
-            assertEquals(files.size(), s.count(), "the same files");
         }
     }
 }

@@ -1,10 +1,8 @@
 package org.loramerge.pipeline;
 
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
-import java.util.stream.Stream;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.loramerge.adapter.LoraAdapter;
@@ -18,7 +16,6 @@ import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
 import org.loramerge.plan.QuantTarget;
 
-import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -109,19 +106,6 @@ class ShardInterleavingTest {
         }
     }
 
-    private static void assertSameFiles(Path expected, Path actual) throws Exception {
-        List<Path> files;
-        try (Stream<Path> s = Files.list(expected)) {
-            files = s.sorted().toList();
-        }
-        for (Path p : files) {
-            assertArrayEquals(Files.readAllBytes(p), Files.readAllBytes(actual.resolve(p.getFileName())), p.getFileName().toString());
-        }
-        try (Stream<Path> s = Files.list(actual)) {
-            assertEquals(files.size(), s.count(), "the same files");
-        }
-    }
-
     @Test
     void aMergeIntoManyShardsWritesTheSameBytesWhateverTheShardsAtOnce() throws Exception {
         Path c = FIXTURES.resolve("sharded_bf16");
@@ -129,7 +113,7 @@ class ShardInterleavingTest {
         MergeReport one = merge(c.resolve("base"), c.resolve("adapter"), dir.resolve("one"), small, 1);
         for (int lanes : new int[] {2, 4, 64}) {
             MergeReport r = merge(c.resolve("base"), c.resolve("adapter"), dir.resolve("lanes" + lanes), small, lanes);
-            assertSameFiles(dir.resolve("one"), dir.resolve("lanes" + lanes));
+            SameFiles.assertSameFiles(dir.resolve("one"), dir.resolve("lanes" + lanes));
             assertEquals(one.bytesWritten, r.bytesWritten);
             assertEquals(one.tensors.stream().map(MergeReport.TensorOutcome::name).toList(),
                     r.tensors.stream().map(MergeReport.TensorOutcome::name).toList(), "the report lists tensors in plan order");
@@ -144,7 +128,7 @@ class ShardInterleavingTest {
         PlanOptions small = new PlanOptions(null, 5_000).withTarget(QuantTarget.NF4);
         MergeReport one = merge(nf4, c.resolve("adapter"), dir.resolve("one"), small, 1);
         MergeReport four = merge(nf4, c.resolve("adapter"), dir.resolve("four"), small, 4);
-        assertSameFiles(dir.resolve("one"), dir.resolve("four"));
+        SameFiles.assertSameFiles(dir.resolve("one"), dir.resolve("four"));
         assertTrue(one.requantization.tensors.size() > 2, "several requantized weights");
         assertEquals(one.requantization.tensors.stream().map(MergeReport.Survival::name).toList(),
                 four.requantization.tensors.stream().map(MergeReport.Survival::name).toList());

@@ -11,14 +11,9 @@ import java.util.stream.Stream;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.loramerge.adapter.LoraAdapter;
-import org.loramerge.engine.Backend;
 import org.loramerge.engine.BlockStats;
-import org.loramerge.engine.DenseCombination;
-import org.loramerge.engine.Requantization;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.TensorMerge;
-import org.loramerge.engine.WeightDelta;
-import org.loramerge.engine.cpu.CpuBackend;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
 import org.loramerge.format.SafetensorsWriter;
@@ -26,7 +21,6 @@ import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
-import org.loramerge.plan.TensorSource;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
@@ -45,44 +39,18 @@ class ShardsAtOnceFailureTest {
     Path dir;
 
     /** The CPU engine, except that the merge of {@code failing} fails in its rows. */
-    private final class Watched implements Backend {
-        final CpuBackend cpu = new CpuBackend(3);
+    private final class Watched extends ForwardingBackend {
         final String failing;
 
         Watched(String failing) {
+            super(3);
             this.failing = failing;
         }
 
         @Override
-        public String describe() {
-            return cpu.describe();
-        }
-
-        @Override
-        public int parallelism() {
-            return cpu.parallelism();
-        }
-
-        @Override
         public TensorMerge openMerge(TensorJob job) throws Exception {
-            TensorMerge m = cpu.openMerge(job);
             boolean fails = job.out().name().equals(failing);
-            return new TensorMerge() {
-                @Override
-                public TensorSource.Form input() {
-                    return m.input();
-                }
-
-                @Override
-                public void columnSums(long row0, int rowCount, ByteBuffer values, double[] sumSq, double[] sumErr) throws Exception {
-                    m.columnSums(row0, rowCount, values, sumSq, sumErr);
-                }
-
-                @Override
-                public void countSelection(long row0, int rowCount) throws Exception {
-                    m.countSelection(row0, rowCount);
-                }
-
+            return new ForwardingMerge(cpu.openMerge(job)) {
                 @Override
                 public void mergeRows(long row0, int rowCount, ByteBuffer src, ByteBuffer dst, BlockStats stats) throws Exception {
                     if (fails) {
@@ -90,32 +58,7 @@ class ShardsAtOnceFailureTest {
                     }
                     m.mergeRows(row0, rowCount, src, dst, stats);
                 }
-
-                @Override
-                public void close() {
-                    m.close();
-                }
             };
-        }
-
-        @Override
-        public WeightDelta openDelta(String name, TensorSource base, TensorSource tuned, int rows, int cols) throws Exception {
-            return cpu.openDelta(name, base, tuned, rows, cols);
-        }
-
-        @Override
-        public WeightDelta openCombination(DenseCombination dense, int rows, int cols) throws IOException {
-            return cpu.openCombination(dense, rows, cols);
-        }
-
-        @Override
-        public Requantization openRequantization(TensorJob job) throws Exception {
-            return cpu.openRequantization(job);
-        }
-
-        @Override
-        public void close() {
-            cpu.close();
         }
     }
 

@@ -1,20 +1,15 @@
 package org.loramerge.pipeline;
 
-import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.util.Collections;
 import java.util.IdentityHashMap;
 import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
-import org.loramerge.engine.Backend;
 import org.loramerge.engine.BlockStats;
-import org.loramerge.engine.DenseCombination;
 import org.loramerge.engine.Requantization;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.TensorMerge;
-import org.loramerge.engine.WeightDelta;
-import org.loramerge.engine.cpu.CpuBackend;
 import org.loramerge.plan.TensorSource;
 
 /**
@@ -23,8 +18,7 @@ import org.loramerge.plan.TensorSource;
  * hold ({@link TensorJob#heapBytes}). It may ask for positional reads into its blocks, as the GPU
  * engine does.
  */
-final class WatchedEngine implements Backend {
-    private final CpuBackend cpu;
+final class WatchedEngine extends ForwardingBackend {
     private final boolean readsIntoBlocks;
     /** The buffers {@link #allocateBlockBuffer} handed out, by identity. */
     final Set<ByteBuffer> blocks = Collections.synchronizedSet(Collections.newSetFromMap(new IdentityHashMap<>()));
@@ -36,7 +30,7 @@ final class WatchedEngine implements Backend {
     private long mostHeldBytesWithOthers;
 
     WatchedEngine(int threads, boolean readsIntoBlocks) {
-        this.cpu = new CpuBackend(threads);
+        super(threads);
         this.readsIntoBlocks = readsIntoBlocks;
     }
 
@@ -70,16 +64,6 @@ final class WatchedEngine implements Backend {
     }
 
     @Override
-    public String describe() {
-        return cpu.describe();
-    }
-
-    @Override
-    public int parallelism() {
-        return cpu.parallelism();
-    }
-
-    @Override
     public ByteBuffer allocateBlockBuffer(int sizeInBytes) {
         ByteBuffer b = cpu.allocateBlockBuffer(sizeInBytes);
         blocks.add(b);
@@ -93,25 +77,10 @@ final class WatchedEngine implements Backend {
 
     @Override
     public TensorMerge openMerge(TensorJob job) throws Exception {
-        TensorMerge m = cpu.openMerge(job);
+        TensorMerge opening = cpu.openMerge(job);
         opened(job);
         String name = job.out().name();
-        return new TensorMerge() {
-            @Override
-            public TensorSource.Form input() {
-                return m.input();
-            }
-
-            @Override
-            public void columnSums(long row0, int rowCount, ByteBuffer values, double[] sumSq, double[] sumErr) throws Exception {
-                m.columnSums(row0, rowCount, values, sumSq, sumErr);
-            }
-
-            @Override
-            public void countSelection(long row0, int rowCount) throws Exception {
-                m.countSelection(row0, rowCount);
-            }
-
+        return new ForwardingMerge(opening) {
             @Override
             public void finishSelectionPass() throws Exception {
                 m.finishSelectionPass();
@@ -139,16 +108,6 @@ final class WatchedEngine implements Backend {
                 closed(job);
             }
         };
-    }
-
-    @Override
-    public WeightDelta openDelta(String name, TensorSource base, TensorSource tuned, int rows, int cols) throws Exception {
-        return cpu.openDelta(name, base, tuned, rows, cols);
-    }
-
-    @Override
-    public WeightDelta openCombination(DenseCombination dense, int rows, int cols) throws IOException {
-        return cpu.openCombination(dense, rows, cols);
     }
 
     @Override
@@ -194,8 +153,4 @@ final class WatchedEngine implements Backend {
         };
     }
 
-    @Override
-    public void close() {
-        cpu.close();
-    }
 }
