@@ -68,12 +68,10 @@ public final class CudaDevice implements AutoCloseable {
      * cuBLAS do not load.
      */
     public static CudaDevice open(int ordinal, int blockBytes, int workers) throws DeviceUnavailableException {
-        if (!System.getProperty("os.name", "").toLowerCase(Locale.ROOT).contains("linux")
-                || !System.getProperty("os.arch", "").matches("amd64|x86_64")) {
+        if (!onLinuxX86()) {
             throw DeviceUnavailableException.noDevice("the GPU engine runs on Linux x86-64 only", null);
         }
-        if (CublasLoader.find(CublasLoader.searchDirs(), "libcuda.so.1") == null
-                && CublasLoader.find(List.of(Paths.get("/usr/local/nvidia/lib64"), Paths.get("/usr/lib64")), "libcuda.so.1") == null) {
+        if (!hasDriver()) {
             throw DeviceUnavailableException.noDevice("no NVIDIA driver: libcuda.so.1 not found", null);
         }
         try {
@@ -148,6 +146,18 @@ public final class CudaDevice implements AutoCloseable {
         return d;
     }
 
+    /** Linux on x86-64: where JCuda's native libraries exist. */
+    private static boolean onLinuxX86() {
+        return System.getProperty("os.name", "").toLowerCase(Locale.ROOT).contains("linux")
+                && System.getProperty("os.arch", "").matches("amd64|x86_64");
+    }
+
+    /** Whether an NVIDIA driver (libcuda.so.1) is where the loader looks, or where containers put it. */
+    private static boolean hasDriver() {
+        return CublasLoader.find(CublasLoader.searchDirs(), "libcuda.so.1") != null
+                || CublasLoader.find(List.of(Paths.get("/usr/local/nvidia/lib64"), Paths.get("/usr/lib64")), "libcuda.so.1") != null;
+    }
+
     /**
      * Starts, on a background thread, what {@link #open} spends most of its half second on: the
      * driver ({@code cuInit}), device {@code ordinal}'s primary context, and the loading of cuBLAS
@@ -159,14 +169,12 @@ public final class CudaDevice implements AutoCloseable {
      * initializes is not safe.
      */
     public static Thread prestart(int ordinal) {
-        if (!System.getProperty("os.name", "").toLowerCase(Locale.ROOT).contains("linux")
-                || !System.getProperty("os.arch", "").matches("amd64|x86_64")) {
+        if (!onLinuxX86()) {
             return null;
         }
         Thread driver = new Thread(() -> {
             try {
-                if (CublasLoader.find(CublasLoader.searchDirs(), "libcuda.so.1") == null
-                        && CublasLoader.find(List.of(Paths.get("/usr/local/nvidia/lib64"), Paths.get("/usr/lib64")), "libcuda.so.1") == null) {
+                if (!hasDriver()) {
                     return;
                 }
                 Thread cublas = new Thread(() -> {
@@ -208,12 +216,10 @@ public final class CudaDevice implements AutoCloseable {
      * is usable is known only when {@link #open} tries it.
      */
     public static int count() {
-        if (!System.getProperty("os.name", "").toLowerCase(Locale.ROOT).contains("linux")
-                || !System.getProperty("os.arch", "").matches("amd64|x86_64")) {
+        if (!onLinuxX86()) {
             return 0;
         }
-        if (CublasLoader.find(CublasLoader.searchDirs(), "libcuda.so.1") == null
-                && CublasLoader.find(List.of(Paths.get("/usr/local/nvidia/lib64"), Paths.get("/usr/lib64")), "libcuda.so.1") == null) {
+        if (!hasDriver()) {
             return 0;
         }
         try {
