@@ -246,6 +246,34 @@ __device__ __forceinline__ float packed_product(int q, int z, float s) {
 }
 
 /*
+ * packed_product for a 16-bit D (so a 16-bit scale s) with 0 < s < inf, from mzs = -(z * s): q * s
+ * and z * s are exact in fp32 (at most 4 + 11 significant bits, any exponent of s: a multiple of
+ * s's last bit), and so is their difference (q - z) * s, which fma(q, s, mzs) then returns unrounded,
+ * as packed_product does; a zero difference is +0.0 in both (s > 0). One fused operation instead
+ * of an integer subtraction and a product.
+ */
+__device__ __forceinline__ float packed_product_positive(int q, float s, float mzs) {
+    return __fmaf_rn(small_int_value(q), s, mzs);
+}
+
+/* store_rounded of 8 values that are not NaN (16-bit D): no canonical-NaN selects. */
+template <int FMT, typename T>
+__device__ __forceinline__ void store_rounded_finite8(T *p, const float *v) {
+    uint32_t h[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        if (FMT == LM_F16) {
+            __half2 x = __floats2half2_rn(v[2 * k], v[2 * k + 1]);
+            h[k] = (uint32_t)__half_as_ushort(__low2half(x)) | ((uint32_t)__half_as_ushort(__high2half(x)) << 16);
+        } else {
+            uint32_t a = __float_as_uint(v[2 * k]), b = __float_as_uint(v[2 * k + 1]);
+            h[k] = ((a + 0x7fffu + ((a >> 16) & 1u)) >> 16) | (((b + 0x7fffu + ((b >> 16) & 1u)) >> 16) << 16);
+        }
+    }
+    *reinterpret_cast<uint4 *>(p) = make_uint4(h[0], h[1], h[2], h[3]);
+}
+
+/*
  * Two fp32 values rounded once to 16-bit D, a in the low half: round_float of each; for F16 one
  * paired conversion (cvt.rn.f16x2.f32, the same round to nearest even as __float2half_rn) in place
  * of two, a NaN then replaced by the canonical one as round_float does.
@@ -423,9 +451,11 @@ LM_GPTQ_DEQUANT_KERNEL(gptq_dequant_f32, LM_F32, unsigned int)
  *   consecutive bytes of one row (16-bit D). (Tiles of 32 columns x 32 word columns, a warp
  *   writing 64 bytes of each of 8 rows, ran at 0.40 of the copy's traffic: benchmarks/RESULTS.md.)
  *   A lane reads the groups of its 8 columns once a tile and, when they are one group, the zero
- *   and scale of its 8 rows while the tile's words load. Launch: 32 x 8 threads (built for 4
- *   blocks an SM), grid (ceil(cols / 256), ceil(wordCols / 8)) (each at most 65535; a smaller
- *   grid strides).
+ *   and scale of its 8 rows while the tile's words load. With a 16-bit D and a positive finite
+ *   scale (every real checkpoint) a row's 8 values are one fused product each
+ *   (packed_product_positive) with no NaN to make canonical. Launch: 32 x 8 threads (built for 3
+ *   blocks an SM: 80 registers; at 4 it spilled and ran 8% slower), grid (ceil(cols / 256),
+ *   ceil(wordCols / 8)) (each at most 65535; a smaller grid strides).
  */
 #define AWQ_COLS 256
 #define AWQ_WORDS 8
@@ -501,6 +531,14 @@ __device__ __forceinline__ void awq_tiles(const uint32_t *__restrict__ words, lo
                     /* nibble of row 8w + c: {0, 4, 1, 5, 2, 6, 3, 7}[c] = (c >> 1) + 4 * (c & 1) */
                     int shift = 4 * ((c >> 1) + 4 * (c & 1));
                     float v[8];
+                    if (FMT != LM_F32 && oneGroup && whole && sk[c] > 0.0f && sk[c] < INFINITY) {
+                        /* the common case: one product each, no NaN to make canonical (half the instructions) */
+                        float mzs = -__fmul_rn(small_int_value(zk[c]), sk[c]);
+#pragma unroll
+                        for (int j = 0; j < 8; j++) v[j] = packed_product_positive((int)((word[j] >> shift) & 15u), sk[c], mzs);
+                        store_rounded_finite8<FMT>(out + (row - row0) * cols + i0, v);
+                        continue;
+                    }
                     if (oneGroup) {
 #pragma unroll
                         for (int j = 0; j < 8; j++) v[j] = packed_product((int)((word[j] >> shift) & 15u), zk[c], sk[c]);
@@ -525,7 +563,7 @@ __device__ __forceinline__ void awq_tiles(const uint32_t *__restrict__ words, lo
 }
 
 #define LM_AWQ_DEQUANT_KERNEL(NAME, FMT, T)                                                                            \
-    extern "C" __global__ void __launch_bounds__(256, 4)                                                             \
+    extern "C" __global__ void __launch_bounds__(256, 3)                                                             \
         NAME(const uint32_t *__restrict__ words, long long rowCount, long long cols, long long row0, long long rows,   \
              const int *__restrict__ zeros, const float *__restrict__ scales, const int *__restrict__ gIdx,            \
              T *__restrict__ out) {                                                                                    \
@@ -821,6 +859,141 @@ __device__ __forceinline__ void fp8_requant_runs(const T *__restrict__ x, const 
     }
 }
 
+/* The maximum, sum and integer sum over a group of L (2..32, a power of two) adjacent lanes, every lane of the warp calling. */
+template <int L>
+__device__ __forceinline__ float rq_group_max(float v) {
+#pragma unroll
+    for (int o = L / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+template <int L>
+__device__ __forceinline__ double rq_group_sum(double v) {
+#pragma unroll
+    for (int o = L / 2; o > 0; o >>= 1) v = __dadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+template <int L>
+__device__ __forceinline__ int rq_group_isum(int v) {
+#pragma unroll
+    for (int o = L / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Quantization blocks of one row and at most this many columns (groups of columns) go by fp8_requant_groups. */
+#define RQ_GROUP_MAX 256
+/* Runs of 8 a lane in fp8_requant_groups. */
+#define RQ_GROUP_RUNS 2
+
+/*
+ * FP8 quantization blocks of one row (1 x blockCols, blockCols <= L * RQ_GROUP_RUNS * 8; cols and
+ * blockCols multiples of 8, the arrays aligned) by groups of L adjacent lanes, 32 / L blocks a
+ * warp at once. Each lane loads its runs of 8 of X and W once into registers (lane l: runs l and
+ * l + L of the block) and keeps them for both passes: the absmax (L-lane shuffles), then the
+ * codes, whose P it loads only then. The warp's loop is the same for all its lanes (the shuffles
+ * take every lane), a lane without a block idles through it. The same codes, scales and counts
+ * as fp8_requant_block; the sums add each lane's elements in order, then the lanes by xor
+ * shuffles. (A warp a 128-column block, as fp8_requant_runs takes it, idled half its lanes and
+ * read X and W twice: 0.23 of the device-to-device copy's traffic, against 0.6 this way.)
+ */
+template <int FMT, typename T, int L>
+__device__ __forceinline__ void fp8_requant_groups(const T *__restrict__ x, const T *__restrict__ w, const double *__restrict__ p,
+                                                   long long rowCount, long long cols, long long row0, long long blockCols,
+                                                   long long gridCols, unsigned char *__restrict__ codes, float *__restrict__ scaleInv,
+                                                   double *__restrict__ sums) {
+    const int R = RQ_GROUP_RUNS;
+    const int WORDS = 8 * (int)sizeof(T) / 4; /* 32-bit words of a run of 8 */
+    const int lane = threadIdx.x & (L - 1);
+    const int sub = (threadIdx.x & 31) / L;
+    const long long blocks = rowCount * gridCols;
+    const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const long long warps = ((long long)gridDim.x * blockDim.x) >> 5;
+    for (long long q0 = warp * (32 / L); q0 < blocks; q0 += warps * (32 / L)) {
+        long long q = q0 + sub;
+        bool active = q < blocks;
+        long long r = active ? div_nonneg(q, gridCols) : 0;
+        long long c0 = (q - r * gridCols) * blockCols;
+        long long base = r * cols + c0;
+        int runs = active ? (int)(min(blockCols, cols - c0) >> 3) : 0;
+        uint32_t xr[R][WORDS], wr[R][WORDS];
+#pragma unroll
+        for (int k = 0; k < R; k++) {
+            int run = lane + k * L;
+#pragma unroll
+            for (int m = 0; m < WORDS / 4; m++) {
+                uint4 a = make_uint4(0u, 0u, 0u, 0u), b = a;
+                if (run < runs) {
+                    a = reinterpret_cast<const uint4 *>(x + base + 8 * run)[m];
+                    b = reinterpret_cast<const uint4 *>(w + base + 8 * run)[m];
+                }
+                xr[k][4 * m] = a.x, xr[k][4 * m + 1] = a.y, xr[k][4 * m + 2] = a.z, xr[k][4 * m + 3] = a.w;
+                wr[k][4 * m] = b.x, wr[k][4 * m + 1] = b.y, wr[k][4 * m + 2] = b.z, wr[k][4 * m + 3] = b.w;
+            }
+        }
+        float ax = 0.0f, aw = 0.0f;
+        int bad = 0;
+#pragma unroll
+        for (int k = 0; k < R; k++) {
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                float xv = widen_to_float<FMT>(WORDS == 8 ? xr[k][j] : (xr[k][j >> 1] >> (16 * (j & 1))) & 0xffffu);
+                float wv = widen_to_float<FMT>(WORDS == 8 ? wr[k][j] : (wr[k][j >> 1] >> (16 * (j & 1))) & 0xffffu);
+                bad += isfinite(xv) ? 0 : 1;
+                ax = fmaxf(ax, fabsf(xv));
+                aw = fmaxf(aw, fabsf(wv));
+            }
+        }
+        ax = rq_group_max<L>(ax);
+        aw = rq_group_max<L>(aw);
+        float sx = ax > 0.0f ? __fmul_rn(__fdiv_rn(1.0f, ax), E4M3_MAX) : 1.0f; /* as fp8_requant_block */
+        float sw = aw > 0.0f ? __fmul_rn(__fdiv_rn(1.0f, aw), E4M3_MAX) : 1.0f;
+        float invX = __fdiv_rn(1.0f, sx);
+        float invW = __fdiv_rn(1.0f, sw);
+        double dd = 0.0, ddw = 0.0, dwdw = 0.0;
+        int changed = 0;
+#pragma unroll
+        for (int k = 0; k < R; k++) {
+            int run = lane + k * L;
+            if (run < runs) {
+                double pv[8];
+                rq_load_p<8>(p + base + 8 * run, pv);
+                uint32_t qc[8];
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    float xv = widen_to_float<FMT>(WORDS == 8 ? xr[k][j] : (xr[k][j >> 1] >> (16 * (j & 1))) & 0xffffu);
+                    float wv = widen_to_float<FMT>(WORDS == 8 ? wr[k][j] : (wr[k][j >> 1] >> (16 * (j & 1))) & 0xffffu);
+                    uint32_t qx = e4m3_code(e4m3_clamp(__fmul_rn(xv, sx)));
+                    uint32_t qw = e4m3_code(e4m3_clamp(__fmul_rn(wv, sw)));
+                    qc[j] = qx;
+                    double d = __dsub_rn(e4m3_dequant<FMT>(qx, invX), e4m3_dequant<FMT>(qw, invW));
+                    double wd = (double)wv;
+                    double dw = __dsub_rn(__dadd_rn(wd, pv[j]), wd);
+                    changed += qx != qw ? 1 : 0;
+                    dd = __fma_rn(d, d, dd);
+                    ddw = __fma_rn(d, dw, ddw);
+                    dwdw = __fma_rn(dw, dw, dwdw);
+                }
+                rq_store_codes<8>(codes + base + 8 * run, qc);
+            }
+        }
+        int counts = rq_group_isum<L>(changed | (bad << 16)); /* each at most RQ_GROUP_MAX */
+        dd = rq_group_sum<L>(dd);
+        ddw = rq_group_sum<L>(ddw);
+        dwdw = rq_group_sum<L>(dwdw);
+        if (active && lane == 0) {
+            long long out = row0 * gridCols + q;
+            scaleInv[out] = invX;
+            double *s = sums + 5 * out;
+            s[0] = (double)(counts & 0xffff);
+            s[1] = dd;
+            s[2] = ddw;
+            s[3] = dwdw;
+            s[4] = (double)(counts >> 16);
+        }
+    }
+}
+
 /* Whether x, w and p are 16-byte aligned and codes 8-byte aligned: the runs of 8. */
 __device__ __forceinline__ bool rq_aligned(const void *x, const void *w, const void *p, const void *codes) {
     return (((unsigned long long)x | (unsigned long long)w | (unsigned long long)p) & 15) == 0 && ((unsigned long long)codes & 7) == 0;
@@ -836,8 +1009,10 @@ __device__ __forceinline__ bool rq_aligned(const void *x, const void *w, const v
  *   sums[5q..]. Per block, as Fp8Requantizer: amax = max |x|; s = fl32(fl32(1 / amax) * 448)
  *   (torch's 448 / t), 1 when amax is 0; inv = fl32(1 / s); code = e4m3(clamp(fl32(x * s), -448,
  *   448)); the same for W, whose codes only count. Bad: a non-finite X. Runs of 8 when cols and
- *   blockCols are multiples of 8 (and the arrays aligned). Launch: RQ_THREADS threads a block, any
- *   grid (a block per quantization block, or one per RQ_WARPS of them when a warp takes one).
+ *   blockCols are multiples of 8 (and the arrays aligned); then blocks of one row up to
+ *   RQ_GROUP_MAX columns go by fp8_requant_groups, 8 lanes a block up to 128 columns, else 16.
+ *   Launch: RQ_THREADS threads a block, any grid (a block per quantization block, one per RQ_WARPS
+ *   of them when a warp takes one, or per RQ_THREADS / L of them for fp8_requant_groups).
  *   Built for 4 blocks an SM (64 registers, a few bytes spilled; unbounded it takes 86, and 2
  *   blocks an SM ran slower).
  */
@@ -848,7 +1023,14 @@ __device__ __forceinline__ void fp8_requant(const T *__restrict__ x, const T *__
                                             float *__restrict__ scaleInv, double *__restrict__ sums) {
     __shared__ RqShared sh;
     if (((cols | blockCols) & 7) == 0 && rq_aligned(x, w, p, codes)) {
-        fp8_requant_runs<FMT, T, 8>(x, w, p, rowCount, cols, row0, blockRows, blockCols, gridCols, codes, scaleInv, sums, sh);
+        /* L lanes a block of one row: L * RQ_GROUP_RUNS runs of 8 cover it */
+        if (blockRows == 1 && blockCols <= 128) {
+            fp8_requant_groups<FMT, T, 8>(x, w, p, rowCount, cols, row0, blockCols, gridCols, codes, scaleInv, sums);
+        } else if (blockRows == 1 && blockCols <= RQ_GROUP_MAX) {
+            fp8_requant_groups<FMT, T, 16>(x, w, p, rowCount, cols, row0, blockCols, gridCols, codes, scaleInv, sums);
+        } else {
+            fp8_requant_runs<FMT, T, 8>(x, w, p, rowCount, cols, row0, blockRows, blockCols, gridCols, codes, scaleInv, sums, sh);
+        }
     } else {
         fp8_requant_runs<FMT, T, 1>(x, w, p, rowCount, cols, row0, blockRows, blockCols, gridCols, codes, scaleInv, sums, sh);
     }

@@ -118,7 +118,7 @@ public final class QuantKernels {
                 p(rowCount), p(cols), p(row0), p(rows), Pointer.to(zeros), Pointer.to(scales), Pointer.to(gIdx), Pointer.to(out));
     }
 
-    /** A launch of a requantization kernel: one 256-thread block per quantization block, at most {@link #MAX_GRID}. */
+    /** A launch of a requantization kernel: {@code blocks} 256-thread blocks (one per quantization block), at most {@link #MAX_GRID}. */
     private void launchBlocks(CudaStream s, String kernel, long blocks, Pointer... params) {
         if (blocks <= 0) {
             return;
@@ -138,6 +138,10 @@ public final class QuantKernels {
     public void fp8Requant(CudaStream s, FloatFormat fmt, Pointer x, Pointer w, Pointer p, long row0, long rowCount, long cols, long blockRows,
                            long blockCols, long gridCols, Pointer codes, Pointer scaleInv, Pointer sums) {
         long blocks = (rowCount + blockRows - 1) / blockRows * gridCols;
+        if (blockRows == 1 && blockCols <= 256 && (cols | blockCols) % 8 == 0) {
+            // groups of a row: 8 or 16 lanes a quantization block (quant.cu fp8_requant_groups)
+            blocks = (blocks * (blockCols <= 128 ? 8 : 16) + THREADS - 1) / THREADS;
+        }
         launchBlocks(s, "fp8_requant_" + type(fmt), blocks, Pointer.to(x), Pointer.to(w), Pointer.to(p), p(rowCount), p(cols), p(row0),
                 p(blockRows), p(blockCols), p(gridCols), Pointer.to(codes), Pointer.to(scaleInv), Pointer.to(sums));
     }

@@ -53,6 +53,11 @@ final class RandomQuantizedWeights {
                 new Spec("fp8-group", 56, 96, DType.F32, DType.F16, 12),
                 new Spec("fp8-group", 33, 60, DType.BF16, DType.BF16, 12),
                 new Spec("fp8-group", 24, 120, DType.F16, DType.F16, 12),
+                // groups of one row in runs of 8 (fp8_requant_groups; rows of 64 and 96 above too): 8 lanes a group of 128, and of 64
+                // with a last group of 8 columns; 16 lanes a group of 256
+                new Spec("fp8-group", 32, 384, DType.F32, DType.BF16, 128),
+                new Spec("fp8-group", 30, 200, DType.F32, DType.F32, 64),
+                new Spec("fp8-group", 28, 512, DType.F32, DType.F16, 256),
                 // int8 (F32 out) rows of 128, 40 and 36 take 4-element runs, of 45 the element-wise path
                 new Spec("int8", 64, 128, DType.F32, DType.F32, 0),
                 new Spec("int8", 24, 40, DType.F32, DType.F32, 0),
