@@ -31,10 +31,10 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * MoE experts on quantized bases (src/test/resources/moe_quant) on the GPU engine: every per-expert
- * FP8 or GPTQ weight an expert adapter changes is merged on the device (one term, its expert's slice,
+ * FP8, GPTQ or AWQ weight an expert adapter changes is merged on the device (one term, its expert's slice,
  * on all of its rows) and requantized where its format is ({@code --to fp8} with 8x8 blocks by the
  * byte requantization, with one scale per weight by the two-step one-scale requantization; GPTQ {@code --to nf4} by the 4-bit
- * requantization), and the device writes the CPU engine's bytes for every target. The routing tests
+ * requantization, AWQ's the same way), and the device writes the CPU engine's bytes for every target. The routing tests
  * need no GPU; the others skip themselves without one.
  */
 class CudaMoeQuantizedTest {
@@ -52,7 +52,9 @@ class CudaMoeQuantizedTest {
                 Arguments.of("mixtral_fp8_tensor", QuantTarget.FP8, CudaBackend.RequantizedOn.DEVICE_FP8_TENSOR),
                 Arguments.of("qwen3_moe_ct_fp8_channel", QuantTarget.BF16, null),
                 Arguments.of("mixtral_gptq_4bit_g8", QuantTarget.F16, null),
-                Arguments.of("mixtral_gptq_4bit_g8", QuantTarget.NF4, CudaBackend.RequantizedOn.DEVICE_4BIT));
+                Arguments.of("mixtral_gptq_4bit_g8", QuantTarget.NF4, CudaBackend.RequantizedOn.DEVICE_4BIT),
+                Arguments.of("qwen3_moe_awq_4bit_g8", QuantTarget.F16, null),
+                Arguments.of("qwen3_moe_awq_4bit_g8", QuantTarget.NF4, CudaBackend.RequantizedOn.DEVICE_4BIT));
     }
 
     private static CudaBackend device() {
