@@ -108,10 +108,11 @@ device)
     benchquant)
       # each other quantized format: its device dequantization kernel over a whole weight, a streaming block merged on the device
       # (stored codes up), the host codec and the requantizing codec for comparison, beside the copies; one fork and short
-      # iterations (20 cases, about 3 minutes); then the requantization kernels, which int8 and fp8 alone have (the copy is
-      # in jmh-quant)
-      jmh quant 'CudaQuantBenchmark|CudaCopyBenchmark' -e requantizeOnDevice -f 1 -wi 2 -i 3 -w 500ms -r 500ms
+      # iterations (20 cases, about 3 minutes); then the requantization kernels, which int8 and fp8 alone have, and FP8's
+      # with groups of 128 columns (the copy is in jmh-quant)
+      jmh quant 'CudaQuantBenchmark|CudaCopyBenchmark' -e 'requantize(Groups)?OnDevice' -f 1 -wi 2 -i 3 -w 500ms -r 500ms
       jmh requant 'CudaQuantBenchmark.requantizeOnDevice' -p format=int8,fp8 -f 1 -wi 2 -i 3 -w 500ms -r 500ms
+      jmh requantgroups 'CudaQuantBenchmark.requantizeGroupsOnDevice' -p format=fp8 -f 1 -wi 2 -i 3 -w 500ms -r 500ms
       ;;
     benchexact)
       # the kernels that keep merges exact (add-and-round, exact settling with random and bf16-valued factors, DoRA's

@@ -145,7 +145,8 @@ public class CudaQuantBenchmark {
         if (format.equals("int8") || format.equals("fp8")) {
             dequantizer.dequantize(worker.stream(), stagedWeight.pointer(), 0, rows, dequantizedWeight.pointer());
             worker.stream().synchronize();
-            long blocks = format.equals("int8") ? rows : (long) ((rows + 127) / 128) * ((cols + 127) / 128);
+            // int8: a row a block; fp8: 128 x 128 blocks, or (requantizeGroupsOnDevice, more of them) 1 x 128 groups
+            long blocks = format.equals("int8") ? rows : (long) rows * ((cols + 127) / 128);
             mergedWeight = new DeviceMemory((long) rows * cols * dequantized.sizeInBytes());
             JCuda.cudaMemcpy(mergedWeight.pointer(), dequantizedWeight.pointer(), (long) rows * cols * dequantized.sizeInBytes(),
                     cudaMemcpyKind.cudaMemcpyDeviceToDevice);
@@ -263,6 +264,24 @@ public class CudaQuantBenchmark {
                 device.quant().fp8Requant(worker.stream(), dequantized, mergedWeight.pointer(), dequantizedWeight.pointer(), product.pointer(), 0,
                         rows, cols, 128, 128, (cols + 127) / 128, codes.pointer(), scales.pointer(), sums.pointer());
             }
+        }
+        worker.stream().synchronize();
+    }
+
+    /**
+     * {@link #requantizeOnDevice} of the FP8 weight with a scale per group of 128 columns of a row (compressed-tensors'
+     * group strategy; kernels/quant.cu fp8_requant_groups) instead of 128 x 128 blocks: the same bytes in and out, 128
+     * times the scales and sums. fp8 only ({@code -p format=fp8}).
+     */
+    @Benchmark
+    @OperationsPerInvocation(REPEAT)
+    public void requantizeGroupsOnDevice() {
+        if (product == null || !format.equals("fp8")) {
+            throw new IllegalStateException("requantizeGroupsOnDevice: FP8 only; run it with -p format=fp8");
+        }
+        for (int i = 0; i < REPEAT; i++) {
+            device.quant().fp8Requant(worker.stream(), dequantized, mergedWeight.pointer(), dequantizedWeight.pointer(), product.pointer(), 0,
+                    rows, cols, 1, 128, (cols + 127) / 128, codes.pointer(), scales.pointer(), sums.pointer());
         }
         worker.stream().synchronize();
     }

@@ -71,10 +71,11 @@ public final class JmhTable {
             }
             case "CudaQuantBenchmark": {
                 long[] s = shape(p.get("shape").asText());
-                if (method.equals("dequantizeOnDevice") || method.equals("requantizeOnDevice")) { // the whole weight
+                if (method.equals("dequantizeOnDevice") || method.startsWith("requantize") && method.endsWith("OnDevice")) { // the whole weight
                     String format = p.get("format").asText();
                     double traffic = method.equals("dequantizeOnDevice") ? dequantTraffic(format, s[0] * s[1]) : requantTraffic(format, s[0] * s[1]);
-                    return new Row(bench, method, format + " " + p.get("shape").asText() + ", whole weight", ms, err,
+                    String grid = method.equals("requantizeGroupsOnDevice") ? ", 1x128 groups" : "";
+                    return new Row(bench, method, format + " " + p.get("shape").asText() + ", whole weight" + grid, ms, err,
                             s[0] * s[1] * 2 / seconds / 1e9, traffic / seconds / 1e9);
                 }
                 long n = p.get("blockRows").asLong() * s[1];

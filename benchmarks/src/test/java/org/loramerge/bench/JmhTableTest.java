@@ -23,6 +23,10 @@ class JmhTableTest {
         JmhTable.Row fp8 = JmhTable.row(result("CudaQuantBenchmark.requantizeOnDevice", "{\"format\":\"fp8\",\"shape\":\"11008x4096\"}", 0.2));
         assertEquals(17 * n / 0.2e-3 / 1e9, int8.trafficGbPerSecond(), 1e-6);
         assertEquals(13 * n / 0.2e-3 / 1e9, fp8.trafficGbPerSecond(), 1e-6);
+        // groups of 128 columns move the same bytes (the scales and sums left out, as for 128 x 128 blocks), named apart
+        JmhTable.Row groups = JmhTable.row(result("CudaQuantBenchmark.requantizeGroupsOnDevice", "{\"format\":\"fp8\",\"shape\":\"11008x4096\"}", 0.2));
+        assertEquals(13 * n / 0.2e-3 / 1e9, groups.trafficGbPerSecond(), 1e-6);
+        assertTrue(groups.caseName().endsWith("whole weight, 1x128 groups"), groups.caseName());
         // the 4-bit formats have no such kernel: no traffic figure rather than a made-up one
         JmhTable.Row awq = JmhTable.row(result("CudaQuantBenchmark.requantizeOnDevice", "{\"format\":\"awq\",\"shape\":\"11008x4096\"}", 0.01));
         assertTrue(Double.isNaN(awq.trafficGbPerSecond()));
