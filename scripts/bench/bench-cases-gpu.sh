@@ -12,6 +12,9 @@
 #          run after clearing the driver's compute cache
 #   f16    the same shape in f16: LoRA, and --dtype bf16
 #   f32    a 16-layer f32 base (13.3 GB; the 32-layer one and its output do not fit the disk): LoRA
+#   io     the rows bound by the disk or by memory, each twice, with the copy floor timed before each
+#          pair: the bf16 base's LoRA and --dtype f32 (which writes twice the floor's bytes), and base
+#          and output on tmpfs (3 and 7 shards); then the host's memcpy bandwidth (what tmpfs runs at)
 #
 # Each row: a fresh ./loramerge (the launcher: -Xmx2g and the jar's class-data archive) + sync, page cache warm, wall time, its ratio to the copy
 # floor (`cp -r` + sync of what the row reads: the base, or the NF4 base for --to nf4), the
@@ -29,7 +32,7 @@ RANK=${RANK:-16}
 SHAPE=${SHAPE:-llama-7b}
 DEVICE=${DEVICE:-cuda}
 GEN_DEVICE=${GEN_DEVICE:-cuda}
-case "${1:-}" in -h|--help) sed -n '2,22p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,25p' "$0"; exit 0 ;; esac
 mkdir -p "$OUT" "$WORK"
 if ! command -v java >/dev/null 2>&1; then
   rm -rf /tmp/jre && tar xzf .device/jre.tgz -C /tmp
@@ -159,7 +162,70 @@ for set in "${@:-bf16}"; do
     echo "| cp -r + sync, f32 base (16 layers) | $F | 1.00 | | | | |" >> "$TABLE"
     merge "F32 base (16 layers), LoRA" "$F" "$WORK/m/base" "$WORK/m/adapter"
     ;;
-  *) echo "unknown set $set (bf16, f16, f32)" >&2; exit 2 ;;
+  io)
+    say "generating the bf16 base and an adapter"
+    gen "$WORK/m" bf16 --base-only
+    adapter "$WORK/m" a-f32
+    sync; warm "$WORK/m"
+    for rep in 1 2; do
+      F=$(floor "$WORK/m/base"); say "copy floor $F s"
+      echo "| cp -r + sync, bf16 base ($rep) | $F | 1.00 | | | | |" >> "$TABLE"
+      merge "LoRA, random F32 factors ($rep)" "$F" "$WORK/m/base" "$WORK/m/a-f32"
+      merge "--dtype f32 (bf16 base) ($rep)" "$F" "$WORK/m/base" "$WORK/m/a-f32" --dtype f32
+    done
+    SHM=/dev/shm/lm-cases; rm -rf "$SHM"; mkdir -p "$SHM"
+    cp -r "$WORK/m/base" "$SHM/base"; cp -r "$WORK/m/a-f32" "$SHM/a-f32"
+    rm -rf "$WORK"/*
+    for rep in 1 2; do
+      rm -rf "$SHM/copy"; T=$("$PY" -c 'import json,sys; print(json.loads(sys.argv[1])["wall_s"])' \
+        "$("$PY" scripts/bench/measure.py --label cp-shm -- cp -r "$SHM/base" "$SHM/copy")"); rm -rf "$SHM/copy"
+      echo "| cp -r, tmpfs to tmpfs ($rep) | $T | 1.00 | | | | |" >> "$TABLE"
+      for shards in 3 7; do
+        rm -rf "$SHM/out"
+        run "LoRA, tmpfs, $shards shards ($rep)" "$T" $LM merge --base "$SHM/base" --adapter "$SHM/a-f32" --out "$SHM/out" --device "$DEVICE" \
+          --quiet --json $([ "$shards" = 7 ] && echo --max-shard-size 2GB)
+      done
+    done
+    rm -rf "$SHM"
+    if command -v gcc > /dev/null; then
+      gcc -O2 -pthread -o "$WORK/memcpy" -x c - <<'CEOF' && "$WORK/memcpy" 1 4 8 16 | tee "$OUT/memcpy.txt" >&2
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#define SZ (256L << 20)
+static pthread_barrier_t bar;
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+static void *work(void *a) {
+    char *x = malloc(SZ), *y = malloc(SZ);
+    memset(x, 1, SZ); memset(y, 2, SZ);
+    pthread_barrier_wait(&bar);
+    for (int i = 0; i < 8; i++) memcpy(i & 1 ? x : y, i & 1 ? y : x, SZ);
+    pthread_barrier_wait(&bar);
+    free(x); free(y);
+    return a;
+}
+int main(int argc, char **argv) {
+    for (int k = 1; k < argc; k++) {
+        int t = atoi(argv[k]);
+        pthread_t th[256];
+        pthread_barrier_init(&bar, 0, t + 1);
+        for (int i = 0; i < t; i++) pthread_create(&th[i], 0, work, 0);
+        pthread_barrier_wait(&bar);
+        double t0 = now();
+        pthread_barrier_wait(&bar);
+        double s = now() - t0;
+        for (int i = 0; i < t; i++) pthread_join(th[i], 0);
+        printf("memcpy, %d threads: %.1f GB/s copied\n", t, (double)t * 8 * SZ / s / 1e9);
+        pthread_barrier_destroy(&bar);
+    }
+    return 0;
+}
+CEOF
+    fi
+    ;;
+  *) echo "unknown set $set (bf16, f16, f32, io)" >&2; exit 2 ;;
   esac
 done
 rm -rf "$WORK"
