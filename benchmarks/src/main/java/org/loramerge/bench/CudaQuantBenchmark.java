@@ -269,9 +269,9 @@ public class CudaQuantBenchmark {
     }
 
     /**
-     * {@link #requantizeOnDevice} of the FP8 weight with a scale per group of 128 columns of a row (compressed-tensors'
-     * group strategy; kernels/quant.cu fp8_requant_groups) instead of 128 x 128 blocks: the same bytes in and out, 128
-     * times the scales and sums. fp8 only ({@code -p format=fp8}).
+     * {@link #requantizeOnDevice} of the FP8 weight with a scale per group of 128 columns of a row (a transformers FP8
+     * weight whose {@code weight_block_size} is [1, 128]; kernels/quant.cu fp8_requant_groups) instead of 128 x 128 blocks:
+     * the same bytes in and out, 128 times the scales and sums. fp8 only ({@code -p format=fp8}).
      */
     @Benchmark
     @OperationsPerInvocation(REPEAT)
