@@ -27,6 +27,7 @@ final class ByteRequantBases {
     /**
      * A base: {@code kind} "fp8-block" ({@code block} x {@code block} scales from the config),
      * "fp8-derived" (no block size in the config, a [rows / 2, cols / 16] grid: blocks of 2 x 16),
+     * "fp8-groups" (blocks of one row and {@code block} columns, weight_block_size [1, block]),
      * "fp8-channel" ([rows, 1] scales), "fp8-tensor" (one scale) or "int8"; {@code modelDtype}
      * the dtype the weight dequantizes to (FP8; int8's is F32).
      */
@@ -49,6 +50,9 @@ final class ByteRequantBases {
                 new Spec("fp8-block", 130, 200, DType.F32, 128),
                 new Spec("fp8-block", 96, 80, DType.BF16, 32),
                 new Spec("fp8-derived", 64, 96, DType.BF16, 0),
+                // blocks of one row (weight_block_size [1, g]): 8 lanes a group of 128 with a last group of 72 columns, 16 lanes a group of 256
+                new Spec("fp8-groups", 40, 328, DType.BF16, 128),
+                new Spec("fp8-groups", 24, 512, DType.F32, 256),
                 new Spec("fp8-channel", 72, 136, DType.F16, 0),
                 new Spec("fp8-tensor", 64, 72, DType.BF16, 0),
                 new Spec("fp8-tensor", 300, 260, DType.F16, 0),
@@ -88,6 +92,10 @@ final class ByteRequantBases {
                     break;
                 case "fp8-derived":
                     scaleShape = new long[] {rows / 2, cols / 16};
+                    break;
+                case "fp8-groups":
+                    scaleShape = new long[] {rows, RandomQuantizedWeights.ceil(cols, spec.block())};
+                    blockSize = "[1, " + spec.block() + "]";
                     break;
                 case "fp8-channel":
                     scaleShape = new long[] {rows, 1};
