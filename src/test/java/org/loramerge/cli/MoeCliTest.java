@@ -5,12 +5,16 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.nio.file.StandardCopyOption;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Set;
+import java.util.TreeSet;
 import java.util.function.Consumer;
 import java.util.stream.Stream;
 import org.junit.jupiter.api.Test;
@@ -22,6 +26,7 @@ import org.loramerge.format.DType;
 import org.loramerge.format.FloatFormat;
 import org.loramerge.format.MappedRegion;
 import org.loramerge.format.TensorInfo;
+import org.loramerge.quant.ModelQuantizer;
 import org.loramerge.testutil.TinyModels;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -30,8 +35,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 /**
  * LoRA on MoE experts (target_parameters) on the command line: a merge verifies clean and
  * inspect names the adapted parameters; what cannot be merged is refused with exit 3, a message
- * that names it and says what to do, and nothing written; and a 4-bit base whose experts are
- * quantized per expert is merged into its dequantized experts.
+ * that names it and says what to do, and nothing written; and a bitsandbytes base (NF4, FP4 or
+ * LLM.int8) whose experts are quantized per expert is merged into its dequantized experts.
  */
 class MoeCliTest {
     private static final Path MOE = Paths.get("src/test/resources/moe");
@@ -218,19 +223,77 @@ class MoeCliTest {
 
     /**
      * A 4-bit base whose experts were quantized per expert (as transformers 4 and bitsandbytes did
-     * with Mixtral's nn.Linear experts; here by loramerge quantize): --to bf16 merges into the
-     * dequantized experts, so the change written is the change PEFT made to the 16-bit experts, to
-     * within the roundings of both; --to nf4 requantizes the adapted experts.
+     * with Mixtral's nn.Linear experts; here by loramerge quantize), with either code book:
+     * --to bf16 merges into the dequantized experts, so the change written is the change PEFT made
+     * to the 16-bit experts, to within the roundings of both; --to nf4 (fp4) requantizes the
+     * adapted experts with the base's code book and keeps the bytes of the others.
+     */
+    @ParameterizedTest
+    @ValueSource(strings = {"nf4", "fp4"})
+    void aFourBitBaseWithPerExpertWeightsTakesAnExpertAdapter(String code) throws Exception {
+        Path q = dir.resolve(code);
+        CliRun.Result quantized = CliRun.run("quantize", "--base", base("mixtral_experts").toString(), "--out", q.toString(), "--blocksize", "32",
+                "--quant-type", code);
+        assertEquals(ExitCodes.OK, quantized.code(), quantized.err());
+        String state = W1 + ".quant_state.bitsandbytes__" + code;
+        try (Checkpoint c = Checkpoint.open(q)) {
+            assertEquals(code, c.config().path("quantization_config").path("bnb_4bit_quant_type").asText(), "the base is " + code);
+            assertTrue(c.tensor(state) != null, "the expert is quantized with the " + code + " code book");
+        }
+        assertChangeIsPefts(q);
+        Path four = dir.resolve(code + "-merged");
+        CliRun.Result r4 = CliRun.merge(q, adapter("mixtral_experts"), four, "--to", code, "--json");
+        assertEquals(ExitCodes.OK, r4.code(), r4.err());
+        assertOnlyTheAdaptedWeightsRequantized(q, r4);
+        try (Checkpoint merged = Checkpoint.open(four); Checkpoint before = Checkpoint.open(q)) {
+            assertEquals(DType.U8, merged.tensor(W1).dtype(), "the expert stays 4-bit");
+            assertTrue(merged.tensor(state) != null, "the expert keeps the " + code + " code book");
+            assertTrue(!sameBytes(merged, before, W1), "the adapted expert is requantized");
+            assertTrue(sameBytes(merged, before, "model.layers.1.self_attn.k_proj.weight"), "an unadapted 4-bit weight keeps its bytes");
+        }
+        CliRun.Result v = CliRun.verify(q, adapter("mixtral_experts"), four, "--to", code);
+        assertEquals(ExitCodes.OK, v.code(), v.out() + v.err());
+    }
+
+    /**
+     * An LLM.int8 base whose experts were quantized per expert, as transformers 4 and bitsandbytes
+     * saved Mixtral loaded with load_in_8bit (each nn.Linear an I8 weight, its F32 row absmax SCB
+     * and weight_format 0): --to bf16 merges into the dequantized experts (the change is PEFT's to
+     * within the roundings), --to int8 requantizes the adapted experts row by row and keeps the
+     * bytes of the others.
      */
     @Test
-    void aFourBitBaseWithPerExpertWeightsTakesAnExpertAdapter() throws Exception {
-        Path q = dir.resolve("nf4");
-        CliRun.Result quantized = CliRun.run("quantize", "--base", base("mixtral_experts").toString(), "--out", q.toString(), "--blocksize", "32");
-        assertEquals(ExitCodes.OK, quantized.code(), quantized.err());
-        Path dense = dir.resolve("bf16");
+    void anInt8BaseWithPerExpertWeightsTakesAnExpertAdapter() throws Exception {
+        Path q = int8Base(dir.resolve("int8"));
+        assertChangeIsPefts(q);
+        Path eight = dir.resolve("int8-merged");
+        CliRun.Result r8 = CliRun.merge(q, adapter("mixtral_experts"), eight, "--to", "int8", "--json");
+        assertEquals(ExitCodes.OK, r8.code(), r8.err());
+        assertOnlyTheAdaptedWeightsRequantized(q, r8);
+        String scb = W1.replace(".weight", ".SCB");
+        String k = "model.layers.1.self_attn.k_proj";
+        try (Checkpoint merged = Checkpoint.open(eight); Checkpoint before = Checkpoint.open(q)) {
+            assertEquals(DType.I8, merged.tensor(W1).dtype(), "the expert stays 8-bit");
+            assertEquals(DType.F32, merged.tensor(scb).dtype(), "the expert keeps its row scales");
+            assertTrue(!sameBytes(merged, before, W1), "the adapted expert is requantized");
+            for (String name : List.of(k + ".weight", k + ".SCB", k + ".weight_format", "model.layers.0.self_attn.v_proj.SCB")) {
+                assertTrue(sameBytes(merged, before, name), "an unadapted 8-bit tensor keeps its bytes: " + name);
+            }
+        }
+        CliRun.Result v = CliRun.verify(q, adapter("mixtral_experts"), eight, "--to", "int8");
+        assertEquals(ExitCodes.OK, v.code(), v.out() + v.err());
+    }
+
+    /**
+     * The quantized base {@code q} merged --to bf16: in the adapted experts the change from the
+     * dequantized base (an empty adapter merged --to bf16) is the change PEFT made to the 16-bit
+     * experts, to within the bf16 roundings of both.
+     */
+    private void assertChangeIsPefts(Path q) throws Exception {
+        Path dense = dir.resolve(q.getFileName() + "-bf16");
         CliRun.Result r = CliRun.merge(q, adapter("mixtral_experts"), dense, "--to", "bf16");
         assertEquals(ExitCodes.OK, r.code(), r.err());
-        Path deq = dir.resolve("deq");
+        Path deq = dir.resolve(q.getFileName() + "-deq");
         CliRun.Result plain = CliRun.run("merge", "--base", q.toString(), "--adapter", emptyAdapter().toString(), "--out", deq.toString(),
                 "--device", "cpu", "--quiet", "--to", "bf16", "--allow-empty-adapter");
         assertEquals(ExitCodes.OK, plain.code(), plain.err());
@@ -251,16 +314,98 @@ class MoeCliTest {
                 }
             }
         }
-        Path four = dir.resolve("nf4-merged");
-        CliRun.Result r4 = CliRun.merge(q, adapter("mixtral_experts"), four, "--to", "nf4");
-        assertEquals(ExitCodes.OK, r4.code(), r4.err());
-        try (Checkpoint merged = Checkpoint.open(four); Checkpoint before = Checkpoint.open(q)) {
-            assertEquals(DType.U8, merged.tensor(W1).dtype(), "the expert stays 4-bit");
-            assertTrue(!sameBytes(merged, before, W1), "the adapted expert is requantized");
-            assertTrue(sameBytes(merged, before, "model.layers.1.self_attn.k_proj.weight"), "an unadapted 4-bit weight keeps its bytes");
+    }
+
+    /**
+     * The mixtral_experts base as bitsandbytes saves it loaded with load_in_8bit: every weight that
+     * {@code loramerge quantize} would quantize (transformers' nn.Linear modules, so every expert
+     * projection and the router; not the embeddings, norms or lm_head) becomes {@code P.weight} I8,
+     * {@code P.SCB} F32 and {@code P.weight_format} U8 0, coded as Int8Params does: the values cast
+     * to fp16, SCB = each row's absmax, code = round(127 · x / SCB), half to even; the other tensors
+     * keep their bytes. config.json gets bitsandbytes' load_in_8bit quantization_config.
+     */
+    private static Path int8Base(Path to) throws Exception {
+        Path from = base("mixtral_experts");
+        List<TinyModels.Tensor> tensors = new ArrayList<>();
+        try (Checkpoint c = Checkpoint.open(from)) {
+            for (TensorInfo t : c.tensors().values()) {
+                if (ModelQuantizer.skipReason(t.name(), t) != null) {
+                    byte[] bytes = new byte[Math.toIntExact(t.sizeInBytes())];
+                    c.fileOf(t.name()).readAll(t).get(bytes);
+                    tensors.add(new TinyModels.Tensor(t.name(), t.dtype(), t.shape(), bytes));
+                    continue;
+                }
+                int rows = Math.toIntExact(t.dim(0));
+                int cols = Math.toIntExact(t.dim(1));
+                double[] x = values(c, t.name());
+                byte[] codes = new byte[rows * cols];
+                ByteBuffer scb = ByteBuffer.allocate(4 * rows).order(ByteOrder.LITTLE_ENDIAN);
+                for (int row = 0; row < rows; row++) {
+                    float absmax = 0f;
+                    for (int col = 0; col < cols; col++) {
+                        absmax = Math.max(absmax, (float) Math.abs(FloatFormat.F16.round(x[row * cols + col])));
+                    }
+                    for (int col = 0; col < cols; col++) {
+                        float h = (float) FloatFormat.F16.round(x[row * cols + col]);
+                        codes[row * cols + col] = absmax == 0f ? 0 : (byte) Math.rint(h * (127f / absmax));
+                    }
+                    scb.putFloat(absmax);
+                }
+                String stem = t.name().substring(0, t.name().length() - ".weight".length());
+                tensors.add(new TinyModels.Tensor(t.name(), DType.I8, t.shape(), codes));
+                tensors.add(new TinyModels.Tensor(stem + ".SCB", DType.F32, new long[] {rows}, scb.array()));
+                tensors.add(new TinyModels.Tensor(stem + ".weight_format", DType.U8, new long[] {}, new byte[] {0}));
+            }
         }
-        CliRun.Result v = CliRun.verify(q, adapter("mixtral_experts"), four, "--to", "nf4");
-        assertEquals(ExitCodes.OK, v.code(), v.out() + v.err());
+        TinyModels.writeSafetensors(to.resolve("model.safetensors"), tensors);
+        ObjectNode config = (ObjectNode) JSON.readTree(from.resolve("config.json").toFile());
+        config.set("quantization_config", JSON.readTree("{\"_load_in_4bit\": false, \"_load_in_8bit\": true, \"bnb_4bit_compute_dtype\": "
+                + "\"float32\", \"bnb_4bit_quant_storage\": \"uint8\", \"bnb_4bit_quant_type\": \"fp4\", \"bnb_4bit_use_double_quant\": false, "
+                + "\"llm_int8_enable_fp32_cpu_offload\": false, \"llm_int8_has_fp16_weight\": false, \"llm_int8_skip_modules\": null, "
+                + "\"llm_int8_threshold\": 6.0, \"load_in_4bit\": false, \"load_in_8bit\": true, \"quant_method\": \"bitsandbytes\"}"));
+        JSON.writeValue(to.resolve("config.json").toFile(), config);
+        Files.copy(from.resolve("generation_config.json"), to.resolve("generation_config.json"));
+        return to;
+    }
+
+    /**
+     * The quantized weights the mixtral_experts adapter changes: every expert's w1, w2 and w3 and
+     * the router (target_parameters) and q_proj (target_modules), in both layers.
+     */
+    private static Set<String> adaptedWeights() {
+        Set<String> out = new TreeSet<>();
+        for (int layer = 0; layer < 2; layer++) {
+            String moe = "model.layers." + layer + ".block_sparse_moe.";
+            for (int e = 0; e < 4; e++) {
+                for (String w : List.of("w1", "w2", "w3")) {
+                    out.add(moe + "experts." + e + "." + w + ".weight");
+                }
+            }
+            out.add(moe + "gate.weight");
+            out.add("model.layers." + layer + ".self_attn.q_proj.weight");
+        }
+        return out;
+    }
+
+    /**
+     * A requantizing merge --json of the mixtral_experts adapter into the quantized base {@code q}
+     * reports the adapted weights as requantized, and copies every other tensor (requantizing an
+     * unadapted weight would give it the same bytes, so only the count of copies tells them apart).
+     */
+    private static void assertOnlyTheAdaptedWeightsRequantized(Path q, CliRun.Result r) throws Exception {
+        JsonNode report = JSON.readTree(r.out());
+        Set<String> requantized = new TreeSet<>();
+        for (JsonNode t : report.path("requantization").path("tensors")) {
+            requantized.add(t.path("name").asText());
+        }
+        assertEquals(adaptedWeights(), requantized, "the adapted weights are requantized");
+        long others;
+        try (Checkpoint base = Checkpoint.open(q)) {
+            others = base.tensors().keySet().stream()
+                    .filter(n -> adaptedWeights().stream().noneMatch(w -> n.startsWith(w.substring(0, w.length() - "weight".length()))))
+                    .count();
+        }
+        assertEquals(others, report.path("tensors_copied").asLong(), "every tensor outside the adapted weights' groups is copied");
     }
 
     private Path emptyAdapter() throws IOException {
