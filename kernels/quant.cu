@@ -246,11 +246,12 @@ __device__ __forceinline__ float packed_product(int q, int z, float s) {
 }
 
 /*
- * packed_product for a 16-bit D (so a 16-bit scale s) with 0 < s < inf, from mzs = -(z * s): q * s
- * and z * s are exact in fp32 (at most 4 + 11 significant bits, any exponent of s: a multiple of
- * s's last bit), and so is their difference (q - z) * s, which fma(q, s, mzs) then returns unrounded,
- * as packed_product does; a zero difference is +0.0 in both (s > 0). One fused operation instead
- * of an integer subtraction and a product.
+ * packed_product for a 16-bit D (so a 16-bit scale s) with 0 < s < 2^124, from mzs = -(z * s): q * s
+ * and z * s are exact in fp32 (at most 4 + 11 significant bits, a multiple of s's last bit, and
+ * below 16 * 2^124, so finite), and so is their difference (q - z) * s, which fma(q, s, mzs) then
+ * returns unrounded, as packed_product does; a zero difference is +0.0 in both (s > 0). (A BF16
+ * scale past 2^124 could make z * s overflow to infinity where (q - z) * s does not.) One fused
+ * operation instead of an integer subtraction and a product.
  */
 __device__ __forceinline__ float packed_product_positive(int q, float s, float mzs) {
     return __fmaf_rn(small_int_value(q), s, mzs);
@@ -451,8 +452,8 @@ LM_GPTQ_DEQUANT_KERNEL(gptq_dequant_f32, LM_F32, unsigned int)
  *   consecutive bytes of one row (16-bit D). (Tiles of 32 columns x 32 word columns, a warp
  *   writing 64 bytes of each of 8 rows, ran at 0.40 of the copy's traffic: benchmarks/RESULTS.md.)
  *   A lane reads the groups of its 8 columns once a tile and, when they are one group, the zero
- *   and scale of its 8 rows while the tile's words load. With a 16-bit D and a positive finite
- *   scale (every real checkpoint) a row's 8 values are one fused product each
+ *   and scale of its 8 rows while the tile's words load. With a 16-bit D and a scale in (0, 2^124)
+ *   (every real checkpoint) a row's 8 values are one fused product each
  *   (packed_product_positive) with no NaN to make canonical. Launch: 32 x 8 threads (built for 3
  *   blocks an SM: 80 registers; at 4 it spilled and ran 8% slower), grid (ceil(cols / 256),
  *   ceil(wordCols / 8)) (each at most 65535; a smaller grid strides).
@@ -531,7 +532,7 @@ __device__ __forceinline__ void awq_tiles(const uint32_t *__restrict__ words, lo
                     /* nibble of row 8w + c: {0, 4, 1, 5, 2, 6, 3, 7}[c] = (c >> 1) + 4 * (c & 1) */
                     int shift = 4 * ((c >> 1) + 4 * (c & 1));
                     float v[8];
-                    if (FMT != LM_F32 && oneGroup && whole && sk[c] > 0.0f && sk[c] < INFINITY) {
+                    if (FMT != LM_F32 && oneGroup && whole && sk[c] > 0.0f && sk[c] < 0x1p124f) {
                         /* the common case: one product each, no NaN to make canonical (half the instructions) */
                         float mzs = -__fmul_rn(small_int_value(zk[c]), sk[c]);
 #pragma unroll
@@ -1013,8 +1014,8 @@ __device__ __forceinline__ bool rq_aligned(const void *x, const void *w, const v
  *   RQ_GROUP_MAX columns go by fp8_requant_groups, 8 lanes a block up to 128 columns, else 16.
  *   Launch: RQ_THREADS threads a block, any grid (a block per quantization block, one per RQ_WARPS
  *   of them when a warp takes one, or per RQ_THREADS / L of them for fp8_requant_groups).
- *   Built for 4 blocks an SM (64 registers, a few bytes spilled; unbounded it takes 86, and 2
- *   blocks an SM ran slower).
+ *   Built for 4 blocks an SM (64 registers; F32 spills about 120 bytes since the groups path, 16-bit
+ *   D a few; unbounded it takes 86, and 2 blocks an SM ran slower).
  */
 template <int FMT, typename T>
 __device__ __forceinline__ void fp8_requant(const T *__restrict__ x, const T *__restrict__ w, const double *__restrict__ p,

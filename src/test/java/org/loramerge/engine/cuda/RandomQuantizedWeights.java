@@ -189,7 +189,8 @@ final class RandomQuantizedWeights {
         FloatFormat f = FloatFormat.of(dtype);
         ByteBuffer b = ByteBuffer.allocate(n * dtype.sizeInBytes()).order(ByteOrder.LITTLE_ENDIAN);
         double tiny = dtype == DType.F16 ? 0x1p-24 : dtype == DType.BF16 ? 0x1p-133 : 0x1p-149;
-        double large = dtype == DType.F16 ? 40000 : 1e36; // times 0.5 .. 1.5: finite in the dtype
+        // times 0.5 .. 1.5: finite in the dtype; BF16's up to its top binades, where z * s overflows fp32
+        double large = dtype == DType.F16 ? 40000 : dtype == DType.BF16 ? 2e38 : 1e36;
         for (int i = 0; i < n; i++) {
             double v;
             switch (i % 11) {
