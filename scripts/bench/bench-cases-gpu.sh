@@ -2,7 +2,7 @@
 # Every kind of adapter and base a user has, end to end on the GPU machine, beside the copy floor
 # of the same files, in one device call (the "no cliffs" table):
 #
-#   bash scripts/bench/bench-cases-gpu.sh [bf16|f16|f32] ...     (default: bf16)
+#   bash scripts/bench/bench-cases-gpu.sh [bf16|f16|f32|io] ...  (default: bf16)
 #
 #   bf16   a Llama-2-7B-shaped bf16 base (13.48 GB, 3 shards) and rank-16 adapters on all 7
 #          projections: random F32 factors; F32 factors that are bf16 numbers; rsLoRA rank 64; DoRA;
