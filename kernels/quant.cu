@@ -764,6 +764,26 @@ struct RqShared {
 };
 
 /*
+ * One element of fp8_requant_block and fp8_requant_groups: x's code (returned) and w's with the
+ * scales s and inverses inv, and the survival terms D = deq(QX) - deq(QW), dW = (w + p) - w in fp64
+ * added to changed, dd, ddw and dwdw.
+ */
+template <int FMT>
+__device__ __forceinline__ uint32_t rq_fp8_element(float xv, float wv, double pv, float sx, float sw, float invX, float invW,
+                                                   int &changed, double &dd, double &ddw, double &dwdw) {
+    uint32_t qx = e4m3_code(e4m3_clamp(__fmul_rn(xv, sx)));
+    uint32_t qw = e4m3_code(e4m3_clamp(__fmul_rn(wv, sw)));
+    double d = __dsub_rn(e4m3_dequant<FMT>(qx, invX), e4m3_dequant<FMT>(qw, invW));
+    double wd = (double)wv;
+    double dw = __dsub_rn(__dadd_rn(wd, pv), wd);
+    changed += qx != qw ? 1 : 0;
+    dd = __fma_rn(d, d, dd);
+    ddw = __fma_rn(d, dw, ddw);
+    dwdw = __fma_rn(dw, dw, dwdw);
+    return qx;
+}
+
+/*
  * One FP8 quantization block, rows [0, h) x columns [0, width) from element base of the row
  * block (rows cols apart), by a group of LANES threads (lane: this thread's index in it), in runs
  * of VEC elements of a row (VEC divides width); its scale to *scaleInv, its sums to sums[0..4].
@@ -806,18 +826,7 @@ __device__ __forceinline__ void fp8_requant_block(const T *__restrict__ x, const
         rq_load_p<VEC>(p + i, pv);
         uint32_t q[VEC];
 #pragma unroll
-        for (int j = 0; j < VEC; j++) {
-            uint32_t qx = e4m3_code(e4m3_clamp(__fmul_rn(xv[j], sx)));
-            uint32_t qw = e4m3_code(e4m3_clamp(__fmul_rn(wv[j], sw)));
-            q[j] = qx;
-            double d = __dsub_rn(e4m3_dequant<FMT>(qx, invX), e4m3_dequant<FMT>(qw, invW));
-            double wd = (double)wv[j];
-            double dw = __dsub_rn(__dadd_rn(wd, pv[j]), wd);
-            changed += qx != qw ? 1 : 0;
-            dd = __fma_rn(d, d, dd);
-            ddw = __fma_rn(d, dw, ddw);
-            dwdw = __fma_rn(dw, dw, dwdw);
-        }
+        for (int j = 0; j < VEC; j++) q[j] = rq_fp8_element<FMT>(xv[j], wv[j], pv[j], sx, sw, invX, invW, changed, dd, ddw, dwdw);
         rq_store_codes<VEC>(codes + i, q);
     }
     double v[5] = {(double)changed, dd, ddw, dwdw, (double)bad};
@@ -882,6 +891,12 @@ __device__ __forceinline__ int rq_group_isum(int v) {
     return v;
 }
 
+/* Element j of a run of 8 held as WORDS 32-bit words (8: F32; 4: two 16-bit values a word, the first low), as fp32. */
+template <int FMT, int WORDS>
+__device__ __forceinline__ float rq_run_value(const uint32_t *words, int j) {
+    return widen_to_float<FMT>(WORDS == 8 ? words[j] : (words[j >> 1] >> (16 * (j & 1))) & 0xffffu);
+}
+
 /* Quantization blocks of one row and at most this many columns (groups of columns) go by fp8_requant_groups. */
 #define RQ_GROUP_MAX 256
 /* Runs of 8 a lane in fp8_requant_groups. */
@@ -938,8 +953,8 @@ __device__ __forceinline__ void fp8_requant_groups(const T *__restrict__ x, cons
         for (int k = 0; k < R; k++) {
 #pragma unroll
             for (int j = 0; j < 8; j++) {
-                float xv = widen_to_float<FMT>(WORDS == 8 ? xr[k][j] : (xr[k][j >> 1] >> (16 * (j & 1))) & 0xffffu);
-                float wv = widen_to_float<FMT>(WORDS == 8 ? wr[k][j] : (wr[k][j >> 1] >> (16 * (j & 1))) & 0xffffu);
+                float xv = rq_run_value<FMT, WORDS>(xr[k], j);
+                float wv = rq_run_value<FMT, WORDS>(wr[k], j);
                 bad += isfinite(xv) ? 0 : 1;
                 ax = fmaxf(ax, fabsf(xv));
                 aw = fmaxf(aw, fabsf(wv));
@@ -962,18 +977,8 @@ __device__ __forceinline__ void fp8_requant_groups(const T *__restrict__ x, cons
                 uint32_t qc[8];
 #pragma unroll
                 for (int j = 0; j < 8; j++) {
-                    float xv = widen_to_float<FMT>(WORDS == 8 ? xr[k][j] : (xr[k][j >> 1] >> (16 * (j & 1))) & 0xffffu);
-                    float wv = widen_to_float<FMT>(WORDS == 8 ? wr[k][j] : (wr[k][j >> 1] >> (16 * (j & 1))) & 0xffffu);
-                    uint32_t qx = e4m3_code(e4m3_clamp(__fmul_rn(xv, sx)));
-                    uint32_t qw = e4m3_code(e4m3_clamp(__fmul_rn(wv, sw)));
-                    qc[j] = qx;
-                    double d = __dsub_rn(e4m3_dequant<FMT>(qx, invX), e4m3_dequant<FMT>(qw, invW));
-                    double wd = (double)wv;
-                    double dw = __dsub_rn(__dadd_rn(wd, pv[j]), wd);
-                    changed += qx != qw ? 1 : 0;
-                    dd = __fma_rn(d, d, dd);
-                    ddw = __fma_rn(d, dw, ddw);
-                    dwdw = __fma_rn(dw, dw, dwdw);
+                    qc[j] = rq_fp8_element<FMT>(rq_run_value<FMT, WORDS>(xr[k], j), rq_run_value<FMT, WORDS>(wr[k], j), pv[j], sx, sw, invX,
+                                                invW, changed, dd, ddw, dwdw);
                 }
                 rq_store_codes<8>(codes + base + 8 * run, qc);
             }
