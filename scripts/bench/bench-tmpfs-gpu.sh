@@ -5,10 +5,10 @@
 #   bash scripts/bench/bench-tmpfs-gpu.sh          (scripts/device/gpu-run.sh device tmpfs)
 #
 # Rows: `cp -r` tmpfs to tmpfs (the floor); the GPU merge with the default knobs, 3 runs; a sweep
-# of the streaming knobs (org.loramerge.engine.Tuning: -Dloramerge.shards, .write=mapped, .read=pread,
+# of the streaming knobs (org.loramerge.engine.Tuning: -Dloramerge.shards, .write, .read=pread,
 # .streams, .blockBytes, .window), one run each; the CPU engine once; and the same bytes copied by the
 # Java pipeline alone (an adapter that changes nothing, --allow-empty-adapter: every tensor a
-# byte copy), positional and mapped writes. Every merge runs with --json: its "stages" give the
+# byte copy), default and positional writes. Every merge runs with --json: its "stages" give the
 # dominant stage (thread seconds summed over the workers) in the table, and each row's full
 # stage line follows the table. Each row is a fresh ./loramerge (the launcher, -Xmx2g, the jar's class-data archive; + sync, as measure.py
 # does), wall time, GB/s of the 13.48 GB written, ratio to the cp floor, peak host RSS (VmRSS of
@@ -16,9 +16,9 @@
 # Writes $OUT/tmpfs.log (everything) and $OUT/tmpfs-table.md (the table and the stage lines).
 # Needs .device/jre.tgz and .device/loramerge.jar (scripts/device/gpu-run.sh pack).
 # Environment: OUT (default /tmp/out), SHM (/dev/shm/lm-tmpfs), PYTHON (python3);
-#   QUICK=1 (10 rows: defaults twice, one shard at a time (-Dloramerge.shards=1), 7 shards 4 and 8 at once,
-#   mapped writes, mapped reads (the default before), 12 streams, the Java copy with the default and with one shard at a
-#   time; for a device call shared with other steps);
+#   QUICK=1 (11 rows: defaults and positional writes (-Dloramerge.write=pwrite, the default before) twice each,
+#   the defaults with 8 and 16 streams, 7 shards of 2 GB, mapped writes, the Java copy with the default and with
+#   positional writes; for a device call shared with other steps);
 #   SHAPE, DEVICE and GEN_DEVICE (llama-7b, cuda, cuda) only to try the script out elsewhere.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -105,7 +105,8 @@ if start >= 0:
         r = json.loads(log[start:log.rindex("}") + 1])
     except ValueError:
         r = {}
-print(json.dumps({"label": sys.argv[3], "m": m, "stages": r.get("stages", {}), "written": r.get("bytes_written", 0)}))
+print(json.dumps({"label": sys.argv[3], "m": m, "stages": r.get("stages", {}), "written": r.get("bytes_written", 0),
+                  "seconds": r.get("seconds"), "start_seconds": r.get("start_seconds")}))
 PYEOF
 )")
   rm -rf "$SHM/out"
@@ -125,18 +126,21 @@ each() {
   if [ -z "${QUICK:-}" ] || [ "$set" = quick ]; then row "$@"; fi
 }
 each quick "GPU, defaults (1)" "" "$DEVICE" "$ADAPTER"
+each quick "GPU, positional writes (1)" "-Dloramerge.write=pwrite" "$DEVICE" "$ADAPTER"
 each quick "GPU, defaults (2)" "" "$DEVICE" "$ADAPTER"
+each quick "GPU, positional writes (2)" "-Dloramerge.write=pwrite" "$DEVICE" "$ADAPTER"
 each all "GPU, defaults (3)" "" "$DEVICE" "$ADAPTER"
-each quick "GPU, one shard at a time" "-Dloramerge.shards=1" "$DEVICE" "$ADAPTER"
-each quick "GPU, --max-shard-size 2GB (7 shards, 4 at once)" "" "$DEVICE" "$ADAPTER" --max-shard-size 2GB
-each quick "GPU, --max-shard-size 2GB, 8 at once" "-Dloramerge.shards=8" "$DEVICE" "$ADAPTER" --max-shard-size 2GB
+each quick "GPU, defaults, 8 streams (the default for a disk)" "-Dloramerge.streams=8" "$DEVICE" "$ADAPTER"
+each quick "GPU, defaults, 16 streams" "-Dloramerge.streams=16" "$DEVICE" "$ADAPTER"
+each all "GPU, one shard at a time" "-Dloramerge.shards=1" "$DEVICE" "$ADAPTER"
+each quick "GPU, --max-shard-size 2GB (7 shards)" "" "$DEVICE" "$ADAPTER" --max-shard-size 2GB
+each all "GPU, --max-shard-size 2GB, positional writes" "-Dloramerge.write=pwrite" "$DEVICE" "$ADAPTER" --max-shard-size 2GB
 each quick "GPU, mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
 each all "GPU, mapped writes (again)" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
-each quick "GPU, mapped reads (the default before)" "-Dloramerge.read=mapped" "$DEVICE" "$ADAPTER"
+each all "GPU, mapped reads (the default before)" "-Dloramerge.read=mapped" "$DEVICE" "$ADAPTER"
 each all "GPU, mapped writes and reads" "-Dloramerge.write=mapped -Dloramerge.read=mapped" "$DEVICE" "$ADAPTER"
 each all "GPU, 4 streams" "-Dloramerge.streams=4" "$DEVICE" "$ADAPTER"
-each quick "GPU, 12 streams" "-Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
-each all "GPU, 16 streams" "-Dloramerge.streams=16" "$DEVICE" "$ADAPTER"
+each all "GPU, positional writes, 12 streams" "-Dloramerge.write=pwrite -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
 each all "GPU, 4 MiB blocks" "-Dloramerge.blockBytes=4194304" "$DEVICE" "$ADAPTER"
 each all "GPU, 32 MiB blocks" "-Dloramerge.blockBytes=33554432" "$DEVICE" "$ADAPTER"
 each all "GPU, window 1 block a thread" "-Dloramerge.window=1" "$DEVICE" "$ADAPTER"
@@ -144,18 +148,19 @@ each all "GPU, window 6 blocks a thread" "-Dloramerge.window=6" "$DEVICE" "$ADAP
 each all "GPU, mapped writes, 12 streams" "-Dloramerge.write=mapped -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
 each all "GPU, mapped writes, 16 streams, 16 MiB blocks" "-Dloramerge.write=mapped -Dloramerge.streams=16 -Dloramerge.blockBytes=16777216" "$DEVICE" "$ADAPTER"
 each quick "Java copy (empty adapter)" "" "$DEVICE" "$EMPTY" --allow-empty-adapter
-each quick "Java copy (empty adapter), one shard at a time" "-Dloramerge.shards=1" "$DEVICE" "$EMPTY" --allow-empty-adapter
+each quick "Java copy (empty adapter), positional writes" "-Dloramerge.write=pwrite" "$DEVICE" "$EMPTY" --allow-empty-adapter
+each all "Java copy (empty adapter), one shard at a time" "-Dloramerge.shards=1" "$DEVICE" "$EMPTY" --allow-empty-adapter
 each all "Java copy (empty adapter), mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$EMPTY" --allow-empty-adapter
 each all "CPU engine" "" cpu "$ADAPTER"
-each all "CPU engine, mapped writes" "-Dloramerge.write=mapped" cpu "$ADAPTER"
+each all "CPU engine, positional writes" "-Dloramerge.write=pwrite" cpu "$ADAPTER"
 
 "$PY" - "$CP_S" "$BYTES" "${rows[@]}" > "$TABLE" <<'PYEOF'
 import json, sys
 cp, size = float(sys.argv[1]), int(sys.argv[2])
 rows = [json.loads(a) for a in sys.argv[3:]]
-print("| case | wall s | GB/s | x cp | peak RSS GB | peak GPU GiB | stream s | dominant stage (thread s) |")
-print("|---|---|---|---|---|---|---|---|")
-print(f"| cp -r, tmpfs to tmpfs | {cp:.2f} | {size / 1e9 / cp:.2f} | 1.00 | | | | |")
+print("| case | wall s | GB/s | x cp | peak RSS GB | peak GPU GiB | stream s | outside s | dominant stage (thread s) |")
+print("|---|---|---|---|---|---|---|---|---|")
+print(f"| cp -r, tmpfs to tmpfs | {cp:.2f} | {size / 1e9 / cp:.2f} | 1.00 | | | | | |")
 def dominant(st):
     # the engine's "merge" holds the GPU's stage_in, device_wait and host_settle; in_order_wait is the writing thread idling
     skip = {"in_order_wait"} | ({"merge"} if "stage_in" in st else set())
@@ -169,9 +174,11 @@ for r in rows:
     ok = "" if m["rc"] == 0 else f" (exit {m['rc']})"
     gpu = m.get("peak_gpu_mem_delta_mb")
     stream = st.get("stream", {}).get("seconds")
+    # the wall time outside the report's own (from the call to the end of the merge): the JVM's start and exit, the engine's close
+    outside = None if r.get("seconds") is None else m["wall_s"] - r["seconds"] - (r.get("start_seconds") or 0)
     print(f"| {r['label']}{ok} | {m['wall_s']:.2f} | {size / 1e9 / m['wall_s']:.2f} | {m['wall_s'] / cp:.2f} | "
           f"{m['peak_rss_tree_mb'] / 1000:.2f} | {'-' if gpu is None else f'{gpu / 1024:.2f}'} | "
-          f"{'-' if stream is None else f'{stream:.2f}'} | {dominant(st)} |")
+          f"{'-' if stream is None else f'{stream:.2f}'} | {'-' if outside is None else f'{outside:.2f}'} | {dominant(st)} |")
 print()
 print("Stages per row (thread stages summed over the workers, device stages over the streams; GB/s per second of the stage's own time):")
 print()

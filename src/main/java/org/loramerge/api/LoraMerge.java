@@ -111,7 +111,8 @@ public final class LoraMerge {
         inputs.addAll(adapters);
         try (AtomicOutput output = AtomicOutput.create(out, options.overwrite(), inputs)) {
             // the engine starts (its modules, workers; the driver itself started in Main.prestartEngine) while the plan is made
-            CompletableFuture<Backends.Choice> opening = openInBackground(options.device(), cpuThreads);
+            boolean parallelWrites = tuning.writes().resolve(output.dir()).parallel();
+            CompletableFuture<Backends.Choice> opening = openInBackground(options.device(), cpuThreads, parallelWrites);
             Backends.Choice choice = null;
             try (Checkpoint ckpt = openBase(base, options.followSymlinks()); Adapters loras = Adapters.open(adapters, options.followSymlinks())) {
                 PlanOptions planOptions = new PlanOptions(dtype, options.maxShardSize(), to);
@@ -575,11 +576,11 @@ public final class LoraMerge {
         }
     }
 
-    private static CompletableFuture<Backends.Choice> openInBackground(String device, int cpuThreads) {
+    private static CompletableFuture<Backends.Choice> openInBackground(String device, int cpuThreads, boolean parallelWrites) {
         CompletableFuture<Backends.Choice> f = new CompletableFuture<>();
         Thread t = new Thread(() -> {
             try {
-                f.complete(Backends.open(device, cpuThreads));
+                f.complete(Backends.open(device, cpuThreads, parallelWrites));
             } catch (Throwable e) {
                 f.completeExceptionally(e);
             }

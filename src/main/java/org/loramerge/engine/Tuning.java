@@ -1,6 +1,7 @@
 package org.loramerge.engine;
 
 import java.util.Locale;
+import org.loramerge.format.WriteMode;
 
 /**
  * The streaming knobs, for measuring where a merge's time goes (scripts/bench/bench-tmpfs-gpu.sh
@@ -12,8 +13,10 @@ import java.util.Locale;
  *   <li>{@code loramerge.blockBytes}: output bytes per row block (default {@link Backend#DEFAULT_BLOCK_BYTES}, 8 MiB)
  *   <li>{@code loramerge.streams}: the GPU engine's worker threads, one stream each (default: half the CPU threads, 2 to 8)
  *   <li>{@code loramerge.window}: blocks per worker thread and open shard that may wait for the in-order hand-over (default 2)
- *   <li>{@code loramerge.write}: how workers put their blocks into a shard: {@code pwrite}, a positional write
- *       (default), or {@code mapped}, a copy into a memory mapping of the block's place
+ *   <li>{@code loramerge.write}: how workers put their blocks into a shard ({@link WriteMode}): {@code pwrite}, a
+ *       positional write; {@code mapped}, a copy into a memory mapping of the block's place; {@code mixed}, a positional
+ *       write when no other worker is writing the shard and a mapped copy when one is; or {@code auto} (default), mixed
+ *       into tmpfs and positional elsewhere
  *   <li>{@code loramerge.read}: how workers get a dense tensor's rows: {@code mapped}, a memory mapping of them,
  *       or {@code pread}, positional reads into a block buffer of the engine's (page-locked on a GPU); by default
  *       the engine's choice ({@link Backend#readsIntoBlockBuffers}: positional on a GPU, mapped on the CPU)
@@ -26,12 +29,12 @@ import java.util.Locale;
  * @param blockBytes      output bytes per row block
  * @param streams         GPU worker threads, 0 for the engine's own choice
  * @param windowPerThread blocks per worker thread that may wait to be completed in order
- * @param mappedWrites    whether workers write through memory mappings instead of positional writes
+ * @param writes          how workers put their blocks into a shard
  * @param preadReads      whether workers read dense rows by positional reads instead of mappings; null: the engine's choice
  * @param svds            weights extract decomposes at once on the GPU engine, 0 for the engine's own choice
  * @param shardsAtOnce    output shards a merge writes at once
  */
-public record Tuning(int blockBytes, int streams, int windowPerThread, boolean mappedWrites, Boolean preadReads, int svds, int shardsAtOnce) {
+public record Tuning(int blockBytes, int streams, int windowPerThread, WriteMode writes, Boolean preadReads, int svds, int shardsAtOnce) {
     /**
      * Output shards written at once by default. Linux takes one buffered write into a file at a time (the
      * file's lock), so one file takes about 3 GB/s however many threads write it, while four files take
@@ -42,7 +45,7 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, boolean m
     public static final int DEFAULT_SHARDS_AT_ONCE = 8;
 
     /** What the code does without any knob set. */
-    public static final Tuning DEFAULTS = new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, false, null, 0, DEFAULT_SHARDS_AT_ONCE);
+    public static final Tuning DEFAULTS = new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, WriteMode.AUTO, null, 0, DEFAULT_SHARDS_AT_ONCE);
 
     /**
      * Output blocks no smaller than this (a row of the widest Hugging Face weights fits), and no larger
@@ -61,9 +64,10 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, boolean m
         int block = intProperty("loramerge.blockBytes", DEFAULTS.blockBytes, MIN_BLOCK_BYTES, MAX_BLOCK_BYTES);
         int streams = intProperty("loramerge.streams", 0, 1, 64);
         int window = intProperty("loramerge.window", DEFAULTS.windowPerThread, 1, 64);
-        String write = System.getProperty("loramerge.write", "pwrite").toLowerCase(Locale.ROOT);
-        if (!write.equals("pwrite") && !write.equals("mapped")) {
-            throw new IllegalArgumentException("-Dloramerge.write=" + write + ": expected pwrite or mapped");
+        String write = System.getProperty("loramerge.write", "auto");
+        WriteMode writes = WriteMode.parse(write);
+        if (writes == null) {
+            throw new IllegalArgumentException("-Dloramerge.write=" + write + ": expected pwrite, mapped, mixed or auto");
         }
         String read = System.getProperty("loramerge.read", "engine").toLowerCase(Locale.ROOT);
         if (!read.equals("mapped") && !read.equals("pread") && !read.equals("engine")) {
@@ -71,7 +75,7 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, boolean m
         }
         int svds = intProperty("loramerge.svds", 0, 1, 16);
         int shards = intProperty("loramerge.shards", DEFAULT_SHARDS_AT_ONCE, 1, 64);
-        return new Tuning(block, streams, window, write.equals("mapped"),
+        return new Tuning(block, streams, window, writes,
                 read.equals("engine") ? null : read.equals("pread"), svds, shards);
     }
 
@@ -97,7 +101,7 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, boolean m
             return null;
         }
         return "streaming knobs: block " + (blockBytes >> 10) + " KiB, " + (streams == 0 ? "default" : streams) + " GPU streams, window "
-                + windowPerThread + " blocks a thread, " + (mappedWrites ? "mapped" : "positional") + " writes, "
+                + windowPerThread + " blocks a thread, " + writes.name().toLowerCase(Locale.ROOT) + " writes, "
                 + (preadReads == null ? "the engine's" : preadReads ? "positional" : "mapped") + " reads, " + shardsAtOnce + (shardsAtOnce == 1 ? " shard" : " shards") + " at once" + (svds == 0 ? "" : ", " + svds + " SVDs at once");
     }
 }

@@ -16,6 +16,7 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.atomic.AtomicLong;
+import java.util.concurrent.locks.ReentrantLock;
 
 /**
  * Writes one safetensors file: the header first (its tensors, shapes and offsets are fixed up
@@ -23,8 +24,8 @@ import java.util.concurrent.atomic.AtomicLong;
  * their offsets by any number of threads at once ({@link #writeAt}); the file is sized up front, so
  * such writes never extend it. Positional writes into one file still take turns in the kernel
  * (Linux holds the file's inode lock for each buffered write, on tmpfs as on ext4 and XFS); a
- * writer made with {@code mappedWrites} instead copies each block into a memory mapping of its
- * place, which threads fill at once. The header is padded with spaces to a multiple of
+ * writer made with another {@link WriteMode} copies each block, or each block that would wait for
+ * its turn, into a memory mapping of its place, which threads fill at once. The header is padded with spaces to a multiple of
  * 8 bytes, as the reference writer does, so the data section starts aligned. {@link #finish}
  * checks that every declared byte was written.
  *
@@ -72,10 +73,12 @@ public final class SafetensorsWriter implements AutoCloseable {
     private final Map<String, Long> offsets;
     /** Bytes of fixed tensors written so far, by any thread. */
     private final AtomicLong written = new AtomicLong();
+    /** Blocks put in place through a mapping so far. */
+    private final AtomicLong blocksMapped = new AtomicLong();
     /** Held for each positional write ({@link #writeAt}). */
-    private final Object positionalWrites = new Object();
-    /** Whether {@link #writeAt} copies into a mapping of its range instead of writing it. */
-    private final boolean mappedWrites;
+    private final ReentrantLock positionalWrites = new ReentrantLock();
+    /** How {@link #writeAt} puts a block in place: positional, mapped, or mixed (never {@link WriteMode#AUTO}). */
+    private final WriteMode writes;
     /** The given bytes of each late tensor, by name, in declared order (null until given). */
     private final Map<String, ByteBuffer> late = new LinkedHashMap<>();
     private long position;
@@ -83,9 +86,9 @@ public final class SafetensorsWriter implements AutoCloseable {
     private volatile boolean closed;
 
     private SafetensorsWriter(Path path, FileChannel channel, List<Entry> entries, Map<String, String> metadata, long dataStart,
-                              long fixedSize, Map<String, Long> offsets, boolean mappedWrites) {
+                              long fixedSize, Map<String, Long> offsets, WriteMode writes) {
         this.path = path;
-        this.mappedWrites = mappedWrites;
+        this.writes = writes;
         this.channel = channel;
         this.entries = List.copyOf(entries);
         this.metadata = metadata;
@@ -159,17 +162,19 @@ public final class SafetensorsWriter implements AutoCloseable {
      * header is written now; with them its room is reserved and it is written by {@link #finish}.
      */
     public static SafetensorsWriter create(Path path, List<Entry> entries, Map<String, String> metadata) throws IOException {
-        return create(path, entries, metadata, false);
+        return create(path, entries, metadata, WriteMode.POSITIONAL);
     }
 
     /**
-     * {@link #create(Path, List, Map)}, whose {@link #writeAt} copies each block into a memory
-     * mapping of its range when {@code mappedWrites} (then unmapped at once, so the resident set
-     * stays a block a thread) rather than writing it: the kernel takes one positional write into a
-     * file at a time, and faults on different pages of a mapping at once.
+     * {@link #create(Path, List, Map)}, whose {@link #writeAt} puts blocks in place as {@code writes}
+     * says ({@link WriteMode#AUTO} resolved for the file's folder): by positional writes, or by copies
+     * into a memory mapping of the block's range (then unmapped at once, so the resident set stays a
+     * block a thread), for every block or for those whose file another thread is writing: the kernel
+     * takes one positional write into a file at a time, and faults on different pages of a mapping at once.
      */
-    public static SafetensorsWriter create(Path path, List<Entry> entries, Map<String, String> metadata, boolean mappedWrites)
+    public static SafetensorsWriter create(Path path, List<Entry> entries, Map<String, String> metadata, WriteMode writes)
             throws IOException {
+        WriteMode mode = writes.resolve(path.toAbsolutePath().getParent());
         byte[] header = header(entries, metadata);
         boolean anyLate = false;
         long fixed = 0;
@@ -184,11 +189,11 @@ public final class SafetensorsWriter implements AutoCloseable {
                 fixed += e.sizeInBytes();
             }
         }
-        if (mappedWrites && fixed > 0) {
+        if (mode.maps() && fixed > 0) {
             requireSpaceForMappedWrites(path, header.length + fixed);
         }
         // a read-write mapping needs a channel open for reading too
-        FileChannel ch = mappedWrites ? FileChannel.open(path, StandardOpenOption.CREATE_NEW, StandardOpenOption.READ, StandardOpenOption.WRITE)
+        FileChannel ch = mode.maps() ? FileChannel.open(path, StandardOpenOption.CREATE_NEW, StandardOpenOption.READ, StandardOpenOption.WRITE)
                 : FileChannel.open(path, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE);
         try {
             if (!anyLate) {
@@ -202,7 +207,7 @@ public final class SafetensorsWriter implements AutoCloseable {
             ch.close();
             throw e;
         }
-        return new SafetensorsWriter(path, ch, entries, Map.copyOf(metadata), header.length, fixed, offsets, mappedWrites);
+        return new SafetensorsWriter(path, ch, entries, Map.copyOf(metadata), header.length, fixed, offsets, mode);
     }
 
     /**
@@ -254,22 +259,65 @@ public final class SafetensorsWriter implements AutoCloseable {
         if (offset < 0 || at + n > fixedEnd) {
             throw new IllegalStateException(path + ": writing past the declared tensors");
         }
-        if (mappedWrites && n > 0) {
-            try (MappedRegion region = MappedRegion.mapForWriting(channel, path, at, n)) {
-                region.copyIn(src);
-            }
-        } else {
-            // one positional write into the file at a time: the kernel takes them one at a time anyway (the file's
-            // lock, on tmpfs, ext4 and xfs alike); threads queued here leave the one writing at full speed, where
-            // threads contending for the kernel's lock slow each other (benchmarks/RESULTS.md, "From memory")
-            synchronized (positionalWrites) {
-                long done = 0;
-                while (done < n) {
-                    done += channel.write(src, at + done);
+        if (n > 0) {
+            switch (writes) {
+                case MAPPED -> mappedWrite(at, src);
+                case MIXED -> {
+                    // the file's one positional writer when it is free; else, instead of queueing, through a mapping
+                    if (positionalWrites.tryLock()) {
+                        try {
+                            positionalWrite(at, src);
+                        } finally {
+                            positionalWrites.unlock();
+                        }
+                    } else {
+                        mappedWrite(at, src);
+                    }
+                }
+                default -> {
+                    // one positional write into the file at a time: the kernel takes them one at a time anyway (the file's
+                    // lock, on tmpfs, ext4 and xfs alike); threads queued here leave the one writing at full speed, where
+                    // threads contending for the kernel's lock slow each other (benchmarks/RESULTS.md, "From memory")
+                    positionalWrites.lock();
+                    try {
+                        positionalWrite(at, src);
+                    } finally {
+                        positionalWrites.unlock();
+                    }
                 }
             }
         }
         written.addAndGet(n);
+    }
+
+    /** How this writer puts blocks in place ({@link WriteMode#AUTO} resolved). */
+    public WriteMode writeMode() {
+        return writes;
+    }
+
+    private void positionalWrite(long at, ByteBuffer src) throws IOException {
+        long n = src.remaining();
+        long done = 0;
+        while (done < n) {
+            done += channel.write(src, at + done);
+        }
+    }
+
+    /** Blocks {@link #writeAt} put in place through a mapping. */
+    public long blocksMapped() {
+        return blocksMapped.get();
+    }
+
+    /** The lock a positional write holds: a test holds it to see a mixed writer's other path. */
+    ReentrantLock positionalTurn() {
+        return positionalWrites;
+    }
+
+    private void mappedWrite(long at, ByteBuffer src) throws IOException {
+        blocksMapped.incrementAndGet();
+        try (MappedRegion region = MappedRegion.mapForWriting(channel, path, at, src.remaining())) {
+            region.copyIn(src);
+        }
     }
 
     /**

@@ -19,6 +19,7 @@ import java.util.concurrent.atomic.AtomicLong;
 import org.loramerge.format.Json;
 import org.loramerge.format.SafetensorsWriter;
 import org.loramerge.format.ShardIndex;
+import org.loramerge.format.WriteMode;
 
 /**
  * Writes a Hugging Face model folder into an {@link AtomicOutput}: safetensors shards
@@ -47,23 +48,23 @@ public final class CheckpointWriter implements AutoCloseable {
         t.setDaemon(true);
         return t;
     });
-    private final boolean mappedWrites;
+    private final WriteMode writes;
     private final AtomicLong tensorBytes = new AtomicLong();
 
     /** A writer into {@code out}; bytes written are counted into {@code progress}. */
     public CheckpointWriter(AtomicOutput out, Progress progress) {
-        this(out, progress, false);
+        this(out, progress, WriteMode.POSITIONAL);
     }
 
     /**
-     * A writer into {@code out} whose shards take the workers' blocks ({@link Shard#writeAt}) by
-     * positional writes, or with {@code mappedWrites} by copies into memory mappings of their places
-     * ({@link SafetensorsWriter#create(Path, List, Map, boolean)}).
+     * A writer into {@code out} whose shards take the workers' blocks ({@link Shard#writeAt}) as
+     * {@code writes} says: by positional writes, by copies into memory mappings of their places, or
+     * mixed ({@link SafetensorsWriter#create(Path, List, Map, WriteMode)}).
      */
-    public CheckpointWriter(AtomicOutput out, Progress progress, boolean mappedWrites) {
+    public CheckpointWriter(AtomicOutput out, Progress progress, WriteMode writes) {
         this.out = out;
         this.progress = progress;
-        this.mappedWrites = mappedWrites;
+        this.writes = writes;
     }
 
     /** The folder being written (hidden until {@link #commit}). */
@@ -88,7 +89,7 @@ public final class CheckpointWriter implements AutoCloseable {
             weightMap.put(e.name(), fileName);
             fixed += e.late() ? 0 : e.sizeInBytes();
         }
-        return new Shard(SafetensorsWriter.create(out.dir().resolve(fileName), entries, METADATA, mappedWrites), fixed);
+        return new Shard(SafetensorsWriter.create(out.dir().resolve(fileName), entries, METADATA, writes), fixed);
     }
 
     /** Writes model.safetensors.index.json for the shards written (transformers' layout of a sharded model). */

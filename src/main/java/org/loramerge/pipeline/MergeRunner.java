@@ -17,6 +17,7 @@ import org.loramerge.engine.Tuning;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.SafetensorsException;
 import org.loramerge.format.SafetensorsWriter;
+import org.loramerge.format.WriteMode;
 import org.loramerge.plan.CarriedFiles;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.OutputTensor;
@@ -42,12 +43,12 @@ public final class MergeRunner {
      * @param verifyRows     rows per adapted tensor that {@code verify} recomputes exactly in the finished
      *                       output before it is renamed into place (0: no check); any error fails the merge
      * @param windowPerThread blocks per worker thread that may wait for the in-order hand-over ({@link Tuning#windowPerThread})
-     * @param mappedWrites   whether workers write their blocks through memory mappings ({@link Tuning#mappedWrites})
+     * @param writes         how workers put their blocks into a shard ({@link Tuning#writes})
      * @param preadReads     whether workers read a dense tensor's rows by positional reads ({@link Tuning#preadReads});
      *                       null: as the engine prefers ({@link Backend#readsIntoBlockBuffers})
      * @param shardsAtOnce   output shards written at once, their tensors interleaved ({@link Tuning#shardsAtOnce})
      */
-    public record Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, boolean mappedWrites, Boolean preadReads,
+    public record Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, WriteMode writes, Boolean preadReads,
                           int shardsAtOnce) {
         public Options {
             if (shardsAtOnce < 1) {
@@ -55,12 +56,12 @@ public final class MergeRunner {
             }
         }
 
-        public Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, boolean mappedWrites, Boolean preadReads) {
-            this(allowNonFinite, blockBytes, verifyRows, windowPerThread, mappedWrites, preadReads, Tuning.DEFAULTS.shardsAtOnce());
+        public Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, WriteMode writes, Boolean preadReads) {
+            this(allowNonFinite, blockBytes, verifyRows, windowPerThread, writes, preadReads, Tuning.DEFAULTS.shardsAtOnce());
         }
 
         public Options(boolean allowNonFinite, int blockBytes, int verifyRows) {
-            this(allowNonFinite, blockBytes, verifyRows, Tuning.DEFAULTS.windowPerThread(), Tuning.DEFAULTS.mappedWrites(), Tuning.DEFAULTS.preadReads());
+            this(allowNonFinite, blockBytes, verifyRows, Tuning.DEFAULTS.windowPerThread(), Tuning.DEFAULTS.writes(), Tuning.DEFAULTS.preadReads());
         }
 
         public Options(boolean allowNonFinite, int blockBytes) {
@@ -69,7 +70,7 @@ public final class MergeRunner {
 
         /** The options of {@code tuning}'s streaming knobs. */
         public Options(boolean allowNonFinite, int verifyRows, Tuning tuning) {
-            this(allowNonFinite, tuning.blockBytes(), verifyRows, tuning.windowPerThread(), tuning.mappedWrites(), tuning.preadReads(),
+            this(allowNonFinite, tuning.blockBytes(), verifyRows, tuning.windowPerThread(), tuning.writes(), tuning.preadReads(),
                     tuning.shardsAtOnce());
         }
 
@@ -94,7 +95,7 @@ public final class MergeRunner {
         long start = System.nanoTime();
         MergeContext ctx = new MergeContext(backend, options, progress, maxMemory);
         MergeReport report = new MergeReport();
-        try (CheckpointWriter writer = new CheckpointWriter(out, progress, options.mappedWrites())) {
+        try (CheckpointWriter writer = new CheckpointWriter(out, progress, options.writes())) {
             stream(plan, writer, ctx);
             ctx.stages.since(Stages.Stage.STREAM, start, writer.tensorBytes());
             finish(plan, writer, options, report, ctx.stages);
@@ -222,7 +223,7 @@ public final class MergeRunner {
         try {
             for (int k = 0; k < n; k++) {
                 ctxs.add(k == 0 ? lead : new MergeContext(lead, options.get(k)));
-                writers.add(new CheckpointWriter(outs.get(k), progress, options.get(k).mappedWrites()));
+                writers.add(new CheckpointWriter(outs.get(k), progress, options.get(k).writes()));
             }
             MergePlan first = plans.get(0);
             long streaming = System.nanoTime();

@@ -118,7 +118,7 @@ class StageReportCliTest {
             System.clearProperty("loramerge.write");
         }
         assertEquals(ExitCodes.USAGE, r.code(), r.err());
-        assertTrue(r.err().contains("-Dloramerge.write=mmap: expected pwrite or mapped"), r.err());
+        assertTrue(r.err().contains("-Dloramerge.write=mmap: expected pwrite, mapped, mixed or auto"), r.err());
         CliRun.assertNoOutput(out);
     }
 }

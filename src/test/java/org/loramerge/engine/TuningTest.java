@@ -2,6 +2,7 @@ package org.loramerge.engine;
 
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;
+import org.loramerge.format.WriteMode;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNull;
@@ -22,7 +23,7 @@ class TuningTest {
 
     @Test
     void withoutKnobsARunStreamsAsItAlwaysDid() {
-        assertEquals(new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, false, null, 0, 8), Tuning.current());
+        assertEquals(new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, WriteMode.AUTO, null, 0, 8), Tuning.current());
         assertNull(Tuning.current().describe(), "nothing to note");
     }
 
@@ -36,7 +37,7 @@ class TuningTest {
         System.setProperty("loramerge.svds", "5");
         System.setProperty("loramerge.shards", "1");
         Tuning t = Tuning.current();
-        assertEquals(new Tuning(32 << 20, 12, 4, true, true, 5, 1), t);
+        assertEquals(new Tuning(32 << 20, 12, 4, WriteMode.MAPPED, true, 5, 1), t);
         assertEquals("streaming knobs: block 32768 KiB, 12 GPU streams, window 4 blocks a thread, mapped writes, positional reads, "
                 + "1 shard at once, 5 SVDs at once",
                 t.describe());

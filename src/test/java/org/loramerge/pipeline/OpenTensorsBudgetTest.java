@@ -9,6 +9,7 @@ import org.loramerge.cli.Main;
 import org.loramerge.engine.LowRankTerm;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.format.Checkpoint;
+import org.loramerge.format.WriteMode;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.PlanOptions;
@@ -38,7 +39,7 @@ class OpenTensorsBudgetTest {
              AtomicOutput o = AtomicOutput.create(out, false, List.of(base, adapter))) {
             MergePlan p = Planner.plan(b, a, planOptions);
             assertTrue(p.shards().size() >= 3, "several shards written at once: " + p.shards().size());
-            MergeRunner.run(p, engine, o, new MergeRunner.Options(false, BLOCK, 0, 2, false, false, 64), Progress.silent(), maxMemory);
+            MergeRunner.run(p, engine, o, new MergeRunner.Options(false, BLOCK, 0, 2, WriteMode.POSITIONAL, false, 64), Progress.silent(), maxMemory);
             return engine;
         }
     }

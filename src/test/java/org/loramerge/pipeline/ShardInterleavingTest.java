@@ -10,6 +10,7 @@ import org.loramerge.cli.Main;
 import org.loramerge.engine.Backend;
 import org.loramerge.engine.cpu.CpuBackend;
 import org.loramerge.format.Checkpoint;
+import org.loramerge.format.WriteMode;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.PlanOptions;
@@ -102,7 +103,7 @@ class ShardInterleavingTest {
              AtomicOutput o = AtomicOutput.create(out, false, List.of(base, adapter))) {
             MergePlan p = Planner.plan(b, a, plan);
             assertTrue(p.shards().size() >= 3, "several shards to interleave: " + p.shards().size());
-            return MergeRunner.run(p, cpu, o, new MergeRunner.Options(false, 4096, 0, 2, false, false, shardsAtOnce), Progress.silent());
+            return MergeRunner.run(p, cpu, o, new MergeRunner.Options(false, 4096, 0, 2, WriteMode.POSITIONAL, false, shardsAtOnce), Progress.silent());
         }
     }
 

@@ -17,6 +17,7 @@ import org.loramerge.engine.TensorMerge;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.DType;
 import org.loramerge.format.SafetensorsWriter;
+import org.loramerge.format.WriteMode;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.PlanOptions;
@@ -104,7 +105,7 @@ class ShardsAtOnceFailureTest {
             Watched engine = new Watched(failing);
             try (engine; AtomicOutput o = AtomicOutput.create(out, false, List.of(c.resolve("base"), c.resolve("adapter")))) {
                 IOException e = assertThrows(IOException.class,
-                        () -> MergeRunner.run(p, engine, o, new MergeRunner.Options(false, 4096, 0, 2, false, false, 8), Progress.silent()));
+                        () -> MergeRunner.run(p, engine, o, new MergeRunner.Options(false, 4096, 0, 2, WriteMode.POSITIONAL, false, 8), Progress.silent()));
                 assertTrue(e.getMessage().contains(failing), e.getMessage());
                 assertEquals(0, openFilesUnder(out.getParent()), "every shard's file closed once the merge has failed");
             }

@@ -9,6 +9,7 @@ import org.junit.jupiter.api.io.TempDir;
 import org.loramerge.adapter.LoraAdapter;
 import org.loramerge.engine.cpu.CpuBackend;
 import org.loramerge.format.Checkpoint;
+import org.loramerge.format.WriteMode;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
@@ -31,7 +32,7 @@ class SharedPassReadsTest {
     Path dir;
 
     private static MergeRunner.Options options() {
-        return new MergeRunner.Options(false, 4096, 0, 2, false, null, 4);
+        return new MergeRunner.Options(false, 4096, 0, 2, WriteMode.POSITIONAL, null, 4);
     }
 
     @Test

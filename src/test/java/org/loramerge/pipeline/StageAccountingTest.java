@@ -11,9 +11,11 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
 import org.loramerge.adapter.LoraAdapter;
+import org.loramerge.engine.Backend;
 import org.loramerge.engine.Stages;
 import org.loramerge.engine.cpu.CpuBackend;
 import org.loramerge.format.Checkpoint;
+import org.loramerge.format.WriteMode;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
@@ -24,7 +26,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * The stage accounting of a merge adds up to what the merge did, and the streaming knobs (block
- * size, window, mapped writes) change how the bytes get there, never which bytes.
+ * size, window, mapped or mixed writes) change how the bytes get there, never which bytes.
  */
 class StageAccountingTest {
     private static final Path FIXTURES = Path.of("src/test/resources/fixtures");
@@ -63,16 +65,18 @@ class StageAccountingTest {
 
     static Stream<Arguments> tunedCases() {
         return Stream.of("sharded_bf16", "linear_f16", "linear_f32", "dora_linear", "dora_conv1d", "embedding", "trainable_tokens",
-                "modules_to_save_resized").flatMap(f -> Stream.of(Arguments.of(f, false), Arguments.of(f, true)));
+                "modules_to_save_resized").flatMap(f -> Stream.of(Arguments.of(f, false, WriteMode.MAPPED), Arguments.of(f, true, WriteMode.MAPPED),
+                        Arguments.of(f, true, WriteMode.MIXED)));
     }
 
-    @ParameterizedTest(name = "{0}, positional reads {1}")
+    @ParameterizedTest(name = "{0}, positional reads {1}, {2} writes")
     @MethodSource("tunedCases")
-    void mappedWritesSmallBlocksANarrowWindowAndPositionalReadsWriteTheBytesOfTheDefaults(String fixture, boolean pread) throws Exception {
+    void mappedOrMixedWritesSmallBlocksANarrowWindowAndPositionalReadsWriteTheBytesOfTheDefaults(String fixture, boolean pread, WriteMode writes)
+            throws Exception {
         Path plain = dir.resolve("plain");
         Path tuned = dir.resolve("tuned");
-        merge(fixture, plain, MergeRunner.Options.defaults());
-        MergeReport r = merge(fixture, tuned, new MergeRunner.Options(false, 256, 0, 1, true, pread));
+        merge(fixture, plain, new MergeRunner.Options(false, Backend.DEFAULT_BLOCK_BYTES, 0, 2, WriteMode.POSITIONAL, null));
+        MergeReport r = merge(fixture, tuned, new MergeRunner.Options(false, 256, 0, 1, writes, pread));
         assertTrue(r.bytesWritten > 0);
         List<Path> files;
         try (Stream<Path> s = Files.list(plain)) {

@@ -48,6 +48,13 @@ public final class CudaBackend implements Backend {
     /** Pipeline threads (and streams) at most: each also copies blocks on the host, so more help until PCIe is full. */
     private static final int MAX_STREAMS = 8;
     /**
+     * Pipeline threads at most when the output takes one file's blocks from several threads at once
+     * ({@link org.loramerge.format.WriteMode#MIXED}, a file system in memory): there the workers' own copies
+     * into the files bound the merge, not PCIe or the disk, and 12 workers on 16 cores wrote a 7B merge from
+     * tmpfs to tmpfs faster than 8 (benchmarks/RESULTS.md, "From memory"); each adds a worker's buffers.
+     */
+    private static final int MAX_STREAMS_PARALLEL_WRITES = 12;
+    /**
      * Weights extract decomposes at once by default. One weight's SVD leaves the device idle during
      * its host steps (the l×l Cholesky factors and small SVD, the sketches' transfers and the waits
      * for them: a rank-64 pass over a 4096x11008 ΔW is about 0.2 ms of DGEMM by an H200's fp64 rate
@@ -110,15 +117,35 @@ public final class CudaBackend implements Backend {
      * take blocks of {@link Tuning#blockBytes} and number {@link Tuning#streams} where that knob is set.
      */
     public static Backend open(int ordinal, int cpuThreads) throws DeviceUnavailableException {
-        return open(ordinal, cpuThreads, CudaWeightDelta.DELTA_BUDGET_BYTES);
+        return open(ordinal, cpuThreads, false);
+    }
+
+    /**
+     * {@link #open(int, int)} for a merge whose output takes one file's blocks from several threads at
+     * once ({@code parallelWrites}): then, unless the knob says otherwise, with more workers, three
+     * quarters of the CPU threads up to {@value #MAX_STREAMS_PARALLEL_WRITES}, where half of them up to
+     * {@value #MAX_STREAMS} serve every other output. Called by {@code Backends}, by name.
+     */
+    public static Backend open(int ordinal, int cpuThreads, boolean parallelWrites) throws DeviceUnavailableException {
+        return open(ordinal, cpuThreads, CudaWeightDelta.DELTA_BUDGET_BYTES, parallelWrites);
     }
 
     /** {@link #open(int, int)} with another budget for the dense ΔW (for the GPU tests of a device with little room). */
     static CudaBackend open(int ordinal, int cpuThreads, long deltaBudgetBytes) throws DeviceUnavailableException {
+        return open(ordinal, cpuThreads, deltaBudgetBytes, false);
+    }
+
+    private static CudaBackend open(int ordinal, int cpuThreads, long deltaBudgetBytes, boolean parallelWrites) throws DeviceUnavailableException {
         Tuning tuning = Tuning.current();
-        int streams = tuning.streams() > 0 ? tuning.streams() : Math.max(2, Math.min(MAX_STREAMS, cpuThreads / 2));
+        int streams = tuning.streams() > 0 ? tuning.streams() : defaultStreams(cpuThreads, parallelWrites);
         int svds = tuning.svds() > 0 ? tuning.svds() : DEFAULT_DECOMPOSITIONS;
         return new CudaBackend(CudaDevice.open(ordinal, tuning.blockBytes(), streams), streams, cpuThreads, svds, deltaBudgetBytes);
+    }
+
+    /** The workers (and streams) of an engine on a machine of {@code cpuThreads}, without the knob. */
+    static int defaultStreams(int cpuThreads, boolean parallelWrites) {
+        return parallelWrites ? Math.max(2, Math.min(MAX_STREAMS_PARALLEL_WRITES, cpuThreads * 3 / 4))
+                : Math.max(2, Math.min(MAX_STREAMS, cpuThreads / 2));
     }
 
     @Override

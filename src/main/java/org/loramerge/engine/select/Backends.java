@@ -25,13 +25,22 @@ public final class Backends {
      * (the GPU when a usable one is present, else the CPU).
      */
     public static Choice open(String device, int cpuThreads) throws DeviceUnavailableException, UsageException {
+        return open(device, cpuThreads, false);
+    }
+
+    /**
+     * {@link #open(String, int)} for a merge whose output takes one file's blocks from several threads
+     * at once ({@code parallelWrites}: {@link org.loramerge.format.WriteMode#MIXED} or
+     * {@link org.loramerge.format.WriteMode#MAPPED}), for which the GPU engine starts more workers.
+     */
+    public static Choice open(String device, int cpuThreads, boolean parallelWrites) throws DeviceUnavailableException, UsageException {
         String d = device.toLowerCase(Locale.ROOT);
         if (d.equals("cpu")) {
             return new Choice(new CpuBackend(cpuThreads), null);
         }
         if (d.equals("auto")) {
             try {
-                return new Choice(openCuda(0, cpuThreads), null);
+                return new Choice(openCuda(0, cpuThreads, parallelWrites), null);
             } catch (DeviceUnavailableException e) {
                 return new Choice(new CpuBackend(cpuThreads), e.getMessage());
             }
@@ -45,7 +54,7 @@ public final class Backends {
                     throw new UsageException("--device " + device + ": expected cuda:N with N a device number");
                 }
             }
-            return new Choice(openCuda(ordinal, cpuThreads), null);
+            return new Choice(openCuda(ordinal, cpuThreads, parallelWrites), null);
         }
         throw new UsageException("--device " + device + ": expected auto, cpu, cuda or cuda:N");
     }
@@ -86,9 +95,14 @@ public final class Backends {
 
     /** The GPU engine on device {@code ordinal}; loaded by name so that the CPU engine never needs JCuda's classes. */
     public static Backend openCuda(int ordinal, int cpuThreads) throws DeviceUnavailableException {
+        return openCuda(ordinal, cpuThreads, false);
+    }
+
+    /** {@link #openCuda(int, int)}, with more workers for an output that takes {@code parallelWrites}. */
+    public static Backend openCuda(int ordinal, int cpuThreads, boolean parallelWrites) throws DeviceUnavailableException {
         try {
             Class<?> c = Class.forName("org.loramerge.engine.cuda.CudaBackend");
-            return (Backend) c.getMethod("open", int.class, int.class).invoke(null, ordinal, cpuThreads);
+            return (Backend) c.getMethod("open", int.class, int.class, boolean.class).invoke(null, ordinal, cpuThreads, parallelWrites);
         } catch (InvocationTargetException e) {
             Throwable cause = e.getCause();
             if (cause instanceof DeviceUnavailableException) {

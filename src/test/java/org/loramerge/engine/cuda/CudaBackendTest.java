@@ -26,6 +26,7 @@ import org.loramerge.format.DType;
 import org.loramerge.format.FloatFormat;
 import org.loramerge.format.MappedRegion;
 import org.loramerge.format.SafetensorsFile;
+import org.loramerge.format.WriteMode;
 import org.loramerge.pipeline.AtomicOutput;
 import org.loramerge.pipeline.MergeRunner;
 import org.loramerge.pipeline.Progress;
@@ -149,7 +150,7 @@ class CudaBackendTest extends OnTheGpu {
                     MergeRunner.run(plan, cpu, o, MergeRunner.Options.defaults(), Progress.silent());
                 }
                 try (AtomicOutput o = AtomicOutput.create(gpuOut, false, List.of(caseDir))) {
-                    MergeRunner.run(plan, cuda, o, new MergeRunner.Options(false, 4096, 0, 1, true, true), Progress.silent());
+                    MergeRunner.run(plan, cuda, o, new MergeRunner.Options(false, 4096, 0, 1, WriteMode.MAPPED, true), Progress.silent());
                 }
                 try (Stream<Path> files = Files.list(cpuOut)) {
                     for (Path p : files.toList()) {
