@@ -12,9 +12,11 @@
 #          run after clearing the driver's compute cache
 #   f16    the same shape in f16: LoRA, and --dtype bf16
 #   f32    a 16-layer f32 base (13.3 GB; the 32-layer one and its output do not fit the disk): LoRA
-#   io     the rows bound by the disk or by memory, each twice, with the copy floor timed before each
-#          pair: the bf16 base's LoRA and --dtype f32 (which writes twice the floor's bytes), and base
-#          and output on tmpfs (3 and 7 shards); then the host's memcpy bandwidth (what tmpfs runs at)
+#   io     the rows bound by the disk or by memory, with the copy floor timed before each set: twice
+#          the bf16 base's LoRA, --dtype f32 (which writes twice the floor's bytes) and dd writing as
+#          many bytes (the disk's own rate); three times base and output on tmpfs: the base's 3 shards
+#          with the default writes and with positional ones, and 7 shards; then the host's memcpy
+#          bandwidth (what tmpfs runs at)
 #
 # Each row: a fresh ./loramerge (the launcher: -Xmx2g and the jar's class-data archive) + sync, page cache warm, wall time, its ratio to the copy
 # floor (`cp -r` + sync of what the row reads: the base, or the NF4 base for --to nf4), the
@@ -172,18 +174,23 @@ for set in "${@:-bf16}"; do
       echo "| cp -r + sync, bf16 base ($rep) | $F | 1.00 | | | | |" >> "$TABLE"
       merge "LoRA, random F32 factors ($rep)" "$F" "$WORK/m/base" "$WORK/m/a-f32"
       merge "--dtype f32 (bf16 base) ($rep)" "$F" "$WORK/m/base" "$WORK/m/a-f32" --dtype f32
+      # what the disk takes for the bytes --dtype f32 writes (27 GB), written by dd and flushed, beside them
+      run "dd of the f32 output's bytes + fdatasync ($rep)" "$F" dd if=/dev/zero of="$WORK/raw" bs=64M count=$(( (2 * $(du -sb "$WORK/m/base" | cut -f1) + (64 << 20) - 1) / (64 << 20) )) conv=fdatasync status=none
+      rm -f "$WORK/raw"
     done
     SHM=/dev/shm/lm-cases; rm -rf "$SHM"; mkdir -p "$SHM"
     cp -r "$WORK/m/base" "$SHM/base"; cp -r "$WORK/m/a-f32" "$SHM/a-f32"
     rm -rf "$WORK"/*
-    for rep in 1 2; do
+    for rep in 1 2 3; do
       rm -rf "$SHM/copy"; T=$("$PY" -c 'import json,sys; print(json.loads(sys.argv[1])["wall_s"])' \
         "$("$PY" scripts/bench/measure.py --label cp-shm -- cp -r "$SHM/base" "$SHM/copy")"); rm -rf "$SHM/copy"
       echo "| cp -r, tmpfs to tmpfs ($rep) | $T | 1.00 | | | | |" >> "$TABLE"
-      for shards in 3 7; do
+      for shards in 3 3p 7; do
         rm -rf "$SHM/out"
-        run "LoRA, tmpfs, $shards shards ($rep)" "$T" $LM merge --base "$SHM/base" --adapter "$SHM/a-f32" --out "$SHM/out" --device "$DEVICE" \
-          --quiet --json $([ "$shards" = 7 ] && echo --max-shard-size 2GB)
+        # 3p: the base's 3 shards with positional writes only (-Dloramerge.write=pwrite, the default before mixed writes)
+        run "LoRA, tmpfs, ${shards/3p/3 shards, positional writes}$([ "$shards" = 3p ] || echo " shards") ($rep)" "$T" \
+          env LORAMERGE_JAVA_OPTS="-Xmx2g$([ "$shards" = 3p ] && echo " -Dloramerge.write=pwrite")" $LM merge --base "$SHM/base" --adapter "$SHM/a-f32" --out "$SHM/out" \
+          --device "$DEVICE" --quiet --json $([ "$shards" = 7 ] && echo --max-shard-size 2GB)
       done
     done
     rm -rf "$SHM"

@@ -7,8 +7,8 @@
 #
 #   scripts/install/make-cds.sh [JAR]        default target/loramerge-cli.jar
 #
-# The archive is what a merge of the shipped example (examples/tiny-llama, --device auto) loads,
-# recorded at its exit (-XX:ArchiveClassesAtExit, Java 17). Runs the java of JAVA_HOME, else of
+# The archive is what a merge of the shipped example (examples/tiny-llama, --device auto, with
+# --json so that the report's writer is in it too) loads, recorded at its exit (-XX:ArchiveClassesAtExit, Java 17). Runs the java of JAVA_HOME, else of
 # the PATH: the one the launcher will run. install.sh calls it for the jar it installs.
 set -euo pipefail
 case "${1:-}" in -h|--help) sed -n 2,12p "$0"; exit 0 ;; esac
@@ -25,7 +25,7 @@ trap 'rm -rf "$tmp"; rm -f "$part"' EXIT
 # the JVM writes its archive at exit; the warnings it prints about classes it cannot archive (old
 # class files, proxies) are not ours to act on
 if ! "$java" -XX:ArchiveClassesAtExit="$part" -Xlog:cds=off -Xlog:cds+dynamic=off -Xmx2g -jar "$jar" merge \
-    --base "$root/examples/tiny-llama/base" --adapter "$root/examples/tiny-llama/adapter" --out "$tmp/merged" --quiet \
+    --base "$root/examples/tiny-llama/base" --adapter "$root/examples/tiny-llama/adapter" --out "$tmp/merged" --quiet --json \
     > "$tmp/log" 2>&1 || [[ ! -s $part ]]; then
   cat "$tmp/log" >&2
   echo "make-cds: the training merge failed; no archive written" >&2
