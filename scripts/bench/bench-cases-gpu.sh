@@ -2,7 +2,7 @@
 # Every kind of adapter and base a user has, end to end on the GPU machine, beside the copy floor
 # of the same files, in one device call (the "no cliffs" table):
 #
-#   bash scripts/bench/bench-cases-gpu.sh [bf16|f16|f32|io] ...  (default: bf16)
+#   bash scripts/bench/bench-cases-gpu.sh [bf16|f16|f32|io|flush] ...  (default: bf16)
 #
 #   bf16   a Llama-2-7B-shaped bf16 base (13.48 GB, 3 shards) and rank-16 adapters on all 7
 #          projections: random F32 factors; F32 factors that are bf16 numbers; rsLoRA rank 64; DoRA;
@@ -17,6 +17,9 @@
 #          many bytes (the disk's own rate); three times base and output on tmpfs: the base's 3 shards
 #          with the default writes and with positional ones, and 7 shards; then the host's memcpy
 #          bandwidth (what tmpfs runs at)
+#   flush  --dtype f32 of the bf16 base with a background flush every 256 MiB of a shard (the default),
+#          1 GiB, 64 MiB and none before the shard's end (-Dloramerge.flushBytes), twice, each pass
+#          beside its copy floor
 #
 # Each row: a fresh ./loramerge (the launcher: -Xmx2g and the jar's class-data archive) + sync, page cache warm, wall time, its ratio to the copy
 # floor (`cp -r` + sync of what the row reads: the base, or the NF4 base for --to nf4), the
@@ -164,6 +167,21 @@ for set in "${@:-bf16}"; do
     echo "| cp -r + sync, f32 base (16 layers) | $F | 1.00 | | | | |" >> "$TABLE"
     merge "F32 base (16 layers), LoRA" "$F" "$WORK/m/base" "$WORK/m/adapter"
     ;;
+  flush)
+    say "generating the bf16 base and an adapter"
+    gen "$WORK/m" bf16 --base-only
+    adapter "$WORK/m" a-f32
+    sync; warm "$WORK/m"
+    for rep in 1 2; do
+      F=$(floor "$WORK/m/base"); say "copy floor $F s"
+      echo "| cp -r + sync, bf16 base ($rep) | $F | 1.00 | | | | |" >> "$TABLE"
+      for flush in 268435456 1073741824 67108864 0; do
+        run "--dtype f32, -Dloramerge.flushBytes=$flush ($rep)" "$F" env LORAMERGE_JAVA_OPTS="-Xmx2g -Dloramerge.flushBytes=$flush" \
+          $LM merge --base "$WORK/m/base" --adapter "$WORK/m/a-f32" --out "$WORK/out" --device "$DEVICE" --quiet --json --dtype f32
+        rm -rf "$WORK/out"
+      done
+    done
+    ;;
   io)
     say "generating the bf16 base and an adapter"
     gen "$WORK/m" bf16 --base-only
@@ -232,7 +250,7 @@ int main(int argc, char **argv) {
 CEOF
     fi
     ;;
-  *) echo "unknown set $set (bf16, f16, f32, io)" >&2; exit 2 ;;
+  *) echo "unknown set $set (bf16, f16, f32, io, flush)" >&2; exit 2 ;;
   esac
 done
 rm -rf "$WORK"

@@ -24,6 +24,8 @@ import org.loramerge.format.WriteMode;
  *       (default {@link #DEFAULT_SHARDS_AT_ONCE}; 1 writes them one after the other)
  *   <li>{@code loramerge.svds}: how many weights {@code extract} decomposes at once on the GPU engine (default 4),
  *       each on its own thread and stream
+ *   <li>{@code loramerge.flushBytes}: bytes a shard takes between background flushes to the disk (default
+ *       {@link #DEFAULT_FLUSH_BYTES}); 0 flushes each shard only when it is finished
  * </ul>
  *
  * @param blockBytes      output bytes per row block
@@ -33,8 +35,17 @@ import org.loramerge.format.WriteMode;
  * @param preadReads      whether workers read dense rows by positional reads instead of mappings; null: the engine's choice
  * @param svds            weights extract decomposes at once on the GPU engine, 0 for the engine's own choice
  * @param shardsAtOnce    output shards a merge writes at once
+ * @param flushBytes      bytes written into a shard between background flushes, 0 for none before its end
  */
-public record Tuning(int blockBytes, int streams, int windowPerThread, WriteMode writes, Boolean preadReads, int svds, int shardsAtOnce) {
+public record Tuning(int blockBytes, int streams, int windowPerThread, WriteMode writes, Boolean preadReads, int svds, int shardsAtOnce,
+                     long flushBytes) {
+    /**
+     * Bytes a shard takes between background flushes (fdatasync on a thread of its own), so that the
+     * final one finds little left to write: 256 MiB took the last shard's fsync after the stream from
+     * 0.6-0.8 s to 0.1 s against 1 GiB (benchmarks/RESULTS.md, "the fixed costs of a run").
+     */
+    public static final long DEFAULT_FLUSH_BYTES = 256L << 20;
+
     /**
      * Output shards written at once by default. Linux takes one buffered write into a file at a time (the
      * file's lock), so one file takes about 3 GB/s however many threads write it, while four files take
@@ -45,7 +56,8 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, WriteMode
     public static final int DEFAULT_SHARDS_AT_ONCE = 8;
 
     /** What the code does without any knob set. */
-    public static final Tuning DEFAULTS = new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, WriteMode.AUTO, null, 0, DEFAULT_SHARDS_AT_ONCE);
+    public static final Tuning DEFAULTS = new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, WriteMode.AUTO, null, 0, DEFAULT_SHARDS_AT_ONCE,
+            DEFAULT_FLUSH_BYTES);
 
     /**
      * Output blocks no smaller than this (a row of the widest Hugging Face weights fits), and no larger
@@ -75,8 +87,9 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, WriteMode
         }
         int svds = intProperty("loramerge.svds", 0, 1, 16);
         int shards = intProperty("loramerge.shards", DEFAULT_SHARDS_AT_ONCE, 1, 64);
+        long flush = (long) intProperty("loramerge.flushBytes", (int) DEFAULT_FLUSH_BYTES, 0, Integer.MAX_VALUE);
         return new Tuning(block, streams, window, writes,
-                read.equals("engine") ? null : read.equals("pread"), svds, shards);
+                read.equals("engine") ? null : read.equals("pread"), svds, shards, flush);
     }
 
     private static int intProperty(String name, int fallback, int min, int max) {
@@ -102,6 +115,7 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, WriteMode
         }
         return "streaming knobs: block " + (blockBytes >> 10) + " KiB, " + (streams == 0 ? "default" : streams) + " GPU streams, window "
                 + windowPerThread + " blocks a thread, " + writes.name().toLowerCase(Locale.ROOT) + " writes, "
-                + (preadReads == null ? "the engine's" : preadReads ? "positional" : "mapped") + " reads, " + shardsAtOnce + (shardsAtOnce == 1 ? " shard" : " shards") + " at once" + (svds == 0 ? "" : ", " + svds + " SVDs at once");
+                + (preadReads == null ? "the engine's" : preadReads ? "positional" : "mapped") + " reads, " + shardsAtOnce + (shardsAtOnce == 1 ? " shard" : " shards") + " at once" + (svds == 0 ? "" : ", " + svds + " SVDs at once")
+                + (flushBytes == DEFAULT_FLUSH_BYTES ? "" : flushBytes == 0 ? ", no flush before a shard's end" : ", a flush every " + (flushBytes >> 20) + " MiB");
     }
 }

@@ -16,6 +16,7 @@ import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.atomic.AtomicLong;
+import org.loramerge.engine.Tuning;
 import org.loramerge.format.Json;
 import org.loramerge.format.SafetensorsWriter;
 import org.loramerge.format.ShardIndex;
@@ -29,8 +30,6 @@ import org.loramerge.format.WriteMode;
  * command that writes a model (merge, quantize) goes through it, so they write the same layout.
  */
 public final class CheckpointWriter implements AutoCloseable {
-    /** Bytes written between background flushes, so the final fsync finds little left to write. */
-    static final long FLUSH_EVERY = 256L << 20;
     /** Every safetensors header says which framework's tensors these are, as transformers' writer does. */
     private static final Map<String, String> METADATA = Map.of("format", "pt");
 
@@ -49,22 +48,26 @@ public final class CheckpointWriter implements AutoCloseable {
         return t;
     });
     private final WriteMode writes;
+    /** Bytes a shard takes between background flushes, so the final fsync finds little left to write; 0: none. */
+    private final long flushBytes;
     private final AtomicLong tensorBytes = new AtomicLong();
 
     /** A writer into {@code out}; bytes written are counted into {@code progress}. */
     public CheckpointWriter(AtomicOutput out, Progress progress) {
-        this(out, progress, WriteMode.POSITIONAL);
+        this(out, progress, WriteMode.POSITIONAL, Tuning.DEFAULT_FLUSH_BYTES);
     }
 
     /**
      * A writer into {@code out} whose shards take the workers' blocks ({@link Shard#writeAt}) as
      * {@code writes} says: by positional writes, by copies into memory mappings of their places, or
-     * mixed ({@link SafetensorsWriter#create(Path, List, Map, WriteMode)}).
+     * mixed ({@link SafetensorsWriter#create(Path, List, Map, WriteMode)}), and each shard flushed to
+     * the disk in the background every {@code flushBytes} bytes (0: only when finished).
      */
-    public CheckpointWriter(AtomicOutput out, Progress progress, WriteMode writes) {
+    public CheckpointWriter(AtomicOutput out, Progress progress, WriteMode writes, long flushBytes) {
         this.out = out;
         this.progress = progress;
         this.writes = writes;
+        this.flushBytes = flushBytes;
     }
 
     /** The folder being written (hidden until {@link #commit}). */
@@ -157,7 +160,7 @@ public final class CheckpointWriter implements AutoCloseable {
      * thread ({@link #write}, {@link #transferFrom}) or placed at their offsets by worker threads
      * ({@link #writeAt}), which then report them from the writing thread ({@link #written}) for
      * progress; late tensors ({@link SafetensorsWriter.Entry#late}) are given whenever they are
-     * known ({@link #writeLate}). Every {@link #FLUSH_EVERY} bytes the disk is started on what is
+     * known ({@link #writeLate}). Every {@code flushBytes} bytes the disk is started on what is
      * written while the work goes on.
      */
     public final class Shard implements AutoCloseable {
@@ -223,7 +226,7 @@ public final class CheckpointWriter implements AutoCloseable {
         public void written(long n) throws Exception {
             progress.addBytes(n);
             unflushed += n;
-            if (unflushed >= FLUSH_EVERY && (flushing == null || flushing.isDone())) {
+            if (flushBytes > 0 && unflushed >= flushBytes && (flushing == null || flushing.isDone())) {
                 if (flushing != null) {
                     BlockExecutor.get(flushing); // surfaces a failed flush
                 }

@@ -47,13 +47,22 @@ public final class MergeRunner {
      * @param preadReads     whether workers read a dense tensor's rows by positional reads ({@link Tuning#preadReads});
      *                       null: as the engine prefers ({@link Backend#readsIntoBlockBuffers})
      * @param shardsAtOnce   output shards written at once, their tensors interleaved ({@link Tuning#shardsAtOnce})
+     * @param flushBytes     bytes a shard takes between background flushes, 0 for none before its end ({@link Tuning#flushBytes})
      */
     public record Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, WriteMode writes, Boolean preadReads,
-                          int shardsAtOnce) {
+                          int shardsAtOnce, long flushBytes) {
         public Options {
             if (shardsAtOnce < 1) {
                 throw new IllegalArgumentException("shardsAtOnce " + shardsAtOnce + " < 1");
             }
+            if (flushBytes < 0) {
+                throw new IllegalArgumentException("flushBytes " + flushBytes + " < 0");
+            }
+        }
+
+        public Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, WriteMode writes, Boolean preadReads,
+                       int shardsAtOnce) {
+            this(allowNonFinite, blockBytes, verifyRows, windowPerThread, writes, preadReads, shardsAtOnce, Tuning.DEFAULT_FLUSH_BYTES);
         }
 
         public Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, WriteMode writes, Boolean preadReads) {
@@ -71,7 +80,7 @@ public final class MergeRunner {
         /** The options of {@code tuning}'s streaming knobs. */
         public Options(boolean allowNonFinite, int verifyRows, Tuning tuning) {
             this(allowNonFinite, tuning.blockBytes(), verifyRows, tuning.windowPerThread(), tuning.writes(), tuning.preadReads(),
-                    tuning.shardsAtOnce());
+                    tuning.shardsAtOnce(), tuning.flushBytes());
         }
 
         public static Options defaults() {
@@ -95,7 +104,7 @@ public final class MergeRunner {
         long start = System.nanoTime();
         MergeContext ctx = new MergeContext(backend, options, progress, maxMemory);
         MergeReport report = new MergeReport();
-        try (CheckpointWriter writer = new CheckpointWriter(out, progress, options.writes())) {
+        try (CheckpointWriter writer = new CheckpointWriter(out, progress, options.writes(), options.flushBytes())) {
             stream(plan, writer, ctx);
             ctx.stages.since(Stages.Stage.STREAM, start, writer.tensorBytes());
             finish(plan, writer, options, report, ctx.stages);
@@ -223,7 +232,7 @@ public final class MergeRunner {
         try {
             for (int k = 0; k < n; k++) {
                 ctxs.add(k == 0 ? lead : new MergeContext(lead, options.get(k)));
-                writers.add(new CheckpointWriter(outs.get(k), progress, options.get(k).writes()));
+                writers.add(new CheckpointWriter(outs.get(k), progress, options.get(k).writes(), options.get(k).flushBytes()));
             }
             MergePlan first = plans.get(0);
             long streaming = System.nanoTime();

@@ -13,6 +13,7 @@ import org.junit.jupiter.params.provider.MethodSource;
 import org.loramerge.adapter.LoraAdapter;
 import org.loramerge.engine.Backend;
 import org.loramerge.engine.Stages;
+import org.loramerge.engine.Tuning;
 import org.loramerge.engine.cpu.CpuBackend;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.WriteMode;
@@ -26,7 +27,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * The stage accounting of a merge adds up to what the merge did, and the streaming knobs (block
- * size, window, mapped or mixed writes) change how the bytes get there, never which bytes.
+ * size, window, mapped or mixed writes, flushes) change how the bytes get there, never which bytes.
  */
 class StageAccountingTest {
     private static final Path FIXTURES = Path.of("src/test/resources/fixtures");
@@ -76,7 +77,9 @@ class StageAccountingTest {
         Path plain = dir.resolve("plain");
         Path tuned = dir.resolve("tuned");
         merge(fixture, plain, new MergeRunner.Options(false, Backend.DEFAULT_BLOCK_BYTES, 0, 2, WriteMode.POSITIONAL, null));
-        MergeReport r = merge(fixture, tuned, new MergeRunner.Options(false, 256, 0, 1, writes, pread));
+        // a flush after every block with mapped writes, none before a shard's end with mixed ones
+        long flushBytes = writes == WriteMode.MIXED ? 0 : 1;
+        MergeReport r = merge(fixture, tuned, new MergeRunner.Options(false, 256, 0, 1, writes, pread, Tuning.DEFAULT_SHARDS_AT_ONCE, flushBytes));
         assertTrue(r.bytesWritten > 0);
         List<Path> files;
         try (Stream<Path> s = Files.list(plain)) {
