@@ -218,10 +218,19 @@ public final class SafetensorsWriter implements AutoCloseable {
      * writers may still fill the disk meanwhile; positional writes (the default) report that.
      */
     private static void requireSpaceForMappedWrites(Path path, long bytes) throws IOException {
-        Path dir = path.toAbsolutePath().getParent();
+        requireSpaceForMappedWrites(path.toAbsolutePath().getParent(), path.toString(), "the file", bytes);
+    }
+
+    /**
+     * Refuses to write {@code bytes} through mappings into {@code dir} when its file system has less
+     * room (see {@link #requireSpaceForMappedWrites(Path, long)}), for several files together: a file
+     * sized up front takes its room only as it is written, so files that each fit can still overflow
+     * together. {@code what} names the files in the message.
+     */
+    public static void requireSpaceForMappedWrites(Path dir, String name, String what, long bytes) throws IOException {
         long usable = Files.getFileStore(dir).getUsableSpace();
         if (usable < bytes) {
-            throw new IOException(path + ": No space left on device: the file needs " + bytes + " bytes and its file system has "
+            throw new IOException(name + ": No space left on device: " + what + " needs " + bytes + " bytes and its file system has "
                     + usable + " free; free space, or write elsewhere");
         }
     }

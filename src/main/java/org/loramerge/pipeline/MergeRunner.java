@@ -1,6 +1,8 @@
 package org.loramerge.pipeline;
 
 import java.io.IOException;
+import java.nio.file.FileStore;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -104,6 +106,7 @@ public final class MergeRunner {
         long start = System.nanoTime();
         MergeContext ctx = new MergeContext(backend, options, progress, maxMemory);
         MergeReport report = new MergeReport();
+        requireRoomForMappedWrites(List.of(plan), List.of(out), List.of(options));
         try (CheckpointWriter writer = new CheckpointWriter(out, progress, options.writes(), options.flushBytes())) {
             stream(plan, writer, ctx);
             ctx.stages.since(Stages.Stage.STREAM, start, writer.tensorBytes());
@@ -113,6 +116,32 @@ public final class MergeRunner {
         }
         progress.finish();
         return fill(report, plan, ctx, backend, out, start);
+    }
+
+    /**
+     * Refuses, before anything is written, a merge whose shards go through memory mappings (the default
+     * into tmpfs, {@link WriteMode#MIXED}) into a file system without room for all of them: shards are
+     * sized up front but take their room only as written, and a write through a mapping that finds
+     * none is a bus error that ends the JVM instead of an error the merge can report (each shard is
+     * also checked as it is created, which covers other writers that filled it since).
+     */
+    private static void requireRoomForMappedWrites(List<MergePlan> plans, List<AtomicOutput> outs, List<Options> options) throws IOException {
+        // the outputs written through mappings, by file system: those on one need room for all of them
+        Map<FileStore, Long> needed = new HashMap<>();
+        Map<FileStore, AtomicOutput> named = new HashMap<>();
+        for (int k = 0; k < plans.size(); k++) {
+            AtomicOutput out = outs.get(k);
+            if (options.get(k).writes().resolve(out.dir()).maps()) {
+                FileStore store = Files.getFileStore(out.dir());
+                needed.merge(store, plans.get(k).totalBytes(), Long::sum);
+                named.putIfAbsent(store, out);
+            }
+        }
+        for (Map.Entry<FileStore, Long> e : needed.entrySet()) {
+            AtomicOutput out = named.get(e.getKey());
+            SafetensorsWriter.requireSpaceForMappedWrites(out.dir(), out.target().toString(),
+                    plans.size() == 1 ? "the merged model" : "the merged models on its file system", e.getValue());
+        }
     }
 
     /**
@@ -230,6 +259,7 @@ public final class MergeRunner {
         List<MergeContext> ctxs = new ArrayList<>();
         List<CheckpointWriter> writers = new ArrayList<>();
         try {
+            requireRoomForMappedWrites(plans, outs, options);
             for (int k = 0; k < n; k++) {
                 ctxs.add(k == 0 ? lead : new MergeContext(lead, options.get(k)));
                 writers.add(new CheckpointWriter(outs.get(k), progress, options.get(k).writes(), options.get(k).flushBytes()));

@@ -39,6 +39,23 @@ class MappedWritesSpaceTest {
     }
 
     @Test
+    void filesThatEachFitButNotTogetherAreRefusedAsAWholeBeforeAnyIsWritten() throws IOException {
+        long usable = Files.getFileStore(dir).getUsableSpace();
+        // three shards of a third of the free space and more: each fits, together they do not
+        long shard = usable / 3 + (64L << 20);
+        Path f = dir.resolve("model-00001-of-00003.safetensors");
+        List<SafetensorsWriter.Entry> entries = List.of(new SafetensorsWriter.Entry("w", DType.U8, new long[] {shard}));
+        try (SafetensorsWriter w = SafetensorsWriter.create(f, entries, Map.of(), WriteMode.MIXED)) {
+            assertEquals(WriteMode.MIXED, w.writeMode());
+        }
+        Files.delete(f);
+        IOException e = assertThrows(IOException.class,
+                () -> SafetensorsWriter.requireSpaceForMappedWrites(dir, "merged", "the merged model", 3 * shard));
+        assertTrue(e.getMessage().startsWith("merged: No space left on device: the merged model needs " + 3 * shard + " bytes"), e.getMessage());
+        SafetensorsWriter.requireSpaceForMappedWrites(dir, "merged", "the merged model", shard);
+    }
+
+    @Test
     void mappedWritesThatFitAreWrittenAsPositionalOnes() throws IOException {
         List<SafetensorsWriter.Entry> entries = List.of(new SafetensorsWriter.Entry("a", DType.U8, new long[] {5000}),
                 new SafetensorsWriter.Entry("b", DType.U8, new long[] {3}));
