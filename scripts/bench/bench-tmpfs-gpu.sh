@@ -16,7 +16,7 @@
 # Writes $OUT/tmpfs.log (everything) and $OUT/tmpfs-table.md (the table and the stage lines).
 # Needs .device/jre.tgz and .device/loramerge.jar (scripts/device/gpu-run.sh pack).
 # Environment: OUT (default /tmp/out), SHM (/dev/shm/lm-tmpfs), PYTHON (python3);
-#   QUICK=1 (11 rows: defaults and positional writes (-Dloramerge.write=pwrite, the default before) twice each,
+#   QUICK=1 (10 rows: defaults and positional writes (-Dloramerge.write=pwrite, the default before) twice each,
 #   the defaults with 8 and 16 streams, 7 shards of 2 GB, mapped writes, the Java copy with the default and with
 #   positional writes; for a device call shared with other steps);
 #   SHAPE, DEVICE and GEN_DEVICE (llama-7b, cuda, cuda) only to try the script out elsewhere.

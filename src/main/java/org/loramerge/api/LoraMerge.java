@@ -111,8 +111,7 @@ public final class LoraMerge {
         inputs.addAll(adapters);
         try (AtomicOutput output = AtomicOutput.create(out, options.overwrite(), inputs)) {
             // the engine starts (its modules, workers; the driver itself started in Main.prestartEngine) while the plan is made
-            boolean parallelWrites = tuning.writes().resolve(output.dir()).parallel();
-            CompletableFuture<Backends.Choice> opening = openInBackground(options.device(), cpuThreads, parallelWrites);
+            CompletableFuture<Backends.Choice> opening = openInBackground(options.device(), cpuThreads, parallelWrites(tuning, output.dir()));
             Backends.Choice choice = null;
             try (Checkpoint ckpt = openBase(base, options.followSymlinks()); Adapters loras = Adapters.open(adapters, options.followSymlinks())) {
                 PlanOptions planOptions = new PlanOptions(dtype, options.maxShardSize(), to);
@@ -257,7 +256,11 @@ public final class LoraMerge {
                 }
             }
             if (!plans.isEmpty()) {
-                Backends.Choice choice = Backends.open(shared.device(), cpuThreads);
+                boolean parallel = false;
+                for (AtomicOutput o : outputs) {
+                    parallel |= parallelWrites(tuning, o.dir());
+                }
+                Backends.Choice choice = Backends.open(shared.device(), cpuThreads, parallel);
                 double startSeconds = (System.nanoTime() - start) / 1e9;
                 List<MergeRunner.Options> options = new ArrayList<>();
                 try {
@@ -588,6 +591,15 @@ public final class LoraMerge {
         t.setDaemon(true);
         t.start();
         return f;
+    }
+
+    /**
+     * Whether a model written into {@code dir} with {@code tuning}'s writes takes one file's blocks from
+     * several threads at once (mixed writes into tmpfs, or mapped ones), for which the GPU engine starts
+     * more workers ({@link Backends#open(String, int, boolean)}).
+     */
+    public static boolean parallelWrites(Tuning tuning, Path dir) {
+        return tuning.writes().resolve(dir).parallel();
     }
 
     /** The streaming knobs set as system properties ({@link Tuning}); one set to something it cannot be is a usage error. */

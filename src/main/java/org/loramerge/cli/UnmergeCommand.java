@@ -14,6 +14,7 @@ import java.util.concurrent.Callable;
 import org.loramerge.adapter.LoraAdapter;
 import org.loramerge.api.LoraMerge;
 import org.loramerge.engine.Backend;
+import org.loramerge.engine.Tuning;
 import org.loramerge.engine.select.Backends;
 import org.loramerge.errors.UsageException;
 import org.loramerge.format.Checkpoint;
@@ -101,7 +102,10 @@ final class UnmergeCommand implements Callable<Integer> {
              Checkpoint b = base == null ? null : LoraMerge.openModel("--base", base, inputs.followSymlinks)) {
             MergePlan plan = UnmergePlanner.plan(m, lora, b, options);
             MergeReport report;
-            Backends.Choice choice = Backends.open(device, cpuThreads);
+            Tuning tuning = LoraMerge.tuning();
+            // the output's folder is made below, beside where it appears: its file system is the parent's
+            Path parent = out.toAbsolutePath().getParent();
+            Backends.Choice choice = Backends.open(device, cpuThreads, parent != null && LoraMerge.parallelWrites(tuning, parent));
             try (Backend backend = choice.backend()) {
                 if (!quiet) {
                     if (choice.fallbackReason() != null) {
@@ -112,7 +116,7 @@ final class UnmergeCommand implements Callable<Integer> {
                 }
                 try (AtomicOutput output = AtomicOutput.create(out, overwrite, inputDirs)) {
                     Progress progress = new Progress(err, !quiet, plan.totalBytes(), plan.tensors().size(), "unmerging");
-                    report = MergeRunner.run(plan, backend, output, new MergeRunner.Options(allowOverflow, 0, LoraMerge.tuning()), progress);
+                    report = MergeRunner.run(plan, backend, output, new MergeRunner.Options(allowOverflow, 0, tuning), progress);
                 }
             }
             UlpDistance.Result distance = null;

@@ -11,7 +11,8 @@ import org.loramerge.format.WriteMode;
  *
  * <ul>
  *   <li>{@code loramerge.blockBytes}: output bytes per row block (default {@link Backend#DEFAULT_BLOCK_BYTES}, 8 MiB)
- *   <li>{@code loramerge.streams}: the GPU engine's worker threads, one stream each (default: half the CPU threads, 2 to 8)
+ *   <li>{@code loramerge.streams}: the GPU engine's worker threads, one stream each (default: half the CPU threads, 2 to 8;
+ *       three quarters, up to 12, for an output written through mappings, as mixed writes into tmpfs are)
  *   <li>{@code loramerge.window}: blocks per worker thread and open shard that may wait for the in-order hand-over (default 2)
  *   <li>{@code loramerge.write}: how workers put their blocks into a shard ({@link WriteMode}): {@code pwrite}, a
  *       positional write; {@code mapped}, a copy into a memory mapping of the block's place; {@code mixed}, a positional
@@ -87,18 +88,22 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, WriteMode
         }
         int svds = intProperty("loramerge.svds", 0, 1, 16);
         int shards = intProperty("loramerge.shards", DEFAULT_SHARDS_AT_ONCE, 1, 64);
-        long flush = (long) intProperty("loramerge.flushBytes", (int) DEFAULT_FLUSH_BYTES, 0, Integer.MAX_VALUE);
+        long flush = longProperty("loramerge.flushBytes", DEFAULT_FLUSH_BYTES, 0, Long.MAX_VALUE);
         return new Tuning(block, streams, window, writes,
                 read.equals("engine") ? null : read.equals("pread"), svds, shards, flush);
     }
 
     private static int intProperty(String name, int fallback, int min, int max) {
+        return (int) longProperty(name, fallback, min, max);
+    }
+
+    private static long longProperty(String name, long fallback, long min, long max) {
         String v = System.getProperty(name);
         if (v == null) {
             return fallback;
         }
         try {
-            int n = Integer.parseInt(v.trim());
+            long n = Long.parseLong(v.trim());
             if (n >= min && n <= max) {
                 return n;
             }
@@ -116,6 +121,7 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, WriteMode
         return "streaming knobs: block " + (blockBytes >> 10) + " KiB, " + (streams == 0 ? "default" : streams) + " GPU streams, window "
                 + windowPerThread + " blocks a thread, " + writes.name().toLowerCase(Locale.ROOT) + " writes, "
                 + (preadReads == null ? "the engine's" : preadReads ? "positional" : "mapped") + " reads, " + shardsAtOnce + (shardsAtOnce == 1 ? " shard" : " shards") + " at once" + (svds == 0 ? "" : ", " + svds + " SVDs at once")
-                + (flushBytes == DEFAULT_FLUSH_BYTES ? "" : flushBytes == 0 ? ", no flush before a shard's end" : ", a flush every " + (flushBytes >> 20) + " MiB");
+                + (flushBytes == DEFAULT_FLUSH_BYTES ? "" : flushBytes == 0 ? ", no flush before a shard's end"
+                : ", a flush every " + (flushBytes % (1 << 20) == 0 ? (flushBytes >> 20) + " MiB" : flushBytes + " bytes"));
     }
 }

@@ -7,6 +7,7 @@ import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.channels.FileChannel;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.FileStore;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
@@ -214,23 +215,16 @@ public final class SafetensorsWriter implements AutoCloseable {
      * Refuses mapped writes of a file of {@code bytes} when its file system has less room: a write
      * through a mapping that the file system cannot back is a bus error, which Java 17 raises not in
      * the copy but asynchronously, later (in practice in the JDK's unmapping, whose Cleaner then ends
-     * the JVM with exit 1), so a full disk cannot be reported as it happens, only foreseen here. Other
-     * writers may still fill the disk meanwhile; positional writes (the default) report that.
+     * the JVM with exit 1), so a full disk cannot be reported as it happens, only foreseen here (and
+     * for a whole model before its first file, {@link RoomLedger}). Other programs may still fill it
+     * meanwhile; positional writes report that. A file system that keeps no count of its room (ramfs,
+     * tmpfs without a size) is not checked.
      */
     private static void requireSpaceForMappedWrites(Path path, long bytes) throws IOException {
-        requireSpaceForMappedWrites(path.toAbsolutePath().getParent(), path.toString(), "the file", bytes);
-    }
-
-    /**
-     * Refuses to write {@code bytes} through mappings into {@code dir} when its file system has less
-     * room (see {@link #requireSpaceForMappedWrites(Path, long)}), for several files together: a file
-     * sized up front takes its room only as it is written, so files that each fit can still overflow
-     * together. {@code what} names the files in the message.
-     */
-    public static void requireSpaceForMappedWrites(Path dir, String name, String what, long bytes) throws IOException {
-        long usable = Files.getFileStore(dir).getUsableSpace();
-        if (usable < bytes) {
-            throw new IOException(name + ": No space left on device: " + what + " needs " + bytes + " bytes and its file system has "
+        FileStore store = Files.getFileStore(path.toAbsolutePath().getParent());
+        long usable = store.getUsableSpace();
+        if (usable < bytes && store.getTotalSpace() > 0) {
+            throw new IOException(path + ": No space left on device: the file needs " + bytes + " bytes and its file system has "
                     + usable + " free; free space, or write elsewhere");
         }
     }

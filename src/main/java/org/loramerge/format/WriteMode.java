@@ -50,14 +50,18 @@ public enum WriteMode {
     }
 
     /**
-     * This mode for files in {@code dir}: {@link #AUTO} resolved by the type of the file system holding it,
-     * any other mode as it is.
+     * This mode for files in {@code dir}: {@link #AUTO} resolved by the type of the file system holding it
+     * ({@link #POSITIONAL} where that cannot be found, as in some containers), any other mode as it is.
      */
-    public WriteMode resolve(Path dir) throws IOException {
+    public WriteMode resolve(Path dir) {
         if (this != AUTO) {
             return this;
         }
-        return inMemory(Files.getFileStore(dir).type()) ? MIXED : POSITIONAL;
+        try {
+            return inMemory(Files.getFileStore(dir).type()) ? MIXED : POSITIONAL;
+        } catch (IOException | RuntimeException e) {
+            return POSITIONAL;
+        }
     }
 
     /** Whether a file system of this type (as {@link java.nio.file.FileStore#type} names it) keeps its files in memory. */

@@ -18,6 +18,7 @@ import java.util.concurrent.Future;
 import java.util.concurrent.atomic.AtomicLong;
 import org.loramerge.engine.Tuning;
 import org.loramerge.format.Json;
+import org.loramerge.format.RoomLedger;
 import org.loramerge.format.SafetensorsWriter;
 import org.loramerge.format.ShardIndex;
 import org.loramerge.format.WriteMode;
@@ -50,6 +51,8 @@ public final class CheckpointWriter implements AutoCloseable {
     private final WriteMode writes;
     /** Bytes a shard takes between background flushes, so the final fsync finds little left to write; 0: none. */
     private final long flushBytes;
+    /** The room this model claimed on its file system, which shrinks as its bytes are written. */
+    private final RoomLedger.Claim room;
     private final AtomicLong tensorBytes = new AtomicLong();
 
     /** A writer into {@code out}; bytes written are counted into {@code progress}. */
@@ -64,10 +67,21 @@ public final class CheckpointWriter implements AutoCloseable {
      * the disk in the background every {@code flushBytes} bytes (0: only when finished).
      */
     public CheckpointWriter(AtomicOutput out, Progress progress, WriteMode writes, long flushBytes) {
+        this(out, progress, writes, flushBytes, RoomLedger.Claim.none());
+    }
+
+    /** {@link #CheckpointWriter(AtomicOutput, Progress, WriteMode, long)} that counts the bytes it writes against {@code room}. */
+    public CheckpointWriter(AtomicOutput out, Progress progress, WriteMode writes, long flushBytes, RoomLedger.Claim room) {
         this.out = out;
         this.progress = progress;
         this.writes = writes;
         this.flushBytes = flushBytes;
+        this.room = room;
+    }
+
+    /** The bytes of a shard of these tensors besides theirs: its header, as {@link #openShard} writes it. */
+    public static long headerBytes(List<SafetensorsWriter.Entry> entries) {
+        return SafetensorsWriter.header(entries, METADATA).length;
     }
 
     /** The folder being written (hidden until {@link #commit}). */
@@ -225,6 +239,7 @@ public final class CheckpointWriter implements AutoCloseable {
         /** Counts {@code n} bytes a worker wrote (writing thread): progress and the background flush. */
         public void written(long n) throws Exception {
             progress.addBytes(n);
+            room.wrote(n);
             unflushed += n;
             if (flushBytes > 0 && unflushed >= flushBytes && (flushing == null || flushing.isDone())) {
                 if (flushing != null) {

@@ -1,8 +1,6 @@
 package org.loramerge.pipeline;
 
 import java.io.IOException;
-import java.nio.file.FileStore;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -18,6 +16,7 @@ import org.loramerge.engine.Stages;
 import org.loramerge.engine.Tuning;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.SafetensorsException;
+import org.loramerge.format.RoomLedger;
 import org.loramerge.format.SafetensorsWriter;
 import org.loramerge.format.WriteMode;
 import org.loramerge.plan.CarriedFiles;
@@ -104,44 +103,34 @@ public final class MergeRunner {
     /** {@link #run} in a JVM that may use {@code maxMemory} bytes, which sizes the threads and the open tensors' budget. */
     static MergeReport run(MergePlan plan, Backend backend, AtomicOutput out, Options options, Progress progress, long maxMemory) throws Exception {
         long start = System.nanoTime();
-        MergeContext ctx = new MergeContext(backend, options, progress, maxMemory);
-        MergeReport report = new MergeReport();
-        requireRoomForMappedWrites(List.of(plan), List.of(out), List.of(options));
-        try (CheckpointWriter writer = new CheckpointWriter(out, progress, options.writes(), options.flushBytes())) {
-            stream(plan, writer, ctx);
-            ctx.stages.since(Stages.Stage.STREAM, start, writer.tensorBytes());
-            finish(plan, writer, options, report, ctx.stages);
-        } finally {
-            ctx.executor.close();
+        try (RoomLedger.Claim room = claimRoom(plan, out, options)) {
+            MergeContext ctx = new MergeContext(backend, options, progress, maxMemory);
+            MergeReport report = new MergeReport();
+            try (CheckpointWriter writer = new CheckpointWriter(out, progress, options.writes(), options.flushBytes(), room)) {
+                stream(plan, writer, ctx);
+                ctx.stages.since(Stages.Stage.STREAM, start, writer.tensorBytes());
+                finish(plan, writer, options, report, ctx.stages);
+            } finally {
+                ctx.executor.close();
+            }
+            progress.finish();
+            return fill(report, plan, ctx, backend, out, start);
         }
-        progress.finish();
-        return fill(report, plan, ctx, backend, out, start);
     }
 
     /**
-     * Refuses, before anything is written, a merge whose shards go through memory mappings (the default
-     * into tmpfs, {@link WriteMode#MIXED}) into a file system without room for all of them: shards are
-     * sized up front but take their room only as written, and a write through a mapping that finds
-     * none is a bus error that ends the JVM instead of an error the merge can report (each shard is
-     * also checked as it is created, which covers other writers that filled it since).
+     * Claims the room {@code plan}'s shards need on {@code out}'s file system ({@link RoomLedger}),
+     * before anything is written: a merge written through memory mappings (the default into tmpfs,
+     * {@link WriteMode#MIXED}) is refused when the room is not there beside what the other models this
+     * process writes there still need, since a mapped write that finds no room ends the JVM instead
+     * of failing the merge (each shard is checked again as it is created).
      */
-    private static void requireRoomForMappedWrites(List<MergePlan> plans, List<AtomicOutput> outs, List<Options> options) throws IOException {
-        // the outputs written through mappings, by file system: those on one need room for all of them
-        Map<FileStore, Long> needed = new HashMap<>();
-        Map<FileStore, AtomicOutput> named = new HashMap<>();
-        for (int k = 0; k < plans.size(); k++) {
-            AtomicOutput out = outs.get(k);
-            if (options.get(k).writes().resolve(out.dir()).maps()) {
-                FileStore store = Files.getFileStore(out.dir());
-                needed.merge(store, plans.get(k).totalBytes(), Long::sum);
-                named.putIfAbsent(store, out);
-            }
+    private static RoomLedger.Claim claimRoom(MergePlan plan, AtomicOutput out, Options options) throws IOException {
+        long bytes = plan.totalBytes();
+        for (MergePlan.Shard shard : plan.shards()) {
+            bytes += CheckpointWriter.headerBytes(entries(shard));
         }
-        for (Map.Entry<FileStore, Long> e : needed.entrySet()) {
-            AtomicOutput out = named.get(e.getKey());
-            SafetensorsWriter.requireSpaceForMappedWrites(out.dir(), out.target().toString(),
-                    plans.size() == 1 ? "the merged model" : "the merged models on its file system", e.getValue());
-        }
+        return RoomLedger.claim(out.dir(), out.target().toString(), "the merged model", bytes, options.writes().resolve(out.dir()).maps());
     }
 
     /**
@@ -258,11 +247,14 @@ public final class MergeRunner {
         MergeContext lead = new MergeContext(backend, options.get(0), progress);
         List<MergeContext> ctxs = new ArrayList<>();
         List<CheckpointWriter> writers = new ArrayList<>();
+        List<RoomLedger.Claim> rooms = new ArrayList<>();
         try {
-            requireRoomForMappedWrites(plans, outs, options);
+            for (int k = 0; k < n; k++) {
+                rooms.add(claimRoom(plans.get(k), outs.get(k), options.get(k)));
+            }
             for (int k = 0; k < n; k++) {
                 ctxs.add(k == 0 ? lead : new MergeContext(lead, options.get(k)));
-                writers.add(new CheckpointWriter(outs.get(k), progress, options.get(k).writes(), options.get(k).flushBytes()));
+                writers.add(new CheckpointWriter(outs.get(k), progress, options.get(k).writes(), options.get(k).flushBytes(), rooms.get(k)));
             }
             MergePlan first = plans.get(0);
             long streaming = System.nanoTime();
@@ -312,6 +304,7 @@ public final class MergeRunner {
             return outcomes;
         } finally {
             writers.forEach(CheckpointWriter::close);
+            rooms.forEach(RoomLedger.Claim::close);
             lead.executor.close();
         }
     }

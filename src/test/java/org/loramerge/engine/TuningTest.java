@@ -22,7 +22,7 @@ class TuningTest {
     }
 
     @Test
-    void withoutKnobsARunStreamsAsItAlwaysDid() {
+    void withoutKnobsARunTakesTheCodesOwnDefaults() {
         assertEquals(new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, WriteMode.AUTO, null, 0, 8, 256L << 20), Tuning.current());
         assertNull(Tuning.current().describe(), "nothing to note");
     }
@@ -45,6 +45,10 @@ class TuningTest {
         System.setProperty("loramerge.flushBytes", Long.toString(1L << 30));
         assertEquals(1L << 30, Tuning.current().flushBytes());
         assertTrue(Tuning.current().describe().endsWith(", a flush every 1024 MiB"), Tuning.current().describe());
+        System.setProperty("loramerge.flushBytes", Long.toString(8L << 30));
+        assertEquals(8L << 30, Tuning.current().flushBytes(), "past 2^31");
+        System.setProperty("loramerge.flushBytes", "4096");
+        assertTrue(Tuning.current().describe().endsWith(", a flush every 4096 bytes"), Tuning.current().describe());
     }
 
     @Test

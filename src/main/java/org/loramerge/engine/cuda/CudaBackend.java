@@ -49,7 +49,8 @@ public final class CudaBackend implements Backend {
     private static final int MAX_STREAMS = 8;
     /**
      * Pipeline threads at most when the output takes one file's blocks from several threads at once
-     * ({@link org.loramerge.format.WriteMode#MIXED}, a file system in memory): there the workers' own copies
+     * through mappings ({@link org.loramerge.format.WriteMode#MIXED}, the default into a file system in memory,
+     * or {@link org.loramerge.format.WriteMode#MAPPED}): there the workers' own copies
      * into the files bound the merge, not PCIe or the disk, and 12 workers on 16 cores wrote a 7B merge from
      * tmpfs to tmpfs faster than 8 (benchmarks/RESULTS.md, "From memory"); each adds a worker's buffers.
      */
@@ -113,8 +114,8 @@ public final class CudaBackend implements Backend {
     }
 
     /**
-     * Opens device {@code ordinal}; explains precisely why when it cannot. Called by {@code Backends}, by name. Its workers
-     * take blocks of {@link Tuning#blockBytes} and number {@link Tuning#streams} where that knob is set.
+     * Opens device {@code ordinal}; explains precisely why when it cannot. Its workers take blocks of
+     * {@link Tuning#blockBytes} and number {@link Tuning#streams} where that knob is set.
      */
     public static Backend open(int ordinal, int cpuThreads) throws DeviceUnavailableException {
         return open(ordinal, cpuThreads, false);
