@@ -6,6 +6,7 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.SerializationFeature;
 import java.io.IOException;
 import java.io.PrintStream;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
@@ -103,8 +104,11 @@ final class UnmergeCommand implements Callable<Integer> {
             MergePlan plan = UnmergePlanner.plan(m, lora, b, options);
             MergeReport report;
             Tuning tuning = LoraMerge.tuning();
-            // the output's folder is made below, beside where it appears: its file system is the parent's
+            // the output's folder is made below, beside where it appears: on the file system of its nearest existing ancestor
             Path parent = out.toAbsolutePath().getParent();
+            while (parent != null && !Files.isDirectory(parent)) {
+                parent = parent.getParent();
+            }
             Backends.Choice choice = Backends.open(device, cpuThreads, parent != null && LoraMerge.parallelWrites(tuning, parent));
             try (Backend backend = choice.backend()) {
                 if (!quiet) {

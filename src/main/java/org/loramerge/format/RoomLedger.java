@@ -19,7 +19,7 @@ import java.util.concurrent.atomic.AtomicLong;
  * refused before anything is written unless its file system has room for it beside what the other
  * models being written there still need; and while one is written so, the models written there
  * positionally are held to the same rule, since they would take the room it counts on. File systems
- * that keep no count of their room (ramfs, tmpfs mounted without a size) have none to run out of and
+ * that keep no count of their room (ramfs, or tmpfs mounted with size=0) have none to run out of and
  * are not checked. Other processes filling a file system meanwhile are beyond this check.
  */
 public final class RoomLedger {

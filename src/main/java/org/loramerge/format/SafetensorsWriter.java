@@ -218,7 +218,7 @@ public final class SafetensorsWriter implements AutoCloseable {
      * the JVM with exit 1), so a full disk cannot be reported as it happens, only foreseen here (and
      * for a whole model before its first file, {@link RoomLedger}). Other programs may still fill it
      * meanwhile; positional writes report that. A file system that keeps no count of its room (ramfs,
-     * tmpfs without a size) is not checked.
+     * or tmpfs mounted with size=0) is not checked.
      */
     private static void requireSpaceForMappedWrites(Path path, long bytes) throws IOException {
         FileStore store = Files.getFileStore(path.toAbsolutePath().getParent());

@@ -1,6 +1,7 @@
 package org.loramerge.pipeline;
 
 import java.io.IOException;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -126,9 +127,13 @@ public final class MergeRunner {
      * of failing the merge (each shard is checked again as it is created).
      */
     private static RoomLedger.Claim claimRoom(MergePlan plan, AtomicOutput out, Options options) throws IOException {
-        long bytes = plan.totalBytes();
+        // the tensors, each shard's header and its last page, the carried files, and a MiB for the index, config and card
+        long bytes = plan.totalBytes() + (1L << 20);
         for (MergePlan.Shard shard : plan.shards()) {
-            bytes += CheckpointWriter.headerBytes(entries(shard));
+            bytes += CheckpointWriter.headerBytes(entries(shard)) + 4096;
+        }
+        for (Path f : plan.filesToCopy()) {
+            bytes += Files.size(f);
         }
         return RoomLedger.claim(out.dir(), out.target().toString(), "the merged model", bytes, options.writes().resolve(out.dir()).maps());
     }
@@ -244,14 +249,19 @@ public final class MergeRunner {
         long start = System.nanoTime();
         int n = plans.size();
         Progress progress = Progress.silent();
-        MergeContext lead = new MergeContext(backend, options.get(0), progress);
-        List<MergeContext> ctxs = new ArrayList<>();
-        List<CheckpointWriter> writers = new ArrayList<>();
         List<RoomLedger.Claim> rooms = new ArrayList<>();
         try {
             for (int k = 0; k < n; k++) {
                 rooms.add(claimRoom(plans.get(k), outs.get(k), options.get(k)));
             }
+        } catch (IOException | RuntimeException e) {
+            rooms.forEach(RoomLedger.Claim::close);
+            throw e;
+        }
+        MergeContext lead = new MergeContext(backend, options.get(0), progress);
+        List<MergeContext> ctxs = new ArrayList<>();
+        List<CheckpointWriter> writers = new ArrayList<>();
+        try {
             for (int k = 0; k < n; k++) {
                 ctxs.add(k == 0 ? lead : new MergeContext(lead, options.get(k)));
                 writers.add(new CheckpointWriter(outs.get(k), progress, options.get(k).writes(), options.get(k).flushBytes(), rooms.get(k)));
@@ -304,8 +314,8 @@ public final class MergeRunner {
             return outcomes;
         } finally {
             writers.forEach(CheckpointWriter::close);
-            rooms.forEach(RoomLedger.Claim::close);
             lead.executor.close();
+            rooms.forEach(RoomLedger.Claim::close); // once no worker can still be copying into a mapping
         }
     }
 

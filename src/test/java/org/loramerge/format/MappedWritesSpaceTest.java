@@ -5,6 +5,7 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import java.io.IOException;
 import java.io.UncheckedIOException;
@@ -29,6 +30,7 @@ class MappedWritesSpaceTest {
 
     @Test
     void mappedWritesOfAShardLargerThanTheFreeSpaceAreRefusedBeforeTheFileExists() throws IOException {
+        assumeTrue(Files.getFileStore(dir).getTotalSpace() > 0, "a file system that keeps a count of its room");
         long usable = Files.getFileStore(dir).getUsableSpace();
         long elements = usable / 4 + (1L << 20); // f32: more bytes than the file system has free
         Path f = dir.resolve("model.safetensors");

@@ -1,6 +1,7 @@
 package org.loramerge.pipeline;
 
 import java.io.IOException;
+import java.nio.ByteBuffer;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
@@ -10,7 +11,9 @@ import org.loramerge.adapter.LoraAdapter;
 import org.loramerge.engine.Backend;
 import org.loramerge.engine.cpu.CpuBackend;
 import org.loramerge.format.Checkpoint;
+import org.loramerge.format.DType;
 import org.loramerge.format.RoomLedger;
+import org.loramerge.format.SafetensorsWriter;
 import org.loramerge.format.WriteMode;
 import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.PlanOptions;
@@ -42,6 +45,49 @@ class MappedRoomMergeTest {
 
     private static long workers() {
         return Thread.getAllStackTraces().keySet().stream().filter(t -> t.getName().equals("loramerge-worker") && t.isAlive()).count();
+    }
+
+    @Test
+    void theBytesAShardReportsWrittenShrinkItsModelsClaim() throws Exception {
+        assumeTrue(Files.getFileStore(dir).getTotalSpace() > 0, "a file system that keeps a count of its room");
+        try (AtomicOutput o = AtomicOutput.create(dir.resolve("m"), false, List.of());
+             RoomLedger.Claim room = RoomLedger.claim(dir, "m", "the merged model", 10_000, false);
+             CheckpointWriter w = new CheckpointWriter(o, Progress.silent(), WriteMode.MIXED, 0, room)) {
+            assertEquals(10_000, RoomLedger.outstanding(dir));
+            CheckpointWriter.Shard s = w.openShard("model.safetensors", List.of(new SafetensorsWriter.Entry("w", DType.U8, new long[] {4000})));
+            s.writeAt(0, ByteBuffer.wrap(new byte[4000]));
+            s.written(4000);
+            assertEquals(6000, RoomLedger.outstanding(dir));
+            s.finish();
+            s.close();
+        }
+        assertEquals(0, RoomLedger.outstanding(dir));
+    }
+
+    @Test
+    void aSharedPassWithoutRoomForItsSecondModelIsRefusedAndGivesBackTheFirstsClaim() throws Exception {
+        assumeTrue(Files.getFileStore(dir).getTotalSpace() > 0, "a file system that keeps a count of its room");
+        long usable = Files.getFileStore(dir).getUsableSpace();
+        try (Checkpoint base = Checkpoint.open(FIXTURE.resolve("base")); LoraAdapter adapter = LoraAdapter.open(FIXTURE.resolve("adapter"));
+             CpuBackend cpu = new CpuBackend(3);
+             AtomicOutput a = AtomicOutput.create(dir.resolve("a"), false, List.of(FIXTURE));
+             AtomicOutput b = AtomicOutput.create(dir.resolve("b"), false, List.of(FIXTURE))) {
+            MergePlan plan = Planner.plan(base, adapter, PlanOptions.defaults());
+            MergeRunner.Options mixed = new MergeRunner.Options(false, Backend.DEFAULT_BLOCK_BYTES, 0, 2, WriteMode.MIXED, null);
+            long before = workers();
+            // each model of the pass claims its few KB and a MiB for its small files: another model this process
+            // writes there leaves room for one of them, not for both
+            long left = 3L << 19;
+            try (RoomLedger.Claim other = RoomLedger.claim(dir, "other", "the merged model", usable - left, false)) {
+                IOException e = assertThrows(IOException.class, () -> MergeRunner.runShared(List.of(plan, plan), cpu, List.of(a, b), List.of(mixed, mixed)));
+                assertTrue(e.getMessage().startsWith(b.target() + ": No space left on device")
+                        && e.getMessage().contains("still to be written by other models"), "the second refused: " + e.getMessage());
+                assertEquals(usable - left, RoomLedger.outstanding(dir), "the first model's claim given back");
+            }
+            assertEquals(0, RoomLedger.outstanding(dir));
+            Thread.sleep(100);
+            assertEquals(before, workers(), "no workers started");
+        }
     }
 
     @Test
