@@ -16,8 +16,8 @@ import org.loramerge.engine.BlockStats;
 import org.loramerge.engine.Stages;
 import org.loramerge.engine.Tuning;
 import org.loramerge.format.Checkpoint;
-import org.loramerge.format.SafetensorsException;
 import org.loramerge.format.RoomLedger;
+import org.loramerge.format.SafetensorsException;
 import org.loramerge.format.SafetensorsWriter;
 import org.loramerge.format.WriteMode;
 import org.loramerge.plan.CarriedFiles;
@@ -258,7 +258,13 @@ public final class MergeRunner {
             rooms.forEach(RoomLedger.Claim::close);
             throw e;
         }
-        MergeContext lead = new MergeContext(backend, options.get(0), progress);
+        MergeContext lead;
+        try {
+            lead = new MergeContext(backend, options.get(0), progress);
+        } catch (RuntimeException | Error e) {
+            rooms.forEach(RoomLedger.Claim::close);
+            throw e;
+        }
         List<MergeContext> ctxs = new ArrayList<>();
         List<CheckpointWriter> writers = new ArrayList<>();
         try {
