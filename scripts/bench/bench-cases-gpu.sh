@@ -101,6 +101,16 @@ adapter() { # DIR NAME [options]: another adapter for the base in DIR
   "$PY" scripts/bench/make_synthetic.py --out "$1" --shape "$SHAPE" --adapter-only --adapter-dir "$1/$2" --rank "$RANK" --gen-device "$GEN_DEVICE" --force "${@:3}" \
     > "$OUT/gen-$2.log" 2>&1 || { tail -5 "$OUT/gen-$2.log" >&2; exit 1; }
 }
+bf16_base_and_adapter() { # the io and flush sets' bf16 base and random-F32-factor adapter (a-f32) in WORK/m, synced and warm
+  say "generating the bf16 base and an adapter"
+  gen "$WORK/m" bf16 --base-only
+  adapter "$WORK/m" a-f32
+  sync; warm "$WORK/m"
+}
+floor_row() { # REP: the bf16 base's copy floor, timed now into F, as a table row
+  F=$(floor "$WORK/m/base"); say "copy floor $F s"
+  echo "| cp -r + sync, bf16 base ($1) | $F | 1.00 | | | | |" >> "$TABLE"
+}
 warm() { find "$@" -type f -print0 | xargs -0 -P 8 -n 1 sh -c 'cat "$0" > /dev/null'; }
 
 for set in "${@:-bf16}"; do
@@ -168,13 +178,9 @@ for set in "${@:-bf16}"; do
     merge "F32 base (16 layers), LoRA" "$F" "$WORK/m/base" "$WORK/m/adapter"
     ;;
   flush)
-    say "generating the bf16 base and an adapter"
-    gen "$WORK/m" bf16 --base-only
-    adapter "$WORK/m" a-f32
-    sync; warm "$WORK/m"
+    bf16_base_and_adapter
     for rep in 1 2; do
-      F=$(floor "$WORK/m/base"); say "copy floor $F s"
-      echo "| cp -r + sync, bf16 base ($rep) | $F | 1.00 | | | | |" >> "$TABLE"
+      floor_row "$rep"
       for flush in 268435456 1073741824 67108864 0; do
         run "--dtype f32, -Dloramerge.flushBytes=$flush ($rep)" "$F" env LORAMERGE_JAVA_OPTS="-Xmx2g -Dloramerge.flushBytes=$flush" \
           $LM merge --base "$WORK/m/base" --adapter "$WORK/m/a-f32" --out "$WORK/out" --device "$DEVICE" --quiet --json --dtype f32
@@ -183,13 +189,9 @@ for set in "${@:-bf16}"; do
     done
     ;;
   io)
-    say "generating the bf16 base and an adapter"
-    gen "$WORK/m" bf16 --base-only
-    adapter "$WORK/m" a-f32
-    sync; warm "$WORK/m"
+    bf16_base_and_adapter
     for rep in 1 2; do
-      F=$(floor "$WORK/m/base"); say "copy floor $F s"
-      echo "| cp -r + sync, bf16 base ($rep) | $F | 1.00 | | | | |" >> "$TABLE"
+      floor_row "$rep"
       merge "LoRA, random F32 factors ($rep)" "$F" "$WORK/m/base" "$WORK/m/a-f32"
       merge "--dtype f32 (bf16 base) ($rep)" "$F" "$WORK/m/base" "$WORK/m/a-f32" --dtype f32
       # what the disk takes for the bytes --dtype f32 writes (27 GB), written by dd and flushed, beside them
