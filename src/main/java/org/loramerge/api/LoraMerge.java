@@ -599,7 +599,7 @@ public final class LoraMerge {
      * more workers ({@link Backends#open(String, int, boolean)}).
      */
     public static boolean parallelWrites(Tuning tuning, Path dir) {
-        return tuning.writes().resolve(dir).parallel();
+        return tuning.writes().resolve(dir).maps();
     }
 
     /** The streaming knobs set as system properties ({@link Tuning}); one set to something it cannot be is a usage error. */

@@ -6,7 +6,6 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.SerializationFeature;
 import java.io.IOException;
 import java.io.PrintStream;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
@@ -104,21 +103,17 @@ final class UnmergeCommand implements Callable<Integer> {
             MergePlan plan = UnmergePlanner.plan(m, lora, b, options);
             MergeReport report;
             Tuning tuning = LoraMerge.tuning();
-            // the output's folder is made below, beside where it appears: on the file system of its nearest existing ancestor
-            Path parent = out.toAbsolutePath().getParent();
-            while (parent != null && !Files.isDirectory(parent)) {
-                parent = parent.getParent();
-            }
-            Backends.Choice choice = Backends.open(device, cpuThreads, parent != null && LoraMerge.parallelWrites(tuning, parent));
-            try (Backend backend = choice.backend()) {
-                if (!quiet) {
-                    if (choice.fallbackReason() != null) {
-                        err.println("loramerge: no usable GPU (" + choice.fallbackReason() + "); unmerging on the CPU");
+            // the output first, so that the engine's workers suit the file system it is written into, as merge does
+            try (AtomicOutput output = AtomicOutput.create(out, overwrite, inputDirs)) {
+                Backends.Choice choice = Backends.open(device, cpuThreads, LoraMerge.parallelWrites(tuning, output.dir()));
+                try (Backend backend = choice.backend()) {
+                    if (!quiet) {
+                        if (choice.fallbackReason() != null) {
+                            err.println("loramerge: no usable GPU (" + choice.fallbackReason() + "); unmerging on the CPU");
+                        }
+                        err.println("loramerge: unmerging " + adapter + " from " + plan.tensors().size() + " tensors (" + Progress.bytes(plan.totalBytes())
+                                + ") on " + backend.describe());
                     }
-                    err.println("loramerge: unmerging " + adapter + " from " + plan.tensors().size() + " tensors (" + Progress.bytes(plan.totalBytes())
-                            + ") on " + backend.describe());
-                }
-                try (AtomicOutput output = AtomicOutput.create(out, overwrite, inputDirs)) {
                     Progress progress = new Progress(err, !quiet, plan.totalBytes(), plan.tensors().size(), "unmerging");
                     report = MergeRunner.run(plan, backend, output, new MergeRunner.Options(allowOverflow, 0, tuning), progress);
                 }

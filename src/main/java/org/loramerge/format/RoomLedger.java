@@ -59,16 +59,24 @@ public final class RoomLedger {
                 others += c.outstanding();
             }
             if (check) {
-                long usable = store.getUsableSpace();
-                if (usable - others < bytes) {
-                    throw new IOException(name + ": No space left on device: " + what + " needs " + bytes + " bytes and its file system has "
-                            + usable + " free" + (others > 0 ? ", " + others + " of them still to be written by other models this process writes" : "")
-                            + "; free space, or write elsewhere");
-                }
+                require(store, name, what, bytes, others);
             }
             Claim c = new Claim(store, bytes, mapped);
             on.add(c);
             return c;
+        }
+    }
+
+    /**
+     * Refuses {@code bytes} more on {@code store} (which keeps a count of its room) when its free room,
+     * less the {@code others} promised to other models, is smaller.
+     */
+    static void require(FileStore store, String name, String what, long bytes, long others) throws IOException {
+        long usable = store.getUsableSpace();
+        if (usable - others < bytes) {
+            throw new IOException(name + ": No space left on device: " + what + " needs " + bytes + " bytes and its file system has "
+                    + usable + " free" + (others > 0 ? ", " + others + " of them still to be written by other models this process writes" : "")
+                    + "; free space, or write elsewhere");
         }
     }
 

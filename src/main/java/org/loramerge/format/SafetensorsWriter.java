@@ -222,10 +222,8 @@ public final class SafetensorsWriter implements AutoCloseable {
      */
     private static void requireSpaceForMappedWrites(Path path, long bytes) throws IOException {
         FileStore store = Files.getFileStore(path.toAbsolutePath().getParent());
-        long usable = store.getUsableSpace();
-        if (usable < bytes && store.getTotalSpace() > 0) {
-            throw new IOException(path + ": No space left on device: the file needs " + bytes + " bytes and its file system has "
-                    + usable + " free; free space, or write elsewhere");
+        if (store.getTotalSpace() > 0) {
+            RoomLedger.require(store, path.toString(), "the file", bytes, 0);
         }
     }
 

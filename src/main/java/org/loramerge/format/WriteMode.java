@@ -39,12 +39,7 @@ public enum WriteMode {
         };
     }
 
-    /** Whether one file written this way takes blocks from several threads at once (through mappings). */
-    public boolean parallel() {
-        return this == MAPPED || this == MIXED;
-    }
-
-    /** Whether a file written this way may be written through memory mappings. */
+    /** Whether a file written this way may be written through memory mappings, by several threads at once. */
     public boolean maps() {
         return this == MAPPED || this == MIXED;
     }

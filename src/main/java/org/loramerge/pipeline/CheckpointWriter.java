@@ -57,20 +57,16 @@ public final class CheckpointWriter implements AutoCloseable {
 
     /** A writer into {@code out}; bytes written are counted into {@code progress}. */
     public CheckpointWriter(AtomicOutput out, Progress progress) {
-        this(out, progress, WriteMode.POSITIONAL, Tuning.DEFAULT_FLUSH_BYTES);
+        this(out, progress, WriteMode.POSITIONAL, Tuning.DEFAULT_FLUSH_BYTES, RoomLedger.Claim.none());
     }
 
     /**
      * A writer into {@code out} whose shards take the workers' blocks ({@link Shard#writeAt}) as
      * {@code writes} says: by positional writes, by copies into memory mappings of their places, or
-     * mixed ({@link SafetensorsWriter#create(Path, List, Map, WriteMode)}), and each shard flushed to
-     * the disk in the background every {@code flushBytes} bytes (0: only when finished).
+     * mixed ({@link SafetensorsWriter#create(Path, List, Map, WriteMode)}), each shard flushed to
+     * the disk in the background every {@code flushBytes} bytes (0: only when finished), and the bytes
+     * written counted against {@code room}.
      */
-    public CheckpointWriter(AtomicOutput out, Progress progress, WriteMode writes, long flushBytes) {
-        this(out, progress, writes, flushBytes, RoomLedger.Claim.none());
-    }
-
-    /** {@link #CheckpointWriter(AtomicOutput, Progress, WriteMode, long)} that counts the bytes it writes against {@code room}. */
     public CheckpointWriter(AtomicOutput out, Progress progress, WriteMode writes, long flushBytes, RoomLedger.Claim room) {
         this.out = out;
         this.progress = progress;

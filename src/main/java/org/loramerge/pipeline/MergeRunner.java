@@ -104,10 +104,11 @@ public final class MergeRunner {
     /** {@link #run} in a JVM that may use {@code maxMemory} bytes, which sizes the threads and the open tensors' budget. */
     static MergeReport run(MergePlan plan, Backend backend, AtomicOutput out, Options options, Progress progress, long maxMemory) throws Exception {
         long start = System.nanoTime();
-        try (RoomLedger.Claim room = claimRoom(plan, out, options)) {
+        WriteMode writes = options.writes().resolve(out.dir());
+        try (RoomLedger.Claim room = claimRoom(plan, out, writes)) {
             MergeContext ctx = new MergeContext(backend, options, progress, maxMemory);
             MergeReport report = new MergeReport();
-            try (CheckpointWriter writer = new CheckpointWriter(out, progress, options.writes(), options.flushBytes(), room)) {
+            try (CheckpointWriter writer = new CheckpointWriter(out, progress, writes, options.flushBytes(), room)) {
                 stream(plan, writer, ctx);
                 ctx.stages.since(Stages.Stage.STREAM, start, writer.tensorBytes());
                 finish(plan, writer, options, report, ctx.stages);
@@ -126,7 +127,7 @@ public final class MergeRunner {
      * process writes there still need, since a mapped write that finds no room ends the JVM instead
      * of failing the merge (each shard is checked again as it is created).
      */
-    private static RoomLedger.Claim claimRoom(MergePlan plan, AtomicOutput out, Options options) throws IOException {
+    private static RoomLedger.Claim claimRoom(MergePlan plan, AtomicOutput out, WriteMode writes) throws IOException {
         // the tensors, each shard's header and its last page, the carried files, and a MiB for the index, config and card
         long bytes = plan.totalBytes() + (1L << 20);
         for (MergePlan.Shard shard : plan.shards()) {
@@ -135,7 +136,7 @@ public final class MergeRunner {
         for (Path f : plan.filesToCopy()) {
             bytes += Files.size(f);
         }
-        return RoomLedger.claim(out.dir(), out.target().toString(), "the merged model", bytes, options.writes().resolve(out.dir()).maps());
+        return RoomLedger.claim(out.dir(), out.target().toString(), "the merged model", bytes, writes.maps());
     }
 
     /**
@@ -249,10 +250,12 @@ public final class MergeRunner {
         long start = System.nanoTime();
         int n = plans.size();
         Progress progress = Progress.silent();
+        List<WriteMode> writes = new ArrayList<>();
         List<RoomLedger.Claim> rooms = new ArrayList<>();
         try {
             for (int k = 0; k < n; k++) {
-                rooms.add(claimRoom(plans.get(k), outs.get(k), options.get(k)));
+                writes.add(options.get(k).writes().resolve(outs.get(k).dir()));
+                rooms.add(claimRoom(plans.get(k), outs.get(k), writes.get(k)));
             }
         } catch (IOException | RuntimeException e) {
             rooms.forEach(RoomLedger.Claim::close);
@@ -270,7 +273,7 @@ public final class MergeRunner {
         try {
             for (int k = 0; k < n; k++) {
                 ctxs.add(k == 0 ? lead : new MergeContext(lead, options.get(k)));
-                writers.add(new CheckpointWriter(outs.get(k), progress, options.get(k).writes(), options.get(k).flushBytes(), rooms.get(k)));
+                writers.add(new CheckpointWriter(outs.get(k), progress, writes.get(k), options.get(k).flushBytes(), rooms.get(k)));
             }
             MergePlan first = plans.get(0);
             long streaming = System.nanoTime();
