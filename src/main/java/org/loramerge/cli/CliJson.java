@@ -46,6 +46,18 @@ final class CliJson {
         }
     }
 
+    /**
+     * Writes {@code sample} on a daemon thread and throws the text away, so that a command which
+     * reports after a long run finds Jackson's classes loaded and its serializers for the report's
+     * types built: that took 30-50 ms of the first report of a process on the H200 machine
+     * (benchmarks/RESULTS.md, 2026-12-01, start-up), which are then spent while the command runs.
+     */
+    static void warm(Object sample, boolean omitNulls) {
+        Thread t = new Thread(() -> write(sample, omitNulls), "loramerge-json-warmup");
+        t.setDaemon(true);
+        t.start();
+    }
+
     static void print(PrintStream out, Object value, boolean omitNulls) {
         out.println(write(value, omitNulls));
         out.flush();

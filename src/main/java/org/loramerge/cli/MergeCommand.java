@@ -5,6 +5,7 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
+import java.util.Map;
 import java.util.concurrent.Callable;
 import org.loramerge.api.CombinationRequest;
 import org.loramerge.api.LoraMerge;
@@ -115,6 +116,9 @@ final class MergeCommand implements Callable<Integer> {
 
     @Override
     public Integer call() throws Exception {
+        if (json) {
+            CliJson.warm(sampleResult(), false);
+        }
         long shardSize = LoraMerge.parseSize(maxShardSize);
         if (threads != null && threads < 1) {
             throw new UsageException("--threads " + threads + ": expected 1 or more (default: all cores)");
@@ -206,5 +210,14 @@ final class MergeCommand implements Callable<Integer> {
 
     private static String percent(Double share) {
         return share == null ? "n/a" : String.format(Locale.ROOT, "%.1f%%", 100 * share);
+    }
+
+    /** A result with one of each part, for {@link CliJson#warm}. */
+    static MergeResult sampleResult() {
+        return new MergeResult("", "", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                List.of(new MergeResult.TensorResult("", "", "", List.of(1L), 0, 0, 0, 0, "")), List.of(""), List.of(""), List.of(""), 0,
+                Map.of("", 0.0), new MergeResult.Requantization(0, 0, 0, 0, 0.0, 0.0, 0, false,
+                        List.of(new MergeResult.Survival("", List.of(1L), 0, false, 0, 0, 0, 0, 0, 0, 0.0, 0.0))),
+                Map.of("", new Stages.Total("", 0, 0, 0)));
     }
 }

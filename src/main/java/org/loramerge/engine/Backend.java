@@ -3,6 +3,8 @@ package org.loramerge.engine;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.util.ArrayList;
+import java.util.List;
 import org.loramerge.plan.TensorSource;
 
 /**
@@ -30,6 +32,15 @@ public interface Backend extends AutoCloseable {
      */
     default ByteBuffer allocateBlockBuffer(int sizeInBytes) {
         return ByteBuffer.allocateDirect(sizeInBytes).order(ByteOrder.LITTLE_ENDIAN);
+    }
+
+    /** {@code count} buffers of {@link #allocateBlockBuffer}; the GPU engine makes them on several threads at once. */
+    default List<ByteBuffer> allocateBlockBuffers(int count, int sizeInBytes) {
+        List<ByteBuffer> out = new ArrayList<>(count);
+        for (int i = 0; i < count; i++) {
+            out.add(allocateBlockBuffer(sizeInBytes));
+        }
+        return out;
     }
 
     /**

@@ -64,19 +64,16 @@ final class MergeContext {
                 : null;
         this.openJobs = new OpenJobs(jobBudget(threads, options.blockBytes(), maxMemory));
         this.stages = new Stages();
-        this.executor = new BlockExecutor(threads, options.windowPerThread(), stages);
         // a worker holds one output block from reading its rows to writing them: one each, and one spare
+        // (and as many input blocks when it reads into them); made before the workers start, so that
+        // a failure leaves no threads behind
         this.buffers = new ArrayBlockingQueue<>(threads + 1);
-        for (int i = 0; i <= threads; i++) {
-            buffers.add(backend.allocateBlockBuffer(options.blockBytes()));
-        }
         this.inputBuffers = new ArrayBlockingQueue<>(threads + 1);
         this.preadReads = options.preadReads() != null ? options.preadReads() : backend.readsIntoBlockBuffers();
-        if (preadReads) {
-            for (int i = 0; i <= threads; i++) {
-                inputBuffers.add(backend.allocateBlockBuffer(options.blockBytes()));
-            }
-        }
+        List<ByteBuffer> made = backend.allocateBlockBuffers(preadReads ? 2 * (threads + 1) : threads + 1, options.blockBytes());
+        buffers.addAll(made.subList(0, threads + 1));
+        inputBuffers.addAll(made.subList(threads + 1, made.size()));
+        this.executor = new BlockExecutor(threads, options.windowPerThread(), stages);
     }
 
     /**

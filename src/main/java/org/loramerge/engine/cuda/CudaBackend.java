@@ -9,6 +9,8 @@ import java.util.IdentityHashMap;
 import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Set;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.atomic.AtomicReference;
 import jcuda.Sizeof;
 import org.loramerge.engine.Backend;
 import org.loramerge.engine.DenseCombination;
@@ -172,7 +174,74 @@ public final class CudaBackend implements Backend {
     @Override
     public ByteBuffer allocateBlockBuffer(int sizeInBytes) {
         device.bindContext();
-        PinnedMemory m = new PinnedMemory(sizeInBytes);
+        return keep(new PinnedMemory(sizeInBytes));
+    }
+
+    /**
+     * {@link #allocateBlockBuffer} {@code count} times, on up to {@value #PINNING_THREADS} threads at
+     * once: registering page-locked memory scales with the threads that do it ({@link PinnedMemory}),
+     * so a merge's 26 blocks of 8 MiB are ready in about 20 ms instead of about 100 one after the
+     * other. A failure frees what was made and is thrown.
+     */
+    @Override
+    public List<ByteBuffer> allocateBlockBuffers(int count, int sizeInBytes) {
+        PinnedMemory[] made = new PinnedMemory[count];
+        AtomicInteger next = new AtomicInteger();
+        AtomicReference<Throwable> failure = new AtomicReference<>();
+        Runnable pin = () -> {
+            device.bindContext();
+            for (int i = next.getAndIncrement(); i < count && failure.get() == null; i = next.getAndIncrement()) {
+                try {
+                    made[i] = new PinnedMemory(sizeInBytes);
+                } catch (RuntimeException | Error e) {
+                    failure.compareAndSet(null, e);
+                }
+            }
+        };
+        Thread[] helpers = new Thread[Math.max(0, Math.min(count, Math.min(cpuThreads, PINNING_THREADS)) - 1)];
+        for (int t = 0; t < helpers.length; t++) {
+            helpers[t] = new Thread(pin, "loramerge-pinning");
+            helpers[t].setDaemon(true);
+            helpers[t].start();
+        }
+        pin.run();
+        boolean interrupted = false;
+        for (Thread t : helpers) {
+            while (t.isAlive()) {
+                try {
+                    t.join();
+                } catch (InterruptedException e) {
+                    interrupted = true; // still wait: what they make is freed or handed out below
+                }
+            }
+        }
+        if (interrupted) {
+            Thread.currentThread().interrupt();
+        }
+        Throwable failed = failure.get();
+        if (failed != null) {
+            for (PinnedMemory m : made) {
+                if (m != null) {
+                    m.close();
+                }
+            }
+            if (failed instanceof Error) {
+                throw (Error) failed;
+            }
+            throw (RuntimeException) failed;
+        }
+        List<ByteBuffer> views = new ArrayList<>(count);
+        for (PinnedMemory m : made) {
+            views.add(keep(m));
+        }
+        return views;
+    }
+
+    /** Threads {@link #allocateBlockBuffers} pins memory on at most. */
+    private static final int PINNING_THREADS = 16;
+
+    /** Keeps {@code m} until the engine closes and hands out its view as a block buffer. */
+    private ByteBuffer keep(PinnedMemory m) {
         ByteBuffer view = m.buffer();
         synchronized (blockBuffers) {
             blockBuffers.add(m);

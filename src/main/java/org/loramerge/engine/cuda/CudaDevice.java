@@ -51,6 +51,8 @@ public final class CudaDevice implements AutoCloseable {
     private ExtractKernels extract;
     private Nf4Kernels nf4;
     private QuantKernels quant;
+    /** The first product's cuBLAS kernel, loading while the pipeline starts. */
+    private CublasWarmup warmup;
     private boolean closed;
 
     private CudaDevice(int ordinal, String name, String description, int blockBytes) {
@@ -139,6 +141,7 @@ public final class CudaDevice implements AutoCloseable {
             KernelModule extract = new KernelModule("extract.fatbin");
             d.modules.add(extract);
             d.extract = new ExtractKernels(extract);
+            d.warmup = new CublasWarmup(d);
         } catch (Throwable e) {
             d.close();
             throw DeviceUnavailableException.engineFailed("the GPU kernels could not be loaded on " + name + ": " + e.getMessage(), e);
@@ -388,6 +391,9 @@ public final class CudaDevice implements AutoCloseable {
         }
         closed = true;
         bindContext();
+        if (warmup != null) {
+            warmup.close();
+        }
         synchronized (workers) {
             for (DeviceWorker w : workers) {
                 w.close();

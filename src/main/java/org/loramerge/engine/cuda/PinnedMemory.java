@@ -1,21 +1,91 @@
 package org.loramerge.engine.cuda;
 
+import java.lang.reflect.Field;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.util.concurrent.atomic.AtomicLong;
+import jcuda.CudaException;
 import jcuda.Pointer;
 import jcuda.runtime.JCuda;
 
-/** Page-locked host memory from cudaHostAlloc, so copies to and from the device run at full PCIe speed. */
+/**
+ * Page-locked host memory, so copies to and from the device run at full PCIe speed.
+ *
+ * <p>The pages are a direct buffer of Java's, whole pages of their own, touched as Java zeroes
+ * them and then registered with the driver ({@code cudaHostRegister}). Registering scales with the
+ * threads that do it, where {@code cudaHostAlloc} holds the driver for the whole allocation: on the
+ * H200 machine 26 blocks of 8 MiB took 70-100 ms by {@code cudaHostAlloc} from 1 to 26 threads, and
+ * 16-22 ms registered from 13 or 26 (benchmarks/RESULTS.md, 2026-12-01, start-up). Registered
+ * memory is held to half the JVM's heap limit (direct buffers count against a limit of that size by
+ * default); beyond that, where registering fails, or where this JVM has no {@code sun.misc.Unsafe}
+ * to free a direct buffer with, the memory comes from {@code cudaHostAlloc}.
+ */
 public final class PinnedMemory implements AutoCloseable {
-    private final Pointer pointer = new Pointer();
+    private static final sun.misc.Unsafe UNSAFE = loadUnsafe();
+    private static final int PAGE = UNSAFE == null ? 4096 : UNSAFE.pageSize();
+    /** Bytes of registered direct buffers this process may hold at once. */
+    private static final long REGISTERED_LIMIT = Runtime.getRuntime().maxMemory() / 2;
+    private static final AtomicLong REGISTERED = new AtomicLong();
+
+    private final Pointer pointer;
     private final long sizeInBytes;
     private final ByteBuffer buffer;
+    /** The direct buffer the registered pages lie in, null for memory from cudaHostAlloc. */
+    private final ByteBuffer allocation;
     private boolean closed;
 
     public PinnedMemory(long sizeInBytes) {
         this.sizeInBytes = Math.max(sizeInBytes, 8);
-        JCuda.cudaHostAlloc(pointer, this.sizeInBytes, JCuda.cudaHostAllocDefault);
+        ByteBuffer direct = registered(this.sizeInBytes);
+        if (direct != null) {
+            this.allocation = direct;
+            this.pointer = Pointer.to(direct.alignedSlice(PAGE));
+        } else {
+            this.allocation = null;
+            this.pointer = new Pointer();
+            JCuda.cudaHostAlloc(pointer, this.sizeInBytes, JCuda.cudaHostAllocDefault);
+        }
         this.buffer = pointer.getByteBuffer(0, this.sizeInBytes).order(ByteOrder.LITTLE_ENDIAN);
+    }
+
+    /**
+     * A direct buffer with whole pages for {@code size} bytes from its first page boundary on,
+     * registered; or null where that cannot be done.
+     */
+    private static ByteBuffer registered(long size) {
+        long pages = pagesFor(size);
+        if (UNSAFE == null || pages + PAGE > Integer.MAX_VALUE) {
+            return null;
+        }
+        if (REGISTERED.addAndGet(pages + PAGE) > REGISTERED_LIMIT) {
+            REGISTERED.addAndGet(-(pages + PAGE));
+            return null;
+        }
+        ByteBuffer direct;
+        try {
+            direct = ByteBuffer.allocateDirect(Math.toIntExact(pages + PAGE));
+        } catch (OutOfMemoryError e) {
+            REGISTERED.addAndGet(-(pages + PAGE));
+            return null;
+        }
+        try {
+            JCuda.cudaHostRegister(Pointer.to(direct.alignedSlice(PAGE)), pages, JCuda.cudaHostRegisterDefault);
+            return direct;
+        } catch (CudaException e) {
+            UNSAFE.invokeCleaner(direct);
+            REGISTERED.addAndGet(-(pages + PAGE));
+            return null;
+        }
+    }
+
+    /** Bytes of the whole pages that hold {@code size} bytes. */
+    static long pagesFor(long size) {
+        return (size + PAGE - 1) / PAGE * PAGE;
+    }
+
+    /** Whether the pages were registered (else they came from cudaHostAlloc). */
+    boolean isRegistered() {
+        return allocation != null;
     }
 
     public Pointer pointer() {
@@ -43,6 +113,22 @@ public final class PinnedMemory implements AutoCloseable {
             throw new IllegalStateException("pinned memory freed twice");
         }
         closed = true;
-        JCuda.cudaFreeHost(pointer);
+        if (allocation != null) {
+            JCuda.cudaHostUnregister(pointer);
+            UNSAFE.invokeCleaner(allocation);
+            REGISTERED.addAndGet(-(allocation.capacity()));
+        } else {
+            JCuda.cudaFreeHost(pointer);
+        }
+    }
+
+    private static sun.misc.Unsafe loadUnsafe() {
+        try {
+            Field f = sun.misc.Unsafe.class.getDeclaredField("theUnsafe");
+            f.setAccessible(true);
+            return (sun.misc.Unsafe) f.get(null);
+        } catch (ReflectiveOperationException | RuntimeException e) {
+            return null;
+        }
     }
 }
