@@ -8,7 +8,9 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Set;
+import java.util.concurrent.atomic.AtomicReference;
 import java.util.function.Consumer;
+import java.util.function.Function;
 import jcuda.CudaException;
 import jcuda.Pointer;
 import jcuda.Sizeof;
@@ -46,11 +48,14 @@ public final class CudaDevice implements AutoCloseable {
     /** The randomized SVD's test matrices kept here ({@link #testMatrix}), by name; guarded by itself. */
     private final Map<RandomizedSvd.TestMatrix, DeviceMemory> testMatrices = new HashMap<>();
     private long testMatrixBytes;
+    /** The merge's kernels, loaded as the device opens: every merge runs them, and a device that cannot load them fails there. */
     private MergeKernels merge;
-    private CombineKernels combine;
-    private ExtractKernels extract;
-    private Nf4Kernels nf4;
-    private QuantKernels quant;
+    // the others load on first use: a merge of 16-bit weights never needs them (nf4 and quant took
+    // about 35 ms of the engine's start on the H200 machine; benchmarks/RESULTS.md, 2026-12-01, start-up)
+    private final LazyKernels<CombineKernels> combine = new LazyKernels<>("combine.fatbin", CombineKernels::new);
+    private final LazyKernels<ExtractKernels> extract = new LazyKernels<>("extract.fatbin", ExtractKernels::new);
+    private final LazyKernels<Nf4Kernels> nf4 = new LazyKernels<>("nf4.fatbin", Nf4Kernels::new);
+    private final LazyKernels<QuantKernels> quant = new LazyKernels<>("quant.fatbin", QuantKernels::new);
     /** The first product's cuBLAS kernel, loading while the pipeline starts. */
     private CublasWarmup warmup;
     private boolean closed;
@@ -129,18 +134,6 @@ public final class CudaDevice implements AutoCloseable {
             KernelModule round = new KernelModule("round.fatbin");
             d.modules.add(round);
             d.merge = new MergeKernels(round);
-            KernelModule nf4 = new KernelModule("nf4.fatbin");
-            d.modules.add(nf4);
-            d.nf4 = new Nf4Kernels(nf4);
-            KernelModule quant = new KernelModule("quant.fatbin");
-            d.modules.add(quant);
-            d.quant = new QuantKernels(quant);
-            KernelModule combine = new KernelModule("combine.fatbin");
-            d.modules.add(combine);
-            d.combine = new CombineKernels(combine);
-            KernelModule extract = new KernelModule("extract.fatbin");
-            d.modules.add(extract);
-            d.extract = new ExtractKernels(extract);
             d.warmup = new CublasWarmup(d);
         } catch (Throwable e) {
             d.close();
@@ -163,8 +156,9 @@ public final class CudaDevice implements AutoCloseable {
 
     /**
      * Starts, on a background thread, what {@link #open} spends most of its half second on: the
-     * driver ({@code cuInit}), device {@code ordinal}'s primary context, and the loading of cuBLAS
-     * (on a second thread: it needs no context). A command calls it first thing, so that the
+     * driver ({@code cuInit}, by the driver API, whose library is the smaller), device {@code
+     * ordinal}'s primary context and the runtime's start on it, with the runtime's and cuBLAS's
+     * libraries loading on two other threads meanwhile. A command calls it first thing, so that the
      * driver starts while the command line is parsed and the plan made; {@link #open} then finds
      * these done (each is done once a process) or waits for them. Never throws: any failure is left
      * for {@link #open} to meet again and explain. Returns the thread (null where there is no GPU
@@ -189,17 +183,41 @@ public final class CudaDevice implements AutoCloseable {
                 }, "loramerge-cublas-prestart");
                 cublas.setDaemon(true);
                 cublas.start();
-                JCuda.setExceptionsEnabled(true);
-                JCudaDriver.setExceptionsEnabled(true);
-                JCudaDriver.cuInit(0);
+                // the runtime's library loads beside the driver's start (JCuda's class loads it): the
+                // driver's library alone is needed for cuInit and the context
+                AtomicReference<Throwable> runtimeFailure = new AtomicReference<>();
+                Thread runtime = new Thread(() -> {
+                    try {
+                        JCuda.setExceptionsEnabled(true);
+                    } catch (RuntimeException | LinkageError e) {
+                        runtimeFailure.set(e);
+                    }
+                }, "loramerge-runtime-prestart");
+                runtime.setDaemon(true);
+                runtime.start();
                 int[] count = {0};
-                JCuda.cudaGetDeviceCount(count);
+                try {
+                    JCudaDriver.setExceptionsEnabled(true);
+                    JCudaDriver.cuInit(0);
+                    JCudaDriver.cuDeviceGetCount(count);
+                    if (ordinal >= 0 && ordinal < count[0]) {
+                        // the device's primary context, held for the process; open() retains the same one
+                        CUdevice dev = new CUdevice();
+                        JCudaDriver.cuDeviceGet(dev, ordinal);
+                        JCudaDriver.cuDevicePrimaryCtxRetain(new CUcontext(), dev);
+                    }
+                } finally {
+                    joinUninterruptibly(runtime); // this thread's end is the prestart's (Main waits for it)
+                }
+                if (runtimeFailure.get() != null) {
+                    throw runtimeFailure.get();
+                }
                 if (ordinal >= 0 && ordinal < count[0]) {
-                    // the runtime makes the device's primary context and holds it; open() retains the same one
+                    // the runtime's own start, on that context
                     JCuda.cudaSetDevice(ordinal);
                     JCuda.cudaFree(new Pointer());
                 }
-            } catch (RuntimeException | LinkageError e) {
+            } catch (Throwable e) {
                 // no driver, no device, JCuda's libraries missing: open() says which (a class whose
                 // initializer failed here is only "not initialized" there, so it keeps this cause)
                 prestartFailure = e;
@@ -208,6 +226,20 @@ public final class CudaDevice implements AutoCloseable {
         driver.setDaemon(true);
         driver.start();
         return driver;
+    }
+
+    private static void joinUninterruptibly(Thread t) {
+        boolean interrupted = false;
+        while (t.isAlive()) {
+            try {
+                t.join();
+            } catch (InterruptedException e) {
+                interrupted = true;
+            }
+        }
+        if (interrupted) {
+            Thread.currentThread().interrupt();
+        }
     }
 
     /** What stopped {@link #prestart}, for {@link #open}'s message; null when nothing did. */
@@ -328,22 +360,22 @@ public final class CudaDevice implements AutoCloseable {
 
     /** The kernels of kernels/combine.cu. */
     CombineKernels combine() {
-        return combine;
+        return combine.get();
     }
 
     /** The kernels of kernels/extract.cu. */
     ExtractKernels extract() {
-        return extract;
+        return extract.get();
     }
 
     /** The kernels of kernels/nf4.cu. */
     public Nf4Kernels nf4() {
-        return nf4;
+        return nf4.get();
     }
 
     /** The kernels of kernels/quant.cu. */
     public QuantKernels quant() {
-        return quant;
+        return quant.get();
     }
 
     /** Whether {@code e}, or an exception it was caused by, is JCuda's report that the device had no memory for a call. */
@@ -406,11 +438,49 @@ public final class CudaDevice implements AutoCloseable {
             }
             testMatrices.clear();
         }
-        for (KernelModule m : modules) {
-            m.close();
+        synchronized (modules) {
+            for (KernelModule m : modules) {
+                m.close();
+            }
         }
         CUdevice dev = new CUdevice();
         JCudaDriver.cuDeviceGet(dev, ordinal);
         JCudaDriver.cuDevicePrimaryCtxRelease(dev);
+    }
+
+    /** A module's kernels, loaded on the first call for them (with this device's context, from any thread). */
+    private final class LazyKernels<K> {
+        private final String image;
+        private final Function<KernelModule, K> wrap;
+        private volatile K kernels;
+
+        LazyKernels(String image, Function<KernelModule, K> wrap) {
+            this.image = image;
+            this.wrap = wrap;
+        }
+
+        K get() {
+            K k = kernels;
+            if (k != null) {
+                return k;
+            }
+            synchronized (modules) {
+                if (kernels == null) {
+                    if (closed) {
+                        throw new IllegalStateException("kernels of " + image + " asked for after the device was closed");
+                    }
+                    bindContext();
+                    KernelModule m;
+                    try {
+                        m = new KernelModule(image);
+                    } catch (IOException | RuntimeException e) {
+                        throw new IllegalStateException("the GPU kernels of " + image + " could not be loaded on " + name + ": " + e.getMessage(), e);
+                    }
+                    modules.add(m);
+                    kernels = wrap.apply(m);
+                }
+                return kernels;
+            }
+        }
     }
 }

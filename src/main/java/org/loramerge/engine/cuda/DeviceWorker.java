@@ -27,7 +27,9 @@ public final class DeviceWorker implements AutoCloseable {
     private final CudaDevice device;
     private final CudaStream stream = new CudaStream();
     private final CublasHandle cublas = new CublasHandle(stream);
-    private final PinnedMemory hostIn;
+    /** Page-locked staging for uploads, made on first use: a 16-bit merge whose rows are read into the pipeline's own page-locked blocks never needs it. */
+    private PinnedMemory hostIn;
+    private final int blockBytes;
     private final PinnedMemory hostCounters = new PinnedMemory(COUNTERS * Sizeof.LONG);
     private final PinnedMemory hostAmbiguous = new PinnedMemory((long) AMBIGUOUS_CAPACITY * Sizeof.LONG);
     private final DeviceMemory dIn;
@@ -71,7 +73,7 @@ public final class DeviceWorker implements AutoCloseable {
 
     DeviceWorker(CudaDevice device, int blockBytes) {
         this.device = device;
-        hostIn = new PinnedMemory(blockBytes);
+        this.blockBytes = blockBytes;
         dIn = new DeviceMemory(blockBytes);
         dOut = new DeviceMemory(blockBytes);
         // the widest case: BF16/F16 blocks widen 4x to fp64
@@ -135,16 +137,19 @@ public final class DeviceWorker implements AutoCloseable {
 
     /** The pinned staging buffer for uploads; also usable for small downloads once the stream is idle. */
     public PinnedMemory hostIn() {
+        if (hostIn == null) {
+            hostIn = new PinnedMemory(blockBytes);
+        }
         return hostIn;
     }
 
     /** Queues the upload of {@code bytes} bytes of {@code src} (from its position 0) into {@link #input()}. */
     public void loadValues(ByteBuffer src, long bytes) {
         loadedBlock = null;
-        ByteBuffer in = hostIn.buffer();
+        ByteBuffer in = hostIn().buffer();
         src.position(0).limit(Math.toIntExact(bytes));
         in.put(src);
-        JCuda.cudaMemcpyAsync(dIn.pointer(), hostIn.pointer(), bytes, cudaMemcpyKind.cudaMemcpyHostToDevice, stream.runtime());
+        JCuda.cudaMemcpyAsync(dIn.pointer(), hostIn().pointer(), bytes, cudaMemcpyKind.cudaMemcpyHostToDevice, stream.runtime());
     }
 
     /**
@@ -184,11 +189,11 @@ public final class DeviceWorker implements AutoCloseable {
     public long loadStored(DeviceDequantizer d, ByteBuffer stored, long row0, int rowCount) {
         loadedBlock = null;
         long bytes = d.stagedBytes(row0, rowCount);
-        if (bytes > dPacked.sizeInBytes() || bytes > hostIn.sizeInBytes()) {
+        if (bytes > dPacked.sizeInBytes() || bytes > hostIn().sizeInBytes()) {
             throw new IllegalArgumentException(bytes + " bytes of stored codes do not fit the " + dPacked.sizeInBytes() + "-byte staging buffers");
         }
-        d.stage(stored, row0, rowCount, hostIn.buffer());
-        JCuda.cudaMemcpyAsync(dPacked.pointer(), hostIn.pointer(), bytes, cudaMemcpyKind.cudaMemcpyHostToDevice, stream.runtime());
+        d.stage(stored, row0, rowCount, hostIn().buffer());
+        JCuda.cudaMemcpyAsync(dPacked.pointer(), hostIn().pointer(), bytes, cudaMemcpyKind.cudaMemcpyHostToDevice, stream.runtime());
         d.dequantize(stream, dPacked.pointer(), row0, rowCount, dIn.pointer());
         return bytes;
     }
@@ -411,7 +416,9 @@ public final class DeviceWorker implements AutoCloseable {
         stream.synchronize();
         cublas.close();
         stream.close();
-        hostIn.close();
+        if (hostIn != null) {
+            hostIn.close();
+        }
         hostCounters.close();
         hostAmbiguous.close();
         if (hostHeld != null) {
