@@ -8,6 +8,7 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Set;
+import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.atomic.AtomicReference;
 import java.util.function.Consumer;
 import java.util.function.Function;
@@ -22,6 +23,7 @@ import jcuda.runtime.JCuda;
 import jcuda.runtime.cudaDeviceProp;
 import org.loramerge.engine.DeviceOutOfMemoryException;
 import org.loramerge.engine.DeviceUnavailableException;
+import org.loramerge.engine.Tuning;
 import org.loramerge.linalg.RandomizedSvd;
 
 /**
@@ -56,7 +58,7 @@ public final class CudaDevice implements AutoCloseable {
     private final LazyKernels<ExtractKernels> extract = new LazyKernels<>("extract.fatbin", ExtractKernels::new);
     private final LazyKernels<Nf4Kernels> nf4 = new LazyKernels<>("nf4.fatbin", Nf4Kernels::new);
     private final LazyKernels<QuantKernels> quant = new LazyKernels<>("quant.fatbin", QuantKernels::new);
-    /** The first product's cuBLAS kernel, loading while the pipeline starts. */
+    /** The first product's cuBLAS kernel, loading while the pipeline starts, where the prestart did not load it; null otherwise. */
     private CublasWarmup warmup;
     private boolean closed;
 
@@ -134,7 +136,7 @@ public final class CudaDevice implements AutoCloseable {
             KernelModule round = new KernelModule("round.fatbin");
             d.modules.add(round);
             d.merge = new MergeKernels(round);
-            d.warmup = new CublasWarmup(d);
+            d.warmup = CublasWarmup.start(d);
         } catch (Throwable e) {
             d.close();
             throw DeviceUnavailableException.engineFailed("the GPU kernels could not be loaded on " + name + ": " + e.getMessage(), e);
@@ -156,9 +158,11 @@ public final class CudaDevice implements AutoCloseable {
 
     /**
      * Starts, on a background thread, what {@link #open} spends most of its half second on: the
-     * driver ({@code cuInit}, by the driver API, whose library is the smaller), device {@code
-     * ordinal}'s primary context and the runtime's start on it, with the runtime's and cuBLAS's
-     * libraries loading on two other threads meanwhile. A command calls it first thing, so that the
+     * driver ({@code cuInit}, by the driver API, whose library loads first), device {@code ordinal}'s
+     * primary context and the runtime's start on it, with the runtime's and cuBLAS's libraries
+     * loading on another thread meanwhile (one at a time, as JNI loads them: cuBLAS's first held the
+     * driver's back by about 100 ms), and then the cuBLAS kernel of a merge's first products
+     * ({@link CublasWarmup}). A command calls it first thing, so that the
      * driver starts while the command line is parsed and the plan made; {@link #open} then finds
      * these done (each is done once a process) or waits for them. Never throws: any failure is left
      * for {@link #open} to meet again and explain. Returns the thread (null where there is no GPU
@@ -174,30 +178,30 @@ public final class CudaDevice implements AutoCloseable {
                 if (!hasDriver()) {
                     return;
                 }
-                Thread cublas = new Thread(() -> {
+                // JNI loads one library at a time, and cuBLAS's take long: the driver's library first
+                // (cuInit and the context need it alone), then, while the driver starts, the
+                // runtime's and cuBLAS's on another thread, in that order
+                JCudaDriver.setExceptionsEnabled(true);
+                CountDownLatch runtimeLoaded = new CountDownLatch(1);
+                AtomicReference<Throwable> runtimeFailure = new AtomicReference<>();
+                Thread libraries = new Thread(() -> {
+                    try {
+                        JCuda.setExceptionsEnabled(true);
+                    } catch (RuntimeException | LinkageError e) {
+                        runtimeFailure.set(e);
+                    } finally {
+                        runtimeLoaded.countDown();
+                    }
                     try {
                         CublasLoader.ensureLoaded();
                     } catch (IOException | RuntimeException | LinkageError e) {
                         // open() loads it again and says why it failed
                     }
-                }, "loramerge-cublas-prestart");
-                cublas.setDaemon(true);
-                cublas.start();
-                // the runtime's library loads beside the driver's start (JCuda's class loads it): the
-                // driver's library alone is needed for cuInit and the context
-                AtomicReference<Throwable> runtimeFailure = new AtomicReference<>();
-                Thread runtime = new Thread(() -> {
-                    try {
-                        JCuda.setExceptionsEnabled(true);
-                    } catch (RuntimeException | LinkageError e) {
-                        runtimeFailure.set(e);
-                    }
-                }, "loramerge-runtime-prestart");
-                runtime.setDaemon(true);
-                runtime.start();
+                }, "loramerge-libraries-prestart");
+                libraries.setDaemon(true);
+                libraries.start();
                 int[] count = {0};
                 try {
-                    JCudaDriver.setExceptionsEnabled(true);
                     JCudaDriver.cuInit(0);
                     JCudaDriver.cuDeviceGetCount(count);
                     if (ordinal >= 0 && ordinal < count[0]) {
@@ -207,7 +211,7 @@ public final class CudaDevice implements AutoCloseable {
                         JCudaDriver.cuDevicePrimaryCtxRetain(new CUcontext(), dev);
                     }
                 } finally {
-                    joinUninterruptibly(runtime); // this thread's end is the prestart's (Main waits for it)
+                    awaitUninterruptibly(runtimeLoaded); // the runtime's start is this thread's, which Main waits for
                 }
                 if (runtimeFailure.get() != null) {
                     throw runtimeFailure.get();
@@ -216,6 +220,14 @@ public final class CudaDevice implements AutoCloseable {
                     // the runtime's own start, on that context
                     JCuda.cudaSetDevice(ordinal);
                     JCuda.cudaFree(new Pointer());
+                    try {
+                        // and the first product's cuBLAS kernel, while the plan is made
+                        CublasLoader.ensureLoaded();
+                        JCublas2.setExceptionsEnabled(true);
+                        CublasWarmup.runHere(prestartBlockBytes());
+                    } catch (IOException | RuntimeException | LinkageError e) {
+                        // open() loads cuBLAS again and says why it failed
+                    }
                 }
             } catch (Throwable e) {
                 // no driver, no device, JCuda's libraries missing: open() says which (a class whose
@@ -228,11 +240,20 @@ public final class CudaDevice implements AutoCloseable {
         return driver;
     }
 
-    private static void joinUninterruptibly(Thread t) {
+    /** The block size the merge's workers will take (the knob's, else the default): the warm-up's DGEMM has their shape. */
+    private static int prestartBlockBytes() {
+        try {
+            return Tuning.current().blockBytes();
+        } catch (IllegalArgumentException e) {
+            return Tuning.DEFAULTS.blockBytes(); // the merge reports the knob
+        }
+    }
+
+    private static void awaitUninterruptibly(CountDownLatch latch) {
         boolean interrupted = false;
-        while (t.isAlive()) {
+        while (latch.getCount() > 0) {
             try {
-                t.join();
+                latch.await();
             } catch (InterruptedException e) {
                 interrupted = true;
             }
@@ -350,6 +371,13 @@ public final class CudaDevice implements AutoCloseable {
             testMatrices.put(omega, m);
             testMatrixBytes += bytes;
             return m;
+        }
+    }
+
+    /** The kernel modules loaded so far (tests: round's alone until another's kernels are asked for). */
+    int loadedModules() {
+        synchronized (modules) {
+            return modules.size();
         }
     }
 
