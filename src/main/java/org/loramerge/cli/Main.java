@@ -6,7 +6,10 @@ import java.nio.file.FileAlreadyExistsException;
 import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.util.Arrays;
+import java.util.List;
+import java.util.Map;
 import java.util.Set;
+import java.util.function.Supplier;
 import org.loramerge.engine.select.Backends;
 import org.loramerge.errors.ExitCode;
 import org.loramerge.errors.UsageException;
@@ -23,10 +26,24 @@ import picocli.CommandLine;
         description = {
                 "Merges PEFT LoRA adapters into Hugging Face safetensors checkpoints: W' = W + s·B·A, "
                         + "correctly rounded, streamed tensor by tensor, on the CPU or an NVIDIA GPU."},
-        subcommands = {MergeCommand.class, CombineCommand.class, BatchCommand.class, VerifyCommand.class, InspectCommand.class, QuantizeCommand.class, ExtractCommand.class,
-                UnmergeCommand.class, CommandLine.HelpCommand.class, AutoComplete.GenerateCompletion.class, ManPageCommand.class},
         footer = {"", "Exit codes: 0 ok, 2 usage, 3 bad input, 4 output not written, 5 overflow/NaN, 6 verify failed, 7 GPU unavailable, 1 bug."})
 public final class Main {
+    /** The commands, in the order the help lists them; each is added to the tree by {@link #commandLine}. */
+    private static final List<Supplier<Object>> COMMANDS = List.of(MergeCommand::new, CombineCommand::new, BatchCommand::new,
+            VerifyCommand::new, InspectCommand::new, QuantizeCommand::new, ExtractCommand::new, UnmergeCommand::new,
+            CommandLine.HelpCommand::new, AutoComplete.GenerateCompletion::new, ManPageCommand::new);
+
+    /**
+     * The commands that run alone: a command line that starts with one of these names gets a tree
+     * of that command only ({@link #commandLine(String...)}), since picocli builds the options of
+     * every command it is given, which took about 200 ms of every run's start on the H200 machine
+     * (benchmarks/RESULTS.md, 2026-12-01, start-up). help, the completion script and the man page
+     * need the whole tree.
+     */
+    private static final Map<String, Supplier<Object>> ALONE = Map.of("merge", MergeCommand::new, "combine", CombineCommand::new,
+            "batch", BatchCommand::new, "verify", VerifyCommand::new, "inspect", InspectCommand::new, "quantize", QuantizeCommand::new,
+            "extract", ExtractCommand::new, "unmerge", UnmergeCommand::new);
+
     public static void main(String[] args) {
         Thread driver = prestartEngine(args);
         int code = run(args);
@@ -80,18 +97,32 @@ public final class Main {
 
     /** Runs the command line and returns the exit code (tests call this). */
     public static int run(String... args) {
-        CommandLine cl = commandLine();
+        CommandLine cl = commandLine(args);
         boolean json = Arrays.asList(args).contains("--json");
         cl.setExecutionExceptionHandler((e, line, parsed) -> handle(e, line, json));
         cl.setParameterExceptionHandler((e, a) -> usage(e.getCommandLine(), e.getMessage(), json, null));
         return cl.execute(args);
     }
 
-    /** The command tree, for execution and for the completion script and man page generators. */
+    /** The whole command tree, for help and for the completion script and man page generators. */
     static CommandLine commandLine() {
         CommandLine cl = new CommandLine(new Main());
+        for (Supplier<Object> c : COMMANDS) {
+            cl.addSubcommand(c.get());
+        }
         // the completion generator is for the install script, not a command users type
         cl.getSubcommands().get("generate-completion").getCommandSpec().usageMessage().hidden(true);
+        return cl;
+    }
+
+    /** The tree that runs {@code args}: the command they name alone ({@link #ALONE}), else the whole tree. */
+    static CommandLine commandLine(String... args) {
+        Supplier<Object> alone = args.length > 0 ? ALONE.get(args[0]) : null;
+        if (alone == null) {
+            return commandLine();
+        }
+        CommandLine cl = new CommandLine(new Main());
+        cl.addSubcommand(alone.get());
         return cl;
     }
 
