@@ -110,7 +110,6 @@ public final class LoraMerge {
         inputs.add(base);
         inputs.addAll(adapters);
         try (AtomicOutput output = AtomicOutput.create(out, options.overwrite(), inputs)) {
-            MergeRunner.warmUpInBackground();
             // the engine starts (its modules, workers; the driver itself started in Main.prestartEngine) while the plan is made
             CompletableFuture<Backends.Choice> opening = openInBackground(options.device(), cpuThreads, parallelWrites(tuning, output.dir()));
             Backends.Choice choice = null;

@@ -16,7 +16,6 @@ import org.loramerge.engine.BlockStats;
 import org.loramerge.engine.Stages;
 import org.loramerge.engine.Tuning;
 import org.loramerge.format.Checkpoint;
-import org.loramerge.format.DType;
 import org.loramerge.format.RoomLedger;
 import org.loramerge.format.SafetensorsException;
 import org.loramerge.format.SafetensorsWriter;
@@ -92,19 +91,6 @@ public final class MergeRunner {
     }
 
     private MergeRunner() {
-    }
-
-    /**
-     * Builds a shard header once on a daemon thread, so that the first shard a merge opens finds that
-     * code loaded and run: its first header took 25-40 ms of the stream's start on the H200 machine,
-     * one of several cold steps between the engine's start and the first block (benchmarks/RESULTS.md,
-     * 2026-12-01, start-up). A merge calls it as it starts planning.
-     */
-    public static void warmUpInBackground() {
-        Thread t = new Thread(() -> CheckpointWriter.headerBytes(List.of(new SafetensorsWriter.Entry("warm-up", DType.BF16, new long[] {1}))),
-                "loramerge-writer-warmup");
-        t.setDaemon(true);
-        t.start();
     }
 
     /**
