@@ -19,6 +19,8 @@
 #   QUICK=1 (10 rows: defaults and positional writes (-Dloramerge.write=pwrite, the default before) twice each,
 #   the defaults with 8 and 16 streams, 7 shards of 2 GB, mapped writes, the Java copy with the default and with
 #   positional writes; for a device call shared with other steps);
+#   BASELINE_JAR=path of another build's runnable jar: its defaults rows run too, each beside one of this
+#   build's, in turn (the same call, the same base; e.g. the build before a change, to measure the change);
 #   SHAPE, DEVICE and GEN_DEVICE (llama-7b, cuda, cuda) only to try the script out elsewhere.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -41,6 +43,10 @@ fi
 JAR=$ROOT/.device/loramerge.jar
 # every run as users start it: the ./loramerge launcher with the jar's class-data archive
 bash "$ROOT/scripts/install/make-cds.sh" "$JAR" >&2
+BASELINE_JAR=${BASELINE_JAR:-}
+if [ -n "$BASELINE_JAR" ]; then
+  bash "$ROOT/scripts/install/make-cds.sh" "$BASELINE_JAR" >&2
+fi
 T0=$SECONDS
 say() { echo "[tmpfs $((SECONDS - T0))s] $*" | tee -a "$LOG" >&2; }
 { echo "kernel $(uname -r), $(nproc) cores"; grep -E ' /dev/shm ' /proc/mounts || true; free -g | head -2
@@ -77,7 +83,7 @@ row() {
   local line
   # shellcheck disable=SC2086 # the knobs are separate -D words
   line=$("$PY" scripts/bench/measure.py --label "$label" --gpu --log "$runlog" -- \
-    env LORAMERGE_JAR="$JAR" LORAMERGE_JAVA_OPTS="-Xmx2g $knobs" "$ROOT/loramerge" merge --base "$BASE" --adapter "$adapter" --out "$SHM/out" --device "$device" --quiet --json "$@") || true
+    env LORAMERGE_JAR="${ROW_JAR:-$JAR}" LORAMERGE_JAVA_OPTS="-Xmx2g $knobs" "$ROOT/loramerge" merge --base "$BASE" --adapter "$adapter" --out "$SHM/out" --device "$device" --quiet --json "$@") || true
   # the run's output for the log, less the per-tensor list of its JSON (224 entries a run on the 7B shape)
   { echo "== $label ($knobs)"; "$PY" - "$runlog" <<'PYEOF'
 import json, sys
@@ -125,11 +131,24 @@ each() {
   local set=$1; shift
   if [ -z "${QUICK:-}" ] || [ "$set" = quick ]; then row "$@"; fi
 }
+# baseline: the defaults rows by BASELINE_JAR's build, when given, each just before one of this build's
+baseline() {
+  if [ -n "$BASELINE_JAR" ]; then ROW_JAR=$BASELINE_JAR row "$@"; fi
+}
+baseline "baseline build, defaults (1)" "" "$DEVICE" "$ADAPTER"
 each quick "GPU, defaults (1)" "" "$DEVICE" "$ADAPTER"
 each quick "GPU, positional writes (1)" "-Dloramerge.write=pwrite" "$DEVICE" "$ADAPTER"
+baseline "baseline build, defaults (2)" "" "$DEVICE" "$ADAPTER"
 each quick "GPU, defaults (2)" "" "$DEVICE" "$ADAPTER"
 each quick "GPU, positional writes (2)" "-Dloramerge.write=pwrite" "$DEVICE" "$ADAPTER"
-each all "GPU, defaults (3)" "" "$DEVICE" "$ADAPTER"
+if [ -n "$BASELINE_JAR" ]; then
+  for k in 3 4; do
+    baseline "baseline build, defaults ($k)" "" "$DEVICE" "$ADAPTER"
+    row "GPU, defaults ($k)" "" "$DEVICE" "$ADAPTER"
+  done
+else
+  each all "GPU, defaults (3)" "" "$DEVICE" "$ADAPTER"
+fi
 each quick "GPU, defaults, 8 streams (the default for a disk)" "-Dloramerge.streams=8" "$DEVICE" "$ADAPTER"
 each quick "GPU, defaults, 16 streams" "-Dloramerge.streams=16" "$DEVICE" "$ADAPTER"
 each all "GPU, one shard at a time" "-Dloramerge.shards=1" "$DEVICE" "$ADAPTER"
