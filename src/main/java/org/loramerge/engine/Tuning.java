@@ -27,8 +27,6 @@ import org.loramerge.format.WriteMode;
  *       each on its own thread and stream
  *   <li>{@code loramerge.flushBytes}: bytes a shard takes between background flushes to the disk (default
  *       {@link #DEFAULT_FLUSH_BYTES}); 0 flushes each shard only when it is finished
- *   <li>{@code loramerge.flushThreads}: threads that flush shards to the disk and finish them, each its own
- *       shard's (default {@link #DEFAULT_FLUSH_THREADS})
  * </ul>
  *
  * @param blockBytes      output bytes per row block
@@ -39,25 +37,15 @@ import org.loramerge.format.WriteMode;
  * @param svds            weights extract decomposes at once on the GPU engine, 0 for the engine's own choice
  * @param shardsAtOnce    output shards a merge writes at once
  * @param flushBytes      bytes written into a shard between background flushes, 0 for none before its end
- * @param flushThreads    threads that flush and finish shards, several shards at once
  */
 public record Tuning(int blockBytes, int streams, int windowPerThread, WriteMode writes, Boolean preadReads, int svds, int shardsAtOnce,
-                     long flushBytes, int flushThreads) {
+                     long flushBytes) {
     /**
      * Bytes a shard takes between background flushes (fdatasync on a thread of its own), so that the
      * final one finds little left to write: 256 MiB took the last shard's fsync after the stream from
      * 0.6-0.8 s to 0.1 s against 1 GiB (benchmarks/RESULTS.md, "the fixed costs of a run").
      */
     public static final long DEFAULT_FLUSH_BYTES = 256L << 20;
-
-    /**
-     * Threads that flush shards to the disk and finish them by default. A flush (fdatasync) writes the
-     * file's dirty pages back from the thread that calls it, so shards flushed from several threads keep
-     * the disk busier than the kernel's own writeback does: --dtype f32 of the 7B base (27 GB in 7
-     * shards) took 11.7 and 13.4 s with four against 14.2 and 14.4 s with one, beside a copy floor
-     * of 14.3 and 12.5 s (eight: 12.6 and 13.7 s; the H200 machine, benchmarks/RESULTS.md, 2026-12-01, start-up).
-     */
-    public static final int DEFAULT_FLUSH_THREADS = 4;
 
     /**
      * Output shards written at once by default. Linux takes one buffered write into a file at a time (the
@@ -70,7 +58,7 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, WriteMode
 
     /** What the code does without any knob set. */
     public static final Tuning DEFAULTS = new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, WriteMode.AUTO, null, 0, DEFAULT_SHARDS_AT_ONCE,
-            DEFAULT_FLUSH_BYTES, DEFAULT_FLUSH_THREADS);
+            DEFAULT_FLUSH_BYTES);
 
     /**
      * Output blocks no smaller than this (a row of the widest Hugging Face weights fits), and no larger
@@ -101,9 +89,8 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, WriteMode
         int svds = intProperty("loramerge.svds", 0, 1, 16);
         int shards = intProperty("loramerge.shards", DEFAULT_SHARDS_AT_ONCE, 1, 64);
         long flush = longProperty("loramerge.flushBytes", DEFAULT_FLUSH_BYTES, 0, Long.MAX_VALUE);
-        int flushThreads = intProperty("loramerge.flushThreads", DEFAULT_FLUSH_THREADS, 1, 64);
         return new Tuning(block, streams, window, writes,
-                read.equals("engine") ? null : read.equals("pread"), svds, shards, flush, flushThreads);
+                read.equals("engine") ? null : read.equals("pread"), svds, shards, flush);
     }
 
     private static int intProperty(String name, int fallback, int min, int max) {
@@ -135,7 +122,6 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, WriteMode
                 + windowPerThread + " blocks a thread, " + writes.name().toLowerCase(Locale.ROOT) + " writes, "
                 + (preadReads == null ? "the engine's" : preadReads ? "positional" : "mapped") + " reads, " + shardsAtOnce + (shardsAtOnce == 1 ? " shard" : " shards") + " at once" + (svds == 0 ? "" : ", " + svds + " SVDs at once")
                 + (flushBytes == DEFAULT_FLUSH_BYTES ? "" : flushBytes == 0 ? ", no flush before a shard's end"
-                : ", a flush every " + (flushBytes % (1 << 20) == 0 ? (flushBytes >> 20) + " MiB" : flushBytes + " bytes"))
-                + (flushThreads == DEFAULT_FLUSH_THREADS ? "" : ", " + flushThreads + (flushThreads == 1 ? " flushing thread" : " flushing threads"));
+                : ", a flush every " + (flushBytes % (1 << 20) == 0 ? (flushBytes >> 20) + " MiB" : flushBytes + " bytes"));
     }
 }

@@ -37,10 +37,17 @@ public final class CheckpointWriter implements AutoCloseable {
     private final AtomicOutput out;
     private final Progress progress;
     private final Map<String, String> weightMap = new LinkedHashMap<>();
-    /** Flushes shards in the background, several at once, one flush of a shard at a time ({@link Shard#written}). */
-    private final ExecutorService flusher;
-    /** Finishes shards in the background, several at once (each ends with an fsync of its file). */
-    private final ExecutorService finisher;
+    private final ExecutorService flusher = Executors.newSingleThreadExecutor(r -> {
+        Thread t = new Thread(r, "loramerge-flush");
+        t.setDaemon(true);
+        return t;
+    });
+    /** Finishes shards in the background (one at a time: each ends with an fsync of its file). */
+    private final ExecutorService finisher = Executors.newSingleThreadExecutor(r -> {
+        Thread t = new Thread(r, "loramerge-finish");
+        t.setDaemon(true);
+        return t;
+    });
     private final WriteMode writes;
     /** Bytes a shard takes between background flushes, so the final fsync finds little left to write; 0: none. */
     private final long flushBytes;
@@ -50,33 +57,22 @@ public final class CheckpointWriter implements AutoCloseable {
 
     /** A writer into {@code out}; bytes written are counted into {@code progress}. */
     public CheckpointWriter(AtomicOutput out, Progress progress) {
-        this(out, progress, WriteMode.POSITIONAL, Tuning.DEFAULT_FLUSH_BYTES, Tuning.DEFAULT_FLUSH_THREADS, RoomLedger.Claim.none());
+        this(out, progress, WriteMode.POSITIONAL, Tuning.DEFAULT_FLUSH_BYTES, RoomLedger.Claim.none());
     }
 
     /**
      * A writer into {@code out} whose shards take the workers' blocks ({@link Shard#writeAt}) as
      * {@code writes} says: by positional writes, by copies into memory mappings of their places, or
      * mixed ({@link SafetensorsWriter#create(Path, List, Map, WriteMode)}), each shard flushed to
-     * the disk in the background every {@code flushBytes} bytes (0: only when finished) and finished in
-     * the background, by {@code flushThreads} threads each (several shards' flushes at once: a flush
-     * writes its file back from the thread that calls it), and the bytes written counted against {@code room}.
+     * the disk in the background every {@code flushBytes} bytes (0: only when finished), and the bytes
+     * written counted against {@code room}.
      */
-    public CheckpointWriter(AtomicOutput out, Progress progress, WriteMode writes, long flushBytes, int flushThreads, RoomLedger.Claim room) {
-        this.flusher = daemons(flushThreads, "loramerge-flush");
-        this.finisher = daemons(flushThreads, "loramerge-finish");
+    public CheckpointWriter(AtomicOutput out, Progress progress, WriteMode writes, long flushBytes, RoomLedger.Claim room) {
         this.out = out;
         this.progress = progress;
         this.writes = writes;
         this.flushBytes = flushBytes;
         this.room = room;
-    }
-
-    private static ExecutorService daemons(int threads, String name) {
-        return Executors.newFixedThreadPool(threads, r -> {
-            Thread t = new Thread(r, name);
-            t.setDaemon(true);
-            return t;
-        });
     }
 
     /** The bytes of a shard of these tensors besides theirs: its header, as {@link #openShard} writes it. */

@@ -50,25 +50,16 @@ public final class MergeRunner {
      *                       null: as the engine prefers ({@link Backend#readsIntoBlockBuffers})
      * @param shardsAtOnce   output shards written at once, their tensors interleaved ({@link Tuning#shardsAtOnce})
      * @param flushBytes     bytes a shard takes between background flushes, 0 for none before its end ({@link Tuning#flushBytes})
-     * @param flushThreads   threads that flush and finish shards ({@link Tuning#flushThreads})
      */
     public record Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, WriteMode writes, Boolean preadReads,
-                          int shardsAtOnce, long flushBytes, int flushThreads) {
+                          int shardsAtOnce, long flushBytes) {
         public Options {
-            if (flushThreads < 1) {
-                throw new IllegalArgumentException("flushThreads " + flushThreads + " < 1");
-            }
             if (shardsAtOnce < 1) {
                 throw new IllegalArgumentException("shardsAtOnce " + shardsAtOnce + " < 1");
             }
             if (flushBytes < 0) {
                 throw new IllegalArgumentException("flushBytes " + flushBytes + " < 0");
             }
-        }
-
-        public Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, WriteMode writes, Boolean preadReads,
-                       int shardsAtOnce, long flushBytes) {
-            this(allowNonFinite, blockBytes, verifyRows, windowPerThread, writes, preadReads, shardsAtOnce, flushBytes, Tuning.DEFAULT_FLUSH_THREADS);
         }
 
         public Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, WriteMode writes, Boolean preadReads,
@@ -91,7 +82,7 @@ public final class MergeRunner {
         /** The options of {@code tuning}'s streaming knobs. */
         public Options(boolean allowNonFinite, int verifyRows, Tuning tuning) {
             this(allowNonFinite, tuning.blockBytes(), verifyRows, tuning.windowPerThread(), tuning.writes(), tuning.preadReads(),
-                    tuning.shardsAtOnce(), tuning.flushBytes(), tuning.flushThreads());
+                    tuning.shardsAtOnce(), tuning.flushBytes());
         }
 
         public static Options defaults() {
@@ -117,7 +108,7 @@ public final class MergeRunner {
         try (RoomLedger.Claim room = claimRoom(plan, out, writes)) {
             MergeContext ctx = new MergeContext(backend, options, progress, maxMemory);
             MergeReport report = new MergeReport();
-            try (CheckpointWriter writer = new CheckpointWriter(out, progress, writes, options.flushBytes(), options.flushThreads(), room)) {
+            try (CheckpointWriter writer = new CheckpointWriter(out, progress, writes, options.flushBytes(), room)) {
                 stream(plan, writer, ctx);
                 ctx.stages.since(Stages.Stage.STREAM, start, writer.tensorBytes());
                 finish(plan, writer, options, report, ctx.stages);
@@ -282,8 +273,7 @@ public final class MergeRunner {
         try {
             for (int k = 0; k < n; k++) {
                 ctxs.add(k == 0 ? lead : new MergeContext(lead, options.get(k)));
-                writers.add(new CheckpointWriter(outs.get(k), progress, writes.get(k), options.get(k).flushBytes(),
-                        options.get(k).flushThreads(), rooms.get(k)));
+                writers.add(new CheckpointWriter(outs.get(k), progress, writes.get(k), options.get(k).flushBytes(), rooms.get(k)));
             }
             MergePlan first = plans.get(0);
             long streaming = System.nanoTime();

@@ -70,17 +70,16 @@ class StageAccountingTest {
                         Arguments.of(f, true, WriteMode.MIXED)));
     }
 
-    @ParameterizedTest(name = "{0}, positional reads {1}, {2} writes, eight flushing threads")
+    @ParameterizedTest(name = "{0}, positional reads {1}, {2} writes")
     @MethodSource("tunedCases")
     void mappedOrMixedWritesSmallBlocksANarrowWindowAndPositionalReadsWriteTheBytesOfTheDefaults(String fixture, boolean pread, WriteMode writes)
             throws Exception {
         Path plain = dir.resolve("plain");
         Path tuned = dir.resolve("tuned");
-        merge(fixture, plain, new MergeRunner.Options(false, Backend.DEFAULT_BLOCK_BYTES, 0, 2, WriteMode.POSITIONAL, null,
-                Tuning.DEFAULT_SHARDS_AT_ONCE, Tuning.DEFAULT_FLUSH_BYTES, 1));
-        // a flush after every block with mapped writes, by eight threads, several shards' at once; none before a shard's end with mixed ones
+        merge(fixture, plain, new MergeRunner.Options(false, Backend.DEFAULT_BLOCK_BYTES, 0, 2, WriteMode.POSITIONAL, null));
+        // a flush after every block with mapped writes, none before a shard's end with mixed ones
         long flushBytes = writes == WriteMode.MIXED ? 0 : 1;
-        MergeReport r = merge(fixture, tuned, new MergeRunner.Options(false, 256, 0, 1, writes, pread, Tuning.DEFAULT_SHARDS_AT_ONCE, flushBytes, 8));
+        MergeReport r = merge(fixture, tuned, new MergeRunner.Options(false, 256, 0, 1, writes, pread, Tuning.DEFAULT_SHARDS_AT_ONCE, flushBytes));
         assertTrue(r.bytesWritten > 0);
         List<Path> files;
         try (Stream<Path> s = Files.list(plain)) {
