@@ -27,7 +27,10 @@ public final class DeviceWorker implements AutoCloseable {
     private final CudaDevice device;
     private final CudaStream stream = new CudaStream();
     private final CublasHandle cublas = new CublasHandle(stream);
-    /** Page-locked staging for uploads, made on first use: a 16-bit merge whose rows are read into the pipeline's own page-locked blocks never needs it. */
+    /**
+     * Page-locked staging for uploads, made on first use: a 16-bit merge whose rows are read into the
+     * pipeline's own page-locked blocks never needs it.
+     */
     private PinnedMemory hostIn;
     private final int blockBytes;
     private final PinnedMemory hostCounters = new PinnedMemory(COUNTERS * Sizeof.LONG);

@@ -14,8 +14,8 @@ import jcuda.runtime.JCuda;
  * <p>The pages are a direct buffer of Java's, whole pages of their own, touched as Java zeroes
  * them and then registered with the driver ({@code cudaHostRegister}). Registering scales with the
  * threads that do it, where {@code cudaHostAlloc} holds the driver for the whole allocation: on the
- * H200 machine 26 blocks of 8 MiB took 70-100 ms by {@code cudaHostAlloc} from 1 to 26 threads, and
- * 16-22 ms registered from 13 or 26 (benchmarks/RESULTS.md, 2026-12-01, start-up). Registered
+ * H200 machine 26 blocks of 8 MiB took 70-130 ms by {@code cudaHostAlloc} from 1 to 26 threads, and
+ * 16-24 ms registered from 13 or 26 (scripts/bench/startup_bounds.cu; benchmarks/RESULTS.md, 2026-12-01, start-up). Registered
  * memory is held to half the JVM's heap limit (direct buffers count against a limit of that size by
  * default); beyond that, where registering fails, or where this JVM has no {@code sun.misc.Unsafe}
  * to free a direct buffer with, the memory comes from {@code cudaHostAlloc}.
@@ -26,6 +26,12 @@ public final class PinnedMemory implements AutoCloseable {
     /** Bytes of registered direct buffers this process may hold at once. */
     private static final long REGISTERED_LIMIT = Runtime.getRuntime().maxMemory() / 2;
     private static final AtomicLong REGISTERED = new AtomicLong();
+    /**
+     * Whether Java refused a direct buffer (a -XX:MaxDirectMemorySize below the limit above): the
+     * JVM collects garbage and waits before each such refusal, so after one every block comes from
+     * cudaHostAlloc at once.
+     */
+    private static volatile boolean directRefused;
 
     private final Pointer pointer;
     private final long sizeInBytes;
@@ -54,7 +60,7 @@ public final class PinnedMemory implements AutoCloseable {
      */
     private static ByteBuffer registered(long size) {
         long pages = pagesFor(size);
-        if (UNSAFE == null || pages + PAGE > Integer.MAX_VALUE) {
+        if (UNSAFE == null || directRefused || pages + PAGE > Integer.MAX_VALUE) {
             return null;
         }
         if (REGISTERED.addAndGet(pages + PAGE) > REGISTERED_LIMIT) {
@@ -65,6 +71,7 @@ public final class PinnedMemory implements AutoCloseable {
         try {
             direct = ByteBuffer.allocateDirect(Math.toIntExact(pages + PAGE));
         } catch (OutOfMemoryError e) {
+            directRefused = true;
             REGISTERED.addAndGet(-(pages + PAGE));
             return null;
         }
