@@ -24,8 +24,16 @@ final class CliJson {
     private CliJson() {
     }
 
-    /** The mapper for reports; {@code omitNulls} leaves out fields that do not apply (inspect). */
+    /** The two mappers, made once: Jackson keeps the serializers it builds for a type in its mapper. */
+    private static final ObjectMapper ALL = newMapper(false);
+    private static final ObjectMapper NON_NULL = newMapper(true);
+
+    /** The mapper for reports; {@code omitNulls} leaves out fields that do not apply (inspect). Configured once; thread-safe. */
     static ObjectMapper mapper(boolean omitNulls) {
+        return omitNulls ? NON_NULL : ALL;
+    }
+
+    private static ObjectMapper newMapper(boolean omitNulls) {
         ObjectMapper m = new ObjectMapper().setPropertyNamingStrategy(PropertyNamingStrategies.SNAKE_CASE);
         m.setVisibility(PropertyAccessor.FIELD, JsonAutoDetect.Visibility.PUBLIC_ONLY);
         if (omitNulls) {
@@ -49,8 +57,9 @@ final class CliJson {
     /**
      * Writes {@code sample} on a daemon thread and throws the text away, so that a command which
      * reports after a long run finds Jackson's classes loaded and its serializers for the report's
-     * types built: that took 30-50 ms of the first report of a process on the H200 machine
-     * (benchmarks/RESULTS.md, 2026-12-01, start-up), which are then spent while the command runs.
+     * types built in the mapper it writes with: that took 30-50 ms of the first report of a process
+     * on the H200 machine (benchmarks/RESULTS.md, 2026-12-01, start-up), which are then spent while
+     * the command runs.
      */
     static void warm(Object sample, boolean omitNulls) {
         Thread t = new Thread(() -> write(sample, omitNulls), "loramerge-json-warmup");

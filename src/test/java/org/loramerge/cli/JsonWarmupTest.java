@@ -11,8 +11,13 @@ import org.loramerge.testutil.TinyModels;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotSame;
+import static org.junit.jupiter.api.Assertions.assertSame;
 
-/** The sample {@code merge --json} writes ahead ({@link CliJson#warm}) has every part a real report has, so every serializer is built. */
+/**
+ * The sample {@code merge --json} writes ahead ({@link CliJson#warm}) has every part a real report
+ * has, and is written with the report's own mapper, so every serializer the report needs is built.
+ */
 class JsonWarmupTest {
     @TempDir
     Path dir;
@@ -34,6 +39,13 @@ class JsonWarmupTest {
         }
         JsonNode q = sample.get("requantization");
         assertFalse(q.isNull() || q.get("tensors").isEmpty(), "the requantization part is in the sample, with a tensor");
+    }
+
+    @Test
+    void theWarmUpAndTheReportShareTheirMapperWhereJacksonKeepsTheSerializers() {
+        assertSame(CliJson.mapper(false), CliJson.mapper(false));
+        assertSame(CliJson.mapper(true), CliJson.mapper(true));
+        assertNotSame(CliJson.mapper(false), CliJson.mapper(true));
     }
 
     private static List<String> names(JsonNode n) {
