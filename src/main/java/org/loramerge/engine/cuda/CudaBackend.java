@@ -199,15 +199,20 @@ public final class CudaBackend implements Backend {
             }
         };
         Thread[] helpers = new Thread[Math.max(0, Math.min(count, Math.min(cpuThreads, PINNING_THREADS)) - 1)];
-        for (int t = 0; t < helpers.length; t++) {
-            helpers[t] = new Thread(pin, "loramerge-pinning");
-            helpers[t].setDaemon(true);
-            helpers[t].start();
+        for (int t = 0; t < helpers.length && failure.get() == null; t++) {
+            Thread h = new Thread(pin, "loramerge-pinning");
+            h.setDaemon(true);
+            try {
+                h.start();
+                helpers[t] = h;
+            } catch (OutOfMemoryError e) {
+                failure.compareAndSet(null, e); // no thread to be had: those started stop, and what they made is freed
+            }
         }
         pin.run();
         boolean interrupted = false;
         for (Thread t : helpers) {
-            while (t.isAlive()) {
+            while (t != null && t.isAlive()) {
                 try {
                     t.join();
                 } catch (InterruptedException e) {

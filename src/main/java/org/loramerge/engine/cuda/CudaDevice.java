@@ -136,6 +136,11 @@ public final class CudaDevice implements AutoCloseable {
             KernelModule round = new KernelModule("round.fatbin");
             d.modules.add(round);
             d.merge = new MergeKernels(round);
+            // the modules loaded on first use are in the jar: one that is not fails the device here,
+            // where --device auto falls back to the CPU, not midway through a merge
+            for (LazyKernels<?> k : List.of(d.combine, d.extract, d.nf4, d.quant)) {
+                KernelModule.requirePresent(k.image);
+            }
             d.warmup = CublasWarmup.start(d);
         } catch (Throwable e) {
             d.close();
@@ -451,9 +456,16 @@ public final class CudaDevice implements AutoCloseable {
         }
         closed = true;
         bindContext();
-        if (warmup != null) {
-            warmup.close();
+        try {
+            if (warmup != null) {
+                warmup.close();
+            }
+        } finally {
+            closeWorkersModulesAndContext();
         }
+    }
+
+    private void closeWorkersModulesAndContext() {
         synchronized (workers) {
             for (DeviceWorker w : workers) {
                 w.close();

@@ -25,13 +25,24 @@ final class KernelModule implements AutoCloseable {
         byte[] image;
         try (InputStream in = KernelModule.class.getResourceAsStream("/org/loramerge/kernels/" + resourceName)) {
             if (in == null) {
-                throw new IOException("kernel " + resourceName + " is missing from the jar; rebuild with scripts/native/build-native.sh");
+                throw missing(resourceName);
             }
             ByteArrayOutputStream out = new ByteArrayOutputStream();
             in.transferTo(out);
             image = out.toByteArray();
         }
         JCudaDriver.cuModuleLoadData(module, image);
+    }
+
+    /** Throws the IOException the constructor would when kernel image {@code resourceName} is not in the jar. */
+    static void requirePresent(String resourceName) throws IOException {
+        if (KernelModule.class.getResource("/org/loramerge/kernels/" + resourceName) == null) {
+            throw missing(resourceName);
+        }
+    }
+
+    private static IOException missing(String resourceName) {
+        return new IOException("kernel " + resourceName + " is missing from the jar; rebuild with scripts/native/build-native.sh");
     }
 
     /** Copies {@code values} into the module's {@code __device__} array {@code name}, which must be exactly that large. */

@@ -79,6 +79,13 @@ public final class PinnedMemory implements AutoCloseable {
             JCuda.cudaHostRegister(Pointer.to(direct.alignedSlice(PAGE)), pages, JCuda.cudaHostRegisterDefault);
             return direct;
         } catch (CudaException e) {
+            try {
+                // the runtime keeps a failed call's error as this thread's last error until read: read
+                // here, so that nothing later on the thread (cuBLAS checks it) takes it for its own
+                JCuda.cudaGetLastError();
+            } catch (CudaException cleared) {
+                // the error just reported, now reset
+            }
             UNSAFE.invokeCleaner(direct);
             REGISTERED.addAndGet(-(pages + PAGE));
             return null;
