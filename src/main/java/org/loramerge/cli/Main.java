@@ -36,9 +36,9 @@ public final class Main {
     /**
      * The commands that run alone: a command line that starts with one of these names gets a tree
      * of that command only ({@link #commandLine(String...)}), since picocli builds the options of
-     * every command it is given, which took about 200 ms of every run's start on the H200 machine
-     * (benchmarks/RESULTS.md, 2026-12-01, start-up). help, the completion script and the man page
-     * need the whole tree.
+     * every command it is given: the whole tree took about 200 ms of every run's start on the H200
+     * machine, the command alone about 60 ms less (benchmarks/RESULTS.md, 2026-12-01, start-up).
+     * help, the completion script and the man page need the whole tree.
      */
     private static final Map<String, Supplier<Object>> ALONE = Map.of("merge", MergeCommand::new, "combine", CombineCommand::new,
             "batch", BatchCommand::new, "verify", VerifyCommand::new, "inspect", InspectCommand::new, "quantize", QuantizeCommand::new,

@@ -15,10 +15,11 @@ import jcuda.runtime.JCuda;
  * them and then registered with the driver ({@code cudaHostRegister}). Registering scales with the
  * threads that do it, where {@code cudaHostAlloc} holds the driver for the whole allocation: on the
  * H200 machine 26 blocks of 8 MiB took 70-130 ms by {@code cudaHostAlloc} from 1 to 26 threads, and
- * 16-24 ms registered from 13 or 26 (scripts/bench/startup_bounds.cu; benchmarks/RESULTS.md, 2026-12-01, start-up). Registered
- * memory is held to half the JVM's heap limit (direct buffers count against a limit of that size by
- * default); beyond that, where registering fails, or where this JVM has no {@code sun.misc.Unsafe}
- * to free a direct buffer with, the memory comes from {@code cudaHostAlloc}.
+ * 16-24 ms registered from 13 or 26 (scripts/bench/startup_bounds.cu; benchmarks/RESULTS.md,
+ * 2026-12-01, start-up). Registered memory is held to half the JVM's heap limit (direct buffers
+ * count against a limit of that size by default); beyond that, where registering fails, or where
+ * this JVM has no {@code sun.misc.Unsafe} to free a direct buffer with, the memory comes from
+ * {@code cudaHostAlloc}.
  */
 public final class PinnedMemory implements AutoCloseable {
     private static final sun.misc.Unsafe UNSAFE = loadUnsafe();
