@@ -165,8 +165,8 @@ public final class CudaDevice implements AutoCloseable {
      * Starts, on a background thread, what {@link #open} spends most of its half second on: the
      * driver ({@code cuInit}, by the driver API, whose library loads first), device {@code ordinal}'s
      * primary context and the runtime's start on it, with the runtime's and cuBLAS's libraries
-     * loading on another thread meanwhile (one at a time, as JNI loads them: cuBLAS's first held the
-     * driver's back by about 100 ms), and then the cuBLAS kernel of a merge's first products
+     * loading on another thread meanwhile (one at a time, as JNI loads them: cuBLAS's, loaded first, held the
+     * driver's back by 50-100 ms), and then the cuBLAS kernel of a merge's first products
      * ({@link CublasWarmup}). A command calls it first thing, so that the
      * driver starts while the command line is parsed and the plan made; {@link #open} then finds
      * these done (each is done once a process) or waits for them. Never throws: any failure is left
