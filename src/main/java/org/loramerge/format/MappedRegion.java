@@ -1,7 +1,6 @@
 package org.loramerge.format;
 
 import java.io.IOException;
-import java.lang.reflect.Field;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.MappedByteBuffer;
@@ -18,8 +17,6 @@ import java.nio.file.Path;
 public final class MappedRegion implements AutoCloseable {
     /** The largest window one mapping may have. */
     public static final long MAX_WINDOW = Integer.MAX_VALUE - 7;
-
-    private static final sun.misc.Unsafe UNSAFE = loadUnsafe();
 
     private MappedByteBuffer buffer;
 
@@ -98,18 +95,6 @@ public final class MappedRegion implements AutoCloseable {
         }
         MappedByteBuffer b = buffer;
         buffer = null;
-        if (UNSAFE != null && b.capacity() > 0) {
-            UNSAFE.invokeCleaner(b);
-        }
-    }
-
-    private static sun.misc.Unsafe loadUnsafe() {
-        try {
-            Field f = sun.misc.Unsafe.class.getDeclaredField("theUnsafe");
-            f.setAccessible(true);
-            return (sun.misc.Unsafe) f.get(null);
-        } catch (ReflectiveOperationException | RuntimeException e) {
-            return null; // the mapping is then released by the garbage collector
-        }
+        DirectBuffers.free(b); // where it cannot, the mapping is released by the garbage collector
     }
 }

@@ -1,12 +1,12 @@
 package org.loramerge.engine.cuda;
 
-import java.lang.reflect.Field;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.concurrent.atomic.AtomicLong;
 import jcuda.CudaException;
 import jcuda.Pointer;
 import jcuda.runtime.JCuda;
+import org.loramerge.format.DirectBuffers;
 
 /**
  * Page-locked host memory, so copies to and from the device run at full PCIe speed.
@@ -22,8 +22,7 @@ import jcuda.runtime.JCuda;
  * {@code cudaHostAlloc}.
  */
 public final class PinnedMemory implements AutoCloseable {
-    private static final sun.misc.Unsafe UNSAFE = loadUnsafe();
-    private static final int PAGE = UNSAFE == null ? 4096 : UNSAFE.pageSize();
+    private static final int PAGE = DirectBuffers.pageSize();
     /** Bytes of registered direct buffers this process may hold at once. */
     private static final long REGISTERED_LIMIT = Runtime.getRuntime().maxMemory() / 2;
     private static final AtomicLong REGISTERED = new AtomicLong();
@@ -61,7 +60,7 @@ public final class PinnedMemory implements AutoCloseable {
      */
     private static ByteBuffer registered(long size) {
         long pages = pagesFor(size);
-        if (UNSAFE == null || directRefused || pages + PAGE > Integer.MAX_VALUE) {
+        if (!DirectBuffers.canFree() || directRefused || pages + PAGE > Integer.MAX_VALUE) {
             return null;
         }
         if (REGISTERED.addAndGet(pages + PAGE) > REGISTERED_LIMIT) {
@@ -87,7 +86,7 @@ public final class PinnedMemory implements AutoCloseable {
             } catch (CudaException cleared) {
                 // the error just reported, now reset
             }
-            UNSAFE.invokeCleaner(direct);
+            DirectBuffers.free(direct);
             REGISTERED.addAndGet(-(pages + PAGE));
             return null;
         }
@@ -130,20 +129,10 @@ public final class PinnedMemory implements AutoCloseable {
         closed = true;
         if (allocation != null) {
             JCuda.cudaHostUnregister(pointer);
-            UNSAFE.invokeCleaner(allocation);
+            DirectBuffers.free(allocation);
             REGISTERED.addAndGet(-(allocation.capacity()));
         } else {
             JCuda.cudaFreeHost(pointer);
-        }
-    }
-
-    private static sun.misc.Unsafe loadUnsafe() {
-        try {
-            Field f = sun.misc.Unsafe.class.getDeclaredField("theUnsafe");
-            f.setAccessible(true);
-            return (sun.misc.Unsafe) f.get(null);
-        } catch (ReflectiveOperationException | RuntimeException e) {
-            return null;
         }
     }
 }
