@@ -4,9 +4,33 @@ import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
 
-/** Ending the thread pools that read checkpoints beside other readers. */
+/** Ending the thread pools that read checkpoints beside other readers, and waiting for threads whatever interrupts the wait. */
 public final class Pools {
     private Pools() {
+    }
+
+    /** A wait that an interrupt may cut short ({@link Thread#join}, {@link java.util.concurrent.CountDownLatch#await}). */
+    public interface Wait {
+        void await() throws InterruptedException;
+    }
+
+    /**
+     * Waits until {@code wait} returns, however often the calling thread is interrupted meanwhile (for
+     * what must end before the caller frees what it uses); an interrupt is kept for the caller.
+     */
+    public static void awaitUninterruptibly(Wait wait) {
+        boolean interrupted = false;
+        while (true) {
+            try {
+                wait.await();
+                break;
+            } catch (InterruptedException e) {
+                interrupted = true;
+            }
+        }
+        if (interrupted) {
+            Thread.currentThread().interrupt();
+        }
     }
 
     /**

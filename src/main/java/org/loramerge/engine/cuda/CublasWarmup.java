@@ -6,6 +6,7 @@ import jcuda.Sizeof;
 import jcuda.jcublas.JCublas2;
 import jcuda.jcublas.cublasOperation;
 import jcuda.runtime.JCuda;
+import org.loramerge.engine.Pools;
 
 /**
  * One DGEMM of the shape of a merge's first products ({@link DeviceWorker#product}: rank 16, 4096
@@ -93,16 +94,8 @@ final class CublasWarmup implements AutoCloseable {
     /** Waits for the warm-up's thread and frees what it made (with the device's context current). */
     @Override
     public void close() {
-        boolean interrupted = false;
-        while (thread != null && thread.isAlive()) {
-            try {
-                thread.join();
-            } catch (InterruptedException e) {
-                interrupted = true; // still wait: its memory is freed below
-            }
-        }
-        if (interrupted) {
-            Thread.currentThread().interrupt();
+        if (thread != null) {
+            Pools.awaitUninterruptibly(thread::join); // its memory is freed below
         }
         free();
     }

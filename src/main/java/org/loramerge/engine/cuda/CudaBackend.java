@@ -18,6 +18,7 @@ import org.loramerge.engine.DeviceOutOfMemoryException;
 import org.loramerge.engine.DeviceUnavailableException;
 import org.loramerge.engine.HostCombinedDelta;
 import org.loramerge.engine.LowRankTerm;
+import org.loramerge.engine.Pools;
 import org.loramerge.engine.Requantization;
 import org.loramerge.engine.TensorJob;
 import org.loramerge.engine.TensorMerge;
@@ -210,18 +211,10 @@ public final class CudaBackend implements Backend {
             }
         }
         pin.run();
-        boolean interrupted = false;
         for (Thread t : helpers) {
-            while (t != null && t.isAlive()) {
-                try {
-                    t.join();
-                } catch (InterruptedException e) {
-                    interrupted = true; // still wait: what they make is freed or handed out below
-                }
+            if (t != null) {
+                Pools.awaitUninterruptibly(t::join); // what they make is freed or handed out below
             }
-        }
-        if (interrupted) {
-            Thread.currentThread().interrupt();
         }
         Throwable failed = failure.get();
         if (failed != null) {

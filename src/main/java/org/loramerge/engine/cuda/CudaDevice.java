@@ -23,6 +23,7 @@ import jcuda.runtime.JCuda;
 import jcuda.runtime.cudaDeviceProp;
 import org.loramerge.engine.DeviceOutOfMemoryException;
 import org.loramerge.engine.DeviceUnavailableException;
+import org.loramerge.engine.Pools;
 import org.loramerge.engine.Tuning;
 import org.loramerge.linalg.RandomizedSvd;
 
@@ -205,23 +206,25 @@ public final class CudaDevice implements AutoCloseable {
                 }, "loramerge-libraries-prestart");
                 libraries.setDaemon(true);
                 libraries.start();
-                int[] count = {0};
+                boolean present;
                 try {
                     JCudaDriver.cuInit(0);
+                    int[] count = {0};
                     JCudaDriver.cuDeviceGetCount(count);
-                    if (ordinal >= 0 && ordinal < count[0]) {
+                    present = ordinal >= 0 && ordinal < count[0];
+                    if (present) {
                         // the device's primary context, held for the process; open() retains the same one
                         CUdevice dev = new CUdevice();
                         JCudaDriver.cuDeviceGet(dev, ordinal);
                         JCudaDriver.cuDevicePrimaryCtxRetain(new CUcontext(), dev);
                     }
                 } finally {
-                    awaitUninterruptibly(runtimeLoaded); // the runtime's start is this thread's, which Main waits for
+                    Pools.awaitUninterruptibly(runtimeLoaded::await); // the runtime's start is this thread's, which Main waits for
                 }
                 if (runtimeFailure.get() != null) {
                     throw runtimeFailure.get();
                 }
-                if (ordinal >= 0 && ordinal < count[0]) {
+                if (present) {
                     // the runtime's own start, on that context
                     JCuda.cudaSetDevice(ordinal);
                     JCuda.cudaFree(new Pointer());
@@ -251,20 +254,6 @@ public final class CudaDevice implements AutoCloseable {
             return Tuning.current().blockBytes();
         } catch (IllegalArgumentException e) {
             return Tuning.DEFAULTS.blockBytes(); // the merge reports the knob
-        }
-    }
-
-    private static void awaitUninterruptibly(CountDownLatch latch) {
-        boolean interrupted = false;
-        while (latch.getCount() > 0) {
-            try {
-                latch.await();
-            } catch (InterruptedException e) {
-                interrupted = true;
-            }
-        }
-        if (interrupted) {
-            Thread.currentThread().interrupt();
         }
     }
 
