@@ -118,23 +118,16 @@ public final class CudaBackend implements Backend {
 
     /**
      * Opens device {@code ordinal}; explains precisely why when it cannot. Its workers take blocks of
-     * {@link Tuning#blockBytes} and number {@link Tuning#streams} where that knob is set.
-     */
-    public static Backend open(int ordinal, int cpuThreads) throws DeviceUnavailableException {
-        return open(ordinal, cpuThreads, false);
-    }
-
-    /**
-     * {@link #open(int, int)} for a merge whose output takes one file's blocks from several threads at
-     * once ({@code parallelWrites}): then, unless the knob says otherwise, with more workers, three
-     * quarters of the CPU threads up to {@value #MAX_STREAMS_PARALLEL_WRITES}, where half of them up to
-     * {@value #MAX_STREAMS} serve every other output. Called by {@code Backends}, by name.
+     * {@link Tuning#blockBytes} and number {@link Tuning#streams} where that knob is set; else, for a
+     * merge whose output takes one file's blocks from several threads at once ({@code parallelWrites}),
+     * three quarters of the CPU threads up to {@value #MAX_STREAMS_PARALLEL_WRITES}, and half of them
+     * up to {@value #MAX_STREAMS} for every other output. Called by {@code Backends}, by name.
      */
     public static Backend open(int ordinal, int cpuThreads, boolean parallelWrites) throws DeviceUnavailableException {
         return open(ordinal, cpuThreads, CudaWeightDelta.DELTA_BUDGET_BYTES, parallelWrites);
     }
 
-    /** {@link #open(int, int)} with another budget for the dense ΔW (for the GPU tests of a device with little room). */
+    /** {@link #open(int, int, boolean)} with another budget for the dense ΔW (for the GPU tests of a device with little room). */
     static CudaBackend open(int ordinal, int cpuThreads, long deltaBudgetBytes) throws DeviceUnavailableException {
         return open(ordinal, cpuThreads, deltaBudgetBytes, false);
     }
