@@ -261,31 +261,26 @@ public final class SafetensorsWriter implements AutoCloseable {
             throw new IllegalStateException(path + ": writing past the declared tensors");
         }
         if (n > 0) {
-            switch (writes) {
-                case MAPPED -> mappedWrite(at, src);
-                case MIXED -> {
-                    // the file's one positional writer when it is free; else, instead of queueing, through a mapping
-                    if (positionalWrites.tryLock()) {
-                        try {
-                            positionalWrite(at, src);
-                        } finally {
-                            positionalWrites.unlock();
-                        }
-                    } else {
-                        mappedWrite(at, src);
-                    }
-                }
+            // one positional write into the file at a time: the kernel takes them one at a time anyway (the file's
+            // lock, on tmpfs, ext4 and xfs alike); threads queued here leave the one writing at full speed, where
+            // threads contending for the kernel's lock slow each other (benchmarks/RESULTS.md, "From memory").
+            // Mixed: the file's one positional writer when it is free; else, instead of queueing, through a mapping
+            boolean positional = switch (writes) {
+                case MAPPED -> false;
+                case MIXED -> positionalWrites.tryLock();
                 default -> {
-                    // one positional write into the file at a time: the kernel takes them one at a time anyway (the file's
-                    // lock, on tmpfs, ext4 and xfs alike); threads queued here leave the one writing at full speed, where
-                    // threads contending for the kernel's lock slow each other (benchmarks/RESULTS.md, "From memory")
                     positionalWrites.lock();
-                    try {
-                        positionalWrite(at, src);
-                    } finally {
-                        positionalWrites.unlock();
-                    }
+                    yield true;
                 }
+            };
+            if (positional) {
+                try {
+                    positionalWrite(at, src);
+                } finally {
+                    positionalWrites.unlock();
+                }
+            } else {
+                mappedWrite(at, src);
             }
         }
         written.addAndGet(n);

@@ -252,19 +252,14 @@ public final class MergeRunner {
         Progress progress = Progress.silent();
         List<WriteMode> writes = new ArrayList<>();
         List<RoomLedger.Claim> rooms = new ArrayList<>();
+        MergeContext lead;
         try {
             for (int k = 0; k < n; k++) {
                 writes.add(options.get(k).writes().resolve(outs.get(k).dir()));
                 rooms.add(claimRoom(plans.get(k), outs.get(k), writes.get(k)));
             }
-        } catch (IOException | RuntimeException e) {
-            rooms.forEach(RoomLedger.Claim::close);
-            throw e;
-        }
-        MergeContext lead;
-        try {
             lead = new MergeContext(backend, options.get(0), progress);
-        } catch (RuntimeException | Error e) {
+        } catch (IOException | RuntimeException | Error e) {
             rooms.forEach(RoomLedger.Claim::close);
             throw e;
         }
