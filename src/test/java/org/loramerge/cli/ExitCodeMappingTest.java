@@ -77,8 +77,7 @@ class ExitCodeMappingTest {
             "--to, int4, --to int4: expected bf16, f16, f32 or nf4"})
     void badOptionValuesAreUsageErrorsThatNameTheOptionAndWriteNothing(String option, String value, String message) throws Exception {
         Path base = TinyModels.writeTinyLlama(dir.resolve("base"));
-        Path adapter = TinyModels.writeAdapter(dir.resolve("adapter"), TinyModels.loraConfig(2, 4, "[\"q_proj\"]", ""),
-                TinyModels.qProjAdapter(2));
+        Path adapter = TinyModels.writeQProjAdapter(dir.resolve("adapter"));
         Path out = dir.resolve("out");
         ByteArrayOutputStream err = new ByteArrayOutputStream();
         PrintStream old = System.err;

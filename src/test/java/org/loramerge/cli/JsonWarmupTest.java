@@ -25,7 +25,7 @@ class JsonWarmupTest {
     @Test
     void theSampleHasEveryPartOfARealReport() throws Exception {
         Path base = TinyModels.writeTinyLlama(dir.resolve("base"));
-        Path adapter = TinyModels.writeAdapter(dir.resolve("adapter"), TinyModels.loraConfig(2, 4, "[\"q_proj\"]", ""), TinyModels.qProjAdapter(2));
+        Path adapter = TinyModels.writeQProjAdapter(dir.resolve("adapter"));
         CliRun.Result r = CliRun.merge(base, adapter, dir.resolve("out"), "--json");
         assertEquals(0, r.code(), r.err());
         ObjectMapper m = new ObjectMapper();

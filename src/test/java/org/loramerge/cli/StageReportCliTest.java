@@ -25,7 +25,7 @@ class StageReportCliTest {
 
     private void models() {
         base = TinyModels.writeTinyLlama(dir.resolve("base"));
-        adapter = TinyModels.writeAdapter(dir.resolve("adapter"), TinyModels.loraConfig(2, 4, "[\"q_proj\"]", ""), TinyModels.qProjAdapter(2));
+        adapter = TinyModels.writeQProjAdapter(dir.resolve("adapter"));
     }
 
     @Test

@@ -464,8 +464,7 @@ class AtomicOutputTest {
     @Test
     void mergeIntoA240CharacterOutSucceeds() throws Exception {
         Path base = TinyModels.writeTinyLlama(dir.resolve("base"));
-        Path adapter = TinyModels.writeAdapter(dir.resolve("adapter"), TinyModels.loraConfig(2, 4, "[\"q_proj\"]", ""),
-                TinyModels.qProjAdapter(2));
+        Path adapter = TinyModels.writeQProjAdapter(dir.resolve("adapter"));
         Path out = dir.resolve("o".repeat(240));
         int code = Main.run("merge", "--base", base.toString(), "--adapter", adapter.toString(), "--out", out.toString(),
                 "--device", "cpu", "--quiet");

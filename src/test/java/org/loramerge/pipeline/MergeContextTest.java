@@ -33,7 +33,7 @@ class MergeContextTest {
     @Test
     void aMergeAskedFor4096ThreadsRunsWithWhatFitsAndSaysSo() throws Exception {
         Path base = TinyModels.writeTinyLlama(dir.resolve("base"));
-        Path adapter = TinyModels.writeAdapter(dir.resolve("adapter"), TinyModels.loraConfig(2, 4, "[\"q_proj\"]", ""), TinyModels.qProjAdapter(2));
+        Path adapter = TinyModels.writeQProjAdapter(dir.resolve("adapter"));
         ByteArrayOutputStream err = new ByteArrayOutputStream();
         PrintStream old = System.err;
         int code;

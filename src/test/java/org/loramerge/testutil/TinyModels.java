@@ -299,6 +299,11 @@ public final class TinyModels {
         return t;
     }
 
+    /** The adapter of {@link #qProjAdapter}(2), alpha 4, on both q_proj of {@link #tinyLlama}, written into {@code dir}. */
+    public static Path writeQProjAdapter(Path dir) {
+        return writeAdapter(dir, loraConfig(2, 4, "[\"q_proj\"]", ""), qProjAdapter(2));
+    }
+
     /** A minimal LoRA adapter_config.json; {@code extra} is spliced in as further fields (may be empty). */
     public static String loraConfig(int r, double alpha, String targetModulesJson, String extra) {
         return "{\"peft_type\": \"LORA\", \"r\": " + r + ", \"lora_alpha\": " + alpha + ", \"target_modules\": " + targetModulesJson
