@@ -6,6 +6,8 @@ import java.nio.file.FileAlreadyExistsException;
 import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.util.Arrays;
+import java.util.Collections;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Set;
@@ -28,21 +30,31 @@ import picocli.CommandLine;
                         + "correctly rounded, streamed tensor by tensor, on the CPU or an NVIDIA GPU."},
         footer = {"", "Exit codes: 0 ok, 2 usage, 3 bad input, 4 output not written, 5 overflow/NaN, 6 verify failed, 7 GPU unavailable, 1 bug."})
 public final class Main {
-    /** The commands, in the order the help lists them; each is added to the tree by {@link #commandLine}. */
-    private static final List<Supplier<Object>> COMMANDS = List.of(MergeCommand::new, CombineCommand::new, BatchCommand::new,
-            VerifyCommand::new, InspectCommand::new, QuantizeCommand::new, ExtractCommand::new, UnmergeCommand::new,
-            CommandLine.HelpCommand::new, AutoComplete.GenerateCompletion::new, ManPageCommand::new);
-
     /**
-     * The commands that run alone: a command line that starts with one of these names gets a tree
-     * of that command only ({@link #commandLine(String...)}), since picocli builds the options of
-     * every command it is given: the whole tree took about 200 ms of every run's start on the H200
-     * machine, the command alone about 60 ms less (benchmarks/RESULTS.md, 2026-12-01, start-up).
-     * help, the completion script and the man page need the whole tree.
+     * The commands that run alone, by name, in the order the help lists them: a command line that
+     * starts with one of these names gets a tree of that command only ({@link #commandLine(String...)}),
+     * since picocli builds the options of every command it is given: the whole tree took about 200 ms
+     * of every run's start on the H200 machine, the command alone about 60 ms less
+     * (benchmarks/RESULTS.md, 2026-12-01, start-up).
      */
-    private static final Map<String, Supplier<Object>> ALONE = Map.of("merge", MergeCommand::new, "combine", CombineCommand::new,
-            "batch", BatchCommand::new, "verify", VerifyCommand::new, "inspect", InspectCommand::new, "quantize", QuantizeCommand::new,
-            "extract", ExtractCommand::new, "unmerge", UnmergeCommand::new);
+    private static final Map<String, Supplier<Object>> ALONE = aloneCommands();
+
+    /** The commands of the whole tree only, listed after the others: help, the completion script and the man page need the whole tree. */
+    private static final List<Supplier<Object>> WHOLE_TREE_ONLY = List.of(CommandLine.HelpCommand::new, AutoComplete.GenerateCompletion::new,
+            ManPageCommand::new);
+
+    private static Map<String, Supplier<Object>> aloneCommands() {
+        Map<String, Supplier<Object>> m = new LinkedHashMap<>();
+        m.put("merge", MergeCommand::new);
+        m.put("combine", CombineCommand::new);
+        m.put("batch", BatchCommand::new);
+        m.put("verify", VerifyCommand::new);
+        m.put("inspect", InspectCommand::new);
+        m.put("quantize", QuantizeCommand::new);
+        m.put("extract", ExtractCommand::new);
+        m.put("unmerge", UnmergeCommand::new);
+        return Collections.unmodifiableMap(m);
+    }
 
     public static void main(String[] args) {
         Thread driver = prestartEngine(args);
@@ -107,7 +119,10 @@ public final class Main {
     /** The whole command tree, for help and for the completion script and man page generators. */
     static CommandLine commandLine() {
         CommandLine cl = new CommandLine(new Main());
-        for (Supplier<Object> c : COMMANDS) {
+        for (Supplier<Object> c : ALONE.values()) {
+            cl.addSubcommand(c.get());
+        }
+        for (Supplier<Object> c : WHOLE_TREE_ONLY) {
             cl.addSubcommand(c.get());
         }
         // the completion generator is for the install script, not a command users type
