@@ -60,19 +60,24 @@ public final class PinnedMemory implements AutoCloseable {
      */
     private static ByteBuffer registered(long size) {
         long pages = pagesFor(size);
-        if (!DirectBuffers.canFree() || directRefused || pages + PAGE > Integer.MAX_VALUE) {
+        long bytes = pages + PAGE;
+        if (!DirectBuffers.canFree() || directRefused || bytes > Integer.MAX_VALUE) {
             return null;
         }
-        if (REGISTERED.addAndGet(pages + PAGE) > REGISTERED_LIMIT) {
-            REGISTERED.addAndGet(-(pages + PAGE));
-            return null;
+        ByteBuffer direct = REGISTERED.addAndGet(bytes) <= REGISTERED_LIMIT ? allocateAndRegister(bytes, pages) : null;
+        if (direct == null) {
+            REGISTERED.addAndGet(-bytes);
         }
+        return direct;
+    }
+
+    /** A direct buffer of {@code bytes} whose {@code pages} from its first page boundary on are registered; null where that fails. */
+    private static ByteBuffer allocateAndRegister(long bytes, long pages) {
         ByteBuffer direct;
         try {
-            direct = ByteBuffer.allocateDirect(Math.toIntExact(pages + PAGE));
+            direct = ByteBuffer.allocateDirect(Math.toIntExact(bytes));
         } catch (OutOfMemoryError e) {
             directRefused = true;
-            REGISTERED.addAndGet(-(pages + PAGE));
             return null;
         }
         try {
@@ -87,7 +92,6 @@ public final class PinnedMemory implements AutoCloseable {
                 // the error just reported, now reset
             }
             DirectBuffers.free(direct);
-            REGISTERED.addAndGet(-(pages + PAGE));
             return null;
         }
     }
