@@ -68,6 +68,17 @@ public final class RoomLedger {
     }
 
     /**
+     * Refuses {@code bytes} on the file system holding {@code dir} when it has less room free, unless
+     * it keeps no count of its room (ramfs, tmpfs with size=0): the check of one file, beside the model's claim.
+     */
+    static void requireFree(Path dir, String name, String what, long bytes) throws IOException {
+        FileStore store = Files.getFileStore(dir);
+        if (store.getTotalSpace() > 0) {
+            require(store, name, what, bytes, 0);
+        }
+    }
+
+    /**
      * Refuses {@code bytes} more on {@code store} (which keeps a count of its room) when its free room,
      * less the {@code others} promised to other models, is smaller.
      */

@@ -7,8 +7,6 @@ import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.channels.FileChannel;
 import java.nio.charset.StandardCharsets;
-import java.nio.file.FileStore;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.Arrays;
@@ -221,10 +219,7 @@ public final class SafetensorsWriter implements AutoCloseable {
      * or tmpfs mounted with size=0) is not checked.
      */
     private static void requireSpaceForMappedWrites(Path path, long bytes) throws IOException {
-        FileStore store = Files.getFileStore(path.toAbsolutePath().getParent());
-        if (store.getTotalSpace() > 0) {
-            RoomLedger.require(store, path.toString(), "the file", bytes, 0);
-        }
+        RoomLedger.requireFree(path.toAbsolutePath().getParent(), path.toString(), "the file", bytes);
     }
 
     private static void writeFully(FileChannel ch, ByteBuffer b, long at) throws IOException {
