@@ -17,6 +17,9 @@
 #          many bytes (the disk's own rate); three times base and output on tmpfs: the base's 3 shards
 #          with the default writes and with positional ones, and 7 shards; then the host's memcpy
 #          bandwidth (what tmpfs runs at)
+#   wide   --dtype f32 of the bf16 base three times (WIDE_REPS), each beside two floors timed just before it: the
+#          base's copy, and the copy of what it writes (27 GB: `cp -r` of a folder holding the base's
+#          shards twice, as hard links, which cp copies as separate files)
 #   flush  --dtype f32 of the bf16 base with a background flush every 256 MiB of a shard (the default),
 #          1 GiB, 64 MiB and none before the shard's end (-Dloramerge.flushBytes), twice, each pass
 #          beside its copy floor
@@ -186,6 +189,19 @@ for set in "${@:-bf16}"; do
           $LM merge --base "$WORK/m/base" --adapter "$WORK/m/a-f32" --out "$WORK/out" --device "$DEVICE" --quiet --json --dtype f32
         rm -rf "$WORK/out"
       done
+    done
+    ;;
+  wide)
+    bf16_base_and_adapter
+    mkdir -p "$WORK/twice"
+    for f in "$WORK/m/base"/*; do ln "$f" "$WORK/twice/$(basename "$f")"; ln "$f" "$WORK/twice/again-$(basename "$f")"; done
+    for rep in $(seq 1 "${WIDE_REPS:-3}"); do
+      floor_row "$rep"
+      F2=$(floor "$WORK/twice"); say "copy floor of the output's size $F2 s"
+      echo "| cp -r + sync, the base's shards twice (27 GB) ($rep) | $F2 | $(awk -v a="$F2" -v b="$F" 'BEGIN { printf "%.2f", a / b }') (x base floor) | | | | |" >> "$TABLE"
+      merge "--dtype f32 (bf16 base), x the 27 GB floor ($rep)" "$F2" "$WORK/m/base" "$WORK/m/a-f32" --dtype f32
+      # the same run against the base's floor
+      tail -n 1 "$TABLE" | awk -F' [|] ' -v f="$F" -v r="$rep" '{ printf "| the same run, x the base floor (%s) | %s | %.2f | | | | |\n", r, $2, $2 / f }' >> "$TABLE"
     done
     ;;
   io)

@@ -8,7 +8,10 @@
 //
 //   nvcc -O2 -o /tmp/io_bounds scripts/bench/io_bounds.cu -lpthread
 //   /tmp/io_bounds SHM_DIR DISK_DIR [SETS]    SETS: 1 tmpfs (every method), 2 disk, 4 tmpfs mixed
-//                                             against the others at 8/12/16 threads; a sum (default 3)
+//                                             against the others at 8/12/16 threads, 8 tmpfs pages
+//                                             never touched against pages freed just before and
+//                                             freed 10 s before (run it first on a fresh machine);
+//                                             a sum (default 3)
 //   TW_DIV=N divides the tmpfs sizes by N (to try it out on a small machine; set 4 needs no GPU).
 
 #include <cuda_runtime.h>
@@ -188,7 +191,7 @@ int main(int argc, char **argv) {
     const char *disk = argc > 2 ? argv[2] : "/tmp/io_bounds";
     int what = argc > 3 ? atoi(argv[3]) : 3;   // 1 tmpfs, 2 disk, 3 both
     mkdir(shm, 0755); mkdir(disk, 0755);
-    if (what != 4) { CK(cudaSetDevice(0)); CK(cudaFree(0));
+    if (what & 3) { CK(cudaSetDevice(0)); CK(cudaFree(0));
     CK(cudaMalloc((void **)&dev_src, 64 * BLK)); CK(cudaMemset(dev_src, 7, 64 * BLK)); }
     long scale = getenv("TW_DIV") ? atol(getenv("TW_DIV")) : 1;
     long base3[3] = {4938985248L / scale, 4947390768L / scale, 3590488736L / scale};
@@ -237,6 +240,27 @@ int main(int argc, char **argv) {
             closeall(shm, 1);
             report("tmpfs", ms[mi], ts[ti], 3, t, tot3, 0, NULL);
         }
+    }
+    if (what & 8) {
+        // the same mixed writes (16 threads) into pages this machine never touched, into the pages the
+        // write before freed (at once, and after 10 s idle); a virtual machine whose host backs guest
+        // memory on first touch, or takes freed pages back, shows it here
+        const char *what8[] = {"; first write on this machine", "; rewrite at once after unlink", "; rewrite after unlink + 10 s idle",
+                               "; rewrite at once after unlink", "; second set beside the first (fresh pages)", "; rewrite at once after unlink of both"};
+        char shm2[4096]; snprintf(shm2, sizeof shm2, "%s/second", shm); mkdir(shm2, 0755);
+        for (int k = 0; k < 6; k++) {
+            if (k == 2) sleep(10);
+            layout(k == 4 ? shm2 : shm, 3, base3, 1, 0);
+            double t = run(HYBRID, 16);
+            closeall(k == 4 ? shm2 : shm, 0);
+            report("tmpfs", HYBRID, 16, 3, t, tot3, 0, what8[k]);
+            if (k == 3) continue;   // the first set stays while the second is written
+            double u = now();
+            for (int i = 0; i < 3; i++) { char p[4096]; snprintf(p, sizeof p, "%s/f%d", shm, i); unlink(p); }
+            if (k == 4) for (int i = 0; i < 3; i++) { char p[4096]; snprintf(p, sizeof p, "%s/f%d", shm2, i); unlink(p); }
+            printf("| tmpfs | unlink | | %d | %.2f | | |\n", k == 4 ? 6 : 3, now() - u);
+        }
+        rmdir(shm2);
     }
     if (what & 2) {
         long f32[6]; for (int i = 0; i < 6; i++) f32[i] = 2 * tot3 / 6 / BLK * BLK;
