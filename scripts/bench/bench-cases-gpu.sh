@@ -20,9 +20,6 @@
 #   wide   --dtype f32 of the bf16 base three times (WIDE_REPS), each beside two floors timed just before it: the
 #          base's copy, and the copy of what it writes (27 GB: `cp -r` of a folder holding the base's
 #          shards twice, as hard links, which cp copies as separate files)
-#   writeback  the bf16 base's LoRA and --dtype f32 onto the disk with the disk started on each block (the
-#          default) and without (-Dloramerge.writeBack=false), and --dtype f32 started on each block without
-#          the periodic flushes (-Dloramerge.flushBytes=0), twice, each pass beside its copy floor
 #   flush  --dtype f32 of the bf16 base with a background flush every 256 MiB of a shard (the default),
 #          1 GiB, 64 MiB and none before the shard's end (-Dloramerge.flushBytes), twice, each pass
 #          beside its copy floor
@@ -205,20 +202,6 @@ for set in "${@:-bf16}"; do
       merge "--dtype f32 (bf16 base), x the 27 GB floor ($rep)" "$F2" "$WORK/m/base" "$WORK/m/a-f32" --dtype f32
       # the same run against the base's floor
       tail -n 1 "$TABLE" | awk -F' [|] ' -v f="$F" -v r="$rep" '{ printf "| the same run, x the base floor (%s) | %s | %.2f | | | | |\n", r, $2, $2 / f }' >> "$TABLE"
-    done
-    ;;
-  writeback)
-    bf16_base_and_adapter
-    for rep in 1 2; do
-      floor_row "$rep"
-      for knobs in "" "-Dloramerge.writeBack=false" "-Dloramerge.flushBytes=0"; do
-        for dtype in f32 bf16; do
-          [ "$dtype" = bf16 ] && [ "$knobs" = "-Dloramerge.flushBytes=0" ] && continue
-          run "--dtype $dtype${knobs:+, $knobs} ($rep)" "$F" env LORAMERGE_JAVA_OPTS="-Xmx2g $knobs" \
-            $LM merge --base "$WORK/m/base" --adapter "$WORK/m/a-f32" --out "$WORK/out" --device "$DEVICE" --quiet --json --dtype "$dtype"
-          rm -rf "$WORK/out"
-        done
-      done
     done
     ;;
   io)

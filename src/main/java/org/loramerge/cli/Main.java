@@ -17,7 +17,6 @@ import org.loramerge.errors.ExitCode;
 import org.loramerge.errors.UsageException;
 import org.loramerge.errors.UserException;
 import org.loramerge.format.ToolVersion;
-import org.loramerge.format.WriteBack;
 import picocli.AutoComplete;
 import picocli.CommandLine.Command;
 import picocli.CommandLine;
@@ -59,9 +58,6 @@ public final class Main {
 
     public static void main(String[] args) {
         Thread driver = prestartEngine(args);
-        if (args.length > 0 && MODEL_WRITERS.contains(args[0])) {
-            WriteBack.prepareInBackground();
-        }
         int code = run(args);
         if (driver != null) {
             // a run that ended early (a usage error, a missing file) leaves the driver's start to
@@ -74,9 +70,6 @@ public final class Main {
         }
         System.exit(code);
     }
-
-    /** The commands that write a model's shards, which start the disk on their blocks ({@link WriteBack}). */
-    private static final Set<String> MODEL_WRITERS = Set.of("merge", "combine", "unmerge", "batch", "quantize");
 
     /** The commands with a --device option (default auto). */
     private static final Set<String> ENGINE_COMMANDS = Set.of("merge", "combine", "extract", "unmerge");

@@ -27,9 +27,6 @@ import org.loramerge.format.WriteMode;
  *       each on its own thread and stream
  *   <li>{@code loramerge.flushBytes}: bytes a shard takes between background flushes to the disk (default
  *       {@link #DEFAULT_FLUSH_BYTES}); 0 flushes each shard only when it is finished
- *   <li>{@code loramerge.writeBack}: {@code true} (default) starts the disk on each block a positional write puts
- *       into a shard ({@link org.loramerge.format.WriteBack}, on Linux); {@code false} leaves the bytes to the
- *       kernel and the flushes
  * </ul>
  *
  * @param blockBytes      output bytes per row block
@@ -40,10 +37,9 @@ import org.loramerge.format.WriteMode;
  * @param svds            weights extract decomposes at once on the GPU engine, 0 for the engine's own choice
  * @param shardsAtOnce    output shards a merge writes at once
  * @param flushBytes      bytes written into a shard between background flushes, 0 for none before its end
- * @param writeBack       whether a shard written by positional writes starts the disk on each block as it is written
  */
 public record Tuning(int blockBytes, int streams, int windowPerThread, WriteMode writes, Boolean preadReads, int svds, int shardsAtOnce,
-                     long flushBytes, boolean writeBack) {
+                     long flushBytes) {
     /**
      * Bytes a shard takes between background flushes (fdatasync on a thread of its own), so that the
      * final one finds little left to write: 256 MiB took the last shard's fsync after the stream from
@@ -62,7 +58,7 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, WriteMode
 
     /** What the code does without any knob set. */
     public static final Tuning DEFAULTS = new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, WriteMode.AUTO, null, 0, DEFAULT_SHARDS_AT_ONCE,
-            DEFAULT_FLUSH_BYTES, true);
+            DEFAULT_FLUSH_BYTES);
 
     /**
      * Output blocks no smaller than this (a row of the widest Hugging Face weights fits), and no larger
@@ -93,12 +89,8 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, WriteMode
         int svds = intProperty("loramerge.svds", 0, 1, 16);
         int shards = intProperty("loramerge.shards", DEFAULT_SHARDS_AT_ONCE, 1, 64);
         long flush = longProperty("loramerge.flushBytes", DEFAULT_FLUSH_BYTES, 0, Long.MAX_VALUE);
-        String writeBack = System.getProperty("loramerge.writeBack", "true").trim().toLowerCase(Locale.ROOT);
-        if (!writeBack.equals("true") && !writeBack.equals("false")) {
-            throw new IllegalArgumentException("-Dloramerge.writeBack=" + writeBack + ": expected true or false");
-        }
         return new Tuning(block, streams, window, writes,
-                read.equals("engine") ? null : read.equals("pread"), svds, shards, flush, writeBack.equals("true"));
+                read.equals("engine") ? null : read.equals("pread"), svds, shards, flush);
     }
 
     private static int intProperty(String name, int fallback, int min, int max) {
@@ -130,7 +122,6 @@ public record Tuning(int blockBytes, int streams, int windowPerThread, WriteMode
                 + windowPerThread + " blocks a thread, " + writes.name().toLowerCase(Locale.ROOT) + " writes, "
                 + (preadReads == null ? "the engine's" : preadReads ? "positional" : "mapped") + " reads, " + shardsAtOnce + (shardsAtOnce == 1 ? " shard" : " shards") + " at once" + (svds == 0 ? "" : ", " + svds + " SVDs at once")
                 + (flushBytes == DEFAULT_FLUSH_BYTES ? "" : flushBytes == 0 ? ", no flush before a shard's end"
-                : ", a flush every " + (flushBytes % (1 << 20) == 0 ? (flushBytes >> 20) + " MiB" : flushBytes + " bytes"))
-                + (writeBack ? "" : ", no write-back");
+                : ", a flush every " + (flushBytes % (1 << 20) == 0 ? (flushBytes >> 20) + " MiB" : flushBytes + " bytes"));
     }
 }

@@ -78,8 +78,6 @@ public final class SafetensorsWriter implements AutoCloseable {
     private final ReentrantLock positionalWrites = new ReentrantLock();
     /** How {@link #writeAt} puts a block in place: positional, mapped, or mixed (never {@link WriteMode#AUTO}). */
     private final WriteMode writes;
-    /** Starts the disk on each block as it is written ({@link WriteBack}); null when not. */
-    private final WriteBack writeBack;
     /** The given bytes of each late tensor, by name, in declared order (null until given). */
     private final Map<String, ByteBuffer> late = new LinkedHashMap<>();
     private long position;
@@ -87,10 +85,9 @@ public final class SafetensorsWriter implements AutoCloseable {
     private volatile boolean closed;
 
     private SafetensorsWriter(Path path, FileChannel channel, List<Entry> entries, Map<String, String> metadata, long dataStart,
-                              long fixedSize, Map<String, Long> offsets, WriteMode writes, WriteBack writeBack) {
+                              long fixedSize, Map<String, Long> offsets, WriteMode writes) {
         this.path = path;
         this.writes = writes;
-        this.writeBack = writeBack;
         this.channel = channel;
         this.entries = List.copyOf(entries);
         this.metadata = metadata;
@@ -176,18 +173,6 @@ public final class SafetensorsWriter implements AutoCloseable {
      */
     public static SafetensorsWriter create(Path path, List<Entry> entries, Map<String, String> metadata, WriteMode writes)
             throws IOException {
-        return create(path, entries, metadata, writes, false);
-    }
-
-    /**
-     * {@link #create(Path, List, Map, WriteMode)}; with {@code writeBack}, a file written by positional
-     * writes only (what {@link WriteMode#AUTO} is on a disk) has the disk started on each block as it is
-     * written ({@link WriteBack}, where this platform can), so its bytes go to the disk while the work
-     * goes on and {@link #finish}'s fsync finds little left. Files written through mappings are in
-     * memory, where there is no disk to start.
-     */
-    public static SafetensorsWriter create(Path path, List<Entry> entries, Map<String, String> metadata, WriteMode writes,
-                                           boolean writeBack) throws IOException {
         WriteMode mode = writes.resolve(path.toAbsolutePath().getParent());
         byte[] header = header(entries, metadata);
         boolean anyLate = false;
@@ -221,8 +206,7 @@ public final class SafetensorsWriter implements AutoCloseable {
             ch.close();
             throw e;
         }
-        WriteBack wb = writeBack && mode == WriteMode.POSITIONAL ? WriteBack.open(path) : null;
-        return new SafetensorsWriter(path, ch, entries, Map.copyOf(metadata), header.length, fixed, offsets, mode, wb);
+        return new SafetensorsWriter(path, ch, entries, Map.copyOf(metadata), header.length, fixed, offsets, mode);
     }
 
     /**
@@ -290,20 +274,11 @@ public final class SafetensorsWriter implements AutoCloseable {
                 } finally {
                     positionalWrites.unlock();
                 }
-                // after the file's turn is given up: the next block goes into the page cache while this one goes to the disk
-                if (writeBack != null) {
-                    writeBack.start(at, n);
-                }
             } else {
                 mappedWrite(at, src);
             }
         }
         written.addAndGet(n);
-    }
-
-    /** Whether this writer starts the disk on each block as it is written ({@link #create(Path, List, Map, WriteMode, boolean)}). */
-    public boolean startsWriteBack() {
-        return writeBack != null;
     }
 
     /** How this writer puts blocks in place ({@link WriteMode#AUTO} resolved). */
@@ -371,9 +346,6 @@ public final class SafetensorsWriter implements AutoCloseable {
             }
             done += n;
         }
-        if (writeBack != null) {
-            writeBack.start(position, length);
-        }
         position += length;
         written.addAndGet(length);
     }
@@ -428,13 +400,7 @@ public final class SafetensorsWriter implements AutoCloseable {
     public void close() throws IOException {
         if (!closed) {
             closed = true;
-            try {
-                channel.close();
-            } finally {
-                if (writeBack != null) {
-                    writeBack.close();
-                }
-            }
+            channel.close();
         }
     }
 }

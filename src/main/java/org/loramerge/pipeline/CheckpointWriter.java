@@ -51,33 +51,27 @@ public final class CheckpointWriter implements AutoCloseable {
     private final WriteMode writes;
     /** Bytes a shard takes between background flushes, so the final fsync finds little left to write; 0: none. */
     private final long flushBytes;
-    /** Whether shards written by positional writes start the disk on each block as it is written. */
-    private final boolean writeBack;
     /** The room this model claimed on its file system, which shrinks as its bytes are written. */
     private final RoomLedger.Claim room;
     private final AtomicLong tensorBytes = new AtomicLong();
 
     /** A writer into {@code out}; bytes written are counted into {@code progress}. */
     public CheckpointWriter(AtomicOutput out, Progress progress) {
-        this(out, progress, WriteMode.POSITIONAL, Tuning.DEFAULT_FLUSH_BYTES, true, RoomLedger.Claim.none());
+        this(out, progress, WriteMode.POSITIONAL, Tuning.DEFAULT_FLUSH_BYTES, RoomLedger.Claim.none());
     }
 
     /**
      * A writer into {@code out} whose shards take the workers' blocks ({@link Shard#writeAt}) as
      * {@code writes} says: by positional writes, by copies into memory mappings of their places, or
      * mixed ({@link SafetensorsWriter#create(Path, List, Map, WriteMode)}), each shard flushed to
-     * the disk in the background every {@code flushBytes} bytes (0: only when finished), with
-     * {@code writeBack} the disk started on each block a positional write puts in place
-     * ({@link SafetensorsWriter#create(Path, List, Map, WriteMode, boolean)}), and the bytes written
-     * counted against {@code room}.
+     * the disk in the background every {@code flushBytes} bytes (0: only when finished), and the bytes
+     * written counted against {@code room}.
      */
-    public CheckpointWriter(AtomicOutput out, Progress progress, WriteMode writes, long flushBytes, boolean writeBack,
-                            RoomLedger.Claim room) {
+    public CheckpointWriter(AtomicOutput out, Progress progress, WriteMode writes, long flushBytes, RoomLedger.Claim room) {
         this.out = out;
         this.progress = progress;
         this.writes = writes;
         this.flushBytes = flushBytes;
-        this.writeBack = writeBack;
         this.room = room;
     }
 
@@ -108,7 +102,7 @@ public final class CheckpointWriter implements AutoCloseable {
             weightMap.put(e.name(), fileName);
             fixed += e.late() ? 0 : e.sizeInBytes();
         }
-        return new Shard(SafetensorsWriter.create(out.dir().resolve(fileName), entries, METADATA, writes, writeBack), fixed);
+        return new Shard(SafetensorsWriter.create(out.dir().resolve(fileName), entries, METADATA, writes), fixed);
     }
 
     /** Writes model.safetensors.index.json for the shards written (transformers' layout of a sharded model). */

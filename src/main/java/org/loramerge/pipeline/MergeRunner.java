@@ -50,10 +50,9 @@ public final class MergeRunner {
      *                       null: as the engine prefers ({@link Backend#readsIntoBlockBuffers})
      * @param shardsAtOnce   output shards written at once, their tensors interleaved ({@link Tuning#shardsAtOnce})
      * @param flushBytes     bytes a shard takes between background flushes, 0 for none before its end ({@link Tuning#flushBytes})
-     * @param writeBack      whether shards written by positional writes start the disk on each block ({@link Tuning#writeBack})
      */
     public record Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, WriteMode writes, Boolean preadReads,
-                          int shardsAtOnce, long flushBytes, boolean writeBack) {
+                          int shardsAtOnce, long flushBytes) {
         public Options {
             if (shardsAtOnce < 1) {
                 throw new IllegalArgumentException("shardsAtOnce " + shardsAtOnce + " < 1");
@@ -65,8 +64,7 @@ public final class MergeRunner {
 
         public Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, WriteMode writes, Boolean preadReads,
                        int shardsAtOnce) {
-            this(allowNonFinite, blockBytes, verifyRows, windowPerThread, writes, preadReads, shardsAtOnce, Tuning.DEFAULT_FLUSH_BYTES,
-                    Tuning.DEFAULTS.writeBack());
+            this(allowNonFinite, blockBytes, verifyRows, windowPerThread, writes, preadReads, shardsAtOnce, Tuning.DEFAULT_FLUSH_BYTES);
         }
 
         public Options(boolean allowNonFinite, int blockBytes, int verifyRows, int windowPerThread, WriteMode writes, Boolean preadReads) {
@@ -84,7 +82,7 @@ public final class MergeRunner {
         /** The options of {@code tuning}'s streaming knobs. */
         public Options(boolean allowNonFinite, int verifyRows, Tuning tuning) {
             this(allowNonFinite, tuning.blockBytes(), verifyRows, tuning.windowPerThread(), tuning.writes(), tuning.preadReads(),
-                    tuning.shardsAtOnce(), tuning.flushBytes(), tuning.writeBack());
+                    tuning.shardsAtOnce(), tuning.flushBytes());
         }
 
         public static Options defaults() {
@@ -110,7 +108,7 @@ public final class MergeRunner {
         try (RoomLedger.Claim room = claimRoom(plan, out, writes)) {
             MergeContext ctx = new MergeContext(backend, options, progress, maxMemory);
             MergeReport report = new MergeReport();
-            try (CheckpointWriter writer = new CheckpointWriter(out, progress, writes, options.flushBytes(), options.writeBack(), room)) {
+            try (CheckpointWriter writer = new CheckpointWriter(out, progress, writes, options.flushBytes(), room)) {
                 stream(plan, writer, ctx);
                 ctx.stages.since(Stages.Stage.STREAM, start, writer.tensorBytes());
                 finish(plan, writer, options, report, ctx.stages);
@@ -270,8 +268,7 @@ public final class MergeRunner {
         try {
             for (int k = 0; k < n; k++) {
                 ctxs.add(k == 0 ? lead : new MergeContext(lead, options.get(k)));
-                writers.add(new CheckpointWriter(outs.get(k), progress, writes.get(k), options.get(k).flushBytes(),
-                        options.get(k).writeBack(), rooms.get(k)));
+                writers.add(new CheckpointWriter(outs.get(k), progress, writes.get(k), options.get(k).flushBytes(), rooms.get(k)));
             }
             MergePlan first = plans.get(0);
             long streaming = System.nanoTime();

@@ -12,7 +12,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 /** The hidden streaming knobs: unset, the code's own defaults; set, read as given; out of range, refused by name. */
 class TuningTest {
     private static final String[] KNOBS = {"loramerge.blockBytes", "loramerge.streams", "loramerge.window", "loramerge.write", "loramerge.read",
-        "loramerge.svds", "loramerge.shards", "loramerge.flushBytes", "loramerge.writeBack"};
+        "loramerge.svds", "loramerge.shards", "loramerge.flushBytes"};
 
     @AfterEach
     void clear() {
@@ -23,7 +23,7 @@ class TuningTest {
 
     @Test
     void withoutKnobsARunTakesTheCodesOwnDefaults() {
-        assertEquals(new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, WriteMode.AUTO, null, 0, 8, 256L << 20, true), Tuning.current());
+        assertEquals(new Tuning(Backend.DEFAULT_BLOCK_BYTES, 0, 2, WriteMode.AUTO, null, 0, 8, 256L << 20), Tuning.current());
         assertNull(Tuning.current().describe(), "nothing to note");
     }
 
@@ -37,13 +37,11 @@ class TuningTest {
         System.setProperty("loramerge.svds", "5");
         System.setProperty("loramerge.shards", "1");
         System.setProperty("loramerge.flushBytes", "0");
-        System.setProperty("loramerge.writeBack", "False");
         Tuning t = Tuning.current();
-        assertEquals(new Tuning(32 << 20, 12, 4, WriteMode.MAPPED, true, 5, 1, 0, false), t);
+        assertEquals(new Tuning(32 << 20, 12, 4, WriteMode.MAPPED, true, 5, 1, 0), t);
         assertEquals("streaming knobs: block 32768 KiB, 12 GPU streams, window 4 blocks a thread, mapped writes, positional reads, "
-                + "1 shard at once, 5 SVDs at once, no flush before a shard's end, no write-back",
+                + "1 shard at once, 5 SVDs at once, no flush before a shard's end",
                 t.describe());
-        System.clearProperty("loramerge.writeBack");
         System.setProperty("loramerge.flushBytes", Long.toString(1L << 30));
         assertEquals(1L << 30, Tuning.current().flushBytes());
         assertTrue(Tuning.current().describe().endsWith(", a flush every 1024 MiB"), Tuning.current().describe());
@@ -58,13 +56,6 @@ class TuningTest {
         System.setProperty("loramerge.blockBytes", "4096");
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class, Tuning::current);
         assertTrue(e.getMessage().startsWith("-Dloramerge.blockBytes=4096: expected a whole number from 1048576"), e.getMessage());
-    }
-
-    @Test
-    void aWriteBackThatIsNeitherTrueNorFalseIsRefusedByName() {
-        System.setProperty("loramerge.writeBack", "yes");
-        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, Tuning::current);
-        assertEquals("-Dloramerge.writeBack=yes: expected true or false", e.getMessage());
     }
 
     @Test

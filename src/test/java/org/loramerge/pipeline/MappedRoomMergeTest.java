@@ -52,7 +52,7 @@ class MappedRoomMergeTest {
         assumeTrue(Files.getFileStore(dir).getTotalSpace() > 0, "a file system that keeps a count of its room");
         try (AtomicOutput o = AtomicOutput.create(dir.resolve("m"), false, List.of());
              RoomLedger.Claim room = RoomLedger.claim(dir, "m", "the merged model", 10_000, false);
-             CheckpointWriter w = new CheckpointWriter(o, Progress.silent(), WriteMode.MIXED, 0, true, room)) {
+             CheckpointWriter w = new CheckpointWriter(o, Progress.silent(), WriteMode.MIXED, 0, room)) {
             assertEquals(10_000, RoomLedger.outstanding(dir));
             CheckpointWriter.Shard s = w.openShard("model.safetensors", List.of(new SafetensorsWriter.Entry("w", DType.U8, new long[] {4000})));
             s.writeAt(0, ByteBuffer.wrap(new byte[4000]));

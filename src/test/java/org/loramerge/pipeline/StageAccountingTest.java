@@ -67,21 +67,19 @@ class StageAccountingTest {
     static Stream<Arguments> tunedCases() {
         return Stream.of("sharded_bf16", "linear_f16", "linear_f32", "dora_linear", "dora_conv1d", "embedding", "trainable_tokens",
                 "modules_to_save_resized").flatMap(f -> Stream.of(Arguments.of(f, false, WriteMode.MAPPED), Arguments.of(f, true, WriteMode.MAPPED),
-                        Arguments.of(f, true, WriteMode.MIXED), Arguments.of(f, false, WriteMode.POSITIONAL)));
+                        Arguments.of(f, true, WriteMode.MIXED)));
     }
 
     @ParameterizedTest(name = "{0}, positional reads {1}, {2} writes")
     @MethodSource("tunedCases")
-    void mappedMixedOrUnstartedWritesSmallBlocksANarrowWindowAndPositionalReadsWriteTheBytesOfTheDefaults(String fixture, boolean pread, WriteMode writes)
+    void mappedOrMixedWritesSmallBlocksANarrowWindowAndPositionalReadsWriteTheBytesOfTheDefaults(String fixture, boolean pread, WriteMode writes)
             throws Exception {
         Path plain = dir.resolve("plain");
         Path tuned = dir.resolve("tuned");
         merge(fixture, plain, new MergeRunner.Options(false, Backend.DEFAULT_BLOCK_BYTES, 0, 2, WriteMode.POSITIONAL, null));
-        // a flush after every block with mapped and positional writes, none before a shard's end with mixed ones;
-        // positional writes without the write-back the defaults have
+        // a flush after every block with mapped writes, none before a shard's end with mixed ones
         long flushBytes = writes == WriteMode.MIXED ? 0 : 1;
-        MergeReport r = merge(fixture, tuned, new MergeRunner.Options(false, 256, 0, 1, writes, pread, Tuning.DEFAULT_SHARDS_AT_ONCE, flushBytes,
-                writes != WriteMode.POSITIONAL));
+        MergeReport r = merge(fixture, tuned, new MergeRunner.Options(false, 256, 0, 1, writes, pread, Tuning.DEFAULT_SHARDS_AT_ONCE, flushBytes));
         assertTrue(r.bytesWritten > 0);
         List<Path> files;
         try (Stream<Path> s = Files.list(plain)) {
