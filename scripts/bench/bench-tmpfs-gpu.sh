@@ -207,10 +207,10 @@ for r in rows:
     print(f"| {r['label']}{ok} | {m['wall_s']:.2f} | {size / 1e9 / m['wall_s']:.2f} | {m['wall_s'] / cp:.2f} | "
           f"{m['peak_rss_tree_mb'] / 1000:.2f} | {'-' if gpu is None else f'{gpu / 1024:.2f}'} | "
           f"{'-' if stream is None else f'{stream:.2f}'} | {'-' if outside is None else f'{outside:.2f}'} | {dominant(st)} |")
-print()
 if os.environ.get("CP2_S"):
     cp2 = float(os.environ["CP2_S"])
     print(f"| cp -r again, after the runs | {cp2:.2f} | {size / 1e9 / cp2:.2f} | {cp2 / cp:.2f} | | | | | |")
+print()
 print(f"{sum(1 for r in rows if r['m']['rc'] == 0 and r['m']['wall_s'] <= 2.5)} of {len(rows)} runs took 2.5 s or less.")
 print()
 print("Stages per row (thread stages summed over the workers, device stages over the streams; GB/s per second of the stage's own time):")

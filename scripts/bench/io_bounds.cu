@@ -245,8 +245,8 @@ int main(int argc, char **argv) {
         // the same mixed writes (16 threads) into pages this machine never touched, into the pages the
         // write before freed (at once, and after 10 s idle); a virtual machine whose host backs guest
         // memory on first touch, or takes freed pages back, shows it here
-        const char *what8[] = {"; first write on this machine", "; rewrite at once after unlink", "; rewrite after unlink + 10 s idle",
-                               "; rewrite at once after unlink", "; second set beside the first (fresh pages)", "; rewrite at once after unlink of both"};
+        const char *what8[] = {"(first write on this machine)", "(rewrite at once after unlink)", "(rewrite after unlink + 10 s idle)",
+                               "(rewrite at once after unlink)", "(second set beside the first: fresh pages)", "(rewrite at once after unlink of both)"};
         char shm2[4096]; snprintf(shm2, sizeof shm2, "%s/second", shm); mkdir(shm2, 0755);
         for (int k = 0; k < 6; k++) {
             if (k == 2) sleep(10);
