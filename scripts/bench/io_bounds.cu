@@ -12,7 +12,7 @@
 //                                             never touched against pages freed just before and
 //                                             freed 10 s before (run it first on a fresh machine);
 //                                             a sum (default 3)
-//   TW_DIV=N divides the tmpfs sizes by N (to try it out on a small machine; set 4 needs no GPU).
+//   TW_DIV=N divides the tmpfs sizes by N (to try it out on a small machine; sets 4 and 8 need no GPU).
 
 #include <cuda_runtime.h>
 #include <fcntl.h>
@@ -189,7 +189,7 @@ static void report(const char *where, int m, int threads, int n, double t, long 
 int main(int argc, char **argv) {
     const char *shm = argc > 1 ? argv[1] : "/dev/shm/io_bounds";
     const char *disk = argc > 2 ? argv[2] : "/tmp/io_bounds";
-    int what = argc > 3 ? atoi(argv[3]) : 3;   // 1 tmpfs, 2 disk, 3 both
+    int what = argc > 3 ? atoi(argv[3]) : 3;   // a sum of the sets in the header
     mkdir(shm, 0755); mkdir(disk, 0755);
     if (what & 3) { CK(cudaSetDevice(0)); CK(cudaFree(0));
     CK(cudaMalloc((void **)&dev_src, 64 * BLK)); CK(cudaMemset(dev_src, 7, 64 * BLK)); }
