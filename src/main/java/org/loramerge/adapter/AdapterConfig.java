@@ -251,7 +251,8 @@ public final class AdapterConfig {
             b.excludeList = strings(file, em, "exclude_modules");
         }
         JsonNode lt = root.get("layers_to_transform");
-        if (lt != null && !lt.isNull()) {
+        boolean layersGiven = lt != null && !lt.isNull();
+        if (layersGiven) {
             b.layersToTransform = new ArrayList<>();
             if (lt.isIntegralNumber()) {
                 b.layersToTransform.add(lt.bigIntegerValue());
@@ -265,6 +266,9 @@ public final class AdapterConfig {
             } else {
                 throw new AdapterException(INVALID_CONFIG, file, "layers_to_transform is neither an integer nor a list");
             }
+            if (b.layersToTransform.isEmpty()) {
+                b.layersToTransform = null; // peft tuners_utils.py: an empty list uses no layer index (is_using_layer_indexes)
+            }
         }
         JsonNode lp = root.get("layers_pattern");
         if (lp != null && (lp.isTextual() || lp.isArray())) {
@@ -272,6 +276,17 @@ public final class AdapterConfig {
             for (String p : lp.isTextual() ? List.of(lp.textValue()) : strings(file, lp, "layers_pattern")) {
                 b.layersPattern.add(compile(b, "layers_pattern", LAYER_PREFIX, p, LAYER_SUFFIX));
             }
+        }
+        // peft tuners/lora/config.py LoraConfig.__post_init__ raises on these, so PEFT cannot have saved or load such a config
+        if (tm != null && tm.isTextual() && (layersGiven || lp != null && !lp.isNull())) {
+            throw new AdapterException(INVALID_CONFIG, file, (layersGiven ? "layers_to_transform" : "layers_pattern") + " is set, but target_modules is "
+                    + "a string (a regular expression, or all-linear), which PEFT refuses: name the layers in the regular expression, or give "
+                    + "target_modules as a list of module names");
+        }
+        boolean patternGiven = lp != null && (lp.isTextual() && !lp.textValue().isEmpty() || lp.isArray() && !lp.isEmpty());
+        if (patternGiven && !layersGiven) {
+            throw new AdapterException(INVALID_CONFIG, file, "layers_pattern is set without layers_to_transform, which PEFT refuses: add the layer "
+                    + "indices the adapter was trained on as layers_to_transform, or remove layers_pattern");
         }
         JsonNode ms = root.get("modules_to_save");
         if (ms != null && ms.isArray()) {
@@ -449,9 +464,10 @@ public final class AdapterConfig {
     }
 
     /**
-     * Whether PEFT's targeting would wrap {@code moduleName} (peft tuners_utils.py
-     * check_target_module_exists): exclusion first, then target_modules (a string is a full
-     * regex match, a list matches a name or a suffix on a dot boundary), then the layer filter.
+     * Whether PEFT's targeting would wrap {@code moduleName} (peft 0.21 tuners_utils.py
+     * check_target_module_exists): exclusion first, then target_modules: a string is a full regex
+     * match; a list entry equal to the whole name matches it as it is, and an entry the name ends
+     * with after a dot matches it if the layer filter (layers_to_transform) keeps its layer.
      */
     public boolean targets(String moduleName) {
         if (excludeRegex != null && excludeRegex.fullMatch(moduleName)) {
@@ -460,16 +476,17 @@ public final class AdapterConfig {
         if (excludeList != null && matchesList(excludeList, moduleName)) {
             return false;
         }
-        boolean found;
-        if (targetRegex != null && targetString.equals("all-linear")) {
-            found = true; // PEFT expands it when saving; an unexpanded one targets every layer that has weights here
-        } else if (targetRegex != null) {
-            found = targetRegex.fullMatch(moduleName);
-        } else if (targetList != null) {
-            found = matchesList(targetList, moduleName);
-        } else {
-            found = false;
+        if (targetRegex != null) {
+            // PEFT expands all-linear when saving; an unexpanded one targets every layer that has weights here
+            return targetString.equals("all-linear") || targetRegex.fullMatch(moduleName);
         }
+        if (targetList == null) {
+            return false;
+        }
+        if (targetList.contains(moduleName)) {
+            return true; // "specified directly in target_modules": no layer filter
+        }
+        boolean found = matchesList(targetList, moduleName);
         if (found && layersToTransform != null) {
             BigInteger layer = layerIndex(moduleName);
             found = layer != null && layersToTransform.contains(layer);
@@ -521,20 +538,34 @@ public final class AdapterConfig {
         return matchesList(targetParameters, parameterName);
     }
 
-    /** Whether {@code moduleName} is one of modules_to_save (a name or a dot-boundary suffix, as PEFT matches it). */
+    /**
+     * Whether {@code moduleName} is one of modules_to_save: as PEFT's _set_trainable (peft utils/other.py)
+     * matches them, a name that ends with an entry, on a dot boundary or not.
+     */
     public boolean savesModule(String moduleName) {
-        return matchesList(modulesToSave, moduleName);
+        for (String m : modulesToSave) {
+            if (moduleName.endsWith(m)) {
+                return true;
+            }
+        }
+        return false;
     }
 
-    /** The token ids of trainable_token_indices for this embedding module, or null. */
+    /**
+     * The token ids of trainable_token_indices for this embedding module, or null. A list is for the
+     * input embedding; an object's keys match module names as PEFT's _set_trainable matches them (a
+     * name that ends with the key, on a dot boundary or not), each key wrapping what it matches in
+     * turn, so a later key's ids replace an earlier one's.
+     */
     public List<Long> tokenIndicesFor(String moduleName, boolean isInputEmbedding) {
         if (tokenIndicesByModule != null) {
+            List<Long> ids = null;
             for (Map.Entry<String, List<Long>> e : tokenIndicesByModule.entrySet()) {
-                if (moduleName.equals(e.getKey()) || moduleName.endsWith("." + e.getKey())) {
-                    return e.getValue();
+                if (moduleName.endsWith(e.getKey())) {
+                    ids = e.getValue();
                 }
             }
-            return null;
+            return ids;
         }
         return tokenIndices;
     }

@@ -672,11 +672,35 @@ public final class Planner {
      * applied once to the shared tensor; otherwise lm_head is untied. Returns true when it is.
      */
     private boolean resolveTiedEmbeddings() throws IOException {
-        Ops headOps = tied ? ops.remove(LM_HEAD) : null;
-        if (headOps == null || headOps.isEmpty()) {
+        if (!tied) {
             return false;
         }
+        Ops headOps = ops.remove(LM_HEAD);
         Ops embedOps = ops.get(embedName);
+        if (headOps == null || headOps.isEmpty()) {
+            String embedModule = stripWeight(embedName);
+            if (embedOps != null && embedOps.replacement != null && !ensureWeightTying()
+                    && adapters.stream().anyMatch(a -> a.config().savesModule(embedModule))) {
+                // modules_to_save on the embedding: PEFT's merge swaps in the trained copy for the input embedding
+                // only, finds the two no longer share their weight, and unties (tuners_utils.py
+                // _unload_and_optionally_merge); lm_head keeps the base's values. (A saved base_layer weight of a
+                // LoRA on the embedding is the shared weight itself, which stays shared.)
+                Ops head = new Ops();
+                if (!Arrays.equals(embedOps.replacement.info().shape(), shapes.get(embedName))) {
+                    // a resized vocabulary: the head is the resized untrained embedding, which PEFT saved as original_module
+                    head.replacement = resizedOriginal(embedOps.replacement.info().shape());
+                    if (head.replacement == null) {
+                        return false; // recorded as a problem
+                    }
+                }
+                notes.add("tied embeddings: " + embedName + " is replaced (modules_to_save) and lm_head keeps the "
+                        + (head.replacement == null ? "base's values" : "untrained values (original_module)")
+                        + "; lm_head.weight is written explicitly and config.json gets tie_word_embeddings: false, as PEFT's merge does");
+                ops.put(LM_HEAD, head);
+                return true;
+            }
+            return false;
+        }
         if (embedOps != null && sameDelta(embedOps, headOps, shapes.get(embedName))) {
             notes.add("tied embeddings: " + embedName + " and lm_head carry the same delta; applied once to the shared tensor, which stays tied");
             for (String key : headOps.keys) {
@@ -1230,10 +1254,15 @@ public final class Planner {
     }
 
     private boolean sameDelta(Ops embed, Ops head, long[] shape) throws IOException {
-        if (embed.replacement != null || head.replacement != null || embed.dora != null || head.dora != null
-                || embed.tokens != null || head.tokens != null || embed.combined != null || head.combined != null
-                || embed.terms.size() != head.terms.size()) {
+        if (embed.dora != null || head.dora != null || embed.tokens != null || head.tokens != null || embed.combined != null
+                || head.combined != null || embed.terms.size() != head.terms.size()) {
             return false;
+        }
+        if (embed.replacement != null || head.replacement != null) {
+            // modules_to_save on both with ensure_weight_tying: PEFT saves the one trained copy twice
+            if (embed.replacement == null || head.replacement == null || !embed.terms.isEmpty() || !sameBytes(embed.replacement, head.replacement)) {
+                return false;
+            }
         }
         for (int i = 0; i < embed.terms.size(); i++) {
             TermSpec x = embed.terms.get(i);
@@ -1250,6 +1279,53 @@ public final class Planner {
         }
         return true;
     }
+
+    /** Whether every adapter asks PEFT to keep tied weights tied (ensure_weight_tying). */
+    private boolean ensureWeightTying() {
+        return adapters.stream().allMatch(a -> a.config().ensureWeightTying());
+    }
+
+    /**
+     * The untrained embedding of shape {@code shape} that the one adapter saved beside its trained copy
+     * (M.original_module.weight: PEFT saves both when the vocabulary was resized), or null, with a problem
+     * recorded, where there is none.
+     */
+    private TensorSource resizedOriginal(long[] shape) {
+        if (adapters.size() == 1) {
+            for (AdapterKey k : adapter.keys().values()) {
+                if (k.kind() == AdapterKey.Kind.ORIGINAL_MODULE && k.module().equals(embedName)) {
+                    TensorInfo t = adapter.tensor(k.key());
+                    if (Arrays.equals(t.shape(), shape)) {
+                        keyUse.put(keyName(k.key()), LM_HEAD);
+                        return new TensorSource(adapter.file(), t);
+                    }
+                }
+            }
+        }
+        problem(UNSUPPORTED, "the adapter replaces " + embedName + " of a tied model (modules_to_save) with a " + TensorInfo.shapeString(shape)
+                + " tensor, a resized vocabulary, but holds no untrained copy of that shape (original_module) for lm_head, which PEFT's merge "
+                + "unties and leaves untrained; save the adapter again with PEFT's save_embedding_layers=True");
+        return null;
+    }
+
+    /** Whether two tensors hold the same dtype, shape and bytes (read through mappings, a window at a time). */
+    private static boolean sameBytes(TensorSource a, TensorSource b) throws IOException {
+        if (a.dtype() != b.dtype() || a.isQuantized() || b.isQuantized() || !Arrays.equals(a.info().shape(), b.info().shape())) {
+            return false;
+        }
+        long size = a.info().sizeInBytes();
+        for (long at = 0; at < size; at += SAME_BYTES_WINDOW) {
+            long n = Math.min(SAME_BYTES_WINDOW, size - at);
+            try (TensorSource.Bytes x = a.read(at, n); TensorSource.Bytes y = b.read(at, n)) {
+                if (!x.bytes().equals(y.bytes())) {
+                    return false;
+                }
+            }
+        }
+        return true;
+    }
+
+    private static final long SAME_BYTES_WINDOW = 64L << 20;
 
     /**
      * The output of a quantized weight that is dequantized ({@code --to bf16/f16/f32}) or merged

@@ -531,6 +531,49 @@ class AdapterInputTest {
     }
 
     @Test
+    void aFullNameInTargetModulesIsTakenWhateverTheLayerFilterAndAnEmptyFilterKeepsAll() throws Exception {
+        // peft 0.21 check_target_module_exists: a name "specified directly in target_modules" returns before the layer filter
+        AdapterConfig full = config(loraConfig(4, 8, "[\"" + q(0) + "\", \"v_proj\"]", "\"layers_to_transform\": [1]"));
+        assertTrue(full.targets(q(0)), "named in full");
+        assertFalse(full.targets("model.layers.0.self_attn.v_proj"), "a suffix entry in layer 0");
+        assertTrue(full.targets("model.layers.1.self_attn.v_proj"));
+        // is_using_layer_indexes is false for an empty list
+        AdapterConfig empty = config(loraConfig(4, 8, Q_LIST, "\"layers_to_transform\": []"));
+        assertTrue(empty.targets(q(0)));
+        assertTrue(empty.targets(q(1)));
+    }
+
+    @Test
+    void layerFieldsPeftRefusesAreRefusedAsPeftRefusesThem() throws Exception {
+        // peft 0.21 LoraConfig.__post_init__ raises on each, so PEFT neither saves nor loads such a config
+        String[][] cases = {
+            {"\".*q_proj\"", "\"layers_to_transform\": [0]", "layers_to_transform is set, but target_modules is a string"},
+            {"\".*q_proj\"", "\"layers_to_transform\": []", "layers_to_transform is set, but target_modules is a string"},
+            {"\"all-linear\"", "\"layers_pattern\": \"layers\"", "layers_pattern is set, but target_modules is a string"},
+            {Q_LIST, "\"layers_pattern\": \"layers\"", "layers_pattern is set without layers_to_transform"},
+        };
+        for (String[] c : cases) {
+            Path file = writeText(dir.resolve("cfg").resolve("adapter_config.json"), loraConfig(4, 8, c[0], c[1]));
+            AdapterException e = assertThrows(AdapterException.class, () -> AdapterConfig.read(file), c[1]);
+            assertEquals(Reason.INVALID_CONFIG, e.reason());
+            assertTrue(e.getMessage().contains(c[2]), e::getMessage);
+        }
+        // an empty layers_pattern is no pattern (Python's falsy), and null is unset
+        config(loraConfig(4, 8, Q_LIST, "\"layers_pattern\": \"\""));
+        config(loraConfig(4, 8, "\".*q_proj\"", "\"layers_to_transform\": null, \"layers_pattern\": null"));
+    }
+
+    @Test
+    void trainableTokenKeysMatchAnyEndingOfTheModuleNameAndTheLastMatchWins() throws Exception {
+        // peft utils/other.py _set_trainable: key.endswith(target_key), each key of the object in turn
+        AdapterConfig c = config(loraConfig(4, 8, Q_LIST, "\"trainable_token_indices\": {\"tokens\": [1, 2], \"embed_tokens\": [3]}"));
+        assertEquals(List.of(3L), c.tokenIndicesFor("model.embed_tokens", true), "both keys match; the later one wins");
+        AdapterConfig suffix = config(loraConfig(4, 8, Q_LIST, "\"trainable_token_indices\": {\"tokens\": [1, 2]}"));
+        assertEquals(List.of(1L, 2L), suffix.tokenIndicesFor("model.embed_tokens", true), "no dot boundary");
+        assertEquals(null, suffix.tokenIndicesFor("lm_head", false));
+    }
+
+    @Test
     void layersToTransformPastAnIntIsComparedWholeNotCutTo32Bits() throws Exception {
         // 2^32 cut to an int is 0: layer 0 was adapted, where PEFT compares Python ints and adapts no layer
         AdapterConfig wide = config(loraConfig(4, 8, Q_LIST, "\"layers_to_transform\": [4294967296]"));

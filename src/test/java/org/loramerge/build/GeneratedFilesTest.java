@@ -110,6 +110,15 @@ class GeneratedFilesTest {
         assertMatchesGenerator("moe_quant", "make_moe_quant_fixtures.py", null, 250_000, "make_gptq_awq_fixtures.py", "make_fp8_fixtures.py");
     }
 
+    /**
+     * The golden cases of PEFT's targeting and tied-embedding rules at their edges are
+     * scripts/fixtures/make_peft_edge_fixtures.py's output (PEFT 0.21 itself): its hash and every file's are in MANIFEST.sha256.
+     */
+    @Test
+    void peftEdgeFixturesMatchTheirGenerator() throws Exception {
+        assertMatchesGenerator("peft_edges", "make_peft_edge_fixtures.py", null, 1_000_000);
+    }
+
     /** The config.json golden files are scripts/fixtures/make_config_fixtures.py's output (transformers' own save_pretrained). */
     @Test
     void configFixturesMatchTheirGenerator() throws Exception {
