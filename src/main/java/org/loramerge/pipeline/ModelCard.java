@@ -14,8 +14,8 @@ import org.loramerge.verify.Verifier;
  * The README.md a merged model gets instead of the base's, whose card describes another model:
  * Hugging Face's metadata block (base_model, the base's license, tags) and a short table of what
  * was merged, how, by which loramerge and with what verification. Folder names only, never local
- * paths (cards get published), and nothing of the output's own name, so the same inputs and options
- * give the same bytes wherever the output goes.
+ * paths (cards get published: a base_model_name_or_path that is a path is left out), and nothing of
+ * the output's own name, so the same inputs and options give the same bytes wherever the output goes.
  */
 final class ModelCard {
     private ModelCard() {
@@ -27,17 +27,18 @@ final class ModelCard {
      */
     static String render(MergePlan plan, int verifiedRows, Map<String, Double> worstUlp) {
         Provenance p = plan.provenance();
+        String hubId = hubId(p.baseModelName());
         StringBuilder sb = new StringBuilder("---\n");
-        if (p.baseModelName() != null && !p.baseModelName().isBlank()) {
-            sb.append("base_model: ").append(yamlScalar(p.baseModelName())).append('\n');
+        if (hubId != null) {
+            sb.append("base_model: ").append(hubId).append('\n');
         }
         sb.append("library_name: transformers\n");
-        if (p.baseLicense() != null) {
-            sb.append("license: ").append(p.baseLicense()).append('\n');
+        for (String line : p.baseLicense()) {
+            sb.append(line).append('\n');
         }
         sb.append("tags:\n- loramerge\n- lora\n- merge\n---\n\n");
-        String base = p.baseModelName() != null ? "`" + p.baseModelName() + "`" : "the base model in `" + name(p.base()) + "`";
-        sb.append("# ").append(p.baseModelName() != null ? p.baseModelName() : name(p.base())).append(" + ").append(name(p.adapter()));
+        String base = hubId != null ? "`" + hubId + "`" : "the base model in `" + name(p.base()) + "`";
+        sb.append("# ").append(hubId != null ? hubId : name(p.base())).append(" + ").append(name(p.adapter()));
         for (Path more : p.moreAdapters()) {
             sb.append(" + ").append(name(more));
         }
@@ -102,11 +103,21 @@ final class ModelCard {
         return n == null ? p.toString() : n.toString();
     }
 
-    /** A YAML scalar for a hub id or a path: quoted when it holds a character YAML would read specially. */
-    private static String yamlScalar(String s) {
-        if (s.matches("[A-Za-z0-9._/-]+")) {
-            return s;
+    /**
+     * base_model_name_or_path when it has the form of a Hugging Face model id ({@code name} or
+     * {@code namespace/name}: letters, digits, '-', '_' and '.', neither starting nor ending with '-' or
+     * '.', no "--" or "..", at most 96 characters), else null: the Trainer, TRL and others record the
+     * path a base was loaded from, which is no model id and which the Hub refuses as base_model.
+     */
+    static String hubId(String nameOrPath) {
+        if (nameOrPath == null) {
+            return null;
         }
-        return "\"" + s.replace("\\", "\\\\").replace("\"", "\\\"") + "\"";
+        String s = nameOrPath.trim();
+        String part = "[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?";
+        if (s.length() > 96 || !s.matches("(?:" + part + "/)?" + part) || s.contains("--") || s.contains("..")) {
+            return null;
+        }
+        return s;
     }
 }

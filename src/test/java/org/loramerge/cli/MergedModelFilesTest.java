@@ -72,6 +72,40 @@ class MergedModelFilesTest {
     }
 
     @Test
+    void theCardNamesTheBaseByItsHubIdAndLeavesOutAPathTheTrainerRecorded() throws IOException {
+        String config = Files.readString(adapter.resolve("adapter_config.json"), StandardCharsets.UTF_8);
+        for (String[] c : new String[][] {{"meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-8B"}, {"gpt2", "gpt2"},
+            {"/data/models/Llama-3.1-8B", null}, {"./checkpoints/base", null}, {"~/models/llama", null}, {"C:\\\\models\\\\llama", null},
+            {"a/b/c", null}, {"org--name/model", null}}) {
+            Files.writeString(adapter.resolve("adapter_config.json"),
+                    config.replace("\"base_model_name_or_path\": \"base\"", "\"base_model_name_or_path\": \"" + c[0] + "\""));
+            Path out = dir.resolve("out-" + Math.abs(c[0].hashCode()));
+            InspectAndVerifyCliTest.Run r = merge(out, "--quiet");
+            assertEquals(ExitCodes.OK, r.code(), r.err());
+            String card = Files.readString(out.resolve("README.md"), StandardCharsets.UTF_8);
+            if (c[1] != null) {
+                assertTrue(card.contains("\nbase_model: " + c[1] + "\n") && card.contains("# " + c[1] + " + adapter"), card);
+            } else {
+                // the Hub refuses a card whose base_model is no model id, and a path is no one's business
+                assertFalse(card.contains("base_model:"), c[0] + ": " + card);
+                assertTrue(card.contains("# base + adapter") && card.contains("the base model in `base`"), card);
+            }
+        }
+    }
+
+    @Test
+    void aLicenseOtherKeepsItsNameAndLink() throws IOException {
+        Files.writeString(base.resolve("README.md"), "---\nlanguage: en\nlicense: other\nlicense_name: llama3.1\n"
+                + "license_link: https://example.invalid/LICENSE\nextra_gated_prompt: agree\n---\n# The base model\n");
+        Path out = dir.resolve("out");
+        InspectAndVerifyCliTest.Run r = merge(out, "--quiet");
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        String card = Files.readString(out.resolve("README.md"), StandardCharsets.UTF_8);
+        assertTrue(card.contains("\nlicense: other\nlicense_name: llama3.1\nlicense_link: https://example.invalid/LICENSE\ntags:"), card);
+        assertFalse(card.contains("extra_gated_prompt"), card);
+    }
+
+    @Test
     void aVerifiedMergeRecordsTheVerificationInTheModelCard() throws IOException {
         Path out = dir.resolve("out");
         InspectAndVerifyCliTest.Run r = merge(out, "--verify");
