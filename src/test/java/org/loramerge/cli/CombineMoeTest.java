@@ -14,6 +14,7 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.MethodSource;
 import org.junit.jupiter.params.provider.ValueSource;
 import org.loramerge.testutil.TinyModels;
+import org.loramerge.testutil.FixtureCases;
 
 import static org.junit.jupiter.api.Assertions.assertAll;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
@@ -35,9 +36,7 @@ class CombineMoeTest {
     Path dir;
 
     static Stream<String> cases() throws Exception {
-        try (Stream<Path> s = Files.list(MOE)) {
-            return s.filter(p -> Files.exists(p.resolve("case.json"))).map(p -> p.getFileName().toString()).sorted().toList().stream();
-        }
+        return FixtureCases.names(MOE);
     }
 
     private record Result(int code, String err) {

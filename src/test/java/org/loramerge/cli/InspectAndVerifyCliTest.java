@@ -15,6 +15,7 @@ import org.junit.jupiter.api.io.TempDir;
 import org.loramerge.format.Checkpoint;
 import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.TensorInfo;
+import org.loramerge.testutil.FixtureCases;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -129,20 +130,13 @@ class InspectAndVerifyCliTest {
                 ByteBuffer got = m.fileOf(e.name()).readAll(t).order(ByteOrder.LITTLE_ENDIAN);
                 int size = e.dtype().sizeInBytes();
                 for (long i = 0; i < e.numElements(); i++) {
-                    long d = Math.abs(ordered(want, i, size) - ordered(got, i, size));
+                    long d = Math.abs(FixtureCases.ordered(want, i, size) - FixtureCases.ordered(got, i, size));
                     worst = Math.max(worst, d);
                     differ += d != 0 ? 1 : 0;
                 }
             }
         }
         return new long[] {worst, differ};
-    }
-
-    /** A float's bits as an integer that counts ulps: consecutive values differ by one, -0 and +0 are equal. */
-    private static long ordered(ByteBuffer b, long index, int size) {
-        long bits = size == 4 ? b.getInt(b.position() + (int) index * 4) & 0xFFFFFFFFL : b.getShort(b.position() + (int) index * 2) & 0xFFFF;
-        long sign = 1L << (8 * size - 1);
-        return (bits & sign) != 0 ? -(bits & ~sign) : bits;
     }
 
     @Test

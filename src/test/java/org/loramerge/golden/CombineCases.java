@@ -6,7 +6,6 @@ import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.util.ArrayList;
@@ -17,6 +16,7 @@ import org.loramerge.format.FloatFormat;
 import org.loramerge.format.MappedRegion;
 import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.TensorInfo;
+import org.loramerge.testutil.FixtureCases;
 
 /** The golden combination cases of scripts/fixtures/make_combine_fixtures.py (src/test/resources/combine), and helpers to run them. */
 final class CombineCases {
@@ -27,9 +27,7 @@ final class CombineCases {
 
     /** The case folders under {@code kind} ("peft" or "dense"), sorted. */
     static Stream<String> cases(String kind) throws IOException {
-        try (Stream<Path> s = Files.list(ROOT.resolve(kind))) {
-            return s.filter(p -> Files.isRegularFile(p.resolve("case.json"))).map(p -> p.getFileName().toString()).sorted().toList().stream();
-        }
+        return FixtureCases.names(ROOT.resolve(kind));
     }
 
     static JsonNode caseJson(String kind, String name) throws IOException {

@@ -34,6 +34,7 @@ import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
 import org.loramerge.testutil.CliRun;
+import org.loramerge.testutil.FixtureCases;
 
 /**
  * The golden extract cases (scripts/fixtures/make_extract_fixtures.py): {@code extract} today
@@ -48,9 +49,7 @@ class ExtractFixtureTest {
     Path tmp;
 
     static Stream<String> cases() throws Exception {
-        try (Stream<Path> s = Files.list(CASES)) {
-            return s.filter(p -> Files.isRegularFile(p.resolve("case.json"))).map(p -> p.getFileName().toString()).sorted().toList().stream();
-        }
+        return FixtureCases.names(CASES);
     }
 
     /** The recorded command, with its folders inside the case (and the output in a temporary folder). */

@@ -37,6 +37,7 @@ import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
+import org.loramerge.testutil.FixtureCases;
 import org.loramerge.testutil.TinyModels;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
@@ -61,9 +62,7 @@ class GoldenFixtureTest {
     Path tmp;
 
     static Stream<String> cases() throws IOException {
-        try (Stream<Path> s = Files.list(FIXTURES)) {
-            return s.filter(p -> Files.isRegularFile(p.resolve("case.json"))).map(p -> p.getFileName().toString()).sorted().toList().stream();
-        }
+        return FixtureCases.names(FIXTURES);
     }
 
     @ParameterizedTest(name = "{0}")

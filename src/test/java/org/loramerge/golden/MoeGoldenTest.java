@@ -33,6 +33,7 @@ import org.loramerge.plan.MergePlan;
 import org.loramerge.plan.OutputTensor;
 import org.loramerge.plan.PlanOptions;
 import org.loramerge.plan.Planner;
+import org.loramerge.testutil.FixtureCases;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
@@ -55,9 +56,7 @@ class MoeGoldenTest {
     Path tmp;
 
     static Stream<String> cases() throws IOException {
-        try (Stream<Path> s = Files.list(CASES)) {
-            return s.filter(p -> Files.isRegularFile(p.resolve("case.json"))).map(p -> p.getFileName().toString()).sorted().toList().stream();
-        }
+        return FixtureCases.names(CASES);
     }
 
     @ParameterizedTest(name = "{0}")

@@ -8,7 +8,6 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import java.io.IOException;
 import java.nio.ByteBuffer;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.util.Map;
@@ -23,6 +22,7 @@ import org.loramerge.format.DType;
 import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.TensorInfo;
 import org.loramerge.testutil.CliRun;
+import org.loramerge.testutil.FixtureCases;
 
 /**
  * PEFT's targeting and tied-embedding rules at their edges (scripts/fixtures/make_peft_edge_fixtures.py, PEFT 0.21):
@@ -37,9 +37,7 @@ class PeftEdgeCasesTest {
     Path tmp;
 
     static Stream<String> cases() throws IOException {
-        try (Stream<Path> s = Files.list(CASES)) {
-            return s.filter(p -> Files.isRegularFile(p.resolve("case.json"))).map(p -> p.getFileName().toString()).sorted().toList().stream();
-        }
+        return FixtureCases.names(CASES);
     }
 
     @ParameterizedTest(name = "{0}")
@@ -74,36 +72,14 @@ class PeftEdgeCasesTest {
     /** The largest distance in units in the last place between two tensors of a float dtype (their bytes must be equal otherwise). */
     private static long maxUlps(ByteBuffer a, ByteBuffer b, DType dtype) {
         assertEquals(a.remaining(), b.remaining());
+        if (!dtype.isMergeable()) {
+            return a.equals(b) ? 0 : Long.MAX_VALUE;
+        }
+        int size = dtype.sizeInBytes();
         long worst = 0;
-        int size = dtype.bits() / 8;
-        for (int i = 0; i < a.remaining(); i += size) {
-            long x;
-            long y;
-            switch (dtype) {
-                case BF16, F16 -> {
-                    x = ordered(Short.toUnsignedInt(a.getShort(a.position() + i)), 16);
-                    y = ordered(Short.toUnsignedInt(b.getShort(b.position() + i)), 16);
-                }
-                case F32 -> {
-                    x = ordered(Integer.toUnsignedLong(a.getInt(a.position() + i)), 32);
-                    y = ordered(Integer.toUnsignedLong(b.getInt(b.position() + i)), 32);
-                }
-                default -> {
-                    x = a.get(a.position() + i);
-                    y = b.get(b.position() + i);
-                    if (x != y) {
-                        return Long.MAX_VALUE;
-                    }
-                }
-            }
-            worst = Math.max(worst, Math.abs(x - y));
+        for (long i = 0; i < a.remaining() / size; i++) {
+            worst = Math.max(worst, Math.abs(FixtureCases.ordered(a, i, size) - FixtureCases.ordered(b, i, size)));
         }
         return worst;
-    }
-
-    /** The bits of a float of {@code width} bits as an integer whose order is the floats' (-0 and +0 both 0). */
-    private static long ordered(long bits, int width) {
-        long sign = 1L << (width - 1);
-        return (bits & sign) != 0 ? -(bits & (sign - 1)) : bits;
     }
 }
