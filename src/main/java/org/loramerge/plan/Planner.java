@@ -1308,9 +1308,9 @@ public final class Planner {
         return null;
     }
 
-    /** Whether two tensors hold the same dtype, shape and bytes (read through mappings, a window at a time). */
+    /** Whether two tensors of adapter files hold the same dtype, shape and bytes (read through mappings, a window at a time). */
     private static boolean sameBytes(TensorSource a, TensorSource b) throws IOException {
-        if (a.dtype() != b.dtype() || a.isQuantized() || b.isQuantized() || !Arrays.equals(a.info().shape(), b.info().shape())) {
+        if (a.dtype() != b.dtype() || !Arrays.equals(a.info().shape(), b.info().shape())) {
             return false;
         }
         long size = a.info().sizeInBytes();
