@@ -120,67 +120,77 @@ PYEOF
   say "$label: $(echo "$line" | "$PY" -c 'import json,sys; m=json.loads(sys.stdin.read()); print(m["wall_s"], "s, exit", m["rc"])')"
 }
 
-say "cp -r, tmpfs to tmpfs"
-rm -rf "$SHM/copy"
-CP=$("$PY" scripts/bench/measure.py --label cp -- cp -r "$BASE" "$SHM/copy")
-rm -rf "$SHM/copy"
-echo "$CP" >> "$LOG"
-CP_S=$("$PY" -c 'import json,sys; print(json.loads(sys.argv[1])["wall_s"])' "$CP")
-
-if [ -n "${RUNS:-}" ]; then
-  for k in $(seq 1 "$RUNS"); do row "GPU, defaults ($k)" "" "$DEVICE" "$ADAPTER"; done
-  CP2=$("$PY" scripts/bench/measure.py --label cp -- cp -r "$BASE" "$SHM/copy")
+# copy_floor: `cp -r` of the base, tmpfs to tmpfs, timed (its line in the log); prints the seconds
+copy_floor() {
   rm -rf "$SHM/copy"
-  echo "$CP2" >> "$LOG"
-  export CP2_S=$("$PY" -c 'import json,sys; print(json.loads(sys.argv[1])["wall_s"])' "$CP2")
-  say "cp -r again after the runs: $CP2_S s"
-fi
+  local line
+  line=$("$PY" scripts/bench/measure.py --label cp -- cp -r "$BASE" "$SHM/copy")
+  rm -rf "$SHM/copy"
+  echo "$line" >> "$LOG"
+  "$PY" -c 'import json,sys; print(json.loads(sys.argv[1])["wall_s"])' "$line"
+}
+
+say "cp -r, tmpfs to tmpfs"
+CP_S=$(copy_floor)
+
 # each: its set (quick: also with QUICK=1, the rows that tell the bound apart; all: only without it), then row's arguments
 each() {
   local set=$1; shift
-  if [ -z "${RUNS:-}" ] && { [ -z "${QUICK:-}" ] || [ "$set" = quick ]; }; then row "$@"; fi
+  if [ -z "${QUICK:-}" ] || [ "$set" = quick ]; then row "$@"; fi
 }
 # baseline: the defaults rows by BASELINE_JAR's build, when given, each just before one of this build's
 baseline() {
-  if [ -n "$BASELINE_JAR" ] && [ -z "${RUNS:-}" ]; then ROW_JAR=$BASELINE_JAR row "$@"; fi
+  if [ -n "$BASELINE_JAR" ]; then ROW_JAR=$BASELINE_JAR row "$@"; fi
 }
-baseline "baseline build, defaults (1)" "" "$DEVICE" "$ADAPTER"
-each quick "GPU, defaults (1)" "" "$DEVICE" "$ADAPTER"
-each quick "GPU, positional writes (1)" "-Dloramerge.write=pwrite" "$DEVICE" "$ADAPTER"
-baseline "baseline build, defaults (2)" "" "$DEVICE" "$ADAPTER"
-each quick "GPU, defaults (2)" "" "$DEVICE" "$ADAPTER"
-each quick "GPU, positional writes (2)" "-Dloramerge.write=pwrite" "$DEVICE" "$ADAPTER"
-if [ -n "$BASELINE_JAR" ] && [ -z "${RUNS:-}" ]; then
-  for k in 3 4; do
-    baseline "baseline build, defaults ($k)" "" "$DEVICE" "$ADAPTER"
-    row "GPU, defaults ($k)" "" "$DEVICE" "$ADAPTER"
-  done
+# sweep: the defaults beside the streaming knobs (and the baseline build's defaults)
+sweep() {
+  baseline "baseline build, defaults (1)" "" "$DEVICE" "$ADAPTER"
+  each quick "GPU, defaults (1)" "" "$DEVICE" "$ADAPTER"
+  each quick "GPU, positional writes (1)" "-Dloramerge.write=pwrite" "$DEVICE" "$ADAPTER"
+  baseline "baseline build, defaults (2)" "" "$DEVICE" "$ADAPTER"
+  each quick "GPU, defaults (2)" "" "$DEVICE" "$ADAPTER"
+  each quick "GPU, positional writes (2)" "-Dloramerge.write=pwrite" "$DEVICE" "$ADAPTER"
+  if [ -n "$BASELINE_JAR" ]; then
+    for k in 3 4; do
+      baseline "baseline build, defaults ($k)" "" "$DEVICE" "$ADAPTER"
+      row "GPU, defaults ($k)" "" "$DEVICE" "$ADAPTER"
+    done
+  else
+    each all "GPU, defaults (3)" "" "$DEVICE" "$ADAPTER"
+  fi
+  each quick "GPU, defaults, 8 streams (the default for a disk)" "-Dloramerge.streams=8" "$DEVICE" "$ADAPTER"
+  each quick "GPU, defaults, 16 streams" "-Dloramerge.streams=16" "$DEVICE" "$ADAPTER"
+  each all "GPU, one shard at a time" "-Dloramerge.shards=1" "$DEVICE" "$ADAPTER"
+  each quick "GPU, --max-shard-size 2GB (7 shards)" "" "$DEVICE" "$ADAPTER" --max-shard-size 2GB
+  each all "GPU, --max-shard-size 2GB, positional writes" "-Dloramerge.write=pwrite" "$DEVICE" "$ADAPTER" --max-shard-size 2GB
+  each quick "GPU, mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
+  each all "GPU, mapped writes (again)" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
+  each all "GPU, mapped reads (the default before)" "-Dloramerge.read=mapped" "$DEVICE" "$ADAPTER"
+  each all "GPU, mapped writes and reads" "-Dloramerge.write=mapped -Dloramerge.read=mapped" "$DEVICE" "$ADAPTER"
+  each all "GPU, 4 streams" "-Dloramerge.streams=4" "$DEVICE" "$ADAPTER"
+  each all "GPU, positional writes, 12 streams" "-Dloramerge.write=pwrite -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
+  each all "GPU, 4 MiB blocks" "-Dloramerge.blockBytes=4194304" "$DEVICE" "$ADAPTER"
+  each all "GPU, 32 MiB blocks" "-Dloramerge.blockBytes=33554432" "$DEVICE" "$ADAPTER"
+  each all "GPU, window 1 block a thread" "-Dloramerge.window=1" "$DEVICE" "$ADAPTER"
+  each all "GPU, window 6 blocks a thread" "-Dloramerge.window=6" "$DEVICE" "$ADAPTER"
+  each all "GPU, mapped writes, 12 streams" "-Dloramerge.write=mapped -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
+  each all "GPU, mapped writes, 16 streams, 16 MiB blocks" "-Dloramerge.write=mapped -Dloramerge.streams=16 -Dloramerge.blockBytes=16777216" "$DEVICE" "$ADAPTER"
+  each quick "Java copy (empty adapter)" "" "$DEVICE" "$EMPTY" --allow-empty-adapter
+  each quick "Java copy (empty adapter), positional writes" "-Dloramerge.write=pwrite" "$DEVICE" "$EMPTY" --allow-empty-adapter
+  each all "Java copy (empty adapter), one shard at a time" "-Dloramerge.shards=1" "$DEVICE" "$EMPTY" --allow-empty-adapter
+  each all "Java copy (empty adapter), mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$EMPTY" --allow-empty-adapter
+  each all "CPU engine" "" cpu "$ADAPTER"
+  each all "CPU engine, positional writes" "-Dloramerge.write=pwrite" cpu "$ADAPTER"
+}
+
+if [ -n "${RUNS:-}" ]; then
+  for k in $(seq 1 "$RUNS"); do row "GPU, defaults ($k)" "" "$DEVICE" "$ADAPTER"; done
+  CP2_S=$(copy_floor)
+  export CP2_S
+  say "cp -r again after the runs: $CP2_S s"
 else
-  each all "GPU, defaults (3)" "" "$DEVICE" "$ADAPTER"
+  sweep
 fi
-each quick "GPU, defaults, 8 streams (the default for a disk)" "-Dloramerge.streams=8" "$DEVICE" "$ADAPTER"
-each quick "GPU, defaults, 16 streams" "-Dloramerge.streams=16" "$DEVICE" "$ADAPTER"
-each all "GPU, one shard at a time" "-Dloramerge.shards=1" "$DEVICE" "$ADAPTER"
-each quick "GPU, --max-shard-size 2GB (7 shards)" "" "$DEVICE" "$ADAPTER" --max-shard-size 2GB
-each all "GPU, --max-shard-size 2GB, positional writes" "-Dloramerge.write=pwrite" "$DEVICE" "$ADAPTER" --max-shard-size 2GB
-each quick "GPU, mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
-each all "GPU, mapped writes (again)" "-Dloramerge.write=mapped" "$DEVICE" "$ADAPTER"
-each all "GPU, mapped reads (the default before)" "-Dloramerge.read=mapped" "$DEVICE" "$ADAPTER"
-each all "GPU, mapped writes and reads" "-Dloramerge.write=mapped -Dloramerge.read=mapped" "$DEVICE" "$ADAPTER"
-each all "GPU, 4 streams" "-Dloramerge.streams=4" "$DEVICE" "$ADAPTER"
-each all "GPU, positional writes, 12 streams" "-Dloramerge.write=pwrite -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
-each all "GPU, 4 MiB blocks" "-Dloramerge.blockBytes=4194304" "$DEVICE" "$ADAPTER"
-each all "GPU, 32 MiB blocks" "-Dloramerge.blockBytes=33554432" "$DEVICE" "$ADAPTER"
-each all "GPU, window 1 block a thread" "-Dloramerge.window=1" "$DEVICE" "$ADAPTER"
-each all "GPU, window 6 blocks a thread" "-Dloramerge.window=6" "$DEVICE" "$ADAPTER"
-each all "GPU, mapped writes, 12 streams" "-Dloramerge.write=mapped -Dloramerge.streams=12" "$DEVICE" "$ADAPTER"
-each all "GPU, mapped writes, 16 streams, 16 MiB blocks" "-Dloramerge.write=mapped -Dloramerge.streams=16 -Dloramerge.blockBytes=16777216" "$DEVICE" "$ADAPTER"
-each quick "Java copy (empty adapter)" "" "$DEVICE" "$EMPTY" --allow-empty-adapter
-each quick "Java copy (empty adapter), positional writes" "-Dloramerge.write=pwrite" "$DEVICE" "$EMPTY" --allow-empty-adapter
-each all "Java copy (empty adapter), one shard at a time" "-Dloramerge.shards=1" "$DEVICE" "$EMPTY" --allow-empty-adapter
-each all "Java copy (empty adapter), mapped writes" "-Dloramerge.write=mapped" "$DEVICE" "$EMPTY" --allow-empty-adapter
-each all "CPU engine" "" cpu "$ADAPTER"
-each all "CPU engine, positional writes" "-Dloramerge.write=pwrite" cpu "$ADAPTER"
 
 "$PY" - "$CP_S" "$BYTES" "${rows[@]}" > "$TABLE" <<'PYEOF'
 import json, os, sys
