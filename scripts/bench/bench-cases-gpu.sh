@@ -2,11 +2,12 @@
 # Every kind of adapter and base a user has, end to end on the GPU machine, beside the copy floor
 # of the same files, in one device call (the "no cliffs" table):
 #
-#   bash scripts/bench/bench-cases-gpu.sh [bf16|f16|f32|io|flush] ...  (default: bf16)
+#   bash scripts/bench/bench-cases-gpu.sh [bf16|f16|f32|io|wide|flush] ...  (default: bf16)
 #
 #   bf16   a Llama-2-7B-shaped bf16 base (13.48 GB, 3 shards) and rank-16 adapters on all 7
 #          projections: random F32 factors; F32 factors that are bf16 numbers; rsLoRA rank 64; DoRA;
-#          LoRA on embed_tokens and lm_head plus 16 trainable token rows; --dtype f16 and f32;
+#          LoRA on embed_tokens and lm_head plus 16 trainable token rows; --dtype f16; --dtype f32, beside
+#          the copy of the 27 GB it writes (timed just before it) and against the base's copy too;
 #          the NF4 base made by `loramerge quantize --double-quant` with --to nf4 and --to bf16 for
 #          both kinds of factors; base and output on tmpfs (also written as 2 GB shards); the first
 #          run after clearing the driver's compute cache
@@ -40,7 +41,7 @@ RANK=${RANK:-16}
 SHAPE=${SHAPE:-llama-7b}
 DEVICE=${DEVICE:-cuda}
 GEN_DEVICE=${GEN_DEVICE:-cuda}
-case "${1:-}" in -h|--help) sed -n '2,25p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;; esac
 mkdir -p "$OUT" "$WORK"
 if ! command -v java >/dev/null 2>&1; then
   rm -rf /tmp/jre && tar xzf .device/jre.tgz -C /tmp
@@ -114,6 +115,15 @@ floor_row() { # REP: the bf16 base's copy floor, timed now into F, as a table ro
   F=$(floor "$WORK/m/base"); say "copy floor $F s"
   echo "| cp -r + sync, bf16 base ($1) | $F | 1.00 | | | | |" >> "$TABLE"
 }
+wide_floor() { # [SUFFIX]: the copy of what --dtype f32 of the bf16 base writes (27 GB: `cp -r` of a folder holding the
+  # base's shards twice, as hard links, which cp copies as separate files), timed now into F2, as a table row
+  if [ ! -d "$WORK/twice" ]; then
+    mkdir -p "$WORK/twice"
+    for f in "$WORK/m/base"/*; do ln "$f" "$WORK/twice/$(basename "$f")"; ln "$f" "$WORK/twice/again-$(basename "$f")"; done
+  fi
+  F2=$(floor "$WORK/twice"); say "copy floor of the f32 output's size $F2 s"
+  echo "| cp -r + sync, the base's shards twice (27 GB)${1:-} | $F2 | $(awk -v a="$F2" -v b="$F" 'BEGIN { printf "%.2f", a / b }') (x base floor) | | | | |" >> "$TABLE"
+}
 warm() { find "$@" -type f -print0 | xargs -0 -P 8 -n 1 sh -c 'cat "$0" > /dev/null'; }
 
 for set in "${@:-bf16}"; do
@@ -136,7 +146,11 @@ for set in "${@:-bf16}"; do
     merge "DoRA" "$F" "$WORK/m/base" "$WORK/m/a-dora"
     merge "LoRA on embed_tokens + lm_head + 16 trainable tokens" "$F" "$WORK/m/base" "$WORK/m/a-emb"
     merge "--dtype f16 (bf16 base)" "$F" "$WORK/m/base" "$WORK/m/a-f32" --dtype f16
-    merge "--dtype f32 (bf16 base)" "$F" "$WORK/m/base" "$WORK/m/a-f32" --dtype f32
+    # --dtype f32 writes 27 GB, twice what the base's copy writes: its floor is the copy of as many bytes, as the
+    # NF4 --to bf16 rows' is the bf16 copy (the copy of the larger of what a row reads and what it writes)
+    wide_floor
+    merge "--dtype f32 (bf16 base) (floor: 27 GB copy)" "$F2" "$WORK/m/base" "$WORK/m/a-f32" --dtype f32
+    tail -n 1 "$TABLE" | awk -F' [|] ' -v f="$F" '{ printf "| the same run, x the base floor | %s | %.2f | | | | |\n", $2, $2 / f }' >> "$TABLE"
     say "quantizing to NF4"
     $LM quantize --base "$WORK/m/base" --out "$WORK/nf4" --double-quant --quiet
     sync; warm "$WORK/nf4"
@@ -193,12 +207,9 @@ for set in "${@:-bf16}"; do
     ;;
   wide)
     bf16_base_and_adapter
-    mkdir -p "$WORK/twice"
-    for f in "$WORK/m/base"/*; do ln "$f" "$WORK/twice/$(basename "$f")"; ln "$f" "$WORK/twice/again-$(basename "$f")"; done
     for rep in $(seq 1 "${WIDE_REPS:-3}"); do
       floor_row "$rep"
-      F2=$(floor "$WORK/twice"); say "copy floor of the output's size $F2 s"
-      echo "| cp -r + sync, the base's shards twice (27 GB) ($rep) | $F2 | $(awk -v a="$F2" -v b="$F" 'BEGIN { printf "%.2f", a / b }') (x base floor) | | | | |" >> "$TABLE"
+      wide_floor " ($rep)"
       merge "--dtype f32 (bf16 base), x the 27 GB floor ($rep)" "$F2" "$WORK/m/base" "$WORK/m/a-f32" --dtype f32
       # the same run against the base's floor
       tail -n 1 "$TABLE" | awk -F' [|] ' -v f="$F" -v r="$rep" '{ printf "| the same run, x the base floor (%s) | %s | %.2f | | | | |\n", r, $2, $2 / f }' >> "$TABLE"
@@ -268,7 +279,7 @@ int main(int argc, char **argv) {
 CEOF
     fi
     ;;
-  *) echo "unknown set $set (bf16, f16, f32, io, flush)" >&2; exit 2 ;;
+  *) echo "unknown set $set (bf16, f16, f32, io, wide, flush)" >&2; exit 2 ;;
   esac
 done
 rm -rf "$WORK"
