@@ -32,6 +32,8 @@ public record ExtractPlan(List<Target> targets, List<Other> others, ExtractOptio
      * lora_A = √Σ·Vᵀ [r, cols]; for {@link Layout#CONV1D} and {@link Layout#EMBEDDING}, whose weight
      * holds (B·A)ᵀ, lora_B = V·√Σ [cols, r] and lora_A = √Σ·Uᵀ [r, rows].
      *
+     * @param module     the module's name as PEFT knows it: transformers' loaded name, which differs from the
+     *                   checkpoint's for a vision-language model (docs/FORMATS.md §1.4)
      * @param factorType the dtype the factors are written in
      */
     public record Target(String module, Layout layout, TensorSource base, TensorSource tuned, long[] shape, DType factorType) {
@@ -76,6 +78,7 @@ public record ExtractPlan(List<Target> targets, List<Other> others, ExtractOptio
     /**
      * A tensor without low-rank factors: compared, and when changed, saved whole or reported.
      *
+     * @param name          the tensor's name as PEFT knows it (transformers' loaded name, as {@link Target#module})
      * @param module        the module it belongs to (its name without the last segment)
      * @param resized       the vocabulary tensor has more or fewer rows in the tuned model
      * @param biasOfTarget  it is the bias of a {@link Target}'s module

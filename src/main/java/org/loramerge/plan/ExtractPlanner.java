@@ -50,6 +50,8 @@ public final class ExtractPlanner {
         warnings.addAll(base.warnings());
         warnings.addAll(tuned.warnings());
         String embedName = Planner.findEmbedding(base);
+        // the adapter names modules as transformers loads the checkpoint (a vision-language model's differ), as PEFT saves them
+        LoadedNames names = LoadedNames.of(base);
         String embedModule = embedName == null ? null : module(embedName);
         List<String> problems = new ArrayList<>();
         ExtractException.Reason firstReason = null;
@@ -80,7 +82,8 @@ public final class ExtractPlanner {
             }
             String module = module(b.name());
             Layout layout = null;
-            boolean named = !options.allLinear() && matchesAny(options.targets(), module, unmatched);
+            boolean named = !options.allLinear() && (matchesAny(options.targets(), module, unmatched)
+                    | matchesAny(options.targets(), names.loaded(module), unmatched));
             boolean matrix = b.name().endsWith(".weight") && b.rank() == 2 && b.dtype().isMergeable() && !resized;
             if (named && !matrix && b.name().endsWith(".weight")) {
                 notWeights.add(b.name() + " " + TensorInfo.shapeString(b.shape()) + (resized ? " (resized)" : ""));
@@ -96,9 +99,9 @@ public final class ExtractPlanner {
             }
             if (layout != null) {
                 DType factorType = options.dtype() != null ? options.dtype() : b.dtype();
-                targets.add(new ExtractPlan.Target(module, layout, bs, ts, b.shape(), factorType));
+                targets.add(new ExtractPlan.Target(names.loaded(module), layout, bs, ts, b.shape(), factorType));
             } else {
-                others.add(new ExtractPlan.Other(b.name(), module, bs, ts, resized, false));
+                others.add(new ExtractPlan.Other(names.loaded(b.name()), names.loaded(module), bs, ts, resized, false));
             }
         }
         if (!problems.isEmpty()) {

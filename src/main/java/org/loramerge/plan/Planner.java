@@ -99,6 +99,12 @@ public final class Planner {
     private Long newVocab;
     /** Where the checkpoint stores the parameters target_parameters adapts (MoE experts). */
     private ExpertParameters experts;
+    /** The names the adapters use for the base's tensors (transformers' loaded names of a vision-language checkpoint). */
+    private LoadedNames names = LoadedNames.none();
+    /** The output head's name in this checkpoint: lm_head.weight, or where the checkpoint's layout puts it. */
+    private String lmHead = LM_HEAD;
+    /** Whether an adapter named a tensor by its loaded name rather than the checkpoint's. */
+    private boolean renamedKeys;
 
     /** The work on one output tensor, gathered from the adapter keys. */
     private static final class Ops {
@@ -236,9 +242,11 @@ public final class Planner {
             settleTarget();
         }
         warnings.addAll(quant.warnings());
+        names = LoadedNames.of(base);
+        lmHead = names.stored(LM_HEAD);
         embedName = findEmbedding(base);
         boolean tieFlag = base.config() == null || base.config().path("tie_word_embeddings").asBoolean(true);
-        tied = tieFlag && embedName != null && base.tensor(LM_HEAD) == null;
+        tied = tieFlag && embedName != null && base.tensor(lmHead) == null;
         collectShapes();
         experts = new ExpertParameters(base.modelType(), base.config(), shapes);
     }
@@ -272,6 +280,10 @@ public final class Planner {
         }
         if (newVocab != null) {
             notes.add("vocabulary resized to " + newVocab + " rows by the adapter; config.json vocab_size follows");
+        }
+        if (renamedKeys) {
+            notes.add("the adapter names the base's tensors as transformers loads this " + base.modelType() + " checkpoint (" + names.example()
+                    + "); they are matched to the checkpoint's names" + (adapterOutput ? "" : ", which the merge writes, as save_pretrained does"));
         }
         return perAdapter;
     }
@@ -379,14 +391,35 @@ public final class Planner {
             shapes.put(q.weightName(), q.shape()); // the weight's own shape, not that of its packed codes
         }
         if (tied) {
-            shapes.put(LM_HEAD, base.tensor(embedName).shape());
+            shapes.put(lmHead, base.tensor(embedName).shape());
         }
+    }
+
+    /**
+     * The adapter's keys with the module or tensor each is for named as the checkpoint names it
+     * ({@link LoadedNames}): PEFT saves the names transformers gives a vision-language checkpoint's
+     * tensors once loaded. adapter_config.json's rules are matched against the adapter's own names
+     * ({@link #peftName}).
+     */
+    private List<AdapterKey> storedKeys() {
+        List<AdapterKey> keys = new ArrayList<>();
+        for (AdapterKey k : adapter.keys().values()) {
+            String stored = names.stored(k.module());
+            keys.add(stored.equals(k.module()) ? k : new AdapterKey(k.kind(), stored, k.key()));
+            renamedKeys |= !stored.equals(k.module());
+        }
+        return keys;
+    }
+
+    /** The name PEFT (and adapter_config.json) knows a base module or tensor by: the loaded name of the checkpoint's. */
+    private String peftName(String module) {
+        return names.loaded(module);
     }
 
     private KeyGroups groupKeys() {
         Map<String, Parts> modules = new LinkedHashMap<>();
         Map<String, AdapterKey> replacements = new LinkedHashMap<>();
-        for (AdapterKey k : adapter.keys().values()) {
+        for (AdapterKey k : storedKeys()) {
             if (k.kind() == AdapterKey.Kind.ORIGINAL_MODULE) {
                 keyUse.put(keyName(k.key()), "(PEFT's copy of the original " + k.module() + "; not used by a merge)");
             } else if (k.kind() == AdapterKey.Kind.REPLACE || k.kind() == AdapterKey.Kind.MODULES_TO_SAVE) {
@@ -433,7 +466,7 @@ public final class Planner {
                 continue;
             }
             if (!Arrays.equals(baseShape, src.shape())) {
-                boolean vocabTensor = target.equals(embedName) || target.equals(LM_HEAD);
+                boolean vocabTensor = target.equals(embedName) || target.equals(lmHead);
                 if (vocabTensor && baseShape.length == 2 && src.rank() == 2 && baseShape[1] == src.dim(1)) {
                     if (newVocab != null && newVocab != src.dim(0)) {
                         problem(SHAPE_MISMATCH, "adapter resizes the vocabulary to both " + newVocab + " and " + src.dim(0) + " rows (" + k.key() + ")");
@@ -445,7 +478,7 @@ public final class Planner {
                     continue;
                 }
             }
-            DType baseType = target.equals(LM_HEAD) && tied ? base.tensor(embedName).dtype() : base.tensor(target).dtype();
+            DType baseType = target.equals(lmHead) && tied ? base.tensor(embedName).dtype() : base.tensor(target).dtype();
             if (baseType.isMergeable() != src.dtype().isMergeable() || (!baseType.isMergeable() && baseType != src.dtype())) {
                 problem(SHAPE_MISMATCH, "adapter key " + k.key() + " is " + src.dtype() + " but base tensor " + target + " is " + baseType);
                 continue;
@@ -599,7 +632,7 @@ public final class Planner {
 
     /** The base tensor {@code name} as a source (a tied lm_head reads the embedding). */
     private TensorSource baseSource(String name) {
-        String stored = name.equals(LM_HEAD) && tied ? embedName : name;
+        String stored = name.equals(lmHead) && tied ? embedName : name;
         return new TensorSource(base.fileOf(stored), base.tensor(stored));
     }
 
@@ -619,7 +652,7 @@ public final class Planner {
                 continue; // a replacement equal to the base (an embedding's base_layer copy): nothing to carry
             }
             TermSpec first = u.parts().get(0).term();
-            modules.add(new AdapterPlan.Module(u.module(), u, shapes.get(e.getKey()), first.a().info().shape(), first.b().info().shape()));
+            modules.add(new AdapterPlan.Module(peftName(u.module()), u, shapes.get(e.getKey()), first.a().info().shape(), first.b().info().shape()));
         }
         if (modules.isEmpty()) {
             throw new CombineException(CombineException.Reason.UNSUPPORTED, "the adapters have no LoRA factors (lora_A/lora_B) to combine; "
@@ -675,7 +708,7 @@ public final class Planner {
         if (!tied) {
             return false;
         }
-        Ops headOps = ops.remove(LM_HEAD);
+        Ops headOps = ops.remove(lmHead);
         Ops embedOps = ops.get(embedName);
         if (headOps == null || headOps.isEmpty()) {
             String embedModule = stripWeight(embedName);
@@ -696,7 +729,7 @@ public final class Planner {
                 notes.add("tied embeddings: " + embedName + " is replaced (modules_to_save) and lm_head keeps the "
                         + (head.replacement == null ? "base's values" : "untrained values (original_module)")
                         + "; lm_head.weight is written explicitly and config.json gets tie_word_embeddings: false, as PEFT's merge does");
-                ops.put(LM_HEAD, head);
+                ops.put(lmHead, head);
                 return true;
             }
             return false;
@@ -719,7 +752,7 @@ public final class Planner {
                 headOps.tokens = embedOps.tokens;
             }
         }
-        ops.put(LM_HEAD, headOps);
+        ops.put(lmHead, headOps);
         return true;
     }
 
@@ -773,7 +806,7 @@ public final class Planner {
         }
         if (untie) {
             TensorInfo embed = base.tensor(embedName);
-            outputs.add(output(LM_HEAD, new TensorSource(base.fileOf(embedName), embed), ops.get(LM_HEAD)).withNote("untied from " + embedName));
+            outputs.add(output(lmHead, new TensorSource(base.fileOf(embedName), embed), ops.get(lmHead)).withNote("untied from " + embedName));
         }
         return outputs;
     }
@@ -786,7 +819,7 @@ public final class Planner {
     private void placeKeys(Map<String, Ops> adapterOps) {
         for (Map.Entry<String, Ops> e : adapterOps.entrySet()) {
             String outName = e.getKey();
-            if (!ops.containsKey(outName) && ops.containsKey(embedName) && outName.equals(LM_HEAD)) {
+            if (!ops.containsKey(outName) && ops.containsKey(embedName) && outName.equals(lmHead)) {
                 outName = embedName; // a tied lm_head whose delta went into the shared tensor
             }
             for (String key : e.getValue().keys) {
@@ -879,7 +912,7 @@ public final class Planner {
         }
         List<String> keys = new ArrayList<>();
         parts.byKind.values().forEach(k -> keys.add(k.key()));
-        List<String> candidates = ExpertParameters.selected(config, module);
+        List<String> candidates = ExpertParameters.selected(config, peftName(module));
         if (candidates.isEmpty()) {
             if (depth > 0) {
                 problem(CONFIG_MISMATCH, "adapter keys " + String.join(", ", keys) + " have the form of LoRA on a second parameter of "
@@ -945,8 +978,8 @@ public final class Planner {
                     + "; quantized adapters are not supported, re-save the adapter in F32, F16 or BF16");
             return true;
         }
-        int rank = config.rankFor(parameter);
-        double scale = config.scaleFor(parameter);
+        int rank = config.rankFor(peftName(parameter));
+        double scale = config.scaleFor(peftName(parameter));
         if (!checkParameterShapes(parameter, stored, ta, tb, rank)) {
             return true;
         }
@@ -1047,7 +1080,7 @@ public final class Planner {
                         + present.key().replace(first != null ? "_A" : "_B", first != null ? "_B" : "_A"));
                 return;
             }
-            if (config.hasTargetRule() && !config.targets(module) && !targetedThroughTying(module)) {
+            if (config.hasTargetRule() && !config.targets(peftName(module)) && !targetedThroughTying(module)) {
                 problem(CONFIG_MISMATCH, "not targeted", module, "adapter keys " + first.key() + " and " + second.key() + " are for module " + module
                         + ", which adapter_config.json does not target (target_modules / exclude_modules / layers_to_transform); "
                         + "PEFT would silently ignore them. Fix the config or the adapter");
@@ -1062,8 +1095,8 @@ public final class Planner {
             return;
         }
         Ops o = ops.computeIfAbsent(weightName, x -> new Ops());
-        int rank = config.rankFor(module);
-        double scale = config.scaleFor(module);
+        int rank = config.rankFor(peftName(module));
+        double scale = config.scaleFor(peftName(module));
         Layout layout = null;
         if (hasLora) {
             TensorInfo ta = adapter.tensor(a != null ? a.key() : ea.key());
@@ -1126,7 +1159,7 @@ public final class Planner {
             }
         }
         if (tokens != null) {
-            List<Long> idx = config.tokenIndicesFor(module, module.equals(stripWeight(embedName)));
+            List<Long> idx = config.tokenIndicesFor(peftName(module), module.equals(stripWeight(embedName)));
             TensorInfo tv = adapter.tensor(tokens.key());
             if (quant.weight(weightName) != null) {
                 // token rows replace whole rows of stored values, which a quantized weight does not have (its codes share scales)
@@ -1162,7 +1195,7 @@ public final class Planner {
         if (quant.weight(tensorName) != null) {
             return true;
         }
-        String stored = tied && tensorName.equals(LM_HEAD) && base.tensor(LM_HEAD) == null ? embedName : tensorName;
+        String stored = tied && tensorName.equals(lmHead) && base.tensor(lmHead) == null ? embedName : tensorName;
         TensorInfo t = base.tensor(stored);
         if (t == null || t.dtype().isMergeable()) {
             return true;
@@ -1181,8 +1214,8 @@ public final class Planner {
             return false;
         }
         String embedModule = stripWeight(embedName);
-        String headModule = stripWeight(LM_HEAD);
-        return module.equals(headModule) && config.targets(embedModule) || module.equals(embedModule) && config.targets(headModule);
+        String headModule = stripWeight(lmHead);
+        return module.equals(headModule) && config.targets(peftName(embedModule)) || module.equals(embedModule) && config.targets(peftName(headModule));
     }
 
     /** nn.Linear or GPT-2's Conv1D: decided by the architecture, then by the shapes, then by fan_in_fan_out (as PEFT corrects a wrong flag from the layer type). */
@@ -1292,11 +1325,11 @@ public final class Planner {
      */
     private TensorSource resizedOriginal(long[] shape) {
         if (adapters.size() == 1) {
-            for (AdapterKey k : adapter.keys().values()) {
+            for (AdapterKey k : storedKeys()) {
                 if (k.kind() == AdapterKey.Kind.ORIGINAL_MODULE && k.module().equals(embedName)) {
                     TensorInfo t = adapter.tensor(k.key());
                     if (Arrays.equals(t.shape(), shape)) {
-                        keyUse.put(keyName(k.key()), LM_HEAD);
+                        keyUse.put(keyName(k.key()), lmHead);
                         return new TensorSource(adapter.file(), t);
                     }
                 }
@@ -1407,17 +1440,17 @@ public final class Planner {
         List<String> dense = new ArrayList<>();
         for (TensorInfo t : base.tensors().values()) {
             if (quant.groupTensorNames().contains(t.name()) || t.rank() != 2 || !t.name().endsWith(".weight") || !t.dtype().isMergeable()
-                    || t.name().equals(embedName) || t.name().equals(LM_HEAD)) {
+                    || t.name().equals(embedName) || t.name().equals(lmHead)) {
                 continue;
             }
             dense.add(stripWeight(t.name()));
         }
-        boolean quantizedHead = quantized.contains(stripWeight(LM_HEAD)); // GPTQ's lm_head: true
+        boolean quantizedHead = quantized.contains(stripWeight(lmHead)); // GPTQ's lm_head: true
         if (dense.isEmpty() && !quantizedHead) {
             return null;
         }
         if (!quantizedHead) {
-            dense.add(stripWeight(LM_HEAD));
+            dense.add(stripWeight(lmHead));
         }
         List<String> patterns = new ArrayList<>();
         for (String m : dense) {

@@ -74,14 +74,15 @@ public final class UnmergePlanner {
                 refused.put(t.name(), "the adapter replaced it (modules_to_save, base_layer or bias) and the merge overwrote the original");
             }
         }
-        boolean tied = merged.tensor("lm_head.weight") == null;
+        String head = LoadedNames.of(merged).stored("lm_head.weight");
+        boolean tied = merged.tensor(head) == null;
         for (AdapterKey k : adapter.keys().values()) {
             boolean headTerm = k.kind() != AdapterKey.Kind.REPLACE && k.kind() != AdapterKey.Kind.MODULES_TO_SAVE
                     && k.kind() != AdapterKey.Kind.ORIGINAL_MODULE && (k.module().equals("lm_head") || k.module().endsWith(".lm_head"));
             if (tied && headTerm) {
                 String embed = Planner.findEmbedding(merged);
                 fromAdapter.remove(embed);
-                fromAdapter.remove("lm_head.weight");
+                fromAdapter.remove(head);
                 refused.putIfAbsent(embed == null ? k.module() : embed, "tied embeddings: the adapter has LoRA on lm_head, whose delta a merge adds "
                         + "to the shared embedding once (loramerge) or twice (PEFT with ensure_weight_tying), or unties");
             }

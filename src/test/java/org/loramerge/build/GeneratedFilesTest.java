@@ -119,6 +119,15 @@ class GeneratedFilesTest {
         assertMatchesGenerator("peft_edges", "make_peft_edge_fixtures.py", null, 1_000_000);
     }
 
+    /**
+     * The golden cases of vision-language models (adapters under transformers' loaded names) are
+     * scripts/fixtures/make_vlm_fixtures.py's output (transformers and PEFT 0.21 themselves): its hash and every file's are in MANIFEST.sha256.
+     */
+    @Test
+    void vlmFixturesMatchTheirGenerator() throws Exception {
+        assertMatchesGenerator("vlm", "make_vlm_fixtures.py", null, 1_000_000);
+    }
+
     /** The config.json golden files are scripts/fixtures/make_config_fixtures.py's output (transformers' own save_pretrained). */
     @Test
     void configFixturesMatchTheirGenerator() throws Exception {

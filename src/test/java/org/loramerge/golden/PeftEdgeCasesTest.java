@@ -10,6 +10,8 @@ import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.file.Path;
 import java.nio.file.Paths;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.Map;
 import java.util.TreeSet;
 import java.util.stream.Stream;
@@ -25,25 +27,31 @@ import org.loramerge.testutil.CliRun;
 import org.loramerge.testutil.FixtureCases;
 
 /**
- * PEFT's targeting and tied-embedding rules at their edges (scripts/fixtures/make_peft_edge_fixtures.py, PEFT 0.21):
- * loramerge's merge has the tensors PEFT's merge_and_unload() wrote, each within one unit in the last place of
+ * PEFT's targeting and tied-embedding rules at their edges (scripts/fixtures/make_peft_edge_fixtures.py, PEFT 0.21), and
+ * vision-language models whose adapters name tensors as transformers loads them (make_vlm_fixtures.py):
+ * loramerge's merge has the tensors PEFT's merge_and_unload() + save_pretrained() wrote, each within one unit in the last place of
  * PEFT's (PEFT rounds the sum W + s·B·A from float32, loramerge from the exact value), and the same tie_word_embeddings.
  */
 class PeftEdgeCasesTest {
-    private static final Path CASES = Paths.get("src/test/resources/peft_edges");
+    private static final Path RESOURCES = Paths.get("src/test/resources");
+    private static final List<String> ROOTS = List.of("peft_edges", "vlm");
     private static final ObjectMapper JSON = new ObjectMapper();
 
     @TempDir
     Path tmp;
 
     static Stream<String> cases() throws IOException {
-        return FixtureCases.names(CASES);
+        List<String> all = new ArrayList<>();
+        for (String root : ROOTS) {
+            FixtureCases.names(RESOURCES.resolve(root)).forEach(c -> all.add(root + "/" + c));
+        }
+        return all.stream();
     }
 
     @ParameterizedTest(name = "{0}")
     @MethodSource("cases")
     void theMergeIsPeftsWithinAnUlpWithTheSameTensorsAndTie(String name) throws Exception {
-        Path dir = CASES.resolve(name);
+        Path dir = RESOURCES.resolve(name);
         JsonNode c = JSON.readTree(dir.resolve("case.json").toFile());
         Path out = tmp.resolve("out");
         CliRun run = CliRun.of(() -> Main.run("merge", "--base", dir.resolve("base").toString(), "--adapter", dir.resolve("adapter").toString(),
