@@ -3,6 +3,7 @@ package org.loramerge.plan;
 import com.fasterxml.jackson.databind.JsonNode;
 import java.util.Collection;
 import java.util.HashMap;
+import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.NavigableMap;
@@ -26,8 +27,9 @@ import org.loramerge.format.Checkpoint;
  *   <li>Llava's ("llava" and the model types transformers maps to it, with llava_next, mllama,
  *       qwen2_audio and others of the same rules): {@code language_model.lm_head} is
  *       {@code lm_head}, {@code language_model.model.} is {@code model.language_model.}, any other
- *       top-level part {@code T.} is {@code model.T.}, and a CLIP or SigLIP vision tower loses its
- *       {@code vision_model.} (transformers' PrefixChange for those towers);
+ *       top-level part {@code T.} is {@code model.T.}, and a CLIP or SigLIP vision tower (Video-LLaVA's image
+ *       and video towers too) loses its {@code vision_model.} (transformers' PrefixChange for those towers;
+ *       the tower named by vision_config.model_type, or the model type's default);
  *   <li>Qwen2-VL's (qwen2_vl, qwen2_5_vl): {@code visual.} is {@code model.visual.}, and {@code model.}
  *       outside {@code model.visual.} and {@code model.language_model.} is {@code model.language_model.}.
  * </ul>
@@ -53,9 +55,19 @@ public final class LoadedNames {
             "pp_chart2table");
     /** Model types whose checkpoints follow Qwen2-VL's renaming. */
     static final Set<String> QWEN2_VL_TYPES = Set.of("qwen2_vl", "qwen2_5_vl");
-    /** Vision towers whose own prefix transformers drops when loading them inside a Llava-style model (PrefixChange). */
+    /**
+     * Vision towers whose own {@code vision_model.} level transformers drops when loading them inside a Llava-style
+     * model (conversion_mapping.py's PrefixChange for CLIPVisionModel and the classes it maps to it).
+     */
     private static final Set<String> PREFIXED_TOWERS = Set.of("clip_vision_model", "siglip_vision_model", "siglip2_vision_model",
-            "chinese_clip_vision_model", "altclip_vision_model", "metaclip_2_vision_model", "mlcd_vision_model");
+            "chinese_clip_vision_model", "altclip_vision_model", "metaclip_2_vision_model");
+    /** The vision tower a model type's config gets when config.json's vision_config names none (its configuration_*.py default). */
+    private static final Map<String, String> DEFAULT_TOWERS = Map.of("llava", "clip_vision_model", "llava_next", "clip_vision_model",
+            "llava_next_video", "clip_vision_model", "vipllava", "clip_vision_model", "video_llava", "clip_vision_model",
+            "llava_onevision", "siglip_vision_model", "paligemma", "siglip_vision_model", "aya_vision", "siglip_vision_model",
+            "gemma3", "siglip_vision_model");
+    /** The parts of a Llava-style model that hold a vision tower (Video-LLaVA has two). */
+    private static final List<String> TOWERS = List.of("model.vision_tower", "model.image_tower", "model.video_tower");
 
     private static final LoadedNames NONE = new LoadedNames(Family.NONE, false, new TreeSet<>(), new TreeMap<>());
 
@@ -87,7 +99,7 @@ public final class LoadedNames {
 
     /**
      * The renaming for a checkpoint of {@code modelType} (config.json's model_type) with these tensor
-     * names; {@code visionModelType} is config.json's vision_config.model_type, or "".
+     * names; {@code visionModelType} is config.json's vision_config.model_type, or "" for the model type's default.
      */
     public static LoadedNames of(String modelType, String visionModelType, Collection<String> tensorNames) {
         String type = modelType.toLowerCase(Locale.ROOT);
@@ -95,7 +107,8 @@ public final class LoadedNames {
         if (family == Family.NONE) {
             return NONE;
         }
-        boolean drops = PREFIXED_TOWERS.contains(visionModelType.toLowerCase(Locale.ROOT));
+        String tower = visionModelType.isEmpty() ? DEFAULT_TOWERS.getOrDefault(type, "") : visionModelType.toLowerCase(Locale.ROOT);
+        boolean drops = PREFIXED_TOWERS.contains(tower);
         NavigableSet<String> stored = new TreeSet<>(tensorNames);
         NavigableMap<String, String> toStored = new TreeMap<>();
         Map<String, Integer> seen = new HashMap<>();
@@ -152,8 +165,14 @@ public final class LoadedNames {
                 } else {
                     l = "model." + name;
                 }
-                String tower = "model.vision_tower.vision_model";
-                return dropsVisionModel && under(l, tower) ? "model.vision_tower" + l.substring(tower.length()) : l;
+                if (dropsVisionModel) {
+                    for (String tower : TOWERS) {
+                        if (under(l, tower + ".vision_model")) {
+                            return tower + l.substring((tower + ".vision_model").length());
+                        }
+                    }
+                }
+                return l;
             }
             case QWEN2_VL -> {
                 if (under(name, "visual")) {

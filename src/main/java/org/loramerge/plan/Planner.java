@@ -219,6 +219,7 @@ public final class Planner {
         List<Map<String, Ops>> perAdapter = planAdapters();
         ops = combination == null ? perAdapter.get(0) : combine(perAdapter);
         boolean untie = resolveTiedEmbeddings();
+        failOnProblems(); // the tied embeddings' own (a resized one without its untrained copy)
         List<OutputTensor> outputs = outputTensors(untie);
         for (int i = 0; i < adapters.size(); i++) {
             select(i);
@@ -274,10 +275,7 @@ public final class Planner {
             }
             perAdapter.add(ops);
         }
-        if (!problems.isEmpty()) {
-            throw new AdapterException(firstReason, firstProblemAdapter.dir(), "cannot merge; nothing was written:\n  - "
-                    + String.join("\n  - ", problems.lines()));
-        }
+        failOnProblems();
         if (newVocab != null) {
             notes.add("vocabulary resized to " + newVocab + " rows by the adapter; config.json vocab_size follows");
         }
@@ -286,6 +284,14 @@ public final class Planner {
                     + "); they are matched to the checkpoint's names" + (adapterOutput ? "" : ", which the merge writes, as save_pretrained does"));
         }
         return perAdapter;
+    }
+
+    /** Throws the problems recorded so far, all of them in one message, if there are any. */
+    private void failOnProblems() throws AdapterException {
+        if (!problems.isEmpty()) {
+            throw new AdapterException(firstReason, firstProblemAdapter.dir(), "cannot merge; nothing was written:\n  - "
+                    + String.join("\n  - ", problems.lines()));
+        }
     }
 
     /** Quantizations whose weights loramerge requantizes with their own format and settings ({@code --to <kind>}). */
@@ -713,13 +719,13 @@ public final class Planner {
         if (headOps == null || headOps.isEmpty()) {
             String embedModule = stripWeight(embedName);
             if (embedOps != null && embedOps.replacement != null && !ensureWeightTying()
-                    && adapters.stream().anyMatch(a -> a.config().savesModule(embedModule))) {
+                    && adapters.stream().anyMatch(a -> a.config().savesModule(peftName(embedModule)))) {
                 // modules_to_save on the embedding: PEFT's merge swaps in the trained copy for the input embedding
                 // only, finds the two no longer share their weight, and unties (tuners_utils.py
                 // _unload_and_optionally_merge); lm_head keeps the base's values. (A saved base_layer weight of a
                 // LoRA on the embedding is the shared weight itself, which stays shared.)
                 Ops head = new Ops();
-                if (!Arrays.equals(embedOps.replacement.info().shape(), shapes.get(embedName))) {
+                if (!Arrays.equals(embedOps.replacement.info().shape(), base.tensor(embedName).shape())) {
                     // a resized vocabulary: the head is the resized untrained embedding, which PEFT saved as original_module
                     head.replacement = resizedOriginal(embedOps.replacement.info().shape());
                     if (head.replacement == null) {
@@ -1452,9 +1458,14 @@ public final class Planner {
         if (!quantizedHead) {
             dense.add(stripWeight(lmHead));
         }
+        // transformers matches these against the modules' loaded names (quantizers_utils.should_convert_module), which a
+        // vision-language checkpoint's differ from (docs/FORMATS.md §1.4)
+        List<String> loadedQuantized = new ArrayList<>();
+        quantized.forEach(q -> loadedQuantized.add(peftName(q)));
         List<String> patterns = new ArrayList<>();
-        for (String m : dense) {
-            boolean catches = quantized.stream().anyMatch(q -> q.startsWith(m) || q.endsWith(m));
+        for (String stored : dense) {
+            String m = peftName(stored);
+            boolean catches = loadedQuantized.stream().anyMatch(q -> q.startsWith(m) || q.endsWith(m));
             patterns.add(catches ? m + "$" : m);
         }
         return patterns;

@@ -15,6 +15,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.util.Iterator;
+import java.util.List;
 import java.util.Map;
 import java.util.TreeSet;
 import java.util.function.UnaryOperator;
@@ -25,6 +26,7 @@ import org.loramerge.format.Checkpoint;
 import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.TensorInfo;
 import org.loramerge.testutil.CliRun;
+import org.loramerge.testutil.TinyModels;
 
 /**
  * Vision-language checkpoints in the layouts users download, beside the golden cases of
@@ -79,6 +81,22 @@ class VisionLanguageLayoutsTest {
         CliRun run = merge(VLM.resolve("qwen2_vl/base"), VLM.resolve("llava/adapter"), out);
         assertEquals(3, run.code(), run.both());
         assertTrue(run.err().contains("another model"), run.both());
+        assertFalse(Files.exists(out));
+    }
+
+    @Test
+    void aResizedEmbeddingOfATiedVisionLanguageModelWithoutItsUntrainedCopyIsRefused() throws Exception {
+        // PEFT 0.21 saves a VLM's resized modules_to_save embedding alone (no lm_head, no original_module): the untied head
+        // would have to be the resized untrained embedding, which the adapter does not hold
+        Path adapter = tmp.resolve("adapter");
+        Files.createDirectories(adapter);
+        Files.copy(VLM.resolve("gemma3_untied/adapter/adapter_config.json"), adapter.resolve("adapter_config.json"));
+        TinyModels.writeSafetensors(adapter.resolve("adapter_model.safetensors"),
+                List.of(TinyModels.bf16Tensor("base_model.model.model.language_model.embed_tokens.weight", 104, 32)));
+        Path out = tmp.resolve("out");
+        CliRun run = merge(VLM.resolve("gemma3_untied/base"), adapter, out);
+        assertEquals(3, run.code(), run.both());
+        assertTrue(run.err().contains("language_model.model.embed_tokens.weight"), run.both());
         assertFalse(Files.exists(out));
     }
 

@@ -64,6 +64,23 @@ class LoadedNamesTest {
     }
 
     @Test
+    void videoLlavasTwoTowersBothLoseTheirPrefix() {
+        LoadedNames n = LoadedNames.of("video_llava", "clip_vision_model", List.of("language_model.model.norm.weight",
+                "image_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight", "video_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight"));
+        assertEquals("image_tower.vision_model.encoder.layers.0.self_attn.q_proj", n.stored("model.image_tower.encoder.layers.0.self_attn.q_proj"));
+        assertEquals("video_tower.vision_model.encoder.layers.0.self_attn.q_proj", n.stored("model.video_tower.encoder.layers.0.self_attn.q_proj"));
+    }
+
+    @Test
+    void aVisionConfigWithoutAModelTypeHasTheModelTypesDefaultTower() {
+        // configuration_gemma3.py and configuration_llava.py fill in SigLIP and CLIP; Mistral 3's default, Pixtral, keeps its names
+        List<String> names = List.of("language_model.model.norm.weight", "vision_tower.vision_model.encoder.x.weight");
+        assertEquals("vision_tower.vision_model.encoder.x", LoadedNames.of("gemma3", "", names).stored("model.vision_tower.encoder.x"));
+        assertEquals("vision_tower.vision_model.encoder.x", LoadedNames.of("llava", "", names).stored("model.vision_tower.encoder.x"));
+        assertEquals("model.vision_tower.vision_model.encoder.x", LoadedNames.of("mistral3", "", names).loaded("vision_tower.vision_model.encoder.x"));
+    }
+
+    @Test
     void qwen2VlCheckpointNamesLoadUnderTheLanguageModel() {
         LoadedNames n = LoadedNames.of("qwen2_vl", "qwen2_vl", List.of(
                 "lm_head.weight", "model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "model.norm.weight",
