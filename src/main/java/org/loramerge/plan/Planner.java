@@ -105,6 +105,8 @@ public final class Planner {
     private String lmHead = LM_HEAD;
     /** Whether an adapter named a tensor by its loaded name rather than the checkpoint's. */
     private boolean renamedKeys;
+    /** Per adapter, whether it names the base's tensors by their loaded names (PEFT under transformers 5) rather than the checkpoint's. */
+    private boolean[] loadedNamed;
 
     /** The work on one output tensor, gathered from the adapter keys. */
     private static final class Ops {
@@ -245,6 +247,10 @@ public final class Planner {
         warnings.addAll(quant.warnings());
         names = LoadedNames.of(base);
         lmHead = names.stored(LM_HEAD);
+        loadedNamed = new boolean[adapters.size()];
+        for (int i = 0; i < adapters.size(); i++) {
+            loadedNamed[i] = adapters.get(i).keys().values().stream().anyMatch(k -> !names.stored(k.module()).equals(k.module()));
+        }
         embedName = findEmbedding(base);
         boolean tieFlag = base.config() == null || base.config().path("tie_word_embeddings").asBoolean(true);
         tied = tieFlag && embedName != null && base.tensor(lmHead) == null;
@@ -417,9 +423,13 @@ public final class Planner {
         return keys;
     }
 
-    /** The name PEFT (and adapter_config.json) knows a base module or tensor by: the loaded name of the checkpoint's. */
+    /**
+     * The name the adapter being planned, and its adapter_config.json, know a base module or tensor by: the loaded
+     * name of the checkpoint's where the adapter uses loaded names, the checkpoint's own where it uses those (an
+     * adapter saved by PEFT under transformers 4, whose loaded names were the checkpoint's).
+     */
     private String peftName(String module) {
-        return names.loaded(module);
+        return loadedNamed[adapterIndex] ? names.loaded(module) : module;
     }
 
     private KeyGroups groupKeys() {
@@ -658,7 +668,7 @@ public final class Planner {
                 continue; // a replacement equal to the base (an embedding's base_layer copy): nothing to carry
             }
             TermSpec first = u.parts().get(0).term();
-            modules.add(new AdapterPlan.Module(peftName(u.module()), u, shapes.get(e.getKey()), first.a().info().shape(), first.b().info().shape()));
+            modules.add(new AdapterPlan.Module(names.loaded(u.module()), u, shapes.get(e.getKey()), first.a().info().shape(), first.b().info().shape()));
         }
         if (modules.isEmpty()) {
             throw new CombineException(CombineException.Reason.UNSUPPORTED, "the adapters have no LoRA factors (lora_A/lora_B) to combine; "
@@ -1461,10 +1471,10 @@ public final class Planner {
         // transformers matches these against the modules' loaded names (quantizers_utils.should_convert_module), which a
         // vision-language checkpoint's differ from (docs/FORMATS.md §1.4)
         List<String> loadedQuantized = new ArrayList<>();
-        quantized.forEach(q -> loadedQuantized.add(peftName(q)));
+        quantized.forEach(q -> loadedQuantized.add(names.loaded(q)));
         List<String> patterns = new ArrayList<>();
         for (String stored : dense) {
-            String m = peftName(stored);
+            String m = names.loaded(stored);
             boolean catches = loadedQuantized.stream().anyMatch(q -> q.startsWith(m) || q.endsWith(m));
             patterns.add(catches ? m + "$" : m);
         }

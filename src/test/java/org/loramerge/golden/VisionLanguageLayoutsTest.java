@@ -76,6 +76,32 @@ class VisionLanguageLayoutsTest {
     }
 
     @Test
+    void anAdapterUnderTheCheckpointsNamesWithPatternsByThemMergesTheSame() throws Exception {
+        // PEFT under transformers 4 loaded (and saved adapters under) the checkpoint's names; its rank_pattern keys are those
+        UnaryOperator<String> old = n -> n.replace("base_model.model.model.language_model.", "base_model.model.language_model.model.")
+                .replace("base_model.model.model.", "base_model.model.");
+        Path adapter = tmp.resolve("adapter");
+        Files.createDirectories(adapter);
+        renameTensors(VLM.resolve("gemma3/adapter/adapter_model.safetensors"), adapter.resolve("adapter_model.safetensors"), old);
+        String config = Files.readString(VLM.resolve("gemma3/adapter/adapter_config.json"));
+        assertTrue(config.contains("\"model.language_model.layers.1.self_attn.q_proj\""), config);
+        Files.writeString(adapter.resolve("adapter_config.json"),
+                config.replace("\"model.language_model.layers.1.self_attn.q_proj\"", "\"language_model.model.layers.1.self_attn.q_proj\""));
+        Path out = tmp.resolve("out");
+        CliRun run = merge(VLM.resolve("gemma3/base"), adapter, out);
+        assertEquals(0, run.code(), run.both());
+        assertFalse(run.err().contains("as transformers loads"), run.both());
+        Path plain = tmp.resolve("plain");
+        assertEquals(0, merge(VLM.resolve("gemma3/base"), VLM.resolve("gemma3/adapter"), plain).code());
+        try (Checkpoint ours = Checkpoint.open(out); Checkpoint golden = Checkpoint.open(plain)) {
+            assertEquals(new TreeSet<>(golden.tensors().keySet()), new TreeSet<>(ours.tensors().keySet()));
+            for (TensorInfo g : golden.tensors().values()) {
+                assertEquals(golden.fileOf(g.name()).readAll(g), ours.fileOf(g.name()).readAll(ours.tensor(g.name())), g.name());
+            }
+        }
+    }
+
+    @Test
     void anAdapterForAnotherVisionLanguageModelIsStillRefused() throws Exception {
         Path out = tmp.resolve("out");
         CliRun run = merge(VLM.resolve("qwen2_vl/base"), VLM.resolve("llava/adapter"), out);
