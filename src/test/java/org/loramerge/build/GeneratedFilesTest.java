@@ -112,20 +112,20 @@ class GeneratedFilesTest {
 
     /**
      * The golden cases of PEFT's targeting and tied-embedding rules at their edges are
-     * scripts/fixtures/make_peft_edge_fixtures.py's output (PEFT 0.21 itself): its hash and every file's are in MANIFEST.sha256.
+     * scripts/fixtures/make_peft_edge_fixtures.py's output (PEFT 0.21 itself): its hash, peft_golden.py's and every file's are in MANIFEST.sha256.
      */
     @Test
     void peftEdgeFixturesMatchTheirGenerator() throws Exception {
-        assertMatchesGenerator("peft_edges", "make_peft_edge_fixtures.py", null, 1_000_000);
+        assertMatchesGenerator("peft_edges", "make_peft_edge_fixtures.py", null, 1_000_000, "peft_golden.py");
     }
 
     /**
      * The golden cases of vision-language models (adapters under transformers' loaded names) are
-     * scripts/fixtures/make_vlm_fixtures.py's output (transformers and PEFT 0.21 themselves): its hash and every file's are in MANIFEST.sha256.
+     * scripts/fixtures/make_vlm_fixtures.py's output (transformers and PEFT 0.21 themselves): its hash, peft_golden.py's and every file's are in MANIFEST.sha256.
      */
     @Test
     void vlmFixturesMatchTheirGenerator() throws Exception {
-        assertMatchesGenerator("vlm", "make_vlm_fixtures.py", null, 1_000_000);
+        assertMatchesGenerator("vlm", "make_vlm_fixtures.py", null, 1_000_000, "peft_golden.py");
     }
 
     /** The config.json golden files are scripts/fixtures/make_config_fixtures.py's output (transformers' own save_pretrained). */
