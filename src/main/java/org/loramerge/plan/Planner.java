@@ -17,6 +17,7 @@ import java.util.Locale;
 import java.util.Map;
 import java.util.Set;
 import java.util.stream.Collectors;
+import java.util.stream.IntStream;
 import org.loramerge.adapter.AdapterConfig;
 import org.loramerge.adapter.AdapterException;
 import org.loramerge.adapter.AdapterKey;
@@ -103,8 +104,11 @@ public final class Planner {
     private LoadedNames names = LoadedNames.none();
     /** The output head's name in this checkpoint: lm_head.weight, or where the checkpoint's layout puts it. */
     private String lmHead = LM_HEAD;
-    /** Whether an adapter named a tensor by its loaded name rather than the checkpoint's. */
-    private boolean renamedKeys;
+    /**
+     * Per adapter, its keys with the module or tensor each is for named as the checkpoint names it ({@link LoadedNames}):
+     * PEFT saves the names transformers gives a vision-language checkpoint's tensors once loaded.
+     */
+    private final List<List<AdapterKey>> storedKeys = new ArrayList<>();
     /** Per adapter, whether it names the base's tensors by their loaded names (PEFT under transformers 5) rather than the checkpoint's. */
     private boolean[] loadedNamed;
 
@@ -249,7 +253,13 @@ public final class Planner {
         lmHead = names.stored(LM_HEAD);
         loadedNamed = new boolean[adapters.size()];
         for (int i = 0; i < adapters.size(); i++) {
-            loadedNamed[i] = adapters.get(i).keys().values().stream().anyMatch(k -> !names.stored(k.module()).equals(k.module()));
+            List<AdapterKey> keys = new ArrayList<>();
+            for (AdapterKey k : adapters.get(i).keys().values()) {
+                String stored = names.stored(k.module());
+                keys.add(stored.equals(k.module()) ? k : new AdapterKey(k.kind(), stored, k.key()));
+                loadedNamed[i] |= !stored.equals(k.module());
+            }
+            storedKeys.add(keys);
         }
         embedName = findEmbedding(base);
         boolean tieFlag = base.config() == null || base.config().path("tie_word_embeddings").asBoolean(true);
@@ -285,7 +295,7 @@ public final class Planner {
         if (newVocab != null) {
             notes.add("vocabulary resized to " + newVocab + " rows by the adapter; config.json vocab_size follows");
         }
-        if (renamedKeys) {
+        if (IntStream.range(0, loadedNamed.length).anyMatch(i -> loadedNamed[i])) {
             notes.add("the adapter names the base's tensors as transformers loads this " + base.modelType() + " checkpoint (" + names.example()
                     + "); they are matched to the checkpoint's names" + (adapterOutput ? "" : ", which the merge writes, as save_pretrained does"));
         }
@@ -408,19 +418,11 @@ public final class Planner {
     }
 
     /**
-     * The adapter's keys with the module or tensor each is for named as the checkpoint names it
-     * ({@link LoadedNames}): PEFT saves the names transformers gives a vision-language checkpoint's
-     * tensors once loaded. adapter_config.json's rules are matched against the adapter's own names
-     * ({@link #peftName}).
+     * The keys of the adapter being planned, named as the checkpoint names the base's tensors; adapter_config.json's
+     * rules are matched against the adapter's own names ({@link #peftName}).
      */
     private List<AdapterKey> storedKeys() {
-        List<AdapterKey> keys = new ArrayList<>();
-        for (AdapterKey k : adapter.keys().values()) {
-            String stored = names.stored(k.module());
-            keys.add(stored.equals(k.module()) ? k : new AdapterKey(k.kind(), stored, k.key()));
-            renamedKeys |= !stored.equals(k.module());
-        }
-        return keys;
+        return storedKeys.get(adapterIndex);
     }
 
     /**
