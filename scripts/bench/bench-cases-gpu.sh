@@ -124,6 +124,13 @@ wide_floor() { # [SUFFIX]: the copy of what --dtype f32 of the bf16 base writes 
   F2=$(floor "$WORK/twice"); say "copy floor of the f32 output's size $F2 s"
   echo "| cp -r + sync, the base's shards twice (27 GB)${1:-} | $F2 | $(awk -v a="$F2" -v b="$F" 'BEGIN { printf "%.2f", a / b }') (x base floor) | | | | |" >> "$TABLE"
 }
+wide_merge() { # [SUFFIX]: --dtype f32 of the bf16 base beside wide_floor, taken just before it, and on the next row against the
+  # base's floor F: it writes 27 GB, twice what the base's copy writes, so its floor is the copy of as many bytes, as the
+  # NF4 --to bf16 rows' is the bf16 copy (the copy of the larger of what a row reads and what it writes)
+  wide_floor "${1:-}"
+  merge "--dtype f32 (bf16 base) (floor: 27 GB copy)${1:-}" "$F2" "$WORK/m/base" "$WORK/m/a-f32" --dtype f32
+  tail -n 1 "$TABLE" | awk -F' [|] ' -v f="$F" -v s="${1:-}" '{ printf "| the same run, x the base floor%s | %s | %.2f | | | | |\n", s, $2, $2 / f }' >> "$TABLE"
+}
 warm() { find "$@" -type f -print0 | xargs -0 -P 8 -n 1 sh -c 'cat "$0" > /dev/null'; }
 
 for set in "${@:-bf16}"; do
@@ -146,11 +153,7 @@ for set in "${@:-bf16}"; do
     merge "DoRA" "$F" "$WORK/m/base" "$WORK/m/a-dora"
     merge "LoRA on embed_tokens + lm_head + 16 trainable tokens" "$F" "$WORK/m/base" "$WORK/m/a-emb"
     merge "--dtype f16 (bf16 base)" "$F" "$WORK/m/base" "$WORK/m/a-f32" --dtype f16
-    # --dtype f32 writes 27 GB, twice what the base's copy writes: its floor is the copy of as many bytes, as the
-    # NF4 --to bf16 rows' is the bf16 copy (the copy of the larger of what a row reads and what it writes)
-    wide_floor
-    merge "--dtype f32 (bf16 base) (floor: 27 GB copy)" "$F2" "$WORK/m/base" "$WORK/m/a-f32" --dtype f32
-    tail -n 1 "$TABLE" | awk -F' [|] ' -v f="$F" '{ printf "| the same run, x the base floor | %s | %.2f | | | | |\n", $2, $2 / f }' >> "$TABLE"
+    wide_merge
     say "quantizing to NF4"
     $LM quantize --base "$WORK/m/base" --out "$WORK/nf4" --double-quant --quiet
     sync; warm "$WORK/nf4"
@@ -209,10 +212,7 @@ for set in "${@:-bf16}"; do
     bf16_base_and_adapter
     for rep in $(seq 1 "${WIDE_REPS:-3}"); do
       floor_row "$rep"
-      wide_floor " ($rep)"
-      merge "--dtype f32 (bf16 base), x the 27 GB floor ($rep)" "$F2" "$WORK/m/base" "$WORK/m/a-f32" --dtype f32
-      # the same run against the base's floor
-      tail -n 1 "$TABLE" | awk -F' [|] ' -v f="$F" -v r="$rep" '{ printf "| the same run, x the base floor (%s) | %s | %.2f | | | | |\n", r, $2, $2 / f }' >> "$TABLE"
+      wide_merge " ($rep)"
     done
     ;;
   io)
