@@ -8,12 +8,10 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
-import java.nio.ByteBuffer;
-import java.nio.ByteOrder;
-import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.Paths;
+import java.util.Arrays;
 import java.util.Iterator;
 import java.util.List;
 import java.util.Map;
@@ -26,6 +24,7 @@ import org.loramerge.format.Checkpoint;
 import org.loramerge.format.SafetensorsFile;
 import org.loramerge.format.TensorInfo;
 import org.loramerge.testutil.CliRun;
+import org.loramerge.testutil.FuzzFiles;
 import org.loramerge.testutil.TinyModels;
 
 /**
@@ -153,21 +152,15 @@ class VisionLanguageLayoutsTest {
 
     /** Copies a safetensors file with its tensors renamed: the header rewritten, the data as it was. */
     private static void renameTensors(Path from, Path to, UnaryOperator<String> rename) throws Exception {
+        byte[] header = FuzzFiles.headerOf(from);
         byte[] all = Files.readAllBytes(from);
-        int n = (int) ByteBuffer.wrap(all, 0, 8).order(ByteOrder.LITTLE_ENDIAN).getLong();
-        JsonNode header = JSON.readTree(new String(all, 8, n, StandardCharsets.UTF_8));
         ObjectNode renamed = JSON.createObjectNode();
-        for (Iterator<Map.Entry<String, JsonNode>> it = header.fields(); it.hasNext(); ) {
+        for (Iterator<Map.Entry<String, JsonNode>> it = JSON.readTree(header).fields(); it.hasNext(); ) {
             Map.Entry<String, JsonNode> e = it.next();
             renamed.set(e.getKey().equals("__metadata__") ? e.getKey() : rename.apply(e.getKey()), e.getValue());
         }
-        StringBuilder h = new StringBuilder(JSON.writeValueAsString(renamed));
-        while (h.length() % 8 != 0) {
-            h.append(' ');
-        }
-        byte[] hb = h.toString().getBytes(StandardCharsets.UTF_8);
-        ByteBuffer b = ByteBuffer.allocate(8 + hb.length + all.length - 8 - n).order(ByteOrder.LITTLE_ENDIAN);
-        b.putLong(hb.length).put(hb).put(all, 8 + n, all.length - 8 - n);
-        Files.write(to, b.array());
+        String json = JSON.writeValueAsString(renamed);
+        json += " ".repeat((8 - json.length() % 8) % 8); // the data 8-byte aligned, as safetensors writes it
+        TinyModels.writeBytes(to, TinyModels.rawFile(json, Arrays.copyOfRange(all, 8 + header.length, all.length)));
     }
 }
